@@ -1,0 +1,52 @@
+//! The MLIR side shared by the frontend and the compiler: the context ppmoe works in (all
+//! upstream dialects registered, the `onnx.*` and `moe.*` ops allowed unregistered until the
+//! `moe` IRDL dialect is loaded), and parsing with diagnostics turned into errors.
+
+pub use melior;
+
+use melior::dialect::DialectRegistry;
+use melior::ir::operation::{OperationLike, OperationPrintingFlags};
+use melior::ir::Module;
+use melior::utility::register_all_dialects;
+use melior::Context;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// A context with every upstream dialect loaded and unregistered ops allowed.
+pub fn context() -> Context {
+    let registry = DialectRegistry::new();
+    register_all_dialects(&registry);
+    let context = Context::new();
+    context.append_dialect_registry(&registry);
+    context.load_all_available_dialects();
+    context.set_allow_unregistered_dialects(true);
+    context
+}
+
+/// Parses MLIR text and verifies it; on failure returns MLIR's own diagnostics.
+pub fn parse_verified<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, String> {
+    let diagnostics = Rc::new(RefCell::new(Vec::<String>::new()));
+    let sink = diagnostics.clone();
+    let id = context.attach_diagnostic_handler(move |d| {
+        sink.borrow_mut().push(format!("{} ({})", d, d.location()));
+        true
+    });
+    let module = Module::parse(context, text);
+    let verified = module.as_ref().map(|m| m.as_operation().verify()).unwrap_or(false);
+    context.detach_diagnostic_handler(id);
+    let messages = diagnostics.borrow().join("; ");
+    match module {
+        Some(m) if verified => Ok(m),
+        Some(_) => Err(if messages.is_empty() { "verification failed".into() } else { messages }),
+        None => Err(if messages.is_empty() { "the text does not parse".into() } else { messages }),
+    }
+}
+
+/// Prints a module with large constants elided (`dense_resource<__elided__>`), as `--emit` does.
+pub fn print_module(module: &Module) -> String {
+    let flags = OperationPrintingFlags::new().elide_large_elements_attributes(16);
+    module
+        .as_operation()
+        .to_string_with_flags(flags)
+        .unwrap_or_else(|e| format!("// printing failed: {e}"))
+}

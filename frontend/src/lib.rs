@@ -1,0 +1,64 @@
+//! ppmoe's frontend: reads ONNX models (StableHLO later) and imports them into MLIR at the
+//! `onnx` stage. It knows nothing of what comes after the import.
+
+pub mod dtype;
+pub mod error;
+pub mod graph;
+pub mod infer;
+pub mod load;
+pub mod onnx_proto;
+pub mod onnx_stage;
+mod schema;
+
+pub use dtype::DType;
+pub use error::ImportError;
+pub use graph::{AttrValue, Dim, Graph, Model, Node, TensorData, TensorType, ValueInfo};
+pub use infer::{infer_types, Types};
+pub use load::load_onnx;
+
+use std::path::Path;
+
+/// Fixes symbolic or unknown dimensions of named inputs (`--input-shape NAME=1x16`).
+pub fn set_input_shape(model: &mut Model, name: &str, dims: &[i64]) -> Result<(), ImportError> {
+    let bad = |reason: String| ImportError::BadInputShape { path: model.path.clone(), name: name.into(), reason };
+    let names: Vec<String> = model.graph.inputs.iter().map(|i| i.name.clone()).collect();
+    let Some(input) = model.graph.inputs.iter_mut().find(|i| i.name == name) else {
+        return Err(bad(format!("the model has no input of that name (its inputs: {})", names.join(", "))));
+    };
+    if input.ty.dims.len() != dims.len() {
+        return Err(bad(format!("the input has rank {}, the shape given has rank {}", input.ty.dims.len(), dims.len())));
+    }
+    for (i, (d, &new)) in input.ty.dims.iter().zip(dims).enumerate() {
+        if let Dim::Known(k) = d {
+            if *k != new {
+                return Err(bad(format!("dimension {i} is fixed at {k} by the model, not {new}")));
+            }
+        }
+    }
+    input.ty.dims = dims.iter().map(|&d| Dim::Known(d)).collect();
+    Ok(())
+}
+
+/// Reads a model and returns it with its inferred types and its `onnx`-stage MLIR text.
+pub fn import(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Result<(Model, Types, String), ImportError> {
+    let mut model = load_onnx(path)?;
+    for (name, dims) in input_shapes {
+        set_input_shape(&mut model, name, dims)?;
+    }
+    let types = infer_types(&model)?;
+    let text = onnx_stage::emit_onnx(&model, &types)
+        .map_err(|reason| ImportError::Verify { path: path.to_owned(), diagnostics: reason })?;
+    Ok((model, types, text))
+}
+
+/// Imports a model into `context` as a verified MLIR module at the `onnx` stage.
+pub fn import_module<'c>(
+    context: &'c ppmoe_dialect::melior::Context,
+    path: &Path,
+    input_shapes: &[(String, Vec<i64>)],
+) -> Result<(Model, Types, ppmoe_dialect::melior::ir::Module<'c>), ImportError> {
+    let (model, types, text) = import(path, input_shapes)?;
+    let module = ppmoe_dialect::parse_verified(context, &text)
+        .map_err(|diagnostics| ImportError::Verify { path: path.to_owned(), diagnostics })?;
+    Ok((model, types, module))
+}

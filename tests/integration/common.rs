@@ -1,0 +1,54 @@
+//! Fixture discovery and running the `ppmoe` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every fixture folder (one model.onnx each), sorted by name.
+pub fn fixtures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 13, "expected the 13 exported fixtures, found {}", v.len());
+    v
+}
+
+/// A small JSON reader for fixture.json: the fields the tests need, by plain text search.
+pub fn fixture_field(dir: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(dir.join("fixture.json")).expect("fixture.json");
+    let at = text.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {}", dir.display()));
+    let rest = text[at + key.len() + 3..].trim_start();
+    let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
+    rest[..end].trim().trim_matches('"').to_string()
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn ppmoe(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_ppmoe")).args(args).output().expect("ppmoe runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The command failed cleanly: non-zero exit, an `error:` line containing every `needle`, no panic.
+pub fn assert_clean_failure(out: &Output, needles: &[&str]) {
+    assert_ne!(out.code, 0, "expected failure, got success; stdout: {}", out.stdout);
+    assert!(!out.stderr.contains("panicked"), "panic: {}", out.stderr);
+    assert!(out.stderr.starts_with("error: "), "stderr: {}", out.stderr);
+    for n in needles {
+        assert!(out.stderr.contains(n), "stderr lacks '{n}': {}", out.stderr);
+    }
+}

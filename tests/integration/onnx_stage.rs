@@ -1,0 +1,73 @@
+//! The `onnx` stage: every fixture imports to verified MLIR with one op per ONNX node.
+
+use crate::common::{fixture_field, fixtures, ppmoe};
+
+#[test]
+fn every_fixture_prints_verified_onnx_ir_with_one_op_per_node() {
+    for dir in fixtures() {
+        let model = dir.join("model.onnx");
+        let out = ppmoe(&["inspect", model.to_str().unwrap(), "--emit", "onnx"]);
+        assert_eq!(out.code, 0, "{}: {}", dir.display(), out.stderr);
+        let ops = out.stdout.matches("\"onnx.").count();
+        // fixture.json's count was written by the onnx Python package when the model was exported.
+        let nodes: usize = fixture_field(&dir, "nodes").parse().unwrap();
+        assert_eq!(ops, nodes, "{}: ops in the IR vs nodes in the graph", dir.display());
+        assert!(out.stdout.contains("func.func @main("), "{}", dir.display());
+        assert!(!out.stdout.contains("tensor<*x"), "{}: unranked type", dir.display());
+    }
+}
+
+#[test]
+fn weights_are_arguments_named_after_initializers_not_inline_constants() {
+    let dir = crate::common::fixtures_dir().join("mixtral_block_dynamo");
+    let out = ppmoe(&["inspect", dir.join("model.onnx").to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("tensor<4x256x64xf32> {onnx.weight = \"val_25\"}"), "{}", out.stdout);
+    assert!(out.stdout.contains("{onnx.name = \"hidden_states\"}"));
+    assert!(!out.stdout.contains("dense<"), "no weight may be printed inline");
+}
+
+#[test]
+fn external_data_is_read_relative_to_the_model() {
+    let dir = crate::common::fixtures_dir().join("mixtral_block_external");
+    assert!(dir.join("model.onnx.data").exists());
+    let inline = ppmoe_frontend::load_onnx(&crate::common::fixtures_dir().join("mixtral_block_dynamo/model.onnx")).unwrap();
+    // Run from another working directory: the data file must be found beside the model.
+    let external = ppmoe_frontend::load_onnx(&std::fs::canonicalize(dir.join("model.onnx")).unwrap()).unwrap();
+    assert_eq!(inline.graph.initializers.len(), external.graph.initializers.len());
+    for ((n1, t1), (n2, t2)) in inline.graph.initializers.iter().zip(&external.graph.initializers) {
+        assert_eq!(n1, n2);
+        assert_eq!(t1, t2, "initializer {n1} differs between the inline and the external-data model");
+    }
+}
+
+#[test]
+fn torchscript_constants_keep_their_values_and_run_time_sizes_stay_dynamic() {
+    let dir = crate::common::fixtures_dir().join("mixtral_block_ts_eager");
+    let out = ppmoe(&["inspect", dir.join("model.onnx").to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("{value = dense<[-1, 64]> : tensor<2xi64>}"), "small constants are printed");
+    assert!(out.stdout.contains("\"onnx.NonZero\""));
+    // NonZero's count is only known at run time: the type stays dynamic, the rank is known.
+    assert!(out.stdout.contains("-> tensor<2x?xi64>"), "NonZero result type");
+}
+
+#[test]
+fn input_shape_flag_fixes_dimensions_and_rejects_a_wrong_rank() {
+    let model = crate::common::fixtures_dir().join("mixtral_lm_dynamo/model.onnx");
+    let m = model.to_str().unwrap();
+    let ok = ppmoe(&["inspect", m, "--input-shape", "input_ids=1x16"]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.stdout.contains("%arg0: tensor<1x16xi64> {onnx.name = \"input_ids\"}"));
+    let bad = ppmoe(&["inspect", m, "--input-shape", "input_ids=1x16x3"]);
+    crate::common::assert_clean_failure(&bad, &["input_ids", "rank 2"]);
+    let unknown = ppmoe(&["inspect", m, "--input-shape", "tokens=1x16"]);
+    crate::common::assert_clean_failure(&unknown, &["no input of that name", "input_ids"]);
+}
+
+#[test]
+fn stages_not_built_yet_say_so_and_fail() {
+    let model = crate::common::fixtures_dir().join("mixtral_block_dynamo/model.onnx");
+    let out = ppmoe(&["inspect", model.to_str().unwrap(), "--emit", "ptx"]);
+    crate::common::assert_clean_failure(&out, &["not built yet"]);
+}
