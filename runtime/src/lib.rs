@@ -1,1 +1,14 @@
-pub fn placeholder() {}
+//! ppmoe's runtime: the bundle format and its backends. It links no MLIR and no LLVM, so that it
+//! travels to GPU machines as a small binary (`ppmoe-run`).
+
+pub mod bundle;
+pub mod cpu;
+pub mod error;
+pub mod kernels;
+pub mod npy;
+pub mod program;
+pub mod runner;
+pub mod tensor;
+
+pub use error::RuntimeError;
+pub use tensor::{DType, Tensor};

@@ -1,1 +1,54 @@
-fn main(){}
+//! `ppmoe-run`: the runner alone, without the compiler (no MLIR, no LLVM), for GPU machines.
+//!
+//!   ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend cpu]
+
+use ppmoe_runtime::runner::{run, Backend, InputArg};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend auto|cpu|cuda]";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut bundle = None;
+    let mut inputs = Vec::new();
+    let mut out = None;
+    let mut backend = Backend::Auto;
+    while let Some(a) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
+        let step: Result<(), String> = match a.as_str() {
+            "--input" => value("--input").map(|v| inputs.push(InputArg::parse(&v))),
+            "--output-dir" => value("--output-dir").map(|v| out = Some(PathBuf::from(v))),
+            "--backend" => value("--backend").and_then(|v| v.parse().map(|b| backend = b)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            s if s.starts_with('-') => Err(format!("unknown flag {s}")),
+            s => {
+                bundle = Some(PathBuf::from(s));
+                Ok(())
+            }
+        };
+        if let Err(e) = step {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let (Some(bundle), Some(out)) = (bundle, out) else {
+        eprintln!("error: a bundle and --output-dir are required\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    match run(&bundle, &inputs, &out, backend) {
+        Ok(report) => {
+            for (name, path) in report.outputs {
+                println!("{name} -> {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The bundle: a folder with `manifest.json` (format version, source model hash, grid, per-rank
+//! programs with their buffer tables, and the sha256 of every other file) and one safetensors
+//! file of weights per rank. Written to a temporary folder and renamed into place, so that a
+//! bundle is either whole or absent; read back with every checksum verified.
+
+use crate::error::RuntimeError;
+use crate::program::{BufferKind, Program};
+use crate::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u64 = 1;
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grid {
+    pub tp: usize,
+    pub pp: usize,
+    pub dp: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceModel {
+    pub path: String,
+    pub sha256: String,
+}
+
+/// A named input or output of the whole model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<Option<usize>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u64,
+    pub producer: String,
+    pub source: SourceModel,
+    pub grid: Grid,
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+    pub programs: Vec<Program>,
+    /// File name (relative to the bundle) -> sha256, for every file but the manifest.
+    pub files: BTreeMap<String, String>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io { path: path.display().to_string(), source }
+}
+
+/// Writes a bundle: `weights[r]` holds rank r's weights by buffer name.
+pub fn write_bundle(dir: &Path, mut manifest: Manifest, weights: &[Vec<(String, Tensor)>]) -> Result<(), RuntimeError> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
+    let tmp: PathBuf = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let result = (|| {
+        manifest.files.clear();
+        for (program, rank_weights) in manifest.programs.iter().zip(weights) {
+            let bytes = safetensors_bytes(rank_weights).map_err(|reason| RuntimeError::Bundle { path: program.weights_file.clone(), reason })?;
+            let p = tmp.join(&program.weights_file);
+            std::fs::write(&p, &bytes).map_err(io_err(&p))?;
+            manifest.files.insert(program.weights_file.clone(), sha256_hex(&bytes));
+        }
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| RuntimeError::Bundle { path: MANIFEST.into(), reason: e.to_string() })?;
+        let p = tmp.join(MANIFEST);
+        std::fs::write(&p, json).map_err(io_err(&p))?;
+        // Replace an earlier bundle only; never a folder that is something else.
+        if dir.exists() {
+            if !dir.join(MANIFEST).exists() {
+                return Err(RuntimeError::Bundle {
+                    path: dir.display().to_string(),
+                    reason: "exists and is not a ppmoe bundle; refusing to overwrite it".into(),
+                });
+            }
+            std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io_err(dir))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn st_dtype(d: DType) -> safetensors::Dtype {
+    use safetensors::Dtype as S;
+    match d {
+        DType::F32 => S::F32,
+        DType::F16 => S::F16,
+        DType::BF16 => S::BF16,
+        DType::F64 => S::F64,
+        DType::I8 => S::I8,
+        DType::I16 => S::I16,
+        DType::I32 => S::I32,
+        DType::I64 => S::I64,
+        DType::U8 => S::U8,
+        DType::U16 => S::U16,
+        DType::U32 => S::U32,
+        DType::U64 => S::U64,
+        DType::Bool => S::BOOL,
+    }
+}
+
+fn safetensors_bytes(weights: &[(String, Tensor)]) -> Result<Vec<u8>, String> {
+    let raw: Vec<(String, DType, Vec<usize>, Vec<u8>)> =
+        weights.iter().map(|(n, t)| (n.clone(), t.dtype, t.shape.clone(), t.to_bytes())).collect();
+    let views = raw
+        .iter()
+        .map(|(n, d, s, b)| safetensors::tensor::TensorView::new(st_dtype(*d), s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    safetensors::serialize(views, &None).map_err(|e| e.to_string())
+}
+
+/// A bundle read from disk, checksums verified, weights loaded.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// Per rank, weight buffer name -> tensor.
+    pub weights: Vec<BTreeMap<String, Tensor>>,
+}
+
+pub fn read_bundle(dir: &Path) -> Result<Bundle, RuntimeError> {
+    let mpath = dir.join(MANIFEST);
+    let show = |p: &Path| p.display().to_string();
+    if !dir.is_dir() {
+        return Err(RuntimeError::Bundle { path: show(dir), reason: "not a bundle folder (it does not exist or is not a folder)".into() });
+    }
+    let text = std::fs::read(&mpath).map_err(io_err(&mpath))?;
+    let value: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| RuntimeError::Bundle { path: show(&mpath), reason: format!("not valid JSON: {e}") })?;
+    let found = value.get("format_version").and_then(|v| v.as_u64())
+        .ok_or_else(|| RuntimeError::Bundle { path: show(&mpath), reason: "no format_version".into() })?;
+    if found != FORMAT_VERSION {
+        return Err(RuntimeError::FormatVersion { path: show(&mpath), found, supported: FORMAT_VERSION });
+    }
+    let manifest: Manifest = serde_json::from_value(value)
+        .map_err(|e| RuntimeError::Bundle { path: show(&mpath), reason: format!("malformed manifest: {e}") })?;
+    for (file, expected) in &manifest.files {
+        let p = dir.join(file);
+        let bytes = std::fs::read(&p).map_err(io_err(&p))?;
+        let actual = sha256_hex(&bytes);
+        if &actual != expected {
+            return Err(RuntimeError::Checksum { path: show(&p), expected: expected.clone(), actual });
+        }
+    }
+    let mut weights = Vec::new();
+    for program in &manifest.programs {
+        let p = dir.join(&program.weights_file);
+        if !manifest.files.contains_key(&program.weights_file) {
+            return Err(RuntimeError::Bundle { path: show(&p), reason: "the weights file has no checksum in the manifest".into() });
+        }
+        let bytes = std::fs::read(&p).map_err(io_err(&p))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| RuntimeError::Bundle { path: show(&p), reason: format!("not a safetensors file: {e}") })?;
+        let mut map = BTreeMap::new();
+        for b in program.buffers.iter().filter(|b| b.kind == BufferKind::Weight) {
+            let view = st.tensor(&b.name).map_err(|_| RuntimeError::Bundle { path: show(&p), reason: format!("weight '{}' is missing", b.name) })?;
+            let t = Tensor::from_bytes(b.dtype, view.shape().to_vec(), view.data())
+                .ok_or_else(|| RuntimeError::Bundle { path: show(&p), reason: format!("weight '{}' has the wrong size", b.name) })?;
+            map.insert(b.name.clone(), t);
+        }
+        weights.push(map);
+    }
+    Ok(Bundle { dir: dir.to_owned(), manifest, weights })
+}

@@ -1,0 +1,184 @@
+//! Elementwise ops with numpy broadcasting.
+
+use super::{broadcast_map, broadcast_shape, KResult};
+use crate::program::{BinaryFn, UnaryFn};
+use crate::tensor::{DType, Data, Tensor};
+
+pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
+    let shape = x.shape.clone();
+    Ok(match (&x.data, f) {
+        (Data::Bool(v), UnaryFn::Not) => Tensor::bool(shape, v.iter().map(|b| !b).collect()),
+        (Data::I64(v), _) => {
+            let g = |a: i64| -> KResult<i64> {
+                Ok(match f {
+                    UnaryFn::Neg => -a,
+                    UnaryFn::Abs => a.abs(),
+                    UnaryFn::Relu => a.max(0),
+                    UnaryFn::Sign => a.signum(),
+                    _ => return Err(format!("{f:?} of an integer tensor")),
+                })
+            };
+            Tensor::i64(shape, v.iter().map(|&a| g(a)).collect::<KResult<_>>()?).with_dtype(x.dtype)
+        }
+        (Data::F32(v), _) => {
+            let g: fn(f32) -> f32 = match f {
+                UnaryFn::Neg => |a| -a,
+                UnaryFn::Abs => f32::abs,
+                UnaryFn::Sqrt => f32::sqrt,
+                UnaryFn::Reciprocal => |a| 1.0 / a,
+                UnaryFn::Exp => f32::exp,
+                UnaryFn::Log => f32::ln,
+                UnaryFn::Sigmoid => |a| 1.0 / (1.0 + (-a).exp()),
+                UnaryFn::Tanh => f32::tanh,
+                UnaryFn::Erf => libm::erff,
+                UnaryFn::Relu => |a| a.max(0.0),
+                UnaryFn::Sin => f32::sin,
+                UnaryFn::Cos => f32::cos,
+                UnaryFn::Floor => f32::floor,
+                UnaryFn::Ceil => f32::ceil,
+                UnaryFn::Sign => |a| if a > 0.0 { 1.0 } else if a < 0.0 { -1.0 } else { 0.0 },
+                UnaryFn::Not => return Err("Not of a float tensor".into()),
+            };
+            Tensor::f32(shape, v.iter().map(|&a| g(a)).collect()).with_dtype(x.dtype)
+        }
+        (Data::Bool(_), _) => return Err(format!("{f:?} of a bool tensor")),
+    })
+}
+
+fn is_compare(f: BinaryFn) -> bool {
+    matches!(f, BinaryFn::Equal | BinaryFn::Less | BinaryFn::Greater | BinaryFn::LessOrEqual | BinaryFn::GreaterOrEqual)
+}
+
+pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
+    let shape = broadcast_shape(&a.shape, &b.shape)?;
+    let (ia, ib) = (broadcast_map(&a.shape, &shape), broadcast_map(&b.shape, &shape));
+    let pairs = ia.iter().zip(&ib);
+    Ok(match (&a.data, &b.data) {
+        (Data::F32(x), Data::F32(y)) => {
+            if is_compare(f) {
+                Tensor::bool(shape, pairs.map(|(&i, &j)| cmp(f, x[i].partial_cmp(&y[j]))).collect())
+            } else {
+                let g: fn(f32, f32) -> f32 = match f {
+                    BinaryFn::Add => |p, q| p + q,
+                    BinaryFn::Sub => |p, q| p - q,
+                    BinaryFn::Mul => |p, q| p * q,
+                    BinaryFn::Div => |p, q| p / q,
+                    BinaryFn::Pow => pow_f32,
+                    BinaryFn::Max => f32::max,
+                    BinaryFn::Min => f32::min,
+                    BinaryFn::Mod => |p, q| p % q,
+                    _ => return Err(format!("{f:?} of float tensors")),
+                };
+                Tensor::f32(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect()).with_dtype(a.dtype)
+            }
+        }
+        (Data::I64(x), Data::I64(y)) => {
+            if is_compare(f) {
+                Tensor::bool(shape, pairs.map(|(&i, &j)| cmp(f, Some(x[i].cmp(&y[j])))).collect())
+            } else {
+                let g = |p: i64, q: i64| -> KResult<i64> {
+                    Ok(match f {
+                        BinaryFn::Add => p.wrapping_add(q),
+                        BinaryFn::Sub => p.wrapping_sub(q),
+                        BinaryFn::Mul => p.wrapping_mul(q),
+                        // ONNX integer Div truncates toward zero, as C does.
+                        BinaryFn::Div if q != 0 => p / q,
+                        BinaryFn::Div | BinaryFn::Mod if q == 0 => return Err("integer division by zero".into()),
+                        // fmod = 0: the sign follows the divisor, as in Python.
+                        BinaryFn::Mod => ((p % q) + q) % q,
+                        BinaryFn::Pow => p.pow(q.max(0) as u32),
+                        BinaryFn::Max => p.max(q),
+                        BinaryFn::Min => p.min(q),
+                        _ => return Err(format!("{f:?} of integer tensors")),
+                    })
+                };
+                Tensor::i64(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect::<KResult<_>>()?).with_dtype(a.dtype)
+            }
+        }
+        (Data::Bool(x), Data::Bool(y)) => {
+            let g = |p: bool, q: bool| -> KResult<bool> {
+                Ok(match f {
+                    BinaryFn::And => p && q,
+                    BinaryFn::Or => p || q,
+                    BinaryFn::Xor => p ^ q,
+                    BinaryFn::Equal => p == q,
+                    _ => return Err(format!("{f:?} of bool tensors")),
+                })
+            };
+            Tensor::bool(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect::<KResult<_>>()?)
+        }
+        (Data::F32(x), Data::I64(y)) if f == BinaryFn::Pow => {
+            Tensor::f32(shape, pairs.map(|(&i, &j)| pow_f32(x[i], y[j] as f32)).collect()).with_dtype(a.dtype)
+        }
+        _ => return Err(format!("{f:?} of {} and {} tensors", a.dtype.name(), b.dtype.name())),
+    })
+}
+
+/// x^y with the integer exponents exporters use (x^2 in RMS norm) computed exactly.
+fn pow_f32(x: f32, y: f32) -> f32 {
+    if y == 2.0 {
+        x * x
+    } else if y == 1.0 {
+        x
+    } else if y == 0.5 {
+        x.sqrt()
+    } else {
+        x.powf(y)
+    }
+}
+
+fn cmp(f: BinaryFn, o: Option<std::cmp::Ordering>) -> bool {
+    use std::cmp::Ordering::*;
+    match (f, o) {
+        (_, None) => false,
+        (BinaryFn::Equal, Some(o)) => o == Equal,
+        (BinaryFn::Less, Some(o)) => o == Less,
+        (BinaryFn::Greater, Some(o)) => o == Greater,
+        (BinaryFn::LessOrEqual, Some(o)) => o != Greater,
+        (BinaryFn::GreaterOrEqual, Some(o)) => o != Less,
+        _ => false,
+    }
+}
+
+pub fn where_(c: &Tensor, x: &Tensor, y: &Tensor) -> KResult<Tensor> {
+    let shape = broadcast_shape(&broadcast_shape(&c.shape, &x.shape)?, &y.shape)?;
+    let (ic, ix, iy) = (broadcast_map(&c.shape, &shape), broadcast_map(&x.shape, &shape), broadcast_map(&y.shape, &shape));
+    let cond: Vec<bool> = c.to_i64().iter().map(|&v| v != 0).collect();
+    let n = shape.iter().product::<usize>();
+    Ok(match (&x.data, &y.data) {
+        (Data::F32(a), Data::F32(b)) => Tensor::f32(shape, (0..n).map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] }).collect()),
+        (Data::I64(a), Data::I64(b)) => Tensor::i64(shape, (0..n).map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] }).collect()),
+        (Data::Bool(a), Data::Bool(b)) => Tensor::bool(shape, (0..n).map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] }).collect()),
+        _ => return Err("Where of tensors of different types".into()),
+    }
+    .with_dtype(x.dtype))
+}
+
+pub fn cast(x: &Tensor, to: DType) -> Tensor {
+    let shape = x.shape.clone();
+    if to == DType::Bool {
+        return Tensor::bool(shape, x.to_f32().iter().map(|&v| v != 0.0).collect());
+    }
+    if to.is_float() {
+        let v = x.to_f32();
+        // Narrow float types round through their own precision.
+        let v = match to {
+            DType::F16 => v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect(),
+            DType::BF16 => v.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect(),
+            _ => v,
+        };
+        return Tensor::f32(shape, v).with_dtype(to);
+    }
+    let v: Vec<i64> = match &x.data {
+        Data::F32(f) => f.iter().map(|&a| a.trunc() as i64).collect(),
+        _ => x.to_i64(),
+    };
+    let v = match to {
+        DType::I32 => v.into_iter().map(|a| a as i32 as i64).collect(),
+        DType::I8 => v.into_iter().map(|a| a as i8 as i64).collect(),
+        DType::U8 => v.into_iter().map(|a| a as u8 as i64).collect(),
+        DType::I16 => v.into_iter().map(|a| a as i16 as i64).collect(),
+        _ => v,
+    };
+    Tensor::i64(shape, v).with_dtype(to)
+}

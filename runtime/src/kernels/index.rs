@@ -1,0 +1,254 @@
+//! Indexing: gathers, scatters (with reductions), top-k, one-hot, trilu, nonzero.
+
+use super::{axis, KResult};
+use crate::program::Reduction;
+use crate::tensor::{numel, strides, Data, Tensor};
+
+fn wrap(i: i64, d: usize) -> KResult<usize> {
+    let v = if i < 0 { i + d as i64 } else { i };
+    if v < 0 || v >= d as i64 {
+        return Err(format!("index {i} is out of range for a dimension of size {d}"));
+    }
+    Ok(v as usize)
+}
+
+pub fn gather(x: &Tensor, idx: &Tensor, ax: i64) -> KResult<Tensor> {
+    let a = axis(ax, x.shape.len())?;
+    let (outer, len, inner) = (numel(&x.shape[..a]), x.shape[a], numel(&x.shape[a + 1..]));
+    let ids: Vec<usize> = idx.to_i64().iter().map(|&i| wrap(i, len)).collect::<KResult<_>>()?;
+    let mut shape = x.shape[..a].to_vec();
+    shape.extend(&idx.shape);
+    shape.extend(&x.shape[a + 1..]);
+    let mut pick = Vec::with_capacity(outer * ids.len() * inner);
+    for o in 0..outer {
+        for &k in &ids {
+            pick.extend((0..inner).map(|i| o * len * inner + k * inner + i));
+        }
+    }
+    Ok(x.pick(shape, pick.into_iter()))
+}
+
+pub fn gather_elements(x: &Tensor, idx: &Tensor, ax: i64) -> KResult<Tensor> {
+    let a = axis(ax, x.shape.len())?;
+    if idx.shape.len() != x.shape.len() {
+        return Err("GatherElements indices must have the data's rank".into());
+    }
+    let (xs, is) = (strides(&x.shape), strides(&idx.shape));
+    let ids = idx.to_i64();
+    let mut pick = Vec::with_capacity(ids.len());
+    for (flat, &k) in ids.iter().enumerate() {
+        let mut off = 0;
+        for d in 0..x.shape.len() {
+            let c = (flat / is[d]) % idx.shape[d];
+            off += if d == a { wrap(k, x.shape[a])? } else { c } * xs[d];
+        }
+        pick.push(off);
+    }
+    Ok(x.pick(idx.shape.clone(), pick.into_iter()))
+}
+
+pub fn gather_nd(x: &Tensor, idx: &Tensor, b: usize) -> KResult<Tensor> {
+    let k = *idx.shape.last().ok_or("GatherND indices must have rank >= 1")?;
+    if b + k > x.shape.len() || b > 0 && x.shape[..b] != idx.shape[..b] {
+        return Err(format!("GatherND of data {:?} with indices {:?} (batch_dims {b})", x.shape, idx.shape));
+    }
+    let slice = numel(&x.shape[b + k..]);
+    let xs = strides(&x.shape);
+    let batch = numel(&x.shape[..b]);
+    let ids = idx.to_i64();
+    let per_batch = numel(&idx.shape[b..idx.shape.len() - 1]);
+    let batch_stride = numel(&x.shape[b..]);
+    let mut pick = Vec::with_capacity(batch * per_batch * slice);
+    for bi in 0..batch {
+        for j in 0..per_batch {
+            let tuple = &ids[(bi * per_batch + j) * k..(bi * per_batch + j + 1) * k];
+            let mut off = bi * batch_stride;
+            for (d, &i) in tuple.iter().enumerate() {
+                off += wrap(i, x.shape[b + d])? * xs[b + d];
+            }
+            pick.extend(off..off + slice);
+        }
+    }
+    let mut shape = idx.shape[..idx.shape.len() - 1].to_vec();
+    shape.extend(&x.shape[b + k..]);
+    Ok(x.pick(shape, pick.into_iter()))
+}
+
+/// Applies `updates[u]` to `out[target(u)]` with the reduction (float, int and bool storages).
+fn scatter(data: &Tensor, updates: &Tensor, targets: &[usize], r: Reduction) -> KResult<Tensor> {
+    let mut out = data.clone();
+    match (&mut out.data, &updates.data) {
+        (Data::F32(o), Data::F32(u)) => {
+            for (&t, &v) in targets.iter().zip(u) {
+                o[t] = match r {
+                    Reduction::None => v,
+                    Reduction::Add => o[t] + v,
+                    Reduction::Mul => o[t] * v,
+                    Reduction::Max => o[t].max(v),
+                    Reduction::Min => o[t].min(v),
+                };
+            }
+        }
+        (Data::I64(o), Data::I64(u)) => {
+            for (&t, &v) in targets.iter().zip(u) {
+                o[t] = match r {
+                    Reduction::None => v,
+                    Reduction::Add => o[t] + v,
+                    Reduction::Mul => o[t] * v,
+                    Reduction::Max => o[t].max(v),
+                    Reduction::Min => o[t].min(v),
+                };
+            }
+        }
+        (Data::Bool(o), Data::Bool(u)) if r == Reduction::None => {
+            for (&t, &v) in targets.iter().zip(u) {
+                o[t] = v;
+            }
+        }
+        _ => return Err("scatter of updates whose type differs from the data's".into()),
+    }
+    Ok(out)
+}
+
+pub fn scatter_nd(data: &Tensor, idx: &Tensor, updates: &Tensor, r: Reduction) -> KResult<Tensor> {
+    let k = *idx.shape.last().ok_or("ScatterND indices must have rank >= 1")?;
+    let slice = numel(&data.shape[k..]);
+    let ds = strides(&data.shape);
+    let ids = idx.to_i64();
+    let n = numel(&idx.shape[..idx.shape.len() - 1]);
+    if updates.len() != n * slice {
+        return Err(format!("ScatterND updates {:?} do not match indices {:?} and data {:?}", updates.shape, idx.shape, data.shape));
+    }
+    let mut targets = Vec::with_capacity(n * slice);
+    for j in 0..n {
+        let mut off = 0;
+        for d in 0..k {
+            off += wrap(ids[j * k + d], data.shape[d])? * ds[d];
+        }
+        targets.extend(off..off + slice);
+    }
+    scatter(data, updates, &targets, r)
+}
+
+pub fn scatter_elements(data: &Tensor, idx: &Tensor, updates: &Tensor, ax: i64, r: Reduction) -> KResult<Tensor> {
+    let a = axis(ax, data.shape.len())?;
+    if idx.shape != updates.shape || idx.shape.len() != data.shape.len() {
+        return Err("ScatterElements indices and updates must share a shape of the data's rank".into());
+    }
+    let (ds, is) = (strides(&data.shape), strides(&idx.shape));
+    let ids = idx.to_i64();
+    let mut targets = Vec::with_capacity(ids.len());
+    for (flat, &k) in ids.iter().enumerate() {
+        let mut off = 0;
+        for d in 0..data.shape.len() {
+            let c = (flat / is[d]) % idx.shape[d];
+            off += if d == a { wrap(k, data.shape[a])? } else { c } * ds[d];
+        }
+        targets.push(off);
+    }
+    scatter(data, updates, &targets, r)
+}
+
+/// Top-k along an axis; ties keep the lower index first (stable), as PyTorch's CPU top-k does.
+pub fn topk(x: &Tensor, k: &Tensor, ax: i64, largest: bool) -> KResult<Vec<Tensor>> {
+    let a = axis(ax, x.shape.len())?;
+    let k = *k.to_i64().first().ok_or("TopK needs k")? as usize;
+    let (outer, len, inner) = (numel(&x.shape[..a]), x.shape[a], numel(&x.shape[a + 1..]));
+    if k > len {
+        return Err(format!("TopK k={k} exceeds the axis size {len}"));
+    }
+    let v = x.to_f32();
+    let mut vals = Vec::with_capacity(outer * k * inner);
+    let mut ids = Vec::with_capacity(outer * k * inner);
+    let mut shape = x.shape.clone();
+    shape[a] = k;
+    let mut order: Vec<usize> = Vec::with_capacity(len);
+    let mut res = vec![(0f32, 0i64); outer * k * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| v[o * len * inner + j * inner + i];
+            order.clear();
+            order.extend(0..len);
+            order.sort_by(|&p, &q| {
+                let c = at(p).partial_cmp(&at(q)).unwrap_or(std::cmp::Ordering::Equal);
+                if largest { c.reverse() } else { c }
+            });
+            for (j, &src) in order.iter().take(k).enumerate() {
+                res[o * k * inner + j * inner + i] = (at(src), src as i64);
+            }
+        }
+    }
+    for (val, id) in res {
+        vals.push(val);
+        ids.push(id);
+    }
+    let values = match x.data {
+        Data::F32(_) => Tensor::f32(shape.clone(), vals).with_dtype(x.dtype),
+        _ => Tensor::i64(shape.clone(), vals.iter().map(|&f| f as i64).collect()).with_dtype(x.dtype),
+    };
+    Ok(vec![values, Tensor::i64(shape, ids)])
+}
+
+pub fn one_hot(idx: &Tensor, depth: &Tensor, values: &Tensor, ax: i64) -> KResult<Tensor> {
+    let depth = *depth.to_i64().first().ok_or("OneHot needs a depth")?;
+    if depth <= 0 {
+        return Err(format!("OneHot depth {depth}"));
+    }
+    let d = depth as usize;
+    let a = axis(ax, idx.shape.len() + 1)?;
+    let mut shape = idx.shape.clone();
+    shape.insert(a, d);
+    let (outer, inner) = (numel(&idx.shape[..a]), numel(&idx.shape[a..]));
+    let ids = idx.to_i64();
+    let on_at = |o: usize, k: usize, i: usize| {
+        let v = ids[o * inner + i];
+        let v = if v < 0 { v + depth } else { v };
+        v == k as i64
+    };
+    let n = numel(&shape);
+    let mut mask = Vec::with_capacity(n);
+    for o in 0..outer {
+        for k in 0..d {
+            for i in 0..inner {
+                mask.push(on_at(o, k, i));
+            }
+        }
+    }
+    // values = [off, on]
+    Ok(values.pick(shape, mask.into_iter().map(|on| on as usize)))
+}
+
+pub fn trilu(x: &Tensor, k: Option<&Tensor>, upper: bool) -> KResult<Tensor> {
+    let r = x.shape.len();
+    if r < 2 {
+        return Err("Trilu needs rank >= 2".into());
+    }
+    let k = k.map(|t| t.to_i64().first().copied().unwrap_or(0)).unwrap_or(0);
+    let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
+    let keep: Vec<bool> = (0..x.len())
+        .map(|f| {
+            let (i, j) = (((f / cols) % rows) as i64, (f % cols) as i64);
+            if upper { j - i >= k } else { j - i <= k }
+        })
+        .collect();
+    let mut out = x.clone();
+    match &mut out.data {
+        Data::F32(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| if !kp { *a = 0.0 }),
+        Data::I64(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| if !kp { *a = 0 }),
+        Data::Bool(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| if !kp { *a = false }),
+    }
+    Ok(out)
+}
+
+pub fn nonzero(x: &Tensor) -> Tensor {
+    let xs = strides(&x.shape);
+    let nz: Vec<usize> = x.to_f32().iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, _)| i).collect();
+    let r = x.shape.len();
+    let mut out = vec![0i64; r * nz.len()];
+    for (j, &flat) in nz.iter().enumerate() {
+        for d in 0..r {
+            out[d * nz.len() + j] = ((flat / xs[d]) % x.shape[d]) as i64;
+        }
+    }
+    Tensor::i64(vec![r, nz.len()], out)
+}

@@ -1,0 +1,103 @@
+//! Matrix products: numpy matmul with batch broadcasting, and explicit einsum.
+
+use super::{broadcast_map, broadcast_shape, KResult};
+use crate::tensor::{numel, Tensor};
+use std::collections::HashMap;
+
+pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
+    let (av, bv) = (a.to_f32(), b.to_f32());
+    if a.shape.is_empty() || b.shape.is_empty() {
+        return Err("MatMul of a scalar".into());
+    }
+    // 1-D operands become matrices, and the added dimension is dropped from the result.
+    let a_sh: Vec<usize> = if a.shape.len() == 1 { vec![1, a.shape[0]] } else { a.shape.clone() };
+    let b_sh: Vec<usize> = if b.shape.len() == 1 { vec![b.shape[0], 1] } else { b.shape.clone() };
+    let (m, k) = (a_sh[a_sh.len() - 2], a_sh[a_sh.len() - 1]);
+    let (k2, n) = (b_sh[b_sh.len() - 2], b_sh[b_sh.len() - 1]);
+    if k != k2 {
+        return Err(format!("MatMul of {:?} and {:?}: contraction sizes {k} and {k2} differ", a.shape, b.shape));
+    }
+    let (ab, bb) = (&a_sh[..a_sh.len() - 2], &b_sh[..b_sh.len() - 2]);
+    let batch = broadcast_shape(ab, bb)?;
+    let nb = numel(&batch);
+    let (ma, mb) = (broadcast_map(ab, &batch), broadcast_map(bb, &batch));
+    let mut out = vec![0f32; nb * m * n];
+    for bi in 0..nb {
+        let x = &av[ma[bi] * m * k..(ma[bi] + 1) * m * k];
+        let y = &bv[mb[bi] * k * n..(mb[bi] + 1) * k * n];
+        let o = &mut out[bi * m * n..(bi + 1) * m * n];
+        for i in 0..m {
+            let row = &mut o[i * n..(i + 1) * n];
+            for p in 0..k {
+                let s = x[i * k + p];
+                let yr = &y[p * n..(p + 1) * n];
+                for j in 0..n {
+                    row[j] += s * yr[j];
+                }
+            }
+        }
+    }
+    let mut shape = batch;
+    if a.shape.len() > 1 {
+        shape.push(m);
+    }
+    if b.shape.len() > 1 {
+        shape.push(n);
+    }
+    Ok(Tensor::f32(shape, out).with_dtype(a.dtype))
+}
+
+/// Explicit einsum (`ij,jk->ik`), by summing over every index combination: a reference, not fast.
+pub fn einsum(equation: &str, ins: &[&Tensor]) -> KResult<Tensor> {
+    let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, rhs) = eq.split_once("->").ok_or("einsum needs an explicit output ('->')")?;
+    let terms: Vec<Vec<char>> = lhs.split(',').map(|t| t.chars().collect()).collect();
+    if terms.len() != ins.len() {
+        return Err(format!("einsum '{eq}' has {} terms for {} operands", terms.len(), ins.len()));
+    }
+    let mut size: HashMap<char, usize> = HashMap::new();
+    for (t, x) in terms.iter().zip(ins) {
+        if t.len() != x.shape.len() {
+            return Err(format!("einsum term '{}' does not match shape {:?}", t.iter().collect::<String>(), x.shape));
+        }
+        for (c, &d) in t.iter().zip(&x.shape) {
+            if *size.entry(*c).or_insert(d) != d {
+                return Err(format!("einsum index '{c}' has two sizes"));
+            }
+        }
+    }
+    let out_idx: Vec<char> = rhs.chars().collect();
+    let mut all: Vec<char> = out_idx.clone();
+    for t in &terms {
+        for c in t {
+            if !all.contains(c) {
+                all.push(*c);
+            }
+        }
+    }
+    let dims: Vec<usize> = all.iter().map(|c| size.get(c).copied().ok_or(format!("einsum index '{c}' has no size"))).collect::<KResult<_>>()?;
+    let out_shape: Vec<usize> = dims[..out_idx.len()].to_vec();
+    let vals: Vec<Vec<f32>> = ins.iter().map(|t| t.to_f32()).collect();
+    let pos: Vec<Vec<usize>> = terms.iter().map(|t| t.iter().map(|c| all.iter().position(|a| a == c).unwrap_or(0)).collect()).collect();
+    let strides: Vec<Vec<usize>> = ins.iter().map(|t| crate::tensor::strides(&t.shape)).collect();
+    let mut out = vec![0f32; numel(&out_shape)];
+    let total = numel(&dims);
+    let mut ctr = vec![0usize; dims.len()];
+    for _ in 0..total {
+        let mut prod = 1f32;
+        for (i, v) in vals.iter().enumerate() {
+            let off: usize = pos[i].iter().zip(&strides[i]).map(|(&p, &s)| ctr[p] * s).sum();
+            prod *= v[off];
+        }
+        let o: usize = (0..out_idx.len()).fold(0, |acc, d| acc * dims[d] + ctr[d]);
+        out[o] += prod;
+        for d in (0..dims.len()).rev() {
+            ctr[d] += 1;
+            if ctr[d] < dims[d] {
+                break;
+            }
+            ctr[d] = 0;
+        }
+    }
+    Ok(Tensor::f32(out_shape, out).with_dtype(ins[0].dtype))
+}

@@ -1,0 +1,181 @@
+//! Reductions along axes: sums, means, extrema, softmax, layer norm, cumsum, argmax.
+
+use super::{axis, KResult};
+use crate::program::ReduceFn;
+use crate::tensor::{numel, Data, Tensor};
+
+/// Splits `shape` around one axis into (outer, len, inner).
+fn around(shape: &[usize], ax: usize) -> (usize, usize, usize) {
+    (numel(&shape[..ax]), shape[ax], numel(&shape[ax + 1..]))
+}
+
+pub fn reduce(f: ReduceFn, x: &Tensor, axes: Option<&Tensor>, keepdims: bool, noop_empty: bool) -> KResult<Tensor> {
+    let rank = x.shape.len();
+    let mut ax: Vec<usize> = axes.map(|a| a.to_i64()).unwrap_or_default().iter().map(|&a| axis(a, rank)).collect::<KResult<_>>()?;
+    if ax.is_empty() {
+        if noop_empty {
+            return Ok(x.clone());
+        }
+        ax = (0..rank).collect();
+    }
+    let out_full: Vec<usize> = x.shape.iter().enumerate().map(|(i, &d)| if ax.contains(&i) { 1 } else { d }).collect();
+    let n_out = numel(&out_full);
+    let count = x.len() / n_out.max(1);
+    // Flat index of each input element in the (keepdims) output.
+    let ost = crate::tensor::strides(&out_full);
+    let ist = crate::tensor::strides(&x.shape);
+    let target = |flat: usize| -> usize {
+        (0..rank).map(|d| if ax.contains(&d) { 0 } else { (flat / ist[d]) % x.shape[d] * ost[d] }).sum()
+    };
+    let shape: Vec<usize> = if keepdims { out_full.clone() } else { x.shape.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect() };
+    match &x.data {
+        Data::F32(v) => {
+            let init = match f {
+                ReduceFn::Max => f32::NEG_INFINITY,
+                ReduceFn::Min => f32::INFINITY,
+                ReduceFn::Prod => 1.0,
+                _ => 0.0,
+            };
+            // Accumulate in f64 so that long sums do not drift from the reference.
+            let mut acc = vec![init as f64; n_out];
+            for (i, &a) in v.iter().enumerate() {
+                let t = &mut acc[target(i)];
+                let a = a as f64;
+                *t = match f {
+                    ReduceFn::Sum | ReduceFn::Mean => *t + a,
+                    ReduceFn::L2 => *t + a * a,
+                    ReduceFn::Max => t.max(a),
+                    ReduceFn::Min => t.min(a),
+                    ReduceFn::Prod => *t * a,
+                };
+            }
+            let out = acc
+                .into_iter()
+                .map(|a| match f {
+                    ReduceFn::Mean => (a / count as f64) as f32,
+                    ReduceFn::L2 => a.sqrt() as f32,
+                    _ => a as f32,
+                })
+                .collect();
+            Ok(Tensor::f32(shape, out).with_dtype(x.dtype))
+        }
+        Data::I64(v) => {
+            let init = match f {
+                ReduceFn::Max => i64::MIN,
+                ReduceFn::Min => i64::MAX,
+                ReduceFn::Prod => 1,
+                _ => 0,
+            };
+            let mut acc = vec![init; n_out];
+            for (i, &a) in v.iter().enumerate() {
+                let t = &mut acc[target(i)];
+                *t = match f {
+                    ReduceFn::Sum | ReduceFn::Mean => *t + a,
+                    ReduceFn::Max => (*t).max(a),
+                    ReduceFn::Min => (*t).min(a),
+                    ReduceFn::Prod => *t * a,
+                    ReduceFn::L2 => return Err("ReduceL2 of integers".into()),
+                };
+            }
+            if f == ReduceFn::Mean {
+                acc.iter_mut().for_each(|a| *a /= count.max(1) as i64);
+            }
+            Ok(Tensor::i64(shape, acc).with_dtype(x.dtype))
+        }
+        Data::Bool(_) => Err("reduction of a bool tensor".into()),
+    }
+}
+
+pub fn softmax(x: &Tensor, ax: i64, log: bool) -> KResult<Tensor> {
+    let v = x.as_f32().ok_or("Softmax of a non-float tensor")?;
+    let a = axis(ax, x.shape.len())?;
+    let (outer, len, inner) = around(&x.shape, a);
+    let mut out = vec![0f32; v.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| o * len * inner + k * inner + i;
+            let m = (0..len).map(|k| v[at(k)]).fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = (0..len).map(|k| (v[at(k)] - m).exp()).sum();
+            for k in 0..len {
+                out[at(k)] = if log { v[at(k)] - m - s.ln() } else { (v[at(k)] - m).exp() / s };
+            }
+        }
+    }
+    Ok(Tensor::f32(x.shape.clone(), out).with_dtype(x.dtype))
+}
+
+pub fn argmax(x: &Tensor, ax: i64, keepdims: bool, max: bool) -> KResult<Tensor> {
+    let v = x.to_f32();
+    let a = axis(ax, x.shape.len())?;
+    let (outer, len, inner) = around(&x.shape, a);
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| v[o * len * inner + k * inner + i];
+            let mut best = 0;
+            for k in 1..len {
+                if (max && at(k) > at(best)) || (!max && at(k) < at(best)) {
+                    best = k;
+                }
+            }
+            out.push(best as i64);
+        }
+    }
+    let mut shape = x.shape.clone();
+    if keepdims {
+        shape[a] = 1;
+    } else {
+        shape.remove(a);
+    }
+    Ok(Tensor::i64(shape, out))
+}
+
+/// LayerNormalization over the axes from `axis` to the end, with scale and optional bias.
+pub fn layer_norm(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, ax: i64, eps: f32) -> KResult<Tensor> {
+    let v = x.as_f32().ok_or("LayerNormalization of a non-float tensor")?;
+    let a = axis(ax, x.shape.len())?;
+    let inner = numel(&x.shape[a..]);
+    let s = scale.to_f32();
+    let b = bias.map(|b| b.to_f32());
+    if s.len() != inner || b.as_ref().is_some_and(|b| b.len() != inner) {
+        return Err(format!("LayerNormalization scale/bias do not match the normalised size {inner}"));
+    }
+    let mut out = vec![0f32; v.len()];
+    for (row, o) in v.chunks(inner).zip(out.chunks_mut(inner)) {
+        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / inner as f64;
+        let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / inner as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        for k in 0..inner {
+            o[k] = ((row[k] as f64 - mean) * inv) as f32 * s[k] + b.as_ref().map_or(0.0, |b| b[k]);
+        }
+    }
+    Ok(Tensor::f32(x.shape.clone(), out).with_dtype(x.dtype))
+}
+
+pub fn cumsum(x: &Tensor, ax: &Tensor, exclusive: bool, reverse: bool) -> KResult<Tensor> {
+    let a = axis(*ax.to_i64().first().ok_or("CumSum needs an axis")?, x.shape.len())?;
+    let (outer, len, inner) = around(&x.shape, a);
+    let v = x.to_f32();
+    let mut out = vec![0f32; v.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let mut acc = 0f32;
+            for step in 0..len {
+                let k = if reverse { len - 1 - step } else { step };
+                let at = o * len * inner + k * inner + i;
+                if exclusive {
+                    out[at] = acc;
+                    acc += v[at];
+                } else {
+                    acc += v[at];
+                    out[at] = acc;
+                }
+            }
+        }
+    }
+    Ok(match x.data {
+        Data::F32(_) => Tensor::f32(x.shape.clone(), out),
+        _ => Tensor::i64(x.shape.clone(), out.iter().map(|&f| f as i64).collect()),
+    }
+    .with_dtype(x.dtype))
+}

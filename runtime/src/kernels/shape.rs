@@ -1,0 +1,251 @@
+//! Data movement: reshape, transpose, concat, split, slice, expand, tile, and the shape ops.
+
+use super::{axis, broadcast_map, broadcast_shape, KResult};
+use crate::tensor::{numel, strides, DType, Tensor};
+
+fn dims(t: &Tensor) -> Vec<i64> {
+    t.to_i64()
+}
+
+pub fn reshape(x: &Tensor, shape: &Tensor, allowzero: bool) -> KResult<Tensor> {
+    let want = dims(shape);
+    let mut out: Vec<i64> = want.iter().enumerate().map(|(i, &d)| if d == 0 && !allowzero { x.shape.get(i).map_or(0, |&s| s as i64) } else { d }).collect();
+    let known: i64 = out.iter().filter(|&&d| d != -1).product();
+    if let Some(p) = out.iter().position(|&d| d == -1) {
+        if known == 0 || x.len() as i64 % known != 0 {
+            return Err(format!("cannot reshape {:?} to {want:?}", x.shape));
+        }
+        out[p] = x.len() as i64 / known;
+    }
+    if out.iter().any(|&d| d < 0) || out.iter().product::<i64>() != x.len() as i64 {
+        return Err(format!("cannot reshape {:?} ({} elements) to {want:?}", x.shape, x.len()));
+    }
+    Ok(Tensor { shape: out.iter().map(|&d| d as usize).collect(), ..x.clone() })
+}
+
+pub fn squeeze(x: &Tensor, axes: Option<&Tensor>) -> KResult<Tensor> {
+    let shape: Vec<usize> = match axes {
+        Some(a) => {
+            let ax: Vec<usize> = dims(a).iter().map(|&v| axis(v, x.shape.len())).collect::<KResult<_>>()?;
+            if let Some(&bad) = ax.iter().find(|&&i| x.shape[i] != 1) {
+                return Err(format!("Squeeze of axis {bad} of size {}", x.shape[bad]));
+            }
+            x.shape.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect()
+        }
+        None => x.shape.iter().copied().filter(|&d| d != 1).collect(),
+    };
+    Ok(Tensor { shape, ..x.clone() })
+}
+
+pub fn unsqueeze(x: &Tensor, axes: &Tensor) -> KResult<Tensor> {
+    let r = x.shape.len() + axes.len();
+    let mut ax: Vec<usize> = dims(axes).iter().map(|&v| axis(v, r)).collect::<KResult<_>>()?;
+    ax.sort();
+    let mut shape = x.shape.clone();
+    for a in ax {
+        shape.insert(a, 1);
+    }
+    Ok(Tensor { shape, ..x.clone() })
+}
+
+pub fn flatten(x: &Tensor, ax: i64) -> KResult<Tensor> {
+    let a = if ax < 0 { ax + x.shape.len() as i64 } else { ax } as usize;
+    if a > x.shape.len() {
+        return Err(format!("Flatten axis {ax} for rank {}", x.shape.len()));
+    }
+    Ok(Tensor { shape: vec![numel(&x.shape[..a]), numel(&x.shape[a..])], ..x.clone() })
+}
+
+pub fn transpose(x: &Tensor, perm: &[usize]) -> KResult<Tensor> {
+    if perm.len() != x.shape.len() {
+        return Err(format!("Transpose perm {perm:?} for shape {:?}", x.shape));
+    }
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+    let ist = strides(&x.shape);
+    let pst: Vec<usize> = perm.iter().map(|&p| ist[p]).collect();
+    let n = numel(&shape);
+    let mut ctr = vec![0usize; shape.len()];
+    let mut idx = Vec::with_capacity(n);
+    for _ in 0..n {
+        idx.push(ctr.iter().zip(&pst).map(|(c, s)| c * s).sum());
+        for d in (0..shape.len()).rev() {
+            ctr[d] += 1;
+            if ctr[d] < shape[d] {
+                break;
+            }
+            ctr[d] = 0;
+        }
+    }
+    Ok(x.pick(shape, idx.into_iter()))
+}
+
+pub fn concat(xs: &[&Tensor], ax: i64) -> KResult<Tensor> {
+    let first = xs.first().ok_or("Concat of nothing")?;
+    let a = axis(ax, first.shape.len())?;
+    let mut shape = first.shape.clone();
+    shape[a] = xs.iter().map(|t| t.shape.get(a).copied().unwrap_or(0)).sum();
+    let outer = numel(&first.shape[..a]);
+    let mut parts = Vec::new();
+    for t in xs {
+        if t.shape.len() != first.shape.len() || t.shape.iter().enumerate().any(|(i, &d)| i != a && d != first.shape[i]) {
+            return Err(format!("Concat of shapes {:?} and {:?} along axis {a}", first.shape, t.shape));
+        }
+        parts.push((t, numel(&t.shape[a..])));
+    }
+    let mut f = Vec::new();
+    let mut i = Vec::new();
+    let mut b = Vec::new();
+    for o in 0..outer {
+        for (t, chunk) in &parts {
+            match &t.data {
+                crate::tensor::Data::F32(v) => f.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
+                crate::tensor::Data::I64(v) => i.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
+                crate::tensor::Data::Bool(v) => b.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
+            }
+        }
+    }
+    let data = match first.data {
+        crate::tensor::Data::F32(_) => crate::tensor::Data::F32(f),
+        crate::tensor::Data::I64(_) => crate::tensor::Data::I64(i),
+        crate::tensor::Data::Bool(_) => crate::tensor::Data::Bool(b),
+    };
+    Ok(Tensor { dtype: first.dtype, shape, data })
+}
+
+/// Picks `starts[k] + i*steps[k]` along each sliced axis.
+fn take(x: &Tensor, ranges: &[(usize, i64, i64, usize)]) -> Tensor {
+    let mut shape = x.shape.clone();
+    let mut start = vec![0i64; shape.len()];
+    let mut step = vec![1i64; shape.len()];
+    for &(a, s, st, n) in ranges {
+        shape[a] = n;
+        start[a] = s;
+        step[a] = st;
+    }
+    let ist = strides(&x.shape);
+    let n = numel(&shape);
+    let mut ctr = vec![0usize; shape.len()];
+    let mut idx = Vec::with_capacity(n);
+    for _ in 0..n {
+        idx.push((0..shape.len()).map(|d| ((start[d] + ctr[d] as i64 * step[d]) as usize) * ist[d]).sum());
+        for d in (0..shape.len()).rev() {
+            ctr[d] += 1;
+            if ctr[d] < shape[d] {
+                break;
+            }
+            ctr[d] = 0;
+        }
+    }
+    x.pick(shape, idx.into_iter())
+}
+
+pub fn slice(x: &Tensor, starts: &Tensor, ends: &Tensor, axes: Option<&Tensor>, steps: Option<&Tensor>) -> KResult<Tensor> {
+    let (s, e) = (dims(starts), dims(ends));
+    let ax = axes.map(dims).unwrap_or_else(|| (0..s.len() as i64).collect());
+    let st = steps.map(dims).unwrap_or_else(|| vec![1; s.len()]);
+    if e.len() != s.len() || ax.len() != s.len() || st.len() != s.len() {
+        return Err("Slice starts, ends, axes and steps differ in length".into());
+    }
+    let mut ranges = Vec::new();
+    for k in 0..s.len() {
+        let a = axis(ax[k], x.shape.len())?;
+        let d = x.shape[a] as i64;
+        let step = st[k];
+        if step == 0 {
+            return Err("Slice step 0".into());
+        }
+        let fix = |v: i64, lo: i64, hi: i64| (if v < 0 { v + d } else { v }).clamp(lo, hi);
+        let (lo, hi) = if step > 0 { (fix(s[k], 0, d), fix(e[k], 0, d)) } else { (fix(s[k], -1, d - 1), fix(e[k], -1, d - 1)) };
+        let n = if step > 0 { (hi - lo + step - 1) / step } else { (lo - hi + (-step) - 1) / (-step) }.max(0);
+        ranges.push((a, lo, step, n as usize));
+    }
+    Ok(take(x, &ranges))
+}
+
+pub fn split(x: &Tensor, sizes: Option<&Tensor>, ax: i64, n: usize) -> KResult<Vec<Tensor>> {
+    let a = axis(ax, x.shape.len())?;
+    let d = x.shape[a];
+    let sizes: Vec<usize> = match sizes {
+        Some(s) => dims(s).iter().map(|&v| v.max(0) as usize).collect(),
+        None => {
+            let chunk = d.div_ceil(n.max(1));
+            (0..n).map(|i| chunk.min(d.saturating_sub(chunk * i))).collect()
+        }
+    };
+    if sizes.iter().sum::<usize>() != d || sizes.len() != n {
+        return Err(format!("Split of size {d} into {sizes:?} for {n} outputs"));
+    }
+    let mut off = 0;
+    Ok(sizes
+        .iter()
+        .map(|&sz| {
+            let t = take(x, &[(a, off as i64, 1, sz)]);
+            off += sz;
+            t
+        })
+        .collect())
+}
+
+pub fn expand(x: &Tensor, shape: &Tensor) -> KResult<Tensor> {
+    let target: Vec<usize> = dims(shape).iter().map(|&d| d.max(0) as usize).collect();
+    let out = broadcast_shape(&x.shape, &target)?;
+    let idx = broadcast_map(&x.shape, &out);
+    Ok(x.pick(out, idx.into_iter()))
+}
+
+pub fn tile(x: &Tensor, reps: &Tensor) -> KResult<Tensor> {
+    let r = dims(reps);
+    if r.len() != x.shape.len() {
+        return Err(format!("Tile repeats {r:?} for shape {:?}", x.shape));
+    }
+    let shape: Vec<usize> = x.shape.iter().zip(&r).map(|(&d, &k)| d * k.max(0) as usize).collect();
+    let ist = strides(&x.shape);
+    let n = numel(&shape);
+    let mut ctr = vec![0usize; shape.len()];
+    let mut idx = Vec::with_capacity(n);
+    for _ in 0..n {
+        idx.push((0..shape.len()).map(|d| (ctr[d] % x.shape[d]) * ist[d]).sum());
+        for d in (0..shape.len()).rev() {
+            ctr[d] += 1;
+            if ctr[d] < shape[d] {
+                break;
+            }
+            ctr[d] = 0;
+        }
+    }
+    Ok(x.pick(shape, idx.into_iter()))
+}
+
+pub fn shape_of(x: &Tensor, start: i64, end: Option<i64>) -> Tensor {
+    let r = x.shape.len() as i64;
+    let c = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let (s, e) = (c(start), c(end.unwrap_or(r)));
+    let v: Vec<i64> = x.shape[s..e.max(s)].iter().map(|&d| d as i64).collect();
+    Tensor::i64(vec![v.len()], v)
+}
+
+pub fn constant_of_shape(shape: &Tensor, value: f64, dtype: DType) -> KResult<Tensor> {
+    let s: Vec<usize> = dims(shape).iter().map(|&d| d.max(0) as usize).collect();
+    let n = numel(&s);
+    Ok(if dtype == DType::Bool {
+        Tensor::bool(s, vec![value != 0.0; n])
+    } else if dtype.is_float() {
+        Tensor::f32(s, vec![value as f32; n]).with_dtype(dtype)
+    } else {
+        Tensor::i64(s, vec![value as i64; n]).with_dtype(dtype)
+    })
+}
+
+pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> KResult<Tensor> {
+    if start.dtype.is_float() {
+        let (s, l, d) = (start.to_f32()[0], limit.to_f32()[0], delta.to_f32()[0]);
+        let n = ((l - s) / d).ceil().max(0.0) as usize;
+        return Ok(Tensor::f32(vec![n], (0..n).map(|i| s + i as f32 * d).collect()).with_dtype(start.dtype));
+    }
+    let (s, l, d) = (start.to_i64()[0], limit.to_i64()[0], delta.to_i64()[0]);
+    if d == 0 {
+        return Err("Range with delta 0".into());
+    }
+    let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+    Ok(Tensor::i64(vec![n], (0..n as i64).map(|i| s + i * d).collect()).with_dtype(start.dtype))
+}

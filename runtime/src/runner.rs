@@ -1,0 +1,114 @@
+//! What `ppmoe run` and `ppmoe-run` do: bind inputs, pick a backend, run, write outputs whole.
+
+use crate::bundle::read_bundle;
+use crate::error::RuntimeError;
+use crate::npy::{read_npy, write_npy};
+use crate::tensor::Tensor;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// CUDA where a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "cpu" => Ok(Backend::Cpu),
+            "cuda" => Ok(Backend::Cuda),
+            _ => Err(format!("unknown backend '{s}' (expected auto, cpu or cuda)")),
+        }
+    }
+}
+
+/// One `--input`: `FILE` binds the next input in order, `NAME=FILE` binds by name.
+#[derive(Clone, Debug)]
+pub struct InputArg {
+    pub name: Option<String>,
+    pub file: PathBuf,
+}
+
+impl InputArg {
+    pub fn parse(s: &str) -> InputArg {
+        match s.split_once('=') {
+            Some((n, f)) if !n.is_empty() && !n.contains('/') => InputArg { name: Some(n.into()), file: f.into() },
+            _ => InputArg { name: None, file: s.into() },
+        }
+    }
+}
+
+pub struct RunReport {
+    pub backend: &'static str,
+    pub outputs: Vec<(String, PathBuf)>,
+}
+
+/// Runs a bundle on the given inputs and writes `<output name>.npy` files into `out_dir`.
+/// Outputs are written to a temporary folder first and moved into place when all are written.
+pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Backend) -> Result<RunReport, RuntimeError> {
+    if backend == Backend::Cuda {
+        return Err(RuntimeError::Backend { backend: "cuda".into(), reason: "the CUDA backend is not built yet; use --backend cpu".into() });
+    }
+    let bundle = read_bundle(bundle_dir)?;
+    let ports = &bundle.manifest.inputs;
+    let mut bound: Vec<Option<Tensor>> = vec![None; ports.len()];
+    let mut next = 0;
+    for arg in inputs {
+        let slot = match &arg.name {
+            Some(n) => ports.iter().position(|p| &p.name == n).ok_or_else(|| RuntimeError::Input {
+                name: n.clone(),
+                reason: format!("the model has no input of that name (its inputs: {})", ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")),
+            })?,
+            None => {
+                while next < bound.len() && bound[next].is_some() {
+                    next += 1;
+                }
+                if next >= ports.len() {
+                    return Err(RuntimeError::Input { name: arg.file.display().to_string(), reason: format!("more inputs given than the model's {}", ports.len()) });
+                }
+                next
+            }
+        };
+        if bound[slot].is_some() {
+            return Err(RuntimeError::Input { name: ports[slot].name.clone(), reason: "bound twice".into() });
+        }
+        bound[slot] = Some(read_npy(&arg.file)?);
+    }
+    let inputs: Vec<Tensor> = bound
+        .into_iter()
+        .zip(ports)
+        .map(|(t, p)| t.ok_or_else(|| RuntimeError::Input { name: p.name.clone(), reason: "missing: give it with --input FILE or --input NAME=FILE".into() }))
+        .collect::<Result<_, _>>()?;
+    let outputs = crate::cpu::run_bundle(&bundle, &inputs)?;
+
+    let io = |p: &Path| { let p = p.display().to_string(); move |source| RuntimeError::Io { path: p.clone(), source } };
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let tmp = out_dir.join(format!(".partial-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let mut written = Vec::new();
+    let result = (|| -> Result<Vec<(String, PathBuf)>, RuntimeError> {
+        for (port, t) in bundle.manifest.outputs.iter().zip(&outputs) {
+            let file = format!("{}.npy", sanitize(&port.name));
+            write_npy(&tmp.join(&file), t).map_err(io(&tmp.join(&file)))?;
+            written.push((port.name.clone(), file));
+        }
+        let mut placed = Vec::new();
+        for (name, file) in &written {
+            let dst = out_dir.join(file);
+            std::fs::rename(tmp.join(file), &dst).map_err(io(&dst))?;
+            placed.push((name.clone(), dst));
+        }
+        Ok(placed)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(RunReport { backend: "cpu", outputs: result? })
+}
+
+/// Output names become file names: path separators and other odd characters are replaced.
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' }).collect()
+}

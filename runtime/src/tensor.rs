@@ -1,0 +1,193 @@
+//! The CPU backend's tensor: a shape and one of three storages. Floats compute in f32 whatever
+//! their stored type (f16/bf16 widen on load, narrow on store), integers in i64, booleans as bool.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    F64,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    Bool,
+}
+
+impl DType {
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            DType::F64 => "float64",
+            DType::I8 => "int8",
+            DType::I16 => "int16",
+            DType::I32 => "int32",
+            DType::I64 => "int64",
+            DType::U8 => "uint8",
+            DType::U16 => "uint16",
+            DType::U32 => "uint32",
+            DType::U64 => "uint64",
+            DType::Bool => "bool",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Row-major strides.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+impl Tensor {
+    pub fn f32(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
+        Tensor { dtype: DType::F32, shape, data: Data::F32(v) }
+    }
+
+    pub fn i64(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
+        Tensor { dtype: DType::I64, shape, data: Data::I64(v) }
+    }
+
+    pub fn bool(shape: Vec<usize>, v: Vec<bool>) -> Tensor {
+        Tensor { dtype: DType::Bool, shape, data: Data::Bool(v) }
+    }
+
+    /// A tensor of `dtype` with the storage's values (the dtype only decides how it is stored).
+    pub fn with_dtype(mut self, dtype: DType) -> Tensor {
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The values as i64 (integers and booleans), for index and shape operands.
+    pub fn to_i64(&self) -> Vec<i64> {
+        match &self.data {
+            Data::I64(v) => v.clone(),
+            Data::Bool(v) => v.iter().map(|&b| b as i64).collect(),
+            Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
+        }
+    }
+
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            Data::F32(v) => v.clone(),
+            Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
+            Data::Bool(v) => v.iter().map(|&b| b as u8 as f32).collect(),
+        }
+    }
+
+    /// Picks elements by flat index into a new tensor of `shape` (the one primitive behind
+    /// transpose, slice, gather, expand, tile and concat).
+    pub fn pick(&self, shape: Vec<usize>, idx: impl Iterator<Item = usize>) -> Tensor {
+        let data = match &self.data {
+            Data::F32(v) => Data::F32(idx.map(|i| v[i]).collect()),
+            Data::I64(v) => Data::I64(idx.map(|i| v[i]).collect()),
+            Data::Bool(v) => Data::Bool(idx.map(|i| v[i]).collect()),
+        };
+        Tensor { dtype: self.dtype, shape, data }
+    }
+
+    /// Little-endian bytes in the tensor's dtype.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match (&self.data, self.dtype) {
+            (Data::F32(v), DType::F32) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (Data::F32(v), DType::F16) => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            (Data::F32(v), DType::BF16) => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+            (Data::F32(v), DType::F64) => v.iter().flat_map(|&x| (x as f64).to_le_bytes()).collect(),
+            (Data::Bool(v), _) => v.iter().map(|&b| b as u8).collect(),
+            (d, dt) => {
+                let ints: Vec<i64> = match d {
+                    Data::I64(v) => v.clone(),
+                    Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
+                    Data::Bool(_) => unreachable!("handled above"),
+                };
+                match dt.size() {
+                    1 => ints.iter().map(|&x| x as u8).collect(),
+                    2 => ints.iter().flat_map(|&x| (x as i16).to_le_bytes()).collect(),
+                    4 => ints.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+                    _ => ints.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`Tensor::to_bytes`]; `None` when the byte count does not match.
+    pub fn from_bytes(dtype: DType, shape: Vec<usize>, b: &[u8]) -> Option<Tensor> {
+        let n = numel(&shape);
+        if b.len() != n * dtype.size() {
+            return None;
+        }
+        let c = |i: usize, w: usize| &b[i * w..i * w + w];
+        let data = match dtype {
+            DType::F32 => Data::F32((0..n).map(|i| f32::from_le_bytes(c(i, 4).try_into().unwrap())).collect()),
+            DType::F16 => Data::F32((0..n).map(|i| half::f16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32()).collect()),
+            DType::BF16 => Data::F32((0..n).map(|i| half::bf16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32()).collect()),
+            DType::F64 => Data::F32((0..n).map(|i| f64::from_le_bytes(c(i, 8).try_into().unwrap()) as f32).collect()),
+            DType::Bool => Data::Bool(b.iter().map(|&x| x != 0).collect()),
+            DType::I8 => Data::I64(b.iter().map(|&x| x as i8 as i64).collect()),
+            DType::U8 => Data::I64(b.iter().map(|&x| x as i64).collect()),
+            DType::I16 => Data::I64((0..n).map(|i| i16::from_le_bytes(c(i, 2).try_into().unwrap()) as i64).collect()),
+            DType::U16 => Data::I64((0..n).map(|i| u16::from_le_bytes(c(i, 2).try_into().unwrap()) as i64).collect()),
+            DType::I32 => Data::I64((0..n).map(|i| i32::from_le_bytes(c(i, 4).try_into().unwrap()) as i64).collect()),
+            DType::U32 => Data::I64((0..n).map(|i| u32::from_le_bytes(c(i, 4).try_into().unwrap()) as i64).collect()),
+            DType::I64 | DType::U64 => Data::I64((0..n).map(|i| i64::from_le_bytes(c(i, 8).try_into().unwrap())).collect()),
+        };
+        Some(Tensor { dtype, shape, data })
+    }
+}
