@@ -1,6 +1,7 @@
 //! Subcommands and their flags. The public interface (DESIGN.md): inspect, compile, run, plan.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
+use ppmoe_runtime::runner::{run as run_bundle, Backend, InputArg};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -36,14 +37,31 @@ pub enum Command {
         #[arg(long = "input-shape", value_parser = parse_input_shape)]
         input_shape: Vec<(String, Vec<i64>)>,
     },
-    /// Compile a model into a bundle (not built yet).
+    /// Compile a model into a bundle: manifest.json, weights per rank, programs.
     Compile {
+        /// The model (.onnx).
         model: PathBuf,
+        /// The bundle folder to write (replaced if it is an earlier bundle).
         #[arg(short, long)]
-        output: Option<PathBuf>,
+        output: PathBuf,
+        /// Fix an input's shape: NAME=DIMS (repeatable); every input must end up static.
+        #[arg(long = "input-shape", value_parser = parse_input_shape)]
+        input_shape: Vec<(String, Vec<i64>)>,
     },
-    /// Run a bundle (not built yet).
-    Run { bundle: PathBuf },
+    /// Run a bundle on .npy inputs; writes <output name>.npy files.
+    Run {
+        /// The bundle folder.
+        bundle: PathBuf,
+        /// An input: FILE.npy (bound in order) or NAME=FILE.npy (repeatable).
+        #[arg(long = "input", required = true)]
+        input: Vec<String>,
+        /// Where the outputs go.
+        #[arg(long = "output-dir")]
+        output_dir: PathBuf,
+        /// auto (CUDA where a GPU is present, else CPU), cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
     /// Print the parallel plan and its predicted cost (not built yet).
     Plan { model: PathBuf },
 }
@@ -61,21 +79,45 @@ fn parse_input_shape(s: &str) -> Result<(String, Vec<i64>), String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, emit, input_shape } => inspect(&model, emit, &input_shape),
-        Command::Compile { .. } => bail!("`ppmoe compile` is not built yet (it arrives with the bundle and the CPU backend)"),
-        Command::Run { .. } => bail!("`ppmoe run` is not built yet (it arrives with the bundle and the CPU backend)"),
+        Command::Compile { model, output, input_shape } => {
+            let r = ppmoe_compiler::compile(&model, &input_shape, &output)?;
+            println!(
+                "compiled {} -> {} (1 rank, {} instructions, {} weights, {:.1} KiB)",
+                model.display(),
+                output.display(),
+                r.instructions,
+                r.weights,
+                r.weight_bytes as f64 / 1024.0
+            );
+            Ok(())
+        }
+        Command::Run { bundle, input, output_dir, backend } => {
+            let backend: Backend = backend.parse().map_err(anyhow::Error::msg)?;
+            let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
+            let report = run_bundle(&bundle, &inputs, &output_dir, backend)?;
+            for (name, path) in report.outputs {
+                println!("{name} -> {} ({} backend)", path.display(), report.backend);
+            }
+            Ok(())
+        }
         Command::Plan { .. } => bail!("`ppmoe plan` is not built yet (it arrives with the distribution passes)"),
     }
 }
 
-fn inspect(model: &std::path::Path, emit: Emit, input_shape: &[(String, Vec<i64>)]) -> Result<()> {
-    let context = ppmoe_dialect::context();
-    let (_model, _types, module) = ppmoe_frontend::import_module(&context, model, input_shape)?;
-    match emit {
-        Emit::Onnx => {
-            println!("{}", ppmoe_dialect::print_module(&module));
-            Ok(())
-        }
-        other => Err(anyhow::anyhow!("stage '{other:?}' is not built yet; the stages built so far: onnx"))
-            .with_context(|| format!("{}", model.display())),
+fn stage_name(e: Emit) -> &'static str {
+    match e {
+        Emit::Onnx => "onnx",
+        Emit::Core => "core",
+        Emit::Moe => "moe",
+        Emit::Sharded => "sharded",
+        Emit::Pipelined => "pipelined",
+        Emit::Kernels => "kernels",
+        Emit::Ptx => "ptx",
     }
+}
+
+fn inspect(model: &std::path::Path, emit: Emit, input_shape: &[(String, Vec<i64>)]) -> Result<()> {
+    let text = ppmoe_compiler::pipeline::emit(model, input_shape, stage_name(emit))?;
+    println!("{text}");
+    Ok(())
 }

@@ -1,1 +1,11 @@
+//! ppmoe's compiler: the stage pipeline (`pipeline.rs` is the whole ladder on one screen), the
+//! lowering to the `core` op set, the passes over rank programs, and the bundle writer.
 
+pub mod compile;
+pub mod core;
+pub mod error;
+pub mod passes;
+pub mod pipeline;
+
+pub use compile::compile;
+pub use error::CompileError;

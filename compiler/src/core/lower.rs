@@ -1,0 +1,509 @@
+//! Lowering the ONNX graph to a `core` program (one rank).
+//!
+//!   onnx:  %y = "onnx.Gemm"(%x, %w, %b) {transB = 1}     (w: [out, in], a weight)
+//!   core:  %y0 = "core.mat_mul"(%x, %wT)                  (wT: [in, out], folded at compile time)
+//!          %y  = "core.add"(%y0, %b)
+//!
+//! Every node whose operands are all known at compile time (weights, constants, shapes of
+//! static tensors) is evaluated here with the runtime's own kernels, so the program keeps only
+//! data-dependent work. Gemm becomes MatMul (+ Mul, Add), Clip becomes Max/Min, Identity an
+//! alias, Squeeze/Unsqueeze/Flatten a Reshape to a constant shape when the shape is static.
+
+use crate::error::CompileError;
+use ppmoe_frontend::{AttrValue, Dim, Model, Node, TensorData, Types};
+use ppmoe_runtime::program::{BinaryFn, Buffer, BufferId, BufferKind, Instruction, Op, Program, ReduceFn, Reduction, UnaryFn};
+use ppmoe_runtime::{kernels, DType, Tensor};
+use std::collections::HashMap;
+
+/// A lowered program with the weights it reads.
+pub struct CoreProgram {
+    pub program: Program,
+    pub weights: Vec<(String, Tensor)>,
+    /// The model's input and output names with their buffer ids.
+    pub input_names: Vec<String>,
+    pub output_names: Vec<String>,
+}
+
+pub fn runtime_dtype(d: ppmoe_frontend::DType) -> DType {
+    use ppmoe_frontend::DType as F;
+    match d {
+        F::F32 => DType::F32,
+        F::F16 => DType::F16,
+        F::BF16 => DType::BF16,
+        F::F64 => DType::F64,
+        F::I8 => DType::I8,
+        F::I16 => DType::I16,
+        F::I32 => DType::I32,
+        F::I64 => DType::I64,
+        F::U8 => DType::U8,
+        F::U16 => DType::U16,
+        F::U32 => DType::U32,
+        F::U64 => DType::U64,
+        F::Bool => DType::Bool,
+    }
+}
+
+pub fn tensor_of(t: &TensorData) -> Option<Tensor> {
+    Tensor::from_bytes(runtime_dtype(t.dtype), t.dims.iter().map(|&d| d as usize).collect(), &t.bytes)
+}
+
+/// The ops the core stage accepts (for the error message on anything else).
+pub const SUPPORTED: &[&str] = &[
+    "Abs", "Add", "And", "ArgMax", "ArgMin", "Cast", "CastLike", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape",
+    "Cos", "CumSum", "Div", "Einsum", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements",
+    "GatherND", "Gemm", "Greater", "GreaterOrEqual", "Identity", "LayerNormalization", "Less", "LessOrEqual", "Log",
+    "LogSoftmax", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "NonZero", "Not", "OneHot", "Or", "Pow", "Range",
+    "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "Relu", "Reshape",
+    "ScatterElements", "ScatterND", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax", "Split", "Sqrt",
+    "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Where", "Xor",
+];
+
+struct Lowering<'m> {
+    model: &'m Model,
+    types: &'m Types,
+    buffers: Vec<Buffer>,
+    ids: HashMap<String, BufferId>,
+    /// Values known at compile time.
+    consts: HashMap<String, Tensor>,
+    instructions: Vec<Instruction>,
+    weights: Vec<(String, Tensor)>,
+    fresh: usize,
+}
+
+fn attr_i(n: &Node, k: &str, d: i64) -> i64 {
+    match n.attr(k) {
+        Some(AttrValue::Int(v)) => *v,
+        _ => d,
+    }
+}
+
+fn attr_f(n: &Node, k: &str, d: f32) -> f32 {
+    match n.attr(k) {
+        Some(AttrValue::Float(v)) => *v,
+        _ => d,
+    }
+}
+
+fn reduction(n: &Node) -> Result<Reduction, String> {
+    Ok(match n.attr("reduction") {
+        None => Reduction::None,
+        Some(AttrValue::String(s)) => match s.as_str() {
+            "none" => Reduction::None,
+            "add" => Reduction::Add,
+            "mul" => Reduction::Mul,
+            "max" => Reduction::Max,
+            "min" => Reduction::Min,
+            other => return Err(format!("unknown reduction '{other}'")),
+        },
+        Some(_) => return Err("reduction must be a string".into()),
+    })
+}
+
+impl<'m> Lowering<'m> {
+    fn node_err(&self, node: &Node, reason: impl Into<String>) -> CompileError {
+        CompileError::Node { path: self.model.path.clone(), node: node.name.clone(), op: node.qualified_op(), reason: reason.into() }
+    }
+
+    fn buffer_for_value(&mut self, name: &str, kind: BufferKind) -> BufferId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let ty = self.types.get(name);
+        let (dtype, shape) = match ty {
+            Some(t) => (runtime_dtype(t.dtype), t.dims.iter().map(|d| d.known().map(|v| v as usize)).collect()),
+            None => (DType::F32, vec![]),
+        };
+        self.push_buffer(name, dtype, shape, kind)
+    }
+
+    fn push_buffer(&mut self, name: &str, dtype: DType, shape: Vec<Option<usize>>, kind: BufferKind) -> BufferId {
+        let id = self.buffers.len();
+        self.buffers.push(Buffer { name: name.to_string(), dtype, shape, kind });
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// The buffer holding `name`: a constant becomes a weight buffer on first use.
+    fn operand(&mut self, name: &str) -> BufferId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        if let Some(t) = self.consts.get(name).cloned() {
+            let id = self.push_buffer(name, t.dtype, t.shape.iter().map(|&d| Some(d)).collect(), BufferKind::Weight);
+            self.weights.push((name.to_string(), t));
+            return id;
+        }
+        self.buffer_for_value(name, BufferKind::Temp)
+    }
+
+    fn operands(&mut self, node: &Node) -> Vec<Option<BufferId>> {
+        node.inputs.iter().map(|n| if n.is_empty() { None } else { Some(self.operand(n)) }).collect()
+    }
+
+    /// A new constant (a Reshape's target shape, say) as a weight buffer.
+    fn const_operand(&mut self, hint: &str, t: Tensor) -> BufferId {
+        self.fresh += 1;
+        let name = format!("{hint}.const{}", self.fresh);
+        self.consts.insert(name.clone(), t);
+        self.operand(&name)
+    }
+
+    /// A fresh temporary with the given type.
+    fn temp(&mut self, hint: &str, dtype: DType, shape: Vec<Option<usize>>) -> BufferId {
+        self.fresh += 1;
+        self.push_buffer(&format!("{hint}.tmp{}", self.fresh), dtype, shape, BufferKind::Temp)
+    }
+
+    fn emit(&mut self, node: &Node, op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>) {
+        self.instructions.push(Instruction { op, inputs, outputs, origin: node.name.clone() });
+    }
+
+    fn outputs(&mut self, node: &Node) -> Vec<BufferId> {
+        node.outputs.iter().map(|o| self.buffer_for_value(o, BufferKind::Temp)).collect()
+    }
+
+    fn static_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.types.get(name).and_then(|t| t.dims.iter().map(|d| d.known().map(|v| v as usize)).collect())
+    }
+
+    /// Tries to evaluate a node at compile time; true when it was.
+    fn fold(&mut self, node: &Node) -> Result<bool, CompileError> {
+        if node.op_type == "Constant" {
+            let data = ppmoe_frontend::infer::constant_value(node).map_err(|e| self.node_err(node, e))?;
+            let t = tensor_of(&data).ok_or_else(|| self.node_err(node, "malformed constant"))?;
+            self.consts.insert(node.outputs[0].clone(), t);
+            return Ok(true);
+        }
+        // Shape and Size of a tensor whose shape is static are constants, whatever its values.
+        if matches!(node.op_type.as_str(), "Shape" | "Size") {
+            if let Some(shape) = self.static_shape(&node.inputs[0]) {
+                let fake = Tensor::f32(shape.clone(), vec![0.0; shape.iter().product()]);
+                let t = if node.op_type == "Size" {
+                    Tensor::i64(vec![], vec![shape.iter().product::<usize>() as i64])
+                } else {
+                    kernels::execute(&self.op_for(node)?, &[Some(&fake)], 1).map_err(|e| self.node_err(node, e))?.remove(0)
+                };
+                self.consts.insert(node.outputs[0].clone(), t);
+                return Ok(true);
+            }
+        }
+        let all_const = node.inputs.iter().all(|i| i.is_empty() || self.consts.contains_key(i));
+        if !all_const {
+            return Ok(false);
+        }
+        let op = match self.op_for(node) {
+            Ok(op) => op,
+            // Gemm and Clip lower to several ops: fold them through their lowering instead.
+            Err(_) => return Ok(false),
+        };
+        let args: Vec<Option<&Tensor>> = node.inputs.iter().map(|i| if i.is_empty() { None } else { self.consts.get(i) }).collect();
+        let outs = kernels::execute(&op, &args, node.outputs.len()).map_err(|e| self.node_err(node, e))?;
+        for (name, t) in node.outputs.iter().zip(outs) {
+            let want = self.types.get(name).map(|t| runtime_dtype(t.dtype)).unwrap_or(t.dtype);
+            self.consts.insert(name.clone(), t.with_dtype(want));
+        }
+        Ok(true)
+    }
+
+    /// The core op of a node that maps one to one.
+    fn op_for(&self, node: &Node) -> Result<Op, CompileError> {
+        let unary = |f| Ok(Op::Unary { f });
+        let binary = |f| Ok(Op::Binary { f });
+        let reduce = |f| Ok(Op::Reduce { f, keepdims: attr_i(node, "keepdims", 1) != 0, noop_with_empty_axes: attr_i(node, "noop_with_empty_axes", 0) != 0 });
+        if !node.domain.is_empty() {
+            return Err(self.unsupported(node));
+        }
+        match node.op_type.as_str() {
+            "Neg" => unary(UnaryFn::Neg),
+            "Abs" => unary(UnaryFn::Abs),
+            "Sqrt" => unary(UnaryFn::Sqrt),
+            "Reciprocal" => unary(UnaryFn::Reciprocal),
+            "Exp" => unary(UnaryFn::Exp),
+            "Log" => unary(UnaryFn::Log),
+            "Sigmoid" => unary(UnaryFn::Sigmoid),
+            "Tanh" => unary(UnaryFn::Tanh),
+            "Erf" => unary(UnaryFn::Erf),
+            "Relu" => unary(UnaryFn::Relu),
+            "Not" => unary(UnaryFn::Not),
+            "Sin" => unary(UnaryFn::Sin),
+            "Cos" => unary(UnaryFn::Cos),
+            "Floor" => unary(UnaryFn::Floor),
+            "Ceil" => unary(UnaryFn::Ceil),
+            "Sign" => unary(UnaryFn::Sign),
+            "Add" => binary(BinaryFn::Add),
+            "Sub" => binary(BinaryFn::Sub),
+            "Mul" => binary(BinaryFn::Mul),
+            "Div" => binary(BinaryFn::Div),
+            "Pow" => binary(BinaryFn::Pow),
+            "Max" => binary(BinaryFn::Max),
+            "Min" => binary(BinaryFn::Min),
+            "Mod" => binary(BinaryFn::Mod),
+            "Equal" => binary(BinaryFn::Equal),
+            "Less" => binary(BinaryFn::Less),
+            "Greater" => binary(BinaryFn::Greater),
+            "LessOrEqual" => binary(BinaryFn::LessOrEqual),
+            "GreaterOrEqual" => binary(BinaryFn::GreaterOrEqual),
+            "And" => binary(BinaryFn::And),
+            "Or" => binary(BinaryFn::Or),
+            "Xor" => binary(BinaryFn::Xor),
+            "Where" => Ok(Op::Where),
+            "Cast" => {
+                let to = attr_i(node, "to", 0);
+                let d = ppmoe_frontend::DType::from_onnx(to as i32).ok_or_else(|| self.node_err(node, format!("Cast to unsupported type {to}")))?;
+                Ok(Op::Cast { to: runtime_dtype(d) })
+            }
+            "CastLike" => {
+                let d = self.types.get(&node.inputs[1]).map(|t| runtime_dtype(t.dtype)).ok_or_else(|| self.node_err(node, "untyped operand"))?;
+                Ok(Op::Cast { to: d })
+            }
+            "MatMul" => Ok(Op::MatMul),
+            "Softmax" => Ok(Op::Softmax { axis: attr_i(node, "axis", -1), log: false }),
+            "LogSoftmax" => Ok(Op::Softmax { axis: attr_i(node, "axis", -1), log: true }),
+            "ReduceSum" => reduce(ReduceFn::Sum),
+            "ReduceMean" => reduce(ReduceFn::Mean),
+            "ReduceMax" => reduce(ReduceFn::Max),
+            "ReduceMin" => reduce(ReduceFn::Min),
+            "ReduceProd" => reduce(ReduceFn::Prod),
+            "ReduceL2" => reduce(ReduceFn::L2),
+            "ArgMax" | "ArgMin" => {
+                if attr_i(node, "select_last_index", 0) != 0 {
+                    return Err(self.node_err(node, "select_last_index = 1 is not supported"));
+                }
+                Ok(Op::ArgMax { axis: attr_i(node, "axis", 0), keepdims: attr_i(node, "keepdims", 1) != 0, max: node.op_type == "ArgMax" })
+            }
+            "Reshape" => Ok(Op::Reshape { allowzero: attr_i(node, "allowzero", 0) != 0 }),
+            "Transpose" => {
+                let rank = self.types.get(&node.inputs[0]).map(|t| t.dims.len()).unwrap_or(0);
+                let perm = match node.attr("perm") {
+                    Some(AttrValue::Ints(p)) => p.iter().map(|&v| v as usize).collect(),
+                    _ => (0..rank).rev().collect(),
+                };
+                Ok(Op::Transpose { perm })
+            }
+            "Concat" => Ok(Op::Concat { axis: attr_i(node, "axis", 0) }),
+            "Split" => {
+                if node.attr("split").is_some() {
+                    return Err(self.node_err(node, "the 'split' attribute (opset < 13) is not supported; use the input"));
+                }
+                Ok(Op::Split { axis: attr_i(node, "axis", 0) })
+            }
+            "Slice" => Ok(Op::Slice),
+            "Squeeze" => Ok(Op::Squeeze),
+            "Unsqueeze" => Ok(Op::Unsqueeze),
+            "Flatten" => Ok(Op::Flatten { axis: attr_i(node, "axis", 1) }),
+            "Expand" => Ok(Op::Expand),
+            "Tile" => Ok(Op::Tile),
+            "Gather" => Ok(Op::Gather { axis: attr_i(node, "axis", 0) }),
+            "GatherElements" => Ok(Op::GatherElements { axis: attr_i(node, "axis", 0) }),
+            "GatherND" => Ok(Op::GatherNd { batch_dims: attr_i(node, "batch_dims", 0).max(0) as usize }),
+            "ScatterND" => Ok(Op::ScatterNd { reduction: reduction(node).map_err(|e| self.node_err(node, e))? }),
+            "ScatterElements" => Ok(Op::ScatterElements { axis: attr_i(node, "axis", 0), reduction: reduction(node).map_err(|e| self.node_err(node, e))? }),
+            "TopK" => {
+                if attr_i(node, "sorted", 1) == 0 {
+                    // Sorted output is a valid answer to an unsorted request.
+                    tracing::debug!("TopK {}: sorted=0 computed sorted", node.name);
+                }
+                Ok(Op::TopK { axis: attr_i(node, "axis", -1), largest: attr_i(node, "largest", 1) != 0 })
+            }
+            "OneHot" => Ok(Op::OneHot { axis: attr_i(node, "axis", -1) }),
+            "Range" => Ok(Op::Range),
+            "Shape" => Ok(Op::Shape {
+                start: attr_i(node, "start", 0),
+                end: match node.attr("end") {
+                    Some(AttrValue::Int(e)) => Some(*e),
+                    _ => None,
+                },
+            }),
+            "ConstantOfShape" => {
+                let (value, dtype) = match node.attr("value") {
+                    Some(AttrValue::Tensor(t)) => {
+                        let v = tensor_of(t).map(|t| t.to_f32().first().copied().unwrap_or(0.0) as f64).unwrap_or(0.0);
+                        (v, runtime_dtype(t.dtype))
+                    }
+                    _ => (0.0, DType::F32),
+                };
+                Ok(Op::ConstantOfShape { value, dtype })
+            }
+            "Trilu" => Ok(Op::Trilu { upper: attr_i(node, "upper", 1) != 0 }),
+            "CumSum" => Ok(Op::CumSum { exclusive: attr_i(node, "exclusive", 0) != 0, reverse: attr_i(node, "reverse", 0) != 0 }),
+            "Einsum" => match node.attr("equation") {
+                Some(AttrValue::String(e)) => Ok(Op::Einsum { equation: e.clone() }),
+                _ => Err(self.node_err(node, "Einsum needs an equation")),
+            },
+            "LayerNormalization" => {
+                if node.outputs.len() > 1 {
+                    return Err(self.node_err(node, "the mean and inverse-std-dev outputs (training) are not supported"));
+                }
+                Ok(Op::LayerNorm { axis: attr_i(node, "axis", -1), epsilon: attr_f(node, "epsilon", 1e-5) })
+            }
+            "NonZero" => Ok(Op::NonZero),
+            _ => Err(self.unsupported(node)),
+        }
+    }
+
+    fn unsupported(&self, node: &Node) -> CompileError {
+        CompileError::UnsupportedOp {
+            path: self.model.path.clone(),
+            node: node.name.clone(),
+            op: node.qualified_op(),
+            supported: SUPPORTED.join(", "),
+        }
+    }
+
+    fn lower_node(&mut self, node: &Node) -> Result<(), CompileError> {
+        if self.fold(node)? {
+            return Ok(());
+        }
+        match node.op_type.as_str() {
+            "Identity" if node.domain.is_empty() => {
+                let src = self.operand(&node.inputs[0]);
+                self.ids.insert(node.outputs[0].clone(), src);
+                Ok(())
+            }
+            "Gemm" if node.domain.is_empty() => self.lower_gemm(node),
+            "Clip" if node.domain.is_empty() => self.lower_clip(node),
+            "Squeeze" | "Unsqueeze" | "Flatten" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
+                let shape = self.static_shape(&node.outputs[0]).unwrap_or_default();
+                let x = self.operand(&node.inputs[0]);
+                let s = self.const_operand(&node.outputs[0], Tensor::i64(vec![shape.len()], shape.iter().map(|&d| d as i64).collect()));
+                let out = self.outputs(node);
+                self.emit(node, Op::Reshape { allowzero: true }, vec![Some(x), Some(s)], out);
+                Ok(())
+            }
+            _ => {
+                let op = self.op_for(node)?;
+                let ins = self.operands(node);
+                let outs = self.outputs(node);
+                self.emit(node, op, ins, outs);
+                Ok(())
+            }
+        }
+    }
+
+    /// Y = alpha * op(A) @ op(B) + beta * C.
+    fn lower_gemm(&mut self, node: &Node) -> Result<(), CompileError> {
+        let (ta, tb) = (attr_i(node, "transA", 0) != 0, attr_i(node, "transB", 0) != 0);
+        let (alpha, beta) = (attr_f(node, "alpha", 1.0), attr_f(node, "beta", 1.0));
+        let out_ty = self.types.get(&node.outputs[0]).ok_or_else(|| self.node_err(node, "untyped output"))?.clone();
+        let dtype = runtime_dtype(out_ty.dtype);
+        let shape: Vec<Option<usize>> = out_ty.dims.iter().map(|d| d.known().map(|v| v as usize)).collect();
+        let operand_t = |this: &mut Self, name: &str, t: bool| -> Result<BufferId, CompileError> {
+            if !t {
+                return Ok(this.operand(name));
+            }
+            if let Some(c) = this.consts.get(name) {
+                // A transposed weight is transposed once, here.
+                let tt = kernels::execute(&Op::Transpose { perm: vec![1, 0] }, &[Some(c)], 1).map_err(|e| this.node_err(node, e))?.remove(0);
+                return Ok(this.const_operand(name, tt));
+            }
+            let src = this.operand(name);
+            let ty = this.types.get(name).cloned();
+            let tshape = ty.as_ref().map(|t| t.dims.iter().rev().map(|d| d.known().map(|v| v as usize)).collect()).unwrap_or_default();
+            let tmp = this.temp(name, dtype, tshape);
+            this.emit(node, Op::Transpose { perm: vec![1, 0] }, vec![Some(src)], vec![tmp]);
+            Ok(tmp)
+        };
+        let a = operand_t(self, &node.inputs[0], ta)?;
+        let b = operand_t(self, &node.inputs[1], tb)?;
+        let has_c = node.inputs.get(2).is_some_and(|c| !c.is_empty());
+        let final_out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
+        let needs_more = alpha != 1.0 || has_c;
+        let mm = if needs_more { self.temp(&node.outputs[0], dtype, shape.clone()) } else { final_out };
+        self.emit(node, Op::MatMul, vec![Some(a), Some(b)], vec![mm]);
+        let mut cur = mm;
+        if alpha != 1.0 {
+            let s = self.const_operand(&node.outputs[0], Tensor::f32(vec![], vec![alpha]).with_dtype(dtype));
+            let next = if has_c { self.temp(&node.outputs[0], dtype, shape.clone()) } else { final_out };
+            self.emit(node, Op::Binary { f: BinaryFn::Mul }, vec![Some(cur), Some(s)], vec![next]);
+            cur = next;
+        }
+        if has_c {
+            let c_name = node.inputs[2].clone();
+            let c = if beta == 1.0 {
+                self.operand(&c_name)
+            } else if let Some(cv) = self.consts.get(&c_name).cloned() {
+                let scaled = Tensor::f32(cv.shape.clone(), cv.to_f32().iter().map(|v| v * beta).collect()).with_dtype(cv.dtype);
+                self.const_operand(&c_name, scaled)
+            } else {
+                let src = self.operand(&c_name);
+                let s = self.const_operand(&c_name, Tensor::f32(vec![], vec![beta]).with_dtype(dtype));
+                let cshape = self.buffers[src].shape.clone();
+                let tmp = self.temp(&c_name, dtype, cshape);
+                self.emit(node, Op::Binary { f: BinaryFn::Mul }, vec![Some(src), Some(s)], vec![tmp]);
+                tmp
+            };
+            self.emit(node, Op::Binary { f: BinaryFn::Add }, vec![Some(cur), Some(c)], vec![final_out]);
+        }
+        Ok(())
+    }
+
+    /// Clip(x, lo, hi) = Min(Max(x, lo), hi), each bound only where given.
+    fn lower_clip(&mut self, node: &Node) -> Result<(), CompileError> {
+        let x = self.operand(&node.inputs[0]);
+        let lo = node.inputs.get(1).filter(|n| !n.is_empty()).cloned();
+        let hi = node.inputs.get(2).filter(|n| !n.is_empty()).cloned();
+        if node.attr("min").is_some() || node.attr("max").is_some() {
+            return Err(self.node_err(node, "Clip's min/max attributes (opset < 11) are not supported"));
+        }
+        let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
+        let (dtype, shape) = (self.buffers[out].dtype, self.buffers[out].shape.clone());
+        let mut cur = x;
+        let steps: Vec<(BinaryFn, String)> = [(BinaryFn::Max, lo), (BinaryFn::Min, hi)].into_iter().filter_map(|(f, b)| b.map(|b| (f, b))).collect();
+        if steps.is_empty() {
+            self.ids.insert(node.outputs[0].clone(), x);
+            return Ok(());
+        }
+        for (i, (f, bound)) in steps.iter().enumerate() {
+            let b = self.operand(bound);
+            let dst = if i + 1 == steps.len() { out } else { self.temp(&node.outputs[0], dtype, shape.clone()) };
+            self.emit(node, Op::Binary { f: *f }, vec![Some(cur), Some(b)], vec![dst]);
+            cur = dst;
+        }
+        Ok(())
+    }
+}
+
+/// Lowers a model (with its inferred types) to a one-rank `core` program.
+pub fn lower_to_core(model: &Model, types: &Types) -> Result<CoreProgram, CompileError> {
+    let g = &model.graph;
+    for input in &g.inputs {
+        if input.ty.dims.iter().any(|d| !matches!(d, Dim::Known(_))) {
+            return Err(CompileError::DynamicInput { path: model.path.clone(), input: input.name.clone(), dims: input.ty.mlir() });
+        }
+    }
+    let mut l = Lowering { model, types, buffers: vec![], ids: HashMap::new(), consts: HashMap::new(), instructions: vec![], weights: vec![], fresh: 0 };
+    let inputs: Vec<BufferId> = g.inputs.iter().map(|i| l.buffer_for_value(&i.name, BufferKind::Input)).collect();
+    for (name, data) in &g.initializers {
+        let t = tensor_of(data).ok_or_else(|| CompileError::Node { path: model.path.clone(), node: name.clone(), op: "initializer".into(), reason: "malformed tensor".into() })?;
+        l.consts.insert(name.clone(), t);
+    }
+    for node in &g.nodes {
+        l.lower_node(node)?;
+    }
+    let mut outputs = Vec::new();
+    for o in &g.outputs {
+        let id = match l.ids.get(&o.name) {
+            Some(&id) => id,
+            None => l.operand(&o.name),
+        };
+        if l.buffers[id].kind != BufferKind::Temp {
+            return Err(CompileError::Node {
+                path: model.path.clone(),
+                node: o.name.clone(),
+                op: "output".into(),
+                reason: "the output is an input or a constant of the model, not computed: nothing to compile".into(),
+            });
+        }
+        l.buffers[id].kind = BufferKind::Output;
+        l.buffers[id].name = o.name.clone();
+        outputs.push(id);
+    }
+    let program = Program { rank: 0, buffers: l.buffers, inputs, outputs, instructions: l.instructions, weights_file: "rank0.safetensors".into() };
+    let program = crate::passes::dead_code::remove_dead_code(program, &mut l.weights);
+    Ok(CoreProgram {
+        program,
+        weights: l.weights,
+        input_names: g.inputs.iter().map(|i| i.name.clone()).collect(),
+        output_names: g.outputs.iter().map(|o| o.name.clone()).collect(),
+    })
+}

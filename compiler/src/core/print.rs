@@ -1,0 +1,119 @@
+//! The `core` stage as MLIR: one `func.func @rank<r>` per rank program, its inputs then its
+//! weights as arguments, one generic `"core.<op>"` op per instruction with the op's attributes.
+//!
+//!   func.func @rank0(%arg0: tensor<16x64xf32> {core.input = "hidden_states"},
+//!                    %arg1: tensor<64x4xf32> {core.weight = "gate.weight.const1"}) -> ... {
+//!     %0 = "core.mat_mul"(%arg0, %arg1) : (...) -> tensor<16x4xf32>
+
+use ppmoe_frontend::onnx_stage::quote;
+use ppmoe_runtime::program::{Buffer, BufferKind, Program};
+use ppmoe_runtime::DType;
+use std::fmt::Write;
+
+fn elem(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        DType::I8 | DType::U8 => "i8",
+        DType::I16 | DType::U16 => "i16",
+        DType::I32 | DType::U32 => "i32",
+        DType::I64 | DType::U64 => "i64",
+        DType::Bool => "i1",
+    }
+}
+
+pub fn tensor_type(b: &Buffer) -> String {
+    let mut s = String::from("tensor<");
+    for d in &b.shape {
+        match d {
+            Some(n) => s.push_str(&n.to_string()),
+            None => s.push('?'),
+        }
+        s.push('x');
+    }
+    s.push_str(elem(b.dtype));
+    s.push('>');
+    s
+}
+
+/// An op's attributes from its serde form (everything but the tag).
+fn attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(op) else { return vec![] };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        if k == "op" {
+            continue;
+        }
+        let text = match &v {
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => format!("{n} : i64"),
+            serde_json::Value::Number(n) => {
+                let f = n.as_f64().unwrap_or(0.0);
+                format!("0x{:016X} : f64", f.to_bits())
+            }
+            serde_json::Value::String(s) => quote(s),
+            serde_json::Value::Array(a) => {
+                let ints: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+                if ints.is_empty() { "array<i64>".into() } else { format!("array<i64: {}>", ints.join(", ")) }
+            }
+            serde_json::Value::Null => continue,
+            serde_json::Value::Object(_) => quote(&v.to_string()),
+        };
+        out.push(format!("{k} = {text}"));
+    }
+    out
+}
+
+/// Prints programs as one MLIR module at the `core` stage.
+pub fn print_core(programs: &[&Program]) -> String {
+    let mut text = String::from("module {\n");
+    for p in programs {
+        let mut names = vec![String::new(); p.buffers.len()];
+        let mut args = Vec::new();
+        for &id in &p.inputs {
+            names[id] = format!("%arg{}", args.len());
+            args.push(format!("{}: {} {{core.input = {}}}", names[id], tensor_type(&p.buffers[id]), quote(&p.buffers[id].name)));
+        }
+        for (id, b) in p.buffers.iter().enumerate() {
+            if b.kind == BufferKind::Weight {
+                names[id] = format!("%arg{}", args.len());
+                args.push(format!("{}: {} {{core.weight = {}}}", names[id], tensor_type(b), quote(&b.name)));
+            }
+        }
+        let mut body = String::new();
+        for (i, ins) in p.instructions.iter().enumerate() {
+            let results: Vec<String> = (0..ins.outputs.len()).map(|k| format!("%v{i}_{k}")).collect();
+            for (k, &o) in ins.outputs.iter().enumerate() {
+                names[o] = results[k].clone();
+            }
+            let operands: Vec<&Buffer> = ins.inputs.iter().flatten().map(|&id| &p.buffers[id]).collect();
+            let operand_names: Vec<&str> = ins.inputs.iter().flatten().map(|&id| names[id].as_str()).collect();
+            let mut attrs = attributes(&ins.op);
+            if ins.inputs.iter().any(Option::is_none) {
+                let absent: Vec<String> = ins.inputs.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(k, _)| k.to_string()).collect();
+                attrs.push(format!("core.absent_inputs = array<i64: {}>", absent.join(", ")));
+            }
+            let _ = writeln!(
+                body,
+                "    {} = \"core.{}\"({}){} : ({}) -> ({}) loc({})",
+                results.join(", "),
+                ins.op.name(),
+                operand_names.join(", "),
+                if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) },
+                operands.iter().map(|b| tensor_type(b)).collect::<Vec<_>>().join(", "),
+                ins.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect::<Vec<_>>().join(", "),
+                quote(&ins.origin),
+            );
+        }
+        let outs: Vec<String> = p.outputs.iter().map(|&o| names[o].clone()).collect();
+        let out_types: Vec<String> = p.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect();
+        let _ = writeln!(text, "  func.func @rank{}({}) -> ({}) {{", p.rank, args.join(", "), out_types.join(", "));
+        text.push_str(&body);
+        let _ = writeln!(text, "    func.return {} : {}", outs.join(", "), out_types.join(", "));
+        text.push_str("  }\n");
+    }
+    text.push_str("}\n");
+    text
+}

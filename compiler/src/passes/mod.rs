@@ -1,0 +1,3 @@
+//! Passes over a rank's program, one per file.
+
+pub mod dead_code;

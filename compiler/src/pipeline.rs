@@ -1,0 +1,76 @@
+//! The whole compiler on one screen: the ordered stages of the lowering ladder. Each stage is a
+//! name and the function that takes the compilation one rung down; `--emit STAGE` stops after
+//! the named stage and prints its IR. Nothing else decides the order.
+
+use crate::core::{lower_to_core, print::print_core, CoreProgram};
+use crate::error::CompileError;
+use ppmoe_frontend::{Model, Types};
+use std::path::{Path, PathBuf};
+
+pub struct Stage {
+    pub name: &'static str,
+    /// Takes the compilation from the previous stage to this one.
+    pub run: fn(&mut Compilation) -> Result<(), CompileError>,
+    /// Prints the IR as it stands after this stage.
+    pub print: fn(&Compilation) -> Option<String>,
+}
+
+/// The ladder, in order. Stages named in DESIGN.md but not built yet are in `PLANNED`.
+pub const STAGES: &[Stage] = &[
+    Stage { name: "onnx", run: import_onnx, print: |c| c.onnx_text.clone() },
+    Stage { name: "core", run: lower_core, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
+];
+
+pub const PLANNED: &[&str] = &["moe", "sharded", "pipelined", "kernels", "ptx"];
+
+/// What the stages build up, one field per rung.
+#[derive(Default)]
+pub struct Compilation {
+    pub path: PathBuf,
+    pub input_shapes: Vec<(String, Vec<i64>)>,
+    pub model: Option<Model>,
+    pub types: Option<Types>,
+    pub onnx_text: Option<String>,
+    pub core: Option<CoreProgram>,
+}
+
+fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
+    let (model, types, text) = ppmoe_frontend::import(&c.path, &c.input_shapes)?;
+    c.model = Some(model);
+    c.types = Some(types);
+    c.onnx_text = Some(text);
+    Ok(())
+}
+
+fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
+    let (Some(model), Some(types)) = (&c.model, &c.types) else {
+        return Err(CompileError::StageNotBuilt("core".into(), "it needs the onnx stage first".into()));
+    };
+    c.core = Some(lower_to_core(model, types)?);
+    Ok(())
+}
+
+/// Runs the stages up to and including `last`.
+pub fn run_until(path: &Path, input_shapes: &[(String, Vec<i64>)], last: &str) -> Result<Compilation, CompileError> {
+    let Some(end) = STAGES.iter().position(|s| s.name == last) else {
+        let built: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
+        return Err(CompileError::StageNotBuilt(last.into(), built.join(", ")));
+    };
+    let mut c = Compilation { path: path.to_owned(), input_shapes: input_shapes.to_vec(), ..Default::default() };
+    for stage in &STAGES[..=end] {
+        tracing::info!("stage {}", stage.name);
+        (stage.run)(&mut c)?;
+    }
+    Ok(c)
+}
+
+/// The IR after `stage`, parsed and verified by MLIR, printed with large constants elided.
+pub fn emit(path: &Path, input_shapes: &[(String, Vec<i64>)], stage: &str) -> Result<String, CompileError> {
+    let c = run_until(path, input_shapes, stage)?;
+    let s = STAGES.iter().find(|s| s.name == stage).expect("run_until checked the name");
+    let text = (s.print)(&c).unwrap_or_default();
+    let context = ppmoe_dialect::context();
+    let module = ppmoe_dialect::parse_verified(&context, &text)
+        .map_err(|diagnostics| CompileError::Verify { path: path.to_owned(), stage: stage.into(), diagnostics })?;
+    Ok(ppmoe_dialect::print_module(&module))
+}
