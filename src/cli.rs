@@ -53,7 +53,7 @@ pub enum Command {
         /// The bundle folder.
         bundle: PathBuf,
         /// An input: FILE.npy (bound in order) or NAME=FILE.npy (repeatable).
-        #[arg(long = "input", required = true)]
+        #[arg(long = "input")]
         input: Vec<String>,
         /// Where the outputs go.
         #[arg(long = "output-dir")]

@@ -15,7 +15,7 @@ pub struct CompileReport {
 pub fn compile(model_path: &Path, input_shapes: &[(String, Vec<i64>)], out: &Path) -> Result<CompileReport, CompileError> {
     let c = run_until(model_path, input_shapes, "core")?;
     let core = c.core.expect("the core stage ran");
-    let bytes = std::fs::read(model_path).map_err(|source| CompileError::Io { path: model_path.to_owned(), source })?;
+    let bytes = std::fs::read(model_path).map_err(|cause| CompileError::Io { path: model_path.to_owned(), cause })?;
     let p = &core.program;
     let port = |id: usize| Port { name: p.buffers[id].name.clone(), dtype: p.buffers[id].dtype, shape: p.buffers[id].shape.clone() };
     let manifest = Manifest {

@@ -25,6 +25,6 @@ pub enum CompileError {
     #[error(transparent)]
     Runtime(#[from] ppmoe_runtime::RuntimeError),
 
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 }

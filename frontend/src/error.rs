@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{}: cannot read the file: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: cannot read the file: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     #[error("{}: not a valid ONNX model ({reason})", path.display())]
     NotOnnx { path: PathBuf, reason: String },

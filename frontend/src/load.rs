@@ -17,7 +17,7 @@ pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=23;
 
 /// Reads and checks an ONNX model; external data files are resolved relative to the model.
 pub fn load_onnx(path: &Path) -> Result<Model, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path).map_err(|cause| ImportError::Io { path: path.to_owned(), cause })?;
     let proto = pb::ModelProto::decode(bytes.as_slice())
         .map_err(|e| ImportError::NotOnnx { path: path.to_owned(), reason: format!("protobuf decoding failed: {e}") })?;
     let Some(graph) = proto.graph.as_ref() else {
@@ -209,7 +209,7 @@ impl Loader {
             return Err(bad(format!("external data length {length} but the tensor needs {want} bytes")));
         }
         let file_path = self.dir.join(rel);
-        let io = |source| ImportError::Io { path: file_path.clone(), source };
+        let io = |cause| ImportError::Io { path: file_path.clone(), cause };
         let mut f = std::fs::File::open(&file_path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
         if offset + length > size {

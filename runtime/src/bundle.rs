@@ -53,7 +53,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io { path: path.display().to_string(), source }
+    move |cause| RuntimeError::Io { path: path.display().to_string(), cause }
 }
 
 /// Writes a bundle: `weights[r]` holds rank r's weights by buffer name.

@@ -14,8 +14,8 @@ pub enum RuntimeError {
     Execute { rank: usize, index: usize, op: String, origin: String, reason: String },
     #[error(transparent)]
     Npy(#[from] crate::npy::NpyError),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: cannot read or write: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("backend '{backend}' is not available: {reason}")]
     Backend { backend: String, reason: String },
 }

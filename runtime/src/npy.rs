@@ -7,8 +7,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("{path}: cannot read: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: cannot read: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{path}: not a valid .npy file ({reason})")]
     Format { path: String, reason: String },
 }
@@ -33,7 +33,7 @@ fn type_of(descr: &str) -> Option<DType> {
 
 pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io { path: p.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|cause| NpyError::Io { path: p.clone(), cause })?;
     let bad = |reason: String| NpyError::Format { path: p.clone(), reason };
     let file = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
     if file.order() != npyz::Order::C {

@@ -87,6 +87,9 @@ pub enum Op {
     ArgMax { axis: i64, keepdims: bool, max: bool },
     /// (x, shape)
     Reshape { allowzero: bool },
+    /// A reshape to a static shape (what Reshape, Squeeze, Unsqueeze and Flatten become when
+    /// the compiler knows the result's shape).
+    ReshapeTo { shape: Vec<usize> },
     Transpose { perm: Vec<usize> },
     Concat { axis: i64 },
     /// (x, split sizes?) -> outputs

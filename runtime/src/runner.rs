@@ -85,7 +85,7 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
         .collect::<Result<_, _>>()?;
     let outputs = crate::cpu::run_bundle(&bundle, &inputs)?;
 
-    let io = |p: &Path| { let p = p.display().to_string(); move |source| RuntimeError::Io { path: p.clone(), source } };
+    let io = |p: &Path| { let p = p.display().to_string(); move |cause| RuntimeError::Io { path: p.clone(), cause } };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     let tmp = out_dir.join(format!(".partial-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;

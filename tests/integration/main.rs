@@ -1,6 +1,8 @@
 //! ppmoe's one integration-test binary (each extra binary re-links MLIR). Each module holds one
 //! concern; fixtures live in tests/fixtures (see its README).
 
+mod bad_bundle;
 mod bad_onnx;
 mod common;
+mod core_numerics;
 mod onnx_stage;

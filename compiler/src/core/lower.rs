@@ -7,7 +7,8 @@
 //! Every node whose operands are all known at compile time (weights, constants, shapes of
 //! static tensors) is evaluated here with the runtime's own kernels, so the program keeps only
 //! data-dependent work. Gemm becomes MatMul (+ Mul, Add), Clip becomes Max/Min, Identity an
-//! alias, Squeeze/Unsqueeze/Flatten a Reshape to a constant shape when the shape is static.
+//! alias, and Reshape/Squeeze/Unsqueeze/Flatten a `reshape_to` with the static shape as an
+//! attribute wherever the result's shape is known.
 
 use crate::error::CompileError;
 use ppmoe_frontend::{AttrValue, Dim, Model, Node, TensorData, Types};
@@ -362,12 +363,16 @@ impl<'m> Lowering<'m> {
             }
             "Gemm" if node.domain.is_empty() => self.lower_gemm(node),
             "Clip" if node.domain.is_empty() => self.lower_clip(node),
-            "Squeeze" | "Unsqueeze" | "Flatten" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
+            "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
                 let shape = self.static_shape(&node.outputs[0]).unwrap_or_default();
                 let x = self.operand(&node.inputs[0]);
-                let s = self.const_operand(&node.outputs[0], Tensor::i64(vec![shape.len()], shape.iter().map(|&d| d as i64).collect()));
+                if self.buffers[x].shape.iter().map(|d| d.unwrap_or(usize::MAX)).eq(shape.iter().copied()) {
+                    // A reshape to the shape it already has is the value itself.
+                    self.ids.insert(node.outputs[0].clone(), x);
+                    return Ok(());
+                }
                 let out = self.outputs(node);
-                self.emit(node, Op::Reshape { allowzero: true }, vec![Some(x), Some(s)], out);
+                self.emit(node, Op::ReshapeTo { shape }, vec![Some(x)], out);
                 Ok(())
             }
             _ => {

@@ -43,7 +43,8 @@ fn attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
     let Ok(serde_json::Value::Object(map)) = serde_json::to_value(op) else { return vec![] };
     let mut out = Vec::new();
     for (k, v) in map {
-        if k == "op" {
+        // The tag is the op's name; `f` is in the name too (core.add, core.reduce_sum).
+        if k == "op" || k == "f" {
             continue;
         }
         let text = match &v {

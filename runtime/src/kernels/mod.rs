@@ -33,6 +33,7 @@ pub fn execute(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult
         Op::LayerNorm { axis, epsilon } => one(reduce::layer_norm(arg(0)?, arg(1)?, opt(2), *axis, *epsilon)),
         Op::CumSum { exclusive, reverse } => one(reduce::cumsum(arg(0)?, arg(1)?, *exclusive, *reverse)),
         Op::Reshape { allowzero } => one(shape::reshape(arg(0)?, arg(1)?, *allowzero)),
+        Op::ReshapeTo { shape } => one(shape::reshape_to(arg(0)?, shape)),
         Op::Squeeze => one(shape::squeeze(arg(0)?, opt(1))),
         Op::Unsqueeze => one(shape::unsqueeze(arg(0)?, arg(1)?)),
         Op::Flatten { axis } => one(shape::flatten(arg(0)?, *axis)),

@@ -23,6 +23,13 @@ pub fn reshape(x: &Tensor, shape: &Tensor, allowzero: bool) -> KResult<Tensor> {
     Ok(Tensor { shape: out.iter().map(|&d| d as usize).collect(), ..x.clone() })
 }
 
+pub fn reshape_to(x: &Tensor, shape: &[usize]) -> KResult<Tensor> {
+    if numel(shape) != x.len() {
+        return Err(format!("cannot reshape {:?} ({} elements) to {shape:?}", x.shape, x.len()));
+    }
+    Ok(Tensor { shape: shape.to_vec(), ..x.clone() })
+}
+
 pub fn squeeze(x: &Tensor, axes: Option<&Tensor>) -> KResult<Tensor> {
     let shape: Vec<usize> = match axes {
         Some(a) => {

@@ -1,0 +1,129 @@
+//! Bad bundles and bad inputs to `ppmoe run`: clear errors, non-zero exits, no panics, and no
+//! output files left behind as if the run had succeeded.
+
+use crate::common::{assert_clean_failure, fixtures_dir, ppmoe};
+use ppmoe_runtime::npy::write_npy;
+use ppmoe_runtime::Tensor;
+use std::path::{Path, PathBuf};
+
+struct Case {
+    _dir: tempfile::TempDir,
+    bundle: PathBuf,
+    out: PathBuf,
+    input: PathBuf,
+}
+
+fn compiled() -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    let c = ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap()]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let out = dir.path().join("out");
+    let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
+    Case { bundle, out, input, _dir: dir }
+}
+
+fn run(c: &Case, inputs: &[&Path]) -> crate::common::Output {
+    let mut args = vec!["run".to_string(), c.bundle.display().to_string(), "--output-dir".into(), c.out.display().to_string()];
+    for i in inputs {
+        args.push("--input".into());
+        args.push(i.display().to_string());
+    }
+    ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn assert_no_outputs(c: &Case) {
+    let left: Vec<_> = std::fs::read_dir(&c.out).map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "outputs left behind: {left:?}");
+}
+
+#[test]
+fn a_good_bundle_runs_and_writes_its_output() {
+    let c = compiled();
+    let out = run(&c, &[&c.input]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(c.out.join("mul_3.npy").exists() || std::fs::read_dir(&c.out).unwrap().count() == 1);
+}
+
+#[test]
+fn a_missing_weights_file_is_reported() {
+    let c = compiled();
+    std::fs::remove_file(c.bundle.join("rank0.safetensors")).unwrap();
+    assert_clean_failure(&run(&c, &[&c.input]), &["rank0.safetensors", "cannot read"]);
+    assert_no_outputs(&c);
+}
+
+#[test]
+fn an_altered_weights_file_fails_its_checksum() {
+    let c = compiled();
+    let p = c.bundle.join("rank0.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&p, bytes).unwrap();
+    assert_clean_failure(&run(&c, &[&c.input]), &["rank0.safetensors", "checksum mismatch"]);
+    assert_no_outputs(&c);
+}
+
+#[test]
+fn an_unknown_format_version_is_refused() {
+    let c = compiled();
+    let p = c.bundle.join("manifest.json");
+    let text = std::fs::read_to_string(&p).unwrap().replacen("\"format_version\": 1", "\"format_version\": 99", 1);
+    std::fs::write(&p, text).unwrap();
+    assert_clean_failure(&run(&c, &[&c.input]), &["manifest.json", "format version 99", "reads version 1"]);
+}
+
+#[test]
+fn an_input_of_the_wrong_shape_is_refused() {
+    let c = compiled();
+    let bad = c.bundle.parent().unwrap().join("short.npy");
+    write_npy(&bad, &Tensor::f32(vec![1, 8, 64], vec![0.5; 8 * 64])).unwrap();
+    assert_clean_failure(&run(&c, &[&bad]), &["hidden_states", "expected shape [1, 16, 64]", "[1, 8, 64]"]);
+    assert_no_outputs(&c);
+}
+
+#[test]
+fn an_input_of_the_wrong_dtype_is_refused() {
+    let c = compiled();
+    let bad = c.bundle.parent().unwrap().join("ints.npy");
+    write_npy(&bad, &Tensor::i64(vec![1, 16, 64], vec![1; 16 * 64])).unwrap();
+    assert_clean_failure(&run(&c, &[&bad]), &["hidden_states", "expected dtype float32, got int64"]);
+    assert_no_outputs(&c);
+}
+
+#[test]
+fn a_missing_input_is_named() {
+    let c = compiled();
+    assert_clean_failure(&run(&c, &[]), &["input 'hidden_states'", "missing"]);
+    assert_no_outputs(&c);
+}
+
+#[test]
+fn an_input_bound_to_an_unknown_name_is_refused() {
+    let c = compiled();
+    let arg = format!("tokens={}", c.input.display());
+    let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", &arg, "--output-dir", c.out.to_str().unwrap()]);
+    assert_clean_failure(&out, &["tokens", "no input of that name", "hidden_states"]);
+}
+
+#[test]
+fn a_folder_that_is_not_a_bundle_is_refused_and_not_overwritten_by_compile() {
+    let c = compiled();
+    let plain = c.bundle.parent().unwrap().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(plain.join("notes.txt"), "mine").unwrap();
+    assert_clean_failure(&ppmoe(&["run", plain.to_str().unwrap(), "--input", c.input.to_str().unwrap(), "--output-dir", c.out.to_str().unwrap()]), &["manifest.json"]);
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    let out = ppmoe(&["compile", model.to_str().unwrap(), "-o", plain.to_str().unwrap()]);
+    assert_clean_failure(&out, &["not a ppmoe bundle", "refusing to overwrite"]);
+    assert_eq!(std::fs::read_to_string(plain.join("notes.txt")).unwrap(), "mine");
+}
+
+#[test]
+fn the_cuda_backend_is_not_built_yet_and_says_so() {
+    let c = compiled();
+    let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", c.input.to_str().unwrap(), "--output-dir", c.out.to_str().unwrap(), "--backend", "cuda"]);
+    assert_clean_failure(&out, &["cuda", "not built yet"]);
+}

@@ -1,0 +1,112 @@
+//! End to end on the CPU backend: each fixture compiled by `ppmoe compile` and run by
+//! `ppmoe run` matches PyTorch's output (recorded when the fixture was exported) within 1e-4.
+
+use crate::common::{fixture_field, fixtures_dir, ppmoe};
+use ppmoe_runtime::npy::read_npy;
+
+/// ‖out − ref‖ / ‖ref‖.
+pub fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
+    let num: f64 = out.iter().zip(reference).map(|(a, b)| ((*a - *b) as f64).powi(2)).sum();
+    let den: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn check_fixture(name: &str) {
+    let dir = fixtures_dir().join(name);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle");
+    let out_dir = work.path().join("out");
+    let c = ppmoe(&["compile", dir.join("model.onnx").to_str().unwrap(), "-o", bundle.to_str().unwrap()]);
+    assert_eq!(c.code, 0, "compile {name}: {}", c.stderr);
+    let input = dir.join(format!("{}.npy", fixture_field(&dir, "input_name")));
+    let r = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap(), "--backend", "cpu"]);
+    assert_eq!(r.code, 0, "run {name}: {}", r.stderr);
+    let out_name = {
+        let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
+        let at = text.find("\"outputs\": [").unwrap();
+        text[at..].split('"').nth(3).unwrap().to_string()
+    };
+    let got = read_npy(&out_dir.join(format!("{out_name}.npy"))).unwrap();
+    let want = read_npy(&dir.join(format!("{out_name}.npy"))).unwrap();
+    assert_eq!(got.shape, want.shape, "{name}: output shape");
+    let (g, w) = (got.as_f32().unwrap(), want.as_f32().unwrap());
+    assert!(w.iter().any(|&v| v.abs() > 1e-3), "{name}: the reference is not trivial");
+    let e = rel_err(g, w);
+    assert!(e < 1e-4, "{name}: relative error {e:e} against PyTorch");
+}
+
+macro_rules! fixture_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_fixture(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn every_fixture_has_a_numerics_test() {
+            let listed = [$(stringify!($name)),*];
+            for dir in crate::common::fixtures() {
+                let n = dir.file_name().unwrap().to_str().unwrap().to_string();
+                assert!(listed.contains(&n.as_str()), "fixture {n} has no numerics test");
+            }
+        }
+    };
+}
+
+mod matches_pytorch_on_cpu {
+    use super::check_fixture;
+    fixture_tests!(
+        mixtral_block_dynamo,
+        mixtral_block_external,
+        mixtral_block_ts_bmm,
+        mixtral_block_ts_eager,
+        mixtral_lm_dynamo,
+        olmoe_block_dynamo,
+        olmoe_block_ts_bmm,
+        olmoe_block_ts_eager,
+        olmoe_lm_dynamo,
+        qwen2moe_block_dynamo,
+        qwen2moe_block_ts_bmm,
+        qwen2moe_block_ts_eager,
+        qwen2moe_lm_dynamo,
+    );
+}
+
+#[test]
+fn core_stage_has_static_shapes_except_data_dependent_counts() {
+    let dir = fixtures_dir().join("mixtral_lm_dynamo");
+    let out = ppmoe(&["inspect", dir.join("model.onnx").to_str().unwrap(), "--emit", "core"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("func.func @rank0("));
+    assert!(!out.stdout.contains('?'), "a dynamo export at a fixed input shape is fully static");
+    assert!(!out.stdout.contains("\"onnx."), "no onnx op survives the core stage");
+    assert!(!out.stdout.contains("core.gemm") && !out.stdout.contains("core.clip"), "Gemm and Clip are normalised away");
+    assert!(!out.stdout.contains("core.shape"), "shape arithmetic of static tensors is folded");
+    // The eager export keeps its data-dependent NonZero and the sizes that follow from it.
+    let eager = ppmoe(&["inspect", fixtures_dir().join("mixtral_block_ts_eager/model.onnx").to_str().unwrap(), "--emit", "core"]);
+    assert_eq!(eager.code, 0, "{}", eager.stderr);
+    assert!(eager.stdout.contains("\"core.non_zero\""));
+    assert!(eager.stdout.contains("tensor<?x64xf32>"));
+}
+
+#[test]
+fn an_op_outside_the_core_set_is_named_with_its_node() {
+    use ppmoe_frontend::onnx_proto as pb;
+    use prost::Message;
+    let d = tempfile::tempdir().unwrap();
+    // A dynamo export states every value's type, so the import accepts the unknown op.
+    let src = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    std::fs::copy(fixtures_dir().join("olmoe_block_dynamo/model.onnx.data"), d.path().join("model.onnx.data")).unwrap();
+    let mut m = pb::ModelProto::decode(std::fs::read(src).unwrap().as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let node = g.node.iter_mut().find(|n| n.op_type == "Sigmoid").unwrap();
+    node.op_type = "HardSwish".into();
+    let name = node.name.clone();
+    let p = d.path().join("hs.onnx");
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    let out = ppmoe(&["compile", p.to_str().unwrap(), "-o", d.path().join("b").to_str().unwrap()]);
+    crate::common::assert_clean_failure(&out, &["hs.onnx", "HardSwish", &name, "not supported by the core stage"]);
+    assert!(!d.path().join("b").exists(), "no bundle is left behind");
+}
