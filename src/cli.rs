@@ -1,7 +1,7 @@
 //! Subcommands and their flags. The public interface (DESIGN.md): inspect, compile, run, plan.
 
 use anyhow::{bail, Result};
-use ppmoe_runtime::runner::{run as run_bundle, Backend, InputArg};
+use ppmoe_runtime::runner::{check_outputs, run as run_bundle, Backend, InputArg};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -61,6 +61,13 @@ pub enum Command {
         /// auto (CUDA where a GPU is present, else CPU), cpu or cuda.
         #[arg(long, default_value = "auto")]
         backend: String,
+        /// Compare an output with a reference .npy: FILE (in output order) or NAME=FILE;
+        /// prints ‖out − ref‖ / ‖ref‖ and fails above --tolerance (repeatable).
+        #[arg(long = "check")]
+        check: Vec<String>,
+        /// The relative error --check accepts.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
     },
     /// Print the parallel plan and its predicted cost (not built yet).
     Plan { model: PathBuf },
@@ -91,12 +98,20 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run { bundle, input, output_dir, backend } => {
+        Command::Run { bundle, input, output_dir, backend, check, tolerance } => {
             let backend: Backend = backend.parse().map_err(anyhow::Error::msg)?;
             let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
             let report = run_bundle(&bundle, &inputs, &output_dir, backend)?;
-            for (name, path) in report.outputs {
+            for (name, path) in &report.outputs {
                 println!("{name} -> {} ({} backend)", path.display(), report.backend);
+            }
+            let refs: Vec<InputArg> = check.iter().map(|s| InputArg::parse(s)).collect();
+            let (lines, ok) = check_outputs(&bundle, &report, &refs, tolerance)?;
+            for l in &lines {
+                println!("{l}");
+            }
+            if !ok {
+                bail!("an output differs from its reference by more than {tolerance:e}");
             }
             Ok(())
         }

@@ -45,6 +45,52 @@ impl InputArg {
 pub struct RunReport {
     pub backend: &'static str,
     pub outputs: Vec<(String, PathBuf)>,
+    /// The outputs themselves, in the model's output order.
+    pub tensors: Vec<Tensor>,
+}
+
+/// ‖out − ref‖ / ‖ref‖ over all elements, in f64.
+pub fn relative_error(out: &Tensor, reference: &Tensor) -> Result<f64, String> {
+    if out.shape != reference.shape {
+        return Err(format!("shape {:?} differs from the reference's {:?}", out.shape, reference.shape));
+    }
+    let (o, r) = (out.to_f32(), reference.to_f32());
+    let num: f64 = o.iter().zip(&r).map(|(a, b)| ((*a as f64) - (*b as f64)).powi(2)).sum();
+    let den: f64 = r.iter().map(|b| (*b as f64).powi(2)).sum();
+    if den == 0.0 {
+        return Ok(if num == 0.0 { 0.0 } else { f64::INFINITY });
+    }
+    Ok((num / den).sqrt())
+}
+
+/// Compares outputs with reference .npy files (`FILE` in output order, or `NAME=FILE`).
+/// Returns one line per comparison and whether all were within `tolerance`.
+pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], tolerance: f64) -> Result<(Vec<String>, bool), RuntimeError> {
+    let names: Vec<&str> = report.outputs.iter().map(|(n, _)| n.as_str()).collect();
+    let mut lines = Vec::new();
+    let mut ok = true;
+    for (k, r) in refs.iter().enumerate() {
+        let idx = match &r.name {
+            Some(n) => names.iter().position(|x| x == n).ok_or_else(|| RuntimeError::Input {
+                name: n.clone(),
+                reason: format!("--check names no output of the model (its outputs: {})", names.join(", ")),
+            })?,
+            None if k < names.len() => k,
+            None => return Err(RuntimeError::Input { name: r.file.display().to_string(), reason: format!("more --check files than the model's {} outputs", names.len()) }),
+        };
+        let reference = read_npy(&r.file)?;
+        let err = relative_error(&report.tensors[idx], &reference)
+            .map_err(|reason| RuntimeError::Bundle { path: bundle_dir.display().to_string(), reason: format!("output '{}': {reason}", names[idx]) })?;
+        let pass = err <= tolerance;
+        ok &= pass;
+        lines.push(format!(
+            "output '{}': relative error {err:.3e} against {} (tolerance {tolerance:e}): {}",
+            names[idx],
+            r.file.display(),
+            if pass { "ok" } else { "MISMATCH" }
+        ));
+    }
+    Ok((lines, ok))
 }
 
 /// Runs a bundle on the given inputs and writes `<output name>.npy` files into `out_dir`.
@@ -105,7 +151,7 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
         Ok(placed)
     })();
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(RunReport { backend: "cpu", outputs: result? })
+    Ok(RunReport { backend: "cpu", outputs: result?, tensors: outputs })
 }
 
 /// Output names become file names: path separators and other odd characters are replaced.

@@ -43,7 +43,8 @@ fn a_good_bundle_runs_and_writes_its_output() {
     let c = compiled();
     let out = run(&c, &[&c.input]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(c.out.join("mul_3.npy").exists() || std::fs::read_dir(&c.out).unwrap().count() == 1);
+    assert!(c.out.join("view_5.npy").exists());
+    assert_eq!(std::fs::read_dir(&c.out).unwrap().count(), 1, "exactly the one output, no temporary left");
 }
 
 #[test]
@@ -126,4 +127,18 @@ fn the_cuda_backend_is_not_built_yet_and_says_so() {
     let c = compiled();
     let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", c.input.to_str().unwrap(), "--output-dir", c.out.to_str().unwrap(), "--backend", "cuda"]);
     assert_clean_failure(&out, &["cuda", "not built yet"]);
+}
+
+#[test]
+fn check_against_a_wrong_reference_fails_with_the_error_printed() {
+    let c = compiled();
+    // The input has the output's shape but not its values.
+    let arg = c.input.display().to_string();
+    let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", &arg, "--output-dir", c.out.to_str().unwrap(), "--check", &arg]);
+    assert_clean_failure(&out, &["differs from its reference"]);
+    assert!(out.stdout.contains("MISMATCH"), "{}", out.stdout);
+    let right = fixtures_dir().join("olmoe_block_dynamo/view_5.npy");
+    let ok = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", &arg, "--output-dir", c.out.to_str().unwrap(), "--check", right.to_str().unwrap()]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.stdout.contains("output 'view_5': relative error") && ok.stdout.contains(": ok"), "{}", ok.stdout);
 }
