@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod core;
 pub mod error;
+pub mod moe;
 pub mod passes;
 pub mod pipeline;
 

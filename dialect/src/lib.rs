@@ -12,7 +12,12 @@ use melior::Context;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// A context with every upstream dialect loaded and unregistered ops allowed.
+/// The `moe` dialect's IRDL definition (ops, operands, results, attributes).
+pub const MOE_IRDL: &str = include_str!("moe.irdl.mlir");
+
+/// A context with every upstream dialect loaded, the `moe` dialect loaded from its IRDL
+/// definition (so `moe.*` ops are verified), and other unregistered ops (`onnx.*`, `core.*`)
+/// allowed.
 pub fn context() -> Context {
     let registry = DialectRegistry::new();
     register_all_dialects(&registry);
@@ -20,6 +25,10 @@ pub fn context() -> Context {
     context.append_dialect_registry(&registry);
     context.load_all_available_dialects();
     context.set_allow_unregistered_dialects(true);
+    let irdl = Module::parse(&context, MOE_IRDL).expect("the moe IRDL definition parses (it is part of the build)");
+    assert!(melior::utility::load_irdl_dialects(&irdl), "the moe IRDL dialect loads");
+    // The definition module must outlive the dialect it defines: keep it for the process.
+    std::mem::forget(irdl);
     context
 }
 

@@ -70,6 +70,47 @@ pub enum Reduction {
     Min,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    Softmax,
+    Sigmoid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteOrder {
+    /// Score all experts, then pick the top k (Mixtral, Qwen, OLMoE, DeepSeek, ORT's MoE).
+    SoftmaxThenTopk,
+    /// Pick the top k logits, then softmax over those k (gpt-oss); equal to the other order
+    /// with renormalisation, kept apart so that the IR says what the source said.
+    TopkThenSoftmax,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Gated: min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(u, -limit, limit) + beta);
+    /// alpha 1, beta 0, no limit is SiLU-gated (Mixtral); 1.702, 1, 7 is gpt-oss's.
+    Swiglu,
+    /// Gated with GELU (erf) on the gate.
+    Geglu,
+    Silu,
+    Gelu,
+    GeluTanh,
+    Relu,
+    Identity,
+}
+
+impl Activation {
+    pub fn is_gated(self) -> bool {
+        matches!(self, Activation::Swiglu | Activation::Geglu)
+    }
+}
+
+/// The canonical expert weight layout the `moe.experts` op reads.
+pub const EXPERTS_LAYOUT: &str = "w_in[E,H,N] (gated: N=2F, gate|up), w_out[E,F,H], b_in[E,N], b_out[E,H]";
+
 /// One `core` op. Optional operands are `None` in the instruction's input list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -128,9 +169,40 @@ pub enum Op {
     /// (x, scale, bias?)
     LayerNorm { axis: i64, epsilon: f32 },
     NonZero,
+    /// `moe.route`: (logits [T,E], score-correction bias [E]?) -> (weights [T,k], ids [T,k]).
+    /// capacity 0 is dropless; otherwise each expert keeps its first `capacity` assignments,
+    /// taken slot by slot (all tokens' first choices before any second choice, as GShard).
+    MoeRoute {
+        top_k: usize,
+        scoring: Scoring,
+        order: RouteOrder,
+        renormalize: bool,
+        n_group: usize,
+        topk_group: usize,
+        routed_scaling_factor: f32,
+        capacity: usize,
+    },
+    /// `moe.experts`: (x [T,H], weights [T,k], ids [T,k], w_in, w_out, b_in?, b_out?) -> [T,H],
+    /// the sum over k of weight * FFN_id(x), weights in `EXPERTS_LAYOUT`.
+    MoeExperts {
+        activation: Activation,
+        alpha: f32,
+        beta: f32,
+        /// The SwiGLU clamp; none when unbounded.
+        limit: Option<f32>,
+        layout: String,
+    },
 }
 
 impl Op {
+    /// The dialect an op prints in: `moe` for the MoE ops, `core` for the rest.
+    pub fn dialect(&self) -> &'static str {
+        match self {
+            Op::MoeRoute { .. } | Op::MoeExperts { .. } => "moe",
+            _ => "core",
+        }
+    }
+
     /// The op's name in the `core` stage's IR: the serde tag, or the function for the
     /// elementwise and reduction families (`core.add`, `core.reduce_sum`).
     pub fn name(&self) -> String {
@@ -139,6 +211,8 @@ impl Op {
             Op::Unary { f } => tag(serde_json::to_value(f)),
             Op::Binary { f } => tag(serde_json::to_value(f)),
             Op::Reduce { f, .. } => format!("reduce_{}", tag(serde_json::to_value(f))),
+            Op::MoeRoute { .. } => "route".into(),
+            Op::MoeExperts { .. } => "experts".into(),
             _ => serde_json::to_value(self).ok().and_then(|v| v.get("op").and_then(|t| t.as_str()).map(str::to_string)).unwrap_or_default(),
         }
     }

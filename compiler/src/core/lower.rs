@@ -20,6 +20,8 @@ use std::collections::HashMap;
 pub struct CoreProgram {
     pub program: Program,
     pub weights: Vec<(String, Tensor)>,
+    /// The MoE layers raised so far (fused source ops are read during lowering).
+    pub moe_layers: Vec<crate::moe::MoeLayer>,
     /// The model's input and output names with their buffer ids.
     pub input_names: Vec<String>,
     pub output_names: Vec<String>,
@@ -69,6 +71,7 @@ struct Lowering<'m> {
     instructions: Vec<Instruction>,
     weights: Vec<(String, Tensor)>,
     fresh: usize,
+    moe_layers: Vec<crate::moe::MoeLayer>,
 }
 
 fn attr_i(n: &Node, k: &str, d: i64) -> i64 {
@@ -362,6 +365,7 @@ impl<'m> Lowering<'m> {
                 Ok(())
             }
             "Gemm" if node.domain.is_empty() => self.lower_gemm(node),
+            "MoE" if node.domain == "com.microsoft" => self.lower_fused_moe(node),
             "Clip" if node.domain.is_empty() => self.lower_clip(node),
             "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
                 let shape = self.static_shape(&node.outputs[0]).unwrap_or_default();
@@ -442,6 +446,65 @@ impl<'m> Lowering<'m> {
         Ok(())
     }
 
+    /// Family A: a fused com.microsoft.MoE node becomes moe.route + moe.experts.
+    fn lower_fused_moe(&mut self, node: &Node) -> Result<(), CompileError> {
+        use ppmoe_runtime::program::{RouteOrder, Scoring, EXPERTS_LAYOUT};
+        let x_shape = self.static_shape(&node.inputs[0]).ok_or_else(|| self.node_err(node, "the input's shape must be static (use --input-shape)"))?;
+        let l_shape = self.static_shape(&node.inputs[1]).ok_or_else(|| self.node_err(node, "router_probs' shape must be static"))?;
+        let h = *x_shape.last().ok_or_else(|| self.node_err(node, "scalar input"))?;
+        let t = x_shape.iter().product::<usize>() / h.max(1);
+        let e = *l_shape.last().unwrap_or(&0);
+        if l_shape.iter().product::<usize>() != t * e {
+            return Err(self.node_err(node, format!("router_probs {l_shape:?} is not [{t}, E] for input {x_shape:?}")));
+        }
+        let consts = &self.consts;
+        let weight = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| consts.get(n)).map(|t| t.clone().with_dtype(DType::F32));
+        let moe = crate::moe::fused_ort::read(node, h, weight).map_err(|e| self.node_err(node, e))?;
+        let k = moe.top_k;
+        let x = self.operand(&node.inputs[0]);
+        let x2 = if x_shape.len() == 2 { x } else {
+            let b = self.temp(&node.name, DType::F32, vec![Some(t), Some(h)]);
+            self.emit(node, Op::ReshapeTo { shape: vec![t, h] }, vec![Some(x)], vec![b]);
+            b
+        };
+        let l = self.operand(&node.inputs[1]);
+        let l2 = if l_shape.len() == 2 { l } else {
+            let b = self.temp(&node.name, DType::F32, vec![Some(t), Some(e)]);
+            self.emit(node, Op::ReshapeTo { shape: vec![t, e] }, vec![Some(l)], vec![b]);
+            b
+        };
+        let w = self.temp(&format!("{}.route_weights", node.name), DType::F32, vec![Some(t), Some(k)]);
+        let ids = self.temp(&format!("{}.route_ids", node.name), DType::I64, vec![Some(t), Some(k)]);
+        let route = Op::MoeRoute { top_k: k, scoring: Scoring::Softmax, order: RouteOrder::SoftmaxThenTopk, renormalize: moe.renormalize, n_group: 0, topk_group: 0, routed_scaling_factor: 1.0, capacity: 0 };
+        self.emit(node, route, vec![Some(l2)], vec![w, ids]);
+        let f = moe.ffn.ffn_size();
+        let layer = crate::moe::MoeLayer {
+            origin: node.name.clone(),
+            experts: e,
+            top_k: k,
+            hidden: h,
+            ffn: f,
+            routing: format!("softmax -> top-{k}{}", if moe.renormalize { ", renormalised" } else { "" }),
+            activation: moe.ffn.describe_activation(),
+            shared_experts: "none".into(),
+            family: crate::moe::Family::FusedOrt,
+            note: None,
+        };
+        let w_in = self.const_operand(&format!("{}.w_in", node.name), moe.ffn.w_in);
+        let w_out = self.const_operand(&format!("{}.w_out", node.name), moe.ffn.w_out);
+        let b_in = moe.ffn.b_in.map(|b| self.const_operand(&format!("{}.b_in", node.name), b));
+        let b_out = moe.ffn.b_out.map(|b| self.const_operand(&format!("{}.b_out", node.name), b));
+        let op = Op::MoeExperts { activation: moe.ffn.activation, alpha: moe.ffn.alpha, beta: moe.ffn.beta, limit: moe.ffn.limit, layout: EXPERTS_LAYOUT.into() };
+        let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
+        let y = if x_shape.len() == 2 { out } else { self.temp(&node.name, DType::F32, vec![Some(t), Some(h)]) };
+        self.emit(node, op, vec![Some(x2), Some(w), Some(ids), Some(w_in), Some(w_out), b_in, b_out], vec![y]);
+        if y != out {
+            self.emit(node, Op::ReshapeTo { shape: x_shape.clone() }, vec![Some(y)], vec![out]);
+        }
+        self.moe_layers.push(layer);
+        Ok(())
+    }
+
     /// Clip(x, lo, hi) = Min(Max(x, lo), hi), each bound only where given.
     fn lower_clip(&mut self, node: &Node) -> Result<(), CompileError> {
         let x = self.operand(&node.inputs[0]);
@@ -476,7 +539,7 @@ pub fn lower_to_core(model: &Model, types: &Types) -> Result<CoreProgram, Compil
             return Err(CompileError::DynamicInput { path: model.path.clone(), input: input.name.clone(), dims: input.ty.mlir() });
         }
     }
-    let mut l = Lowering { model, types, buffers: vec![], ids: HashMap::new(), consts: HashMap::new(), instructions: vec![], weights: vec![], fresh: 0 };
+    let mut l = Lowering { model, types, buffers: vec![], ids: HashMap::new(), consts: HashMap::new(), instructions: vec![], weights: vec![], fresh: 0, moe_layers: vec![] };
     let inputs: Vec<BufferId> = g.inputs.iter().map(|i| l.buffer_for_value(&i.name, BufferKind::Input)).collect();
     for (name, data) in &g.initializers {
         let t = tensor_of(data).ok_or_else(|| CompileError::Node { path: model.path.clone(), node: name.clone(), op: "initializer".into(), reason: "malformed tensor".into() })?;
@@ -508,6 +571,7 @@ pub fn lower_to_core(model: &Model, types: &Types) -> Result<CoreProgram, Compil
     Ok(CoreProgram {
         program,
         weights: l.weights,
+        moe_layers: l.moe_layers,
         input_names: g.inputs.iter().map(|i| i.name.clone()).collect(),
         output_names: g.outputs.iter().map(|o| o.name.clone()).collect(),
     })

@@ -98,8 +98,9 @@ pub fn print_core(programs: &[&Program]) -> String {
             }
             let _ = writeln!(
                 body,
-                "    {} = \"core.{}\"({}){} : ({}) -> ({}) loc({})",
+                "    {} = \"{}.{}\"({}){} : ({}) -> ({}) loc({})",
                 results.join(", "),
+                ins.op.dialect(),
                 ins.op.name(),
                 operand_names.join(", "),
                 if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) },

@@ -4,6 +4,7 @@
 mod elementwise;
 mod index;
 mod linalg;
+mod moe;
 mod reduce;
 mod shape;
 
@@ -55,6 +56,10 @@ pub fn execute(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult
         Op::OneHot { axis } => one(index::one_hot(arg(0)?, arg(1)?, arg(2)?, *axis)),
         Op::Trilu { upper } => one(index::trilu(arg(0)?, opt(1), *upper)),
         Op::NonZero => one(Ok(index::nonzero(arg(0)?))),
+        Op::MoeRoute { .. } => moe::route(op, arg(0)?, opt(1)),
+        Op::MoeExperts { activation, alpha, beta, limit, .. } => {
+            one(moe::experts(*activation, *alpha, *beta, *limit, [arg(0)?, arg(1)?, arg(2)?, arg(3)?, arg(4)?], opt(5), opt(6)))
+        }
     }
 }
 

@@ -1,0 +1,106 @@
+// The `moe` dialect, defined with IRDL and loaded into every ppmoe context.
+//
+// Each constraint variable is used once: IRDL makes uses of one variable equal, and the
+// operands of these ops are tensors of different shapes.
+irdl.dialect @moe {
+  // scores [T, E] (+ score-correction bias [E]) -> top-k weights [T, k] and expert ids [T, k].
+  irdl.operation @route {
+    %logits = irdl.base "!builtin.tensor"
+    %weights = irdl.base "!builtin.tensor"
+    %ids = irdl.base "!builtin.tensor"
+    %k = irdl.base "#builtin.integer"
+    %scoring = irdl.base "#builtin.string"
+    %order = irdl.base "#builtin.string"
+    %true = irdl.is true
+    %false = irdl.is false
+    %renorm = irdl.any_of(%true, %false)
+    %groups = irdl.base "#builtin.integer"
+    %topk_groups = irdl.base "#builtin.integer"
+    %scale = irdl.base "#builtin.float"
+    %capacity = irdl.base "#builtin.integer"
+    irdl.operands(logits: %logits)
+    irdl.results(weights: %weights, ids: %ids)
+    irdl.attributes {"top_k" = %k, "scoring" = %scoring, "order" = %order, "renormalize" = %renorm,
+                     "n_group" = %groups, "topk_group" = %topk_groups, "routed_scaling_factor" = %scale,
+                     "capacity" = %capacity}
+  }
+  // Routing with a score-correction bias (DeepSeek-V3): the bias moves the choice, not the weights.
+  irdl.operation @route_biased {
+    %logits = irdl.base "!builtin.tensor"
+    %bias = irdl.base "!builtin.tensor"
+    %weights = irdl.base "!builtin.tensor"
+    %ids = irdl.base "!builtin.tensor"
+    %k = irdl.base "#builtin.integer"
+    %scoring = irdl.base "#builtin.string"
+    irdl.operands(logits: %logits, bias: %bias)
+    irdl.results(weights: %weights, ids: %ids)
+    irdl.attributes {"top_k" = %k, "scoring" = %scoring}
+  }
+  // x [T, H], weights [T, k], ids [T, k], w_in [E, H, N], w_out [E, F, H] (+ biases) -> [T, H]:
+  // sum over k of weight * FFN_id(x). Gated activations read w_in as [gate | up] (N = 2F).
+  irdl.operation @experts {
+    %x = irdl.base "!builtin.tensor"
+    %w = irdl.base "!builtin.tensor"
+    %ids = irdl.base "!builtin.tensor"
+    %w_in = irdl.base "!builtin.tensor"
+    %w_out = irdl.base "!builtin.tensor"
+    %biases = irdl.base "!builtin.tensor"
+    %y = irdl.base "!builtin.tensor"
+    %activation = irdl.base "#builtin.string"
+    %layout = irdl.base "#builtin.string"
+    irdl.operands(x: %x, weights: %w, ids: %ids, w_in: %w_in, w_out: %w_out, biases: variadic %biases)
+    irdl.results(y: %y)
+    irdl.attributes {"activation" = %activation, "layout" = %layout}
+  }
+  // The distributed forms (DESIGN.md): all-to-all dispatch/combine, and PPMoE's local slice.
+  irdl.operation @dispatch {
+    %x = irdl.base "!builtin.tensor"
+    %ids = irdl.base "!builtin.tensor"
+    %buckets = irdl.base "!builtin.tensor"
+    %experts = irdl.base "#builtin.integer"
+    irdl.operands(x: %x, ids: %ids)
+    irdl.results(buckets: %buckets)
+    irdl.attributes {"num_experts" = %experts}
+  }
+  irdl.operation @expert_ffn {
+    %x = irdl.base "!builtin.tensor"
+    %offsets = irdl.base "!builtin.tensor"
+    %w_in = irdl.base "!builtin.tensor"
+    %w_out = irdl.base "!builtin.tensor"
+    %y = irdl.base "!builtin.tensor"
+    %activation = irdl.base "#builtin.string"
+    irdl.operands(x: %x, offsets: %offsets, w_in: %w_in, w_out: %w_out)
+    irdl.results(y: %y)
+    irdl.attributes {"activation" = %activation}
+  }
+  irdl.operation @combine {
+    %y = irdl.base "!builtin.tensor"
+    %weights = irdl.base "!builtin.tensor"
+    %ids = irdl.base "!builtin.tensor"
+    %out = irdl.base "!builtin.tensor"
+    irdl.operands(expert_out: %y, weights: %weights, ids: %ids)
+    irdl.results(out: %out)
+  }
+  irdl.operation @local_slice {
+    %x = irdl.base "!builtin.tensor"
+    %ids = irdl.base "!builtin.tensor"
+    %rows = irdl.base "!builtin.tensor"
+    %offsets = irdl.base "!builtin.tensor"
+    %first = irdl.base "#builtin.integer"
+    %count = irdl.base "#builtin.integer"
+    irdl.operands(x: %x, ids: %ids)
+    irdl.results(rows: %rows, offsets: %offsets)
+    irdl.attributes {"first_expert" = %first, "num_local_experts" = %count}
+  }
+  irdl.operation @scatter_combine {
+    %y = irdl.base "!builtin.tensor"
+    %weights = irdl.base "!builtin.tensor"
+    %ids = irdl.base "!builtin.tensor"
+    %partial = irdl.base "!builtin.tensor"
+    %first = irdl.base "#builtin.integer"
+    %count = irdl.base "#builtin.integer"
+    irdl.operands(expert_out: %y, weights: %weights, ids: %ids)
+    irdl.results(partial: %partial)
+    irdl.attributes {"first_expert" = %first, "num_local_experts" = %count}
+  }
+}

@@ -1,0 +1,190 @@
+//! The MoE ops: routing (scores -> top-k weights and ids, with capacity) and the expert FFNs
+//! with their weighted combine. The reference the raise pass is checked against.
+
+use super::KResult;
+use crate::program::{Activation, Op, RouteOrder, Scoring};
+use crate::tensor::Tensor;
+
+fn softmax(v: &[f32]) -> Vec<f32> {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = v.iter().map(|&x| (x - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|&x| x / s).collect()
+}
+
+/// Indices of the k largest values, ties to the lower index.
+fn top_k(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Tensor>> {
+    let Op::MoeRoute { top_k: k, scoring, order, renormalize, n_group, topk_group, routed_scaling_factor, capacity } = *op else {
+        return Err("not a route op".into());
+    };
+    let l = logits.as_f32().ok_or("moe.route logits must be float")?;
+    let [t, e] = logits.shape[..] else { return Err(format!("moe.route logits must be [T, E], got {:?}", logits.shape)) };
+    if k == 0 || k > e {
+        return Err(format!("moe.route top_k {k} for {e} experts"));
+    }
+    let bias = bias.map(|b| b.to_f32());
+    if bias.as_ref().is_some_and(|b| b.len() != e) {
+        return Err("moe.route bias must be [E]".into());
+    }
+    let mut weights = vec![0f32; t * k];
+    let mut ids = vec![0i64; t * k];
+    for ti in 0..t {
+        let row = &l[ti * e..(ti + 1) * e];
+        let (sel, w): (Vec<usize>, Vec<f32>) = match (scoring, order) {
+            (Scoring::Softmax, RouteOrder::TopkThenSoftmax) => {
+                let sel = top_k(row, k);
+                let w = softmax(&sel.iter().map(|&i| row[i]).collect::<Vec<_>>());
+                (sel, w)
+            }
+            _ => {
+                let p: Vec<f32> = match scoring {
+                    Scoring::Softmax => softmax(row),
+                    Scoring::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+                };
+                // The bias (and the group limit) decide the choice; the weights stay p's.
+                let mut choice: Vec<f32> = match &bias {
+                    Some(b) => p.iter().zip(b).map(|(a, b)| a + b).collect(),
+                    None => p.clone(),
+                };
+                if n_group > 1 {
+                    if e % n_group != 0 {
+                        return Err(format!("moe.route: {e} experts in {n_group} groups"));
+                    }
+                    let g = e / n_group;
+                    let group_score: Vec<f32> = (0..n_group)
+                        .map(|gi| top_k(&choice[gi * g..(gi + 1) * g], 2.min(g)).iter().map(|&i| choice[gi * g + i]).sum())
+                        .collect();
+                    let keep = top_k(&group_score, topk_group);
+                    for gi in 0..n_group {
+                        if !keep.contains(&gi) {
+                            choice[gi * g..(gi + 1) * g].iter_mut().for_each(|c| *c = f32::NEG_INFINITY);
+                        }
+                    }
+                }
+                let sel = top_k(&choice, k);
+                let mut w: Vec<f32> = sel.iter().map(|&i| p[i]).collect();
+                if renormalize && capacity == 0 {
+                    let s: f32 = w.iter().sum();
+                    w.iter_mut().for_each(|x| *x /= s);
+                }
+                (sel, w)
+            }
+        };
+        for j in 0..k {
+            ids[ti * k + j] = sel[j] as i64;
+            weights[ti * k + j] = w[j];
+        }
+    }
+    if capacity > 0 {
+        // Slot by slot: every token's first choice takes a place before any second choice.
+        let mut used = vec![0usize; e];
+        let mut keep = vec![false; t * k];
+        for j in 0..k {
+            for ti in 0..t {
+                let ex = ids[ti * k + j] as usize;
+                keep[ti * k + j] = used[ex] < capacity;
+                used[ex] += 1;
+            }
+        }
+        for ti in 0..t {
+            let row = &mut weights[ti * k..(ti + 1) * k];
+            row.iter_mut().zip(&keep[ti * k..(ti + 1) * k]).for_each(|(w, &kp)| if !kp { *w = 0.0 });
+            if renormalize {
+                let s: f32 = row.iter().sum::<f32>().max(f32::EPSILON);
+                row.iter_mut().for_each(|w| *w /= s);
+            }
+        }
+    }
+    if routed_scaling_factor != 1.0 {
+        weights.iter_mut().for_each(|w| *w *= routed_scaling_factor);
+    }
+    Ok(vec![Tensor::f32(vec![t, k], weights), Tensor::i64(vec![t, k], ids)])
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn act(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::Silu => x * sigmoid(x),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+        Activation::GeluTanh => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh()),
+        Activation::Relu => x.max(0.0),
+        Activation::Identity | Activation::Swiglu | Activation::Geglu => x,
+    }
+}
+
+/// Sum over k of weight * FFN_id(x); see `EXPERTS_LAYOUT` for the weights.
+pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Tensor; 5], b_in: Option<&Tensor>, b_out: Option<&Tensor>) -> KResult<Tensor> {
+    let [x, w, ids, w_in, w_out] = t;
+    let (xv, wv, iv) = (x.to_f32(), w.to_f32(), ids.to_i64());
+    let (win, wout) = (w_in.as_f32().ok_or("w_in must be float")?, w_out.as_f32().ok_or("w_out must be float")?);
+    let [tokens, h] = x.shape[..] else { return Err(format!("moe.experts x must be [T, H], got {:?}", x.shape)) };
+    let [e, h2, n] = w_in.shape[..] else { return Err(format!("moe.experts w_in must be [E, H, N], got {:?}", w_in.shape)) };
+    let [e2, f, h3] = w_out.shape[..] else { return Err(format!("moe.experts w_out must be [E, F, H], got {:?}", w_out.shape)) };
+    let gated = a.is_gated();
+    if h2 != h || h3 != h || e2 != e || n != if gated { 2 * f } else { f } || w.shape != ids.shape || w.shape.first() != Some(&tokens) {
+        return Err(format!(
+            "moe.experts shapes do not fit: x {:?}, weights {:?}, ids {:?}, w_in {:?}, w_out {:?} ({})",
+            x.shape, w.shape, ids.shape, w_in.shape, w_out.shape, if gated { "gated" } else { "not gated" }
+        ));
+    }
+    let k = w.shape[1];
+    let bi = b_in.map(|b| b.to_f32());
+    let bo = b_out.map(|b| b.to_f32());
+    let lim = limit.unwrap_or(f32::INFINITY);
+    let mut y = vec![0f32; tokens * h];
+    let mut hid = vec![0f32; n];
+    let mut act_out = vec![0f32; f];
+    for ti in 0..tokens {
+        let xr = &xv[ti * h..(ti + 1) * h];
+        for j in 0..k {
+            let wt = wv[ti * k + j];
+            if wt == 0.0 {
+                continue;
+            }
+            let ex = iv[ti * k + j];
+            if ex < 0 || ex as usize >= e {
+                return Err(format!("expert id {ex} out of range for {e} experts"));
+            }
+            let ex = ex as usize;
+            hid.iter_mut().for_each(|v| *v = 0.0);
+            let wi = &win[ex * h * n..(ex + 1) * h * n];
+            for (p, &xp) in xr.iter().enumerate() {
+                let row = &wi[p * n..(p + 1) * n];
+                hid.iter_mut().zip(row).for_each(|(acc, &wv)| *acc += xp * wv);
+            }
+            if let Some(b) = &bi {
+                hid.iter_mut().zip(&b[ex * n..(ex + 1) * n]).for_each(|(v, b)| *v += b);
+            }
+            for q in 0..f {
+                act_out[q] = if gated {
+                    let (g, u) = (hid[q].min(lim), hid[f + q].clamp(-lim, lim));
+                    let gate = if a == Activation::Geglu { act(Activation::Gelu, g) } else { g * sigmoid(alpha * g) };
+                    gate * (u + beta)
+                } else {
+                    act(a, hid[q])
+                };
+            }
+            let wo = &wout[ex * f * h..(ex + 1) * f * h];
+            let yr = &mut y[ti * h..(ti + 1) * h];
+            let mut o = vec![0f32; h];
+            for (q, &aq) in act_out.iter().enumerate() {
+                o.iter_mut().zip(&wo[q * h..(q + 1) * h]).for_each(|(acc, &wv)| *acc += aq * wv);
+            }
+            if let Some(b) = &bo {
+                o.iter_mut().zip(&b[ex * h..(ex + 1) * h]).for_each(|(v, b)| *v += b);
+            }
+            yr.iter_mut().zip(&o).for_each(|(acc, v)| *acc += wt * v);
+        }
+    }
+    Ok(Tensor::f32(vec![tokens, h], y).with_dtype(x.dtype))
+}
