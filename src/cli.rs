@@ -1,6 +1,8 @@
 //! Subcommands and their flags. The public interface (DESIGN.md): inspect, compile, run, plan.
 
 use anyhow::{bail, Result};
+use ppmoe_compiler::passes::raise_moe::CapacityPolicy;
+use ppmoe_compiler::pipeline::Compilation;
 use ppmoe_runtime::runner::{check_outputs, run as run_bundle, Backend, InputArg};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -36,6 +38,11 @@ pub enum Command {
         /// Fix an input's shape: NAME=DIMS, e.g. input_ids=1x16 (repeatable).
         #[arg(long = "input-shape", value_parser = parse_input_shape)]
         input_shape: Vec<(String, Vec<i64>)>,
+        /// Print a table of the MoE layers found (one row per layer) instead of the IR.
+        #[arg(long)]
+        summary: bool,
+        #[command(flatten)]
+        moe: MoeFlags,
     },
     /// Compile a model into a bundle: manifest.json, weights per rank, programs.
     Compile {
@@ -47,6 +54,8 @@ pub enum Command {
         /// Fix an input's shape: NAME=DIMS (repeatable); every input must end up static.
         #[arg(long = "input-shape", value_parser = parse_input_shape)]
         input_shape: Vec<(String, Vec<i64>)>,
+        #[command(flatten)]
+        moe: MoeFlags,
     },
     /// Run a bundle on .npy inputs; writes <output name>.npy files.
     Run {
@@ -73,6 +82,32 @@ pub enum Command {
     Plan { model: PathBuf },
 }
 
+/// Flags of the MoE stages.
+#[derive(clap::Args, Clone, Copy)]
+pub struct MoeFlags {
+    /// A source layer that drops tokens beyond an expert's capacity (GShard): `keep` that
+    /// dropping (exact), or make the layer `dropless` (not exact; the summary says so).
+    #[arg(long = "moe-capacity", value_enum, default_value = "keep")]
+    capacity: CapacityFlag,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CapacityFlag {
+    Keep,
+    Dropless,
+}
+
+impl MoeFlags {
+    fn compilation(self, model: &std::path::Path, input_shape: &[(String, Vec<i64>)]) -> Compilation {
+        let mut c = Compilation::new(model, input_shape);
+        c.capacity_policy = Some(match self.capacity {
+            CapacityFlag::Keep => CapacityPolicy::Keep,
+            CapacityFlag::Dropless => CapacityPolicy::Dropless,
+        });
+        c
+    }
+}
+
 /// `NAME=1x16` -> ("NAME", [1, 16]).
 fn parse_input_shape(s: &str) -> Result<(String, Vec<i64>), String> {
     let (name, dims) = s.split_once('=').ok_or_else(|| format!("'{s}': expected NAME=DIMS, e.g. input_ids=1x16"))?;
@@ -85,13 +120,22 @@ fn parse_input_shape(s: &str) -> Result<(String, Vec<i64>), String> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Inspect { model, emit, input_shape } => inspect(&model, emit, &input_shape),
-        Command::Compile { model, output, input_shape } => {
-            let r = ppmoe_compiler::compile(&model, &input_shape, &output)?;
+        Command::Inspect { model, emit, input_shape, summary, moe } => {
+            let c = moe.compilation(&model, &input_shape);
+            if summary {
+                return print_summary(c);
+            }
+            let (text, _) = ppmoe_compiler::pipeline::emit(c, stage_name(emit))?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Compile { model, output, input_shape, moe } => {
+            let r = ppmoe_compiler::compile(moe.compilation(&model, &input_shape), &output)?;
             println!(
-                "compiled {} -> {} (1 rank, {} instructions, {} weights, {:.1} KiB)",
+                "compiled {} -> {} (1 rank, {} MoE layers, {} instructions, {} weights, {:.1} KiB)",
                 model.display(),
                 output.display(),
+                r.moe_layers,
                 r.instructions,
                 r.weights,
                 r.weight_bytes as f64 / 1024.0
@@ -131,8 +175,48 @@ fn stage_name(e: Emit) -> &'static str {
     }
 }
 
-fn inspect(model: &std::path::Path, emit: Emit, input_shape: &[(String, Vec<i64>)]) -> Result<()> {
-    let text = ppmoe_compiler::pipeline::emit(model, input_shape, stage_name(emit))?;
-    println!("{text}");
+/// One row per MoE layer found, then the near misses.
+fn print_summary(c: Compilation) -> Result<()> {
+    let c = ppmoe_compiler::pipeline::run_with(c, "moe")?;
+    let layers = c.core.as_ref().map(|p| p.moe_layers.clone()).unwrap_or_default();
+    let header = ["layer", "experts", "top-k", "hidden", "expert ffn", "routing", "activation", "shared experts", "source family"];
+    let rows: Vec<[String; 9]> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            [
+                format!("{i} ({})", l.origin),
+                l.experts.to_string(),
+                l.top_k.to_string(),
+                l.hidden.to_string(),
+                l.ffn.to_string(),
+                l.routing.clone(),
+                l.activation.clone(),
+                l.shared_experts.clone(),
+                l.family.label().to_string(),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[String]| cells.iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join(" | ");
+    println!("{}", line(&header.map(String::from)));
+    println!("{}", width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-|-"));
+    for r in &rows {
+        println!("{}", line(r));
+    }
+    println!("{} MoE layer(s)", rows.len());
+    for l in &layers {
+        if let Some(n) = &l.note {
+            println!("note: layer {}: {n}", l.origin);
+        }
+    }
+    for u in &c.unraised {
+        println!("not raised: {u}");
+    }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `ppmoe compile`: the stages down to `core`, then the bundle (manifest, weights per rank).
 
 use crate::error::CompileError;
-use crate::pipeline::run_until;
+use crate::pipeline::{run_with, Compilation};
 use ppmoe_runtime::bundle::{sha256_hex, write_bundle, Grid, Manifest, Port, SourceModel, FORMAT_VERSION};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,10 +10,15 @@ pub struct CompileReport {
     pub instructions: usize,
     pub weights: usize,
     pub weight_bytes: usize,
+    pub moe_layers: usize,
 }
 
-pub fn compile(model_path: &Path, input_shapes: &[(String, Vec<i64>)], out: &Path) -> Result<CompileReport, CompileError> {
-    let c = run_until(model_path, input_shapes, "core")?;
+/// Compiles through the last stage built (`moe`) and writes the bundle.
+pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError> {
+    let model_path = c.path.clone();
+    let model_path = model_path.as_path();
+    let c = run_with(c, "moe")?;
+    let moe_layers = c.core.as_ref().map_or(0, |p| p.moe_layers.len());
     let core = c.core.expect("the core stage ran");
     let bytes = std::fs::read(model_path).map_err(|cause| CompileError::Io { path: model_path.to_owned(), cause })?;
     let p = &core.program;
@@ -32,6 +37,7 @@ pub fn compile(model_path: &Path, input_shapes: &[(String, Vec<i64>)], out: &Pat
         instructions: core.program.instructions.len(),
         weights: core.weights.len(),
         weight_bytes: core.weights.iter().map(|(_, t)| t.len() * t.dtype.size()).sum(),
+        moe_layers,
     };
     write_bundle(out, manifest, &[core.weights])?;
     Ok(report)

@@ -4,6 +4,7 @@
 
 use crate::core::{lower_to_core, print::print_core, CoreProgram};
 use crate::error::CompileError;
+use crate::passes::raise_moe::CapacityPolicy;
 use ppmoe_frontend::{Model, Types};
 use std::path::{Path, PathBuf};
 
@@ -19,9 +20,10 @@ pub struct Stage {
 pub const STAGES: &[Stage] = &[
     Stage { name: "onnx", run: import_onnx, print: |c| c.onnx_text.clone() },
     Stage { name: "core", run: lower_core, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
+    Stage { name: "moe", run: raise_moe, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
 ];
 
-pub const PLANNED: &[&str] = &["moe", "sharded", "pipelined", "kernels", "ptx"];
+pub const PLANNED: &[&str] = &["sharded", "pipelined", "kernels", "ptx"];
 
 /// What the stages build up, one field per rung.
 #[derive(Default)]
@@ -32,6 +34,10 @@ pub struct Compilation {
     pub types: Option<Types>,
     pub onnx_text: Option<String>,
     pub core: Option<CoreProgram>,
+    /// How the `moe` stage treats capacity dropping (`--moe-capacity`).
+    pub capacity_policy: Option<CapacityPolicy>,
+    /// Near misses of the `moe` stage: layers that look like MoE but were not raised, and why.
+    pub unraised: Vec<String>,
 }
 
 fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
@@ -50,13 +56,34 @@ fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
     Ok(())
 }
 
+fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
+    let policy = c.capacity_policy.unwrap_or(CapacityPolicy::Keep);
+    let Some(core) = c.core.as_mut() else {
+        return Err(CompileError::StageNotBuilt("moe".into(), "it needs the core stage first".into()));
+    };
+    let outcome = crate::passes::raise_moe::raise_moe(core, policy);
+    for u in &outcome.unraised {
+        tracing::warn!("{u}");
+    }
+    core.moe_layers.extend(outcome.raised);
+    c.unraised = outcome.unraised;
+    Ok(())
+}
+
 /// Runs the stages up to and including `last`.
 pub fn run_until(path: &Path, input_shapes: &[(String, Vec<i64>)], last: &str) -> Result<Compilation, CompileError> {
+    run_with(Compilation { path: path.to_owned(), input_shapes: input_shapes.to_vec(), ..Default::default() }, last)
+}
+
+/// Runs the stages up to and including `last` on a prepared compilation (options set).
+pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileError> {
     let Some(end) = STAGES.iter().position(|s| s.name == last) else {
         let built: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
         return Err(CompileError::StageNotBuilt(last.into(), built.join(", ")));
     };
-    let mut c = Compilation { path: path.to_owned(), input_shapes: input_shapes.to_vec(), ..Default::default() };
+    let Some(_) = STAGES.get(end) else {
+        return Err(CompileError::StageNotBuilt(last.into(), String::new()));
+    };
     for stage in &STAGES[..=end] {
         tracing::info!("stage {}", stage.name);
         (stage.run)(&mut c)?;
@@ -64,13 +91,21 @@ pub fn run_until(path: &Path, input_shapes: &[(String, Vec<i64>)], last: &str) -
     Ok(c)
 }
 
-/// The IR after `stage`, parsed and verified by MLIR, printed with large constants elided.
-pub fn emit(path: &Path, input_shapes: &[(String, Vec<i64>)], stage: &str) -> Result<String, CompileError> {
-    let c = run_until(path, input_shapes, stage)?;
-    let s = STAGES.iter().find(|s| s.name == stage).expect("run_until checked the name");
+/// The IR after `stage`, parsed and verified by MLIR, printed with large constants elided;
+/// with the compilation itself, for what else the caller reports (the MoE summary).
+pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), CompileError> {
+    let path = c.path.clone();
+    let c = run_with(c, stage)?;
+    let s = STAGES.iter().find(|s| s.name == stage).expect("run_with checked the name");
     let text = (s.print)(&c).unwrap_or_default();
     let context = ppmoe_dialect::context();
     let module = ppmoe_dialect::parse_verified(&context, &text)
-        .map_err(|diagnostics| CompileError::Verify { path: path.to_owned(), stage: stage.into(), diagnostics })?;
-    Ok(ppmoe_dialect::print_module(&module))
+        .map_err(|diagnostics| CompileError::Verify { path, stage: stage.into(), diagnostics })?;
+    Ok((ppmoe_dialect::print_module(&module), c))
+}
+
+impl Compilation {
+    pub fn new(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Compilation {
+        Compilation { path: path.to_owned(), input_shapes: input_shapes.to_vec(), ..Default::default() }
+    }
 }

@@ -38,17 +38,19 @@ irdl.dialect @moe {
   }
   // x [T, H], weights [T, k], ids [T, k], w_in [E, H, N], w_out [E, F, H] (+ biases) -> [T, H]:
   // sum over k of weight * FFN_id(x). Gated activations read w_in as [gate | up] (N = 2F).
+  // The biases are optional: `operandSegmentSizes` says which are there.
   irdl.operation @experts {
     %x = irdl.base "!builtin.tensor"
     %w = irdl.base "!builtin.tensor"
     %ids = irdl.base "!builtin.tensor"
     %w_in = irdl.base "!builtin.tensor"
     %w_out = irdl.base "!builtin.tensor"
-    %biases = irdl.base "!builtin.tensor"
+    %b_in = irdl.base "!builtin.tensor"
+    %b_out = irdl.base "!builtin.tensor"
     %y = irdl.base "!builtin.tensor"
     %activation = irdl.base "#builtin.string"
     %layout = irdl.base "#builtin.string"
-    irdl.operands(x: %x, weights: %w, ids: %ids, w_in: %w_in, w_out: %w_out, biases: variadic %biases)
+    irdl.operands(x: %x, weights: %w, ids: %ids, w_in: %w_in, w_out: %w_out, b_in: optional %b_in, b_out: optional %b_out)
     irdl.results(y: %y)
     irdl.attributes {"activation" = %activation, "layout" = %layout}
   }

@@ -26,6 +26,10 @@ pub enum UnaryFn {
     Floor,
     Ceil,
     Sign,
+    /// GELU, exact (erf).
+    Gelu,
+    /// GELU, tanh approximation.
+    GeluTanh,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,8 +15,25 @@ pub fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("model.onnx").exists())
         .collect();
     v.sort();
-    assert!(v.len() >= 13, "expected the 13 exported fixtures, found {}", v.len());
+    assert!(v.len() >= 16, "expected the 16 exported fixtures, found {}", v.len());
     v
+}
+
+/// `--input-shape` flags a fixture needs (its input has symbolic dimensions): batch 1, 16 tokens.
+pub fn shape_flags(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
+    if text.contains("\"kind\": \"moe_subgraph\"") {
+        let at = text.find("\"inputs\": [").unwrap();
+        let name = text[at..].split('"').nth(3).unwrap().to_string();
+        vec!["--input-shape".into(), format!("{name}=1x16x64")]
+    } else {
+        vec![]
+    }
+}
+
+/// What `ppmoe run` names the file of an output: odd characters become '_'.
+pub fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect()
 }
 
 /// A small JSON reader for fixture.json: the fields the tests need, by plain text search.

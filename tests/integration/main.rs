@@ -5,4 +5,5 @@ mod bad_bundle;
 mod bad_onnx;
 mod common;
 mod core_numerics;
+mod moe_raise;
 mod onnx_stage;

@@ -53,7 +53,7 @@ pub fn tensor_of(t: &TensorData) -> Option<Tensor> {
 /// The ops the core stage accepts (for the error message on anything else).
 pub const SUPPORTED: &[&str] = &[
     "Abs", "Add", "And", "ArgMax", "ArgMin", "Cast", "CastLike", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape",
-    "Cos", "CumSum", "Div", "Einsum", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements",
+    "Cos", "CumSum", "Div", "Einsum", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "Gelu", "GatherElements",
     "GatherND", "Gemm", "Greater", "GreaterOrEqual", "Identity", "LayerNormalization", "Less", "LessOrEqual", "Log",
     "LogSoftmax", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "NonZero", "Not", "OneHot", "Or", "Pow", "Range",
     "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "Relu", "Reshape",
@@ -234,6 +234,12 @@ impl<'m> Lowering<'m> {
             "Floor" => unary(UnaryFn::Floor),
             "Ceil" => unary(UnaryFn::Ceil),
             "Sign" => unary(UnaryFn::Sign),
+            "Gelu" => match node.attr("approximate") {
+                None => unary(UnaryFn::Gelu),
+                Some(AttrValue::String(a)) if a == "none" => unary(UnaryFn::Gelu),
+                Some(AttrValue::String(a)) if a == "tanh" => unary(UnaryFn::GeluTanh),
+                Some(other) => Err(self.node_err(node, format!("Gelu approximate = {other:?}"))),
+            },
             "Add" => binary(BinaryFn::Add),
             "Sub" => binary(BinaryFn::Sub),
             "Mul" => binary(BinaryFn::Mul),

@@ -92,7 +92,11 @@ pub fn print_core(programs: &[&Program]) -> String {
             let operands: Vec<&Buffer> = ins.inputs.iter().flatten().map(|&id| &p.buffers[id]).collect();
             let operand_names: Vec<&str> = ins.inputs.iter().flatten().map(|&id| names[id].as_str()).collect();
             let mut attrs = attributes(&ins.op);
-            if ins.inputs.iter().any(Option::is_none) {
+            if ins.op.dialect() == "moe" && ins.inputs.len() == 7 {
+                // moe.experts: two optional operands (the biases), told apart by segment sizes.
+                let sizes: Vec<&str> = ins.inputs.iter().map(|o| if o.is_some() { "1" } else { "0" }).collect();
+                attrs.push(format!("operandSegmentSizes = array<i32: {}>", sizes.join(", ")));
+            } else if ins.inputs.iter().any(Option::is_none) {
                 let absent: Vec<String> = ins.inputs.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(k, _)| k.to_string()).collect();
                 attrs.push(format!("core.absent_inputs = array<i64: {}>", absent.join(", ")));
             }

@@ -83,7 +83,7 @@ pub fn live_outs(p: &Program, region: &BTreeSet<usize>, cons: &HashMap<BufferId,
 }
 
 /// Runs the region's instructions on `inputs` (and the program's weights); returns `want`.
-pub fn evaluate(p: &Program, weights: &HashMap<String, Tensor>, region: &BTreeSet<usize>, inputs: &HashMap<BufferId, Tensor>, want: BufferId) -> Result<Tensor, String> {
+pub fn evaluate(p: &Program, weights: &HashMap<&str, &Tensor>, region: &BTreeSet<usize>, inputs: &HashMap<BufferId, Tensor>, want: BufferId) -> Result<Tensor, String> {
     let mut vals: HashMap<BufferId, Tensor> = inputs.clone();
     for &i in region {
         let ins = &p.instructions[i];
@@ -93,7 +93,7 @@ pub fn evaluate(p: &Program, weights: &HashMap<String, Tensor>, region: &BTreeSe
                 None => None,
                 Some(b) => Some(match vals.get(b) {
                     Some(t) => t,
-                    None => weights.get(&p.buffers[*b].name).ok_or_else(|| format!("buffer '{}' has no value", p.buffers[*b].name))?,
+                    None => weights.get(p.buffers[*b].name.as_str()).copied().ok_or_else(|| format!("buffer '{}' has no value", p.buffers[*b].name))?,
                 }),
             });
         }

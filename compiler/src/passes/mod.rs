@@ -1,3 +1,4 @@
 //! Passes over a rank's program, one per file.
 
 pub mod dead_code;
+pub mod raise_moe;

@@ -37,6 +37,8 @@ pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
                 UnaryFn::Floor => f32::floor,
                 UnaryFn::Ceil => f32::ceil,
                 UnaryFn::Sign => |a| if a > 0.0 { 1.0 } else if a < 0.0 { -1.0 } else { 0.0 },
+                UnaryFn::Gelu => |a| 0.5 * a * (1.0 + libm::erff(a / std::f32::consts::SQRT_2)),
+                UnaryFn::GeluTanh => |a| 0.5 * a * (1.0 + (0.797_884_6 * (a + 0.044715 * a * a * a)).tanh()),
                 UnaryFn::Not => return Err("Not of a float tensor".into()),
             };
             Tensor::f32(shape, v.iter().map(|&a| g(a)).collect()).with_dtype(x.dtype)
