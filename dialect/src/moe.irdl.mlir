@@ -3,9 +3,11 @@
 // Each constraint variable is used once: IRDL makes uses of one variable equal, and the
 // operands of these ops are tensors of different shapes.
 irdl.dialect @moe {
-  // scores [T, E] (+ score-correction bias [E]) -> top-k weights [T, k] and expert ids [T, k].
+  // scores [T, E] (+ score-correction bias [E], DeepSeek-V3: it moves the choice, not the
+  // weights) -> top-k weights [T, k] and expert ids [T, k].
   irdl.operation @route {
     %logits = irdl.base "!builtin.tensor"
+    %bias = irdl.base "!builtin.tensor"
     %weights = irdl.base "!builtin.tensor"
     %ids = irdl.base "!builtin.tensor"
     %k = irdl.base "#builtin.integer"
@@ -18,23 +20,11 @@ irdl.dialect @moe {
     %topk_groups = irdl.base "#builtin.integer"
     %scale = irdl.base "#builtin.float"
     %capacity = irdl.base "#builtin.integer"
-    irdl.operands(logits: %logits)
+    irdl.operands(logits: %logits, bias: optional %bias)
     irdl.results(weights: %weights, ids: %ids)
     irdl.attributes {"top_k" = %k, "scoring" = %scoring, "order" = %order, "renormalize" = %renorm,
                      "n_group" = %groups, "topk_group" = %topk_groups, "routed_scaling_factor" = %scale,
                      "capacity" = %capacity}
-  }
-  // Routing with a score-correction bias (DeepSeek-V3): the bias moves the choice, not the weights.
-  irdl.operation @route_biased {
-    %logits = irdl.base "!builtin.tensor"
-    %bias = irdl.base "!builtin.tensor"
-    %weights = irdl.base "!builtin.tensor"
-    %ids = irdl.base "!builtin.tensor"
-    %k = irdl.base "#builtin.integer"
-    %scoring = irdl.base "#builtin.string"
-    irdl.operands(logits: %logits, bias: %bias)
-    irdl.results(weights: %weights, ids: %ids)
-    irdl.attributes {"top_k" = %k, "scoring" = %scoring}
   }
   // x [T, H], weights [T, k], ids [T, k], w_in [E, H, N], w_out [E, F, H] (+ biases) -> [T, H]:
   // sum over k of weight * FFN_id(x). Gated activations read w_in as [gate | up] (N = 2F).

@@ -131,3 +131,156 @@ fn the_moe_dialect_verifier_rejects_a_route_without_top_k() {
     let not_bool = good.replace("renormalize = true", "renormalize = 3 : i64");
     assert!(ppmoe_dialect::parse_verified(&context, &not_bool).is_err());
 }
+
+/// The gpt-oss fixture's fused MoE node, rewritten into the other forms ORT's MoE op takes: the
+/// same layer must come out of each, and give PyTorch's output.
+mod fused_ort_variants {
+    use crate::common::{fixtures_dir, ppmoe, shape_flags};
+    use ppmoe_frontend::onnx_proto as pb;
+    use prost::Message;
+
+    const FC1: &str = "model.layers.0.moe.experts.gate_up_proj.weight";
+    const FC1_B: &str = "model.layers.0.moe.experts.gate_up_proj.bias";
+    const FC2: &str = "model.layers.0.moe.experts.down_proj.weight";
+
+    fn load() -> pb::ModelProto {
+        pb::ModelProto::decode(std::fs::read(fixtures_dir().join("gptoss_genai_moe/model.onnx")).unwrap().as_slice()).unwrap()
+    }
+
+    fn get(m: &pb::ModelProto, name: &str) -> (Vec<i64>, Vec<f32>) {
+        let t = m.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == name).unwrap();
+        let v = if t.raw_data.is_empty() { t.float_data.clone() } else { t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
+        (t.dims.clone(), v)
+    }
+
+    fn set(m: &mut pb::ModelProto, name: &str, dims: Vec<i64>, v: &[f32]) {
+        let g = m.graph.as_mut().unwrap();
+        g.initializer.retain(|t| t.name != name);
+        g.initializer.push(pb::TensorProto { name: name.into(), dims, data_type: 1, raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(), ..Default::default() });
+    }
+
+    /// [E, a, b] -> [E, b, a]
+    fn swap(dims: &[i64], v: &[f32]) -> (Vec<i64>, Vec<f32>) {
+        let (e, a, b) = (dims[0] as usize, dims[1] as usize, dims[2] as usize);
+        let mut o = vec![0f32; v.len()];
+        for x in 0..e {
+            for i in 0..a {
+                for j in 0..b {
+                    o[x * a * b + j * a + i] = v[x * a * b + i * b + j];
+                }
+            }
+        }
+        (vec![dims[0], dims[2], dims[1]], o)
+    }
+
+    /// Rows (axis 1 of [E, 2F, ...]) from interleaved g0,u0,g1,u1... to (gate rows, up rows).
+    fn deinterleave(dims: &[i64], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (e, n) = (dims[0] as usize, dims[1] as usize);
+        let row = v.len() / (e * n);
+        let (mut g, mut u) = (Vec::new(), Vec::new());
+        for x in 0..e {
+            for r in 0..n {
+                let src = &v[(x * n + r) * row..(x * n + r + 1) * row];
+                if r % 2 == 0 { g.extend_from_slice(src) } else { u.extend_from_slice(src) }
+            }
+        }
+        (g, u)
+    }
+
+    fn moe_node(m: &mut pb::ModelProto) -> &mut pb::NodeProto {
+        m.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "MoE").unwrap()
+    }
+
+    fn set_int(m: &mut pb::ModelProto, attr: &str, v: i64) {
+        let n = moe_node(m);
+        n.attribute.retain(|a| a.name != attr);
+        n.attribute.push(pb::AttributeProto { name: attr.into(), r#type: pb::attribute_type::INT, i: v, ..Default::default() });
+    }
+
+    /// Compiles and runs the variant; returns (summary, relative error against PyTorch).
+    fn run(m: &pb::ModelProto) -> (String, f64) {
+        let dir = fixtures_dir().join("gptoss_genai_moe");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("model.onnx");
+        std::fs::write(&p, m.encode_to_vec()).unwrap();
+        let mut args = vec!["compile".to_string(), p.display().to_string(), "-o".into(), d.path().join("b").display().to_string()];
+        args.extend(shape_flags(&dir));
+        let c = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(c.code, 0, "{}", c.stderr);
+        let input = dir.join("_model_layers.0_post_attention_layernorm_output_0.npy");
+        let reference = dir.join("_model_layers.0_moe_MoE_output_0.npy");
+        let out = d.path().join("out");
+        let r = ppmoe(&["run", d.path().join("b").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--check", reference.to_str().unwrap(), "--tolerance", "1e9"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let e: f64 = r.stdout.split("relative error ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        (c.stdout, e)
+    }
+
+    #[test]
+    fn the_builders_own_form_interleaved_swiglu_fusion_1() {
+        let (_, e) = run(&load());
+        assert!(e < 1e-5, "{e}");
+    }
+
+    #[test]
+    fn the_older_weight_layout_gives_the_same_layer() {
+        let mut m = load();
+        for name in [FC1, FC2] {
+            let (dims, v) = get(&m, name);
+            let (d2, v2) = swap(&dims, &v);
+            set(&mut m, name, d2, &v2);
+        }
+        let (_, e) = run(&m);
+        assert!(e < 1e-5, "{e}");
+    }
+
+    #[test]
+    fn concatenated_swiglu_fusion_2_gives_the_same_layer() {
+        let mut m = load();
+        // Per expert the rows become [gate rows | up rows].
+        let (dims, v) = get(&m, FC1);
+        let (e, n, row) = (dims[0] as usize, dims[1] as usize, dims[2] as usize);
+        let (g, u) = deinterleave(&dims, &v);
+        let half = n / 2 * row;
+        let packed: Vec<f32> = (0..e).flat_map(|x| [&g[x * half..(x + 1) * half], &u[x * half..(x + 1) * half]].concat()).collect();
+        set(&mut m, FC1, dims.clone(), &packed);
+        let (bd, bv) = get(&load(), FC1_B);
+        let (bg, bu) = deinterleave(&[bd[0], bd[1], 1], &bv);
+        let bf = bd[1] as usize / 2;
+        let bpacked: Vec<f32> = (0..e).flat_map(|x| [&bg[x * bf..(x + 1) * bf], &bu[x * bf..(x + 1) * bf]].concat()).collect();
+        set(&mut m, FC1_B, bd, &bpacked);
+        set_int(&mut m, "swiglu_fusion", 2);
+        let (_, err) = run(&m);
+        assert!(err < 1e-5, "{err}");
+    }
+
+    #[test]
+    fn separate_gate_and_up_swiglu_fusion_0_gives_the_same_layer() {
+        let mut m = load();
+        let (dims, v) = get(&m, FC1);
+        let (g, u) = deinterleave(&dims, &v);
+        let gd = vec![dims[0], dims[1] / 2, dims[2]];
+        set(&mut m, FC1, gd.clone(), &g);
+        set(&mut m, "fc3", gd, &u);
+        let (bd, bv) = get(&m, FC1_B);
+        let (bg, bu) = deinterleave(&[bd[0], bd[1], 1], &bv);
+        set(&mut m, FC1_B, vec![bd[0], bd[1] / 2], &bg);
+        set(&mut m, "fc3_bias", vec![bd[0], bd[1] / 2], &bu);
+        let n = moe_node(&mut m);
+        n.input.truncate(6);
+        n.input.push("fc3".into());
+        n.input.push("fc3_bias".into());
+        set_int(&mut m, "swiglu_fusion", 0);
+        let (_, err) = run(&m);
+        assert!(err < 1e-5, "{err}");
+    }
+
+    #[test]
+    fn normalize_routing_weights_0_is_honoured() {
+        let mut m = load();
+        set_int(&mut m, "normalize_routing_weights", 0);
+        let (summary, err) = run(&m);
+        // The reference renormalises the top-2 weights; without it every output shrinks.
+        assert!(err > 1e-2, "{err}: {summary}");
+    }
+}

@@ -55,14 +55,18 @@ pub fn read(node: &Node, hidden: usize, w: impl Fn(usize) -> Option<Tensor>) -> 
     if fc1.shape.len() != 3 || fc2.shape.len() != 3 {
         return Err(format!("expert weights must be 3-D, got fc1 {:?} and fc2 {:?}", fc1.shape, fc2.shape));
     }
-    // ORT's current layout is [E, out, in]; the older one [E, in, out]. Where both read the
-    // same (N == H), the current one is meant.
-    let fc1 = if fc1.shape[2] == hidden { swap_last(&fc1) } else if fc1.shape[1] == hidden { fc1 } else {
+    // ORT's current layout is [E, out, in]; the older one [E, in, out]. fc1 tells them apart
+    // (its out size is F or 2F); where even it cannot (N == H), the current one is meant.
+    let legacy = fc1.shape[1] == hidden && fc1.shape[2] != hidden;
+    if !legacy && fc1.shape[2] != hidden {
         return Err(format!("fc1_experts_weights {:?} has no dimension of the hidden size {hidden}", fc1.shape));
-    };
-    let fc2 = if fc2.shape[1] == hidden { swap_last(&fc2) } else if fc2.shape[2] == hidden { fc2 } else {
-        return Err(format!("fc2_experts_weights {:?} has no dimension of the hidden size {hidden}", fc2.shape));
-    };
+    }
+    let orient = |t: Tensor| if legacy { t } else { swap_last(&t) };
+    let fc1 = orient(fc1);
+    let fc2 = orient(fc2);
+    if fc2.shape[2] != hidden {
+        return Err(format!("fc2_experts_weights does not end in the hidden size {hidden} in the {} layout", if legacy { "older" } else { "current" }));
+    }
     let mut b_in = w(3);
     let b_out = w(5);
     let (activation, alpha, beta, limit) = match act.as_str() {
@@ -82,7 +86,7 @@ pub fn read(node: &Node, hidden: usize, w: impl Fn(usize) -> Option<Tensor>) -> 
             2 => fc1,
             0 => {
                 let fc3 = need(6, "fc3_experts_weights (swiglu_fusion = 0)")?;
-                let fc3 = if fc3.shape[2] == hidden { swap_last(&fc3) } else { fc3 };
+                let fc3 = orient(fc3);
                 if let (Some(b1), Some(b3)) = (b_in.take(), w(7)) {
                     let n = b1.shape[1];
                     let (v1, v3) = (b1.to_f32(), b3.to_f32());
