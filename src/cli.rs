@@ -1,6 +1,7 @@
 //! Subcommands and their flags. The public interface (DESIGN.md): inspect, compile, run, plan.
 
 use anyhow::{bail, Result};
+use ppmoe_compiler::distribute::{Grid, Strategy};
 use ppmoe_compiler::passes::raise_moe::CapacityPolicy;
 use ppmoe_compiler::pipeline::Compilation;
 use ppmoe_runtime::runner::{check_outputs, run as run_bundle, Backend, InputArg};
@@ -89,6 +90,28 @@ pub struct MoeFlags {
     /// dropping (exact), or make the layer `dropless` (not exact; the summary says so).
     #[arg(long = "moe-capacity", value_enum, default_value = "keep")]
     capacity: CapacityFlag,
+    /// Tensor-parallel ranks (experts are spread over them).
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
+    /// Pipeline stages (at most one per MoE layer).
+    #[arg(long, default_value_t = 1)]
+    pp: usize,
+    /// Data-parallel replicas.
+    #[arg(long, default_value_t = 1)]
+    dp: usize,
+    /// How MoE layers are distributed over the tp group: ppmoe (experts split, one all-reduce)
+    /// or alltoall (tokens split, two all-to-alls).
+    #[arg(long = "moe-strategy", value_enum, default_value = "ppmoe")]
+    strategy: StrategyFlag,
+    /// Microbatches of the GPipe schedule (must divide the batch).
+    #[arg(long, default_value_t = 1)]
+    microbatches: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StrategyFlag {
+    Ppmoe,
+    Alltoall,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,13 +121,24 @@ enum CapacityFlag {
 }
 
 impl MoeFlags {
-    fn compilation(self, model: &std::path::Path, input_shape: &[(String, Vec<i64>)]) -> Compilation {
+    fn compilation(self, model: &std::path::Path, input_shape: &[(String, Vec<i64>)]) -> Result<Compilation> {
+        if self.tp == 0 || self.pp == 0 || self.dp == 0 || self.microbatches == 0 {
+            bail!("--tp, --pp, --dp and --microbatches must be at least 1");
+        }
+        if self.microbatches > 1 {
+            bail!("--microbatches {}: only one microbatch is supported yet (the fixtures have batch 1)", self.microbatches);
+        }
         let mut c = Compilation::new(model, input_shape);
         c.capacity_policy = Some(match self.capacity {
             CapacityFlag::Keep => CapacityPolicy::Keep,
             CapacityFlag::Dropless => CapacityPolicy::Dropless,
         });
-        c
+        c.grid = Some(Grid { dp: self.dp, pp: self.pp, tp: self.tp });
+        c.strategy = Some(match self.strategy {
+            StrategyFlag::Ppmoe => Strategy::Ppmoe,
+            StrategyFlag::Alltoall => Strategy::AllToAll,
+        });
+        Ok(c)
     }
 }
 
@@ -121,7 +155,7 @@ fn parse_input_shape(s: &str) -> Result<(String, Vec<i64>), String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, emit, input_shape, summary, moe } => {
-            let c = moe.compilation(&model, &input_shape);
+            let c = moe.compilation(&model, &input_shape)?;
             if summary {
                 return print_summary(c);
             }
@@ -130,16 +164,21 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Compile { model, output, input_shape, moe } => {
-            let r = ppmoe_compiler::compile(moe.compilation(&model, &input_shape), &output)?;
+            let r = ppmoe_compiler::compile(moe.compilation(&model, &input_shape)?, &output)?;
+            let total: usize = r.weight_bytes.iter().sum();
             println!(
-                "compiled {} -> {} (1 rank, {} MoE layers, {} instructions, {} weights, {:.1} KiB)",
+                "compiled {} -> {} ({} rank(s), {} MoE layers, {} instructions on rank 0, {} weights, {:.1} KiB in all)",
                 model.display(),
                 output.display(),
+                r.ranks,
                 r.moe_layers,
                 r.instructions,
                 r.weights,
-                r.weight_bytes as f64 / 1024.0
+                total as f64 / 1024.0
             );
+            for note in &r.kept_all_to_all {
+                println!("note: {note}");
+            }
             Ok(())
         }
         Command::Run { bundle, input, output_dir, backend, check, tolerance } => {

@@ -1,44 +1,53 @@
-//! `ppmoe compile`: the stages down to `core`, then the bundle (manifest, weights per rank).
+//! `ppmoe compile`: every stage built (down to `pipelined`), then the bundle: a manifest with
+//! one program per rank of the grid, and one weights file per rank holding only its shard.
 
 use crate::error::CompileError;
 use crate::pipeline::{run_with, Compilation};
-use ppmoe_runtime::bundle::{sha256_hex, write_bundle, Grid, Manifest, Port, SourceModel, FORMAT_VERSION};
+use ppmoe_runtime::bundle::{sha256_hex, write_bundle, Grid as BundleGrid, Manifest, Port, SourceModel, FORMAT_VERSION};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub struct CompileReport {
+    pub ranks: usize,
+    /// Instructions of rank 0's program.
     pub instructions: usize,
     pub weights: usize,
-    pub weight_bytes: usize,
+    /// Bytes of weights per rank, in rank order.
+    pub weight_bytes: Vec<usize>,
     pub moe_layers: usize,
+    /// Where the PPMoE rewrite kept the all-to-all form, and why.
+    pub kept_all_to_all: Vec<String>,
 }
 
-/// Compiles through the last stage built (`moe`) and writes the bundle.
+/// Compiles through every stage built and writes the bundle.
 pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError> {
     let model_path = c.path.clone();
-    let model_path = model_path.as_path();
-    let c = run_with(c, "moe")?;
-    let moe_layers = c.core.as_ref().map_or(0, |p| p.moe_layers.len());
-    let core = c.core.expect("the core stage ran");
-    let bytes = std::fs::read(model_path).map_err(|cause| CompileError::Io { path: model_path.to_owned(), cause })?;
+    let c = run_with(c, "pipelined")?;
+    let core = c.core.as_ref().expect("the core stage ran");
+    let bytes = std::fs::read(&model_path).map_err(|cause| CompileError::Io { path: model_path.clone(), cause })?;
+    // The model's ports, from the one-rank program (every rank agrees on them).
     let p = &core.program;
     let port = |id: usize| Port { name: p.buffers[id].name.clone(), dtype: p.buffers[id].dtype, shape: p.buffers[id].shape.clone() };
+    let grid = c.grid.unwrap_or(crate::distribute::Grid { dp: 1, pp: 1, tp: 1 });
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         producer: format!("ppmoe {}", env!("CARGO_PKG_VERSION")),
         source: SourceModel { path: model_path.display().to_string(), sha256: sha256_hex(&bytes) },
-        grid: Grid { tp: 1, pp: 1, dp: 1 },
+        grid: BundleGrid { tp: grid.tp, pp: grid.pp, dp: grid.dp },
         inputs: p.inputs.iter().map(|&i| port(i)).collect(),
         outputs: p.outputs.iter().map(|&i| port(i)).collect(),
-        programs: vec![core.program.clone()],
+        programs: c.ranks.iter().map(|r| r.program.clone()).collect(),
         files: BTreeMap::new(),
     };
     let report = CompileReport {
-        instructions: core.program.instructions.len(),
-        weights: core.weights.len(),
-        weight_bytes: core.weights.iter().map(|(_, t)| t.len() * t.dtype.size()).sum(),
-        moe_layers,
+        ranks: c.ranks.len(),
+        instructions: c.ranks.first().map_or(0, |r| r.program.instructions.len()),
+        weights: c.ranks.first().map_or(0, |r| r.weights.len()),
+        weight_bytes: c.ranks.iter().map(|r| r.weights.iter().map(|(_, t)| t.len() * t.dtype.size()).sum()).collect(),
+        moe_layers: core.moe_layers.len(),
+        kept_all_to_all: c.kept_all_to_all.clone(),
     };
-    write_bundle(out, manifest, &[core.weights])?;
+    let weights: Vec<Vec<(String, ppmoe_runtime::Tensor)>> = c.ranks.into_iter().map(|r| r.weights).collect();
+    write_bundle(out, manifest, &weights)?;
     Ok(report)
 }

@@ -19,6 +19,9 @@ pub enum CompileError {
     #[error("{}: stage '{stage}': the IR does not verify: {diagnostics}", path.display())]
     Verify { path: PathBuf, stage: String, diagnostics: String },
 
+    #[error("{}: the grid does not fit the model: {reason}", path.display())]
+    Grid { path: PathBuf, reason: String },
+
     #[error("stage '{0}' is not built yet; the stages built so far: {1}")]
     StageNotBuilt(String, String),
 

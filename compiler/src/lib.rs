@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod core;
+pub mod distribute;
 pub mod error;
 pub mod moe;
 pub mod passes;

@@ -4,6 +4,8 @@
 
 use crate::core::{lower_to_core, print::print_core, CoreProgram};
 use crate::error::CompileError;
+use crate::distribute::shard_moe::RankProgram;
+use crate::distribute::{Grid, Strategy};
 use crate::passes::raise_moe::CapacityPolicy;
 use ppmoe_frontend::{Model, Types};
 use std::path::{Path, PathBuf};
@@ -21,9 +23,11 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "onnx", run: import_onnx, print: |c| c.onnx_text.clone() },
     Stage { name: "core", run: lower_core, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
     Stage { name: "moe", run: raise_moe, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
+    Stage { name: "sharded", run: shard, print: |c| print_ranks(c, &c.sharded) },
+    Stage { name: "pipelined", run: pipeline, print: |c| print_ranks(c, &c.ranks) },
 ];
 
-pub const PLANNED: &[&str] = &["sharded", "pipelined", "kernels", "ptx"];
+pub const PLANNED: &[&str] = &["kernels", "ptx"];
 
 /// What the stages build up, one field per rung.
 #[derive(Default)]
@@ -38,6 +42,58 @@ pub struct Compilation {
     pub capacity_policy: Option<CapacityPolicy>,
     /// Near misses of the `moe` stage: layers that look like MoE but were not raised, and why.
     pub unraised: Vec<String>,
+    /// The device grid (`--dp --pp --tp`); 1 x 1 x 1 when not given.
+    pub grid: Option<Grid>,
+    /// How MoE layers are distributed (`--moe-strategy`).
+    pub strategy: Option<Strategy>,
+    /// The `sharded` stage: one program per tensor-parallel index.
+    pub sharded: Vec<RankProgram>,
+    /// Where the PPMoE rewrite kept the all-to-all form, and why.
+    pub kept_all_to_all: Vec<String>,
+    /// The `pipelined` stage: one program per rank of the grid.
+    pub ranks: Vec<RankProgram>,
+}
+
+fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
+    let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
+    let programs: Vec<&ppmoe_runtime::program::Program> = ranks.iter().map(|r| &r.program).collect();
+    Some(crate::core::print::print_programs(&programs, Some(&grid.mlir())))
+}
+
+fn shard(c: &mut Compilation) -> Result<(), CompileError> {
+    let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
+    let strategy = c.strategy.unwrap_or(Strategy::Ppmoe);
+    let Some(core) = c.core.as_ref() else {
+        return Err(CompileError::StageNotBuilt("sharded".into(), "it needs the moe stage first".into()));
+    };
+    let one = RankProgram { program: core.program.clone(), weights: core.weights.clone() };
+    c.sharded.clear();
+    c.kept_all_to_all.clear();
+    for t in 0..grid.tp {
+        let mut rp = crate::distribute::shard_moe::shard_moe(&c.path, &one, grid.tp, t)?;
+        rp.program.coords = [0, 0, t];
+        rp.program.rank = t;
+        if strategy == Strategy::Ppmoe {
+            let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(&mut rp, t, grid.tp);
+            if t == 0 {
+                c.kept_all_to_all.extend(notes);
+            }
+        }
+        let mut weights = rp.weights;
+        let program = crate::passes::dead_code::remove_dead_code(rp.program, &mut weights);
+        c.sharded.push(RankProgram { program, weights });
+    }
+    Ok(())
+}
+
+fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
+    let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
+    let first = c.sharded.first().ok_or_else(|| CompileError::StageNotBuilt("pipelined".into(), "it needs the sharded stage first".into()))?;
+    let cuts = crate::distribute::pipeline_split::choose_cuts(&first.program, grid.pp)
+        .map_err(|reason| CompileError::Grid { path: c.path.clone(), reason })?;
+    let stages: Vec<Vec<RankProgram>> = c.sharded.iter().map(|rp| crate::distribute::pipeline_split::split_stages(rp, &cuts)).collect();
+    c.ranks = crate::distribute::layout::layout(grid, &stages);
+    Ok(())
 }
 
 fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {

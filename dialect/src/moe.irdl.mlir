@@ -44,55 +44,66 @@ irdl.dialect @moe {
     irdl.results(y: %y)
     irdl.attributes {"activation" = %activation, "layout" = %layout}
   }
-  // The distributed forms (DESIGN.md): all-to-all dispatch/combine, and PPMoE's local slice.
+  // The distributed forms (DESIGN.md). All-to-all: tokens split over the TP group.
+  // x [T/tp, H], ids [T/tp, k] -> buckets [E, C, H] (slot-major positions; C = T/tp * k).
   irdl.operation @dispatch {
     %x = irdl.base "!builtin.tensor"
     %ids = irdl.base "!builtin.tensor"
     %buckets = irdl.base "!builtin.tensor"
     %experts = irdl.base "#builtin.integer"
+    %capacity = irdl.base "#builtin.integer"
     irdl.operands(x: %x, ids: %ids)
     irdl.results(buckets: %buckets)
-    irdl.attributes {"num_experts" = %experts}
+    irdl.attributes {"num_experts" = %experts, "capacity" = %capacity}
   }
+  // rows [N, H] grouped by local expert (offsets [L + 1]) through the L local experts.
   irdl.operation @expert_ffn {
     %x = irdl.base "!builtin.tensor"
     %offsets = irdl.base "!builtin.tensor"
     %w_in = irdl.base "!builtin.tensor"
     %w_out = irdl.base "!builtin.tensor"
+    %b_in = irdl.base "!builtin.tensor"
+    %b_out = irdl.base "!builtin.tensor"
     %y = irdl.base "!builtin.tensor"
     %activation = irdl.base "#builtin.string"
-    irdl.operands(x: %x, offsets: %offsets, w_in: %w_in, w_out: %w_out)
+    irdl.operands(rows: %x, offsets: %offsets, w_in: %w_in, w_out: %w_out, b_in: optional %b_in, b_out: optional %b_out)
     irdl.results(y: %y)
     irdl.attributes {"activation" = %activation}
   }
+  // buckets [E, C, H], weights [T/tp, k], ids [T/tp, k] -> [T/tp, H].
   irdl.operation @combine {
     %y = irdl.base "!builtin.tensor"
     %weights = irdl.base "!builtin.tensor"
     %ids = irdl.base "!builtin.tensor"
     %out = irdl.base "!builtin.tensor"
-    irdl.operands(expert_out: %y, weights: %weights, ids: %ids)
+    %capacity = irdl.base "#builtin.integer"
+    irdl.operands(buckets: %y, weights: %weights, ids: %ids)
     irdl.results(out: %out)
+    irdl.attributes {"capacity" = %capacity}
   }
+  // PPMoE: tokens replicated. x [T, H], ids [T, k] -> rows routed to experts
+  // [first, first + count) grouped by expert, offsets [count + 1], slots [N] (t * k + j).
   irdl.operation @local_slice {
     %x = irdl.base "!builtin.tensor"
     %ids = irdl.base "!builtin.tensor"
     %rows = irdl.base "!builtin.tensor"
     %offsets = irdl.base "!builtin.tensor"
+    %slots = irdl.base "!builtin.tensor"
     %first = irdl.base "#builtin.integer"
     %count = irdl.base "#builtin.integer"
     irdl.operands(x: %x, ids: %ids)
-    irdl.results(rows: %rows, offsets: %offsets)
+    irdl.results(rows: %rows, offsets: %offsets, slots: %slots)
     irdl.attributes {"first_expert" = %first, "num_local_experts" = %count}
   }
+  // out [N, H], slots [N], weights [T, k] -> the [T, H] partial sum the all-reduce completes.
   irdl.operation @scatter_combine {
     %y = irdl.base "!builtin.tensor"
+    %slots = irdl.base "!builtin.tensor"
     %weights = irdl.base "!builtin.tensor"
-    %ids = irdl.base "!builtin.tensor"
     %partial = irdl.base "!builtin.tensor"
-    %first = irdl.base "#builtin.integer"
-    %count = irdl.base "#builtin.integer"
-    irdl.operands(expert_out: %y, weights: %weights, ids: %ids)
+    %tokens = irdl.base "#builtin.integer"
+    irdl.operands(expert_out: %y, slots: %slots, weights: %weights)
     irdl.results(partial: %partial)
-    irdl.attributes {"first_expert" = %first, "num_local_experts" = %count}
+    irdl.attributes {"tokens" = %tokens}
   }
 }

@@ -3,7 +3,10 @@
 
 use crate::bundle::Bundle;
 use crate::error::RuntimeError;
+use crate::collectives::Hub;
 use crate::kernels;
+use crate::program::Op;
+use std::collections::HashMap;
 use crate::program::{BufferKind, Program};
 use crate::tensor::Tensor;
 
@@ -21,8 +24,78 @@ fn check_port(program: &Program, id: usize, t: &Tensor) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one rank's program on `inputs` (in the program's input order).
+/// The rank's link to its peers: the hub and the sequence number of each group's next call.
+pub struct Comm<'h> {
+    pub hub: &'h Hub,
+    pub rank: usize,
+    seq: HashMap<Vec<usize>, u64>,
+}
+
+impl<'h> Comm<'h> {
+    pub fn new(hub: &'h Hub, rank: usize) -> Self {
+        Comm { hub, rank, seq: HashMap::new() }
+    }
+
+    fn next(&mut self, group: &[usize]) -> u64 {
+        let s = self.seq.entry(group.to_vec()).or_insert(0);
+        *s += 1;
+        *s
+    }
+
+    /// Runs a communication op; `out` is the type the result must have (for recv).
+    fn run(&mut self, op: &Op, x: Option<&Tensor>) -> Result<Tensor, String> {
+        let x = || x.cloned().ok_or_else(|| "missing operand".to_string());
+        match op {
+            Op::AllReduce { group } => {
+                let seq = self.next(group);
+                let all = self.hub.gather_all(group, seq, self.rank, x()?)?;
+                let mut acc = all[0].to_f32();
+                for t in &all[1..] {
+                    if t.shape != all[0].shape {
+                        return Err(format!("all_reduce of shapes {:?} and {:?}", all[0].shape, t.shape));
+                    }
+                    acc.iter_mut().zip(t.to_f32()).for_each(|(a, b)| *a += b);
+                }
+                Ok(Tensor::f32(all[0].shape.clone(), acc).with_dtype(all[0].dtype))
+            }
+            Op::AllGather { group, axis } => {
+                let seq = self.next(group);
+                let all = self.hub.gather_all(group, seq, self.rank, x()?)?;
+                let refs: Vec<&Tensor> = all.iter().collect();
+                kernels::execute(&Op::Concat { axis: *axis as i64 }, &refs.iter().map(|t| Some(*t)).collect::<Vec<_>>(), 1).map(|mut v| v.remove(0))
+            }
+            Op::AllToAll { group, split_axis, concat_axis } => {
+                let seq = self.next(group);
+                let n = group.len();
+                let pieces = kernels::execute(&Op::Split { axis: *split_axis as i64 }, &[Some(&x()?)], n)?;
+                let me = group.iter().position(|&r| r == self.rank).ok_or("not in group")?;
+                // Everyone puts in all its pieces (stacked in a list), then takes the i-th of each.
+                let packed = kernels::execute(&Op::Concat { axis: *split_axis as i64 }, &pieces.iter().map(Some).collect::<Vec<_>>(), 1)?.remove(0);
+                let all = self.hub.gather_all(group, seq, self.rank, packed)?;
+                let mine: Vec<Tensor> = all
+                    .iter()
+                    .map(|t| kernels::execute(&Op::Split { axis: *split_axis as i64 }, &[Some(t)], n).map(|mut v| v.swap_remove(me)))
+                    .collect::<Result<_, _>>()?;
+                kernels::execute(&Op::Concat { axis: *concat_axis as i64 }, &mine.iter().map(Some).collect::<Vec<_>>(), 1).map(|mut v| v.remove(0))
+            }
+            Op::Send { peer, tag } => {
+                self.hub.send(self.rank, *peer, *tag, x()?)?;
+                Ok(Tensor::f32(vec![], vec![0.0]))
+            }
+            Op::Recv { peer, tag } => self.hub.recv(*peer, self.rank, *tag),
+            other => Err(format!("{} is not a communication op", other.name())),
+        }
+    }
+}
+
+/// Runs one rank's program on `inputs` (in the program's input order), alone.
 pub fn run_program(program: &Program, weights: &std::collections::BTreeMap<String, Tensor>, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+    let hub = Hub::default();
+    run_rank(program, weights, inputs, &mut Comm::new(&hub, program.rank))
+}
+
+/// Runs one rank's program, its collectives going through `comm`.
+pub fn run_rank(program: &Program, weights: &std::collections::BTreeMap<String, Tensor>, inputs: &[Tensor], comm: &mut Comm) -> Result<Vec<Tensor>, RuntimeError> {
     let mut slots: Vec<Option<Tensor>> = vec![None; program.buffers.len()];
     for (&id, t) in program.inputs.iter().zip(inputs) {
         check_port(program, id, t).map_err(|reason| RuntimeError::Input { name: program.buffers[id].name.clone(), reason })?;
@@ -49,7 +122,12 @@ pub fn run_program(program: &Program, weights: &std::collections::BTreeMap<Strin
             .map(|o| o.map(|id| slots[id].as_ref().ok_or(id)).transpose())
             .collect::<Result<_, _>>()
             .map_err(|id| fail(format!("buffer '{}' is read before it is written", program.buffers[id].name)))?;
-        let outs = kernels::execute(&ins.op, &args, ins.outputs.len()).map_err(fail)?;
+        let outs = if ins.op.is_communication() {
+            vec![comm.run(&ins.op, args.first().copied().flatten()).map_err(fail)?]
+        } else {
+            kernels::execute(&ins.op, &args, ins.outputs.len()).map_err(fail)?
+        };
+        // A send has no result to keep.
         for (&id, t) in ins.outputs.iter().zip(outs) {
             slots[id] = Some(t.with_dtype(program.buffers[id].dtype));
         }
@@ -66,12 +144,10 @@ pub fn run_program(program: &Program, weights: &std::collections::BTreeMap<Strin
         .collect()
 }
 
-/// Runs a one-rank bundle (multi-rank programs arrive with the distribution passes).
+/// Runs a bundle: one thread per rank, collectives in process. Returns the outputs of the
+/// lowest rank that has them (every rank of the last pipeline stage computes them).
 pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
     let m = &bundle.manifest;
-    if m.programs.len() != 1 {
-        return Err(RuntimeError::Backend { backend: "cpu".into(), reason: format!("{} ranks: only one-rank bundles run yet", m.programs.len()) });
-    }
     if inputs.len() != m.inputs.len() {
         let names: Vec<&str> = m.inputs.iter().map(|p| p.name.as_str()).collect();
         return Err(RuntimeError::Input {
@@ -79,5 +155,36 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
             reason: format!("the model takes {} inputs ({}), {} were given", m.inputs.len(), names.join(", "), inputs.len()),
         });
     }
-    run_program(&m.programs[0], &bundle.weights[0], inputs)
+    if m.programs.len() == 1 {
+        return run_program(&m.programs[0], &bundle.weights[0], inputs);
+    }
+    let hub = Hub::default();
+    let results: Vec<Result<Vec<Tensor>, RuntimeError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = m
+            .programs
+            .iter()
+            .zip(&bundle.weights)
+            .map(|(p, w)| {
+                let hub = &hub;
+                s.spawn(move || {
+                    // Ranks that take no model input (later pipeline stages) get none.
+                    let mine: &[Tensor] = if p.inputs.is_empty() { &[] } else { inputs };
+                    let r = run_rank(p, w, mine, &mut Comm::new(hub, p.rank));
+                    if r.is_err() {
+                        hub.wake();
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(RuntimeError::Backend { backend: "cpu".into(), reason: "a rank thread panicked".into() }))).collect()
+    });
+    let mut outputs = None;
+    for (p, r) in m.programs.iter().zip(results) {
+        let r = r?;
+        if outputs.is_none() && !p.outputs.is_empty() {
+            outputs = Some(r);
+        }
+    }
+    outputs.ok_or_else(|| RuntimeError::Bundle { path: bundle.dir.display().to_string(), reason: "no rank produces the model's outputs".into() })
 }

@@ -2,6 +2,7 @@
 //! travels to GPU machines as a small binary (`ppmoe-run`).
 
 pub mod bundle;
+pub mod collectives;
 pub mod cpu;
 pub mod error;
 pub mod kernels;

@@ -196,13 +196,48 @@ pub enum Op {
         limit: Option<f32>,
         layout: String,
     },
+    /// `moe.local_slice` (PPMoE): (x [T,H], ids [T,k]) -> (rows [N,H] of the slots routed to
+    /// experts [first, first + count), grouped by expert; offsets [count + 1]; slots [N], each
+    /// row's t * k + j).
+    MoeLocalSlice { first_expert: usize, num_local_experts: usize },
+    /// `moe.expert_ffn`: (rows [N,H], offsets [L+1], w_in [L,H,N'], w_out [L,F,H], b_in?, b_out?)
+    /// -> [N,H]: rows offsets[l]..offsets[l+1] through local expert l.
+    MoeExpertFfn { activation: Activation, alpha: f32, beta: f32, limit: Option<f32> },
+    /// `moe.scatter_combine` (PPMoE): (out [N,H], slots [N], weights [T,k]) -> partial [T,H],
+    /// each row scaled by its slot's weight and added to its token.
+    MoeScatterCombine { tokens: usize },
+    /// `moe.dispatch` (all-to-all): (x [T,H], ids [T,k]) -> buckets [E, C, H], slot-major
+    /// positions; C = T * k holds every slot, so nothing is dropped here.
+    MoeDispatch { num_experts: usize, capacity: usize },
+    /// `moe.combine` (all-to-all): (buckets [E,C,H], weights [T,k], ids [T,k]) -> [T,H].
+    MoeCombine { capacity: usize },
+    /// `shard.all_reduce` (sum) over the ranks of `group`.
+    AllReduce { group: Vec<usize> },
+    /// `shard.all_gather` along `axis`, in group order.
+    AllGather { group: Vec<usize>, axis: usize },
+    /// `shard.all_to_all`: split `split_axis` into group-size pieces, piece i to the i-th rank,
+    /// received pieces concatenated along `concat_axis` in group order.
+    AllToAll { group: Vec<usize>, split_axis: usize, concat_axis: usize },
+    /// `shard.send` to rank `peer` (pipeline boundary); `tag` pairs it with its `recv`.
+    Send { peer: usize, tag: u64 },
+    /// `shard.recv` from rank `peer`; the result has the output buffer's type.
+    Recv { peer: usize, tag: u64 },
+    /// A slice of the token axis (axis `axis`, piece `index` of `parts`), for token-split work.
+    TokenSlice { axis: usize, index: usize, parts: usize },
 }
 
 impl Op {
     /// The dialect an op prints in: `moe` for the MoE ops, `core` for the rest.
     pub fn dialect(&self) -> &'static str {
         match self {
-            Op::MoeRoute { .. } | Op::MoeExperts { .. } => "moe",
+            Op::MoeRoute { .. }
+            | Op::MoeExperts { .. }
+            | Op::MoeLocalSlice { .. }
+            | Op::MoeExpertFfn { .. }
+            | Op::MoeScatterCombine { .. }
+            | Op::MoeDispatch { .. }
+            | Op::MoeCombine { .. } => "moe",
+            Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::Send { .. } | Op::Recv { .. } => "shard",
             _ => "core",
         }
     }
@@ -217,6 +252,16 @@ impl Op {
             Op::Reduce { f, .. } => format!("reduce_{}", tag(serde_json::to_value(f))),
             Op::MoeRoute { .. } => "route".into(),
             Op::MoeExperts { .. } => "experts".into(),
+            Op::MoeLocalSlice { .. } => "local_slice".into(),
+            Op::MoeExpertFfn { .. } => "expert_ffn".into(),
+            Op::MoeScatterCombine { .. } => "scatter_combine".into(),
+            Op::MoeDispatch { .. } => "dispatch".into(),
+            Op::MoeCombine { .. } => "combine".into(),
+            Op::AllReduce { .. } => "all_reduce".into(),
+            Op::AllGather { .. } => "all_gather".into(),
+            Op::AllToAll { .. } => "all_to_all".into(),
+            Op::Send { .. } => "send".into(),
+            Op::Recv { .. } => "recv".into(),
             _ => serde_json::to_value(self).ok().and_then(|v| v.get("op").and_then(|t| t.as_str()).map(str::to_string)).unwrap_or_default(),
         }
     }
@@ -261,4 +306,14 @@ pub struct Program {
     pub instructions: Vec<Instruction>,
     /// The safetensors file (relative to the bundle) holding this rank's weights.
     pub weights_file: String,
+    /// Where the rank sits in the grid: (dp, pp stage, tp index).
+    #[serde(default)]
+    pub coords: [usize; 3],
+}
+
+impl Op {
+    /// Collectives and point-to-point ops run in the executor, not as kernels.
+    pub fn is_communication(&self) -> bool {
+        matches!(self, Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::Send { .. } | Op::Recv { .. })
+    }
 }

@@ -67,9 +67,35 @@ fn attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
     out
 }
 
-/// Prints programs as one MLIR module at the `core` stage.
+/// The attributes of a communication op as the upstream `shard` dialect spells them; the grid
+/// is dp x pp x tp, so the TP group is grid axis 2 and the pipeline axis 1.
+fn shard_attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
+    use ppmoe_runtime::program::Op;
+    let mut a = vec!["grid = @grid".to_string()];
+    match op {
+        Op::AllReduce { .. } => a.extend(["grid_axes = array<i16: 2>".into(), "reduction = #shard<partial sum>".into()]),
+        Op::AllGather { axis, .. } => a.extend(["grid_axes = array<i16: 2>".into(), format!("gather_axis = {axis} : index")]),
+        Op::AllToAll { split_axis, concat_axis, .. } => {
+            a.extend(["grid_axes = array<i16: 2>".into(), format!("split_axis = {split_axis} : index"), format!("concat_axis = {concat_axis} : index")])
+        }
+        Op::Send { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("destination = array<i64: {peer}>")]),
+        Op::Recv { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("source = array<i64: {peer}>")]),
+        _ => {}
+    }
+    a
+}
+
+/// Prints programs as one MLIR module at the `core` stage (and, with a grid, the later ones:
+/// one function per rank, communication as `shard` ops on `@grid`).
 pub fn print_core(programs: &[&Program]) -> String {
+    print_programs(programs, None)
+}
+
+pub fn print_programs(programs: &[&Program], grid: Option<&str>) -> String {
     let mut text = String::from("module {\n");
+    if let Some(g) = grid {
+        let _ = writeln!(text, "  {g}");
+    }
     for p in programs {
         let mut names = vec![String::new(); p.buffers.len()];
         let mut args = Vec::new();
@@ -85,31 +111,52 @@ pub fn print_core(programs: &[&Program]) -> String {
         }
         let mut body = String::new();
         for (i, ins) in p.instructions.iter().enumerate() {
-            let results: Vec<String> = (0..ins.outputs.len()).map(|k| format!("%v{i}_{k}")).collect();
+            let is_shard = ins.op.dialect() == "shard";
+            // shard.send has a result, and shard.recv an operand, that ppmoe's runtime does not
+            // need: the printed form supplies them (a tensor.empty of the received type).
+            let mut extra_operand = None;
+            if let ppmoe_runtime::program::Op::Recv { .. } = ins.op {
+                let ty = tensor_type(&p.buffers[ins.outputs[0]]);
+                let _ = writeln!(body, "    %e{i} = \"tensor.empty\"() : () -> {ty}");
+                extra_operand = Some((format!("%e{i}"), ty));
+            }
+            let result_count = if let ppmoe_runtime::program::Op::Send { .. } = ins.op { 1 } else { ins.outputs.len() };
+            let results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
             for (k, &o) in ins.outputs.iter().enumerate() {
                 names[o] = results[k].clone();
             }
-            let operands: Vec<&Buffer> = ins.inputs.iter().flatten().map(|&id| &p.buffers[id]).collect();
-            let operand_names: Vec<&str> = ins.inputs.iter().flatten().map(|&id| names[id].as_str()).collect();
-            let mut attrs = attributes(&ins.op);
-            if ins.op.dialect() == "moe" && ins.inputs.len() == 7 {
-                // moe.experts: two optional operands (the biases), told apart by segment sizes.
+            let mut operand_types: Vec<String> = ins.inputs.iter().flatten().map(|&id| tensor_type(&p.buffers[id])).collect();
+            let mut operand_names: Vec<String> = ins.inputs.iter().flatten().map(|&id| names[id].clone()).collect();
+            if let Some((n, t)) = extra_operand {
+                operand_names.push(n);
+                operand_types.push(t);
+            }
+            let mut result_types: Vec<String> = ins.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect();
+            if let ppmoe_runtime::program::Op::Send { .. } = ins.op {
+                result_types = operand_types.clone();
+            }
+            let mut attrs = if is_shard { shard_attributes(&ins.op) } else { attributes(&ins.op) };
+            let optional_biases = matches!(ins.op, ppmoe_runtime::program::Op::MoeExperts { .. } | ppmoe_runtime::program::Op::MoeExpertFfn { .. });
+            if optional_biases {
+                // moe.experts / moe.expert_ffn: two optional operands (the biases), told apart
+                // by segment sizes.
                 let sizes: Vec<&str> = ins.inputs.iter().map(|o| if o.is_some() { "1" } else { "0" }).collect();
                 attrs.push(format!("operandSegmentSizes = array<i32: {}>", sizes.join(", ")));
             } else if ins.inputs.iter().any(Option::is_none) {
                 let absent: Vec<String> = ins.inputs.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(k, _)| k.to_string()).collect();
                 attrs.push(format!("core.absent_inputs = array<i64: {}>", absent.join(", ")));
             }
+            let lhs = if results.is_empty() { String::new() } else { format!("{} = ", results.join(", ")) };
             let _ = writeln!(
                 body,
-                "    {} = \"{}.{}\"({}){} : ({}) -> ({}) loc({})",
-                results.join(", "),
+                "    {}\"{}.{}\"({}){} : ({}) -> ({}) loc({})",
+                lhs,
                 ins.op.dialect(),
                 ins.op.name(),
                 operand_names.join(", "),
                 if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) },
-                operands.iter().map(|b| tensor_type(b)).collect::<Vec<_>>().join(", "),
-                ins.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect::<Vec<_>>().join(", "),
+                operand_types.join(", "),
+                result_types.join(", "),
                 quote(&ins.origin),
             );
         }
@@ -117,7 +164,11 @@ pub fn print_core(programs: &[&Program]) -> String {
         let out_types: Vec<String> = p.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect();
         let _ = writeln!(text, "  func.func @rank{}({}) -> ({}) {{", p.rank, args.join(", "), out_types.join(", "));
         text.push_str(&body);
-        let _ = writeln!(text, "    func.return {} : {}", outs.join(", "), out_types.join(", "));
+        if outs.is_empty() {
+            let _ = writeln!(text, "    func.return");
+        } else {
+            let _ = writeln!(text, "    func.return {} : {}", outs.join(", "), out_types.join(", "));
+        }
         text.push_str("  }\n");
     }
     text.push_str("}\n");

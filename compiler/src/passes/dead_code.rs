@@ -12,7 +12,8 @@ pub fn remove_dead_code(mut p: Program, weights: &mut Vec<(String, Tensor)>) -> 
     let mut live: HashSet<BufferId> = p.outputs.iter().copied().collect();
     let mut keep = vec![false; p.instructions.len()];
     for (i, ins) in p.instructions.iter().enumerate().rev() {
-        if ins.outputs.iter().any(|o| live.contains(o)) {
+        // A send is kept for what it does, not for a result.
+        if ins.outputs.iter().any(|o| live.contains(o)) || matches!(ins.op, ppmoe_runtime::program::Op::Send { .. }) {
             keep[i] = true;
             live.extend(ins.inputs.iter().flatten().copied());
         }
@@ -66,6 +67,7 @@ mod tests {
                 Instruction { op: Op::Unary { f: ppmoe_runtime::program::UnaryFn::Neg }, inputs: vec![Some(0)], outputs: vec![3], origin: "n".into() },
             ],
             weights_file: "rank0.safetensors".into(),
+            coords: [0; 3],
         };
         let mut weights = vec![("w".to_string(), Tensor::f32(vec![2], vec![1.0, 2.0]))];
         let p = remove_dead_code(p, &mut weights);

@@ -57,6 +57,17 @@ pub fn execute(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult
         Op::Trilu { upper } => one(index::trilu(arg(0)?, opt(1), *upper)),
         Op::NonZero => one(Ok(index::nonzero(arg(0)?))),
         Op::MoeRoute { .. } => moe::route(op, arg(0)?, opt(1)),
+        Op::MoeLocalSlice { first_expert, num_local_experts } => moe::local_slice(arg(0)?, arg(1)?, *first_expert, *num_local_experts),
+        Op::MoeExpertFfn { activation, alpha, beta, limit } => {
+            one(moe::expert_ffn(*activation, *alpha, *beta, *limit, [arg(0)?, arg(1)?, arg(2)?, arg(3)?], opt(4), opt(5)))
+        }
+        Op::MoeScatterCombine { tokens } => one(moe::scatter_combine(arg(0)?, arg(1)?, arg(2)?, *tokens)),
+        Op::MoeDispatch { num_experts, capacity } => one(moe::dispatch(arg(0)?, arg(1)?, *num_experts, *capacity)),
+        Op::MoeCombine { capacity } => one(moe::combine(arg(0)?, arg(1)?, arg(2)?, *capacity)),
+        Op::TokenSlice { axis, index, parts } => one(shape::token_slice(arg(0)?, *axis, *index, *parts)),
+        Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::Send { .. } | Op::Recv { .. } => {
+            Err("communication ops run in the executor, not as kernels".into())
+        }
         Op::MoeExperts { activation, alpha, beta, limit, .. } => {
             one(moe::experts(*activation, *alpha, *beta, *limit, [arg(0)?, arg(1)?, arg(2)?, arg(3)?, arg(4)?], opt(5), opt(6)))
         }

@@ -188,3 +188,116 @@ pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Te
     }
     Ok(Tensor::f32(vec![tokens, h], y).with_dtype(x.dtype))
 }
+
+/// Rows of the slots routed to experts [first, first + count), grouped by expert, with the
+/// group offsets and each row's slot (t * k + j).
+pub fn local_slice(x: &Tensor, ids: &Tensor, first: usize, count: usize) -> KResult<Vec<Tensor>> {
+    let [t, h] = x.shape[..] else { return Err(format!("moe.local_slice x must be [T, H], got {:?}", x.shape)) };
+    let iv = ids.to_i64();
+    let xv = x.to_f32();
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for (slot, &e) in iv.iter().enumerate() {
+        let e = e as usize;
+        if e >= first && e < first + count {
+            groups[e - first].push(slot);
+        }
+    }
+    let k = iv.len() / t.max(1);
+    let mut rows = Vec::new();
+    let mut slots = Vec::new();
+    let mut offsets = vec![0i64];
+    for g in &groups {
+        for &slot in g {
+            let tok = slot / k.max(1);
+            rows.extend_from_slice(&xv[tok * h..(tok + 1) * h]);
+            slots.push(slot as i64);
+        }
+        offsets.push(slots.len() as i64);
+    }
+    let n = slots.len();
+    Ok(vec![Tensor::f32(vec![n, h], rows), Tensor::i64(vec![count + 1], offsets), Tensor::i64(vec![n], slots)])
+}
+
+/// Rows offsets[l]..offsets[l+1] through local expert l.
+pub fn expert_ffn(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Tensor; 4], b_in: Option<&Tensor>, b_out: Option<&Tensor>) -> KResult<Tensor> {
+    let [rows, offsets, w_in, w_out] = t;
+    let [n_rows, _] = rows.shape[..] else { return Err(format!("moe.expert_ffn rows must be [N, H], got {:?}", rows.shape)) };
+    let off = offsets.to_i64();
+    let l = w_in.shape[0];
+    if off.len() != l + 1 || off.last().copied() != Some(n_rows as i64) {
+        return Err(format!("moe.expert_ffn offsets {off:?} do not cover {n_rows} rows of {l} experts"));
+    }
+    // Each row is one token routed to one expert with weight 1: the experts kernel does the rest.
+    let ids: Vec<i64> = (0..l).flat_map(|e| std::iter::repeat(e as i64).take((off[e + 1] - off[e]).max(0) as usize)).collect();
+    let w = Tensor::f32(vec![n_rows, 1], vec![1.0; n_rows]);
+    let ids = Tensor::i64(vec![n_rows, 1], ids);
+    experts(a, alpha, beta, limit, [rows, &w, &ids, w_in, w_out], b_in, b_out)
+}
+
+/// partial[slot / k] += weights[slot] * out[row].
+pub fn scatter_combine(out: &Tensor, slots: &Tensor, weights: &Tensor, tokens: usize) -> KResult<Tensor> {
+    let h = *out.shape.last().unwrap_or(&0);
+    let (ov, sv, wv) = (out.to_f32(), slots.to_i64(), weights.to_f32());
+    let k = wv.len() / tokens.max(1);
+    let mut y = vec![0f32; tokens * h];
+    for (r, &slot) in sv.iter().enumerate() {
+        let (slot, tok) = (slot as usize, slot as usize / k.max(1));
+        if tok >= tokens {
+            return Err(format!("slot {slot} out of range for {tokens} tokens"));
+        }
+        let w = wv[slot];
+        y[tok * h..(tok + 1) * h].iter_mut().zip(&ov[r * h..(r + 1) * h]).for_each(|(a, b)| *a += w * b);
+    }
+    Ok(Tensor::f32(vec![tokens, h], y))
+}
+
+/// Bucket position of each slot: slot-major, per expert (what dispatch and combine agree on).
+fn positions(ids: &[i64], t: usize, k: usize, e: usize) -> KResult<Vec<usize>> {
+    let mut used = vec![0usize; e];
+    let mut pos = vec![0usize; t * k];
+    for j in 0..k {
+        for ti in 0..t {
+            let ex = ids[ti * k + j];
+            if ex < 0 || ex as usize >= e {
+                return Err(format!("expert id {ex} out of range for {e} experts"));
+            }
+            pos[ti * k + j] = used[ex as usize];
+            used[ex as usize] += 1;
+        }
+    }
+    Ok(pos)
+}
+
+pub fn dispatch(x: &Tensor, ids: &Tensor, e: usize, c: usize) -> KResult<Tensor> {
+    let [t, h] = x.shape[..] else { return Err(format!("moe.dispatch x must be [T, H], got {:?}", x.shape)) };
+    let iv = ids.to_i64();
+    let k = iv.len() / t.max(1);
+    let pos = positions(&iv, t, k, e)?;
+    let xv = x.to_f32();
+    let mut b = vec![0f32; e * c * h];
+    for slot in 0..t * k {
+        if pos[slot] >= c {
+            return Err(format!("moe.dispatch: capacity {c} is too small"));
+        }
+        let (ex, tok) = (iv[slot] as usize, slot / k);
+        b[(ex * c + pos[slot]) * h..(ex * c + pos[slot] + 1) * h].copy_from_slice(&xv[tok * h..(tok + 1) * h]);
+    }
+    Ok(Tensor::f32(vec![e, c, h], b))
+}
+
+pub fn combine(buckets: &Tensor, weights: &Tensor, ids: &Tensor, c: usize) -> KResult<Tensor> {
+    let [e, c2, h] = buckets.shape[..] else { return Err(format!("moe.combine buckets must be [E, C, H], got {:?}", buckets.shape)) };
+    if c2 != c {
+        return Err(format!("moe.combine: buckets of {c2} for capacity {c}"));
+    }
+    let [t, k] = weights.shape[..] else { return Err("moe.combine weights must be [T, k]".into()) };
+    let (bv, wv, iv) = (buckets.to_f32(), weights.to_f32(), ids.to_i64());
+    let pos = positions(&iv, t, k, e)?;
+    let mut y = vec![0f32; t * h];
+    for slot in 0..t * k {
+        let (ex, tok, w) = (iv[slot] as usize, slot / k, wv[slot]);
+        let src = &bv[(ex * c + pos[slot]) * h..(ex * c + pos[slot] + 1) * h];
+        y[tok * h..(tok + 1) * h].iter_mut().zip(src).for_each(|(a, b)| *a += w * b);
+    }
+    Ok(Tensor::f32(vec![t, h], y))
+}

@@ -256,3 +256,13 @@ pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> KResult<Tensor> 
     let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
     Ok(Tensor::i64(vec![n], (0..n as i64).map(|i| s + i * d).collect()).with_dtype(start.dtype))
 }
+
+/// Piece `index` of `parts` equal pieces of axis `axis`.
+pub fn token_slice(x: &Tensor, axis: usize, index: usize, parts: usize) -> KResult<Tensor> {
+    let d = *x.shape.get(axis).ok_or("token slice axis out of range")?;
+    if parts == 0 || d % parts != 0 || index >= parts {
+        return Err(format!("cannot take piece {index} of {parts} of a dimension of {d}"));
+    }
+    let n = d / parts;
+    Ok(take(x, &[(axis, (index * n) as i64, 1, n)]))
+}

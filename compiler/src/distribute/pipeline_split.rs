@@ -1,0 +1,198 @@
+//! The `pipelined` stage: each rank program cut into pp stages at layer boundaries, balanced by
+//! a per-instruction cost (FLOPs, and the bytes of the weights it reads), with `shard.send` /
+//! `shard.recv` of the values that cross a boundary.
+//!
+//!   stage 0: ... %h = core.add(%res, %moe0)   "shard.send"(%h) {destination = 1}
+//!   stage 1: %h = "shard.recv"() {source = 0} ... (the layers after the cut)
+//!
+//! A boundary is a point after an MoE layer where one activation (the residual stream) is all
+//! that is live: a model with L MoE layers has at most L stages.
+
+use super::shard_moe::RankProgram;
+use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Op, Program};
+use std::collections::{BTreeSet, HashSet};
+
+/// A cost for balancing: multiply-adds of matrix work, element counts of the rest, plus the
+/// bytes of the weights read (what a stage must hold).
+fn cost(p: &Program, ins: &Instruction) -> f64 {
+    let numel = |b: BufferId| p.buffers[b].shape.iter().map(|d| d.unwrap_or(1) as f64).product::<f64>();
+    let flops = match ins.op {
+        Op::MatMul => {
+            let (a, b) = (ins.inputs[0].map_or(0.0, numel), ins.inputs[1].map(|b| *p.buffers[b].shape.last().and_then(|d| d.as_ref()).unwrap_or(&1) as f64).unwrap_or(1.0));
+            2.0 * a * b
+        }
+        Op::MoeExperts { .. } | Op::MoeExpertFfn { .. } => {
+            let w: f64 = ins.inputs[3..5].iter().flatten().map(|&b| numel(b)).sum();
+            let rows = ins.inputs[0].map_or(0.0, numel) / p.buffers[ins.inputs[0].unwrap_or(0)].shape.last().and_then(|d| *d).unwrap_or(1) as f64;
+            2.0 * rows * w / p.buffers[ins.inputs[3].unwrap_or(0)].shape[0].unwrap_or(1) as f64
+        }
+        _ => ins.outputs.iter().map(|&o| numel(o)).sum(),
+    };
+    let weight_bytes: f64 = ins.inputs.iter().flatten().filter(|&&b| p.buffers[b].kind == BufferKind::Weight).map(|&b| numel(b) * 4.0).sum();
+    flops + weight_bytes
+}
+
+/// The instruction that ends an MoE layer in any of its forms: `moe.experts`, PPMoE's
+/// all-reduce, the all-to-all form's all-gather.
+fn ends_moe_layer(ins: &Instruction) -> bool {
+    matches!(ins.op, Op::MoeExperts { .. } | Op::AllReduce { .. } | Op::AllGather { .. })
+}
+
+/// Points (instruction indices) where a new stage may start: after an MoE layer, at the first
+/// place where a single non-weight value is live.
+pub fn boundaries(p: &Program) -> Vec<usize> {
+    let n = p.instructions.len();
+    let mut def: Vec<Option<usize>> = vec![None; p.buffers.len()];
+    for &b in &p.inputs {
+        def[b] = Some(0);
+    }
+    let mut last_use = vec![0usize; p.buffers.len()];
+    for (i, ins) in p.instructions.iter().enumerate() {
+        for &o in &ins.outputs {
+            def[o] = Some(i + 1);
+        }
+        for &b in ins.inputs.iter().flatten() {
+            last_use[b] = last_use[b].max(i);
+        }
+    }
+    for &o in &p.outputs {
+        last_use[o] = n;
+    }
+    // crossing[c]: values made before cut c and read at or after it.
+    let mut delta = vec![0i64; n + 2];
+    for (b, d) in def.iter().enumerate() {
+        if let Some(d) = *d {
+            if p.buffers[b].kind != BufferKind::Weight && last_use[b] >= d {
+                delta[d] += 1;
+                delta[last_use[b] + 1] -= 1;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let (mut crossing, mut after_moe) = (0i64, false);
+    for c in 0..n {
+        crossing += delta[c];
+        if c > 0 && ends_moe_layer(&p.instructions[c - 1]) {
+            after_moe = true;
+        }
+        if after_moe && c > 0 && crossing == 1 {
+            out.push(c);
+            after_moe = false;
+        }
+    }
+    out
+}
+
+/// Chooses pp - 1 boundaries that minimise the costliest stage.
+pub fn choose_cuts(p: &Program, pp: usize) -> Result<Vec<usize>, String> {
+    if pp == 1 {
+        return Ok(vec![]);
+    }
+    let layers = p.instructions.iter().filter(|i| ends_moe_layer(i)).count();
+    if pp > layers {
+        return Err(format!("{pp} pipeline stages for a model of {layers} MoE layer(s): at most one stage per layer"));
+    }
+    let b = boundaries(p);
+    if b.len() + 1 < pp {
+        return Err(format!("{pp} pipeline stages need {} boundaries after MoE layers where one value is live; the model has {}", pp - 1, b.len()));
+    }
+    let prefix: Vec<f64> = std::iter::once(0.0).chain(p.instructions.iter().scan(0.0, |acc, ins| {
+        *acc += cost(p, ins);
+        Some(*acc)
+    })).collect();
+    let total = *prefix.last().unwrap_or(&0.0);
+    // Greedy on the ideal split points, each snapped to the nearest boundary still free.
+    let mut cuts = Vec::new();
+    let mut avail: Vec<usize> = b.clone();
+    for s in 1..pp {
+        let target = total * s as f64 / pp as f64;
+        let (idx, &best) = avail
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| cuts.last().is_none_or(|&l| c > l))
+            .min_by(|(_, &x), (_, &y)| (prefix[x] - target).abs().total_cmp(&(prefix[y] - target).abs()))
+            .ok_or("no boundary left")?;
+        cuts.push(best);
+        avail.remove(idx);
+    }
+    cuts.sort();
+    Ok(cuts)
+}
+
+/// Splits a (tp-sharded) rank program into its pp stage programs. Values crossing a cut are
+/// sent by the stage that makes them to every later stage that reads them; `tag`s pair sends
+/// with receives. Peers are stage numbers here; the grid turns them into ranks.
+pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
+    let p = &rp.program;
+    let n = p.instructions.len();
+    let bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).chain(std::iter::once(n)).collect();
+    let stage_of = |i: usize| bounds.windows(2).position(|w| i >= w[0] && i < w[1]).unwrap_or(0);
+    let mut made_in = vec![usize::MAX; p.buffers.len()];
+    for (i, ins) in p.instructions.iter().enumerate() {
+        for &o in &ins.outputs {
+            made_in[o] = stage_of(i);
+        }
+    }
+    let stages = bounds.len() - 1;
+    (0..stages)
+        .map(|s| {
+            let mut q = p.clone();
+            let mut ins_out = Vec::new();
+            let lo = bounds[s];
+            let hi = bounds[s + 1];
+            // Receives first: every value this stage reads that an earlier stage made.
+            let mut wanted: BTreeSet<BufferId> = BTreeSet::new();
+            for ins in &p.instructions[lo..hi] {
+                for &b in ins.inputs.iter().flatten() {
+                    if made_in[b] != usize::MAX && made_in[b] < s {
+                        wanted.insert(b);
+                    }
+                }
+            }
+            if s + 1 == stages {
+                for &o in &p.outputs {
+                    if made_in[o] != usize::MAX && made_in[o] < s {
+                        wanted.insert(o);
+                    }
+                }
+            }
+            for &b in &wanted {
+                ins_out.push(Instruction { op: Op::Recv { peer: made_in[b], tag: b as u64 }, inputs: vec![], outputs: vec![b], origin: format!("stage {s} receives") });
+            }
+            for (i, ins) in p.instructions[lo..hi].iter().enumerate() {
+                ins_out.push(ins.clone());
+                let _ = i;
+            }
+            // Sends: values made here that a later stage reads (or that are outputs of the last).
+            let mut sends: Vec<(BufferId, usize)> = Vec::new();
+            for later in s + 1..stages {
+                let mut reads: HashSet<BufferId> = p.instructions[bounds[later]..bounds[later + 1]].iter().flat_map(|ins| ins.inputs.iter().flatten().copied()).collect();
+                if later + 1 == stages {
+                    reads.extend(p.outputs.iter().copied());
+                }
+                for b in reads {
+                    if made_in[b] == s {
+                        sends.push((b, later));
+                    }
+                }
+            }
+            sends.sort();
+            for (b, to) in sends {
+                ins_out.push(Instruction { op: Op::Send { peer: to, tag: b as u64 }, inputs: vec![Some(b)], outputs: vec![], origin: format!("stage {s} sends") });
+            }
+            q.instructions = ins_out;
+            // Inputs only where read; outputs only on the last stage.
+            let reads: HashSet<BufferId> = q.instructions.iter().flat_map(|i| i.inputs.iter().flatten().copied()).collect();
+            if !q.inputs.iter().any(|b| reads.contains(b)) {
+                q.inputs.clear();
+            }
+            if s + 1 != stages {
+                q.outputs.clear();
+            }
+            // What this stage no longer reads goes, weights included (each rank holds only its own).
+            let mut weights = rp.weights.clone();
+            let q = crate::passes::dead_code::remove_dead_code(q, &mut weights);
+            RankProgram { program: q, weights }
+        })
+        .collect()
+}

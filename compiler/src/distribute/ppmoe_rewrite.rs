@@ -1,0 +1,132 @@
+//! The PPMoE rewrite: where the tokens at an MoE layer's input are replicated over the
+//! tensor-parallel group (they are after attention's all-reduce), the all-to-all form becomes a
+//! local slice of the rows routed to this rank's experts and one all-reduce.
+//!
+//!   before: token_slice -> moe.dispatch -> shard.all_to_all -> moe.expert_ffn
+//!           -> shard.all_to_all -> moe.combine -> shard.all_gather
+//!   after:  %rows, %off, %slots = "moe.local_slice"(%x, %ids) {first_expert = t*E/tp}
+//!           %o = "moe.expert_ffn"(%rows, %off, %w_in_local, %w_out_local)
+//!           %p = "moe.scatter_combine"(%o, %slots, %w); %y = "shard.all_reduce"(%p)
+//!
+//! The routing is computed on every rank from the same replicated logits, so every rank agrees
+//! on which rows each expert takes; nothing is exchanged but the partial outputs' sum.
+
+use super::shard_moe::RankProgram;
+use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
+use ppmoe_runtime::DType;
+use std::collections::{HashMap, HashSet};
+
+/// Buffers whose value is the same on every rank of the group: model inputs, replicated
+/// weights, and what is computed from them alone; token slices and expert outputs are not,
+/// all-gathers and all-reduces are again.
+fn replicated(p: &Program, sharded_weights: &HashSet<BufferId>) -> HashSet<BufferId> {
+    let mut rep: HashSet<BufferId> = p.inputs.iter().copied().collect();
+    rep.extend((0..p.buffers.len()).filter(|b| p.buffers[*b].kind == BufferKind::Weight && !sharded_weights.contains(b)));
+    for ins in &p.instructions {
+        let all_in = ins.inputs.iter().flatten().all(|b| rep.contains(b));
+        let makes_replicated = match ins.op {
+            Op::AllGather { .. } | Op::AllReduce { .. } => true,
+            Op::TokenSlice { .. } | Op::MoeExpertFfn { .. } | Op::AllToAll { .. } | Op::Recv { .. } => false,
+            _ => all_in,
+        };
+        if makes_replicated {
+            rep.extend(ins.outputs.iter().copied());
+        }
+    }
+    rep
+}
+
+/// One layer to rewrite: the instructions it replaces and what it reads.
+struct Plan {
+    gone: Vec<usize>,
+    x: BufferId,
+    ids: BufferId,
+    w: BufferId,
+    y: BufferId,
+    experts: usize,
+    group: Vec<usize>,
+    ffn: Instruction,
+    origin: String,
+}
+
+/// Rewrites every all-to-all MoE layer whose precondition holds; returns, for the others,
+/// where and why not.
+pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize) -> Vec<String> {
+    let p = &mut rp.program;
+    let producer: HashMap<BufferId, usize> = p.instructions.iter().enumerate().flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (o, i))).collect();
+    let sharded: HashSet<BufferId> = p.instructions.iter().filter(|i| matches!(i.op, Op::MoeExpertFfn { .. })).flat_map(|i| i.inputs[2..].iter().flatten().copied()).collect();
+    let rep = replicated(p, &sharded);
+    let mut notes = Vec::new();
+    let mut plans = Vec::new();
+    for (i, ins) in p.instructions.iter().enumerate() {
+        let Op::MoeDispatch { num_experts, .. } = ins.op else { continue };
+        let not_ours = || format!("layer at \"{}\": kept all-to-all: its dispatch is not in the form the sharded stage writes", ins.origin);
+        // The chain the all-to-all form wrote: dispatch, all_to_all, reshape, expert_ffn,
+        // reshape, all_to_all, combine, all_gather; the three token slices before it.
+        let Some(chain) = p.instructions.get(i..i + 8) else {
+            notes.push(not_ours());
+            continue;
+        };
+        let (Op::MoeExpertFfn { .. }, Op::MoeCombine { .. }, Op::AllGather { group, .. }) = (&chain[3].op, &chain[6].op, &chain[7].op) else {
+            notes.push(not_ours());
+            continue;
+        };
+        let slice_src = |b: Option<BufferId>| -> Option<(usize, BufferId)> {
+            let j = *producer.get(&b?)?;
+            matches!(p.instructions[j].op, Op::TokenSlice { .. }).then_some(())?;
+            Some((j, p.instructions[j].inputs[0]?))
+        };
+        let (Some((sx, x)), Some((si, ids)), Some((sw, w))) = (slice_src(ins.inputs[0]), slice_src(ins.inputs[1]), slice_src(chain[6].inputs[1])) else {
+            notes.push(not_ours());
+            continue;
+        };
+        if !(rep.contains(&x) && rep.contains(&ids) && rep.contains(&w)) {
+            notes.push(format!(
+                "layer at \"{}\": kept all-to-all: the tokens or the routing at its input ('{}') are not replicated over the TP group",
+                ins.origin, p.buffers[x].name
+            ));
+            continue;
+        }
+        let mut gone: Vec<usize> = (i..i + 8).collect();
+        gone.extend([sx, si, sw]);
+        plans.push(Plan { gone, x, ids, w, y: chain[7].outputs[0], experts: num_experts, group: group.clone(), ffn: chain[3].clone(), origin: ins.origin.clone() });
+    }
+    let mut insert_at: HashMap<usize, Vec<Instruction>> = HashMap::new();
+    let mut gone: HashSet<usize> = HashSet::new();
+    for plan in plans {
+        let el = plan.experts / tp;
+        let tokens = p.buffers[plan.x].shape[0].unwrap_or(0);
+        let h = p.buffers[plan.x].shape[1].unwrap_or(0);
+        let base = p.buffers[plan.y].name.clone();
+        let mut new_buf = |suffix: &str, dtype: DType, shape: Vec<Option<usize>>| {
+            p.buffers.push(Buffer { name: format!("{base}.{suffix}"), dtype, shape, kind: BufferKind::Temp });
+            p.buffers.len() - 1
+        };
+        let rows = new_buf("local_rows", DType::F32, vec![None, Some(h)]);
+        let offsets = new_buf("local_offsets", DType::I64, vec![Some(el + 1)]);
+        let slots = new_buf("local_slots", DType::I64, vec![None]);
+        let out = new_buf("local_out", DType::F32, vec![None, Some(h)]);
+        let partial = new_buf("partial", DType::F32, vec![Some(tokens), Some(h)]);
+        let mk = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| Instruction { op, inputs, outputs, origin: plan.origin.clone() };
+        let mut ffn_inputs = vec![Some(rows), Some(offsets)];
+        ffn_inputs.extend(plan.ffn.inputs[2..].iter().copied());
+        let new = vec![
+            mk(Op::MoeLocalSlice { first_expert: t * el, num_local_experts: el }, vec![Some(plan.x), Some(plan.ids)], vec![rows, offsets, slots]),
+            mk(plan.ffn.op.clone(), ffn_inputs, vec![out]),
+            mk(Op::MoeScatterCombine { tokens }, vec![Some(out), Some(slots), Some(plan.w)], vec![partial]),
+            mk(Op::AllReduce { group: plan.group }, vec![Some(partial)], vec![plan.y]),
+        ];
+        let last = *plan.gone.iter().max().expect("a chain has instructions");
+        insert_at.insert(last, new);
+        gone.extend(plan.gone);
+    }
+    let old = std::mem::take(&mut p.instructions);
+    for (i, ins) in old.into_iter().enumerate() {
+        if let Some(new) = insert_at.remove(&i) {
+            p.instructions.extend(new);
+        } else if !gone.contains(&i) {
+            p.instructions.push(ins);
+        }
+    }
+    notes
+}
