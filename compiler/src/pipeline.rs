@@ -57,7 +57,7 @@ pub struct Compilation {
 fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
     let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
     let programs: Vec<&ppmoe_runtime::program::Program> = ranks.iter().map(|r| &r.program).collect();
-    Some(crate::core::print::print_programs(&programs, Some(&grid.mlir())))
+    Some(crate::core::print::print_programs(&programs, Some((&grid.mlir(), grid.tp, grid.pp))))
 }
 
 fn shard(c: &mut Compilation) -> Result<(), CompileError> {

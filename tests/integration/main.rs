@@ -5,5 +5,6 @@ mod bad_bundle;
 mod bad_onnx;
 mod common;
 mod core_numerics;
+mod distribute;
 mod moe_raise;
 mod onnx_stage;

@@ -69,7 +69,7 @@ fn attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
 
 /// The attributes of a communication op as the upstream `shard` dialect spells them; the grid
 /// is dp x pp x tp, so the TP group is grid axis 2 and the pipeline axis 1.
-fn shard_attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
+fn shard_attributes(op: &ppmoe_runtime::program::Op, stage_of: &dyn Fn(usize) -> usize) -> Vec<String> {
     use ppmoe_runtime::program::Op;
     let mut a = vec!["grid = @grid".to_string()];
     match op {
@@ -78,8 +78,8 @@ fn shard_attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
         Op::AllToAll { split_axis, concat_axis, .. } => {
             a.extend(["grid_axes = array<i16: 2>".into(), format!("split_axis = {split_axis} : index"), format!("concat_axis = {concat_axis} : index")])
         }
-        Op::Send { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("destination = array<i64: {peer}>")]),
-        Op::Recv { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("source = array<i64: {peer}>")]),
+        Op::Send { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("destination = array<i64: {}>", stage_of(*peer))]),
+        Op::Recv { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("source = array<i64: {}>", stage_of(*peer))]),
         _ => {}
     }
     a
@@ -91,9 +91,13 @@ pub fn print_core(programs: &[&Program]) -> String {
     print_programs(programs, None)
 }
 
-pub fn print_programs(programs: &[&Program], grid: Option<&str>) -> String {
+/// `grid`: the `shard.grid` declaration, and the (tp, pp) sizes that turn a peer's rank into
+/// its pipeline stage.
+pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>) -> String {
     let mut text = String::from("module {\n");
-    if let Some(g) = grid {
+    let (tp, pp) = grid.map_or((1, 1), |(_, t, p)| (t, p));
+    let stage_of = move |rank: usize| (rank / tp.max(1)) % pp.max(1);
+    if let Some((g, _, _)) = grid {
         let _ = writeln!(text, "  {g}");
     }
     for p in programs {
@@ -135,7 +139,7 @@ pub fn print_programs(programs: &[&Program], grid: Option<&str>) -> String {
             if let ppmoe_runtime::program::Op::Send { .. } = ins.op {
                 result_types = operand_types.clone();
             }
-            let mut attrs = if is_shard { shard_attributes(&ins.op) } else { attributes(&ins.op) };
+            let mut attrs = if is_shard { shard_attributes(&ins.op, &stage_of) } else { attributes(&ins.op) };
             let optional_biases = matches!(ins.op, ppmoe_runtime::program::Op::MoeExperts { .. } | ppmoe_runtime::program::Op::MoeExpertFfn { .. });
             if optional_biases {
                 // moe.experts / moe.expert_ffn: two optional operands (the biases), told apart
@@ -162,7 +166,14 @@ pub fn print_programs(programs: &[&Program], grid: Option<&str>) -> String {
         }
         let outs: Vec<String> = p.outputs.iter().map(|&o| names[o].clone()).collect();
         let out_types: Vec<String> = p.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect();
-        let _ = writeln!(text, "  func.func @rank{}({}) -> ({}) {{", p.rank, args.join(", "), out_types.join(", "));
+        let [d, st, t] = p.coords;
+        let _ = writeln!(
+            text,
+            "  func.func @rank{}({}) -> ({}) attributes {{ppmoe.coords = array<i64: {d}, {st}, {t}>, ppmoe.schedule = \"gpipe\", ppmoe.microbatches = 1 : i64}} {{",
+            p.rank,
+            args.join(", "),
+            out_types.join(", ")
+        );
         text.push_str(&body);
         if outs.is_empty() {
             let _ = writeln!(text, "    func.return");

@@ -1,0 +1,179 @@
+//! Distribution on the CPU backend, ranks as threads: for every fixture and every (tp, pp) in
+//! {1, 2, 4} x {1, 2} the model's sizes allow, both MoE strategies give the single-rank output
+//! within 1e-5 and PyTorch's within 1e-4; the IR holds the collectives each strategy promises;
+//! each rank's weights file holds only its shard; grids that do not fit are clear errors.
+
+use crate::common::{assert_clean_failure, fixture_field, fixtures_dir, ppmoe, shape_flags};
+use ppmoe_runtime::npy::read_npy;
+use ppmoe_runtime::Tensor;
+use std::path::Path;
+
+fn compile(dir: &Path, out: &Path, extra: &[&str]) -> crate::common::Output {
+    let mut args = vec!["compile".to_string(), dir.join("model.onnx").display().to_string(), "-o".into(), out.display().to_string()];
+    args.extend(shape_flags(dir));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn run(dir: &Path, bundle: &Path, out: &Path) -> Tensor {
+    let input = dir.join(format!("{}.npy", fixture_field(dir, "input_name")));
+    let r = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}: {}", bundle.display(), r.stderr);
+    let file = std::fs::read_dir(out).unwrap().next().unwrap().unwrap().path();
+    read_npy(&file).unwrap()
+}
+
+fn reference(dir: &Path) -> Tensor {
+    let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
+    let at = text.find("\"outputs\": [").unwrap();
+    let name = text[at..].split('"').nth(3).unwrap().to_string();
+    read_npy(&dir.join(format!("{}.npy", crate::common::file_stem(&name)))).unwrap()
+}
+
+fn check_grids(name: &str) {
+    let dir = fixtures_dir().join(name);
+    let work = tempfile::tempdir().unwrap();
+    let single_bundle = work.path().join("single");
+    assert_eq!(compile(&dir, &single_bundle, &[]).code, 0);
+    let single = run(&dir, &single_bundle, &work.path().join("single_out"));
+    let torch = reference(&dir);
+    let layers = if fixture_field(&dir, "kind") == "lm" { 2 } else { 1 };
+    let mut ran = 0;
+    for strategy in ["ppmoe", "alltoall"] {
+        for tp in [1usize, 2, 4] {
+            for pp in [1usize, 2] {
+                if pp > layers {
+                    continue;
+                }
+                let tag = format!("{strategy}_tp{tp}_pp{pp}");
+                let bundle = work.path().join(&tag);
+                let (tps, pps) = (tp.to_string(), pp.to_string());
+                let c = compile(&dir, &bundle, &["--tp", &tps, "--pp", &pps, "--moe-strategy", strategy]);
+                assert_eq!(c.code, 0, "{name} {tag}: {}", c.stderr);
+                let got = run(&dir, &bundle, &work.path().join(format!("{tag}_out")));
+                let e_single = crate::core_numerics::rel_err(got.as_f32().unwrap(), single.as_f32().unwrap());
+                let e_torch = crate::core_numerics::rel_err(got.as_f32().unwrap(), torch.as_f32().unwrap());
+                assert!(e_single < 1e-5, "{name} {tag}: {e_single:e} from the single-rank output");
+                assert!(e_torch < 1e-4, "{name} {tag}: {e_torch:e} from PyTorch");
+                ran += 1;
+            }
+        }
+    }
+    assert!(ran >= 6, "{name}: {ran} grids");
+}
+
+macro_rules! grid_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_grids(stringify!($name));
+            }
+        )*
+    };
+}
+
+mod every_grid_matches_single_rank_and_pytorch {
+    use super::check_grids;
+    grid_tests!(
+        gptoss_genai_moe,
+        gshard_top2,
+        gshard_top2_dynamo,
+        mixtral_block_dynamo,
+        mixtral_block_external,
+        mixtral_block_ts_bmm,
+        mixtral_block_ts_eager,
+        mixtral_lm_dynamo,
+        olmoe_block_dynamo,
+        olmoe_block_ts_bmm,
+        olmoe_block_ts_eager,
+        olmoe_lm_dynamo,
+        qwen2moe_block_dynamo,
+        qwen2moe_block_ts_bmm,
+        qwen2moe_block_ts_eager,
+        qwen2moe_lm_dynamo,
+    );
+}
+
+fn inspect(name: &str, args: &[&str]) -> String {
+    let dir = fixtures_dir().join(name);
+    let mut a = vec!["inspect".to_string(), dir.join("model.onnx").display().to_string()];
+    a.extend(args.iter().map(|s| s.to_string()));
+    let out = ppmoe(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout
+}
+
+#[test]
+fn ppmoe_rewrite_removes_all_to_all_and_leaves_one_all_reduce_per_moe_layer_per_rank() {
+    let ir = inspect("mixtral_lm_dynamo", &["--tp", "4", "--emit", "sharded"]);
+    assert_eq!(ir.matches("func.func @rank").count(), 4);
+    assert_eq!(ir.matches("shard.all_to_all").count(), 0, "{ir}");
+    // Two MoE layers on each of four ranks; dense layers are replicated (no collectives).
+    assert_eq!(ir.matches("shard.all_reduce").count(), 2 * 4, "{ir}");
+    assert_eq!(ir.matches("\"moe.local_slice\"").count(), 2 * 4);
+    assert!(ir.contains("first_expert = 3 : i64, num_local_experts = 1 : i64"), "rank 3 owns expert 3");
+}
+
+#[test]
+fn alltoall_strategy_has_two_all_to_all_per_moe_layer_and_no_all_reduce() {
+    let ir = inspect("mixtral_lm_dynamo", &["--tp", "2", "--moe-strategy", "alltoall", "--emit", "sharded"]);
+    assert_eq!(ir.matches("shard.all_to_all").count(), 2 * 2 * 2, "{ir}");
+    assert_eq!(ir.matches("shard.all_reduce").count(), 0);
+    assert_eq!(ir.matches("\"moe.dispatch\"").count(), 2 * 2);
+    assert_eq!(ir.matches("\"moe.combine\"").count(), 2 * 2);
+}
+
+#[test]
+fn pipelined_stage_has_one_function_per_rank_with_send_and_recv_at_the_boundary() {
+    let ir = inspect("qwen2moe_lm_dynamo", &["--tp", "2", "--pp", "2", "--emit", "pipelined"]);
+    assert!(ir.contains("shard.grid @grid(shape = 1x2x2)"));
+    assert_eq!(ir.matches("func.func @rank").count(), 4);
+    // Stage 0 (ranks 0, 1) sends the residual stream; stage 1 (ranks 2, 3) receives it.
+    assert_eq!(ir.matches("shard.send").count(), 2, "{ir}");
+    assert_eq!(ir.matches("shard.recv").count(), 2, "{ir}");
+    assert!(ir.contains("ppmoe.coords = array<i64: 0, 1, 1>"));
+    // One MoE layer per stage.
+    assert_eq!(ir.matches("\"moe.local_slice\"").count(), 4);
+}
+
+#[test]
+fn each_ranks_weights_file_holds_only_its_experts() {
+    let dir = fixtures_dir().join("mixtral_lm_dynamo");
+    let work = tempfile::tempdir().unwrap();
+    let sizes = |tp: &str| -> Vec<(String, Vec<usize>)> {
+        let b = work.path().join(format!("tp{tp}"));
+        assert_eq!(compile(&dir, &b, &["--tp", tp]).code, 0);
+        let bytes = std::fs::read(b.join("rank1.safetensors").exists().then(|| b.join("rank1.safetensors")).unwrap_or(b.join("rank0.safetensors"))).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect()
+    };
+    let one = sizes("1");
+    let four = sizes("4");
+    let experts = |v: &[(String, Vec<usize>)]| -> usize {
+        v.iter().filter(|(n, _)| n.ends_with(".w_in") || n.ends_with(".w_out")).map(|(_, s)| s.iter().product::<usize>()).sum()
+    };
+    assert!(experts(&one) > 0);
+    assert_eq!(experts(&four) * 4, experts(&one), "rank 1 of 4 holds a quarter of the expert weights");
+    for (n, s) in four.iter().filter(|(n, _)| n.ends_with(".w_in")) {
+        assert_eq!(s[0], 1, "{n}: one expert of four per rank");
+    }
+    // Each file on disk is smaller than the whole model's.
+    let whole = std::fs::metadata(work.path().join("tp1/rank0.safetensors")).unwrap().len();
+    let part = std::fs::metadata(work.path().join("tp4/rank1.safetensors")).unwrap().len();
+    assert!(part < whole, "{part} vs {whole}");
+}
+
+#[test]
+fn a_grid_that_does_not_fit_names_the_constraint() {
+    let work = tempfile::tempdir().unwrap();
+    let block = fixtures_dir().join("mixtral_block_dynamo");
+    let uneven = compile(&block, &work.path().join("a"), &["--tp", "3"]);
+    assert_clean_failure(&uneven, &["4 experts cannot be split evenly over tp = 3"]);
+    let stages = compile(&block, &work.path().join("b"), &["--pp", "2"]);
+    assert_clean_failure(&stages, &["2 pipeline stages for a model of 1 MoE layer(s)"]);
+    let lm = fixtures_dir().join("mixtral_lm_dynamo");
+    let too_many = compile(&lm, &work.path().join("c"), &["--pp", "3"]);
+    assert_clean_failure(&too_many, &["3 pipeline stages for a model of 2 MoE layer(s)"]);
+    assert!(!work.path().join("a").exists() && !work.path().join("b").exists(), "no bundle is left behind");
+}
