@@ -1,6 +1,7 @@
 //! Subcommands and their flags. The public interface (DESIGN.md): inspect, compile, run, plan.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
+use ppmoe_compiler::strategy::cost_model::Hardware;
 use ppmoe_compiler::distribute::{Grid, Strategy};
 use ppmoe_compiler::passes::raise_moe::CapacityPolicy;
 use ppmoe_compiler::pipeline::Compilation;
@@ -79,8 +80,64 @@ pub enum Command {
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
     },
-    /// Print the parallel plan and its predicted cost (not built yet).
-    Plan { model: PathBuf },
+    /// Predict, per MoE layer, each strategy's time and the e-graph's choice; per pipeline
+    /// stage, time and memory per GPU. MODEL is an .onnx file or a Hugging Face config.json.
+    Plan {
+        model: PathBuf,
+        /// GPUs per node (the TP group stays inside a node by default).
+        #[arg(long = "gpus-per-node", default_value_t = 8)]
+        gpus_per_node: usize,
+        /// Nodes (one pipeline stage each by default).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Override the tensor-parallel size (default: GPUs per node).
+        #[arg(long)]
+        tp: Option<usize>,
+        /// Override the pipeline depth (default: nodes).
+        #[arg(long)]
+        pp: Option<usize>,
+        /// Tokens per step (default: the ONNX model's, or 4096 for a config.json).
+        #[arg(long)]
+        tokens: Option<usize>,
+        #[command(flatten)]
+        hw: HardwareFlags,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Fix an input's shape (ONNX models): NAME=DIMS.
+        #[arg(long = "input-shape", value_parser = parse_input_shape)]
+        input_shape: Vec<(String, Vec<i64>)>,
+    },
+}
+
+/// The machine the cost model assumes (H200, NVLink, 400 Gb InfiniBand by default).
+#[derive(clap::Args, Clone, Copy)]
+pub struct HardwareFlags {
+    /// Matmul rate per GPU, TFLOP/s (H200 bf16 measured: about 790).
+    #[arg(long = "gpu-tflops", default_value_t = 790.0)]
+    gpu_tflops: f64,
+    /// All-reduce bus bandwidth inside a node, GB/s (NVLink 4 with NCCL: about 370).
+    #[arg(long = "nvlink-gbps", default_value_t = 370.0)]
+    nvlink_gbps: f64,
+    /// Bandwidth per GPU across nodes, GB/s (400 Gb/s InfiniBand: 50).
+    #[arg(long = "network-gbps", default_value_t = 50.0)]
+    network_gbps: f64,
+    /// The share of all-reduce bandwidth an all-to-all reaches (an assumption).
+    #[arg(long = "alltoall-efficiency", default_value_t = 0.5)]
+    alltoall_efficiency: f64,
+}
+
+impl HardwareFlags {
+    fn hardware(self, gpus_per_node: usize) -> Hardware {
+        Hardware {
+            flops: self.gpu_tflops * 1e12,
+            nvlink_bytes_per_s: self.nvlink_gbps * 1e9,
+            network_bytes_per_s: self.network_gbps * 1e9,
+            gpus_per_node,
+            element_bytes: 2,
+            alltoall_efficiency: self.alltoall_efficiency,
+        }
+    }
 }
 
 /// Flags of the MoE stages.
@@ -99,8 +156,8 @@ pub struct MoeFlags {
     /// Data-parallel replicas.
     #[arg(long, default_value_t = 1)]
     dp: usize,
-    /// How MoE layers are distributed over the tp group: ppmoe (experts split, one all-reduce)
-    /// or alltoall (tokens split, two all-to-alls).
+    /// How MoE layers are distributed over the tp group: ppmoe (experts split, one all-reduce),
+    /// alltoall (tokens split, two all-to-alls), or auto (per layer, by the cost model).
     #[arg(long = "moe-strategy", value_enum, default_value = "ppmoe")]
     strategy: StrategyFlag,
     /// Microbatches of the GPipe schedule (must divide the batch).
@@ -112,6 +169,7 @@ pub struct MoeFlags {
 enum StrategyFlag {
     Ppmoe,
     Alltoall,
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -137,6 +195,7 @@ impl MoeFlags {
         c.strategy = Some(match self.strategy {
             StrategyFlag::Ppmoe => Strategy::Ppmoe,
             StrategyFlag::Alltoall => Strategy::AllToAll,
+            StrategyFlag::Auto => Strategy::Auto,
         });
         Ok(c)
     }
@@ -198,7 +257,9 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Plan { .. } => bail!("`ppmoe plan` is not built yet (it arrives with the distribution passes)"),
+        Command::Plan { model, gpus_per_node, nodes, tp, pp, tokens, hw, json, input_shape } => {
+            plan(&model, gpus_per_node, nodes, tp, pp, tokens, hw.hardware(gpus_per_node), json, &input_shape)
+        }
     }
 }
 
@@ -211,6 +272,94 @@ fn stage_name(e: Emit) -> &'static str {
         Emit::Pipelined => "pipelined",
         Emit::Kernels => "kernels",
         Emit::Ptx => "ptx",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan(model: &std::path::Path, gpus_per_node: usize, nodes: usize, tp: Option<usize>, pp: Option<usize>, tokens: Option<usize>, hw: Hardware, json: bool, input_shape: &[(String, Vec<i64>)]) -> Result<()> {
+    use ppmoe_compiler::strategy::hf_config::{read_config, ModelShape};
+    if gpus_per_node == 0 || nodes == 0 {
+        bail!("--gpus-per-node and --nodes must be at least 1");
+    }
+    let is_json = model.extension().is_some_and(|e| e == "json");
+    let (shape, model_tokens) = if is_json {
+        let text = std::fs::read_to_string(model).with_context(|| format!("{}: cannot read", model.display()))?;
+        // A config.json is usually named after nothing; its folder names the model.
+        let stem = model.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = if stem == "config" { model.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or(stem) } else { stem };
+        (read_config(&text, &name).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?, 4096)
+    } else {
+        let c = ppmoe_compiler::pipeline::run_with(Compilation::new(model, input_shape), "moe")?;
+        let layers = c.core.as_ref().map(|p| p.moe_layers.clone()).unwrap_or_default();
+        let Some(first) = layers.first() else { bail!("{}: no MoE layer found: nothing to plan", model.display()) };
+        let shape = ModelShape {
+            name: model.display().to_string(),
+            layers: layers.len(),
+            dense_layers: 0,
+            hidden: first.hidden,
+            kv_hidden: first.hidden,
+            expert_ffn: first.ffn,
+            dense_ffn: first.ffn,
+            experts: first.experts,
+            top_k: first.top_k,
+            shared_ffn: 0,
+            vocab: 0,
+        };
+        (shape, first.tokens)
+    };
+    let tp = tp.unwrap_or(gpus_per_node.min(shape.experts));
+    let pp = pp.unwrap_or(nodes);
+    let total = gpus_per_node * nodes;
+    if tp * pp > total || total % (tp * pp) != 0 {
+        bail!("tp {tp} x pp {pp} does not tile {nodes} node(s) x {gpus_per_node} GPUs");
+    }
+    let dp = total / (tp * pp);
+    let tokens = tokens.unwrap_or(model_tokens);
+    let p = ppmoe_compiler::strategy::plan::plan(&shape, tokens, tp, pp, dp, hw).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(());
+    }
+    println!(
+        "plan for {}: {} layers ({} MoE), hidden {}, {} experts top-{}, expert ffn {}; {tokens} tokens per step",
+        p.model, shape.layers, p.layers.len(), shape.hidden, shape.experts, shape.top_k, shape.expert_ffn
+    );
+    println!(
+        "grid: dp {} x pp {} x tp {} on {nodes} node(s) x {gpus_per_node} GPUs; {:.0} TFLOP/s, NVLink {:.0} GB/s, network {:.0} GB/s, all-to-all at {:.0}% of all-reduce bandwidth",
+        p.dp, p.pp, p.tp, hw.flops / 1e12, hw.nvlink_bytes_per_s / 1e9, hw.network_bytes_per_s / 1e9, hw.alltoall_efficiency * 100.0
+    );
+    println!();
+    let names: Vec<&str> = p.layers.first().map(|l| l.times.iter().map(|(c, _)| c.name()).collect()).unwrap_or_default();
+    println!("MoE layers | {} | choice", names.iter().map(|n| format!("{n:>23}")).collect::<Vec<_>>().join(" | "));
+    // Consecutive layers with the same predictions share a row.
+    let mut i = 0;
+    while i < p.layers.len() {
+        let l = &p.layers[i];
+        let mut j = i;
+        while j + 1 < p.layers.len() && p.layers[j + 1].times == l.times && p.layers[j + 1].choice == l.choice {
+            j += 1;
+        }
+        let cells: Vec<String> = l.times.iter().map(|(_, t)| format!("{:>23}", seconds(*t))).collect();
+        let span = if j > i { format!("{}-{}", l.layer, p.layers[j].layer) } else { l.layer.to_string() };
+        println!("{span:>10} | {} | {}", cells.join(" | "), l.choice.name());
+        i = j + 1;
+    }
+    println!();
+    println!("stage | layers  | predicted time | memory per GPU");
+    for s in &p.stages {
+        println!("{:>5} | {:>3}-{:<3} | {:>14} | {:>10.3} GiB", s.stage, s.first_layer, s.last_layer, seconds(s.seconds), s.memory_bytes / (1u64 << 30) as f64);
+    }
+    Ok(())
+}
+
+/// A duration in the unit that keeps four significant digits readable.
+fn seconds(t: f64) -> String {
+    if t >= 1e-3 {
+        format!("{:.3} ms", t * 1e3)
+    } else if t >= 1e-6 {
+        format!("{:.3} us", t * 1e6)
+    } else {
+        format!("{:.1} ns", t * 1e9)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod moe;
 pub mod passes;
 pub mod pipeline;
+pub mod strategy;
 
 pub use compile::compile;
 pub use error::CompileError;

@@ -7,6 +7,7 @@ use crate::error::CompileError;
 use crate::distribute::shard_moe::RankProgram;
 use crate::distribute::{Grid, Strategy};
 use crate::passes::raise_moe::CapacityPolicy;
+use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
 use ppmoe_frontend::{Model, Types};
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,10 @@ pub struct Compilation {
     pub kept_all_to_all: Vec<String>,
     /// The `pipelined` stage: one program per rank of the grid.
     pub ranks: Vec<RankProgram>,
+    /// The machine the cost model assumes (`--moe-strategy auto`).
+    pub hardware: Option<Hardware>,
+    /// The strategy each MoE layer got.
+    pub choices: Vec<Choice>,
 }
 
 fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
@@ -69,12 +74,27 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     let one = RankProgram { program: core.program.clone(), weights: core.weights.clone() };
     c.sharded.clear();
     c.kept_all_to_all.clear();
+    // auto: the e-graph picks per layer among the forms codegen has (ppmoe, alltoall).
+    let picks: Vec<Choice> = match strategy {
+        Strategy::Ppmoe => vec![Choice::Ppmoe; core.moe_layers.len()],
+        Strategy::AllToAll => vec![Choice::AllToAll; core.moe_layers.len()],
+        Strategy::Auto => {
+            let shapes: Vec<LayerShape> = core
+                .moe_layers
+                .iter()
+                .map(|l| LayerShape { tokens: l.tokens, hidden: l.hidden, ffn: l.ffn, experts: l.experts, top_k: l.top_k, gated: l.activation.contains("swiglu") || l.activation.contains("geglu") })
+                .collect();
+            crate::strategy::egraph::choose(&shapes, grid.tp, c.hardware.unwrap_or_default(), &[Choice::Ppmoe, Choice::AllToAll]).into_iter().map(|(c, _)| c).collect()
+        }
+    };
+    c.choices = picks.clone();
     for t in 0..grid.tp {
         let mut rp = crate::distribute::shard_moe::shard_moe(&c.path, &one, grid.tp, t)?;
         rp.program.coords = [0, 0, t];
         rp.program.rank = t;
-        if strategy == Strategy::Ppmoe {
-            let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(&mut rp, t, grid.tp);
+        if strategy != Strategy::AllToAll {
+            let wanted = |n: usize| picks.get(n) == Some(&Choice::Ppmoe);
+            let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(&mut rp, t, grid.tp, &wanted);
             if t == 0 {
                 c.kept_all_to_all.extend(notes);
             }

@@ -177,3 +177,47 @@ fn a_grid_that_does_not_fit_names_the_constraint() {
     assert_clean_failure(&too_many, &["3 pipeline stages for a model of 2 MoE layer(s)"]);
     assert!(!work.path().join("a").exists() && !work.path().join("b").exists(), "no bundle is left behind");
 }
+
+#[test]
+fn plan_from_a_mixtral_8x7b_config_alone_on_4_nodes_of_8_gpus() {
+    let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/mixtral-8x7b.json");
+    let out = ppmoe(&["plan", cfg.to_str().unwrap(), "--gpus-per-node", "8", "--nodes", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("32 layers (32 MoE), hidden 4096, 8 experts top-2, expert ffn 14336"), "{}", out.stdout);
+    assert!(out.stdout.contains("grid: dp 1 x pp 4 x tp 8"), "{}", out.stdout);
+    assert_eq!(out.stdout.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains("GiB")).count(), 4, "four stages: {}", out.stdout);
+    // 46.7B bf16 parameters over 32 GPUs: about 2.7 GiB of weights each, plus activations.
+    let json = ppmoe(&["plan", cfg.to_str().unwrap(), "--gpus-per-node", "8", "--nodes", "4", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let mem: f64 = v["stages"].as_array().unwrap().iter().map(|s| s["memory_bytes"].as_f64().unwrap()).sum::<f64>() / 4.0 / (1u64 << 30) as f64;
+    assert!(mem > 2.5 && mem < 4.5, "{mem} GiB per GPU");
+    for l in v["layers"].as_array().unwrap() {
+        let times: Vec<f64> = l["times"].as_array().unwrap().iter().map(|t| t[1].as_f64().unwrap()).collect();
+        let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let chosen = l["times"].as_array().unwrap().iter().find(|t| t[0] == l["choice"]).unwrap()[1].as_f64().unwrap();
+        assert_eq!(chosen, best, "the e-graph's choice is the cheapest");
+    }
+}
+
+#[test]
+fn plan_from_an_onnx_model_reads_its_raised_layers() {
+    let out = ppmoe(&["plan", fixtures_dir().join("olmoe_lm_dynamo/model.onnx").to_str().unwrap(), "--gpus-per-node", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("2 layers (2 MoE), hidden 64, 4 experts top-2, expert ffn 128; 16 tokens"), "{}", out.stdout);
+}
+
+#[test]
+fn auto_strategy_picks_per_layer_and_stays_exact() {
+    let dir = fixtures_dir().join("olmoe_lm_dynamo");
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("auto");
+    let c = compile(&dir, &b, &["--tp", "2", "--moe-strategy", "auto"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let got = run(&dir, &b, &work.path().join("out"));
+    let e = crate::core_numerics::rel_err(got.as_f32().unwrap(), reference(&dir).as_f32().unwrap());
+    assert!(e < 1e-4, "{e}");
+    // At 16 tokens the all-reduce of PPMoE moves less than the all-to-all form: the cost model
+    // picks PPMoE for both layers.
+    let ir = inspect("olmoe_lm_dynamo", &["--tp", "2", "--moe-strategy", "auto", "--emit", "sharded"]);
+    assert_eq!(ir.matches("\"moe.local_slice\"").count(), 2 * 2, "{ir}");
+}

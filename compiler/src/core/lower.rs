@@ -486,6 +486,7 @@ impl<'m> Lowering<'m> {
         let f = moe.ffn.ffn_size();
         let layer = crate::moe::MoeLayer {
             origin: node.name.clone(),
+            tokens: t,
             experts: e,
             top_k: k,
             hidden: h,

@@ -16,4 +16,6 @@ pub enum Strategy {
     AllToAll,
     /// Tokens replicated, experts split, a local slice and one all-reduce (PPMoE).
     Ppmoe,
+    /// Per layer, whichever of the two the cost model (an e-graph extraction) finds faster.
+    Auto,
 }

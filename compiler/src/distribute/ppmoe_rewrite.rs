@@ -51,15 +51,22 @@ struct Plan {
 
 /// Rewrites every all-to-all MoE layer whose precondition holds; returns, for the others,
 /// where and why not.
-pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize) -> Vec<String> {
+/// `wanted(n)`: whether the n-th MoE layer (in program order) should take the PPMoE form
+/// (`--moe-strategy auto` leaves some in the all-to-all form).
+pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize, wanted: &dyn Fn(usize) -> bool) -> Vec<String> {
     let p = &mut rp.program;
     let producer: HashMap<BufferId, usize> = p.instructions.iter().enumerate().flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (o, i))).collect();
     let sharded: HashSet<BufferId> = p.instructions.iter().filter(|i| matches!(i.op, Op::MoeExpertFfn { .. })).flat_map(|i| i.inputs[2..].iter().flatten().copied()).collect();
     let rep = replicated(p, &sharded);
     let mut notes = Vec::new();
     let mut plans = Vec::new();
+    let mut layer = 0;
     for (i, ins) in p.instructions.iter().enumerate() {
         let Op::MoeDispatch { num_experts, .. } = ins.op else { continue };
+        layer += 1;
+        if !wanted(layer - 1) {
+            continue;
+        }
         let not_ours = || format!("layer at \"{}\": kept all-to-all: its dispatch is not in the form the sharded stage writes", ins.origin);
         // The chain the all-to-all form wrote: dispatch, all_to_all, reshape, expert_ffn,
         // reshape, all_to_all, combine, all_gather; the three token slices before it.

@@ -35,6 +35,7 @@ impl Family {
 #[derive(Clone, Debug, Serialize)]
 pub struct MoeLayer {
     pub origin: String,
+    pub tokens: usize,
     pub experts: usize,
     pub top_k: usize,
     pub hidden: usize,

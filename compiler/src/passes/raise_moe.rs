@@ -450,6 +450,7 @@ fn apply(core: &mut CoreProgram, found: Found, logits: BufferId, x: BufferId, po
     prog.instructions = kept;
     MoeLayer {
         origin,
+        tokens: t,
         experts: e,
         top_k: k,
         hidden: h,
