@@ -89,7 +89,8 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     };
     c.choices = picks.clone();
     for t in 0..grid.tp {
-        let mut rp = crate::distribute::shard_moe::shard_moe(&c.path, &one, grid.tp, t)?;
+        let dense = crate::distribute::dense_tp::dense_tp(&one, grid.tp, t);
+        let mut rp = crate::distribute::shard_moe::shard_moe(&c.path, &dense, grid.tp, t)?;
         rp.program.coords = [0, 0, t];
         rp.program.rank = t;
         if strategy != Strategy::AllToAll {

@@ -113,6 +113,10 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
 }
 
 fn safetensors_bytes(weights: &[(String, Tensor)]) -> Result<Vec<u8>, String> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some((dup, _)) = weights.iter().find(|(n, _)| !seen.insert(n.as_str())) {
+        return Err(format!("two weights are named '{dup}'"));
+    }
     let raw: Vec<(String, DType, Vec<usize>, Vec<u8>)> =
         weights.iter().map(|(n, t)| (n.clone(), t.dtype, t.shape.clone(), t.to_bytes())).collect();
     let views = raw

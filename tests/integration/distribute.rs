@@ -104,24 +104,51 @@ fn inspect(name: &str, args: &[&str]) -> String {
     out.stdout
 }
 
+/// The IR of rank 0 alone.
+fn rank0(ir: &str) -> &str {
+    let end = ir.find("func.func @rank1").unwrap_or(ir.len());
+    &ir[..end]
+}
+
 #[test]
 fn ppmoe_rewrite_removes_all_to_all_and_leaves_one_all_reduce_per_moe_layer_per_rank() {
     let ir = inspect("mixtral_lm_dynamo", &["--tp", "4", "--emit", "sharded"]);
     assert_eq!(ir.matches("func.func @rank").count(), 4);
     assert_eq!(ir.matches("shard.all_to_all").count(), 0, "{ir}");
-    // Two MoE layers on each of four ranks; dense layers are replicated (no collectives).
-    assert_eq!(ir.matches("shard.all_reduce").count(), 2 * 4, "{ir}");
-    assert_eq!(ir.matches("\"moe.local_slice\"").count(), 2 * 4);
+    let r0 = rank0(&ir);
+    assert_eq!(r0.matches("\"moe.local_slice\"").count(), 2);
+    // Each MoE layer's scatter_combine is followed by exactly one all-reduce of its result.
+    let lines: Vec<&str> = r0.lines().collect();
+    for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.contains("\"moe.scatter_combine\"")) {
+        let result = l.trim().split(' ').next().unwrap();
+        assert!(lines[i + 1].contains("shard.all_reduce") && lines[i + 1].contains(&format!("all_reduce {result} ")), "{}", lines[i + 1]);
+    }
+    // Two MoE layers and two attention blocks (Megatron: one all-reduce each) per rank.
+    assert_eq!(r0.matches("shard.all_reduce").count(), 4, "{r0}");
     assert!(ir.contains("first_expert = 3 : i64, num_local_experts = 1 : i64"), "rank 3 owns expert 3");
 }
 
 #[test]
-fn alltoall_strategy_has_two_all_to_all_per_moe_layer_and_no_all_reduce() {
+fn alltoall_strategy_has_two_all_to_all_per_moe_layer() {
     let ir = inspect("mixtral_lm_dynamo", &["--tp", "2", "--moe-strategy", "alltoall", "--emit", "sharded"]);
-    assert_eq!(ir.matches("shard.all_to_all").count(), 2 * 2 * 2, "{ir}");
-    assert_eq!(ir.matches("shard.all_reduce").count(), 0);
-    assert_eq!(ir.matches("\"moe.dispatch\"").count(), 2 * 2);
-    assert_eq!(ir.matches("\"moe.combine\"").count(), 2 * 2);
+    let r0 = rank0(&ir);
+    assert_eq!(r0.matches("shard.all_to_all").count(), 2 * 2, "{r0}");
+    assert_eq!(r0.matches("\"moe.dispatch\"").count(), 2);
+    assert_eq!(r0.matches("\"moe.combine\"").count(), 2);
+    // The MoE layers reduce nothing: the all-reduces left are attention's, one per block.
+    assert_eq!(r0.matches("shard.all_reduce").count(), 2, "{r0}");
+}
+
+#[test]
+fn dense_layers_are_megatron_split_with_one_all_reduce_per_block() {
+    // Qwen2-MoE at tp 2: attention (4 heads, 2 KV heads) and the shared expert split, each
+    // block closed by one all-reduce; the LM head split by vocabulary and gathered at the end.
+    let ir = inspect("qwen2moe_lm_dynamo", &["--tp", "2", "--emit", "sharded"]);
+    let r0 = rank0(&ir);
+    assert_eq!(r0.matches("shard.all_reduce").count(), 2 + 2 + 2, "attention, shared expert, MoE per layer: {r0}");
+    assert_eq!(r0.matches("shard.all_gather").count(), 1, "{r0}");
+    // Rank 0 holds half of each attention projection: q [64, 32] of [64, 64].
+    assert!(r0.contains("tensor<64x32xf32> {core.weight = \""), "{r0}");
 }
 
 #[test]

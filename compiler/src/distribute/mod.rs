@@ -1,6 +1,7 @@
 //! Distribution: the grid, the `sharded` stage (each MoE layer in the all-to-all form, then
 //! the PPMoE rewrite where its precondition holds), and the `pipelined` stage.
 
+pub mod dense_tp;
 pub mod grid;
 pub mod layout;
 pub mod pipeline_split;

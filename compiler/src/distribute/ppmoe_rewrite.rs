@@ -21,7 +21,9 @@ use std::collections::{HashMap, HashSet};
 /// all-gathers and all-reduces are again.
 fn replicated(p: &Program, sharded_weights: &HashSet<BufferId>) -> HashSet<BufferId> {
     let mut rep: HashSet<BufferId> = p.inputs.iter().copied().collect();
-    rep.extend((0..p.buffers.len()).filter(|b| p.buffers[*b].kind == BufferKind::Weight && !sharded_weights.contains(b)));
+    rep.extend((0..p.buffers.len()).filter(|b| {
+        p.buffers[*b].kind == BufferKind::Weight && !sharded_weights.contains(b) && !super::dense_tp::is_rank_piece(&p.buffers[*b].name)
+    }));
     for ins in &p.instructions {
         let all_in = ins.inputs.iter().flatten().all(|b| rep.contains(b));
         let makes_replicated = match ins.op {
