@@ -183,15 +183,13 @@ impl MoeFlags {
         if self.tp == 0 || self.pp == 0 || self.dp == 0 || self.microbatches == 0 {
             bail!("--tp, --pp, --dp and --microbatches must be at least 1");
         }
-        if self.microbatches > 1 {
-            bail!("--microbatches {}: only one microbatch is supported yet (the fixtures have batch 1)", self.microbatches);
-        }
         let mut c = Compilation::new(model, input_shape);
         c.capacity_policy = Some(match self.capacity {
             CapacityFlag::Keep => CapacityPolicy::Keep,
             CapacityFlag::Dropless => CapacityPolicy::Dropless,
         });
         c.grid = Some(Grid { dp: self.dp, pp: self.pp, tp: self.tp });
+        c.microbatches = self.microbatches;
         c.strategy = Some(match self.strategy {
             StrategyFlag::Ppmoe => Strategy::Ppmoe,
             StrategyFlag::Alltoall => Strategy::AllToAll,

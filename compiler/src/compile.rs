@@ -27,6 +27,7 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
     let bytes = std::fs::read(&model_path).map_err(|cause| CompileError::Io { path: model_path.clone(), cause })?;
     // The model's ports, from the one-rank program (every rank agrees on them).
     let p = &core.program;
+    // Ports describe one microbatch: the runner cuts and joins axis 0.
     let port = |id: usize| Port { name: p.buffers[id].name.clone(), dtype: p.buffers[id].dtype, shape: p.buffers[id].shape.clone() };
     let grid = c.grid.unwrap_or(crate::distribute::Grid { dp: 1, pp: 1, tp: 1 });
     let manifest = Manifest {
@@ -38,6 +39,7 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         outputs: p.outputs.iter().map(|&i| port(i)).collect(),
         programs: c.ranks.iter().map(|r| r.program.clone()).collect(),
         files: BTreeMap::new(),
+        microbatches: c.microbatches.max(1),
     };
     let report = CompileReport {
         ranks: c.ranks.len(),

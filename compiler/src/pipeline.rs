@@ -57,12 +57,14 @@ pub struct Compilation {
     pub hardware: Option<Hardware>,
     /// The strategy each MoE layer got.
     pub choices: Vec<Choice>,
+    /// GPipe microbatches (`--microbatches`); the programs are compiled for one of them.
+    pub microbatches: usize,
 }
 
 fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
     let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
     let programs: Vec<&ppmoe_runtime::program::Program> = ranks.iter().map(|r| &r.program).collect();
-    Some(crate::core::print::print_programs(&programs, Some((&grid.mlir(), grid.tp, grid.pp))))
+    Some(crate::core::print::print_programs_with(&programs, Some((&grid.mlir(), grid.tp, grid.pp)), c.microbatches.max(1)))
 }
 
 fn shard(c: &mut Compilation) -> Result<(), CompileError> {
@@ -118,11 +120,42 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
 }
 
 fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
-    let (model, types, text) = ppmoe_frontend::import(&c.path, &c.input_shapes)?;
+    let shapes = microbatch_shapes(c)?;
+    let (model, types, text) = ppmoe_frontend::import(&c.path, &shapes)?;
     c.model = Some(model);
     c.types = Some(types);
     c.onnx_text = Some(text);
     Ok(())
+}
+
+/// The input shapes to compile at: with K microbatches, axis 0 (the batch) of every input is
+/// cut by K, so the programs run one microbatch at a time.
+fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, CompileError> {
+    let k = c.microbatches.max(1) as i64;
+    if k == 1 {
+        return Ok(c.input_shapes.clone());
+    }
+    let model = ppmoe_frontend::load_onnx(&c.path)?;
+    let bad = |reason: String| CompileError::Grid { path: c.path.clone(), reason };
+    let mut out = Vec::new();
+    for input in &model.graph.inputs {
+        let given = c.input_shapes.iter().find(|(n, _)| n == &input.name).map(|(_, d)| d.clone());
+        if let Some(ppmoe_frontend::Dim::Known(b)) = input.ty.dims.first() {
+            return Err(bad(format!(
+                "--microbatches {k}: input '{}' has its batch fixed at {b} by the model: it cannot be cut into microbatches (export it with a dynamic batch)",
+                input.name
+            )));
+        }
+        let Some(mut dims) = given else {
+            return Err(bad(format!("--microbatches {k}: give the full shape of input '{}' with --input-shape", input.name)));
+        };
+        if dims.is_empty() || dims[0] % k != 0 {
+            return Err(bad(format!("--microbatches {k}: input '{}' has a batch of {}, which {k} microbatches do not divide", input.name, dims.first().copied().unwrap_or(0))));
+        }
+        dims[0] /= k;
+        out.push((input.name.clone(), dims));
+    }
+    Ok(out)
 }
 
 fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {

@@ -46,6 +46,15 @@ pub struct Manifest {
     pub programs: Vec<Program>,
     /// File name (relative to the bundle) -> sha256, for every file but the manifest.
     pub files: BTreeMap<String, String>,
+    /// GPipe microbatches: the programs are compiled for 1/K of the batch (axis 0 of every
+    /// input and output); the runner splits the inputs, streams the pieces through the
+    /// pipeline stages in order, and concatenates the outputs.
+    #[serde(default = "one")]
+    pub microbatches: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -29,11 +29,13 @@ pub struct Comm<'h> {
     pub hub: &'h Hub,
     pub rank: usize,
     seq: HashMap<Vec<usize>, u64>,
+    /// The microbatch in flight: it keeps the sends and receives of different microbatches apart.
+    pub microbatch: u64,
 }
 
 impl<'h> Comm<'h> {
     pub fn new(hub: &'h Hub, rank: usize) -> Self {
-        Comm { hub, rank, seq: HashMap::new() }
+        Comm { hub, rank, seq: HashMap::new(), microbatch: 0 }
     }
 
     fn next(&mut self, group: &[usize]) -> u64 {
@@ -79,10 +81,10 @@ impl<'h> Comm<'h> {
                 kernels::execute(&Op::Concat { axis: *concat_axis as i64 }, &mine.iter().map(Some).collect::<Vec<_>>(), 1).map(|mut v| v.remove(0))
             }
             Op::Send { peer, tag } => {
-                self.hub.send(self.rank, *peer, *tag, x()?)?;
+                self.hub.send(self.rank, *peer, (self.microbatch << 32) | *tag, x()?)?;
                 Ok(Tensor::f32(vec![], vec![0.0]))
             }
-            Op::Recv { peer, tag } => self.hub.recv(*peer, self.rank, *tag),
+            Op::Recv { peer, tag } => self.hub.recv(*peer, self.rank, (self.microbatch << 32) | *tag),
             other => Err(format!("{} is not a communication op", other.name())),
         }
     }
@@ -155,9 +157,26 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
             reason: format!("the model takes {} inputs ({}), {} were given", m.inputs.len(), names.join(", "), inputs.len()),
         });
     }
-    if m.programs.len() == 1 {
+    if m.programs.len() == 1 && m.microbatches <= 1 {
         return run_program(&m.programs[0], &bundle.weights[0], inputs);
     }
+    // Microbatches: axis 0 of every input cut into K pieces, each streamed through in order.
+    let k = m.microbatches.max(1);
+    let pieces: Vec<Vec<Tensor>> = if k == 1 {
+        vec![inputs.to_vec()]
+    } else {
+        let mut per_mb = vec![Vec::new(); k];
+        for (t, port) in inputs.iter().zip(&m.inputs) {
+            let cut = kernels::execute(&Op::Split { axis: 0 }, &[Some(t)], k).map_err(|reason| RuntimeError::Input {
+                name: port.name.clone(),
+                reason: format!("cannot cut axis 0 of {:?} into {k} microbatches: {reason}", t.shape),
+            })?;
+            for (mb, piece) in cut.into_iter().enumerate() {
+                per_mb[mb].push(piece);
+            }
+        }
+        per_mb
+    };
     let hub = Hub::default();
     let results: Vec<Result<Vec<Tensor>, RuntimeError>> = std::thread::scope(|s| {
         let handles: Vec<_> = m
@@ -166,14 +185,35 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
             .zip(&bundle.weights)
             .map(|(p, w)| {
                 let hub = &hub;
+                let pieces = &pieces;
                 s.spawn(move || {
-                    // Ranks that take no model input (later pipeline stages) get none.
-                    let mine: &[Tensor] = if p.inputs.is_empty() { &[] } else { inputs };
-                    let r = run_rank(p, w, mine, &mut Comm::new(hub, p.rank));
-                    if r.is_err() {
-                        hub.wake();
+                    let mut comm = Comm::new(hub, p.rank);
+                    let mut outs: Vec<Vec<Tensor>> = Vec::new();
+                    for (mb, piece) in pieces.iter().enumerate() {
+                        comm.microbatch = mb as u64;
+                        // Ranks that take no model input (later pipeline stages) get none.
+                        let mine: &[Tensor] = if p.inputs.is_empty() { &[] } else { piece };
+                        match run_rank(p, w, mine, &mut comm) {
+                            Ok(o) => outs.push(o),
+                            Err(e) => {
+                                hub.wake();
+                                return Err(e);
+                            }
+                        }
                     }
-                    r
+                    // The outputs of the microbatches, joined along axis 0.
+                    let n = outs.first().map_or(0, Vec::len);
+                    (0..n)
+                        .map(|i| {
+                            let parts: Vec<Option<&Tensor>> = outs.iter().map(|o| Some(&o[i])).collect();
+                            if parts.len() == 1 {
+                                return Ok(outs[0][i].clone());
+                            }
+                            kernels::execute(&Op::Concat { axis: 0 }, &parts, 1)
+                                .map(|mut v| v.remove(0))
+                                .map_err(|reason| RuntimeError::Backend { backend: "cpu".into(), reason })
+                        })
+                        .collect()
                 })
             })
             .collect();

@@ -248,3 +248,126 @@ fn auto_strategy_picks_per_layer_and_stays_exact() {
     let ir = inspect("olmoe_lm_dynamo", &["--tp", "2", "--moe-strategy", "auto", "--emit", "sharded"]);
     assert_eq!(ir.matches("\"moe.local_slice\"").count(), 2 * 2, "{ir}");
 }
+
+/// A two-layer MoE model with a dynamic batch, written here with the ONNX protobuf: the fixtures
+/// all fix their batch at 1, and microbatches cut the batch.
+mod microbatches {
+    use crate::common::{assert_clean_failure, ppmoe};
+    use ppmoe_frontend::onnx_proto as pb;
+    use ppmoe_runtime::npy::{read_npy, write_npy};
+    use ppmoe_runtime::Tensor;
+    use prost::Message;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
+            })
+            .collect()
+    }
+
+    fn init(name: &str, dims: &[i64], seed: u64) -> pb::TensorProto {
+        let n: i64 = dims.iter().product();
+        let raw = values(n as usize, seed).iter().flat_map(|v| v.to_le_bytes()).collect();
+        pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type: 1, raw_data: raw, ..Default::default() }
+    }
+
+    fn vi(name: &str) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::{dimension::Value, Dimension};
+        let dims = vec![Dimension { value: Some(Value::DimParam("batch".into())) }, Dimension { value: Some(Value::DimValue(4)) }, Dimension { value: Some(Value::DimValue(8)) }];
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(pb::type_proto::TensorTypeProto { elem_type: 1, shape: Some(pb::TensorShapeProto { dim: dims }) })) }),
+        }
+    }
+
+    fn node(op: &str, domain: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+        pb::NodeProto { input: inputs.iter().map(|s| s.to_string()).collect(), output: vec![output.into()], name: output.into(), op_type: op.into(), domain: domain.into(), attribute: attrs }
+    }
+
+    fn model() -> Vec<u8> {
+        let int = |n: &str, v: i64| pb::AttributeProto { name: n.into(), r#type: pb::attribute_type::INT, i: v, ..Default::default() };
+        let string = |n: &str, v: &str| pb::AttributeProto { name: n.into(), r#type: pb::attribute_type::STRING, s: v.as_bytes().to_vec(), ..Default::default() };
+        let moe = |x: &str, l: &str, f1: &str, f2: &str, out: &str| node("MoE", "com.microsoft", &[x, l, f1, "", f2], out, vec![int("k", 2), string("activation_type", "silu"), int("normalize_routing_weights", 1)]);
+        let graph = pb::GraphProto {
+            name: "two_layer_moe".into(),
+            node: vec![
+                node("MatMul", "", &["x", "wr1"], "l1", vec![]),
+                moe("x", "l1", "fc1_1", "fc2_1", "m1"),
+                node("Add", "", &["x", "m1"], "h", vec![]),
+                node("MatMul", "", &["h", "wr2"], "l2", vec![]),
+                moe("h", "l2", "fc1_2", "fc2_2", "m2"),
+                node("Add", "", &["h", "m2"], "y", vec![]),
+            ],
+            initializer: vec![
+                init("wr1", &[8, 4], 1),
+                init("fc1_1", &[4, 16, 8], 2),
+                init("fc2_1", &[4, 8, 16], 3),
+                init("wr2", &[8, 4], 4),
+                init("fc1_2", &[4, 16, 8], 5),
+                init("fc2_2", &[4, 8, 16], 6),
+            ],
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            ..Default::default()
+        };
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto { domain: "".into(), version: 17 }, pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 }],
+            producer_name: "ppmoe tests".into(),
+            graph: Some(graph),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn compile_run(dir: &std::path::Path, tag: &str, flags: &[&str]) -> Tensor {
+        let m = dir.join("model.onnx");
+        let b = dir.join(tag);
+        let mut args = vec!["compile", m.to_str().unwrap(), "-o", b.to_str().unwrap(), "--input-shape", "x=4x4x8"];
+        args.extend(flags);
+        let c = ppmoe(&args);
+        assert_eq!(c.code, 0, "{tag}: {}", c.stderr);
+        let out = dir.join(format!("{tag}_out"));
+        let r = ppmoe(&["run", b.to_str().unwrap(), "--input", dir.join("x.npy").to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{tag}: {}", r.stderr);
+        read_npy(&out.join("y.npy")).unwrap()
+    }
+
+    #[test]
+    fn gpipe_microbatches_through_pipeline_stages_give_the_single_rank_output() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("model.onnx"), model()).unwrap();
+        write_npy(&d.path().join("x.npy"), &Tensor::f32(vec![4, 4, 8], values(128, 99))).unwrap();
+        let single = compile_run(d.path(), "single", &[]);
+        assert_eq!(single.shape, vec![4, 4, 8]);
+        for (tag, flags) in [
+            ("pp2_mb2", vec!["--pp", "2", "--microbatches", "2"]),
+            ("pp2_tp2_mb4", vec!["--pp", "2", "--tp", "2", "--microbatches", "4"]),
+            ("alltoall_pp2_mb2", vec!["--pp", "2", "--tp", "2", "--microbatches", "2", "--moe-strategy", "alltoall"]),
+            ("dp2_pp2_tp2", vec!["--dp", "2", "--pp", "2", "--tp", "2"]),
+        ] {
+            let got = compile_run(d.path(), tag, &flags);
+            assert_eq!(got.shape, single.shape, "{tag}");
+            let e = crate::core_numerics::rel_err(got.as_f32().unwrap(), single.as_f32().unwrap());
+            assert!(e < 1e-5, "{tag}: {e:e}");
+        }
+        let ir = ppmoe(&["inspect", d.path().join("model.onnx").to_str().unwrap(), "--input-shape", "x=4x4x8", "--pp", "2", "--microbatches", "2", "--emit", "pipelined"]);
+        assert!(ir.stdout.contains("ppmoe.microbatches = 2 : i64") && ir.stdout.contains("ppmoe.schedule = \"gpipe\""), "{}", ir.stdout);
+        assert!(ir.stdout.contains("tensor<2x4x8xf32> {core.input = \"x\"}"), "each program takes one microbatch");
+    }
+
+    #[test]
+    fn microbatches_must_divide_the_batch_and_need_a_dynamic_one() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("model.onnx"), model()).unwrap();
+        let m = d.path().join("model.onnx");
+        let out = ppmoe(&["compile", m.to_str().unwrap(), "-o", d.path().join("b").to_str().unwrap(), "--input-shape", "x=4x4x8", "--microbatches", "3"]);
+        assert_clean_failure(&out, &["--microbatches 3", "batch of 4"]);
+        let fixed = crate::common::fixtures_dir().join("mixtral_lm_dynamo/model.onnx");
+        let out = ppmoe(&["compile", fixed.to_str().unwrap(), "-o", d.path().join("c").to_str().unwrap(), "--microbatches", "2"]);
+        assert_clean_failure(&out, &["batch fixed at 1", "dynamic batch"]);
+    }
+}

@@ -94,6 +94,10 @@ pub fn print_core(programs: &[&Program]) -> String {
 /// `grid`: the `shard.grid` declaration, and the (tp, pp) sizes that turn a peer's rank into
 /// its pipeline stage.
 pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>) -> String {
+    print_programs_with(programs, grid, 1)
+}
+
+pub fn print_programs_with(programs: &[&Program], grid: Option<(&str, usize, usize)>, microbatches: usize) -> String {
     let mut text = String::from("module {\n");
     let (tp, pp) = grid.map_or((1, 1), |(_, t, p)| (t, p));
     let stage_of = move |rank: usize| (rank / tp.max(1)) % pp.max(1);
@@ -169,7 +173,7 @@ pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>)
         let [d, st, t] = p.coords;
         let _ = writeln!(
             text,
-            "  func.func @rank{}({}) -> ({}) attributes {{ppmoe.coords = array<i64: {d}, {st}, {t}>, ppmoe.schedule = \"gpipe\", ppmoe.microbatches = 1 : i64}} {{",
+            "  func.func @rank{}({}) -> ({}) attributes {{ppmoe.coords = array<i64: {d}, {st}, {t}>, ppmoe.schedule = \"gpipe\", ppmoe.microbatches = {microbatches} : i64}} {{",
             p.rank,
             args.join(", "),
             out_types.join(", ")

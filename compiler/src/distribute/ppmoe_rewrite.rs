@@ -139,3 +139,77 @@ pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize, wanted: &dyn Fn(
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distribute::shard_moe::shard_moe;
+    use ppmoe_runtime::program::{Activation, RouteOrder, Scoring, EXPERTS_LAYOUT};
+    use ppmoe_runtime::Tensor;
+
+    fn buf(name: &str, dtype: DType, shape: &[usize], kind: BufferKind) -> Buffer {
+        Buffer { name: name.into(), dtype, shape: shape.iter().map(|&d| Some(d)).collect(), kind }
+    }
+
+    /// One MoE layer over tokens that are either the model's input (replicated over the group)
+    /// or a token slice of it (split over the group).
+    fn layer(tokens_split: bool) -> RankProgram {
+        let mut buffers = vec![
+            buf("xx", DType::F32, &[8, 4], BufferKind::Input),
+            buf("x", DType::F32, &[8, 4], BufferKind::Temp),
+            buf("logits", DType::F32, &[8, 2], BufferKind::Input),
+            buf("w", DType::F32, &[8, 1], BufferKind::Temp),
+            buf("ids", DType::I64, &[8, 1], BufferKind::Temp),
+            buf("w_in", DType::F32, &[2, 4, 3], BufferKind::Weight),
+            buf("w_out", DType::F32, &[2, 3, 4], BufferKind::Weight),
+            buf("y", DType::F32, &[8, 4], BufferKind::Output),
+        ];
+        let first = if tokens_split {
+            buffers[0].shape[0] = Some(16);
+            Instruction { op: Op::TokenSlice { axis: 0, index: 0, parts: 2 }, inputs: vec![Some(0)], outputs: vec![1], origin: "slice".into() }
+        } else {
+            Instruction { op: Op::ReshapeTo { shape: vec![8, 4] }, inputs: vec![Some(0)], outputs: vec![1], origin: "copy".into() }
+        };
+        let route = Op::MoeRoute { top_k: 1, scoring: Scoring::Softmax, order: RouteOrder::SoftmaxThenTopk, renormalize: true, n_group: 0, topk_group: 0, routed_scaling_factor: 1.0, capacity: 0 };
+        let experts = Op::MoeExperts { activation: Activation::Relu, alpha: 1.0, beta: 0.0, limit: None, layout: EXPERTS_LAYOUT.into() };
+        let program = Program {
+            rank: 0,
+            buffers,
+            inputs: vec![0, 2],
+            outputs: vec![7],
+            instructions: vec![
+                first,
+                Instruction { op: route, inputs: vec![Some(2)], outputs: vec![3, 4], origin: "router".into() },
+                Instruction { op: experts, inputs: vec![Some(1), Some(3), Some(4), Some(5), Some(6), None, None], outputs: vec![7], origin: "experts".into() },
+            ],
+            weights_file: String::new(),
+            coords: [0; 3],
+        };
+        let weights = vec![("w_in".into(), Tensor::f32(vec![2, 4, 3], vec![0.1; 24])), ("w_out".into(), Tensor::f32(vec![2, 3, 4], vec![0.2; 24]))];
+        RankProgram { program, weights }
+    }
+
+    fn count(rp: &RankProgram, f: impl Fn(&Op) -> bool) -> usize {
+        rp.program.instructions.iter().filter(|i| f(&i.op)).count()
+    }
+
+    #[test]
+    fn ppmoe_rewrite_replaces_both_all_to_alls_when_tokens_are_replicated() {
+        let mut rp = shard_moe(std::path::Path::new("t.onnx"), &layer(false), 2, 1).unwrap();
+        assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
+        let notes = ppmoe_rewrite(&mut rp, 1, 2, &|_| true);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 0);
+        assert_eq!(count(&rp, |o| matches!(o, Op::AllReduce { .. })), 1);
+        assert_eq!(count(&rp, |o| matches!(o, Op::MoeLocalSlice { first_expert: 1, num_local_experts: 1 })), 1);
+    }
+
+    #[test]
+    fn ppmoe_rewrite_keeps_all_to_all_and_says_why_when_tokens_are_split() {
+        let mut rp = shard_moe(std::path::Path::new("t.onnx"), &layer(true), 2, 0).unwrap();
+        let notes = ppmoe_rewrite(&mut rp, 0, 2, &|_| true);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("layer at \"experts\": kept all-to-all") && notes[0].contains("not replicated over the TP group"), "{notes:?}");
+        assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
+    }
+}
