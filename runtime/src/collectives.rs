@@ -16,7 +16,11 @@ struct Meeting {
 pub struct Hub {
     meetings: Mutex<HashMap<(Vec<usize>, u64), Meeting>>,
     mailbox: Mutex<HashMap<(usize, usize, u64), Tensor>>,
-    cv: Condvar,
+    /// One condition variable per mutex: collectives wait on `met`, receives on `mail`.
+    met: Condvar,
+    mail: Condvar,
+    /// Set when a rank fails: the others stop waiting for it at once.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// How long a rank waits for its peers before it gives up (a peer that failed never arrives).
@@ -30,13 +34,16 @@ impl Hub {
         let pos = group.iter().position(|&r| r == me).ok_or_else(|| format!("rank {me} is not in group {group:?}"))?;
         let mut m = self.meetings.lock().map_err(|_| "a rank panicked")?;
         m.entry(key.clone()).or_insert_with(|| Meeting { inputs: vec![None; group.len()], taken: 0 }).inputs[pos] = Some(t);
-        self.cv.notify_all();
+        self.met.notify_all();
         loop {
             let ready = m.get(&key).is_some_and(|mt| mt.inputs.iter().all(Option::is_some));
             if ready {
                 break;
             }
-            let (guard, timeout) = self.cv.wait_timeout(m, PATIENCE).map_err(|_| "a rank panicked")?;
+            if self.has_failed() {
+                return Err(format!("rank {me}: a peer rank failed; group {group:?} cannot meet"));
+            }
+            let (guard, timeout) = self.met.wait_timeout(m, PATIENCE).map_err(|_| "a rank panicked")?;
             m = guard;
             if timeout.timed_out() {
                 return Err(format!("rank {me}: group {group:?} did not meet (a peer failed or never came)"));
@@ -53,7 +60,7 @@ impl Hub {
 
     pub fn send(&self, from: usize, to: usize, tag: u64, t: Tensor) -> Result<(), String> {
         self.mailbox.lock().map_err(|_| "a rank panicked")?.insert((from, to, tag), t);
-        self.cv.notify_all();
+        self.mail.notify_all();
         Ok(())
     }
 
@@ -63,7 +70,10 @@ impl Hub {
             if let Some(t) = m.remove(&(from, to, tag)) {
                 return Ok(t);
             }
-            let (guard, timeout) = self.cv.wait_timeout(m, PATIENCE).map_err(|_| "a rank panicked")?;
+            if self.has_failed() {
+                return Err(format!("rank {to}: a peer rank failed; nothing will come from rank {from}"));
+            }
+            let (guard, timeout) = self.mail.wait_timeout(m, PATIENCE).map_err(|_| "a rank panicked")?;
             m = guard;
             if timeout.timed_out() {
                 return Err(format!("rank {to}: nothing arrived from rank {from} (tag {tag})"));
@@ -71,8 +81,18 @@ impl Hub {
         }
     }
 
-    /// Wakes every waiting rank (after a failure, so that they see it sooner).
-    pub fn wake(&self) {
-        self.cv.notify_all();
+    /// Marks the run failed and wakes every waiting rank, so that none waits for the failed one.
+    pub fn fail(&self) {
+        self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        {
+            let _held = self.meetings.lock();
+            self.met.notify_all();
+        }
+        let _held = self.mailbox.lock();
+        self.mail.notify_all();
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -196,7 +196,7 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
                         match run_rank(p, w, mine, &mut comm) {
                             Ok(o) => outs.push(o),
                             Err(e) => {
-                                hub.wake();
+                                hub.fail();
                                 return Err(e);
                             }
                         }
@@ -219,6 +219,13 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(RuntimeError::Backend { backend: "cpu".into(), reason: "a rank thread panicked".into() }))).collect()
     });
+    // The first failure is the one to report: the others only say a peer failed.
+    if let Some(i) = results.iter().position(|r| matches!(r, Err(e) if !e.to_string().contains("a peer rank failed"))) {
+        if let Some(Err(e)) = results.into_iter().nth(i) {
+            return Err(e);
+        }
+        unreachable!("position found an error there");
+    }
     let mut outputs = None;
     for (p, r) in m.programs.iter().zip(results) {
         let r = r?;

@@ -1,4 +1,4 @@
-//! Fixture discovery and running the `ppmoe` binary.
+//! Fixture discovery, the fixtures' reference outputs, and running the `ppmoe` binary.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,4 +68,49 @@ pub fn assert_clean_failure(out: &Output, needles: &[&str]) {
     for n in needles {
         assert!(out.stderr.contains(n), "stderr lacks '{n}': {}", out.stderr);
     }
+}
+
+/// Calls macro `$m` with the name of every fixture folder (tests per fixture are generated from
+/// this one list; `every_fixture_has_a_numerics_test` checks it against tests/fixtures).
+macro_rules! for_each_fixture {
+    ($m:ident) => {
+        $m!(
+            gptoss_genai_moe,
+            gshard_top2,
+            gshard_top2_dynamo,
+            mixtral_block_dynamo,
+            mixtral_block_external,
+            mixtral_block_ts_bmm,
+            mixtral_block_ts_eager,
+            mixtral_lm_dynamo,
+            olmoe_block_dynamo,
+            olmoe_block_ts_bmm,
+            olmoe_block_ts_eager,
+            olmoe_lm_dynamo,
+            qwen2moe_block_dynamo,
+            qwen2moe_block_ts_bmm,
+            qwen2moe_block_ts_eager,
+            qwen2moe_lm_dynamo,
+        );
+    };
+}
+
+/// The name of a fixture's (first) output, as fixture.json records it.
+pub fn output_name(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("fixture.json")).expect("fixture.json");
+    let at = text.find("\"outputs\": [").expect("outputs in fixture.json");
+    text[at..].split('"').nth(3).expect("an output name").to_string()
+}
+
+/// PyTorch's output for the fixture's input.
+pub fn reference(dir: &Path) -> ppmoe_runtime::Tensor {
+    ppmoe_runtime::npy::read_npy(&dir.join(format!("{}.npy", file_stem(&output_name(dir))))).expect("the reference output")
+}
+
+/// Runs a compiled bundle of the fixture on the fixture's input; returns the output.
+pub fn run_fixture(dir: &Path, bundle: &Path, out: &Path) -> ppmoe_runtime::Tensor {
+    let input = dir.join(format!("{}.npy", fixture_field(dir, "input_name")));
+    let r = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--backend", "cpu"]);
+    assert_eq!(r.code, 0, "{}: {}", bundle.display(), r.stderr);
+    ppmoe_runtime::npy::read_npy(&out.join(format!("{}.npy", file_stem(&output_name(dir))))).expect("the output file")
 }

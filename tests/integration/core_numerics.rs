@@ -1,8 +1,7 @@
 //! End to end on the CPU backend: each fixture compiled by `ppmoe compile` and run by
 //! `ppmoe run` matches PyTorch's output (recorded when the fixture was exported) within 1e-4.
 
-use crate::common::{fixture_field, fixtures_dir, ppmoe};
-use ppmoe_runtime::npy::read_npy;
+use crate::common::{fixtures_dir, ppmoe};
 
 /// ‖out − ref‖ / ‖ref‖.
 pub fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
@@ -22,17 +21,8 @@ fn check_fixture(name: &str) {
     assert_eq!(c.code, 0, "compile {name}: {}", c.stderr);
     // The bundle runs the raised program: every fixture has its MoE layers raised.
     assert!(!c.stdout.contains(" 0 MoE layers"), "{name}: {}", c.stdout);
-    let input = dir.join(format!("{}.npy", fixture_field(&dir, "input_name")));
-    let r = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap(), "--backend", "cpu"]);
-    assert_eq!(r.code, 0, "run {name}: {}", r.stderr);
-    let out_name = {
-        let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
-        let at = text.find("\"outputs\": [").unwrap();
-        text[at..].split('"').nth(3).unwrap().to_string()
-    };
-    let stem = crate::common::file_stem(&out_name);
-    let got = read_npy(&out_dir.join(format!("{stem}.npy"))).unwrap();
-    let want = read_npy(&dir.join(format!("{stem}.npy"))).unwrap();
+    let got = crate::common::run_fixture(&dir, &bundle, &out_dir);
+    let want = crate::common::reference(&dir);
     assert_eq!(got.shape, want.shape, "{name}: output shape");
     let (g, w) = (got.as_f32().unwrap(), want.as_f32().unwrap());
     assert!(w.iter().any(|&v| v.abs() > 1e-3), "{name}: the reference is not trivial");
@@ -62,24 +52,7 @@ macro_rules! fixture_tests {
 
 mod matches_pytorch_on_cpu {
     use super::check_fixture;
-    fixture_tests!(
-        gptoss_genai_moe,
-        gshard_top2,
-        gshard_top2_dynamo,
-        mixtral_block_dynamo,
-        mixtral_block_external,
-        mixtral_block_ts_bmm,
-        mixtral_block_ts_eager,
-        mixtral_lm_dynamo,
-        olmoe_block_dynamo,
-        olmoe_block_ts_bmm,
-        olmoe_block_ts_eager,
-        olmoe_lm_dynamo,
-        qwen2moe_block_dynamo,
-        qwen2moe_block_ts_bmm,
-        qwen2moe_block_ts_eager,
-        qwen2moe_lm_dynamo,
-    );
+    for_each_fixture!(fixture_tests);
 }
 
 #[test]

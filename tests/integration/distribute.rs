@@ -3,9 +3,7 @@
 //! within 1e-5 and PyTorch's within 1e-4; the IR holds the collectives each strategy promises;
 //! each rank's weights file holds only its shard; grids that do not fit are clear errors.
 
-use crate::common::{assert_clean_failure, fixture_field, fixtures_dir, ppmoe, shape_flags};
-use ppmoe_runtime::npy::read_npy;
-use ppmoe_runtime::Tensor;
+use crate::common::{assert_clean_failure, fixture_field, fixtures_dir, ppmoe, reference, run_fixture, shape_flags};
 use std::path::Path;
 
 fn compile(dir: &Path, out: &Path, extra: &[&str]) -> crate::common::Output {
@@ -15,27 +13,12 @@ fn compile(dir: &Path, out: &Path, extra: &[&str]) -> crate::common::Output {
     ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-fn run(dir: &Path, bundle: &Path, out: &Path) -> Tensor {
-    let input = dir.join(format!("{}.npy", fixture_field(dir, "input_name")));
-    let r = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{}: {}", bundle.display(), r.stderr);
-    let file = std::fs::read_dir(out).unwrap().next().unwrap().unwrap().path();
-    read_npy(&file).unwrap()
-}
-
-fn reference(dir: &Path) -> Tensor {
-    let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
-    let at = text.find("\"outputs\": [").unwrap();
-    let name = text[at..].split('"').nth(3).unwrap().to_string();
-    read_npy(&dir.join(format!("{}.npy", crate::common::file_stem(&name)))).unwrap()
-}
-
 fn check_grids(name: &str) {
     let dir = fixtures_dir().join(name);
     let work = tempfile::tempdir().unwrap();
     let single_bundle = work.path().join("single");
     assert_eq!(compile(&dir, &single_bundle, &[]).code, 0);
-    let single = run(&dir, &single_bundle, &work.path().join("single_out"));
+    let single = run_fixture(&dir, &single_bundle, &work.path().join("single_out"));
     let torch = reference(&dir);
     let layers = if fixture_field(&dir, "kind") == "lm" { 2 } else { 1 };
     let mut ran = 0;
@@ -50,7 +33,7 @@ fn check_grids(name: &str) {
                 let (tps, pps) = (tp.to_string(), pp.to_string());
                 let c = compile(&dir, &bundle, &["--tp", &tps, "--pp", &pps, "--moe-strategy", strategy]);
                 assert_eq!(c.code, 0, "{name} {tag}: {}", c.stderr);
-                let got = run(&dir, &bundle, &work.path().join(format!("{tag}_out")));
+                let got = run_fixture(&dir, &bundle, &work.path().join(format!("{tag}_out")));
                 let e_single = crate::core_numerics::rel_err(got.as_f32().unwrap(), single.as_f32().unwrap());
                 let e_torch = crate::core_numerics::rel_err(got.as_f32().unwrap(), torch.as_f32().unwrap());
                 assert!(e_single < 1e-5, "{name} {tag}: {e_single:e} from the single-rank output");
@@ -75,24 +58,7 @@ macro_rules! grid_tests {
 
 mod every_grid_matches_single_rank_and_pytorch {
     use super::check_grids;
-    grid_tests!(
-        gptoss_genai_moe,
-        gshard_top2,
-        gshard_top2_dynamo,
-        mixtral_block_dynamo,
-        mixtral_block_external,
-        mixtral_block_ts_bmm,
-        mixtral_block_ts_eager,
-        mixtral_lm_dynamo,
-        olmoe_block_dynamo,
-        olmoe_block_ts_bmm,
-        olmoe_block_ts_eager,
-        olmoe_lm_dynamo,
-        qwen2moe_block_dynamo,
-        qwen2moe_block_ts_bmm,
-        qwen2moe_block_ts_eager,
-        qwen2moe_lm_dynamo,
-    );
+    for_each_fixture!(grid_tests);
 }
 
 fn inspect(name: &str, args: &[&str]) -> String {
@@ -240,7 +206,7 @@ fn auto_strategy_picks_per_layer_and_stays_exact() {
     let b = work.path().join("auto");
     let c = compile(&dir, &b, &["--tp", "2", "--moe-strategy", "auto"]);
     assert_eq!(c.code, 0, "{}", c.stderr);
-    let got = run(&dir, &b, &work.path().join("out"));
+    let got = run_fixture(&dir, &b, &work.path().join("out"));
     let e = crate::core_numerics::rel_err(got.as_f32().unwrap(), reference(&dir).as_f32().unwrap());
     assert!(e < 1e-4, "{e}");
     // At 16 tokens the all-reduce of PPMoE moves less than the all-to-all form: the cost model

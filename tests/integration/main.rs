@@ -1,9 +1,10 @@
 //! ppmoe's one integration-test binary (each extra binary re-links MLIR). Each module holds one
 //! concern; fixtures live in tests/fixtures (see its README).
 
+#[macro_use]
+mod common;
 mod bad_bundle;
 mod bad_onnx;
-mod common;
 mod core_numerics;
 mod distribute;
 mod moe_raise;
