@@ -1,6 +1,7 @@
 //! ppmoe's compiler: the stage pipeline (`pipeline.rs` is the whole ladder on one screen), the
 //! lowering to the `core` op set, the passes over rank programs, and the bundle writer.
 
+pub mod codegen;
 pub mod compile;
 pub mod core;
 pub mod distribute;

@@ -26,9 +26,12 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "moe", run: raise_moe, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
     Stage { name: "sharded", run: shard, print: |c| print_ranks(c, &c.sharded) },
     Stage { name: "pipelined", run: pipeline, print: |c| print_ranks(c, &c.ranks) },
+    Stage { name: "kernels", run: kernels, print: |c| Some(print_kernels(c)) },
+    Stage { name: "ptx", run: ptx, print: |c| Some(print_ptx(c)) },
 ];
 
-pub const PLANNED: &[&str] = &["kernels", "ptx"];
+/// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
+pub const NOT_MLIR: &[&str] = &["ptx"];
 
 /// What the stages build up, one field per rung.
 #[derive(Default)]
@@ -59,6 +62,54 @@ pub struct Compilation {
     pub choices: Vec<Choice>,
     /// GPipe microbatches (`--microbatches`); the programs are compiled for one of them.
     pub microbatches: usize,
+    /// The `kernels` stage: per rank, how each instruction runs on the GPU.
+    pub kernel_plans: Vec<crate::codegen::KernelPlan>,
+    /// The `ptx` stage: per rank's kernel module, its PTX.
+    pub ptx: Vec<(String, String)>,
+}
+
+fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
+    c.kernel_plans = c.ranks.iter().map(|r| crate::codegen::plan_kernels(&r.program, &format!("rank{}_kernels", r.program.rank))).collect();
+    Ok(())
+}
+
+/// The kernel modules and, per rank, its program as launches, GEMMs, collectives, aliases and
+/// host work, in order.
+fn print_kernels(c: &Compilation) -> String {
+    use crate::codegen::Lowered;
+    let mut s = String::from("module attributes {gpu.container_module} {\n");
+    for (rp, plan) in c.ranks.iter().zip(&c.kernel_plans) {
+        s.push_str(&plan.module);
+        let r = rp.program.rank;
+        s.push_str(&format!("  func.func @rank{r}() {{\n"));
+        for (i, (ins, l)) in rp.program.instructions.iter().zip(&plan.lowered).enumerate() {
+            let line = match l {
+                Lowered::Kernel { name, threads } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
+                Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
+                Lowered::Collective => format!("\"kernels.nccl\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
+                Lowered::Alias => format!("\"kernels.alias\"() {{instruction = {i} : i64}}"),
+                Lowered::Host => format!("\"kernels.host\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
+            };
+            s.push_str(&format!("    {line} : () -> ()\n"));
+        }
+        s.push_str("    func.return\n  }\n");
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn ptx(c: &mut Compilation) -> Result<(), CompileError> {
+    let mut text = String::from("module attributes {gpu.container_module} {\n");
+    for plan in &c.kernel_plans {
+        text.push_str(&plan.module);
+    }
+    text.push_str("}\n");
+    c.ptx = crate::codegen::ptx::to_ptx(&text).map_err(|diagnostics| CompileError::Verify { path: c.path.clone(), stage: "ptx".into(), diagnostics })?;
+    Ok(())
+}
+
+fn print_ptx(c: &Compilation) -> String {
+    c.ptx.iter().map(|(name, ptx)| format!("// ---- {name} ----\n{ptx}")).collect::<Vec<_>>().join("\n")
 }
 
 fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
@@ -208,6 +259,9 @@ pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), Compil
     let c = run_with(c, stage)?;
     let s = STAGES.iter().find(|s| s.name == stage).expect("run_with checked the name");
     let text = (s.print)(&c).unwrap_or_default();
+    if NOT_MLIR.contains(&stage) {
+        return Ok((text, c));
+    }
     let context = ppmoe_dialect::context();
     let module = ppmoe_dialect::parse_verified(&context, &text)
         .map_err(|diagnostics| CompileError::Verify { path, stage: stage.into(), diagnostics })?;

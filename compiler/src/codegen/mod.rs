@@ -1,0 +1,8 @@
+//! Code generation for the GPU: the `kernels` stage (each rank's program as kernel launches,
+//! cuBLAS GEMMs, NCCL collectives, and the ops not yet generated, named as host work) and the
+//! `ptx` stage (the kernel modules lowered through MLIR's gpu -> NVVM -> LLVM -> PTX, sm_90).
+
+pub mod kernel_gen;
+pub mod ptx;
+
+pub use kernel_gen::{plan_kernels, KernelPlan, Lowered};

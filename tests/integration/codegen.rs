@@ -1,0 +1,43 @@
+//! The `kernels` and `ptx` stages, on a machine without a GPU: each rank's program as kernel
+//! launches, cuBLAS GEMMs and NCCL collectives, and the generated kernels lowered through MLIR
+//! (gpu -> NVVM -> LLVM -> NVPTX) to PTX for sm_90.
+
+use crate::common::{fixtures_dir, ppmoe};
+
+fn inspect(args: &[&str]) -> String {
+    let m = fixtures_dir().join("qwen2moe_lm_dynamo/model.onnx");
+    let mut a = vec!["inspect", m.to_str().unwrap()];
+    a.extend(args);
+    let out = ppmoe(&a);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout
+}
+
+#[test]
+fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
+    let kernels = inspect(&["--emit", "kernels"]);
+    let launches = kernels.matches("\"kernels.launch\"").count();
+    assert!(launches >= 50, "{launches} generated kernels");
+    let ptx = inspect(&["--emit", "ptx"]);
+    assert!(ptx.contains(".target sm_90"), "{}", &ptx[..ptx.len().min(400)]);
+    assert_eq!(ptx.matches(".visible .entry k").count(), launches);
+    // Every launched kernel is an entry of the PTX.
+    for name in kernels.split("@rank0_kernels::@").skip(1).map(|s| s.split(',').next().unwrap()) {
+        assert!(ptx.contains(&format!(".visible .entry {name}(")), "{name} missing from the PTX");
+    }
+    // Transcendentals use PTX's own approximations: nothing is left to link.
+    assert!(!ptx.contains("__nv_"), "a libdevice call survived");
+    assert!(ptx.contains("ex2.approx.ftz.f32"));
+}
+
+#[test]
+fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
+    let k = inspect(&["--tp", "2", "--emit", "kernels"]);
+    let ir = inspect(&["--tp", "2", "--emit", "pipelined"]);
+    let rank0 = |s: &str| s[..s.find("func.func @rank1").unwrap_or(s.len())].to_string();
+    let (k0, ir0) = (rank0(&k), rank0(&ir));
+    assert_eq!(k0.matches("\"kernels.cublas_gemm\"").count(), ir0.matches("\"core.mat_mul\"").count());
+    let collectives = ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();
+    assert_eq!(k0.matches("\"kernels.nccl\"").count(), collectives);
+    assert!(k0.contains("op = \"experts\"") || k0.contains("op = \"expert_ffn\""), "the expert FFN is host work for now");
+}
