@@ -163,6 +163,25 @@ pub struct MoeFlags {
     /// Microbatches of the GPipe schedule (must divide the batch).
     #[arg(long, default_value_t = 1)]
     microbatches: usize,
+    /// What the bundle runs on: cpu, or cuda (adds each rank's PTX and GPU plan).
+    #[arg(long, value_enum, default_value = "cpu")]
+    target: TargetFlag,
+    /// The type weights are stored in (computation and accumulation stay fp32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    dtype: DtypeFlag,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TargetFlag {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DtypeFlag {
+    Fp32,
+    Bf16,
+    Fp16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -190,6 +209,12 @@ impl MoeFlags {
         });
         c.grid = Some(Grid { dp: self.dp, pp: self.pp, tp: self.tp });
         c.microbatches = self.microbatches;
+        c.target_cuda = self.target == TargetFlag::Cuda;
+        c.weight_dtype = match self.dtype {
+            DtypeFlag::Fp32 => None,
+            DtypeFlag::Bf16 => Some(ppmoe_runtime::DType::BF16),
+            DtypeFlag::Fp16 => Some(ppmoe_runtime::DType::F16),
+        };
         c.strategy = Some(match self.strategy {
             StrategyFlag::Ppmoe => Strategy::Ppmoe,
             StrategyFlag::Alltoall => Strategy::AllToAll,

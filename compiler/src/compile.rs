@@ -22,7 +22,21 @@ pub struct CompileReport {
 /// Compiles through every stage built and writes the bundle.
 pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError> {
     let model_path = c.path.clone();
-    let c = run_with(c, "pipelined")?;
+    let cuda = c.target_cuda;
+    let mut c = run_with(c, if cuda { "ptx" } else { "pipelined" })?;
+    // For the CUDA backend: each rank's per-instruction plan and its PTX file.
+    let mut extra = Vec::new();
+    if cuda {
+        let plans = std::mem::take(&mut c.kernel_plans);
+        for (rp, plan) in c.ranks.iter_mut().zip(plans) {
+            let r = rp.program.rank;
+            let module = format!("rank{r}_kernels");
+            let ptx = c.ptx.iter().find(|(n, _)| *n == module).map(|(_, p)| p.clone()).unwrap_or_default();
+            rp.program.gpu = plan.lowered;
+            rp.program.ptx_file = Some(format!("rank{r}.ptx"));
+            extra.push((format!("rank{r}.ptx"), ptx.into_bytes()));
+        }
+    }
     let core = c.core.as_ref().expect("the core stage ran");
     let bytes = std::fs::read(&model_path).map_err(|cause| CompileError::Io { path: model_path.clone(), cause })?;
     // The model's ports, from the one-rank program (every rank agrees on them).
@@ -50,6 +64,6 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         kept_all_to_all: c.kept_all_to_all.clone(),
     };
     let weights: Vec<Vec<(String, ppmoe_runtime::Tensor)>> = c.ranks.into_iter().map(|r| r.weights).collect();
-    write_bundle(out, manifest, &weights)?;
+    write_bundle(out, manifest, &weights, &extra)?;
     Ok(report)
 }

@@ -66,6 +66,23 @@ pub struct Compilation {
     pub kernel_plans: Vec<crate::codegen::KernelPlan>,
     /// The `ptx` stage: per rank's kernel module, its PTX.
     pub ptx: Vec<(String, String)>,
+    /// `compile --target cuda`: the bundle carries the GPU plan and PTX.
+    pub target_cuda: bool,
+    /// `--dtype`: the type the weights are stored in (computation stays f32).
+    pub weight_dtype: Option<ppmoe_runtime::DType>,
+}
+
+/// Stores the float weights of a rank in `dt` (rounded once, here); values stay f32 in compute.
+fn convert_weights(rp: &mut RankProgram, dt: ppmoe_runtime::DType) {
+    for (name, t) in &mut rp.weights {
+        if !t.dtype.is_float() || t.dtype == dt {
+            continue;
+        }
+        *t = ppmoe_runtime::kernels::execute(&ppmoe_runtime::program::Op::Cast { to: dt }, &[Some(t)], 1).map(|mut v| v.remove(0)).unwrap_or_else(|_| t.clone());
+        if let Some(b) = rp.program.buffers.iter_mut().find(|b| &b.name == name) {
+            b.dtype = dt;
+        }
+    }
 }
 
 fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
@@ -167,6 +184,11 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
         .map_err(|reason| CompileError::Grid { path: c.path.clone(), reason })?;
     let stages: Vec<Vec<RankProgram>> = c.sharded.iter().map(|rp| crate::distribute::pipeline_split::split_stages(rp, &cuts)).collect();
     c.ranks = crate::distribute::layout::layout(grid, &stages);
+    if let Some(dt) = c.weight_dtype {
+        for rp in &mut c.ranks {
+            convert_weights(rp, dt);
+        }
+    }
     Ok(())
 }
 

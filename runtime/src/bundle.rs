@@ -65,8 +65,9 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RuntimeError + '_ {
     move |cause| RuntimeError::Io { path: path.display().to_string(), cause }
 }
 
-/// Writes a bundle: `weights[r]` holds rank r's weights by buffer name.
-pub fn write_bundle(dir: &Path, mut manifest: Manifest, weights: &[Vec<(String, Tensor)>]) -> Result<(), RuntimeError> {
+/// Writes a bundle: `weights[r]` holds rank r's weights by buffer name; `extra` are other files
+/// (the PTX of each rank), checksummed like the rest.
+pub fn write_bundle(dir: &Path, mut manifest: Manifest, weights: &[Vec<(String, Tensor)>], extra: &[(String, Vec<u8>)]) -> Result<(), RuntimeError> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
@@ -80,6 +81,11 @@ pub fn write_bundle(dir: &Path, mut manifest: Manifest, weights: &[Vec<(String, 
             let p = tmp.join(&program.weights_file);
             std::fs::write(&p, &bytes).map_err(io_err(&p))?;
             manifest.files.insert(program.weights_file.clone(), sha256_hex(&bytes));
+        }
+        for (name, bytes) in extra {
+            let p = tmp.join(name);
+            std::fs::write(&p, bytes).map_err(io_err(&p))?;
+            manifest.files.insert(name.clone(), sha256_hex(bytes));
         }
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| RuntimeError::Bundle { path: MANIFEST.into(), reason: e.to_string() })?;
         let p = tmp.join(MANIFEST);

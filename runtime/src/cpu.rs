@@ -10,6 +10,11 @@ use std::collections::HashMap;
 use crate::program::{BufferKind, Program};
 use crate::tensor::Tensor;
 
+/// Checks a model input against its buffer, as a typed error.
+pub fn check_input(program: &Program, id: usize, t: &Tensor) -> Result<(), RuntimeError> {
+    check_port(program, id, t).map_err(|reason| RuntimeError::Input { name: program.buffers[id].name.clone(), reason })
+}
+
 /// Checks that `t` fits buffer `id` of `program` (dtype, rank, static sizes).
 fn check_port(program: &Program, id: usize, t: &Tensor) -> Result<(), String> {
     let b = &program.buffers[id];
@@ -100,7 +105,7 @@ pub fn run_program(program: &Program, weights: &std::collections::BTreeMap<Strin
 pub fn run_rank(program: &Program, weights: &std::collections::BTreeMap<String, Tensor>, inputs: &[Tensor], comm: &mut Comm) -> Result<Vec<Tensor>, RuntimeError> {
     let mut slots: Vec<Option<Tensor>> = vec![None; program.buffers.len()];
     for (&id, t) in program.inputs.iter().zip(inputs) {
-        check_port(program, id, t).map_err(|reason| RuntimeError::Input { name: program.buffers[id].name.clone(), reason })?;
+        check_input(program, id, t)?;
         slots[id] = Some(t.clone());
     }
     for (id, b) in program.buffers.iter().enumerate() {

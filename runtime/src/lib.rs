@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod collectives;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod kernels;
 pub mod npy;

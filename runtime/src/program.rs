@@ -309,6 +309,28 @@ pub struct Program {
     /// Where the rank sits in the grid: (dp, pp stage, tp index).
     #[serde(default)]
     pub coords: [usize; 3],
+    /// For the CUDA backend (`compile --target cuda`): how each instruction runs on the GPU,
+    /// and the file holding this rank's kernels as PTX.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu: Vec<GpuOp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptx_file: Option<String>,
+}
+
+/// How one instruction runs on the CUDA backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GpuOp {
+    /// A generated kernel of the rank's PTX, launched with one thread per `threads`.
+    Kernel { name: String, threads: usize },
+    /// A cuBLAS GEMM.
+    Gemm,
+    /// An NCCL collective or point-to-point op.
+    Collective,
+    /// A reshape: the same data under another shape.
+    Alias,
+    /// Not generated yet: the operands come to the host, the CPU kernel runs, the results go back.
+    Host,
 }
 
 impl Op {

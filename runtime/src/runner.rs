@@ -96,10 +96,17 @@ pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], t
 /// Runs a bundle on the given inputs and writes `<output name>.npy` files into `out_dir`.
 /// Outputs are written to a temporary folder first and moved into place when all are written.
 pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Backend) -> Result<RunReport, RuntimeError> {
-    if backend == Backend::Cuda {
-        return Err(RuntimeError::Backend { backend: "cuda".into(), reason: "the CUDA backend is not built yet; use --backend cpu".into() });
-    }
     let bundle = read_bundle(bundle_dir)?;
+    // auto: CUDA where the bundle carries a GPU plan and a GPU can be used, else the CPU.
+    let compiled_for_gpu = bundle.manifest.programs.iter().all(|p| !p.gpu.is_empty());
+    let use_cuda = match backend {
+        Backend::Cuda => {
+            crate::cuda::available().map_err(|reason| RuntimeError::Backend { backend: "cuda".into(), reason })?;
+            true
+        }
+        Backend::Cpu => false,
+        Backend::Auto => compiled_for_gpu && bundle.manifest.programs.len() == 1 && crate::cuda::available().is_ok(),
+    };
     let ports = &bundle.manifest.inputs;
     let mut bound: Vec<Option<Tensor>> = vec![None; ports.len()];
     let mut next = 0;
@@ -129,7 +136,7 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
         .zip(ports)
         .map(|(t, p)| t.ok_or_else(|| RuntimeError::Input { name: p.name.clone(), reason: "missing: give it with --input FILE or --input NAME=FILE".into() }))
         .collect::<Result<_, _>>()?;
-    let outputs = crate::cpu::run_bundle(&bundle, &inputs)?;
+    let outputs = if use_cuda { crate::cuda::run_bundle(&bundle, &inputs)? } else { crate::cpu::run_bundle(&bundle, &inputs)? };
 
     let io = |p: &Path| { let p = p.display().to_string(); move |cause| RuntimeError::Io { path: p.clone(), cause } };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
@@ -151,7 +158,7 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
         Ok(placed)
     })();
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(RunReport { backend: "cpu", outputs: result?, tensors: outputs })
+    Ok(RunReport { backend: if use_cuda { "cuda" } else { "cpu" }, outputs: result?, tensors: outputs })
 }
 
 /// Output names become file names: path separators and other odd characters are replaced.

@@ -123,10 +123,33 @@ fn a_folder_that_is_not_a_bundle_is_refused_and_not_overwritten_by_compile() {
 }
 
 #[test]
-fn the_cuda_backend_is_not_built_yet_and_says_so() {
+fn the_cuda_backend_without_a_gpu_says_which_library_is_missing_and_where_it_looked() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        return; // A GPU machine: scripts/gpu-test covers the CUDA backend there.
+    }
     let c = compiled();
     let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", c.input.to_str().unwrap(), "--output-dir", c.out.to_str().unwrap(), "--backend", "cuda"]);
-    assert_clean_failure(&out, &["cuda", "not built yet"]);
+    assert_clean_failure(&out, &["backend 'cuda' is not available", "libcuda", "was not found on the library path"]);
+    assert_no_outputs(&c);
+}
+
+#[test]
+fn auto_backend_runs_a_cuda_bundle_on_the_cpu_where_there_is_no_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("cuda");
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    let c = ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--target", "cuda"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert!(bundle.join("rank0.ptx").exists());
+    let manifest = std::fs::read_to_string(bundle.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"rank0.ptx\"") && manifest.contains("\"kind\": \"gemm\""), "the GPU plan and PTX are in the bundle");
+    let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
+    let reference = fixtures_dir().join("olmoe_block_dynamo/view_5.npy");
+    let out = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", dir.path().join("o").to_str().unwrap(), "--check", reference.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        assert!(out.stdout.contains("(cpu backend)"), "{}", out.stdout);
+    }
 }
 
 #[test]

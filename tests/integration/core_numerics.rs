@@ -91,3 +91,21 @@ fn an_op_outside_the_core_set_is_named_with_its_node() {
     crate::common::assert_clean_failure(&out, &["hs.onnx", "HardSwish", &name, "not supported by the core stage"]);
     assert!(!d.path().join("b").exists(), "no bundle is left behind");
 }
+
+#[test]
+fn bf16_weights_stay_within_2e_2_of_pytorch_and_halve_the_weights_file() {
+    let dir = fixtures_dir().join("mixtral_block_dynamo");
+    let work = tempfile::tempdir().unwrap();
+    let m = dir.join("model.onnx");
+    for dtype in ["fp32", "bf16"] {
+        let b = work.path().join(dtype);
+        let c = ppmoe(&["compile", m.to_str().unwrap(), "-o", b.to_str().unwrap(), "--dtype", dtype]);
+        assert_eq!(c.code, 0, "{}", c.stderr);
+    }
+    let size = |d: &str| std::fs::metadata(work.path().join(d).join("rank0.safetensors")).unwrap().len() as f64;
+    let ratio = size("bf16") / size("fp32");
+    assert!(ratio > 0.49 && ratio < 0.52, "bf16 weights file is {ratio} of fp32's");
+    let got = crate::common::run_fixture(&dir, &work.path().join("bf16"), &work.path().join("out"));
+    let e = rel_err(got.as_f32().unwrap(), crate::common::reference(&dir).as_f32().unwrap());
+    assert!(e > 1e-5 && e < 2e-2, "bf16 weights: {e:e} from PyTorch's fp32 output");
+}

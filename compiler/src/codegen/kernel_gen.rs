@@ -10,19 +10,10 @@
 //! generated yet; the plan names them).
 
 use ppmoe_runtime::program::{BinaryFn, Buffer, Op, Program, UnaryFn};
-use ppmoe_runtime::DType;
 use std::fmt::Write;
 
-/// How one instruction runs on the GPU.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Lowered {
-    /// A generated kernel: its name, and the number of threads it is launched with.
-    Kernel { name: String, threads: usize },
-    Gemm,
-    Collective,
-    Alias,
-    Host,
-}
+/// How one instruction runs on the GPU (the runtime's own type: the bundle carries it).
+pub use ppmoe_runtime::program::GpuOp as Lowered;
 
 pub struct KernelPlan {
     /// Per instruction of the program.
@@ -127,7 +118,8 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     let ins = &p.instructions[idx];
     let bufs: Vec<&Buffer> = ins.inputs.iter().flatten().map(|&b| &p.buffers[b]).collect();
     let outs: Vec<&Buffer> = ins.outputs.iter().map(|&o| &p.buffers[o]).collect();
-    if bufs.iter().chain(&outs).any(|b| b.dtype != DType::F32 || static_shape(b).is_none()) {
+    // Floats of any storage type are f32 on the device.
+    if bufs.iter().chain(&outs).any(|b| !b.dtype.is_float() || static_shape(b).is_none()) {
         return None;
     }
     let out_shape = static_shape(outs[0])?;

@@ -573,7 +573,7 @@ pub fn lower_to_core(model: &Model, types: &Types) -> Result<CoreProgram, Compil
         l.buffers[id].name = o.name.clone();
         outputs.push(id);
     }
-    let program = Program { rank: 0, buffers: l.buffers, inputs, outputs, instructions: l.instructions, weights_file: "rank0.safetensors".into(), coords: [0; 3] };
+    let program = Program { rank: 0, buffers: l.buffers, inputs, outputs, instructions: l.instructions, weights_file: "rank0.safetensors".into(), coords: [0; 3], gpu: vec![], ptx_file: None };
     let program = crate::passes::dead_code::remove_dead_code(program, &mut l.weights);
     Ok(CoreProgram {
         program,

@@ -183,7 +183,7 @@ mod tests {
                 Instruction { op: experts, inputs: vec![Some(1), Some(3), Some(4), Some(5), Some(6), None, None], outputs: vec![7], origin: "experts".into() },
             ],
             weights_file: String::new(),
-            coords: [0; 3],
+            coords: [0; 3], gpu: vec![], ptx_file: None,
         };
         let weights = vec![("w_in".into(), Tensor::f32(vec![2, 4, 3], vec![0.1; 24])), ("w_out".into(), Tensor::f32(vec![2, 3, 4], vec![0.2; 24]))];
         RankProgram { program, weights }

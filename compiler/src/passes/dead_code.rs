@@ -67,7 +67,7 @@ mod tests {
                 Instruction { op: Op::Unary { f: ppmoe_runtime::program::UnaryFn::Neg }, inputs: vec![Some(0)], outputs: vec![3], origin: "n".into() },
             ],
             weights_file: "rank0.safetensors".into(),
-            coords: [0; 3],
+            coords: [0; 3], gpu: vec![], ptx_file: None,
         };
         let mut weights = vec![("w".to_string(), Tensor::f32(vec![2], vec![1.0, 2.0]))];
         let p = remove_dead_code(p, &mut weights);

@@ -499,5 +499,5 @@ pub fn raise_moe(core: &mut CoreProgram, policy: CapacityPolicy) -> RaiseOutcome
 }
 
 fn empty_program() -> ppmoe_runtime::program::Program {
-    ppmoe_runtime::program::Program { rank: 0, buffers: vec![], inputs: vec![], outputs: vec![], instructions: vec![], weights_file: String::new(), coords: [0; 3] }
+    ppmoe_runtime::program::Program { rank: 0, buffers: vec![], inputs: vec![], outputs: vec![], instructions: vec![], weights_file: String::new(), coords: [0; 3], gpu: vec![], ptx_file: None }
 }

@@ -2,11 +2,11 @@
 //!
 //!   ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend cpu]
 
-use ppmoe_runtime::runner::{run, Backend, InputArg};
+use ppmoe_runtime::runner::{check_outputs, run, Backend, InputArg};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend auto|cpu|cuda]";
+const USAGE: &str = "usage: ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend auto|cpu|cuda] [--check REF.npy ...] [--tolerance 1e-4]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -14,12 +14,16 @@ fn main() -> ExitCode {
     let mut inputs = Vec::new();
     let mut out = None;
     let mut backend = Backend::Auto;
+    let mut checks = Vec::new();
+    let mut tolerance = 1e-4f64;
     while let Some(a) = args.next() {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
         let step: Result<(), String> = match a.as_str() {
             "--input" => value("--input").map(|v| inputs.push(InputArg::parse(&v))),
             "--output-dir" => value("--output-dir").map(|v| out = Some(PathBuf::from(v))),
             "--backend" => value("--backend").and_then(|v| v.parse().map(|b| backend = b)),
+            "--check" => value("--check").map(|v| checks.push(InputArg::parse(&v))),
+            "--tolerance" => value("--tolerance").and_then(|v| v.parse().map(|t| tolerance = t).map_err(|_| format!("--tolerance {v}: not a number"))),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -41,10 +45,21 @@ fn main() -> ExitCode {
     };
     match run(&bundle, &inputs, &out, backend) {
         Ok(report) => {
-            for (name, path) in report.outputs {
-                println!("{name} -> {}", path.display());
+            for (name, path) in &report.outputs {
+                println!("{name} -> {} ({} backend)", path.display(), report.backend);
             }
-            ExitCode::SUCCESS
+            match check_outputs(&bundle, &report, &checks, tolerance) {
+                Ok((lines, ok)) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,0 +1,65 @@
+//! Row-major matmuls as cuBLAS calls: C = A·B row-major is Cᵀ = Bᵀ·Aᵀ column-major, so cuBLAS
+//! gets B as its first operand. Batches go to the strided-batched call when each side is either
+//! one matrix (stride 0) or a full stack of the batch.
+
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::CudaSlice;
+
+pub struct GemmPlan {
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    stride_a: usize,
+    stride_b: usize,
+    pub out_shape: Vec<usize>,
+}
+
+impl GemmPlan {
+    pub fn out_len(&self) -> usize {
+        self.out_shape.iter().product::<usize>().max(1)
+    }
+
+    pub fn run(&self, blas: &CudaBlas, a: &CudaSlice<f32>, b: &CudaSlice<f32>, c: &mut CudaSlice<f32>) -> Result<(), String> {
+        let gemm = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: self.n as i32,
+            n: self.m as i32,
+            k: self.k as i32,
+            alpha: 1.0f32,
+            lda: self.n as i32,
+            ldb: self.k as i32,
+            beta: 0.0f32,
+            ldc: self.n as i32,
+        };
+        let cfg = StridedBatchedConfig { gemm, batch_size: self.batch as i32, stride_a: self.stride_b as i64, stride_b: self.stride_a as i64, stride_c: (self.m * self.n) as i64 };
+        // SAFETY: the strides and sizes were checked against the operands' shapes in `plan`.
+        unsafe { blas.gemm_strided_batched(cfg, b, a, c) }.map_err(|e| format!("cuBLAS sgemm: {e}"))
+    }
+}
+
+/// The cuBLAS form of A [.., M, K] · B [.., K, N], when there is one.
+pub fn plan(a: &[usize], b: &[usize]) -> Option<GemmPlan> {
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
+    let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
+    if k != k2 || m == 0 || n == 0 || k == 0 {
+        return None;
+    }
+    let (ba, bb) = (&a[..a.len() - 2], &b[..b.len() - 2]);
+    let (na, nb): (usize, usize) = (ba.iter().product(), bb.iter().product());
+    // A batch of A times one B is one tall matmul.
+    if nb == 1 {
+        let mut out = ba.to_vec();
+        out.extend([m, n]);
+        return Some(GemmPlan { m: na * m, n, k, batch: 1, stride_a: 0, stride_b: 0, out_shape: out });
+    }
+    let batch_shape = if ba == bb { ba.to_vec() } else if na == 1 { bb.to_vec() } else { return None };
+    let batch: usize = batch_shape.iter().product();
+    let mut out = batch_shape;
+    out.extend([m, n]);
+    Some(GemmPlan { m, n, k, batch, stride_a: if na == 1 { 0 } else { m * k }, stride_b: k * n, out_shape: out })
+}

@@ -1,0 +1,224 @@
+//! The CUDA backend: libraries loaded at run time through cudarc (the binary builds and runs
+//! where there is no CUDA), one rank on one GPU. Float buffers live on the device; GEMMs go to
+//! cuBLAS, generated kernels are launched from the bundle's PTX, reshapes alias, and the ops not
+//! generated yet run on the host (their operands copied over and back), as the bundle's
+//! per-instruction plan says.
+
+mod gemm;
+
+use crate::bundle::Bundle;
+use crate::error::RuntimeError;
+use crate::kernels;
+use crate::program::{BufferKind, GpuOp, Program};
+use crate::tensor::{DType, Tensor};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn backend_err(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Backend { backend: "cuda".into(), reason: reason.into() }
+}
+
+/// Whether a CUDA GPU can be used: the driver library is there and sees a device. Says what
+/// is missing and where it was looked for otherwise (never panics: cudarc's loader would).
+pub fn available() -> Result<(), String> {
+    // SAFETY: only looks the library up by name.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("libcuda (the NVIDIA driver library: libcuda.so, libcuda.so.1) was not found on the library path (LD_LIBRARY_PATH, /usr/lib, /usr/lib/x86_64-linux-gnu)".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => {}
+        Ok(_) => return Err("libcuda is present but sees no GPU".into()),
+        Err(e) => return Err(format!("libcuda is present but cannot list GPUs: {e}")),
+    }
+    // SAFETY: as above.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err("libcublas was not found on the library path (for CUDA 13: /usr/local/cuda-13.0/targets/x86_64-linux/lib; add it to LD_LIBRARY_PATH)".into());
+    }
+    Ok(())
+}
+
+/// A buffer's value: on the device (f32), on the host, or both.
+struct Slot {
+    dev: Option<CudaSlice<f32>>,
+    host: Option<Tensor>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+struct Rank<'a> {
+    stream: Arc<CudaStream>,
+    blas: cudarc::cublas::CudaBlas,
+    functions: HashMap<String, cudarc::driver::CudaFunction>,
+    program: &'a Program,
+    slots: Vec<Option<Slot>>,
+}
+
+impl Rank<'_> {
+    fn host(&mut self, id: usize) -> Result<Tensor, RuntimeError> {
+        let slot = self.slots[id].as_mut().ok_or_else(|| backend_err(format!("buffer '{}' read before it is written", self.program.buffers[id].name)))?;
+        if slot.host.is_none() {
+            let dev = slot.dev.as_ref().ok_or_else(|| backend_err("a buffer with no value"))?;
+            let v = self.stream.clone_dtoh(dev).map_err(|e| backend_err(e.to_string()))?;
+            slot.host = Some(Tensor::f32(slot.shape.clone(), v).with_dtype(slot.dtype));
+        }
+        Ok(slot.host.clone().expect("set above"))
+    }
+
+    fn device(&mut self, id: usize) -> Result<&CudaSlice<f32>, RuntimeError> {
+        let stream = self.stream.clone();
+        let slot = self.slots[id].as_mut().ok_or_else(|| backend_err(format!("buffer '{}' read before it is written", self.program.buffers[id].name)))?;
+        if slot.dev.is_none() {
+            let t = slot.host.as_ref().ok_or_else(|| backend_err("a buffer with no value"))?;
+            let v = t.as_f32().ok_or_else(|| backend_err(format!("buffer '{}' is not float: it cannot go to a kernel", self.program.buffers[id].name)))?;
+            slot.dev = Some(stream.clone_htod(v).map_err(|e| backend_err(e.to_string()))?);
+        }
+        Ok(slot.dev.as_ref().expect("set above"))
+    }
+
+    fn shape(&self, id: usize) -> Vec<usize> {
+        self.slots[id].as_ref().map(|s| s.shape.clone()).unwrap_or_default()
+    }
+
+    fn put_host(&mut self, id: usize, t: Tensor) {
+        let dtype = self.program.buffers[id].dtype;
+        self.slots[id] = Some(Slot { dev: None, shape: t.shape.clone(), host: Some(t.with_dtype(dtype)), dtype });
+    }
+
+    fn put_dev(&mut self, id: usize, dev: CudaSlice<f32>, shape: Vec<usize>) {
+        let dtype = self.program.buffers[id].dtype;
+        self.slots[id] = Some(Slot { dev: Some(dev), host: None, shape, dtype });
+    }
+
+    fn step(&mut self, i: usize, how: &GpuOp) -> Result<(), RuntimeError> {
+        let ins = &self.program.instructions[i];
+        let fail = |reason: String| RuntimeError::Execute { rank: self.program.rank, index: i, op: ins.op.name(), origin: ins.origin.clone(), reason };
+        match how {
+            GpuOp::Alias => {
+                let (src, dst) = (ins.inputs[0].ok_or_else(|| fail("no operand".into()))?, ins.outputs[0]);
+                let shape: Vec<usize> = self.program.buffers[dst].shape.iter().map(|d| d.unwrap_or(0)).collect();
+                let on_device = self.slots[src].as_ref().is_some_and(|s| s.dev.is_some());
+                if on_device {
+                    let stream = self.stream.clone();
+                    let copy = stream.clone_dtod(self.device(src)?).map_err(|e| fail(e.to_string()))?;
+                    self.put_dev(dst, copy, shape);
+                } else {
+                    let t = self.host(src)?;
+                    self.put_host(dst, Tensor { shape, ..t });
+                }
+            }
+            GpuOp::Gemm => {
+                let (a, b) = (ins.inputs[0].ok_or_else(|| fail("no operand".into()))?, ins.inputs[1].ok_or_else(|| fail("no operand".into()))?);
+                let (sa, sb) = (self.shape(a), self.shape(b));
+                let out = ins.outputs[0];
+                match gemm::plan(&sa, &sb) {
+                    Some(g) => {
+                        let mut c = self.stream.alloc_zeros::<f32>(g.out_len()).map_err(|e| fail(e.to_string()))?;
+                        self.device(a)?;
+                        self.device(b)?;
+                        let (da, db) = (self.slots[a].as_ref().and_then(|s| s.dev.as_ref()), self.slots[b].as_ref().and_then(|s| s.dev.as_ref()));
+                        let (Some(da), Some(db)) = (da, db) else { return Err(fail("operands not on the device".into())) };
+                        g.run(&self.blas, da, db, &mut c).map_err(fail)?;
+                        self.put_dev(out, c, g.out_shape.clone());
+                    }
+                    None => {
+                        // Batch broadcasting cuBLAS's strides cannot express: the host does it.
+                        let (ta, tb) = (self.host(a)?, self.host(b)?);
+                        let r = kernels::execute(&ins.op, &[Some(&ta), Some(&tb)], 1).map_err(&fail)?;
+                        self.put_host(out, r.into_iter().next().expect("one result"));
+                    }
+                }
+            }
+            GpuOp::Kernel { name, threads } => {
+                let func = self.functions.get(name).ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?.clone();
+                let out = ins.outputs[0];
+                let out_shape: Vec<usize> = self.program.buffers[out].shape.iter().map(|d| d.unwrap_or(0)).collect();
+                let n_out: usize = out_shape.iter().product();
+                let inputs: Vec<usize> = ins.inputs.iter().flatten().copied().collect();
+                for &b in &inputs {
+                    self.device(b)?;
+                }
+                let y = self.stream.alloc_zeros::<f32>(n_out.max(1)).map_err(|e| fail(e.to_string()))?;
+                // Each memref<Nxf32> parameter is (allocated, aligned, offset, size, stride).
+                let mut sizes: Vec<i64> = inputs.iter().map(|&b| self.shape(b).iter().product::<usize>() as i64).collect();
+                sizes.push(n_out as i64);
+                let (zero, one) = (0i64, 1i64);
+                let devs: Vec<&CudaSlice<f32>> = inputs.iter().map(|&b| self.slots[b].as_ref().and_then(|s| s.dev.as_ref()).expect("uploaded above")).collect();
+                let mut launch = self.stream.launch_builder(&func);
+                for (k, d) in devs.iter().enumerate() {
+                    launch.arg(*d).arg(*d).arg(&zero).arg(&sizes[k]).arg(&one);
+                }
+                launch.arg(&y).arg(&y).arg(&zero).arg(&sizes[inputs.len()]).arg(&one);
+                let blocks = threads.div_ceil(256).max(1) as u32;
+                let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: the kernel was generated for exactly these buffer sizes.
+                unsafe { launch.launch(cfg) }.map_err(|e| fail(e.to_string()))?;
+                drop(devs);
+                self.put_dev(out, y, out_shape);
+            }
+            GpuOp::Collective => {
+                // One rank: the group is this rank alone, and every collective is the identity.
+                let (src, dst) = (ins.inputs[0].ok_or_else(|| fail("no operand".into()))?, ins.outputs.first().copied());
+                if let Some(dst) = dst {
+                    let t = self.host(src)?;
+                    self.put_host(dst, t);
+                }
+            }
+            GpuOp::Host => {
+                let args: Vec<Option<Tensor>> = ins.inputs.iter().map(|o| o.map(|b| self.host(b)).transpose()).collect::<Result<_, _>>()?;
+                let refs: Vec<Option<&Tensor>> = args.iter().map(Option::as_ref).collect();
+                let outs = kernels::execute(&ins.op, &refs, ins.outputs.len()).map_err(&fail)?;
+                for (&o, t) in ins.outputs.iter().zip(outs) {
+                    self.put_host(o, t);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a one-rank bundle compiled with `--target cuda` on GPU 0.
+pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+    available().map_err(backend_err)?;
+    let m = &bundle.manifest;
+    if m.programs.len() != 1 || m.microbatches > 1 {
+        return Err(backend_err(format!("{} ranks: the CUDA backend runs one rank yet (NCCL comes with the multi-GPU work); use --backend cpu", m.programs.len())));
+    }
+    let program = &m.programs[0];
+    if program.gpu.len() != program.instructions.len() {
+        return Err(backend_err("the bundle was compiled for the CPU: compile it with --target cuda"));
+    }
+    let ctx = CudaContext::new(0).map_err(|e| backend_err(format!("cannot open GPU 0: {e}")))?;
+    let stream = ctx.default_stream();
+    let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
+    let mut functions = HashMap::new();
+    if let Some(file) = &program.ptx_file {
+        let ptx = std::fs::read_to_string(bundle.dir.join(file)).map_err(|cause| RuntimeError::Io { path: file.clone(), cause })?;
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
+        for op in &program.gpu {
+            if let GpuOp::Kernel { name, .. } = op {
+                let f = module.load_function(name).map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
+                functions.insert(name.clone(), f);
+            }
+        }
+    }
+    let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect() };
+    for (&id, t) in program.inputs.iter().zip(inputs) {
+        crate::cpu::check_input(program, id, t)?;
+        rank.put_host(id, t.clone());
+    }
+    for (id, b) in program.buffers.iter().enumerate() {
+        if b.kind == BufferKind::Weight {
+            let w = bundle.weights[0].get(&b.name).ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
+            rank.put_host(id, w.clone());
+            if w.dtype.is_float() {
+                rank.device(id)?;
+            }
+        }
+    }
+    for (i, how) in program.gpu.iter().enumerate() {
+        rank.step(i, how)?;
+    }
+    stream.synchronize().map_err(|e| backend_err(e.to_string()))?;
+    program.outputs.iter().map(|&o| rank.host(o)).collect()
+}
