@@ -325,6 +325,10 @@ pub enum GpuOp {
     Kernel { name: String, threads: usize },
     /// A cuBLAS GEMM.
     Gemm,
+    /// `moe.experts` on the GPU: rows grouped by expert on the host (the routing is small),
+    /// then the `<prefix>_gather` kernel, one cuBLAS GEMM per expert and projection, the
+    /// `<prefix>_act` kernel between them, and the `<prefix>_combine` kernel.
+    Experts { prefix: String },
     /// An NCCL collective or point-to-point op.
     Collective,
     /// A reshape: the same data under another shape.

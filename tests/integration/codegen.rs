@@ -18,9 +18,15 @@ fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
     let kernels = inspect(&["--emit", "kernels"]);
     let launches = kernels.matches("\"kernels.launch\"").count();
     assert!(launches >= 50, "{launches} generated kernels");
+    let experts = kernels.matches("\"kernels.moe_experts\"").count();
+    assert_eq!(experts, 2, "both MoE layers' expert FFNs run on the GPU");
     let ptx = inspect(&["--emit", "ptx"]);
     assert!(ptx.contains(".target sm_90"), "{}", &ptx[..ptx.len().min(400)]);
-    assert_eq!(ptx.matches(".visible .entry k").count(), launches);
+    // One entry per launched kernel, and gather, act and combine per expert FFN.
+    assert_eq!(ptx.matches(".visible .entry k").count(), launches + 3 * experts);
+    for suffix in ["gather", "act", "combine"] {
+        assert_eq!(ptx.matches(&format!("_experts_{suffix}(")).count(), experts, "{suffix}");
+    }
     // Every launched kernel is an entry of the PTX.
     for name in kernels.split("@rank0_kernels::@").skip(1).map(|s| s.split(',').next().unwrap()) {
         assert!(ptx.contains(&format!(".visible .entry {name}(")), "{name} missing from the PTX");
@@ -39,5 +45,6 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
     assert_eq!(k0.matches("\"kernels.cublas_gemm\"").count(), ir0.matches("\"core.mat_mul\"").count());
     let collectives = ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();
     assert_eq!(k0.matches("\"kernels.nccl\"").count(), collectives);
-    assert!(k0.contains("op = \"experts\"") || k0.contains("op = \"expert_ffn\""), "the expert FFN is host work for now");
+    // The routing is host work for now; the expert FFN of the replicated form runs on the GPU.
+    assert!(k0.contains("op = \"route\""), "{k0}");
 }

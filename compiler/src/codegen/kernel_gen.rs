@@ -49,7 +49,8 @@ fn unary_expr(f: UnaryFn) -> Option<String> {
     let mut b = String::new();
     match f {
         UnaryFn::Neg => b.push_str("        %r = arith.negf %x : f32\n"),
-        UnaryFn::Abs => b.push_str("        %r = math.absf %x : f32\n"),
+        // |x| as max(x, -x): NVVM has no fabs lowering without libdevice.
+        UnaryFn::Abs => b.push_str("        %nx = arith.negf %x : f32\n        %r = arith.maximumf %x, %nx : f32\n"),
         UnaryFn::Relu => b.push_str("        %z = arith.constant 0.0 : f32\n        %r = arith.maximumf %x, %z : f32\n"),
         UnaryFn::Reciprocal => b.push_str("        %one = arith.constant 1.0 : f32\n        %r = arith.divf %one, %x : f32\n"),
         UnaryFn::Sqrt => b.push_str("        %r = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%x) : (f32) -> f32\n"),
@@ -111,6 +112,134 @@ fn broadcast_offset(body: &mut String, tag: &str, inp: &[usize], out: &[usize]) 
 fn kernel(name: &str, params: &[String], body: &str) -> String {
     let args: Vec<String> = params.iter().enumerate().map(|(k, t)| format!("%a{k}: {t}")).collect();
     format!("    gpu.func @{name}({}) kernel {{\n{body}      }}\n      gpu.return\n    }}\n", args.join(", "))
+}
+
+/// An f32 as MLIR's exact hexadecimal float literal.
+fn hexf(v: f32) -> String {
+    format!("0x{:08X}", v.to_bits())
+}
+
+/// erf(x) by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), from `x` into `%{out}`.
+fn erf(b: &mut String, x: &str, out: &str) {
+    let _ = writeln!(
+        b,
+        "        %{out}_nx = arith.negf {x} : f32\n        %{out}_ax = arith.maximumf {x}, %{out}_nx : f32\n        %{out}_p = arith.constant 0.3275911 : f32\n        %{out}_one = arith.constant 1.0 : f32\n        %{out}_pd = arith.mulf %{out}_p, %{out}_ax : f32\n        %{out}_den = arith.addf %{out}_one, %{out}_pd : f32\n        %{out}_t = arith.divf %{out}_one, %{out}_den : f32"
+    );
+    let coeffs = ["1.061405429", "-1.453152027", "1.421413741", "-0.284496736", "0.254829592"];
+    let _ = writeln!(b, "        %{out}_c0 = arith.constant {} : f32", coeffs[0]);
+    let mut acc = format!("%{out}_c0");
+    for (k, c) in coeffs[1..].iter().enumerate() {
+        let _ = writeln!(b, "        %{out}_m{k} = arith.mulf {acc}, %{out}_t : f32\n        %{out}_k{k} = arith.constant {c} : f32\n        %{out}_s{k} = arith.addf %{out}_m{k}, %{out}_k{k} : f32");
+        acc = format!("%{out}_s{k}");
+    }
+    let _ = writeln!(b, "        %{out}_poly = arith.mulf {acc}, %{out}_t : f32\n        %{out}_x2 = arith.mulf {x}, {x} : f32\n        %{out}_nx2 = arith.negf %{out}_x2 : f32");
+    exp(b, &format!("%{out}_nx2"), &format!("{out}_e"));
+    let _ = writeln!(
+        b,
+        "        %{out}_pe = arith.mulf %{out}_poly, %{out}_e : f32\n        %{out}_y = arith.subf %{out}_one, %{out}_pe : f32\n        %{out}_neg = arith.negf %{out}_y : f32\n        %{out}_z = arith.constant 0.0 : f32\n        %{out}_isneg = arith.cmpf olt, {x}, %{out}_z : f32\n        %{out} = arith.select %{out}_isneg, %{out}_neg, %{out}_y : f32"
+    );
+}
+
+/// An activation of `x` into `%{out}` (the non-gated ones, and GELU for GeGLU's gate).
+fn activation_expr(b: &mut String, a: ppmoe_runtime::program::Activation, x: &str, out: &str) {
+    use ppmoe_runtime::program::Activation as A;
+    match a {
+        A::Silu => {
+            let _ = writeln!(b, "        %{out}_n = arith.negf {x} : f32");
+            exp(b, &format!("%{out}_n"), &format!("{out}_e"));
+            let _ = writeln!(b, "        %{out}_one = arith.constant 1.0 : f32\n        %{out}_d = arith.addf %{out}_one, %{out}_e : f32\n        %{out} = arith.divf {x}, %{out}_d : f32");
+        }
+        A::Gelu | A::Geglu => {
+            let _ = writeln!(b, "        %{out}_r2 = arith.constant 0.707106781 : f32\n        %{out}_xs = arith.mulf {x}, %{out}_r2 : f32");
+            erf(b, &format!("%{out}_xs"), &format!("{out}_erf"));
+            let _ = writeln!(b, "        %{out}_one = arith.constant 1.0 : f32\n        %{out}_half = arith.constant 0.5 : f32\n        %{out}_p = arith.addf %{out}_one, %{out}_erf : f32\n        %{out}_hx = arith.mulf %{out}_half, {x} : f32\n        %{out} = arith.mulf %{out}_hx, %{out}_p : f32");
+        }
+        A::GeluTanh => {
+            let _ = writeln!(b, "        %{out}_x3 = arith.mulf {x}, {x} : f32\n        %{out}_x3b = arith.mulf %{out}_x3, {x} : f32\n        %{out}_c = arith.constant 0.044715 : f32\n        %{out}_cx = arith.mulf %{out}_c, %{out}_x3b : f32\n        %{out}_in = arith.addf {x}, %{out}_cx : f32\n        %{out}_s = arith.constant 0.797884583 : f32\n        %{out}_a = arith.mulf %{out}_s, %{out}_in : f32\n        %{out}_t = llvm.call_intrinsic \"llvm.nvvm.tanh.approx.f\"(%{out}_a) : (f32) -> f32\n        %{out}_one = arith.constant 1.0 : f32\n        %{out}_half = arith.constant 0.5 : f32\n        %{out}_p = arith.addf %{out}_one, %{out}_t : f32\n        %{out}_hx = arith.mulf %{out}_half, {x} : f32\n        %{out} = arith.mulf %{out}_hx, %{out}_p : f32");
+        }
+        A::Relu => {
+            let _ = writeln!(b, "        %{out}_z = arith.constant 0.0 : f32\n        %{out} = arith.maximumf {x}, %{out}_z : f32");
+        }
+        A::Identity | A::Swiglu => {
+            let _ = writeln!(b, "        %{out}_z = arith.constant 0.0 : f32\n        %{out} = arith.addf {x}, %{out}_z : f32");
+        }
+    }
+}
+
+/// A kernel over `n` threads whose sizes come at launch (`memref<?x..>` and index operands).
+fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
+    let args: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+    format!(
+        "    gpu.func @{name}({}) kernel {{\n      %bid = gpu.block_id x\n      %bdim = gpu.block_dim x\n      %tid = gpu.thread_id x\n      %i0 = arith.muli %bid, %bdim : index\n      %i = arith.addi %i0, %tid : index\n{n}      %in = arith.cmpi ult, %i, %n : index\n      scf.if %in {{\n{body}      }}\n      gpu.return\n    }}\n",
+        args.join(", ")
+    )
+}
+
+/// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`).
+fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
+    use ppmoe_runtime::program::Activation;
+    let ins = &p.instructions[idx];
+    let Op::MoeExperts { activation, alpha, beta, limit, .. } = &ins.op else { return None };
+    let shape = |i: usize| ins.inputs.get(i).copied().flatten().and_then(|b| static_shape(&p.buffers[b]));
+    let (x, w, w_in, w_out) = (shape(0)?, shape(1)?, shape(3)?, shape(4)?);
+    let (t, h, k, n, f) = (x[0], x[1], w[1], w_in[2], w_out[1]);
+    let gated = activation.is_gated();
+    let mut out = String::new();
+    // gather: out[i] = x[perm[i / H] * H + i % H]
+    let g = format!(
+        "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n        memref.store %v, %out[%i] : memref<?xf32>\n"
+    );
+    out.push_str(&dyn_kernel(&format!("{prefix}_gather"), &["%x: memref<?xf32>", "%perm: memref<?xi32>", "%out: memref<?xf32>", "%rows: index"], &format!("      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"), &g));
+    // act: a[r, q] from hid[r, q] (and hid[r, F + q]) plus the row's expert's bias.
+    let mut a = format!(
+        "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
+    );
+    let load = |a: &mut String, col: &str, out: &str| {
+        let _ = writeln!(
+            a,
+            "        %{out}_o = arith.addi %rb, {col} : index\n        %{out}_h = memref.load %hid[%{out}_o] : memref<?xf32>\n        %{out}_b = scf.if %hb -> (f32) {{\n          %bo = arith.addi %eb, {col} : index\n          %bv = memref.load %bias[%bo] : memref<?xf32>\n          scf.yield %bv : f32\n        }} else {{\n          scf.yield %zero : f32\n        }}\n        %{out} = arith.addf %{out}_h, %{out}_b : f32"
+        );
+    };
+    load(&mut a, "%q", "g");
+    if gated {
+        let _ = writeln!(a, "        %qf = arith.addi %q, %f : index");
+        load(&mut a, "%qf", "u");
+        let (gl, ul) = match limit {
+            Some(l) => {
+                let _ = writeln!(a, "        %lim = arith.constant {} : f32\n        %nlim = arith.constant {} : f32\n        %gl = arith.minimumf %g, %lim : f32\n        %ul0 = arith.minimumf %u, %lim : f32\n        %ul = arith.maximumf %ul0, %nlim : f32", hexf(*l), hexf(-l));
+                ("%gl", "%ul")
+            }
+            None => ("%g", "%u"),
+        };
+        if *activation == Activation::Geglu {
+            activation_expr(&mut a, Activation::Gelu, gl, "gate");
+        } else {
+            let _ = writeln!(a, "        %al = arith.constant {} : f32\n        %ag = arith.mulf %al, {gl} : f32\n        %nag = arith.negf %ag : f32", hexf(*alpha));
+            exp(&mut a, "%nag", "ee");
+            let _ = writeln!(a, "        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %gate = arith.divf {gl}, %den : f32");
+        }
+        let _ = writeln!(a, "        %be = arith.constant {} : f32\n        %up = arith.addf {ul}, %be : f32\n        %res = arith.mulf %gate, %up : f32", hexf(*beta));
+    } else {
+        activation_expr(&mut a, *activation, "%g", "res");
+    }
+    let _ = writeln!(a, "        memref.store %res, %out[%i] : memref<?xf32>");
+    out.push_str(&dyn_kernel(
+        &format!("{prefix}_act"),
+        &["%hid: memref<?xf32>", "%bias: memref<?xf32>", "%rexp: memref<?xi32>", "%out: memref<?xf32>", "%rows: index", "%has_bias: index"],
+        &format!("      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"),
+        &a,
+    ));
+    // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
+    let c = format!(
+        "        %h = arith.constant {h} : index\n        %k = arith.constant {k} : index\n        %t = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc = scf.for %j = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v = scf.if %valid -> (f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n            %o = memref.load %out[%po] : memref<?xf32>\n            %b = scf.if %hb -> (f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %bv = memref.load %bout[%eo] : memref<?xf32>\n              scf.yield %bv : f32\n            }} else {{\n              scf.yield %zero : f32\n            }}\n            %ob = arith.addf %o, %b : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo = arith.mulf %wv, %ob : f32\n            scf.yield %wo : f32\n          }} else {{\n            scf.yield %zero : f32\n          }}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        memref.store %acc, %y[%i] : memref<?xf32>\n"
+    );
+    out.push_str(&dyn_kernel(
+        &format!("{prefix}_combine"),
+        &["%out: memref<?xf32>", "%pos: memref<?xi32>", "%w: memref<?xf32>", "%eid: memref<?xi32>", "%bout: memref<?xf32>", "%y: memref<?xf32>", "%has_bias: index"],
+        &format!("      %n = arith.constant {} : index\n", t * h),
+        &c,
+    ));
+    Some(out)
 }
 
 /// One kernel for one instruction, if it is generated; with its thread count.
@@ -180,6 +309,16 @@ pub fn plan_kernels(p: &Program, module_name: &str) -> KernelPlan {
             Op::MatMul => Lowered::Gemm,
             op if op.is_communication() => Lowered::Collective,
             Op::ReshapeTo { .. } => Lowered::Alias,
+            Op::MoeExperts { .. } => {
+                let prefix = format!("k{i}_experts");
+                match experts_kernels(p, i, &prefix) {
+                    Some(text) => {
+                        funcs.push_str(&text);
+                        Lowered::Experts { prefix }
+                    }
+                    None => Lowered::Host,
+                }
+            }
             _ => match generate(p, i) {
                 Some((name, text, threads)) => {
                     funcs.push_str(&text);

@@ -4,6 +4,7 @@
 //! generated yet run on the host (their operands copied over and back), as the bundle's
 //! per-instruction plan says.
 
+mod experts;
 mod gemm;
 
 use crate::bundle::Bundle;
@@ -156,6 +157,10 @@ impl Rank<'_> {
                 drop(devs);
                 self.put_dev(out, y, out_shape);
             }
+            GpuOp::Experts { prefix } => {
+                let prefix = prefix.clone();
+                self.experts(i, &prefix)?;
+            }
             GpuOp::Collective => {
                 // One rank: the group is this rank alone, and every collective is the identity.
                 let (src, dst) = (ins.inputs[0].ok_or_else(|| fail("no operand".into()))?, ins.outputs.first().copied());
@@ -195,11 +200,18 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
     if let Some(file) = &program.ptx_file {
         let ptx = std::fs::read_to_string(bundle.dir.join(file)).map_err(|cause| RuntimeError::Io { path: file.clone(), cause })?;
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
-        for op in &program.gpu {
-            if let GpuOp::Kernel { name, .. } = op {
-                let f = module.load_function(name).map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
-                functions.insert(name.clone(), f);
-            }
+        let names: Vec<String> = program
+            .gpu
+            .iter()
+            .flat_map(|op| match op {
+                GpuOp::Kernel { name, .. } => vec![name.clone()],
+                GpuOp::Experts { prefix } => ["gather", "act", "combine"].iter().map(|s| format!("{prefix}_{s}")).collect(),
+                _ => vec![],
+            })
+            .collect();
+        for name in names {
+            let f = module.load_function(&name).map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
+            functions.insert(name, f);
         }
     }
     let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect() };

@@ -1,0 +1,149 @@
+//! `moe.experts` on the GPU. The routing is small (T x k), so the grouping of slots by expert is
+//! done on the host; the work is on the device: a gather of the routed rows grouped by expert,
+//! one cuBLAS GEMM per expert for each projection, the activation kernel between them, and a
+//! combine kernel that sums each token's k weighted expert outputs (a gather, so no atomics and
+//! the same order every run).
+
+use super::Rank;
+use crate::error::RuntimeError;
+use crate::program::Op;
+use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+/// C [m, n] = A [m, k] · B [k, n], row-major, on views into larger buffers.
+fn gemm_rows<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(blas: &cudarc::cublas::CudaBlas, a: &A, b: &B, c: &mut C, m: usize, k: usize, n: usize) -> Result<(), String> {
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_N,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: 1.0f32,
+        lda: n as i32,
+        ldb: k as i32,
+        beta: 0.0f32,
+        ldc: n as i32,
+    };
+    // SAFETY: the views were cut to exactly these sizes by the caller.
+    unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| format!("cuBLAS sgemm: {e}"))
+}
+
+fn launch_cfg(threads: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl Rank<'_> {
+    pub(super) fn experts(&mut self, i: usize, prefix: &str) -> Result<(), RuntimeError> {
+        let ins = &self.program.instructions[i];
+        let fail = |reason: String| RuntimeError::Execute { rank: self.program.rank, index: i, op: ins.op.name(), origin: ins.origin.clone(), reason };
+        let Op::MoeExperts { .. } = ins.op else { return Err(fail("not moe.experts".into())) };
+        let arg = |k: usize| ins.inputs.get(k).copied().flatten();
+        let need = |k: usize| arg(k).ok_or_else(|| fail(format!("operand {k} is missing")));
+        let (x, w, ids, w_in, w_out) = (need(0)?, need(1)?, need(2)?, need(3)?, need(4)?);
+        let (b_in, b_out) = (arg(5), arg(6));
+        let (xs, wis, wos) = (self.shape(x), self.shape(w_in), self.shape(w_out));
+        let (t, h, e, n, f) = (xs[0], xs[1], wis[0], wis[2], wos[1]);
+        let weights = self.host(w)?.to_f32();
+        let experts = self.host(ids)?.to_i64();
+        let k = weights.len() / t.max(1);
+        // Slots grouped by expert: the rows of the grouped matrix.
+        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
+        for (s, (&wt, &ex)) in weights.iter().zip(&experts).enumerate() {
+            if ex < 0 || ex as usize >= e {
+                return Err(fail(format!("expert id {ex} out of range for {e} experts")));
+            }
+            if wt != 0.0 {
+                by_expert[ex as usize].push(s);
+            }
+        }
+        let rows: usize = by_expert.iter().map(Vec::len).sum();
+        let mut perm = Vec::with_capacity(rows);
+        let mut rexp = Vec::with_capacity(rows);
+        let mut pos = vec![-1i32; t * k];
+        for (ex, slots) in by_expert.iter().enumerate() {
+            for &s in slots {
+                pos[s] = perm.len() as i32;
+                perm.push((s / k) as i32);
+                rexp.push(ex as i32);
+            }
+        }
+        let eid: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
+        let stream = self.stream.clone();
+        let dev = |v: &[i32]| stream.clone_htod(if v.is_empty() { &[0][..] } else { v }).map_err(|e| fail(e.to_string()));
+        let (d_perm, d_rexp, d_pos, d_eid) = (dev(&perm)?, dev(&rexp)?, dev(&pos)?, dev(&eid)?);
+        let d_w = stream.clone_htod(&weights).map_err(|e| fail(e.to_string()))?;
+        let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| fail(e.to_string()))?;
+        for b in [Some(x), Some(w_in), Some(w_out), b_in, b_out].into_iter().flatten() {
+            self.device(b)?;
+        }
+        fn get<'s>(s: &'s Rank<'_>, b: usize) -> &'s CudaSlice<f32> {
+            s.slots[b].as_ref().and_then(|sl| sl.dev.as_ref()).expect("uploaded above")
+        }
+        let func = |s: &Self, suffix: &str| s.functions.get(&format!("{prefix}_{suffix}")).cloned().ok_or_else(|| fail(format!("kernel {prefix}_{suffix} is not in the PTX")));
+        let (g_fn, a_fn, c_fn) = (func(self, "gather")?, func(self, "act")?, func(self, "combine")?);
+        let alloc = |len: usize| stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| fail(e.to_string()));
+        let (mut xg, mut hid, mut act, mut out, y) = (alloc(rows * h)?, alloc(rows * n)?, alloc(rows * f)?, alloc(rows * h)?, alloc(t * h)?);
+        let (zero, one) = (0i64, 1i64);
+        let len = |v: usize| v.max(1) as i64;
+        if rows > 0 {
+            let (dx, rows_i) = (get(self, x), rows as i64);
+            let (lx, lp, lo) = (len(t * h), len(rows), len(rows * h));
+            let mut l = stream.launch_builder(&g_fn);
+            l.arg(dx).arg(dx).arg(&zero).arg(&lx).arg(&one);
+            l.arg(&d_perm).arg(&d_perm).arg(&zero).arg(&lp).arg(&one);
+            l.arg(&xg).arg(&xg).arg(&zero).arg(&lo).arg(&one);
+            l.arg(&rows_i);
+            // SAFETY: sizes as the kernel was generated for (H) and as allocated here (rows).
+            unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| fail(e.to_string()))?;
+            let mut off = 0;
+            for (ex, slots) in by_expert.iter().enumerate() {
+                let r = slots.len();
+                if r == 0 {
+                    continue;
+                }
+                let wi = get(self, w_in).slice(ex * h * n..(ex + 1) * h * n);
+                let a = xg.slice(off * h..(off + r) * h);
+                let mut c = hid.slice_mut(off * n..(off + r) * n);
+                gemm_rows(&self.blas, &a, &wi, &mut c, r, h, n).map_err(&fail)?;
+                off += r;
+            }
+            let (bias, has_bias) = match b_in { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
+            let (lh, lb, lr, la) = (len(rows * n), len(bias.len()), len(rows), len(rows * f));
+            let mut l = stream.launch_builder(&a_fn);
+            l.arg(&hid).arg(&hid).arg(&zero).arg(&lh).arg(&one);
+            l.arg(bias).arg(bias).arg(&zero).arg(&lb).arg(&one);
+            l.arg(&d_rexp).arg(&d_rexp).arg(&zero).arg(&lr).arg(&one);
+            l.arg(&act).arg(&act).arg(&zero).arg(&la).arg(&one);
+            l.arg(&rows_i).arg(&has_bias);
+            // SAFETY: as above.
+            unsafe { l.launch(launch_cfg(rows * f)) }.map_err(|e| fail(e.to_string()))?;
+            let mut off = 0;
+            for (ex, slots) in by_expert.iter().enumerate() {
+                let r = slots.len();
+                if r == 0 {
+                    continue;
+                }
+                let wo = get(self, w_out).slice(ex * f * h..(ex + 1) * f * h);
+                let a = act.slice(off * f..(off + r) * f);
+                let mut c = out.slice_mut(off * h..(off + r) * h);
+                gemm_rows(&self.blas, &a, &wo, &mut c, r, f, h).map_err(&fail)?;
+                off += r;
+            }
+        }
+        let (bout, has_bias) = match b_out { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
+        let (lo, ls, lb, ly) = (len(rows * h), len(t * k), len(bout.len()), len(t * h));
+        let mut l = stream.launch_builder(&c_fn);
+        l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
+        l.arg(&d_pos).arg(&d_pos).arg(&zero).arg(&ls).arg(&one);
+        l.arg(&d_w).arg(&d_w).arg(&zero).arg(&ls).arg(&one);
+        l.arg(&d_eid).arg(&d_eid).arg(&zero).arg(&ls).arg(&one);
+        l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
+        l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
+        l.arg(&has_bias);
+        // SAFETY: as above (T, k, H baked into the kernel; the buffers are those sizes).
+        unsafe { l.launch(launch_cfg(t * h)) }.map_err(|e| fail(e.to_string()))?;
+        let _ = (&mut xg, &mut act);
+        self.put_dev(ins.outputs[0], y, vec![t, h]);
+        Ok(())
+    }
+}
