@@ -325,6 +325,9 @@ pub enum GpuOp {
     Kernel { name: String, threads: usize },
     /// A cuBLAS GEMM.
     Gemm,
+    /// `moe.route` as a generated kernel: (logits) -> (weights, ids); the ids come out as
+    /// f32 (exact for expert numbers) and are read back as integers.
+    Route { name: String, threads: usize },
     /// `moe.experts` on the GPU: rows grouped by expert on the host (the routing is small),
     /// then the `<prefix>_gather` kernel, one cuBLAS GEMM per expert and projection, the
     /// `<prefix>_act` kernel between them, and the `<prefix>_combine` kernel.

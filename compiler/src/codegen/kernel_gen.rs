@@ -242,6 +242,69 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     Some(out)
 }
 
+/// `moe.route` (dropless, no bias or group limit): one thread per token; the k choices by k
+/// passes over the experts (ties to the lower index, as the CPU's), written to `ids` as f32.
+fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> {
+    use ppmoe_runtime::program::{RouteOrder, Scoring};
+    let ins = &p.instructions[idx];
+    let Op::MoeRoute { top_k: k, scoring, order, renormalize, n_group, routed_scaling_factor, capacity, .. } = ins.op else { return None };
+    if capacity > 0 || n_group > 1 || ins.inputs.get(1).copied().flatten().is_some() {
+        return None;
+    }
+    let l = static_shape(&p.buffers[ins.inputs[0]?])?;
+    let (t, e) = (l[0], l[1]);
+    let m_l = format!("memref<{}xf32>", t * e);
+    let m_k = format!("memref<{}xf32>", t * k);
+    let mut b = String::new();
+    let _ = writeln!(
+        b,
+        "        %e = arith.constant {e} : index\n        %k = arith.constant {k} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli %i, %e : index\n        %obase = arith.muli %i, %k : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %l2e = arith.constant 1.44269504 : f32"
+    );
+    // Scores: softmax needs the row's max and sum first; sigmoid and raw logits need nothing.
+    let softmax_first = scoring == Scoring::Softmax && order == RouteOrder::SoftmaxThenTopk;
+    if softmax_first {
+        let _ = writeln!(
+            b,
+            "        %mx = scf.for %j = %c0 to %e step %c1 iter_args(%a = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %nm = arith.maximumf %a, %v : f32\n          scf.yield %nm : f32\n        }}\n        %sum = scf.for %j = %c0 to %e step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
+        );
+    }
+    // The score of expert %j, into %sc (inside a loop body).
+    let score = match (scoring, softmax_first) {
+        (_, true) => "          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %sc = arith.divf %x, %sum : f32",
+        (Scoring::Sigmoid, _) => "          %nv = arith.negf %v : f32\n          %nm = arith.mulf %nv, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%nm) : (f32) -> f32\n          %dd = arith.addf %one, %x : f32\n          %sc = arith.divf %one, %dd : f32",
+        _ => "          %sc = arith.addf %v, %zero : f32",
+    };
+    // k passes: the best expert not chosen in an earlier pass.
+    let _ = writeln!(
+        b,
+        "        scf.for %s = %c0 to %k step %c1 {{\n          %best:2 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0) -> (f32, index) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n            %jf = arith.index_cast %j : index to i64\n            %jff = arith.sitofp %jf : i64 to f32\n            %taken = scf.for %q = %c0 to %s step %c1 iter_args(%tk = %zero) -> (f32) {{\n              %qo = arith.addi %obase, %q : index\n              %qi = memref.load %a2[%qo] : {m_k}\n              %eq = arith.cmpf oeq, %qi, %jff : f32\n              %nt = arith.select %eq, %one, %tk : f32\n              scf.yield %nt : f32\n            }}\n            %free = arith.cmpf oeq, %taken, %zero : f32\n            %better = arith.cmpf ogt, %sc, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %sc, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            scf.yield %nbv, %nbi : f32, index\n          }}\n          %so = arith.addi %obase, %s : index\n          %bi64 = arith.index_cast %best#1 : index to i64\n          %bif = arith.sitofp %bi64 : i64 to f32\n          memref.store %best#0, %a1[%so] : {m_k}\n          memref.store %bif, %a2[%so] : {m_k}\n        }}",
+        score.replace("\n", "\n  ")
+    );
+    // Weights: softmax over the chosen logits, or the chosen scores (renormalised), scaled.
+    let normalise = order == RouteOrder::TopkThenSoftmax || renormalize;
+    if order == RouteOrder::TopkThenSoftmax {
+        let _ = writeln!(
+            b,
+            "        %tm = memref.load %a1[%obase] : {m_k}\n        %ts = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %d = arith.subf %v, %tm : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %x, %a1[%so] : {m_k}\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
+        );
+    } else {
+        let _ = writeln!(
+            b,
+            "        %ts = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}"
+        );
+    }
+    let div = if normalise { "%ts" } else { "%one" };
+    let _ = writeln!(
+        b,
+        "        %scale = arith.constant {} : f32\n        scf.for %s = %c0 to %k step %c1 {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %q = arith.divf %v, {div} : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a1[%so] : {m_k}\n        }}",
+        hexf(routed_scaling_factor)
+    );
+    let mut body = String::new();
+    prologue(&mut body, t);
+    body.push_str(&b);
+    Some((kernel(name, &[m_l, m_k.clone(), m_k], &body), t))
+}
+
 /// One kernel for one instruction, if it is generated; with its thread count.
 fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     let ins = &p.instructions[idx];
@@ -309,6 +372,16 @@ pub fn plan_kernels(p: &Program, module_name: &str) -> KernelPlan {
             Op::MatMul => Lowered::Gemm,
             op if op.is_communication() => Lowered::Collective,
             Op::ReshapeTo { .. } => Lowered::Alias,
+            Op::MoeRoute { .. } => {
+                let name = format!("k{i}_route");
+                match route_kernel(p, i, &name) {
+                    Some((text, threads)) => {
+                        funcs.push_str(&text);
+                        Lowered::Route { name, threads }
+                    }
+                    None => Lowered::Host,
+                }
+            }
             Op::MoeExperts { .. } => {
                 let prefix = format!("k{i}_experts");
                 match experts_kernels(p, i, &prefix) {

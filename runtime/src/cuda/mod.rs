@@ -157,6 +157,29 @@ impl Rank<'_> {
                 drop(devs);
                 self.put_dev(out, y, out_shape);
             }
+            GpuOp::Route { name, threads } => {
+                let func = self.functions.get(name).ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?.clone();
+                let l = ins.inputs[0].ok_or_else(|| fail("no logits".into()))?;
+                let (w_out, id_out) = (ins.outputs[0], ins.outputs[1]);
+                let shape: Vec<usize> = self.program.buffers[w_out].shape.iter().map(|d| d.unwrap_or(0)).collect();
+                let n: usize = shape.iter().product();
+                let nl = self.shape(l).iter().product::<usize>() as i64;
+                self.device(l)?;
+                let (w, ids) = (self.stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| fail(e.to_string()))?, self.stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| fail(e.to_string()))?);
+                let dl = self.slots[l].as_ref().and_then(|s| s.dev.as_ref()).expect("uploaded above");
+                let (zero, one, nn) = (0i64, 1i64, n as i64);
+                let mut launch = self.stream.launch_builder(&func);
+                launch.arg(dl).arg(dl).arg(&zero).arg(&nl).arg(&one);
+                launch.arg(&w).arg(&w).arg(&zero).arg(&nn).arg(&one);
+                launch.arg(&ids).arg(&ids).arg(&zero).arg(&nn).arg(&one);
+                let cfg = LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                // SAFETY: the kernel was generated for these sizes.
+                unsafe { launch.launch(cfg) }.map_err(|e| fail(e.to_string()))?;
+                self.put_dev(w_out, w, shape.clone());
+                // The ids are read by the host side of moe.experts: bring them back as integers.
+                let ids_host = self.stream.clone_dtoh(&ids).map_err(|e| fail(e.to_string()))?;
+                self.put_host(id_out, Tensor::i64(shape, ids_host.iter().map(|&v| v as i64).collect()));
+            }
             GpuOp::Experts { prefix } => {
                 let prefix = prefix.clone();
                 self.experts(i, &prefix)?;
@@ -204,7 +227,7 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
             .gpu
             .iter()
             .flat_map(|op| match op {
-                GpuOp::Kernel { name, .. } => vec![name.clone()],
+                GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
                 GpuOp::Experts { prefix } => ["gather", "act", "combine"].iter().map(|s| format!("{prefix}_{s}")).collect(),
                 _ => vec![],
             })
