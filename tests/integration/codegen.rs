@@ -24,6 +24,7 @@ fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
     assert!(ptx.contains(".target sm_90"), "{}", &ptx[..ptx.len().min(400)]);
     // One entry per launched kernel, and gather, act and combine per expert FFN.
     assert_eq!(ptx.matches(".visible .entry k").count(), launches + 3 * experts);
+    assert_eq!(ptx.matches("_route(").count(), 2, "one routing kernel per MoE layer");
     for suffix in ["gather", "act", "combine"] {
         assert_eq!(ptx.matches(&format!("_experts_{suffix}(")).count(), experts, "{suffix}");
     }
@@ -45,6 +46,6 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
     assert_eq!(k0.matches("\"kernels.cublas_gemm\"").count(), ir0.matches("\"core.mat_mul\"").count());
     let collectives = ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();
     assert_eq!(k0.matches("\"kernels.nccl\"").count(), collectives);
-    // The routing is host work for now; the expert FFN of the replicated form runs on the GPU.
-    assert!(k0.contains("op = \"route\""), "{k0}");
+    // The routing is a generated kernel: one launch per MoE layer.
+    assert_eq!(k0.matches("_route, threads = 16").count(), 2, "{k0}");
 }
