@@ -86,7 +86,7 @@ fn convert_weights(rp: &mut RankProgram, dt: ppmoe_runtime::DType) {
 }
 
 fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
-    c.kernel_plans = c.ranks.iter().map(|r| crate::codegen::plan_kernels(&r.program, &format!("rank{}_kernels", r.program.rank))).collect();
+    c.kernel_plans = c.ranks.iter().map(|r| crate::codegen::plan_kernels(&r.program, &r.weights, &format!("rank{}_kernels", r.program.rank))).collect();
     Ok(())
 }
 

@@ -32,6 +32,10 @@ fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
     for name in kernels.split("@rank0_kernels::@").skip(1).map(|s| s.split(',').next().unwrap()) {
         assert!(ptx.contains(&format!(".visible .entry {name}(")), "{name} missing from the PTX");
     }
+    // What stays on the host in a whole LM: the embedding's gather alone.
+    let host: Vec<&str> = kernels.lines().filter(|l| l.contains("\"kernels.host\"")).collect();
+    assert_eq!(host.len(), 1, "{host:?}");
+    assert!(host[0].contains("op = \"gather\""), "{host:?}");
     // Transcendentals use PTX's own approximations: nothing is left to link.
     assert!(!ptx.contains("__nv_"), "a libdevice call survived");
     assert!(ptx.contains("ex2.approx.ftz.f32"));

@@ -305,6 +305,165 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
     Some((kernel(name, &[m_l, m_k.clone(), m_k], &body), t))
 }
 
+/// The coordinates of flat output index %i in `shape`, as SSA names (`%c<d>`).
+fn coords(b: &mut String, shape: &[usize]) -> Vec<String> {
+    let mut names = vec![String::new(); shape.len()];
+    let mut stride = 1usize;
+    for d in (0..shape.len()).rev() {
+        let _ = writeln!(b, "        %cs{d} = arith.constant {stride} : index\n        %cq{d} = arith.divui %i, %cs{d} : index\n        %cn{d} = arith.constant {} : index\n        %c{d} = arith.remui %cq{d}, %cn{d} : index", shape[d]);
+        names[d] = format!("%c{d}");
+        stride *= shape[d];
+    }
+    names
+}
+
+/// The flat offset `sum_d index_d * stride_d` of a row-major `shape`, from per-axis SSA indices.
+fn flat(b: &mut String, tag: &str, idx: &[String], shape: &[usize]) -> String {
+    let _ = writeln!(b, "        %{tag}0 = arith.constant 0 : index");
+    let mut acc = format!("%{tag}0");
+    let mut stride = 1usize;
+    for d in (0..shape.len()).rev() {
+        let _ = writeln!(b, "        %{tag}w{d} = arith.constant {stride} : index\n        %{tag}m{d} = arith.muli {}, %{tag}w{d} : index\n        %{tag}a{d} = arith.addi {acc}, %{tag}m{d} : index", idx[d]);
+        acc = format!("%{tag}a{d}");
+        stride *= shape[d];
+    }
+    acc
+}
+
+/// Data movement with static shapes and constant parameters (transpose, slice, expand, concat)
+/// and last-axis reductions and powers, as kernels: each output element finds its source.
+fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>) -> Option<(String, String, usize)> {
+    let consts = |b: Option<usize>| constant(b).map(|t| t.to_i64());
+    let ins = &p.instructions[idx];
+    let shapes: Vec<Vec<usize>> = ins.inputs.iter().flatten().map(|&b| static_shape(&p.buffers[b])).collect::<Option<_>>()?;
+    let out = static_shape(&p.buffers[*ins.outputs.first()?])?;
+    if ins.outputs.len() != 1 || !p.buffers[ins.outputs[0]].dtype.is_float() || !p.buffers[ins.inputs[0]?].dtype.is_float() {
+        return None;
+    }
+    let n: usize = out.iter().product();
+    let x = &shapes[0];
+    let name = format!("k{idx}_{}", ins.op.name());
+    let mut b = String::new();
+    prologue(&mut b, n);
+    let params: Vec<String>;
+    match &ins.op {
+        Op::Transpose { perm } => {
+            let c = coords(&mut b, &out);
+            // Output axis j is input axis perm[j].
+            let mut src = vec![String::new(); x.len()];
+            for (j, &pj) in perm.iter().enumerate() {
+                src[pj] = c[j].clone();
+            }
+            let off = flat(&mut b, "s", &src, x);
+            let _ = writeln!(b, "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}", memref(x), memref(&out));
+            params = vec![memref(x), memref(&out)];
+        }
+        Op::Slice => {
+            let starts = consts(ins.inputs.get(1).copied().flatten())?;
+            let axes = match ins.inputs.get(3).copied().flatten() { Some(a) => consts(Some(a))?, None => (0..starts.len() as i64).collect() };
+            let steps = match ins.inputs.get(4).copied().flatten() { Some(s) => consts(Some(s))?, None => vec![1; starts.len()] };
+            let c = coords(&mut b, &out);
+            let mut src = c.clone();
+            for ((&st, &ax), &step) in starts.iter().zip(&axes).zip(&steps) {
+                let a = if ax < 0 { ax + x.len() as i64 } else { ax } as usize;
+                let d = x[a] as i64;
+                let lo = if step > 0 { (if st < 0 { st + d } else { st }).clamp(0, d) } else { (if st < 0 { st + d } else { st }).clamp(-1, d - 1) };
+                if lo < 0 {
+                    return None;
+                }
+                let _ = writeln!(b, "        %ql{a} = arith.constant {lo} : index\n        %qp{a} = arith.constant {} : index\n        %qm{a} = arith.muli {}, %qp{a} : index", step.unsigned_abs(), c[a]);
+                if step > 0 {
+                    let _ = writeln!(b, "        %qx{a} = arith.addi %ql{a}, %qm{a} : index");
+                } else {
+                    let _ = writeln!(b, "        %qx{a} = arith.subi %ql{a}, %qm{a} : index");
+                }
+                src[a] = format!("%qx{a}");
+            }
+            let off = flat(&mut b, "s", &src, x);
+            let _ = writeln!(b, "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}", memref(x), memref(&out));
+            params = vec![memref(x), memref(&out)];
+        }
+        Op::Expand => {
+            let off = broadcast_offset(&mut b, "e", x, &out);
+            let _ = writeln!(b, "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}", memref(x), memref(&out));
+            params = vec![memref(x), memref(&out)];
+        }
+        Op::Concat { axis } => {
+            let a = if *axis < 0 { axis + out.len() as i64 } else { *axis } as usize;
+            let c = coords(&mut b, &out);
+            // Walk the inputs along the axis: the first whose range holds the coordinate.
+            let mut lo = 0usize;
+            let _ = writeln!(b, "        %zero = arith.constant 0.0 : f32");
+            let mut acc = "%zero".to_string();
+            for (k, sh) in shapes.iter().enumerate() {
+                let hi = lo + sh[a];
+                let mut src = c.clone();
+                let _ = writeln!(
+                    b,
+                    "        %lo{k} = arith.constant {lo} : index\n        %hi{k} = arith.constant {hi} : index\n        %ge{k} = arith.cmpi uge, {ca}, %lo{k} : index\n        %lt{k} = arith.cmpi ult, {ca}, %hi{k} : index\n        %in{k} = arith.andi %ge{k}, %lt{k} : i1\n        %la{k} = arith.subi {ca}, %lo{k} : index\n        %zi{k} = arith.constant 0 : index\n        %ix{k} = arith.select %in{k}, %la{k}, %zi{k} : index",
+                    ca = c[a]
+                );
+                src[a] = format!("%ix{k}");
+                // Other coordinates are in range for every input (same shape off the axis).
+                let off = flat(&mut b, &format!("f{k}_"), &src, sh);
+                let _ = writeln!(b, "        %v{k} = memref.load %a{k}[{off}] : {}\n        %r{k} = arith.select %in{k}, %v{k}, {acc} : f32", memref(sh));
+                acc = format!("%r{k}");
+                lo = hi;
+            }
+            let _ = writeln!(b, "        memref.store {acc}, %a{}[%i] : {}", shapes.len(), memref(&out));
+            params = shapes.iter().map(|s| memref(s)).chain(std::iter::once(memref(&out))).collect();
+        }
+        Op::Reduce { f, keepdims: _, noop_with_empty_axes: false } => {
+            use ppmoe_runtime::program::ReduceFn;
+            let axes = consts(ins.inputs.get(1).copied().flatten())?;
+            let last = x.len() as i64 - 1;
+            if axes.len() != 1 || !(axes[0] == last || axes[0] == -1) {
+                return None;
+            }
+            let cols = *x.last()?;
+            let (init, op) = match f {
+                ReduceFn::Sum | ReduceFn::Mean => ("0.0", "arith.addf"),
+                ReduceFn::Max => ("-3.40282347e+38", "arith.maximumf"),
+                ReduceFn::Min => ("3.40282347e+38", "arith.minimumf"),
+                _ => return None,
+            };
+            // One thread per output element: a row of the input.
+            let _ = writeln!(
+                b,
+                "        %cols = arith.constant {cols} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli %i, %cols : index\n        %init = arith.constant {init} : f32\n        %acc = scf.for %j = %c0 to %cols step %c1 iter_args(%a = %init) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {}\n          %na = {op} %a, %v : f32\n          scf.yield %na : f32\n        }}",
+                memref(x)
+            );
+            let res = if *f == ReduceFn::Mean {
+                let _ = writeln!(b, "        %cf = arith.constant {} : f32\n        %mean = arith.divf %acc, %cf : f32", hexf(cols as f32));
+                "%mean"
+            } else {
+                "%acc"
+            };
+            let _ = writeln!(b, "        memref.store {res}, %a1[%i] : {}", memref(&out));
+            params = vec![memref(x), memref(&out)];
+        }
+        Op::Binary { f: BinaryFn::Pow } => {
+            // x ^ c for a scalar constant c of 2 or 0.5 (RMS norms): exact, no transcendental.
+            let c = constant(ins.inputs.get(1).copied().flatten()).filter(|t| t.len() == 1)?.to_f32()[0];
+            if shapes[1].iter().product::<usize>() != 1 || x != &out {
+                return None;
+            }
+            let _ = writeln!(b, "        %x = memref.load %a0[%i] : {}", memref(x));
+            if c == 2.0 {
+                b.push_str("        %r = arith.mulf %x, %x : f32\n");
+            } else if c == 0.5 {
+                b.push_str("        %r = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%x) : (f32) -> f32\n");
+            } else {
+                return None;
+            }
+            let _ = writeln!(b, "        memref.store %r, %a2[%i] : {}", memref(&out));
+            params = vec![memref(x), memref(&shapes[1]), memref(&out)];
+        }
+        _ => return None,
+    }
+    Some((name.clone(), kernel(&name, &params, &b), n))
+}
+
 /// One kernel for one instruction, if it is generated; with its thread count.
 fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     let ins = &p.instructions[idx];
@@ -364,7 +523,11 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
 }
 
 /// How each instruction of `p` runs on the GPU, and the kernel module for those generated.
-pub fn plan_kernels(p: &Program, module_name: &str) -> KernelPlan {
+pub fn plan_kernels(p: &Program, weights: &[(String, ppmoe_runtime::Tensor)], module_name: &str) -> KernelPlan {
+    let consts = |b: Option<usize>| -> Option<ppmoe_runtime::Tensor> {
+        let name = &p.buffers[b?].name;
+        weights.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone())
+    };
     let mut lowered = Vec::with_capacity(p.instructions.len());
     let mut funcs = String::new();
     for (i, ins) in p.instructions.iter().enumerate() {
@@ -392,7 +555,7 @@ pub fn plan_kernels(p: &Program, module_name: &str) -> KernelPlan {
                     None => Lowered::Host,
                 }
             }
-            _ => match generate(p, i) {
+            _ => match generate(p, i).or_else(|| data_movement(p, i, &consts)) {
                 Some((name, text, threads)) => {
                     funcs.push_str(&text);
                     Lowered::Kernel { name, threads }

@@ -135,7 +135,9 @@ impl Rank<'_> {
                 let out = ins.outputs[0];
                 let out_shape: Vec<usize> = self.program.buffers[out].shape.iter().map(|d| d.unwrap_or(0)).collect();
                 let n_out: usize = out_shape.iter().product();
-                let inputs: Vec<usize> = ins.inputs.iter().flatten().copied().collect();
+                // Generated kernels take the float operands; integer ones (axes, bounds, shapes)
+                // were constants baked into the kernel.
+                let inputs: Vec<usize> = ins.inputs.iter().flatten().copied().filter(|&b| self.program.buffers[b].dtype.is_float()).collect();
                 for &b in &inputs {
                     self.device(b)?;
                 }
