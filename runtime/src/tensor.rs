@@ -35,6 +35,21 @@ impl DType {
         }
     }
 
+    /// The MLIR element type (signless integers; bool is i1).
+    pub fn mlir(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F64 => "f64",
+            DType::I8 | DType::U8 => "i8",
+            DType::I16 | DType::U16 => "i16",
+            DType::I32 | DType::U32 => "i32",
+            DType::I64 | DType::U64 => "i64",
+            DType::Bool => "i1",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "float32",

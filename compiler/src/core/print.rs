@@ -7,22 +7,7 @@
 
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::program::{Buffer, BufferKind, Program};
-use ppmoe_runtime::DType;
 use std::fmt::Write;
-
-fn elem(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        DType::F64 => "f64",
-        DType::I8 | DType::U8 => "i8",
-        DType::I16 | DType::U16 => "i16",
-        DType::I32 | DType::U32 => "i32",
-        DType::I64 | DType::U64 => "i64",
-        DType::Bool => "i1",
-    }
-}
 
 pub fn tensor_type(b: &Buffer) -> String {
     let mut s = String::from("tensor<");
@@ -33,7 +18,7 @@ pub fn tensor_type(b: &Buffer) -> String {
         }
         s.push('x');
     }
-    s.push_str(elem(b.dtype));
+    s.push_str(b.dtype.mlir());
     s.push('>');
     s
 }

@@ -28,6 +28,24 @@ fn gemm_rows<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(blas: &
     unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| format!("cuBLAS sgemm: {e}"))
 }
 
+/// One GEMM per expert on its block of rows: dst[rows of e] = src[rows of e] · w[e], where
+/// w holds E matrices [din, dout] and the rows are grouped by expert in `by_expert` order.
+fn per_expert_gemms(blas: &cudarc::cublas::CudaBlas, by_expert: &[Vec<usize>], src: &CudaSlice<f32>, w: &CudaSlice<f32>, dst: &mut CudaSlice<f32>, din: usize, dout: usize) -> Result<(), String> {
+    let mut off = 0;
+    for (ex, slots) in by_expert.iter().enumerate() {
+        let r = slots.len();
+        if r == 0 {
+            continue;
+        }
+        let we = w.slice(ex * din * dout..(ex + 1) * din * dout);
+        let a = src.slice(off * din..(off + r) * din);
+        let mut c = dst.slice_mut(off * dout..(off + r) * dout);
+        gemm_rows(blas, &a, &we, &mut c, r, din, dout)?;
+        off += r;
+    }
+    Ok(())
+}
+
 fn launch_cfg(threads: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
@@ -82,7 +100,7 @@ impl Rank<'_> {
         let func = |s: &Self, suffix: &str| s.functions.get(&format!("{prefix}_{suffix}")).cloned().ok_or_else(|| fail(format!("kernel {prefix}_{suffix} is not in the PTX")));
         let (g_fn, a_fn, c_fn) = (func(self, "gather")?, func(self, "act")?, func(self, "combine")?);
         let alloc = |len: usize| stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| fail(e.to_string()));
-        let (mut xg, mut hid, mut act, mut out, y) = (alloc(rows * h)?, alloc(rows * n)?, alloc(rows * f)?, alloc(rows * h)?, alloc(t * h)?);
+        let (xg, mut hid, act, mut out, y) = (alloc(rows * h)?, alloc(rows * n)?, alloc(rows * f)?, alloc(rows * h)?, alloc(t * h)?);
         let (zero, one) = (0i64, 1i64);
         let len = |v: usize| v.max(1) as i64;
         if rows > 0 {
@@ -95,18 +113,7 @@ impl Rank<'_> {
             l.arg(&rows_i);
             // SAFETY: sizes as the kernel was generated for (H) and as allocated here (rows).
             unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| fail(e.to_string()))?;
-            let mut off = 0;
-            for (ex, slots) in by_expert.iter().enumerate() {
-                let r = slots.len();
-                if r == 0 {
-                    continue;
-                }
-                let wi = get(self, w_in).slice(ex * h * n..(ex + 1) * h * n);
-                let a = xg.slice(off * h..(off + r) * h);
-                let mut c = hid.slice_mut(off * n..(off + r) * n);
-                gemm_rows(&self.blas, &a, &wi, &mut c, r, h, n).map_err(&fail)?;
-                off += r;
-            }
+            per_expert_gemms(&self.blas, &by_expert, &xg, get(self, w_in), &mut hid, h, n).map_err(&fail)?;
             let (bias, has_bias) = match b_in { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
             let (lh, lb, lr, la) = (len(rows * n), len(bias.len()), len(rows), len(rows * f));
             let mut l = stream.launch_builder(&a_fn);
@@ -117,18 +124,7 @@ impl Rank<'_> {
             l.arg(&rows_i).arg(&has_bias);
             // SAFETY: as above.
             unsafe { l.launch(launch_cfg(rows * f)) }.map_err(|e| fail(e.to_string()))?;
-            let mut off = 0;
-            for (ex, slots) in by_expert.iter().enumerate() {
-                let r = slots.len();
-                if r == 0 {
-                    continue;
-                }
-                let wo = get(self, w_out).slice(ex * f * h..(ex + 1) * f * h);
-                let a = act.slice(off * f..(off + r) * f);
-                let mut c = out.slice_mut(off * h..(off + r) * h);
-                gemm_rows(&self.blas, &a, &wo, &mut c, r, f, h).map_err(&fail)?;
-                off += r;
-            }
+            per_expert_gemms(&self.blas, &by_expert, &act, get(self, w_out), &mut out, f, h).map_err(&fail)?;
         }
         let (bout, has_bias) = match b_out { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
         let (lo, ls, lb, ly) = (len(rows * h), len(t * k), len(bout.len()), len(t * h));
@@ -142,7 +138,6 @@ impl Rank<'_> {
         l.arg(&has_bias);
         // SAFETY: as above (T, k, H baked into the kernel; the buffers are those sizes).
         unsafe { l.launch(launch_cfg(t * h)) }.map_err(|e| fail(e.to_string()))?;
-        let _ = (&mut xg, &mut act);
         self.put_dev(ins.outputs[0], y, vec![t, h]);
         Ok(())
     }

@@ -74,37 +74,32 @@ pub fn gather_nd(x: &Tensor, idx: &Tensor, b: usize) -> KResult<Tensor> {
     Ok(x.pick(shape, pick.into_iter()))
 }
 
+/// out[t] = combine(out[t], v) for each (target, update) pair.
+fn scatter_into<T: Copy>(o: &mut [T], u: &[T], targets: &[usize], combine: impl Fn(T, T) -> T) {
+    for (&t, &v) in targets.iter().zip(u) {
+        o[t] = combine(o[t], v);
+    }
+}
+
 /// Applies `updates[u]` to `out[target(u)]` with the reduction (float, int and bool storages).
 fn scatter(data: &Tensor, updates: &Tensor, targets: &[usize], r: Reduction) -> KResult<Tensor> {
     let mut out = data.clone();
     match (&mut out.data, &updates.data) {
-        (Data::F32(o), Data::F32(u)) => {
-            for (&t, &v) in targets.iter().zip(u) {
-                o[t] = match r {
-                    Reduction::None => v,
-                    Reduction::Add => o[t] + v,
-                    Reduction::Mul => o[t] * v,
-                    Reduction::Max => o[t].max(v),
-                    Reduction::Min => o[t].min(v),
-                };
-            }
-        }
-        (Data::I64(o), Data::I64(u)) => {
-            for (&t, &v) in targets.iter().zip(u) {
-                o[t] = match r {
-                    Reduction::None => v,
-                    Reduction::Add => o[t] + v,
-                    Reduction::Mul => o[t] * v,
-                    Reduction::Max => o[t].max(v),
-                    Reduction::Min => o[t].min(v),
-                };
-            }
-        }
-        (Data::Bool(o), Data::Bool(u)) if r == Reduction::None => {
-            for (&t, &v) in targets.iter().zip(u) {
-                o[t] = v;
-            }
-        }
+        (Data::F32(o), Data::F32(u)) => scatter_into(o, u, targets, |a, v| match r {
+            Reduction::None => v,
+            Reduction::Add => a + v,
+            Reduction::Mul => a * v,
+            Reduction::Max => a.max(v),
+            Reduction::Min => a.min(v),
+        }),
+        (Data::I64(o), Data::I64(u)) => scatter_into(o, u, targets, |a, v| match r {
+            Reduction::None => v,
+            Reduction::Add => a + v,
+            Reduction::Mul => a * v,
+            Reduction::Max => a.max(v),
+            Reduction::Min => a.min(v),
+        }),
+        (Data::Bool(o), Data::Bool(u)) if r == Reduction::None => scatter_into(o, u, targets, |_, v| v),
         _ => return Err("scatter of updates whose type differs from the data's".into()),
     }
     Ok(out)

@@ -3,6 +3,25 @@
 use super::{axis, broadcast_map, broadcast_shape, KResult};
 use crate::tensor::{numel, strides, DType, Tensor};
 
+/// The flat source index of every element of an output of `shape`, in row-major order, from
+/// its multi-index (the one loop behind transpose, slice and tile).
+fn gather_indices(shape: &[usize], source: impl Fn(&[usize]) -> usize) -> Vec<usize> {
+    let n = numel(shape);
+    let mut ctr = vec![0usize; shape.len()];
+    let mut idx = Vec::with_capacity(n);
+    for _ in 0..n {
+        idx.push(source(&ctr));
+        for d in (0..shape.len()).rev() {
+            ctr[d] += 1;
+            if ctr[d] < shape[d] {
+                break;
+            }
+            ctr[d] = 0;
+        }
+    }
+    idx
+}
+
 fn dims(t: &Tensor) -> Vec<i64> {
     t.to_i64()
 }
@@ -70,19 +89,7 @@ pub fn transpose(x: &Tensor, perm: &[usize]) -> KResult<Tensor> {
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
     let ist = strides(&x.shape);
     let pst: Vec<usize> = perm.iter().map(|&p| ist[p]).collect();
-    let n = numel(&shape);
-    let mut ctr = vec![0usize; shape.len()];
-    let mut idx = Vec::with_capacity(n);
-    for _ in 0..n {
-        idx.push(ctr.iter().zip(&pst).map(|(c, s)| c * s).sum());
-        for d in (0..shape.len()).rev() {
-            ctr[d] += 1;
-            if ctr[d] < shape[d] {
-                break;
-            }
-            ctr[d] = 0;
-        }
-    }
+    let idx = gather_indices(&shape, |ctr| ctr.iter().zip(&pst).map(|(c, s)| c * s).sum());
     Ok(x.pick(shape, idx.into_iter()))
 }
 
@@ -130,19 +137,7 @@ fn take(x: &Tensor, ranges: &[(usize, i64, i64, usize)]) -> Tensor {
         step[a] = st;
     }
     let ist = strides(&x.shape);
-    let n = numel(&shape);
-    let mut ctr = vec![0usize; shape.len()];
-    let mut idx = Vec::with_capacity(n);
-    for _ in 0..n {
-        idx.push((0..shape.len()).map(|d| ((start[d] + ctr[d] as i64 * step[d]) as usize) * ist[d]).sum());
-        for d in (0..shape.len()).rev() {
-            ctr[d] += 1;
-            if ctr[d] < shape[d] {
-                break;
-            }
-            ctr[d] = 0;
-        }
-    }
+    let idx = gather_indices(&shape, |ctr| (0..ctr.len()).map(|d| ((start[d] + ctr[d] as i64 * step[d]) as usize) * ist[d]).sum());
     x.pick(shape, idx.into_iter())
 }
 
@@ -207,19 +202,7 @@ pub fn tile(x: &Tensor, reps: &Tensor) -> KResult<Tensor> {
     }
     let shape: Vec<usize> = x.shape.iter().zip(&r).map(|(&d, &k)| d * k.max(0) as usize).collect();
     let ist = strides(&x.shape);
-    let n = numel(&shape);
-    let mut ctr = vec![0usize; shape.len()];
-    let mut idx = Vec::with_capacity(n);
-    for _ in 0..n {
-        idx.push((0..shape.len()).map(|d| (ctr[d] % x.shape[d]) * ist[d]).sum());
-        for d in (0..shape.len()).rev() {
-            ctr[d] += 1;
-            if ctr[d] < shape[d] {
-                break;
-            }
-            ctr[d] = 0;
-        }
-    }
+    let idx = gather_indices(&shape, |ctr| (0..ctr.len()).map(|d| (ctr[d] % x.shape[d]) * ist[d]).sum());
     Ok(x.pick(shape, idx.into_iter()))
 }
 
