@@ -60,7 +60,9 @@ impl Rank<'_> {
         let (x, w, ids, w_in, w_out) = (need(0)?, need(1)?, need(2)?, need(3)?, need(4)?);
         let (b_in, b_out) = (arg(5), arg(6));
         let (xs, wis, wos) = (self.shape(x), self.shape(w_in), self.shape(w_out));
-        let (t, h, e, n, f) = (xs[0], xs[1], wis[0], wis[2], wos[1]);
+        let (&[t, h], &[e, _, n], &[_, f, _]) = (xs.as_slice(), wis.as_slice(), wos.as_slice()) else {
+            return Err(fail(format!("moe.experts shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], [E,H,N], [E,F,H]")));
+        };
         let weights = self.host(w)?.to_f32();
         let experts = self.host(ids)?.to_i64();
         let k = weights.len() / t.max(1);

@@ -94,9 +94,18 @@ impl Rank<'_> {
     fn step(&mut self, i: usize, how: &GpuOp) -> Result<(), RuntimeError> {
         let ins = &self.program.instructions[i];
         let fail = |reason: String| RuntimeError::Execute { rank: self.program.rank, index: i, op: ins.op.name(), origin: ins.origin.clone(), reason };
+        // A manifest is data: an instruction without the results its op makes is an error.
+        let wanted = match how {
+            GpuOp::Route { .. } => 2,
+            GpuOp::Collective | GpuOp::Host => 0,
+            _ => 1,
+        };
+        if ins.outputs.len() < wanted {
+            return Err(fail(format!("{} result(s) where {wanted} are needed", ins.outputs.len())));
+        }
         match how {
             GpuOp::Alias => {
-                let (src, dst) = (ins.inputs[0].ok_or_else(|| fail("no operand".into()))?, ins.outputs[0]);
+                let (src, dst) = (ins.inputs.first().copied().flatten().ok_or_else(|| fail("no operand".into()))?, ins.outputs[0]);
                 let shape: Vec<usize> = self.program.buffers[dst].shape.iter().map(|d| d.unwrap_or(0)).collect();
                 let on_device = self.slots[src].as_ref().is_some_and(|s| s.dev.is_some());
                 if on_device {
@@ -109,7 +118,7 @@ impl Rank<'_> {
                 }
             }
             GpuOp::Gemm => {
-                let (a, b) = (ins.inputs[0].ok_or_else(|| fail("no operand".into()))?, ins.inputs[1].ok_or_else(|| fail("no operand".into()))?);
+                let (a, b) = (ins.inputs.first().copied().flatten().ok_or_else(|| fail("no operand".into()))?, ins.inputs.get(1).copied().flatten().ok_or_else(|| fail("no operand".into()))?);
                 let (sa, sb) = (self.shape(a), self.shape(b));
                 let out = ins.outputs[0];
                 match gemm::plan(&sa, &sb) {
@@ -161,7 +170,7 @@ impl Rank<'_> {
             }
             GpuOp::Route { name, threads } => {
                 let func = self.functions.get(name).ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?.clone();
-                let l = ins.inputs[0].ok_or_else(|| fail("no logits".into()))?;
+                let l = ins.inputs.first().copied().flatten().ok_or_else(|| fail("no logits".into()))?;
                 let (w_out, id_out) = (ins.outputs[0], ins.outputs[1]);
                 let shape: Vec<usize> = self.program.buffers[w_out].shape.iter().map(|d| d.unwrap_or(0)).collect();
                 let n: usize = shape.iter().product();
@@ -188,7 +197,7 @@ impl Rank<'_> {
             }
             GpuOp::Collective => {
                 // One rank: the group is this rank alone, and every collective is the identity.
-                let (src, dst) = (ins.inputs[0].ok_or_else(|| fail("no operand".into()))?, ins.outputs.first().copied());
+                let (src, dst) = (ins.inputs.first().copied().flatten().ok_or_else(|| fail("no operand".into()))?, ins.outputs.first().copied());
                 if let Some(dst) = dst {
                     let t = self.host(src)?;
                     self.put_host(dst, t);
