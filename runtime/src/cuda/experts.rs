@@ -46,6 +46,79 @@ fn per_expert_gemms(blas: &cudarc::cublas::CudaBlas, by_expert: &[Vec<usize>], s
     Ok(())
 }
 
+/// The same products as `per_expert_gemms` in one cuBLAS call (cublasSgemmGroupedBatched, one
+/// group per expert with rows): what a grouped GEMM is for, a launch for all the experts.
+/// Whether cuBLAS has grouped GEMMs (12.5 and later): older libraries lack the symbol, and a
+/// missing symbol would abort the process, so it is asked first.
+fn has_grouped_gemm(blas: &cudarc::cublas::CudaBlas) -> bool {
+    let mut v: std::ffi::c_int = 0;
+    // SAFETY: a version query on a live handle.
+    let s = unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*blas.handle(), &mut v) };
+    s == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && v >= 120500
+}
+
+fn grouped_gemms(blas: &cudarc::cublas::CudaBlas, stream: &std::sync::Arc<cudarc::driver::CudaStream>, by_expert: &[Vec<usize>], src: &CudaSlice<f32>, w: &CudaSlice<f32>, dst: &mut CudaSlice<f32>, din: usize, dout: usize) -> Result<(), String> {
+    use cudarc::cublas::sys;
+    let mut groups = Vec::new();
+    let mut off = 0usize;
+    for (ex, slots) in by_expert.iter().enumerate() {
+        if !slots.is_empty() {
+            groups.push((ex, off, slots.len()));
+            off += slots.len();
+        }
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let g = groups.len();
+    let (src_p, _s) = src.device_ptr(stream);
+    let (w_p, _w) = w.device_ptr(stream);
+    let (dst_p, _d) = dst.device_ptr_mut(stream);
+    // Column-major view of row-major C = A · W: C^T = W^T · A^T, so cuBLAS's A is the expert's W.
+    let f = std::mem::size_of::<f32>() as u64;
+    let a_ptrs: Vec<u64> = groups.iter().map(|&(e, _, _)| w_p + (e * din * dout) as u64 * f).collect();
+    let b_ptrs: Vec<u64> = groups.iter().map(|&(_, o, _)| src_p + (o * din) as u64 * f).collect();
+    let c_ptrs: Vec<u64> = groups.iter().map(|&(_, o, _)| dst_p + (o * dout) as u64 * f).collect();
+    let upload = |v: &[u64]| stream.clone_htod(v).map_err(|e| e.to_string());
+    let (da, db, dc) = (upload(&a_ptrs)?, upload(&b_ptrs)?, upload(&c_ptrs)?);
+    let (pa, _ga) = da.device_ptr(stream);
+    let (pb, _gb) = db.device_ptr(stream);
+    let (pc, _gc) = dc.device_ptr(stream);
+    let ops = vec![sys::cublasOperation_t::CUBLAS_OP_N; g];
+    let m = vec![dout as i32; g];
+    let n: Vec<i32> = groups.iter().map(|&(_, _, r)| r as i32).collect();
+    let k = vec![din as i32; g];
+    let (alpha, beta) = (vec![1.0f32; g], vec![0.0f32; g]);
+    let (lda, ldb, ldc) = (vec![dout as i32; g], vec![din as i32; g], vec![dout as i32; g]);
+    let sizes = vec![1i32; g];
+    // SAFETY: every pointer addresses a block of the right size inside its buffer (grouped above
+    // from the same row counts the buffers were allocated with); the arrays live past the call.
+    let status = unsafe {
+        sys::cublasSgemmGroupedBatched(
+            *blas.handle(),
+            ops.as_ptr(),
+            ops.as_ptr(),
+            m.as_ptr(),
+            n.as_ptr(),
+            k.as_ptr(),
+            alpha.as_ptr(),
+            pa as *const *const f32,
+            lda.as_ptr(),
+            pb as *const *const f32,
+            ldb.as_ptr(),
+            beta.as_ptr(),
+            pc as *const *mut f32,
+            ldc.as_ptr(),
+            g as i32,
+            sizes.as_ptr(),
+        )
+    };
+    if status != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(format!("cublasSgemmGroupedBatched: {status:?}"));
+    }
+    Ok(())
+}
+
 fn launch_cfg(threads: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
@@ -115,7 +188,14 @@ impl Rank<'_> {
             l.arg(&rows_i);
             // SAFETY: sizes as the kernel was generated for (H) and as allocated here (rows).
             unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| fail(e.to_string()))?;
-            per_expert_gemms(&self.blas, &by_expert, &xg, get(self, w_in), &mut hid, h, n).map_err(&fail)?;
+            // One grouped GEMM for all experts; the per-expert loop where cuBLAS lacks it.
+            // PPMOE_GROUPED_GEMM=0 forces the loop (to compare the two).
+            let grouped = has_grouped_gemm(&self.blas) && std::env::var("PPMOE_GROUPED_GEMM").map_or(true, |v| v != "0");
+            if grouped {
+                grouped_gemms(&self.blas, &stream, &by_expert, &xg, get(self, w_in), &mut hid, h, n).map_err(&fail)?;
+            } else {
+                per_expert_gemms(&self.blas, &by_expert, &xg, get(self, w_in), &mut hid, h, n).map_err(&fail)?;
+            }
             let (bias, has_bias) = match b_in { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
             let (lh, lb, lr, la) = (len(rows * n), len(bias.len()), len(rows), len(rows * f));
             let mut l = stream.launch_builder(&a_fn);
@@ -126,7 +206,11 @@ impl Rank<'_> {
             l.arg(&rows_i).arg(&has_bias);
             // SAFETY: as above.
             unsafe { l.launch(launch_cfg(rows * f)) }.map_err(|e| fail(e.to_string()))?;
-            per_expert_gemms(&self.blas, &by_expert, &act, get(self, w_out), &mut out, f, h).map_err(&fail)?;
+            if grouped {
+                grouped_gemms(&self.blas, &stream, &by_expert, &act, get(self, w_out), &mut out, f, h).map_err(&fail)?;
+            } else {
+                per_expert_gemms(&self.blas, &by_expert, &act, get(self, w_out), &mut out, f, h).map_err(&fail)?;
+            }
         }
         let (bout, has_bias) = match b_out { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
         let (lo, ls, lb, ly) = (len(rows * h), len(t * k), len(bout.len()), len(t * h));
