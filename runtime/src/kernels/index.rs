@@ -28,22 +28,30 @@ pub fn gather(x: &Tensor, idx: &Tensor, ax: i64) -> KResult<Tensor> {
     Ok(x.pick(shape, pick.into_iter()))
 }
 
+/// For each element of `idx` (of the data's rank), the flat offset in data of `shape` that it
+/// names: its own coordinates, with the index itself on `axis` (GatherElements and
+/// ScatterElements address elements the same way).
+fn element_offsets(shape: &[usize], idx: &Tensor, a: usize) -> KResult<Vec<usize>> {
+    let (ds, is) = (strides(shape), strides(&idx.shape));
+    let ids = idx.to_i64();
+    let mut out = Vec::with_capacity(ids.len());
+    for (flat, &k) in ids.iter().enumerate() {
+        let mut off = 0;
+        for d in 0..shape.len() {
+            let c = (flat / is[d]) % idx.shape[d];
+            off += if d == a { wrap(k, shape[a])? } else { c } * ds[d];
+        }
+        out.push(off);
+    }
+    Ok(out)
+}
+
 pub fn gather_elements(x: &Tensor, idx: &Tensor, ax: i64) -> KResult<Tensor> {
     let a = axis(ax, x.shape.len())?;
     if idx.shape.len() != x.shape.len() {
         return Err("GatherElements indices must have the data's rank".into());
     }
-    let (xs, is) = (strides(&x.shape), strides(&idx.shape));
-    let ids = idx.to_i64();
-    let mut pick = Vec::with_capacity(ids.len());
-    for (flat, &k) in ids.iter().enumerate() {
-        let mut off = 0;
-        for d in 0..x.shape.len() {
-            let c = (flat / is[d]) % idx.shape[d];
-            off += if d == a { wrap(k, x.shape[a])? } else { c } * xs[d];
-        }
-        pick.push(off);
-    }
+    let pick = element_offsets(&x.shape, idx, a)?;
     Ok(x.pick(idx.shape.clone(), pick.into_iter()))
 }
 
@@ -130,17 +138,7 @@ pub fn scatter_elements(data: &Tensor, idx: &Tensor, updates: &Tensor, ax: i64, 
     if idx.shape != updates.shape || idx.shape.len() != data.shape.len() {
         return Err("ScatterElements indices and updates must share a shape of the data's rank".into());
     }
-    let (ds, is) = (strides(&data.shape), strides(&idx.shape));
-    let ids = idx.to_i64();
-    let mut targets = Vec::with_capacity(ids.len());
-    for (flat, &k) in ids.iter().enumerate() {
-        let mut off = 0;
-        for d in 0..data.shape.len() {
-            let c = (flat / is[d]) % idx.shape[d];
-            off += if d == a { wrap(k, data.shape[a])? } else { c } * ds[d];
-        }
-        targets.push(off);
-    }
+    let targets = element_offsets(&data.shape, idx, a)?;
     scatter(data, updates, &targets, r)
 }
 
@@ -246,4 +244,28 @@ pub fn nonzero(x: &Tensor) -> Tensor {
         }
     }
     Tensor::i64(vec![r, nz.len()], out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_and_scatter_elements_follow_the_onnx_examples() {
+        // ONNX GatherElements, axis 1: data [[1,2],[3,4]], indices [[0,0],[1,0]] -> [[1,1],[4,3]].
+        let data = Tensor::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let idx = Tensor::i64(vec![2, 2], vec![0, 0, 1, 0]);
+        assert_eq!(gather_elements(&data, &idx, 1).unwrap().to_f32(), vec![1.0, 1.0, 4.0, 3.0]);
+        // ONNX ScatterElements, axis 1: data [[1,2,3,4,5]], indices [[1,3]], updates [[1.1,2.1]]
+        // -> [[1,1.1,3,2.1,5]]; with reduction add, the updates add to what is there.
+        let data = Tensor::f32(vec![1, 5], vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        let idx = Tensor::i64(vec![1, 2], vec![1, 3]);
+        let upd = Tensor::f32(vec![1, 2], vec![1.1, 2.1]);
+        assert_eq!(scatter_elements(&data, &idx, &upd, 1, Reduction::None).unwrap().to_f32(), vec![1.0, 1.1, 3.0, 2.1, 5.0]);
+        assert_eq!(scatter_elements(&data, &idx, &upd, 1, Reduction::Add).unwrap().to_f32(), vec![1.0, 3.1, 3.0, 6.1, 5.0]);
+        // A negative index counts from the end; one out of range is an error.
+        let neg = Tensor::i64(vec![1, 1], vec![-1]);
+        assert_eq!(gather_elements(&data, &neg, 1).unwrap().to_f32(), vec![5.0]);
+        assert!(gather_elements(&data, &Tensor::i64(vec![1, 1], vec![5]), 1).is_err());
+    }
 }
