@@ -79,6 +79,10 @@ pub enum Command {
         /// The relative error --check accepts.
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
+        /// Run the bundle's ranks as N local processes, one per GPU (NCCL between them), as
+        /// torchrun would; under torchrun or srun leave it out: their variables are read.
+        #[arg(long = "nproc-per-node")]
+        nproc_per_node: Option<usize>,
     },
     /// Predict, per MoE layer, each strategy's time and the e-graph's choice; per pipeline
     /// stage, time and memory per GPU. MODEL is an .onnx file or a Hugging Face config.json.
@@ -263,10 +267,26 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { bundle, input, output_dir, backend, check, tolerance } => {
+        Command::Run { bundle, input, output_dir, backend, check, tolerance, nproc_per_node } => {
+            if let Some(n) = nproc_per_node {
+                if n == 0 {
+                    bail!("--nproc-per-node 0: at least one process is needed");
+                }
+                // This same command once per GPU, without the flag, as ranks 0..n.
+                let mut args: Vec<String> = std::env::args().skip(1).collect();
+                ppmoe_runtime::distributed::take_nproc_flag(&mut args).map_err(anyhow::Error::msg)?;
+                let code = ppmoe_runtime::distributed::launch_local(n, &args).map_err(anyhow::Error::msg)?;
+                if code != 0 {
+                    bail!("the run failed on at least one rank (exit code {code})");
+                }
+                return Ok(());
+            }
             let backend: Backend = backend.parse().map_err(anyhow::Error::msg)?;
             let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
             let report = run_bundle(&bundle, &inputs, &output_dir, backend)?;
+            if let Some((rank, false)) = report.rank {
+                println!("rank {rank}: done (the outputs are written by the last stage's first rank)");
+            }
             for (name, path) in &report.outputs {
                 println!("{name} -> {} ({} backend)", path.display(), report.backend);
             }

@@ -165,23 +165,7 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
     if m.programs.len() == 1 && m.microbatches <= 1 {
         return run_program(&m.programs[0], &bundle.weights[0], inputs);
     }
-    // Microbatches: axis 0 of every input cut into K pieces, each streamed through in order.
-    let k = m.microbatches.max(1);
-    let pieces: Vec<Vec<Tensor>> = if k == 1 {
-        vec![inputs.to_vec()]
-    } else {
-        let mut per_mb = vec![Vec::new(); k];
-        for (t, port) in inputs.iter().zip(&m.inputs) {
-            let cut = kernels::execute(&Op::Split { axis: 0 }, &[Some(t)], k).map_err(|reason| RuntimeError::Input {
-                name: port.name.clone(),
-                reason: format!("cannot cut axis 0 of {:?} into {k} microbatches: {reason}", t.shape),
-            })?;
-            for (mb, piece) in cut.into_iter().enumerate() {
-                per_mb[mb].push(piece);
-            }
-        }
-        per_mb
-    };
+    let pieces = crate::microbatch::split_inputs(m, inputs)?;
     let hub = Hub::default();
     let results: Vec<Result<Vec<Tensor>, RuntimeError>> = std::thread::scope(|s| {
         let handles: Vec<_> = m
@@ -206,19 +190,7 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
                             }
                         }
                     }
-                    // The outputs of the microbatches, joined along axis 0.
-                    let n = outs.first().map_or(0, Vec::len);
-                    (0..n)
-                        .map(|i| {
-                            let parts: Vec<Option<&Tensor>> = outs.iter().map(|o| Some(&o[i])).collect();
-                            if parts.len() == 1 {
-                                return Ok(outs[0][i].clone());
-                            }
-                            kernels::execute(&Op::Concat { axis: 0 }, &parts, 1)
-                                .map(|mut v| v.remove(0))
-                                .map_err(|reason| RuntimeError::Backend { backend: "cpu".into(), reason })
-                        })
-                        .collect()
+                    crate::microbatch::join_outputs(outs, "cpu")
                 })
             })
             .collect();

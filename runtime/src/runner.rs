@@ -1,6 +1,7 @@
 //! What `ppmoe run` and `ppmoe-run` do: bind inputs, pick a backend, run, write outputs whole.
 
 use crate::bundle::read_bundle;
+use crate::distributed::Dist;
 use crate::error::RuntimeError;
 use crate::npy::{read_npy, write_npy};
 use crate::tensor::Tensor;
@@ -44,6 +45,9 @@ impl InputArg {
 
 pub struct RunReport {
     pub backend: &'static str,
+    /// In a multi-process run: this process's rank, and whether it wrote the outputs (only the
+    /// lowest rank that computes them does).
+    pub rank: Option<(usize, bool)>,
     pub outputs: Vec<(String, PathBuf)>,
     /// The outputs themselves, in the model's output order.
     pub tensors: Vec<Tensor>,
@@ -66,6 +70,10 @@ pub fn relative_error(out: &Tensor, reference: &Tensor) -> Result<f64, String> {
 /// Compares outputs with reference .npy files (`FILE` in output order, or `NAME=FILE`).
 /// Returns one line per comparison and whether all were within `tolerance`.
 pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], tolerance: f64) -> Result<(Vec<String>, bool), RuntimeError> {
+    if let Some((_, false)) = report.rank {
+        // Another rank holds the outputs and checks them.
+        return Ok((Vec::new(), true));
+    }
     let names: Vec<&str> = report.outputs.iter().map(|(n, _)| n.as_str()).collect();
     let mut lines = Vec::new();
     let mut ok = true;
@@ -97,6 +105,8 @@ pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], t
 /// Outputs are written to a temporary folder first and moved into place when all are written.
 pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Backend) -> Result<RunReport, RuntimeError> {
     let bundle = read_bundle(bundle_dir)?;
+    // One process per GPU when launched so (torchrun, srun, --nproc-per-node): CUDA only.
+    let dist = Dist::from_env().map_err(|reason| RuntimeError::Backend { backend: "distributed".into(), reason })?;
     // auto: CUDA where the bundle carries a GPU plan and a GPU can be used, else the CPU.
     let compiled_for_gpu = bundle.manifest.programs.iter().all(|p| !p.gpu.is_empty());
     let use_cuda = match backend {
@@ -105,8 +115,14 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
             true
         }
         Backend::Cpu => false,
-        Backend::Auto => compiled_for_gpu && bundle.manifest.programs.len() == 1 && crate::cuda::available().is_ok(),
+        Backend::Auto => dist.is_some() || (compiled_for_gpu && bundle.manifest.programs.len() == 1 && crate::cuda::available().is_ok()),
     };
+    if let (Some(d), false) = (&dist, use_cuda) {
+        return Err(RuntimeError::Backend {
+            backend: "cpu".into(),
+            reason: format!("this is rank {} of {} processes ({} environment), but the CPU backend runs every rank as a thread of one process: run it once, without a launcher", d.rank, d.world, d.source),
+        });
+    }
     let ports = &bundle.manifest.inputs;
     let mut bound: Vec<Option<Tensor>> = vec![None; ports.len()];
     let mut next = 0;
@@ -136,7 +152,13 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
         .zip(ports)
         .map(|(t, p)| t.ok_or_else(|| RuntimeError::Input { name: p.name.clone(), reason: "missing: give it with --input FILE or --input NAME=FILE".into() }))
         .collect::<Result<_, _>>()?;
-    let outputs = if use_cuda { crate::cuda::run_bundle(&bundle, &inputs)? } else { crate::cpu::run_bundle(&bundle, &inputs)? };
+    let outputs = if use_cuda { crate::cuda::run_bundle(&bundle, &inputs, dist.as_ref())? } else { crate::cpu::run_bundle(&bundle, &inputs)? };
+    // Every rank of the last stage computes the outputs; the lowest one writes them.
+    let writer = bundle.manifest.programs.iter().find(|p| !p.outputs.is_empty()).map(|p| p.rank);
+    let rank = dist.as_ref().map(|d| (d.rank, writer == Some(d.rank)));
+    if let Some((_, false)) = rank {
+        return Ok(RunReport { backend: "cuda", rank, outputs: Vec::new(), tensors: Vec::new() });
+    }
 
     let io = |p: &Path| { let p = p.display().to_string(); move |cause| RuntimeError::Io { path: p.clone(), cause } };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
@@ -158,7 +180,7 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
         Ok(placed)
     })();
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(RunReport { backend: if use_cuda { "cuda" } else { "cpu" }, outputs: result?, tensors: outputs })
+    Ok(RunReport { backend: if use_cuda { "cuda" } else { "cpu" }, rank, outputs: result?, tensors: outputs })
 }
 
 /// Output names become file names: path separators and other odd characters are replaced.

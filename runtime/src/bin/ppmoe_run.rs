@@ -2,14 +2,33 @@
 //!
 //!   ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend cpu]
 
+use ppmoe_runtime::distributed::{launch_local, take_nproc_flag};
 use ppmoe_runtime::runner::{check_outputs, run, Backend, InputArg};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend auto|cpu|cuda] [--check REF.npy ...] [--tolerance 1e-4]";
+const USAGE: &str = "usage: ppmoe-run BUNDLE --input FILE.npy [--input NAME=FILE.npy ...] --output-dir OUT [--backend auto|cpu|cuda] [--check REF.npy ...] [--tolerance 1e-4] [--nproc-per-node N]";
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    let mut all: Vec<String> = std::env::args().skip(1).collect();
+    // --nproc-per-node N: this same command, once per GPU, as ranks 0..N.
+    match take_nproc_flag(&mut all) {
+        Ok(Some(n)) => {
+            return match launch_local(n, &all) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut args = all.into_iter();
     let mut bundle = None;
     let mut inputs = Vec::new();
     let mut out = None;
@@ -45,6 +64,9 @@ fn main() -> ExitCode {
     };
     match run(&bundle, &inputs, &out, backend) {
         Ok(report) => {
+            if let Some((rank, false)) = report.rank {
+                println!("rank {rank}: done (the outputs are written by the last stage's first rank)");
+            }
             for (name, path) in &report.outputs {
                 println!("{name} -> {} ({} backend)", path.display(), report.backend);
             }

@@ -4,10 +4,14 @@
 //! generated yet run on the host (their operands copied over and back), as the bundle's
 //! per-instruction plan says.
 
+mod collective;
+mod comm;
 mod experts;
 mod gemm;
+pub mod nccl;
 
 use crate::bundle::Bundle;
+use crate::distributed::Dist;
 use crate::error::RuntimeError;
 use crate::kernels;
 use crate::program::{BufferKind, GpuOp, Program};
@@ -53,6 +57,10 @@ struct Rank<'a> {
     functions: HashMap<String, cudarc::driver::CudaFunction>,
     program: &'a Program,
     slots: Vec<Option<Slot>>,
+    /// NCCL, when the run has more than one rank.
+    comms: Option<&'a comm::Comms>,
+    /// The microbatch in flight (pipeline messages carry it).
+    microbatch: u64,
 }
 
 impl Rank<'_> {
@@ -195,14 +203,7 @@ impl Rank<'_> {
                 let prefix = prefix.clone();
                 self.experts(i, &prefix)?;
             }
-            GpuOp::Collective => {
-                // One rank: the group is this rank alone, and every collective is the identity.
-                let (src, dst) = (ins.inputs.first().copied().flatten().ok_or_else(|| fail("no operand".into()))?, ins.outputs.first().copied());
-                if let Some(dst) = dst {
-                    let t = self.host(src)?;
-                    self.put_host(dst, t);
-                }
-            }
+            GpuOp::Collective => self.collective(i)?,
             GpuOp::Host => {
                 let args: Vec<Option<Tensor>> = ins.inputs.iter().map(|o| o.map(|b| self.host(b)).transpose()).collect::<Result<_, _>>()?;
                 let refs: Vec<Option<&Tensor>> = args.iter().map(Option::as_ref).collect();
@@ -216,55 +217,89 @@ impl Rank<'_> {
     }
 }
 
-/// Runs a one-rank bundle compiled with `--target cuda` on GPU 0.
-pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+/// Runs this process's rank of a bundle compiled with `--target cuda`: rank 0 on GPU 0 when the
+/// bundle has one rank, else the rank `dist` names on its local GPU, its collectives through
+/// NCCL. Returns the rank's outputs (none on ranks before the last pipeline stage).
+pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Result<Vec<Tensor>, RuntimeError> {
     available().map_err(backend_err)?;
     let m = &bundle.manifest;
-    if m.programs.len() != 1 || m.microbatches > 1 {
-        return Err(backend_err(format!("{} ranks: the CUDA backend runs one rank yet (NCCL comes with the multi-GPU work); use --backend cpu", m.programs.len())));
+    let (rank, world, gpu) = dist.map_or((0, 1, 0), |d| (d.rank, d.world, d.local_rank));
+    if m.programs.len() != world {
+        return Err(backend_err(format!(
+            "the bundle has {} ranks and this run {world} process(es): run one process per GPU with --nproc-per-node {} (or under torchrun / srun with WORLD_SIZE={})",
+            m.programs.len(),
+            m.programs.len(),
+            m.programs.len()
+        )));
     }
-    let program = &m.programs[0];
+    let idx = m.programs.iter().position(|p| p.rank == rank).ok_or_else(|| backend_err(format!("the bundle has no program for rank {rank}")))?;
+    let (program, weights) = (&m.programs[idx], &bundle.weights[idx]);
     if program.gpu.len() != program.instructions.len() {
         return Err(backend_err("the bundle was compiled for the CPU: compile it with --target cuda"));
     }
-    let ctx = CudaContext::new(0).map_err(|e| backend_err(format!("cannot open GPU 0: {e}")))?;
+    let gpus = CudaContext::device_count().map_err(|e| backend_err(e.to_string()))? as usize;
+    if gpu >= gpus {
+        return Err(backend_err(format!("rank {rank} wants GPU {gpu} (its local rank) but this machine has {gpus}")));
+    }
+    let ctx = CudaContext::new(gpu).map_err(|e| backend_err(format!("cannot open GPU {gpu}: {e}")))?;
+    let comms = match dist {
+        Some(d) => Some(comm::Comms::connect(d, &m.programs).map_err(|e| backend_err(format!("rank {rank}: {e}")))?),
+        None => None,
+    };
     let stream = ctx.default_stream();
     let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
-    let mut functions = HashMap::new();
-    if let Some(file) = &program.ptx_file {
-        let ptx = std::fs::read_to_string(bundle.dir.join(file)).map_err(|cause| RuntimeError::Io { path: file.clone(), cause })?;
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
-        let names: Vec<String> = program
-            .gpu
-            .iter()
-            .flat_map(|op| match op {
-                GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
-                GpuOp::Experts { prefix } => ["gather", "act", "combine"].iter().map(|s| format!("{prefix}_{s}")).collect(),
-                _ => vec![],
-            })
-            .collect();
-        for name in names {
-            let f = module.load_function(&name).map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
-            functions.insert(name, f);
-        }
-    }
-    let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect() };
-    for (&id, t) in program.inputs.iter().zip(inputs) {
-        crate::cpu::check_input(program, id, t)?;
-        rank.put_host(id, t.clone());
-    }
+    let functions = load_kernels(bundle, &ctx, program)?;
+    let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect(), comms: comms.as_ref(), microbatch: 0 };
     for (id, b) in program.buffers.iter().enumerate() {
         if b.kind == BufferKind::Weight {
-            let w = bundle.weights[0].get(&b.name).ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
+            let w = weights.get(&b.name).ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
             rank.put_host(id, w.clone());
             if w.dtype.is_float() {
                 rank.device(id)?;
             }
         }
     }
-    for (i, how) in program.gpu.iter().enumerate() {
-        rank.step(i, how)?;
+    let mut outs = Vec::new();
+    for (mb, piece) in crate::microbatch::split_inputs(m, inputs)?.iter().enumerate() {
+        rank.microbatch = mb as u64;
+        // Everything but the weights starts empty in each microbatch.
+        for (slot, b) in rank.slots.iter_mut().zip(&program.buffers) {
+            if b.kind != BufferKind::Weight {
+                *slot = None;
+            }
+        }
+        // Ranks that take no model input (later pipeline stages) get none.
+        if !program.inputs.is_empty() {
+            for (&id, t) in program.inputs.iter().zip(piece) {
+                crate::cpu::check_input(program, id, t)?;
+                rank.put_host(id, t.clone());
+            }
+        }
+        for (i, how) in program.gpu.iter().enumerate() {
+            rank.step(i, how)?;
+        }
+        stream.synchronize().map_err(|e| backend_err(e.to_string()))?;
+        outs.push(program.outputs.iter().map(|&o| rank.host(o)).collect::<Result<Vec<_>, _>>()?);
     }
-    stream.synchronize().map_err(|e| backend_err(e.to_string()))?;
-    program.outputs.iter().map(|&o| rank.host(o)).collect()
+    drop(rank);
+    drop(comms);
+    crate::microbatch::join_outputs(outs, "cuda")
+}
+
+/// Loads the rank's PTX and looks up every kernel its plan launches.
+fn load_kernels(bundle: &Bundle, ctx: &Arc<CudaContext>, program: &Program) -> Result<HashMap<String, cudarc::driver::CudaFunction>, RuntimeError> {
+    let mut functions = HashMap::new();
+    let Some(file) = &program.ptx_file else { return Ok(functions) };
+    let ptx = std::fs::read_to_string(bundle.dir.join(file)).map_err(|cause| RuntimeError::Io { path: file.clone(), cause })?;
+    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
+    let names = program.gpu.iter().flat_map(|op| match op {
+        GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
+        GpuOp::Experts { prefix } => ["gather", "act", "combine"].iter().map(|s| format!("{prefix}_{s}")).collect(),
+        _ => vec![],
+    });
+    for name in names {
+        let f = module.load_function(&name).map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
+        functions.insert(name, f);
+    }
+    Ok(functions)
 }
