@@ -170,7 +170,9 @@ pub struct MoeFlags {
     /// What the bundle runs on: cpu, or cuda (adds each rank's PTX and GPU plan).
     #[arg(long, value_enum, default_value = "cpu")]
     target: TargetFlag,
-    /// The type weights are stored in (computation and accumulation stay fp32).
+    /// The type weights are stored in. On the GPU, bf16 weights make the GEMMs bf16 on tensor
+    /// cores (activations rounded to bf16, fp32 accumulation and results); every other kernel,
+    /// and fp16 weights, compute in fp32.
     #[arg(long, value_enum, default_value = "fp32")]
     dtype: DtypeFlag,
 }

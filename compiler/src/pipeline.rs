@@ -73,18 +73,6 @@ pub struct Compilation {
 }
 
 /// Stores the float weights of a rank in `dt` (rounded once, here); values stay f32 in compute.
-fn convert_weights(rp: &mut RankProgram, dt: ppmoe_runtime::DType) {
-    for (name, t) in &mut rp.weights {
-        if !t.dtype.is_float() || t.dtype == dt {
-            continue;
-        }
-        *t = ppmoe_runtime::kernels::execute(&ppmoe_runtime::program::Op::Cast { to: dt }, &[Some(t)], 1).map(|mut v| v.remove(0)).unwrap_or_else(|_| t.clone());
-        if let Some(b) = rp.program.buffers.iter_mut().find(|b| &b.name == name) {
-            b.dtype = dt;
-        }
-    }
-}
-
 fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
     c.kernel_plans = c.ranks.iter().map(|r| crate::codegen::plan_kernels(&r.program, &r.weights, &format!("rank{}_kernels", r.program.rank))).collect();
     Ok(())
@@ -190,7 +178,7 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
     c.ranks = crate::distribute::layout::layout(grid, &stages);
     if let Some(dt) = c.weight_dtype {
         for rp in &mut c.ranks {
-            convert_weights(rp, dt);
+            crate::passes::weight_dtype::convert_weights(rp, dt);
         }
     }
     Ok(())

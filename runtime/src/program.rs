@@ -346,3 +346,7 @@ impl Op {
         matches!(self, Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::Send { .. } | Op::Recv { .. })
     }
 }
+
+/// The generated kernel that narrows f32 activations to bf16 before a bf16 GEMM (present in a
+/// rank's PTX when its weights are bf16).
+pub const TO_BF16_KERNEL: &str = "to_bf16";

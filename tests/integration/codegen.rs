@@ -53,3 +53,13 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
     // The routing is a generated kernel: one launch per MoE layer.
     assert_eq!(k0.matches("_route, threads = 16").count(), 2, "{k0}");
 }
+
+#[test]
+fn bf16_weights_add_the_activation_narrowing_kernel_for_bf16_gemms() {
+    let bf16 = inspect(&["--dtype", "bf16", "--emit", "ptx"]);
+    assert!(bf16.contains(".visible .entry to_bf16("), "the bf16 GEMMs' conversion kernel is missing");
+    // Round to nearest even, as PyTorch's .to(torch.bfloat16).
+    assert!(bf16.contains("cvt.rn.bf16.f32"));
+    let fp32 = inspect(&["--emit", "ptx"]);
+    assert!(!fp32.contains("to_bf16("), "fp32 weights need no narrowing");
+}

@@ -522,6 +522,10 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     }
 }
 
+/// The kernel that rounds f32 activations to bf16 (to nearest even) for the bf16 GEMMs; the
+/// runtime finds it by this name.
+pub const TO_BF16_KERNEL: &str = ppmoe_runtime::program::TO_BF16_KERNEL;
+
 /// How each instruction of `p` runs on the GPU, and the kernel module for those generated.
 pub fn plan_kernels(p: &Program, weights: &[(String, ppmoe_runtime::Tensor)], module_name: &str) -> KernelPlan {
     let consts = |b: Option<usize>| -> Option<ppmoe_runtime::Tensor> {
@@ -564,6 +568,15 @@ pub fn plan_kernels(p: &Program, weights: &[(String, ppmoe_runtime::Tensor)], mo
             },
         };
         lowered.push(l);
+    }
+    // bf16 weights: the GEMMs run in bf16 (fp32 accumulation), their activations narrowed first.
+    if weights.iter().any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16) {
+        funcs.push_str(&dyn_kernel(
+            TO_BF16_KERNEL,
+            &["%x: memref<?xf32>", "%y: memref<?xbf16>", "%n: index"],
+            "",
+            "        %v = memref.load %x[%i] : memref<?xf32>\n        %b = arith.truncf %v : f32 to bf16\n        memref.store %b, %y[%i] : memref<?xbf16>\n",
+        ));
     }
     let module = format!("  gpu.module @{module_name} {{\n{funcs}  }}\n");
     KernelPlan { lowered, module }

@@ -2,3 +2,4 @@
 
 pub mod dead_code;
 pub mod raise_moe;
+pub mod weight_dtype;

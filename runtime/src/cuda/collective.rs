@@ -4,21 +4,15 @@
 //! what comes and can tell an out-of-order message from the one it waits for.
 
 use super::nccl::{NCCL_FLOAT32, NCCL_INT64};
-use super::Rank;
+use super::{dptr as ptr, Rank};
 use crate::error::RuntimeError;
 use crate::kernels;
 use crate::program::Op;
 use crate::tensor::{DType, Tensor};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 /// Header words: tag, microbatch, is-integer, rank, then up to 8 sizes.
 const HEADER: usize = 12;
 const MAX_RANK: usize = HEADER - 4;
-
-fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
-    let (p, _sync) = s.device_ptr(stream);
-    p
-}
 
 impl Rank<'_> {
     pub(super) fn collective(&mut self, i: usize) -> Result<(), RuntimeError> {

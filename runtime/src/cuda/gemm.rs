@@ -1,9 +1,7 @@
-//! Row-major matmuls as cuBLAS calls: C = A·B row-major is Cᵀ = Bᵀ·Aᵀ column-major, so cuBLAS
-//! gets B as its first operand. Batches go to the strided-batched call when each side is either
-//! one matrix (stride 0) or a full stack of the batch.
+//! Which row-major matmuls are one cuBLAS call: batches go to the strided-batched call when each
+//! side is either one matrix (stride 0) or a full stack of the batch.
 
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::CudaSlice;
+use super::blas::Strided;
 
 pub struct GemmPlan {
     m: usize,
@@ -20,22 +18,9 @@ impl GemmPlan {
         self.out_shape.iter().product::<usize>().max(1)
     }
 
-    pub fn run(&self, blas: &CudaBlas, a: &CudaSlice<f32>, b: &CudaSlice<f32>, c: &mut CudaSlice<f32>) -> Result<(), String> {
-        let gemm = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: self.n as i32,
-            n: self.m as i32,
-            k: self.k as i32,
-            alpha: 1.0f32,
-            lda: self.n as i32,
-            ldb: self.k as i32,
-            beta: 0.0f32,
-            ldc: self.n as i32,
-        };
-        let cfg = StridedBatchedConfig { gemm, batch_size: self.batch as i32, stride_a: self.stride_b as i64, stride_b: self.stride_a as i64, stride_c: (self.m * self.n) as i64 };
-        // SAFETY: the strides and sizes were checked against the operands' shapes in `plan`.
-        unsafe { blas.gemm_strided_batched(cfg, b, a, c) }.map_err(|e| format!("cuBLAS sgemm: {e}"))
+    /// The batch as cuBLAS's strided call takes it.
+    pub fn strided(&self) -> Strided {
+        Strided { m: self.m, n: self.n, k: self.k, batch: self.batch, stride_a: self.stride_a, stride_b: self.stride_b }
     }
 }
 

@@ -4,6 +4,7 @@
 //! generated yet run on the host (their operands copied over and back), as the bundle's
 //! per-instruction plan says.
 
+mod blas;
 mod collective;
 mod comm;
 mod experts;
@@ -16,9 +17,15 @@ use crate::error::RuntimeError;
 use crate::kernels;
 use crate::program::{BufferKind, GpuOp, Program};
 use crate::tensor::{DType, Tensor};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A buffer's device address (the stream is the only one: no cross-stream events needed).
+fn dptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (p, _sync) = s.device_ptr(stream);
+    p
+}
 
 fn backend_err(reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Backend { backend: "cuda".into(), reason: reason.into() }
@@ -43,9 +50,11 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
-/// A buffer's value: on the device (f32), on the host, or both.
+/// A buffer's value: on the device (f32), on the host, or both; a bf16 weight that feeds GEMMs
+/// also (or only) as its bf16 bits on the device.
 struct Slot {
     dev: Option<CudaSlice<f32>>,
+    dev16: Option<CudaSlice<u16>>,
     host: Option<Tensor>,
     shape: Vec<usize>,
     dtype: DType,
@@ -91,12 +100,43 @@ impl Rank<'_> {
 
     fn put_host(&mut self, id: usize, t: Tensor) {
         let dtype = self.program.buffers[id].dtype;
-        self.slots[id] = Some(Slot { dev: None, shape: t.shape.clone(), host: Some(t.with_dtype(dtype)), dtype });
+        self.slots[id] = Some(Slot { dev: None, dev16: None, shape: t.shape.clone(), host: Some(t.with_dtype(dtype)), dtype });
     }
 
     fn put_dev(&mut self, id: usize, dev: CudaSlice<f32>, shape: Vec<usize>) {
         let dtype = self.program.buffers[id].dtype;
-        self.slots[id] = Some(Slot { dev: Some(dev), host: None, shape, dtype });
+        self.slots[id] = Some(Slot { dev: Some(dev), dev16: None, host: None, shape, dtype });
+    }
+
+    /// A GEMM weight operand as a device pointer: its bf16 bits where it has them, else f32.
+    fn gemm_operand(&mut self, id: usize) -> Result<(u64, blas::Elem), RuntimeError> {
+        let stream = self.stream.clone();
+        if let Some(d16) = self.slots[id].as_ref().and_then(|s| s.dev16.as_ref()) {
+            return Ok((dptr(d16, &stream), blas::Elem::Bf16));
+        }
+        let p = dptr(self.device(id)?, &stream);
+        Ok((p, blas::Elem::F32))
+    }
+
+    /// An activation in the GEMM's element type: as it is for f32, narrowed by the generated
+    /// kernel for bf16. The returned buffer (if any) keeps the narrowed copy alive.
+    fn activation(&self, x: &CudaSlice<f32>, n: usize, elem: blas::Elem) -> Result<(u64, Option<CudaSlice<u16>>), String> {
+        if elem == blas::Elem::F32 {
+            return Ok((dptr(x, &self.stream), None));
+        }
+        let f = self.functions.get(crate::program::TO_BF16_KERNEL).ok_or("the bf16 conversion kernel is not in the PTX")?;
+        let y = self.stream.alloc_zeros::<u16>(n.max(1)).map_err(|e| e.to_string())?;
+        let (zero, one, len) = (0i64, 1i64, n.max(1) as i64);
+        let count = n as i64;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(x).arg(x).arg(&zero).arg(&len).arg(&one);
+        l.arg(&y).arg(&y).arg(&zero).arg(&len).arg(&one);
+        l.arg(&count);
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x and y hold n elements; the kernel guards its index against n.
+        unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
+        let p = dptr(&y, &self.stream);
+        Ok((p, Some(y)))
     }
 
     fn step(&mut self, i: usize, how: &GpuOp) -> Result<(), RuntimeError> {
@@ -131,12 +171,15 @@ impl Rank<'_> {
                 let out = ins.outputs[0];
                 match gemm::plan(&sa, &sb) {
                     Some(g) => {
-                        let mut c = self.stream.alloc_zeros::<f32>(g.out_len()).map_err(|e| fail(e.to_string()))?;
+                        let c = self.stream.alloc_zeros::<f32>(g.out_len()).map_err(|e| fail(e.to_string()))?;
+                        let (bp, elem) = self.gemm_operand(b)?;
+                        let n_a: usize = sa.iter().product();
                         self.device(a)?;
-                        self.device(b)?;
-                        let (da, db) = (self.slots[a].as_ref().and_then(|s| s.dev.as_ref()), self.slots[b].as_ref().and_then(|s| s.dev.as_ref()));
-                        let (Some(da), Some(db)) = (da, db) else { return Err(fail("operands not on the device".into())) };
-                        g.run(&self.blas, da, db, &mut c).map_err(fail)?;
+                        let da = self.slots[a].as_ref().and_then(|s| s.dev.as_ref()).ok_or_else(|| fail("operand not on the device".into()))?;
+                        let (ap, _narrowed) = self.activation(da, n_a, elem).map_err(&fail)?;
+                        let cp = dptr(&c, &self.stream);
+                        // SAFETY: the plan's sizes and strides were checked against the operands' shapes.
+                        unsafe { blas::gemm_strided(&self.blas, elem, &g.strided(), ap, bp, cp) }.map_err(&fail)?;
                         self.put_dev(out, c, g.out_shape.clone());
                     }
                     None => {
@@ -250,11 +293,21 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Re
     let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
     let functions = load_kernels(bundle, &ctx, program)?;
     let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect(), comms: comms.as_ref(), microbatch: 0 };
+    // bf16 weights that feed GEMMs go to the device as bf16 (half the memory, tensor cores);
+    // an f32 copy is made only if some other kernel reads them too.
+    let gemm_weights = gemm_weight_operands(program);
+    let bf16_gemms = rank.functions.contains_key(crate::program::TO_BF16_KERNEL);
     for (id, b) in program.buffers.iter().enumerate() {
         if b.kind == BufferKind::Weight {
             let w = weights.get(&b.name).ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
             rank.put_host(id, w.clone());
-            if w.dtype.is_float() {
+            if w.dtype == DType::BF16 && bf16_gemms && gemm_weights.contains(&id) {
+                let bits: Vec<u16> = w.to_f32().iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+                let d16 = stream.clone_htod(&bits).map_err(|e| backend_err(e.to_string()))?;
+                if let Some(slot) = rank.slots[id].as_mut() {
+                    slot.dev16 = Some(d16);
+                }
+            } else if w.dtype.is_float() {
                 rank.device(id)?;
             }
         }
@@ -286,6 +339,21 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Re
     crate::microbatch::join_outputs(outs, "cuda")
 }
 
+/// The buffers that are the weight side of a GEMM: B of a matmul, the expert stacks of
+/// moe.experts. (Router weights are never bf16: the compiler keeps them fp32.)
+fn gemm_weight_operands(program: &Program) -> std::collections::HashSet<usize> {
+    let mut set = std::collections::HashSet::new();
+    for (ins, how) in program.instructions.iter().zip(&program.gpu) {
+        let picks: &[usize] = match how {
+            GpuOp::Gemm => &[1],
+            GpuOp::Experts { .. } => &[3, 4],
+            _ => &[],
+        };
+        set.extend(picks.iter().filter_map(|&k| ins.inputs.get(k).copied().flatten()).filter(|&b| program.buffers[b].kind == BufferKind::Weight));
+    }
+    set
+}
+
 /// Loads the rank's PTX and looks up every kernel its plan launches.
 fn load_kernels(bundle: &Bundle, ctx: &Arc<CudaContext>, program: &Program) -> Result<HashMap<String, cudarc::driver::CudaFunction>, RuntimeError> {
     let mut functions = HashMap::new();
@@ -300,6 +368,10 @@ fn load_kernels(bundle: &Bundle, ctx: &Arc<CudaContext>, program: &Program) -> R
     for name in names {
         let f = module.load_function(&name).map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
         functions.insert(name, f);
+    }
+    // Present only where the weights are bf16.
+    if let Ok(f) = module.load_function(crate::program::TO_BF16_KERNEL) {
+        functions.insert(crate::program::TO_BF16_KERNEL.to_string(), f);
     }
     Ok(functions)
 }

@@ -1,11 +1,21 @@
 //! Matrix products: numpy matmul with batch broadcasting, and explicit einsum.
 
 use super::{broadcast_map, broadcast_shape, KResult};
-use crate::tensor::{numel, Tensor};
+use crate::tensor::{numel, DType, Tensor};
 use std::collections::HashMap;
 
+/// Rounds to bf16 (nearest even) and back: what a bf16 GEMM does to its f32 operand.
+pub fn round_bf16(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+}
+
+/// A · B in f32. With a bf16 B (a weight stored bf16) A is rounded to bf16 first, as the GPU's
+/// bf16 GEMM does, and the products accumulate in f32.
 pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
-    let (av, bv) = (a.to_f32(), b.to_f32());
+    let (mut av, bv) = (a.to_f32(), b.to_f32());
+    if b.dtype == DType::BF16 && a.dtype != DType::BF16 {
+        round_bf16(&mut av);
+    }
     if a.shape.is_empty() || b.shape.is_empty() {
         return Err("MatMul of a scalar".into());
     }

@@ -3,7 +3,7 @@
 
 use super::KResult;
 use crate::program::{Activation, Op, RouteOrder, Scoring};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 fn softmax(v: &[f32]) -> Vec<f32> {
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -138,6 +138,12 @@ pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Te
         ));
     }
     let k = w.shape[1];
+    // bf16 expert stacks: their GEMMs take bf16 inputs (see linalg::matmul).
+    let (narrow_in, narrow_out) = (w_in.dtype == DType::BF16, w_out.dtype == DType::BF16);
+    let mut xv = xv;
+    if narrow_in {
+        super::linalg::round_bf16(&mut xv);
+    }
     let bi = b_in.map(|b| b.to_f32());
     let bo = b_out.map(|b| b.to_f32());
     let lim = limit.unwrap_or(f32::INFINITY);
@@ -173,6 +179,9 @@ pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Te
                 } else {
                     act(a, hid[q])
                 };
+            }
+            if narrow_out {
+                super::linalg::round_bf16(&mut act_out);
             }
             let wo = &wout[ex * f * h..(ex + 1) * f * h];
             let yr = &mut y[ti * h..(ti + 1) * h];

@@ -1,0 +1,169 @@
+//! The cuBLAS calls, on raw device pointers, for both element types the GEMM operands come in:
+//! f32 (exact SGEMM semantics: CUBLAS_COMPUTE_32F) and bf16 (tensor cores, fp32 accumulation
+//! and an f32 result). Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ, so cuBLAS gets B first.
+
+use cudarc::cublas::sys::{self, cublasComputeType_t, cublasOperation_t, cublasStatus_t, cudaDataType};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::CudaStream;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// The element type of a GEMM's A and B (C is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    Bf16,
+}
+
+impl Elem {
+    fn cuda(self) -> cudaDataType {
+        match self {
+            Elem::F32 => cudaDataType::CUDA_R_32F,
+            Elem::Bf16 => cudaDataType::CUDA_R_16BF,
+        }
+    }
+
+    pub fn bytes(self) -> u64 {
+        match self {
+            Elem::F32 => 4,
+            Elem::Bf16 => 2,
+        }
+    }
+}
+
+const COMPUTE: cublasComputeType_t = cublasComputeType_t::CUBLAS_COMPUTE_32F;
+
+fn check(what: &str, s: cublasStatus_t) -> Result<(), String> {
+    if s == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("{what}: {s:?}"))
+    }
+}
+
+/// One strided batch of row-major products C[b] = A[b] [m, k] · B[b] [k, n]; strides in elements
+/// (0 repeats one matrix over the batch).
+pub struct Strided {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+}
+
+/// # Safety
+/// `a`, `b` and `c` are device buffers on the handle's stream holding the batch's matrices
+/// (`a`, `b` of `elem`, `c` of f32).
+pub unsafe fn gemm_strided(blas: &CudaBlas, elem: Elem, g: &Strided, a: u64, b: u64, c: u64) -> Result<(), String> {
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let s = sys::cublasGemmStridedBatchedEx(
+        *blas.handle(),
+        cublasOperation_t::CUBLAS_OP_N,
+        cublasOperation_t::CUBLAS_OP_N,
+        g.n as i32,
+        g.m as i32,
+        g.k as i32,
+        &alpha as *const f32 as *const c_void,
+        b as *const c_void,
+        elem.cuda(),
+        g.n as i32,
+        g.stride_b as i64,
+        a as *const c_void,
+        elem.cuda(),
+        g.k as i32,
+        g.stride_a as i64,
+        &beta as *const f32 as *const c_void,
+        c as *mut c_void,
+        cudaDataType::CUDA_R_32F,
+        g.n as i32,
+        (g.m * g.n) as i64,
+        g.batch as i32,
+        COMPUTE,
+        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+    );
+    check("cublasGemmStridedBatchedEx", s)
+}
+
+/// One product per group: C_g [rows_g, dout] = A_g [rows_g, din] · W_g [din, dout], each group
+/// given as (A, W, C) device pointers and its row count.
+pub struct Grouped<'a> {
+    pub groups: &'a [(u64, u64, u64, usize)],
+    pub din: usize,
+    pub dout: usize,
+}
+
+/// Whether cuBLAS has grouped GEMMs (12.5 and later): older libraries lack the symbol, and a
+/// missing symbol would abort the process, so it is asked first.
+pub fn has_grouped_gemm(blas: &CudaBlas) -> bool {
+    let mut v: std::ffi::c_int = 0;
+    // SAFETY: a version query on a live handle.
+    let s = unsafe { sys::cublasGetVersion_v2(*blas.handle(), &mut v) };
+    s == cublasStatus_t::CUBLAS_STATUS_SUCCESS && v >= 120500
+}
+
+/// All groups in one cublasGemmGroupedBatchedEx call (one launch for every expert). Ok(false)
+/// when cuBLAS does not do this type combination grouped (bf16 inputs with an f32 result are
+/// refused by some versions): the caller then loops.
+///
+/// # Safety
+/// Every pointer addresses a block of the right size, on the handle's stream.
+pub unsafe fn gemm_grouped(blas: &CudaBlas, stream: &Arc<CudaStream>, elem: Elem, g: &Grouped) -> Result<bool, String> {
+    let n = g.groups.len();
+    if n == 0 {
+        return Ok(true);
+    }
+    // Column-major view: C_gᵀ = W_gᵀ · A_gᵀ, so cuBLAS's A is the group's W.
+    let upload = |v: Vec<u64>| stream.clone_htod(&v).map_err(|e| e.to_string());
+    let da = upload(g.groups.iter().map(|x| x.1).collect())?;
+    let db = upload(g.groups.iter().map(|x| x.0).collect())?;
+    let dc = upload(g.groups.iter().map(|x| x.2).collect())?;
+    use cudarc::driver::DevicePtr;
+    let (pa, _ga) = da.device_ptr(stream);
+    let (pb, _gb) = db.device_ptr(stream);
+    let (pc, _gc) = dc.device_ptr(stream);
+    let ops = vec![cublasOperation_t::CUBLAS_OP_N; n];
+    let m = vec![g.dout as i32; n];
+    let rows: Vec<i32> = g.groups.iter().map(|x| x.3 as i32).collect();
+    let k = vec![g.din as i32; n];
+    let (alpha, beta) = (vec![1.0f32; n], vec![0.0f32; n]);
+    let (lda, ldb, ldc) = (vec![g.dout as i32; n], vec![g.din as i32; n], vec![g.dout as i32; n]);
+    let sizes = vec![1i32; n];
+    let s = sys::cublasGemmGroupedBatchedEx(
+        *blas.handle(),
+        ops.as_ptr(),
+        ops.as_ptr(),
+        m.as_ptr(),
+        rows.as_ptr(),
+        k.as_ptr(),
+        alpha.as_ptr() as *const c_void,
+        pa as *const *const c_void,
+        elem.cuda(),
+        lda.as_ptr(),
+        pb as *const *const c_void,
+        elem.cuda(),
+        ldb.as_ptr(),
+        beta.as_ptr() as *const c_void,
+        pc as *const *mut c_void,
+        cudaDataType::CUDA_R_32F,
+        ldc.as_ptr(),
+        n as i32,
+        sizes.as_ptr(),
+        COMPUTE,
+    );
+    if s == cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED {
+        return Ok(false);
+    }
+    check("cublasGemmGroupedBatchedEx", s).map(|_| true)
+}
+
+/// The same products as `gemm_grouped`, one call per group (cuBLAS before 12.5, or to compare).
+///
+/// # Safety
+/// As `gemm_grouped`.
+pub unsafe fn gemm_per_group(blas: &CudaBlas, elem: Elem, g: &Grouped) -> Result<(), String> {
+    for &(a, w, c, rows) in g.groups {
+        gemm_strided(blas, elem, &Strided { m: rows, n: g.dout, k: g.din, batch: 1, stride_a: 0, stride_b: 0 }, a, w, c)?;
+    }
+    Ok(())
+}
