@@ -30,15 +30,20 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn number(name: &str) -> Result<Option<usize>, String> {
-    var(name).map(|v| v.trim().parse::<usize>().map_err(|_| format!("environment variable {name}={v:?} is not a non-negative integer"))).transpose()
-}
-
 impl Dist {
     /// Reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), else
     /// Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID). None when neither is set or the world
     /// is one process.
     pub fn from_env() -> Result<Option<Dist>, String> {
+        Dist::from_vars(var)
+    }
+
+    /// As `from_env`, reading the variables through `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Dist>, String> {
+        let var = |name: &str| get(name).filter(|v| !v.is_empty());
+        let number = |name: &str| -> Result<Option<usize>, String> {
+            var(name).map(|v| v.trim().parse::<usize>().map_err(|_| format!("environment variable {name}={v:?} is not a non-negative integer"))).transpose()
+        };
         let (rank, world, local, source) = match (number("RANK")?, number("WORLD_SIZE")?) {
             (Some(r), Some(w)) => (r, w, number("LOCAL_RANK")?, "torchrun"),
             (Some(_), None) | (None, Some(_)) => return Err("RANK and WORLD_SIZE must be set together".into()),
@@ -250,6 +255,35 @@ mod tests {
         assert_eq!(b, ["run"]);
         let mut c: Vec<String> = ["--nproc-per-node", "zero"].iter().map(|s| s.to_string()).collect();
         assert!(take_nproc_flag(&mut c).is_err());
+    }
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn torchrun_and_slurm_variables_place_the_process() {
+        let t = Dist::from_vars(vars(&[("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "10.0.0.2"), ("MASTER_PORT", "1234")])).unwrap().unwrap();
+        assert_eq!((t.rank, t.world, t.local_rank, t.master_addr.as_str(), t.master_port, t.source), (3, 4, 1, "10.0.0.2", 1234, "torchrun"));
+        let s = Dist::from_vars(vars(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "1")])).unwrap().unwrap();
+        assert_eq!((s.rank, s.world, s.local_rank, s.master_addr.as_str(), s.master_port, s.source), (5, 8, 1, "127.0.0.1", 29500, "slurm"));
+        // torchrun's variables win over Slurm's; a world of one is no distributed run.
+        let both = Dist::from_vars(vars(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2")])).unwrap().unwrap();
+        assert_eq!(both.source, "torchrun");
+        assert_eq!(Dist::from_vars(vars(&[("RANK", "0"), ("WORLD_SIZE", "1")])).unwrap(), None);
+        assert_eq!(Dist::from_vars(vars(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_launch_variables_are_named() {
+        let e = Dist::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")])).unwrap_err();
+        assert!(e.contains("RANK=\"x\""), "{e}");
+        let e = Dist::from_vars(vars(&[("RANK", "2"), ("WORLD_SIZE", "2")])).unwrap_err();
+        assert!(e.contains("rank 2 is not below the world size 2"), "{e}");
+        let e = Dist::from_vars(vars(&[("RANK", "0")])).unwrap_err();
+        assert!(e.contains("RANK and WORLD_SIZE"), "{e}");
+        let e = Dist::from_vars(vars(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "99999")])).unwrap_err();
+        assert!(e.contains("MASTER_PORT"), "{e}");
     }
 
     #[test]

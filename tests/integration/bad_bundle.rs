@@ -165,3 +165,41 @@ fn check_against_a_wrong_reference_fails_with_the_error_printed() {
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     assert!(ok.stdout.contains("output 'view_5': relative error") && ok.stdout.contains(": ok"), "{}", ok.stdout);
 }
+
+#[test]
+fn one_process_per_gpu_without_gpus_fails_on_every_rank_and_says_why() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        return; // A GPU machine: scripts/gpu-test runs multi-rank bundles there.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("tp2");
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    let c = ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--target", "cuda", "--tp", "2"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
+    let out_dir = dir.path().join("out");
+    let out = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap(), "--nproc-per-node", "2"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    // Each rank's own message, prefixed with its rank, then the launcher's verdict.
+    assert!(out.stderr.contains("[rank 0] error:") || out.stderr.contains("[rank 1] error:"), "{}", out.stderr);
+    assert!(out.stderr.contains("libcuda"), "{}", out.stderr);
+    assert!(out.stderr.contains("error: the run failed on at least one rank"), "{}", out.stderr);
+    assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none(), "no outputs are left");
+}
+
+#[test]
+fn a_multi_rank_bundle_on_one_process_asks_for_a_launcher() {
+    // The CPU backend runs every rank as a thread; under a launcher it refuses (one process
+    // would otherwise compute every rank).
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("tp2");
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    assert_eq!(ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--tp", "2"]).code, 0);
+    let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
+    let out = crate::common::ppmoe_env(
+        &["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", dir.path().join("o").to_str().unwrap(), "--backend", "cpu"],
+        &[("RANK", "1"), ("WORLD_SIZE", "2")],
+    );
+    assert_clean_failure(&out, &["rank 1 of 2 processes", "torchrun", "run it once, without a launcher"]);
+}

@@ -52,7 +52,12 @@ pub struct Output {
 }
 
 pub fn ppmoe(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ppmoe")).args(args).output().expect("ppmoe runs");
+    ppmoe_env(args, &[])
+}
+
+/// `ppmoe` with extra environment variables (a launcher's, for instance).
+pub fn ppmoe_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_ppmoe")).args(args).envs(env.iter().copied()).output().expect("ppmoe runs");
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -109,3 +109,28 @@ fn bf16_weights_stay_within_2e_2_of_pytorch_and_halve_the_weights_file() {
     let e = rel_err(got.as_f32().unwrap(), crate::common::reference(&dir).as_f32().unwrap());
     assert!(e > 1e-5 && e < 2e-2, "bf16 weights: {e:e} from PyTorch's fp32 output");
 }
+
+#[test]
+fn bf16_keeps_the_router_gates_fp32_and_stays_within_2e_2_of_pytorch_on_a_whole_lm() {
+    let dir = fixtures_dir().join("qwen2moe_lm_dynamo");
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("bf16");
+    let c = ppmoe(&["compile", dir.join("model.onnx").to_str().unwrap(), "-o", b.to_str().unwrap(), "--dtype", "bf16"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("manifest.json")).unwrap()).unwrap();
+    let weights: Vec<(String, String)> = m["programs"][0]["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] == "weight" && ["f32", "bf16"].contains(&b["dtype"].as_str().unwrap()))
+        .map(|b| (b["name"].as_str().unwrap().to_string(), b["dtype"].as_str().unwrap().to_string()))
+        .collect();
+    let fp32: Vec<&str> = weights.iter().filter(|(_, d)| d == "f32").map(|(n, _)| n.as_str()).collect();
+    // The two layers' router gates (and nothing else) stay fp32.
+    assert_eq!(fp32.len(), 2, "{fp32:?}");
+    assert!(fp32.iter().all(|n| n.contains("mlp.gate.weight")), "{fp32:?}");
+    assert!(weights.len() > 20);
+    let got = crate::common::run_fixture(&dir, &b, &work.path().join("out"));
+    let e = rel_err(got.as_f32().unwrap(), crate::common::reference(&dir).as_f32().unwrap());
+    assert!(e > 1e-5 && e < 2e-2, "bf16 weights and GEMMs: {e:e} from PyTorch's fp32 output");
+}

@@ -187,3 +187,19 @@ impl Nccl {
         self.check("ncclGroupEnd", unsafe { (self.group_end)() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nccl_loads_or_says_which_library_it_looked_for() {
+        match super::nccl() {
+            // A machine with NCCL: the entry points bound, and a version it reports.
+            Ok(n) => assert!(n.version().unwrap().starts_with("2."), "{}", n.path),
+            // One without: the library named, and where it was looked for.
+            Err(e) => {
+                assert!(e.contains("libnccl.so.2") && e.contains("LD_LIBRARY_PATH"), "{e}");
+                assert!(e.contains("/usr/lib/x86_64-linux-gnu/libnccl.so.2"), "{e}");
+            }
+        }
+    }
+}
