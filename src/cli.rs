@@ -145,7 +145,7 @@ impl HardwareFlags {
 }
 
 /// Flags of the MoE stages.
-#[derive(clap::Args, Clone, Copy)]
+#[derive(clap::Args, Clone)]
 pub struct MoeFlags {
     /// A source layer that drops tokens beyond an expert's capacity (GShard): `keep` that
     /// dropping (exact), or make the layer `dropless` (not exact; the summary says so).
@@ -175,6 +175,10 @@ pub struct MoeFlags {
     /// and fp16 weights, compute in fp32.
     #[arg(long, value_enum, default_value = "fp32")]
     dtype: DtypeFlag,
+    /// StableHLO: bind @main's arguments at compile time from a safetensors file whose tensors
+    /// are named arg0, arg1, ... (they become weights; the rest stay run-time inputs).
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -215,6 +219,7 @@ impl MoeFlags {
         });
         c.grid = Some(Grid { dp: self.dp, pp: self.pp, tp: self.tp });
         c.microbatches = self.microbatches;
+        c.weights = self.weights;
         c.target_cuda = self.target == TargetFlag::Cuda;
         c.weight_dtype = match self.dtype {
             DtypeFlag::Fp32 => None,

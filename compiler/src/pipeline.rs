@@ -38,6 +38,8 @@ pub const NOT_MLIR: &[&str] = &["ptx"];
 pub struct Compilation {
     pub path: PathBuf,
     pub input_shapes: Vec<(String, Vec<i64>)>,
+    /// StableHLO: a safetensors file binding @main's arguments at compile time (`--weights`).
+    pub weights: Option<PathBuf>,
     pub model: Option<Model>,
     pub types: Option<Types>,
     pub onnx_text: Option<String>,
@@ -186,7 +188,7 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
 
 fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
     let shapes = microbatch_shapes(c)?;
-    let (model, types, text) = ppmoe_frontend::import(&c.path, &shapes)?;
+    let (model, types, text) = ppmoe_frontend::import_with(&c.path, &shapes, c.weights.as_deref())?;
     c.model = Some(model);
     c.types = Some(types);
     c.onnx_text = Some(text);
@@ -200,7 +202,7 @@ fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, Compile
     if k == 1 {
         return Ok(c.input_shapes.clone());
     }
-    let model = ppmoe_frontend::load_onnx(&c.path)?;
+    let model = ppmoe_frontend::load_model(&c.path, c.weights.as_deref())?;
     let bad = |reason: String| CompileError::Grid { path: c.path.clone(), reason };
     let mut out = Vec::new();
     for input in &model.graph.inputs {

@@ -32,6 +32,9 @@ pub enum ImportError {
     #[error("{}: --input-shape {name}: {reason}", path.display())]
     BadInputShape { path: PathBuf, name: String, reason: String },
 
+    #[error("{}: {reason}", path.display())]
+    StableHlo { path: PathBuf, reason: String },
+
     #[error("{}: the imported IR does not verify: {diagnostics}", path.display())]
     Verify { path: PathBuf, diagnostics: String },
 }

@@ -9,6 +9,7 @@ pub mod load;
 pub mod onnx_proto;
 pub mod onnx_stage;
 mod schema;
+pub mod stablehlo;
 
 pub use dtype::DType;
 pub use error::ImportError;
@@ -39,9 +40,29 @@ pub fn set_input_shape(model: &mut Model, name: &str, dims: &[i64]) -> Result<()
     Ok(())
 }
 
+/// Reads a model: ONNX, or StableHLO in generic op form (`.mlir`), whose @main arguments
+/// `weights` may bind at compile time.
+pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, ImportError> {
+    if path.extension().is_some_and(|e| e == "mlir") {
+        return stablehlo::load_stablehlo(path, weights);
+    }
+    if let Some(w) = weights {
+        return Err(ImportError::StableHlo {
+            path: w.to_owned(),
+            reason: format!("--weights binds the arguments of a StableHLO program; {} is ONNX, which carries its own weights", path.display()),
+        });
+    }
+    load_onnx(path)
+}
+
 /// Reads a model and returns it with its inferred types and its `onnx`-stage MLIR text.
 pub fn import(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Result<(Model, Types, String), ImportError> {
-    let mut model = load_onnx(path)?;
+    import_with(path, input_shapes, None)
+}
+
+/// As `import`, with StableHLO arguments bound from `weights`.
+pub fn import_with(path: &Path, input_shapes: &[(String, Vec<i64>)], weights: Option<&Path>) -> Result<(Model, Types, String), ImportError> {
+    let mut model = load_model(path, weights)?;
     for (name, dims) in input_shapes {
         set_input_shape(&mut model, name, dims)?;
     }

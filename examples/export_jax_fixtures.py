@@ -1,0 +1,150 @@
+"""Exports the StableHLO fixtures: a GShard top-2 MoE layer written in JAX (the algorithm of
+examples/export_family_fixtures.py's PyTorch GShardTop2: DeepSpeed's top2gating with einsum
+dispatch and combine), as StableHLO in generic op form, with JAX's outputs.
+
+  jax_gshard_top2/          the layer under plain jax.jit (one device)
+  jax_gshard_top2_a2a/      the same layer under shard_map over 4 devices: tokens split over
+                            'x', experts split over 'x', dispatch and return as two
+                            all_to_all; the capacity is computed per source shard, as such
+                            programs do
+
+Each folder: model.mlir (generic form), x.npy (the tokens), the weights as wg.npy, w1.npy,
+w2.npy and together as weights.safetensors (named by their argument of @main: arg1, arg2,
+arg3, as ppmoe's --weights binds them), out.npy (JAX's output), fixture.json.
+
+Run where JAX is (the GPU machine has it), on the CPU with four host devices:
+
+  JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+      python3 examples/export_jax_fixtures.py tests/fixtures
+"""
+
+import json
+import math
+import os
+import struct
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+S, M, F, E, DEVICES = 64, 64, 128, 4, 4
+CAPACITY_FACTOR, MIN_CAPACITY = 0.5, 2
+
+
+def capacity(tokens):
+    return max(math.ceil(tokens / E * CAPACITY_FACTOR * 2), MIN_CAPACITY)
+
+
+def gating(x, wg):
+    """Top-2 gating with capacity: the combine weights [S, E, C] and the dispatch mask."""
+    logits = x @ wg
+    gates = jax.nn.softmax(logits, axis=1)
+    s, e = gates.shape
+    cap = capacity(s)
+    idx1 = jnp.argmax(gates, axis=1)
+    mask1 = jax.nn.one_hot(idx1, e, dtype=jnp.int32)
+    logits_except1 = jnp.where(mask1.astype(bool), -jnp.inf, logits)
+    idx2 = jnp.argmax(logits_except1, axis=1)
+    mask2 = jax.nn.one_hot(idx2, e, dtype=jnp.int32)
+    loc1 = jnp.cumsum(mask1, axis=0) - 1
+    loc2 = jnp.cumsum(mask2, axis=0) - 1 + jnp.sum(mask1, axis=0, keepdims=True)
+    mask1 = mask1 * (loc1 < cap)
+    mask2 = mask2 * (loc2 < cap)
+    loc1_s = jnp.sum(loc1 * mask1, axis=1)
+    loc2_s = jnp.sum(loc2 * mask2, axis=1)
+    m1, m2 = mask1.astype(jnp.float32), mask2.astype(jnp.float32)
+    g1 = jnp.einsum("se,se->s", gates, m1)
+    g2 = jnp.einsum("se,se->s", gates, m2)
+    denom = jnp.maximum(g1 + g2, jnp.finfo(jnp.float32).eps)
+    g1, g2 = g1 / denom, g2 / denom
+    gates1 = jnp.einsum("s,se->se", g1, m1)
+    gates2 = jnp.einsum("s,se->se", g2, m2)
+    l1 = jax.nn.one_hot(loc1_s, cap, dtype=jnp.float32)
+    l2 = jax.nn.one_hot(loc2_s, cap, dtype=jnp.float32)
+    combine = jnp.einsum("se,sc->sec", gates1, l1) + jnp.einsum("se,sc->sec", gates2, l2)
+    dispatch = (combine != 0).astype(x.dtype)
+    return combine, dispatch
+
+
+def experts(dispatched, w1, w2):
+    h = jax.nn.gelu(jnp.einsum("ecm,emf->ecf", dispatched, w1), approximate=False)
+    return jnp.einsum("ecf,efm->ecm", h, w2)
+
+
+def layer(x, wg, w1, w2):
+    combine, dispatch = gating(x, wg)
+    dispatched = jnp.einsum("sec,sm->ecm", dispatch, x)
+    return jnp.einsum("sec,ecm->sm", combine, experts(dispatched, w1, w2))
+
+
+def layer_a2a(x, wg, w1, w2):
+    """One shard's part: its tokens, all router columns, its experts."""
+    combine, dispatch = gating(x, wg)
+    dispatched = jnp.einsum("sec,sm->ecm", dispatch, x)
+    # [E, C, M] -> [E/n, n*C, M]: each device gets its experts' slots from every source shard.
+    dispatched = jax.lax.all_to_all(dispatched, "x", split_axis=0, concat_axis=1, tiled=True)
+    out = experts(dispatched, w1, w2)
+    out = jax.lax.all_to_all(out, "x", split_axis=1, concat_axis=0, tiled=True)
+    return jnp.einsum("sec,ecm->sm", combine, out)
+
+
+def write_safetensors(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a, dtype=np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def save(root, name, lowered, args, out, notes):
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    text = lowered.compiler_ir("stablehlo").operation.get_asm(print_generic_op_form=True)
+    with open(os.path.join(d, "model.mlir"), "w") as f:
+        f.write(text)
+    x, wg, w1, w2 = (np.asarray(a) for a in args)
+    np.save(os.path.join(d, "x.npy"), x)
+    for n, a in (("wg", wg), ("w1", w1), ("w2", w2)):
+        np.save(os.path.join(d, f"{n}.npy"), a)
+    write_safetensors(os.path.join(d, "weights.safetensors"), {"arg1": wg, "arg2": w1, "arg3": w2})
+    np.save(os.path.join(d, "out.npy"), np.asarray(out))
+    meta = dict(arch="gshard top-2 (JAX)", exporter=f"jax {jax.__version__}, compiler_ir('stablehlo'), generic op form",
+                kind="stablehlo", inputs=["x", "wg", "w1", "w2"], outputs=["out"], tokens=S, hidden=M, ffn=F,
+                experts=E, **notes)
+    with open(os.path.join(d, "fixture.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    ops = sorted({l.split('"')[1] for l in text.splitlines() if '= "' in l or l.strip().startswith('"')})
+    print(f"{name}: {len(text)} chars; ops: {' '.join(ops)}")
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
+    key = jax.random.PRNGKey(0)
+    kx, kg, k1, k2 = jax.random.split(key, 4)
+    x = jax.random.normal(kx, (S, M), jnp.float32)
+    wg = jax.random.normal(kg, (M, E), jnp.float32) * 0.3
+    w1 = jax.random.normal(k1, (E, M, F), jnp.float32) * 0.1
+    w2 = jax.random.normal(k2, (E, F, M), jnp.float32) * 0.1
+    args = (x, wg, w1, w2)
+
+    plain = jax.jit(layer)
+    save(root, "jax_gshard_top2", plain.lower(*args), args, plain(*args), dict(capacity=capacity(S)))
+
+    mesh = Mesh(np.array(jax.devices()[:DEVICES]), ("x",))
+    sharded = jax.jit(jax.shard_map(layer_a2a, mesh=mesh, in_specs=(P("x"), P(), P("x"), P("x")), out_specs=P("x")))
+    out = sharded(*args)
+    save(root, "jax_gshard_top2_a2a", sharded.lower(*args), args, out,
+         dict(devices=DEVICES, capacity_per_shard=capacity(S // DEVICES)))
+    # The sharded program is not the plain one: each shard drops by its own capacity.
+    print("max |a2a - plain| =", float(jnp.max(jnp.abs(out - plain(*args)))))
+
+
+if __name__ == "__main__":
+    main()
