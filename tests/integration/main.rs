@@ -10,3 +10,4 @@ mod core_numerics;
 mod distribute;
 mod moe_raise;
 mod onnx_stage;
+mod stablehlo;

@@ -98,6 +98,9 @@ fn dense_bytes(a: &DenseElementsAttribute, ty: &TensorType) -> Result<TensorData
     Ok(TensorData { dtype: ty.dtype, dims, bytes })
 }
 
+/// What `func.call` is parsed as (see `load_stablehlo`).
+pub const CALL_ALIAS: &str = "ppmoe.stablehlo_call";
+
 /// The properties StableHLO, Shardy and func ops carry that the lowering reads.
 const INHERENT: [&str; 33] = [
     "value", "dimensions", "dot_dimension_numbers", "comparison_direction", "compare_type", "broadcast_dimensions", "permutation",
@@ -134,7 +137,10 @@ impl Reader {
     }
 
     pub fn op<'c, 'a>(&mut self, op: &OperationRef<'c, 'a>) -> Result<HOp, String> {
-        let name = op.name().as_string_ref().as_str().map_err(|e| e.to_string())?.to_string();
+        let mut name = op.name().as_string_ref().as_str().map_err(|e| e.to_string())?.to_string();
+        if name == CALL_ALIAS {
+            name = "func.call".into();
+        }
         let mut operands = Vec::new();
         let mut operand_types = Vec::new();
         for (i, v) in op.operands().enumerate() {

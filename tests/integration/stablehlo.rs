@@ -1,0 +1,132 @@
+//! The StableHLO frontend on the JAX fixtures (tests/fixtures/jax_*, made by
+//! examples/export_jax_fixtures.py): a GShard top-2 layer under plain jit, and under shard_map
+//! with two all_to_alls; compiled, raised, distributed and run on the CPU against JAX's output.
+
+use crate::common::{assert_clean_failure, fixtures_dir, ppmoe};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    fixtures_dir().join(name)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Compiles with the weights bound at compile time and the given flags, runs on the CPU, and
+/// returns the --check line.
+fn compile_and_run(dir: &Path, flags: &[&str]) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("b");
+    let mut args = vec!["compile".to_string(), s(&dir.join("model.mlir")), "-o".into(), s(&b), "--weights".into(), s(&dir.join("weights.safetensors"))];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let c = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let r = ppmoe(&["run", &s(&b), "--input", &s(&dir.join("x.npy")), "--output-dir", &s(&work.path().join("o")), "--check", &s(&dir.join("out.npy"))]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+fn summary(dir: &Path) -> String {
+    let out = ppmoe(&["inspect", &s(&dir.join("model.mlir")), "--weights", &s(&dir.join("weights.safetensors")), "--summary"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout
+}
+
+#[test]
+fn plain_jit_gshard_layer_is_raised_and_matches_jax_on_every_strategy() {
+    let dir = fixture("jax_gshard_top2");
+    let sum = summary(&dir);
+    assert!(sum.contains("softmax -> top-2, renormalised, capacity 16"), "{sum}");
+    assert!(sum.contains("1 MoE layer(s)") && sum.contains("gelu"), "{sum}");
+    for flags in [&["--tp", "1"][..], &["--tp", "2", "--moe-strategy", "ppmoe"], &["--tp", "4", "--moe-strategy", "alltoall"]] {
+        let line = compile_and_run(&dir, flags);
+        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
+    }
+}
+
+#[test]
+fn shard_map_all_to_all_layer_is_raised_per_source_shard_and_matches_jax() {
+    let dir = fixture("jax_gshard_top2_a2a");
+    let sum = summary(&dir);
+    // Four source shards of 16 tokens, each routed with its own capacity (4), as JAX did.
+    assert_eq!(sum.matches("softmax -> top-2, renormalised, capacity 4").count(), 4, "{sum}");
+    for flags in [&["--tp", "1"][..], &["--tp", "2", "--moe-strategy", "ppmoe"], &["--tp", "4", "--moe-strategy", "ppmoe"], &["--tp", "4", "--moe-strategy", "alltoall"]] {
+        let line = compile_and_run(&dir, flags);
+        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
+    }
+}
+
+#[test]
+fn with_the_ppmoe_strategy_the_compiled_program_has_no_all_to_all() {
+    let dir = fixture("jax_gshard_top2_a2a");
+    let ir = |strategy: &str| {
+        let out = ppmoe(&["inspect", &s(&dir.join("model.mlir")), "--weights", &s(&dir.join("weights.safetensors")), "--tp", "4", "--moe-strategy", strategy, "--emit", "pipelined"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let ppmoe_ir = ir("ppmoe");
+    assert_eq!(ppmoe_ir.matches("all_to_all").count(), 0);
+    assert!(ppmoe_ir.contains("shard.all_reduce"), "PPMoE combines with one all-reduce per layer");
+    assert!(ir("alltoall").contains("shard.all_to_all"), "the alltoall strategy keeps the exchange");
+}
+
+#[test]
+fn weights_can_be_bound_at_run_time_in_argument_order() {
+    let dir = fixture("jax_gshard_top2_a2a");
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("b");
+    assert_eq!(ppmoe(&["compile", &s(&dir.join("model.mlir")), "-o", &s(&b)]).code, 0);
+    let mut args = vec!["run".to_string(), s(&b), "--output-dir".into(), s(&work.path().join("o")), "--check".into(), s(&dir.join("out.npy"))];
+    for f in ["x", "wg", "w1", "w2"] {
+        args.push("--input".into());
+        args.push(s(&dir.join(format!("{f}.npy"))));
+    }
+    let r = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("(tolerance 1e-4): ok"), "{}", r.stdout);
+}
+
+/// A copy of the plain fixture's text with one edit, in a temporary file.
+fn edited(from: &str, to: &str) -> (tempfile::TempDir, PathBuf) {
+    let text = std::fs::read_to_string(fixture("jax_gshard_top2").join("model.mlir")).unwrap();
+    assert!(text.contains(from), "the fixture no longer has {from}");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.mlir");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    (d, p)
+}
+
+#[test]
+fn bad_stablehlo_is_refused_with_the_op_and_what_was_expected() {
+    let d = tempfile::tempdir().unwrap();
+    let pretty = d.path().join("pretty.mlir");
+    std::fs::write(&pretty, "func.func @main(%arg0: tensor<2xf32>) -> tensor<2xf32> {\n  %0 = stablehlo.add %arg0, %arg0 : tensor<2xf32>\n  return %0 : tensor<2xf32>\n}\n").unwrap();
+    let out = ppmoe(&["compile", &s(&pretty), "-o", &s(&d.path().join("b"))]);
+    assert_clean_failure(&out, &["pretty.mlir", "pretty-printed StableHLO", "print_generic_op_form=True"]);
+    assert!(!d.path().join("b").exists());
+
+    let (_d, unknown) = edited("\"stablehlo.exponential\"", "\"stablehlo.cbrt\"");
+    let out = ppmoe(&["inspect", &s(&unknown), "--emit", "core"]);
+    assert_clean_failure(&out, &["bad.mlir", "stablehlo.cbrt", "is not supported", "dot_general"]);
+
+    let (_d, malformed) = edited("lhs_contracting_dimensions = [1]", "lhs_contracting_dimensions = [one]");
+    let out = ppmoe(&["inspect", &s(&malformed), "--emit", "core"]);
+    assert_clean_failure(&out, &["bad.mlir", "stablehlo.dot_general", "'one' is not an integer"]);
+
+    let (_d, garbled) = edited("\"stablehlo.exponential\"(", "\"stablehlo.exponential\"((");
+    let out = ppmoe(&["inspect", &s(&garbled), "--emit", "core"]);
+    assert_clean_failure(&out, &["bad.mlir", "not MLIR in generic op form"]);
+}
+
+#[test]
+fn weights_that_fit_no_argument_are_refused() {
+    let dir = fixture("jax_gshard_top2");
+    // The ONNX fixtures carry their own weights.
+    let onnx = fixtures_dir().join("gshard_top2/model.onnx");
+    let out = ppmoe(&["inspect", &s(&onnx), "--weights", &s(&dir.join("weights.safetensors")), "--emit", "core"]);
+    assert_clean_failure(&out, &["weights.safetensors", "--weights binds the arguments of a StableHLO program"]);
+    // The other fixture's file binds the same names and shapes; a plain .npy is no safetensors.
+    let out = ppmoe(&["inspect", &s(&dir.join("model.mlir")), "--weights", &s(&dir.join("x.npy")), "--emit", "core"]);
+    assert_clean_failure(&out, &["x.npy", "not a safetensors file"]);
+}
