@@ -8,6 +8,11 @@ dispatch and combine), as StableHLO in generic op form, with JAX's outputs.
                             all_to_all; the capacity is computed per source shard, as such
                             programs do
 
+  jax_moe_block/            a Mixtral-like transformer block in JAX (RMSNorm, causal attention
+                            with RoPE, top-2 router -> softmax, SwiGLU experts computed densely
+                            and combined by the routing weights): the ops a JAX transformer
+                            lowers to (rsqrt, top-k, sine/cosine, slices, concatenate, ...)
+
 Each folder: model.mlir (generic form), x.npy (the tokens), the weights as wg.npy, w1.npy,
 w2.npy and together as weights.safetensors (named by their argument of @main: arg1, arg2,
 arg3, as ppmoe's --weights binds them), out.npy (JAX's output), fixture.json.
@@ -90,6 +95,42 @@ def layer_a2a(x, wg, w1, w2):
     return jnp.einsum("sec,ecm->sm", combine, out)
 
 
+NH, HD = 4, 16
+
+
+def rms(x, w):
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w
+
+
+def rope(x):
+    s, _, d = x.shape
+    half = d // 2
+    pos = jnp.arange(s, dtype=jnp.float32)
+    freqs = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+    ang = pos[:, None] * freqs[None, :]
+    cos, sin = jnp.cos(ang)[:, None, :], jnp.sin(ang)[:, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
+def moe_block(x, n1, wq, wk, wv, wo, n2, wr, w1, w3, w2):
+    s = x.shape[0]
+    h = rms(x, n1)
+    q, k, v = ((h @ w).reshape(s, NH, HD) for w in (wq, wk, wv))
+    q, k = rope(q), rope(k)
+    att = jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(HD)
+    causal = jnp.tril(jnp.ones((s, s), dtype=bool))
+    att = jax.nn.softmax(jnp.where(causal[None], att, -1e9), axis=-1)
+    x = x + jnp.einsum("hqk,khd->qhd", att, v).reshape(s, NH * HD) @ wo
+    h = rms(x, n2)
+    vals, idx = jax.lax.top_k(h @ wr, 2)
+    w = jax.nn.softmax(vals, axis=-1)
+    combine = jnp.sum(jax.nn.one_hot(idx, E, dtype=jnp.float32) * w[..., None], axis=1)
+    act = jax.nn.silu(jnp.einsum("sm,emf->esf", h, w1)) * jnp.einsum("sm,emf->esf", h, w3)
+    y = jnp.einsum("esf,efm->esm", act, w2)
+    return x + jnp.einsum("se,esm->sm", combine, y)
+
+
 def write_safetensors(path, tensors):
     header, blobs, offset = {}, [], 0
     for name, a in tensors.items():
@@ -101,6 +142,24 @@ def write_safetensors(path, tensors):
     h += b" " * ((8 - len(h) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def save_block(root, lowered, args, out):
+    d = os.path.join(root, "jax_moe_block")
+    os.makedirs(d, exist_ok=True)
+    text = lowered.compiler_ir("stablehlo").operation.get_asm(print_generic_op_form=True)
+    with open(os.path.join(d, "model.mlir"), "w") as f:
+        f.write(text)
+    arrays = [np.asarray(a) for a in args]
+    np.save(os.path.join(d, "x.npy"), arrays[0])
+    write_safetensors(os.path.join(d, "weights.safetensors"), {f"arg{i}": a for i, a in enumerate(arrays) if i > 0})
+    np.save(os.path.join(d, "out.npy"), np.asarray(out))
+    meta = dict(arch="Mixtral-like block (JAX)", exporter=f"jax {jax.__version__}, compiler_ir('stablehlo'), generic op form",
+                kind="stablehlo", inputs=["x"], weights="weights.safetensors (arg1 .. arg10)", outputs=["out"])
+    with open(os.path.join(d, "fixture.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    ops = sorted({l.split('"')[1] for l in text.splitlines() if '= "' in l or l.strip().startswith('"')})
+    print(f"jax_moe_block: {len(text)} chars; ops: {' '.join(ops)}")
 
 
 def save(root, name, lowered, args, out, notes):
@@ -142,6 +201,14 @@ def main():
     out = sharded(*args)
     save(root, "jax_gshard_top2_a2a", sharded.lower(*args), args, out,
          dict(devices=DEVICES, capacity_per_shard=capacity(S // DEVICES)))
+    ks = jax.random.split(jax.random.PRNGKey(1), 12)
+    nrm = lambda k, shape, sc: jax.random.normal(k, shape, jnp.float32) * sc
+    xb = nrm(ks[0], (16, M), 1.0)
+    block_args = (xb, 1.0 + nrm(ks[1], (M,), 0.1), nrm(ks[2], (M, M), 0.1), nrm(ks[3], (M, M), 0.1), nrm(ks[4], (M, M), 0.1),
+                  nrm(ks[5], (M, M), 0.1), 1.0 + nrm(ks[6], (M,), 0.1), nrm(ks[7], (M, E), 0.3), nrm(ks[8], (E, M, F), 0.1),
+                  nrm(ks[9], (E, M, F), 0.1), nrm(ks[10], (E, F, M), 0.1))
+    blk = jax.jit(moe_block)
+    save_block(root, blk.lower(*block_args), block_args, blk(*block_args))
     # The sharded program is not the plain one: each shard drops by its own capacity.
     print("max |a2a - plain| =", float(jnp.max(jnp.abs(out - plain(*args)))))
 

@@ -130,3 +130,16 @@ fn weights_that_fit_no_argument_are_refused() {
     let out = ppmoe(&["inspect", &s(&dir.join("model.mlir")), "--weights", &s(&dir.join("x.npy")), "--emit", "core"]);
     assert_clean_failure(&out, &["x.npy", "not a safetensors file"]);
 }
+
+#[test]
+fn a_jax_transformer_block_matches_jax_and_its_moe_is_raised() {
+    // RMSNorm (rsqrt), causal attention with RoPE (sine, cosine, slices, concatenate,
+    // transposes), a top-k router (chlo.top_k) and SwiGLU experts computed densely.
+    let dir = fixture("jax_moe_block");
+    let sum = summary(&dir);
+    assert!(sum.contains("top-2 -> softmax") && sum.contains("swiglu") && sum.contains("1 MoE layer(s)"), "{sum}");
+    for flags in [&["--tp", "1"][..], &["--tp", "2", "--moe-strategy", "ppmoe"], &["--tp", "2", "--moe-strategy", "alltoall"], &["--tp", "4", "--moe-strategy", "auto"]] {
+        let line = compile_and_run(&dir, flags);
+        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
+    }
+}

@@ -290,7 +290,7 @@ impl Lowering {
             "stablehlo.reduce" => self.reduce(op, &args)?,
             "stablehlo.reduce_window" => vec![self.cumsum(op, arg(0)?)?],
             "stablehlo.gather" => vec![self.gather(op, arg(0)?, arg(1)?)?],
-            "stablehlo.custom_call" => self.custom_call(op, &args)?,
+            "stablehlo.custom_call" | "chlo.top_k" => self.custom_call(op, &args)?,
             "func.call" => {
                 let callee = attrs::symbol(attr("callee")?);
                 let f = self.funcs.get(&callee).cloned().ok_or_else(|| format!("calls @{callee}, which the module does not define"))?;
@@ -492,7 +492,7 @@ impl Lowering {
     }
 
     fn custom_call(&mut self, op: &HOp, args: &[String]) -> Result<Vec<String>, String> {
-        let target = op.attr("call_target_name").map(|s| s.trim_matches('"').to_string()).unwrap_or_default();
+        let target = if op.name == "chlo.top_k" { "TopK".to_string() } else { op.attr("call_target_name").map(|s| s.trim_matches('"').to_string()).unwrap_or_default() };
         match target.as_str() {
             "mhlo.topk" | "TopK" | "stablehlo.top_k" => {
                 let k = op.results.first().and_then(|r| r.ty.dims.last().and_then(|d| d.known())).ok_or("top-k of unknown k")?;
