@@ -143,3 +143,39 @@ fn a_jax_transformer_block_matches_jax_and_its_moe_is_raised() {
         assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
     }
 }
+
+#[test]
+fn a_scatter_add_of_rows_lowers_to_scatter_nd_and_accumulates_repeated_indices() {
+    use ppmoe_runtime::npy::{read_npy, write_npy};
+    use ppmoe_runtime::{DType, Tensor};
+    // x.at[ids].add(u) as JAX writes it for rows: repeated indices accumulate.
+    let text = r#""builtin.module"() ({
+  "func.func"() <{function_type = (tensor<4x2xf32>, tensor<3xi32>, tensor<3x2xf32>) -> tensor<4x2xf32>, sym_name = "main", sym_visibility = "public"}> ({
+  ^bb0(%arg0: tensor<4x2xf32>, %arg1: tensor<3xi32>, %arg2: tensor<3x2xf32>):
+    %0 = "stablehlo.scatter"(%arg0, %arg1, %arg2) <{scatter_dimension_numbers = #stablehlo.scatter<update_window_dims = [1], inserted_window_dims = [0], scatter_dims_to_operand_dims = [0], index_vector_dim = 1>}> ({
+    ^bb0(%a: tensor<f32>, %b: tensor<f32>):
+      %s = "stablehlo.add"(%a, %b) : (tensor<f32>, tensor<f32>) -> tensor<f32>
+      "stablehlo.return"(%s) : (tensor<f32>) -> ()
+    }) : (tensor<4x2xf32>, tensor<3xi32>, tensor<3x2xf32>) -> tensor<4x2xf32>
+    "func.return"(%0) : (tensor<4x2xf32>) -> ()
+  }) : () -> ()
+}) : () -> ()
+"#;
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("scatter.mlir");
+    std::fs::write(&m, text).unwrap();
+    let core = ppmoe(&["inspect", &s(&m), "--emit", "core"]);
+    assert_eq!(core.code, 0, "{}", core.stderr);
+    assert!(core.stdout.contains("scatter_nd"), "{}", core.stdout);
+    let (x, ids, u) = (d.path().join("x.npy"), d.path().join("ids.npy"), d.path().join("u.npy"));
+    write_npy(&x, &Tensor::f32(vec![4, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])).unwrap();
+    write_npy(&ids, &Tensor::i64(vec![3], vec![1, 3, 1]).with_dtype(DType::I32)).unwrap();
+    write_npy(&u, &Tensor::f32(vec![3, 2], vec![10.0, 20.0, 30.0, 40.0, 50.0, 60.0])).unwrap();
+    let b = d.path().join("b");
+    assert_eq!(ppmoe(&["compile", &s(&m), "-o", &s(&b)]).code, 0);
+    let r = ppmoe(&["run", &s(&b), "--input", &s(&x), "--input", &s(&ids), "--input", &s(&u), "--output-dir", &s(&d.path().join("o"))]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = read_npy(&d.path().join("o/out0.npy")).unwrap();
+    // Row 1 gets 10+50 and 20+60, row 3 gets 30 and 40.
+    assert_eq!(out.to_f32(), vec![1.0, 2.0, 63.0, 84.0, 5.0, 6.0, 37.0, 48.0]);
+}

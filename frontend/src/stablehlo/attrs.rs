@@ -71,6 +71,33 @@ pub fn dot_dims(s: &str) -> Result<DotDims, String> {
     Ok(d)
 }
 
+/// scatter's dimension numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScatterDims {
+    pub update_window: Vec<i64>,
+    pub inserted_window: Vec<i64>,
+    pub to_operand: Vec<i64>,
+    pub index_vector_dim: i64,
+    /// Batching dimensions (newer StableHLO); ppmoe reads none.
+    pub batching: bool,
+}
+
+/// `#stablehlo.scatter<update_window_dims = [1], inserted_window_dims = [0], scatter_dims_to_operand_dims = [0], index_vector_dim = 1>`.
+pub fn scatter_dims(s: &str) -> Result<ScatterDims, String> {
+    let mut d = ScatterDims::default();
+    for (name, value) in fields(s, "#stablehlo.scatter<")? {
+        match name.as_str() {
+            "update_window_dims" => d.update_window = int_list(&value)?,
+            "inserted_window_dims" => d.inserted_window = int_list(&value)?,
+            "scatter_dims_to_operand_dims" => d.to_operand = int_list(&value)?,
+            "index_vector_dim" => d.index_vector_dim = value.trim().parse().map_err(|_| format!("'{s}': index_vector_dim '{value}' is not an integer"))?,
+            "input_batching_dims" | "scatter_indices_batching_dims" => d.batching |= !int_list(&value)?.is_empty(),
+            other => return Err(format!("'{s}': unknown scatter dimension field {other}")),
+        }
+    }
+    Ok(d)
+}
+
 /// `#stablehlo<comparison_direction NE>` -> "NE" (and likewise for other enum attributes).
 pub fn enum_value(s: &str, kind: &str) -> Result<String, String> {
     let prefix = format!("#stablehlo<{kind} ");
@@ -161,6 +188,8 @@ mod tests {
         assert_eq!(sh[0], Sharding { mesh: "mesh".into(), dims: vec![vec!["x".into()], vec![]] });
         assert_eq!(sh[2].dims.len(), 3);
         assert_eq!(manual_axes("#sdy<manual_axes{\"x\"}>").unwrap(), vec!["x"]);
+        let sc = scatter_dims("#stablehlo.scatter<update_window_dims = [1], inserted_window_dims = [0], scatter_dims_to_operand_dims = [0], index_vector_dim = 1>").unwrap();
+        assert_eq!((sc.update_window, sc.inserted_window, sc.to_operand, sc.index_vector_dim, sc.batching), (vec![1], vec![0], vec![0], 1, false));
         let (m, axes) = replica_mesh_axes("#stablehlo.replica_group_mesh_axes<mesh = @mesh_0, axes = [#stablehlo.axis_ref<name = \"x\">]>").unwrap();
         assert_eq!((m.as_str(), axes), ("mesh_0", vec!["x".to_string()]));
     }

@@ -102,12 +102,13 @@ fn dense_bytes(a: &DenseElementsAttribute, ty: &TensorType) -> Result<TensorData
 pub const CALL_ALIAS: &str = "ppmoe.stablehlo_call";
 
 /// The properties StableHLO, Shardy and func ops carry that the lowering reads.
-const INHERENT: [&str; 34] = [
+const INHERENT: [&str; 35] = [
     "value", "dimensions", "dot_dimension_numbers", "comparison_direction", "compare_type", "broadcast_dimensions", "permutation",
     "iota_dimension", "dimension", "start_indices", "limit_indices", "strides", "window_dimensions", "window_strides",
     "base_dilations", "window_dilations", "padding", "slice_sizes", "dimension_numbers", "call_target_name", "callee", "sym_name",
     "sym_visibility", "in_shardings", "out_shardings", "manual_axes", "mesh", "split_dimension", "concat_dimension", "split_count",
     "replica_groups", "channel_handle", "backend_config", "k",
+    "scatter_dimension_numbers",
 ];
 
 /// Copies a parsed module into plain values. Values are numbered in the order they are met.

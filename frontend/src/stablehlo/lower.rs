@@ -290,6 +290,7 @@ impl Lowering {
             "stablehlo.reduce" => self.reduce(op, &args)?,
             "stablehlo.reduce_window" => vec![self.cumsum(op, arg(0)?)?],
             "stablehlo.gather" => vec![self.gather(op, arg(0)?, arg(1)?)?],
+            "stablehlo.scatter" => vec![self.scatter(op, &args)?],
             "stablehlo.custom_call" | "chlo.top_k" => self.custom_call(op, &args)?,
             "func.call" => {
                 let callee = attrs::symbol(attr("callee")?);
@@ -489,6 +490,43 @@ impl Lowering {
         }
         let squeezed = self.reshape(ids, &idd[..idd.len() - 1]);
         Ok(self.one("Gather", vec![x, squeezed], vec![("axis", AttrValue::Int(0))]))
+    }
+
+    /// Scatters of whole rows or blocks at leading-dimension indices (`x.at[ids].set/add/max`):
+    /// ONNX's ScatterND, with the update computation as its reduction.
+    fn scatter(&mut self, op: &HOp, args: &[String]) -> Result<String, String> {
+        let [x, ids, updates] = args else { return Err(format!("{} operands: ppmoe reads scatters of one operand", args.len())) };
+        let dn = attrs::scatter_dims(op.attr("scatter_dimension_numbers").ok_or("attribute scatter_dimension_numbers is missing")?)?;
+        let idd = op.operand_dims(1)?;
+        let k = dn.to_operand.len();
+        let leading: Vec<i64> = (0..k as i64).collect();
+        let ivd = dn.index_vector_dim as usize;
+        let form = !dn.batching && dn.to_operand == leading && dn.inserted_window == leading && (ivd == idd.len() || (ivd + 1 == idd.len() && idd[ivd] == k as i64));
+        if !form {
+            return Err(format!("scatter {:?}: only scatters at leading-dimension indices (to_operand = inserted = [0..k), the index vector last) are supported", dn));
+        }
+        let body = op.regions.first().ok_or("no update computation")?;
+        let computing: Vec<&HOp> = body.ops.iter().filter(|o| o.name != "stablehlo.return").collect();
+        let reduction = match computing[..] {
+            [] if body.ops.first().is_some_and(|r| r.operands.first().copied() == body.args.get(1).map(|a| a.id)) => "none",
+            [one] => match one.name.as_str() {
+                "stablehlo.add" => "add",
+                "stablehlo.multiply" => "mul",
+                "stablehlo.maximum" => "max",
+                "stablehlo.minimum" => "min",
+                other => return Err(format!("a scatter combining by {other} is not supported")),
+            },
+            _ => return Err("a scatter's update computation is not set, add, multiply, max or min".into()),
+        };
+        // ONNX wants the index vector last and int64.
+        let mut ids = ids.clone();
+        if ivd == idd.len() {
+            let mut d = idd.clone();
+            d.push(1);
+            ids = self.reshape(ids, &d);
+        }
+        let ids = self.one("Cast", vec![ids], vec![("to", AttrValue::Int(DType::I64.to_onnx() as i64))]);
+        Ok(self.one("ScatterND", vec![x.clone(), ids, updates.clone()], vec![("reduction", AttrValue::String(reduction.into()))]))
     }
 
     fn custom_call(&mut self, op: &HOp, args: &[String]) -> Result<Vec<String>, String> {
