@@ -168,6 +168,23 @@ pub fn replica_mesh_axes(s: &str) -> Result<(String, Vec<String>), String> {
     Ok((mesh, axes))
 }
 
+/// `#stablehlo.channel_handle<handle = 1, type = 1>` -> (1, 1).
+pub fn channel_handle(s: &str) -> Result<(i64, i64), String> {
+    let mut h = (None, None);
+    for (name, value) in fields(s, "#stablehlo.channel_handle<")? {
+        let v = value.trim().parse::<i64>().map_err(|_| format!("'{s}': {name} '{value}' is not an integer"))?;
+        match name.as_str() {
+            "handle" => h.0 = Some(v),
+            "type" => h.1 = Some(v),
+            other => return Err(format!("'{s}': unknown channel_handle field {other}")),
+        }
+    }
+    match h {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(format!("'{s}': expected handle and type")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +205,8 @@ mod tests {
         assert_eq!(sh[0], Sharding { mesh: "mesh".into(), dims: vec![vec!["x".into()], vec![]] });
         assert_eq!(sh[2].dims.len(), 3);
         assert_eq!(manual_axes("#sdy<manual_axes{\"x\"}>").unwrap(), vec!["x"]);
+        assert_eq!(channel_handle("#stablehlo.channel_handle<handle = 1, type = 1>").unwrap(), (1, 1));
+        assert!(channel_handle("#stablehlo.channel_handle<handle = one, type = 1>").is_err());
         let sc = scatter_dims("#stablehlo.scatter<update_window_dims = [1], inserted_window_dims = [0], scatter_dims_to_operand_dims = [0], index_vector_dim = 1>").unwrap();
         assert_eq!((sc.update_window, sc.inserted_window, sc.to_operand, sc.index_vector_dim, sc.batching), (vec![1], vec![0], vec![0], 1, false));
         let (m, axes) = replica_mesh_axes("#stablehlo.replica_group_mesh_axes<mesh = @mesh_0, axes = [#stablehlo.axis_ref<name = \"x\">]>").unwrap();

@@ -19,6 +19,8 @@ type Env = HashMap<usize, String>;
 struct Device {
     index: usize,
     count: usize,
+    /// The manual mesh axis the devices are on.
+    axis: String,
     /// A sharded argument's block -> (the whole argument, the dimension it is split on).
     whole: HashMap<String, (String, usize)>,
     /// Inside a dispatch all_to_all pair: (local experts, slots after the exchange, experts, slots
@@ -568,7 +570,7 @@ impl Lowering {
         };
         let mut per_device: Vec<Vec<String>> = Vec::new();
         for d in 0..n {
-            let mut dev = Device { index: d, count: n, ..Default::default() };
+            let mut dev = Device { index: d, count: n, axis: axis.clone(), ..Default::default() };
             let mut env = Env::new();
             for ((a, s), (global, local)) in body.args.iter().zip(&ins).zip(args.iter().zip(body.args.iter())) {
                 let v = match split_dim(s)? {
@@ -612,9 +614,23 @@ impl Lowering {
         if count != dev.count {
             return Err(format!("split_count {count} differs from the manual axis's {} devices", dev.count));
         }
+        if let Some(c) = op.attr("channel_handle") {
+            attrs::channel_handle(c)?;
+        }
+        // The exchange must span the manual axis's devices, in order.
         if let Some(g) = op.attr("replica_groups") {
             if g.starts_with("#stablehlo.replica_group_mesh_axes") {
-                attrs::replica_mesh_axes(g)?;
+                let (_, axes) = attrs::replica_mesh_axes(g)?;
+                if axes != [dev.axis.clone()] {
+                    return Err(format!("replica groups over mesh axes {axes:?}: ppmoe reads exchanges over the manual axis {}", dev.axis));
+                }
+            } else if let Some(groups) = op.dense("replica_groups") {
+                let ids = groups.as_i64().unwrap_or_default();
+                if ids != (0..dev.count as i64).collect::<Vec<_>>() {
+                    return Err(format!("replica groups {ids:?} (shape {:?}): ppmoe reads one group of all {} devices in order", groups.dims, dev.count));
+                }
+            } else {
+                return Err(format!("replica_groups {g}: expected mesh axes or a dense group"));
             }
         }
         let in_dims = op.operand_dims(0)?;
