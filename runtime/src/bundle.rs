@@ -151,6 +151,12 @@ pub struct Bundle {
 }
 
 pub fn read_bundle(dir: &Path) -> Result<Bundle, RuntimeError> {
+    read_bundle_for(dir, None)
+}
+
+/// As `read_bundle`; with `Some(rank)` (one process of a multi-process run) only that rank's
+/// files are verified and its weights loaded: the other ranks' weights stay empty.
+pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, RuntimeError> {
     let mpath = dir.join(MANIFEST);
     let show = |p: &Path| p.display().to_string();
     if !dir.is_dir() {
@@ -166,7 +172,17 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, RuntimeError> {
     }
     let manifest: Manifest = serde_json::from_value(value)
         .map_err(|e| RuntimeError::Bundle { path: show(&mpath), reason: format!("malformed manifest: {e}") })?;
+    // Another rank's weights and PTX are that rank's to check.
+    let others: std::collections::BTreeSet<&str> = manifest
+        .programs
+        .iter()
+        .filter(|p| only.is_some_and(|r| r != p.rank))
+        .flat_map(|p| std::iter::once(p.weights_file.as_str()).chain(p.ptx_file.as_deref()))
+        .collect();
     for (file, expected) in &manifest.files {
+        if others.contains(file.as_str()) {
+            continue;
+        }
         let p = dir.join(file);
         let bytes = std::fs::read(&p).map_err(io_err(&p))?;
         let actual = sha256_hex(&bytes);
@@ -176,6 +192,10 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, RuntimeError> {
     }
     let mut weights = Vec::new();
     for program in &manifest.programs {
+        if only.is_some_and(|r| r != program.rank) {
+            weights.push(BTreeMap::new());
+            continue;
+        }
         let p = dir.join(&program.weights_file);
         if !manifest.files.contains_key(&program.weights_file) {
             return Err(RuntimeError::Bundle { path: show(&p), reason: "the weights file has no checksum in the manifest".into() });

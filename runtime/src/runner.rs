@@ -1,6 +1,6 @@
 //! What `ppmoe run` and `ppmoe-run` do: bind inputs, pick a backend, run, write outputs whole.
 
-use crate::bundle::read_bundle;
+use crate::bundle::read_bundle_for;
 use crate::distributed::Dist;
 use crate::error::RuntimeError;
 use crate::npy::{read_npy, write_npy};
@@ -104,9 +104,10 @@ pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], t
 /// Runs a bundle on the given inputs and writes `<output name>.npy` files into `out_dir`.
 /// Outputs are written to a temporary folder first and moved into place when all are written.
 pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Backend) -> Result<RunReport, RuntimeError> {
-    let bundle = read_bundle(bundle_dir)?;
-    // One process per GPU when launched so (torchrun, srun, --nproc-per-node): CUDA only.
+    // One process per GPU when launched so (torchrun, srun, --nproc-per-node): CUDA only, and
+    // each process reads only its rank's weights.
     let dist = Dist::from_env().map_err(|reason| RuntimeError::Backend { backend: "distributed".into(), reason })?;
+    let bundle = read_bundle_for(bundle_dir, dist.as_ref().map(|d| d.rank))?;
     // auto: CUDA where the bundle carries a GPU plan and a GPU can be used, else the CPU.
     let compiled_for_gpu = bundle.manifest.programs.iter().all(|p| !p.gpu.is_empty());
     let use_cuda = match backend {

@@ -203,3 +203,24 @@ fn a_multi_rank_bundle_on_one_process_asks_for_a_launcher() {
     );
     assert_clean_failure(&out, &["rank 1 of 2 processes", "torchrun", "run it once, without a launcher"]);
 }
+
+#[test]
+fn a_rank_process_checks_and_loads_only_its_own_files() {
+    use ppmoe_runtime::bundle::{read_bundle, read_bundle_for};
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("tp2");
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    assert_eq!(ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--tp", "2", "--target", "cuda"]).code, 0);
+    // Rank 1's weights are damaged: the whole bundle is refused, rank 0's process is not.
+    let w1 = bundle.join("rank1.safetensors");
+    let mut bytes = std::fs::read(&w1).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&w1, bytes).unwrap();
+    let whole = read_bundle(&bundle).err().expect("a damaged file is refused").to_string();
+    assert!(whole.contains("rank1.safetensors") && whole.contains("checksum mismatch"), "{whole}");
+    let rank0 = read_bundle_for(&bundle, Some(0)).expect("rank 0's files are whole");
+    assert!(!rank0.weights[0].is_empty() && rank0.weights[1].is_empty());
+    let rank1 = read_bundle_for(&bundle, Some(1)).err().expect("rank 1's own file is damaged").to_string();
+    assert!(rank1.contains("rank1.safetensors"), "{rank1}");
+}
