@@ -1,12 +1,34 @@
-//! The `ptx` stage: a module of `gpu.module`s lowered by MLIR's own passes (gpu -> NVVM ->
-//! LLVM IR -> PTX through LLVM's NVPTX back end, for sm_90) and the PTX text taken out of the
-//! resulting `gpu.binary` ops.
+//! The `ptx` stage: a module of `gpu.module`s lowered by MLIR's own passes (gpu -> NVVM -> LLVM
+//! IR, optimised at O3, as `gpu-module-to-binary{format=llvm}` leaves it: bitcode), then the
+//! bitcode compiled to PTX for sm_90 by LLVM's NVPTX target through inkwell.
 
 use melior::pass::PassManager;
 use ppmoe_dialect::melior;
 
 /// The lowering, as `mlir-opt --pass-pipeline` spells it.
-pub const PIPELINE: &str = "builtin.module(nvvm-attach-target{chip=sm_90 O=3},gpu.module(convert-scf-to-cf,convert-math-to-llvm,convert-gpu-to-nvvm,convert-arith-to-llvm),convert-cf-to-llvm,reconcile-unrealized-casts,gpu-module-to-binary{format=isa})";
+pub const PIPELINE: &str = "builtin.module(nvvm-attach-target{chip=sm_90 O=3},gpu.module(convert-scf-to-cf,convert-math-to-llvm,convert-gpu-to-nvvm,convert-arith-to-llvm),convert-cf-to-llvm,reconcile-unrealized-casts,gpu-module-to-binary{format=llvm})";
+
+/// The PTX target: the H200's architecture and a PTX ISA it (and CUDA 12.0 and later) reads.
+const CHIP: &str = "sm_90";
+const PTX_FEATURES: &str = "+ptx78";
+
+/// LLVM bitcode -> PTX text, with LLVM's NVPTX back end through inkwell.
+fn bitcode_to_ptx(name: &str, bitcode: &[u8]) -> Result<String, String> {
+    use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple};
+    Target::initialize_nvptx(&InitializationConfig::default());
+    let context = inkwell::context::Context::create();
+    let buffer = inkwell::memory_buffer::MemoryBuffer::create_from_memory_range_copy(bitcode, name);
+    let module = context.create_module_from_ir(buffer).map_err(|e| format!("{name}: the LLVM bitcode does not load: {e}"))?;
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target = Target::from_triple(&triple).map_err(|e| format!("the NVPTX target is not in this LLVM: {e}"))?;
+    let machine = target
+        .create_target_machine(&triple, CHIP, PTX_FEATURES, inkwell::OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::Default)
+        .ok_or_else(|| format!("no NVPTX target machine for {CHIP}"))?;
+    module.set_triple(&triple);
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    let ptx = machine.write_to_memory_buffer(&module, FileType::Assembly).map_err(|e| format!("{name}: PTX generation failed: {e}"))?;
+    Ok(String::from_utf8_lossy(ptx.as_slice()).into_owned())
+}
 
 /// Lowers `module_text` (a module with `gpu.container_module` and its `gpu.module`s) to PTX:
 /// one (module name, PTX) pair per gpu.module.
@@ -22,9 +44,10 @@ pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for chunk in text.split("gpu.binary @").skip(1) {
         let name = chunk.split_whitespace().next().unwrap_or("").to_string();
-        let Some(start) = chunk.find("assembly = \"") else { continue };
-        let body = &chunk[start + "assembly = \"".len()..];
-        out.push((name, unescape(body)));
+        // format=llvm leaves the module's bitcode as the object's `offload` string.
+        let Some(start) = chunk.find("offload = \"") else { continue };
+        let body = &chunk[start + "offload = \"".len()..];
+        out.push((name.clone(), bitcode_to_ptx(&name, &unescape(body))?));
     }
     if out.is_empty() {
         return Err("the lowering produced no gpu.binary".into());
@@ -32,8 +55,8 @@ pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// An MLIR string literal's contents up to its closing quote, escapes (\0A, \09, \22, \\) undone.
-fn unescape(s: &str) -> String {
+/// An MLIR string literal's bytes up to its closing quote, escapes (\0A, \09, \22, \\) undone.
+fn unescape(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -63,5 +86,14 @@ fn unescape(s: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bitcode_that_is_not_llvm_is_refused_by_name() {
+        let e = super::bitcode_to_ptx("rank0_kernels", b"not bitcode").unwrap_err();
+        assert!(e.contains("rank0_kernels") && e.contains("does not load"), "{e}");
+    }
 }
