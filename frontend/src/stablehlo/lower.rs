@@ -1,10 +1,7 @@
 //! StableHLO ops -> the imported graph's ONNX-equivalent nodes, so that everything after the
 //! import (core lowering, the MoE raise, distribution, codegen) is shared with ONNX models.
-//! Private functions are inlined at their calls. A `sdy.manual_computation` (shard_map) is
-//! lowered once per device of its manual axis, each on its block of the sharded arguments, and
-//! the results joined; an all_to_all pair around per-expert work (dispatch -> expert FFN ->
-//! return) is raised to its global meaning: each source shard's slots go through every expert's
-//! FFN, with the whole expert weights, and nothing moves.
+//! Private functions are inlined at their calls. The index-moving ops are in `indexing`,
+//! shard_map and its all_to_all in `shard_map`, the softmax re-fusion in `softmax`.
 
 use super::attrs;
 use super::ir::{HOp, HRegion};
@@ -12,25 +9,25 @@ use crate::dtype::DType;
 use crate::graph::{AttrValue, Node, TensorData, TensorType};
 use std::collections::HashMap;
 
-type Env = HashMap<usize, String>;
+pub(super) type Env = HashMap<usize, String>;
 
 /// Where a region is being lowered: the whole program, or device `d` of a manual computation.
 #[derive(Clone, Default)]
-struct Device {
-    index: usize,
-    count: usize,
+pub(super) struct Device {
+    pub(super) index: usize,
+    pub(super) count: usize,
     /// The manual mesh axis the devices are on.
-    axis: String,
+    pub(super) axis: String,
     /// A sharded argument's block -> (the whole argument, the dimension it is split on).
-    whole: HashMap<String, (String, usize)>,
+    pub(super) whole: HashMap<String, (String, usize)>,
     /// Inside a dispatch all_to_all pair: (local experts, slots after the exchange, experts, slots
     /// per source), for translating the shapes the source states.
-    exchange: Option<[i64; 4]>,
+    pub(super) exchange: Option<[i64; 4]>,
 }
 
 pub struct Lowering {
     funcs: HashMap<String, HOp>,
-    meshes: HashMap<String, Vec<(String, i64)>>,
+    pub(super) meshes: HashMap<String, Vec<(String, i64)>>,
     pub nodes: Vec<Node>,
     pub initializers: Vec<(String, TensorData)>,
     consts: HashMap<String, TensorData>,
@@ -100,7 +97,7 @@ impl Lowering {
         outs
     }
 
-    fn one(&mut self, op_type: &str, inputs: Vec<String>, attributes: Vec<(&str, AttrValue)>) -> String {
+    pub(super) fn one(&mut self, op_type: &str, inputs: Vec<String>, attributes: Vec<(&str, AttrValue)>) -> String {
         self.node(op_type, inputs, attributes, 1).remove(0)
     }
 
@@ -111,11 +108,11 @@ impl Lowering {
         name
     }
 
-    fn i64s(&mut self, v: &[i64]) -> String {
+    pub(super) fn i64s(&mut self, v: &[i64]) -> String {
         self.constant(TensorData::from_i64(vec![v.len() as i64], v))
     }
 
-    fn reshape(&mut self, x: String, dims: &[i64]) -> String {
+    pub(super) fn reshape(&mut self, x: String, dims: &[i64]) -> String {
         let shape = self.i64s(dims);
         self.one("Reshape", vec![x, shape], vec![])
     }
@@ -134,12 +131,12 @@ impl Lowering {
     }
 
     /// Lowers `ops` in `env`; returns what the region's terminator returns.
-    fn region(&mut self, ops: &[HOp], env: &mut Env, dev: &mut Device) -> Result<Vec<String>, String> {
+    pub(super) fn region(&mut self, ops: &[HOp], env: &mut Env, dev: &mut Device) -> Result<Vec<String>, String> {
         let producers: HashMap<usize, &HOp> = ops.iter().flat_map(|o| o.results.iter().map(move |r| (r.id, o))).collect();
         for op in ops {
             // JAX spells softmax out (max, subtract, exp, sum, divide); the MoE raise knows
             // routers by their softmax, so the spelled-out form becomes one Softmax again.
-            if let Some((x, axis)) = softmax_of(op, &producers) {
+            if let Some((x, axis)) = super::softmax::softmax_of(op, &producers) {
                 if let (Some(xn), Some(r)) = (env.get(&x).cloned(), op.results.first()) {
                     let s = self.one("Softmax", vec![xn], vec![("axis", AttrValue::Int(axis))]);
                     env.insert(r.id, s);
@@ -459,78 +456,6 @@ impl Lowering {
         Err(format!("a reduction of {n} operands over {dims:?} that is not an arg max or arg min (values with an iota of the reduced dimension)"))
     }
 
-    fn cumsum(&mut self, op: &HOp, x: String) -> Result<String, String> {
-        let win = attrs::i64_array(op.attr("window_dimensions").ok_or("attribute window_dimensions is missing")?)?;
-        let dims = op.results.first().and_then(|r| r.ty.static_dims()).ok_or("dynamic shape")?;
-        let pad = op.dense("padding").and_then(TensorData::as_i64).unwrap_or_else(|| vec![0; 2 * win.len()]);
-        let ones = |name: &str| op.attr(name).map_or(Ok(true), |a| attrs::i64_array(a).map(|v| v.iter().all(|&x| x == 1)));
-        let body_add = op.regions.first().is_some_and(|r| r.ops.iter().any(|o| o.name == "stablehlo.add") && r.ops.len() == 2);
-        let axes: Vec<usize> = (0..win.len()).filter(|&i| win[i] != 1).collect();
-        let [a] = axes[..] else { return Err("a reduce_window that is not a cumulative sum along one dimension".into()) };
-        let n = dims[a];
-        if !body_add || !ones("window_strides")? || !ones("base_dilations")? || !ones("window_dilations")? || win[a] != n {
-            return Err("a reduce_window that is not a cumulative sum (window of the whole dimension, stride 1, add)".into());
-        }
-        let reverse = match (pad[2 * a], pad[2 * a + 1]) {
-            (lo, 0) if lo == n - 1 => 0,
-            (0, hi) if hi == n - 1 => 1,
-            other => return Err(format!("a reduce_window with padding {other:?}: not a cumulative sum")),
-        };
-        let axis = self.constant(TensorData::from_i64(vec![], &[a as i64]));
-        Ok(self.one("CumSum", vec![x, axis], vec![("reverse", AttrValue::Int(reverse))]))
-    }
-
-    /// Row lookups (`x[ids]` along dimension 0): ONNX's Gather on axis 0.
-    fn gather(&mut self, op: &HOp, x: String, ids: String) -> Result<String, String> {
-        let dn = op.attr("dimension_numbers").ok_or("attribute dimension_numbers is missing")?;
-        let sizes = attrs::i64_array(op.attr("slice_sizes").ok_or("attribute slice_sizes is missing")?)?;
-        let xd = op.operand_dims(0)?;
-        let idd = op.operand_dims(1)?;
-        let rows_form = dn.contains("collapsed_slice_dims = [0]") && dn.contains("start_index_map = [0]") && sizes.first() == Some(&1) && sizes[1..] == xd[1..] && idd.last() == Some(&1);
-        if !rows_form {
-            return Err(format!("gather {dn} with slice sizes {sizes:?}: only row lookups along dimension 0 are supported"));
-        }
-        let squeezed = self.reshape(ids, &idd[..idd.len() - 1]);
-        Ok(self.one("Gather", vec![x, squeezed], vec![("axis", AttrValue::Int(0))]))
-    }
-
-    /// Scatters of whole rows or blocks at leading-dimension indices (`x.at[ids].set/add/max`):
-    /// ONNX's ScatterND, with the update computation as its reduction.
-    fn scatter(&mut self, op: &HOp, args: &[String]) -> Result<String, String> {
-        let [x, ids, updates] = args else { return Err(format!("{} operands: ppmoe reads scatters of one operand", args.len())) };
-        let dn = attrs::scatter_dims(op.attr("scatter_dimension_numbers").ok_or("attribute scatter_dimension_numbers is missing")?)?;
-        let idd = op.operand_dims(1)?;
-        let k = dn.to_operand.len();
-        let leading: Vec<i64> = (0..k as i64).collect();
-        let ivd = dn.index_vector_dim as usize;
-        let form = !dn.batching && dn.to_operand == leading && dn.inserted_window == leading && (ivd == idd.len() || (ivd + 1 == idd.len() && idd[ivd] == k as i64));
-        if !form {
-            return Err(format!("scatter {:?}: only scatters at leading-dimension indices (to_operand = inserted = [0..k), the index vector last) are supported", dn));
-        }
-        let body = op.regions.first().ok_or("no update computation")?;
-        let computing: Vec<&HOp> = body.ops.iter().filter(|o| o.name != "stablehlo.return").collect();
-        let reduction = match computing[..] {
-            [] if body.ops.first().is_some_and(|r| r.operands.first().copied() == body.args.get(1).map(|a| a.id)) => "none",
-            [one] => match one.name.as_str() {
-                "stablehlo.add" => "add",
-                "stablehlo.multiply" => "mul",
-                "stablehlo.maximum" => "max",
-                "stablehlo.minimum" => "min",
-                other => return Err(format!("a scatter combining by {other} is not supported")),
-            },
-            _ => return Err("a scatter's update computation is not set, add, multiply, max or min".into()),
-        };
-        // ONNX wants the index vector last and int64.
-        let mut ids = ids.clone();
-        if ivd == idd.len() {
-            let mut d = idd.clone();
-            d.push(1);
-            ids = self.reshape(ids, &d);
-        }
-        let ids = self.one("Cast", vec![ids], vec![("to", AttrValue::Int(DType::I64.to_onnx() as i64))]);
-        Ok(self.one("ScatterND", vec![x.clone(), ids, updates.clone()], vec![("reduction", AttrValue::String(reduction.into()))]))
-    }
-
     fn custom_call(&mut self, op: &HOp, args: &[String]) -> Result<Vec<String>, String> {
         let target = if op.name == "chlo.top_k" { "TopK".to_string() } else { op.attr("call_target_name").map(|s| s.trim_matches('"').to_string()).unwrap_or_default() };
         match target.as_str() {
@@ -547,172 +472,6 @@ impl Lowering {
         }
     }
 
-    /// The global meaning of a shard_map: each device's part on its blocks, joined.
-    fn manual_computation(&mut self, op: &HOp, args: Vec<String>) -> Result<Vec<String>, String> {
-        let axes = attrs::manual_axes(op.attr("manual_axes").ok_or("attribute manual_axes is missing")?)?;
-        let ins = attrs::shardings(op.attr("in_shardings").ok_or("attribute in_shardings is missing")?)?;
-        let outs = attrs::shardings(op.attr("out_shardings").ok_or("attribute out_shardings is missing")?)?;
-        let [axis] = &axes[..] else { return Err(format!("manual axes {axes:?}: one manual axis is supported")) };
-        let mesh_name = ins.first().map(|s| s.mesh.clone()).unwrap_or_default();
-        let mesh = self.meshes.get(&mesh_name).ok_or_else(|| format!("mesh @{mesh_name} is not defined"))?;
-        let n = mesh.iter().find(|(a, _)| a == axis).map(|(_, s)| *s).ok_or_else(|| format!("mesh @{mesh_name} has no axis {axis}"))? as usize;
-        let body = op.regions.first().ok_or("no body")?;
-        if ins.len() != args.len() || body.args.len() != args.len() {
-            return Err("in_shardings, operands and body arguments differ in number".into());
-        }
-        let split_dim = |s: &attrs::Sharding| -> Result<Option<usize>, String> {
-            let d: Vec<usize> = (0..s.dims.len()).filter(|&i| !s.dims[i].is_empty()).collect();
-            match d[..] {
-                [] => Ok(None),
-                [k] if s.dims[k] == [axis.clone()] => Ok(Some(k)),
-                _ => Err(format!("sharding {:?}: one dimension split over {axis} is supported", s.dims)),
-            }
-        };
-        let mut per_device: Vec<Vec<String>> = Vec::new();
-        for d in 0..n {
-            let mut dev = Device { index: d, count: n, axis: axis.clone(), ..Default::default() };
-            let mut env = Env::new();
-            for ((a, s), (global, local)) in body.args.iter().zip(&ins).zip(args.iter().zip(body.args.iter())) {
-                let v = match split_dim(s)? {
-                    None => global.clone(),
-                    Some(k) => {
-                        let len = local.ty.static_dims().ok_or("dynamic shape")?[k];
-                        let (st, en, ax) = (self.i64s(&[d as i64 * len]), self.i64s(&[(d as i64 + 1) * len]), self.i64s(&[k as i64]));
-                        let block = self.one("Slice", vec![global.clone(), st, en, ax], vec![]);
-                        dev.whole.insert(block.clone(), (global.clone(), k));
-                        block
-                    }
-                };
-                env.insert(a.id, v);
-            }
-            per_device.push(self.region(&body.ops, &mut env, &mut dev)?);
-            if dev.exchange.is_some() {
-                return Err("a dispatch all_to_all has no return all_to_all".into());
-            }
-        }
-        let _ = dev_count_check(&per_device, outs.len())?;
-        let mut results = Vec::new();
-        for (j, s) in outs.iter().enumerate() {
-            let parts: Vec<String> = per_device.iter().map(|o| o[j].clone()).collect();
-            results.push(match split_dim(s)? {
-                None => parts[0].clone(),
-                Some(k) => self.one("Concat", parts, vec![("axis", AttrValue::Int(k as i64))]),
-            });
-        }
-        Ok(results)
-    }
-
-    /// all_to_all inside a manual computation: the dispatch (experts split, slots joined) opens
-    /// per-expert work on the exchanged slots, raised to every expert on the source's own slots;
-    /// the return (slots split, experts joined) closes it.
-    fn all_to_all(&mut self, op: &HOp, x: String, dev: &mut Device) -> Result<String, String> {
-        if dev.count == 0 {
-            return Err("an all_to_all outside a manual computation (shard_map) has no devices to exchange between".into());
-        }
-        let int = |n: &str| op.attr(n).ok_or_else(|| format!("attribute {n} is missing")).and_then(attrs::integer);
-        let (split, concat, count) = (int("split_dimension")?, int("concat_dimension")?, int("split_count")? as usize);
-        if count != dev.count {
-            return Err(format!("split_count {count} differs from the manual axis's {} devices", dev.count));
-        }
-        if let Some(c) = op.attr("channel_handle") {
-            attrs::channel_handle(c)?;
-        }
-        // The exchange must span the manual axis's devices, in order.
-        if let Some(g) = op.attr("replica_groups") {
-            if g.starts_with("#stablehlo.replica_group_mesh_axes") {
-                let (_, axes) = attrs::replica_mesh_axes(g)?;
-                if axes != [dev.axis.clone()] {
-                    return Err(format!("replica groups over mesh axes {axes:?}: ppmoe reads exchanges over the manual axis {}", dev.axis));
-                }
-            } else if let Some(groups) = op.dense("replica_groups") {
-                let ids = groups.as_i64().unwrap_or_default();
-                if ids != (0..dev.count as i64).collect::<Vec<_>>() {
-                    return Err(format!("replica groups {ids:?} (shape {:?}): ppmoe reads one group of all {} devices in order", groups.dims, dev.count));
-                }
-            } else {
-                return Err(format!("replica_groups {g}: expected mesh axes or a dense group"));
-            }
-        }
-        let in_dims = op.operand_dims(0)?;
-        let out_dims = op.results.first().and_then(|r| r.ty.static_dims()).ok_or("dynamic shape")?;
-        match (split, concat, dev.exchange) {
-            (0, 1, None) if in_dims.len() >= 2 => {
-                dev.exchange = Some([out_dims[0], out_dims[1], in_dims[0], in_dims[1]]);
-                Ok(x)
-            }
-            (1, 0, Some([el, rows, _, _])) if in_dims.len() >= 2 && in_dims[0] == el && in_dims[1] == rows => {
-                dev.exchange = None;
-                Ok(x)
-            }
-            _ => Err(format!(
-                "all_to_all split {split} concat {concat} (device {} of {}): ppmoe raises the dispatch pair of an expert-parallel MoE layer (split 0 / concat 1 over [experts, slots, ...], then back)",
-                dev.index, dev.count
-            )),
-        }
-    }
-}
-
-/// The value under broadcasts and JAX's `max(-inf, m)` guard.
-fn strip<'a>(mut id: usize, producers: &HashMap<usize, &'a HOp>) -> (usize, Option<&'a HOp>) {
-    loop {
-        let Some(p) = producers.get(&id).copied() else { return (id, None) };
-        match p.name.as_str() {
-            "stablehlo.broadcast_in_dim" => id = p.operands[0],
-            "stablehlo.maximum" => {
-                // One side a broadcast constant: the other is the value.
-                let is_const = |v: usize| {
-                    let mut v = v;
-                    while let Some(q) = producers.get(&v) {
-                        match q.name.as_str() {
-                            "stablehlo.broadcast_in_dim" => v = q.operands[0],
-                            "stablehlo.constant" => return true,
-                            _ => return false,
-                        }
-                    }
-                    false
-                };
-                match (is_const(p.operands[0]), is_const(p.operands[1])) {
-                    (true, false) => id = p.operands[1],
-                    (false, true) => id = p.operands[0],
-                    _ => return (id, Some(p)),
-                }
-            }
-            _ => return (id, Some(p)),
-        }
-    }
-}
-
-/// A single-operand reduce by `body` over one dimension: (operand, dimension).
-fn reduce_of(op: &HOp, body: &str) -> Option<(usize, i64)> {
-    if op.name != "stablehlo.reduce" || op.operands.len() != 2 {
-        return None;
-    }
-    let dims = attrs::i64_array(op.attr("dimensions")?).ok()?;
-    let by = op.regions.first()?.ops.iter().find(|o| o.name != "stablehlo.return")?;
-    (dims.len() == 1 && by.name == body).then(|| (op.operands[0], dims[0]))
-}
-
-/// `exp(x - max(x)) / sum(exp(x - max(x)))` over one dimension: (x, dimension).
-fn softmax_of(op: &HOp, producers: &HashMap<usize, &HOp>) -> Option<(usize, i64)> {
-    if op.name != "stablehlo.divide" {
-        return None;
-    }
-    let e = op.operands[0];
-    let exp = producers.get(&e).filter(|p| p.name == "stablehlo.exponential")?;
-    let sub = producers.get(&exp.operands[0]).filter(|p| p.name == "stablehlo.subtract")?;
-    let x = sub.operands[0];
-    let (_, max) = strip(sub.operands[1], producers);
-    let (mx, maxis) = reduce_of(max?, "stablehlo.maximum")?;
-    let (_, sum) = strip(op.operands[1], producers);
-    let (sx, saxis) = reduce_of(sum?, "stablehlo.add")?;
-    (mx == x && sx == e && maxis == saxis).then_some((x, maxis))
-}
-
-fn dev_count_check(per_device: &[Vec<String>], outs: usize) -> Result<(), String> {
-    if per_device.iter().any(|o| o.len() != outs) {
-        return Err(format!("the body returns a different number of values than out_shardings lists ({outs})"));
-    }
-    Ok(())
 }
 
 impl HOp {

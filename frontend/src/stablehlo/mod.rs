@@ -7,8 +7,11 @@
 //! them weights (and lets the MoE raise see the expert stacks).
 
 pub mod attrs;
+mod indexing;
 pub mod ir;
 pub mod lower;
+mod shard_map;
+mod softmax;
 
 use crate::error::ImportError;
 use crate::graph::{Graph, Model, Node, TensorData, ValueInfo};
