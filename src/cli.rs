@@ -291,11 +291,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let backend: Backend = backend.parse().map_err(anyhow::Error::msg)?;
             let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
             let report = run_bundle(&bundle, &inputs, &output_dir, backend)?;
-            if let Some((rank, false)) = report.rank {
-                println!("rank {rank}: done (the outputs are written by the last stage's first rank)");
-            }
-            for (name, path) in &report.outputs {
-                println!("{name} -> {} ({} backend)", path.display(), report.backend);
+            for line in report.lines() {
+                println!("{line}");
             }
             let refs: Vec<InputArg> = check.iter().map(|s| InputArg::parse(s)).collect();
             let (lines, ok) = check_outputs(&bundle, &report, &refs, tolerance)?;

@@ -102,6 +102,27 @@ impl TensorData {
         })
     }
 
+    /// The same values stored as `dtype` (integers and bool from their i64 values, f32 and f64
+    /// from their f64 values; floats go to integers by truncation). None for f16/bf16 targets
+    /// and for data that is not numeric.
+    pub fn to_dtype(&self, dtype: DType) -> Option<TensorData> {
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => self.as_f64()?.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+            DType::F64 => self.as_f64()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            _ => {
+                let v = self.as_i64().or_else(|| self.as_f64().map(|f| f.iter().map(|&x| x as i64).collect()))?;
+                match dtype {
+                    DType::I64 | DType::U64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    DType::I32 | DType::U32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+                    DType::I16 | DType::U16 => v.iter().flat_map(|&x| (x as i16).to_le_bytes()).collect(),
+                    DType::I8 | DType::U8 | DType::Bool => v.iter().map(|&x| x as u8).collect(),
+                    _ => return None,
+                }
+            }
+        };
+        Some(TensorData { dtype, dims: self.dims.clone(), bytes })
+    }
+
     pub fn from_i64(dims: Vec<i64>, values: &[i64]) -> Self {
         TensorData { dtype: DType::I64, dims, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
     }

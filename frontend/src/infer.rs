@@ -651,15 +651,10 @@ fn fold_binary(op: &str, a: &[i64], ad: &[Dim], b: &[i64], bd: &[Dim], out: &[i6
         .collect()
 }
 
-/// Re-encodes an i64 tensor as `dtype` (an integer type).
+/// Integer constants (shape arithmetic) stored as `dtype`; other targets keep them as they are.
 fn retype(t: TensorData, dtype: DType) -> TensorData {
-    let v = t.as_i64().unwrap_or_default();
-    let bytes = match dtype {
-        DType::I32 | DType::U32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
-        DType::I8 | DType::U8 | DType::Bool => v.iter().map(|&x| x as u8).collect(),
-        DType::I16 | DType::U16 => v.iter().flat_map(|&x| (x as i16).to_le_bytes()).collect(),
-        DType::I64 | DType::U64 => return TensorData { dtype, ..t },
-        _ => return t,
-    };
-    TensorData { dtype, dims: t.dims, bytes }
+    if dtype.is_float() {
+        return t;
+    }
+    t.to_dtype(dtype).unwrap_or(t)
 }

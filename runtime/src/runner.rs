@@ -53,6 +53,18 @@ pub struct RunReport {
     pub tensors: Vec<Tensor>,
 }
 
+impl RunReport {
+    /// What a run prints: where each output went, or, on a rank that does not write them, who does.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some((rank, false)) = self.rank {
+            lines.push(format!("rank {rank}: done (the outputs are written by the last stage's first rank)"));
+        }
+        lines.extend(self.outputs.iter().map(|(name, path)| format!("{name} -> {} ({} backend)", path.display(), self.backend)));
+        lines
+    }
+}
+
 /// ‖out − ref‖ / ‖ref‖ over all elements, in f64.
 pub fn relative_error(out: &Tensor, reference: &Tensor) -> Result<f64, String> {
     if out.shape != reference.shape {

@@ -179,3 +179,17 @@ fn a_scatter_add_of_rows_lowers_to_scatter_nd_and_accumulates_repeated_indices()
     // Row 1 gets 10+50 and 20+60, row 3 gets 30 and 40.
     assert_eq!(out.to_f32(), vec![1.0, 2.0, 63.0, 84.0, 5.0, 6.0, 37.0, 48.0]);
 }
+
+#[test]
+fn malformed_ops_that_parse_are_refused_not_trusted() {
+    // The ops are unregistered, so MLIR checks neither operand counts nor dimension numbers.
+    let (_d, arity) = edited("\"stablehlo.exponential\"(%41) : (tensor<64x4xf32>)", "\"stablehlo.exponential\"(%41, %41) : (tensor<64x4xf32>, tensor<64x4xf32>)");
+    let out = ppmoe(&["inspect", &s(&arity), "--emit", "core"]);
+    assert_clean_failure(&out, &["bad.mlir", "stablehlo.exponential", "2 operands where the op takes 1"]);
+    let (_d, dims) = edited("lhs_contracting_dimensions = [1]", "lhs_contracting_dimensions = [7]");
+    let out = ppmoe(&["inspect", &s(&dims), "--emit", "core"]);
+    assert_clean_failure(&out, &["bad.mlir", "stablehlo.dot_general", "beyond the operands' ranks"]);
+    let (_d, bcast) = edited("broadcast_dimensions = array<i64: 0>", "broadcast_dimensions = array<i64: 9>");
+    let out = ppmoe(&["inspect", &s(&bcast), "--emit", "core"]);
+    assert_clean_failure(&out, &["bad.mlir", "stablehlo.broadcast_in_dim", "broadcast_dimensions [9]"]);
+}

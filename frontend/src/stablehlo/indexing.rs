@@ -14,6 +14,9 @@ impl Lowering {
         let pad = op.dense("padding").and_then(TensorData::as_i64).unwrap_or_else(|| vec![0; 2 * win.len()]);
         let ones = |name: &str| op.attr(name).map_or(Ok(true), |a| attrs::i64_array(a).map(|v| v.iter().all(|&x| x == 1)));
         let body_add = op.regions.first().is_some_and(|r| r.ops.iter().any(|o| o.name == "stablehlo.add") && r.ops.len() == 2);
+        if win.len() != dims.len() || pad.len() != 2 * dims.len() {
+            return Err(format!("a reduce_window with window {win:?} and padding {pad:?} for a rank-{} operand", dims.len()));
+        }
         let axes: Vec<usize> = (0..win.len()).filter(|&i| win[i] != 1).collect();
         let [a] = axes[..] else { return Err("a reduce_window that is not a cumulative sum along one dimension".into()) };
         let n = dims[a];
@@ -35,7 +38,7 @@ impl Lowering {
         let sizes = attrs::i64_array(op.attr("slice_sizes").ok_or("attribute slice_sizes is missing")?)?;
         let xd = op.operand_dims(0)?;
         let idd = op.operand_dims(1)?;
-        let rows_form = dn.contains("collapsed_slice_dims = [0]") && dn.contains("start_index_map = [0]") && sizes.first() == Some(&1) && sizes[1..] == xd[1..] && idd.last() == Some(&1);
+        let rows_form = dn.contains("collapsed_slice_dims = [0]") && dn.contains("start_index_map = [0]") && sizes.first() == Some(&1) && sizes.get(1..) == xd.get(1..) && idd.last() == Some(&1);
         if !rows_form {
             return Err(format!("gather {dn} with slice sizes {sizes:?}: only row lookups along dimension 0 are supported"));
         }

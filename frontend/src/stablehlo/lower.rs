@@ -36,6 +36,8 @@ pub struct Lowering {
     /// (numpy broadcasting does the rest): a constant spread to [E, C, F] would otherwise look
     /// like one more expert weight stack. Materialised (name -> (scalar, dims)) where needed.
     lazy: HashMap<String, (String, Vec<i64>)>,
+    /// A lazy scalar's full-shape tensor, once some op needed it.
+    materialized: HashMap<String, String>,
     counter: usize,
 }
 
@@ -65,6 +67,25 @@ const ELEMENTWISE_UNARY: [(&str, &str); 12] = [
     ("stablehlo.sign", "Sign"),
 ];
 
+/// How many operands an op takes, where that is fixed: the ops are unregistered, so nothing but
+/// this checks the text before the lowering indexes them.
+fn arity(name: &str) -> Option<usize> {
+    if ELEMENTWISE_BINARY.iter().any(|(n, _)| *n == name) {
+        return Some(2);
+    }
+    if ELEMENTWISE_UNARY.iter().any(|(n, _)| *n == name) {
+        return Some(1);
+    }
+    Some(match name {
+        "stablehlo.constant" | "stablehlo.iota" => 0,
+        "stablehlo.rsqrt" | "stablehlo.convert" | "stablehlo.not" | "chlo.erf" | "chlo.erfc" | "stablehlo.exponential_minus_one" | "stablehlo.log_plus_one" | "stablehlo.reshape"
+        | "stablehlo.transpose" | "stablehlo.broadcast_in_dim" | "stablehlo.slice" | "stablehlo.all_to_all" | "chlo.top_k" => 1,
+        "stablehlo.compare" | "stablehlo.and" | "stablehlo.or" | "stablehlo.xor" | "stablehlo.dot_general" | "stablehlo.gather" | "stablehlo.reduce_window" => 2,
+        "stablehlo.select" | "stablehlo.clamp" | "stablehlo.scatter" => 3,
+        _ => return None,
+    })
+}
+
 fn is_elementwise(name: &str) -> bool {
     ELEMENTWISE_BINARY.iter().any(|(n, _)| *n == name)
         || ELEMENTWISE_UNARY.iter().any(|(n, _)| *n == name)
@@ -76,7 +97,7 @@ fn is_elementwise(name: &str) -> bool {
 
 impl Lowering {
     pub fn new(funcs: HashMap<String, HOp>, meshes: HashMap<String, Vec<(String, i64)>>) -> Self {
-        Lowering { funcs, meshes, nodes: Vec::new(), initializers: Vec::new(), consts: HashMap::new(), iotas: HashMap::new(), lazy: HashMap::new(), counter: 0 }
+        Lowering { funcs, meshes, nodes: Vec::new(), initializers: Vec::new(), consts: HashMap::new(), iotas: HashMap::new(), lazy: HashMap::new(), materialized: HashMap::new(), counter: 0 }
     }
 
     fn fresh(&mut self, hint: &str) -> String {
@@ -120,9 +141,14 @@ impl Lowering {
     /// A lazily broadcast scalar as a tensor of its full shape (other names as they are).
     fn materialize(&mut self, name: String) -> String {
         let Some((scalar, dims)) = self.lazy.get(&name).cloned() else { return name };
+        if let Some(done) = self.materialized.get(&name) {
+            return done.clone();
+        }
         let r = self.reshape(scalar, &vec![1; dims.len()]);
         let o = self.i64s(&dims);
-        self.one("Expand", vec![r, o], vec![])
+        let full = self.one("Expand", vec![r, o], vec![]);
+        self.materialized.insert(name, full.clone());
+        full
     }
 
     /// Lowers a function's body (its arguments already named in `env`); returns its results.
@@ -134,6 +160,9 @@ impl Lowering {
     pub(super) fn region(&mut self, ops: &[HOp], env: &mut Env, dev: &mut Device) -> Result<Vec<String>, String> {
         let producers: HashMap<usize, &HOp> = ops.iter().flat_map(|o| o.results.iter().map(move |r| (r.id, o))).collect();
         for op in ops {
+            if let Some(n) = arity(&op.name).filter(|&n| n != op.operands.len()) {
+                return Err(format!("{}: {} operands where the op takes {n}", op.describe(), op.operands.len()));
+            }
             // JAX spells softmax out (max, subtract, exp, sum, divide); the MoE raise knows
             // routers by their softmax, so the spelled-out form becomes one Softmax again.
             if let Some((x, axis)) = super::softmax::softmax_of(op, &producers) {
@@ -204,6 +233,9 @@ impl Lowering {
                 let ty = out_ty(0)?;
                 let dims = ty.static_dims().ok_or("dynamic shape")?;
                 let axis = attrs::integer(attr("iota_dimension")?)? as usize;
+                if axis >= dims.len() {
+                    return Err(format!("iota_dimension {axis} of a rank-{} result", dims.len()));
+                }
                 let strides: Vec<i64> = (0..dims.len()).map(|i| dims[i + 1..].iter().product()).collect();
                 let n: i64 = dims.iter().product();
                 let values: Vec<i64> = (0..n).map(|k| (k / strides[axis]) % dims[axis]).collect();
@@ -325,6 +357,10 @@ impl Lowering {
     fn broadcast_in_dim(&mut self, op: &HOp, x: String, dev: &Device) -> Result<String, String> {
         let dims = attrs::i64_array(op.attr("broadcast_dimensions").ok_or("attribute broadcast_dimensions is missing")?)?;
         let out = self.result_dims(op, 0, dev)?;
+        let in_dims = op.operand_dims(0)?;
+        if dims.len() != in_dims.len() || dims.iter().any(|&d| d < 0 || d as usize >= out.len()) {
+            return Err(format!("broadcast_dimensions {dims:?} do not map a rank-{} operand into a rank-{} result", in_dims.len(), out.len()));
+        }
         if dims.is_empty() {
             let name = self.fresh("broadcast");
             self.lazy.insert(name.clone(), (x, out));
@@ -340,7 +376,6 @@ impl Lowering {
         let mut sorted: Vec<i64> = dims.clone();
         sorted.sort();
         // The operand's own sizes where they map, 1 elsewhere; then expand to the result.
-        let in_dims = op.operand_dims(0)?;
         let mut shape = vec![1i64; out.len()];
         for (k, &d) in sorted.iter().enumerate() {
             let src = order[k];
@@ -361,6 +396,10 @@ impl Lowering {
     fn dot_general(&mut self, op: &HOp, lhs: String, rhs: String, dev: &Device) -> Result<String, String> {
         let d = attrs::dot_dims(op.attr("dot_dimension_numbers").ok_or("attribute dot_dimension_numbers is missing")?)?;
         let (lr, rr) = (op.operand_rank(0)?, op.operand_rank(1)?);
+        let within = |v: &[i64], r: usize| v.iter().all(|&d| d >= 0 && (d as usize) < r);
+        if !within(&d.lhs_batch, lr) || !within(&d.lhs_contract, lr) || !within(&d.rhs_batch, rr) || !within(&d.rhs_contract, rr) {
+            return Err(format!("dimension numbers {d:?} name dimensions beyond the operands' ranks {lr} and {rr}"));
+        }
         let mut rhs = rhs;
         if dev.exchange.is_some() {
             // Per-expert work: the expert dimension is the batch, the slots are not contracted,
@@ -462,7 +501,8 @@ impl Lowering {
             "mhlo.topk" | "TopK" | "stablehlo.top_k" => {
                 let k = op.results.first().and_then(|r| r.ty.dims.last().and_then(|d| d.known())).ok_or("top-k of unknown k")?;
                 let kc = self.i64s(&[k]);
-                let outs = self.node("TopK", vec![args[0].clone(), kc], vec![("axis", AttrValue::Int(-1)), ("largest", AttrValue::Int(1)), ("sorted", AttrValue::Int(1))], 2);
+                let x = args.first().cloned().ok_or("a top-k of no operand")?;
+                let outs = self.node("TopK", vec![x, kc], vec![("axis", AttrValue::Int(-1)), ("largest", AttrValue::Int(1)), ("sorted", AttrValue::Int(1))], 2);
                 let to = op.results.get(1).map(|r| r.ty.dtype).unwrap_or(DType::I64);
                 let idx = self.one("Cast", vec![outs[1].clone()], vec![("to", AttrValue::Int(to.to_onnx() as i64))]);
                 Ok(vec![outs[0].clone(), idx])
@@ -485,28 +525,7 @@ impl HOp {
     }
 }
 
-/// A tensor of integers or floats stored as `dtype`.
+/// A constant of integers or floats stored as `dtype`.
 fn retype(t: TensorData, dtype: DType) -> Result<TensorData, String> {
-    if t.dtype == dtype {
-        return Ok(t);
-    }
-    let dims = t.dims.clone();
-    let bytes: Vec<u8> = if dtype.is_float() {
-        let v = t.as_f64().ok_or("not numeric")?;
-        match dtype {
-            DType::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-            DType::F64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            other => return Err(format!("constants of {other:?} are not supported")),
-        }
-    } else {
-        let v = t.as_i64().or_else(|| t.as_f64().map(|f| f.iter().map(|x| *x as i64).collect())).ok_or("not numeric")?;
-        match dtype {
-            DType::I64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::I32 => v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
-            DType::Bool | DType::U8 => v.iter().map(|x| *x as u8).collect(),
-            DType::I8 => v.iter().map(|x| *x as i8 as u8).collect(),
-            other => return Err(format!("constants of {other:?} are not supported")),
-        }
-    };
-    Ok(TensorData { dtype, dims, bytes })
+    t.to_dtype(dtype).ok_or_else(|| format!("constants of {dtype:?} are not supported"))
 }

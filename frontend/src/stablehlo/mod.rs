@@ -75,7 +75,7 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
         env.insert(a.id, name);
     }
     let ret_types = body.ops.iter().find(|o| o.name == "func.return").map(|o| o.operand_types.clone()).unwrap_or_default();
-    let results = lower_main(&mut lowering, body, &mut env).map_err(err)?;
+    let results = lowering.lower_function(body, &mut env).map_err(err)?;
     let mut outputs = Vec::new();
     for (i, (r, ty)) in results.into_iter().zip(ret_types).enumerate() {
         let name = format!("out{i}");
@@ -84,10 +84,6 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
     }
     let graph = Graph { name: "main".into(), inputs, outputs, nodes: lowering.nodes, initializers: lowering.initializers, value_info: HashMap::new() };
     Ok(Model { path: path.to_owned(), ir_version: 8, producer: "stablehlo".into(), opsets: vec![(String::new(), 18)], graph })
-}
-
-fn lower_main(l: &mut lower::Lowering, body: &ir::HRegion, env: &mut HashMap<usize, String>) -> Result<Vec<String>, String> {
-    l.lower_function(body, env)
 }
 
 /// `--weights FILE.safetensors`: tensors named `argN` bound to @main's argument N.

@@ -39,7 +39,7 @@ impl Lowering {
                 let v = match split_dim(s)? {
                     None => global.clone(),
                     Some(k) => {
-                        let len = local.ty.static_dims().ok_or("dynamic shape")?[k];
+                        let len = *local.ty.static_dims().ok_or("dynamic shape")?.get(k).ok_or_else(|| format!("a sharding of dimension {k} for a rank-{} argument", local.ty.dims.len()))?;
                         let (st, en, ax) = (self.i64s(&[d as i64 * len]), self.i64s(&[(d as i64 + 1) * len]), self.i64s(&[k as i64]));
                         let block = self.one("Slice", vec![global.clone(), st, en, ax], vec![]);
                         dev.whole.insert(block.clone(), (global.clone(), k));
@@ -53,7 +53,9 @@ impl Lowering {
                 return Err("a dispatch all_to_all has no return all_to_all".into());
             }
         }
-        let _ = dev_count_check(&per_device, outs.len())?;
+        if per_device.iter().any(|o| o.len() != outs.len()) {
+            return Err(format!("the body returns a different number of values than out_shardings lists ({})", outs.len()));
+        }
         let mut results = Vec::new();
         for (j, s) in outs.iter().enumerate() {
             let parts: Vec<String> = per_device.iter().map(|o| o[j].clone()).collect();
@@ -99,7 +101,7 @@ impl Lowering {
         let in_dims = op.operand_dims(0)?;
         let out_dims = op.results.first().and_then(|r| r.ty.static_dims()).ok_or("dynamic shape")?;
         match (split, concat, dev.exchange) {
-            (0, 1, None) if in_dims.len() >= 2 => {
+            (0, 1, None) if in_dims.len() >= 2 && out_dims.len() >= 2 => {
                 dev.exchange = Some([out_dims[0], out_dims[1], in_dims[0], in_dims[1]]);
                 Ok(x)
             }
@@ -113,11 +115,4 @@ impl Lowering {
             )),
         }
     }
-}
-
-fn dev_count_check(per_device: &[Vec<String>], outs: usize) -> Result<(), String> {
-    if per_device.iter().any(|o| o.len() != outs) {
-        return Err(format!("the body returns a different number of values than out_shardings lists ({outs})"));
-    }
-    Ok(())
 }

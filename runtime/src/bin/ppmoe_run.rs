@@ -64,11 +64,8 @@ fn main() -> ExitCode {
     };
     match run(&bundle, &inputs, &out, backend) {
         Ok(report) => {
-            if let Some((rank, false)) = report.rank {
-                println!("rank {rank}: done (the outputs are written by the last stage's first rank)");
-            }
-            for (name, path) in &report.outputs {
-                println!("{name} -> {} ({} backend)", path.display(), report.backend);
+            for line in report.lines() {
+                println!("{line}");
             }
             match check_outputs(&bundle, &report, &checks, tolerance) {
                 Ok((lines, ok)) => {

@@ -14,6 +14,13 @@ use crate::tensor::{DType, Tensor};
 const HEADER: usize = 12;
 const MAX_RANK: usize = HEADER - 4;
 
+/// `g` pieces of `piece` shape laid end to end in `flat` (as NCCL leaves them), joined along `axis`.
+fn join(flat: &[f32], piece: &[usize], g: usize, axis: usize) -> Result<Tensor, String> {
+    let m = piece.iter().product::<usize>().max(1);
+    let pieces: Vec<Tensor> = flat.chunks(m).take(g).map(|c| Tensor::f32(piece.to_vec(), c.to_vec())).collect();
+    kernels::execute(&Op::Concat { axis: axis as i64 }, &pieces.iter().map(Some).collect::<Vec<_>>(), 1).map(|mut v| v.remove(0))
+}
+
 impl Rank<'_> {
     pub(super) fn collective(&mut self, i: usize) -> Result<(), RuntimeError> {
         let ins = &self.program.instructions[i];
@@ -62,9 +69,7 @@ impl Rank<'_> {
                     self.put_dev(d, y, out_shape);
                 } else {
                     let flat = stream.clone_dtoh(&y).map_err(|e| fail(e.to_string()))?;
-                    let pieces: Vec<Tensor> = flat.chunks(n.max(1)).take(g).map(|c| Tensor::f32(shape.clone(), c.to_vec())).collect();
-                    let joined = kernels::execute(&Op::Concat { axis: *axis as i64 }, &pieces.iter().map(Some).collect::<Vec<_>>(), 1).map_err(&fail)?.remove(0);
-                    self.put_host(d, joined);
+                    self.put_host(d, join(&flat, &shape, g, *axis).map_err(&fail)?);
                 }
             }
             Op::AllToAll { group, split_axis, concat_axis } => {
@@ -92,9 +97,7 @@ impl Rank<'_> {
                 }
                 nccl.group_end().map_err(&fail)?;
                 let flat = stream.clone_dtoh(&recv).map_err(|e| fail(e.to_string()))?;
-                let got: Vec<Tensor> = flat.chunks(m.max(1)).take(g).map(|c| Tensor::f32(piece_shape.clone(), c.to_vec())).collect();
-                let joined = kernels::execute(&Op::Concat { axis: *concat_axis as i64 }, &got.iter().map(Some).collect::<Vec<_>>(), 1).map_err(&fail)?.remove(0);
-                self.put_host(d, joined.with_dtype(x.dtype));
+                self.put_host(d, join(&flat, &piece_shape, g, *concat_axis).map_err(&fail)?.with_dtype(x.dtype));
             }
             Op::Send { peer, tag } => {
                 let s = src.ok_or_else(|| fail("no operand".into()))?;

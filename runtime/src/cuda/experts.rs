@@ -105,8 +105,12 @@ impl Rank<'_> {
                 let g = Grouped { groups: &groups, din, dout };
                 // SAFETY: each group's blocks lie inside the buffers, which were allocated for these row counts.
                 unsafe {
-                    if grouped && blas::gemm_grouped(&s.blas, &stream, w.1, &g)? {
-                        return Ok(());
+                    let key = (w.1, groups.len(), din, dout);
+                    if grouped && !s.grouped_refused.borrow().contains(&key) {
+                        if blas::gemm_grouped(&s.blas, &stream, w.1, &g)? {
+                            return Ok(());
+                        }
+                        s.grouped_refused.borrow_mut().insert(key);
                     }
                     blas::gemm_per_group(&s.blas, w.1, &g)
                 }

@@ -70,6 +70,9 @@ struct Rank<'a> {
     comms: Option<&'a comm::Comms>,
     /// The microbatch in flight (pipeline messages carry it).
     microbatch: u64,
+    /// Grouped GEMMs cuBLAS refused (element type, groups, din, dout): not asked again, since
+    /// each ask uploads the pointer arrays first.
+    grouped_refused: std::cell::RefCell<std::collections::HashSet<(blas::Elem, usize, usize, usize)>>,
 }
 
 impl Rank<'_> {
@@ -292,7 +295,7 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Re
     let stream = ctx.default_stream();
     let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
     let functions = load_kernels(bundle, &ctx, program)?;
-    let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect(), comms: comms.as_ref(), microbatch: 0 };
+    let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect(), comms: comms.as_ref(), microbatch: 0, grouped_refused: Default::default() };
     // bf16 weights that feed GEMMs go to the device as bf16 (half the memory, tensor cores);
     // an f32 copy is made only if some other kernel reads them too.
     let gemm_weights = gemm_weight_operands(program);
