@@ -1,16 +1,20 @@
 //! Subcommands and their flags. The public interface (DESIGN.md): inspect, compile, run, plan.
 
 use anyhow::{bail, Context as _, Result};
-use ppmoe_compiler::strategy::cost_model::Hardware;
+use clap::{Parser, Subcommand, ValueEnum};
 use ppmoe_compiler::distribute::{Grid, Strategy};
 use ppmoe_compiler::passes::raise_moe::CapacityPolicy;
 use ppmoe_compiler::pipeline::Compilation;
+use ppmoe_compiler::strategy::cost_model::Hardware;
 use ppmoe_runtime::runner::{check_outputs, run as run_bundle, Backend, InputArg};
-use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ppmoe", version, about = "A compiler for Mixture-of-Experts models (Pipeline MoE)")]
+#[command(
+    name = "ppmoe",
+    version,
+    about = "A compiler for Mixture-of-Experts models (Pipeline MoE)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -179,6 +183,11 @@ pub struct MoeFlags {
     /// are named arg0, arg1, ... (they become weights; the rest stay run-time inputs).
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
+    /// The largest tensor compile-time evaluation (constant folding, the MoE raise's numeric
+    /// check) may make, in MiB; a larger constant stays a run-time computation, a larger trial
+    /// leaves the layer unraised with the reason.
+    #[arg(long = "eval-limit", default_value_t = 256, value_name = "MIB")]
+    eval_limit: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -208,7 +217,11 @@ enum CapacityFlag {
 }
 
 impl MoeFlags {
-    fn compilation(self, model: &std::path::Path, input_shape: &[(String, Vec<i64>)]) -> Result<Compilation> {
+    fn compilation(
+        self,
+        model: &std::path::Path,
+        input_shape: &[(String, Vec<i64>)],
+    ) -> Result<Compilation> {
         if self.tp == 0 || self.pp == 0 || self.dp == 0 || self.microbatches == 0 {
             bail!("--tp, --pp, --dp and --microbatches must be at least 1");
         }
@@ -217,9 +230,17 @@ impl MoeFlags {
             CapacityFlag::Keep => CapacityPolicy::Keep,
             CapacityFlag::Dropless => CapacityPolicy::Dropless,
         });
-        c.grid = Some(Grid { dp: self.dp, pp: self.pp, tp: self.tp });
+        c.grid = Some(Grid {
+            dp: self.dp,
+            pp: self.pp,
+            tp: self.tp,
+        });
         c.microbatches = self.microbatches;
         c.weights = self.weights;
+        c.eval_limit =
+            Some(self.eval_limit.checked_mul(1 << 20).ok_or_else(|| {
+                anyhow::anyhow!("--eval-limit {} MiB is too large", self.eval_limit)
+            })?);
         c.target_cuda = self.target == TargetFlag::Cuda;
         c.weight_dtype = match self.dtype {
             DtypeFlag::Fp32 => None,
@@ -237,17 +258,30 @@ impl MoeFlags {
 
 /// `NAME=1x16` -> ("NAME", [1, 16]).
 fn parse_input_shape(s: &str) -> Result<(String, Vec<i64>), String> {
-    let (name, dims) = s.split_once('=').ok_or_else(|| format!("'{s}': expected NAME=DIMS, e.g. input_ids=1x16"))?;
+    let (name, dims) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': expected NAME=DIMS, e.g. input_ids=1x16"))?;
     let dims = dims
         .split('x')
-        .map(|d| d.parse::<i64>().ok().filter(|&d| d >= 0).ok_or_else(|| format!("'{s}': '{d}' is not a dimension")))
+        .map(|d| {
+            d.parse::<i64>()
+                .ok()
+                .filter(|&d| d >= 0)
+                .ok_or_else(|| format!("'{s}': '{d}' is not a dimension"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((name.to_string(), dims))
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Inspect { model, emit, input_shape, summary, moe } => {
+        Command::Inspect {
+            model,
+            emit,
+            input_shape,
+            summary,
+            moe,
+        } => {
             let c = moe.compilation(&model, &input_shape)?;
             if summary {
                 return print_summary(c);
@@ -256,7 +290,12 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{text}");
             Ok(())
         }
-        Command::Compile { model, output, input_shape, moe } => {
+        Command::Compile {
+            model,
+            output,
+            input_shape,
+            moe,
+        } => {
             let r = ppmoe_compiler::compile(moe.compilation(&model, &input_shape)?, &output)?;
             let total: usize = r.weight_bytes.iter().sum();
             println!(
@@ -274,15 +313,25 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { bundle, input, output_dir, backend, check, tolerance, nproc_per_node } => {
+        Command::Run {
+            bundle,
+            input,
+            output_dir,
+            backend,
+            check,
+            tolerance,
+            nproc_per_node,
+        } => {
             if let Some(n) = nproc_per_node {
                 if n == 0 {
                     bail!("--nproc-per-node 0: at least one process is needed");
                 }
                 // This same command once per GPU, without the flag, as ranks 0..n.
                 let mut args: Vec<String> = std::env::args().skip(1).collect();
-                ppmoe_runtime::distributed::take_nproc_flag(&mut args).map_err(anyhow::Error::msg)?;
-                let code = ppmoe_runtime::distributed::launch_local(n, &args).map_err(anyhow::Error::msg)?;
+                ppmoe_runtime::distributed::take_nproc_flag(&mut args)
+                    .map_err(anyhow::Error::msg)?;
+                let code = ppmoe_runtime::distributed::launch_local(n, &args)
+                    .map_err(anyhow::Error::msg)?;
                 if code != 0 {
                     bail!("the run failed on at least one rank (exit code {code})");
                 }
@@ -304,9 +353,27 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Plan { model, gpus_per_node, nodes, tp, pp, tokens, hw, json, input_shape } => {
-            plan(&model, gpus_per_node, nodes, tp, pp, tokens, hw.hardware(gpus_per_node), json, &input_shape)
-        }
+        Command::Plan {
+            model,
+            gpus_per_node,
+            nodes,
+            tp,
+            pp,
+            tokens,
+            hw,
+            json,
+            input_shape,
+        } => plan(
+            &model,
+            gpus_per_node,
+            nodes,
+            tp,
+            pp,
+            tokens,
+            hw.hardware(gpus_per_node),
+            json,
+            &input_shape,
+        ),
     }
 }
 
@@ -323,22 +390,53 @@ fn stage_name(e: Emit) -> &'static str {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn plan(model: &std::path::Path, gpus_per_node: usize, nodes: usize, tp: Option<usize>, pp: Option<usize>, tokens: Option<usize>, hw: Hardware, json: bool, input_shape: &[(String, Vec<i64>)]) -> Result<()> {
+fn plan(
+    model: &std::path::Path,
+    gpus_per_node: usize,
+    nodes: usize,
+    tp: Option<usize>,
+    pp: Option<usize>,
+    tokens: Option<usize>,
+    hw: Hardware,
+    json: bool,
+    input_shape: &[(String, Vec<i64>)],
+) -> Result<()> {
     use ppmoe_compiler::strategy::hf_config::{read_config, ModelShape};
     if gpus_per_node == 0 || nodes == 0 {
         bail!("--gpus-per-node and --nodes must be at least 1");
     }
     let is_json = model.extension().is_some_and(|e| e == "json");
     let (shape, model_tokens) = if is_json {
-        let text = std::fs::read_to_string(model).with_context(|| format!("{}: cannot read", model.display()))?;
+        let text = std::fs::read_to_string(model)
+            .with_context(|| format!("{}: cannot read", model.display()))?;
         // A config.json is usually named after nothing; its folder names the model.
-        let stem = model.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = if stem == "config" { model.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or(stem) } else { stem };
-        (read_config(&text, &name).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?, 4096)
+        let stem = model
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = if stem == "config" {
+            model
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(stem)
+        } else {
+            stem
+        };
+        (
+            read_config(&text, &name).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?,
+            4096,
+        )
     } else {
         let c = ppmoe_compiler::pipeline::run_with(Compilation::new(model, input_shape), "moe")?;
-        let layers = c.core.as_ref().map(|p| p.moe_layers.clone()).unwrap_or_default();
-        let Some(first) = layers.first() else { bail!("{}: no MoE layer found: nothing to plan", model.display()) };
+        let layers = c
+            .core
+            .as_ref()
+            .map(|p| p.moe_layers.clone())
+            .unwrap_or_default();
+        let Some(first) = layers.first() else {
+            bail!("{}: no MoE layer found: nothing to plan", model.display())
+        };
         let shape = ModelShape {
             name: model.display().to_string(),
             layers: layers.len(),
@@ -357,12 +455,13 @@ fn plan(model: &std::path::Path, gpus_per_node: usize, nodes: usize, tp: Option<
     let tp = tp.unwrap_or(gpus_per_node.min(shape.experts));
     let pp = pp.unwrap_or(nodes);
     let total = gpus_per_node * nodes;
-    if tp * pp > total || total % (tp * pp) != 0 {
+    if tp * pp > total || !total.is_multiple_of(tp * pp) {
         bail!("tp {tp} x pp {pp} does not tile {nodes} node(s) x {gpus_per_node} GPUs");
     }
     let dp = total / (tp * pp);
     let tokens = tokens.unwrap_or(model_tokens);
-    let p = ppmoe_compiler::strategy::plan::plan(&shape, tokens, tp, pp, dp, hw).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+    let p = ppmoe_compiler::strategy::plan::plan(&shape, tokens, tp, pp, dp, hw)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(());
@@ -376,25 +475,54 @@ fn plan(model: &std::path::Path, gpus_per_node: usize, nodes: usize, tp: Option<
         p.dp, p.pp, p.tp, hw.flops / 1e12, hw.nvlink_bytes_per_s / 1e9, hw.network_bytes_per_s / 1e9, hw.alltoall_efficiency * 100.0
     );
     println!();
-    let names: Vec<&str> = p.layers.first().map(|l| l.times.iter().map(|(c, _)| c.name()).collect()).unwrap_or_default();
-    println!("MoE layers | {} | choice", names.iter().map(|n| format!("{n:>23}")).collect::<Vec<_>>().join(" | "));
+    let names: Vec<&str> = p
+        .layers
+        .first()
+        .map(|l| l.times.iter().map(|(c, _)| c.name()).collect())
+        .unwrap_or_default();
+    println!(
+        "MoE layers | {} | choice",
+        names
+            .iter()
+            .map(|n| format!("{n:>23}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     // Consecutive layers with the same predictions share a row.
     let mut i = 0;
     while i < p.layers.len() {
         let l = &p.layers[i];
         let mut j = i;
-        while j + 1 < p.layers.len() && p.layers[j + 1].times == l.times && p.layers[j + 1].choice == l.choice {
+        while j + 1 < p.layers.len()
+            && p.layers[j + 1].times == l.times
+            && p.layers[j + 1].choice == l.choice
+        {
             j += 1;
         }
-        let cells: Vec<String> = l.times.iter().map(|(_, t)| format!("{:>23}", seconds(*t))).collect();
-        let span = if j > i { format!("{}-{}", l.layer, p.layers[j].layer) } else { l.layer.to_string() };
+        let cells: Vec<String> = l
+            .times
+            .iter()
+            .map(|(_, t)| format!("{:>23}", seconds(*t)))
+            .collect();
+        let span = if j > i {
+            format!("{}-{}", l.layer, p.layers[j].layer)
+        } else {
+            l.layer.to_string()
+        };
         println!("{span:>10} | {} | {}", cells.join(" | "), l.choice.name());
         i = j + 1;
     }
     println!();
     println!("stage | layers  | predicted time | memory per GPU");
     for s in &p.stages {
-        println!("{:>5} | {:>3}-{:<3} | {:>14} | {:>10.3} GiB", s.stage, s.first_layer, s.last_layer, seconds(s.seconds), s.memory_bytes / (1u64 << 30) as f64);
+        println!(
+            "{:>5} | {:>3}-{:<3} | {:>14} | {:>10.3} GiB",
+            s.stage,
+            s.first_layer,
+            s.last_layer,
+            seconds(s.seconds),
+            s.memory_bytes / (1u64 << 30) as f64
+        );
     }
     Ok(())
 }
@@ -413,8 +541,22 @@ fn seconds(t: f64) -> String {
 /// One row per MoE layer found, then the near misses.
 fn print_summary(c: Compilation) -> Result<()> {
     let c = ppmoe_compiler::pipeline::run_with(c, "moe")?;
-    let layers = c.core.as_ref().map(|p| p.moe_layers.clone()).unwrap_or_default();
-    let header = ["layer", "experts", "top-k", "hidden", "expert ffn", "routing", "activation", "shared experts", "source family"];
+    let layers = c
+        .core
+        .as_ref()
+        .map(|p| p.moe_layers.clone())
+        .unwrap_or_default();
+    let header = [
+        "layer",
+        "experts",
+        "top-k",
+        "hidden",
+        "expert ffn",
+        "routing",
+        "activation",
+        "shared experts",
+        "source family",
+    ];
     let rows: Vec<[String; 9]> = layers
         .iter()
         .enumerate()
@@ -438,9 +580,23 @@ fn print_summary(c: Compilation) -> Result<()> {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: &[String]| cells.iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join(" | ");
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
     println!("{}", line(&header.map(String::from)));
-    println!("{}", width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-|-"));
+    println!(
+        "{}",
+        width
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-|-")
+    );
     for r in &rows {
         println!("{}", line(r));
     }

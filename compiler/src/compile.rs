@@ -3,7 +3,9 @@
 
 use crate::error::CompileError;
 use crate::pipeline::{run_with, Compilation};
-use ppmoe_runtime::bundle::{sha256_hex, write_bundle, Grid as BundleGrid, Manifest, Port, SourceModel, FORMAT_VERSION};
+use ppmoe_runtime::bundle::{
+    write_bundle_with, Grid as BundleGrid, Manifest, Port, SourceModel, FORMAT_VERSION,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -31,24 +33,50 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         for (rp, plan) in c.ranks.iter_mut().zip(plans) {
             let r = rp.program.rank;
             let module = format!("rank{r}_kernels");
-            let ptx = c.ptx.iter().find(|(n, _)| *n == module).map(|(_, p)| p.clone()).unwrap_or_default();
+            let ptx = c
+                .ptx
+                .iter()
+                .find(|(n, _)| *n == module)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default();
             rp.program.gpu = plan.lowered;
             rp.program.ptx_file = Some(format!("rank{r}.ptx"));
             extra.push((format!("rank{r}.ptx"), ptx.into_bytes()));
         }
     }
     let core = c.core.as_ref().expect("the core stage ran");
-    let bytes = std::fs::read(&model_path).map_err(|cause| CompileError::Io { path: model_path.clone(), cause })?;
+    let source_sha256 =
+        ppmoe_runtime::safetensors_io::sha256_file(&model_path).map_err(|cause| {
+            CompileError::Io {
+                path: model_path.clone(),
+                cause,
+            }
+        })?;
     // The model's ports, from the one-rank program (every rank agrees on them).
     let p = &core.program;
     // Ports describe one microbatch: the runner cuts and joins axis 0.
-    let port = |id: usize| Port { name: p.buffers[id].name.clone(), dtype: p.buffers[id].dtype, shape: p.buffers[id].shape.clone() };
-    let grid = c.grid.unwrap_or(crate::distribute::Grid { dp: 1, pp: 1, tp: 1 });
+    let port = |id: usize| Port {
+        name: p.buffers[id].name.clone(),
+        dtype: p.buffers[id].dtype,
+        shape: p.buffers[id].shape.clone(),
+    };
+    let grid = c.grid.unwrap_or(crate::distribute::Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    });
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         producer: format!("ppmoe {}", env!("CARGO_PKG_VERSION")),
-        source: SourceModel { path: model_path.display().to_string(), sha256: sha256_hex(&bytes) },
-        grid: BundleGrid { tp: grid.tp, pp: grid.pp, dp: grid.dp },
+        source: SourceModel {
+            path: model_path.display().to_string(),
+            sha256: source_sha256,
+        },
+        grid: BundleGrid {
+            tp: grid.tp,
+            pp: grid.pp,
+            dp: grid.dp,
+        },
         inputs: p.inputs.iter().map(|&i| port(i)).collect(),
         outputs: p.outputs.iter().map(|&i| port(i)).collect(),
         programs: c.ranks.iter().map(|r| r.program.clone()).collect(),
@@ -59,11 +87,33 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         ranks: c.ranks.len(),
         instructions: c.ranks.first().map_or(0, |r| r.program.instructions.len()),
         weights: c.ranks.first().map_or(0, |r| r.weights.len()),
-        weight_bytes: c.ranks.iter().map(|r| r.weights.iter().map(|(_, t)| t.len() * t.dtype.size()).sum()).collect(),
+        weight_bytes: c
+            .ranks
+            .iter()
+            .map(|r| {
+                r.weights
+                    .iter()
+                    .map(|(_, t)| t.len() * t.dtype.size())
+                    .sum()
+            })
+            .collect(),
         moe_layers: core.moe_layers.len(),
         kept_all_to_all: c.kept_all_to_all.clone(),
     };
-    let weights: Vec<Vec<(String, ppmoe_runtime::Tensor)>> = c.ranks.into_iter().map(|r| r.weights).collect();
-    write_bundle(out, manifest, &weights, &extra)?;
+    let weights: Vec<Vec<(String, ppmoe_runtime::Tensor)>> =
+        c.ranks.into_iter().map(|r| r.weights).collect();
+    let total: usize = weights.iter().map(Vec::len).sum();
+    let bar = crate::progress::bar(total as u64, "writing weights");
+    write_bundle_with(out, manifest, &weights, &extra, &mut |name| {
+        bar.set_message(name.to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    tracing::info!(
+        "wrote {} weights of {} rank(s) to {}",
+        total,
+        weights.len(),
+        out.display()
+    );
     Ok(report)
 }

@@ -8,16 +8,34 @@ pub enum CompileError {
     Import(#[from] ppmoe_frontend::ImportError),
 
     #[error("{}: node \"{node}\" ({op}): {reason}", path.display())]
-    Node { path: PathBuf, node: String, op: String, reason: String },
+    Node {
+        path: PathBuf,
+        node: String,
+        op: String,
+        reason: String,
+    },
 
     #[error("{}: op {op} (node \"{node}\") is not supported by the core stage; supported: {supported}", path.display())]
-    UnsupportedOp { path: PathBuf, node: String, op: String, supported: String },
+    UnsupportedOp {
+        path: PathBuf,
+        node: String,
+        op: String,
+        supported: String,
+    },
 
     #[error("{}: input '{input}' has a dimension only known at run time ({dims}); fix it with --input-shape {input}=DIMS", path.display())]
-    DynamicInput { path: PathBuf, input: String, dims: String },
+    DynamicInput {
+        path: PathBuf,
+        input: String,
+        dims: String,
+    },
 
     #[error("{}: stage '{stage}': the IR does not verify: {diagnostics}", path.display())]
-    Verify { path: PathBuf, stage: String, diagnostics: String },
+    Verify {
+        path: PathBuf,
+        stage: String,
+        diagnostics: String,
+    },
 
     #[error("{}: the grid does not fit the model: {reason}", path.display())]
     Grid { path: PathBuf, reason: String },
@@ -29,5 +47,8 @@ pub enum CompileError {
     Runtime(#[from] ppmoe_runtime::RuntimeError),
 
     #[error("{}: {cause}", path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 }

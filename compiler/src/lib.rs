@@ -9,6 +9,7 @@ pub mod error;
 pub mod moe;
 pub mod passes;
 pub mod pipeline;
+pub mod progress;
 pub mod strategy;
 
 pub use compile::compile;

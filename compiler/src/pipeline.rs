@@ -2,10 +2,13 @@
 //! name and the function that takes the compilation one rung down; `--emit STAGE` stops after
 //! the named stage and prints its IR. Nothing else decides the order.
 
-use crate::core::{lower_to_core, print::print_core, CoreProgram};
-use crate::error::CompileError;
+use crate::core::{
+    convert_initializers, lower_to_core_with, print::print_core, CoreProgram,
+    DEFAULT_EVAL_LIMIT_BYTES,
+};
 use crate::distribute::shard_moe::RankProgram;
 use crate::distribute::{Grid, Strategy};
+use crate::error::CompileError;
 use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
 use ppmoe_frontend::{Model, Types};
@@ -21,13 +24,41 @@ pub struct Stage {
 
 /// The ladder, in order. Stages named in DESIGN.md but not built yet are in `PLANNED`.
 pub const STAGES: &[Stage] = &[
-    Stage { name: "onnx", run: import_onnx, print: |c| c.onnx_text.clone() },
-    Stage { name: "core", run: lower_core, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
-    Stage { name: "moe", run: raise_moe, print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])) },
-    Stage { name: "sharded", run: shard, print: |c| print_ranks(c, &c.sharded) },
-    Stage { name: "pipelined", run: pipeline, print: |c| print_ranks(c, &c.ranks) },
-    Stage { name: "kernels", run: kernels, print: |c| Some(print_kernels(c)) },
-    Stage { name: "ptx", run: ptx, print: |c| Some(print_ptx(c)) },
+    Stage {
+        name: "onnx",
+        run: import_onnx,
+        print: |c| c.onnx_text.clone(),
+    },
+    Stage {
+        name: "core",
+        run: lower_core,
+        print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])),
+    },
+    Stage {
+        name: "moe",
+        run: raise_moe,
+        print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])),
+    },
+    Stage {
+        name: "sharded",
+        run: shard,
+        print: |c| print_ranks(c, &c.sharded),
+    },
+    Stage {
+        name: "pipelined",
+        run: pipeline,
+        print: |c| print_ranks(c, &c.ranks),
+    },
+    Stage {
+        name: "kernels",
+        run: kernels,
+        print: |c| Some(print_kernels(c)),
+    },
+    Stage {
+        name: "ptx",
+        run: ptx,
+        print: |c| Some(print_ptx(c)),
+    },
 ];
 
 /// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
@@ -72,11 +103,31 @@ pub struct Compilation {
     pub target_cuda: bool,
     /// `--dtype`: the type the weights are stored in (computation stays f32).
     pub weight_dtype: Option<ppmoe_runtime::DType>,
+    /// `--eval-limit`: the largest tensor compile-time evaluation may make, in bytes.
+    pub eval_limit: Option<usize>,
+    /// The model's types at a few tokens (its symbolic dimensions made small), where the `moe`
+    /// stage recognises layers at a cost that does not grow with the compile size.
+    pub probe_types: Option<Types>,
+    /// The `core` program at those few tokens.
+    pub probe_core: Option<CoreProgram>,
 }
+
+/// How many tokens (each symbolic dimension) the `moe` stage recognises layers at.
+pub const PROBE_TOKENS: i64 = 4;
 
 /// Stores the float weights of a rank in `dt` (rounded once, here); values stay f32 in compute.
 fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
-    c.kernel_plans = c.ranks.iter().map(|r| crate::codegen::plan_kernels(&r.program, &r.weights, &format!("rank{}_kernels", r.program.rank))).collect();
+    c.kernel_plans = c
+        .ranks
+        .iter()
+        .map(|r| {
+            crate::codegen::plan_kernels(
+                &r.program,
+                &r.weights,
+                &format!("rank{}_kernels", r.program.rank),
+            )
+        })
+        .collect();
     Ok(())
 }
 
@@ -89,7 +140,13 @@ fn print_kernels(c: &Compilation) -> String {
         s.push_str(&plan.module);
         let r = rp.program.rank;
         s.push_str(&format!("  func.func @rank{r}() {{\n"));
-        for (i, (ins, l)) in rp.program.instructions.iter().zip(&plan.lowered).enumerate() {
+        for (i, (ins, l)) in rp
+            .program
+            .instructions
+            .iter()
+            .zip(&plan.lowered)
+            .enumerate()
+        {
             let line = match l {
                 Lowered::Kernel { name, threads } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
                 Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
@@ -115,27 +172,54 @@ fn ptx(c: &mut Compilation) -> Result<(), CompileError> {
         text.push_str(&plan.module);
     }
     text.push_str("}\n");
-    c.ptx = crate::codegen::ptx::to_ptx(&text).map_err(|diagnostics| CompileError::Verify { path: c.path.clone(), stage: "ptx".into(), diagnostics })?;
+    c.ptx = crate::codegen::ptx::to_ptx(&text).map_err(|diagnostics| CompileError::Verify {
+        path: c.path.clone(),
+        stage: "ptx".into(),
+        diagnostics,
+    })?;
     Ok(())
 }
 
 fn print_ptx(c: &Compilation) -> String {
-    c.ptx.iter().map(|(name, ptx)| format!("// ---- {name} ----\n{ptx}")).collect::<Vec<_>>().join("\n")
+    c.ptx
+        .iter()
+        .map(|(name, ptx)| format!("// ---- {name} ----\n{ptx}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
-    let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
-    let programs: Vec<&ppmoe_runtime::program::Program> = ranks.iter().map(|r| &r.program).collect();
-    Some(crate::core::print::print_programs_with(&programs, Some((&grid.mlir(), grid.tp, grid.pp)), c.microbatches.max(1)))
+    let grid = c.grid.unwrap_or(Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    });
+    let programs: Vec<&ppmoe_runtime::program::Program> =
+        ranks.iter().map(|r| &r.program).collect();
+    Some(crate::core::print::print_programs_with(
+        &programs,
+        Some((&grid.mlir(), grid.tp, grid.pp)),
+        c.microbatches.max(1),
+    ))
 }
 
 fn shard(c: &mut Compilation) -> Result<(), CompileError> {
-    let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
+    let grid = c.grid.unwrap_or(Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    });
     let strategy = c.strategy.unwrap_or(Strategy::Ppmoe);
     let Some(core) = c.core.as_ref() else {
-        return Err(CompileError::StageNotBuilt("sharded".into(), "it needs the moe stage first".into()));
+        return Err(CompileError::StageNotBuilt(
+            "sharded".into(),
+            "it needs the moe stage first".into(),
+        ));
     };
-    let one = RankProgram { program: core.program.clone(), weights: core.weights.clone() };
+    let one = RankProgram {
+        program: core.program.clone(),
+        weights: core.weights.clone(),
+    };
     c.sharded.clear();
     c.kept_all_to_all.clear();
     // auto: the e-graph picks per layer among the forms codegen has (ppmoe, alltoall).
@@ -146,9 +230,24 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
             let shapes: Vec<LayerShape> = core
                 .moe_layers
                 .iter()
-                .map(|l| LayerShape { tokens: l.tokens, hidden: l.hidden, ffn: l.ffn, experts: l.experts, top_k: l.top_k, gated: l.activation.contains("swiglu") || l.activation.contains("geglu") })
+                .map(|l| LayerShape {
+                    tokens: l.tokens,
+                    hidden: l.hidden,
+                    ffn: l.ffn,
+                    experts: l.experts,
+                    top_k: l.top_k,
+                    gated: l.activation.contains("swiglu") || l.activation.contains("geglu"),
+                })
                 .collect();
-            crate::strategy::egraph::choose(&shapes, grid.tp, c.hardware.unwrap_or_default(), &[Choice::Ppmoe, Choice::AllToAll]).into_iter().map(|(c, _)| c).collect()
+            crate::strategy::egraph::choose(
+                &shapes,
+                grid.tp,
+                c.hardware.unwrap_or_default(),
+                &[Choice::Ppmoe, Choice::AllToAll],
+            )
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
         }
     };
     c.choices = picks.clone();
@@ -159,7 +258,8 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
         rp.program.rank = t;
         if strategy != Strategy::AllToAll {
             let wanted = |n: usize| picks.get(n) == Some(&Choice::Ppmoe);
-            let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(&mut rp, t, grid.tp, &wanted);
+            let notes =
+                crate::distribute::ppmoe_rewrite::ppmoe_rewrite(&mut rp, t, grid.tp, &wanted);
             if t == 0 {
                 c.kept_all_to_all.extend(notes);
             }
@@ -168,27 +268,63 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
         let program = crate::passes::dead_code::remove_dead_code(rp.program, &mut weights);
         c.sharded.push(RankProgram { program, weights });
     }
+    // From here on the ranks' programs hold the weights; the one-rank copy would only keep
+    // tensors alive that the ranks have replaced (converted or sharded).
+    if let Some(core) = c.core.as_mut() {
+        core.weights.clear();
+    }
     Ok(())
 }
 
 fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
-    let grid = c.grid.unwrap_or(Grid { dp: 1, pp: 1, tp: 1 });
-    let first = c.sharded.first().ok_or_else(|| CompileError::StageNotBuilt("pipelined".into(), "it needs the sharded stage first".into()))?;
-    let cuts = crate::distribute::pipeline_split::choose_cuts(&first.program, grid.pp)
-        .map_err(|reason| CompileError::Grid { path: c.path.clone(), reason })?;
-    let stages: Vec<Vec<RankProgram>> = c.sharded.iter().map(|rp| crate::distribute::pipeline_split::split_stages(rp, &cuts)).collect();
-    c.ranks = crate::distribute::layout::layout(grid, &stages);
+    let grid = c.grid.unwrap_or(Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    });
+    let first = c.sharded.first().ok_or_else(|| {
+        CompileError::StageNotBuilt(
+            "pipelined".into(),
+            "it needs the sharded stage first".into(),
+        )
+    })?;
+    let cuts = crate::distribute::pipeline_split::choose_cuts(&first.program, grid.pp).map_err(
+        |reason| CompileError::Grid {
+            path: c.path.clone(),
+            reason,
+        },
+    )?;
+    // Converted once per tp index, before the stages and replicas share the tensors: each
+    // weight is replaced as it is converted, so no second copy of the weights is held.
     if let Some(dt) = c.weight_dtype {
-        for rp in &mut c.ranks {
+        for rp in &mut c.sharded {
             crate::passes::weight_dtype::convert_weights(rp, dt);
         }
     }
+    let stages: Vec<Vec<RankProgram>> = c
+        .sharded
+        .iter()
+        .map(|rp| crate::distribute::pipeline_split::split_stages(rp, &cuts))
+        .collect();
+    c.ranks = crate::distribute::layout::layout(grid, &stages);
     Ok(())
 }
 
 fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
     let shapes = microbatch_shapes(c)?;
-    let (model, types, text) = ppmoe_frontend::import_with(&c.path, &shapes, c.weights.as_deref())?;
+    let loaded = ppmoe_frontend::load_model(&c.path, c.weights.as_deref())?;
+    let probe = ppmoe_frontend::probe_shapes(&loaded, &shapes, PROBE_TOKENS);
+    let (mut model, types, text) = ppmoe_frontend::import_loaded(loaded, &shapes)?;
+    c.probe_types = match probe {
+        Some(p) => match ppmoe_frontend::infer_types_at(&mut model, &p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::info!("moe: the model does not take {PROBE_TOKENS} tokens ({e}); layers are recognised at the compile size");
+                None
+            }
+        },
+        None => None,
+    };
     c.model = Some(model);
     c.types = Some(types);
     c.onnx_text = Some(text);
@@ -203,10 +339,17 @@ fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, Compile
         return Ok(c.input_shapes.clone());
     }
     let model = ppmoe_frontend::load_model(&c.path, c.weights.as_deref())?;
-    let bad = |reason: String| CompileError::Grid { path: c.path.clone(), reason };
+    let bad = |reason: String| CompileError::Grid {
+        path: c.path.clone(),
+        reason,
+    };
     let mut out = Vec::new();
     for input in &model.graph.inputs {
-        let given = c.input_shapes.iter().find(|(n, _)| n == &input.name).map(|(_, d)| d.clone());
+        let given = c
+            .input_shapes
+            .iter()
+            .find(|(n, _)| n == &input.name)
+            .map(|(_, d)| d.clone());
         if let Some(ppmoe_frontend::Dim::Known(b)) = input.ty.dims.first() {
             return Err(bad(format!(
                 "--microbatches {k}: input '{}' has its batch fixed at {b} by the model: it cannot be cut into microbatches (export it with a dynamic batch)",
@@ -214,7 +357,10 @@ fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, Compile
             )));
         }
         let Some(mut dims) = given else {
-            return Err(bad(format!("--microbatches {k}: give the full shape of input '{}' with --input-shape", input.name)));
+            return Err(bad(format!(
+                "--microbatches {k}: give the full shape of input '{}' with --input-shape",
+                input.name
+            )));
         };
         if dims.is_empty() || dims[0] % k != 0 {
             return Err(bad(format!("--microbatches {k}: input '{}' has a batch of {}, which {k} microbatches do not divide", input.name, dims.first().copied().unwrap_or(0))));
@@ -227,18 +373,43 @@ fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, Compile
 
 fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
     let (Some(model), Some(types)) = (&c.model, &c.types) else {
-        return Err(CompileError::StageNotBuilt("core".into(), "it needs the onnx stage first".into()));
+        return Err(CompileError::StageNotBuilt(
+            "core".into(),
+            "it needs the onnx stage first".into(),
+        ));
     };
-    c.core = Some(lower_to_core(model, types)?);
+    let limit = c.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
+    let initializers = convert_initializers(model)?;
+    c.core = Some(lower_to_core_with(model, types, &initializers, limit)?);
+    c.probe_core = match &c.probe_types {
+        Some(pt) => match lower_to_core_with(model, pt, &initializers, limit) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::info!("moe: the model does not lower at {PROBE_TOKENS} tokens ({e}); layers are recognised at the compile size");
+                None
+            }
+        },
+        None => None,
+    };
     Ok(())
 }
 
 fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
     let policy = c.capacity_policy.unwrap_or(CapacityPolicy::Keep);
     let Some(core) = c.core.as_mut() else {
-        return Err(CompileError::StageNotBuilt("moe".into(), "it needs the core stage first".into()));
+        return Err(CompileError::StageNotBuilt(
+            "moe".into(),
+            "it needs the core stage first".into(),
+        ));
     };
-    let outcome = crate::passes::raise_moe::raise_moe(core, policy);
+    let limit = c.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
+    // The few-token program is only a means of recognition: dropped once used.
+    let outcome = match c.probe_core.take() {
+        Some(mut probe) => {
+            crate::passes::raise_moe::raise_moe_probed(core, &mut probe, policy, limit)
+        }
+        None => crate::passes::raise_moe::raise_moe(core, policy, limit),
+    };
     for u in &outcome.unraised {
         tracing::warn!("{u}");
     }
@@ -248,8 +419,19 @@ fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
 }
 
 /// Runs the stages up to and including `last`.
-pub fn run_until(path: &Path, input_shapes: &[(String, Vec<i64>)], last: &str) -> Result<Compilation, CompileError> {
-    run_with(Compilation { path: path.to_owned(), input_shapes: input_shapes.to_vec(), ..Default::default() }, last)
+pub fn run_until(
+    path: &Path,
+    input_shapes: &[(String, Vec<i64>)],
+    last: &str,
+) -> Result<Compilation, CompileError> {
+    run_with(
+        Compilation {
+            path: path.to_owned(),
+            input_shapes: input_shapes.to_vec(),
+            ..Default::default()
+        },
+        last,
+    )
 }
 
 /// Runs the stages up to and including `last` on a prepared compilation (options set).
@@ -273,19 +455,31 @@ pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileEr
 pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), CompileError> {
     let path = c.path.clone();
     let c = run_with(c, stage)?;
-    let s = STAGES.iter().find(|s| s.name == stage).expect("run_with checked the name");
+    let s = STAGES
+        .iter()
+        .find(|s| s.name == stage)
+        .expect("run_with checked the name");
     let text = (s.print)(&c).unwrap_or_default();
     if NOT_MLIR.contains(&stage) {
         return Ok((text, c));
     }
     let context = ppmoe_dialect::context();
-    let module = ppmoe_dialect::parse_verified(&context, &text)
-        .map_err(|diagnostics| CompileError::Verify { path, stage: stage.into(), diagnostics })?;
+    let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
+        CompileError::Verify {
+            path,
+            stage: stage.into(),
+            diagnostics,
+        }
+    })?;
     Ok((ppmoe_dialect::print_module(&module), c))
 }
 
 impl Compilation {
     pub fn new(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Compilation {
-        Compilation { path: path.to_owned(), input_shapes: input_shapes.to_vec(), ..Default::default() }
+        Compilation {
+            path: path.to_owned(),
+            input_shapes: input_shapes.to_vec(),
+            ..Default::default()
+        }
     }
 }

@@ -25,8 +25,12 @@ pub fn context() -> Context {
     context.append_dialect_registry(&registry);
     context.load_all_available_dialects();
     context.set_allow_unregistered_dialects(true);
-    let irdl = Module::parse(&context, MOE_IRDL).expect("the moe IRDL definition parses (it is part of the build)");
-    assert!(melior::utility::load_irdl_dialects(&irdl), "the moe IRDL dialect loads");
+    let irdl = Module::parse(&context, MOE_IRDL)
+        .expect("the moe IRDL definition parses (it is part of the build)");
+    assert!(
+        melior::utility::load_irdl_dialects(&irdl),
+        "the moe IRDL dialect loads"
+    );
     // The definition module must outlive the dialect it defines: keep it for the process.
     std::mem::forget(irdl);
     context
@@ -52,13 +56,24 @@ fn parse<'c>(context: &'c Context, text: &str, verify: bool) -> Result<Module<'c
         true
     });
     let module = Module::parse(context, text);
-    let verified = module.as_ref().map(|m| !verify || m.as_operation().verify()).unwrap_or(false);
+    let verified = module
+        .as_ref()
+        .map(|m| !verify || m.as_operation().verify())
+        .unwrap_or(false);
     context.detach_diagnostic_handler(id);
     let messages = diagnostics.borrow().join("; ");
     match module {
         Some(m) if verified => Ok(m),
-        Some(_) => Err(if messages.is_empty() { "verification failed".into() } else { messages }),
-        None => Err(if messages.is_empty() { "the text does not parse".into() } else { messages }),
+        Some(_) => Err(if messages.is_empty() {
+            "verification failed".into()
+        } else {
+            messages
+        }),
+        None => Err(if messages.is_empty() {
+            "the text does not parse".into()
+        } else {
+            messages
+        }),
     }
 }
 

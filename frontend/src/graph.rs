@@ -32,7 +32,10 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DType, dims: &[i64]) -> Self {
-        TensorType { dtype, dims: dims.iter().map(|&d| Dim::Known(d)).collect() }
+        TensorType {
+            dtype,
+            dims: dims.iter().map(|&d| Dim::Known(d)).collect(),
+        }
     }
 
     /// All dimensions known.
@@ -56,15 +59,46 @@ impl TensorType {
     }
 }
 
-/// A tensor's value: little-endian bytes of `dtype`, row-major.
+/// A tensor's value: little-endian bytes of `dtype`, row-major. Large external data stays in
+/// its file (`external`, `bytes` empty) until a later stage reads it, one tensor at a time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorData {
     pub dtype: DType,
     pub dims: Vec<i64>,
     pub bytes: Vec<u8>,
+    pub external: Option<ExternalData>,
+}
+
+/// Bytes `offset .. offset + length` of an external-data file, checked to exist at load time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExternalData {
+    pub file: std::path::PathBuf,
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl ExternalData {
+    /// Reads the range (one positioned read; nothing else of the file is held).
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&self.file)?;
+        let len = usize::try_from(self.length)
+            .map_err(|_| std::io::Error::other("external data too large for this machine"))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, self.offset)?;
+        Ok(buf)
+    }
 }
 
 impl TensorData {
+    /// The bytes, read from the external file when they live there.
+    pub fn load_bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        match &self.external {
+            Some(e) => e.read().map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(&self.bytes)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.dims.iter().product::<i64>() as usize
     }
@@ -79,11 +113,20 @@ impl TensorData {
 
     /// The elements as i64 (integer and bool types), for shape arithmetic.
     pub fn as_i64(&self) -> Option<Vec<i64>> {
+        if self.external.is_some() {
+            return None;
+        }
         let b = &self.bytes;
         let n = self.len();
         let v: Vec<i64> = match self.dtype {
-            DType::I64 => (0..n).map(|i| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))).collect(),
-            DType::I32 => (0..n).map(|i| i32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])) as i64).collect(),
+            DType::I64 => (0..n)
+                .map(|i| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8])))
+                .collect(),
+            DType::I32 => (0..n)
+                .map(|i| {
+                    i32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])) as i64
+                })
+                .collect(),
             DType::Bool | DType::U8 => b.iter().take(n).map(|&x| x as i64).collect(),
             DType::I8 => b.iter().take(n).map(|&x| x as i8 as i64).collect(),
             _ => return None,
@@ -93,12 +136,25 @@ impl TensorData {
 
     /// The elements as f64 (float types), for constant folding of small tensors.
     pub fn as_f64(&self) -> Option<Vec<f64>> {
+        if self.external.is_some() {
+            return None;
+        }
         let b = &self.bytes;
         let n = self.len();
         Some(match self.dtype {
-            DType::F32 => (0..n).map(|i| f32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])) as f64).collect(),
-            DType::F64 => (0..n).map(|i| f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))).collect(),
-            _ => return self.as_i64().map(|v| v.into_iter().map(|x| x as f64).collect()),
+            DType::F32 => (0..n)
+                .map(|i| {
+                    f32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])) as f64
+                })
+                .collect(),
+            DType::F64 => (0..n)
+                .map(|i| f64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8])))
+                .collect(),
+            _ => {
+                return self
+                    .as_i64()
+                    .map(|v| v.into_iter().map(|x| x as f64).collect())
+            }
         })
     }
 
@@ -107,28 +163,57 @@ impl TensorData {
     /// and for data that is not numeric.
     pub fn to_dtype(&self, dtype: DType) -> Option<TensorData> {
         let bytes: Vec<u8> = match dtype {
-            DType::F32 => self.as_f64()?.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
-            DType::F64 => self.as_f64()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::F32 => self
+                .as_f64()?
+                .iter()
+                .flat_map(|&x| (x as f32).to_le_bytes())
+                .collect(),
+            DType::F64 => self
+                .as_f64()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
             _ => {
-                let v = self.as_i64().or_else(|| self.as_f64().map(|f| f.iter().map(|&x| x as i64).collect()))?;
+                let v = self
+                    .as_i64()
+                    .or_else(|| self.as_f64().map(|f| f.iter().map(|&x| x as i64).collect()))?;
                 match dtype {
                     DType::I64 | DType::U64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    DType::I32 | DType::U32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
-                    DType::I16 | DType::U16 => v.iter().flat_map(|&x| (x as i16).to_le_bytes()).collect(),
+                    DType::I32 | DType::U32 => {
+                        v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect()
+                    }
+                    DType::I16 | DType::U16 => {
+                        v.iter().flat_map(|&x| (x as i16).to_le_bytes()).collect()
+                    }
                     DType::I8 | DType::U8 | DType::Bool => v.iter().map(|&x| x as u8).collect(),
                     _ => return None,
                 }
             }
         };
-        Some(TensorData { dtype, dims: self.dims.clone(), bytes })
+        Some(TensorData {
+            dtype,
+            dims: self.dims.clone(),
+            bytes,
+            external: None,
+        })
     }
 
     pub fn from_i64(dims: Vec<i64>, values: &[i64]) -> Self {
-        TensorData { dtype: DType::I64, dims, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        TensorData {
+            dtype: DType::I64,
+            dims,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            external: None,
+        }
     }
 
     pub fn from_f32(dims: Vec<i64>, values: &[f32]) -> Self {
-        TensorData { dtype: DType::F32, dims, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        TensorData {
+            dtype: DType::F32,
+            dims,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            external: None,
+        }
     }
 }
 
@@ -171,7 +256,10 @@ pub struct Node {
 
 impl Node {
     pub fn attr(&self, name: &str) -> Option<&AttrValue> {
-        self.attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
     }
 
     /// `op_type`, prefixed by the domain when it is not the default one.
@@ -205,7 +293,10 @@ pub struct Graph {
 
 impl Graph {
     pub fn initializer(&self, name: &str) -> Option<&TensorData> {
-        self.initializers.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+        self.initializers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
     }
 }
 
@@ -221,6 +312,10 @@ pub struct Model {
 
 impl Model {
     pub fn default_opset(&self) -> i64 {
-        self.opsets.iter().find(|(d, _)| d.is_empty()).map(|(_, v)| *v).unwrap_or(0)
+        self.opsets
+            .iter()
+            .find(|(d, _)| d.is_empty())
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
     }
 }

@@ -119,7 +119,10 @@ pub fn broadcast(shapes: &[&[Dim]]) -> Result<Vec<Dim>, String> {
                 (Dim::Known(1), d) => d.clone(),
                 (o, Dim::Known(1)) => o.clone(),
                 (Dim::Known(a), Dim::Known(b)) if a != b => {
-                    return Err(format!("shapes {} cannot be broadcast together", fmt_shapes(shapes)))
+                    return Err(format!(
+                        "shapes {} cannot be broadcast together",
+                        fmt_shapes(shapes)
+                    ))
                 }
                 (Dim::Known(a), _) | (_, Dim::Known(a)) => Dim::Known(*a),
                 (a, b) if a == b => a.clone(),
@@ -131,7 +134,17 @@ pub fn broadcast(shapes: &[&[Dim]]) -> Result<Vec<Dim>, String> {
 }
 
 fn fmt_shapes(shapes: &[&[Dim]]) -> String {
-    shapes.iter().map(|s| TensorType { dtype: DType::F32, dims: s.to_vec() }.mlir()).collect::<Vec<_>>().join(", ")
+    shapes
+        .iter()
+        .map(|s| {
+            TensorType {
+                dtype: DType::F32,
+                dims: s.to_vec(),
+            }
+            .mlir()
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn known(dims: &[i64]) -> Vec<Dim> {
@@ -141,17 +154,27 @@ fn known(dims: &[i64]) -> Vec<Dim> {
 /// Infers a node's outputs; `None` for an output means "no rule" (the file's value_info is used).
 fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
     let input = |i: usize| -> Result<&TensorType, String> {
-        let name = node.inputs.get(i).filter(|n| !n.is_empty()).ok_or_else(|| format!("input {i} is missing"))?;
-        t.types.get(name).ok_or_else(|| format!("input '{name}' has no known type"))
+        let name = node
+            .inputs
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("input {i} is missing"))?;
+        t.types
+            .get(name)
+            .ok_or_else(|| format!("input '{name}' has no known type"))
     };
     let has = |i: usize| node.inputs.get(i).is_some_and(|n| !n.is_empty());
     let cints = |i: usize| -> Option<Vec<i64>> { node.inputs.get(i).and_then(|n| t.ints(n)) };
-    let cdata = |i: usize| -> Option<&TensorData> { node.inputs.get(i).and_then(|n| t.consts.get(n)) };
+    let cdata =
+        |i: usize| -> Option<&TensorData> { node.inputs.get(i).and_then(|n| t.consts.get(n)) };
     let x = || input(0);
 
     if !node.domain.is_empty() {
         return Ok(match (node.domain.as_str(), node.op_type.as_str()) {
-            ("com.microsoft", "MoE" | "QMoE" | "SkipLayerNormalization" | "SimplifiedLayerNormalization") => vec![out(x()?.clone())],
+            (
+                "com.microsoft",
+                "MoE" | "QMoE" | "SkipLayerNormalization" | "SimplifiedLayerNormalization",
+            ) => vec![out(x()?.clone())],
             _ => vec![None; node.outputs.len()],
         });
     }
@@ -160,19 +183,22 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
     Ok(match op {
         "Identity" => {
             let v = cdata(0).cloned();
-            vec![Some(Out { ty: x()?.clone(), value: v })]
+            vec![Some(Out {
+                ty: x()?.clone(),
+                value: v,
+            })]
         }
-        "Sqrt" | "Neg" | "Reciprocal" | "Exp" | "Log" | "Sigmoid" | "Tanh" | "Erf" | "Abs" | "Relu" | "Not" | "Sin" | "Cos"
-        | "Floor" | "Ceil" | "Sign" | "Softmax" | "LogSoftmax" | "Clip" | "Gelu" | "LeakyRelu" | "CumSum" | "Trilu"
-        | "HardSigmoid" => same()?,
+        "Sqrt" | "Neg" | "Reciprocal" | "Exp" | "Log" | "Sigmoid" | "Tanh" | "Erf" | "Abs"
+        | "Relu" | "Not" | "Sin" | "Cos" | "Floor" | "Ceil" | "Sign" | "Softmax" | "LogSoftmax"
+        | "Clip" | "Gelu" | "LeakyRelu" | "CumSum" | "Trilu" | "HardSigmoid" => same()?,
         "LayerNormalization" | "RMSNormalization" => {
             let ty = x()?.clone();
             let mut v = vec![out(ty.clone())];
             v.resize(node.outputs.len(), None);
             v
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "And" | "Or" | "Xor" | "Equal" | "Less" | "Greater"
-        | "LessOrEqual" | "GreaterOrEqual" | "Mod" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "And" | "Or" | "Xor" | "Equal"
+        | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Mod" => {
             let a = input(0)?;
             let b = input(1)?;
             let dims = broadcast(&[&a.dims, &b.dims])?;
@@ -180,59 +206,113 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => DType::Bool,
                 _ => a.dtype,
             };
-            let value = match (cints(0), cints(1), dims.iter().map(Dim::known).collect::<Option<Vec<_>>>()) {
-                (Some(av), Some(bv), Some(d)) => {
-                    fold_binary(op, &av, &a.dims, &bv, &b.dims, &d).map(|v| retype(TensorData::from_i64(d.clone(), &v), dtype))
-                }
+            let value = match (
+                cints(0),
+                cints(1),
+                dims.iter().map(Dim::known).collect::<Option<Vec<_>>>(),
+            ) {
+                (Some(av), Some(bv), Some(d)) => fold_binary(op, &av, &a.dims, &bv, &b.dims, &d)
+                    .map(|v| retype(TensorData::from_i64(d.clone(), &v), dtype)),
                 _ => None,
             };
-            vec![Some(Out { ty: TensorType { dtype, dims }, value })]
+            vec![Some(Out {
+                ty: TensorType { dtype, dims },
+                value,
+            })]
         }
         "Where" => {
             let (c, a, b) = (input(0)?, input(1)?, input(2)?);
             let dims = broadcast(&[&c.dims, &a.dims, &b.dims])?;
             let value = match (cints(0), cints(1), cints(2)) {
                 (Some(cv), Some(av), Some(bv)) if c.dims == a.dims && a.dims == b.dims => {
-                    let v: Vec<i64> = cv.iter().zip(av.iter().zip(&bv)).map(|(&c, (&a, &b))| if c != 0 { a } else { b }).collect();
-                    dims.iter().map(Dim::known).collect::<Option<Vec<_>>>().map(|d| retype(TensorData::from_i64(d, &v), a.dtype))
+                    let v: Vec<i64> = cv
+                        .iter()
+                        .zip(av.iter().zip(&bv))
+                        .map(|(&c, (&a, &b))| if c != 0 { a } else { b })
+                        .collect();
+                    dims.iter()
+                        .map(Dim::known)
+                        .collect::<Option<Vec<_>>>()
+                        .map(|d| retype(TensorData::from_i64(d, &v), a.dtype))
                 }
                 _ => None,
             };
-            vec![Some(Out { ty: TensorType { dtype: a.dtype, dims }, value })]
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype: a.dtype,
+                    dims,
+                },
+                value,
+            })]
         }
         "MatMul" => {
             let (a, b) = (input(0)?, input(1)?);
-            vec![out(TensorType { dtype: a.dtype, dims: matmul_dims(&a.dims, &b.dims)? })]
+            vec![out(TensorType {
+                dtype: a.dtype,
+                dims: matmul_dims(&a.dims, &b.dims)?,
+            })]
         }
         "Gemm" => {
             let (a, b) = (input(0)?, input(1)?);
             if a.dims.len() != 2 || b.dims.len() != 2 {
                 return Err("Gemm takes 2-D operands".into());
             }
-            let m = if int_attr(node, "transA", 0) != 0 { &a.dims[1] } else { &a.dims[0] };
-            let n = if int_attr(node, "transB", 0) != 0 { &b.dims[0] } else { &b.dims[1] };
-            vec![out(TensorType { dtype: a.dtype, dims: vec![m.clone(), n.clone()] })]
+            let m = if int_attr(node, "transA", 0) != 0 {
+                &a.dims[1]
+            } else {
+                &a.dims[0]
+            };
+            let n = if int_attr(node, "transB", 0) != 0 {
+                &b.dims[0]
+            } else {
+                &b.dims[1]
+            };
+            vec![out(TensorType {
+                dtype: a.dtype,
+                dims: vec![m.clone(), n.clone()],
+            })]
         }
         "Cast" => {
             let to = int_attr(node, "to", 0);
-            let dtype = DType::from_onnx(to as i32).ok_or_else(|| format!("Cast to unsupported type {to}"))?;
-            let value = cdata(0).and_then(|d| d.as_i64().map(|v| (d.dims.clone(), v))).filter(|_| !dtype.is_float())
+            let dtype = DType::from_onnx(to as i32)
+                .ok_or_else(|| format!("Cast to unsupported type {to}"))?;
+            let value = cdata(0)
+                .and_then(|d| d.as_i64().map(|v| (d.dims.clone(), v)))
+                .filter(|_| !dtype.is_float())
                 .map(|(d, v)| retype(TensorData::from_i64(d, &v), dtype));
-            vec![Some(Out { ty: TensorType { dtype, dims: x()?.dims.clone() }, value })]
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype,
+                    dims: x()?.dims.clone(),
+                },
+                value,
+            })]
         }
-        "CastLike" => vec![out(TensorType { dtype: input(1)?.dtype, dims: x()?.dims.clone() })],
-        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" | "ArgMax" | "ArgMin" => {
+        "CastLike" => vec![out(TensorType {
+            dtype: input(1)?.dtype,
+            dims: x()?.dims.clone(),
+        })],
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
+        | "ArgMax" | "ArgMin" => {
             let x = x()?;
             let rank = x.dims.len();
             let axes: Vec<usize> = if op.starts_with("Arg") {
                 vec![norm_axis(int_attr(node, "axis", 0), rank)?]
             } else {
-                let axes = ints_attr(node, "axes").or_else(|| if has(1) { cints(1) } else { Some(vec![]) });
+                let axes =
+                    ints_attr(node, "axes")
+                        .or_else(|| if has(1) { cints(1) } else { Some(vec![]) });
                 let axes = axes.ok_or("the reduction axes are computed at run time")?;
                 if axes.is_empty() {
-                    if int_attr(node, "noop_with_empty_axes", 0) != 0 { vec![] } else { (0..rank).collect() }
+                    if int_attr(node, "noop_with_empty_axes", 0) != 0 {
+                        vec![]
+                    } else {
+                        (0..rank).collect()
+                    }
                 } else {
-                    axes.iter().map(|&a| norm_axis(a, rank)).collect::<Result<_, _>>()?
+                    axes.iter()
+                        .map(|&a| norm_axis(a, rank))
+                        .collect::<Result<_, _>>()?
                 }
             };
             let keep = int_attr(node, "keepdims", 1) != 0;
@@ -246,13 +326,20 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                     dims.push(d.clone());
                 }
             }
-            let dtype = if op.starts_with("Arg") { DType::I64 } else { x.dtype };
+            let dtype = if op.starts_with("Arg") {
+                DType::I64
+            } else {
+                x.dtype
+            };
             vec![out(TensorType { dtype, dims })]
         }
         "Reshape" => {
             let x = x()?;
             let Some(shape) = cints(1) else {
-                return Ok(vec![out(TensorType { dtype: x.dtype, dims: vec![Dim::Unknown; run_time_rank(input(1)?)?] })]);
+                return Ok(vec![out(TensorType {
+                    dtype: x.dtype,
+                    dims: vec![Dim::Unknown; run_time_rank(input(1)?)?],
+                })]);
             };
             let allow_zero = int_attr(node, "allowzero", 0) != 0;
             let mut dims: Vec<Dim> = shape
@@ -266,7 +353,12 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 .collect();
             if let Some(pos) = shape.iter().position(|&s| s == -1) {
                 let total: Option<i64> = x.dims.iter().map(Dim::known).product();
-                let rest: Option<i64> = dims.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.known()).product();
+                let rest: Option<i64> = dims
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != pos)
+                    .map(|(_, d)| d.known())
+                    .product();
                 if let (Some(total), Some(rest)) = (total, rest) {
                     if rest == 0 || total % rest != 0 {
                         return Err(format!("cannot reshape {} to {shape:?}", x.mlir()));
@@ -274,24 +366,66 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                     dims[pos] = Dim::Known(total / rest);
                 }
             }
-            let value = cdata(0).and_then(|d| dims.iter().map(Dim::known).collect::<Option<Vec<_>>>().map(|nd| TensorData { dims: nd, ..d.clone() }));
-            vec![Some(Out { ty: TensorType { dtype: x.dtype, dims }, value })]
+            let value = cdata(0).and_then(|d| {
+                dims.iter()
+                    .map(Dim::known)
+                    .collect::<Option<Vec<_>>>()
+                    .map(|nd| TensorData {
+                        dims: nd,
+                        ..d.clone()
+                    })
+            });
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype: x.dtype,
+                    dims,
+                },
+                value,
+            })]
         }
         "Flatten" => {
             let x = x()?;
             let axis = int_attr(node, "axis", 1);
-            let axis = if axis < 0 { axis + x.dims.len() as i64 } else { axis } as usize;
-            let p = |ds: &[Dim]| ds.iter().map(Dim::known).product::<Option<i64>>().map(Dim::Known).unwrap_or(Dim::Unknown);
-            vec![out(TensorType { dtype: x.dtype, dims: vec![p(&x.dims[..axis]), p(&x.dims[axis..])] })]
+            let axis = if axis < 0 {
+                axis + x.dims.len() as i64
+            } else {
+                axis
+            } as usize;
+            let p = |ds: &[Dim]| {
+                ds.iter()
+                    .map(Dim::known)
+                    .product::<Option<i64>>()
+                    .map(Dim::Known)
+                    .unwrap_or(Dim::Unknown)
+            };
+            vec![out(TensorType {
+                dtype: x.dtype,
+                dims: vec![p(&x.dims[..axis]), p(&x.dims[axis..])],
+            })]
         }
         "Transpose" => {
             let x = x()?;
-            let perm = ints_attr(node, "perm").unwrap_or_else(|| (0..x.dims.len() as i64).rev().collect());
+            let perm =
+                ints_attr(node, "perm").unwrap_or_else(|| (0..x.dims.len() as i64).rev().collect());
             if perm.len() != x.dims.len() {
-                return Err(format!("perm {perm:?} does not match rank {}", x.dims.len()));
+                return Err(format!(
+                    "perm {perm:?} does not match rank {}",
+                    x.dims.len()
+                ));
             }
-            let dims = perm.iter().map(|&p| x.dims.get(p as usize).cloned().ok_or(format!("bad perm {perm:?}"))).collect::<Result<_, _>>()?;
-            vec![out(TensorType { dtype: x.dtype, dims })]
+            let dims = perm
+                .iter()
+                .map(|&p| {
+                    x.dims
+                        .get(p as usize)
+                        .cloned()
+                        .ok_or(format!("bad perm {perm:?}"))
+                })
+                .collect::<Result<_, _>>()?;
+            vec![out(TensorType {
+                dtype: x.dtype,
+                dims,
+            })]
         }
         "Squeeze" | "Unsqueeze" => {
             let x = x()?;
@@ -299,16 +433,34 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             let dims = if op == "Squeeze" {
                 match axes {
                     Some(axes) => {
-                        let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, x.dims.len())).collect::<Result<_, _>>()?;
-                        x.dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()
+                        let axes: Vec<usize> = axes
+                            .iter()
+                            .map(|&a| norm_axis(a, x.dims.len()))
+                            .collect::<Result<_, _>>()?;
+                        x.dims
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| !axes.contains(i))
+                            .map(|(_, d)| d.clone())
+                            .collect()
                     }
-                    None if has(1) => return Err("the squeeze axes are computed at run time".into()),
-                    None => x.dims.iter().filter(|d| **d != Dim::Known(1)).cloned().collect(),
+                    None if has(1) => {
+                        return Err("the squeeze axes are computed at run time".into())
+                    }
+                    None => x
+                        .dims
+                        .iter()
+                        .filter(|d| **d != Dim::Known(1))
+                        .cloned()
+                        .collect(),
                 }
             } else {
                 let axes = axes.ok_or("the unsqueeze axes are computed at run time")?;
                 let rank = x.dims.len() + axes.len();
-                let mut axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, rank)).collect::<Result<_, _>>()?;
+                let mut axes: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| norm_axis(a, rank))
+                    .collect::<Result<_, _>>()?;
                 axes.sort();
                 let mut dims = x.dims.clone();
                 for a in axes {
@@ -316,8 +468,22 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 }
                 dims
             };
-            let value = cdata(0).and_then(|d| dims.iter().map(Dim::known).collect::<Option<Vec<_>>>().map(|nd| TensorData { dims: nd, ..d.clone() }));
-            vec![Some(Out { ty: TensorType { dtype: x.dtype, dims }, value })]
+            let value = cdata(0).and_then(|d| {
+                dims.iter()
+                    .map(Dim::known)
+                    .collect::<Option<Vec<_>>>()
+                    .map(|nd| TensorData {
+                        dims: nd,
+                        ..d.clone()
+                    })
+            });
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype: x.dtype,
+                    dims,
+                },
+                value,
+            })]
         }
         "Concat" => {
             let first = x()?;
@@ -327,7 +493,9 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             let mut values: Option<Vec<i64>> = Some(vec![]);
             for i in 0..node.inputs.len() {
                 let ti = input(i)?;
-                total = total.zip(ti.dims.get(axis).and_then(Dim::known)).map(|(a, b)| a + b);
+                total = total
+                    .zip(ti.dims.get(axis).and_then(Dim::known))
+                    .map(|(a, b)| a + b);
                 values = match (values, cints(i)) {
                     (Some(mut v), Some(c)) if first.dims.len() == 1 => {
                         v.extend(c);
@@ -337,30 +505,43 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 };
             }
             dims[axis] = total.map(Dim::Known).unwrap_or(Dim::Unknown);
-            let value = values.map(|v| retype(TensorData::from_i64(vec![v.len() as i64], &v), first.dtype));
-            vec![Some(Out { ty: TensorType { dtype: first.dtype, dims }, value })]
+            let value =
+                values.map(|v| retype(TensorData::from_i64(vec![v.len() as i64], &v), first.dtype));
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype: first.dtype,
+                    dims,
+                },
+                value,
+            })]
         }
         "Split" => {
             let x = x()?;
             let axis = norm_axis(int_attr(node, "axis", 0), x.dims.len())?;
             let n = node.outputs.len();
-            let sizes: Vec<Dim> = match ints_attr(node, "split").or_else(|| if has(1) { cints(1) } else { None }) {
-                Some(s) => known(&s),
-                None if has(1) => return Err("the split sizes are computed at run time".into()),
-                None => match x.dims[axis].known() {
-                    Some(d) => {
-                        let chunk = (d + n as i64 - 1) / n as i64;
-                        (0..n).map(|i| Dim::Known(chunk.min(d - chunk * i as i64).max(0))).collect()
-                    }
-                    None => vec![Dim::Unknown; n],
-                },
-            };
+            let sizes: Vec<Dim> =
+                match ints_attr(node, "split").or_else(|| if has(1) { cints(1) } else { None }) {
+                    Some(s) => known(&s),
+                    None if has(1) => return Err("the split sizes are computed at run time".into()),
+                    None => match x.dims[axis].known() {
+                        Some(d) => {
+                            let chunk = (d + n as i64 - 1) / n as i64;
+                            (0..n)
+                                .map(|i| Dim::Known(chunk.min(d - chunk * i as i64).max(0)))
+                                .collect()
+                        }
+                        None => vec![Dim::Unknown; n],
+                    },
+                };
             sizes
                 .into_iter()
                 .map(|s| {
                     let mut dims = x.dims.clone();
                     dims[axis] = s;
-                    out(TensorType { dtype: x.dtype, dims })
+                    out(TensorType {
+                        dtype: x.dtype,
+                        dims,
+                    })
                 })
                 .collect()
         }
@@ -371,7 +552,11 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 (Some(s), Some(e)) => (s, e),
                 _ => {
                     // Run-time bounds: the rank stays, the sliced sizes are unknown.
-                    let axes = if has(3) { cints(3) } else { Some((0..rank as i64).collect()) };
+                    let axes = if has(3) {
+                        cints(3)
+                    } else {
+                        Some((0..rank as i64).collect())
+                    };
                     let mut dims = x.dims.clone();
                     match axes {
                         Some(axes) => {
@@ -381,11 +566,22 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                         }
                         None => dims.iter_mut().for_each(|d| *d = Dim::Unknown),
                     }
-                    return Ok(vec![out(TensorType { dtype: x.dtype, dims })]);
+                    return Ok(vec![out(TensorType {
+                        dtype: x.dtype,
+                        dims,
+                    })]);
                 }
             };
-            let axes = if has(3) { cints(3).ok_or("the slice axes are computed at run time")? } else { (0..starts.len() as i64).collect() };
-            let steps = if has(4) { cints(4).ok_or("the slice steps are computed at run time")? } else { vec![1; starts.len()] };
+            let axes = if has(3) {
+                cints(3).ok_or("the slice axes are computed at run time")?
+            } else {
+                (0..starts.len() as i64).collect()
+            };
+            let steps = if has(4) {
+                cints(4).ok_or("the slice steps are computed at run time")?
+            } else {
+                vec![1; starts.len()]
+            };
             let mut dims = x.dims.clone();
             let mut ranges = vec![];
             for (((&s, &e), &a), &st) in starts.iter().zip(&ends).zip(&axes).zip(&steps) {
@@ -395,7 +591,12 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 }
                 if let Some(d) = x.dims[a].known() {
                     let (lo, hi) = slice_bounds(s, e, st, d);
-                    let n = if st > 0 { (hi - lo + st - 1) / st } else { (lo - hi - st - 1) / (-st) }.max(0);
+                    let n = if st > 0 {
+                        (hi - lo + st - 1) / st
+                    } else {
+                        (lo - hi - st - 1) / (-st)
+                    }
+                    .max(0);
                     dims[a] = Dim::Known(n);
                     ranges.push((a, lo, st, n));
                 } else {
@@ -410,7 +611,13 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 }
                 _ => None,
             };
-            vec![Some(Out { ty: TensorType { dtype: x.dtype, dims }, value })]
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype: x.dtype,
+                    dims,
+                },
+                value,
+            })]
         }
         "Gather" => {
             let (d, i) = (input(0)?, input(1)?);
@@ -421,22 +628,45 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             let value = match (cints(0), cints(1)) {
                 (Some(dv), Some(iv)) if d.dims.len() == 1 => {
                     let n = dv.len() as i64;
-                    let picked: Option<Vec<i64>> =
-                        iv.iter().map(|&k| dv.get((if k < 0 { k + n } else { k }) as usize).copied()).collect();
-                    picked.and_then(|p| dims.iter().map(Dim::known).collect::<Option<Vec<_>>>().map(|nd| retype(TensorData::from_i64(nd, &p), d.dtype)))
+                    let picked: Option<Vec<i64>> = iv
+                        .iter()
+                        .map(|&k| dv.get((if k < 0 { k + n } else { k }) as usize).copied())
+                        .collect();
+                    picked.and_then(|p| {
+                        dims.iter()
+                            .map(Dim::known)
+                            .collect::<Option<Vec<_>>>()
+                            .map(|nd| retype(TensorData::from_i64(nd, &p), d.dtype))
+                    })
                 }
                 _ => None,
             };
-            vec![Some(Out { ty: TensorType { dtype: d.dtype, dims }, value })]
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype: d.dtype,
+                    dims,
+                },
+                value,
+            })]
         }
-        "GatherElements" => vec![out(TensorType { dtype: x()?.dtype, dims: input(1)?.dims.clone() })],
+        "GatherElements" => vec![out(TensorType {
+            dtype: x()?.dtype,
+            dims: input(1)?.dims.clone(),
+        })],
         "GatherND" => {
             let (d, i) = (input(0)?, input(1)?);
             let b = int_attr(node, "batch_dims", 0) as usize;
-            let k = i.dims.last().and_then(Dim::known).ok_or("GatherND's index depth must be static")? as usize;
+            let k = i
+                .dims
+                .last()
+                .and_then(Dim::known)
+                .ok_or("GatherND's index depth must be static")? as usize;
             let mut dims = i.dims[..i.dims.len() - 1].to_vec();
             dims.extend(d.dims.get(b + k..).unwrap_or(&[]).iter().cloned());
-            vec![out(TensorType { dtype: d.dtype, dims })]
+            vec![out(TensorType {
+                dtype: d.dtype,
+                dims,
+            })]
         }
         "ScatterND" | "ScatterElements" => same()?,
         "Expand" => {
@@ -445,15 +675,29 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 Some(shape) => known(&shape),
                 None => vec![Dim::Unknown; run_time_rank(input(1)?)?.max(x.dims.len())],
             };
-            vec![out(TensorType { dtype: x.dtype, dims: broadcast(&[&x.dims, &target])? })]
+            vec![out(TensorType {
+                dtype: x.dtype,
+                dims: broadcast(&[&x.dims, &target])?,
+            })]
         }
         "Tile" => {
             let x = x()?;
             let Some(reps) = cints(1) else {
-                return Ok(vec![out(TensorType { dtype: x.dtype, dims: vec![Dim::Unknown; x.dims.len()] })]);
+                return Ok(vec![out(TensorType {
+                    dtype: x.dtype,
+                    dims: vec![Dim::Unknown; x.dims.len()],
+                })]);
             };
-            let dims = x.dims.iter().zip(&reps).map(|(d, &r)| d.known().map(|d| Dim::Known(d * r)).unwrap_or(Dim::Unknown)).collect();
-            vec![out(TensorType { dtype: x.dtype, dims })]
+            let dims = x
+                .dims
+                .iter()
+                .zip(&reps)
+                .map(|(d, &r)| d.known().map(|d| Dim::Known(d * r)).unwrap_or(Dim::Unknown))
+                .collect();
+            vec![out(TensorType {
+                dtype: x.dtype,
+                dims,
+            })]
         }
         "TopK" => {
             let x = x()?;
@@ -461,7 +705,16 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             let k = cints(1).and_then(|v| v.first().copied());
             let mut dims = x.dims.clone();
             dims[axis] = k.map(Dim::Known).unwrap_or(Dim::Unknown);
-            vec![out(TensorType { dtype: x.dtype, dims: dims.clone() }), out(TensorType { dtype: DType::I64, dims })]
+            vec![
+                out(TensorType {
+                    dtype: x.dtype,
+                    dims: dims.clone(),
+                }),
+                out(TensorType {
+                    dtype: DType::I64,
+                    dims,
+                }),
+            ]
         }
         "OneHot" => {
             let i = x()?;
@@ -471,7 +724,10 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             let axis = norm_axis(int_attr(node, "axis", -1), rank)?;
             let mut dims = i.dims.clone();
             dims.insert(axis, depth.map(Dim::Known).unwrap_or(Dim::Unknown));
-            vec![out(TensorType { dtype: vals.dtype, dims })]
+            vec![out(TensorType {
+                dtype: vals.dtype,
+                dims,
+            })]
         }
         "Range" => {
             let s = x()?;
@@ -484,8 +740,17 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 }
                 _ => None,
             };
-            let n = value.as_ref().map(|v| Dim::Known(v.dims[0])).unwrap_or(Dim::Unknown);
-            vec![Some(Out { ty: TensorType { dtype: s.dtype, dims: vec![n] }, value })]
+            let n = value
+                .as_ref()
+                .map(|v| Dim::Known(v.dims[0]))
+                .unwrap_or(Dim::Unknown);
+            vec![Some(Out {
+                ty: TensorType {
+                    dtype: s.dtype,
+                    dims: vec![n],
+                },
+                value,
+            })]
         }
         "Shape" => {
             let x = x()?;
@@ -494,12 +759,22 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             let start = clampi(int_attr(node, "start", 0));
             let end = clampi(int_attr(node, "end", r));
             let dims = &x.dims[start..end.max(start)];
-            let value = dims.iter().map(Dim::known).collect::<Option<Vec<_>>>().map(|v| TensorData::from_i64(vec![v.len() as i64], &v));
-            vec![Some(Out { ty: TensorType::new(DType::I64, &[dims.len() as i64]), value })]
+            let value = dims
+                .iter()
+                .map(Dim::known)
+                .collect::<Option<Vec<_>>>()
+                .map(|v| TensorData::from_i64(vec![v.len() as i64], &v));
+            vec![Some(Out {
+                ty: TensorType::new(DType::I64, &[dims.len() as i64]),
+                value,
+            })]
         }
         "Size" => {
             let n: Option<i64> = x()?.dims.iter().map(Dim::known).product();
-            vec![Some(Out { ty: TensorType::new(DType::I64, &[]), value: n.map(|n| TensorData::from_i64(vec![], &[n])) })]
+            vec![Some(Out {
+                ty: TensorType::new(DType::I64, &[]),
+                value: n.map(|n| TensorData::from_i64(vec![], &[n])),
+            })]
         }
         "ConstantOfShape" => {
             let fill = match node.attr("value") {
@@ -507,23 +782,47 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 _ => TensorData::from_f32(vec![1], &[0.0]),
             };
             let Some(shape) = cints(0) else {
-                return Ok(vec![out(TensorType { dtype: fill.dtype, dims: vec![Dim::Unknown; run_time_rank(x()?)?] })]);
+                return Ok(vec![out(TensorType {
+                    dtype: fill.dtype,
+                    dims: vec![Dim::Unknown; run_time_rank(x()?)?],
+                })]);
             };
             let n: i64 = shape.iter().product();
             let value = (fill.as_i64().is_some() && (n as usize) <= MAX_CONST).then(|| {
-                let v = fill.as_i64().unwrap_or_default().first().copied().unwrap_or(0);
-                retype(TensorData::from_i64(shape.clone(), &vec![v; n as usize]), fill.dtype)
+                let v = fill
+                    .as_i64()
+                    .unwrap_or_default()
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
+                retype(
+                    TensorData::from_i64(shape.clone(), &vec![v; n as usize]),
+                    fill.dtype,
+                )
             });
-            vec![Some(Out { ty: TensorType::new(fill.dtype, &shape), value })]
+            vec![Some(Out {
+                ty: TensorType::new(fill.dtype, &shape),
+                value,
+            })]
         }
         "Constant" => {
             let data = constant_value(node)?;
-            vec![Some(Out { ty: data.ty(), value: Some(data) })]
+            vec![Some(Out {
+                ty: data.ty(),
+                value: Some(data),
+            })]
         }
-        "NonZero" => vec![out(TensorType { dtype: DType::I64, dims: vec![Dim::Known(x()?.dims.len() as i64), Dim::Unknown] })],
+        "NonZero" => vec![out(TensorType {
+            dtype: DType::I64,
+            dims: vec![Dim::Known(x()?.dims.len() as i64), Dim::Unknown],
+        })],
         "Einsum" => {
-            let Some(AttrValue::String(eq)) = node.attr("equation") else { return Err("Einsum needs an 'equation'".into()) };
-            let ins: Vec<&TensorType> = (0..node.inputs.len()).map(input).collect::<Result<_, _>>()?;
+            let Some(AttrValue::String(eq)) = node.attr("equation") else {
+                return Err("Einsum needs an 'equation'".into());
+            };
+            let ins: Vec<&TensorType> = (0..node.inputs.len())
+                .map(input)
+                .collect::<Result<_, _>>()?;
             vec![out(einsum_type(eq, &ins)?)]
         }
         _ => vec![None; node.outputs.len()],
@@ -534,7 +833,10 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
 fn run_time_rank(shape: &TensorType) -> Result<usize, String> {
     match shape.dims.as_slice() {
         [Dim::Known(n)] => Ok(*n as usize),
-        _ => Err(format!("the result's rank depends on a run-time shape tensor of type {}", shape.mlir())),
+        _ => Err(format!(
+            "the result's rank depends on a run-time shape tensor of type {}",
+            shape.mlir()
+        )),
     }
 }
 
@@ -567,8 +869,16 @@ pub fn matmul_dims(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
     if a.is_empty() || b.is_empty() {
         return Err("MatMul of a scalar".into());
     }
-    let a2: Vec<Dim> = if a.len() == 1 { vec![Dim::Known(1), a[0].clone()] } else { a.to_vec() };
-    let b2: Vec<Dim> = if b.len() == 1 { vec![b[0].clone(), Dim::Known(1)] } else { b.to_vec() };
+    let a2: Vec<Dim> = if a.len() == 1 {
+        vec![Dim::Known(1), a[0].clone()]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<Dim> = if b.len() == 1 {
+        vec![b[0].clone(), Dim::Known(1)]
+    } else {
+        b.to_vec()
+    };
     let (ka, kb) = (&a2[a2.len() - 1], &b2[b2.len() - 2]);
     if let (Some(x), Some(y)) = (ka.known(), kb.known()) {
         if x != y {
@@ -587,15 +897,24 @@ pub fn matmul_dims(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
 
 fn einsum_type(eq: &str, ins: &[&TensorType]) -> Result<TensorType, String> {
     let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
-    let (lhs, rhs) = eq.split_once("->").ok_or("only explicit einsum equations (with '->') are supported")?;
+    let (lhs, rhs) = eq
+        .split_once("->")
+        .ok_or("only explicit einsum equations (with '->') are supported")?;
     let terms: Vec<&str> = lhs.split(',').collect();
     if terms.len() != ins.len() || eq.contains("...") {
-        return Err(format!("einsum '{eq}': {} terms for {} inputs (ellipsis is not supported)", terms.len(), ins.len()));
+        return Err(format!(
+            "einsum '{eq}': {} terms for {} inputs (ellipsis is not supported)",
+            terms.len(),
+            ins.len()
+        ));
     }
     let mut sizes: HashMap<char, Dim> = HashMap::new();
     for (term, ty) in terms.iter().zip(ins) {
         if term.len() != ty.dims.len() {
-            return Err(format!("einsum term '{term}' does not match rank {}", ty.dims.len()));
+            return Err(format!(
+                "einsum term '{term}' does not match rank {}",
+                ty.dims.len()
+            ));
         }
         for (c, d) in term.chars().zip(&ty.dims) {
             let e = sizes.entry(c).or_insert(d.clone());
@@ -604,11 +923,29 @@ fn einsum_type(eq: &str, ins: &[&TensorType]) -> Result<TensorType, String> {
             }
         }
     }
-    let dims = rhs.chars().map(|c| sizes.get(&c).cloned().ok_or(format!("einsum output index '{c}' is not in any input"))).collect::<Result<_, _>>()?;
-    Ok(TensorType { dtype: ins[0].dtype, dims })
+    let dims = rhs
+        .chars()
+        .map(|c| {
+            sizes
+                .get(&c)
+                .cloned()
+                .ok_or(format!("einsum output index '{c}' is not in any input"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(TensorType {
+        dtype: ins[0].dtype,
+        dims,
+    })
 }
 
-fn fold_binary(op: &str, a: &[i64], ad: &[Dim], b: &[i64], bd: &[Dim], out: &[i64]) -> Option<Vec<i64>> {
+fn fold_binary(
+    op: &str,
+    a: &[i64],
+    ad: &[Dim],
+    b: &[i64],
+    bd: &[Dim],
+    out: &[i64],
+) -> Option<Vec<i64>> {
     let n: i64 = out.iter().product();
     let idx = |flat: i64, dims: &[Dim]| -> Option<usize> {
         // Broadcast index of `flat` (in `out`) into an operand of shape `dims`.

@@ -13,7 +13,9 @@ pub mod stablehlo;
 
 pub use dtype::DType;
 pub use error::ImportError;
-pub use graph::{AttrValue, Dim, Graph, Model, Node, TensorData, TensorType, ValueInfo};
+pub use graph::{
+    AttrValue, Dim, ExternalData, Graph, Model, Node, TensorData, TensorType, ValueInfo,
+};
 pub use infer::{infer_types, Types};
 pub use load::load_onnx;
 
@@ -21,23 +23,86 @@ use std::path::Path;
 
 /// Fixes symbolic or unknown dimensions of named inputs (`--input-shape NAME=1x16`).
 pub fn set_input_shape(model: &mut Model, name: &str, dims: &[i64]) -> Result<(), ImportError> {
-    let bad = |reason: String| ImportError::BadInputShape { path: model.path.clone(), name: name.into(), reason };
+    let bad = |reason: String| ImportError::BadInputShape {
+        path: model.path.clone(),
+        name: name.into(),
+        reason,
+    };
     let names: Vec<String> = model.graph.inputs.iter().map(|i| i.name.clone()).collect();
     let Some(input) = model.graph.inputs.iter_mut().find(|i| i.name == name) else {
-        return Err(bad(format!("the model has no input of that name (its inputs: {})", names.join(", "))));
+        return Err(bad(format!(
+            "the model has no input of that name (its inputs: {})",
+            names.join(", ")
+        )));
     };
     if input.ty.dims.len() != dims.len() {
-        return Err(bad(format!("the input has rank {}, the shape given has rank {}", input.ty.dims.len(), dims.len())));
+        return Err(bad(format!(
+            "the input has rank {}, the shape given has rank {}",
+            input.ty.dims.len(),
+            dims.len()
+        )));
     }
     for (i, (d, &new)) in input.ty.dims.iter().zip(dims).enumerate() {
         if let Dim::Known(k) = d {
             if *k != new {
-                return Err(bad(format!("dimension {i} is fixed at {k} by the model, not {new}")));
+                return Err(bad(format!(
+                    "dimension {i} is fixed at {k} by the model, not {new}"
+                )));
             }
         }
     }
     input.ty.dims = dims.iter().map(|&d| Dim::Known(d)).collect();
     Ok(())
+}
+
+/// Input shapes at which to recognise the model on a few tokens: every dimension the model
+/// leaves symbolic (or unknown) and `given` sets above `small` becomes `small`. None when no
+/// dimension would change (the model fixes its sizes, or is already that small).
+pub fn probe_shapes(
+    model: &Model,
+    given: &[(String, Vec<i64>)],
+    small: i64,
+) -> Option<Vec<(String, Vec<i64>)>> {
+    let mut changed = false;
+    let mut out = Vec::new();
+    for (name, dims) in given {
+        let input = model.graph.inputs.iter().find(|i| &i.name == name)?;
+        if input.ty.dims.len() != dims.len() {
+            return None;
+        }
+        let probe: Vec<i64> = input
+            .ty
+            .dims
+            .iter()
+            .zip(dims)
+            .map(|(d, &g)| match d {
+                Dim::Known(_) => g,
+                _ if g > small => {
+                    changed = true;
+                    small
+                }
+                _ => g,
+            })
+            .collect();
+        out.push((name.clone(), probe));
+    }
+    changed.then_some(out)
+}
+
+/// The model's types with its inputs at `shapes` instead (the model is left as it was).
+pub fn infer_types_at(
+    model: &mut Model,
+    shapes: &[(String, Vec<i64>)],
+) -> Result<Types, ImportError> {
+    let saved = model.graph.inputs.clone();
+    for (name, dims) in shapes {
+        if let Some(input) = model.graph.inputs.iter_mut().find(|i| &i.name == name) {
+            input.ty.dims = dims.iter().map(|&d| Dim::Known(d)).collect();
+        }
+    }
+    let types = infer_types(model);
+    model.graph.inputs = saved;
+    types
 }
 
 /// Reads a model: ONNX, or StableHLO in generic op form (`.mlir`), whose @main arguments
@@ -56,19 +121,37 @@ pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, ImportEr
 }
 
 /// Reads a model and returns it with its inferred types and its `onnx`-stage MLIR text.
-pub fn import(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Result<(Model, Types, String), ImportError> {
+pub fn import(
+    path: &Path,
+    input_shapes: &[(String, Vec<i64>)],
+) -> Result<(Model, Types, String), ImportError> {
     import_with(path, input_shapes, None)
 }
 
 /// As `import`, with StableHLO arguments bound from `weights`.
-pub fn import_with(path: &Path, input_shapes: &[(String, Vec<i64>)], weights: Option<&Path>) -> Result<(Model, Types, String), ImportError> {
-    let mut model = load_model(path, weights)?;
+pub fn import_with(
+    path: &Path,
+    input_shapes: &[(String, Vec<i64>)],
+    weights: Option<&Path>,
+) -> Result<(Model, Types, String), ImportError> {
+    let model = load_model(path, weights)?;
+    import_loaded(model, input_shapes)
+}
+
+/// As `import_with`, on a model already read.
+pub fn import_loaded(
+    mut model: Model,
+    input_shapes: &[(String, Vec<i64>)],
+) -> Result<(Model, Types, String), ImportError> {
+    let path = model.path.clone();
     for (name, dims) in input_shapes {
         set_input_shape(&mut model, name, dims)?;
     }
     let types = infer_types(&model)?;
-    let text = onnx_stage::emit_onnx(&model, &types)
-        .map_err(|reason| ImportError::Verify { path: path.to_owned(), diagnostics: reason })?;
+    let text = onnx_stage::emit_onnx(&model, &types).map_err(|reason| ImportError::Verify {
+        path: path.clone(),
+        diagnostics: reason,
+    })?;
     Ok((model, types, text))
 }
 
@@ -79,7 +162,11 @@ pub fn import_module<'c>(
     input_shapes: &[(String, Vec<i64>)],
 ) -> Result<(Model, Types, ppmoe_dialect::melior::ir::Module<'c>), ImportError> {
     let (model, types, text) = import(path, input_shapes)?;
-    let module = ppmoe_dialect::parse_verified(context, &text)
-        .map_err(|diagnostics| ImportError::Verify { path: path.to_owned(), diagnostics })?;
+    let module = ppmoe_dialect::parse_verified(context, &text).map_err(|diagnostics| {
+        ImportError::Verify {
+            path: path.to_owned(),
+            diagnostics,
+        }
+    })?;
     Ok((model, types, module))
 }

@@ -4,44 +4,80 @@
 
 use crate::dtype::DType;
 use crate::error::ImportError;
-use crate::graph::{AttrValue, Dim, Graph, Model, Node, TensorData, TensorType, ValueInfo};
+use crate::graph::{
+    AttrValue, Dim, ExternalData, Graph, Model, Node, TensorData, TensorType, ValueInfo,
+};
 use crate::onnx_proto::{self as pb, attribute_type as at};
 use crate::schema;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// The ai.onnx opsets ppmoe reads.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=23;
 
+/// External tensors up to this size are read at load time; larger ones when converted.
+const EAGER_EXTERNAL_BYTES: usize = 64 * 1024;
+
 /// Reads and checks an ONNX model; external data files are resolved relative to the model.
 pub fn load_onnx(path: &Path) -> Result<Model, ImportError> {
-    let bytes = std::fs::read(path).map_err(|cause| ImportError::Io { path: path.to_owned(), cause })?;
-    let proto = pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| ImportError::NotOnnx { path: path.to_owned(), reason: format!("protobuf decoding failed: {e}") })?;
+    let bytes = std::fs::read(path).map_err(|cause| ImportError::Io {
+        path: path.to_owned(),
+        cause,
+    })?;
+    let proto = pb::ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::NotOnnx {
+        path: path.to_owned(),
+        reason: format!("protobuf decoding failed: {e}"),
+    })?;
     let Some(graph) = proto.graph.as_ref() else {
-        return Err(ImportError::NotOnnx { path: path.to_owned(), reason: "the file holds no graph".into() });
+        return Err(ImportError::NotOnnx {
+            path: path.to_owned(),
+            reason: "the file holds no graph".into(),
+        });
     };
     if proto.ir_version <= 0 || proto.opset_import.is_empty() {
         return Err(ImportError::NotOnnx {
             path: path.to_owned(),
-            reason: format!("ir_version {} with {} opset imports", proto.ir_version, proto.opset_import.len()),
+            reason: format!(
+                "ir_version {} with {} opset imports",
+                proto.ir_version,
+                proto.opset_import.len()
+            ),
         });
     }
-    let cx = Loader { path: path.to_owned(), dir: path.parent().map(Path::to_owned).unwrap_or_default() };
+    let cx = Loader {
+        path: path.to_owned(),
+        dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+    };
     let mut opsets = Vec::new();
     for o in &proto.opset_import {
-        let domain = if o.domain == "ai.onnx" { String::new() } else { o.domain.clone() };
+        let domain = if o.domain == "ai.onnx" {
+            String::new()
+        } else {
+            o.domain.clone()
+        };
         if domain.is_empty() && !OPSETS.contains(&o.version) {
-            return Err(ImportError::UnsupportedOpset { path: cx.path.clone(), domain: "ai.onnx".into(), version: o.version });
+            return Err(ImportError::UnsupportedOpset {
+                path: cx.path.clone(),
+                domain: "ai.onnx".into(),
+                version: o.version,
+            });
         }
         opsets.push((domain, o.version));
     }
-    let local_functions: HashSet<(String, String)> =
-        proto.functions.iter().map(|f| (f.domain.clone(), f.name.clone())).collect();
+    let local_functions: HashSet<(String, String)> = proto
+        .functions
+        .iter()
+        .map(|f| (f.domain.clone(), f.name.clone()))
+        .collect();
     let graph = cx.graph(graph, &local_functions)?;
-    Ok(Model { path: path.to_owned(), ir_version: proto.ir_version, producer: proto.producer_name.clone(), opsets, graph })
+    Ok(Model {
+        path: path.to_owned(),
+        ir_version: proto.ir_version,
+        producer: proto.producer_name.clone(),
+        opsets,
+        graph,
+    })
 }
 
 struct Loader {
@@ -50,7 +86,11 @@ struct Loader {
 }
 
 impl Loader {
-    fn graph(&self, g: &pb::GraphProto, local_functions: &HashSet<(String, String)>) -> Result<Graph, ImportError> {
+    fn graph(
+        &self,
+        g: &pb::GraphProto,
+        local_functions: &HashSet<(String, String)>,
+    ) -> Result<Graph, ImportError> {
         if let Some(s) = g.sparse_initializer.first() {
             let _ = s;
             return Err(ImportError::BadTensor {
@@ -70,7 +110,11 @@ impl Loader {
                 inputs.push(self.value_info(vi)?);
             }
         }
-        let outputs = g.output.iter().map(|vi| self.value_info(vi)).collect::<Result<Vec<_>, _>>()?;
+        let outputs = g
+            .output
+            .iter()
+            .map(|vi| self.value_info(vi))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut value_info = HashMap::new();
         for vi in &g.value_info {
             // Intermediate types are hints: a missing or non-tensor one is simply not recorded.
@@ -83,10 +127,22 @@ impl Loader {
         defined.extend(weight_names.iter().map(|s| s.to_string()));
         let mut nodes = Vec::with_capacity(g.node.len());
         for (i, n) in g.node.iter().enumerate() {
-            let name = if n.name.is_empty() { format!("{}_{i}", n.op_type) } else { n.name.clone() };
-            let domain = if n.domain == "ai.onnx" { String::new() } else { n.domain.clone() };
+            let name = if n.name.is_empty() {
+                format!("{}_{i}", n.op_type)
+            } else {
+                n.name.clone()
+            };
+            let domain = if n.domain == "ai.onnx" {
+                String::new()
+            } else {
+                n.domain.clone()
+            };
             if local_functions.contains(&(n.domain.clone(), n.op_type.clone())) {
-                return Err(self.bad_node(&name, &n.op_type, "calls a model-local function; function inlining is not supported"));
+                return Err(self.bad_node(
+                    &name,
+                    &n.op_type,
+                    "calls a model-local function; function inlining is not supported",
+                ));
             }
             for input in &n.input {
                 if !input.is_empty() && !defined.contains(input) {
@@ -108,10 +164,23 @@ impl Loader {
                 .output
                 .iter()
                 .enumerate()
-                .map(|(k, o)| if o.is_empty() { format!("{name}:unused{k}") } else { o.clone() })
+                .map(|(k, o)| {
+                    if o.is_empty() {
+                        format!("{name}:unused{k}")
+                    } else {
+                        o.clone()
+                    }
+                })
                 .collect();
             defined.extend(outputs.iter().cloned());
-            nodes.push(Node { name, op_type: n.op_type.clone(), domain, inputs: n.input.clone(), outputs, attributes });
+            nodes.push(Node {
+                name,
+                op_type: n.op_type.clone(),
+                domain,
+                inputs: n.input.clone(),
+                outputs,
+                attributes,
+            });
         }
         for o in &outputs {
             if !defined.contains(&o.name) {
@@ -122,19 +191,38 @@ impl Loader {
                 });
             }
         }
-        Ok(Graph { name: g.name.clone(), inputs, outputs, nodes, initializers, value_info })
+        Ok(Graph {
+            name: g.name.clone(),
+            inputs,
+            outputs,
+            nodes,
+            initializers,
+            value_info,
+        })
     }
 
     fn bad_node(&self, node: &str, op: &str, reason: &str) -> ImportError {
-        ImportError::BadNode { path: self.path.clone(), node: node.into(), op: op.into(), reason: reason.into() }
+        ImportError::BadNode {
+            path: self.path.clone(),
+            node: node.into(),
+            op: op.into(),
+            reason: reason.into(),
+        }
     }
 
     fn value_info(&self, vi: &pb::ValueInfoProto) -> Result<ValueInfo, ImportError> {
-        let bad = |reason: &str| ImportError::BadType { path: self.path.clone(), value: vi.name.clone(), reason: reason.into() };
-        let Some(pb::type_proto::Value::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        let bad = |reason: &str| ImportError::BadType {
+            path: self.path.clone(),
+            value: vi.name.clone(),
+            reason: reason.into(),
+        };
+        let Some(pb::type_proto::Value::TensorType(tt)) =
+            vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
             return Err(bad("only tensor types are supported (sequence, map, optional and sparse types are not)"));
         };
-        let dtype = DType::from_onnx(tt.elem_type).ok_or_else(|| bad(&format!("unsupported element type {}", tt.elem_type)))?;
+        let dtype = DType::from_onnx(tt.elem_type)
+            .ok_or_else(|| bad(&format!("unsupported element type {}", tt.elem_type)))?;
         let Some(shape) = &tt.shape else {
             return Err(bad("the tensor type has no shape (its rank is unknown)"));
         };
@@ -142,25 +230,55 @@ impl Loader {
             .dim
             .iter()
             .map(|d| match &d.value {
-                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => Dim::Known(*v),
-                Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Symbol(p.clone()),
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => {
+                    Dim::Known(*v)
+                }
+                Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
+                    Dim::Symbol(p.clone())
+                }
                 _ => Dim::Unknown,
             })
             .collect();
-        Ok(ValueInfo { name: vi.name.clone(), ty: TensorType { dtype, dims } })
+        Ok(ValueInfo {
+            name: vi.name.clone(),
+            ty: TensorType { dtype, dims },
+        })
     }
 
     /// Decodes a TensorProto's data from whichever field holds it, or from its external file.
     fn tensor(&self, t: &pb::TensorProto) -> Result<TensorData, ImportError> {
-        let bad = |reason: String| ImportError::BadTensor { path: self.path.clone(), tensor: t.name.clone(), reason };
-        let dtype = DType::from_onnx(t.data_type).ok_or_else(|| bad(format!("unsupported data type {}", t.data_type)))?;
+        let bad = |reason: String| ImportError::BadTensor {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            reason,
+        };
+        let dtype = DType::from_onnx(t.data_type)
+            .ok_or_else(|| bad(format!("unsupported data type {}", t.data_type)))?;
         if t.dims.iter().any(|&d| d < 0) {
             return Err(bad(format!("negative dimension in {:?}", t.dims)));
         }
-        let n = t.dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d as usize)).ok_or_else(|| bad("too many elements".into()))?;
+        let n = t
+            .dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+            .ok_or_else(|| bad("too many elements".into()))?;
         let want = n * dtype.size();
         let bytes: Vec<u8> = if t.data_location == 1 {
-            self.external(t, want)?
+            let ext = self.external(t, want)?;
+            // Small tensors (shapes, scalars) are read now, for the folding of shape arithmetic;
+            // weights stay in their file until they are converted, one at a time.
+            if want > EAGER_EXTERNAL_BYTES {
+                return Ok(TensorData {
+                    dtype,
+                    dims: t.dims.clone(),
+                    bytes: Vec::new(),
+                    external: Some(ext),
+                });
+            }
+            ext.read().map_err(|cause| ImportError::Io {
+                path: ext.file.clone(),
+                cause,
+            })?
         } else if !t.raw_data.is_empty() || n == 0 {
             t.raw_data.clone()
         } else {
@@ -168,16 +286,24 @@ impl Loader {
                 DType::F32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 DType::F64 => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 DType::I64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                DType::U32 | DType::U64 => t.uint64_data.iter().flat_map(|&v| match dtype {
-                    DType::U32 => (v as u32).to_le_bytes().to_vec(),
-                    _ => v.to_le_bytes().to_vec(),
-                }).collect(),
+                DType::U32 | DType::U64 => t
+                    .uint64_data
+                    .iter()
+                    .flat_map(|&v| match dtype {
+                        DType::U32 => (v as u32).to_le_bytes().to_vec(),
+                        _ => v.to_le_bytes().to_vec(),
+                    })
+                    .collect(),
                 DType::I32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 // int32_data carries the narrower types (and fp16/bf16 bit patterns) one per element.
-                DType::I8 | DType::U8 | DType::Bool => t.int32_data.iter().map(|&v| v as u8).collect(),
-                DType::I16 | DType::U16 | DType::F16 | DType::BF16 => {
-                    t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect()
+                DType::I8 | DType::U8 | DType::Bool => {
+                    t.int32_data.iter().map(|&v| v as u8).collect()
                 }
+                DType::I16 | DType::U16 | DType::F16 | DType::BF16 => t
+                    .int32_data
+                    .iter()
+                    .flat_map(|&v| (v as u16).to_le_bytes())
+                    .collect(),
             }
         };
         if bytes.len() != want {
@@ -189,43 +315,80 @@ impl Loader {
                 t.dims
             )));
         }
-        Ok(TensorData { dtype, dims: t.dims.clone(), bytes })
+        Ok(TensorData {
+            dtype,
+            dims: t.dims.clone(),
+            bytes,
+            external: None,
+        })
     }
 
-    fn external(&self, t: &pb::TensorProto, want: usize) -> Result<Vec<u8>, ImportError> {
-        let bad = |reason: String| ImportError::BadTensor { path: self.path.clone(), tensor: t.name.clone(), reason };
-        let get = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
-        let location = get("location").ok_or_else(|| bad("external data without a 'location'".into()))?;
+    /// Where a tensor's external data is, checked against the file's size (not read).
+    fn external(&self, t: &pb::TensorProto, want: usize) -> Result<ExternalData, ImportError> {
+        let bad = |reason: String| ImportError::BadTensor {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            reason,
+        };
+        let get = |key: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.as_str())
+        };
+        let location =
+            get("location").ok_or_else(|| bad("external data without a 'location'".into()))?;
         let rel = Path::new(location);
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(bad(format!("external data location '{location}' must be a relative path inside the model's folder")));
         }
         let parse = |key: &str| -> Result<Option<u64>, ImportError> {
-            get(key).map(|v| v.parse::<u64>().map_err(|_| bad(format!("external data '{key}' is not a number: '{v}'")))).transpose()
+            get(key)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| bad(format!("external data '{key}' is not a number: '{v}'")))
+                })
+                .transpose()
         };
         let offset = parse("offset")?.unwrap_or(0);
         let length = parse("length")?.unwrap_or(want as u64);
         if length != want as u64 {
-            return Err(bad(format!("external data length {length} but the tensor needs {want} bytes")));
+            return Err(bad(format!(
+                "external data length {length} but the tensor needs {want} bytes"
+            )));
         }
         let file_path = self.dir.join(rel);
-        let io = |cause| ImportError::Io { path: file_path.clone(), cause };
-        let mut f = std::fs::File::open(&file_path).map_err(io)?;
+        let io = |cause| ImportError::Io {
+            path: file_path.clone(),
+            cause,
+        };
+        let f = std::fs::File::open(&file_path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
-        if offset + length > size {
+        if offset.checked_add(length).is_none_or(|end| end > size) {
             return Err(bad(format!(
                 "external data {}: bytes {offset}..{} are past the end of the file ({size} bytes)",
                 file_path.display(),
-                offset + length
+                offset.saturating_add(length)
             )));
         }
-        f.seek(SeekFrom::Start(offset)).map_err(io)?;
-        let mut buf = vec![0u8; want];
-        f.read_exact(&mut buf).map_err(io)?;
-        Ok(buf)
+        Ok(ExternalData {
+            file: file_path,
+            offset,
+            length,
+        })
     }
 
-    fn attribute(&self, a: &pb::AttributeProto, node: &str, op: &str, domain: &str) -> Result<(String, AttrValue), ImportError> {
+    fn attribute(
+        &self,
+        a: &pb::AttributeProto,
+        node: &str,
+        op: &str,
+        domain: &str,
+    ) -> Result<(String, AttrValue), ImportError> {
         let bad = |reason: String| ImportError::BadAttribute {
             path: self.path.clone(),
             node: node.into(),
@@ -237,22 +400,41 @@ impl Loader {
             return Err(bad("the attribute has no name".into()));
         }
         if !a.ref_attr_name.is_empty() {
-            return Err(bad("refers to a function attribute, which only a function body may do".into()));
+            return Err(bad(
+                "refers to a function attribute, which only a function body may do".into(),
+            ));
         }
-        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad("string is not UTF-8".into()));
+        let text =
+            |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad("string is not UTF-8".into()));
         let value = match a.r#type {
             at::FLOAT => AttrValue::Float(a.f),
             at::INT => AttrValue::Int(a.i),
             at::STRING => AttrValue::String(text(&a.s)?),
             at::TENSOR => {
-                let t = a.t.as_ref().ok_or_else(|| bad("of type TENSOR but holds no tensor".into()))?;
+                let t =
+                    a.t.as_ref()
+                        .ok_or_else(|| bad("of type TENSOR but holds no tensor".into()))?;
                 AttrValue::Tensor(self.tensor(t)?)
             }
             at::FLOATS => AttrValue::Floats(a.floats.clone()),
             at::INTS => AttrValue::Ints(a.ints.clone()),
-            at::STRINGS => AttrValue::Strings(a.strings.iter().map(|s| text(s)).collect::<Result<_, _>>()?),
-            at::GRAPH | at::GRAPHS => return Err(bad("graph-valued attributes (control flow: If, Loop, Scan) are not supported".into())),
-            at::TENSORS | at::SPARSE_TENSOR | at::SPARSE_TENSORS | at::TYPE_PROTO | at::TYPE_PROTOS => {
+            at::STRINGS => AttrValue::Strings(
+                a.strings
+                    .iter()
+                    .map(|s| text(s))
+                    .collect::<Result<_, _>>()?,
+            ),
+            at::GRAPH | at::GRAPHS => {
+                return Err(bad(
+                    "graph-valued attributes (control flow: If, Loop, Scan) are not supported"
+                        .into(),
+                ))
+            }
+            at::TENSORS
+            | at::SPARSE_TENSOR
+            | at::SPARSE_TENSORS
+            | at::TYPE_PROTO
+            | at::TYPE_PROTOS => {
                 return Err(bad(format!("attribute type {} is not supported", a.r#type)))
             }
             at::UNDEFINED => return Err(bad("the attribute's type is UNDEFINED".into())),
@@ -265,7 +447,11 @@ impl Loader {
                         let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
                         return Err(bad(format!(
                             "unknown attribute for {op} (it takes {})",
-                            if names.is_empty() { "no attributes".to_string() } else { names.join(", ") }
+                            if names.is_empty() {
+                                "no attributes".to_string()
+                            } else {
+                                names.join(", ")
+                            }
                         )));
                     }
                     Some((_, kind)) if *kind != value.kind() => {

@@ -20,15 +20,26 @@ pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
     let mut args = Vec::new();
     for (i, v) in g.inputs.iter().enumerate() {
         names.insert(&v.name, format!("%arg{i}"));
-        args.push(format!("%arg{i}: {} {{onnx.name = {}}}", ty_of(types, &v.name)?, quote(&v.name)));
+        args.push(format!(
+            "%arg{i}: {} {{onnx.name = {}}}",
+            ty_of(types, &v.name)?,
+            quote(&v.name)
+        ));
     }
     // Weights, in first-use order, so that the argument list reads like the model.
     for node in &g.nodes {
         for input in &node.inputs {
-            if !input.is_empty() && !names.contains_key(input.as_str()) && g.initializer(input).is_some() {
+            if !input.is_empty()
+                && !names.contains_key(input.as_str())
+                && g.initializer(input).is_some()
+            {
                 let i = args.len();
                 names.insert(input, format!("%arg{i}"));
-                args.push(format!("%arg{i}: {} {{onnx.weight = {}}}", ty_of(types, input)?, quote(input)));
+                args.push(format!(
+                    "%arg{i}: {} {{onnx.weight = {}}}",
+                    ty_of(types, input)?,
+                    quote(input)
+                ));
             }
         }
     }
@@ -43,11 +54,20 @@ pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
                 absent.push(i.to_string());
                 continue;
             }
-            operands.push(names.get(input.as_str()).cloned().ok_or_else(|| format!("value '{input}' is undefined"))?);
+            operands.push(
+                names
+                    .get(input.as_str())
+                    .cloned()
+                    .ok_or_else(|| format!("value '{input}' is undefined"))?,
+            );
             operand_types.push(ty_of(types, input)?);
         }
         // Trailing absent inputs are simply not there; only inner gaps need recording.
-        let present_upto = node.inputs.iter().rposition(|n| !n.is_empty()).map_or(0, |p| p + 1);
+        let present_upto = node
+            .inputs
+            .iter()
+            .rposition(|n| !n.is_empty())
+            .map_or(0, |p| p + 1);
         absent.retain(|i| i.parse::<usize>().is_ok_and(|i| i < present_upto));
         let mut results = Vec::new();
         let mut result_types = Vec::new();
@@ -66,7 +86,10 @@ pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
             attrs.push(format!("onnx.domain = {}", quote(&node.domain)));
         }
         if !absent.is_empty() {
-            attrs.push(format!("onnx.absent_inputs = array<i64: {}>", absent.join(", ")));
+            attrs.push(format!(
+                "onnx.absent_inputs = array<i64: {}>",
+                absent.join(", ")
+            ));
         }
         body.push_str("    ");
         if !results.is_empty() {
@@ -87,11 +110,24 @@ pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
     let mut outs = Vec::new();
     let mut out_types = Vec::new();
     for o in &g.outputs {
-        outs.push(names.get(o.name.as_str()).cloned().ok_or_else(|| format!("graph output '{}' is undefined", o.name))?);
+        outs.push(
+            names
+                .get(o.name.as_str())
+                .cloned()
+                .ok_or_else(|| format!("graph output '{}' is undefined", o.name))?,
+        );
         out_types.push(ty_of(types, &o.name)?);
     }
-    let res_attrs: Vec<String> = g.outputs.iter().map(|o| format!("{{onnx.name = {}}}", quote(&o.name))).collect();
-    let results_sig: Vec<String> = out_types.iter().zip(&res_attrs).map(|(t, a)| format!("{t} {a}")).collect();
+    let res_attrs: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|o| format!("{{onnx.name = {}}}", quote(&o.name)))
+        .collect();
+    let results_sig: Vec<String> = out_types
+        .iter()
+        .zip(&res_attrs)
+        .map(|(t, a)| format!("{t} {a}"))
+        .collect();
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -99,20 +135,37 @@ pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
         quote(&model.producer),
         model.default_opset()
     );
-    let _ = writeln!(text, "  func.func @main({}) -> ({}) {{", args.join(", "), results_sig.join(", "));
+    let _ = writeln!(
+        text,
+        "  func.func @main({}) -> ({}) {{",
+        args.join(", "),
+        results_sig.join(", ")
+    );
     text.push_str(&body);
-    let _ = writeln!(text, "    func.return {} : {}", outs.join(", "), out_types.join(", "));
+    let _ = writeln!(
+        text,
+        "    func.return {} : {}",
+        outs.join(", "),
+        out_types.join(", ")
+    );
     text.push_str("  }\n}\n");
     Ok(text)
 }
 
 fn ty_of(types: &Types, name: &str) -> Result<String, String> {
-    types.get(name).map(|t| t.mlir()).ok_or_else(|| format!("value '{name}' has no inferred type"))
+    types
+        .get(name)
+        .map(|t| t.mlir())
+        .ok_or_else(|| format!("value '{name}' has no inferred type"))
 }
 
 /// ONNX attribute names are identifiers; anything else is quoted.
 fn attr_name(k: &str) -> String {
-    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
+    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && k.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    {
         k.to_string()
     } else {
         quote(k)
@@ -147,9 +200,24 @@ fn attr_value(v: &AttrValue) -> String {
         AttrValue::Float(f) => f32_attr(*f),
         AttrValue::String(s) => quote(s),
         AttrValue::Ints(v) if v.is_empty() => "array<i64>".into(),
-        AttrValue::Ints(v) => format!("array<i64: {}>", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
-        AttrValue::Floats(v) => format!("[{}]", v.iter().map(|f| f32_attr(*f)).collect::<Vec<_>>().join(", ")),
-        AttrValue::Strings(v) => format!("[{}]", v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")),
+        AttrValue::Ints(v) => format!(
+            "array<i64: {}>",
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AttrValue::Floats(v) => format!(
+            "[{}]",
+            v.iter()
+                .map(|f| f32_attr(*f))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AttrValue::Strings(v) => format!(
+            "[{}]",
+            v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+        ),
         AttrValue::Tensor(t) => dense(t),
     }
 }
@@ -161,8 +229,16 @@ pub fn dense(t: &TensorData) -> String {
         return format!("dense<[]> : {ty}");
     }
     if t.dtype == crate::dtype::DType::Bool {
-        let v: Vec<&str> = t.bytes.iter().map(|&b| if b != 0 { "true" } else { "false" }).collect();
-        return if t.dims.is_empty() { format!("dense<{}> : {ty}", v[0]) } else { format!("dense<{}> : {ty}", nest(&v, &t.dims)) };
+        let v: Vec<&str> = t
+            .bytes
+            .iter()
+            .map(|&b| if b != 0 { "true" } else { "false" })
+            .collect();
+        return if t.dims.is_empty() {
+            format!("dense<{}> : {ty}", v[0])
+        } else {
+            format!("dense<{}> : {ty}", nest(&v, &t.dims))
+        };
     }
     let mut hex = String::with_capacity(2 + 2 * t.bytes.len());
     hex.push_str("0x");
@@ -177,6 +253,9 @@ fn nest(v: &[&str], dims: &[i64]) -> String {
         return format!("[{}]", v.join(", "));
     }
     let chunk = v.len() / dims[0].max(1) as usize;
-    let parts: Vec<String> = v.chunks(chunk.max(1)).map(|c| nest(c, &dims[1..])).collect();
+    let parts: Vec<String> = v
+        .chunks(chunk.max(1))
+        .map(|c| nest(c, &dims[1..]))
+        .collect();
     format!("[{}]", parts.join(", "))
 }

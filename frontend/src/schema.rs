@@ -5,18 +5,26 @@
 /// The allowed attributes of a default-domain op, or `None` when ppmoe has no schema for it.
 pub fn attributes(op: &str) -> Option<&'static [(&'static str, &'static str)]> {
     Some(match op {
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Sqrt" | "Neg" | "Reciprocal" | "Exp" | "Log" | "Sigmoid"
-        | "Tanh" | "Erf" | "Abs" | "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not"
-        | "And" | "Or" | "Where" | "MatMul" | "Shape" | "Expand" | "Tile" | "Identity" | "Max" | "Min"
-        | "Sin" | "Cos" | "Floor" | "Ceil" | "Relu" | "NonZero" | "Sign" | "Xor" | "Size" => match op {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Sqrt" | "Neg" | "Reciprocal" | "Exp" | "Log"
+        | "Sigmoid" | "Tanh" | "Erf" | "Abs" | "Equal" | "Less" | "Greater" | "LessOrEqual"
+        | "GreaterOrEqual" | "Not" | "And" | "Or" | "Where" | "MatMul" | "Shape" | "Expand"
+        | "Tile" | "Identity" | "Max" | "Min" | "Sin" | "Cos" | "Floor" | "Ceil" | "Relu"
+        | "NonZero" | "Sign" | "Xor" | "Size" => match op {
             "Shape" => &[("start", "int"), ("end", "int")],
             _ => &[],
         },
-        "Gemm" => &[("alpha", "float"), ("beta", "float"), ("transA", "int"), ("transB", "int")],
+        "Gemm" => &[
+            ("alpha", "float"),
+            ("beta", "float"),
+            ("transA", "int"),
+            ("transB", "int"),
+        ],
         "Softmax" | "LogSoftmax" => &[("axis", "int")],
-        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => {
-            &[("axes", "ints"), ("keepdims", "int"), ("noop_with_empty_axes", "int")]
-        }
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => &[
+            ("axes", "ints"),
+            ("keepdims", "int"),
+            ("noop_with_empty_axes", "int"),
+        ],
         "Reshape" => &[("allowzero", "int")],
         "Transpose" => &[("perm", "ints")],
         "Squeeze" | "Unsqueeze" => &[("axes", "ints")],
@@ -50,7 +58,11 @@ pub fn attributes(op: &str) -> Option<&'static [(&'static str, &'static str)]> {
         "LayerNormalization" => &[("axis", "int"), ("epsilon", "float"), ("stash_type", "int")],
         "RMSNormalization" => &[("axis", "int"), ("epsilon", "float"), ("stash_type", "int")],
         "Flatten" => &[("axis", "int")],
-        "ArgMax" | "ArgMin" => &[("axis", "int"), ("keepdims", "int"), ("select_last_index", "int")],
+        "ArgMax" | "ArgMin" => &[
+            ("axis", "int"),
+            ("keepdims", "int"),
+            ("select_last_index", "int"),
+        ],
         "Gelu" => &[("approximate", "string")],
         "LeakyRelu" => &[("alpha", "float")],
         "HardSigmoid" => &[("alpha", "float"), ("beta", "float")],

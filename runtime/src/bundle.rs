@@ -58,36 +58,71 @@ fn one() -> usize {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RuntimeError + '_ {
-    move |cause| RuntimeError::Io { path: path.display().to_string(), cause }
+    move |cause| RuntimeError::Io {
+        path: path.display().to_string(),
+        cause,
+    }
 }
 
 /// Writes a bundle: `weights[r]` holds rank r's weights by buffer name; `extra` are other files
 /// (the PTX of each rank), checksummed like the rest.
-pub fn write_bundle(dir: &Path, mut manifest: Manifest, weights: &[Vec<(String, Tensor)>], extra: &[(String, Vec<u8>)]) -> Result<(), RuntimeError> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn write_bundle(
+    dir: &Path,
+    manifest: Manifest,
+    weights: &[Vec<(String, Tensor)>],
+    extra: &[(String, Vec<u8>)],
+) -> Result<(), RuntimeError> {
+    write_bundle_with(dir, manifest, weights, extra, &mut |_| {})
+}
+
+/// As [`write_bundle`], calling `progress` with each weight's name once it is written. Each
+/// weights file is written one tensor at a time and hashed while written.
+pub fn write_bundle_with(
+    dir: &Path,
+    mut manifest: Manifest,
+    weights: &[Vec<(String, Tensor)>],
+    extra: &[(String, Vec<u8>)],
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), RuntimeError> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
     let tmp: PathBuf = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     let result = (|| {
         manifest.files.clear();
         for (program, rank_weights) in manifest.programs.iter().zip(weights) {
-            let bytes = safetensors_bytes(rank_weights).map_err(|reason| RuntimeError::Bundle { path: program.weights_file.clone(), reason })?;
             let p = tmp.join(&program.weights_file);
-            std::fs::write(&p, &bytes).map_err(io_err(&p))?;
-            manifest.files.insert(program.weights_file.clone(), sha256_hex(&bytes));
+            let hash = crate::safetensors_io::write_file(&p, rank_weights, &mut *progress)
+                .map_err(|reason| RuntimeError::Bundle {
+                    path: p.display().to_string(),
+                    reason,
+                })?;
+            manifest.files.insert(program.weights_file.clone(), hash);
         }
         for (name, bytes) in extra {
             let p = tmp.join(name);
             std::fs::write(&p, bytes).map_err(io_err(&p))?;
             manifest.files.insert(name.clone(), sha256_hex(bytes));
         }
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| RuntimeError::Bundle { path: MANIFEST.into(), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| RuntimeError::Bundle {
+            path: MANIFEST.into(),
+            reason: e.to_string(),
+        })?;
         let p = tmp.join(MANIFEST);
         std::fs::write(&p, json).map_err(io_err(&p))?;
         // Replace an earlier bundle only; never a folder that is something else.
@@ -108,40 +143,6 @@ pub fn write_bundle(dir: &Path, mut manifest: Manifest, weights: &[Vec<(String, 
     result
 }
 
-fn st_dtype(d: DType) -> safetensors::Dtype {
-    use safetensors::Dtype as S;
-    match d {
-        DType::F32 => S::F32,
-        DType::F16 => S::F16,
-        DType::BF16 => S::BF16,
-        DType::F64 => S::F64,
-        DType::I8 => S::I8,
-        DType::I16 => S::I16,
-        DType::I32 => S::I32,
-        DType::I64 => S::I64,
-        DType::U8 => S::U8,
-        DType::U16 => S::U16,
-        DType::U32 => S::U32,
-        DType::U64 => S::U64,
-        DType::Bool => S::BOOL,
-    }
-}
-
-fn safetensors_bytes(weights: &[(String, Tensor)]) -> Result<Vec<u8>, String> {
-    let mut seen = std::collections::HashSet::new();
-    if let Some((dup, _)) = weights.iter().find(|(n, _)| !seen.insert(n.as_str())) {
-        return Err(format!("two weights are named '{dup}'"));
-    }
-    let raw: Vec<(String, DType, Vec<usize>, Vec<u8>)> =
-        weights.iter().map(|(n, t)| (n.clone(), t.dtype, t.shape.clone(), t.to_bytes())).collect();
-    let views = raw
-        .iter()
-        .map(|(n, d, s, b)| safetensors::tensor::TensorView::new(st_dtype(*d), s.clone(), b).map(|v| (n.clone(), v)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    safetensors::serialize(views, &None).map_err(|e| e.to_string())
-}
-
 /// A bundle read from disk, checksums verified, weights loaded.
 pub struct Bundle {
     pub dir: PathBuf,
@@ -160,18 +161,35 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
     let mpath = dir.join(MANIFEST);
     let show = |p: &Path| p.display().to_string();
     if !dir.is_dir() {
-        return Err(RuntimeError::Bundle { path: show(dir), reason: "not a bundle folder (it does not exist or is not a folder)".into() });
+        return Err(RuntimeError::Bundle {
+            path: show(dir),
+            reason: "not a bundle folder (it does not exist or is not a folder)".into(),
+        });
     }
     let text = std::fs::read(&mpath).map_err(io_err(&mpath))?;
-    let value: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| RuntimeError::Bundle { path: show(&mpath), reason: format!("not valid JSON: {e}") })?;
-    let found = value.get("format_version").and_then(|v| v.as_u64())
-        .ok_or_else(|| RuntimeError::Bundle { path: show(&mpath), reason: "no format_version".into() })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| RuntimeError::Bundle {
+            path: show(&mpath),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+    let found = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| RuntimeError::Bundle {
+            path: show(&mpath),
+            reason: "no format_version".into(),
+        })?;
     if found != FORMAT_VERSION {
-        return Err(RuntimeError::FormatVersion { path: show(&mpath), found, supported: FORMAT_VERSION });
+        return Err(RuntimeError::FormatVersion {
+            path: show(&mpath),
+            found,
+            supported: FORMAT_VERSION,
+        });
     }
-    let manifest: Manifest = serde_json::from_value(value)
-        .map_err(|e| RuntimeError::Bundle { path: show(&mpath), reason: format!("malformed manifest: {e}") })?;
+    let manifest: Manifest = serde_json::from_value(value).map_err(|e| RuntimeError::Bundle {
+        path: show(&mpath),
+        reason: format!("malformed manifest: {e}"),
+    })?;
     // Another rank's weights and PTX are that rank's to check.
     let others: std::collections::BTreeSet<&str> = manifest
         .programs
@@ -184,10 +202,13 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
             continue;
         }
         let p = dir.join(file);
-        let bytes = std::fs::read(&p).map_err(io_err(&p))?;
-        let actual = sha256_hex(&bytes);
+        let actual = crate::safetensors_io::sha256_file(&p).map_err(io_err(&p))?;
         if &actual != expected {
-            return Err(RuntimeError::Checksum { path: show(&p), expected: expected.clone(), actual });
+            return Err(RuntimeError::Checksum {
+                path: show(&p),
+                expected: expected.clone(),
+                actual,
+            });
         }
     }
     let mut weights = Vec::new();
@@ -198,19 +219,45 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
         }
         let p = dir.join(&program.weights_file);
         if !manifest.files.contains_key(&program.weights_file) {
-            return Err(RuntimeError::Bundle { path: show(&p), reason: "the weights file has no checksum in the manifest".into() });
+            return Err(RuntimeError::Bundle {
+                path: show(&p),
+                reason: "the weights file has no checksum in the manifest".into(),
+            });
         }
-        let bytes = std::fs::read(&p).map_err(io_err(&p))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| RuntimeError::Bundle { path: show(&p), reason: format!("not a safetensors file: {e}") })?;
+        // Tensor by tensor: the file's bytes are never held whole beside the weights.
+        let st =
+            crate::safetensors_io::Reader::open(&p).map_err(|reason| RuntimeError::Bundle {
+                path: show(&p),
+                reason,
+            })?;
         let mut map = BTreeMap::new();
-        for b in program.buffers.iter().filter(|b| b.kind == BufferKind::Weight) {
-            let view = st.tensor(&b.name).map_err(|_| RuntimeError::Bundle { path: show(&p), reason: format!("weight '{}' is missing", b.name) })?;
-            let t = Tensor::from_bytes(b.dtype, view.shape().to_vec(), view.data())
-                .ok_or_else(|| RuntimeError::Bundle { path: show(&p), reason: format!("weight '{}' has the wrong size", b.name) })?;
+        for b in program
+            .buffers
+            .iter()
+            .filter(|b| b.kind == BufferKind::Weight)
+        {
+            let t = st.tensor(&b.name).map_err(|reason| RuntimeError::Bundle {
+                path: show(&p),
+                reason,
+            })?;
+            if t.dtype != b.dtype {
+                return Err(RuntimeError::Bundle {
+                    path: show(&p),
+                    reason: format!(
+                        "weight '{}' is stored as {}, the program says {}",
+                        b.name,
+                        t.dtype.name(),
+                        b.dtype.name()
+                    ),
+                });
+            }
             map.insert(b.name.clone(), t);
         }
         weights.push(map);
     }
-    Ok(Bundle { dir: dir.to_owned(), manifest, weights })
+    Ok(Bundle {
+        dir: dir.to_owned(),
+        manifest,
+        weights,
+    })
 }

@@ -29,28 +29,55 @@ const PATIENCE: Duration = Duration::from_secs(120);
 impl Hub {
     /// Puts this rank's tensor in, waits for the whole group, returns every member's tensor in
     /// group order.
-    pub fn gather_all(&self, group: &[usize], seq: u64, me: usize, t: Tensor) -> Result<Vec<Tensor>, String> {
+    pub fn gather_all(
+        &self,
+        group: &[usize],
+        seq: u64,
+        me: usize,
+        t: Tensor,
+    ) -> Result<Vec<Tensor>, String> {
         let key = (group.to_vec(), seq);
-        let pos = group.iter().position(|&r| r == me).ok_or_else(|| format!("rank {me} is not in group {group:?}"))?;
+        let pos = group
+            .iter()
+            .position(|&r| r == me)
+            .ok_or_else(|| format!("rank {me} is not in group {group:?}"))?;
         let mut m = self.meetings.lock().map_err(|_| "a rank panicked")?;
-        m.entry(key.clone()).or_insert_with(|| Meeting { inputs: vec![None; group.len()], taken: 0 }).inputs[pos] = Some(t);
+        m.entry(key.clone())
+            .or_insert_with(|| Meeting {
+                inputs: vec![None; group.len()],
+                taken: 0,
+            })
+            .inputs[pos] = Some(t);
         self.met.notify_all();
         loop {
-            let ready = m.get(&key).is_some_and(|mt| mt.inputs.iter().all(Option::is_some));
+            let ready = m
+                .get(&key)
+                .is_some_and(|mt| mt.inputs.iter().all(Option::is_some));
             if ready {
                 break;
             }
             if self.has_failed() {
-                return Err(format!("rank {me}: a peer rank failed; group {group:?} cannot meet"));
+                return Err(format!(
+                    "rank {me}: a peer rank failed; group {group:?} cannot meet"
+                ));
             }
-            let (guard, timeout) = self.met.wait_timeout(m, PATIENCE).map_err(|_| "a rank panicked")?;
+            let (guard, timeout) = self
+                .met
+                .wait_timeout(m, PATIENCE)
+                .map_err(|_| "a rank panicked")?;
             m = guard;
             if timeout.timed_out() {
-                return Err(format!("rank {me}: group {group:?} did not meet (a peer failed or never came)"));
+                return Err(format!(
+                    "rank {me}: group {group:?} did not meet (a peer failed or never came)"
+                ));
             }
         }
         let mt = m.get_mut(&key).ok_or("meeting vanished")?;
-        let all: Vec<Tensor> = mt.inputs.iter().map(|t| t.clone().expect("checked above")).collect();
+        let all: Vec<Tensor> = mt
+            .inputs
+            .iter()
+            .map(|t| t.clone().expect("checked above"))
+            .collect();
         mt.taken += 1;
         if mt.taken == group.len() {
             m.remove(&key);
@@ -59,7 +86,10 @@ impl Hub {
     }
 
     pub fn send(&self, from: usize, to: usize, tag: u64, t: Tensor) -> Result<(), String> {
-        self.mailbox.lock().map_err(|_| "a rank panicked")?.insert((from, to, tag), t);
+        self.mailbox
+            .lock()
+            .map_err(|_| "a rank panicked")?
+            .insert((from, to, tag), t);
         self.mail.notify_all();
         Ok(())
     }
@@ -71,12 +101,19 @@ impl Hub {
                 return Ok(t);
             }
             if self.has_failed() {
-                return Err(format!("rank {to}: a peer rank failed; nothing will come from rank {from}"));
+                return Err(format!(
+                    "rank {to}: a peer rank failed; nothing will come from rank {from}"
+                ));
             }
-            let (guard, timeout) = self.mail.wait_timeout(m, PATIENCE).map_err(|_| "a rank panicked")?;
+            let (guard, timeout) = self
+                .mail
+                .wait_timeout(m, PATIENCE)
+                .map_err(|_| "a rank panicked")?;
             m = guard;
             if timeout.timed_out() {
-                return Err(format!("rank {to}: nothing arrived from rank {from} (tag {tag})"));
+                return Err(format!(
+                    "rank {to}: nothing arrived from rank {from} (tag {tag})"
+                ));
             }
         }
     }

@@ -2,29 +2,48 @@
 //! It is the oracle the other backends are checked against.
 
 use crate::bundle::Bundle;
-use crate::error::RuntimeError;
 use crate::collectives::Hub;
+use crate::error::RuntimeError;
 use crate::kernels;
 use crate::program::Op;
-use std::collections::HashMap;
 use crate::program::{BufferKind, Program};
 use crate::tensor::Tensor;
+use std::collections::HashMap;
 
 /// Checks a model input against its buffer, as a typed error.
 pub fn check_input(program: &Program, id: usize, t: &Tensor) -> Result<(), RuntimeError> {
-    check_port(program, id, t).map_err(|reason| RuntimeError::Input { name: program.buffers[id].name.clone(), reason })
+    check_port(program, id, t).map_err(|reason| RuntimeError::Input {
+        name: program.buffers[id].name.clone(),
+        reason,
+    })
 }
 
 /// Checks that `t` fits buffer `id` of `program` (dtype, rank, static sizes).
 fn check_port(program: &Program, id: usize, t: &Tensor) -> Result<(), String> {
     let b = &program.buffers[id];
     if t.dtype != b.dtype {
-        return Err(format!("expected dtype {}, got {}", b.dtype.name(), t.dtype.name()));
+        return Err(format!(
+            "expected dtype {}, got {}",
+            b.dtype.name(),
+            t.dtype.name()
+        ));
     }
-    let fits = t.shape.len() == b.shape.len() && t.shape.iter().zip(&b.shape).all(|(&d, w)| w.is_none_or(|w| w == d));
+    let fits = t.shape.len() == b.shape.len()
+        && t.shape
+            .iter()
+            .zip(&b.shape)
+            .all(|(&d, w)| w.is_none_or(|w| w == d));
     if !fits {
-        let want: Vec<String> = b.shape.iter().map(|d| d.map_or("?".into(), |d| d.to_string())).collect();
-        return Err(format!("expected shape [{}], got {:?}", want.join(", "), t.shape));
+        let want: Vec<String> = b
+            .shape
+            .iter()
+            .map(|d| d.map_or("?".into(), |d| d.to_string()))
+            .collect();
+        return Err(format!(
+            "expected shape [{}], got {:?}",
+            want.join(", "),
+            t.shape
+        ));
     }
     Ok(())
 }
@@ -40,7 +59,12 @@ pub struct Comm<'h> {
 
 impl<'h> Comm<'h> {
     pub fn new(hub: &'h Hub, rank: usize) -> Self {
-        Comm { hub, rank, seq: HashMap::new(), microbatch: 0 }
+        Comm {
+            hub,
+            rank,
+            seq: HashMap::new(),
+            microbatch: 0,
+        }
     }
 
     fn next(&mut self, group: &[usize]) -> u64 {
@@ -59,7 +83,10 @@ impl<'h> Comm<'h> {
                 let mut acc = all[0].to_f32();
                 for t in &all[1..] {
                     if t.shape != all[0].shape {
-                        return Err(format!("all_reduce of shapes {:?} and {:?}", all[0].shape, t.shape));
+                        return Err(format!(
+                            "all_reduce of shapes {:?} and {:?}",
+                            all[0].shape, t.shape
+                        ));
                     }
                     acc.iter_mut().zip(t.to_f32()).for_each(|(a, b)| *a += b);
                 }
@@ -69,40 +96,94 @@ impl<'h> Comm<'h> {
                 let seq = self.next(group);
                 let all = self.hub.gather_all(group, seq, self.rank, x()?)?;
                 let refs: Vec<&Tensor> = all.iter().collect();
-                kernels::execute(&Op::Concat { axis: *axis as i64 }, &refs.iter().map(|t| Some(*t)).collect::<Vec<_>>(), 1).map(|mut v| v.remove(0))
+                kernels::execute(
+                    &Op::Concat { axis: *axis as i64 },
+                    &refs.iter().map(|t| Some(*t)).collect::<Vec<_>>(),
+                    1,
+                )
+                .map(|mut v| v.remove(0))
             }
-            Op::AllToAll { group, split_axis, concat_axis } => {
+            Op::AllToAll {
+                group,
+                split_axis,
+                concat_axis,
+            } => {
                 let seq = self.next(group);
                 let n = group.len();
-                let pieces = kernels::execute(&Op::Split { axis: *split_axis as i64 }, &[Some(&x()?)], n)?;
-                let me = group.iter().position(|&r| r == self.rank).ok_or("not in group")?;
+                let pieces = kernels::execute(
+                    &Op::Split {
+                        axis: *split_axis as i64,
+                    },
+                    &[Some(&x()?)],
+                    n,
+                )?;
+                let me = group
+                    .iter()
+                    .position(|&r| r == self.rank)
+                    .ok_or("not in group")?;
                 // Everyone puts in all its pieces (stacked in a list), then takes the i-th of each.
-                let packed = kernels::execute(&Op::Concat { axis: *split_axis as i64 }, &pieces.iter().map(Some).collect::<Vec<_>>(), 1)?.remove(0);
+                let packed = kernels::execute(
+                    &Op::Concat {
+                        axis: *split_axis as i64,
+                    },
+                    &pieces.iter().map(Some).collect::<Vec<_>>(),
+                    1,
+                )?
+                .remove(0);
                 let all = self.hub.gather_all(group, seq, self.rank, packed)?;
                 let mine: Vec<Tensor> = all
                     .iter()
-                    .map(|t| kernels::execute(&Op::Split { axis: *split_axis as i64 }, &[Some(t)], n).map(|mut v| v.swap_remove(me)))
+                    .map(|t| {
+                        kernels::execute(
+                            &Op::Split {
+                                axis: *split_axis as i64,
+                            },
+                            &[Some(t)],
+                            n,
+                        )
+                        .map(|mut v| v.swap_remove(me))
+                    })
                     .collect::<Result<_, _>>()?;
-                kernels::execute(&Op::Concat { axis: *concat_axis as i64 }, &mine.iter().map(Some).collect::<Vec<_>>(), 1).map(|mut v| v.remove(0))
+                kernels::execute(
+                    &Op::Concat {
+                        axis: *concat_axis as i64,
+                    },
+                    &mine.iter().map(Some).collect::<Vec<_>>(),
+                    1,
+                )
+                .map(|mut v| v.remove(0))
             }
             Op::Send { peer, tag } => {
-                self.hub.send(self.rank, *peer, (self.microbatch << 32) | *tag, x()?)?;
+                self.hub
+                    .send(self.rank, *peer, (self.microbatch << 32) | *tag, x()?)?;
                 Ok(Tensor::f32(vec![], vec![0.0]))
             }
-            Op::Recv { peer, tag } => self.hub.recv(*peer, self.rank, (self.microbatch << 32) | *tag),
+            Op::Recv { peer, tag } => {
+                self.hub
+                    .recv(*peer, self.rank, (self.microbatch << 32) | *tag)
+            }
             other => Err(format!("{} is not a communication op", other.name())),
         }
     }
 }
 
 /// Runs one rank's program on `inputs` (in the program's input order), alone.
-pub fn run_program(program: &Program, weights: &std::collections::BTreeMap<String, Tensor>, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+pub fn run_program(
+    program: &Program,
+    weights: &std::collections::BTreeMap<String, Tensor>,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, RuntimeError> {
     let hub = Hub::default();
     run_rank(program, weights, inputs, &mut Comm::new(&hub, program.rank))
 }
 
 /// Runs one rank's program, its collectives going through `comm`.
-pub fn run_rank(program: &Program, weights: &std::collections::BTreeMap<String, Tensor>, inputs: &[Tensor], comm: &mut Comm) -> Result<Vec<Tensor>, RuntimeError> {
+pub fn run_rank(
+    program: &Program,
+    weights: &std::collections::BTreeMap<String, Tensor>,
+    inputs: &[Tensor],
+    comm: &mut Comm,
+) -> Result<Vec<Tensor>, RuntimeError> {
     let mut slots: Vec<Option<Tensor>> = vec![None; program.buffers.len()];
     for (&id, t) in program.inputs.iter().zip(inputs) {
         check_input(program, id, t)?;
@@ -110,7 +191,10 @@ pub fn run_rank(program: &Program, weights: &std::collections::BTreeMap<String, 
     }
     for (id, b) in program.buffers.iter().enumerate() {
         if b.kind == BufferKind::Weight {
-            let w = weights.get(&b.name).ok_or_else(|| RuntimeError::Bundle { path: program.weights_file.clone(), reason: format!("weight '{}' is missing", b.name) })?;
+            let w = weights.get(&b.name).ok_or_else(|| RuntimeError::Bundle {
+                path: program.weights_file.clone(),
+                reason: format!("weight '{}' is missing", b.name),
+            })?;
             slots[id] = Some(w.clone());
         }
     }
@@ -122,15 +206,28 @@ pub fn run_rank(program: &Program, weights: &std::collections::BTreeMap<String, 
         }
     }
     for (i, ins) in program.instructions.iter().enumerate() {
-        let fail = |reason: String| RuntimeError::Execute { rank: program.rank, index: i, op: ins.op.name(), origin: ins.origin.clone(), reason };
+        let fail = |reason: String| RuntimeError::Execute {
+            rank: program.rank,
+            index: i,
+            op: ins.op.name(),
+            origin: ins.origin.clone(),
+            reason,
+        };
         let args: Vec<Option<&Tensor>> = ins
             .inputs
             .iter()
             .map(|o| o.map(|id| slots[id].as_ref().ok_or(id)).transpose())
             .collect::<Result<_, _>>()
-            .map_err(|id| fail(format!("buffer '{}' is read before it is written", program.buffers[id].name)))?;
+            .map_err(|id| {
+                fail(format!(
+                    "buffer '{}' is read before it is written",
+                    program.buffers[id].name
+                ))
+            })?;
         let outs = if ins.op.is_communication() {
-            vec![comm.run(&ins.op, args.first().copied().flatten()).map_err(fail)?]
+            vec![comm
+                .run(&ins.op, args.first().copied().flatten())
+                .map_err(fail)?]
         } else {
             kernels::execute(&ins.op, &args, ins.outputs.len()).map_err(fail)?
         };
@@ -147,7 +244,12 @@ pub fn run_rank(program: &Program, weights: &std::collections::BTreeMap<String, 
     program
         .outputs
         .iter()
-        .map(|&id| slots[id].take().ok_or_else(|| RuntimeError::Bundle { path: "program".into(), reason: format!("output '{}' is never written", program.buffers[id].name) }))
+        .map(|&id| {
+            slots[id].take().ok_or_else(|| RuntimeError::Bundle {
+                path: "program".into(),
+                reason: format!("output '{}' is never written", program.buffers[id].name),
+            })
+        })
         .collect()
 }
 
@@ -159,7 +261,12 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
         let names: Vec<&str> = m.inputs.iter().map(|p| p.name.as_str()).collect();
         return Err(RuntimeError::Input {
             name: names.get(inputs.len()).copied().unwrap_or("?").into(),
-            reason: format!("the model takes {} inputs ({}), {} were given", m.inputs.len(), names.join(", "), inputs.len()),
+            reason: format!(
+                "the model takes {} inputs ({}), {} were given",
+                m.inputs.len(),
+                names.join(", "),
+                inputs.len()
+            ),
         });
     }
     if m.programs.len() == 1 && m.microbatches <= 1 {
@@ -194,10 +301,23 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(RuntimeError::Backend { backend: "cpu".into(), reason: "a rank thread panicked".into() }))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(RuntimeError::Backend {
+                        backend: "cpu".into(),
+                        reason: "a rank thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
     });
     // The first failure is the one to report: the others only say a peer failed.
-    if let Some(i) = results.iter().position(|r| matches!(r, Err(e) if !e.to_string().contains("a peer rank failed"))) {
+    if let Some(i) = results
+        .iter()
+        .position(|r| matches!(r, Err(e) if !e.to_string().contains("a peer rank failed")))
+    {
         if let Some(Err(e)) = results.into_iter().nth(i) {
             return Err(e);
         }
@@ -210,5 +330,8 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
             outputs = Some(r);
         }
     }
-    outputs.ok_or_else(|| RuntimeError::Bundle { path: bundle.dir.display().to_string(), reason: "no rank produces the model's outputs".into() })
+    outputs.ok_or_else(|| RuntimeError::Bundle {
+        path: bundle.dir.display().to_string(),
+        reason: "no rank produces the model's outputs".into(),
+    })
 }

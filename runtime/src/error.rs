@@ -5,13 +5,27 @@ pub enum RuntimeError {
     #[error("{path}: {reason}")]
     Bundle { path: String, reason: String },
     #[error("{path}: checksum mismatch: the manifest records sha256 {expected}, the file has {actual} (the bundle was altered or is incomplete)")]
-    Checksum { path: String, expected: String, actual: String },
+    Checksum {
+        path: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{path}: bundle format version {found} is not supported (this runtime reads version {supported})")]
-    FormatVersion { path: String, found: u64, supported: u64 },
+    FormatVersion {
+        path: String,
+        found: u64,
+        supported: u64,
+    },
     #[error("input '{name}': {reason}")]
     Input { name: String, reason: String },
     #[error("rank {rank}, instruction {index} ({op}, from node \"{origin}\"): {reason}")]
-    Execute { rank: usize, index: usize, op: String, origin: String, reason: String },
+    Execute {
+        rank: usize,
+        index: usize,
+        op: String,
+        origin: String,
+        reason: String,
+    },
     #[error(transparent)]
     Npy(#[from] crate::npy::NpyError),
     #[error("{path}: cannot read or write: {cause}")]

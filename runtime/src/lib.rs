@@ -12,6 +12,7 @@ pub mod microbatch;
 pub mod npy;
 pub mod program;
 pub mod runner;
+pub mod safetensors_io;
 pub mod tensor;
 
 pub use error::RuntimeError;

@@ -15,9 +15,14 @@ pub fn split_inputs(m: &Manifest, inputs: &[Tensor]) -> Result<Vec<Vec<Tensor>>,
     }
     let mut per_mb = vec![Vec::new(); k];
     for (t, port) in inputs.iter().zip(&m.inputs) {
-        let cut = kernels::execute(&Op::Split { axis: 0 }, &[Some(t)], k).map_err(|reason| RuntimeError::Input {
-            name: port.name.clone(),
-            reason: format!("cannot cut axis 0 of {:?} into {k} microbatches: {reason}", t.shape),
+        let cut = kernels::execute(&Op::Split { axis: 0 }, &[Some(t)], k).map_err(|reason| {
+            RuntimeError::Input {
+                name: port.name.clone(),
+                reason: format!(
+                    "cannot cut axis 0 of {:?} into {k} microbatches: {reason}",
+                    t.shape
+                ),
+            }
         })?;
         for (mb, piece) in cut.into_iter().enumerate() {
             per_mb[mb].push(piece);
@@ -37,7 +42,10 @@ pub fn join_outputs(outs: Vec<Vec<Tensor>>, backend: &str) -> Result<Vec<Tensor>
             let parts: Vec<Option<&Tensor>> = outs.iter().map(|o| Some(&o[i])).collect();
             kernels::execute(&Op::Concat { axis: 0 }, &parts, 1)
                 .map(|mut v| v.remove(0))
-                .map_err(|reason| RuntimeError::Backend { backend: backend.into(), reason })
+                .map_err(|reason| RuntimeError::Backend {
+                    backend: backend.into(),
+                    reason,
+                })
         })
         .collect()
 }

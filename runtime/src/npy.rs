@@ -33,8 +33,14 @@ fn type_of(descr: &str) -> Option<DType> {
 
 pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|cause| NpyError::Io { path: p.clone(), cause })?;
-    let bad = |reason: String| NpyError::Format { path: p.clone(), reason };
+    let bytes = std::fs::read(path).map_err(|cause| NpyError::Io {
+        path: p.clone(),
+        cause,
+    })?;
+    let bad = |reason: String| NpyError::Format {
+        path: p.clone(),
+        reason,
+    };
     let file = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
     if file.order() != npyz::Order::C {
         return Err(bad("Fortran-ordered arrays are not supported".into()));
@@ -47,15 +53,19 @@ pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
     let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
     let n = numel(&shape) * dtype.size();
     if bytes.len() < n {
-        return Err(bad(format!("the data is truncated: {} bytes for {n}", bytes.len())));
+        return Err(bad(format!(
+            "the data is truncated: {} bytes for {n}",
+            bytes.len()
+        )));
     }
     let data = &bytes[bytes.len() - n..];
-    Tensor::from_bytes(dtype, shape, data).ok_or_else(|| bad("the data does not match the header".into()))
+    Tensor::from_bytes(dtype, shape, data)
+        .ok_or_else(|| bad("the data does not match the header".into()))
 }
 
 /// Writes `t` as .npy; bf16 and f16 are widened to float32 (numpy has no bfloat16).
 pub fn write_npy(path: &Path, t: &Tensor) -> std::io::Result<()> {
-    let (descr, bytes) = match (&t.data, t.dtype) {
+    let (descr, bytes) = match (&*t.data, t.dtype) {
         (Data::F32(_), DType::F64) => ("<f8", t.to_bytes()),
         (Data::F32(v), _) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         (Data::Bool(_), _) => ("|b1", t.to_bytes()),
@@ -65,7 +75,14 @@ pub fn write_npy(path: &Path, t: &Tensor) -> std::io::Result<()> {
     let shape = match t.shape.len() {
         0 => "()".to_string(),
         1 => format!("({},)", t.shape[0]),
-        _ => format!("({})", t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            t.shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.

@@ -113,65 +113,127 @@ impl Activation {
 }
 
 /// The canonical expert weight layout the `moe.experts` op reads.
-pub const EXPERTS_LAYOUT: &str = "w_in[E,H,N] (gated: N=2F, gate|up), w_out[E,F,H], b_in[E,N], b_out[E,H]";
+pub const EXPERTS_LAYOUT: &str =
+    "w_in[E,H,N] (gated: N=2F, gate|up), w_out[E,F,H], b_in[E,N], b_out[E,H]";
 
 /// One `core` op. Optional operands are `None` in the instruction's input list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    Unary { f: UnaryFn },
-    Binary { f: BinaryFn },
+    Unary {
+        f: UnaryFn,
+    },
+    Binary {
+        f: BinaryFn,
+    },
     /// (cond, x, y)
     Where,
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     /// numpy matmul with batch broadcasting
     MatMul,
-    Softmax { axis: i64, log: bool },
+    Softmax {
+        axis: i64,
+        log: bool,
+    },
     /// (x, axes?)
-    Reduce { f: ReduceFn, keepdims: bool, noop_with_empty_axes: bool },
-    ArgMax { axis: i64, keepdims: bool, max: bool },
+    Reduce {
+        f: ReduceFn,
+        keepdims: bool,
+        noop_with_empty_axes: bool,
+    },
+    ArgMax {
+        axis: i64,
+        keepdims: bool,
+        max: bool,
+    },
     /// (x, shape)
-    Reshape { allowzero: bool },
+    Reshape {
+        allowzero: bool,
+    },
     /// A reshape to a static shape (what Reshape, Squeeze, Unsqueeze and Flatten become when
     /// the compiler knows the result's shape).
-    ReshapeTo { shape: Vec<usize> },
-    Transpose { perm: Vec<usize> },
-    Concat { axis: i64 },
+    ReshapeTo {
+        shape: Vec<usize>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Concat {
+        axis: i64,
+    },
     /// (x, split sizes?) -> outputs
-    Split { axis: i64 },
+    Split {
+        axis: i64,
+    },
     /// (x, starts, ends, axes?, steps?)
     Slice,
     /// (x, axes?)
     Squeeze,
     /// (x, axes)
     Unsqueeze,
-    Flatten { axis: i64 },
+    Flatten {
+        axis: i64,
+    },
     /// (x, shape)
     Expand,
     /// (x, repeats)
     Tile,
-    Gather { axis: i64 },
-    GatherElements { axis: i64 },
-    GatherNd { batch_dims: usize },
+    Gather {
+        axis: i64,
+    },
+    GatherElements {
+        axis: i64,
+    },
+    GatherNd {
+        batch_dims: usize,
+    },
     /// (data, indices, updates)
-    ScatterNd { reduction: Reduction },
-    ScatterElements { axis: i64, reduction: Reduction },
+    ScatterNd {
+        reduction: Reduction,
+    },
+    ScatterElements {
+        axis: i64,
+        reduction: Reduction,
+    },
     /// (x, k) -> (values, indices)
-    TopK { axis: i64, largest: bool },
+    TopK {
+        axis: i64,
+        largest: bool,
+    },
     /// (indices, depth, values)
-    OneHot { axis: i64 },
+    OneHot {
+        axis: i64,
+    },
     /// (start, limit, delta)
     Range,
-    Shape { start: i64, end: Option<i64> },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
     /// (shape)
-    ConstantOfShape { value: f64, dtype: DType },
+    ConstantOfShape {
+        value: f64,
+        dtype: DType,
+    },
     /// (x, k?)
-    Trilu { upper: bool },
+    Trilu {
+        upper: bool,
+    },
     /// (x, axis)
-    CumSum { exclusive: bool, reverse: bool },
-    Einsum { equation: String },
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
+    Einsum {
+        equation: String,
+    },
     /// (x, scale, bias?)
-    LayerNorm { axis: i64, epsilon: f32 },
+    LayerNorm {
+        axis: i64,
+        epsilon: f32,
+    },
     NonZero,
     /// `moe.route`: (logits [T,E], score-correction bias [E]?) -> (weights [T,k], ids [T,k]).
     /// capacity 0 is dropless; otherwise each expert keeps its first `capacity` assignments,
@@ -199,31 +261,65 @@ pub enum Op {
     /// `moe.local_slice` (PPMoE): (x [T,H], ids [T,k]) -> (rows [N,H] of the slots routed to
     /// experts [first, first + count), grouped by expert; offsets [count + 1]; slots [N], each
     /// row's t * k + j).
-    MoeLocalSlice { first_expert: usize, num_local_experts: usize },
+    MoeLocalSlice {
+        first_expert: usize,
+        num_local_experts: usize,
+    },
     /// `moe.expert_ffn`: (rows [N,H], offsets [L+1], w_in [L,H,N'], w_out [L,F,H], b_in?, b_out?)
     /// -> [N,H]: rows offsets[l]..offsets[l+1] through local expert l.
-    MoeExpertFfn { activation: Activation, alpha: f32, beta: f32, limit: Option<f32> },
+    MoeExpertFfn {
+        activation: Activation,
+        alpha: f32,
+        beta: f32,
+        limit: Option<f32>,
+    },
     /// `moe.scatter_combine` (PPMoE): (out [N,H], slots [N], weights [T,k]) -> partial [T,H],
     /// each row scaled by its slot's weight and added to its token.
-    MoeScatterCombine { tokens: usize },
+    MoeScatterCombine {
+        tokens: usize,
+    },
     /// `moe.dispatch` (all-to-all): (x [T,H], ids [T,k]) -> buckets [E, C, H], slot-major
     /// positions; C = T * k holds every slot, so nothing is dropped here.
-    MoeDispatch { num_experts: usize, capacity: usize },
+    MoeDispatch {
+        num_experts: usize,
+        capacity: usize,
+    },
     /// `moe.combine` (all-to-all): (buckets [E,C,H], weights [T,k], ids [T,k]) -> [T,H].
-    MoeCombine { capacity: usize },
+    MoeCombine {
+        capacity: usize,
+    },
     /// `shard.all_reduce` (sum) over the ranks of `group`.
-    AllReduce { group: Vec<usize> },
+    AllReduce {
+        group: Vec<usize>,
+    },
     /// `shard.all_gather` along `axis`, in group order.
-    AllGather { group: Vec<usize>, axis: usize },
+    AllGather {
+        group: Vec<usize>,
+        axis: usize,
+    },
     /// `shard.all_to_all`: split `split_axis` into group-size pieces, piece i to the i-th rank,
     /// received pieces concatenated along `concat_axis` in group order.
-    AllToAll { group: Vec<usize>, split_axis: usize, concat_axis: usize },
+    AllToAll {
+        group: Vec<usize>,
+        split_axis: usize,
+        concat_axis: usize,
+    },
     /// `shard.send` to rank `peer` (pipeline boundary); `tag` pairs it with its `recv`.
-    Send { peer: usize, tag: u64 },
+    Send {
+        peer: usize,
+        tag: u64,
+    },
     /// `shard.recv` from rank `peer`; the result has the output buffer's type.
-    Recv { peer: usize, tag: u64 },
+    Recv {
+        peer: usize,
+        tag: u64,
+    },
     /// A slice of the token axis (axis `axis`, piece `index` of `parts`), for token-split work.
-    TokenSlice { axis: usize, index: usize, parts: usize },
+    TokenSlice {
+        axis: usize,
+        index: usize,
+        parts: usize,
+    },
 }
 
 impl Op {
@@ -237,7 +333,11 @@ impl Op {
             | Op::MoeScatterCombine { .. }
             | Op::MoeDispatch { .. }
             | Op::MoeCombine { .. } => "moe",
-            Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::Send { .. } | Op::Recv { .. } => "shard",
+            Op::AllReduce { .. }
+            | Op::AllGather { .. }
+            | Op::AllToAll { .. }
+            | Op::Send { .. }
+            | Op::Recv { .. } => "shard",
             _ => "core",
         }
     }
@@ -245,7 +345,11 @@ impl Op {
     /// The op's name in the `core` stage's IR: the serde tag, or the function for the
     /// elementwise and reduction families (`core.add`, `core.reduce_sum`).
     pub fn name(&self) -> String {
-        let tag = |v: serde_json::Result<serde_json::Value>| v.ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let tag = |v: serde_json::Result<serde_json::Value>| {
+            v.ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
         match self {
             Op::Unary { f } => tag(serde_json::to_value(f)),
             Op::Binary { f } => tag(serde_json::to_value(f)),
@@ -262,7 +366,10 @@ impl Op {
             Op::AllToAll { .. } => "all_to_all".into(),
             Op::Send { .. } => "send".into(),
             Op::Recv { .. } => "recv".into(),
-            _ => serde_json::to_value(self).ok().and_then(|v| v.get("op").and_then(|t| t.as_str()).map(str::to_string)).unwrap_or_default(),
+            _ => serde_json::to_value(self)
+                .ok()
+                .and_then(|v| v.get("op").and_then(|t| t.as_str()).map(str::to_string))
+                .unwrap_or_default(),
         }
     }
 }
@@ -343,7 +450,14 @@ pub enum GpuOp {
 impl Op {
     /// Collectives and point-to-point ops run in the executor, not as kernels.
     pub fn is_communication(&self) -> bool {
-        matches!(self, Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::Send { .. } | Op::Recv { .. })
+        matches!(
+            self,
+            Op::AllReduce { .. }
+                | Op::AllGather { .. }
+                | Op::AllToAll { .. }
+                | Op::Send { .. }
+                | Op::Recv { .. }
+        )
     }
 }
 

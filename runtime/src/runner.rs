@@ -22,7 +22,9 @@ impl std::str::FromStr for Backend {
             "auto" => Ok(Backend::Auto),
             "cpu" => Ok(Backend::Cpu),
             "cuda" => Ok(Backend::Cuda),
-            _ => Err(format!("unknown backend '{s}' (expected auto, cpu or cuda)")),
+            _ => Err(format!(
+                "unknown backend '{s}' (expected auto, cpu or cuda)"
+            )),
         }
     }
 }
@@ -37,8 +39,14 @@ pub struct InputArg {
 impl InputArg {
     pub fn parse(s: &str) -> InputArg {
         match s.split_once('=') {
-            Some((n, f)) if !n.is_empty() && !n.contains('/') => InputArg { name: Some(n.into()), file: f.into() },
-            _ => InputArg { name: None, file: s.into() },
+            Some((n, f)) if !n.is_empty() && !n.contains('/') => InputArg {
+                name: Some(n.into()),
+                file: f.into(),
+            },
+            _ => InputArg {
+                name: None,
+                file: s.into(),
+            },
         }
     }
 }
@@ -58,9 +66,13 @@ impl RunReport {
     pub fn lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some((rank, false)) = self.rank {
-            lines.push(format!("rank {rank}: done (the outputs are written by the last stage's first rank)"));
+            lines.push(format!(
+                "rank {rank}: done (the outputs are written by the last stage's first rank)"
+            ));
         }
-        lines.extend(self.outputs.iter().map(|(name, path)| format!("{name} -> {} ({} backend)", path.display(), self.backend)));
+        lines.extend(self.outputs.iter().map(|(name, path)| {
+            format!("{name} -> {} ({} backend)", path.display(), self.backend)
+        }));
         lines
     }
 }
@@ -68,10 +80,17 @@ impl RunReport {
 /// ‖out − ref‖ / ‖ref‖ over all elements, in f64.
 pub fn relative_error(out: &Tensor, reference: &Tensor) -> Result<f64, String> {
     if out.shape != reference.shape {
-        return Err(format!("shape {:?} differs from the reference's {:?}", out.shape, reference.shape));
+        return Err(format!(
+            "shape {:?} differs from the reference's {:?}",
+            out.shape, reference.shape
+        ));
     }
     let (o, r) = (out.to_f32(), reference.to_f32());
-    let num: f64 = o.iter().zip(&r).map(|(a, b)| ((*a as f64) - (*b as f64)).powi(2)).sum();
+    let num: f64 = o
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| ((*a as f64) - (*b as f64)).powi(2))
+        .sum();
     let den: f64 = r.iter().map(|b| (*b as f64).powi(2)).sum();
     if den == 0.0 {
         return Ok(if num == 0.0 { 0.0 } else { f64::INFINITY });
@@ -81,7 +100,12 @@ pub fn relative_error(out: &Tensor, reference: &Tensor) -> Result<f64, String> {
 
 /// Compares outputs with reference .npy files (`FILE` in output order, or `NAME=FILE`).
 /// Returns one line per comparison and whether all were within `tolerance`.
-pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], tolerance: f64) -> Result<(Vec<String>, bool), RuntimeError> {
+pub fn check_outputs(
+    bundle_dir: &Path,
+    report: &RunReport,
+    refs: &[InputArg],
+    tolerance: f64,
+) -> Result<(Vec<String>, bool), RuntimeError> {
     if let Some((_, false)) = report.rank {
         // Another rank holds the outputs and checks them.
         return Ok((Vec::new(), true));
@@ -91,16 +115,34 @@ pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], t
     let mut ok = true;
     for (k, r) in refs.iter().enumerate() {
         let idx = match &r.name {
-            Some(n) => names.iter().position(|x| x == n).ok_or_else(|| RuntimeError::Input {
-                name: n.clone(),
-                reason: format!("--check names no output of the model (its outputs: {})", names.join(", ")),
-            })?,
+            Some(n) => names
+                .iter()
+                .position(|x| x == n)
+                .ok_or_else(|| RuntimeError::Input {
+                    name: n.clone(),
+                    reason: format!(
+                        "--check names no output of the model (its outputs: {})",
+                        names.join(", ")
+                    ),
+                })?,
             None if k < names.len() => k,
-            None => return Err(RuntimeError::Input { name: r.file.display().to_string(), reason: format!("more --check files than the model's {} outputs", names.len()) }),
+            None => {
+                return Err(RuntimeError::Input {
+                    name: r.file.display().to_string(),
+                    reason: format!(
+                        "more --check files than the model's {} outputs",
+                        names.len()
+                    ),
+                })
+            }
         };
         let reference = read_npy(&r.file)?;
-        let err = relative_error(&report.tensors[idx], &reference)
-            .map_err(|reason| RuntimeError::Bundle { path: bundle_dir.display().to_string(), reason: format!("output '{}': {reason}", names[idx]) })?;
+        let err = relative_error(&report.tensors[idx], &reference).map_err(|reason| {
+            RuntimeError::Bundle {
+                path: bundle_dir.display().to_string(),
+                reason: format!("output '{}': {reason}", names[idx]),
+            }
+        })?;
         let pass = err <= tolerance;
         ok &= pass;
         lines.push(format!(
@@ -115,20 +157,36 @@ pub fn check_outputs(bundle_dir: &Path, report: &RunReport, refs: &[InputArg], t
 
 /// Runs a bundle on the given inputs and writes `<output name>.npy` files into `out_dir`.
 /// Outputs are written to a temporary folder first and moved into place when all are written.
-pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Backend) -> Result<RunReport, RuntimeError> {
+pub fn run(
+    bundle_dir: &Path,
+    inputs: &[InputArg],
+    out_dir: &Path,
+    backend: Backend,
+) -> Result<RunReport, RuntimeError> {
     // One process per GPU when launched so (torchrun, srun, --nproc-per-node): CUDA only, and
     // each process reads only its rank's weights.
-    let dist = Dist::from_env().map_err(|reason| RuntimeError::Backend { backend: "distributed".into(), reason })?;
+    let dist = Dist::from_env().map_err(|reason| RuntimeError::Backend {
+        backend: "distributed".into(),
+        reason,
+    })?;
     let bundle = read_bundle_for(bundle_dir, dist.as_ref().map(|d| d.rank))?;
     // auto: CUDA where the bundle carries a GPU plan and a GPU can be used, else the CPU.
     let compiled_for_gpu = bundle.manifest.programs.iter().all(|p| !p.gpu.is_empty());
     let use_cuda = match backend {
         Backend::Cuda => {
-            crate::cuda::available().map_err(|reason| RuntimeError::Backend { backend: "cuda".into(), reason })?;
+            crate::cuda::available().map_err(|reason| RuntimeError::Backend {
+                backend: "cuda".into(),
+                reason,
+            })?;
             true
         }
         Backend::Cpu => false,
-        Backend::Auto => dist.is_some() || (compiled_for_gpu && bundle.manifest.programs.len() == 1 && crate::cuda::available().is_ok()),
+        Backend::Auto => {
+            dist.is_some()
+                || (compiled_for_gpu
+                    && bundle.manifest.programs.len() == 1
+                    && crate::cuda::available().is_ok())
+        }
     };
     if let (Some(d), false) = (&dist, use_cuda) {
         return Err(RuntimeError::Backend {
@@ -141,39 +199,82 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
     let mut next = 0;
     for arg in inputs {
         let slot = match &arg.name {
-            Some(n) => ports.iter().position(|p| &p.name == n).ok_or_else(|| RuntimeError::Input {
-                name: n.clone(),
-                reason: format!("the model has no input of that name (its inputs: {})", ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")),
-            })?,
+            Some(n) => {
+                ports
+                    .iter()
+                    .position(|p| &p.name == n)
+                    .ok_or_else(|| RuntimeError::Input {
+                        name: n.clone(),
+                        reason: format!(
+                            "the model has no input of that name (its inputs: {})",
+                            ports
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })?
+            }
             None => {
                 while next < bound.len() && bound[next].is_some() {
                     next += 1;
                 }
                 if next >= ports.len() {
-                    return Err(RuntimeError::Input { name: arg.file.display().to_string(), reason: format!("more inputs given than the model's {}", ports.len()) });
+                    return Err(RuntimeError::Input {
+                        name: arg.file.display().to_string(),
+                        reason: format!("more inputs given than the model's {}", ports.len()),
+                    });
                 }
                 next
             }
         };
         if bound[slot].is_some() {
-            return Err(RuntimeError::Input { name: ports[slot].name.clone(), reason: "bound twice".into() });
+            return Err(RuntimeError::Input {
+                name: ports[slot].name.clone(),
+                reason: "bound twice".into(),
+            });
         }
         bound[slot] = Some(read_npy(&arg.file)?);
     }
     let inputs: Vec<Tensor> = bound
         .into_iter()
         .zip(ports)
-        .map(|(t, p)| t.ok_or_else(|| RuntimeError::Input { name: p.name.clone(), reason: "missing: give it with --input FILE or --input NAME=FILE".into() }))
+        .map(|(t, p)| {
+            t.ok_or_else(|| RuntimeError::Input {
+                name: p.name.clone(),
+                reason: "missing: give it with --input FILE or --input NAME=FILE".into(),
+            })
+        })
         .collect::<Result<_, _>>()?;
-    let outputs = if use_cuda { crate::cuda::run_bundle(&bundle, &inputs, dist.as_ref())? } else { crate::cpu::run_bundle(&bundle, &inputs)? };
+    let outputs = if use_cuda {
+        crate::cuda::run_bundle(&bundle, &inputs, dist.as_ref())?
+    } else {
+        crate::cpu::run_bundle(&bundle, &inputs)?
+    };
     // Every rank of the last stage computes the outputs; the lowest one writes them.
-    let writer = bundle.manifest.programs.iter().find(|p| !p.outputs.is_empty()).map(|p| p.rank);
+    let writer = bundle
+        .manifest
+        .programs
+        .iter()
+        .find(|p| !p.outputs.is_empty())
+        .map(|p| p.rank);
     let rank = dist.as_ref().map(|d| (d.rank, writer == Some(d.rank)));
     if let Some((_, false)) = rank {
-        return Ok(RunReport { backend: "cuda", rank, outputs: Vec::new(), tensors: Vec::new() });
+        return Ok(RunReport {
+            backend: "cuda",
+            rank,
+            outputs: Vec::new(),
+            tensors: Vec::new(),
+        });
     }
 
-    let io = |p: &Path| { let p = p.display().to_string(); move |cause| RuntimeError::Io { path: p.clone(), cause } };
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |cause| RuntimeError::Io {
+            path: p.clone(),
+            cause,
+        }
+    };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     let tmp = out_dir.join(format!(".partial-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
@@ -193,10 +294,23 @@ pub fn run(bundle_dir: &Path, inputs: &[InputArg], out_dir: &Path, backend: Back
         Ok(placed)
     })();
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(RunReport { backend: if use_cuda { "cuda" } else { "cpu" }, rank, outputs: result?, tensors: outputs })
+    Ok(RunReport {
+        backend: if use_cuda { "cuda" } else { "cpu" },
+        rank,
+        outputs: result?,
+        tensors: outputs,
+    })
 }
 
 /// Output names become file names: path separators and other odd characters are replaced.
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! their stored type (f16/bf16 widen on load, narrow on store), integers in i64, booleans as bool.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,7 +81,8 @@ pub enum Data {
 pub struct Tensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
-    pub data: Data,
+    /// Shared: a reshape, a clone or a second program holding the same weight copies nothing.
+    pub data: Arc<Data>,
 }
 
 pub fn numel(shape: &[usize]) -> usize {
@@ -98,15 +100,27 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 
 impl Tensor {
     pub fn f32(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
-        Tensor { dtype: DType::F32, shape, data: Data::F32(v) }
+        Tensor {
+            dtype: DType::F32,
+            shape,
+            data: Arc::new(Data::F32(v)),
+        }
     }
 
     pub fn i64(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
-        Tensor { dtype: DType::I64, shape, data: Data::I64(v) }
+        Tensor {
+            dtype: DType::I64,
+            shape,
+            data: Arc::new(Data::I64(v)),
+        }
     }
 
     pub fn bool(shape: Vec<usize>, v: Vec<bool>) -> Tensor {
-        Tensor { dtype: DType::Bool, shape, data: Data::Bool(v) }
+        Tensor {
+            dtype: DType::Bool,
+            shape,
+            data: Arc::new(Data::Bool(v)),
+        }
     }
 
     /// A tensor of `dtype` with the storage's values (the dtype only decides how it is stored).
@@ -124,7 +138,7 @@ impl Tensor {
     }
 
     pub fn as_f32(&self) -> Option<&[f32]> {
-        match &self.data {
+        match &*self.data {
             Data::F32(v) => Some(v),
             _ => None,
         }
@@ -132,7 +146,7 @@ impl Tensor {
 
     /// The values as i64 (integers and booleans), for index and shape operands.
     pub fn to_i64(&self) -> Vec<i64> {
-        match &self.data {
+        match &*self.data {
             Data::I64(v) => v.clone(),
             Data::Bool(v) => v.iter().map(|&b| b as i64).collect(),
             Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
@@ -140,7 +154,7 @@ impl Tensor {
     }
 
     pub fn to_f32(&self) -> Vec<f32> {
-        match &self.data {
+        match &*self.data {
             Data::F32(v) => v.clone(),
             Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as u8 as f32).collect(),
@@ -150,21 +164,33 @@ impl Tensor {
     /// Picks elements by flat index into a new tensor of `shape` (the one primitive behind
     /// transpose, slice, gather, expand, tile and concat).
     pub fn pick(&self, shape: Vec<usize>, idx: impl Iterator<Item = usize>) -> Tensor {
-        let data = match &self.data {
+        let data = match &*self.data {
             Data::F32(v) => Data::F32(idx.map(|i| v[i]).collect()),
             Data::I64(v) => Data::I64(idx.map(|i| v[i]).collect()),
             Data::Bool(v) => Data::Bool(idx.map(|i| v[i]).collect()),
         };
-        Tensor { dtype: self.dtype, shape, data }
+        Tensor {
+            dtype: self.dtype,
+            shape,
+            data: Arc::new(data),
+        }
     }
 
     /// Little-endian bytes in the tensor's dtype.
     pub fn to_bytes(&self) -> Vec<u8> {
-        match (&self.data, self.dtype) {
+        match (&*self.data, self.dtype) {
             (Data::F32(v), DType::F32) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            (Data::F32(v), DType::F16) => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
-            (Data::F32(v), DType::BF16) => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
-            (Data::F32(v), DType::F64) => v.iter().flat_map(|&x| (x as f64).to_le_bytes()).collect(),
+            (Data::F32(v), DType::F16) => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            (Data::F32(v), DType::BF16) => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            (Data::F32(v), DType::F64) => {
+                v.iter().flat_map(|&x| (x as f64).to_le_bytes()).collect()
+            }
             (Data::Bool(v), _) => v.iter().map(|&b| b as u8).collect(),
             (d, dt) => {
                 let ints: Vec<i64> = match d {
@@ -174,8 +200,14 @@ impl Tensor {
                 };
                 match dt.size() {
                     1 => ints.iter().map(|&x| x as u8).collect(),
-                    2 => ints.iter().flat_map(|&x| (x as i16).to_le_bytes()).collect(),
-                    4 => ints.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+                    2 => ints
+                        .iter()
+                        .flat_map(|&x| (x as i16).to_le_bytes())
+                        .collect(),
+                    4 => ints
+                        .iter()
+                        .flat_map(|&x| (x as i32).to_le_bytes())
+                        .collect(),
                     _ => ints.iter().flat_map(|&x| x.to_le_bytes()).collect(),
                 }
             }
@@ -190,19 +222,59 @@ impl Tensor {
         }
         let c = |i: usize, w: usize| &b[i * w..i * w + w];
         let data = match dtype {
-            DType::F32 => Data::F32((0..n).map(|i| f32::from_le_bytes(c(i, 4).try_into().unwrap())).collect()),
-            DType::F16 => Data::F32((0..n).map(|i| half::f16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32()).collect()),
-            DType::BF16 => Data::F32((0..n).map(|i| half::bf16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32()).collect()),
-            DType::F64 => Data::F32((0..n).map(|i| f64::from_le_bytes(c(i, 8).try_into().unwrap()) as f32).collect()),
+            DType::F32 => Data::F32(
+                (0..n)
+                    .map(|i| f32::from_le_bytes(c(i, 4).try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::F16 => Data::F32(
+                (0..n)
+                    .map(|i| half::f16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32())
+                    .collect(),
+            ),
+            DType::BF16 => Data::F32(
+                (0..n)
+                    .map(|i| half::bf16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32())
+                    .collect(),
+            ),
+            DType::F64 => Data::F32(
+                (0..n)
+                    .map(|i| f64::from_le_bytes(c(i, 8).try_into().unwrap()) as f32)
+                    .collect(),
+            ),
             DType::Bool => Data::Bool(b.iter().map(|&x| x != 0).collect()),
             DType::I8 => Data::I64(b.iter().map(|&x| x as i8 as i64).collect()),
             DType::U8 => Data::I64(b.iter().map(|&x| x as i64).collect()),
-            DType::I16 => Data::I64((0..n).map(|i| i16::from_le_bytes(c(i, 2).try_into().unwrap()) as i64).collect()),
-            DType::U16 => Data::I64((0..n).map(|i| u16::from_le_bytes(c(i, 2).try_into().unwrap()) as i64).collect()),
-            DType::I32 => Data::I64((0..n).map(|i| i32::from_le_bytes(c(i, 4).try_into().unwrap()) as i64).collect()),
-            DType::U32 => Data::I64((0..n).map(|i| u32::from_le_bytes(c(i, 4).try_into().unwrap()) as i64).collect()),
-            DType::I64 | DType::U64 => Data::I64((0..n).map(|i| i64::from_le_bytes(c(i, 8).try_into().unwrap())).collect()),
+            DType::I16 => Data::I64(
+                (0..n)
+                    .map(|i| i16::from_le_bytes(c(i, 2).try_into().unwrap()) as i64)
+                    .collect(),
+            ),
+            DType::U16 => Data::I64(
+                (0..n)
+                    .map(|i| u16::from_le_bytes(c(i, 2).try_into().unwrap()) as i64)
+                    .collect(),
+            ),
+            DType::I32 => Data::I64(
+                (0..n)
+                    .map(|i| i32::from_le_bytes(c(i, 4).try_into().unwrap()) as i64)
+                    .collect(),
+            ),
+            DType::U32 => Data::I64(
+                (0..n)
+                    .map(|i| u32::from_le_bytes(c(i, 4).try_into().unwrap()) as i64)
+                    .collect(),
+            ),
+            DType::I64 | DType::U64 => Data::I64(
+                (0..n)
+                    .map(|i| i64::from_le_bytes(c(i, 8).try_into().unwrap()))
+                    .collect(),
+            ),
         };
-        Some(Tensor { dtype, shape, data })
+        Some(Tensor {
+            dtype,
+            shape,
+            data: Arc::new(data),
+        })
     }
 }

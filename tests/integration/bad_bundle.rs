@@ -17,15 +17,30 @@ fn compiled() -> Case {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
-    let c = ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap()]);
+    let c = ppmoe(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
     assert_eq!(c.code, 0, "{}", c.stderr);
     let out = dir.path().join("out");
     let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
-    Case { bundle, out, input, _dir: dir }
+    Case {
+        bundle,
+        out,
+        input,
+        _dir: dir,
+    }
 }
 
 fn run(c: &Case, inputs: &[&Path]) -> crate::common::Output {
-    let mut args = vec!["run".to_string(), c.bundle.display().to_string(), "--output-dir".into(), c.out.display().to_string()];
+    let mut args = vec![
+        "run".to_string(),
+        c.bundle.display().to_string(),
+        "--output-dir".into(),
+        c.out.display().to_string(),
+    ];
     for i in inputs {
         args.push("--input".into());
         args.push(i.display().to_string());
@@ -34,7 +49,9 @@ fn run(c: &Case, inputs: &[&Path]) -> crate::common::Output {
 }
 
 fn assert_no_outputs(c: &Case) {
-    let left: Vec<_> = std::fs::read_dir(&c.out).map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&c.out)
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "outputs left behind: {left:?}");
 }
 
@@ -44,7 +61,11 @@ fn a_good_bundle_runs_and_writes_its_output() {
     let out = run(&c, &[&c.input]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(c.out.join("view_5.npy").exists());
-    assert_eq!(std::fs::read_dir(&c.out).unwrap().count(), 1, "exactly the one output, no temporary left");
+    assert_eq!(
+        std::fs::read_dir(&c.out).unwrap().count(),
+        1,
+        "exactly the one output, no temporary left"
+    );
 }
 
 #[test]
@@ -63,7 +84,10 @@ fn an_altered_weights_file_fails_its_checksum() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&p, bytes).unwrap();
-    assert_clean_failure(&run(&c, &[&c.input]), &["rank0.safetensors", "checksum mismatch"]);
+    assert_clean_failure(
+        &run(&c, &[&c.input]),
+        &["rank0.safetensors", "checksum mismatch"],
+    );
     assert_no_outputs(&c);
 }
 
@@ -71,9 +95,16 @@ fn an_altered_weights_file_fails_its_checksum() {
 fn an_unknown_format_version_is_refused() {
     let c = compiled();
     let p = c.bundle.join("manifest.json");
-    let text = std::fs::read_to_string(&p).unwrap().replacen("\"format_version\": 1", "\"format_version\": 99", 1);
+    let text = std::fs::read_to_string(&p).unwrap().replacen(
+        "\"format_version\": 1",
+        "\"format_version\": 99",
+        1,
+    );
     std::fs::write(&p, text).unwrap();
-    assert_clean_failure(&run(&c, &[&c.input]), &["manifest.json", "format version 99", "reads version 1"]);
+    assert_clean_failure(
+        &run(&c, &[&c.input]),
+        &["manifest.json", "format version 99", "reads version 1"],
+    );
 }
 
 #[test]
@@ -81,7 +112,10 @@ fn an_input_of_the_wrong_shape_is_refused() {
     let c = compiled();
     let bad = c.bundle.parent().unwrap().join("short.npy");
     write_npy(&bad, &Tensor::f32(vec![1, 8, 64], vec![0.5; 8 * 64])).unwrap();
-    assert_clean_failure(&run(&c, &[&bad]), &["hidden_states", "expected shape [1, 16, 64]", "[1, 8, 64]"]);
+    assert_clean_failure(
+        &run(&c, &[&bad]),
+        &["hidden_states", "expected shape [1, 16, 64]", "[1, 8, 64]"],
+    );
     assert_no_outputs(&c);
 }
 
@@ -90,7 +124,10 @@ fn an_input_of_the_wrong_dtype_is_refused() {
     let c = compiled();
     let bad = c.bundle.parent().unwrap().join("ints.npy");
     write_npy(&bad, &Tensor::i64(vec![1, 16, 64], vec![1; 16 * 64])).unwrap();
-    assert_clean_failure(&run(&c, &[&bad]), &["hidden_states", "expected dtype float32, got int64"]);
+    assert_clean_failure(
+        &run(&c, &[&bad]),
+        &["hidden_states", "expected dtype float32, got int64"],
+    );
     assert_no_outputs(&c);
 }
 
@@ -105,7 +142,14 @@ fn a_missing_input_is_named() {
 fn an_input_bound_to_an_unknown_name_is_refused() {
     let c = compiled();
     let arg = format!("tokens={}", c.input.display());
-    let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", &arg, "--output-dir", c.out.to_str().unwrap()]);
+    let out = ppmoe(&[
+        "run",
+        c.bundle.to_str().unwrap(),
+        "--input",
+        &arg,
+        "--output-dir",
+        c.out.to_str().unwrap(),
+    ]);
     assert_clean_failure(&out, &["tokens", "no input of that name", "hidden_states"]);
 }
 
@@ -115,11 +159,29 @@ fn a_folder_that_is_not_a_bundle_is_refused_and_not_overwritten_by_compile() {
     let plain = c.bundle.parent().unwrap().join("plain");
     std::fs::create_dir_all(&plain).unwrap();
     std::fs::write(plain.join("notes.txt"), "mine").unwrap();
-    assert_clean_failure(&ppmoe(&["run", plain.to_str().unwrap(), "--input", c.input.to_str().unwrap(), "--output-dir", c.out.to_str().unwrap()]), &["manifest.json"]);
+    assert_clean_failure(
+        &ppmoe(&[
+            "run",
+            plain.to_str().unwrap(),
+            "--input",
+            c.input.to_str().unwrap(),
+            "--output-dir",
+            c.out.to_str().unwrap(),
+        ]),
+        &["manifest.json"],
+    );
     let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
-    let out = ppmoe(&["compile", model.to_str().unwrap(), "-o", plain.to_str().unwrap()]);
+    let out = ppmoe(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        plain.to_str().unwrap(),
+    ]);
     assert_clean_failure(&out, &["not a ppmoe bundle", "refusing to overwrite"]);
-    assert_eq!(std::fs::read_to_string(plain.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(plain.join("notes.txt")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]
@@ -128,8 +190,24 @@ fn the_cuda_backend_without_a_gpu_says_which_library_is_missing_and_where_it_loo
         return; // A GPU machine: scripts/gpu-test covers the CUDA backend there.
     }
     let c = compiled();
-    let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", c.input.to_str().unwrap(), "--output-dir", c.out.to_str().unwrap(), "--backend", "cuda"]);
-    assert_clean_failure(&out, &["backend 'cuda' is not available", "libcuda", "was not found on the library path"]);
+    let out = ppmoe(&[
+        "run",
+        c.bundle.to_str().unwrap(),
+        "--input",
+        c.input.to_str().unwrap(),
+        "--output-dir",
+        c.out.to_str().unwrap(),
+        "--backend",
+        "cuda",
+    ]);
+    assert_clean_failure(
+        &out,
+        &[
+            "backend 'cuda' is not available",
+            "libcuda",
+            "was not found on the library path",
+        ],
+    );
     assert_no_outputs(&c);
 }
 
@@ -138,14 +216,33 @@ fn auto_backend_runs_a_cuda_bundle_on_the_cpu_where_there_is_no_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("cuda");
     let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
-    let c = ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--target", "cuda"]);
+    let c = ppmoe(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--target",
+        "cuda",
+    ]);
     assert_eq!(c.code, 0, "{}", c.stderr);
     assert!(bundle.join("rank0.ptx").exists());
     let manifest = std::fs::read_to_string(bundle.join("manifest.json")).unwrap();
-    assert!(manifest.contains("\"rank0.ptx\"") && manifest.contains("\"kind\": \"gemm\""), "the GPU plan and PTX are in the bundle");
+    assert!(
+        manifest.contains("\"rank0.ptx\"") && manifest.contains("\"kind\": \"gemm\""),
+        "the GPU plan and PTX are in the bundle"
+    );
     let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
     let reference = fixtures_dir().join("olmoe_block_dynamo/view_5.npy");
-    let out = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", dir.path().join("o").to_str().unwrap(), "--check", reference.to_str().unwrap()]);
+    let out = ppmoe(&[
+        "run",
+        bundle.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        dir.path().join("o").to_str().unwrap(),
+        "--check",
+        reference.to_str().unwrap(),
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     if !std::path::Path::new("/dev/nvidia0").exists() {
         assert!(out.stdout.contains("(cpu backend)"), "{}", out.stdout);
@@ -157,13 +254,35 @@ fn check_against_a_wrong_reference_fails_with_the_error_printed() {
     let c = compiled();
     // The input has the output's shape but not its values.
     let arg = c.input.display().to_string();
-    let out = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", &arg, "--output-dir", c.out.to_str().unwrap(), "--check", &arg]);
+    let out = ppmoe(&[
+        "run",
+        c.bundle.to_str().unwrap(),
+        "--input",
+        &arg,
+        "--output-dir",
+        c.out.to_str().unwrap(),
+        "--check",
+        &arg,
+    ]);
     assert_clean_failure(&out, &["differs from its reference"]);
     assert!(out.stdout.contains("MISMATCH"), "{}", out.stdout);
     let right = fixtures_dir().join("olmoe_block_dynamo/view_5.npy");
-    let ok = ppmoe(&["run", c.bundle.to_str().unwrap(), "--input", &arg, "--output-dir", c.out.to_str().unwrap(), "--check", right.to_str().unwrap()]);
+    let ok = ppmoe(&[
+        "run",
+        c.bundle.to_str().unwrap(),
+        "--input",
+        &arg,
+        "--output-dir",
+        c.out.to_str().unwrap(),
+        "--check",
+        right.to_str().unwrap(),
+    ]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
-    assert!(ok.stdout.contains("output 'view_5': relative error") && ok.stdout.contains(": ok"), "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("output 'view_5': relative error") && ok.stdout.contains(": ok"),
+        "{}",
+        ok.stdout
+    );
 }
 
 #[test]
@@ -174,18 +293,48 @@ fn one_process_per_gpu_without_gpus_fails_on_every_rank_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("tp2");
     let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
-    let c = ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--target", "cuda", "--tp", "2"]);
+    let c = ppmoe(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--target",
+        "cuda",
+        "--tp",
+        "2",
+    ]);
     assert_eq!(c.code, 0, "{}", c.stderr);
     let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
     let out_dir = dir.path().join("out");
-    let out = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap(), "--nproc-per-node", "2"]);
+    let out = ppmoe(&[
+        "run",
+        bundle.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--nproc-per-node",
+        "2",
+    ]);
     assert_ne!(out.code, 0, "{}", out.stdout);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     // Each rank's own message, prefixed with its rank, then the launcher's verdict.
-    assert!(out.stderr.contains("[rank 0] error:") || out.stderr.contains("[rank 1] error:"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("[rank 0] error:") || out.stderr.contains("[rank 1] error:"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("libcuda"), "{}", out.stderr);
-    assert!(out.stderr.contains("error: the run failed on at least one rank"), "{}", out.stderr);
-    assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none(), "no outputs are left");
+    assert!(
+        out.stderr
+            .contains("error: the run failed on at least one rank"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none(),
+        "no outputs are left"
+    );
 }
 
 #[test]
@@ -195,13 +344,40 @@ fn a_multi_rank_bundle_on_one_process_asks_for_a_launcher() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("tp2");
     let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
-    assert_eq!(ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--tp", "2"]).code, 0);
+    assert_eq!(
+        ppmoe(&[
+            "compile",
+            model.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+            "--tp",
+            "2"
+        ])
+        .code,
+        0
+    );
     let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
     let out = crate::common::ppmoe_env(
-        &["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", dir.path().join("o").to_str().unwrap(), "--backend", "cpu"],
+        &[
+            "run",
+            bundle.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output-dir",
+            dir.path().join("o").to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
         &[("RANK", "1"), ("WORLD_SIZE", "2")],
     );
-    assert_clean_failure(&out, &["rank 1 of 2 processes", "torchrun", "run it once, without a launcher"]);
+    assert_clean_failure(
+        &out,
+        &[
+            "rank 1 of 2 processes",
+            "torchrun",
+            "run it once, without a launcher",
+        ],
+    );
 }
 
 #[test]
@@ -210,17 +386,39 @@ fn a_rank_process_checks_and_loads_only_its_own_files() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("tp2");
     let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
-    assert_eq!(ppmoe(&["compile", model.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--tp", "2", "--target", "cuda"]).code, 0);
+    assert_eq!(
+        ppmoe(&[
+            "compile",
+            model.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+            "--tp",
+            "2",
+            "--target",
+            "cuda"
+        ])
+        .code,
+        0
+    );
     // Rank 1's weights are damaged: the whole bundle is refused, rank 0's process is not.
     let w1 = bundle.join("rank1.safetensors");
     let mut bytes = std::fs::read(&w1).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&w1, bytes).unwrap();
-    let whole = read_bundle(&bundle).err().expect("a damaged file is refused").to_string();
-    assert!(whole.contains("rank1.safetensors") && whole.contains("checksum mismatch"), "{whole}");
+    let whole = read_bundle(&bundle)
+        .err()
+        .expect("a damaged file is refused")
+        .to_string();
+    assert!(
+        whole.contains("rank1.safetensors") && whole.contains("checksum mismatch"),
+        "{whole}"
+    );
     let rank0 = read_bundle_for(&bundle, Some(0)).expect("rank 0's files are whole");
     assert!(!rank0.weights[0].is_empty() && rank0.weights[1].is_empty());
-    let rank1 = read_bundle_for(&bundle, Some(1)).err().expect("rank 1's own file is damaged").to_string();
+    let rank1 = read_bundle_for(&bundle, Some(1))
+        .err()
+        .expect("rank 1's own file is damaged")
+        .to_string();
     assert!(rank1.contains("rank1.safetensors"), "{rank1}");
 }

@@ -27,7 +27,10 @@ fn inspect(path: &std::path::Path) -> crate::common::Output {
 
 fn softmax_node(m: &mut pb::ModelProto) -> &mut pb::NodeProto {
     let g = m.graph.as_mut().unwrap();
-    g.node.iter_mut().find(|n| n.op_type == "Softmax").expect("the fixture has a Softmax")
+    g.node
+        .iter_mut()
+        .find(|n| n.op_type == "Softmax")
+        .expect("the fixture has a Softmax")
 }
 
 #[test]
@@ -59,7 +62,14 @@ fn a_node_reading_an_undefined_value_is_named() {
     node.input[0] = "no_such_value".into();
     let name = node.name.clone();
     let p = write(&d, "undef.onnx", &m.encode_to_vec());
-    assert_clean_failure(&inspect(&p), &["undef.onnx", &format!("node \"{name}\" (Softmax)"), "'no_such_value' is not defined"]);
+    assert_clean_failure(
+        &inspect(&p),
+        &[
+            "undef.onnx",
+            &format!("node \"{name}\" (Softmax)"),
+            "'no_such_value' is not defined",
+        ],
+    );
 }
 
 #[test]
@@ -73,7 +83,16 @@ fn an_unknown_attribute_is_named_with_what_the_op_takes() {
         ..Default::default()
     });
     let p = write(&d, "attr.onnx", &m.encode_to_vec());
-    assert_clean_failure(&inspect(&p), &["attr.onnx", "(Softmax)", "attribute 'axsi'", "unknown attribute", "axis"]);
+    assert_clean_failure(
+        &inspect(&p),
+        &[
+            "attr.onnx",
+            "(Softmax)",
+            "attribute 'axsi'",
+            "unknown attribute",
+            "axis",
+        ],
+    );
 }
 
 #[test]
@@ -82,16 +101,32 @@ fn an_attribute_of_the_wrong_kind_is_refused() {
     let mut m = fixture_proto();
     let node = softmax_node(&mut m);
     node.attribute.retain(|a| a.name != "axis");
-    node.attribute.push(pb::AttributeProto { name: "axis".into(), r#type: attribute_type::FLOAT, f: 1.0, ..Default::default() });
+    node.attribute.push(pb::AttributeProto {
+        name: "axis".into(),
+        r#type: attribute_type::FLOAT,
+        f: 1.0,
+        ..Default::default()
+    });
     let p = write(&d, "kind.onnx", &m.encode_to_vec());
-    assert_clean_failure(&inspect(&p), &["kind.onnx", "attribute 'axis'", "expected a int, got a float"]);
+    assert_clean_failure(
+        &inspect(&p),
+        &[
+            "kind.onnx",
+            "attribute 'axis'",
+            "expected a int, got a float",
+        ],
+    );
 }
 
 #[test]
 fn an_attribute_of_undefined_type_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let mut m = fixture_proto();
-    softmax_node(&mut m).attribute.push(pb::AttributeProto { name: "axis".into(), r#type: 0, ..Default::default() });
+    softmax_node(&mut m).attribute.push(pb::AttributeProto {
+        name: "axis".into(),
+        r#type: 0,
+        ..Default::default()
+    });
     let p = write(&d, "undefined_attr.onnx", &m.encode_to_vec());
     assert_clean_failure(&inspect(&p), &["undefined_attr.onnx", "UNDEFINED"]);
 }
@@ -123,7 +158,10 @@ fn other_domains_are_kept_not_dropped() {
     node.domain = "com.microsoft".into();
     node.op_type = "FastSoftmax".into();
     let out_name = node.output[0].clone();
-    m.opset_import.push(pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 });
+    m.opset_import.push(pb::OperatorSetIdProto {
+        domain: "com.microsoft".into(),
+        version: 1,
+    });
     // The file states the type of the op's output, so the import can type it without a rule.
     let g = m.graph.as_mut().unwrap();
     assert!(g.value_info.iter().any(|v| v.name == out_name));
@@ -144,16 +182,28 @@ fn a_large_constant_node_is_elided_in_printing() {
     let weight = g.initializer.remove(0);
     let name = weight.name.clone();
     g.input.retain(|i| i.name != name);
-    g.node.insert(0, pb::NodeProto {
-        output: vec![name],
-        name: "weight_as_constant".into(),
-        op_type: "Constant".into(),
-        attribute: vec![pb::AttributeProto { name: "value".into(), r#type: attribute_type::TENSOR, t: Some(weight), ..Default::default() }],
-        ..Default::default()
-    });
+    g.node.insert(
+        0,
+        pb::NodeProto {
+            output: vec![name],
+            name: "weight_as_constant".into(),
+            op_type: "Constant".into(),
+            attribute: vec![pb::AttributeProto {
+                name: "value".into(),
+                r#type: attribute_type::TENSOR,
+                t: Some(weight),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
     let p = write(&d, "const.onnx", &m.encode_to_vec());
     let out = inspect(&p);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let line = out.stdout.lines().find(|l| l.contains("\"onnx.Constant\"")).unwrap();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("\"onnx.Constant\""))
+        .unwrap();
     assert!(line.contains("dense_resource<__elided__>"), "{line}");
 }

@@ -21,19 +21,44 @@ fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
     let experts = kernels.matches("\"kernels.moe_experts\"").count();
     assert_eq!(experts, 2, "both MoE layers' expert FFNs run on the GPU");
     let ptx = inspect(&["--emit", "ptx"]);
-    assert!(ptx.contains(".target sm_90"), "{}", &ptx[..ptx.len().min(400)]);
+    assert!(
+        ptx.contains(".target sm_90"),
+        "{}",
+        &ptx[..ptx.len().min(400)]
+    );
     // One entry per launched kernel, and gather, act and combine per expert FFN.
-    assert_eq!(ptx.matches(".visible .entry k").count(), launches + 3 * experts);
-    assert_eq!(ptx.matches("_route(").count(), 2, "one routing kernel per MoE layer");
+    assert_eq!(
+        ptx.matches(".visible .entry k").count(),
+        launches + 3 * experts
+    );
+    assert_eq!(
+        ptx.matches("_route(").count(),
+        2,
+        "one routing kernel per MoE layer"
+    );
     for suffix in ["gather", "act", "combine"] {
-        assert_eq!(ptx.matches(&format!("_experts_{suffix}(")).count(), experts, "{suffix}");
+        assert_eq!(
+            ptx.matches(&format!("_experts_{suffix}(")).count(),
+            experts,
+            "{suffix}"
+        );
     }
     // Every launched kernel is an entry of the PTX.
-    for name in kernels.split("@rank0_kernels::@").skip(1).map(|s| s.split(',').next().unwrap()) {
-        assert!(ptx.contains(&format!(".visible .entry {name}(")), "{name} missing from the PTX");
+    for name in kernels
+        .split("@rank0_kernels::@")
+        .skip(1)
+        .map(|s| s.split(',').next().unwrap())
+    {
+        assert!(
+            ptx.contains(&format!(".visible .entry {name}(")),
+            "{name} missing from the PTX"
+        );
     }
     // What stays on the host in a whole LM: the embedding's gather alone.
-    let host: Vec<&str> = kernels.lines().filter(|l| l.contains("\"kernels.host\"")).collect();
+    let host: Vec<&str> = kernels
+        .lines()
+        .filter(|l| l.contains("\"kernels.host\""))
+        .collect();
     assert_eq!(host.len(), 1, "{host:?}");
     assert!(host[0].contains("op = \"gather\""), "{host:?}");
     // Transcendentals use PTX's own approximations: nothing is left to link.
@@ -47,8 +72,12 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
     let ir = inspect(&["--tp", "2", "--emit", "pipelined"]);
     let rank0 = |s: &str| s[..s.find("func.func @rank1").unwrap_or(s.len())].to_string();
     let (k0, ir0) = (rank0(&k), rank0(&ir));
-    assert_eq!(k0.matches("\"kernels.cublas_gemm\"").count(), ir0.matches("\"core.mat_mul\"").count());
-    let collectives = ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();
+    assert_eq!(
+        k0.matches("\"kernels.cublas_gemm\"").count(),
+        ir0.matches("\"core.mat_mul\"").count()
+    );
+    let collectives =
+        ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();
     assert_eq!(k0.matches("\"kernels.nccl\"").count(), collectives);
     // The routing is a generated kernel: one launch per MoE layer.
     assert_eq!(k0.matches("_route, threads = 16").count(), 2, "{k0}");
@@ -57,7 +86,10 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
 #[test]
 fn bf16_weights_add_the_activation_narrowing_kernel_for_bf16_gemms() {
     let bf16 = inspect(&["--dtype", "bf16", "--emit", "ptx"]);
-    assert!(bf16.contains(".visible .entry to_bf16("), "the bf16 GEMMs' conversion kernel is missing");
+    assert!(
+        bf16.contains(".visible .entry to_bf16("),
+        "the bf16 GEMMs' conversion kernel is missing"
+    );
     // Round to nearest even, as PyTorch's .to(torch.bfloat16).
     assert!(bf16.contains("cvt.rn.bf16.f32"));
     let fp32 = inspect(&["--emit", "ptx"]);

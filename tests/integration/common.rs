@@ -15,7 +15,11 @@ pub fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("model.onnx").exists())
         .collect();
     v.sort();
-    assert!(v.len() >= 16, "expected the 16 exported fixtures, found {}", v.len());
+    assert!(
+        v.len() >= 16,
+        "expected the 16 exported fixtures, found {}",
+        v.len()
+    );
     v
 }
 
@@ -33,13 +37,23 @@ pub fn shape_flags(dir: &Path) -> Vec<String> {
 
 /// What `ppmoe run` names the file of an output: odd characters become '_'.
 pub fn file_stem(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A small JSON reader for fixture.json: the fields the tests need, by plain text search.
 pub fn fixture_field(dir: &Path, key: &str) -> String {
     let text = std::fs::read_to_string(dir.join("fixture.json")).expect("fixture.json");
-    let at = text.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {}", dir.display()));
+    let at = text
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {}", dir.display()));
     let rest = text[at + key.len() + 3..].trim_start();
     let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
     rest[..end].trim().trim_matches('"').to_string()
@@ -57,7 +71,11 @@ pub fn ppmoe(args: &[&str]) -> Output {
 
 /// `ppmoe` with extra environment variables (a launcher's, for instance).
 pub fn ppmoe_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ppmoe")).args(args).envs(env.iter().copied()).output().expect("ppmoe runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_ppmoe"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("ppmoe runs");
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -67,7 +85,11 @@ pub fn ppmoe_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// The command failed cleanly: non-zero exit, an `error:` line containing every `needle`, no panic.
 pub fn assert_clean_failure(out: &Output, needles: &[&str]) {
-    assert_ne!(out.code, 0, "expected failure, got success; stdout: {}", out.stdout);
+    assert_ne!(
+        out.code, 0,
+        "expected failure, got success; stdout: {}",
+        out.stdout
+    );
     assert!(!out.stderr.contains("panicked"), "panic: {}", out.stderr);
     assert!(out.stderr.starts_with("error: "), "stderr: {}", out.stderr);
     for n in needles {
@@ -103,19 +125,36 @@ macro_rules! for_each_fixture {
 /// The name of a fixture's (first) output, as fixture.json records it.
 pub fn output_name(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("fixture.json")).expect("fixture.json");
-    let at = text.find("\"outputs\": [").expect("outputs in fixture.json");
-    text[at..].split('"').nth(3).expect("an output name").to_string()
+    let at = text
+        .find("\"outputs\": [")
+        .expect("outputs in fixture.json");
+    text[at..]
+        .split('"')
+        .nth(3)
+        .expect("an output name")
+        .to_string()
 }
 
 /// PyTorch's output for the fixture's input.
 pub fn reference(dir: &Path) -> ppmoe_runtime::Tensor {
-    ppmoe_runtime::npy::read_npy(&dir.join(format!("{}.npy", file_stem(&output_name(dir))))).expect("the reference output")
+    ppmoe_runtime::npy::read_npy(&dir.join(format!("{}.npy", file_stem(&output_name(dir)))))
+        .expect("the reference output")
 }
 
 /// Runs a compiled bundle of the fixture on the fixture's input; returns the output.
 pub fn run_fixture(dir: &Path, bundle: &Path, out: &Path) -> ppmoe_runtime::Tensor {
     let input = dir.join(format!("{}.npy", fixture_field(dir, "input_name")));
-    let r = ppmoe(&["run", bundle.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--backend", "cpu"]);
+    let r = ppmoe(&[
+        "run",
+        bundle.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(r.code, 0, "{}: {}", bundle.display(), r.stderr);
-    ppmoe_runtime::npy::read_npy(&out.join(format!("{}.npy", file_stem(&output_name(dir))))).expect("the output file")
+    ppmoe_runtime::npy::read_npy(&out.join(format!("{}.npy", file_stem(&output_name(dir)))))
+        .expect("the output file")
 }

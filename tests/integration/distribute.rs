@@ -3,11 +3,18 @@
 //! within 1e-5 and PyTorch's within 1e-4; the IR holds the collectives each strategy promises;
 //! each rank's weights file holds only its shard; grids that do not fit are clear errors.
 
-use crate::common::{assert_clean_failure, fixture_field, fixtures_dir, ppmoe, reference, run_fixture, shape_flags};
+use crate::common::{
+    assert_clean_failure, fixture_field, fixtures_dir, ppmoe, reference, run_fixture, shape_flags,
+};
 use std::path::Path;
 
 fn compile(dir: &Path, out: &Path, extra: &[&str]) -> crate::common::Output {
-    let mut args = vec!["compile".to_string(), dir.join("model.onnx").display().to_string(), "-o".into(), out.display().to_string()];
+    let mut args = vec![
+        "compile".to_string(),
+        dir.join("model.onnx").display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
     args.extend(shape_flags(dir));
     args.extend(extra.iter().map(|s| s.to_string()));
     ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -20,7 +27,11 @@ fn check_grids(name: &str) {
     assert_eq!(compile(&dir, &single_bundle, &[]).code, 0);
     let single = run_fixture(&dir, &single_bundle, &work.path().join("single_out"));
     let torch = reference(&dir);
-    let layers = if fixture_field(&dir, "kind") == "lm" { 2 } else { 1 };
+    let layers = if fixture_field(&dir, "kind") == "lm" {
+        2
+    } else {
+        1
+    };
     let mut ran = 0;
     for strategy in ["ppmoe", "alltoall"] {
         for tp in [1usize, 2, 4] {
@@ -31,12 +42,21 @@ fn check_grids(name: &str) {
                 let tag = format!("{strategy}_tp{tp}_pp{pp}");
                 let bundle = work.path().join(&tag);
                 let (tps, pps) = (tp.to_string(), pp.to_string());
-                let c = compile(&dir, &bundle, &["--tp", &tps, "--pp", &pps, "--moe-strategy", strategy]);
+                let c = compile(
+                    &dir,
+                    &bundle,
+                    &["--tp", &tps, "--pp", &pps, "--moe-strategy", strategy],
+                );
                 assert_eq!(c.code, 0, "{name} {tag}: {}", c.stderr);
                 let got = run_fixture(&dir, &bundle, &work.path().join(format!("{tag}_out")));
-                let e_single = crate::core_numerics::rel_err(got.as_f32().unwrap(), single.as_f32().unwrap());
-                let e_torch = crate::core_numerics::rel_err(got.as_f32().unwrap(), torch.as_f32().unwrap());
-                assert!(e_single < 1e-5, "{name} {tag}: {e_single:e} from the single-rank output");
+                let e_single =
+                    crate::core_numerics::rel_err(got.as_f32().unwrap(), single.as_f32().unwrap());
+                let e_torch =
+                    crate::core_numerics::rel_err(got.as_f32().unwrap(), torch.as_f32().unwrap());
+                assert!(
+                    e_single < 1e-5,
+                    "{name} {tag}: {e_single:e} from the single-rank output"
+                );
                 assert!(e_torch < 1e-4, "{name} {tag}: {e_torch:e} from PyTorch");
                 ran += 1;
             }
@@ -63,7 +83,10 @@ mod every_grid_matches_single_rank_and_pytorch {
 
 fn inspect(name: &str, args: &[&str]) -> String {
     let dir = fixtures_dir().join(name);
-    let mut a = vec!["inspect".to_string(), dir.join("model.onnx").display().to_string()];
+    let mut a = vec![
+        "inspect".to_string(),
+        dir.join("model.onnx").display().to_string(),
+    ];
     a.extend(args.iter().map(|s| s.to_string()));
     let out = ppmoe(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -85,18 +108,40 @@ fn ppmoe_rewrite_removes_all_to_all_and_leaves_one_all_reduce_per_moe_layer_per_
     assert_eq!(r0.matches("\"moe.local_slice\"").count(), 2);
     // Each MoE layer's scatter_combine is followed by exactly one all-reduce of its result.
     let lines: Vec<&str> = r0.lines().collect();
-    for (i, l) in lines.iter().enumerate().filter(|(_, l)| l.contains("\"moe.scatter_combine\"")) {
+    for (i, l) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"moe.scatter_combine\""))
+    {
         let result = l.trim().split(' ').next().unwrap();
-        assert!(lines[i + 1].contains("shard.all_reduce") && lines[i + 1].contains(&format!("all_reduce {result} ")), "{}", lines[i + 1]);
+        assert!(
+            lines[i + 1].contains("shard.all_reduce")
+                && lines[i + 1].contains(&format!("all_reduce {result} ")),
+            "{}",
+            lines[i + 1]
+        );
     }
     // Two MoE layers and two attention blocks (Megatron: one all-reduce each) per rank.
     assert_eq!(r0.matches("shard.all_reduce").count(), 4, "{r0}");
-    assert!(ir.contains("first_expert = 3 : i64, num_local_experts = 1 : i64"), "rank 3 owns expert 3");
+    assert!(
+        ir.contains("first_expert = 3 : i64, num_local_experts = 1 : i64"),
+        "rank 3 owns expert 3"
+    );
 }
 
 #[test]
 fn alltoall_strategy_has_two_all_to_all_per_moe_layer() {
-    let ir = inspect("mixtral_lm_dynamo", &["--tp", "2", "--moe-strategy", "alltoall", "--emit", "sharded"]);
+    let ir = inspect(
+        "mixtral_lm_dynamo",
+        &[
+            "--tp",
+            "2",
+            "--moe-strategy",
+            "alltoall",
+            "--emit",
+            "sharded",
+        ],
+    );
     let r0 = rank0(&ir);
     assert_eq!(r0.matches("shard.all_to_all").count(), 2 * 2, "{r0}");
     assert_eq!(r0.matches("\"moe.dispatch\"").count(), 2);
@@ -111,7 +156,11 @@ fn dense_layers_are_megatron_split_with_one_all_reduce_per_block() {
     // block closed by one all-reduce; the LM head split by vocabulary and gathered at the end.
     let ir = inspect("qwen2moe_lm_dynamo", &["--tp", "2", "--emit", "sharded"]);
     let r0 = rank0(&ir);
-    assert_eq!(r0.matches("shard.all_reduce").count(), 2 + 2 + 2, "attention, shared expert, MoE per layer: {r0}");
+    assert_eq!(
+        r0.matches("shard.all_reduce").count(),
+        2 + 2 + 2,
+        "attention, shared expert, MoE per layer: {r0}"
+    );
     assert_eq!(r0.matches("shard.all_gather").count(), 1, "{r0}");
     // Rank 0 holds half of each attention projection: q [64, 32] of [64, 64].
     assert!(r0.contains("tensor<64x32xf32> {core.weight = \""), "{r0}");
@@ -119,7 +168,10 @@ fn dense_layers_are_megatron_split_with_one_all_reduce_per_block() {
 
 #[test]
 fn pipelined_stage_has_one_function_per_rank_with_send_and_recv_at_the_boundary() {
-    let ir = inspect("qwen2moe_lm_dynamo", &["--tp", "2", "--pp", "2", "--emit", "pipelined"]);
+    let ir = inspect(
+        "qwen2moe_lm_dynamo",
+        &["--tp", "2", "--pp", "2", "--emit", "pipelined"],
+    );
     assert!(ir.contains("shard.grid @grid(shape = 1x2x2)"));
     assert_eq!(ir.matches("func.func @rank").count(), 4);
     // Stage 0 (ranks 0, 1) sends the residual stream; stage 1 (ranks 2, 3) receives it.
@@ -137,23 +189,43 @@ fn each_ranks_weights_file_holds_only_its_experts() {
     let sizes = |tp: &str| -> Vec<(String, Vec<usize>)> {
         let b = work.path().join(format!("tp{tp}"));
         assert_eq!(compile(&dir, &b, &["--tp", tp]).code, 0);
-        let bytes = std::fs::read(b.join("rank1.safetensors").exists().then(|| b.join("rank1.safetensors")).unwrap_or(b.join("rank0.safetensors"))).unwrap();
+        let rank1 = b.join("rank1.safetensors");
+        let file = if rank1.exists() {
+            rank1
+        } else {
+            b.join("rank0.safetensors")
+        };
+        let bytes = std::fs::read(file).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect()
+        st.tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.shape().to_vec()))
+            .collect()
     };
     let one = sizes("1");
     let four = sizes("4");
     let experts = |v: &[(String, Vec<usize>)]| -> usize {
-        v.iter().filter(|(n, _)| n.ends_with(".w_in") || n.ends_with(".w_out")).map(|(_, s)| s.iter().product::<usize>()).sum()
+        v.iter()
+            .filter(|(n, _)| n.ends_with(".w_in") || n.ends_with(".w_out"))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     };
     assert!(experts(&one) > 0);
-    assert_eq!(experts(&four) * 4, experts(&one), "rank 1 of 4 holds a quarter of the expert weights");
+    assert_eq!(
+        experts(&four) * 4,
+        experts(&one),
+        "rank 1 of 4 holds a quarter of the expert weights"
+    );
     for (n, s) in four.iter().filter(|(n, _)| n.ends_with(".w_in")) {
         assert_eq!(s[0], 1, "{n}: one expert of four per rank");
     }
     // Each file on disk is smaller than the whole model's.
-    let whole = std::fs::metadata(work.path().join("tp1/rank0.safetensors")).unwrap().len();
-    let part = std::fs::metadata(work.path().join("tp4/rank1.safetensors")).unwrap().len();
+    let whole = std::fs::metadata(work.path().join("tp1/rank0.safetensors"))
+        .unwrap()
+        .len();
+    let part = std::fs::metadata(work.path().join("tp4/rank1.safetensors"))
+        .unwrap()
+        .len();
     assert!(part < whole, "{part} vs {whole}");
 }
 
@@ -164,39 +236,115 @@ fn a_grid_that_does_not_fit_names_the_constraint() {
     let uneven = compile(&block, &work.path().join("a"), &["--tp", "3"]);
     assert_clean_failure(&uneven, &["4 experts cannot be split evenly over tp = 3"]);
     let stages = compile(&block, &work.path().join("b"), &["--pp", "2"]);
-    assert_clean_failure(&stages, &["2 pipeline stages for a model of 1 MoE layer(s)"]);
+    assert_clean_failure(
+        &stages,
+        &["2 pipeline stages for a model of 1 MoE layer(s)"],
+    );
     let lm = fixtures_dir().join("mixtral_lm_dynamo");
     let too_many = compile(&lm, &work.path().join("c"), &["--pp", "3"]);
-    assert_clean_failure(&too_many, &["3 pipeline stages for a model of 2 MoE layer(s)"]);
-    assert!(!work.path().join("a").exists() && !work.path().join("b").exists(), "no bundle is left behind");
+    assert_clean_failure(
+        &too_many,
+        &["3 pipeline stages for a model of 2 MoE layer(s)"],
+    );
+    assert!(
+        !work.path().join("a").exists() && !work.path().join("b").exists(),
+        "no bundle is left behind"
+    );
 }
 
 #[test]
 fn plan_from_a_mixtral_8x7b_config_alone_on_4_nodes_of_8_gpus() {
-    let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/mixtral-8x7b.json");
-    let out = ppmoe(&["plan", cfg.to_str().unwrap(), "--gpus-per-node", "8", "--nodes", "4"]);
+    let cfg =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/mixtral-8x7b.json");
+    let out = ppmoe(&[
+        "plan",
+        cfg.to_str().unwrap(),
+        "--gpus-per-node",
+        "8",
+        "--nodes",
+        "4",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("32 layers (32 MoE), hidden 4096, 8 experts top-2, expert ffn 14336"), "{}", out.stdout);
-    assert!(out.stdout.contains("grid: dp 1 x pp 4 x tp 8"), "{}", out.stdout);
-    assert_eq!(out.stdout.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains("GiB")).count(), 4, "four stages: {}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("32 layers (32 MoE), hidden 4096, 8 experts top-2, expert ffn 14336"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("grid: dp 1 x pp 4 x tp 8"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(
+                |l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains("GiB")
+            )
+            .count(),
+        4,
+        "four stages: {}",
+        out.stdout
+    );
     // 46.7B bf16 parameters over 32 GPUs: about 2.7 GiB of weights each, plus activations.
-    let json = ppmoe(&["plan", cfg.to_str().unwrap(), "--gpus-per-node", "8", "--nodes", "4", "--json"]);
+    let json = ppmoe(&[
+        "plan",
+        cfg.to_str().unwrap(),
+        "--gpus-per-node",
+        "8",
+        "--nodes",
+        "4",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-    let mem: f64 = v["stages"].as_array().unwrap().iter().map(|s| s["memory_bytes"].as_f64().unwrap()).sum::<f64>() / 4.0 / (1u64 << 30) as f64;
+    let mem: f64 = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["memory_bytes"].as_f64().unwrap())
+        .sum::<f64>()
+        / 4.0
+        / (1u64 << 30) as f64;
     assert!(mem > 2.5 && mem < 4.5, "{mem} GiB per GPU");
     for l in v["layers"].as_array().unwrap() {
-        let times: Vec<f64> = l["times"].as_array().unwrap().iter().map(|t| t[1].as_f64().unwrap()).collect();
+        let times: Vec<f64> = l["times"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t[1].as_f64().unwrap())
+            .collect();
         let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
-        let chosen = l["times"].as_array().unwrap().iter().find(|t| t[0] == l["choice"]).unwrap()[1].as_f64().unwrap();
+        let chosen = l["times"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t[0] == l["choice"])
+            .unwrap()[1]
+            .as_f64()
+            .unwrap();
         assert_eq!(chosen, best, "the e-graph's choice is the cheapest");
     }
 }
 
 #[test]
 fn plan_from_an_onnx_model_reads_its_raised_layers() {
-    let out = ppmoe(&["plan", fixtures_dir().join("olmoe_lm_dynamo/model.onnx").to_str().unwrap(), "--gpus-per-node", "2"]);
+    let out = ppmoe(&[
+        "plan",
+        fixtures_dir()
+            .join("olmoe_lm_dynamo/model.onnx")
+            .to_str()
+            .unwrap(),
+        "--gpus-per-node",
+        "2",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("2 layers (2 MoE), hidden 64, 4 experts top-2, expert ffn 128; 16 tokens"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("2 layers (2 MoE), hidden 64, 4 experts top-2, expert ffn 128; 16 tokens"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -211,7 +359,10 @@ fn auto_strategy_picks_per_layer_and_stays_exact() {
     assert!(e < 1e-4, "{e}");
     // At 16 tokens the all-reduce of PPMoE moves less than the all-to-all form: the cost model
     // picks PPMoE for both layers.
-    let ir = inspect("olmoe_lm_dynamo", &["--tp", "2", "--moe-strategy", "auto", "--emit", "sharded"]);
+    let ir = inspect(
+        "olmoe_lm_dynamo",
+        &["--tp", "2", "--moe-strategy", "auto", "--emit", "sharded"],
+    );
     assert_eq!(ir.matches("\"moe.local_slice\"").count(), 2 * 2, "{ir}");
 }
 
@@ -228,7 +379,9 @@ mod microbatches {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
             })
             .collect()
@@ -236,27 +389,88 @@ mod microbatches {
 
     fn init(name: &str, dims: &[i64], seed: u64) -> pb::TensorProto {
         let n: i64 = dims.iter().product();
-        let raw = values(n as usize, seed).iter().flat_map(|v| v.to_le_bytes()).collect();
-        pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type: 1, raw_data: raw, ..Default::default() }
+        let raw = values(n as usize, seed)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: 1,
+            raw_data: raw,
+            ..Default::default()
+        }
     }
 
     fn vi(name: &str) -> pb::ValueInfoProto {
         use pb::tensor_shape_proto::{dimension::Value, Dimension};
-        let dims = vec![Dimension { value: Some(Value::DimParam("batch".into())) }, Dimension { value: Some(Value::DimValue(4)) }, Dimension { value: Some(Value::DimValue(8)) }];
+        let dims = vec![
+            Dimension {
+                value: Some(Value::DimParam("batch".into())),
+            },
+            Dimension {
+                value: Some(Value::DimValue(4)),
+            },
+            Dimension {
+                value: Some(Value::DimValue(8)),
+            },
+        ];
         pb::ValueInfoProto {
             name: name.into(),
-            r#type: Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(pb::type_proto::TensorTypeProto { elem_type: 1, shape: Some(pb::TensorShapeProto { dim: dims }) })) }),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(
+                    pb::type_proto::TensorTypeProto {
+                        elem_type: 1,
+                        shape: Some(pb::TensorShapeProto { dim: dims }),
+                    },
+                )),
+            }),
         }
     }
 
-    fn node(op: &str, domain: &str, inputs: &[&str], output: &str, attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
-        pb::NodeProto { input: inputs.iter().map(|s| s.to_string()).collect(), output: vec![output.into()], name: output.into(), op_type: op.into(), domain: domain.into(), attribute: attrs }
+    fn node(
+        op: &str,
+        domain: &str,
+        inputs: &[&str],
+        output: &str,
+        attrs: Vec<pb::AttributeProto>,
+    ) -> pb::NodeProto {
+        pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: output.into(),
+            op_type: op.into(),
+            domain: domain.into(),
+            attribute: attrs,
+        }
     }
 
     fn model() -> Vec<u8> {
-        let int = |n: &str, v: i64| pb::AttributeProto { name: n.into(), r#type: pb::attribute_type::INT, i: v, ..Default::default() };
-        let string = |n: &str, v: &str| pb::AttributeProto { name: n.into(), r#type: pb::attribute_type::STRING, s: v.as_bytes().to_vec(), ..Default::default() };
-        let moe = |x: &str, l: &str, f1: &str, f2: &str, out: &str| node("MoE", "com.microsoft", &[x, l, f1, "", f2], out, vec![int("k", 2), string("activation_type", "silu"), int("normalize_routing_weights", 1)]);
+        let int = |n: &str, v: i64| pb::AttributeProto {
+            name: n.into(),
+            r#type: pb::attribute_type::INT,
+            i: v,
+            ..Default::default()
+        };
+        let string = |n: &str, v: &str| pb::AttributeProto {
+            name: n.into(),
+            r#type: pb::attribute_type::STRING,
+            s: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let moe = |x: &str, l: &str, f1: &str, f2: &str, out: &str| {
+            node(
+                "MoE",
+                "com.microsoft",
+                &[x, l, f1, "", f2],
+                out,
+                vec![
+                    int("k", 2),
+                    string("activation_type", "silu"),
+                    int("normalize_routing_weights", 1),
+                ],
+            )
+        };
         let graph = pb::GraphProto {
             name: "two_layer_moe".into(),
             node: vec![
@@ -281,7 +495,16 @@ mod microbatches {
         };
         pb::ModelProto {
             ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto { domain: "".into(), version: 17 }, pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 }],
+            opset_import: vec![
+                pb::OperatorSetIdProto {
+                    domain: "".into(),
+                    version: 17,
+                },
+                pb::OperatorSetIdProto {
+                    domain: "com.microsoft".into(),
+                    version: 1,
+                },
+            ],
             producer_name: "ppmoe tests".into(),
             graph: Some(graph),
             ..Default::default()
@@ -292,12 +515,26 @@ mod microbatches {
     fn compile_run(dir: &std::path::Path, tag: &str, flags: &[&str]) -> Tensor {
         let m = dir.join("model.onnx");
         let b = dir.join(tag);
-        let mut args = vec!["compile", m.to_str().unwrap(), "-o", b.to_str().unwrap(), "--input-shape", "x=4x4x8"];
+        let mut args = vec![
+            "compile",
+            m.to_str().unwrap(),
+            "-o",
+            b.to_str().unwrap(),
+            "--input-shape",
+            "x=4x4x8",
+        ];
         args.extend(flags);
         let c = ppmoe(&args);
         assert_eq!(c.code, 0, "{tag}: {}", c.stderr);
         let out = dir.join(format!("{tag}_out"));
-        let r = ppmoe(&["run", b.to_str().unwrap(), "--input", dir.join("x.npy").to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
+        let r = ppmoe(&[
+            "run",
+            b.to_str().unwrap(),
+            "--input",
+            dir.join("x.npy").to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]);
         assert_eq!(r.code, 0, "{tag}: {}", r.stderr);
         read_npy(&out.join("y.npy")).unwrap()
     }
@@ -306,13 +543,32 @@ mod microbatches {
     fn gpipe_microbatches_through_pipeline_stages_give_the_single_rank_output() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("model.onnx"), model()).unwrap();
-        write_npy(&d.path().join("x.npy"), &Tensor::f32(vec![4, 4, 8], values(128, 99))).unwrap();
+        write_npy(
+            &d.path().join("x.npy"),
+            &Tensor::f32(vec![4, 4, 8], values(128, 99)),
+        )
+        .unwrap();
         let single = compile_run(d.path(), "single", &[]);
         assert_eq!(single.shape, vec![4, 4, 8]);
         for (tag, flags) in [
             ("pp2_mb2", vec!["--pp", "2", "--microbatches", "2"]),
-            ("pp2_tp2_mb4", vec!["--pp", "2", "--tp", "2", "--microbatches", "4"]),
-            ("alltoall_pp2_mb2", vec!["--pp", "2", "--tp", "2", "--microbatches", "2", "--moe-strategy", "alltoall"]),
+            (
+                "pp2_tp2_mb4",
+                vec!["--pp", "2", "--tp", "2", "--microbatches", "4"],
+            ),
+            (
+                "alltoall_pp2_mb2",
+                vec![
+                    "--pp",
+                    "2",
+                    "--tp",
+                    "2",
+                    "--microbatches",
+                    "2",
+                    "--moe-strategy",
+                    "alltoall",
+                ],
+            ),
             ("dp2_pp2_tp2", vec!["--dp", "2", "--pp", "2", "--tp", "2"]),
         ] {
             let got = compile_run(d.path(), tag, &flags);
@@ -320,9 +576,28 @@ mod microbatches {
             let e = crate::core_numerics::rel_err(got.as_f32().unwrap(), single.as_f32().unwrap());
             assert!(e < 1e-5, "{tag}: {e:e}");
         }
-        let ir = ppmoe(&["inspect", d.path().join("model.onnx").to_str().unwrap(), "--input-shape", "x=4x4x8", "--pp", "2", "--microbatches", "2", "--emit", "pipelined"]);
-        assert!(ir.stdout.contains("ppmoe.microbatches = 2 : i64") && ir.stdout.contains("ppmoe.schedule = \"gpipe\""), "{}", ir.stdout);
-        assert!(ir.stdout.contains("tensor<2x4x8xf32> {core.input = \"x\"}"), "each program takes one microbatch");
+        let ir = ppmoe(&[
+            "inspect",
+            d.path().join("model.onnx").to_str().unwrap(),
+            "--input-shape",
+            "x=4x4x8",
+            "--pp",
+            "2",
+            "--microbatches",
+            "2",
+            "--emit",
+            "pipelined",
+        ]);
+        assert!(
+            ir.stdout.contains("ppmoe.microbatches = 2 : i64")
+                && ir.stdout.contains("ppmoe.schedule = \"gpipe\""),
+            "{}",
+            ir.stdout
+        );
+        assert!(
+            ir.stdout.contains("tensor<2x4x8xf32> {core.input = \"x\"}"),
+            "each program takes one microbatch"
+        );
     }
 
     #[test]
@@ -330,10 +605,26 @@ mod microbatches {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("model.onnx"), model()).unwrap();
         let m = d.path().join("model.onnx");
-        let out = ppmoe(&["compile", m.to_str().unwrap(), "-o", d.path().join("b").to_str().unwrap(), "--input-shape", "x=4x4x8", "--microbatches", "3"]);
+        let out = ppmoe(&[
+            "compile",
+            m.to_str().unwrap(),
+            "-o",
+            d.path().join("b").to_str().unwrap(),
+            "--input-shape",
+            "x=4x4x8",
+            "--microbatches",
+            "3",
+        ]);
         assert_clean_failure(&out, &["--microbatches 3", "batch of 4"]);
         let fixed = crate::common::fixtures_dir().join("mixtral_lm_dynamo/model.onnx");
-        let out = ppmoe(&["compile", fixed.to_str().unwrap(), "-o", d.path().join("c").to_str().unwrap(), "--microbatches", "2"]);
+        let out = ppmoe(&[
+            "compile",
+            fixed.to_str().unwrap(),
+            "-o",
+            d.path().join("c").to_str().unwrap(),
+            "--microbatches",
+            "2",
+        ]);
         assert_clean_failure(&out, &["batch fixed at 1", "dynamic batch"]);
     }
 }

@@ -6,7 +6,10 @@ use crate::common::{fixture_field, fixtures, fixtures_dir, ppmoe, shape_flags};
 use std::path::Path;
 
 fn inspect(dir: &Path, extra: &[&str]) -> crate::common::Output {
-    let mut args = vec!["inspect".to_string(), dir.join("model.onnx").display().to_string()];
+    let mut args = vec![
+        "inspect".to_string(),
+        dir.join("model.onnx").display().to_string(),
+    ];
     args.extend(shape_flags(dir));
     args.extend(extra.iter().map(|s| s.to_string()));
     ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -14,7 +17,11 @@ fn inspect(dir: &Path, extra: &[&str]) -> crate::common::Output {
 
 /// MoE layers in a fixture: two for the whole LMs (two decoder layers, all MoE), else one.
 fn expected_layers(dir: &Path) -> usize {
-    if fixture_field(dir, "kind") == "lm" { 2 } else { 1 }
+    if fixture_field(dir, "kind") == "lm" {
+        2
+    } else {
+        1
+    }
 }
 
 #[test]
@@ -28,8 +35,16 @@ fn every_fixture_has_one_moe_experts_op_per_moe_layer() {
         assert_eq!(experts, want, "{}: moe.experts ops", dir.display());
         assert_eq!(routes, want, "{}: moe.route ops", dir.display());
         // The routing and expert arithmetic is gone: no top_k, no per-expert gathers survive.
-        assert!(!out.stdout.contains("\"core.top_k\""), "{}: a top_k survived", dir.display());
-        assert!(!out.stdout.contains("\"core.non_zero\""), "{}: a per-expert loop survived", dir.display());
+        assert!(
+            !out.stdout.contains("\"core.top_k\""),
+            "{}: a top_k survived",
+            dir.display()
+        );
+        assert!(
+            !out.stdout.contains("\"core.non_zero\""),
+            "{}: a per-expert loop survived",
+            dir.display()
+        );
     }
 }
 
@@ -49,17 +64,32 @@ fn family_a_fused_ort_moe_from_onnxruntime_genai_builder() {
 
 #[test]
 fn family_b_unrolled_loops_of_torchscript_eager_traces() {
-    for name in ["mixtral_block_ts_eager", "olmoe_block_ts_eager", "qwen2moe_block_ts_eager"] {
+    for name in [
+        "mixtral_block_ts_eager",
+        "olmoe_block_ts_eager",
+        "qwen2moe_block_ts_eager",
+    ] {
         let s = summary_row(name);
-        assert!(s.contains("B unrolled per-expert loop") && s.contains("1 MoE layer(s)"), "{name}: {s}");
+        assert!(
+            s.contains("B unrolled per-expert loop") && s.contains("1 MoE layer(s)"),
+            "{name}: {s}"
+        );
     }
 }
 
 #[test]
 fn family_c_gather_the_weights_of_batched_mm_exports() {
-    for name in ["mixtral_block_dynamo", "mixtral_block_ts_bmm", "olmoe_block_dynamo", "qwen2moe_block_ts_bmm"] {
+    for name in [
+        "mixtral_block_dynamo",
+        "mixtral_block_ts_bmm",
+        "olmoe_block_dynamo",
+        "qwen2moe_block_ts_bmm",
+    ] {
         let s = summary_row(name);
-        assert!(s.contains("C gather-the-weights (batched_mm)") && s.contains("1 MoE layer(s)"), "{name}: {s}");
+        assert!(
+            s.contains("C gather-the-weights (batched_mm)") && s.contains("1 MoE layer(s)"),
+            "{name}: {s}"
+        );
     }
     // Mixtral renormalises the top-k weights, OLMoE (norm_topk_prob = False) does not.
     assert!(summary_row("mixtral_block_dynamo").contains("softmax -> top-2, renormalised"));
@@ -70,7 +100,10 @@ fn family_c_gather_the_weights_of_batched_mm_exports() {
 fn family_d_einsum_dispatch_with_capacity() {
     for name in ["gshard_top2", "gshard_top2_dynamo"] {
         let s = summary_row(name);
-        assert!(s.contains("D einsum dispatch") && s.contains("capacity 8") && s.contains("gelu"), "{name}: {s}");
+        assert!(
+            s.contains("D einsum dispatch") && s.contains("capacity 8") && s.contains("gelu"),
+            "{name}: {s}"
+        );
         assert!(s.contains("kept (exact)"), "{name}: {s}");
     }
 }
@@ -79,16 +112,34 @@ fn family_d_einsum_dispatch_with_capacity() {
 fn shared_experts_stay_dense_beside_the_routed_ones() {
     let s = summary_row("qwen2moe_lm_dynamo");
     assert_eq!(s.matches("1 dense, sigmoid-gated").count(), 2, "{s}");
-    let ir = inspect(&fixtures_dir().join("qwen2moe_block_dynamo"), &["--emit", "moe"]);
+    let ir = inspect(
+        &fixtures_dir().join("qwen2moe_block_dynamo"),
+        &["--emit", "moe"],
+    );
     // The shared expert's three matmuls and its gate's one stay as core ops, beside the router's.
-    assert_eq!(ir.stdout.matches("\"core.mat_mul\"").count(), 5, "{}", ir.stdout);
+    assert_eq!(
+        ir.stdout.matches("\"core.mat_mul\"").count(),
+        5,
+        "{}",
+        ir.stdout
+    );
 }
 
 #[test]
 fn dropless_flag_says_what_it_changed() {
-    let out = inspect(&fixtures_dir().join("gshard_top2"), &["--summary", "--moe-capacity", "dropless"]);
+    let out = inspect(
+        &fixtures_dir().join("gshard_top2"),
+        &["--summary", "--moe-capacity", "dropless"],
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("made dropless") && out.stdout.contains("results differ where the source dropped"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("made dropless")
+            && out
+                .stdout
+                .contains("results differ where the source dropped"),
+        "{}",
+        out.stdout
+    );
     assert!(!out.stdout.contains("capacity 8"), "{}", out.stdout);
 }
 
@@ -102,14 +153,22 @@ fn a_layer_that_looks_like_moe_but_differs_stays_unraised_with_the_reason() {
     let src = fixtures_dir().join("mixtral_block_ts_bmm/model.onnx");
     let mut m = pb::ModelProto::decode(std::fs::read(src).unwrap().as_slice()).unwrap();
     let g = m.graph.as_mut().unwrap();
-    let sig = g.node.iter_mut().find(|n| n.op_type == "Sigmoid").expect("SiLU's sigmoid");
+    let sig = g
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Sigmoid")
+        .expect("SiLU's sigmoid");
     sig.op_type = "Tanh".into();
     let p = d.path().join("model.onnx");
     std::fs::write(&p, m.encode_to_vec()).unwrap();
     let out = ppmoe(&["inspect", p.to_str().unwrap(), "--summary"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("0 MoE layer(s)"), "{}", out.stdout);
-    assert!(out.stdout.contains("not raised: router at node") && out.stdout.contains("matches none of"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("not raised: router at node") && out.stdout.contains("matches none of"),
+        "{}",
+        out.stdout
+    );
     // It still compiles and runs: unraised layers stay ordinary core ops.
     let b = d.path().join("bundle");
     let c = ppmoe(&["compile", p.to_str().unwrap(), "-o", b.to_str().unwrap()]);
@@ -144,19 +203,44 @@ mod fused_ort_variants {
     const FC2: &str = "model.layers.0.moe.experts.down_proj.weight";
 
     fn load() -> pb::ModelProto {
-        pb::ModelProto::decode(std::fs::read(fixtures_dir().join("gptoss_genai_moe/model.onnx")).unwrap().as_slice()).unwrap()
+        pb::ModelProto::decode(
+            std::fs::read(fixtures_dir().join("gptoss_genai_moe/model.onnx"))
+                .unwrap()
+                .as_slice(),
+        )
+        .unwrap()
     }
 
     fn get(m: &pb::ModelProto, name: &str) -> (Vec<i64>, Vec<f32>) {
-        let t = m.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == name).unwrap();
-        let v = if t.raw_data.is_empty() { t.float_data.clone() } else { t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
+        let t = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap();
+        let v = if t.raw_data.is_empty() {
+            t.float_data.clone()
+        } else {
+            t.raw_data
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
         (t.dims.clone(), v)
     }
 
     fn set(m: &mut pb::ModelProto, name: &str, dims: Vec<i64>, v: &[f32]) {
         let g = m.graph.as_mut().unwrap();
         g.initializer.retain(|t| t.name != name);
-        g.initializer.push(pb::TensorProto { name: name.into(), dims, data_type: 1, raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(), ..Default::default() });
+        g.initializer.push(pb::TensorProto {
+            name: name.into(),
+            dims,
+            data_type: 1,
+            raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ..Default::default()
+        });
     }
 
     /// [E, a, b] -> [E, b, a]
@@ -181,20 +265,35 @@ mod fused_ort_variants {
         for x in 0..e {
             for r in 0..n {
                 let src = &v[(x * n + r) * row..(x * n + r + 1) * row];
-                if r % 2 == 0 { g.extend_from_slice(src) } else { u.extend_from_slice(src) }
+                if r % 2 == 0 {
+                    g.extend_from_slice(src)
+                } else {
+                    u.extend_from_slice(src)
+                }
             }
         }
         (g, u)
     }
 
     fn moe_node(m: &mut pb::ModelProto) -> &mut pb::NodeProto {
-        m.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "MoE").unwrap()
+        m.graph
+            .as_mut()
+            .unwrap()
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "MoE")
+            .unwrap()
     }
 
     fn set_int(m: &mut pb::ModelProto, attr: &str, v: i64) {
         let n = moe_node(m);
         n.attribute.retain(|a| a.name != attr);
-        n.attribute.push(pb::AttributeProto { name: attr.into(), r#type: pb::attribute_type::INT, i: v, ..Default::default() });
+        n.attribute.push(pb::AttributeProto {
+            name: attr.into(),
+            r#type: pb::attribute_type::INT,
+            i: v,
+            ..Default::default()
+        });
     }
 
     /// Compiles and runs the variant; returns (summary, relative error against PyTorch).
@@ -203,16 +302,41 @@ mod fused_ort_variants {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("model.onnx");
         std::fs::write(&p, m.encode_to_vec()).unwrap();
-        let mut args = vec!["compile".to_string(), p.display().to_string(), "-o".into(), d.path().join("b").display().to_string()];
+        let mut args = vec![
+            "compile".to_string(),
+            p.display().to_string(),
+            "-o".into(),
+            d.path().join("b").display().to_string(),
+        ];
         args.extend(shape_flags(&dir));
         let c = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(c.code, 0, "{}", c.stderr);
         let input = dir.join("_model_layers.0_post_attention_layernorm_output_0.npy");
         let reference = dir.join("_model_layers.0_moe_MoE_output_0.npy");
         let out = d.path().join("out");
-        let r = ppmoe(&["run", d.path().join("b").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--check", reference.to_str().unwrap(), "--tolerance", "1e9"]);
+        let r = ppmoe(&[
+            "run",
+            d.path().join("b").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--check",
+            reference.to_str().unwrap(),
+            "--tolerance",
+            "1e9",
+        ]);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        let e: f64 = r.stdout.split("relative error ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        let e: f64 = r
+            .stdout
+            .split("relative error ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         (c.stdout, e)
     }
 
@@ -242,12 +366,16 @@ mod fused_ort_variants {
         let (e, n, row) = (dims[0] as usize, dims[1] as usize, dims[2] as usize);
         let (g, u) = deinterleave(&dims, &v);
         let half = n / 2 * row;
-        let packed: Vec<f32> = (0..e).flat_map(|x| [&g[x * half..(x + 1) * half], &u[x * half..(x + 1) * half]].concat()).collect();
+        let packed: Vec<f32> = (0..e)
+            .flat_map(|x| [&g[x * half..(x + 1) * half], &u[x * half..(x + 1) * half]].concat())
+            .collect();
         set(&mut m, FC1, dims.clone(), &packed);
         let (bd, bv) = get(&load(), FC1_B);
         let (bg, bu) = deinterleave(&[bd[0], bd[1], 1], &bv);
         let bf = bd[1] as usize / 2;
-        let bpacked: Vec<f32> = (0..e).flat_map(|x| [&bg[x * bf..(x + 1) * bf], &bu[x * bf..(x + 1) * bf]].concat()).collect();
+        let bpacked: Vec<f32> = (0..e)
+            .flat_map(|x| [&bg[x * bf..(x + 1) * bf], &bu[x * bf..(x + 1) * bf]].concat())
+            .collect();
         set(&mut m, FC1_B, bd, &bpacked);
         set_int(&mut m, "swiglu_fusion", 2);
         let (_, err) = run(&m);

@@ -18,17 +18,39 @@ fn s(p: &Path) -> String {
 fn compile_and_run(dir: &Path, flags: &[&str]) -> String {
     let work = tempfile::tempdir().unwrap();
     let b = work.path().join("b");
-    let mut args = vec!["compile".to_string(), s(&dir.join("model.mlir")), "-o".into(), s(&b), "--weights".into(), s(&dir.join("weights.safetensors"))];
+    let mut args = vec![
+        "compile".to_string(),
+        s(&dir.join("model.mlir")),
+        "-o".into(),
+        s(&b),
+        "--weights".into(),
+        s(&dir.join("weights.safetensors")),
+    ];
     args.extend(flags.iter().map(|f| f.to_string()));
     let c = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(c.code, 0, "{}", c.stderr);
-    let r = ppmoe(&["run", &s(&b), "--input", &s(&dir.join("x.npy")), "--output-dir", &s(&work.path().join("o")), "--check", &s(&dir.join("out.npy"))]);
+    let r = ppmoe(&[
+        "run",
+        &s(&b),
+        "--input",
+        &s(&dir.join("x.npy")),
+        "--output-dir",
+        &s(&work.path().join("o")),
+        "--check",
+        &s(&dir.join("out.npy")),
+    ]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     r.stdout
 }
 
 fn summary(dir: &Path) -> String {
-    let out = ppmoe(&["inspect", &s(&dir.join("model.mlir")), "--weights", &s(&dir.join("weights.safetensors")), "--summary"]);
+    let out = ppmoe(&[
+        "inspect",
+        &s(&dir.join("model.mlir")),
+        "--weights",
+        &s(&dir.join("weights.safetensors")),
+        "--summary",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     out.stdout
 }
@@ -37,9 +59,19 @@ fn summary(dir: &Path) -> String {
 fn plain_jit_gshard_layer_is_raised_and_matches_jax_on_every_strategy() {
     let dir = fixture("jax_gshard_top2");
     let sum = summary(&dir);
-    assert!(sum.contains("softmax -> top-2, renormalised, capacity 16"), "{sum}");
-    assert!(sum.contains("1 MoE layer(s)") && sum.contains("gelu"), "{sum}");
-    for flags in [&["--tp", "1"][..], &["--tp", "2", "--moe-strategy", "ppmoe"], &["--tp", "4", "--moe-strategy", "alltoall"]] {
+    assert!(
+        sum.contains("softmax -> top-2, renormalised, capacity 16"),
+        "{sum}"
+    );
+    assert!(
+        sum.contains("1 MoE layer(s)") && sum.contains("gelu"),
+        "{sum}"
+    );
+    for flags in [
+        &["--tp", "1"][..],
+        &["--tp", "2", "--moe-strategy", "ppmoe"],
+        &["--tp", "4", "--moe-strategy", "alltoall"],
+    ] {
         let line = compile_and_run(&dir, flags);
         assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
     }
@@ -50,8 +82,18 @@ fn shard_map_all_to_all_layer_is_raised_per_source_shard_and_matches_jax() {
     let dir = fixture("jax_gshard_top2_a2a");
     let sum = summary(&dir);
     // Four source shards of 16 tokens, each routed with its own capacity (4), as JAX did.
-    assert_eq!(sum.matches("softmax -> top-2, renormalised, capacity 4").count(), 4, "{sum}");
-    for flags in [&["--tp", "1"][..], &["--tp", "2", "--moe-strategy", "ppmoe"], &["--tp", "4", "--moe-strategy", "ppmoe"], &["--tp", "4", "--moe-strategy", "alltoall"]] {
+    assert_eq!(
+        sum.matches("softmax -> top-2, renormalised, capacity 4")
+            .count(),
+        4,
+        "{sum}"
+    );
+    for flags in [
+        &["--tp", "1"][..],
+        &["--tp", "2", "--moe-strategy", "ppmoe"],
+        &["--tp", "4", "--moe-strategy", "ppmoe"],
+        &["--tp", "4", "--moe-strategy", "alltoall"],
+    ] {
         let line = compile_and_run(&dir, flags);
         assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
     }
@@ -61,14 +103,31 @@ fn shard_map_all_to_all_layer_is_raised_per_source_shard_and_matches_jax() {
 fn with_the_ppmoe_strategy_the_compiled_program_has_no_all_to_all() {
     let dir = fixture("jax_gshard_top2_a2a");
     let ir = |strategy: &str| {
-        let out = ppmoe(&["inspect", &s(&dir.join("model.mlir")), "--weights", &s(&dir.join("weights.safetensors")), "--tp", "4", "--moe-strategy", strategy, "--emit", "pipelined"]);
+        let out = ppmoe(&[
+            "inspect",
+            &s(&dir.join("model.mlir")),
+            "--weights",
+            &s(&dir.join("weights.safetensors")),
+            "--tp",
+            "4",
+            "--moe-strategy",
+            strategy,
+            "--emit",
+            "pipelined",
+        ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         out.stdout
     };
     let ppmoe_ir = ir("ppmoe");
     assert_eq!(ppmoe_ir.matches("all_to_all").count(), 0);
-    assert!(ppmoe_ir.contains("shard.all_reduce"), "PPMoE combines with one all-reduce per layer");
-    assert!(ir("alltoall").contains("shard.all_to_all"), "the alltoall strategy keeps the exchange");
+    assert!(
+        ppmoe_ir.contains("shard.all_reduce"),
+        "PPMoE combines with one all-reduce per layer"
+    );
+    assert!(
+        ir("alltoall").contains("shard.all_to_all"),
+        "the alltoall strategy keeps the exchange"
+    );
 }
 
 #[test]
@@ -76,8 +135,18 @@ fn weights_can_be_bound_at_run_time_in_argument_order() {
     let dir = fixture("jax_gshard_top2_a2a");
     let work = tempfile::tempdir().unwrap();
     let b = work.path().join("b");
-    assert_eq!(ppmoe(&["compile", &s(&dir.join("model.mlir")), "-o", &s(&b)]).code, 0);
-    let mut args = vec!["run".to_string(), s(&b), "--output-dir".into(), s(&work.path().join("o")), "--check".into(), s(&dir.join("out.npy"))];
+    assert_eq!(
+        ppmoe(&["compile", &s(&dir.join("model.mlir")), "-o", &s(&b)]).code,
+        0
+    );
+    let mut args = vec![
+        "run".to_string(),
+        s(&b),
+        "--output-dir".into(),
+        s(&work.path().join("o")),
+        "--check".into(),
+        s(&dir.join("out.npy")),
+    ];
     for f in ["x", "wg", "w1", "w2"] {
         args.push("--input".into());
         args.push(s(&dir.join(format!("{f}.npy"))));
@@ -103,16 +172,41 @@ fn bad_stablehlo_is_refused_with_the_op_and_what_was_expected() {
     let pretty = d.path().join("pretty.mlir");
     std::fs::write(&pretty, "func.func @main(%arg0: tensor<2xf32>) -> tensor<2xf32> {\n  %0 = stablehlo.add %arg0, %arg0 : tensor<2xf32>\n  return %0 : tensor<2xf32>\n}\n").unwrap();
     let out = ppmoe(&["compile", &s(&pretty), "-o", &s(&d.path().join("b"))]);
-    assert_clean_failure(&out, &["pretty.mlir", "pretty-printed StableHLO", "print_generic_op_form=True"]);
+    assert_clean_failure(
+        &out,
+        &[
+            "pretty.mlir",
+            "pretty-printed StableHLO",
+            "print_generic_op_form=True",
+        ],
+    );
     assert!(!d.path().join("b").exists());
 
     let (_d, unknown) = edited("\"stablehlo.exponential\"", "\"stablehlo.cbrt\"");
     let out = ppmoe(&["inspect", &s(&unknown), "--emit", "core"]);
-    assert_clean_failure(&out, &["bad.mlir", "stablehlo.cbrt", "is not supported", "dot_general"]);
+    assert_clean_failure(
+        &out,
+        &[
+            "bad.mlir",
+            "stablehlo.cbrt",
+            "is not supported",
+            "dot_general",
+        ],
+    );
 
-    let (_d, malformed) = edited("lhs_contracting_dimensions = [1]", "lhs_contracting_dimensions = [one]");
+    let (_d, malformed) = edited(
+        "lhs_contracting_dimensions = [1]",
+        "lhs_contracting_dimensions = [one]",
+    );
     let out = ppmoe(&["inspect", &s(&malformed), "--emit", "core"]);
-    assert_clean_failure(&out, &["bad.mlir", "stablehlo.dot_general", "'one' is not an integer"]);
+    assert_clean_failure(
+        &out,
+        &[
+            "bad.mlir",
+            "stablehlo.dot_general",
+            "'one' is not an integer",
+        ],
+    );
 
     let (_d, garbled) = edited("\"stablehlo.exponential\"(", "\"stablehlo.exponential\"((");
     let out = ppmoe(&["inspect", &s(&garbled), "--emit", "core"]);
@@ -124,10 +218,30 @@ fn weights_that_fit_no_argument_are_refused() {
     let dir = fixture("jax_gshard_top2");
     // The ONNX fixtures carry their own weights.
     let onnx = fixtures_dir().join("gshard_top2/model.onnx");
-    let out = ppmoe(&["inspect", &s(&onnx), "--weights", &s(&dir.join("weights.safetensors")), "--emit", "core"]);
-    assert_clean_failure(&out, &["weights.safetensors", "--weights binds the arguments of a StableHLO program"]);
+    let out = ppmoe(&[
+        "inspect",
+        &s(&onnx),
+        "--weights",
+        &s(&dir.join("weights.safetensors")),
+        "--emit",
+        "core",
+    ]);
+    assert_clean_failure(
+        &out,
+        &[
+            "weights.safetensors",
+            "--weights binds the arguments of a StableHLO program",
+        ],
+    );
     // The other fixture's file binds the same names and shapes; a plain .npy is no safetensors.
-    let out = ppmoe(&["inspect", &s(&dir.join("model.mlir")), "--weights", &s(&dir.join("x.npy")), "--emit", "core"]);
+    let out = ppmoe(&[
+        "inspect",
+        &s(&dir.join("model.mlir")),
+        "--weights",
+        &s(&dir.join("x.npy")),
+        "--emit",
+        "core",
+    ]);
     assert_clean_failure(&out, &["x.npy", "not a safetensors file"]);
 }
 
@@ -137,8 +251,18 @@ fn a_jax_transformer_block_matches_jax_and_its_moe_is_raised() {
     // transposes), a top-k router (chlo.top_k) and SwiGLU experts computed densely.
     let dir = fixture("jax_moe_block");
     let sum = summary(&dir);
-    assert!(sum.contains("top-2 -> softmax") && sum.contains("swiglu") && sum.contains("1 MoE layer(s)"), "{sum}");
-    for flags in [&["--tp", "1"][..], &["--tp", "2", "--moe-strategy", "ppmoe"], &["--tp", "2", "--moe-strategy", "alltoall"], &["--tp", "4", "--moe-strategy", "auto"]] {
+    assert!(
+        sum.contains("top-2 -> softmax")
+            && sum.contains("swiglu")
+            && sum.contains("1 MoE layer(s)"),
+        "{sum}"
+    );
+    for flags in [
+        &["--tp", "1"][..],
+        &["--tp", "2", "--moe-strategy", "ppmoe"],
+        &["--tp", "2", "--moe-strategy", "alltoall"],
+        &["--tp", "4", "--moe-strategy", "auto"],
+    ] {
         let line = compile_and_run(&dir, flags);
         assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
     }
@@ -167,29 +291,89 @@ fn a_scatter_add_of_rows_lowers_to_scatter_nd_and_accumulates_repeated_indices()
     let core = ppmoe(&["inspect", &s(&m), "--emit", "core"]);
     assert_eq!(core.code, 0, "{}", core.stderr);
     assert!(core.stdout.contains("scatter_nd"), "{}", core.stdout);
-    let (x, ids, u) = (d.path().join("x.npy"), d.path().join("ids.npy"), d.path().join("u.npy"));
-    write_npy(&x, &Tensor::f32(vec![4, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])).unwrap();
-    write_npy(&ids, &Tensor::i64(vec![3], vec![1, 3, 1]).with_dtype(DType::I32)).unwrap();
-    write_npy(&u, &Tensor::f32(vec![3, 2], vec![10.0, 20.0, 30.0, 40.0, 50.0, 60.0])).unwrap();
+    let (x, ids, u) = (
+        d.path().join("x.npy"),
+        d.path().join("ids.npy"),
+        d.path().join("u.npy"),
+    );
+    write_npy(
+        &x,
+        &Tensor::f32(vec![4, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]),
+    )
+    .unwrap();
+    write_npy(
+        &ids,
+        &Tensor::i64(vec![3], vec![1, 3, 1]).with_dtype(DType::I32),
+    )
+    .unwrap();
+    write_npy(
+        &u,
+        &Tensor::f32(vec![3, 2], vec![10.0, 20.0, 30.0, 40.0, 50.0, 60.0]),
+    )
+    .unwrap();
     let b = d.path().join("b");
     assert_eq!(ppmoe(&["compile", &s(&m), "-o", &s(&b)]).code, 0);
-    let r = ppmoe(&["run", &s(&b), "--input", &s(&x), "--input", &s(&ids), "--input", &s(&u), "--output-dir", &s(&d.path().join("o"))]);
+    let r = ppmoe(&[
+        "run",
+        &s(&b),
+        "--input",
+        &s(&x),
+        "--input",
+        &s(&ids),
+        "--input",
+        &s(&u),
+        "--output-dir",
+        &s(&d.path().join("o")),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let out = read_npy(&d.path().join("o/out0.npy")).unwrap();
     // Row 1 gets 10+50 and 20+60, row 3 gets 30 and 40.
-    assert_eq!(out.to_f32(), vec![1.0, 2.0, 63.0, 84.0, 5.0, 6.0, 37.0, 48.0]);
+    assert_eq!(
+        out.to_f32(),
+        vec![1.0, 2.0, 63.0, 84.0, 5.0, 6.0, 37.0, 48.0]
+    );
 }
 
 #[test]
 fn malformed_ops_that_parse_are_refused_not_trusted() {
     // The ops are unregistered, so MLIR checks neither operand counts nor dimension numbers.
-    let (_d, arity) = edited("\"stablehlo.exponential\"(%41) : (tensor<64x4xf32>)", "\"stablehlo.exponential\"(%41, %41) : (tensor<64x4xf32>, tensor<64x4xf32>)");
+    let (_d, arity) = edited(
+        "\"stablehlo.exponential\"(%41) : (tensor<64x4xf32>)",
+        "\"stablehlo.exponential\"(%41, %41) : (tensor<64x4xf32>, tensor<64x4xf32>)",
+    );
     let out = ppmoe(&["inspect", &s(&arity), "--emit", "core"]);
-    assert_clean_failure(&out, &["bad.mlir", "stablehlo.exponential", "2 operands where the op takes 1"]);
-    let (_d, dims) = edited("lhs_contracting_dimensions = [1]", "lhs_contracting_dimensions = [7]");
+    assert_clean_failure(
+        &out,
+        &[
+            "bad.mlir",
+            "stablehlo.exponential",
+            "2 operands where the op takes 1",
+        ],
+    );
+    let (_d, dims) = edited(
+        "lhs_contracting_dimensions = [1]",
+        "lhs_contracting_dimensions = [7]",
+    );
     let out = ppmoe(&["inspect", &s(&dims), "--emit", "core"]);
-    assert_clean_failure(&out, &["bad.mlir", "stablehlo.dot_general", "beyond the operands' ranks"]);
-    let (_d, bcast) = edited("broadcast_dimensions = array<i64: 0>", "broadcast_dimensions = array<i64: 9>");
+    assert_clean_failure(
+        &out,
+        &[
+            "bad.mlir",
+            "stablehlo.dot_general",
+            "beyond the operands' ranks",
+        ],
+    );
+    let (_d, bcast) = edited(
+        "broadcast_dimensions = array<i64: 0>",
+        "broadcast_dimensions = array<i64: 9>",
+    );
     let out = ppmoe(&["inspect", &s(&bcast), "--emit", "core"]);
-    assert_clean_failure(&out, &["bad.mlir", "stablehlo.broadcast_in_dim", "broadcast_dimensions [9]"]);
+    assert_clean_failure(
+        &out,
+        &[
+            "bad.mlir",
+            "stablehlo.broadcast_in_dim",
+            "broadcast_dimensions [9]",
+        ],
+    );
 }

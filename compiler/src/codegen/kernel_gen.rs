@@ -33,8 +33,14 @@ fn memref(shape: &[usize]) -> String {
 
 /// The flat index of the thread, and the guard against the tail: the common prologue.
 fn prologue(body: &mut String, n: usize) {
-    let _ = writeln!(body, "      %bid = gpu.block_id x\n      %bdim = gpu.block_dim x\n      %tid = gpu.thread_id x");
-    let _ = writeln!(body, "      %i0 = arith.muli %bid, %bdim : index\n      %i = arith.addi %i0, %tid : index");
+    let _ = writeln!(
+        body,
+        "      %bid = gpu.block_id x\n      %bdim = gpu.block_dim x\n      %tid = gpu.thread_id x"
+    );
+    let _ = writeln!(
+        body,
+        "      %i0 = arith.muli %bid, %bdim : index\n      %i = arith.addi %i0, %tid : index"
+    );
     let _ = writeln!(body, "      %n = arith.constant {n} : index\n      %in = arith.cmpi ult, %i, %n : index\n      scf.if %in {{");
 }
 
@@ -110,8 +116,15 @@ fn broadcast_offset(body: &mut String, tag: &str, inp: &[usize], out: &[usize]) 
 }
 
 fn kernel(name: &str, params: &[String], body: &str) -> String {
-    let args: Vec<String> = params.iter().enumerate().map(|(k, t)| format!("%a{k}: {t}")).collect();
-    format!("    gpu.func @{name}({}) kernel {{\n{body}      }}\n      gpu.return\n    }}\n", args.join(", "))
+    let args: Vec<String> = params
+        .iter()
+        .enumerate()
+        .map(|(k, t)| format!("%a{k}: {t}"))
+        .collect();
+    format!(
+        "    gpu.func @{name}({}) kernel {{\n{body}      }}\n      gpu.return\n    }}\n",
+        args.join(", ")
+    )
 }
 
 /// An f32 as MLIR's exact hexadecimal float literal.
@@ -125,7 +138,13 @@ fn erf(b: &mut String, x: &str, out: &str) {
         b,
         "        %{out}_nx = arith.negf {x} : f32\n        %{out}_ax = arith.maximumf {x}, %{out}_nx : f32\n        %{out}_p = arith.constant 0.3275911 : f32\n        %{out}_one = arith.constant 1.0 : f32\n        %{out}_pd = arith.mulf %{out}_p, %{out}_ax : f32\n        %{out}_den = arith.addf %{out}_one, %{out}_pd : f32\n        %{out}_t = arith.divf %{out}_one, %{out}_den : f32"
     );
-    let coeffs = ["1.061405429", "-1.453152027", "1.421413741", "-0.284496736", "0.254829592"];
+    let coeffs = [
+        "1.061405429",
+        "-1.453152027",
+        "1.421413741",
+        "-0.284496736",
+        "0.254829592",
+    ];
     let _ = writeln!(b, "        %{out}_c0 = arith.constant {} : f32", coeffs[0]);
     let mut acc = format!("%{out}_c0");
     for (k, c) in coeffs[1..].iter().enumerate() {
@@ -179,8 +198,23 @@ fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
 fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     use ppmoe_runtime::program::Activation;
     let ins = &p.instructions[idx];
-    let Op::MoeExperts { activation, alpha, beta, limit, .. } = &ins.op else { return None };
-    let shape = |i: usize| ins.inputs.get(i).copied().flatten().and_then(|b| static_shape(&p.buffers[b]));
+    let Op::MoeExperts {
+        activation,
+        alpha,
+        beta,
+        limit,
+        ..
+    } = &ins.op
+    else {
+        return None;
+    };
+    let shape = |i: usize| {
+        ins.inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|b| static_shape(&p.buffers[b]))
+    };
     let (x, w, w_in, w_out) = (shape(0)?, shape(1)?, shape(3)?, shape(4)?);
     let (t, h, k, n, f) = (x[0], x[1], w[1], w_in[2], w_out[1]);
     let gated = activation.is_gated();
@@ -189,7 +223,19 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     let g = format!(
         "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n        memref.store %v, %out[%i] : memref<?xf32>\n"
     );
-    out.push_str(&dyn_kernel(&format!("{prefix}_gather"), &["%x: memref<?xf32>", "%perm: memref<?xi32>", "%out: memref<?xf32>", "%rows: index"], &format!("      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"), &g));
+    out.push_str(&dyn_kernel(
+        &format!("{prefix}_gather"),
+        &[
+            "%x: memref<?xf32>",
+            "%perm: memref<?xi32>",
+            "%out: memref<?xf32>",
+            "%rows: index",
+        ],
+        &format!(
+            "      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"
+        ),
+        &g,
+    ));
     // act: a[r, q] from hid[r, q] (and hid[r, F + q]) plus the row's expert's bias.
     let mut a = format!(
         "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
@@ -225,8 +271,17 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     let _ = writeln!(a, "        memref.store %res, %out[%i] : memref<?xf32>");
     out.push_str(&dyn_kernel(
         &format!("{prefix}_act"),
-        &["%hid: memref<?xf32>", "%bias: memref<?xf32>", "%rexp: memref<?xi32>", "%out: memref<?xf32>", "%rows: index", "%has_bias: index"],
-        &format!("      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"),
+        &[
+            "%hid: memref<?xf32>",
+            "%bias: memref<?xf32>",
+            "%rexp: memref<?xi32>",
+            "%out: memref<?xf32>",
+            "%rows: index",
+            "%has_bias: index",
+        ],
+        &format!(
+            "      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"
+        ),
         &a,
     ));
     // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
@@ -235,7 +290,15 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     );
     out.push_str(&dyn_kernel(
         &format!("{prefix}_combine"),
-        &["%out: memref<?xf32>", "%pos: memref<?xi32>", "%w: memref<?xf32>", "%eid: memref<?xi32>", "%bout: memref<?xf32>", "%y: memref<?xf32>", "%has_bias: index"],
+        &[
+            "%out: memref<?xf32>",
+            "%pos: memref<?xi32>",
+            "%w: memref<?xf32>",
+            "%eid: memref<?xi32>",
+            "%bout: memref<?xf32>",
+            "%y: memref<?xf32>",
+            "%has_bias: index",
+        ],
         &format!("      %n = arith.constant {} : index\n", t * h),
         &c,
     ));
@@ -247,7 +310,19 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
 fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> {
     use ppmoe_runtime::program::{RouteOrder, Scoring};
     let ins = &p.instructions[idx];
-    let Op::MoeRoute { top_k: k, scoring, order, renormalize, n_group, routed_scaling_factor, capacity, .. } = ins.op else { return None };
+    let Op::MoeRoute {
+        top_k: k,
+        scoring,
+        order,
+        renormalize,
+        n_group,
+        routed_scaling_factor,
+        capacity,
+        ..
+    } = ins.op
+    else {
+        return None;
+    };
     if capacity > 0 || n_group > 1 || ins.inputs.get(1).copied().flatten().is_some() {
         return None;
     }
@@ -332,12 +407,24 @@ fn flat(b: &mut String, tag: &str, idx: &[String], shape: &[usize]) -> String {
 
 /// Data movement with static shapes and constant parameters (transpose, slice, expand, concat)
 /// and last-axis reductions and powers, as kernels: each output element finds its source.
-fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>) -> Option<(String, String, usize)> {
+fn data_movement(
+    p: &Program,
+    idx: usize,
+    constant: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>,
+) -> Option<(String, String, usize)> {
     let consts = |b: Option<usize>| constant(b).map(|t| t.to_i64());
     let ins = &p.instructions[idx];
-    let shapes: Vec<Vec<usize>> = ins.inputs.iter().flatten().map(|&b| static_shape(&p.buffers[b])).collect::<Option<_>>()?;
+    let shapes: Vec<Vec<usize>> = ins
+        .inputs
+        .iter()
+        .flatten()
+        .map(|&b| static_shape(&p.buffers[b]))
+        .collect::<Option<_>>()?;
     let out = static_shape(&p.buffers[*ins.outputs.first()?])?;
-    if ins.outputs.len() != 1 || !p.buffers[ins.outputs[0]].dtype.is_float() || !p.buffers[ins.inputs[0]?].dtype.is_float() {
+    if ins.outputs.len() != 1
+        || !p.buffers[ins.outputs[0]].dtype.is_float()
+        || !p.buffers[ins.inputs[0]?].dtype.is_float()
+    {
         return None;
     }
     let n: usize = out.iter().product();
@@ -355,19 +442,34 @@ fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Op
                 src[pj] = c[j].clone();
             }
             let off = flat(&mut b, "s", &src, x);
-            let _ = writeln!(b, "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}", memref(x), memref(&out));
+            let _ = writeln!(
+                b,
+                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
+                memref(x),
+                memref(&out)
+            );
             params = vec![memref(x), memref(&out)];
         }
         Op::Slice => {
             let starts = consts(ins.inputs.get(1).copied().flatten())?;
-            let axes = match ins.inputs.get(3).copied().flatten() { Some(a) => consts(Some(a))?, None => (0..starts.len() as i64).collect() };
-            let steps = match ins.inputs.get(4).copied().flatten() { Some(s) => consts(Some(s))?, None => vec![1; starts.len()] };
+            let axes = match ins.inputs.get(3).copied().flatten() {
+                Some(a) => consts(Some(a))?,
+                None => (0..starts.len() as i64).collect(),
+            };
+            let steps = match ins.inputs.get(4).copied().flatten() {
+                Some(s) => consts(Some(s))?,
+                None => vec![1; starts.len()],
+            };
             let c = coords(&mut b, &out);
             let mut src = c.clone();
             for ((&st, &ax), &step) in starts.iter().zip(&axes).zip(&steps) {
                 let a = if ax < 0 { ax + x.len() as i64 } else { ax } as usize;
                 let d = x[a] as i64;
-                let lo = if step > 0 { (if st < 0 { st + d } else { st }).clamp(0, d) } else { (if st < 0 { st + d } else { st }).clamp(-1, d - 1) };
+                let lo = if step > 0 {
+                    (if st < 0 { st + d } else { st }).clamp(0, d)
+                } else {
+                    (if st < 0 { st + d } else { st }).clamp(-1, d - 1)
+                };
                 if lo < 0 {
                     return None;
                 }
@@ -380,16 +482,30 @@ fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Op
                 src[a] = format!("%qx{a}");
             }
             let off = flat(&mut b, "s", &src, x);
-            let _ = writeln!(b, "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}", memref(x), memref(&out));
+            let _ = writeln!(
+                b,
+                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
+                memref(x),
+                memref(&out)
+            );
             params = vec![memref(x), memref(&out)];
         }
         Op::Expand => {
             let off = broadcast_offset(&mut b, "e", x, &out);
-            let _ = writeln!(b, "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}", memref(x), memref(&out));
+            let _ = writeln!(
+                b,
+                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
+                memref(x),
+                memref(&out)
+            );
             params = vec![memref(x), memref(&out)];
         }
         Op::Concat { axis } => {
-            let a = if *axis < 0 { axis + out.len() as i64 } else { *axis } as usize;
+            let a = if *axis < 0 {
+                axis + out.len() as i64
+            } else {
+                *axis
+            } as usize;
             let c = coords(&mut b, &out);
             // Walk the inputs along the axis: the first whose range holds the coordinate.
             let mut lo = 0usize;
@@ -410,10 +526,23 @@ fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Op
                 acc = format!("%r{k}");
                 lo = hi;
             }
-            let _ = writeln!(b, "        memref.store {acc}, %a{}[%i] : {}", shapes.len(), memref(&out));
-            params = shapes.iter().map(|s| memref(s)).chain(std::iter::once(memref(&out))).collect();
+            let _ = writeln!(
+                b,
+                "        memref.store {acc}, %a{}[%i] : {}",
+                shapes.len(),
+                memref(&out)
+            );
+            params = shapes
+                .iter()
+                .map(|s| memref(s))
+                .chain(std::iter::once(memref(&out)))
+                .collect();
         }
-        Op::Reduce { f, keepdims: _, noop_with_empty_axes: false } => {
+        Op::Reduce {
+            f,
+            keepdims: _,
+            noop_with_empty_axes: false,
+        } => {
             use ppmoe_runtime::program::ReduceFn;
             let axes = consts(ins.inputs.get(1).copied().flatten())?;
             let last = x.len() as i64 - 1;
@@ -444,7 +573,9 @@ fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Op
         }
         Op::Binary { f: BinaryFn::Pow } => {
             // x ^ c for a scalar constant c of 2 or 0.5 (RMS norms): exact, no transcendental.
-            let c = constant(ins.inputs.get(1).copied().flatten()).filter(|t| t.len() == 1)?.to_f32()[0];
+            let c = constant(ins.inputs.get(1).copied().flatten())
+                .filter(|t| t.len() == 1)?
+                .to_f32()[0];
             if shapes[1].iter().product::<usize>() != 1 || x != &out {
                 return None;
             }
@@ -452,7 +583,9 @@ fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Op
             if c == 2.0 {
                 b.push_str("        %r = arith.mulf %x, %x : f32\n");
             } else if c == 0.5 {
-                b.push_str("        %r = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%x) : (f32) -> f32\n");
+                b.push_str(
+                    "        %r = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%x) : (f32) -> f32\n",
+                );
             } else {
                 return None;
             }
@@ -467,10 +600,19 @@ fn data_movement(p: &Program, idx: usize, constant: &dyn Fn(Option<usize>) -> Op
 /// One kernel for one instruction, if it is generated; with its thread count.
 fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     let ins = &p.instructions[idx];
-    let bufs: Vec<&Buffer> = ins.inputs.iter().flatten().map(|&b| &p.buffers[b]).collect();
+    let bufs: Vec<&Buffer> = ins
+        .inputs
+        .iter()
+        .flatten()
+        .map(|&b| &p.buffers[b])
+        .collect();
     let outs: Vec<&Buffer> = ins.outputs.iter().map(|&o| &p.buffers[o]).collect();
     // Floats of any storage type are f32 on the device.
-    if bufs.iter().chain(&outs).any(|b| !b.dtype.is_float() || static_shape(b).is_none()) {
+    if bufs
+        .iter()
+        .chain(&outs)
+        .any(|b| !b.dtype.is_float() || static_shape(b).is_none())
+    {
         return None;
     }
     let out_shape = static_shape(outs[0])?;
@@ -482,11 +624,19 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
             let expr = unary_expr(*f)?;
             name = format!("k{idx}_{}", ins.op.name());
             prologue(&mut body, n);
-            let _ = writeln!(body, "        %x = memref.load %a0[%i] : {}", memref(&out_shape));
+            let _ = writeln!(
+                body,
+                "        %x = memref.load %a0[%i] : {}",
+                memref(&out_shape)
+            );
             body.push_str(&expr);
-            let _ = writeln!(body, "        memref.store %r, %a1[%i] : {}", memref(&out_shape));
+            let _ = writeln!(
+                body,
+                "        memref.store %r, %a1[%i] : {}",
+                memref(&out_shape)
+            );
             let params = vec![memref(&out_shape), memref(&out_shape)];
-            return Some((name.clone(), kernel(&name, &params, &body), n));
+            Some((name.clone(), kernel(&name, &params, &body), n))
         }
         Op::Binary { f } => {
             let op = binary_op(*f)?;
@@ -495,10 +645,19 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
             prologue(&mut body, n);
             let oa = broadcast_offset(&mut body, "pa", &a, &out_shape);
             let ob = broadcast_offset(&mut body, "pb", &b, &out_shape);
-            let _ = writeln!(body, "        %x = memref.load %a0[{oa}] : {}\n        %y = memref.load %a1[{ob}] : {}", memref(&a), memref(&b));
-            let _ = writeln!(body, "        %r = {op} %x, %y : f32\n        memref.store %r, %a2[%i] : {}", memref(&out_shape));
+            let _ = writeln!(
+                body,
+                "        %x = memref.load %a0[{oa}] : {}\n        %y = memref.load %a1[{ob}] : {}",
+                memref(&a),
+                memref(&b)
+            );
+            let _ = writeln!(
+                body,
+                "        %r = {op} %x, %y : f32\n        memref.store %r, %a2[%i] : {}",
+                memref(&out_shape)
+            );
             let params = vec![memref(&a), memref(&b), memref(&out_shape)];
-            return Some((name.clone(), kernel(&name, &params, &body), n));
+            Some((name.clone(), kernel(&name, &params, &body), n))
         }
         Op::Softmax { axis, log: false } => {
             let rank = out_shape.len();
@@ -516,7 +675,7 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
                 "        %cols = arith.constant {cols} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli %i, %cols : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32\n        %mx = scf.for %j = %c0 to %cols step %c1 iter_args(%acc = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %nm = arith.maximumf %acc, %v : f32\n          scf.yield %nm : f32\n        }}\n        %sum = scf.for %j = %c0 to %cols step %c1 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %d = arith.subf %v, %mx : f32\n          %l2e = arith.constant 1.44269504 : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %e = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %e, %a1[%o] : {m}\n          %ns = arith.addf %acc, %e : f32\n          scf.yield %ns : f32\n        }}\n        scf.for %j = %c0 to %cols step %c1 {{\n          %o = arith.addi %base, %j : index\n          %e = memref.load %a1[%o] : {m}\n          %q = arith.divf %e, %sum : f32\n          memref.store %q, %a1[%o] : {m}\n        }}"
             );
             let params = vec![m.clone(), m];
-            return Some((name.clone(), kernel(&name, &params, &body), rows));
+            Some((name.clone(), kernel(&name, &params, &body), rows))
         }
         _ => None,
     }
@@ -527,10 +686,17 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
 pub const TO_BF16_KERNEL: &str = ppmoe_runtime::program::TO_BF16_KERNEL;
 
 /// How each instruction of `p` runs on the GPU, and the kernel module for those generated.
-pub fn plan_kernels(p: &Program, weights: &[(String, ppmoe_runtime::Tensor)], module_name: &str) -> KernelPlan {
+pub fn plan_kernels(
+    p: &Program,
+    weights: &[(String, ppmoe_runtime::Tensor)],
+    module_name: &str,
+) -> KernelPlan {
     let consts = |b: Option<usize>| -> Option<ppmoe_runtime::Tensor> {
         let name = &p.buffers[b?].name;
-        weights.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone())
+        weights
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
     };
     let mut lowered = Vec::with_capacity(p.instructions.len());
     let mut funcs = String::new();
@@ -570,7 +736,10 @@ pub fn plan_kernels(p: &Program, weights: &[(String, ppmoe_runtime::Tensor)], mo
         lowered.push(l);
     }
     // bf16 weights: the GEMMs run in bf16 (fp32 accumulation), their activations narrowed first.
-    if weights.iter().any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16) {
+    if weights
+        .iter()
+        .any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16)
+    {
         funcs.push_str(&dyn_kernel(
             TO_BF16_KERNEL,
             &["%x: memref<?xf32>", "%y: memref<?xbf16>", "%n: index"],

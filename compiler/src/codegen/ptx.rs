@@ -14,19 +14,33 @@ const PTX_FEATURES: &str = "+ptx78";
 
 /// LLVM bitcode -> PTX text, with LLVM's NVPTX back end through inkwell.
 fn bitcode_to_ptx(name: &str, bitcode: &[u8]) -> Result<String, String> {
-    use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple};
+    use inkwell::targets::{
+        CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
+    };
     Target::initialize_nvptx(&InitializationConfig::default());
     let context = inkwell::context::Context::create();
     let buffer = inkwell::memory_buffer::MemoryBuffer::create_from_memory_range_copy(bitcode, name);
-    let module = context.create_module_from_ir(buffer).map_err(|e| format!("{name}: the LLVM bitcode does not load: {e}"))?;
+    let module = context
+        .create_module_from_ir(buffer)
+        .map_err(|e| format!("{name}: the LLVM bitcode does not load: {e}"))?;
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
-    let target = Target::from_triple(&triple).map_err(|e| format!("the NVPTX target is not in this LLVM: {e}"))?;
+    let target = Target::from_triple(&triple)
+        .map_err(|e| format!("the NVPTX target is not in this LLVM: {e}"))?;
     let machine = target
-        .create_target_machine(&triple, CHIP, PTX_FEATURES, inkwell::OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::Default)
+        .create_target_machine(
+            &triple,
+            CHIP,
+            PTX_FEATURES,
+            inkwell::OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
         .ok_or_else(|| format!("no NVPTX target machine for {CHIP}"))?;
     module.set_triple(&triple);
     module.set_data_layout(&machine.get_target_data().get_data_layout());
-    let ptx = machine.write_to_memory_buffer(&module, FileType::Assembly).map_err(|e| format!("{name}: PTX generation failed: {e}"))?;
+    let ptx = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| format!("{name}: PTX generation failed: {e}"))?;
     Ok(String::from_utf8_lossy(ptx.as_slice()).into_owned())
 }
 
@@ -38,14 +52,18 @@ pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
     melior::utility::register_all_llvm_translations(&context);
     let mut module = ppmoe_dialect::parse_verified(&context, module_text)?;
     let pm = PassManager::new(&context);
-    melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), PIPELINE).map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
-    pm.run(&mut module).map_err(|e| format!("lowering to PTX failed: {e}"))?;
+    melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), PIPELINE)
+        .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
+    pm.run(&mut module)
+        .map_err(|e| format!("lowering to PTX failed: {e}"))?;
     let text = module.as_operation().to_string();
     let mut out = Vec::new();
     for chunk in text.split("gpu.binary @").skip(1) {
         let name = chunk.split_whitespace().next().unwrap_or("").to_string();
         // format=llvm leaves the module's bitcode as the object's `offload` string.
-        let Some(start) = chunk.find("offload = \"") else { continue };
+        let Some(start) = chunk.find("offload = \"") else {
+            continue;
+        };
         let body = &chunk[start + "offload = \"".len()..];
         out.push((name.clone(), bitcode_to_ptx(&name, &unescape(body))?));
     }
@@ -68,7 +86,9 @@ fn unescape(s: &str) -> Vec<u8> {
                 i += 2;
             }
             b'\\' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -94,6 +114,9 @@ mod tests {
     #[test]
     fn bitcode_that_is_not_llvm_is_refused_by_name() {
         let e = super::bitcode_to_ptx("rank0_kernels", b"not bitcode").unwrap_err();
-        assert!(e.contains("rank0_kernels") && e.contains("does not load"), "{e}");
+        assert!(
+            e.contains("rank0_kernels") && e.contains("does not load"),
+            "{e}"
+        );
     }
 }

@@ -12,7 +12,9 @@
 
 use crate::error::CompileError;
 use ppmoe_frontend::{AttrValue, Dim, Model, Node, TensorData, Types};
-use ppmoe_runtime::program::{BinaryFn, Buffer, BufferId, BufferKind, Instruction, Op, Program, ReduceFn, Reduction, UnaryFn};
+use ppmoe_runtime::program::{
+    BinaryFn, Buffer, BufferId, BufferKind, Instruction, Op, Program, ReduceFn, Reduction, UnaryFn,
+};
 use ppmoe_runtime::{kernels, DType, Tensor};
 use std::collections::HashMap;
 
@@ -46,19 +48,141 @@ pub fn runtime_dtype(d: ppmoe_frontend::DType) -> DType {
     }
 }
 
-pub fn tensor_of(t: &TensorData) -> Option<Tensor> {
-    Tensor::from_bytes(runtime_dtype(t.dtype), t.dims.iter().map(|&d| d as usize).collect(), &t.bytes)
+/// A constant's or weight's value as a tensor (external data read here, one tensor at a time).
+pub fn tensor_of(t: &TensorData) -> Result<Tensor, String> {
+    let bytes = t.load_bytes().map_err(|e| match &t.external {
+        Some(x) => format!(
+            "cannot read {} bytes at offset {} of {}: {e}",
+            x.length,
+            x.offset,
+            x.file.display()
+        ),
+        None => e.to_string(),
+    })?;
+    let shape = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension in {:?}", t.dims)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Tensor::from_bytes(runtime_dtype(t.dtype), shape, &bytes).ok_or_else(|| {
+        format!(
+            "{} bytes do not hold a {:?} tensor of shape {:?}",
+            bytes.len(),
+            t.dtype,
+            t.dims
+        )
+    })
+}
+
+/// The model's initializers as tensors, converted once and shared (by reference count) by every
+/// program lowered from the model.
+pub fn convert_initializers(model: &Model) -> Result<Vec<(String, Tensor)>, CompileError> {
+    let bar = crate::progress::bar(model.graph.initializers.len() as u64, "reading weights");
+    let mut out = Vec::with_capacity(model.graph.initializers.len());
+    for (name, data) in &model.graph.initializers {
+        bar.set_message(name.clone());
+        let t = tensor_of(data).map_err(|reason| CompileError::Node {
+            path: model.path.clone(),
+            node: name.clone(),
+            op: "initializer".into(),
+            reason,
+        })?;
+        out.push((name.clone(), t));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// How large a tensor compile-time evaluation may make (`--eval-limit`, MiB on the CLI).
+pub const DEFAULT_EVAL_LIMIT_BYTES: usize = 256 << 20;
+
+/// The bytes of a tensor of `shape` and `dtype`; None when the count overflows or is unknown.
+pub fn static_bytes(shape: &[Option<usize>], dtype: DType) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(dtype.size(), |acc, d| d.and_then(|d| acc.checked_mul(d)))
 }
 
 /// The ops the core stage accepts (for the error message on anything else).
 pub const SUPPORTED: &[&str] = &[
-    "Abs", "Add", "And", "ArgMax", "ArgMin", "Cast", "CastLike", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape",
-    "Cos", "CumSum", "Div", "Einsum", "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "Gelu", "GatherElements",
-    "GatherND", "Gemm", "Greater", "GreaterOrEqual", "Identity", "LayerNormalization", "Less", "LessOrEqual", "Log",
-    "LogSoftmax", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "NonZero", "Not", "OneHot", "Or", "Pow", "Range",
-    "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "Relu", "Reshape",
-    "ScatterElements", "ScatterND", "Shape", "Sigmoid", "Sign", "Sin", "Size", "Slice", "Softmax", "Split", "Sqrt",
-    "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Where", "Xor",
+    "Abs",
+    "Add",
+    "And",
+    "ArgMax",
+    "ArgMin",
+    "Cast",
+    "CastLike",
+    "Ceil",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Cos",
+    "CumSum",
+    "Div",
+    "Einsum",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Floor",
+    "Gather",
+    "Gelu",
+    "GatherElements",
+    "GatherND",
+    "Gemm",
+    "Greater",
+    "GreaterOrEqual",
+    "Identity",
+    "LayerNormalization",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "Max",
+    "Min",
+    "Mod",
+    "Mul",
+    "Neg",
+    "NonZero",
+    "Not",
+    "OneHot",
+    "Or",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceL2",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "ScatterElements",
+    "ScatterND",
+    "Shape",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Tile",
+    "TopK",
+    "Transpose",
+    "Trilu",
+    "Unsqueeze",
+    "Where",
+    "Xor",
 ];
 
 struct Lowering<'m> {
@@ -72,6 +196,8 @@ struct Lowering<'m> {
     weights: Vec<(String, Tensor)>,
     fresh: usize,
     moe_layers: Vec<crate::moe::MoeLayer>,
+    /// Folding never makes a tensor larger than this; a larger value stays a run-time op.
+    eval_limit: usize,
 }
 
 fn attr_i(n: &Node, k: &str, d: i64) -> i64 {
@@ -105,7 +231,12 @@ fn reduction(n: &Node) -> Result<Reduction, String> {
 
 impl<'m> Lowering<'m> {
     fn node_err(&self, node: &Node, reason: impl Into<String>) -> CompileError {
-        CompileError::Node { path: self.model.path.clone(), node: node.name.clone(), op: node.qualified_op(), reason: reason.into() }
+        CompileError::Node {
+            path: self.model.path.clone(),
+            node: node.name.clone(),
+            op: node.qualified_op(),
+            reason: reason.into(),
+        }
     }
 
     fn buffer_for_value(&mut self, name: &str, kind: BufferKind) -> BufferId {
@@ -114,15 +245,32 @@ impl<'m> Lowering<'m> {
         }
         let ty = self.types.get(name);
         let (dtype, shape) = match ty {
-            Some(t) => (runtime_dtype(t.dtype), t.dims.iter().map(|d| d.known().map(|v| v as usize)).collect()),
+            Some(t) => (
+                runtime_dtype(t.dtype),
+                t.dims
+                    .iter()
+                    .map(|d| d.known().map(|v| v as usize))
+                    .collect(),
+            ),
             None => (DType::F32, vec![]),
         };
         self.push_buffer(name, dtype, shape, kind)
     }
 
-    fn push_buffer(&mut self, name: &str, dtype: DType, shape: Vec<Option<usize>>, kind: BufferKind) -> BufferId {
+    fn push_buffer(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: Vec<Option<usize>>,
+        kind: BufferKind,
+    ) -> BufferId {
         let id = self.buffers.len();
-        self.buffers.push(Buffer { name: name.to_string(), dtype, shape, kind });
+        self.buffers.push(Buffer {
+            name: name.to_string(),
+            dtype,
+            shape,
+            kind,
+        });
         self.ids.insert(name.to_string(), id);
         id
     }
@@ -133,7 +281,12 @@ impl<'m> Lowering<'m> {
             return id;
         }
         if let Some(t) = self.consts.get(name).cloned() {
-            let id = self.push_buffer(name, t.dtype, t.shape.iter().map(|&d| Some(d)).collect(), BufferKind::Weight);
+            let id = self.push_buffer(
+                name,
+                t.dtype,
+                t.shape.iter().map(|&d| Some(d)).collect(),
+                BufferKind::Weight,
+            );
             self.weights.push((name.to_string(), t));
             return id;
         }
@@ -141,7 +294,16 @@ impl<'m> Lowering<'m> {
     }
 
     fn operands(&mut self, node: &Node) -> Vec<Option<BufferId>> {
-        node.inputs.iter().map(|n| if n.is_empty() { None } else { Some(self.operand(n)) }).collect()
+        node.inputs
+            .iter()
+            .map(|n| {
+                if n.is_empty() {
+                    None
+                } else {
+                    Some(self.operand(n))
+                }
+            })
+            .collect()
     }
 
     /// A new constant (a Reshape's target shape, say) as a weight buffer.
@@ -155,43 +317,78 @@ impl<'m> Lowering<'m> {
     /// A fresh temporary with the given type.
     fn temp(&mut self, hint: &str, dtype: DType, shape: Vec<Option<usize>>) -> BufferId {
         self.fresh += 1;
-        self.push_buffer(&format!("{hint}.tmp{}", self.fresh), dtype, shape, BufferKind::Temp)
+        self.push_buffer(
+            &format!("{hint}.tmp{}", self.fresh),
+            dtype,
+            shape,
+            BufferKind::Temp,
+        )
     }
 
     fn emit(&mut self, node: &Node, op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>) {
-        self.instructions.push(Instruction { op, inputs, outputs, origin: node.name.clone() });
+        self.instructions.push(Instruction {
+            op,
+            inputs,
+            outputs,
+            origin: node.name.clone(),
+        });
     }
 
     fn outputs(&mut self, node: &Node) -> Vec<BufferId> {
-        node.outputs.iter().map(|o| self.buffer_for_value(o, BufferKind::Temp)).collect()
+        node.outputs
+            .iter()
+            .map(|o| self.buffer_for_value(o, BufferKind::Temp))
+            .collect()
     }
 
     fn static_shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.types.get(name).and_then(|t| t.dims.iter().map(|d| d.known().map(|v| v as usize)).collect())
+        self.types.get(name).and_then(|t| {
+            t.dims
+                .iter()
+                .map(|d| d.known().map(|v| v as usize))
+                .collect()
+        })
     }
 
     /// Tries to evaluate a node at compile time; true when it was.
     fn fold(&mut self, node: &Node) -> Result<bool, CompileError> {
         if node.op_type == "Constant" {
-            let data = ppmoe_frontend::infer::constant_value(node).map_err(|e| self.node_err(node, e))?;
-            let t = tensor_of(&data).ok_or_else(|| self.node_err(node, "malformed constant"))?;
+            let data =
+                ppmoe_frontend::infer::constant_value(node).map_err(|e| self.node_err(node, e))?;
+            let t = tensor_of(&data)
+                .map_err(|e| self.node_err(node, format!("malformed constant: {e}")))?;
             self.consts.insert(node.outputs[0].clone(), t);
             return Ok(true);
         }
         // Shape and Size of a tensor whose shape is static are constants, whatever its values.
         if matches!(node.op_type.as_str(), "Shape" | "Size") {
             if let Some(shape) = self.static_shape(&node.inputs[0]) {
-                let fake = Tensor::f32(shape.clone(), vec![0.0; shape.iter().product()]);
-                let t = if node.op_type == "Size" {
-                    Tensor::i64(vec![], vec![shape.iter().product::<usize>() as i64])
-                } else {
-                    kernels::execute(&self.op_for(node)?, &[Some(&fake)], 1).map_err(|e| self.node_err(node, e))?.remove(0)
+                let t = match self.op_for(node)? {
+                    Op::Shape { start, end } => kernels::shape_values(&shape, start, end),
+                    _ => {
+                        let n = shape
+                            .iter()
+                            .try_fold(1usize, |a, &d| a.checked_mul(d))
+                            .ok_or_else(|| {
+                                self.node_err(
+                                    node,
+                                    format!("the element count of {shape:?} overflows"),
+                                )
+                            })?;
+                        let n = i64::try_from(n).map_err(|_| {
+                            self.node_err(node, format!("the element count of {shape:?} overflows"))
+                        })?;
+                        Tensor::i64(vec![], vec![n])
+                    }
                 };
                 self.consts.insert(node.outputs[0].clone(), t);
                 return Ok(true);
             }
         }
-        let all_const = node.inputs.iter().all(|i| i.is_empty() || self.consts.contains_key(i));
+        let all_const = node
+            .inputs
+            .iter()
+            .all(|i| i.is_empty() || self.consts.contains_key(i));
         if !all_const {
             return Ok(false);
         }
@@ -200,20 +397,60 @@ impl<'m> Lowering<'m> {
             // Gemm and Clip lower to several ops: fold them through their lowering instead.
             Err(_) => return Ok(false),
         };
-        let args: Vec<Option<&Tensor>> = node.inputs.iter().map(|i| if i.is_empty() { None } else { self.consts.get(i) }).collect();
-        let outs = kernels::execute(&op, &args, node.outputs.len()).map_err(|e| self.node_err(node, e))?;
+        if !self.fits_eval_limit(node) {
+            tracing::info!("node \"{}\" ({}): not folded: its result is larger than the compile-time evaluation limit ({} MiB); it runs at run time", node.name, node.op_type, self.eval_limit >> 20);
+            return Ok(false);
+        }
+        let args: Vec<Option<&Tensor>> = node
+            .inputs
+            .iter()
+            .map(|i| {
+                if i.is_empty() {
+                    None
+                } else {
+                    self.consts.get(i)
+                }
+            })
+            .collect();
+        let outs =
+            kernels::execute(&op, &args, node.outputs.len()).map_err(|e| self.node_err(node, e))?;
         for (name, t) in node.outputs.iter().zip(outs) {
-            let want = self.types.get(name).map(|t| runtime_dtype(t.dtype)).unwrap_or(t.dtype);
+            let want = self
+                .types
+                .get(name)
+                .map(|t| runtime_dtype(t.dtype))
+                .unwrap_or(t.dtype);
             self.consts.insert(name.clone(), t.with_dtype(want));
         }
         Ok(true)
+    }
+
+    /// Whether every output's inferred size is known and within the evaluation limit.
+    fn fits_eval_limit(&self, node: &Node) -> bool {
+        node.outputs.iter().all(|o| {
+            let Some(ty) = self.types.get(o) else {
+                return false;
+            };
+            let dims: Vec<Option<usize>> = ty
+                .dims
+                .iter()
+                .map(|d| d.known().and_then(|v| usize::try_from(v).ok()))
+                .collect();
+            static_bytes(&dims, runtime_dtype(ty.dtype)).is_some_and(|b| b <= self.eval_limit)
+        })
     }
 
     /// The core op of a node that maps one to one.
     fn op_for(&self, node: &Node) -> Result<Op, CompileError> {
         let unary = |f| Ok(Op::Unary { f });
         let binary = |f| Ok(Op::Binary { f });
-        let reduce = |f| Ok(Op::Reduce { f, keepdims: attr_i(node, "keepdims", 1) != 0, noop_with_empty_axes: attr_i(node, "noop_with_empty_axes", 0) != 0 });
+        let reduce = |f| {
+            Ok(Op::Reduce {
+                f,
+                keepdims: attr_i(node, "keepdims", 1) != 0,
+                noop_with_empty_axes: attr_i(node, "noop_with_empty_axes", 0) != 0,
+            })
+        };
         if !node.domain.is_empty() {
             return Err(self.unsupported(node));
         }
@@ -259,16 +496,29 @@ impl<'m> Lowering<'m> {
             "Where" => Ok(Op::Where),
             "Cast" => {
                 let to = attr_i(node, "to", 0);
-                let d = ppmoe_frontend::DType::from_onnx(to as i32).ok_or_else(|| self.node_err(node, format!("Cast to unsupported type {to}")))?;
-                Ok(Op::Cast { to: runtime_dtype(d) })
+                let d = ppmoe_frontend::DType::from_onnx(to as i32)
+                    .ok_or_else(|| self.node_err(node, format!("Cast to unsupported type {to}")))?;
+                Ok(Op::Cast {
+                    to: runtime_dtype(d),
+                })
             }
             "CastLike" => {
-                let d = self.types.get(&node.inputs[1]).map(|t| runtime_dtype(t.dtype)).ok_or_else(|| self.node_err(node, "untyped operand"))?;
+                let d = self
+                    .types
+                    .get(&node.inputs[1])
+                    .map(|t| runtime_dtype(t.dtype))
+                    .ok_or_else(|| self.node_err(node, "untyped operand"))?;
                 Ok(Op::Cast { to: d })
             }
             "MatMul" => Ok(Op::MatMul),
-            "Softmax" => Ok(Op::Softmax { axis: attr_i(node, "axis", -1), log: false }),
-            "LogSoftmax" => Ok(Op::Softmax { axis: attr_i(node, "axis", -1), log: true }),
+            "Softmax" => Ok(Op::Softmax {
+                axis: attr_i(node, "axis", -1),
+                log: false,
+            }),
+            "LogSoftmax" => Ok(Op::Softmax {
+                axis: attr_i(node, "axis", -1),
+                log: true,
+            }),
             "ReduceSum" => reduce(ReduceFn::Sum),
             "ReduceMean" => reduce(ReduceFn::Mean),
             "ReduceMax" => reduce(ReduceFn::Max),
@@ -279,43 +529,78 @@ impl<'m> Lowering<'m> {
                 if attr_i(node, "select_last_index", 0) != 0 {
                     return Err(self.node_err(node, "select_last_index = 1 is not supported"));
                 }
-                Ok(Op::ArgMax { axis: attr_i(node, "axis", 0), keepdims: attr_i(node, "keepdims", 1) != 0, max: node.op_type == "ArgMax" })
+                Ok(Op::ArgMax {
+                    axis: attr_i(node, "axis", 0),
+                    keepdims: attr_i(node, "keepdims", 1) != 0,
+                    max: node.op_type == "ArgMax",
+                })
             }
-            "Reshape" => Ok(Op::Reshape { allowzero: attr_i(node, "allowzero", 0) != 0 }),
+            "Reshape" => Ok(Op::Reshape {
+                allowzero: attr_i(node, "allowzero", 0) != 0,
+            }),
             "Transpose" => {
-                let rank = self.types.get(&node.inputs[0]).map(|t| t.dims.len()).unwrap_or(0);
+                let rank = self
+                    .types
+                    .get(&node.inputs[0])
+                    .map(|t| t.dims.len())
+                    .unwrap_or(0);
                 let perm = match node.attr("perm") {
                     Some(AttrValue::Ints(p)) => p.iter().map(|&v| v as usize).collect(),
                     _ => (0..rank).rev().collect(),
                 };
                 Ok(Op::Transpose { perm })
             }
-            "Concat" => Ok(Op::Concat { axis: attr_i(node, "axis", 0) }),
+            "Concat" => Ok(Op::Concat {
+                axis: attr_i(node, "axis", 0),
+            }),
             "Split" => {
                 if node.attr("split").is_some() {
-                    return Err(self.node_err(node, "the 'split' attribute (opset < 13) is not supported; use the input"));
+                    return Err(self.node_err(
+                        node,
+                        "the 'split' attribute (opset < 13) is not supported; use the input",
+                    ));
                 }
-                Ok(Op::Split { axis: attr_i(node, "axis", 0) })
+                Ok(Op::Split {
+                    axis: attr_i(node, "axis", 0),
+                })
             }
             "Slice" => Ok(Op::Slice),
             "Squeeze" => Ok(Op::Squeeze),
             "Unsqueeze" => Ok(Op::Unsqueeze),
-            "Flatten" => Ok(Op::Flatten { axis: attr_i(node, "axis", 1) }),
+            "Flatten" => Ok(Op::Flatten {
+                axis: attr_i(node, "axis", 1),
+            }),
             "Expand" => Ok(Op::Expand),
             "Tile" => Ok(Op::Tile),
-            "Gather" => Ok(Op::Gather { axis: attr_i(node, "axis", 0) }),
-            "GatherElements" => Ok(Op::GatherElements { axis: attr_i(node, "axis", 0) }),
-            "GatherND" => Ok(Op::GatherNd { batch_dims: attr_i(node, "batch_dims", 0).max(0) as usize }),
-            "ScatterND" => Ok(Op::ScatterNd { reduction: reduction(node).map_err(|e| self.node_err(node, e))? }),
-            "ScatterElements" => Ok(Op::ScatterElements { axis: attr_i(node, "axis", 0), reduction: reduction(node).map_err(|e| self.node_err(node, e))? }),
+            "Gather" => Ok(Op::Gather {
+                axis: attr_i(node, "axis", 0),
+            }),
+            "GatherElements" => Ok(Op::GatherElements {
+                axis: attr_i(node, "axis", 0),
+            }),
+            "GatherND" => Ok(Op::GatherNd {
+                batch_dims: attr_i(node, "batch_dims", 0).max(0) as usize,
+            }),
+            "ScatterND" => Ok(Op::ScatterNd {
+                reduction: reduction(node).map_err(|e| self.node_err(node, e))?,
+            }),
+            "ScatterElements" => Ok(Op::ScatterElements {
+                axis: attr_i(node, "axis", 0),
+                reduction: reduction(node).map_err(|e| self.node_err(node, e))?,
+            }),
             "TopK" => {
                 if attr_i(node, "sorted", 1) == 0 {
                     // Sorted output is a valid answer to an unsorted request.
                     tracing::debug!("TopK {}: sorted=0 computed sorted", node.name);
                 }
-                Ok(Op::TopK { axis: attr_i(node, "axis", -1), largest: attr_i(node, "largest", 1) != 0 })
+                Ok(Op::TopK {
+                    axis: attr_i(node, "axis", -1),
+                    largest: attr_i(node, "largest", 1) != 0,
+                })
             }
-            "OneHot" => Ok(Op::OneHot { axis: attr_i(node, "axis", -1) }),
+            "OneHot" => Ok(Op::OneHot {
+                axis: attr_i(node, "axis", -1),
+            }),
             "Range" => Ok(Op::Range),
             "Shape" => Ok(Op::Shape {
                 start: attr_i(node, "start", 0),
@@ -327,24 +612,39 @@ impl<'m> Lowering<'m> {
             "ConstantOfShape" => {
                 let (value, dtype) = match node.attr("value") {
                     Some(AttrValue::Tensor(t)) => {
-                        let v = tensor_of(t).map(|t| t.to_f32().first().copied().unwrap_or(0.0) as f64).unwrap_or(0.0);
+                        let v = tensor_of(t)
+                            .map(|t| t.to_f32().first().copied().unwrap_or(0.0) as f64)
+                            .map_err(|e| self.node_err(node, e))?;
                         (v, runtime_dtype(t.dtype))
                     }
                     _ => (0.0, DType::F32),
                 };
                 Ok(Op::ConstantOfShape { value, dtype })
             }
-            "Trilu" => Ok(Op::Trilu { upper: attr_i(node, "upper", 1) != 0 }),
-            "CumSum" => Ok(Op::CumSum { exclusive: attr_i(node, "exclusive", 0) != 0, reverse: attr_i(node, "reverse", 0) != 0 }),
+            "Trilu" => Ok(Op::Trilu {
+                upper: attr_i(node, "upper", 1) != 0,
+            }),
+            "CumSum" => Ok(Op::CumSum {
+                exclusive: attr_i(node, "exclusive", 0) != 0,
+                reverse: attr_i(node, "reverse", 0) != 0,
+            }),
             "Einsum" => match node.attr("equation") {
-                Some(AttrValue::String(e)) => Ok(Op::Einsum { equation: e.clone() }),
+                Some(AttrValue::String(e)) => Ok(Op::Einsum {
+                    equation: e.clone(),
+                }),
                 _ => Err(self.node_err(node, "Einsum needs an equation")),
             },
             "LayerNormalization" => {
                 if node.outputs.len() > 1 {
-                    return Err(self.node_err(node, "the mean and inverse-std-dev outputs (training) are not supported"));
+                    return Err(self.node_err(
+                        node,
+                        "the mean and inverse-std-dev outputs (training) are not supported",
+                    ));
                 }
-                Ok(Op::LayerNorm { axis: attr_i(node, "axis", -1), epsilon: attr_f(node, "epsilon", 1e-5) })
+                Ok(Op::LayerNorm {
+                    axis: attr_i(node, "axis", -1),
+                    epsilon: attr_f(node, "epsilon", 1e-5),
+                })
             }
             "NonZero" => Ok(Op::NonZero),
             _ => Err(self.unsupported(node)),
@@ -373,10 +673,17 @@ impl<'m> Lowering<'m> {
             "Gemm" if node.domain.is_empty() => self.lower_gemm(node),
             "MoE" if node.domain == "com.microsoft" => self.lower_fused_moe(node),
             "Clip" if node.domain.is_empty() => self.lower_clip(node),
-            "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
+            "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
+                if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() =>
+            {
                 let shape = self.static_shape(&node.outputs[0]).unwrap_or_default();
                 let x = self.operand(&node.inputs[0]);
-                if self.buffers[x].shape.iter().map(|d| d.unwrap_or(usize::MAX)).eq(shape.iter().copied()) {
+                if self.buffers[x]
+                    .shape
+                    .iter()
+                    .map(|d| d.unwrap_or(usize::MAX))
+                    .eq(shape.iter().copied())
+                {
                     // A reshape to the shape it already has is the value itself.
                     self.ids.insert(node.outputs[0].clone(), x);
                     return Ok(());
@@ -397,25 +704,52 @@ impl<'m> Lowering<'m> {
 
     /// Y = alpha * op(A) @ op(B) + beta * C.
     fn lower_gemm(&mut self, node: &Node) -> Result<(), CompileError> {
-        let (ta, tb) = (attr_i(node, "transA", 0) != 0, attr_i(node, "transB", 0) != 0);
+        let (ta, tb) = (
+            attr_i(node, "transA", 0) != 0,
+            attr_i(node, "transB", 0) != 0,
+        );
         let (alpha, beta) = (attr_f(node, "alpha", 1.0), attr_f(node, "beta", 1.0));
-        let out_ty = self.types.get(&node.outputs[0]).ok_or_else(|| self.node_err(node, "untyped output"))?.clone();
+        let out_ty = self
+            .types
+            .get(&node.outputs[0])
+            .ok_or_else(|| self.node_err(node, "untyped output"))?
+            .clone();
         let dtype = runtime_dtype(out_ty.dtype);
-        let shape: Vec<Option<usize>> = out_ty.dims.iter().map(|d| d.known().map(|v| v as usize)).collect();
+        let shape: Vec<Option<usize>> = out_ty
+            .dims
+            .iter()
+            .map(|d| d.known().map(|v| v as usize))
+            .collect();
         let operand_t = |this: &mut Self, name: &str, t: bool| -> Result<BufferId, CompileError> {
             if !t {
                 return Ok(this.operand(name));
             }
             if let Some(c) = this.consts.get(name) {
                 // A transposed weight is transposed once, here.
-                let tt = kernels::execute(&Op::Transpose { perm: vec![1, 0] }, &[Some(c)], 1).map_err(|e| this.node_err(node, e))?.remove(0);
+                let tt = kernels::execute(&Op::Transpose { perm: vec![1, 0] }, &[Some(c)], 1)
+                    .map_err(|e| this.node_err(node, e))?
+                    .remove(0);
                 return Ok(this.const_operand(name, tt));
             }
             let src = this.operand(name);
             let ty = this.types.get(name).cloned();
-            let tshape = ty.as_ref().map(|t| t.dims.iter().rev().map(|d| d.known().map(|v| v as usize)).collect()).unwrap_or_default();
+            let tshape = ty
+                .as_ref()
+                .map(|t| {
+                    t.dims
+                        .iter()
+                        .rev()
+                        .map(|d| d.known().map(|v| v as usize))
+                        .collect()
+                })
+                .unwrap_or_default();
             let tmp = this.temp(name, dtype, tshape);
-            this.emit(node, Op::Transpose { perm: vec![1, 0] }, vec![Some(src)], vec![tmp]);
+            this.emit(
+                node,
+                Op::Transpose { perm: vec![1, 0] },
+                vec![Some(src)],
+                vec![tmp],
+            );
             Ok(tmp)
         };
         let a = operand_t(self, &node.inputs[0], ta)?;
@@ -423,13 +757,29 @@ impl<'m> Lowering<'m> {
         let has_c = node.inputs.get(2).is_some_and(|c| !c.is_empty());
         let final_out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
         let needs_more = alpha != 1.0 || has_c;
-        let mm = if needs_more { self.temp(&node.outputs[0], dtype, shape.clone()) } else { final_out };
+        let mm = if needs_more {
+            self.temp(&node.outputs[0], dtype, shape.clone())
+        } else {
+            final_out
+        };
         self.emit(node, Op::MatMul, vec![Some(a), Some(b)], vec![mm]);
         let mut cur = mm;
         if alpha != 1.0 {
-            let s = self.const_operand(&node.outputs[0], Tensor::f32(vec![], vec![alpha]).with_dtype(dtype));
-            let next = if has_c { self.temp(&node.outputs[0], dtype, shape.clone()) } else { final_out };
-            self.emit(node, Op::Binary { f: BinaryFn::Mul }, vec![Some(cur), Some(s)], vec![next]);
+            let s = self.const_operand(
+                &node.outputs[0],
+                Tensor::f32(vec![], vec![alpha]).with_dtype(dtype),
+            );
+            let next = if has_c {
+                self.temp(&node.outputs[0], dtype, shape.clone())
+            } else {
+                final_out
+            };
+            self.emit(
+                node,
+                Op::Binary { f: BinaryFn::Mul },
+                vec![Some(cur), Some(s)],
+                vec![next],
+            );
             cur = next;
         }
         if has_c {
@@ -437,17 +787,32 @@ impl<'m> Lowering<'m> {
             let c = if beta == 1.0 {
                 self.operand(&c_name)
             } else if let Some(cv) = self.consts.get(&c_name).cloned() {
-                let scaled = Tensor::f32(cv.shape.clone(), cv.to_f32().iter().map(|v| v * beta).collect()).with_dtype(cv.dtype);
+                let scaled = Tensor::f32(
+                    cv.shape.clone(),
+                    cv.to_f32().iter().map(|v| v * beta).collect(),
+                )
+                .with_dtype(cv.dtype);
                 self.const_operand(&c_name, scaled)
             } else {
                 let src = self.operand(&c_name);
-                let s = self.const_operand(&c_name, Tensor::f32(vec![], vec![beta]).with_dtype(dtype));
+                let s =
+                    self.const_operand(&c_name, Tensor::f32(vec![], vec![beta]).with_dtype(dtype));
                 let cshape = self.buffers[src].shape.clone();
                 let tmp = self.temp(&c_name, dtype, cshape);
-                self.emit(node, Op::Binary { f: BinaryFn::Mul }, vec![Some(src), Some(s)], vec![tmp]);
+                self.emit(
+                    node,
+                    Op::Binary { f: BinaryFn::Mul },
+                    vec![Some(src), Some(s)],
+                    vec![tmp],
+                );
                 tmp
             };
-            self.emit(node, Op::Binary { f: BinaryFn::Add }, vec![Some(cur), Some(c)], vec![final_out]);
+            self.emit(
+                node,
+                Op::Binary { f: BinaryFn::Add },
+                vec![Some(cur), Some(c)],
+                vec![final_out],
+            );
         }
         Ok(())
     }
@@ -455,33 +820,80 @@ impl<'m> Lowering<'m> {
     /// Family A: a fused com.microsoft.MoE node becomes moe.route + moe.experts.
     fn lower_fused_moe(&mut self, node: &Node) -> Result<(), CompileError> {
         use ppmoe_runtime::program::{RouteOrder, Scoring, EXPERTS_LAYOUT};
-        let x_shape = self.static_shape(&node.inputs[0]).ok_or_else(|| self.node_err(node, "the input's shape must be static (use --input-shape)"))?;
-        let l_shape = self.static_shape(&node.inputs[1]).ok_or_else(|| self.node_err(node, "router_probs' shape must be static"))?;
-        let h = *x_shape.last().ok_or_else(|| self.node_err(node, "scalar input"))?;
+        let x_shape = self.static_shape(&node.inputs[0]).ok_or_else(|| {
+            self.node_err(node, "the input's shape must be static (use --input-shape)")
+        })?;
+        let l_shape = self
+            .static_shape(&node.inputs[1])
+            .ok_or_else(|| self.node_err(node, "router_probs' shape must be static"))?;
+        let h = *x_shape
+            .last()
+            .ok_or_else(|| self.node_err(node, "scalar input"))?;
         let t = x_shape.iter().product::<usize>() / h.max(1);
         let e = *l_shape.last().unwrap_or(&0);
         if l_shape.iter().product::<usize>() != t * e {
-            return Err(self.node_err(node, format!("router_probs {l_shape:?} is not [{t}, E] for input {x_shape:?}")));
+            return Err(self.node_err(
+                node,
+                format!("router_probs {l_shape:?} is not [{t}, E] for input {x_shape:?}"),
+            ));
         }
         let consts = &self.consts;
-        let weight = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| consts.get(n)).map(|t| t.clone().with_dtype(DType::F32));
-        let moe = crate::moe::fused_ort::read(node, h, weight).map_err(|e| self.node_err(node, e))?;
+        let weight = |i: usize| {
+            node.inputs
+                .get(i)
+                .filter(|n| !n.is_empty())
+                .and_then(|n| consts.get(n))
+                .map(|t| t.clone().with_dtype(DType::F32))
+        };
+        let moe =
+            crate::moe::fused_ort::read(node, h, weight).map_err(|e| self.node_err(node, e))?;
         let k = moe.top_k;
         let x = self.operand(&node.inputs[0]);
-        let x2 = if x_shape.len() == 2 { x } else {
+        let x2 = if x_shape.len() == 2 {
+            x
+        } else {
             let b = self.temp(&node.name, DType::F32, vec![Some(t), Some(h)]);
-            self.emit(node, Op::ReshapeTo { shape: vec![t, h] }, vec![Some(x)], vec![b]);
+            self.emit(
+                node,
+                Op::ReshapeTo { shape: vec![t, h] },
+                vec![Some(x)],
+                vec![b],
+            );
             b
         };
         let l = self.operand(&node.inputs[1]);
-        let l2 = if l_shape.len() == 2 { l } else {
+        let l2 = if l_shape.len() == 2 {
+            l
+        } else {
             let b = self.temp(&node.name, DType::F32, vec![Some(t), Some(e)]);
-            self.emit(node, Op::ReshapeTo { shape: vec![t, e] }, vec![Some(l)], vec![b]);
+            self.emit(
+                node,
+                Op::ReshapeTo { shape: vec![t, e] },
+                vec![Some(l)],
+                vec![b],
+            );
             b
         };
-        let w = self.temp(&format!("{}.route_weights", node.name), DType::F32, vec![Some(t), Some(k)]);
-        let ids = self.temp(&format!("{}.route_ids", node.name), DType::I64, vec![Some(t), Some(k)]);
-        let route = Op::MoeRoute { top_k: k, scoring: Scoring::Softmax, order: RouteOrder::SoftmaxThenTopk, renormalize: moe.renormalize, n_group: 0, topk_group: 0, routed_scaling_factor: 1.0, capacity: 0 };
+        let w = self.temp(
+            &format!("{}.route_weights", node.name),
+            DType::F32,
+            vec![Some(t), Some(k)],
+        );
+        let ids = self.temp(
+            &format!("{}.route_ids", node.name),
+            DType::I64,
+            vec![Some(t), Some(k)],
+        );
+        let route = Op::MoeRoute {
+            top_k: k,
+            scoring: Scoring::Softmax,
+            order: RouteOrder::SoftmaxThenTopk,
+            renormalize: moe.renormalize,
+            n_group: 0,
+            topk_group: 0,
+            routed_scaling_factor: 1.0,
+            capacity: 0,
+        };
         self.emit(node, route, vec![Some(l2)], vec![w, ids]);
         let f = moe.ffn.ffn_size();
         let layer = crate::moe::MoeLayer {
@@ -491,7 +903,14 @@ impl<'m> Lowering<'m> {
             top_k: k,
             hidden: h,
             ffn: f,
-            routing: format!("softmax -> top-{k}{}", if moe.renormalize { ", renormalised" } else { "" }),
+            routing: format!(
+                "softmax -> top-{k}{}",
+                if moe.renormalize {
+                    ", renormalised"
+                } else {
+                    ""
+                }
+            ),
             activation: moe.ffn.describe_activation(),
             shared_experts: "none".into(),
             family: crate::moe::Family::FusedOrt,
@@ -499,14 +918,50 @@ impl<'m> Lowering<'m> {
         };
         let w_in = self.const_operand(&format!("{}.w_in", node.name), moe.ffn.w_in);
         let w_out = self.const_operand(&format!("{}.w_out", node.name), moe.ffn.w_out);
-        let b_in = moe.ffn.b_in.map(|b| self.const_operand(&format!("{}.b_in", node.name), b));
-        let b_out = moe.ffn.b_out.map(|b| self.const_operand(&format!("{}.b_out", node.name), b));
-        let op = Op::MoeExperts { activation: moe.ffn.activation, alpha: moe.ffn.alpha, beta: moe.ffn.beta, limit: moe.ffn.limit, layout: EXPERTS_LAYOUT.into() };
+        let b_in = moe
+            .ffn
+            .b_in
+            .map(|b| self.const_operand(&format!("{}.b_in", node.name), b));
+        let b_out = moe
+            .ffn
+            .b_out
+            .map(|b| self.const_operand(&format!("{}.b_out", node.name), b));
+        let op = Op::MoeExperts {
+            activation: moe.ffn.activation,
+            alpha: moe.ffn.alpha,
+            beta: moe.ffn.beta,
+            limit: moe.ffn.limit,
+            layout: EXPERTS_LAYOUT.into(),
+        };
         let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
-        let y = if x_shape.len() == 2 { out } else { self.temp(&node.name, DType::F32, vec![Some(t), Some(h)]) };
-        self.emit(node, op, vec![Some(x2), Some(w), Some(ids), Some(w_in), Some(w_out), b_in, b_out], vec![y]);
+        let y = if x_shape.len() == 2 {
+            out
+        } else {
+            self.temp(&node.name, DType::F32, vec![Some(t), Some(h)])
+        };
+        self.emit(
+            node,
+            op,
+            vec![
+                Some(x2),
+                Some(w),
+                Some(ids),
+                Some(w_in),
+                Some(w_out),
+                b_in,
+                b_out,
+            ],
+            vec![y],
+        );
         if y != out {
-            self.emit(node, Op::ReshapeTo { shape: x_shape.clone() }, vec![Some(y)], vec![out]);
+            self.emit(
+                node,
+                Op::ReshapeTo {
+                    shape: x_shape.clone(),
+                },
+                vec![Some(y)],
+                vec![out],
+            );
         }
         self.moe_layers.push(layer);
         Ok(())
@@ -518,20 +973,35 @@ impl<'m> Lowering<'m> {
         let lo = node.inputs.get(1).filter(|n| !n.is_empty()).cloned();
         let hi = node.inputs.get(2).filter(|n| !n.is_empty()).cloned();
         if node.attr("min").is_some() || node.attr("max").is_some() {
-            return Err(self.node_err(node, "Clip's min/max attributes (opset < 11) are not supported"));
+            return Err(self.node_err(
+                node,
+                "Clip's min/max attributes (opset < 11) are not supported",
+            ));
         }
         let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
         let (dtype, shape) = (self.buffers[out].dtype, self.buffers[out].shape.clone());
         let mut cur = x;
-        let steps: Vec<(BinaryFn, String)> = [(BinaryFn::Max, lo), (BinaryFn::Min, hi)].into_iter().filter_map(|(f, b)| b.map(|b| (f, b))).collect();
+        let steps: Vec<(BinaryFn, String)> = [(BinaryFn::Max, lo), (BinaryFn::Min, hi)]
+            .into_iter()
+            .filter_map(|(f, b)| b.map(|b| (f, b)))
+            .collect();
         if steps.is_empty() {
             self.ids.insert(node.outputs[0].clone(), x);
             return Ok(());
         }
         for (i, (f, bound)) in steps.iter().enumerate() {
             let b = self.operand(bound);
-            let dst = if i + 1 == steps.len() { out } else { self.temp(&node.outputs[0], dtype, shape.clone()) };
-            self.emit(node, Op::Binary { f: *f }, vec![Some(cur), Some(b)], vec![dst]);
+            let dst = if i + 1 == steps.len() {
+                out
+            } else {
+                self.temp(&node.outputs[0], dtype, shape.clone())
+            };
+            self.emit(
+                node,
+                Op::Binary { f: *f },
+                vec![Some(cur), Some(b)],
+                vec![dst],
+            );
             cur = dst;
         }
         Ok(())
@@ -540,17 +1010,51 @@ impl<'m> Lowering<'m> {
 
 /// Lowers a model (with its inferred types) to a one-rank `core` program.
 pub fn lower_to_core(model: &Model, types: &Types) -> Result<CoreProgram, CompileError> {
+    lower_to_core_with(
+        model,
+        types,
+        &convert_initializers(model)?,
+        DEFAULT_EVAL_LIMIT_BYTES,
+    )
+}
+
+/// As [`lower_to_core`], with the initializers already converted (shared, not copied) and a
+/// limit on the size of what compile-time evaluation may make.
+pub fn lower_to_core_with(
+    model: &Model,
+    types: &Types,
+    initializers: &[(String, Tensor)],
+    eval_limit: usize,
+) -> Result<CoreProgram, CompileError> {
     let g = &model.graph;
     for input in &g.inputs {
         if input.ty.dims.iter().any(|d| !matches!(d, Dim::Known(_))) {
-            return Err(CompileError::DynamicInput { path: model.path.clone(), input: input.name.clone(), dims: input.ty.mlir() });
+            return Err(CompileError::DynamicInput {
+                path: model.path.clone(),
+                input: input.name.clone(),
+                dims: input.ty.mlir(),
+            });
         }
     }
-    let mut l = Lowering { model, types, buffers: vec![], ids: HashMap::new(), consts: HashMap::new(), instructions: vec![], weights: vec![], fresh: 0, moe_layers: vec![] };
-    let inputs: Vec<BufferId> = g.inputs.iter().map(|i| l.buffer_for_value(&i.name, BufferKind::Input)).collect();
-    for (name, data) in &g.initializers {
-        let t = tensor_of(data).ok_or_else(|| CompileError::Node { path: model.path.clone(), node: name.clone(), op: "initializer".into(), reason: "malformed tensor".into() })?;
-        l.consts.insert(name.clone(), t);
+    let mut l = Lowering {
+        model,
+        types,
+        buffers: vec![],
+        ids: HashMap::new(),
+        consts: HashMap::new(),
+        instructions: vec![],
+        weights: vec![],
+        fresh: 0,
+        moe_layers: vec![],
+        eval_limit,
+    };
+    let inputs: Vec<BufferId> = g
+        .inputs
+        .iter()
+        .map(|i| l.buffer_for_value(&i.name, BufferKind::Input))
+        .collect();
+    for (name, t) in initializers {
+        l.consts.insert(name.clone(), t.clone());
     }
     for node in &g.nodes {
         l.lower_node(node)?;
@@ -573,7 +1077,17 @@ pub fn lower_to_core(model: &Model, types: &Types) -> Result<CoreProgram, Compil
         l.buffers[id].name = o.name.clone();
         outputs.push(id);
     }
-    let program = Program { rank: 0, buffers: l.buffers, inputs, outputs, instructions: l.instructions, weights_file: "rank0.safetensors".into(), coords: [0; 3], gpu: vec![], ptx_file: None };
+    let program = Program {
+        rank: 0,
+        buffers: l.buffers,
+        inputs,
+        outputs,
+        instructions: l.instructions,
+        weights_file: "rank0.safetensors".into(),
+        coords: [0; 3],
+        gpu: vec![],
+        ptx_file: None,
+    };
     let program = crate::passes::dead_code::remove_dead_code(program, &mut l.weights);
     Ok(CoreProgram {
         program,

@@ -4,4 +4,7 @@
 pub mod lower;
 pub mod print;
 
-pub use lower::{lower_to_core, CoreProgram};
+pub use lower::{
+    convert_initializers, lower_to_core, lower_to_core_with, static_bytes, CoreProgram,
+    DEFAULT_EVAL_LIMIT_BYTES,
+};

@@ -25,7 +25,9 @@ pub fn tensor_type(b: &Buffer) -> String {
 
 /// An op's attributes from its serde form (everything but the tag).
 fn attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
-    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(op) else { return vec![] };
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(op) else {
+        return vec![];
+    };
     let mut out = Vec::new();
     for (k, v) in map {
         // The tag is the op's name; `f` is in the name too (core.add, core.reduce_sum).
@@ -42,7 +44,11 @@ fn attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
             serde_json::Value::String(s) => quote(s),
             serde_json::Value::Array(a) => {
                 let ints: Vec<String> = a.iter().map(|x| x.to_string()).collect();
-                if ints.is_empty() { "array<i64>".into() } else { format!("array<i64: {}>", ints.join(", ")) }
+                if ints.is_empty() {
+                    "array<i64>".into()
+                } else {
+                    format!("array<i64: {}>", ints.join(", "))
+                }
             }
             serde_json::Value::Null => continue,
             serde_json::Value::Object(_) => quote(&v.to_string()),
@@ -54,17 +60,38 @@ fn attributes(op: &ppmoe_runtime::program::Op) -> Vec<String> {
 
 /// The attributes of a communication op as the upstream `shard` dialect spells them; the grid
 /// is dp x pp x tp, so the TP group is grid axis 2 and the pipeline axis 1.
-fn shard_attributes(op: &ppmoe_runtime::program::Op, stage_of: &dyn Fn(usize) -> usize) -> Vec<String> {
+fn shard_attributes(
+    op: &ppmoe_runtime::program::Op,
+    stage_of: &dyn Fn(usize) -> usize,
+) -> Vec<String> {
     use ppmoe_runtime::program::Op;
     let mut a = vec!["grid = @grid".to_string()];
     match op {
-        Op::AllReduce { .. } => a.extend(["grid_axes = array<i16: 2>".into(), "reduction = #shard<partial sum>".into()]),
-        Op::AllGather { axis, .. } => a.extend(["grid_axes = array<i16: 2>".into(), format!("gather_axis = {axis} : index")]),
-        Op::AllToAll { split_axis, concat_axis, .. } => {
-            a.extend(["grid_axes = array<i16: 2>".into(), format!("split_axis = {split_axis} : index"), format!("concat_axis = {concat_axis} : index")])
-        }
-        Op::Send { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("destination = array<i64: {}>", stage_of(*peer))]),
-        Op::Recv { peer, .. } => a.extend(["grid_axes = array<i16: 1>".into(), format!("source = array<i64: {}>", stage_of(*peer))]),
+        Op::AllReduce { .. } => a.extend([
+            "grid_axes = array<i16: 2>".into(),
+            "reduction = #shard<partial sum>".into(),
+        ]),
+        Op::AllGather { axis, .. } => a.extend([
+            "grid_axes = array<i16: 2>".into(),
+            format!("gather_axis = {axis} : index"),
+        ]),
+        Op::AllToAll {
+            split_axis,
+            concat_axis,
+            ..
+        } => a.extend([
+            "grid_axes = array<i16: 2>".into(),
+            format!("split_axis = {split_axis} : index"),
+            format!("concat_axis = {concat_axis} : index"),
+        ]),
+        Op::Send { peer, .. } => a.extend([
+            "grid_axes = array<i16: 1>".into(),
+            format!("destination = array<i64: {}>", stage_of(*peer)),
+        ]),
+        Op::Recv { peer, .. } => a.extend([
+            "grid_axes = array<i16: 1>".into(),
+            format!("source = array<i64: {}>", stage_of(*peer)),
+        ]),
         _ => {}
     }
     a
@@ -82,7 +109,11 @@ pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>)
     print_programs_with(programs, grid, 1)
 }
 
-pub fn print_programs_with(programs: &[&Program], grid: Option<(&str, usize, usize)>, microbatches: usize) -> String {
+pub fn print_programs_with(
+    programs: &[&Program],
+    grid: Option<(&str, usize, usize)>,
+    microbatches: usize,
+) -> String {
     let mut text = String::from("module {\n");
     let (tp, pp) = grid.map_or((1, 1), |(_, t, p)| (t, p));
     let stage_of = move |rank: usize| (rank / tp.max(1)) % pp.max(1);
@@ -94,12 +125,22 @@ pub fn print_programs_with(programs: &[&Program], grid: Option<(&str, usize, usi
         let mut args = Vec::new();
         for &id in &p.inputs {
             names[id] = format!("%arg{}", args.len());
-            args.push(format!("{}: {} {{core.input = {}}}", names[id], tensor_type(&p.buffers[id]), quote(&p.buffers[id].name)));
+            args.push(format!(
+                "{}: {} {{core.input = {}}}",
+                names[id],
+                tensor_type(&p.buffers[id]),
+                quote(&p.buffers[id].name)
+            ));
         }
         for (id, b) in p.buffers.iter().enumerate() {
             if b.kind == BufferKind::Weight {
                 names[id] = format!("%arg{}", args.len());
-                args.push(format!("{}: {} {{core.weight = {}}}", names[id], tensor_type(b), quote(&b.name)));
+                args.push(format!(
+                    "{}: {} {{core.weight = {}}}",
+                    names[id],
+                    tensor_type(b),
+                    quote(&b.name)
+                ));
             }
         }
         let mut body = String::new();
@@ -113,33 +154,79 @@ pub fn print_programs_with(programs: &[&Program], grid: Option<(&str, usize, usi
                 let _ = writeln!(body, "    %e{i} = \"tensor.empty\"() : () -> {ty}");
                 extra_operand = Some((format!("%e{i}"), ty));
             }
-            let result_count = if let ppmoe_runtime::program::Op::Send { .. } = ins.op { 1 } else { ins.outputs.len() };
+            let result_count = if let ppmoe_runtime::program::Op::Send { .. } = ins.op {
+                1
+            } else {
+                ins.outputs.len()
+            };
             let results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
             for (k, &o) in ins.outputs.iter().enumerate() {
                 names[o] = results[k].clone();
             }
-            let mut operand_types: Vec<String> = ins.inputs.iter().flatten().map(|&id| tensor_type(&p.buffers[id])).collect();
-            let mut operand_names: Vec<String> = ins.inputs.iter().flatten().map(|&id| names[id].clone()).collect();
+            let mut operand_types: Vec<String> = ins
+                .inputs
+                .iter()
+                .flatten()
+                .map(|&id| tensor_type(&p.buffers[id]))
+                .collect();
+            let mut operand_names: Vec<String> = ins
+                .inputs
+                .iter()
+                .flatten()
+                .map(|&id| names[id].clone())
+                .collect();
             if let Some((n, t)) = extra_operand {
                 operand_names.push(n);
                 operand_types.push(t);
             }
-            let mut result_types: Vec<String> = ins.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect();
+            let mut result_types: Vec<String> = ins
+                .outputs
+                .iter()
+                .map(|&o| tensor_type(&p.buffers[o]))
+                .collect();
             if let ppmoe_runtime::program::Op::Send { .. } = ins.op {
                 result_types = operand_types.clone();
             }
-            let mut attrs = if is_shard { shard_attributes(&ins.op, &stage_of) } else { attributes(&ins.op) };
-            let optional_biases = matches!(ins.op, ppmoe_runtime::program::Op::MoeExperts { .. } | ppmoe_runtime::program::Op::MoeExpertFfn { .. });
+            let mut attrs = if is_shard {
+                shard_attributes(&ins.op, &stage_of)
+            } else {
+                attributes(&ins.op)
+            };
+            let optional_biases = matches!(
+                ins.op,
+                ppmoe_runtime::program::Op::MoeExperts { .. }
+                    | ppmoe_runtime::program::Op::MoeExpertFfn { .. }
+            );
             if optional_biases {
                 // moe.experts / moe.expert_ffn: two optional operands (the biases), told apart
                 // by segment sizes.
-                let sizes: Vec<&str> = ins.inputs.iter().map(|o| if o.is_some() { "1" } else { "0" }).collect();
-                attrs.push(format!("operandSegmentSizes = array<i32: {}>", sizes.join(", ")));
+                let sizes: Vec<&str> = ins
+                    .inputs
+                    .iter()
+                    .map(|o| if o.is_some() { "1" } else { "0" })
+                    .collect();
+                attrs.push(format!(
+                    "operandSegmentSizes = array<i32: {}>",
+                    sizes.join(", ")
+                ));
             } else if ins.inputs.iter().any(Option::is_none) {
-                let absent: Vec<String> = ins.inputs.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(k, _)| k.to_string()).collect();
-                attrs.push(format!("core.absent_inputs = array<i64: {}>", absent.join(", ")));
+                let absent: Vec<String> = ins
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.is_none())
+                    .map(|(k, _)| k.to_string())
+                    .collect();
+                attrs.push(format!(
+                    "core.absent_inputs = array<i64: {}>",
+                    absent.join(", ")
+                ));
             }
-            let lhs = if results.is_empty() { String::new() } else { format!("{} = ", results.join(", ")) };
+            let lhs = if results.is_empty() {
+                String::new()
+            } else {
+                format!("{} = ", results.join(", "))
+            };
             let _ = writeln!(
                 body,
                 "    {}\"{}.{}\"({}){} : ({}) -> ({}) loc({})",
@@ -147,14 +234,22 @@ pub fn print_programs_with(programs: &[&Program], grid: Option<(&str, usize, usi
                 ins.op.dialect(),
                 ins.op.name(),
                 operand_names.join(", "),
-                if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) },
+                if attrs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {{{}}}", attrs.join(", "))
+                },
                 operand_types.join(", "),
                 result_types.join(", "),
                 quote(&ins.origin),
             );
         }
         let outs: Vec<String> = p.outputs.iter().map(|&o| names[o].clone()).collect();
-        let out_types: Vec<String> = p.outputs.iter().map(|&o| tensor_type(&p.buffers[o])).collect();
+        let out_types: Vec<String> = p
+            .outputs
+            .iter()
+            .map(|&o| tensor_type(&p.buffers[o]))
+            .collect();
         let [d, st, t] = p.coords;
         let _ = writeln!(
             text,
@@ -167,7 +262,12 @@ pub fn print_programs_with(programs: &[&Program], grid: Option<(&str, usize, usi
         if outs.is_empty() {
             let _ = writeln!(text, "    func.return");
         } else {
-            let _ = writeln!(text, "    func.return {} : {}", outs.join(", "), out_types.join(", "));
+            let _ = writeln!(
+                text,
+                "    func.return {} : {}",
+                outs.join(", "),
+                out_types.join(", ")
+            );
         }
         text.push_str("  }\n");
     }

@@ -52,7 +52,9 @@ fn map_reshape(inp: &[usize], out: &[usize], a: usize, tp: usize) -> Option<usiz
     let mut acc = 1usize;
     for (j, &d) in out.iter().enumerate() {
         if acc == pre && d != 1 {
-            let ok = d % tp == 0 && inp[a] % tp == 0 && (inp[a] % d == 0 || d % inp[a] == 0);
+            let ok = d % tp == 0
+                && inp[a].is_multiple_of(tp)
+                && (inp[a].is_multiple_of(d) || d % inp[a] == 0);
             return ok.then_some(j);
         }
         acc *= d;
@@ -68,16 +70,38 @@ impl Tp<'_> {
         &mut self.rp.program
     }
 
-    fn new_buf(&mut self, name: String, dtype: DType, shape: Vec<usize>, kind: BufferKind) -> BufferId {
+    fn new_buf(
+        &mut self,
+        name: String,
+        dtype: DType,
+        shape: Vec<usize>,
+        kind: BufferKind,
+    ) -> BufferId {
         let p = self.p();
-        p.buffers.push(Buffer { name, dtype, shape: shape.into_iter().map(Some).collect(), kind });
+        p.buffers.push(Buffer {
+            name,
+            dtype,
+            shape: shape.into_iter().map(Some).collect(),
+            kind,
+        });
         self.full.push(None);
         self.state.push(S::Rep);
         self.rp.program.buffers.len() - 1
     }
 
-    fn emit(&mut self, op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>, origin: &str) {
-        self.out.push(Instruction { op, inputs, outputs, origin: origin.to_string() });
+    fn emit(
+        &mut self,
+        op: Op,
+        inputs: Vec<Option<BufferId>>,
+        outputs: Vec<BufferId>,
+        origin: &str,
+    ) {
+        self.out.push(Instruction {
+            op,
+            inputs,
+            outputs,
+            origin: origin.to_string(),
+        });
     }
 
     fn is_weight(&self, b: BufferId) -> bool {
@@ -86,7 +110,11 @@ impl Tp<'_> {
 
     fn weight(&self, b: BufferId) -> Option<&Tensor> {
         let name = &self.rp.program.buffers[b].name;
-        self.rp.weights.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+        self.rp
+            .weights
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
     }
 
     /// The whole value of `b` (all-gather a split, all-reduce a partial).
@@ -98,11 +126,19 @@ impl Tp<'_> {
                     return w;
                 }
                 let full = self.full[b].clone().unwrap_or_default();
-                let (name, dtype) = (format!("{}.whole", self.rp.program.buffers[b].name), self.rp.program.buffers[b].dtype);
+                let (name, dtype) = (
+                    format!("{}.whole", self.rp.program.buffers[b].name),
+                    self.rp.program.buffers[b].dtype,
+                );
                 let w = self.new_buf(name, dtype, full, BufferKind::Temp);
                 let op = match s {
-                    S::Split(a) => Op::AllGather { group: self.group.clone(), axis: a },
-                    _ => Op::AllReduce { group: self.group.clone() },
+                    S::Split(a) => Op::AllGather {
+                        group: self.group.clone(),
+                        axis: a,
+                    },
+                    _ => Op::AllReduce {
+                        group: self.group.clone(),
+                    },
                 };
                 self.emit(op, vec![Some(b)], vec![w], origin);
                 self.whole.insert(b, w);
@@ -123,16 +159,38 @@ impl Tp<'_> {
         }
         let mut local = full.clone();
         local[axis] /= self.tp;
-        let (name, dtype) = (format!("{}.tp{}_{}", self.rp.program.buffers[b].name, self.t, axis), self.rp.program.buffers[b].dtype);
+        let (name, dtype) = (
+            format!("{}.tp{}_{}", self.rp.program.buffers[b].name, self.t, axis),
+            self.rp.program.buffers[b].dtype,
+        );
         let id = if self.is_weight(b) {
             let w = self.weight(b)?.clone();
-            let piece = ppmoe_runtime::kernels::execute(&Op::TokenSlice { axis, index: self.t, parts: self.tp }, &[Some(&w)], 1).ok()?.remove(0);
+            let piece = ppmoe_runtime::kernels::execute(
+                &Op::TokenSlice {
+                    axis,
+                    index: self.t,
+                    parts: self.tp,
+                },
+                &[Some(&w)],
+                1,
+            )
+            .ok()?
+            .remove(0);
             let id = self.new_buf(name.clone(), dtype, local, BufferKind::Weight);
             self.rp.weights.push((name, piece));
             id
         } else {
             let id = self.new_buf(name, dtype, local, BufferKind::Temp);
-            self.emit(Op::TokenSlice { axis, index: self.t, parts: self.tp }, vec![Some(b)], vec![id], origin);
+            self.emit(
+                Op::TokenSlice {
+                    axis,
+                    index: self.t,
+                    parts: self.tp,
+                },
+                vec![Some(b)],
+                vec![id],
+                origin,
+            );
             id
         };
         self.full[id] = Some(full);
@@ -151,18 +209,34 @@ impl Tp<'_> {
 
     /// Falls back: every operand whole, the op as it was.
     fn replicated(&mut self, ins: Instruction) {
-        let inputs: Vec<Option<BufferId>> = ins.inputs.iter().map(|i| i.map(|b| self.whole(b, &ins.origin))).collect();
+        let inputs: Vec<Option<BufferId>> = ins
+            .inputs
+            .iter()
+            .map(|i| i.map(|b| self.whole(b, &ins.origin)))
+            .collect();
         self.out.push(Instruction { inputs, ..ins });
     }
 
     fn splittable(&self, b: BufferId, a: usize) -> bool {
-        self.full[b].as_ref().is_some_and(|s| s.get(a).is_some_and(|d| d % self.tp == 0)) && !self.keep_whole.contains(&b)
+        self.full[b]
+            .as_ref()
+            .is_some_and(|s| s.get(a).is_some_and(|d| d % self.tp == 0))
+            && !self.keep_whole.contains(&b)
     }
 
     fn step(&mut self, ins: Instruction) {
-        let st = |s: &Self, i: usize| ins.inputs.get(i).copied().flatten().map(|b| s.state[b]).unwrap_or(S::Rep);
+        let st = |s: &Self, i: usize| {
+            ins.inputs
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|b| s.state[b])
+                .unwrap_or(S::Rep)
+        };
         let o = ins.outputs.first().copied();
-        let out_rank = o.and_then(|o| self.full[o].as_ref().map(Vec::len)).unwrap_or(0);
+        let out_rank = o
+            .and_then(|o| self.full[o].as_ref().map(Vec::len))
+            .unwrap_or(0);
         match &ins.op {
             Op::MatMul => {
                 let (a, b) = (ins.inputs[0].unwrap_or(0), ins.inputs[1].unwrap_or(0));
@@ -175,15 +249,21 @@ impl Tp<'_> {
                 if sa == S::Rep && sb == S::Rep && weight_2d && self.splittable(o, out_rank - 1) {
                     if let Some(bp) = self.piece(b, 1, &ins.origin) {
                         self.set_split(o, out_rank - 1);
-                        self.out.push(Instruction { inputs: vec![Some(a), Some(bp)], ..ins });
+                        self.out.push(Instruction {
+                            inputs: vec![Some(a), Some(bp)],
+                            ..ins
+                        });
                         return;
                     }
                 }
                 // Row split: the split axis is the one contracted: a partial sum.
-                if sa == S::Split(ra - 1) && sb == S::Rep && weight_2d {
+                if ra >= 1 && sa == S::Split(ra - 1) && sb == S::Rep && weight_2d {
                     if let Some(bp) = self.piece(b, 0, &ins.origin) {
                         self.state[o] = S::Partial;
-                        self.out.push(Instruction { inputs: vec![Some(a), Some(bp)], ..ins });
+                        self.out.push(Instruction {
+                            inputs: vec![Some(a), Some(bp)],
+                            ..ins
+                        });
                         return;
                     }
                 }
@@ -199,10 +279,17 @@ impl Tp<'_> {
                 if let S::Split(x) = sa {
                     if x + 2 < ra && sb == S::Rep && ra == rb {
                         let bd = b_shape[x];
-                        let bp = if bd == 1 { Some(b) } else { self.piece(b, x, &ins.origin) };
+                        let bp = if bd == 1 {
+                            Some(b)
+                        } else {
+                            self.piece(b, x, &ins.origin)
+                        };
                         if let Some(bp) = bp {
                             self.set_split(o, x);
-                            self.out.push(Instruction { inputs: vec![Some(a), Some(bp)], ..ins });
+                            self.out.push(Instruction {
+                                inputs: vec![Some(a), Some(bp)],
+                                ..ins
+                            });
                             return;
                         }
                     }
@@ -216,10 +303,17 @@ impl Tp<'_> {
                 if let S::Split(y) = sb {
                     if y + 2 < rb && sa == S::Rep && ra == rb {
                         let ad = self.full[a].as_ref().map_or(0, |s| s[y]);
-                        let ap = if ad == 1 { Some(a) } else { self.piece(a, y, &ins.origin) };
+                        let ap = if ad == 1 {
+                            Some(a)
+                        } else {
+                            self.piece(a, y, &ins.origin)
+                        };
                         if let Some(ap) = ap {
                             self.set_split(o, y);
-                            self.out.push(Instruction { inputs: vec![Some(ap), Some(b)], ..ins });
+                            self.out.push(Instruction {
+                                inputs: vec![Some(ap), Some(b)],
+                                ..ins
+                            });
                             return;
                         }
                     }
@@ -234,19 +328,38 @@ impl Tp<'_> {
                 _ => self.replicated(ins),
             },
             Op::Binary { .. } | Op::Where => {
-                let splits: Vec<usize> = (0..ins.inputs.len()).filter_map(|i| if let S::Split(x) = st(self, i) { Some(x) } else { None }).collect();
-                let partial_add = matches!(ins.op, Op::Binary { f: ppmoe_runtime::program::BinaryFn::Add }) && (0..2).all(|i| st(self, i) == S::Partial);
+                let splits: Vec<usize> = (0..ins.inputs.len())
+                    .filter_map(|i| {
+                        if let S::Split(x) = st(self, i) {
+                            Some(x)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                let partial_add = matches!(
+                    ins.op,
+                    Op::Binary {
+                        f: ppmoe_runtime::program::BinaryFn::Add
+                    }
+                ) && (0..2).all(|i| st(self, i) == S::Partial);
                 if partial_add {
                     self.state[o.unwrap_or(0)] = S::Partial;
                     self.out.push(ins);
                     return;
                 }
-                let Some(&x) = splits.first() else { return self.replicated(ins) };
+                let Some(&x) = splits.first() else {
+                    return self.replicated(ins);
+                };
                 // Output axis x; each operand aligned to the output's rank.
                 let mut inputs = Vec::new();
-                let mut ok = splits.iter().all(|&y| y == x) && (0..ins.inputs.len()).all(|i| st(self, i) != S::Partial);
+                let mut ok = splits.iter().all(|&y| y == x)
+                    && (0..ins.inputs.len()).all(|i| st(self, i) != S::Partial);
                 for &inp in &ins.inputs {
-                    let Some(b) = inp else { inputs.push(None); continue };
+                    let Some(b) = inp else {
+                        inputs.push(None);
+                        continue;
+                    };
                     match self.state[b] {
                         S::Split(_) => inputs.push(Some(b)),
                         _ => {
@@ -285,7 +398,10 @@ impl Tp<'_> {
                         let mut local = shape.clone();
                         local[j] /= self.tp;
                         self.set_split(o.unwrap_or(0), j);
-                        self.out.push(Instruction { op: Op::ReshapeTo { shape: local }, ..ins });
+                        self.out.push(Instruction {
+                            op: Op::ReshapeTo { shape: local },
+                            ..ins
+                        });
                         return;
                     }
                 }
@@ -303,7 +419,11 @@ impl Tp<'_> {
             }
             Op::Softmax { axis, .. } => {
                 if let S::Split(x) = st(self, 0) {
-                    let a = if *axis < 0 { (*axis + out_rank as i64) as usize } else { *axis as usize };
+                    let a = if *axis < 0 {
+                        (*axis + out_rank as i64) as usize
+                    } else {
+                        *axis as usize
+                    };
                     if a != x {
                         self.set_split(o.unwrap_or(0), x);
                         self.out.push(ins);
@@ -313,12 +433,29 @@ impl Tp<'_> {
                 self.replicated(ins);
             }
             Op::Reduce { f, keepdims, .. } if *f != ReduceFn::L2 => {
-                if let (S::Split(x), Some(axes_b)) = (st(self, 0), ins.inputs.get(1).copied().flatten()) {
-                    let rank = self.full[ins.inputs[0].unwrap_or(0)].as_ref().map_or(0, Vec::len);
+                if let (S::Split(x), Some(axes_b)) =
+                    (st(self, 0), ins.inputs.get(1).copied().flatten())
+                {
+                    let rank = self.full[ins.inputs[0].unwrap_or(0)]
+                        .as_ref()
+                        .map_or(0, Vec::len);
                     if let Some(axes) = self.weight(axes_b).map(|w| w.to_i64()) {
-                        let axes: Vec<usize> = axes.iter().map(|&v| if v < 0 { (v + rank as i64) as usize } else { v as usize }).collect();
+                        let axes: Vec<usize> = axes
+                            .iter()
+                            .map(|&v| {
+                                if v < 0 {
+                                    (v + rank as i64) as usize
+                                } else {
+                                    v as usize
+                                }
+                            })
+                            .collect();
                         if !axes.is_empty() && !axes.contains(&x) {
-                            let nx = if *keepdims { x } else { x - axes.iter().filter(|&&a| a < x).count() };
+                            let nx = if *keepdims {
+                                x
+                            } else {
+                                x - axes.iter().filter(|&&a| a < x).count()
+                            };
                             self.set_split(o.unwrap_or(0), nx);
                             self.out.push(ins);
                             return;
@@ -330,7 +467,11 @@ impl Tp<'_> {
             Op::Concat { axis } => {
                 let splits: Vec<S> = (0..ins.inputs.len()).map(|i| st(self, i)).collect();
                 if let Some(S::Split(x)) = splits.first().copied() {
-                    let a = if *axis < 0 { (*axis + out_rank as i64) as usize } else { *axis as usize };
+                    let a = if *axis < 0 {
+                        (*axis + out_rank as i64) as usize
+                    } else {
+                        *axis as usize
+                    };
                     if a != x && splits.iter().all(|s| *s == S::Split(x)) {
                         self.set_split(o.unwrap_or(0), x);
                         self.out.push(ins);
@@ -344,11 +485,21 @@ impl Tp<'_> {
                 if let S::Split(x) = st(self, 0) {
                     let axes: Option<Vec<i64>> = match &ins.op {
                         Op::Split { axis } => Some(vec![*axis]),
-                        _ => ins.inputs.get(3).copied().flatten().and_then(|b| self.weight(b)).map(|w| w.to_i64()),
+                        _ => ins
+                            .inputs
+                            .get(3)
+                            .copied()
+                            .flatten()
+                            .and_then(|b| self.weight(b))
+                            .map(|w| w.to_i64()),
                     };
-                    let rank = self.full[ins.inputs[0].unwrap_or(0)].as_ref().map_or(0, Vec::len);
+                    let rank = self.full[ins.inputs[0].unwrap_or(0)]
+                        .as_ref()
+                        .map_or(0, Vec::len);
                     if let Some(axes) = axes {
-                        let touches = axes.iter().any(|&v| (if v < 0 { v + rank as i64 } else { v }) as usize == x);
+                        let touches = axes
+                            .iter()
+                            .any(|&v| (if v < 0 { v + rank as i64 } else { v }) as usize == x);
                         if !touches {
                             for &oo in &ins.outputs {
                                 self.set_split(oo, x);
@@ -362,17 +513,33 @@ impl Tp<'_> {
             }
             Op::Expand => {
                 let (inp, shp) = (ins.inputs[0].unwrap_or(0), ins.inputs[1].unwrap_or(0));
-                if let (S::Split(x), Some(target)) = (st(self, 0), self.weight(shp).map(|w| w.to_i64())) {
+                if let (S::Split(x), Some(target)) =
+                    (st(self, 0), self.weight(shp).map(|w| w.to_i64()))
+                {
                     let full_in = self.full[inp].clone().unwrap_or_default();
                     let off = target.len().saturating_sub(full_in.len());
                     if full_in[x] as i64 == target[x + off] {
                         let mut local = target.clone();
                         local[x + off] /= self.tp as i64;
-                        let name = format!("{}.tp_shape{}", self.rp.program.buffers[shp].name, self.rp.program.buffers.len());
-                        let id = self.new_buf(name.clone(), DType::I64, vec![local.len()], BufferKind::Weight);
-                        self.rp.weights.push((name, Tensor::i64(vec![local.len()], local)));
+                        let name = format!(
+                            "{}.tp_shape{}",
+                            self.rp.program.buffers[shp].name,
+                            self.rp.program.buffers.len()
+                        );
+                        let id = self.new_buf(
+                            name.clone(),
+                            DType::I64,
+                            vec![local.len()],
+                            BufferKind::Weight,
+                        );
+                        self.rp
+                            .weights
+                            .push((name, Tensor::i64(vec![local.len()], local)));
                         self.set_split(o.unwrap_or(0), x + off);
-                        self.out.push(Instruction { inputs: vec![Some(inp), Some(id)], ..ins });
+                        self.out.push(Instruction {
+                            inputs: vec![Some(inp), Some(id)],
+                            ..ins
+                        });
                         return;
                     }
                 }
@@ -386,7 +553,12 @@ impl Tp<'_> {
 /// Whether a weight of a rank program is that rank's own piece (so values computed from it
 /// differ between ranks): the pieces dense TP cuts are named `<weight>.tp<rank>_<axis>`.
 pub fn is_rank_piece(name: &str) -> bool {
-    name.rsplit_once(".tp").is_some_and(|(_, rest)| rest.starts_with("_shape") || rest.split_once('_').is_some_and(|(r, a)| r.parse::<usize>().is_ok() && a.parse::<usize>().is_ok()))
+    name.rsplit_once(".tp").is_some_and(|(_, rest)| {
+        rest.starts_with("_shape")
+            || rest
+                .split_once('_')
+                .is_some_and(|(r, a)| r.parse::<usize>().is_ok() && a.parse::<usize>().is_ok())
+    })
 }
 
 /// The dense layers of `rp` split over tp ranks, for rank t. MoE ops are left whole (their
@@ -406,7 +578,18 @@ pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> RankProgram {
     }
     let instructions = std::mem::take(&mut out.program.instructions);
     let outputs = out.program.outputs.clone();
-    let mut tpx = Tp { rp: &mut out, tp, t, full, state: vec![S::Rep; n], out: Vec::new(), whole: HashMap::new(), sliced: HashMap::new(), group: (0..tp).collect(), keep_whole };
+    let mut tpx = Tp {
+        rp: &mut out,
+        tp,
+        t,
+        full,
+        state: vec![S::Rep; n],
+        out: Vec::new(),
+        whole: HashMap::new(),
+        sliced: HashMap::new(),
+        group: (0..tp).collect(),
+        keep_whole,
+    };
     for ins in instructions {
         tpx.step(ins);
     }
@@ -414,13 +597,22 @@ pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> RankProgram {
     for o in outputs {
         if tpx.state[o] != S::Rep {
             let w = tpx.whole(o, "outputs");
-            let (old_name, full) = (tpx.rp.program.buffers[o].name.clone(), tpx.full[o].clone().unwrap_or_default());
+            let (old_name, full) = (
+                tpx.rp.program.buffers[o].name.clone(),
+                tpx.full[o].clone().unwrap_or_default(),
+            );
             tpx.rp.program.buffers[o].name = format!("{old_name}.local");
             tpx.rp.program.buffers[o].kind = BufferKind::Temp;
             tpx.rp.program.buffers[w].name = old_name;
             tpx.rp.program.buffers[w].kind = BufferKind::Output;
             tpx.rp.program.buffers[w].shape = full.into_iter().map(Some).collect();
-            let pos = tpx.rp.program.outputs.iter().position(|&x| x == o).unwrap_or(0);
+            let pos = tpx
+                .rp
+                .program
+                .outputs
+                .iter()
+                .position(|&x| x == o)
+                .unwrap_or(0);
             tpx.rp.program.outputs[pos] = w;
         }
     }

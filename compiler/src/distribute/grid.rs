@@ -18,7 +18,11 @@ impl Grid {
     }
 
     pub fn coords(&self, rank: usize) -> [usize; 3] {
-        [rank / (self.pp * self.tp), (rank / self.tp) % self.pp, rank % self.tp]
+        [
+            rank / (self.pp * self.tp),
+            (rank / self.tp) % self.pp,
+            rank % self.tp,
+        ]
     }
 
     /// The ranks of rank's tensor-parallel group, in tp order.
@@ -29,7 +33,10 @@ impl Grid {
 
     /// The `shard.grid` declaration of the `sharded` and `pipelined` stages.
     pub fn mlir(&self) -> String {
-        format!("shard.grid @grid(shape = {}x{}x{})", self.dp, self.pp, self.tp)
+        format!(
+            "shard.grid @grid(shape = {}x{}x{})",
+            self.dp, self.pp, self.tp
+        )
     }
 }
 
@@ -39,7 +46,11 @@ mod tests {
 
     #[test]
     fn grid_ranks_run_tp_fastest_and_groups_stay_in_their_stage() {
-        let g = Grid { dp: 2, pp: 2, tp: 4 };
+        let g = Grid {
+            dp: 2,
+            pp: 2,
+            tp: 4,
+        };
         assert_eq!(g.size(), 16);
         assert_eq!(g.coords(g.rank(1, 0, 3)), [1, 0, 3]);
         assert_eq!(g.tp_group(6), vec![4, 5, 6, 7]);

@@ -16,7 +16,9 @@ pub fn layout(grid: Grid, stages: &[Vec<RankProgram>]) -> Vec<RankProgram> {
         rp.program.weights_file = format!("rank{rank}.safetensors");
         for ins in &mut rp.program.instructions {
             match &mut ins.op {
-                Op::AllReduce { group } | Op::AllGather { group, .. } | Op::AllToAll { group, .. } => {
+                Op::AllReduce { group }
+                | Op::AllGather { group, .. }
+                | Op::AllToAll { group, .. } => {
                     *group = group.iter().map(|&ti| grid.rank(d, s, ti)).collect();
                 }
                 Op::Send { peer, .. } | Op::Recv { peer, .. } => *peer = grid.rank(d, *peer, t),

@@ -15,27 +15,58 @@ use std::collections::{BTreeSet, HashSet};
 /// A cost for balancing: multiply-adds of matrix work, element counts of the rest, plus the
 /// bytes of the weights read (what a stage must hold).
 fn cost(p: &Program, ins: &Instruction) -> f64 {
-    let numel = |b: BufferId| p.buffers[b].shape.iter().map(|d| d.unwrap_or(1) as f64).product::<f64>();
+    let numel = |b: BufferId| {
+        p.buffers[b]
+            .shape
+            .iter()
+            .map(|d| d.unwrap_or(1) as f64)
+            .product::<f64>()
+    };
     let flops = match ins.op {
         Op::MatMul => {
-            let (a, b) = (ins.inputs[0].map_or(0.0, numel), ins.inputs[1].map(|b| *p.buffers[b].shape.last().and_then(|d| d.as_ref()).unwrap_or(&1) as f64).unwrap_or(1.0));
+            let (a, b) = (
+                ins.inputs[0].map_or(0.0, numel),
+                ins.inputs[1]
+                    .map(|b| {
+                        *p.buffers[b]
+                            .shape
+                            .last()
+                            .and_then(|d| d.as_ref())
+                            .unwrap_or(&1) as f64
+                    })
+                    .unwrap_or(1.0),
+            );
             2.0 * a * b
         }
         Op::MoeExperts { .. } | Op::MoeExpertFfn { .. } => {
             let w: f64 = ins.inputs[3..5].iter().flatten().map(|&b| numel(b)).sum();
-            let rows = ins.inputs[0].map_or(0.0, numel) / p.buffers[ins.inputs[0].unwrap_or(0)].shape.last().and_then(|d| *d).unwrap_or(1) as f64;
+            let rows = ins.inputs[0].map_or(0.0, numel)
+                / p.buffers[ins.inputs[0].unwrap_or(0)]
+                    .shape
+                    .last()
+                    .and_then(|d| *d)
+                    .unwrap_or(1) as f64;
             2.0 * rows * w / p.buffers[ins.inputs[3].unwrap_or(0)].shape[0].unwrap_or(1) as f64
         }
         _ => ins.outputs.iter().map(|&o| numel(o)).sum(),
     };
-    let weight_bytes: f64 = ins.inputs.iter().flatten().filter(|&&b| p.buffers[b].kind == BufferKind::Weight).map(|&b| numel(b) * 4.0).sum();
+    let weight_bytes: f64 = ins
+        .inputs
+        .iter()
+        .flatten()
+        .filter(|&&b| p.buffers[b].kind == BufferKind::Weight)
+        .map(|&b| numel(b) * 4.0)
+        .sum();
     flops + weight_bytes
 }
 
 /// The instruction that ends an MoE layer in any of its forms: `moe.experts`, PPMoE's
 /// all-reduce, the all-to-all form's all-gather.
 fn ends_moe_layer(ins: &Instruction) -> bool {
-    matches!(ins.op, Op::MoeExperts { .. } | Op::AllReduce { .. } | Op::AllGather { .. })
+    matches!(
+        ins.op,
+        Op::MoeExperts { .. } | Op::AllReduce { .. } | Op::AllGather { .. }
+    )
 }
 
 /// Points (instruction indices) where a new stage may start: after an MoE layer, at the first
@@ -70,8 +101,8 @@ pub fn boundaries(p: &Program) -> Vec<usize> {
     }
     let mut out = Vec::new();
     let (mut crossing, mut after_moe) = (0i64, false);
-    for c in 0..n {
-        crossing += delta[c];
+    for (c, d) in delta.iter().enumerate().take(n) {
+        crossing += d;
         if c > 0 && ends_moe_layer(&p.instructions[c - 1]) {
             after_moe = true;
         }
@@ -96,10 +127,12 @@ pub fn choose_cuts(p: &Program, pp: usize) -> Result<Vec<usize>, String> {
     if b.len() + 1 < pp {
         return Err(format!("{pp} pipeline stages need {} boundaries after MoE layers where one value is live; the model has {}", pp - 1, b.len()));
     }
-    let prefix: Vec<f64> = std::iter::once(0.0).chain(p.instructions.iter().scan(0.0, |acc, ins| {
-        *acc += cost(p, ins);
-        Some(*acc)
-    })).collect();
+    let prefix: Vec<f64> = std::iter::once(0.0)
+        .chain(p.instructions.iter().scan(0.0, |acc, ins| {
+            *acc += cost(p, ins);
+            Some(*acc)
+        }))
+        .collect();
     let total = *prefix.last().unwrap_or(&0.0);
     // Greedy on the ideal split points, each snapped to the nearest boundary still free.
     let mut cuts = Vec::new();
@@ -110,7 +143,11 @@ pub fn choose_cuts(p: &Program, pp: usize) -> Result<Vec<usize>, String> {
             .iter()
             .enumerate()
             .filter(|(_, &c)| cuts.last().is_none_or(|&l| c > l))
-            .min_by(|(_, &x), (_, &y)| (prefix[x] - target).abs().total_cmp(&(prefix[y] - target).abs()))
+            .min_by(|(_, &x), (_, &y)| {
+                (prefix[x] - target)
+                    .abs()
+                    .total_cmp(&(prefix[y] - target).abs())
+            })
             .ok_or("no boundary left")?;
         cuts.push(best);
         avail.remove(idx);
@@ -125,8 +162,16 @@ pub fn choose_cuts(p: &Program, pp: usize) -> Result<Vec<usize>, String> {
 pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
     let p = &rp.program;
     let n = p.instructions.len();
-    let bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).chain(std::iter::once(n)).collect();
-    let stage_of = |i: usize| bounds.windows(2).position(|w| i >= w[0] && i < w[1]).unwrap_or(0);
+    let bounds: Vec<usize> = std::iter::once(0)
+        .chain(cuts.iter().copied())
+        .chain(std::iter::once(n))
+        .collect();
+    let stage_of = |i: usize| {
+        bounds
+            .windows(2)
+            .position(|w| i >= w[0] && i < w[1])
+            .unwrap_or(0)
+    };
     let mut made_in = vec![usize::MAX; p.buffers.len()];
     for (i, ins) in p.instructions.iter().enumerate() {
         for &o in &ins.outputs {
@@ -157,7 +202,15 @@ pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
                 }
             }
             for &b in &wanted {
-                ins_out.push(Instruction { op: Op::Recv { peer: made_in[b], tag: b as u64 }, inputs: vec![], outputs: vec![b], origin: format!("stage {s} receives") });
+                ins_out.push(Instruction {
+                    op: Op::Recv {
+                        peer: made_in[b],
+                        tag: b as u64,
+                    },
+                    inputs: vec![],
+                    outputs: vec![b],
+                    origin: format!("stage {s} receives"),
+                });
             }
             for (i, ins) in p.instructions[lo..hi].iter().enumerate() {
                 ins_out.push(ins.clone());
@@ -166,7 +219,10 @@ pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
             // Sends: values made here that a later stage reads (or that are outputs of the last).
             let mut sends: Vec<(BufferId, usize)> = Vec::new();
             for later in s + 1..stages {
-                let mut reads: HashSet<BufferId> = p.instructions[bounds[later]..bounds[later + 1]].iter().flat_map(|ins| ins.inputs.iter().flatten().copied()).collect();
+                let mut reads: HashSet<BufferId> = p.instructions[bounds[later]..bounds[later + 1]]
+                    .iter()
+                    .flat_map(|ins| ins.inputs.iter().flatten().copied())
+                    .collect();
                 if later + 1 == stages {
                     reads.extend(p.outputs.iter().copied());
                 }
@@ -178,11 +234,23 @@ pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
             }
             sends.sort();
             for (b, to) in sends {
-                ins_out.push(Instruction { op: Op::Send { peer: to, tag: b as u64 }, inputs: vec![Some(b)], outputs: vec![], origin: format!("stage {s} sends") });
+                ins_out.push(Instruction {
+                    op: Op::Send {
+                        peer: to,
+                        tag: b as u64,
+                    },
+                    inputs: vec![Some(b)],
+                    outputs: vec![],
+                    origin: format!("stage {s} sends"),
+                });
             }
             q.instructions = ins_out;
             // Inputs only where read; outputs only on the last stage.
-            let reads: HashSet<BufferId> = q.instructions.iter().flat_map(|i| i.inputs.iter().flatten().copied()).collect();
+            let reads: HashSet<BufferId> = q
+                .instructions
+                .iter()
+                .flat_map(|i| i.inputs.iter().flatten().copied())
+                .collect();
             if !q.inputs.iter().any(|b| reads.contains(b)) {
                 q.inputs.clear();
             }
@@ -192,7 +260,10 @@ pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
             // What this stage no longer reads goes, weights included (each rank holds only its own).
             let mut weights = rp.weights.clone();
             let q = crate::passes::dead_code::remove_dead_code(q, &mut weights);
-            RankProgram { program: q, weights }
+            RankProgram {
+                program: q,
+                weights,
+            }
         })
         .collect()
 }

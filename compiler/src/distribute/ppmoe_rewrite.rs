@@ -22,13 +22,18 @@ use std::collections::{HashMap, HashSet};
 fn replicated(p: &Program, sharded_weights: &HashSet<BufferId>) -> HashSet<BufferId> {
     let mut rep: HashSet<BufferId> = p.inputs.iter().copied().collect();
     rep.extend((0..p.buffers.len()).filter(|b| {
-        p.buffers[*b].kind == BufferKind::Weight && !sharded_weights.contains(b) && !super::dense_tp::is_rank_piece(&p.buffers[*b].name)
+        p.buffers[*b].kind == BufferKind::Weight
+            && !sharded_weights.contains(b)
+            && !super::dense_tp::is_rank_piece(&p.buffers[*b].name)
     }));
     for ins in &p.instructions {
         let all_in = ins.inputs.iter().flatten().all(|b| rep.contains(b));
         let makes_replicated = match ins.op {
             Op::AllGather { .. } | Op::AllReduce { .. } => true,
-            Op::TokenSlice { .. } | Op::MoeExpertFfn { .. } | Op::AllToAll { .. } | Op::Recv { .. } => false,
+            Op::TokenSlice { .. }
+            | Op::MoeExpertFfn { .. }
+            | Op::AllToAll { .. }
+            | Op::Recv { .. } => false,
             _ => all_in,
         };
         if makes_replicated {
@@ -55,28 +60,49 @@ struct Plan {
 /// where and why not.
 /// `wanted(n)`: whether the n-th MoE layer (in program order) should take the PPMoE form
 /// (`--moe-strategy auto` leaves some in the all-to-all form).
-pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize, wanted: &dyn Fn(usize) -> bool) -> Vec<String> {
+pub fn ppmoe_rewrite(
+    rp: &mut RankProgram,
+    t: usize,
+    tp: usize,
+    wanted: &dyn Fn(usize) -> bool,
+) -> Vec<String> {
     let p = &mut rp.program;
-    let producer: HashMap<BufferId, usize> = p.instructions.iter().enumerate().flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (o, i))).collect();
-    let sharded: HashSet<BufferId> = p.instructions.iter().filter(|i| matches!(i.op, Op::MoeExpertFfn { .. })).flat_map(|i| i.inputs[2..].iter().flatten().copied()).collect();
+    let producer: HashMap<BufferId, usize> = p
+        .instructions
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (o, i)))
+        .collect();
+    let sharded: HashSet<BufferId> = p
+        .instructions
+        .iter()
+        .filter(|i| matches!(i.op, Op::MoeExpertFfn { .. }))
+        .flat_map(|i| i.inputs[2..].iter().flatten().copied())
+        .collect();
     let rep = replicated(p, &sharded);
     let mut notes = Vec::new();
     let mut plans = Vec::new();
     let mut layer = 0;
     for (i, ins) in p.instructions.iter().enumerate() {
-        let Op::MoeDispatch { num_experts, .. } = ins.op else { continue };
+        let Op::MoeDispatch { num_experts, .. } = ins.op else {
+            continue;
+        };
         layer += 1;
         if !wanted(layer - 1) {
             continue;
         }
-        let not_ours = || format!("layer at \"{}\": kept all-to-all: its dispatch is not in the form the sharded stage writes", ins.origin);
+        let not_ours = || {
+            format!("layer at \"{}\": kept all-to-all: its dispatch is not in the form the sharded stage writes", ins.origin)
+        };
         // The chain the all-to-all form wrote: dispatch, all_to_all, reshape, expert_ffn,
         // reshape, all_to_all, combine, all_gather; the three token slices before it.
         let Some(chain) = p.instructions.get(i..i + 8) else {
             notes.push(not_ours());
             continue;
         };
-        let (Op::MoeExpertFfn { .. }, Op::MoeCombine { .. }, Op::AllGather { group, .. }) = (&chain[3].op, &chain[6].op, &chain[7].op) else {
+        let (Op::MoeExpertFfn { .. }, Op::MoeCombine { .. }, Op::AllGather { group, .. }) =
+            (&chain[3].op, &chain[6].op, &chain[7].op)
+        else {
             notes.push(not_ours());
             continue;
         };
@@ -85,7 +111,11 @@ pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize, wanted: &dyn Fn(
             matches!(p.instructions[j].op, Op::TokenSlice { .. }).then_some(())?;
             Some((j, p.instructions[j].inputs[0]?))
         };
-        let (Some((sx, x)), Some((si, ids)), Some((sw, w))) = (slice_src(ins.inputs[0]), slice_src(ins.inputs[1]), slice_src(chain[6].inputs[1])) else {
+        let (Some((sx, x)), Some((si, ids)), Some((sw, w))) = (
+            slice_src(ins.inputs[0]),
+            slice_src(ins.inputs[1]),
+            slice_src(chain[6].inputs[1]),
+        ) else {
             notes.push(not_ours());
             continue;
         };
@@ -98,7 +128,17 @@ pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize, wanted: &dyn Fn(
         }
         let mut gone: Vec<usize> = (i..i + 8).collect();
         gone.extend([sx, si, sw]);
-        plans.push(Plan { gone, x, ids, w, y: chain[7].outputs[0], experts: num_experts, group: group.clone(), ffn: chain[3].clone(), origin: ins.origin.clone() });
+        plans.push(Plan {
+            gone,
+            x,
+            ids,
+            w,
+            y: chain[7].outputs[0],
+            experts: num_experts,
+            group: group.clone(),
+            ffn: chain[3].clone(),
+            origin: ins.origin.clone(),
+        });
     }
     let mut insert_at: HashMap<usize, Vec<Instruction>> = HashMap::new();
     let mut gone: HashSet<usize> = HashSet::new();
@@ -108,7 +148,12 @@ pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize, wanted: &dyn Fn(
         let h = p.buffers[plan.x].shape[1].unwrap_or(0);
         let base = p.buffers[plan.y].name.clone();
         let mut new_buf = |suffix: &str, dtype: DType, shape: Vec<Option<usize>>| {
-            p.buffers.push(Buffer { name: format!("{base}.{suffix}"), dtype, shape, kind: BufferKind::Temp });
+            p.buffers.push(Buffer {
+                name: format!("{base}.{suffix}"),
+                dtype,
+                shape,
+                kind: BufferKind::Temp,
+            });
             p.buffers.len() - 1
         };
         let rows = new_buf("local_rows", DType::F32, vec![None, Some(h)]);
@@ -116,14 +161,34 @@ pub fn ppmoe_rewrite(rp: &mut RankProgram, t: usize, tp: usize, wanted: &dyn Fn(
         let slots = new_buf("local_slots", DType::I64, vec![None]);
         let out = new_buf("local_out", DType::F32, vec![None, Some(h)]);
         let partial = new_buf("partial", DType::F32, vec![Some(tokens), Some(h)]);
-        let mk = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| Instruction { op, inputs, outputs, origin: plan.origin.clone() };
+        let mk = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| Instruction {
+            op,
+            inputs,
+            outputs,
+            origin: plan.origin.clone(),
+        };
         let mut ffn_inputs = vec![Some(rows), Some(offsets)];
         ffn_inputs.extend(plan.ffn.inputs[2..].iter().copied());
         let new = vec![
-            mk(Op::MoeLocalSlice { first_expert: t * el, num_local_experts: el }, vec![Some(plan.x), Some(plan.ids)], vec![rows, offsets, slots]),
+            mk(
+                Op::MoeLocalSlice {
+                    first_expert: t * el,
+                    num_local_experts: el,
+                },
+                vec![Some(plan.x), Some(plan.ids)],
+                vec![rows, offsets, slots],
+            ),
             mk(plan.ffn.op.clone(), ffn_inputs, vec![out]),
-            mk(Op::MoeScatterCombine { tokens }, vec![Some(out), Some(slots), Some(plan.w)], vec![partial]),
-            mk(Op::AllReduce { group: plan.group }, vec![Some(partial)], vec![plan.y]),
+            mk(
+                Op::MoeScatterCombine { tokens },
+                vec![Some(out), Some(slots), Some(plan.w)],
+                vec![partial],
+            ),
+            mk(
+                Op::AllReduce { group: plan.group },
+                vec![Some(partial)],
+                vec![plan.y],
+            ),
         ];
         let last = *plan.gone.iter().max().expect("a chain has instructions");
         insert_at.insert(last, new);
@@ -148,7 +213,12 @@ mod tests {
     use ppmoe_runtime::Tensor;
 
     fn buf(name: &str, dtype: DType, shape: &[usize], kind: BufferKind) -> Buffer {
-        Buffer { name: name.into(), dtype, shape: shape.iter().map(|&d| Some(d)).collect(), kind }
+        Buffer {
+            name: name.into(),
+            dtype,
+            shape: shape.iter().map(|&d| Some(d)).collect(),
+            kind,
+        }
     }
 
     /// One MoE layer over tokens that are either the model's input (replicated over the group)
@@ -166,12 +236,41 @@ mod tests {
         ];
         let first = if tokens_split {
             buffers[0].shape[0] = Some(16);
-            Instruction { op: Op::TokenSlice { axis: 0, index: 0, parts: 2 }, inputs: vec![Some(0)], outputs: vec![1], origin: "slice".into() }
+            Instruction {
+                op: Op::TokenSlice {
+                    axis: 0,
+                    index: 0,
+                    parts: 2,
+                },
+                inputs: vec![Some(0)],
+                outputs: vec![1],
+                origin: "slice".into(),
+            }
         } else {
-            Instruction { op: Op::ReshapeTo { shape: vec![8, 4] }, inputs: vec![Some(0)], outputs: vec![1], origin: "copy".into() }
+            Instruction {
+                op: Op::ReshapeTo { shape: vec![8, 4] },
+                inputs: vec![Some(0)],
+                outputs: vec![1],
+                origin: "copy".into(),
+            }
         };
-        let route = Op::MoeRoute { top_k: 1, scoring: Scoring::Softmax, order: RouteOrder::SoftmaxThenTopk, renormalize: true, n_group: 0, topk_group: 0, routed_scaling_factor: 1.0, capacity: 0 };
-        let experts = Op::MoeExperts { activation: Activation::Relu, alpha: 1.0, beta: 0.0, limit: None, layout: EXPERTS_LAYOUT.into() };
+        let route = Op::MoeRoute {
+            top_k: 1,
+            scoring: Scoring::Softmax,
+            order: RouteOrder::SoftmaxThenTopk,
+            renormalize: true,
+            n_group: 0,
+            topk_group: 0,
+            routed_scaling_factor: 1.0,
+            capacity: 0,
+        };
+        let experts = Op::MoeExperts {
+            activation: Activation::Relu,
+            alpha: 1.0,
+            beta: 0.0,
+            limit: None,
+            layout: EXPERTS_LAYOUT.into(),
+        };
         let program = Program {
             rank: 0,
             buffers,
@@ -179,13 +278,28 @@ mod tests {
             outputs: vec![7],
             instructions: vec![
                 first,
-                Instruction { op: route, inputs: vec![Some(2)], outputs: vec![3, 4], origin: "router".into() },
-                Instruction { op: experts, inputs: vec![Some(1), Some(3), Some(4), Some(5), Some(6), None, None], outputs: vec![7], origin: "experts".into() },
+                Instruction {
+                    op: route,
+                    inputs: vec![Some(2)],
+                    outputs: vec![3, 4],
+                    origin: "router".into(),
+                },
+                Instruction {
+                    op: experts,
+                    inputs: vec![Some(1), Some(3), Some(4), Some(5), Some(6), None, None],
+                    outputs: vec![7],
+                    origin: "experts".into(),
+                },
             ],
             weights_file: String::new(),
-            coords: [0; 3], gpu: vec![], ptx_file: None,
+            coords: [0; 3],
+            gpu: vec![],
+            ptx_file: None,
         };
-        let weights = vec![("w_in".into(), Tensor::f32(vec![2, 4, 3], vec![0.1; 24])), ("w_out".into(), Tensor::f32(vec![2, 3, 4], vec![0.2; 24]))];
+        let weights = vec![
+            ("w_in".into(), Tensor::f32(vec![2, 4, 3], vec![0.1; 24])),
+            ("w_out".into(), Tensor::f32(vec![2, 3, 4], vec![0.2; 24])),
+        ];
         RankProgram { program, weights }
     }
 
@@ -201,7 +315,16 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 0);
         assert_eq!(count(&rp, |o| matches!(o, Op::AllReduce { .. })), 1);
-        assert_eq!(count(&rp, |o| matches!(o, Op::MoeLocalSlice { first_expert: 1, num_local_experts: 1 })), 1);
+        assert_eq!(
+            count(&rp, |o| matches!(
+                o,
+                Op::MoeLocalSlice {
+                    first_expert: 1,
+                    num_local_experts: 1
+                }
+            )),
+            1
+        );
     }
 
     #[test]
@@ -209,7 +332,11 @@ mod tests {
         let mut rp = shard_moe(std::path::Path::new("t.onnx"), &layer(true), 2, 0).unwrap();
         let notes = ppmoe_rewrite(&mut rp, 0, 2, &|_| true);
         assert_eq!(notes.len(), 1);
-        assert!(notes[0].contains("layer at \"experts\": kept all-to-all") && notes[0].contains("not replicated over the TP group"), "{notes:?}");
+        assert!(
+            notes[0].contains("layer at \"experts\": kept all-to-all")
+                && notes[0].contains("not replicated over the TP group"),
+            "{notes:?}"
+        );
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
     }
 }

@@ -32,8 +32,19 @@ pub fn expert_block(t: &Tensor, lo: usize, hi: usize) -> Tensor {
     t.pick(shape, lo * per..hi * per)
 }
 
-fn push(p: &mut Program, name: String, dtype: DType, shape: Vec<usize>, kind: BufferKind) -> BufferId {
-    p.buffers.push(Buffer { name, dtype, shape: shape.into_iter().map(Some).collect(), kind });
+fn push(
+    p: &mut Program,
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    kind: BufferKind,
+) -> BufferId {
+    p.buffers.push(Buffer {
+        name,
+        dtype,
+        shape: shape.into_iter().map(Some).collect(),
+        kind,
+    });
     p.buffers.len() - 1
 }
 
@@ -42,36 +53,72 @@ fn static_shape(p: &Program, b: BufferId) -> Vec<usize> {
 }
 
 /// The all-to-all form of every MoE layer, for tensor-parallel rank `t` of `tp`.
-pub fn shard_moe(model: &Path, one: &RankProgram, tp: usize, t: usize) -> Result<RankProgram, CompileError> {
+pub fn shard_moe(
+    model: &Path,
+    one: &RankProgram,
+    tp: usize,
+    t: usize,
+) -> Result<RankProgram, CompileError> {
     let mut rp = one.clone();
     if tp == 1 {
         return Ok(rp);
     }
-    let err = |node: &str, reason: String| CompileError::Node { path: model.to_owned(), node: node.into(), op: "moe.experts".into(), reason };
+    let err = |node: &str, reason: String| CompileError::Node {
+        path: model.to_owned(),
+        node: node.into(),
+        op: "moe.experts".into(),
+        reason,
+    };
     let p = &mut rp.program;
     let mut out = Vec::with_capacity(p.instructions.len());
     for ins in std::mem::take(&mut p.instructions) {
-        let Op::MoeExperts { activation, alpha, beta, limit, .. } = ins.op else {
+        let Op::MoeExperts {
+            activation,
+            alpha,
+            beta,
+            limit,
+            ..
+        } = ins.op
+        else {
             out.push(ins);
             continue;
         };
         let ids_of = |i: usize| ins.inputs[i].expect("moe.experts operands 0..5 are present");
         let (x, w, ids, w_in, w_out) = (ids_of(0), ids_of(1), ids_of(2), ids_of(3), ids_of(4));
-        let [tokens, h] = static_shape(p, x)[..] else { return Err(err(&ins.origin, "the tokens are not a [T, H] matrix".into())) };
+        let [tokens, h] = static_shape(p, x)[..] else {
+            return Err(err(
+                &ins.origin,
+                "the tokens are not a [T, H] matrix".into(),
+            ));
+        };
         let k = static_shape(p, w)[1];
         let e = static_shape(p, w_in)[0];
-        if e % tp != 0 {
+        if !e.is_multiple_of(tp) {
             return Err(err(&ins.origin, format!("{e} experts cannot be split evenly over tp = {tp} (experts are placed in contiguous blocks of E/tp)")));
         }
         if tokens % tp != 0 {
-            return Err(err(&ins.origin, format!("{tokens} tokens cannot be split evenly over tp = {tp} for the all-to-all form")));
+            return Err(err(
+                &ins.origin,
+                format!(
+                    "{tokens} tokens cannot be split evenly over tp = {tp} for the all-to-all form"
+                ),
+            ));
         }
         let (el, tl) = (e / tp, tokens / tp);
         let cap = tl * k;
         // This rank's block of every expert weight (and bias).
         for &b in ins.inputs[3..].iter().flatten() {
             let name = p.buffers[b].name.clone();
-            let pos = rp.weights.iter().position(|(n, _)| *n == name).ok_or_else(|| err(&ins.origin, format!("expert weight '{name}' is not a constant")))?;
+            let pos = rp
+                .weights
+                .iter()
+                .position(|(n, _)| *n == name)
+                .ok_or_else(|| {
+                    err(
+                        &ins.origin,
+                        format!("expert weight '{name}' is not a constant"),
+                    )
+                })?;
             let block = expert_block(&rp.weights[pos].1, t * el, (t + 1) * el);
             p.buffers[b].shape[0] = Some(el);
             rp.weights[pos].1 = block;
@@ -80,32 +127,170 @@ pub fn shard_moe(model: &Path, one: &RankProgram, tp: usize, t: usize) -> Result
         let base = p.buffers[y].name.clone();
         let o = ins.origin.clone();
         let group: Vec<usize> = (0..tp).collect();
-        let mut emit = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| out.push(Instruction { op, inputs, outputs, origin: o.clone() });
-        let xs = push(p, format!("{base}.tokens_local"), DType::F32, vec![tl, h], BufferKind::Temp);
-        let ws = push(p, format!("{base}.weights_local"), DType::F32, vec![tl, k], BufferKind::Temp);
-        let is = push(p, format!("{base}.ids_local"), DType::I64, vec![tl, k], BufferKind::Temp);
-        let slice = Op::TokenSlice { axis: 0, index: t, parts: tp };
+        let mut emit = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| {
+            out.push(Instruction {
+                op,
+                inputs,
+                outputs,
+                origin: o.clone(),
+            })
+        };
+        let xs = push(
+            p,
+            format!("{base}.tokens_local"),
+            DType::F32,
+            vec![tl, h],
+            BufferKind::Temp,
+        );
+        let ws = push(
+            p,
+            format!("{base}.weights_local"),
+            DType::F32,
+            vec![tl, k],
+            BufferKind::Temp,
+        );
+        let is = push(
+            p,
+            format!("{base}.ids_local"),
+            DType::I64,
+            vec![tl, k],
+            BufferKind::Temp,
+        );
+        let slice = Op::TokenSlice {
+            axis: 0,
+            index: t,
+            parts: tp,
+        };
         emit(slice.clone(), vec![Some(x)], vec![xs]);
         emit(slice.clone(), vec![Some(w)], vec![ws]);
         emit(slice, vec![Some(ids)], vec![is]);
-        let buckets = push(p, format!("{base}.buckets"), DType::F32, vec![e, cap, h], BufferKind::Temp);
-        emit(Op::MoeDispatch { num_experts: e, capacity: cap }, vec![Some(xs), Some(is)], vec![buckets]);
-        let recv = push(p, format!("{base}.received"), DType::F32, vec![el, tp * cap, h], BufferKind::Temp);
-        emit(Op::AllToAll { group: group.clone(), split_axis: 0, concat_axis: 1 }, vec![Some(buckets)], vec![recv]);
-        let rows = push(p, format!("{base}.rows"), DType::F32, vec![el * tp * cap, h], BufferKind::Temp);
-        emit(Op::ReshapeTo { shape: vec![el * tp * cap, h] }, vec![Some(recv)], vec![rows]);
+        let buckets = push(
+            p,
+            format!("{base}.buckets"),
+            DType::F32,
+            vec![e, cap, h],
+            BufferKind::Temp,
+        );
+        emit(
+            Op::MoeDispatch {
+                num_experts: e,
+                capacity: cap,
+            },
+            vec![Some(xs), Some(is)],
+            vec![buckets],
+        );
+        let recv = push(
+            p,
+            format!("{base}.received"),
+            DType::F32,
+            vec![el, tp * cap, h],
+            BufferKind::Temp,
+        );
+        emit(
+            Op::AllToAll {
+                group: group.clone(),
+                split_axis: 0,
+                concat_axis: 1,
+            },
+            vec![Some(buckets)],
+            vec![recv],
+        );
+        let rows = push(
+            p,
+            format!("{base}.rows"),
+            DType::F32,
+            vec![el * tp * cap, h],
+            BufferKind::Temp,
+        );
+        emit(
+            Op::ReshapeTo {
+                shape: vec![el * tp * cap, h],
+            },
+            vec![Some(recv)],
+            vec![rows],
+        );
         let offsets_name = format!("{base}.bucket_offsets");
-        let offsets = push(p, offsets_name.clone(), DType::I64, vec![el + 1], BufferKind::Weight);
-        rp.weights.push((offsets_name, Tensor::i64(vec![el + 1], (0..=el).map(|i| (i * tp * cap) as i64).collect())));
-        let ffn = push(p, format!("{base}.expert_out"), DType::F32, vec![el * tp * cap, h], BufferKind::Temp);
-        let ffn_op = Op::MoeExpertFfn { activation, alpha, beta, limit };
-        emit(ffn_op, vec![Some(rows), Some(offsets), Some(w_in), Some(w_out), ins.inputs[5], ins.inputs[6]], vec![ffn]);
-        let ffn3 = push(p, format!("{base}.expert_out_buckets"), DType::F32, vec![el, tp * cap, h], BufferKind::Temp);
-        emit(Op::ReshapeTo { shape: vec![el, tp * cap, h] }, vec![Some(ffn)], vec![ffn3]);
-        let back = push(p, format!("{base}.returned"), DType::F32, vec![e, cap, h], BufferKind::Temp);
-        emit(Op::AllToAll { group: group.clone(), split_axis: 1, concat_axis: 0 }, vec![Some(ffn3)], vec![back]);
-        let ys = push(p, format!("{base}.combined_local"), DType::F32, vec![tl, h], BufferKind::Temp);
-        emit(Op::MoeCombine { capacity: cap }, vec![Some(back), Some(ws), Some(is)], vec![ys]);
+        let offsets = push(
+            p,
+            offsets_name.clone(),
+            DType::I64,
+            vec![el + 1],
+            BufferKind::Weight,
+        );
+        rp.weights.push((
+            offsets_name,
+            Tensor::i64(
+                vec![el + 1],
+                (0..=el).map(|i| (i * tp * cap) as i64).collect(),
+            ),
+        ));
+        let ffn = push(
+            p,
+            format!("{base}.expert_out"),
+            DType::F32,
+            vec![el * tp * cap, h],
+            BufferKind::Temp,
+        );
+        let ffn_op = Op::MoeExpertFfn {
+            activation,
+            alpha,
+            beta,
+            limit,
+        };
+        emit(
+            ffn_op,
+            vec![
+                Some(rows),
+                Some(offsets),
+                Some(w_in),
+                Some(w_out),
+                ins.inputs[5],
+                ins.inputs[6],
+            ],
+            vec![ffn],
+        );
+        let ffn3 = push(
+            p,
+            format!("{base}.expert_out_buckets"),
+            DType::F32,
+            vec![el, tp * cap, h],
+            BufferKind::Temp,
+        );
+        emit(
+            Op::ReshapeTo {
+                shape: vec![el, tp * cap, h],
+            },
+            vec![Some(ffn)],
+            vec![ffn3],
+        );
+        let back = push(
+            p,
+            format!("{base}.returned"),
+            DType::F32,
+            vec![e, cap, h],
+            BufferKind::Temp,
+        );
+        emit(
+            Op::AllToAll {
+                group: group.clone(),
+                split_axis: 1,
+                concat_axis: 0,
+            },
+            vec![Some(ffn3)],
+            vec![back],
+        );
+        let ys = push(
+            p,
+            format!("{base}.combined_local"),
+            DType::F32,
+            vec![tl, h],
+            BufferKind::Temp,
+        );
+        emit(
+            Op::MoeCombine { capacity: cap },
+            vec![Some(back), Some(ws), Some(is)],
+            vec![ys],
+        );
         emit(Op::AllGather { group, axis: 0 }, vec![Some(ys)], vec![y]);
     }
     p.instructions = out;

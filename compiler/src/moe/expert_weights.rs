@@ -8,7 +8,14 @@ use ppmoe_runtime::Tensor;
 /// Transposes the last two dimensions of [E, a, b].
 pub fn swap_last(t: &Tensor) -> Tensor {
     let (e, a, b) = (t.shape[0], t.shape[1], t.shape[2]);
-    let v = t.to_f32();
+    let owned;
+    let v: &[f32] = match t.as_f32() {
+        Some(v) => v,
+        None => {
+            owned = t.to_f32();
+            &owned
+        }
+    };
     let mut o = vec![0f32; v.len()];
     for x in 0..e {
         for i in 0..a {
@@ -46,7 +53,14 @@ pub fn to_gate_up(t: &Tensor, p: GatePacking) -> Tensor {
         })
         .collect();
     let rows = t.len() / n.max(1);
-    let v = t.to_f32();
+    let owned;
+    let v: &[f32] = match t.as_f32() {
+        Some(v) => v,
+        None => {
+            owned = t.to_f32();
+            &owned
+        }
+    };
     let mut o = Vec::with_capacity(v.len());
     for r in 0..rows {
         o.extend(src.iter().map(|&s| v[r * n + s]));
@@ -57,7 +71,12 @@ pub fn to_gate_up(t: &Tensor, p: GatePacking) -> Tensor {
 /// Concatenates [E,H,F] gate and up into [E,H,2F].
 pub fn concat_last(g: &Tensor, u: &Tensor) -> Tensor {
     let (e, h, f) = (g.shape[0], g.shape[1], g.shape[2]);
-    let (gv, uv) = (g.to_f32(), u.to_f32());
+    let (gv, uv) = (
+        g.as_f32()
+            .map_or_else(|| g.to_f32().into(), std::borrow::Cow::Borrowed),
+        u.as_f32()
+            .map_or_else(|| u.to_f32().into(), std::borrow::Cow::Borrowed),
+    );
     let mut o = Vec::with_capacity(2 * gv.len());
     for r in 0..e * h {
         o.extend_from_slice(&gv[r * f..(r + 1) * f]);
@@ -85,7 +104,9 @@ impl ExpertFfn {
 
     pub fn describe_activation(&self) -> String {
         match self.activation {
-            Activation::Swiglu if self.alpha == 1.0 && self.beta == 0.0 && self.limit.is_none() => "swiglu (silu-gated)".into(),
+            Activation::Swiglu if self.alpha == 1.0 && self.beta == 0.0 && self.limit.is_none() => {
+                "swiglu (silu-gated)".into()
+            }
             Activation::Swiglu => format!(
                 "clamped swiglu (alpha {}, beta {}, limit {})",
                 self.alpha,
@@ -114,7 +135,11 @@ fn activations(gated: bool, h: &ActivationHints) -> Vec<(Activation, f32, f32, O
         if h.erf {
             v.push((Activation::Geglu, 1.0, 0.0, None));
         }
-        let limit = h.scalars.iter().copied().find(|&s| s > 1.0 && h.scalars.contains(&-s));
+        let limit = h
+            .scalars
+            .iter()
+            .copied()
+            .find(|&s| s > 1.0 && h.scalars.contains(&-s));
         for &alpha in h.scalars.iter().filter(|&&s| s > 1.0 && s < 4.0) {
             for beta in [1.0, 0.0] {
                 v.push((Activation::Swiglu, alpha, beta, limit));
@@ -141,44 +166,134 @@ fn activations(gated: bool, h: &ActivationHints) -> Vec<(Activation, f32, f32, O
     }
 }
 
+/// Which way round a stack [E, a, b] is read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Orient {
+    AsIs,
+    Swapped,
+}
+
+/// Where a reading's w_in comes from.
+#[derive(Clone, Debug, PartialEq)]
+enum InSource {
+    One(usize, Orient),
+    /// Separate gate and up stacks, concatenated along the last axis.
+    Concat {
+        gate: (usize, Orient),
+        up: (usize, Orient),
+    },
+}
+
+/// One reading of a layer's weight stacks as `moe.experts` weights, not yet materialised: a
+/// check materialises only the experts its trial routing reaches, the raise the whole reading
+/// once, so no wrong reading ever costs a copy of the weights.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    w_in: InSource,
+    w_out: (usize, Orient),
+    packing: GatePacking,
+    b_in: Option<usize>,
+    b_out: Option<usize>,
+    pub activation: Activation,
+    pub alpha: f32,
+    pub beta: f32,
+    pub limit: Option<f32>,
+}
+
+fn oriented(t: &Tensor, o: Orient) -> Tensor {
+    match o {
+        Orient::AsIs => t.clone(),
+        Orient::Swapped => swap_last(t),
+    }
+}
+
+/// Rows `experts` of the leading axis of `t`, in that order (all of it, shared, for `None`).
+pub fn select_experts(t: &Tensor, experts: Option<&[usize]>) -> Tensor {
+    let Some(ids) = experts else { return t.clone() };
+    let row = t.len() / t.shape[0].max(1);
+    let mut shape = t.shape.clone();
+    shape[0] = ids.len();
+    t.pick(shape, ids.iter().flat_map(|&e| e * row..(e + 1) * row))
+}
+
+impl Reading {
+    /// The weights of this reading for the given experts (renumbered 0..), or for all of them.
+    pub fn materialize(
+        &self,
+        stacks: &[Tensor],
+        biases: &[Tensor],
+        experts: Option<&[usize]>,
+    ) -> ExpertFfn {
+        let pick = |i: usize, o: Orient| oriented(&select_experts(&stacks[i], experts), o);
+        let wi = match &self.w_in {
+            InSource::One(i, o) => pick(*i, *o),
+            InSource::Concat { gate, up } => concat_last(&pick(gate.0, gate.1), &pick(up.0, up.1)),
+        };
+        let pack = |t: Tensor| {
+            if self.packing == GatePacking::GateUp {
+                t
+            } else {
+                to_gate_up(&t, self.packing)
+            }
+        };
+        ExpertFfn {
+            w_in: pack(wi),
+            w_out: pick(self.w_out.0, self.w_out.1),
+            b_in: self.b_in.map(|b| pack(select_experts(&biases[b], experts))),
+            b_out: self.b_out.map(|b| select_experts(&biases[b], experts)),
+            activation: self.activation,
+            alpha: self.alpha,
+            beta: self.beta,
+            limit: self.limit,
+        }
+    }
+}
+
 /// The readings of `stacks` ([E,a,b] weights) and `biases` ([E,n]) as one layer's experts,
 /// for hidden size `h`. Each is checked numerically by the caller; most are wrong.
-pub fn candidates(stacks: &[Tensor], biases: &[Tensor], h: usize, hints: &ActivationHints) -> Vec<ExpertFfn> {
+pub fn candidates(
+    stacks: &[Tensor],
+    biases: &[Tensor],
+    h: usize,
+    hints: &ActivationHints,
+) -> Vec<Reading> {
     // Every orientation that puts the hidden size where the layout wants it (both when the
-    // other size equals it too).
-    let as_in = |t: &Tensor| -> Vec<Tensor> {
+    // other size equals it too), with the [E, H, N] / [E, F, H] shape it gives.
+    let as_in = |i: usize| -> Vec<(Orient, [usize; 3])> {
+        let s = &stacks[i].shape;
         let mut v = Vec::new();
-        if t.shape[1] == h {
-            v.push(t.clone());
+        if s[1] == h {
+            v.push((Orient::AsIs, [s[0], s[1], s[2]]));
         }
-        if t.shape[2] == h {
-            v.push(swap_last(t));
+        if s[2] == h {
+            v.push((Orient::Swapped, [s[0], s[2], s[1]]));
         }
         v
     };
-    let as_out = |t: &Tensor| -> Vec<Tensor> {
+    let as_out = |i: usize| -> Vec<(Orient, [usize; 3])> {
+        let s = &stacks[i].shape;
         let mut v = Vec::new();
-        if t.shape[2] == h {
-            v.push(t.clone());
+        if s[2] == h {
+            v.push((Orient::AsIs, [s[0], s[1], s[2]]));
         }
-        if t.shape[1] == h {
-            v.push(swap_last(t));
+        if s[1] == h {
+            v.push((Orient::Swapped, [s[0], s[2], s[1]]));
         }
         v
     };
-    // (w_in [E,H,N] before packing fixes, w_out [E,F,H], packing choices)
-    let mut layouts: Vec<(Tensor, Tensor, bool)> = Vec::new();
+    // (w_in source, its N, w_out, gated)
+    let mut layouts: Vec<(InSource, usize, (usize, Orient), bool)> = Vec::new();
     match stacks.len() {
         2 => {
             for (i, o) in [(0, 1), (1, 0)] {
-                for wi in as_in(&stacks[i]) {
-                    for wo in as_out(&stacks[o]) {
-                        let (n, f) = (wi.shape[2], wo.shape[1]);
+                for (oi, si) in as_in(i) {
+                    for (oo, so) in as_out(o) {
+                        let (n, f) = (si[2], so[1]);
                         if n == 2 * f {
-                            layouts.push((wi.clone(), wo.clone(), true));
+                            layouts.push((InSource::One(i, oi), n, (o, oo), true));
                         }
                         if n == f {
-                            layouts.push((wi.clone(), wo.clone(), false));
+                            layouts.push((InSource::One(i, oi), n, (o, oo), false));
                         }
                     }
                 }
@@ -188,11 +303,19 @@ pub fn candidates(stacks: &[Tensor], biases: &[Tensor], h: usize, hints: &Activa
             for o in 0..3 {
                 let rest: Vec<usize> = (0..3).filter(|&x| x != o).collect();
                 for (g, u) in [(rest[0], rest[1]), (rest[1], rest[0])] {
-                    for wg in as_in(&stacks[g]) {
-                        for wu in as_in(&stacks[u]) {
-                            for wo in as_out(&stacks[o]) {
-                                if wg.shape == wu.shape && wg.shape[2] == wo.shape[1] {
-                                    layouts.push((concat_last(&wg, &wu), wo.clone(), true));
+                    for (og, sg) in as_in(g) {
+                        for (ou, su) in as_in(u) {
+                            for (oo, so) in as_out(o) {
+                                if sg == su && sg[2] == so[1] {
+                                    layouts.push((
+                                        InSource::Concat {
+                                            gate: (g, og),
+                                            up: (u, ou),
+                                        },
+                                        2 * sg[2],
+                                        (o, oo),
+                                        true,
+                                    ));
                                 }
                             }
                         }
@@ -203,15 +326,33 @@ pub fn candidates(stacks: &[Tensor], biases: &[Tensor], h: usize, hints: &Activa
         _ => {}
     }
     let mut out = Vec::new();
-    for (wi, wo, gated) in layouts {
-        let n = wi.shape[2];
-        let packings: &[GatePacking] = if gated && stacks.len() == 2 { &[GatePacking::GateUp, GatePacking::Interleaved, GatePacking::UpGate] } else { &[GatePacking::GateUp] };
-        for &p in packings {
-            let w_in = if p == GatePacking::GateUp { wi.clone() } else { to_gate_up(&wi, p) };
-            let b_in = biases.iter().find(|b| b.shape[1] == n).map(|b| if p == GatePacking::GateUp { b.clone() } else { to_gate_up(b, p) });
-            let b_out = biases.iter().find(|b| b.shape[1] == h && (b.shape[1] != n || biases.len() > 1)).cloned();
+    for (w_in, n, w_out, gated) in layouts {
+        let packings: &[GatePacking] = if gated && stacks.len() == 2 {
+            &[
+                GatePacking::GateUp,
+                GatePacking::Interleaved,
+                GatePacking::UpGate,
+            ]
+        } else {
+            &[GatePacking::GateUp]
+        };
+        for &packing in packings {
+            let b_in = biases.iter().position(|b| b.shape[1] == n);
+            let b_out = biases
+                .iter()
+                .position(|b| b.shape[1] == h && (b.shape[1] != n || biases.len() > 1));
             for (activation, alpha, beta, limit) in activations(gated, hints) {
-                out.push(ExpertFfn { w_in: w_in.clone(), w_out: wo.clone(), b_in: b_in.clone(), b_out: b_out.clone(), activation, alpha, beta, limit });
+                out.push(Reading {
+                    w_in: w_in.clone(),
+                    w_out,
+                    packing,
+                    b_in,
+                    b_out,
+                    activation,
+                    alpha,
+                    beta,
+                    limit,
+                });
             }
         }
     }

@@ -37,7 +37,11 @@ pub struct FusedMoe {
 }
 
 /// Reads the node's attributes and weights (`w(i)`: the constant operand i, if any).
-pub fn read(node: &Node, hidden: usize, w: impl Fn(usize) -> Option<Tensor>) -> Result<FusedMoe, String> {
+pub fn read(
+    node: &Node,
+    hidden: usize,
+    w: impl Fn(usize) -> Option<Tensor>,
+) -> Result<FusedMoe, String> {
     if int(node, "use_sparse_mixer", 0) != 0 {
         return Err("use_sparse_mixer = 1 (SparseMixer routing) is not supported".into());
     }
@@ -49,28 +53,44 @@ pub fn read(node: &Node, hidden: usize, w: impl Fn(usize) -> Option<Tensor>) -> 
         Some(AttrValue::String(s)) => s.clone(),
         _ => "relu".into(),
     };
-    let need = |i: usize, what: &str| w(i).ok_or_else(|| format!("input {i} ({what}) must be a constant weight"));
+    let need = |i: usize, what: &str| {
+        w(i).ok_or_else(|| format!("input {i} ({what}) must be a constant weight"))
+    };
     let fc1 = need(2, "fc1_experts_weights")?;
     let fc2 = need(4, "fc2_experts_weights")?;
     if fc1.shape.len() != 3 || fc2.shape.len() != 3 {
-        return Err(format!("expert weights must be 3-D, got fc1 {:?} and fc2 {:?}", fc1.shape, fc2.shape));
+        return Err(format!(
+            "expert weights must be 3-D, got fc1 {:?} and fc2 {:?}",
+            fc1.shape, fc2.shape
+        ));
     }
     // ORT's current layout is [E, out, in]; the older one [E, in, out]. fc1 tells them apart
     // (its out size is F or 2F); where even it cannot (N == H), the current one is meant.
     let legacy = fc1.shape[1] == hidden && fc1.shape[2] != hidden;
     if !legacy && fc1.shape[2] != hidden {
-        return Err(format!("fc1_experts_weights {:?} has no dimension of the hidden size {hidden}", fc1.shape));
+        return Err(format!(
+            "fc1_experts_weights {:?} has no dimension of the hidden size {hidden}",
+            fc1.shape
+        ));
     }
     let orient = |t: Tensor| if legacy { t } else { swap_last(&t) };
     let fc1 = orient(fc1);
     let fc2 = orient(fc2);
     if fc2.shape[2] != hidden {
-        return Err(format!("fc2_experts_weights does not end in the hidden size {hidden} in the {} layout", if legacy { "older" } else { "current" }));
+        return Err(format!(
+            "fc2_experts_weights does not end in the hidden size {hidden} in the {} layout",
+            if legacy { "older" } else { "current" }
+        ));
     }
     let mut b_in = w(3);
     let b_out = w(5);
     let (activation, alpha, beta, limit) = match act.as_str() {
-        "swiglu" => (Activation::Swiglu, float(node, "activation_alpha").unwrap_or(1.0), float(node, "activation_beta").unwrap_or(0.0), float(node, "swiglu_limit").filter(|l| l.is_finite())),
+        "swiglu" => (
+            Activation::Swiglu,
+            float(node, "activation_alpha").unwrap_or(1.0),
+            float(node, "activation_beta").unwrap_or(0.0),
+            float(node, "swiglu_limit").filter(|l| l.is_finite()),
+        ),
         "silu" => (Activation::Silu, 1.0, 0.0, None),
         "gelu" => (Activation::GeluTanh, 1.0, 0.0, None),
         "relu" => (Activation::Relu, 1.0, 0.0, None),
@@ -107,7 +127,23 @@ pub fn read(node: &Node, hidden: usize, w: impl Fn(usize) -> Option<Tensor>) -> 
     let f = fc2.shape[1];
     let want_n = if activation.is_gated() { 2 * f } else { f };
     if w_in.shape[2] != want_n || w_in.shape[0] != fc2.shape[0] {
-        return Err(format!("fc1 {:?} and fc2 {:?} do not fit one another", w_in.shape, fc2.shape));
+        return Err(format!(
+            "fc1 {:?} and fc2 {:?} do not fit one another",
+            w_in.shape, fc2.shape
+        ));
     }
-    Ok(FusedMoe { top_k: k as usize, renormalize: int(node, "normalize_routing_weights", 0) != 0, ffn: ExpertFfn { w_in, w_out: fc2, b_in, b_out, activation, alpha, beta, limit } })
+    Ok(FusedMoe {
+        top_k: k as usize,
+        renormalize: int(node, "normalize_routing_weights", 0) != 0,
+        ffn: ExpertFfn {
+            w_in,
+            w_out: fc2,
+            b_in,
+            b_out,
+            activation,
+            alpha,
+            beta,
+            limit,
+        },
+    })
 }

@@ -28,7 +28,12 @@ pub fn consumers(p: &Program) -> HashMap<BufferId, Vec<usize>> {
 }
 
 /// The instructions `out` depends on, not looking past the `cut` buffers.
-pub fn backward_slice(p: &Program, prod: &HashMap<BufferId, usize>, out: BufferId, cut: &HashSet<BufferId>) -> BTreeSet<usize> {
+pub fn backward_slice(
+    p: &Program,
+    prod: &HashMap<BufferId, usize>,
+    out: BufferId,
+    cut: &HashSet<BufferId>,
+) -> BTreeSet<usize> {
     let mut seen = BTreeSet::new();
     let mut stack = vec![out];
     let mut visited = HashSet::new();
@@ -60,7 +65,10 @@ pub fn forward_slice(p: &Program, from: &[BufferId]) -> BTreeSet<usize> {
 
 /// Buffers a region reads that it does not write, and that are not weights.
 pub fn live_ins(p: &Program, region: &BTreeSet<usize>) -> BTreeSet<BufferId> {
-    let written: HashSet<BufferId> = region.iter().flat_map(|&i| p.instructions[i].outputs.iter().copied()).collect();
+    let written: HashSet<BufferId> = region
+        .iter()
+        .flat_map(|&i| p.instructions[i].outputs.iter().copied())
+        .collect();
     region
         .iter()
         .flat_map(|&i| p.instructions[i].inputs.iter().flatten().copied())
@@ -69,11 +77,17 @@ pub fn live_ins(p: &Program, region: &BTreeSet<usize>) -> BTreeSet<BufferId> {
 }
 
 /// Buffers a region writes that something outside it (or the program's outputs) reads.
-pub fn live_outs(p: &Program, region: &BTreeSet<usize>, cons: &HashMap<BufferId, Vec<usize>>) -> BTreeSet<BufferId> {
+pub fn live_outs(
+    p: &Program,
+    region: &BTreeSet<usize>,
+    cons: &HashMap<BufferId, Vec<usize>>,
+) -> BTreeSet<BufferId> {
     let mut out = BTreeSet::new();
     for &i in region {
         for &o in &p.instructions[i].outputs {
-            let outside = cons.get(&o).is_some_and(|c| c.iter().any(|j| !region.contains(j)));
+            let outside = cons
+                .get(&o)
+                .is_some_and(|c| c.iter().any(|j| !region.contains(j)));
             if outside || p.outputs.contains(&o) {
                 out.insert(o);
             }
@@ -83,26 +97,71 @@ pub fn live_outs(p: &Program, region: &BTreeSet<usize>, cons: &HashMap<BufferId,
 }
 
 /// Runs the region's instructions on `inputs` (and the program's weights); returns `want`.
-pub fn evaluate(p: &Program, weights: &HashMap<&str, &Tensor>, region: &BTreeSet<usize>, inputs: &HashMap<BufferId, Tensor>, want: BufferId) -> Result<Tensor, String> {
+/// No instruction may make a tensor over `limit` bytes (its static size is checked first).
+pub fn evaluate(
+    p: &Program,
+    weights: &HashMap<&str, &Tensor>,
+    region: &BTreeSet<usize>,
+    inputs: &HashMap<BufferId, Tensor>,
+    want: BufferId,
+    limit: usize,
+) -> Result<Tensor, String> {
     let mut vals: HashMap<BufferId, Tensor> = inputs.clone();
     for &i in region {
         let ins = &p.instructions[i];
+        // Static sizes are checked before anything is made; a run-time size (after NonZero)
+        // is bounded by its operands, and checked once known.
+        for &o in &ins.outputs {
+            let b = &p.buffers[o];
+            if b.shape.iter().all(Option::is_some) {
+                let shape: Vec<usize> = b.shape.iter().flatten().copied().collect();
+                within_limit(ins, &shape, b.dtype, limit)?;
+            }
+        }
         let mut args: Vec<Option<&Tensor>> = Vec::with_capacity(ins.inputs.len());
         for inp in &ins.inputs {
             args.push(match inp {
                 None => None,
                 Some(b) => Some(match vals.get(b) {
                     Some(t) => t,
-                    None => weights.get(p.buffers[*b].name.as_str()).copied().ok_or_else(|| format!("buffer '{}' has no value", p.buffers[*b].name))?,
+                    None => weights
+                        .get(p.buffers[*b].name.as_str())
+                        .copied()
+                        .ok_or_else(|| format!("buffer '{}' has no value", p.buffers[*b].name))?,
                 }),
             });
         }
         let outs = kernels::execute(&ins.op, &args, ins.outputs.len())?;
+        for t in &outs {
+            within_limit(ins, &t.shape, t.dtype, limit)?;
+        }
         for (&o, t) in ins.outputs.iter().zip(outs) {
             vals.insert(o, t.with_dtype(p.buffers[o].dtype));
         }
     }
-    vals.remove(&want).ok_or_else(|| "the region does not produce the value".to_string())
+    vals.remove(&want)
+        .ok_or_else(|| "the region does not produce the value".to_string())
+}
+
+/// Refuses a tensor of `shape` over `limit` bytes (or whose size overflows), naming the node.
+fn within_limit(
+    ins: &ppmoe_runtime::program::Instruction,
+    shape: &[usize],
+    dtype: ppmoe_runtime::DType,
+    limit: usize,
+) -> Result<(), String> {
+    let dims: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
+    match crate::core::static_bytes(&dims, dtype) {
+        Some(n) if n <= limit => Ok(()),
+        Some(n) => Err(format!(
+            "node \"{}\" ({}) would make a {} MiB tensor {shape:?}, over the compile-time evaluation limit of {} MiB (--eval-limit, or the layer's largest weight)",
+            ins.origin,
+            ins.op.name(),
+            n >> 20,
+            limit >> 20
+        )),
+        None => Err(format!("node \"{}\" ({}): the size of a {shape:?} tensor overflows", ins.origin, ins.op.name())),
+    }
 }
 
 /// ‖a − b‖ / ‖b‖.
@@ -111,7 +170,11 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     if x.len() != y.len() {
         return f64::INFINITY;
     }
-    let num: f64 = x.iter().zip(&y).map(|(p, q)| ((*p - *q) as f64).powi(2)).sum();
+    let num: f64 = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| ((*p - *q) as f64).powi(2))
+        .sum();
     let den: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
     if den == 0.0 {
         return if num == 0.0 { 0.0 } else { f64::INFINITY };
@@ -121,9 +184,13 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Deterministic normal samples (a small LCG and Box-Muller: no dependency, same every run).
 pub fn randn(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     };
     (0..n)

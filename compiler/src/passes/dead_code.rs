@@ -13,7 +13,9 @@ pub fn remove_dead_code(mut p: Program, weights: &mut Vec<(String, Tensor)>) -> 
     let mut keep = vec![false; p.instructions.len()];
     for (i, ins) in p.instructions.iter().enumerate().rev() {
         // A send is kept for what it does, not for a result.
-        if ins.outputs.iter().any(|o| live.contains(o)) || matches!(ins.op, ppmoe_runtime::program::Op::Send { .. }) {
+        if ins.outputs.iter().any(|o| live.contains(o))
+            || matches!(ins.op, ppmoe_runtime::program::Op::Send { .. })
+        {
             keep[i] = true;
             live.extend(ins.inputs.iter().flatten().copied());
         }
@@ -36,7 +38,10 @@ pub fn remove_dead_code(mut p: Program, weights: &mut Vec<(String, Tensor)>) -> 
     let names: HashSet<&str> = buffers.iter().map(|b| b.name.as_str()).collect();
     weights.retain(|(n, _)| names.contains(n.as_str()));
     for ins in &mut p.instructions {
-        ins.inputs.iter_mut().flatten().for_each(|id| *id = remap[*id]);
+        ins.inputs
+            .iter_mut()
+            .flatten()
+            .for_each(|id| *id = remap[*id]);
         ins.outputs.iter_mut().for_each(|id| *id = remap[*id]);
     }
     p.inputs.iter_mut().for_each(|id| *id = remap[*id]);
@@ -52,27 +57,57 @@ mod tests {
     use ppmoe_runtime::DType;
 
     fn buf(name: &str, kind: BufferKind) -> Buffer {
-        Buffer { name: name.into(), dtype: DType::F32, shape: vec![Some(2)], kind }
+        Buffer {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: vec![Some(2)],
+            kind,
+        }
     }
 
     #[test]
     fn dead_code_drops_unread_instructions_and_their_weights() {
         let p = Program {
             rank: 0,
-            buffers: vec![buf("x", BufferKind::Input), buf("w", BufferKind::Weight), buf("dead", BufferKind::Temp), buf("y", BufferKind::Output)],
+            buffers: vec![
+                buf("x", BufferKind::Input),
+                buf("w", BufferKind::Weight),
+                buf("dead", BufferKind::Temp),
+                buf("y", BufferKind::Output),
+            ],
             inputs: vec![0],
             outputs: vec![3],
             instructions: vec![
-                Instruction { op: Op::Transpose { perm: vec![0] }, inputs: vec![Some(1)], outputs: vec![2], origin: "t".into() },
-                Instruction { op: Op::Unary { f: ppmoe_runtime::program::UnaryFn::Neg }, inputs: vec![Some(0)], outputs: vec![3], origin: "n".into() },
+                Instruction {
+                    op: Op::Transpose { perm: vec![0] },
+                    inputs: vec![Some(1)],
+                    outputs: vec![2],
+                    origin: "t".into(),
+                },
+                Instruction {
+                    op: Op::Unary {
+                        f: ppmoe_runtime::program::UnaryFn::Neg,
+                    },
+                    inputs: vec![Some(0)],
+                    outputs: vec![3],
+                    origin: "n".into(),
+                },
             ],
             weights_file: "rank0.safetensors".into(),
-            coords: [0; 3], gpu: vec![], ptx_file: None,
+            coords: [0; 3],
+            gpu: vec![],
+            ptx_file: None,
         };
         let mut weights = vec![("w".to_string(), Tensor::f32(vec![2], vec![1.0, 2.0]))];
         let p = remove_dead_code(p, &mut weights);
         assert_eq!(p.instructions.len(), 1);
-        assert_eq!(p.buffers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(
+            p.buffers
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>(),
+            ["x", "y"]
+        );
         assert_eq!(p.instructions[0].inputs, vec![Some(0)]);
         assert_eq!(p.instructions[0].outputs, vec![1]);
         assert_eq!(p.outputs, vec![1]);

@@ -17,10 +17,15 @@
 //! looks like MoE but matches no reading stays as it was, with the reason.
 
 use crate::core::CoreProgram;
-use crate::moe::expert_weights::{candidates, ActivationHints, ExpertFfn};
-use crate::moe::region::{backward_slice, consumers, evaluate, forward_slice, live_ins, live_outs, producers, randn, rel_err};
+use crate::moe::expert_weights::{candidates, ActivationHints, ExpertFfn, Reading};
+use crate::moe::region::{
+    backward_slice, consumers, evaluate, forward_slice, live_ins, live_outs, producers, randn,
+    rel_err,
+};
 use crate::moe::{Family, MoeLayer};
-use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, RouteOrder, Scoring, UnaryFn, EXPERTS_LAYOUT};
+use ppmoe_runtime::program::{
+    Buffer, BufferId, BufferKind, Instruction, Op, RouteOrder, Scoring, UnaryFn, EXPERTS_LAYOUT,
+};
 use ppmoe_runtime::{kernels, DType, Tensor};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -69,25 +74,72 @@ impl Route {
 
     fn describe(&self) -> String {
         let s = match (self.scoring, self.order) {
-            (Scoring::Softmax, RouteOrder::SoftmaxThenTopk) => format!("softmax -> top-{}", self.top_k),
-            (Scoring::Softmax, RouteOrder::TopkThenSoftmax) => format!("top-{} -> softmax", self.top_k),
+            (Scoring::Softmax, RouteOrder::SoftmaxThenTopk) => {
+                format!("softmax -> top-{}", self.top_k)
+            }
+            (Scoring::Softmax, RouteOrder::TopkThenSoftmax) => {
+                format!("top-{} -> softmax", self.top_k)
+            }
             (Scoring::Sigmoid, _) => format!("sigmoid -> top-{}", self.top_k),
         };
-        let r = if self.renormalize && self.order == RouteOrder::SoftmaxThenTopk { ", renormalised" } else { "" };
-        let c = if self.capacity > 0 { format!(", capacity {}", self.capacity) } else { String::new() };
+        let r = if self.renormalize && self.order == RouteOrder::SoftmaxThenTopk {
+            ", renormalised"
+        } else {
+            ""
+        };
+        let c = if self.capacity > 0 {
+            format!(", capacity {}", self.capacity)
+        } else {
+            String::new()
+        };
         format!("{s}{r}{c}")
     }
 }
 
 fn experts_op(f: &ExpertFfn) -> Op {
-    Op::MoeExperts { activation: f.activation, alpha: f.alpha, beta: f.beta, limit: f.limit, layout: EXPERTS_LAYOUT.into() }
+    Op::MoeExperts {
+        activation: f.activation,
+        alpha: f.alpha,
+        beta: f.beta,
+        limit: f.limit,
+        layout: EXPERTS_LAYOUT.into(),
+    }
 }
 
-/// Runs route + experts on the trial inputs.
-fn run_candidate(route: &Route, f: &ExpertFfn, x: &Tensor, l: &Tensor) -> Result<Tensor, String> {
+/// Runs route + experts of one reading on the trial inputs, with only the experts the trial
+/// routing reaches materialised (renumbered 0..): the check never copies a whole stack.
+fn run_reading(
+    route: &Route,
+    reading: &Reading,
+    stacks: &[Tensor],
+    biases: &[Tensor],
+    x: &Tensor,
+    l: &Tensor,
+) -> Result<Tensor, String> {
     let r = kernels::execute(&route.op(), &[Some(l)], 2)?;
-    let args = [Some(x), Some(&r[0]), Some(&r[1]), Some(&f.w_in), Some(&f.w_out), f.b_in.as_ref(), f.b_out.as_ref()];
-    Ok(kernels::execute(&experts_op(f), &args, 1)?.remove(0))
+    let ids = r[1].to_i64();
+    let mut used: Vec<usize> = ids
+        .iter()
+        .map(|&i| usize::try_from(i).map_err(|_| format!("expert id {i}")))
+        .collect::<Result<_, _>>()?;
+    used.sort_unstable();
+    used.dedup();
+    let local: Vec<i64> = ids
+        .iter()
+        .map(|&i| used.binary_search(&(i as usize)).map_or(-1, |p| p as i64))
+        .collect();
+    let local_ids = Tensor::i64(r[1].shape.clone(), local).with_dtype(r[1].dtype);
+    let f = reading.materialize(stacks, biases, Some(&used));
+    let args = [
+        Some(x),
+        Some(&r[0]),
+        Some(&local_ids),
+        Some(&f.w_in),
+        Some(&f.w_out),
+        f.b_in.as_ref(),
+        f.b_out.as_ref(),
+    ];
+    Ok(kernels::execute(&experts_op(&f), &args, 1)?.remove(0))
 }
 
 struct Anchor {
@@ -98,7 +150,11 @@ struct Anchor {
 }
 
 /// The buffers holding the same data as `x` under reshapes (the tokens, in every shape).
-fn reshape_family(p: &crate::core::CoreProgram, prod: &HashMap<BufferId, usize>, x: BufferId) -> HashSet<BufferId> {
+fn reshape_family(
+    p: &crate::core::CoreProgram,
+    prod: &HashMap<BufferId, usize>,
+    x: BufferId,
+) -> HashSet<BufferId> {
     let prog = &p.program;
     let mut root = x;
     while let Some(&i) = prod.get(&root) {
@@ -112,7 +168,10 @@ fn reshape_family(p: &crate::core::CoreProgram, prod: &HashMap<BufferId, usize>,
     while grew {
         grew = false;
         for ins in &prog.instructions {
-            if matches!(ins.op, Op::ReshapeTo { .. }) && ins.inputs[0].is_some_and(|i| fam.contains(&i)) && fam.insert(ins.outputs[0]) {
+            if matches!(ins.op, Op::ReshapeTo { .. })
+                && ins.inputs[0].is_some_and(|i| fam.contains(&i))
+                && fam.insert(ins.outputs[0])
+            {
                 grew = true;
             }
         }
@@ -121,15 +180,22 @@ fn reshape_family(p: &crate::core::CoreProgram, prod: &HashMap<BufferId, usize>,
 }
 
 /// The tokens whose linear function the logits are (through mat_mul, add of a weight, reshape).
-fn router_input(p: &crate::core::CoreProgram, prod: &HashMap<BufferId, usize>, logits: BufferId) -> Option<BufferId> {
+fn router_input(
+    p: &crate::core::CoreProgram,
+    prod: &HashMap<BufferId, usize>,
+    logits: BufferId,
+) -> Option<BufferId> {
     let prog = &p.program;
-    let is_weight = |b: Option<BufferId>| b.is_some_and(|b| prog.buffers[b].kind == BufferKind::Weight);
+    let is_weight =
+        |b: Option<BufferId>| b.is_some_and(|b| prog.buffers[b].kind == BufferKind::Weight);
     let mut cur = logits;
     for _ in 0..8 {
         let ins = &prog.instructions[*prod.get(&cur)?];
         match &ins.op {
             Op::MatMul if is_weight(ins.inputs[1]) => return ins.inputs[0],
-            Op::Binary { f: ppmoe_runtime::program::BinaryFn::Add } if is_weight(ins.inputs[1]) => cur = ins.inputs[0]?,
+            Op::Binary {
+                f: ppmoe_runtime::program::BinaryFn::Add,
+            } if is_weight(ins.inputs[1]) => cur = ins.inputs[0]?,
             Op::ReshapeTo { .. } => cur = ins.inputs[0]?,
             Op::Cast { to } if to.is_float() => cur = ins.inputs[0]?,
             _ => return None,
@@ -138,32 +204,63 @@ fn router_input(p: &crate::core::CoreProgram, prod: &HashMap<BufferId, usize>, l
     None
 }
 
-fn find_anchor(p: &CoreProgram, prod: &HashMap<BufferId, usize>, weights: &HashMap<&str, &Tensor>, i: usize) -> Option<Anchor> {
+fn find_anchor(
+    p: &CoreProgram,
+    prod: &HashMap<BufferId, usize>,
+    weights: &HashMap<&str, &Tensor>,
+    i: usize,
+) -> Option<Anchor> {
     let prog = &p.program;
     let ins = &prog.instructions[i];
     let mut src = ins.inputs.first().copied().flatten()?;
     // A float-to-float cast (`.float()` in the source) between scores and choice changes nothing.
     while let Some(&j) = prod.get(&src) {
         match prog.instructions[j].op {
-            Op::Cast { to } if to.is_float() && prog.buffers[src].dtype.is_float() => src = prog.instructions[j].inputs[0]?,
+            Op::Cast { to } if to.is_float() && prog.buffers[src].dtype.is_float() => {
+                src = prog.instructions[j].inputs[0]?
+            }
             _ => break,
         }
     }
     let producer = prod.get(&src).map(|&j| &prog.instructions[j].op);
     match &ins.op {
         Op::TopK { .. } => {
-            let k = ins.inputs.get(1).copied().flatten().and_then(|b| weights.get(prog.buffers[b].name.as_str()))?.to_i64().first().copied()? as usize;
+            let k = ins
+                .inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|b| weights.get(prog.buffers[b].name.as_str()))?
+                .to_i64()
+                .first()
+                .copied()? as usize;
             let (logits, scoring) = match producer {
-                Some(Op::Softmax { log: false, .. }) => (prod.get(&src).and_then(|&j| prog.instructions[j].inputs[0])?, vec![(Scoring::Softmax, RouteOrder::SoftmaxThenTopk)]),
-                Some(Op::Unary { f: UnaryFn::Sigmoid }) => (prod.get(&src).and_then(|&j| prog.instructions[j].inputs[0])?, vec![(Scoring::Sigmoid, RouteOrder::SoftmaxThenTopk)]),
+                Some(Op::Softmax { log: false, .. }) => (
+                    prod.get(&src)
+                        .and_then(|&j| prog.instructions[j].inputs[0])?,
+                    vec![(Scoring::Softmax, RouteOrder::SoftmaxThenTopk)],
+                ),
+                Some(Op::Unary {
+                    f: UnaryFn::Sigmoid,
+                }) => (
+                    prod.get(&src)
+                        .and_then(|&j| prog.instructions[j].inputs[0])?,
+                    vec![(Scoring::Sigmoid, RouteOrder::SoftmaxThenTopk)],
+                ),
                 _ => (src, vec![(Scoring::Softmax, RouteOrder::TopkThenSoftmax)]),
             };
-            Some(Anchor { logits, scoring, top_k: vec![k] })
+            Some(Anchor {
+                logits,
+                scoring,
+                top_k: vec![k],
+            })
         }
         // GShard/DeepSpeed gating picks with arg_max over the softmax of the logits.
         Op::ArgMax { max: true, .. } => match producer {
             Some(Op::Softmax { log: false, .. }) => Some(Anchor {
-                logits: prod.get(&src).and_then(|&j| prog.instructions[j].inputs[0])?,
+                logits: prod
+                    .get(&src)
+                    .and_then(|&j| prog.instructions[j].inputs[0])?,
                 scoring: vec![(Scoring::Softmax, RouteOrder::SoftmaxThenTopk)],
                 top_k: vec![2, 1],
             }),
@@ -173,15 +270,24 @@ fn find_anchor(p: &CoreProgram, prod: &HashMap<BufferId, usize>, weights: &HashM
     }
 }
 
-fn hints(p: &CoreProgram, region: &BTreeSet<usize>, weights: &HashMap<&str, &Tensor>) -> ActivationHints {
+fn hints(
+    p: &CoreProgram,
+    region: &BTreeSet<usize>,
+    weights: &HashMap<&str, &Tensor>,
+) -> ActivationHints {
     let prog = &p.program;
     let mut h = ActivationHints::default();
     for &i in region {
         let ins = &prog.instructions[i];
         match ins.op {
             Op::Unary { f: UnaryFn::Erf } | Op::Unary { f: UnaryFn::Gelu } => h.erf = true,
-            Op::Unary { f: UnaryFn::Tanh } | Op::Unary { f: UnaryFn::GeluTanh } => h.tanh = true,
-            Op::Unary { f: UnaryFn::Sigmoid } => h.sigmoid = true,
+            Op::Unary { f: UnaryFn::Tanh }
+            | Op::Unary {
+                f: UnaryFn::GeluTanh,
+            } => h.tanh = true,
+            Op::Unary {
+                f: UnaryFn::Sigmoid,
+            } => h.sigmoid = true,
             Op::Unary { f: UnaryFn::Relu } => h.relu = true,
             _ => {}
         }
@@ -200,7 +306,10 @@ fn hints(p: &CoreProgram, region: &BTreeSet<usize>, weights: &HashMap<&str, &Ten
 }
 
 fn family(p: &CoreProgram, region: &BTreeSet<usize>) -> Family {
-    let ops: Vec<&Op> = region.iter().map(|&i| &p.program.instructions[i].op).collect();
+    let ops: Vec<&Op> = region
+        .iter()
+        .map(|&i| &p.program.instructions[i].op)
+        .collect();
     if ops.iter().any(|o| matches!(o, Op::NonZero)) {
         Family::UnrolledLoop
     } else if ops.iter().any(|o| matches!(o, Op::Einsum { .. })) {
@@ -210,40 +319,86 @@ fn family(p: &CoreProgram, region: &BTreeSet<usize>) -> Family {
     }
 }
 
+#[derive(Clone)]
 struct Found {
     output: BufferId,
     region: BTreeSet<usize>,
     route: Route,
-    ffn: ExpertFfn,
+    reading: Reading,
+    /// The layer's expert weight stacks and biases, as the reading indexes them.
+    stacks: Vec<Tensor>,
+    biases: Vec<Tensor>,
 }
 
-/// Tries to raise the layer whose router is instruction `i`.
-fn try_raise(core: &CoreProgram, i: usize) -> Result<Option<Found>, String> {
+/// Tries to raise the layer whose router is instruction `i`; trial evaluation makes no tensor
+/// over `limit` bytes.
+fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>, String> {
     let prog = &core.program;
-    let weights: HashMap<&str, &Tensor> = core.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let weights: HashMap<&str, &Tensor> =
+        core.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let prod = producers(prog);
     let cons = consumers(prog);
-    let Some(anchor) = find_anchor(core, &prod, &weights, i) else { return Ok(None) };
+    let Some(anchor) = find_anchor(core, &prod, &weights, i) else {
+        return Ok(None);
+    };
     let lb = &prog.buffers[anchor.logits];
     let [Some(t), Some(e)] = lb.shape[..] else {
-        return Err(format!("router logits '{}' are not a static [tokens, experts] matrix", lb.name));
+        return Err(format!(
+            "router logits '{}' are not a static [tokens, experts] matrix",
+            lb.name
+        ));
     };
-    let x = router_input(core, &prod, anchor.logits).ok_or_else(|| format!("router logits '{}' are not a linear function of the tokens", lb.name))?;
-    let h = prog.buffers[x].shape.last().copied().flatten().ok_or("the tokens' hidden size is not static")?;
-    if prog.buffers[x].shape.iter().map(|d| d.unwrap_or(0)).product::<usize>() != t * h {
-        return Err(format!("the router reads {} values per token for {t} tokens, which does not match its input", h));
+    let x = router_input(core, &prod, anchor.logits).ok_or_else(|| {
+        format!(
+            "router logits '{}' are not a linear function of the tokens",
+            lb.name
+        )
+    })?;
+    let h = prog.buffers[x]
+        .shape
+        .last()
+        .copied()
+        .flatten()
+        .ok_or("the tokens' hidden size is not static")?;
+    if prog.buffers[x]
+        .shape
+        .iter()
+        .map(|d| d.unwrap_or(0))
+        .product::<usize>()
+        != t * h
+    {
+        return Err(format!(
+            "the router reads {} values per token for {t} tokens, which does not match its input",
+            h
+        ));
     }
     let tokens = reshape_family(core, &prod, x);
     let mut cut = tokens.clone();
     cut.insert(anchor.logits);
-    let x_trials = [Tensor::f32(vec![t, h], randn(t * h, 11, 1.0)), Tensor::f32(vec![t, h], randn(t * h, 12, 2.0))];
-    let l_trials = [Tensor::f32(vec![t, e], randn(t * e, 13, 1.0)), Tensor::f32(vec![t, e], randn(t * e, 14, 3.0))];
+    let x_trials = [
+        Tensor::f32(vec![t, h], randn(t * h, 11, 1.0)),
+        Tensor::f32(vec![t, h], randn(t * h, 12, 2.0)),
+    ];
+    let l_trials = [
+        Tensor::f32(vec![t, e], randn(t * e, 13, 1.0)),
+        Tensor::f32(vec![t, e], randn(t * e, 14, 3.0)),
+    ];
     let trial_inputs = |k: usize| -> HashMap<BufferId, Tensor> {
         let mut m: HashMap<BufferId, Tensor> = tokens
             .iter()
             .map(|&b| {
-                let shape: Vec<usize> = prog.buffers[b].shape.iter().map(|d| d.unwrap_or(0)).collect();
-                (b, Tensor { shape, ..x_trials[k].clone() })
+                let shape: Vec<usize> = prog.buffers[b]
+                    .shape
+                    .iter()
+                    .map(|d| d.unwrap_or(0))
+                    .collect();
+                (
+                    b,
+                    Tensor {
+                        shape,
+                        ..x_trials[k].clone()
+                    },
+                )
             })
             .collect();
         m.insert(anchor.logits, l_trials[k].clone());
@@ -254,12 +409,19 @@ fn try_raise(core: &CoreProgram, i: usize) -> Result<Option<Found>, String> {
     let after = forward_slice(prog, &prog.instructions[i].outputs);
     for &j in after.iter().take(SCAN_LIMIT) {
         let ins = &prog.instructions[j];
-        if j != i && find_anchor(core, &prod, &weights, j).is_some() && !after.is_empty() && found.is_some() {
+        if j != i
+            && find_anchor(core, &prod, &weights, j).is_some()
+            && !after.is_empty()
+            && found.is_some()
+        {
             break;
         }
         for &o in &ins.outputs {
             let b = &prog.buffers[o];
-            if !b.dtype.is_float() || b.shape.iter().any(Option::is_none) || b.shape.iter().map(|d| d.unwrap_or(0)).product::<usize>() != t * h {
+            if !b.dtype.is_float()
+                || b.shape.iter().any(Option::is_none)
+                || b.shape.iter().map(|d| d.unwrap_or(0)).product::<usize>() != t * h
+            {
                 continue;
             }
             let region = backward_slice(prog, &prod, o, &cut);
@@ -272,36 +434,71 @@ fn try_raise(core: &CoreProgram, i: usize) -> Result<Option<Found>, String> {
                 last_reason = format!("the layer's values are read outside it or it reads values other than the tokens and logits (at '{}')", b.name);
                 continue;
             }
-            let refs: Vec<Tensor> = match (0..2).map(|k| evaluate(prog, &weights, &region, &trial_inputs(k), o)).collect::<Result<_, _>>() {
+            // A layer that gathers its experts' weights per routed slot makes tensors as large
+            // as its largest weight on any number of tokens: the trial may go that far.
+            let trial_limit = limit.max(largest_weight(prog, &region, &weights));
+            let refs: Vec<Tensor> = match (0..2)
+                .map(|k| evaluate(prog, &weights, &region, &trial_inputs(k), o, trial_limit))
+                .collect::<Result<_, _>>()
+            {
                 Ok(r) => r,
                 Err(e) => {
-                    last_reason = format!("the candidate layer ending at '{}' does not run on random routing: {e}", b.name);
+                    last_reason = format!(
+                        "the candidate layer ending at '{}' does not run on random routing: {e}",
+                        b.name
+                    );
                     continue;
                 }
             };
-            let matches = |route: &Route, f: &ExpertFfn| (0..2).all(|k| run_candidate(route, f, &x_trials[k], &l_trials[k]).is_ok_and(|y| rel_err(&y, &refs[k]) < TOLERANCE));
+            let matches = |route: &Route, r: &Reading, stacks: &[Tensor], biases: &[Tensor]| {
+                (0..2).all(|k| {
+                    run_reading(route, r, stacks, biases, &x_trials[k], &l_trials[k])
+                        .is_ok_and(|y| rel_err(&y, &refs[k]) < TOLERANCE)
+                })
+            };
             if let Some(prev) = &found {
-                if matches(&prev.route, &prev.ffn) {
-                    found = Some(Found { output: o, region, route: prev.route, ffn: prev.ffn.clone() });
+                if matches(&prev.route, &prev.reading, &prev.stacks, &prev.biases) {
+                    found = Some(Found {
+                        output: o,
+                        region,
+                        ..prev.clone()
+                    });
                     continue;
                 }
                 return Ok(found);
             }
-            let stacks: Vec<Tensor> = weights_of(prog, &region, &weights, |t| t.shape.len() == 3 && t.shape[0] == e);
-            let biases: Vec<Tensor> = weights_of(prog, &region, &weights, |t| t.shape.len() == 2 && t.shape[0] == e && t.dtype.is_float());
+            let stacks: Vec<Tensor> = weights_of(prog, &region, &weights, |t| {
+                t.shape.len() == 3 && t.shape[0] == e
+            });
+            let biases: Vec<Tensor> = weights_of(prog, &region, &weights, |t| {
+                t.shape.len() == 2 && t.shape[0] == e && t.dtype.is_float()
+            });
             if stacks.is_empty() {
                 last_reason = format!("no expert weights (a weight of {e} stacked matrices) in the layer ending at '{}'", b.name);
                 continue;
             }
             let capacity = einsum_capacity(prog, &region, t, e);
-            let ffns = candidates(&stacks, &biases, h, &hints(core, &region, &weights));
+            let readings = candidates(&stacks, &biases, h, &hints(core, &region, &weights));
             'search: for &(scoring, order) in &anchor.scoring {
                 for &top_k in &anchor.top_k {
                     for renormalize in [true, false] {
-                        let route = Route { scoring, order, renormalize, top_k, capacity };
-                        for f in &ffns {
-                            if matches(&route, f) {
-                                found = Some(Found { output: o, region: region.clone(), route, ffn: f.clone() });
+                        let route = Route {
+                            scoring,
+                            order,
+                            renormalize,
+                            top_k,
+                            capacity,
+                        };
+                        for r in &readings {
+                            if matches(&route, r, &stacks, &biases) {
+                                found = Some(Found {
+                                    output: o,
+                                    region: region.clone(),
+                                    route,
+                                    reading: r.clone(),
+                                    stacks: stacks.clone(),
+                                    biases: biases.clone(),
+                                });
                                 break 'search;
                             }
                         }
@@ -314,7 +511,7 @@ fn try_raise(core: &CoreProgram, i: usize) -> Result<Option<Found>, String> {
                     b.name,
                     stacks.len(),
                     stacks.iter().map(|s| s.shape.clone()).collect::<Vec<_>>(),
-                    ffns.len() * anchor.scoring.len() * anchor.top_k.len() * 2
+                    readings.len() * anchor.scoring.len() * anchor.top_k.len() * 2
                 );
             }
         }
@@ -325,7 +522,12 @@ fn try_raise(core: &CoreProgram, i: usize) -> Result<Option<Found>, String> {
     }
 }
 
-fn weights_of(p: &ppmoe_runtime::program::Program, region: &BTreeSet<usize>, weights: &HashMap<&str, &Tensor>, keep: impl Fn(&Tensor) -> bool) -> Vec<Tensor> {
+fn weights_of(
+    p: &ppmoe_runtime::program::Program,
+    region: &BTreeSet<usize>,
+    weights: &HashMap<&str, &Tensor>,
+    keep: impl Fn(&Tensor) -> bool,
+) -> Vec<Tensor> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for &i in region {
@@ -341,8 +543,28 @@ fn weights_of(p: &ppmoe_runtime::program::Program, region: &BTreeSet<usize>, wei
     out
 }
 
+/// The bytes of the largest weight `region` reads.
+fn largest_weight(
+    p: &ppmoe_runtime::program::Program,
+    region: &BTreeSet<usize>,
+    weights: &HashMap<&str, &Tensor>,
+) -> usize {
+    region
+        .iter()
+        .flat_map(|&i| p.instructions[i].inputs.iter().flatten())
+        .filter_map(|b| weights.get(p.buffers[*b].name.as_str()))
+        .map(|t| t.len().saturating_mul(t.dtype.size()))
+        .max()
+        .unwrap_or(0)
+}
+
 /// GShard's capacity: the C of the [tokens, experts, C] combine tensor an einsum reads.
-fn einsum_capacity(p: &ppmoe_runtime::program::Program, region: &BTreeSet<usize>, t: usize, e: usize) -> usize {
+fn einsum_capacity(
+    p: &ppmoe_runtime::program::Program,
+    region: &BTreeSet<usize>,
+    t: usize,
+    e: usize,
+) -> usize {
     for &i in region {
         let ins = &p.instructions[i];
         if let Op::Einsum { .. } = ins.op {
@@ -364,24 +586,63 @@ fn shared_experts(core: &CoreProgram, output: BufferId, tokens: &HashSet<BufferI
     let prog = &core.program;
     let prod = producers(prog);
     for ins in &prog.instructions {
-        if !matches!(ins.op, Op::Binary { f: ppmoe_runtime::program::BinaryFn::Add }) || !ins.inputs.contains(&Some(output)) {
+        if !matches!(
+            ins.op,
+            Op::Binary {
+                f: ppmoe_runtime::program::BinaryFn::Add
+            }
+        ) || !ins.inputs.contains(&Some(output))
+        {
             continue;
         }
-        let Some(other) = ins.inputs.iter().flatten().copied().find(|&b| b != output) else { continue };
+        let Some(other) = ins.inputs.iter().flatten().copied().find(|&b| b != output) else {
+            continue;
+        };
         let region = backward_slice(prog, &prod, other, tokens);
-        let reads_tokens = region.iter().any(|&i| prog.instructions[i].inputs.iter().flatten().any(|b| tokens.contains(b)));
-        let routed = region.iter().any(|&i| matches!(prog.instructions[i].op, Op::MoeRoute { .. } | Op::TopK { .. }));
+        let reads_tokens = region.iter().any(|&i| {
+            prog.instructions[i]
+                .inputs
+                .iter()
+                .flatten()
+                .any(|b| tokens.contains(b))
+        });
+        let routed = region.iter().any(|&i| {
+            matches!(
+                prog.instructions[i].op,
+                Op::MoeRoute { .. } | Op::TopK { .. }
+            )
+        });
         if reads_tokens && !routed {
-            let gated = region.iter().any(|&i| matches!(prog.instructions[i].op, Op::Unary { f: UnaryFn::Sigmoid }));
-            let mms = region.iter().filter(|&&i| matches!(prog.instructions[i].op, Op::MatMul)).count();
-            return format!("1 dense{} ({} matmuls)", if gated { ", sigmoid-gated" } else { "" }, mms);
+            let gated = region.iter().any(|&i| {
+                matches!(
+                    prog.instructions[i].op,
+                    Op::Unary {
+                        f: UnaryFn::Sigmoid
+                    }
+                )
+            });
+            let mms = region
+                .iter()
+                .filter(|&&i| matches!(prog.instructions[i].op, Op::MatMul))
+                .count();
+            return format!(
+                "1 dense{} ({} matmuls)",
+                if gated { ", sigmoid-gated" } else { "" },
+                mms
+            );
         }
     }
     "none".into()
 }
 
 /// Replaces `found.region` by route + experts.
-fn apply(core: &mut CoreProgram, found: Found, logits: BufferId, x: BufferId, policy: CapacityPolicy) -> MoeLayer {
+fn apply(
+    core: &mut CoreProgram,
+    found: Found,
+    logits: BufferId,
+    x: BufferId,
+    policy: CapacityPolicy,
+) -> MoeLayer {
     let prog = &mut core.program;
     let (t, h) = {
         let s = &prog.buffers[found.output].shape;
@@ -391,18 +652,35 @@ fn apply(core: &mut CoreProgram, found: Found, logits: BufferId, x: BufferId, po
         (t, n / t.max(1))
     };
     let e = prog.buffers[logits].shape[1].unwrap_or(0);
-    let last = *found.region.iter().next_back().expect("a region has instructions");
+    let last = *found
+        .region
+        .iter()
+        .next_back()
+        .expect("a region has instructions");
     let origin = prog.instructions[last].origin.clone();
     let base = prog.buffers[found.output].name.clone();
-    let new_buf = |prog: &mut ppmoe_runtime::program::Program, suffix: &str, dtype: DType, shape: Vec<usize>, kind: BufferKind| -> BufferId {
-        prog.buffers.push(Buffer { name: format!("{base}.{suffix}"), dtype, shape: shape.into_iter().map(Some).collect(), kind });
+    let new_buf = |prog: &mut ppmoe_runtime::program::Program,
+                   suffix: &str,
+                   dtype: DType,
+                   shape: Vec<usize>,
+                   kind: BufferKind|
+     -> BufferId {
+        prog.buffers.push(Buffer {
+            name: format!("{base}.{suffix}"),
+            dtype,
+            shape: shape.into_iter().map(Some).collect(),
+            kind,
+        });
         prog.buffers.len() - 1
     };
     let mut route = found.route;
     let mut note = None;
     if route.capacity > 0 {
         note = Some(match policy {
-            CapacityPolicy::Keep => format!("the source drops tokens beyond {} per expert; kept (exact)", route.capacity),
+            CapacityPolicy::Keep => format!(
+                "the source drops tokens beyond {} per expert; kept (exact)",
+                route.capacity
+            ),
             CapacityPolicy::Dropless => {
                 let c = route.capacity;
                 route.capacity = 0;
@@ -412,35 +690,99 @@ fn apply(core: &mut CoreProgram, found: Found, logits: BufferId, x: BufferId, po
     }
     let k = route.top_k;
     let mut new_ins = Vec::new();
-    let x2 = if prog.buffers[x].shape.len() == 2 { x } else {
+    let x2 = if prog.buffers[x].shape.len() == 2 {
+        x
+    } else {
         let b = new_buf(prog, "tokens", DType::F32, vec![t, h], BufferKind::Temp);
-        new_ins.push(Instruction { op: Op::ReshapeTo { shape: vec![t, h] }, inputs: vec![Some(x)], outputs: vec![b], origin: origin.clone() });
+        new_ins.push(Instruction {
+            op: Op::ReshapeTo { shape: vec![t, h] },
+            inputs: vec![Some(x)],
+            outputs: vec![b],
+            origin: origin.clone(),
+        });
         b
     };
-    let w = new_buf(prog, "route_weights", DType::F32, vec![t, k], BufferKind::Temp);
+    let w = new_buf(
+        prog,
+        "route_weights",
+        DType::F32,
+        vec![t, k],
+        BufferKind::Temp,
+    );
     let ids = new_buf(prog, "route_ids", DType::I64, vec![t, k], BufferKind::Temp);
-    new_ins.push(Instruction { op: route.op(), inputs: vec![Some(logits)], outputs: vec![w, ids], origin: origin.clone() });
-    let f = &found.ffn;
-    let mut weight = |prog: &mut ppmoe_runtime::program::Program, suffix: &str, t: &Tensor| -> BufferId {
-        let id = new_buf(prog, suffix, DType::F32, t.shape.clone(), BufferKind::Weight);
-        core.weights.push((prog.buffers[id].name.clone(), t.clone()));
-        id
-    };
+    new_ins.push(Instruction {
+        op: route.op(),
+        inputs: vec![Some(logits)],
+        outputs: vec![w, ids],
+        origin: origin.clone(),
+    });
+    let ffn = found
+        .reading
+        .materialize(&found.stacks, &found.biases, None);
+    let f = &ffn;
+    let mut weight =
+        |prog: &mut ppmoe_runtime::program::Program, suffix: &str, t: &Tensor| -> BufferId {
+            let id = new_buf(
+                prog,
+                suffix,
+                DType::F32,
+                t.shape.clone(),
+                BufferKind::Weight,
+            );
+            core.weights
+                .push((prog.buffers[id].name.clone(), t.clone()));
+            id
+        };
     let w_in = weight(prog, "w_in", &f.w_in);
     let w_out = weight(prog, "w_out", &f.w_out);
     let b_in = f.b_in.as_ref().map(|b| weight(prog, "b_in", b));
     let b_out = f.b_out.as_ref().map(|b| weight(prog, "b_out", b));
     let out_is_2d = prog.buffers[found.output].shape.len() == 2;
-    let y = if out_is_2d { found.output } else { new_buf(prog, "experts_out", DType::F32, vec![t, h], BufferKind::Temp) };
-    new_ins.push(Instruction { op: experts_op(f), inputs: vec![Some(x2), Some(w), Some(ids), Some(w_in), Some(w_out), b_in, b_out], outputs: vec![y], origin: origin.clone() });
+    let y = if out_is_2d {
+        found.output
+    } else {
+        new_buf(
+            prog,
+            "experts_out",
+            DType::F32,
+            vec![t, h],
+            BufferKind::Temp,
+        )
+    };
+    new_ins.push(Instruction {
+        op: experts_op(f),
+        inputs: vec![
+            Some(x2),
+            Some(w),
+            Some(ids),
+            Some(w_in),
+            Some(w_out),
+            b_in,
+            b_out,
+        ],
+        outputs: vec![y],
+        origin: origin.clone(),
+    });
     if !out_is_2d {
-        let shape = prog.buffers[found.output].shape.iter().map(|d| d.unwrap_or(0)).collect();
-        new_ins.push(Instruction { op: Op::ReshapeTo { shape }, inputs: vec![Some(y)], outputs: vec![found.output], origin: origin.clone() });
+        let shape = prog.buffers[found.output]
+            .shape
+            .iter()
+            .map(|d| d.unwrap_or(0))
+            .collect();
+        new_ins.push(Instruction {
+            op: Op::ReshapeTo { shape },
+            inputs: vec![Some(y)],
+            outputs: vec![found.output],
+            origin: origin.clone(),
+        });
     }
     let fam = family(core, &found.region);
     let prog = &mut core.program;
     let mut kept = Vec::with_capacity(prog.instructions.len());
-    for (i, ins) in std::mem::take(&mut prog.instructions).into_iter().enumerate() {
+    for (i, ins) in std::mem::take(&mut prog.instructions)
+        .into_iter()
+        .enumerate()
+    {
         if i == last {
             kept.append(&mut new_ins);
         } else if !found.region.contains(&i) {
@@ -463,41 +805,159 @@ fn apply(core: &mut CoreProgram, found: Found, logits: BufferId, x: BufferId, po
     }
 }
 
-/// Raises every MoE layer it can find; see the module comment.
-pub fn raise_moe(core: &mut CoreProgram, policy: CapacityPolicy) -> RaiseOutcome {
+/// Raises every MoE layer it can find; see the module comment. Trial evaluation makes no
+/// tensor over `limit` bytes.
+pub fn raise_moe(core: &mut CoreProgram, policy: CapacityPolicy, limit: usize) -> RaiseOutcome {
+    raise_layers(core, None, policy, limit)
+}
+
+/// As [`raise_moe`], with the layers recognised on `probe`: the same model lowered at a few
+/// tokens (its symbolic dimensions small), so the numeric checks cost the same at any compile
+/// size. Each layer found there is applied to both programs at the same instructions; where the
+/// two programs differ in structure, the probe is not used and `core` is raised directly.
+pub fn raise_moe_probed(
+    core: &mut CoreProgram,
+    probe: &mut CoreProgram,
+    policy: CapacityPolicy,
+    limit: usize,
+) -> RaiseOutcome {
+    if let Err(why) = same_structure(&core.program, &probe.program) {
+        tracing::info!("moe: the few-token program differs from the compiled one ({why}); recognising at the compile size");
+        return raise_layers(core, None, policy, limit);
+    }
+    raise_layers(core, Some(probe), policy, limit)
+}
+
+/// The two programs have the same instructions on the same buffers (sizes aside).
+fn same_structure(
+    a: &ppmoe_runtime::program::Program,
+    b: &ppmoe_runtime::program::Program,
+) -> Result<(), String> {
+    if a.instructions.len() != b.instructions.len() || a.buffers.len() != b.buffers.len() {
+        return Err(format!(
+            "{} vs {} instructions, {} vs {} buffers",
+            a.instructions.len(),
+            b.instructions.len(),
+            a.buffers.len(),
+            b.buffers.len()
+        ));
+    }
+    if let Some(i) = a
+        .instructions
+        .iter()
+        .zip(&b.instructions)
+        .position(|(x, y)| {
+            x.op.name() != y.op.name() || x.inputs != y.inputs || x.outputs != y.outputs
+        })
+    {
+        return Err(format!(
+            "instruction {i} ({} from node \"{}\")",
+            a.instructions[i].op.name(),
+            a.instructions[i].origin
+        ));
+    }
+    if let Some(i) =
+        a.buffers.iter().zip(&b.buffers).position(|(x, y)| {
+            x.name != y.name || x.kind != y.kind || x.shape.len() != y.shape.len()
+        })
+    {
+        return Err(format!("buffer '{}'", a.buffers[i].name));
+    }
+    Ok(())
+}
+
+fn raise_layers(
+    core: &mut CoreProgram,
+    mut probe: Option<&mut CoreProgram>,
+    policy: CapacityPolicy,
+    limit: usize,
+) -> RaiseOutcome {
     let mut outcome = RaiseOutcome::default();
     let mut tried: HashSet<String> = HashSet::new();
     loop {
-        let next = core.program.instructions.iter().enumerate().find(|(_, ins)| {
-            matches!(ins.op, Op::TopK { .. } | Op::ArgMax { max: true, .. }) && !tried.contains(&core.program.buffers[ins.outputs[0]].name)
-        });
+        let work: &CoreProgram = probe.as_deref().unwrap_or(&*core);
+        let next = work
+            .program
+            .instructions
+            .iter()
+            .enumerate()
+            .find(|(_, ins)| {
+                matches!(ins.op, Op::TopK { .. } | Op::ArgMax { max: true, .. })
+                    && !tried.contains(&work.program.buffers[ins.outputs[0]].name)
+            });
         let Some((i, ins)) = next else { break };
-        let key = core.program.buffers[ins.outputs[0]].name.clone();
+        let key = work.program.buffers[ins.outputs[0]].name.clone();
         let origin = ins.origin.clone();
         tried.insert(key);
-        match try_raise(core, i) {
+        match try_raise(work, i, limit) {
             Ok(None) => {}
             Ok(Some(found)) => {
-                let prod = producers(&core.program);
-                let weights: HashMap<&str, &Tensor> = core.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
-                let Some(anchor) = find_anchor(core, &prod, &weights, i) else { continue };
-                let Some(x) = router_input(core, &prod, anchor.logits) else { continue };
-                let tokens = reshape_family(core, &prod, x);
-                let output = found.output;
-                let mut layer = apply(core, found, anchor.logits, x, policy);
-                layer.shared_experts = shared_experts(core, output, &tokens);
-                outcome.raised.push(layer);
+                if let Some(p) = probe.as_deref_mut() {
+                    apply_found(p, found.clone(), i, policy);
+                }
+                let mut found = found;
+                // GShard's capacity is a function of the token count: read it at the compile size.
+                if found.route.capacity > 0 {
+                    let logits = &core.program.buffers[find_anchor_logits(core, i).unwrap_or(0)];
+                    if let [Some(t), Some(e)] = logits.shape[..] {
+                        found.route.capacity = einsum_capacity(&core.program, &found.region, t, e);
+                    }
+                }
+                if let Some(layer) = apply_found(core, found, i, policy) {
+                    outcome.raised.push(layer);
+                }
                 // The GShard gating has a second arg_max in the region just removed; any
                 // router read by it is gone with it.
             }
-            Err(reason) => outcome.unraised.push(format!("router at node \"{origin}\": not raised: {reason}")),
+            Err(reason) => outcome
+                .unraised
+                .push(format!("router at node \"{origin}\": not raised: {reason}")),
         }
     }
     let weights = &mut core.weights;
-    core.program = crate::passes::dead_code::remove_dead_code(std::mem::replace(&mut core.program, empty_program()), weights);
+    core.program = crate::passes::dead_code::remove_dead_code(
+        std::mem::replace(&mut core.program, empty_program()),
+        weights,
+    );
     outcome
 }
 
+fn find_anchor_logits(core: &CoreProgram, i: usize) -> Option<BufferId> {
+    let prod = producers(&core.program);
+    let weights: HashMap<&str, &Tensor> =
+        core.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    find_anchor(core, &prod, &weights, i).map(|a| a.logits)
+}
+
+/// Replaces the layer `found` (router at instruction `i`) in `core`; the raised layer's row.
+fn apply_found(
+    core: &mut CoreProgram,
+    found: Found,
+    i: usize,
+    policy: CapacityPolicy,
+) -> Option<MoeLayer> {
+    let prod = producers(&core.program);
+    let weights: HashMap<&str, &Tensor> =
+        core.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let anchor = find_anchor(core, &prod, &weights, i)?;
+    let x = router_input(core, &prod, anchor.logits)?;
+    let tokens = reshape_family(core, &prod, x);
+    let output = found.output;
+    let mut layer = apply(core, found, anchor.logits, x, policy);
+    layer.shared_experts = shared_experts(core, output, &tokens);
+    Some(layer)
+}
+
 fn empty_program() -> ppmoe_runtime::program::Program {
-    ppmoe_runtime::program::Program { rank: 0, buffers: vec![], inputs: vec![], outputs: vec![], instructions: vec![], weights_file: String::new(), coords: [0; 3], gpu: vec![], ptx_file: None }
+    ppmoe_runtime::program::Program {
+        rank: 0,
+        buffers: vec![],
+        inputs: vec![],
+        outputs: vec![],
+        instructions: vec![],
+        weights_file: String::new(),
+        coords: [0; 3],
+        gpu: vec![],
+        ptx_file: None,
+    }
 }

@@ -10,16 +10,31 @@ use std::collections::{HashMap, HashSet};
 /// The weights that are the B side of a matmul whose result, through reshapes, is a router's logits.
 pub fn router_weights(rp: &RankProgram) -> HashSet<String> {
     let p = &rp.program;
-    let producer: HashMap<usize, usize> = p.instructions.iter().enumerate().flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (o, i))).collect();
+    let producer: HashMap<usize, usize> = p
+        .instructions
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (o, i)))
+        .collect();
     let mut names = HashSet::new();
-    for route in p.instructions.iter().filter(|ins| matches!(ins.op, Op::MoeRoute { .. })) {
+    for route in p
+        .instructions
+        .iter()
+        .filter(|ins| matches!(ins.op, Op::MoeRoute { .. }))
+    {
         let mut b = route.inputs.first().copied().flatten();
         while let Some(i) = b.and_then(|b| producer.get(&b).copied()) {
             let ins = &p.instructions[i];
             match ins.op {
                 Op::ReshapeTo { .. } => b = ins.inputs.first().copied().flatten(),
                 Op::MatMul => {
-                    names.extend(ins.inputs.get(1).copied().flatten().map(|w| p.buffers[w].name.clone()));
+                    names.extend(
+                        ins.inputs
+                            .get(1)
+                            .copied()
+                            .flatten()
+                            .map(|w| p.buffers[w].name.clone()),
+                    );
                     break;
                 }
                 _ => break,
@@ -37,7 +52,9 @@ pub fn convert_weights(rp: &mut RankProgram, dt: DType) {
         if !t.dtype.is_float() || t.dtype == dt || keep.contains(name) {
             continue;
         }
-        let Ok(mut v) = ppmoe_runtime::kernels::execute(&Op::Cast { to: dt }, &[Some(t)], 1) else { continue };
+        let Ok(mut v) = ppmoe_runtime::kernels::execute(&Op::Cast { to: dt }, &[Some(t)], 1) else {
+            continue;
+        };
         *t = v.remove(0);
         if let Some(b) = rp.program.buffers.iter_mut().find(|b| &b.name == name) {
             b.dtype = dt;

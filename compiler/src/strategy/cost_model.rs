@@ -22,7 +22,14 @@ pub struct Hardware {
 
 impl Default for Hardware {
     fn default() -> Self {
-        Hardware { flops: 790e12, nvlink_bytes_per_s: 370e9, network_bytes_per_s: 50e9, gpus_per_node: 8, element_bytes: 2, alltoall_efficiency: 0.5 }
+        Hardware {
+            flops: 790e12,
+            nvlink_bytes_per_s: 370e9,
+            network_bytes_per_s: 50e9,
+            gpus_per_node: 8,
+            element_bytes: 2,
+            alltoall_efficiency: 0.5,
+        }
     }
 }
 
@@ -68,7 +75,12 @@ pub enum Choice {
 }
 
 impl Choice {
-    pub const ALL: [Choice; 4] = [Choice::Ppmoe, Choice::AllToAll, Choice::AllGatherReduceScatter, Choice::Replicated];
+    pub const ALL: [Choice; 4] = [
+        Choice::Ppmoe,
+        Choice::AllToAll,
+        Choice::AllGatherReduceScatter,
+        Choice::Replicated,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -82,7 +94,11 @@ impl Choice {
 
 /// Bandwidth a group of `tp` GPUs communicates at: NVLink inside a node, the network across.
 fn bandwidth(hw: &Hardware, tp: usize) -> f64 {
-    if tp <= hw.gpus_per_node { hw.nvlink_bytes_per_s } else { hw.network_bytes_per_s }
+    if tp <= hw.gpus_per_node {
+        hw.nvlink_bytes_per_s
+    } else {
+        hw.network_bytes_per_s
+    }
 }
 
 /// Predicted seconds of one layer's forward in `choice` over `tp` GPUs.
@@ -96,7 +112,11 @@ pub fn layer_time(s: &LayerShape, choice: Choice, tp: usize, hw: &Hardware) -> f
         // Ring all-reduce moves 2 (p-1)/p of the buffer through each GPU.
         Choice::Ppmoe => split_compute + 2.0 * frac * bytes / bw,
         // Each all-to-all moves (p-1)/p of a rank's k T/p rows; then an all-gather of T/p rows.
-        Choice::AllToAll => split_compute + 2.0 * frac * (s.top_k as f64 * bytes / p) / (bw * hw.alltoall_efficiency) + frac * bytes / bw,
+        Choice::AllToAll => {
+            split_compute
+                + 2.0 * frac * (s.top_k as f64 * bytes / p) / (bw * hw.alltoall_efficiency)
+                + frac * bytes / bw
+        }
         // All-gather the tokens in, reduce-scatter the outputs, all-gather them back.
         Choice::AllGatherReduceScatter => split_compute + 3.0 * frac * bytes / bw,
         Choice::Replicated => s.expert_flops() / hw.flops,
@@ -105,10 +125,25 @@ pub fn layer_time(s: &LayerShape, choice: Choice, tp: usize, hw: &Hardware) -> f
 
 /// Predicted seconds of one dense transformer block's attention over `tp` GPUs, Megatron
 /// style (QKV and output projections split by heads, one all-reduce), for `plan`.
-pub fn attention_time(tokens: usize, hidden: usize, kv_hidden: usize, tp: usize, hw: &Hardware) -> f64 {
-    let (t, h, kv, p) = (tokens as f64, hidden as f64, kv_hidden as f64, tp.max(1) as f64);
+pub fn attention_time(
+    tokens: usize,
+    hidden: usize,
+    kv_hidden: usize,
+    tp: usize,
+    hw: &Hardware,
+) -> f64 {
+    let (t, h, kv, p) = (
+        tokens as f64,
+        hidden as f64,
+        kv_hidden as f64,
+        tp.max(1) as f64,
+    );
     let proj = 2.0 * t * h * (2.0 * h + 2.0 * kv);
     let scores = 2.0 * 2.0 * t * t * h;
-    let comm = if tp > 1 { 2.0 * (p - 1.0) / p * t * h * hw.element_bytes as f64 / bandwidth(hw, tp) } else { 0.0 };
+    let comm = if tp > 1 {
+        2.0 * (p - 1.0) / p * t * h * hw.element_bytes as f64 / bandwidth(hw, tp)
+    } else {
+        0.0
+    };
     (proj + scores) / p / hw.flops + comm
 }

@@ -4,7 +4,10 @@
 //! layer's shape; extraction picks the cheapest implementation under the cost model.
 
 use super::cost_model::{layer_time, Choice, Hardware, LayerShape};
-use egg::{define_language, rewrite, Analysis, CostFunction, DidMerge, EGraph, Extractor, Id, Language, RecExpr, Rewrite, Runner, Symbol};
+use egg::{
+    define_language, rewrite, Analysis, CostFunction, DidMerge, EGraph, Extractor, Id, Language,
+    RecExpr, Rewrite, Runner, Symbol,
+};
 use std::collections::HashMap;
 
 define_language! {
@@ -53,7 +56,9 @@ impl CostFunction<MoeImpl> for Time<'_> {
 
     fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &MoeImpl, _costs: C) -> f64 {
         let shape = |id: &Id| self.egraph[*id].data;
-        let time = |c: Choice, id: &Id| shape(id).map_or(f64::INFINITY, |s| layer_time(&s, c, self.tp, &self.hw));
+        let time = |c: Choice, id: &Id| {
+            shape(id).map_or(f64::INFINITY, |s| layer_time(&s, c, self.tp, &self.hw))
+        };
         match enode {
             // The abstract layer is not an implementation: only its equals are.
             MoeImpl::Layer(_) => f64::INFINITY,
@@ -79,7 +84,12 @@ fn rules(allowed: &[Choice]) -> Vec<Rewrite<MoeImpl, Shapes>> {
 }
 
 /// The cheapest allowed implementation of each layer, with its predicted time.
-pub fn choose(layers: &[LayerShape], tp: usize, hw: Hardware, allowed: &[Choice]) -> Vec<(Choice, f64)> {
+pub fn choose(
+    layers: &[LayerShape],
+    tp: usize,
+    hw: Hardware,
+    allowed: &[Choice],
+) -> Vec<(Choice, f64)> {
     let mut shapes = Shapes::default();
     let mut exprs = Vec::new();
     for (i, s) in layers.iter().enumerate() {
@@ -95,7 +105,14 @@ pub fn choose(layers: &[LayerShape], tp: usize, hw: Hardware, allowed: &[Choice]
         runner = runner.with_expr(e);
     }
     let runner = runner.run(&rules(allowed));
-    let extractor = Extractor::new(&runner.egraph, Time { egraph: &runner.egraph, tp, hw });
+    let extractor = Extractor::new(
+        &runner.egraph,
+        Time {
+            egraph: &runner.egraph,
+            tp,
+            hw,
+        },
+    );
     runner
         .roots
         .iter()
@@ -117,7 +134,14 @@ mod tests {
     use super::*;
 
     fn mixtral(tokens: usize) -> LayerShape {
-        LayerShape { tokens, hidden: 4096, ffn: 14336, experts: 8, top_k: 2, gated: true }
+        LayerShape {
+            tokens,
+            hidden: 4096,
+            ffn: 14336,
+            experts: 8,
+            top_k: 2,
+            gated: true,
+        }
     }
 
     #[test]
@@ -126,7 +150,10 @@ mod tests {
         let picks = choose(&[mixtral(4096), mixtral(16384)], 8, hw, &Choice::ALL);
         assert_eq!(picks.len(), 2);
         for (c, t) in &picks {
-            let best = Choice::ALL.iter().map(|&x| layer_time(&mixtral(4096), x, 8, &hw)).fold(f64::INFINITY, f64::min);
+            let best = Choice::ALL
+                .iter()
+                .map(|&x| layer_time(&mixtral(4096), x, 8, &hw))
+                .fold(f64::INFINITY, f64::min);
             assert!(*t >= best * 0.999, "extraction returns a real minimum");
             assert_eq!(*c, Choice::Ppmoe);
         }

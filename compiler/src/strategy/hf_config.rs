@@ -21,8 +21,13 @@ pub struct ModelShape {
 
 pub fn read_config(text: &str, name: &str) -> Result<ModelShape, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    let get = |keys: &[&str]| keys.iter().find_map(|k| v.get(*k).and_then(Value::as_u64)).map(|x| x as usize);
-    let need = |keys: &[&str]| get(keys).ok_or_else(|| format!("no {} in the config", keys.join(" or ")));
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_u64))
+            .map(|x| x as usize)
+    };
+    let need =
+        |keys: &[&str]| get(keys).ok_or_else(|| format!("no {} in the config", keys.join(" or ")));
     let hidden = need(&["hidden_size", "d_model"])?;
     let heads = need(&["num_attention_heads"])?;
     let kv_heads = get(&["num_key_value_heads"]).unwrap_or(heads);
@@ -30,9 +35,14 @@ pub fn read_config(text: &str, name: &str) -> Result<ModelShape, String> {
     let dense_ffn = need(&["intermediate_size"])?;
     let experts = need(&["num_local_experts", "num_experts", "n_routed_experts"])?;
     let expert_ffn = get(&["moe_intermediate_size"]).unwrap_or(dense_ffn);
-    let shared = get(&["shared_expert_intermediate_size"]).unwrap_or_else(|| get(&["n_shared_experts"]).unwrap_or(0) * expert_ffn);
+    let shared = get(&["shared_expert_intermediate_size"])
+        .unwrap_or_else(|| get(&["n_shared_experts"]).unwrap_or(0) * expert_ffn);
     Ok(ModelShape {
-        name: v.get("model_type").and_then(Value::as_str).map(|m| format!("{name} ({m})")).unwrap_or_else(|| name.to_string()),
+        name: v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .map(|m| format!("{name} ({m})"))
+            .unwrap_or_else(|| name.to_string()),
         layers: need(&["num_hidden_layers", "num_layers"])?,
         dense_layers: get(&["first_k_dense_replace"]).unwrap_or(0),
         hidden,

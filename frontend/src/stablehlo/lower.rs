@@ -78,9 +78,26 @@ fn arity(name: &str) -> Option<usize> {
     }
     Some(match name {
         "stablehlo.constant" | "stablehlo.iota" => 0,
-        "stablehlo.rsqrt" | "stablehlo.convert" | "stablehlo.not" | "chlo.erf" | "chlo.erfc" | "stablehlo.exponential_minus_one" | "stablehlo.log_plus_one" | "stablehlo.reshape"
-        | "stablehlo.transpose" | "stablehlo.broadcast_in_dim" | "stablehlo.slice" | "stablehlo.all_to_all" | "chlo.top_k" => 1,
-        "stablehlo.compare" | "stablehlo.and" | "stablehlo.or" | "stablehlo.xor" | "stablehlo.dot_general" | "stablehlo.gather" | "stablehlo.reduce_window" => 2,
+        "stablehlo.rsqrt"
+        | "stablehlo.convert"
+        | "stablehlo.not"
+        | "chlo.erf"
+        | "chlo.erfc"
+        | "stablehlo.exponential_minus_one"
+        | "stablehlo.log_plus_one"
+        | "stablehlo.reshape"
+        | "stablehlo.transpose"
+        | "stablehlo.broadcast_in_dim"
+        | "stablehlo.slice"
+        | "stablehlo.all_to_all"
+        | "chlo.top_k" => 1,
+        "stablehlo.compare"
+        | "stablehlo.and"
+        | "stablehlo.or"
+        | "stablehlo.xor"
+        | "stablehlo.dot_general"
+        | "stablehlo.gather"
+        | "stablehlo.reduce_window" => 2,
         "stablehlo.select" | "stablehlo.clamp" | "stablehlo.scatter" => 3,
         _ => return None,
     })
@@ -91,13 +108,36 @@ fn is_elementwise(name: &str) -> bool {
         || ELEMENTWISE_UNARY.iter().any(|(n, _)| *n == name)
         || matches!(
             name,
-            "stablehlo.rsqrt" | "stablehlo.convert" | "stablehlo.compare" | "stablehlo.select" | "stablehlo.and" | "stablehlo.or" | "stablehlo.not" | "stablehlo.xor" | "chlo.erf" | "chlo.erfc" | "stablehlo.clamp" | "stablehlo.exponential_minus_one" | "stablehlo.log_plus_one" | "stablehlo.constant"
+            "stablehlo.rsqrt"
+                | "stablehlo.convert"
+                | "stablehlo.compare"
+                | "stablehlo.select"
+                | "stablehlo.and"
+                | "stablehlo.or"
+                | "stablehlo.not"
+                | "stablehlo.xor"
+                | "chlo.erf"
+                | "chlo.erfc"
+                | "stablehlo.clamp"
+                | "stablehlo.exponential_minus_one"
+                | "stablehlo.log_plus_one"
+                | "stablehlo.constant"
         )
 }
 
 impl Lowering {
     pub fn new(funcs: HashMap<String, HOp>, meshes: HashMap<String, Vec<(String, i64)>>) -> Self {
-        Lowering { funcs, meshes, nodes: Vec::new(), initializers: Vec::new(), consts: HashMap::new(), iotas: HashMap::new(), lazy: HashMap::new(), materialized: HashMap::new(), counter: 0 }
+        Lowering {
+            funcs,
+            meshes,
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            consts: HashMap::new(),
+            iotas: HashMap::new(),
+            lazy: HashMap::new(),
+            materialized: HashMap::new(),
+            counter: 0,
+        }
     }
 
     fn fresh(&mut self, hint: &str) -> String {
@@ -105,20 +145,36 @@ impl Lowering {
         format!("{hint}_{}", self.counter)
     }
 
-    fn node(&mut self, op_type: &str, inputs: Vec<String>, attributes: Vec<(&str, AttrValue)>, outputs: usize) -> Vec<String> {
-        let outs: Vec<String> = (0..outputs).map(|_| self.fresh(&op_type.to_lowercase())).collect();
+    fn node(
+        &mut self,
+        op_type: &str,
+        inputs: Vec<String>,
+        attributes: Vec<(&str, AttrValue)>,
+        outputs: usize,
+    ) -> Vec<String> {
+        let outs: Vec<String> = (0..outputs)
+            .map(|_| self.fresh(&op_type.to_lowercase()))
+            .collect();
         self.nodes.push(Node {
             name: format!("{}_{}", op_type, self.nodes.len()),
             op_type: op_type.into(),
             domain: String::new(),
             inputs,
             outputs: outs.clone(),
-            attributes: attributes.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+            attributes: attributes
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
         });
         outs
     }
 
-    pub(super) fn one(&mut self, op_type: &str, inputs: Vec<String>, attributes: Vec<(&str, AttrValue)>) -> String {
+    pub(super) fn one(
+        &mut self,
+        op_type: &str,
+        inputs: Vec<String>,
+        attributes: Vec<(&str, AttrValue)>,
+    ) -> String {
         self.node(op_type, inputs, attributes, 1).remove(0)
     }
 
@@ -140,7 +196,9 @@ impl Lowering {
 
     /// A lazily broadcast scalar as a tensor of its full shape (other names as they are).
     fn materialize(&mut self, name: String) -> String {
-        let Some((scalar, dims)) = self.lazy.get(&name).cloned() else { return name };
+        let Some((scalar, dims)) = self.lazy.get(&name).cloned() else {
+            return name;
+        };
         if let Some(done) = self.materialized.get(&name) {
             return done.clone();
         }
@@ -157,11 +215,23 @@ impl Lowering {
     }
 
     /// Lowers `ops` in `env`; returns what the region's terminator returns.
-    pub(super) fn region(&mut self, ops: &[HOp], env: &mut Env, dev: &mut Device) -> Result<Vec<String>, String> {
-        let producers: HashMap<usize, &HOp> = ops.iter().flat_map(|o| o.results.iter().map(move |r| (r.id, o))).collect();
+    pub(super) fn region(
+        &mut self,
+        ops: &[HOp],
+        env: &mut Env,
+        dev: &mut Device,
+    ) -> Result<Vec<String>, String> {
+        let producers: HashMap<usize, &HOp> = ops
+            .iter()
+            .flat_map(|o| o.results.iter().map(move |r| (r.id, o)))
+            .collect();
         for op in ops {
             if let Some(n) = arity(&op.name).filter(|&n| n != op.operands.len()) {
-                return Err(format!("{}: {} operands where the op takes {n}", op.describe(), op.operands.len()));
+                return Err(format!(
+                    "{}: {} operands where the op takes {n}",
+                    op.describe(),
+                    op.operands.len()
+                ));
             }
             // JAX spells softmax out (max, subtract, exp, sum, divide); the MoE raise knows
             // routers by their softmax, so the spelled-out form becomes one Softmax again.
@@ -172,26 +242,66 @@ impl Lowering {
                     continue;
                 }
             }
-            if matches!(op.name.as_str(), "func.return" | "stablehlo.return" | "sdy.return") {
-                let names: Vec<String> = op.operands.iter().map(|v| env.get(v).cloned().ok_or_else(|| format!("{}: operand %v{v} is not defined", op.name))).collect::<Result<_, _>>()?;
+            if matches!(
+                op.name.as_str(),
+                "func.return" | "stablehlo.return" | "sdy.return"
+            ) {
+                let names: Vec<String> = op
+                    .operands
+                    .iter()
+                    .map(|v| {
+                        env.get(v)
+                            .cloned()
+                            .ok_or_else(|| format!("{}: operand %v{v} is not defined", op.name))
+                    })
+                    .collect::<Result<_, _>>()?;
                 return Ok(names.into_iter().map(|n| self.materialize(n)).collect());
             }
-            let mut args: Vec<String> = op.operands.iter().map(|v| env.get(v).cloned().ok_or_else(|| format!("{}: operand %v{v} is not defined", op.describe()))).collect::<Result<_, _>>()?;
+            let mut args: Vec<String> = op
+                .operands
+                .iter()
+                .map(|v| {
+                    env.get(v)
+                        .cloned()
+                        .ok_or_else(|| format!("{}: operand %v{v} is not defined", op.describe()))
+                })
+                .collect::<Result<_, _>>()?;
             // A broadcast scalar stays a scalar where an elementwise op's other operand has the result's shape.
             let out_dims = op.results.first().and_then(|r| r.ty.static_dims());
-            let full = is_elementwise(&op.name) && args.iter().zip(&op.operand_types).any(|(a, t)| !self.lazy.contains_key(a) && t.static_dims() == out_dims);
+            let full = is_elementwise(&op.name)
+                && args
+                    .iter()
+                    .zip(&op.operand_types)
+                    .any(|(a, t)| !self.lazy.contains_key(a) && t.static_dims() == out_dims);
             for a in args.iter_mut() {
                 *a = match self.lazy.get(a).cloned() {
                     Some((scalar, _)) if full => scalar,
                     _ => self.materialize(a.clone()),
                 };
             }
-            if dev.exchange.is_some() && !is_elementwise(&op.name) && !matches!(op.name.as_str(), "stablehlo.dot_general" | "stablehlo.broadcast_in_dim" | "stablehlo.all_to_all") {
+            if dev.exchange.is_some()
+                && !is_elementwise(&op.name)
+                && !matches!(
+                    op.name.as_str(),
+                    "stablehlo.dot_general" | "stablehlo.broadcast_in_dim" | "stablehlo.all_to_all"
+                )
+            {
                 return Err(format!("{}: between a dispatch all_to_all and its return, ppmoe raises only per-expert work (elementwise ops and batched dot_generals on the expert dimension)", op.describe()));
             }
-            let outs = self.op(op, args, dev).map_err(|e| if e.contains(&op.name) { e } else { format!("{}: {e}", op.describe()) })?;
+            let outs = self.op(op, args, dev).map_err(|e| {
+                if e.contains(&op.name) {
+                    e
+                } else {
+                    format!("{}: {e}", op.describe())
+                }
+            })?;
             if outs.len() != op.results.len() {
-                return Err(format!("{}: {} results lowered for {}", op.describe(), outs.len(), op.results.len()));
+                return Err(format!(
+                    "{}: {} results lowered for {}",
+                    op.describe(),
+                    outs.len(),
+                    op.results.len()
+                ));
             }
             for (r, o) in op.results.iter().zip(outs) {
                 env.insert(r.id, o);
@@ -202,7 +312,11 @@ impl Lowering {
 
     /// The result type the source states, translated inside an all_to_all pair (see `Device`).
     fn result_dims(&self, op: &HOp, i: usize, dev: &Device) -> Result<Vec<i64>, String> {
-        let dims = op.results.get(i).and_then(|r| r.ty.static_dims()).ok_or("a result of dynamic shape")?;
+        let dims = op
+            .results
+            .get(i)
+            .and_then(|r| r.ty.static_dims())
+            .ok_or("a result of dynamic shape")?;
         Ok(match dev.exchange {
             Some([el, rows, e, c]) if dims.len() >= 2 && dims[0] == el && dims[1] == rows => {
                 let mut d = vec![e, c];
@@ -215,15 +329,27 @@ impl Lowering {
 
     fn op(&mut self, op: &HOp, args: Vec<String>, dev: &mut Device) -> Result<Vec<String>, String> {
         let name = op.name.as_str();
-        let attr = |n: &str| op.attr(n).ok_or_else(|| format!("attribute {n} is missing"));
-        let arg = |i: usize| args.get(i).cloned().ok_or_else(|| format!("operand {i} is missing"));
+        let attr = |n: &str| {
+            op.attr(n)
+                .ok_or_else(|| format!("attribute {n} is missing"))
+        };
+        let arg = |i: usize| {
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("operand {i} is missing"))
+        };
         if let Some((_, onnx)) = ELEMENTWISE_BINARY.iter().find(|(n, _)| *n == name) {
             return Ok(vec![self.one(onnx, vec![arg(0)?, arg(1)?], vec![])]);
         }
         if let Some((_, onnx)) = ELEMENTWISE_UNARY.iter().find(|(n, _)| *n == name) {
             return Ok(vec![self.one(onnx, vec![arg(0)?], vec![])]);
         }
-        let out_ty = |i: usize| op.results.get(i).map(|r| r.ty.clone()).ok_or_else(|| format!("result {i} is missing"));
+        let out_ty = |i: usize| {
+            op.results
+                .get(i)
+                .map(|r| r.ty.clone())
+                .ok_or_else(|| format!("result {i} is missing"))
+        };
         Ok(match name {
             "stablehlo.constant" => {
                 let t = op.dense("value").ok_or("its value is not a dense elements attribute")?.clone();
@@ -340,9 +466,18 @@ impl Lowering {
         })
     }
 
-    fn inline(&mut self, body: &HRegion, args: Vec<String>, dev: &mut Device) -> Result<Vec<String>, String> {
+    fn inline(
+        &mut self,
+        body: &HRegion,
+        args: Vec<String>,
+        dev: &mut Device,
+    ) -> Result<Vec<String>, String> {
         if body.args.len() != args.len() {
-            return Err(format!("a call passes {} arguments to a function of {}", args.len(), body.args.len()));
+            return Err(format!(
+                "a call passes {} arguments to a function of {}",
+                args.len(),
+                body.args.len()
+            ));
         }
         let mut env: Env = body.args.iter().map(|a| a.id).zip(args).collect();
         self.region(&body.ops, &mut env, dev)
@@ -350,16 +485,27 @@ impl Lowering {
 
     /// A scalar of `ty`'s element type.
     fn scalar_like(&mut self, v: f64, ty: &TensorType) -> Result<String, String> {
-        let t = if ty.dtype.is_float() { TensorData::from_f32(vec![], &[v as f32]) } else { TensorData::from_i64(vec![], &[v as i64]) };
+        let t = if ty.dtype.is_float() {
+            TensorData::from_f32(vec![], &[v as f32])
+        } else {
+            TensorData::from_i64(vec![], &[v as i64])
+        };
         Ok(self.constant(retype(t, ty.dtype)?))
     }
 
     fn broadcast_in_dim(&mut self, op: &HOp, x: String, dev: &Device) -> Result<String, String> {
-        let dims = attrs::i64_array(op.attr("broadcast_dimensions").ok_or("attribute broadcast_dimensions is missing")?)?;
+        let dims = attrs::i64_array(
+            op.attr("broadcast_dimensions")
+                .ok_or("attribute broadcast_dimensions is missing")?,
+        )?;
         let out = self.result_dims(op, 0, dev)?;
         let in_dims = op.operand_dims(0)?;
         if dims.len() != in_dims.len() || dims.iter().any(|&d| d < 0 || d as usize >= out.len()) {
-            return Err(format!("broadcast_dimensions {dims:?} do not map a rank-{} operand into a rank-{} result", in_dims.len(), out.len()));
+            return Err(format!(
+                "broadcast_dimensions {dims:?} do not map a rank-{} operand into a rank-{} result",
+                in_dims.len(),
+                out.len()
+            ));
         }
         if dims.is_empty() {
             let name = self.fresh("broadcast");
@@ -371,7 +517,14 @@ impl Lowering {
         let mut order: Vec<usize> = (0..dims.len()).collect();
         order.sort_by_key(|&i| dims[i]);
         if order.iter().enumerate().any(|(k, &i)| k != i) {
-            x = self.one("Transpose", vec![x], vec![("perm", AttrValue::Ints(order.iter().map(|&i| i as i64).collect()))]);
+            x = self.one(
+                "Transpose",
+                vec![x],
+                vec![(
+                    "perm",
+                    AttrValue::Ints(order.iter().map(|&i| i as i64).collect()),
+                )],
+            );
         }
         let mut sorted: Vec<i64> = dims.clone();
         sorted.sort();
@@ -393,18 +546,36 @@ impl Lowering {
         Ok(self.one("Expand", vec![r, o], vec![]))
     }
 
-    fn dot_general(&mut self, op: &HOp, lhs: String, rhs: String, dev: &Device) -> Result<String, String> {
-        let d = attrs::dot_dims(op.attr("dot_dimension_numbers").ok_or("attribute dot_dimension_numbers is missing")?)?;
+    fn dot_general(
+        &mut self,
+        op: &HOp,
+        lhs: String,
+        rhs: String,
+        dev: &Device,
+    ) -> Result<String, String> {
+        let d = attrs::dot_dims(
+            op.attr("dot_dimension_numbers")
+                .ok_or("attribute dot_dimension_numbers is missing")?,
+        )?;
         let (lr, rr) = (op.operand_rank(0)?, op.operand_rank(1)?);
         let within = |v: &[i64], r: usize| v.iter().all(|&d| d >= 0 && (d as usize) < r);
-        if !within(&d.lhs_batch, lr) || !within(&d.lhs_contract, lr) || !within(&d.rhs_batch, rr) || !within(&d.rhs_contract, rr) {
-            return Err(format!("dimension numbers {d:?} name dimensions beyond the operands' ranks {lr} and {rr}"));
+        if !within(&d.lhs_batch, lr)
+            || !within(&d.lhs_contract, lr)
+            || !within(&d.rhs_batch, rr)
+            || !within(&d.rhs_contract, rr)
+        {
+            return Err(format!(
+                "dimension numbers {d:?} name dimensions beyond the operands' ranks {lr} and {rr}"
+            ));
         }
         let mut rhs = rhs;
         if dev.exchange.is_some() {
             // Per-expert work: the expert dimension is the batch, the slots are not contracted,
             // and the weights are the whole expert stacks.
-            if d.lhs_batch.first() != Some(&0) || d.rhs_batch.first() != Some(&0) || d.lhs_contract.contains(&1) {
+            if d.lhs_batch.first() != Some(&0)
+                || d.rhs_batch.first() != Some(&0)
+                || d.lhs_contract.contains(&1)
+            {
                 return Err("a dot_general between the all_to_alls is not batched over the experts (dimension 0)".into());
             }
             if let Some((whole, 0)) = dev.whole.get(&rhs) {
@@ -413,14 +584,23 @@ impl Lowering {
         }
         // A plain matrix product (rows of lhs times a matrix) is a MatMul: what the MoE raise
         // reads a router's logits as.
-        if d.lhs_batch.is_empty() && rr == 2 && d.lhs_contract == [lr as i64 - 1] && d.rhs_contract == [0] {
+        if d.lhs_batch.is_empty()
+            && rr == 2
+            && d.lhs_contract == [lr as i64 - 1]
+            && d.rhs_contract == [0]
+        {
             return Ok(self.one("MatMul", vec![lhs, rhs], vec![]));
         }
         let letters: Vec<char> = ('a'..='z').collect();
         let mut next = 0;
         let mut lhs_l = vec![' '; lr];
         let mut rhs_l = vec![' '; rr];
-        for (&a, &b) in d.lhs_batch.iter().zip(&d.rhs_batch).chain(d.lhs_contract.iter().zip(&d.rhs_contract)) {
+        for (&a, &b) in d
+            .lhs_batch
+            .iter()
+            .zip(&d.rhs_batch)
+            .chain(d.lhs_contract.iter().zip(&d.rhs_contract))
+        {
             let c = *letters.get(next).ok_or("too many dimensions")?;
             next += 1;
             lhs_l[a as usize] = c;
@@ -433,19 +613,52 @@ impl Lowering {
             }
         }
         let mut out: String = d.lhs_batch.iter().map(|&a| lhs_l[a as usize]).collect();
-        out.extend((0..lr).filter(|i| !d.lhs_batch.contains(&(*i as i64)) && !d.lhs_contract.contains(&(*i as i64))).map(|i| lhs_l[i]));
-        out.extend((0..rr).filter(|i| !d.rhs_batch.contains(&(*i as i64)) && !d.rhs_contract.contains(&(*i as i64))).map(|i| rhs_l[i]));
-        let eq = format!("{},{}->{}", lhs_l.iter().collect::<String>(), rhs_l.iter().collect::<String>(), out);
-        Ok(self.one("Einsum", vec![lhs, rhs], vec![("equation", AttrValue::String(eq))]))
+        out.extend(
+            (0..lr)
+                .filter(|i| {
+                    !d.lhs_batch.contains(&(*i as i64)) && !d.lhs_contract.contains(&(*i as i64))
+                })
+                .map(|i| lhs_l[i]),
+        );
+        out.extend(
+            (0..rr)
+                .filter(|i| {
+                    !d.rhs_batch.contains(&(*i as i64)) && !d.rhs_contract.contains(&(*i as i64))
+                })
+                .map(|i| rhs_l[i]),
+        );
+        let eq = format!(
+            "{},{}->{}",
+            lhs_l.iter().collect::<String>(),
+            rhs_l.iter().collect::<String>(),
+            out
+        );
+        Ok(self.one(
+            "Einsum",
+            vec![lhs, rhs],
+            vec![("equation", AttrValue::String(eq))],
+        ))
     }
 
     fn reduce(&mut self, op: &HOp, args: &[String]) -> Result<Vec<String>, String> {
-        let dims = attrs::i64_array(op.attr("dimensions").ok_or("attribute dimensions is missing")?)?;
+        let dims = attrs::i64_array(
+            op.attr("dimensions")
+                .ok_or("attribute dimensions is missing")?,
+        )?;
         let body = op.regions.first().ok_or("no reduction body")?;
         let n = args.len() / 2;
-        let computing: Vec<&HOp> = body.ops.iter().filter(|o| o.name != "stablehlo.return").collect();
+        let computing: Vec<&HOp> = body
+            .ops
+            .iter()
+            .filter(|o| o.name != "stablehlo.return")
+            .collect();
         if n == 1 {
-            let [single] = computing[..] else { return Err(format!("a reduction body of {} ops (ppmoe reads add, maximum, minimum, multiply)", computing.len())) };
+            let [single] = computing[..] else {
+                return Err(format!(
+                    "a reduction body of {} ops (ppmoe reads add, maximum, minimum, multiply)",
+                    computing.len()
+                ));
+            };
             let onnx = match single.name.as_str() {
                 "stablehlo.add" => "ReduceSum",
                 "stablehlo.maximum" => "ReduceMax",
@@ -454,17 +667,26 @@ impl Lowering {
                 other => return Err(format!("a reduction by {other} is not supported")),
             };
             let axes = self.i64s(&dims);
-            let r = self.one(onnx, vec![args[0].clone(), axes], vec![("keepdims", AttrValue::Int(0))]);
+            let r = self.one(
+                onnx,
+                vec![args[0].clone(), axes],
+                vec![("keepdims", AttrValue::Int(0))],
+            );
             // The initial value joins the result, unless it is the reduction's identity.
             let init = &args[1];
-            let identity = self.consts.get(init).and_then(TensorData::as_f64).is_some_and(|v| {
-                v.len() == 1 && match onnx {
-                    "ReduceSum" => v[0] == 0.0,
-                    "ReduceProd" => v[0] == 1.0,
-                    "ReduceMax" => v[0] == f64::NEG_INFINITY || v[0] <= i32::MIN as f64,
-                    _ => v[0] == f64::INFINITY || v[0] >= i32::MAX as f64,
-                }
-            });
+            let identity = self
+                .consts
+                .get(init)
+                .and_then(TensorData::as_f64)
+                .is_some_and(|v| {
+                    v.len() == 1
+                        && match onnx {
+                            "ReduceSum" => v[0] == 0.0,
+                            "ReduceProd" => v[0] == 1.0,
+                            "ReduceMax" => v[0] == f64::NEG_INFINITY || v[0] <= i32::MIN as f64,
+                            _ => v[0] == f64::INFINITY || v[0] >= i32::MAX as f64,
+                        }
+                });
             if identity {
                 return Ok(vec![r]);
             }
@@ -480,15 +702,38 @@ impl Lowering {
         if n == 2 && dims.len() == 1 {
             let axis = dims[0];
             let is_iota = self.iotas.get(&args[1]) == Some(&axis);
-            let first = computing.iter().find(|o| o.name == "stablehlo.compare").and_then(|o| o.attr("comparison_direction")).map(|a| attrs::enum_value(a, "comparison_direction"));
+            let first = computing
+                .iter()
+                .find(|o| o.name == "stablehlo.compare")
+                .and_then(|o| o.attr("comparison_direction"))
+                .map(|a| attrs::enum_value(a, "comparison_direction"));
             let dir = first.transpose()?.unwrap_or_default();
             if is_iota && (dir == "GT" || dir == "LT") {
-                let (val, arg) = if dir == "GT" { ("ReduceMax", "ArgMax") } else { ("ReduceMin", "ArgMin") };
+                let (val, arg) = if dir == "GT" {
+                    ("ReduceMax", "ArgMax")
+                } else {
+                    ("ReduceMin", "ArgMin")
+                };
                 let axes = self.i64s(&dims);
-                let v = self.one(val, vec![args[0].clone(), axes], vec![("keepdims", AttrValue::Int(0))]);
-                let i = self.one(arg, vec![args[0].clone()], vec![("axis", AttrValue::Int(axis)), ("keepdims", AttrValue::Int(0))]);
+                let v = self.one(
+                    val,
+                    vec![args[0].clone(), axes],
+                    vec![("keepdims", AttrValue::Int(0))],
+                );
+                let i = self.one(
+                    arg,
+                    vec![args[0].clone()],
+                    vec![
+                        ("axis", AttrValue::Int(axis)),
+                        ("keepdims", AttrValue::Int(0)),
+                    ],
+                );
                 let to = op.results.get(1).map(|r| r.ty.dtype).unwrap_or(DType::I64);
-                let i = self.one("Cast", vec![i], vec![("to", AttrValue::Int(to.to_onnx() as i64))]);
+                let i = self.one(
+                    "Cast",
+                    vec![i],
+                    vec![("to", AttrValue::Int(to.to_onnx() as i64))],
+                );
                 return Ok(vec![v, i]);
             }
         }
@@ -496,7 +741,13 @@ impl Lowering {
     }
 
     fn custom_call(&mut self, op: &HOp, args: &[String]) -> Result<Vec<String>, String> {
-        let target = if op.name == "chlo.top_k" { "TopK".to_string() } else { op.attr("call_target_name").map(|s| s.trim_matches('"').to_string()).unwrap_or_default() };
+        let target = if op.name == "chlo.top_k" {
+            "TopK".to_string()
+        } else {
+            op.attr("call_target_name")
+                .map(|s| s.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
         match target.as_str() {
             "mhlo.topk" | "TopK" | "stablehlo.top_k" => {
                 let k = op.results.first().and_then(|r| r.ty.dims.last().and_then(|d| d.known())).ok_or("top-k of unknown k")?;
@@ -511,7 +762,6 @@ impl Lowering {
             other => Err(format!("custom_call @{other} is not supported (ppmoe reads the top-k calls mhlo.topk / TopK)")),
         }
     }
-
 }
 
 impl HOp {
@@ -521,11 +771,15 @@ impl HOp {
 
     /// The static dims of operand `i`, recorded by the reader.
     pub fn operand_dims(&self, i: usize) -> Result<Vec<i64>, String> {
-        self.operand_types.get(i).and_then(|t| t.static_dims()).ok_or_else(|| format!("operand {i} has no static type"))
+        self.operand_types
+            .get(i)
+            .and_then(|t| t.static_dims())
+            .ok_or_else(|| format!("operand {i} has no static type"))
     }
 }
 
 /// A constant of integers or floats stored as `dtype`.
 fn retype(t: TensorData, dtype: DType) -> Result<TensorData, String> {
-    t.to_dtype(dtype).ok_or_else(|| format!("constants of {dtype:?} are not supported"))
+    t.to_dtype(dtype)
+        .ok_or_else(|| format!("constants of {dtype:?} are not supported"))
 }

@@ -23,12 +23,22 @@ const HOW_TO_GENERIC: &str = "print it in MLIR's generic op form: jax.jit(f).low
 
 /// Reads a StableHLO module; `weights` binds arguments at compile time.
 pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, ImportError> {
-    let err = |reason: String| ImportError::StableHlo { path: path.to_owned(), reason };
-    let text = std::fs::read_to_string(path).map_err(|cause| ImportError::Io { path: path.to_owned(), cause })?;
+    let err = |reason: String| ImportError::StableHlo {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|cause| ImportError::Io {
+        path: path.to_owned(),
+        cause,
+    })?;
     // The pretty form names ops bare (`%0 = stablehlo.add %a, %b`), the generic one in quotes.
     if let Some((n, line)) = text.lines().enumerate().find(|(_, l)| {
         let t = l.trim_start();
-        t.starts_with("func.func @") || t.starts_with("module ") || t.starts_with("module{") || t.contains("= stablehlo.") || t.starts_with("stablehlo.")
+        t.starts_with("func.func @")
+            || t.starts_with("module ")
+            || t.starts_with("module{")
+            || t.contains("= stablehlo.")
+            || t.starts_with("stablehlo.")
     }) {
         return Err(err(format!("line {}: `{}` is pretty-printed StableHLO; ppmoe reads the generic op form: {HOW_TO_GENERIC}", n + 1, line.trim())));
     }
@@ -37,10 +47,13 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
     // calls are read under another name, which no verifier looks at, and named back.
     let text = text.replace("\"func.call\"(", &format!("\"{}\"(", ir::CALL_ALIAS));
     let context = ppmoe_dialect::context();
-    let module = ppmoe_dialect::parse_unverified(&context, &text).map_err(|d| err(format!("not MLIR in generic op form: {d}")))?;
+    let module = ppmoe_dialect::parse_unverified(&context, &text)
+        .map_err(|d| err(format!("not MLIR in generic op form: {d}")))?;
     let mut reader = Reader::new();
     use ppmoe_dialect::melior::ir::BlockLike;
-    let top = reader.block_ops(module.body().first_operation()).map_err(err)?;
+    let top = reader
+        .block_ops(module.body().first_operation())
+        .map_err(err)?;
     let mut funcs: HashMap<String, HOp> = HashMap::new();
     let mut meshes = HashMap::new();
     for op in top {
@@ -50,13 +63,31 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
                 funcs.insert(sym, op);
             }
             "sdy.mesh" => {
-                meshes.insert(sym, attrs::mesh(op.attr("mesh").unwrap_or_default()).map_err(|e| err(format!("sdy.mesh @{}: {e}", op.attr("sym_name").unwrap_or("?"))))?);
+                meshes.insert(
+                    sym,
+                    attrs::mesh(op.attr("mesh").unwrap_or_default()).map_err(|e| {
+                        err(format!(
+                            "sdy.mesh @{}: {e}",
+                            op.attr("sym_name").unwrap_or("?")
+                        ))
+                    })?,
+                );
             }
-            other => return Err(err(format!("a top-level {other}: expected func.func and sdy.mesh"))),
+            other => {
+                return Err(err(format!(
+                    "a top-level {other}: expected func.func and sdy.mesh"
+                )))
+            }
         }
     }
-    let main = funcs.get("main").cloned().ok_or_else(|| err("no function @main".into()))?;
-    let body = main.regions.first().ok_or_else(|| err("@main has no body".into()))?;
+    let main = funcs
+        .get("main")
+        .cloned()
+        .ok_or_else(|| err("no function @main".into()))?;
+    let body = main
+        .regions
+        .first()
+        .ok_or_else(|| err("@main has no body".into()))?;
     let bound = match weights {
         Some(w) => read_weights(w, body)?,
         None => HashMap::new(),
@@ -70,32 +101,76 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
             Some(t) => {
                 lowering.initializers.push((name.clone(), t.clone()));
             }
-            None => inputs.push(ValueInfo { name: name.clone(), ty: a.ty.clone() }),
+            None => inputs.push(ValueInfo {
+                name: name.clone(),
+                ty: a.ty.clone(),
+            }),
         }
         env.insert(a.id, name);
     }
-    let ret_types = body.ops.iter().find(|o| o.name == "func.return").map(|o| o.operand_types.clone()).unwrap_or_default();
+    let ret_types = body
+        .ops
+        .iter()
+        .find(|o| o.name == "func.return")
+        .map(|o| o.operand_types.clone())
+        .unwrap_or_default();
     let results = lowering.lower_function(body, &mut env).map_err(err)?;
     let mut outputs = Vec::new();
     for (i, (r, ty)) in results.into_iter().zip(ret_types).enumerate() {
         let name = format!("out{i}");
-        lowering.nodes.push(Node { name: format!("output_{i}"), op_type: "Identity".into(), domain: String::new(), inputs: vec![r], outputs: vec![name.clone()], attributes: vec![] });
+        lowering.nodes.push(Node {
+            name: format!("output_{i}"),
+            op_type: "Identity".into(),
+            domain: String::new(),
+            inputs: vec![r],
+            outputs: vec![name.clone()],
+            attributes: vec![],
+        });
         outputs.push(ValueInfo { name, ty });
     }
-    let graph = Graph { name: "main".into(), inputs, outputs, nodes: lowering.nodes, initializers: lowering.initializers, value_info: HashMap::new() };
-    Ok(Model { path: path.to_owned(), ir_version: 8, producer: "stablehlo".into(), opsets: vec![(String::new(), 18)], graph })
+    let graph = Graph {
+        name: "main".into(),
+        inputs,
+        outputs,
+        nodes: lowering.nodes,
+        initializers: lowering.initializers,
+        value_info: HashMap::new(),
+    };
+    Ok(Model {
+        path: path.to_owned(),
+        ir_version: 8,
+        producer: "stablehlo".into(),
+        opsets: vec![(String::new(), 18)],
+        graph,
+    })
 }
 
 /// `--weights FILE.safetensors`: tensors named `argN` bound to @main's argument N.
-fn read_weights(file: &Path, body: &ir::HRegion) -> Result<HashMap<String, TensorData>, ImportError> {
-    let err = |reason: String| ImportError::StableHlo { path: file.to_owned(), reason };
-    let bytes = std::fs::read(file).map_err(|cause| ImportError::Io { path: file.to_owned(), cause })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+fn read_weights(
+    file: &Path,
+    body: &ir::HRegion,
+) -> Result<HashMap<String, TensorData>, ImportError> {
+    let err = |reason: String| ImportError::StableHlo {
+        path: file.to_owned(),
+        reason,
+    };
+    let bytes = std::fs::read(file).map_err(|cause| ImportError::Io {
+        path: file.to_owned(),
+        cause,
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
-        let index = name.strip_prefix("arg").and_then(|n| n.parse::<usize>().ok()).filter(|&i| i < body.args.len());
+        let index = name
+            .strip_prefix("arg")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&i| i < body.args.len());
         let Some(i) = index else {
-            return Err(err(format!("tensor '{name}' names no argument of @main (expected arg0 .. arg{})", body.args.len().saturating_sub(1))));
+            return Err(err(format!(
+                "tensor '{name}' names no argument of @main (expected arg0 .. arg{})",
+                body.args.len().saturating_sub(1)
+            )));
         };
         let want = &body.args[i].ty;
         let dtype = match view.dtype() {
@@ -104,13 +179,28 @@ fn read_weights(file: &Path, body: &ir::HRegion) -> Result<HashMap<String, Tenso
             safetensors::Dtype::F16 => crate::DType::F16,
             safetensors::Dtype::I32 => crate::DType::I32,
             safetensors::Dtype::I64 => crate::DType::I64,
-            other => return Err(err(format!("tensor '{name}': dtype {other:?} is not supported"))),
+            other => {
+                return Err(err(format!(
+                    "tensor '{name}': dtype {other:?} is not supported"
+                )))
+            }
         };
         let dims: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         if dtype != want.dtype || Some(dims.clone()) != want.static_dims() {
-            return Err(err(format!("tensor '{name}' is {dtype:?} {dims:?}, but @main's argument {i} is {}", want.mlir())));
+            return Err(err(format!(
+                "tensor '{name}' is {dtype:?} {dims:?}, but @main's argument {i} is {}",
+                want.mlir()
+            )));
         }
-        out.insert(name, TensorData { dtype, dims, bytes: view.data().to_vec() });
+        out.insert(
+            name,
+            TensorData {
+                dtype,
+                dims,
+                bytes: view.data().to_vec(),
+                external: None,
+            },
+        );
     }
     Ok(out)
 }

@@ -11,36 +11,90 @@ use crate::graph::AttrValue;
 
 impl Lowering {
     /// The global meaning of a shard_map: each device's part on its blocks, joined.
-    pub(super) fn manual_computation(&mut self, op: &HOp, args: Vec<String>) -> Result<Vec<String>, String> {
-        let axes = attrs::manual_axes(op.attr("manual_axes").ok_or("attribute manual_axes is missing")?)?;
-        let ins = attrs::shardings(op.attr("in_shardings").ok_or("attribute in_shardings is missing")?)?;
-        let outs = attrs::shardings(op.attr("out_shardings").ok_or("attribute out_shardings is missing")?)?;
-        let [axis] = &axes[..] else { return Err(format!("manual axes {axes:?}: one manual axis is supported")) };
+    pub(super) fn manual_computation(
+        &mut self,
+        op: &HOp,
+        args: Vec<String>,
+    ) -> Result<Vec<String>, String> {
+        let axes = attrs::manual_axes(
+            op.attr("manual_axes")
+                .ok_or("attribute manual_axes is missing")?,
+        )?;
+        let ins = attrs::shardings(
+            op.attr("in_shardings")
+                .ok_or("attribute in_shardings is missing")?,
+        )?;
+        let outs = attrs::shardings(
+            op.attr("out_shardings")
+                .ok_or("attribute out_shardings is missing")?,
+        )?;
+        let [axis] = &axes[..] else {
+            return Err(format!(
+                "manual axes {axes:?}: one manual axis is supported"
+            ));
+        };
         let mesh_name = ins.first().map(|s| s.mesh.clone()).unwrap_or_default();
-        let mesh = self.meshes.get(&mesh_name).ok_or_else(|| format!("mesh @{mesh_name} is not defined"))?;
-        let n = mesh.iter().find(|(a, _)| a == axis).map(|(_, s)| *s).ok_or_else(|| format!("mesh @{mesh_name} has no axis {axis}"))? as usize;
+        let mesh = self
+            .meshes
+            .get(&mesh_name)
+            .ok_or_else(|| format!("mesh @{mesh_name} is not defined"))?;
+        let n = mesh
+            .iter()
+            .find(|(a, _)| a == axis)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| format!("mesh @{mesh_name} has no axis {axis}"))?
+            as usize;
         let body = op.regions.first().ok_or("no body")?;
         if ins.len() != args.len() || body.args.len() != args.len() {
             return Err("in_shardings, operands and body arguments differ in number".into());
         }
         let split_dim = |s: &attrs::Sharding| -> Result<Option<usize>, String> {
-            let d: Vec<usize> = (0..s.dims.len()).filter(|&i| !s.dims[i].is_empty()).collect();
+            let d: Vec<usize> = (0..s.dims.len())
+                .filter(|&i| !s.dims[i].is_empty())
+                .collect();
             match d[..] {
                 [] => Ok(None),
                 [k] if s.dims[k] == [axis.clone()] => Ok(Some(k)),
-                _ => Err(format!("sharding {:?}: one dimension split over {axis} is supported", s.dims)),
+                _ => Err(format!(
+                    "sharding {:?}: one dimension split over {axis} is supported",
+                    s.dims
+                )),
             }
         };
         let mut per_device: Vec<Vec<String>> = Vec::new();
         for d in 0..n {
-            let mut dev = Device { index: d, count: n, axis: axis.clone(), ..Default::default() };
+            let mut dev = Device {
+                index: d,
+                count: n,
+                axis: axis.clone(),
+                ..Default::default()
+            };
             let mut env = Env::new();
-            for ((a, s), (global, local)) in body.args.iter().zip(&ins).zip(args.iter().zip(body.args.iter())) {
+            for ((a, s), (global, local)) in body
+                .args
+                .iter()
+                .zip(&ins)
+                .zip(args.iter().zip(body.args.iter()))
+            {
                 let v = match split_dim(s)? {
                     None => global.clone(),
                     Some(k) => {
-                        let len = *local.ty.static_dims().ok_or("dynamic shape")?.get(k).ok_or_else(|| format!("a sharding of dimension {k} for a rank-{} argument", local.ty.dims.len()))?;
-                        let (st, en, ax) = (self.i64s(&[d as i64 * len]), self.i64s(&[(d as i64 + 1) * len]), self.i64s(&[k as i64]));
+                        let len = *local
+                            .ty
+                            .static_dims()
+                            .ok_or("dynamic shape")?
+                            .get(k)
+                            .ok_or_else(|| {
+                                format!(
+                                    "a sharding of dimension {k} for a rank-{} argument",
+                                    local.ty.dims.len()
+                                )
+                            })?;
+                        let (st, en, ax) = (
+                            self.i64s(&[d as i64 * len]),
+                            self.i64s(&[(d as i64 + 1) * len]),
+                            self.i64s(&[k as i64]),
+                        );
                         let block = self.one("Slice", vec![global.clone(), st, en, ax], vec![]);
                         dev.whole.insert(block.clone(), (global.clone(), k));
                         block
@@ -54,7 +108,10 @@ impl Lowering {
             }
         }
         if per_device.iter().any(|o| o.len() != outs.len()) {
-            return Err(format!("the body returns a different number of values than out_shardings lists ({})", outs.len()));
+            return Err(format!(
+                "the body returns a different number of values than out_shardings lists ({})",
+                outs.len()
+            ));
         }
         let mut results = Vec::new();
         for (j, s) in outs.iter().enumerate() {
@@ -70,14 +127,30 @@ impl Lowering {
     /// all_to_all inside a manual computation: the dispatch (experts split, slots joined) opens
     /// per-expert work on the exchanged slots, raised to every expert on the source's own slots;
     /// the return (slots split, experts joined) closes it.
-    pub(super) fn all_to_all(&mut self, op: &HOp, x: String, dev: &mut Device) -> Result<String, String> {
+    pub(super) fn all_to_all(
+        &mut self,
+        op: &HOp,
+        x: String,
+        dev: &mut Device,
+    ) -> Result<String, String> {
         if dev.count == 0 {
             return Err("an all_to_all outside a manual computation (shard_map) has no devices to exchange between".into());
         }
-        let int = |n: &str| op.attr(n).ok_or_else(|| format!("attribute {n} is missing")).and_then(attrs::integer);
-        let (split, concat, count) = (int("split_dimension")?, int("concat_dimension")?, int("split_count")? as usize);
+        let int = |n: &str| {
+            op.attr(n)
+                .ok_or_else(|| format!("attribute {n} is missing"))
+                .and_then(attrs::integer)
+        };
+        let (split, concat, count) = (
+            int("split_dimension")?,
+            int("concat_dimension")?,
+            int("split_count")? as usize,
+        );
         if count != dev.count {
-            return Err(format!("split_count {count} differs from the manual axis's {} devices", dev.count));
+            return Err(format!(
+                "split_count {count} differs from the manual axis's {} devices",
+                dev.count
+            ));
         }
         if let Some(c) = op.attr("channel_handle") {
             attrs::channel_handle(c)?;
@@ -95,11 +168,17 @@ impl Lowering {
                     return Err(format!("replica groups {ids:?} (shape {:?}): ppmoe reads one group of all {} devices in order", groups.dims, dev.count));
                 }
             } else {
-                return Err(format!("replica_groups {g}: expected mesh axes or a dense group"));
+                return Err(format!(
+                    "replica_groups {g}: expected mesh axes or a dense group"
+                ));
             }
         }
         let in_dims = op.operand_dims(0)?;
-        let out_dims = op.results.first().and_then(|r| r.ty.static_dims()).ok_or("dynamic shape")?;
+        let out_dims = op
+            .results
+            .first()
+            .and_then(|r| r.ty.static_dims())
+            .ok_or("dynamic shape")?;
         match (split, concat, dev.exchange) {
             (0, 1, None) if in_dims.len() >= 2 && out_dims.len() >= 2 => {
                 dev.exchange = Some([out_dims[0], out_dims[1], in_dims[0], in_dims[1]]);

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 /// The value under broadcasts and JAX's `max(-inf, m)` guard.
 fn strip<'a>(mut id: usize, producers: &HashMap<usize, &'a HOp>) -> (usize, Option<&'a HOp>) {
     loop {
-        let Some(p) = producers.get(&id).copied() else { return (id, None) };
+        let Some(p) = producers.get(&id).copied() else {
+            return (id, None);
+        };
         match p.name.as_str() {
             "stablehlo.broadcast_in_dim" => id = p.operands[0],
             "stablehlo.maximum" => {
@@ -42,7 +44,12 @@ fn reduce_of(op: &HOp, body: &str) -> Option<(usize, i64)> {
         return None;
     }
     let dims = attrs::i64_array(op.attr("dimensions")?).ok()?;
-    let by = op.regions.first()?.ops.iter().find(|o| o.name != "stablehlo.return")?;
+    let by = op
+        .regions
+        .first()?
+        .ops
+        .iter()
+        .find(|o| o.name != "stablehlo.return")?;
     (dims.len() == 1 && by.name == body).then(|| (op.operands[0], dims[0]))
 }
 
@@ -52,8 +59,12 @@ pub(super) fn softmax_of(op: &HOp, producers: &HashMap<usize, &HOp>) -> Option<(
         return None;
     }
     let e = op.operands[0];
-    let exp = producers.get(&e).filter(|p| p.name == "stablehlo.exponential")?;
-    let sub = producers.get(&exp.operands[0]).filter(|p| p.name == "stablehlo.subtract")?;
+    let exp = producers
+        .get(&e)
+        .filter(|p| p.name == "stablehlo.exponential")?;
+    let sub = producers
+        .get(&exp.operands[0])
+        .filter(|p| p.name == "stablehlo.subtract")?;
     let x = sub.operands[0];
     let (_, max) = strip(sub.operands[1], producers);
     let (mx, maxis) = reduce_of(max?, "stablehlo.maximum")?;

@@ -42,7 +42,11 @@ fn main() -> ExitCode {
             "--output-dir" => value("--output-dir").map(|v| out = Some(PathBuf::from(v))),
             "--backend" => value("--backend").and_then(|v| v.parse().map(|b| backend = b)),
             "--check" => value("--check").map(|v| checks.push(InputArg::parse(&v))),
-            "--tolerance" => value("--tolerance").and_then(|v| v.parse().map(|t| tolerance = t).map_err(|_| format!("--tolerance {v}: not a number"))),
+            "--tolerance" => value("--tolerance").and_then(|v| {
+                v.parse()
+                    .map(|t| tolerance = t)
+                    .map_err(|_| format!("--tolerance {v}: not a number"))
+            }),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -72,7 +76,11 @@ fn main() -> ExitCode {
                     for l in lines {
                         println!("{l}");
                     }
-                    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

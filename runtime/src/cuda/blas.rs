@@ -2,7 +2,9 @@
 //! f32 (exact SGEMM semantics: CUBLAS_COMPUTE_32F) and bf16 (tensor cores, fp32 accumulation
 //! and an f32 result). Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ, so cuBLAS gets B first.
 
-use cudarc::cublas::sys::{self, cublasComputeType_t, cublasOperation_t, cublasStatus_t, cudaDataType};
+use cudarc::cublas::sys::{
+    self, cublasComputeType_t, cublasOperation_t, cublasStatus_t, cudaDataType,
+};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::CudaStream;
 use std::ffi::c_void;
@@ -55,7 +57,14 @@ pub struct Strided {
 /// # Safety
 /// `a`, `b` and `c` are device buffers on the handle's stream holding the batch's matrices
 /// (`a`, `b` of `elem`, `c` of f32).
-pub unsafe fn gemm_strided(blas: &CudaBlas, elem: Elem, g: &Strided, a: u64, b: u64, c: u64) -> Result<(), String> {
+pub unsafe fn gemm_strided(
+    blas: &CudaBlas,
+    elem: Elem,
+    g: &Strided,
+    a: u64,
+    b: u64,
+    c: u64,
+) -> Result<(), String> {
     let (alpha, beta) = (1.0f32, 0.0f32);
     let s = sys::cublasGemmStridedBatchedEx(
         *blas.handle(),
@@ -108,7 +117,12 @@ pub fn has_grouped_gemm(blas: &CudaBlas) -> bool {
 ///
 /// # Safety
 /// Every pointer addresses a block of the right size, on the handle's stream.
-pub unsafe fn gemm_grouped(blas: &CudaBlas, stream: &Arc<CudaStream>, elem: Elem, g: &Grouped) -> Result<bool, String> {
+pub unsafe fn gemm_grouped(
+    blas: &CudaBlas,
+    stream: &Arc<CudaStream>,
+    elem: Elem,
+    g: &Grouped,
+) -> Result<bool, String> {
     let n = g.groups.len();
     if n == 0 {
         return Ok(true);
@@ -127,7 +141,11 @@ pub unsafe fn gemm_grouped(blas: &CudaBlas, stream: &Arc<CudaStream>, elem: Elem
     let rows: Vec<i32> = g.groups.iter().map(|x| x.3 as i32).collect();
     let k = vec![g.din as i32; n];
     let (alpha, beta) = (vec![1.0f32; n], vec![0.0f32; n]);
-    let (lda, ldb, ldc) = (vec![g.dout as i32; n], vec![g.din as i32; n], vec![g.dout as i32; n]);
+    let (lda, ldb, ldc) = (
+        vec![g.dout as i32; n],
+        vec![g.din as i32; n],
+        vec![g.dout as i32; n],
+    );
     let sizes = vec![1i32; n];
     let s = sys::cublasGemmGroupedBatchedEx(
         *blas.handle(),
@@ -163,7 +181,21 @@ pub unsafe fn gemm_grouped(blas: &CudaBlas, stream: &Arc<CudaStream>, elem: Elem
 /// As `gemm_grouped`.
 pub unsafe fn gemm_per_group(blas: &CudaBlas, elem: Elem, g: &Grouped) -> Result<(), String> {
     for &(a, w, c, rows) in g.groups {
-        gemm_strided(blas, elem, &Strided { m: rows, n: g.dout, k: g.din, batch: 1, stride_a: 0, stride_b: 0 }, a, w, c)?;
+        gemm_strided(
+            blas,
+            elem,
+            &Strided {
+                m: rows,
+                n: g.dout,
+                k: g.din,
+                batch: 1,
+                stride_a: 0,
+                stride_b: 0,
+            },
+            a,
+            w,
+            c,
+        )?;
     }
     Ok(())
 }

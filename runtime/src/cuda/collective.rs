@@ -17,18 +17,35 @@ const MAX_RANK: usize = HEADER - 4;
 /// `g` pieces of `piece` shape laid end to end in `flat` (as NCCL leaves them), joined along `axis`.
 fn join(flat: &[f32], piece: &[usize], g: usize, axis: usize) -> Result<Tensor, String> {
     let m = piece.iter().product::<usize>().max(1);
-    let pieces: Vec<Tensor> = flat.chunks(m).take(g).map(|c| Tensor::f32(piece.to_vec(), c.to_vec())).collect();
-    kernels::execute(&Op::Concat { axis: axis as i64 }, &pieces.iter().map(Some).collect::<Vec<_>>(), 1).map(|mut v| v.remove(0))
+    let pieces: Vec<Tensor> = flat
+        .chunks(m)
+        .take(g)
+        .map(|c| Tensor::f32(piece.to_vec(), c.to_vec()))
+        .collect();
+    kernels::execute(
+        &Op::Concat { axis: axis as i64 },
+        &pieces.iter().map(Some).collect::<Vec<_>>(),
+        1,
+    )
+    .map(|mut v| v.remove(0))
 }
 
 impl Rank<'_> {
     pub(super) fn collective(&mut self, i: usize) -> Result<(), RuntimeError> {
         let ins = &self.program.instructions[i];
-        let fail = |reason: String| RuntimeError::Execute { rank: self.program.rank, index: i, op: ins.op.name(), origin: ins.origin.clone(), reason };
+        let fail = |reason: String| RuntimeError::Execute {
+            rank: self.program.rank,
+            index: i,
+            op: ins.op.name(),
+            origin: ins.origin.clone(),
+            reason,
+        };
         let src = ins.inputs.first().copied().flatten();
         let dst = ins.outputs.first().copied();
         let group_len = match &ins.op {
-            Op::AllReduce { group } | Op::AllGather { group, .. } | Op::AllToAll { group, .. } => group.len(),
+            Op::AllReduce { group } | Op::AllGather { group, .. } | Op::AllToAll { group, .. } => {
+                group.len()
+            }
             _ => 2,
         };
         // One rank, or a group of one: every collective is the identity.
@@ -41,27 +58,57 @@ impl Rank<'_> {
         };
         let (nccl, stream) = (comms.nccl, self.stream.clone());
         let raw = stream.cu_stream() as *mut std::ffi::c_void;
-        let alloc = |n: usize| stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| fail(e.to_string()));
+        let alloc = |n: usize| {
+            stream
+                .alloc_zeros::<f32>(n.max(1))
+                .map_err(|e| fail(e.to_string()))
+        };
         match &ins.op {
             Op::AllReduce { group } => {
-                let (s, d) = (src.ok_or_else(|| fail("no operand".into()))?, dst.ok_or_else(|| fail("no result".into()))?);
+                let (s, d) = (
+                    src.ok_or_else(|| fail("no operand".into()))?,
+                    dst.ok_or_else(|| fail("no result".into()))?,
+                );
                 let shape = self.shape(s);
                 let n: usize = shape.iter().product();
                 let y = alloc(n)?;
                 let x = self.device(s)?;
                 // SAFETY: both buffers hold n floats on this rank's stream.
-                unsafe { nccl.all_reduce_sum(ptr(x, &stream), ptr(&y, &stream), n, NCCL_FLOAT32, comms.group(group).map_err(&fail)?, raw) }.map_err(&fail)?;
+                unsafe {
+                    nccl.all_reduce_sum(
+                        ptr(x, &stream),
+                        ptr(&y, &stream),
+                        n,
+                        NCCL_FLOAT32,
+                        comms.group(group).map_err(&fail)?,
+                        raw,
+                    )
+                }
+                .map_err(&fail)?;
                 self.put_dev(d, y, shape);
             }
             Op::AllGather { group, axis } => {
-                let (s, d) = (src.ok_or_else(|| fail("no operand".into()))?, dst.ok_or_else(|| fail("no result".into()))?);
+                let (s, d) = (
+                    src.ok_or_else(|| fail("no operand".into()))?,
+                    dst.ok_or_else(|| fail("no result".into()))?,
+                );
                 let shape = self.shape(s);
                 let n: usize = shape.iter().product();
                 let g = group.len();
                 let y = alloc(n * g)?;
                 let x = self.device(s)?;
                 // SAFETY: x holds n floats, y n × g.
-                unsafe { nccl.all_gather(ptr(x, &stream), ptr(&y, &stream), n, NCCL_FLOAT32, comms.group(group).map_err(&fail)?, raw) }.map_err(&fail)?;
+                unsafe {
+                    nccl.all_gather(
+                        ptr(x, &stream),
+                        ptr(&y, &stream),
+                        n,
+                        NCCL_FLOAT32,
+                        comms.group(group).map_err(&fail)?,
+                        raw,
+                    )
+                }
+                .map_err(&fail)?;
                 let mut out_shape = shape.clone();
                 out_shape[*axis] *= g;
                 if shape[..*axis].iter().product::<usize>() == 1 {
@@ -72,16 +119,32 @@ impl Rank<'_> {
                     self.put_host(d, join(&flat, &shape, g, *axis).map_err(&fail)?);
                 }
             }
-            Op::AllToAll { group, split_axis, concat_axis } => {
-                let (s, d) = (src.ok_or_else(|| fail("no operand".into()))?, dst.ok_or_else(|| fail("no result".into()))?);
+            Op::AllToAll {
+                group,
+                split_axis,
+                concat_axis,
+            } => {
+                let (s, d) = (
+                    src.ok_or_else(|| fail("no operand".into()))?,
+                    dst.ok_or_else(|| fail("no result".into()))?,
+                );
                 let g = group.len();
                 let x = self.host(s)?;
                 // Piece j goes to the group's j-th member; what comes from member j is piece j of the result.
-                let pieces = kernels::execute(&Op::Split { axis: *split_axis as i64 }, &[Some(&x)], g).map_err(&fail)?;
+                let pieces = kernels::execute(
+                    &Op::Split {
+                        axis: *split_axis as i64,
+                    },
+                    &[Some(&x)],
+                    g,
+                )
+                .map_err(&fail)?;
                 let piece_shape = pieces[0].shape.clone();
                 let m: usize = piece_shape.iter().product();
                 let packed: Vec<f32> = pieces.iter().flat_map(|p| p.to_f32()).collect();
-                let send = stream.clone_htod(&packed).map_err(|e| fail(e.to_string()))?;
+                let send = stream
+                    .clone_htod(&packed)
+                    .map_err(|e| fail(e.to_string()))?;
                 let recv = alloc(m * g)?;
                 let comm = comms.group(group).map_err(&fail)?;
                 let (sp, rp) = (ptr(&send, &stream), ptr(&recv, &stream));
@@ -89,7 +152,10 @@ impl Rank<'_> {
                 for j in 0..g {
                     let off = (j * m * 4) as u64;
                     // SAFETY: piece j spans [j·m, (j+1)·m) of both buffers.
-                    let r = unsafe { nccl.send(sp + off, m, NCCL_FLOAT32, j, comm, raw).and_then(|_| nccl.recv(rp + off, m, NCCL_FLOAT32, j, comm, raw)) };
+                    let r = unsafe {
+                        nccl.send(sp + off, m, NCCL_FLOAT32, j, comm, raw)
+                            .and_then(|_| nccl.recv(rp + off, m, NCCL_FLOAT32, j, comm, raw))
+                    };
                     if let Err(e) = r {
                         let _ = nccl.group_end();
                         return Err(fail(e));
@@ -97,30 +163,59 @@ impl Rank<'_> {
                 }
                 nccl.group_end().map_err(&fail)?;
                 let flat = stream.clone_dtoh(&recv).map_err(|e| fail(e.to_string()))?;
-                self.put_host(d, join(&flat, &piece_shape, g, *concat_axis).map_err(&fail)?.with_dtype(x.dtype));
+                self.put_host(
+                    d,
+                    join(&flat, &piece_shape, g, *concat_axis)
+                        .map_err(&fail)?
+                        .with_dtype(x.dtype),
+                );
             }
             Op::Send { peer, tag } => {
                 let s = src.ok_or_else(|| fail("no operand".into()))?;
                 let t_shape = self.shape(s);
                 if t_shape.len() > MAX_RANK {
-                    return Err(fail(format!("a rank-{} tensor: sends carry at most rank {MAX_RANK}", t_shape.len())));
+                    return Err(fail(format!(
+                        "a rank-{} tensor: sends carry at most rank {MAX_RANK}",
+                        t_shape.len()
+                    )));
                 }
                 let is_float = self.program.buffers[s].dtype.is_float();
-                let mut header = vec![*tag as i64, self.microbatch as i64, i64::from(!is_float), t_shape.len() as i64];
+                let mut header = vec![
+                    *tag as i64,
+                    self.microbatch as i64,
+                    i64::from(!is_float),
+                    t_shape.len() as i64,
+                ];
                 header.extend(t_shape.iter().map(|&d| d as i64));
                 header.resize(HEADER, 0);
-                let h = stream.clone_htod(&header).map_err(|e| fail(e.to_string()))?;
+                let h = stream
+                    .clone_htod(&header)
+                    .map_err(|e| fail(e.to_string()))?;
                 // SAFETY: the header buffer holds HEADER words.
-                unsafe { nccl.send(ptr(&h, &stream), HEADER, NCCL_INT64, *peer, comms.world, raw) }.map_err(&fail)?;
+                unsafe {
+                    nccl.send(
+                        ptr(&h, &stream),
+                        HEADER,
+                        NCCL_INT64,
+                        *peer,
+                        comms.world,
+                        raw,
+                    )
+                }
+                .map_err(&fail)?;
                 let n: usize = t_shape.iter().product();
                 if is_float {
                     let x = self.device(s)?;
                     // SAFETY: x holds n floats.
-                    unsafe { nccl.send(ptr(x, &stream), n, NCCL_FLOAT32, *peer, comms.world, raw) }.map_err(&fail)?;
+                    unsafe { nccl.send(ptr(x, &stream), n, NCCL_FLOAT32, *peer, comms.world, raw) }
+                        .map_err(&fail)?;
                 } else {
-                    let v = stream.clone_htod(&self.host(s)?.to_i64()).map_err(|e| fail(e.to_string()))?;
+                    let v = stream
+                        .clone_htod(&self.host(s)?.to_i64())
+                        .map_err(|e| fail(e.to_string()))?;
                     // SAFETY: v holds n integers; it is freed in stream order, after the send.
-                    unsafe { nccl.send(ptr(&v, &stream), n, NCCL_INT64, *peer, comms.world, raw) }.map_err(&fail)?;
+                    unsafe { nccl.send(ptr(&v, &stream), n, NCCL_INT64, *peer, comms.world, raw) }
+                        .map_err(&fail)?;
                 }
                 if let Some(d) = dst {
                     self.put_host(d, Tensor::f32(vec![], vec![0.0]));
@@ -128,11 +223,24 @@ impl Rank<'_> {
             }
             Op::Recv { peer, tag } => {
                 let d = dst.ok_or_else(|| fail("no result".into()))?;
-                let h = stream.alloc_zeros::<i64>(HEADER).map_err(|e| fail(e.to_string()))?;
+                let h = stream
+                    .alloc_zeros::<i64>(HEADER)
+                    .map_err(|e| fail(e.to_string()))?;
                 // SAFETY: the header buffer holds HEADER words.
-                unsafe { nccl.recv(ptr(&h, &stream), HEADER, NCCL_INT64, *peer, comms.world, raw) }.map_err(&fail)?;
+                unsafe {
+                    nccl.recv(
+                        ptr(&h, &stream),
+                        HEADER,
+                        NCCL_INT64,
+                        *peer,
+                        comms.world,
+                        raw,
+                    )
+                }
+                .map_err(&fail)?;
                 let header = stream.clone_dtoh(&h).map_err(|e| fail(e.to_string()))?;
-                let (got_tag, got_mb, is_int, rank) = (header[0], header[1], header[2] != 0, header[3] as usize);
+                let (got_tag, got_mb, is_int, rank) =
+                    (header[0], header[1], header[2] != 0, header[3] as usize);
                 if got_tag != *tag as i64 || got_mb != self.microbatch as i64 || rank > MAX_RANK {
                     return Err(fail(format!(
                         "expected tag {tag} of microbatch {} from rank {peer}, got tag {got_tag} of microbatch {got_mb}: the ranks' programs disagree on the order of their messages",
@@ -143,17 +251,32 @@ impl Rank<'_> {
                 let n: usize = shape.iter().product();
                 let dtype = self.program.buffers[d].dtype;
                 if is_int {
-                    let v = stream.alloc_zeros::<i64>(n.max(1)).map_err(|e| fail(e.to_string()))?;
+                    let v = stream
+                        .alloc_zeros::<i64>(n.max(1))
+                        .map_err(|e| fail(e.to_string()))?;
                     // SAFETY: v holds n integers.
-                    unsafe { nccl.recv(ptr(&v, &stream), n, NCCL_INT64, *peer, comms.world, raw) }.map_err(&fail)?;
+                    unsafe { nccl.recv(ptr(&v, &stream), n, NCCL_INT64, *peer, comms.world, raw) }
+                        .map_err(&fail)?;
                     let mut host = stream.clone_dtoh(&v).map_err(|e| fail(e.to_string()))?;
                     host.truncate(n);
                     let t = Tensor::i64(shape, host);
-                    self.put_host(d, if dtype == DType::Bool { kernels::execute(&Op::Cast { to: DType::Bool }, &[Some(&t)], 1).map_err(&fail)?.remove(0) } else { t });
+                    self.put_host(
+                        d,
+                        if dtype == DType::Bool {
+                            kernels::execute(&Op::Cast { to: DType::Bool }, &[Some(&t)], 1)
+                                .map_err(&fail)?
+                                .remove(0)
+                        } else {
+                            t
+                        },
+                    );
                 } else {
                     let y = alloc(n)?;
                     // SAFETY: y holds n floats.
-                    unsafe { nccl.recv(ptr(&y, &stream), n, NCCL_FLOAT32, *peer, comms.world, raw) }.map_err(&fail)?;
+                    unsafe {
+                        nccl.recv(ptr(&y, &stream), n, NCCL_FLOAT32, *peer, comms.world, raw)
+                    }
+                    .map_err(&fail)?;
                     self.put_dev(d, y, shape);
                 }
             }

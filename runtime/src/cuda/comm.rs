@@ -20,7 +20,9 @@ fn groups_of(programs: &[Program]) -> BTreeSet<Vec<usize>> {
         .iter()
         .flat_map(|p| &p.instructions)
         .filter_map(|ins| match &ins.op {
-            Op::AllReduce { group } | Op::AllGather { group, .. } | Op::AllToAll { group, .. } => Some(group.clone()),
+            Op::AllReduce { group } | Op::AllGather { group, .. } | Op::AllToAll { group, .. } => {
+                Some(group.clone())
+            }
             _ => None,
         })
         .filter(|g| g.len() > 1)
@@ -35,11 +37,17 @@ impl Comms {
         let nccl = nccl()?;
         let id = dist.rendezvous(|| nccl.unique_id())?;
         let world = nccl.init_rank(dist.world, id, dist.rank)?;
-        let mut comms = Comms { nccl, world, rank: dist.rank, groups: HashMap::new() };
+        let mut comms = Comms {
+            nccl,
+            world,
+            rank: dist.rank,
+            groups: HashMap::new(),
+        };
         for g in groups_of(programs) {
             // The rank's place in the group is its rank in the new communicator.
             let place = g.iter().position(|&r| r == dist.rank);
-            if let Some(c) = nccl.split(world, place)? {
+            // SAFETY: `world` was made above and is live until `Comms` drops.
+            if let Some(c) = unsafe { nccl.split(world, place)? } {
                 comms.groups.insert(g, c);
             }
         }
@@ -48,15 +56,21 @@ impl Comms {
 
     /// The communicator of `group` (this rank is a member).
     pub fn group(&self, group: &[usize]) -> Result<CommHandle, String> {
-        self.groups.get(group).copied().ok_or_else(|| format!("rank {} has no communicator for group {group:?} (it is not a member)", self.rank))
+        self.groups.get(group).copied().ok_or_else(|| {
+            format!(
+                "rank {} has no communicator for group {group:?} (it is not a member)",
+                self.rank
+            )
+        })
     }
 }
 
 impl Drop for Comms {
     fn drop(&mut self) {
+        // SAFETY: these communicators were made by `Comms::new`, each is destroyed once, here.
         for (_, c) in self.groups.drain() {
-            self.nccl.destroy(c);
+            unsafe { self.nccl.destroy(c) };
         }
-        self.nccl.destroy(self.world);
+        unsafe { self.nccl.destroy(self.world) };
     }
 }

@@ -12,13 +12,26 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// The per-expert blocks of one projection: rows of `src` grouped by expert (in `by_expert`
 /// order) times that expert's matrix of the stack `w` ([E, din, dout]), into `dst` (f32).
-fn expert_groups(by_expert: &[Vec<usize>], src: u64, w: u64, dst: u64, din: usize, dout: usize, elem: Elem) -> Vec<(u64, u64, u64, usize)> {
+fn expert_groups(
+    by_expert: &[Vec<usize>],
+    src: u64,
+    w: u64,
+    dst: u64,
+    din: usize,
+    dout: usize,
+    elem: Elem,
+) -> Vec<(u64, u64, u64, usize)> {
     let mut groups = Vec::new();
     let mut off = 0usize;
     for (ex, slots) in by_expert.iter().enumerate() {
         let r = slots.len();
         if r > 0 {
-            groups.push((src + (off * din) as u64 * elem.bytes(), w + (ex * din * dout) as u64 * elem.bytes(), dst + (off * dout) as u64 * 4, r));
+            groups.push((
+                src + (off * din) as u64 * elem.bytes(),
+                w + (ex * din * dout) as u64 * elem.bytes(),
+                dst + (off * dout) as u64 * 4,
+                r,
+            ));
             off += r;
         }
     }
@@ -26,20 +39,33 @@ fn expert_groups(by_expert: &[Vec<usize>], src: u64, w: u64, dst: u64, din: usiz
 }
 
 fn launch_cfg(threads: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 impl Rank<'_> {
     pub(super) fn experts(&mut self, i: usize, prefix: &str) -> Result<(), RuntimeError> {
         let ins = &self.program.instructions[i];
-        let fail = |reason: String| RuntimeError::Execute { rank: self.program.rank, index: i, op: ins.op.name(), origin: ins.origin.clone(), reason };
-        let Op::MoeExperts { .. } = ins.op else { return Err(fail("not moe.experts".into())) };
+        let fail = |reason: String| RuntimeError::Execute {
+            rank: self.program.rank,
+            index: i,
+            op: ins.op.name(),
+            origin: ins.origin.clone(),
+            reason,
+        };
+        let Op::MoeExperts { .. } = ins.op else {
+            return Err(fail("not moe.experts".into()));
+        };
         let arg = |k: usize| ins.inputs.get(k).copied().flatten();
         let need = |k: usize| arg(k).ok_or_else(|| fail(format!("operand {k} is missing")));
         let (x, w, ids, w_in, w_out) = (need(0)?, need(1)?, need(2)?, need(3)?, need(4)?);
         let (b_in, b_out) = (arg(5), arg(6));
         let (xs, wis, wos) = (self.shape(x), self.shape(w_in), self.shape(w_out));
-        let (&[t, h], &[e, _, n], &[_, f, _]) = (xs.as_slice(), wis.as_slice(), wos.as_slice()) else {
+        let (&[t, h], &[e, _, n], &[_, f, _]) = (xs.as_slice(), wis.as_slice(), wos.as_slice())
+        else {
             return Err(fail(format!("moe.experts shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], [E,H,N], [E,F,H]")));
         };
         let weights = self.host(w)?.to_f32();
@@ -68,9 +94,15 @@ impl Rank<'_> {
         }
         let eid: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
         let stream = self.stream.clone();
-        let dev = |v: &[i32]| stream.clone_htod(if v.is_empty() { &[0][..] } else { v }).map_err(|e| fail(e.to_string()));
+        let dev = |v: &[i32]| {
+            stream
+                .clone_htod(if v.is_empty() { &[0][..] } else { v })
+                .map_err(|e| fail(e.to_string()))
+        };
         let (d_perm, d_rexp, d_pos, d_eid) = (dev(&perm)?, dev(&rexp)?, dev(&pos)?, dev(&eid)?);
-        let d_w = stream.clone_htod(&weights).map_err(|e| fail(e.to_string()))?;
+        let d_w = stream
+            .clone_htod(&weights)
+            .map_err(|e| fail(e.to_string()))?;
         let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| fail(e.to_string()))?;
         for b in [Some(x), b_in, b_out].into_iter().flatten() {
             self.device(b)?;
@@ -78,12 +110,34 @@ impl Rank<'_> {
         // The expert stacks: bf16 where the weights are, f32 otherwise.
         let (w_in_op, w_out_op) = (self.gemm_operand(w_in)?, self.gemm_operand(w_out)?);
         fn get<'s>(s: &'s Rank<'_>, b: usize) -> &'s CudaSlice<f32> {
-            s.slots[b].as_ref().and_then(|sl| sl.dev.as_ref()).expect("uploaded above")
+            s.slots[b]
+                .as_ref()
+                .and_then(|sl| sl.dev.as_ref())
+                .expect("uploaded above")
         }
-        let func = |s: &Self, suffix: &str| s.functions.get(&format!("{prefix}_{suffix}")).cloned().ok_or_else(|| fail(format!("kernel {prefix}_{suffix} is not in the PTX")));
-        let (g_fn, a_fn, c_fn) = (func(self, "gather")?, func(self, "act")?, func(self, "combine")?);
-        let alloc = |len: usize| stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| fail(e.to_string()));
-        let (xg, hid, act, out, y) = (alloc(rows * h)?, alloc(rows * n)?, alloc(rows * f)?, alloc(rows * h)?, alloc(t * h)?);
+        let func = |s: &Self, suffix: &str| {
+            s.functions
+                .get(&format!("{prefix}_{suffix}"))
+                .cloned()
+                .ok_or_else(|| fail(format!("kernel {prefix}_{suffix} is not in the PTX")))
+        };
+        let (g_fn, a_fn, c_fn) = (
+            func(self, "gather")?,
+            func(self, "act")?,
+            func(self, "combine")?,
+        );
+        let alloc = |len: usize| {
+            stream
+                .alloc_zeros::<f32>(len.max(1))
+                .map_err(|e| fail(e.to_string()))
+        };
+        let (xg, hid, act, out, y) = (
+            alloc(rows * h)?,
+            alloc(rows * n)?,
+            alloc(rows * f)?,
+            alloc(rows * h)?,
+            alloc(t * h)?,
+        );
         let (zero, one) = (0i64, 1i64);
         let len = |v: usize| v.max(1) as i64;
         if rows > 0 {
@@ -98,11 +152,30 @@ impl Rank<'_> {
             unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| fail(e.to_string()))?;
             // One grouped GEMM for all experts; the per-expert loop where cuBLAS lacks it.
             // PPMOE_GROUPED_GEMM=0 forces the loop (to compare the two).
-            let grouped = blas::has_grouped_gemm(&self.blas) && std::env::var("PPMOE_GROUPED_GEMM").map_or(true, |v| v != "0");
-            let project = |s: &Self, src: &CudaSlice<f32>, w: (u64, Elem), dst: &CudaSlice<f32>, din: usize, dout: usize| -> Result<(), String> {
+            let grouped = blas::has_grouped_gemm(&self.blas)
+                && std::env::var("PPMOE_GROUPED_GEMM").map_or(true, |v| v != "0");
+            let project = |s: &Self,
+                           src: &CudaSlice<f32>,
+                           w: (u64, Elem),
+                           dst: &CudaSlice<f32>,
+                           din: usize,
+                           dout: usize|
+             -> Result<(), String> {
                 let (sp, _narrowed) = s.activation(src, rows * din, w.1)?;
-                let groups = expert_groups(&by_expert, sp, w.0, super::dptr(dst, &stream), din, dout, w.1);
-                let g = Grouped { groups: &groups, din, dout };
+                let groups = expert_groups(
+                    &by_expert,
+                    sp,
+                    w.0,
+                    super::dptr(dst, &stream),
+                    din,
+                    dout,
+                    w.1,
+                );
+                let g = Grouped {
+                    groups: &groups,
+                    din,
+                    dout,
+                };
                 // SAFETY: each group's blocks lie inside the buffers, which were allocated for these row counts.
                 unsafe {
                     let key = (w.1, groups.len(), din, dout);
@@ -116,7 +189,10 @@ impl Rank<'_> {
                 }
             };
             project(self, &xg, w_in_op, &hid, h, n).map_err(&fail)?;
-            let (bias, has_bias) = match b_in { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
+            let (bias, has_bias) = match b_in {
+                Some(b) => (get(self, b), 1i64),
+                None => (&dummy, 0i64),
+            };
             let (lh, lb, lr, la) = (len(rows * n), len(bias.len()), len(rows), len(rows * f));
             let mut l = stream.launch_builder(&a_fn);
             l.arg(&hid).arg(&hid).arg(&zero).arg(&lh).arg(&one);
@@ -128,7 +204,10 @@ impl Rank<'_> {
             unsafe { l.launch(launch_cfg(rows * f)) }.map_err(|e| fail(e.to_string()))?;
             project(self, &act, w_out_op, &out, f, h).map_err(&fail)?;
         }
-        let (bout, has_bias) = match b_out { Some(b) => (get(self, b), 1i64), None => (&dummy, 0i64) };
+        let (bout, has_bias) = match b_out {
+            Some(b) => (get(self, b), 1i64),
+            None => (&dummy, 0i64),
+        };
         let (lo, ls, lb, ly) = (len(rows * h), len(t * k), len(bout.len()), len(t * h));
         let mut l = stream.launch_builder(&c_fn);
         l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);

@@ -20,7 +20,14 @@ impl GemmPlan {
 
     /// The batch as cuBLAS's strided call takes it.
     pub fn strided(&self) -> Strided {
-        Strided { m: self.m, n: self.n, k: self.k, batch: self.batch, stride_a: self.stride_a, stride_b: self.stride_b }
+        Strided {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            batch: self.batch,
+            stride_a: self.stride_a,
+            stride_b: self.stride_b,
+        }
     }
 }
 
@@ -40,11 +47,33 @@ pub fn plan(a: &[usize], b: &[usize]) -> Option<GemmPlan> {
     if nb == 1 {
         let mut out = ba.to_vec();
         out.extend([m, n]);
-        return Some(GemmPlan { m: na * m, n, k, batch: 1, stride_a: 0, stride_b: 0, out_shape: out });
+        return Some(GemmPlan {
+            m: na * m,
+            n,
+            k,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            out_shape: out,
+        });
     }
-    let batch_shape = if ba == bb { ba.to_vec() } else if na == 1 { bb.to_vec() } else { return None };
+    let batch_shape = if ba == bb {
+        ba.to_vec()
+    } else if na == 1 {
+        bb.to_vec()
+    } else {
+        return None;
+    };
     let batch: usize = batch_shape.iter().product();
     let mut out = batch_shape;
     out.extend([m, n]);
-    Some(GemmPlan { m, n, k, batch, stride_a: if na == 1 { 0 } else { m * k }, stride_b: k * n, out_shape: out })
+    Some(GemmPlan {
+        m,
+        n,
+        k,
+        batch,
+        stride_a: if na == 1 { 0 } else { m * k },
+        stride_b: k * n,
+        out_shape: out,
+    })
 }

@@ -28,7 +28,10 @@ fn dptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 }
 
 fn backend_err(reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Backend { backend: "cuda".into(), reason: reason.into() }
+    RuntimeError::Backend {
+        backend: "cuda".into(),
+        reason: reason.into(),
+    }
 }
 
 /// Whether a CUDA GPU can be used: the driver library is there and sees a device. Says what
@@ -72,15 +75,27 @@ struct Rank<'a> {
     microbatch: u64,
     /// Grouped GEMMs cuBLAS refused (element type, groups, din, dout): not asked again, since
     /// each ask uploads the pointer arrays first.
-    grouped_refused: std::cell::RefCell<std::collections::HashSet<(blas::Elem, usize, usize, usize)>>,
+    grouped_refused:
+        std::cell::RefCell<std::collections::HashSet<(blas::Elem, usize, usize, usize)>>,
 }
 
 impl Rank<'_> {
     fn host(&mut self, id: usize) -> Result<Tensor, RuntimeError> {
-        let slot = self.slots[id].as_mut().ok_or_else(|| backend_err(format!("buffer '{}' read before it is written", self.program.buffers[id].name)))?;
+        let slot = self.slots[id].as_mut().ok_or_else(|| {
+            backend_err(format!(
+                "buffer '{}' read before it is written",
+                self.program.buffers[id].name
+            ))
+        })?;
         if slot.host.is_none() {
-            let dev = slot.dev.as_ref().ok_or_else(|| backend_err("a buffer with no value"))?;
-            let v = self.stream.clone_dtoh(dev).map_err(|e| backend_err(e.to_string()))?;
+            let dev = slot
+                .dev
+                .as_ref()
+                .ok_or_else(|| backend_err("a buffer with no value"))?;
+            let v = self
+                .stream
+                .clone_dtoh(dev)
+                .map_err(|e| backend_err(e.to_string()))?;
             slot.host = Some(Tensor::f32(slot.shape.clone(), v).with_dtype(slot.dtype));
         }
         Ok(slot.host.clone().expect("set above"))
@@ -88,27 +103,59 @@ impl Rank<'_> {
 
     fn device(&mut self, id: usize) -> Result<&CudaSlice<f32>, RuntimeError> {
         let stream = self.stream.clone();
-        let slot = self.slots[id].as_mut().ok_or_else(|| backend_err(format!("buffer '{}' read before it is written", self.program.buffers[id].name)))?;
+        let slot = self.slots[id].as_mut().ok_or_else(|| {
+            backend_err(format!(
+                "buffer '{}' read before it is written",
+                self.program.buffers[id].name
+            ))
+        })?;
         if slot.dev.is_none() {
-            let t = slot.host.as_ref().ok_or_else(|| backend_err("a buffer with no value"))?;
-            let v = t.as_f32().ok_or_else(|| backend_err(format!("buffer '{}' is not float: it cannot go to a kernel", self.program.buffers[id].name)))?;
-            slot.dev = Some(stream.clone_htod(v).map_err(|e| backend_err(e.to_string()))?);
+            let t = slot
+                .host
+                .as_ref()
+                .ok_or_else(|| backend_err("a buffer with no value"))?;
+            let v = t.as_f32().ok_or_else(|| {
+                backend_err(format!(
+                    "buffer '{}' is not float: it cannot go to a kernel",
+                    self.program.buffers[id].name
+                ))
+            })?;
+            slot.dev = Some(
+                stream
+                    .clone_htod(v)
+                    .map_err(|e| backend_err(e.to_string()))?,
+            );
         }
         Ok(slot.dev.as_ref().expect("set above"))
     }
 
     fn shape(&self, id: usize) -> Vec<usize> {
-        self.slots[id].as_ref().map(|s| s.shape.clone()).unwrap_or_default()
+        self.slots[id]
+            .as_ref()
+            .map(|s| s.shape.clone())
+            .unwrap_or_default()
     }
 
     fn put_host(&mut self, id: usize, t: Tensor) {
         let dtype = self.program.buffers[id].dtype;
-        self.slots[id] = Some(Slot { dev: None, dev16: None, shape: t.shape.clone(), host: Some(t.with_dtype(dtype)), dtype });
+        self.slots[id] = Some(Slot {
+            dev: None,
+            dev16: None,
+            shape: t.shape.clone(),
+            host: Some(t.with_dtype(dtype)),
+            dtype,
+        });
     }
 
     fn put_dev(&mut self, id: usize, dev: CudaSlice<f32>, shape: Vec<usize>) {
         let dtype = self.program.buffers[id].dtype;
-        self.slots[id] = Some(Slot { dev: Some(dev), dev16: None, host: None, shape, dtype });
+        self.slots[id] = Some(Slot {
+            dev: Some(dev),
+            dev16: None,
+            host: None,
+            shape,
+            dtype,
+        });
     }
 
     /// A GEMM weight operand as a device pointer: its bf16 bits where it has them, else f32.
@@ -123,19 +170,34 @@ impl Rank<'_> {
 
     /// An activation in the GEMM's element type: as it is for f32, narrowed by the generated
     /// kernel for bf16. The returned buffer (if any) keeps the narrowed copy alive.
-    fn activation(&self, x: &CudaSlice<f32>, n: usize, elem: blas::Elem) -> Result<(u64, Option<CudaSlice<u16>>), String> {
+    fn activation(
+        &self,
+        x: &CudaSlice<f32>,
+        n: usize,
+        elem: blas::Elem,
+    ) -> Result<(u64, Option<CudaSlice<u16>>), String> {
         if elem == blas::Elem::F32 {
             return Ok((dptr(x, &self.stream), None));
         }
-        let f = self.functions.get(crate::program::TO_BF16_KERNEL).ok_or("the bf16 conversion kernel is not in the PTX")?;
-        let y = self.stream.alloc_zeros::<u16>(n.max(1)).map_err(|e| e.to_string())?;
+        let f = self
+            .functions
+            .get(crate::program::TO_BF16_KERNEL)
+            .ok_or("the bf16 conversion kernel is not in the PTX")?;
+        let y = self
+            .stream
+            .alloc_zeros::<u16>(n.max(1))
+            .map_err(|e| e.to_string())?;
         let (zero, one, len) = (0i64, 1i64, n.max(1) as i64);
         let count = n as i64;
         let mut l = self.stream.launch_builder(f);
         l.arg(x).arg(x).arg(&zero).arg(&len).arg(&one);
         l.arg(&y).arg(&y).arg(&zero).arg(&len).arg(&one);
         l.arg(&count);
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: x and y hold n elements; the kernel guards its index against n.
         unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
         let p = dptr(&y, &self.stream);
@@ -144,7 +206,13 @@ impl Rank<'_> {
 
     fn step(&mut self, i: usize, how: &GpuOp) -> Result<(), RuntimeError> {
         let ins = &self.program.instructions[i];
-        let fail = |reason: String| RuntimeError::Execute { rank: self.program.rank, index: i, op: ins.op.name(), origin: ins.origin.clone(), reason };
+        let fail = |reason: String| RuntimeError::Execute {
+            rank: self.program.rank,
+            index: i,
+            op: ins.op.name(),
+            origin: ins.origin.clone(),
+            reason,
+        };
         // A manifest is data: an instruction without the results its op makes is an error.
         let wanted = match how {
             GpuOp::Route { .. } => 2,
@@ -152,16 +220,32 @@ impl Rank<'_> {
             _ => 1,
         };
         if ins.outputs.len() < wanted {
-            return Err(fail(format!("{} result(s) where {wanted} are needed", ins.outputs.len())));
+            return Err(fail(format!(
+                "{} result(s) where {wanted} are needed",
+                ins.outputs.len()
+            )));
         }
         match how {
             GpuOp::Alias => {
-                let (src, dst) = (ins.inputs.first().copied().flatten().ok_or_else(|| fail("no operand".into()))?, ins.outputs[0]);
-                let shape: Vec<usize> = self.program.buffers[dst].shape.iter().map(|d| d.unwrap_or(0)).collect();
+                let (src, dst) = (
+                    ins.inputs
+                        .first()
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| fail("no operand".into()))?,
+                    ins.outputs[0],
+                );
+                let shape: Vec<usize> = self.program.buffers[dst]
+                    .shape
+                    .iter()
+                    .map(|d| d.unwrap_or(0))
+                    .collect();
                 let on_device = self.slots[src].as_ref().is_some_and(|s| s.dev.is_some());
                 if on_device {
                     let stream = self.stream.clone();
-                    let copy = stream.clone_dtod(self.device(src)?).map_err(|e| fail(e.to_string()))?;
+                    let copy = stream
+                        .clone_dtod(self.device(src)?)
+                        .map_err(|e| fail(e.to_string()))?;
                     self.put_dev(dst, copy, shape);
                 } else {
                     let t = self.host(src)?;
@@ -169,81 +253,170 @@ impl Rank<'_> {
                 }
             }
             GpuOp::Gemm => {
-                let (a, b) = (ins.inputs.first().copied().flatten().ok_or_else(|| fail("no operand".into()))?, ins.inputs.get(1).copied().flatten().ok_or_else(|| fail("no operand".into()))?);
+                let (a, b) = (
+                    ins.inputs
+                        .first()
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| fail("no operand".into()))?,
+                    ins.inputs
+                        .get(1)
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| fail("no operand".into()))?,
+                );
                 let (sa, sb) = (self.shape(a), self.shape(b));
                 let out = ins.outputs[0];
                 match gemm::plan(&sa, &sb) {
                     Some(g) => {
-                        let c = self.stream.alloc_zeros::<f32>(g.out_len()).map_err(|e| fail(e.to_string()))?;
+                        let c = self
+                            .stream
+                            .alloc_zeros::<f32>(g.out_len())
+                            .map_err(|e| fail(e.to_string()))?;
                         let (bp, elem) = self.gemm_operand(b)?;
                         let n_a: usize = sa.iter().product();
                         self.device(a)?;
-                        let da = self.slots[a].as_ref().and_then(|s| s.dev.as_ref()).ok_or_else(|| fail("operand not on the device".into()))?;
+                        let da = self.slots[a]
+                            .as_ref()
+                            .and_then(|s| s.dev.as_ref())
+                            .ok_or_else(|| fail("operand not on the device".into()))?;
                         let (ap, _narrowed) = self.activation(da, n_a, elem).map_err(&fail)?;
                         let cp = dptr(&c, &self.stream);
                         // SAFETY: the plan's sizes and strides were checked against the operands' shapes.
-                        unsafe { blas::gemm_strided(&self.blas, elem, &g.strided(), ap, bp, cp) }.map_err(&fail)?;
+                        unsafe { blas::gemm_strided(&self.blas, elem, &g.strided(), ap, bp, cp) }
+                            .map_err(&fail)?;
                         self.put_dev(out, c, g.out_shape.clone());
                     }
                     None => {
                         // Batch broadcasting cuBLAS's strides cannot express: the host does it.
                         let (ta, tb) = (self.host(a)?, self.host(b)?);
-                        let r = kernels::execute(&ins.op, &[Some(&ta), Some(&tb)], 1).map_err(&fail)?;
+                        let r =
+                            kernels::execute(&ins.op, &[Some(&ta), Some(&tb)], 1).map_err(&fail)?;
                         self.put_host(out, r.into_iter().next().expect("one result"));
                     }
                 }
             }
             GpuOp::Kernel { name, threads } => {
-                let func = self.functions.get(name).ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?.clone();
+                let func = self
+                    .functions
+                    .get(name)
+                    .ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?
+                    .clone();
                 let out = ins.outputs[0];
-                let out_shape: Vec<usize> = self.program.buffers[out].shape.iter().map(|d| d.unwrap_or(0)).collect();
+                let out_shape: Vec<usize> = self.program.buffers[out]
+                    .shape
+                    .iter()
+                    .map(|d| d.unwrap_or(0))
+                    .collect();
                 let n_out: usize = out_shape.iter().product();
                 // Generated kernels take the float operands; integer ones (axes, bounds, shapes)
                 // were constants baked into the kernel.
-                let inputs: Vec<usize> = ins.inputs.iter().flatten().copied().filter(|&b| self.program.buffers[b].dtype.is_float()).collect();
+                let inputs: Vec<usize> = ins
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|&b| self.program.buffers[b].dtype.is_float())
+                    .collect();
                 for &b in &inputs {
                     self.device(b)?;
                 }
-                let y = self.stream.alloc_zeros::<f32>(n_out.max(1)).map_err(|e| fail(e.to_string()))?;
+                let y = self
+                    .stream
+                    .alloc_zeros::<f32>(n_out.max(1))
+                    .map_err(|e| fail(e.to_string()))?;
                 // Each memref<Nxf32> parameter is (allocated, aligned, offset, size, stride).
-                let mut sizes: Vec<i64> = inputs.iter().map(|&b| self.shape(b).iter().product::<usize>() as i64).collect();
+                let mut sizes: Vec<i64> = inputs
+                    .iter()
+                    .map(|&b| self.shape(b).iter().product::<usize>() as i64)
+                    .collect();
                 sizes.push(n_out as i64);
                 let (zero, one) = (0i64, 1i64);
-                let devs: Vec<&CudaSlice<f32>> = inputs.iter().map(|&b| self.slots[b].as_ref().and_then(|s| s.dev.as_ref()).expect("uploaded above")).collect();
+                let devs: Vec<&CudaSlice<f32>> = inputs
+                    .iter()
+                    .map(|&b| {
+                        self.slots[b]
+                            .as_ref()
+                            .and_then(|s| s.dev.as_ref())
+                            .expect("uploaded above")
+                    })
+                    .collect();
                 let mut launch = self.stream.launch_builder(&func);
                 for (k, d) in devs.iter().enumerate() {
                     launch.arg(*d).arg(*d).arg(&zero).arg(&sizes[k]).arg(&one);
                 }
-                launch.arg(&y).arg(&y).arg(&zero).arg(&sizes[inputs.len()]).arg(&one);
+                launch
+                    .arg(&y)
+                    .arg(&y)
+                    .arg(&zero)
+                    .arg(&sizes[inputs.len()])
+                    .arg(&one);
                 let blocks = threads.div_ceil(256).max(1) as u32;
-                let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: (blocks, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 // SAFETY: the kernel was generated for exactly these buffer sizes.
                 unsafe { launch.launch(cfg) }.map_err(|e| fail(e.to_string()))?;
                 drop(devs);
                 self.put_dev(out, y, out_shape);
             }
             GpuOp::Route { name, threads } => {
-                let func = self.functions.get(name).ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?.clone();
-                let l = ins.inputs.first().copied().flatten().ok_or_else(|| fail("no logits".into()))?;
+                let func = self
+                    .functions
+                    .get(name)
+                    .ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?
+                    .clone();
+                let l = ins
+                    .inputs
+                    .first()
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| fail("no logits".into()))?;
                 let (w_out, id_out) = (ins.outputs[0], ins.outputs[1]);
-                let shape: Vec<usize> = self.program.buffers[w_out].shape.iter().map(|d| d.unwrap_or(0)).collect();
+                let shape: Vec<usize> = self.program.buffers[w_out]
+                    .shape
+                    .iter()
+                    .map(|d| d.unwrap_or(0))
+                    .collect();
                 let n: usize = shape.iter().product();
                 let nl = self.shape(l).iter().product::<usize>() as i64;
                 self.device(l)?;
-                let (w, ids) = (self.stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| fail(e.to_string()))?, self.stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| fail(e.to_string()))?);
-                let dl = self.slots[l].as_ref().and_then(|s| s.dev.as_ref()).expect("uploaded above");
+                let (w, ids) = (
+                    self.stream
+                        .alloc_zeros::<f32>(n.max(1))
+                        .map_err(|e| fail(e.to_string()))?,
+                    self.stream
+                        .alloc_zeros::<f32>(n.max(1))
+                        .map_err(|e| fail(e.to_string()))?,
+                );
+                let dl = self.slots[l]
+                    .as_ref()
+                    .and_then(|s| s.dev.as_ref())
+                    .expect("uploaded above");
                 let (zero, one, nn) = (0i64, 1i64, n as i64);
                 let mut launch = self.stream.launch_builder(&func);
                 launch.arg(dl).arg(dl).arg(&zero).arg(&nl).arg(&one);
                 launch.arg(&w).arg(&w).arg(&zero).arg(&nn).arg(&one);
                 launch.arg(&ids).arg(&ids).arg(&zero).arg(&nn).arg(&one);
-                let cfg = LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 // SAFETY: the kernel was generated for these sizes.
                 unsafe { launch.launch(cfg) }.map_err(|e| fail(e.to_string()))?;
                 self.put_dev(w_out, w, shape.clone());
                 // The ids are read by the host side of moe.experts: bring them back as integers.
-                let ids_host = self.stream.clone_dtoh(&ids).map_err(|e| fail(e.to_string()))?;
-                self.put_host(id_out, Tensor::i64(shape, ids_host.iter().map(|&v| v as i64).collect()));
+                let ids_host = self
+                    .stream
+                    .clone_dtoh(&ids)
+                    .map_err(|e| fail(e.to_string()))?;
+                self.put_host(
+                    id_out,
+                    Tensor::i64(shape, ids_host.iter().map(|&v| v as i64).collect()),
+                );
             }
             GpuOp::Experts { prefix } => {
                 let prefix = prefix.clone();
@@ -251,7 +424,11 @@ impl Rank<'_> {
             }
             GpuOp::Collective => self.collective(i)?,
             GpuOp::Host => {
-                let args: Vec<Option<Tensor>> = ins.inputs.iter().map(|o| o.map(|b| self.host(b)).transpose()).collect::<Result<_, _>>()?;
+                let args: Vec<Option<Tensor>> = ins
+                    .inputs
+                    .iter()
+                    .map(|o| o.map(|b| self.host(b)).transpose())
+                    .collect::<Result<_, _>>()?;
                 let refs: Vec<Option<&Tensor>> = args.iter().map(Option::as_ref).collect();
                 let outs = kernels::execute(&ins.op, &refs, ins.outputs.len()).map_err(&fail)?;
                 for (&o, t) in ins.outputs.iter().zip(outs) {
@@ -266,7 +443,11 @@ impl Rank<'_> {
 /// Runs this process's rank of a bundle compiled with `--target cuda`: rank 0 on GPU 0 when the
 /// bundle has one rank, else the rank `dist` names on its local GPU, its collectives through
 /// NCCL. Returns the rank's outputs (none on ranks before the last pipeline stage).
-pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Result<Vec<Tensor>, RuntimeError> {
+pub fn run_bundle(
+    bundle: &Bundle,
+    inputs: &[Tensor],
+    dist: Option<&Dist>,
+) -> Result<Vec<Tensor>, RuntimeError> {
     available().map_err(backend_err)?;
     let m = &bundle.manifest;
     let (rank, world, gpu) = dist.map_or((0, 1, 0), |d| (d.rank, d.world, d.local_rank));
@@ -278,35 +459,65 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Re
             m.programs.len()
         )));
     }
-    let idx = m.programs.iter().position(|p| p.rank == rank).ok_or_else(|| backend_err(format!("the bundle has no program for rank {rank}")))?;
+    let idx = m
+        .programs
+        .iter()
+        .position(|p| p.rank == rank)
+        .ok_or_else(|| backend_err(format!("the bundle has no program for rank {rank}")))?;
     let (program, weights) = (&m.programs[idx], &bundle.weights[idx]);
     if program.gpu.len() != program.instructions.len() {
-        return Err(backend_err("the bundle was compiled for the CPU: compile it with --target cuda"));
+        return Err(backend_err(
+            "the bundle was compiled for the CPU: compile it with --target cuda",
+        ));
     }
     let gpus = CudaContext::device_count().map_err(|e| backend_err(e.to_string()))? as usize;
     if gpu >= gpus {
-        return Err(backend_err(format!("rank {rank} wants GPU {gpu} (its local rank) but this machine has {gpus}")));
+        return Err(backend_err(format!(
+            "rank {rank} wants GPU {gpu} (its local rank) but this machine has {gpus}"
+        )));
     }
-    let ctx = CudaContext::new(gpu).map_err(|e| backend_err(format!("cannot open GPU {gpu}: {e}")))?;
+    let ctx =
+        CudaContext::new(gpu).map_err(|e| backend_err(format!("cannot open GPU {gpu}: {e}")))?;
     let comms = match dist {
-        Some(d) => Some(comm::Comms::connect(d, &m.programs).map_err(|e| backend_err(format!("rank {rank}: {e}")))?),
+        Some(d) => Some(
+            comm::Comms::connect(d, &m.programs)
+                .map_err(|e| backend_err(format!("rank {rank}: {e}")))?,
+        ),
         None => None,
     };
     let stream = ctx.default_stream();
-    let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
+    let blas = cudarc::cublas::CudaBlas::new(stream.clone())
+        .map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
     let functions = load_kernels(bundle, &ctx, program)?;
-    let mut rank = Rank { stream: stream.clone(), blas, functions, program, slots: (0..program.buffers.len()).map(|_| None).collect(), comms: comms.as_ref(), microbatch: 0, grouped_refused: Default::default() };
+    let mut rank = Rank {
+        stream: stream.clone(),
+        blas,
+        functions,
+        program,
+        slots: (0..program.buffers.len()).map(|_| None).collect(),
+        comms: comms.as_ref(),
+        microbatch: 0,
+        grouped_refused: Default::default(),
+    };
     // bf16 weights that feed GEMMs go to the device as bf16 (half the memory, tensor cores);
     // an f32 copy is made only if some other kernel reads them too.
     let gemm_weights = gemm_weight_operands(program);
     let bf16_gemms = rank.functions.contains_key(crate::program::TO_BF16_KERNEL);
     for (id, b) in program.buffers.iter().enumerate() {
         if b.kind == BufferKind::Weight {
-            let w = weights.get(&b.name).ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
+            let w = weights
+                .get(&b.name)
+                .ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
             rank.put_host(id, w.clone());
             if w.dtype == DType::BF16 && bf16_gemms && gemm_weights.contains(&id) {
-                let bits: Vec<u16> = w.to_f32().iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
-                let d16 = stream.clone_htod(&bits).map_err(|e| backend_err(e.to_string()))?;
+                let bits: Vec<u16> = w
+                    .to_f32()
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect();
+                let d16 = stream
+                    .clone_htod(&bits)
+                    .map_err(|e| backend_err(e.to_string()))?;
                 if let Some(slot) = rank.slots[id].as_mut() {
                     slot.dev16 = Some(d16);
                 }
@@ -316,7 +527,10 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Re
         }
     }
     let mut outs = Vec::new();
-    for (mb, piece) in crate::microbatch::split_inputs(m, inputs)?.iter().enumerate() {
+    for (mb, piece) in crate::microbatch::split_inputs(m, inputs)?
+        .iter()
+        .enumerate()
+    {
         rank.microbatch = mb as u64;
         // Everything but the weights starts empty in each microbatch.
         for (slot, b) in rank.slots.iter_mut().zip(&program.buffers) {
@@ -334,8 +548,16 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor], dist: Option<&Dist>) -> Re
         for (i, how) in program.gpu.iter().enumerate() {
             rank.step(i, how)?;
         }
-        stream.synchronize().map_err(|e| backend_err(e.to_string()))?;
-        outs.push(program.outputs.iter().map(|&o| rank.host(o)).collect::<Result<Vec<_>, _>>()?);
+        stream
+            .synchronize()
+            .map_err(|e| backend_err(e.to_string()))?;
+        outs.push(
+            program
+                .outputs
+                .iter()
+                .map(|&o| rank.host(o))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
     }
     drop(rank);
     drop(comms);
@@ -352,24 +574,45 @@ fn gemm_weight_operands(program: &Program) -> std::collections::HashSet<usize> {
             GpuOp::Experts { .. } => &[3, 4],
             _ => &[],
         };
-        set.extend(picks.iter().filter_map(|&k| ins.inputs.get(k).copied().flatten()).filter(|&b| program.buffers[b].kind == BufferKind::Weight));
+        set.extend(
+            picks
+                .iter()
+                .filter_map(|&k| ins.inputs.get(k).copied().flatten())
+                .filter(|&b| program.buffers[b].kind == BufferKind::Weight),
+        );
     }
     set
 }
 
 /// Loads the rank's PTX and looks up every kernel its plan launches.
-fn load_kernels(bundle: &Bundle, ctx: &Arc<CudaContext>, program: &Program) -> Result<HashMap<String, cudarc::driver::CudaFunction>, RuntimeError> {
+fn load_kernels(
+    bundle: &Bundle,
+    ctx: &Arc<CudaContext>,
+    program: &Program,
+) -> Result<HashMap<String, cudarc::driver::CudaFunction>, RuntimeError> {
     let mut functions = HashMap::new();
-    let Some(file) = &program.ptx_file else { return Ok(functions) };
-    let ptx = std::fs::read_to_string(bundle.dir.join(file)).map_err(|cause| RuntimeError::Io { path: file.clone(), cause })?;
-    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
+    let Some(file) = &program.ptx_file else {
+        return Ok(functions);
+    };
+    let ptx = std::fs::read_to_string(bundle.dir.join(file)).map_err(|cause| RuntimeError::Io {
+        path: file.clone(),
+        cause,
+    })?;
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+        .map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
     let names = program.gpu.iter().flat_map(|op| match op {
         GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
-        GpuOp::Experts { prefix } => ["gather", "act", "combine"].iter().map(|s| format!("{prefix}_{s}")).collect(),
+        GpuOp::Experts { prefix } => ["gather", "act", "combine"]
+            .iter()
+            .map(|s| format!("{prefix}_{s}"))
+            .collect(),
         _ => vec![],
     });
     for name in names {
-        let f = module.load_function(&name).map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
+        let f = module
+            .load_function(&name)
+            .map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
         functions.insert(name, f);
     }
     // Present only where the weights are bf16.

@@ -34,12 +34,28 @@ pub struct Nccl {
     pub path: String,
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> Result_,
     comm_init_rank: unsafe extern "C" fn(*mut CommHandle, c_int, UniqueId, c_int) -> Result_,
-    comm_split: unsafe extern "C" fn(CommHandle, c_int, c_int, *mut CommHandle, *mut c_void) -> Result_,
+    comm_split:
+        unsafe extern "C" fn(CommHandle, c_int, c_int, *mut CommHandle, *mut c_void) -> Result_,
     comm_destroy: unsafe extern "C" fn(CommHandle) -> Result_,
     get_error_string: unsafe extern "C" fn(Result_) -> *const c_char,
     get_version: unsafe extern "C" fn(*mut c_int) -> Result_,
-    all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, CommHandle, Stream) -> Result_,
-    all_gather: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, CommHandle, Stream) -> Result_,
+    all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        CommHandle,
+        Stream,
+    ) -> Result_,
+    all_gather: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        CommHandle,
+        Stream,
+    ) -> Result_,
     send: unsafe extern "C" fn(*const c_void, usize, c_int, c_int, CommHandle, Stream) -> Result_,
     recv: unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, CommHandle, Stream) -> Result_,
     group_start: unsafe extern "C" fn() -> Result_,
@@ -55,7 +71,13 @@ unsafe impl Sync for Nccl {}
 /// then the usual install folders, by full path.
 fn candidates() -> Vec<String> {
     let mut c: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
-    for dir in ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/cuda/lib64", "/usr/local/nccl/lib"] {
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/cuda/lib64",
+        "/usr/local/nccl/lib",
+    ] {
         for n in NAMES {
             c.push(PathBuf::from(dir).join(n).display().to_string());
         }
@@ -79,7 +101,12 @@ fn load() -> Result<Nccl, String> {
     macro_rules! sym {
         ($name:literal) => {
             // SAFETY: the symbol's type is NCCL's documented C signature for that name.
-            *unsafe { lib.get($name.as_bytes()) }.map_err(|e| format!("{path}: has no {} ({e}); NCCL 2.18 or newer is needed", $name))?
+            *unsafe { lib.get($name.as_bytes()) }.map_err(|e| {
+                format!(
+                    "{path}: has no {} ({e}); NCCL 2.18 or newer is needed",
+                    $name
+                )
+            })?
         };
     }
     Ok(Nccl {
@@ -106,7 +133,9 @@ impl Nccl {
             return Ok(());
         }
         // SAFETY: NCCL returns a static string for every result code.
-        let msg = unsafe { CStr::from_ptr((self.get_error_string)(r)) }.to_string_lossy().into_owned();
+        let msg = unsafe { CStr::from_ptr((self.get_error_string)(r)) }
+            .to_string_lossy()
+            .into_owned();
         Err(format!("{what}: NCCL error {r}: {msg}"))
     }
 
@@ -119,7 +148,9 @@ impl Nccl {
     }
 
     pub fn unique_id(&self) -> Result<[u8; UNIQUE_ID_BYTES], String> {
-        let mut id = UniqueId { internal: [0; UNIQUE_ID_BYTES] };
+        let mut id = UniqueId {
+            internal: [0; UNIQUE_ID_BYTES],
+        };
         // SAFETY: writes the 128-byte struct.
         self.check("ncclGetUniqueId", unsafe { (self.get_unique_id)(&mut id) })?;
         Ok(id.internal)
@@ -127,26 +158,49 @@ impl Nccl {
 
     /// The world communicator; every rank calls this with the same id (the current CUDA context
     /// decides the GPU).
-    pub fn init_rank(&self, world: usize, id: [u8; UNIQUE_ID_BYTES], rank: usize) -> Result<CommHandle, String> {
+    pub fn init_rank(
+        &self,
+        world: usize,
+        id: [u8; UNIQUE_ID_BYTES],
+        rank: usize,
+    ) -> Result<CommHandle, String> {
         let mut comm = std::ptr::null_mut();
         // SAFETY: `comm` receives the handle.
-        self.check("ncclCommInitRank", unsafe { (self.comm_init_rank)(&mut comm, world as c_int, UniqueId { internal: id }, rank as c_int) })?;
+        self.check("ncclCommInitRank", unsafe {
+            (self.comm_init_rank)(
+                &mut comm,
+                world as c_int,
+                UniqueId { internal: id },
+                rank as c_int,
+            )
+        })?;
         Ok(comm)
     }
 
     /// A sub-communicator: collective over `parent`; ranks with `key = None` stay out of it.
-    pub fn split(&self, parent: CommHandle, member_key: Option<usize>) -> Result<Option<CommHandle>, String> {
+    ///
+    /// # Safety
+    /// `parent` must be a live communicator made by this library.
+    pub unsafe fn split(
+        &self,
+        parent: CommHandle,
+        member_key: Option<usize>,
+    ) -> Result<Option<CommHandle>, String> {
         let mut comm = std::ptr::null_mut();
         let (color, key) = match member_key {
             Some(k) => (0, k as c_int),
             None => (NCCL_SPLIT_NOCOLOR, 0),
         };
         // SAFETY: `comm` receives the handle (or null for NOCOLOR); a null config means defaults.
-        self.check("ncclCommSplit", unsafe { (self.comm_split)(parent, color, key, &mut comm, std::ptr::null_mut()) })?;
+        self.check("ncclCommSplit", unsafe {
+            (self.comm_split)(parent, color, key, &mut comm, std::ptr::null_mut())
+        })?;
         Ok(member_key.map(|_| comm))
     }
 
-    pub fn destroy(&self, comm: CommHandle) {
+    /// # Safety
+    /// `comm` must be a live communicator made by this library, destroyed only here, once.
+    pub unsafe fn destroy(&self, comm: CommHandle) {
         // SAFETY: each handle is destroyed once, by its owner.
         let _ = unsafe { (self.comm_destroy)(comm) };
     }
@@ -155,26 +209,70 @@ impl Nccl {
     ///
     /// # Safety
     /// Both pointers are device buffers of at least `count` elements, valid until `stream` passes.
-    pub unsafe fn all_reduce_sum(&self, send: u64, recv: u64, count: usize, dtype: c_int, comm: CommHandle, stream: Stream) -> Result<(), String> {
-        self.check("ncclAllReduce", (self.all_reduce)(send as _, recv as _, count, dtype, NCCL_SUM, comm, stream))
+    pub unsafe fn all_reduce_sum(
+        &self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        dtype: c_int,
+        comm: CommHandle,
+        stream: Stream,
+    ) -> Result<(), String> {
+        self.check(
+            "ncclAllReduce",
+            (self.all_reduce)(send as _, recv as _, count, dtype, NCCL_SUM, comm, stream),
+        )
     }
 
     /// # Safety
     /// `send` holds `count` elements, `recv` `count` × the communicator's size.
-    pub unsafe fn all_gather(&self, send: u64, recv: u64, count: usize, dtype: c_int, comm: CommHandle, stream: Stream) -> Result<(), String> {
-        self.check("ncclAllGather", (self.all_gather)(send as _, recv as _, count, dtype, comm, stream))
+    pub unsafe fn all_gather(
+        &self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        dtype: c_int,
+        comm: CommHandle,
+        stream: Stream,
+    ) -> Result<(), String> {
+        self.check(
+            "ncclAllGather",
+            (self.all_gather)(send as _, recv as _, count, dtype, comm, stream),
+        )
     }
 
     /// # Safety
     /// `buf` holds `count` elements.
-    pub unsafe fn send(&self, buf: u64, count: usize, dtype: c_int, peer: usize, comm: CommHandle, stream: Stream) -> Result<(), String> {
-        self.check("ncclSend", (self.send)(buf as _, count, dtype, peer as c_int, comm, stream))
+    pub unsafe fn send(
+        &self,
+        buf: u64,
+        count: usize,
+        dtype: c_int,
+        peer: usize,
+        comm: CommHandle,
+        stream: Stream,
+    ) -> Result<(), String> {
+        self.check(
+            "ncclSend",
+            (self.send)(buf as _, count, dtype, peer as c_int, comm, stream),
+        )
     }
 
     /// # Safety
     /// `buf` holds `count` elements.
-    pub unsafe fn recv(&self, buf: u64, count: usize, dtype: c_int, peer: usize, comm: CommHandle, stream: Stream) -> Result<(), String> {
-        self.check("ncclRecv", (self.recv)(buf as _, count, dtype, peer as c_int, comm, stream))
+    pub unsafe fn recv(
+        &self,
+        buf: u64,
+        count: usize,
+        dtype: c_int,
+        peer: usize,
+        comm: CommHandle,
+        stream: Stream,
+    ) -> Result<(), String> {
+        self.check(
+            "ncclRecv",
+            (self.recv)(buf as _, count, dtype, peer as c_int, comm, stream),
+        )
     }
 
     pub fn group_start(&self) -> Result<(), String> {
@@ -197,7 +295,10 @@ mod tests {
             Ok(n) => assert!(n.version().unwrap().starts_with("2."), "{}", n.path),
             // One without: the library named, and where it was looked for.
             Err(e) => {
-                assert!(e.contains("libnccl.so.2") && e.contains("LD_LIBRARY_PATH"), "{e}");
+                assert!(
+                    e.contains("libnccl.so.2") && e.contains("LD_LIBRARY_PATH"),
+                    "{e}"
+                );
                 assert!(e.contains("/usr/lib/x86_64-linux-gnu/libnccl.so.2"), "{e}");
             }
         }

@@ -6,7 +6,7 @@ use crate::tensor::{DType, Data, Tensor};
 
 pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
     let shape = x.shape.clone();
-    Ok(match (&x.data, f) {
+    Ok(match (&*x.data, f) {
         (Data::Bool(v), UnaryFn::Not) => Tensor::bool(shape, v.iter().map(|b| !b).collect()),
         (Data::I64(v), _) => {
             let g = |a: i64| -> KResult<i64> {
@@ -36,9 +36,19 @@ pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
                 UnaryFn::Cos => f32::cos,
                 UnaryFn::Floor => f32::floor,
                 UnaryFn::Ceil => f32::ceil,
-                UnaryFn::Sign => |a| if a > 0.0 { 1.0 } else if a < 0.0 { -1.0 } else { 0.0 },
+                UnaryFn::Sign => |a| {
+                    if a > 0.0 {
+                        1.0
+                    } else if a < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    }
+                },
                 UnaryFn::Gelu => |a| 0.5 * a * (1.0 + libm::erff(a / std::f32::consts::SQRT_2)),
-                UnaryFn::GeluTanh => |a| 0.5 * a * (1.0 + (0.797_884_6 * (a + 0.044715 * a * a * a)).tanh()),
+                UnaryFn::GeluTanh => {
+                    |a| 0.5 * a * (1.0 + (0.797_884_6 * (a + 0.044715 * a * a * a)).tanh())
+                }
                 UnaryFn::Not => return Err("Not of a float tensor".into()),
             };
             Tensor::f32(shape, v.iter().map(|&a| g(a)).collect()).with_dtype(x.dtype)
@@ -48,17 +58,32 @@ pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
 }
 
 fn is_compare(f: BinaryFn) -> bool {
-    matches!(f, BinaryFn::Equal | BinaryFn::Less | BinaryFn::Greater | BinaryFn::LessOrEqual | BinaryFn::GreaterOrEqual)
+    matches!(
+        f,
+        BinaryFn::Equal
+            | BinaryFn::Less
+            | BinaryFn::Greater
+            | BinaryFn::LessOrEqual
+            | BinaryFn::GreaterOrEqual
+    )
 }
 
 pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     let shape = broadcast_shape(&a.shape, &b.shape)?;
-    let (ia, ib) = (broadcast_map(&a.shape, &shape), broadcast_map(&b.shape, &shape));
+    let (ia, ib) = (
+        broadcast_map(&a.shape, &shape),
+        broadcast_map(&b.shape, &shape),
+    );
     let pairs = ia.iter().zip(&ib);
-    Ok(match (&a.data, &b.data) {
+    Ok(match (&*a.data, &*b.data) {
         (Data::F32(x), Data::F32(y)) => {
             if is_compare(f) {
-                Tensor::bool(shape, pairs.map(|(&i, &j)| cmp(f, x[i].partial_cmp(&y[j]))).collect())
+                Tensor::bool(
+                    shape,
+                    pairs
+                        .map(|(&i, &j)| cmp(f, x[i].partial_cmp(&y[j])))
+                        .collect(),
+                )
             } else {
                 let g: fn(f32, f32) -> f32 = match f {
                     BinaryFn::Add => |p, q| p + q,
@@ -71,12 +96,18 @@ pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
                     BinaryFn::Mod => |p, q| p % q,
                     _ => return Err(format!("{f:?} of float tensors")),
                 };
-                Tensor::f32(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect()).with_dtype(a.dtype)
+                Tensor::f32(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect())
+                    .with_dtype(a.dtype)
             }
         }
         (Data::I64(x), Data::I64(y)) => {
             if is_compare(f) {
-                Tensor::bool(shape, pairs.map(|(&i, &j)| cmp(f, Some(x[i].cmp(&y[j])))).collect())
+                Tensor::bool(
+                    shape,
+                    pairs
+                        .map(|(&i, &j)| cmp(f, Some(x[i].cmp(&y[j]))))
+                        .collect(),
+                )
             } else {
                 let g = |p: i64, q: i64| -> KResult<i64> {
                     Ok(match f {
@@ -85,7 +116,9 @@ pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
                         BinaryFn::Mul => p.wrapping_mul(q),
                         // ONNX integer Div truncates toward zero, as C does.
                         BinaryFn::Div if q != 0 => p / q,
-                        BinaryFn::Div | BinaryFn::Mod if q == 0 => return Err("integer division by zero".into()),
+                        BinaryFn::Div | BinaryFn::Mod if q == 0 => {
+                            return Err("integer division by zero".into())
+                        }
                         // fmod = 0: the sign follows the divisor, as in Python.
                         BinaryFn::Mod => ((p % q) + q) % q,
                         BinaryFn::Pow => p.pow(q.max(0) as u32),
@@ -94,7 +127,13 @@ pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
                         _ => return Err(format!("{f:?} of integer tensors")),
                     })
                 };
-                Tensor::i64(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect::<KResult<_>>()?).with_dtype(a.dtype)
+                Tensor::i64(
+                    shape,
+                    pairs
+                        .map(|(&i, &j)| g(x[i], y[j]))
+                        .collect::<KResult<_>>()?,
+                )
+                .with_dtype(a.dtype)
             }
         }
         (Data::Bool(x), Data::Bool(y)) => {
@@ -107,12 +146,25 @@ pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
                     _ => return Err(format!("{f:?} of bool tensors")),
                 })
             };
-            Tensor::bool(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect::<KResult<_>>()?)
+            Tensor::bool(
+                shape,
+                pairs
+                    .map(|(&i, &j)| g(x[i], y[j]))
+                    .collect::<KResult<_>>()?,
+            )
         }
-        (Data::F32(x), Data::I64(y)) if f == BinaryFn::Pow => {
-            Tensor::f32(shape, pairs.map(|(&i, &j)| pow_f32(x[i], y[j] as f32)).collect()).with_dtype(a.dtype)
+        (Data::F32(x), Data::I64(y)) if f == BinaryFn::Pow => Tensor::f32(
+            shape,
+            pairs.map(|(&i, &j)| pow_f32(x[i], y[j] as f32)).collect(),
+        )
+        .with_dtype(a.dtype),
+        _ => {
+            return Err(format!(
+                "{f:?} of {} and {} tensors",
+                a.dtype.name(),
+                b.dtype.name()
+            ))
         }
-        _ => return Err(format!("{f:?} of {} and {} tensors", a.dtype.name(), b.dtype.name())),
     })
 }
 
@@ -144,13 +196,32 @@ fn cmp(f: BinaryFn, o: Option<std::cmp::Ordering>) -> bool {
 
 pub fn where_(c: &Tensor, x: &Tensor, y: &Tensor) -> KResult<Tensor> {
     let shape = broadcast_shape(&broadcast_shape(&c.shape, &x.shape)?, &y.shape)?;
-    let (ic, ix, iy) = (broadcast_map(&c.shape, &shape), broadcast_map(&x.shape, &shape), broadcast_map(&y.shape, &shape));
+    let (ic, ix, iy) = (
+        broadcast_map(&c.shape, &shape),
+        broadcast_map(&x.shape, &shape),
+        broadcast_map(&y.shape, &shape),
+    );
     let cond: Vec<bool> = c.to_i64().iter().map(|&v| v != 0).collect();
     let n = shape.iter().product::<usize>();
-    Ok(match (&x.data, &y.data) {
-        (Data::F32(a), Data::F32(b)) => Tensor::f32(shape, (0..n).map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] }).collect()),
-        (Data::I64(a), Data::I64(b)) => Tensor::i64(shape, (0..n).map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] }).collect()),
-        (Data::Bool(a), Data::Bool(b)) => Tensor::bool(shape, (0..n).map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] }).collect()),
+    Ok(match (&*x.data, &*y.data) {
+        (Data::F32(a), Data::F32(b)) => Tensor::f32(
+            shape,
+            (0..n)
+                .map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] })
+                .collect(),
+        ),
+        (Data::I64(a), Data::I64(b)) => Tensor::i64(
+            shape,
+            (0..n)
+                .map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] })
+                .collect(),
+        ),
+        (Data::Bool(a), Data::Bool(b)) => Tensor::bool(
+            shape,
+            (0..n)
+                .map(|k| if cond[ic[k]] { a[ix[k]] } else { b[iy[k]] })
+                .collect(),
+        ),
         _ => return Err("Where of tensors of different types".into()),
     }
     .with_dtype(x.dtype))
@@ -166,12 +237,15 @@ pub fn cast(x: &Tensor, to: DType) -> Tensor {
         // Narrow float types round through their own precision.
         let v = match to {
             DType::F16 => v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect(),
-            DType::BF16 => v.iter().map(|&a| half::bf16::from_f32(a).to_f32()).collect(),
+            DType::BF16 => v
+                .iter()
+                .map(|&a| half::bf16::from_f32(a).to_f32())
+                .collect(),
             _ => v,
         };
         return Tensor::f32(shape, v).with_dtype(to);
     }
-    let v: Vec<i64> = match &x.data {
+    let v: Vec<i64> = match &*x.data {
         Data::F32(f) => f.iter().map(|&a| a.trunc() as i64).collect(),
         _ => x.to_i64(),
     };

@@ -7,7 +7,9 @@ use crate::tensor::{numel, strides, Data, Tensor};
 fn wrap(i: i64, d: usize) -> KResult<usize> {
     let v = if i < 0 { i + d as i64 } else { i };
     if v < 0 || v >= d as i64 {
-        return Err(format!("index {i} is out of range for a dimension of size {d}"));
+        return Err(format!(
+            "index {i} is out of range for a dimension of size {d}"
+        ));
     }
     Ok(v as usize)
 }
@@ -15,7 +17,11 @@ fn wrap(i: i64, d: usize) -> KResult<usize> {
 pub fn gather(x: &Tensor, idx: &Tensor, ax: i64) -> KResult<Tensor> {
     let a = axis(ax, x.shape.len())?;
     let (outer, len, inner) = (numel(&x.shape[..a]), x.shape[a], numel(&x.shape[a + 1..]));
-    let ids: Vec<usize> = idx.to_i64().iter().map(|&i| wrap(i, len)).collect::<KResult<_>>()?;
+    let ids: Vec<usize> = idx
+        .to_i64()
+        .iter()
+        .map(|&i| wrap(i, len))
+        .collect::<KResult<_>>()?;
     let mut shape = x.shape[..a].to_vec();
     shape.extend(&idx.shape);
     shape.extend(&x.shape[a + 1..]);
@@ -56,9 +62,15 @@ pub fn gather_elements(x: &Tensor, idx: &Tensor, ax: i64) -> KResult<Tensor> {
 }
 
 pub fn gather_nd(x: &Tensor, idx: &Tensor, b: usize) -> KResult<Tensor> {
-    let k = *idx.shape.last().ok_or("GatherND indices must have rank >= 1")?;
+    let k = *idx
+        .shape
+        .last()
+        .ok_or("GatherND indices must have rank >= 1")?;
     if b + k > x.shape.len() || b > 0 && x.shape[..b] != idx.shape[..b] {
-        return Err(format!("GatherND of data {:?} with indices {:?} (batch_dims {b})", x.shape, idx.shape));
+        return Err(format!(
+            "GatherND of data {:?} with indices {:?} (batch_dims {b})",
+            x.shape, idx.shape
+        ));
     }
     let slice = numel(&x.shape[b + k..]);
     let xs = strides(&x.shape);
@@ -92,7 +104,7 @@ fn scatter_into<T: Copy>(o: &mut [T], u: &[T], targets: &[usize], combine: impl 
 /// Applies `updates[u]` to `out[target(u)]` with the reduction (float, int and bool storages).
 fn scatter(data: &Tensor, updates: &Tensor, targets: &[usize], r: Reduction) -> KResult<Tensor> {
     let mut out = data.clone();
-    match (&mut out.data, &updates.data) {
+    match (std::sync::Arc::make_mut(&mut out.data), &*updates.data) {
         (Data::F32(o), Data::F32(u)) => scatter_into(o, u, targets, |a, v| match r {
             Reduction::None => v,
             Reduction::Add => a + v,
@@ -107,20 +119,28 @@ fn scatter(data: &Tensor, updates: &Tensor, targets: &[usize], r: Reduction) -> 
             Reduction::Max => a.max(v),
             Reduction::Min => a.min(v),
         }),
-        (Data::Bool(o), Data::Bool(u)) if r == Reduction::None => scatter_into(o, u, targets, |_, v| v),
+        (Data::Bool(o), Data::Bool(u)) if r == Reduction::None => {
+            scatter_into(o, u, targets, |_, v| v)
+        }
         _ => return Err("scatter of updates whose type differs from the data's".into()),
     }
     Ok(out)
 }
 
 pub fn scatter_nd(data: &Tensor, idx: &Tensor, updates: &Tensor, r: Reduction) -> KResult<Tensor> {
-    let k = *idx.shape.last().ok_or("ScatterND indices must have rank >= 1")?;
+    let k = *idx
+        .shape
+        .last()
+        .ok_or("ScatterND indices must have rank >= 1")?;
     let slice = numel(&data.shape[k..]);
     let ds = strides(&data.shape);
     let ids = idx.to_i64();
     let n = numel(&idx.shape[..idx.shape.len() - 1]);
     if updates.len() != n * slice {
-        return Err(format!("ScatterND updates {:?} do not match indices {:?} and data {:?}", updates.shape, idx.shape, data.shape));
+        return Err(format!(
+            "ScatterND updates {:?} do not match indices {:?} and data {:?}",
+            updates.shape, idx.shape, data.shape
+        ));
     }
     let mut targets = Vec::with_capacity(n * slice);
     for j in 0..n {
@@ -133,10 +153,18 @@ pub fn scatter_nd(data: &Tensor, idx: &Tensor, updates: &Tensor, r: Reduction) -
     scatter(data, updates, &targets, r)
 }
 
-pub fn scatter_elements(data: &Tensor, idx: &Tensor, updates: &Tensor, ax: i64, r: Reduction) -> KResult<Tensor> {
+pub fn scatter_elements(
+    data: &Tensor,
+    idx: &Tensor,
+    updates: &Tensor,
+    ax: i64,
+    r: Reduction,
+) -> KResult<Tensor> {
     let a = axis(ax, data.shape.len())?;
     if idx.shape != updates.shape || idx.shape.len() != data.shape.len() {
-        return Err("ScatterElements indices and updates must share a shape of the data's rank".into());
+        return Err(
+            "ScatterElements indices and updates must share a shape of the data's rank".into(),
+        );
     }
     let targets = element_offsets(&data.shape, idx, a)?;
     scatter(data, updates, &targets, r)
@@ -163,8 +191,14 @@ pub fn topk(x: &Tensor, k: &Tensor, ax: i64, largest: bool) -> KResult<Vec<Tenso
             order.clear();
             order.extend(0..len);
             order.sort_by(|&p, &q| {
-                let c = at(p).partial_cmp(&at(q)).unwrap_or(std::cmp::Ordering::Equal);
-                if largest { c.reverse() } else { c }
+                let c = at(p)
+                    .partial_cmp(&at(q))
+                    .unwrap_or(std::cmp::Ordering::Equal);
+                if largest {
+                    c.reverse()
+                } else {
+                    c
+                }
             });
             for (j, &src) in order.iter().take(k).enumerate() {
                 res[o * k * inner + j * inner + i] = (at(src), src as i64);
@@ -175,9 +209,11 @@ pub fn topk(x: &Tensor, k: &Tensor, ax: i64, largest: bool) -> KResult<Vec<Tenso
         vals.push(val);
         ids.push(id);
     }
-    let values = match x.data {
+    let values = match *x.data {
         Data::F32(_) => Tensor::f32(shape.clone(), vals).with_dtype(x.dtype),
-        _ => Tensor::i64(shape.clone(), vals.iter().map(|&f| f as i64).collect()).with_dtype(x.dtype),
+        _ => {
+            Tensor::i64(shape.clone(), vals.iter().map(|&f| f as i64).collect()).with_dtype(x.dtype)
+        }
     };
     Ok(vec![values, Tensor::i64(shape, ids)])
 }
@@ -216,26 +252,50 @@ pub fn trilu(x: &Tensor, k: Option<&Tensor>, upper: bool) -> KResult<Tensor> {
     if r < 2 {
         return Err("Trilu needs rank >= 2".into());
     }
-    let k = k.map(|t| t.to_i64().first().copied().unwrap_or(0)).unwrap_or(0);
+    let k = k
+        .map(|t| t.to_i64().first().copied().unwrap_or(0))
+        .unwrap_or(0);
     let (rows, cols) = (x.shape[r - 2], x.shape[r - 1]);
     let keep: Vec<bool> = (0..x.len())
         .map(|f| {
             let (i, j) = (((f / cols) % rows) as i64, (f % cols) as i64);
-            if upper { j - i >= k } else { j - i <= k }
+            if upper {
+                j - i >= k
+            } else {
+                j - i <= k
+            }
         })
         .collect();
     let mut out = x.clone();
-    match &mut out.data {
-        Data::F32(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| if !kp { *a = 0.0 }),
-        Data::I64(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| if !kp { *a = 0 }),
-        Data::Bool(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| if !kp { *a = false }),
+    match std::sync::Arc::make_mut(&mut out.data) {
+        Data::F32(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| {
+            if !kp {
+                *a = 0.0
+            }
+        }),
+        Data::I64(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| {
+            if !kp {
+                *a = 0
+            }
+        }),
+        Data::Bool(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| {
+            if !kp {
+                *a = false
+            }
+        }),
     }
     Ok(out)
 }
 
 pub fn nonzero(x: &Tensor) -> Tensor {
     let xs = strides(&x.shape);
-    let nz: Vec<usize> = x.to_f32().iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, _)| i).collect();
+    let nz: Vec<usize> = x
+        .to_f32()
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v != 0.0)
+        .map(|(i, _)| i)
+        .collect();
     let r = x.shape.len();
     let mut out = vec![0i64; r * nz.len()];
     for (j, &flat) in nz.iter().enumerate() {
@@ -255,14 +315,27 @@ mod tests {
         // ONNX GatherElements, axis 1: data [[1,2],[3,4]], indices [[0,0],[1,0]] -> [[1,1],[4,3]].
         let data = Tensor::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
         let idx = Tensor::i64(vec![2, 2], vec![0, 0, 1, 0]);
-        assert_eq!(gather_elements(&data, &idx, 1).unwrap().to_f32(), vec![1.0, 1.0, 4.0, 3.0]);
+        assert_eq!(
+            gather_elements(&data, &idx, 1).unwrap().to_f32(),
+            vec![1.0, 1.0, 4.0, 3.0]
+        );
         // ONNX ScatterElements, axis 1: data [[1,2,3,4,5]], indices [[1,3]], updates [[1.1,2.1]]
         // -> [[1,1.1,3,2.1,5]]; with reduction add, the updates add to what is there.
         let data = Tensor::f32(vec![1, 5], vec![1.0, 2.0, 3.0, 4.0, 5.0]);
         let idx = Tensor::i64(vec![1, 2], vec![1, 3]);
         let upd = Tensor::f32(vec![1, 2], vec![1.1, 2.1]);
-        assert_eq!(scatter_elements(&data, &idx, &upd, 1, Reduction::None).unwrap().to_f32(), vec![1.0, 1.1, 3.0, 2.1, 5.0]);
-        assert_eq!(scatter_elements(&data, &idx, &upd, 1, Reduction::Add).unwrap().to_f32(), vec![1.0, 3.1, 3.0, 6.1, 5.0]);
+        assert_eq!(
+            scatter_elements(&data, &idx, &upd, 1, Reduction::None)
+                .unwrap()
+                .to_f32(),
+            vec![1.0, 1.1, 3.0, 2.1, 5.0]
+        );
+        assert_eq!(
+            scatter_elements(&data, &idx, &upd, 1, Reduction::Add)
+                .unwrap()
+                .to_f32(),
+            vec![1.0, 3.1, 3.0, 6.1, 5.0]
+        );
         // A negative index counts from the end; one out of range is an error.
         let neg = Tensor::i64(vec![1, 1], vec![-1]);
         assert_eq!(gather_elements(&data, &neg, 1).unwrap().to_f32(), vec![5.0]);

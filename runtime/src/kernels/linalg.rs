@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 /// Rounds to bf16 (nearest even) and back: what a bf16 GEMM does to its f32 operand.
 pub fn round_bf16(v: &mut [f32]) {
-    v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+    v.iter_mut()
+        .for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
 }
 
 /// A · B in f32. With a bf16 B (a weight stored bf16) A is rounded to bf16 first, as the GPU's
@@ -20,12 +21,23 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
         return Err("MatMul of a scalar".into());
     }
     // 1-D operands become matrices, and the added dimension is dropped from the result.
-    let a_sh: Vec<usize> = if a.shape.len() == 1 { vec![1, a.shape[0]] } else { a.shape.clone() };
-    let b_sh: Vec<usize> = if b.shape.len() == 1 { vec![b.shape[0], 1] } else { b.shape.clone() };
+    let a_sh: Vec<usize> = if a.shape.len() == 1 {
+        vec![1, a.shape[0]]
+    } else {
+        a.shape.clone()
+    };
+    let b_sh: Vec<usize> = if b.shape.len() == 1 {
+        vec![b.shape[0], 1]
+    } else {
+        b.shape.clone()
+    };
     let (m, k) = (a_sh[a_sh.len() - 2], a_sh[a_sh.len() - 1]);
     let (k2, n) = (b_sh[b_sh.len() - 2], b_sh[b_sh.len() - 1]);
     if k != k2 {
-        return Err(format!("MatMul of {:?} and {:?}: contraction sizes {k} and {k2} differ", a.shape, b.shape));
+        return Err(format!(
+            "MatMul of {:?} and {:?}: contraction sizes {k} and {k2} differ",
+            a.shape, b.shape
+        ));
     }
     let (ab, bb) = (&a_sh[..a_sh.len() - 2], &b_sh[..b_sh.len() - 2]);
     let batch = broadcast_shape(ab, bb)?;
@@ -60,15 +72,25 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
 /// Explicit einsum (`ij,jk->ik`), by summing over every index combination: a reference, not fast.
 pub fn einsum(equation: &str, ins: &[&Tensor]) -> KResult<Tensor> {
     let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
-    let (lhs, rhs) = eq.split_once("->").ok_or("einsum needs an explicit output ('->')")?;
+    let (lhs, rhs) = eq
+        .split_once("->")
+        .ok_or("einsum needs an explicit output ('->')")?;
     let terms: Vec<Vec<char>> = lhs.split(',').map(|t| t.chars().collect()).collect();
     if terms.len() != ins.len() {
-        return Err(format!("einsum '{eq}' has {} terms for {} operands", terms.len(), ins.len()));
+        return Err(format!(
+            "einsum '{eq}' has {} terms for {} operands",
+            terms.len(),
+            ins.len()
+        ));
     }
     let mut size: HashMap<char, usize> = HashMap::new();
     for (t, x) in terms.iter().zip(ins) {
         if t.len() != x.shape.len() {
-            return Err(format!("einsum term '{}' does not match shape {:?}", t.iter().collect::<String>(), x.shape));
+            return Err(format!(
+                "einsum term '{}' does not match shape {:?}",
+                t.iter().collect::<String>(),
+                x.shape
+            ));
         }
         for (c, &d) in t.iter().zip(&x.shape) {
             if *size.entry(*c).or_insert(d) != d {
@@ -85,18 +107,39 @@ pub fn einsum(equation: &str, ins: &[&Tensor]) -> KResult<Tensor> {
             }
         }
     }
-    let dims: Vec<usize> = all.iter().map(|c| size.get(c).copied().ok_or(format!("einsum index '{c}' has no size"))).collect::<KResult<_>>()?;
+    let dims: Vec<usize> = all
+        .iter()
+        .map(|c| {
+            size.get(c)
+                .copied()
+                .ok_or(format!("einsum index '{c}' has no size"))
+        })
+        .collect::<KResult<_>>()?;
     let out_shape: Vec<usize> = dims[..out_idx.len()].to_vec();
     let vals: Vec<Vec<f32>> = ins.iter().map(|t| t.to_f32()).collect();
-    let pos: Vec<Vec<usize>> = terms.iter().map(|t| t.iter().map(|c| all.iter().position(|a| a == c).unwrap_or(0)).collect()).collect();
-    let strides: Vec<Vec<usize>> = ins.iter().map(|t| crate::tensor::strides(&t.shape)).collect();
+    let pos: Vec<Vec<usize>> = terms
+        .iter()
+        .map(|t| {
+            t.iter()
+                .map(|c| all.iter().position(|a| a == c).unwrap_or(0))
+                .collect()
+        })
+        .collect();
+    let strides: Vec<Vec<usize>> = ins
+        .iter()
+        .map(|t| crate::tensor::strides(&t.shape))
+        .collect();
     let mut out = vec![0f32; numel(&out_shape)];
     let total = numel(&dims);
     let mut ctr = vec![0usize; dims.len()];
     for _ in 0..total {
         let mut prod = 1f32;
         for (i, v) in vals.iter().enumerate() {
-            let off: usize = pos[i].iter().zip(&strides[i]).map(|(&p, &s)| ctr[p] * s).sum();
+            let off: usize = pos[i]
+                .iter()
+                .zip(&strides[i])
+                .map(|(&p, &s)| ctr[p] * s)
+                .sum();
             prod *= v[off];
         }
         let o: usize = (0..out_idx.len()).fold(0, |acc, d| acc * dims[d] + ctr[d]);

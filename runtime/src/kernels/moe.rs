@@ -15,17 +15,36 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 /// Indices of the k largest values, ties to the lower index.
 fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        v[b].partial_cmp(&v[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
     idx.truncate(k);
     idx
 }
 
 pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Tensor>> {
-    let Op::MoeRoute { top_k: k, scoring, order, renormalize, n_group, topk_group, routed_scaling_factor, capacity } = *op else {
+    let Op::MoeRoute {
+        top_k: k,
+        scoring,
+        order,
+        renormalize,
+        n_group,
+        topk_group,
+        routed_scaling_factor,
+        capacity,
+    } = *op
+    else {
         return Err("not a route op".into());
     };
     let l = logits.as_f32().ok_or("moe.route logits must be float")?;
-    let [t, e] = logits.shape[..] else { return Err(format!("moe.route logits must be [T, E], got {:?}", logits.shape)) };
+    let [t, e] = logits.shape[..] else {
+        return Err(format!(
+            "moe.route logits must be [T, E], got {:?}",
+            logits.shape
+        ));
+    };
     if k == 0 || k > e {
         return Err(format!("moe.route top_k {k} for {e} experts"));
     }
@@ -59,12 +78,19 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
                     }
                     let g = e / n_group;
                     let group_score: Vec<f32> = (0..n_group)
-                        .map(|gi| top_k(&choice[gi * g..(gi + 1) * g], 2.min(g)).iter().map(|&i| choice[gi * g + i]).sum())
+                        .map(|gi| {
+                            top_k(&choice[gi * g..(gi + 1) * g], 2.min(g))
+                                .iter()
+                                .map(|&i| choice[gi * g + i])
+                                .sum()
+                        })
                         .collect();
                     let keep = top_k(&group_score, topk_group);
                     for gi in 0..n_group {
                         if !keep.contains(&gi) {
-                            choice[gi * g..(gi + 1) * g].iter_mut().for_each(|c| *c = f32::NEG_INFINITY);
+                            choice[gi * g..(gi + 1) * g]
+                                .iter_mut()
+                                .for_each(|c| *c = f32::NEG_INFINITY);
                         }
                     }
                 }
@@ -95,7 +121,13 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
         }
         for ti in 0..t {
             let row = &mut weights[ti * k..(ti + 1) * k];
-            row.iter_mut().zip(&keep[ti * k..(ti + 1) * k]).for_each(|(w, &kp)| if !kp { *w = 0.0 });
+            row.iter_mut()
+                .zip(&keep[ti * k..(ti + 1) * k])
+                .for_each(|(w, &kp)| {
+                    if !kp {
+                        *w = 0.0
+                    }
+                });
             if renormalize {
                 let s: f32 = row.iter().sum::<f32>().max(f32::EPSILON);
                 row.iter_mut().for_each(|w| *w /= s);
@@ -105,7 +137,10 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
     if routed_scaling_factor != 1.0 {
         weights.iter_mut().for_each(|w| *w *= routed_scaling_factor);
     }
-    Ok(vec![Tensor::f32(vec![t, k], weights), Tensor::i64(vec![t, k], ids)])
+    Ok(vec![
+        Tensor::f32(vec![t, k], weights),
+        Tensor::i64(vec![t, k], ids),
+    ])
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -123,15 +158,44 @@ fn act(a: Activation, x: f32) -> f32 {
 }
 
 /// Sum over k of weight * FFN_id(x); see `EXPERTS_LAYOUT` for the weights.
-pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Tensor; 5], b_in: Option<&Tensor>, b_out: Option<&Tensor>) -> KResult<Tensor> {
+pub fn experts(
+    a: Activation,
+    alpha: f32,
+    beta: f32,
+    limit: Option<f32>,
+    t: [&Tensor; 5],
+    b_in: Option<&Tensor>,
+    b_out: Option<&Tensor>,
+) -> KResult<Tensor> {
     let [x, w, ids, w_in, w_out] = t;
     let (xv, wv, iv) = (x.to_f32(), w.to_f32(), ids.to_i64());
-    let (win, wout) = (w_in.as_f32().ok_or("w_in must be float")?, w_out.as_f32().ok_or("w_out must be float")?);
-    let [tokens, h] = x.shape[..] else { return Err(format!("moe.experts x must be [T, H], got {:?}", x.shape)) };
-    let [e, h2, n] = w_in.shape[..] else { return Err(format!("moe.experts w_in must be [E, H, N], got {:?}", w_in.shape)) };
-    let [e2, f, h3] = w_out.shape[..] else { return Err(format!("moe.experts w_out must be [E, F, H], got {:?}", w_out.shape)) };
+    let (win, wout) = (
+        w_in.as_f32().ok_or("w_in must be float")?,
+        w_out.as_f32().ok_or("w_out must be float")?,
+    );
+    let [tokens, h] = x.shape[..] else {
+        return Err(format!("moe.experts x must be [T, H], got {:?}", x.shape));
+    };
+    let [e, h2, n] = w_in.shape[..] else {
+        return Err(format!(
+            "moe.experts w_in must be [E, H, N], got {:?}",
+            w_in.shape
+        ));
+    };
+    let [e2, f, h3] = w_out.shape[..] else {
+        return Err(format!(
+            "moe.experts w_out must be [E, F, H], got {:?}",
+            w_out.shape
+        ));
+    };
     let gated = a.is_gated();
-    if h2 != h || h3 != h || e2 != e || n != if gated { 2 * f } else { f } || w.shape != ids.shape || w.shape.first() != Some(&tokens) {
+    if h2 != h
+        || h3 != h
+        || e2 != e
+        || n != if gated { 2 * f } else { f }
+        || w.shape != ids.shape
+        || w.shape.first() != Some(&tokens)
+    {
         return Err(format!(
             "moe.experts shapes do not fit: x {:?}, weights {:?}, ids {:?}, w_in {:?}, w_out {:?} ({})",
             x.shape, w.shape, ids.shape, w_in.shape, w_out.shape, if gated { "gated" } else { "not gated" }
@@ -166,15 +230,23 @@ pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Te
             let wi = &win[ex * h * n..(ex + 1) * h * n];
             for (p, &xp) in xr.iter().enumerate() {
                 let row = &wi[p * n..(p + 1) * n];
-                hid.iter_mut().zip(row).for_each(|(acc, &wv)| *acc += xp * wv);
+                hid.iter_mut()
+                    .zip(row)
+                    .for_each(|(acc, &wv)| *acc += xp * wv);
             }
             if let Some(b) = &bi {
-                hid.iter_mut().zip(&b[ex * n..(ex + 1) * n]).for_each(|(v, b)| *v += b);
+                hid.iter_mut()
+                    .zip(&b[ex * n..(ex + 1) * n])
+                    .for_each(|(v, b)| *v += b);
             }
             for q in 0..f {
                 act_out[q] = if gated {
                     let (g, u) = (hid[q].min(lim), hid[f + q].clamp(-lim, lim));
-                    let gate = if a == Activation::Geglu { act(Activation::Gelu, g) } else { g * sigmoid(alpha * g) };
+                    let gate = if a == Activation::Geglu {
+                        act(Activation::Gelu, g)
+                    } else {
+                        g * sigmoid(alpha * g)
+                    };
                     gate * (u + beta)
                 } else {
                     act(a, hid[q])
@@ -187,10 +259,14 @@ pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Te
             let yr = &mut y[ti * h..(ti + 1) * h];
             let mut o = vec![0f32; h];
             for (q, &aq) in act_out.iter().enumerate() {
-                o.iter_mut().zip(&wo[q * h..(q + 1) * h]).for_each(|(acc, &wv)| *acc += aq * wv);
+                o.iter_mut()
+                    .zip(&wo[q * h..(q + 1) * h])
+                    .for_each(|(acc, &wv)| *acc += aq * wv);
             }
             if let Some(b) = &bo {
-                o.iter_mut().zip(&b[ex * h..(ex + 1) * h]).for_each(|(v, b)| *v += b);
+                o.iter_mut()
+                    .zip(&b[ex * h..(ex + 1) * h])
+                    .for_each(|(v, b)| *v += b);
             }
             yr.iter_mut().zip(&o).for_each(|(acc, v)| *acc += wt * v);
         }
@@ -201,7 +277,12 @@ pub fn experts(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Te
 /// Rows of the slots routed to experts [first, first + count), grouped by expert, with the
 /// group offsets and each row's slot (t * k + j).
 pub fn local_slice(x: &Tensor, ids: &Tensor, first: usize, count: usize) -> KResult<Vec<Tensor>> {
-    let [t, h] = x.shape[..] else { return Err(format!("moe.local_slice x must be [T, H], got {:?}", x.shape)) };
+    let [t, h] = x.shape[..] else {
+        return Err(format!(
+            "moe.local_slice x must be [T, H], got {:?}",
+            x.shape
+        ));
+    };
     let iv = ids.to_i64();
     let xv = x.to_f32();
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); count];
@@ -224,27 +305,61 @@ pub fn local_slice(x: &Tensor, ids: &Tensor, first: usize, count: usize) -> KRes
         offsets.push(slots.len() as i64);
     }
     let n = slots.len();
-    Ok(vec![Tensor::f32(vec![n, h], rows), Tensor::i64(vec![count + 1], offsets), Tensor::i64(vec![n], slots)])
+    Ok(vec![
+        Tensor::f32(vec![n, h], rows),
+        Tensor::i64(vec![count + 1], offsets),
+        Tensor::i64(vec![n], slots),
+    ])
 }
 
 /// Rows offsets[l]..offsets[l+1] through local expert l.
-pub fn expert_ffn(a: Activation, alpha: f32, beta: f32, limit: Option<f32>, t: [&Tensor; 4], b_in: Option<&Tensor>, b_out: Option<&Tensor>) -> KResult<Tensor> {
+pub fn expert_ffn(
+    a: Activation,
+    alpha: f32,
+    beta: f32,
+    limit: Option<f32>,
+    t: [&Tensor; 4],
+    b_in: Option<&Tensor>,
+    b_out: Option<&Tensor>,
+) -> KResult<Tensor> {
     let [rows, offsets, w_in, w_out] = t;
-    let [n_rows, _] = rows.shape[..] else { return Err(format!("moe.expert_ffn rows must be [N, H], got {:?}", rows.shape)) };
+    let [n_rows, _] = rows.shape[..] else {
+        return Err(format!(
+            "moe.expert_ffn rows must be [N, H], got {:?}",
+            rows.shape
+        ));
+    };
     let off = offsets.to_i64();
     let l = w_in.shape[0];
     if off.len() != l + 1 || off.last().copied() != Some(n_rows as i64) {
-        return Err(format!("moe.expert_ffn offsets {off:?} do not cover {n_rows} rows of {l} experts"));
+        return Err(format!(
+            "moe.expert_ffn offsets {off:?} do not cover {n_rows} rows of {l} experts"
+        ));
     }
     // Each row is one token routed to one expert with weight 1: the experts kernel does the rest.
-    let ids: Vec<i64> = (0..l).flat_map(|e| std::iter::repeat(e as i64).take((off[e + 1] - off[e]).max(0) as usize)).collect();
+    let ids: Vec<i64> = (0..l)
+        .flat_map(|e| std::iter::repeat_n(e as i64, (off[e + 1] - off[e]).max(0) as usize))
+        .collect();
     let w = Tensor::f32(vec![n_rows, 1], vec![1.0; n_rows]);
     let ids = Tensor::i64(vec![n_rows, 1], ids);
-    experts(a, alpha, beta, limit, [rows, &w, &ids, w_in, w_out], b_in, b_out)
+    experts(
+        a,
+        alpha,
+        beta,
+        limit,
+        [rows, &w, &ids, w_in, w_out],
+        b_in,
+        b_out,
+    )
 }
 
 /// partial[slot / k] += weights[slot] * out[row].
-pub fn scatter_combine(out: &Tensor, slots: &Tensor, weights: &Tensor, tokens: usize) -> KResult<Tensor> {
+pub fn scatter_combine(
+    out: &Tensor,
+    slots: &Tensor,
+    weights: &Tensor,
+    tokens: usize,
+) -> KResult<Tensor> {
     let h = *out.shape.last().unwrap_or(&0);
     let (ov, sv, wv) = (out.to_f32(), slots.to_i64(), weights.to_f32());
     let k = wv.len() / tokens.max(1);
@@ -255,7 +370,10 @@ pub fn scatter_combine(out: &Tensor, slots: &Tensor, weights: &Tensor, tokens: u
             return Err(format!("slot {slot} out of range for {tokens} tokens"));
         }
         let w = wv[slot];
-        y[tok * h..(tok + 1) * h].iter_mut().zip(&ov[r * h..(r + 1) * h]).for_each(|(a, b)| *a += w * b);
+        y[tok * h..(tok + 1) * h]
+            .iter_mut()
+            .zip(&ov[r * h..(r + 1) * h])
+            .for_each(|(a, b)| *a += w * b);
     }
     Ok(Tensor::f32(vec![tokens, h], y))
 }
@@ -278,7 +396,9 @@ fn positions(ids: &[i64], t: usize, k: usize, e: usize) -> KResult<Vec<usize>> {
 }
 
 pub fn dispatch(x: &Tensor, ids: &Tensor, e: usize, c: usize) -> KResult<Tensor> {
-    let [t, h] = x.shape[..] else { return Err(format!("moe.dispatch x must be [T, H], got {:?}", x.shape)) };
+    let [t, h] = x.shape[..] else {
+        return Err(format!("moe.dispatch x must be [T, H], got {:?}", x.shape));
+    };
     let iv = ids.to_i64();
     let k = iv.len() / t.max(1);
     let pos = positions(&iv, t, k, e)?;
@@ -289,24 +409,35 @@ pub fn dispatch(x: &Tensor, ids: &Tensor, e: usize, c: usize) -> KResult<Tensor>
             return Err(format!("moe.dispatch: capacity {c} is too small"));
         }
         let (ex, tok) = (iv[slot] as usize, slot / k);
-        b[(ex * c + pos[slot]) * h..(ex * c + pos[slot] + 1) * h].copy_from_slice(&xv[tok * h..(tok + 1) * h]);
+        b[(ex * c + pos[slot]) * h..(ex * c + pos[slot] + 1) * h]
+            .copy_from_slice(&xv[tok * h..(tok + 1) * h]);
     }
     Ok(Tensor::f32(vec![e, c, h], b))
 }
 
 pub fn combine(buckets: &Tensor, weights: &Tensor, ids: &Tensor, c: usize) -> KResult<Tensor> {
-    let [e, c2, h] = buckets.shape[..] else { return Err(format!("moe.combine buckets must be [E, C, H], got {:?}", buckets.shape)) };
+    let [e, c2, h] = buckets.shape[..] else {
+        return Err(format!(
+            "moe.combine buckets must be [E, C, H], got {:?}",
+            buckets.shape
+        ));
+    };
     if c2 != c {
         return Err(format!("moe.combine: buckets of {c2} for capacity {c}"));
     }
-    let [t, k] = weights.shape[..] else { return Err("moe.combine weights must be [T, k]".into()) };
+    let [t, k] = weights.shape[..] else {
+        return Err("moe.combine weights must be [T, k]".into());
+    };
     let (bv, wv, iv) = (buckets.to_f32(), weights.to_f32(), ids.to_i64());
     let pos = positions(&iv, t, k, e)?;
     let mut y = vec![0f32; t * h];
     for slot in 0..t * k {
         let (ex, tok, w) = (iv[slot] as usize, slot / k, wv[slot]);
         let src = &bv[(ex * c + pos[slot]) * h..(ex * c + pos[slot] + 1) * h];
-        y[tok * h..(tok + 1) * h].iter_mut().zip(src).for_each(|(a, b)| *a += w * b);
+        y[tok * h..(tok + 1) * h]
+            .iter_mut()
+            .zip(src)
+            .for_each(|(a, b)| *a += w * b);
     }
     Ok(Tensor::f32(vec![t, h], y))
 }

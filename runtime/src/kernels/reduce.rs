@@ -9,26 +9,59 @@ fn around(shape: &[usize], ax: usize) -> (usize, usize, usize) {
     (numel(&shape[..ax]), shape[ax], numel(&shape[ax + 1..]))
 }
 
-pub fn reduce(f: ReduceFn, x: &Tensor, axes: Option<&Tensor>, keepdims: bool, noop_empty: bool) -> KResult<Tensor> {
+pub fn reduce(
+    f: ReduceFn,
+    x: &Tensor,
+    axes: Option<&Tensor>,
+    keepdims: bool,
+    noop_empty: bool,
+) -> KResult<Tensor> {
     let rank = x.shape.len();
-    let mut ax: Vec<usize> = axes.map(|a| a.to_i64()).unwrap_or_default().iter().map(|&a| axis(a, rank)).collect::<KResult<_>>()?;
+    let mut ax: Vec<usize> = axes
+        .map(|a| a.to_i64())
+        .unwrap_or_default()
+        .iter()
+        .map(|&a| axis(a, rank))
+        .collect::<KResult<_>>()?;
     if ax.is_empty() {
         if noop_empty {
             return Ok(x.clone());
         }
         ax = (0..rank).collect();
     }
-    let out_full: Vec<usize> = x.shape.iter().enumerate().map(|(i, &d)| if ax.contains(&i) { 1 } else { d }).collect();
+    let out_full: Vec<usize> = x
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if ax.contains(&i) { 1 } else { d })
+        .collect();
     let n_out = numel(&out_full);
     let count = x.len() / n_out.max(1);
     // Flat index of each input element in the (keepdims) output.
     let ost = crate::tensor::strides(&out_full);
     let ist = crate::tensor::strides(&x.shape);
     let target = |flat: usize| -> usize {
-        (0..rank).map(|d| if ax.contains(&d) { 0 } else { (flat / ist[d]) % x.shape[d] * ost[d] }).sum()
+        (0..rank)
+            .map(|d| {
+                if ax.contains(&d) {
+                    0
+                } else {
+                    (flat / ist[d]) % x.shape[d] * ost[d]
+                }
+            })
+            .sum()
     };
-    let shape: Vec<usize> = if keepdims { out_full.clone() } else { x.shape.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect() };
-    match &x.data {
+    let shape: Vec<usize> = if keepdims {
+        out_full.clone()
+    } else {
+        x.shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !ax.contains(i))
+            .map(|(_, &d)| d)
+            .collect()
+    };
+    match &*x.data {
         Data::F32(v) => {
             let init = match f {
                 ReduceFn::Max => f32::NEG_INFINITY,
@@ -97,7 +130,11 @@ pub fn softmax(x: &Tensor, ax: i64, log: bool) -> KResult<Tensor> {
             let m = (0..len).map(|k| v[at(k)]).fold(f32::NEG_INFINITY, f32::max);
             let s: f32 = (0..len).map(|k| (v[at(k)] - m).exp()).sum();
             for k in 0..len {
-                out[at(k)] = if log { v[at(k)] - m - s.ln() } else { (v[at(k)] - m).exp() / s };
+                out[at(k)] = if log {
+                    v[at(k)] - m - s.ln()
+                } else {
+                    (v[at(k)] - m).exp() / s
+                };
             }
         }
     }
@@ -131,14 +168,24 @@ pub fn argmax(x: &Tensor, ax: i64, keepdims: bool, max: bool) -> KResult<Tensor>
 }
 
 /// LayerNormalization over the axes from `axis` to the end, with scale and optional bias.
-pub fn layer_norm(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, ax: i64, eps: f32) -> KResult<Tensor> {
-    let v = x.as_f32().ok_or("LayerNormalization of a non-float tensor")?;
+pub fn layer_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    ax: i64,
+    eps: f32,
+) -> KResult<Tensor> {
+    let v = x
+        .as_f32()
+        .ok_or("LayerNormalization of a non-float tensor")?;
     let a = axis(ax, x.shape.len())?;
     let inner = numel(&x.shape[a..]);
     let s = scale.to_f32();
     let b = bias.map(|b| b.to_f32());
     if s.len() != inner || b.as_ref().is_some_and(|b| b.len() != inner) {
-        return Err(format!("LayerNormalization scale/bias do not match the normalised size {inner}"));
+        return Err(format!(
+            "LayerNormalization scale/bias do not match the normalised size {inner}"
+        ));
     }
     let mut out = vec![0f32; v.len()];
     for (row, o) in v.chunks(inner).zip(out.chunks_mut(inner)) {
@@ -153,7 +200,10 @@ pub fn layer_norm(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, ax: i64, ep
 }
 
 pub fn cumsum(x: &Tensor, ax: &Tensor, exclusive: bool, reverse: bool) -> KResult<Tensor> {
-    let a = axis(*ax.to_i64().first().ok_or("CumSum needs an axis")?, x.shape.len())?;
+    let a = axis(
+        *ax.to_i64().first().ok_or("CumSum needs an axis")?,
+        x.shape.len(),
+    )?;
     let (outer, len, inner) = around(&x.shape, a);
     let v = x.to_f32();
     let mut out = vec![0f32; v.len()];
@@ -173,7 +223,7 @@ pub fn cumsum(x: &Tensor, ax: &Tensor, exclusive: bool, reverse: bool) -> KResul
             }
         }
     }
-    Ok(match x.data {
+    Ok(match *x.data {
         Data::F32(_) => Tensor::f32(x.shape.clone(), out),
         _ => Tensor::i64(x.shape.clone(), out.iter().map(|&f| f as i64).collect()),
     }

@@ -28,7 +28,17 @@ fn dims(t: &Tensor) -> Vec<i64> {
 
 pub fn reshape(x: &Tensor, shape: &Tensor, allowzero: bool) -> KResult<Tensor> {
     let want = dims(shape);
-    let mut out: Vec<i64> = want.iter().enumerate().map(|(i, &d)| if d == 0 && !allowzero { x.shape.get(i).map_or(0, |&s| s as i64) } else { d }).collect();
+    let mut out: Vec<i64> = want
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            if d == 0 && !allowzero {
+                x.shape.get(i).map_or(0, |&s| s as i64)
+            } else {
+                d
+            }
+        })
+        .collect();
     let known: i64 = out.iter().filter(|&&d| d != -1).product();
     if let Some(p) = out.iter().position(|&d| d == -1) {
         if known == 0 || x.len() as i64 % known != 0 {
@@ -37,26 +47,48 @@ pub fn reshape(x: &Tensor, shape: &Tensor, allowzero: bool) -> KResult<Tensor> {
         out[p] = x.len() as i64 / known;
     }
     if out.iter().any(|&d| d < 0) || out.iter().product::<i64>() != x.len() as i64 {
-        return Err(format!("cannot reshape {:?} ({} elements) to {want:?}", x.shape, x.len()));
+        return Err(format!(
+            "cannot reshape {:?} ({} elements) to {want:?}",
+            x.shape,
+            x.len()
+        ));
     }
-    Ok(Tensor { shape: out.iter().map(|&d| d as usize).collect(), ..x.clone() })
+    Ok(Tensor {
+        shape: out.iter().map(|&d| d as usize).collect(),
+        ..x.clone()
+    })
 }
 
 pub fn reshape_to(x: &Tensor, shape: &[usize]) -> KResult<Tensor> {
     if numel(shape) != x.len() {
-        return Err(format!("cannot reshape {:?} ({} elements) to {shape:?}", x.shape, x.len()));
+        return Err(format!(
+            "cannot reshape {:?} ({} elements) to {shape:?}",
+            x.shape,
+            x.len()
+        ));
     }
-    Ok(Tensor { shape: shape.to_vec(), ..x.clone() })
+    Ok(Tensor {
+        shape: shape.to_vec(),
+        ..x.clone()
+    })
 }
 
 pub fn squeeze(x: &Tensor, axes: Option<&Tensor>) -> KResult<Tensor> {
     let shape: Vec<usize> = match axes {
         Some(a) => {
-            let ax: Vec<usize> = dims(a).iter().map(|&v| axis(v, x.shape.len())).collect::<KResult<_>>()?;
+            let ax: Vec<usize> = dims(a)
+                .iter()
+                .map(|&v| axis(v, x.shape.len()))
+                .collect::<KResult<_>>()?;
             if let Some(&bad) = ax.iter().find(|&&i| x.shape[i] != 1) {
                 return Err(format!("Squeeze of axis {bad} of size {}", x.shape[bad]));
             }
-            x.shape.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect()
+            x.shape
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !ax.contains(i))
+                .map(|(_, &d)| d)
+                .collect()
         }
         None => x.shape.iter().copied().filter(|&d| d != 1).collect(),
     };
@@ -65,7 +97,10 @@ pub fn squeeze(x: &Tensor, axes: Option<&Tensor>) -> KResult<Tensor> {
 
 pub fn unsqueeze(x: &Tensor, axes: &Tensor) -> KResult<Tensor> {
     let r = x.shape.len() + axes.len();
-    let mut ax: Vec<usize> = dims(axes).iter().map(|&v| axis(v, r)).collect::<KResult<_>>()?;
+    let mut ax: Vec<usize> = dims(axes)
+        .iter()
+        .map(|&v| axis(v, r))
+        .collect::<KResult<_>>()?;
     ax.sort();
     let mut shape = x.shape.clone();
     for a in ax {
@@ -75,11 +110,18 @@ pub fn unsqueeze(x: &Tensor, axes: &Tensor) -> KResult<Tensor> {
 }
 
 pub fn flatten(x: &Tensor, ax: i64) -> KResult<Tensor> {
-    let a = if ax < 0 { ax + x.shape.len() as i64 } else { ax } as usize;
+    let a = if ax < 0 {
+        ax + x.shape.len() as i64
+    } else {
+        ax
+    } as usize;
     if a > x.shape.len() {
         return Err(format!("Flatten axis {ax} for rank {}", x.shape.len()));
     }
-    Ok(Tensor { shape: vec![numel(&x.shape[..a]), numel(&x.shape[a..])], ..x.clone() })
+    Ok(Tensor {
+        shape: vec![numel(&x.shape[..a]), numel(&x.shape[a..])],
+        ..x.clone()
+    })
 }
 
 pub fn transpose(x: &Tensor, perm: &[usize]) -> KResult<Tensor> {
@@ -97,12 +139,23 @@ pub fn concat(xs: &[&Tensor], ax: i64) -> KResult<Tensor> {
     let first = xs.first().ok_or("Concat of nothing")?;
     let a = axis(ax, first.shape.len())?;
     let mut shape = first.shape.clone();
-    shape[a] = xs.iter().map(|t| t.shape.get(a).copied().unwrap_or(0)).sum();
+    shape[a] = xs
+        .iter()
+        .map(|t| t.shape.get(a).copied().unwrap_or(0))
+        .sum();
     let outer = numel(&first.shape[..a]);
     let mut parts = Vec::new();
     for t in xs {
-        if t.shape.len() != first.shape.len() || t.shape.iter().enumerate().any(|(i, &d)| i != a && d != first.shape[i]) {
-            return Err(format!("Concat of shapes {:?} and {:?} along axis {a}", first.shape, t.shape));
+        if t.shape.len() != first.shape.len()
+            || t.shape
+                .iter()
+                .enumerate()
+                .any(|(i, &d)| i != a && d != first.shape[i])
+        {
+            return Err(format!(
+                "Concat of shapes {:?} and {:?} along axis {a}",
+                first.shape, t.shape
+            ));
         }
         parts.push((t, numel(&t.shape[a..])));
     }
@@ -111,19 +164,23 @@ pub fn concat(xs: &[&Tensor], ax: i64) -> KResult<Tensor> {
     let mut b = Vec::new();
     for o in 0..outer {
         for (t, chunk) in &parts {
-            match &t.data {
+            match &*t.data {
                 crate::tensor::Data::F32(v) => f.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
                 crate::tensor::Data::I64(v) => i.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
                 crate::tensor::Data::Bool(v) => b.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
             }
         }
     }
-    let data = match first.data {
+    let data = match *first.data {
         crate::tensor::Data::F32(_) => crate::tensor::Data::F32(f),
         crate::tensor::Data::I64(_) => crate::tensor::Data::I64(i),
         crate::tensor::Data::Bool(_) => crate::tensor::Data::Bool(b),
     };
-    Ok(Tensor { dtype: first.dtype, shape, data })
+    Ok(Tensor {
+        dtype: first.dtype,
+        shape,
+        data: std::sync::Arc::new(data),
+    })
 }
 
 /// Picks `starts[k] + i*steps[k]` along each sliced axis.
@@ -137,13 +194,25 @@ fn take(x: &Tensor, ranges: &[(usize, i64, i64, usize)]) -> Tensor {
         step[a] = st;
     }
     let ist = strides(&x.shape);
-    let idx = gather_indices(&shape, |ctr| (0..ctr.len()).map(|d| ((start[d] + ctr[d] as i64 * step[d]) as usize) * ist[d]).sum());
+    let idx = gather_indices(&shape, |ctr| {
+        (0..ctr.len())
+            .map(|d| ((start[d] + ctr[d] as i64 * step[d]) as usize) * ist[d])
+            .sum()
+    });
     x.pick(shape, idx.into_iter())
 }
 
-pub fn slice(x: &Tensor, starts: &Tensor, ends: &Tensor, axes: Option<&Tensor>, steps: Option<&Tensor>) -> KResult<Tensor> {
+pub fn slice(
+    x: &Tensor,
+    starts: &Tensor,
+    ends: &Tensor,
+    axes: Option<&Tensor>,
+    steps: Option<&Tensor>,
+) -> KResult<Tensor> {
     let (s, e) = (dims(starts), dims(ends));
-    let ax = axes.map(dims).unwrap_or_else(|| (0..s.len() as i64).collect());
+    let ax = axes
+        .map(dims)
+        .unwrap_or_else(|| (0..s.len() as i64).collect());
     let st = steps.map(dims).unwrap_or_else(|| vec![1; s.len()]);
     if e.len() != s.len() || ax.len() != s.len() || st.len() != s.len() {
         return Err("Slice starts, ends, axes and steps differ in length".into());
@@ -157,8 +226,17 @@ pub fn slice(x: &Tensor, starts: &Tensor, ends: &Tensor, axes: Option<&Tensor>, 
             return Err("Slice step 0".into());
         }
         let fix = |v: i64, lo: i64, hi: i64| (if v < 0 { v + d } else { v }).clamp(lo, hi);
-        let (lo, hi) = if step > 0 { (fix(s[k], 0, d), fix(e[k], 0, d)) } else { (fix(s[k], -1, d - 1), fix(e[k], -1, d - 1)) };
-        let n = if step > 0 { (hi - lo + step - 1) / step } else { (lo - hi + (-step) - 1) / (-step) }.max(0);
+        let (lo, hi) = if step > 0 {
+            (fix(s[k], 0, d), fix(e[k], 0, d))
+        } else {
+            (fix(s[k], -1, d - 1), fix(e[k], -1, d - 1))
+        };
+        let n = if step > 0 {
+            (hi - lo + step - 1) / step
+        } else {
+            (lo - hi + (-step) - 1) / (-step)
+        }
+        .max(0);
         ranges.push((a, lo, step, n as usize));
     }
     Ok(take(x, &ranges))
@@ -171,7 +249,9 @@ pub fn split(x: &Tensor, sizes: Option<&Tensor>, ax: i64, n: usize) -> KResult<V
         Some(s) => dims(s).iter().map(|&v| v.max(0) as usize).collect(),
         None => {
             let chunk = d.div_ceil(n.max(1));
-            (0..n).map(|i| chunk.min(d.saturating_sub(chunk * i))).collect()
+            (0..n)
+                .map(|i| chunk.min(d.saturating_sub(chunk * i)))
+                .collect()
         }
     };
     if sizes.iter().sum::<usize>() != d || sizes.len() != n {
@@ -200,17 +280,29 @@ pub fn tile(x: &Tensor, reps: &Tensor) -> KResult<Tensor> {
     if r.len() != x.shape.len() {
         return Err(format!("Tile repeats {r:?} for shape {:?}", x.shape));
     }
-    let shape: Vec<usize> = x.shape.iter().zip(&r).map(|(&d, &k)| d * k.max(0) as usize).collect();
+    let shape: Vec<usize> = x
+        .shape
+        .iter()
+        .zip(&r)
+        .map(|(&d, &k)| d * k.max(0) as usize)
+        .collect();
     let ist = strides(&x.shape);
-    let idx = gather_indices(&shape, |ctr| (0..ctr.len()).map(|d| (ctr[d] % x.shape[d]) * ist[d]).sum());
+    let idx = gather_indices(&shape, |ctr| {
+        (0..ctr.len()).map(|d| (ctr[d] % x.shape[d]) * ist[d]).sum()
+    });
     Ok(x.pick(shape, idx.into_iter()))
 }
 
 pub fn shape_of(x: &Tensor, start: i64, end: Option<i64>) -> Tensor {
-    let r = x.shape.len() as i64;
+    shape_values(&x.shape, start, end)
+}
+
+/// ONNX Shape of a tensor of `shape` (its values are never needed).
+pub fn shape_values(shape: &[usize], start: i64, end: Option<i64>) -> Tensor {
+    let r = shape.len() as i64;
     let c = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
     let (s, e) = (c(start), c(end.unwrap_or(r)));
-    let v: Vec<i64> = x.shape[s..e.max(s)].iter().map(|&d| d as i64).collect();
+    let v: Vec<i64> = shape[s..e.max(s)].iter().map(|&d| d as i64).collect();
     Tensor::i64(vec![v.len()], v)
 }
 
@@ -230,7 +322,10 @@ pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> KResult<Tensor> 
     if start.dtype.is_float() {
         let (s, l, d) = (start.to_f32()[0], limit.to_f32()[0], delta.to_f32()[0]);
         let n = ((l - s) / d).ceil().max(0.0) as usize;
-        return Ok(Tensor::f32(vec![n], (0..n).map(|i| s + i as f32 * d).collect()).with_dtype(start.dtype));
+        return Ok(
+            Tensor::f32(vec![n], (0..n).map(|i| s + i as f32 * d).collect())
+                .with_dtype(start.dtype),
+        );
     }
     let (s, l, d) = (start.to_i64()[0], limit.to_i64()[0], delta.to_i64()[0]);
     if d == 0 {
@@ -244,7 +339,9 @@ pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> KResult<Tensor> 
 pub fn token_slice(x: &Tensor, axis: usize, index: usize, parts: usize) -> KResult<Tensor> {
     let d = *x.shape.get(axis).ok_or("token slice axis out of range")?;
     if parts == 0 || d % parts != 0 || index >= parts {
-        return Err(format!("cannot take piece {index} of {parts} of a dimension of {d}"));
+        return Err(format!(
+            "cannot take piece {index} of {parts} of a dimension of {d}"
+        ));
     }
     let n = d / parts;
     Ok(take(x, &[(axis, (index * n) as i64, 1, n)]))

@@ -1,0 +1,143 @@
+"""Export real-size MoE models to ONNX, with PyTorch's reference outputs at 16 tokens.
+
+These are the sizes users deploy (gigabytes of weights): they are made on demand into a cache
+folder by `scripts/scale-check`, never committed. Each folder holds model.onnx (+ its external
+data file), one .npy per input and output (named after the ONNX graph's names), and model.json.
+
+  qwen3_block_fp32/    Qwen3-30B-A3B's MoE block (hidden 2048, 128 experts, top-8, expert FFN
+                       768), fp32, dynamic token dimension ([1, tokens, 2048])
+  mixtral_block_fp32/  Mixtral-8x7B's MoE block (hidden 4096, 8 experts, top-2, FFN 14336),
+                       fp32, dynamic token dimension
+  mixtral_lm_bf16/     a 2-layer Mixtral-8x7B-shaped causal LM (vocabulary 32000) built in bf16,
+                       with the default attention implementation (sdpa), dynamic sequence
+
+Export uses the exporter users use (`torch.onnx.export(dynamo=True)`) with the batched_mm
+experts (the default grouped_mm form does not export); the references are computed with the
+eager experts (batched_mm would gather a [tokens * k, 2F, H] weight tensor: far too large).
+
+Usage: python3 examples/export_scale_models.py CACHE_DIR [NAME ...]
+"""
+import gc, json, os, sys, time
+
+import numpy as np
+import torch
+import transformers
+
+TOKENS = 16
+
+
+def qwen3_block():
+    cfg = transformers.Qwen3MoeConfig(
+        vocab_size=128, hidden_size=2048, num_hidden_layers=1, num_attention_heads=32,
+        num_key_value_heads=4, head_dim=128, moe_intermediate_size=768, intermediate_size=6144,
+        num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], max_position_embeddings=4096, tie_word_embeddings=False)
+    return cfg, torch.float32, "block"
+
+
+def mixtral_block():
+    cfg = transformers.MixtralConfig(
+        vocab_size=128, hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
+        num_attention_heads=32, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2,
+        max_position_embeddings=4096, sliding_window=None, tie_word_embeddings=False)
+    return cfg, torch.float32, "block"
+
+
+def mixtral_lm():
+    cfg = transformers.MixtralConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=2,
+        num_attention_heads=32, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2,
+        max_position_embeddings=32768, sliding_window=None, tie_word_embeddings=False)
+    return cfg, torch.bfloat16, "lm"
+
+
+MODELS = {"qwen3_block_fp32": qwen3_block, "mixtral_block_fp32": mixtral_block, "mixtral_lm_bf16": mixtral_lm}
+
+
+class Block(torch.nn.Module):
+    """The first decoder layer's MoE block; some versions return (hidden, router_logits)."""
+    def __init__(self, lm):
+        super().__init__()
+        self.inner = lm.model.layers[0].mlp
+
+    def forward(self, hidden_states):
+        out = self.inner(hidden_states)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class Logits(torch.nn.Module):
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids):
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def build(make):
+    cfg, dtype, kind = make()
+    cfg._experts_implementation = "eager"
+    torch.manual_seed(1234)
+    prev = torch.get_default_dtype()
+    # Built directly in the target type: a bf16 LM never exists in fp32 (memory).
+    torch.set_default_dtype(dtype)
+    try:
+        lm = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    finally:
+        torch.set_default_dtype(prev)
+    if kind == "block":
+        module = Block(lm).eval()
+        x = torch.randn(1, TOKENS, cfg.hidden_size, generator=torch.Generator().manual_seed(7), dtype=dtype)
+        dyn = ({1: torch.export.Dim("tokens", min=2, max=65536)},)
+    else:
+        module = Logits(lm).eval()
+        x = torch.randint(0, cfg.vocab_size, (1, TOKENS), generator=torch.Generator().manual_seed(7))
+        dyn = ({1: torch.export.Dim("sequence", min=2, max=32768)},)
+    return lm, module, x, dyn
+
+
+def export(name, out_dir):
+    d = os.path.join(out_dir, name)
+    if os.path.exists(os.path.join(d, "model.json")):
+        print(f"{name}: present in {d}", flush=True)
+        return
+    os.makedirs(d, exist_ok=True)
+    t0 = time.time()
+    lm, module, x, dyn = build(MODELS[name])
+    with torch.no_grad():
+        ref = module(x)
+    lm.set_experts_implementation("batched_mm")
+    path = os.path.join(d, "model.onnx")
+    with torch.no_grad():
+        torch.onnx.export(module, (x,), path, dynamo=True, dynamic_shapes=dyn, external_data=True,
+                          optimize=True)
+    import onnx
+    m = onnx.load(path, load_external_data=False)
+    in_names = [i.name for i in m.graph.input]
+    out_names = [o.name for o in m.graph.output]
+    np.save(os.path.join(d, f"{in_names[0]}.npy"), x.float().numpy() if x.is_floating_point() else x.numpy())
+    np.save(os.path.join(d, f"{out_names[0]}.npy"), ref.float().numpy())
+    info = dict(name=name, inputs=in_names, outputs=out_names, nodes=len(m.graph.node),
+                weight_bytes=sum(p.numel() * p.element_size() for p in module.parameters()),
+                dtype=str(next(module.parameters()).dtype), tokens=TOKENS, torch=torch.__version__,
+                transformers=transformers.__version__, seconds=round(time.time() - t0, 1),
+                ops=sorted({n.op_type for n in m.graph.node}))
+    with open(os.path.join(d, "model.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(f"{name}: {info['nodes']} nodes, {info['weight_bytes'] / 2**30:.2f} GiB of weights, "
+          f"{info['seconds']} s -> {d}", flush=True)
+    del lm, module, m
+    gc.collect()
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else ".scale-models"
+    names = sys.argv[2:] or list(MODELS)
+    for n in names:
+        if n not in MODELS:
+            sys.exit(f"unknown model '{n}' (known: {', '.join(MODELS)})")
+        export(n, out_dir)
+
+
+if __name__ == "__main__":
+    main()
