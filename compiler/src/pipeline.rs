@@ -105,15 +105,11 @@ pub struct Compilation {
     pub weight_dtype: Option<ppmoe_runtime::DType>,
     /// `--eval-limit`: the largest tensor compile-time evaluation may make, in bytes.
     pub eval_limit: Option<usize>,
-    /// The model's types at a few tokens (its symbolic dimensions made small), where the `moe`
-    /// stage recognises layers at a cost that does not grow with the compile size.
-    pub probe_types: Option<Types>,
-    /// The `core` program at those few tokens.
+    /// Input shapes of a few tokens (`moe::probe`), where the `moe` stage recognises layers at
+    /// a cost that does not grow with the compile size; and the `core` program at the first.
+    pub probe_shapes: Vec<Vec<(String, Vec<i64>)>>,
     pub probe_core: Option<CoreProgram>,
 }
-
-/// How many tokens (each symbolic dimension) the `moe` stage recognises layers at.
-pub const PROBE_TOKENS: i64 = 4;
 
 /// Stores the float weights of a rank in `dt` (rounded once, here); values stay f32 in compute.
 fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
@@ -313,18 +309,8 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
 fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
     let shapes = microbatch_shapes(c)?;
     let loaded = ppmoe_frontend::load_model(&c.path, c.weights.as_deref())?;
-    let probe = ppmoe_frontend::probe_shapes(&loaded, &shapes, PROBE_TOKENS);
-    let (mut model, types, text) = ppmoe_frontend::import_loaded(loaded, &shapes)?;
-    c.probe_types = match probe {
-        Some(p) => match ppmoe_frontend::infer_types_at(&mut model, &p) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::info!("moe: the model does not take {PROBE_TOKENS} tokens ({e}); layers are recognised at the compile size");
-                None
-            }
-        },
-        None => None,
-    };
+    c.probe_shapes = crate::moe::probe::candidate_shapes(&loaded, &shapes);
+    let (model, types, text) = ppmoe_frontend::import_loaded(loaded, &shapes)?;
     c.model = Some(model);
     c.types = Some(types);
     c.onnx_text = Some(text);
@@ -372,7 +358,7 @@ fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, Compile
 }
 
 fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
-    let (Some(model), Some(types)) = (&c.model, &c.types) else {
+    let (Some(model), Some(types)) = (c.model.as_mut(), &c.types) else {
         return Err(CompileError::StageNotBuilt(
             "core".into(),
             "it needs the onnx stage first".into(),
@@ -380,17 +366,10 @@ fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
     };
     let limit = c.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
     let initializers = convert_initializers(model)?;
-    c.core = Some(lower_to_core_with(model, types, &initializers, limit)?);
-    c.probe_core = match &c.probe_types {
-        Some(pt) => match lower_to_core_with(model, pt, &initializers, limit) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::info!("moe: the model does not lower at {PROBE_TOKENS} tokens ({e}); layers are recognised at the compile size");
-                None
-            }
-        },
-        None => None,
-    };
+    let core = lower_to_core_with(model, types, &initializers, limit)?;
+    c.probe_core =
+        crate::moe::probe::probe_program(model, &c.probe_shapes, &initializers, limit, &core);
+    c.core = Some(core);
     Ok(())
 }
 
@@ -416,6 +395,19 @@ fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
     core.moe_layers.extend(outcome.raised);
     c.unraised = outcome.unraised;
     Ok(())
+}
+
+/// This process's resident and peak resident memory, for the log (Linux; empty elsewhere).
+fn memory_now() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    format!("resident {}, peak {}", field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Runs the stages up to and including `last`.
@@ -444,7 +436,7 @@ pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileEr
         return Err(CompileError::StageNotBuilt(last.into(), String::new()));
     };
     for stage in &STAGES[..=end] {
-        tracing::info!("stage {}", stage.name);
+        tracing::info!("stage {} ({})", stage.name, memory_now());
         (stage.run)(&mut c)?;
     }
     Ok(c)

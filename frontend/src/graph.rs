@@ -78,6 +78,19 @@ pub struct ExternalData {
 }
 
 impl ExternalData {
+    /// Reads the range into `dst` (exactly `length` bytes).
+    pub fn read_into(&self, dst: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if dst.len() as u64 != self.length {
+            return Err(std::io::Error::other(format!(
+                "{} bytes asked of a range of {}",
+                dst.len(),
+                self.length
+            )));
+        }
+        std::fs::File::open(&self.file)?.read_exact_at(dst, self.offset)
+    }
+
     /// Reads the range (one positioned read; nothing else of the file is held).
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;

@@ -55,40 +55,6 @@ pub fn set_input_shape(model: &mut Model, name: &str, dims: &[i64]) -> Result<()
     Ok(())
 }
 
-/// Input shapes at which to recognise the model on a few tokens: every dimension the model
-/// leaves symbolic (or unknown) and `given` sets above `small` becomes `small`. None when no
-/// dimension would change (the model fixes its sizes, or is already that small).
-pub fn probe_shapes(
-    model: &Model,
-    given: &[(String, Vec<i64>)],
-    small: i64,
-) -> Option<Vec<(String, Vec<i64>)>> {
-    let mut changed = false;
-    let mut out = Vec::new();
-    for (name, dims) in given {
-        let input = model.graph.inputs.iter().find(|i| &i.name == name)?;
-        if input.ty.dims.len() != dims.len() {
-            return None;
-        }
-        let probe: Vec<i64> = input
-            .ty
-            .dims
-            .iter()
-            .zip(dims)
-            .map(|(d, &g)| match d {
-                Dim::Known(_) => g,
-                _ if g > small => {
-                    changed = true;
-                    small
-                }
-                _ => g,
-            })
-            .collect();
-        out.push((name.clone(), probe));
-    }
-    changed.then_some(out)
-}
-
 /// The model's types with its inputs at `shapes` instead (the model is left as it was).
 pub fn infer_types_at(
     model: &mut Model,

@@ -94,7 +94,7 @@ pub fn write_file(
     put(&(head.len() as u64).to_le_bytes())?;
     put(&head)?;
     for (name, t) in weights {
-        put(&t.to_bytes())?;
+        t.write_bytes(&mut put)?;
         progress(name);
     }
     out.flush().map_err(|e| e.to_string())?;

@@ -164,10 +164,16 @@ impl Tensor {
     /// Picks elements by flat index into a new tensor of `shape` (the one primitive behind
     /// transpose, slice, gather, expand, tile and concat).
     pub fn pick(&self, shape: Vec<usize>, idx: impl Iterator<Item = usize>) -> Tensor {
+        fn take<T: Copy>(v: &[T], n: usize, idx: impl Iterator<Item = usize>) -> Vec<T> {
+            let mut out = Vec::with_capacity(n);
+            out.extend(idx.map(|i| v[i]));
+            out
+        }
+        let n = numel(&shape);
         let data = match &*self.data {
-            Data::F32(v) => Data::F32(idx.map(|i| v[i]).collect()),
-            Data::I64(v) => Data::I64(idx.map(|i| v[i]).collect()),
-            Data::Bool(v) => Data::Bool(idx.map(|i| v[i]).collect()),
+            Data::F32(v) => Data::F32(take(v, n, idx)),
+            Data::I64(v) => Data::I64(take(v, n, idx)),
+            Data::Bool(v) => Data::Bool(take(v, n, idx)),
         };
         Tensor {
             dtype: self.dtype,
@@ -176,10 +182,68 @@ impl Tensor {
         }
     }
 
+    /// Copies the runs `start .. start + run` in order into a new tensor of `shape` (a gather
+    /// of whole rows or matrices: no per-element index is ever built).
+    pub fn pick_runs(&self, shape: Vec<usize>, starts: &[usize], run: usize) -> Tensor {
+        fn take<T: Copy>(v: &[T], starts: &[usize], run: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(starts.len() * run);
+            for &s in starts {
+                out.extend_from_slice(&v[s..s + run]);
+            }
+            out
+        }
+        let data = match &*self.data {
+            Data::F32(v) => Data::F32(take(v, starts, run)),
+            Data::I64(v) => Data::I64(take(v, starts, run)),
+            Data::Bool(v) => Data::Bool(take(v, starts, run)),
+        };
+        Tensor {
+            dtype: self.dtype,
+            shape,
+            data: Arc::new(data),
+        }
+    }
+
+    /// The values as f32, borrowed when they are stored so (no copy of a large operand).
+    pub fn f32_values(&self) -> std::borrow::Cow<'_, [f32]> {
+        match &*self.data {
+            Data::F32(v) => std::borrow::Cow::Borrowed(v),
+            _ => std::borrow::Cow::Owned(self.to_f32()),
+        }
+    }
+
+    /// Little-endian bytes in the tensor's dtype, handed to `sink` a chunk at a time (a large
+    /// weight is never held twice).
+    pub fn write_bytes<E>(&self, mut sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        const CHUNK: usize = 1 << 20;
+        let n = self.len();
+        let mut start = 0;
+        while start < n {
+            let end = (start + CHUNK).min(n);
+            let piece = Tensor {
+                dtype: self.dtype,
+                shape: vec![end - start],
+                data: Arc::new(match &*self.data {
+                    Data::F32(v) => Data::F32(v[start..end].to_vec()),
+                    Data::I64(v) => Data::I64(v[start..end].to_vec()),
+                    Data::Bool(v) => Data::Bool(v[start..end].to_vec()),
+                }),
+            };
+            sink(&piece.to_bytes())?;
+            start = end;
+        }
+        Ok(())
+    }
+
     /// Little-endian bytes in the tensor's dtype.
     pub fn to_bytes(&self) -> Vec<u8> {
         match (&*self.data, self.dtype) {
-            (Data::F32(v), DType::F32) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (Data::F32(v), DType::F32) => {
+                let mut out = Vec::with_capacity(v.len() * 4);
+                v.iter()
+                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                out
+            }
             (Data::F32(v), DType::F16) => v
                 .iter()
                 .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())

@@ -50,6 +50,11 @@ pub fn runtime_dtype(d: ppmoe_frontend::DType) -> DType {
 
 /// A constant's or weight's value as a tensor (external data read here, one tensor at a time).
 pub fn tensor_of(t: &TensorData) -> Result<Tensor, String> {
+    if let (Some(x), ppmoe_frontend::DType::F32, true) =
+        (&t.external, t.dtype, cfg!(target_endian = "little"))
+    {
+        return read_f32_external(t, x);
+    }
     let bytes = t.load_bytes().map_err(|e| match &t.external {
         Some(x) => format!(
             "cannot read {} bytes at offset {} of {}: {e}",
@@ -72,6 +77,29 @@ pub fn tensor_of(t: &TensorData) -> Result<Tensor, String> {
             t.dims
         )
     })
+}
+
+/// An external f32 weight read straight into its tensor's storage (no byte buffer beside it).
+fn read_f32_external(t: &TensorData, x: &ppmoe_frontend::ExternalData) -> Result<Tensor, String> {
+    let shape = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension in {:?}", t.dims)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("the element count of {shape:?} overflows"))?;
+    let mut v = vec![0f32; n];
+    x.read_into(bytemuck::cast_slice_mut(&mut v)).map_err(|e| {
+        format!(
+            "cannot read {} bytes at offset {} of {}: {e}",
+            x.length,
+            x.offset,
+            x.file.display()
+        )
+    })?;
+    Ok(Tensor::f32(shape, v))
 }
 
 /// The model's initializers as tensors, converted once and shared (by reference count) by every

@@ -16,11 +16,21 @@ pub fn swap_last(t: &Tensor) -> Tensor {
             &owned
         }
     };
+    // Tiled, so that both the reads and the writes stay within a few cache lines per tile.
+    const TILE: usize = 32;
     let mut o = vec![0f32; v.len()];
     for x in 0..e {
-        for i in 0..a {
-            for j in 0..b {
-                o[x * a * b + j * a + i] = v[x * a * b + i * b + j];
+        let (src, dst) = (
+            &v[x * a * b..(x + 1) * a * b],
+            &mut o[x * a * b..(x + 1) * a * b],
+        );
+        for i0 in (0..a).step_by(TILE) {
+            for j0 in (0..b).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(a) {
+                    for j in j0..(j0 + TILE).min(b) {
+                        dst[j * a + i] = src[i * b + j];
+                    }
+                }
             }
         }
     }
@@ -213,10 +223,97 @@ pub fn select_experts(t: &Tensor, experts: Option<&[usize]>) -> Tensor {
     let row = t.len() / t.shape[0].max(1);
     let mut shape = t.shape.clone();
     shape[0] = ids.len();
-    t.pick(shape, ids.iter().flat_map(|&e| e * row..(e + 1) * row))
+    let starts: Vec<usize> = ids.iter().map(|&e| e * row).collect();
+    t.pick_runs(shape, &starts, row)
+}
+
+/// The f32 values of `t`, taken over without a copy when nothing else holds them.
+fn into_values(t: Tensor) -> Vec<f32> {
+    match std::sync::Arc::try_unwrap(t.data) {
+        Ok(ppmoe_runtime::tensor::Data::F32(v)) => v,
+        Ok(other) => Tensor {
+            data: std::sync::Arc::new(other),
+            ..Tensor::f32(vec![], vec![])
+        }
+        .to_f32(),
+        Err(shared) => match &*shared {
+            ppmoe_runtime::tensor::Data::F32(v) => v.clone(),
+            _ => Tensor {
+                data: shared.clone(),
+                ..Tensor::f32(vec![], vec![])
+            }
+            .to_f32(),
+        },
+    }
+}
+
+/// [E, a, b] -> [E, b, a] in place, one expert at a time through a scratch matrix.
+fn swap_last_owned(t: Tensor) -> Tensor {
+    let (e, a, b, dtype) = (t.shape[0], t.shape[1], t.shape[2], t.dtype);
+    let mut v = into_values(t);
+    let mut scratch = vec![0f32; a * b];
+    for x in 0..e {
+        let m = &mut v[x * a * b..(x + 1) * a * b];
+        scratch.copy_from_slice(m);
+        let src = Tensor::f32(vec![1, a, b], std::mem::take(&mut scratch));
+        let swapped = swap_last(&src);
+        m.copy_from_slice(swapped.as_f32().unwrap_or_default());
+        scratch = into_values(src);
+    }
+    Tensor::f32(vec![e, b, a], v).with_dtype(dtype)
+}
+
+fn oriented_owned(t: Tensor, o: Orient) -> Tensor {
+    match o {
+        Orient::AsIs => t,
+        Orient::Swapped => swap_last_owned(t),
+    }
 }
 
 impl Reading {
+    /// The whole reading, taking the stacks over: a stack nothing else holds is reoriented in
+    /// place (one expert's scratch beside it), so the raise never holds the weights twice.
+    /// The stored type of each stack is kept (bf16 stays bf16).
+    pub fn materialize_owned(&self, stacks: Vec<Tensor>, biases: &[Tensor]) -> ExpertFfn {
+        let mut slots: Vec<Option<Tensor>> = stacks.into_iter().map(Some).collect();
+        let mut take = |i: usize, o: Orient| {
+            oriented_owned(
+                slots[i]
+                    .take()
+                    .unwrap_or_else(|| Tensor::f32(vec![0, 0, 0], vec![])),
+                o,
+            )
+        };
+        let wi = match &self.w_in {
+            InSource::One(i, o) => take(*i, *o),
+            InSource::Concat { gate, up } => {
+                let g = take(gate.0, gate.1);
+                let u = take(up.0, up.1);
+                let dtype = g.dtype;
+                concat_last(&g, &u).with_dtype(dtype)
+            }
+        };
+        let w_out = take(self.w_out.0, self.w_out.1);
+        let pack = |t: Tensor| {
+            if self.packing == GatePacking::GateUp {
+                t
+            } else {
+                let dtype = t.dtype;
+                to_gate_up(&t, self.packing).with_dtype(dtype)
+            }
+        };
+        ExpertFfn {
+            w_in: pack(wi),
+            w_out,
+            b_in: self.b_in.map(|b| pack(biases[b].clone())),
+            b_out: self.b_out.map(|b| biases[b].clone()),
+            activation: self.activation,
+            alpha: self.alpha,
+            beta: self.beta,
+            limit: self.limit,
+        }
+    }
+
     /// The weights of this reading for the given experts (renumbered 0..), or for all of them.
     pub fn materialize(
         &self,

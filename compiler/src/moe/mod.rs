@@ -3,6 +3,7 @@
 
 pub mod expert_weights;
 pub mod fused_ort;
+pub mod probe;
 pub mod region;
 
 use serde::Serialize;

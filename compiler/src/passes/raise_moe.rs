@@ -328,6 +328,9 @@ struct Found {
     /// The layer's expert weight stacks and biases, as the reading indexes them.
     stacks: Vec<Tensor>,
     biases: Vec<Tensor>,
+    /// The stacks' names in the program, and their stored types.
+    stack_names: Vec<String>,
+    stack_dtypes: Vec<DType>,
 }
 
 /// Tries to raise the layer whose router is instruction `i`; trial evaluation makes no tensor
@@ -467,12 +470,22 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                 }
                 return Ok(found);
             }
-            let stacks: Vec<Tensor> = weights_of(prog, &region, &weights, |t| {
-                t.shape.len() == 3 && t.shape[0] == e
-            });
+            let (stack_names, stacks): (Vec<String>, Vec<Tensor>) =
+                weights_of(prog, &region, &weights, |t| {
+                    t.shape.len() == 3 && t.shape[0] == e
+                })
+                .into_iter()
+                .unzip();
+            let stack_dtypes: Vec<DType> = stack_names
+                .iter()
+                .map(|n| weights[n.as_str()].dtype)
+                .collect();
             let biases: Vec<Tensor> = weights_of(prog, &region, &weights, |t| {
                 t.shape.len() == 2 && t.shape[0] == e && t.dtype.is_float()
-            });
+            })
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
             if stacks.is_empty() {
                 last_reason = format!("no expert weights (a weight of {e} stacked matrices) in the layer ending at '{}'", b.name);
                 continue;
@@ -497,6 +510,8 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                                     route,
                                     reading: r.clone(),
                                     stacks: stacks.clone(),
+                                    stack_names: stack_names.clone(),
+                                    stack_dtypes: stack_dtypes.clone(),
                                     biases: biases.clone(),
                                 });
                                 break 'search;
@@ -527,7 +542,7 @@ fn weights_of(
     region: &BTreeSet<usize>,
     weights: &HashMap<&str, &Tensor>,
     keep: impl Fn(&Tensor) -> bool,
-) -> Vec<Tensor> {
+) -> Vec<(String, Tensor)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for &i in region {
@@ -535,7 +550,7 @@ fn weights_of(
             let name = p.buffers[*b].name.as_str();
             if let Some(t) = weights.get(name) {
                 if keep(t) && seen.insert(name) {
-                    out.push((*t).clone().with_dtype(DType::F32));
+                    out.push((name.to_string(), (*t).clone().with_dtype(DType::F32)));
                 }
             }
         }
@@ -638,7 +653,8 @@ fn shared_experts(core: &CoreProgram, output: BufferId, tokens: &HashSet<BufferI
 /// Replaces `found.region` by route + experts.
 fn apply(
     core: &mut CoreProgram,
-    found: Found,
+    found: &Found,
+    ffn: &ExpertFfn,
     logits: BufferId,
     x: BufferId,
     policy: CapacityPolicy,
@@ -716,10 +732,7 @@ fn apply(
         outputs: vec![w, ids],
         origin: origin.clone(),
     });
-    let ffn = found
-        .reading
-        .materialize(&found.stacks, &found.biases, None);
-    let f = &ffn;
+    let f = ffn;
     let mut weight =
         |prog: &mut ppmoe_runtime::program::Program, suffix: &str, t: &Tensor| -> BufferId {
             let id = new_buf(
@@ -812,58 +825,15 @@ pub fn raise_moe(core: &mut CoreProgram, policy: CapacityPolicy, limit: usize) -
 }
 
 /// As [`raise_moe`], with the layers recognised on `probe`: the same model lowered at a few
-/// tokens (its symbolic dimensions small), so the numeric checks cost the same at any compile
-/// size. Each layer found there is applied to both programs at the same instructions; where the
-/// two programs differ in structure, the probe is not used and `core` is raised directly.
+/// tokens (see `moe::probe`), so the numeric checks cost the same at any compile size. Each
+/// layer found there is applied to both programs at the same instructions.
 pub fn raise_moe_probed(
     core: &mut CoreProgram,
     probe: &mut CoreProgram,
     policy: CapacityPolicy,
     limit: usize,
 ) -> RaiseOutcome {
-    if let Err(why) = same_structure(&core.program, &probe.program) {
-        tracing::info!("moe: the few-token program differs from the compiled one ({why}); recognising at the compile size");
-        return raise_layers(core, None, policy, limit);
-    }
     raise_layers(core, Some(probe), policy, limit)
-}
-
-/// The two programs have the same instructions on the same buffers (sizes aside).
-fn same_structure(
-    a: &ppmoe_runtime::program::Program,
-    b: &ppmoe_runtime::program::Program,
-) -> Result<(), String> {
-    if a.instructions.len() != b.instructions.len() || a.buffers.len() != b.buffers.len() {
-        return Err(format!(
-            "{} vs {} instructions, {} vs {} buffers",
-            a.instructions.len(),
-            b.instructions.len(),
-            a.buffers.len(),
-            b.buffers.len()
-        ));
-    }
-    if let Some(i) = a
-        .instructions
-        .iter()
-        .zip(&b.instructions)
-        .position(|(x, y)| {
-            x.op.name() != y.op.name() || x.inputs != y.inputs || x.outputs != y.outputs
-        })
-    {
-        return Err(format!(
-            "instruction {i} ({} from node \"{}\")",
-            a.instructions[i].op.name(),
-            a.instructions[i].origin
-        ));
-    }
-    if let Some(i) =
-        a.buffers.iter().zip(&b.buffers).position(|(x, y)| {
-            x.name != y.name || x.kind != y.kind || x.shape.len() != y.shape.len()
-        })
-    {
-        return Err(format!("buffer '{}'", a.buffers[i].name));
-    }
-    Ok(())
 }
 
 fn raise_layers(
@@ -891,11 +861,13 @@ fn raise_layers(
         tried.insert(key);
         match try_raise(work, i, limit) {
             Ok(None) => {}
-            Ok(Some(found)) => {
+            Ok(Some(mut found)) => {
+                // Materialised once (the one copy of the experts' weights in the canonical
+                // layout), shared by both programs.
+                let ffn = materialize(&mut found, core, probe.as_deref_mut());
                 if let Some(p) = probe.as_deref_mut() {
-                    apply_found(p, found.clone(), i, policy);
+                    apply_found(p, &found, &ffn, i, policy);
                 }
-                let mut found = found;
                 // GShard's capacity is a function of the token count: read it at the compile size.
                 if found.route.capacity > 0 {
                     let logits = &core.program.buffers[find_anchor_logits(core, i).unwrap_or(0)];
@@ -903,7 +875,7 @@ fn raise_layers(
                         found.route.capacity = einsum_capacity(&core.program, &found.region, t, e);
                     }
                 }
-                if let Some(layer) = apply_found(core, found, i, policy) {
+                if let Some(layer) = apply_found(core, &found, &ffn, i, policy) {
                     outcome.raised.push(layer);
                 }
                 // The GShard gating has a second arg_max in the region just removed; any
@@ -922,6 +894,49 @@ fn raise_layers(
     outcome
 }
 
+/// The layer's weights in the canonical layout, made once for both programs. The source
+/// stacks are first let go by the programs (when only the layer reads them), so that they can
+/// be reoriented in place rather than copied.
+fn materialize(
+    found: &mut Found,
+    core: &mut CoreProgram,
+    probe: Option<&mut CoreProgram>,
+) -> ExpertFfn {
+    let stacks = std::mem::take(&mut found.stacks);
+    let stacks: Vec<Tensor> = stacks
+        .into_iter()
+        .zip(&found.stack_dtypes)
+        .map(|(t, &d)| t.with_dtype(d))
+        .collect();
+    for program in std::iter::once(core).chain(probe) {
+        release_weights(program, &found.region, &found.stack_names);
+    }
+    let biases = std::mem::take(&mut found.biases);
+    found.reading.materialize_owned(stacks, &biases)
+}
+
+/// Drops `names` from the program's weights where nothing outside `region` reads them (the
+/// region is about to be replaced).
+fn release_weights(core: &mut CoreProgram, region: &BTreeSet<usize>, names: &[String]) {
+    let prog = &core.program;
+    let read_outside = |name: &str| {
+        prog.instructions.iter().enumerate().any(|(i, ins)| {
+            !region.contains(&i)
+                && ins
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .any(|b| prog.buffers[*b].name == name)
+        }) || prog.outputs.iter().any(|&o| prog.buffers[o].name == name)
+    };
+    let gone: HashSet<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !read_outside(n))
+        .collect();
+    core.weights.retain(|(n, _)| !gone.contains(n.as_str()));
+}
+
 fn find_anchor_logits(core: &CoreProgram, i: usize) -> Option<BufferId> {
     let prod = producers(&core.program);
     let weights: HashMap<&str, &Tensor> =
@@ -932,7 +947,8 @@ fn find_anchor_logits(core: &CoreProgram, i: usize) -> Option<BufferId> {
 /// Replaces the layer `found` (router at instruction `i`) in `core`; the raised layer's row.
 fn apply_found(
     core: &mut CoreProgram,
-    found: Found,
+    found: &Found,
+    ffn: &ExpertFfn,
     i: usize,
     policy: CapacityPolicy,
 ) -> Option<MoeLayer> {
@@ -943,7 +959,7 @@ fn apply_found(
     let x = router_input(core, &prod, anchor.logits)?;
     let tokens = reshape_family(core, &prod, x);
     let output = found.output;
-    let mut layer = apply(core, found, anchor.logits, x, policy);
+    let mut layer = apply(core, found, ffn, anchor.logits, x, policy);
     layer.shared_experts = shared_experts(core, output, &tokens);
     Some(layer)
 }

@@ -78,7 +78,7 @@ pub fn gather_nd(x: &Tensor, idx: &Tensor, b: usize) -> KResult<Tensor> {
     let ids = idx.to_i64();
     let per_batch = numel(&idx.shape[b..idx.shape.len() - 1]);
     let batch_stride = numel(&x.shape[b..]);
-    let mut pick = Vec::with_capacity(batch * per_batch * slice);
+    let mut starts = Vec::with_capacity(batch * per_batch);
     for bi in 0..batch {
         for j in 0..per_batch {
             let tuple = &ids[(bi * per_batch + j) * k..(bi * per_batch + j + 1) * k];
@@ -86,12 +86,12 @@ pub fn gather_nd(x: &Tensor, idx: &Tensor, b: usize) -> KResult<Tensor> {
             for (d, &i) in tuple.iter().enumerate() {
                 off += wrap(i, x.shape[b + d])? * xs[b + d];
             }
-            pick.extend(off..off + slice);
+            starts.push(off);
         }
     }
     let mut shape = idx.shape[..idx.shape.len() - 1].to_vec();
     shape.extend(&x.shape[b + k..]);
-    Ok(x.pick(shape, pick.into_iter()))
+    Ok(x.pick_runs(shape, &starts, slice))
 }
 
 /// out[t] = combine(out[t], v) for each (target, update) pair.

@@ -13,9 +13,9 @@ pub fn round_bf16(v: &mut [f32]) {
 /// A · B in f32. With a bf16 B (a weight stored bf16) A is rounded to bf16 first, as the GPU's
 /// bf16 GEMM does, and the products accumulate in f32.
 pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
-    let (mut av, bv) = (a.to_f32(), b.to_f32());
+    let (mut av, bv) = (a.f32_values(), b.f32_values());
     if b.dtype == DType::BF16 && a.dtype != DType::BF16 {
-        round_bf16(&mut av);
+        round_bf16(av.to_mut());
     }
     if a.shape.is_empty() || b.shape.is_empty() {
         return Err("MatMul of a scalar".into());
