@@ -2,7 +2,8 @@
 
 These are the sizes users deploy (gigabytes of weights): they are made on demand into a cache
 folder by `scripts/scale-check`, never committed. Each folder holds model.onnx (+ its external
-data file), one .npy per input and output (named after the ONNX graph's names), and model.json.
+data file), one .npy per input and output (named after the ONNX graph's names), and
+fixture.json (what it is, in the committed fixtures' format).
 
   qwen3_block_fp32/    Qwen3-30B-A3B's MoE block (hidden 2048, 128 experts, top-8, expert FFN
                        768), fp32, dynamic token dimension ([1, tokens, 2048])
@@ -10,6 +11,9 @@ data file), one .npy per input and output (named after the ONNX graph's names), 
                        fp32, dynamic token dimension
   mixtral_lm_bf16/     a 2-layer Mixtral-8x7B-shaped causal LM (vocabulary 32000) built in bf16,
                        with the default attention implementation (sdpa), dynamic sequence
+  mixtral_lm_bf16_sdpa/ the same at hidden 64 (a few hundred KB): committed under
+                       tests/fixtures for CI (`... export_scale_models.py tests/fixtures
+                       mixtral_lm_bf16_sdpa`)
 
 Export uses the exporter users use (`torch.onnx.export(dynamo=True)`) with the batched_mm
 experts (the default grouped_mm form does not export); the references are computed with the
@@ -51,7 +55,18 @@ def mixtral_lm():
     return cfg, torch.bfloat16, "lm"
 
 
-MODELS = {"qwen3_block_fp32": qwen3_block, "mixtral_block_fp32": mixtral_block, "mixtral_lm_bf16": mixtral_lm}
+def mixtral_lm_tiny():
+    """The same export as mixtral_lm_bf16 at hidden 64: the committed fixture of CI's tests."""
+    cfg = transformers.MixtralConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=256, sliding_window=None, tie_word_embeddings=False,
+        initializer_range=0.1)
+    return cfg, torch.bfloat16, "lm"
+
+
+MODELS = {"qwen3_block_fp32": qwen3_block, "mixtral_block_fp32": mixtral_block, "mixtral_lm_bf16": mixtral_lm,
+          "mixtral_lm_bf16_sdpa": mixtral_lm_tiny}
 
 
 class Block(torch.nn.Module):
@@ -77,6 +92,7 @@ class Logits(torch.nn.Module):
 def build(make):
     cfg, dtype, kind = make()
     cfg._experts_implementation = "eager"
+    arch = type(cfg).__name__.replace("Config", "").lower()
     torch.manual_seed(1234)
     prev = torch.get_default_dtype()
     # Built directly in the target type: a bf16 LM never exists in fp32 (memory).
@@ -93,17 +109,17 @@ def build(make):
         module = Logits(lm).eval()
         x = torch.randint(0, cfg.vocab_size, (1, TOKENS), generator=torch.Generator().manual_seed(7))
         dyn = ({1: torch.export.Dim("sequence", min=2, max=32768)},)
-    return lm, module, x, dyn
+    return lm, module, x, dyn, arch, kind
 
 
 def export(name, out_dir):
     d = os.path.join(out_dir, name)
-    if os.path.exists(os.path.join(d, "model.json")):
+    if os.path.exists(os.path.join(d, "fixture.json")):
         print(f"{name}: present in {d}", flush=True)
         return
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
-    lm, module, x, dyn = build(MODELS[name])
+    lm, module, x, dyn, arch, kind = build(MODELS[name])
     with torch.no_grad():
         ref = module(x)
     lm.set_experts_implementation("batched_mm")
@@ -117,12 +133,16 @@ def export(name, out_dir):
     out_names = [o.name for o in m.graph.output]
     np.save(os.path.join(d, f"{in_names[0]}.npy"), x.float().numpy() if x.is_floating_point() else x.numpy())
     np.save(os.path.join(d, f"{out_names[0]}.npy"), ref.float().numpy())
-    info = dict(name=name, inputs=in_names, outputs=out_names, nodes=len(m.graph.node),
+    # The fields of the committed fixtures' fixture.json, which the tests read.
+    info = dict(name=name, arch=arch, experts_implementation="batched_mm", exporter="dynamo",
+                attention="sdpa (the default)", kind="lm" if kind == "lm" else "moe_subgraph",
+                input_name=in_names[0], inputs=in_names, outputs=out_names, nodes=len(m.graph.node),
+                opset=[(o.domain, o.version) for o in m.opset_import],
                 weight_bytes=sum(p.numel() * p.element_size() for p in module.parameters()),
                 dtype=str(next(module.parameters()).dtype), tokens=TOKENS, torch=torch.__version__,
                 transformers=transformers.__version__, seconds=round(time.time() - t0, 1),
                 ops=sorted({n.op_type for n in m.graph.node}))
-    with open(os.path.join(d, "model.json"), "w") as f:
+    with open(os.path.join(d, "fixture.json"), "w") as f:
         json.dump(info, f, indent=1)
     print(f"{name}: {info['nodes']} nodes, {info['weight_bytes'] / 2**30:.2f} GiB of weights, "
           f"{info['seconds']} s -> {d}", flush=True)

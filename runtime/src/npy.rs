@@ -68,6 +68,10 @@ pub fn write_npy(path: &Path, t: &Tensor) -> std::io::Result<()> {
     let (descr, bytes) = match (&*t.data, t.dtype) {
         (Data::F32(_), DType::F64) => ("<f8", t.to_bytes()),
         (Data::F32(v), _) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        (Data::Half(_), _) => (
+            "<f4",
+            t.to_f32().iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
         (Data::Bool(_), _) => ("|b1", t.to_bytes()),
         (Data::I64(_), DType::I32) => ("<i4", t.to_bytes()),
         (Data::I64(v), _) => ("<i8", v.iter().flat_map(|x| x.to_le_bytes()).collect()),

@@ -75,6 +75,23 @@ pub enum Data {
     F32(Vec<f32>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
+    /// f16 or bf16 bits (the tensor's dtype says which): weights as the model stores them,
+    /// widened to f32 only where an op computes with them.
+    Half(Vec<u16>),
+}
+
+/// The f32 values of f16 or bf16 bits.
+pub fn widen(bits: &[u16], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F16 => bits
+            .iter()
+            .map(|&b| half::f16::from_bits(b).to_f32())
+            .collect(),
+        _ => bits
+            .iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
+            .collect(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -124,9 +141,43 @@ impl Tensor {
     }
 
     /// A tensor of `dtype` with the storage's values (the dtype only decides how it is stored).
+    /// Half-precision bits are widened first when the type changes (they mean nothing else).
     pub fn with_dtype(mut self, dtype: DType) -> Tensor {
+        if dtype != self.dtype && matches!(*self.data, Data::Half(_)) {
+            self.data = Arc::new(Data::F32(self.to_f32()));
+        }
         self.dtype = dtype;
         self
+    }
+
+    /// The same tensor with half-precision bits widened to f32 storage (dtype kept).
+    pub fn widened(self) -> Tensor {
+        match &*self.data {
+            Data::Half(bits) => Tensor {
+                data: Arc::new(Data::F32(widen(bits, self.dtype))),
+                ..self
+            },
+            _ => self,
+        }
+    }
+
+    /// f32 values stored as `dtype` (f16/bf16 as their bits, rounded to nearest even).
+    pub fn half(shape: Vec<usize>, v: &[f32], dtype: DType) -> Tensor {
+        let bits = match dtype {
+            DType::F16 => v
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect(),
+            _ => v
+                .iter()
+                .map(|&x| half::bf16::from_f32(x).to_bits())
+                .collect(),
+        };
+        Tensor {
+            dtype,
+            shape,
+            data: Arc::new(Data::Half(bits)),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -150,6 +201,7 @@ impl Tensor {
             Data::I64(v) => v.clone(),
             Data::Bool(v) => v.iter().map(|&b| b as i64).collect(),
             Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::Half(b) => widen(b, self.dtype).iter().map(|&x| x as i64).collect(),
         }
     }
 
@@ -158,6 +210,7 @@ impl Tensor {
             Data::F32(v) => v.clone(),
             Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as u8 as f32).collect(),
+            Data::Half(b) => widen(b, self.dtype),
         }
     }
 
@@ -174,6 +227,7 @@ impl Tensor {
             Data::F32(v) => Data::F32(take(v, n, idx)),
             Data::I64(v) => Data::I64(take(v, n, idx)),
             Data::Bool(v) => Data::Bool(take(v, n, idx)),
+            Data::Half(v) => Data::Half(take(v, n, idx)),
         };
         Tensor {
             dtype: self.dtype,
@@ -196,11 +250,22 @@ impl Tensor {
             Data::F32(v) => Data::F32(take(v, starts, run)),
             Data::I64(v) => Data::I64(take(v, starts, run)),
             Data::Bool(v) => Data::Bool(take(v, starts, run)),
+            Data::Half(v) => Data::Half(take(v, starts, run)),
         };
         Tensor {
             dtype: self.dtype,
             shape,
             data: Arc::new(data),
+        }
+    }
+
+    /// Elements `range` as f32: borrowed from f32 storage, widened from half bits (one
+    /// expert's matrix of a stack, say, without the rest of it).
+    pub fn f32_range(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [f32]> {
+        match &*self.data {
+            Data::F32(v) => std::borrow::Cow::Borrowed(&v[range]),
+            Data::Half(b) => std::borrow::Cow::Owned(widen(&b[range], self.dtype)),
+            _ => std::borrow::Cow::Owned(self.to_f32()[range].to_vec()),
         }
     }
 
@@ -227,6 +292,7 @@ impl Tensor {
                     Data::F32(v) => Data::F32(v[start..end].to_vec()),
                     Data::I64(v) => Data::I64(v[start..end].to_vec()),
                     Data::Bool(v) => Data::Bool(v[start..end].to_vec()),
+                    Data::Half(v) => Data::Half(v[start..end].to_vec()),
                 }),
             };
             sink(&piece.to_bytes())?;
@@ -256,11 +322,18 @@ impl Tensor {
                 v.iter().flat_map(|&x| (x as f64).to_le_bytes()).collect()
             }
             (Data::Bool(v), _) => v.iter().map(|&b| b as u8).collect(),
+            (Data::Half(b), DType::F16 | DType::BF16) => {
+                let mut out = Vec::with_capacity(b.len() * 2);
+                b.iter()
+                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                out
+            }
+            (Data::Half(_), _) => self.clone().widened().to_bytes(),
             (d, dt) => {
                 let ints: Vec<i64> = match d {
                     Data::I64(v) => v.clone(),
                     Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
-                    Data::Bool(_) => unreachable!("handled above"),
+                    Data::Bool(_) | Data::Half(_) => unreachable!("handled above"),
                 };
                 match dt.size() {
                     1 => ints.iter().map(|&x| x as u8).collect(),
@@ -291,14 +364,10 @@ impl Tensor {
                     .map(|i| f32::from_le_bytes(c(i, 4).try_into().unwrap()))
                     .collect(),
             ),
-            DType::F16 => Data::F32(
+            // Kept as bits: a bf16 model's weights take bf16's room, not f32's.
+            DType::F16 | DType::BF16 => Data::Half(
                 (0..n)
-                    .map(|i| half::f16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32())
-                    .collect(),
-            ),
-            DType::BF16 => Data::F32(
-                (0..n)
-                    .map(|i| half::bf16::from_le_bytes(c(i, 2).try_into().unwrap()).to_f32())
+                    .map(|i| u16::from_le_bytes(c(i, 2).try_into().unwrap()))
                     .collect(),
             ),
             DType::F64 => Data::F32(

@@ -30,8 +30,26 @@ pub fn shape_flags(dir: &Path) -> Vec<String> {
         let at = text.find("\"inputs\": [").unwrap();
         let name = text[at..].split('"').nth(3).unwrap().to_string();
         vec!["--input-shape".into(), format!("{name}=1x16x64")]
+    } else if text.contains("\"tokens\":") {
+        // An LM exported with a dynamic sequence (examples/export_scale_models.py).
+        let (name, tokens) = (
+            fixture_field(dir, "input_name"),
+            fixture_field(dir, "tokens"),
+        );
+        vec!["--input-shape".into(), format!("{name}=1x{tokens}")]
     } else {
         vec![]
+    }
+}
+
+/// How close to PyTorch's output a fixture must come: 1e-4 for fp32 models; 3e-2 for bf16
+/// ones (PyTorch rounds every op's result to bf16, the CPU backend only the GEMMs' inputs).
+pub fn torch_tolerance(dir: &Path) -> f64 {
+    let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
+    if text.contains("bfloat16") {
+        3e-2
+    } else {
+        1e-4
     }
 }
 
@@ -110,6 +128,7 @@ macro_rules! for_each_fixture {
             mixtral_block_ts_bmm,
             mixtral_block_ts_eager,
             mixtral_lm_dynamo,
+            mixtral_lm_bf16_sdpa,
             olmoe_block_dynamo,
             olmoe_block_ts_bmm,
             olmoe_block_ts_eager,

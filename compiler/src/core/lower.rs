@@ -50,10 +50,22 @@ pub fn runtime_dtype(d: ppmoe_frontend::DType) -> DType {
 
 /// A constant's or weight's value as a tensor (external data read here, one tensor at a time).
 pub fn tensor_of(t: &TensorData) -> Result<Tensor, String> {
-    if let (Some(x), ppmoe_frontend::DType::F32, true) =
-        (&t.external, t.dtype, cfg!(target_endian = "little"))
-    {
-        return read_f32_external(t, x);
+    if let (Some(x), true) = (&t.external, cfg!(target_endian = "little")) {
+        match t.dtype {
+            ppmoe_frontend::DType::F32 => {
+                return read_external::<f32>(t, x).map(|(s, v)| Tensor::f32(s, v))
+            }
+            // bf16 and f16 stay as their bits: no f32 copy of a half-precision model.
+            d @ (ppmoe_frontend::DType::BF16 | ppmoe_frontend::DType::F16) => {
+                let (shape, bits) = read_external::<u16>(t, x)?;
+                return Ok(Tensor {
+                    dtype: runtime_dtype(d),
+                    shape,
+                    data: std::sync::Arc::new(ppmoe_runtime::tensor::Data::Half(bits)),
+                });
+            }
+            _ => {}
+        }
     }
     let bytes = t.load_bytes().map_err(|e| match &t.external {
         Some(x) => format!(
@@ -80,7 +92,10 @@ pub fn tensor_of(t: &TensorData) -> Result<Tensor, String> {
 }
 
 /// An external f32 weight read straight into its tensor's storage (no byte buffer beside it).
-fn read_f32_external(t: &TensorData, x: &ppmoe_frontend::ExternalData) -> Result<Tensor, String> {
+fn read_external<T: bytemuck::Pod>(
+    t: &TensorData,
+    x: &ppmoe_frontend::ExternalData,
+) -> Result<(Vec<usize>, Vec<T>), String> {
     let shape = t
         .dims
         .iter()
@@ -90,7 +105,7 @@ fn read_f32_external(t: &TensorData, x: &ppmoe_frontend::ExternalData) -> Result
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("the element count of {shape:?} overflows"))?;
-    let mut v = vec![0f32; n];
+    let mut v = vec![T::zeroed(); n];
     x.read_into(bytemuck::cast_slice_mut(&mut v)).map_err(|e| {
         format!(
             "cannot read {} bytes at offset {} of {}: {e}",
@@ -99,7 +114,7 @@ fn read_f32_external(t: &TensorData, x: &ppmoe_frontend::ExternalData) -> Result
             x.file.display()
         )
     })?;
-    Ok(Tensor::f32(shape, v))
+    Ok((shape, v))
 }
 
 /// The model's initializers as tensors, converted once and shared (by reference count) by every
@@ -151,6 +166,7 @@ pub const SUPPORTED: &[&str] = &[
     "Div",
     "Einsum",
     "Equal",
+    "IsNaN",
     "Erf",
     "Exp",
     "Expand",
@@ -701,6 +717,7 @@ impl<'m> Lowering<'m> {
             "Gemm" if node.domain.is_empty() => self.lower_gemm(node),
             "MoE" if node.domain == "com.microsoft" => self.lower_fused_moe(node),
             "Clip" if node.domain.is_empty() => self.lower_clip(node),
+            "IsNaN" if node.domain.is_empty() => self.lower_is_nan(node),
             "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
                 if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() =>
             {
@@ -996,6 +1013,28 @@ impl<'m> Lowering<'m> {
     }
 
     /// Clip(x, lo, hi) = Min(Max(x, lo), hi), each bound only where given.
+    /// IsNaN(x) = not(x == x): NaN is the one value unequal to itself (exact, and both ops
+    /// already run everywhere).
+    fn lower_is_nan(&mut self, node: &Node) -> Result<(), CompileError> {
+        let x = self.operand(&node.inputs[0]);
+        let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
+        let shape = self.buffers[out].shape.clone();
+        let eq = self.temp(&node.outputs[0], DType::Bool, shape);
+        self.emit(
+            node,
+            Op::Binary { f: BinaryFn::Equal },
+            vec![Some(x), Some(x)],
+            vec![eq],
+        );
+        self.emit(
+            node,
+            Op::Unary { f: UnaryFn::Not },
+            vec![Some(eq)],
+            vec![out],
+        );
+        Ok(())
+    }
+
     fn lower_clip(&mut self, node: &Node) -> Result<(), CompileError> {
         let x = self.operand(&node.inputs[0]);
         let lo = node.inputs.get(1).filter(|n| !n.is_empty()).cloned();

@@ -246,7 +246,12 @@ impl Tp<'_> {
                 let b_shape = self.full[b].clone().unwrap_or_default();
                 let weight_2d = self.is_weight(b) && b_shape.len() == 2;
                 // Column split: replicated tokens times a weight whose columns divide by tp.
-                if sa == S::Rep && sb == S::Rep && weight_2d && self.splittable(o, out_rank - 1) {
+                if out_rank >= 1
+                    && sa == S::Rep
+                    && sb == S::Rep
+                    && weight_2d
+                    && self.splittable(o, out_rank - 1)
+                {
                     if let Some(bp) = self.piece(b, 1, &ins.origin) {
                         self.set_split(o, out_rank - 1);
                         self.out.push(Instruction {
@@ -365,7 +370,11 @@ impl Tp<'_> {
                         _ => {
                             let shape = self.full[b].clone().unwrap_or_default();
                             let off = out_rank.saturating_sub(shape.len());
-                            if x < off || shape[x - off] == 1 {
+                            if x < off || shape.get(x - off) == Some(&1) {
+                                inputs.push(Some(b));
+                            } else if shape.len() <= x - off {
+                                // A shape known only at run time cannot be cut here.
+                                ok = false;
                                 inputs.push(Some(b));
                             } else if let Some(pc) = self.piece(b, x - off, &ins.origin) {
                                 inputs.push(Some(pc));

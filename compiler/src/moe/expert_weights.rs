@@ -3,38 +3,17 @@
 //! weight stacks: which stack is which, which way round, how gate and up are packed.
 
 use ppmoe_runtime::program::Activation;
+use ppmoe_runtime::tensor::Data;
 use ppmoe_runtime::Tensor;
 
 /// Transposes the last two dimensions of [E, a, b].
 pub fn swap_last(t: &Tensor) -> Tensor {
-    let (e, a, b) = (t.shape[0], t.shape[1], t.shape[2]);
-    let owned;
-    let v: &[f32] = match t.as_f32() {
-        Some(v) => v,
-        None => {
-            owned = t.to_f32();
-            &owned
-        }
+    // A copy of the storage (f32 or half bits alike), transposed in place.
+    let copy = Tensor {
+        data: std::sync::Arc::new((*t.data).clone()),
+        ..t.clone()
     };
-    // Tiled, so that both the reads and the writes stay within a few cache lines per tile.
-    const TILE: usize = 32;
-    let mut o = vec![0f32; v.len()];
-    for x in 0..e {
-        let (src, dst) = (
-            &v[x * a * b..(x + 1) * a * b],
-            &mut o[x * a * b..(x + 1) * a * b],
-        );
-        for i0 in (0..a).step_by(TILE) {
-            for j0 in (0..b).step_by(TILE) {
-                for i in i0..(i0 + TILE).min(a) {
-                    for j in j0..(j0 + TILE).min(b) {
-                        dst[j * a + i] = src[i * b + j];
-                    }
-                }
-            }
-        }
-    }
-    Tensor::f32(vec![e, b, a], o)
+    swap_last_owned(copy)
 }
 
 /// How gate and up share the N = 2F columns of a fused w_in.
@@ -75,7 +54,7 @@ pub fn to_gate_up(t: &Tensor, p: GatePacking) -> Tensor {
     for r in 0..rows {
         o.extend(src.iter().map(|&s| v[r * n + s]));
     }
-    Tensor::f32(t.shape.clone(), o)
+    Tensor::f32(t.shape.clone(), o).with_dtype(t.dtype)
 }
 
 /// Concatenates [E,H,F] gate and up into [E,H,2F].
@@ -92,7 +71,7 @@ pub fn concat_last(g: &Tensor, u: &Tensor) -> Tensor {
         o.extend_from_slice(&gv[r * f..(r + 1) * f]);
         o.extend_from_slice(&uv[r * f..(r + 1) * f]);
     }
-    Tensor::f32(vec![e, h, 2 * f], o)
+    Tensor::f32(vec![e, h, 2 * f], o).with_dtype(g.dtype)
 }
 
 #[derive(Clone, Debug)]
@@ -227,40 +206,51 @@ pub fn select_experts(t: &Tensor, experts: Option<&[usize]>) -> Tensor {
     t.pick_runs(shape, &starts, row)
 }
 
-/// The f32 values of `t`, taken over without a copy when nothing else holds them.
-fn into_values(t: Tensor) -> Vec<f32> {
-    match std::sync::Arc::try_unwrap(t.data) {
-        Ok(ppmoe_runtime::tensor::Data::F32(v)) => v,
-        Ok(other) => Tensor {
-            data: std::sync::Arc::new(other),
-            ..Tensor::f32(vec![], vec![])
-        }
-        .to_f32(),
-        Err(shared) => match &*shared {
-            ppmoe_runtime::tensor::Data::F32(v) => v.clone(),
-            _ => Tensor {
-                data: shared.clone(),
-                ..Tensor::f32(vec![], vec![])
+/// Transposes each [a, b] matrix of `v` (e of them) in place, through one matrix of scratch.
+fn transpose_each<T: Copy + Default>(v: &mut [T], e: usize, a: usize, b: usize) {
+    const TILE: usize = 32;
+    let mut scratch = vec![T::default(); a * b];
+    for m in v.chunks_exact_mut(a * b).take(e) {
+        scratch.copy_from_slice(m);
+        for i0 in (0..a).step_by(TILE) {
+            for j0 in (0..b).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(a) {
+                    for j in j0..(j0 + TILE).min(b) {
+                        m[j * a + i] = scratch[i * b + j];
+                    }
+                }
             }
-            .to_f32(),
-        },
+        }
     }
 }
 
-/// [E, a, b] -> [E, b, a] in place, one expert at a time through a scratch matrix.
+/// [E, a, b] -> [E, b, a], in place when nothing else holds the storage (else on a copy of
+/// it); f32 or half-precision bits alike.
 fn swap_last_owned(t: Tensor) -> Tensor {
-    let (e, a, b, dtype) = (t.shape[0], t.shape[1], t.shape[2], t.dtype);
-    let mut v = into_values(t);
-    let mut scratch = vec![0f32; a * b];
-    for x in 0..e {
-        let m = &mut v[x * a * b..(x + 1) * a * b];
-        scratch.copy_from_slice(m);
-        let src = Tensor::f32(vec![1, a, b], std::mem::take(&mut scratch));
-        let swapped = swap_last(&src);
-        m.copy_from_slice(swapped.as_f32().unwrap_or_default());
-        scratch = into_values(src);
+    let (e, a, b) = (t.shape[0], t.shape[1], t.shape[2]);
+    let data = std::sync::Arc::try_unwrap(t.data).unwrap_or_else(|shared| (*shared).clone());
+    let data = match data {
+        Data::F32(mut v) => {
+            transpose_each(&mut v, e, a, b);
+            Data::F32(v)
+        }
+        Data::Half(mut v) => {
+            transpose_each(&mut v, e, a, b);
+            Data::Half(v)
+        }
+        other => {
+            let t = Tensor {
+                data: std::sync::Arc::new(other),
+                ..t
+            };
+            return swap_last(&t);
+        }
+    };
+    Tensor {
+        dtype: t.dtype,
+        shape: vec![e, b, a],
+        data: std::sync::Arc::new(data),
     }
-    Tensor::f32(vec![e, b, a], v).with_dtype(dtype)
 }
 
 fn oriented_owned(t: Tensor, o: Orient) -> Tensor {

@@ -105,10 +105,17 @@ pub fn evaluate(
     inputs: &HashMap<BufferId, Tensor>,
     want: BufferId,
     limit: usize,
+    memo: &mut HashMap<BufferId, Tensor>,
 ) -> Result<Tensor, String> {
-    let mut vals: HashMap<BufferId, Tensor> = inputs.clone();
+    // A value depends only on the trial inputs, whichever region asks for it: the small ones
+    // computed for an earlier candidate are kept in `memo` and not computed again.
+    let mut vals: HashMap<BufferId, Tensor> = memo.clone();
+    vals.extend(inputs.iter().map(|(&b, t)| (b, t.clone())));
     for &i in region {
         let ins = &p.instructions[i];
+        if ins.outputs.iter().all(|o| vals.contains_key(o)) {
+            continue;
+        }
         // Static sizes are checked before anything is made; a run-time size (after NonZero)
         // is bounded by its operands, and checked once known.
         for &o in &ins.outputs {
@@ -136,12 +143,30 @@ pub fn evaluate(
             within_limit(ins, &t.shape, t.dtype, limit)?;
         }
         for (&o, t) in ins.outputs.iter().zip(outs) {
-            vals.insert(o, t.with_dtype(p.buffers[o].dtype));
+            // A trial computes in f32: a value computed in a half-precision model is tagged
+            // f32 (its GEMMs with bf16 weights then round it, as the raised layer's do); a
+            // weight moved about (gathered, sliced) keeps its bits and type.
+            let computed = !matches!(*t.data, ppmoe_runtime::tensor::Data::Half(_));
+            let dtype = match p.buffers[o].dtype {
+                ppmoe_runtime::DType::BF16 | ppmoe_runtime::DType::F16 if computed => {
+                    ppmoe_runtime::DType::F32
+                }
+                d => d,
+            };
+            vals.insert(o, t.with_dtype(dtype));
+        }
+    }
+    for (&b, t) in &vals {
+        if t.len().saturating_mul(t.dtype.size()) <= MEMO_BYTES {
+            memo.entry(b).or_insert_with(|| t.clone());
         }
     }
     vals.remove(&want)
         .ok_or_else(|| "the region does not produce the value".to_string())
 }
+
+/// Values up to this size are remembered between the candidates of one layer.
+const MEMO_BYTES: usize = 16 << 20;
 
 /// Refuses a tensor of `shape` over `limit` bytes (or whose size overflows), naming the node.
 fn within_limit(

@@ -409,7 +409,10 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
     };
     let mut found: Option<Found> = None;
     let mut last_reason = String::from("no value after the router matches an MoE layer");
+    // Whether `last_reason` comes from a candidate that ran (its reason is the one to give).
+    let mut specific = false;
     let after = forward_slice(prog, &prog.instructions[i].outputs);
+    let mut memo: [HashMap<BufferId, Tensor>; 2] = Default::default();
     for &j in after.iter().take(SCAN_LIMIT) {
         let ins = &prog.instructions[j];
         if j != i
@@ -434,14 +437,29 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
             let ins_ok = live_ins(prog, &region).iter().all(|b| cut.contains(b));
             let outs = live_outs(prog, &region, &cons);
             if !ins_ok || outs.len() != 1 {
-                last_reason = format!("the layer's values are read outside it or it reads values other than the tokens and logits (at '{}')", b.name);
+                let why = format!("the layer's values are read outside it or it reads values other than the tokens and logits (at '{}')", b.name);
+                tracing::debug!("moe: candidate '{}': {why}", b.name);
+                // A candidate that got further says more: keep its reason.
+                if !specific {
+                    last_reason = why;
+                }
                 continue;
             }
             // A layer that gathers its experts' weights per routed slot makes tensors as large
             // as its largest weight on any number of tokens: the trial may go that far.
             let trial_limit = limit.max(largest_weight(prog, &region, &weights));
             let refs: Vec<Tensor> = match (0..2)
-                .map(|k| evaluate(prog, &weights, &region, &trial_inputs(k), o, trial_limit))
+                .map(|k| {
+                    evaluate(
+                        prog,
+                        &weights,
+                        &region,
+                        &trial_inputs(k),
+                        o,
+                        trial_limit,
+                        &mut memo[k],
+                    )
+                })
                 .collect::<Result<_, _>>()
             {
                 Ok(r) => r,
@@ -450,14 +468,25 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                         "the candidate layer ending at '{}' does not run on random routing: {e}",
                         b.name
                     );
+                    tracing::debug!("moe: {last_reason}");
+                    specific = true;
                     continue;
                 }
             };
-            let matches = |route: &Route, r: &Reading, stacks: &[Tensor], biases: &[Tensor]| {
-                (0..2).all(|k| {
-                    run_reading(route, r, stacks, biases, &x_trials[k], &l_trials[k])
-                        .is_ok_and(|y| rel_err(&y, &refs[k]) < TOLERANCE)
-                })
+            // The worst relative error of a reading over the trials (infinite if it fails).
+            let error = |route: &Route, r: &Reading, stacks: &[Tensor], biases: &[Tensor]| {
+                (0..2)
+                    .map(|k| {
+                        run_reading(route, r, stacks, biases, &x_trials[k], &l_trials[k])
+                            .map_or(f64::INFINITY, |y| rel_err(&y, &refs[k]))
+                    })
+                    .fold(0.0, f64::max)
+            };
+            let mut closest = f64::INFINITY;
+            let mut matches = |route: &Route, r: &Reading, stacks: &[Tensor], biases: &[Tensor]| {
+                let e = error(route, r, stacks, biases);
+                closest = closest.min(e);
+                e < TOLERANCE
             };
             if let Some(prev) = &found {
                 if matches(&prev.route, &prev.reading, &prev.stacks, &prev.biases) {
@@ -528,6 +557,11 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                     stacks.iter().map(|s| s.shape.clone()).collect::<Vec<_>>(),
                     readings.len() * anchor.scoring.len() * anchor.top_k.len() * 2
                 );
+                if closest.is_finite() {
+                    last_reason.push_str(&format!(" (the closest is off by {closest:.1e}, relative; {TOLERANCE:.0e} is needed)"));
+                }
+                tracing::debug!("moe: {last_reason}");
+                specific = true;
             }
         }
     }
@@ -550,7 +584,7 @@ fn weights_of(
             let name = p.buffers[*b].name.as_str();
             if let Some(t) = weights.get(name) {
                 if keep(t) && seen.insert(name) {
-                    out.push((name.to_string(), (*t).clone().with_dtype(DType::F32)));
+                    out.push((name.to_string(), (*t).clone()));
                 }
             }
         }
@@ -735,13 +769,7 @@ fn apply(
     let f = ffn;
     let mut weight =
         |prog: &mut ppmoe_runtime::program::Program, suffix: &str, t: &Tensor| -> BufferId {
-            let id = new_buf(
-                prog,
-                suffix,
-                DType::F32,
-                t.shape.clone(),
-                BufferKind::Weight,
-            );
+            let id = new_buf(prog, suffix, t.dtype, t.shape.clone(), BufferKind::Weight);
             core.weights
                 .push((prog.buffers[id].name.clone(), t.clone()));
             id

@@ -52,10 +52,16 @@ pub fn convert_weights(rp: &mut RankProgram, dt: DType) {
         if !t.dtype.is_float() || t.dtype == dt || keep.contains(name) {
             continue;
         }
-        let Ok(mut v) = ppmoe_runtime::kernels::execute(&Op::Cast { to: dt }, &[Some(t)], 1) else {
-            continue;
+        // Stored as half-precision bits: the converted weights take half the room.
+        *t = match dt {
+            DType::F16 | DType::BF16 => {
+                ppmoe_runtime::Tensor::half(t.shape.clone(), &t.f32_values(), dt)
+            }
+            _ => match ppmoe_runtime::kernels::execute(&Op::Cast { to: dt }, &[Some(t)], 1) {
+                Ok(mut v) => v.remove(0),
+                Err(_) => continue,
+            },
         };
-        *t = v.remove(0);
         if let Some(b) = rp.program.buffers.iter_mut().find(|b| &b.name == name) {
             b.dtype = dt;
         }

@@ -114,15 +114,20 @@ impl Rank<'_> {
                 .host
                 .as_ref()
                 .ok_or_else(|| backend_err("a buffer with no value"))?;
-            let v = t.as_f32().ok_or_else(|| {
-                backend_err(format!(
+            if !matches!(
+                *t.data,
+                crate::tensor::Data::F32(_) | crate::tensor::Data::Half(_)
+            ) {
+                return Err(backend_err(format!(
                     "buffer '{}' is not float: it cannot go to a kernel",
                     self.program.buffers[id].name
-                ))
-            })?;
+                )));
+            }
+            // bf16/f16 bits are widened here: the kernels compute in f32.
+            let v = t.f32_values();
             slot.dev = Some(
                 stream
-                    .clone_htod(v)
+                    .clone_htod(&*v)
                     .map_err(|e| backend_err(e.to_string()))?,
             );
         }
@@ -510,11 +515,14 @@ pub fn run_bundle(
                 .ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
             rank.put_host(id, w.clone());
             if w.dtype == DType::BF16 && bf16_gemms && gemm_weights.contains(&id) {
-                let bits: Vec<u16> = w
-                    .to_f32()
-                    .iter()
-                    .map(|&v| half::bf16::from_f32(v).to_bits())
-                    .collect();
+                let bits: Vec<u16> = match &*w.data {
+                    crate::tensor::Data::Half(b) => b.clone(),
+                    _ => w
+                        .to_f32()
+                        .iter()
+                        .map(|&v| half::bf16::from_f32(v).to_bits())
+                        .collect(),
+                };
                 let d16 = stream
                     .clone_htod(&bits)
                     .map_err(|e| backend_err(e.to_string()))?;

@@ -7,6 +7,7 @@ use crate::tensor::{DType, Data, Tensor};
 pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
     let shape = x.shape.clone();
     Ok(match (&*x.data, f) {
+        (Data::Half(_), _) => return unary(f, &x.clone().widened()),
         (Data::Bool(v), UnaryFn::Not) => Tensor::bool(shape, v.iter().map(|b| !b).collect()),
         (Data::I64(v), _) => {
             let g = |a: i64| -> KResult<i64> {

@@ -25,13 +25,11 @@ pub fn gather(x: &Tensor, idx: &Tensor, ax: i64) -> KResult<Tensor> {
     let mut shape = x.shape[..a].to_vec();
     shape.extend(&idx.shape);
     shape.extend(&x.shape[a + 1..]);
-    let mut pick = Vec::with_capacity(outer * ids.len() * inner);
+    let mut starts = Vec::with_capacity(outer * ids.len());
     for o in 0..outer {
-        for &k in &ids {
-            pick.extend((0..inner).map(|i| o * len * inner + k * inner + i));
-        }
+        starts.extend(ids.iter().map(|&k| o * len * inner + k * inner));
     }
-    Ok(x.pick(shape, pick.into_iter()))
+    Ok(x.pick_runs(shape, &starts, inner))
 }
 
 /// For each element of `idx` (of the data's rank), the flat offset in data of `shape` that it
@@ -248,6 +246,9 @@ pub fn one_hot(idx: &Tensor, depth: &Tensor, values: &Tensor, ax: i64) -> KResul
 }
 
 pub fn trilu(x: &Tensor, k: Option<&Tensor>, upper: bool) -> KResult<Tensor> {
+    if matches!(*x.data, Data::Half(_)) {
+        return trilu(&x.clone().widened(), k, upper);
+    }
     let r = x.shape.len();
     if r < 2 {
         return Err("Trilu needs rank >= 2".into());
@@ -281,6 +282,11 @@ pub fn trilu(x: &Tensor, k: Option<&Tensor>, upper: bool) -> KResult<Tensor> {
         Data::Bool(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| {
             if !kp {
                 *a = false
+            }
+        }),
+        Data::Half(v) => v.iter_mut().zip(&keep).for_each(|(a, &kp)| {
+            if !kp {
+                *a = 0
             }
         }),
     }

@@ -10,12 +10,21 @@ pub fn round_bf16(v: &mut [f32]) {
         .for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
 }
 
-/// A · B in f32. With a bf16 B (a weight stored bf16) A is rounded to bf16 first, as the GPU's
-/// bf16 GEMM does, and the products accumulate in f32.
+/// A · B in f32. With one operand bf16 (a weight stored bf16, on either side) the other is
+/// rounded to bf16 first, as the GPU's bf16 GEMM does, and the products accumulate in f32.
 pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
-    let (mut av, bv) = (a.f32_values(), b.f32_values());
-    if b.dtype == DType::BF16 && a.dtype != DType::BF16 {
-        round_bf16(av.to_mut());
+    let (round_a, round_b) = (
+        b.dtype == DType::BF16 && a.dtype != DType::BF16,
+        a.dtype == DType::BF16 && b.dtype != DType::BF16,
+    );
+    // One batch's matrix as f32 (widened from bf16 bits a matrix at a time: a gathered stack of
+    // expert weights is never widened whole), rounded where the other operand is bf16.
+    fn matrix(t: &Tensor, i: usize, len: usize, round: bool) -> std::borrow::Cow<'_, [f32]> {
+        let mut v = t.f32_range(i * len..(i + 1) * len);
+        if round {
+            round_bf16(v.to_mut());
+        }
+        v
     }
     if a.shape.is_empty() || b.shape.is_empty() {
         return Err("MatMul of a scalar".into());
@@ -45,19 +54,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     let (ma, mb) = (broadcast_map(ab, &batch), broadcast_map(bb, &batch));
     let mut out = vec![0f32; nb * m * n];
     for bi in 0..nb {
-        let x = &av[ma[bi] * m * k..(ma[bi] + 1) * m * k];
-        let y = &bv[mb[bi] * k * n..(mb[bi] + 1) * k * n];
+        let x = matrix(a, ma[bi], m * k, round_a);
+        let y = matrix(b, mb[bi], k * n, round_b);
         let o = &mut out[bi * m * n..(bi + 1) * m * n];
-        for i in 0..m {
-            let row = &mut o[i * n..(i + 1) * n];
-            for p in 0..k {
-                let s = x[i * k + p];
-                let yr = &y[p * n..(p + 1) * n];
-                for j in 0..n {
-                    row[j] += s * yr[j];
-                }
-            }
-        }
+        super::gemm::gemm_acc(m, k, n, &x, &y, o);
     }
     let mut shape = batch;
     if a.shape.len() > 1 {

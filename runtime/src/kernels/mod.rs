@@ -2,6 +2,7 @@
 //! Each family is a file; `execute` dispatches an instruction to it.
 
 mod elementwise;
+mod gemm;
 mod index;
 mod linalg;
 mod moe;
@@ -17,6 +18,34 @@ pub type KResult<T> = Result<T, String>;
 
 /// Runs one op on its operands (`None` for an absent optional operand).
 pub fn execute(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<Vec<Tensor>> {
+    // Half-precision storage (bf16/f16 weights kept as the model stores them) goes as it is to
+    // the ops that move data or read it a piece at a time; every other op computes on f32.
+    let reads_half = matches!(
+        op,
+        Op::ReshapeTo { .. }
+            | Op::Transpose { .. }
+            | Op::Slice
+            | Op::Gather { .. }
+            | Op::GatherNd { .. }
+            | Op::TokenSlice { .. }
+            | Op::MatMul
+            | Op::MoeExperts { .. }
+            | Op::MoeExpertFfn { .. }
+    );
+    let is_half =
+        |t: &Option<&Tensor>| t.is_some_and(|t| matches!(*t.data, crate::tensor::Data::Half(_)));
+    if reads_half || !inputs.iter().any(is_half) {
+        return execute_op(op, inputs, n_outputs);
+    }
+    let widened: Vec<Option<Tensor>> = inputs
+        .iter()
+        .map(|t| t.map(|t| t.clone().widened()))
+        .collect();
+    let refs: Vec<Option<&Tensor>> = widened.iter().map(Option::as_ref).collect();
+    execute_op(op, &refs, n_outputs)
+}
+
+fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<Vec<Tensor>> {
     let arg = |i: usize| -> KResult<&Tensor> {
         inputs
             .get(i)

@@ -169,10 +169,9 @@ pub fn experts(
 ) -> KResult<Tensor> {
     let [x, w, ids, w_in, w_out] = t;
     let (xv, wv, iv) = (x.to_f32(), w.to_f32(), ids.to_i64());
-    let (win, wout) = (
-        w_in.as_f32().ok_or("w_in must be float")?,
-        w_out.as_f32().ok_or("w_out must be float")?,
-    );
+    if !w_in.dtype.is_float() || !w_out.dtype.is_float() {
+        return Err("moe.experts weights must be float".into());
+    }
     let [tokens, h] = x.shape[..] else {
         return Err(format!("moe.experts x must be [T, H], got {:?}", x.shape));
     };
@@ -211,37 +210,45 @@ pub fn experts(
     let bi = b_in.map(|b| b.to_f32());
     let bo = b_out.map(|b| b.to_f32());
     let lim = limit.unwrap_or(f32::INFINITY);
-    let mut y = vec![0f32; tokens * h];
-    let mut hid = vec![0f32; n];
-    let mut act_out = vec![0f32; f];
-    for ti in 0..tokens {
-        let xr = &xv[ti * h..(ti + 1) * h];
-        for j in 0..k {
-            let wt = wv[ti * k + j];
-            if wt == 0.0 {
-                continue;
-            }
-            let ex = iv[ti * k + j];
-            if ex < 0 || ex as usize >= e {
-                return Err(format!("expert id {ex} out of range for {e} experts"));
-            }
-            let ex = ex as usize;
-            hid.iter_mut().for_each(|v| *v = 0.0);
-            let wi = &win[ex * h * n..(ex + 1) * h * n];
-            for (p, &xp) in xr.iter().enumerate() {
-                let row = &wi[p * n..(p + 1) * n];
-                hid.iter_mut()
-                    .zip(row)
-                    .for_each(|(acc, &wv)| *acc += xp * wv);
-            }
+    // Slots grouped by expert, so each expert's matrices are read (or widened from bf16) once
+    // and multiplied as one GEMM; the k outputs of a token are then summed in slot order.
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); e];
+    for (slot, (&wt, &ex)) in wv.iter().zip(&iv).enumerate() {
+        if wt == 0.0 {
+            continue;
+        }
+        if ex < 0 || ex as usize >= e {
+            return Err(format!("expert id {ex} out of range for {e} experts"));
+        }
+        groups[ex as usize].push(slot);
+    }
+    let mut slot_out = vec![0f32; tokens * k * h];
+    for (ex, slots) in groups.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+        let m = slots.len();
+        let mut xs = Vec::with_capacity(m * h);
+        for &s in slots {
+            xs.extend_from_slice(&xv[(s / k) * h..(s / k + 1) * h]);
+        }
+        let mut hid = vec![0f32; m * n];
+        super::gemm::gemm_acc(
+            m,
+            h,
+            n,
+            &xs,
+            &w_in.f32_range(ex * h * n..(ex + 1) * h * n),
+            &mut hid,
+        );
+        let mut act_out = vec![0f32; m * f];
+        for r in 0..m {
+            let hr = &mut hid[r * n..(r + 1) * n];
             if let Some(b) = &bi {
-                hid.iter_mut()
+                hr.iter_mut()
                     .zip(&b[ex * n..(ex + 1) * n])
                     .for_each(|(v, b)| *v += b);
             }
             for q in 0..f {
-                act_out[q] = if gated {
-                    let (g, u) = (hid[q].min(lim), hid[f + q].clamp(-lim, lim));
+                act_out[r * f + q] = if gated {
+                    let (g, u) = (hr[q].min(lim), hr[f + q].clamp(-lim, lim));
                     let gate = if a == Activation::Geglu {
                         act(Activation::Gelu, g)
                     } else {
@@ -249,26 +256,42 @@ pub fn experts(
                     };
                     gate * (u + beta)
                 } else {
-                    act(a, hid[q])
+                    act(a, hr[q])
                 };
             }
-            if narrow_out {
-                super::linalg::round_bf16(&mut act_out);
-            }
-            let wo = &wout[ex * f * h..(ex + 1) * f * h];
-            let yr = &mut y[ti * h..(ti + 1) * h];
-            let mut o = vec![0f32; h];
-            for (q, &aq) in act_out.iter().enumerate() {
-                o.iter_mut()
-                    .zip(&wo[q * h..(q + 1) * h])
-                    .for_each(|(acc, &wv)| *acc += aq * wv);
-            }
+        }
+        if narrow_out {
+            super::linalg::round_bf16(&mut act_out);
+        }
+        let mut o = vec![0f32; m * h];
+        super::gemm::gemm_acc(
+            m,
+            f,
+            h,
+            &act_out,
+            &w_out.f32_range(ex * f * h..(ex + 1) * f * h),
+            &mut o,
+        );
+        for (r, &s) in slots.iter().enumerate() {
+            let or = &mut o[r * h..(r + 1) * h];
             if let Some(b) = &bo {
-                o.iter_mut()
+                or.iter_mut()
                     .zip(&b[ex * h..(ex + 1) * h])
                     .for_each(|(v, b)| *v += b);
             }
-            yr.iter_mut().zip(&o).for_each(|(acc, v)| *acc += wt * v);
+            slot_out[s * h..(s + 1) * h].copy_from_slice(or);
+        }
+    }
+    let mut y = vec![0f32; tokens * h];
+    for ti in 0..tokens {
+        let yr = &mut y[ti * h..(ti + 1) * h];
+        for j in 0..k {
+            let (wt, s) = (wv[ti * k + j], ti * k + j);
+            if wt != 0.0 {
+                yr.iter_mut()
+                    .zip(&slot_out[s * h..(s + 1) * h])
+                    .for_each(|(acc, v)| *acc += wt * v);
+            }
         }
     }
     Ok(Tensor::f32(vec![tokens, h], y).with_dtype(x.dtype))

@@ -16,6 +16,9 @@ pub fn reduce(
     keepdims: bool,
     noop_empty: bool,
 ) -> KResult<Tensor> {
+    if matches!(*x.data, Data::Half(_)) {
+        return reduce(f, &x.clone().widened(), axes, keepdims, noop_empty);
+    }
     let rank = x.shape.len();
     let mut ax: Vec<usize> = axes
         .map(|a| a.to_i64())
@@ -116,6 +119,7 @@ pub fn reduce(
             Ok(Tensor::i64(shape, acc).with_dtype(x.dtype))
         }
         Data::Bool(_) => Err("reduction of a bool tensor".into()),
+        Data::Half(_) => unreachable!("widened at the top of the function"),
     }
 }
 

@@ -168,11 +168,15 @@ pub fn concat(xs: &[&Tensor], ax: i64) -> KResult<Tensor> {
                 crate::tensor::Data::F32(v) => f.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
                 crate::tensor::Data::I64(v) => i.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
                 crate::tensor::Data::Bool(v) => b.extend_from_slice(&v[o * chunk..(o + 1) * chunk]),
+                crate::tensor::Data::Half(v) => f.extend(crate::tensor::widen(
+                    &v[o * chunk..(o + 1) * chunk],
+                    t.dtype,
+                )),
             }
         }
     }
     let data = match *first.data {
-        crate::tensor::Data::F32(_) => crate::tensor::Data::F32(f),
+        crate::tensor::Data::F32(_) | crate::tensor::Data::Half(_) => crate::tensor::Data::F32(f),
         crate::tensor::Data::I64(_) => crate::tensor::Data::I64(i),
         crate::tensor::Data::Bool(_) => crate::tensor::Data::Bool(b),
     };
@@ -194,12 +198,32 @@ fn take(x: &Tensor, ranges: &[(usize, i64, i64, usize)]) -> Tensor {
         step[a] = st;
     }
     let ist = strides(&x.shape);
-    let idx = gather_indices(&shape, |ctr| {
+    // Contiguous runs: the trailing axes taken whole, and the axis before them if its step is
+    // 1, are copied as one run (a slice of a weight never builds an index per element).
+    let rank = shape.len();
+    let mut split = rank;
+    while split > 0
+        && shape[split - 1] == x.shape[split - 1]
+        && start[split - 1] == 0
+        && step[split - 1] == 1
+    {
+        split -= 1;
+    }
+    if split > 0 && step[split - 1] == 1 {
+        split -= 1;
+    }
+    let run = numel(&shape[split..]);
+    let starts = gather_indices(&shape[..split], |ctr| {
         (0..ctr.len())
             .map(|d| ((start[d] + ctr[d] as i64 * step[d]) as usize) * ist[d])
-            .sum()
+            .sum::<usize>()
+            + if split < rank {
+                start[split] as usize * ist[split]
+            } else {
+                0
+            }
     });
-    x.pick(shape, idx.into_iter())
+    x.pick_runs(shape, &starts, run)
 }
 
 pub fn slice(
