@@ -366,7 +366,7 @@ fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
     };
     let limit = c.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
     let initializers = convert_initializers(model)?;
-    let core = lower_to_core_with(model, types, &initializers, limit)?;
+    let core = lower_to_core_with(model, types, &initializers, limit, &Default::default())?;
     c.probe_core =
         crate::moe::probe::probe_program(model, &c.probe_shapes, &initializers, limit, &core);
     c.core = Some(core);

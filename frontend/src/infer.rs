@@ -731,19 +731,21 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         }
         "Range" => {
             let s = x()?;
-            let value = match (cints(0), cints(1), cints(2)) {
-                (Some(a), Some(b), Some(c)) if c.first().is_some_and(|&c| c != 0) => {
+            // The count is known from the operands; the values are made only when small.
+            let (value, n) = match (cints(0), cints(1), cints(2)) {
+                (Some(a), Some(b), Some(c))
+                    if c.first().is_some_and(|&c| c != 0) && !a.is_empty() && !b.is_empty() =>
+                {
                     let (a, b, c) = (a[0], b[0], c[0]);
-                    let n = ((b - a) as f64 / c as f64).ceil().max(0.0) as i64;
-                    let v: Vec<i64> = (0..n).map(|i| a + i * c).collect();
-                    Some(retype(TensorData::from_i64(vec![n], &v), s.dtype))
+                    let n = ((b as f64 - a as f64) / c as f64).ceil().max(0.0) as i64;
+                    let value = (n as u64 <= MAX_CONST as u64).then(|| {
+                        let v: Vec<i64> = (0..n).map(|i| a + i * c).collect();
+                        retype(TensorData::from_i64(vec![n], &v), s.dtype)
+                    });
+                    (value, Dim::Known(n))
                 }
-                _ => None,
+                _ => (None, Dim::Unknown),
             };
-            let n = value
-                .as_ref()
-                .map(|v| Dim::Known(v.dims[0]))
-                .unwrap_or(Dim::Unknown);
             vec![Some(Out {
                 ty: TensorType {
                     dtype: s.dtype,

@@ -10,4 +10,5 @@ mod core_numerics;
 mod distribute;
 mod moe_raise;
 mod onnx_stage;
+mod scale;
 mod stablehlo;

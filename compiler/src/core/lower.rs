@@ -16,7 +16,7 @@ use ppmoe_runtime::program::{
     BinaryFn, Buffer, BufferId, BufferKind, Instruction, Op, Program, ReduceFn, Reduction, UnaryFn,
 };
 use ppmoe_runtime::{kernels, DType, Tensor};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A lowered program with the weights it reads.
 pub struct CoreProgram {
@@ -27,7 +27,15 @@ pub struct CoreProgram {
     /// The model's input and output names with their buffer ids.
     pub input_names: Vec<String>,
     pub output_names: Vec<String>,
+    /// Nodes whose values could have been computed at compile time but were left to run time
+    /// for their size (see `Lowering::fold`): another lowering of the model (the few-token
+    /// probe) leaves the same ones, so that the two programs have the same instructions.
+    pub run_time_nodes: HashSet<String>,
 }
+
+/// A value computed at compile time from the shape of a run-time input (a position range, a
+/// mask) grows with the token count: it is folded only up to this size.
+const SHAPE_DERIVED_FOLD_BYTES: usize = 64 << 10;
 
 pub fn runtime_dtype(d: ppmoe_frontend::DType) -> DType {
     use ppmoe_frontend::DType as F;
@@ -242,6 +250,11 @@ struct Lowering<'m> {
     moe_layers: Vec<crate::moe::MoeLayer>,
     /// Folding never makes a tensor larger than this; a larger value stays a run-time op.
     eval_limit: usize,
+    /// Constants computed from the shape of a run-time input (they grow with its sizes).
+    shape_derived: HashSet<String>,
+    /// Nodes never folded (another lowering left them to run time); and those this one left.
+    keep_run_time: &'m HashSet<String>,
+    run_time_nodes: HashSet<String>,
 }
 
 fn attr_i(n: &Node, k: &str, d: i64) -> i64 {
@@ -426,6 +439,9 @@ impl<'m> Lowering<'m> {
                     }
                 };
                 self.consts.insert(node.outputs[0].clone(), t);
+                if !self.consts.contains_key(&node.inputs[0]) {
+                    self.shape_derived.insert(node.outputs[0].clone());
+                }
                 return Ok(true);
             }
         }
@@ -441,8 +457,28 @@ impl<'m> Lowering<'m> {
             // Gemm and Clip lower to several ops: fold them through their lowering instead.
             Err(_) => return Ok(false),
         };
-        if !self.fits_eval_limit(node) {
-            tracing::info!("node \"{}\" ({}): not folded: its result is larger than the compile-time evaluation limit ({} MiB); it runs at run time", node.name, node.op_type, self.eval_limit >> 20);
+        let derived = node.inputs.iter().any(|i| self.shape_derived.contains(i));
+        let limit = if derived {
+            SHAPE_DERIVED_FOLD_BYTES.min(self.eval_limit)
+        } else {
+            self.eval_limit
+        };
+        if self.keep_run_time.contains(&node.name) {
+            return Ok(false);
+        }
+        if !self.fits(node, limit) {
+            tracing::debug!(
+                "node \"{}\" ({}): not folded: its result is over {} KiB{}; it runs at run time",
+                node.name,
+                node.op_type,
+                limit >> 10,
+                if derived {
+                    " and grows with the input's sizes"
+                } else {
+                    " (--eval-limit)"
+                }
+            );
+            self.run_time_nodes.insert(node.name.clone());
             return Ok(false);
         }
         let args: Vec<Option<&Tensor>> = node
@@ -465,12 +501,15 @@ impl<'m> Lowering<'m> {
                 .map(|t| runtime_dtype(t.dtype))
                 .unwrap_or(t.dtype);
             self.consts.insert(name.clone(), t.with_dtype(want));
+            if derived {
+                self.shape_derived.insert(name.clone());
+            }
         }
         Ok(true)
     }
 
-    /// Whether every output's inferred size is known and within the evaluation limit.
-    fn fits_eval_limit(&self, node: &Node) -> bool {
+    /// Whether every output's inferred size is known and within `limit` bytes.
+    fn fits(&self, node: &Node, limit: usize) -> bool {
         node.outputs.iter().all(|o| {
             let Some(ty) = self.types.get(o) else {
                 return false;
@@ -480,7 +519,7 @@ impl<'m> Lowering<'m> {
                 .iter()
                 .map(|d| d.known().and_then(|v| usize::try_from(v).ok()))
                 .collect();
-            static_bytes(&dims, runtime_dtype(ty.dtype)).is_some_and(|b| b <= self.eval_limit)
+            static_bytes(&dims, runtime_dtype(ty.dtype)).is_some_and(|b| b <= limit)
         })
     }
 
@@ -1082,16 +1121,19 @@ pub fn lower_to_core(model: &Model, types: &Types) -> Result<CoreProgram, Compil
         types,
         &convert_initializers(model)?,
         DEFAULT_EVAL_LIMIT_BYTES,
+        &HashSet::new(),
     )
 }
 
-/// As [`lower_to_core`], with the initializers already converted (shared, not copied) and a
-/// limit on the size of what compile-time evaluation may make.
+/// As [`lower_to_core`], with the initializers already converted (shared, not copied), a
+/// limit on the size of what compile-time evaluation may make, and nodes to leave to run time
+/// whatever their size (another lowering's `run_time_nodes`).
 pub fn lower_to_core_with(
     model: &Model,
     types: &Types,
     initializers: &[(String, Tensor)],
     eval_limit: usize,
+    keep_run_time: &HashSet<String>,
 ) -> Result<CoreProgram, CompileError> {
     let g = &model.graph;
     for input in &g.inputs {
@@ -1114,6 +1156,9 @@ pub fn lower_to_core_with(
         fresh: 0,
         moe_layers: vec![],
         eval_limit,
+        shape_derived: HashSet::new(),
+        keep_run_time,
+        run_time_nodes: HashSet::new(),
     };
     let inputs: Vec<BufferId> = g
         .inputs
@@ -1162,5 +1207,6 @@ pub fn lower_to_core_with(
         moe_layers: l.moe_layers,
         input_names: g.inputs.iter().map(|i| i.name.clone()).collect(),
         output_names: g.outputs.iter().map(|o| o.name.clone()).collect(),
+        run_time_nodes: l.run_time_nodes,
     })
 }

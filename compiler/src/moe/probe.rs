@@ -73,7 +73,8 @@ pub fn probe_program(
         let attempt = ppmoe_frontend::infer_types_at(model, shapes)
             .map_err(|e| e.to_string())
             .and_then(|types| {
-                lower_to_core_with(model, &types, initializers, limit).map_err(|e| e.to_string())
+                lower_to_core_with(model, &types, initializers, limit, &full.run_time_nodes)
+                    .map_err(|e| e.to_string())
             })
             .and_then(|p| same_structure(&full.program, &p.program).map(|()| p));
         match attempt {
