@@ -233,7 +233,7 @@ pub fn run_rank(
         };
         // A send has no result to keep.
         for (&id, t) in ins.outputs.iter().zip(outs) {
-            slots[id] = Some(t.with_dtype(program.buffers[id].dtype));
+            slots[id] = Some(t.stored_as(program.buffers[id].dtype));
         }
         for &id in ins.inputs.iter().flatten() {
             if last_use[id] == i && program.buffers[id].kind == BufferKind::Temp {

@@ -150,6 +150,15 @@ impl Tensor {
         self
     }
 
+    /// The value as a buffer of `dtype` holds it: a bf16/f16 buffer holds bits, so a result
+    /// computed in f32 is rounded to nearest even there (as PyTorch's bf16 ops round theirs).
+    pub fn stored_as(self, dtype: DType) -> Tensor {
+        match (&*self.data, dtype) {
+            (Data::F32(v), DType::BF16 | DType::F16) => Tensor::half(self.shape.clone(), v, dtype),
+            _ => self.with_dtype(dtype),
+        }
+    }
+
     /// The same tensor with half-precision bits widened to f32 storage (dtype kept).
     pub fn widened(self) -> Tensor {
         match &*self.data {
