@@ -30,7 +30,7 @@ pub fn shape_flags(dir: &Path) -> Vec<String> {
         let at = text.find("\"inputs\": [").unwrap();
         let name = text[at..].split('"').nth(3).unwrap().to_string();
         vec!["--input-shape".into(), format!("{name}=1x16x64")]
-    } else if text.contains("\"tokens\":") {
+    } else if text.contains("\"kind\": \"lm\"") && text.contains("\"tokens\":") {
         // An LM exported with a dynamic sequence (examples/export_scale_models.py).
         let (name, tokens) = (
             fixture_field(dir, "input_name"),
