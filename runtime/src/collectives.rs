@@ -21,10 +21,15 @@ pub struct Hub {
     mail: Condvar,
     /// Set when a rank fails: the others stop waiting for it at once.
     failed: std::sync::atomic::AtomicBool,
+    /// Ranks whose thread has ended: nothing more will come from them.
+    exited: Mutex<std::collections::HashSet<usize>>,
 }
 
-/// How long a rank waits for its peers before it gives up (a peer that failed never arrives).
-const PATIENCE: Duration = Duration::from_secs(120);
+/// How often a waiting rank looks whether the peer it waits for has ended. A live peer may
+/// compute for minutes at real sizes, so a wait has no fixed bound but `PATIENCE`.
+const POLL: Duration = Duration::from_secs(1);
+/// The last resort against a wait that can never end (peers alive, each waiting on another).
+const PATIENCE: Duration = Duration::from_secs(3600);
 
 impl Hub {
     /// Puts this rank's tensor in, waits for the whole group, returns every member's tensor in
@@ -36,6 +41,7 @@ impl Hub {
         me: usize,
         t: Tensor,
     ) -> Result<Vec<Tensor>, String> {
+        let started = std::time::Instant::now();
         let key = (group.to_vec(), seq);
         let pos = group
             .iter()
@@ -61,14 +67,28 @@ impl Hub {
                     "rank {me}: a peer rank failed; group {group:?} cannot meet"
                 ));
             }
-            let (guard, timeout) = self
+            let (guard, _) = self
                 .met
-                .wait_timeout(m, PATIENCE)
+                .wait_timeout(m, POLL)
                 .map_err(|_| "a rank panicked")?;
             m = guard;
-            if timeout.timed_out() {
+            let missing: Vec<usize> = m.get(&key).map_or_else(Vec::new, |mt| {
+                group
+                    .iter()
+                    .zip(&mt.inputs)
+                    .filter(|(_, t)| t.is_none())
+                    .map(|(&r, _)| r)
+                    .collect()
+            });
+            if let Some(r) = missing.iter().find(|&&r| self.has_exited(r)) {
                 return Err(format!(
-                    "rank {me}: group {group:?} did not meet (a peer failed or never came)"
+                    "rank {me}: group {group:?} cannot meet: rank {r} ended without joining"
+                ));
+            }
+            if started.elapsed() > PATIENCE {
+                return Err(format!(
+                    "rank {me}: group {group:?} did not meet in {} s",
+                    PATIENCE.as_secs()
                 ));
             }
         }
@@ -95,6 +115,7 @@ impl Hub {
     }
 
     pub fn recv(&self, from: usize, to: usize, tag: u64) -> Result<Tensor, String> {
+        let started = std::time::Instant::now();
         let mut m = self.mailbox.lock().map_err(|_| "a rank panicked")?;
         loop {
             if let Some(t) = m.remove(&(from, to, tag)) {
@@ -105,17 +126,42 @@ impl Hub {
                     "rank {to}: a peer rank failed; nothing will come from rank {from}"
                 ));
             }
-            let (guard, timeout) = self
+            let (guard, _) = self
                 .mail
-                .wait_timeout(m, PATIENCE)
+                .wait_timeout(m, POLL)
                 .map_err(|_| "a rank panicked")?;
             m = guard;
-            if timeout.timed_out() {
+            if m.contains_key(&(from, to, tag)) {
+                continue;
+            }
+            if self.has_exited(from) {
                 return Err(format!(
-                    "rank {to}: nothing arrived from rank {from} (tag {tag})"
+                    "rank {to}: rank {from} ended without sending (tag {tag})"
+                ));
+            }
+            if started.elapsed() > PATIENCE {
+                return Err(format!(
+                    "rank {to}: nothing arrived from rank {from} in {} s (tag {tag})",
+                    PATIENCE.as_secs()
                 ));
             }
         }
+    }
+
+    /// Marks `rank`'s thread as ended (whatever way) and wakes the waiting ranks.
+    pub fn exit(&self, rank: usize) {
+        if let Ok(mut e) = self.exited.lock() {
+            e.insert(rank);
+        }
+        let _meetings = self.meetings.lock();
+        self.met.notify_all();
+        drop(_meetings);
+        let _mail = self.mailbox.lock();
+        self.mail.notify_all();
+    }
+
+    fn has_exited(&self, rank: usize) -> bool {
+        self.exited.lock().map_or(true, |e| e.contains(&rank))
     }
 
     /// Marks the run failed and wakes every waiting rank, so that none waits for the failed one.

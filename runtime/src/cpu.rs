@@ -283,6 +283,8 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
                 let hub = &hub;
                 let pieces = &pieces;
                 s.spawn(move || {
+                    // However the thread ends (a panic included), its peers learn it at once.
+                    let _exit = RankExit { hub, rank: p.rank };
                     let mut comm = Comm::new(hub, p.rank);
                     let mut outs: Vec<Vec<Tensor>> = Vec::new();
                     for (mb, piece) in pieces.iter().enumerate() {
@@ -334,4 +336,19 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
         path: bundle.dir.display().to_string(),
         reason: "no rank produces the model's outputs".into(),
     })
+}
+
+/// Tells the hub that a rank's thread has ended; a panic marks the run failed first.
+struct RankExit<'a> {
+    hub: &'a Hub,
+    rank: usize,
+}
+
+impl Drop for RankExit<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.hub.fail();
+        }
+        self.hub.exit(self.rank);
+    }
 }
