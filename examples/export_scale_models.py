@@ -27,6 +27,10 @@ import numpy as np
 import torch
 import transformers
 
+# The wrappers the committed fixtures were exported with: an MoE block's hidden states, an
+# LM's logits.
+from export_fixtures import FirstOutput, Logits
+
 TOKENS = 16
 
 
@@ -69,26 +73,6 @@ MODELS = {"qwen3_block_fp32": qwen3_block, "mixtral_block_fp32": mixtral_block, 
           "mixtral_lm_bf16_sdpa": mixtral_lm_tiny}
 
 
-class Block(torch.nn.Module):
-    """The first decoder layer's MoE block; some versions return (hidden, router_logits)."""
-    def __init__(self, lm):
-        super().__init__()
-        self.inner = lm.model.layers[0].mlp
-
-    def forward(self, hidden_states):
-        out = self.inner(hidden_states)
-        return out[0] if isinstance(out, tuple) else out
-
-
-class Logits(torch.nn.Module):
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids):
-        return self.lm(input_ids=input_ids, use_cache=False).logits
-
-
 def build(make):
     cfg, dtype, kind = make()
     cfg._experts_implementation = "eager"
@@ -102,7 +86,7 @@ def build(make):
     finally:
         torch.set_default_dtype(prev)
     if kind == "block":
-        module = Block(lm).eval()
+        module = FirstOutput(lm.model.layers[0].mlp).eval()
         x = torch.randn(1, TOKENS, cfg.hidden_size, generator=torch.Generator().manual_seed(7), dtype=dtype)
         dyn = ({1: torch.export.Dim("tokens", min=2, max=65536)},)
     else:

@@ -93,12 +93,10 @@ impl ExternalData {
 
     /// Reads the range (one positioned read; nothing else of the file is held).
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(&self.file)?;
         let len = usize::try_from(self.length)
             .map_err(|_| std::io::Error::other("external data too large for this machine"))?;
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, self.offset)?;
+        self.read_into(&mut buf)?;
         Ok(buf)
     }
 }

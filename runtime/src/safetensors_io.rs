@@ -102,7 +102,7 @@ pub fn write_file(
         .map_err(|e| e.to_string())?
         .sync_all()
         .map_err(|e| e.to_string())?;
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::bundle::hex(&hash.finalize()))
 }
 
 /// One entry of a file's header.
@@ -216,7 +216,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut hash = Sha256::new();
     std::io::copy(&mut f, &mut hash)?;
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::bundle::hex(&hash.finalize()))
 }
 
 #[cfg(test)]

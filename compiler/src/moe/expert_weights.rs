@@ -196,9 +196,8 @@ fn oriented(t: &Tensor, o: Orient) -> Tensor {
     }
 }
 
-/// Rows `experts` of the leading axis of `t`, in that order (all of it, shared, for `None`).
-pub fn select_experts(t: &Tensor, experts: Option<&[usize]>) -> Tensor {
-    let Some(ids) = experts else { return t.clone() };
+/// Rows `ids` of the leading axis of `t`, in that order.
+pub fn select_experts(t: &Tensor, ids: &[usize]) -> Tensor {
     let row = t.len() / t.shape[0].max(1);
     let mut shape = t.shape.clone();
     shape[0] = ids.len();
@@ -304,12 +303,13 @@ impl Reading {
         }
     }
 
-    /// The weights of this reading for the given experts (renumbered 0..), or for all of them.
+    /// The weights of this reading for the given experts (renumbered 0..), copied: what a
+    /// check runs (the raise takes the whole reading with `materialize_owned`).
     pub fn materialize(
         &self,
         stacks: &[Tensor],
         biases: &[Tensor],
-        experts: Option<&[usize]>,
+        experts: &[usize],
     ) -> ExpertFfn {
         let pick = |i: usize, o: Orient| oriented(&select_experts(&stacks[i], experts), o);
         let wi = match &self.w_in {

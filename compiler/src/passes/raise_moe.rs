@@ -129,7 +129,7 @@ fn run_reading(
         .map(|&i| used.binary_search(&(i as usize)).map_or(-1, |p| p as i64))
         .collect();
     let local_ids = Tensor::i64(r[1].shape.clone(), local).with_dtype(r[1].dtype);
-    let f = reading.materialize(stacks, biases, Some(&used));
+    let f = reading.materialize(stacks, biases, &used);
     let args = [
         Some(x),
         Some(&r[0]),
@@ -328,9 +328,8 @@ struct Found {
     /// The layer's expert weight stacks and biases, as the reading indexes them.
     stacks: Vec<Tensor>,
     biases: Vec<Tensor>,
-    /// The stacks' names in the program, and their stored types.
+    /// The stacks' names in the program.
     stack_names: Vec<String>,
-    stack_dtypes: Vec<DType>,
 }
 
 /// Tries to raise the layer whose router is instruction `i`; trial evaluation makes no tensor
@@ -505,10 +504,6 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                 })
                 .into_iter()
                 .unzip();
-            let stack_dtypes: Vec<DType> = stack_names
-                .iter()
-                .map(|n| weights[n.as_str()].dtype)
-                .collect();
             let biases: Vec<Tensor> = weights_of(prog, &region, &weights, |t| {
                 t.shape.len() == 2 && t.shape[0] == e && t.dtype.is_float()
             })
@@ -540,7 +535,6 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                                     reading: r.clone(),
                                     stacks: stacks.clone(),
                                     stack_names: stack_names.clone(),
-                                    stack_dtypes: stack_dtypes.clone(),
                                     biases: biases.clone(),
                                 });
                                 break 'search;
@@ -931,11 +925,6 @@ fn materialize(
     probe: Option<&mut CoreProgram>,
 ) -> ExpertFfn {
     let stacks = std::mem::take(&mut found.stacks);
-    let stacks: Vec<Tensor> = stacks
-        .into_iter()
-        .zip(&found.stack_dtypes)
-        .map(|(t, &d)| t.with_dtype(d))
-        .collect();
     for program in std::iter::once(core).chain(probe) {
         release_weights(program, &found.region, &found.stack_names);
     }
