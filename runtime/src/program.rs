@@ -112,9 +112,57 @@ impl Activation {
     }
 }
 
-/// The canonical expert weight layout the `moe.experts` op reads.
-pub const EXPERTS_LAYOUT: &str =
-    "w_in[E,H,N] (gated: N=2F, gate|up), w_out[E,F,H], b_in[E,N], b_out[E,H]";
+/// How `moe.experts` and `moe.expert_ffn` hold their expert matrices (gated: N = 2F, gate|up;
+/// biases b_in [E,N], b_out [E,H] in both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertLayout {
+    /// w_in [E,H,N], w_out [E,F,H]: rows times W (JAX's einsum form, ORT's older MoE).
+    #[default]
+    InOut,
+    /// w_in [E,N,H], w_out [E,H,F]: rows times Wᵀ, each expert's matrices as `nn.Linear`
+    /// stores them (Hugging Face's stacks, vLLM, ORT's current MoE). Read where they lie: a
+    /// GEMM takes either orientation, so the compiler never transposes gigabytes of weights.
+    Linear,
+}
+
+/// The sizes of one expert FFN, read off its weight stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertDims {
+    pub experts: usize,
+    pub hidden: usize,
+    /// Columns of the first projection (2F when gated).
+    pub n: usize,
+    pub ffn: usize,
+}
+
+impl ExpertLayout {
+    /// E, H, N and F of stacks `w_in` and `w_out` in this layout; None unless both are 3-D
+    /// and agree on E and H.
+    pub fn dims(self, w_in: &[usize], w_out: &[usize]) -> Option<ExpertDims> {
+        let (&[e, a, b], &[e2, c, d]) = (w_in, w_out) else {
+            return None;
+        };
+        let (hidden, n, ffn, h2) = match self {
+            ExpertLayout::InOut => (a, b, c, d),
+            ExpertLayout::Linear => (b, a, d, c),
+        };
+        (e == e2 && hidden == h2).then_some(ExpertDims {
+            experts: e,
+            hidden,
+            n,
+            ffn,
+        })
+    }
+
+    /// The shapes this layout wants, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ExpertLayout::InOut => "w_in [E,H,N], w_out [E,F,H]",
+            ExpertLayout::Linear => "w_in [E,N,H], w_out [E,H,F]",
+        }
+    }
+}
 
 /// One `core` op. Optional operands are `None` in the instruction's input list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -249,14 +297,15 @@ pub enum Op {
         capacity: usize,
     },
     /// `moe.experts`: (x [T,H], weights [T,k], ids [T,k], w_in, w_out, b_in?, b_out?) -> [T,H],
-    /// the sum over k of weight * FFN_id(x), weights in `EXPERTS_LAYOUT`.
+    /// the sum over k of weight * FFN_id(x), weights in `layout`.
     MoeExperts {
         activation: Activation,
         alpha: f32,
         beta: f32,
         /// The SwiGLU clamp; none when unbounded.
         limit: Option<f32>,
-        layout: String,
+        #[serde(default)]
+        layout: ExpertLayout,
     },
     /// `moe.local_slice` (PPMoE): (x [T,H], ids [T,k]) -> (rows [N,H] of the slots routed to
     /// experts [first, first + count), grouped by expert; offsets [count + 1]; slots [N], each
@@ -265,13 +314,15 @@ pub enum Op {
         first_expert: usize,
         num_local_experts: usize,
     },
-    /// `moe.expert_ffn`: (rows [N,H], offsets [L+1], w_in [L,H,N'], w_out [L,F,H], b_in?, b_out?)
-    /// -> [N,H]: rows offsets[l]..offsets[l+1] through local expert l.
+    /// `moe.expert_ffn`: (rows [N,H], offsets [L+1], w_in, w_out, b_in?, b_out?) -> [N,H]: rows
+    /// offsets[l]..offsets[l+1] through local expert l, weights in `layout`.
     MoeExpertFfn {
         activation: Activation,
         alpha: f32,
         beta: f32,
         limit: Option<f32>,
+        #[serde(default)]
+        layout: ExpertLayout,
     },
     /// `moe.scatter_combine` (PPMoE): (out [N,H], slots [N], weights [T,k]) -> partial [T,H],
     /// each row scaled by its slot's weight and added to its token.

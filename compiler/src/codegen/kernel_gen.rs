@@ -203,7 +203,7 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
         alpha,
         beta,
         limit,
-        ..
+        layout,
     } = &ins.op
     else {
         return None;
@@ -216,7 +216,8 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
             .and_then(|b| static_shape(&p.buffers[b]))
     };
     let (x, w, w_in, w_out) = (shape(0)?, shape(1)?, shape(3)?, shape(4)?);
-    let (t, h, k, n, f) = (x[0], x[1], w[1], w_in[2], w_out[1]);
+    let dims = layout.dims(&w_in, &w_out)?;
+    let (t, h, k, n, f) = (x[0], x[1], w[1], dims.n, dims.ffn);
     let gated = activation.is_gated();
     let mut out = String::new();
     // gather: out[i] = x[perm[i / H] * H + i % H]

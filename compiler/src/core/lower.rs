@@ -903,7 +903,7 @@ impl<'m> Lowering<'m> {
 
     /// Family A: a fused com.microsoft.MoE node becomes moe.route + moe.experts.
     fn lower_fused_moe(&mut self, node: &Node) -> Result<(), CompileError> {
-        use ppmoe_runtime::program::{RouteOrder, Scoring, EXPERTS_LAYOUT};
+        use ppmoe_runtime::program::{RouteOrder, Scoring};
         let x_shape = self.static_shape(&node.inputs[0]).ok_or_else(|| {
             self.node_err(node, "the input's shape must be static (use --input-shape)")
         })?;
@@ -1015,7 +1015,7 @@ impl<'m> Lowering<'m> {
             alpha: moe.ffn.alpha,
             beta: moe.ffn.beta,
             limit: moe.ffn.limit,
-            layout: EXPERTS_LAYOUT.into(),
+            layout: moe.ffn.layout,
         };
         let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
         let y = if x_shape.len() == 2 {

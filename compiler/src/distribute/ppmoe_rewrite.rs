@@ -209,7 +209,7 @@ pub fn ppmoe_rewrite(
 mod tests {
     use super::*;
     use crate::distribute::shard_moe::shard_moe;
-    use ppmoe_runtime::program::{Activation, RouteOrder, Scoring, EXPERTS_LAYOUT};
+    use ppmoe_runtime::program::{Activation, ExpertLayout, RouteOrder, Scoring};
     use ppmoe_runtime::Tensor;
 
     fn buf(name: &str, dtype: DType, shape: &[usize], kind: BufferKind) -> Buffer {
@@ -269,7 +269,7 @@ mod tests {
             alpha: 1.0,
             beta: 0.0,
             limit: None,
-            layout: EXPERTS_LAYOUT.into(),
+            layout: ExpertLayout::InOut,
         };
         let program = Program {
             rank: 0,

@@ -77,7 +77,7 @@ pub fn shard_moe(
             alpha,
             beta,
             limit,
-            ..
+            layout,
         } = ins.op
         else {
             out.push(ins);
@@ -236,6 +236,7 @@ pub fn shard_moe(
             alpha,
             beta,
             limit,
+            layout,
         };
         emit(
             ffn_op,

@@ -2,19 +2,9 @@
 //! gate|up; w_out [E,F,H]; b_in [E,N]; b_out [E,H]), and the candidate readings of a layer's
 //! weight stacks: which stack is which, which way round, how gate and up are packed.
 
-use ppmoe_runtime::program::Activation;
+use ppmoe_runtime::program::{Activation, ExpertLayout};
 use ppmoe_runtime::tensor::Data;
 use ppmoe_runtime::Tensor;
-
-/// Transposes the last two dimensions of [E, a, b].
-pub fn swap_last(t: &Tensor) -> Tensor {
-    // A copy of the storage (f32 or half bits alike), transposed in place.
-    let copy = Tensor {
-        data: std::sync::Arc::new((*t.data).clone()),
-        ..t.clone()
-    };
-    swap_last_owned(copy)
-}
 
 /// How gate and up share the N = 2F columns of a fused w_in.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,55 +17,86 @@ pub enum GatePacking {
     Interleaved,
 }
 
-/// Reorders the last axis (size 2F) to [gate | up].
-pub fn to_gate_up(t: &Tensor, p: GatePacking) -> Tensor {
-    let n = *t.shape.last().unwrap_or(&0);
+/// Copies `runs` (source, start, length) of the sources' storage, in order, into a tensor of
+/// `shape`: f32 and half bits alike when the sources agree, so a bf16 stack stays bf16 bits.
+fn assemble(sources: &[&Tensor], shape: Vec<usize>, runs: &[(usize, usize, usize)]) -> Tensor {
+    fn copy<T: Copy>(v: &[&[T]], runs: &[(usize, usize, usize)]) -> Vec<T> {
+        let mut out = Vec::with_capacity(runs.iter().map(|r| r.2).sum());
+        for &(src, start, len) in runs {
+            out.extend_from_slice(&v[src][start..start + len]);
+        }
+        out
+    }
+    let dtype = sources
+        .first()
+        .map_or(ppmoe_runtime::DType::F32, |t| t.dtype);
+    let halves: Option<Vec<&[u16]>> = sources
+        .iter()
+        .map(|t| match &*t.data {
+            Data::Half(b) if t.dtype == dtype => Some(b.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let data = match halves {
+        Some(h) => Data::Half(copy(&h, runs)),
+        None => {
+            let wide: Vec<std::borrow::Cow<[f32]>> = sources
+                .iter()
+                .map(|t| {
+                    t.as_f32()
+                        .map_or_else(|| t.to_f32().into(), std::borrow::Cow::Borrowed)
+                })
+                .collect();
+            let refs: Vec<&[f32]> = wide.iter().map(|c| c.as_ref()).collect();
+            return Tensor::f32(shape, copy(&refs, runs)).with_dtype(dtype);
+        }
+    };
+    Tensor {
+        dtype,
+        shape,
+        data: std::sync::Arc::new(data),
+    }
+}
+
+/// Reorders the 2F gate/up entries along `axis` to [gate | up]: the last axis of an in-out
+/// w_in or of a bias, axis 1 of a linear w_in (whole rows move there).
+pub fn to_gate_up(t: &Tensor, p: GatePacking, axis: usize) -> Tensor {
+    let n = t.shape.get(axis).copied().unwrap_or(0);
     let f = n / 2;
-    let src: Vec<usize> = (0..n)
-        .map(|c| {
-            let (half, q) = (c / f, c % f);
-            match p {
+    let outer: usize = t.shape[..axis].iter().product();
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    let mut runs = Vec::with_capacity(outer * n);
+    for o in 0..outer {
+        for c in 0..n {
+            let (half, q) = (c / f.max(1), c % f.max(1));
+            let src = match p {
                 GatePacking::GateUp => c,
                 GatePacking::UpGate => (1 - half) * f + q,
                 GatePacking::Interleaved => 2 * q + half,
-            }
-        })
-        .collect();
-    let rows = t.len() / n.max(1);
-    let owned;
-    let v: &[f32] = match t.as_f32() {
-        Some(v) => v,
-        None => {
-            owned = t.to_f32();
-            &owned
+            };
+            runs.push((0, (o * n + src) * inner, inner));
         }
-    };
-    let mut o = Vec::with_capacity(v.len());
-    for r in 0..rows {
-        o.extend(src.iter().map(|&s| v[r * n + s]));
     }
-    Tensor::f32(t.shape.clone(), o).with_dtype(t.dtype)
+    assemble(&[t], t.shape.clone(), &runs)
 }
 
-/// Concatenates [E,H,F] gate and up into [E,H,2F].
-pub fn concat_last(g: &Tensor, u: &Tensor) -> Tensor {
-    let (e, h, f) = (g.shape[0], g.shape[1], g.shape[2]);
-    let (gv, uv) = (
-        g.as_f32()
-            .map_or_else(|| g.to_f32().into(), std::borrow::Cow::Borrowed),
-        u.as_f32()
-            .map_or_else(|| u.to_f32().into(), std::borrow::Cow::Borrowed),
-    );
-    let mut o = Vec::with_capacity(2 * gv.len());
-    for r in 0..e * h {
-        o.extend_from_slice(&gv[r * f..(r + 1) * f]);
-        o.extend_from_slice(&uv[r * f..(r + 1) * f]);
-    }
-    Tensor::f32(vec![e, h, 2 * f], o).with_dtype(g.dtype)
+/// Concatenates gate and up stacks of one shape along `axis` (2 for in-out [E,H,F] stacks,
+/// 1 for linear [E,F,H] ones): gate's block, then up's, per expert.
+pub fn concat_along(g: &Tensor, u: &Tensor, axis: usize) -> Tensor {
+    let outer: usize = g.shape[..axis].iter().product();
+    let run: usize = g.shape[axis..].iter().product();
+    let runs: Vec<(usize, usize, usize)> = (0..outer)
+        .flat_map(|o| [(0, o * run, run), (1, o * run, run)])
+        .collect();
+    let mut shape = g.shape.clone();
+    shape[axis] *= 2;
+    assemble(&[g, u], shape, &runs)
 }
 
 #[derive(Clone, Debug)]
 pub struct ExpertFfn {
+    /// How w_in and w_out lie (see `ExpertLayout`).
+    pub layout: ExpertLayout,
     pub w_in: Tensor,
     pub w_out: Tensor,
     pub b_in: Option<Tensor>,
@@ -88,7 +109,9 @@ pub struct ExpertFfn {
 
 impl ExpertFfn {
     pub fn ffn_size(&self) -> usize {
-        self.w_out.shape[1]
+        self.layout
+            .dims(&self.w_in.shape, &self.w_out.shape)
+            .map_or(0, |d| d.ffn)
     }
 
     pub fn describe_activation(&self) -> String {
@@ -189,13 +212,6 @@ pub struct Reading {
     pub limit: Option<f32>,
 }
 
-fn oriented(t: &Tensor, o: Orient) -> Tensor {
-    match o {
-        Orient::AsIs => t.clone(),
-        Orient::Swapped => swap_last(t),
-    }
-}
-
 /// Rows `ids` of the leading axis of `t`, in that order.
 pub fn select_experts(t: &Tensor, ids: &[usize]) -> Tensor {
     let row = t.len() / t.shape[0].max(1);
@@ -238,11 +254,14 @@ fn swap_last_owned(t: Tensor) -> Tensor {
             Data::Half(v)
         }
         other => {
+            // Integer or boolean stacks are no expert weights; transposed element by element.
             let t = Tensor {
                 data: std::sync::Arc::new(other),
                 ..t
             };
-            return swap_last(&t);
+            let idx = (0..e)
+                .flat_map(|x| (0..b).flat_map(move |j| (0..a).map(move |i| (x * a + i) * b + j)));
+            return t.pick(vec![e, b, a], idx);
         }
     };
     Tensor {
@@ -252,55 +271,103 @@ fn swap_last_owned(t: Tensor) -> Tensor {
     }
 }
 
-fn oriented_owned(t: Tensor, o: Orient) -> Tensor {
-    match o {
-        Orient::AsIs => t,
-        Orient::Swapped => swap_last_owned(t),
+impl Orient {
+    /// The layout a stack read this way is already in: swapped is an `nn.Linear` stack.
+    fn layout(self) -> ExpertLayout {
+        match self {
+            Orient::AsIs => ExpertLayout::InOut,
+            Orient::Swapped => ExpertLayout::Linear,
+        }
+    }
+}
+
+/// A stack read as `o`, brought to `layout`: as it lies where they agree (shared, no copy),
+/// else transposed (in place when nothing else holds it).
+fn in_layout(t: Tensor, o: Orient, layout: ExpertLayout) -> Tensor {
+    if o.layout() == layout {
+        t
+    } else {
+        swap_last_owned(t)
     }
 }
 
 impl Reading {
-    /// The whole reading, taking the stacks over: a stack nothing else holds is reoriented in
-    /// place (one expert's scratch beside it), so the raise never holds the weights twice.
-    /// The stored type of each stack is kept (bf16 stays bf16).
-    pub fn materialize_owned(&self, stacks: Vec<Tensor>, biases: &[Tensor]) -> ExpertFfn {
-        let mut slots: Vec<Option<Tensor>> = stacks.into_iter().map(Some).collect();
-        let mut take = |i: usize, o: Orient| {
-            oriented_owned(
-                slots[i]
-                    .take()
-                    .unwrap_or_else(|| Tensor::f32(vec![0, 0, 0], vec![])),
-                o,
-            )
-        };
-        let wi = match &self.w_in {
+    /// The layout this reading keeps: the one w_in's stack lies in (the larger stack), so a
+    /// model's experts are read where they lie and at most w_out is ever transposed.
+    pub fn layout(&self) -> ExpertLayout {
+        match &self.w_in {
+            InSource::One(_, o) => o.layout(),
+            InSource::Concat { gate, .. } => gate.1.layout(),
+        }
+    }
+
+    /// The axis of w_in that holds N in this reading's layout.
+    fn n_axis(&self) -> usize {
+        match self.layout() {
+            ExpertLayout::InOut => 2,
+            ExpertLayout::Linear => 1,
+        }
+    }
+
+    /// w_in from its stacks (already the experts wanted), gate and up packed as [gate | up].
+    fn assemble_w_in(&self, mut take: impl FnMut(usize, Orient) -> Tensor) -> Tensor {
+        let w_in = match &self.w_in {
             InSource::One(i, o) => take(*i, *o),
             InSource::Concat { gate, up } => {
-                let g = take(gate.0, gate.1);
-                let u = take(up.0, up.1);
-                let dtype = g.dtype;
-                concat_last(&g, &u).with_dtype(dtype)
+                concat_along(&take(gate.0, gate.1), &take(up.0, up.1), self.n_axis())
             }
         };
-        let w_out = take(self.w_out.0, self.w_out.1);
-        let pack = |t: Tensor| {
-            if self.packing == GatePacking::GateUp {
-                t
-            } else {
-                let dtype = t.dtype;
-                to_gate_up(&t, self.packing).with_dtype(dtype)
-            }
-        };
+        self.packed(w_in, self.n_axis())
+    }
+
+    fn packed(&self, t: Tensor, axis: usize) -> Tensor {
+        if self.packing == GatePacking::GateUp {
+            t
+        } else {
+            to_gate_up(&t, self.packing, axis)
+        }
+    }
+
+    fn ffn(
+        &self,
+        w_in: Tensor,
+        w_out: Tensor,
+        b_in: Option<Tensor>,
+        b_out: Option<Tensor>,
+    ) -> ExpertFfn {
         ExpertFfn {
-            w_in: pack(wi),
+            layout: self.layout(),
+            w_in,
             w_out,
-            b_in: self.b_in.map(|b| pack(biases[b].clone())),
-            b_out: self.b_out.map(|b| biases[b].clone()),
+            b_in: b_in.map(|b| self.packed(b, 1)),
+            b_out,
             activation: self.activation,
             alpha: self.alpha,
             beta: self.beta,
             limit: self.limit,
         }
+    }
+
+    /// The whole reading, taking the stacks over: stacks are kept where they lie (read in
+    /// their own layout), so the raise neither copies nor transposes a model's usual weights.
+    /// The stored type of each stack is kept (bf16 stays bf16).
+    pub fn materialize_owned(&self, stacks: Vec<Tensor>, biases: &[Tensor]) -> ExpertFfn {
+        let layout = self.layout();
+        let mut slots: Vec<Option<Tensor>> = stacks.into_iter().map(Some).collect();
+        let mut take = |i: usize, o: Orient| {
+            let t = slots[i]
+                .take()
+                .unwrap_or_else(|| Tensor::f32(vec![0, 0, 0], vec![]));
+            in_layout(t, o, layout)
+        };
+        let w_in = self.assemble_w_in(&mut take);
+        let w_out = take(self.w_out.0, self.w_out.1);
+        self.ffn(
+            w_in,
+            w_out,
+            self.b_in.map(|b| biases[b].clone()),
+            self.b_out.map(|b| biases[b].clone()),
+        )
     }
 
     /// The weights of this reading for the given experts (renumbered 0..), copied: what a
@@ -311,28 +378,16 @@ impl Reading {
         biases: &[Tensor],
         experts: &[usize],
     ) -> ExpertFfn {
-        let pick = |i: usize, o: Orient| oriented(&select_experts(&stacks[i], experts), o);
-        let wi = match &self.w_in {
-            InSource::One(i, o) => pick(*i, *o),
-            InSource::Concat { gate, up } => concat_last(&pick(gate.0, gate.1), &pick(up.0, up.1)),
-        };
-        let pack = |t: Tensor| {
-            if self.packing == GatePacking::GateUp {
-                t
-            } else {
-                to_gate_up(&t, self.packing)
-            }
-        };
-        ExpertFfn {
-            w_in: pack(wi),
-            w_out: pick(self.w_out.0, self.w_out.1),
-            b_in: self.b_in.map(|b| pack(select_experts(&biases[b], experts))),
-            b_out: self.b_out.map(|b| select_experts(&biases[b], experts)),
-            activation: self.activation,
-            alpha: self.alpha,
-            beta: self.beta,
-            limit: self.limit,
-        }
+        let layout = self.layout();
+        let pick = |i: usize, o: Orient| in_layout(select_experts(&stacks[i], experts), o, layout);
+        let w_in = self.assemble_w_in(pick);
+        let w_out = pick(self.w_out.0, self.w_out.1);
+        self.ffn(
+            w_in,
+            w_out,
+            self.b_in.map(|b| select_experts(&biases[b], experts)),
+            self.b_out.map(|b| select_experts(&biases[b], experts)),
+        )
     }
 }
 

@@ -11,9 +11,9 @@
 //! min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(u, -limit, limit) + beta);
 //! its "gelu" is the tanh approximation.
 
-use super::expert_weights::{concat_last, swap_last, to_gate_up, ExpertFfn, GatePacking};
+use super::expert_weights::{concat_along, to_gate_up, ExpertFfn, GatePacking};
 use ppmoe_frontend::{AttrValue, Node};
-use ppmoe_runtime::program::Activation;
+use ppmoe_runtime::program::{Activation, ExpertLayout};
 use ppmoe_runtime::Tensor;
 
 fn int(n: &Node, k: &str, d: i64) -> i64 {
@@ -73,12 +73,18 @@ pub fn read(
             fc1.shape
         ));
     }
-    let orient = |t: Tensor| if legacy { t } else { swap_last(&t) };
-    let fc1 = orient(fc1);
-    let fc2 = orient(fc2);
-    if fc2.shape[2] != hidden {
+    // Both are read where they lie: the current layout is `nn.Linear`'s, the older in-out.
+    let layout = if legacy {
+        ExpertLayout::InOut
+    } else {
+        ExpertLayout::Linear
+    };
+    let n_axis = if legacy { 2 } else { 1 };
+    let fc2_hidden = if legacy { fc2.shape[2] } else { fc2.shape[1] };
+    if fc2_hidden != hidden {
         return Err(format!(
-            "fc2_experts_weights does not end in the hidden size {hidden} in the {} layout",
+            "fc2_experts_weights {:?} does not hold the hidden size {hidden} where the {} layout has it",
+            fc2.shape,
             if legacy { "older" } else { "current" }
         ));
     }
@@ -100,13 +106,12 @@ pub fn read(
     let w_in = if activation == Activation::Swiglu {
         match int(node, "swiglu_fusion", 0) {
             1 => {
-                b_in = b_in.map(|b| to_gate_up(&b, GatePacking::Interleaved));
-                to_gate_up(&fc1, GatePacking::Interleaved)
+                b_in = b_in.map(|b| to_gate_up(&b, GatePacking::Interleaved, 1));
+                to_gate_up(&fc1, GatePacking::Interleaved, n_axis)
             }
             2 => fc1,
             0 => {
                 let fc3 = need(6, "fc3_experts_weights (swiglu_fusion = 0)")?;
-                let fc3 = orient(fc3);
                 if let (Some(b1), Some(b3)) = (b_in.take(), w(7)) {
                     let n = b1.shape[1];
                     let (v1, v3) = (b1.to_f32(), b3.to_f32());
@@ -117,16 +122,21 @@ pub fn read(
                     }
                     b_in = Some(Tensor::f32(vec![b1.shape[0], 2 * n], v));
                 }
-                concat_last(&fc1, &fc3)
+                concat_along(&fc1, &fc3, n_axis)
             }
             other => return Err(format!("swiglu_fusion = {other}")),
         }
     } else {
         fc1
     };
-    let f = fc2.shape[1];
-    let want_n = if activation.is_gated() { 2 * f } else { f };
-    if w_in.shape[2] != want_n || w_in.shape[0] != fc2.shape[0] {
+    let fits = layout.dims(&w_in.shape, &fc2.shape).is_some_and(|d| {
+        d.n == if activation.is_gated() {
+            2 * d.ffn
+        } else {
+            d.ffn
+        }
+    });
+    if !fits {
         return Err(format!(
             "fc1 {:?} and fc2 {:?} do not fit one another",
             w_in.shape, fc2.shape
@@ -136,6 +146,7 @@ pub fn read(
         top_k: k as usize,
         renormalize: int(node, "normalize_routing_weights", 0) != 0,
         ffn: ExpertFfn {
+            layout,
             w_in,
             w_out: fc2,
             b_in,

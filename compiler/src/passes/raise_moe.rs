@@ -24,7 +24,7 @@ use crate::moe::region::{
 };
 use crate::moe::{Family, MoeLayer};
 use ppmoe_runtime::program::{
-    Buffer, BufferId, BufferKind, Instruction, Op, RouteOrder, Scoring, UnaryFn, EXPERTS_LAYOUT,
+    Buffer, BufferId, BufferKind, Instruction, Op, RouteOrder, Scoring, UnaryFn,
 };
 use ppmoe_runtime::{kernels, DType, Tensor};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -102,7 +102,7 @@ fn experts_op(f: &ExpertFfn) -> Op {
         alpha: f.alpha,
         beta: f.beta,
         limit: f.limit,
-        layout: EXPERTS_LAYOUT.into(),
+        layout: f.layout,
     }
 }
 

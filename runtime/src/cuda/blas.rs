@@ -43,8 +43,9 @@ fn check(what: &str, s: cublasStatus_t) -> Result<(), String> {
     }
 }
 
-/// One strided batch of row-major products C[b] = A[b] [m, k] · B[b] [k, n]; strides in elements
-/// (0 repeats one matrix over the batch).
+/// One strided batch of row-major products C[b] = A[b] [m, k] · B[b] [k, n] (B[b] stored as
+/// [n, k] and read transposed when `b_transposed`); strides in elements (0 repeats one matrix
+/// over the batch).
 pub struct Strided {
     pub m: usize,
     pub n: usize,
@@ -52,6 +53,18 @@ pub struct Strided {
     pub batch: usize,
     pub stride_a: usize,
     pub stride_b: usize,
+    pub b_transposed: bool,
+}
+
+/// cuBLAS's op and leading dimension for a row-major B of a product with inner size `k` and
+/// `n` columns: in the column-major view B is cuBLAS's first operand, [n, k]
+/// (column-major) when stored [k, n], or a stored [n, k] taken with CUBLAS_OP_T.
+fn b_operand(b_transposed: bool, k: usize, n: usize) -> (cublasOperation_t, i32) {
+    if b_transposed {
+        (cublasOperation_t::CUBLAS_OP_T, k as i32)
+    } else {
+        (cublasOperation_t::CUBLAS_OP_N, n as i32)
+    }
 }
 
 /// # Safety
@@ -66,9 +79,10 @@ pub unsafe fn gemm_strided(
     c: u64,
 ) -> Result<(), String> {
     let (alpha, beta) = (1.0f32, 0.0f32);
+    let (op_b, ldb) = b_operand(g.b_transposed, g.k, g.n);
     let s = sys::cublasGemmStridedBatchedEx(
         *blas.handle(),
-        cublasOperation_t::CUBLAS_OP_N,
+        op_b,
         cublasOperation_t::CUBLAS_OP_N,
         g.n as i32,
         g.m as i32,
@@ -76,7 +90,7 @@ pub unsafe fn gemm_strided(
         &alpha as *const f32 as *const c_void,
         b as *const c_void,
         elem.cuda(),
-        g.n as i32,
+        ldb,
         g.stride_b as i64,
         a as *const c_void,
         elem.cuda(),
@@ -94,12 +108,14 @@ pub unsafe fn gemm_strided(
     check("cublasGemmStridedBatchedEx", s)
 }
 
-/// One product per group: C_g [rows_g, dout] = A_g [rows_g, din] · W_g [din, dout], each group
-/// given as (A, W, C) device pointers and its row count.
+/// One product per group: C_g [rows_g, dout] = A_g [rows_g, din] · W_g [din, dout] (W_g stored
+/// as [dout, din] and read transposed when `w_transposed`), each group given as (A, W, C)
+/// device pointers and its row count.
 pub struct Grouped<'a> {
     pub groups: &'a [(u64, u64, u64, usize)],
     pub din: usize,
     pub dout: usize,
+    pub w_transposed: bool,
 }
 
 /// Whether cuBLAS has grouped GEMMs (12.5 and later): older libraries lack the symbol, and a
@@ -137,19 +153,17 @@ pub unsafe fn gemm_grouped(
     let (pb, _gb) = db.device_ptr(stream);
     let (pc, _gc) = dc.device_ptr(stream);
     let ops = vec![cublasOperation_t::CUBLAS_OP_N; n];
+    let (op_w, ld_w) = b_operand(g.w_transposed, g.din, g.dout);
+    let ops_w = vec![op_w; n];
     let m = vec![g.dout as i32; n];
     let rows: Vec<i32> = g.groups.iter().map(|x| x.3 as i32).collect();
     let k = vec![g.din as i32; n];
     let (alpha, beta) = (vec![1.0f32; n], vec![0.0f32; n]);
-    let (lda, ldb, ldc) = (
-        vec![g.dout as i32; n],
-        vec![g.din as i32; n],
-        vec![g.dout as i32; n],
-    );
+    let (lda, ldb, ldc) = (vec![ld_w; n], vec![g.din as i32; n], vec![g.dout as i32; n]);
     let sizes = vec![1i32; n];
     let s = sys::cublasGemmGroupedBatchedEx(
         *blas.handle(),
-        ops.as_ptr(),
+        ops_w.as_ptr(),
         ops.as_ptr(),
         m.as_ptr(),
         rows.as_ptr(),
@@ -191,6 +205,7 @@ pub unsafe fn gemm_per_group(blas: &CudaBlas, elem: Elem, g: &Grouped) -> Result
                 batch: 1,
                 stride_a: 0,
                 stride_b: 0,
+                b_transposed: g.w_transposed,
             },
             a,
             w,

@@ -7,7 +7,7 @@
 use super::blas::{self, Elem, Grouped};
 use super::Rank;
 use crate::error::RuntimeError;
-use crate::program::Op;
+use crate::program::{ExpertLayout, Op};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// The per-expert blocks of one projection: rows of `src` grouped by expert (in `by_expert`
@@ -56,7 +56,7 @@ impl Rank<'_> {
             origin: ins.origin.clone(),
             reason,
         };
-        let Op::MoeExperts { .. } = ins.op else {
+        let Op::MoeExperts { layout, .. } = ins.op else {
             return Err(fail("not moe.experts".into()));
         };
         let arg = |k: usize| ins.inputs.get(k).copied().flatten();
@@ -64,10 +64,14 @@ impl Rank<'_> {
         let (x, w, ids, w_in, w_out) = (need(0)?, need(1)?, need(2)?, need(3)?, need(4)?);
         let (b_in, b_out) = (arg(5), arg(6));
         let (xs, wis, wos) = (self.shape(x), self.shape(w_in), self.shape(w_out));
-        let (&[t, h], &[e, _, n], &[_, f, _]) = (xs.as_slice(), wis.as_slice(), wos.as_slice())
-        else {
-            return Err(fail(format!("moe.experts shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], [E,H,N], [E,F,H]")));
+        let (&[t, h], Some(dims)) = (xs.as_slice(), layout.dims(&wis, &wos)) else {
+            return Err(fail(format!(
+                "moe.experts shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], {}",
+                layout.describe()
+            )));
         };
+        let (e, n, f) = (dims.experts, dims.n, dims.ffn);
+        let w_transposed = layout == ExpertLayout::Linear;
         let weights = self.host(w)?.to_f32();
         let experts = self.host(ids)?.to_i64();
         let k = weights.len() / t.max(1);
@@ -175,6 +179,7 @@ impl Rank<'_> {
                     groups: &groups,
                     din,
                     dout,
+                    w_transposed,
                 };
                 // SAFETY: each group's blocks lie inside the buffers, which were allocated for these row counts.
                 unsafe {

@@ -27,6 +27,7 @@ impl GemmPlan {
             batch: self.batch,
             stride_a: self.stride_a,
             stride_b: self.stride_b,
+            b_transposed: false,
         }
     }
 }

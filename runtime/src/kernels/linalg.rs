@@ -1,7 +1,7 @@
 //! Matrix products: numpy matmul with batch broadcasting, and explicit einsum.
 
 use super::{broadcast_map, broadcast_shape, KResult};
-use crate::tensor::{numel, DType, Tensor};
+use crate::tensor::{numel, DType, Data, Tensor};
 use std::collections::HashMap;
 
 /// Rounds to bf16 (nearest even) and back: what a bf16 GEMM does to its f32 operand.
@@ -54,10 +54,17 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     let (ma, mb) = (broadcast_map(ab, &batch), broadcast_map(bb, &batch));
     let mut out = vec![0f32; nb * m * n];
     for bi in 0..nb {
-        let x = matrix(a, ma[bi], m * k, round_a);
-        let y = matrix(b, mb[bi], k * n, round_b);
         let o = &mut out[bi * m * n..(bi + 1) * m * n];
-        super::gemm::gemm_acc(m, k, n, &x, &y, o);
+        // The larger half-bits operand (a weight, on either side) is read where it lies,
+        // widened a block at a time; the other is widened (and rounded) whole.
+        let a_is_weight = matches!(*a.data, Data::Half(_)) && !round_a && m * k > k * n;
+        if round_b || a_is_weight {
+            let y = matrix(b, mb[bi], k * n, round_b);
+            super::gemm::gemm_acc_weight_left(m, k, n, a, ma[bi] * m * k, &y, o);
+        } else {
+            let x = matrix(a, ma[bi], m * k, round_a);
+            super::gemm::gemm_acc_weight(m, k, n, &x, b, mb[bi] * k * n, false, o);
+        }
     }
     let mut shape = batch;
     if a.shape.len() > 1 {

@@ -138,11 +138,13 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
             alpha,
             beta,
             limit,
+            layout,
         } => one(moe::expert_ffn(
             *activation,
             *alpha,
             *beta,
             *limit,
+            *layout,
             [arg(0)?, arg(1)?, arg(2)?, arg(3)?],
             opt(4),
             opt(5),
@@ -168,12 +170,13 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
             alpha,
             beta,
             limit,
-            ..
+            layout,
         } => one(moe::experts(
             *activation,
             *alpha,
             *beta,
             *limit,
+            *layout,
             [arg(0)?, arg(1)?, arg(2)?, arg(3)?, arg(4)?],
             opt(5),
             opt(6),

@@ -2,7 +2,7 @@
 //! with their weighted combine. The reference the raise pass is checked against.
 
 use super::KResult;
-use crate::program::{Activation, Op, RouteOrder, Scoring};
+use crate::program::{Activation, ExpertDims, ExpertLayout, Op, RouteOrder, Scoring};
 use crate::tensor::{DType, Tensor};
 
 fn softmax(v: &[f32]) -> Vec<f32> {
@@ -157,12 +157,14 @@ fn act(a: Activation, x: f32) -> f32 {
     }
 }
 
-/// Sum over k of weight * FFN_id(x); see `EXPERTS_LAYOUT` for the weights.
+/// Sum over k of weight * FFN_id(x), the expert matrices in `layout`.
+#[allow(clippy::too_many_arguments)]
 pub fn experts(
     a: Activation,
     alpha: f32,
     beta: f32,
     limit: Option<f32>,
+    layout: ExpertLayout,
     t: [&Tensor; 5],
     b_in: Option<&Tensor>,
     b_out: Option<&Tensor>,
@@ -175,29 +177,30 @@ pub fn experts(
     let [tokens, h] = x.shape[..] else {
         return Err(format!("moe.experts x must be [T, H], got {:?}", x.shape));
     };
-    let [e, h2, n] = w_in.shape[..] else {
+    let Some(ExpertDims {
+        experts: e,
+        hidden: h2,
+        n,
+        ffn: f,
+    }) = layout.dims(&w_in.shape, &w_out.shape)
+    else {
         return Err(format!(
-            "moe.experts w_in must be [E, H, N], got {:?}",
-            w_in.shape
-        ));
-    };
-    let [e2, f, h3] = w_out.shape[..] else {
-        return Err(format!(
-            "moe.experts w_out must be [E, F, H], got {:?}",
+            "moe.experts weights must be {}, got w_in {:?}, w_out {:?}",
+            layout.describe(),
+            w_in.shape,
             w_out.shape
         ));
     };
+    let transposed = layout == ExpertLayout::Linear;
     let gated = a.is_gated();
     if h2 != h
-        || h3 != h
-        || e2 != e
         || n != if gated { 2 * f } else { f }
         || w.shape != ids.shape
         || w.shape.first() != Some(&tokens)
     {
         return Err(format!(
-            "moe.experts shapes do not fit: x {:?}, weights {:?}, ids {:?}, w_in {:?}, w_out {:?} ({})",
-            x.shape, w.shape, ids.shape, w_in.shape, w_out.shape, if gated { "gated" } else { "not gated" }
+            "moe.experts shapes do not fit: x {:?}, weights {:?}, ids {:?}, w_in {:?}, w_out {:?} ({}, {})",
+            x.shape, w.shape, ids.shape, w_in.shape, w_out.shape, if gated { "gated" } else { "not gated" }, layout.describe()
         ));
     }
     let k = w.shape[1];
@@ -230,14 +233,7 @@ pub fn experts(
             xs.extend_from_slice(&xv[(s / k) * h..(s / k + 1) * h]);
         }
         let mut hid = vec![0f32; m * n];
-        super::gemm::gemm_acc(
-            m,
-            h,
-            n,
-            &xs,
-            &w_in.f32_range(ex * h * n..(ex + 1) * h * n),
-            &mut hid,
-        );
+        super::gemm::gemm_acc_weight(m, h, n, &xs, w_in, ex * h * n, transposed, &mut hid);
         let mut act_out = vec![0f32; m * f];
         for r in 0..m {
             let hr = &mut hid[r * n..(r + 1) * n];
@@ -264,14 +260,7 @@ pub fn experts(
             super::linalg::round_bf16(&mut act_out);
         }
         let mut o = vec![0f32; m * h];
-        super::gemm::gemm_acc(
-            m,
-            f,
-            h,
-            &act_out,
-            &w_out.f32_range(ex * f * h..(ex + 1) * f * h),
-            &mut o,
-        );
+        super::gemm::gemm_acc_weight(m, f, h, &act_out, w_out, ex * f * h, transposed, &mut o);
         for (r, &s) in slots.iter().enumerate() {
             let or = &mut o[r * h..(r + 1) * h];
             if let Some(b) = &bo {
@@ -336,11 +325,13 @@ pub fn local_slice(x: &Tensor, ids: &Tensor, first: usize, count: usize) -> KRes
 }
 
 /// Rows offsets[l]..offsets[l+1] through local expert l.
+#[allow(clippy::too_many_arguments)]
 pub fn expert_ffn(
     a: Activation,
     alpha: f32,
     beta: f32,
     limit: Option<f32>,
+    layout: ExpertLayout,
     t: [&Tensor; 4],
     b_in: Option<&Tensor>,
     b_out: Option<&Tensor>,
@@ -370,6 +361,7 @@ pub fn expert_ffn(
         alpha,
         beta,
         limit,
+        layout,
         [rows, &w, &ids, w_in, w_out],
         b_in,
         b_out,
@@ -463,4 +455,80 @@ pub fn combine(buckets: &Tensor, weights: &Tensor, ids: &Tensor, c: usize) -> KR
             .for_each(|(a, b)| *a += w * b);
     }
     Ok(Tensor::f32(vec![t, h], y))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [E, a, b] -> [E, b, a].
+    fn transposed(t: &Tensor) -> Tensor {
+        let (e, a, b) = (t.shape[0], t.shape[1], t.shape[2]);
+        let v = t.to_f32();
+        let mut o = vec![0f32; v.len()];
+        for x in 0..e {
+            for i in 0..a {
+                for j in 0..b {
+                    o[(x * b + j) * a + i] = v[(x * a + i) * b + j];
+                }
+            }
+        }
+        Tensor::f32(vec![e, b, a], o)
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                    / 16_777_216.0
+                    - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn linear_stacks_give_what_their_transposes_give_in_out() {
+        let (t, h, f, e) = (5, 6, 4, 3);
+        let x = Tensor::f32(vec![t, h], values(t * h, 1));
+        let w = Tensor::f32(vec![t, 2], values(t * 2, 2));
+        let ids = Tensor::i64(vec![t, 2], vec![0, 2, 1, 0, 2, 1, 0, 1, 2, 2]);
+        let w_in = Tensor::f32(vec![e, h, 2 * f], values(e * h * 2 * f, 3));
+        let w_out = Tensor::f32(vec![e, f, h], values(e * f * h, 4));
+        let run = |layout, a: &Tensor, b: &Tensor| {
+            experts(
+                Activation::Swiglu,
+                1.0,
+                0.0,
+                None,
+                layout,
+                [&x, &w, &ids, a, b],
+                None,
+                None,
+            )
+            .unwrap()
+            .to_f32()
+        };
+        let in_out = run(ExpertLayout::InOut, &w_in, &w_out);
+        let linear = run(
+            ExpertLayout::Linear,
+            &transposed(&w_in),
+            &transposed(&w_out),
+        );
+        assert!(in_out.iter().any(|v| v.abs() > 1e-3));
+        for (a, b) in in_out.iter().zip(&linear) {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        // Stacks that fit only the other layout are refused, not misread.
+        let wrong = experts(
+            Activation::Swiglu,
+            1.0,
+            0.0,
+            None,
+            ExpertLayout::Linear,
+            [&x, &w, &ids, &w_in, &w_out],
+            None,
+            None,
+        );
+        assert!(wrong.is_err());
+    }
 }
