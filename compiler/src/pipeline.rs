@@ -206,15 +206,23 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
         tp: 1,
     });
     let strategy = c.strategy.unwrap_or(Strategy::Ppmoe);
-    let Some(core) = c.core.as_ref() else {
+    let Some(core) = c.core.as_mut() else {
         return Err(CompileError::StageNotBuilt(
             "sharded".into(),
             "it needs the moe stage first".into(),
         ));
     };
+    // The ranks' programs take the weights over: expert stacks are cut into rank blocks here,
+    // one stack at a time, so no weight is held twice; the rest is shared between ranks.
+    let mut weights = std::mem::take(&mut core.weights);
+    let mut blocks = if grid.tp > 1 {
+        crate::distribute::shard_moe::cut_expert_weights(&core.program, &mut weights, grid.tp)
+    } else {
+        Default::default()
+    };
     let one = RankProgram {
         program: core.program.clone(),
-        weights: core.weights.clone(),
+        weights,
     };
     c.sharded.clear();
     c.kept_all_to_all.clear();
@@ -249,7 +257,8 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     c.choices = picks.clone();
     for t in 0..grid.tp {
         let dense = crate::distribute::dense_tp::dense_tp(&one, grid.tp, t);
-        let mut rp = crate::distribute::shard_moe::shard_moe(&c.path, &dense, grid.tp, t)?;
+        let mut rp =
+            crate::distribute::shard_moe::shard_moe(&c.path, &dense, grid.tp, t, &mut blocks)?;
         rp.program.coords = [0, 0, t];
         rp.program.rank = t;
         if strategy != Strategy::AllToAll {
@@ -263,11 +272,6 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
         let mut weights = rp.weights;
         let program = crate::passes::dead_code::remove_dead_code(rp.program, &mut weights);
         c.sharded.push(RankProgram { program, weights });
-    }
-    // From here on the ranks' programs hold the weights; the one-rank copy would only keep
-    // tensors alive that the ranks have replaced (converted or sharded).
-    if let Some(core) = c.core.as_mut() {
-        core.weights.clear();
     }
     Ok(())
 }

@@ -245,6 +245,54 @@ impl Tensor {
         }
     }
 
+    /// Axis 0 in `parts` equal blocks, taking the storage over: the later blocks are moved out
+    /// one at a time and the first keeps the storage (shrunk in place), so a stack being cut
+    /// for tensor-parallel ranks is never held twice. A shared storage is copied from instead.
+    /// None unless axis 0 divides evenly.
+    pub fn split_rows(self, parts: usize) -> Option<Vec<Tensor>> {
+        fn split<T>(mut v: Vec<T>, parts: usize, per: usize) -> Vec<Vec<T>> {
+            let mut blocks: Vec<Vec<T>> = (1..parts).rev().map(|p| v.split_off(p * per)).collect();
+            v.shrink_to_fit();
+            blocks.push(v);
+            blocks.reverse();
+            blocks
+        }
+        let rows = *self.shape.first()?;
+        if parts == 0 || rows % parts != 0 {
+            return None;
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = rows / parts;
+        let per = numel(&shape);
+        let data: Vec<Data> = match Arc::try_unwrap(self.data) {
+            Ok(Data::F32(v)) => split(v, parts, per).into_iter().map(Data::F32).collect(),
+            Ok(Data::Half(v)) => split(v, parts, per).into_iter().map(Data::Half).collect(),
+            Ok(Data::I64(v)) => split(v, parts, per).into_iter().map(Data::I64).collect(),
+            Ok(Data::Bool(v)) => split(v, parts, per).into_iter().map(Data::Bool).collect(),
+            Err(shared) => {
+                let whole = Tensor {
+                    dtype: self.dtype,
+                    shape: self.shape.clone(),
+                    data: shared,
+                };
+                return Some(
+                    (0..parts)
+                        .map(|p| whole.pick_runs(shape.clone(), &[p * per], per))
+                        .collect(),
+                );
+            }
+        };
+        Some(
+            data.into_iter()
+                .map(|d| Tensor {
+                    dtype: self.dtype,
+                    shape: shape.clone(),
+                    data: Arc::new(d),
+                })
+                .collect(),
+        )
+    }
+
     /// Copies the runs `start .. start + run` in order into a new tensor of `shape` (a gather
     /// of whole rows or matrices: no per-element index is ever built).
     pub fn pick_runs(&self, shape: Vec<usize>, starts: &[usize], run: usize) -> Tensor {
@@ -418,5 +466,40 @@ impl Tensor {
             shape,
             data: Arc::new(data),
         })
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn split_rows_gives_each_block_whether_owned_or_shared() {
+        let whole = Tensor::half(
+            vec![4, 2, 3],
+            &(0..24).map(|i| i as f32).collect::<Vec<_>>(),
+            DType::BF16,
+        );
+        let shared = whole.clone();
+        let from_shared = whole.clone().split_rows(2).unwrap();
+        drop(whole);
+        let from_owned = shared.clone().split_rows(2);
+        // `shared` still holds the storage, so this one copies too; the owned path follows.
+        let owned = Tensor::half(
+            vec![4, 2, 3],
+            &(0..24).map(|i| i as f32).collect::<Vec<_>>(),
+            DType::BF16,
+        );
+        let moved = owned.split_rows(4).unwrap();
+        for (b, blocks) in [(2, from_shared), (2, from_owned.unwrap()), (4, moved)] {
+            let per = 24 / b;
+            for (p, t) in blocks.iter().enumerate() {
+                assert_eq!(t.shape, vec![4 / b, 2, 3]);
+                assert_eq!(t.dtype, DType::BF16);
+                let want: Vec<f32> = (p * per..(p + 1) * per).map(|i| i as f32).collect();
+                assert_eq!(t.to_f32(), want);
+            }
+        }
+        assert!(shared.split_rows(3).is_none());
     }
 }

@@ -309,7 +309,14 @@ mod tests {
 
     #[test]
     fn ppmoe_rewrite_replaces_both_all_to_alls_when_tokens_are_replicated() {
-        let mut rp = shard_moe(std::path::Path::new("t.onnx"), &layer(false), 2, 1).unwrap();
+        let mut rp = shard_moe(
+            std::path::Path::new("t.onnx"),
+            &layer(false),
+            2,
+            1,
+            &mut Default::default(),
+        )
+        .unwrap();
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
         let notes = ppmoe_rewrite(&mut rp, 1, 2, &|_| true);
         assert!(notes.is_empty(), "{notes:?}");
@@ -329,7 +336,14 @@ mod tests {
 
     #[test]
     fn ppmoe_rewrite_keeps_all_to_all_and_says_why_when_tokens_are_split() {
-        let mut rp = shard_moe(std::path::Path::new("t.onnx"), &layer(true), 2, 0).unwrap();
+        let mut rp = shard_moe(
+            std::path::Path::new("t.onnx"),
+            &layer(true),
+            2,
+            0,
+            &mut Default::default(),
+        )
+        .unwrap();
         let notes = ppmoe_rewrite(&mut rp, 0, 2, &|_| true);
         assert_eq!(notes.len(), 1);
         assert!(

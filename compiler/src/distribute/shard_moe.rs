@@ -15,6 +15,7 @@
 use crate::error::CompileError;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use ppmoe_runtime::{DType, Tensor};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One rank's program with its weights.
@@ -52,12 +53,49 @@ fn static_shape(p: &Program, b: BufferId) -> Vec<usize> {
     p.buffers[b].shape.iter().map(|d| d.unwrap_or(0)).collect()
 }
 
-/// The all-to-all form of every MoE layer, for tensor-parallel rank `t` of `tp`.
+/// Each rank's block of every expert weight (and bias), by weight name, cut once for all
+/// ranks: each rank's program takes its own (`shard_moe`).
+pub type ExpertBlocks = HashMap<String, Vec<Option<Tensor>>>;
+
+/// Takes the expert weights of every `moe.experts` in `p` out of `weights` and cuts each into
+/// its `tp` rank blocks, one weight at a time: a weight's storage becomes its blocks (see
+/// `Tensor::split_rows`), so the weights are never held twice. A weight that does not divide
+/// stays whole in `weights` (`shard_moe` says why).
+pub fn cut_expert_weights(
+    p: &Program,
+    weights: &mut Vec<(String, Tensor)>,
+    tp: usize,
+) -> ExpertBlocks {
+    let mut blocks = ExpertBlocks::new();
+    for ins in &p.instructions {
+        if !matches!(ins.op, Op::MoeExperts { .. }) {
+            continue;
+        }
+        for &b in ins.inputs.iter().skip(3).flatten() {
+            let name = &p.buffers[b].name;
+            let Some(pos) = weights.iter().position(|(n, _)| n == name) else {
+                continue;
+            };
+            if weights[pos].1.shape.first().is_none_or(|e| e % tp != 0) {
+                continue;
+            }
+            let (name, whole) = weights.swap_remove(pos);
+            if let Some(cut) = whole.split_rows(tp) {
+                blocks.insert(name, cut.into_iter().map(Some).collect());
+            }
+        }
+    }
+    blocks
+}
+
+/// The all-to-all form of every MoE layer, for tensor-parallel rank `t` of `tp`. Expert
+/// weights come from `blocks` where they were cut beforehand, else are cut from `one`.
 pub fn shard_moe(
     model: &Path,
     one: &RankProgram,
     tp: usize,
     t: usize,
+    blocks: &mut ExpertBlocks,
 ) -> Result<RankProgram, CompileError> {
     let mut rp = one.clone();
     if tp == 1 {
@@ -109,6 +147,11 @@ pub fn shard_moe(
         // This rank's block of every expert weight (and bias).
         for &b in ins.inputs[3..].iter().flatten() {
             let name = p.buffers[b].name.clone();
+            if let Some(block) = blocks.get_mut(&name).and_then(|v| v.get_mut(t)?.take()) {
+                p.buffers[b].shape[0] = Some(el);
+                rp.weights.push((name, block));
+                continue;
+            }
             let pos = rp
                 .weights
                 .iter()
