@@ -411,7 +411,14 @@ fn memory_now() -> String {
             .map(|l| l[k.len()..].trim().to_string())
             .unwrap_or_default()
     };
-    format!("resident {}, peak {}", field("VmRSS:"), field("VmHWM:"))
+    // Weights mapped from the model's files count as resident once read, but the kernel can
+    // drop them at will: the anonymous part is what the compiler itself holds.
+    format!(
+        "resident {} (anonymous {}), peak {}",
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("VmHWM:")
+    )
 }
 
 /// Runs the stages up to and including `last`.

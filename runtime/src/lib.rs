@@ -13,6 +13,7 @@ pub mod npy;
 pub mod program;
 pub mod runner;
 pub mod safetensors_io;
+pub mod storage;
 pub mod tensor;
 
 pub use error::RuntimeError;

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+pub use crate::storage::Buf;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
@@ -72,12 +74,13 @@ impl DType {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
-    F32(Vec<f32>),
+    /// f32 values, owned or mapped from a model's file (see `Buf`).
+    F32(Buf<f32>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
     /// f16 or bf16 bits (the tensor's dtype says which): weights as the model stores them,
     /// widened to f32 only where an op computes with them.
-    Half(Vec<u16>),
+    Half(Buf<u16>),
 }
 
 /// The f32 values of f16 or bf16 bits.
@@ -120,7 +123,7 @@ impl Tensor {
         Tensor {
             dtype: DType::F32,
             shape,
-            data: Arc::new(Data::F32(v)),
+            data: Arc::new(Data::F32(v.into())),
         }
     }
 
@@ -144,7 +147,7 @@ impl Tensor {
     /// Half-precision bits are widened first when the type changes (they mean nothing else).
     pub fn with_dtype(mut self, dtype: DType) -> Tensor {
         if dtype != self.dtype && matches!(*self.data, Data::Half(_)) {
-            self.data = Arc::new(Data::F32(self.to_f32()));
+            self.data = Arc::new(Data::F32(self.to_f32().into()));
         }
         self.dtype = dtype;
         self
@@ -163,7 +166,7 @@ impl Tensor {
     pub fn widened(self) -> Tensor {
         match &*self.data {
             Data::Half(bits) => Tensor {
-                data: Arc::new(Data::F32(widen(bits, self.dtype))),
+                data: Arc::new(Data::F32(widen(bits, self.dtype).into())),
                 ..self
             },
             _ => self,
@@ -216,7 +219,7 @@ impl Tensor {
 
     pub fn to_f32(&self) -> Vec<f32> {
         match &*self.data {
-            Data::F32(v) => v.clone(),
+            Data::F32(v) => v.to_vec(),
             Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as u8 as f32).collect(),
             Data::Half(b) => widen(b, self.dtype),
@@ -233,10 +236,10 @@ impl Tensor {
         }
         let n = numel(&shape);
         let data = match &*self.data {
-            Data::F32(v) => Data::F32(take(v, n, idx)),
+            Data::F32(v) => Data::F32(take(v, n, idx).into()),
             Data::I64(v) => Data::I64(take(v, n, idx)),
             Data::Bool(v) => Data::Bool(take(v, n, idx)),
-            Data::Half(v) => Data::Half(take(v, n, idx)),
+            Data::Half(v) => Data::Half(take(v, n, idx).into()),
         };
         Tensor {
             dtype: self.dtype,
@@ -250,13 +253,6 @@ impl Tensor {
     /// for tensor-parallel ranks is never held twice. A shared storage is copied from instead.
     /// None unless axis 0 divides evenly.
     pub fn split_rows(self, parts: usize) -> Option<Vec<Tensor>> {
-        fn split<T>(mut v: Vec<T>, parts: usize, per: usize) -> Vec<Vec<T>> {
-            let mut blocks: Vec<Vec<T>> = (1..parts).rev().map(|p| v.split_off(p * per)).collect();
-            v.shrink_to_fit();
-            blocks.push(v);
-            blocks.reverse();
-            blocks
-        }
         let rows = *self.shape.first()?;
         if parts == 0 || rows % parts != 0 {
             return None;
@@ -265,10 +261,25 @@ impl Tensor {
         shape[0] = rows / parts;
         let per = numel(&shape);
         let data: Vec<Data> = match Arc::try_unwrap(self.data) {
-            Ok(Data::F32(v)) => split(v, parts, per).into_iter().map(Data::F32).collect(),
-            Ok(Data::Half(v)) => split(v, parts, per).into_iter().map(Data::Half).collect(),
-            Ok(Data::I64(v)) => split(v, parts, per).into_iter().map(Data::I64).collect(),
-            Ok(Data::Bool(v)) => split(v, parts, per).into_iter().map(Data::Bool).collect(),
+            Ok(Data::F32(v)) => v.split(parts, per).into_iter().map(Data::F32).collect(),
+            Ok(Data::Half(v)) => v.split(parts, per).into_iter().map(Data::Half).collect(),
+            Ok(Data::I64(v)) => Buf::from(v)
+                .split(parts, per)
+                .into_iter()
+                .map(|b| Data::I64(b.into_vec()))
+                .collect(),
+            Ok(Data::Bool(v)) => {
+                let owned = Tensor {
+                    dtype: self.dtype,
+                    shape: self.shape.clone(),
+                    data: Arc::new(Data::Bool(v)),
+                };
+                return Some(
+                    (0..parts)
+                        .map(|p| owned.pick_runs(shape.clone(), &[p * per], per))
+                        .collect(),
+                );
+            }
             Err(shared) => {
                 let whole = Tensor {
                     dtype: self.dtype,
@@ -304,10 +315,10 @@ impl Tensor {
             out
         }
         let data = match &*self.data {
-            Data::F32(v) => Data::F32(take(v, starts, run)),
+            Data::F32(v) => Data::F32(take(v, starts, run).into()),
             Data::I64(v) => Data::I64(take(v, starts, run)),
             Data::Bool(v) => Data::Bool(take(v, starts, run)),
-            Data::Half(v) => Data::Half(take(v, starts, run)),
+            Data::Half(v) => Data::Half(take(v, starts, run).into()),
         };
         Tensor {
             dtype: self.dtype,
@@ -346,10 +357,10 @@ impl Tensor {
                 dtype: self.dtype,
                 shape: vec![end - start],
                 data: Arc::new(match &*self.data {
-                    Data::F32(v) => Data::F32(v[start..end].to_vec()),
+                    Data::F32(v) => Data::F32(v[start..end].to_vec().into()),
                     Data::I64(v) => Data::I64(v[start..end].to_vec()),
                     Data::Bool(v) => Data::Bool(v[start..end].to_vec()),
-                    Data::Half(v) => Data::Half(v[start..end].to_vec()),
+                    Data::Half(v) => Data::Half(v[start..end].to_vec().into()),
                 }),
             };
             sink(&piece.to_bytes())?;

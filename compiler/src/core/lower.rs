@@ -15,6 +15,7 @@ use ppmoe_frontend::{AttrValue, Dim, Model, Node, TensorData, Types};
 use ppmoe_runtime::program::{
     BinaryFn, Buffer, BufferId, BufferKind, Instruction, Op, Program, ReduceFn, Reduction, UnaryFn,
 };
+use ppmoe_runtime::tensor::Buf;
 use ppmoe_runtime::{kernels, DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
@@ -61,7 +62,11 @@ pub fn tensor_of(t: &TensorData) -> Result<Tensor, String> {
     if let (Some(x), true) = (&t.external, cfg!(target_endian = "little")) {
         match t.dtype {
             ppmoe_frontend::DType::F32 => {
-                return read_external::<f32>(t, x).map(|(s, v)| Tensor::f32(s, v))
+                return read_external::<f32>(t, x).map(|(shape, v)| Tensor {
+                    dtype: DType::F32,
+                    shape,
+                    data: std::sync::Arc::new(ppmoe_runtime::tensor::Data::F32(v)),
+                })
             }
             // bf16 and f16 stay as their bits: no f32 copy of a half-precision model.
             d @ (ppmoe_frontend::DType::BF16 | ppmoe_frontend::DType::F16) => {
@@ -99,11 +104,13 @@ pub fn tensor_of(t: &TensorData) -> Result<Tensor, String> {
     })
 }
 
-/// An external f32 weight read straight into its tensor's storage (no byte buffer beside it).
+/// An external weight as its tensor's storage: a run of the memory-mapped file where it is
+/// aligned (nothing is read until used, and then paged in and out by the kernel), else read
+/// straight into an owned buffer (no byte buffer beside it).
 fn read_external<T: bytemuck::Pod>(
     t: &TensorData,
     x: &ppmoe_frontend::ExternalData,
-) -> Result<(Vec<usize>, Vec<T>), String> {
+) -> Result<(Vec<usize>, Buf<T>), String> {
     let shape = t
         .dims
         .iter()
@@ -113,6 +120,23 @@ fn read_external<T: bytemuck::Pod>(
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("the element count of {shape:?} overflows"))?;
+    let bytes = n.checked_mul(std::mem::size_of::<T>());
+    if bytes.map(|b| b as u64) != Some(x.length) {
+        return Err(format!(
+            "{} bytes at offset {} of {} do not hold a tensor of shape {shape:?}",
+            x.length,
+            x.offset,
+            x.file.display()
+        ));
+    }
+    // SAFETY: the model's files are only read, and not changed while it is compiled.
+    let mapped = unsafe { ppmoe_runtime::storage::map_path(&x.file) }
+        .ok()
+        .zip(usize::try_from(x.offset).ok())
+        .and_then(|(map, offset)| Buf::mapped(&map, offset, n));
+    if let Some(run) = mapped {
+        return Ok((shape, run));
+    }
     let mut v = vec![T::zeroed(); n];
     x.read_into(bytemuck::cast_slice_mut(&mut v)).map_err(|e| {
         format!(
@@ -122,7 +146,7 @@ fn read_external<T: bytemuck::Pod>(
             x.file.display()
         )
     })?;
-    Ok((shape, v))
+    Ok((shape, v.into()))
 }
 
 /// The model's initializers as tensors, converted once and shared (by reference count) by every

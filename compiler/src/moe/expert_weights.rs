@@ -33,12 +33,12 @@ fn assemble(sources: &[&Tensor], shape: Vec<usize>, runs: &[(usize, usize, usize
     let halves: Option<Vec<&[u16]>> = sources
         .iter()
         .map(|t| match &*t.data {
-            Data::Half(b) if t.dtype == dtype => Some(b.as_slice()),
+            Data::Half(b) if t.dtype == dtype => Some(&b[..]),
             _ => None,
         })
         .collect();
     let data = match halves {
-        Some(h) => Data::Half(copy(&h, runs)),
+        Some(h) => Data::Half(copy(&h, runs).into()),
         None => {
             let wide: Vec<std::borrow::Cow<[f32]>> = sources
                 .iter()

@@ -516,7 +516,7 @@ pub fn run_bundle(
             rank.put_host(id, w.clone());
             if w.dtype == DType::BF16 && bf16_gemms && gemm_weights.contains(&id) {
                 let bits: Vec<u16> = match &*w.data {
-                    crate::tensor::Data::Half(b) => b.clone(),
+                    crate::tensor::Data::Half(b) => b.to_vec(),
                     _ => w
                         .to_f32()
                         .iter()

@@ -176,7 +176,9 @@ pub fn concat(xs: &[&Tensor], ax: i64) -> KResult<Tensor> {
         }
     }
     let data = match *first.data {
-        crate::tensor::Data::F32(_) | crate::tensor::Data::Half(_) => crate::tensor::Data::F32(f),
+        crate::tensor::Data::F32(_) | crate::tensor::Data::Half(_) => {
+            crate::tensor::Data::F32(f.into())
+        }
         crate::tensor::Data::I64(_) => crate::tensor::Data::I64(i),
         crate::tensor::Data::Bool(_) => crate::tensor::Data::Bool(b),
     };
