@@ -39,7 +39,10 @@ irdl.dialect @moe {
     %b_out = irdl.base "!builtin.tensor"
     %y = irdl.base "!builtin.tensor"
     %activation = irdl.base "#builtin.string"
-    %layout = irdl.base "#builtin.string"
+    // in_out: w_in [E,H,N], w_out [E,F,H]; linear: w_in [E,N,H], w_out [E,H,F] (nn.Linear's).
+    %in_out = irdl.is "in_out"
+    %linear = irdl.is "linear"
+    %layout = irdl.any_of(%in_out, %linear)
     irdl.operands(x: %x, weights: %w, ids: %ids, w_in: %w_in, w_out: %w_out, b_in: optional %b_in, b_out: optional %b_out)
     irdl.results(y: %y)
     irdl.attributes {"activation" = %activation, "layout" = %layout}
@@ -66,9 +69,12 @@ irdl.dialect @moe {
     %b_out = irdl.base "!builtin.tensor"
     %y = irdl.base "!builtin.tensor"
     %activation = irdl.base "#builtin.string"
+    %in_out = irdl.is "in_out"
+    %linear = irdl.is "linear"
+    %layout = irdl.any_of(%in_out, %linear)
     irdl.operands(rows: %x, offsets: %offsets, w_in: %w_in, w_out: %w_out, b_in: optional %b_in, b_out: optional %b_out)
     irdl.results(y: %y)
-    irdl.attributes {"activation" = %activation}
+    irdl.attributes {"activation" = %activation, "layout" = %layout}
   }
   // buckets [E, C, H], weights [T/tp, k], ids [T/tp, k] -> [T/tp, H].
   irdl.operation @combine {

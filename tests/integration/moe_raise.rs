@@ -191,6 +191,24 @@ fn the_moe_dialect_verifier_rejects_a_route_without_top_k() {
     assert!(ppmoe_dialect::parse_verified(&context, &not_bool).is_err());
 }
 
+#[test]
+fn the_moe_dialect_verifier_takes_only_the_two_expert_layouts() {
+    let context = ppmoe_dialect::context();
+    let op = |layout: &str| {
+        format!(
+            r#"func.func @f(%x: tensor<4x8xf32>, %w: tensor<4x2xf32>, %i: tensor<4x2xi64>, %a: tensor<3x32x8xf32>, %b: tensor<3x8x16xf32>) -> tensor<4x8xf32> {{
+  %y = "moe.experts"(%x, %w, %i, %a, %b) {{activation = "swiglu", layout = "{layout}", operandSegmentSizes = array<i32: 1, 1, 1, 1, 1, 0, 0>}} : (tensor<4x8xf32>, tensor<4x2xf32>, tensor<4x2xi64>, tensor<3x32x8xf32>, tensor<3x8x16xf32>) -> tensor<4x8xf32>
+  return %y : tensor<4x8xf32>
+}}"#
+        )
+    };
+    for good in ["linear", "in_out"] {
+        let r = ppmoe_dialect::parse_verified(&context, &op(good));
+        assert!(r.is_ok(), "{good}: {:?}", r.err());
+    }
+    assert!(ppmoe_dialect::parse_verified(&context, &op("transposed")).is_err());
+}
+
 /// The gpt-oss fixture's fused MoE node, rewritten into the other forms ORT's MoE op takes: the
 /// same layer must come out of each, and give PyTorch's output.
 mod fused_ort_variants {
