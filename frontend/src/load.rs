@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=23;
 
 /// External tensors up to this size are read at load time; larger ones when converted.
-const EAGER_EXTERNAL_BYTES: usize = 64 * 1024;
+pub(crate) const EAGER_EXTERNAL_BYTES: usize = 64 * 1024;
 
 /// Reads and checks an ONNX model; external data files are resolved relative to the model.
 pub fn load_onnx(path: &Path) -> Result<Model, ImportError> {

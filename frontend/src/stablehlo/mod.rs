@@ -154,11 +154,15 @@ fn read_weights(
         path: file.to_owned(),
         reason,
     };
-    let bytes = std::fs::read(file).map_err(|cause| ImportError::Io {
+    let io = |cause| ImportError::Io {
         path: file.to_owned(),
         cause,
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    };
+    // Mapped, not read: the header is parsed in place, and each large tensor stays in the file
+    // as external data (read, or mapped again, by the stage that converts it).
+    // SAFETY: the weights file is only read, and not changed while it is compiled.
+    let map = unsafe { memmap2::Mmap::map(&std::fs::File::open(file).map_err(io)?) }.map_err(io)?;
+    let st = safetensors::SafeTensors::deserialize(&map)
         .map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
@@ -192,13 +196,25 @@ fn read_weights(
                 want.mlir()
             )));
         }
+        let data = view.data();
+        let (bytes, external) = if data.len() > crate::load::EAGER_EXTERNAL_BYTES {
+            let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+            let range = crate::ExternalData {
+                file: file.to_owned(),
+                offset: offset as u64,
+                length: data.len() as u64,
+            };
+            (Vec::new(), Some(range))
+        } else {
+            (data.to_vec(), None)
+        };
         out.insert(
             name,
             TensorData {
                 dtype,
                 dims,
-                bytes: view.data().to_vec(),
-                external: None,
+                bytes,
+                external,
             },
         );
     }
