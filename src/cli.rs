@@ -88,6 +88,45 @@ pub enum Command {
         #[arg(long = "nproc-per-node")]
         nproc_per_node: Option<usize>,
     },
+    /// Time a bundle's forward on the GPU (CUDA events, warm-up, median of N), or one MoE
+    /// layer of random bf16 weights (--moe H,F,E,K) compiled through the same compiler.
+    Bench {
+        /// A one-rank bundle compiled with --target cuda (leave it out with --moe).
+        bundle: Option<PathBuf>,
+        /// One MoE layer instead: hidden, expert FFN, experts, top-k (e.g. 4096,14336,8,2):
+        /// softmax router, renormalised top-k, SwiGLU experts, as the PyTorch peers compute.
+        #[arg(long)]
+        moe: Option<String>,
+        /// Token counts for --moe, comma-separated.
+        #[arg(long, default_value = "4096")]
+        tokens: String,
+        /// A bundle's inputs, as `run` takes them; random where not given.
+        #[arg(long = "input")]
+        input: Vec<String>,
+        /// Forwards run before timing.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Forwards timed; the median is the figure.
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Time every instruction too (synchronised, so it adds to the total) and print the
+        /// slowest.
+        #[arg(long)]
+        profile: bool,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The GPU's matmul rate, TFLOP/s, as measured on it (the peer script prints it): with
+        /// --peak-tbs, each --moe row gives its floor and how far above it the layer is.
+        #[arg(long = "peak-tflops", requires = "peak_tbs")]
+        peak_tflops: Option<f64>,
+        /// The GPU's copy bandwidth, TB/s, as measured on it.
+        #[arg(long = "peak-tbs", requires = "peak_tflops")]
+        peak_tbs: Option<f64>,
+        /// Where --moe writes its model and bundles (default: a temporary folder, removed).
+        #[arg(long = "work-dir")]
+        work_dir: Option<PathBuf>,
+    },
     /// Predict, per MoE layer, each strategy's time and the e-graph's choice; per pipeline
     /// stage, time and memory per GPU. MODEL is an .onnx file or a Hugging Face config.json.
     Plan {
@@ -350,6 +389,39 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             if !ok {
                 bail!("an output differs from its reference by more than {tolerance:e}");
+            }
+            Ok(())
+        }
+        Command::Bench {
+            bundle,
+            moe,
+            tokens,
+            input,
+            warmup,
+            iters,
+            profile,
+            json,
+            peak_tflops,
+            peak_tbs,
+            work_dir,
+        } => {
+            if iters == 0 {
+                bail!("--iters must be at least 1");
+            }
+            let o = crate::bench::Options {
+                warmup,
+                iters,
+                profile,
+                peak: peak_tflops.zip(peak_tbs),
+            };
+            let rows = match (bundle, moe) {
+                (Some(b), None) => crate::bench::bundle(&b, &input, &o)?,
+                (None, Some(spec)) => crate::bench::moe(&spec, &tokens, work_dir, &o)?,
+                _ => bail!("bench takes a BUNDLE or --moe H,F,E,K (one of the two)"),
+            };
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }

@@ -1,6 +1,8 @@
 //! The `ppmoe` command line: parses flags, calls the libraries, turns their errors into messages.
 
+mod bench;
 mod cli;
+mod moe_layer;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! ppmoe's runtime: the bundle format and its backends. It links no MLIR and no LLVM, so that it
 //! travels to GPU machines as a small binary (`ppmoe-run`).
 
+pub mod bench;
 pub mod bundle;
 pub mod collectives;
 pub mod cpu;

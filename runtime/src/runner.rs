@@ -194,51 +194,9 @@ pub fn run(
             reason: format!("this is rank {} of {} processes ({} environment), but the CPU backend runs every rank as a thread of one process: run it once, without a launcher", d.rank, d.world, d.source),
         });
     }
-    let ports = &bundle.manifest.inputs;
-    let mut bound: Vec<Option<Tensor>> = vec![None; ports.len()];
-    let mut next = 0;
-    for arg in inputs {
-        let slot = match &arg.name {
-            Some(n) => {
-                ports
-                    .iter()
-                    .position(|p| &p.name == n)
-                    .ok_or_else(|| RuntimeError::Input {
-                        name: n.clone(),
-                        reason: format!(
-                            "the model has no input of that name (its inputs: {})",
-                            ports
-                                .iter()
-                                .map(|p| p.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    })?
-            }
-            None => {
-                while next < bound.len() && bound[next].is_some() {
-                    next += 1;
-                }
-                if next >= ports.len() {
-                    return Err(RuntimeError::Input {
-                        name: arg.file.display().to_string(),
-                        reason: format!("more inputs given than the model's {}", ports.len()),
-                    });
-                }
-                next
-            }
-        };
-        if bound[slot].is_some() {
-            return Err(RuntimeError::Input {
-                name: ports[slot].name.clone(),
-                reason: "bound twice".into(),
-            });
-        }
-        bound[slot] = Some(read_npy(&arg.file)?);
-    }
-    let inputs: Vec<Tensor> = bound
+    let inputs: Vec<Tensor> = bind_inputs(&bundle, inputs)?
         .into_iter()
-        .zip(ports)
+        .zip(&bundle.manifest.inputs)
         .map(|(t, p)| {
             t.ok_or_else(|| RuntimeError::Input {
                 name: p.name.clone(),
@@ -313,4 +271,55 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The bundle's inputs bound from `--input` arguments (FILE in order, or NAME=FILE): one entry
+/// per input of the model, None where none was given.
+pub fn bind_inputs(
+    bundle: &crate::bundle::Bundle,
+    inputs: &[InputArg],
+) -> Result<Vec<Option<Tensor>>, RuntimeError> {
+    let ports = &bundle.manifest.inputs;
+    let mut bound: Vec<Option<Tensor>> = vec![None; ports.len()];
+    let mut next = 0;
+    for arg in inputs {
+        let slot = match &arg.name {
+            Some(n) => {
+                ports
+                    .iter()
+                    .position(|p| &p.name == n)
+                    .ok_or_else(|| RuntimeError::Input {
+                        name: n.clone(),
+                        reason: format!(
+                            "the model has no input of that name (its inputs: {})",
+                            ports
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })?
+            }
+            None => {
+                while next < bound.len() && bound[next].is_some() {
+                    next += 1;
+                }
+                if next >= ports.len() {
+                    return Err(RuntimeError::Input {
+                        name: arg.file.display().to_string(),
+                        reason: format!("more inputs given than the model's {}", ports.len()),
+                    });
+                }
+                next
+            }
+        };
+        if bound[slot].is_some() {
+            return Err(RuntimeError::Input {
+                name: ports[slot].name.clone(),
+                reason: "bound twice".into(),
+            });
+        }
+        bound[slot] = Some(read_npy(&arg.file)?);
+    }
+    Ok(bound)
 }

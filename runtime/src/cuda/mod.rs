@@ -453,6 +453,73 @@ pub fn run_bundle(
     inputs: &[Tensor],
     dist: Option<&Dist>,
 ) -> Result<Vec<Tensor>, RuntimeError> {
+    with_rank(bundle, dist, |rank, m| rank.forward(m, inputs, None))
+}
+
+/// Times of repeated forwards of a bundle's rank (CUDA events on its stream, after warm-up).
+pub struct Timing {
+    /// Each timed forward, inputs in to outputs out, in ms.
+    pub forward_ms: Vec<f64>,
+    /// With `profile`: per instruction, its time in each timed forward (ms).
+    pub instruction_ms: Vec<Vec<f64>>,
+}
+
+/// Runs `warmup` forwards, then times `iters` more; with `profile`, each instruction is timed
+/// too (an event pair around each, which adds a little to the forward's time).
+pub fn bench_bundle(
+    bundle: &Bundle,
+    inputs: &[Tensor],
+    dist: Option<&Dist>,
+    warmup: usize,
+    iters: usize,
+    profile: bool,
+) -> Result<Timing, RuntimeError> {
+    with_rank(bundle, dist, |rank, m| {
+        for _ in 0..warmup {
+            rank.forward(m, inputs, None)?;
+        }
+        let n = rank.program.instructions.len();
+        let mut timing = Timing {
+            forward_ms: Vec::with_capacity(iters),
+            instruction_ms: if profile {
+                vec![Vec::new(); n]
+            } else {
+                Vec::new()
+            },
+        };
+        let event = |s: &Arc<CudaStream>| {
+            s.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| backend_err(e.to_string()))
+        };
+        for _ in 0..iters {
+            let mut per = profile.then(|| vec![0.0; n]);
+            let start = event(&rank.stream)?;
+            rank.forward(m, inputs, per.as_mut())?;
+            let end = event(&rank.stream)?;
+            end.synchronize().map_err(|e| backend_err(e.to_string()))?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(|e| backend_err(e.to_string()))?;
+            timing.forward_ms.push(ms as f64);
+            for (acc, t) in timing
+                .instruction_ms
+                .iter_mut()
+                .zip(per.unwrap_or_default())
+            {
+                acc.push(t);
+            }
+        }
+        Ok(timing)
+    })
+}
+
+/// Sets up this process's rank of a bundle on its GPU (weights uploaded, kernels loaded, NCCL
+/// connected) and hands it to `body`.
+fn with_rank<R>(
+    bundle: &Bundle,
+    dist: Option<&Dist>,
+    body: impl FnOnce(&mut Rank<'_>, &crate::bundle::Manifest) -> Result<R, RuntimeError>,
+) -> Result<R, RuntimeError> {
     available().map_err(backend_err)?;
     let m = &bundle.manifest;
     let (rank, world, gpu) = dist.map_or((0, 1, 0), |d| (d.rank, d.world, d.local_rank));
@@ -534,42 +601,73 @@ pub fn run_bundle(
             }
         }
     }
-    let mut outs = Vec::new();
-    for (mb, piece) in crate::microbatch::split_inputs(m, inputs)?
-        .iter()
-        .enumerate()
-    {
-        rank.microbatch = mb as u64;
-        // Everything but the weights starts empty in each microbatch.
-        for (slot, b) in rank.slots.iter_mut().zip(&program.buffers) {
-            if b.kind != BufferKind::Weight {
-                *slot = None;
-            }
-        }
-        // Ranks that take no model input (later pipeline stages) get none.
-        if !program.inputs.is_empty() {
-            for (&id, t) in program.inputs.iter().zip(piece) {
-                crate::cpu::check_input(program, id, t)?;
-                rank.put_host(id, t.clone());
-            }
-        }
-        for (i, how) in program.gpu.iter().enumerate() {
-            rank.step(i, how)?;
-        }
-        stream
-            .synchronize()
-            .map_err(|e| backend_err(e.to_string()))?;
-        outs.push(
-            program
-                .outputs
-                .iter()
-                .map(|&o| rank.host(o))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
-    }
+    let result = body(&mut rank, m);
     drop(rank);
     drop(comms);
-    crate::microbatch::join_outputs(outs, "cuda")
+    result
+}
+
+impl Rank<'_> {
+    /// One forward: every microbatch through the program, its outputs joined. With `per`,
+    /// each instruction's time is added to its entry (an event pair around each step).
+    fn forward(
+        &mut self,
+        m: &crate::bundle::Manifest,
+        inputs: &[Tensor],
+        mut per: Option<&mut Vec<f64>>,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let program = self.program;
+        let stream = self.stream.clone();
+        let event = || {
+            stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| backend_err(e.to_string()))
+        };
+        let mut outs = Vec::new();
+        for (mb, piece) in crate::microbatch::split_inputs(m, inputs)?
+            .iter()
+            .enumerate()
+        {
+            self.microbatch = mb as u64;
+            // Everything but the weights starts empty in each microbatch.
+            for (slot, b) in self.slots.iter_mut().zip(&program.buffers) {
+                if b.kind != BufferKind::Weight {
+                    *slot = None;
+                }
+            }
+            // Ranks that take no model input (later pipeline stages) get none.
+            if !program.inputs.is_empty() {
+                for (&id, t) in program.inputs.iter().zip(piece) {
+                    crate::cpu::check_input(program, id, t)?;
+                    self.put_host(id, t.clone());
+                }
+            }
+            for (i, how) in program.gpu.iter().enumerate() {
+                let Some(times) = per.as_deref_mut() else {
+                    self.step(i, how)?;
+                    continue;
+                };
+                let start = event()?;
+                self.step(i, how)?;
+                let end = event()?;
+                end.synchronize().map_err(|e| backend_err(e.to_string()))?;
+                times[i] += start
+                    .elapsed_ms(&end)
+                    .map_err(|e| backend_err(e.to_string()))? as f64;
+            }
+            stream
+                .synchronize()
+                .map_err(|e| backend_err(e.to_string()))?;
+            outs.push(
+                program
+                    .outputs
+                    .iter()
+                    .map(|&o| self.host(o))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        crate::microbatch::join_outputs(outs, "cuda")
+    }
 }
 
 /// The buffers that are the weight side of a GEMM: B of a matmul, the expert stacks of

@@ -1,0 +1,333 @@
+//! The one MoE layer `ppmoe bench --moe H,F,E,K` times: written as an ONNX model (a router
+//! MatMul and onnxruntime's fused `com.microsoft.MoE` node, weights as external data), so it
+//! goes through the same compiler and runtime as any model. The layer is the one the PyTorch
+//! peers compute (`shared/bench/peer_moe_bench.py`): softmax router, top-k, renormalised
+//! weights, SwiGLU experts (gate | up concatenated: swiglu_fusion = 2), bf16 expert weights
+//! in `nn.Linear`'s order (fc1 [E, 2F, H], fc2 [E, H, F]), scaled as the peers scale theirs.
+
+use anyhow::{Context as _, Result};
+use ppmoe_frontend::onnx_proto as pb;
+use prost::Message;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// H, F, E, k of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub hidden: usize,
+    pub ffn: usize,
+    pub experts: usize,
+    pub top_k: usize,
+}
+
+impl Shape {
+    pub fn parse(s: &str) -> Result<Shape> {
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--moe {s}: expected H,F,E,K (four integers)"))?;
+        let [hidden, ffn, experts, top_k] = v[..] else {
+            anyhow::bail!("--moe {s}: expected H,F,E,K (four integers)");
+        };
+        if hidden == 0 || ffn == 0 || experts == 0 || top_k == 0 || top_k > experts {
+            anyhow::bail!("--moe {s}: sizes must be positive and K at most E");
+        }
+        Ok(Shape {
+            hidden,
+            ffn,
+            experts,
+            top_k,
+        })
+    }
+
+    /// The layer's useful FLOPs at `t` tokens (the peers' count: router and the k experts).
+    pub fn flops(&self, t: usize) -> f64 {
+        let (h, f, e, k) = (
+            self.hidden as f64,
+            self.ffn as f64,
+            self.experts as f64,
+            self.top_k as f64,
+        );
+        let t = t as f64;
+        2.0 * t * k * 3.0 * h * f + 2.0 * t * h * e
+    }
+
+    /// The fewest bytes it must move at `t` tokens (the peers' count): the bf16 weights of
+    /// every expert that can be hit, and the tokens in and out.
+    pub fn bytes(&self, t: usize) -> f64 {
+        let hit = self.experts.min(t * self.top_k) as f64;
+        3.0 * hit * (self.hidden * self.ffn) as f64 * 2.0 + 2.0 * (t * self.hidden) as f64 * 2.0
+    }
+}
+
+/// Writes `dir/model.onnx` (+ `model.onnx.data`) for `shape`, the token count dynamic.
+pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
+    let Shape {
+        hidden: h,
+        ffn: f,
+        experts: e,
+        ..
+    } = shape;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data_name = "model.onnx.data";
+    let data_path = dir.join(data_name);
+    let mut data = std::io::BufWriter::new(
+        std::fs::File::create(&data_path)
+            .with_context(|| format!("creating {}", data_path.display()))?,
+    );
+    let mut offset = 0u64;
+    let mut rng = seed | 1;
+    let mut external = |name: &str, dims: Vec<i64>, scale: f32| -> Result<pb::TensorProto> {
+        let n: usize = dims.iter().map(|&d| d as usize).product();
+        let mut left = n;
+        let mut chunk = Vec::with_capacity(1 << 20);
+        while left > 0 {
+            let m = left.min(1 << 19);
+            chunk.clear();
+            for _ in 0..m {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // Uniform with the variance of N(0, 1), times the peers' scale.
+                let u = (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                let bits = half_bits(u * 3f32.sqrt() * scale);
+                chunk.extend_from_slice(&bits.to_le_bytes());
+            }
+            data.write_all(&chunk)?;
+            left -= m;
+        }
+        let length = 2 * n as u64;
+        let entry = |k: &str, v: String| pb::StringStringEntryProto {
+            key: k.into(),
+            value: v,
+        };
+        let t = pb::TensorProto {
+            name: name.into(),
+            dims,
+            data_type: 16,
+            data_location: 1,
+            external_data: vec![
+                entry("location", data_name.into()),
+                entry("offset", offset.to_string()),
+                entry("length", length.to_string()),
+            ],
+            ..Default::default()
+        };
+        offset += length;
+        Ok(t)
+    };
+    let (he, fe) = ((h as f32).sqrt().recip(), (f as f32).sqrt().recip());
+    let fc1 = external("fc1", vec![e as i64, 2 * f as i64, h as i64], he)?;
+    let fc2 = external("fc2", vec![e as i64, h as i64, f as i64], fe)?;
+    data.flush()?;
+    drop(data);
+    let router: Vec<u8> = (0..h * e)
+        .flat_map(|i| {
+            let x =
+                ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as f32 / (1u64 << 24) as f32;
+            ((x * 2.0 - 1.0) * 3f32.sqrt() * he).to_le_bytes()
+        })
+        .collect();
+    let model = model_proto(shape, fc1, fc2, router);
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, model.encode_to_vec())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// bf16 bits of `x`, rounded to nearest even.
+fn half_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+fn model_proto(
+    s: Shape,
+    fc1: pb::TensorProto,
+    fc2: pb::TensorProto,
+    router: Vec<u8>,
+) -> pb::ModelProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let vi = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(
+                pb::type_proto::TensorTypeProto {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: vec![
+                            Dimension {
+                                value: Some(Value::DimParam("tokens".into())),
+                            },
+                            Dimension {
+                                value: Some(Value::DimValue(s.hidden as i64)),
+                            },
+                        ],
+                    }),
+                },
+            )),
+        }),
+    };
+    let attr_i = |n: &str, v: i64| pb::AttributeProto {
+        name: n.into(),
+        r#type: pb::attribute_type::INT,
+        i: v,
+        ..Default::default()
+    };
+    let node = |op: &str, domain: &str, inputs: &[&str], out: &str, attribute| pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        name: out.into(),
+        op_type: op.into(),
+        domain: domain.into(),
+        attribute,
+    };
+    let graph = pb::GraphProto {
+        name: "moe_layer".into(),
+        node: vec![
+            node("MatMul", "", &["x", "router"], "logits", vec![]),
+            node(
+                "MoE",
+                "com.microsoft",
+                &["x", "logits", "fc1", "", "fc2"],
+                "y",
+                vec![
+                    attr_i("k", s.top_k as i64),
+                    pb::AttributeProto {
+                        name: "activation_type".into(),
+                        r#type: pb::attribute_type::STRING,
+                        s: b"swiglu".to_vec(),
+                        ..Default::default()
+                    },
+                    attr_i("swiglu_fusion", 2),
+                    attr_i("normalize_routing_weights", 1),
+                ],
+            ),
+        ],
+        initializer: vec![
+            pb::TensorProto {
+                name: "router".into(),
+                dims: vec![s.hidden as i64, s.experts as i64],
+                data_type: 1,
+                raw_data: router,
+                ..Default::default()
+            },
+            fc1,
+            fc2,
+        ],
+        input: vec![vi("x")],
+        output: vec![vi("y")],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: "".into(),
+                version: 17,
+            },
+            pb::OperatorSetIdProto {
+                domain: "com.microsoft".into(),
+                version: 1,
+            },
+        ],
+        producer_name: "ppmoe bench".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ppmoe_runtime::Tensor;
+
+    fn bf16(bits: &[u8]) -> Vec<f64> {
+        bits.chunks_exact(2)
+            .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) as f64)
+            .collect()
+    }
+
+    /// The layer computed here from the written weights (f64): softmax router, top-k,
+    /// renormalised, SwiGLU with gate | up in fc1's rows, fc2 [E, H, F].
+    fn reference(dir: &Path, s: Shape, x: &[f32]) -> Vec<f64> {
+        let (h, f, e, k) = (s.hidden, s.ffn, s.experts, s.top_k);
+        let m = pb::ModelProto::decode(&*std::fs::read(dir.join("model.onnx")).unwrap()).unwrap();
+        let router: Vec<f64> = m.graph.unwrap().initializer[0]
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect();
+        let data = std::fs::read(dir.join("model.onnx.data")).unwrap();
+        let (fc1, fc2) = data.split_at(e * 2 * f * h * 2);
+        let (fc1, fc2) = (bf16(fc1), bf16(fc2));
+        let t = x.len() / h;
+        let mut y = vec![0f64; t * h];
+        for ti in 0..t {
+            let xr: Vec<f64> = x[ti * h..(ti + 1) * h].iter().map(|&v| v as f64).collect();
+            let logits: Vec<f64> = (0..e)
+                .map(|j| (0..h).map(|i| xr[i] * router[i * e + j]).sum())
+                .collect();
+            let mut order: Vec<usize> = (0..e).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let top = &order[..k];
+            // Softmax then renormalised over the top k: the softmax's denominator cancels.
+            let w: Vec<f64> = top.iter().map(|&j| logits[j].exp()).collect();
+            let sum: f64 = w.iter().sum();
+            for (&ex, wt) in top.iter().zip(&w) {
+                let row = |r: usize| -> f64 {
+                    let base = (ex * 2 * f + r) * h;
+                    (0..h).map(|i| xr[i] * fc1[base + i]).sum()
+                };
+                let act: Vec<f64> = (0..f)
+                    .map(|q| {
+                        let (g, u) = (row(q), row(f + q));
+                        g / (1.0 + (-g).exp()) * u
+                    })
+                    .collect();
+                for c in 0..h {
+                    let base = (ex * h + c) * f;
+                    let o: f64 = (0..f).map(|q| act[q] * fc2[base + q]).sum();
+                    y[ti * h + c] += wt / sum * o;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn the_written_layer_compiles_to_the_peers_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Shape::parse("32,16,4,2").unwrap();
+        let model = write(d.path(), s, 7).unwrap();
+        let t = 6;
+        let c = ppmoe_compiler::pipeline::Compilation::new(
+            &model,
+            &[("x".to_string(), vec![t as i64, s.hidden as i64])],
+        );
+        ppmoe_compiler::compile(c, &d.path().join("b")).unwrap();
+        let bundle = ppmoe_runtime::bundle::read_bundle(&d.path().join("b")).unwrap();
+        let x: Vec<f32> = (0..t * s.hidden)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 2.0)
+            .collect();
+        let got =
+            ppmoe_runtime::cpu::run_bundle(&bundle, &[Tensor::f32(vec![t, s.hidden], x.clone())])
+                .unwrap()[0]
+                .to_f32();
+        let want = reference(d.path(), s, &x);
+        let num: f64 = got
+            .iter()
+            .zip(&want)
+            .map(|(&a, b)| (a as f64 - b).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| b * b).sum();
+        let rel = (num / den).sqrt();
+        // bf16 weights: the CPU backend rounds the activations fed to them to bf16, as the GPU's
+        // bf16 GEMMs do; the reference does not, so they agree to bf16's precision.
+        assert!(den > 0.0 && rel < 1e-2, "relative error {rel}");
+        assert!(s.flops(t) > 0.0 && s.bytes(t) > 0.0);
+        assert!(Shape::parse("4,4,2,3").is_err(), "k above E");
+        assert!(Shape::parse("4,4,2").is_err(), "three sizes");
+    }
+}
