@@ -1,5 +1,8 @@
 //! `ppmoe bench BUNDLE`: the whole forward of a one-rank CUDA bundle, timed with CUDA events on
-//! its stream after warm-up, N times; the median is the figure. With `profile`, each
+//! its stream after warm-up, N times; the median is the figure. The float inputs are put on the
+//! device before the timed forwards and the outputs left there, as a layer's tensors live on
+//! the device in a framework: what is timed is the forward, including any host work and
+//! device-to-host copies the program does inside it, not the PCIe link. With `profile`, each
 //! instruction is timed too (an event pair around it, synchronised: it adds to the forward, so
 //! the per-instruction times are for finding where the time goes, not for the total).
 

@@ -453,7 +453,17 @@ pub fn run_bundle(
     inputs: &[Tensor],
     dist: Option<&Dist>,
 ) -> Result<Vec<Tensor>, RuntimeError> {
-    with_rank(bundle, dist, |rank, m| rank.forward(m, inputs, None))
+    with_rank(bundle, dist, |rank, m| {
+        rank.forward(m, &Feed::Host(inputs), None)
+    })
+}
+
+/// Where a forward's inputs come from: the host (uploaded by the forward, outputs brought
+/// back), or device copies made beforehand, one per microbatch and input (outputs left on the
+/// device): what a timed forward takes, like a framework's layer whose tensors live there.
+enum Feed<'f> {
+    Host(&'f [Tensor]),
+    Device(Vec<Vec<Result<CudaSlice<f32>, Tensor>>>),
 }
 
 /// Times of repeated forwards of a bundle's rank (CUDA events on its stream, after warm-up).
@@ -464,8 +474,10 @@ pub struct Timing {
     pub instruction_ms: Vec<Vec<f64>>,
 }
 
-/// Runs `warmup` forwards, then times `iters` more; with `profile`, each instruction is timed
-/// too (an event pair around each, which adds a little to the forward's time).
+/// Runs `warmup` forwards, then times `iters` more, the float inputs already on the device and
+/// the outputs left there (so the time is the forward's, not the host link's); with
+/// `profile`, each instruction is timed too (an event pair around each, which adds a little
+/// to the forward's time).
 pub fn bench_bundle(
     bundle: &Bundle,
     inputs: &[Tensor],
@@ -475,8 +487,9 @@ pub fn bench_bundle(
     profile: bool,
 ) -> Result<Timing, RuntimeError> {
     with_rank(bundle, dist, |rank, m| {
+        let feed = rank.device_feed(m, inputs)?;
         for _ in 0..warmup {
-            rank.forward(m, inputs, None)?;
+            rank.forward(m, &feed, None)?;
         }
         let n = rank.program.instructions.len();
         let mut timing = Timing {
@@ -494,7 +507,7 @@ pub fn bench_bundle(
         for _ in 0..iters {
             let mut per = profile.then(|| vec![0.0; n]);
             let start = event(&rank.stream)?;
-            rank.forward(m, inputs, per.as_mut())?;
+            rank.forward(m, &feed, per.as_mut())?;
             let end = event(&rank.stream)?;
             end.synchronize().map_err(|e| backend_err(e.to_string()))?;
             let ms = start
@@ -613,7 +626,7 @@ impl Rank<'_> {
     fn forward(
         &mut self,
         m: &crate::bundle::Manifest,
-        inputs: &[Tensor],
+        feed: &Feed,
         mut per: Option<&mut Vec<f64>>,
     ) -> Result<Vec<Tensor>, RuntimeError> {
         let program = self.program;
@@ -623,11 +636,28 @@ impl Rank<'_> {
                 .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| backend_err(e.to_string()))
         };
+        let pieces = match feed {
+            Feed::Host(inputs) => crate::microbatch::split_inputs(m, inputs)?
+                .into_iter()
+                .map(|p| p.into_iter().map(Err).collect())
+                .collect(),
+            Feed::Device(d) => d
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .map(|v| match v {
+                            Ok(dev) => stream
+                                .clone_dtod(dev)
+                                .map(Ok)
+                                .map_err(|e| backend_err(e.to_string())),
+                            Err(t) => Ok(Err(t.clone())),
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .collect::<Result<Vec<Vec<_>>, _>>()?,
+        };
         let mut outs = Vec::new();
-        for (mb, piece) in crate::microbatch::split_inputs(m, inputs)?
-            .iter()
-            .enumerate()
-        {
+        for (mb, piece) in pieces.into_iter().enumerate() {
             self.microbatch = mb as u64;
             // Everything but the weights starts empty in each microbatch.
             for (slot, b) in self.slots.iter_mut().zip(&program.buffers) {
@@ -637,9 +667,21 @@ impl Rank<'_> {
             }
             // Ranks that take no model input (later pipeline stages) get none.
             if !program.inputs.is_empty() {
-                for (&id, t) in program.inputs.iter().zip(piece) {
-                    crate::cpu::check_input(program, id, t)?;
-                    self.put_host(id, t.clone());
+                for (&id, v) in program.inputs.iter().zip(piece) {
+                    match v {
+                        Ok(dev) => {
+                            let shape = self.program.buffers[id]
+                                .shape
+                                .iter()
+                                .map(|d| d.unwrap_or(0))
+                                .collect();
+                            self.put_dev(id, dev, shape);
+                        }
+                        Err(t) => {
+                            crate::cpu::check_input(program, id, &t)?;
+                            self.put_host(id, t);
+                        }
+                    }
                 }
             }
             for (i, how) in program.gpu.iter().enumerate() {
@@ -655,6 +697,9 @@ impl Rank<'_> {
                     .elapsed_ms(&end)
                     .map_err(|e| backend_err(e.to_string()))? as f64;
             }
+            if matches!(feed, Feed::Device(_)) {
+                continue;
+            }
             stream
                 .synchronize()
                 .map_err(|e| backend_err(e.to_string()))?;
@@ -666,7 +711,37 @@ impl Rank<'_> {
                     .collect::<Result<Vec<_>, _>>()?,
             );
         }
+        if outs.is_empty() {
+            return Ok(Vec::new());
+        }
         crate::microbatch::join_outputs(outs, "cuda")
+    }
+
+    /// The inputs cut into microbatches, each float piece copied to the device once (checked
+    /// as a run checks them); integer pieces stay on the host, where their ops read them.
+    fn device_feed(
+        &mut self,
+        m: &crate::bundle::Manifest,
+        inputs: &[Tensor],
+    ) -> Result<Feed<'static>, RuntimeError> {
+        let program = self.program;
+        let mut pieces = Vec::new();
+        for piece in crate::microbatch::split_inputs(m, inputs)? {
+            let mut row = Vec::new();
+            for (&id, t) in program.inputs.iter().zip(piece) {
+                crate::cpu::check_input(program, id, &t)?;
+                row.push(if t.dtype.is_float() {
+                    Ok(self
+                        .stream
+                        .clone_htod(&*t.f32_values())
+                        .map_err(|e| backend_err(e.to_string()))?)
+                } else {
+                    Err(t)
+                });
+            }
+            pieces.push(row);
+        }
+        Ok(Feed::Device(pieces))
     }
 }
 
