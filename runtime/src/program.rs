@@ -489,7 +489,14 @@ pub enum GpuOp {
     /// `moe.experts` on the GPU: rows grouped by expert on the host (the routing is small),
     /// then the `<prefix>_gather` kernel, one cuBLAS GEMM per expert and projection, the
     /// `<prefix>_act` kernel between them, and the `<prefix>_combine` kernel.
-    Experts { prefix: String },
+    Experts {
+        prefix: String,
+        /// bf16 expert stacks: the grouped rows, the hidden activations and the expert outputs
+        /// are bf16 between the kernels and the GEMMs (fp32 accumulation inside each), as in
+        /// PyTorch's bf16 experts; f32 otherwise.
+        #[serde(default)]
+        bf16: bool,
+    },
     /// An NCCL collective or point-to-point op.
     Collective,
     /// A reshape: the same data under another shape.

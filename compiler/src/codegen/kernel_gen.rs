@@ -194,8 +194,9 @@ fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
     )
 }
 
-/// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`).
-fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
+/// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
+/// rows, hidden activations and expert outputs between them are bf16 (both stacks bf16).
+fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<(String, bool)> {
     use ppmoe_runtime::program::Activation;
     let ins = &p.instructions[idx];
     let Op::MoeExperts {
@@ -217,19 +218,45 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     };
     let (x, w, w_in, w_out) = (shape(0)?, shape(1)?, shape(3)?, shape(4)?);
     let dims = layout.dims(&w_in, &w_out)?;
+    let stack_bf16 = |i: usize| {
+        ins.inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|b| p.buffers[b].dtype == ppmoe_runtime::DType::BF16)
+    };
+    let bf16 = stack_bf16(3) && stack_bf16(4);
+    // The element type between the kernels and the GEMMs: a load widens it to f32, a store
+    // narrows to it (round to nearest even), so the arithmetic stays f32.
+    let mid = if bf16 { "bf16" } else { "f32" };
+    let load_mid = |dst: &str, mem: &str, idx: &str| {
+        if bf16 {
+            format!("        %{dst}_b = memref.load %{mem}[%{idx}] : memref<?xbf16>\n        %{dst} = arith.extf %{dst}_b : bf16 to f32\n")
+        } else {
+            format!("        %{dst} = memref.load %{mem}[%{idx}] : memref<?xf32>\n")
+        }
+    };
+    let store_mid = |val: &str, mem: &str, idx: &str| {
+        if bf16 {
+            format!("        %{val}_b = arith.truncf %{val} : f32 to bf16\n        memref.store %{val}_b, %{mem}[%{idx}] : memref<?xbf16>\n")
+        } else {
+            format!("        memref.store %{val}, %{mem}[%{idx}] : memref<?xf32>\n")
+        }
+    };
     let (t, h, k, n, f) = (x[0], x[1], w[1], dims.n, dims.ffn);
     let gated = activation.is_gated();
     let mut out = String::new();
     // gather: out[i] = x[perm[i / H] * H + i % H]
     let g = format!(
-        "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n        memref.store %v, %out[%i] : memref<?xf32>\n"
+        "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n{}",
+        store_mid("v", "out", "i")
     );
     out.push_str(&dyn_kernel(
         &format!("{prefix}_gather"),
         &[
             "%x: memref<?xf32>",
             "%perm: memref<?xi32>",
-            "%out: memref<?xf32>",
+            &format!("%out: memref<?x{mid}>"),
             "%rows: index",
         ],
         &format!(
@@ -242,9 +269,11 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
         "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
     );
     let load = |a: &mut String, col: &str, out: &str| {
+        let _ = writeln!(a, "        %{out}_o = arith.addi %rb, {col} : index");
+        a.push_str(&load_mid(&format!("{out}_h"), "hid", &format!("{out}_o")));
         let _ = writeln!(
             a,
-            "        %{out}_o = arith.addi %rb, {col} : index\n        %{out}_h = memref.load %hid[%{out}_o] : memref<?xf32>\n        %{out}_b = scf.if %hb -> (f32) {{\n          %bo = arith.addi %eb, {col} : index\n          %bv = memref.load %bias[%bo] : memref<?xf32>\n          scf.yield %bv : f32\n        }} else {{\n          scf.yield %zero : f32\n        }}\n        %{out} = arith.addf %{out}_h, %{out}_b : f32"
+            "        %{out}_b = scf.if %hb -> (f32) {{\n          %bo = arith.addi %eb, {col} : index\n          %bv = memref.load %bias[%bo] : memref<?xf32>\n          scf.yield %bv : f32\n        }} else {{\n          scf.yield %zero : f32\n        }}\n        %{out} = arith.addf %{out}_h, %{out}_b : f32"
         );
     };
     load(&mut a, "%q", "g");
@@ -269,14 +298,14 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     } else {
         activation_expr(&mut a, *activation, "%g", "res");
     }
-    let _ = writeln!(a, "        memref.store %res, %out[%i] : memref<?xf32>");
+    a.push_str(&store_mid("res", "out", "i"));
     out.push_str(&dyn_kernel(
         &format!("{prefix}_act"),
         &[
-            "%hid: memref<?xf32>",
+            &format!("%hid: memref<?x{mid}>"),
             "%bias: memref<?xf32>",
             "%rexp: memref<?xi32>",
-            "%out: memref<?xf32>",
+            &format!("%out: memref<?x{mid}>"),
             "%rows: index",
             "%has_bias: index",
         ],
@@ -287,12 +316,13 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
     ));
     // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
     let c = format!(
-        "        %h = arith.constant {h} : index\n        %k = arith.constant {k} : index\n        %t = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc = scf.for %j = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v = scf.if %valid -> (f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n            %o = memref.load %out[%po] : memref<?xf32>\n            %b = scf.if %hb -> (f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %bv = memref.load %bout[%eo] : memref<?xf32>\n              scf.yield %bv : f32\n            }} else {{\n              scf.yield %zero : f32\n            }}\n            %ob = arith.addf %o, %b : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo = arith.mulf %wv, %ob : f32\n            scf.yield %wo : f32\n          }} else {{\n            scf.yield %zero : f32\n          }}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        memref.store %acc, %y[%i] : memref<?xf32>\n"
+        "        %h = arith.constant {h} : index\n        %k = arith.constant {k} : index\n        %t = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc = scf.for %j = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v = scf.if %valid -> (f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n{load_o}            %b = scf.if %hb -> (f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %bv = memref.load %bout[%eo] : memref<?xf32>\n              scf.yield %bv : f32\n            }} else {{\n              scf.yield %zero : f32\n            }}\n            %ob = arith.addf %o, %b : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo = arith.mulf %wv, %ob : f32\n            scf.yield %wo : f32\n          }} else {{\n            scf.yield %zero : f32\n          }}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        memref.store %acc, %y[%i] : memref<?xf32>\n",
+        load_o = load_mid("o", "out", "po")
     );
     out.push_str(&dyn_kernel(
         &format!("{prefix}_combine"),
         &[
-            "%out: memref<?xf32>",
+            &format!("%out: memref<?x{mid}>"),
             "%pos: memref<?xi32>",
             "%w: memref<?xf32>",
             "%eid: memref<?xi32>",
@@ -303,7 +333,7 @@ fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<String> {
         &format!("      %n = arith.constant {} : index\n", t * h),
         &c,
     ));
-    Some(out)
+    Some((out, bf16))
 }
 
 /// `moe.route` (dropless, no bias or group limit): one thread per token; the k choices by k
@@ -719,9 +749,9 @@ pub fn plan_kernels(
             Op::MoeExperts { .. } => {
                 let prefix = format!("k{i}_experts");
                 match experts_kernels(p, i, &prefix) {
-                    Some(text) => {
+                    Some((text, bf16)) => {
                         funcs.push_str(&text);
-                        Lowered::Experts { prefix }
+                        Lowered::Experts { prefix, bf16 }
                     }
                     None => Lowered::Host,
                 }

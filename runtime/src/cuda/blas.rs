@@ -10,7 +10,7 @@ use cudarc::driver::CudaStream;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-/// The element type of a GEMM's A and B (C is always f32).
+/// The element type of a GEMM's operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Elem {
     F32,
@@ -54,6 +54,8 @@ pub struct Strided {
     pub stride_a: usize,
     pub stride_b: usize,
     pub b_transposed: bool,
+    /// C's element type: f32, or bf16 (rounded from the fp32 accumulation).
+    pub c_elem: Elem,
 }
 
 /// cuBLAS's op and leading dimension for a row-major B of a product with inner size `k` and
@@ -98,7 +100,7 @@ pub unsafe fn gemm_strided(
         g.stride_a as i64,
         &beta as *const f32 as *const c_void,
         c as *mut c_void,
-        cudaDataType::CUDA_R_32F,
+        g.c_elem.cuda(),
         g.n as i32,
         (g.m * g.n) as i64,
         g.batch as i32,
@@ -116,6 +118,8 @@ pub struct Grouped<'a> {
     pub din: usize,
     pub dout: usize,
     pub w_transposed: bool,
+    /// C's element type (see `Strided::c_elem`).
+    pub c_elem: Elem,
 }
 
 /// Whether cuBLAS has grouped GEMMs (12.5 and later): older libraries lack the symbol, and a
@@ -177,7 +181,7 @@ pub unsafe fn gemm_grouped(
         ldb.as_ptr(),
         beta.as_ptr() as *const c_void,
         pc as *const *mut c_void,
-        cudaDataType::CUDA_R_32F,
+        g.c_elem.cuda(),
         ldc.as_ptr(),
         n as i32,
         sizes.as_ptr(),
@@ -206,6 +210,7 @@ pub unsafe fn gemm_per_group(blas: &CudaBlas, elem: Elem, g: &Grouped) -> Result
                 stride_a: 0,
                 stride_b: 0,
                 b_transposed: g.w_transposed,
+                c_elem: g.c_elem,
             },
             a,
             w,

@@ -11,15 +11,16 @@ use crate::program::{ExpertLayout, Op};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// The per-expert blocks of one projection: rows of `src` grouped by expert (in `by_expert`
-/// order) times that expert's matrix of the stack `w` ([E, din, dout]), into `dst` (f32).
+/// order) times that expert's matrix of the stack `w` ([E, din, dout]), into `dst` (of
+/// `dst_elem`).
 fn expert_groups(
     by_expert: &[Vec<usize>],
     src: u64,
     w: u64,
     dst: u64,
-    din: usize,
-    dout: usize,
+    (din, dout): (usize, usize),
     elem: Elem,
+    dst_elem: Elem,
 ) -> Vec<(u64, u64, u64, usize)> {
     let mut groups = Vec::new();
     let mut off = 0usize;
@@ -29,7 +30,7 @@ fn expert_groups(
             groups.push((
                 src + (off * din) as u64 * elem.bytes(),
                 w + (ex * din * dout) as u64 * elem.bytes(),
-                dst + (off * dout) as u64 * 4,
+                dst + (off * dout) as u64 * dst_elem.bytes(),
                 r,
             ));
             off += r;
@@ -47,7 +48,15 @@ fn launch_cfg(threads: usize) -> LaunchConfig {
 }
 
 impl Rank<'_> {
-    pub(super) fn experts(&mut self, i: usize, prefix: &str) -> Result<(), RuntimeError> {
+    /// With `bf16` (both stacks bf16, the kernels generated so), the grouped rows, hidden
+    /// activations and expert outputs are bf16: the GEMMs read and write bf16 (fp32
+    /// accumulation), which also lets cuBLAS take each projection as one grouped GEMM.
+    pub(super) fn experts(
+        &mut self,
+        i: usize,
+        prefix: &str,
+        bf16: bool,
+    ) -> Result<(), RuntimeError> {
         let ins = &self.program.instructions[i];
         let fail = |reason: String| RuntimeError::Execute {
             rank: self.program.rank,
@@ -130,17 +139,22 @@ impl Rank<'_> {
             func(self, "act")?,
             func(self, "combine")?,
         );
-        let alloc = |len: usize| {
-            stream
-                .alloc_zeros::<f32>(len.max(1))
-                .map_err(|e| fail(e.to_string()))
+        // Not zeroed: each is written whole before it is read (the gather and activation
+        // kernels cover every row, the GEMMs every block of rows, the combine every token), and
+        // zeroing the hidden activations alone would be rows x N x 4 bytes per layer. The
+        // buffers between kernels and GEMMs hold `mid` elements (bf16: two to an f32 slot).
+        let mid = if bf16 { Elem::Bf16 } else { Elem::F32 };
+        let alloc = |len: usize, elem: Elem| {
+            let slots = (len * elem.bytes() as usize).div_ceil(4);
+            // SAFETY: uninitialised device memory, written whole before any read (above).
+            unsafe { stream.alloc::<f32>(slots.max(1)) }.map_err(|e| fail(e.to_string()))
         };
         let (xg, hid, act, out, y) = (
-            alloc(rows * h)?,
-            alloc(rows * n)?,
-            alloc(rows * f)?,
-            alloc(rows * h)?,
-            alloc(t * h)?,
+            alloc(rows * h, mid)?,
+            alloc(rows * n, mid)?,
+            alloc(rows * f, mid)?,
+            alloc(rows * h, mid)?,
+            alloc(t * h, Elem::F32)?,
         );
         let (zero, one) = (0i64, 1i64);
         let len = |v: usize| v.max(1) as i64;
@@ -165,21 +179,27 @@ impl Rank<'_> {
                            din: usize,
                            dout: usize|
              -> Result<(), String> {
-                let (sp, _narrowed) = s.activation(src, rows * din, w.1)?;
+                // bf16 rows are already the GEMM's type; f32 ones are narrowed if its is bf16.
+                let (sp, _narrowed) = if bf16 {
+                    (super::dptr(src, &stream), None)
+                } else {
+                    s.activation(src, rows * din, w.1)?
+                };
                 let groups = expert_groups(
                     &by_expert,
                     sp,
                     w.0,
                     super::dptr(dst, &stream),
-                    din,
-                    dout,
+                    (din, dout),
                     w.1,
+                    mid,
                 );
                 let g = Grouped {
                     groups: &groups,
                     din,
                     dout,
                     w_transposed,
+                    c_elem: mid,
                 };
                 // SAFETY: each group's blocks lie inside the buffers, which were allocated for these row counts.
                 unsafe {
@@ -188,6 +208,12 @@ impl Rank<'_> {
                         if blas::gemm_grouped(&s.blas, &stream, w.1, &g)? {
                             return Ok(());
                         }
+                        tracing::info!(
+                            "cuBLAS does not take a grouped GEMM of {:?} inputs with a {:?} result ({} groups, {din} x {dout}): one GEMM per group instead",
+                            w.1,
+                            mid,
+                            groups.len()
+                        );
                         s.grouped_refused.borrow_mut().insert(key);
                     }
                     blas::gemm_per_group(&s.blas, w.1, &g)

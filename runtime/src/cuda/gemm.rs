@@ -28,6 +28,7 @@ impl GemmPlan {
             stride_a: self.stride_a,
             stride_b: self.stride_b,
             b_transposed: false,
+            c_elem: super::blas::Elem::F32,
         }
     }
 }

@@ -188,10 +188,8 @@ impl Rank<'_> {
             .functions
             .get(crate::program::TO_BF16_KERNEL)
             .ok_or("the bf16 conversion kernel is not in the PTX")?;
-        let y = self
-            .stream
-            .alloc_zeros::<u16>(n.max(1))
-            .map_err(|e| e.to_string())?;
+        // SAFETY: the kernel writes every one of the n elements.
+        let y = unsafe { self.stream.alloc::<u16>(n.max(1)) }.map_err(|e| e.to_string())?;
         let (zero, one, len) = (0i64, 1i64, n.max(1) as i64);
         let count = n as i64;
         let mut l = self.stream.launch_builder(f);
@@ -274,9 +272,8 @@ impl Rank<'_> {
                 let out = ins.outputs[0];
                 match gemm::plan(&sa, &sb) {
                     Some(g) => {
-                        let c = self
-                            .stream
-                            .alloc_zeros::<f32>(g.out_len())
+                        // SAFETY: cuBLAS writes all of C (beta = 0 never reads it).
+                        let c = unsafe { self.stream.alloc::<f32>(g.out_len()) }
                             .map_err(|e| fail(e.to_string()))?;
                         let (bp, elem) = self.gemm_operand(b)?;
                         let n_a: usize = sa.iter().product();
@@ -423,9 +420,9 @@ impl Rank<'_> {
                     Tensor::i64(shape, ids_host.iter().map(|&v| v as i64).collect()),
                 );
             }
-            GpuOp::Experts { prefix } => {
+            GpuOp::Experts { prefix, bf16 } => {
                 let prefix = prefix.clone();
-                self.experts(i, &prefix)?;
+                self.experts(i, &prefix, *bf16)?;
             }
             GpuOp::Collective => self.collective(i)?,
             GpuOp::Host => {
@@ -784,7 +781,7 @@ fn load_kernels(
         .map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
     let names = program.gpu.iter().flat_map(|op| match op {
         GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
-        GpuOp::Experts { prefix } => ["gather", "act", "combine"]
+        GpuOp::Experts { prefix, .. } => ["gather", "act", "combine"]
             .iter()
             .map(|s| format!("{prefix}_{s}"))
             .collect(),
