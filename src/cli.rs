@@ -365,6 +365,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 if n == 0 {
                     bail!("--nproc-per-node 0: at least one process is needed");
                 }
+                // One process per GPU: never more processes than GPUs where CUDA works, and a
+                // sane number where it does not (each rank then fails and says why).
+                const CAP_WITHOUT_GPUS: usize = 64;
+                match ppmoe_runtime::cuda::gpu_count() {
+                    Some(gpus) if n > gpus => bail!(
+                        "--nproc-per-node {n}: this machine has {gpus} GPU(s), one process per GPU"
+                    ),
+                    None if n > CAP_WITHOUT_GPUS => bail!(
+                        "--nproc-per-node {n}: no GPU can be used here, and more than {CAP_WITHOUT_GPUS} processes are refused"
+                    ),
+                    _ => {}
+                }
                 // This same command once per GPU, without the flag, as ranks 0..n.
                 let mut args: Vec<String> = std::env::args().skip(1).collect();
                 ppmoe_runtime::distributed::take_nproc_flag(&mut args)

@@ -971,10 +971,11 @@ fn fold_binary(
         .map(|f| {
             let (x, y) = (*a.get(idx(f, ad)?)?, *b.get(idx(f, bd)?)?);
             Some(match op {
-                "Add" => x + y,
-                "Sub" => x - y,
-                "Mul" => x * y,
-                "Div" if y != 0 => x.div_euclid(y),
+                // Shape arithmetic of a hostile model may overflow: wrap, never trap.
+                "Add" => x.wrapping_add(y),
+                "Sub" => x.wrapping_sub(y),
+                "Mul" => x.wrapping_mul(y),
+                "Div" => x.checked_div_euclid(y)?,
                 "Max" => x.max(y),
                 "Min" => x.min(y),
                 "Equal" => (x == y) as i64,

@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 
 pub const FORMAT_VERSION: u64 = 1;
 pub const MANIFEST: &str = "manifest.json";
+/// The manifest's own sha256 (`sha256sum`'s line format), so an edited program is refused.
+pub const MANIFEST_SHA256: &str = "manifest.sha256";
+/// The most microbatches a manifest may ask for (each is a full pass over the program).
+pub const MAX_MICROBATCHES: usize = 1 << 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grid {
@@ -126,7 +130,9 @@ pub fn write_bundle_with(
             reason: e.to_string(),
         })?;
         let p = tmp.join(MANIFEST);
-        std::fs::write(&p, json).map_err(io_err(&p))?;
+        std::fs::write(&p, &json).map_err(io_err(&p))?;
+        let p = tmp.join(MANIFEST_SHA256);
+        std::fs::write(&p, format!("{}  {MANIFEST}\n", sha256_hex(&json))).map_err(io_err(&p))?;
         // Replace an earlier bundle only; never a folder that is something else.
         if dir.exists() {
             if !dir.join(MANIFEST).exists() {
@@ -143,6 +149,49 @@ pub fn write_bundle_with(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// The path of a file a bundle names: a plain name inside the bundle's folder (no absolute
+/// path, no `..`, no folder part), and a regular file there (not a link, FIFO or device, which
+/// could lead out of the bundle or block a read forever).
+pub fn bundle_file(dir: &Path, name: &str) -> Result<PathBuf, RuntimeError> {
+    let refuse = |reason: String| RuntimeError::Bundle {
+        path: dir.join(name).display().to_string(),
+        reason,
+    };
+    let plain = Path::new(name).components().count() == 1
+        && matches!(
+            Path::new(name).components().next(),
+            Some(std::path::Component::Normal(_))
+        );
+    if !plain {
+        return Err(refuse(format!(
+            "the bundle names '{name}': a file must be a plain name inside the bundle's folder"
+        )));
+    }
+    let p = dir.join(name);
+    let meta = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+    if !meta.file_type().is_file() {
+        return Err(refuse(
+            "not a regular file (a link, folder, FIFO or device is refused)".into(),
+        ));
+    }
+    Ok(p)
+}
+
+/// A small file of the bundle (the manifest and its checksum), read whole after the checks of
+/// `bundle_file` and a size limit.
+fn read_small(dir: &Path, name: &str) -> Result<Vec<u8>, RuntimeError> {
+    const LIMIT: u64 = 1 << 30;
+    let p = bundle_file(dir, name)?;
+    let len = std::fs::metadata(&p).map_err(io_err(&p))?.len();
+    if len > LIMIT {
+        return Err(RuntimeError::Bundle {
+            path: p.display().to_string(),
+            reason: format!("{len} bytes: larger than any manifest ppmoe writes"),
+        });
+    }
+    std::fs::read(&p).map_err(io_err(&p))
 }
 
 /// A bundle read from disk, checksums verified, weights loaded.
@@ -168,7 +217,21 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
             reason: "not a bundle folder (it does not exist or is not a folder)".into(),
         });
     }
-    let text = std::fs::read(&mpath).map_err(io_err(&mpath))?;
+    let text = read_small(dir, MANIFEST)?;
+    let sum = read_small(dir, MANIFEST_SHA256)?;
+    let expected = String::from_utf8_lossy(&sum)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let actual = sha256_hex(&text);
+    if actual != expected {
+        return Err(RuntimeError::Checksum {
+            path: show(&mpath),
+            expected,
+            actual,
+        });
+    }
     let value: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| RuntimeError::Bundle {
             path: show(&mpath),
@@ -199,11 +262,29 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
         .filter(|p| only.is_some_and(|r| r != p.rank))
         .flat_map(|p| std::iter::once(p.weights_file.as_str()).chain(p.ptx_file.as_deref()))
         .collect();
+    if manifest.microbatches == 0 || manifest.microbatches > MAX_MICROBATCHES {
+        return Err(RuntimeError::Bundle {
+            path: show(&mpath),
+            reason: format!(
+                "microbatches = {}: expected 1 to {MAX_MICROBATCHES}",
+                manifest.microbatches
+            ),
+        });
+    }
+    for program in &manifest.programs {
+        program.validate().map_err(|reason| RuntimeError::Bundle {
+            path: show(&mpath),
+            reason: format!("rank {}: {reason}", program.rank),
+        })?;
+        for f in std::iter::once(&program.weights_file).chain(program.ptx_file.as_ref()) {
+            bundle_file(dir, f)?;
+        }
+    }
     for (file, expected) in &manifest.files {
         if others.contains(file.as_str()) {
             continue;
         }
-        let p = dir.join(file);
+        let p = bundle_file(dir, file)?;
         let actual = crate::safetensors_io::sha256_file(&p).map_err(io_err(&p))?;
         if &actual != expected {
             return Err(RuntimeError::Checksum {

@@ -1,7 +1,7 @@
 //! Reading and writing `.npy` arrays (the inputs and outputs of `ppmoe run`). Headers are parsed
 //! by npyz; the data is read as raw little-endian bytes in the array's own type.
 
-use crate::tensor::{numel, DType, Data, Tensor};
+use crate::tensor::{DType, Data, Tensor};
 use std::io::Write;
 use std::path::Path;
 
@@ -33,14 +33,20 @@ fn type_of(descr: &str) -> Option<DType> {
 
 pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|cause| NpyError::Io {
+    let io = |cause| NpyError::Io {
         path: p.clone(),
         cause,
-    })?;
+    };
     let bad = |reason: String| NpyError::Format {
         path: p.clone(),
         reason,
     };
+    // A FIFO would block and a device (/dev/zero) never end: only regular files are read.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let data_at = data_offset(&bytes).map_err(&bad)?;
     let file = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
     if file.order() != npyz::Order::C {
         return Err(bad("Fortran-ordered arrays are not supported".into()));
@@ -50,17 +56,64 @@ pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
         other => return Err(bad(format!("unsupported dtype {other:?}"))),
     };
     let dtype = type_of(&descr).ok_or_else(|| bad(format!("unsupported dtype '{descr}'")))?;
-    let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
-    let n = numel(&shape) * dtype.size();
-    if bytes.len() < n {
+    let shape: Vec<usize> = file
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            bad(format!(
+                "shape {:?} does not fit this machine",
+                file.shape()
+            ))
+        })?;
+    let n = shape
+        .iter()
+        .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("the element count of {shape:?} overflows")))?;
+    // Exactly the header's data: a short file or trailing bytes is an error, not a shifted read.
+    let data = &bytes[data_at..];
+    if data.len() != n {
         return Err(bad(format!(
-            "the data is truncated: {} bytes for {n}",
-            bytes.len()
+            "{} data bytes where the header ({descr}, shape {shape:?}) says {n}",
+            data.len()
         )));
     }
-    let data = &bytes[bytes.len() - n..];
     Tensor::from_bytes(dtype, shape, data)
         .ok_or_else(|| bad("the data does not match the header".into()))
+}
+
+/// Where a .npy file's data starts, from its preamble (magic, version, header length), after
+/// checking the header is a plain dictionary: at most 3 brackets deep (numpy writes 2), so no
+/// parser spends more than linear time on it.
+fn data_offset(bytes: &[u8]) -> Result<usize, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file (no \\x93NUMPY magic)".into());
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!(".npy format version {v} is not supported")),
+    };
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or("the header runs past the end of the file")?;
+    let mut depth = 0usize;
+    for &c in &bytes[start..end] {
+        match c {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > 3 {
+            return Err("the header is nested more than 3 deep: not a .npy header".into());
+        }
+    }
+    Ok(end)
 }
 
 /// Writes `t` as .npy; bf16 and f16 are widened to float32 (numpy has no bfloat16).

@@ -475,6 +475,78 @@ pub struct Program {
     pub ptx_file: Option<String>,
 }
 
+impl Program {
+    /// Checks the program against its own tables before anything runs: every buffer id in
+    /// range, each op's result count, transpose permutations, one GPU plan entry per
+    /// instruction. The error names the instruction and the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.buffers.len();
+        let check = |what: String, id: BufferId| {
+            if id < n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} names buffer {id}, past the buffer table ({n} buffers)"
+                ))
+            }
+        };
+        for &id in &self.inputs {
+            check("the program's inputs".into(), id)?;
+        }
+        for &id in &self.outputs {
+            check("the program's outputs".into(), id)?;
+        }
+        for (i, ins) in self.instructions.iter().enumerate() {
+            let at = |field: &str| format!("instruction {i} ({}) {field}", ins.op.name());
+            for id in ins.inputs.iter().flatten() {
+                check(at("inputs"), *id)?;
+            }
+            for &id in &ins.outputs {
+                check(at("outputs"), id)?;
+            }
+            let results = match ins.op {
+                Op::Send { .. } => Some(0),
+                Op::TopK { .. } | Op::MoeRoute { .. } => Some(2),
+                Op::MoeLocalSlice { .. } => Some(3),
+                Op::Split { .. } => None,
+                _ => Some(1),
+            };
+            if let Some(r) = results.filter(|&r| r != ins.outputs.len()) {
+                return Err(format!(
+                    "{} has {} results where the op makes {r}",
+                    at("outputs"),
+                    ins.outputs.len()
+                ));
+            }
+            if ins.inputs.is_empty() && !matches!(ins.op, Op::Recv { .. }) {
+                return Err(format!("{} is empty", at("inputs")));
+            }
+            if let Op::Transpose { perm } = &ins.op {
+                let rank = ins
+                    .inputs
+                    .first()
+                    .copied()
+                    .flatten()
+                    .map_or(perm.len(), |b| self.buffers[b].shape.len());
+                if !crate::kernels::shape::is_permutation(perm, rank) {
+                    return Err(format!(
+                        "{}: {perm:?} is not a permutation of {rank} axes",
+                        at("perm")
+                    ));
+                }
+            }
+        }
+        if !self.gpu.is_empty() && self.gpu.len() != self.instructions.len() {
+            return Err(format!(
+                "the GPU plan has {} entries for {} instructions",
+                self.gpu.len(),
+                self.instructions.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How one instruction runs on the CUDA backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -48,6 +48,21 @@ fn run(c: &Case, inputs: &[&Path]) -> crate::common::Output {
     ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// Edits the manifest as a tool (or a newer ppmoe) would, its checksum written to match: what
+/// is then refused is refused for what the manifest says, not for the edit.
+fn rewrite_manifest(c: &Case, edit: impl Fn(&mut serde_json::Value)) {
+    let p = c.bundle.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    edit(&mut v);
+    let text = serde_json::to_vec_pretty(&v).unwrap();
+    std::fs::write(&p, &text).unwrap();
+    let sum = format!(
+        "{}  manifest.json\n",
+        ppmoe_runtime::bundle::sha256_hex(&text)
+    );
+    std::fs::write(c.bundle.join("manifest.sha256"), sum).unwrap();
+}
+
 fn assert_no_outputs(c: &Case) {
     let left: Vec<_> = std::fs::read_dir(&c.out)
         .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
@@ -94,17 +109,97 @@ fn an_altered_weights_file_fails_its_checksum() {
 #[test]
 fn an_unknown_format_version_is_refused() {
     let c = compiled();
-    let p = c.bundle.join("manifest.json");
-    let text = std::fs::read_to_string(&p).unwrap().replacen(
-        "\"format_version\": 1",
-        "\"format_version\": 99",
-        1,
-    );
-    std::fs::write(&p, text).unwrap();
+    rewrite_manifest(&c, |v| v["format_version"] = 99.into());
     assert_clean_failure(
         &run(&c, &[&c.input]),
         &["manifest.json", "format version 99", "reads version 1"],
     );
+}
+
+#[test]
+fn an_edited_manifest_fails_its_checksum() {
+    let c = compiled();
+    let p = c.bundle.join("manifest.json");
+    // One changed character in a program: without the checksum this ran and wrote wrong output.
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen("\"top_k\": 2", "\"top_k\": 1", 1);
+    std::fs::write(&p, text).unwrap();
+    assert_clean_failure(&run(&c, &[&c.input]), &["manifest.json", "checksum"]);
+    assert_no_outputs(&c);
+    std::fs::remove_file(c.bundle.join("manifest.sha256")).unwrap();
+    assert_clean_failure(&run(&c, &[&c.input]), &["manifest.sha256"]);
+}
+
+#[test]
+fn files_a_bundle_names_stay_inside_it_and_are_regular_files() {
+    let c = compiled();
+    let outside = c.bundle.parent().unwrap().join("elsewhere.safetensors");
+    std::fs::copy(c.bundle.join("rank0.safetensors"), &outside).unwrap();
+    for name in [
+        outside.display().to_string(),
+        "../elsewhere.safetensors".into(),
+    ] {
+        rewrite_manifest(&c, |v| {
+            v["programs"][0]["weights_file"] = name.clone().into();
+        });
+        assert_clean_failure(&run(&c, &[&c.input]), &[&name, "plain name inside"]);
+    }
+    // A FIFO where the weights file was: refused at once, never opened (a read would block).
+    rewrite_manifest(&c, |v| {
+        v["programs"][0]["weights_file"] = "rank0.safetensors".into();
+    });
+    std::fs::remove_file(c.bundle.join("rank0.safetensors")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(c.bundle.join("rank0.safetensors"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_clean_failure(
+        &run(&c, &[&c.input]),
+        &["rank0.safetensors", "not a regular file"],
+    );
+    assert_no_outputs(&c);
+}
+
+#[test]
+fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, Vec<&str>)> = vec![
+        (
+            Box::new(|v| v["programs"][0]["instructions"][0]["inputs"][0] = 100000.into()),
+            vec![
+                "rank 0",
+                "instruction 0",
+                "inputs",
+                "buffer 100000",
+                "past the buffer table",
+            ],
+        ),
+        (
+            Box::new(|v| v["programs"][0]["outputs"][0] = 99999.into()),
+            vec!["rank 0", "the program's outputs", "buffer 99999"],
+        ),
+        (
+            Box::new(|v| v["microbatches"] = (1u64 << 31).into()),
+            vec!["microbatches = 2147483648", "expected 1 to 65536"],
+        ),
+        (
+            Box::new(|v| {
+                // The first instruction made a transpose whose permutation repeats an axis.
+                let first = &mut v["programs"][0]["instructions"][0];
+                let keep = (first["inputs"].clone(), first["outputs"].clone());
+                *first = serde_json::json!({"op": "transpose", "perm": [1, 1], "inputs": keep.0, "outputs": keep.1, "origin": "edited"});
+            }),
+            vec!["rank 0", "(transpose) perm", "not a permutation"],
+        ),
+    ];
+    for (edit, needles) in cases {
+        let c = compiled();
+        rewrite_manifest(&c, edit);
+        assert_clean_failure(&run(&c, &[&c.input]), &needles);
+        assert_no_outputs(&c);
+    }
 }
 
 #[test]
@@ -335,6 +430,19 @@ fn one_process_per_gpu_without_gpus_fails_on_every_rank_and_says_why() {
         !out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none(),
         "no outputs are left"
     );
+    // A thousand processes were started; now the count is refused before any starts.
+    let many = ppmoe(&[
+        "run",
+        bundle.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--nproc-per-node",
+        "1000",
+    ]);
+    crate::common::assert_clean_failure(&many, &["--nproc-per-node 1000", "refused"]);
+    assert!(!many.stderr.contains("[rank"), "{}", many.stderr);
 }
 
 #[test]
@@ -421,4 +529,44 @@ fn a_rank_process_checks_and_loads_only_its_own_files() {
         .expect("rank 1's own file is damaged")
         .to_string();
     assert!(rank1.contains("rank1.safetensors"), "{rank1}");
+}
+
+#[test]
+fn a_npy_input_must_be_exactly_what_its_header_says() {
+    let c = compiled();
+    let good = std::fs::read(&c.input).unwrap();
+    let dir = c.bundle.parent().unwrap();
+    let variant = |name: &str, bytes: Vec<u8>| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let short = variant("short.npy", good[..good.len() - 1].to_vec());
+    let long = variant("long.npy", [good.clone(), vec![0; 4]].concat());
+    // A header nested 20 deep took seconds to parse (exponential); deeper never ended.
+    let mut nested = b"\x93NUMPY\x01\x00".to_vec();
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': {}1{}, }}",
+        "(".repeat(20),
+        ")".repeat(20)
+    );
+    nested.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    nested.extend_from_slice(header.as_bytes());
+    let nested = variant("nested.npy", nested);
+    for (file, needle) in [
+        (short.as_path(), "data bytes where the header"),
+        (long.as_path(), "data bytes where the header"),
+        (nested.as_path(), "nested more than 3 deep"),
+        (Path::new("/dev/zero"), "not a regular file"),
+    ] {
+        let t = std::time::Instant::now();
+        assert_clean_failure(&run(&c, &[file]), &[&file.display().to_string(), needle]);
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "{} took {:?}",
+            file.display(),
+            t.elapsed()
+        );
+        assert_no_outputs(&c);
+    }
 }

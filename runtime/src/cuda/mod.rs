@@ -53,6 +53,12 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
+/// The GPUs this process can use; None where CUDA cannot be used at all.
+pub fn gpu_count() -> Option<usize> {
+    available().ok()?;
+    CudaContext::device_count().ok().map(|n| n as usize)
+}
+
 /// A buffer's value: on the device (f32), on the host, or both; a bf16 weight that feeds GEMMs
 /// also (or only) as its bf16 bits on the device.
 struct Slot {

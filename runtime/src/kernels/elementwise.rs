@@ -116,13 +116,14 @@ pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
                         BinaryFn::Sub => p.wrapping_sub(q),
                         BinaryFn::Mul => p.wrapping_mul(q),
                         // ONNX integer Div truncates toward zero, as C does.
-                        BinaryFn::Div if q != 0 => p / q,
+                        // i64::MIN / -1 wraps (as two's complement does) instead of trapping.
+                        BinaryFn::Div if q != 0 => p.wrapping_div(q),
                         BinaryFn::Div | BinaryFn::Mod if q == 0 => {
                             return Err("integer division by zero".into())
                         }
                         // fmod = 0: the sign follows the divisor, as in Python.
-                        BinaryFn::Mod => ((p % q) + q) % q,
-                        BinaryFn::Pow => p.pow(q.max(0) as u32),
+                        BinaryFn::Mod => p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q),
+                        BinaryFn::Pow => p.wrapping_pow(q.clamp(0, u32::MAX as i64) as u32),
                         BinaryFn::Max => p.max(q),
                         BinaryFn::Min => p.min(q),
                         _ => return Err(format!("{f:?} of integer tensors")),

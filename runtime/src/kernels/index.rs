@@ -221,7 +221,13 @@ pub fn one_hot(idx: &Tensor, depth: &Tensor, values: &Tensor, ax: i64) -> KResul
     if depth <= 0 {
         return Err(format!("OneHot depth {depth}"));
     }
-    let d = depth as usize;
+    let d = usize::try_from(depth).map_err(|_| format!("OneHot depth {depth}"))?;
+    if values.len() != 2 {
+        return Err(format!(
+            "OneHot values must be [off, on] (2 elements), got {} element(s)",
+            values.len()
+        ));
+    }
     let a = axis(ax, idx.shape.len() + 1)?;
     let mut shape = idx.shape.clone();
     shape.insert(a, d);
@@ -315,6 +321,35 @@ pub fn nonzero(x: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_operands_are_errors_or_wrap_never_panics() {
+        // OneHot's values must be [off, on]: one element was an index past the end.
+        let idx = Tensor::i64(vec![2], vec![0, 1]);
+        let depth = Tensor::i64(vec![1], vec![3]);
+        let err = one_hot(&idx, &depth, &Tensor::f32(vec![1], vec![1.0]), -1).unwrap_err();
+        assert!(err.contains("2 elements"), "{err}");
+        let ok = one_hot(&idx, &depth, &Tensor::f32(vec![2], vec![0.0, 1.0]), -1).unwrap();
+        assert_eq!(ok.to_f32(), vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        // i64::MIN / -1 and % -1 trapped; they wrap as two's complement does.
+        use crate::program::{BinaryFn, Op};
+        let (a, b) = (
+            Tensor::i64(vec![1], vec![i64::MIN]),
+            Tensor::i64(vec![1], vec![-1]),
+        );
+        for f in [BinaryFn::Div, BinaryFn::Mod, BinaryFn::Pow] {
+            let r = crate::kernels::execute(&Op::Binary { f }, &[Some(&a), Some(&b)], 1);
+            assert!(r.is_ok(), "{f:?}: {r:?}");
+        }
+        // A transpose whose permutation repeats or leaves an axis is refused.
+        let x = Tensor::f32(vec![2, 3], vec![0.0; 6]);
+        assert!(super::super::shape::transpose(&x, &[1, 1]).is_err());
+        assert!(super::super::shape::transpose(&x, &[0, 2]).is_err());
+        assert_eq!(
+            super::super::shape::transpose(&x, &[1, 0]).unwrap().shape,
+            vec![3, 2]
+        );
+    }
 
     #[test]
     fn gather_and_scatter_elements_follow_the_onnx_examples() {

@@ -7,7 +7,7 @@ mod index;
 mod linalg;
 mod moe;
 mod reduce;
-mod shape;
+pub(crate) mod shape;
 pub use shape::shape_values;
 
 use crate::program::Op;

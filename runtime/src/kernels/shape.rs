@@ -124,9 +124,22 @@ pub fn flatten(x: &Tensor, ax: i64) -> KResult<Tensor> {
     })
 }
 
+/// Whether `perm` holds each of 0..rank exactly once.
+pub fn is_permutation(perm: &[usize], rank: usize) -> bool {
+    let mut seen = vec![false; rank];
+    perm.len() == rank
+        && perm
+            .iter()
+            .all(|&p| p < rank && !std::mem::replace(&mut seen[p], true))
+}
+
 pub fn transpose(x: &Tensor, perm: &[usize]) -> KResult<Tensor> {
-    if perm.len() != x.shape.len() {
-        return Err(format!("Transpose perm {perm:?} for shape {:?}", x.shape));
+    if !is_permutation(perm, x.shape.len()) {
+        return Err(format!(
+            "Transpose perm {perm:?} is not a permutation of the {} axes of shape {:?}",
+            x.shape.len(),
+            x.shape
+        ));
     }
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
     let ist = strides(&x.shape);
