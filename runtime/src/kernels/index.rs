@@ -231,6 +231,7 @@ pub fn one_hot(idx: &Tensor, depth: &Tensor, values: &Tensor, ax: i64) -> KResul
     let a = axis(ax, idx.shape.len() + 1)?;
     let mut shape = idx.shape.clone();
     shape.insert(a, d);
+    super::limit::sized("OneHot", &shape, values.dtype.size())?;
     let (outer, inner) = (numel(&idx.shape[..a]), numel(&idx.shape[a..]));
     let ids = idx.to_i64();
     let on_at = |o: usize, k: usize, i: usize| {
@@ -321,6 +322,44 @@ pub fn nonzero(x: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::DType;
+
+    #[test]
+    fn sizes_from_data_are_checked_before_anything_is_allocated() {
+        use super::super::shape::{constant_of_shape, expand, range, tile};
+        let x = Tensor::f32(vec![1, 1], vec![1.0]);
+        let big = Tensor::i64(vec![2], vec![1 << 32, 1 << 32]);
+        let e = expand(&x, &big).unwrap_err();
+        assert!(
+            e.contains("Expand") && e.contains("allocation limit"),
+            "{e}"
+        );
+        assert!(tile(&x, &big).unwrap_err().contains("Tile"));
+        let cos = constant_of_shape(
+            &Tensor::i64(vec![3], vec![100_000, 100_000, 10]),
+            0.0,
+            DType::F32,
+        );
+        assert!(cos.unwrap_err().contains("400000000000 bytes"));
+        let f = |v: f32| Tensor::f32(vec![1], vec![v]);
+        assert!(range(&f(0.0), &f(1e12), &f(1.0))
+            .unwrap_err()
+            .contains("Range"));
+        assert!(range(&f(0.0), &f(f32::INFINITY), &f(1.0)).is_err());
+        let i = |v: i64| Tensor::i64(vec![1], vec![v]);
+        assert!(range(&i(0), &i(1 << 50), &i(1))
+            .unwrap_err()
+            .contains("Range"));
+        let oh = one_hot(
+            &Tensor::i64(vec![1 << 20], vec![0; 1 << 20]),
+            &i(1 << 30),
+            &Tensor::f32(vec![2], vec![0.0, 1.0]),
+            -1,
+        );
+        assert!(oh.unwrap_err().contains("OneHot"));
+        // Small ones still work.
+        assert_eq!(range(&i(0), &i(5), &i(2)).unwrap().to_i64(), vec![0, 2, 4]);
+    }
 
     #[test]
     fn hostile_operands_are_errors_or_wrap_never_panics() {

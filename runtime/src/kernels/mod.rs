@@ -4,6 +4,7 @@
 mod elementwise;
 mod gemm;
 mod index;
+pub mod limit;
 mod linalg;
 mod moe;
 mod reduce;

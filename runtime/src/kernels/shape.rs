@@ -310,6 +310,7 @@ pub fn split(x: &Tensor, sizes: Option<&Tensor>, ax: i64, n: usize) -> KResult<V
 pub fn expand(x: &Tensor, shape: &Tensor) -> KResult<Tensor> {
     let target: Vec<usize> = dims(shape).iter().map(|&d| d.max(0) as usize).collect();
     let out = broadcast_shape(&x.shape, &target)?;
+    super::limit::sized("Expand", &out, x.dtype.size())?;
     let idx = broadcast_map(&x.shape, &out);
     Ok(x.pick(out, idx.into_iter()))
 }
@@ -323,8 +324,10 @@ pub fn tile(x: &Tensor, reps: &Tensor) -> KResult<Tensor> {
         .shape
         .iter()
         .zip(&r)
-        .map(|(&d, &k)| d * k.max(0) as usize)
-        .collect();
+        .map(|(&d, &k)| d.checked_mul(k.max(0) as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("Tile of {:?} by {r:?}: the size overflows", x.shape))?;
+    super::limit::sized("Tile", &shape, x.dtype.size())?;
     let ist = strides(&x.shape);
     let idx = gather_indices(&shape, |ctr| {
         (0..ctr.len()).map(|d| (ctr[d] % x.shape[d]) * ist[d]).sum()
@@ -347,7 +350,7 @@ pub fn shape_values(shape: &[usize], start: i64, end: Option<i64>) -> Tensor {
 
 pub fn constant_of_shape(shape: &Tensor, value: f64, dtype: DType) -> KResult<Tensor> {
     let s: Vec<usize> = dims(shape).iter().map(|&d| d.max(0) as usize).collect();
-    let n = numel(&s);
+    let n = super::limit::sized("ConstantOfShape", &s, dtype.size())?;
     Ok(if dtype == DType::Bool {
         Tensor::bool(s, vec![value != 0.0; n])
     } else if dtype.is_float() {
@@ -360,7 +363,11 @@ pub fn constant_of_shape(shape: &Tensor, value: f64, dtype: DType) -> KResult<Te
 pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> KResult<Tensor> {
     if start.dtype.is_float() {
         let (s, l, d) = (start.to_f32()[0], limit.to_f32()[0], delta.to_f32()[0]);
-        let n = ((l - s) / d).ceil().max(0.0) as usize;
+        let steps = ((l - s) as f64 / d as f64).ceil();
+        if !steps.is_finite() {
+            return Err(format!("Range({s}, {l}, {d}) has no finite length"));
+        }
+        let n = super::limit::sized("Range", &[steps.max(0.0) as usize], 4)?;
         return Ok(
             Tensor::f32(vec![n], (0..n).map(|i| s + i as f32 * d).collect())
                 .with_dtype(start.dtype),
@@ -371,6 +378,7 @@ pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> KResult<Tensor> 
         return Err("Range with delta 0".into());
     }
     let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+    let n = super::limit::sized("Range", &[n], 8)?;
     Ok(Tensor::i64(vec![n], (0..n as i64).map(|i| s + i * d).collect()).with_dtype(start.dtype))
 }
 
