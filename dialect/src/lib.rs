@@ -49,6 +49,10 @@ pub fn parse_unverified<'c>(context: &'c Context, text: &str) -> Result<Module<'
 }
 
 fn parse<'c>(context: &'c Context, text: &str, verify: bool) -> Result<Module<'c>, String> {
+    // MLIR takes a C string: a NUL byte would end it early (melior panics on one).
+    if let Some(at) = text.find('\0') {
+        return Err(format!("a NUL byte at offset {at}: not MLIR text"));
+    }
     let diagnostics = Rc::new(RefCell::new(Vec::<String>::new()));
     let sink = diagnostics.clone();
     let id = context.attach_diagnostic_handler(move |d| {

@@ -151,6 +151,43 @@ pub fn write_bundle_with(
     result
 }
 
+/// Why a manifest's text is refused.
+pub enum ManifestError {
+    /// A format this ppmoe does not read.
+    Version(u64),
+    Invalid(String),
+}
+
+/// A manifest's text, parsed and checked before anything is read or run: the format version,
+/// the microbatch count, and every program against its own tables (`Program::validate`). The
+/// fuzz target's entry.
+pub fn parse_manifest(text: &[u8]) -> Result<Manifest, ManifestError> {
+    let bad = ManifestError::Invalid;
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let found = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| bad("no format_version".into()))?;
+    if found != FORMAT_VERSION {
+        return Err(ManifestError::Version(found));
+    }
+    let manifest: Manifest =
+        serde_json::from_value(value).map_err(|e| bad(format!("malformed manifest: {e}")))?;
+    if manifest.microbatches == 0 || manifest.microbatches > MAX_MICROBATCHES {
+        return Err(bad(format!(
+            "microbatches = {}: expected 1 to {MAX_MICROBATCHES}",
+            manifest.microbatches
+        )));
+    }
+    for program in &manifest.programs {
+        program
+            .validate()
+            .map_err(|reason| bad(format!("rank {}: {reason}", program.rank)))?;
+    }
+    Ok(manifest)
+}
+
 /// The path of a file a bundle names: a plain name inside the bundle's folder (no absolute
 /// path, no `..`, no folder part), and a regular file there (not a link, FIFO or device, which
 /// could lead out of the bundle or block a read forever).
@@ -232,28 +269,16 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
             actual,
         });
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| RuntimeError::Bundle {
-            path: show(&mpath),
-            reason: format!("not valid JSON: {e}"),
-        })?;
-    let found = value
-        .get("format_version")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| RuntimeError::Bundle {
-            path: show(&mpath),
-            reason: "no format_version".into(),
-        })?;
-    if found != FORMAT_VERSION {
-        return Err(RuntimeError::FormatVersion {
+    let manifest = parse_manifest(&text).map_err(|e| match e {
+        ManifestError::Version(found) => RuntimeError::FormatVersion {
             path: show(&mpath),
             found,
             supported: FORMAT_VERSION,
-        });
-    }
-    let manifest: Manifest = serde_json::from_value(value).map_err(|e| RuntimeError::Bundle {
-        path: show(&mpath),
-        reason: format!("malformed manifest: {e}"),
+        },
+        ManifestError::Invalid(reason) => RuntimeError::Bundle {
+            path: show(&mpath),
+            reason,
+        },
     })?;
     // Another rank's weights and PTX are that rank's to check.
     let others: std::collections::BTreeSet<&str> = manifest
@@ -262,20 +287,7 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
         .filter(|p| only.is_some_and(|r| r != p.rank))
         .flat_map(|p| std::iter::once(p.weights_file.as_str()).chain(p.ptx_file.as_deref()))
         .collect();
-    if manifest.microbatches == 0 || manifest.microbatches > MAX_MICROBATCHES {
-        return Err(RuntimeError::Bundle {
-            path: show(&mpath),
-            reason: format!(
-                "microbatches = {}: expected 1 to {MAX_MICROBATCHES}",
-                manifest.microbatches
-            ),
-        });
-    }
     for program in &manifest.programs {
-        program.validate().map_err(|reason| RuntimeError::Bundle {
-            path: show(&mpath),
-            reason: format!("rank {}: {reason}", program.rank),
-        })?;
         for f in std::iter::once(&program.weights_file).chain(program.ptx_file.as_ref()) {
             bundle_file(dir, f)?;
         }

@@ -46,8 +46,14 @@ pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
         return Err(bad("not a regular file".into()));
     }
     let bytes = std::fs::read(path).map_err(io)?;
-    let data_at = data_offset(&bytes).map_err(&bad)?;
-    let file = npyz::NpyFile::new(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
+    parse_npy(&bytes).map_err(bad)
+}
+
+/// A .npy file's bytes as a tensor (what `read_npy` reads; the fuzz target's entry).
+pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
+    let bad = |reason: String| reason;
+    let data_at = data_offset(bytes)?;
+    let file = npyz::NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
     if file.order() != npyz::Order::C {
         return Err(bad("Fortran-ordered arrays are not supported".into()));
     }

@@ -377,3 +377,15 @@ fn malformed_ops_that_parse_are_refused_not_trusted() {
         ],
     );
 }
+
+#[test]
+fn a_nul_byte_in_mlir_text_is_an_error_not_a_panic() {
+    // Found by scripts/fuzz: MLIR takes a C string, and melior panicked on an interior NUL.
+    let d = tempfile::tempdir().unwrap();
+    let mut text = std::fs::read(fixture("jax_moe_block").join("model.mlir")).unwrap();
+    text.insert(100, 0);
+    let p = d.path().join("model.mlir");
+    std::fs::write(&p, text).unwrap();
+    let out = ppmoe(&["inspect", &s(&p), "--emit", "core"]);
+    assert_clean_failure(&out, &["model.mlir", "NUL byte at offset 100"]);
+}
