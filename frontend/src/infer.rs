@@ -352,13 +352,13 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 })
                 .collect();
             if let Some(pos) = shape.iter().position(|&s| s == -1) {
-                let total: Option<i64> = x.dims.iter().map(Dim::known).product();
-                let rest: Option<i64> = dims
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != pos)
-                    .map(|(_, d)| d.known())
-                    .product();
+                let total = known_product(x.dims.iter().map(Dim::known));
+                let rest = known_product(
+                    dims.iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != pos)
+                        .map(|(_, d)| d.known()),
+                );
                 if let (Some(total), Some(rest)) = (total, rest) {
                     if rest == 0 || total % rest != 0 {
                         return Err(format!("cannot reshape {} to {shape:?}", x.mlir()));
@@ -386,15 +386,14 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         "Flatten" => {
             let x = x()?;
             let axis = int_attr(node, "axis", 1);
-            let axis = if axis < 0 {
-                axis + x.dims.len() as i64
-            } else {
-                axis
-            } as usize;
+            let rank = x.dims.len() as i64;
+            let axis = if axis < 0 { axis + rank } else { axis };
+            if !(0..=rank).contains(&axis) {
+                return Err(format!("Flatten axis {axis} out of range for rank {rank}"));
+            }
+            let axis = axis as usize;
             let p = |ds: &[Dim]| {
-                ds.iter()
-                    .map(Dim::known)
-                    .product::<Option<i64>>()
+                known_product(ds.iter().map(Dim::known))
                     .map(Dim::Known)
                     .unwrap_or(Dim::Unknown)
             };
@@ -462,6 +461,9 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                     .map(|&a| norm_axis(a, rank))
                     .collect::<Result<_, _>>()?;
                 axes.sort();
+                if axes.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(format!("Unsqueeze axes {axes:?} repeat an axis"));
+                }
                 let mut dims = x.dims.clone();
                 for a in axes {
                     dims.insert(a, Dim::Known(1));
@@ -772,7 +774,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             })]
         }
         "Size" => {
-            let n: Option<i64> = x()?.dims.iter().map(Dim::known).product();
+            let n = known_product(x()?.dims.iter().map(Dim::known));
             vec![Some(Out {
                 ty: TensorType::new(DType::I64, &[]),
                 value: n.map(|n| TensorData::from_i64(vec![], &[n])),
@@ -789,19 +791,20 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                     dims: vec![Dim::Unknown; run_time_rank(x()?)?],
                 })]);
             };
-            let n: i64 = shape.iter().product();
-            let value = (fill.as_i64().is_some() && (n as usize) <= MAX_CONST).then(|| {
-                let v = fill
-                    .as_i64()
-                    .unwrap_or_default()
-                    .first()
-                    .copied()
-                    .unwrap_or(0);
-                retype(
-                    TensorData::from_i64(shape.clone(), &vec![v; n as usize]),
-                    fill.dtype,
-                )
-            });
+            let n = known_product(shape.iter().map(|&d| Some(d))).unwrap_or(i64::MAX);
+            let value =
+                (fill.as_i64().is_some() && (0..=MAX_CONST as i64).contains(&n)).then(|| {
+                    let v = fill
+                        .as_i64()
+                        .unwrap_or_default()
+                        .first()
+                        .copied()
+                        .unwrap_or(0);
+                    retype(
+                        TensorData::from_i64(shape.clone(), &vec![v; n as usize]),
+                        fill.dtype,
+                    )
+                });
             vec![Some(Out {
                 ty: TensorType::new(fill.dtype, &shape),
                 value,
@@ -948,7 +951,7 @@ fn fold_binary(
     bd: &[Dim],
     out: &[i64],
 ) -> Option<Vec<i64>> {
-    let n: i64 = out.iter().product();
+    let n = known_product(out.iter().map(|&d| Some(d)))?;
     let idx = |flat: i64, dims: &[Dim]| -> Option<usize> {
         // Broadcast index of `flat` (in `out`) into an operand of shape `dims`.
         let dims: Vec<i64> = dims.iter().map(Dim::known).collect::<Option<_>>()?;
@@ -997,4 +1000,10 @@ fn retype(t: TensorData, dtype: DType) -> TensorData {
         return t;
     }
     t.to_dtype(dtype).unwrap_or(t)
+}
+
+/// The product of sizes, None when one is unknown or the product overflows (a hostile model's
+/// sizes are then unknown, never a wrapped number).
+fn known_product(mut dims: impl Iterator<Item = Option<i64>>) -> Option<i64> {
+    dims.try_fold(1i64, |acc, d| acc.checked_mul(d?))
 }

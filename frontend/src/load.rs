@@ -262,7 +262,9 @@ impl Loader {
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
             .ok_or_else(|| bad("too many elements".into()))?;
-        let want = n * dtype.size();
+        let want = n
+            .checked_mul(dtype.size())
+            .ok_or_else(|| bad("too many elements".into()))?;
         let bytes: Vec<u8> = if t.data_location == 1 {
             let ext = self.external(t, want)?;
             // Small tensors (shapes, scalars) are read now, for the folding of shape arithmetic;

@@ -7,6 +7,7 @@
 //! process exits with status 3. Exit status 1 when anything panicked.
 
 mod mutate;
+mod onnx_fields;
 mod targets;
 
 use std::collections::HashSet;
@@ -98,6 +99,9 @@ fn main() {
         let (i, j) = (rng.below(corpus.len()), rng.below(corpus.len()));
         let input = if execs < corpus.len() as u64 {
             corpus[execs as usize].clone()
+        } else if a.target == targets::Target::Onnx && rng.below(2) == 0 {
+            // Half the ONNX inputs mutate a field, so they decode and go deeper.
+            onnx_fields::mutate(&mut rng, &corpus[i]).unwrap_or_else(|| corpus[i].clone())
         } else {
             mutate::mutate(&mut rng, &corpus[i], &corpus[j], a.target.is_text())
         };

@@ -207,3 +207,31 @@ fn a_large_constant_node_is_elided_in_printing() {
         .unwrap();
     assert!(line.contains("dense_resource<__elided__>"), "{line}");
 }
+
+#[test]
+fn fuzz_findings_are_clean_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if !matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("onnx" | "mlir")
+        ) {
+            continue;
+        }
+        n += 1;
+        let out = crate::common::ppmoe(&["inspect", p.to_str().unwrap(), "--emit", "moe"]);
+        assert!(
+            !out.stderr.contains("panicked") && (out.code == 0 || out.code == 1),
+            "{}: exit {} {}",
+            p.display(),
+            out.code,
+            out.stderr
+        );
+        if out.code == 1 {
+            assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+        }
+    }
+    assert!(n >= 6, "{n} regression inputs");
+}

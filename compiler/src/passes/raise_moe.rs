@@ -362,12 +362,23 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
         .copied()
         .flatten()
         .ok_or("the tokens' hidden size is not static")?;
+    // The trials make [t, h] tokens and [t, e] logits: bounded like any compile-time value.
+    let fits = |n: usize| {
+        t.checked_mul(n)
+            .and_then(|c| c.checked_mul(4))
+            .is_some_and(|b| b <= limit)
+    };
+    if !fits(h) || !fits(e) {
+        return Err(format!(
+            "trial inputs of {t} tokens x {h} hidden and {e} experts would exceed the compile-time evaluation limit of {limit} bytes"
+        ));
+    }
     if prog.buffers[x]
         .shape
         .iter()
         .map(|d| d.unwrap_or(0))
-        .product::<usize>()
-        != t * h
+        .try_fold(1usize, |a, d| a.checked_mul(d))
+        != Some(t * h)
     {
         return Err(format!(
             "the router reads {} values per token for {t} tokens, which does not match its input",
