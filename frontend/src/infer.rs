@@ -623,6 +623,9 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         }
         "Gather" => {
             let (d, i) = (input(0)?, input(1)?);
+            if d.dims.is_empty() {
+                return Err("Gather of a scalar (its data must have rank 1 or more)".into());
+            }
             let axis = norm_axis(int_attr(node, "axis", 0), d.dims.len())?;
             let mut dims = d.dims[..axis].to_vec();
             dims.extend(i.dims.iter().cloned());

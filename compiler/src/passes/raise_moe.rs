@@ -362,15 +362,18 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
         .copied()
         .flatten()
         .ok_or("the tokens' hidden size is not static")?;
-    // The trials make [t, h] tokens and [t, e] logits: bounded like any compile-time value.
+    // The trials make [t, h] tokens and [t, e] logits (a few tokens: small for any real layer;
+    // a hostile size asked for a terabyte): bounded by the evaluation limit, or its default
+    // where that is lower, since a raise must be able to make at least its own inputs.
+    let bound = limit.max(crate::core::DEFAULT_EVAL_LIMIT_BYTES);
     let fits = |n: usize| {
         t.checked_mul(n)
             .and_then(|c| c.checked_mul(4))
-            .is_some_and(|b| b <= limit)
+            .is_some_and(|b| b <= bound)
     };
     if !fits(h) || !fits(e) {
         return Err(format!(
-            "trial inputs of {t} tokens x {h} hidden and {e} experts would exceed the compile-time evaluation limit of {limit} bytes"
+            "trial inputs of {t} tokens x {h} hidden and {e} experts would exceed {bound} bytes, the compile-time evaluation limit"
         ));
     }
     if prog.buffers[x]
