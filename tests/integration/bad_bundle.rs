@@ -401,16 +401,19 @@ fn one_process_per_gpu_without_gpus_fails_on_every_rank_and_says_why() {
     assert_eq!(c.code, 0, "{}", c.stderr);
     let input = fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy");
     let out_dir = dir.path().join("out");
-    let out = ppmoe(&[
-        "run",
-        bundle.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output-dir",
-        out_dir.to_str().unwrap(),
-        "--nproc-per-node",
-        "2",
-    ]);
+    let run_with = |procs: &str| {
+        ppmoe(&[
+            "run",
+            bundle.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output-dir",
+            out_dir.to_str().unwrap(),
+            "--nproc-per-node",
+            procs,
+        ])
+    };
+    let out = run_with("2");
     assert_ne!(out.code, 0, "{}", out.stdout);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     // Each rank's own message, prefixed with its rank, then the launcher's verdict.
@@ -431,16 +434,7 @@ fn one_process_per_gpu_without_gpus_fails_on_every_rank_and_says_why() {
         "no outputs are left"
     );
     // A thousand processes were started; now the count is refused before any starts.
-    let many = ppmoe(&[
-        "run",
-        bundle.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output-dir",
-        out_dir.to_str().unwrap(),
-        "--nproc-per-node",
-        "1000",
-    ]);
+    let many = run_with("1000");
     crate::common::assert_clean_failure(&many, &["--nproc-per-node 1000", "refused"]);
     assert!(!many.stderr.contains("[rank"), "{}", many.stderr);
 }
