@@ -80,6 +80,12 @@ impl Hub {
                     .map(|(&r, _)| r)
                     .collect()
             });
+            // A rank that failed marks the run failed before it exits: say that, not the exit.
+            if self.has_failed() {
+                return Err(format!(
+                    "rank {me}: a peer rank failed; group {group:?} cannot meet"
+                ));
+            }
             if let Some(r) = missing.iter().find(|&&r| self.has_exited(r)) {
                 return Err(format!(
                     "rank {me}: group {group:?} cannot meet: rank {r} ended without joining"
@@ -133,6 +139,11 @@ impl Hub {
             m = guard;
             if m.contains_key(&(from, to, tag)) {
                 continue;
+            }
+            if self.has_failed() {
+                return Err(format!(
+                    "rank {to}: a peer rank failed; nothing will come from rank {from}"
+                ));
             }
             if self.has_exited(from) {
                 return Err(format!(

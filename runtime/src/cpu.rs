@@ -305,11 +305,17 @@ pub fn run_bundle(bundle: &Bundle, inputs: &[Tensor]) -> Result<Vec<Tensor>, Run
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
+            .zip(&m.programs)
+            .map(|(h, p)| {
+                h.join().unwrap_or_else(|payload| {
+                    let what = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
                     Err(RuntimeError::Backend {
                         backend: "cpu".into(),
-                        reason: "a rank thread panicked".into(),
+                        reason: format!("rank {}'s thread panicked: {what}", p.rank),
                     })
                 })
             })

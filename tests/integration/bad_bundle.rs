@@ -564,3 +564,37 @@ fn a_npy_input_must_be_exactly_what_its_header_says() {
         assert_no_outputs(&c);
     }
 }
+
+#[test]
+fn a_rank_that_fails_ends_the_run_at_once_with_its_own_error() {
+    // Rank 1 of a tp 2 bundle fails at its first instruction; rank 0 would wait for it in the
+    // all-reduce. The run must end promptly, and with rank 1's error, not its peer's.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Case {
+        bundle: dir.path().join("tp2"),
+        out: dir.path().join("out"),
+        input: fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy"),
+        _dir: dir,
+    };
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    let made = ppmoe(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        c.bundle.to_str().unwrap(),
+        "--tp",
+        "2",
+    ]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    rewrite_manifest(&c, |v| {
+        let p = &mut v["programs"][1]["instructions"][0];
+        assert_eq!(p["op"], "reshape_to");
+        p["shape"] = serde_json::json!([7, 3]);
+    });
+    let t = std::time::Instant::now();
+    let out = run(&c, &[&c.input]);
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+    assert_clean_failure(&out, &["rank 1", "instruction 0"]);
+    assert!(!out.stderr.contains("peer rank failed"), "{}", out.stderr);
+    assert_no_outputs(&c);
+}
