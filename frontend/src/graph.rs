@@ -122,13 +122,22 @@ impl TensorData {
         TensorType::new(self.dtype, &self.dims)
     }
 
-    /// The elements as i64 (integer and bool types), for shape arithmetic.
-    pub fn as_i64(&self) -> Option<Vec<i64>> {
+    /// The bytes held here and the element count, when they agree with the type and dims
+    /// (a hostile model may give a tensor fewer bytes than its shape needs).
+    fn held_bytes(&self) -> Option<(&[u8], usize)> {
         if self.external.is_some() {
             return None;
         }
-        let b = &self.bytes;
-        let n = self.len();
+        let n = self
+            .dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?))?;
+        (n.checked_mul(self.dtype.size()) == Some(self.bytes.len())).then_some((&self.bytes, n))
+    }
+
+    /// The elements as i64 (integer and bool types), for shape arithmetic.
+    pub fn as_i64(&self) -> Option<Vec<i64>> {
+        let (b, n) = self.held_bytes()?;
         let v: Vec<i64> = match self.dtype {
             DType::I64 => (0..n)
                 .map(|i| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8])))
@@ -147,11 +156,7 @@ impl TensorData {
 
     /// The elements as f64 (float types), for constant folding of small tensors.
     pub fn as_f64(&self) -> Option<Vec<f64>> {
-        if self.external.is_some() {
-            return None;
-        }
-        let b = &self.bytes;
-        let n = self.len();
+        let (b, n) = self.held_bytes()?;
         Some(match self.dtype {
             DType::F32 => (0..n)
                 .map(|i| {
