@@ -937,9 +937,11 @@ impl<'m> Lowering<'m> {
         let h = *x_shape
             .last()
             .ok_or_else(|| self.node_err(node, "scalar input"))?;
-        let t = x_shape.iter().product::<usize>() / h.max(1);
+        let count = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let too_large = || self.node_err(node, "the input's element count overflows");
+        let t = count(&x_shape).ok_or_else(too_large)? / h.max(1);
         let e = *l_shape.last().unwrap_or(&0);
-        if l_shape.iter().product::<usize>() != t * e {
+        if count(&l_shape) != t.checked_mul(e) {
             return Err(self.node_err(
                 node,
                 format!("router_probs {l_shape:?} is not [{t}, E] for input {x_shape:?}"),
