@@ -51,42 +51,36 @@ pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
 
 /// A .npy file's bytes as a tensor (what `read_npy` reads; the fuzz target's entry).
 pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
-    let bad = |reason: String| reason;
     let data_at = data_offset(bytes)?;
-    let file = npyz::NpyFile::new(bytes).map_err(|e| bad(e.to_string()))?;
+    let file = npyz::NpyFile::new(bytes).map_err(|e| e.to_string())?;
     if file.order() != npyz::Order::C {
-        return Err(bad("Fortran-ordered arrays are not supported".into()));
+        return Err("Fortran-ordered arrays are not supported".into());
     }
     let descr = match file.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
-        other => return Err(bad(format!("unsupported dtype {other:?}"))),
+        other => return Err(format!("unsupported dtype {other:?}")),
     };
-    let dtype = type_of(&descr).ok_or_else(|| bad(format!("unsupported dtype '{descr}'")))?;
+    let dtype = type_of(&descr).ok_or_else(|| format!("unsupported dtype '{descr}'"))?;
     let shape: Vec<usize> = file
         .shape()
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<_, _>>()
-        .map_err(|_| {
-            bad(format!(
-                "shape {:?} does not fit this machine",
-                file.shape()
-            ))
-        })?;
+        .map_err(|_| format!("shape {:?} does not fit this machine", file.shape()))?;
     let n = shape
         .iter()
         .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("the element count of {shape:?} overflows")))?;
+        .ok_or_else(|| format!("the element count of {shape:?} overflows"))?;
     // Exactly the header's data: a short file or trailing bytes is an error, not a shifted read.
     let data = &bytes[data_at..];
     if data.len() != n {
-        return Err(bad(format!(
+        return Err(format!(
             "{} data bytes where the header ({descr}, shape {shape:?}) says {n}",
             data.len()
-        )));
+        ));
     }
     Tensor::from_bytes(dtype, shape, data)
-        .ok_or_else(|| bad("the data does not match the header".into()))
+        .ok_or_else(|| "the data does not match the header".into())
 }
 
 /// Where a .npy file's data starts, from its preamble (magic, version, header length), after

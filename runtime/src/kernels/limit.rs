@@ -5,8 +5,14 @@
 
 use super::KResult;
 
-/// The limit in bytes: `PPMOE_ALLOC_LIMIT_MIB` where set, else the machine's memory.
+/// The limit in bytes: `PPMOE_ALLOC_LIMIT_MIB` where set, else the machine's memory. Read
+/// once per process: these ops run in every forward, and /proc/meminfo need not be.
 pub fn limit_bytes() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(read_limit)
+}
+
+fn read_limit() -> u64 {
     if let Some(mib) = std::env::var("PPMOE_ALLOC_LIMIT_MIB")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
