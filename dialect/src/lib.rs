@@ -36,6 +36,17 @@ pub fn context() -> Context {
     context
 }
 
+/// A context for reading generic-form text without verifying it (the StableHLO reader): only
+/// `func` loaded, every other dialect unregistered (its ops generic, its attributes and types
+/// opaque, kept as text). Loading all of upstream costs milliseconds per context, which the
+/// reader, run once per model, does not need.
+pub fn reading_context() -> Context {
+    let context = Context::new();
+    melior::dialect::DialectHandle::func().load_dialect(&context);
+    context.set_allow_unregistered_dialects(true);
+    context
+}
+
 /// Parses MLIR text and verifies it; on failure returns MLIR's own diagnostics.
 pub fn parse_verified<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, String> {
     parse(context, text, true)

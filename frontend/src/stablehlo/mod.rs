@@ -46,7 +46,7 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
     // sdy.manual_computation) for a symbol table, where a func.call inside finds no callee. The
     // calls are read under another name, which no verifier looks at, and named back.
     let text = text.replace("\"func.call\"(", &format!("\"{}\"(", ir::CALL_ALIAS));
-    let context = ppmoe_dialect::context();
+    let context = ppmoe_dialect::reading_context();
     let module = ppmoe_dialect::parse_unverified(&context, &text)
         .map_err(|d| err(format!("not MLIR in generic op form: {d}")))?;
     let mut reader = Reader::new();
