@@ -15,6 +15,12 @@ pub struct Options {
     pub peak: Option<(f64, f64)>,
 }
 
+/// How `--moe` spreads the layer: over `tp` GPUs (one process each) with `strategy`.
+pub struct MoeGrid {
+    pub tp: usize,
+    pub strategy: ppmoe_compiler::distribute::Strategy,
+}
+
 /// One timed case, as printed and written.
 fn row(
     label: &str,
@@ -30,9 +36,13 @@ fn row(
         "min_ms": r.forward_ms.first().copied().unwrap_or(0.0),
         "max_ms": r.forward_ms.last().copied().unwrap_or(0.0),
         "runs": r.forward_ms.len(),
+        "forward_ms": r.forward_ms.clone(),
     });
     if let Some(t) = tokens {
         v["tokens"] = t.into();
+    }
+    if !r.rank_median_ms.is_empty() {
+        v["rank_median_ms"] = r.rank_median_ms.clone().into();
     }
     if let Some(f) = flops {
         v["tflops"] = (f / (ms * 1e-3) / 1e12).into();
@@ -67,6 +77,16 @@ fn print(v: &serde_json::Value) {
     if let Some(t) = f("tflops") {
         line.push_str(&format!(", {t:.1} TFLOP/s"));
     }
+    if let Some(ranks) = v["rank_median_ms"].as_array() {
+        let each: Vec<String> = ranks
+            .iter()
+            .map(|m| format!("{:.3}", m.as_f64().unwrap_or(0.0)))
+            .collect();
+        line.push_str(&format!(
+            "; slowest rank per forward; each rank's median {} ms",
+            each.join(", ")
+        ));
+    }
     if let (Some(fl), Some(x)) = (f("floor_ms"), f("times_floor")) {
         line.push_str(&format!(", floor {fl:.3} ms ({x:.2} x the floor)"));
     }
@@ -89,6 +109,10 @@ fn print(v: &serde_json::Value) {
 pub fn bundle(dir: &Path, inputs: &[String], o: &Options) -> Result<Vec<serde_json::Value>> {
     let args: Vec<InputArg> = inputs.iter().map(|s| InputArg::parse(s)).collect();
     let r = bench(dir, &args, o.warmup, o.iters, o.profile)?;
+    // One report per run: rank 0's (it holds every rank's times).
+    if !r.reporter {
+        return Ok(Vec::new());
+    }
     let v = row(&dir.display().to_string(), None, &r, None, None);
     print(&v);
     Ok(vec![v])
@@ -99,6 +123,7 @@ pub fn bundle(dir: &Path, inputs: &[String], o: &Options) -> Result<Vec<serde_js
 pub fn moe(
     spec: &str,
     tokens: &str,
+    grid: &MoeGrid,
     work: Option<PathBuf>,
     o: &Options,
 ) -> Result<Vec<serde_json::Value>> {
@@ -129,18 +154,22 @@ pub fn moe(
             );
             c.target_cuda = true;
             c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+            c.grid = Some(ppmoe_compiler::distribute::Grid {
+                dp: 1,
+                pp: 1,
+                tp: grid.tp,
+            });
+            c.strategy = Some(grid.strategy);
             ppmoe_compiler::compile(c, &bundle)?;
-            let r = bench(&bundle, &[], o.warmup, o.iters, o.profile)?;
+            let r = time_bundle(&bundle, grid.tp, o)?;
             let floor = o.peak.map(|(tflops, tbs)| {
                 (shape.flops(t) / (tflops * 1e12)).max(shape.bytes(t) / (tbs * 1e12)) * 1e3
             });
-            let v = row(
-                &format!("moe {spec}"),
-                Some(t),
-                &r,
-                Some(shape.flops(t)),
-                floor,
-            );
+            let label = match grid.tp {
+                1 => format!("moe {spec}"),
+                tp => format!("moe {spec} tp{tp} {}", strategy_name(grid.strategy)),
+            };
+            let v = row(&label, Some(t), &r, Some(shape.flops(t)), floor);
             print(&v);
             rows.push(v);
             let _ = std::fs::remove_dir_all(&bundle);
@@ -151,4 +180,73 @@ pub fn moe(
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+fn strategy_name(s: ppmoe_compiler::distribute::Strategy) -> &'static str {
+    use ppmoe_compiler::distribute::Strategy;
+    match s {
+        Strategy::AllToAll => "alltoall",
+        Strategy::Ppmoe => "ppmoe",
+        Strategy::Auto => "auto",
+    }
+}
+
+/// Times a bundle in this process (one rank), or as `ranks` processes, one per GPU, through
+/// `ppmoe bench BUNDLE --nproc-per-node`, read back from rank 0's JSON.
+fn time_bundle(bundle: &Path, ranks: usize, o: &Options) -> Result<BenchReport> {
+    if ranks == 1 {
+        return Ok(bench(bundle, &[], o.warmup, o.iters, o.profile)?);
+    }
+    let json = bundle.join("bench.json");
+    let mut args: Vec<String> = vec![
+        "bench".into(),
+        bundle.display().to_string(),
+        "--warmup".into(),
+        o.warmup.to_string(),
+        "--iters".into(),
+        o.iters.to_string(),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    if o.profile {
+        args.push("--profile".into());
+    }
+    let code =
+        ppmoe_runtime::distributed::launch_local(ranks, &args).map_err(anyhow::Error::msg)?;
+    if code != 0 {
+        anyhow::bail!(
+            "timing {} failed on a rank (exit code {code})",
+            bundle.display()
+        );
+    }
+    let text = std::fs::read_to_string(&json)
+        .with_context(|| format!("reading rank 0's timings {}", json.display()))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    let r = rows
+        .first()
+        .with_context(|| format!("{}: no timed row", json.display()))?;
+    let floats = |k: &str| -> Vec<f64> {
+        r[k].as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default()
+    };
+    let instructions = r["instructions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| ppmoe_runtime::bench::InstructionTime {
+                    index: i["index"].as_u64().unwrap_or(0) as usize,
+                    op: i["op"].as_str().unwrap_or("").to_string(),
+                    origin: i["origin"].as_str().unwrap_or("").to_string(),
+                    median_ms: i["median_ms"].as_f64().unwrap_or(0.0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(BenchReport {
+        forward_ms: floats("forward_ms"),
+        rank_median_ms: floats("rank_median_ms"),
+        reporter: true,
+        instructions,
+    })
 }

@@ -91,7 +91,8 @@ pub enum Command {
     /// Time a bundle's forward on the GPU (CUDA events, warm-up, median of N), or one MoE
     /// layer of random bf16 weights (--moe H,F,E,K) compiled through the same compiler.
     Bench {
-        /// A one-rank bundle compiled with --target cuda (leave it out with --moe).
+        /// A bundle compiled with --target cuda (leave it out with --moe); one of several ranks
+        /// runs with --nproc-per-node.
         bundle: Option<PathBuf>,
         /// One MoE layer instead: hidden, expert FFN, experts, top-k (e.g. 4096,14336,8,2):
         /// softmax router, renormalised top-k, SwiGLU experts, as the PyTorch peers compute.
@@ -126,6 +127,16 @@ pub enum Command {
         /// Where --moe writes its model and bundles (default: a temporary folder, removed).
         #[arg(long = "work-dir")]
         work_dir: Option<PathBuf>,
+        /// A multi-rank bundle: one process per GPU, as `run --nproc-per-node N`.
+        #[arg(long = "nproc-per-node")]
+        nproc_per_node: Option<usize>,
+        /// --moe over this many GPUs (one process each), the experts spread as --moe-strategy
+        /// says.
+        #[arg(long, default_value_t = 1)]
+        tp: usize,
+        /// --moe with --tp > 1: ppmoe (local slice + all-reduce) or alltoall.
+        #[arg(long = "moe-strategy", value_enum, default_value = "ppmoe")]
+        moe_strategy: StrategyFlag,
     },
     /// Predict, per MoE layer, each strategy's time and the e-graph's choice; per pipeline
     /// stage, time and memory per GPU. MODEL is an .onnx file or a Hugging Face config.json.
@@ -243,7 +254,7 @@ enum DtypeFlag {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum StrategyFlag {
+pub(crate) enum StrategyFlag {
     Ppmoe,
     Alltoall,
     Auto,
@@ -362,31 +373,7 @@ pub fn run(cli: Cli) -> Result<()> {
             nproc_per_node,
         } => {
             if let Some(n) = nproc_per_node {
-                if n == 0 {
-                    bail!("--nproc-per-node 0: at least one process is needed");
-                }
-                // One process per GPU: never more processes than GPUs where CUDA works, and a
-                // sane number where it does not (each rank then fails and says why).
-                const CAP_WITHOUT_GPUS: usize = 64;
-                match ppmoe_runtime::cuda::gpu_count() {
-                    Some(gpus) if n > gpus => bail!(
-                        "--nproc-per-node {n}: this machine has {gpus} GPU(s), one process per GPU"
-                    ),
-                    None if n > CAP_WITHOUT_GPUS => bail!(
-                        "--nproc-per-node {n}: no GPU can be used here, and more than {CAP_WITHOUT_GPUS} processes are refused"
-                    ),
-                    _ => {}
-                }
-                // This same command once per GPU, without the flag, as ranks 0..n.
-                let mut args: Vec<String> = std::env::args().skip(1).collect();
-                ppmoe_runtime::distributed::take_nproc_flag(&mut args)
-                    .map_err(anyhow::Error::msg)?;
-                let code = ppmoe_runtime::distributed::launch_local(n, &args)
-                    .map_err(anyhow::Error::msg)?;
-                if code != 0 {
-                    bail!("the run failed on at least one rank (exit code {code})");
-                }
-                return Ok(());
+                return launch_ranks(n);
             }
             let backend: Backend = backend.parse().map_err(anyhow::Error::msg)?;
             let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
@@ -416,7 +403,13 @@ pub fn run(cli: Cli) -> Result<()> {
             peak_tflops,
             peak_tbs,
             work_dir,
+            nproc_per_node,
+            tp,
+            moe_strategy,
         } => {
+            if let Some(n) = nproc_per_node {
+                return launch_ranks(n);
+            }
             if iters == 0 {
                 bail!("--iters must be at least 1");
             }
@@ -428,10 +421,24 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let rows = match (bundle, moe) {
                 (Some(b), None) => crate::bench::bundle(&b, &input, &o)?,
-                (None, Some(spec)) => crate::bench::moe(&spec, &tokens, work_dir, &o)?,
+                (None, Some(spec)) => {
+                    let grid = crate::bench::MoeGrid {
+                        tp,
+                        strategy: match moe_strategy {
+                            StrategyFlag::Ppmoe => Strategy::Ppmoe,
+                            StrategyFlag::Alltoall => Strategy::AllToAll,
+                            StrategyFlag::Auto => Strategy::Auto,
+                        },
+                    };
+                    if tp == 0 {
+                        bail!("--tp must be at least 1");
+                    }
+                    crate::bench::moe(&spec, &tokens, &grid, work_dir, &o)?
+                }
                 _ => bail!("bench takes a BUNDLE or --moe H,F,E,K (one of the two)"),
             };
-            if let Some(path) = json {
+            // Ranks other than 0 report nothing (rank 0 holds every rank's times).
+            if let Some(path) = json.filter(|_| !rows.is_empty()) {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -692,6 +699,32 @@ fn print_summary(c: Compilation) -> Result<()> {
     }
     for u in &c.unraised {
         println!("not raised: {u}");
+    }
+    Ok(())
+}
+
+/// `--nproc-per-node N`: this same command once per GPU, without the flag, as ranks 0..N.
+fn launch_ranks(n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("--nproc-per-node 0: at least one process is needed");
+    }
+    // One process per GPU: never more processes than GPUs where CUDA works, and a sane number
+    // where it does not (each rank then fails and says why).
+    const CAP_WITHOUT_GPUS: usize = 64;
+    match ppmoe_runtime::cuda::gpu_count() {
+        Some(gpus) if n > gpus => {
+            bail!("--nproc-per-node {n}: this machine has {gpus} GPU(s), one process per GPU")
+        }
+        None if n > CAP_WITHOUT_GPUS => bail!(
+            "--nproc-per-node {n}: no GPU can be used here, and more than {CAP_WITHOUT_GPUS} processes are refused"
+        ),
+        _ => {}
+    }
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    ppmoe_runtime::distributed::take_nproc_flag(&mut args).map_err(anyhow::Error::msg)?;
+    let code = ppmoe_runtime::distributed::launch_local(n, &args).map_err(anyhow::Error::msg)?;
+    if code != 0 {
+        bail!("the run failed on at least one rank (exit code {code})");
     }
     Ok(())
 }

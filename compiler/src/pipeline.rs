@@ -151,6 +151,11 @@ fn print_kernels(c: &Compilation) -> String {
                     "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", instruction = {i} : i64}}",
                     if *bf16 { "bf16" } else { "f32" }
                 ),
+                Lowered::LocalExperts { prefix, bf16, slice, ffn } => format!(
+                    "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
+                    if *bf16 { "bf16" } else { "f32" }
+                ),
+                Lowered::Fused { into } => format!("\"kernels.fused\"() {{op = \"{}\", into = {into} : i64, instruction = {i} : i64}}", ins.op.name()),
                 Lowered::Collective => format!("\"kernels.nccl\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
                 Lowered::Alias => format!("\"kernels.alias\"() {{instruction = {i} : i64}}"),
                 Lowered::Host => format!("\"kernels.host\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),

@@ -1,12 +1,15 @@
-//! `ppmoe bench BUNDLE`: the whole forward of a one-rank CUDA bundle, timed with CUDA events on
-//! its stream after warm-up, N times; the median is the figure. The float inputs are put on the
+//! `ppmoe bench BUNDLE`: the whole forward of a CUDA bundle, timed with CUDA events on its stream
+//! after warm-up, N times; the median is the figure. A multi-rank bundle runs one process per
+//! GPU (as `run`); the ranks meet before each forward, and a forward's time is its slowest
+//! rank's. The float inputs are put on the
 //! device before the timed forwards and the outputs left there, as a layer's tensors live on
 //! the device in a framework: what is timed is the forward, including any host work and
 //! device-to-host copies the program does inside it, not the PCIe link. With `profile`, each
 //! instruction is timed too (an event pair around it, synchronised: it adds to the forward, so
 //! the per-instruction times are for finding where the time goes, not for the total).
 
-use crate::bundle::read_bundle;
+use crate::bundle::read_bundle_for;
+use crate::distributed::Dist;
 use crate::error::RuntimeError;
 use crate::program::{BufferKind, Op};
 use crate::runner::{bind_inputs, InputArg};
@@ -22,8 +25,12 @@ pub struct InstructionTime {
 }
 
 pub struct BenchReport {
-    /// Every timed forward, in ms, ascending.
+    /// Every timed forward, in ms, ascending (multi-rank: the slowest rank's, per forward).
     pub forward_ms: Vec<f64>,
+    /// Multi-rank: each rank's median, by rank; empty for one rank.
+    pub rank_median_ms: Vec<f64>,
+    /// Whether this process reports (rank 0, or the only one).
+    pub reporter: bool,
     /// With profile: the instructions, the slowest first.
     pub instructions: Vec<InstructionTime>,
 }
@@ -59,15 +66,17 @@ pub fn bench(
         reason,
     };
     crate::cuda::available().map_err(backend_err)?;
-    let bundle = read_bundle(dir)?;
+    let dist = Dist::from_env().map_err(backend_err)?;
+    let bundle = read_bundle_for(dir, dist.as_ref().map(|d| d.rank))?;
     let programs = &bundle.manifest.programs;
-    if programs.len() != 1 {
+    if programs.len() > 1 && dist.is_none() {
         return Err(backend_err(format!(
-            "the bundle has {} ranks: bench times one-rank bundles so far (timing every rank of a multi-GPU bundle is not built yet)",
+            "the bundle has {} ranks: time it with one process per GPU, --nproc-per-node {} (or under torchrun / srun)",
+            programs.len(),
             programs.len()
         )));
     }
-    if programs[0].gpu.is_empty() {
+    if programs.iter().any(|p| p.gpu.is_empty()) {
         return Err(backend_err(
             "the bundle was compiled for the CPU: compile it with --target cuda".into(),
         ));
@@ -79,10 +88,15 @@ pub fn bench(
         .enumerate()
         .map(|(i, t)| t.unwrap_or_else(|| random_input(&bundle, i, &mut seed)))
         .collect();
-    let timing = crate::cuda::bench_bundle(&bundle, &inputs, None, warmup, iters, profile)?;
+    let timing =
+        crate::cuda::bench_bundle(&bundle, &inputs, dist.as_ref(), warmup, iters, profile)?;
     let mut forward_ms = timing.forward_ms;
     forward_ms.sort_by(f64::total_cmp);
-    let program = &programs[0];
+    let rank = dist.as_ref().map_or(0, |d| d.rank);
+    let program = programs
+        .iter()
+        .find(|p| p.rank == rank)
+        .ok_or_else(|| backend_err(format!("the bundle has no program for rank {rank}")))?;
     let mut instructions: Vec<InstructionTime> = timing
         .instruction_ms
         .iter()
@@ -97,6 +111,8 @@ pub fn bench(
     instructions.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));
     Ok(BenchReport {
         forward_ms,
+        rank_median_ms: timing.rank_ms.iter().map(|r| median(r)).collect(),
+        reporter: rank == 0,
         instructions,
     })
 }

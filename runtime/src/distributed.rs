@@ -2,6 +2,7 @@
 //! variables), the TCP rendezvous that hands rank 0's NCCL id to every rank, and the local
 //! launcher behind `--nproc-per-node N`.
 
+use crate::peer_watch::PeerLinks;
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
@@ -93,12 +94,13 @@ impl Dist {
     }
 
     /// Hands rank 0's `id` to every rank over TCP on MASTER_ADDR:MASTER_PORT and returns it on
-    /// each. Each rank says who it is; rank 0 refuses a rank out of range, a duplicate or a
-    /// different world size.
+    /// each, with the connections kept open as the rank's links to its peers (see
+    /// `peer_watch`). Each rank says who it is; rank 0 refuses a rank out of range, a duplicate
+    /// or a different world size.
     pub fn rendezvous<const N: usize>(
         &self,
         make_id: impl FnOnce() -> Result<[u8; N], String>,
-    ) -> Result<[u8; N], String> {
+    ) -> Result<([u8; N], PeerLinks), String> {
         let addr = self.address()?;
         let deadline = Instant::now() + RENDEZVOUS_PATIENCE;
         let io = |what: &str, e: std::io::Error| format!("rendezvous on {addr}: {what}: {e}");
@@ -110,6 +112,7 @@ impl Dist {
                 .map_err(|e| io("listen", e))?;
             let mut seen = vec![false; self.world];
             seen[0] = true;
+            let mut links = Vec::with_capacity(self.world - 1);
             while seen.iter().any(|s| !s) {
                 match listener.accept() {
                     Ok((mut s, _)) => {
@@ -133,6 +136,7 @@ impl Dist {
                         }
                         seen[r] = true;
                         s.write_all(&id).map_err(|e| io("sending the NCCL id", e))?;
+                        links.push((r, s));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if Instant::now() > deadline {
@@ -148,7 +152,7 @@ impl Dist {
                     Err(e) => return Err(io("accept", e)),
                 }
             }
-            Ok(id)
+            Ok((id, PeerLinks::new(0, links)))
         } else {
             let mut s = loop {
                 match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
@@ -168,7 +172,7 @@ impl Dist {
             let mut id = [0u8; N];
             s.read_exact(&mut id)
                 .map_err(|e| io("receiving the NCCL id from rank 0", e))?;
-            Ok(id)
+            Ok((id, PeerLinks::new(self.rank, vec![(0, s)])))
         }
     }
 }
@@ -412,12 +416,17 @@ mod tests {
             master_port: port,
             source: "test",
         };
-        let ids: Vec<[u8; 16]> = std::thread::scope(|s| {
+        let met: Vec<([u8; 16], PeerLinks)> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..3)
                 .map(|r| s.spawn(move || dist(r).rendezvous(|| Ok([7u8; 16])).unwrap()))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert!(ids.iter().all(|id| *id == [7u8; 16]));
+        assert!(met.iter().all(|(id, _)| *id == [7u8; 16]));
+        // The connections stay as links: rank 0 to each rank, each rank to rank 0.
+        let mut zero = met[0].1.peers();
+        zero.sort();
+        assert_eq!(zero, [1, 2]);
+        assert!(met[1..].iter().all(|(_, l)| l.peers() == [0]));
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod kernels;
 pub mod microbatch;
 pub mod npy;
+pub mod peer_watch;
 pub mod program;
 pub mod runner;
 pub mod safetensors_io;

@@ -543,6 +543,42 @@ impl Program {
                 self.instructions.len()
             ));
         }
+        self.validate_fusions()
+    }
+
+    /// Each `Fused` entry points at a later `LocalExperts` step that names it back, and each
+    /// such step names a local_slice and an expert_ffn before it, in that order.
+    fn validate_fusions(&self) -> Result<(), String> {
+        let op_at = |i: usize| self.instructions.get(i).map(|ins| &ins.op);
+        for (i, g) in self.gpu.iter().enumerate() {
+            let at = |what: String| format!("GPU plan entry {i}: {what}");
+            match g {
+                GpuOp::Fused { into } => {
+                    let names_back = match self.gpu.get(*into) {
+                        Some(GpuOp::LocalExperts { slice, ffn, .. }) => *slice == i || *ffn == i,
+                        _ => false,
+                    };
+                    if *into <= i || !names_back {
+                        return Err(at(format!(
+                            "fused into {into}, which is no later moe step naming it"
+                        )));
+                    }
+                }
+                GpuOp::LocalExperts { slice, ffn, .. } => {
+                    let ok = slice < ffn
+                        && ffn < &i
+                        && matches!(op_at(*slice), Some(Op::MoeLocalSlice { .. }))
+                        && matches!(op_at(*ffn), Some(Op::MoeExpertFfn { .. }))
+                        && matches!(op_at(i), Some(Op::MoeScatterCombine { .. }))
+                        && self.gpu.get(*slice) == Some(&GpuOp::Fused { into: i })
+                        && self.gpu.get(*ffn) == Some(&GpuOp::Fused { into: i });
+                    if !ok {
+                        return Err(at(format!("local experts of slice {slice} and ffn {ffn}: expected a local_slice, then an expert_ffn, both fused into this scatter_combine")));
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 }
@@ -569,6 +605,20 @@ pub enum GpuOp {
         #[serde(default)]
         bf16: bool,
     },
+    /// PPMoE's `moe.local_slice` -> `moe.expert_ffn` -> `moe.scatter_combine` as one step on
+    /// this (the scatter_combine) instruction, with the kernels of `Experts`: the slots routed
+    /// to this rank's experts are grouped on the host, gathered, run through grouped GEMMs and
+    /// summed per token into the rank's partial output (the all-reduce follows). `slice` and
+    /// `ffn` are the other two instructions, each planned as `Fused` into this one.
+    LocalExperts {
+        prefix: String,
+        bf16: bool,
+        slice: usize,
+        ffn: usize,
+    },
+    /// Done by a later instruction's step (`into`): nothing runs here, and no result of this
+    /// instruction is made (only that step reads them).
+    Fused { into: usize },
     /// An NCCL collective or point-to-point op.
     Collective,
     /// A reshape: the same data under another shape.

@@ -193,6 +193,16 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
             }),
             vec!["rank 0", "(transpose) perm", "not a permutation"],
         ),
+        (
+            Box::new(|v| {
+                // A GPU plan whose first entry says it is done by a step that does not exist.
+                let n = v["programs"][0]["instructions"].as_array().unwrap().len();
+                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
+                plan[0] = serde_json::json!({"kind": "fused", "into": n + 5});
+                v["programs"][0]["gpu"] = plan.into();
+            }),
+            vec!["rank 0", "GPU plan entry 0", "no later moe step naming it"],
+        ),
     ];
     for (edit, needles) in cases {
         let c = compiled();

@@ -95,3 +95,39 @@ fn bf16_weights_add_the_activation_narrowing_kernel_for_bf16_gemms() {
     let fp32 = inspect(&["--emit", "ptx"]);
     assert!(!fp32.contains("to_bf16("), "fp32 weights need no narrowing");
 }
+
+/// Rank 0's part of a multi-rank `--emit kernels`.
+fn rank0(s: &str) -> &str {
+    &s[..s.find("func.func @rank1").unwrap_or(s.len())]
+}
+
+#[test]
+fn ppmoe_experts_run_on_the_gpu_at_tp_2() {
+    let k = inspect(&["--tp", "2", "--emit", "kernels"]);
+    let k0 = rank0(&k);
+    // Per MoE layer, one step for the rank's experts; the local slice and the expert FFN are
+    // fused into it, named by index.
+    assert_eq!(
+        k0.matches("\"kernels.moe_local_experts\"").count(),
+        2,
+        "{k0}"
+    );
+    assert_eq!(k0.matches("op = \"local_slice\"").count(), 2);
+    assert_eq!(k0.matches("op = \"expert_ffn\"").count(), 2);
+    assert_eq!(k0.matches("\"kernels.fused\"").count(), 4);
+    // The embedding's gather is the only host work left.
+    let host: Vec<&str> = k0
+        .lines()
+        .filter(|l| l.contains("\"kernels.host\""))
+        .collect();
+    assert_eq!(host.len(), 1, "{host:?}");
+    assert!(host[0].contains("op = \"gather\""), "{host:?}");
+    let ptx = inspect(&["--tp", "2", "--emit", "ptx"]);
+    for suffix in ["gather", "act", "combine"] {
+        assert_eq!(
+            ptx.matches(&format!("_local_experts_{suffix}(")).count(),
+            4,
+            "{suffix}: two layers on each of two ranks"
+        );
+    }
+}

@@ -194,38 +194,79 @@ fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
     )
 }
 
+/// The experts' FFN as the kernels need it: from `moe.experts`, or from PPMoE's
+/// `moe.expert_ffn`.
+struct Ffn {
+    activation: ppmoe_runtime::program::Activation,
+    alpha: f32,
+    beta: f32,
+    limit: Option<f32>,
+    layout: ppmoe_runtime::program::ExpertLayout,
+}
+
+impl Ffn {
+    fn of(op: &Op) -> Option<Ffn> {
+        match *op {
+            Op::MoeExperts {
+                activation,
+                alpha,
+                beta,
+                limit,
+                layout,
+            }
+            | Op::MoeExpertFfn {
+                activation,
+                alpha,
+                beta,
+                limit,
+                layout,
+            } => Some(Ffn {
+                activation,
+                alpha,
+                beta,
+                limit,
+                layout,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The buffers the experts kernels are specialised to: tokens x [T,H], routing weights [T,k],
+/// the two expert stacks.
+struct ExpertsOperands {
+    x: usize,
+    weights: usize,
+    w_in: usize,
+    w_out: usize,
+}
+
 /// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
 /// rows, hidden activations and expert outputs between them are bf16 (both stacks bf16).
-fn experts_kernels(p: &Program, idx: usize, prefix: &str) -> Option<(String, bool)> {
+fn experts_kernels(
+    p: &Program,
+    ffn: &Ffn,
+    o: &ExpertsOperands,
+    prefix: &str,
+) -> Option<(String, bool)> {
     use ppmoe_runtime::program::Activation;
-    let ins = &p.instructions[idx];
-    let Op::MoeExperts {
+    let Ffn {
         activation,
         alpha,
         beta,
         limit,
         layout,
-    } = &ins.op
-    else {
-        return None;
-    };
-    let shape = |i: usize| {
-        ins.inputs
-            .get(i)
-            .copied()
-            .flatten()
-            .and_then(|b| static_shape(&p.buffers[b]))
-    };
-    let (x, w, w_in, w_out) = (shape(0)?, shape(1)?, shape(3)?, shape(4)?);
+    } = ffn;
+    let shape = |b: usize| static_shape(&p.buffers[b]);
+    let (x, w, w_in, w_out) = (
+        shape(o.x)?,
+        shape(o.weights)?,
+        shape(o.w_in)?,
+        shape(o.w_out)?,
+    );
     let dims = layout.dims(&w_in, &w_out)?;
-    let stack_bf16 = |i: usize| {
-        ins.inputs
-            .get(i)
-            .copied()
-            .flatten()
-            .is_some_and(|b| p.buffers[b].dtype == ppmoe_runtime::DType::BF16)
-    };
-    let bf16 = stack_bf16(3) && stack_bf16(4);
+    let stack_bf16 = |b: usize| p.buffers[b].dtype == ppmoe_runtime::DType::BF16;
+    let bf16 = stack_bf16(o.w_in) && stack_bf16(o.w_out);
     // The element type between the kernels and the GEMMs: a load widens it to f32, a store
     // narrows to it (round to nearest even), so the arithmetic stays f32.
     let mid = if bf16 { "bf16" } else { "f32" };
@@ -712,6 +753,81 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     }
 }
 
+/// PPMoE's local_slice -> expert_ffn -> scatter_combine chains that run as one `LocalExperts`
+/// step: (slice, ffn, combine) instruction indices, where the chain's intermediate results
+/// (rows, offsets, slots, expert outputs) are read by nothing else.
+fn local_expert_chains(p: &Program) -> Vec<(usize, usize, usize)> {
+    let readers = |b: usize| -> Vec<usize> {
+        p.instructions
+            .iter()
+            .enumerate()
+            .filter(|(_, ins)| ins.inputs.contains(&Some(b)))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let mut chains = Vec::new();
+    for (i, ins) in p.instructions.iter().enumerate() {
+        let (Op::MoeLocalSlice { .. }, &[rows, offsets, slots]) = (&ins.op, ins.outputs.as_slice())
+        else {
+            continue;
+        };
+        let only = |b: usize| match readers(b).as_slice() {
+            &[r] if !p.outputs.contains(&b) => Some(r),
+            _ => None,
+        };
+        let (Some(ffn), Some(ffn2), Some(combine)) = (only(rows), only(offsets), only(slots))
+        else {
+            continue;
+        };
+        let (f, c) = (&p.instructions[ffn], &p.instructions[combine]);
+        let chained = ffn == ffn2
+            && i < ffn
+            && ffn < combine
+            && matches!(f.op, Op::MoeExpertFfn { .. })
+            && matches!(c.op, Op::MoeScatterCombine { .. })
+            && f.inputs.first() == Some(&Some(rows))
+            && f.inputs.get(1) == Some(&Some(offsets))
+            && c.inputs.get(1) == Some(&Some(slots))
+            && f.outputs.len() == 1
+            && c.inputs.first() == Some(&Some(f.outputs[0]))
+            && only(f.outputs[0]) == Some(combine);
+        if chained {
+            chains.push((i, ffn, combine));
+        }
+    }
+    chains
+}
+
+/// The kernels of one PPMoE chain, with the step that runs it.
+fn local_experts(
+    p: &Program,
+    (slice, ffn, combine): (usize, usize, usize),
+    funcs: &mut String,
+) -> Option<Lowered> {
+    let (s, f, c) = (
+        &p.instructions[slice],
+        &p.instructions[ffn],
+        &p.instructions[combine],
+    );
+    let operand =
+        |ins: &ppmoe_runtime::program::Instruction, k: usize| ins.inputs.get(k).copied().flatten();
+    let o = ExpertsOperands {
+        x: operand(s, 0)?,
+        weights: operand(c, 2)?,
+        w_in: operand(f, 2)?,
+        w_out: operand(f, 3)?,
+    };
+    let prefix = format!("k{combine}_local_experts");
+    let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
+    funcs.push_str(&text);
+    Some(Lowered::LocalExperts {
+        prefix,
+        bf16,
+        slice,
+        ffn,
+    })
+}
+
 /// The kernel that rounds f32 activations to bf16 (to nearest even) for the bf16 GEMMs; the
 /// runtime finds it by this name.
 pub const TO_BF16_KERNEL: &str = ppmoe_runtime::program::TO_BF16_KERNEL;
@@ -731,7 +847,21 @@ pub fn plan_kernels(
     };
     let mut lowered = Vec::with_capacity(p.instructions.len());
     let mut funcs = String::new();
+    // PPMoE's expert work, one step per chain; its first two instructions fused into it.
+    let mut fused: std::collections::HashMap<usize, Lowered> = Default::default();
+    for chain in local_expert_chains(p) {
+        if let Some(step) = local_experts(p, chain, &mut funcs) {
+            let (slice, ffn, combine) = chain;
+            fused.insert(slice, Lowered::Fused { into: combine });
+            fused.insert(ffn, Lowered::Fused { into: combine });
+            fused.insert(combine, step);
+        }
+    }
     for (i, ins) in p.instructions.iter().enumerate() {
+        if let Some(l) = fused.remove(&i) {
+            lowered.push(l);
+            continue;
+        }
         let l = match &ins.op {
             Op::MatMul => Lowered::Gemm,
             op if op.is_communication() => Lowered::Collective,
@@ -748,7 +878,19 @@ pub fn plan_kernels(
             }
             Op::MoeExperts { .. } => {
                 let prefix = format!("k{i}_experts");
-                match experts_kernels(p, i, &prefix) {
+                let operands = |ins: &ppmoe_runtime::program::Instruction| {
+                    let at = |k: usize| ins.inputs.get(k).copied().flatten();
+                    Some(ExpertsOperands {
+                        x: at(0)?,
+                        weights: at(1)?,
+                        w_in: at(3)?,
+                        w_out: at(4)?,
+                    })
+                };
+                let kernels = Ffn::of(&ins.op)
+                    .zip(operands(ins))
+                    .and_then(|(ffn, o)| experts_kernels(p, &ffn, &o, &prefix));
+                match kernels {
                     Some((text, bf16)) => {
                         funcs.push_str(&text);
                         Lowered::Experts { prefix, bf16 }

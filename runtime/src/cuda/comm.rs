@@ -4,6 +4,7 @@
 
 use super::nccl::{nccl, CommHandle, Nccl};
 use crate::distributed::Dist;
+use crate::peer_watch::{self, PeerLinks};
 use crate::program::{Op, Program};
 use std::collections::{BTreeSet, HashMap};
 
@@ -11,7 +12,11 @@ pub struct Comms {
     pub nccl: &'static Nccl,
     pub world: CommHandle,
     pub rank: usize,
+    pub world_size: usize,
     groups: HashMap<Vec<usize>, CommHandle>,
+    /// The rendezvous links, watched: a peer that ends without finishing stops this process.
+    links: Option<PeerLinks>,
+    finished: bool,
 }
 
 /// The groups the collectives of all programs use, larger than one rank, in a fixed order.
@@ -35,13 +40,18 @@ impl Comms {
     /// order, as NCCL requires of a collective call.
     pub fn connect(dist: &Dist, programs: &[Program]) -> Result<Comms, String> {
         let nccl = nccl()?;
-        let id = dist.rendezvous(|| nccl.unique_id())?;
+        let (id, links) = dist.rendezvous(|| nccl.unique_id())?;
+        // Watched from here on: NCCL's own setup waits for every rank too.
+        links.watch(peer_watch::stop_process())?;
         let world = nccl.init_rank(dist.world, id, dist.rank)?;
         let mut comms = Comms {
             nccl,
             world,
             rank: dist.rank,
+            world_size: dist.world,
             groups: HashMap::new(),
+            links: Some(links),
+            finished: false,
         };
         for g in groups_of(programs) {
             // The rank's place in the group is its rank in the new communicator.
@@ -63,14 +73,66 @@ impl Comms {
             )
         })
     }
+
+    /// Every rank's `values` (the same count on each), in rank order, over the world
+    /// communicator: what the ranks of a timed run tell each other. Synchronises `stream`.
+    pub fn gather_world(
+        &self,
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+        values: &[f32],
+    ) -> Result<Vec<f32>, String> {
+        let world = self.world_size;
+        let send = stream.clone_htod(values).map_err(|e| e.to_string())?;
+        let recv = stream
+            .alloc_zeros::<f32>((values.len() * world).max(1))
+            .map_err(|e| e.to_string())?;
+        let raw = stream.cu_stream() as *mut std::ffi::c_void;
+        // SAFETY: `send` holds values.len() floats and `recv` that many per rank, both live
+        // until the copy back below, which waits for the gather.
+        unsafe {
+            self.nccl.all_gather(
+                super::dptr(&send, stream),
+                super::dptr(&recv, stream),
+                values.len(),
+                super::nccl::NCCL_FLOAT32,
+                self.world,
+                raw,
+            )?
+        };
+        let mut all = stream.clone_dtoh(&recv).map_err(|e| e.to_string())?;
+        all.truncate(values.len() * world);
+        Ok(all)
+    }
+
+    /// This rank's part is done    /// This rank's part is done (its stream synchronised): the peers are told, and the
+    /// communicators are destroyed in order rather than aborted.
+    pub fn finish(&mut self) {
+        if let Some(l) = &self.links {
+            l.finish();
+        }
+        self.finished = true;
+    }
 }
 
 impl Drop for Comms {
     fn drop(&mut self) {
-        // SAFETY: these communicators were made by `Comms::new`, each is destroyed once, here.
+        // Unfinished (this rank failed): the links close first, so that the peers stop now,
+        // then the communicators are aborted, since destroying them would wait for work that
+        // the peers will never do.
+        drop(self.links.take());
+        let end = |c| {
+            // SAFETY: these communicators were made by `Comms::connect`, each ended once, here.
+            unsafe {
+                if self.finished {
+                    self.nccl.destroy(c)
+                } else {
+                    self.nccl.abort(c)
+                }
+            }
+        };
         for (_, c) in self.groups.drain() {
-            unsafe { self.nccl.destroy(c) };
+            end(c);
         }
-        unsafe { self.nccl.destroy(self.world) };
+        end(self.world);
     }
 }

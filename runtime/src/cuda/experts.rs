@@ -7,7 +7,7 @@
 use super::blas::{self, Elem, Grouped};
 use super::Rank;
 use crate::error::RuntimeError;
-use crate::program::{ExpertLayout, Op};
+use crate::program::{ExpertLayout, Op, Program};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// The per-expert blocks of one projection: rows of `src` grouped by expert (in `by_expert`
@@ -47,10 +47,36 @@ fn launch_cfg(threads: usize) -> LaunchConfig {
     }
 }
 
+/// One grouped-experts step: its operands, and which experts of the ids are this rank's.
+struct ExpertsCall {
+    x: usize,
+    weights: usize,
+    ids: usize,
+    w_in: usize,
+    w_out: usize,
+    b_in: Option<usize>,
+    b_out: Option<usize>,
+    layout: ExpertLayout,
+    /// PPMoE: the first of this rank's experts; slots routed elsewhere are left out (the
+    /// all-reduce after adds them). None: every id must be one of the stack's experts.
+    first_local: Option<usize>,
+    out: usize,
+}
+
+/// An error of instruction `i` of `program`.
+fn fail_at(program: &Program, i: usize, reason: String) -> RuntimeError {
+    let ins = &program.instructions[i];
+    RuntimeError::Execute {
+        rank: program.rank,
+        index: i,
+        op: ins.op.name(),
+        origin: ins.origin.clone(),
+        reason,
+    }
+}
+
 impl Rank<'_> {
-    /// With `bf16` (both stacks bf16, the kernels generated so), the grouped rows, hidden
-    /// activations and expert outputs are bf16: the GEMMs read and write bf16 (fp32
-    /// accumulation), which also lets cuBLAS take each projection as one grouped GEMM.
+    /// `moe.experts` (see `GpuOp::Experts`).
     pub(super) fn experts(
         &mut self,
         i: usize,
@@ -58,24 +84,86 @@ impl Rank<'_> {
         bf16: bool,
     ) -> Result<(), RuntimeError> {
         let ins = &self.program.instructions[i];
-        let fail = |reason: String| RuntimeError::Execute {
-            rank: self.program.rank,
-            index: i,
-            op: ins.op.name(),
-            origin: ins.origin.clone(),
-            reason,
-        };
+        let program = self.program;
+        let fail = |reason: String| fail_at(program, i, reason);
         let Op::MoeExperts { layout, .. } = ins.op else {
             return Err(fail("not moe.experts".into()));
         };
         let arg = |k: usize| ins.inputs.get(k).copied().flatten();
         let need = |k: usize| arg(k).ok_or_else(|| fail(format!("operand {k} is missing")));
-        let (x, w, ids, w_in, w_out) = (need(0)?, need(1)?, need(2)?, need(3)?, need(4)?);
-        let (b_in, b_out) = (arg(5), arg(6));
+        let call = ExpertsCall {
+            x: need(0)?,
+            weights: need(1)?,
+            ids: need(2)?,
+            w_in: need(3)?,
+            w_out: need(4)?,
+            b_in: arg(5),
+            b_out: arg(6),
+            layout,
+            first_local: None,
+            out: ins.outputs[0],
+        };
+        self.run_experts(i, &call, prefix, bf16)
+    }
+
+    /// PPMoE's local_slice, expert_ffn and scatter_combine as one step (see
+    /// `GpuOp::LocalExperts`), run at the scatter_combine `i`.
+    pub(super) fn local_experts(
+        &mut self,
+        i: usize,
+        prefix: &str,
+        bf16: bool,
+        (slice, ffn): (usize, usize),
+    ) -> Result<(), RuntimeError> {
+        let program = self.program;
+        let fail = |reason: String| fail_at(program, i, reason);
+        let ins = |j: usize| &self.program.instructions[j];
+        let (s, f, c) = (ins(slice), ins(ffn), ins(i));
+        let (Op::MoeLocalSlice { first_expert, .. }, Op::MoeExpertFfn { layout, .. }) =
+            (&s.op, &f.op)
+        else {
+            return Err(fail(format!(
+                "instructions {slice} and {ffn} are not a local_slice and an expert_ffn"
+            )));
+        };
+        let arg =
+            |ins: &crate::program::Instruction, k: usize| ins.inputs.get(k).copied().flatten();
+        let need = |ins: &crate::program::Instruction, k: usize| {
+            arg(ins, k).ok_or_else(|| fail(format!("operand {k} of {} is missing", ins.op.name())))
+        };
+        let call = ExpertsCall {
+            x: need(s, 0)?,
+            ids: need(s, 1)?,
+            weights: need(c, 2)?,
+            w_in: need(f, 2)?,
+            w_out: need(f, 3)?,
+            b_in: arg(f, 4),
+            b_out: arg(f, 5),
+            layout: *layout,
+            first_local: Some(*first_expert),
+            out: c.outputs[0],
+        };
+        self.run_experts(i, &call, prefix, bf16)
+    }
+
+    /// With `bf16` (both stacks bf16, the kernels generated so), the grouped rows, hidden
+    /// activations and expert outputs are bf16: the GEMMs read and write bf16 (fp32
+    /// accumulation), which also lets cuBLAS take each projection as one grouped GEMM.
+    fn run_experts(
+        &mut self,
+        i: usize,
+        call: &ExpertsCall,
+        prefix: &str,
+        bf16: bool,
+    ) -> Result<(), RuntimeError> {
+        let program = self.program;
+        let fail = |reason: String| fail_at(program, i, reason);
+        let (x, w, ids, w_in, w_out) = (call.x, call.weights, call.ids, call.w_in, call.w_out);
+        let (b_in, b_out, layout) = (call.b_in, call.b_out, call.layout);
         let (xs, wis, wos) = (self.shape(x), self.shape(w_in), self.shape(w_out));
         let (&[t, h], Some(dims)) = (xs.as_slice(), layout.dims(&wis, &wos)) else {
             return Err(fail(format!(
-                "moe.experts shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], {}",
+                "expert shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], {}",
                 layout.describe()
             )));
         };
@@ -85,13 +173,22 @@ impl Rank<'_> {
         let experts = self.host(ids)?.to_i64();
         let k = weights.len() / t.max(1);
         // Slots grouped by expert: the rows of the grouped matrix.
+        // PPMoE: ids are global, the stack holds experts first..first + e; the rest are
+        // other ranks' slots.
+        let first = call.first_local.unwrap_or(0) as i64;
         let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
+        let mut eid = vec![0i32; experts.len()];
         for (s, (&wt, &ex)) in weights.iter().zip(&experts).enumerate() {
-            if ex < 0 || ex as usize >= e {
-                return Err(fail(format!("expert id {ex} out of range for {e} experts")));
+            let local = ex - first;
+            if local < 0 || local as usize >= e {
+                if call.first_local.is_none() {
+                    return Err(fail(format!("expert id {ex} out of range for {e} experts")));
+                }
+                continue;
             }
+            eid[s] = local as i32;
             if wt != 0.0 {
-                by_expert[ex as usize].push(s);
+                by_expert[local as usize].push(s);
             }
         }
         let rows: usize = by_expert.iter().map(Vec::len).sum();
@@ -105,7 +202,6 @@ impl Rank<'_> {
                 rexp.push(ex as i32);
             }
         }
-        let eid: Vec<i32> = experts.iter().map(|&v| v as i32).collect();
         let stream = self.stream.clone();
         let dev = |v: &[i32]| {
             stream
@@ -250,7 +346,7 @@ impl Rank<'_> {
         l.arg(&has_bias);
         // SAFETY: as above (T, k, H baked into the kernel; the buffers are those sizes).
         unsafe { l.launch(launch_cfg(t * h)) }.map_err(|e| fail(e.to_string()))?;
-        self.put_dev(ins.outputs[0], y, vec![t, h]);
+        self.put_dev(call.out, y, vec![t, h]);
         Ok(())
     }
 }

@@ -225,7 +225,7 @@ impl Rank<'_> {
         // A manifest is data: an instruction without the results its op makes is an error.
         let wanted = match how {
             GpuOp::Route { .. } => 2,
-            GpuOp::Collective | GpuOp::Host => 0,
+            GpuOp::Collective | GpuOp::Host | GpuOp::Fused { .. } => 0,
             _ => 1,
         };
         if ins.outputs.len() < wanted {
@@ -430,6 +430,17 @@ impl Rank<'_> {
                 let prefix = prefix.clone();
                 self.experts(i, &prefix, *bf16)?;
             }
+            GpuOp::LocalExperts {
+                prefix,
+                bf16,
+                slice,
+                ffn,
+            } => {
+                let prefix = prefix.clone();
+                self.local_experts(i, &prefix, *bf16, (*slice, *ffn))?;
+            }
+            // Its step, later, reads its operands itself.
+            GpuOp::Fused { .. } => {}
             GpuOp::Collective => self.collective(i)?,
             GpuOp::Host => {
                 let args: Vec<Option<Tensor>> = ins
@@ -471,8 +482,11 @@ enum Feed<'f> {
 
 /// Times of repeated forwards of a bundle's rank (CUDA events on its stream, after warm-up).
 pub struct Timing {
-    /// Each timed forward, inputs in to outputs out, in ms.
+    /// Each timed forward, inputs in to outputs out, in ms: on a multi-rank run, the slowest
+    /// rank's time of that forward (the ranks wait for each other before each).
     pub forward_ms: Vec<f64>,
+    /// Multi-rank: each rank's own time of each forward, by rank.
+    pub rank_ms: Vec<Vec<f64>>,
     /// With `profile`: per instruction, its time in each timed forward (ms).
     pub instruction_ms: Vec<Vec<f64>>,
 }
@@ -497,6 +511,7 @@ pub fn bench_bundle(
         let n = rank.program.instructions.len();
         let mut timing = Timing {
             forward_ms: Vec::with_capacity(iters),
+            rank_ms: Vec::new(),
             instruction_ms: if profile {
                 vec![Vec::new(); n]
             } else {
@@ -509,6 +524,10 @@ pub fn bench_bundle(
         };
         for _ in 0..iters {
             let mut per = profile.then(|| vec![0.0; n]);
+            // Every rank starts each forward together: a barrier, waited for on the host.
+            if let Some(c) = rank.comms {
+                c.gather_world(&rank.stream, &[0.0]).map_err(backend_err)?;
+            }
             let start = event(&rank.stream)?;
             rank.forward(m, &feed, per.as_mut())?;
             let end = event(&rank.stream)?;
@@ -524,6 +543,17 @@ pub fn bench_bundle(
             {
                 acc.push(t);
             }
+        }
+        if let Some(c) = rank.comms {
+            let mine: Vec<f32> = timing.forward_ms.iter().map(|&v| v as f32).collect();
+            let all = c.gather_world(&rank.stream, &mine).map_err(backend_err)?;
+            timing.rank_ms = all
+                .chunks(iters.max(1))
+                .map(|r| r.iter().map(|&v| v as f64).collect())
+                .collect();
+            timing.forward_ms = (0..iters)
+                .map(|i| timing.rank_ms.iter().map(|r| r[i]).fold(0.0, f64::max))
+                .collect();
         }
         Ok(timing)
     })
@@ -566,7 +596,7 @@ fn with_rank<R>(
     }
     let ctx =
         CudaContext::new(gpu).map_err(|e| backend_err(format!("cannot open GPU {gpu}: {e}")))?;
-    let comms = match dist {
+    let mut comms = match dist {
         Some(d) => Some(
             comm::Comms::connect(d, &m.programs)
                 .map_err(|e| backend_err(format!("rank {rank}: {e}")))?,
@@ -617,8 +647,17 @@ fn with_rank<R>(
             }
         }
     }
-    let result = body(&mut rank, m);
+    // Done only when the device is: a rank with no outputs may still have sends in flight.
+    let result = body(&mut rank, m).and_then(|r| {
+        stream
+            .synchronize()
+            .map(|_| r)
+            .map_err(|e| backend_err(e.to_string()))
+    });
     drop(rank);
+    if let (Ok(_), Some(c)) = (&result, comms.as_mut()) {
+        c.finish();
+    }
     drop(comms);
     result
 }
@@ -758,6 +797,11 @@ fn gemm_weight_operands(program: &Program) -> std::collections::HashSet<usize> {
             GpuOp::Experts { .. } => &[3, 4],
             _ => &[],
         };
+        // PPMoE's expert stacks are operands of the expert_ffn fused into its step.
+        let picks = match (how, &ins.op) {
+            (GpuOp::Fused { .. }, crate::program::Op::MoeExpertFfn { .. }) => &[2, 3],
+            _ => picks,
+        };
         set.extend(
             picks
                 .iter()
@@ -787,10 +831,12 @@ fn load_kernels(
         .map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
     let names = program.gpu.iter().flat_map(|op| match op {
         GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
-        GpuOp::Experts { prefix, .. } => ["gather", "act", "combine"]
-            .iter()
-            .map(|s| format!("{prefix}_{s}"))
-            .collect(),
+        GpuOp::Experts { prefix, .. } | GpuOp::LocalExperts { prefix, .. } => {
+            ["gather", "act", "combine"]
+                .iter()
+                .map(|s| format!("{prefix}_{s}"))
+                .collect()
+        }
         _ => vec![],
     });
     for name in names {

@@ -37,6 +37,7 @@ pub struct Nccl {
     comm_split:
         unsafe extern "C" fn(CommHandle, c_int, c_int, *mut CommHandle, *mut c_void) -> Result_,
     comm_destroy: unsafe extern "C" fn(CommHandle) -> Result_,
+    comm_abort: unsafe extern "C" fn(CommHandle) -> Result_,
     get_error_string: unsafe extern "C" fn(Result_) -> *const c_char,
     get_version: unsafe extern "C" fn(*mut c_int) -> Result_,
     all_reduce: unsafe extern "C" fn(
@@ -114,6 +115,7 @@ fn load() -> Result<Nccl, String> {
         comm_init_rank: sym!("ncclCommInitRank"),
         comm_split: sym!("ncclCommSplit"),
         comm_destroy: sym!("ncclCommDestroy"),
+        comm_abort: sym!("ncclCommAbort"),
         get_error_string: sym!("ncclGetErrorString"),
         get_version: sym!("ncclGetVersion"),
         all_reduce: sym!("ncclAllReduce"),
@@ -203,6 +205,16 @@ impl Nccl {
     pub unsafe fn destroy(&self, comm: CommHandle) {
         // SAFETY: each handle is destroyed once, by its owner.
         let _ = unsafe { (self.comm_destroy)(comm) };
+    }
+
+    /// Ends a communicator without waiting for its outstanding work (which a failed or lost
+    /// peer may never complete): the path out of a failed run, where `destroy` could wait.
+    ///
+    /// # Safety
+    /// As `destroy`.
+    pub unsafe fn abort(&self, comm: CommHandle) {
+        // SAFETY: each handle is ended once, by its owner.
+        let _ = unsafe { (self.comm_abort)(comm) };
     }
 
     /// Sums `count` elements of `dtype` over the communicator, `send` into `recv` (device pointers).
