@@ -556,6 +556,7 @@ impl Program {
                 GpuOp::Fused { into } => {
                     let names_back = match self.gpu.get(*into) {
                         Some(GpuOp::LocalExperts { slice, ffn, .. }) => *slice == i || *ffn == i,
+                        Some(GpuOp::AllToAllExperts { members, .. }) => members.contains(&i),
                         _ => false,
                     };
                     if *into <= i || !names_back {
@@ -574,6 +575,35 @@ impl Program {
                         && self.gpu.get(*ffn) == Some(&GpuOp::Fused { into: i });
                     if !ok {
                         return Err(at(format!("local experts of slice {slice} and ffn {ffn}: expected a local_slice, then an expert_ffn, both fused into this scatter_combine")));
+                    }
+                }
+                GpuOp::AllToAllExperts {
+                    dispatch,
+                    exchange,
+                    ffn,
+                    slices,
+                    members,
+                    ..
+                } => {
+                    let all_fused = members
+                        .iter()
+                        .all(|&m| m < i && self.gpu.get(m) == Some(&GpuOp::Fused { into: i }));
+                    let ok = all_fused
+                        && [dispatch, exchange, ffn]
+                            .iter()
+                            .all(|m| members.contains(m))
+                        && slices.iter().all(|s| members.contains(s))
+                        && matches!(op_at(*dispatch), Some(Op::MoeDispatch { .. }))
+                        && matches!(op_at(*exchange), Some(Op::AllToAll { .. }))
+                        && matches!(op_at(*ffn), Some(Op::MoeExpertFfn { .. }))
+                        && matches!(op_at(i), Some(Op::MoeCombine { .. }))
+                        && (slices.is_empty()
+                            || (slices.len() == 3
+                                && slices
+                                    .iter()
+                                    .all(|&s| matches!(op_at(s), Some(Op::TokenSlice { .. })))));
+                    if !ok {
+                        return Err(at(format!("all-to-all experts of dispatch {dispatch}, exchange {exchange}, ffn {ffn}, slices {slices:?}, members {members:?}: expected those ops, each an earlier instruction fused into this combine")));
                     }
                 }
                 _ => {}
@@ -615,6 +645,22 @@ pub enum GpuOp {
         bf16: bool,
         slice: usize,
         ffn: usize,
+    },
+    /// All-to-all expert parallelism's token slices, dispatch, all_to_all, expert_ffn,
+    /// all_to_all and combine as one step on this (the combine) instruction, with the kernels
+    /// of `Experts`: the routed rows are grouped by destination rank and expert on the host, the
+    /// counts exchanged over the group, and only those rows sent (one ragged exchange each way,
+    /// NCCL sends and receives in a group); grouped GEMMs over the received blocks; the rows
+    /// back and summed per token. `members` are the instructions fused into it; `slices` the
+    /// token slices of tokens, weights and ids among them (empty: it reads the slices).
+    AllToAllExperts {
+        prefix: String,
+        bf16: bool,
+        dispatch: usize,
+        exchange: usize,
+        ffn: usize,
+        slices: Vec<usize>,
+        members: Vec<usize>,
     },
     /// Done by a later instruction's step (`into`): nothing runs here, and no result of this
     /// instruction is made (only that step reads them).

@@ -131,3 +131,52 @@ fn ppmoe_experts_run_on_the_gpu_at_tp_2() {
         );
     }
 }
+
+#[test]
+fn alltoall_experts_run_on_the_gpu_at_tp_2_sending_only_routed_rows() {
+    let k = inspect(&[
+        "--tp",
+        "2",
+        "--moe-strategy",
+        "alltoall",
+        "--emit",
+        "kernels",
+    ]);
+    let k0 = rank0(&k);
+    // Per MoE layer one step; the token slices, dispatch, both all_to_alls, the reshapes
+    // between them and the expert FFN fused into it (the rows travel inside the step).
+    assert_eq!(
+        k0.matches("\"kernels.moe_alltoall_experts\"").count(),
+        2,
+        "{k0}"
+    );
+    assert_eq!(
+        k0.matches("exchange = \"nccl ragged send/recv\"").count(),
+        2
+    );
+    for (op, per_layer) in [
+        ("token_slice", 3),
+        ("dispatch", 1),
+        ("all_to_all", 2),
+        ("expert_ffn", 1),
+    ] {
+        let fused = k0
+            .lines()
+            .filter(|l| l.contains("\"kernels.fused\"") && l.contains(&format!("op = \"{op}\"")))
+            .count();
+        assert_eq!(fused, 2 * per_layer, "{op}");
+    }
+    // No all_to_all is left to NCCL as a dense collective; the all-gather of tokens stays.
+    let nccl: Vec<&str> = k0
+        .lines()
+        .filter(|l| l.contains("\"kernels.nccl\""))
+        .collect();
+    assert!(nccl.iter().all(|l| !l.contains("all_to_all")), "{nccl:?}");
+    assert!(nccl.iter().any(|l| l.contains("all_gather")), "{nccl:?}");
+    let host: Vec<&str> = k0
+        .lines()
+        .filter(|l| l.contains("\"kernels.host\""))
+        .collect();
+    assert_eq!(host.len(), 1, "{host:?}");
+    assert!(host[0].contains("op = \"gather\""), "{host:?}");
+}

@@ -22,7 +22,7 @@ pub struct KernelPlan {
     pub module: String,
 }
 
-fn static_shape(b: &Buffer) -> Option<Vec<usize>> {
+pub(super) fn static_shape(b: &Buffer) -> Option<Vec<usize>> {
     b.shape.iter().copied().collect()
 }
 
@@ -186,7 +186,7 @@ fn activation_expr(b: &mut String, a: ppmoe_runtime::program::Activation, x: &st
 }
 
 /// A kernel over `n` threads whose sizes come at launch (`memref<?x..>` and index operands).
-fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
+pub(super) fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
     let args: Vec<String> = params.iter().map(|p| p.to_string()).collect();
     format!(
         "    gpu.func @{name}({}) kernel {{\n      %bid = gpu.block_id x\n      %bdim = gpu.block_dim x\n      %tid = gpu.thread_id x\n      %i0 = arith.muli %bid, %bdim : index\n      %i = arith.addi %i0, %tid : index\n{n}      %in = arith.cmpi ult, %i, %n : index\n      scf.if %in {{\n{body}      }}\n      gpu.return\n    }}\n",
@@ -196,7 +196,7 @@ fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
 
 /// The experts' FFN as the kernels need it: from `moe.experts`, or from PPMoE's
 /// `moe.expert_ffn`.
-struct Ffn {
+pub(super) struct Ffn {
     activation: ppmoe_runtime::program::Activation,
     alpha: f32,
     beta: f32,
@@ -205,7 +205,7 @@ struct Ffn {
 }
 
 impl Ffn {
-    fn of(op: &Op) -> Option<Ffn> {
+    pub(super) fn of(op: &Op) -> Option<Ffn> {
         match *op {
             Op::MoeExperts {
                 activation,
@@ -234,16 +234,16 @@ impl Ffn {
 
 /// The buffers the experts kernels are specialised to: tokens x [T,H], routing weights [T,k],
 /// the two expert stacks.
-struct ExpertsOperands {
-    x: usize,
-    weights: usize,
-    w_in: usize,
-    w_out: usize,
+pub(super) struct ExpertsOperands {
+    pub x: usize,
+    pub weights: usize,
+    pub w_in: usize,
+    pub w_out: usize,
 }
 
 /// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
 /// rows, hidden activations and expert outputs between them are bf16 (both stacks bf16).
-fn experts_kernels(
+pub(super) fn experts_kernels(
     p: &Program,
     ffn: &Ffn,
     o: &ExpertsOperands,
@@ -753,81 +753,6 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     }
 }
 
-/// PPMoE's local_slice -> expert_ffn -> scatter_combine chains that run as one `LocalExperts`
-/// step: (slice, ffn, combine) instruction indices, where the chain's intermediate results
-/// (rows, offsets, slots, expert outputs) are read by nothing else.
-fn local_expert_chains(p: &Program) -> Vec<(usize, usize, usize)> {
-    let readers = |b: usize| -> Vec<usize> {
-        p.instructions
-            .iter()
-            .enumerate()
-            .filter(|(_, ins)| ins.inputs.contains(&Some(b)))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let mut chains = Vec::new();
-    for (i, ins) in p.instructions.iter().enumerate() {
-        let (Op::MoeLocalSlice { .. }, &[rows, offsets, slots]) = (&ins.op, ins.outputs.as_slice())
-        else {
-            continue;
-        };
-        let only = |b: usize| match readers(b).as_slice() {
-            &[r] if !p.outputs.contains(&b) => Some(r),
-            _ => None,
-        };
-        let (Some(ffn), Some(ffn2), Some(combine)) = (only(rows), only(offsets), only(slots))
-        else {
-            continue;
-        };
-        let (f, c) = (&p.instructions[ffn], &p.instructions[combine]);
-        let chained = ffn == ffn2
-            && i < ffn
-            && ffn < combine
-            && matches!(f.op, Op::MoeExpertFfn { .. })
-            && matches!(c.op, Op::MoeScatterCombine { .. })
-            && f.inputs.first() == Some(&Some(rows))
-            && f.inputs.get(1) == Some(&Some(offsets))
-            && c.inputs.get(1) == Some(&Some(slots))
-            && f.outputs.len() == 1
-            && c.inputs.first() == Some(&Some(f.outputs[0]))
-            && only(f.outputs[0]) == Some(combine);
-        if chained {
-            chains.push((i, ffn, combine));
-        }
-    }
-    chains
-}
-
-/// The kernels of one PPMoE chain, with the step that runs it.
-fn local_experts(
-    p: &Program,
-    (slice, ffn, combine): (usize, usize, usize),
-    funcs: &mut String,
-) -> Option<Lowered> {
-    let (s, f, c) = (
-        &p.instructions[slice],
-        &p.instructions[ffn],
-        &p.instructions[combine],
-    );
-    let operand =
-        |ins: &ppmoe_runtime::program::Instruction, k: usize| ins.inputs.get(k).copied().flatten();
-    let o = ExpertsOperands {
-        x: operand(s, 0)?,
-        weights: operand(c, 2)?,
-        w_in: operand(f, 2)?,
-        w_out: operand(f, 3)?,
-    };
-    let prefix = format!("k{combine}_local_experts");
-    let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
-    funcs.push_str(&text);
-    Some(Lowered::LocalExperts {
-        prefix,
-        bf16,
-        slice,
-        ffn,
-    })
-}
-
 /// The kernel that rounds f32 activations to bf16 (to nearest even) for the bf16 GEMMs; the
 /// runtime finds it by this name.
 pub const TO_BF16_KERNEL: &str = ppmoe_runtime::program::TO_BF16_KERNEL;
@@ -848,15 +773,7 @@ pub fn plan_kernels(
     let mut lowered = Vec::with_capacity(p.instructions.len());
     let mut funcs = String::new();
     // PPMoE's expert work, one step per chain; its first two instructions fused into it.
-    let mut fused: std::collections::HashMap<usize, Lowered> = Default::default();
-    for chain in local_expert_chains(p) {
-        if let Some(step) = local_experts(p, chain, &mut funcs) {
-            let (slice, ffn, combine) = chain;
-            fused.insert(slice, Lowered::Fused { into: combine });
-            fused.insert(ffn, Lowered::Fused { into: combine });
-            fused.insert(combine, step);
-        }
-    }
+    let mut fused = super::expert_steps::plan(p, &mut funcs);
     for (i, ins) in p.instructions.iter().enumerate() {
         if let Some(l) = fused.remove(&i) {
             lowered.push(l);

@@ -81,7 +81,18 @@ impl Comms {
         stream: &std::sync::Arc<cudarc::driver::CudaStream>,
         values: &[f32],
     ) -> Result<Vec<f32>, String> {
-        let world = self.world_size;
+        self.gather(stream, self.world, self.world_size, values)
+    }
+
+    /// As `gather_world`, over the communicator `comm` of `size` ranks.
+    pub fn gather(
+        &self,
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+        comm: CommHandle,
+        size: usize,
+        values: &[f32],
+    ) -> Result<Vec<f32>, String> {
+        let world = size;
         let send = stream.clone_htod(values).map_err(|e| e.to_string())?;
         let recv = stream
             .alloc_zeros::<f32>((values.len() * world).max(1))
@@ -95,7 +106,7 @@ impl Comms {
                 super::dptr(&recv, stream),
                 values.len(),
                 super::nccl::NCCL_FLOAT32,
-                self.world,
+                comm,
                 raw,
             )?
         };

@@ -7,14 +7,15 @@
 use super::blas::{self, Elem, Grouped};
 use super::Rank;
 use crate::error::RuntimeError;
-use crate::program::{ExpertLayout, Op, Program};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use crate::program::{ExpertDims, ExpertLayout, Op, Program};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 
-/// The per-expert blocks of one projection: rows of `src` grouped by expert (in `by_expert`
-/// order) times that expert's matrix of the stack `w` ([E, din, dout]), into `dst` (of
+/// The per-expert blocks of one projection: `blocks` (expert, rows) of `src`, laid one after
+/// another, times that expert's matrix of the stack `w` ([E, din, dout]), into `dst` (of
 /// `dst_elem`).
 fn expert_groups(
-    by_expert: &[Vec<usize>],
+    blocks: &[(usize, usize)],
     src: u64,
     w: u64,
     dst: u64,
@@ -24,8 +25,7 @@ fn expert_groups(
 ) -> Vec<(u64, u64, u64, usize)> {
     let mut groups = Vec::new();
     let mut off = 0usize;
-    for (ex, slots) in by_expert.iter().enumerate() {
-        let r = slots.len();
+    for &(ex, r) in blocks {
         if r > 0 {
             groups.push((
                 src + (off * din) as u64 * elem.bytes(),
@@ -39,6 +39,163 @@ fn expert_groups(
     groups
 }
 
+/// The kernels of one step.
+pub(super) struct ExpertKernels {
+    gather: CudaFunction,
+    act: CudaFunction,
+    combine: CudaFunction,
+    bias_out: Option<CudaFunction>,
+}
+
+/// The expert FFN's operands on the device.
+pub(super) struct FfnOperands {
+    w_in: (u64, Elem),
+    w_out: (u64, Elem),
+    b_in: Option<CudaSlice<f32>>,
+    b_out: Option<CudaSlice<f32>>,
+    /// The output bias goes on the expert rows (before they travel back), not in the combine.
+    bias_on_rows: bool,
+    /// The hidden width, the first projection's width (F, or 2F gated) and the FFN width.
+    h: usize,
+    n: usize,
+    f: usize,
+    w_transposed: bool,
+    /// The element type of rows, hidden activations and outputs between kernels and GEMMs.
+    pub mid: Elem,
+}
+
+/// Where each slot's row sits: `perm` (row -> token), `pos` (slot -> row, -1 for none), and the
+/// rows' blocks (expert, rows), from slots grouped by expert.
+pub(super) struct RowOrder {
+    pub perm: Vec<i32>,
+    pub pos: Vec<i32>,
+    pub blocks: Vec<(usize, usize)>,
+}
+
+impl RowOrder {
+    /// `groups[e]`: the slots (t * k + j, local to `slots` slots) of expert e, in order; a
+    /// token's row is `token_offset + t`.
+    pub(super) fn of(
+        groups: &[Vec<usize>],
+        slots: usize,
+        k: usize,
+        token_offset: usize,
+    ) -> RowOrder {
+        let mut o = RowOrder {
+            perm: Vec::new(),
+            pos: vec![-1; slots],
+            blocks: Vec::with_capacity(groups.len()),
+        };
+        for (ex, g) in groups.iter().enumerate() {
+            for &s in g {
+                o.pos[s] = o.perm.len() as i32;
+                o.perm.push((token_offset + s / k) as i32);
+            }
+            o.blocks.push((ex, g.len()));
+        }
+        o
+    }
+}
+
+/// `v` on the device (one element for an empty `v`: a kernel argument must point somewhere).
+pub(super) fn upload(stream: &Arc<CudaStream>, v: &[i32]) -> Result<CudaSlice<i32>, String> {
+    stream
+        .clone_htod(if v.is_empty() { &[0][..] } else { v })
+        .map_err(|e| e.to_string())
+}
+
+/// Uninitialised device memory for `len` elements of `elem`, in f32 slots (bf16: two to a
+/// slot). Not zeroed: every buffer between the kernels and GEMMs is written whole before it
+/// is read (the gather and activation kernels cover every row, the GEMMs every block, the
+/// combine every token), and zeroing the hidden activations alone would cost rows x N x 4
+/// bytes per layer.
+pub(super) fn alloc(
+    stream: &Arc<CudaStream>,
+    len: usize,
+    elem: Elem,
+) -> Result<CudaSlice<f32>, String> {
+    let slots = (len * elem.bytes() as usize).div_ceil(4);
+    // SAFETY: uninitialised device memory, written whole before any read (above).
+    unsafe { stream.alloc::<f32>(slots.max(1)) }.map_err(|e| e.to_string())
+}
+
+/// Rows `perm` of x ([T, H] f32) into a new [rows, H] of `mid`.
+pub(super) fn gather_rows(
+    stream: &Arc<CudaStream>,
+    kernels: &ExpertKernels,
+    x: &CudaSlice<f32>,
+    perm: &CudaSlice<i32>,
+    rows: usize,
+    h: usize,
+    mid: Elem,
+) -> Result<CudaSlice<f32>, String> {
+    let out = alloc(stream, rows * h, mid)?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    let (zero, one, rows_i) = (0i64, 1i64, rows as i64);
+    let (lx, lp, lo) = (x.len().max(1) as i64, rows as i64, (rows * h) as i64);
+    let mut l = stream.launch_builder(&kernels.gather);
+    l.arg(x).arg(x).arg(&zero).arg(&lx).arg(&one);
+    l.arg(perm).arg(perm).arg(&zero).arg(&lp).arg(&one);
+    l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
+    l.arg(&rows_i);
+    // SAFETY: H baked into the kernel; perm's entries are rows of x; out holds rows x H.
+    unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// What the combine reads besides the expert rows.
+pub(super) struct Combine<'a> {
+    pub pos: &'a CudaSlice<i32>,
+    pub weights: &'a CudaSlice<f32>,
+    pub eid: &'a CudaSlice<i32>,
+    /// The output bias, added per slot here (none when it went on the rows).
+    pub b_out: Option<&'a CudaSlice<f32>>,
+    pub tokens: usize,
+    pub k: usize,
+    pub h: usize,
+}
+
+/// y [T, H] f32: per token, the sum over its k slots of weight x (row + output bias).
+pub(super) fn combine_rows(
+    stream: &Arc<CudaStream>,
+    kernels: &ExpertKernels,
+    out: &CudaSlice<f32>,
+    rows: usize,
+    c: &Combine,
+) -> Result<CudaSlice<f32>, String> {
+    let y = alloc(stream, c.tokens * c.h, Elem::F32)?;
+    let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| e.to_string())?;
+    let (bout, has_bias) = match c.b_out {
+        Some(b) => (b, 1i64),
+        None => (&dummy, 0i64),
+    };
+    let len = |v: usize| v.max(1) as i64;
+    let (zero, one) = (0i64, 1i64);
+    let (lo, ls, lb, ly) = (
+        len(rows * c.h),
+        len(c.tokens * c.k),
+        len(bout.len()),
+        len(c.tokens * c.h),
+    );
+    let mut l = stream.launch_builder(&kernels.combine);
+    l.arg(out).arg(out).arg(&zero).arg(&lo).arg(&one);
+    l.arg(c.pos).arg(c.pos).arg(&zero).arg(&ls).arg(&one);
+    l.arg(c.weights)
+        .arg(c.weights)
+        .arg(&zero)
+        .arg(&ls)
+        .arg(&one);
+    l.arg(c.eid).arg(c.eid).arg(&zero).arg(&ls).arg(&one);
+    l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
+    l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
+    l.arg(&has_bias);
+    // SAFETY: T, k, H baked into the kernel; the buffers are those sizes.
+    unsafe { l.launch(launch_cfg(c.tokens * c.h)) }.map_err(|e| e.to_string())?;
+    Ok(y)
+}
+
 fn launch_cfg(threads: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
@@ -48,23 +205,23 @@ fn launch_cfg(threads: usize) -> LaunchConfig {
 }
 
 /// One grouped-experts step: its operands, and which experts of the ids are this rank's.
-struct ExpertsCall {
-    x: usize,
-    weights: usize,
-    ids: usize,
-    w_in: usize,
-    w_out: usize,
-    b_in: Option<usize>,
-    b_out: Option<usize>,
-    layout: ExpertLayout,
+pub(super) struct ExpertsCall {
+    pub(super) x: usize,
+    pub(super) weights: usize,
+    pub(super) ids: usize,
+    pub(super) w_in: usize,
+    pub(super) w_out: usize,
+    pub(super) b_in: Option<usize>,
+    pub(super) b_out: Option<usize>,
+    pub(super) layout: ExpertLayout,
     /// PPMoE: the first of this rank's experts; slots routed elsewhere are left out (the
     /// all-reduce after adds them). None: every id must be one of the stack's experts.
-    first_local: Option<usize>,
-    out: usize,
+    pub(super) first_local: Option<usize>,
+    pub(super) out: usize,
 }
 
 /// An error of instruction `i` of `program`.
-fn fail_at(program: &Program, i: usize, reason: String) -> RuntimeError {
+pub(super) fn fail_at(program: &Program, i: usize, reason: String) -> RuntimeError {
     let ins = &program.instructions[i];
     RuntimeError::Execute {
         rank: program.rank,
@@ -158,23 +315,15 @@ impl Rank<'_> {
     ) -> Result<(), RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
-        let (x, w, ids, w_in, w_out) = (call.x, call.weights, call.ids, call.w_in, call.w_out);
-        let (b_in, b_out, layout) = (call.b_in, call.b_out, call.layout);
-        let (xs, wis, wos) = (self.shape(x), self.shape(w_in), self.shape(w_out));
-        let (&[t, h], Some(dims)) = (xs.as_slice(), layout.dims(&wis, &wos)) else {
-            return Err(fail(format!(
-                "expert shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], {}",
-                layout.describe()
-            )));
-        };
-        let (e, n, f) = (dims.experts, dims.n, dims.ffn);
-        let w_transposed = layout == ExpertLayout::Linear;
-        let weights = self.host(w)?.to_f32();
-        let experts = self.host(ids)?.to_i64();
+        let (xs, dims) = self
+            .expert_dims(call.x, call.w_in, call.w_out, call.layout)
+            .map_err(&fail)?;
+        let (t, h, e) = (xs[0], xs[1], dims.experts);
+        let weights = self.host(call.weights)?.to_f32();
+        let experts = self.host(call.ids)?.to_i64();
         let k = weights.len() / t.max(1);
-        // Slots grouped by expert: the rows of the grouped matrix.
-        // PPMoE: ids are global, the stack holds experts first..first + e; the rest are
-        // other ranks' slots.
+        // Slots grouped by expert: the rows of the grouped matrix. PPMoE: ids are global, the
+        // stack holds experts first..first + e; the rest are other ranks' slots.
         let first = call.first_local.unwrap_or(0) as i64;
         let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
         let mut eid = vec![0i32; experts.len()];
@@ -191,162 +340,226 @@ impl Rank<'_> {
                 by_expert[local as usize].push(s);
             }
         }
-        let rows: usize = by_expert.iter().map(Vec::len).sum();
-        let mut perm = Vec::with_capacity(rows);
-        let mut rexp = Vec::with_capacity(rows);
-        let mut pos = vec![-1i32; t * k];
-        for (ex, slots) in by_expert.iter().enumerate() {
-            for &s in slots {
-                pos[s] = perm.len() as i32;
-                perm.push((s / k) as i32);
-                rexp.push(ex as i32);
-            }
-        }
+        let order = RowOrder::of(&by_expert, t * k, k, 0);
+        let kernels = self.expert_kernels(prefix, false).map_err(&fail)?;
         let stream = self.stream.clone();
-        let dev = |v: &[i32]| {
-            stream
-                .clone_htod(if v.is_empty() { &[0][..] } else { v })
-                .map_err(|e| fail(e.to_string()))
-        };
-        let (d_perm, d_rexp, d_pos, d_eid) = (dev(&perm)?, dev(&rexp)?, dev(&pos)?, dev(&eid)?);
+        let dev = |v: &[i32]| upload(&stream, v).map_err(&fail);
+        let (d_perm, d_pos, d_eid) = (dev(&order.perm)?, dev(&order.pos)?, dev(&eid)?);
         let d_w = stream
             .clone_htod(&weights)
             .map_err(|e| fail(e.to_string()))?;
-        let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| fail(e.to_string()))?;
-        for b in [Some(x), b_in, b_out].into_iter().flatten() {
-            self.device(b)?;
-        }
-        // The expert stacks: bf16 where the weights are, f32 otherwise.
-        let (w_in_op, w_out_op) = (self.gemm_operand(w_in)?, self.gemm_operand(w_out)?);
-        fn get<'s>(s: &'s Rank<'_>, b: usize) -> &'s CudaSlice<f32> {
-            s.slots[b]
-                .as_ref()
-                .and_then(|sl| sl.dev.as_ref())
-                .expect("uploaded above")
-        }
-        let func = |s: &Self, suffix: &str| {
-            s.functions
-                .get(&format!("{prefix}_{suffix}"))
-                .cloned()
-                .ok_or_else(|| fail(format!("kernel {prefix}_{suffix} is not in the PTX")))
+        let ffn = self.ffn_operands(call, dims, bf16, false).map_err(&fail)?;
+        let x = self.device(call.x)?.clone();
+        let rows = order.perm.len();
+        let xg = gather_rows(&stream, &kernels, &x, &d_perm, rows, h, ffn.mid).map_err(&fail)?;
+        let out = self
+            .ffn_blocks(&kernels, &xg, &order.blocks, &ffn)
+            .map_err(&fail)?;
+        let comb = Combine {
+            pos: &d_pos,
+            weights: &d_w,
+            eid: &d_eid,
+            b_out: ffn.b_out.as_ref(),
+            tokens: t,
+            k,
+            h,
         };
-        let (g_fn, a_fn, c_fn) = (
-            func(self, "gather")?,
-            func(self, "act")?,
-            func(self, "combine")?,
-        );
-        // Not zeroed: each is written whole before it is read (the gather and activation
-        // kernels cover every row, the GEMMs every block of rows, the combine every token), and
-        // zeroing the hidden activations alone would be rows x N x 4 bytes per layer. The
-        // buffers between kernels and GEMMs hold `mid` elements (bf16: two to an f32 slot).
-        let mid = if bf16 { Elem::Bf16 } else { Elem::F32 };
-        let alloc = |len: usize, elem: Elem| {
-            let slots = (len * elem.bytes() as usize).div_ceil(4);
-            // SAFETY: uninitialised device memory, written whole before any read (above).
-            unsafe { stream.alloc::<f32>(slots.max(1)) }.map_err(|e| fail(e.to_string()))
-        };
-        let (xg, hid, act, out, y) = (
-            alloc(rows * h, mid)?,
-            alloc(rows * n, mid)?,
-            alloc(rows * f, mid)?,
-            alloc(rows * h, mid)?,
-            alloc(t * h, Elem::F32)?,
-        );
-        let (zero, one) = (0i64, 1i64);
-        let len = |v: usize| v.max(1) as i64;
-        if rows > 0 {
-            let (dx, rows_i) = (get(self, x), rows as i64);
-            let (lx, lp, lo) = (len(t * h), len(rows), len(rows * h));
-            let mut l = stream.launch_builder(&g_fn);
-            l.arg(dx).arg(dx).arg(&zero).arg(&lx).arg(&one);
-            l.arg(&d_perm).arg(&d_perm).arg(&zero).arg(&lp).arg(&one);
-            l.arg(&xg).arg(&xg).arg(&zero).arg(&lo).arg(&one);
-            l.arg(&rows_i);
-            // SAFETY: sizes as the kernel was generated for (H) and as allocated here (rows).
-            unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| fail(e.to_string()))?;
-            // One grouped GEMM for all experts; the per-expert loop where cuBLAS lacks it.
-            // PPMOE_GROUPED_GEMM=0 forces the loop (to compare the two).
-            let grouped = blas::has_grouped_gemm(&self.blas)
-                && std::env::var("PPMOE_GROUPED_GEMM").map_or(true, |v| v != "0");
-            let project = |s: &Self,
-                           src: &CudaSlice<f32>,
-                           w: (u64, Elem),
-                           dst: &CudaSlice<f32>,
-                           din: usize,
-                           dout: usize|
-             -> Result<(), String> {
-                // bf16 rows are already the GEMM's type; f32 ones are narrowed if its is bf16.
-                let (sp, _narrowed) = if bf16 {
-                    (super::dptr(src, &stream), None)
-                } else {
-                    s.activation(src, rows * din, w.1)?
-                };
-                let groups = expert_groups(
-                    &by_expert,
-                    sp,
-                    w.0,
-                    super::dptr(dst, &stream),
-                    (din, dout),
-                    w.1,
-                    mid,
-                );
-                let g = Grouped {
-                    groups: &groups,
-                    din,
-                    dout,
-                    w_transposed,
-                    c_elem: mid,
-                };
-                // SAFETY: each group's blocks lie inside the buffers, which were allocated for these row counts.
-                unsafe {
-                    let key = (w.1, groups.len(), din, dout);
-                    if grouped && !s.grouped_refused.borrow().contains(&key) {
-                        if blas::gemm_grouped(&s.blas, &stream, w.1, &g)? {
-                            return Ok(());
-                        }
-                        tracing::info!(
-                            "cuBLAS does not take a grouped GEMM of {:?} inputs with a {:?} result ({} groups, {din} x {dout}): one GEMM per group instead",
-                            w.1,
-                            mid,
-                            groups.len()
-                        );
-                        s.grouped_refused.borrow_mut().insert(key);
-                    }
-                    blas::gemm_per_group(&s.blas, w.1, &g)
-                }
-            };
-            project(self, &xg, w_in_op, &hid, h, n).map_err(&fail)?;
-            let (bias, has_bias) = match b_in {
-                Some(b) => (get(self, b), 1i64),
-                None => (&dummy, 0i64),
-            };
-            let (lh, lb, lr, la) = (len(rows * n), len(bias.len()), len(rows), len(rows * f));
-            let mut l = stream.launch_builder(&a_fn);
-            l.arg(&hid).arg(&hid).arg(&zero).arg(&lh).arg(&one);
-            l.arg(bias).arg(bias).arg(&zero).arg(&lb).arg(&one);
-            l.arg(&d_rexp).arg(&d_rexp).arg(&zero).arg(&lr).arg(&one);
-            l.arg(&act).arg(&act).arg(&zero).arg(&la).arg(&one);
-            l.arg(&rows_i).arg(&has_bias);
-            // SAFETY: as above.
-            unsafe { l.launch(launch_cfg(rows * f)) }.map_err(|e| fail(e.to_string()))?;
-            project(self, &act, w_out_op, &out, f, h).map_err(&fail)?;
-        }
-        let (bout, has_bias) = match b_out {
-            Some(b) => (get(self, b), 1i64),
-            None => (&dummy, 0i64),
-        };
-        let (lo, ls, lb, ly) = (len(rows * h), len(t * k), len(bout.len()), len(t * h));
-        let mut l = stream.launch_builder(&c_fn);
-        l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
-        l.arg(&d_pos).arg(&d_pos).arg(&zero).arg(&ls).arg(&one);
-        l.arg(&d_w).arg(&d_w).arg(&zero).arg(&ls).arg(&one);
-        l.arg(&d_eid).arg(&d_eid).arg(&zero).arg(&ls).arg(&one);
-        l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
-        l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
-        l.arg(&has_bias);
-        // SAFETY: as above (T, k, H baked into the kernel; the buffers are those sizes).
-        unsafe { l.launch(launch_cfg(t * h)) }.map_err(|e| fail(e.to_string()))?;
+        let y = combine_rows(&stream, &kernels, &out, rows, &comb).map_err(&fail)?;
         self.put_dev(call.out, y, vec![t, h]);
         Ok(())
+    }
+
+    /// x's [T, H] and the stacks' sizes, or an error naming them.
+    pub(super) fn expert_dims(
+        &self,
+        x: usize,
+        w_in: usize,
+        w_out: usize,
+        layout: ExpertLayout,
+    ) -> Result<(Vec<usize>, ExpertDims), String> {
+        let (xs, wis, wos) = (self.shape(x), self.shape(w_in), self.shape(w_out));
+        match (xs.len(), layout.dims(&wis, &wos)) {
+            (2, Some(d)) => Ok((xs, d)),
+            _ => Err(format!(
+                "expert shapes x {xs:?}, w_in {wis:?}, w_out {wos:?} are not [T,H], {}",
+                layout.describe()
+            )),
+        }
+    }
+
+    /// The step's kernels from the PTX (`bias_out` too where the step adds the output bias on
+    /// the expert's side).
+    pub(super) fn expert_kernels(
+        &self,
+        prefix: &str,
+        bias_out: bool,
+    ) -> Result<ExpertKernels, String> {
+        let func = |suffix: &str| {
+            self.functions
+                .get(&format!("{prefix}_{suffix}"))
+                .cloned()
+                .ok_or_else(|| format!("kernel {prefix}_{suffix} is not in the PTX"))
+        };
+        Ok(ExpertKernels {
+            gather: func("gather")?,
+            act: func("act")?,
+            combine: func("combine")?,
+            bias_out: if bias_out {
+                Some(func("bias_out")?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The FFN's weights and biases on the device; `bias_on_rows`: the output bias is added to
+    /// the expert rows (all-to-all) rather than in the combine.
+    pub(super) fn ffn_operands(
+        &mut self,
+        call: &ExpertsCall,
+        dims: ExpertDims,
+        bf16: bool,
+        bias_on_rows: bool,
+    ) -> Result<FfnOperands, String> {
+        let err = |e: RuntimeError| e.to_string();
+        let mut bias = |b: Option<usize>| -> Result<Option<CudaSlice<f32>>, String> {
+            b.map(|b| self.device(b).map(|d| d.clone()).map_err(err))
+                .transpose()
+        };
+        let (b_in, b_out) = (bias(call.b_in)?, bias(call.b_out)?);
+        let (w_in, w_out) = (
+            self.gemm_operand(call.w_in).map_err(err)?,
+            self.gemm_operand(call.w_out).map_err(err)?,
+        );
+        Ok(FfnOperands {
+            w_in,
+            w_out,
+            b_in,
+            b_out,
+            bias_on_rows,
+            h: dims.hidden,
+            n: dims.n,
+            f: dims.ffn,
+            w_transposed: call.layout == ExpertLayout::Linear,
+            mid: if bf16 { Elem::Bf16 } else { Elem::F32 },
+        })
+    }
+
+    /// The FFN over `src` ([rows, H] of `mid` elements in `blocks`, one expert's rows each):
+    /// the first projection, the activation (with the input bias), the second projection
+    /// (with the output bias where it goes on the rows). Returns [rows, H] of `mid`.
+    pub(super) fn ffn_blocks(
+        &self,
+        kernels: &ExpertKernels,
+        src: &CudaSlice<f32>,
+        blocks: &[(usize, usize)],
+        ffn: &FfnOperands,
+    ) -> Result<CudaSlice<f32>, String> {
+        let stream = self.stream.clone();
+        let rows: usize = blocks.iter().map(|b| b.1).sum();
+        let h = ffn.h;
+        let (hid, act, out) = (
+            alloc(&stream, rows * ffn.n, ffn.mid)?,
+            alloc(&stream, rows * ffn.f, ffn.mid)?,
+            alloc(&stream, rows * h, ffn.mid)?,
+        );
+        if rows == 0 {
+            return Ok(out);
+        }
+        let rexp: Vec<i32> = blocks
+            .iter()
+            .flat_map(|&(e, r)| std::iter::repeat_n(e as i32, r))
+            .collect();
+        let d_rexp = upload(&stream, &rexp)?;
+        self.project(src, ffn.w_in, &hid, (h, ffn.n), blocks, ffn)?;
+        let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| e.to_string())?;
+        let (bias, has_bias) = match &ffn.b_in {
+            Some(b) => (b, 1i64),
+            None => (&dummy, 0i64),
+        };
+        let (zero, one, rows_i) = (0i64, 1i64, rows as i64);
+        let len = |v: usize| v.max(1) as i64;
+        let (lh, lb, lr, la) = (
+            len(rows * ffn.n),
+            len(bias.len()),
+            len(rows),
+            len(rows * ffn.f),
+        );
+        let mut l = stream.launch_builder(&kernels.act);
+        l.arg(&hid).arg(&hid).arg(&zero).arg(&lh).arg(&one);
+        l.arg(bias).arg(bias).arg(&zero).arg(&lb).arg(&one);
+        l.arg(&d_rexp).arg(&d_rexp).arg(&zero).arg(&lr).arg(&one);
+        l.arg(&act).arg(&act).arg(&zero).arg(&la).arg(&one);
+        l.arg(&rows_i).arg(&has_bias);
+        // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
+        unsafe { l.launch(launch_cfg(rows * ffn.f)) }.map_err(|e| e.to_string())?;
+        self.project(&act, ffn.w_out, &out, (ffn.f, h), blocks, ffn)?;
+        if let (true, Some(b), Some(k)) = (ffn.bias_on_rows, &ffn.b_out, &kernels.bias_out) {
+            let (lo, lb) = (len(rows * h), len(b.len()));
+            let mut l = stream.launch_builder(k);
+            l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
+            l.arg(b).arg(b).arg(&zero).arg(&lb).arg(&one);
+            l.arg(&d_rexp).arg(&d_rexp).arg(&zero).arg(&lr).arg(&one);
+            l.arg(&rows_i);
+            // SAFETY: as above (H baked in; out holds rows x H).
+            unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    }
+
+    /// One projection of every block: one grouped GEMM for all experts, or the per-expert
+    /// loop where cuBLAS lacks it (PPMOE_GROUPED_GEMM=0 forces the loop, to compare).
+    fn project(
+        &self,
+        src: &CudaSlice<f32>,
+        w: (u64, Elem),
+        dst: &CudaSlice<f32>,
+        (din, dout): (usize, usize),
+        blocks: &[(usize, usize)],
+        ffn: &FfnOperands,
+    ) -> Result<(), String> {
+        let stream = &self.stream;
+        let rows: usize = blocks.iter().map(|b| b.1).sum();
+        // bf16 rows are already the GEMM's type; f32 ones are narrowed if its is bf16.
+        let (sp, _narrowed) = if ffn.mid == Elem::Bf16 {
+            (super::dptr(src, stream), None)
+        } else {
+            self.activation(src, rows * din, w.1)?
+        };
+        let groups = expert_groups(
+            blocks,
+            sp,
+            w.0,
+            super::dptr(dst, stream),
+            (din, dout),
+            w.1,
+            ffn.mid,
+        );
+        let g = Grouped {
+            groups: &groups,
+            din,
+            dout,
+            w_transposed: ffn.w_transposed,
+            c_elem: ffn.mid,
+        };
+        let grouped = blas::has_grouped_gemm(&self.blas)
+            && std::env::var("PPMOE_GROUPED_GEMM").map_or(true, |v| v != "0");
+        // SAFETY: each group's blocks lie inside the buffers, which were allocated for these row counts.
+        unsafe {
+            let key = (w.1, groups.len(), din, dout);
+            if grouped && !self.grouped_refused.borrow().contains(&key) {
+                if blas::gemm_grouped(&self.blas, stream, w.1, &g)? {
+                    return Ok(());
+                }
+                tracing::info!(
+                    "cuBLAS does not take a grouped GEMM of {:?} inputs with a {:?} result ({} groups, {din} x {dout}): one GEMM per group instead",
+                    w.1,
+                    ffn.mid,
+                    groups.len()
+                );
+                self.grouped_refused.borrow_mut().insert(key);
+            }
+            blas::gemm_per_group(&self.blas, w.1, &g)
+        }
     }
 }

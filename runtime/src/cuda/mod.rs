@@ -4,6 +4,7 @@
 //! generated yet run on the host (their operands copied over and back), as the bundle's
 //! per-instruction plan says.
 
+mod alltoall_experts;
 mod blas;
 mod collective;
 mod comm;
@@ -439,6 +440,25 @@ impl Rank<'_> {
                 let prefix = prefix.clone();
                 self.local_experts(i, &prefix, *bf16, (*slice, *ffn))?;
             }
+            GpuOp::AllToAllExperts {
+                prefix,
+                bf16,
+                dispatch,
+                exchange,
+                ffn,
+                slices,
+                ..
+            } => {
+                let step = alltoall_experts::AllToAllStep {
+                    prefix,
+                    bf16: *bf16,
+                    dispatch: *dispatch,
+                    exchange: *exchange,
+                    ffn: *ffn,
+                    slices,
+                };
+                self.alltoall_experts(i, &step)?;
+            }
             // Its step, later, reads its operands itself.
             GpuOp::Fused { .. } => {}
             GpuOp::Collective => self.collective(i)?,
@@ -831,12 +851,12 @@ fn load_kernels(
         .map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
     let names = program.gpu.iter().flat_map(|op| match op {
         GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
-        GpuOp::Experts { prefix, .. } | GpuOp::LocalExperts { prefix, .. } => {
-            ["gather", "act", "combine"]
-                .iter()
-                .map(|s| format!("{prefix}_{s}"))
-                .collect()
-        }
+        GpuOp::Experts { prefix, .. }
+        | GpuOp::LocalExperts { prefix, .. }
+        | GpuOp::AllToAllExperts { prefix, .. } => ["gather", "act", "combine"]
+            .iter()
+            .map(|s| format!("{prefix}_{s}"))
+            .collect(),
         _ => vec![],
     });
     for name in names {
@@ -844,6 +864,15 @@ fn load_kernels(
             .load_function(&name)
             .map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
         functions.insert(name, f);
+    }
+    // Present only where an all-to-all step's experts have an output bias.
+    for op in &program.gpu {
+        if let GpuOp::AllToAllExperts { prefix, .. } = op {
+            let name = format!("{prefix}_bias_out");
+            if let Ok(f) = module.load_function(&name) {
+                functions.insert(name, f);
+            }
+        }
     }
     // Present only where the weights are bf16.
     if let Ok(f) = module.load_function(crate::program::TO_BF16_KERNEL) {

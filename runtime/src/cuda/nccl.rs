@@ -20,6 +20,7 @@ struct UniqueId {
 }
 const NCCL_SUCCESS: c_int = 0;
 /// ncclDataType_t values.
+pub const NCCL_UINT8: c_int = 1;
 pub const NCCL_INT64: c_int = 4;
 pub const NCCL_FLOAT32: c_int = 7;
 const NCCL_SUM: c_int = 0;
