@@ -423,8 +423,7 @@ impl Rank<'_> {
     ) -> Result<FfnOperands, String> {
         let err = |e: RuntimeError| e.to_string();
         let mut bias = |b: Option<usize>| -> Result<Option<CudaSlice<f32>>, String> {
-            b.map(|b| self.device(b).map(|d| d.clone()).map_err(err))
-                .transpose()
+            b.map(|b| self.device(b).cloned().map_err(err)).transpose()
         };
         let (b_in, b_out) = (bias(call.b_in)?, bias(call.b_out)?);
         let (w_in, w_out) = (
