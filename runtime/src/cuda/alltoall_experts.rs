@@ -154,7 +154,8 @@ impl Rank<'_> {
         let kernels = self.expert_kernels(step.prefix, call.b_out.is_some())?;
         let ffn = self.ffn_operands(&call, dims, step.bf16, true)?;
         let stream = self.stream.clone();
-        let dx = self.device(x).map_err(err)?.clone();
+        self.device(x).map_err(err)?;
+        let dx = self.dev_ref(x)?;
         let d_perm = upload(&stream, &order.perm)?;
         let sent = gather_rows(
             &stream,

@@ -51,8 +51,9 @@ pub(super) struct ExpertKernels {
 pub(super) struct FfnOperands {
     w_in: (u64, Elem),
     w_out: (u64, Elem),
-    b_in: Option<CudaSlice<f32>>,
-    b_out: Option<CudaSlice<f32>>,
+    /// The bias buffers (on the device already).
+    b_in: Option<usize>,
+    b_out: Option<usize>,
     /// The output bias goes on the expert rows (before they travel back), not in the combine.
     bias_on_rows: bool,
     /// The hidden width, the first projection's width (F, or 2F gated) and the FFN width.
@@ -349,7 +350,8 @@ impl Rank<'_> {
             .clone_htod(&weights)
             .map_err(|e| fail(e.to_string()))?;
         let ffn = self.ffn_operands(call, dims, bf16, false).map_err(&fail)?;
-        let x = self.device(call.x)?.clone();
+        self.device(call.x)?;
+        let x = self.dev_ref(call.x).map_err(&fail)?;
         let rows = order.perm.len();
         let xg = gather_rows(&stream, &kernels, &x, &d_perm, rows, h, ffn.mid).map_err(&fail)?;
         let out = self
@@ -359,7 +361,7 @@ impl Rank<'_> {
             pos: &d_pos,
             weights: &d_w,
             eid: &d_eid,
-            b_out: ffn.b_out.as_ref(),
+            b_out: ffn.b_out.map(|b| self.dev_ref(b)).transpose().map_err(&fail)?,
             tokens: t,
             k,
             h,
@@ -367,6 +369,14 @@ impl Rank<'_> {
         let y = combine_rows(&stream, &kernels, &out, rows, &comb).map_err(&fail)?;
         self.put_dev(call.out, y, vec![t, h]);
         Ok(())
+    }
+
+    /// A float buffer already on the device.
+    pub(super) fn dev_ref(&self, id: usize) -> Result<&CudaSlice<f32>, String> {
+        self.slots[id]
+            .as_ref()
+            .and_then(|s| s.dev.as_ref())
+            .ok_or_else(|| format!("buffer '{}' is not on the device", self.program.buffers[id].name))
     }
 
     /// x's [T, H] and the stacks' sizes, or an error naming them.
@@ -422,10 +432,9 @@ impl Rank<'_> {
         bias_on_rows: bool,
     ) -> Result<FfnOperands, String> {
         let err = |e: RuntimeError| e.to_string();
-        let mut bias = |b: Option<usize>| -> Result<Option<CudaSlice<f32>>, String> {
-            b.map(|b| self.device(b).cloned().map_err(err)).transpose()
-        };
-        let (b_in, b_out) = (bias(call.b_in)?, bias(call.b_out)?);
+        for b in [call.b_in, call.b_out].into_iter().flatten() {
+            self.device(b).map_err(err)?;
+        }
         let (w_in, w_out) = (
             self.gemm_operand(call.w_in).map_err(err)?,
             self.gemm_operand(call.w_out).map_err(err)?,
@@ -433,8 +442,8 @@ impl Rank<'_> {
         Ok(FfnOperands {
             w_in,
             w_out,
-            b_in,
-            b_out,
+            b_in: call.b_in,
+            b_out: call.b_out,
             bias_on_rows,
             h: dims.hidden,
             n: dims.n,
@@ -472,8 +481,8 @@ impl Rank<'_> {
         let d_rexp = upload(&stream, &rexp)?;
         self.project(src, ffn.w_in, &hid, (h, ffn.n), blocks, ffn)?;
         let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| e.to_string())?;
-        let (bias, has_bias) = match &ffn.b_in {
-            Some(b) => (b, 1i64),
+        let (bias, has_bias) = match ffn.b_in {
+            Some(b) => (self.dev_ref(b)?, 1i64),
             None => (&dummy, 0i64),
         };
         let (zero, one, rows_i) = (0i64, 1i64, rows as i64);
@@ -493,7 +502,8 @@ impl Rank<'_> {
         // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
         unsafe { l.launch(launch_cfg(rows * ffn.f)) }.map_err(|e| e.to_string())?;
         self.project(&act, ffn.w_out, &out, (ffn.f, h), blocks, ffn)?;
-        if let (true, Some(b), Some(k)) = (ffn.bias_on_rows, &ffn.b_out, &kernels.bias_out) {
+        if let (true, Some(b), Some(k)) = (ffn.bias_on_rows, ffn.b_out, &kernels.bias_out) {
+            let b = self.dev_ref(b)?;
             let (lo, lb) = (len(rows * h), len(b.len()));
             let mut l = stream.launch_builder(k);
             l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
