@@ -353,9 +353,10 @@ mod tests {
             c.strategy = Some(strategy);
             ppmoe_compiler::compile(c, &d.path().join(name)).unwrap();
             let b = ppmoe_runtime::bundle::read_bundle(&d.path().join(name)).unwrap();
-            let y = ppmoe_runtime::cpu::run_bundle(&b, &[Tensor::f32(vec![t, s.hidden], x.clone())])
-                .unwrap()[0]
-                .to_f32();
+            let y =
+                ppmoe_runtime::cpu::run_bundle(&b, &[Tensor::f32(vec![t, s.hidden], x.clone())])
+                    .unwrap()[0]
+                    .to_f32();
             (b, y)
         };
         let (_, single) = run(1, Strategy::Ppmoe, "tp1");
@@ -367,17 +368,31 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let (b, ppmoe) = run(2, Strategy::Ppmoe, "ppmoe");
-        assert_eq!(steps(&b, |g| matches!(g, GpuOp::LocalExperts { .. })), [1, 1]);
+        assert_eq!(
+            steps(&b, |g| matches!(g, GpuOp::LocalExperts { .. })),
+            [1, 1]
+        );
         assert_eq!(steps(&b, |g| *g == GpuOp::Host), [0, 0]);
         let (b, alltoall) = run(2, Strategy::AllToAll, "alltoall");
-        assert_eq!(steps(&b, |g| matches!(g, GpuOp::AllToAllExperts { .. })), [1, 1]);
+        assert_eq!(
+            steps(&b, |g| matches!(g, GpuOp::AllToAllExperts { .. })),
+            [1, 1]
+        );
         assert_eq!(steps(&b, |g| *g == GpuOp::Host), [0, 0]);
         // The partitioned layers compute the single-rank one (the CPU backend runs the ops
         // themselves: this checks the programs the GPU steps stand for).
         for (name, y) in [("ppmoe", ppmoe), ("alltoall", alltoall)] {
-            let num: f64 = y.iter().zip(&single).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let num: f64 = y
+                .iter()
+                .zip(&single)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
             let den: f64 = single.iter().map(|b| (*b as f64).powi(2)).sum();
-            assert!(den > 0.0 && (num / den).sqrt() < 1e-5, "{name}: {}", (num / den).sqrt());
+            assert!(
+                den > 0.0 && (num / den).sqrt() < 1e-5,
+                "{name}: {}",
+                (num / den).sqrt()
+            );
         }
     }
 }

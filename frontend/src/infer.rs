@@ -107,6 +107,17 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
     Ok(a as usize)
 }
 
+/// As `norm_axis`, for ops that index the axis's size (Concat, Split, Slice, TopK): a scalar
+/// has none.
+pub fn size_axis(axis: i64, rank: usize) -> Result<usize, String> {
+    if rank == 0 {
+        return Err(format!(
+            "axis {axis} of a scalar (the input must have rank 1 or more)"
+        ));
+    }
+    norm_axis(axis, rank)
+}
+
 /// Numpy-style broadcast of several shapes.
 pub fn broadcast(shapes: &[&[Dim]]) -> Result<Vec<Dim>, String> {
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -489,7 +500,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         }
         "Concat" => {
             let first = x()?;
-            let axis = norm_axis(int_attr(node, "axis", 0), first.dims.len())?;
+            let axis = size_axis(int_attr(node, "axis", 0), first.dims.len())?;
             let mut dims = first.dims.clone();
             let mut total = Some(0i64);
             let mut values: Option<Vec<i64>> = Some(vec![]);
@@ -497,7 +508,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 let ti = input(i)?;
                 total = total
                     .zip(ti.dims.get(axis).and_then(Dim::known))
-                    .map(|(a, b)| a + b);
+                    .and_then(|(a, b)| a.checked_add(b));
                 values = match (values, cints(i)) {
                     (Some(mut v), Some(c)) if first.dims.len() == 1 => {
                         v.extend(c);
@@ -519,7 +530,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         }
         "Split" => {
             let x = x()?;
-            let axis = norm_axis(int_attr(node, "axis", 0), x.dims.len())?;
+            let axis = size_axis(int_attr(node, "axis", 0), x.dims.len())?;
             let n = node.outputs.len();
             let sizes: Vec<Dim> =
                 match ints_attr(node, "split").or_else(|| if has(1) { cints(1) } else { None }) {
@@ -563,7 +574,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                     match axes {
                         Some(axes) => {
                             for a in axes {
-                                dims[norm_axis(a, rank)?] = Dim::Unknown;
+                                dims[size_axis(a, rank)?] = Dim::Unknown;
                             }
                         }
                         None => dims.iter_mut().for_each(|d| *d = Dim::Unknown),
@@ -587,7 +598,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             let mut dims = x.dims.clone();
             let mut ranges = vec![];
             for (((&s, &e), &a), &st) in starts.iter().zip(&ends).zip(&axes).zip(&steps) {
-                let a = norm_axis(a, rank)?;
+                let a = size_axis(a, rank)?;
                 if st == 0 {
                     return Err("slice step 0".into());
                 }
@@ -706,7 +717,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         }
         "TopK" => {
             let x = x()?;
-            let axis = norm_axis(int_attr(node, "axis", -1), x.dims.len())?;
+            let axis = size_axis(int_attr(node, "axis", -1), x.dims.len())?;
             let k = cints(1).and_then(|v| v.first().copied());
             let mut dims = x.dims.clone();
             dims[axis] = k.map(Dim::Known).unwrap_or(Dim::Unknown);

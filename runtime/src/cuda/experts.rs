@@ -361,7 +361,11 @@ impl Rank<'_> {
             pos: &d_pos,
             weights: &d_w,
             eid: &d_eid,
-            b_out: ffn.b_out.map(|b| self.dev_ref(b)).transpose().map_err(&fail)?,
+            b_out: ffn
+                .b_out
+                .map(|b| self.dev_ref(b))
+                .transpose()
+                .map_err(&fail)?,
             tokens: t,
             k,
             h,
@@ -376,7 +380,12 @@ impl Rank<'_> {
         self.slots[id]
             .as_ref()
             .and_then(|s| s.dev.as_ref())
-            .ok_or_else(|| format!("buffer '{}' is not on the device", self.program.buffers[id].name))
+            .ok_or_else(|| {
+                format!(
+                    "buffer '{}' is not on the device",
+                    self.program.buffers[id].name
+                )
+            })
     }
 
     /// x's [T, H] and the stacks' sizes, or an error naming them.
