@@ -162,8 +162,11 @@ pub fn moe(
             c.strategy = Some(grid.strategy);
             ppmoe_compiler::compile(c, &bundle)?;
             let r = time_bundle(&bundle, grid.tp, o)?;
+            // The floor of the layer spread over tp GPUs: each does 1/tp of the work and reads
+            // 1/tp of the weights.
             let floor = o.peak.map(|(tflops, tbs)| {
                 (shape.flops(t) / (tflops * 1e12)).max(shape.bytes(t) / (tbs * 1e12)) * 1e3
+                    / grid.tp as f64
             });
             let label = match grid.tp {
                 1 => format!("moe {spec}"),

@@ -157,15 +157,7 @@ impl Rank<'_> {
         self.device(x).map_err(err)?;
         let dx = self.dev_ref(x)?;
         let d_perm = upload(&stream, &order.perm)?;
-        let sent = gather_rows(
-            &stream,
-            &kernels,
-            &dx,
-            &d_perm,
-            order.perm.len(),
-            h,
-            ffn.mid,
-        )?;
+        let sent = gather_rows(&stream, &kernels, dx, &d_perm, order.perm.len(), h, ffn.mid)?;
         let row_bytes = h * ffn.mid.bytes() as usize;
         let received = alloc(&stream, recv_rows.iter().sum::<usize>() * h, ffn.mid)?;
         self.ragged_exchange(

@@ -1,8 +1,11 @@
-//! `moe.experts` on the GPU. The routing is small (T x k), so the grouping of slots by expert is
-//! done on the host; the work is on the device: a gather of the routed rows grouped by expert,
-//! one cuBLAS GEMM per expert for each projection, the activation kernel between them, and a
-//! combine kernel that sums each token's k weighted expert outputs (a gather, so no atomics and
-//! the same order every run).
+//! The expert work of MoE layers on the GPU: `moe.experts` (one rank), and PPMoE's local
+//! experts (`GpuOp::LocalExperts`: the same, for the slots routed to this rank's experts). The
+//! routing is small (T x k), so the grouping of slots by expert is done on the host; the work
+//! is on the device: a gather of the routed rows grouped by expert, one grouped cuBLAS GEMM per
+//! projection over the experts' row blocks, the activation kernel between them, and a combine
+//! kernel that sums each token's k weighted expert outputs (a gather, so no atomics and the
+//! same order every run). The pieces (gather, FFN over blocks, combine) are shared with the
+//! all-to-all step (`alltoall_experts.rs`).
 
 use super::blas::{self, Elem, Grouped};
 use super::Rank;
@@ -353,7 +356,7 @@ impl Rank<'_> {
         self.device(call.x)?;
         let x = self.dev_ref(call.x).map_err(&fail)?;
         let rows = order.perm.len();
-        let xg = gather_rows(&stream, &kernels, &x, &d_perm, rows, h, ffn.mid).map_err(&fail)?;
+        let xg = gather_rows(&stream, &kernels, x, &d_perm, rows, h, ffn.mid).map_err(&fail)?;
         let out = self
             .ffn_blocks(&kernels, &xg, &order.blocks, &ffn)
             .map_err(&fail)?;
