@@ -7,7 +7,7 @@
 //! same order every run). The pieces (gather, FFN over blocks, combine) are shared with the
 //! all-to-all step (`alltoall_experts.rs`).
 
-use super::blas::{self, Elem, Grouped};
+use super::blas::{Elem, Grouped};
 use super::Rank;
 use crate::error::RuntimeError;
 use crate::program::{ExpertDims, ExpertLayout, Op, Program};
@@ -528,8 +528,8 @@ impl Rank<'_> {
         Ok(out)
     }
 
-    /// One projection of every block: one grouped GEMM for all experts, or the per-expert
-    /// loop where cuBLAS lacks it (PPMOE_GROUPED_GEMM=0 forces the loop, to compare).
+    /// One projection of every block: one grouped GEMM for all experts, or one GEMM per
+    /// expert, whichever is faster for the shape (see `grouped_choice`).
     fn project(
         &self,
         src: &CudaSlice<f32>,
@@ -563,24 +563,8 @@ impl Rank<'_> {
             w_transposed: ffn.w_transposed,
             c_elem: ffn.mid,
         };
-        let grouped = blas::has_grouped_gemm(&self.blas)
-            && std::env::var("PPMOE_GROUPED_GEMM").map_or(true, |v| v != "0");
-        // SAFETY: each group's blocks lie inside the buffers, which were allocated for these row counts.
-        unsafe {
-            let key = (w.1, groups.len(), din, dout);
-            if grouped && !self.grouped_refused.borrow().contains(&key) {
-                if blas::gemm_grouped(&self.blas, stream, w.1, &g)? {
-                    return Ok(());
-                }
-                tracing::info!(
-                    "cuBLAS does not take a grouped GEMM of {:?} inputs with a {:?} result ({} groups, {din} x {dout}): one GEMM per group instead",
-                    w.1,
-                    ffn.mid,
-                    groups.len()
-                );
-                self.grouped_refused.borrow_mut().insert(key);
-            }
-            blas::gemm_per_group(&self.blas, w.1, &g)
-        }
+        // SAFETY: each group's blocks lie inside the buffers, which were allocated for these
+        // row counts.
+        unsafe { self.grouped_gemm(w.1, &g) }
     }
 }

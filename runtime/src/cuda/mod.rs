@@ -10,6 +10,7 @@ mod collective;
 mod comm;
 mod experts;
 mod gemm;
+mod grouped_choice;
 pub mod nccl;
 
 use crate::bundle::Bundle;
@@ -80,10 +81,8 @@ struct Rank<'a> {
     comms: Option<&'a comm::Comms>,
     /// The microbatch in flight (pipeline messages carry it).
     microbatch: u64,
-    /// Grouped GEMMs cuBLAS refused (element type, groups, din, dout): not asked again, since
-    /// each ask uploads the pointer arrays first.
-    grouped_refused:
-        std::cell::RefCell<std::collections::HashSet<(blas::Elem, usize, usize, usize)>>,
+    /// The path each grouped-GEMM shape runs by, once chosen (see `grouped_choice`).
+    gemm_paths: std::cell::RefCell<HashMap<grouped_choice::ShapeKey, grouped_choice::GroupedPath>>,
 }
 
 impl Rank<'_> {
@@ -635,7 +634,7 @@ fn with_rank<R>(
         slots: (0..program.buffers.len()).map(|_| None).collect(),
         comms: comms.as_ref(),
         microbatch: 0,
-        grouped_refused: Default::default(),
+        gemm_paths: Default::default(),
     };
     // bf16 weights that feed GEMMs go to the device as bf16 (half the memory, tensor cores);
     // an f32 copy is made only if some other kernel reads them too.
