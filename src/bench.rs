@@ -44,6 +44,15 @@ fn row(
     if !r.rank_median_ms.is_empty() {
         v["rank_median_ms"] = r.rank_median_ms.clone().into();
     }
+    if !r.rank_nccl_median_ms.is_empty() {
+        v["rank_nccl_median_ms"] = r.rank_nccl_median_ms.clone().into();
+        v["nccl_ms"] = r
+            .rank_nccl_median_ms
+            .iter()
+            .copied()
+            .fold(0.0, f64::max)
+            .into();
+    }
     if let Some(f) = flops {
         v["tflops"] = (f / (ms * 1e-3) / 1e12).into();
     }
@@ -85,6 +94,11 @@ fn print(v: &serde_json::Value) {
         line.push_str(&format!(
             "; slowest rank per forward; each rank's median {} ms",
             each.join(", ")
+        ));
+    }
+    if let Some(n) = f("nccl_ms") {
+        line.push_str(&format!(
+            "; inside NCCL calls {n:.3} ms per forward (the slowest rank's median; one stream, none of it hidden)"
         ));
     }
     if let (Some(fl), Some(x)) = (f("floor_ms"), f("times_floor")) {
@@ -249,7 +263,76 @@ fn time_bundle(bundle: &Path, ranks: usize, o: &Options) -> Result<BenchReport> 
     Ok(BenchReport {
         forward_ms: floats("forward_ms"),
         rank_median_ms: floats("rank_median_ms"),
+        rank_nccl_median_ms: floats("rank_nccl_median_ms"),
         reporter: true,
         instructions,
     })
+}
+
+/// Sizes like `32M,64M,1G` (KiB, MiB, GiB; a bare number is bytes).
+fn parse_sizes(spec: &str) -> Result<Vec<usize>> {
+    spec.split(',')
+        .map(|t| {
+            let t = t.trim();
+            let (num, unit) = match t.chars().last() {
+                Some('K' | 'k') => (&t[..t.len() - 1], 1usize << 10),
+                Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+                Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+                _ => (t, 1),
+            };
+            num.parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_mul(unit))
+                .filter(|&b| b >= 4)
+                .with_context(|| {
+                    format!(
+                        "--all-reduce {spec}: '{t}' is not a size of 4 bytes or more (e.g. 64M)"
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `ppmoe bench --all-reduce SIZES` (one process per GPU): the runtime's own NCCL all-reduce
+/// of f32 at each size; rank 0 prints the median time, the algorithm bandwidth (bytes / time)
+/// and the bus bandwidth (algbw x 2(n-1)/n, nccl-tests' measure, comparable across rank
+/// counts).
+pub fn all_reduce(sizes: &str, o: &Options) -> Result<Vec<serde_json::Value>> {
+    let sizes = parse_sizes(sizes)?;
+    let dist = ppmoe_runtime::distributed::Dist::from_env()
+        .map_err(anyhow::Error::msg)?
+        .context("--all-reduce needs several ranks: add --nproc-per-node N (or run it under torchrun / srun)")?;
+    let times = ppmoe_runtime::cuda::bench_all_reduce(&dist, &sizes, o.warmup, o.iters)?;
+    if dist.rank != 0 {
+        return Ok(Vec::new());
+    }
+    let n = dist.world as f64;
+    let mut rows = Vec::new();
+    for (bytes, t) in sizes.iter().zip(&times) {
+        let ms = ppmoe_runtime::bench::median(t);
+        let algbw = *bytes as f64 / (ms * 1e-3) / 1e9;
+        let busbw = algbw * 2.0 * (n - 1.0) / n;
+        println!(
+            "all_reduce f32 {:.1} MiB over {} ranks: {ms:.3} ms (median of {}), algbw {algbw:.1} GB/s, busbw {busbw:.1} GB/s",
+            *bytes as f64 / (1 << 20) as f64,
+            dist.world,
+            t.len()
+        );
+        rows.push(serde_json::json!({"case": "all_reduce f32", "bytes": bytes, "ranks": dist.world, "median_ms": ms, "algbw_gbs": algbw, "busbw_gbs": busbw, "forward_ms": t}));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_take_binary_units_and_refuse_nonsense() {
+        assert_eq!(
+            super::parse_sizes("32M, 1G,4096,8k").unwrap(),
+            [32 << 20, 1 << 30, 4096, 8192]
+        );
+        for bad in ["", "M", "-1M", "2", "99999999999999999999G", "1T"] {
+            assert!(super::parse_sizes(bad).is_err(), "{bad}");
+        }
+    }
 }

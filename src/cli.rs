@@ -98,6 +98,10 @@ pub enum Command {
         /// softmax router, renormalised top-k, SwiGLU experts, as the PyTorch peers compute.
         #[arg(long)]
         moe: Option<String>,
+        /// The runtime's own NCCL all-reduce (f32) alone at these sizes instead (e.g.
+        /// 32M,64M,256M), with --nproc-per-node N: time, algorithm and bus bandwidth.
+        #[arg(long = "all-reduce")]
+        all_reduce: Option<String>,
         /// Token counts for --moe, comma-separated.
         #[arg(long, default_value = "4096")]
         tokens: String,
@@ -394,6 +398,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             bundle,
             moe,
+            all_reduce,
             tokens,
             input,
             warmup,
@@ -419,9 +424,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 profile,
                 peak: peak_tflops.zip(peak_tbs),
             };
-            let rows = match (bundle, moe) {
-                (Some(b), None) => crate::bench::bundle(&b, &input, &o)?,
-                (None, Some(spec)) => {
+            let rows = match (bundle, moe, all_reduce) {
+                (None, None, Some(sizes)) => crate::bench::all_reduce(&sizes, &o)?,
+                (Some(b), None, None) => crate::bench::bundle(&b, &input, &o)?,
+                (None, Some(spec), None) => {
                     let grid = crate::bench::MoeGrid {
                         tp,
                         strategy: match moe_strategy {
@@ -435,7 +441,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                     crate::bench::moe(&spec, &tokens, &grid, work_dir, &o)?
                 }
-                _ => bail!("bench takes a BUNDLE or --moe H,F,E,K (one of the two)"),
+                _ => bail!(
+                    "bench takes a BUNDLE, --moe H,F,E,K or --all-reduce SIZES (one of the three)"
+                ),
             };
             // Ranks other than 0 report nothing (rank 0 holds every rank's times).
             if let Some(path) = json.filter(|_| !rows.is_empty()) {

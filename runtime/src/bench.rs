@@ -29,6 +29,8 @@ pub struct BenchReport {
     pub forward_ms: Vec<f64>,
     /// Multi-rank: each rank's median, by rank; empty for one rank.
     pub rank_median_ms: Vec<f64>,
+    /// Multi-rank: each rank's median time inside NCCL calls per forward, by rank.
+    pub rank_nccl_median_ms: Vec<f64>,
     /// Whether this process reports (rank 0, or the only one).
     pub reporter: bool,
     /// With profile: the instructions, the slowest first.
@@ -112,6 +114,7 @@ pub fn bench(
     Ok(BenchReport {
         forward_ms,
         rank_median_ms: timing.rank_ms.iter().map(|r| median(r)).collect(),
+        rank_nccl_median_ms: timing.rank_nccl_ms.iter().map(|r| median(r)).collect(),
         reporter: rank == 0,
         instructions,
     })

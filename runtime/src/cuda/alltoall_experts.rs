@@ -139,7 +139,7 @@ impl Rank<'_> {
             .ok_or("an all-to-all step needs NCCL (a multi-rank run)")?;
         let comm = comms.group(group)?;
         // Every rank's counts, [source][destination][expert there].
-        let all = comms.gather(&self.stream, comm, g, &counts)?;
+        let all = self.in_comm(|| comms.gather(&self.stream, comm, g, &counts))?;
         let recv_blocks: Vec<(usize, usize)> = (0..g)
             .flat_map(|src| (0..e_loc).map(move |le| (src, le)))
             .map(|(src, le)| (le, all[src * g * e_loc + me * e_loc + le] as usize))
@@ -160,15 +160,19 @@ impl Rank<'_> {
         let sent = gather_rows(&stream, &kernels, dx, &d_perm, order.perm.len(), h, ffn.mid)?;
         let row_bytes = h * ffn.mid.bytes() as usize;
         let received = alloc(&stream, recv_rows.iter().sum::<usize>() * h, ffn.mid)?;
-        self.ragged_exchange(
-            comm,
-            (&sent, &send_rows),
-            (&received, &recv_rows),
-            row_bytes,
-        )?;
+        self.in_comm(|| {
+            self.ragged_exchange(
+                comm,
+                (&sent, &send_rows),
+                (&received, &recv_rows),
+                row_bytes,
+            )
+        })?;
         let done = self.ffn_blocks(&kernels, &received, &recv_blocks, &ffn)?;
         let back = alloc(&stream, order.perm.len() * h, ffn.mid)?;
-        self.ragged_exchange(comm, (&done, &recv_rows), (&back, &send_rows), row_bytes)?;
+        self.in_comm(|| {
+            self.ragged_exchange(comm, (&done, &recv_rows), (&back, &send_rows), row_bytes)
+        })?;
         let local_w = &weights[t0 * k..(t0 + t) * k];
         let d_w = stream.clone_htod(local_w).map_err(|e| e.to_string())?;
         let (d_pos, d_eid) = (

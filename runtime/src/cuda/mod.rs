@@ -4,10 +4,13 @@
 //! generated yet run on the host (their operands copied over and back), as the bundle's
 //! per-instruction plan says.
 
+mod allreduce_bench;
 mod alltoall_experts;
 mod blas;
+pub use allreduce_bench::bench_all_reduce;
 mod collective;
 mod comm;
+mod comm_time;
 mod experts;
 mod gemm;
 mod grouped_choice;
@@ -81,6 +84,9 @@ struct Rank<'a> {
     comms: Option<&'a comm::Comms>,
     /// The microbatch in flight (pipeline messages carry it).
     microbatch: u64,
+    /// While a forward is timed: the event pairs around its communications (`comm_time`).
+    comm_spans:
+        std::cell::RefCell<Option<Vec<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>>,
     /// The path each grouped-GEMM shape runs by, once chosen (see `grouped_choice`).
     gemm_paths: std::cell::RefCell<HashMap<grouped_choice::ShapeKey, grouped_choice::GroupedPath>>,
 }
@@ -460,7 +466,11 @@ impl Rank<'_> {
             }
             // Its step, later, reads its operands itself.
             GpuOp::Fused { .. } => {}
-            GpuOp::Collective => self.collective(i)?,
+            GpuOp::Collective => {
+                let start = self.comm_start().map_err(&fail)?;
+                self.collective(i)?;
+                self.comm_stop(start).map_err(&fail)?;
+            }
             GpuOp::Host => {
                 let args: Vec<Option<Tensor>> = ins
                     .inputs
@@ -506,6 +516,8 @@ pub struct Timing {
     pub forward_ms: Vec<f64>,
     /// Multi-rank: each rank's own time of each forward, by rank.
     pub rank_ms: Vec<Vec<f64>>,
+    /// Per rank, its time inside NCCL calls in each forward (empty for one rank).
+    pub rank_nccl_ms: Vec<Vec<f64>>,
     /// With `profile`: per instruction, its time in each timed forward (ms).
     pub instruction_ms: Vec<Vec<f64>>,
 }
@@ -531,12 +543,14 @@ pub fn bench_bundle(
         let mut timing = Timing {
             forward_ms: Vec::with_capacity(iters),
             rank_ms: Vec::new(),
+            rank_nccl_ms: Vec::new(),
             instruction_ms: if profile {
                 vec![Vec::new(); n]
             } else {
                 Vec::new()
             },
         };
+        let mut nccl_ms = Vec::with_capacity(iters);
         let event = |s: &Arc<CudaStream>| {
             s.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| backend_err(e.to_string()))
@@ -547,10 +561,13 @@ pub fn bench_bundle(
             if let Some(c) = rank.comms {
                 c.gather_world(&rank.stream, &[0.0]).map_err(backend_err)?;
             }
+            rank.time_comms(rank.comms.is_some());
             let start = event(&rank.stream)?;
             rank.forward(m, &feed, per.as_mut())?;
             let end = event(&rank.stream)?;
             end.synchronize().map_err(|e| backend_err(e.to_string()))?;
+            nccl_ms.push(rank.take_comm_ms().map_err(backend_err)?);
+            rank.time_comms(false);
             let ms = start
                 .elapsed_ms(&end)
                 .map_err(|e| backend_err(e.to_string()))?;
@@ -567,6 +584,12 @@ pub fn bench_bundle(
             let mine: Vec<f32> = timing.forward_ms.iter().map(|&v| v as f32).collect();
             let all = c.gather_world(&rank.stream, &mine).map_err(backend_err)?;
             timing.rank_ms = all
+                .chunks(iters.max(1))
+                .map(|r| r.iter().map(|&v| v as f64).collect())
+                .collect();
+            let mine: Vec<f32> = nccl_ms.iter().map(|&v| v as f32).collect();
+            let all = c.gather_world(&rank.stream, &mine).map_err(backend_err)?;
+            timing.rank_nccl_ms = all
                 .chunks(iters.max(1))
                 .map(|r| r.iter().map(|&v| v as f64).collect())
                 .collect();
@@ -635,6 +658,7 @@ fn with_rank<R>(
         comms: comms.as_ref(),
         microbatch: 0,
         gemm_paths: Default::default(),
+        comm_spans: Default::default(),
     };
     // bf16 weights that feed GEMMs go to the device as bf16 (half the memory, tensor cores);
     // an f32 copy is made only if some other kernel reads them too.
