@@ -70,6 +70,15 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
         ..
     } = shape;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The same layer written before into this folder (several benches of one shape share a
+    // --work-dir): its stamp, written last, says which; gigabytes are not written again.
+    let stamp_path = dir.join("model.stamp");
+    let stamp = format!("{h},{f},{e},{} seed {seed}\n", shape.top_k);
+    let path = dir.join("model.onnx");
+    if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) && path.is_file() {
+        return Ok(path);
+    }
+    let _ = std::fs::remove_file(&stamp_path);
     let data_name = "model.onnx.data";
     let data_path = dir.join(data_name);
     let mut data = std::io::BufWriter::new(
@@ -130,9 +139,10 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
         })
         .collect();
     let model = model_proto(shape, fc1, fc2, router);
-    let path = dir.join("model.onnx");
     std::fs::write(&path, model.encode_to_vec())
         .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&stamp_path, stamp)
+        .with_context(|| format!("writing {}", stamp_path.display()))?;
     Ok(path)
 }
 
@@ -301,6 +311,22 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Shape::parse("32,16,4,2").unwrap();
         let model = write(d.path(), s, 7).unwrap();
+        // Asked again for the same layer, the folder's copy is kept (its data not rewritten);
+        // another seed writes anew.
+        let data = d.path().join("model.onnx.data");
+        let written = std::fs::metadata(&data).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(write(d.path(), s, 7).unwrap(), model);
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().modified().unwrap(),
+            written
+        );
+        write(d.path(), s, 8).unwrap();
+        assert_ne!(
+            std::fs::metadata(&data).unwrap().modified().unwrap(),
+            written
+        );
+        write(d.path(), s, 7).unwrap();
         let t = 6;
         let c = ppmoe_compiler::pipeline::Compilation::new(
             &model,
