@@ -4,7 +4,8 @@
 //! for a few large ones (Mixtral's 8), where cuBLAS's own GEMM per expert is better tuned. So
 //! the first time a shape is seen (element type, group count, din, dout, the rows' power of
 //! two), both are run on its real operands and timed with events, and the faster is kept for
-//! that shape from then on (warm-up forwards pay for it). The per-expert loop runs second, so
+//! that shape from then on (warm-up forwards pay for it; each way runs once untimed before it is
+//! timed, since cuBLAS's first call of a shape loads its kernels). The per-expert loop runs second, so
 //! that forward's result is the loop's; later forwards are the chosen path's, deterministic
 //! from then on. `PPMOE_GROUPED_GEMM=0` forces the loop and `=1` the grouped call.
 
@@ -60,19 +61,23 @@ impl Rank<'_> {
         }
     }
 
-    /// Runs both ways, timed, and keeps the faster for `key`.
+    /// Runs both ways, timed, and keeps the faster for `key`. Each runs once untimed first:
+    /// cuBLAS picks and loads its kernels for a shape at its first call, which costs 10 to 100
+    /// times the product itself on an H200.
     unsafe fn choose(&self, key: ShapeKey, elem: Elem, g: &Grouped) -> Result<(), String> {
         let event = || {
             self.stream
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| e.to_string())
         };
-        let start = event()?;
         // SAFETY: as the caller promises for `g`.
         if !unsafe { blas::gemm_grouped(&self.blas, &self.stream, elem, g)? } {
             self.refused(key, g);
             return unsafe { blas::gemm_per_group(&self.blas, elem, g) };
         }
+        unsafe { blas::gemm_per_group(&self.blas, elem, g)? };
+        let start = event()?;
+        unsafe { blas::gemm_grouped(&self.blas, &self.stream, elem, g)? };
         let mid = event()?;
         unsafe { blas::gemm_per_group(&self.blas, elem, g)? };
         let end = event()?;
