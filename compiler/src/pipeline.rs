@@ -404,7 +404,7 @@ fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
         None => crate::passes::raise_moe::raise_moe(core, policy, limit),
     };
     for u in &outcome.unraised {
-        tracing::warn!("{u}");
+        tracing::warn!("not raised: {u}");
     }
     core.moe_layers.extend(outcome.raised);
     c.unraised = outcome.unraised;

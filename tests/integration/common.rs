@@ -77,6 +77,23 @@ pub fn fixture_field(dir: &Path, key: &str) -> String {
     rest[..end].trim().trim_matches('"').to_string()
 }
 
+/// The MoE layers ppmoe raises in a fixture: fixture.json's `moe_layers` where it says (0 for
+/// a routing not read yet), else two for the whole LMs (two decoder layers, all MoE) and one
+/// for a block.
+pub fn moe_layers(dir: &Path) -> usize {
+    let text = std::fs::read_to_string(dir.join("fixture.json")).expect("fixture.json");
+    if text.contains("\"moe_layers\":") {
+        return fixture_field(dir, "moe_layers")
+            .parse()
+            .expect("moe_layers");
+    }
+    if fixture_field(dir, "kind") == "lm" {
+        2
+    } else {
+        1
+    }
+}
+
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -137,6 +154,14 @@ macro_rules! for_each_fixture {
             qwen2moe_block_ts_bmm,
             qwen2moe_block_ts_eager,
             qwen2moe_lm_dynamo,
+            mixtral_lm_sdpa,
+            qwen2moe_lm_sdpa,
+            olmoe_lm_sdpa,
+            qwen3moe_lm_sdpa,
+            qwen3moe_block_dynamo,
+            granitemoe_lm_sdpa,
+            gptoss_lm_sdpa,
+            phimoe_lm_sdpa,
         );
     };
 }

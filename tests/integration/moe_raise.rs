@@ -15,13 +15,8 @@ fn inspect(dir: &Path, extra: &[&str]) -> crate::common::Output {
     ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// MoE layers in a fixture: two for the whole LMs (two decoder layers, all MoE), else one.
 fn expected_layers(dir: &Path) -> usize {
-    if fixture_field(dir, "kind") == "lm" {
-        2
-    } else {
-        1
-    }
+    crate::common::moe_layers(dir)
 }
 
 #[test]
@@ -428,5 +423,25 @@ mod fused_ort_variants {
         let (summary, err) = run(&m);
         // The reference renormalises the top-2 weights; without it every output shrinks.
         assert!(err > 1e-2, "{err}: {summary}");
+    }
+}
+
+#[test]
+fn phimoe_sparsemixer_routing_is_left_as_ops_and_the_summary_says_why() {
+    let s = summary_row("phimoe_lm_sdpa");
+    assert!(s.contains("0 MoE layer(s)"), "{s}");
+    let why: Vec<&str> = s
+        .lines()
+        .filter(|l| l.starts_with("not raised: "))
+        .collect();
+    // One line per decoder layer's router, naming the pattern and what becomes of the layer.
+    assert_eq!(why.len(), 2, "{s}");
+    for l in why {
+        assert!(
+            l.contains("arg_max straight over the router logits")
+                && l.contains("sparsemixer")
+                && l.contains("run exactly"),
+            "{l}"
+        );
     }
 }

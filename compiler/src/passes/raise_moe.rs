@@ -204,6 +204,26 @@ fn router_input(
     None
 }
 
+/// Why a choice that is not an MoE anchor still looks like a router's, where it does: an
+/// arg_max straight over router logits (a [tokens, experts] linear function of the tokens),
+/// with no softmax between, is how PhiMoE's sparsemixer picks each expert.
+fn unread_router(p: &CoreProgram, prod: &HashMap<BufferId, usize>, i: usize) -> Option<String> {
+    let prog = &p.program;
+    let ins = &prog.instructions[i];
+    let Op::ArgMax { max: true, .. } = ins.op else {
+        return None;
+    };
+    let src = ins.inputs.first().copied().flatten()?;
+    let b = &prog.buffers[src];
+    let ([Some(_), Some(_)], Some(_)) = (&b.shape[..], router_input(p, prod, src)) else {
+        return None;
+    };
+    Some(format!(
+        "arg_max straight over the router logits '{}' (no softmax or top-k): sparsemixer-style routing (PhiMoE's), whose weights come from a masked softmax around each choice, is not read yet; the layer stays as its ops (run exactly, not as moe.* ops)",
+        b.name
+    ))
+}
+
 fn find_anchor(
     p: &CoreProgram,
     prod: &HashMap<BufferId, usize>,
@@ -341,7 +361,10 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
     let prod = producers(prog);
     let cons = consumers(prog);
     let Some(anchor) = find_anchor(core, &prod, &weights, i) else {
-        return Ok(None);
+        return match unread_router(core, &prod, i) {
+            Some(why) => Err(why),
+            None => Ok(None),
+        };
     };
     let lb = &prog.buffers[anchor.logits];
     let [Some(t), Some(e)] = lb.shape[..] else {
@@ -919,7 +942,7 @@ fn raise_layers(
             }
             Err(reason) => outcome
                 .unraised
-                .push(format!("router at node \"{origin}\": not raised: {reason}")),
+                .push(format!("router at node \"{origin}\": {reason}")),
         }
     }
     let weights = &mut core.weights;

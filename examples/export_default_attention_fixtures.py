@@ -1,0 +1,70 @@
+"""Fixtures of whole LMs exported with the default attention (sdpa: what `from_pretrained`
+gives, and what users export), for every MoE architecture of transformers 5.17 whose LM
+exports through torch.onnx's dynamo exporter with batched_mm experts, plus a Qwen3-MoE block.
+Tiny random configs (hidden 64, 2 layers, 4 experts, 16 tokens), fp32, PyTorch's reference
+output beside each (export_fixtures.py's layout and fixture.json).
+
+  python3 examples/export_default_attention_fixtures.py [OUT_DIR]      (default tests/fixtures)
+
+`moe_layers` in fixture.json is the number of MoE layers ppmoe raises: PhiMoE's sparsemixer
+routing is not read (its LM runs exactly as plain ops; `--summary` says why), so 0 there.
+DeepSeek-V3's LM does not export (torch.export fails in its attention), and gpt-oss's MoE is
+not a separate block module, so neither has a block fixture here.
+"""
+import os
+import sys
+
+import torch
+import transformers as T
+
+sys.path.insert(0, os.path.dirname(__file__))
+import export_fixtures as ef  # noqa: E402
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
+ef.OUT = OUT
+COMMON = dict(vocab_size=128, hidden_size=ef.HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1,
+              tie_word_embeddings=False)
+
+
+def configs():
+    base = ef.configs()
+    return {
+        "mixtral": (base["mixtral"], 2),
+        "qwen2moe": (base["qwen2moe"], 2),
+        "olmoe": (base["olmoe"], 2),
+        "qwen3moe": (T.Qwen3MoeConfig(intermediate_size=128, moe_intermediate_size=64, num_experts=4,
+                                      num_experts_per_tok=2, decoder_sparse_step=1, norm_topk_prob=True,
+                                      mlp_only_layers=[], head_dim=16, **COMMON), 2),
+        "granitemoe": (T.GraniteMoeConfig(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
+                                          **COMMON), 2),
+        "gptoss": (T.GptOssConfig(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, head_dim=16,
+                                  layer_types=["full_attention", "full_attention"], sliding_window=128,
+                                  **COMMON), 2),
+        "phimoe": (T.PhimoeConfig(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, **COMMON), 0),
+    }
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, ef.TOKENS, ef.HIDDEN, generator=g)
+    ids = torch.randint(0, 128, (1, ef.TOKENS), generator=g)
+    for arch, (cfg, layers) in configs().items():
+        cfg._experts_implementation = "batched_mm"
+        torch.manual_seed(1234)
+        # The default attention: from_config picks sdpa as from_pretrained does.
+        model = T.AutoModelForCausalLM.from_config(cfg).eval()
+        attention = model.config._attn_implementation
+        meta = dict(arch=arch, experts_implementation="batched_mm", exporter="dynamo", kind="lm",
+                    input_name="input_ids", attention=f"{attention} (the default)", moe_layers=layers)
+        ef.save_fixture(f"{arch}_lm_sdpa", ef.Logits(model), (ids,), True, meta)
+        if arch == "qwen3moe":
+            name, block = ef.moe_block(model)
+            meta = dict(arch=arch, experts_implementation="batched_mm", exporter="dynamo", kind="block",
+                        input_name="hidden_states", block=f"model.layers.0.{name}", moe_layers=1)
+            ef.save_fixture("qwen3moe_block_dynamo", ef.FirstOutput(block), (x,), True, meta)
+
+
+if __name__ == "__main__":
+    main()
