@@ -1,6 +1,7 @@
 """Fixtures of whole LMs exported with the default attention (sdpa: what `from_pretrained`
 gives, and what users export), for every MoE architecture of transformers 5.17 whose LM
-exports through torch.onnx's dynamo exporter with batched_mm experts, plus a Qwen3-MoE block.
+exports through torch.onnx's dynamo exporter with batched_mm experts, plus the Qwen3-MoE and
+DeepSeek-V3 blocks.
 Tiny random configs (hidden 64, 2 layers, 4 experts, 16 tokens), fp32, PyTorch's reference
 output beside each (export_fixtures.py's layout and fixture.json).
 
@@ -8,8 +9,8 @@ output beside each (export_fixtures.py's layout and fixture.json).
 
 `moe_layers` in fixture.json is the number of MoE layers ppmoe raises: PhiMoE's sparsemixer
 routing is not read (its LM runs exactly as plain ops; `--summary` says why), so 0 there.
-DeepSeek-V3's LM does not export (torch.export fails in its attention), and gpt-oss's MoE is
-not a separate block module, so neither has a block fixture here.
+DeepSeek-V3's LM does not export (torch.export fails in its attention), so its first MoE block
+stands for it; gpt-oss's MoE is not a separate block module, so it has no block fixture.
 """
 import os
 import sys
@@ -45,6 +46,27 @@ def configs():
     }
 
 
+def deepseek_block(x):
+    """DeepSeek-V3's first MoE block (its LM does not export): 8 routed experts in 2 groups,
+    the best group kept, top-2, sigmoid scores with a score-correction bias (set to random
+    values here: the model's own starts at zero, which would test nothing), renormalised,
+    times a routed scaling factor of 2.5, and one shared expert."""
+    cfg = T.DeepseekV3Config(intermediate_size=128, moe_intermediate_size=32, n_routed_experts=8,
+                             num_experts_per_tok=2, n_group=2, topk_group=1, n_shared_experts=1,
+                             first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=None,
+                             qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                             routed_scaling_factor=2.5, **COMMON)
+    cfg._experts_implementation = "batched_mm"
+    torch.manual_seed(1234)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    name, block = ef.moe_block(model)
+    with torch.no_grad():
+        block.gate.e_score_correction_bias.copy_(torch.randn(8, generator=torch.Generator().manual_seed(5)) * 0.1)
+    meta = dict(arch="deepseekv3", experts_implementation="batched_mm", exporter="dynamo", kind="block",
+                input_name="hidden_states", block=f"model.layers.0.{name}", moe_layers=1)
+    ef.save_fixture("deepseekv3_block_dynamo", ef.FirstOutput(block), (x,), True, meta)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     g = torch.Generator().manual_seed(7)
@@ -59,11 +81,14 @@ def main():
         meta = dict(arch=arch, experts_implementation="batched_mm", exporter="dynamo", kind="lm",
                     input_name="input_ids", attention=f"{attention} (the default)", moe_layers=layers)
         ef.save_fixture(f"{arch}_lm_sdpa", ef.Logits(model), (ids,), True, meta)
+        if arch == "deepseekv3":
+            continue
         if arch == "qwen3moe":
             name, block = ef.moe_block(model)
             meta = dict(arch=arch, experts_implementation="batched_mm", exporter="dynamo", kind="block",
                         input_name="hidden_states", block=f"model.layers.0.{name}", moe_layers=1)
             ef.save_fixture("qwen3moe_block_dynamo", ef.FirstOutput(block), (x,), True, meta)
+    deepseek_block(x)
 
 
 if __name__ == "__main__":

@@ -162,6 +162,7 @@ macro_rules! for_each_fixture {
             granitemoe_lm_sdpa,
             gptoss_lm_sdpa,
             phimoe_lm_sdpa,
+            deepseekv3_block_dynamo,
         );
     };
 }

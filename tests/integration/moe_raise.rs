@@ -445,3 +445,38 @@ fn phimoe_sparsemixer_routing_is_left_as_ops_and_the_summary_says_why() {
         );
     }
 }
+
+#[test]
+fn deepseek_v3_group_limited_biased_sigmoid_routing_is_raised_with_its_shared_expert() {
+    let s = summary_row("deepseekv3_block_dynamo");
+    assert!(s.contains("1 MoE layer(s)"), "{s}");
+    assert!(
+        s.contains("sigmoid -> top-2, renormalised, score bias, best 1 of 2 groups, x2.5"),
+        "{s}"
+    );
+    assert!(
+        s.contains("1 dense, sigmoid-gated"),
+        "the shared expert: {s}"
+    );
+    // The group top-ks were tried as routers first and raised with the layer: no reason left.
+    assert!(!s.contains("not raised"), "{s}");
+    let ir = inspect(
+        &fixtures_dir().join("deepseekv3_block_dynamo"),
+        &["--emit", "moe"],
+    );
+    let route = ir
+        .stdout
+        .lines()
+        .find(|l| l.contains("\"moe.route\""))
+        .expect("a moe.route");
+    // The score-correction bias is the route's second operand.
+    assert!(
+        route.contains("n_group = 2") && route.contains("topk_group = 1"),
+        "{route}"
+    );
+    assert!(route.contains("scoring = \"sigmoid\""), "{route}");
+    assert!(
+        route.contains("(tensor<16x8xf32>, tensor<8xf32>)"),
+        "{route}"
+    );
+}

@@ -49,13 +49,21 @@ const TOLERANCE: f64 = 1e-5;
 /// How far past the router the layer's output is looked for.
 const SCAN_LIMIT: usize = 600;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Route {
     scoring: Scoring,
     order: RouteOrder,
     renormalize: bool,
     top_k: usize,
     capacity: usize,
+    /// DeepSeek-V3's group limit: experts in `n_group` groups, the choice made among the
+    /// `topk_group` best groups (0: none).
+    n_group: usize,
+    topk_group: usize,
+    routed_scaling_factor: f32,
+    /// The score-correction bias (a weight of [E], by name: added to the scores for the choice
+    /// only) and its values for the trials.
+    bias: Option<(String, Tensor)>,
 }
 
 impl Route {
@@ -65,9 +73,9 @@ impl Route {
             scoring: self.scoring,
             order: self.order,
             renormalize: self.renormalize,
-            n_group: 0,
-            topk_group: 0,
-            routed_scaling_factor: 1.0,
+            n_group: self.n_group,
+            topk_group: self.topk_group,
+            routed_scaling_factor: self.routed_scaling_factor,
             capacity: self.capacity,
         }
     }
@@ -92,7 +100,22 @@ impl Route {
         } else {
             String::new()
         };
-        format!("{s}{r}{c}")
+        let b = if self.bias.is_some() {
+            ", score bias"
+        } else {
+            ""
+        };
+        let g = if self.n_group > 1 {
+            format!(", best {} of {} groups", self.topk_group, self.n_group)
+        } else {
+            String::new()
+        };
+        let f = if self.routed_scaling_factor != 1.0 {
+            format!(", x{}", self.routed_scaling_factor)
+        } else {
+            String::new()
+        };
+        format!("{s}{r}{b}{g}{f}{c}")
     }
 }
 
@@ -116,7 +139,8 @@ fn run_reading(
     x: &Tensor,
     l: &Tensor,
 ) -> Result<Tensor, String> {
-    let r = kernels::execute(&route.op(), &[Some(l)], 2)?;
+    let bias = route.bias.as_ref().map(|(_, t)| t);
+    let r = kernels::execute(&route.op(), &[Some(l), bias], 2)?;
     let ids = r[1].to_i64();
     let mut used: Vec<usize> = ids
         .iter()
@@ -147,6 +171,9 @@ struct Anchor {
     logits: BufferId,
     scoring: Vec<(Scoring, RouteOrder)>,
     top_k: Vec<usize>,
+    /// Sigmoid scores chosen with a score-correction bias (DeepSeek-V3): the bias weight, and
+    /// the (n_group, topk_group) of the group limit (0, 0 without one).
+    biased: Option<(BufferId, usize, usize)>,
 }
 
 /// The buffers holding the same data as `x` under reshapes (the tokens, in every shape).
@@ -204,6 +231,80 @@ fn router_input(
     None
 }
 
+/// DeepSeek-V3's choice: top-k over sigmoid(logits) + a score-correction bias, optionally with
+/// the experts of all but the best groups masked out first (a `where`). Returns the logits and
+/// (bias weight, n_group, topk_group), the groups read from the program: a reshape of the
+/// biased scores to [T, G, E/G], and the top-k (its k) over the [T, G] group scores.
+fn biased_sigmoid(
+    p: &CoreProgram,
+    prod: &HashMap<BufferId, usize>,
+    weights: &HashMap<&str, &Tensor>,
+    src: BufferId,
+) -> Option<(BufferId, (BufferId, usize, usize))> {
+    let prog = &p.program;
+    let op_of = |b: BufferId| prod.get(&b).map(|&j| &prog.instructions[j]);
+    // Through the group mask, if there is one: where(mask, fill, scores).
+    let (scores, masked) = match op_of(src) {
+        Some(ins) if ins.op == Op::Where => (ins.inputs.get(2).copied().flatten()?, true),
+        _ => (src, false),
+    };
+    let add = op_of(scores)?;
+    let Op::Binary {
+        f: ppmoe_runtime::program::BinaryFn::Add,
+    } = add.op
+    else {
+        return None;
+    };
+    let is_weight = |b: BufferId| weights.contains_key(prog.buffers[b].name.as_str());
+    let (a, b) = (
+        add.inputs.first().copied().flatten()?,
+        add.inputs.get(1).copied().flatten()?,
+    );
+    let (sig, bias) = if is_weight(b) { (a, b) } else { (b, a) };
+    if !is_weight(bias) {
+        return None;
+    }
+    let s = op_of(sig)?;
+    let Op::Unary {
+        f: UnaryFn::Sigmoid,
+    } = s.op
+    else {
+        return None;
+    };
+    let logits = s.inputs.first().copied().flatten()?;
+    let [Some(t), Some(e)] = prog.buffers[logits].shape[..] else {
+        return None;
+    };
+    if !masked {
+        return Some((logits, (bias, 0, 0)));
+    }
+    // The groups: the biased scores reshaped to [T, G, E/G] ...
+    let n_group = prog.instructions.iter().find_map(|ins| match &ins.op {
+        Op::ReshapeTo { shape } if ins.inputs.first() == Some(&Some(scores)) => match shape[..] {
+            [a, g, per] if a == t && g > 1 && g * per == e => Some(g),
+            _ => None,
+        },
+        _ => None,
+    })?;
+    // ... and the top-k over the [T, G] group scores, whose k is topk_group.
+    let topk_group = prog.instructions.iter().find_map(|ins| {
+        let Op::TopK { .. } = ins.op else {
+            return None;
+        };
+        let input = ins.inputs.first().copied().flatten()?;
+        if prog.buffers[input].shape[..] != [Some(t), Some(n_group)] {
+            return None;
+        }
+        let k = weights.get(
+            prog.buffers[ins.inputs.get(1).copied().flatten()?]
+                .name
+                .as_str(),
+        )?;
+        k.to_i64().first().map(|&k| k as usize)
+    })?;
+    Some((logits, (bias, n_group, topk_group)))
+}
+
 /// Why a choice that is not an MoE anchor still looks like a router's, where it does: an
 /// arg_max straight over router logits (a [tokens, experts] linear function of the tokens),
 /// with no softmax between, is how PhiMoE's sparsemixer picks each expert.
@@ -254,6 +355,14 @@ fn find_anchor(
                 .to_i64()
                 .first()
                 .copied()? as usize;
+            if let Some((logits, biased)) = biased_sigmoid(p, prod, weights, src) {
+                return Some(Anchor {
+                    logits,
+                    scoring: vec![(Scoring::Sigmoid, RouteOrder::SoftmaxThenTopk)],
+                    top_k: vec![k],
+                    biased: Some(biased),
+                });
+            }
             let (logits, scoring) = match producer {
                 Some(Op::Softmax { log: false, .. }) => (
                     prod.get(&src)
@@ -273,6 +382,7 @@ fn find_anchor(
                 logits,
                 scoring,
                 top_k: vec![k],
+                biased: None,
             })
         }
         // GShard/DeepSpeed gating picks with arg_max over the softmax of the logits.
@@ -283,6 +393,7 @@ fn find_anchor(
                     .and_then(|&j| prog.instructions[j].inputs[0])?,
                 scoring: vec![(Scoring::Softmax, RouteOrder::SoftmaxThenTopk)],
                 top_k: vec![2, 1],
+                biased: None,
             }),
             _ => None,
         },
@@ -553,22 +664,49 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
             }
             let capacity = einsum_capacity(prog, &region, t, e);
             let readings = candidates(&stacks, &biases, h, &hints(core, &region, &weights));
+            // A biased sigmoid router (DeepSeek-V3): its bias and groups, and the scaling
+            // factors to try (the region's scalar constants).
+            let (bias, n_group, topk_group) = match anchor.biased {
+                Some((b, g, tg)) => {
+                    let name = prog.buffers[b].name.clone();
+                    let t = weights.get(name.as_str()).map(|t| (*t).clone());
+                    (t.map(|t| (name, t)), g, tg)
+                }
+                None => (None, 0, 0),
+            };
+            let mut scales = vec![1.0f32];
+            if bias.is_some() {
+                scales.extend(
+                    hints(core, &region, &weights)
+                        .scalars
+                        .iter()
+                        .copied()
+                        .filter(|&v| v > 0.0 && v != 1.0),
+                );
+            }
             'search: for &(scoring, order) in &anchor.scoring {
                 for &top_k in &anchor.top_k {
-                    for renormalize in [true, false] {
+                    for (renormalize, &scale) in [true, false]
+                        .into_iter()
+                        .flat_map(|r| scales.iter().map(move |s| (r, s)))
+                    {
                         let route = Route {
                             scoring,
                             order,
                             renormalize,
                             top_k,
                             capacity,
+                            n_group,
+                            topk_group,
+                            routed_scaling_factor: scale,
+                            bias: bias.clone(),
                         };
                         for r in &readings {
                             if matches(&route, r, &stacks, &biases) {
                                 found = Some(Found {
                                     output: o,
                                     region: region.clone(),
-                                    route,
+                                    route: route.clone(),
                                     reading: r.clone(),
                                     stacks: stacks.clone(),
                                     stack_names: stack_names.clone(),
@@ -754,7 +892,7 @@ fn apply(
         });
         prog.buffers.len() - 1
     };
-    let mut route = found.route;
+    let mut route = found.route.clone();
     let mut note = None;
     if route.capacity > 0 {
         note = Some(match policy {
@@ -791,9 +929,15 @@ fn apply(
         BufferKind::Temp,
     );
     let ids = new_buf(prog, "route_ids", DType::I64, vec![t, k], BufferKind::Temp);
+    // The score-correction bias by name: the buffer of that weight in this program.
+    let bias = route.bias.as_ref().and_then(|(name, _)| {
+        prog.buffers
+            .iter()
+            .position(|b| &b.name == name && b.kind == BufferKind::Weight)
+    });
     new_ins.push(Instruction {
         op: route.op(),
-        inputs: vec![Some(logits)],
+        inputs: vec![Some(logits), bias],
         outputs: vec![w, ids],
         origin: origin.clone(),
     });
@@ -903,6 +1047,7 @@ fn raise_layers(
 ) -> RaiseOutcome {
     let mut outcome = RaiseOutcome::default();
     let mut tried: HashSet<String> = HashSet::new();
+    let mut unraised: Vec<(BufferId, String)> = Vec::new();
     loop {
         let work: &CoreProgram = probe.as_deref().unwrap_or(&*core);
         let next = work
@@ -940,11 +1085,27 @@ fn raise_layers(
                 // The GShard gating has a second arg_max in the region just removed; any
                 // router read by it is gone with it.
             }
-            Err(reason) => outcome
-                .unraised
-                .push(format!("router at node \"{origin}\": {reason}")),
+            Err(reason) => unraised.push((
+                ins.outputs[0],
+                format!("router at node \"{origin}\": {reason}"),
+            )),
         }
     }
+    // A choice tried before its layer's own anchor (DeepSeek's group top-k comes before the
+    // expert top-k) and then raised with it is no unraised router: only those still in the
+    // program are reported.
+    let work: &CoreProgram = probe.as_deref().unwrap_or(&*core);
+    let produced: HashSet<BufferId> = work
+        .program
+        .instructions
+        .iter()
+        .flat_map(|ins| ins.outputs.iter().copied())
+        .collect();
+    outcome.unraised = unraised
+        .into_iter()
+        .filter(|(b, _)| produced.contains(b))
+        .map(|(_, why)| why)
+        .collect();
     let weights = &mut core.weights;
     core.program = crate::passes::dead_code::remove_dead_code(
         std::mem::replace(&mut core.program, empty_program()),
