@@ -4,7 +4,7 @@
 //! each rank's weights file holds only its shard; grids that do not fit are clear errors.
 
 use crate::common::{
-    assert_clean_failure, fixture_field, fixtures_dir, ppmoe, reference, run_fixture, shape_flags,
+    assert_clean_failure, fixtures_dir, ppmoe, reference, run_fixture, shape_flags,
 };
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! the exporter made of it (families A to D), near misses left alone with a reason, and the
 //! `moe` dialect's IRDL verifier at work.
 
-use crate::common::{fixture_field, fixtures, fixtures_dir, ppmoe, shape_flags};
+use crate::common::{fixtures, fixtures_dir, ppmoe, shape_flags};
 use std::path::Path;
 
 fn inspect(dir: &Path, extra: &[&str]) -> crate::common::Output {
