@@ -10,7 +10,8 @@ output beside each (export_fixtures.py's layout and fixture.json).
 `moe_layers` in fixture.json is the number of MoE layers ppmoe raises: PhiMoE's sparsemixer
 routing is not read (its LM runs exactly as plain ops; `--summary` says why), so 0 there.
 DeepSeek-V3's LM does not export (torch.export fails in its attention), so its first MoE block
-stands for it; gpt-oss's MoE is not a separate block module, so it has no block fixture.
+stands for it. gpt-oss's block (its `mlp`) returns its routing scores beside its output: both are
+graph outputs, with both references.
 """
 import os
 import sys
@@ -67,6 +68,35 @@ def deepseek_block(x):
     ef.save_fixture("deepseekv3_block_dynamo", ef.FirstOutput(block), (x,), True, meta)
 
 
+def gptoss_block(model, x):
+    """gpt-oss's first MoE block (its `mlp`), which returns its routing scores beside its output,
+    as the model keeps them: the raise must leave that value to the graph. Both outputs'
+    references are saved."""
+    import json
+    import numpy as np
+    import onnx
+    mlp = model.model.layers[0].mlp
+    d = os.path.join(OUT, "gptoss_block_dynamo")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "model.onnx")
+    with torch.no_grad():
+        refs = mlp(x)
+    torch.onnx.export(mlp, (x,), path, dynamo=True)
+    m = onnx.load(path)
+    onnx.checker.check_model(m)
+    ins, outs = [i.name for i in m.graph.input], [o.name for o in m.graph.output]
+    np.save(os.path.join(d, f"{ins[0]}.npy"), x.numpy())
+    for name, r in zip(outs, refs):
+        np.save(os.path.join(d, f"{name}.npy"), r.numpy())
+    info = dict(arch="gptoss", experts_implementation="batched_mm", exporter="dynamo", kind="block",
+                input_name=ins[0], block="model.layers.0.mlp (returns (output, router_scores))",
+                moe_layers=1, inputs=ins, outputs=outs, nodes=len(m.graph.node),
+                opset=[(o.domain, o.version) for o in m.opset_import], torch=torch.__version__,
+                transformers=T.__version__, ops=sorted({n.op_type for n in m.graph.node}))
+    json.dump(info, open(os.path.join(d, "fixture.json"), "w"), indent=1)
+    print("gptoss_block_dynamo nodes", info["nodes"], flush=True)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     g = torch.Generator().manual_seed(7)
@@ -83,6 +113,8 @@ def main():
         ef.save_fixture(f"{arch}_lm_sdpa", ef.Logits(model), (ids,), True, meta)
         if arch == "deepseekv3":
             continue
+        if arch == "gptoss":
+            gptoss_block(model, x)
         if arch == "qwen3moe":
             name, block = ef.moe_block(model)
             meta = dict(arch=arch, experts_implementation="batched_mm", exporter="dynamo", kind="block",

@@ -163,6 +163,7 @@ macro_rules! for_each_fixture {
             gptoss_lm_sdpa,
             phimoe_lm_sdpa,
             deepseekv3_block_dynamo,
+            gptoss_block_dynamo,
         );
     };
 }

@@ -231,6 +231,37 @@ fn router_input(
     None
 }
 
+/// The instructions of `region` that make values read outside it other than the layer's
+/// output `o`, where each such value is made from the logits alone (none of them then is part
+/// of the layer's work on the tokens): they are kept, the rest of the region is raised. None
+/// when an escaping value depends on the tokens some other way.
+fn router_side(
+    prog: &ppmoe_runtime::program::Program,
+    prod: &HashMap<BufferId, usize>,
+    region: &BTreeSet<usize>,
+    cons: &HashMap<BufferId, Vec<usize>>,
+    o: BufferId,
+    logits: BufferId,
+) -> Option<BTreeSet<usize>> {
+    let cut: HashSet<BufferId> = [logits].into();
+    let mut kept = BTreeSet::new();
+    for v in live_outs(prog, region, cons)
+        .into_iter()
+        .filter(|&v| v != o)
+    {
+        let slice = backward_slice(prog, prod, v, &cut);
+        if !slice.is_subset(region) || !live_ins(prog, &slice).iter().all(|&b| b == logits) {
+            return None;
+        }
+        kept.extend(slice);
+    }
+    // The layer's output must not be among what is kept.
+    (!kept
+        .iter()
+        .any(|&k| prog.instructions[k].outputs.contains(&o)))
+    .then_some(kept)
+}
+
 /// DeepSeek-V3's choice: top-k over sigmoid(logits) + a score-correction bias, optionally with
 /// the experts of all but the best groups masked out first (a `where`). Returns the logits and
 /// (bias weight, n_group, topk_group), the groups read from the program: a reshape of the
@@ -577,13 +608,32 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
             {
                 continue;
             }
-            let region = backward_slice(prog, &prod, o, &cut);
-            if !region.contains(&i) {
+            let full = backward_slice(prog, &prod, o, &cut);
+            if !full.contains(&i) {
                 continue;
             }
-            let ins_ok = live_ins(prog, &region).iter().all(|b| cut.contains(b));
-            let outs = live_outs(prog, &region, &cons);
-            if !ins_ok || outs.len() != 1 {
+            let ins_ok = live_ins(prog, &full).iter().all(|b| cut.contains(b));
+            // Router values the model also returns (gpt-oss's block returns its routing scores,
+            // others keep the logits for an auxiliary loss) are made from the logits alone:
+            // their instructions stay as they are beside the raised layer.
+            let Some(kept) = router_side(prog, &prod, &full, &cons, o, anchor.logits) else {
+                let why = format!("the layer's values are read outside it or it reads values other than the tokens and logits (at '{}')", b.name);
+                tracing::debug!("moe: candidate '{}': {why}", b.name);
+                if !specific {
+                    last_reason = why;
+                }
+                continue;
+            };
+            let region: BTreeSet<usize> = full.difference(&kept).copied().collect();
+            let outs = live_outs(prog, &full, &cons);
+            if !ins_ok
+                || outs.iter().any(|v| {
+                    *v != o
+                        && !kept
+                            .iter()
+                            .any(|&k| prog.instructions[k].outputs.contains(v))
+                })
+            {
                 let why = format!("the layer's values are read outside it or it reads values other than the tokens and logits (at '{}')", b.name);
                 tracing::debug!("moe: candidate '{}': {why}", b.name);
                 // A candidate that got further says more: keep its reason.
@@ -594,13 +644,13 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
             }
             // A layer that gathers its experts' weights per routed slot makes tensors as large
             // as its largest weight on any number of tokens: the trial may go that far.
-            let trial_limit = limit.max(largest_weight(prog, &region, &weights));
+            let trial_limit = limit.max(largest_weight(prog, &full, &weights));
             let refs: Vec<Tensor> = match (0..2)
                 .map(|k| {
                     evaluate(
                         prog,
                         &weights,
-                        &region,
+                        &full,
                         &trial_inputs(k),
                         o,
                         trial_limit,
@@ -662,8 +712,8 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                 last_reason = format!("no expert weights (a weight of {e} stacked matrices) in the layer ending at '{}'", b.name);
                 continue;
             }
-            let capacity = einsum_capacity(prog, &region, t, e);
-            let readings = candidates(&stacks, &biases, h, &hints(core, &region, &weights));
+            let capacity = einsum_capacity(prog, &full, t, e);
+            let readings = candidates(&stacks, &biases, h, &hints(core, &full, &weights));
             // A biased sigmoid router (DeepSeek-V3): its bias and groups, and the scaling
             // factors to try (the region's scalar constants).
             let (bias, n_group, topk_group) = match anchor.biased {
@@ -677,7 +727,7 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
             let mut scales = vec![1.0f32];
             if bias.is_some() {
                 scales.extend(
-                    hints(core, &region, &weights)
+                    hints(core, &full, &weights)
                         .scalars
                         .iter()
                         .copied()
