@@ -1,7 +1,7 @@
 """Fixtures of whole LMs exported with the default attention (sdpa: what `from_pretrained`
 gives, and what users export), for every MoE architecture of transformers 5.17 whose LM
 exports through torch.onnx's dynamo exporter with batched_mm experts, plus the Qwen3-MoE and
-DeepSeek-V3 blocks.
+DeepSeek-V3 blocks and Qwen3-MoE's LM in bf16 and in fp16.
 Tiny random configs (hidden 64, 2 layers, 4 experts, 16 tokens), fp32, PyTorch's reference
 output beside each (export_fixtures.py's layout and fixture.json).
 
@@ -97,6 +97,30 @@ def gptoss_block(model, x):
     print("gptoss_block_dynamo nodes", info["nodes"], flush=True)
 
 
+class HalfLogits(torch.nn.Module):
+    """A half-precision LM's logits as float32 (the reference's file type)."""
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids):
+        return self.lm(input_ids=input_ids, use_cache=False).logits.float()
+
+
+def half_lms(ids):
+    """Qwen3-MoE's LM built and exported in bf16 and in fp16 (`.to(dtype)`: weights and
+    arithmetic in that type), the usual form of real checkpoints."""
+    for dtype, tag in [(torch.bfloat16, "bf16"), (torch.float16, "fp16")]:
+        cfg, layers = configs()["qwen3moe"]
+        cfg._experts_implementation = "batched_mm"
+        torch.manual_seed(1234)
+        model = T.AutoModelForCausalLM.from_config(cfg).eval().to(dtype)
+        meta = dict(arch="qwen3moe", experts_implementation="batched_mm", exporter="dynamo", kind="lm",
+                    input_name="input_ids", attention="sdpa (the default)", dtype=str(dtype),
+                    moe_layers=layers)
+        ef.save_fixture(f"qwen3moe_lm_{tag}_sdpa", HalfLogits(model), (ids,), True, meta)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     g = torch.Generator().manual_seed(7)
@@ -121,6 +145,7 @@ def main():
                         input_name="hidden_states", block=f"model.layers.0.{name}", moe_layers=1)
             ef.save_fixture("qwen3moe_block_dynamo", ef.FirstOutput(block), (x,), True, meta)
     deepseek_block(x)
+    half_lms(ids)
 
 
 if __name__ == "__main__":

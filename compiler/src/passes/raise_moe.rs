@@ -46,6 +46,27 @@ pub enum CapacityPolicy {
 }
 
 const TOLERANCE: f64 = 1e-5;
+/// How close a reading must come to a layer that computes in bf16 or fp16: such a layer
+/// rounds after each op, so no reading in f32 can match it to f32's precision. A wrong reading
+/// (another activation, no renormalisation, another k) is off by 1e-1 or more.
+const TOLERANCE_BF16: f64 = 1e-2;
+const TOLERANCE_F16: f64 = 2e-3;
+
+/// The tolerance of the readings of a layer: by the coarsest float type it computes in.
+fn region_tolerance(prog: &ppmoe_runtime::program::Program, region: &BTreeSet<usize>) -> f64 {
+    let types: HashSet<DType> = region
+        .iter()
+        .flat_map(|&i| prog.instructions[i].outputs.iter())
+        .map(|&o| prog.buffers[o].dtype)
+        .collect();
+    if types.contains(&DType::BF16) {
+        TOLERANCE_BF16
+    } else if types.contains(&DType::F16) {
+        TOLERANCE_F16
+    } else {
+        TOLERANCE
+    }
+}
 /// How far past the router the layer's output is looked for.
 const SCAN_LIMIT: usize = 600;
 
@@ -679,11 +700,12 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                     })
                     .fold(0.0, f64::max)
             };
+            let tolerance = region_tolerance(prog, &full);
             let mut closest = f64::INFINITY;
             let mut matches = |route: &Route, r: &Reading, stacks: &[Tensor], biases: &[Tensor]| {
                 let e = error(route, r, stacks, biases);
                 closest = closest.min(e);
-                e < TOLERANCE
+                e < tolerance
             };
             if let Some(prev) = &found {
                 if matches(&prev.route, &prev.reading, &prev.stacks, &prev.biases) {
@@ -734,6 +756,7 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                         .filter(|&v| v > 0.0 && v != 1.0),
                 );
             }
+            let mut best: Option<(f64, Route, Reading)> = None;
             'search: for &(scoring, order) in &anchor.scoring {
                 for &top_k in &anchor.top_k {
                     for (renormalize, &scale) in [true, false]
@@ -752,20 +775,33 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                             bias: bias.clone(),
                         };
                         for r in &readings {
-                            if matches(&route, r, &stacks, &biases) {
-                                found = Some(Found {
-                                    output: o,
-                                    region: region.clone(),
-                                    route: route.clone(),
-                                    reading: r.clone(),
-                                    stacks: stacks.clone(),
-                                    stack_names: stack_names.clone(),
-                                    biases: biases.clone(),
-                                });
+                            let e = error(&route, r, &stacks, &biases);
+                            if best.as_ref().is_none_or(|b| e < b.0) {
+                                best = Some((e, route.clone(), r.clone()));
+                            }
+                            // Exact in f32: no other reading can be closer in any way that
+                            // matters.
+                            if e < TOLERANCE {
                                 break 'search;
                             }
                         }
                     }
+                }
+            }
+            // The closest reading, where it is within the region's precision (a half-precision
+            // layer rounds between its ops, so its readings can only be that close).
+            if let Some((e, route, r)) = best.take() {
+                closest = closest.min(e);
+                if e < tolerance {
+                    found = Some(Found {
+                        output: o,
+                        region: region.clone(),
+                        route,
+                        reading: r,
+                        stacks: stacks.clone(),
+                        stack_names: stack_names.clone(),
+                        biases: biases.clone(),
+                    });
                 }
             }
             if found.is_none() {
@@ -777,7 +813,7 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                     readings.len() * anchor.scoring.len() * anchor.top_k.len() * 2
                 );
                 if closest.is_finite() {
-                    last_reason.push_str(&format!(" (the closest is off by {closest:.1e}, relative; {TOLERANCE:.0e} is needed)"));
+                    last_reason.push_str(&format!(" (the closest is off by {closest:.1e}, relative; {tolerance:.0e} is needed)"));
                 }
                 tracing::debug!("moe: {last_reason}");
                 specific = true;
