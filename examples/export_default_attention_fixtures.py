@@ -1,7 +1,8 @@
 """Fixtures of whole LMs exported with the default attention (sdpa: what `from_pretrained`
 gives, and what users export), for every MoE architecture of transformers 5.17 whose LM
 exports through torch.onnx's dynamo exporter with batched_mm experts, plus the Qwen3-MoE and
-DeepSeek-V3 blocks and Qwen3-MoE's LM in bf16 and in fp16.
+DeepSeek-V3 blocks (Qwen3-MoE's and GraniteMoE's in the dynamo, TorchScript bmm and TorchScript
+eager forms), and Qwen3-MoE's LM in bf16 and in fp16.
 Tiny random configs (hidden 64, 2 layers, 4 experts, 16 tokens), fp32, PyTorch's reference
 output beside each (export_fixtures.py's layout and fixture.json).
 
@@ -121,6 +122,34 @@ def half_lms(ids):
         ef.save_fixture(f"qwen3moe_lm_{tag}_sdpa", HalfLogits(model), (ids,), True, meta)
 
 
+def block_of(model):
+    """The first decoder layer's MoE block: by its class (`...SparseMoeBlock`, `...MoE`), not
+    just a name with "moe" in it (GraniteMoE's norms are `GraniteMoeRMSNorm`)."""
+    layer = model.model.layers[0]
+    for name, mod in layer.named_children():
+        cls = type(mod).__name__
+        if "Sparse" in cls or cls.endswith("MoE") or cls.endswith("Moe"):
+            return name, mod
+    return ef.moe_block(model)
+
+
+def block_forms(x):
+    """Qwen3-MoE's and GraniteMoE's first MoE block in the three exporter forms of the older
+    fixtures: dynamo and TorchScript with batched_mm experts, TorchScript with the eager
+    per-expert loop."""
+    for arch in ["qwen3moe", "granitemoe"]:
+        for impl, dynamo, tag in [("batched_mm", True, "block_dynamo"), ("batched_mm", False, "block_ts_bmm"),
+                                  ("eager", False, "block_ts_eager")]:
+            cfg, _ = configs()[arch]
+            cfg._experts_implementation = impl
+            torch.manual_seed(1234)
+            model = T.AutoModelForCausalLM.from_config(cfg).eval()
+            name, block = block_of(model)
+            meta = dict(arch=arch, experts_implementation=impl, exporter="dynamo" if dynamo else "torchscript",
+                        kind="block", input_name="hidden_states", block=f"model.layers.0.{name}", moe_layers=1)
+            ef.save_fixture(f"{arch}_{tag}", ef.FirstOutput(block), (x,), dynamo, meta)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     g = torch.Generator().manual_seed(7)
@@ -139,11 +168,7 @@ def main():
             continue
         if arch == "gptoss":
             gptoss_block(model, x)
-        if arch == "qwen3moe":
-            name, block = ef.moe_block(model)
-            meta = dict(arch=arch, experts_implementation="batched_mm", exporter="dynamo", kind="block",
-                        input_name="hidden_states", block=f"model.layers.0.{name}", moe_layers=1)
-            ef.save_fixture("qwen3moe_block_dynamo", ef.FirstOutput(block), (x,), True, meta)
+    block_forms(x)
     deepseek_block(x)
     half_lms(ids)
 

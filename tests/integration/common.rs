@@ -182,6 +182,11 @@ macro_rules! for_each_fixture {
             gptoss_block_dynamo,
             qwen3moe_lm_bf16_sdpa,
             qwen3moe_lm_fp16_sdpa,
+            qwen3moe_block_ts_bmm,
+            qwen3moe_block_ts_eager,
+            granitemoe_block_dynamo,
+            granitemoe_block_ts_bmm,
+            granitemoe_block_ts_eager,
         );
     };
 }
