@@ -8,6 +8,10 @@ dispatch and combine), as StableHLO in generic op form, with JAX's outputs.
                             all_to_all; the capacity is computed per source shard, as such
                             programs do
 
+  jax_silu_a2a/             the shard_map layer with its experts' activation written as
+                            jax.nn.silu, which JAX lowers to a private function the expert work
+                            calls
+
   jax_moe_block/            a Mixtral-like transformer block in JAX (RMSNorm, causal attention
                             with RoPE, top-2 router -> softmax, SwiGLU experts computed densely
                             and combined by the routing weights): the ops a JAX transformer
@@ -91,6 +95,22 @@ def layer_a2a(x, wg, w1, w2):
     # [E, C, M] -> [E/n, n*C, M]: each device gets its experts' slots from every source shard.
     dispatched = jax.lax.all_to_all(dispatched, "x", split_axis=0, concat_axis=1, tiled=True)
     out = experts(dispatched, w1, w2)
+    out = jax.lax.all_to_all(out, "x", split_axis=1, concat_axis=0, tiled=True)
+    return jnp.einsum("sec,ecm->sm", combine, out)
+
+
+def experts_silu(dispatched, w1, w2):
+    """The experts written the usual way, with jax.nn.silu: JAX lowers it to a private function
+    that the expert work calls (func.call between the two all_to_alls)."""
+    h = jax.nn.silu(jnp.einsum("ecm,emf->ecf", dispatched, w1))
+    return jnp.einsum("ecf,efm->ecm", h, w2)
+
+
+def layer_a2a_silu(x, wg, w1, w2):
+    combine, dispatch = gating(x, wg)
+    dispatched = jnp.einsum("sec,sm->ecm", dispatch, x)
+    dispatched = jax.lax.all_to_all(dispatched, "x", split_axis=0, concat_axis=1, tiled=True)
+    out = experts_silu(dispatched, w1, w2)
     out = jax.lax.all_to_all(out, "x", split_axis=1, concat_axis=0, tiled=True)
     return jnp.einsum("sec,ecm->sm", combine, out)
 
@@ -201,6 +221,9 @@ def main():
     out = sharded(*args)
     save(root, "jax_gshard_top2_a2a", sharded.lower(*args), args, out,
          dict(devices=DEVICES, capacity_per_shard=capacity(S // DEVICES)))
+    silu = jax.jit(jax.shard_map(layer_a2a_silu, mesh=mesh, in_specs=(P("x"), P(), P("x"), P("x")), out_specs=P("x")))
+    save(root, "jax_silu_a2a", silu.lower(*args), args, silu(*args),
+         dict(devices=DEVICES, capacity_per_shard=capacity(S // DEVICES), activation="jax.nn.silu (a func.call)"))
     ks = jax.random.split(jax.random.PRNGKey(1), 12)
     nrm = lambda k, shape, sc: jax.random.normal(k, shape, jnp.float32) * sc
     xb = nrm(ks[0], (16, M), 1.0)

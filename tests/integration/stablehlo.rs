@@ -389,3 +389,30 @@ fn a_nul_byte_in_mlir_text_is_an_error_not_a_panic() {
     let out = ppmoe(&["inspect", &s(&p), "--emit", "core"]);
     assert_clean_failure(&out, &["model.mlir", "NUL byte at offset 100"]);
 }
+
+#[test]
+fn shard_map_experts_that_call_a_private_function_are_raised_and_match_jax() {
+    // jax.nn.silu lowers to a func.call inside the expert work, between the two all_to_alls:
+    // its body is inlined and read like the rest (here as x / (1 + exp(-x))).
+    let dir = fixture("jax_silu_a2a");
+    let text = std::fs::read_to_string(dir.join("model.mlir")).unwrap();
+    assert!(
+        text.contains("\"func.call\""),
+        "the fixture calls a function"
+    );
+    let sum = summary(&dir);
+    assert_eq!(
+        sum.matches("softmax -> top-2, renormalised, capacity 4 | silu")
+            .count(),
+        4,
+        "{sum}"
+    );
+    for flags in [
+        &["--tp", "1"][..],
+        &["--tp", "2", "--moe-strategy", "ppmoe"],
+        &["--tp", "4", "--moe-strategy", "alltoall"],
+    ] {
+        let line = compile_and_run(&dir, flags);
+        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
+    }
+}

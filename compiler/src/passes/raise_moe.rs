@@ -468,9 +468,12 @@ fn hints(
             | Op::Unary {
                 f: UnaryFn::GeluTanh,
             } => h.tanh = true,
+            // A sigmoid, or the exponential it is spelt with (JAX lowers jax.nn.silu to
+            // x / (1 + exp(-x)) on some paths).
             Op::Unary {
                 f: UnaryFn::Sigmoid,
-            } => h.sigmoid = true,
+            }
+            | Op::Unary { f: UnaryFn::Exp } => h.sigmoid = true,
             Op::Unary { f: UnaryFn::Relu } => h.relu = true,
             _ => {}
         }

@@ -283,10 +283,14 @@ impl Lowering {
                 && !is_elementwise(&op.name)
                 && !matches!(
                     op.name.as_str(),
-                    "stablehlo.dot_general" | "stablehlo.broadcast_in_dim" | "stablehlo.all_to_all"
+                    // A call's body is inlined and its ops checked one by one, here.
+                    "stablehlo.dot_general"
+                        | "stablehlo.broadcast_in_dim"
+                        | "stablehlo.all_to_all"
+                        | "func.call"
                 )
             {
-                return Err(format!("{}: between a dispatch all_to_all and its return, ppmoe raises only per-expert work (elementwise ops and batched dot_generals on the expert dimension)", op.describe()));
+                return Err(format!("{}: between a dispatch all_to_all and its return, ppmoe raises only per-expert work (elementwise ops, batched dot_generals on the expert dimension, and calls of functions made of them)", op.describe()));
             }
             let outs = self.op(op, args, dev).map_err(|e| {
                 if e.contains(&op.name) {
