@@ -88,7 +88,7 @@ def layer(x, wg, w1, w2):
     return jnp.einsum("sec,ecm->sm", combine, experts(dispatched, w1, w2))
 
 
-def layer_a2a(x, wg, w1, w2):
+def layer_a2a(x, wg, w1, w2, experts=experts):
     """One shard's part: its tokens, all router columns, its experts."""
     combine, dispatch = gating(x, wg)
     dispatched = jnp.einsum("sec,sm->ecm", dispatch, x)
@@ -107,12 +107,7 @@ def experts_silu(dispatched, w1, w2):
 
 
 def layer_a2a_silu(x, wg, w1, w2):
-    combine, dispatch = gating(x, wg)
-    dispatched = jnp.einsum("sec,sm->ecm", dispatch, x)
-    dispatched = jax.lax.all_to_all(dispatched, "x", split_axis=0, concat_axis=1, tiled=True)
-    out = experts_silu(dispatched, w1, w2)
-    out = jax.lax.all_to_all(out, "x", split_axis=1, concat_axis=0, tiled=True)
-    return jnp.einsum("sec,ecm->sm", combine, out)
+    return layer_a2a(x, wg, w1, w2, experts=experts_silu)
 
 
 NH, HD = 4, 16

@@ -55,12 +55,7 @@ fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
         );
     }
     // What stays on the host in a whole LM: the embedding's gather alone.
-    let host: Vec<&str> = kernels
-        .lines()
-        .filter(|l| l.contains("\"kernels.host\""))
-        .collect();
-    assert_eq!(host.len(), 1, "{host:?}");
-    assert!(host[0].contains("op = \"gather\""), "{host:?}");
+    assert_only_the_embedding_on_the_host(&kernels);
     // Transcendentals use PTX's own approximations: nothing is left to link.
     assert!(!ptx.contains("__nv_"), "a libdevice call survived");
     assert!(ptx.contains("ex2.approx.ftz.f32"));
@@ -96,6 +91,16 @@ fn bf16_weights_add_the_activation_narrowing_kernel_for_bf16_gemms() {
     assert!(!fp32.contains("to_bf16("), "fp32 weights need no narrowing");
 }
 
+/// The one `kernels.host` instruction of an LM rank's plan is the embedding's gather.
+fn assert_only_the_embedding_on_the_host(kernels: &str) {
+    let host: Vec<&str> = kernels
+        .lines()
+        .filter(|l| l.contains("\"kernels.host\""))
+        .collect();
+    assert_eq!(host.len(), 1, "{host:?}");
+    assert!(host[0].contains("op = \"gather\""), "{host:?}");
+}
+
 /// Rank 0's part of a multi-rank `--emit kernels`.
 fn rank0(s: &str) -> &str {
     &s[..s.find("func.func @rank1").unwrap_or(s.len())]
@@ -116,12 +121,7 @@ fn ppmoe_experts_run_on_the_gpu_at_tp_2() {
     assert_eq!(k0.matches("op = \"expert_ffn\"").count(), 2);
     assert_eq!(k0.matches("\"kernels.fused\"").count(), 4);
     // The embedding's gather is the only host work left.
-    let host: Vec<&str> = k0
-        .lines()
-        .filter(|l| l.contains("\"kernels.host\""))
-        .collect();
-    assert_eq!(host.len(), 1, "{host:?}");
-    assert!(host[0].contains("op = \"gather\""), "{host:?}");
+    assert_only_the_embedding_on_the_host(k0);
     let ptx = inspect(&["--tp", "2", "--emit", "ptx"]);
     for suffix in ["gather", "act", "combine"] {
         assert_eq!(
@@ -173,10 +173,5 @@ fn alltoall_experts_run_on_the_gpu_at_tp_2_sending_only_routed_rows() {
         .collect();
     assert!(nccl.iter().all(|l| !l.contains("all_to_all")), "{nccl:?}");
     assert!(nccl.iter().any(|l| l.contains("all_gather")), "{nccl:?}");
-    let host: Vec<&str> = k0
-        .lines()
-        .filter(|l| l.contains("\"kernels.host\""))
-        .collect();
-    assert_eq!(host.len(), 1, "{host:?}");
-    assert!(host[0].contains("op = \"gather\""), "{host:?}");
+    assert_only_the_embedding_on_the_host(k0);
 }

@@ -45,27 +45,27 @@ pub fn shape_flags(dir: &Path) -> Vec<String> {
 /// How close to PyTorch's output a fixture must come: 1e-4 for fp32 models; 3e-2 for bf16
 /// ones (PyTorch rounds every op's result to bf16, the CPU backend only the GEMMs' inputs).
 pub fn torch_tolerance(dir: &Path) -> f64 {
-    let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
     // A model exported in half precision computes in it: PyTorch's reference and ppmoe's
     // output round differently (fp16 keeps 3 more mantissa bits than bf16).
-    if text.contains("bfloat16") {
-        3e-2
-    } else if text.contains("float16") {
-        5e-3
-    } else {
-        1e-4
-    }
+    by_precision(dir, [3e-2, 5e-3, 1e-4])
 }
 
-/// How close a partitioned program's output must be to the single-rank one.
+/// How close a partitioned program's output must be to the single-rank one: fp32 1e-5; a
+/// half-precision model's ranks round their partial sums to its type before they are added,
+/// as PyTorch's tensor-parallel ranks do.
 pub fn partitioned_tolerance(dir: &Path) -> f64 {
+    by_precision(dir, [2e-2, 2e-3, 1e-5])
+}
+
+/// One of `[bf16, fp16, fp32]` by the type the fixture's model was exported in.
+fn by_precision(dir: &Path, [bf16, fp16, fp32]: [f64; 3]) -> f64 {
     let text = std::fs::read_to_string(dir.join("fixture.json")).unwrap();
     if text.contains("bfloat16") {
-        2e-2
+        bf16
     } else if text.contains("float16") {
-        2e-3
+        fp16
     } else {
-        1e-5
+        fp32
     }
 }
 

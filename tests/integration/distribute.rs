@@ -51,8 +51,6 @@ fn check_grids(name: &str) {
                     crate::core_numerics::rel_err(got.as_f32().unwrap(), single.as_f32().unwrap());
                 let e_torch =
                     crate::core_numerics::rel_err(got.as_f32().unwrap(), torch.as_f32().unwrap());
-                // fp32: 1e-5. A half-precision model's ranks round their partial sums to its
-                // type before they are added, as PyTorch's tensor-parallel ranks do.
                 let partitioned = crate::common::partitioned_tolerance(&dir);
                 assert!(
                     e_single < partitioned,
