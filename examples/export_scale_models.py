@@ -11,6 +11,8 @@ fixture.json (what it is, in the committed fixtures' format).
                        fp32, dynamic token dimension
   mixtral_lm_bf16/     a 2-layer Mixtral-8x7B-shaped causal LM (vocabulary 32000) built in bf16,
                        with the default attention implementation (sdpa), dynamic sequence
+  mixtral_lm_bf16_batched/ mixtral_lm_bf16 with a dynamic batch too (pipeline microbatches cut
+                       the batch; scripts/lm-gpu)
   mixtral_lm_bf16_sdpa/ the same at hidden 64 (a few hundred KB): committed under
                        tests/fixtures for CI (`... export_scale_models.py tests/fixtures
                        mixtral_lm_bf16_sdpa`)
@@ -69,8 +71,21 @@ def mixtral_lm_tiny():
     return cfg, torch.bfloat16, "lm"
 
 
+def mixtral_lm_batched():
+    """mixtral_lm_bf16 with a dynamic batch too, for pipeline microbatches (scripts/lm-gpu)."""
+    cfg, dtype, _ = mixtral_lm()
+    return cfg, dtype, "lm_batched"
+
+
+def mixtral_lm_tiny_batched():
+    """The same at hidden 64: to try the batched export and its compile quickly."""
+    cfg, dtype, _ = mixtral_lm_tiny()
+    return cfg, dtype, "lm_batched"
+
+
 MODELS = {"qwen3_block_fp32": qwen3_block, "mixtral_block_fp32": mixtral_block, "mixtral_lm_bf16": mixtral_lm,
-          "mixtral_lm_bf16_sdpa": mixtral_lm_tiny}
+          "mixtral_lm_bf16_sdpa": mixtral_lm_tiny, "mixtral_lm_bf16_batched": mixtral_lm_batched,
+          "mixtral_lm_bf16_sdpa_batched": mixtral_lm_tiny_batched}
 
 
 def build(make):
@@ -89,10 +104,16 @@ def build(make):
         module = FirstOutput(lm.model.layers[0].mlp).eval()
         x = torch.randn(1, TOKENS, cfg.hidden_size, generator=torch.Generator().manual_seed(7), dtype=dtype)
         dyn = ({1: torch.export.Dim("tokens", min=2, max=65536)},)
-    else:
+    elif kind == "lm":
         module = Logits(lm).eval()
         x = torch.randint(0, cfg.vocab_size, (1, TOKENS), generator=torch.Generator().manual_seed(7))
         dyn = ({1: torch.export.Dim("sequence", min=2, max=32768)},)
+    else:
+        # A dynamic batch as well: the example has 2 rows, since torch.export fixes a
+        # dimension whose example size is 1.
+        module = Logits(lm).eval()
+        x = torch.randint(0, cfg.vocab_size, (2, TOKENS), generator=torch.Generator().manual_seed(7))
+        dyn = ({0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("sequence", min=2, max=32768)},)
     return lm, module, x, dyn, arch, kind
 
 
@@ -119,7 +140,7 @@ def export(name, out_dir):
     np.save(os.path.join(d, f"{out_names[0]}.npy"), ref.float().numpy())
     # The fields of the committed fixtures' fixture.json, which the tests read.
     info = dict(name=name, arch=arch, experts_implementation="batched_mm", exporter="dynamo",
-                attention="sdpa (the default)", kind="lm" if kind == "lm" else "moe_subgraph",
+                attention="sdpa (the default)", kind="moe_subgraph" if kind == "block" else "lm",
                 input_name=in_names[0], inputs=in_names, outputs=out_names, nodes=len(m.graph.node),
                 opset=[(o.domain, o.version) for o in m.opset_import],
                 weight_bytes=sum(p.numel() * p.element_size() for p in module.parameters()),
