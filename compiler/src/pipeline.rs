@@ -159,6 +159,7 @@ fn print_kernels(c: &Compilation) -> String {
                     "\"kernels.moe_alltoall_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", exchange = \"nccl ragged send/recv\", activations = \"{}\", dispatch = {dispatch} : i64, all_to_all = {exchange} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
                     if *bf16 { "bf16" } else { "f32" }
                 ),
+                Lowered::Embedding { name } => format!("\"kernels.embedding\"() {{kernel = @rank{r}_kernels::@{name}, instruction = {i} : i64}}"),
                 Lowered::Fused { into } => format!("\"kernels.fused\"() {{op = \"{}\", into = {into} : i64, instruction = {i} : i64}}", ins.op.name()),
                 Lowered::Collective => format!("\"kernels.nccl\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
                 Lowered::Alias => format!("\"kernels.alias\"() {{instruction = {i} : i64}}"),

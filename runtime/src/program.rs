@@ -665,6 +665,10 @@ pub enum GpuOp {
     /// Done by a later instruction's step (`into`): nothing runs here, and no result of this
     /// instruction is made (only that step reads them).
     Fused { into: usize },
+    /// A row lookup (`Gather` on axis 0 of a float weight table, integer indices: the token
+    /// embedding): the indices, which come from the host, are checked there and uploaded, and
+    /// the generated kernel `name` copies the rows.
+    Embedding { name: String },
     /// An NCCL collective or point-to-point op.
     Collective,
     /// A reshape: the same data under another shape.

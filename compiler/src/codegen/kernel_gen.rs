@@ -753,6 +753,50 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
     }
 }
 
+/// `Gather` on axis 0 of a float weight table [V, ...] with integer indices: the token
+/// embedding, as a row copy (`GpuOp::Embedding`).
+fn embedding_kernel(p: &Program, idx: usize, name: &str) -> Option<String> {
+    let ins = &p.instructions[idx];
+    let (Op::Gather { axis }, Some(Some(table)), Some(Some(ids))) =
+        (&ins.op, ins.inputs.first(), ins.inputs.get(1))
+    else {
+        return None;
+    };
+    let (t, i) = (&p.buffers[*table], &p.buffers[*ids]);
+    let shape = static_shape(t)?;
+    let row: usize = shape.get(1..)?.iter().product();
+    let normalized = if *axis < 0 {
+        *axis + shape.len() as i64
+    } else {
+        *axis
+    };
+    if normalized != 0
+        || t.kind != ppmoe_runtime::program::BufferKind::Weight
+        || !t.dtype.is_float()
+        || i.dtype.is_float()
+        || shape.len() < 2
+        || row == 0
+    {
+        return None;
+    }
+    let body = format!(
+        "        %h = arith.constant {row} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %ids[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %table[%s] : memref<?xf32>\n        memref.store %v, %out[%i] : memref<?xf32>\n"
+    );
+    Some(dyn_kernel(
+        name,
+        &[
+            "%table: memref<?xf32>",
+            "%ids: memref<?xi32>",
+            "%out: memref<?xf32>",
+            "%rows: index",
+        ],
+        &format!(
+            "      %hh = arith.constant {row} : index\n      %n = arith.muli %rows, %hh : index\n"
+        ),
+        &body,
+    ))
+}
+
 /// The kernel that rounds f32 activations to bf16 (to nearest even) for the bf16 GEMMs; the
 /// runtime finds it by this name.
 pub const TO_BF16_KERNEL: &str = ppmoe_runtime::program::TO_BF16_KERNEL;
@@ -789,6 +833,16 @@ pub fn plan_kernels(
                     Some((text, threads)) => {
                         funcs.push_str(&text);
                         Lowered::Route { name, threads }
+                    }
+                    None => Lowered::Host,
+                }
+            }
+            Op::Gather { .. } if embedding_kernel(p, i, "").is_some() => {
+                let name = format!("k{i}_embedding");
+                match embedding_kernel(p, i, &name) {
+                    Some(text) => {
+                        funcs.push_str(&text);
+                        Lowered::Embedding { name }
                     }
                     None => Lowered::Host,
                 }

@@ -7,6 +7,7 @@
 mod allreduce_bench;
 mod alltoall_experts;
 mod blas;
+mod embedding;
 pub use allreduce_bench::bench_all_reduce;
 mod collective;
 mod comm;
@@ -464,6 +465,10 @@ impl Rank<'_> {
                 };
                 self.alltoall_experts(i, &step)?;
             }
+            GpuOp::Embedding { name } => {
+                let name = name.clone();
+                self.embedding(i, &name).map_err(&fail)?;
+            }
             // Its step, later, reads its operands itself.
             GpuOp::Fused { .. } => {}
             GpuOp::Collective => {
@@ -873,7 +878,9 @@ fn load_kernels(
         .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
         .map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
     let names = program.gpu.iter().flat_map(|op| match op {
-        GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } => vec![name.clone()],
+        GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } | GpuOp::Embedding { name } => {
+            vec![name.clone()]
+        }
         GpuOp::Experts { prefix, .. }
         | GpuOp::LocalExperts { prefix, .. }
         | GpuOp::AllToAllExperts { prefix, .. } => ["gather", "act", "combine"]
