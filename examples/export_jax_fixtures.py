@@ -12,6 +12,9 @@ dispatch and combine), as StableHLO in generic op form, with JAX's outputs.
                             jax.nn.silu, which JAX lowers to a private function the expert work
                             calls
 
+  jax_scan_layers/          two MoE layers (softmax router, jax.lax.top_k, SiLU experts) as
+                            jax.lax.scan over their stacked weights: a stablehlo.while
+
   jax_moe_block/            a Mixtral-like transformer block in JAX (RMSNorm, causal attention
                             with RoPE, top-2 router -> softmax, SwiGLU experts computed densely
                             and combined by the routing weights): the ops a JAX transformer
@@ -108,6 +111,24 @@ def experts_silu(dispatched, w1, w2):
 
 def layer_a2a_silu(x, wg, w1, w2):
     return layer_a2a(x, wg, w1, w2, experts=experts_silu)
+
+
+def scan_layer(x, w):
+    """One MoE layer written the usual way: softmax router, jax.lax.top_k, renormalised,
+    SiLU experts computed densely and combined by the routing weights, a residual."""
+    wg, w1, w2 = w
+    vals, idx = jax.lax.top_k(jax.nn.softmax(x @ wg, axis=-1), 2)
+    vals = vals / vals.sum(-1, keepdims=True)
+    out = jnp.einsum("esf,efm->esm", jax.nn.silu(jnp.einsum("sm,emf->esf", x, w1)), w2)
+    mask = jax.nn.one_hot(idx, w1.shape[0]) * vals[..., None]
+    return x + jnp.einsum("ske,esm->sm", mask, out)
+
+
+def scan_model(x, wg, w1, w2):
+    """Layers as JAX models stack them: jax.lax.scan over the stacked weights (a
+    stablehlo.while whose body slices its layer's weights by the counter)."""
+    h, _ = jax.lax.scan(lambda h, w: (scan_layer(h, w), None), x, (wg, w1, w2))
+    return h
 
 
 NH, HD = 4, 16
@@ -219,6 +240,13 @@ def main():
     silu = jax.jit(jax.shard_map(layer_a2a_silu, mesh=mesh, in_specs=(P("x"), P(), P("x"), P("x")), out_specs=P("x")))
     save(root, "jax_silu_a2a", silu.lower(*args), args, silu(*args),
          dict(devices=DEVICES, capacity_per_shard=capacity(S // DEVICES), activation="jax.nn.silu (a func.call)"))
+    kl = jax.random.split(jax.random.PRNGKey(2), 4)
+    layers = 2
+    scan_args = (jax.random.normal(kl[0], (16, M)), jax.random.normal(kl[1], (layers, M, E)) * 0.3,
+                 jax.random.normal(kl[2], (layers, E, M, F)) * 0.1, jax.random.normal(kl[3], (layers, E, F, M)) * 0.1)
+    scanned = jax.jit(scan_model)
+    save(root, "jax_scan_layers", scanned.lower(*scan_args), scan_args, scanned(*scan_args),
+         dict(layers=layers, loop="jax.lax.scan over the stacked layer weights"))
     ks = jax.random.split(jax.random.PRNGKey(1), 12)
     nrm = lambda k, shape, sc: jax.random.normal(k, shape, jnp.float32) * sc
     xb = nrm(ks[0], (16, M), 1.0)

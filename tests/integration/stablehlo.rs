@@ -416,3 +416,56 @@ fn shard_map_experts_that_call_a_private_function_are_raised_and_match_jax() {
         assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
     }
 }
+
+#[test]
+fn layers_stacked_by_jax_lax_scan_are_unrolled_raised_and_match_jax() {
+    // jax.lax.scan over stacked layer weights lowers to a stablehlo.while whose body slices its
+    // layer's weights by the counter: unrolled, the slices static, each layer raised.
+    let dir = fixture("jax_scan_layers");
+    let text = std::fs::read_to_string(dir.join("model.mlir")).unwrap();
+    assert!(text.contains("\"stablehlo.while\"") && text.contains("\"stablehlo.dynamic_slice\""));
+    let sum = summary(&dir);
+    assert!(sum.contains("2 MoE layer(s)"), "{sum}");
+    assert_eq!(
+        sum.matches("softmax -> top-2, renormalised | silu").count(),
+        2,
+        "{sum}"
+    );
+    for flags in [
+        &["--tp", "1"][..],
+        &["--tp", "2", "--pp", "2"],
+        &["--tp", "2", "--pp", "2", "--moe-strategy", "alltoall"],
+    ] {
+        let line = compile_and_run(&dir, flags);
+        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
+    }
+}
+
+#[test]
+fn a_loop_that_is_not_counted_is_refused_by_name() {
+    // The scan's condition edited to compare two carried values: no constant bound.
+    let text = std::fs::read_to_string(fixture("jax_scan_layers").join("model.mlir")).unwrap();
+    let at = text.find("\"stablehlo.compare\"(").unwrap();
+    let end = at + text[at..].find(')').unwrap();
+    let args: Vec<&str> = text[at + 20..end].split(", ").collect();
+    let edited = format!(
+        "{}{}, {}{}",
+        &text[..at + 20],
+        args[0],
+        args[0],
+        &text[end..]
+    );
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model.mlir");
+    std::fs::write(&model, edited).unwrap();
+    let out = ppmoe(&[
+        "inspect",
+        &s(&model),
+        "--weights",
+        &s(&fixture("jax_scan_layers").join("weights.safetensors")),
+    ]);
+    assert_clean_failure(
+        &out,
+        &["stablehlo.while", "counted loops", "counter < a constant"],
+    );
+}

@@ -30,7 +30,7 @@ pub struct Lowering {
     pub(super) meshes: HashMap<String, Vec<(String, i64)>>,
     pub nodes: Vec<Node>,
     pub initializers: Vec<(String, TensorData)>,
-    consts: HashMap<String, TensorData>,
+    pub(super) consts: HashMap<String, TensorData>,
     iotas: HashMap<String, i64>,
     /// Broadcasts of a scalar, kept as the scalar while only elementwise ops read them
     /// (numpy broadcasting does the rest): a constant spread to [E, C, F] would otherwise look
@@ -462,9 +462,11 @@ impl Lowering {
             "sdy.manual_computation" => self.manual_computation(op, args)?,
             "stablehlo.all_to_all" => vec![self.all_to_all(op, arg(0)?, dev)?],
             "stablehlo.optimization_barrier" => args.clone(),
+            "stablehlo.while" => self.counted_loop(op, args.clone(), dev)?,
+            "stablehlo.dynamic_slice" => vec![self.dynamic_slice(op, &args)?],
             other => {
                 return Err(format!(
-                    "{other} is not supported (ppmoe reads dot_general, broadcast_in_dim, reshape, transpose, convert, compare, select, reduce, reduce_window (cumsum), iota, constant, concatenate, slice, gather (row lookups), custom_call (top-k), the elementwise ops, func.call, sdy.manual_computation and all_to_all)"
+                    "{other} is not supported (ppmoe reads dot_general, broadcast_in_dim, reshape, transpose, convert, compare, select, reduce, reduce_window (cumsum), iota, constant, concatenate, slice, gather (row lookups), custom_call (top-k), the elementwise ops, func.call, while (counted loops, unrolled), dynamic_slice, sdy.manual_computation and all_to_all)"
                 ))
             }
         })
@@ -488,7 +490,7 @@ impl Lowering {
     }
 
     /// A scalar of `ty`'s element type.
-    fn scalar_like(&mut self, v: f64, ty: &TensorType) -> Result<String, String> {
+    pub(super) fn scalar_like(&mut self, v: f64, ty: &TensorType) -> Result<String, String> {
         let t = if ty.dtype.is_float() {
             TensorData::from_f32(vec![], &[v as f32])
         } else {

@@ -9,6 +9,7 @@
 pub mod attrs;
 mod indexing;
 pub mod ir;
+mod loops;
 pub mod lower;
 mod shard_map;
 mod softmax;
