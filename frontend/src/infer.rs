@@ -180,12 +180,30 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         |i: usize| -> Option<&TensorData> { node.inputs.get(i).and_then(|n| t.consts.get(n)) };
     let x = || input(0);
 
+    // The statistics outputs of the normalisations (mean, inverse std-dev): the input's
+    // shape with its last axis 1, f32.
+    let stats = || -> Result<Option<Out>, String> {
+        let mut ty = x()?.clone();
+        if let Some(last) = ty.dims.last_mut() {
+            *last = Dim::Known(1);
+        }
+        ty.dtype = DType::F32;
+        Ok(out(ty))
+    };
     if !node.domain.is_empty() {
         return Ok(match (node.domain.as_str(), node.op_type.as_str()) {
-            (
-                "com.microsoft",
-                "MoE" | "QMoE" | "SkipLayerNormalization" | "SimplifiedLayerNormalization",
-            ) => vec![out(x()?.clone())],
+            ("com.microsoft", "MoE" | "QMoE") => vec![out(x()?.clone())],
+            // (output, mean, inv_std_var, input_skip_bias_sum)
+            ("com.microsoft", "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization") => {
+                let mut v = vec![out(x()?.clone()), stats()?, stats()?, out(x()?.clone())];
+                v.truncate(node.outputs.len());
+                v
+            }
+            ("com.microsoft", "SimplifiedLayerNormalization") => {
+                let mut v = vec![out(x()?.clone()), stats()?];
+                v.truncate(node.outputs.len());
+                v
+            }
             _ => vec![None; node.outputs.len()],
         });
     }
@@ -202,6 +220,11 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
         "Sqrt" | "Neg" | "Reciprocal" | "Exp" | "Log" | "Sigmoid" | "Tanh" | "Erf" | "Abs"
         | "Relu" | "Not" | "Sin" | "Cos" | "Floor" | "Ceil" | "Sign" | "Softmax" | "LogSoftmax"
         | "Clip" | "Gelu" | "LeakyRelu" | "CumSum" | "Trilu" | "HardSigmoid" => same()?,
+        "SimplifiedLayerNormalization" => {
+            let mut v = vec![out(x()?.clone()), stats()?];
+            v.truncate(node.outputs.len());
+            v
+        }
         "LayerNormalization" | "RMSNormalization" => {
             let ty = x()?.clone();
             let mut v = vec![out(ty.clone())];

@@ -133,3 +133,36 @@ fn an_unknown_stage_is_refused_with_the_ladder_listed() {
         out.stderr
     );
 }
+
+#[test]
+fn onnxruntime_genai_rms_norms_match_onnxruntime() {
+    // SkipSimplifiedLayerNormalization (its sum as output 3, its statistics unused) feeding
+    // SimplifiedLayerNormalization, as onnxruntime-genai's builder emits them; reference:
+    // onnxruntime's own outputs (examples/export_op_checks.py).
+    let dir = crate::common::fixtures_dir().join("../ops/rms_norms");
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("b");
+    let p = |f: &str| dir.join(f).display().to_string();
+    let c = ppmoe(&["compile", &p("model.onnx"), "-o", b.to_str().unwrap()]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let r = ppmoe(&[
+        "run",
+        b.to_str().unwrap(),
+        "--input",
+        &format!("x={}", p("x.npy")),
+        "--input",
+        &format!("skip={}", p("skip.npy")),
+        "--output-dir",
+        work.path().join("o").to_str().unwrap(),
+        "--check",
+        &format!("y={}", p("y.npy")),
+        "--check",
+        &format!("sum={}", p("sum.npy")),
+        "--check",
+        &format!("z={}", p("z.npy")),
+        "--tolerance",
+        "1e-6",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(": ok").count(), 3, "{}", r.stdout);
+}

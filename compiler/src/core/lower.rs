@@ -213,6 +213,9 @@ pub const SUPPORTED: &[&str] = &[
     "GreaterOrEqual",
     "Identity",
     "LayerNormalization",
+    "RMSNormalization",
+    "SimplifiedLayerNormalization",
+    "com.microsoft.SkipSimplifiedLayerNormalization",
     "Less",
     "LessOrEqual",
     "Log",
@@ -779,6 +782,14 @@ impl<'m> Lowering<'m> {
             }
             "Gemm" if node.domain.is_empty() => self.lower_gemm(node),
             "MoE" if node.domain == "com.microsoft" => self.lower_fused_moe(node),
+            "SimplifiedLayerNormalization" | "RMSNormalization"
+                if node.domain.is_empty() || node.domain == "com.microsoft" =>
+            {
+                self.lower_rms_norm(node, false)
+            }
+            "SkipSimplifiedLayerNormalization" if node.domain == "com.microsoft" => {
+                self.lower_rms_norm(node, true)
+            }
             "Clip" if node.domain.is_empty() => self.lower_clip(node),
             "IsNaN" if node.domain.is_empty() => self.lower_is_nan(node),
             "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
@@ -1095,6 +1106,127 @@ impl<'m> Lowering<'m> {
             node,
             Op::Unary { f: UnaryFn::Not },
             vec![Some(eq)],
+            vec![out],
+        );
+        Ok(())
+    }
+
+    /// RMS normalisation over the last axis, as ONNX's RMSNormalization, onnxruntime's
+    /// SimplifiedLayerNormalization (x, scale) and SkipSimplifiedLayerNormalization (x, skip,
+    /// gamma, bias?; the sum x + skip + bias normalised, and given as output 3 where asked):
+    /// y = s / sqrt(mean(s^2) + epsilon) * scale, in ops the backends have. The statistics
+    /// outputs (mean, inverse std-dev) are for training: read by another node, they are refused.
+    fn lower_rms_norm(&mut self, node: &Node, skip: bool) -> Result<(), CompileError> {
+        let given = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).cloned();
+        let axis = attr_i(node, "axis", -1);
+        if axis != -1 {
+            let rank = self.static_shape(&node.inputs[0]).map(|s| s.len() as i64);
+            if rank.is_none_or(|r| axis != r - 1) {
+                return Err(self.node_err(
+                    node,
+                    format!("normalisation over axis {axis}: only the last axis is supported"),
+                ));
+            }
+        }
+        let stats: &[usize] = if skip { &[1, 2] } else { &[1] };
+        for &k in stats {
+            if let Some(name) = node.outputs.get(k).filter(|n| !n.is_empty()) {
+                let read = self
+                    .model
+                    .graph
+                    .nodes
+                    .iter()
+                    .any(|n| n.inputs.contains(name))
+                    || self.model.graph.outputs.iter().any(|o| &o.name == name);
+                if read {
+                    return Err(self.node_err(
+                        node,
+                        format!(
+                            "output {k} ('{name}', a training statistic) is read: not supported"
+                        ),
+                    ));
+                }
+            }
+        }
+        let (x_name, scale_name) = if skip {
+            (node.inputs[0].clone(), given(2))
+        } else {
+            (node.inputs[0].clone(), given(1))
+        };
+        let scale_name =
+            scale_name.ok_or_else(|| self.node_err(node, "the scale (gamma) input is missing"))?;
+        let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
+        let (dtype, shape) = (self.buffers[out].dtype, self.buffers[out].shape.clone());
+        let mut stat_shape = shape.clone();
+        if let Some(last) = stat_shape.last_mut() {
+            *last = Some(1);
+        }
+        let hint = node.outputs[0].clone();
+        let mut cur = self.operand(&x_name);
+        if skip {
+            let others = [given(1), given(3)];
+            for other in others.into_iter().flatten() {
+                let b = self.operand(&other);
+                let sum = self.temp(&hint, dtype, shape.clone());
+                self.emit(
+                    node,
+                    Op::Binary { f: BinaryFn::Add },
+                    vec![Some(cur), Some(b)],
+                    vec![sum],
+                );
+                cur = sum;
+            }
+            if let Some(name) = node.outputs.get(3).filter(|n| !n.is_empty()) {
+                self.ids.insert(name.clone(), cur);
+            }
+        }
+        let epsilon = attr_f(node, "epsilon", 1e-5);
+        let sq = self.temp(&hint, dtype, shape.clone());
+        self.emit(
+            node,
+            Op::Binary { f: BinaryFn::Mul },
+            vec![Some(cur), Some(cur)],
+            vec![sq],
+        );
+        let axes = self.const_operand(&hint, Tensor::i64(vec![1], vec![-1]));
+        let mean = self.temp(&hint, dtype, stat_shape.clone());
+        self.emit(
+            node,
+            Op::Reduce {
+                f: ReduceFn::Mean,
+                keepdims: true,
+                noop_with_empty_axes: false,
+            },
+            vec![Some(sq), Some(axes)],
+            vec![mean],
+        );
+        let eps = self.const_operand(&hint, Tensor::f32(vec![], vec![epsilon]));
+        let shifted = self.temp(&hint, dtype, stat_shape.clone());
+        self.emit(
+            node,
+            Op::Binary { f: BinaryFn::Add },
+            vec![Some(mean), Some(eps)],
+            vec![shifted],
+        );
+        let root = self.temp(&hint, dtype, stat_shape);
+        self.emit(
+            node,
+            Op::Unary { f: UnaryFn::Sqrt },
+            vec![Some(shifted)],
+            vec![root],
+        );
+        let normed = self.temp(&hint, dtype, shape);
+        self.emit(
+            node,
+            Op::Binary { f: BinaryFn::Div },
+            vec![Some(cur), Some(root)],
+            vec![normed],
+        );
+        let scale = self.operand(&scale_name);
+        self.emit(
+            node,
+            Op::Binary { f: BinaryFn::Mul },
+            vec![Some(normed), Some(scale)],
             vec![out],
         );
         Ok(())
