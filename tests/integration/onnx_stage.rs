@@ -166,3 +166,112 @@ fn onnxruntime_genai_rms_norms_match_onnxruntime() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.stdout.matches(": ok").count(), 3, "{}", r.stdout);
 }
+
+/// Compiles onnxruntime-genai's decoder in `dir` for the inputs of `case` (prompt or step) and
+/// checks every output against onnxruntime's.
+fn genai_case(dir: &std::path::Path, case: &str, past: usize, tokens: usize, grid: &[&str]) {
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("b");
+    let model = dir.join("model.onnx").display().to_string();
+    let mut args: Vec<String> = vec![
+        "compile".into(),
+        model,
+        "-o".into(),
+        b.display().to_string(),
+    ];
+    let inputs = ["input_ids", "attention_mask"];
+    args.extend([
+        "--input-shape".into(),
+        format!("input_ids=1x{tokens}"),
+        "--input-shape".into(),
+        format!("attention_mask=1x{}", past + tokens),
+    ]);
+    let mut kv = Vec::new();
+    for layer in 0..2 {
+        for part in ["key", "value"] {
+            let name = format!("past_key_values.{layer}.{part}");
+            args.extend(["--input-shape".into(), format!("{name}=1x2x{past}x16")]);
+            kv.push(name);
+        }
+    }
+    args.extend(grid.iter().map(|g| g.to_string()));
+    let c = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(c.code, 0, "{case}: {}", c.stderr);
+    let refs = dir.join(case);
+    let mut run: Vec<String> = vec!["run".into(), b.display().to_string()];
+    for name in inputs.iter().map(|s| s.to_string()).chain(kv) {
+        run.extend([
+            "--input".into(),
+            format!("{name}={}", refs.join(format!("{name}.npy")).display()),
+        ]);
+    }
+    run.extend([
+        "--output-dir".into(),
+        work.path().join("o").display().to_string(),
+    ]);
+    let outputs = [
+        "logits",
+        "present.0.key",
+        "present.0.value",
+        "present.1.key",
+        "present.1.value",
+    ];
+    for o in outputs {
+        run.extend([
+            "--check".into(),
+            format!("{o}={}", refs.join(format!("{o}.npy")).display()),
+        ]);
+    }
+    let r = ppmoe(&run.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{case} {grid:?}: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout.matches(": ok").count(),
+        outputs.len(),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn onnxruntime_genai_decoder_matches_onnxruntime_on_a_prompt_and_a_cached_step() {
+    // GroupQueryAttention (separate Q, K, V after Qwen3's q/k norms; rotary caches; the KV
+    // cache in and out), SkipSimplifiedLayerNormalization and SimplifiedLayerNormalization, as
+    // onnxruntime-genai 0.18's builder makes them (examples/export_genai_decoders.py).
+    let dir = crate::common::fixtures_dir().join("../genai/qwen3_decoder");
+    genai_case(&dir, "prompt", 0, 16, &[]);
+    genai_case(&dir, "step", 16, 1, &[]);
+    genai_case(&dir, "prompt", 0, 16, &["--tp", "2"]);
+}
+
+#[test]
+fn a_sliding_window_ring_buffer_cache_is_refused_by_name() {
+    // gpt-oss's sliding-window layers keep their cache as a ring buffer of the window.
+    let dir = crate::common::fixtures_dir().join("../genai/gptoss_decoder");
+    let mut args = vec![
+        "inspect".to_string(),
+        dir.join("model.onnx").display().to_string(),
+        "--emit".into(),
+        "core".into(),
+        "--input-shape".into(),
+        "input_ids=1x16".into(),
+        "--input-shape".into(),
+        "attention_mask=1x16".into(),
+    ];
+    for layer in 0..2 {
+        for part in ["key", "value"] {
+            args.extend([
+                "--input-shape".into(),
+                format!("past_key_values.{layer}.{part}=1x2x0x16"),
+            ]);
+        }
+    }
+    let out = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    crate::common::assert_clean_failure(
+        &out,
+        &[
+            "GroupQueryAttention",
+            "sliding-window ring-buffer cache",
+            "not supported",
+        ],
+    );
+}

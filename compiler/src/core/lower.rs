@@ -19,6 +19,8 @@ use ppmoe_runtime::tensor::Buf;
 use ppmoe_runtime::{kernels, DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
+mod gqa;
+
 /// A lowered program with the weights it reads.
 pub struct CoreProgram {
     pub program: Program,
@@ -216,6 +218,7 @@ pub const SUPPORTED: &[&str] = &[
     "RMSNormalization",
     "SimplifiedLayerNormalization",
     "com.microsoft.SkipSimplifiedLayerNormalization",
+    "com.microsoft.GroupQueryAttention",
     "Less",
     "LessOrEqual",
     "Log",
@@ -787,6 +790,7 @@ impl<'m> Lowering<'m> {
             {
                 self.lower_rms_norm(node, false)
             }
+            "GroupQueryAttention" if node.domain == "com.microsoft" => self.lower_gqa(node),
             "SkipSimplifiedLayerNormalization" if node.domain == "com.microsoft" => {
                 self.lower_rms_norm(node, true)
             }
