@@ -275,3 +275,31 @@ fn a_sliding_window_ring_buffer_cache_is_refused_by_name() {
         ],
     );
 }
+
+#[test]
+fn group_query_attention_with_a_local_window_and_sinks_matches_onnxruntime() {
+    // A window of 3 over 8 tokens and a sink logit per head: the parts of the lowering that the
+    // genai decoder fixture does not reach (examples/export_op_checks.py).
+    let dir = crate::common::fixtures_dir().join("../ops/gqa_window_sinks");
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("b");
+    let p = |f: &str| dir.join(f).display().to_string();
+    let c = ppmoe(&["compile", &p("model.onnx"), "-o", b.to_str().unwrap()]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let mut args = vec![
+        "run".to_string(),
+        b.display().to_string(),
+        "--input".into(),
+        format!("qkv={}", p("qkv.npy")),
+        "--output-dir".into(),
+        work.path().join("o").display().to_string(),
+        "--tolerance".into(),
+        "1e-6".into(),
+    ];
+    for o in ["out", "present_key", "present_value"] {
+        args.extend(["--check".into(), format!("{o}={}", p(&format!("{o}.npy")))]);
+    }
+    let r = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(": ok").count(), 3, "{}", r.stdout);
+}
