@@ -20,16 +20,12 @@ import transformers  # noqa: E402
 def main():
     batch, seq = int(sys.argv[1]), int(sys.argv[2])
     out = sys.argv[3] if len(sys.argv) > 3 else None
-    cfg, dtype, _ = esm.mixtral_lm()
-    cfg._experts_implementation = "grouped_mm"
-    torch.manual_seed(1234)
-    with torch.device("cuda"):
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            lm = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-        finally:
-            torch.set_default_dtype(prev)
+    # The LM as the exporter builds it (bf16 throughout), then on the GPU with the experts
+    # transformers uses there.
+    lm = esm.build(esm.mixtral_lm)[0]
+    lm.set_experts_implementation("grouped_mm")
+    lm = lm.to("cuda")
+    cfg = lm.config
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")
     times = []
     with torch.no_grad():

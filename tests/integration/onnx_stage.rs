@@ -134,37 +134,45 @@ fn an_unknown_stage_is_refused_with_the_ladder_listed() {
     );
 }
 
-#[test]
-fn onnxruntime_genai_rms_norms_match_onnxruntime() {
-    // SkipSimplifiedLayerNormalization (its sum as output 3, its statistics unused) feeding
-    // SimplifiedLayerNormalization, as onnxruntime-genai's builder emits them; reference:
-    // onnxruntime's own outputs (examples/export_op_checks.py).
-    let dir = crate::common::fixtures_dir().join("../ops/rms_norms");
+/// Compiles the single-op graph `tests/ops/NAME`, runs it on its `inputs` and checks each of
+/// `outputs` against onnxruntime's (within 1e-6); all are `<name>.npy` beside the model.
+fn matches_onnxruntime(name: &str, inputs: &[&str], outputs: &[&str]) {
+    let dir = crate::common::fixtures_dir().join("../ops").join(name);
     let work = tempfile::tempdir().unwrap();
     let b = work.path().join("b");
     let p = |f: &str| dir.join(f).display().to_string();
     let c = ppmoe(&["compile", &p("model.onnx"), "-o", b.to_str().unwrap()]);
     assert_eq!(c.code, 0, "{}", c.stderr);
-    let r = ppmoe(&[
-        "run",
-        b.to_str().unwrap(),
-        "--input",
-        &format!("x={}", p("x.npy")),
-        "--input",
-        &format!("skip={}", p("skip.npy")),
-        "--output-dir",
-        work.path().join("o").to_str().unwrap(),
-        "--check",
-        &format!("y={}", p("y.npy")),
-        "--check",
-        &format!("sum={}", p("sum.npy")),
-        "--check",
-        &format!("z={}", p("z.npy")),
-        "--tolerance",
-        "1e-6",
-    ]);
+    let mut args = vec![
+        "run".to_string(),
+        b.display().to_string(),
+        "--output-dir".into(),
+        work.path().join("o").display().to_string(),
+        "--tolerance".into(),
+        "1e-6".into(),
+    ];
+    for i in inputs {
+        args.extend(["--input".into(), format!("{i}={}", p(&format!("{i}.npy")))]);
+    }
+    for o in outputs {
+        args.extend(["--check".into(), format!("{o}={}", p(&format!("{o}.npy")))]);
+    }
+    let r = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.stdout.matches(": ok").count(), 3, "{}", r.stdout);
+    assert_eq!(
+        r.stdout.matches(": ok").count(),
+        outputs.len(),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn onnxruntime_genai_rms_norms_match_onnxruntime() {
+    // SkipSimplifiedLayerNormalization (its sum as output 3, its statistics unused) feeding
+    // SimplifiedLayerNormalization, as onnxruntime-genai's builder emits them; reference:
+    // onnxruntime's own outputs (examples/export_op_checks.py).
+    matches_onnxruntime("rms_norms", &["x", "skip"], &["y", "sum", "z"]);
 }
 
 /// Compiles onnxruntime-genai's decoder in `dir` for the inputs of `case` (prompt or step) and
@@ -280,26 +288,9 @@ fn a_sliding_window_ring_buffer_cache_is_refused_by_name() {
 fn group_query_attention_with_a_local_window_and_sinks_matches_onnxruntime() {
     // A window of 3 over 8 tokens and a sink logit per head: the parts of the lowering that the
     // genai decoder fixture does not reach (examples/export_op_checks.py).
-    let dir = crate::common::fixtures_dir().join("../ops/gqa_window_sinks");
-    let work = tempfile::tempdir().unwrap();
-    let b = work.path().join("b");
-    let p = |f: &str| dir.join(f).display().to_string();
-    let c = ppmoe(&["compile", &p("model.onnx"), "-o", b.to_str().unwrap()]);
-    assert_eq!(c.code, 0, "{}", c.stderr);
-    let mut args = vec![
-        "run".to_string(),
-        b.display().to_string(),
-        "--input".into(),
-        format!("qkv={}", p("qkv.npy")),
-        "--output-dir".into(),
-        work.path().join("o").display().to_string(),
-        "--tolerance".into(),
-        "1e-6".into(),
-    ];
-    for o in ["out", "present_key", "present_value"] {
-        args.extend(["--check".into(), format!("{o}={}", p(&format!("{o}.npy")))]);
-    }
-    let r = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.stdout.matches(": ok").count(), 3, "{}", r.stdout);
+    matches_onnxruntime(
+        "gqa_window_sinks",
+        &["qkv"],
+        &["out", "present_key", "present_value"],
+    );
 }

@@ -43,6 +43,14 @@ fn compile_and_run(dir: &Path, flags: &[&str]) -> String {
     r.stdout
 }
 
+/// Compiles and runs the fixture at each grid, within 1e-4 of JAX's output every time.
+fn matches_jax_on(dir: &Path, grids: &[&[&str]]) {
+    for flags in grids {
+        let line = compile_and_run(dir, flags);
+        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
+    }
+}
+
 fn summary(dir: &Path) -> String {
     let out = ppmoe(&[
         "inspect",
@@ -67,14 +75,14 @@ fn plain_jit_gshard_layer_is_raised_and_matches_jax_on_every_strategy() {
         sum.contains("1 MoE layer(s)") && sum.contains("gelu"),
         "{sum}"
     );
-    for flags in [
-        &["--tp", "1"][..],
-        &["--tp", "2", "--moe-strategy", "ppmoe"],
-        &["--tp", "4", "--moe-strategy", "alltoall"],
-    ] {
-        let line = compile_and_run(&dir, flags);
-        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
-    }
+    matches_jax_on(
+        &dir,
+        &[
+            &["--tp", "1"][..],
+            &["--tp", "2", "--moe-strategy", "ppmoe"],
+            &["--tp", "4", "--moe-strategy", "alltoall"],
+        ],
+    );
 }
 
 #[test]
@@ -88,15 +96,15 @@ fn shard_map_all_to_all_layer_is_raised_per_source_shard_and_matches_jax() {
         4,
         "{sum}"
     );
-    for flags in [
-        &["--tp", "1"][..],
-        &["--tp", "2", "--moe-strategy", "ppmoe"],
-        &["--tp", "4", "--moe-strategy", "ppmoe"],
-        &["--tp", "4", "--moe-strategy", "alltoall"],
-    ] {
-        let line = compile_and_run(&dir, flags);
-        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
-    }
+    matches_jax_on(
+        &dir,
+        &[
+            &["--tp", "1"][..],
+            &["--tp", "2", "--moe-strategy", "ppmoe"],
+            &["--tp", "4", "--moe-strategy", "ppmoe"],
+            &["--tp", "4", "--moe-strategy", "alltoall"],
+        ],
+    );
 }
 
 #[test]
@@ -257,15 +265,15 @@ fn a_jax_transformer_block_matches_jax_and_its_moe_is_raised() {
             && sum.contains("1 MoE layer(s)"),
         "{sum}"
     );
-    for flags in [
-        &["--tp", "1"][..],
-        &["--tp", "2", "--moe-strategy", "ppmoe"],
-        &["--tp", "2", "--moe-strategy", "alltoall"],
-        &["--tp", "4", "--moe-strategy", "auto"],
-    ] {
-        let line = compile_and_run(&dir, flags);
-        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
-    }
+    matches_jax_on(
+        &dir,
+        &[
+            &["--tp", "1"][..],
+            &["--tp", "2", "--moe-strategy", "ppmoe"],
+            &["--tp", "2", "--moe-strategy", "alltoall"],
+            &["--tp", "4", "--moe-strategy", "auto"],
+        ],
+    );
 }
 
 #[test]
@@ -407,14 +415,14 @@ fn shard_map_experts_that_call_a_private_function_are_raised_and_match_jax() {
         4,
         "{sum}"
     );
-    for flags in [
-        &["--tp", "1"][..],
-        &["--tp", "2", "--moe-strategy", "ppmoe"],
-        &["--tp", "4", "--moe-strategy", "alltoall"],
-    ] {
-        let line = compile_and_run(&dir, flags);
-        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
-    }
+    matches_jax_on(
+        &dir,
+        &[
+            &["--tp", "1"][..],
+            &["--tp", "2", "--moe-strategy", "ppmoe"],
+            &["--tp", "4", "--moe-strategy", "alltoall"],
+        ],
+    );
 }
 
 #[test]
@@ -431,14 +439,14 @@ fn layers_stacked_by_jax_lax_scan_are_unrolled_raised_and_match_jax() {
         2,
         "{sum}"
     );
-    for flags in [
-        &["--tp", "1"][..],
-        &["--tp", "2", "--pp", "2"],
-        &["--tp", "2", "--pp", "2", "--moe-strategy", "alltoall"],
-    ] {
-        let line = compile_and_run(&dir, flags);
-        assert!(line.contains("(tolerance 1e-4): ok"), "{flags:?}: {line}");
-    }
+    matches_jax_on(
+        &dir,
+        &[
+            &["--tp", "1"][..],
+            &["--tp", "2", "--pp", "2"],
+            &["--tp", "2", "--pp", "2", "--moe-strategy", "alltoall"],
+        ],
+    );
 }
 
 #[test]

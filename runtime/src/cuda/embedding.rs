@@ -5,7 +5,7 @@
 
 use super::experts::upload;
 use super::Rank;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 impl Rank<'_> {
     pub(super) fn embedding(&mut self, i: usize, name: &str) -> Result<(), String> {
@@ -67,11 +67,7 @@ impl Rank<'_> {
         l.arg(&d_ids).arg(&d_ids).arg(&zero).arg(&li).arg(&one);
         l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
         l.arg(&rows);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = super::experts::launch_cfg(n);
         if n > 0 {
             // SAFETY: every index was checked against the table's rows above; the row width is
             // baked into the kernel; `y` holds indices x row floats.

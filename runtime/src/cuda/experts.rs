@@ -200,7 +200,8 @@ pub(super) fn combine_rows(
     Ok(y)
 }
 
-fn launch_cfg(threads: usize) -> LaunchConfig {
+/// One thread per element, in blocks of 256.
+pub(super) fn launch_cfg(threads: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
         block_dim: (256, 1, 1),

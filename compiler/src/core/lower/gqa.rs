@@ -329,8 +329,8 @@ impl Lowering<'_> {
         let mask = attention_mask(s, t, p, window);
         let mask = self.const_operand(&node.outputs[0], Tensor::f32(vec![s, t], mask));
         let masked = self.binary(node, BinaryFn::Add, scaled, mask, dtype, &[b, n, s, t]);
-        let probs = match given(11) {
-            // Attention sinks: one more logit per head in each softmax, whose weight is dropped.
+        // Attention sinks: one more logit per head in each softmax, whose weight is dropped.
+        let (logits, width) = match given(11) {
             Some(sink) => {
                 let sk = self.operand(&sink);
                 let r = self.gqa_op(
@@ -351,28 +351,19 @@ impl Lowering<'_> {
                     dtype,
                     &[b, n, s, t + 1],
                 );
-                let sm = self.gqa_op(
-                    node,
-                    Op::Softmax {
-                        axis: -1,
-                        log: false,
-                    },
-                    vec![cat],
-                    dtype,
-                    &[b, n, s, t + 1],
-                );
-                self.gqa_slice(node, sm, 3, (0, t), dtype, &[b, n, s, t + 1])
+                (cat, t + 1)
             }
-            None => self.gqa_op(
-                node,
-                Op::Softmax {
-                    axis: -1,
-                    log: false,
-                },
-                vec![masked],
-                dtype,
-                &[b, n, s, t],
-            ),
+            None => (masked, t),
+        };
+        let softmax = Op::Softmax {
+            axis: -1,
+            log: false,
+        };
+        let sm = self.gqa_op(node, softmax, vec![logits], dtype, &[b, n, s, width]);
+        let probs = if width > t {
+            self.gqa_slice(node, sm, 3, (0, t), dtype, &[b, n, s, width])
+        } else {
+            sm
         };
         let o = self.gqa_op(node, Op::MatMul, vec![probs, ve], dtype, &[b, n, s, d]);
         let ot = self.gqa_op(
