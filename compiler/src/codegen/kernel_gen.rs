@@ -837,16 +837,6 @@ pub fn plan_kernels(
                     None => Lowered::Host,
                 }
             }
-            Op::Gather { .. } if embedding_kernel(p, i, "").is_some() => {
-                let name = format!("k{i}_embedding");
-                match embedding_kernel(p, i, &name) {
-                    Some(text) => {
-                        funcs.push_str(&text);
-                        Lowered::Embedding { name }
-                    }
-                    None => Lowered::Host,
-                }
-            }
             Op::MoeExperts { .. } => {
                 let prefix = format!("k{i}_experts");
                 let operands = |ins: &ppmoe_runtime::program::Instruction| {
@@ -869,12 +859,21 @@ pub fn plan_kernels(
                     None => Lowered::Host,
                 }
             }
-            _ => match generate(p, i).or_else(|| data_movement(p, i, &consts)) {
-                Some((name, text, threads)) => {
+            // A row lookup in a weight table (the token embedding), else a generated kernel.
+            _ => match embedding_kernel(p, i, &format!("k{i}_embedding")) {
+                Some(text) => {
                     funcs.push_str(&text);
-                    Lowered::Kernel { name, threads }
+                    Lowered::Embedding {
+                        name: format!("k{i}_embedding"),
+                    }
                 }
-                None => Lowered::Host,
+                None => match generate(p, i).or_else(|| data_movement(p, i, &consts)) {
+                    Some((name, text, threads)) => {
+                        funcs.push_str(&text);
+                        Lowered::Kernel { name, threads }
+                    }
+                    None => Lowered::Host,
+                },
             },
         };
         lowered.push(l);
