@@ -231,6 +231,13 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
             v.resize(node.outputs.len(), None);
             v
         }
+        // The shape of the input, booleans: inferred rather than read from the file, whose
+        // value_info (from an export at another size) may leave the sizes unknown.
+        "IsNaN" | "IsInf" => {
+            let mut ty = x()?.clone();
+            ty.dtype = DType::Bool;
+            vec![out(ty)]
+        }
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "And" | "Or" | "Xor" | "Equal"
         | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Mod" => {
             let a = input(0)?;

@@ -124,7 +124,7 @@ pub fn bench(
 /// leading size of a weight table the program gathers with them (token ids), else 0 or 1.
 fn random_input(bundle: &crate::bundle::Bundle, i: usize, seed: &mut u64) -> Tensor {
     let port = &bundle.manifest.inputs[i];
-    let shape: Vec<usize> = port.shape.iter().map(|d| d.unwrap_or(1)).collect();
+    let shape = batch_shape(bundle, i);
     let n: usize = shape.iter().product();
     let mut next = || {
         // xorshift64*: fresh values every run, no dependency for it.
@@ -145,6 +145,28 @@ fn random_input(bundle: &crate::bundle::Bundle, i: usize, seed: &mut u64) -> Ten
         t
     } else {
         t.with_dtype(port.dtype)
+    }
+}
+
+/// The shape of the whole batch of input `i`: the programs' (compiled for one microbatch) with
+/// axis 0 times the microbatches, else the port's (an unknown size taken as 1).
+fn batch_shape(bundle: &crate::bundle::Bundle, i: usize) -> Vec<usize> {
+    let port = &bundle.manifest.inputs[i];
+    let compiled = bundle.manifest.programs.iter().find_map(|p| {
+        p.inputs
+            .iter()
+            .map(|&b| &p.buffers[b])
+            .find(|b| b.name == port.name)
+            .and_then(|b| b.shape.iter().copied().collect::<Option<Vec<usize>>>())
+    });
+    match compiled {
+        Some(mut shape) => {
+            if let Some(batch) = shape.first_mut() {
+                *batch *= bundle.manifest.microbatches.max(1);
+            }
+            shape
+        }
+        None => port.shape.iter().map(|d| d.unwrap_or(1)).collect(),
     }
 }
 

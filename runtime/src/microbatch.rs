@@ -15,6 +15,16 @@ pub fn split_inputs(m: &Manifest, inputs: &[Tensor]) -> Result<Vec<Vec<Tensor>>,
     }
     let mut per_mb = vec![Vec::new(); k];
     for (t, port) in inputs.iter().zip(&m.inputs) {
+        // Equal pieces only: the programs were compiled for 1/K of the batch.
+        if t.shape.first().is_none_or(|&b| b % k != 0) {
+            return Err(RuntimeError::Input {
+                name: port.name.clone(),
+                reason: format!(
+                    "axis 0 of {:?} does not cut into {k} equal microbatches",
+                    t.shape
+                ),
+            });
+        }
         let cut = kernels::execute(&Op::Split { axis: 0 }, &[Some(t)], k).map_err(|reason| {
             RuntimeError::Input {
                 name: port.name.clone(),

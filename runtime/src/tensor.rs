@@ -29,6 +29,11 @@ impl DType {
         matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
     }
 
+    /// Held on the GPU as f32: floats of every width, and booleans as 0 and 1.
+    pub fn on_device_as_f32(self) -> bool {
+        self.is_float() || self == DType::Bool
+    }
+
     pub fn size(self) -> usize {
         match self {
             DType::I8 | DType::U8 | DType::Bool => 1,

@@ -108,6 +108,65 @@ fn assert_no_host_work(kernels: &str) {
     );
 }
 
+/// The LMs exported with the default attention (sdpa), in fp32, bf16 and fp16: their masks
+/// (`IsNaN`, `not`, `where`) and the half-precision models' casts are generated kernels, so no
+/// rank of any grid has host work, with fp32 or bf16 weights and either MoE strategy.
+#[test]
+fn sdpa_lms_have_no_host_work_on_any_grid() {
+    let lms = [
+        "mixtral_lm_sdpa",
+        "qwen2moe_lm_sdpa",
+        "qwen3moe_lm_sdpa",
+        "olmoe_lm_sdpa",
+        "granitemoe_lm_sdpa",
+        "mixtral_lm_bf16_sdpa",
+        "qwen3moe_lm_bf16_sdpa",
+        "qwen3moe_lm_fp16_sdpa",
+    ];
+    let grids: [&[&str]; 4] = [
+        &[],
+        &["--dtype", "bf16"],
+        &["--tp", "2", "--dtype", "bf16"],
+        &["--tp", "2", "--moe-strategy", "alltoall"],
+    ];
+    for lm in lms {
+        let m = fixtures_dir().join(lm).join("model.onnx");
+        for grid in grids {
+            let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "kernels"];
+            a.extend(["--input-shape", "input_ids=1x16"]);
+            a.extend(grid);
+            let out = ppmoe(&a);
+            assert_eq!(out.code, 0, "{lm} {grid:?}: {}", out.stderr);
+            let host: Vec<&str> = out
+                .stdout
+                .lines()
+                .filter(|l| l.contains("\"kernels.host\""))
+                .collect();
+            assert!(host.is_empty(), "{lm} {grid:?}: {host:?}");
+            // Each rank's embedding is a row copy, its mask kernels are generated.
+            assert!(
+                out.stdout.contains("\"kernels.embedding\""),
+                "{lm} {grid:?}"
+            );
+            assert!(out.stdout.contains("_where, threads"), "{lm} {grid:?}");
+        }
+    }
+    // The fp16 model's casts round through f16 on the device (to nearest even), and its
+    // masks compare unordered-or-unequal, as lowered to PTX.
+    let m = fixtures_dir().join("qwen3moe_lm_fp16_sdpa/model.onnx");
+    let out = ppmoe(&[
+        "inspect",
+        m.to_str().unwrap(),
+        "--emit",
+        "ptx",
+        "--input-shape",
+        "input_ids=1x16",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("cvt.rn.f16.f32"));
+    assert!(out.stdout.contains("setp.neu.f32"));
+}
+
 /// Rank 0's part of a multi-rank `--emit kernels`.
 fn rank0(s: &str) -> &str {
     &s[..s.find("func.func @rank1").unwrap_or(s.len())]

@@ -26,13 +26,13 @@ pub(super) fn static_shape(b: &Buffer) -> Option<Vec<usize>> {
     b.shape.iter().copied().collect()
 }
 
-fn memref(shape: &[usize]) -> String {
+pub(super) fn memref(shape: &[usize]) -> String {
     let n: usize = shape.iter().product();
     format!("memref<{n}xf32>")
 }
 
 /// The flat index of the thread, and the guard against the tail: the common prologue.
-fn prologue(body: &mut String, n: usize) {
+pub(super) fn prologue(body: &mut String, n: usize) {
     let _ = writeln!(
         body,
         "      %bid = gpu.block_id x\n      %bdim = gpu.block_dim x\n      %tid = gpu.thread_id x"
@@ -86,7 +86,12 @@ fn binary_op(f: BinaryFn) -> Option<&'static str> {
 }
 
 /// The flat offset into an operand of shape `inp` broadcast to `out`, for flat output index %i.
-fn broadcast_offset(body: &mut String, tag: &str, inp: &[usize], out: &[usize]) -> String {
+pub(super) fn broadcast_offset(
+    body: &mut String,
+    tag: &str,
+    inp: &[usize],
+    out: &[usize],
+) -> String {
     if inp == out {
         return "%i".into();
     }
@@ -115,7 +120,7 @@ fn broadcast_offset(body: &mut String, tag: &str, inp: &[usize], out: &[usize]) 
     acc
 }
 
-fn kernel(name: &str, params: &[String], body: &str) -> String {
+pub(super) fn kernel(name: &str, params: &[String], body: &str) -> String {
     let args: Vec<String> = params
         .iter()
         .enumerate()
@@ -494,8 +499,8 @@ fn data_movement(
         .collect::<Option<_>>()?;
     let out = static_shape(&p.buffers[*ins.outputs.first()?])?;
     if ins.outputs.len() != 1
-        || !p.buffers[ins.outputs[0]].dtype.is_float()
-        || !p.buffers[ins.inputs[0]?].dtype.is_float()
+        || !p.buffers[ins.outputs[0]].dtype.on_device_as_f32()
+        || !p.buffers[ins.inputs[0]?].dtype.on_device_as_f32()
     {
         return None;
     }
@@ -679,6 +684,13 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
         .map(|&b| &p.buffers[b])
         .collect();
     let outs: Vec<&Buffer> = ins.outputs.iter().map(|&o| &p.buffers[o]).collect();
+    // Booleans (f32 0 or 1 on the device) and casts.
+    if let [out] = outs[..] {
+        let name = format!("k{idx}_{}", ins.op.name());
+        if let Some(g) = super::masks::generate(&ins.op, &name, &bufs, out) {
+            return Some(g);
+        }
+    }
     // Floats of any storage type are f32 on the device.
     if bufs
         .iter()

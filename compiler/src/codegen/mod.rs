@@ -4,6 +4,7 @@
 
 mod expert_steps;
 pub mod kernel_gen;
+mod masks;
 pub mod ptx;
 
 pub use kernel_gen::{plan_kernels, KernelPlan, Lowered};

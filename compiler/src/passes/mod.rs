@@ -1,5 +1,6 @@
 //! Passes over a rank's program, one per file.
 
 pub mod dead_code;
+pub mod int_compare;
 pub mod raise_moe;
 pub mod weight_dtype;

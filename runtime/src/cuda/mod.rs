@@ -109,7 +109,12 @@ impl Rank<'_> {
                 .stream
                 .clone_dtoh(dev)
                 .map_err(|e| backend_err(e.to_string()))?;
-            slot.host = Some(Tensor::f32(slot.shape.clone(), v).with_dtype(slot.dtype));
+            // A boolean is held on the device as 0 or 1.
+            slot.host = Some(if slot.dtype == DType::Bool {
+                Tensor::bool(slot.shape.clone(), v.iter().map(|&x| x != 0.0).collect())
+            } else {
+                Tensor::f32(slot.shape.clone(), v).with_dtype(slot.dtype)
+            });
         }
         Ok(slot.host.clone().expect("set above"))
     }
@@ -129,14 +134,16 @@ impl Rank<'_> {
                 .ok_or_else(|| backend_err("a buffer with no value"))?;
             if !matches!(
                 *t.data,
-                crate::tensor::Data::F32(_) | crate::tensor::Data::Half(_)
+                crate::tensor::Data::F32(_)
+                    | crate::tensor::Data::Half(_)
+                    | crate::tensor::Data::Bool(_)
             ) {
                 return Err(backend_err(format!(
-                    "buffer '{}' is not float: it cannot go to a kernel",
+                    "buffer '{}' is not float or boolean: it cannot go to a kernel",
                     self.program.buffers[id].name
                 )));
             }
-            // bf16/f16 bits are widened here: the kernels compute in f32.
+            // bf16/f16 bits are widened here (the kernels compute in f32), booleans 0 or 1.
             let v = t.f32_values();
             slot.dev = Some(
                 stream
@@ -324,14 +331,14 @@ impl Rank<'_> {
                     .map(|d| d.unwrap_or(0))
                     .collect();
                 let n_out: usize = out_shape.iter().product();
-                // Generated kernels take the float operands; integer ones (axes, bounds, shapes)
+                // Generated kernels take the float and boolean operands; integer ones (axes, bounds, shapes)
                 // were constants baked into the kernel.
                 let inputs: Vec<usize> = ins
                     .inputs
                     .iter()
                     .flatten()
                     .copied()
-                    .filter(|&b| self.program.buffers[b].dtype.is_float())
+                    .filter(|&b| self.program.buffers[b].dtype.on_device_as_f32())
                     .collect();
                 for &b in &inputs {
                     self.device(b)?;
