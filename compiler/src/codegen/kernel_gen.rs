@@ -751,18 +751,55 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
             let cols = *out_shape.last()?;
             let rows = n / cols.max(1);
             name = format!("k{idx}_softmax");
-            // One thread per row: max, sum of exponentials, normalised write.
-            prologue(&mut body, rows);
-            let m = memref(&out_shape);
-            let _ = writeln!(
-                body,
-                "        %cols = arith.constant {cols} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli %i, %cols : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32\n        %mx = scf.for %j = %c0 to %cols step %c1 iter_args(%acc = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %nm = arith.maximumf %acc, %v : f32\n          scf.yield %nm : f32\n        }}\n        %sum = scf.for %j = %c0 to %cols step %c1 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %d = arith.subf %v, %mx : f32\n          %l2e = arith.constant 1.44269504 : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %e = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %e, %a1[%o] : {m}\n          %ns = arith.addf %acc, %e : f32\n          scf.yield %ns : f32\n        }}\n        scf.for %j = %c0 to %cols step %c1 {{\n          %o = arith.addi %base, %j : index\n          %e = memref.load %a1[%o] : {m}\n          %q = arith.divf %e, %sum : f32\n          memref.store %q, %a1[%o] : {m}\n        }}"
-            );
-            let params = vec![m.clone(), m];
-            Some((name.clone(), kernel(&name, &params, &body), rows))
+            prologue(&mut body, rows * WARP);
+            softmax_rows(&mut body, cols, &memref(&out_shape));
+            let params = vec![memref(&out_shape), memref(&out_shape)];
+            Some((name.clone(), kernel(&name, &params, &body), rows * WARP))
         }
         _ => None,
     }
+}
+
+/// Threads of a warp: the row-wise kernels give each row one warp.
+const WARP: usize = 32;
+
+/// The sum (or max) of `%{v}` over the 32 lanes of the warp, the same value in every lane
+/// (butterfly shuffles, so every lane combines in the same order); returns its SSA name.
+fn warp_reduce(b: &mut String, v: &str, out: &str, op: &str) -> String {
+    let _ = writeln!(b, "        %{out}_w = arith.constant 32 : i32");
+    let mut acc = format!("%{v}");
+    for (k, off) in [16, 8, 4, 2, 1].iter().enumerate() {
+        let _ = writeln!(
+            b,
+            "        %{out}_o{k} = arith.constant {off} : i32\n        %{out}_s{k}, %{out}_v{k} = gpu.shuffle xor {acc}, %{out}_o{k}, %{out}_w : f32\n        %{out}_a{k} = {op} {acc}, %{out}_s{k} : f32"
+        );
+        acc = format!("%{out}_a{k}");
+    }
+    acc
+}
+
+/// Softmax over rows of `cols`, one warp per row (thread %i: row i / 32, lane i % 32): each lane
+/// takes every 32nd column (the warp reads a row's consecutive elements together), the max and
+/// the sum of exponentials are reduced across the warp, then each lane writes its columns.
+fn softmax_rows(b: &mut String, cols: usize, m: &str) {
+    let _ = writeln!(
+        b,
+        "        %c32 = arith.constant 32 : index\n        %row = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %cols = arith.constant {cols} : index\n        %base = arith.muli %row, %cols : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32"
+    );
+    let _ = writeln!(
+        b,
+        "        %pmax = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %nm = arith.maximumf %acc, %v : f32\n          scf.yield %nm : f32\n        }}"
+    );
+    let mx = warp_reduce(b, "pmax", "mx", "arith.maximumf");
+    let _ = writeln!(
+        b,
+        "        %psum = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %d = arith.subf %v, {mx} : f32\n          %l2e = arith.constant 1.44269504 : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %e = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %e, %a1[%o] : {m}\n          %ns = arith.addf %acc, %e : f32\n          scf.yield %ns : f32\n        }}"
+    );
+    let sum = warp_reduce(b, "psum", "sum", "arith.addf");
+    let _ = writeln!(
+        b,
+        "        scf.for %j = %lane to %cols step %c32 {{\n          %o = arith.addi %base, %j : index\n          %e = memref.load %a1[%o] : {m}\n          %q = arith.divf %e, {sum} : f32\n          memref.store %q, %a1[%o] : {m}\n        }}"
+    );
 }
 
 /// `Gather` on axis 0 of a float weight table [V, ...] with integer indices: the token
