@@ -109,19 +109,22 @@ fn assert_no_host_work(kernels: &str) {
 }
 
 /// The LMs exported with the default attention (sdpa), in fp32, bf16 and fp16: their masks
-/// (`IsNaN`, `not`, `where`) and the half-precision models' casts are generated kernels, so no
-/// rank of any grid has host work, with fp32 or bf16 weights and either MoE strategy.
+/// (`IsNaN`, `not`, `where`), the half-precision models' casts, gpt-oss's splits (as slices)
+/// and token slices are generated kernels, so no rank of any grid has host work, with fp32 or
+/// bf16 weights and either MoE strategy.
 #[test]
 fn sdpa_lms_have_no_host_work_on_any_grid() {
+    // Each with a generated kernel its plan must have: the masks' where, gpt-oss's slices.
     let lms = [
-        "mixtral_lm_sdpa",
-        "qwen2moe_lm_sdpa",
-        "qwen3moe_lm_sdpa",
-        "olmoe_lm_sdpa",
-        "granitemoe_lm_sdpa",
-        "mixtral_lm_bf16_sdpa",
-        "qwen3moe_lm_bf16_sdpa",
-        "qwen3moe_lm_fp16_sdpa",
+        ("mixtral_lm_sdpa", "_where"),
+        ("qwen2moe_lm_sdpa", "_where"),
+        ("qwen3moe_lm_sdpa", "_where"),
+        ("olmoe_lm_sdpa", "_where"),
+        ("granitemoe_lm_sdpa", "_where"),
+        ("mixtral_lm_bf16_sdpa", "_where"),
+        ("qwen3moe_lm_bf16_sdpa", "_where"),
+        ("qwen3moe_lm_fp16_sdpa", "_where"),
+        ("gptoss_lm_sdpa", "_slice"),
     ];
     let grids: [&[&str]; 4] = [
         &[],
@@ -129,7 +132,7 @@ fn sdpa_lms_have_no_host_work_on_any_grid() {
         &["--tp", "2", "--dtype", "bf16"],
         &["--tp", "2", "--moe-strategy", "alltoall"],
     ];
-    for lm in lms {
+    for (lm, kernel) in lms {
         let m = fixtures_dir().join(lm).join("model.onnx");
         for grid in grids {
             let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "kernels"];
@@ -143,12 +146,13 @@ fn sdpa_lms_have_no_host_work_on_any_grid() {
                 .filter(|l| l.contains("\"kernels.host\""))
                 .collect();
             assert!(host.is_empty(), "{lm} {grid:?}: {host:?}");
-            // Each rank's embedding is a row copy, its mask kernels are generated.
+            // Each rank's embedding is a row copy.
             assert!(
                 out.stdout.contains("\"kernels.embedding\""),
                 "{lm} {grid:?}"
             );
-            assert!(out.stdout.contains("_where, threads"), "{lm} {grid:?}");
+            let launch = format!("{kernel}, threads");
+            assert!(out.stdout.contains(&launch), "{lm} {grid:?}: no {kernel}");
         }
     }
     // The fp16 model's casts round through f16 on the device (to nearest even), and its

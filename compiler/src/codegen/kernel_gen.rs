@@ -567,6 +567,26 @@ fn data_movement(
             );
             params = vec![memref(x), memref(&out)];
         }
+        // Piece `index` of `parts` along `axis`: rows index * n .. (index + 1) * n.
+        Op::TokenSlice { axis, index, .. } => {
+            let c = coords(&mut b, &out);
+            let mut src = c.clone();
+            let lo = index * out.get(*axis)?;
+            let _ = writeln!(
+                b,
+                "        %tl = arith.constant {lo} : index\n        %tx = arith.addi %tl, {} : index",
+                c[*axis]
+            );
+            src[*axis] = "%tx".into();
+            let off = flat(&mut b, "s", &src, x);
+            let _ = writeln!(
+                b,
+                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
+                memref(x),
+                memref(&out)
+            );
+            params = vec![memref(x), memref(&out)];
+        }
         Op::Expand => {
             let off = broadcast_offset(&mut b, "e", x, &out);
             let _ = writeln!(

@@ -20,6 +20,7 @@ use ppmoe_runtime::{kernels, DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
 mod gqa;
+mod split;
 
 /// A lowered program with the weights it reads.
 pub struct CoreProgram {
@@ -796,6 +797,7 @@ impl<'m> Lowering<'m> {
             }
             "Clip" if node.domain.is_empty() => self.lower_clip(node),
             "IsNaN" if node.domain.is_empty() => self.lower_is_nan(node),
+            "Split" if node.domain.is_empty() && self.lower_split_as_slices(node)? => Ok(()),
             "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
                 if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() =>
             {
