@@ -4,18 +4,20 @@ reference, for a prompt on an empty KV cache and one step on the cache it made:
   tests/genai/qwen3_decoder/   a tiny random Qwen3 (hidden 64, 2 layers, 4 heads, 2 KV heads,
                                q/k norms), `-p fp32 -e cpu`: GroupQueryAttention with separate
                                Q, K, V (after the norms), rotary caches, SkipSimplifiedLayerNorm
-  tests/genai/gptoss_decoder/  a tiny random gpt-oss (4 experts, top-2), likewise: its
-                               sliding-window layers keep a ring-buffer cache
-                               (sliding_window_cache), which ppmoe refuses by name; no reference
+  tests/genai/gptoss_decoder/  a tiny random gpt-oss (4 experts, top-2, attention sinks),
+                               likewise: its sliding-window layer keeps a ring-buffer cache
+                               of 128 slots (sliding_window_cache)
 
 Each decoder folder: model.onnx (+ .data), genai_config.json, and prompt/ and step/ with one .npy
 per input and output (named as the graph names them).
 
     python3 examples/export_genai_decoders.py OUT_DIR GENAI_WHEEL     (OUT_DIR: tests/genai)
+    python3 examples/export_genai_decoders.py OUT_DIR --references-only  (the references again)
 
 The wheel is only unpacked: its builder (models/builder.py) runs as a script; it needs
 onnxruntime, as does the reference.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -65,20 +67,36 @@ def build(name, cfg, tools, out):
 
 
 def references(d):
-    """Onnxruntime's outputs for 16 prompt tokens on an empty cache, then one token on it."""
+    """Onnxruntime's outputs for 16 prompt tokens on an empty cache, then one token on it. A
+    sliding-window layer's cache (gpt-oss's) is a ring buffer of the window's slots, which
+    onnxruntime wants whole from the start: its past is that many slots, the valid ones first.
+    Onnxruntime leaves a ring buffer's present slots past the valid length unwritten (whatever
+    its allocation held); the reference has the past's slots there, as ppmoe passes them on."""
     s = ort.InferenceSession(os.path.join(d, "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(7)
     kv = {i.name: i for i in s.get_inputs() if i.name.startswith("past")}
     heads, size = COMMON["num_key_value_heads"], 16
+    window = json.load(open(os.path.join(d, "genai_config.json")))["model"]["decoder"].get(
+        "sliding_window", {}).get("window_size", 0)
+    ring = {n for n, i in kv.items() if "past_sliding_length" in [str(x) for x in i.shape]}
     prompt = {"input_ids": rng.integers(0, 128, (1, 16)).astype(np.int64),
               "attention_mask": np.ones((1, 16), np.int64)}
-    prompt.update({n: np.zeros((1, heads, 0, size), np.float32) for n in kv})
+    prompt.update({n: np.zeros((1, heads, window if n in ring else 0, size), np.float32) for n in kv})
     names = [o.name for o in s.get_outputs()]
-    first = s.run(None, prompt)
+
+    def run(feeds, total):
+        outs = s.run(None, feeds)
+        for i, n in enumerate(names):
+            past = n.replace("present", "past_key_values")
+            if past in ring:
+                outs[i][:, :, total:] = feeds[past][:, :, total:]
+        return outs
+
+    first = run(prompt, 16)
     step = {"input_ids": rng.integers(0, 128, (1, 1)).astype(np.int64),
             "attention_mask": np.ones((1, 17), np.int64)}
     step.update({n.replace("present", "past_key_values"): v for n, v in zip(names, first) if n.startswith("present")})
-    second = s.run(None, step)
+    second = run(step, 17)
     for tag, feeds, outs in [("prompt", prompt, first), ("step", step, second)]:
         t = os.path.join(d, tag)
         os.makedirs(t, exist_ok=True)
@@ -88,16 +106,17 @@ def references(d):
 
 
 def main():
-    out, wheel = sys.argv[1], sys.argv[2]
+    out = sys.argv[1]
+    if sys.argv[2:] == ["--references-only"]:
+        for name in configs():
+            references(os.path.join(out, name))
+        return
+    wheel = sys.argv[2]
     tools = tempfile.mkdtemp()
     with zipfile.ZipFile(wheel) as z:
         z.extractall(tools, [n for n in z.namelist() if n.startswith("onnxruntime_genai/models/")])
     for name, cfg in configs().items():
-        d = build(name, cfg, tools, out)
-        if name == "qwen3_decoder":
-            references(d)
-        else:
-            print(d, "(no reference: onnxruntime's sliding-window cache needs a 128-slot ring buffer)", flush=True)
+        references(build(name, cfg, tools, out))
 
 
 if __name__ == "__main__":

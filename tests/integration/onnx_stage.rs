@@ -177,7 +177,22 @@ fn onnxruntime_genai_rms_norms_match_onnxruntime() {
 
 /// Compiles onnxruntime-genai's decoder in `dir` for the inputs of `case` (prompt or step) and
 /// checks every output against onnxruntime's.
-fn genai_case(dir: &std::path::Path, case: &str, past: usize, tokens: usize, grid: &[&str]) {
+/// One reference case of a genai decoder: `past` cached tokens (each layer's cache `slots[l]`
+/// long: the past length, or a ring buffer's slots), `tokens` new ones.
+struct GenaiCase<'a> {
+    case: &'a str,
+    past: usize,
+    tokens: usize,
+    slots: [usize; 2],
+}
+
+fn genai_case(dir: &std::path::Path, c: GenaiCase, grid: &[&str]) {
+    let GenaiCase {
+        case,
+        past,
+        tokens,
+        slots,
+    } = c;
     let work = tempfile::tempdir().unwrap();
     let b = work.path().join("b");
     let model = dir.join("model.onnx").display().to_string();
@@ -195,10 +210,10 @@ fn genai_case(dir: &std::path::Path, case: &str, past: usize, tokens: usize, gri
         format!("attention_mask=1x{}", past + tokens),
     ]);
     let mut kv = Vec::new();
-    for layer in 0..2 {
+    for (layer, n) in slots.iter().enumerate() {
         for part in ["key", "value"] {
             let name = format!("past_key_values.{layer}.{part}");
-            args.extend(["--input-shape".into(), format!("{name}=1x2x{past}x16")]);
+            args.extend(["--input-shape".into(), format!("{name}=1x2x{n}x16")]);
             kv.push(name);
         }
     }
@@ -246,14 +261,49 @@ fn onnxruntime_genai_decoder_matches_onnxruntime_on_a_prompt_and_a_cached_step()
     // cache in and out), SkipSimplifiedLayerNormalization and SimplifiedLayerNormalization, as
     // onnxruntime-genai 0.18's builder makes them (examples/export_genai_decoders.py).
     let dir = crate::common::fixtures_dir().join("../genai/qwen3_decoder");
-    genai_case(&dir, "prompt", 0, 16, &[]);
-    genai_case(&dir, "step", 16, 1, &[]);
-    genai_case(&dir, "prompt", 0, 16, &["--tp", "2"]);
+    let prompt = GenaiCase {
+        case: "prompt",
+        past: 0,
+        tokens: 16,
+        slots: [0, 0],
+    };
+    let step = GenaiCase {
+        case: "step",
+        past: 16,
+        tokens: 1,
+        slots: [16, 16],
+    };
+    genai_case(&dir, prompt, &[]);
+    genai_case(&dir, step, &[]);
+    let prompt = GenaiCase {
+        case: "prompt",
+        past: 0,
+        tokens: 16,
+        slots: [0, 0],
+    };
+    genai_case(&dir, prompt, &["--tp", "2"]);
 }
 
 #[test]
-fn a_sliding_window_ring_buffer_cache_is_refused_by_name() {
-    // gpt-oss's sliding-window layers keep their cache as a ring buffer of the window.
+fn gptoss_genai_decoder_with_a_ring_buffer_cache_matches_onnxruntime() {
+    // gpt-oss as genai's builder makes it: a sliding-window layer whose cache is a ring buffer
+    // of 128 slots (sliding_window_cache), a full-attention layer, attention sinks, the MoE
+    // (com.microsoft.MoE); a prompt on an empty cache and a step on it; the prompt at tp 2.
+    let dir = crate::common::fixtures_dir().join("../genai/gptoss_decoder");
+    let case = |case, past, tokens| GenaiCase {
+        case,
+        past,
+        tokens,
+        slots: [128, past],
+    };
+    genai_case(&dir, case("prompt", 0, 16), &[]);
+    genai_case(&dir, case("step", 16, 1), &[]);
+    genai_case(&dir, case("prompt", 0, 16), &["--tp", "2"]);
+}
+
+#[test]
+fn a_ring_buffer_cache_that_has_wrapped_is_refused_by_name() {
+    // 140 tokens in all: more than the sliding layer's 128 slots hold in order.
     let dir = crate::common::fixtures_dir().join("../genai/gptoss_decoder");
     let mut args = vec![
         "inspect".to_string(),
@@ -263,13 +313,13 @@ fn a_sliding_window_ring_buffer_cache_is_refused_by_name() {
         "--input-shape".into(),
         "input_ids=1x16".into(),
         "--input-shape".into(),
-        "attention_mask=1x16".into(),
+        "attention_mask=1x140".into(),
     ];
-    for layer in 0..2 {
+    for (layer, slots) in [(0, 128), (1, 124)] {
         for part in ["key", "value"] {
             args.extend([
                 "--input-shape".into(),
-                format!("past_key_values.{layer}.{part}=1x2x0x16"),
+                format!("past_key_values.{layer}.{part}=1x2x{slots}x16"),
             ]);
         }
     }
@@ -278,8 +328,8 @@ fn a_sliding_window_ring_buffer_cache_is_refused_by_name() {
         &out,
         &[
             "GroupQueryAttention",
-            "sliding-window ring-buffer cache",
-            "not supported",
+            "ring-buffer cache of 128 slots and 140 tokens",
+            "before the buffer wraps",
         ],
     );
 }

@@ -6,13 +6,22 @@
 //! (gpt-oss). Positions are past_len + 0..S for every row: unpadded sequences (seqlens_k and
 //! total_sequence_length are not read). Everything else (position ids,
 //! attention bias, softcap, smooth softmax, interleaved or partial rotary, a sliding-window
-//! ring-buffer cache) is refused by name.
+//! ring-buffer cache that has wrapped) is refused by name. A ring-buffer cache
+//! (`sliding_window_cache`, gpt-oss's sliding layers) is read while the tokens fit its slots:
+//! it then holds positions 0..total in order.
 
 use super::{attr_f, attr_i, Lowering};
 use crate::error::CompileError;
 use ppmoe_frontend::Node;
 use ppmoe_runtime::program::{BinaryFn, BufferId, BufferKind, Op};
 use ppmoe_runtime::{DType, Tensor};
+
+/// A KV cache input split at its valid length: the positions attention reads, and (for a
+/// ring buffer with slots to spare) the slots after them.
+struct CachePart {
+    valid: BufferId,
+    rest: Option<BufferId>,
+}
 
 /// The additive mask of a position a query may not see (finite: a row never masks all).
 const MASKED: f32 = f32::MIN;
@@ -85,11 +94,6 @@ impl Lowering<'_> {
                 "interleaved rotary",
                 attr_i(node, "rotary_interleaved", 0) != 0,
             ),
-            // genai's sliding-window layers keep a ring buffer of the window as their cache.
-            (
-                "a sliding-window ring-buffer cache (sliding_window_cache)",
-                attr_i(node, "sliding_window_cache", 0) != 0,
-            ),
         ] {
             if bad {
                 return Err(self.node_err(
@@ -99,6 +103,54 @@ impl Lowering<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The valid length of a sliding-window layer's ring-buffer cache of `slots` slots: the
+    /// total length (total_sequence_length, input 6, known at compile time from the attention
+    /// mask's shape) less this step's `s` tokens. Until the total passes the slots, the buffer
+    /// holds positions 0..total in order, as a linear cache does; past that it has wrapped,
+    /// which is refused by name.
+    fn ring_past_len(&self, node: &Node, slots: usize, s: usize) -> Result<usize, CompileError> {
+        let total = node
+            .inputs
+            .get(6)
+            .and_then(|n| self.consts.get(n))
+            .map(|t| t.to_i64())
+            .and_then(|v| (v.len() == 1).then(|| v[0]))
+            .ok_or_else(|| {
+                self.node_err(
+                    node,
+                    "a sliding-window ring-buffer cache (sliding_window_cache) needs total_sequence_length known at compile time (give the attention mask's shape with --input-shape)",
+                )
+            })?;
+        match usize::try_from(total) {
+            Ok(t) if t >= s && t <= slots => Ok(t - s),
+            _ => Err(self.node_err(
+                node,
+                format!("GroupQueryAttention with a sliding-window ring-buffer cache of {slots} slots and {total} tokens in all is not supported: supported while the tokens fit the slots ({s} new), before the buffer wraps"),
+            )),
+        }
+    }
+
+    /// The past's first `valid` positions (axis 2) and, for a ring buffer with slots after the
+    /// `total` this step fills, those slots.
+    fn cache_part(&mut self, node: &Node, name: &str, valid: usize, total: usize) -> CachePart {
+        let x = self.operand(name);
+        let dtype = self.buffers[x].dtype;
+        let shape: Vec<usize> = self.buffers[x]
+            .shape
+            .iter()
+            .map(|d| d.unwrap_or(0))
+            .collect();
+        let slots = shape[2];
+        let head = if valid == slots {
+            x
+        } else {
+            self.gqa_slice(node, x, 2, (0, valid), dtype, &shape)
+        };
+        let rest =
+            (total < slots).then(|| self.gqa_slice(node, x, 2, (total, slots), dtype, &shape));
+        CachePart { valid: head, rest }
     }
 
     pub(super) fn lower_gqa(&mut self, node: &Node) -> Result<(), CompileError> {
@@ -167,11 +219,21 @@ impl Lowering<'_> {
             }
         };
         let (past_k, past_v) = (past(3)?, past(4)?);
-        let p = past_k.as_ref().map_or(0, |x| x.1);
-        if past_v.as_ref().map_or(0, |x| x.1) != p {
+        let slots = past_k.as_ref().map_or(0, |x| x.1);
+        if past_v.as_ref().map_or(0, |x| x.1) != slots {
             return Err(refuse(self, "past key and value lengths differ".into()));
         }
+        let ring = attr_i(node, "sliding_window_cache", 0) != 0;
+        // A ring buffer's valid length is the total length less this step's tokens, not its
+        // slots; a linear cache's is its length.
+        let p = if ring {
+            self.ring_past_len(node, slots, s)?
+        } else {
+            slots
+        };
         let t = p + s;
+        let past_k = past_k.map(|(name, _)| self.cache_part(node, &name, p, t));
+        let past_v = past_v.map(|(name, _)| self.cache_part(node, &name, p, t));
         let qkv = self.operand(&qkv_name);
         let dtype = self.buffers[qkv].dtype;
         // Q, K, V in BNSH: heads lo..lo + h of `x` ([B, S, width]).
@@ -262,22 +324,34 @@ impl Lowering<'_> {
             q = rotate(self, q, n);
             k = rotate(self, k, kv);
         }
-        // The present cache: the past and this step's keys and values.
-        let present = |this: &mut Self, past: &Option<(String, usize)>, x: BufferId| match past {
-            Some((name, pl)) if *pl > 0 => {
-                let pb = this.operand(name);
-                this.gqa_op(
+        // The present cache: the past and this step's keys and values (what attention reads);
+        // a ring buffer's output keeps all its slots, those after the total length as the past
+        // had them (onnxruntime leaves them unspecified).
+        let present = |this: &mut Self, past: &Option<CachePart>, x: BufferId| {
+            let linear = match past {
+                Some(c) if p > 0 => this.gqa_op(
                     node,
                     Op::Concat { axis: 2 },
-                    vec![pb, x],
+                    vec![c.valid, x],
                     dtype,
                     &[b, kv, t, d],
-                )
-            }
-            _ => x,
+                ),
+                _ => x,
+            };
+            let output = match past {
+                Some(CachePart { rest: Some(r), .. }) => this.gqa_op(
+                    node,
+                    Op::Concat { axis: 2 },
+                    vec![linear, *r],
+                    dtype,
+                    &[b, kv, slots, d],
+                ),
+                _ => linear,
+            };
+            (linear, output)
         };
-        let (pk, pv) = (present(self, &past_k, k), present(self, &past_v, v));
-        for (o, buf) in [(1, pk), (2, pv)] {
+        let ((pk, out_k), (pv, out_v)) = (present(self, &past_k, k), present(self, &past_v, v));
+        for (o, buf) in [(1, out_k), (2, out_v)] {
             if let Some(name) = node.outputs.get(o).filter(|n| !n.is_empty()) {
                 self.ids.insert(name.clone(), buf);
             }
