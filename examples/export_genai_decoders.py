@@ -8,6 +8,10 @@ reference, for a prompt on an empty KV cache and one step on the cache it made:
                                likewise: its sliding-window layer keeps a ring-buffer cache
                                of 128 slots (sliding_window_cache)
 
+Each also as genai builds it for a GPU (`-p fp16 -e cuda`: fp16 throughout, Qwen3's q/k norms
+fused into GroupQueryAttention) in NAME_cuda_fp16/, its reference the fp32 build's outputs
+(onnxruntime's CPU provider cannot run the CUDA build).
+
 Each decoder folder: model.onnx (+ .data), genai_config.json, and prompt/ and step/ with one .npy
 per input and output (named as the graph names them).
 
@@ -43,7 +47,7 @@ def configs():
     }
 
 
-def build(name, cfg, tools, out):
+def build(name, cfg, tools, out, precision="fp32", ep="cpu"):
     torch.manual_seed(1234)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     src = tempfile.mkdtemp()
@@ -55,7 +59,7 @@ def build(name, cfg, tools, out):
                                          pad_token="t3").save_pretrained(src)
     built = tempfile.mkdtemp()
     r = subprocess.run([sys.executable, os.path.join(tools, "onnxruntime_genai/models/builder.py"), "-i", src, "-o",
-                        built, "-p", "fp32", "-e", "cpu"], capture_output=True, text=True)
+                        built, "-p", precision, "-e", ep], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(r.stderr[-3000:])
     d = os.path.join(out, name)
@@ -105,18 +109,38 @@ def references(d):
     print(d, "onnxruntime", ort.__version__, [o.shape for o in second], flush=True)
 
 
+def half_references(fp32_dir, d):
+    """The CUDA fp16 build's cases: the fp32 build's (the same weights), the cache inputs as
+    fp16. Onnxruntime's CPU provider cannot run the CUDA build (its GroupQueryAttention fuses
+    Qwen3's q/k norms, which the CPU provider refuses), so the reference is the fp32 build's
+    output, which the fp16 model matches within fp16's precision."""
+    for tag in ["prompt", "step"]:
+        src, dst = os.path.join(fp32_dir, tag), os.path.join(d, tag)
+        os.makedirs(dst, exist_ok=True)
+        for f in sorted(os.listdir(src)):
+            v = np.load(os.path.join(src, f))
+            if f.startswith("past_key_values"):
+                v = v.astype(np.float16)
+            np.save(os.path.join(dst, f), v)
+    print(d, "(the fp32 build's references; fp16 cache inputs)", flush=True)
+
+
 def main():
     out = sys.argv[1]
     if sys.argv[2:] == ["--references-only"]:
         for name in configs():
             references(os.path.join(out, name))
+            half_references(os.path.join(out, name), os.path.join(out, name + "_cuda_fp16"))
         return
     wheel = sys.argv[2]
     tools = tempfile.mkdtemp()
     with zipfile.ZipFile(wheel) as z:
         z.extractall(tools, [n for n in z.namelist() if n.startswith("onnxruntime_genai/models/")])
     for name, cfg in configs().items():
-        references(build(name, cfg, tools, out))
+        fp32 = build(name, cfg, tools, out)
+        references(fp32)
+        # What genai builds for a GPU: fp16 weights and activations, CUDA's fused forms.
+        half_references(fp32, build(name + "_cuda_fp16", cfg, tools, out, "fp16", "cuda"))
 
 
 if __name__ == "__main__":

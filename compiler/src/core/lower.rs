@@ -1163,10 +1163,6 @@ impl<'m> Lowering<'m> {
             scale_name.ok_or_else(|| self.node_err(node, "the scale (gamma) input is missing"))?;
         let out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
         let (dtype, shape) = (self.buffers[out].dtype, self.buffers[out].shape.clone());
-        let mut stat_shape = shape.clone();
-        if let Some(last) = stat_shape.last_mut() {
-            *last = Some(1);
-        }
         let hint = node.outputs[0].clone();
         let mut cur = self.operand(&x_name);
         if skip {
@@ -1187,6 +1183,27 @@ impl<'m> Lowering<'m> {
             }
         }
         let epsilon = attr_f(node, "epsilon", 1e-5);
+        let scale = self.operand(&scale_name);
+        self.rms_norm_into(node, cur, scale, epsilon, out);
+        Ok(())
+    }
+
+    /// out = x / sqrt(mean(x^2 over the last axis) + epsilon) * scale, in ops both backends
+    /// have (x's type and shape are out's).
+    pub(super) fn rms_norm_into(
+        &mut self,
+        node: &Node,
+        cur: BufferId,
+        scale: BufferId,
+        epsilon: f32,
+        out: BufferId,
+    ) {
+        let (dtype, shape) = (self.buffers[out].dtype, self.buffers[out].shape.clone());
+        let mut stat_shape = shape.clone();
+        if let Some(last) = stat_shape.last_mut() {
+            *last = Some(1);
+        }
+        let hint = self.buffers[out].name.clone();
         let sq = self.temp(&hint, dtype, shape.clone());
         self.emit(
             node,
@@ -1228,14 +1245,12 @@ impl<'m> Lowering<'m> {
             vec![Some(cur), Some(root)],
             vec![normed],
         );
-        let scale = self.operand(&scale_name);
         self.emit(
             node,
             Op::Binary { f: BinaryFn::Mul },
             vec![Some(normed), Some(scale)],
             vec![out],
         );
-        Ok(())
     }
 
     fn lower_clip(&mut self, node: &Node) -> Result<(), CompileError> {

@@ -88,6 +88,20 @@ impl Lowering<'_> {
             ("a key input without a value input", given(1) != given(2)),
             ("position_ids", given(9)),
             ("attention_bias", given(10)),
+            (
+                "k_scale / v_scale (a quantised cache)",
+                given(12) || given(13),
+            ),
+            (
+                "query_seqlens (input 16) or inputs after it",
+                node.inputs.iter().skip(16).any(|n| !n.is_empty()),
+            ),
+            ("causal = 0", attr_i(node, "causal", 1) == 0),
+            ("qk_output", attr_i(node, "qk_output", 0) != 0),
+            (
+                "a quantised KV cache (kv_cache_bit_width)",
+                attr_i(node, "kv_cache_bit_width", 0) != 0,
+            ),
             ("softcap", attr_f(node, "softcap", 0.0) != 0.0),
             ("smooth_softmax", attr_i(node, "smooth_softmax", 0) != 0),
             (
@@ -276,6 +290,27 @@ impl Lowering<'_> {
                 heads_of(self, vb, kv * d, 0, kv),
             )
         };
+        // The per-head RMS norms of Q and K that genai's CUDA builds fuse into the node (Qwen3's
+        // q_norm / k_norm, weights [head size]), before the rotary embedding, as the model has them.
+        let qk_eps = attr_f(node, "qk_norm_epsilon", 1e-6);
+        for (input, heads, own_eps) in [(14, n, "q_norm_epsilon"), (15, kv, "k_norm_epsilon")] {
+            if let Some(w) = given(input) {
+                let eps = attr_f(node, own_eps, qk_eps);
+                let x = if input == 14 { q } else { k };
+                let w = self.operand(&w);
+                let out = self.temp(
+                    &node.outputs[0],
+                    dtype,
+                    [b, heads, s, d].iter().map(|&v| Some(v)).collect(),
+                );
+                self.rms_norm_into(node, x, w, eps, out);
+                if input == 14 {
+                    q = out;
+                } else {
+                    k = out;
+                }
+            }
+        }
         if attr_i(node, "do_rotary", 0) != 0 {
             let (Some(cos), Some(sin)) = (given(7), given(8)) else {
                 return Err(refuse(
