@@ -292,8 +292,9 @@ fn onnxruntime_genai_decoder_matches_onnxruntime_on_a_prompt_and_a_cached_step()
 fn gptoss_genai_decoder_with_a_ring_buffer_cache_matches_onnxruntime() {
     // gpt-oss as genai's builder makes it: a sliding-window layer whose cache is a ring buffer
     // of 128 slots (sliding_window_cache), a full-attention layer, attention sinks, the MoE
-    // (com.microsoft.MoE); a prompt on an empty cache and a step on it; the prompt at tp 2 with
-    // either strategy (a pipeline cut needs one live value between layers: the caches are more).
+    // (com.microsoft.MoE); a prompt on an empty cache and a step on it, the step at pp 2 too,
+    // the prompt at tp 2 x pp 2 with either strategy (the stages pass on the caches' inputs and
+    // outputs and the residual sum as well as the hidden state).
     let dir = crate::common::fixtures_dir().join("../genai/gptoss_decoder");
     let case = |case, past, tokens| GenaiCase {
         case,
@@ -303,12 +304,11 @@ fn gptoss_genai_decoder_with_a_ring_buffer_cache_matches_onnxruntime() {
     };
     genai_case(&dir, case("prompt", 0, 16), &[]);
     genai_case(&dir, case("step", 16, 1), &[]);
-    genai_case(&dir, case("prompt", 0, 16), &["--tp", "2"]);
-    genai_case(
-        &dir,
-        case("prompt", 0, 16),
-        &["--tp", "2", "--moe-strategy", "alltoall"],
-    );
+    genai_case(&dir, case("step", 16, 1), &["--pp", "2"]);
+    for strategy in ["ppmoe", "alltoall"] {
+        let grid = ["--tp", "2", "--pp", "2", "--moe-strategy", strategy];
+        genai_case(&dir, case("prompt", 0, 16), &grid);
+    }
 }
 
 #[test]

@@ -5,8 +5,10 @@
 //!   stage 0: ... %h = core.add(%res, %moe0)   "shard.send"(%h) {destination = 1}
 //!   stage 1: %h = "shard.recv"() {source = 0} ... (the layers after the cut)
 //!
-//! A boundary is a point after an MoE layer where one activation (the residual stream) is all
-//! that is live: a model with L MoE layers has at most L stages.
+//! A boundary is a point after an MoE layer where the fewest values are live: in a plain LM one
+//! activation (the residual stream); in a decoder with a KV cache also the caches' inputs that
+//! later layers read and outputs that earlier ones made (outputs travel to the last stage). A
+//! model with L MoE layers has at most L stages.
 
 use super::shard_moe::RankProgram;
 use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Op, Program};
@@ -69,8 +71,8 @@ fn ends_moe_layer(ins: &Instruction) -> bool {
     )
 }
 
-/// Points (instruction indices) where a new stage may start: after an MoE layer, at the first
-/// place where a single non-weight value is live.
+/// Points (instruction indices) where a new stage may start: one after each MoE layer but the
+/// last, where the fewest non-weight values are live.
 pub fn boundaries(p: &Program) -> Vec<usize> {
     let n = p.instructions.len();
     let mut def: Vec<Option<usize>> = vec![None; p.buffers.len()];
@@ -99,16 +101,28 @@ pub fn boundaries(p: &Program) -> Vec<usize> {
             }
         }
     }
+    let crossing: Vec<i64> = delta
+        .iter()
+        .take(n)
+        .scan(0i64, |acc, d| {
+            *acc += d;
+            Some(*acc)
+        })
+        .collect();
+    // Between the end of one MoE layer and the end of the next, the first cut where fewest
+    // values cross (one, the hidden state, in a plain LM; a decoder with a KV cache also
+    // passes on the caches' inputs and outputs and its residual sum).
+    let layer_ends: Vec<usize> = (1..=n)
+        .filter(|&c| ends_moe_layer(&p.instructions[c - 1]))
+        .collect();
     let mut out = Vec::new();
-    let (mut crossing, mut after_moe) = (0i64, false);
-    for (c, d) in delta.iter().enumerate().take(n) {
-        crossing += d;
-        if c > 0 && ends_moe_layer(&p.instructions[c - 1]) {
-            after_moe = true;
-        }
-        if after_moe && c > 0 && crossing == 1 {
+    for (k, &start) in layer_ends.iter().enumerate() {
+        let end = layer_ends.get(k + 1).copied().unwrap_or(n);
+        let best = (start..end.min(n))
+            .filter(|&c| c > 0 && crossing[c] > 0)
+            .min_by_key(|&c| (crossing[c], c));
+        if let Some(c) = best {
             out.push(c);
-            after_moe = false;
         }
     }
     out
@@ -125,7 +139,11 @@ pub fn choose_cuts(p: &Program, pp: usize) -> Result<Vec<usize>, String> {
     }
     let b = boundaries(p);
     if b.len() + 1 < pp {
-        return Err(format!("{pp} pipeline stages need {} boundaries after MoE layers where one value is live; the model has {}", pp - 1, b.len()));
+        return Err(format!(
+            "{pp} pipeline stages need {} boundaries after MoE layers; the model has {}",
+            pp - 1,
+            b.len()
+        ));
     }
     let prefix: Vec<f64> = std::iter::once(0.0)
         .chain(p.instructions.iter().scan(0.0, |acc, ins| {
