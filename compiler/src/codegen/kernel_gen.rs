@@ -519,13 +519,7 @@ fn data_movement(
                 src[pj] = c[j].clone();
             }
             let off = flat(&mut b, "s", &src, x);
-            let _ = writeln!(
-                b,
-                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
-                memref(x),
-                memref(&out)
-            );
-            params = vec![memref(x), memref(&out)];
+            params = copy_element(&mut b, &off, x, &out);
         }
         Op::Slice => {
             let starts = consts(ins.inputs.get(1).copied().flatten())?;
@@ -559,13 +553,7 @@ fn data_movement(
                 src[a] = format!("%qx{a}");
             }
             let off = flat(&mut b, "s", &src, x);
-            let _ = writeln!(
-                b,
-                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
-                memref(x),
-                memref(&out)
-            );
-            params = vec![memref(x), memref(&out)];
+            params = copy_element(&mut b, &off, x, &out);
         }
         // Piece `index` of `parts` along `axis`: rows index * n .. (index + 1) * n.
         Op::TokenSlice { axis, index, .. } => {
@@ -579,23 +567,11 @@ fn data_movement(
             );
             src[*axis] = "%tx".into();
             let off = flat(&mut b, "s", &src, x);
-            let _ = writeln!(
-                b,
-                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
-                memref(x),
-                memref(&out)
-            );
-            params = vec![memref(x), memref(&out)];
+            params = copy_element(&mut b, &off, x, &out);
         }
         Op::Expand => {
             let off = broadcast_offset(&mut b, "e", x, &out);
-            let _ = writeln!(
-                b,
-                "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
-                memref(x),
-                memref(&out)
-            );
-            params = vec![memref(x), memref(&out)];
+            params = copy_element(&mut b, &off, x, &out);
         }
         Op::Concat { axis } => {
             let a = if *axis < 0 {
@@ -778,6 +754,18 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
         }
         _ => None,
     }
+}
+
+/// out[%i] = x[off]: the body of a data-movement kernel (one thread per output element), and
+/// its two parameters.
+fn copy_element(b: &mut String, off: &str, x: &[usize], out: &[usize]) -> Vec<String> {
+    let _ = writeln!(
+        b,
+        "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
+        memref(x),
+        memref(out)
+    );
+    vec![memref(x), memref(out)]
 }
 
 /// Threads of a warp: the row-wise kernels give each row one warp.
