@@ -312,8 +312,13 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
             crate::passes::weight_dtype::convert_weights(rp, dt);
         }
     }
-    // The masks' integer comparisons as float ones (exact; then generated kernels on the GPU).
+    // The masks' integer comparisons as float ones (exact; then generated kernels on the GPU),
+    // the einsums left after the raise as matmuls (cuBLAS on the GPU).
     for rp in &mut c.sharded {
+        let n = crate::passes::einsum_matmul::einsums_as_matmuls(rp);
+        if n > 0 {
+            tracing::debug!("{n} einsums as batched matmuls");
+        }
         let n = crate::passes::int_compare::compare_as_f32(rp);
         if n > 0 {
             tracing::debug!("{n} integer constants compared as f32 (exact)");

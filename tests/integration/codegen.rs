@@ -244,3 +244,26 @@ fn alltoall_experts_run_on_the_gpu_at_tp_2_sending_only_routed_rows() {
     assert!(nccl.iter().any(|l| l.contains("all_gather")), "{nccl:?}");
     assert_no_host_work(k0);
 }
+
+/// The JAX block's attention einsums (StableHLO dot_general) are batched matmuls after the
+/// raise, so cuBLAS GEMMs: the block has no host work at tp 1 or tp 2.
+#[test]
+fn jax_block_einsums_become_gemms_and_leave_no_host_work() {
+    let dir = fixtures_dir().join("jax_moe_block");
+    let (m, w) = (dir.join("model.mlir"), dir.join("weights.safetensors"));
+    for grid in [&[][..], &["--tp", "2"]] {
+        let mut a = vec![
+            "inspect",
+            m.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+        ];
+        a.extend(["--emit", "kernels"]);
+        a.extend(grid);
+        let out = ppmoe(&a);
+        assert_eq!(out.code, 0, "{grid:?}: {}", out.stderr);
+        let k0 = rank0(&out.stdout);
+        assert!(!k0.contains("\"kernels.host\""), "{grid:?}: {k0}");
+        assert!(!k0.contains("einsum"), "{grid:?}");
+    }
+}

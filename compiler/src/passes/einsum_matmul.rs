@@ -1,0 +1,248 @@
+//! Two-operand einsums that are contractions, as a batched matmul between transposes and
+//! reshapes: `cab,dab->acd` is x -> [a, c, b], y -> [a, b, d], matmul -> [a, c, d]. The GPU has
+//! GEMMs (cuBLAS), not an einsum; the JAX block's attention comes as such einsums
+//! (StableHLO's dot_general). It runs after the raise, which reads the dispatch einsums of the
+//! einsum-form MoE layers as they are. An einsum that is not a plain contraction (a label
+//! repeated in one term, a label summed away from one operand alone, unknown sizes) stays.
+
+use crate::distribute::shard_moe::RankProgram;
+use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
+
+/// How the labels of a contraction `x,y->out` split.
+struct Contraction {
+    /// In x, y and out (the matmul's batch), in out's order.
+    batch: Vec<char>,
+    /// In x and out only (the matmul's rows), in out's order.
+    rows: Vec<char>,
+    /// In x and y only (summed), in x's order.
+    summed: Vec<char>,
+    /// In y and out only (the matmul's columns), in out's order.
+    cols: Vec<char>,
+}
+
+fn contraction(equation: &str) -> Option<(Vec<char>, Vec<char>, Vec<char>, Contraction)> {
+    let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, out) = eq.split_once("->")?;
+    let (x, y) = lhs.split_once(',')?;
+    let (x, y, out): (Vec<char>, Vec<char>, Vec<char>) = (
+        x.chars().collect(),
+        y.chars().collect(),
+        out.chars().collect(),
+    );
+    let distinct = |t: &[char]| t.iter().enumerate().all(|(i, c)| !t[..i].contains(c));
+    if !distinct(&x) || !distinct(&y) || !distinct(&out) || y.contains(&',') {
+        return None;
+    }
+    // Every label of an operand is either kept or summed against the other operand.
+    let (in_x, in_y, in_o) = (
+        |c: &char| x.contains(c),
+        |c: &char| y.contains(c),
+        |c: &char| out.contains(c),
+    );
+    if x.iter()
+        .chain(&y)
+        .any(|c| !in_o(c) && !(in_x(c) && in_y(c)))
+        || out.iter().any(|c| !in_x(c) && !in_y(c))
+    {
+        return None;
+    }
+    let c = Contraction {
+        batch: out.iter().copied().filter(|c| in_x(c) && in_y(c)).collect(),
+        rows: out
+            .iter()
+            .copied()
+            .filter(|c| in_x(c) && !in_y(c))
+            .collect(),
+        summed: x.iter().copied().filter(|c| in_y(c) && !in_o(c)).collect(),
+        cols: out
+            .iter()
+            .copied()
+            .filter(|c| in_y(c) && !in_x(c))
+            .collect(),
+    };
+    Some((x, y, out, c))
+}
+
+/// Rewrites every such einsum of the rank's program; returns how many.
+pub fn einsums_as_matmuls(rp: &mut RankProgram) -> usize {
+    let p = &mut rp.program;
+    let old = std::mem::take(&mut p.instructions);
+    let mut rewritten = 0;
+    for ins in old {
+        match lower(p, &ins) {
+            Some(seq) => {
+                p.instructions.extend(seq);
+                rewritten += 1;
+            }
+            None => p.instructions.push(ins),
+        }
+    }
+    rewritten
+}
+
+fn static_shape(p: &Program, b: BufferId) -> Option<Vec<usize>> {
+    p.buffers[b].shape.iter().copied().collect()
+}
+
+/// The instructions that replace one einsum, and the temporaries they write.
+struct Emit<'p> {
+    p: &'p mut Program,
+    seq: Vec<Instruction>,
+    origin: String,
+    dtype: ppmoe_runtime::DType,
+    name: String,
+}
+
+impl Emit<'_> {
+    /// `op` of `input` into a new temporary of `shape` (or into `into`).
+    fn op(
+        &mut self,
+        op: Op,
+        inputs: &[BufferId],
+        shape: &[usize],
+        into: Option<BufferId>,
+    ) -> BufferId {
+        let id = into.unwrap_or_else(|| {
+            self.p.buffers.push(Buffer {
+                name: format!("{}.einsum{}", self.name, self.seq.len()),
+                dtype: self.dtype,
+                shape: shape.iter().map(|&d| Some(d)).collect(),
+                kind: BufferKind::Temp,
+            });
+            self.p.buffers.len() - 1
+        });
+        self.seq.push(Instruction {
+            op,
+            inputs: inputs.iter().map(|&b| Some(b)).collect(),
+            outputs: vec![id],
+            origin: self.origin.clone(),
+        });
+        id
+    }
+
+    /// Operand `b` (labels `t`) into `order`, then reshaped to `mat`.
+    fn arrange(
+        &mut self,
+        b: BufferId,
+        t: &[char],
+        order: &[char],
+        sizes: &[usize],
+        mat: [usize; 3],
+    ) -> BufferId {
+        let perm: Vec<usize> = order
+            .iter()
+            .map(|l| t.iter().position(|c| c == l).unwrap_or(0))
+            .collect();
+        let moved = if is_identity(&perm) {
+            b
+        } else {
+            self.op(Op::Transpose { perm }, &[b], sizes, None)
+        };
+        self.op(
+            Op::ReshapeTo {
+                shape: mat.to_vec(),
+            },
+            &[moved],
+            &mat,
+            None,
+        )
+    }
+}
+
+fn is_identity(perm: &[usize]) -> bool {
+    perm.iter().enumerate().all(|(i, &q)| i == q)
+}
+
+/// The einsum's replacement: transposes, reshapes to [B, M, K] and [B, K, N], the matmul,
+/// the reshape and transpose to the output's order.
+fn lower(p: &mut Program, ins: &Instruction) -> Option<Vec<Instruction>> {
+    let Op::Einsum { equation } = &ins.op else {
+        return None;
+    };
+    let (&[Some(xb), Some(yb)], &[ob]) = (ins.inputs.as_slice(), ins.outputs.as_slice()) else {
+        return None;
+    };
+    let (x, y, out, c) = contraction(equation)?;
+    let (xs, ys, out_shape) = (
+        static_shape(p, xb)?,
+        static_shape(p, yb)?,
+        static_shape(p, ob)?,
+    );
+    let size = |l: &char| -> Option<usize> {
+        x.iter()
+            .position(|c| c == l)
+            .map(|i| xs[i])
+            .or_else(|| y.iter().position(|c| c == l).map(|i| ys[i]))
+    };
+    let sizes = |ls: &[char]| ls.iter().map(size).collect::<Option<Vec<usize>>>();
+    let prod = |ls: &[char]| sizes(ls).map(|v| v.iter().product::<usize>());
+    let (bsz, m, k, n) = (
+        prod(&c.batch)?,
+        prod(&c.rows)?,
+        prod(&c.summed)?,
+        prod(&c.cols)?,
+    );
+    let x_order = [&c.batch[..], &c.rows, &c.summed].concat();
+    let y_order = [&c.batch[..], &c.summed, &c.cols].concat();
+    let natural = [&c.batch[..], &c.rows, &c.cols].concat();
+    let (x_sizes, y_sizes, natural_sizes) = (sizes(&x_order)?, sizes(&y_order)?, sizes(&natural)?);
+    let mut e = Emit {
+        dtype: p.buffers[ob].dtype,
+        name: p.buffers[ob].name.clone(),
+        p,
+        seq: Vec::new(),
+        origin: ins.origin.clone(),
+    };
+    let xm = e.arrange(xb, &x, &x_order, &x_sizes, [bsz, m, k]);
+    let ym = e.arrange(yb, &y, &y_order, &y_sizes, [bsz, k, n]);
+    let product = e.op(Op::MatMul, &[xm, ym], &[bsz, m, n], None);
+    // [batch, rows, cols] in their own order, then out's order, into the einsum's result.
+    let perm: Vec<usize> = out
+        .iter()
+        .map(|l| natural.iter().position(|c| c == l).unwrap_or(0))
+        .collect();
+    if is_identity(&perm) {
+        e.op(
+            Op::ReshapeTo {
+                shape: out_shape.clone(),
+            },
+            &[product],
+            &out_shape,
+            Some(ob),
+        );
+    } else {
+        let r = e.op(
+            Op::ReshapeTo {
+                shape: natural_sizes.clone(),
+            },
+            &[product],
+            &natural_sizes,
+            None,
+        );
+        e.op(Op::Transpose { perm }, &[r], &out_shape, Some(ob));
+    }
+    Some(e.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contractions_split_their_labels_and_others_are_left() {
+        let (_, _, _, c) = contraction("cab,dab->acd").unwrap();
+        assert_eq!(
+            (c.batch, c.rows, c.summed, c.cols),
+            (vec!['a'], vec!['c'], vec!['b'], vec!['d'])
+        );
+        let (_, _, _, c) = contraction("ab,bac->ac").unwrap();
+        assert_eq!(
+            (c.batch, c.rows, c.summed, c.cols),
+            (vec!['a'], vec![], vec!['b'], vec!['c'])
+        );
+        // A label repeated in a term (a diagonal), or summed from one operand alone.
+        assert!(contraction("aab,bc->ac").is_none());
+        assert!(contraction("ab,bc->c").is_none());
+        assert!(contraction("ab,bc,cd->ad").is_none());
+    }
+}
