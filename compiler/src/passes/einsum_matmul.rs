@@ -8,8 +8,11 @@
 use crate::distribute::shard_moe::RankProgram;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 
-/// How the labels of a contraction `x,y->out` split.
+/// The terms of a contraction `x,y->out`, and how their labels split.
 struct Contraction {
+    x: Vec<char>,
+    y: Vec<char>,
+    out: Vec<char>,
     /// In x, y and out (the matmul's batch), in out's order.
     batch: Vec<char>,
     /// In x and out only (the matmul's rows), in out's order.
@@ -20,7 +23,7 @@ struct Contraction {
     cols: Vec<char>,
 }
 
-fn contraction(equation: &str) -> Option<(Vec<char>, Vec<char>, Vec<char>, Contraction)> {
+fn contraction(equation: &str) -> Option<Contraction> {
     let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
     let (lhs, out) = eq.split_once("->")?;
     let (x, y) = lhs.split_once(',')?;
@@ -39,14 +42,12 @@ fn contraction(equation: &str) -> Option<(Vec<char>, Vec<char>, Vec<char>, Contr
         |c: &char| y.contains(c),
         |c: &char| out.contains(c),
     );
-    if x.iter()
-        .chain(&y)
-        .any(|c| !in_o(c) && !(in_x(c) && in_y(c)))
+    if x.iter().chain(&y).any(|c| !(in_o(c) || in_x(c) && in_y(c)))
         || out.iter().any(|c| !in_x(c) && !in_y(c))
     {
         return None;
     }
-    let c = Contraction {
+    Some(Contraction {
         batch: out.iter().copied().filter(|c| in_x(c) && in_y(c)).collect(),
         rows: out
             .iter()
@@ -59,8 +60,10 @@ fn contraction(equation: &str) -> Option<(Vec<char>, Vec<char>, Vec<char>, Contr
             .copied()
             .filter(|c| in_y(c) && !in_x(c))
             .collect(),
-    };
-    Some((x, y, out, c))
+        x: x.clone(),
+        y: y.clone(),
+        out: out.clone(),
+    })
 }
 
 /// Rewrites every such einsum of the rank's program; returns how many.
@@ -162,7 +165,8 @@ fn lower(p: &mut Program, ins: &Instruction) -> Option<Vec<Instruction>> {
     let (&[Some(xb), Some(yb)], &[ob]) = (ins.inputs.as_slice(), ins.outputs.as_slice()) else {
         return None;
     };
-    let (x, y, out, c) = contraction(equation)?;
+    let c = contraction(equation)?;
+    let (x, y, out) = (&c.x, &c.y, &c.out);
     let (xs, ys, out_shape) = (
         static_shape(p, xb)?,
         static_shape(p, yb)?,
@@ -193,8 +197,8 @@ fn lower(p: &mut Program, ins: &Instruction) -> Option<Vec<Instruction>> {
         seq: Vec::new(),
         origin: ins.origin.clone(),
     };
-    let xm = e.arrange(xb, &x, &x_order, &x_sizes, [bsz, m, k]);
-    let ym = e.arrange(yb, &y, &y_order, &y_sizes, [bsz, k, n]);
+    let xm = e.arrange(xb, x, &x_order, &x_sizes, [bsz, m, k]);
+    let ym = e.arrange(yb, y, &y_order, &y_sizes, [bsz, k, n]);
     let product = e.op(Op::MatMul, &[xm, ym], &[bsz, m, n], None);
     // [batch, rows, cols] in their own order, then out's order, into the einsum's result.
     let perm: Vec<usize> = out
@@ -230,12 +234,12 @@ mod tests {
 
     #[test]
     fn contractions_split_their_labels_and_others_are_left() {
-        let (_, _, _, c) = contraction("cab,dab->acd").unwrap();
+        let c = contraction("cab,dab->acd").unwrap();
         assert_eq!(
             (c.batch, c.rows, c.summed, c.cols),
             (vec!['a'], vec!['c'], vec!['b'], vec!['d'])
         );
-        let (_, _, _, c) = contraction("ab,bac->ac").unwrap();
+        let c = contraction("ab,bac->ac").unwrap();
         assert_eq!(
             (c.batch, c.rows, c.summed, c.cols),
             (vec!['a'], vec![], vec!['b'], vec!['c'])
