@@ -267,3 +267,30 @@ fn jax_block_einsums_become_gemms_and_leave_no_host_work() {
         assert!(!k0.contains("einsum"), "{grid:?}");
     }
 }
+
+/// DeepSeek-V3's routing (sigmoid scores, the score-correction bias, the group limit, the
+/// routed scaling) is one generated kernel that takes the bias: the block has no host work on
+/// any grid.
+#[test]
+fn deepseek_routing_with_bias_and_groups_is_a_generated_kernel() {
+    let m = fixtures_dir().join("deepseekv3_block_dynamo/model.onnx");
+    let grids: [&[&str]; 3] = [
+        &[],
+        &["--tp", "2"],
+        &["--tp", "2", "--moe-strategy", "alltoall"],
+    ];
+    for grid in grids {
+        let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "kernels"];
+        a.extend(["--input-shape", "hidden_states=1x16x64"]);
+        a.extend(grid);
+        let out = ppmoe(&a);
+        assert_eq!(out.code, 0, "{grid:?}: {}", out.stderr);
+        let k0 = rank0(&out.stdout);
+        assert!(!k0.contains("\"kernels.host\""), "{grid:?}: {k0}");
+        // logits, weights, ids, and the bias [E = 8].
+        assert!(
+            k0.contains("_route(") && k0.contains("memref<8xf32>) kernel"),
+            "{grid:?}: {k0}"
+        );
+    }
+}

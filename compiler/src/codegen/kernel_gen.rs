@@ -393,18 +393,25 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
         order,
         renormalize,
         n_group,
+        topk_group,
         routed_scaling_factor,
         capacity,
-        ..
     } = ins.op
     else {
         return None;
     };
-    if capacity > 0 || n_group > 1 || ins.inputs.get(1).copied().flatten().is_some() {
+    let biased = ins.inputs.get(1).copied().flatten().is_some();
+    let grouped = n_group > 1;
+    // Capacity (slot order across tokens) stays on the host; the bias and the group limit
+    // decide the choice of the scored routers only (as the CPU backend's route has them).
+    if capacity > 0 || ((biased || grouped) && order == RouteOrder::TopkThenSoftmax) {
         return None;
     }
     let l = static_shape(&p.buffers[ins.inputs[0]?])?;
     let (t, e) = (l[0], l[1]);
+    if grouped && (e % n_group != 0 || n_group > 63 || k > topk_group * (e / n_group)) {
+        return None;
+    }
     let m_l = format!("memref<{}xf32>", t * e);
     let m_k = format!("memref<{}xf32>", t * k);
     let mut b = String::new();
@@ -426,10 +433,29 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
         (Scoring::Sigmoid, _) => "          %nv = arith.negf %v : f32\n          %nm = arith.mulf %nv, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%nm) : (f32) -> f32\n          %dd = arith.addf %one, %x : f32\n          %sc = arith.divf %one, %dd : f32",
         _ => "          %sc = arith.addf %v, %zero : f32",
     };
-    // k passes: the best expert not chosen in an earlier pass.
+    // What decides the choice of expert %j: its score plus its bias (DeepSeek-V3's score
+    // correction), into %ch; the weight stays the score.
+    let choice = if biased {
+        format!("\n          %bj = memref.load %a3[%j] : memref<{e}xf32>\n          %ch = arith.addf %sc, %bj : f32")
+    } else {
+        "\n          %ch = arith.addf %sc, %zero : f32".to_string()
+    };
+    let score = format!("{score}{choice}");
+    if grouped {
+        group_mask(&mut b, &m_l, &score, e / n_group, n_group, topk_group);
+    } else {
+        b.push_str("        %mask = arith.constant 0 : i64\n");
+    }
+    // Expert %j is a candidate when its group was kept (every expert, without groups).
+    let in_group = if grouped {
+"            %jg = arith.divui %j, %gsize : index\n            %jg64 = arith.index_cast %jg : index to i64\n            %jbit = arith.shli %o64, %jg64 : i64\n            %jh = arith.andi %mask, %jbit : i64\n            %ing = arith.cmpi ne, %jh, %z64 : i64\n".to_string()
+    } else {
+        "            %ing = arith.constant true\n".to_string()
+    };
+    // k passes: the best expert not chosen in an earlier pass, by choice; its score kept.
     let _ = writeln!(
         b,
-        "        scf.for %s = %c0 to %k step %c1 {{\n          %best:2 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0) -> (f32, index) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n            %jf = arith.index_cast %j : index to i64\n            %jff = arith.sitofp %jf : i64 to f32\n            %taken = scf.for %q = %c0 to %s step %c1 iter_args(%tk = %zero) -> (f32) {{\n              %qo = arith.addi %obase, %q : index\n              %qi = memref.load %a2[%qo] : {m_k}\n              %eq = arith.cmpf oeq, %qi, %jff : f32\n              %nt = arith.select %eq, %one, %tk : f32\n              scf.yield %nt : f32\n            }}\n            %free = arith.cmpf oeq, %taken, %zero : f32\n            %better = arith.cmpf ogt, %sc, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %sc, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            scf.yield %nbv, %nbi : f32, index\n          }}\n          %so = arith.addi %obase, %s : index\n          %bi64 = arith.index_cast %best#1 : index to i64\n          %bif = arith.sitofp %bi64 : i64 to f32\n          memref.store %best#0, %a1[%so] : {m_k}\n          memref.store %bif, %a2[%so] : {m_k}\n        }}",
+        "        scf.for %s = %c0 to %k step %c1 {{\n          %best:3 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n{in_group}            %jf = arith.index_cast %j : index to i64\n            %jff = arith.sitofp %jf : i64 to f32\n            %taken = scf.for %q = %c0 to %s step %c1 iter_args(%tk = %zero) -> (f32) {{\n              %qo = arith.addi %obase, %q : index\n              %qi = memref.load %a2[%qo] : {m_k}\n              %eq = arith.cmpf oeq, %qi, %jff : f32\n              %nt = arith.select %eq, %one, %tk : f32\n              scf.yield %nt : f32\n            }}\n            %free0 = arith.cmpf oeq, %taken, %zero : f32\n            %free = arith.andi %free0, %ing : i1\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %so = arith.addi %obase, %s : index\n          %bi64 = arith.index_cast %best#1 : index to i64\n          %bif = arith.sitofp %bi64 : i64 to f32\n          memref.store %best#2, %a1[%so] : {m_k}\n          memref.store %bif, %a2[%so] : {m_k}\n        }}",
         score.replace("\n", "\n  ")
     );
     // Weights: softmax over the chosen logits, or the chosen scores (renormalised), scaled.
@@ -454,7 +480,28 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
     let mut body = String::new();
     prologue(&mut body, t);
     body.push_str(&b);
-    Some((kernel(name, &[m_l, m_k.clone(), m_k], &body), t))
+    let mut params = vec![m_l, m_k.clone(), m_k];
+    if biased {
+        params.push(format!("memref<{e}xf32>"));
+    }
+    Some((kernel(name, &params, &body), t))
+}
+
+/// DeepSeek-V3's group limit, into `%mask` (bit g set for a kept group): `topk_group` passes,
+/// each keeping the best group not yet kept, a group's score the sum of its two best choices
+/// (its best alone for groups of one); ties to the lower group, as the CPU backend's top-k.
+/// `score` computes %sc and %ch of expert %j from %v.
+fn group_mask(b: &mut String, m_l: &str, score: &str, size: usize, groups: usize, keep: usize) {
+    let top = if size >= 2 {
+        "%gs = arith.addf %top#0, %top#1 : f32"
+    } else {
+        "%gs = arith.addf %top#0, %zero : f32"
+    };
+    let _ = writeln!(
+        b,
+        "        %gsize = arith.constant {size} : index\n        %ngroups = arith.constant {groups} : index\n        %kgroups = arith.constant {keep} : index\n        %z64 = arith.constant 0 : i64\n        %o64 = arith.constant 1 : i64\n        %mask = scf.for %s = %c0 to %kgroups step %c1 iter_args(%mk = %z64) -> (i64) {{\n          %bestg:2 = scf.for %q = %c0 to %ngroups step %c1 iter_args(%bgv = %ninf, %bgi = %c0) -> (f32, index) {{\n            %gb = arith.muli %q, %gsize : index\n            %top:2 = scf.for %u = %c0 to %gsize step %c1 iter_args(%m1 = %ninf, %m2 = %ninf) -> (f32, f32) {{\n              %j = arith.addi %gb, %u : index\n              %o = arith.addi %base, %j : index\n              %v = memref.load %a0[%o] : {m_l}\n{}\n              %gt1 = arith.cmpf ogt, %ch, %m1 : f32\n              %gt2 = arith.cmpf ogt, %ch, %m2 : f32\n              %n2a = arith.select %gt2, %ch, %m2 : f32\n              %n2 = arith.select %gt1, %m1, %n2a : f32\n              %n1 = arith.select %gt1, %ch, %m1 : f32\n              scf.yield %n1, %n2 : f32, f32\n            }}\n            {top}\n            %q64 = arith.index_cast %q : index to i64\n            %qbit = arith.shli %o64, %q64 : i64\n            %qh = arith.andi %mk, %qbit : i64\n            %qfree = arith.cmpi eq, %qh, %z64 : i64\n            %qbetter = arith.cmpf ogt, %gs, %bgv : f32\n            %qtake = arith.andi %qfree, %qbetter : i1\n            %nbgv = arith.select %qtake, %gs, %bgv : f32\n            %nbgi = arith.select %qtake, %q, %bgi : index\n            scf.yield %nbgv, %nbgi : f32, index\n          }}\n          %bg64 = arith.index_cast %bestg#1 : index to i64\n          %bgbit = arith.shli %o64, %bg64 : i64\n          %nmk = arith.ori %mk, %bgbit : i64\n          scf.yield %nmk : i64\n        }}",
+        score.replace("\n", "\n    ")
+    );
 }
 
 /// The coordinates of flat output index %i in `shape`, as SSA names (`%c<d>`).

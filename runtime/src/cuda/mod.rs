@@ -413,15 +413,28 @@ impl Rank<'_> {
                         .alloc_zeros::<f32>(n.max(1))
                         .map_err(|e| fail(e.to_string()))?,
                 );
-                let dl = self.slots[l]
-                    .as_ref()
-                    .and_then(|s| s.dev.as_ref())
-                    .expect("uploaded above");
+                // The score-correction bias [E] (DeepSeek-V3's), where the router has one.
+                let bias_id = ins.inputs.get(1).copied().flatten();
+                if let Some(b) = bias_id {
+                    self.device(b)?;
+                }
+                let slots = &self.slots;
+                let dev = |id: usize| {
+                    slots[id]
+                        .as_ref()
+                        .and_then(|s| s.dev.as_ref())
+                        .expect("uploaded above")
+                };
+                let (dl, bias) = (dev(l), bias_id.map(dev));
                 let (zero, one, nn) = (0i64, 1i64, n as i64);
                 let mut launch = self.stream.launch_builder(&func);
                 launch.arg(dl).arg(dl).arg(&zero).arg(&nl).arg(&one);
                 launch.arg(&w).arg(&w).arg(&zero).arg(&nn).arg(&one);
                 launch.arg(&ids).arg(&ids).arg(&zero).arg(&nn).arg(&one);
+                let nb = bias.map_or(0, |b| b.len() as i64);
+                if let Some(b) = bias {
+                    launch.arg(b).arg(b).arg(&zero).arg(&nb).arg(&one);
+                }
                 let cfg = LaunchConfig {
                     grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
                     block_dim: (256, 1, 1),
