@@ -448,7 +448,7 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
     }
     // Expert %j is a candidate when its group was kept (every expert, without groups).
     let in_group = if grouped {
-"            %jg = arith.divui %j, %gsize : index\n            %jg64 = arith.index_cast %jg : index to i64\n            %jbit = arith.shli %o64, %jg64 : i64\n            %jh = arith.andi %mask, %jbit : i64\n            %ing = arith.cmpi ne, %jh, %z64 : i64\n".to_string()
+        "            %jg = arith.divui %j, %gsize : index\n            %jg64 = arith.index_cast %jg : index to i64\n            %jbit = arith.shli %o64, %jg64 : i64\n            %jh = arith.andi %mask, %jbit : i64\n            %ing = arith.cmpi ne, %jh, %z64 : i64\n".to_string()
     } else {
         "            %ing = arith.constant true\n".to_string()
     };
