@@ -146,7 +146,7 @@ fn print_kernels(c: &Compilation) -> String {
             let line = match l {
                 Lowered::Kernel { name, threads } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
                 Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
-                Lowered::Route { name, threads } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
+                Lowered::Route { name, threads, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
                 Lowered::Experts { prefix, bf16 } => format!(
                     "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", instruction = {i} : i64}}",
                     if *bf16 { "bf16" } else { "f32" }

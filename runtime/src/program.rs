@@ -622,8 +622,16 @@ pub enum GpuOp {
     /// A cuBLAS GEMM.
     Gemm,
     /// `moe.route` as a generated kernel: (logits) -> (weights, ids); the ids come out as
-    /// f32 (exact for expert numbers) and are read back as integers.
-    Route { name: String, threads: usize },
+    /// f32 (exact for expert numbers) and are read back as integers. With `capacity`, two
+    /// more: `<name>_capacity` (one thread per expert: its assignments past the capacity, in
+    /// slot order, weigh 0) and `<name>_renorm` (one thread per token: renormalisation and
+    /// scaling after the drop).
+    Route {
+        name: String,
+        threads: usize,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        capacity: bool,
+    },
     /// `moe.experts` on the GPU: rows grouped by expert on the host (the routing is small),
     /// then the `<prefix>_gather` kernel, one cuBLAS GEMM per expert and projection, the
     /// `<prefix>_act` kernel between them, and the `<prefix>_combine` kernel.

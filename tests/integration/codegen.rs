@@ -268,29 +268,43 @@ fn jax_block_einsums_become_gemms_and_leave_no_host_work() {
     }
 }
 
-/// DeepSeek-V3's routing (sigmoid scores, the score-correction bias, the group limit, the
-/// routed scaling) is one generated kernel that takes the bias: the block has no host work on
-/// any grid.
+/// The routing of every raised family is generated: DeepSeek-V3's (sigmoid scores, the
+/// score-correction bias, the group limit, the routed scaling) one kernel that takes the bias;
+/// GShard's capacity (ONNX and JAX forms) two more kernels after the route, the drop per expert
+/// in slot order and the renormalisation. The blocks have no host work on any grid.
 #[test]
-fn deepseek_routing_with_bias_and_groups_is_a_generated_kernel() {
-    let m = fixtures_dir().join("deepseekv3_block_dynamo/model.onnx");
+fn routing_with_bias_groups_or_capacity_is_generated() {
     let grids: [&[&str]; 3] = [
         &[],
         &["--tp", "2"],
         &["--tp", "2", "--moe-strategy", "alltoall"],
     ];
-    for grid in grids {
-        let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "kernels"];
-        a.extend(["--input-shape", "hidden_states=1x16x64"]);
-        a.extend(grid);
-        let out = ppmoe(&a);
-        assert_eq!(out.code, 0, "{grid:?}: {}", out.stderr);
-        let k0 = rank0(&out.stdout);
-        assert!(!k0.contains("\"kernels.host\""), "{grid:?}: {k0}");
-        // logits, weights, ids, and the bias [E = 8].
-        assert!(
-            k0.contains("_route(") && k0.contains("memref<8xf32>) kernel"),
-            "{grid:?}: {k0}"
-        );
+    // (fixture, model file, extra flags, what rank 0's kernels must contain)
+    let cases: [(&str, &str, &[&str], &str); 3] = [
+        (
+            "deepseekv3_block_dynamo",
+            "model.onnx",
+            &["--input-shape", "hidden_states=1x16x64"],
+            "memref<8xf32>) kernel",
+        ),
+        ("gshard_top2", "model.onnx", &[], "_route_capacity("),
+        ("jax_gshard_top2_a2a", "model.mlir", &[], "_route_renorm("),
+    ];
+    for (name, file, extra, needle) in cases {
+        let dir = fixtures_dir().join(name);
+        let (m, w) = (dir.join(file), dir.join("weights.safetensors"));
+        for grid in grids {
+            let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "kernels"];
+            if file.ends_with(".mlir") {
+                a.extend(["--weights", w.to_str().unwrap()]);
+            }
+            a.extend(extra);
+            a.extend(grid);
+            let out = ppmoe(&a);
+            assert_eq!(out.code, 0, "{name} {grid:?}: {}", out.stderr);
+            let k0 = rank0(&out.stdout);
+            assert!(!k0.contains("\"kernels.host\""), "{name} {grid:?}: {k0}");
+            assert!(k0.contains(needle), "{name} {grid:?}: no {needle}");
+        }
     }
 }

@@ -384,7 +384,9 @@ pub(super) fn experts_kernels(
 
 /// `moe.route` (dropless, no bias or group limit): one thread per token; the k choices by k
 /// passes over the experts (ties to the lower index, as the CPU's), written to `ids` as f32.
-fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> {
+/// The route kernel (one thread per token) and, for a capacity, its two follow-ups; the
+/// threads of the first, and whether the follow-ups are there.
+fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, bool)> {
     use ppmoe_runtime::program::{RouteOrder, Scoring};
     let ins = &p.instructions[idx];
     let Op::MoeRoute {
@@ -402,9 +404,9 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
     };
     let biased = ins.inputs.get(1).copied().flatten().is_some();
     let grouped = n_group > 1;
-    // Capacity (slot order across tokens) stays on the host; the bias and the group limit
-    // decide the choice of the scored routers only (as the CPU backend's route has them).
-    if capacity > 0 || ((biased || grouped) && order == RouteOrder::TopkThenSoftmax) {
+    // The bias and the group limit decide the choice of the scored routers only (as the CPU
+    // backend's route has them); a capacity is applied by two more kernels (`capacity_kernels`).
+    if (biased || grouped) && order == RouteOrder::TopkThenSoftmax {
         return None;
     }
     let l = static_shape(&p.buffers[ins.inputs[0]?])?;
@@ -458,8 +460,14 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
         "        scf.for %s = %c0 to %k step %c1 {{\n          %best:3 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n{in_group}            %jf = arith.index_cast %j : index to i64\n            %jff = arith.sitofp %jf : i64 to f32\n            %taken = scf.for %q = %c0 to %s step %c1 iter_args(%tk = %zero) -> (f32) {{\n              %qo = arith.addi %obase, %q : index\n              %qi = memref.load %a2[%qo] : {m_k}\n              %eq = arith.cmpf oeq, %qi, %jff : f32\n              %nt = arith.select %eq, %one, %tk : f32\n              scf.yield %nt : f32\n            }}\n            %free0 = arith.cmpf oeq, %taken, %zero : f32\n            %free = arith.andi %free0, %ing : i1\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %so = arith.addi %obase, %s : index\n          %bi64 = arith.index_cast %best#1 : index to i64\n          %bif = arith.sitofp %bi64 : i64 to f32\n          memref.store %best#2, %a1[%so] : {m_k}\n          memref.store %bif, %a2[%so] : {m_k}\n        }}",
         score.replace("\n", "\n  ")
     );
-    // Weights: softmax over the chosen logits, or the chosen scores (renormalised), scaled.
-    let normalise = order == RouteOrder::TopkThenSoftmax || renormalize;
+    // Weights: softmax over the chosen logits, or the chosen scores (renormalised), scaled;
+    // with a capacity, the renormalisation and the scale come after the drop.
+    let normalise = order == RouteOrder::TopkThenSoftmax || (renormalize && capacity == 0);
+    let factor = if capacity == 0 {
+        routed_scaling_factor
+    } else {
+        1.0
+    };
     if order == RouteOrder::TopkThenSoftmax {
         let _ = writeln!(
             b,
@@ -475,7 +483,7 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
     let _ = writeln!(
         b,
         "        %scale = arith.constant {} : f32\n        scf.for %s = %c0 to %k step %c1 {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %q = arith.divf %v, {div} : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a1[%so] : {m_k}\n        }}",
-        hexf(routed_scaling_factor)
+        hexf(factor)
     );
     let mut body = String::new();
     prologue(&mut body, t);
@@ -484,7 +492,63 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize)> 
     if biased {
         params.push(format!("memref<{e}xf32>"));
     }
-    Some((kernel(name, &params, &body), t))
+    let mut text = kernel(name, &params, &body);
+    if capacity > 0 {
+        text.push_str(&capacity_kernels(
+            name,
+            t,
+            e,
+            k,
+            capacity,
+            renormalize,
+            routed_scaling_factor,
+        ));
+    }
+    Some((text, t, capacity > 0))
+}
+
+/// GShard's capacity after the route kernel, as the CPU backend's route has it: `<name>_capacity`,
+/// one thread per expert, walks the slots in slot order (every token's first choice before any
+/// second choice) and zeroes the weight of its assignments past the first `capacity`;
+/// `<name>_renorm`, one thread per token, then renormalises the kept weights (over at least
+/// f32's epsilon) where the router does, and scales them. Each slot has one expert, so the
+/// experts' threads write disjoint slots.
+fn capacity_kernels(
+    name: &str,
+    t: usize,
+    e: usize,
+    k: usize,
+    capacity: usize,
+    renormalize: bool,
+    factor: f32,
+) -> String {
+    let m_k = format!("memref<{}xf32>", t * k);
+    let mut drop = String::new();
+    prologue(&mut drop, e);
+    let _ = writeln!(
+        drop,
+        "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %k = arith.constant {k} : index\n        %t = arith.constant {t} : index\n        %cap = arith.constant {capacity} : index\n        %zero = arith.constant 0.0 : f32\n        %i64 = arith.index_cast %i : index to i64\n        %ef = arith.sitofp %i64 : i64 to f32\n        %used = scf.for %j = %c0 to %k step %c1 iter_args(%u0 = %c0) -> (index) {{\n          %uj = scf.for %s = %c0 to %t step %c1 iter_args(%u = %u0) -> (index) {{\n            %sk = arith.muli %s, %k : index\n            %o = arith.addi %sk, %j : index\n            %id = memref.load %a1[%o] : {m_k}\n            %mine = arith.cmpf oeq, %id, %ef : f32\n            %full = arith.cmpi uge, %u, %cap : index\n            %drop = arith.andi %mine, %full : i1\n            scf.if %drop {{\n              memref.store %zero, %a0[%o] : {m_k}\n            }}\n            %u1 = arith.addi %u, %c1 : index\n            %nu = arith.select %mine, %u1, %u : index\n            scf.yield %nu : index\n          }}\n          scf.yield %uj : index\n        }}"
+    );
+    let mut renorm = String::new();
+    prologue(&mut renorm, t);
+    let div = if renormalize {
+        "%den = arith.maximumf %sum, %eps : f32"
+    } else {
+        "%den = arith.addf %one, %zero : f32"
+    };
+    let _ = writeln!(
+        renorm,
+        "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %k = arith.constant {k} : index\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %eps = arith.constant {} : f32\n        %scale = arith.constant {} : f32\n        %base = arith.muli %i, %k : index\n        %sum = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %s : index\n          %v = memref.load %a0[%o] : {m_k}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        {div}\n        scf.for %s = %c0 to %k step %c1 {{\n          %o = arith.addi %base, %s : index\n          %v = memref.load %a0[%o] : {m_k}\n          %q = arith.divf %v, %den : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a0[%o] : {m_k}\n        }}",
+        hexf(f32::EPSILON),
+        hexf(factor)
+    );
+    let mut text = kernel(
+        &format!("{name}_capacity"),
+        &[m_k.clone(), m_k.clone()],
+        &drop,
+    );
+    text.push_str(&kernel(&format!("{name}_renorm"), &[m_k], &renorm));
+    text
 }
 
 /// DeepSeek-V3's group limit, into `%mask` (bit g set for a kept group): `topk_group` passes,
@@ -934,9 +998,13 @@ pub fn plan_kernels(
             Op::MoeRoute { .. } => {
                 let name = format!("k{i}_route");
                 match route_kernel(p, i, &name) {
-                    Some((text, threads)) => {
+                    Some((text, threads, capacity)) => {
                         funcs.push_str(&text);
-                        Lowered::Route { name, threads }
+                        Lowered::Route {
+                            name,
+                            threads,
+                            capacity,
+                        }
                     }
                     None => Lowered::Host,
                 }

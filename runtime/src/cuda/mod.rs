@@ -16,6 +16,7 @@ mod experts;
 mod gemm;
 mod grouped_choice;
 pub mod nccl;
+mod route_capacity;
 
 use crate::bundle::Bundle;
 use crate::distributed::Dist;
@@ -384,7 +385,11 @@ impl Rank<'_> {
                 drop(devs);
                 self.put_dev(out, y, out_shape);
             }
-            GpuOp::Route { name, threads } => {
+            GpuOp::Route {
+                name,
+                threads,
+                capacity,
+            } => {
                 let func = self
                     .functions
                     .get(name)
@@ -442,6 +447,11 @@ impl Rank<'_> {
                 };
                 // SAFETY: the kernel was generated for these sizes.
                 unsafe { launch.launch(cfg) }.map_err(|e| fail(e.to_string()))?;
+                if *capacity {
+                    let experts = self.shape(l).get(1).copied().unwrap_or(0);
+                    self.route_capacity(name, &w, &ids, experts, *threads)
+                        .map_err(&fail)?;
+                }
                 self.put_dev(w_out, w, shape.clone());
                 // The ids are read by the host side of moe.experts: bring them back as integers.
                 let ids_host = self
@@ -898,6 +908,14 @@ fn load_kernels(
         .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
         .map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
     let names = program.gpu.iter().flat_map(|op| match op {
+        GpuOp::Route {
+            name,
+            capacity: true,
+            ..
+        } => ["", "_capacity", "_renorm"]
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .collect(),
         GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } | GpuOp::Embedding { name } => {
             vec![name.clone()]
         }
