@@ -543,6 +543,40 @@ mod microbatches {
     }
 
     #[test]
+    fn a_batch_that_does_not_cut_into_equal_microbatches_is_refused_by_name() {
+        // Compiled for 2 microbatches of a batch of 4; run on a batch of 3.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("model.onnx"), model()).unwrap();
+        let x = d.path().join("x3.npy");
+        write_npy(&x, &Tensor::f32(vec![3, 4, 8], values(96, 5))).unwrap();
+        let (m, b) = (d.path().join("model.onnx"), d.path().join("b"));
+        let c = ppmoe(&[
+            "compile",
+            m.to_str().unwrap(),
+            "-o",
+            b.to_str().unwrap(),
+            "--input-shape",
+            "x=4x4x8",
+            "--pp",
+            "2",
+            "--microbatches",
+            "2",
+        ]);
+        assert_eq!(c.code, 0, "{}", c.stderr);
+        let out = d.path().join("o");
+        let r = ppmoe(&[
+            "run",
+            b.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]);
+        assert_clean_failure(&r, &["'x'", "[3, 4, 8]", "2 equal microbatches"]);
+        assert!(!out.join("y.npy").exists(), "no output written");
+    }
+
+    #[test]
     fn gpipe_microbatches_through_pipeline_stages_give_the_single_rank_output() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("model.onnx"), model()).unwrap();
