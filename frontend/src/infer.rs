@@ -199,6 +199,27 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 v.truncate(node.outputs.len());
                 v
             }
+            // The attention's output: the query's [B, S] and num_heads heads (of a packed
+            // query's width over its Q, K and V heads). The present caches are the lowering's.
+            ("com.microsoft", "GroupQueryAttention") => {
+                let mut ty = x()?.clone();
+                let (n, kv) = (
+                    int_attr(node, "num_heads", 0),
+                    int_attr(node, "kv_num_heads", 0),
+                );
+                let heads = if has(1) { n } else { n + 2 * kv };
+                match ty.dims.last_mut() {
+                    Some(last @ Dim::Known(_)) if n > 0 && kv > 0 => {
+                        if let Dim::Known(w) = *last {
+                            *last = Dim::Known(w / heads * n);
+                        }
+                    }
+                    _ => return Ok(vec![None; node.outputs.len()]),
+                }
+                let mut v = vec![out(ty)];
+                v.resize(node.outputs.len(), None);
+                v
+            }
             ("com.microsoft", "SimplifiedLayerNormalization") => {
                 let mut v = vec![out(x()?.clone()), stats()?];
                 v.truncate(node.outputs.len());

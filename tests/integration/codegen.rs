@@ -308,3 +308,41 @@ fn routing_with_bias_groups_or_capacity_is_generated() {
         }
     }
 }
+
+/// onnxruntime-genai's decoders (CPU fp32 and CUDA fp16 builds of Qwen3 and gpt-oss) have no
+/// host work: GroupQueryAttention's output shape is inferred (from the file it would be
+/// unknown, and the projection after it would run on the host), its masks and caches are
+/// generated kernels.
+#[test]
+fn genai_decoders_have_no_host_work() {
+    let genai = fixtures_dir().join("../genai");
+    for (name, ring) in [
+        ("qwen3_decoder", 0),
+        ("qwen3_decoder_cuda_fp16", 0),
+        ("gptoss_decoder", 128),
+        ("gptoss_decoder_cuda_fp16", 128),
+    ] {
+        let m = genai.join(name).join("model.onnx");
+        let mut a: Vec<String> = ["inspect", m.to_str().unwrap(), "--emit", "kernels"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for shape in ["input_ids=1x16", "attention_mask=1x16"] {
+            a.extend(["--input-shape".into(), shape.into()]);
+        }
+        for (layer, slots) in [(0, ring), (1, 0)] {
+            for part in ["key", "value"] {
+                let shape = format!("past_key_values.{layer}.{part}=1x2x{slots}x16");
+                a.extend(["--input-shape".into(), shape]);
+            }
+        }
+        let out = ppmoe(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        let host: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.contains("\"kernels.host\""))
+            .collect();
+        assert!(host.is_empty(), "{name}: {host:?}");
+    }
+}
