@@ -96,10 +96,7 @@ fn bf16_weights_add_the_activation_narrowing_kernel_for_bf16_gemms() {
 /// An LM rank's plan (eager attention, fp32) has no host work: the token embedding is a
 /// row-copy kernel too.
 fn assert_no_host_work(kernels: &str) {
-    let host: Vec<&str> = kernels
-        .lines()
-        .filter(|l| l.contains("\"kernels.host\""))
-        .collect();
+    let host = host_work(kernels);
     assert!(host.is_empty(), "{host:?}");
     assert_eq!(
         kernels.matches("\"kernels.embedding\"").count(),
@@ -140,11 +137,7 @@ fn sdpa_lms_have_no_host_work_on_any_grid() {
             a.extend(grid);
             let out = ppmoe(&a);
             assert_eq!(out.code, 0, "{lm} {grid:?}: {}", out.stderr);
-            let host: Vec<&str> = out
-                .stdout
-                .lines()
-                .filter(|l| l.contains("\"kernels.host\""))
-                .collect();
+            let host = host_work(&out.stdout);
             assert!(host.is_empty(), "{lm} {grid:?}: {host:?}");
             // Each rank's embedding is a row copy.
             assert!(
@@ -169,6 +162,14 @@ fn sdpa_lms_have_no_host_work_on_any_grid() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("cvt.rn.f16.f32"));
     assert!(out.stdout.contains("setp.neu.f32"));
+}
+
+/// The instructions a `--emit kernels` plan leaves to the host.
+fn host_work(kernels: &str) -> Vec<&str> {
+    kernels
+        .lines()
+        .filter(|l| l.contains("\"kernels.host\""))
+        .collect()
 }
 
 /// Rank 0's part of a multi-rank `--emit kernels`.
@@ -338,11 +339,7 @@ fn genai_decoders_have_no_host_work() {
         }
         let out = ppmoe(&a.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(out.code, 0, "{name}: {}", out.stderr);
-        let host: Vec<&str> = out
-            .stdout
-            .lines()
-            .filter(|l| l.contains("\"kernels.host\""))
-            .collect();
+        let host = host_work(&out.stdout);
         assert!(host.is_empty(), "{name}: {host:?}");
     }
 }

@@ -515,6 +515,22 @@ mod microbatches {
         .encode_to_vec()
     }
 
+    /// `ppmoe run BUNDLE --input X --output-dir OUT`.
+    fn run(
+        bundle: &std::path::Path,
+        x: &std::path::Path,
+        out: &std::path::Path,
+    ) -> crate::common::Output {
+        ppmoe(&[
+            "run",
+            bundle.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ])
+    }
+
     fn compile_run(dir: &std::path::Path, tag: &str, flags: &[&str]) -> Tensor {
         let m = dir.join("model.onnx");
         let b = dir.join(tag);
@@ -530,14 +546,7 @@ mod microbatches {
         let c = ppmoe(&args);
         assert_eq!(c.code, 0, "{tag}: {}", c.stderr);
         let out = dir.join(format!("{tag}_out"));
-        let r = ppmoe(&[
-            "run",
-            b.to_str().unwrap(),
-            "--input",
-            dir.join("x.npy").to_str().unwrap(),
-            "--output-dir",
-            out.to_str().unwrap(),
-        ]);
+        let r = run(&b, &dir.join("x.npy"), &out);
         assert_eq!(r.code, 0, "{tag}: {}", r.stderr);
         read_npy(&out.join("y.npy")).unwrap()
     }
@@ -564,14 +573,7 @@ mod microbatches {
         ]);
         assert_eq!(c.code, 0, "{}", c.stderr);
         let out = d.path().join("o");
-        let r = ppmoe(&[
-            "run",
-            b.to_str().unwrap(),
-            "--input",
-            x.to_str().unwrap(),
-            "--output-dir",
-            out.to_str().unwrap(),
-        ]);
+        let r = run(&b, &x, &out);
         assert_clean_failure(&r, &["'x'", "[3, 4, 8]", "2 equal microbatches"]);
         assert!(!out.join("y.npy").exists(), "no output written");
     }
