@@ -172,12 +172,26 @@ fn lower(p: &mut Program, ins: &Instruction) -> Option<Vec<Instruction>> {
         static_shape(p, yb)?,
         static_shape(p, ob)?,
     );
-    let size = |l: &char| -> Option<usize> {
-        x.iter()
-            .position(|c| c == l)
-            .map(|i| xs[i])
-            .or_else(|| y.iter().position(|c| c == l).map(|i| ys[i]))
+    // Terms that do not match their operands' ranks, or a label of two sizes, are the
+    // einsum's own errors: it stays, and the backend reports them with the op.
+    let label_size =
+        |t: &[char], s: &[usize], l: &char| t.iter().position(|c| c == l).map(|i| s[i]);
+    let consistent = |t: &[char], s: &[usize]| {
+        t.len() == s.len()
+            && t.iter().zip(s).all(|(l, &d)| {
+                [label_size(x, &xs, l), label_size(y, &ys, l)]
+                    .into_iter()
+                    .flatten()
+                    .all(|other| other == d)
+            })
     };
+    if x.len() != xs.len() || y.len() != ys.len() {
+        return None;
+    }
+    if !consistent(x, &xs) || !consistent(y, &ys) || !consistent(out, &out_shape) {
+        return None;
+    }
+    let size = |l: &char| label_size(x, &xs, l).or_else(|| label_size(y, &ys, l));
     let sizes = |ls: &[char]| ls.iter().map(size).collect::<Option<Vec<usize>>>();
     let prod = |ls: &[char]| sizes(ls).map(|v| v.iter().product::<usize>());
     let (bsz, m, k, n) = (
@@ -248,5 +262,48 @@ mod tests {
         assert!(contraction("aab,bc->ac").is_none());
         assert!(contraction("ab,bc->c").is_none());
         assert!(contraction("ab,bc,cd->ad").is_none());
+    }
+
+    /// An einsum whose terms do not fit its operands (a hostile file) is left as it is, for the
+    /// backend to refuse with the op; the pass does not index past a shape.
+    #[test]
+    fn terms_that_do_not_fit_their_operands_are_left() {
+        use ppmoe_runtime::DType;
+        let buf = |name: &str, shape: &[usize]| Buffer {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.iter().map(|&d| Some(d)).collect(),
+            kind: BufferKind::Temp,
+        };
+        for (equation, x, y, out) in [
+            ("abc,cd->abd", vec![2, 3], vec![3, 4], vec![2, 3, 4]),
+            ("ab,bc->ac", vec![2, 3], vec![5, 4], vec![2, 4]),
+            ("ab,bc->ac", vec![2, 3], vec![3, 4], vec![2, 7]),
+        ] {
+            let mut p = Program {
+                rank: 0,
+                buffers: vec![buf("x", &x), buf("y", &y), buf("o", &out)],
+                inputs: vec![0, 1],
+                outputs: vec![2],
+                instructions: vec![],
+                weights_file: String::new(),
+                coords: [0; 3],
+                gpu: vec![],
+                ptx_file: None,
+            };
+            let ins = Instruction {
+                op: Op::Einsum {
+                    equation: equation.into(),
+                },
+                inputs: vec![Some(0), Some(1)],
+                outputs: vec![2],
+                origin: String::new(),
+            };
+            assert!(
+                lower(&mut p, &ins).is_none(),
+                "{equation} {x:?} {y:?} {out:?}"
+            );
+            assert_eq!(p.buffers.len(), 3, "nothing added");
+        }
     }
 }
