@@ -209,11 +209,7 @@ fn infer_node(node: &Node, t: &Types) -> Result<Vec<Option<Out>>, String> {
                 );
                 let heads = if has(1) { n } else { n + 2 * kv };
                 match ty.dims.last_mut() {
-                    Some(last @ Dim::Known(_)) if n > 0 && kv > 0 => {
-                        if let Dim::Known(w) = *last {
-                            *last = Dim::Known(w / heads * n);
-                        }
-                    }
+                    Some(Dim::Known(w)) if n > 0 && kv > 0 => *w = *w / heads * n,
                     _ => return Ok(vec![None; node.outputs.len()]),
                 }
                 let mut v = vec![out(ty)];

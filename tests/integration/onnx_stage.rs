@@ -157,14 +157,14 @@ fn matches_onnxruntime(name: &str, inputs: &[&str], outputs: &[&str]) {
     for o in outputs {
         args.extend(["--check".into(), format!("{o}={}", p(&format!("{o}.npy")))]);
     }
+    run_checked(&args, outputs.len(), "");
+}
+
+/// `ppmoe run ARGS` with its `--check`s: it succeeds and every one of `checks` outputs is ok.
+fn run_checked(args: &[String], checks: usize, context: &str) {
     let r = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(
-        r.stdout.matches(": ok").count(),
-        outputs.len(),
-        "{}",
-        r.stdout
-    );
+    assert_eq!(r.code, 0, "{context}: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(": ok").count(), checks, "{}", r.stdout);
 }
 
 #[test]
@@ -249,14 +249,7 @@ fn genai_case(dir: &std::path::Path, c: GenaiCase, grid: &[&str]) {
             format!("{o}={}", refs.join(format!("{o}.npy")).display()),
         ]);
     }
-    let r = ppmoe(&run.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(r.code, 0, "{case} {grid:?}: {}\n{}", r.stdout, r.stderr);
-    assert_eq!(
-        r.stdout.matches(": ok").count(),
-        outputs.len(),
-        "{}",
-        r.stdout
-    );
+    run_checked(&run, outputs.len(), &format!("{case} {grid:?}"));
 }
 
 #[test]

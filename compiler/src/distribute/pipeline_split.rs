@@ -118,9 +118,10 @@ pub fn boundaries(p: &Program) -> Vec<usize> {
     let mut out = Vec::new();
     for (k, &start) in layer_ends.iter().enumerate() {
         let end = layer_ends.get(k + 1).copied().unwrap_or(n);
-        let best = (start..end.min(n))
-            .filter(|&c| c > 0 && crossing[c] > 0)
-            .min_by_key(|&c| (crossing[c], c));
+        // (Layer ends are 1..=n, so every candidate cut is past the first instruction.)
+        let best = (start..end)
+            .filter(|&c| crossing[c] > 0)
+            .min_by_key(|&c| crossing[c]);
         if let Some(c) = best {
             out.push(c);
         }

@@ -47,22 +47,19 @@ fn contraction(equation: &str) -> Option<Contraction> {
     {
         return None;
     }
+    let pick = |t: &[char], keep: &dyn Fn(&char) -> bool| t.iter().copied().filter(keep).collect();
+    let batch = pick(&out, &|c| in_x(c) && in_y(c));
+    let rows = pick(&out, &|c| in_x(c) && !in_y(c));
+    let summed = pick(&x, &|c| in_y(c) && !in_o(c));
+    let cols = pick(&out, &|c| in_y(c) && !in_x(c));
     Some(Contraction {
-        batch: out.iter().copied().filter(|c| in_x(c) && in_y(c)).collect(),
-        rows: out
-            .iter()
-            .copied()
-            .filter(|c| in_x(c) && !in_y(c))
-            .collect(),
-        summed: x.iter().copied().filter(|c| in_y(c) && !in_o(c)).collect(),
-        cols: out
-            .iter()
-            .copied()
-            .filter(|c| in_y(c) && !in_x(c))
-            .collect(),
-        x: x.clone(),
-        y: y.clone(),
-        out: out.clone(),
+        x,
+        y,
+        out,
+        batch,
+        rows,
+        summed,
+        cols,
     })
 }
 

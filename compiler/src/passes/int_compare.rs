@@ -31,9 +31,8 @@ fn is_comparison(op: &Op) -> bool {
 /// Converts to f32 the integer constants whose every use is a comparison of such constants, and
 /// whose values f32 holds exactly; returns how many were converted.
 pub fn compare_as_f32(rp: &mut RankProgram) -> usize {
-    let exact: HashMap<String, usize> = exact_int_weights(rp);
+    let mut chosen = exact_int_weights(rp);
     let p = &rp.program;
-    let mut chosen: HashSet<usize> = exact.values().copied().collect();
     // A constant qualifies when all its uses are comparisons whose operands all qualify;
     // dropping one can disqualify others, so repeat until nothing changes.
     loop {
@@ -54,8 +53,8 @@ pub fn compare_as_f32(rp: &mut RankProgram) -> usize {
     convert(rp, &chosen)
 }
 
-/// The integer weights whose values are all exact in f32, by name -> buffer.
-fn exact_int_weights(rp: &RankProgram) -> HashMap<String, usize> {
+/// The integer weight buffers whose values are all exact in f32.
+fn exact_int_weights(rp: &RankProgram) -> HashSet<usize> {
     let p: &Program = &rp.program;
     let by_name: HashMap<&str, &Tensor> = rp.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
     p.buffers
@@ -67,7 +66,7 @@ fn exact_int_weights(rp: &RankProgram) -> HashMap<String, usize> {
                 !t.dtype.on_device_as_f32() && t.to_i64().iter().all(|v| v.abs() <= EXACT_IN_F32)
             })
         })
-        .map(|(i, b)| (b.name.clone(), i))
+        .map(|(i, _)| i)
         .collect()
 }
 
