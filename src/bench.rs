@@ -116,6 +116,32 @@ fn print(v: &serde_json::Value) {
                 i["origin"].as_str().unwrap_or("")
             );
         }
+        print_by_op(ins);
+    }
+}
+
+/// The profile summed by op (the sum of each instruction's median), the largest first: where
+/// a forward's many small instructions add up.
+fn print_by_op(ins: &[serde_json::Value]) {
+    let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+    for i in ins {
+        let (op, ms) = (
+            i["op"].as_str().unwrap_or(""),
+            i["median_ms"].as_f64().unwrap_or(0.0),
+        );
+        match by_op.iter_mut().find(|(o, _, _)| o == op) {
+            Some(e) => {
+                e.1 += ms;
+                e.2 += 1;
+            }
+            None => by_op.push((op.to_string(), ms, 1)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = by_op.iter().map(|e| e.1).sum();
+    println!("  by op (sum of medians, ms; {total:.3} in all):");
+    for (op, ms, n) in by_op.iter().take(16) {
+        println!("  {ms:>9.3}  {op:<16} x{n}");
     }
 }
 

@@ -145,6 +145,7 @@ fn print_kernels(c: &Compilation) -> String {
         {
             let line = match l {
                 Lowered::Kernel { name, threads } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
+                Lowered::Pointwise { name, threads, members, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, fused = array<i64: {}>, instruction = {i} : i64}}", members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")),
                 Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
                 Lowered::Route { name, threads, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
                 Lowered::Experts { prefix, bf16 } => format!(

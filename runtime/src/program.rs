@@ -546,8 +546,9 @@ impl Program {
         self.validate_fusions()
     }
 
-    /// Each `Fused` entry points at a later `LocalExperts` step that names it back, and each
-    /// such step names a local_slice and an expert_ffn before it, in that order.
+    /// Each `Fused` entry points at a later step (`LocalExperts`, `AllToAllExperts` or
+    /// `Pointwise`) that names it back, and each such step names members of the right ops
+    /// before it.
     fn validate_fusions(&self) -> Result<(), String> {
         let op_at = |i: usize| self.instructions.get(i).map(|ins| &ins.op);
         for (i, g) in self.gpu.iter().enumerate() {
@@ -557,12 +558,28 @@ impl Program {
                     let names_back = match self.gpu.get(*into) {
                         Some(GpuOp::LocalExperts { slice, ffn, .. }) => *slice == i || *ffn == i,
                         Some(GpuOp::AllToAllExperts { members, .. }) => members.contains(&i),
+                        Some(GpuOp::Pointwise { members, .. }) => members.contains(&i),
                         _ => false,
                     };
                     if *into <= i || !names_back {
                         return Err(at(format!(
-                            "fused into {into}, which is no later moe step naming it"
+                            "fused into {into}, which is no later step naming it"
                         )));
+                    }
+                }
+                GpuOp::Pointwise {
+                    inputs, members, ..
+                } => {
+                    let fused = members
+                        .iter()
+                        .all(|&m| m < i && self.gpu.get(m) == Some(&GpuOp::Fused { into: i }));
+                    let on_device = |b: &usize| {
+                        self.buffers
+                            .get(*b)
+                            .is_some_and(|b| b.dtype.on_device_as_f32())
+                    };
+                    if !fused || !inputs.iter().all(on_device) {
+                        return Err(at(format!("pointwise chain of members {members:?} and inputs {inputs:?}: expected earlier instructions fused into this one, and float or boolean buffers")));
                     }
                 }
                 GpuOp::LocalExperts { slice, ffn, .. } => {
@@ -668,6 +685,17 @@ pub enum GpuOp {
         exchange: usize,
         ffn: usize,
         slices: Vec<usize>,
+        members: Vec<usize>,
+    },
+    /// A chain of pointwise instructions (elementwise math, comparisons, `where`, casts) as one
+    /// generated kernel on this (the chain's last) instruction: `members` are the earlier ones,
+    /// each `Fused` into this step, whose results only the chain reads; `inputs` the buffers
+    /// the kernel reads, in its parameter order (the chain's operands from outside it), then
+    /// this instruction's result. One thread per result element.
+    Pointwise {
+        name: String,
+        threads: usize,
+        inputs: Vec<usize>,
         members: Vec<usize>,
     },
     /// Done by a later instruction's step (`into`): nothing runs here, and no result of this

@@ -201,7 +201,21 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
                 plan[0] = serde_json::json!({"kind": "fused", "into": n + 5});
                 v["programs"][0]["gpu"] = plan.into();
             }),
-            vec!["rank 0", "GPU plan entry 0", "no later moe step naming it"],
+            vec!["rank 0", "GPU plan entry 0", "no later step naming it"],
+        ),
+        (
+            Box::new(|v| {
+                // A pointwise chain naming a member that is not fused into it.
+                let n = v["programs"][0]["instructions"].as_array().unwrap().len();
+                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
+                plan[1] = serde_json::json!({"kind": "pointwise", "name": "k1_pointwise", "threads": 1, "inputs": [0], "members": [0]});
+                v["programs"][0]["gpu"] = plan.into();
+            }),
+            vec![
+                "rank 0",
+                "GPU plan entry 1",
+                "pointwise chain of members [0]",
+            ],
         ),
     ];
     for (edit, needles) in cases {

@@ -51,7 +51,7 @@ fn exp(body: &mut String, x: &str, out: &str) {
 }
 
 /// The scalar expression of a unary function, from `%x` into `%r`; None when not generated.
-fn unary_expr(f: UnaryFn) -> Option<String> {
+pub(super) fn unary_expr(f: UnaryFn) -> Option<String> {
     let mut b = String::new();
     match f {
         UnaryFn::Neg => b.push_str("        %r = arith.negf %x : f32\n"),
@@ -73,7 +73,7 @@ fn unary_expr(f: UnaryFn) -> Option<String> {
     Some(b)
 }
 
-fn binary_op(f: BinaryFn) -> Option<&'static str> {
+pub(super) fn binary_op(f: BinaryFn) -> Option<&'static str> {
     Some(match f {
         BinaryFn::Add => "arith.addf",
         BinaryFn::Sub => "arith.subf",
@@ -763,16 +763,9 @@ fn data_movement(
             if shapes[1].iter().product::<usize>() != 1 || x != &out {
                 return None;
             }
+            let expr = pow_expr(c)?;
             let _ = writeln!(b, "        %x = memref.load %a0[%i] : {}", memref(x));
-            if c == 2.0 {
-                b.push_str("        %r = arith.mulf %x, %x : f32\n");
-            } else if c == 0.5 {
-                b.push_str(
-                    "        %r = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%x) : (f32) -> f32\n",
-                );
-            } else {
-                return None;
-            }
+            b.push_str(&expr);
             let _ = writeln!(b, "        memref.store %r, %a2[%i] : {}", memref(&out));
             params = vec![memref(x), memref(&shapes[1]), memref(&out)];
         }
@@ -864,6 +857,18 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
             Some((name.clone(), kernel(&name, &params, &body), rows * WARP))
         }
         _ => None,
+    }
+}
+
+/// x ^ c, from `%x` into `%r`, for the exponents RMS norms use (2 and 0.5): exact, with no
+/// transcendental; None for others.
+pub(super) fn pow_expr(c: f32) -> Option<String> {
+    if c == 2.0 {
+        Some("        %r = arith.mulf %x, %x : f32\n".into())
+    } else if c == 0.5 {
+        Some("        %r = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%x) : (f32) -> f32\n".into())
+    } else {
+        None
     }
 }
 
@@ -986,6 +991,12 @@ pub fn plan_kernels(
     let mut funcs = String::new();
     // PPMoE's expert work, one step per chain; its first two instructions fused into it.
     let mut fused = super::expert_steps::plan(p, &mut funcs);
+    // Chains of pointwise instructions, one kernel each.
+    let chains = {
+        let taken = |i: usize| fused.contains_key(&i);
+        super::pointwise::plan(p, &taken, &consts, &mut funcs)
+    };
+    fused.extend(chains);
     for (i, ins) in p.instructions.iter().enumerate() {
         if let Some(l) = fused.remove(&i) {
             lowered.push(l);

@@ -16,52 +16,23 @@ type Generated = (String, String, usize);
 /// The kernel of a boolean or casting instruction: `bufs` its operands, `out` its one result;
 /// None for the others (and for integer operands, which stay on the host).
 pub(super) fn generate(op: &Op, name: &str, bufs: &[&Buffer], out: &Buffer) -> Option<Generated> {
-    if !bufs
-        .iter()
-        .chain([&out])
-        .all(|b| b.dtype.on_device_as_f32())
-    {
-        return None;
-    }
+    let (operands, expr) = scalar(op, bufs, out)?;
     let out_shape = static_shape(out)?;
     let n: usize = out_shape.iter().product();
-    let is_bool = |b: &Buffer| b.dtype == DType::Bool;
-    let mut body = String::new();
-    prologue(&mut body, n);
     let shapes: Vec<Vec<usize>> = bufs
         .iter()
         .map(|b| static_shape(b))
         .collect::<Option<_>>()?;
-    let loads = |body: &mut String, names: &[&str]| {
-        for (k, (shape, v)) in shapes.iter().zip(names).enumerate() {
-            let off = broadcast_offset(body, &format!("p{k}"), shape, &out_shape);
-            let _ = writeln!(
-                body,
-                "        %{v} = memref.load %a{k}[{off}] : {}",
-                memref(shape)
-            );
-        }
-    };
-    let expr = match op {
-        Op::Unary { f: UnaryFn::Not } if is_bool(bufs.first()?) && is_bool(out) => {
-            loads(&mut body, &["x"]);
-            "        %one = arith.constant 1.0 : f32\n        %r = arith.subf %one, %x : f32\n"
-                .to_string()
-        }
-        Op::Binary { f } if bufs.len() == 2 && is_bool(out) => {
-            loads(&mut body, &["x", "y"]);
-            binary_expr(*f, bufs.iter().all(|b| is_bool(b)))?
-        }
-        Op::Where if bufs.len() == 3 && is_bool(bufs[0]) => {
-            loads(&mut body, &["c", "x", "y"]);
-            "        %z = arith.constant 0.0 : f32\n        %t = arith.cmpf une, %c, %z : f32\n        %r = arith.select %t, %x, %y : f32\n".to_string()
-        }
-        Op::Cast { to } if bufs.len() == 1 => {
-            loads(&mut body, &["x"]);
-            cast_expr(bufs[0].dtype, *to)?
-        }
-        _ => return None,
-    };
+    let mut body = String::new();
+    prologue(&mut body, n);
+    for (k, (shape, v)) in shapes.iter().zip(&operands).enumerate() {
+        let off = broadcast_offset(&mut body, &format!("p{k}"), shape, &out_shape);
+        let _ = writeln!(
+            body,
+            "        %{v} = memref.load %a{k}[{off}] : {}",
+            memref(shape)
+        );
+    }
     body.push_str(&expr);
     let _ = writeln!(
         body,
@@ -72,6 +43,40 @@ pub(super) fn generate(op: &Op, name: &str, bufs: &[&Buffer], out: &Buffer) -> O
     let mut params: Vec<String> = shapes.iter().map(|s| memref(s)).collect();
     params.push(memref(&out_shape));
     Some((name.to_string(), kernel(name, &params, &body), n))
+}
+
+/// The scalar form of a boolean or casting instruction: the names its operands are read
+/// under (in operand order) and the text that computes `%r` from them; None for the others.
+pub(super) fn scalar(
+    op: &Op,
+    bufs: &[&Buffer],
+    out: &Buffer,
+) -> Option<(Vec<&'static str>, String)> {
+    if !bufs
+        .iter()
+        .chain([&out])
+        .all(|b| b.dtype.on_device_as_f32())
+    {
+        return None;
+    }
+    let is_bool = |b: &Buffer| b.dtype == DType::Bool;
+    Some(match op {
+        Op::Unary { f: UnaryFn::Not } if is_bool(bufs.first()?) && is_bool(out) => (
+            vec!["x"],
+            "        %one = arith.constant 1.0 : f32\n        %r = arith.subf %one, %x : f32\n"
+                .to_string(),
+        ),
+        Op::Binary { f } if bufs.len() == 2 && is_bool(out) => (
+            vec!["x", "y"],
+            binary_expr(*f, bufs.iter().all(|b| is_bool(b)))?,
+        ),
+        Op::Where if bufs.len() == 3 && is_bool(bufs[0]) => (
+            vec!["c", "x", "y"],
+            "        %z = arith.constant 0.0 : f32\n        %t = arith.cmpf une, %c, %z : f32\n        %r = arith.select %t, %x, %y : f32\n".to_string(),
+        ),
+        Op::Cast { to } if bufs.len() == 1 => (vec!["x"], cast_expr(bufs[0].dtype, *to)?),
+        _ => return None,
+    })
 }
 
 /// A comparison of floats (or of booleans), or a logical op of booleans, from `%x`, `%y` into

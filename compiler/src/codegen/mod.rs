@@ -5,6 +5,7 @@
 mod expert_steps;
 pub mod kernel_gen;
 mod masks;
+mod pointwise;
 pub mod ptx;
 
 pub use kernel_gen::{plan_kernels, KernelPlan, Lowered};

@@ -15,6 +15,7 @@ mod comm_time;
 mod experts;
 mod gemm;
 mod grouped_choice;
+mod mem_pool;
 pub mod nccl;
 mod route_capacity;
 
@@ -194,6 +195,13 @@ impl Rank<'_> {
         Ok((p, blas::Elem::F32))
     }
 
+    /// Whether both operands of a GEMM are bf16 in the model (a bf16 model's activations) and
+    /// the rank has the kernel that narrows them.
+    fn both_bf16(&self, a: usize, b: usize) -> bool {
+        let bf16 = |id: usize| self.program.buffers[id].dtype == crate::DType::BF16;
+        bf16(a) && bf16(b) && self.functions.contains_key(crate::program::TO_BF16_KERNEL)
+    }
+
     /// An activation in the GEMM's element type: as it is for f32, narrowed by the generated
     /// kernel for bf16. The returned buffer (if any) keeps the narrowed copy alive.
     fn activation(
@@ -226,6 +234,69 @@ impl Rank<'_> {
         unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
         let p = dptr(&y, &self.stream);
         Ok((p, Some(y)))
+    }
+
+    /// A generated kernel of one result `out`: `inputs` (on the device first) are its
+    /// `memref<Nxf32>` parameters, then the result, each passed as (allocated, aligned, offset,
+    /// size, stride); 256 threads to a block.
+    fn launch_generated(
+        &mut self,
+        name: &str,
+        inputs: &[usize],
+        out: usize,
+        threads: usize,
+    ) -> Result<(), String> {
+        let func = self
+            .functions
+            .get(name)
+            .ok_or_else(|| format!("kernel {name} is not in the PTX"))?
+            .clone();
+        let out_shape: Vec<usize> = self.program.buffers[out]
+            .shape
+            .iter()
+            .map(|d| d.unwrap_or(0))
+            .collect();
+        let n_out: usize = out_shape.iter().product();
+        for &b in inputs {
+            self.device(b).map_err(|e| e.to_string())?;
+        }
+        // SAFETY: uninitialised; every generated kernel writes each element of its result.
+        let y = unsafe { self.stream.alloc::<f32>(n_out.max(1)) }.map_err(|e| e.to_string())?;
+        let mut sizes: Vec<i64> = inputs
+            .iter()
+            .map(|&b| self.shape(b).iter().product::<usize>() as i64)
+            .collect();
+        sizes.push(n_out as i64);
+        let (zero, one) = (0i64, 1i64);
+        let devs = inputs
+            .iter()
+            .map(|&b| {
+                self.slots[b]
+                    .as_ref()
+                    .and_then(|s| s.dev.as_ref())
+                    .ok_or_else(|| format!("buffer {b} is not on the device"))
+            })
+            .collect::<Result<Vec<&CudaSlice<f32>>, String>>()?;
+        let mut launch = self.stream.launch_builder(&func);
+        for (k, d) in devs.iter().enumerate() {
+            launch.arg(*d).arg(*d).arg(&zero).arg(&sizes[k]).arg(&one);
+        }
+        launch
+            .arg(&y)
+            .arg(&y)
+            .arg(&zero)
+            .arg(&sizes[inputs.len()])
+            .arg(&one);
+        let cfg = LaunchConfig {
+            grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel was generated for exactly these buffer sizes.
+        unsafe { launch.launch(cfg) }.map_err(|e| e.to_string())?;
+        drop(devs);
+        self.put_dev(out, y, out_shape);
+        Ok(())
     }
 
     fn step(&mut self, i: usize, how: &GpuOp) -> Result<(), RuntimeError> {
@@ -296,7 +367,24 @@ impl Rank<'_> {
                         // SAFETY: cuBLAS writes all of C (beta = 0 never reads it).
                         let c = unsafe { self.stream.alloc::<f32>(g.out_len()) }
                             .map_err(|e| fail(e.to_string()))?;
-                        let (bp, elem) = self.gemm_operand(b)?;
+                        let (mut bp, mut elem) = self.gemm_operand(b)?;
+                        // A bf16 model's GEMMs of two activations (attention's scores and
+                        // values) run in bf16 as PyTorch's do: both operands rounded to bf16
+                        // (their type in the model), fp32 accumulation, fp32 results.
+                        let _b16 = if elem == blas::Elem::F32 && self.both_bf16(a, b) {
+                            elem = blas::Elem::Bf16;
+                            let n_b: usize = sb.iter().product();
+                            self.device(b)?;
+                            let db = self.slots[b]
+                                .as_ref()
+                                .and_then(|s| s.dev.as_ref())
+                                .ok_or_else(|| fail("operand not on the device".into()))?;
+                            let (p, keep) = self.activation(db, n_b, elem).map_err(&fail)?;
+                            bp = p;
+                            keep
+                        } else {
+                            None
+                        };
                         let n_a: usize = sa.iter().product();
                         self.device(a)?;
                         let da = self.slots[a]
@@ -320,20 +408,8 @@ impl Rank<'_> {
                 }
             }
             GpuOp::Kernel { name, threads } => {
-                let func = self
-                    .functions
-                    .get(name)
-                    .ok_or_else(|| fail(format!("kernel {name} is not in the PTX")))?
-                    .clone();
-                let out = ins.outputs[0];
-                let out_shape: Vec<usize> = self.program.buffers[out]
-                    .shape
-                    .iter()
-                    .map(|d| d.unwrap_or(0))
-                    .collect();
-                let n_out: usize = out_shape.iter().product();
-                // Generated kernels take the float and boolean operands; integer ones (axes, bounds, shapes)
-                // were constants baked into the kernel.
+                // Generated kernels take the float and boolean operands; integer ones (axes,
+                // bounds, shapes) were constants baked into the kernel.
                 let inputs: Vec<usize> = ins
                     .inputs
                     .iter()
@@ -341,49 +417,17 @@ impl Rank<'_> {
                     .copied()
                     .filter(|&b| self.program.buffers[b].dtype.on_device_as_f32())
                     .collect();
-                for &b in &inputs {
-                    self.device(b)?;
-                }
-                let y = self
-                    .stream
-                    .alloc_zeros::<f32>(n_out.max(1))
-                    .map_err(|e| fail(e.to_string()))?;
-                // Each memref<Nxf32> parameter is (allocated, aligned, offset, size, stride).
-                let mut sizes: Vec<i64> = inputs
-                    .iter()
-                    .map(|&b| self.shape(b).iter().product::<usize>() as i64)
-                    .collect();
-                sizes.push(n_out as i64);
-                let (zero, one) = (0i64, 1i64);
-                let devs: Vec<&CudaSlice<f32>> = inputs
-                    .iter()
-                    .map(|&b| {
-                        self.slots[b]
-                            .as_ref()
-                            .and_then(|s| s.dev.as_ref())
-                            .expect("uploaded above")
-                    })
-                    .collect();
-                let mut launch = self.stream.launch_builder(&func);
-                for (k, d) in devs.iter().enumerate() {
-                    launch.arg(*d).arg(*d).arg(&zero).arg(&sizes[k]).arg(&one);
-                }
-                launch
-                    .arg(&y)
-                    .arg(&y)
-                    .arg(&zero)
-                    .arg(&sizes[inputs.len()])
-                    .arg(&one);
-                let blocks = threads.div_ceil(256).max(1) as u32;
-                let cfg = LaunchConfig {
-                    grid_dim: (blocks, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                // SAFETY: the kernel was generated for exactly these buffer sizes.
-                unsafe { launch.launch(cfg) }.map_err(|e| fail(e.to_string()))?;
-                drop(devs);
-                self.put_dev(out, y, out_shape);
+                self.launch_generated(name, &inputs, ins.outputs[0], *threads)
+                    .map_err(&fail)?;
+            }
+            GpuOp::Pointwise {
+                name,
+                threads,
+                inputs,
+                ..
+            } => {
+                self.launch_generated(name, inputs, ins.outputs[0], *threads)
+                    .map_err(&fail)?;
             }
             GpuOp::Route {
                 name,
@@ -673,6 +717,7 @@ fn with_rank<R>(
     }
     let ctx =
         CudaContext::new(gpu).map_err(|e| backend_err(format!("cannot open GPU {gpu}: {e}")))?;
+    mem_pool::keep_freed_memory(&ctx).map_err(|e| backend_err(format!("GPU {gpu}: {e}")))?;
     let mut comms = match dist {
         Some(d) => Some(
             comm::Comms::connect(d, &m.programs)
@@ -916,7 +961,10 @@ fn load_kernels(
             .iter()
             .map(|s| format!("{name}{s}"))
             .collect(),
-        GpuOp::Kernel { name, .. } | GpuOp::Route { name, .. } | GpuOp::Embedding { name } => {
+        GpuOp::Kernel { name, .. }
+        | GpuOp::Pointwise { name, .. }
+        | GpuOp::Route { name, .. }
+        | GpuOp::Embedding { name } => {
             vec![name.clone()]
         }
         GpuOp::Experts { prefix, .. }
