@@ -41,6 +41,7 @@ fn row(
     if let Some(t) = tokens {
         v["tokens"] = t.into();
     }
+    v["host_reads"] = r.host_reads.into();
     if !r.rank_median_ms.is_empty() {
         v["rank_median_ms"] = r.rank_median_ms.clone().into();
     }
@@ -100,6 +101,9 @@ fn print(v: &serde_json::Value) {
         line.push_str(&format!(
             "; inside NCCL calls {n:.3} ms per forward (the slowest rank's median; one stream, none of it hidden)"
         ));
+    }
+    if let Some(n) = v["host_reads"].as_u64() {
+        line.push_str(&format!("; {n} device-to-host copies per forward"));
     }
     if let (Some(fl), Some(x)) = (f("floor_ms"), f("times_floor")) {
         line.push_str(&format!(", floor {fl:.3} ms ({x:.2} x the floor)"));
@@ -292,6 +296,7 @@ fn time_bundle(bundle: &Path, ranks: usize, o: &Options) -> Result<BenchReport> 
         rank_nccl_median_ms: floats("rank_nccl_median_ms"),
         reporter: true,
         instructions,
+        host_reads: r["host_reads"].as_u64().unwrap_or(0) as usize,
     })
 }
 

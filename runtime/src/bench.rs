@@ -33,6 +33,9 @@ pub struct BenchReport {
     pub rank_nccl_median_ms: Vec<f64>,
     /// Whether this process reports (rank 0, or the only one).
     pub reporter: bool,
+    /// Device-to-host copies inside one forward (each a synchronisation): the most of any
+    /// rank in any timed forward.
+    pub host_reads: usize,
     /// With profile: the instructions, the slowest first.
     pub instructions: Vec<InstructionTime>,
 }
@@ -117,6 +120,7 @@ pub fn bench(
         rank_nccl_median_ms: timing.rank_nccl_ms.iter().map(|r| median(r)).collect(),
         reporter: rank == 0,
         instructions,
+        host_reads: timing.host_reads,
     })
 }
 

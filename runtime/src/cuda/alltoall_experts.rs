@@ -139,6 +139,7 @@ impl Rank<'_> {
             .ok_or("an all-to-all step needs NCCL (a multi-rank run)")?;
         let comm = comms.group(group)?;
         // Every rank's counts, [source][destination][expert there].
+        self.host_reads.set(self.host_reads.get() + 1);
         let all = self.in_comm(|| comms.gather(&self.stream, comm, g, &counts))?;
         let recv_blocks: Vec<(usize, usize)> = (0..g)
             .flat_map(|src| (0..e_loc).map(move |le| (src, le)))

@@ -115,6 +115,7 @@ impl Rank<'_> {
                     // NCCL stacks the pieces: along a leading axis that is the concatenation.
                     self.put_dev(d, y, out_shape);
                 } else {
+                    self.host_reads.set(self.host_reads.get() + 1);
                     let flat = stream.clone_dtoh(&y).map_err(|e| fail(e.to_string()))?;
                     self.put_host(d, join(&flat, &shape, g, *axis).map_err(&fail)?);
                 }
@@ -162,6 +163,7 @@ impl Rank<'_> {
                     }
                 }
                 nccl.group_end().map_err(&fail)?;
+                self.host_reads.set(self.host_reads.get() + 1);
                 let flat = stream.clone_dtoh(&recv).map_err(|e| fail(e.to_string()))?;
                 self.put_host(
                     d,
@@ -238,6 +240,7 @@ impl Rank<'_> {
                     )
                 }
                 .map_err(&fail)?;
+                self.host_reads.set(self.host_reads.get() + 1);
                 let header = stream.clone_dtoh(&h).map_err(|e| fail(e.to_string()))?;
                 let (got_tag, got_mb, is_int, rank) =
                     (header[0], header[1], header[2] != 0, header[3] as usize);
@@ -257,6 +260,7 @@ impl Rank<'_> {
                     // SAFETY: v holds n integers.
                     unsafe { nccl.recv(ptr(&v, &stream), n, NCCL_INT64, *peer, comms.world, raw) }
                         .map_err(&fail)?;
+                    self.host_reads.set(self.host_reads.get() + 1);
                     let mut host = stream.clone_dtoh(&v).map_err(|e| fail(e.to_string()))?;
                     host.truncate(n);
                     let t = Tensor::i64(shape, host);

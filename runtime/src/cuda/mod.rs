@@ -92,6 +92,8 @@ struct Rank<'a> {
         std::cell::RefCell<Option<Vec<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>>,
     /// The path each grouped-GEMM shape runs by, once chosen (see `grouped_choice`).
     gemm_paths: std::cell::RefCell<HashMap<grouped_choice::ShapeKey, grouped_choice::GroupedPath>>,
+    /// Device-to-host copies so far (each one a synchronisation inside the forward).
+    host_reads: std::cell::Cell<usize>,
 }
 
 impl Rank<'_> {
@@ -107,6 +109,7 @@ impl Rank<'_> {
                 .dev
                 .as_ref()
                 .ok_or_else(|| backend_err("a buffer with no value"))?;
+            self.host_reads.set(self.host_reads.get() + 1);
             let v = self
                 .stream
                 .clone_dtoh(dev)
@@ -498,6 +501,7 @@ impl Rank<'_> {
                 }
                 self.put_dev(w_out, w, shape.clone());
                 // The ids are read by the host side of moe.experts: bring them back as integers.
+                self.host_reads.set(self.host_reads.get() + 1);
                 let ids_host = self
                     .stream
                     .clone_dtoh(&ids)
@@ -599,6 +603,9 @@ pub struct Timing {
     pub rank_nccl_ms: Vec<Vec<f64>>,
     /// With `profile`: per instruction, its time in each timed forward (ms).
     pub instruction_ms: Vec<Vec<f64>>,
+    /// The device-to-host copies in one forward (each a synchronisation inside it): the most
+    /// of any rank, over the timed forwards.
+    pub host_reads: usize,
 }
 
 /// Runs `warmup` forwards, then times `iters` more, the float inputs already on the device and
@@ -628,6 +635,7 @@ pub fn bench_bundle(
             } else {
                 Vec::new()
             },
+            host_reads: 0,
         };
         let mut nccl_ms = Vec::with_capacity(iters);
         let event = |s: &Arc<CudaStream>| {
@@ -641,10 +649,12 @@ pub fn bench_bundle(
                 c.gather_world(&rank.stream, &[0.0]).map_err(backend_err)?;
             }
             rank.time_comms(rank.comms.is_some());
+            rank.host_reads.set(0);
             let start = event(&rank.stream)?;
             rank.forward(m, &feed, per.as_mut())?;
             let end = event(&rank.stream)?;
             end.synchronize().map_err(|e| backend_err(e.to_string()))?;
+            timing.host_reads = timing.host_reads.max(rank.host_reads.get());
             nccl_ms.push(rank.take_comm_ms().map_err(backend_err)?);
             rank.time_comms(false);
             let ms = start
@@ -675,6 +685,10 @@ pub fn bench_bundle(
             timing.forward_ms = (0..iters)
                 .map(|i| timing.rank_ms.iter().map(|r| r[i]).fold(0.0, f64::max))
                 .collect();
+            let all = c
+                .gather_world(&rank.stream, &[timing.host_reads as f32])
+                .map_err(backend_err)?;
+            timing.host_reads = all.iter().fold(0.0f32, |a, &b| a.max(b)) as usize;
         }
         Ok(timing)
     })
@@ -739,6 +753,7 @@ fn with_rank<R>(
         microbatch: 0,
         gemm_paths: Default::default(),
         comm_spans: Default::default(),
+        host_reads: Default::default(),
     };
     // bf16 weights that feed GEMMs go to the device as bf16 (half the memory, tensor cores);
     // an f32 copy is made only if some other kernel reads them too.
