@@ -219,3 +219,88 @@ pub unsafe fn gemm_per_group(blas: &CudaBlas, elem: Elem, g: &Grouped) -> Result
     }
     Ok(())
 }
+
+/// The groups as one strided batch where they are blocks of equal rows, evenly spaced in A, W
+/// and C (the padded layout of `experts::RowOrder::padded`): (the batch, A, W, C).
+fn as_strided(elem: Elem, g: &Grouped) -> Option<(Strided, u64, u64, u64)> {
+    let &(a0, w0, c0, rows) = g.groups.first()?;
+    let n = g.groups.len();
+    let step = |elems: usize, e: Elem| elems as u64 * e.bytes();
+    let (sa, sw, sc) = (
+        step(rows * g.din, elem),
+        step(g.din * g.dout, elem),
+        step(rows * g.dout, g.c_elem),
+    );
+    let even = g.groups.iter().enumerate().all(|(i, &(a, w, c, r))| {
+        let i = i as u64;
+        r == rows && a == a0 + i * sa && w == w0 + i * sw && c == c0 + i * sc
+    });
+    (n > 1 && rows > 0 && even).then_some((
+        Strided {
+            m: rows,
+            n: g.dout,
+            k: g.din,
+            batch: n,
+            stride_a: rows * g.din,
+            stride_b: g.din * g.dout,
+            b_transposed: g.w_transposed,
+            c_elem: g.c_elem,
+        },
+        a0,
+        w0,
+        c0,
+    ))
+}
+
+/// Whether the groups can run as one strided batch (see `as_strided`).
+pub fn batchable(elem: Elem, g: &Grouped) -> bool {
+    as_strided(elem, g).is_some()
+}
+
+/// The groups as one cublasGemmStridedBatchedEx call: Ok(false) where they are not equal,
+/// evenly spaced blocks.
+///
+/// # Safety
+/// As `gemm_grouped`.
+pub unsafe fn gemm_batched(blas: &CudaBlas, elem: Elem, g: &Grouped) -> Result<bool, String> {
+    let Some((batch, a, w, c)) = as_strided(elem, g) else {
+        return Ok(false);
+    };
+    // SAFETY: as the caller promises; the batch's blocks are the groups'.
+    unsafe { gemm_strided(blas, elem, &batch, a, w, c) }.map(|_| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grouped(groups: &[(u64, u64, u64, usize)]) -> Grouped<'_> {
+        Grouped {
+            groups,
+            din: 4,
+            dout: 3,
+            w_transposed: false,
+            c_elem: Elem::F32,
+        }
+    }
+
+    #[test]
+    fn equal_evenly_spaced_blocks_are_one_strided_batch() {
+        // bf16 A and W, f32 C; blocks of 2 rows: A steps 2*4*2 bytes, W 4*3*2, C 2*3*4.
+        let g = [
+            (1000, 5000, 9000, 2),
+            (1016, 5024, 9024, 2),
+            (1032, 5048, 9048, 2),
+        ];
+        let (b, a, w, c) = as_strided(Elem::Bf16, &grouped(&g)).expect("one batch");
+        assert_eq!((b.m, b.n, b.k, b.batch), (2, 3, 4, 3));
+        assert_eq!((b.stride_a, b.stride_b), (8, 12));
+        assert_eq!((a, w, c), (1000, 5000, 9000));
+        // Unequal rows, a skipped expert, or one group: not a batch.
+        let uneven = [(1000, 5000, 9000, 2), (1016, 5024, 9024, 1)];
+        assert!(as_strided(Elem::Bf16, &grouped(&uneven)).is_none());
+        let skipped = [(1000, 5000, 9000, 2), (1016, 5048, 9024, 2)];
+        assert!(as_strided(Elem::Bf16, &grouped(&skipped)).is_none());
+        assert!(as_strided(Elem::Bf16, &grouped(&g[..1])).is_none());
+    }
+}

@@ -1,8 +1,10 @@
 //! The expert work of MoE layers on the GPU: `moe.experts` (one rank), and PPMoE's local
 //! experts (`GpuOp::LocalExperts`: the same, for the slots routed to this rank's experts). The
 //! routing is small (T x k), so the grouping of slots by expert is done on the host; the work
-//! is on the device: a gather of the routed rows grouped by expert, one grouped cuBLAS GEMM per
-//! projection over the experts' row blocks, the activation kernel between them, and a combine
+//! is on the device: a gather of the routed rows grouped by expert (each expert's rows padded
+//! to one block size where that adds little), cuBLAS GEMMs per projection over the experts'
+//! row blocks (grouped, one per expert, or one strided batch over padded blocks: whichever is
+//! fastest for the shape, `grouped_choice`), the activation kernel between them, and a combine
 //! kernel that sums each token's k weighted expert outputs (a gather, so no atomics and the
 //! same order every run). The pieces (gather, FFN over blocks, combine) are shared with the
 //! all-to-all step (`alltoall_experts.rs`).
@@ -99,6 +101,57 @@ impl RowOrder {
         }
         o
     }
+}
+
+impl RowOrder {
+    /// As `of`, each expert's rows a block of `m` (`padded_rows`), its rows first: every block
+    /// the same size, so that a projection can be one strided-batched GEMM. The padding rows
+    /// copy token `token_offset`'s row: they are computed through the FFN and never combined
+    /// (no slot's `pos` names them).
+    pub(super) fn padded(
+        groups: &[Vec<usize>],
+        slots: usize,
+        k: usize,
+        token_offset: usize,
+        m: usize,
+    ) -> RowOrder {
+        let mut o = RowOrder {
+            perm: Vec::with_capacity(groups.len() * m),
+            pos: vec![-1; slots],
+            blocks: Vec::with_capacity(groups.len()),
+        };
+        for (ex, g) in groups.iter().enumerate() {
+            for &s in g {
+                o.pos[s] = o.perm.len() as i32;
+                o.perm.push((token_offset + s / k) as i32);
+            }
+            o.perm
+                .resize(o.perm.len() + m - g.len(), token_offset as i32);
+            o.blocks.push((ex, m));
+        }
+        o
+    }
+}
+
+/// The block size of a padded layout (`RowOrder::padded`): the most rows of any expert,
+/// rounded up to 8; None where that would add more than 30% rows (routing too uneven, or too
+/// few tokens for its spread). `PPMOE_EXPERT_PADDING=0` never pads, `=1` always does (to test
+/// the padded path on small models).
+pub(super) fn padded_rows(groups: &[Vec<usize>]) -> Option<usize> {
+    let setting = std::env::var("PPMOE_EXPERT_PADDING");
+    padded_rows_by(groups, setting.as_deref().ok())
+}
+
+fn padded_rows_by(groups: &[Vec<usize>], setting: Option<&str>) -> Option<usize> {
+    let rows: usize = groups.iter().map(Vec::len).sum();
+    let m = groups.iter().map(Vec::len).max()?.div_ceil(8) * 8;
+    let cheap = groups.len() * m * 10 <= rows * 13;
+    let pad = match setting {
+        Some("0") => false,
+        Some("1") => true,
+        _ => cheap,
+    };
+    (pad && groups.len() > 1 && rows > 0).then_some(m)
 }
 
 /// `v` on the device (one element for an empty `v`: a kernel argument must point somewhere).
@@ -345,7 +398,10 @@ impl Rank<'_> {
                 by_expert[local as usize].push(s);
             }
         }
-        let order = RowOrder::of(&by_expert, t * k, k, 0);
+        let order = match padded_rows(&by_expert) {
+            Some(m) => RowOrder::padded(&by_expert, t * k, k, 0, m),
+            None => RowOrder::of(&by_expert, t * k, k, 0),
+        };
         let kernels = self.expert_kernels(prefix, false).map_err(&fail)?;
         let stream = self.stream.clone();
         let dev = |v: &[i32]| upload(&stream, v).map_err(&fail);
@@ -567,5 +623,34 @@ impl Rank<'_> {
         // SAFETY: each group's blocks lie inside the buffers, which were allocated for these
         // row counts.
         unsafe { self.grouped_gemm(w.1, &g) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_rows_lay_each_expert_in_an_equal_block_its_slots_first() {
+        // Slots t * k + j of 3 tokens, k = 2: expert 0 has slots 0 and 3, expert 1 slot 1.
+        let groups = vec![vec![0, 3], vec![1]];
+        let o = RowOrder::padded(&groups, 6, 2, 10, 4);
+        assert_eq!(o.blocks, vec![(0, 4), (1, 4)]);
+        assert_eq!(o.perm, vec![10, 11, 10, 10, 10, 10, 10, 10]);
+        assert_eq!(o.pos, vec![0, 4, -1, 1, -1, -1]);
+    }
+
+    #[test]
+    fn padding_is_taken_only_where_it_adds_at_most_30_percent() {
+        let even: Vec<Vec<usize>> = (0..4)
+            .map(|e| (0..16).map(|s| e * 16 + s).collect())
+            .collect();
+        assert_eq!(padded_rows_by(&even, None), Some(16));
+        let mut skewed = even.clone();
+        skewed[0].extend(100..120);
+        assert_eq!(padded_rows_by(&skewed, None), None);
+        assert_eq!(padded_rows_by(&skewed, Some("1")), Some(40));
+        assert_eq!(padded_rows_by(&even, Some("0")), None);
+        assert_eq!(padded_rows_by(&[vec![1, 2]], None), None);
     }
 }
