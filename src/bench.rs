@@ -54,6 +54,15 @@ fn row(
             .fold(0.0, f64::max)
             .into();
     }
+    if !r.rank_nccl_exposed_median_ms.is_empty() {
+        v["rank_nccl_exposed_median_ms"] = r.rank_nccl_exposed_median_ms.clone().into();
+        v["nccl_exposed_ms"] = r
+            .rank_nccl_exposed_median_ms
+            .iter()
+            .copied()
+            .fold(0.0, f64::max)
+            .into();
+    }
     if let Some(f) = flops {
         v["tflops"] = (f / (ms * 1e-3) / 1e12).into();
     }
@@ -98,8 +107,11 @@ fn print(v: &serde_json::Value) {
         ));
     }
     if let Some(n) = f("nccl_ms") {
+        let exposed = f("nccl_exposed_ms").unwrap_or(n).min(n);
+        let hidden = if n > 0.0 { 1.0 - exposed / n } else { 0.0 };
         line.push_str(&format!(
-            "; inside NCCL calls {n:.3} ms per forward (the slowest rank's median; one stream, none of it hidden)"
+            "; inside NCCL calls {n:.3} ms per forward, {exposed:.3} ms of it not hidden behind computation ({:.0}% hidden; the slowest rank's medians)",
+            hidden * 100.0
         ));
     }
     if let Some(n) = v["host_reads"].as_u64() {
@@ -294,6 +306,7 @@ fn time_bundle(bundle: &Path, ranks: usize, o: &Options) -> Result<BenchReport> 
         forward_ms: floats("forward_ms"),
         rank_median_ms: floats("rank_median_ms"),
         rank_nccl_median_ms: floats("rank_nccl_median_ms"),
+        rank_nccl_exposed_median_ms: floats("rank_nccl_exposed_median_ms"),
         reporter: true,
         instructions,
         host_reads: r["host_reads"].as_u64().unwrap_or(0) as usize,

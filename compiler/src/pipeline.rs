@@ -152,10 +152,12 @@ fn print_kernels(c: &Compilation) -> String {
                     "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", instruction = {i} : i64}}",
                     if *bf16 { "bf16" } else { "f32" }
                 ),
-                Lowered::LocalExperts { prefix, bf16, slice, ffn } => format!(
-                    "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
-                    if *bf16 { "bf16" } else { "f32" }
+                Lowered::LocalExperts { prefix, bf16, slice, ffn, reduce } => format!(
+                    "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, {}instruction = {i} : i64}}",
+                    if *bf16 { "bf16" } else { "f32" },
+                    reduce.map_or(String::new(), |r| format!("all_reduce = {r} : i64, overlap = \"chunked, second stream\", "))
                 ),
+                Lowered::ReducedBy { step } => format!("\"kernels.reduced_by\"() {{op = \"{}\", step = {step} : i64, instruction = {i} : i64}}", ins.op.name()),
                 Lowered::AllToAllExperts { prefix, bf16, dispatch, exchange, ffn, .. } => format!(
                     "\"kernels.moe_alltoall_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", exchange = \"nccl ragged send/recv\", activations = \"{}\", dispatch = {dispatch} : i64, all_to_all = {exchange} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
                     if *bf16 { "bf16" } else { "f32" }

@@ -32,6 +32,8 @@ pub struct BenchReport {
     /// Multi-rank: each rank's median time inside NCCL calls per forward, by rank.
     pub rank_nccl_median_ms: Vec<f64>,
     /// Whether this process reports (rank 0, or the only one).
+    /// Per rank, the median time its stream waited for NCCL (not hidden behind computation).
+    pub rank_nccl_exposed_median_ms: Vec<f64>,
     pub reporter: bool,
     /// Device-to-host copies inside one forward (each a synchronisation): the most of any
     /// rank in any timed forward.
@@ -118,6 +120,11 @@ pub fn bench(
         forward_ms,
         rank_median_ms: timing.rank_ms.iter().map(|r| median(r)).collect(),
         rank_nccl_median_ms: timing.rank_nccl_ms.iter().map(|r| median(r)).collect(),
+        rank_nccl_exposed_median_ms: timing
+            .rank_nccl_exposed_ms
+            .iter()
+            .map(|r| median(r))
+            .collect(),
         reporter: rank == 0,
         instructions,
         host_reads: timing.host_reads,

@@ -582,8 +582,22 @@ impl Program {
                         return Err(at(format!("pointwise chain of members {members:?} and inputs {inputs:?}: expected earlier instructions fused into this one, and float or boolean buffers")));
                     }
                 }
-                GpuOp::LocalExperts { slice, ffn, .. } => {
-                    let ok = slice < ffn
+                GpuOp::ReducedBy { step } => {
+                    let named = matches!(self.gpu.get(*step), Some(GpuOp::LocalExperts { reduce: Some(r), .. }) if *r == i);
+                    if *step >= i || !named || !matches!(op_at(i), Some(Op::AllReduce { .. })) {
+                        return Err(at(format!(
+                            "reduced by {step}, which is no earlier local-experts step naming this all-reduce"
+                        )));
+                    }
+                }
+                GpuOp::LocalExperts {
+                    slice, ffn, reduce, ..
+                } => {
+                    let reduced = reduce.is_none_or(|r| {
+                        r > i && self.gpu.get(r) == Some(&GpuOp::ReducedBy { step: i })
+                    });
+                    let ok = reduced
+                        && slice < ffn
                         && ffn < &i
                         && matches!(op_at(*slice), Some(Op::MoeLocalSlice { .. }))
                         && matches!(op_at(*ffn), Some(Op::MoeExpertFfn { .. }))
@@ -670,7 +684,15 @@ pub enum GpuOp {
         bf16: bool,
         slice: usize,
         ffn: usize,
+        /// The all-reduce after the scatter_combine, where it reads only the combined sum:
+        /// the step does it too, chunk by chunk of tokens on a second stream, each chunk's
+        /// reduction behind the next chunk's experts (that instruction is `ReducedBy` this
+        /// step, and the scatter_combine's own result is never made).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reduce: Option<usize>,
     },
+    /// Done by an earlier `LocalExperts` step (`step`), which names this all-reduce back.
+    ReducedBy { step: usize },
     /// All-to-all expert parallelism's token slices, dispatch, all_to_all, expert_ffn,
     /// all_to_all and combine as one step on this (the combine) instruction, with the kernels
     /// of `Experts`: the routed rows are grouped by destination rank and expert on the host, the

@@ -217,6 +217,20 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
                 "pointwise chain of members [0]",
             ],
         ),
+        (
+            Box::new(|v| {
+                // An instruction said to be reduced by a step that does not name it.
+                let n = v["programs"][0]["instructions"].as_array().unwrap().len();
+                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
+                plan[1] = serde_json::json!({"kind": "reduced_by", "step": 0});
+                v["programs"][0]["gpu"] = plan.into();
+            }),
+            vec![
+                "rank 0",
+                "GPU plan entry 1",
+                "no earlier local-experts step naming this all-reduce",
+            ],
+        ),
     ];
     for (edit, needles) in cases {
         let c = compiled();

@@ -75,7 +75,13 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
     );
     let collectives =
         ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();
-    assert_eq!(k0.matches("\"kernels.nccl\"").count(), collectives);
+    // The MoE layers' all-reduces are done by their expert steps, overlapped (one per layer).
+    let by_steps = k0.matches("\"kernels.reduced_by\"").count();
+    assert_eq!(by_steps, 2, "{k0}");
+    assert_eq!(
+        k0.matches("\"kernels.nccl\"").count() + by_steps,
+        collectives
+    );
     // The routing is a generated kernel: one launch per MoE layer.
     assert_eq!(k0.matches("_route, threads = 16").count(), 2, "{k0}");
 }
@@ -195,6 +201,30 @@ fn ppmoe_experts_run_on_the_gpu_at_tp_2() {
     );
     assert_eq!(k0.matches("op = \"local_slice\"").count(), 2);
     assert_eq!(k0.matches("op = \"expert_ffn\"").count(), 2);
+    // Each step does the all-reduce after it, in chunks behind its experts; the all-reduce
+    // instruction names the step back.
+    for line in k0
+        .lines()
+        .filter(|l| l.contains("\"kernels.moe_local_experts\""))
+    {
+        let step = line
+            .split("instruction = ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        let reduce = line
+            .split("all_reduce = ")
+            .nth(1)
+            .expect(line)
+            .split(' ')
+            .next()
+            .unwrap();
+        let back =
+            format!("instruction = {reduce} : i64, op = \"all_reduce\", step = {step} : i64");
+        assert!(k0.contains(&back), "{back} in {k0}");
+    }
     assert_no_host_work(k0);
     let ptx = inspect(&["--tp", "2", "--emit", "ptx"]);
     for suffix in ["gather", "act", "combine"] {

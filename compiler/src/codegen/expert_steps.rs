@@ -16,6 +16,12 @@ pub(super) fn plan(p: &Program, funcs: &mut String) -> HashMap<usize, Lowered> {
             let (slice, ffn, combine) = chain;
             fused.insert(slice, Lowered::Fused { into: combine });
             fused.insert(ffn, Lowered::Fused { into: combine });
+            if let Lowered::LocalExperts {
+                reduce: Some(r), ..
+            } = step
+            {
+                fused.insert(r, Lowered::ReducedBy { step: combine });
+            }
             fused.insert(combine, step);
         }
     }
@@ -120,11 +126,18 @@ fn local_experts(
     let prefix = format!("k{combine}_local_experts");
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
     funcs.push_str(&text);
+    // The all-reduce of the combined sum, where nothing else reads the sum.
+    let reduce = c
+        .outputs
+        .first()
+        .and_then(|&sum| only_reader(p, sum))
+        .filter(|&r| matches!(p.instructions[r].op, Op::AllReduce { .. }));
     Some(Lowered::LocalExperts {
         prefix,
         bf16,
         slice,
         ffn,
+        reduce,
     })
 }
 

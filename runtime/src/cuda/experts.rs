@@ -154,6 +154,18 @@ fn padded_rows_by(groups: &[Vec<usize>], setting: Option<&str>) -> Option<usize>
     (pad && groups.len() > 1 && rows > 0).then_some(m)
 }
 
+/// A layer's routing on the host: each local expert's slots (`t * k + j`, in order; slots of
+/// weight 0 and other ranks' experts left out), each slot's local expert, the weights.
+pub(super) struct Routed {
+    pub tokens: usize,
+    pub h: usize,
+    pub k: usize,
+    pub dims: ExpertDims,
+    pub weights: Vec<f32>,
+    pub eid: Vec<i32>,
+    pub by_expert: Vec<Vec<usize>>,
+}
+
 /// `v` on the device (one element for an empty `v`: a kernel argument must point somewhere).
 pub(super) fn upload(stream: &Arc<CudaStream>, v: &[i32]) -> Result<CudaSlice<i32>, String> {
     stream
@@ -329,6 +341,7 @@ impl Rank<'_> {
         prefix: &str,
         bf16: bool,
         (slice, ffn): (usize, usize),
+        reduce: Option<usize>,
     ) -> Result<(), RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
@@ -358,7 +371,18 @@ impl Rank<'_> {
             first_local: Some(*first_expert),
             out: c.outputs[0],
         };
-        self.run_experts(i, &call, prefix, bf16)
+        let Some(r) = reduce else {
+            return self.run_experts(i, &call, prefix, bf16);
+        };
+        let reduction = &self.program.instructions[r];
+        let (Op::AllReduce { group }, Some(&out)) = (&reduction.op, reduction.outputs.first())
+        else {
+            return Err(fail(format!(
+                "instruction {r} is not an all-reduce with a result"
+            )));
+        };
+        let call = ExpertsCall { out, ..call };
+        self.run_experts_reduced(i, &call, prefix, bf16, group)
     }
 
     /// With `bf16` (both stacks bf16, the kernels generated so), the grouped rows, hidden
@@ -371,6 +395,18 @@ impl Rank<'_> {
         prefix: &str,
         bf16: bool,
     ) -> Result<(), RuntimeError> {
+        let program = self.program;
+        let fail = |reason: String| fail_at(program, i, reason);
+        let routed = self.routed(i, call)?;
+        let y = self
+            .experts_of_tokens(i, call, prefix, bf16, &routed, 0..routed.tokens)
+            .map_err(&fail)?;
+        self.put_dev(call.out, y, vec![routed.tokens, routed.h]);
+        Ok(())
+    }
+
+    /// The slots grouped by expert (see `Routed`), from the routing on the host.
+    pub(super) fn routed(&mut self, i: usize, call: &ExpertsCall) -> Result<Routed, RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
         let (xs, dims) = self
@@ -398,41 +434,62 @@ impl Rank<'_> {
                 by_expert[local as usize].push(s);
             }
         }
-        let order = match padded_rows(&by_expert) {
-            Some(m) => RowOrder::padded(&by_expert, t * k, k, 0, m),
-            None => RowOrder::of(&by_expert, t * k, k, 0),
+        Ok(Routed {
+            tokens: t,
+            h,
+            k,
+            dims,
+            weights,
+            eid,
+            by_expert,
+        })
+    }
+
+    /// [T, H] f32: the combined expert outputs of `tokens` (a range of the T tokens; the other
+    /// tokens' rows are 0), on the rank's stream.
+    pub(super) fn experts_of_tokens(
+        &mut self,
+        i: usize,
+        call: &ExpertsCall,
+        prefix: &str,
+        bf16: bool,
+        r: &Routed,
+        tokens: std::ops::Range<usize>,
+    ) -> Result<CudaSlice<f32>, String> {
+        let (t, h, k) = (r.tokens, r.h, r.k);
+        let mine = |s: &usize| tokens.contains(&(s / k.max(1)));
+        let groups: Vec<Vec<usize>> = r
+            .by_expert
+            .iter()
+            .map(|g| g.iter().copied().filter(mine).collect())
+            .collect();
+        let order = match padded_rows(&groups) {
+            Some(m) => RowOrder::padded(&groups, t * k, k, 0, m),
+            None => RowOrder::of(&groups, t * k, k, 0),
         };
-        let kernels = self.expert_kernels(prefix, false).map_err(&fail)?;
+        let kernels = self.expert_kernels(prefix, false)?;
         let stream = self.stream.clone();
-        let dev = |v: &[i32]| upload(&stream, v).map_err(&fail);
-        let (d_perm, d_pos, d_eid) = (dev(&order.perm)?, dev(&order.pos)?, dev(&eid)?);
-        let d_w = stream
-            .clone_htod(&weights)
-            .map_err(|e| fail(e.to_string()))?;
-        let ffn = self.ffn_operands(call, dims, bf16, false).map_err(&fail)?;
-        self.device(call.x)?;
-        let x = self.dev_ref(call.x).map_err(&fail)?;
+        let dev = |v: &[i32]| upload(&stream, v);
+        let (d_perm, d_pos, d_eid) = (dev(&order.perm)?, dev(&order.pos)?, dev(&r.eid)?);
+        let d_w = stream.clone_htod(&r.weights).map_err(|e| e.to_string())?;
+        let ffn = self
+            .ffn_operands(call, r.dims, bf16, false)
+            .map_err(|e| format!("instruction {i}: {e}"))?;
+        self.device(call.x).map_err(|e| e.to_string())?;
+        let x = self.dev_ref(call.x)?;
         let rows = order.perm.len();
-        let xg = gather_rows(&stream, &kernels, x, &d_perm, rows, h, ffn.mid).map_err(&fail)?;
-        let out = self
-            .ffn_blocks(&kernels, &xg, &order.blocks, &ffn)
-            .map_err(&fail)?;
+        let xg = gather_rows(&stream, &kernels, x, &d_perm, rows, h, ffn.mid)?;
+        let out = self.ffn_blocks(&kernels, &xg, &order.blocks, &ffn)?;
         let comb = Combine {
             pos: &d_pos,
             weights: &d_w,
             eid: &d_eid,
-            b_out: ffn
-                .b_out
-                .map(|b| self.dev_ref(b))
-                .transpose()
-                .map_err(&fail)?,
+            b_out: ffn.b_out.map(|b| self.dev_ref(b)).transpose()?,
             tokens: t,
             k,
             h,
         };
-        let y = combine_rows(&stream, &kernels, &out, rows, &comb).map_err(&fail)?;
-        self.put_dev(call.out, y, vec![t, h]);
-        Ok(())
+        combine_rows(&stream, &kernels, &out, rows, &comb)
     }
 
     /// A float buffer already on the device.

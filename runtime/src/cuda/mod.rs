@@ -17,6 +17,7 @@ mod gemm;
 mod grouped_choice;
 mod mem_pool;
 pub mod nccl;
+mod overlap;
 mod route_capacity;
 
 use crate::bundle::Bundle;
@@ -29,8 +30,9 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A buffer's device address (the stream is the only one: no cross-stream events needed).
-fn dptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+/// A buffer's device address. cudarc's event tracking is off (`mem_pool`): the one place
+/// that uses a second stream (`overlap`) orders the streams with its own events.
+pub(super) fn dptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     let (p, _sync) = s.device_ptr(stream);
     p
 }
@@ -88,8 +90,9 @@ struct Rank<'a> {
     /// The microbatch in flight (pipeline messages carry it).
     microbatch: u64,
     /// While a forward is timed: the event pairs around its communications (`comm_time`).
-    comm_spans:
-        std::cell::RefCell<Option<Vec<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>>,
+    comm_spans: std::cell::RefCell<Option<comm_time::CommSpans>>,
+    /// A second stream, for communication overlapped with computation (multi-rank runs).
+    comm_stream: Option<Arc<CudaStream>>,
     /// The path each grouped-GEMM shape runs by, once chosen (see `grouped_choice`).
     gemm_paths: std::cell::RefCell<HashMap<grouped_choice::ShapeKey, grouped_choice::GroupedPath>>,
     /// Device-to-host copies so far (each one a synchronisation inside the forward).
@@ -314,7 +317,7 @@ impl Rank<'_> {
         // A manifest is data: an instruction without the results its op makes is an error.
         let wanted = match how {
             GpuOp::Route { .. } => 2,
-            GpuOp::Collective | GpuOp::Host | GpuOp::Fused { .. } => 0,
+            GpuOp::Collective | GpuOp::Host | GpuOp::Fused { .. } | GpuOp::ReducedBy { .. } => 0,
             _ => 1,
         };
         if ins.outputs.len() < wanted {
@@ -520,10 +523,13 @@ impl Rank<'_> {
                 bf16,
                 slice,
                 ffn,
+                reduce,
             } => {
                 let prefix = prefix.clone();
-                self.local_experts(i, &prefix, *bf16, (*slice, *ffn))?;
+                self.local_experts(i, &prefix, *bf16, (*slice, *ffn), *reduce)?;
             }
+            // Its all-reduce was done by the earlier step.
+            GpuOp::ReducedBy { .. } => {}
             GpuOp::AllToAllExperts {
                 prefix,
                 bf16,
@@ -601,6 +607,8 @@ pub struct Timing {
     pub rank_ms: Vec<Vec<f64>>,
     /// Per rank, its time inside NCCL calls in each forward (empty for one rank).
     pub rank_nccl_ms: Vec<Vec<f64>>,
+    /// Per rank, how much of that time its stream waited for (not hidden behind computation).
+    pub rank_nccl_exposed_ms: Vec<Vec<f64>>,
     /// With `profile`: per instruction, its time in each timed forward (ms).
     pub instruction_ms: Vec<Vec<f64>>,
     /// The device-to-host copies in one forward (each a synchronisation inside it): the most
@@ -630,6 +638,7 @@ pub fn bench_bundle(
             forward_ms: Vec::with_capacity(iters),
             rank_ms: Vec::new(),
             rank_nccl_ms: Vec::new(),
+            rank_nccl_exposed_ms: Vec::new(),
             instruction_ms: if profile {
                 vec![Vec::new(); n]
             } else {
@@ -637,7 +646,7 @@ pub fn bench_bundle(
             },
             host_reads: 0,
         };
-        let mut nccl_ms = Vec::with_capacity(iters);
+        let (mut nccl_ms, mut exposed_ms) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
         let event = |s: &Arc<CudaStream>| {
             s.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| backend_err(e.to_string()))
@@ -655,7 +664,9 @@ pub fn bench_bundle(
             let end = event(&rank.stream)?;
             end.synchronize().map_err(|e| backend_err(e.to_string()))?;
             timing.host_reads = timing.host_reads.max(rank.host_reads.get());
-            nccl_ms.push(rank.take_comm_ms().map_err(backend_err)?);
+            let comm = rank.take_comm_ms().map_err(backend_err)?;
+            nccl_ms.push(comm.busy);
+            exposed_ms.push(comm.exposed);
             rank.time_comms(false);
             let ms = start
                 .elapsed_ms(&end)
@@ -676,12 +687,16 @@ pub fn bench_bundle(
                 .chunks(iters.max(1))
                 .map(|r| r.iter().map(|&v| v as f64).collect())
                 .collect();
-            let mine: Vec<f32> = nccl_ms.iter().map(|&v| v as f32).collect();
-            let all = c.gather_world(&rank.stream, &mine).map_err(backend_err)?;
-            timing.rank_nccl_ms = all
-                .chunks(iters.max(1))
-                .map(|r| r.iter().map(|&v| v as f64).collect())
-                .collect();
+            let by_rank = |v: &[f64]| -> Result<Vec<Vec<f64>>, RuntimeError> {
+                let mine: Vec<f32> = v.iter().map(|&v| v as f32).collect();
+                let all = c.gather_world(&rank.stream, &mine).map_err(backend_err)?;
+                Ok(all
+                    .chunks(iters.max(1))
+                    .map(|r| r.iter().map(|&v| v as f64).collect())
+                    .collect())
+            };
+            timing.rank_nccl_ms = by_rank(&nccl_ms)?;
+            timing.rank_nccl_exposed_ms = by_rank(&exposed_ms)?;
             timing.forward_ms = (0..iters)
                 .map(|i| timing.rank_ms.iter().map(|r| r[i]).fold(0.0, f64::max))
                 .collect();
@@ -732,6 +747,9 @@ fn with_rank<R>(
     let ctx =
         CudaContext::new(gpu).map_err(|e| backend_err(format!("cannot open GPU {gpu}: {e}")))?;
     mem_pool::keep_freed_memory(&ctx).map_err(|e| backend_err(format!("GPU {gpu}: {e}")))?;
+    // SAFETY: before any buffer is made; the streams are ordered by explicit events where a
+    // second one is used (`overlap`), so cudarc's per-buffer events would only cost time.
+    unsafe { ctx.disable_event_tracking() };
     let mut comms = match dist {
         Some(d) => Some(
             comm::Comms::connect(d, &m.programs)
@@ -754,6 +772,13 @@ fn with_rank<R>(
         gemm_paths: Default::default(),
         comm_spans: Default::default(),
         host_reads: Default::default(),
+        comm_stream: match &comms {
+            Some(_) => Some(
+                ctx.new_stream()
+                    .map_err(|e| backend_err(format!("a second stream: {e}")))?,
+            ),
+            None => None,
+        },
     };
     // bf16 weights that feed GEMMs go to the device as bf16 (half the memory, tensor cores);
     // an f32 copy is made only if some other kernel reads them too.

@@ -1,0 +1,133 @@
+//! PPMoE's expert step with its all-reduce overlapped (`GpuOp::LocalExperts` with `reduce`):
+//! the tokens are cut into chunks; each chunk's experts run on the rank's stream, and as soon
+//! as a chunk's partial sum is made its rows are all-reduced on a second stream while the next
+//! chunk's experts run. Each token's sum over the group is the same sum as the whole tensor's
+//! all-reduce makes (NCCL reduces element by element), so the result is the unchunked one.
+//! The rank's stream waits for the last reduction before anything reads the result; each
+//! chunk's partial sum is kept until then (freed on the rank's stream after that wait).
+
+use super::comm_time::event_on;
+use super::experts::{fail_at, ExpertsCall};
+use super::nccl::NCCL_FLOAT32;
+use super::{dptr, Rank};
+use crate::error::RuntimeError;
+use std::ops::Range;
+
+/// How many chunks of tokens: 2 from 1024 tokens up (each chunk's GEMMs still large), else 1
+/// (a reduction alone, nothing to hide it behind). `PPMOE_OVERLAP_CHUNKS=N` sets it.
+fn chunk_count(tokens: usize) -> usize {
+    let set = std::env::var("PPMOE_OVERLAP_CHUNKS").ok();
+    chunk_count_by(tokens, set.as_deref().and_then(|v| v.parse().ok()))
+}
+
+fn chunk_count_by(tokens: usize, set: Option<usize>) -> usize {
+    match set {
+        Some(n) => n.clamp(1, tokens.max(1)),
+        None if tokens >= 1024 => 2,
+        None => 1,
+    }
+}
+
+/// The token range of chunk `c` of `n` over `t` tokens (the ranges cover 0..t in order).
+fn chunk(t: usize, c: usize, n: usize) -> Range<usize> {
+    t * c / n..t * (c + 1) / n
+}
+
+impl Rank<'_> {
+    /// The step's experts and its all-reduce over `group`, chunk by chunk, into `call.out`.
+    pub(super) fn run_experts_reduced(
+        &mut self,
+        i: usize,
+        call: &ExpertsCall,
+        prefix: &str,
+        bf16: bool,
+        group: &[usize],
+    ) -> Result<(), RuntimeError> {
+        let program = self.program;
+        let fail = |reason: String| fail_at(program, i, reason);
+        let routed = self.routed(i, call)?;
+        let (t, h) = (routed.tokens, routed.h);
+        let (Some(comms), Some(side)) = (
+            self.comms.filter(|_| group.len() > 1),
+            self.comm_stream.clone(),
+        ) else {
+            // A group of one: the all-reduce is the identity.
+            let y = self
+                .experts_of_tokens(i, call, prefix, bf16, &routed, 0..t)
+                .map_err(&fail)?;
+            self.put_dev(call.out, y, vec![t, h]);
+            return Ok(());
+        };
+        let comm = comms.group(group).map_err(&fail)?;
+        // SAFETY: written whole by the chunks' reductions (the chunks cover every token).
+        let out =
+            unsafe { self.stream.alloc::<f32>((t * h).max(1)) }.map_err(|e| fail(e.to_string()))?;
+        let n = chunk_count(t);
+        let mut partials = Vec::with_capacity(n);
+        let mut last_ready = None;
+        for c in 0..n {
+            let tokens = chunk(t, c, n);
+            let y = self
+                .experts_of_tokens(i, call, prefix, bf16, &routed, tokens.clone())
+                .map_err(&fail)?;
+            // The second stream starts this chunk's reduction once its sum is made.
+            let ready = event_on(&self.stream).map_err(&fail)?;
+            side.wait(&ready).map_err(|e| fail(e.to_string()))?;
+            let start = match self.timing_comms() {
+                true => Some(event_on(&side).map_err(&fail)?),
+                false => None,
+            };
+            let (off, len) = ((tokens.start * h * 4) as u64, tokens.len() * h);
+            // SAFETY: y and out hold T x H floats and the chunk's rows lie inside both; the
+            // second stream waited (`ready`) for y's writes and out's allocation.
+            unsafe {
+                comms.nccl.all_reduce_sum(
+                    dptr(&y, &side) + off,
+                    dptr(&out, &side) + off,
+                    len,
+                    NCCL_FLOAT32,
+                    comm,
+                    side.cu_stream() as *mut std::ffi::c_void,
+                )
+            }
+            .map_err(&fail)?;
+            if let Some(start) = start {
+                let end = event_on(&side).map_err(&fail)?;
+                self.record_span(start, end, false);
+            }
+            partials.push(y);
+            last_ready = Some(ready);
+        }
+        let reduced = event_on(&side).map_err(&fail)?;
+        self.stream
+            .wait(&reduced)
+            .map_err(|e| fail(e.to_string()))?;
+        // What the rank's stream waited for after its last chunk: the reductions not hidden.
+        if let (true, Some(ready)) = (self.timing_comms(), last_ready) {
+            let after = event_on(&self.stream).map_err(&fail)?;
+            self.record_waited(ready, after);
+        }
+        // Freed on the rank's stream, after its wait for the reductions that read them.
+        drop(partials);
+        self.put_dev(call.out, out, vec![t, h]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_tokens_in_order() {
+        for (t, n) in [(4096, 2), (7, 3), (1, 1), (5, 5)] {
+            let all: Vec<usize> = (0..n).flat_map(|c| chunk(t, c, n)).collect();
+            assert_eq!(all, (0..t).collect::<Vec<_>>(), "{t} tokens in {n}");
+        }
+        assert_eq!(chunk_count_by(4096, None), 2);
+        assert_eq!(chunk_count_by(16, None), 1);
+        assert_eq!(chunk_count_by(16, Some(4)), 4);
+        assert_eq!(chunk_count_by(2, Some(8)), 2);
+        assert_eq!(chunk_count_by(16, Some(0)), 1);
+    }
+}
