@@ -138,20 +138,26 @@ impl RowOrder {
 /// few tokens for its spread). `PPMOE_EXPERT_PADDING=0` never pads, `=1` always does (to test
 /// the padded path on small models).
 pub(super) fn padded_rows(groups: &[Vec<usize>]) -> Option<usize> {
-    let setting = std::env::var("PPMOE_EXPERT_PADDING");
-    padded_rows_by(groups, setting.as_deref().ok())
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    padded_block(&sizes)
 }
 
-fn padded_rows_by(groups: &[Vec<usize>], setting: Option<&str>) -> Option<usize> {
-    let rows: usize = groups.iter().map(Vec::len).sum();
-    let m = groups.iter().map(Vec::len).max()?.div_ceil(8) * 8;
-    let cheap = groups.len() * m * 10 <= rows * 13;
+/// As `padded_rows`, from each expert's row count.
+pub(super) fn padded_block(sizes: &[usize]) -> Option<usize> {
+    let setting = std::env::var("PPMOE_EXPERT_PADDING");
+    padded_block_by(sizes, setting.as_deref().ok())
+}
+
+fn padded_block_by(sizes: &[usize], setting: Option<&str>) -> Option<usize> {
+    let rows: usize = sizes.iter().sum();
+    let m = sizes.iter().max()?.div_ceil(8) * 8;
+    let cheap = sizes.len() * m * 10 <= rows * 13;
     let pad = match setting {
         Some("0") => false,
         Some("1") => true,
         _ => cheap,
     };
-    (pad && groups.len() > 1 && rows > 0).then_some(m)
+    (pad && sizes.len() > 1 && rows > 0).then_some(m)
 }
 
 /// A layer's routing on the host: each local expert's slots (`t * k + j`, in order; slots of
@@ -699,15 +705,13 @@ mod tests {
 
     #[test]
     fn padding_is_taken_only_where_it_adds_at_most_30_percent() {
-        let even: Vec<Vec<usize>> = (0..4)
-            .map(|e| (0..16).map(|s| e * 16 + s).collect())
-            .collect();
-        assert_eq!(padded_rows_by(&even, None), Some(16));
-        let mut skewed = even.clone();
-        skewed[0].extend(100..120);
-        assert_eq!(padded_rows_by(&skewed, None), None);
-        assert_eq!(padded_rows_by(&skewed, Some("1")), Some(40));
-        assert_eq!(padded_rows_by(&even, Some("0")), None);
-        assert_eq!(padded_rows_by(&[vec![1, 2]], None), None);
+        let even = [16, 16, 15, 16];
+        assert_eq!(padded_block_by(&even, None), Some(16));
+        let skewed = [36, 16, 16, 16];
+        assert_eq!(padded_block_by(&skewed, None), None);
+        assert_eq!(padded_block_by(&skewed, Some("1")), Some(40));
+        assert_eq!(padded_block_by(&even, Some("0")), None);
+        assert_eq!(padded_block_by(&[2], None), None);
+        assert_eq!(padded_block_by(&[0, 0], Some("1")), None);
     }
 }
