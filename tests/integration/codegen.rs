@@ -433,3 +433,48 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
         }
     }
 }
+
+/// At 4096 tokens the rotary angles' table of an LM exported with a dynamic sequence outgrows
+/// what is folded at compile time (it grows with the tokens): their sin and cos run as
+/// generated kernels (reduced to [-pi, pi] first,
+/// then PTX's approximations), and the norms' means as one warp per row.
+#[test]
+fn rotary_sin_cos_and_norm_means_are_generated_kernels_at_long_sequences() {
+    let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
+    let args = |emit: &'static str| {
+        let m = m.to_str().unwrap().to_string();
+        ppmoe(&[
+            "inspect",
+            &m,
+            "--emit",
+            emit,
+            "--input-shape",
+            "input_ids=1x4096",
+        ])
+    };
+    let k = args("kernels");
+    assert_eq!(k.code, 0, "{}", k.stderr);
+    assert!(
+        host_work(&k.stdout).is_empty(),
+        "{:?}",
+        host_work(&k.stdout)
+    );
+    assert!(
+        k.stdout.contains("llvm.nvvm.sin.approx.f") && k.stdout.contains("llvm.nvvm.cos.approx.f")
+    );
+    let ptx = args("ptx");
+    assert_eq!(ptx.code, 0, "{}", ptx.stderr);
+    for needle in ["sin.approx.f32", "cos.approx.f32", "cvt.rmi.f32.f32"] {
+        assert!(ptx.stdout.contains(needle), "no {needle}");
+    }
+    // Each mean's kernel folds a row across a warp.
+    let entries: Vec<&str> = ptx.stdout.split(".entry ").skip(1).collect();
+    let means: Vec<&&str> = entries
+        .iter()
+        .filter(|e| e.contains("_reduce_mean("))
+        .collect();
+    assert!(!means.is_empty());
+    for e in means {
+        assert!(e.contains("shfl.sync.bfly"), "{e}");
+    }
+}
