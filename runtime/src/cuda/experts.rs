@@ -87,23 +87,9 @@ impl RowOrder {
         k: usize,
         token_offset: usize,
     ) -> RowOrder {
-        let mut o = RowOrder {
-            perm: Vec::new(),
-            pos: vec![-1; slots],
-            blocks: Vec::with_capacity(groups.len()),
-        };
-        for (ex, g) in groups.iter().enumerate() {
-            for &s in g {
-                o.pos[s] = o.perm.len() as i32;
-                o.perm.push((token_offset + s / k) as i32);
-            }
-            o.blocks.push((ex, g.len()));
-        }
-        o
+        RowOrder::in_blocks(groups, slots, k, token_offset, None)
     }
-}
 
-impl RowOrder {
     /// As `of`, each expert's rows a block of `m` (`padded_rows`), its rows first: every block
     /// the same size, so that a projection can be one strided-batched GEMM. The padding rows
     /// copy token `token_offset`'s row: they are computed through the FFN and never combined
@@ -115,8 +101,19 @@ impl RowOrder {
         token_offset: usize,
         m: usize,
     ) -> RowOrder {
+        RowOrder::in_blocks(groups, slots, k, token_offset, Some(m))
+    }
+
+    /// Each expert's rows in a block of its own rows, or of `pad` rows.
+    fn in_blocks(
+        groups: &[Vec<usize>],
+        slots: usize,
+        k: usize,
+        token_offset: usize,
+        pad: Option<usize>,
+    ) -> RowOrder {
         let mut o = RowOrder {
-            perm: Vec::with_capacity(groups.len() * m),
+            perm: Vec::new(),
             pos: vec![-1; slots],
             blocks: Vec::with_capacity(groups.len()),
         };
@@ -125,9 +122,10 @@ impl RowOrder {
                 o.pos[s] = o.perm.len() as i32;
                 o.perm.push((token_offset + s / k) as i32);
             }
+            let size = pad.unwrap_or(g.len()).max(g.len());
             o.perm
-                .resize(o.perm.len() + m - g.len(), token_offset as i32);
-            o.blocks.push((ex, m));
+                .resize(o.perm.len() + size - g.len(), token_offset as i32);
+            o.blocks.push((ex, size));
         }
         o
     }
