@@ -76,7 +76,7 @@ fn broadcasts(inp: &[usize], out: &[usize]) -> bool {
 }
 
 /// The chains of `p` of two or more members, each as its members in program order (the last
-/// is the chain's root). `taken` instructions (planned by another step) are left out.
+/// is the chain's root), from each instruction's scalar form (None: not pointwise, or taken).
 fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
     let mut uses = vec![0usize; p.buffers.len()];
     for b in p

@@ -1,8 +1,10 @@
 //! PPMoE's expert step with its all-reduce overlapped (`GpuOp::LocalExperts` with `reduce`):
 //! the tokens are cut into chunks; each chunk's experts run on the rank's stream, and as soon
 //! as a chunk's partial sum is made its rows are all-reduced on a second stream while the next
-//! chunk's experts run. Each token's sum over the group is the same sum as the whole tensor's
-//! all-reduce makes (NCCL reduces element by element), so the result is the unchunked one.
+//! chunk's experts run. NCCL reduces element by element, so each token's row is the sum over
+//! the group's ranks either way: with two ranks bit for bit the unchunked result (a + b); with
+//! more, NCCL may add the ranks' values in another order for some elements, as an all-reduce of
+//! another size may (float rounding, within the partitioned programs' 1e-5).
 //! The rank's stream waits for the last reduction before anything reads the result; each
 //! chunk's partial sum is kept until then (freed on the rank's stream after that wait).
 
