@@ -866,6 +866,43 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
             let params = vec![memref(&a), memref(&b), memref(&out_shape)];
             Some((name.clone(), kernel(&name, &params, &body), n))
         }
+        Op::LayerNorm { axis, epsilon } => {
+            let rank = out_shape.len() as i64;
+            let from = if *axis < 0 { axis + rank } else { *axis };
+            if !(0..rank).contains(&from) || !(2..=3).contains(&bufs.len()) {
+                return None;
+            }
+            let inner: usize = out_shape[from as usize..].iter().product();
+            let scale = static_shape(bufs[1])?;
+            let bias = match bufs.get(2) {
+                Some(b) => Some(static_shape(b)?),
+                None => None,
+            };
+            let fits = |s: &[usize]| s.iter().product::<usize>() == inner;
+            if bufs[0].shape != outs[0].shape
+                || !fits(&scale)
+                || !bias.as_ref().is_none_or(|b| fits(b))
+            {
+                return None;
+            }
+            let rows = n / inner.max(1);
+            name = format!("k{idx}_layer_norm");
+            prologue(&mut body, rows * WARP);
+            layer_norm_rows(
+                &mut body,
+                inner,
+                *epsilon,
+                bufs.len() == 3,
+                &out_shape,
+                &scale,
+            );
+            let mut params = vec![memref(&out_shape), memref(&scale)];
+            if let Some(b) = &bias {
+                params.push(memref(b));
+            }
+            params.push(memref(&out_shape));
+            Some((name.clone(), kernel(&name, &params, &body), rows * WARP))
+        }
         Op::Softmax { axis, log: false } => {
             let rank = out_shape.len();
             if !(*axis == -1 || *axis == rank as i64 - 1) {
@@ -974,6 +1011,52 @@ fn reduce_rows(
     );
     let params = vec![mx, mo];
     Some((name.to_string(), kernel(name, &params, &b), rows * WARP))
+}
+
+/// LayerNormalization over rows of `inner` elements, one warp per row (as `reduce_rows`): the
+/// mean, then the variance about it (two passes, as the CPU backend's), then each lane writes
+/// (x - mean) / sqrt(var + eps) * scale (+ bias) for its columns. Parameters: x, scale, the
+/// bias where `has_bias`, the result.
+fn layer_norm_rows(
+    b: &mut String,
+    inner: usize,
+    eps: f32,
+    has_bias: bool,
+    x: &[usize],
+    scale: &[usize],
+) {
+    let (mx, ms) = (memref(x), memref(scale));
+    let out = if has_bias { "%a3" } else { "%a2" };
+    let _ = writeln!(
+        b,
+        "        %c32 = arith.constant 32 : index\n        %row = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %cols = arith.constant {inner} : index\n        %base = arith.muli %row, %cols : index\n        %zero = arith.constant 0.0 : f32\n        %nf = arith.constant {} : f32",
+        hexf(inner as f32)
+    );
+    let _ = writeln!(
+        b,
+        "        %psum = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {mx}\n          %na = arith.addf %acc, %v : f32\n          scf.yield %na : f32\n        }}"
+    );
+    let sum = warp_reduce(b, "psum", "sum", "arith.addf");
+    let _ = writeln!(b, "        %mean = arith.divf {sum}, %nf : f32");
+    let _ = writeln!(
+        b,
+        "        %psq = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {mx}\n          %d = arith.subf %v, %mean : f32\n          %d2 = arith.mulf %d, %d : f32\n          %na = arith.addf %acc, %d2 : f32\n          scf.yield %na : f32\n        }}"
+    );
+    let sq = warp_reduce(b, "psq", "sq", "arith.addf");
+    let _ = writeln!(
+        b,
+        "        %var = arith.divf {sq}, %nf : f32\n        %eps = arith.constant {} : f32\n        %ve = arith.addf %var, %eps : f32\n        %sd = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%ve) : (f32) -> f32\n        %one = arith.constant 1.0 : f32\n        %inv = arith.divf %one, %sd : f32",
+        hexf(eps)
+    );
+    let bias = if has_bias {
+        format!("          %bv = memref.load %a2[%j] : {ms}\n          %r = arith.addf %ys, %bv : f32\n")
+    } else {
+        "          %r = arith.addf %ys, %zero : f32\n".to_string()
+    };
+    let _ = writeln!(
+        b,
+        "        scf.for %j = %lane to %cols step %c32 {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {mx}\n          %d = arith.subf %v, %mean : f32\n          %y = arith.mulf %d, %inv : f32\n          %sv = memref.load %a1[%j] : {ms}\n          %ys = arith.mulf %y, %sv : f32\n{bias}          memref.store %r, {out}[%o] : {mx}\n        }}"
+    );
 }
 
 /// Softmax over rows of `cols`, one warp per row (thread %i: row i / 32, lane i % 32): each lane
