@@ -144,6 +144,14 @@ pub(super) fn kernel(name: &str, params: &[String], body: &str) -> String {
 }
 
 /// An f32 as MLIR's exact hexadecimal float literal.
+/// 2 pi in three parts, the first two of at most 11 significant bits (so k times each is exact
+/// for |k| < 2^13) and the third the rest.
+const TWO_PI_PARTS: [f32; 3] = [
+    6.28125,
+    f32::from_bits(0x3AFD_A000),
+    f32::from_bits(0x34A2_2169),
+];
+
 /// sin or cos of `%x` into `%r`: the argument reduced to [-pi, pi] first (x - k 2pi with 2pi in
 /// three parts, Cody and Waite's way: k * C1 and k * C2 are exact for |k| < 2^13, so the
 /// reduction is good to about 1e-7 up to |x| of 5e4, rotary angles' range), then PTX's
@@ -156,13 +164,8 @@ fn sin_cos(b: &mut String, f: &str) {
         "        %inv = arith.constant {} : f32\n        %half = arith.constant 0.5 : f32\n        %q = arith.mulf %x, %inv : f32\n        %qh = arith.addf %q, %half : f32\n        %k = llvm.call_intrinsic \"llvm.nvvm.floor.f\"(%qh) : (f32) -> f32",
         c(std::f32::consts::FRAC_1_PI * 0.5)
     );
-    let parts = [
-        6.28125f32,
-        f32::from_bits(0x3AFD_A000),
-        f32::from_bits(0x34A2_2169),
-    ];
     let mut acc = "%x".to_string();
-    for (j, part) in parts.iter().enumerate() {
+    for (j, part) in TWO_PI_PARTS.iter().enumerate() {
         let _ = writeln!(
             b,
             "        %c{j} = arith.constant {} : f32\n        %kc{j} = arith.mulf %k, %c{j} : f32\n        %red{j} = arith.subf {acc}, %kc{j} : f32",
@@ -1232,4 +1235,23 @@ pub fn plan_kernels(
     }
     let module = format!("  gpu.module @{module_name} {{\n{funcs}  }}\n");
     KernelPlan { lowered, module }
+}
+
+#[cfg(test)]
+mod two_pi_tests {
+    use super::TWO_PI_PARTS;
+
+    #[test]
+    fn two_pi_parts_sum_to_two_pi_and_the_first_two_multiply_exactly() {
+        let sum: f64 = TWO_PI_PARTS.iter().map(|&p| p as f64).sum();
+        assert!((sum - std::f64::consts::TAU).abs() < 1e-13, "{sum}");
+        for p in &TWO_PI_PARTS[..2] {
+            // Significant bits: 24 less the mantissa's trailing zeros.
+            let bits = 24 - ((p.to_bits() & 0x7f_ffff) | 0x80_0000).trailing_zeros();
+            assert!(bits <= 11, "{p}: {bits} bits");
+            for k in [1.0f32, 4095.0, 8191.0] {
+                assert_eq!((k * p) as f64, k as f64 * *p as f64, "{k} x {p}");
+            }
+        }
+    }
 }
