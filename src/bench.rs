@@ -45,23 +45,19 @@ fn row(
     if !r.rank_median_ms.is_empty() {
         v["rank_median_ms"] = r.rank_median_ms.clone().into();
     }
-    if !r.rank_nccl_median_ms.is_empty() {
-        v["rank_nccl_median_ms"] = r.rank_nccl_median_ms.clone().into();
-        v["nccl_ms"] = r
-            .rank_nccl_median_ms
-            .iter()
-            .copied()
-            .fold(0.0, f64::max)
-            .into();
-    }
-    if !r.rank_nccl_exposed_median_ms.is_empty() {
-        v["rank_nccl_exposed_median_ms"] = r.rank_nccl_exposed_median_ms.clone().into();
-        v["nccl_exposed_ms"] = r
-            .rank_nccl_exposed_median_ms
-            .iter()
-            .copied()
-            .fold(0.0, f64::max)
-            .into();
+    // Per rank, and the slowest rank's under the short name.
+    for (ranks, each, slowest) in [
+        (&r.rank_nccl_median_ms, "rank_nccl_median_ms", "nccl_ms"),
+        (
+            &r.rank_nccl_exposed_median_ms,
+            "rank_nccl_exposed_median_ms",
+            "nccl_exposed_ms",
+        ),
+    ] {
+        if !ranks.is_empty() {
+            v[each] = ranks.clone().into();
+            v[slowest] = ranks.iter().copied().fold(0.0, f64::max).into();
+        }
     }
     if let Some(f) = flops {
         v["tflops"] = (f / (ms * 1e-3) / 1e12).into();

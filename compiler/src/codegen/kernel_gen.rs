@@ -9,7 +9,7 @@
 //! cuBLAS GEMM, an NCCL collective, an alias (a reshape moves no data), or host work (ops not
 //! generated yet; the plan names them).
 
-use ppmoe_runtime::program::{BinaryFn, Buffer, Op, Program, UnaryFn};
+use ppmoe_runtime::program::{BinaryFn, Buffer, Instruction, Op, Program, UnaryFn};
 use std::fmt::Write;
 
 /// How one instruction runs on the GPU (the runtime's own type: the bundle carries it).
@@ -800,15 +800,19 @@ fn data_movement(
     Some((name.clone(), kernel(&name, &params, &b), n))
 }
 
-/// One kernel for one instruction, if it is generated; with its thread count.
-fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
-    let ins = &p.instructions[idx];
-    let bufs: Vec<&Buffer> = ins
-        .inputs
+/// The buffers an instruction reads (its operands present), in order.
+pub(super) fn operand_buffers<'p>(p: &'p Program, ins: &Instruction) -> Vec<&'p Buffer> {
+    ins.inputs
         .iter()
         .flatten()
         .map(|&b| &p.buffers[b])
-        .collect();
+        .collect()
+}
+
+/// One kernel for one instruction, if it is generated; with its thread count.
+fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
+    let ins = &p.instructions[idx];
+    let bufs = operand_buffers(p, ins);
     let outs: Vec<&Buffer> = ins.outputs.iter().map(|&o| &p.buffers[o]).collect();
     // Booleans (f32 0 or 1 on the device) and casts.
     if let [out] = outs[..] {

@@ -7,10 +7,12 @@
 //! kernel evaluates each member's scalar expression in program order, the same expressions the
 //! single kernels use, so the numbers are the single kernels' to the bit.
 
-use super::kernel_gen::{binary_op, broadcast_offset, kernel, memref, prologue, static_shape};
+use super::kernel_gen::{
+    binary_op, broadcast_offset, kernel, memref, operand_buffers, prologue, static_shape,
+};
 use super::kernel_gen::{pow_expr, unary_expr};
 use super::Lowered;
-use ppmoe_runtime::program::{BinaryFn, Buffer, Op, Program};
+use ppmoe_runtime::program::{BinaryFn, Op, Program};
 use ppmoe_runtime::Tensor;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -30,12 +32,7 @@ fn scalar(
     constant: &dyn Fn(Option<usize>) -> Option<Tensor>,
 ) -> Option<Scalar> {
     let ins = &p.instructions[idx];
-    let bufs: Vec<&Buffer> = ins
-        .inputs
-        .iter()
-        .flatten()
-        .map(|&b| &p.buffers[b])
-        .collect();
+    let bufs = operand_buffers(p, ins);
     let [out] = ins.outputs[..] else { return None };
     let out = &p.buffers[out];
     if bufs.iter().chain([&out]).any(|b| static_shape(b).is_none()) {
