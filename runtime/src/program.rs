@@ -578,8 +578,15 @@ impl Program {
                             .get(*b)
                             .is_some_and(|b| b.dtype.on_device_as_f32())
                     };
-                    if !fused || !inputs.iter().all(on_device) {
-                        return Err(at(format!("pointwise chain of members {members:?} and inputs {inputs:?}: expected earlier instructions fused into this one, and float or boolean buffers")));
+                    // The kernel reads only the chain's operands from outside it (its shapes
+                    // were baked in for those), never a member's result.
+                    let chain = || members.iter().chain([&i]).map(|&m| &self.instructions[m]);
+                    let read_by_chain =
+                        |b: &usize| chain().any(|ins| ins.inputs.contains(&Some(*b)));
+                    let made_in_chain = |b: &usize| chain().any(|ins| ins.outputs.contains(b));
+                    let outside = |b: &usize| read_by_chain(b) && !made_in_chain(b);
+                    if !fused || !inputs.iter().all(|b| on_device(b) && outside(b)) {
+                        return Err(at(format!("pointwise chain of members {members:?} and inputs {inputs:?}: expected earlier instructions fused into this one, and float or boolean buffers the chain reads from outside it")));
                     }
                 }
                 GpuOp::ReducedBy { step } => {

@@ -219,6 +219,23 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
         ),
         (
             Box::new(|v| {
+                // A pointwise chain whose kernel would read a member's result (never made)
+                // instead of the chain's operands.
+                let n = v["programs"][0]["instructions"].as_array().unwrap().len();
+                let made = v["programs"][0]["instructions"][0]["outputs"][0].clone();
+                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
+                plan[0] = serde_json::json!({"kind": "fused", "into": 1});
+                plan[1] = serde_json::json!({"kind": "pointwise", "name": "k1_pointwise", "threads": 1, "inputs": [made], "members": [0]});
+                v["programs"][0]["gpu"] = plan.into();
+            }),
+            vec![
+                "rank 0",
+                "GPU plan entry 1",
+                "buffers the chain reads from outside it",
+            ],
+        ),
+        (
+            Box::new(|v| {
                 // An instruction said to be reduced by a step that does not name it.
                 let n = v["programs"][0]["instructions"].as_array().unwrap().len();
                 let mut plan = vec![serde_json::json!({"kind": "host"}); n];
