@@ -600,8 +600,13 @@ impl Program {
                 GpuOp::LocalExperts {
                     slice, ffn, reduce, ..
                 } => {
+                    // The all-reduce it does reduces its own sum.
+                    let sum = self.instructions[i].outputs.first();
                     let reduced = reduce.is_none_or(|r| {
-                        r > i && self.gpu.get(r) == Some(&GpuOp::ReducedBy { step: i })
+                        r > i
+                            && self.gpu.get(r) == Some(&GpuOp::ReducedBy { step: i })
+                            && self.instructions[r].inputs.first().copied().flatten()
+                                == sum.copied()
                     });
                     let ok = reduced
                         && slice < ffn
@@ -612,7 +617,7 @@ impl Program {
                         && self.gpu.get(*slice) == Some(&GpuOp::Fused { into: i })
                         && self.gpu.get(*ffn) == Some(&GpuOp::Fused { into: i });
                     if !ok {
-                        return Err(at(format!("local experts of slice {slice} and ffn {ffn}: expected a local_slice, then an expert_ffn, both fused into this scatter_combine")));
+                        return Err(at(format!("local experts of slice {slice} and ffn {ffn}: expected a local_slice, then an expert_ffn, both fused into this scatter_combine, and an all-reduce it does of its sum (if any) named back")));
                     }
                 }
                 GpuOp::AllToAllExperts {

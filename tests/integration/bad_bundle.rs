@@ -653,3 +653,39 @@ fn a_rank_that_fails_ends_the_run_at_once_with_its_own_error() {
     assert!(!out.stderr.contains("peer rank failed"), "{}", out.stderr);
     assert_no_outputs(&c);
 }
+
+#[test]
+fn an_overlapped_all_reduce_of_another_buffer_than_the_steps_sum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("tp2");
+    let model = fixtures_dir().join("olmoe_block_dynamo/model.onnx");
+    let m = model.to_str().unwrap();
+    let b = bundle.to_str().unwrap();
+    let out = ppmoe(&["compile", m, "-o", b, "--tp", "2", "--target", "cuda"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let c = Case {
+        bundle,
+        out: dir.path().join("out"),
+        input: fixtures_dir().join("olmoe_block_dynamo/hidden_states.npy"),
+        _dir: dir,
+    };
+    rewrite_manifest(&c, |v| {
+        // The all-reduce the local-experts step does now reduces the step's own input x.
+        let p = &mut v["programs"][0];
+        let (step, reduce) = p["gpu"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .find_map(|(i, g)| Some((i, g["reduce"].as_u64()? as usize)))
+            .expect("an overlapped step");
+        let slice = p["gpu"][step]["slice"].as_u64().unwrap() as usize;
+        let x = p["instructions"][slice]["inputs"][0].clone();
+        p["instructions"][reduce]["inputs"][0] = x;
+    });
+    assert_clean_failure(
+        &run(&c, &[&c.input]),
+        &["rank 0", "an all-reduce it does of its sum"],
+    );
+    assert_no_outputs(&c);
+}
