@@ -63,6 +63,16 @@ fn rewrite_manifest(c: &Case, edit: impl Fn(&mut serde_json::Value)) {
     std::fs::write(c.bundle.join("manifest.sha256"), sum).unwrap();
 }
 
+/// Rank 0's GPU plan replaced: every instruction on the host but `entries` (index, entry).
+fn gpu_plan(v: &mut serde_json::Value, entries: Vec<(usize, serde_json::Value)>) {
+    let n = v["programs"][0]["instructions"].as_array().unwrap().len();
+    let mut plan = vec![serde_json::json!({"kind": "host"}); n];
+    for (i, e) in entries {
+        plan[i] = e;
+    }
+    v["programs"][0]["gpu"] = plan.into();
+}
+
 fn assert_no_outputs(c: &Case) {
     let left: Vec<_> = std::fs::read_dir(&c.out)
         .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
@@ -197,19 +207,18 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
             Box::new(|v| {
                 // A GPU plan whose first entry says it is done by a step that does not exist.
                 let n = v["programs"][0]["instructions"].as_array().unwrap().len();
-                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
-                plan[0] = serde_json::json!({"kind": "fused", "into": n + 5});
-                v["programs"][0]["gpu"] = plan.into();
+                gpu_plan(
+                    v,
+                    vec![(0, serde_json::json!({"kind": "fused", "into": n + 5}))],
+                );
             }),
             vec!["rank 0", "GPU plan entry 0", "no later step naming it"],
         ),
         (
             Box::new(|v| {
                 // A pointwise chain naming a member that is not fused into it.
-                let n = v["programs"][0]["instructions"].as_array().unwrap().len();
-                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
-                plan[1] = serde_json::json!({"kind": "pointwise", "name": "k1_pointwise", "threads": 1, "inputs": [0], "members": [0]});
-                v["programs"][0]["gpu"] = plan.into();
+                let chain = serde_json::json!({"kind": "pointwise", "name": "k1_pointwise", "threads": 1, "inputs": [0], "members": [0]});
+                gpu_plan(v, vec![(1, chain)]);
             }),
             vec![
                 "rank 0",
@@ -221,12 +230,10 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
             Box::new(|v| {
                 // A pointwise chain whose kernel would read a member's result (never made)
                 // instead of the chain's operands.
-                let n = v["programs"][0]["instructions"].as_array().unwrap().len();
                 let made = v["programs"][0]["instructions"][0]["outputs"][0].clone();
-                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
-                plan[0] = serde_json::json!({"kind": "fused", "into": 1});
-                plan[1] = serde_json::json!({"kind": "pointwise", "name": "k1_pointwise", "threads": 1, "inputs": [made], "members": [0]});
-                v["programs"][0]["gpu"] = plan.into();
+                let chain = serde_json::json!({"kind": "pointwise", "name": "k1_pointwise", "threads": 1, "inputs": [made], "members": [0]});
+                let member = serde_json::json!({"kind": "fused", "into": 1});
+                gpu_plan(v, vec![(0, member), (1, chain)]);
             }),
             vec![
                 "rank 0",
@@ -237,10 +244,10 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
         (
             Box::new(|v| {
                 // An instruction said to be reduced by a step that does not name it.
-                let n = v["programs"][0]["instructions"].as_array().unwrap().len();
-                let mut plan = vec![serde_json::json!({"kind": "host"}); n];
-                plan[1] = serde_json::json!({"kind": "reduced_by", "step": 0});
-                v["programs"][0]["gpu"] = plan.into();
+                gpu_plan(
+                    v,
+                    vec![(1, serde_json::json!({"kind": "reduced_by", "step": 0}))],
+                );
             }),
             vec![
                 "rank 0",

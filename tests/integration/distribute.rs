@@ -531,7 +531,8 @@ mod microbatches {
         ])
     }
 
-    fn compile_run(dir: &std::path::Path, tag: &str, flags: &[&str]) -> Tensor {
+    /// The model in `dir` compiled for a batch of 4 with `flags` into `dir/tag`.
+    fn compile(dir: &std::path::Path, tag: &str, flags: &[&str]) -> std::path::PathBuf {
         let m = dir.join("model.onnx");
         let b = dir.join(tag);
         let mut args = vec![
@@ -545,6 +546,11 @@ mod microbatches {
         args.extend(flags);
         let c = ppmoe(&args);
         assert_eq!(c.code, 0, "{tag}: {}", c.stderr);
+        b
+    }
+
+    fn compile_run(dir: &std::path::Path, tag: &str, flags: &[&str]) -> Tensor {
+        let b = compile(dir, tag, flags);
         let out = dir.join(format!("{tag}_out"));
         let r = run(&b, &dir.join("x.npy"), &out);
         assert_eq!(r.code, 0, "{tag}: {}", r.stderr);
@@ -558,20 +564,7 @@ mod microbatches {
         std::fs::write(d.path().join("model.onnx"), model()).unwrap();
         let x = d.path().join("x3.npy");
         write_npy(&x, &Tensor::f32(vec![3, 4, 8], values(96, 5))).unwrap();
-        let (m, b) = (d.path().join("model.onnx"), d.path().join("b"));
-        let c = ppmoe(&[
-            "compile",
-            m.to_str().unwrap(),
-            "-o",
-            b.to_str().unwrap(),
-            "--input-shape",
-            "x=4x4x8",
-            "--pp",
-            "2",
-            "--microbatches",
-            "2",
-        ]);
-        assert_eq!(c.code, 0, "{}", c.stderr);
+        let b = compile(d.path(), "b", &["--pp", "2", "--microbatches", "2"]);
         let out = d.path().join("o");
         let r = run(&b, &x, &out);
         assert_clean_failure(&r, &["'x'", "[3, 4, 8]", "2 equal microbatches"]);

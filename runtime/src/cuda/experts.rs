@@ -158,15 +158,16 @@ fn padded_block_by(sizes: &[usize], setting: Option<&str>) -> Option<usize> {
     (pad && sizes.len() > 1 && rows > 0).then_some(m)
 }
 
-/// A layer's routing on the host: each local expert's slots (`t * k + j`, in order; slots of
-/// weight 0 and other ranks' experts left out), each slot's local expert, the weights.
+/// A layer's routing: on the host, each local expert's slots (`t * k + j`, in order; slots of
+/// weight 0 and other ranks' experts left out); on the device, for the combine, the slots'
+/// weights and local experts.
 pub(super) struct Routed {
     pub tokens: usize,
     pub h: usize,
     pub k: usize,
     pub dims: ExpertDims,
-    pub weights: Vec<f32>,
-    pub eid: Vec<i32>,
+    pub weights: CudaSlice<f32>,
+    pub eid: CudaSlice<i32>,
     pub by_expert: Vec<Vec<usize>>,
 }
 
@@ -438,6 +439,12 @@ impl Rank<'_> {
                 by_expert[local as usize].push(s);
             }
         }
+        // On the device once, for every chunk's combine.
+        let weights = self
+            .stream
+            .clone_htod(&weights)
+            .map_err(|e| fail(e.to_string()))?;
+        let eid = upload(&self.stream, &eid).map_err(&fail)?;
         Ok(Routed {
             tokens: t,
             h,
@@ -474,8 +481,7 @@ impl Rank<'_> {
         let kernels = self.expert_kernels(prefix, false)?;
         let stream = self.stream.clone();
         let dev = |v: &[i32]| upload(&stream, v);
-        let (d_perm, d_pos, d_eid) = (dev(&order.perm)?, dev(&order.pos)?, dev(&r.eid)?);
-        let d_w = stream.clone_htod(&r.weights).map_err(|e| e.to_string())?;
+        let (d_perm, d_pos) = (dev(&order.perm)?, dev(&order.pos)?);
         let ffn = self
             .ffn_operands(call, r.dims, bf16, false)
             .map_err(|e| format!("instruction {i}: {e}"))?;
@@ -486,8 +492,8 @@ impl Rank<'_> {
         let out = self.ffn_blocks(&kernels, &xg, &order.blocks, &ffn)?;
         let comb = Combine {
             pos: &d_pos,
-            weights: &d_w,
-            eid: &d_eid,
+            weights: &r.weights,
+            eid: &r.eid,
             b_out: ffn.b_out.map(|b| self.dev_ref(b)).transpose()?,
             tokens: t,
             k,

@@ -201,6 +201,18 @@ impl Rank<'_> {
         Ok((p, blas::Elem::F32))
     }
 
+    /// Buffer `id` on the device as a GEMM operand of `elem` (see `activation`).
+    fn operand_as(
+        &mut self,
+        id: usize,
+        elem: blas::Elem,
+    ) -> Result<(u64, Option<CudaSlice<u16>>), String> {
+        let n: usize = self.shape(id).iter().product();
+        self.device(id).map_err(|e| e.to_string())?;
+        let d = self.dev_ref(id)?;
+        self.activation(d, n, elem)
+    }
+
     /// Whether both operands of a GEMM are bf16 in the model (a bf16 model's activations) and
     /// the rank has the kernel that narrows them.
     fn both_bf16(&self, a: usize, b: usize) -> bool {
@@ -379,25 +391,13 @@ impl Rank<'_> {
                         // (their type in the model), fp32 accumulation, fp32 results.
                         let _b16 = if elem == blas::Elem::F32 && self.both_bf16(a, b) {
                             elem = blas::Elem::Bf16;
-                            let n_b: usize = sb.iter().product();
-                            self.device(b)?;
-                            let db = self.slots[b]
-                                .as_ref()
-                                .and_then(|s| s.dev.as_ref())
-                                .ok_or_else(|| fail("operand not on the device".into()))?;
-                            let (p, keep) = self.activation(db, n_b, elem).map_err(&fail)?;
+                            let (p, keep) = self.operand_as(b, elem).map_err(&fail)?;
                             bp = p;
                             keep
                         } else {
                             None
                         };
-                        let n_a: usize = sa.iter().product();
-                        self.device(a)?;
-                        let da = self.slots[a]
-                            .as_ref()
-                            .and_then(|s| s.dev.as_ref())
-                            .ok_or_else(|| fail("operand not on the device".into()))?;
-                        let (ap, _narrowed) = self.activation(da, n_a, elem).map_err(&fail)?;
+                        let (ap, _narrowed) = self.operand_as(a, elem).map_err(&fail)?;
                         let cp = dptr(&c, &self.stream);
                         // SAFETY: the plan's sizes and strides were checked against the operands' shapes.
                         unsafe { blas::gemm_strided(&self.blas, elem, &g.strided(), ap, bp, cp) }
