@@ -73,6 +73,13 @@ fn row(
             .map(|i| serde_json::json!({"index": i.index, "op": i.op, "origin": i.origin, "median_ms": i.median_ms}))
             .collect();
     }
+    if !r.phases.is_empty() {
+        v["phases"] = r
+            .phases
+            .iter()
+            .map(|(name, ms)| serde_json::json!({"phase": name, "median_ms": ms}))
+            .collect();
+    }
     v
 }
 
@@ -129,6 +136,16 @@ fn print(v: &serde_json::Value) {
             );
         }
         print_by_op(ins);
+    }
+    if let Some(phases) = v["phases"].as_array() {
+        println!("  parts of steps (median ms per forward):");
+        for p in phases {
+            println!(
+                "  {:>9.3}  {}",
+                p["median_ms"].as_f64().unwrap_or(0.0),
+                p["phase"].as_str().unwrap_or("")
+            );
+        }
     }
 }
 
@@ -306,6 +323,17 @@ fn time_bundle(bundle: &Path, ranks: usize, o: &Options) -> Result<BenchReport> 
         reporter: true,
         instructions,
         host_reads: r["host_reads"].as_u64().unwrap_or(0) as usize,
+        phases: r["phases"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        let name = p["phase"].as_str().unwrap_or("").to_string();
+                        (name, p["median_ms"].as_f64().unwrap_or(0.0))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -40,6 +40,9 @@ pub struct BenchReport {
     pub host_reads: usize,
     /// With profile: the instructions, the slowest first.
     pub instructions: Vec<InstructionTime>,
+    /// With profile: the named parts of steps (an experts step's), each part's median time per
+    /// forward (ms), by name.
+    pub phases: Vec<(String, f64)>,
 }
 
 impl BenchReport {
@@ -128,6 +131,11 @@ pub fn bench(
         reporter: rank == 0,
         instructions,
         host_reads: timing.host_reads,
+        phases: timing
+            .phase_ms
+            .iter()
+            .map(|(name, v)| (name.clone(), median(v)))
+            .collect(),
     })
 }
 

@@ -725,7 +725,8 @@ pub enum GpuOp {
     /// generated kernel on this (the chain's last) instruction: `members` are the earlier ones,
     /// each `Fused` into this step, whose results only the chain reads; `inputs` the buffers
     /// the kernel reads, in its parameter order (the chain's operands from outside it), then
-    /// this instruction's result. One thread per result element.
+    /// this instruction's result. One thread per result element; where a softmax is a member
+    /// (with the chains before and after it), one warp per row, `threads` as launched.
     Pointwise {
         name: String,
         threads: usize,

@@ -380,11 +380,13 @@ fn genai_decoders_have_no_host_work() {
 
 #[test]
 fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
-    use ppmoe_runtime::program::GpuOp;
-    for (lm, grid) in [
-        ("mixtral_lm_sdpa", &["--dtype", "bf16"][..]),
-        ("qwen3moe_lm_fp16_sdpa", &[][..]),
-        ("gptoss_lm_sdpa", &["--tp", "2"][..]),
+    use ppmoe_runtime::program::{GpuOp, Op};
+    // (gpt-oss's softmax reads a concatenation with its sinks and is read by a slice: no
+    // pointwise op next to it.)
+    for (lm, grid, min_softmaxes) in [
+        ("mixtral_lm_sdpa", &["--dtype", "bf16"][..], 2),
+        ("qwen3moe_lm_fp16_sdpa", &[][..], 2),
+        ("gptoss_lm_sdpa", &["--tp", "2"][..], 0),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path().join("b");
@@ -401,7 +403,7 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
         assert_eq!(out.code, 0, "{lm}: {}", out.stderr);
         let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
         for p in &b.manifest.programs {
-            let mut fused = 0;
+            let (mut fused, mut softmaxes) = (0, 0);
             for (root, how) in p.gpu.iter().enumerate() {
                 let GpuOp::Pointwise {
                     inputs, members, ..
@@ -411,14 +413,31 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
                 };
                 fused += members.len();
                 let chain: Vec<usize> = members.iter().copied().chain([root]).collect();
+                let softmax = |i: usize| matches!(p.instructions[i].op, Op::Softmax { .. });
+                if let Some(s) = members.iter().copied().find(|&m| softmax(m)) {
+                    // An attention's softmax with its mask's add before it and its NaN guard
+                    // after it: the add's result read by the softmax alone, the softmax's
+                    // by the guard alone (the chain's root).
+                    let x = p.instructions[s].inputs[0].unwrap();
+                    assert!(
+                        chain[..chain.len() - 1]
+                            .iter()
+                            .any(|&m| p.instructions[m].outputs[0] == x),
+                        "{lm}: softmax {s} fused without the chain before it"
+                    );
+                    softmaxes += 1;
+                }
                 for &m in members {
-                    // Each member's one result: read once, by a later member, and no output.
+                    // Each member's one result: read by later members only (a pointwise
+                    // member's by one), and no output.
                     let r = p.instructions[m].outputs[0];
                     let readers: Vec<usize> = (0..p.instructions.len())
                         .filter(|&i| p.instructions[i].inputs.contains(&Some(r)))
                         .collect();
                     assert!(
-                        readers.len() == 1 && chain.contains(&readers[0]) && readers[0] > m,
+                        !readers.is_empty()
+                            && (readers.len() == 1 || softmax(m))
+                            && readers.iter().all(|i| chain.contains(i) && *i > m),
                         "{lm}: member {m} of {root} is read by {readers:?}"
                     );
                     assert!(!p.outputs.contains(&r), "{lm}: member {m} is an output");
@@ -428,8 +447,14 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
                     assert_eq!(shape(m), shape(root), "{lm}: {m} into {root}");
                 }
             }
-            // Norms, rotary embeddings, masks: each LM has chains to fuse.
+            // Norms, rotary embeddings, masks: each LM has chains to fuse; each attention
+            // layer's softmax is one kernel with the mask before it.
             assert!(fused >= 8, "{lm} rank {}: {fused} fused", p.rank);
+            assert!(
+                softmaxes >= min_softmaxes,
+                "{lm} rank {}: {softmaxes} fused softmaxes",
+                p.rank
+            );
         }
     }
 }

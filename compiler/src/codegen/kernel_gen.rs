@@ -103,8 +103,19 @@ pub(super) fn broadcast_offset(
     inp: &[usize],
     out: &[usize],
 ) -> String {
+    broadcast_offset_at(body, tag, inp, out, "%i")
+}
+
+/// `broadcast_offset` for the output element at flat index `idx` (an SSA index value).
+pub(super) fn broadcast_offset_at(
+    body: &mut String,
+    tag: &str,
+    inp: &[usize],
+    out: &[usize],
+    idx: &str,
+) -> String {
     if inp == out {
-        return "%i".into();
+        return idx.into();
     }
     let off = out.len() - inp.len();
     let mut out_stride = 1usize;
@@ -121,7 +132,7 @@ pub(super) fn broadcast_offset(
             // coordinate d of the output = (i / out_stride) % out[d]
             let _ = writeln!(
                 body,
-                "        %{tag}_s{d} = arith.constant {out_stride} : index\n        %{tag}_q{d} = arith.divui %i, %{tag}_s{d} : index\n        %{tag}_n{d} = arith.constant {} : index\n        %{tag}_c{d} = arith.remui %{tag}_q{d}, %{tag}_n{d} : index\n        %{tag}_w{d} = arith.constant {} : index\n        %{tag}_t{d} = arith.muli %{tag}_c{d}, %{tag}_w{d} : index\n        %{tag}_a{d} = arith.addi {acc}, %{tag}_t{d} : index",
+                "        %{tag}_s{d} = arith.constant {out_stride} : index\n        %{tag}_q{d} = arith.divui {idx}, %{tag}_s{d} : index\n        %{tag}_n{d} = arith.constant {} : index\n        %{tag}_c{d} = arith.remui %{tag}_q{d}, %{tag}_n{d} : index\n        %{tag}_w{d} = arith.constant {} : index\n        %{tag}_t{d} = arith.muli %{tag}_c{d}, %{tag}_w{d} : index\n        %{tag}_a{d} = arith.addi {acc}, %{tag}_t{d} : index",
                 out[d], in_strides[d]
             );
             acc = format!("%{tag}_a{d}");
@@ -462,14 +473,26 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, b
     }
     let m_l = format!("memref<{}xf32>", t * e);
     let m_k = format!("memref<{}xf32>", t * k);
+    // One warp per token (its lanes take every 32nd expert) where there is no group limit;
+    // one thread per token otherwise. A warp keeps which of each lane's experts are taken in
+    // a 64-bit mask: at most 64 per lane.
+    let warp = !grouped && e <= WARP * 64;
     let mut b = String::new();
+    let token = if warp {
+        b.push_str("        %c32 = arith.constant 32 : index\n        %tok = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n");
+        "%tok"
+    } else {
+        "%i"
+    };
     let _ = writeln!(
         b,
-        "        %e = arith.constant {e} : index\n        %k = arith.constant {k} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli %i, %e : index\n        %obase = arith.muli %i, %k : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %l2e = arith.constant 1.44269504 : f32"
+        "        %e = arith.constant {e} : index\n        %k = arith.constant {k} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli {token}, %e : index\n        %obase = arith.muli {token}, %k : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %l2e = arith.constant 1.44269504 : f32"
     );
     // Scores: softmax needs the row's max and sum first; sigmoid and raw logits need nothing.
     let softmax_first = scoring == Scoring::Softmax && order == RouteOrder::SoftmaxThenTopk;
-    if softmax_first {
+    if softmax_first && warp {
+        route_warp_softmax(&mut b, &m_l);
+    } else if softmax_first {
         let _ = writeln!(
             b,
             "        %mx = scf.for %j = %c0 to %e step %c1 iter_args(%a = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %nm = arith.maximumf %a, %v : f32\n          scf.yield %nm : f32\n        }}\n        %sum = scf.for %j = %c0 to %e step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
@@ -489,7 +512,9 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, b
         "\n          %ch = arith.addf %sc, %zero : f32".to_string()
     };
     let score = format!("{score}{choice}");
-    if grouped {
+    if warp {
+        route_warp_top_k(&mut b, &m_l, &m_k, &score);
+    } else if grouped {
         group_mask(&mut b, &m_l, &score, e / n_group, n_group, topk_group);
     } else {
         b.push_str("        %mask = arith.constant 0 : i64\n");
@@ -501,11 +526,17 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, b
         "            %ing = arith.constant true\n".to_string()
     };
     // k passes: the best expert not chosen in an earlier pass, by choice; its score kept.
-    let _ = writeln!(
+    if !warp {
+        let _ = writeln!(
         b,
         "        scf.for %s = %c0 to %k step %c1 {{\n          %best:3 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n{in_group}            %jf = arith.index_cast %j : index to i64\n            %jff = arith.sitofp %jf : i64 to f32\n            %taken = scf.for %q = %c0 to %s step %c1 iter_args(%tk = %zero) -> (f32) {{\n              %qo = arith.addi %obase, %q : index\n              %qi = memref.load %a2[%qo] : {m_k}\n              %eq = arith.cmpf oeq, %qi, %jff : f32\n              %nt = arith.select %eq, %one, %tk : f32\n              scf.yield %nt : f32\n            }}\n            %free0 = arith.cmpf oeq, %taken, %zero : f32\n            %free = arith.andi %free0, %ing : i1\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %so = arith.addi %obase, %s : index\n          %bi64 = arith.index_cast %best#1 : index to i64\n          %bif = arith.sitofp %bi64 : i64 to f32\n          memref.store %best#2, %a1[%so] : {m_k}\n          memref.store %bif, %a2[%so] : {m_k}\n        }}",
         score.replace("\n", "\n  ")
     );
+    }
+    // A warp's lane 0 makes the weights.
+    if warp {
+        b.push_str("        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        scf.if %lane0 {\n");
+    }
     // Weights: softmax over the chosen logits, or the chosen scores (renormalised), scaled;
     // with a capacity, the renormalisation and the scale come after the drop.
     let normalise = order == RouteOrder::TopkThenSoftmax || (renormalize && capacity == 0);
@@ -531,8 +562,12 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, b
         "        %scale = arith.constant {} : f32\n        scf.for %s = %c0 to %k step %c1 {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %q = arith.divf %v, {div} : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a1[%so] : {m_k}\n        }}",
         hexf(factor)
     );
+    if warp {
+        b.push_str("        }\n");
+    }
+    let threads = if warp { t * WARP } else { t };
     let mut body = String::new();
-    prologue(&mut body, t);
+    prologue(&mut body, threads);
     body.push_str(&b);
     let mut params = vec![m_l, m_k.clone(), m_k];
     if biased {
@@ -550,7 +585,51 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, b
             routed_scaling_factor,
         ));
     }
-    Some((text, t, capacity > 0))
+    Some((text, threads, capacity > 0))
+}
+
+/// A warp's softmax statistics over its token's logits: each lane folds every 32nd expert,
+/// then the lanes' values are folded across the warp; into %mx and %sum.
+fn route_warp_softmax(b: &mut String, m_l: &str) {
+    let _ = writeln!(
+        b,
+        "        %pmx = scf.for %j = %lane to %e step %c32 iter_args(%a = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %nm = arith.maximumf %a, %v : f32\n          scf.yield %nm : f32\n        }}"
+    );
+    let mx = warp_reduce(b, "pmx", "wmx", "arith.maximumf");
+    let _ = writeln!(
+        b,
+        "        %mx = arith.maximumf {mx}, {mx} : f32\n        %psum = scf.for %j = %lane to %e step %c32 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
+    );
+    let sum = warp_reduce(b, "psum", "wsum", "arith.addf");
+    let _ = writeln!(b, "        %sum = arith.addf {sum}, %zero : f32");
+}
+
+/// A warp's k passes over its token's experts: each lane finds its best expert not taken yet
+/// (by choice, the first of equals), the warp the best of the lanes' (the greater choice, of
+/// equals the lower expert: the serial scan's pick), and lane 0 writes it; the lane that
+/// holds the chosen expert marks it taken. `score` computes %sc and %ch of expert %j from %v.
+fn route_warp_top_k(b: &mut String, m_l: &str, m_k: &str, score: &str) {
+    let _ = writeln!(
+        b,
+        "        %wz64 = arith.constant 0 : i64\n        %wo64 = arith.constant 1 : i64\n        %wlane0 = arith.cmpi eq, %lane, %c0 : index\n        %taken = scf.for %s = %c0 to %k step %c1 iter_args(%mask = %wz64) -> (i64) {{\n          %best:3 = scf.for %j = %lane to %e step %c32 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n            %m = arith.divui %j, %c32 : index\n            %m64 = arith.index_cast %m : index to i64\n            %sh = arith.shrui %mask, %m64 : i64\n            %bit = arith.andi %sh, %wo64 : i64\n            %free = arith.cmpi eq, %bit, %wz64 : i64\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %bi32 = arith.index_cast %best#1 : index to i32\n          %ww = arith.constant 32 : i32",
+        score.replace("\n", "\n  ")
+    );
+    let (mut v, mut i, mut sc) = (
+        "%best#0".to_string(),
+        "%bi32".to_string(),
+        "%best#2".to_string(),
+    );
+    for (n, off) in [16, 8, 4, 2, 1].iter().enumerate() {
+        let _ = writeln!(
+            b,
+            "          %wo{n} = arith.constant {off} : i32\n          %ov{n}, %ovv{n} = gpu.shuffle xor {v}, %wo{n}, %ww : f32\n          %oi{n}, %oiv{n} = gpu.shuffle xor {i}, %wo{n}, %ww : i32\n          %os{n}, %osv{n} = gpu.shuffle xor {sc}, %wo{n}, %ww : f32\n          %gt{n} = arith.cmpf ogt, %ov{n}, {v} : f32\n          %eq{n} = arith.cmpf oeq, %ov{n}, {v} : f32\n          %lo{n} = arith.cmpi slt, %oi{n}, {i} : i32\n          %tie{n} = arith.andi %eq{n}, %lo{n} : i1\n          %win{n} = arith.ori %gt{n}, %tie{n} : i1\n          %cv{n} = arith.select %win{n}, %ov{n}, {v} : f32\n          %ci{n} = arith.select %win{n}, %oi{n}, {i} : i32\n          %cs{n} = arith.select %win{n}, %os{n}, {sc} : f32"
+        );
+        (v, i, sc) = (format!("%cv{n}"), format!("%ci{n}"), format!("%cs{n}"));
+    }
+    let _ = writeln!(
+        b,
+        "          %wi = arith.index_cast {i} : i32 to index\n          scf.if %wlane0 {{\n            %so = arith.addi %obase, %s : index\n            %wi64 = arith.index_cast %wi : index to i64\n            %wif = arith.sitofp %wi64 : i64 to f32\n            memref.store {sc}, %a1[%so] : {m_k}\n            memref.store %wif, %a2[%so] : {m_k}\n          }}\n          %owner = arith.remui %wi, %c32 : index\n          %mine = arith.cmpi eq, %owner, %lane : index\n          %wm = arith.divui %wi, %c32 : index\n          %wm64 = arith.index_cast %wm : index to i64\n          %nb = arith.shli %wo64, %wm64 : i64\n          %marked = arith.ori %mask, %nb : i64\n          %nmask = arith.select %mine, %marked, %mask : i64\n          scf.yield %nmask : i64\n        }}"
+    );
 }
 
 /// GShard's capacity after the route kernel, as the CPU backend's route has it: `<name>_capacity`,
@@ -952,11 +1031,11 @@ fn copy_element(b: &mut String, off: &str, x: &[usize], out: &[usize]) -> Vec<St
 }
 
 /// Threads of a warp: the row-wise kernels give each row one warp.
-const WARP: usize = 32;
+pub(super) const WARP: usize = 32;
 
 /// The sum (or max) of `%{v}` over the 32 lanes of the warp, the same value in every lane
 /// (butterfly shuffles, so every lane combines in the same order); returns its SSA name.
-fn warp_reduce(b: &mut String, v: &str, out: &str, op: &str) -> String {
+pub(super) fn warp_reduce(b: &mut String, v: &str, out: &str, op: &str) -> String {
     let _ = writeln!(b, "        %{out}_w = arith.constant 32 : i32");
     let mut acc = format!("%{v}");
     for (k, off) in [16, 8, 4, 2, 1].iter().enumerate() {
@@ -1069,25 +1148,58 @@ fn layer_norm_rows(
 /// Softmax over rows of `cols`, one warp per row (thread %i: row i / 32, lane i % 32): each lane
 /// takes every 32nd column (the warp reads a row's consecutive elements together), the max and
 /// the sum of exponentials are reduced across the warp, then each lane writes its columns.
+/// The input is `%a0`, the result `%a1`, both of memref type `m`.
 fn softmax_rows(b: &mut String, cols: usize, m: &str) {
+    let load = |b: &mut String, _pass: &str| {
+        let _ = writeln!(b, "          %v = memref.load %a0[%o] : {m}");
+        "%v".to_string()
+    };
+    softmax_rows_with(b, cols, (m, "%a1"), &mut { load }, &mut |_, q| {
+        q.to_string()
+    });
+}
+
+/// `softmax_rows` with the input element at flat index `%o` made by `input` (its text appended,
+/// its value returned; `pass` tags the names of each of the two passes that read it) and each
+/// result transformed by `finish` (given the softmax's value, it returns the value stored)
+/// before it is stored into `out` (of memref type `m`).
+pub(super) fn softmax_rows_with(
+    b: &mut String,
+    cols: usize,
+    (m, out): (&str, &str),
+    input: &mut dyn FnMut(&mut String, &str) -> String,
+    finish: &mut dyn FnMut(&mut String, &str) -> String,
+) {
     let _ = writeln!(
         b,
         "        %c32 = arith.constant 32 : index\n        %row = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %cols = arith.constant {cols} : index\n        %base = arith.muli %row, %cols : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32"
     );
     let _ = writeln!(
         b,
-        "        %pmax = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %nm = arith.maximumf %acc, %v : f32\n          scf.yield %nm : f32\n        }}"
+        "        %pmax = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index"
+    );
+    let v = input(b, "p1");
+    let _ = writeln!(
+        b,
+        "          %nm = arith.maximumf %acc, {v} : f32\n          scf.yield %nm : f32\n        }}"
     );
     let mx = warp_reduce(b, "pmax", "mx", "arith.maximumf");
     let _ = writeln!(
         b,
-        "        %psum = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m}\n          %d = arith.subf %v, {mx} : f32\n          %l2e = arith.constant 1.44269504 : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %e = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %e, %a1[%o] : {m}\n          %ns = arith.addf %acc, %e : f32\n          scf.yield %ns : f32\n        }}"
+        "        %psum = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index"
+    );
+    let v = input(b, "p2");
+    let _ = writeln!(
+        b,
+        "          %d = arith.subf {v}, {mx} : f32\n          %l2e = arith.constant 1.44269504 : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %e = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %e, {out}[%o] : {m}\n          %ns = arith.addf %acc, %e : f32\n          scf.yield %ns : f32\n        }}"
     );
     let sum = warp_reduce(b, "psum", "sum", "arith.addf");
     let _ = writeln!(
         b,
-        "        scf.for %j = %lane to %cols step %c32 {{\n          %o = arith.addi %base, %j : index\n          %e = memref.load %a1[%o] : {m}\n          %q = arith.divf %e, {sum} : f32\n          memref.store %q, %a1[%o] : {m}\n        }}"
+        "        scf.for %j = %lane to %cols step %c32 {{\n          %o = arith.addi %base, %j : index\n          %e = memref.load {out}[%o] : {m}\n          %q = arith.divf %e, {sum} : f32"
     );
+    let r = finish(b, "%q");
+    let _ = writeln!(b, "          memref.store {r}, {out}[%o] : {m}\n        }}");
 }
 
 /// `Gather` on axis 0 of a float weight table [V, ...] with integer indices: the token

@@ -8,7 +8,7 @@
 //! single kernels use, so the numbers are the single kernels' to the bit.
 
 use super::kernel_gen::{
-    binary_op, broadcast_offset, kernel, memref, operand_buffers, prologue, static_shape,
+    binary_op, broadcast_offset_at, kernel, memref, operand_buffers, prologue, static_shape,
 };
 use super::kernel_gen::{pow_expr, unary_expr};
 use super::Lowered;
@@ -20,7 +20,7 @@ use std::fmt::Write;
 /// One pointwise instruction as a scalar expression: the name each operand is read under (in
 /// the order of its flattened inputs; None for one it does not read) and the text computing
 /// `%r` from them.
-struct Scalar {
+pub(super) struct Scalar {
     operands: Vec<Option<&'static str>>,
     expr: String,
 }
@@ -72,9 +72,9 @@ fn broadcasts(inp: &[usize], out: &[usize]) -> bool {
             .all(|(&i, &o)| i == o || i == 1)
 }
 
-/// The chains of `p` of two or more members, each as its members in program order (the last
-/// is the chain's root), from each instruction's scalar form (None: not pointwise, or taken).
-fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
+/// How many times each buffer of `p` is read, a program output counting twice (so that a
+/// count of 1 means: read once, by an instruction, and nothing else).
+pub(super) fn read_counts(p: &Program) -> Vec<usize> {
     let mut uses = vec![0usize; p.buffers.len()];
     for b in p
         .instructions
@@ -86,6 +86,14 @@ fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
     for &b in &p.outputs {
         uses[b] += 2;
     }
+    uses
+}
+
+/// The chains of `p`, each as its members in program order (the last is the chain's root;
+/// a lone pointwise instruction is a chain of one), from each instruction's scalar form
+/// (None: not pointwise, or taken).
+fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
+    let uses = read_counts(p);
     let mut producer = HashMap::new();
     for (i, ins) in p.instructions.iter().enumerate() {
         for &o in &ins.outputs {
@@ -126,7 +134,93 @@ fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
         chain_of_root.insert(j, members.len());
         members.push(mine);
     }
-    members.into_iter().filter(|m| m.len() > 1).collect()
+    members.into_iter().filter(|m| !m.is_empty()).collect()
+}
+
+/// The buffers a fused kernel reads from outside its chains, in parameter order (parameter k
+/// is `%a{k}`), with their memref types.
+#[derive(Default)]
+pub(super) struct Operands {
+    pub buffers: Vec<usize>,
+    pub params: Vec<String>,
+}
+
+impl Operands {
+    /// Buffer `b`'s element for the result element at flat index `idx` of `out` (NumPy
+    /// broadcasting), loaded into `%{name}`; b becomes a parameter where it is not one yet.
+    /// None where b is not static or does not broadcast to `out`.
+    pub(super) fn load(
+        &mut self,
+        p: &Program,
+        b: usize,
+        out: &[usize],
+        idx: &str,
+        name: &str,
+        body: &mut String,
+    ) -> Option<()> {
+        let shape = static_shape(&p.buffers[b])?;
+        if !broadcasts(&shape, out) {
+            return None;
+        }
+        let k = match self.buffers.iter().position(|&x| x == b) {
+            Some(k) => k,
+            None => {
+                self.buffers.push(b);
+                self.params.push(memref(&shape));
+                self.buffers.len() - 1
+            }
+        };
+        let off = broadcast_offset_at(body, name, &shape, out, idx);
+        let _ = writeln!(
+            body,
+            "        %{name} = memref.load %a{k}[{off}] : {}",
+            memref(&shape)
+        );
+        Some(())
+    }
+}
+
+/// The members of `chain` (root last) evaluated for the result element at flat index `idx`
+/// of `out`, appended to `body` with SSA names tagged `tag`; `bound` gives the values of
+/// buffers the caller computed (a softmax's result). Returns the root's value.
+pub(super) fn emit_chain(
+    p: &Program,
+    chain: &[usize],
+    scalars: &[Option<Scalar>],
+    out: &[usize],
+    (idx, tag): (&str, &str),
+    bound: &HashMap<usize, String>,
+    ops: &mut Operands,
+    body: &mut String,
+) -> Option<String> {
+    let result_of: HashMap<usize, usize> = chain
+        .iter()
+        .map(|&m| (p.instructions[m].outputs[0], m))
+        .collect();
+    // Each outside buffer is loaded once per evaluation.
+    let mut loaded: HashMap<usize, String> = HashMap::new();
+    for &m in chain {
+        let s = scalars[m].as_ref()?;
+        let mut values = BTreeMap::new();
+        for (&b, name) in p.instructions[m].inputs.iter().flatten().zip(&s.operands) {
+            let Some(name) = name else { continue };
+            let value = if let Some(v) = bound.get(&b) {
+                v.clone()
+            } else if let Some(prod) = result_of.get(&b) {
+                format!("%{tag}m{prod}_r")
+            } else if let Some(v) = loaded.get(&b) {
+                v.clone()
+            } else {
+                let v = format!("{tag}e{}", loaded.len());
+                ops.load(p, b, out, idx, &v, body)?;
+                loaded.insert(b, format!("%{v}"));
+                format!("%{v}")
+            };
+            values.insert(*name, value);
+        }
+        body.push_str(&scoped(&s.expr, &format!("{tag}m{m}"), &values));
+    }
+    Some(format!("%{tag}m{}_r", chain.last()?))
 }
 
 /// The kernel of one chain: its text, the threads it is launched with, and the buffers it
@@ -140,57 +234,27 @@ fn chain_kernel(
     let root = *chain.last()?;
     let out_shape = static_shape(&p.buffers[p.instructions[root].outputs[0]])?;
     let n: usize = out_shape.iter().product();
-    let result_of: HashMap<usize, usize> = chain
-        .iter()
-        .map(|&m| (p.instructions[m].outputs[0], m))
-        .collect();
     let mut body = String::new();
     prologue(&mut body, n);
-    let mut inputs: Vec<usize> = Vec::new();
-    let mut params: Vec<String> = Vec::new();
-    for &m in chain {
-        let s = scalars[m].as_ref()?;
-        let mut values = BTreeMap::new();
-        for (&b, name) in p.instructions[m].inputs.iter().flatten().zip(&s.operands) {
-            let Some(name) = name else { continue };
-            let value = match result_of.get(&b) {
-                Some(prod) => format!("%m{prod}_r"),
-                None => {
-                    let k = match inputs.iter().position(|&x| x == b) {
-                        Some(k) => k,
-                        None => {
-                            let shape = static_shape(&p.buffers[b])?;
-                            if !broadcasts(&shape, &out_shape) {
-                                return None;
-                            }
-                            let k = inputs.len();
-                            let off =
-                                broadcast_offset(&mut body, &format!("e{k}"), &shape, &out_shape);
-                            let _ = writeln!(
-                                body,
-                                "        %e{k} = memref.load %a{k}[{off}] : {}",
-                                memref(&shape)
-                            );
-                            inputs.push(b);
-                            params.push(memref(&shape));
-                            k
-                        }
-                    };
-                    format!("%e{k}")
-                }
-            };
-            values.insert(*name, value);
-        }
-        body.push_str(&scoped(&s.expr, &format!("m{m}"), &values));
-    }
+    let mut ops = Operands::default();
+    let r = emit_chain(
+        p,
+        chain,
+        scalars,
+        &out_shape,
+        ("%i", ""),
+        &HashMap::new(),
+        &mut ops,
+        &mut body,
+    )?;
     let _ = writeln!(
         body,
-        "        memref.store %m{root}_r, %a{}[%i] : {}",
-        inputs.len(),
+        "        memref.store {r}, %a{}[%i] : {}",
+        ops.buffers.len(),
         memref(&out_shape)
     );
-    params.push(memref(&out_shape));
-    Some((kernel(name, &params, &body), n, inputs))
+    ops.params.push(memref(&out_shape));
+    Some((kernel(name, &ops.params, &body), n, ops.buffers))
 }
 
 /// `expr` with each SSA name `%v` made the member's own (`%TAG_v`), its operands' names
@@ -234,29 +298,72 @@ pub(super) fn plan(
             }
         })
         .collect();
+    let all = chains(p, &scalars);
     let mut planned = HashMap::new();
-    for chain in chains(p, &scalars) {
-        let root = *chain.last().expect("a chain has a root");
-        let name = format!("k{root}_pointwise");
-        let Some((text, threads, inputs)) = chain_kernel(p, &chain, &scalars, &name) else {
+    // Softmaxes with the chains before and after them, one kernel each.
+    let fusions = super::softmax_fused::find(p, &all, taken);
+    let mut used = vec![false; all.len()];
+    for f in &fusions {
+        let Some((name, text, threads, inputs)) =
+            super::softmax_fused::kernel(p, &all, f, &scalars)
+        else {
             continue;
         };
         funcs.push_str(&text);
-        let members: Vec<usize> = chain[..chain.len() - 1].to_vec();
-        for &m in &members {
-            planned.insert(m, Lowered::Fused { into: root });
+        let mut members: Vec<usize> = f.before.map(|c| all[c].clone()).unwrap_or_default();
+        members.push(f.softmax);
+        if let Some(c) = f.after {
+            members.extend(&all[c]);
         }
-        planned.insert(
+        let root = members.pop().expect("the softmax at least");
+        add_step(&mut planned, root, members, name, threads, inputs);
+        for c in f.before.iter().chain(&f.after) {
+            used[*c] = true;
+        }
+    }
+    for (c, chain) in all.iter().enumerate() {
+        if used[c] || chain.len() < 2 {
+            continue;
+        }
+        let root = *chain.last().expect("a chain has a root");
+        let name = format!("k{root}_pointwise");
+        let Some((text, threads, inputs)) = chain_kernel(p, chain, &scalars, &name) else {
+            continue;
+        };
+        funcs.push_str(&text);
+        add_step(
+            &mut planned,
             root,
-            Lowered::Pointwise {
-                name,
-                threads,
-                inputs,
-                members,
-            },
+            chain[..chain.len() - 1].to_vec(),
+            name,
+            threads,
+            inputs,
         );
     }
     planned
+}
+
+/// One fused kernel's plan: its members `Fused` into `root`, which runs the kernel.
+fn add_step(
+    planned: &mut HashMap<usize, Lowered>,
+    root: usize,
+    members: Vec<usize>,
+    name: String,
+    threads: usize,
+    inputs: Vec<usize>,
+) {
+    for &m in &members {
+        planned.insert(m, Lowered::Fused { into: root });
+    }
+    planned.insert(
+        root,
+        Lowered::Pointwise {
+            name,
+            threads,
+            inputs,
+            members,
+        },
+    );
 }
 
 #[cfg(test)]

@@ -420,6 +420,8 @@ impl Rank<'_> {
         let (t, h, e) = (xs[0], xs[1], dims.experts);
         let weights = self.host(call.weights)?.to_f32();
         let experts = self.host(call.ids)?.to_i64();
+        self.phase("experts: routing read to the host")
+            .map_err(&fail)?;
         let k = weights.len() / t.max(1);
         // Slots grouped by expert: the rows of the grouped matrix. PPMoE: ids are global, the
         // stack holds experts first..first + e; the rest are other ranks' slots.
@@ -445,6 +447,8 @@ impl Rank<'_> {
             .clone_htod(&weights)
             .map_err(|e| fail(e.to_string()))?;
         let eid = upload(&self.stream, &eid).map_err(&fail)?;
+        self.phase("experts: slots grouped, weights uploaded")
+            .map_err(&fail)?;
         Ok(Routed {
             tokens: t,
             h,
@@ -488,7 +492,9 @@ impl Rank<'_> {
         self.device(call.x).map_err(|e| e.to_string())?;
         let x = self.dev_ref(call.x)?;
         let rows = order.perm.len();
+        self.phase("experts: rows laid out, uploaded")?;
         let xg = gather_rows(&stream, &kernels, x, &d_perm, rows, h, ffn.mid)?;
+        self.phase("experts: gather")?;
         let out = self.ffn_blocks(&kernels, &xg, &order.blocks, &ffn)?;
         let comb = Combine {
             pos: &d_pos,
@@ -499,14 +505,16 @@ impl Rank<'_> {
             k,
             h,
         };
-        combine_rows(&stream, &kernels, &out, rows, &comb)
+        let y = combine_rows(&stream, &kernels, &out, rows, &comb)?;
+        self.phase("experts: combine")?;
+        Ok(y)
     }
 
     /// A float buffer already on the device.
     pub(super) fn dev_ref(&self, id: usize) -> Result<&CudaSlice<f32>, String> {
         self.slots[id]
             .as_ref()
-            .and_then(|s| s.dev.as_ref())
+            .and_then(|s| s.dev.as_deref())
             .ok_or_else(|| {
                 format!(
                     "buffer '{}' is not on the device",
@@ -615,7 +623,9 @@ impl Rank<'_> {
             .flat_map(|&(e, r)| std::iter::repeat_n(e as i32, r))
             .collect();
         let d_rexp = upload(&stream, &rexp)?;
+        self.phase("experts: row experts uploaded")?;
         self.project(src, ffn.w_in, &hid, (h, ffn.n), blocks, ffn)?;
+        self.phase("experts: first projection")?;
         let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| e.to_string())?;
         let (bias, has_bias) = match ffn.b_in {
             Some(b) => (self.dev_ref(b)?, 1i64),
@@ -637,7 +647,9 @@ impl Rank<'_> {
         l.arg(&rows_i).arg(&has_bias);
         // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
         unsafe { l.launch(launch_cfg(rows * ffn.f)) }.map_err(|e| e.to_string())?;
+        self.phase("experts: activation")?;
         self.project(&act, ffn.w_out, &out, (ffn.f, h), blocks, ffn)?;
+        self.phase("experts: second projection")?;
         if let (true, Some(b), Some(k)) = (ffn.bias_on_rows, ffn.b_out, &kernels.bias_out) {
             let b = self.dev_ref(b)?;
             let (lo, lb) = (len(rows * h), len(b.len()));

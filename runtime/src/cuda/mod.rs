@@ -72,7 +72,9 @@ pub fn gpu_count() -> Option<usize> {
 /// A buffer's value: on the device (f32), on the host, or both; a bf16 weight that feeds GEMMs
 /// also (or only) as its bf16 bits on the device.
 struct Slot {
-    dev: Option<CudaSlice<f32>>,
+    /// Shared: a reshape's result is its operand's buffer (no buffer is written after it is
+    /// made, so sharing is safe).
+    dev: Option<Arc<CudaSlice<f32>>>,
     dev16: Option<CudaSlice<u16>>,
     host: Option<Tensor>,
     shape: Vec<usize>,
@@ -97,9 +99,27 @@ struct Rank<'a> {
     gemm_paths: std::cell::RefCell<HashMap<grouped_choice::ShapeKey, grouped_choice::GroupedPath>>,
     /// Device-to-host copies so far (each one a synchronisation inside the forward).
     host_reads: std::cell::Cell<usize>,
+    /// While an instruction is profiled: events marking the ends of the parts of its step
+    /// (`phase`), by the part's name.
+    marks: std::cell::RefCell<Option<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
+    /// The profiled parts' times so far in this forward (ms, summed by name).
+    phase_ms: std::cell::RefCell<std::collections::BTreeMap<&'static str, f64>>,
 }
 
 impl Rank<'_> {
+    /// Marks the end of the step's part `name` while the step is profiled (its time is from
+    /// the previous mark, or the step's start); nothing otherwise.
+    fn phase(&self, name: &'static str) -> Result<(), String> {
+        if let Some(marks) = self.marks.borrow_mut().as_mut() {
+            let e = self
+                .stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| e.to_string())?;
+            marks.push((name, e));
+        }
+        Ok(())
+    }
+
     fn host(&mut self, id: usize) -> Result<Tensor, RuntimeError> {
         let slot = self.slots[id].as_mut().ok_or_else(|| {
             backend_err(format!(
@@ -110,7 +130,7 @@ impl Rank<'_> {
         if slot.host.is_none() {
             let dev = slot
                 .dev
-                .as_ref()
+                .as_deref()
                 .ok_or_else(|| backend_err("a buffer with no value"))?;
             self.host_reads.set(self.host_reads.get() + 1);
             let v = self
@@ -153,13 +173,13 @@ impl Rank<'_> {
             }
             // bf16/f16 bits are widened here (the kernels compute in f32), booleans 0 or 1.
             let v = t.f32_values();
-            slot.dev = Some(
+            slot.dev = Some(Arc::new(
                 stream
                     .clone_htod(&*v)
                     .map_err(|e| backend_err(e.to_string()))?,
-            );
+            ));
         }
-        Ok(slot.dev.as_ref().expect("set above"))
+        Ok(slot.dev.as_deref().expect("set above"))
     }
 
     fn shape(&self, id: usize) -> Vec<usize> {
@@ -183,7 +203,7 @@ impl Rank<'_> {
     fn put_dev(&mut self, id: usize, dev: CudaSlice<f32>, shape: Vec<usize>) {
         let dtype = self.program.buffers[id].dtype;
         self.slots[id] = Some(Slot {
-            dev: Some(dev),
+            dev: Some(Arc::new(dev)),
             dev16: None,
             host: None,
             shape,
@@ -291,7 +311,7 @@ impl Rank<'_> {
             .map(|&b| {
                 self.slots[b]
                     .as_ref()
-                    .and_then(|s| s.dev.as_ref())
+                    .and_then(|s| s.dev.as_deref())
                     .ok_or_else(|| format!("buffer {b} is not on the device"))
             })
             .collect::<Result<Vec<&CudaSlice<f32>>, String>>()?;
@@ -353,13 +373,17 @@ impl Rank<'_> {
                     .iter()
                     .map(|d| d.unwrap_or(0))
                     .collect();
-                let on_device = self.slots[src].as_ref().is_some_and(|s| s.dev.is_some());
-                if on_device {
-                    let stream = self.stream.clone();
-                    let copy = stream
-                        .clone_dtod(self.device(src)?)
-                        .map_err(|e| fail(e.to_string()))?;
-                    self.put_dev(dst, copy, shape);
+                let shared = self.slots[src].as_ref().and_then(|s| s.dev.clone());
+                if let Some(dev) = shared {
+                    // The same device buffer under the new shape: a reshape moves nothing.
+                    let dtype = self.program.buffers[dst].dtype;
+                    self.slots[dst] = Some(Slot {
+                        dev: Some(dev),
+                        dev16: None,
+                        host: None,
+                        shape,
+                        dtype,
+                    });
                 } else {
                     let t = self.host(src)?;
                     self.put_host(dst, Tensor { shape, ..t });
@@ -477,7 +501,7 @@ impl Rank<'_> {
                 let dev = |id: usize| {
                     slots[id]
                         .as_ref()
-                        .and_then(|s| s.dev.as_ref())
+                        .and_then(|s| s.dev.as_deref())
                         .expect("uploaded above")
                 };
                 let (dl, bias) = (dev(l), bias_id.map(dev));
@@ -614,6 +638,10 @@ pub struct Timing {
     /// The device-to-host copies in one forward (each a synchronisation inside it): the most
     /// of any rank, over the timed forwards.
     pub host_reads: usize,
+    /// With `profile`: the named parts of steps (an experts step's routing read, grouping,
+    /// gather, projections, activation, combine), each part's time summed over a forward, in
+    /// each timed forward (ms).
+    pub phase_ms: std::collections::BTreeMap<String, Vec<f64>>,
 }
 
 /// Runs `warmup` forwards, then times `iters` more, the float inputs already on the device and
@@ -645,6 +673,7 @@ pub fn bench_bundle(
                 Vec::new()
             },
             host_reads: 0,
+            phase_ms: Default::default(),
         };
         let (mut nccl_ms, mut exposed_ms) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
         let event = |s: &Arc<CudaStream>| {
@@ -672,6 +701,13 @@ pub fn bench_bundle(
                 .elapsed_ms(&end)
                 .map_err(|e| backend_err(e.to_string()))?;
             timing.forward_ms.push(ms as f64);
+            for (name, ms) in rank.phase_ms.take() {
+                timing
+                    .phase_ms
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(ms);
+            }
             for (acc, t) in timing
                 .instruction_ms
                 .iter_mut()
@@ -772,6 +808,8 @@ fn with_rank<R>(
         gemm_paths: Default::default(),
         comm_spans: Default::default(),
         host_reads: Default::default(),
+        marks: Default::default(),
+        phase_ms: Default::default(),
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()
@@ -894,6 +932,7 @@ impl Rank<'_> {
                     self.step(i, how)?;
                     continue;
                 };
+                *self.marks.borrow_mut() = Some(Vec::new());
                 let start = event()?;
                 self.step(i, how)?;
                 let end = event()?;
@@ -901,6 +940,13 @@ impl Rank<'_> {
                 times[i] += start
                     .elapsed_ms(&end)
                     .map_err(|e| backend_err(e.to_string()))? as f64;
+                let marks = self.marks.borrow_mut().take().unwrap_or_default();
+                let mut from = &start;
+                for (name, e) in &marks {
+                    let ms = from.elapsed_ms(e).map_err(|e| backend_err(e.to_string()))?;
+                    *self.phase_ms.borrow_mut().entry(name).or_default() += ms as f64;
+                    from = e;
+                }
             }
             if matches!(feed, Feed::Device(_)) {
                 continue;
