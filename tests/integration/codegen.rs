@@ -344,6 +344,37 @@ fn routing_with_bias_groups_or_capacity_is_generated() {
     }
 }
 
+/// `moe.route` is launched one warp per token (the experts split over its lanes) where the
+/// router has no group limit, and one thread per token under DeepSeek-V3's group limit.
+#[test]
+fn the_route_is_one_warp_per_token_except_under_a_group_limit() {
+    for (name, threads) in [
+        ("qwen3moe_block_dynamo", 16 * 32),
+        ("mixtral_block_dynamo", 16 * 32),
+        ("deepseekv3_block_dynamo", 16),
+    ] {
+        let m = fixtures_dir().join(name).join("model.onnx");
+        let out = ppmoe(&[
+            "inspect",
+            m.to_str().unwrap(),
+            "--emit",
+            "kernels",
+            "--input-shape",
+            "hidden_states=1x16x64",
+        ]);
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        let launch = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("kernels.launch") && l.contains("_route,"))
+            .unwrap_or_else(|| panic!("{name}: no route launch"));
+        assert!(
+            launch.contains(&format!("threads = {threads} : i64")),
+            "{name}: {launch}"
+        );
+    }
+}
+
 /// onnxruntime-genai's decoders (CPU fp32 and CUDA fp16 builds of Qwen3 and gpt-oss) have no
 /// host work: GroupQueryAttention's output shape is inferred (from the file it would be
 /// unknown, and the projection after it would run on the host), its masks and caches are

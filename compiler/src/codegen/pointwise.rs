@@ -181,14 +181,13 @@ impl Operands {
 }
 
 /// The members of `chain` (root last) evaluated for the result element at flat index `idx`
-/// of `out`, appended to `body` with SSA names tagged `tag`; `bound` gives the values of
+/// of shape `out`, appended to `body` with SSA names tagged `tag`; `bound` gives the values of
 /// buffers the caller computed (a softmax's result). Returns the root's value.
 pub(super) fn emit_chain(
     p: &Program,
     chain: &[usize],
     scalars: &[Option<Scalar>],
-    out: &[usize],
-    (idx, tag): (&str, &str),
+    (out, idx, tag): (&[usize], &str, &str),
     bound: &HashMap<usize, String>,
     ops: &mut Operands,
     body: &mut String,
@@ -241,8 +240,7 @@ fn chain_kernel(
         p,
         chain,
         scalars,
-        &out_shape,
-        ("%i", ""),
+        (&out_shape, "%i", ""),
         &HashMap::new(),
         &mut ops,
         &mut body,
