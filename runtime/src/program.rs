@@ -546,6 +546,18 @@ impl Program {
         self.validate_fusions()
     }
 
+    /// Whether this rank sends and its sends are its only communication (no receives or
+    /// collectives, fused into a step or not): the first stage of a pure pipeline, whose sends
+    /// can then go on a stream of their own (the CUDA backend's `pipeline_send`).
+    pub fn communicates_only_by_sends(&self) -> bool {
+        let send = |ins: &Instruction| matches!(ins.op, Op::Send { .. });
+        self.instructions.iter().any(send)
+            && self
+                .instructions
+                .iter()
+                .all(|ins| !ins.op.is_communication() || send(ins))
+    }
+
     /// Each `Fused` entry points at a later step (`LocalExperts`, `AllToAllExperts` or
     /// `Pointwise`) that names it back, and each such step names members of the right ops
     /// before it.

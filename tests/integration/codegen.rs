@@ -346,6 +346,40 @@ fn routing_with_bias_groups_or_capacity_is_generated() {
     }
 }
 
+/// Only a pipeline's first stage with no other communication sends on a stream of its own
+/// (the CUDA backend's `pipeline_send`): its sends are its only NCCL calls. The last stage
+/// receives; with tp 2 every stage's ranks all-reduce too.
+#[test]
+fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
+    let m = fixtures_dir().join("mixtral_lm_dynamo/model.onnx");
+    for (grid, aside) in [
+        (&["--pp", "2"][..], vec![true, false]),
+        (&["--tp", "2", "--pp", "2"][..], vec![false; 4]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("b");
+        let mut a = vec![
+            "compile",
+            m.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+            "--target",
+            "cuda",
+        ];
+        a.extend(grid);
+        let out = ppmoe(&a);
+        assert_eq!(out.code, 0, "{grid:?}: {}", out.stderr);
+        let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
+        let mut programs: Vec<_> = b.manifest.programs.iter().collect();
+        programs.sort_by_key(|p| p.rank);
+        let got: Vec<bool> = programs
+            .iter()
+            .map(|p| p.communicates_only_by_sends())
+            .collect();
+        assert_eq!(got, aside, "{grid:?}");
+    }
+}
+
 /// `moe.route` is launched one warp per token (the experts split over its lanes) where the
 /// router has no group limit, and one thread per token under DeepSeek-V3's group limit.
 #[test]

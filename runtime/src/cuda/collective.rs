@@ -3,12 +3,15 @@
 //! small header (tag, microbatch, dtype, shape) followed by the data, so that a receiver knows
 //! what comes and can tell an out-of-order message from the one it waits for.
 
+use super::comm_time::event_on;
 use super::nccl::{NCCL_FLOAT32, NCCL_INT64};
+use super::pipeline_send::InFlight;
 use super::{dptr as ptr, Rank};
 use crate::error::RuntimeError;
 use crate::kernels;
 use crate::program::Op;
 use crate::tensor::{DType, Tensor};
+use std::sync::Arc;
 
 /// Header words: tag, microbatch, is-integer, rank, then up to 8 sizes.
 const HEADER: usize = 12;
@@ -193,32 +196,46 @@ impl Rank<'_> {
                 let h = stream
                     .clone_htod(&header)
                     .map_err(|e| fail(e.to_string()))?;
-                // SAFETY: the header buffer holds HEADER words.
-                unsafe {
-                    nccl.send(
-                        ptr(&h, &stream),
-                        HEADER,
-                        NCCL_INT64,
-                        *peer,
-                        comms.world,
-                        raw,
-                    )
-                }
-                .map_err(&fail)?;
                 let n: usize = t_shape.iter().product();
-                if is_float {
-                    let x = self.device(s)?;
-                    // SAFETY: x holds n floats.
-                    unsafe { nccl.send(ptr(x, &stream), n, NCCL_FLOAT32, *peer, comms.world, raw) }
-                        .map_err(&fail)?;
+                // The data: the float buffer itself, integers uploaded as i64 words.
+                let data = if is_float {
+                    self.device(s)?;
+                    let x = self.slots[s].as_ref().and_then(|v| v.dev.clone());
+                    InFlight::Floats(
+                        x.ok_or_else(|| fail("the operand is not on the device".into()))?,
+                    )
                 } else {
                     let v = stream
                         .clone_htod(&self.host(s)?.to_i64())
                         .map_err(|e| fail(e.to_string()))?;
-                    // SAFETY: v holds n integers; it is freed in stream order, after the send.
-                    unsafe { nccl.send(ptr(&v, &stream), n, NCCL_INT64, *peer, comms.world, raw) }
-                        .map_err(&fail)?;
+                    InFlight::Words(v)
+                };
+                // After the header and data are made (the second stream waits for them there).
+                let on = self.send_stream().map_err(&fail)?;
+                let on_raw = on.cu_stream() as *mut std::ffi::c_void;
+                let aside = !Arc::ptr_eq(&on, &stream);
+                let start = match aside && self.timing_comms() {
+                    true => Some(event_on(&on).map_err(&fail)?),
+                    false => None,
+                };
+                // SAFETY: the header buffer holds HEADER words, the data n floats or integers;
+                // both stay alive until the send is done (freed in stream order after it, or
+                // held until the forward joins the sends).
+                let (p, kind) = match &data {
+                    InFlight::Floats(x) => (ptr(&**x, &on), NCCL_FLOAT32),
+                    InFlight::Words(v) => (ptr(v, &on), NCCL_INT64),
+                };
+                unsafe {
+                    nccl.send(ptr(&h, &on), HEADER, NCCL_INT64, *peer, comms.world, on_raw)
+                        .and_then(|_| nccl.send(p, n, kind, *peer, comms.world, on_raw))
                 }
+                .map_err(&fail)?;
+                if let Some(start) = start {
+                    let end = event_on(&on).map_err(&fail)?;
+                    self.record_span(start, end, false);
+                }
+                self.hold_for_send(InFlight::Words(h));
+                self.hold_for_send(data);
                 if let Some(d) = dst {
                     self.put_host(d, Tensor::f32(vec![], vec![0.0]));
                 }

@@ -18,6 +18,7 @@ mod grouped_choice;
 mod mem_pool;
 pub mod nccl;
 mod overlap;
+mod pipeline_send;
 mod route_capacity;
 
 use crate::bundle::Bundle;
@@ -104,6 +105,10 @@ struct Rank<'a> {
     marks: std::cell::RefCell<Option<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
     /// The profiled parts' times so far in this forward (ms, summed by name).
     phase_ms: std::cell::RefCell<std::collections::BTreeMap<&'static str, f64>>,
+    /// Whether this rank's sends go on the second stream (`pipeline_send`), and the buffers
+    /// those in flight read.
+    sends_aside: bool,
+    in_flight: std::cell::RefCell<Vec<pipeline_send::InFlight>>,
 }
 
 impl Rank<'_> {
@@ -810,6 +815,8 @@ fn with_rank<R>(
         host_reads: Default::default(),
         marks: Default::default(),
         phase_ms: Default::default(),
+        sends_aside: program.communicates_only_by_sends(),
+        in_flight: Default::default(),
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()
@@ -962,6 +969,7 @@ impl Rank<'_> {
                     .collect::<Result<Vec<_>, _>>()?,
             );
         }
+        self.join_sends().map_err(backend_err)?;
         if outs.is_empty() {
             return Ok(Vec::new());
         }
