@@ -166,7 +166,7 @@ pub(super) struct Routed {
     pub h: usize,
     pub k: usize,
     pub dims: ExpertDims,
-    pub weights: CudaSlice<f32>,
+    pub weights: Arc<CudaSlice<f32>>,
     pub eid: CudaSlice<i32>,
     pub by_expert: Vec<Vec<usize>>,
 }
@@ -441,13 +441,27 @@ impl Rank<'_> {
                 by_expert[local as usize].push(s);
             }
         }
-        // On the device once, for every chunk's combine.
-        let weights = self
-            .stream
-            .clone_htod(&weights)
-            .map_err(|e| fail(e.to_string()))?;
-        let eid = upload(&self.stream, &eid).map_err(&fail)?;
-        self.phase("experts: slots grouped, weights uploaded")
+        // For every chunk's combine: the weights where the routing left them on the device
+        // (else uploaded once), each slot's local expert only where an output bias is added
+        // by expert (else one unread word).
+        let on_device = self.slots[call.weights]
+            .as_ref()
+            .and_then(|s| s.dev.clone())
+            .filter(|d| d.len() == weights.len());
+        let weights = match on_device {
+            Some(d) => d,
+            None => Arc::new(
+                self.stream
+                    .clone_htod(&weights)
+                    .map_err(|e| fail(e.to_string()))?,
+            ),
+        };
+        let eid = match call.b_out {
+            Some(_) => upload(&self.stream, &eid),
+            None => self.stream.alloc_zeros::<i32>(1).map_err(|e| e.to_string()),
+        }
+        .map_err(&fail)?;
+        self.phase("experts: slots grouped on the host")
             .map_err(&fail)?;
         Ok(Routed {
             tokens: t,
