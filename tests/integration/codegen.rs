@@ -380,6 +380,35 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
     }
 }
 
+/// With bf16 rows and an even FFN width, the experts' activation kernel takes two columns per
+/// thread as one 4-byte word (`act_in_pairs`); with f32 rows, one column of f32.
+#[test]
+fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
+    let m = fixtures_dir().join("mixtral_block_dynamo/model.onnx");
+    for (dtype, hid) in [("bf16", "memref<?xi32>"), ("fp32", "memref<?xf32>")] {
+        let out = ppmoe(&[
+            "inspect",
+            m.to_str().unwrap(),
+            "--emit",
+            "kernels",
+            "--dtype",
+            dtype,
+            "--input-shape",
+            "hidden_states=1x16x64",
+        ]);
+        assert_eq!(out.code, 0, "{dtype}: {}", out.stderr);
+        let act = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("_experts_act("))
+            .unwrap_or_else(|| panic!("{dtype}: no activation kernel"));
+        assert!(act.contains(&format!("(%arg0: {hid},")), "{dtype}: {act}");
+    }
+    assert!(ppmoe_runtime::program::act_in_pairs(true, 14336));
+    assert!(!ppmoe_runtime::program::act_in_pairs(true, 7));
+    assert!(!ppmoe_runtime::program::act_in_pairs(false, 14336));
+}
+
 /// `moe.route` is launched one warp per token (the experts split over its lanes) where the
 /// router has no group limit, and one thread per token under DeepSeek-V3's group limit.
 #[test]

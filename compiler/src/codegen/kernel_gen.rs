@@ -311,13 +311,8 @@ pub(super) fn experts_kernels(
     o: &ExpertsOperands,
     prefix: &str,
 ) -> Option<(String, bool)> {
-    use ppmoe_runtime::program::Activation;
     let Ffn {
-        activation,
-        alpha,
-        beta,
-        limit,
-        layout,
+        activation, layout, ..
     } = ffn;
     let shape = |b: usize| static_shape(&p.buffers[b]);
     let (x, w, w_in, w_out) = (
@@ -368,55 +363,41 @@ pub(super) fn experts_kernels(
         &g,
     ));
     // act: a[r, q] from hid[r, q] (and hid[r, F + q]) plus the row's expert's bias.
-    let mut a = format!(
-        "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
-    );
-    let load = |a: &mut String, col: &str, out: &str| {
-        let _ = writeln!(a, "        %{out}_o = arith.addi %rb, {col} : index");
-        a.push_str(&load_mid(&format!("{out}_h"), "hid", &format!("{out}_o")));
-        let _ = writeln!(
-            a,
-            "        %{out}_b = scf.if %hb -> (f32) {{\n          %bo = arith.addi %eb, {col} : index\n          %bv = memref.load %bias[%bo] : memref<?xf32>\n          scf.yield %bv : f32\n        }} else {{\n          scf.yield %zero : f32\n        }}\n        %{out} = arith.addf %{out}_h, %{out}_b : f32"
-        );
-    };
-    load(&mut a, "%q", "g");
-    if gated {
-        let _ = writeln!(a, "        %qf = arith.addi %q, %f : index");
-        load(&mut a, "%qf", "u");
-        let (gl, ul) = match limit {
-            Some(l) => {
-                let _ = writeln!(a, "        %lim = arith.constant {} : f32\n        %nlim = arith.constant {} : f32\n        %gl = arith.minimumf %g, %lim : f32\n        %ul0 = arith.minimumf %u, %lim : f32\n        %ul = arith.maximumf %ul0, %nlim : f32", hexf(*l), hexf(-l));
-                ("%gl", "%ul")
-            }
-            None => ("%g", "%u"),
-        };
-        if *activation == Activation::Geglu {
-            activation_expr(&mut a, Activation::Gelu, gl, "gate");
-        } else {
-            let _ = writeln!(a, "        %al = arith.constant {} : f32\n        %ag = arith.mulf %al, {gl} : f32\n        %nag = arith.negf %ag : f32", hexf(*alpha));
-            exp(&mut a, "%nag", "ee");
-            let _ = writeln!(a, "        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %gate = arith.divf {gl}, %den : f32");
-        }
-        let _ = writeln!(a, "        %be = arith.constant {} : f32\n        %up = arith.addf {ul}, %be : f32\n        %res = arith.mulf %gate, %up : f32", hexf(*beta));
+    let math = act_math(ffn);
+    if ppmoe_runtime::program::act_in_pairs(bf16, f) {
+        out.push_str(&act_pairs_kernel(prefix, f, n, gated, &math));
     } else {
-        activation_expr(&mut a, *activation, "%g", "res");
+        let mut a = format!(
+            "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
+        );
+        let load = |a: &mut String, col: &str, out: &str| {
+            let _ = writeln!(a, "        %{out}_o = arith.addi %rb, {col} : index");
+            a.push_str(&load_mid(&format!("{out}_h"), "hid", &format!("{out}_o")));
+            add_bias(a, col, &format!("%{out}_h"), out);
+        };
+        load(&mut a, "%q", "g");
+        if gated {
+            let _ = writeln!(a, "        %qf = arith.addi %q, %f : index");
+            load(&mut a, "%qf", "u");
+        }
+        a.push_str(&math);
+        a.push_str(&store_mid("res", "out", "i"));
+        out.push_str(&dyn_kernel(
+            &format!("{prefix}_act"),
+            &[
+                &format!("%hid: memref<?x{mid}>"),
+                "%bias: memref<?xf32>",
+                "%rexp: memref<?xi32>",
+                &format!("%out: memref<?x{mid}>"),
+                "%rows: index",
+                "%has_bias: index",
+            ],
+            &format!(
+                "      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"
+            ),
+            &a,
+        ));
     }
-    a.push_str(&store_mid("res", "out", "i"));
-    out.push_str(&dyn_kernel(
-        &format!("{prefix}_act"),
-        &[
-            &format!("%hid: memref<?x{mid}>"),
-            "%bias: memref<?xf32>",
-            "%rexp: memref<?xi32>",
-            &format!("%out: memref<?x{mid}>"),
-            "%rows: index",
-            "%has_bias: index",
-        ],
-        &format!(
-            "      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"
-        ),
-        &a,
-    ));
     // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
     let c = format!(
         "        %h = arith.constant {h} : index\n        %k = arith.constant {k} : index\n        %t = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc = scf.for %j = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v = scf.if %valid -> (f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n{load_o}            %b = scf.if %hb -> (f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %bv = memref.load %bout[%eo] : memref<?xf32>\n              scf.yield %bv : f32\n            }} else {{\n              scf.yield %zero : f32\n            }}\n            %ob = arith.addf %o, %b : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo = arith.mulf %wv, %ob : f32\n            scf.yield %wo : f32\n          }} else {{\n            scf.yield %zero : f32\n          }}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        memref.store %acc, %y[%i] : memref<?xf32>\n",
@@ -437,6 +418,108 @@ pub(super) fn experts_kernels(
         &c,
     ));
     Some((out, bf16))
+}
+
+/// `%{out}` = `value` plus the row's expert's bias at column `col` (0 without a bias).
+fn add_bias(a: &mut String, col: &str, value: &str, out: &str) {
+    let _ = writeln!(
+        a,
+        "        %{out}_b = scf.if %hb -> (f32) {{\n          %bo = arith.addi %eb, {col} : index\n          %bv = memref.load %bias[%bo] : memref<?xf32>\n          scf.yield %bv : f32\n        }} else {{\n          scf.yield %zero : f32\n        }}\n        %{out} = arith.addf {value}, %{out}_b : f32"
+    );
+}
+
+/// The activation of one element, from `%g` (and `%u`, gated: the hidden values with their
+/// biases) into `%res`; every other name is its own.
+fn act_math(ffn: &Ffn) -> String {
+    use ppmoe_runtime::program::Activation;
+    let Ffn {
+        activation,
+        alpha,
+        beta,
+        limit,
+        ..
+    } = ffn;
+    let mut a = String::new();
+    if !activation.is_gated() {
+        activation_expr(&mut a, *activation, "%g", "res");
+        return a;
+    }
+    let (gl, ul) = match limit {
+        Some(l) => {
+            let _ = writeln!(a, "        %lim = arith.constant {} : f32\n        %nlim = arith.constant {} : f32\n        %gl = arith.minimumf %g, %lim : f32\n        %ul0 = arith.minimumf %u, %lim : f32\n        %ul = arith.maximumf %ul0, %nlim : f32", hexf(*l), hexf(-l));
+            ("%gl", "%ul")
+        }
+        None => ("%g", "%u"),
+    };
+    if *activation == Activation::Geglu {
+        activation_expr(&mut a, Activation::Gelu, gl, "gate");
+    } else {
+        let _ = writeln!(a, "        %al = arith.constant {} : f32\n        %ag = arith.mulf %al, {gl} : f32\n        %nag = arith.negf %ag : f32", hexf(*alpha));
+        exp(&mut a, "%nag", "ee");
+        let _ = writeln!(a, "        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %gate = arith.divf {gl}, %den : f32");
+    }
+    let _ = writeln!(a, "        %be = arith.constant {} : f32\n        %up = arith.addf {ul}, %be : f32\n        %res = arith.mulf %gate, %up : f32", hexf(*beta));
+    a
+}
+
+/// The activation kernel of bf16 rows with an even FFN width `f`
+/// (`ppmoe_runtime::program::act_in_pairs`): one thread per two columns, each two bf16
+/// values one 4-byte word (the scalar kernel's 2-byte accesses reach about a third of the
+/// copy bandwidth). A word's low half is the even column: widened, a bf16 is its bits over
+/// 16 zero bits; narrowed, the same round to nearest even as the scalar kernel's. `math` is
+/// `act_math`, made each column's own.
+fn act_pairs_kernel(prefix: &str, f: usize, n: usize, gated: bool, math: &str) -> String {
+    let half = f / 2;
+    let mut a = format!(
+        "        %fh = arith.constant {half} : index\n        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %c2 = arith.constant 2 : index\n        %c1 = arith.constant 1 : index\n        %r = arith.divui %i, %fh : index\n        %qp = arith.remui %i, %fh : index\n        %q = arith.muli %qp, %c2 : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %s16 = arith.constant 16 : i32\n        %hmask = arith.constant -65536 : i32\n"
+    );
+    // The two columns of the gate (and of the up projection, F further on), with biases.
+    let pair = |a: &mut String, col: &str, name: &str| {
+        let _ = writeln!(
+            a,
+            "        %{name}_o = arith.addi %rb, {col} : index\n        %{name}_wi = arith.divui %{name}_o, %c2 : index\n        %{name}_w = memref.load %hid[%{name}_wi] : memref<?xi32>\n        %{name}_lo = arith.shli %{name}_w, %s16 : i32\n        %{name}_hi = arith.andi %{name}_w, %hmask : i32\n        %{name}_h0 = arith.bitcast %{name}_lo : i32 to f32\n        %{name}_h1 = arith.bitcast %{name}_hi : i32 to f32\n        %{name}_c1 = arith.addi {col}, %c1 : index"
+        );
+        add_bias(a, col, &format!("%{name}_h0"), &format!("{name}0"));
+        add_bias(
+            a,
+            &format!("%{name}_c1"),
+            &format!("%{name}_h1"),
+            &format!("{name}1"),
+        );
+    };
+    pair(&mut a, "%q", "g");
+    if gated {
+        let _ = writeln!(a, "        %qf = arith.addi %q, %f : index");
+        pair(&mut a, "%qf", "u");
+    }
+    for j in 0..2 {
+        let operands =
+            std::collections::BTreeMap::from([("g", format!("%g{j}")), ("u", format!("%u{j}"))]);
+        a.push_str(&super::pointwise::scoped(math, &format!("p{j}"), &operands));
+        let _ = writeln!(
+            a,
+            "        %r{j}b = arith.truncf %p{j}_res : f32 to bf16\n        %r{j}i = arith.bitcast %r{j}b : bf16 to i16\n        %r{j}w = arith.extui %r{j}i : i16 to i32"
+        );
+    }
+    let _ = writeln!(
+        a,
+        "        %hiw = arith.shli %r1w, %s16 : i32\n        %word = arith.ori %r0w, %hiw : i32\n        memref.store %word, %out[%i] : memref<?xi32>"
+    );
+    dyn_kernel(
+        &format!("{prefix}_act"),
+        &[
+            "%hid: memref<?xi32>",
+            "%bias: memref<?xf32>",
+            "%rexp: memref<?xi32>",
+            "%out: memref<?xi32>",
+            "%rows: index",
+            "%has_bias: index",
+        ],
+        &format!(
+            "      %ff = arith.constant {half} : index\n      %n = arith.muli %rows, %ff : index\n"
+        ),
+        &a,
+    )
 }
 
 /// `moe.route` (dropless, no bias or group limit): one thread per token; the k choices by k

@@ -257,7 +257,7 @@ fn chain_kernel(
 
 /// `expr` with each SSA name `%v` made the member's own (`%TAG_v`), its operands' names
 /// replaced by the values they stand for.
-fn scoped(expr: &str, tag: &str, operands: &BTreeMap<&str, String>) -> String {
+pub(super) fn scoped(expr: &str, tag: &str, operands: &BTreeMap<&str, String>) -> String {
     let mut out = String::with_capacity(expr.len() * 2);
     let mut rest = expr;
     while let Some(at) = rest.find('%') {

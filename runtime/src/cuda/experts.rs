@@ -660,7 +660,11 @@ impl Rank<'_> {
         l.arg(&act).arg(&act).arg(&zero).arg(&la).arg(&one);
         l.arg(&rows_i).arg(&has_bias);
         // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
-        unsafe { l.launch(launch_cfg(rows * ffn.f)) }.map_err(|e| e.to_string())?;
+        let act_threads = match crate::program::act_in_pairs(ffn.mid == Elem::Bf16, ffn.f) {
+            true => rows * ffn.f / 2,
+            false => rows * ffn.f,
+        };
+        unsafe { l.launch(launch_cfg(act_threads)) }.map_err(|e| e.to_string())?;
         self.phase("experts: activation")?;
         self.project(&act, ffn.w_out, &out, (ffn.f, h), blocks, ffn)?;
         self.phase("experts: second projection")?;
