@@ -778,7 +778,7 @@ impl Op {
 /// columns, each two bf16 values one 4-byte word: its rows are bf16 and its FFN width even.
 /// The compiler generates the kernel so, and the runtime launches it with that many threads.
 pub fn act_in_pairs(bf16_rows: bool, ffn: usize) -> bool {
-    bf16_rows && ffn % 2 == 0
+    bf16_rows && ffn.is_multiple_of(2)
 }
 
 /// The generated kernel that narrows f32 activations to bf16 before a bf16 GEMM (present in a
