@@ -774,11 +774,13 @@ impl Op {
     }
 }
 
-/// Whether an experts step's activation kernel takes its columns in pairs, one thread per two
-/// columns, each two bf16 values one 4-byte word: its rows are bf16 and its FFN width even.
-/// The compiler generates the kernel so, and the runtime launches it with that many threads.
-pub fn act_in_pairs(bf16_rows: bool, ffn: usize) -> bool {
-    bf16_rows && ffn.is_multiple_of(2)
+/// Whether an experts step's gather and activation kernels, over bf16 rows `width` columns
+/// wide (H for the gather, the FFN width for the activation), take the columns in pairs, one
+/// thread per two columns, each two bf16 values one 4-byte word: the rows are bf16 and the
+/// width even. The compiler generates those kernels so, and the runtime launches them with
+/// that many threads.
+pub fn bf16_pairs(bf16_rows: bool, width: usize) -> bool {
+    bf16_rows && width.is_multiple_of(2)
 }
 
 /// The generated kernel that narrows f32 activations to bf16 before a bf16 GEMM (present in a

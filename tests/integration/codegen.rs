@@ -380,8 +380,8 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
     }
 }
 
-/// With bf16 rows and an even FFN width, the experts' activation kernel takes two columns per
-/// thread as one 4-byte word (`act_in_pairs`); with f32 rows, one column of f32.
+/// With bf16 rows of an even width, the experts' gather and activation kernels take two
+/// columns per thread as one 4-byte word (`bf16_pairs`); with f32 rows, one column of f32.
 #[test]
 fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     let m = fixtures_dir().join("mixtral_block_dynamo/model.onnx");
@@ -403,10 +403,19 @@ fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
             .find(|l| l.contains("_experts_act("))
             .unwrap_or_else(|| panic!("{dtype}: no activation kernel"));
         assert!(act.contains(&format!("(%arg0: {hid},")), "{dtype}: {act}");
+        let gather = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("_experts_gather("))
+            .unwrap_or_else(|| panic!("{dtype}: no gather kernel"));
+        assert!(
+            gather.contains(&format!("%arg2: {hid},")),
+            "{dtype}: {gather}"
+        );
     }
-    assert!(ppmoe_runtime::program::act_in_pairs(true, 14336));
-    assert!(!ppmoe_runtime::program::act_in_pairs(true, 7));
-    assert!(!ppmoe_runtime::program::act_in_pairs(false, 14336));
+    assert!(ppmoe_runtime::program::bf16_pairs(true, 14336));
+    assert!(!ppmoe_runtime::program::bf16_pairs(true, 7));
+    assert!(!ppmoe_runtime::program::bf16_pairs(false, 14336));
 }
 
 /// `moe.route` is launched one warp per token (the experts split over its lanes) where the

@@ -345,26 +345,30 @@ pub(super) fn experts_kernels(
     let gated = activation.is_gated();
     let mut out = String::new();
     // gather: out[i] = x[perm[i / H] * H + i % H]
-    let g = format!(
-        "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n{}",
-        store_mid("v", "out", "i")
-    );
-    out.push_str(&dyn_kernel(
-        &format!("{prefix}_gather"),
-        &[
-            "%x: memref<?xf32>",
-            "%perm: memref<?xi32>",
-            &format!("%out: memref<?x{mid}>"),
-            "%rows: index",
-        ],
-        &format!(
-            "      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"
-        ),
-        &g,
-    ));
+    if ppmoe_runtime::program::bf16_pairs(bf16, h) {
+        out.push_str(&gather_pairs_kernel(prefix, h));
+    } else {
+        let g = format!(
+            "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n{}",
+            store_mid("v", "out", "i")
+        );
+        out.push_str(&dyn_kernel(
+            &format!("{prefix}_gather"),
+            &[
+                "%x: memref<?xf32>",
+                "%perm: memref<?xi32>",
+                &format!("%out: memref<?x{mid}>"),
+                "%rows: index",
+            ],
+            &format!(
+                "      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"
+            ),
+            &g,
+        ));
+    }
     // act: a[r, q] from hid[r, q] (and hid[r, F + q]) plus the row's expert's bias.
     let math = act_math(ffn);
-    if ppmoe_runtime::program::act_in_pairs(bf16, f) {
+    if ppmoe_runtime::program::bf16_pairs(bf16, f) {
         out.push_str(&act_pairs_kernel(prefix, f, n, gated, &math));
     } else {
         let mut a = format!(
@@ -462,8 +466,44 @@ fn act_math(ffn: &Ffn) -> String {
     a
 }
 
+/// `v` (f32) rounded to bf16 (nearest even, as a bf16 store), its bits in the low half of
+/// the i32 `%{name}`.
+fn bf16_bits(b: &mut String, v: &str, name: &str) {
+    let _ = writeln!(
+        b,
+        "        %{name}_b = arith.truncf {v} : f32 to bf16\n        %{name}_i = arith.bitcast %{name}_b : bf16 to i16\n        %{name} = arith.extui %{name}_i : i16 to i32"
+    );
+}
+
+/// The gather into bf16 rows of an even width `h` (`ppmoe_runtime::program::bf16_pairs`): one
+/// thread per two columns, the two f32 values rounded to bf16 and stored as one 4-byte word
+/// (the even column in its low half).
+fn gather_pairs_kernel(prefix: &str, h: usize) -> String {
+    let mut g = format!(
+        "        %h = arith.constant {h} : index\n        %hp = arith.constant {} : index\n        %c2 = arith.constant 2 : index\n        %c1 = arith.constant 1 : index\n        %r = arith.divui %i, %hp : index\n        %cp = arith.remui %i, %hp : index\n        %c = arith.muli %cp, %c2 : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %s1 = arith.addi %s, %c1 : index\n        %v0 = memref.load %x[%s] : memref<?xf32>\n        %v1 = memref.load %x[%s1] : memref<?xf32>\n",
+        h / 2
+    );
+    bf16_bits(&mut g, "%v0", "w0");
+    bf16_bits(&mut g, "%v1", "w1");
+    g.push_str("        %s16 = arith.constant 16 : i32\n        %hi = arith.shli %w1, %s16 : i32\n        %word = arith.ori %w0, %hi : i32\n        memref.store %word, %out[%i] : memref<?xi32>\n");
+    dyn_kernel(
+        &format!("{prefix}_gather"),
+        &[
+            "%x: memref<?xf32>",
+            "%perm: memref<?xi32>",
+            "%out: memref<?xi32>",
+            "%rows: index",
+        ],
+        &format!(
+            "      %hh = arith.constant {} : index\n      %n = arith.muli %rows, %hh : index\n",
+            h / 2
+        ),
+        &g,
+    )
+}
+
 /// The activation kernel of bf16 rows with an even FFN width `f`
-/// (`ppmoe_runtime::program::act_in_pairs`): one thread per two columns, each two bf16
+/// (`ppmoe_runtime::program::bf16_pairs`): one thread per two columns, each two bf16
 /// values one 4-byte word (the scalar kernel's 2-byte accesses reach about a third of the
 /// copy bandwidth). A word's low half is the even column: widened, a bf16 is its bits over
 /// 16 zero bits; narrowed, the same round to nearest even as the scalar kernel's. `math` is
@@ -496,10 +536,7 @@ fn act_pairs_kernel(prefix: &str, f: usize, n: usize, gated: bool, math: &str) -
         let operands =
             std::collections::BTreeMap::from([("g", format!("%g{j}")), ("u", format!("%u{j}"))]);
         a.push_str(&super::pointwise::scoped(math, &format!("p{j}"), &operands));
-        let _ = writeln!(
-            a,
-            "        %r{j}b = arith.truncf %p{j}_res : f32 to bf16\n        %r{j}i = arith.bitcast %r{j}b : bf16 to i16\n        %r{j}w = arith.extui %r{j}i : i16 to i32"
-        );
+        bf16_bits(&mut a, &format!("%p{j}_res"), &format!("r{j}w"));
     }
     let _ = writeln!(
         a,

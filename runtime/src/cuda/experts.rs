@@ -214,8 +214,12 @@ pub(super) fn gather_rows(
     l.arg(perm).arg(perm).arg(&zero).arg(&lp).arg(&one);
     l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
     l.arg(&rows_i);
+    let threads = match crate::program::bf16_pairs(mid == Elem::Bf16, h) {
+        true => rows * h / 2,
+        false => rows * h,
+    };
     // SAFETY: H baked into the kernel; perm's entries are rows of x; out holds rows x H.
-    unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| e.to_string())?;
+    unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -660,7 +664,7 @@ impl Rank<'_> {
         l.arg(&act).arg(&act).arg(&zero).arg(&la).arg(&one);
         l.arg(&rows_i).arg(&has_bias);
         // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
-        let act_threads = match crate::program::act_in_pairs(ffn.mid == Elem::Bf16, ffn.f) {
+        let act_threads = match crate::program::bf16_pairs(ffn.mid == Elem::Bf16, ffn.f) {
             true => rows * ffn.f / 2,
             false => rows * ffn.f,
         };
