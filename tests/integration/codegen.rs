@@ -346,6 +346,24 @@ fn routing_with_bias_groups_or_capacity_is_generated() {
     }
 }
 
+/// `--emit kernels` of an MoE block fixture at 16 tokens, with `extra` flags.
+fn block_kernels(name: &str, extra: &[&str]) -> String {
+    let m = fixtures_dir().join(name).join("model.onnx");
+    let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "kernels"];
+    a.extend(["--input-shape", "hidden_states=1x16x64"]);
+    a.extend(extra);
+    let out = ppmoe(&a);
+    assert_eq!(out.code, 0, "{name} {extra:?}: {}", out.stderr);
+    out.stdout
+}
+
+/// The first line of `text` holding every one of `needles`.
+fn line_with<'t>(text: &'t str, needles: &[&str]) -> &'t str {
+    text.lines()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("no line with {needles:?}"))
+}
+
 /// Only a pipeline's first stage with no other communication sends on a stream of its own
 /// (the CUDA backend's `pipeline_send`): its sends are its only NCCL calls. The last stage
 /// receives; with tp 2 every stage's ranks all-reduce too.
@@ -384,30 +402,11 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
 /// columns per thread as one 4-byte word (`bf16_pairs`); with f32 rows, one column of f32.
 #[test]
 fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
-    let m = fixtures_dir().join("mixtral_block_dynamo/model.onnx");
     for (dtype, hid) in [("bf16", "memref<?xi32>"), ("fp32", "memref<?xf32>")] {
-        let out = ppmoe(&[
-            "inspect",
-            m.to_str().unwrap(),
-            "--emit",
-            "kernels",
-            "--dtype",
-            dtype,
-            "--input-shape",
-            "hidden_states=1x16x64",
-        ]);
-        assert_eq!(out.code, 0, "{dtype}: {}", out.stderr);
-        let act = out
-            .stdout
-            .lines()
-            .find(|l| l.contains("_experts_act("))
-            .unwrap_or_else(|| panic!("{dtype}: no activation kernel"));
+        let k = block_kernels("mixtral_block_dynamo", &["--dtype", dtype]);
+        let act = line_with(&k, &["_experts_act("]);
         assert!(act.contains(&format!("(%arg0: {hid},")), "{dtype}: {act}");
-        let gather = out
-            .stdout
-            .lines()
-            .find(|l| l.contains("_experts_gather("))
-            .unwrap_or_else(|| panic!("{dtype}: no gather kernel"));
+        let gather = line_with(&k, &["_experts_gather("]);
         assert!(
             gather.contains(&format!("%arg2: {hid},")),
             "{dtype}: {gather}"
@@ -427,21 +426,8 @@ fn the_route_is_one_warp_per_token_except_under_a_group_limit() {
         ("mixtral_block_dynamo", 16 * 32),
         ("deepseekv3_block_dynamo", 16),
     ] {
-        let m = fixtures_dir().join(name).join("model.onnx");
-        let out = ppmoe(&[
-            "inspect",
-            m.to_str().unwrap(),
-            "--emit",
-            "kernels",
-            "--input-shape",
-            "hidden_states=1x16x64",
-        ]);
-        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
-        let launch = out
-            .stdout
-            .lines()
-            .find(|l| l.contains("kernels.launch") && l.contains("_route,"))
-            .unwrap_or_else(|| panic!("{name}: no route launch"));
+        let k = block_kernels(name, &[]);
+        let launch = line_with(&k, &["kernels.launch", "_route,"]);
         assert!(
             launch.contains(&format!("threads = {threads} : i64")),
             "{name}: {launch}"
