@@ -774,8 +774,9 @@ impl Op {
     }
 }
 
-/// Whether an experts step's gather and activation kernels, over bf16 rows `width` columns
-/// wide (H for the gather, the FFN width for the activation), take the columns in pairs, one
+/// Whether an experts step's gather, activation and combine kernels, over bf16 rows `width`
+/// columns wide (H for the gather and combine, the FFN width for the activation), take the
+/// columns in pairs, one
 /// thread per two columns, each two bf16 values one 4-byte word: the rows are bf16 and the
 /// width even. The compiler generates those kernels so, and the runtime launches them with
 /// that many threads.

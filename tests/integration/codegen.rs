@@ -398,8 +398,9 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
     }
 }
 
-/// With bf16 rows of an even width, the experts' gather and activation kernels take two
-/// columns per thread as one 4-byte word (`bf16_pairs`); with f32 rows, one column of f32.
+/// With bf16 rows of an even width, the experts' gather, activation and combine kernels take
+/// two columns per thread, each two bf16 values one 4-byte word (`bf16_pairs`); with f32 rows,
+/// one column of f32.
 #[test]
 fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     for (dtype, hid) in [("bf16", "memref<?xi32>"), ("fp32", "memref<?xf32>")] {
@@ -410,6 +411,11 @@ fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
         assert!(
             gather.contains(&format!("%arg2: {hid},")),
             "{dtype}: {gather}"
+        );
+        let combine = line_with(&k, &["_experts_combine("]);
+        assert!(
+            combine.contains(&format!("(%arg0: {hid},")),
+            "{dtype}: {combine}"
         );
     }
     assert!(ppmoe_runtime::program::bf16_pairs(true, 14336));

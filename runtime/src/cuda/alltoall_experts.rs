@@ -200,6 +200,7 @@ impl Rank<'_> {
             tokens: t,
             k,
             h,
+            mid: ffn.mid,
         };
         let y = combine_rows(&stream, &kernels, &back, order.perm.len(), &comb)?;
         self.put_dev(call.out, y, vec![t, h]);

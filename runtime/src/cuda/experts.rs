@@ -233,6 +233,8 @@ pub(super) struct Combine<'a> {
     pub tokens: usize,
     pub k: usize,
     pub h: usize,
+    /// The expert rows' element type (bf16 rows of an even width are read in pairs).
+    pub mid: Elem,
 }
 
 /// y [T, H] f32: per token, the sum over its k slots of weight x (row + output bias).
@@ -269,8 +271,12 @@ pub(super) fn combine_rows(
     l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
     l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
     l.arg(&has_bias);
+    let threads = match crate::program::bf16_pairs(c.mid == Elem::Bf16, c.h) {
+        true => c.tokens * c.h / 2,
+        false => c.tokens * c.h,
+    };
     // SAFETY: T, k, H baked into the kernel; the buffers are those sizes.
-    unsafe { l.launch(launch_cfg(c.tokens * c.h)) }.map_err(|e| e.to_string())?;
+    unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
     Ok(y)
 }
 
@@ -522,6 +528,7 @@ impl Rank<'_> {
             tokens: t,
             k,
             h,
+            mid: ffn.mid,
         };
         let y = combine_rows(&stream, &kernels, &out, rows, &comb)?;
         self.phase("experts: combine")?;
