@@ -11,7 +11,11 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub const FORMAT_VERSION: u64 = 1;
+/// The bundle format this runtime reads. 2: the experts steps' gather, activation and combine
+/// kernels over bf16 rows of an even width take two columns per thread (`bf16_pairs`), which
+/// the runtime launches so: a version 1 bundle's kernels would be launched with half their
+/// threads, so it is refused rather than run.
+pub const FORMAT_VERSION: u64 = 2;
 pub const MANIFEST: &str = "manifest.json";
 /// The manifest's own sha256 (`sha256sum`'s line format), so an edited program is refused.
 pub const MANIFEST_SHA256: &str = "manifest.sha256";

@@ -10,7 +10,7 @@ pub enum RuntimeError {
         expected: String,
         actual: String,
     },
-    #[error("{path}: bundle format version {found} is not supported (this runtime reads version {supported})")]
+    #[error("{path}: bundle format version {found} is not supported (this runtime reads version {supported}; compile the model again with this ppmoe)")]
     FormatVersion {
         path: String,
         found: u64,

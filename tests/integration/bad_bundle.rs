@@ -122,7 +122,12 @@ fn an_unknown_format_version_is_refused() {
     rewrite_manifest(&c, |v| v["format_version"] = 99.into());
     assert_clean_failure(
         &run(&c, &[&c.input]),
-        &["manifest.json", "format version 99", "reads version 1"],
+        &[
+            "manifest.json",
+            "format version 99",
+            "reads version 2",
+            "compile the model again",
+        ],
     );
 }
 
