@@ -539,14 +539,36 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
                     );
                     assert!(!p.outputs.contains(&r), "{lm}: member {m} is an output");
                     assert!(!inputs.contains(&r), "{lm}: {m}'s result is a kernel input");
-                    // Every member has the root's result shape.
+                    // Every member has the root's result shape, or, for a reduction's
+                    // chain, the shape the reduction reads.
                     let shape = |i: usize| &p.buffers[p.instructions[i].outputs[0]].shape;
-                    assert_eq!(shape(m), shape(root), "{lm}: {m} into {root}");
+                    let read = |i: usize| {
+                        let x = p.instructions[i].inputs[0].unwrap();
+                        &p.buffers[x].shape
+                    };
+                    let reduction = matches!(p.instructions[root].op, Op::Reduce { .. });
+                    let want = if reduction { read(root) } else { shape(root) };
+                    assert_eq!(shape(m), want, "{lm}: {m} into {root}");
                 }
             }
             // Norms, rotary embeddings, masks: each LM has chains to fuse; each attention
-            // layer's softmax is one kernel with the mask before it.
+            // layer's softmax is one kernel with the mask before it; each RMS norm's mean
+            // one kernel with the square before it.
             assert!(fused >= 8, "{lm} rank {}: {fused} fused", p.rank);
+            let fused_means = p
+                .gpu
+                .iter()
+                .enumerate()
+                .filter(|(root, how)| {
+                    matches!(how, GpuOp::Pointwise { members, .. } if !members.is_empty())
+                        && matches!(p.instructions[*root].op, Op::Reduce { .. })
+                })
+                .count();
+            assert!(
+                fused_means >= 3,
+                "{lm} rank {}: {fused_means} fused means",
+                p.rank
+            );
             assert!(
                 softmaxes >= min_softmaxes,
                 "{lm} rank {}: {softmaxes} fused softmaxes",
@@ -589,11 +611,11 @@ fn rotary_sin_cos_and_norm_means_are_generated_kernels_at_long_sequences() {
     for needle in ["sin.approx.f32", "cos.approx.f32", "cvt.rmi.f32.f32"] {
         assert!(ptx.stdout.contains(needle), "no {needle}");
     }
-    // Each mean's kernel folds a row across a warp.
+    // Each mean's kernel (with the square before it) folds a row across a warp.
     let entries: Vec<&str> = ptx.stdout.split(".entry ").skip(1).collect();
     let means: Vec<&&str> = entries
         .iter()
-        .filter(|e| e.contains("_reduce_mean("))
+        .filter(|e| e.contains("_reduce_mean_fused("))
         .collect();
     assert!(!means.is_empty());
     for e in means {

@@ -1207,6 +1207,28 @@ fn reduce_rows(
     out: &[usize],
     f: ppmoe_runtime::program::ReduceFn,
 ) -> Option<(String, String, usize)> {
+    let (mx, mo) = (memref(x), memref(out));
+    let mut b = String::new();
+    let mut load = |b: &mut String| {
+        let _ = writeln!(b, "          %v = memref.load %a0[%o] : {mx}");
+        "%v".to_string()
+    };
+    let threads = reduce_rows_with(&mut b, (x, out), f, "%a1", &mut load)?;
+    let params = vec![mx, mo];
+    Some((name.to_string(), kernel(name, &params, &b), threads))
+}
+
+/// The body of `reduce_rows` (its prologue too) with the input element at flat index `%o`
+/// made by `input` (its text appended, its value returned), the result stored into `out_param`;
+/// returns the threads (one warp per row). None for a reduction other than sum, mean, max,
+/// min, or shapes that are not rows of `x`'s last axis.
+pub(super) fn reduce_rows_with(
+    b: &mut String,
+    (x, out): (&[usize], &[usize]),
+    f: ppmoe_runtime::program::ReduceFn,
+    out_param: &str,
+    input: &mut dyn FnMut(&mut String) -> String,
+) -> Option<usize> {
     use ppmoe_runtime::program::ReduceFn;
     let cols = *x.last()?;
     let rows: usize = out.iter().product();
@@ -1219,18 +1241,22 @@ fn reduce_rows(
         ReduceFn::Min => ("3.40282347e+38", "arith.minimumf"),
         _ => return None,
     };
-    let (mx, mo) = (memref(x), memref(out));
-    let mut b = String::new();
-    prologue(&mut b, rows * WARP);
+    let mo = memref(out);
+    prologue(b, rows * WARP);
     let _ = writeln!(
         b,
         "        %c32 = arith.constant 32 : index\n        %row = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %cols = arith.constant {cols} : index\n        %base = arith.muli %row, %cols : index\n        %init = arith.constant {init} : f32"
     );
     let _ = writeln!(
         b,
-        "        %part = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %init) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {mx}\n          %na = {op} %acc, %v : f32\n          scf.yield %na : f32\n        }}"
+        "        %part = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %init) -> (f32) {{\n          %o = arith.addi %base, %j : index"
     );
-    let mut res = warp_reduce(&mut b, "part", "tot", op);
+    let v = input(b);
+    let _ = writeln!(
+        b,
+        "          %na = {op} %acc, {v} : f32\n          scf.yield %na : f32\n        }}"
+    );
+    let mut res = warp_reduce(b, "part", "tot", op);
     if f == ReduceFn::Mean {
         let _ = writeln!(
             b,
@@ -1241,10 +1267,9 @@ fn reduce_rows(
     }
     let _ = writeln!(
         b,
-        "        %c0 = arith.constant 0 : index\n        %first = arith.cmpi eq, %lane, %c0 : index\n        scf.if %first {{\n          memref.store {res}, %a1[%row] : {mo}\n        }}"
+        "        %c0 = arith.constant 0 : index\n        %first = arith.cmpi eq, %lane, %c0 : index\n        scf.if %first {{\n          memref.store {res}, {out_param}[%row] : {mo}\n        }}"
     );
-    let params = vec![mx, mo];
-    Some((name.to_string(), kernel(name, &params, &b), rows * WARP))
+    Some(rows * WARP)
 }
 
 /// LayerNormalization over rows of `inner` elements, one warp per row (as `reduce_rows`): the

@@ -7,6 +7,6 @@ pub mod kernel_gen;
 mod masks;
 mod pointwise;
 pub mod ptx;
-mod softmax_fused;
+mod row_fused;
 
 pub use kernel_gen::{plan_kernels, KernelPlan, Lowered};

@@ -298,18 +298,18 @@ pub(super) fn plan(
         .collect();
     let all = chains(p, &scalars);
     let mut planned = HashMap::new();
-    // Softmaxes with the chains before and after them, one kernel each.
-    let fusions = super::softmax_fused::find(p, &all, taken);
+    // Softmaxes and last-axis reductions with the chains around them, one kernel each.
+    let fusions = super::row_fused::find(p, &all, taken, constant);
     let mut used = vec![false; all.len()];
     for f in &fusions {
         let Some((name, text, threads, inputs)) =
-            super::softmax_fused::kernel(p, &all, f, &scalars)
+            super::row_fused::kernel(p, &all, f, &scalars, constant)
         else {
             continue;
         };
         funcs.push_str(&text);
         let mut members: Vec<usize> = f.before.map(|c| all[c].clone()).unwrap_or_default();
-        members.push(f.softmax);
+        members.push(f.row);
         if let Some(c) = f.after {
             members.extend(&all[c]);
         }
