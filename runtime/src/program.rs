@@ -738,7 +738,8 @@ pub enum GpuOp {
     /// each `Fused` into this step, whose results only the chain reads; `inputs` the buffers
     /// the kernel reads, in its parameter order (the chain's operands from outside it), then
     /// this instruction's result. One thread per result element; where a softmax is a member
-    /// (with the chains before and after it), one warp per row, `threads` as launched.
+    /// (with the chains before and after it), or the root is a last-axis reduction (with the
+    /// chain before it), one warp per row, `threads` as launched.
     Pointwise {
         name: String,
         threads: usize,
