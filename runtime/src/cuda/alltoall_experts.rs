@@ -10,6 +10,7 @@
 
 use super::experts::{
     alloc, combine_rows, gather_rows, padded_block, upload, Combine, ExpertsCall, RowOrder,
+    SlotsByExpert,
 };
 use super::nccl::{CommHandle, NCCL_UINT8};
 use super::Rank;
@@ -123,8 +124,8 @@ impl Rank<'_> {
         let experts = self.host(ids).map_err(err)?.to_i64();
         let k = weights.len() / t_all.max(1);
         // This rank's slots grouped by global expert: by destination rank, then its expert.
-        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); *num_experts];
-        for s in 0..t * k {
+        let mut expert_of = vec![None; t * k];
+        for (s, of) in expert_of.iter_mut().enumerate() {
             let global = t0 * k + s;
             let ex = experts[global];
             if ex < 0 || ex as usize >= *num_experts {
@@ -133,10 +134,11 @@ impl Rank<'_> {
                 ));
             }
             if weights[global] != 0.0 {
-                by_expert[ex as usize].push(s);
+                *of = Some(ex as usize);
             }
         }
-        let order = RowOrder::of(&by_expert, t * k, k, t0);
+        let by_expert = SlotsByExpert::sort(&expert_of, *num_experts);
+        let order = RowOrder::of(&by_expert.groups(&(0..t), k), t * k, k, t0);
         let counts: Vec<f32> = order.blocks.iter().map(|b| b.1 as f32).collect();
         let comms = self
             .comms
