@@ -190,9 +190,10 @@ impl Rank<'_> {
         self.in_comm(|| self.ragged_exchange(comm, &done, &back, &returned, row_bytes))?;
         let local_w = &weights[t0 * k..(t0 + t) * k];
         let d_w = stream.clone_htod(local_w).map_err(|e| e.to_string())?;
+        // The output bias went on the rows: the combine reads no expert ids (one unread word).
         let (d_pos, d_eid) = (
             upload(&stream, &order.pos)?,
-            upload(&stream, &vec![0; t * k])?,
+            stream.alloc_zeros::<i32>(1).map_err(|e| e.to_string())?,
         );
         let comb = Combine {
             pos: &d_pos,
