@@ -41,7 +41,11 @@ fn last_axis_reduce(
     else {
         return None;
     };
-    let x = static_shape(&p.buffers[ins.inputs.first().copied().flatten()?])?;
+    let xb = ins.inputs.first().copied().flatten()?;
+    let floats = [xb, *ins.outputs.first()?]
+        .iter()
+        .all(|&b| p.buffers[b].dtype.on_device_as_f32());
+    let x = static_shape(&p.buffers[xb]).filter(|_| floats && ins.outputs.len() == 1)?;
     let axes = constant(ins.inputs.get(1).copied().flatten())?.to_i64();
     let last = x.len() as i64 - 1;
     let ok = matches!(
