@@ -248,8 +248,8 @@ fn activation_expr(b: &mut String, a: ppmoe_runtime::program::Activation, x: &st
 }
 
 /// A kernel over `n` threads whose sizes come at launch (`memref<?x..>` and index operands).
-pub(super) fn dyn_kernel(name: &str, params: &[&str], n: &str, body: &str) -> String {
-    let args: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+pub(super) fn dyn_kernel<S: AsRef<str>>(name: &str, params: &[S], n: &str, body: &str) -> String {
+    let args: Vec<&str> = params.iter().map(AsRef::as_ref).collect();
     format!(
         "    gpu.func @{name}({}) kernel {{\n      %bid = gpu.block_id x\n      %bdim = gpu.block_dim x\n      %tid = gpu.thread_id x\n      %i0 = arith.muli %bid, %bdim : index\n      %i = arith.addi %i0, %tid : index\n{n}      %in = arith.cmpi ult, %i, %n : index\n      scf.if %in {{\n{body}      }}\n      gpu.return\n    }}\n",
         args.join(", ")
@@ -354,12 +354,7 @@ pub(super) fn experts_kernels(
         );
         out.push_str(&dyn_kernel(
             &format!("{prefix}_gather"),
-            &[
-                "%x: memref<?xf32>",
-                "%perm: memref<?xi32>",
-                &format!("%out: memref<?x{mid}>"),
-                "%rows: index",
-            ],
+            &step_params(Kind::Gather, mid),
             &format!(
                 "      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"
             ),
@@ -388,14 +383,7 @@ pub(super) fn experts_kernels(
         a.push_str(&store_mid("res", "out", "i"));
         out.push_str(&dyn_kernel(
             &format!("{prefix}_act"),
-            &[
-                &format!("%hid: memref<?x{mid}>"),
-                "%bias: memref<?xf32>",
-                "%rexp: memref<?xi32>",
-                &format!("%out: memref<?x{mid}>"),
-                "%rows: index",
-                "%has_bias: index",
-            ],
+            &step_params(Kind::Act, mid),
             &format!(
                 "      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"
             ),
@@ -412,20 +400,52 @@ pub(super) fn experts_kernels(
         );
         out.push_str(&dyn_kernel(
             &format!("{prefix}_combine"),
-            &[
-                &format!("%out: memref<?x{mid}>"),
-                "%pos: memref<?xi32>",
-                "%w: memref<?xf32>",
-                "%eid: memref<?xi32>",
-                "%bout: memref<?xf32>",
-                "%y: memref<?xf32>",
-                "%has_bias: index",
-            ],
+            &step_params(Kind::Combine, mid),
             &format!("      %n = arith.constant {} : index\n", t * h),
             &c,
         ));
     }
     Some((out, bf16))
+}
+
+/// An experts step's row kernels.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gather,
+    Act,
+    Combine,
+}
+
+/// The parameters of an experts step's row kernel, its rows of element type `rows` (`bf16` or
+/// `f32`; `i32` where two bf16 columns are one word): the same in every form of the kernel,
+/// as the runtime passes them.
+fn step_params(kind: Kind, rows: &str) -> Vec<String> {
+    let r = format!("memref<?x{rows}>");
+    match kind {
+        Kind::Gather => vec![
+            "%x: memref<?xf32>".into(),
+            "%perm: memref<?xi32>".into(),
+            format!("%out: {r}"),
+            "%rows: index".into(),
+        ],
+        Kind::Act => vec![
+            format!("%hid: {r}"),
+            "%bias: memref<?xf32>".into(),
+            "%rexp: memref<?xi32>".into(),
+            format!("%out: {r}"),
+            "%rows: index".into(),
+            "%has_bias: index".into(),
+        ],
+        Kind::Combine => vec![
+            format!("%out: {r}"),
+            "%pos: memref<?xi32>".into(),
+            "%w: memref<?xf32>".into(),
+            "%eid: memref<?xi32>".into(),
+            "%bout: memref<?xf32>".into(),
+            "%y: memref<?xf32>".into(),
+            "%has_bias: index".into(),
+        ],
+    }
 }
 
 /// `%{out}` = `value` plus the row's expert's bias at column `col` (0 without a bias).
@@ -492,12 +512,7 @@ fn gather_pairs_kernel(prefix: &str, h: usize) -> String {
     g.push_str("        %s16 = arith.constant 16 : i32\n        %hi = arith.shli %w1, %s16 : i32\n        %word = arith.ori %w0, %hi : i32\n        memref.store %word, %out[%i] : memref<?xi32>\n");
     dyn_kernel(
         &format!("{prefix}_gather"),
-        &[
-            "%x: memref<?xf32>",
-            "%perm: memref<?xi32>",
-            "%out: memref<?xi32>",
-            "%rows: index",
-        ],
+        &step_params(Kind::Gather, "i32"),
         &format!(
             "      %hh = arith.constant {} : index\n      %n = arith.muli %rows, %hh : index\n",
             h / 2
@@ -516,15 +531,7 @@ fn combine_pairs_kernel(prefix: &str, t: usize, h: usize, k: usize) -> String {
     );
     dyn_kernel(
         &format!("{prefix}_combine"),
-        &[
-            "%out: memref<?xi32>",
-            "%pos: memref<?xi32>",
-            "%w: memref<?xf32>",
-            "%eid: memref<?xi32>",
-            "%bout: memref<?xf32>",
-            "%y: memref<?xf32>",
-            "%has_bias: index",
-        ],
+        &step_params(Kind::Combine, "i32"),
         &format!("      %n = arith.constant {} : index\n", t * h / 2),
         &c,
     )
@@ -572,14 +579,7 @@ fn act_pairs_kernel(prefix: &str, f: usize, n: usize, gated: bool, math: &str) -
     );
     dyn_kernel(
         &format!("{prefix}_act"),
-        &[
-            "%hid: memref<?xi32>",
-            "%bias: memref<?xf32>",
-            "%rexp: memref<?xi32>",
-            "%out: memref<?xi32>",
-            "%rows: index",
-            "%has_bias: index",
-        ],
+        &step_params(Kind::Act, "i32"),
         &format!(
             "      %ff = arith.constant {half} : index\n      %n = arith.muli %rows, %ff : index\n"
         ),

@@ -200,7 +200,7 @@ impl Rank<'_> {
                 // The data: the float buffer itself, integers uploaded as i64 words.
                 let data = if is_float {
                     self.device(s)?;
-                    let x = self.slots[s].as_ref().and_then(|v| v.dev.clone());
+                    let x = self.shared_dev(s);
                     InFlight::Floats(
                         x.ok_or_else(|| fail("the operand is not on the device".into()))?,
                     )

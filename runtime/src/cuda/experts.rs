@@ -263,13 +263,19 @@ pub(super) fn gather_rows(
     l.arg(perm).arg(perm).arg(&zero).arg(&lp).arg(&one);
     l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
     l.arg(&rows_i);
-    let threads = match crate::program::bf16_pairs(mid == Elem::Bf16, h) {
-        true => rows * h / 2,
-        false => rows * h,
-    };
+    let threads = row_threads(rows, h, mid);
     // SAFETY: H baked into the kernel; perm's entries are rows of x; out holds rows x H.
     unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// The threads of a step's row kernel over `rows` rows of `width` columns of `mid`: one per
+/// element, or one per two where the kernel takes bf16 columns in pairs (`bf16_pairs`).
+fn row_threads(rows: usize, width: usize, mid: Elem) -> usize {
+    match crate::program::bf16_pairs(mid == Elem::Bf16, width) {
+        true => rows * width / 2,
+        false => rows * width,
+    }
 }
 
 /// What the combine reads besides the expert rows.
@@ -320,10 +326,7 @@ pub(super) fn combine_rows(
     l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
     l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
     l.arg(&has_bias);
-    let threads = match crate::program::bf16_pairs(c.mid == Elem::Bf16, c.h) {
-        true => c.tokens * c.h / 2,
-        false => c.tokens * c.h,
-    };
+    let threads = row_threads(c.tokens, c.h, c.mid);
     // SAFETY: T, k, H baked into the kernel; the buffers are those sizes.
     unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
     Ok(y)
@@ -504,9 +507,8 @@ impl Rank<'_> {
         // For every chunk's combine: the weights where the routing left them on the device
         // (else uploaded once), each slot's local expert only where an output bias is added
         // by expert (else one unread word).
-        let on_device = self.slots[call.weights]
-            .as_ref()
-            .and_then(|s| s.dev.clone())
+        let on_device = self
+            .shared_dev(call.weights)
             .filter(|d| d.len() == weights.len());
         let weights = match on_device {
             Some(d) => d,
@@ -716,10 +718,7 @@ impl Rank<'_> {
         l.arg(&act).arg(&act).arg(&zero).arg(&la).arg(&one);
         l.arg(&rows_i).arg(&has_bias);
         // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
-        let act_threads = match crate::program::bf16_pairs(ffn.mid == Elem::Bf16, ffn.f) {
-            true => rows * ffn.f / 2,
-            false => rows * ffn.f,
-        };
+        let act_threads = row_threads(rows, ffn.f, ffn.mid);
         unsafe { l.launch(launch_cfg(act_threads)) }.map_err(|e| e.to_string())?;
         self.phase("experts: activation")?;
         self.project(&act, ffn.w_out, &out, (ffn.f, h), blocks, ffn)?;

@@ -116,11 +116,7 @@ impl Rank<'_> {
     /// the previous mark, or the step's start); nothing otherwise.
     fn phase(&self, name: &'static str) -> Result<(), String> {
         if let Some(marks) = self.marks.borrow_mut().as_mut() {
-            let e = self
-                .stream
-                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| e.to_string())?;
-            marks.push((name, e));
+            marks.push((name, comm_time::event_on(&self.stream)?));
         }
         Ok(())
     }
@@ -205,10 +201,12 @@ impl Rank<'_> {
         });
     }
 
-    fn put_dev(&mut self, id: usize, dev: CudaSlice<f32>, shape: Vec<usize>) {
+    /// Buffer `id`'s value on the device (a new buffer, or one shared with the buffer it
+    /// reshapes).
+    fn put_dev(&mut self, id: usize, dev: impl Into<Arc<CudaSlice<f32>>>, shape: Vec<usize>) {
         let dtype = self.program.buffers[id].dtype;
         self.slots[id] = Some(Slot {
-            dev: Some(Arc::new(dev)),
+            dev: Some(dev.into()),
             dev16: None,
             host: None,
             shape,
@@ -224,6 +222,11 @@ impl Rank<'_> {
         }
         let p = dptr(self.device(id)?, &stream);
         Ok((p, blas::Elem::F32))
+    }
+
+    /// Buffer `id`'s device buffer, shared (None where it is on the host only).
+    fn shared_dev(&self, id: usize) -> Option<Arc<CudaSlice<f32>>> {
+        self.slots[id].as_ref().and_then(|s| s.dev.clone())
     }
 
     /// Buffer `id` on the device as a GEMM operand of `elem` (see `activation`).
@@ -378,17 +381,9 @@ impl Rank<'_> {
                     .iter()
                     .map(|d| d.unwrap_or(0))
                     .collect();
-                let shared = self.slots[src].as_ref().and_then(|s| s.dev.clone());
-                if let Some(dev) = shared {
+                if let Some(dev) = self.shared_dev(src) {
                     // The same device buffer under the new shape: a reshape moves nothing.
-                    let dtype = self.program.buffers[dst].dtype;
-                    self.slots[dst] = Some(Slot {
-                        dev: Some(dev),
-                        dev16: None,
-                        host: None,
-                        shape,
-                        dtype,
-                    });
+                    self.put_dev(dst, dev, shape);
                 } else {
                     let t = self.host(src)?;
                     self.put_host(dst, Tensor { shape, ..t });
