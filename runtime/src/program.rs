@@ -785,6 +785,45 @@ pub fn bf16_pairs(bf16_rows: bool, width: usize) -> bool {
     bf16_rows && width.is_multiple_of(2)
 }
 
+/// The warps of a block of the device-routed expert projections (`decode_experts` in the
+/// compiler): each warp computes a few output columns, its lanes splitting the inner
+/// dimension.
+pub const DECODE_WARPS: usize = 8;
+
+/// The tile of the device-routed expert projections for `tokens` tokens: an expert's rows are
+/// taken `rows` at a time (a token picks an expert at most once, so no expert has more rows
+/// than tokens), each warp computing `warp_columns` output columns. The compiler bakes it
+/// into the kernels; the runtime sizes their grids by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeTile {
+    pub rows: usize,
+    pub warp_columns: usize,
+}
+
+impl DecodeTile {
+    pub fn for_tokens(tokens: usize) -> DecodeTile {
+        let rows = tokens.clamp(1, 8);
+        DecodeTile {
+            rows,
+            warp_columns: if rows <= 4 { 4 } else { 2 },
+        }
+    }
+
+    /// The output columns of one block.
+    pub fn block_columns(self) -> usize {
+        DECODE_WARPS * self.warp_columns
+    }
+}
+
+/// Whether an experts step over `slots` routed slots (tokens x k) of `experts` experts (all
+/// ranks') runs routed on the device: where the experts average at most 4 rows, so the
+/// projections are bound by reading the routed experts' weights, which the device kernels do
+/// once per expert, with no grouping on the host (more rows: the host groups them for cuBLAS's
+/// tensor-core GEMMs).
+pub fn routes_on_device(slots: usize, experts: usize) -> bool {
+    slots > 0 && slots <= 4 * experts && slots <= 4096
+}
+
 /// The generated kernel that narrows f32 activations to bf16 before a bf16 GEMM (present in a
 /// rank's PTX when its weights are bf16).
 pub const TO_BF16_KERNEL: &str = "to_bf16";

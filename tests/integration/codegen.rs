@@ -423,6 +423,92 @@ fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     assert!(!ppmoe_runtime::program::bf16_pairs(false, 14336));
 }
 
+/// The PTX of the bf16 LM exported with a dynamic sequence, at `tokens` tokens.
+fn lm_ptx(tokens: usize, extra: &[&str]) -> String {
+    let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
+    let shape = format!("input_ids=1x{tokens}");
+    let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "ptx"];
+    a.extend(["--input-shape", shape.as_str()]);
+    a.extend(extra);
+    let out = ppmoe(&a);
+    assert_eq!(out.code, 0, "{tokens} tokens {extra:?}: {}", out.stderr);
+    out.stdout
+}
+
+/// The body of PTX entry `name` (up to the next entry).
+fn entry<'t>(ptx: &'t str, name: &str) -> &'t str {
+    let start = ptx
+        .find(&format!("entry {name}("))
+        .unwrap_or_else(|| panic!("no entry {name}"));
+    let rest = &ptx[start..];
+    let end = rest[1..].find(".entry").map_or(rest.len(), |e| e + 1);
+    &rest[..end]
+}
+
+/// The names of the PTX's entries that end with `suffix`.
+fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
+    ptx.lines()
+        .filter_map(|l| l.split("entry ").nth(1))
+        .filter_map(|l| l.split('(').next())
+        .filter(|n| n.ends_with(suffix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Few tokens (the fixture's 4 experts averaging at most 4 rows) are routed on the device:
+/// per layer the slots listed per expert by shared-memory atomics, and two projections whose
+/// lanes read the routed experts' weights 16 bytes at a time and fold their sums by shuffles,
+/// at tp 1 and in PPMoE's local step at tp 2. More tokens, and all-to-all's steps (the rows
+/// travel), are grouped on the host.
+#[test]
+fn few_tokens_are_routed_on_the_device_and_many_grouped_on_the_host() {
+    for dtype in ["fp32", "bf16"] {
+        let few = lm_ptx(2, &["--dtype", dtype]);
+        let groups = entries_ending(&few, "_dgroup");
+        assert_eq!(groups.len(), 2, "{dtype}: one per MoE layer: {groups:?}");
+        for g in &groups {
+            assert!(entry(&few, g).contains("atom.shared.add.u32"), "{g}");
+            let prefix = g.trim_end_matches("_dgroup");
+            for proj in ["dproj_in", "dproj_out"] {
+                let body = entry(&few, &format!("{prefix}_{proj}"));
+                for needle in [
+                    "ld.global.v4.b32",
+                    "fma.rn.f32",
+                    "shfl.sync.bfly.b32",
+                    "bar.sync",
+                ] {
+                    assert!(
+                        body.contains(needle),
+                        "{dtype} {prefix}_{proj}: no {needle}"
+                    );
+                }
+            }
+        }
+        let tp2 = lm_ptx(2, &["--dtype", dtype, "--tp", "2"]);
+        assert_eq!(
+            entries_ending(&tp2, "_local_experts_dgroup").len(),
+            4,
+            "{dtype} tp 2"
+        );
+        let a2a = lm_ptx(
+            2,
+            &["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"],
+        );
+        assert!(
+            entries_ending(&a2a, "_dgroup").is_empty(),
+            "{dtype} all-to-all"
+        );
+        let many = lm_ptx(16, &["--dtype", dtype]);
+        assert!(
+            entries_ending(&many, "_dgroup").is_empty(),
+            "{dtype} 16 tokens"
+        );
+    }
+    use ppmoe_runtime::program::routes_on_device;
+    assert!(routes_on_device(8, 128) && routes_on_device(512, 128));
+    assert!(!routes_on_device(128, 8) && !routes_on_device(0, 8));
+}
+
 /// `moe.route` is launched one warp per token (the experts split over its lanes) where the
 /// router has no group limit, and one thread per token under DeepSeek-V3's group limit.
 #[test]

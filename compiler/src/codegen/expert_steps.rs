@@ -122,6 +122,7 @@ fn local_experts(
         weights: operand(c, 2)?,
         w_in: operand(f, 2)?,
         w_out: operand(f, 3)?,
+        ids: operand(s, 1),
     };
     let prefix = format!("k{combine}_local_experts");
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
@@ -264,6 +265,8 @@ fn alltoall_experts(p: &Program, chain: &AllToAllChain, funcs: &mut String) -> O
         weights: operand(c, 1)?,
         w_in: operand(f, 2)?,
         w_out: operand(f, 3)?,
+        // The rows travel between ranks: grouped on the host.
+        ids: None,
     };
     let prefix = format!("k{}_alltoall_experts", chain.combine);
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;

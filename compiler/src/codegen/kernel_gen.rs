@@ -295,12 +295,14 @@ impl Ffn {
 }
 
 /// The buffers the experts kernels are specialised to: tokens x [T,H], routing weights [T,k],
-/// the two expert stacks.
+/// the two expert stacks, and the routing's expert ids where the step may be routed on the
+/// device (`decode_experts`).
 pub(super) struct ExpertsOperands {
     pub x: usize,
     pub weights: usize,
     pub w_in: usize,
     pub w_out: usize,
+    pub ids: Option<usize>,
 }
 
 /// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
@@ -404,6 +406,10 @@ pub(super) fn experts_kernels(
             &format!("      %n = arith.constant {} : index\n", t * h),
             &c,
         ));
+    }
+    if let Some(ids) = o.ids {
+        let decode = super::decode_experts::kernels(p, *layout, o, ids, prefix, bf16);
+        out.push_str(&decode.unwrap_or_default());
     }
     Some((out, bf16))
 }
@@ -1478,6 +1484,7 @@ pub fn plan_kernels(
                         weights: at(1)?,
                         w_in: at(3)?,
                         w_out: at(4)?,
+                        ids: at(2),
                     })
                 };
                 let kernels = Ffn::of(&ins.op)

@@ -2,6 +2,7 @@
 //! cuBLAS GEMMs, NCCL collectives, and the ops not yet generated, named as host work) and the
 //! `ptx` stage (the kernel modules lowered through MLIR's gpu -> NVVM -> LLVM -> PTX, sm_90).
 
+mod decode_experts;
 mod expert_steps;
 pub mod kernel_gen;
 mod masks;

@@ -54,16 +54,16 @@ pub(super) struct ExpertKernels {
 
 /// The expert FFN's operands on the device.
 pub(super) struct FfnOperands {
-    w_in: (u64, Elem),
-    w_out: (u64, Elem),
+    pub w_in: (u64, Elem),
+    pub w_out: (u64, Elem),
     /// The bias buffers (on the device already).
     b_in: Option<usize>,
-    b_out: Option<usize>,
+    pub b_out: Option<usize>,
     /// The output bias goes on the expert rows (before they travel back), not in the combine.
     bias_on_rows: bool,
     /// The hidden width, the first projection's width (F, or 2F gated) and the FFN width.
     h: usize,
-    n: usize,
+    pub n: usize,
     f: usize,
     w_transposed: bool,
     /// The element type of rows, hidden activations and outputs between kernels and GEMMs.
@@ -218,6 +218,34 @@ pub(super) struct Routed {
     pub weights: Arc<CudaSlice<f32>>,
     pub eid: CudaSlice<i32>,
     pub by_expert: SlotsByExpert,
+}
+
+/// A step's expert outputs: computed by the device-routed path (`device_routed`), or to be
+/// computed from the routing grouped on the host.
+pub(super) enum ExpertSource {
+    Device {
+        y: Option<CudaSlice<f32>>,
+        t: usize,
+        h: usize,
+    },
+    Host(Routed),
+}
+
+impl ExpertSource {
+    pub(super) fn tokens_and_hidden(&self) -> (usize, usize) {
+        match self {
+            ExpertSource::Device { t, h, .. } => (*t, *h),
+            ExpertSource::Host(r) => (r.tokens, r.h),
+        }
+    }
+
+    /// The chunks of tokens to compute the outputs in: one where they are computed already.
+    pub(super) fn chunks(&self, wanted: usize) -> usize {
+        match self {
+            ExpertSource::Device { .. } => 1,
+            ExpertSource::Host(_) => wanted,
+        }
+    }
 }
 
 /// `v` on the device (one element for an empty `v`: a kernel argument must point somewhere).
@@ -464,12 +492,53 @@ impl Rank<'_> {
     ) -> Result<(), RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
-        let routed = self.routed(i, call)?;
+        let mut source = self.expert_source(i, call, prefix, bf16)?;
+        let (t, h) = source.tokens_and_hidden();
         let y = self
-            .experts_of_tokens(i, call, prefix, bf16, &routed, 0..routed.tokens)
+            .chunk_experts(i, call, prefix, bf16, &mut source, 0..t)
             .map_err(&fail)?;
-        self.put_dev(call.out, y, vec![routed.tokens, routed.h]);
+        self.put_dev(call.out, y, vec![t, h]);
         Ok(())
+    }
+
+    /// Where a step's expert outputs come from: computed already, routed on the device, or
+    /// the routing grouped on the host, for the caller to compute chunk by chunk.
+    pub(super) fn expert_source(
+        &mut self,
+        i: usize,
+        call: &ExpertsCall,
+        prefix: &str,
+        bf16: bool,
+    ) -> Result<ExpertSource, RuntimeError> {
+        let program = self.program;
+        let fail = |reason: String| fail_at(program, i, reason);
+        let h = self.shape(call.x).last().copied().unwrap_or(0);
+        match self
+            .device_routed_experts(call, prefix, bf16)
+            .map_err(&fail)?
+        {
+            Some((y, t)) => Ok(ExpertSource::Device { y: Some(y), t, h }),
+            None => Ok(ExpertSource::Host(self.routed(i, call)?)),
+        }
+    }
+
+    /// [T, H] f32: the combined outputs of `tokens` from `source` (a device-routed step's
+    /// whole output, once: its caller takes all tokens as one chunk).
+    pub(super) fn chunk_experts(
+        &mut self,
+        i: usize,
+        call: &ExpertsCall,
+        prefix: &str,
+        bf16: bool,
+        source: &mut ExpertSource,
+        tokens: std::ops::Range<usize>,
+    ) -> Result<CudaSlice<f32>, String> {
+        match source {
+            ExpertSource::Host(r) => self.experts_of_tokens(i, call, prefix, bf16, r, tokens),
+            ExpertSource::Device { y, .. } => y
+                .take()
+                .ok_or_else(|| "a device-routed step's output taken twice".to_string()),
+        }
     }
 
     /// The slots grouped by expert (see `Routed`), from the routing on the host.
@@ -698,7 +767,39 @@ impl Rank<'_> {
         self.phase("experts: row experts uploaded")?;
         self.project(src, ffn.w_in, &hid, (h, ffn.n), blocks, ffn)?;
         self.phase("experts: first projection")?;
-        let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| e.to_string())?;
+        self.launch_act(kernels, &hid, &act, &d_rexp, rows, ffn)?;
+        self.phase("experts: activation")?;
+        self.project(&act, ffn.w_out, &out, (ffn.f, h), blocks, ffn)?;
+        self.phase("experts: second projection")?;
+        if let (true, Some(b), Some(k)) = (ffn.bias_on_rows, ffn.b_out, &kernels.bias_out) {
+            let b = self.dev_ref(b)?;
+            let (zero, one, rows_i) = (0i64, 1i64, rows as i64);
+            let len = |v: usize| v.max(1) as i64;
+            let lr = len(rows);
+            let (lo, lb) = (len(rows * h), len(b.len()));
+            let mut l = stream.launch_builder(k);
+            l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
+            l.arg(b).arg(b).arg(&zero).arg(&lb).arg(&one);
+            l.arg(&d_rexp).arg(&d_rexp).arg(&zero).arg(&lr).arg(&one);
+            l.arg(&rows_i);
+            // SAFETY: as above (H baked in; out holds rows x H).
+            unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    }
+
+    /// The activation kernel over `rows` rows of `hid` into `act`, each row's input bias
+    /// that of its expert `rexp[row]`.
+    fn launch_act(
+        &self,
+        kernels: &ExpertKernels,
+        hid: &CudaSlice<f32>,
+        act: &CudaSlice<f32>,
+        rexp: &CudaSlice<i32>,
+        rows: usize,
+        ffn: &FfnOperands,
+    ) -> Result<(), String> {
+        let dummy: CudaSlice<f32> = self.stream.alloc_zeros(1).map_err(|e| e.to_string())?;
         let (bias, has_bias) = match ffn.b_in {
             Some(b) => (self.dev_ref(b)?, 1i64),
             None => (&dummy, 0i64),
@@ -711,30 +812,32 @@ impl Rank<'_> {
             len(rows),
             len(rows * ffn.f),
         );
-        let mut l = stream.launch_builder(&kernels.act);
-        l.arg(&hid).arg(&hid).arg(&zero).arg(&lh).arg(&one);
+        let mut l = self.stream.launch_builder(&kernels.act);
+        l.arg(hid).arg(hid).arg(&zero).arg(&lh).arg(&one);
         l.arg(bias).arg(bias).arg(&zero).arg(&lb).arg(&one);
-        l.arg(&d_rexp).arg(&d_rexp).arg(&zero).arg(&lr).arg(&one);
-        l.arg(&act).arg(&act).arg(&zero).arg(&la).arg(&one);
+        l.arg(rexp).arg(rexp).arg(&zero).arg(&lr).arg(&one);
+        l.arg(act).arg(act).arg(&zero).arg(&la).arg(&one);
         l.arg(&rows_i).arg(&has_bias);
         // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
         let act_threads = row_threads(rows, ffn.f, ffn.mid);
         unsafe { l.launch(launch_cfg(act_threads)) }.map_err(|e| e.to_string())?;
-        self.phase("experts: activation")?;
-        self.project(&act, ffn.w_out, &out, (ffn.f, h), blocks, ffn)?;
-        self.phase("experts: second projection")?;
-        if let (true, Some(b), Some(k)) = (ffn.bias_on_rows, ffn.b_out, &kernels.bias_out) {
-            let b = self.dev_ref(b)?;
-            let (lo, lb) = (len(rows * h), len(b.len()));
-            let mut l = stream.launch_builder(k);
-            l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
-            l.arg(b).arg(b).arg(&zero).arg(&lb).arg(&one);
-            l.arg(&d_rexp).arg(&d_rexp).arg(&zero).arg(&lr).arg(&one);
-            l.arg(&rows_i);
-            // SAFETY: as above (H baked in; out holds rows x H).
-            unsafe { l.launch(launch_cfg(rows * h)) }.map_err(|e| e.to_string())?;
-        }
-        Ok(out)
+        Ok(())
+    }
+
+    /// [slots, F] of `mid`: the activation of `hid` ([slots, N], rows indexed by slot), each
+    /// slot's input bias that of its local expert `eid[slot]` (the device-routed path).
+    pub(super) fn activate(
+        &self,
+        prefix: &str,
+        hid: &CudaSlice<f32>,
+        eid: &CudaSlice<i32>,
+        slots: usize,
+        ffn: &FfnOperands,
+    ) -> Result<CudaSlice<f32>, String> {
+        let act = alloc(&self.stream, slots * ffn.f, ffn.mid)?;
+        let kernels = self.expert_kernels(prefix, false)?;
+        self.launch_act(&kernels, hid, &act, eid, slots, ffn)?;
+        Ok(act)
     }
 
     /// One projection of every block: one grouped GEMM for all experts, or one GEMM per

@@ -12,6 +12,7 @@ pub use allreduce_bench::bench_all_reduce;
 mod collective;
 mod comm;
 mod comm_time;
+mod device_routed;
 mod experts;
 mod gemm;
 mod grouped_choice;

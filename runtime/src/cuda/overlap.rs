@@ -47,15 +47,15 @@ impl Rank<'_> {
     ) -> Result<(), RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
-        let routed = self.routed(i, call)?;
-        let (t, h) = (routed.tokens, routed.h);
+        let mut source = self.expert_source(i, call, prefix, bf16)?;
+        let (t, h) = source.tokens_and_hidden();
         let (Some(comms), Some(side)) = (
             self.comms.filter(|_| group.len() > 1),
             self.comm_stream.clone(),
         ) else {
             // A group of one: the all-reduce is the identity.
             let y = self
-                .experts_of_tokens(i, call, prefix, bf16, &routed, 0..t)
+                .chunk_experts(i, call, prefix, bf16, &mut source, 0..t)
                 .map_err(&fail)?;
             self.put_dev(call.out, y, vec![t, h]);
             return Ok(());
@@ -64,13 +64,13 @@ impl Rank<'_> {
         // SAFETY: written whole by the chunks' reductions (the chunks cover every token).
         let out =
             unsafe { self.stream.alloc::<f32>((t * h).max(1)) }.map_err(|e| fail(e.to_string()))?;
-        let n = chunk_count(t);
+        let n = source.chunks(chunk_count(t));
         let mut partials = Vec::with_capacity(n);
         let mut last_ready = None;
         for c in 0..n {
             let tokens = chunk(t, c, n);
             let y = self
-                .experts_of_tokens(i, call, prefix, bf16, &routed, tokens.clone())
+                .chunk_experts(i, call, prefix, bf16, &mut source, tokens.clone())
                 .map_err(&fail)?;
             // The second stream starts this chunk's reduction once its sum is made.
             let ready = event_on(&self.stream).map_err(&fail)?;

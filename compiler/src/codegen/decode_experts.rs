@@ -1,0 +1,357 @@
+//! The experts of a step over few tokens, routed on the device (`routes_on_device`): no
+//! routing read back, no grouping on the host, no rows gathered. Three kernels besides the
+//! step's activation and combine:
+//! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
+//!   and counts them; one more block writes each slot's row for the combine (the slot itself,
+//!   or -1) and its local expert (for the biases).
+//! - `{prefix}_dproj_in`, `{prefix}_dproj_out`: a projection of the listed rows by their
+//!   expert's matrix, rows indexed by slot ([T x k, dout]): one block per (expert, column
+//!   tile); a block of an expert with no rows returns before reading a weight, so only the
+//!   routed experts' matrices are read, each once per `DecodeTile::rows` rows. Each warp
+//!   computes a few columns: its lanes read a column's weights 16 bytes at a time along the
+//!   inner dimension (the `Linear` layout's contiguous one), multiply them with the rows staged
+//!   in shared memory (f32), and the lanes' sums are folded by butterfly shuffles.
+//!
+//! A slot's place in its expert's list depends on the order of the shared-memory atomics, but
+//! its result does not: each row is computed by the same lanes in the same order wherever it
+//! sits, and written to its own slot's row.
+
+use super::kernel_gen::{static_shape, warp_reduce, ExpertsOperands, WARP};
+use ppmoe_runtime::program::{DecodeTile, ExpertLayout, Op, Program, DECODE_WARPS};
+use std::fmt::Write as _;
+
+/// Bytes one lane reads of a weight column at once.
+const WORD_BYTES: usize = 16;
+/// Floats of the rows staged in shared memory (32 KiB, under the 48 KiB of static shared
+/// memory a kernel may have).
+const STAGED: usize = 8192;
+
+/// The kernels, where the step's routing comes from `moe.route` on the device (`ids`) without a
+/// capacity, its stacks are in the `Linear` layout, both of `mid`'s type, and the slots few
+/// enough (`routes_on_device`); None otherwise (the step groups on the host).
+pub(super) fn kernels(
+    p: &Program,
+    layout: ExpertLayout,
+    o: &ExpertsOperands,
+    ids: usize,
+    prefix: &str,
+    bf16: bool,
+) -> Option<String> {
+    let route = p.instructions.iter().find(|i| i.outputs.contains(&ids))?;
+    let Op::MoeRoute { capacity: 0, .. } = route.op else {
+        return None;
+    };
+    let logits = static_shape(&p.buffers[route.inputs.first().copied().flatten()?])?;
+    let (x, w) = (
+        static_shape(&p.buffers[o.x])?,
+        static_shape(&p.buffers[o.weights])?,
+    );
+    let (w_in, w_out) = (
+        static_shape(&p.buffers[o.w_in])?,
+        static_shape(&p.buffers[o.w_out])?,
+    );
+    let dims = layout.dims(&w_in, &w_out)?;
+    let (t, k, all_experts) = (x[0], w[1], *logits.last()?);
+    let stack = |b: usize| p.buffers[b].dtype;
+    let same = stack(o.w_in) == stack(o.w_out);
+    let per = WORD_BYTES / if bf16 { 2 } else { 4 };
+    let words = dims.hidden % per == 0 && dims.ffn % per == 0;
+    let few = ppmoe_runtime::program::routes_on_device(t * k, all_experts);
+    if layout != ExpertLayout::Linear || !same || !words || !chosen(few) {
+        return None;
+    }
+    let s = t * k;
+    let tile = DecodeTile::for_tokens(t);
+    let mid = if bf16 { "bf16" } else { "f32" };
+    let mut out = group_kernel(prefix, s, dims.experts);
+    let projection = |name: &str, src: &str, (din, dout): (usize, usize), div: usize| Projection {
+        name: format!("{prefix}_{name}"),
+        src: src.to_string(),
+        mid,
+        din,
+        dout,
+        div,
+        slots: s,
+        tile,
+        per,
+    };
+    out.push_str(&projection("dproj_in", "f32", (dims.hidden, dims.n), k).kernel());
+    out.push_str(&projection("dproj_out", mid, (dims.ffn, dims.hidden), 1).kernel());
+    Some(out)
+}
+
+/// Whether to route on the device: where the slots are few (`routes_on_device`), unless
+/// `PPMOE_DEVICE_ROUTING` says: `0` never, `1` wherever the step can (to test and time the
+/// device path on any model).
+fn chosen(few: bool) -> bool {
+    match std::env::var("PPMOE_DEVICE_ROUTING").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => few,
+    }
+}
+
+/// `{prefix}_dgroup` over `s` slots and `e` local experts (grid e + 1 blocks of 256).
+fn group_kernel(prefix: &str, s: usize, e: usize) -> String {
+    let mut b = String::new();
+    let _ = writeln!(
+        b,
+        "      %bid = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c256 = arith.constant 256 : index\n      %cS = arith.constant {s} : index\n      %cE = arith.constant {e} : index\n      %z32 = arith.constant 0 : i32\n      %one32 = arith.constant 1 : i32\n      %m1 = arith.constant -1 : i32\n      %zero = arith.constant 0.0 : f32\n      %first64 = arith.index_cast %first : index to i64\n      %cE64 = arith.index_cast %cE : index to i64\n      %z64 = arith.constant 0 : i64\n      %lister = arith.cmpi ult, %bid, %cE : index"
+    );
+    // A slot's local expert (i64, may lie outside 0..e) and whether its weight is not 0.
+    let slot = "          %idf = memref.load %ids[%s] : memref<?xf32>\n          %id = arith.fptosi %idf : f32 to i64\n          %loc = arith.subi %id, %first64 : i64\n          %wv = memref.load %w[%s] : memref<?xf32>\n          %nz = arith.cmpf une, %wv, %zero : f32\n          %ge = arith.cmpi sge, %loc, %z64 : i64\n          %lt = arith.cmpi slt, %loc, %cE64 : i64\n          %local = arith.andi %ge, %lt : i1\n";
+    let _ = writeln!(
+        b,
+        "      scf.if %lister {{\n        %tid0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %tid0 {{\n          memref.store %z32, %cnt[%c0] : memref<1xi32, 3>\n        }}\n        gpu.barrier\n        %bid64 = arith.index_cast %bid : index to i64\n        %lbase = arith.muli %bid, %cS : index\n        scf.for %s = %tid to %cS step %c256 {{\n{slot}          %is = arith.cmpi eq, %loc, %bid64 : i64\n          %mine = arith.andi %is, %nz : i1\n          scf.if %mine {{\n            %at32 = memref.atomic_rmw addi %one32, %cnt[%c0] : (i32, memref<1xi32, 3>) -> i32\n            %at = arith.index_cast %at32 : i32 to index\n            %li = arith.addi %lbase, %at : index\n            %s32 = arith.index_cast %s : index to i32\n            memref.store %s32, %lists[%li] : memref<?xi32>\n          }}\n        }}\n        gpu.barrier\n        scf.if %tid0 {{\n          %n = memref.load %cnt[%c0] : memref<1xi32, 3>\n          memref.store %n, %counts[%bid] : memref<?xi32>\n        }}\n      }} else {{\n        scf.for %s = %tid to %cS step %c256 {{\n{slot}          %used = arith.andi %local, %nz : i1\n          %s32 = arith.index_cast %s : index to i32\n          %p = arith.select %used, %s32, %m1 : i32\n          memref.store %p, %pos[%s] : memref<?xi32>\n          %l32 = arith.trunci %loc : i64 to i32\n          %le = arith.select %local, %l32, %z32 : i32\n          memref.store %le, %eid[%s] : memref<?xi32>\n        }}\n      }}"
+    );
+    let params = [
+        "%ids: memref<?xf32>",
+        "%w: memref<?xf32>",
+        "%lists: memref<?xi32>",
+        "%counts: memref<?xi32>",
+        "%pos: memref<?xi32>",
+        "%eid: memref<?xi32>",
+        "%first: index",
+    ];
+    format!(
+        "    gpu.func @{prefix}_dgroup({}) workgroup(%cnt: memref<1xi32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
+        params.join(", ")
+    )
+}
+
+/// One projection's kernel (see the module's comment).
+struct Projection {
+    name: String,
+    /// The element type of the source rows and of the output (`mid`).
+    src: String,
+    mid: &'static str,
+    din: usize,
+    dout: usize,
+    /// Slot s reads source row s / div (k: the token's row of x; 1: the slot's own row).
+    div: usize,
+    slots: usize,
+    tile: DecodeTile,
+    /// Weight elements per 16-byte word.
+    per: usize,
+}
+
+impl Projection {
+    /// The inner dimension's chunk staged at once: all of it where it fits, else a multiple of
+    /// a warp's words.
+    fn chunk(&self) -> usize {
+        let fit = STAGED / self.tile.rows;
+        if self.din <= fit {
+            self.din
+        } else {
+            fit / (WARP * self.per) * (WARP * self.per)
+        }
+    }
+
+    fn kernel(&self) -> String {
+        let (r, cw, kc) = (self.tile.rows, self.tile.warp_columns, self.chunk());
+        let mut b = String::new();
+        let _ = writeln!(
+            b,
+            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c32 = arith.constant 32 : index\n      %c256 = arith.constant 256 : index\n      %cR = arith.constant {r} : index\n      %cKC = arith.constant {kc} : index\n      %cRKC = arith.constant {} : index\n      %cK = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cper = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{",
+            r * kc,
+            self.din,
+            self.slots,
+            self.dout,
+            self.per,
+            self.div
+        );
+        self.columns(&mut b, cw);
+        let _ = writeln!(
+            b,
+            "        %lbase = arith.muli %e, %cS : index\n        scf.for %r0 = %c0 to %cnt step %cR {{\n          %left = arith.subi %cnt, %r0 : index\n          %rows = arith.minui %left, %cR : index"
+        );
+        let accs: Vec<String> = (0..r * cw).map(|a| format!("%a{a}")).collect();
+        let inits = accs
+            .iter()
+            .map(|a| format!("{a} = %zero"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let types = vec!["f32"; r * cw].join(", ");
+        let _ = writeln!(
+            b,
+            "          %acc:{} = scf.for %kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{",
+            r * cw
+        );
+        self.stage(&mut b);
+        self.multiply(&mut b, &accs, &types);
+        let _ = writeln!(b, "          }}");
+        self.store(&mut b);
+        let _ = writeln!(b, "        }}\n      }}");
+        let params = [
+            format!("%src: memref<?x{}>", self.src),
+            "%wt: memref<?xvector<4xi32>>".to_string(),
+            "%lists: memref<?xi32>".to_string(),
+            "%counts: memref<?xi32>".to_string(),
+            format!("%dst: memref<?x{}>", self.mid),
+        ];
+        format!(
+            "    gpu.func @{}({}) workgroup(%xs: memref<{}xf32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
+            self.name,
+            params.join(", "),
+            r * kc
+        )
+    }
+
+    /// This warp's columns `%col{j}`, and the first weight word of each (clamped to the last
+    /// column past the end: read, never stored).
+    fn columns(&self, b: &mut String, cw: usize) {
+        let _ = writeln!(
+            b,
+            "        %ccw = arith.constant {cw} : index\n        %cbw = arith.constant {} : index\n        %cb00 = arith.muli %nb, %cbw : index\n        %wcw = arith.muli %warp, %ccw : index\n        %cbase = arith.addi %cb00, %wcw : index\n        %eN = arith.muli %e, %cN : index\n        %nm1 = arith.constant {} : index\n        %kw = arith.constant {} : index",
+            DECODE_WARPS * cw,
+            self.dout - 1,
+            self.din / self.per
+        );
+        for j in 0..cw {
+            let _ = writeln!(
+                b,
+                "        %cj{j} = arith.constant {j} : index\n        %col{j} = arith.addi %cbase, %cj{j} : index\n        %colc{j} = arith.minui %col{j}, %nm1 : index\n        %wr{j} = arith.addi %eN, %colc{j} : index\n        %wb{j} = arith.muli %wr{j}, %kw : index"
+            );
+        }
+    }
+
+    /// Rows r0.. (up to `rows`) of chunk kc.. of the inner dimension into `%xs` as f32 (0 past
+    /// the rows or the end), between barriers.
+    fn stage(&self, b: &mut String) {
+        let load = if self.src == "f32" {
+            "                %xv = memref.load %src[%o] : memref<?xf32>\n".to_string()
+        } else {
+            format!(
+                "                %xb = memref.load %src[%o] : memref<?x{0}>\n                %xv = arith.extf %xb : {0} to f32\n",
+                self.src
+            )
+        };
+        let _ = writeln!(
+            b,
+            "            gpu.barrier\n            %klen0 = arith.subi %cK, %kc : index\n            %klen = arith.minui %klen0, %cKC : index\n            scf.for %ix = %tid to %cRKC step %c256 {{\n              %r = arith.divui %ix, %cKC : index\n              %kk = arith.remui %ix, %cKC : index\n              %rin = arith.cmpi ult, %r, %rows : index\n              %kin = arith.cmpi ult, %kk, %klen : index\n              %ok = arith.andi %rin, %kin : i1\n              %v = scf.if %ok -> (f32) {{\n                %li0 = arith.addi %lbase, %r0 : index\n                %li = arith.addi %li0, %r : index\n                %s32 = memref.load %lists[%li] : memref<?xi32>\n                %s = arith.index_cast %s32 : i32 to index\n                %row = arith.divui %s, %cdiv : index\n                %rb = arith.muli %row, %cK : index\n                %o1 = arith.addi %rb, %kc : index\n                %o = arith.addi %o1, %kk : index\n{load}                scf.yield %xv : f32\n              }} else {{\n                scf.yield %zero : f32\n              }}\n              memref.store %v, %xs[%ix] : memref<{}xf32, 3>\n            }}\n            gpu.barrier",
+            self.tile.rows * self.chunk()
+        );
+    }
+
+    /// The lanes' words of the chunk: each column's weights times each staged row, into the
+    /// accumulators (one fused multiply-add per element, in the word's order).
+    fn multiply(&self, b: &mut String, accs: &[String], types: &str) {
+        let (r, cw, per) = (self.tile.rows, self.tile.warp_columns, self.per);
+        let xs = format!("memref<{}xf32, 3>", r * self.chunk());
+        let inner: Vec<String> = (0..accs.len()).map(|a| format!("%b{a}")).collect();
+        let iters = inner
+            .iter()
+            .zip(accs)
+            .map(|(i, a)| format!("{i} = {a}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            b,
+            "            %nw = arith.divui %klen, %cper : index\n            %kcw = arith.divui %kc, %cper : index\n            %in:{} = scf.for %q = %lane to %nw step %c32 iter_args({iters}) -> ({types}) {{\n              %qp = arith.muli %q, %cper : index",
+            accs.len()
+        );
+        for j in 0..cw {
+            let _ = writeln!(
+                b,
+                "              %wi{j}0 = arith.addi %wb{j}, %kcw : index\n              %wi{j} = arith.addi %wi{j}0, %q : index\n              %wv{j} = memref.load %wt[%wi{j}] : memref<?xvector<4xi32>>"
+            );
+            self.unpack(b, j);
+        }
+        let mut next: Vec<String> = inner.clone();
+        for row in 0..r {
+            for u in 0..per {
+                let _ = writeln!(
+                    b,
+                    "              %xo{row}_{u}c = arith.constant {} : index\n              %xo{row}_{u} = arith.addi %qp, %xo{row}_{u}c : index\n              %x{row}_{u} = memref.load %xs[%xo{row}_{u}] : {xs}",
+                    row * self.chunk() + u
+                );
+                for j in 0..cw {
+                    let a = row * cw + j;
+                    let _ = writeln!(
+                        b,
+                        "              %f{a}_{u} = math.fma %x{row}_{u}, %w{j}_{u}, {} : f32",
+                        next[a]
+                    );
+                    next[a] = format!("%f{a}_{u}");
+                }
+            }
+        }
+        let _ = writeln!(
+            b,
+            "              scf.yield {} : {types}\n            }}\n            scf.yield {} : {types}",
+            next.join(", "),
+            (0..accs.len())
+                .map(|a| format!("%in#{a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    /// Word `%wv{j}` as `per` f32 values `%w{j}_{u}` (bf16: a 4-byte lane's low half first).
+    fn unpack(&self, b: &mut String, j: usize) {
+        for m in 0..4 {
+            let _ = writeln!(
+                b,
+                "              %wm{j}_{m}c = arith.constant {m} : i32\n              %wm{j}_{m} = llvm.extractelement %wv{j}[%wm{j}_{m}c : i32] : vector<4xi32>"
+            );
+            if self.per == 8 {
+                let _ = writeln!(
+                    b,
+                    "              %wl{j}_{m}s = arith.constant 16 : i32\n              %wl{j}_{m} = arith.shli %wm{j}_{m}, %wl{j}_{m}s : i32\n              %wh{j}_{m}m = arith.constant -65536 : i32\n              %wh{j}_{m} = arith.andi %wm{j}_{m}, %wh{j}_{m}m : i32\n              %w{j}_{} = arith.bitcast %wl{j}_{m} : i32 to f32\n              %w{j}_{} = arith.bitcast %wh{j}_{m} : i32 to f32",
+                    2 * m,
+                    2 * m + 1
+                );
+            } else {
+                let _ = writeln!(
+                    b,
+                    "              %w{j}_{m} = arith.bitcast %wm{j}_{m} : i32 to f32"
+                );
+            }
+        }
+    }
+
+    /// The lanes' sums folded; lane 0 writes each row's columns that exist.
+    fn store(&self, b: &mut String) {
+        let (r, cw) = (self.tile.rows, self.tile.warp_columns);
+        let mut totals = Vec::with_capacity(r * cw);
+        for a in 0..r * cw {
+            let _ = writeln!(b, "          %p{a} = arith.addf %acc#{a}, %zero : f32");
+            totals.push(warp_reduce(
+                b,
+                &format!("p{a}"),
+                &format!("t{a}"),
+                "arith.addf",
+            ));
+        }
+        let _ = writeln!(
+            b,
+            "          %lane0 = arith.cmpi eq, %lane, %c0 : index\n          scf.if %lane0 {{"
+        );
+        for row in 0..r {
+            let _ = writeln!(
+                b,
+                "            %rc{row} = arith.constant {row} : index\n            %rok{row} = arith.cmpi ult, %rc{row}, %rows : index\n            scf.if %rok{row} {{\n              %sl{row}0 = arith.addi %lbase, %r0 : index\n              %sl{row} = arith.addi %sl{row}0, %rc{row} : index\n              %ss{row}32 = memref.load %lists[%sl{row}] : memref<?xi32>\n              %ss{row} = arith.index_cast %ss{row}32 : i32 to index\n              %sb{row} = arith.muli %ss{row}, %cN : index"
+            );
+            for j in 0..cw {
+                let a = row * cw + j;
+                let store = if self.mid == "f32" {
+                    format!(
+                        "                memref.store {0}, %dst[%so{a}] : memref<?xf32>\n",
+                        totals[a]
+                    )
+                } else {
+                    format!(
+                        "                %st{a} = arith.truncf {0} : f32 to {1}\n                memref.store %st{a}, %dst[%so{a}] : memref<?x{1}>\n",
+                        totals[a], self.mid
+                    )
+                };
+                let _ = writeln!(
+                    b,
+                    "              %cok{a} = arith.cmpi ult, %col{j}, %cN : index\n              scf.if %cok{a} {{\n                %so{a} = arith.addi %sb{row}, %col{j} : index\n{store}              }}"
+                );
+            }
+            let _ = writeln!(b, "            }}");
+        }
+        let _ = writeln!(b, "          }}");
+    }
+}

@@ -1,0 +1,208 @@
+//! An experts step routed on the device: for few tokens (`program::routes_on_device`), where
+//! the compiler generated the step's `dgroup`, `dproj_in` and `dproj_out` kernels (see the
+//! compiler's `decode_experts`). Nothing is read back and nothing grouped on the host: the
+//! slots are listed per expert on the device, each projection reads only the routed experts'
+//! matrices, the rows are indexed by slot (no gather), and the step's own activation and
+//! combine kernels finish it. So the forward does not wait for the device here, and its
+//! launches can run ahead of the GPU.
+
+use super::experts::{alloc, combine_rows, Combine, ExpertsCall};
+use super::Rank;
+use crate::program::{DecodeTile, ExpertDims};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+
+/// The three kernels of the device-routed path.
+struct RoutedKernels {
+    group: CudaFunction,
+    proj_in: CudaFunction,
+    proj_out: CudaFunction,
+}
+
+/// The slots listed per expert: `lists[e * slots ..][.. counts[e]]`, each slot's combine row
+/// (`pos`, itself or -1) and local expert (`eid`).
+struct SlotLists {
+    lists: CudaSlice<i32>,
+    counts: CudaSlice<i32>,
+    pos: CudaSlice<i32>,
+    eid: CudaSlice<i32>,
+}
+
+/// A buffer as a kernel's memref operand (base, aligned base, offset, length, stride).
+fn memref_args<'a>(l: &mut cudarc::driver::LaunchArgs<'a>, ptr: &'a u64, len: &'a i64) {
+    const ZERO: i64 = 0;
+    const ONE: i64 = 1;
+    l.arg(ptr).arg(ptr).arg(&ZERO).arg(len).arg(&ONE);
+}
+
+impl Rank<'_> {
+    /// The step's combined expert outputs ([T, H] f32) computed as the module's comment says,
+    /// or None where the step is not routed on the device (no such kernels in the PTX,
+    /// `PPMOE_DEVICE_ROUTING=0`, the routing not on the device, or stacks of another type than
+    /// the kernels were made for): the caller groups on the host.
+    pub(super) fn device_routed_experts(
+        &mut self,
+        call: &ExpertsCall,
+        prefix: &str,
+        bf16: bool,
+    ) -> Result<Option<(CudaSlice<f32>, usize)>, String> {
+        let Some(kernels) = self.routed_kernels(prefix) else {
+            return Ok(None);
+        };
+        let (Some(ids), Some(weights)) = (self.shared_dev(call.ids), self.shared_dev(call.weights))
+        else {
+            return Ok(None);
+        };
+        let (xs, dims) = self.expert_dims(call.x, call.w_in, call.w_out, call.layout)?;
+        let (t, slots) = (xs[0], ids.len());
+        if t == 0 || slots != weights.len() || slots % t != 0 {
+            return Ok(None);
+        }
+        let ffn = self.ffn_operands(call, dims, bf16, false)?;
+        if ffn.w_in.1 != ffn.mid || ffn.w_out.1 != ffn.mid {
+            return Ok(None);
+        }
+        let first = call.first_local.unwrap_or(0);
+        let lists = self.list_slots(&kernels.group, (&ids, &weights), dims.experts, first)?;
+        self.phase("experts: slots listed on the device")?;
+        self.device(call.x).map_err(|e| e.to_string())?;
+        let tile = DecodeTile::for_tokens(t);
+        let x = super::dptr(self.dev_ref(call.x)?, &self.stream);
+        let hid = alloc(&self.stream, slots * ffn.n, ffn.mid)?;
+        let shape = (dims, tile);
+        self.project_listed(
+            &kernels.proj_in,
+            (x, ffn.w_in.0),
+            &hid,
+            &lists,
+            ffn.n,
+            shape,
+        )?;
+        self.phase("experts: first projection")?;
+        let act = self.activate(prefix, &hid, &lists.eid, slots, &ffn)?;
+        self.phase("experts: activation")?;
+        let out = alloc(&self.stream, slots * dims.hidden, ffn.mid)?;
+        let a = super::dptr(&act, &self.stream);
+        self.project_listed(
+            &kernels.proj_out,
+            (a, ffn.w_out.0),
+            &out,
+            &lists,
+            dims.hidden,
+            shape,
+        )?;
+        self.phase("experts: second projection")?;
+        let comb = Combine {
+            pos: &lists.pos,
+            weights: &weights,
+            eid: &lists.eid,
+            b_out: ffn.b_out.map(|b| self.dev_ref(b)).transpose()?,
+            tokens: t,
+            k: slots / t,
+            h: dims.hidden,
+            mid: ffn.mid,
+        };
+        let step = self.expert_kernels(prefix, false)?;
+        let y = combine_rows(&self.stream, &step, &out, slots, &comb)?;
+        self.phase("experts: combine")?;
+        Ok(Some((y, t)))
+    }
+
+    /// The step's device-routing kernels, unless absent or turned off.
+    fn routed_kernels(&self, prefix: &str) -> Option<RoutedKernels> {
+        if std::env::var("PPMOE_DEVICE_ROUTING").as_deref() == Ok("0") {
+            return None;
+        }
+        let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
+        Some(RoutedKernels {
+            group: f("dgroup")?,
+            proj_in: f("dproj_in")?,
+            proj_out: f("dproj_out")?,
+        })
+    }
+
+    /// The `dgroup` kernel: one block per local expert, and one for `pos` and `eid`.
+    fn list_slots(
+        &self,
+        group: &CudaFunction,
+        (ids, weights): (&CudaSlice<f32>, &CudaSlice<f32>),
+        experts: usize,
+        first: usize,
+    ) -> Result<SlotLists, String> {
+        let s = &self.stream;
+        let slots = ids.len();
+        let int = |n: usize| {
+            // SAFETY: written by the kernel before any read (lists up to each count; counts,
+            // pos and eid whole).
+            unsafe { s.alloc::<i32>(n.max(1)) }.map_err(|e| e.to_string())
+        };
+        let lists = SlotLists {
+            lists: int(experts * slots)?,
+            counts: int(experts)?,
+            pos: int(slots)?,
+            eid: int(slots)?,
+        };
+        let p = |b: &CudaSlice<i32>| super::dptr(b, s);
+        let (pi, pw) = (super::dptr(ids, s), super::dptr(weights, s));
+        let (pl, pc, pp, pe) = (
+            p(&lists.lists),
+            p(&lists.counts),
+            p(&lists.pos),
+            p(&lists.eid),
+        );
+        let len = |n: usize| n.max(1) as i64;
+        let (ls, ll, lc, first) = (len(slots), len(experts * slots), len(experts), first as i64);
+        let mut l = s.launch_builder(group);
+        memref_args(&mut l, &pi, &ls);
+        memref_args(&mut l, &pw, &ls);
+        memref_args(&mut l, &pl, &ll);
+        memref_args(&mut l, &pc, &lc);
+        memref_args(&mut l, &pp, &ls);
+        memref_args(&mut l, &pe, &ls);
+        l.arg(&first);
+        let cfg = LaunchConfig {
+            grid_dim: (experts as u32 + 1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel was generated for these slots and experts; the buffers hold them.
+        unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
+        Ok(lists)
+    }
+
+    /// One projection of the listed rows (`src` and the stack `w` as device pointers) into
+    /// `dst` ([slots, dout]): a block per (column tile, local expert).
+    fn project_listed(
+        &self,
+        f: &CudaFunction,
+        (src, w): (u64, u64),
+        dst: &CudaSlice<f32>,
+        lists: &SlotLists,
+        dout: usize,
+        (dims, tile): (ExpertDims, DecodeTile),
+    ) -> Result<(), String> {
+        let s = &self.stream;
+        let p = |b: &CudaSlice<i32>| super::dptr(b, s);
+        let (pl, pc, pd) = (p(&lists.lists), p(&lists.counts), super::dptr(dst, s));
+        // Lengths are not read by the kernels (sizes are baked in); any positive value serves.
+        let one = 1i64;
+        let mut l = s.launch_builder(f);
+        memref_args(&mut l, &src, &one);
+        memref_args(&mut l, &w, &one);
+        memref_args(&mut l, &pl, &one);
+        memref_args(&mut l, &pc, &one);
+        memref_args(&mut l, &pd, &one);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                dout.div_ceil(tile.block_columns()) as u32,
+                dims.experts as u32,
+                1,
+            ),
+            block_dim: (crate::program::DECODE_WARPS as u32 * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel was generated for these sizes and tile; src holds the rows it
+        // reads (x's tokens, or the slots' hidden rows), dst [slots, dout].
+        unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
