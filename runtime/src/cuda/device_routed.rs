@@ -113,11 +113,13 @@ impl Rank<'_> {
             return None;
         }
         let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
-        Some(RoutedKernels {
+        let kernels = RoutedKernels {
             group: f("dgroup")?,
             proj_in: f("dproj_in")?,
             proj_out: f("dproj_out")?,
-        })
+        };
+        tracing::debug!("{prefix}: routed on the device");
+        Some(kernels)
     }
 
     /// The `dgroup` kernel: one block per local expert, and one for `pos` and `eid`.

@@ -1071,10 +1071,24 @@ fn load_kernels(
             .map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
         functions.insert(name, f);
     }
-    // Present only where an all-to-all step's experts have an output bias.
+    // Present only where an all-to-all step's experts have an output bias, and where a step
+    // is routed on the device (`device_routed`).
     for op in &program.gpu {
-        if let GpuOp::AllToAllExperts { prefix, .. } = op {
-            let name = format!("{prefix}_bias_out");
+        let optional: &[&str] = match op {
+            GpuOp::AllToAllExperts { .. } => &["bias_out"],
+            GpuOp::Experts { .. } | GpuOp::LocalExperts { .. } => {
+                &["dgroup", "dproj_in", "dproj_out"]
+            }
+            _ => &[],
+        };
+        let (GpuOp::AllToAllExperts { prefix, .. }
+        | GpuOp::Experts { prefix, .. }
+        | GpuOp::LocalExperts { prefix, .. }) = op
+        else {
+            continue;
+        };
+        for s in optional {
+            let name = format!("{prefix}_{s}");
             if let Ok(f) = module.load_function(&name) {
                 functions.insert(name, f);
             }
