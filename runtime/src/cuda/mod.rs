@@ -528,16 +528,10 @@ impl Rank<'_> {
                         .map_err(&fail)?;
                 }
                 self.put_dev(w_out, w, shape.clone());
-                // The ids are read by the host side of moe.experts: bring them back as integers.
-                self.host_reads.set(self.host_reads.get() + 1);
-                let ids_host = self
-                    .stream
-                    .clone_dtoh(&ids)
-                    .map_err(|e| fail(e.to_string()))?;
-                self.put_host(
-                    id_out,
-                    Tensor::i64(shape, ids_host.iter().map(|&v| v as i64).collect()),
-                );
+                // The ids stay on the device (as f32, exact for any expert count): a step
+                // routed on the device reads them there, one grouped on the host reads them
+                // back (`host`, as the buffer's integers) when it needs them.
+                self.put_dev(id_out, ids, shape);
             }
             GpuOp::Experts { prefix, bf16 } => {
                 let prefix = prefix.clone();
