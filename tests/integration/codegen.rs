@@ -423,14 +423,19 @@ fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     assert!(!ppmoe_runtime::program::bf16_pairs(false, 14336));
 }
 
-/// The PTX of the bf16 LM exported with a dynamic sequence, at `tokens` tokens.
-fn lm_ptx(tokens: usize, extra: &[&str]) -> String {
+/// The PTX of the bf16 LM exported with a dynamic sequence, at `tokens` tokens, with
+/// `PPMOE_DEVICE_ROUTING` set to `routing` where given.
+fn lm_ptx(tokens: usize, extra: &[&str], routing: Option<&str>) -> String {
     let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
     let shape = format!("input_ids=1x{tokens}");
     let mut a = vec!["inspect", m.to_str().unwrap(), "--emit", "ptx"];
     a.extend(["--input-shape", shape.as_str()]);
     a.extend(extra);
-    let out = ppmoe(&a);
+    let env: Vec<(&str, &str)> = routing
+        .map(|r| ("PPMOE_DEVICE_ROUTING", r))
+        .into_iter()
+        .collect();
+    let out = crate::common::ppmoe_env(&a, &env);
     assert_eq!(out.code, 0, "{tokens} tokens {extra:?}: {}", out.stderr);
     out.stdout
 }
@@ -455,22 +460,23 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Few tokens (the fixture's 4 experts averaging at most 4 rows) are routed on the device:
-/// per layer the slots listed per expert by shared-memory atomics, and two projections whose
-/// lanes read the routed experts' weights 16 bytes at a time and fold their sums by shuffles,
-/// at tp 1 and in PPMoE's local step at tp 2. More tokens, and all-to-all's steps (the rows
-/// travel), are grouped on the host.
+/// One token is routed on the device: per layer the slots listed per expert by shared-memory
+/// atomics, and two projections whose lanes read the routed experts' weights 16 bytes at a
+/// time and fold their sums by shuffles (a bf16 projection's f32 rows rounded to bf16 first,
+/// as the host-grouped GEMMs take them). More tokens group on the host, unless
+/// `PPMOE_DEVICE_ROUTING=1` (then PPMoE's local step at tp 2 too; never all-to-all's, whose
+/// rows travel); `=0` never routes on the device.
 #[test]
-fn few_tokens_are_routed_on_the_device_and_many_grouped_on_the_host() {
+fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
     for dtype in ["fp32", "bf16"] {
-        let few = lm_ptx(2, &["--dtype", dtype]);
-        let groups = entries_ending(&few, "_dgroup");
+        let one = lm_ptx(1, &["--dtype", dtype], None);
+        let groups = entries_ending(&one, "_dgroup");
         assert_eq!(groups.len(), 2, "{dtype}: one per MoE layer: {groups:?}");
         for g in &groups {
-            assert!(entry(&few, g).contains("atom.shared.add.u32"), "{g}");
+            assert!(entry(&one, g).contains("atom.shared.add.u32"), "{g}");
             let prefix = g.trim_end_matches("_dgroup");
             for proj in ["dproj_in", "dproj_out"] {
-                let body = entry(&few, &format!("{prefix}_{proj}"));
+                let body = entry(&one, &format!("{prefix}_{proj}"));
                 for needle in [
                     "ld.global.v4.b32",
                     "fma.rn.f32",
@@ -483,30 +489,26 @@ fn few_tokens_are_routed_on_the_device_and_many_grouped_on_the_host() {
                     );
                 }
             }
+            // The model was exported in bf16: its stacks are bf16 whatever --dtype says.
+            let rounds = entry(&one, &format!("{prefix}_dproj_in")).contains("cvt.rn.bf16.f32");
+            assert!(rounds, "{dtype} {prefix}_dproj_in");
         }
-        let tp2 = lm_ptx(2, &["--dtype", dtype, "--tp", "2"]);
-        assert_eq!(
-            entries_ending(&tp2, "_local_experts_dgroup").len(),
-            4,
-            "{dtype} tp 2"
-        );
-        let a2a = lm_ptx(
-            2,
-            &["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"],
-        );
+        let two = lm_ptx(2, &["--dtype", dtype], None);
         assert!(
-            entries_ending(&a2a, "_dgroup").is_empty(),
-            "{dtype} all-to-all"
+            entries_ending(&two, "_dgroup").is_empty(),
+            "{dtype} 2 tokens"
         );
-        let many = lm_ptx(16, &["--dtype", dtype]);
+        let off = lm_ptx(1, &["--dtype", dtype], Some("0"));
         assert!(
-            entries_ending(&many, "_dgroup").is_empty(),
-            "{dtype} 16 tokens"
+            entries_ending(&off, "_dgroup").is_empty(),
+            "{dtype} turned off"
         );
+        let tp2 = lm_ptx(16, &["--dtype", dtype, "--tp", "2"], Some("1"));
+        let local = entries_ending(&tp2, "_local_experts_dgroup");
+        assert_eq!(local.len(), 4, "{dtype} tp 2: {local:?}");
+        let a2a = ["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"];
+        assert!(entries_ending(&lm_ptx(16, &a2a, Some("1")), "_dgroup").is_empty());
     }
-    use ppmoe_runtime::program::routes_on_device;
-    assert!(routes_on_device(8, 128) && routes_on_device(512, 128));
-    assert!(!routes_on_device(128, 8) && !routes_on_device(0, 8));
 }
 
 /// `moe.route` is launched one warp per token (the experts split over its lanes) where the

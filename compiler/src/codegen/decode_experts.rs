@@ -27,7 +27,7 @@ const WORD_BYTES: usize = 16;
 const STAGED: usize = 8192;
 
 /// The kernels, where the step's routing comes from `moe.route` on the device (`ids`) without a
-/// capacity, its stacks are in the `Linear` layout, both of `mid`'s type, and the slots few
+/// capacity, its stacks are in the `Linear` layout, both of `mid`'s type, and the tokens few
 /// enough (`routes_on_device`); None otherwise (the step groups on the host).
 pub(super) fn kernels(
     p: &Program,
@@ -41,7 +41,6 @@ pub(super) fn kernels(
     let Op::MoeRoute { capacity: 0, .. } = route.op else {
         return None;
     };
-    let logits = static_shape(&p.buffers[route.inputs.first().copied().flatten()?])?;
     let (x, w) = (
         static_shape(&p.buffers[o.x])?,
         static_shape(&p.buffers[o.weights])?,
@@ -51,12 +50,12 @@ pub(super) fn kernels(
         static_shape(&p.buffers[o.w_out])?,
     );
     let dims = layout.dims(&w_in, &w_out)?;
-    let (t, k, all_experts) = (x[0], w[1], *logits.last()?);
+    let (t, k) = (x[0], w[1]);
     let stack = |b: usize| p.buffers[b].dtype;
     let same = stack(o.w_in) == stack(o.w_out);
     let per = WORD_BYTES / if bf16 { 2 } else { 4 };
     let words = dims.hidden % per == 0 && dims.ffn % per == 0;
-    let few = ppmoe_runtime::program::routes_on_device(t * k, all_experts);
+    let few = ppmoe_runtime::program::routes_on_device(t);
     if layout != ExpertLayout::Linear || !same || !words || !chosen(few) {
         return None;
     }
@@ -218,7 +217,11 @@ impl Projection {
     /// Rows r0.. (up to `rows`) of chunk kc.. of the inner dimension into `%xs` as f32 (0 past
     /// the rows or the end), between barriers.
     fn stage(&self, b: &mut String) {
-        let load = if self.src == "f32" {
+        let load = if self.src == "f32" && self.per == 8 {
+            // f32 rows into a bf16 projection: rounded to bf16 first, as the host-grouped path
+            // narrows a bf16 GEMM's activations and the CPU backend computes it.
+            "                %xf = memref.load %src[%o] : memref<?xf32>\n                %xr = arith.truncf %xf : f32 to bf16\n                %xv = arith.extf %xr : bf16 to f32\n".to_string()
+        } else if self.src == "f32" {
             "                %xv = memref.load %src[%o] : memref<?xf32>\n".to_string()
         } else {
             format!(
