@@ -1,5 +1,5 @@
-//! The experts of a step over few tokens, routed on the device (`routes_on_device`): no
-//! routing read back, no grouping on the host, no rows gathered. Three kernels besides the
+//! The experts of a step over few tokens (one by default: `routes_on_device`), routed on the
+//! device: no routing read back, no grouping on the host, no rows gathered. Three kernels besides the
 //! step's activation and combine:
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
 //!   and counts them; one more block writes each slot's row for the combine (the slot itself,
@@ -79,7 +79,7 @@ pub(super) fn kernels(
     Some(out)
 }
 
-/// Whether to route on the device: where the slots are few (`routes_on_device`), unless
+/// Whether to route on the device: where the tokens are few (`routes_on_device`), unless
 /// `PPMOE_DEVICE_ROUTING` says: `0` never, `1` wherever the step can (to test and time the
 /// device path on any model).
 fn chosen(few: bool) -> bool {

@@ -1,4 +1,5 @@
-//! An experts step routed on the device: for few tokens (`program::routes_on_device`), where
+//! An experts step routed on the device: for few tokens (one by default,
+//! `program::routes_on_device`; `PPMOE_DEVICE_ROUTING` at compile time), where
 //! the compiler generated the step's `dgroup`, `dproj_in` and `dproj_out` kernels (see the
 //! compiler's `decode_experts`). Nothing is read back and nothing grouped on the host: the
 //! slots are listed per expert on the device, each projection reads only the routed experts'
