@@ -53,6 +53,93 @@ fn static_shape(p: &Program, b: BufferId) -> Vec<usize> {
     p.buffers[b].shape.iter().map(|d| d.unwrap_or(0)).collect()
 }
 
+/// An MoE layer's `tokens` tokens padded by `pad` rows to a multiple of tp, for the all-to-all
+/// form: the tokens with rows of zeros, the routing with weight 0 and expert 0 (so the padding
+/// rows are dispatched and computed like any, and combined with weight 0), and the gathered
+/// output's first `tokens` rows taken after the all-gather.
+struct Padding {
+    tokens: usize,
+    pad: usize,
+    h: usize,
+}
+
+impl Padding {
+    /// A constant of `pad` rows of zeros like `b`'s rows, with its name.
+    fn zeros(&self, p: &mut Program, weights: &mut Vec<(String, Tensor)>, b: BufferId) -> BufferId {
+        let (dtype, cols) = (p.buffers[b].dtype, static_shape(p, b)[1]);
+        let name = format!("{}.token_padding", p.buffers[b].name);
+        let n = self.pad * cols;
+        let t = match dtype {
+            DType::I64 => Tensor::i64(vec![self.pad, cols], vec![0; n]),
+            _ => Tensor::f32(vec![self.pad, cols], vec![0.0; n]).with_dtype(dtype),
+        };
+        weights.push((name.clone(), t));
+        push(p, name, dtype, vec![self.pad, cols], BufferKind::Weight)
+    }
+
+    /// x, w and ids with the padding rows after their own.
+    fn pad(
+        &self,
+        p: &mut Program,
+        weights: &mut Vec<(String, Tensor)>,
+        out: &mut Vec<Instruction>,
+        ins: &Instruction,
+        operands: [BufferId; 3],
+    ) -> (BufferId, BufferId, BufferId) {
+        let rows = self.tokens + self.pad;
+        let padded = operands.map(|b| {
+            let z = self.zeros(p, weights, b);
+            let (dtype, cols) = (p.buffers[b].dtype, static_shape(p, b)[1]);
+            let name = format!("{}.tokens_padded", p.buffers[b].name);
+            let o = push(p, name, dtype, vec![rows, cols], BufferKind::Temp);
+            out.push(Instruction {
+                op: Op::Concat { axis: 0 },
+                inputs: vec![Some(b), Some(z)],
+                outputs: vec![o],
+                origin: ins.origin.clone(),
+            });
+            o
+        });
+        (padded[0], padded[1], padded[2])
+    }
+
+    /// The gathered output ([tokens + pad, H]) and the slice of its first rows into `y`.
+    fn cut(
+        &self,
+        p: &mut Program,
+        weights: &mut Vec<(String, Tensor)>,
+        ins: &Instruction,
+        y: BufferId,
+    ) -> (BufferId, Instruction) {
+        let base = p.buffers[y].name.clone();
+        let rows = self.tokens + self.pad;
+        let gathered = push(
+            p,
+            format!("{base}.gathered_padded"),
+            p.buffers[y].dtype,
+            vec![rows, self.h],
+            BufferKind::Temp,
+        );
+        let mut constant = |what: &str, v: i64| {
+            let name = format!("{base}.padding_{what}");
+            weights.push((name.clone(), Tensor::i64(vec![1], vec![v])));
+            Some(push(p, name, DType::I64, vec![1], BufferKind::Weight))
+        };
+        let (starts, ends, axes) = (
+            constant("start", 0),
+            constant("end", self.tokens as i64),
+            constant("axis", 0),
+        );
+        let slice = Instruction {
+            op: Op::Slice,
+            inputs: vec![Some(gathered), starts, ends, axes],
+            outputs: vec![y],
+            origin: ins.origin.clone(),
+        };
+        (gathered, slice)
+    }
+}
+
 /// Each rank's block of every expert weight (and bias), by weight name, cut once for all
 /// ranks: each rank's program takes its own (`shard_moe`).
 pub type ExpertBlocks = HashMap<String, Vec<Option<Tensor>>>;
@@ -134,14 +221,20 @@ pub fn shard_moe(
         if !e.is_multiple_of(tp) {
             return Err(err(&ins.origin, format!("{e} experts cannot be split evenly over tp = {tp} (experts are placed in contiguous blocks of E/tp)")));
         }
-        if tokens % tp != 0 {
-            return Err(err(
-                &ins.origin,
-                format!(
-                    "{tokens} tokens cannot be split evenly over tp = {tp} for the all-to-all form"
-                ),
-            ));
-        }
+        // Tokens that do not divide over tp (one token at tp 2: a decode step) are padded with
+        // rows of routing weight 0, cut off again after the all-gather (`pad_tokens`).
+        let y = ins.outputs[0];
+        let padded = tokens.div_ceil(tp) * tp;
+        let (x, w, ids, gathered, cut) = match padded - tokens {
+            0 => (x, w, ids, y, None),
+            pad => {
+                let to = Padding { tokens, pad, h };
+                let (xp, wp, ip) = to.pad(p, &mut rp.weights, &mut out, &ins, [x, w, ids]);
+                let (gathered, cut) = to.cut(p, &mut rp.weights, &ins, y);
+                (xp, wp, ip, gathered, Some(cut))
+            }
+        };
+        let tokens = padded;
         let (el, tl) = (e / tp, tokens / tp);
         let cap = tl * k;
         // This rank's block of every expert weight (and bias).
@@ -166,7 +259,6 @@ pub fn shard_moe(
             p.buffers[b].shape[0] = Some(el);
             rp.weights[pos].1 = block;
         }
-        let y = ins.outputs[0];
         let base = p.buffers[y].name.clone();
         let o = ins.origin.clone();
         let group: Vec<usize> = (0..tp).collect();
@@ -335,7 +427,12 @@ pub fn shard_moe(
             vec![Some(back), Some(ws), Some(is)],
             vec![ys],
         );
-        emit(Op::AllGather { group, axis: 0 }, vec![Some(ys)], vec![y]);
+        emit(
+            Op::AllGather { group, axis: 0 },
+            vec![Some(ys)],
+            vec![gathered],
+        );
+        out.extend(cut);
     }
     p.instructions = out;
     Ok(rp)
