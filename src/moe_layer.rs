@@ -410,7 +410,7 @@ mod tests {
         );
         // Tokens that do not divide over the ranks are padded: the routing ids' padding (an
         // integer concat) is the one instruction left to the host.
-        let host = if t % 2 == 0 { [0, 0] } else { [1, 1] };
+        let host = if t.is_multiple_of(2) { [0, 0] } else { [1, 1] };
         assert_eq!(steps(&b, |g| *g == GpuOp::Host), host, "{t} tokens");
         let (b, alltoall) = run(2, Strategy::AllToAll, "alltoall");
         assert_eq!(
