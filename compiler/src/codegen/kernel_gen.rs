@@ -888,10 +888,18 @@ fn data_movement(
         .map(|&b| static_shape(&p.buffers[b]))
         .collect::<Option<_>>()?;
     let out = static_shape(&p.buffers[*ins.outputs.first()?])?;
-    if ins.outputs.len() != 1
-        || !p.buffers[ins.outputs[0]].dtype.on_device_as_f32()
-        || !p.buffers[ins.inputs[0]?].dtype.on_device_as_f32()
-    {
+    let float = |b: usize| p.buffers[b].dtype.on_device_as_f32();
+    // A concat of integers exact in f32 (the routing's expert ids, small constants: the
+    // padding of tokens over tp) moves them as the f32 values the device holds.
+    let moved = match ins.op {
+        Op::Concat { .. } => ins
+            .inputs
+            .iter()
+            .flatten()
+            .all(|&b| float(b) || exact_ints(p, b, constant)),
+        _ => float(ins.outputs[0]) && float(ins.inputs[0]?),
+    };
+    if ins.outputs.len() != 1 || !moved {
         return None;
     }
     let n: usize = out.iter().product();
@@ -1034,6 +1042,24 @@ fn data_movement(
 }
 
 /// The buffers an instruction reads (its operands present), in order.
+/// Whether integer buffer `b` holds only values exact in f32, as the device holds it: the
+/// expert ids `moe.route` writes (below the expert count), or a constant whose values are.
+fn exact_ints(
+    p: &Program,
+    b: usize,
+    constant: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>,
+) -> bool {
+    let from_route = p
+        .instructions
+        .iter()
+        .any(|i| matches!(i.op, Op::MoeRoute { .. }) && i.outputs.get(1) == Some(&b));
+    from_route
+        || constant(Some(b)).is_some_and(|t| {
+            t.dtype == ppmoe_runtime::DType::I64
+                && t.to_i64().iter().all(|v| v.unsigned_abs() <= 1 << 24)
+        })
+}
+
 pub(super) fn operand_buffers<'p>(p: &'p Program, ins: &Instruction) -> Vec<&'p Buffer> {
     ins.inputs
         .iter()

@@ -162,14 +162,22 @@ impl Rank<'_> {
                 .host
                 .as_ref()
                 .ok_or_else(|| backend_err("a buffer with no value"))?;
-            if !matches!(
-                *t.data,
-                crate::tensor::Data::F32(_)
-                    | crate::tensor::Data::Half(_)
-                    | crate::tensor::Data::Bool(_)
-            ) {
+            // Integers go as f32 where every value is exact in it (a kernel moving expert ids,
+            // for instance); others cannot.
+            let exact_ints = match &*t.data {
+                crate::tensor::Data::I64(v) => v.iter().all(|x| x.unsigned_abs() <= 1 << 24),
+                _ => false,
+            };
+            if !exact_ints
+                && !matches!(
+                    *t.data,
+                    crate::tensor::Data::F32(_)
+                        | crate::tensor::Data::Half(_)
+                        | crate::tensor::Data::Bool(_)
+                )
+            {
                 return Err(backend_err(format!(
-                    "buffer '{}' is not float or boolean: it cannot go to a kernel",
+                    "buffer '{}' is not float or boolean, nor integers exact in f32: it cannot go to a kernel",
                     self.program.buffers[id].name
                 )));
             }
@@ -440,13 +448,16 @@ impl Rank<'_> {
             }
             GpuOp::Kernel { name, threads } => {
                 // Generated kernels take the float and boolean operands; integer ones (axes,
-                // bounds, shapes) were constants baked into the kernel.
+                // bounds, shapes) were constants baked into the kernel, except a concat's,
+                // which it moves as f32 (the compiler's `data_movement`: integers exact in
+                // f32, the padding of the routing's ids).
+                let concat = matches!(ins.op, crate::program::Op::Concat { .. });
                 let inputs: Vec<usize> = ins
                     .inputs
                     .iter()
                     .flatten()
                     .copied()
-                    .filter(|&b| self.program.buffers[b].dtype.on_device_as_f32())
+                    .filter(|&b| concat || self.program.buffers[b].dtype.on_device_as_f32())
                     .collect();
                 self.launch_generated(name, &inputs, ins.outputs[0], *threads)
                     .map_err(&fail)?;
