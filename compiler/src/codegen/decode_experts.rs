@@ -79,6 +79,15 @@ pub(super) fn kernels(
     Some(out)
 }
 
+/// The row counts a projection has a body for: powers of two below `r`, and `r`.
+fn row_counts(r: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |n| Some(n * 2))
+        .take_while(|&n| n < r)
+        .collect();
+    sizes.push(r);
+    sizes
+}
+
 /// Whether to route on the device: where the tokens are few (`routes_on_device`), unless
 /// `PPMOE_DEVICE_ROUTING` says: `0` never, `1` wherever the step can (to test and time the
 /// device path on any model).
@@ -151,8 +160,7 @@ impl Projection {
         let mut b = String::new();
         let _ = writeln!(
             b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c32 = arith.constant 32 : index\n      %c256 = arith.constant 256 : index\n      %cR = arith.constant {r} : index\n      %cKC = arith.constant {kc} : index\n      %cRKC = arith.constant {} : index\n      %cK = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cper = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{",
-            r * kc,
+            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c32 = arith.constant 32 : index\n      %c256 = arith.constant 256 : index\n      %cR = arith.constant {r} : index\n      %cKC = arith.constant {kc} : index\n      %cK = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cper = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{",
             self.din,
             self.slots,
             self.dout,
@@ -164,22 +172,24 @@ impl Projection {
             b,
             "        %lbase = arith.muli %e, %cS : index\n        scf.for %r0 = %c0 to %cnt step %cR {{\n          %left = arith.subi %cnt, %r0 : index\n          %rows = arith.minui %left, %cR : index"
         );
-        let accs: Vec<String> = (0..r * cw).map(|a| format!("%a{a}")).collect();
-        let inits = accs
-            .iter()
-            .map(|a| format!("{a} = %zero"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let types = vec!["f32"; r * cw].join(", ");
-        let _ = writeln!(
-            b,
-            "          %acc:{} = scf.for %kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{",
-            r * cw
-        );
-        self.stage(&mut b);
-        self.multiply(&mut b, &accs, &types);
-        let _ = writeln!(b, "          }}");
-        self.store(&mut b);
+        // A body per row count up to R (1, 2, 4, .., R), the smallest that holds this pass's
+        // rows: an expert with one row does one row's arithmetic and staging, not R's.
+        let sizes = row_counts(r);
+        for (i, &n) in sizes.iter().enumerate() {
+            if i + 1 < sizes.len() {
+                let _ = writeln!(
+                    b,
+                    "          %rn{n} = arith.constant {n} : index\n          %fits{n} = arith.cmpi ule, %rows, %rn{n} : index\n          scf.if %fits{n} {{"
+                );
+            }
+            self.body(&mut b, n, cw);
+            if i + 1 < sizes.len() {
+                let _ = writeln!(b, "          }} else {{");
+            }
+        }
+        for _ in 1..sizes.len() {
+            let _ = writeln!(b, "          }}");
+        }
         let _ = writeln!(b, "        }}\n      }}");
         let params = [
             format!("%src: memref<?x{}>", self.src),
@@ -194,6 +204,27 @@ impl Projection {
             params.join(", "),
             r * kc
         )
+    }
+
+    /// One pass over `n` rows (at most; `%rows` of them real): the chunks of the inner
+    /// dimension staged and multiplied, then the sums stored.
+    fn body(&self, b: &mut String, n: usize, cw: usize) {
+        let accs: Vec<String> = (0..n * cw).map(|a| format!("%a{a}")).collect();
+        let inits = accs
+            .iter()
+            .map(|a| format!("{a} = %zero"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let types = vec!["f32"; n * cw].join(", ");
+        let _ = writeln!(
+            b,
+            "          %acc:{} = scf.for %kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{",
+            n * cw
+        );
+        self.stage(b, n);
+        self.multiply(b, n, &accs, &types);
+        let _ = writeln!(b, "          }}");
+        self.store(b, n);
     }
 
     /// This warp's columns `%col{j}`, and the first weight word of each (clamped to the last
@@ -214,9 +245,9 @@ impl Projection {
         }
     }
 
-    /// Rows r0.. (up to `rows`) of chunk kc.. of the inner dimension into `%xs` as f32 (0 past
-    /// the rows or the end), between barriers.
-    fn stage(&self, b: &mut String) {
+    /// Rows r0.. (up to `rows`, of `n` staged) of chunk kc.. of the inner dimension into `%xs`
+    /// as f32 (0 past the rows or the end), between barriers.
+    fn stage(&self, b: &mut String, n: usize) {
         let load = if self.src == "f32" && self.per == 8 {
             // f32 rows into a bf16 projection: rounded to bf16 first, as the host-grouped path
             // narrows a bf16 GEMM's activations and the CPU backend computes it.
@@ -231,16 +262,17 @@ impl Projection {
         };
         let _ = writeln!(
             b,
-            "            gpu.barrier\n            %klen0 = arith.subi %cK, %kc : index\n            %klen = arith.minui %klen0, %cKC : index\n            scf.for %ix = %tid to %cRKC step %c256 {{\n              %r = arith.divui %ix, %cKC : index\n              %kk = arith.remui %ix, %cKC : index\n              %rin = arith.cmpi ult, %r, %rows : index\n              %kin = arith.cmpi ult, %kk, %klen : index\n              %ok = arith.andi %rin, %kin : i1\n              %v = scf.if %ok -> (f32) {{\n                %li0 = arith.addi %lbase, %r0 : index\n                %li = arith.addi %li0, %r : index\n                %s32 = memref.load %lists[%li] : memref<?xi32>\n                %s = arith.index_cast %s32 : i32 to index\n                %row = arith.divui %s, %cdiv : index\n                %rb = arith.muli %row, %cK : index\n                %o1 = arith.addi %rb, %kc : index\n                %o = arith.addi %o1, %kk : index\n{load}                scf.yield %xv : f32\n              }} else {{\n                scf.yield %zero : f32\n              }}\n              memref.store %v, %xs[%ix] : memref<{}xf32, 3>\n            }}\n            gpu.barrier",
+            "            gpu.barrier\n            %klen0 = arith.subi %cK, %kc : index\n            %klen = arith.minui %klen0, %cKC : index\n            %cNKC = arith.constant {} : index\n            scf.for %ix = %tid to %cNKC step %c256 {{\n              %r = arith.divui %ix, %cKC : index\n              %kk = arith.remui %ix, %cKC : index\n              %rin = arith.cmpi ult, %r, %rows : index\n              %kin = arith.cmpi ult, %kk, %klen : index\n              %ok = arith.andi %rin, %kin : i1\n              %v = scf.if %ok -> (f32) {{\n                %li0 = arith.addi %lbase, %r0 : index\n                %li = arith.addi %li0, %r : index\n                %s32 = memref.load %lists[%li] : memref<?xi32>\n                %s = arith.index_cast %s32 : i32 to index\n                %row = arith.divui %s, %cdiv : index\n                %rb = arith.muli %row, %cK : index\n                %o1 = arith.addi %rb, %kc : index\n                %o = arith.addi %o1, %kk : index\n{load}                scf.yield %xv : f32\n              }} else {{\n                scf.yield %zero : f32\n              }}\n              memref.store %v, %xs[%ix] : memref<{}xf32, 3>\n            }}\n            gpu.barrier",
+            n * self.chunk(),
             self.tile.rows * self.chunk()
         );
     }
 
     /// The lanes' words of the chunk: each column's weights times each staged row, into the
     /// accumulators (one fused multiply-add per element, in the word's order).
-    fn multiply(&self, b: &mut String, accs: &[String], types: &str) {
-        let (r, cw, per) = (self.tile.rows, self.tile.warp_columns, self.per);
-        let xs = format!("memref<{}xf32, 3>", r * self.chunk());
+    fn multiply(&self, b: &mut String, n: usize, accs: &[String], types: &str) {
+        let (cw, per) = (self.tile.warp_columns, self.per);
+        let xs = format!("memref<{}xf32, 3>", self.tile.rows * self.chunk());
         let inner: Vec<String> = (0..accs.len()).map(|a| format!("%b{a}")).collect();
         let iters = inner
             .iter()
@@ -261,7 +293,7 @@ impl Projection {
             self.unpack(b, j);
         }
         let mut next: Vec<String> = inner.clone();
-        for row in 0..r {
+        for row in 0..n {
             for u in 0..per {
                 let _ = writeln!(
                     b,
@@ -313,9 +345,9 @@ impl Projection {
         }
     }
 
-    /// The lanes' sums folded; lane 0 writes each row's columns that exist.
-    fn store(&self, b: &mut String) {
-        let (r, cw) = (self.tile.rows, self.tile.warp_columns);
+    /// The lanes' sums folded; lane 0 writes each row's columns that exist (of `n` rows).
+    fn store(&self, b: &mut String, r: usize) {
+        let cw = self.tile.warp_columns;
         let mut totals = Vec::with_capacity(r * cw);
         for a in 0..r * cw {
             let _ = writeln!(b, "          %p{a} = arith.addf %acc#{a}, %zero : f32");
