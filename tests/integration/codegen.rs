@@ -464,8 +464,9 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// atomics, and two projections whose lanes read the routed experts' weights 16 bytes at a
 /// time and fold their sums by shuffles (a bf16 projection's f32 rows rounded to bf16 first,
 /// as the host-grouped GEMMs take them). More tokens group on the host, unless
-/// `PPMOE_DEVICE_ROUTING=1` (then PPMoE's local step at tp 2 too; never all-to-all's, whose
-/// rows travel); `=0` never routes on the device.
+/// `PPMOE_DEVICE_ROUTING=1` (then PPMoE's local step at tp 2 too, with a body per row count
+/// for passes of up to 8 rows; never all-to-all's, whose rows travel); `=0` never routes on the
+/// device.
 #[test]
 fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
     for dtype in ["fp32", "bf16"] {
@@ -506,6 +507,10 @@ fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
         let tp2 = lm_ptx(16, &["--dtype", dtype, "--tp", "2"], Some("1"));
         let local = entries_ending(&tp2, "_local_experts_dgroup");
         assert_eq!(local.len(), 4, "{dtype} tp 2: {local:?}");
+        // 16 tokens: passes of up to 8 rows, a body for 1, 2, 4 and 8 (two barriers each).
+        let proj = entries_ending(&tp2, "_dproj_in");
+        let barriers = entry(&tp2, &proj[0]).matches("bar.sync").count();
+        assert_eq!(barriers, 8, "{dtype} {}", proj[0]);
         let a2a = ["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"];
         assert!(entries_ending(&lm_ptx(16, &a2a, Some("1")), "_dgroup").is_empty());
     }

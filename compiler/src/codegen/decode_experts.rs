@@ -390,3 +390,16 @@ impl Projection {
         let _ = writeln!(b, "          }}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::row_counts;
+
+    #[test]
+    fn a_projection_has_a_body_per_power_of_two_rows_up_to_its_tile() {
+        assert_eq!(row_counts(1), [1]);
+        assert_eq!(row_counts(2), [1, 2]);
+        assert_eq!(row_counts(3), [1, 2, 3]);
+        assert_eq!(row_counts(8), [1, 2, 4, 8]);
+    }
+}
