@@ -892,11 +892,11 @@ fn data_movement(
     // A concat of integers exact in f32 (the routing's expert ids, small constants: the
     // padding of tokens over tp) moves them as the f32 values the device holds.
     let moved = match ins.op {
-        Op::Concat { .. } => ins
-            .inputs
-            .iter()
-            .flatten()
-            .all(|&b| float(b) || exact_ints(p, b, constant)),
+        Op::Concat { .. } if !float(ins.outputs[0]) => {
+            let inputs: Vec<usize> = ins.inputs.iter().flatten().copied().collect();
+            inputs.iter().any(|&b| route_ids(p, b))
+                && inputs.iter().all(|&b| exact_ints(p, b, constant))
+        }
         _ => float(ins.outputs[0]) && float(ins.inputs[0]?),
     };
     if ins.outputs.len() != 1 || !moved {
@@ -1042,18 +1042,23 @@ fn data_movement(
 }
 
 /// The buffers an instruction reads (its operands present), in order.
+/// Whether `b` is the expert ids `moe.route` writes (on the device as f32, below the expert
+/// count).
+fn route_ids(p: &Program, b: usize) -> bool {
+    p.instructions
+        .iter()
+        .any(|i| matches!(i.op, Op::MoeRoute { .. }) && i.outputs.get(1) == Some(&b))
+}
+
 /// Whether integer buffer `b` holds only values exact in f32, as the device holds it: the
-/// expert ids `moe.route` writes (below the expert count), or a constant whose values are.
+/// route's expert ids, or a constant whose values are. (A concat of constants alone stays on
+/// the host, where whatever reads it reads it.)
 fn exact_ints(
     p: &Program,
     b: usize,
     constant: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>,
 ) -> bool {
-    let from_route = p
-        .instructions
-        .iter()
-        .any(|i| matches!(i.op, Op::MoeRoute { .. }) && i.outputs.get(1) == Some(&b));
-    from_route
+    route_ids(p, b)
         || constant(Some(b)).is_some_and(|t| {
             t.dtype == ppmoe_runtime::DType::I64
                 && t.to_i64().iter().all(|v| v.unsigned_abs() <= 1 << 24)
