@@ -460,7 +460,8 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
         .collect()
 }
 
-/// One token is routed on the device: per layer the slots listed per expert by shared-memory
+/// One token is routed on the device (at tp 2 too, padded over the ranks): per layer the slots
+/// listed per expert by shared-memory
 /// atomics, and two projections whose lanes read the routed experts' weights 16 bytes at a
 /// time and fold their sums by shuffles (a bf16 projection's f32 rows rounded to bf16 first,
 /// as the host-grouped GEMMs take them). More tokens group on the host, unless
@@ -494,6 +495,11 @@ fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
             let rounds = entry(&one, &format!("{prefix}_dproj_in")).contains("cvt.rn.bf16.f32");
             assert!(rounds, "{dtype} {prefix}_dproj_in");
         }
+        // One token at tp 2 (padded to two over the ranks): PPMoE's local step routed on the
+        // device on each rank, per layer.
+        let one_tp2 = lm_ptx(1, &["--dtype", dtype, "--tp", "2"], None);
+        let local = entries_ending(&one_tp2, "_local_experts_dgroup");
+        assert_eq!(local.len(), 4, "{dtype} one token at tp 2: {local:?}");
         let two = lm_ptx(2, &["--dtype", dtype], None);
         assert!(
             entries_ending(&two, "_dgroup").is_empty(),

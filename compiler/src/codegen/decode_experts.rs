@@ -37,10 +37,7 @@ pub(super) fn kernels(
     prefix: &str,
     bf16: bool,
 ) -> Option<String> {
-    let route = p.instructions.iter().find(|i| i.outputs.contains(&ids))?;
-    let Op::MoeRoute { capacity: 0, .. } = route.op else {
-        return None;
-    };
+    let routed = route_of(p, ids)?;
     let (x, w) = (
         static_shape(&p.buffers[o.x])?,
         static_shape(&p.buffers[o.weights])?,
@@ -55,7 +52,7 @@ pub(super) fn kernels(
     let same = stack(o.w_in) == stack(o.w_out);
     let per = WORD_BYTES / if bf16 { 2 } else { 4 };
     let words = dims.hidden % per == 0 && dims.ffn % per == 0;
-    let few = ppmoe_runtime::program::routes_on_device(t);
+    let few = ppmoe_runtime::program::routes_on_device(routed);
     if layout != ExpertLayout::Linear || !same || !words || !chosen(few) {
         return None;
     }
@@ -77,6 +74,22 @@ pub(super) fn kernels(
     out.push_str(&projection("dproj_in", "f32", (dims.hidden, dims.n), k).kernel());
     out.push_str(&projection("dproj_out", mid, (dims.ffn, dims.hidden), 1).kernel());
     Some(out)
+}
+
+/// The tokens `moe.route` (without a capacity) routed into `ids`: its own ids, or those padded
+/// over tp (the all-to-all form's concat of the ids and constant rows, which PPMoE's local step
+/// reads; the padding rows have weight 0, so no expert lists them).
+fn route_of(p: &Program, ids: usize) -> Option<usize> {
+    let producer = |b: usize| p.instructions.iter().find(|i| i.outputs.contains(&b));
+    let mut made = producer(ids)?;
+    if let (Op::Concat { axis: 0 }, Some(Some(first))) = (&made.op, made.inputs.first()) {
+        made = producer(*first)?;
+    }
+    let Op::MoeRoute { capacity: 0, .. } = made.op else {
+        return None;
+    };
+    let own = *made.outputs.get(1)?;
+    static_shape(&p.buffers[own])?.first().copied()
 }
 
 /// The row counts a projection has a body for: powers of two below `r`, and `r`.
