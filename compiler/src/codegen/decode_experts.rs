@@ -17,7 +17,7 @@
 //! sits, and written to its own slot's row.
 
 use super::kernel_gen::{static_shape, warp_reduce, ExpertsOperands, WARP};
-use ppmoe_runtime::program::{DecodeTile, ExpertLayout, Op, Program, DECODE_WARPS};
+use ppmoe_runtime::program::{DecodeTile, ExpertDims, ExpertLayout, Op, Program, DECODE_WARPS};
 use std::fmt::Write as _;
 
 /// Bytes one lane reads of a weight column at once.
@@ -26,28 +26,19 @@ const WORD_BYTES: usize = 16;
 /// memory a kernel may have).
 const STAGED: usize = 8192;
 
-/// The kernels, where the step's routing comes from `moe.route` on the device (`ids`) without a
+/// The kernels (the step's stacks `dims`, over `t` tokens of `k` slots), where the step's routing comes from `moe.route` on the device (`ids`) without a
 /// capacity, its stacks are in the `Linear` layout, both of `mid`'s type, and the tokens few
 /// enough (`routes_on_device`); None otherwise (the step groups on the host).
 pub(super) fn kernels(
     p: &Program,
-    layout: ExpertLayout,
     o: &ExpertsOperands,
     ids: usize,
     prefix: &str,
+    layout: ExpertLayout,
+    (dims, t, k): (ExpertDims, usize, usize),
     bf16: bool,
 ) -> Option<String> {
     let routed = route_of(p, ids)?;
-    let (x, w) = (
-        static_shape(&p.buffers[o.x])?,
-        static_shape(&p.buffers[o.weights])?,
-    );
-    let (w_in, w_out) = (
-        static_shape(&p.buffers[o.w_in])?,
-        static_shape(&p.buffers[o.w_out])?,
-    );
-    let dims = layout.dims(&w_in, &w_out)?;
-    let (t, k) = (x[0], w[1]);
     let stack = |b: usize| p.buffers[b].dtype;
     let same = stack(o.w_in) == stack(o.w_out);
     let per = WORD_BYTES / if bf16 { 2 } else { 4 };

@@ -408,7 +408,8 @@ pub(super) fn experts_kernels(
         ));
     }
     if let Some(ids) = o.ids {
-        let decode = super::decode_experts::kernels(p, *layout, o, ids, prefix, bf16);
+        let step = (dims, t, k);
+        let decode = super::decode_experts::kernels(p, o, ids, prefix, *layout, step, bf16);
         out.push_str(&decode.unwrap_or_default());
     }
     Some((out, bf16))

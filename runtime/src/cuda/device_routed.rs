@@ -79,7 +79,8 @@ impl Rank<'_> {
             shape,
         )?;
         self.phase("experts: first projection")?;
-        let act = self.activate(prefix, &hid, &lists.eid, slots, &ffn)?;
+        let step = self.expert_kernels(prefix, false)?;
+        let act = self.activate(&step, &hid, &lists.eid, slots, &ffn)?;
         self.phase("experts: activation")?;
         let out = alloc(&self.stream, slots * dims.hidden, ffn.mid)?;
         let a = super::dptr(&act, &self.stream);
@@ -102,7 +103,6 @@ impl Rank<'_> {
             h: dims.hidden,
             mid: ffn.mid,
         };
-        let step = self.expert_kernels(prefix, false)?;
         let y = combine_rows(&self.stream, &step, &out, slots, &comb)?;
         self.phase("experts: combine")?;
         Ok(Some((y, t)))

@@ -828,15 +828,14 @@ impl Rank<'_> {
     /// slot's input bias that of its local expert `eid[slot]` (the device-routed path).
     pub(super) fn activate(
         &self,
-        prefix: &str,
+        kernels: &ExpertKernels,
         hid: &CudaSlice<f32>,
         eid: &CudaSlice<i32>,
         slots: usize,
         ffn: &FfnOperands,
     ) -> Result<CudaSlice<f32>, String> {
         let act = alloc(&self.stream, slots * ffn.f, ffn.mid)?;
-        let kernels = self.expert_kernels(prefix, false)?;
-        self.launch_act(&kernels, hid, &act, eid, slots, ffn)?;
+        self.launch_act(kernels, hid, &act, eid, slots, ffn)?;
         Ok(act)
     }
 
