@@ -815,6 +815,10 @@ impl DecodeTile {
     }
 }
 
+/// The threads of the one block of an experts step's device grouping (the compiler's
+/// `device_grouping`): its loops over slots and rows step by it.
+pub const GROUP_THREADS: usize = 1024;
+
 /// Whether an experts step over `tokens` tokens runs routed on the device by default (the
 /// compiler's `PPMOE_DEVICE_ROUTING` overrides it): for one token, where it was measured
 /// faster than grouping on the host for cuBLAS (H200, bf16, one layer: Qwen3-30B-A3B's 0.081

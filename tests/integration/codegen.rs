@@ -464,8 +464,8 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// listed per expert by shared-memory
 /// atomics, and two projections whose lanes read the routed experts' weights 16 bytes at a
 /// time and fold their sums by shuffles (a bf16 projection's f32 rows rounded to bf16 first,
-/// as the host-grouped GEMMs take them). More tokens group on the host, unless
-/// `PPMOE_DEVICE_ROUTING=1` (then PPMoE's local step at tp 2 too, with a body per row count
+/// as the host-grouped GEMMs take them). More tokens are not routed so (see the next test),
+/// unless `PPMOE_DEVICE_ROUTING=1` (then PPMoE's local step at tp 2 too, with a body per row count
 /// for passes of up to 8 rows; never all-to-all's, whose rows travel); `=0` never routes on the
 /// device.
 #[test]
@@ -519,6 +519,40 @@ fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
         assert_eq!(barriers, 8, "{dtype} {}", proj[0]);
         let a2a = ["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"];
         assert!(entries_ending(&lm_ptx(16, &a2a, Some("1")), "_dgroup").is_empty());
+    }
+}
+
+/// Any number of tokens can be grouped on the device for cuBLAS's pointer-batched GEMMs: per
+/// MoE layer a `tgroup` kernel of one block that counts each expert's slots by shared-memory
+/// atomics (one counter per local expert, a tile start per expert and one more), with three
+/// barriers (cleared, counted, tiles laid), and stores the tiles' 64-bit operand pointers.
+/// PPMoE's local step at tp 2 has one per rank and layer; all-to-all's (rows travel) none.
+#[test]
+fn any_token_count_is_grouped_on_the_device_for_the_batched_gemms() {
+    for dtype in ["fp32", "bf16"] {
+        let ptx = lm_ptx(16, &["--dtype", dtype], None);
+        let groups = entries_ending(&ptx, "_tgroup");
+        assert_eq!(groups.len(), 2, "{dtype}: one per MoE layer: {groups:?}");
+        for g in &groups {
+            let body = entry(&ptx, g);
+            assert!(body.contains("atom.shared.add.u32"), "{dtype} {g}");
+            assert_eq!(body.matches("bar.sync").count(), 3, "{dtype} {g}");
+            // The fixture's 4 experts: counters and fills of 4 x 4 bytes, starts of 5 x 4.
+            for (j, bytes) in [(0, 16), (1, 16), (2, 20)] {
+                let shared = format!("__wg_{g}_{j}[{bytes}]");
+                assert!(body.contains(&shared), "{dtype} {g}: no {shared}");
+            }
+            // Six pointers per tile, each stored as two 32-bit halves (4-byte alignment).
+            assert!(
+                body.matches("st.global.b32").count() >= 2 * 6 * 2,
+                "{dtype} {g}"
+            );
+        }
+        let tp2 = lm_ptx(16, &["--dtype", dtype, "--tp", "2"], None);
+        let local = entries_ending(&tp2, "_local_experts_tgroup");
+        assert_eq!(local.len(), 4, "{dtype} tp 2: {local:?}");
+        let a2a = ["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"];
+        assert!(entries_ending(&lm_ptx(16, &a2a, None), "_tgroup").is_empty());
     }
 }
 

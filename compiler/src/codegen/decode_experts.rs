@@ -70,7 +70,7 @@ pub(super) fn kernels(
 /// The tokens `moe.route` (without a capacity) routed into `ids`: its own ids, or those padded
 /// over tp (the all-to-all form's concat of the ids and constant rows, which PPMoE's local step
 /// reads; the padding rows have weight 0, so no expert lists them).
-fn route_of(p: &Program, ids: usize) -> Option<usize> {
+pub(super) fn route_of(p: &Program, ids: usize) -> Option<usize> {
     let producer = |b: usize| p.instructions.iter().find(|i| i.outputs.contains(&b));
     let mut made = producer(ids)?;
     if let (Op::Concat { axis: 0 }, Some(Some(first))) = (&made.op, made.inputs.first()) {
@@ -103,6 +103,13 @@ fn chosen(few: bool) -> bool {
     }
 }
 
+/// A slot `%s`'s local expert `%loc` (i64, may lie outside 0..e), whether it is one of this
+/// rank's (`%local`), and whether its weight is not 0 (`%nz`): reads `%ids` and `%w`, with
+/// `%first64`, `%cE64`, `%z64` and `%zero` defined.
+pub(super) fn slot_of() -> &'static str {
+    "          %idf = memref.load %ids[%s] : memref<?xf32>\n          %id = arith.fptosi %idf : f32 to i64\n          %loc = arith.subi %id, %first64 : i64\n          %wv = memref.load %w[%s] : memref<?xf32>\n          %nz = arith.cmpf une, %wv, %zero : f32\n          %ge = arith.cmpi sge, %loc, %z64 : i64\n          %lt = arith.cmpi slt, %loc, %cE64 : i64\n          %local = arith.andi %ge, %lt : i1\n"
+}
+
 /// `{prefix}_dgroup` over `s` slots and `e` local experts (grid e + 1 blocks of 256).
 fn group_kernel(prefix: &str, s: usize, e: usize) -> String {
     let mut b = String::new();
@@ -110,8 +117,7 @@ fn group_kernel(prefix: &str, s: usize, e: usize) -> String {
         b,
         "      %bid = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c256 = arith.constant 256 : index\n      %cS = arith.constant {s} : index\n      %cE = arith.constant {e} : index\n      %z32 = arith.constant 0 : i32\n      %one32 = arith.constant 1 : i32\n      %m1 = arith.constant -1 : i32\n      %zero = arith.constant 0.0 : f32\n      %first64 = arith.index_cast %first : index to i64\n      %cE64 = arith.index_cast %cE : index to i64\n      %z64 = arith.constant 0 : i64\n      %lister = arith.cmpi ult, %bid, %cE : index"
     );
-    // A slot's local expert (i64, may lie outside 0..e) and whether its weight is not 0.
-    let slot = "          %idf = memref.load %ids[%s] : memref<?xf32>\n          %id = arith.fptosi %idf : f32 to i64\n          %loc = arith.subi %id, %first64 : i64\n          %wv = memref.load %w[%s] : memref<?xf32>\n          %nz = arith.cmpf une, %wv, %zero : f32\n          %ge = arith.cmpi sge, %loc, %z64 : i64\n          %lt = arith.cmpi slt, %loc, %cE64 : i64\n          %local = arith.andi %ge, %lt : i1\n";
+    let slot = slot_of();
     let _ = writeln!(
         b,
         "      scf.if %lister {{\n        %tid0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %tid0 {{\n          memref.store %z32, %cnt[%c0] : memref<1xi32, 3>\n        }}\n        gpu.barrier\n        %bid64 = arith.index_cast %bid : index to i64\n        %lbase = arith.muli %bid, %cS : index\n        scf.for %s = %tid to %cS step %c256 {{\n{slot}          %is = arith.cmpi eq, %loc, %bid64 : i64\n          %mine = arith.andi %is, %nz : i1\n          scf.if %mine {{\n            %at32 = memref.atomic_rmw addi %one32, %cnt[%c0] : (i32, memref<1xi32, 3>) -> i32\n            %at = arith.index_cast %at32 : i32 to index\n            %li = arith.addi %lbase, %at : index\n            %s32 = arith.index_cast %s : index to i32\n            memref.store %s32, %lists[%li] : memref<?xi32>\n          }}\n        }}\n        gpu.barrier\n        scf.if %tid0 {{\n          %n = memref.load %cnt[%c0] : memref<1xi32, 3>\n          memref.store %n, %counts[%bid] : memref<?xi32>\n        }}\n      }} else {{\n        scf.for %s = %tid to %cS step %c256 {{\n{slot}          %used = arith.andi %local, %nz : i1\n          %s32 = arith.index_cast %s : index to i32\n          %p = arith.select %used, %s32, %m1 : i32\n          memref.store %p, %pos[%s] : memref<?xi32>\n          %l32 = arith.trunci %loc : i64 to i32\n          %le = arith.select %local, %l32, %z32 : i32\n          memref.store %le, %eid[%s] : memref<?xi32>\n        }}\n      }}"

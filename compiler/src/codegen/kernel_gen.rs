@@ -411,6 +411,19 @@ pub(super) fn experts_kernels(
         let step = (dims, t, k);
         let decode = super::decode_experts::kernels(p, o, ids, prefix, *layout, step, bf16);
         out.push_str(&decode.unwrap_or_default());
+        // The device grouping for cuBLAS over device-side pointers: rows, hidden activations
+        // and outputs of the stacks' own type (both bf16, or both f32).
+        let stacks = p.buffers[o.w_in].dtype;
+        let same = stacks == p.buffers[o.w_out].dtype;
+        let bytes = match (bf16, stacks) {
+            (true, _) => Some(2),
+            (false, ppmoe_runtime::DType::F32) => Some(4),
+            _ => None,
+        };
+        if let (true, Some(bytes)) = (same, bytes) {
+            let grouping = super::device_grouping::kernel(p, ids, prefix, (dims, t * k, k), bytes);
+            out.push_str(&grouping.unwrap_or_default());
+        }
     }
     Some((out, bf16))
 }

@@ -3,6 +3,7 @@
 //! `ptx` stage (the kernel modules lowered through MLIR's gpu -> NVVM -> LLVM -> PTX, sm_90).
 
 mod decode_experts;
+mod device_grouping;
 mod expert_steps;
 pub mod kernel_gen;
 mod masks;

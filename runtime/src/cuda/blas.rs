@@ -110,6 +110,61 @@ pub unsafe fn gemm_strided(
     check("cublasGemmStridedBatchedEx", s)
 }
 
+/// A batch of row-major products C[b] = A[b] [m, k] · W[b] [k, n] (W[b] stored as [n, k] and
+/// read transposed when `w_transposed`), each operand given by a device array of `batch`
+/// device pointers (written on the device: the device grouping's tiles).
+pub struct PointerBatch {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub w_transposed: bool,
+    /// C's element type (see `Strided::c_elem`).
+    pub c_elem: Elem,
+}
+
+/// One cublasGemmBatchedEx call over device pointer arrays `a`, `w` and `c`.
+///
+/// # Safety
+/// `a`, `w` and `c` are device arrays of `g.batch` pointers, each to a matrix of the product's
+/// size (`a`, `w` of `elem`, `c` of `g.c_elem`), on the handle's stream.
+pub unsafe fn gemm_pointer_batch(
+    blas: &CudaBlas,
+    elem: Elem,
+    g: &PointerBatch,
+    (a, w, c): (u64, u64, u64),
+) -> Result<(), String> {
+    if g.batch == 0 || g.m == 0 {
+        return Ok(());
+    }
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // Column-major view: C[b]ᵀ = W[b]ᵀ · A[b]ᵀ, so cuBLAS's A is the product's W.
+    let (op_w, ld_w) = b_operand(g.w_transposed, g.k, g.n);
+    let s = sys::cublasGemmBatchedEx(
+        *blas.handle(),
+        op_w,
+        cublasOperation_t::CUBLAS_OP_N,
+        g.n as i32,
+        g.m as i32,
+        g.k as i32,
+        &alpha as *const f32 as *const c_void,
+        w as *const *const c_void,
+        elem.cuda(),
+        ld_w,
+        a as *const *const c_void,
+        elem.cuda(),
+        g.k as i32,
+        &beta as *const f32 as *const c_void,
+        c as *const *mut c_void,
+        g.c_elem.cuda(),
+        g.n as i32,
+        g.batch as i32,
+        COMPUTE,
+        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+    );
+    check("cublasGemmBatchedEx", s)
+}
+
 /// One product per group: C_g [rows_g, dout] = A_g [rows_g, din] · W_g [din, dout] (W_g stored
 /// as [dout, din] and read transposed when `w_transposed`), each group given as (A, W, C)
 /// device pointers and its row count.

@@ -29,7 +29,7 @@ struct SlotLists {
 }
 
 /// A buffer as a kernel's memref operand (base, aligned base, offset, length, stride).
-fn memref_args<'a>(l: &mut cudarc::driver::LaunchArgs<'a>, ptr: &'a u64, len: &'a i64) {
+pub(super) fn memref_args<'a>(l: &mut cudarc::driver::LaunchArgs<'a>, ptr: &'a u64, len: &'a i64) {
     const ZERO: i64 = 0;
     const ONE: i64 = 1;
     l.arg(ptr).arg(ptr).arg(&ZERO).arg(len).arg(&ONE);

@@ -65,7 +65,7 @@ pub(super) struct FfnOperands {
     h: usize,
     pub n: usize,
     f: usize,
-    w_transposed: bool,
+    pub w_transposed: bool,
     /// The element type of rows, hidden activations and outputs between kernels and GEMMs.
     pub mid: Elem,
 }
@@ -228,6 +228,8 @@ pub(super) enum ExpertSource {
         t: usize,
         h: usize,
     },
+    /// Grouped on the device (`device_grouped`), chunk by chunk.
+    Grouped(super::device_grouped::DeviceGroup),
     Host(Routed),
 }
 
@@ -235,6 +237,7 @@ impl ExpertSource {
     pub(super) fn tokens_and_hidden(&self) -> (usize, usize) {
         match self {
             ExpertSource::Device { t, h, .. } => (*t, *h),
+            ExpertSource::Grouped(g) => (g.tokens, g.h),
             ExpertSource::Host(r) => (r.tokens, r.h),
         }
     }
@@ -243,7 +246,7 @@ impl ExpertSource {
     pub(super) fn chunks(&self, wanted: usize) -> usize {
         match self {
             ExpertSource::Device { .. } => 1,
-            ExpertSource::Host(_) => wanted,
+            ExpertSource::Grouped(_) | ExpertSource::Host(_) => wanted,
         }
     }
 }
@@ -281,20 +284,34 @@ pub(super) fn gather_rows(
     mid: Elem,
 ) -> Result<CudaSlice<f32>, String> {
     let out = alloc(stream, rows * h, mid)?;
+    gather_into(stream, kernels, x, perm, &out, (rows, h), mid)?;
+    Ok(out)
+}
+
+/// Rows `perm` of x ([T, H] f32) into `out` ([rows, H] of `mid`).
+pub(super) fn gather_into(
+    stream: &Arc<CudaStream>,
+    kernels: &ExpertKernels,
+    x: &CudaSlice<f32>,
+    perm: &CudaSlice<i32>,
+    out: &CudaSlice<f32>,
+    (rows, h): (usize, usize),
+    mid: Elem,
+) -> Result<(), String> {
     if rows == 0 {
-        return Ok(out);
+        return Ok(());
     }
     let (zero, one, rows_i) = (0i64, 1i64, rows as i64);
     let (lx, lp, lo) = (x.len().max(1) as i64, rows as i64, (rows * h) as i64);
     let mut l = stream.launch_builder(&kernels.gather);
     l.arg(x).arg(x).arg(&zero).arg(&lx).arg(&one);
     l.arg(perm).arg(perm).arg(&zero).arg(&lp).arg(&one);
-    l.arg(&out).arg(&out).arg(&zero).arg(&lo).arg(&one);
+    l.arg(out).arg(out).arg(&zero).arg(&lo).arg(&one);
     l.arg(&rows_i);
     let threads = row_threads(rows, h, mid);
     // SAFETY: H baked into the kernel; perm's entries are rows of x; out holds rows x H.
     unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
-    Ok(out)
+    Ok(())
 }
 
 /// The threads of a step's row kernel over `rows` rows of `width` columns of `mid`: one per
@@ -501,8 +518,9 @@ impl Rank<'_> {
         Ok(())
     }
 
-    /// Where a step's expert outputs come from: computed already, routed on the device, or
-    /// the routing grouped on the host, for the caller to compute chunk by chunk.
+    /// Where a step's expert outputs come from: computed already (routed on the device), or
+    /// the routing grouped on the device or on the host, for the caller to compute chunk by
+    /// chunk.
     pub(super) fn expert_source(
         &mut self,
         i: usize,
@@ -518,7 +536,10 @@ impl Rank<'_> {
             .map_err(&fail)?
         {
             Some((y, t)) => Ok(ExpertSource::Device { y: Some(y), t, h }),
-            None => Ok(ExpertSource::Host(self.routed(i, call)?)),
+            None => match self.device_group(call, prefix, bf16).map_err(&fail)? {
+                Some(g) => Ok(ExpertSource::Grouped(g)),
+                None => Ok(ExpertSource::Host(self.routed(i, call)?)),
+            },
         }
     }
 
@@ -535,6 +556,7 @@ impl Rank<'_> {
     ) -> Result<CudaSlice<f32>, String> {
         match source {
             ExpertSource::Host(r) => self.experts_of_tokens(i, call, prefix, bf16, r, tokens),
+            ExpertSource::Grouped(g) => self.device_grouped_experts(call, prefix, bf16, g, tokens),
             ExpertSource::Device { y, .. } => y
                 .take()
                 .ok_or_else(|| "a device-routed step's output taken twice".to_string()),
@@ -790,7 +812,7 @@ impl Rank<'_> {
 
     /// The activation kernel over `rows` rows of `hid` into `act`, each row's input bias
     /// that of its expert `rexp[row]`.
-    fn launch_act(
+    pub(super) fn launch_act(
         &self,
         kernels: &ExpertKernels,
         hid: &CudaSlice<f32>,

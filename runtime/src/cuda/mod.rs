@@ -12,6 +12,7 @@ pub use allreduce_bench::bench_all_reduce;
 mod collective;
 mod comm;
 mod comm_time;
+mod device_grouped;
 mod device_routed;
 mod experts;
 mod gemm;
@@ -1082,7 +1083,7 @@ fn load_kernels(
         let optional: &[&str] = match op {
             GpuOp::AllToAllExperts { .. } => &["bias_out"],
             GpuOp::Experts { .. } | GpuOp::LocalExperts { .. } => {
-                &["dgroup", "dproj_in", "dproj_out"]
+                &["dgroup", "dproj_in", "dproj_out", "tgroup"]
             }
             _ => &[],
         };
