@@ -509,7 +509,7 @@ impl Rank<'_> {
     ) -> Result<(), RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
-        let mut source = self.expert_source(i, call, prefix, bf16)?;
+        let mut source = self.expert_source(i, call, prefix, bf16, false)?;
         let (t, h) = source.tokens_and_hidden();
         let y = self
             .chunk_experts(i, call, prefix, bf16, &mut source, 0..t)
@@ -520,13 +520,14 @@ impl Rank<'_> {
 
     /// Where a step's expert outputs come from: computed already (routed on the device), or
     /// the routing grouped on the device or on the host, for the caller to compute chunk by
-    /// chunk.
+    /// chunk. `overlapped`: the step's all-reduce overlaps its chunks (see `grouping_pays`).
     pub(super) fn expert_source(
         &mut self,
         i: usize,
         call: &ExpertsCall,
         prefix: &str,
         bf16: bool,
+        overlapped: bool,
     ) -> Result<ExpertSource, RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
@@ -536,7 +537,10 @@ impl Rank<'_> {
             .map_err(&fail)?
         {
             Some((y, t)) => Ok(ExpertSource::Device { y: Some(y), t, h }),
-            None => match self.device_group(call, prefix, bf16).map_err(&fail)? {
+            None => match self
+                .device_group(call, prefix, bf16, overlapped)
+                .map_err(&fail)?
+            {
                 Some(g) => Ok(ExpertSource::Grouped(g)),
                 None => Ok(ExpertSource::Host(self.routed(i, call)?)),
             },
