@@ -687,8 +687,10 @@ pub enum GpuOp {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         capacity: bool,
     },
-    /// `moe.experts` on the GPU: rows grouped by expert on the host (the routing is small),
-    /// then the `<prefix>_gather` kernel, one cuBLAS GEMM per expert and projection, the
+    /// `moe.experts` on the GPU: rows grouped by expert (on the host, or on the device by the
+    /// `<prefix>_tgroup` kernel where the compiler generated it and it pays; one token is
+    /// routed on the device by `<prefix>_dgroup` and its projections instead), then the
+    /// `<prefix>_gather` kernel, cuBLAS GEMMs per projection over the experts' rows, the
     /// `<prefix>_act` kernel between them, and the `<prefix>_combine` kernel.
     Experts {
         prefix: String,
@@ -700,7 +702,7 @@ pub enum GpuOp {
     },
     /// PPMoE's `moe.local_slice` -> `moe.expert_ffn` -> `moe.scatter_combine` as one step on
     /// this (the scatter_combine) instruction, with the kernels of `Experts`: the slots routed
-    /// to this rank's experts are grouped on the host, gathered, run through grouped GEMMs and
+    /// to this rank's experts are grouped (as `Experts`), gathered, run through GEMMs and
     /// summed per token into the rank's partial output (the all-reduce follows). `slice` and
     /// `ffn` are the other two instructions, each planned as `Fused` into this one.
     LocalExperts {

@@ -6,7 +6,7 @@
 //! does not wait for the device here. The price: spare rows (each expert's last tile is
 //! partly empty) and spare tiles (the host sizes the batch by a bound, not by the counts),
 //! both computed and never combined; the tile size keeps them to about a quarter of the rows.
-//! `PPMOE_DEVICE_GROUPING=0` groups on the host instead (to compare).
+//! And each tile reads its expert's matrices again: where that pays is `grouping_pays`.
 
 use super::blas::{self, PointerBatch};
 use super::device_routed::memref_args;

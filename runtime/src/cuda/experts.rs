@@ -1,7 +1,8 @@
 //! The expert work of MoE layers on the GPU: `moe.experts` (one rank), and PPMoE's local
-//! experts (`GpuOp::LocalExperts`: the same, for the slots routed to this rank's experts). The
-//! routing is small (T x k), so the grouping of slots by expert is done on the host; the work
-//! is on the device: a gather of the routed rows grouped by expert (each expert's rows padded
+//! experts (`GpuOp::LocalExperts`: the same, for the slots routed to this rank's experts). Where
+//! the step is not routed or grouped on the device (`device_routed.rs`, `device_grouped.rs`:
+//! few tokens, or small expert matrices), the slots are grouped by expert on the host (the
+//! routing is small, T x k) and the work is on the device: a gather of the routed rows grouped by expert (each expert's rows padded
 //! to one block size where that adds little), cuBLAS GEMMs per projection over the experts'
 //! row blocks (grouped, one per expert, or one strided batch over padded blocks: whichever is
 //! fastest for the shape, `grouped_choice`), the activation kernel between them, and a combine
