@@ -26,19 +26,19 @@ fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
         "{}",
         &ptx[..ptx.len().min(400)]
     );
-    // One entry per launched kernel, gather, act and combine per expert FFN, and the
-    // embedding's row copy.
+    // One entry per launched kernel, gather, act, combine and the device grouping per expert
+    // FFN, and the embedding's row copy.
     let embeddings = kernels.matches("\"kernels.embedding\"").count();
     assert_eq!(
         ptx.matches(".visible .entry k").count(),
-        launches + 3 * experts + embeddings
+        launches + 4 * experts + embeddings
     );
     assert_eq!(
         ptx.matches("_route(").count(),
         2,
         "one routing kernel per MoE layer"
     );
-    for suffix in ["gather", "act", "combine"] {
+    for suffix in ["gather", "act", "combine", "tgroup"] {
         assert_eq!(
             ptx.matches(&format!("_experts_{suffix}(")).count(),
             experts,

@@ -9,7 +9,7 @@
 //! And each tile reads its expert's matrices again: where that pays is `grouping_pays`.
 
 use super::blas::{self, PointerBatch};
-use super::device_routed::memref_args;
+use super::device_routed::{memref_args, OnDevice};
 use super::experts::{alloc, combine_rows, gather_into, Combine, ExpertsCall, FfnOperands};
 use super::Rank;
 use crate::program::{ExpertDims, GROUP_THREADS};
@@ -122,19 +122,18 @@ impl Rank<'_> {
         let Some(group) = self.functions.get(&format!("{prefix}_tgroup")).cloned() else {
             return Ok(None);
         };
-        let (Some(ids), Some(weights)) = (self.shared_dev(call.ids), self.shared_dev(call.weights))
+        let Some(OnDevice {
+            ids,
+            weights,
+            dims,
+            tokens: t,
+            hidden,
+            ffn,
+        }) = self.routing_on_device(call, bf16)?
         else {
             return Ok(None);
         };
-        let (xs, dims) = self.expert_dims(call.x, call.w_in, call.w_out, call.layout)?;
-        let (t, slots) = (xs[0], ids.len());
-        if t == 0 || slots != weights.len() || slots % t != 0 {
-            return Ok(None);
-        }
-        let ffn = self.ffn_operands(call, dims, bf16, false)?;
-        if ffn.w_in.1 != ffn.mid || ffn.w_out.1 != ffn.mid {
-            return Ok(None);
-        }
+        let slots = ids.len();
         let matrix = dims.hidden * dims.n * ffn.mid.bytes() as usize;
         if !grouping_pays(matrix, slots, dims.experts, overlapped) {
             return Ok(None);
@@ -147,7 +146,7 @@ impl Rank<'_> {
             dims,
             tokens: t,
             k: slots / t,
-            h: xs[1],
+            h: hidden,
         }))
     }
 

@@ -7,10 +7,11 @@
 //! combine kernels finish it. So the forward does not wait for the device here, and its
 //! launches can run ahead of the GPU.
 
-use super::experts::{alloc, combine_rows, Combine, ExpertsCall};
+use super::experts::{alloc, combine_rows, Combine, ExpertsCall, FfnOperands};
 use super::Rank;
 use crate::program::{DecodeTile, ExpertDims};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 
 /// The three kernels of the device-routed path.
 struct RoutedKernels {
@@ -35,20 +36,25 @@ pub(super) fn memref_args<'a>(l: &mut cudarc::driver::LaunchArgs<'a>, ptr: &'a u
     l.arg(ptr).arg(ptr).arg(&ZERO).arg(len).arg(&ONE);
 }
 
+/// A step's routing where the route left it (on the device), with the step's sizes and FFN
+/// operands: what both device paths start from.
+pub(super) struct OnDevice {
+    pub ids: Arc<CudaSlice<f32>>,
+    pub weights: Arc<CudaSlice<f32>>,
+    pub dims: ExpertDims,
+    pub tokens: usize,
+    pub hidden: usize,
+    pub ffn: FfnOperands,
+}
+
 impl Rank<'_> {
-    /// The step's combined expert outputs ([T, H] f32) computed as the module's comment says,
-    /// or None where the step is not routed on the device (no such kernels in the PTX,
-    /// `PPMOE_DEVICE_ROUTING=0`, the routing not on the device, or stacks of another type than
-    /// the kernels were made for): the caller groups on the host.
-    pub(super) fn device_routed_experts(
+    /// The step's routing on the device (None: on the host, sizes that do not divide, or
+    /// stacks of another type than the rows between the kernels).
+    pub(super) fn routing_on_device(
         &mut self,
         call: &ExpertsCall,
-        prefix: &str,
         bf16: bool,
-    ) -> Result<Option<(CudaSlice<f32>, usize)>, String> {
-        let Some(kernels) = self.routed_kernels(prefix) else {
-            return Ok(None);
-        };
+    ) -> Result<Option<OnDevice>, String> {
         let (Some(ids), Some(weights)) = (self.shared_dev(call.ids), self.shared_dev(call.weights))
         else {
             return Ok(None);
@@ -62,6 +68,41 @@ impl Rank<'_> {
         if ffn.w_in.1 != ffn.mid || ffn.w_out.1 != ffn.mid {
             return Ok(None);
         }
+        Ok(Some(OnDevice {
+            ids,
+            weights,
+            dims,
+            tokens: t,
+            hidden: xs[1],
+            ffn,
+        }))
+    }
+
+    /// The step's combined expert outputs ([T, H] f32) computed as the module's comment says,
+    /// or None where the step is not routed on the device (no such kernels in the PTX,
+    /// `PPMOE_DEVICE_ROUTING=0`, the routing not on the device, or stacks of another type than
+    /// the kernels were made for): the caller groups on the host.
+    pub(super) fn device_routed_experts(
+        &mut self,
+        call: &ExpertsCall,
+        prefix: &str,
+        bf16: bool,
+    ) -> Result<Option<(CudaSlice<f32>, usize)>, String> {
+        let Some(kernels) = self.routed_kernels(prefix) else {
+            return Ok(None);
+        };
+        let Some(OnDevice {
+            ids,
+            weights,
+            dims,
+            tokens: t,
+            ffn,
+            ..
+        }) = self.routing_on_device(call, bf16)?
+        else {
+            return Ok(None);
+        };
+        let slots = ids.len();
         let first = call.first_local.unwrap_or(0);
         let lists = self.list_slots(&kernels.group, (&ids, &weights), dims.experts, first)?;
         self.phase("experts: slots listed on the device")?;
