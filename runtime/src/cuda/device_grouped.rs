@@ -91,6 +91,14 @@ pub(super) fn group_bound(slots: usize, experts: usize, m: usize) -> usize {
     slots.div_ceil(m) + experts.min(slots)
 }
 
+/// A chunk of `slots` slots' tile size, tile bound and rows (the bound's tiles and the spare
+/// tiles' target, one more).
+fn group_rows(slots: usize, experts: usize) -> (usize, usize, usize) {
+    let m = group_tile(slots, experts);
+    let bound = group_bound(slots, experts, m);
+    (m, bound, (bound + 1) * m)
+}
+
 /// A chunk's rows, laid out by the grouping kernel (see the compiler's `device_grouping`).
 struct Tiles {
     perm: CudaSlice<i32>,
@@ -134,6 +142,10 @@ impl Rank<'_> {
             return Ok(None);
         };
         let slots = ids.len();
+        // The kernel indexes rows and slots as i32.
+        if group_rows(slots, dims.experts).2 > i32::MAX as usize {
+            return Ok(None);
+        }
         let matrix = dims.hidden * dims.n * ffn.mid.bytes() as usize;
         if !grouping_pays(matrix, slots, dims.experts, overlapped) {
             return Ok(None);
@@ -163,15 +175,17 @@ impl Rank<'_> {
         let ffn = self.ffn_operands(call, g.dims, bf16, false)?;
         let (lo, hi) = (tokens.start * g.k, tokens.end * g.k);
         let e = g.dims.experts;
-        let m = group_tile(hi - lo, e);
-        let bound = group_bound(hi - lo, e, m);
-        let rows = (bound + 1) * m;
+        let (m, bound, rows) = group_rows(hi - lo, e);
         let s = self.stream.clone();
+        let cells = |width: usize| {
+            rows.checked_mul(width)
+                .ok_or_else(|| format!("{rows} grouped rows of {width} overflow"))
+        };
         let bufs = RowBuffers {
-            xg: alloc(&s, rows * g.h, ffn.mid)?,
-            hid: alloc(&s, rows * ffn.n, ffn.mid)?,
-            act: alloc(&s, rows * g.dims.ffn, ffn.mid)?,
-            out: alloc(&s, rows * g.h, ffn.mid)?,
+            xg: alloc(&s, cells(g.h)?, ffn.mid)?,
+            hid: alloc(&s, cells(ffn.n)?, ffn.mid)?,
+            act: alloc(&s, cells(g.dims.ffn)?, ffn.mid)?,
+            out: alloc(&s, cells(g.h)?, ffn.mid)?,
         };
         let first = call.first_local.unwrap_or(0);
         let tiles = self.lay_tiles(g, &bufs, &ffn, (lo..hi, first), (m, bound))?;
