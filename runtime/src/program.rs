@@ -777,6 +777,12 @@ impl Op {
     }
 }
 
+/// Whether f32 holds integer `v` exactly (magnitude at most 2^24): integers the device may
+/// keep as f32 (the routing's expert ids, small constants).
+pub fn exact_in_f32(v: i64) -> bool {
+    v.unsigned_abs() <= 1 << 24
+}
+
 /// Whether an experts step's gather, activation and combine kernels, over bf16 rows `width`
 /// columns wide (H for the gather and combine, the FFN width for the activation), take the
 /// columns in pairs, one

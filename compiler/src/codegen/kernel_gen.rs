@@ -1055,7 +1055,6 @@ fn data_movement(
     Some((name.clone(), kernel(&name, &params, &b), n))
 }
 
-/// The buffers an instruction reads (its operands present), in order.
 /// Whether `b` is the expert ids `moe.route` writes (on the device as f32, below the expert
 /// count).
 fn route_ids(p: &Program, b: usize) -> bool {
@@ -1075,10 +1074,13 @@ fn exact_ints(
     route_ids(p, b)
         || constant(Some(b)).is_some_and(|t| {
             t.dtype == ppmoe_runtime::DType::I64
-                && t.to_i64().iter().all(|v| v.unsigned_abs() <= 1 << 24)
+                && t.to_i64()
+                    .iter()
+                    .all(|&v| ppmoe_runtime::program::exact_in_f32(v))
         })
 }
 
+/// The buffers an instruction reads (its operands present), in order.
 pub(super) fn operand_buffers<'p>(p: &'p Program, ins: &Instruction) -> Vec<&'p Buffer> {
     ins.inputs
         .iter()

@@ -8,12 +8,9 @@
 //! program, so they stay equal.
 
 use crate::distribute::shard_moe::RankProgram;
-use ppmoe_runtime::program::{BinaryFn, BufferKind, Op, Program};
+use ppmoe_runtime::program::{exact_in_f32, BinaryFn, BufferKind, Op, Program};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
-
-/// Integers f32 holds exactly: every one of magnitude up to 2^24.
-const EXACT_IN_F32: i64 = 1 << 24;
 
 fn is_comparison(op: &Op) -> bool {
     matches!(
@@ -63,7 +60,7 @@ fn exact_int_weights(rp: &RankProgram) -> HashSet<usize> {
         .filter(|(_, b)| b.kind == BufferKind::Weight && !b.dtype.on_device_as_f32())
         .filter(|(_, b)| {
             by_name.get(b.name.as_str()).is_some_and(|t| {
-                !t.dtype.on_device_as_f32() && t.to_i64().iter().all(|v| v.abs() <= EXACT_IN_F32)
+                !t.dtype.on_device_as_f32() && t.to_i64().iter().all(|&v| exact_in_f32(v))
             })
         })
         .map(|(i, _)| i)

@@ -17,7 +17,8 @@ use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// A step's routing where it stays (on the device), and what its chunks are computed with.
+/// A step's routing where it stays (on the device), and what its chunks are computed with
+/// (the FFN's operands looked up once for all chunks).
 pub(super) struct DeviceGroup {
     group: CudaFunction,
     ids: Arc<CudaSlice<f32>>,
@@ -26,6 +27,7 @@ pub(super) struct DeviceGroup {
     pub tokens: usize,
     pub k: usize,
     pub h: usize,
+    ffn: FfnOperands,
 }
 
 /// Whether grouping on the device pays for a step whose experts' first matrices are
@@ -159,6 +161,7 @@ impl Rank<'_> {
             tokens: t,
             k: slots / t,
             h: hidden,
+            ffn,
         }))
     }
 
@@ -168,11 +171,10 @@ impl Rank<'_> {
         &mut self,
         call: &ExpertsCall,
         prefix: &str,
-        bf16: bool,
         g: &DeviceGroup,
         tokens: Range<usize>,
     ) -> Result<CudaSlice<f32>, String> {
-        let ffn = self.ffn_operands(call, g.dims, bf16, false)?;
+        let ffn = &g.ffn;
         let (lo, hi) = (tokens.start * g.k, tokens.end * g.k);
         let e = g.dims.experts;
         let (m, bound, rows) = group_rows(hi - lo, e);
@@ -188,7 +190,7 @@ impl Rank<'_> {
             out: alloc(&s, cells(g.h)?, ffn.mid)?,
         };
         let first = call.first_local.unwrap_or(0);
-        let tiles = self.lay_tiles(g, &bufs, &ffn, (lo..hi, first), (m, bound))?;
+        let tiles = self.lay_tiles(g, &bufs, (lo..hi, first), (m, bound))?;
         self.phase("experts: grouped on the device")?;
         let kernels = self.expert_kernels(prefix, false)?;
         self.device(call.x).map_err(|e| e.to_string())?;
@@ -215,7 +217,7 @@ impl Rank<'_> {
             )
         }?;
         self.phase("experts: first projection")?;
-        self.launch_act(&kernels, &bufs.hid, &bufs.act, &tiles.rexp, rows, &ffn)?;
+        self.launch_act(&kernels, &bufs.hid, &bufs.act, &tiles.rexp, rows, ffn)?;
         self.phase("experts: activation")?;
         // SAFETY: as above.
         unsafe {
@@ -248,7 +250,6 @@ impl Rank<'_> {
         &self,
         g: &DeviceGroup,
         bufs: &RowBuffers,
-        ffn: &FfnOperands,
         (chunk, first): (Range<usize>, usize),
         (m, bound): (usize, usize),
     ) -> Result<Tiles, String> {
@@ -277,10 +278,10 @@ impl Rank<'_> {
         let d = |b: &CudaSlice<f32>| super::dptr(b, s);
         let bases = [
             d(&bufs.xg),
-            ffn.w_in.0,
+            g.ffn.w_in.0,
             d(&bufs.hid),
             d(&bufs.act),
-            ffn.w_out.0,
+            g.ffn.w_out.0,
             d(&bufs.out),
         ];
         let mut l = s.launch_builder(&g.group);

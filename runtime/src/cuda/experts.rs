@@ -1,13 +1,13 @@
 //! The expert work of MoE layers on the GPU: `moe.experts` (one rank), and PPMoE's local
-//! experts (`GpuOp::LocalExperts`: the same, for the slots routed to this rank's experts). Where
-//! the step is not routed or grouped on the device (`device_routed.rs`, `device_grouped.rs`:
-//! few tokens, or small expert matrices), the slots are grouped by expert on the host (the
-//! routing is small, T x k) and the work is on the device: a gather of the routed rows grouped by expert (each expert's rows padded
-//! to one block size where that adds little), cuBLAS GEMMs per projection over the experts'
-//! row blocks (grouped, one per expert, or one strided batch over padded blocks: whichever is
-//! fastest for the shape, `grouped_choice`), the activation kernel between them, and a combine
-//! kernel that sums each token's k weighted expert outputs (a gather, so no atomics and the
-//! same order every run). The pieces (gather, FFN over blocks, combine) are shared with the
+//! experts (`GpuOp::LocalExperts`: the same, for the slots routed to this rank's experts).
+//! Where the step is not routed or grouped on the device (`device_routed.rs`,
+//! `device_grouped.rs`: few tokens, or small expert matrices), the slots are grouped by expert
+//! on the host (the routing is small, T x k) and the work is on the device: a gather of the
+//! routed rows grouped by expert (each expert's rows padded to one block size where that adds
+//! little), cuBLAS GEMMs per projection over the experts' row blocks (grouped, one per
+//! expert, or one strided batch over padded blocks: whichever is fastest for the shape,
+//! `grouped_choice`), the activation kernel between them, and a combine kernel that sums each
+//! token's k weighted expert outputs (a gather, so no atomics and the same order every run). The pieces (gather, FFN over blocks, combine) are shared with the
 //! all-to-all step (`alltoall_experts.rs`).
 
 use super::blas::{Elem, Grouped};
@@ -222,7 +222,8 @@ pub(super) struct Routed {
 }
 
 /// A step's expert outputs: computed by the device-routed path (`device_routed`), or to be
-/// computed from the routing grouped on the host.
+/// computed chunk by chunk from the routing grouped on the device (`device_grouped`) or on
+/// the host.
 pub(super) enum ExpertSource {
     Device {
         y: Option<CudaSlice<f32>>,
@@ -561,7 +562,7 @@ impl Rank<'_> {
     ) -> Result<CudaSlice<f32>, String> {
         match source {
             ExpertSource::Host(r) => self.experts_of_tokens(i, call, prefix, bf16, r, tokens),
-            ExpertSource::Grouped(g) => self.device_grouped_experts(call, prefix, bf16, g, tokens),
+            ExpertSource::Grouped(g) => self.device_grouped_experts(call, prefix, g, tokens),
             ExpertSource::Device { y, .. } => y
                 .take()
                 .ok_or_else(|| "a device-routed step's output taken twice".to_string()),

@@ -166,7 +166,7 @@ impl Rank<'_> {
             // Integers go as f32 where every value is exact in it (a kernel moving expert ids,
             // for instance); others cannot.
             let exact_ints = match &*t.data {
-                crate::tensor::Data::I64(v) => v.iter().all(|x| x.unsigned_abs() <= 1 << 24),
+                crate::tensor::Data::I64(v) => v.iter().all(|&x| crate::program::exact_in_f32(x)),
                 _ => false,
             };
             if !exact_ints
@@ -1078,7 +1078,7 @@ fn load_kernels(
         functions.insert(name, f);
     }
     // Present only where an all-to-all step's experts have an output bias, and where a step
-    // is routed on the device (`device_routed`).
+    // can be routed (`device_routed`) or grouped (`device_grouped`) on the device.
     for op in &program.gpu {
         let optional: &[&str] = match op {
             GpuOp::AllToAllExperts { .. } => &["bias_out"],
