@@ -71,14 +71,17 @@ const MIN_TILE: usize = 16;
 
 /// The rows of one tile (one product of the batched GEMMs) for `slots` slots over `experts`
 /// local experts: the largest of 16, 32, 64 and 128 whose spare rows (about one tile per
-/// expert in use) stay within a quarter of the slots; `PPMOE_GROUP_TILE` sets it.
+/// expert in use) stay within a quarter of the slots; `PPMOE_GROUP_TILE` sets it (0 or not a
+/// number: unset; at most the slots: a larger tile only adds spare rows, and the row count
+/// must not overflow).
 pub(super) fn group_tile(slots: usize, experts: usize) -> usize {
-    if let Some(m) = std::env::var("PPMOE_GROUP_TILE")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&m| m > 0)
-    {
-        return m;
+    let set = std::env::var("PPMOE_GROUP_TILE").ok();
+    group_tile_by(slots, experts, set.as_deref().and_then(|v| v.parse().ok()))
+}
+
+fn group_tile_by(slots: usize, experts: usize, set: Option<usize>) -> usize {
+    if let Some(m) = set.filter(|&m| m > 0) {
+        return m.min(slots.max(1));
     }
     let used = experts.min(slots).max(1);
     [128, 64, 32]
@@ -332,10 +335,14 @@ mod tests {
     #[test]
     fn tiles_keep_spare_rows_near_a_quarter_and_the_bound_holds_every_layout() {
         // Qwen3's 128 experts: 4096 tokens x 8 slots take 64-row tiles, 512 tokens 16.
-        assert_eq!(group_tile(32_768, 128), 64);
-        assert_eq!(group_tile(4_096, 128), 16);
+        assert_eq!(group_tile_by(32_768, 128, None), 64);
+        assert_eq!(group_tile_by(4_096, 128, None), 16);
         // Mixtral's 8 experts at 4096 tokens x 2: 128.
-        assert_eq!(group_tile(8_192, 8), 128);
+        assert_eq!(group_tile_by(8_192, 8, None), 128);
+        // A set tile within 1..=slots.
+        assert_eq!(group_tile_by(8_192, 8, Some(64)), 64);
+        assert_eq!(group_tile_by(100, 8, Some(usize::MAX)), 100);
+        assert_eq!(group_tile_by(100, 8, Some(0)), group_tile_by(100, 8, None));
         // The bound holds the worst layout: every expert with one slot past a full tile.
         let (slots, experts, m) = (100, 7, 16);
         let worst: usize = (0..experts)
