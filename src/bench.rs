@@ -42,6 +42,7 @@ fn row(
         v["tokens"] = t.into();
     }
     v["host_reads"] = r.host_reads.into();
+    v["cuda_graph_nodes"] = r.graph_nodes.into();
     if !r.rank_median_ms.is_empty() {
         v["rank_median_ms"] = r.rank_median_ms.clone().into();
     }
@@ -119,6 +120,10 @@ fn print(v: &serde_json::Value) {
     }
     if let Some(n) = v["host_reads"].as_u64() {
         line.push_str(&format!("; {n} device-to-host copies per forward"));
+    }
+    match v["cuda_graph_nodes"].as_u64() {
+        Some(n) if n > 0 => line.push_str(&format!("; replayed as a CUDA graph of {n} nodes")),
+        _ => {}
     }
     if let (Some(fl), Some(x)) = (f("floor_ms"), f("times_floor")) {
         line.push_str(&format!(", floor {fl:.3} ms ({x:.2} x the floor)"));
@@ -323,6 +328,7 @@ fn time_bundle(bundle: &Path, ranks: usize, o: &Options) -> Result<BenchReport> 
         reporter: true,
         instructions,
         host_reads: r["host_reads"].as_u64().unwrap_or(0) as usize,
+        graph_nodes: r["cuda_graph_nodes"].as_u64().unwrap_or(0) as usize,
         phases: r["phases"]
             .as_array()
             .map(|a| {

@@ -38,6 +38,8 @@ pub struct BenchReport {
     /// Device-to-host copies inside one forward (each a synchronisation): the most of any
     /// rank in any timed forward.
     pub host_reads: usize,
+    /// The nodes of the CUDA graph the timed forwards replayed; 0 where they ran eagerly.
+    pub graph_nodes: usize,
     /// With profile: the instructions, the slowest first.
     pub instructions: Vec<InstructionTime>,
     /// With profile: the named parts of steps (an experts step's), each part's median time per
@@ -131,6 +133,7 @@ pub fn bench(
         reporter: rank == 0,
         instructions,
         host_reads: timing.host_reads,
+        graph_nodes: timing.graph_nodes,
         phases: timing
             .phase_ms
             .iter()

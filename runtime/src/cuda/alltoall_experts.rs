@@ -189,7 +189,7 @@ impl Rank<'_> {
         let returned: Vec<Piece> = pieces.iter().map(Piece::reversed).collect();
         self.in_comm(|| self.ragged_exchange(comm, &done, &back, &returned, row_bytes))?;
         let local_w = &weights[t0 * k..(t0 + t) * k];
-        let d_w = stream.clone_htod(local_w).map_err(|e| e.to_string())?;
+        let d_w = super::graph::upload(&stream, local_w).map_err(|e| e.to_string())?;
         // The output bias went on the rows: the combine reads no expert ids (one unread word).
         let (d_pos, d_eid) = (
             upload(&stream, &order.pos)?,

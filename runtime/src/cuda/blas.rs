@@ -33,6 +33,24 @@ impl Elem {
     }
 }
 
+/// The handle's workspace, 32 MiB as cuBLAS advises for Hopper, allocated here once: a GEMM
+/// captured in a CUDA graph cannot allocate one. The buffer must outlive the handle's use.
+pub fn set_workspace(
+    blas: &CudaBlas,
+    stream: &Arc<CudaStream>,
+) -> Result<cudarc::driver::CudaSlice<u8>, String> {
+    const BYTES: usize = 32 << 20;
+    let ws = stream
+        .alloc_zeros::<u8>(BYTES)
+        .map_err(|e| format!("cuBLAS workspace: {e}"))?;
+    let p = super::dptr(&ws, stream);
+    // SAFETY: a live handle and a device buffer of BYTES bytes kept by the caller.
+    check("cublasSetWorkspace", unsafe {
+        sys::cublasSetWorkspace_v2(*blas.handle(), p as *mut c_void, BYTES)
+    })?;
+    Ok(ws)
+}
+
 const COMPUTE: cublasComputeType_t = cublasComputeType_t::CUBLAS_COMPUTE_32F;
 
 fn check(what: &str, s: cublasStatus_t) -> Result<(), String> {
@@ -203,7 +221,7 @@ pub unsafe fn gemm_grouped(
         return Ok(true);
     }
     // Column-major view: C_gᵀ = W_gᵀ · A_gᵀ, so cuBLAS's A is the group's W.
-    let upload = |v: Vec<u64>| stream.clone_htod(&v).map_err(|e| e.to_string());
+    let upload = |v: Vec<u64>| super::graph::upload(stream, &v).map_err(|e| e.to_string());
     let da = upload(g.groups.iter().map(|x| x.1).collect())?;
     let db = upload(g.groups.iter().map(|x| x.0).collect())?;
     let dc = upload(g.groups.iter().map(|x| x.2).collect())?;

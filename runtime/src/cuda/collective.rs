@@ -146,8 +146,7 @@ impl Rank<'_> {
                 let piece_shape = pieces[0].shape.clone();
                 let m: usize = piece_shape.iter().product();
                 let packed: Vec<f32> = pieces.iter().flat_map(|p| p.to_f32()).collect();
-                let send = stream
-                    .clone_htod(&packed)
+                let send = super::graph::upload(&stream, &packed)
                     .map_err(|e| fail(e.to_string()))?;
                 let recv = alloc(m * g)?;
                 let comm = comms.group(group).map_err(&fail)?;
@@ -193,8 +192,7 @@ impl Rank<'_> {
                 ];
                 header.extend(t_shape.iter().map(|&d| d as i64));
                 header.resize(HEADER, 0);
-                let h = stream
-                    .clone_htod(&header)
+                let h = super::graph::upload(&stream, &header)
                     .map_err(|e| fail(e.to_string()))?;
                 let n: usize = t_shape.iter().product();
                 // The data: the float buffer itself, integers uploaded as i64 words.
@@ -205,8 +203,7 @@ impl Rank<'_> {
                         x.ok_or_else(|| fail("the operand is not on the device".into()))?,
                     )
                 } else {
-                    let v = stream
-                        .clone_htod(&self.host(s)?.to_i64())
+                    let v = super::graph::upload(&stream, &self.host(s)?.to_i64())
                         .map_err(|e| fail(e.to_string()))?;
                     InFlight::Words(v)
                 };

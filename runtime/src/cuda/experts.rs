@@ -255,8 +255,7 @@ impl ExpertSource {
 
 /// `v` on the device (one element for an empty `v`: a kernel argument must point somewhere).
 pub(super) fn upload(stream: &Arc<CudaStream>, v: &[i32]) -> Result<CudaSlice<i32>, String> {
-    stream
-        .clone_htod(if v.is_empty() { &[0][..] } else { v })
+    super::graph::upload(stream, if v.is_empty() { &[0][..] } else { v })
         .map_err(|e| e.to_string())
 }
 
@@ -610,8 +609,7 @@ impl Rank<'_> {
         let weights = match on_device {
             Some(d) => d,
             None => Arc::new(
-                self.stream
-                    .clone_htod(&weights)
+                super::graph::upload(&self.stream, &weights)
                     .map_err(|e| fail(e.to_string()))?,
             ),
         };

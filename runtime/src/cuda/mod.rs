@@ -16,6 +16,7 @@ mod device_grouped;
 mod device_routed;
 mod experts;
 mod gemm;
+mod graph;
 mod grouped_choice;
 mod mem_pool;
 pub mod nccl;
@@ -111,6 +112,11 @@ struct Rank<'a> {
     /// those in flight read.
     sends_aside: bool,
     in_flight: std::cell::RefCell<Vec<pipeline_send::InFlight>>,
+    /// When forwards are captured as CUDA graphs, the one captured, and what the last eager
+    /// forward did (whether the next like it can be captured).
+    graph_use: graph::GraphUse,
+    graph: Option<graph::Captured>,
+    last_eager: Option<graph::Eager>,
 }
 
 impl Rank<'_> {
@@ -185,8 +191,7 @@ impl Rank<'_> {
             // bf16/f16 bits are widened here (the kernels compute in f32), booleans 0 or 1.
             let v = t.f32_values();
             slot.dev = Some(Arc::new(
-                stream
-                    .clone_htod(&*v)
+                graph::upload(&stream, &v)
                     .map_err(|e| backend_err(e.to_string()))?,
             ));
         }
@@ -617,8 +622,30 @@ pub fn run_bundle(
     dist: Option<&Dist>,
 ) -> Result<Vec<Tensor>, RuntimeError> {
     with_rank(bundle, dist, |rank, m| {
+        if rank.graph_use == graph::GraphUse::Always
+            && rank.comms.is_none()
+            && m.microbatches <= 1
+        {
+            return rank.run_through_graph(m, inputs);
+        }
         rank.forward(m, &Feed::Host(inputs), None)
     })
+}
+
+/// A device feed's shapes, for telling its graph apart: each piece's inputs, a device one by
+/// its length.
+fn feed_shapes(pieces: &[Vec<Result<CudaSlice<f32>, Tensor>>]) -> Vec<Vec<Vec<usize>>> {
+    pieces
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|v| match v {
+                    Ok(dev) => vec![dev.len()],
+                    Err(t) => t.shape.clone(),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Where a forward's inputs come from: the host (uploaded by the forward, outputs brought
@@ -649,6 +676,8 @@ pub struct Timing {
     /// gather, projections, activation, combine), each part's time summed over a forward, in
     /// each timed forward (ms).
     pub phase_ms: std::collections::BTreeMap<String, Vec<f64>>,
+    /// The nodes of the CUDA graph the timed forwards replayed; 0 where they ran eagerly.
+    pub graph_nodes: usize,
 }
 
 /// Runs `warmup` forwards, then times `iters` more, the float inputs already on the device and
@@ -665,6 +694,11 @@ pub fn bench_bundle(
 ) -> Result<Timing, RuntimeError> {
     with_rank(bundle, dist, |rank, m| {
         let feed = rank.device_feed(m, inputs)?;
+        // Where forwards can be captured, the second is, so the capture is never timed.
+        let warmup = match (rank.graph_use, profile) {
+            (graph::GraphUse::Never, _) | (_, true) => warmup,
+            _ => warmup.max(2),
+        };
         for _ in 0..warmup {
             rank.forward(m, &feed, None)?;
         }
@@ -681,6 +715,7 @@ pub fn bench_bundle(
             },
             host_reads: 0,
             phase_ms: Default::default(),
+            graph_nodes: 0,
         };
         let (mut nccl_ms, mut exposed_ms) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
         let event = |s: &Arc<CudaStream>| {
@@ -723,6 +758,7 @@ pub fn bench_bundle(
                 acc.push(t);
             }
         }
+        timing.graph_nodes = rank.graph.as_ref().map_or(0, |g| g.nodes);
         if let Some(c) = rank.comms {
             let mine: Vec<f32> = timing.forward_ms.iter().map(|&v| v as f32).collect();
             let all = c.gather_world(&rank.stream, &mine).map_err(backend_err)?;
@@ -800,9 +836,13 @@ fn with_rank<R>(
         ),
         None => None,
     };
-    let stream = ctx.default_stream();
+    // A stream of its own, not the legacy default one, which cannot be captured as a graph.
+    let stream = ctx
+        .new_stream()
+        .map_err(|e| backend_err(format!("a stream: {e}")))?;
     let blas = cudarc::cublas::CudaBlas::new(stream.clone())
         .map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
+    let _blas_workspace = blas::set_workspace(&blas, &stream).map_err(backend_err)?;
     let functions = load_kernels(bundle, &ctx, program)?;
     let mut rank = Rank {
         stream: stream.clone(),
@@ -819,6 +859,9 @@ fn with_rank<R>(
         phase_ms: Default::default(),
         sends_aside: program.communicates_only_by_sends(),
         in_flight: Default::default(),
+        graph_use: graph::GraphUse::from_env(),
+        graph: None,
+        last_eager: None,
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()
@@ -873,9 +916,129 @@ fn with_rank<R>(
 }
 
 impl Rank<'_> {
-    /// One forward: every microbatch through the program, its outputs joined. With `per`,
-    /// each instruction's time is added to its entry (an event pair around each step).
+    /// One forward: every microbatch through the program, its outputs joined (none where the
+    /// inputs came from the device). With `per`, each instruction's time is added to its entry
+    /// (an event pair around each step). A forward from the device on one rank is replayed
+    /// from its CUDA graph, or captured into one where the last like it can be (`graph`).
     fn forward(
+        &mut self,
+        m: &crate::bundle::Manifest,
+        feed: &Feed,
+        per: Option<&mut Vec<f64>>,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let shapes = match (feed, self.graph_use, &per, self.comms) {
+            (Feed::Device(d), use_, None, None) if use_ != graph::GraphUse::Never => {
+                Some(feed_shapes(d))
+            }
+            _ => None,
+        };
+        if let Some(shapes) = shapes {
+            if self.graph.as_ref().is_some_and(|g| g.shapes == shapes) {
+                self.replay()?;
+                return Ok(Vec::new());
+            }
+            // Only the latest graph is ever launched (its buffers are freed outside it next).
+            self.graph = None;
+            let like = self.last_eager.as_ref().filter(|e| e.shapes == shapes);
+            if like.is_some_and(|e| e.refusal().is_none()) {
+                self.capture(m, feed, shapes)?;
+                return Ok(Vec::new());
+            }
+        }
+        self.graph = None;
+        let (reads, uploads) = (self.host_reads.get(), graph::uploads());
+        let outs = self.forward_eager(m, feed, per)?;
+        if let Feed::Device(d) = feed {
+            self.last_eager = Some(graph::Eager {
+                shapes: feed_shapes(d),
+                host_reads: self.host_reads.get() - reads,
+                uploads: graph::uploads() - uploads,
+            });
+        }
+        Ok(outs)
+    }
+
+    /// The forward captured as a CUDA graph, then launched (its first run).
+    fn capture(
+        &mut self,
+        m: &crate::bundle::Manifest,
+        feed: &Feed,
+        shapes: Vec<Vec<Vec<usize>>>,
+    ) -> Result<(), RuntimeError> {
+        // The graph may free only its own buffers: the eager forward's go first, outside it.
+        self.clear_activations();
+        graph::begin(&self.stream).map_err(backend_err)?;
+        if let Err(e) = self.forward_eager(m, feed, None) {
+            graph::abandon(&self.stream);
+            return Err(e);
+        }
+        let captured = graph::end(&self.stream, shapes).map_err(backend_err)?;
+        tracing::info!(
+            "rank {}: forward captured as a CUDA graph of {} nodes",
+            self.program.rank,
+            captured.nodes
+        );
+        captured.launch().map_err(backend_err)?;
+        self.graph = Some(captured);
+        Ok(())
+    }
+
+    /// The captured forward again: its results land in the buffers the slots hold.
+    fn replay(&mut self) -> Result<(), RuntimeError> {
+        for (slot, b) in self.slots.iter_mut().zip(&self.program.buffers) {
+            if let (Some(s), false) = (slot.as_mut(), b.kind == BufferKind::Weight) {
+                if s.dev.is_some() {
+                    s.host = None;
+                }
+            }
+        }
+        match &self.graph {
+            Some(g) => g.launch().map_err(backend_err),
+            None => Err(backend_err("no CUDA graph to replay")),
+        }
+    }
+
+    /// Empties every buffer but the weights (each microbatch starts so).
+    fn clear_activations(&mut self) {
+        for (slot, b) in self.slots.iter_mut().zip(&self.program.buffers) {
+            if b.kind != BufferKind::Weight {
+                *slot = None;
+            }
+        }
+    }
+
+    /// `ppmoe run`'s forward under `PPMOE_CUDA_GRAPH=1`: the inputs put on the device, one
+    /// eager forward (it chooses the GEMM paths and shows whether the forward can be captured),
+    /// then the forward captured and launched, and replayed; the replay's outputs are read.
+    fn run_through_graph(
+        &mut self,
+        m: &crate::bundle::Manifest,
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let feed = self.device_feed(m, inputs)?;
+        self.forward(m, &feed, None)?;
+        self.forward(m, &feed, None)?;
+        match &self.graph {
+            Some(_) => {
+                self.forward(m, &feed, None)?;
+            }
+            None => {
+                let why = self.last_eager.as_ref().and_then(graph::Eager::refusal);
+                tracing::warn!(
+                    "the forward was not captured as a CUDA graph: {}",
+                    why.unwrap_or_else(|| "it runs on more than one rank".into())
+                );
+            }
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| backend_err(e.to_string()))?;
+        let program = self.program;
+        program.outputs.iter().map(|&o| self.host(o)).collect()
+    }
+
+    /// The forward's steps on the stream, as they come (see `forward`).
+    fn forward_eager(
         &mut self,
         m: &crate::bundle::Manifest,
         feed: &Feed,
@@ -911,12 +1074,7 @@ impl Rank<'_> {
         let mut outs = Vec::new();
         for (mb, piece) in pieces.into_iter().enumerate() {
             self.microbatch = mb as u64;
-            // Everything but the weights starts empty in each microbatch.
-            for (slot, b) in self.slots.iter_mut().zip(&program.buffers) {
-                if b.kind != BufferKind::Weight {
-                    *slot = None;
-                }
-            }
+            self.clear_activations();
             // Ranks that take no model input (later pipeline stages) get none.
             if !program.inputs.is_empty() {
                 for (&id, v) in program.inputs.iter().zip(piece) {
