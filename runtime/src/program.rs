@@ -840,3 +840,6 @@ pub fn routes_on_device(tokens: usize) -> bool {
 /// The generated kernel that narrows f32 activations to bf16 before a bf16 GEMM (present in a
 /// rank's PTX when its weights are bf16).
 pub const TO_BF16_KERNEL: &str = "to_bf16";
+
+/// Its inverse, bf16 widened to f32 (exact): present beside it.
+pub const FROM_BF16_KERNEL: &str = "from_bf16";

@@ -87,7 +87,7 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
 }
 
 #[test]
-fn bf16_weights_add_the_activation_narrowing_kernel_for_bf16_gemms() {
+fn bf16_weights_add_the_activation_narrowing_and_widening_kernels() {
     let bf16 = inspect(&["--dtype", "bf16", "--emit", "ptx"]);
     assert!(
         bf16.contains(".visible .entry to_bf16("),
@@ -95,8 +95,12 @@ fn bf16_weights_add_the_activation_narrowing_kernel_for_bf16_gemms() {
     );
     // Round to nearest even, as PyTorch's .to(torch.bfloat16).
     assert!(bf16.contains("cvt.rn.bf16.f32"));
+    // And back (PPMoE's bf16 all-reduce): a load of two bytes widened, exact.
+    let widen = entry(&bf16, "from_bf16");
+    assert!(widen.contains("ld.global.b16") && widen.contains("cvt.f32.bf16"), "{widen}");
     let fp32 = inspect(&["--emit", "ptx"]);
     assert!(!fp32.contains("to_bf16("), "fp32 weights need no narrowing");
+    assert!(!fp32.contains("from_bf16("));
 }
 
 /// An LM rank's plan (eager attention, fp32) has no host work: the token embedding is a

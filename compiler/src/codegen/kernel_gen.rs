@@ -1575,6 +1575,13 @@ pub fn plan_kernels(
             "",
             "        %v = memref.load %x[%i] : memref<?xf32>\n        %b = arith.truncf %v : f32 to bf16\n        memref.store %b, %y[%i] : memref<?xbf16>\n",
         ));
+        // And back: PPMoE's all-reduce of a bf16 model's expert outputs runs in bf16.
+        funcs.push_str(&dyn_kernel(
+            ppmoe_runtime::program::FROM_BF16_KERNEL,
+            &["%x: memref<?xbf16>", "%y: memref<?xf32>", "%n: index"],
+            "",
+            "        %b = memref.load %x[%i] : memref<?xbf16>\n        %v = arith.extf %b : bf16 to f32\n        memref.store %v, %y[%i] : memref<?xf32>\n",
+        ));
     }
     let module = format!("  gpu.module @{module_name} {{\n{funcs}  }}\n");
     KernelPlan { lowered, module }

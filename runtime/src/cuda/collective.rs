@@ -146,8 +146,8 @@ impl Rank<'_> {
                 let piece_shape = pieces[0].shape.clone();
                 let m: usize = piece_shape.iter().product();
                 let packed: Vec<f32> = pieces.iter().flat_map(|p| p.to_f32()).collect();
-                let send = super::graph::upload(&stream, &packed)
-                    .map_err(|e| fail(e.to_string()))?;
+                let send =
+                    super::graph::upload(&stream, &packed).map_err(|e| fail(e.to_string()))?;
                 let recv = alloc(m * g)?;
                 let comm = comms.group(group).map_err(&fail)?;
                 let (sp, rp) = (ptr(&send, &stream), ptr(&recv, &stream));
@@ -192,8 +192,7 @@ impl Rank<'_> {
                 ];
                 header.extend(t_shape.iter().map(|&d| d as i64));
                 header.resize(HEADER, 0);
-                let h = super::graph::upload(&stream, &header)
-                    .map_err(|e| fail(e.to_string()))?;
+                let h = super::graph::upload(&stream, &header).map_err(|e| fail(e.to_string()))?;
                 let n: usize = t_shape.iter().product();
                 // The data: the float buffer itself, integers uploaded as i64 words.
                 let data = if is_float {

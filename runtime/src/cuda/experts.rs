@@ -255,8 +255,7 @@ impl ExpertSource {
 
 /// `v` on the device (one element for an empty `v`: a kernel argument must point somewhere).
 pub(super) fn upload(stream: &Arc<CudaStream>, v: &[i32]) -> Result<CudaSlice<i32>, String> {
-    super::graph::upload(stream, if v.is_empty() { &[0][..] } else { v })
-        .map_err(|e| e.to_string())
+    super::graph::upload(stream, if v.is_empty() { &[0][..] } else { v }).map_err(|e| e.to_string())
 }
 
 /// Uninitialised device memory for `len` elements of `elem`, in f32 slots (bf16: two to a
@@ -609,8 +608,7 @@ impl Rank<'_> {
         let weights = match on_device {
             Some(d) => d,
             None => Arc::new(
-                super::graph::upload(&self.stream, &weights)
-                    .map_err(|e| fail(e.to_string()))?,
+                super::graph::upload(&self.stream, &weights).map_err(|e| fail(e.to_string()))?,
             ),
         };
         let eid = match call.b_out {

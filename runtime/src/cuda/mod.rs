@@ -6,6 +6,7 @@
 
 mod allreduce_bench;
 mod alltoall_experts;
+mod bf16_reduce;
 mod blas;
 mod embedding;
 pub use allreduce_bench::bench_all_reduce;
@@ -191,8 +192,7 @@ impl Rank<'_> {
             // bf16/f16 bits are widened here (the kernels compute in f32), booleans 0 or 1.
             let v = t.f32_values();
             slot.dev = Some(Arc::new(
-                graph::upload(&stream, &v)
-                    .map_err(|e| backend_err(e.to_string()))?,
+                graph::upload(&stream, &v).map_err(|e| backend_err(e.to_string()))?,
             ));
         }
         Ok(slot.dev.as_deref().expect("set above"))
@@ -622,9 +622,7 @@ pub fn run_bundle(
     dist: Option<&Dist>,
 ) -> Result<Vec<Tensor>, RuntimeError> {
     with_rank(bundle, dist, |rank, m| {
-        if rank.graph_use == graph::GraphUse::Always
-            && rank.comms.is_none()
-            && m.microbatches <= 1
+        if rank.graph_use == graph::GraphUse::Always && rank.comms.is_none() && m.microbatches <= 1
         {
             return rank.run_through_graph(m, inputs);
         }
@@ -1270,8 +1268,13 @@ fn load_kernels(
         }
     }
     // Present only where the weights are bf16.
-    if let Ok(f) = module.load_function(crate::program::TO_BF16_KERNEL) {
-        functions.insert(crate::program::TO_BF16_KERNEL.to_string(), f);
+    for name in [
+        crate::program::TO_BF16_KERNEL,
+        crate::program::FROM_BF16_KERNEL,
+    ] {
+        if let Ok(f) = module.load_function(name) {
+            functions.insert(name.to_string(), f);
+        }
     }
     Ok(functions)
 }

@@ -23,6 +23,7 @@ const NCCL_SUCCESS: c_int = 0;
 pub const NCCL_UINT8: c_int = 1;
 pub const NCCL_INT64: c_int = 4;
 pub const NCCL_FLOAT32: c_int = 7;
+pub const NCCL_BFLOAT16: c_int = 9;
 const NCCL_SUM: c_int = 0;
 /// The color that leaves a rank out of a split.
 const NCCL_SPLIT_NOCOLOR: c_int = -1;

@@ -10,7 +10,7 @@
 
 use super::comm_time::event_on;
 use super::experts::{fail_at, ExpertsCall};
-use super::nccl::NCCL_FLOAT32;
+use super::nccl::{NCCL_BFLOAT16, NCCL_FLOAT32};
 use super::{dptr, Rank};
 use crate::error::RuntimeError;
 use std::ops::Range;
@@ -66,13 +66,37 @@ impl Rank<'_> {
         let out =
             unsafe { self.stream.alloc::<f32>((t * h).max(1)) }.map_err(|e| fail(e.to_string()))?;
         let n = source.chunks(chunk_count(t));
+        // A bf16 model's partial sums are reduced in bf16 (`bf16_reduce`), into out16.
+        let halves = self.bf16_reduction(call.out);
+        let out16 = match halves {
+            // SAFETY: written whole by the chunks' reductions, as `out`.
+            Some(_) => Some(
+                unsafe { self.stream.alloc::<u16>((t * h).max(1)) }
+                    .map_err(|e| fail(e.to_string()))?,
+            ),
+            None => None,
+        };
         let mut partials = Vec::with_capacity(n);
+        let mut narrowed = Vec::with_capacity(n);
         let mut last_ready = None;
         for c in 0..n {
             let tokens = chunk(t, c, n);
             let y = self
                 .chunk_experts(i, call, prefix, bf16, &mut source, tokens.clone())
                 .map_err(&fail)?;
+            let len = tokens.len() * h;
+            let y16 = match &halves {
+                Some(k) => {
+                    // SAFETY: written whole by the narrowing kernel.
+                    let b = unsafe { self.stream.alloc::<u16>(len.max(1)) }
+                        .map_err(|e| fail(e.to_string()))?;
+                    let rows = dptr(&y, &self.stream) + (tokens.start * h * 4) as u64;
+                    self.convert(&k.narrow, (rows, dptr(&b, &self.stream)), len)
+                        .map_err(&fail)?;
+                    Some(b)
+                }
+                None => None,
+            };
             // The second stream starts this chunk's reduction once its sum is made.
             let ready = event_on(&self.stream).map_err(&fail)?;
             side.wait(&ready).map_err(|e| fail(e.to_string()))?;
@@ -80,15 +104,26 @@ impl Rank<'_> {
                 true => Some(event_on(&side).map_err(&fail)?),
                 false => None,
             };
-            let (off, len) = ((tokens.start * h * 4) as u64, tokens.len() * h);
-            // SAFETY: y and out hold T x H floats and the chunk's rows lie inside both; the
-            // second stream waited (`ready`) for y's writes and out's allocation.
+            let (send, recv, dtype) = match (&y16, &out16) {
+                (Some(y16), Some(out16)) => (
+                    dptr(y16, &side),
+                    dptr(out16, &side) + (tokens.start * h * 2) as u64,
+                    NCCL_BFLOAT16,
+                ),
+                _ => {
+                    let off = (tokens.start * h * 4) as u64;
+                    (dptr(&y, &side) + off, dptr(&out, &side) + off, NCCL_FLOAT32)
+                }
+            };
+            // SAFETY: y and out hold T x H floats (y16 the chunk's rows, out16 T x H bf16)
+            // and the chunk's rows lie inside them; the second stream waited (`ready`) for
+            // their writes and allocations.
             unsafe {
                 comms.nccl.all_reduce_sum(
-                    dptr(&y, &side) + off,
-                    dptr(&out, &side) + off,
+                    send,
+                    recv,
                     len,
-                    NCCL_FLOAT32,
+                    dtype,
                     comm,
                     side.cu_stream() as *mut std::ffi::c_void,
                 )
@@ -99,6 +134,7 @@ impl Rank<'_> {
                 self.record_span(start, end, false);
             }
             partials.push(y);
+            narrowed.push(y16);
             last_ready = Some(ready);
         }
         let reduced = event_on(&side).map_err(&fail)?;
@@ -110,8 +146,12 @@ impl Rank<'_> {
             let after = event_on(&self.stream).map_err(&fail)?;
             self.record_waited(ready, after);
         }
+        if let (Some(k), Some(out16)) = (&halves, &out16) {
+            let (src, dst) = (dptr(out16, &self.stream), dptr(&out, &self.stream));
+            self.convert(&k.widen, (src, dst), t * h).map_err(&fail)?;
+        }
         // Freed on the rank's stream, after its wait for the reductions that read them.
-        drop(partials);
+        drop((partials, narrowed, out16));
         self.put_dev(call.out, out, vec![t, h]);
         Ok(())
     }
