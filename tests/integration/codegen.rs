@@ -97,7 +97,10 @@ fn bf16_weights_add_the_activation_narrowing_and_widening_kernels() {
     assert!(bf16.contains("cvt.rn.bf16.f32"));
     // And back (PPMoE's bf16 all-reduce): a load of two bytes widened, exact.
     let widen = entry(&bf16, "from_bf16");
-    assert!(widen.contains("ld.global.b16") && widen.contains("cvt.f32.bf16"), "{widen}");
+    assert!(
+        widen.contains("ld.global.b16") && widen.contains("cvt.f32.bf16"),
+        "{widen}"
+    );
     let fp32 = inspect(&["--emit", "ptx"]);
     assert!(!fp32.contains("to_bf16("), "fp32 weights need no narrowing");
     assert!(!fp32.contains("from_bf16("));

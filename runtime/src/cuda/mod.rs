@@ -81,6 +81,8 @@ struct Slot {
     /// made, so sharing is safe).
     dev: Option<Arc<CudaSlice<f32>>>,
     dev16: Option<CudaSlice<u16>>,
+    /// Token ids an embedding reads on the device, checked against its table (a device feed's).
+    ids: Option<CudaSlice<i32>>,
     host: Option<Tensor>,
     shape: Vec<usize>,
     dtype: DType,
@@ -210,6 +212,7 @@ impl Rank<'_> {
         self.slots[id] = Some(Slot {
             dev: None,
             dev16: None,
+            ids: None,
             shape: t.shape.clone(),
             host: Some(t.with_dtype(dtype)),
             dtype,
@@ -223,6 +226,7 @@ impl Rank<'_> {
         self.slots[id] = Some(Slot {
             dev: Some(dev.into()),
             dev16: None,
+            ids: None,
             host: None,
             shape,
             dtype,
@@ -635,14 +639,14 @@ const CAPTURE_TRIES: usize = 2;
 
 /// A device feed's shapes, for telling its graph apart: each piece's inputs, a device one by
 /// its length.
-fn feed_shapes(pieces: &[Vec<Result<CudaSlice<f32>, Tensor>>]) -> Vec<Vec<Vec<usize>>> {
+fn feed_shapes(pieces: &[Vec<Fed>]) -> Vec<Vec<Vec<usize>>> {
     pieces
         .iter()
         .map(|p| {
             p.iter()
                 .map(|v| match v {
-                    Ok(dev) => vec![dev.len()],
-                    Err(t) => t.shape.clone(),
+                    Fed::Floats(dev) => vec![dev.len()],
+                    Fed::Ids(_, t) | Fed::Host(t) => t.shape.clone(),
                 })
                 .collect()
         })
@@ -654,7 +658,17 @@ fn feed_shapes(pieces: &[Vec<Result<CudaSlice<f32>, Tensor>>]) -> Vec<Vec<Vec<us
 /// device): what a timed forward takes, like a framework's layer whose tensors live there.
 enum Feed<'f> {
     Host(&'f [Tensor]),
-    Device(Vec<Vec<Result<CudaSlice<f32>, Tensor>>>),
+    Device(Vec<Vec<Fed>>),
+}
+
+/// One input of a device feed.
+enum Fed {
+    Floats(CudaSlice<f32>),
+    /// Token ids, checked against the tables the embeddings index with them and put on the
+    /// device as i32 (the embeddings read them there); the host copy for any other reader.
+    Ids(CudaSlice<i32>, Tensor),
+    /// Other integers, read where their ops read them.
+    Host(Tensor),
 }
 
 /// Times of repeated forwards of a bundle's rank (CUDA events on its stream, after warm-up).
@@ -1060,21 +1074,25 @@ impl Rank<'_> {
                 .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| backend_err(e.to_string()))
         };
+        let copy = |e: cudarc::driver::DriverError| backend_err(e.to_string());
         let pieces = match feed {
             Feed::Host(inputs) => crate::microbatch::split_inputs(m, inputs)?
                 .into_iter()
-                .map(|p| p.into_iter().map(Err).collect())
+                .map(|p| p.into_iter().map(Fed::Host).collect())
                 .collect(),
             Feed::Device(d) => d
                 .iter()
                 .map(|p| {
                     p.iter()
                         .map(|v| match v {
-                            Ok(dev) => stream
+                            Fed::Floats(dev) => {
+                                stream.clone_dtod(dev).map(Fed::Floats).map_err(copy)
+                            }
+                            Fed::Ids(dev, t) => stream
                                 .clone_dtod(dev)
-                                .map(Ok)
-                                .map_err(|e| backend_err(e.to_string())),
-                            Err(t) => Ok(Err(t.clone())),
+                                .map(|d| Fed::Ids(d, t.clone()))
+                                .map_err(copy),
+                            Fed::Host(t) => Ok(Fed::Host(t.clone())),
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })
@@ -1088,7 +1106,7 @@ impl Rank<'_> {
             if !program.inputs.is_empty() {
                 for (&id, v) in program.inputs.iter().zip(piece) {
                     match v {
-                        Ok(dev) => {
+                        Fed::Floats(dev) => {
                             let shape = self.program.buffers[id]
                                 .shape
                                 .iter()
@@ -1096,7 +1114,13 @@ impl Rank<'_> {
                                 .collect();
                             self.put_dev(id, dev, shape);
                         }
-                        Err(t) => {
+                        Fed::Ids(dev, t) => {
+                            self.put_host(id, t);
+                            if let Some(slot) = self.slots[id].as_mut() {
+                                slot.ids = Some(dev);
+                            }
+                        }
+                        Fed::Host(t) => {
                             crate::cpu::check_input(program, id, &t)?;
                             self.put_host(id, t);
                         }
@@ -1146,7 +1170,8 @@ impl Rank<'_> {
     }
 
     /// The inputs cut into microbatches, each float piece copied to the device once (checked
-    /// as a run checks them); integer pieces stay on the host, where their ops read them.
+    /// as a run checks them); token ids an embedding reads are checked against its table and
+    /// copied too (`embedding::fed_ids`), other integer pieces stay on the host.
     fn device_feed(
         &mut self,
         m: &crate::bundle::Manifest,
@@ -1158,13 +1183,13 @@ impl Rank<'_> {
             let mut row = Vec::new();
             for (&id, t) in program.inputs.iter().zip(piece) {
                 crate::cpu::check_input(program, id, &t)?;
+                let up = |e: cudarc::driver::DriverError| backend_err(e.to_string());
                 row.push(if t.dtype.is_float() {
-                    Ok(self
-                        .stream
-                        .clone_htod(&*t.f32_values())
-                        .map_err(|e| backend_err(e.to_string()))?)
+                    Fed::Floats(self.stream.clone_htod(&*t.f32_values()).map_err(up)?)
+                } else if let Some(ids) = embedding::fed_ids(program, id, &t)? {
+                    Fed::Ids(self.stream.clone_htod(&ids).map_err(up)?, t)
                 } else {
-                    Err(t)
+                    Fed::Host(t)
                 });
             }
             pieces.push(row);
