@@ -558,6 +558,14 @@ impl Program {
                 .all(|ins| !ins.op.is_communication() || send(ins))
     }
 
+    /// Whether the program sends or receives pipeline messages (point to point, tagged by
+    /// microbatch), beside or instead of collectives.
+    pub fn communicates_point_to_point(&self) -> bool {
+        self.instructions
+            .iter()
+            .any(|ins| matches!(ins.op, Op::Send { .. } | Op::Recv { .. }))
+    }
+
     /// Each `Fused` entry points at a later step (`LocalExperts`, `AllToAllExperts` or
     /// `Pointwise`) that names it back, and each such step names members of the right ops
     /// before it.

@@ -626,8 +626,7 @@ pub fn run_bundle(
     dist: Option<&Dist>,
 ) -> Result<Vec<Tensor>, RuntimeError> {
     with_rank(bundle, dist, |rank, m| {
-        if rank.graph_use == graph::GraphUse::Always && rank.comms.is_none() && m.microbatches <= 1
-        {
+        if rank.graph_use == graph::GraphUse::Always && rank.may_capture() && m.microbatches <= 1 {
             return rank.run_through_graph(m, inputs);
         }
         rank.forward(m, &Feed::Host(inputs), None)
@@ -711,9 +710,9 @@ pub fn bench_bundle(
         let feed = rank.device_feed(m, inputs)?;
         // Where forwards can be captured, one of the warm-up forwards is (the second, or the
         // third where the first uploads what the next keep): the capture is never timed.
-        let warmup = match (rank.graph_use, profile) {
-            (graph::GraphUse::Never, _) | (_, true) => warmup,
-            _ => warmup.max(1 + CAPTURE_TRIES),
+        let warmup = match rank.may_capture() && !profile {
+            true => warmup.max(1 + CAPTURE_TRIES),
+            false => warmup,
         };
         for _ in 0..warmup {
             rank.forward(m, &feed, None)?;
@@ -792,6 +791,12 @@ pub fn bench_bundle(
             };
             timing.rank_nccl_ms = by_rank(&nccl_ms)?;
             timing.rank_nccl_exposed_ms = by_rank(&exposed_ms)?;
+            // A replayed forward's NCCL calls are inside its graph, out of the events' reach:
+            // not measured (gathered all the same, so every rank makes the same calls).
+            if timing.graph_nodes > 0 {
+                timing.rank_nccl_ms.clear();
+                timing.rank_nccl_exposed_ms.clear();
+            }
             timing.forward_ms = (0..iters)
                 .map(|i| timing.rank_ms.iter().map(|r| r[i]).fold(0.0, f64::max))
                 .collect();
@@ -942,10 +947,8 @@ impl Rank<'_> {
         feed: &Feed,
         per: Option<&mut Vec<f64>>,
     ) -> Result<Vec<Tensor>, RuntimeError> {
-        let shapes = match (feed, self.graph_use, &per, self.comms) {
-            (Feed::Device(d), use_, None, None) if use_ != graph::GraphUse::Never => {
-                Some(feed_shapes(d))
-            }
+        let shapes = match (feed, &per) {
+            (Feed::Device(d), None) if self.may_capture() => Some(feed_shapes(d)),
             _ => None,
         };
         if let Some(shapes) = shapes {
@@ -972,6 +975,21 @@ impl Rank<'_> {
             });
         }
         Ok(outs)
+    }
+
+    /// Whether this rank's forwards may be captured: one rank's unless `PPMOE_CUDA_GRAPH=0`;
+    /// several ranks' (their NCCL calls captured too) only under `PPMOE_CUDA_GRAPH=1`, and
+    /// never with pipeline messages (each carries its microbatch, which a graph would freeze).
+    /// Every rank decides from its own forwards; a collective is launched in the same order
+    /// whether a rank replays it or calls it.
+    fn may_capture(&self) -> bool {
+        match (self.graph_use, self.comms) {
+            (graph::GraphUse::Never, _) => false,
+            (_, None) => true,
+            (use_, Some(_)) => {
+                use_ == graph::GraphUse::Always && !self.program.communicates_point_to_point()
+            }
+        }
     }
 
     /// The forward captured as a CUDA graph, then launched (its first run).
@@ -1049,7 +1067,7 @@ impl Rank<'_> {
                 let why = self.last_eager.as_ref().and_then(graph::Eager::refusal);
                 tracing::warn!(
                     "the forward was not captured as a CUDA graph: {}",
-                    why.unwrap_or_else(|| "it runs on more than one rank".into())
+                    why.unwrap_or_else(|| "its inputs differ between forwards".into())
                 );
             }
         }
