@@ -373,13 +373,19 @@ fn line_with<'t>(text: &'t str, needles: &[&str]) -> &'t str {
 
 /// Only a pipeline's first stage with no other communication sends on a stream of its own
 /// (the CUDA backend's `pipeline_send`): its sends are its only NCCL calls. The last stage
-/// receives; with tp 2 every stage's ranks all-reduce too.
+/// receives; with tp 2 every stage's ranks all-reduce too. Every rank of a pipeline sends or
+/// receives point to point (its forwards are never captured as CUDA graphs); tp alone does not.
 #[test]
 fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
     let m = fixtures_dir().join("mixtral_lm_dynamo/model.onnx");
-    for (grid, aside) in [
-        (&["--pp", "2"][..], vec![true, false]),
-        (&["--tp", "2", "--pp", "2"][..], vec![false; 4]),
+    for (grid, aside, p2p) in [
+        (&["--pp", "2"][..], vec![true, false], vec![true; 2]),
+        (
+            &["--tp", "2", "--pp", "2"][..],
+            vec![false; 4],
+            vec![true; 4],
+        ),
+        (&["--tp", "2"][..], vec![false; 2], vec![false; 2]),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path().join("b");
@@ -402,6 +408,11 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
             .map(|p| p.communicates_only_by_sends())
             .collect();
         assert_eq!(got, aside, "{grid:?}");
+        let got: Vec<bool> = programs
+            .iter()
+            .map(|p| p.communicates_point_to_point())
+            .collect();
+        assert_eq!(got, p2p, "{grid:?}");
     }
 }
 

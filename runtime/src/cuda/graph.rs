@@ -1,13 +1,15 @@
-//! CUDA graphs: a one-rank forward captured once and replayed as one launch, where the forward
-//! took a launch per kernel, GEMM and copy (at decode sizes the launches are most of its time).
+//! CUDA graphs: a forward captured once and replayed as one launch, where the forward took a
+//! launch per kernel, GEMM and copy (at decode sizes the launches are most of its time).
 //!
 //! A forward can be captured when the last one with the same input shapes neither read a value
 //! back to the host (a synchronisation, and a decision the graph would freeze) nor uploaded
 //! one (the copy would read host memory that is gone at replay): `Eager::refusal`. Its GEMM
 //! paths are chosen by then (`grouped_choice` times both ways on a shape's first forward, which
-//! a capture cannot). `PPMOE_CUDA_GRAPH=0` never captures; `=1` also captures `ppmoe run`'s
-//! forward (run eagerly once, then captured, launched and replayed, the replay's outputs read:
-//! how gpu-test checks the graphs); otherwise `ppmoe bench` captures what can be.
+//! a capture cannot). `PPMOE_CUDA_GRAPH=0` never captures; by default `ppmoe bench` captures a
+//! one-rank forward that can be; `=1` also captures multi-rank forwards without pipeline
+//! messages (their NCCL calls inside the graph: `Rank::may_capture`) and `ppmoe run`'s forward
+//! (run eagerly once, then captured, launched and replayed, the replay's outputs read: how
+//! gpu-test checks the graphs).
 //!
 //! Memory: what the captured forward allocates on the stream becomes the graph's allocations,
 //! at fixed addresses. The graph is instantiated to free, at each launch, what the previous
@@ -39,9 +41,9 @@ pub(super) fn uploads() -> usize {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum GraphUse {
     Never,
-    /// Timed forwards (`ppmoe bench`) that can be.
+    /// One rank's timed forwards (`ppmoe bench`) that can be.
     WhenCapturable,
-    /// `ppmoe run`'s too.
+    /// Several ranks' too, and `ppmoe run`'s.
     Always,
 }
 

@@ -956,14 +956,14 @@ impl Rank<'_> {
                 self.replay()?;
                 return Ok(Vec::new());
             }
-            // Only the latest graph is ever launched (its buffers are freed outside it next).
-            self.graph = None;
             let like = self.last_eager.as_ref().filter(|e| e.shapes == shapes);
             if like.is_some_and(|e| e.refusal().is_none()) {
                 self.capture(m, feed, shapes)?;
                 return Ok(Vec::new());
             }
         }
+        // A graph is launched only until another forward runs (its buffers are freed outside
+        // it then).
         self.graph = None;
         let (reads, uploads) = (self.host_reads.get(), graph::uploads());
         let outs = self.forward_eager(m, feed, per)?;
@@ -999,7 +999,8 @@ impl Rank<'_> {
         feed: &Feed,
         shapes: Vec<Vec<Vec<usize>>>,
     ) -> Result<(), RuntimeError> {
-        // The graph may free only its own buffers: the eager forward's go first, outside it.
+        // The graph may free only its own buffers: the last forward's go first, outside it.
+        self.graph = None;
         self.clear_activations();
         graph::begin(&self.stream).map_err(backend_err)?;
         if let Err(e) = self.forward_eager(m, feed, None) {
