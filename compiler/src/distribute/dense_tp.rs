@@ -130,6 +130,12 @@ impl Tp<'_> {
                     format!("{}.whole", self.rp.program.buffers[b].name),
                     self.rp.program.buffers[b].dtype,
                 );
+                if let S::Split(a) = s {
+                    if let Some(w) = self.gather_by_leading_axis(b, a, (&full, dtype), origin) {
+                        self.whole.insert(b, w);
+                        return w;
+                    }
+                }
                 let w = self.new_buf(name, dtype, full, BufferKind::Temp);
                 let op = match s {
                     S::Split(a) => Op::AllGather {
@@ -145,6 +151,79 @@ impl Tp<'_> {
                 w
             }
         }
+    }
+
+    /// The whole of `b`, split along `a` with rows before it (a tp LM head's logits, split by
+    /// vocabulary), gathered as NCCL gathers: the pieces stacked along the leading axis, then
+    /// viewed as [group, piece..], the group's axis moved beside `a` by a transpose, and merged
+    /// with it by a reshape. The same values as an all-gather along `a`, which NCCL cannot do
+    /// in place (the CUDA backend would rearrange it on the host); None where `a` is the
+    /// leading axis in effect or a shape is unknown.
+    fn gather_by_leading_axis(
+        &mut self,
+        b: BufferId,
+        a: usize,
+        (full, dtype): (&[usize], DType),
+        origin: &str,
+    ) -> Option<BufferId> {
+        let g = self.group.len();
+        let rows_before: usize = full.get(..a)?.iter().product();
+        if a == 0 || rows_before == 1 || g < 2 || full.get(a)? % g != 0 {
+            return None;
+        }
+        let mut piece = full.to_vec();
+        piece[a] /= g;
+        let name = self.rp.program.buffers[b].name.clone();
+        let mut stacked_shape = piece.clone();
+        stacked_shape[0] *= g;
+        let stacked = self.new_buf(
+            format!("{name}.stacked"),
+            dtype,
+            stacked_shape,
+            BufferKind::Temp,
+        );
+        let op = Op::AllGather {
+            group: self.group.clone(),
+            axis: 0,
+        };
+        self.emit(op, vec![Some(b)], vec![stacked], origin);
+        let by_rank_shape: Vec<usize> = std::iter::once(g).chain(piece.iter().copied()).collect();
+        let by_rank = self.new_buf(
+            format!("{name}.by_rank"),
+            dtype,
+            by_rank_shape.clone(),
+            BufferKind::Temp,
+        );
+        let op = Op::ReshapeTo {
+            shape: by_rank_shape.clone(),
+        };
+        self.emit(op, vec![Some(stacked)], vec![by_rank], origin);
+        // [g, p0, .., pn-1] -> [p0, .., pa-1, g, pa, ..]: rank r's columns follow rank r-1's.
+        let perm: Vec<usize> = (1..=a).chain([0]).chain(a + 1..=piece.len()).collect();
+        let moved_shape: Vec<usize> = perm.iter().map(|&i| by_rank_shape[i]).collect();
+        let moved = self.new_buf(
+            format!("{name}.by_column"),
+            dtype,
+            moved_shape,
+            BufferKind::Temp,
+        );
+        self.emit(
+            Op::Transpose { perm },
+            vec![Some(by_rank)],
+            vec![moved],
+            origin,
+        );
+        let w = self.new_buf(
+            format!("{name}.whole"),
+            dtype,
+            full.to_vec(),
+            BufferKind::Temp,
+        );
+        let op = Op::ReshapeTo {
+            shape: full.to_vec(),
+        };
+        self.emit(op, vec![Some(moved)], vec![w], origin);
+        Some(w)
     }
 
     /// Rank t's piece along `axis` of a whole value: a sliced constant for a weight, a
