@@ -939,8 +939,8 @@ fn with_rank<R>(
 impl Rank<'_> {
     /// One forward: every microbatch through the program, its outputs joined (none where the
     /// inputs came from the device). With `per`, each instruction's time is added to its entry
-    /// (an event pair around each step). A forward from the device on one rank is replayed
-    /// from its CUDA graph, or captured into one where the last like it can be (`graph`).
+    /// (an event pair around each step). A forward from the device is replayed from its CUDA
+    /// graph, or captured into one where the last like it can be (`graph`, `may_capture`).
     fn forward(
         &mut self,
         m: &crate::bundle::Manifest,
