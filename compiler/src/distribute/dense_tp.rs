@@ -117,6 +117,19 @@ impl Tp<'_> {
             .map(|(_, t)| t)
     }
 
+    /// A new temporary buffer `name` [`shape`] of `dtype`, made from `input` by `op`.
+    fn derive(
+        &mut self,
+        op: Op,
+        input: BufferId,
+        (name, dtype, shape): (String, DType, Vec<usize>),
+        origin: &str,
+    ) -> BufferId {
+        let out = self.new_buf(name, dtype, shape, BufferKind::Temp);
+        self.emit(op, vec![Some(input)], vec![out], origin);
+        out
+    }
+
     /// The whole value of `b` (all-gather a split, all-reduce a partial).
     fn whole(&mut self, b: BufferId, origin: &str) -> BufferId {
         match self.state[b] {
@@ -130,23 +143,16 @@ impl Tp<'_> {
                     format!("{}.whole", self.rp.program.buffers[b].name),
                     self.rp.program.buffers[b].dtype,
                 );
-                if let S::Split(a) = s {
-                    if let Some(w) = self.gather_by_leading_axis(b, a, (&full, dtype), origin) {
-                        self.whole.insert(b, w);
-                        return w;
-                    }
-                }
-                let w = self.new_buf(name, dtype, full, BufferKind::Temp);
-                let op = match s {
-                    S::Split(a) => Op::AllGather {
-                        group: self.group.clone(),
-                        axis: a,
-                    },
-                    _ => Op::AllReduce {
-                        group: self.group.clone(),
-                    },
+                let group = self.group.clone();
+                let w = match s {
+                    S::Split(a) => self
+                        .gather_by_leading_axis(b, a, (&full, dtype), origin)
+                        .unwrap_or_else(|| {
+                            let op = Op::AllGather { group, axis: a };
+                            self.derive(op, b, (name, dtype, full), origin)
+                        }),
+                    _ => self.derive(Op::AllReduce { group }, b, (name, dtype, full), origin),
                 };
-                self.emit(op, vec![Some(b)], vec![w], origin);
                 self.whole.insert(b, w);
                 w
             }
@@ -176,54 +182,44 @@ impl Tp<'_> {
         let name = self.rp.program.buffers[b].name.clone();
         let mut stacked_shape = piece.clone();
         stacked_shape[0] *= g;
-        let stacked = self.new_buf(
-            format!("{name}.stacked"),
-            dtype,
-            stacked_shape,
-            BufferKind::Temp,
-        );
-        let op = Op::AllGather {
+        let gather = Op::AllGather {
             group: self.group.clone(),
             axis: 0,
         };
-        self.emit(op, vec![Some(b)], vec![stacked], origin);
-        let by_rank_shape: Vec<usize> = std::iter::once(g).chain(piece.iter().copied()).collect();
-        let by_rank = self.new_buf(
-            format!("{name}.by_rank"),
-            dtype,
-            by_rank_shape.clone(),
-            BufferKind::Temp,
+        let stacked = self.derive(
+            gather,
+            b,
+            (format!("{name}.stacked"), dtype, stacked_shape),
+            origin,
         );
-        let op = Op::ReshapeTo {
+        let by_rank_shape: Vec<usize> = std::iter::once(g).chain(piece.iter().copied()).collect();
+        let view = Op::ReshapeTo {
             shape: by_rank_shape.clone(),
         };
-        self.emit(op, vec![Some(stacked)], vec![by_rank], origin);
+        let by_rank = self.derive(
+            view,
+            stacked,
+            (format!("{name}.by_rank"), dtype, by_rank_shape.clone()),
+            origin,
+        );
         // [g, p0, .., pn-1] -> [p0, .., pa-1, g, pa, ..]: rank r's columns follow rank r-1's.
         let perm: Vec<usize> = (1..=a).chain([0]).chain(a + 1..=piece.len()).collect();
         let moved_shape: Vec<usize> = perm.iter().map(|&i| by_rank_shape[i]).collect();
-        let moved = self.new_buf(
-            format!("{name}.by_column"),
-            dtype,
-            moved_shape,
-            BufferKind::Temp,
-        );
-        self.emit(
+        let moved = self.derive(
             Op::Transpose { perm },
-            vec![Some(by_rank)],
-            vec![moved],
+            by_rank,
+            (format!("{name}.by_column"), dtype, moved_shape),
             origin,
         );
-        let w = self.new_buf(
-            format!("{name}.whole"),
-            dtype,
-            full.to_vec(),
-            BufferKind::Temp,
-        );
-        let op = Op::ReshapeTo {
+        let merge = Op::ReshapeTo {
             shape: full.to_vec(),
         };
-        self.emit(op, vec![Some(moved)], vec![w], origin);
-        Some(w)
+        Some(self.derive(
+            merge,
+            moved,
+            (format!("{name}.whole"), dtype, full.to_vec()),
+            origin,
+        ))
     }
 
     /// Rank t's piece along `axis` of a whole value: a sliced constant for a weight, a
@@ -259,18 +255,12 @@ impl Tp<'_> {
             self.rp.weights.push((name, piece));
             id
         } else {
-            let id = self.new_buf(name, dtype, local, BufferKind::Temp);
-            self.emit(
-                Op::TokenSlice {
-                    axis,
-                    index: self.t,
-                    parts: self.tp,
-                },
-                vec![Some(b)],
-                vec![id],
-                origin,
-            );
-            id
+            let slice = Op::TokenSlice {
+                axis,
+                index: self.t,
+                parts: self.tp,
+            };
+            self.derive(slice, b, (name, dtype, local), origin)
         };
         self.full[id] = Some(full);
         self.sliced.insert((b, axis), id);
