@@ -91,8 +91,8 @@ impl Rank<'_> {
         // The ids on the device: the feed's (checked then), else the host's, checked here.
         let fed = self.slots[ids]
             .as_ref()
-            .and_then(|s| Some((dptr(s.ids.as_ref()?, &stream), s.ids.as_ref()?.len())))
-            .map(|(p, n)| (p, n, self.shape(ids)));
+            .and_then(|s| s.ids.as_ref())
+            .map(|d| (dptr(d, &stream), d.len(), self.shape(ids)));
         let (_uploaded, d_ids, count, idx_shape) = match fed {
             Some((p, n, idx_shape)) => (None, p, n, idx_shape),
             None => {

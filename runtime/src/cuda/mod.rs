@@ -284,20 +284,8 @@ impl Rank<'_> {
             .ok_or("the bf16 conversion kernel is not in the PTX")?;
         // SAFETY: the kernel writes every one of the n elements.
         let y = unsafe { self.stream.alloc::<u16>(n.max(1)) }.map_err(|e| e.to_string())?;
-        let (zero, one, len) = (0i64, 1i64, n.max(1) as i64);
-        let count = n as i64;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x).arg(x).arg(&zero).arg(&len).arg(&one);
-        l.arg(&y).arg(&y).arg(&zero).arg(&len).arg(&one);
-        l.arg(&count);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: x and y hold n elements; the kernel guards its index against n.
-        unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
         let p = dptr(&y, &self.stream);
+        self.convert(f, (dptr(x, &self.stream), p), n)?;
         Ok((p, Some(y)))
     }
 
@@ -951,14 +939,14 @@ impl Rank<'_> {
             (Feed::Device(d), None) if self.may_capture() => Some(feed_shapes(d)),
             _ => None,
         };
-        if let Some(shapes) = shapes {
-            if self.graph.as_ref().is_some_and(|g| g.shapes == shapes) {
+        if let Some(shapes) = &shapes {
+            if self.graph.as_ref().is_some_and(|g| &g.shapes == shapes) {
                 self.replay()?;
                 return Ok(Vec::new());
             }
-            let like = self.last_eager.as_ref().filter(|e| e.shapes == shapes);
+            let like = self.last_eager.as_ref().filter(|e| &e.shapes == shapes);
             if like.is_some_and(|e| e.refusal().is_none()) {
-                self.capture(m, feed, shapes)?;
+                self.capture(m, feed, shapes.clone())?;
                 return Ok(Vec::new());
             }
         }
@@ -967,9 +955,10 @@ impl Rank<'_> {
         self.graph = None;
         let (reads, uploads) = (self.host_reads.get(), graph::uploads());
         let outs = self.forward_eager(m, feed, per)?;
-        if let Feed::Device(d) = feed {
+        // What decides whether the next forward like this one is captured.
+        if let Some(shapes) = shapes {
             self.last_eager = Some(graph::Eager {
-                shapes: feed_shapes(d),
+                shapes,
                 host_reads: self.host_reads.get() - reads,
                 uploads: graph::uploads() - uploads,
             });
