@@ -106,7 +106,10 @@ impl Dist {
         let io = |what: &str, e: std::io::Error| format!("rendezvous on {addr}: {what}: {e}");
         if self.rank == 0 {
             let id = make_id()?;
-            let listener = TcpListener::bind(addr).map_err(|e| io("rank 0 cannot listen", e))?;
+            let listener = match crate::port_handoff::inherited(addr) {
+                Some(l) => l,
+                None => TcpListener::bind(addr).map_err(|e| io("rank 0 cannot listen", e))?,
+            };
             listener
                 .set_nonblocking(true)
                 .map_err(|e| io("listen", e))?;
@@ -184,18 +187,26 @@ pub fn launch_local(n: usize, args: &[String]) -> Result<i32, String> {
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find this executable to relaunch it: {e}"))?;
     let addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-    let port = match var("MASTER_PORT") {
-        Some(p) => p,
-        // A free port, asked of the kernel; released just before the ranks take it.
-        None => TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port().to_string())
-            .map_err(|e| format!("cannot find a free port for the rendezvous: {e}"))?,
+    // Without MASTER_PORT, a free port asked of the kernel and held until rank 0 inherits it.
+    let (port, held) = match var("MASTER_PORT") {
+        Some(p) => (p, None),
+        None => {
+            let l = crate::port_handoff::bind_free(&addr)?;
+            let p = l
+                .local_addr()
+                .map_err(|e| format!("the rendezvous port on {addr}: {e}"))?
+                .port();
+            (p.to_string(), Some(l))
+        }
     };
     let mut children: Vec<(usize, Child)> = Vec::new();
     let mut relays = Vec::new();
     for r in 0..n {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        if let (0, Some(l)) = (r, &held) {
+            crate::port_handoff::hand_to(&mut command, l);
+        }
+        let child = command
             .args(args)
             .env("RANK", r.to_string())
             .env("LOCAL_RANK", r.to_string())
@@ -223,6 +234,8 @@ pub fn launch_local(n: usize, args: &[String]) -> Result<i32, String> {
             }
         }
     }
+    // Rank 0 has its own copy now.
+    drop(held);
     let mut code = 0;
     while !children.is_empty() {
         let mut i = 0;

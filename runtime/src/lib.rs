@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod microbatch;
 pub mod npy;
 pub mod peer_watch;
+pub mod port_handoff;
 pub mod program;
 pub mod runner;
 pub mod safetensors_io;
