@@ -831,6 +831,20 @@ impl DecodeTile {
     }
 }
 
+/// The warps of a block of the device-routed tensor-core projections (the compiler's
+/// `tensor_core_projection`), and the output columns a block computes (16 per warp).
+pub const TC_WARPS: usize = 4;
+pub const TC_BLOCK_COLUMNS: usize = 64;
+
+/// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
+/// them over `experts` experts, runs routed on the device with the tensor-core projections
+/// by default (the compiler's `PPMOE_DEVICE_ROUTING` overrides it): where the experts have
+/// few rows each on average, so that reading each expert's weights once per 64 rows is what
+/// the step costs (more rows: cuBLAS's tuned GEMMs over rows grouped on the host win).
+pub fn routes_on_tensor_cores(tokens: usize, slots: usize, experts: usize) -> bool {
+    tokens > 1 && slots.div_ceil(experts.max(1)) <= 64
+}
+
 /// The threads of the one block of an experts step's device grouping (the compiler's
 /// `device_grouping`): its loops over slots and rows step by it.
 pub const GROUP_THREADS: usize = 1024;

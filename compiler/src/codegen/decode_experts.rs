@@ -17,6 +17,7 @@
 //! sits, and written to its own slot's row.
 
 use super::kernel_gen::{static_shape, warp_reduce, ExpertsOperands, WARP};
+use super::tensor_core_projection::TensorCoreProjection;
 use ppmoe_runtime::program::{DecodeTile, ExpertDims, ExpertLayout, Op, Program, DECODE_WARPS};
 use std::fmt::Write as _;
 
@@ -43,14 +44,39 @@ pub(super) fn kernels(
     let same = stack(o.w_in) == stack(o.w_out);
     let per = WORD_BYTES / if bf16 { 2 } else { 4 };
     let words = dims.hidden % per == 0 && dims.ffn % per == 0;
-    let few = ppmoe_runtime::program::routes_on_device(routed);
-    if layout != ExpertLayout::Linear || !same || !words || !chosen(few) {
+    let s = t * k;
+    // More than one token with bf16 stacks: the tensor cores (when the inner dimensions fit).
+    let tensor = bf16
+        && t > 1
+        && TensorCoreProjection::fits(dims.hidden)
+        && TensorCoreProjection::fits(dims.ffn);
+    let wanted = if tensor {
+        ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts)
+    } else {
+        ppmoe_runtime::program::routes_on_device(routed)
+    };
+    if layout != ExpertLayout::Linear || !same || !words || !chosen(wanted) {
         return None;
     }
-    let s = t * k;
+    let mut out = group_kernel(prefix, s, dims.experts);
+    if tensor {
+        let projection = |name: &str, src_f32, (din, dout): (usize, usize), div| {
+            TensorCoreProjection {
+                name: format!("{prefix}_{name}"),
+                src_f32,
+                din,
+                dout,
+                div,
+                slots: s,
+            }
+            .kernel()
+        };
+        out.push_str(&projection("tproj_in", true, (dims.hidden, dims.n), k));
+        out.push_str(&projection("tproj_out", false, (dims.ffn, dims.hidden), 1));
+        return Some(out);
+    }
     let tile = DecodeTile::for_tokens(t);
     let mid = if bf16 { "bf16" } else { "f32" };
-    let mut out = group_kernel(prefix, s, dims.experts);
     let projection = |name: &str, src: &str, (din, dout): (usize, usize), div: usize| Projection {
         name: format!("{prefix}_{name}"),
         src: src.to_string(),

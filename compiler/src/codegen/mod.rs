@@ -10,5 +10,6 @@ mod masks;
 mod pointwise;
 pub mod ptx;
 mod row_fused;
+mod tensor_core_projection;
 
 pub use kernel_gen::{plan_kernels, KernelPlan, Lowered};

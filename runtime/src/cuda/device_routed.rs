@@ -13,11 +13,14 @@ use crate::program::{DecodeTile, ExpertDims};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
-/// The three kernels of the device-routed path.
+/// The three kernels of the device-routed path; `tensor_cores`: the projections are the
+/// compiler's `tproj` kernels (mma.sync, a block per 64 columns of an expert), else its
+/// CUDA-core `dproj` ones (sized by `DecodeTile`).
 struct RoutedKernels {
     group: CudaFunction,
     proj_in: CudaFunction,
     proj_out: CudaFunction,
+    tensor_cores: bool,
 }
 
 /// The slots listed per expert: `lists[e * slots ..][.. counts[e]]`, each slot's combine row
@@ -27,6 +30,14 @@ struct SlotLists {
     counts: CudaSlice<i32>,
     pos: CudaSlice<i32>,
     eid: CudaSlice<i32>,
+}
+
+/// How the projections' grids are sized: by the CUDA-core kernels' tile, or for the
+/// tensor-core ones.
+#[derive(Clone, Copy)]
+struct Projected {
+    tile: DecodeTile,
+    tensor_cores: bool,
 }
 
 /// A buffer as a kernel's memref operand (base, aligned base, offset, length, stride).
@@ -107,7 +118,10 @@ impl Rank<'_> {
         let lists = self.list_slots(&kernels.group, (&ids, &weights), dims.experts, first)?;
         self.phase("experts: slots listed on the device")?;
         self.device(call.x).map_err(|e| e.to_string())?;
-        let tile = DecodeTile::for_tokens(t);
+        let tile = Projected {
+            tile: DecodeTile::for_tokens(t),
+            tensor_cores: kernels.tensor_cores,
+        };
         let x = super::dptr(self.dev_ref(call.x)?, &self.stream);
         let hid = alloc(&self.stream, slots * ffn.n, ffn.mid)?;
         let shape = (dims, tile);
@@ -155,12 +169,29 @@ impl Rank<'_> {
             return None;
         }
         let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
-        let kernels = RoutedKernels {
-            group: f("dgroup")?,
-            proj_in: f("dproj_in")?,
-            proj_out: f("dproj_out")?,
+        let group = f("dgroup")?;
+        let kernels = match (f("tproj_in"), f("tproj_out")) {
+            (Some(proj_in), Some(proj_out)) => RoutedKernels {
+                group,
+                proj_in,
+                proj_out,
+                tensor_cores: true,
+            },
+            _ => RoutedKernels {
+                group,
+                proj_in: f("dproj_in")?,
+                proj_out: f("dproj_out")?,
+                tensor_cores: false,
+            },
         };
-        tracing::debug!("{prefix}: routed on the device");
+        tracing::debug!(
+            "{prefix}: routed on the device ({})",
+            if kernels.tensor_cores {
+                "tensor cores"
+            } else {
+                "CUDA cores"
+            }
+        );
         Some(kernels)
     }
 
@@ -222,7 +253,7 @@ impl Rank<'_> {
         dst: &CudaSlice<f32>,
         lists: &SlotLists,
         dout: usize,
-        (dims, tile): (ExpertDims, DecodeTile),
+        (dims, tile): (ExpertDims, Projected),
     ) -> Result<(), String> {
         let s = &self.stream;
         let p = |b: &CudaSlice<i32>| super::dptr(b, s);
@@ -235,13 +266,14 @@ impl Rank<'_> {
         memref_args(&mut l, &pl, &one);
         memref_args(&mut l, &pc, &one);
         memref_args(&mut l, &pd, &one);
+        let (columns, warps) = if tile.tensor_cores {
+            (crate::program::TC_BLOCK_COLUMNS, crate::program::TC_WARPS)
+        } else {
+            (tile.tile.block_columns(), crate::program::DECODE_WARPS)
+        };
         let cfg = LaunchConfig {
-            grid_dim: (
-                dout.div_ceil(tile.block_columns()) as u32,
-                dims.experts as u32,
-                1,
-            ),
-            block_dim: (crate::program::DECODE_WARPS as u32 * 32, 1, 1),
+            grid_dim: (dout.div_ceil(columns) as u32, dims.experts as u32, 1),
+            block_dim: (warps as u32 * 32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the kernel was generated for these sizes and tile; src holds the rows it

@@ -1,0 +1,265 @@
+//! A device-routed expert projection on the tensor cores (bf16 stacks, more than one token):
+//! the same operands and slot lists as the CUDA-core `dproj` kernels (see `decode_experts`),
+//! so nothing is read back to the host, but each block multiplies its expert's listed rows, 64
+//! at a time, by 64 of the expert's output columns with `mma.sync` (m16n8k16, bf16 in, f32
+//! accumulated), so an expert's weights are read once per 64 rows instead of once per few.
+//!
+//! Per block (4 warps; grid: column tiles x local experts): for each pass of up to 64 rows,
+//! the inner dimension is taken 64 at a time; the block stages the pass's rows of the chunk in
+//! shared memory as bf16 (f32 rows rounded to bf16 first, as the host-grouped path narrows a
+//! bf16 GEMM's activations), and each warp multiplies them by its 16 columns, whose weights it
+//! reads straight from global memory into the B fragments (each weight is used by every row of
+//! the pass, held in registers). A pass of 1-16, 17-32, 33-48 or 49-64 rows runs that many
+//! m16 tiles.
+//!
+//! Fragments: every operand is contiguous along the inner dimension (rows of x or of the
+//! hidden activations; the `Linear` stacks' [dout, din]), so lane (g = lane / 4, t = lane % 4)
+//! reads 8 consecutive elements at t * 8 of a 32-wide slice with one 16-byte load, and uses
+//! elements 0-3 as its "k = 2t, 2t+1, 2t+8, 2t+9" of one m16n8k16 and 4-7 of the next: the
+//! inner dimension is permuted, the same way for both operands, so the sums are the products'.
+//! Staged rows are 12 words (192 bytes) apart, so the 8 lanes of a load phase hit 32 distinct
+//! banks. A row's result does not depend on where the atomics of the slot lists placed it.
+
+use std::fmt::Write as _;
+
+/// Rows of one pass (four m16 tiles).
+const PASS_ROWS: usize = 64;
+/// Inner elements staged at once (two 32-wide slices).
+pub const CHUNK: usize = 64;
+/// 16-byte words per staged row: 8 used and 4 of padding (see the module's comment).
+const ROW_WORDS: usize = 12;
+/// The f32 type of the four accumulators one mma returns.
+const MMA_OUT: &str = "!llvm.struct<(f32, f32, f32, f32)>";
+
+/// One tensor-core projection kernel.
+pub(super) struct TensorCoreProjection {
+    pub name: String,
+    /// Whether the source rows are f32 (x) rather than bf16 (the hidden activations).
+    pub src_f32: bool,
+    pub din: usize,
+    pub dout: usize,
+    /// Slot s reads source row s / div.
+    pub div: usize,
+    pub slots: usize,
+}
+
+impl TensorCoreProjection {
+    /// Whether projections of `din` inner elements fit the kernel.
+    pub fn fits(din: usize) -> bool {
+        din > 0 && din % CHUNK == 0
+    }
+
+    pub fn kernel(&self) -> String {
+        use ppmoe_runtime::program::{TC_BLOCK_COLUMNS, TC_WARPS};
+        debug_assert_eq!(TC_BLOCK_COLUMNS, TC_WARPS * 16);
+        let src_word = if self.src_f32 { "f32" } else { "i32" };
+        let per_word = if self.src_f32 { 4 } else { 8 };
+        let mut b = String::new();
+        let _ = writeln!(
+            b,
+            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cKC = arith.constant {CHUNK} : index\n      %cRW = arith.constant {ROW_WORDS} : index\n      %cK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %crow = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %zv = arith.constant dense<0> : vector<4xi32>\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %g = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index",
+            self.din,
+            self.dout,
+            self.slots,
+            self.div,
+            self.din / per_word,
+        );
+        self.columns(&mut b);
+        let _ = writeln!(
+            b,
+            "        %srow = arith.divui %tid, %c8 : index\n        %sw = arith.remui %tid, %c8 : index\n        scf.for %r0 = %c0 to %cnt step %cP {{\n          %left = arith.subi %cnt, %r0 : index\n          %rows = arith.minui %left, %cP : index"
+        );
+        self.staged_rows(&mut b);
+        for tiles in 1..=4 {
+            if tiles < 4 {
+                let _ = writeln!(
+                    b,
+                    "          %lim{tiles} = arith.constant {} : index\n          %fits{tiles} = arith.cmpi ule, %rows, %lim{tiles} : index\n          scf.if %fits{tiles} {{",
+                    tiles * 16
+                );
+            }
+            self.pass(&mut b, tiles);
+            if tiles < 4 {
+                let _ = writeln!(b, "          }} else {{");
+            }
+        }
+        for _ in 1..4 {
+            let _ = writeln!(b, "          }}");
+        }
+        let _ = writeln!(b, "        }}\n      }}");
+        format!(
+            "    gpu.func @{}(%src: memref<?xvector<4x{src_word}>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) workgroup(%xs: memref<{}xvector<4xi32>, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
+            self.name,
+            PASS_ROWS * ROW_WORDS
+        )
+    }
+
+    /// This warp's two n8 tiles: each lane's weight column `%col{j}` (clamped to the last
+    /// column past the end: read, never stored) and its first word `%wb{j}`, and the first of
+    /// the columns its accumulators hold, `%oc{j}`.
+    fn columns(&self, b: &mut String) {
+        let _ = writeln!(
+            b,
+            "        %cBN = arith.constant {} : index\n        %cb0 = arith.muli %nb, %cBN : index\n        %w16 = arith.muli %warp, %c16 : index\n        %wc0 = arith.addi %cb0, %w16 : index\n        %eN = arith.muli %e, %cN : index\n        %nm1 = arith.constant {} : index\n        %kw = arith.constant {} : index\n        %tc2 = arith.constant 2 : index\n        %tpair = arith.muli %tig, %tc2 : index",
+            ppmoe_runtime::program::TC_BLOCK_COLUMNS,
+            self.dout - 1,
+            self.din / 8
+        );
+        for j in 0..2 {
+            let _ = writeln!(
+                b,
+                "        %cj{j} = arith.constant {} : index\n        %tile{j} = arith.addi %wc0, %cj{j} : index\n        %col{j} = arith.addi %tile{j}, %g : index\n        %colc{j} = arith.minui %col{j}, %nm1 : index\n        %wr{j} = arith.addi %eN, %colc{j} : index\n        %wrk{j} = arith.muli %wr{j}, %kw : index\n        %wb{j} = arith.addi %wrk{j}, %tig : index\n        %oc{j} = arith.addi %tile{j}, %tpair : index",
+                8 * j
+            );
+        }
+    }
+
+    /// The four rows this thread stages (`%srow` + 16 q): whether each is a row of the pass
+    /// (`%sin{q}`), its source's first word (`%sb{q}`) and its shared-memory word (`%xo{q}`).
+    fn staged_rows(&self, b: &mut String) {
+        for q in 0..4 {
+            let _ = writeln!(
+                b,
+                "          %sq{q} = arith.constant {} : index\n          %sr{q} = arith.addi %srow, %sq{q} : index\n          %sin{q} = arith.cmpi ult, %sr{q}, %rows : index\n          %sb{q} = scf.if %sin{q} -> (index) {{\n            %sl{q}0 = arith.addi %lbase, %r0 : index\n            %sl{q} = arith.addi %sl{q}0, %sr{q} : index\n            %ss{q}32 = memref.load %lists[%sl{q}] : memref<?xi32>\n            %ss{q} = arith.index_cast %ss{q}32 : i32 to index\n            %sv{q} = arith.divui %ss{q}, %cdiv : index\n            %so{q} = arith.muli %sv{q}, %crow : index\n            scf.yield %so{q} : index\n          }} else {{\n            scf.yield %c0 : index\n          }}\n          %xr{q} = arith.muli %sr{q}, %cRW : index\n          %xo{q} = arith.addi %xr{q}, %sw : index",
+                16 * q
+            );
+        }
+    }
+
+    /// One pass of `tiles` m16 tiles: the chunks of the inner dimension, then the stores.
+    fn pass(&self, b: &mut String, tiles: usize) {
+        let n = tiles * 2 * 4;
+        let p = format!("p{tiles}_");
+        let inits = (0..n)
+            .map(|a| format!("%{p}i{a} = %zero"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let types = vec!["f32"; n].join(", ");
+        let _ = writeln!(
+            b,
+            "          %{p}acc:{n} = scf.for %{p}kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{\n            %{p}kw = arith.divui %{p}kc, %c8 : index"
+        );
+        // The weights first: their loads need no barrier, so they are in flight meanwhile.
+        for j in 0..2 {
+            for half in 0..2 {
+                let _ = writeln!(
+                    b,
+                    "            %{p}bo{j}{half}0 = arith.addi %wb{j}, %{p}kw : index\n            %{p}bo{j}{half}1 = arith.constant {} : index\n            %{p}bo{j}{half} = arith.addi %{p}bo{j}{half}0, %{p}bo{j}{half}1 : index\n            %{p}bw{j}{half} = memref.load %wt[%{p}bo{j}{half}] : memref<?xvector<4xi32>>",
+                    4 * half
+                );
+            }
+        }
+        let _ = writeln!(b, "            gpu.barrier");
+        for q in 0..tiles {
+            self.stage(b, &p, q);
+        }
+        let _ = writeln!(b, "            gpu.barrier");
+        let mut accs: Vec<String> = (0..n).map(|a| format!("%{p}i{a}")).collect();
+        for half in 0..2 {
+            self.multiply(b, &p, tiles, half, &mut accs);
+        }
+        let _ = writeln!(
+            b,
+            "            scf.yield {} : {types}\n          }}",
+            accs.join(", ")
+        );
+        self.store(b, &p, tiles);
+    }
+
+    /// Staged row `%sr{q}`'s word `%sw` of chunk `%kc` (8 bf16), 0 past the pass's rows.
+    fn stage(&self, b: &mut String, p: &str, q: usize) {
+        let load = if self.src_f32 {
+            format!(
+                "              %{p}f{q}c = arith.divui %{p}kc, %c4 : index\n              %{p}f{q}s = arith.addi %sb{q}, %{p}f{q}c : index\n              %{p}f{q}w = arith.addi %sw, %sw : index\n              %{p}f{q}a = arith.addi %{p}f{q}s, %{p}f{q}w : index\n              %{p}f{q}c1 = arith.constant 1 : index\n              %{p}f{q}b = arith.addi %{p}f{q}a, %{p}f{q}c1 : index\n              %{p}f{q}lo = memref.load %src[%{p}f{q}a] : memref<?xvector<4xf32>>\n              %{p}f{q}hi = memref.load %src[%{p}f{q}b] : memref<?xvector<4xf32>>\n              %{p}f{q}lb = arith.truncf %{p}f{q}lo : vector<4xf32> to vector<4xbf16>\n              %{p}f{q}hb = arith.truncf %{p}f{q}hi : vector<4xf32> to vector<4xbf16>\n              %{p}f{q}li = llvm.bitcast %{p}f{q}lb : vector<4xbf16> to vector<2xi32>\n              %{p}f{q}hi2 = llvm.bitcast %{p}f{q}hb : vector<4xbf16> to vector<2xi32>\n              %{p}f{q}v = llvm.shufflevector %{p}f{q}li, %{p}f{q}hi2 [0, 1, 2, 3] : vector<2xi32>\n              scf.yield %{p}f{q}v : vector<4xi32>"
+            )
+        } else {
+            format!(
+                "              %{p}f{q}a0 = arith.addi %sb{q}, %{p}kw : index\n              %{p}f{q}a = arith.addi %{p}f{q}a0, %sw : index\n              %{p}f{q}v = memref.load %src[%{p}f{q}a] : memref<?xvector<4xi32>>\n              scf.yield %{p}f{q}v : vector<4xi32>"
+            )
+        };
+        let _ = writeln!(
+            b,
+            "            %{p}x{q} = scf.if %sin{q} -> (vector<4xi32>) {{\n{load}\n            }} else {{\n              scf.yield %zv : vector<4xi32>\n            }}\n            memref.store %{p}x{q}, %xs[%xo{q}] : memref<{}xvector<4xi32>, 3>",
+            PASS_ROWS * ROW_WORDS
+        );
+    }
+
+    /// The 32-wide slice `half` of the chunk: each m16 tile's A fragments from shared memory,
+    /// two mmas per (m tile, n8 tile), `accs` advanced to their results.
+    fn multiply(&self, b: &mut String, p: &str, tiles: usize, half: usize, accs: &mut [String]) {
+        let xs = format!("memref<{}xvector<4xi32>, 3>", PASS_ROWS * ROW_WORDS);
+        let q = format!("{p}h{half}_");
+        for i in 0..tiles {
+            for (side, extra) in [("a", 0), ("b", 8)] {
+                let _ = writeln!(
+                    b,
+                    "            %{q}r{i}{side}c = arith.constant {} : index\n            %{q}r{i}{side}0 = arith.addi %g, %{q}r{i}{side}c : index\n            %{q}r{i}{side}1 = arith.muli %{q}r{i}{side}0, %cRW : index\n            %{q}r{i}{side}2 = arith.addi %{q}r{i}{side}1, %tig : index\n            %{q}r{i}{side}3 = arith.constant {} : index\n            %{q}r{i}{side}4 = arith.addi %{q}r{i}{side}2, %{q}r{i}{side}3 : index\n            %{q}v{i}{side} = memref.load %xs[%{q}r{i}{side}4] : {xs}",
+                    16 * i + extra,
+                    4 * half
+                );
+                words(b, &format!("{q}v{i}{side}"));
+            }
+        }
+        for j in 0..2 {
+            words(b, &format!("{p}bw{j}{half}"));
+            for i in 0..tiles {
+                for step in 0..2 {
+                    let (w0, w1) = (2 * step, 2 * step + 1);
+                    let a = (i * 2 + j) * 4;
+                    let m = format!("%{q}m{i}{j}{step}");
+                    let _ = writeln!(
+                        b,
+                        "            {m} = nvvm.mma.sync A[%{q}v{i}a_{w0}, %{q}v{i}b_{w0}, %{q}v{i}a_{w1}, %{q}v{i}b_{w1}] B[%{p}bw{j}{half}_{w0}, %{p}bw{j}{half}_{w1}] C[{}, {}, {}, {}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {MMA_OUT}",
+                        accs[a],
+                        accs[a + 1],
+                        accs[a + 2],
+                        accs[a + 3]
+                    );
+                    for r in 0..4 {
+                        let _ = writeln!(
+                            b,
+                            "            {m}_{r} = llvm.extractvalue {m}[{r}] : {MMA_OUT}"
+                        );
+                        accs[a + r] = format!("{m}_{r}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pass's results: accumulator (i, j, r) is row 16 i + g (+ 8 for r >= 2) of the
+    /// pass, column `%oc{j}` + r % 2; stored as bf16 where the row and column exist.
+    fn store(&self, b: &mut String, p: &str, tiles: usize) {
+        for i in 0..tiles {
+            for side in 0..2 {
+                let r = format!("{p}s{i}{side}");
+                let _ = writeln!(
+                    b,
+                    "          %{r}c = arith.constant {} : index\n          %{r}row = arith.addi %g, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, %cN : index",
+                    16 * i + 8 * side
+                );
+                for j in 0..2 {
+                    for c in 0..2 {
+                        let a = (i * 2 + j) * 4 + 2 * side + c;
+                        let o = format!("{r}_{j}{c}");
+                        let _ = writeln!(
+                            b,
+                            "            %{o}k = arith.constant {c} : index\n            %{o}col = arith.addi %oc{j}, %{o}k : index\n            %{o}ok = arith.cmpi ult, %{o}col, %cN : index\n            scf.if %{o}ok {{\n              %{o}at = arith.addi %{r}base, %{o}col : index\n              %{o}v = arith.truncf %{p}acc#{a} : f32 to bf16\n              memref.store %{o}v, %dst[%{o}at] : memref<?xbf16>\n            }}"
+                        );
+                    }
+                }
+                let _ = writeln!(b, "          }}");
+            }
+        }
+    }
+}
+
+/// Word vector `%{v}` as its four i32 elements `%{v}_0` .. `%{v}_3`.
+fn words(b: &mut String, v: &str) {
+    for m in 0..4 {
+        let _ = writeln!(
+            b,
+            "            %{v}_{m}c = arith.constant {m} : i32\n            %{v}_{m} = llvm.extractelement %{v}[%{v}_{m}c : i32] : vector<4xi32>"
+        );
+    }
+}
