@@ -1283,7 +1283,7 @@ fn load_kernels(
         let optional: &[&str] = match op {
             GpuOp::AllToAllExperts { .. } => &["bias_out"],
             GpuOp::Experts { .. } | GpuOp::LocalExperts { .. } => {
-                &["dgroup", "dproj_in", "dproj_out", "tgroup"]
+                &["dgroup", "dproj_in", "dproj_out", "tproj_in", "tproj_out", "tgroup"]
             }
             _ => &[],
         };
