@@ -60,10 +60,9 @@ pub(super) fn kernels(
     }
     let mut out = group_kernel(prefix, s, dims.experts);
     if tensor {
-        let projection = |name: &str, src_f32, (din, dout): (usize, usize), div| {
+        let projection = |name: &str, (din, dout): (usize, usize), div| {
             TensorCoreProjection {
                 name: format!("{prefix}_{name}"),
-                src_f32,
                 din,
                 dout,
                 div,
@@ -71,8 +70,8 @@ pub(super) fn kernels(
             }
             .kernel()
         };
-        out.push_str(&projection("tproj_in", true, (dims.hidden, dims.n), k));
-        out.push_str(&projection("tproj_out", false, (dims.ffn, dims.hidden), 1));
+        out.push_str(&projection("tproj_in", (dims.hidden, dims.n), k));
+        out.push_str(&projection("tproj_out", (dims.ffn, dims.hidden), 1));
         return Some(out);
     }
     let tile = DecodeTile::for_tokens(t);

@@ -6,11 +6,12 @@
 //!
 //! Per block (4 warps; grid: column tiles x local experts): for each pass of up to 64 rows,
 //! the inner dimension is taken 64 at a time; the block stages the pass's rows of the chunk in
-//! shared memory as bf16 (f32 rows rounded to bf16 first, as the host-grouped path narrows a
-//! bf16 GEMM's activations), and each warp multiplies them by its 16 columns, whose weights it
-//! reads straight from global memory into the B fragments (each weight is used by every row of
-//! the pass, held in registers). A pass of 1-16, 17-32, 33-48 or 49-64 rows runs that many
-//! m16 tiles.
+//! shared memory, and each warp multiplies them by its 16 columns, whose weights it reads
+//! straight from global memory into the B fragments (each weight is used by every row of the
+//! pass, held in registers). A chunk's operands are loaded one chunk ahead. A pass of 1-16,
+//! 17-32, 33-48 or 49-64 rows runs that many m16 tiles. The source rows are bf16: the hidden
+//! activations, or x narrowed by the runtime first (as the host-grouped path narrows a bf16
+//! GEMM's activations).
 //!
 //! Fragments: every operand is contiguous along the inner dimension (rows of x or of the
 //! hidden activations; the `Linear` stacks' [dout, din]), so lane (g = lane / 4, t = lane % 4)
@@ -34,8 +35,6 @@ const MMA_OUT: &str = "!llvm.struct<(f32, f32, f32, f32)>";
 /// One tensor-core projection kernel.
 pub(super) struct TensorCoreProjection {
     pub name: String,
-    /// Whether the source rows are f32 (x) rather than bf16 (the hidden activations).
-    pub src_f32: bool,
     pub din: usize,
     pub dout: usize,
     /// Slot s reads source row s / div.
@@ -52,8 +51,6 @@ impl TensorCoreProjection {
     pub fn kernel(&self) -> String {
         use ppmoe_runtime::program::{TC_BLOCK_COLUMNS, TC_WARPS};
         debug_assert_eq!(TC_BLOCK_COLUMNS, TC_WARPS * 16);
-        let src_word = if self.src_f32 { "f32" } else { "i32" };
-        let per_word = if self.src_f32 { 4 } else { 8 };
         let mut b = String::new();
         let _ = writeln!(
             b,
@@ -62,7 +59,7 @@ impl TensorCoreProjection {
             self.dout,
             self.slots,
             self.div,
-            self.din / per_word,
+            self.din / 8,
         );
         self.columns(&mut b);
         let _ = writeln!(
@@ -88,7 +85,7 @@ impl TensorCoreProjection {
         }
         let _ = writeln!(b, "        }}\n      }}");
         format!(
-            "    gpu.func @{}(%src: memref<?xvector<4x{src_word}>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) workgroup(%xs: memref<{}xvector<4xi32>, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
+            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) workgroup(%xs: memref<{}xvector<4xi32>, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
             self.name,
             PASS_ROWS * ROW_WORDS
         )
@@ -127,61 +124,102 @@ impl TensorCoreProjection {
     }
 
     /// One pass of `tiles` m16 tiles: the chunks of the inner dimension, then the stores.
+    /// Each chunk's operands are loaded into registers one chunk ahead (the first before the
+    /// loop), so their latency is spent beside the previous chunk's mmas.
     fn pass(&self, b: &mut String, tiles: usize) {
         let n = tiles * 2 * 4;
         let p = format!("p{tiles}_");
-        let inits = (0..n)
-            .map(|a| format!("%{p}i{a} = %zero"))
+        let _ = writeln!(b, "          %{p}k0 = arith.constant 0 : index");
+        self.loads(b, &p, &format!("{p}k0"), "f", tiles);
+        let carried: Vec<(String, String, &str)> = (0..n)
+            .map(|a| (format!("%{p}i{a}"), "%zero".to_string(), "f32"))
+            .chain(Self::operand_names(tiles).into_iter().map(|o| {
+                (
+                    format!("%{p}c{o}"),
+                    format!("%{p}f{o}"),
+                    "vector<4xi32>",
+                )
+            }))
+            .collect();
+        let inits = carried
+            .iter()
+            .map(|(name, init, _)| format!("{name} = {init}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let types = vec!["f32"; n].join(", ");
+        let types = carried
+            .iter()
+            .map(|(_, _, t)| *t)
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = writeln!(
             b,
-            "          %{p}acc:{n} = scf.for %{p}kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{\n            %{p}kw = arith.divui %{p}kc, %c8 : index"
+            "          %{p}acc:{} = scf.for %{p}kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{\n            gpu.barrier",
+            carried.len()
         );
-        // The weights first: their loads need no barrier, so they are in flight meanwhile.
-        for j in 0..2 {
-            for half in 0..2 {
-                let _ = writeln!(
-                    b,
-                    "            %{p}bo{j}{half}0 = arith.addi %wb{j}, %{p}kw : index\n            %{p}bo{j}{half}1 = arith.constant {} : index\n            %{p}bo{j}{half} = arith.addi %{p}bo{j}{half}0, %{p}bo{j}{half}1 : index\n            %{p}bw{j}{half} = memref.load %wt[%{p}bo{j}{half}] : memref<?xvector<4xi32>>",
-                    4 * half
-                );
-            }
-        }
-        let _ = writeln!(b, "            gpu.barrier");
         for q in 0..tiles {
-            self.stage(b, &p, q);
+            let _ = writeln!(
+                b,
+                "            memref.store %{p}cx{q}, %xs[%xo{q}] : memref<{}xvector<4xi32>, 3>",
+                PASS_ROWS * ROW_WORDS
+            );
         }
+        // The next chunk (the last chunk again after the last: loaded, never used).
+        let _ = writeln!(
+            b,
+            "            %{p}kn = arith.addi %{p}kc, %cKC : index\n            %{p}more = arith.cmpi ult, %{p}kn, %cK : index\n            %{p}kp = arith.select %{p}more, %{p}kn, %{p}kc : index"
+        );
+        self.loads(b, &p, &format!("{p}kp"), "n", tiles);
         let _ = writeln!(b, "            gpu.barrier");
         let mut accs: Vec<String> = (0..n).map(|a| format!("%{p}i{a}")).collect();
         for half in 0..2 {
             self.multiply(b, &p, tiles, half, &mut accs);
         }
+        let next: Vec<String> = Self::operand_names(tiles)
+            .into_iter()
+            .map(|o| format!("%{p}n{o}"))
+            .collect();
         let _ = writeln!(
             b,
-            "            scf.yield {} : {types}\n          }}",
-            accs.join(", ")
+            "            scf.yield {}, {} : {types}\n          }}",
+            accs.join(", "),
+            next.join(", ")
         );
         self.store(b, &p, tiles);
     }
 
-    /// Staged row `%sr{q}`'s word `%sw` of chunk `%kc` (8 bf16), 0 past the pass's rows.
-    fn stage(&self, b: &mut String, p: &str, q: usize) {
-        let load = if self.src_f32 {
-            format!(
-                "              %{p}f{q}c = arith.divui %{p}kc, %c4 : index\n              %{p}f{q}s = arith.addi %sb{q}, %{p}f{q}c : index\n              %{p}f{q}w = arith.addi %sw, %sw : index\n              %{p}f{q}a = arith.addi %{p}f{q}s, %{p}f{q}w : index\n              %{p}f{q}c1 = arith.constant 1 : index\n              %{p}f{q}b = arith.addi %{p}f{q}a, %{p}f{q}c1 : index\n              %{p}f{q}lo = memref.load %src[%{p}f{q}a] : memref<?xvector<4xf32>>\n              %{p}f{q}hi = memref.load %src[%{p}f{q}b] : memref<?xvector<4xf32>>\n              %{p}f{q}lb = arith.truncf %{p}f{q}lo : vector<4xf32> to vector<4xbf16>\n              %{p}f{q}hb = arith.truncf %{p}f{q}hi : vector<4xf32> to vector<4xbf16>\n              %{p}f{q}li = llvm.bitcast %{p}f{q}lb : vector<4xbf16> to vector<2xi32>\n              %{p}f{q}hi2 = llvm.bitcast %{p}f{q}hb : vector<4xbf16> to vector<2xi32>\n              %{p}f{q}v = llvm.shufflevector %{p}f{q}li, %{p}f{q}hi2 [0, 1, 2, 3] : vector<2xi32>\n              scf.yield %{p}f{q}v : vector<4xi32>"
-            )
-        } else {
-            format!(
-                "              %{p}f{q}a0 = arith.addi %sb{q}, %{p}kw : index\n              %{p}f{q}a = arith.addi %{p}f{q}a0, %sw : index\n              %{p}f{q}v = memref.load %src[%{p}f{q}a] : memref<?xvector<4xi32>>\n              scf.yield %{p}f{q}v : vector<4xi32>"
-            )
-        };
-        let _ = writeln!(
-            b,
-            "            %{p}x{q} = scf.if %sin{q} -> (vector<4xi32>) {{\n{load}\n            }} else {{\n              scf.yield %zv : vector<4xi32>\n            }}\n            memref.store %{p}x{q}, %xs[%xo{q}] : memref<{}xvector<4xi32>, 3>",
-            PASS_ROWS * ROW_WORDS
-        );
+    /// The names of one chunk's operands in registers: the weight words `bw{j}{half}` of the
+    /// warp's two n8 tiles, and the staged words `x{q}` of the pass's rows.
+    fn operand_names(tiles: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        for j in 0..2 {
+            for half in 0..2 {
+                v.push(format!("bw{j}{half}"));
+            }
+        }
+        v.extend((0..tiles).map(|q| format!("x{q}")));
+        v
+    }
+
+    /// The operands of the chunk at `%{k}` loaded as `%{p}{tag}bw{j}{half}` and `%{p}{tag}x{q}`
+    /// (0 past the pass's rows).
+    fn loads(&self, b: &mut String, p: &str, k: &str, tag: &str, tiles: usize) {
+        let o = format!("{p}{tag}");
+        let _ = writeln!(b, "            %{o}kw = arith.divui %{k}, %c8 : index");
+        for j in 0..2 {
+            for half in 0..2 {
+                let _ = writeln!(
+                    b,
+                    "            %{o}bo{j}{half}0 = arith.addi %wb{j}, %{o}kw : index\n            %{o}bo{j}{half}1 = arith.constant {} : index\n            %{o}bo{j}{half} = arith.addi %{o}bo{j}{half}0, %{o}bo{j}{half}1 : index\n            %{o}bw{j}{half} = memref.load %wt[%{o}bo{j}{half}] : memref<?xvector<4xi32>>",
+                    4 * half
+                );
+            }
+        }
+        for q in 0..tiles {
+            let _ = writeln!(
+                b,
+                "            %{o}x{q} = scf.if %sin{q} -> (vector<4xi32>) {{\n              %{o}a{q}0 = arith.addi %sb{q}, %{o}kw : index\n              %{o}a{q} = arith.addi %{o}a{q}0, %sw : index\n              %{o}v{q} = memref.load %src[%{o}a{q}] : memref<?xvector<4xi32>>\n              scf.yield %{o}v{q} : vector<4xi32>\n            }} else {{\n              scf.yield %zv : vector<4xi32>\n            }}"
+            );
+        }
     }
 
     /// The 32-wide slice `half` of the chunk: each m16 tile's A fragments from shared memory,
@@ -201,7 +239,7 @@ impl TensorCoreProjection {
             }
         }
         for j in 0..2 {
-            words(b, &format!("{p}bw{j}{half}"));
+            words(b, &format!("{p}cbw{j}{half}"));
             for i in 0..tiles {
                 for step in 0..2 {
                     let (w0, w1) = (2 * step, 2 * step + 1);
@@ -209,7 +247,7 @@ impl TensorCoreProjection {
                     let m = format!("%{q}m{i}{j}{step}");
                     let _ = writeln!(
                         b,
-                        "            {m} = nvvm.mma.sync A[%{q}v{i}a_{w0}, %{q}v{i}b_{w0}, %{q}v{i}a_{w1}, %{q}v{i}b_{w1}] B[%{p}bw{j}{half}_{w0}, %{p}bw{j}{half}_{w1}] C[{}, {}, {}, {}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {MMA_OUT}",
+                        "            {m} = nvvm.mma.sync A[%{q}v{i}a_{w0}, %{q}v{i}b_{w0}, %{q}v{i}a_{w1}, %{q}v{i}b_{w1}] B[%{p}cbw{j}{half}_{w0}, %{p}cbw{j}{half}_{w1}] C[{}, {}, {}, {}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {MMA_OUT}",
                         accs[a],
                         accs[a + 1],
                         accs[a + 2],
@@ -261,5 +299,36 @@ fn words(b: &mut String, v: &str) {
             b,
             "            %{v}_{m}c = arith.constant {m} : i32\n            %{v}_{m} = llvm.extractelement %{v}[%{v}_{m}c : i32] : vector<4xi32>"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TensorCoreProjection;
+
+    /// The kernel lowers to PTX with one mma per (m16 tile, n8 tile, 16-wide step) of each
+    /// pass body: bodies of 1 to 4 m tiles, 2 n8 tiles, 4 steps per 64-wide chunk = 80.
+    #[test]
+    fn a_projection_lowers_to_bf16_mmas_for_each_pass_size() {
+        let kernel = TensorCoreProjection {
+            name: "t_tproj_in".into(),
+            din: 128,
+            dout: 96,
+            div: 2,
+            slots: 64,
+        }
+        .kernel();
+        let text = format!(
+            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
+        );
+        let ptx = crate::codegen::ptx::to_ptx(&text).expect("lowers");
+        assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);
+        // LLVM may unroll the chunk loop (two chunks here), never drop an mma.
+        let mmas = ptx[0]
+            .1
+            .matches("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
+            .count();
+        assert!(mmas >= 80, "{mmas} mmas in the PTX");
+        assert!(!ptx[0].1.contains(".local"), "no spills to local memory");
     }
 }

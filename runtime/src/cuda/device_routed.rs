@@ -123,6 +123,14 @@ impl Rank<'_> {
             tensor_cores: kernels.tensor_cores,
         };
         let x = super::dptr(self.dev_ref(call.x)?, &self.stream);
+        // The tensor-core kernels read bf16 rows: x narrowed once (as the host-grouped path
+        // narrows a bf16 GEMM's activations).
+        let narrowed = if kernels.tensor_cores {
+            Some(self.narrowed(x, t * dims.hidden, &ffn)?)
+        } else {
+            None
+        };
+        let x = narrowed.as_ref().map_or(x, |n| super::dptr(n, &self.stream));
         let hid = alloc(&self.stream, slots * ffn.n, ffn.mid)?;
         let shape = (dims, tile);
         self.project_listed(
@@ -161,6 +169,17 @@ impl Rank<'_> {
         let y = combine_rows(&self.stream, &step, &out, slots, &comb)?;
         self.phase("experts: combine")?;
         Ok(Some((y, t)))
+    }
+
+    /// `n` f32 elements at `src` narrowed to bf16 (the generated `to_bf16` kernel).
+    fn narrowed(&self, src: u64, n: usize, ffn: &FfnOperands) -> Result<CudaSlice<f32>, String> {
+        let f = self
+            .functions
+            .get(crate::program::TO_BF16_KERNEL)
+            .ok_or("a bf16 step without the to_bf16 kernel")?;
+        let dst = alloc(&self.stream, n, ffn.mid)?;
+        self.convert(f, (src, super::dptr(&dst, &self.stream)), n)?;
+        Ok(dst)
     }
 
     /// The step's device-routing kernels, unless absent or turned off.
