@@ -479,15 +479,17 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 }
 
 /// One token is routed on the device (at tp 2 too, padded over the ranks): per layer the slots
-/// listed per expert by shared-memory
-/// atomics, and two projections whose lanes read the routed experts' weights 16 bytes at a
-/// time and fold their sums by shuffles (a bf16 projection's f32 rows rounded to bf16 first,
-/// as the host-grouped GEMMs take them). More tokens are not routed so (see the next test),
-/// unless `PPMOE_DEVICE_ROUTING=1` (then PPMoE's local step at tp 2 too, with a body per row count
-/// for passes of up to 8 rows; never all-to-all's, whose rows travel); `=0` never routes on the
-/// device.
+/// listed per expert by shared-memory atomics, and two projections whose lanes read the routed
+/// experts' weights 16 bytes at a time and fold their sums by shuffles (a bf16 projection's
+/// f32 rows rounded to bf16 first, as the host-grouped GEMMs take them). A few more tokens
+/// with bf16 stacks (this LM's, whatever --dtype says) are routed so too, their projections
+/// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores);
+/// many are not (256 tokens: 128 rows per expert). `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
+/// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
+/// routes on the device.
 #[test]
-fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
+fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
+    const MMA: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
     for dtype in ["fp32", "bf16"] {
         let one = lm_ptx(1, &["--dtype", dtype], None);
         let groups = entries_ending(&one, "_dgroup");
@@ -518,10 +520,20 @@ fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
         let one_tp2 = lm_ptx(1, &["--dtype", dtype, "--tp", "2"], None);
         let local = entries_ending(&one_tp2, "_local_experts_dgroup");
         assert_eq!(local.len(), 4, "{dtype} one token at tp 2: {local:?}");
-        let two = lm_ptx(2, &["--dtype", dtype], None);
+        for tokens in [2, 16] {
+            let few = lm_ptx(tokens, &["--dtype", dtype], None);
+            assert_eq!(entries_ending(&few, "_dgroup").len(), 2, "{dtype} {tokens}");
+            assert!(entries_ending(&few, "_dproj_in").is_empty());
+            for proj in ["_tproj_in", "_tproj_out"] {
+                let names = entries_ending(&few, proj);
+                assert_eq!(names.len(), 2, "{dtype} {tokens} tokens: {names:?}");
+                assert!(entry(&few, &names[0]).contains(MMA), "{}", names[0]);
+            }
+        }
+        let many = lm_ptx(256, &["--dtype", dtype], None);
         assert!(
-            entries_ending(&two, "_dgroup").is_empty(),
-            "{dtype} 2 tokens"
+            entries_ending(&many, "_dgroup").is_empty(),
+            "{dtype} 256 tokens"
         );
         let off = lm_ptx(1, &["--dtype", dtype], Some("0"));
         assert!(
@@ -531,10 +543,8 @@ fn one_token_is_routed_on_the_device_and_more_grouped_on_the_host() {
         let tp2 = lm_ptx(16, &["--dtype", dtype, "--tp", "2"], Some("1"));
         let local = entries_ending(&tp2, "_local_experts_dgroup");
         assert_eq!(local.len(), 4, "{dtype} tp 2: {local:?}");
-        // 16 tokens: passes of up to 8 rows, a body for 1, 2, 4 and 8 (two barriers each).
-        let proj = entries_ending(&tp2, "_dproj_in");
-        let barriers = entry(&tp2, &proj[0]).matches("bar.sync").count();
-        assert_eq!(barriers, 8, "{dtype} {}", proj[0]);
+        let proj = entries_ending(&tp2, "_local_experts_tproj_in");
+        assert_eq!(proj.len(), 4, "{dtype} tp 2: {proj:?}");
         let a2a = ["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"];
         assert!(entries_ending(&lm_ptx(16, &a2a, Some("1")), "_dgroup").is_empty());
     }

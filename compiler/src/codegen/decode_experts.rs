@@ -47,11 +47,12 @@ pub(super) fn kernels(
     let s = t * k;
     // More than one token with bf16 stacks: the tensor cores (when the inner dimensions fit).
     let tensor = bf16
-        && t > 1
+        && routed > 1
         && TensorCoreProjection::fits(dims.hidden)
         && TensorCoreProjection::fits(dims.ffn);
     let wanted = if tensor {
-        ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts)
+        let matrix_bytes = dims.n.saturating_mul(dims.hidden).saturating_mul(2);
+        ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts, matrix_bytes)
     } else {
         ppmoe_runtime::program::routes_on_device(routed)
     };

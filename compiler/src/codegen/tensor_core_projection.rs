@@ -45,7 +45,7 @@ pub(super) struct TensorCoreProjection {
 impl TensorCoreProjection {
     /// Whether projections of `din` inner elements fit the kernel.
     pub fn fits(din: usize) -> bool {
-        din > 0 && din % CHUNK == 0
+        din > 0 && din.is_multiple_of(CHUNK)
     }
 
     pub fn kernel(&self) -> String {
@@ -133,13 +133,11 @@ impl TensorCoreProjection {
         self.loads(b, &p, &format!("{p}k0"), "f", tiles);
         let carried: Vec<(String, String, &str)> = (0..n)
             .map(|a| (format!("%{p}i{a}"), "%zero".to_string(), "f32"))
-            .chain(Self::operand_names(tiles).into_iter().map(|o| {
-                (
-                    format!("%{p}c{o}"),
-                    format!("%{p}f{o}"),
-                    "vector<4xi32>",
-                )
-            }))
+            .chain(
+                Self::operand_names(tiles)
+                    .into_iter()
+                    .map(|o| (format!("%{p}c{o}"), format!("%{p}f{o}"), "vector<4xi32>")),
+            )
             .collect();
         let inits = carried
             .iter()

@@ -130,7 +130,9 @@ impl Rank<'_> {
         } else {
             None
         };
-        let x = narrowed.as_ref().map_or(x, |n| super::dptr(n, &self.stream));
+        let x = narrowed
+            .as_ref()
+            .map_or(x, |n| super::dptr(n, &self.stream));
         let hid = alloc(&self.stream, slots * ffn.n, ffn.mid)?;
         let shape = (dims, tile);
         self.project_listed(
