@@ -1,6 +1,9 @@
-//! The experts of a step over few tokens (one by default: `routes_on_device`), routed on the
-//! device: no routing read back, no grouping on the host, no rows gathered. Three kernels besides the
-//! step's activation and combine:
+//! The experts of a step over few tokens, routed on the device: no routing read back, no
+//! grouping on the host, no rows gathered. One token by default (`routes_on_device`) with the
+//! CUDA-core projections below; more tokens with bf16 stacks where `routes_on_tensor_cores`
+//! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in`,
+//! `tproj_out`: the same operands) in place of `dproj_*`. Three kernels besides the step's
+//! activation and combine:
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
 //!   and counts them; one more block writes each slot's row for the combine (the slot itself,
 //!   or -1) and its local expert (for the biases).
