@@ -1553,7 +1553,10 @@ pub fn plan_kernels(
                         name: format!("k{i}_embedding"),
                     }
                 }
-                None => match generate(p, i).or_else(|| data_movement(p, i, &consts)) {
+                None => match generate(p, i)
+                    .or_else(|| data_movement(p, i, &consts))
+                    .or_else(|| super::top_k::generate(p, i, &consts))
+                {
                     Some((name, text, threads)) => {
                         funcs.push_str(&text);
                         Lowered::Kernel { name, threads }

@@ -11,5 +11,6 @@ mod pointwise;
 pub mod ptx;
 mod row_fused;
 mod tensor_core_projection;
+mod top_k;
 
 pub use kernel_gen::{plan_kernels, KernelPlan, Lowered};

@@ -292,11 +292,13 @@ impl Rank<'_> {
     /// A generated kernel of one result `out`: `inputs` (on the device first) are its
     /// `memref<Nxf32>` parameters, then the result, each passed as (allocated, aligned, offset,
     /// size, stride); 256 threads to a block.
+    /// Generated kernel `name` over `inputs`, one thread per `threads`, its results `outs`
+    /// (each made here, f32 on the device, and passed after the inputs in order).
     fn launch_generated(
         &mut self,
         name: &str,
         inputs: &[usize],
-        out: usize,
+        outs: &[usize],
         threads: usize,
     ) -> Result<(), String> {
         let func = self
@@ -304,22 +306,29 @@ impl Rank<'_> {
             .get(name)
             .ok_or_else(|| format!("kernel {name} is not in the PTX"))?
             .clone();
-        let out_shape: Vec<usize> = self.program.buffers[out]
-            .shape
-            .iter()
-            .map(|d| d.unwrap_or(0))
-            .collect();
-        let n_out: usize = out_shape.iter().product();
+        let shape = |b: usize| -> Vec<usize> {
+            self.program.buffers[b]
+                .shape
+                .iter()
+                .map(|d| d.unwrap_or(0))
+                .collect()
+        };
+        let out_shapes: Vec<Vec<usize>> = outs.iter().map(|&o| shape(o)).collect();
         for &b in inputs {
             self.device(b).map_err(|e| e.to_string())?;
         }
-        // SAFETY: uninitialised; every generated kernel writes each element of its result.
-        let y = unsafe { self.stream.alloc::<f32>(n_out.max(1)) }.map_err(|e| e.to_string())?;
-        let mut sizes: Vec<i64> = inputs
+        let mut results = Vec::with_capacity(outs.len());
+        for s in &out_shapes {
+            let n: usize = s.iter().product();
+            // SAFETY: uninitialised; every generated kernel writes each element of its results.
+            results.push(unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| e.to_string())?);
+        }
+        let sizes: Vec<i64> = inputs
             .iter()
-            .map(|&b| self.shape(b).iter().product::<usize>() as i64)
+            .map(|&b| self.shape(b).iter().product::<usize>())
+            .chain(out_shapes.iter().map(|s| s.iter().product::<usize>()))
+            .map(|n| n as i64)
             .collect();
-        sizes.push(n_out as i64);
         let (zero, one) = (0i64, 1i64);
         let devs = inputs
             .iter()
@@ -331,15 +340,9 @@ impl Rank<'_> {
             })
             .collect::<Result<Vec<&CudaSlice<f32>>, String>>()?;
         let mut launch = self.stream.launch_builder(&func);
-        for (k, d) in devs.iter().enumerate() {
-            launch.arg(*d).arg(*d).arg(&zero).arg(&sizes[k]).arg(&one);
+        for (d, size) in devs.iter().copied().chain(&results).zip(&sizes) {
+            launch.arg(d).arg(d).arg(&zero).arg(size).arg(&one);
         }
-        launch
-            .arg(&y)
-            .arg(&y)
-            .arg(&zero)
-            .arg(&sizes[inputs.len()])
-            .arg(&one);
         let cfg = LaunchConfig {
             grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -348,7 +351,9 @@ impl Rank<'_> {
         // SAFETY: the kernel was generated for exactly these buffer sizes.
         unsafe { launch.launch(cfg) }.map_err(|e| e.to_string())?;
         drop(devs);
-        self.put_dev(out, y, out_shape);
+        for ((&o, y), s) in outs.iter().zip(results).zip(out_shapes) {
+            self.put_dev(o, y, s);
+        }
         Ok(())
     }
 
@@ -457,7 +462,7 @@ impl Rank<'_> {
                     .copied()
                     .filter(|&b| concat || self.program.buffers[b].dtype.on_device_as_f32())
                     .collect();
-                self.launch_generated(name, &inputs, ins.outputs[0], *threads)
+                self.launch_generated(name, &inputs, &ins.outputs, *threads)
                     .map_err(&fail)?;
             }
             GpuOp::Pointwise {
@@ -466,7 +471,7 @@ impl Rank<'_> {
                 inputs,
                 ..
             } => {
-                self.launch_generated(name, inputs, ins.outputs[0], *threads)
+                self.launch_generated(name, inputs, &ins.outputs[..1], *threads)
                     .map_err(&fail)?;
             }
             GpuOp::Route {
