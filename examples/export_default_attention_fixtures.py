@@ -8,8 +8,8 @@ output beside each (export_fixtures.py's layout and fixture.json).
 
   python3 examples/export_default_attention_fixtures.py [OUT_DIR]      (default tests/fixtures)
 
-`moe_layers` in fixture.json is the number of MoE layers ppmoe raises: PhiMoE's sparsemixer
-routing is not read (its LM runs exactly as plain ops; `--summary` says why), so 0 there.
+`moe_layers` in fixture.json is the number of MoE layers ppmoe raises: two per LM (PhiMoE's
+sparsemixer routing too, since session 27).
 DeepSeek-V3's LM does not export (torch.export fails in its attention), so its first MoE block
 stands for it. gpt-oss's block (its `mlp`) returns its routing scores beside its output: both are
 graph outputs, with both references.
@@ -44,7 +44,7 @@ def configs():
         "gptoss": (T.GptOssConfig(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, head_dim=16,
                                   layer_types=["full_attention", "full_attention"], sliding_window=128,
                                   **COMMON), 2),
-        "phimoe": (T.PhimoeConfig(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, **COMMON), 0),
+        "phimoe": (T.PhimoeConfig(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, **COMMON), 2),
     }
 
 

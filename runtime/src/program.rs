@@ -79,6 +79,11 @@ pub enum Reduction {
 pub enum Scoring {
     Softmax,
     Sigmoid,
+    /// PhiMoE's sparsemixer (top 2, inference): each choice is the first largest logit not
+    /// chosen yet, its weight that logit's softmax over the logits left, those far below it
+    /// masked out: logit s is masked where (m - s) / max(|s|, m) exceeds the route's
+    /// `mask_threshold` (m: the choice's logit).
+    Sparsemixer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +300,9 @@ pub enum Op {
         topk_group: usize,
         routed_scaling_factor: f32,
         capacity: usize,
+        /// Sparsemixer scoring's masking threshold (2 x PhiMoE's jitter_eps); 0 otherwise.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        mask_threshold: f32,
     },
     /// `moe.experts`: (x [T,H], weights [T,k], ids [T,k], w_in, w_out, b_in?, b_out?) -> [T,H],
     /// the sum over k of weight * FFN_id(x), weights in `layout`.
@@ -783,6 +791,10 @@ impl Op {
                 | Op::Recv { .. }
         )
     }
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 /// Whether f32 holds integer `v` exactly (magnitude at most 2^24): integers the device may

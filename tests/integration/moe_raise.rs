@@ -431,24 +431,27 @@ mod fused_ort_variants {
     }
 }
 
+/// PhiMoE's sparsemixer (arg_max straight over the router logits, each choice's weight a
+/// softmax with the logits far below it masked out) is raised to `moe.route` with its
+/// scoring and the exported graph's masking threshold (2 x jitter_eps = 0.02), checked against
+/// the layer's own ops on random logits like any reading.
 #[test]
-fn phimoe_sparsemixer_routing_is_left_as_ops_and_the_summary_says_why() {
+fn phimoe_sparsemixer_routing_is_raised_with_its_mask_threshold() {
     let s = summary_row("phimoe_lm_sdpa");
-    assert!(s.contains("0 MoE layer(s)"), "{s}");
-    let why: Vec<&str> = s
-        .lines()
-        .filter(|l| l.starts_with("not raised: "))
-        .collect();
-    // One line per decoder layer's router, naming the pattern and what becomes of the layer.
-    assert_eq!(why.len(), 2, "{s}");
-    for l in why {
-        assert!(
-            l.contains("arg_max straight over the router logits")
-                && l.contains("sparsemixer")
-                && l.contains("run exactly"),
-            "{l}"
-        );
-    }
+    assert!(s.contains("2 MoE layer(s)"), "{s}");
+    assert_eq!(
+        s.matches("sparsemixer top-2 (mask threshold 0.02)").count(),
+        2,
+        "{s}"
+    );
+    assert!(!s.contains("not raised"), "{s}");
+    let ir = inspect(&fixtures_dir().join("phimoe_lm_sdpa"), &["--emit", "moe"]).stdout;
+    assert_eq!(ir.matches("scoring = \"sparsemixer\"").count(), 2, "{ir}");
+    assert_eq!(
+        ir.matches("mask_threshold = 0.0199999995").count(),
+        2,
+        "{ir}"
+    );
 }
 
 #[test]

@@ -623,11 +623,17 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, b
         topk_group,
         routed_scaling_factor,
         capacity,
+        mask_threshold,
     } = ins.op
     else {
         return None;
     };
     let biased = ins.inputs.get(1).copied().flatten().is_some();
+    if scoring == Scoring::Sparsemixer {
+        let plain = !biased && n_group <= 1 && capacity == 0 && k == 2;
+        let l = static_shape(&p.buffers[ins.inputs[0]?])?;
+        return plain.then(|| super::sparsemixer::route_kernel(name, (l[0], l[1]), mask_threshold));
+    }
     let grouped = n_group > 1;
     // The bias and the group limit decide the choice of the scored routers only (as the CPU
     // backend's route has them); a capacity is applied by two more kernels (`capacity_kernels`).

@@ -10,6 +10,7 @@ mod masks;
 mod pointwise;
 pub mod ptx;
 mod row_fused;
+mod sparsemixer;
 mod tensor_core_projection;
 mod top_k;
 

@@ -1020,6 +1020,7 @@ impl<'m> Lowering<'m> {
             topk_group: 0,
             routed_scaling_factor: 1.0,
             capacity: 0,
+            mask_threshold: 0.0,
         };
         self.emit(node, route, vec![Some(l2)], vec![w, ids]);
         let f = moe.ffn.ffn_size();

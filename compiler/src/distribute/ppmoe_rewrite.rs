@@ -263,6 +263,7 @@ mod tests {
             topk_group: 0,
             routed_scaling_factor: 1.0,
             capacity: 0,
+            mask_threshold: 0.0,
         };
         let experts = Op::MoeExperts {
             activation: Activation::Relu,

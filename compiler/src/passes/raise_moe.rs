@@ -7,7 +7,8 @@
 //!           %y = "moe.experts"(%x, %w, %ids, %w_in, %w_out) {activation = "swiglu"}
 //!
 //! How: a layer is found from its router (a top_k, or GShard's arg_max, over softmax or
-//! sigmoid scores of logits that are a linear function of the tokens). Its output is the value
+//! sigmoid scores of logits that are a linear function of the tokens; or PhiMoE's arg_max
+//! straight over the logits, its sparsemixer). Its output is the value
 //! after the router, of the tokens' size, whose backward slice (cut at the tokens and the
 //! logits) reads nothing else and is read by nothing else. The expert weights are the weights
 //! of that slice with a leading dimension of the expert count. Each reading of them (which is
@@ -82,6 +83,8 @@ struct Route {
     n_group: usize,
     topk_group: usize,
     routed_scaling_factor: f32,
+    /// Sparsemixer scoring's masking threshold (0 for the others).
+    mask_threshold: f32,
     /// The score-correction bias (a weight of [E], by name: added to the scores for the choice
     /// only) and its values for the trials.
     bias: Option<(String, Tensor)>,
@@ -98,6 +101,7 @@ impl Route {
             topk_group: self.topk_group,
             routed_scaling_factor: self.routed_scaling_factor,
             capacity: self.capacity,
+            mask_threshold: self.mask_threshold,
         }
     }
 
@@ -110,6 +114,10 @@ impl Route {
                 format!("top-{} -> softmax", self.top_k)
             }
             (Scoring::Sigmoid, _) => format!("sigmoid -> top-{}", self.top_k),
+            (Scoring::Sparsemixer, _) => format!(
+                "sparsemixer top-{} (mask threshold {})",
+                self.top_k, self.mask_threshold
+            ),
         };
         let r = if self.renormalize && self.order == RouteOrder::SoftmaxThenTopk {
             ", renormalised"
@@ -357,26 +365,6 @@ fn biased_sigmoid(
     Some((logits, (bias, n_group, topk_group)))
 }
 
-/// Why a choice that is not an MoE anchor still looks like a router's, where it does: an
-/// arg_max straight over router logits (a [tokens, experts] linear function of the tokens),
-/// with no softmax between, is how PhiMoE's sparsemixer picks each expert.
-fn unread_router(p: &CoreProgram, prod: &HashMap<BufferId, usize>, i: usize) -> Option<String> {
-    let prog = &p.program;
-    let ins = &prog.instructions[i];
-    let Op::ArgMax { max: true, .. } = ins.op else {
-        return None;
-    };
-    let src = ins.inputs.first().copied().flatten()?;
-    let b = &prog.buffers[src];
-    let ([Some(_), Some(_)], Some(_)) = (&b.shape[..], router_input(p, prod, src)) else {
-        return None;
-    };
-    Some(format!(
-        "arg_max straight over the router logits '{}' (no softmax or top-k): sparsemixer-style routing (PhiMoE's), whose weights come from a masked softmax around each choice, is not read yet; the layer stays as its ops (run exactly, not as moe.* ops)",
-        b.name
-    ))
-}
-
 fn find_anchor(
     p: &CoreProgram,
     prod: &HashMap<BufferId, usize>,
@@ -447,6 +435,17 @@ fn find_anchor(
                 top_k: vec![2, 1],
                 biased: None,
             }),
+            // PhiMoE's sparsemixer picks with arg_max straight over the router logits.
+            _ if matches!(prog.buffers[src].shape[..], [Some(_), Some(_)])
+                && router_input(p, prod, src).is_some() =>
+            {
+                Some(Anchor {
+                    logits: src,
+                    scoring: vec![(Scoring::Sparsemixer, RouteOrder::SoftmaxThenTopk)],
+                    top_k: vec![2],
+                    biased: None,
+                })
+            }
             _ => None,
         },
         _ => None,
@@ -527,10 +526,7 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
     let prod = producers(prog);
     let cons = consumers(prog);
     let Some(anchor) = find_anchor(core, &prod, &weights, i) else {
-        return match unread_router(core, &prod, i) {
-            Some(why) => Err(why),
-            None => Ok(None),
-        };
+        return Ok(None);
     };
     let lb = &prog.buffers[anchor.logits];
     let [Some(t), Some(e)] = lb.shape[..] else {
@@ -759,13 +755,27 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                         .filter(|&v| v > 0.0 && v != 1.0),
                 );
             }
+            // A sparsemixer's masking threshold: one of the region's positive scalars.
+            let thresholds: Vec<f32> = hints(core, &full, &weights)
+                .scalars
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .collect();
             let mut best: Option<(f64, Route, Reading)> = None;
             'search: for &(scoring, order) in &anchor.scoring {
+                let sparsemixer = scoring == Scoring::Sparsemixer;
+                let (renorms, masks): (&[bool], &[f32]) = if sparsemixer {
+                    (&[false], &thresholds)
+                } else {
+                    (&[true, false], &[0.0])
+                };
                 for &top_k in &anchor.top_k {
-                    for (renormalize, &scale) in [true, false]
-                        .into_iter()
-                        .flat_map(|r| scales.iter().map(move |s| (r, s)))
-                    {
+                    for (renormalize, &scale, &mask_threshold) in renorms.iter().flat_map(|&r| {
+                        scales
+                            .iter()
+                            .flat_map(move |s| masks.iter().map(move |m| (r, s, m)))
+                    }) {
                         let route = Route {
                             scoring,
                             order,
@@ -775,6 +785,7 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                             n_group,
                             topk_group,
                             routed_scaling_factor: scale,
+                            mask_threshold,
                             bias: bias.clone(),
                         };
                         for r in &readings {

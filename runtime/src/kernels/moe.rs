@@ -24,6 +24,36 @@ fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// PhiMoE's sparsemixer over one token's logits (see `Scoring::Sparsemixer`): the two
+/// choices and their weights, in the order of HF's `sparsemixer` in inference.
+fn sparsemixer(row: &[f32], threshold: f32) -> (Vec<usize>, Vec<f32>) {
+    let first = sparsemixer_pick(row, row, threshold);
+    let mut rest = row.to_vec();
+    rest[first.0] = f32::NEG_INFINITY;
+    let second = sparsemixer_pick(row, &rest, threshold);
+    (vec![first.0, second.0], vec![first.1, second.1])
+}
+
+/// One choice of the sparsemixer among `candidates` (the logits, those chosen already at
+/// -inf): the first largest, and its softmax over the candidates whose logit in `row` is within
+/// `threshold` of it, relative to max(|logit|, the choice's).
+fn sparsemixer_pick(row: &[f32], candidates: &[f32], threshold: f32) -> (usize, f32) {
+    let choice = top_k(candidates, 1)[0];
+    let m = candidates[choice];
+    let kept: Vec<f32> = candidates
+        .iter()
+        .zip(row)
+        .map(|(&c, &s)| {
+            if (m - s) / s.abs().max(m) > threshold {
+                f32::NEG_INFINITY
+            } else {
+                c
+            }
+        })
+        .collect();
+    (choice, softmax(&kept)[choice])
+}
+
 pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Tensor>> {
     let Op::MoeRoute {
         top_k: k,
@@ -34,6 +64,7 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
         topk_group,
         routed_scaling_factor,
         capacity,
+        mask_threshold,
     } = *op
     else {
         return Err("not a route op".into());
@@ -57,6 +88,12 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
     for ti in 0..t {
         let row = &l[ti * e..(ti + 1) * e];
         let (sel, w): (Vec<usize>, Vec<f32>) = match (scoring, order) {
+            (Scoring::Sparsemixer, _) => {
+                if k != 2 {
+                    return Err(format!("moe.route: sparsemixer routes top 2, not top {k}"));
+                }
+                sparsemixer(row, mask_threshold)
+            }
             (Scoring::Softmax, RouteOrder::TopkThenSoftmax) => {
                 let sel = top_k(row, k);
                 let w = softmax(&sel.iter().map(|&i| row[i]).collect::<Vec<_>>());
@@ -66,6 +103,7 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
                 let p: Vec<f32> = match scoring {
                     Scoring::Softmax => softmax(row),
                     Scoring::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+                    Scoring::Sparsemixer => unreachable!("matched above"),
                 };
                 // The bias (and the group limit) decide the choice; the weights stay p's.
                 let mut choice: Vec<f32> = match &bias {
