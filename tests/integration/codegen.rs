@@ -582,6 +582,14 @@ fn any_token_count_is_grouped_on_the_device_for_the_batched_gemms() {
         let a2a = ["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"];
         assert!(entries_ending(&lm_ptx(16, &a2a, None), "_tgroup").is_empty());
     }
+    // A capacity route too (GShard's top-2): its dropped slots weigh 0, so no expert lists
+    // them, as on the host; the capacity is applied by its own kernels before.
+    let m = fixtures_dir().join("gshard_top2/model.onnx");
+    let out = ppmoe(&["inspect", m.to_str().unwrap(), "--emit", "ptx"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for suffix in ["_route_capacity", "_route_renorm", "_experts_tgroup"] {
+        assert_eq!(entries_ending(&out.stdout, suffix).len(), 1, "{suffix}");
+    }
 }
 
 /// gpt-oss's block returns its router's top-k scores through a `TopK` beside the raised
@@ -809,17 +817,18 @@ fn rotary_sin_cos_and_norm_means_are_generated_kernels_at_long_sequences() {
     }
 }
 
-/// Every fixture at tp 1 (fp32 and bf16 weights) and tp 2 (PPMoE in bf16, all-to-all in fp32)
-/// has no host work: every instruction is a generated kernel, a cuBLAS GEMM, an NCCL call or
-/// an alias. (gpt-oss's block's `top_k` and PhiMoE's sparsemixer routing were the last host
-/// work, until session 27.)
+/// Every fixture at tp 1 and tp 2 (both strategies), in fp32 and bf16, has no host work: every
+/// instruction is a generated kernel, a cuBLAS GEMM, an NCCL call or an alias. (gpt-oss's
+/// block's `top_k` and PhiMoE's sparsemixer routing were the last host work, until session 27.)
 #[test]
 fn no_fixture_has_host_work_on_any_grid() {
-    let grids: [&[&str]; 4] = [
+    let grids: [&[&str]; 6] = [
         &[],
         &["--dtype", "bf16"],
+        &["--tp", "2"],
         &["--tp", "2", "--dtype", "bf16"],
         &["--tp", "2", "--moe-strategy", "alltoall"],
+        &["--tp", "2", "--moe-strategy", "alltoall", "--dtype", "bf16"],
     ];
     let mut checked = 0;
     for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
@@ -870,5 +879,5 @@ fn no_fixture_has_host_work_on_any_grid() {
             checked += 1;
         }
     }
-    assert!(checked >= 39 * 4, "{checked} programs");
+    assert!(checked >= 39 * 6, "{checked} programs");
 }

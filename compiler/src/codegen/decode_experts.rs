@@ -30,8 +30,7 @@ const WORD_BYTES: usize = 16;
 /// memory a kernel may have).
 const STAGED: usize = 8192;
 
-/// The kernels (the step's stacks `dims`, over `t` tokens of `k` slots), where the step's routing comes from `moe.route` on the device (`ids`) without a
-/// capacity, its stacks are in the `Linear` layout, both of `mid`'s type, and the tokens few
+/// The kernels (the step's stacks `dims`, over `t` tokens of `k` slots), where the step's routing comes from `moe.route` on the device (`ids`), its stacks are in the `Linear` layout, both of `mid`'s type, and the tokens few
 /// enough (`routes_on_device`); None otherwise (the step groups on the host).
 pub(super) fn kernels(
     p: &Program,
@@ -96,16 +95,17 @@ pub(super) fn kernels(
     Some(out)
 }
 
-/// The tokens `moe.route` (without a capacity) routed into `ids`: its own ids, or those padded
-/// over tp (the all-to-all form's concat of the ids and constant rows, which PPMoE's local step
-/// reads; the padding rows have weight 0, so no expert lists them).
+/// The tokens `moe.route` routed into `ids`: its own ids, or those padded over tp (the
+/// all-to-all form's concat of the ids and constant rows, which PPMoE's local step reads; the
+/// padding rows have weight 0, so no expert lists them). A capacity's dropped slots weigh 0
+/// too (its kernels zero them on the device), so they are no expert's either, as on the host.
 pub(super) fn route_of(p: &Program, ids: usize) -> Option<usize> {
     let producer = |b: usize| p.instructions.iter().find(|i| i.outputs.contains(&b));
     let mut made = producer(ids)?;
     if let (Op::Concat { axis: 0 }, Some(Some(first))) = (&made.op, made.inputs.first()) {
         made = producer(*first)?;
     }
-    let Op::MoeRoute { capacity: 0, .. } = made.op else {
+    let Op::MoeRoute { .. } = made.op else {
         return None;
     };
     let own = *made.outputs.get(1)?;

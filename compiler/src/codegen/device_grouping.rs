@@ -25,8 +25,8 @@ use ppmoe_runtime::program::{ExpertDims, GROUP_THREADS};
 use std::fmt::Write as _;
 
 /// `{prefix}_tgroup` for `s` slots of `k` per token over the step's `dims` (local experts),
-/// its rows and matrices of `bytes` bytes an element; None where the route is not
-/// `moe.route` without a capacity on the device (`route_of`).
+/// its rows and matrices of `bytes` bytes an element; None where the route is not a
+/// `moe.route` on the device (`route_of`).
 pub(super) fn kernel(
     p: &ppmoe_runtime::program::Program,
     ids: usize,
