@@ -154,7 +154,6 @@ pub(super) fn kernel(name: &str, params: &[String], body: &str) -> String {
     )
 }
 
-/// An f32 as MLIR's exact hexadecimal float literal.
 /// 2 pi in three parts, the first two of at most 11 significant bits (so k times each is exact
 /// for |k| < 2^13) and the third the rest.
 const TWO_PI_PARTS: [f32; 3] = [
@@ -190,7 +189,8 @@ fn sin_cos(b: &mut String, f: &str) {
     );
 }
 
-fn hexf(v: f32) -> String {
+/// An f32 as MLIR's exact hexadecimal float literal.
+pub(super) fn hexf(v: f32) -> String {
     format!("0x{:08X}", v.to_bits())
 }
 

@@ -5,7 +5,7 @@
 //! the threshold); the choice's weight is exp(0) over that sum, its softmax. The first choice
 //! is no candidate of the second (its logit -inf there, as the exported graph scatters it).
 
-use super::kernel_gen::{kernel, prologue};
+use super::kernel_gen::{hexf, kernel, prologue};
 use std::fmt::Write as _;
 
 /// The kernel over `t` tokens of `e` logits each; its text, threads (one per token) and that
@@ -21,7 +21,7 @@ pub(super) fn route_kernel(
     let _ = writeln!(
         b,
         "        %e = arith.constant {e} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %none = arith.constant {e} : index\n        %base = arith.muli %i, %e : index\n        %c2 = arith.constant 2 : index\n        %obase = arith.muli %i, %c2 : index\n        %ninf = arith.constant 0xFF800000 : f32\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %true = arith.constant true\n        %l2e = arith.constant 1.44269504 : f32\n        %thr = arith.constant {} : f32",
-        hex(threshold)
+        hexf(threshold)
     );
     choice(&mut b, "p1", "%none", &m_l);
     choice(&mut b, "p2", "%p1i", &m_l);
@@ -45,9 +45,4 @@ fn choice(b: &mut String, p: &str, skip: &str, m_l: &str) {
         b,
         "        %{p}best:2 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0) -> (f32, index) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %other = arith.cmpi ne, %j, {skip} : index\n          %over = arith.cmpf ogt, %v, %bv : f32\n          %take = arith.andi %other, %over : i1\n          %nbv = arith.select %take, %v, %bv : f32\n          %nbi = arith.select %take, %j, %bi : index\n          scf.yield %nbv, %nbi : f32, index\n        }}\n        %{p}m = arith.addf %{p}best#0, %zero : f32\n        %{p}i = arith.addi %{p}best#1, %c0 : index\n        %{p}sum = scf.for %j = %c0 to %e step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %other = arith.cmpi ne, %j, {skip} : index\n          %nv = arith.negf %v : f32\n          %av = arith.maximumf %v, %nv : f32\n          %den = arith.maximumf %av, %{p}m : f32\n          %gap = arith.subf %{p}m, %v : f32\n          %rel = arith.divf %gap, %den : f32\n          %far = arith.cmpf ogt, %rel, %thr : f32\n          %near = arith.xori %far, %true : i1\n          %keep = arith.andi %other, %near : i1\n          %d = arith.subf %v, %{p}m : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %xk = arith.select %keep, %x, %zero : f32\n          %na = arith.addf %a, %xk : f32\n          scf.yield %na : f32\n        }}"
     );
-}
-
-/// An f32 as MLIR's exact hexadecimal float literal.
-fn hex(v: f32) -> String {
-    format!("0x{:08X}", v.to_bits())
 }
