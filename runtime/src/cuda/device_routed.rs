@@ -5,8 +5,8 @@
 //! (tensor cores, reading x narrowed to bf16) kernels (see the compiler's `decode_experts`).
 //! Nothing is read back and nothing grouped on the host: the slots are listed per expert on
 //! the device, each projection reads only the routed experts' matrices, the rows are indexed
-//! by slot (no gather), and the step's own activation and combine kernels finish it. So the forward does not wait for the device here, and its
-//! launches can run ahead of the GPU.
+//! by slot (no gather), and the step's own activation and combine kernels finish it. So the
+//! forward does not wait for the device here, and its launches can run ahead of the GPU.
 
 use super::experts::{alloc, combine_rows, Combine, ExpertsCall, FfnOperands};
 use super::Rank;
