@@ -847,6 +847,9 @@ impl DecodeTile {
 /// `tensor_core_projection`), and the output columns a block computes (16 per warp).
 pub const TC_WARPS: usize = 4;
 pub const TC_BLOCK_COLUMNS: usize = 64;
+/// The activation columns a block of the fused first projection (`tproj_act`) computes: 8
+/// gate columns per warp, paired with their up columns.
+pub const TC_ACT_BLOCK_COLUMNS: usize = 32;
 
 /// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
 /// them over `experts` experts whose first matrices are `matrix_bytes` each, runs routed on
@@ -870,6 +873,19 @@ pub fn routes_on_tensor_cores(
     let rows = slots.div_ceil(experts.max(1));
     tokens > 1 && (rows <= 4 || (rows <= 32 && matrix_bytes <= SMALL_MATRIX))
 }
+
+/// The kernels an experts step may have besides its gather, activation and combine (which
+/// it always has), by their suffix after the step's prefix: the device routing's and the
+/// device grouping's (`device_routed`, `device_grouped`). The runtime loads those present.
+pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
+    "dgroup",
+    "dproj_in",
+    "dproj_out",
+    "tproj_in",
+    "tproj_act",
+    "tproj_out",
+    "tgroup",
+];
 
 /// The threads of the one block of an experts step's device grouping (the compiler's
 /// `device_grouping`): its loops over slots and rows step by it.

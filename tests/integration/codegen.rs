@@ -483,7 +483,8 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// experts' weights 16 bytes at a time and fold their sums by shuffles (a bf16 projection's
 /// f32 rows rounded to bf16 first, as the host-grouped GEMMs take them). A few more tokens
 /// with bf16 stacks (this LM's, whatever --dtype says) are routed so too, their projections
-/// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores);
+/// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores;
+/// the gated activation in the first one's epilogue);
 /// many are not (256 tokens: 128 rows per expert). `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
 /// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
 /// routes on the device.
@@ -524,11 +525,16 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             let few = lm_ptx(tokens, &["--dtype", dtype], None);
             assert_eq!(entries_ending(&few, "_dgroup").len(), 2, "{dtype} {tokens}");
             assert!(entries_ending(&few, "_dproj_in").is_empty());
-            for proj in ["_tproj_in", "_tproj_out"] {
+            // Mixtral's SiLU-gated experts have no first bias: the activation is the first
+            // projection's epilogue (`tproj_act`, an ex2 per element), not a kernel between.
+            assert!(entries_ending(&few, "_tproj_in").is_empty());
+            for proj in ["_tproj_act", "_tproj_out"] {
                 let names = entries_ending(&few, proj);
                 assert_eq!(names.len(), 2, "{dtype} {tokens} tokens: {names:?}");
                 assert!(entry(&few, &names[0]).contains(MMA), "{}", names[0]);
             }
+            let act = entries_ending(&few, "_tproj_act");
+            assert!(entry(&few, &act[0]).contains("ex2.approx"), "{}", act[0]);
         }
         let many = lm_ptx(256, &["--dtype", dtype], None);
         assert!(
@@ -543,7 +549,7 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
         let tp2 = lm_ptx(16, &["--dtype", dtype, "--tp", "2"], Some("1"));
         let local = entries_ending(&tp2, "_local_experts_dgroup");
         assert_eq!(local.len(), 4, "{dtype} tp 2: {local:?}");
-        let proj = entries_ending(&tp2, "_local_experts_tproj_in");
+        let proj = entries_ending(&tp2, "_local_experts_tproj_act");
         assert_eq!(proj.len(), 4, "{dtype} tp 2: {proj:?}");
         let a2a = ["--dtype", dtype, "--tp", "2", "--moe-strategy", "alltoall"];
         assert!(entries_ending(&lm_ptx(16, &a2a, Some("1")), "_dgroup").is_empty());
@@ -589,6 +595,44 @@ fn any_token_count_is_grouped_on_the_device_for_the_batched_gemms() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     for suffix in ["_route_capacity", "_route_renorm", "_experts_tgroup"] {
         assert_eq!(entries_ending(&out.stdout, suffix).len(), 1, "{suffix}");
+    }
+}
+
+/// Every kernel an experts step's PTX has is one the runtime loads: its gather, activation
+/// and combine, or one of `OPTIONAL_EXPERT_KERNELS` (a kernel the compiler generates that the
+/// runtime does not know would never run: its step would silently take another path).
+#[test]
+fn every_experts_kernel_generated_is_one_the_runtime_loads() {
+    let known: Vec<&str> = ["gather", "act", "combine"]
+        .into_iter()
+        .chain(
+            ppmoe_runtime::program::OPTIONAL_EXPERT_KERNELS
+                .iter()
+                .copied(),
+        )
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (tokens, extra) in [
+        (1, &["--dtype", "bf16"][..]),
+        (16, &["--dtype", "bf16"][..]),
+        (16, &["--dtype", "bf16", "--tp", "2"][..]),
+        (256, &["--dtype", "fp32"][..]),
+    ] {
+        let ptx = lm_ptx(tokens, extra, None);
+        for name in ptx
+            .lines()
+            .filter_map(|l| l.split("entry ").nth(1))
+            .filter_map(|l| l.split('(').next())
+        {
+            let Some((_, suffix)) = name.split_once("_experts_") else {
+                continue;
+            };
+            assert!(known.contains(&suffix), "{name}: not loaded by the runtime");
+            seen.insert(suffix.to_string());
+        }
+    }
+    for s in ["dgroup", "dproj_in", "tproj_act", "tproj_out", "tgroup"] {
+        assert!(seen.contains(s), "{s} not generated: {seen:?}");
     }
 }
 

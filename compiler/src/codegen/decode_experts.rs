@@ -37,7 +37,7 @@ pub(super) fn kernels(
     o: &ExpertsOperands,
     ids: usize,
     prefix: &str,
-    layout: ExpertLayout,
+    (layout, act): (ExpertLayout, Option<String>),
     (dims, t, k): (ExpertDims, usize, usize),
     bf16: bool,
 ) -> Option<String> {
@@ -63,18 +63,27 @@ pub(super) fn kernels(
     }
     let mut out = group_kernel(prefix, s, dims.experts);
     if tensor {
-        let projection = |name: &str, (din, dout): (usize, usize), div| {
+        let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
                 name: format!("{prefix}_{name}"),
                 din,
                 dout,
                 div,
                 slots: s,
+                act,
             }
             .kernel()
         };
-        out.push_str(&projection("tproj_in", (dims.hidden, dims.n), k));
-        out.push_str(&projection("tproj_out", (dims.ffn, dims.hidden), 1));
+        // The gated activation in the first projection's epilogue where it fits (gate and up
+        // columns paired in each warp), else the step's activation kernel between them.
+        let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n));
+        let first = if fused.is_some() {
+            "tproj_act"
+        } else {
+            "tproj_in"
+        };
+        out.push_str(&projection(first, (dims.hidden, dims.n), k, fused));
+        out.push_str(&projection("tproj_out", (dims.ffn, dims.hidden), 1, None));
         return Some(out);
     }
     let tile = DecodeTile::for_tokens(t);

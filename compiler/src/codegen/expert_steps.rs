@@ -123,6 +123,7 @@ fn local_experts(
         w_in: operand(f, 2)?,
         w_out: operand(f, 3)?,
         ids: operand(s, 1),
+        b_in: operand(f, 4),
     };
     let prefix = format!("k{combine}_local_experts");
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
@@ -267,6 +268,7 @@ fn alltoall_experts(p: &Program, chain: &AllToAllChain, funcs: &mut String) -> O
         w_out: operand(f, 3)?,
         // The rows travel between ranks: grouped on the host.
         ids: None,
+        b_in: operand(f, 4),
     };
     let prefix = format!("k{}_alltoall_experts", chain.combine);
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;

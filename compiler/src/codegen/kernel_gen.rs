@@ -303,6 +303,8 @@ pub(super) struct ExpertsOperands {
     pub w_in: usize,
     pub w_out: usize,
     pub ids: Option<usize>,
+    /// The first projection's bias, where the step has one.
+    pub b_in: Option<usize>,
 }
 
 /// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
@@ -409,7 +411,9 @@ pub(super) fn experts_kernels(
     }
     if let Some(ids) = o.ids {
         let step = (dims, t, k);
-        let decode = super::decode_experts::kernels(p, o, ids, prefix, *layout, step, bf16);
+        // A gated activation without a first bias can be the tensor-core projection's epilogue.
+        let act = (activation.is_gated() && o.b_in.is_none()).then(|| act_math(ffn));
+        let decode = super::decode_experts::kernels(p, o, ids, prefix, (*layout, act), step, bf16);
         out.push_str(&decode.unwrap_or_default());
         // The device grouping for cuBLAS over device-side pointers: rows, hidden activations
         // and outputs of the stacks' own type (both bf16, or both f32).
@@ -478,7 +482,7 @@ fn add_bias(a: &mut String, col: &str, value: &str, out: &str) {
 
 /// The activation of one element, from `%g` (and `%u`, gated: the hidden values with their
 /// biases) into `%res`; every other name is its own.
-fn act_math(ffn: &Ffn) -> String {
+pub(super) fn act_math(ffn: &Ffn) -> String {
     use ppmoe_runtime::program::Activation;
     let Ffn {
         activation,
@@ -1538,6 +1542,7 @@ pub fn plan_kernels(
                         w_in: at(3)?,
                         w_out: at(4)?,
                         ids: at(2),
+                        b_in: at(5),
                     })
                 };
                 let kernels = Ffn::of(&ins.op)

@@ -40,6 +40,10 @@ pub(super) struct TensorCoreProjection {
     /// Slot s reads source row s / div.
     pub div: usize,
     pub slots: usize,
+    /// The gated activation (`act_math`: `%g`, `%u` -> `%res`) computed in the epilogue: then
+    /// each warp's two n8 tiles are 8 gate columns and the up columns F after them, and the
+    /// kernel writes the activations ([slots, F], F = dout / 2), 32 of them per block.
+    pub act: Option<String>,
 }
 
 impl TensorCoreProjection {
@@ -48,13 +52,20 @@ impl TensorCoreProjection {
         din > 0 && din.is_multiple_of(CHUNK)
     }
 
+    /// Whether a gated activation over `ffn` columns (the first projection's `n` = 2 ffn) can
+    /// be the first projection's epilogue: whole blocks of gate columns.
+    pub fn fuses(ffn: usize, n: usize) -> bool {
+        use ppmoe_runtime::program::TC_ACT_BLOCK_COLUMNS;
+        n == 2 * ffn && ffn > 0 && ffn.is_multiple_of(TC_ACT_BLOCK_COLUMNS)
+    }
+
     pub fn kernel(&self) -> String {
         use ppmoe_runtime::program::{TC_BLOCK_COLUMNS, TC_WARPS};
         debug_assert_eq!(TC_BLOCK_COLUMNS, TC_WARPS * 16);
         let mut b = String::new();
         let _ = writeln!(
             b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cKC = arith.constant {CHUNK} : index\n      %cRW = arith.constant {ROW_WORDS} : index\n      %cK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %crow = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %zv = arith.constant dense<0> : vector<4xi32>\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %g = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index",
+            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cKC = arith.constant {CHUNK} : index\n      %cRW = arith.constant {ROW_WORDS} : index\n      %cK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %crow = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %zv = arith.constant dense<0> : vector<4xi32>\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %lgrp = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index",
             self.din,
             self.dout,
             self.slots,
@@ -95,18 +106,27 @@ impl TensorCoreProjection {
     /// column past the end: read, never stored) and its first word `%wb{j}`, and the first of
     /// the columns its accumulators hold, `%oc{j}`.
     fn columns(&self, b: &mut String) {
+        // Plain: 16 consecutive columns per warp. Fused: 8 gate columns per warp and the 8 up
+        // columns F after them.
+        let (block, warp, second) = match self.act {
+            None => (ppmoe_runtime::program::TC_BLOCK_COLUMNS, 16, 8),
+            Some(_) => (
+                ppmoe_runtime::program::TC_ACT_BLOCK_COLUMNS,
+                8,
+                self.dout / 2,
+            ),
+        };
         let _ = writeln!(
             b,
-            "        %cBN = arith.constant {} : index\n        %cb0 = arith.muli %nb, %cBN : index\n        %w16 = arith.muli %warp, %c16 : index\n        %wc0 = arith.addi %cb0, %w16 : index\n        %eN = arith.muli %e, %cN : index\n        %nm1 = arith.constant {} : index\n        %kw = arith.constant {} : index\n        %tc2 = arith.constant 2 : index\n        %tpair = arith.muli %tig, %tc2 : index",
-            ppmoe_runtime::program::TC_BLOCK_COLUMNS,
+            "        %cBN = arith.constant {block} : index\n        %cWN = arith.constant {warp} : index\n        %cb0 = arith.muli %nb, %cBN : index\n        %w16 = arith.muli %warp, %cWN : index\n        %wc0 = arith.addi %cb0, %w16 : index\n        %eN = arith.muli %e, %cN : index\n        %nm1 = arith.constant {} : index\n        %kw = arith.constant {} : index\n        %tc2 = arith.constant 2 : index\n        %tpair = arith.muli %tig, %tc2 : index",
             self.dout - 1,
             self.din / 8
         );
         for j in 0..2 {
             let _ = writeln!(
                 b,
-                "        %cj{j} = arith.constant {} : index\n        %tile{j} = arith.addi %wc0, %cj{j} : index\n        %col{j} = arith.addi %tile{j}, %g : index\n        %colc{j} = arith.minui %col{j}, %nm1 : index\n        %wr{j} = arith.addi %eN, %colc{j} : index\n        %wrk{j} = arith.muli %wr{j}, %kw : index\n        %wb{j} = arith.addi %wrk{j}, %tig : index\n        %oc{j} = arith.addi %tile{j}, %tpair : index",
-                8 * j
+                "        %cj{j} = arith.constant {} : index\n        %tile{j} = arith.addi %wc0, %cj{j} : index\n        %col{j} = arith.addi %tile{j}, %lgrp : index\n        %colc{j} = arith.minui %col{j}, %nm1 : index\n        %wr{j} = arith.addi %eN, %colc{j} : index\n        %wrk{j} = arith.muli %wr{j}, %kw : index\n        %wb{j} = arith.addi %wrk{j}, %tig : index\n        %oc{j} = arith.addi %tile{j}, %tpair : index",
+                second * j
             );
         }
     }
@@ -229,7 +249,7 @@ impl TensorCoreProjection {
             for (side, extra) in [("a", 0), ("b", 8)] {
                 let _ = writeln!(
                     b,
-                    "            %{q}r{i}{side}c = arith.constant {} : index\n            %{q}r{i}{side}0 = arith.addi %g, %{q}r{i}{side}c : index\n            %{q}r{i}{side}1 = arith.muli %{q}r{i}{side}0, %cRW : index\n            %{q}r{i}{side}2 = arith.addi %{q}r{i}{side}1, %tig : index\n            %{q}r{i}{side}3 = arith.constant {} : index\n            %{q}r{i}{side}4 = arith.addi %{q}r{i}{side}2, %{q}r{i}{side}3 : index\n            %{q}v{i}{side} = memref.load %xs[%{q}r{i}{side}4] : {xs}",
+                    "            %{q}r{i}{side}c = arith.constant {} : index\n            %{q}r{i}{side}0 = arith.addi %lgrp, %{q}r{i}{side}c : index\n            %{q}r{i}{side}1 = arith.muli %{q}r{i}{side}0, %cRW : index\n            %{q}r{i}{side}2 = arith.addi %{q}r{i}{side}1, %tig : index\n            %{q}r{i}{side}3 = arith.constant {} : index\n            %{q}r{i}{side}4 = arith.addi %{q}r{i}{side}2, %{q}r{i}{side}3 : index\n            %{q}v{i}{side} = memref.load %xs[%{q}r{i}{side}4] : {xs}",
                     16 * i + extra,
                     4 * half
                 );
@@ -264,14 +284,18 @@ impl TensorCoreProjection {
     }
 
     /// The pass's results: accumulator (i, j, r) is row 16 i + g (+ 8 for r >= 2) of the
-    /// pass, column `%oc{j}` + r % 2; stored as bf16 where the row and column exist.
+    /// pass, column `%oc{j}` + r % 2; stored as bf16 where the row and column exist (fused:
+    /// each gate and up pair through the activation, at the gate's column of [slots, F]).
     fn store(&self, b: &mut String, p: &str, tiles: usize) {
+        if let Some(act) = &self.act {
+            return self.store_activated(b, p, tiles, act);
+        }
         for i in 0..tiles {
             for side in 0..2 {
                 let r = format!("{p}s{i}{side}");
                 let _ = writeln!(
                     b,
-                    "          %{r}c = arith.constant {} : index\n          %{r}row = arith.addi %g, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, %cN : index",
+                    "          %{r}c = arith.constant {} : index\n          %{r}row = arith.addi %lgrp, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, %cN : index",
                     16 * i + 8 * side
                 );
                 for j in 0..2 {
@@ -283,6 +307,36 @@ impl TensorCoreProjection {
                             "            %{o}k = arith.constant {c} : index\n            %{o}col = arith.addi %oc{j}, %{o}k : index\n            %{o}ok = arith.cmpi ult, %{o}col, %cN : index\n            scf.if %{o}ok {{\n              %{o}at = arith.addi %{r}base, %{o}col : index\n              %{o}v = arith.truncf %{p}acc#{a} : f32 to bf16\n              memref.store %{o}v, %dst[%{o}at] : memref<?xbf16>\n            }}"
                         );
                     }
+                }
+                let _ = writeln!(b, "          }}");
+            }
+        }
+    }
+}
+
+impl TensorCoreProjection {
+    /// The fused epilogue: gate accumulator (i, 0, r) and up (i, 1, r) hold the same row and
+    /// column; each is rounded to bf16 and back first (as the hidden activations are stored
+    /// between the kernels), then the activation, in a region of its own (its names are
+    /// `act_math`'s), stored as bf16 into row slot of [slots, F].
+    fn store_activated(&self, b: &mut String, p: &str, tiles: usize, act: &str) {
+        let f = self.dout / 2;
+        let _ = writeln!(b, "          %{p}cF = arith.constant {f} : index");
+        for i in 0..tiles {
+            for side in 0..2 {
+                let r = format!("{p}s{i}{side}");
+                let _ = writeln!(
+                    b,
+                    "          %{r}c = arith.constant {} : index\n          %{r}row = arith.addi %lgrp, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, %{p}cF : index",
+                    16 * i + 8 * side
+                );
+                for c in 0..2 {
+                    let (gate, up) = ((i * 2) * 4 + 2 * side + c, (i * 2 + 1) * 4 + 2 * side + c);
+                    let o = format!("{r}_{c}");
+                    let _ = writeln!(
+                        b,
+                        "            %{o}gb = arith.truncf %{p}acc#{gate} : f32 to bf16\n            %{o}gv = arith.extf %{o}gb : bf16 to f32\n            %{o}ub = arith.truncf %{p}acc#{up} : f32 to bf16\n            %{o}uv = arith.extf %{o}ub : bf16 to f32\n            %{o}a = scf.execute_region -> f32 {{\n            %g = arith.addf %{o}gv, %zero : f32\n            %u = arith.addf %{o}uv, %zero : f32\n{act}            scf.yield %res : f32\n            }}\n            %{o}k = arith.constant {c} : index\n            %{o}col = arith.addi %oc0, %{o}k : index\n            %{o}ok = arith.cmpi ult, %{o}col, %{p}cF : index\n            scf.if %{o}ok {{\n              %{o}at = arith.addi %{r}base, %{o}col : index\n              %{o}v = arith.truncf %{o}a : f32 to bf16\n              memref.store %{o}v, %dst[%{o}at] : memref<?xbf16>\n            }}"
+                    );
                 }
                 let _ = writeln!(b, "          }}");
             }
@@ -314,6 +368,7 @@ mod tests {
             dout: 96,
             div: 2,
             slots: 64,
+            act: None,
         }
         .kernel();
         let text = format!(
@@ -327,6 +382,37 @@ mod tests {
             .matches("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
             .count();
         assert!(mmas >= 80, "{mmas} mmas in the PTX");
+        assert!(!ptx[0].1.contains(".local"), "no spills to local memory");
+    }
+
+    /// With a gated activation in the epilogue: the same mmas, the activation (Mixtral's
+    /// SiLU-gated one: an ex2 and a division per element) at each of a thread's 8 (gate, up)
+    /// pairs per m16 tile, and stores into [slots, F].
+    #[test]
+    fn a_fused_projection_applies_the_activation_to_paired_columns() {
+        let act = "        %al = arith.constant 1.0 : f32\n        %ag = arith.mulf %al, %g : f32\n        %nag = arith.negf %ag : f32\n        %ee_l = arith.constant 1.44269504 : f32\n        %ee_m = arith.mulf %nag, %ee_l : f32\n        %ee = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%ee_m) : (f32) -> f32\n        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %gate = arith.divf %g, %den : f32\n        %res = arith.mulf %gate, %u : f32\n";
+        assert!(TensorCoreProjection::fuses(64, 128));
+        assert!(
+            !TensorCoreProjection::fuses(48, 96),
+            "not whole blocks of 32"
+        );
+        let kernel = TensorCoreProjection {
+            name: "t_tproj_act".into(),
+            din: 128,
+            dout: 128,
+            div: 2,
+            slots: 64,
+            act: Some(act.into()),
+        }
+        .kernel();
+        assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);
+        // (1 + 2 + 3 + 4) m16 tiles x 2 rows x 2 columns per thread.
+        assert_eq!(kernel.matches("scf.execute_region").count(), 40);
+        let text = format!(
+            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
+        );
+        let ptx = crate::codegen::ptx::to_ptx(&text).expect("lowers");
+        assert!(ptx[0].1.contains("ex2.approx.ftz.f32"));
         assert!(!ptx[0].1.contains(".local"), "no spills to local memory");
     }
 }

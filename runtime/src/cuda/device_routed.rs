@@ -22,6 +22,36 @@ struct RoutedKernels {
     proj_in: CudaFunction,
     proj_out: CudaFunction,
     tensor_cores: bool,
+    /// The first projection is `tproj_act`: the gated activation is its epilogue.
+    fused_act: bool,
+}
+
+impl RoutedKernels {
+    /// The blocks of the first and the second projection over `tokens` tokens.
+    fn blocks(&self, tokens: usize) -> (Blocks, Blocks) {
+        use crate::program::{TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS};
+        if !self.tensor_cores {
+            let tile = DecodeTile::for_tokens(tokens);
+            let b = Blocks {
+                columns: tile.block_columns(),
+                warps: crate::program::DECODE_WARPS,
+            };
+            return (b, b);
+        }
+        let plain = Blocks {
+            columns: TC_BLOCK_COLUMNS,
+            warps: TC_WARPS,
+        };
+        let first = Blocks {
+            columns: if self.fused_act {
+                TC_ACT_BLOCK_COLUMNS
+            } else {
+                TC_BLOCK_COLUMNS
+            },
+            warps: TC_WARPS,
+        };
+        (first, plain)
+    }
 }
 
 /// The slots listed per expert: `lists[e * slots ..][.. counts[e]]`, each slot's combine row
@@ -33,12 +63,11 @@ struct SlotLists {
     eid: CudaSlice<i32>,
 }
 
-/// How the projections' grids are sized: by the CUDA-core kernels' tile, or for the
-/// tensor-core ones.
+/// A projection kernel's blocks: the output columns of one, and its warps.
 #[derive(Clone, Copy)]
-struct Projected {
-    tile: DecodeTile,
-    tensor_cores: bool,
+struct Blocks {
+    columns: usize,
+    warps: usize,
 }
 
 /// A buffer as a kernel's memref operand (base, aligned base, offset, length, stride).
@@ -119,10 +148,7 @@ impl Rank<'_> {
         let lists = self.list_slots(&kernels.group, (&ids, &weights), dims.experts, first)?;
         self.phase("experts: slots listed on the device")?;
         self.device(call.x).map_err(|e| e.to_string())?;
-        let tile = Projected {
-            tile: DecodeTile::for_tokens(t),
-            tensor_cores: kernels.tensor_cores,
-        };
+        let (first_blocks, second_blocks) = kernels.blocks(t);
         let x = super::dptr(self.dev_ref(call.x)?, &self.stream);
         // The tensor-core kernels read bf16 rows: x narrowed once (as the host-grouped path
         // narrows a bf16 GEMM's activations).
@@ -134,29 +160,47 @@ impl Rank<'_> {
         let x = narrowed
             .as_ref()
             .map_or(x, |n| super::dptr(n, &self.stream));
-        let hid = alloc(&self.stream, slots * ffn.n, ffn.mid)?;
-        let shape = (dims, tile);
-        self.project_listed(
-            &kernels.proj_in,
-            (x, ffn.w_in.0),
-            &hid,
-            &lists,
-            ffn.n,
-            shape,
-        )?;
-        self.phase("experts: first projection")?;
         let step = self.expert_kernels(prefix, false)?;
-        let act = self.activate(&step, &hid, &lists.eid, slots, &ffn)?;
-        self.phase("experts: activation")?;
+        let act = if kernels.fused_act {
+            // The first projection's epilogue is the activation: [slots, F] straight away.
+            let act = alloc(&self.stream, slots * dims.ffn, ffn.mid)?;
+            let w = (x, ffn.w_in.0);
+            self.project_listed(
+                &kernels.proj_in,
+                w,
+                &act,
+                &lists,
+                (dims.ffn, dims.experts),
+                first_blocks,
+            )?;
+            self.phase("experts: first projection and activation")?;
+            act
+        } else {
+            let hid = alloc(&self.stream, slots * ffn.n, ffn.mid)?;
+            let w = (x, ffn.w_in.0);
+            self.project_listed(
+                &kernels.proj_in,
+                w,
+                &hid,
+                &lists,
+                (ffn.n, dims.experts),
+                first_blocks,
+            )?;
+            self.phase("experts: first projection")?;
+            let act = self.activate(&step, &hid, &lists.eid, slots, &ffn)?;
+            self.phase("experts: activation")?;
+            act
+        };
         let out = alloc(&self.stream, slots * dims.hidden, ffn.mid)?;
         let a = super::dptr(&act, &self.stream);
+        let w = (a, ffn.w_out.0);
         self.project_listed(
             &kernels.proj_out,
-            (a, ffn.w_out.0),
+            w,
             &out,
             &lists,
-            dims.hidden,
-            shape,
+            (dims.hidden, dims.experts),
+            second_blocks,
         )?;
         self.phase("experts: second projection")?;
         let comb = Combine {
@@ -192,18 +236,21 @@ impl Rank<'_> {
         }
         let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
         let group = f("dgroup")?;
-        let kernels = match (f("tproj_in"), f("tproj_out")) {
+        let fused = f("tproj_act");
+        let kernels = match (fused.clone().or_else(|| f("tproj_in")), f("tproj_out")) {
             (Some(proj_in), Some(proj_out)) => RoutedKernels {
                 group,
                 proj_in,
                 proj_out,
                 tensor_cores: true,
+                fused_act: fused.is_some(),
             },
             _ => RoutedKernels {
                 group,
                 proj_in: f("dproj_in")?,
                 proj_out: f("dproj_out")?,
                 tensor_cores: false,
+                fused_act: false,
             },
         };
         tracing::debug!(
@@ -274,8 +321,8 @@ impl Rank<'_> {
         (src, w): (u64, u64),
         dst: &CudaSlice<f32>,
         lists: &SlotLists,
-        dout: usize,
-        (dims, tile): (ExpertDims, Projected),
+        (dout, experts): (usize, usize),
+        blocks: Blocks,
     ) -> Result<(), String> {
         let s = &self.stream;
         let p = |b: &CudaSlice<i32>| super::dptr(b, s);
@@ -288,14 +335,9 @@ impl Rank<'_> {
         memref_args(&mut l, &pl, &one);
         memref_args(&mut l, &pc, &one);
         memref_args(&mut l, &pd, &one);
-        let (columns, warps) = if tile.tensor_cores {
-            (crate::program::TC_BLOCK_COLUMNS, crate::program::TC_WARPS)
-        } else {
-            (tile.tile.block_columns(), crate::program::DECODE_WARPS)
-        };
         let cfg = LaunchConfig {
-            grid_dim: (dout.div_ceil(columns) as u32, dims.experts as u32, 1),
-            block_dim: (warps as u32 * 32, 1, 1),
+            grid_dim: (dout.div_ceil(blocks.columns) as u32, experts as u32, 1),
+            block_dim: (blocks.warps as u32 * 32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the kernel was generated for these sizes and tile; src holds the rows it

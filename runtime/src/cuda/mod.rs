@@ -1287,14 +1287,9 @@ fn load_kernels(
     for op in &program.gpu {
         let optional: &[&str] = match op {
             GpuOp::AllToAllExperts { .. } => &["bias_out"],
-            GpuOp::Experts { .. } | GpuOp::LocalExperts { .. } => &[
-                "dgroup",
-                "dproj_in",
-                "dproj_out",
-                "tproj_in",
-                "tproj_out",
-                "tgroup",
-            ],
+            GpuOp::Experts { .. } | GpuOp::LocalExperts { .. } => {
+                crate::program::OPTIONAL_EXPERT_KERNELS
+            }
             _ => &[],
         };
         let (GpuOp::AllToAllExperts { prefix, .. }
