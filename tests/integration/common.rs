@@ -93,9 +93,8 @@ pub fn fixture_field(dir: &Path, key: &str) -> String {
     rest[..end].trim().trim_matches('"').to_string()
 }
 
-/// The MoE layers ppmoe raises in a fixture: fixture.json's `moe_layers` where it says (0 for
-/// a routing not read yet), else two for the whole LMs (two decoder layers, all MoE) and one
-/// for a block.
+/// The MoE layers ppmoe raises in a fixture: fixture.json's `moe_layers` where it says, else
+/// two for the whole LMs (two decoder layers, all MoE) and one for a block.
 pub fn moe_layers(dir: &Path) -> usize {
     let text = std::fs::read_to_string(dir.join("fixture.json")).expect("fixture.json");
     if text.contains("\"moe_layers\":") {

@@ -28,8 +28,7 @@ fn check_fixture(name: &str) {
     args.extend(crate::common::shape_flags(&dir));
     let c = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(c.code, 0, "compile {name}: {}", c.stderr);
-    // The bundle runs the raised program: every fixture has its MoE layers raised (those whose
-    // routing is not read yet, none).
+    // The bundle runs the raised program: every fixture has its MoE layers raised.
     let layers = crate::common::moe_layers(&dir);
     assert!(
         c.stdout.contains(&format!(" {layers} MoE layer")),

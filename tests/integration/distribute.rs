@@ -27,8 +27,7 @@ fn check_grids(name: &str) {
     assert_eq!(compile(&dir, &single_bundle, &[]).code, 0);
     let single = run_fixture(&dir, &single_bundle, &work.path().join("single_out"));
     let torch = reference(&dir);
-    // Pipeline stages hold whole MoE layers: a model with none (its routing not read) takes
-    // one stage.
+    // Pipeline stages hold whole MoE layers: a model with none would take one stage.
     let layers = crate::common::moe_layers(&dir).max(1);
     let mut ran = 0;
     for strategy in ["ppmoe", "alltoall"] {
