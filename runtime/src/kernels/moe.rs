@@ -499,6 +499,37 @@ pub fn combine(buckets: &Tensor, weights: &Tensor, ids: &Tensor, c: usize) -> KR
 mod tests {
     use super::*;
 
+    /// HF's inference sparsemixer on one row, worked by hand (threshold 0.02 = 2 x 0.01):
+    /// the first choice 0 (logit 2) keeps 1.99 beside it ((2 - 1.99) / 2 = 0.005) and masks
+    /// -1 and 0.5 (1.5 and 0.75 relative), so its weight is 1 / (1 + e^-0.01); the second, 1
+    /// (1.99), has only itself left (expert 0 is -inf among the candidates), weight 1.
+    #[test]
+    fn sparsemixer_masks_each_choices_softmax_by_relative_distance() {
+        let sparsemixer = |top_k| Op::MoeRoute {
+            top_k,
+            scoring: Scoring::Sparsemixer,
+            order: RouteOrder::SoftmaxThenTopk,
+            renormalize: false,
+            n_group: 0,
+            topk_group: 0,
+            routed_scaling_factor: 1.0,
+            capacity: 0,
+            mask_threshold: 0.02,
+        };
+        let op = sparsemixer(2);
+        let logits = Tensor::f32(vec![1, 4], vec![2.0, 1.99, -1.0, 0.5]);
+        let out = route(&op, &logits, None).unwrap();
+        assert_eq!(out[1].to_i64(), [0, 1]);
+        let w = out[0].to_f32();
+        let first = 1.0 / (1.0 + (-0.01f32).exp());
+        assert!((w[0] - first).abs() < 1e-6, "{w:?}");
+        assert!((w[1] - 1.0).abs() < 1e-6, "{w:?}");
+        // Top 2 only.
+        let three = sparsemixer(3);
+        let four = Tensor::f32(vec![1, 4], vec![0.0; 4]);
+        assert!(route(&three, &four, None).is_err());
+    }
+
     /// [E, a, b] -> [E, b, a].
     fn transposed(t: &Tensor) -> Tensor {
         let (e, a, b) = (t.shape[0], t.shape[1], t.shape[2]);
