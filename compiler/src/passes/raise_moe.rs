@@ -734,7 +734,9 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
                 continue;
             }
             let capacity = einsum_capacity(prog, &full, t, e);
-            let readings = candidates(&stacks, &biases, h, &hints(core, &full, &weights));
+            // The region's activation hints and scalar constants, gathered once.
+            let hint = hints(core, &full, &weights);
+            let readings = candidates(&stacks, &biases, h, &hint);
             // A biased sigmoid router (DeepSeek-V3): its bias and groups, and the scaling
             // factors to try (the region's scalar constants).
             let (bias, n_group, topk_group) = match anchor.biased {
@@ -748,15 +750,14 @@ fn try_raise(core: &CoreProgram, i: usize, limit: usize) -> Result<Option<Found>
             let mut scales = vec![1.0f32];
             if bias.is_some() {
                 scales.extend(
-                    hints(core, &full, &weights)
-                        .scalars
+                    hint.scalars
                         .iter()
                         .copied()
                         .filter(|&v| v > 0.0 && v != 1.0),
                 );
             }
             // A sparsemixer's masking threshold: one of the region's positive scalars.
-            let thresholds: Vec<f32> = hints(core, &full, &weights)
+            let thresholds: Vec<f32> = hint
                 .scalars
                 .iter()
                 .copied()
