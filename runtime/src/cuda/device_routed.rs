@@ -161,33 +161,18 @@ impl Rank<'_> {
             .as_ref()
             .map_or(x, |n| super::dptr(n, &self.stream));
         let step = self.expert_kernels(prefix, false)?;
+        // Fused, the first projection's epilogue is the activation: [slots, F] straight away.
+        let width = if kernels.fused_act { dims.ffn } else { ffn.n };
+        let first = alloc(&self.stream, slots * width, ffn.mid)?;
+        let w = (x, ffn.w_in.0);
+        let shape = (width, dims.experts);
+        self.project_listed(&kernels.proj_in, w, &first, &lists, shape, first_blocks)?;
         let act = if kernels.fused_act {
-            // The first projection's epilogue is the activation: [slots, F] straight away.
-            let act = alloc(&self.stream, slots * dims.ffn, ffn.mid)?;
-            let w = (x, ffn.w_in.0);
-            self.project_listed(
-                &kernels.proj_in,
-                w,
-                &act,
-                &lists,
-                (dims.ffn, dims.experts),
-                first_blocks,
-            )?;
             self.phase("experts: first projection and activation")?;
-            act
+            first
         } else {
-            let hid = alloc(&self.stream, slots * ffn.n, ffn.mid)?;
-            let w = (x, ffn.w_in.0);
-            self.project_listed(
-                &kernels.proj_in,
-                w,
-                &hid,
-                &lists,
-                (ffn.n, dims.experts),
-                first_blocks,
-            )?;
             self.phase("experts: first projection")?;
-            let act = self.activate(&step, &hid, &lists.eid, slots, &ffn)?;
+            let act = self.activate(&step, &first, &lists.eid, slots, &ffn)?;
             self.phase("experts: activation")?;
             act
         };
