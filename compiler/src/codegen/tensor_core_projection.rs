@@ -293,11 +293,7 @@ impl TensorCoreProjection {
         for i in 0..tiles {
             for side in 0..2 {
                 let r = format!("{p}s{i}{side}");
-                let _ = writeln!(
-                    b,
-                    "          %{r}c = arith.constant {} : index\n          %{r}row = arith.addi %lgrp, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, %cN : index",
-                    16 * i + 8 * side
-                );
+                slot_row(b, &r, 16 * i + 8 * side, "%cN");
                 for j in 0..2 {
                     for c in 0..2 {
                         let a = (i * 2 + j) * 4 + 2 * side + c;
@@ -312,9 +308,7 @@ impl TensorCoreProjection {
             }
         }
     }
-}
 
-impl TensorCoreProjection {
     /// The fused epilogue: gate accumulator (i, 0, r) and up (i, 1, r) hold the same row and
     /// column; each is rounded to bf16 and back first (as the hidden activations are stored
     /// between the kernels), then the activation, in a region of its own (its names are
@@ -325,11 +319,7 @@ impl TensorCoreProjection {
         for i in 0..tiles {
             for side in 0..2 {
                 let r = format!("{p}s{i}{side}");
-                let _ = writeln!(
-                    b,
-                    "          %{r}c = arith.constant {} : index\n          %{r}row = arith.addi %lgrp, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, %{p}cF : index",
-                    16 * i + 8 * side
-                );
+                slot_row(b, &r, 16 * i + 8 * side, &format!("%{p}cF"));
                 for c in 0..2 {
                     let (gate, up) = ((i * 2) * 4 + 2 * side + c, (i * 2 + 1) * 4 + 2 * side + c);
                     let o = format!("{r}_{c}");
@@ -342,6 +332,16 @@ impl TensorCoreProjection {
             }
         }
     }
+}
+
+/// Row `%lgrp` + `offset` of the pass, where it is one (`%{r}in`), opens an `scf.if` that
+/// looks up its slot in the expert's list and defines `%{r}base`, the slot's first element of
+/// a destination `width` (an index value) wide; the caller closes the `scf.if`.
+fn slot_row(b: &mut String, r: &str, offset: usize, width: &str) {
+    let _ = writeln!(
+        b,
+        "          %{r}c = arith.constant {offset} : index\n          %{r}row = arith.addi %lgrp, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, {width} : index"
+    );
 }
 
 /// Word vector `%{v}` as its four i32 elements `%{v}_0` .. `%{v}_3`.
