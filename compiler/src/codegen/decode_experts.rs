@@ -1,9 +1,9 @@
 //! The experts of a step over few tokens, routed on the device: no routing read back, no
 //! grouping on the host, no rows gathered. One token by default (`routes_on_device`) with the
 //! CUDA-core projections below; more tokens with bf16 stacks where `routes_on_tensor_cores`
-//! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in`,
-//! `tproj_out`: the same operands) in place of `dproj_*`. Three kernels besides the step's
-//! activation and combine:
+//! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in` or, with
+//! the activation as its epilogue, `tproj_act`, and `tproj_out`: the same operands) in place
+//! of `dproj_*`. Three kernels besides the step's activation and combine:
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
 //!   and counts them; one more block writes each slot's row for the combine (the slot itself,
 //!   or -1) and its local expert (for the biases).
@@ -30,8 +30,12 @@ const WORD_BYTES: usize = 16;
 /// memory a kernel may have).
 const STAGED: usize = 8192;
 
-/// The kernels (the step's stacks `dims`, over `t` tokens of `k` slots), where the step's routing comes from `moe.route` on the device (`ids`), its stacks are in the `Linear` layout, both of `mid`'s type, and the tokens few
-/// enough (`routes_on_device`); None otherwise (the step groups on the host).
+/// The kernels (the step's stacks `dims`, over `t` tokens of `k` slots), where the step's
+/// routing comes from `moe.route` on the device (`ids`), its stacks are in the `Linear`
+/// layout, both of `mid`'s type, and the tokens few enough (`routes_on_device`, or
+/// `routes_on_tensor_cores` with bf16 stacks); None otherwise (the step groups elsewhere).
+/// `act`: the step's gated activation (`act_math`), where it may be the tensor-core first
+/// projection's epilogue.
 pub(super) fn kernels(
     p: &Program,
     o: &ExpertsOperands,
