@@ -851,6 +851,20 @@ pub const TC_BLOCK_COLUMNS: usize = 64;
 /// gate columns per warp, paired with their up columns.
 pub const TC_ACT_BLOCK_COLUMNS: usize = 32;
 
+/// The threads of a block of the device-routed warpgroup projections (the compiler's
+/// `warpgroup_projection`: two warpgroups), and the output columns a block computes (the
+/// wgmma's n = 128 weight rows; fused, 64 gate rows and their up rows give 64 activations).
+pub const WG_THREADS: usize = 256;
+pub const WG_BLOCK_COLUMNS: usize = 128;
+pub const WG_ACT_BLOCK_COLUMNS: usize = 64;
+
+/// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
+/// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows
+/// a pass, m16 granularity): more than 32 rows per expert on average.
+pub fn projects_on_warpgroups(slots: usize, experts: usize) -> bool {
+    slots.div_ceil(experts.max(1)) > 32
+}
+
 /// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
 /// them over `experts` experts whose first matrices are `matrix_bytes` each, runs routed on
 /// the device with the tensor-core projections by default (the compiler's
@@ -884,6 +898,9 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     "tproj_in",
     "tproj_act",
     "tproj_out",
+    "wproj_in",
+    "wproj_act",
+    "wproj_out",
     "tgroup",
 ];
 

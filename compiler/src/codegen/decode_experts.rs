@@ -21,6 +21,7 @@
 
 use super::kernel_gen::{static_shape, warp_reduce, ExpertsOperands, WARP};
 use super::tensor_core_projection::TensorCoreProjection;
+use super::warpgroup_projection::WarpgroupProjection;
 use ppmoe_runtime::program::{DecodeTile, ExpertDims, ExpertLayout, Op, Program, DECODE_WARPS};
 use std::fmt::Write as _;
 
@@ -66,6 +67,36 @@ pub(super) fn kernels(
         return None;
     }
     let mut out = group_kernel(prefix, s, dims.experts);
+    let warpgroups = tensor
+        && WarpgroupProjection::fits(dims.hidden)
+        && WarpgroupProjection::fits(dims.ffn)
+        && match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
+            Ok("wgmma") => true,
+            Ok("mma") => false,
+            _ => ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts),
+        };
+    if warpgroups {
+        let projection = |name: &str, (din, dout): (usize, usize), div, act| {
+            WarpgroupProjection {
+                name: format!("{prefix}_{name}"),
+                din,
+                dout,
+                div,
+                slots: s,
+                act,
+            }
+            .kernel()
+        };
+        let fused = act.filter(|_| WarpgroupProjection::fuses(dims.ffn, dims.n));
+        let first = if fused.is_some() {
+            "wproj_act"
+        } else {
+            "wproj_in"
+        };
+        out.push_str(&projection(first, (dims.hidden, dims.n), k, fused));
+        out.push_str(&projection("wproj_out", (dims.ffn, dims.hidden), 1, None));
+        return Some(out);
+    }
     if tensor {
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {

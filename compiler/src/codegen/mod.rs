@@ -1,6 +1,7 @@
 //! Code generation for the GPU: the `kernels` stage (each rank's program as kernel launches,
 //! cuBLAS GEMMs, NCCL collectives, and the ops not yet generated, named as host work) and the
-//! `ptx` stage (the kernel modules lowered through MLIR's gpu -> NVVM -> LLVM -> PTX, sm_90).
+//! `ptx` stage (the kernel modules lowered through MLIR's gpu -> NVVM -> LLVM -> PTX, sm_90, or
+//! sm_90a where a module has Hopper's warpgroup MMAs).
 
 mod decode_experts;
 mod device_grouping;
@@ -13,5 +14,6 @@ mod row_fused;
 mod sparsemixer;
 mod tensor_core_projection;
 mod top_k;
+mod warpgroup_projection;
 
 pub use kernel_gen::{plan_kernels, KernelPlan, Lowered};

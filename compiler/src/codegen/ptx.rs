@@ -1,19 +1,27 @@
 //! The `ptx` stage: a module of `gpu.module`s lowered by MLIR's own passes (gpu -> NVVM -> LLVM
 //! IR, optimised at O3, as `gpu-module-to-binary{format=llvm}` leaves it: bitcode), then the
-//! bitcode compiled to PTX for sm_90 by LLVM's NVPTX target through inkwell.
+//! bitcode compiled to PTX for sm_90 by LLVM's NVPTX target through inkwell (sm_90a, the
+//! H100/H200's own features, where a module has warpgroup MMAs: `wgmma` exists only there).
 
 use melior::pass::PassManager;
 use ppmoe_dialect::melior;
 
-/// The lowering, as `mlir-opt --pass-pipeline` spells it.
-pub const PIPELINE: &str = "builtin.module(nvvm-attach-target{chip=sm_90 O=3},gpu.module(convert-scf-to-cf,convert-math-to-llvm,convert-gpu-to-nvvm,convert-arith-to-llvm),convert-cf-to-llvm,reconcile-unrealized-casts,gpu-module-to-binary{format=llvm})";
+/// The lowering for `chip`, as `mlir-opt --pass-pipeline` spells it.
+pub fn pipeline(chip: &str) -> String {
+    format!("builtin.module(nvvm-attach-target{{chip={chip} O=3}},gpu.module(convert-scf-to-cf,convert-math-to-llvm,convert-nvvm-to-llvm,convert-gpu-to-nvvm,convert-arith-to-llvm),convert-cf-to-llvm,reconcile-unrealized-casts,gpu-module-to-binary{{format=llvm}})")
+}
 
-/// The PTX target: the H200's architecture and a PTX ISA it (and CUDA 12.0 and later) reads.
-const CHIP: &str = "sm_90";
-const PTX_FEATURES: &str = "+ptx78";
+/// The PTX target: the H200's architecture and a PTX ISA it (and CUDA 12.0 and later) reads;
+/// with its architecture-specific features (wgmma), and the PTX ISA that has them.
+const CHIP: (&str, &str) = ("sm_90", "+ptx78");
+const CHIP_WGMMA: (&str, &str) = ("sm_90a", "+ptx80");
 
 /// LLVM bitcode -> PTX text, with LLVM's NVPTX back end through inkwell.
-fn bitcode_to_ptx(name: &str, bitcode: &[u8]) -> Result<String, String> {
+fn bitcode_to_ptx(
+    name: &str,
+    bitcode: &[u8],
+    (chip, features): (&str, &str),
+) -> Result<String, String> {
     use inkwell::targets::{
         CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
     };
@@ -29,13 +37,13 @@ fn bitcode_to_ptx(name: &str, bitcode: &[u8]) -> Result<String, String> {
     let machine = target
         .create_target_machine(
             &triple,
-            CHIP,
-            PTX_FEATURES,
+            chip,
+            features,
             inkwell::OptimizationLevel::Aggressive,
             RelocMode::Default,
             CodeModel::Default,
         )
-        .ok_or_else(|| format!("no NVPTX target machine for {CHIP}"))?;
+        .ok_or_else(|| format!("no NVPTX target machine for {chip}"))?;
     module.set_triple(&triple);
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     let ptx = machine
@@ -47,15 +55,28 @@ fn bitcode_to_ptx(name: &str, bitcode: &[u8]) -> Result<String, String> {
 /// Lowers `module_text` (a module with `gpu.container_module` and its `gpu.module`s) to PTX:
 /// one (module name, PTX) pair per gpu.module.
 pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
+    let chip = if module_text.contains("nvvm.wgmma") {
+        CHIP_WGMMA
+    } else {
+        CHIP
+    };
     melior::utility::register_all_passes();
     let context = ppmoe_dialect::context();
     melior::utility::register_all_llvm_translations(&context);
     let mut module = ppmoe_dialect::parse_verified(&context, module_text)?;
     let pm = PassManager::new(&context);
-    melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), PIPELINE)
+    melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline(chip.0))
         .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
-    pm.run(&mut module)
-        .map_err(|e| format!("lowering to PTX failed: {e}"))?;
+    // MLIR's own diagnostics name the op a pass failed on: they go into the error.
+    let diagnostics = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let sink = diagnostics.clone();
+    let id = context.attach_diagnostic_handler(move |d| {
+        sink.borrow_mut().push(format!("{} ({})", d, d.location()));
+        true
+    });
+    let ran = pm.run(&mut module);
+    context.detach_diagnostic_handler(id);
+    ran.map_err(|e| format!("lowering to PTX failed: {e}: {}", diagnostics.borrow().join("; ")))?;
     let text = module.as_operation().to_string();
     let mut out = Vec::new();
     for chunk in text.split("gpu.binary @").skip(1) {
@@ -65,7 +86,7 @@ pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
             continue;
         };
         let body = &chunk[start + "offload = \"".len()..];
-        out.push((name.clone(), bitcode_to_ptx(&name, &unescape(body))?));
+        out.push((name.clone(), bitcode_to_ptx(&name, &unescape(body), chip)?));
     }
     if out.is_empty() {
         return Err("the lowering produced no gpu.binary".into());
@@ -113,7 +134,7 @@ fn unescape(s: &str) -> Vec<u8> {
 mod tests {
     #[test]
     fn bitcode_that_is_not_llvm_is_refused_by_name() {
-        let e = super::bitcode_to_ptx("rank0_kernels", b"not bitcode").unwrap_err();
+        let e = super::bitcode_to_ptx("rank0_kernels", b"not bitcode", super::CHIP).unwrap_err();
         assert!(
             e.contains("rank0_kernels") && e.contains("does not load"),
             "{e}"

@@ -14,43 +14,56 @@ use crate::program::{DecodeTile, ExpertDims};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
-/// The three kernels of the device-routed path; `tensor_cores`: the projections are the
-/// compiler's `tproj` kernels (mma.sync, a block per 64 columns of an expert), else its
-/// CUDA-core `dproj` ones (sized by `DecodeTile`).
+/// Which projections a device-routed step has.
+#[derive(Clone, Copy, PartialEq)]
+enum Projections {
+    /// The compiler's CUDA-core `dproj` kernels (sized by `DecodeTile`).
+    CudaCores,
+    /// Its `tproj` kernels (mma.sync, a block of 4 warps per 64 columns of an expert).
+    MmaSync,
+    /// Its `wproj` kernels (wgmma, a block of 2 warpgroups per 128 weight rows of an expert).
+    Warpgroups,
+}
+
+/// The three kernels of the device-routed path.
 struct RoutedKernels {
     group: CudaFunction,
     proj_in: CudaFunction,
     proj_out: CudaFunction,
-    tensor_cores: bool,
-    /// The first projection is `tproj_act`: the gated activation is its epilogue.
+    projections: Projections,
+    /// The first projection is `tproj_act` or `wproj_act`: the gated activation is its
+    /// epilogue.
     fused_act: bool,
 }
 
 impl RoutedKernels {
     /// The blocks of the first and the second projection over `tokens` tokens.
     fn blocks(&self, tokens: usize) -> (Blocks, Blocks) {
-        use crate::program::{TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS};
-        if !self.tensor_cores {
-            let tile = DecodeTile::for_tokens(tokens);
-            let b = Blocks {
-                columns: tile.block_columns(),
-                warps: crate::program::DECODE_WARPS,
-            };
-            return (b, b);
-        }
-        let plain = Blocks {
-            columns: TC_BLOCK_COLUMNS,
-            warps: TC_WARPS,
+        use crate::program::{
+            TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS, WG_ACT_BLOCK_COLUMNS,
+            WG_BLOCK_COLUMNS, WG_THREADS,
+        };
+        let (plain, fused, warps) = match self.projections {
+            Projections::CudaCores => {
+                let tile = DecodeTile::for_tokens(tokens);
+                let b = Blocks {
+                    columns: tile.block_columns(),
+                    warps: crate::program::DECODE_WARPS,
+                };
+                return (b, b);
+            }
+            Projections::MmaSync => (TC_BLOCK_COLUMNS, TC_ACT_BLOCK_COLUMNS, TC_WARPS),
+            Projections::Warpgroups => (WG_BLOCK_COLUMNS, WG_ACT_BLOCK_COLUMNS, WG_THREADS / 32),
         };
         let first = Blocks {
-            columns: if self.fused_act {
-                TC_ACT_BLOCK_COLUMNS
-            } else {
-                TC_BLOCK_COLUMNS
-            },
-            warps: TC_WARPS,
+            columns: if self.fused_act { fused } else { plain },
+            warps,
         };
-        (first, plain)
+        let second = Blocks {
+            columns: plain,
+            warps,
+        };
+        (first, second)
     }
 }
 
@@ -152,7 +165,7 @@ impl Rank<'_> {
         let x = super::dptr(self.dev_ref(call.x)?, &self.stream);
         // The tensor-core kernels read bf16 rows: x narrowed once (as the host-grouped path
         // narrows a bf16 GEMM's activations).
-        let narrowed = if kernels.tensor_cores {
+        let narrowed = if kernels.projections != Projections::CudaCores {
             Some(self.narrowed(x, t * dims.hidden, &ffn)?)
         } else {
             None
@@ -221,29 +234,32 @@ impl Rank<'_> {
         }
         let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
         let group = f("dgroup")?;
-        let fused = f("tproj_act");
-        let kernels = match (fused.clone().or_else(|| f("tproj_in")), f("tproj_out")) {
-            (Some(proj_in), Some(proj_out)) => RoutedKernels {
-                group,
-                proj_in,
-                proj_out,
-                tensor_cores: true,
-                fused_act: fused.is_some(),
-            },
-            _ => RoutedKernels {
-                group,
-                proj_in: f("dproj_in")?,
-                proj_out: f("dproj_out")?,
-                tensor_cores: false,
-                fused_act: false,
-            },
+        let pair = |act: &str, plain: &str, out: &str| {
+            let fused = f(act);
+            let fused_act = fused.is_some();
+            Some((fused.or_else(|| f(plain))?, f(out)?, fused_act))
+        };
+        let (proj_in, proj_out, fused_act, projections) =
+            if let Some((i, o, a)) = pair("wproj_act", "wproj_in", "wproj_out") {
+                (i, o, a, Projections::Warpgroups)
+            } else if let Some((i, o, a)) = pair("tproj_act", "tproj_in", "tproj_out") {
+                (i, o, a, Projections::MmaSync)
+            } else {
+                (f("dproj_in")?, f("dproj_out")?, false, Projections::CudaCores)
+            };
+        let kernels = RoutedKernels {
+            group,
+            proj_in,
+            proj_out,
+            projections,
+            fused_act,
         };
         tracing::debug!(
             "{prefix}: routed on the device ({})",
-            if kernels.tensor_cores {
-                "tensor cores"
-            } else {
-                "CUDA cores"
+            match projections {
+                Projections::CudaCores => "CUDA cores",
+                Projections::MmaSync => "tensor cores, mma.sync",
+                Projections::Warpgroups => "tensor cores, wgmma",
             }
         );
         Some(kernels)
