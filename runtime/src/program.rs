@@ -857,6 +857,12 @@ pub const TC_ACT_BLOCK_COLUMNS: usize = 32;
 pub const WG_THREADS: usize = 256;
 pub const WG_BLOCK_COLUMNS: usize = 128;
 pub const WG_ACT_BLOCK_COLUMNS: usize = 64;
+/// The dynamic shared memory a block of them takes: four stages of 32 KiB, and 1 KiB to align
+/// the first to 1024 bytes (the 128-byte swizzle's period).
+pub const WG_SHARED_BYTES: usize = 4 * 32768 + 1024;
+/// The suffixes of the warpgroup projection kernels (their dynamic shared memory is allowed at
+/// load).
+pub const WG_KERNELS: &[&str] = &["wproj_in", "wproj_act", "wproj_out"];
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
 /// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows

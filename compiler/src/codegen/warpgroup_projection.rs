@@ -2,21 +2,22 @@
 //! whose experts have many rows each: the same operands and slot lists as the `tproj` kernels
 //! (see `tensor_core_projection`), but each block multiplies its expert's listed rows, 128 at a
 //! time, by 128 of the expert's weight rows with `wgmma.mma_async` m64n128k16 (bf16 in, f32
-//! accumulated in registers), both operands staged in shared memory by `cp.async` three chunks
-//! of 32 inner elements deep, so the copies of the next two chunks are in flight while the
-//! tensor cores multiply one.
+//! accumulated in registers), both operands staged in shared memory by `cp.async` in four
+//! stages of 64 inner elements: the copies of the next two chunks are in flight while the
+//! tensor cores multiply one, and one chunk's wgmmas may still run while the next are issued.
 //!
 //! Per block (two warpgroups, 256 threads; grid: column tiles x local experts): warpgroup w
 //! computes rows 64 w .. 64 w + 63 of each pass (and skips the multiplication where the pass
-//! has no such rows). Every thread copies two 16-byte words of each operand per chunk.
+//! has no such rows). Every thread copies four 16-byte words of each operand per chunk.
 //!
-//! Shared memory, per stage: the 128 listed rows' chunk (8 KiB), then the 128 weight rows'
-//! (8 KiB), each in the canonical K-major layout without swizzle: an 8-row x 16-byte "core
-//! matrix" is 128 contiguous bytes, the four core matrices along the chunk's inner dimension
-//! follow each other (the descriptors' leading byte offset, 128), then the next 8 rows (the
-//! stride byte offset, 512). Thread i's copy lands at word i of that layout, so the 8 lanes of
-//! a store phase write 8 consecutive words. Rows past the expert's count are copied from its
-//! first listed row (valid memory), multiplied, and never stored.
+//! Shared memory (dynamic, `WG_SHARED_BYTES`, its start aligned to 1024 bytes), per stage: the
+//! 128 listed rows' chunk (16 KiB), then the 128 weight rows' (16 KiB), each in the K-major
+//! layout with the 128-byte swizzle: row r's 128 bytes at 128 r, its 16-byte word j at
+//! position j ^ (r % 8) (so the 8 lanes of a store phase, one row's 8 words, write 8 distinct
+//! bank groups, and the wgmma reads without conflicts); groups of 8 rows are 1024 bytes apart
+//! (the descriptors' stride byte offset), and a k16 step starts 32 bytes further. Rows past
+//! the expert's count are copied from its first listed row (valid memory), multiplied, and
+//! never stored.
 //!
 //! The accumulators (m64n128, 64 f32 per thread) are those of 16 m16n8 tiles: thread t of a
 //! warpgroup holds row 16 (t / 32) + (t % 32) / 4 (+ 8 for the second pair) and columns
@@ -29,18 +30,20 @@ use std::fmt::Write as _;
 const PASS_ROWS: usize = 128;
 /// Weight rows a block multiplies (the wgmma's n).
 const TILE_N: usize = 128;
-/// Inner elements per stage (two k16 steps).
-pub const CHUNK: usize = 32;
-/// Stages in flight.
-const STAGES: usize = 3;
-/// 16-byte words of one operand's chunk (128 rows x 4 words).
-const OPERAND_WORDS: usize = PASS_ROWS * CHUNK / 8;
-/// 16-byte words of one stage (both operands).
-const STAGE_WORDS: usize = 2 * OPERAND_WORDS;
-/// The descriptors' byte offsets: between core matrices along the inner dimension (leading)
-/// and between groups of 8 rows (stride).
-const LEADING_BYTES: usize = 128;
-const STRIDE_BYTES: usize = 512;
+/// Inner elements per stage (four k16 steps; one 128-byte swizzled row).
+pub const CHUNK: usize = 64;
+/// Stages, and the chunks whose copies are issued ahead of the one multiplied.
+const STAGES: usize = 4;
+const AHEAD: usize = 2;
+/// Bytes of one operand's chunk (128 rows of 128 bytes), and of one stage (both operands).
+const OPERAND_BYTES: usize = PASS_ROWS * CHUNK * 2;
+const STAGE_BYTES: usize = 2 * OPERAND_BYTES;
+/// 16-byte copies per thread per operand and chunk.
+const COPIES: usize = 4;
+/// A descriptor's fixed part: the 128-byte swizzle (bits 62-63: 1), the stride byte offset
+/// between groups of 8 rows (1024 / 16, bits 32-45) and the leading byte offset a swizzled
+/// K-major operand does not use (1, bits 16-29).
+const DESCRIPTOR_FIXED: u64 = (1 << 62) | ((1024 >> 4) << 32) | (1 << 16);
 
 /// One warpgroup projection kernel.
 pub(super) struct WarpgroupProjection {
@@ -64,7 +67,7 @@ fn acc_type() -> String {
 impl WarpgroupProjection {
     /// Whether projections of `din` inner elements fit the kernel.
     pub fn fits(din: usize) -> bool {
-        din >= 2 * CHUNK && din.is_multiple_of(CHUNK)
+        din > 0 && din.is_multiple_of(CHUNK)
     }
 
     /// Whether a gated activation over `ffn` columns can be the first projection's epilogue.
@@ -73,10 +76,13 @@ impl WarpgroupProjection {
     }
 
     pub fn kernel(&self) -> String {
-        use ppmoe_runtime::program::{WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_THREADS};
-        // Each thread copies two words of each operand's chunk: 2 x 256 = 128 rows x 4.
-        debug_assert_eq!(2 * WG_THREADS, OPERAND_WORDS);
+        use ppmoe_runtime::program::{
+            WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
+        };
+        // Each thread copies four words of each operand's chunk: 4 x 256 = 128 rows x 8.
+        debug_assert_eq!(COPIES * WG_THREADS * 16, OPERAND_BYTES);
         debug_assert_eq!((WG_BLOCK_COLUMNS, 2 * WG_ACT_BLOCK_COLUMNS), (TILE_N, TILE_N));
+        debug_assert_eq!(WG_SHARED_BYTES, STAGES * STAGE_BYTES + 1024);
         let mut b = String::new();
         self.prologue(&mut b);
         let _ = writeln!(
@@ -84,42 +90,42 @@ impl WarpgroupProjection {
             "        scf.for %r0 = %c0 to %cnt step %cP {{\n          gpu.barrier"
         );
         self.pass_rows(&mut b);
-        for stage in 0..STAGES - 1 {
-            let _ = writeln!(b, "          %pk{stage} = arith.constant {stage} : index");
-            self.issue(&mut b, &format!("%pk{stage}"), &format!("%pk{stage}"), "          ");
-            let _ = writeln!(b, "          nvvm.cp.async.commit.group");
+        for chunk in 0..AHEAD {
+            let _ = writeln!(
+                b,
+                "          %pk{chunk} = arith.constant {chunk} : index\n          %pin{chunk} = arith.cmpi ult, %pk{chunk}, %cNK : index\n          scf.if %pin{chunk} {{"
+            );
+            self.issue(&mut b, &format!("%pk{chunk}"), &format!("%pk{chunk}"), "            ");
+            let _ = writeln!(b, "          }}\n          nvvm.cp.async.commit.group");
         }
         self.chunks(&mut b);
         self.store(&mut b);
         let _ = writeln!(b, "        }}\n      }}");
         format!(
-            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) workgroup(%sm: memref<{}xvector<4xi32>, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
-            self.name,
-            STAGES * STAGE_WORDS
+            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) kernel {{\n{b}      gpu.return\n    }}\n",
+            self.name
         )
     }
 
     /// Constants, this thread's place, the expert's count, and (where it has rows) the
     /// addresses the copies start from: `%wq{q}` (weight row q's word, bytes) and `%sq{q}`
-    /// (shared memory, bytes) for q = 0, 1.
+    /// (its shared-memory word in a stage, bytes) for q = 0 .. 3: thread t copies word t % 8
+    /// of row t / 8 + 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
     fn prologue(&self, b: &mut String) {
-        let kw = self.din / 8;
         let (rows_per_block, second) = match self.act {
             None => (TILE_N, 0),
             Some(_) => (TILE_N / 2, self.dout / 2),
         };
         let _ = writeln!(
             b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c3 = arith.constant 3 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c128 = arith.constant 128 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cKW = arith.constant {kw} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %smx = memref.extract_aligned_pointer_as_index %sm : memref<{}xvector<4xi32>, 3> -> index\n        %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n        %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n        %wg = arith.divui %tid, %c128 : index\n        %wtid = arith.remui %tid, %c128 : index\n        %w4 = arith.divui %wtid, %c32 : index\n        %lane = arith.remui %tid, %c32 : index\n        %lgrp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %t8 = arith.divui %tid, %c8 : index\n        %cw = arith.remui %t8, %c4 : index\n        %tw = arith.divui %tid, %c32 : index\n        %tr = arith.remui %tid, %c8 : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %cB = arith.constant {rows_per_block} : index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index\n        %csecond = arith.constant {second} : index",
+            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n        %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n        %c1023 = arith.constant 1023 : index\n        %dyn1 = arith.addi %dynx, %c1023 : index\n        %dyn2 = arith.divui %dyn1, %c1024 : index\n        %smx = arith.muli %dyn2, %c1024 : index\n        %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n        %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n        %wg = arith.divui %tid, %c128 : index\n        %wtid = arith.remui %tid, %c128 : index\n        %w4 = arith.divui %wtid, %c32 : index\n        %lane = arith.remui %tid, %c32 : index\n        %lgrp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %cj = arith.remui %tid, %c8 : index\n        %crow = arith.divui %tid, %c8 : index\n        %crm = arith.remui %crow, %c8 : index\n        %cpos = arith.xori %cj, %crm : index\n        %cjb = arith.muli %cj, %c16 : index\n        %cposb = arith.muli %cpos, %c16 : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %cB = arith.constant {rows_per_block} : index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index\n        %csecond = arith.constant {second} : index",
+            self.din * 2,
             self.din / CHUNK,
             self.dout,
             self.slots,
             self.div,
-            STAGES * STAGE_WORDS,
         );
-        for q in 0..2 {
-            // Copy row (0..127) of thread tid for q: (tid / 32 + 8 q) * 8 + tid % 8, and its
-            // word within the operand's chunk: tid + 256 q.
+        for q in 0..COPIES {
             let weight_row = match self.act {
                 None => format!(
                     "        %bn{q} = arith.addi %nb0, %crow{q} : index\n        %bnl{q} = arith.constant {} : index\n        %bnc{q} = arith.minui %bn{q}, %bnl{q} : index",
@@ -132,20 +138,19 @@ impl WarpgroupProjection {
             };
             let _ = writeln!(
                 b,
-                "        %cq{q} = arith.constant {} : index\n        %crg{q} = arith.addi %tw, %cq{q} : index\n        %crg8{q} = arith.muli %crg{q}, %c8 : index\n        %crow{q} = arith.addi %crg8{q}, %tr : index\n{weight_row}\n        %bwr{q} = arith.addi %eN, %bnc{q} : index\n        %bww{q} = arith.muli %bwr{q}, %cKW : index\n        %bwc{q} = arith.addi %bww{q}, %cw : index\n        %bwb{q} = arith.muli %bwc{q}, %c16 : index\n        %wq{q} = arith.addi %wtx, %bwb{q} : index\n        %sqo{q} = arith.constant {} : index\n        %sqw{q} = arith.addi %tid, %sqo{q} : index\n        %sqb{q} = arith.muli %sqw{q}, %c16 : index\n        %sq{q} = arith.addi %smx, %sqb{q} : index",
-                8 * q,
-                256 * q
+                "        %cq{q} = arith.constant {} : index\n        %crow{q} = arith.addi %crow, %cq{q} : index\n{weight_row}\n        %bwr{q} = arith.addi %eN, %bnc{q} : index\n        %bwb{q} = arith.muli %bwr{q}, %cRB : index\n        %bwc{q} = arith.addi %bwb{q}, %cjb : index\n        %wq{q} = arith.addi %wtx, %bwc{q} : index\n        %sqr{q} = arith.muli %crow{q}, %c128 : index\n        %sq{q} = arith.addi %sqr{q}, %cposb : index",
+                32 * q
             );
         }
     }
 
-    /// This pass's copy sources of the listed rows: `%aq{q}` (bytes) for q = 0, 1 (the first
-    /// listed row's past the count), and whether each warpgroup has rows (`%active`).
+    /// This pass's copy sources of the listed rows: `%aq{q}` (bytes) for q = 0 .. 3 (the
+    /// first listed row's past the count), and whether each warpgroup has rows (`%active`).
     fn pass_rows(&self, b: &mut String) {
-        for q in 0..2 {
+        for q in 0..COPIES {
             let _ = writeln!(
                 b,
-                "          %ar{q} = arith.addi %r0, %crow{q} : index\n          %ain{q} = arith.cmpi ult, %ar{q}, %cnt : index\n          %aslot{q} = scf.if %ain{q} -> (index) {{\n            %al{q} = arith.addi %lbase, %ar{q} : index\n            %as32{q} = memref.load %lists[%al{q}] : memref<?xi32>\n            %as{q} = arith.index_cast %as32{q} : i32 to index\n            scf.yield %as{q} : index\n          }} else {{\n            scf.yield %firsts : index\n          }}\n          %asr{q} = arith.divui %aslot{q}, %cdiv : index\n          %asw{q} = arith.muli %asr{q}, %cKW : index\n          %asc{q} = arith.addi %asw{q}, %cw : index\n          %asb{q} = arith.muli %asc{q}, %c16 : index\n          %aq{q} = arith.addi %srcx, %asb{q} : index"
+                "          %ar{q} = arith.addi %r0, %crow{q} : index\n          %ain{q} = arith.cmpi ult, %ar{q}, %cnt : index\n          %aslot{q} = scf.if %ain{q} -> (index) {{\n            %al{q} = arith.addi %lbase, %ar{q} : index\n            %as32{q} = memref.load %lists[%al{q}] : memref<?xi32>\n            %as{q} = arith.index_cast %as32{q} : i32 to index\n            scf.yield %as{q} : index\n          }} else {{\n            scf.yield %firsts : index\n          }}\n          %asr{q} = arith.divui %aslot{q}, %cdiv : index\n          %asb{q} = arith.muli %asr{q}, %cRB : index\n          %asc{q} = arith.addi %asb{q}, %cjb : index\n          %aq{q} = arith.addi %srcx, %asc{q} : index"
             );
         }
         let _ = writeln!(
@@ -155,50 +160,44 @@ impl WarpgroupProjection {
     }
 
     /// The copies of chunk `%{chunk}` into stage `%{stage}` (both index values): each thread's
-    /// two words of the rows and two of the weights.
+    /// four words of the rows and four of the weights.
     fn issue(&self, b: &mut String, chunk: &str, stage: &str, ind: &str) {
         let n = chunk.trim_start_matches('%');
         let _ = writeln!(
             b,
-            "{ind}%{n}_gk = arith.muli {chunk}, %c64 : index\n{ind}%{n}_sw = arith.constant {STAGE_WORDS} : index\n{ind}%{n}_ss = arith.muli {stage}, %{n}_sw : index\n{ind}%{n}_sb = arith.muli %{n}_ss, %c16 : index\n{ind}%{n}_ob = arith.constant {} : index",
-            OPERAND_WORDS * 16
+            "{ind}%{n}_gk = arith.muli {chunk}, %c128 : index\n{ind}%{n}_sw = arith.constant {STAGE_BYTES} : index\n{ind}%{n}_ss = arith.muli {stage}, %{n}_sw : index\n{ind}%{n}_sa = arith.addi %smx, %{n}_ss : index\n{ind}%{n}_ob = arith.constant {OPERAND_BYTES} : index\n{ind}%{n}_sb = arith.addi %{n}_sa, %{n}_ob : index"
         );
-        for q in 0..2 {
-            for (op, src, extra) in [("a", format!("%aq{q}"), false), ("b", format!("%wq{q}"), true)] {
+        for q in 0..COPIES {
+            for (op, src, base) in [("a", format!("%aq{q}"), "sa"), ("b", format!("%wq{q}"), "sb")] {
                 let v = format!("{n}_{op}{q}");
-                let dst_off = if extra {
-                    format!("{ind}%{v}_d1 = arith.addi %{v}_d0, %{n}_ob : index\n")
-                } else {
-                    format!("{ind}%{v}_d1 = arith.addi %{v}_d0, %c0 : index\n")
-                };
                 let _ = writeln!(
                     b,
-                    "{ind}%{v}_s = arith.addi {src}, %{n}_gk : index\n{ind}%{v}_si = arith.index_cast %{v}_s : index to i64\n{ind}%{v}_sp = llvm.inttoptr %{v}_si : i64 to !llvm.ptr<1>\n{ind}%{v}_d0 = arith.addi %sq{q}, %{n}_sb : index\n{dst_off}{ind}%{v}_di = arith.index_cast %{v}_d1 : index to i64\n{ind}%{v}_dp = llvm.inttoptr %{v}_di : i64 to !llvm.ptr<3>\n{ind}nvvm.cp.async.shared.global %{v}_dp, %{v}_sp, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
+                    "{ind}%{v}_s = arith.addi {src}, %{n}_gk : index\n{ind}%{v}_si = arith.index_cast %{v}_s : index to i64\n{ind}%{v}_sp = llvm.inttoptr %{v}_si : i64 to !llvm.ptr<1>\n{ind}%{v}_d = arith.addi %{n}_{base}, %sq{q} : index\n{ind}%{v}_di = arith.index_cast %{v}_d : index to i64\n{ind}%{v}_dp = llvm.inttoptr %{v}_di : i64 to !llvm.ptr<3>\n{ind}nvvm.cp.async.shared.global %{v}_dp, %{v}_sp, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
                 );
             }
         }
     }
 
-    /// The chunk loop: wait for chunk c's copies, issue chunk c + 2's, multiply chunk c (two
-    /// k16 steps) where the warpgroup has rows; `%acc` is the pass's accumulators after it.
+    /// The chunk loop: wait for chunk c's copies, issue chunk c + 2's (into the stage chunk
+    /// c - 2 used: every warpgroup has at most chunk c - 1's wgmmas in flight past the
+    /// barrier), multiply chunk c (four k16 steps) where the warpgroup has rows, leaving its
+    /// wgmmas in flight; `%acc` is the pass's accumulators, all wgmmas done.
     fn chunks(&self, b: &mut String) {
         let acc = acc_type();
         let _ = writeln!(
             b,
-            "          %acc0 = llvm.mlir.zero : {acc}\n          %acc = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %kn = arith.addi %kc, %c2 : index\n            %more = arith.cmpi ult, %kn, %cNK : index\n            scf.if %more {{\n              %kst = arith.remui %kn, %c3 : index",
-            STAGES - 2
+            "          %acc0 = llvm.mlir.zero : {acc}\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %kn = arith.addi %kc, %c2 : index\n            %more = arith.cmpi ult, %kn, %cNK : index\n            scf.if %more {{\n              %kst = arith.remui %kn, %c4 : index",
+            AHEAD - 1
         );
         self.issue(b, "%kn", "%kst", "              ");
         let _ = writeln!(
             b,
-            "            }}\n            nvvm.cp.async.commit.group\n            %st = arith.remui %kc, %c3 : index\n            %next = scf.if %active -> ({acc}) {{\n              %stw = arith.constant {} : index\n              %stb = arith.muli %st, %stw : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 4096 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %boff = arith.constant {} : index\n              %bbase = arith.addi %stx, %boff : index\n              nvvm.wgmma.fence.aligned",
-            STAGE_WORDS * 16,
-            OPERAND_WORDS * 16
+            "            }}\n            nvvm.cp.async.commit.group\n            %st = arith.remui %kc, %c4 : index\n            %next = scf.if %active -> ({acc}) {{\n              %stw = arith.constant {STAGE_BYTES} : index\n              %stb = arith.muli %st, %stw : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %boff = arith.constant {OPERAND_BYTES} : index\n              %bbase = arith.addi %stx, %boff : index\n              nvvm.wgmma.fence.aligned"
         );
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
             for (op, base) in [("a", "%abase"), ("b", "%bbase")] {
-                descriptor(b, &format!("d{step}{op}"), base, 256 * step);
+                descriptor(b, &format!("d{step}{op}"), base, 32 * step);
             }
             let _ = writeln!(
                 b,
@@ -208,7 +207,21 @@ impl WarpgroupProjection {
         }
         let _ = writeln!(
             b,
-            "              nvvm.wgmma.commit.group.sync.aligned\n              nvvm.wgmma.wait.group.sync.aligned 0\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}\n            scf.yield %next : {acc}\n          }}"
+            "              nvvm.wgmma.commit.group.sync.aligned\n              nvvm.wgmma.wait.group.sync.aligned 1\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}\n            scf.yield %next : {acc}\n          }}"
+        );
+        // The last wgmmas done before the accumulators are read: the wait is an identity of
+        // all 64, so no read can be moved above it.
+        let outs = vec!["=f"; 64].join(",");
+        let ties = (0..64).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let vals = (0..64).map(|i| format!("%fa{i}")).collect::<Vec<_>>();
+        for (i, v) in vals.iter().enumerate() {
+            let _ = writeln!(b, "          {v} = llvm.extractvalue %accs[{i}] : {acc}");
+        }
+        let _ = writeln!(
+            b,
+            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
+            vals.join(", "),
+            vec!["f32"; 64].join(", ")
         );
     }
 
@@ -267,13 +280,11 @@ impl WarpgroupProjection {
 }
 
 /// `%d{name}`: the wgmma descriptor (i64) of the operand at shared-memory byte address
-/// `base` + `offset` (an index value): start address / 16, the leading and stride byte
-/// offsets / 16, no swizzle.
+/// `base` + `offset` (an index value): start address / 16 and `DESCRIPTOR_FIXED`.
 fn descriptor(b: &mut String, name: &str, base: &str, offset: usize) {
-    let fixed = ((LEADING_BYTES >> 4) << 16) | ((STRIDE_BYTES >> 4) << 32);
     let _ = writeln!(
         b,
-        "              %{name}o = arith.constant {offset} : index\n              %{name}x = arith.addi {base}, %{name}o : index\n              %{name}i = arith.index_cast %{name}x : index to i64\n              %{name}m = arith.constant 262143 : i64\n              %{name}a = arith.andi %{name}i, %{name}m : i64\n              %{name}s4 = arith.constant 4 : i64\n              %{name}h = arith.shrui %{name}a, %{name}s4 : i64\n              %{name}f = arith.constant {fixed} : i64\n              %d{name} = arith.ori %{name}h, %{name}f : i64"
+        "              %{name}o = arith.constant {offset} : index\n              %{name}x = arith.addi {base}, %{name}o : index\n              %{name}i = arith.index_cast %{name}x : index to i64\n              %{name}m = arith.constant 262143 : i64\n              %{name}a = arith.andi %{name}i, %{name}m : i64\n              %{name}s4 = arith.constant 4 : i64\n              %{name}h = arith.shrui %{name}a, %{name}s4 : i64\n              %{name}f = arith.constant {DESCRIPTOR_FIXED} : i64\n              %d{name} = arith.ori %{name}h, %{name}f : i64"
     );
 }
 

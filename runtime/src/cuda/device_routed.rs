@@ -41,7 +41,7 @@ impl RoutedKernels {
     fn blocks(&self, tokens: usize) -> (Blocks, Blocks) {
         use crate::program::{
             TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS, WG_ACT_BLOCK_COLUMNS,
-            WG_BLOCK_COLUMNS, WG_THREADS,
+            WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
         };
         let (plain, fused, warps) = match self.projections {
             Projections::CudaCores => {
@@ -49,19 +49,26 @@ impl RoutedKernels {
                 let b = Blocks {
                     columns: tile.block_columns(),
                     warps: crate::program::DECODE_WARPS,
+                    shared: 0,
                 };
                 return (b, b);
             }
             Projections::MmaSync => (TC_BLOCK_COLUMNS, TC_ACT_BLOCK_COLUMNS, TC_WARPS),
             Projections::Warpgroups => (WG_BLOCK_COLUMNS, WG_ACT_BLOCK_COLUMNS, WG_THREADS / 32),
         };
+        let shared = match self.projections {
+            Projections::Warpgroups => WG_SHARED_BYTES,
+            _ => 0,
+        };
         let first = Blocks {
             columns: if self.fused_act { fused } else { plain },
             warps,
+            shared,
         };
         let second = Blocks {
             columns: plain,
             warps,
+            shared,
         };
         (first, second)
     }
@@ -81,6 +88,8 @@ struct SlotLists {
 struct Blocks {
     columns: usize,
     warps: usize,
+    /// Dynamic shared memory per block.
+    shared: usize,
 }
 
 /// A buffer as a kernel's memref operand (base, aligned base, offset, length, stride).
@@ -339,7 +348,7 @@ impl Rank<'_> {
         let cfg = LaunchConfig {
             grid_dim: (dout.div_ceil(blocks.columns) as u32, experts as u32, 1),
             block_dim: (blocks.warps as u32 * 32, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: blocks.shared as u32,
         };
         // SAFETY: the kernel was generated for these sizes and tile; src holds the rows it
         // reads (x's tokens, or the slots' hidden rows), dst [slots, dout].
