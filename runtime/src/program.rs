@@ -874,15 +874,17 @@ pub fn projects_on_warpgroups(slots: usize, experts: usize) -> bool {
 /// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
 /// them over `experts` experts whose first matrices are `matrix_bytes` each, runs routed on
 /// the device with the tensor-core projections by default (the compiler's
-/// `PPMOE_DEVICE_ROUTING` overrides it). Measured on an H200 (bf16, one layer, session 27),
-/// against the other paths (cuBLAS over rows grouped on the device or on the host): as fast or
-/// faster with few rows per expert on small matrices (Qwen3-30B-A3B's 6 MiB: 0.507 against
-/// 0.537 ms at 512 tokens, 32 rows each; about equal at 8 and 64), and within 6% with a
-/// few rows on large ones (Mixtral-8x7B at 8 tokens: 0.651-0.664 against 0.628, without the
-/// host round trip that keeps a forward out of a CUDA graph); slower beyond, where cuBLAS's
-/// pipelined GEMMs win (Qwen3 at 1024 tokens, 64 rows each: 0.785 against 0.673; Mixtral at
-/// 64 tokens, 16 rows: 0.84-1.02 against 0.81; the DeepSeek-like layer at 512 tokens, 64 rows
-/// of 56 MiB matrices: 3.39 against 1.80).
+/// `PPMOE_DEVICE_ROUTING` overrides it): with a few rows per expert (at most 4 on average) on
+/// any matrices, and with any number on small ones (16 MiB or less), the mma.sync kernels up
+/// to 32 rows per expert and the wgmma ones above (`projects_on_warpgroups`). Measured on an
+/// H200 (bf16, one layer, sessions 27 and 28), against cuBLAS over rows grouped on the host:
+/// Qwen3-30B-A3B's 6 MiB matrices 0.490 against 0.537 ms at 512 tokens (32 rows each), 0.633
+/// against 0.673 at 1024, 1.550 against 1.614 at 4096 and 5.078 against 5.465 at 16384, with
+/// no host round trip (so a CUDA graph); Mixtral-8x7B at 8 tokens (2 rows on 117 MB matrices)
+/// 0.651-0.664 against 0.628. Slower on large matrices with more rows, where cuBLAS's
+/// pipelined GEMMs win: Mixtral at 64 tokens 1.02 against 0.84 ms, 512 1.52 against 0.91,
+/// 4096 8.77 against 4.99; the DeepSeek-like layer (56 MiB) at 512 tokens 2.40 against 1.80,
+/// 4096 9.81 against about 6.1.
 pub fn routes_on_tensor_cores(
     tokens: usize,
     slots: usize,
@@ -891,7 +893,7 @@ pub fn routes_on_tensor_cores(
 ) -> bool {
     const SMALL_MATRIX: usize = 16 << 20;
     let rows = slots.div_ceil(experts.max(1));
-    tokens > 1 && (rows <= 4 || (rows <= 32 && matrix_bytes <= SMALL_MATRIX))
+    tokens > 1 && (rows <= 4 || matrix_bytes <= SMALL_MATRIX)
 }
 
 /// The kernels an experts step may have besides its gather, activation and combine (which
@@ -941,19 +943,22 @@ mod tests {
         let qwen3 = 1536 * 2048 * 2;
         let mixtral = 28672 * 4096 * 2;
         let deepseek = 4096 * 7168 * 2;
-        // Qwen3-30B-A3B (128 experts, k 8): 8 to 512 tokens, not 1 nor 1024.
+        // Qwen3-30B-A3B (128 experts, k 8): from 8 tokens on (not 1: the CUDA-core kernels);
+        // the wgmma projections above 32 rows per expert (from 1024 tokens).
         for (t, yes) in [
             (1, false),
             (8, true),
             (64, true),
             (512, true),
-            (1024, false),
+            (1024, true),
+            (16384, true),
         ] {
             assert_eq!(
                 routes_on_tensor_cores(t, t * 8, 128, qwen3),
                 yes,
                 "qwen3 {t}"
             );
+            assert_eq!(projects_on_warpgroups(t * 8, 128), t >= 1024, "qwen3 {t}");
         }
         // Mixtral-8x7B (8 experts, k 2): 8 tokens (2 rows each), not 64 (16 rows each).
         assert!(routes_on_tensor_cores(8, 16, 8, mixtral));

@@ -484,13 +484,15 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// f32 rows rounded to bf16 first, as the host-grouped GEMMs take them). A few more tokens
 /// with bf16 stacks (this LM's, whatever --dtype says) are routed so too, their projections
 /// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores;
-/// the gated activation in the first one's epilogue);
-/// many are not (256 tokens: 128 rows per expert). `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
+/// the gated activation in the first one's epilogue); many (256 tokens: 128 rows per expert
+/// of this LM's small matrices) with the warpgroup ones (`wproj`: wgmma fed by cp.async,
+/// sm_90a), unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
 /// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
 /// routes on the device.
 #[test]
 fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
     const MMA: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
+    const WGMMA: &str = "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16";
     for dtype in ["fp32", "bf16"] {
         let one = lm_ptx(1, &["--dtype", dtype], None);
         let groups = entries_ending(&one, "_dgroup");
@@ -536,11 +538,22 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             let act = entries_ending(&few, "_tproj_act");
             assert!(entry(&few, &act[0]).contains("ex2.approx"), "{}", act[0]);
         }
+        // 256 tokens, 128 rows per expert of small matrices: routed on the device too, the
+        // projections on the warpgroup tensor cores (wgmma, sm_90a), the activation fused.
         let many = lm_ptx(256, &["--dtype", dtype], None);
-        assert!(
-            entries_ending(&many, "_dgroup").is_empty(),
-            "{dtype} 256 tokens"
-        );
+        assert_eq!(entries_ending(&many, "_dgroup").len(), 2, "{dtype} 256");
+        assert!(entries_ending(&many, "_tproj_act").is_empty());
+        assert!(many.contains(".target sm_90a"), "{dtype} 256 tokens");
+        for proj in ["_wproj_act", "_wproj_out"] {
+            let names = entries_ending(&many, proj);
+            assert_eq!(names.len(), 2, "{dtype} 256 tokens: {names:?}");
+            let body = entry(&many, &names[0]);
+            assert!(body.contains(WGMMA), "{}", names[0]);
+            assert!(body.contains("cp.async.cg.shared.global"), "{}", names[0]);
+        }
+        // The first model's matrices are small; turned off, the host groups the rows.
+        let host = lm_ptx(256, &["--dtype", dtype], Some("0"));
+        assert!(entries_ending(&host, "_dgroup").is_empty(), "{dtype} 256 off");
         let off = lm_ptx(1, &["--dtype", dtype], Some("0"));
         assert!(
             entries_ending(&off, "_dgroup").is_empty(),
