@@ -935,9 +935,9 @@ pub const FROM_BF16_KERNEL: &str = "from_bf16";
 
 #[cfg(test)]
 mod tests {
-    use super::routes_on_tensor_cores;
+    use super::{projects_on_warpgroups, routes_on_tensor_cores};
 
-    /// The measured boundaries (H200, bf16, session 27), one token and past them excluded.
+    /// The measured boundaries (H200, bf16, sessions 27 and 28), one token and past them excluded.
     #[test]
     fn tensor_core_routing_is_for_few_rows_per_expert() {
         let qwen3 = 1536 * 2048 * 2;

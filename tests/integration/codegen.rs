@@ -553,7 +553,10 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
         }
         // The first model's matrices are small; turned off, the host groups the rows.
         let host = lm_ptx(256, &["--dtype", dtype], Some("0"));
-        assert!(entries_ending(&host, "_dgroup").is_empty(), "{dtype} 256 off");
+        assert!(
+            entries_ending(&host, "_dgroup").is_empty(),
+            "{dtype} 256 off"
+        );
         let off = lm_ptx(1, &["--dtype", dtype], Some("0"));
         assert!(
             entries_ending(&off, "_dgroup").is_empty(),

@@ -76,7 +76,12 @@ pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
     });
     let ran = pm.run(&mut module);
     context.detach_diagnostic_handler(id);
-    ran.map_err(|e| format!("lowering to PTX failed: {e}: {}", diagnostics.borrow().join("; ")))?;
+    ran.map_err(|e| {
+        format!(
+            "lowering to PTX failed: {e}: {}",
+            diagnostics.borrow().join("; ")
+        )
+    })?;
     let text = module.as_operation().to_string();
     let mut out = Vec::new();
     for chunk in text.split("gpu.binary @").skip(1) {

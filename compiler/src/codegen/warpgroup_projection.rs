@@ -81,7 +81,10 @@ impl WarpgroupProjection {
         };
         // Each thread copies four words of each operand's chunk: 4 x 256 = 128 rows x 8.
         debug_assert_eq!(COPIES * WG_THREADS * 16, OPERAND_BYTES);
-        debug_assert_eq!((WG_BLOCK_COLUMNS, 2 * WG_ACT_BLOCK_COLUMNS), (TILE_N, TILE_N));
+        debug_assert_eq!(
+            (WG_BLOCK_COLUMNS, 2 * WG_ACT_BLOCK_COLUMNS),
+            (TILE_N, TILE_N)
+        );
         debug_assert_eq!(WG_SHARED_BYTES, STAGES * STAGE_BYTES + 1024);
         let mut b = String::new();
         self.prologue(&mut b);
@@ -95,7 +98,12 @@ impl WarpgroupProjection {
                 b,
                 "          %pk{chunk} = arith.constant {chunk} : index\n          %pin{chunk} = arith.cmpi ult, %pk{chunk}, %cNK : index\n          scf.if %pin{chunk} {{"
             );
-            self.issue(&mut b, &format!("%pk{chunk}"), &format!("%pk{chunk}"), "            ");
+            self.issue(
+                &mut b,
+                &format!("%pk{chunk}"),
+                &format!("%pk{chunk}"),
+                "            ",
+            );
             let _ = writeln!(b, "          }}\n          nvvm.cp.async.commit.group");
         }
         self.chunks(&mut b);
@@ -168,7 +176,10 @@ impl WarpgroupProjection {
             "{ind}%{n}_gk = arith.muli {chunk}, %c128 : index\n{ind}%{n}_sw = arith.constant {STAGE_BYTES} : index\n{ind}%{n}_ss = arith.muli {stage}, %{n}_sw : index\n{ind}%{n}_sa = arith.addi %smx, %{n}_ss : index\n{ind}%{n}_ob = arith.constant {OPERAND_BYTES} : index\n{ind}%{n}_sb = arith.addi %{n}_sa, %{n}_ob : index"
         );
         for q in 0..COPIES {
-            for (op, src, base) in [("a", format!("%aq{q}"), "sa"), ("b", format!("%wq{q}"), "sb")] {
+            for (op, src, base) in [
+                ("a", format!("%aq{q}"), "sa"),
+                ("b", format!("%wq{q}"), "sb"),
+            ] {
                 let v = format!("{n}_{op}{q}");
                 let _ = writeln!(
                     b,
@@ -302,8 +313,9 @@ mod tests {
             .1
     }
 
-    /// The kernel lowers to sm_90a PTX with two m64n128k16 wgmmas per chunk, the copies as
-    /// 16-byte cp.async, and no local memory.
+    /// The kernel lowers to sm_90a PTX: four m64n128k16 wgmmas per chunk of 64 (one per k16
+    /// step) on descriptors with the 128-byte swizzle, the copies as 16-byte cp.async, and no
+    /// local memory.
     #[test]
     fn a_projection_lowers_to_wgmmas_fed_by_cp_async() {
         let kernel = WarpgroupProjection {
@@ -315,15 +327,40 @@ mod tests {
             act: None,
         }
         .kernel();
-        std::fs::write("/tmp/w/wk.mlir", format!("module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n")).ok();
+        assert_eq!(kernel.matches("nvvm.wgmma.mma_async").count(), 4);
+        assert!(kernel.contains(&super::DESCRIPTOR_FIXED.to_string()));
+        assert_eq!(super::DESCRIPTOR_FIXED >> 62, 1, "128-byte swizzle");
         let ptx = ptx_of(&kernel);
-        std::fs::write("/tmp/w/wk.ptx", &ptx).ok();
         assert!(ptx.contains(".target sm_90a"), "wgmma needs sm_90a");
         let wgmmas = ptx
             .matches("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16")
             .count();
-        assert!(wgmmas >= 2, "{wgmmas} wgmmas in the PTX");
+        assert!(wgmmas >= 4, "{wgmmas} wgmmas in the PTX");
         assert!(ptx.contains("cp.async.cg.shared.global"));
+        assert!(ptx.contains("wgmma.wait_group.sync.aligned 0"));
+        assert!(!ptx.contains(".local"), "no spills to local memory");
+    }
+
+    /// Fused: each thread's gate value (tile j) and up value (tile j + 8) of its 2 rows and 2
+    /// columns per tile go through the activation (8 tiles x 2 x 2 = 32 per thread).
+    #[test]
+    fn a_fused_projection_pairs_gate_and_up_tiles() {
+        let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
+        assert!(WarpgroupProjection::fuses(64, 128));
+        assert!(!WarpgroupProjection::fuses(64, 96));
+        let kernel = WarpgroupProjection {
+            name: "t_wproj_act".into(),
+            din: 64,
+            dout: 128,
+            div: 2,
+            slots: 64,
+            act: Some(act.into()),
+        }
+        .kernel();
+        assert_eq!(kernel.matches("scf.execute_region").count(), 32);
+        assert!(kernel.contains("llvm.extractvalue %acc[32]"), "up tile 8");
+        let ptx = ptx_of(&kernel);
+        assert!(ptx.contains("max.NaN.f32") || ptx.contains("max.f32"));
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 }

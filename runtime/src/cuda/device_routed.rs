@@ -254,7 +254,12 @@ impl Rank<'_> {
             } else if let Some((i, o, a)) = pair("tproj_act", "tproj_in", "tproj_out") {
                 (i, o, a, Projections::MmaSync)
             } else {
-                (f("dproj_in")?, f("dproj_out")?, false, Projections::CudaCores)
+                (
+                    f("dproj_in")?,
+                    f("dproj_out")?,
+                    false,
+                    Projections::CudaCores,
+                )
             };
         let kernels = RoutedKernels {
             group,
