@@ -857,9 +857,9 @@ pub const TC_ACT_BLOCK_COLUMNS: usize = 32;
 pub const WG_THREADS: usize = 256;
 pub const WG_BLOCK_COLUMNS: usize = 128;
 pub const WG_ACT_BLOCK_COLUMNS: usize = 64;
-/// The dynamic shared memory a block of them takes: four stages of 32 KiB, and 1 KiB to align
-/// the first to 1024 bytes (the 128-byte swizzle's period).
-pub const WG_SHARED_BYTES: usize = 4 * 32768 + 1024;
+/// The dynamic shared memory a block of them takes: six stages of 32 KiB, and 1 KiB to align
+/// the first to 1024 bytes (the 128-byte swizzle's period); the H200 allows a block 227 KiB.
+pub const WG_SHARED_BYTES: usize = 6 * 32768 + 1024;
 /// The suffixes of the warpgroup projection kernels (their dynamic shared memory is allowed at
 /// load).
 pub const WG_KERNELS: &[&str] = &["wproj_in", "wproj_act", "wproj_out"];
@@ -884,16 +884,20 @@ pub fn projects_on_warpgroups(slots: usize, experts: usize) -> bool {
 /// 0.651-0.664 against 0.628. Slower on large matrices with more rows, where cuBLAS's
 /// pipelined GEMMs win: Mixtral at 64 tokens 1.02 against 0.84 ms, 512 1.52 against 0.91,
 /// 4096 8.77 against 4.99; the DeepSeek-like layer (56 MiB) at 512 tokens 2.40 against 1.80,
-/// 4096 9.81 against about 6.1.
+/// 4096 9.81 against about 6.1. `local`: PPMoE's step of a rank's experts at tp > 1, whose
+/// all-reduce the device grouping overlaps with its chunks (measured at 4096 tokens in session
+/// 26: 1.461 against 1.712 ms); the warpgroup projections have not been measured there, so
+/// such a step keeps session 27's boundary of 32 rows per expert on small matrices.
 pub fn routes_on_tensor_cores(
     tokens: usize,
     slots: usize,
     experts: usize,
     matrix_bytes: usize,
+    local: bool,
 ) -> bool {
     const SMALL_MATRIX: usize = 16 << 20;
     let rows = slots.div_ceil(experts.max(1));
-    tokens > 1 && (rows <= 4 || matrix_bytes <= SMALL_MATRIX)
+    tokens > 1 && (rows <= 4 || (matrix_bytes <= SMALL_MATRIX && (rows <= 32 || !local)))
 }
 
 /// The kernels an experts step may have besides its gather, activation and combine (which
@@ -954,16 +958,19 @@ mod tests {
             (16384, true),
         ] {
             assert_eq!(
-                routes_on_tensor_cores(t, t * 8, 128, qwen3),
+                routes_on_tensor_cores(t, t * 8, 128, qwen3, false),
                 yes,
                 "qwen3 {t}"
             );
             assert_eq!(projects_on_warpgroups(t * 8, 128), t >= 1024, "qwen3 {t}");
         }
         // Mixtral-8x7B (8 experts, k 2): 8 tokens (2 rows each), not 64 (16 rows each).
-        assert!(routes_on_tensor_cores(8, 16, 8, mixtral));
-        assert!(!routes_on_tensor_cores(64, 128, 8, mixtral));
+        assert!(routes_on_tensor_cores(8, 16, 8, mixtral, false));
+        assert!(!routes_on_tensor_cores(64, 128, 8, mixtral, false));
+        // PPMoE's local step at tp 2 (64 of Qwen3's experts): up to 32 rows each.
+        assert!(routes_on_tensor_cores(512, 4096, 64, qwen3 / 2, true));
+        assert!(!routes_on_tensor_cores(4096, 32768, 64, qwen3 / 2, true));
         // The DeepSeek-like layer at 512 tokens: 64 rows each.
-        assert!(!routes_on_tensor_cores(512, 4096, 64, deepseek));
+        assert!(!routes_on_tensor_cores(512, 4096, 64, deepseek, false));
     }
 }

@@ -59,7 +59,9 @@ pub(super) fn kernels(
         && TensorCoreProjection::fits(dims.ffn);
     let wanted = if tensor {
         let matrix_bytes = dims.n.saturating_mul(dims.hidden).saturating_mul(2);
-        ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts, matrix_bytes)
+        // PPMoE's step of a rank's experts (its all-reduce may overlap the device grouping).
+        let local = prefix.ends_with("_local_experts");
+        ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts, matrix_bytes, local)
     } else {
         ppmoe_runtime::program::routes_on_device(routed)
     };
