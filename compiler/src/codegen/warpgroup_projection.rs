@@ -2,8 +2,8 @@
 //! whose experts have many rows each: the same operands and slot lists as the `tproj` kernels
 //! (see `tensor_core_projection`), but each block multiplies its expert's listed rows, 128 at a
 //! time, by 128 of the expert's weight rows with `wgmma.mma_async` m64n128k16 (bf16 in, f32
-//! accumulated in registers), both operands staged in shared memory by `cp.async` in four
-//! stages of 64 inner elements: the copies of the next two chunks are in flight while the
+//! accumulated in registers), both operands staged in shared memory by `cp.async` in six
+//! stages of 64 inner elements: the copies of the next four chunks are in flight while the
 //! tensor cores multiply one, and one chunk's wgmmas may still run while the next are issued.
 //!
 //! Per block (two warpgroups, 256 threads; grid: column tiles x local experts): warpgroup w
@@ -32,9 +32,10 @@ const PASS_ROWS: usize = 128;
 const TILE_N: usize = 128;
 /// Inner elements per stage (four k16 steps; one 128-byte swizzled row).
 pub const CHUNK: usize = 64;
-/// Stages, and the chunks whose copies are issued ahead of the one multiplied.
-const STAGES: usize = 4;
-const AHEAD: usize = 2;
+/// Stages, and the chunks whose copies are issued ahead of the one multiplied (two stages
+/// more: the one multiplied, and the one whose wgmmas may still run).
+const STAGES: usize = 6;
+const AHEAD: usize = STAGES - 2;
 /// Bytes of one operand's chunk (128 rows of 128 bytes), and of one stage (both operands).
 const OPERAND_BYTES: usize = PASS_ROWS * CHUNK * 2;
 const STAGE_BYTES: usize = 2 * OPERAND_BYTES;
@@ -189,21 +190,21 @@ impl WarpgroupProjection {
         }
     }
 
-    /// The chunk loop: wait for chunk c's copies, issue chunk c + 2's (into the stage chunk
-    /// c - 2 used: every warpgroup has at most chunk c - 1's wgmmas in flight past the
+    /// The chunk loop: wait for chunk c's copies, issue chunk c + AHEAD's (into the stage
+    /// chunk c - 2 used: every warpgroup has at most chunk c - 1's wgmmas in flight past the
     /// barrier), multiply chunk c (four k16 steps) where the warpgroup has rows, leaving its
     /// wgmmas in flight; `%acc` is the pass's accumulators, all wgmmas done.
     fn chunks(&self, b: &mut String) {
         let acc = acc_type();
         let _ = writeln!(
             b,
-            "          %acc0 = llvm.mlir.zero : {acc}\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %kn = arith.addi %kc, %c2 : index\n            %more = arith.cmpi ult, %kn, %cNK : index\n            scf.if %more {{\n              %kst = arith.remui %kn, %c4 : index",
+            "          %acc0 = llvm.mlir.zero : {acc}\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {AHEAD} : index\n            %cST = arith.constant {STAGES} : index\n            %kn = arith.addi %kc, %cAH : index\n            %more = arith.cmpi ult, %kn, %cNK : index\n            scf.if %more {{\n              %kst = arith.remui %kn, %cST : index",
             AHEAD - 1
         );
         self.issue(b, "%kn", "%kst", "              ");
         let _ = writeln!(
             b,
-            "            }}\n            nvvm.cp.async.commit.group\n            %st = arith.remui %kc, %c4 : index\n            %next = scf.if %active -> ({acc}) {{\n              %stw = arith.constant {STAGE_BYTES} : index\n              %stb = arith.muli %st, %stw : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %boff = arith.constant {OPERAND_BYTES} : index\n              %bbase = arith.addi %stx, %boff : index\n              nvvm.wgmma.fence.aligned"
+            "            }}\n            nvvm.cp.async.commit.group\n            %st = arith.remui %kc, %cST : index\n            %next = scf.if %active -> ({acc}) {{\n              %stw = arith.constant {STAGE_BYTES} : index\n              %stb = arith.muli %st, %stw : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %boff = arith.constant {OPERAND_BYTES} : index\n              %bbase = arith.addi %stx, %boff : index\n              nvvm.wgmma.fence.aligned"
         );
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
