@@ -878,12 +878,12 @@ pub fn projects_on_warpgroups(slots: usize, experts: usize) -> bool {
 /// any matrices, and with any number on small ones (16 MiB or less), the mma.sync kernels up
 /// to 32 rows per expert and the wgmma ones above (`projects_on_warpgroups`). Measured on an
 /// H200 (bf16, one layer, sessions 27 and 28), against cuBLAS over rows grouped on the host:
-/// Qwen3-30B-A3B's 6 MiB matrices 0.490 against 0.537 ms at 512 tokens (32 rows each), 0.633
-/// against 0.673 at 1024, 1.550 against 1.614 at 4096 and 5.078 against 5.465 at 16384, with
+/// Qwen3-30B-A3B's 6 MiB matrices 0.490 against 0.537 ms at 512 tokens (32 rows each), 0.539
+/// against 0.673 at 1024, 1.354 against 1.614 at 4096 and 4.625 against 5.465 at 16384, with
 /// no host round trip (so a CUDA graph); Mixtral-8x7B at 8 tokens (2 rows on 117 MB matrices)
 /// 0.651-0.664 against 0.628. Slower on large matrices with more rows, where cuBLAS's
-/// pipelined GEMMs win: Mixtral at 64 tokens 1.02 against 0.84 ms, 512 1.52 against 0.91,
-/// 4096 8.77 against 4.99; the DeepSeek-like layer (56 MiB) at 512 tokens 2.40 against 1.80,
+/// pipelined GEMMs win: Mixtral at 64 tokens 1.02 against 0.84 ms, 512 1.29 against 0.91,
+/// 4096 8.35 against 4.99; the DeepSeek-like layer (56 MiB) at 512 tokens 2.40 against 1.80,
 /// 4096 9.81 against about 6.1. `local`: PPMoE's step of a rank's experts at tp > 1, whose
 /// all-reduce the device grouping overlaps with its chunks (measured at 4096 tokens in session
 /// 26: 1.461 against 1.712 ms); the warpgroup projections have not been measured there, so
