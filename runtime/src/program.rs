@@ -968,7 +968,7 @@ mod tests {
         assert!(routes_on_tensor_cores(8, 16, 8, mixtral, false));
         assert!(!routes_on_tensor_cores(64, 128, 8, mixtral, false));
         // PPMoE's local step at tp 2 (64 of Qwen3's experts): up to 32 rows each.
-        assert!(routes_on_tensor_cores(512, 4096, 64, qwen3 / 2, true));
+        assert!(routes_on_tensor_cores(256, 2048, 64, qwen3 / 2, true));
         assert!(!routes_on_tensor_cores(4096, 32768, 64, qwen3 / 2, true));
         // The DeepSeek-like layer at 512 tokens: 64 rows each.
         assert!(!routes_on_tensor_cores(512, 4096, 64, deepseek, false));

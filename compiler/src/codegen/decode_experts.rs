@@ -2,8 +2,9 @@
 //! grouping on the host, no rows gathered. One token by default (`routes_on_device`) with the
 //! CUDA-core projections below; more tokens with bf16 stacks where `routes_on_tensor_cores`
 //! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in` or, with
-//! the activation as its epilogue, `tproj_act`, and `tproj_out`: the same operands) in place
-//! of `dproj_*`. Three kernels besides the step's activation and combine:
+//! the activation as its epilogue, `tproj_act`, and `tproj_out`: the same operands; above 32
+//! rows per expert the warpgroup ones of `warpgroup_projection`, `wproj_*`) in place of
+//! `dproj_*`. Three kernels besides the step's activation and combine:
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
 //!   and counts them; one more block writes each slot's row for the combine (the slot itself,
 //!   or -1) and its local expert (for the biases).
@@ -21,7 +22,6 @@
 
 use super::kernel_gen::{static_shape, warp_reduce, ExpertsOperands, WARP};
 use super::tensor_core_projection::TensorCoreProjection;
-use super::warpgroup_projection::WarpgroupProjection;
 use ppmoe_runtime::program::{DecodeTile, ExpertDims, ExpertLayout, Op, Program, DECODE_WARPS};
 use std::fmt::Write as _;
 
@@ -69,37 +69,14 @@ pub(super) fn kernels(
         return None;
     }
     let mut out = group_kernel(prefix, s, dims.experts);
-    let warpgroups = tensor
-        && WarpgroupProjection::fits(dims.hidden)
-        && WarpgroupProjection::fits(dims.ffn)
-        && match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
+    if tensor {
+        // Above 32 rows per expert the warpgroup kernels (`PPMOE_TENSOR_PROJECTIONS=wgmma` or
+        // `=mma` takes one kind wherever the tensor cores are).
+        let warpgroups = match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
             Ok("wgmma") => true,
             Ok("mma") => false,
             _ => ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts),
         };
-    if warpgroups {
-        let projection = |name: &str, (din, dout): (usize, usize), div, act| {
-            WarpgroupProjection {
-                name: format!("{prefix}_{name}"),
-                din,
-                dout,
-                div,
-                slots: s,
-                act,
-            }
-            .kernel()
-        };
-        let fused = act.filter(|_| WarpgroupProjection::fuses(dims.ffn, dims.n));
-        let first = if fused.is_some() {
-            "wproj_act"
-        } else {
-            "wproj_in"
-        };
-        out.push_str(&projection(first, (dims.hidden, dims.n), k, fused));
-        out.push_str(&projection("wproj_out", (dims.ffn, dims.hidden), 1, None));
-        return Some(out);
-    }
-    if tensor {
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
                 name: format!("{prefix}_{name}"),
@@ -108,19 +85,21 @@ pub(super) fn kernels(
                 div,
                 slots: s,
                 act,
+                warpgroups,
             }
             .kernel()
         };
         // The gated activation in the first projection's epilogue where it fits (gate and up
         // columns paired in each warp), else the step's activation kernel between them.
-        let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n));
+        let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n, warpgroups));
+        let [fused_name, plain_name, second] = TensorCoreProjection::names(warpgroups);
         let first = if fused.is_some() {
-            "tproj_act"
+            fused_name
         } else {
-            "tproj_in"
+            plain_name
         };
         out.push_str(&projection(first, (dims.hidden, dims.n), k, fused));
-        out.push_str(&projection("tproj_out", (dims.ffn, dims.hidden), 1, None));
+        out.push_str(&projection(second, (dims.ffn, dims.hidden), 1, None));
         return Some(out);
     }
     let tile = DecodeTile::for_tokens(t);

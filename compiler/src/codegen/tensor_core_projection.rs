@@ -42,8 +42,12 @@ pub(super) struct TensorCoreProjection {
     pub slots: usize,
     /// The gated activation (`act_math`: `%g`, `%u` -> `%res`) computed in the epilogue: then
     /// each warp's two n8 tiles are 8 gate columns and the up columns F after them, and the
-    /// kernel writes the activations ([slots, F], F = dout / 2), 32 of them per block.
+    /// kernel writes the activations ([slots, F], F = dout / 2), 32 of them per block (with
+    /// `warpgroups`, a block's 64 gate rows and their up rows give 64).
     pub act: Option<String>,
+    /// The projection on the warpgroup tensor cores (`warpgroup_projection`: wgmma, 128 rows
+    /// a pass) rather than with mma.sync (64 rows a pass).
+    pub warpgroups: bool,
 }
 
 impl TensorCoreProjection {
@@ -53,13 +57,26 @@ impl TensorCoreProjection {
     }
 
     /// Whether a gated activation over `ffn` columns (the first projection's `n` = 2 ffn) can
-    /// be the first projection's epilogue: whole blocks of gate columns.
-    pub fn fuses(ffn: usize, n: usize) -> bool {
+    /// be the first projection's epilogue: whole blocks of gate columns with mma.sync (the
+    /// warpgroup kernel clamps its weight rows, so any width).
+    pub fn fuses(ffn: usize, n: usize, warpgroups: bool) -> bool {
         use ppmoe_runtime::program::TC_ACT_BLOCK_COLUMNS;
-        n == 2 * ffn && ffn > 0 && ffn.is_multiple_of(TC_ACT_BLOCK_COLUMNS)
+        n == 2 * ffn && ffn > 0 && (warpgroups || ffn.is_multiple_of(TC_ACT_BLOCK_COLUMNS))
+    }
+
+    /// The kernel's names: the first projection's (fused or not) and the second's.
+    pub fn names(warpgroups: bool) -> [&'static str; 3] {
+        if warpgroups {
+            ["wproj_act", "wproj_in", "wproj_out"]
+        } else {
+            ["tproj_act", "tproj_in", "tproj_out"]
+        }
     }
 
     pub fn kernel(&self) -> String {
+        if self.warpgroups {
+            return super::warpgroup_projection::kernel(self);
+        }
         use ppmoe_runtime::program::{TC_BLOCK_COLUMNS, TC_WARPS};
         debug_assert_eq!(TC_BLOCK_COLUMNS, TC_WARPS * 16);
         let mut b = String::new();
@@ -369,6 +386,7 @@ mod tests {
             div: 2,
             slots: 64,
             act: None,
+            warpgroups: false,
         }
         .kernel();
         let text = format!(
@@ -391,11 +409,12 @@ mod tests {
     #[test]
     fn a_fused_projection_applies_the_activation_to_paired_columns() {
         let act = "        %al = arith.constant 1.0 : f32\n        %ag = arith.mulf %al, %g : f32\n        %nag = arith.negf %ag : f32\n        %ee_l = arith.constant 1.44269504 : f32\n        %ee_m = arith.mulf %nag, %ee_l : f32\n        %ee = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%ee_m) : (f32) -> f32\n        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %gate = arith.divf %g, %den : f32\n        %res = arith.mulf %gate, %u : f32\n";
-        assert!(TensorCoreProjection::fuses(64, 128));
+        assert!(TensorCoreProjection::fuses(64, 128, false));
         assert!(
-            !TensorCoreProjection::fuses(48, 96),
+            !TensorCoreProjection::fuses(48, 96, false),
             "not whole blocks of 32"
         );
+        assert!(TensorCoreProjection::fuses(48, 96, true));
         let kernel = TensorCoreProjection {
             name: "t_tproj_act".into(),
             din: 128,
@@ -403,6 +422,7 @@ mod tests {
             div: 2,
             slots: 64,
             act: Some(act.into()),
+            warpgroups: false,
         }
         .kernel();
         assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);

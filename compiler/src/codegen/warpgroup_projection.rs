@@ -24,6 +24,7 @@
 //! 8 j + 2 (t % 4) (+ 1) of n8 tile j. Fused, the block's 128 weight rows are 64 gate rows and
 //! their 64 up rows, so tile j's gate value and tile j + 8's up value are the same element.
 
+use super::tensor_core_projection::TensorCoreProjection;
 use std::fmt::Write as _;
 
 /// Rows of one pass (two warpgroups of m64).
@@ -46,18 +47,19 @@ const COPIES: usize = 4;
 /// K-major operand does not use (1, bits 16-29).
 const DESCRIPTOR_FIXED: u64 = (1 << 62) | ((1024 >> 4) << 32) | (1 << 16);
 
-/// One warpgroup projection kernel.
-pub(super) struct WarpgroupProjection {
-    pub name: String,
-    pub din: usize,
-    pub dout: usize,
-    /// Slot s reads source row s / div.
-    pub div: usize,
-    pub slots: usize,
-    /// The gated activation (`act_math`: `%g`, `%u` -> `%res`) computed in the epilogue: then
-    /// a block's weight rows are 64 gate rows and the up rows F after them, and the kernel
-    /// writes the activations ([slots, F], F = dout / 2), 64 of them per block.
-    pub act: Option<String>,
+/// The kernel of `p` (its `warpgroups` set): its generation, a view of the description.
+pub(super) fn kernel(p: &TensorCoreProjection) -> String {
+    WarpgroupProjection(p).kernel()
+}
+
+/// A projection generated on the warpgroup tensor cores (the fields are the description's).
+struct WarpgroupProjection<'p>(&'p TensorCoreProjection);
+
+impl std::ops::Deref for WarpgroupProjection<'_> {
+    type Target = TensorCoreProjection;
+    fn deref(&self) -> &TensorCoreProjection {
+        self.0
+    }
 }
 
 /// The accumulator struct of one m64n128 wgmma (64 f32).
@@ -65,18 +67,8 @@ fn acc_type() -> String {
     format!("!llvm.struct<({})>", vec!["f32"; 64].join(", "))
 }
 
-impl WarpgroupProjection {
-    /// Whether projections of `din` inner elements fit the kernel.
-    pub fn fits(din: usize) -> bool {
-        din > 0 && din.is_multiple_of(CHUNK)
-    }
-
-    /// Whether a gated activation over `ffn` columns can be the first projection's epilogue.
-    pub fn fuses(ffn: usize, n: usize) -> bool {
-        n == 2 * ffn && ffn > 0
-    }
-
-    pub fn kernel(&self) -> String {
+impl WarpgroupProjection<'_> {
+    fn kernel(&self) -> String {
         use ppmoe_runtime::program::{
             WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
         };
@@ -302,7 +294,7 @@ fn descriptor(b: &mut String, name: &str, base: &str, offset: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::WarpgroupProjection;
+    use super::TensorCoreProjection;
 
     fn ptx_of(kernel: &str) -> String {
         let text = format!(
@@ -319,13 +311,14 @@ mod tests {
     /// local memory.
     #[test]
     fn a_projection_lowers_to_wgmmas_fed_by_cp_async() {
-        let kernel = WarpgroupProjection {
+        let kernel = TensorCoreProjection {
             name: "t_wproj_in".into(),
             din: 128,
             dout: 96,
             div: 2,
             slots: 64,
             act: None,
+            warpgroups: true,
         }
         .kernel();
         assert_eq!(kernel.matches("nvvm.wgmma.mma_async").count(), 4);
@@ -347,15 +340,16 @@ mod tests {
     #[test]
     fn a_fused_projection_pairs_gate_and_up_tiles() {
         let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
-        assert!(WarpgroupProjection::fuses(64, 128));
-        assert!(!WarpgroupProjection::fuses(64, 96));
-        let kernel = WarpgroupProjection {
+        assert!(TensorCoreProjection::fuses(64, 128, true));
+        assert!(!TensorCoreProjection::fuses(64, 96, true));
+        let kernel = TensorCoreProjection {
             name: "t_wproj_act".into(),
             din: 64,
             dout: 128,
             div: 2,
             slots: 64,
             act: Some(act.into()),
+            warpgroups: true,
         }
         .kernel();
         assert_eq!(kernel.matches("scf.execute_region").count(), 32);
