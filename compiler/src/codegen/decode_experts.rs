@@ -1,4 +1,4 @@
-//! The experts of a step over few tokens, routed on the device: no routing read back, no
+//! The experts of a step routed on the device: no routing read back, no
 //! grouping on the host, no rows gathered. One token by default (`routes_on_device`) with the
 //! CUDA-core projections below; more tokens with bf16 stacks where `routes_on_tensor_cores`
 //! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in` or, with
