@@ -31,8 +31,9 @@ use std::fmt::Write as _;
 const PASS_ROWS: usize = 128;
 /// Weight rows a block multiplies (the wgmma's n).
 const TILE_N: usize = 128;
-/// Inner elements per stage (four k16 steps; one 128-byte swizzled row).
-pub const CHUNK: usize = 64;
+/// Inner elements per stage (four k16 steps; one 128-byte swizzled row): the inner
+/// dimensions `TensorCoreProjection::fits` takes are whole chunks.
+const CHUNK: usize = 64;
 /// Stages, and the chunks whose copies are issued ahead of the one multiplied (two stages
 /// more: the one multiplied, and the one whose wgmmas may still run).
 const STAGES: usize = 6;
@@ -72,6 +73,7 @@ impl WarpgroupProjection<'_> {
         use ppmoe_runtime::program::{
             WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
         };
+        debug_assert_eq!(CHUNK, super::tensor_core_projection::CHUNK);
         // Each thread copies four words of each operand's chunk: 4 x 256 = 128 rows x 8.
         debug_assert_eq!(COPIES * WG_THREADS * 16, OPERAND_BYTES);
         debug_assert_eq!(
