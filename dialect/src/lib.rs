@@ -65,19 +65,14 @@ fn parse<'c>(context: &'c Context, text: &str, verify: bool) -> Result<Module<'c
         return Err(format!("a NUL byte at offset {at}: not MLIR text"));
     }
     check_result_numbers(text)?;
-    let diagnostics = Rc::new(RefCell::new(Vec::<String>::new()));
-    let sink = diagnostics.clone();
-    let id = context.attach_diagnostic_handler(move |d| {
-        sink.borrow_mut().push(format!("{} ({})", d, d.location()));
-        true
+    let ((module, verified), messages) = with_diagnostics(context, || {
+        let module = Module::parse(context, text);
+        let verified = module
+            .as_ref()
+            .map(|m| !verify || m.as_operation().verify())
+            .unwrap_or(false);
+        (module, verified)
     });
-    let module = Module::parse(context, text);
-    let verified = module
-        .as_ref()
-        .map(|m| !verify || m.as_operation().verify())
-        .unwrap_or(false);
-    context.detach_diagnostic_handler(id);
-    let messages = diagnostics.borrow().join("; ");
     match module {
         Some(m) if verified => Ok(m),
         Some(_) => Err(if messages.is_empty() {
@@ -91,6 +86,21 @@ fn parse<'c>(context: &'c Context, text: &str, verify: bool) -> Result<Module<'c
             messages
         }),
     }
+}
+
+/// What `f` returns, and the diagnostics MLIR emitted on `context` while it ran (each with
+/// its location, joined by "; "): what a failed parse, verification or pass names.
+pub fn with_diagnostics<T>(context: &Context, f: impl FnOnce() -> T) -> (T, String) {
+    let diagnostics = Rc::new(RefCell::new(Vec::<String>::new()));
+    let sink = diagnostics.clone();
+    let id = context.attach_diagnostic_handler(move |d| {
+        sink.borrow_mut().push(format!("{} ({})", d, d.location()));
+        true
+    });
+    let out = f();
+    context.detach_diagnostic_handler(id);
+    let messages = diagnostics.borrow().join("; ");
+    (out, messages)
 }
 
 /// Prints a module with large constants elided (`dense_resource<__elided__>`), as `--emit` does.

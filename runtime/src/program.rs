@@ -860,9 +860,11 @@ pub const WG_ACT_BLOCK_COLUMNS: usize = 64;
 /// The dynamic shared memory a block of them takes: six stages of 32 KiB, and 1 KiB to align
 /// the first to 1024 bytes (the 128-byte swizzle's period); the H200 allows a block 227 KiB.
 pub const WG_SHARED_BYTES: usize = 6 * 32768 + 1024;
-/// The suffixes of the warpgroup projection kernels (their dynamic shared memory is allowed at
-/// load).
-pub const WG_KERNELS: &[&str] = &["wproj_in", "wproj_act", "wproj_out"];
+/// The suffixes of the tensor-core projection kernels: the first projection with the
+/// activation as its epilogue, the first without, the second (mma.sync, and warpgroups, whose
+/// dynamic shared memory is allowed at load).
+pub const TC_KERNELS: [&str; 3] = ["tproj_act", "tproj_in", "tproj_out"];
+pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
 /// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows
@@ -907,12 +909,12 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     "dgroup",
     "dproj_in",
     "dproj_out",
-    "tproj_in",
-    "tproj_act",
-    "tproj_out",
-    "wproj_in",
-    "wproj_act",
-    "wproj_out",
+    TC_KERNELS[0],
+    TC_KERNELS[1],
+    TC_KERNELS[2],
+    WG_KERNELS[0],
+    WG_KERNELS[1],
+    WG_KERNELS[2],
     "tgroup",
 ];
 

@@ -68,20 +68,8 @@ pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
     melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline(chip.0))
         .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
     // MLIR's own diagnostics name the op a pass failed on: they go into the error.
-    let diagnostics = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
-    let sink = diagnostics.clone();
-    let id = context.attach_diagnostic_handler(move |d| {
-        sink.borrow_mut().push(format!("{} ({})", d, d.location()));
-        true
-    });
-    let ran = pm.run(&mut module);
-    context.detach_diagnostic_handler(id);
-    ran.map_err(|e| {
-        format!(
-            "lowering to PTX failed: {e}: {}",
-            diagnostics.borrow().join("; ")
-        )
-    })?;
+    let (ran, diagnostics) = ppmoe_dialect::with_diagnostics(&context, || pm.run(&mut module));
+    ran.map_err(|e| format!("lowering to PTX failed: {e}: {diagnostics}"))?;
     let text = module.as_operation().to_string();
     let mut out = Vec::new();
     for chunk in text.split("gpu.binary @").skip(1) {

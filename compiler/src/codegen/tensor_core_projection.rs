@@ -66,10 +66,11 @@ impl TensorCoreProjection {
 
     /// The kernel's names: the first projection's (fused or not) and the second's.
     pub fn names(warpgroups: bool) -> [&'static str; 3] {
+        use ppmoe_runtime::program::{TC_KERNELS, WG_KERNELS};
         if warpgroups {
-            ["wproj_act", "wproj_in", "wproj_out"]
+            WG_KERNELS
         } else {
-            ["tproj_act", "tproj_in", "tproj_out"]
+            TC_KERNELS
         }
     }
 

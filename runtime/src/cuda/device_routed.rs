@@ -1,8 +1,10 @@
 //! An experts step routed on the device: for few tokens (one by default,
 //! `program::routes_on_device`, and a few more with bf16 stacks, `routes_on_tensor_cores`;
 //! `PPMOE_DEVICE_ROUTING` at compile time), where the compiler generated the step's `dgroup`
-//! kernel and its `dproj_in` and `dproj_out` (CUDA cores) or `tproj_in` and `tproj_out`
-//! (tensor cores, reading x narrowed to bf16) kernels (see the compiler's `decode_experts`).
+//! kernel and its `dproj_in` and `dproj_out` (CUDA cores) or tensor-core projections (the
+//! `tproj` kernels, mma.sync, or above 32 rows per expert the `wproj` ones, wgmma; reading x
+//! narrowed to bf16, the first with the activation as its epilogue where it fits) kernels (see
+//! the compiler's `decode_experts`).
 //! Nothing is read back and nothing grouped on the host: the slots are listed per expert on
 //! the device, each projection reads only the routed experts' matrices, the rows are indexed
 //! by slot (no gather), and the step's own activation and combine kernels finish it. So the
@@ -43,7 +45,7 @@ impl RoutedKernels {
             TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS, WG_ACT_BLOCK_COLUMNS,
             WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
         };
-        let (plain, fused, warps) = match self.projections {
+        let (plain, fused, warps, shared) = match self.projections {
             Projections::CudaCores => {
                 let tile = DecodeTile::for_tokens(tokens);
                 let b = Blocks {
@@ -53,12 +55,13 @@ impl RoutedKernels {
                 };
                 return (b, b);
             }
-            Projections::MmaSync => (TC_BLOCK_COLUMNS, TC_ACT_BLOCK_COLUMNS, TC_WARPS),
-            Projections::Warpgroups => (WG_BLOCK_COLUMNS, WG_ACT_BLOCK_COLUMNS, WG_THREADS / 32),
-        };
-        let shared = match self.projections {
-            Projections::Warpgroups => WG_SHARED_BYTES,
-            _ => 0,
+            Projections::MmaSync => (TC_BLOCK_COLUMNS, TC_ACT_BLOCK_COLUMNS, TC_WARPS, 0),
+            Projections::Warpgroups => (
+                WG_BLOCK_COLUMNS,
+                WG_ACT_BLOCK_COLUMNS,
+                WG_THREADS / 32,
+                WG_SHARED_BYTES,
+            ),
         };
         let first = Blocks {
             columns: if self.fused_act { fused } else { plain },
@@ -243,15 +246,15 @@ impl Rank<'_> {
         }
         let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
         let group = f("dgroup")?;
-        let pair = |act: &str, plain: &str, out: &str| {
+        let pair = |[act, plain, out]: [&str; 3]| {
             let fused = f(act);
             let fused_act = fused.is_some();
             Some((fused.or_else(|| f(plain))?, f(out)?, fused_act))
         };
         let (proj_in, proj_out, fused_act, projections) =
-            if let Some((i, o, a)) = pair("wproj_act", "wproj_in", "wproj_out") {
+            if let Some((i, o, a)) = pair(crate::program::WG_KERNELS) {
                 (i, o, a, Projections::Warpgroups)
-            } else if let Some((i, o, a)) = pair("tproj_act", "tproj_in", "tproj_out") {
+            } else if let Some((i, o, a)) = pair(crate::program::TC_KERNELS) {
                 (i, o, a, Projections::MmaSync)
             } else {
                 (
