@@ -853,13 +853,13 @@ pub const TC_ACT_BLOCK_COLUMNS: usize = 32;
 
 /// The threads of a block of the device-routed warpgroup projections (the compiler's
 /// `warpgroup_projection`: two warpgroups), and the output columns a block computes (the
-/// wgmma's n = 128 weight rows; fused, 64 gate rows and their up rows give 64 activations).
+/// wgmma's n = 256 weight rows; fused, 128 gate rows and their up rows give 128 activations).
 pub const WG_THREADS: usize = 256;
-pub const WG_BLOCK_COLUMNS: usize = 128;
-pub const WG_ACT_BLOCK_COLUMNS: usize = 64;
-/// The dynamic shared memory a block of them takes: six stages of 32 KiB, and 1 KiB to align
+pub const WG_BLOCK_COLUMNS: usize = 256;
+pub const WG_ACT_BLOCK_COLUMNS: usize = 128;
+/// The dynamic shared memory a block of them takes: four stages of 48 KiB, and 1 KiB to align
 /// the first to 1024 bytes (the 128-byte swizzle's period); the H200 allows a block 227 KiB.
-pub const WG_SHARED_BYTES: usize = 6 * 32768 + 1024;
+pub const WG_SHARED_BYTES: usize = 4 * 49152 + 1024;
 /// The suffixes of the tensor-core projection kernels: the first projection with the
 /// activation as its epilogue, the first without, the second (mma.sync, and warpgroups, whose
 /// dynamic shared memory is allowed at load).

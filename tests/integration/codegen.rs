@@ -492,7 +492,7 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 #[test]
 fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
     const MMA: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
-    const WGMMA: &str = "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16";
+    const WGMMA: &str = "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16";
     for dtype in ["fp32", "bf16"] {
         let one = lm_ptx(1, &["--dtype", dtype], None);
         let groups = entries_ending(&one, "_dgroup");

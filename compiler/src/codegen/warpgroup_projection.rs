@@ -1,17 +1,20 @@
 //! A device-routed expert projection on Hopper's warpgroup tensor cores (`wgmma`), for steps
 //! whose experts have many rows each: the same operands and slot lists as the `tproj` kernels
 //! (see `tensor_core_projection`), but each block multiplies its expert's listed rows, 128 at a
-//! time, by 128 of the expert's weight rows with `wgmma.mma_async` m64n128k16 (bf16 in, f32
-//! accumulated in registers), both operands staged in shared memory by `cp.async` in six
-//! stages of 64 inner elements: the copies of the next four chunks are in flight while the
+//! time, by 256 of the expert's weight rows with `wgmma.mma_async` m64n256k16 (bf16 in, f32
+//! accumulated in registers), both operands staged in shared memory by `cp.async` in four
+//! stages of 64 inner elements: the copies of the next two chunks are in flight while the
 //! tensor cores multiply one, and one chunk's wgmmas may still run while the next are issued.
+//! One loop runs over every (pass, chunk) of the block, so the copies of a pass's first chunks
+//! are in flight while the previous pass's results are stored.
 //!
 //! Per block (two warpgroups, 256 threads; grid: column tiles x local experts): warpgroup w
 //! computes rows 64 w .. 64 w + 63 of each pass (and skips the multiplication where the pass
-//! has no such rows). Every thread copies four 16-byte words of each operand per chunk.
+//! has no such rows). Every thread copies four 16-byte words of the rows' chunk and eight of
+//! the weights'.
 //!
 //! Shared memory (dynamic, `WG_SHARED_BYTES`, its start aligned to 1024 bytes), per stage: the
-//! 128 listed rows' chunk (16 KiB), then the 128 weight rows' (16 KiB), each in the K-major
+//! 128 listed rows' chunk (16 KiB), then the 256 weight rows' (32 KiB), each in the K-major
 //! layout with the 128-byte swizzle: row r's 128 bytes at 128 r, its 16-byte word j at
 //! position j ^ (r % 8) (so the 8 lanes of a store phase, one row's 8 words, write 8 distinct
 //! bank groups, and the wgmma reads without conflicts); groups of 8 rows are 1024 bytes apart
@@ -19,10 +22,11 @@
 //! the expert's count are copied from its first listed row (valid memory), multiplied, and
 //! never stored.
 //!
-//! The accumulators (m64n128, 64 f32 per thread) are those of 16 m16n8 tiles: thread t of a
+//! The accumulators (m64n256, 128 f32 per thread) are those of 32 m16n8 tiles: thread t of a
 //! warpgroup holds row 16 (t / 32) + (t % 32) / 4 (+ 8 for the second pair) and columns
-//! 8 j + 2 (t % 4) (+ 1) of n8 tile j. Fused, the block's 128 weight rows are 64 gate rows and
-//! their 64 up rows, so tile j's gate value and tile j + 8's up value are the same element.
+//! 8 j + 2 (t % 4) (+ 1) of n8 tile j. Fused, the block's 256 weight rows are 128 gate rows
+//! and their 128 up rows, so tile j's gate value and tile j + 16's up value are the same
+//! element.
 
 use super::tensor_core_projection::TensorCoreProjection;
 use std::fmt::Write as _;
@@ -30,23 +34,27 @@ use std::fmt::Write as _;
 /// Rows of one pass (two warpgroups of m64).
 const PASS_ROWS: usize = 128;
 /// Weight rows a block multiplies (the wgmma's n).
-const TILE_N: usize = 128;
+const TILE_N: usize = 256;
 /// Inner elements per stage (four k16 steps; one 128-byte swizzled row): the inner
 /// dimensions `TensorCoreProjection::fits` takes are whole chunks.
 const CHUNK: usize = 64;
 /// Stages, and the chunks whose copies are issued ahead of the one multiplied (two stages
 /// more: the one multiplied, and the one whose wgmmas may still run).
-const STAGES: usize = 6;
+const STAGES: usize = 4;
 const AHEAD: usize = STAGES - 2;
-/// Bytes of one operand's chunk (128 rows of 128 bytes), and of one stage (both operands).
-const OPERAND_BYTES: usize = PASS_ROWS * CHUNK * 2;
-const STAGE_BYTES: usize = 2 * OPERAND_BYTES;
-/// 16-byte copies per thread per operand and chunk.
-const COPIES: usize = 4;
+/// Bytes of one chunk of the rows (128 rows of 128 bytes) and of the weights (256 rows), and
+/// of one stage (both).
+const ROWS_BYTES: usize = PASS_ROWS * CHUNK * 2;
+const STAGE_BYTES: usize = ROWS_BYTES + TILE_N * CHUNK * 2;
+/// 16-byte copies per thread and chunk: of the rows, and of the weights.
+const ROW_COPIES: usize = 4;
+const WEIGHT_COPIES: usize = 8;
 /// A descriptor's fixed part: the 128-byte swizzle (bits 62-63: 1), the stride byte offset
 /// between groups of 8 rows (1024 / 16, bits 32-45) and the leading byte offset a swizzled
 /// K-major operand does not use (1, bits 16-29).
 const DESCRIPTOR_FIXED: u64 = (1 << 62) | ((1024 >> 4) << 32) | (1 << 16);
+/// f32 accumulators per thread (m64n256).
+const ACCS: usize = TILE_N / 2;
 
 /// The kernel of `p` (its `warpgroups` set): its generation, a view of the description.
 pub(super) fn kernel(p: &TensorCoreProjection) -> String {
@@ -63,9 +71,9 @@ impl std::ops::Deref for WarpgroupProjection<'_> {
     }
 }
 
-/// The accumulator struct of one m64n128 wgmma (64 f32).
+/// The accumulator struct of one m64n256 wgmma.
 fn acc_type() -> String {
-    format!("!llvm.struct<({})>", vec!["f32"; 64].join(", "))
+    format!("!llvm.struct<({})>", vec!["f32"; ACCS].join(", "))
 }
 
 impl WarpgroupProjection<'_> {
@@ -74,36 +82,31 @@ impl WarpgroupProjection<'_> {
             WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
         };
         debug_assert_eq!(CHUNK, super::tensor_core_projection::CHUNK);
-        // Each thread copies four words of each operand's chunk: 4 x 256 = 128 rows x 8.
-        debug_assert_eq!(COPIES * WG_THREADS * 16, OPERAND_BYTES);
+        // A chunk's row is 8 words: the threads' copies cover both operands' rows.
+        debug_assert_eq!(ROW_COPIES * WG_THREADS, PASS_ROWS * 8);
+        debug_assert_eq!(WEIGHT_COPIES * WG_THREADS, TILE_N * 8);
         debug_assert_eq!(
             (WG_BLOCK_COLUMNS, 2 * WG_ACT_BLOCK_COLUMNS),
             (TILE_N, TILE_N)
         );
         debug_assert_eq!(WG_SHARED_BYTES, STAGES * STAGE_BYTES + 1024);
+        let acc = acc_type();
         let mut b = String::new();
         self.prologue(&mut b);
         let _ = writeln!(
             b,
-            "        scf.for %r0 = %c0 to %cnt step %cP {{\n          gpu.barrier"
+            "        %cnt127 = arith.addi %cnt, %c127 : index\n        %passes = arith.divui %cnt127, %cP : index\n        %total = arith.muli %passes, %cNK : index\n        %acc0 = llvm.mlir.zero : {acc}"
         );
-        self.pass_rows(&mut b);
         for chunk in 0..AHEAD {
             let _ = writeln!(
                 b,
-                "          %pk{chunk} = arith.constant {chunk} : index\n          %pin{chunk} = arith.cmpi ult, %pk{chunk}, %cNK : index\n          scf.if %pin{chunk} {{"
+                "        %pk{chunk} = arith.constant {chunk} : index\n        %pin{chunk} = arith.cmpi ult, %pk{chunk}, %total : index\n        scf.if %pin{chunk} {{"
             );
-            self.issue(
-                &mut b,
-                &format!("%pk{chunk}"),
-                &format!("%pk{chunk}"),
-                "            ",
-            );
-            let _ = writeln!(b, "          }}\n          nvvm.cp.async.commit.group");
+            self.issue(&mut b, &format!("%pk{chunk}"), "          ");
+            let _ = writeln!(b, "        }}\n        nvvm.cp.async.commit.group");
         }
         self.chunks(&mut b);
-        self.store(&mut b);
-        let _ = writeln!(b, "        }}\n      }}");
+        let _ = writeln!(b, "      }}");
         format!(
             "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) kernel {{\n{b}      gpu.return\n    }}\n",
             self.name
@@ -111,9 +114,9 @@ impl WarpgroupProjection<'_> {
     }
 
     /// Constants, this thread's place, the expert's count, and (where it has rows) the
-    /// addresses the copies start from: `%wq{q}` (weight row q's word, bytes) and `%sq{q}`
-    /// (its shared-memory word in a stage, bytes) for q = 0 .. 3: thread t copies word t % 8
-    /// of row t / 8 + 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
+    /// addresses the copies start from: `%wq{q}` (weight row q's word, bytes, q = 0 .. 7) and
+    /// `%sq{q}` (an operand's row q's word in a stage, bytes): thread t copies word t % 8 of
+    /// row t / 8 + 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
     fn prologue(&self, b: &mut String) {
         let (rows_per_block, second) = match self.act {
             None => (TILE_N, 0),
@@ -121,21 +124,22 @@ impl WarpgroupProjection<'_> {
         };
         let _ = writeln!(
             b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n        %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n        %c1023 = arith.constant 1023 : index\n        %dyn1 = arith.addi %dynx, %c1023 : index\n        %dyn2 = arith.divui %dyn1, %c1024 : index\n        %smx = arith.muli %dyn2, %c1024 : index\n        %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n        %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n        %wg = arith.divui %tid, %c128 : index\n        %wtid = arith.remui %tid, %c128 : index\n        %w4 = arith.divui %wtid, %c32 : index\n        %lane = arith.remui %tid, %c32 : index\n        %lgrp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %cj = arith.remui %tid, %c8 : index\n        %crow = arith.divui %tid, %c8 : index\n        %crm = arith.remui %crow, %c8 : index\n        %cpos = arith.xori %cj, %crm : index\n        %cjb = arith.muli %cj, %c16 : index\n        %cposb = arith.muli %cpos, %c16 : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %cB = arith.constant {rows_per_block} : index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index\n        %csecond = arith.constant {second} : index",
+            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c127 = arith.constant 127 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cST = arith.constant {STAGES} : index\n      %cSB = arith.constant {STAGE_BYTES} : index\n      %cRO = arith.constant {ROWS_BYTES} : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n        %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n        %c1023 = arith.constant 1023 : index\n        %dyn1 = arith.addi %dynx, %c1023 : index\n        %dyn2 = arith.divui %dyn1, %c1024 : index\n        %smx = arith.muli %dyn2, %c1024 : index\n        %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n        %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n        %wg = arith.divui %tid, %c128 : index\n        %wtid = arith.remui %tid, %c128 : index\n        %w4 = arith.divui %wtid, %c32 : index\n        %lane = arith.remui %tid, %c32 : index\n        %lgrp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %cj = arith.remui %tid, %c8 : index\n        %crow = arith.divui %tid, %c8 : index\n        %crm = arith.remui %crow, %c8 : index\n        %cpos = arith.xori %cj, %crm : index\n        %cjb = arith.muli %cj, %c16 : index\n        %cposb = arith.muli %cpos, %c16 : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %cB = arith.constant {rows_per_block} : index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index\n        %csecond = arith.constant {second} : index\n        %cHALF = arith.constant {} : index\n        %wgr = arith.muli %wg, %c64 : index",
             self.din * 2,
             self.din / CHUNK,
             self.dout,
             self.slots,
             self.div,
+            TILE_N / 2,
         );
-        for q in 0..COPIES {
+        for q in 0..WEIGHT_COPIES {
             let weight_row = match self.act {
                 None => format!(
                     "        %bn{q} = arith.addi %nb0, %crow{q} : index\n        %bnl{q} = arith.constant {} : index\n        %bnc{q} = arith.minui %bn{q}, %bnl{q} : index",
                     self.dout - 1
                 ),
                 Some(_) => format!(
-                    "        %bup{q} = arith.cmpi uge, %crow{q}, %c64 : index\n        %bo{q} = arith.remui %crow{q}, %c64 : index\n        %bg{q} = arith.addi %nb0, %bo{q} : index\n        %bgl{q} = arith.constant {} : index\n        %bgc{q} = arith.minui %bg{q}, %bgl{q} : index\n        %bus{q} = arith.addi %bgc{q}, %csecond : index\n        %bnc{q} = arith.select %bup{q}, %bus{q}, %bgc{q} : index",
+                    "        %bup{q} = arith.cmpi uge, %crow{q}, %cHALF : index\n        %bo{q} = arith.remui %crow{q}, %cHALF : index\n        %bg{q} = arith.addi %nb0, %bo{q} : index\n        %bgl{q} = arith.constant {} : index\n        %bgc{q} = arith.minui %bg{q}, %bgl{q} : index\n        %bus{q} = arith.addi %bgc{q}, %csecond : index\n        %bnc{q} = arith.select %bup{q}, %bus{q}, %bgc{q} : index",
                     self.dout / 2 - 1
                 ),
             };
@@ -147,58 +151,59 @@ impl WarpgroupProjection<'_> {
         }
     }
 
-    /// This pass's copy sources of the listed rows: `%aq{q}` (bytes) for q = 0 .. 3 (the
-    /// first listed row's past the count), and whether each warpgroup has rows (`%active`).
-    fn pass_rows(&self, b: &mut String) {
-        for q in 0..COPIES {
+    /// The copies of the block's chunk `{g}` (an index value: pass g / NK, chunk g % NK of
+    /// it) into stage g % STAGES: each thread's four words of the pass's listed rows (the
+    /// first listed row's past the count) and eight of the weights.
+    fn issue(&self, b: &mut String, g: &str, ind: &str) {
+        let n = g.trim_start_matches('%');
+        let _ = writeln!(
+            b,
+            "{ind}%{n}_p = arith.divui {g}, %cNK : index\n{ind}%{n}_k = arith.remui {g}, %cNK : index\n{ind}%{n}_r0 = arith.muli %{n}_p, %cP : index\n{ind}%{n}_gk = arith.muli %{n}_k, %c128 : index\n{ind}%{n}_st = arith.remui {g}, %cST : index\n{ind}%{n}_ss = arith.muli %{n}_st, %cSB : index\n{ind}%{n}_sa = arith.addi %smx, %{n}_ss : index\n{ind}%{n}_sb = arith.addi %{n}_sa, %cRO : index"
+        );
+        for q in 0..ROW_COPIES {
             let _ = writeln!(
                 b,
-                "          %ar{q} = arith.addi %r0, %crow{q} : index\n          %ain{q} = arith.cmpi ult, %ar{q}, %cnt : index\n          %aslot{q} = scf.if %ain{q} -> (index) {{\n            %al{q} = arith.addi %lbase, %ar{q} : index\n            %as32{q} = memref.load %lists[%al{q}] : memref<?xi32>\n            %as{q} = arith.index_cast %as32{q} : i32 to index\n            scf.yield %as{q} : index\n          }} else {{\n            scf.yield %firsts : index\n          }}\n          %asr{q} = arith.divui %aslot{q}, %cdiv : index\n          %asb{q} = arith.muli %asr{q}, %cRB : index\n          %asc{q} = arith.addi %asb{q}, %cjb : index\n          %aq{q} = arith.addi %srcx, %asc{q} : index"
+                "{ind}%{n}_ar{q} = arith.addi %{n}_r0, %crow{q} : index\n{ind}%{n}_ain{q} = arith.cmpi ult, %{n}_ar{q}, %cnt : index\n{ind}%{n}_aslot{q} = scf.if %{n}_ain{q} -> (index) {{\n{ind}  %{n}_al{q} = arith.addi %lbase, %{n}_ar{q} : index\n{ind}  %{n}_as32{q} = memref.load %lists[%{n}_al{q}] : memref<?xi32>\n{ind}  %{n}_as{q} = arith.index_cast %{n}_as32{q} : i32 to index\n{ind}  scf.yield %{n}_as{q} : index\n{ind}}} else {{\n{ind}  scf.yield %firsts : index\n{ind}}}\n{ind}%{n}_asr{q} = arith.divui %{n}_aslot{q}, %cdiv : index\n{ind}%{n}_asb{q} = arith.muli %{n}_asr{q}, %cRB : index\n{ind}%{n}_asc{q} = arith.addi %{n}_asb{q}, %cjb : index\n{ind}%{n}_aq{q} = arith.addi %srcx, %{n}_asc{q} : index"
+            );
+            copy(
+                b,
+                &format!("{n}_a{q}"),
+                &format!("%{n}_aq{q}"),
+                &format!("%{n}_gk"),
+                &format!("%{n}_sa"),
+                q,
+                ind,
             );
         }
-        let _ = writeln!(
-            b,
-            "          %wgr = arith.muli %wg, %c64 : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index"
-        );
-    }
-
-    /// The copies of chunk `%{chunk}` into stage `%{stage}` (both index values): each thread's
-    /// four words of the rows and four of the weights.
-    fn issue(&self, b: &mut String, chunk: &str, stage: &str, ind: &str) {
-        let n = chunk.trim_start_matches('%');
-        let _ = writeln!(
-            b,
-            "{ind}%{n}_gk = arith.muli {chunk}, %c128 : index\n{ind}%{n}_sw = arith.constant {STAGE_BYTES} : index\n{ind}%{n}_ss = arith.muli {stage}, %{n}_sw : index\n{ind}%{n}_sa = arith.addi %smx, %{n}_ss : index\n{ind}%{n}_ob = arith.constant {OPERAND_BYTES} : index\n{ind}%{n}_sb = arith.addi %{n}_sa, %{n}_ob : index"
-        );
-        for q in 0..COPIES {
-            for (op, src, base) in [
-                ("a", format!("%aq{q}"), "sa"),
-                ("b", format!("%wq{q}"), "sb"),
-            ] {
-                let v = format!("{n}_{op}{q}");
-                let _ = writeln!(
-                    b,
-                    "{ind}%{v}_s = arith.addi {src}, %{n}_gk : index\n{ind}%{v}_si = arith.index_cast %{v}_s : index to i64\n{ind}%{v}_sp = llvm.inttoptr %{v}_si : i64 to !llvm.ptr<1>\n{ind}%{v}_d = arith.addi %{n}_{base}, %sq{q} : index\n{ind}%{v}_di = arith.index_cast %{v}_d : index to i64\n{ind}%{v}_dp = llvm.inttoptr %{v}_di : i64 to !llvm.ptr<3>\n{ind}nvvm.cp.async.shared.global %{v}_dp, %{v}_sp, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
-                );
-            }
+        for q in 0..WEIGHT_COPIES {
+            copy(
+                b,
+                &format!("{n}_b{q}"),
+                &format!("%wq{q}"),
+                &format!("%{n}_gk"),
+                &format!("%{n}_sb"),
+                q,
+                ind,
+            );
         }
     }
 
-    /// The chunk loop: wait for chunk c's copies, issue chunk c + AHEAD's (into the stage
-    /// chunk c - 2 used: every warpgroup has at most chunk c - 1's wgmmas in flight past the
-    /// barrier), multiply chunk c (four k16 steps) where the warpgroup has rows, leaving its
-    /// wgmmas in flight; `%acc` is the pass's accumulators, all wgmmas done.
+    /// The loop over the block's chunks: wait for chunk g's copies, issue chunk g + AHEAD's
+    /// (into the stage chunk g - 2 used: every warpgroup has at most chunk g - 1's wgmmas in
+    /// flight past the barrier), multiply chunk g (four k16 steps) where the warpgroup has
+    /// rows, leaving its wgmmas in flight; after a pass's last chunk, wait for them and store
+    /// the pass's results.
     fn chunks(&self, b: &mut String) {
         let acc = acc_type();
         let _ = writeln!(
             b,
-            "          %acc0 = llvm.mlir.zero : {acc}\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {AHEAD} : index\n            %cST = arith.constant {STAGES} : index\n            %kn = arith.addi %kc, %cAH : index\n            %more = arith.cmpi ult, %kn, %cNK : index\n            scf.if %more {{\n              %kst = arith.remui %kn, %cST : index",
+            "        %accs = scf.for %gi = %c0 to %total step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n          nvvm.cp.async.wait.group {}\n          nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n          gpu.barrier\n          %cAH = arith.constant {AHEAD} : index\n          %gn = arith.addi %gi, %cAH : index\n          %more = arith.cmpi ult, %gn, %total : index\n          scf.if %more {{",
             AHEAD - 1
         );
-        self.issue(b, "%kn", "%kst", "              ");
+        self.issue(b, "%gn", "            ");
         let _ = writeln!(
             b,
-            "            }}\n            nvvm.cp.async.commit.group\n            %st = arith.remui %kc, %cST : index\n            %next = scf.if %active -> ({acc}) {{\n              %stw = arith.constant {STAGE_BYTES} : index\n              %stb = arith.muli %st, %stw : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %boff = arith.constant {OPERAND_BYTES} : index\n              %bbase = arith.addi %stx, %boff : index\n              nvvm.wgmma.fence.aligned"
+            "          }}\n          nvvm.cp.async.commit.group\n          %kc = arith.remui %gi, %cNK : index\n          %pass = arith.divui %gi, %cNK : index\n          %r0 = arith.muli %pass, %cP : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %st = arith.remui %gi, %cST : index\n          %next = scf.if %active -> ({acc}) {{\n            %stb = arith.muli %st, %cSB : index\n            %stx = arith.addi %smx, %stb : index\n            %wga = arith.constant 8192 : index\n            %wgo = arith.muli %wg, %wga : index\n            %abase = arith.addi %stx, %wgo : index\n            %bbase = arith.addi %stx, %cRO : index\n            nvvm.wgmma.fence.aligned"
         );
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
@@ -207,34 +212,44 @@ impl WarpgroupProjection<'_> {
             }
             let _ = writeln!(
                 b,
-                "              %m{step} = nvvm.wgmma.mma_async %dd{step}a, %dd{step}b, {cur}, <m = 64, n = {TILE_N}, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>] : {acc} -> {acc}"
+                "            %m{step} = nvvm.wgmma.mma_async %dd{step}a, %dd{step}b, {cur}, <m = 64, n = {TILE_N}, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>] : {acc} -> {acc}"
             );
             cur = format!("%m{step}");
         }
         let _ = writeln!(
             b,
-            "              nvvm.wgmma.commit.group.sync.aligned\n              nvvm.wgmma.wait.group.sync.aligned 1\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}\n            scf.yield %next : {acc}\n          }}"
+            "            nvvm.wgmma.commit.group.sync.aligned\n            nvvm.wgmma.wait.group.sync.aligned 1\n            scf.yield {cur} : {acc}\n          }} else {{\n            scf.yield %a : {acc}\n          }}\n          %clast = arith.constant {} : index\n          %last = arith.cmpi eq, %kc, %clast : index\n          %out = scf.if %last -> ({acc}) {{",
+            self.din / CHUNK - 1
         );
-        // The last wgmmas done before the accumulators are read: the wait is an identity of
-        // all 64, so no read can be moved above it.
-        let outs = vec!["=f"; 64].join(",");
-        let ties = (0..64).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-        let vals = (0..64).map(|i| format!("%fa{i}")).collect::<Vec<_>>();
+        // The pass's last wgmmas done before the accumulators are read: the wait is an
+        // identity of all of them, so no read can be moved above it.
+        let outs = vec!["=f"; ACCS].join(",");
+        let ties = (0..ACCS)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let vals = (0..ACCS).map(|i| format!("%fa{i}")).collect::<Vec<_>>();
         for (i, v) in vals.iter().enumerate() {
-            let _ = writeln!(b, "          {v} = llvm.extractvalue %accs[{i}] : {acc}");
+            let _ = writeln!(b, "            {v} = llvm.extractvalue %next[{i}] : {acc}");
         }
         let _ = writeln!(
             b,
-            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
+            "            %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
             vals.join(", "),
-            vec!["f32"; 64].join(", ")
+            vec!["f32"; ACCS].join(", ")
+        );
+        self.store(b);
+        let _ = writeln!(
+            b,
+            "            scf.yield %acc0 : {acc}\n          }} else {{\n            scf.yield %next : {acc}\n          }}\n          scf.yield %out : {acc}\n        }}"
         );
     }
 
-    /// The pass's results, where the warpgroup has rows: accumulator 4 j + 2 h + c is row
-    /// 64 wg + 16 w4 + g + 8 h of the pass, column 8 j + 2 t + c of the block's tile; stored
-    /// as bf16 where the row and column exist (fused: gate tile j with up tile j + 8 through
-    /// the activation, at activation column 8 j + 2 t + c of the block's 64).
+    /// The pass's results (pass `%r0`), where the warpgroup has rows: accumulator
+    /// 4 j + 2 h + c is row 64 wg + 16 w4 + g + 8 h of the pass, column 8 j + 2 t + c of the
+    /// block's tile; stored as bf16 where the row and column exist (fused: gate tile j with up
+    /// tile j + 16 through the activation, at activation column 8 j + 2 t + c of the block's
+    /// 128).
     fn store(&self, b: &mut String) {
         let acc = acc_type();
         let (tiles, width) = match self.act {
@@ -243,13 +258,13 @@ impl WarpgroupProjection<'_> {
         };
         let _ = writeln!(
             b,
-            "          %cW = arith.constant {width} : index\n          %zero = arith.constant 0.0 : f32\n          %w16 = arith.muli %w4, %c16 : index\n          %rw0 = arith.addi %wgr, %w16 : index\n          %rw = arith.addi %rw0, %lgrp : index\n          %tpair = arith.muli %tig, %c2 : index\n          %oc = arith.addi %nb0, %tpair : index"
+            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index"
         );
         for h in 0..2 {
             let r = format!("s{h}");
             let _ = writeln!(
                 b,
-                "          %{r}c = arith.constant {} : index\n          %{r}row0 = arith.addi %rw, %{r}c : index\n          %{r}row = arith.addi %r0, %{r}row0 : index\n          %{r}in = arith.cmpi ult, %{r}row, %cnt : index\n          scf.if %{r}in {{\n            %{r}l = arith.addi %lbase, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, %cW : index",
+                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in = arith.cmpi ult, %{r}row, %cnt : index\n            scf.if %{r}in {{\n              %{r}l = arith.addi %lbase, %{r}row : index\n              %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n              %{r}s = arith.index_cast %{r}s32 : i32 to index\n              %{r}base = arith.muli %{r}s, %cW : index",
                 8 * h
             );
             for j in 0..tiles {
@@ -260,7 +275,7 @@ impl WarpgroupProjection<'_> {
                         None => {
                             let _ = writeln!(
                                 b,
-                                "            %{o}v = llvm.extractvalue %acc[{idx}] : {acc}"
+                                "              %{o}v = llvm.extractvalue %acc[{idx}] : {acc}"
                             );
                             format!("%{o}v")
                         }
@@ -268,21 +283,30 @@ impl WarpgroupProjection<'_> {
                             let up = 4 * (j + tiles) + 2 * h + c;
                             let _ = writeln!(
                                 b,
-                                "            %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n            %{o}u = llvm.extractvalue %acc[{up}] : {acc}\n            %{o}gb = arith.truncf %{o}g : f32 to bf16\n            %{o}gv = arith.extf %{o}gb : bf16 to f32\n            %{o}ub = arith.truncf %{o}u : f32 to bf16\n            %{o}uv = arith.extf %{o}ub : bf16 to f32\n            %{o}v = scf.execute_region -> f32 {{\n            %g = arith.addf %{o}gv, %zero : f32\n            %u = arith.addf %{o}uv, %zero : f32\n{act}            scf.yield %res : f32\n            }}"
+                                "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{up}] : {acc}\n              %{o}gb = arith.truncf %{o}g : f32 to bf16\n              %{o}gv = arith.extf %{o}gb : bf16 to f32\n              %{o}ub = arith.truncf %{o}u : f32 to bf16\n              %{o}uv = arith.extf %{o}ub : bf16 to f32\n              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}"
                             );
                             format!("%{o}v")
                         }
                     };
                     let _ = writeln!(
                         b,
-                        "            %{o}k = arith.constant {} : index\n            %{o}col = arith.addi %oc, %{o}k : index\n            %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n            scf.if %{o}ok {{\n              %{o}at = arith.addi %{r}base, %{o}col : index\n              %{o}b = arith.truncf {value} : f32 to bf16\n              memref.store %{o}b, %dst[%{o}at] : memref<?xbf16>\n            }}",
+                        "              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index\n              %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n              scf.if %{o}ok {{\n                %{o}at = arith.addi %{r}base, %{o}col : index\n                %{o}b = arith.truncf {value} : f32 to bf16\n                memref.store %{o}b, %dst[%{o}at] : memref<?xbf16>\n              }}",
                         8 * j + c
                     );
                 }
             }
-            let _ = writeln!(b, "          }}");
+            let _ = writeln!(b, "            }}");
         }
     }
+}
+
+/// One 16-byte `cp.async` (values named `%{v}_...`): from global byte address `src` + `gk`
+/// to shared byte address `stage` + `%sq{q}` (all index values).
+fn copy(b: &mut String, v: &str, src: &str, gk: &str, stage: &str, q: usize, ind: &str) {
+    let _ = writeln!(
+        b,
+        "{ind}%{v}_s = arith.addi {src}, {gk} : index\n{ind}%{v}_si = arith.index_cast %{v}_s : index to i64\n{ind}%{v}_sp = llvm.inttoptr %{v}_si : i64 to !llvm.ptr<1>\n{ind}%{v}_d = arith.addi {stage}, %sq{q} : index\n{ind}%{v}_di = arith.index_cast %{v}_d : index to i64\n{ind}%{v}_dp = llvm.inttoptr %{v}_di : i64 to !llvm.ptr<3>\n{ind}nvvm.cp.async.shared.global %{v}_dp, %{v}_sp, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
+    );
 }
 
 /// `%d{name}`: the wgmma descriptor (i64) of the operand at shared-memory byte address
@@ -308,7 +332,7 @@ mod tests {
             .1
     }
 
-    /// The kernel lowers to sm_90a PTX: four m64n128k16 wgmmas per chunk of 64 (one per k16
+    /// The kernel lowers to sm_90a PTX: four m64n256k16 wgmmas per chunk of 64 (one per k16
     /// step) on descriptors with the 128-byte swizzle, the copies as 16-byte cp.async, and no
     /// local memory.
     #[test]
@@ -329,7 +353,7 @@ mod tests {
         let ptx = ptx_of(&kernel);
         assert!(ptx.contains(".target sm_90a"), "wgmma needs sm_90a");
         let wgmmas = ptx
-            .matches("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16")
+            .matches("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16")
             .count();
         assert!(wgmmas >= 4, "{wgmmas} wgmmas in the PTX");
         assert!(ptx.contains("cp.async.cg.shared.global"));
@@ -337,8 +361,8 @@ mod tests {
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
-    /// Fused: each thread's gate value (tile j) and up value (tile j + 8) of its 2 rows and 2
-    /// columns per tile go through the activation (8 tiles x 2 x 2 = 32 per thread).
+    /// Fused: each thread's gate value (tile j) and up value (tile j + 16) of its 2 rows and 2
+    /// columns per tile go through the activation (16 tiles x 2 x 2 = 64 per thread).
     #[test]
     fn a_fused_projection_pairs_gate_and_up_tiles() {
         let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
@@ -354,8 +378,8 @@ mod tests {
             warpgroups: true,
         }
         .kernel();
-        assert_eq!(kernel.matches("scf.execute_region").count(), 32);
-        assert!(kernel.contains("llvm.extractvalue %acc[32]"), "up tile 8");
+        assert_eq!(kernel.matches("scf.execute_region").count(), 64);
+        assert!(kernel.contains("llvm.extractvalue %acc[64]"), "up tile 16");
         let ptx = ptx_of(&kernel);
         assert!(ptx.contains("max.NaN.f32") || ptx.contains("max.f32"));
         assert!(!ptx.contains(".local"), "no spills to local memory");
