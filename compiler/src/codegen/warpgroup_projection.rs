@@ -5,8 +5,8 @@
 //! accumulated in registers), both operands staged in shared memory by `cp.async` in four
 //! stages of 64 inner elements: the copies of the next two chunks are in flight while the
 //! tensor cores multiply one, and one chunk's wgmmas may still run while the next are issued.
-//! One loop runs over every (pass, chunk) of the block, so the copies of a pass's first chunks
-//! are in flight while the previous pass's results are stored.
+//! The copies run ahead over the block's chunks of every pass, so a pass's first chunks are in
+//! flight while the previous pass's results are stored.
 //!
 //! Per block (two warpgroups, 256 threads; grid: column tiles x local experts): warpgroup w
 //! computes rows 64 w .. 64 w + 63 of each pass (and skips the multiplication where the pass
@@ -188,22 +188,24 @@ impl WarpgroupProjection<'_> {
         }
     }
 
-    /// The loop over the block's chunks: wait for chunk g's copies, issue chunk g + AHEAD's
-    /// (into the stage chunk g - 2 used: every warpgroup has at most chunk g - 1's wgmmas in
-    /// flight past the barrier), multiply chunk g (four k16 steps) where the warpgroup has
-    /// rows, leaving its wgmmas in flight; after a pass's last chunk, wait for them and store
-    /// the pass's results.
+    /// The loops over the block's passes and each pass's chunks: wait for chunk g's copies
+    /// (g counts the block's chunks), issue chunk g + AHEAD's, of this pass or the next (into
+    /// the stage chunk g - 2 used: every warpgroup has at most chunk g - 1's wgmmas in flight
+    /// past the barrier), multiply chunk g (four k16 steps) where the warpgroup has rows,
+    /// leaving its wgmmas in flight; after the pass's last chunk, wait for them and store the
+    /// pass's results. (The epilogue stays outside the chunk loop: inside it, in a branch,
+    /// ptxas serialises the wgmmas.)
     fn chunks(&self, b: &mut String) {
         let acc = acc_type();
         let _ = writeln!(
             b,
-            "        %accs = scf.for %gi = %c0 to %total step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n          nvvm.cp.async.wait.group {}\n          nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n          gpu.barrier\n          %cAH = arith.constant {AHEAD} : index\n          %gn = arith.addi %gi, %cAH : index\n          %more = arith.cmpi ult, %gn, %total : index\n          scf.if %more {{",
+            "        scf.for %pass = %c0 to %passes step %c1 {{\n          %r0 = arith.muli %pass, %cP : index\n          %g0 = arith.muli %pass, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {AHEAD} : index\n            %gn = arith.addi %gi, %cAH : index\n            %more = arith.cmpi ult, %gn, %total : index\n            scf.if %more {{",
             AHEAD - 1
         );
-        self.issue(b, "%gn", "            ");
+        self.issue(b, "%gn", "              ");
         let _ = writeln!(
             b,
-            "          }}\n          nvvm.cp.async.commit.group\n          %kc = arith.remui %gi, %cNK : index\n          %pass = arith.divui %gi, %cNK : index\n          %r0 = arith.muli %pass, %cP : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %st = arith.remui %gi, %cST : index\n          %next = scf.if %active -> ({acc}) {{\n            %stb = arith.muli %st, %cSB : index\n            %stx = arith.addi %smx, %stb : index\n            %wga = arith.constant 8192 : index\n            %wgo = arith.muli %wg, %wga : index\n            %abase = arith.addi %stx, %wgo : index\n            %bbase = arith.addi %stx, %cRO : index\n            nvvm.wgmma.fence.aligned"
+            "            }}\n            nvvm.cp.async.commit.group\n            %st = arith.remui %gi, %cST : index\n            %next = scf.if %active -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned"
         );
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
@@ -212,14 +214,13 @@ impl WarpgroupProjection<'_> {
             }
             let _ = writeln!(
                 b,
-                "            %m{step} = nvvm.wgmma.mma_async %dd{step}a, %dd{step}b, {cur}, <m = 64, n = {TILE_N}, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>] : {acc} -> {acc}"
+                "              %m{step} = nvvm.wgmma.mma_async %dd{step}a, %dd{step}b, {cur}, <m = 64, n = {TILE_N}, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>] : {acc} -> {acc}"
             );
             cur = format!("%m{step}");
         }
         let _ = writeln!(
             b,
-            "            nvvm.wgmma.commit.group.sync.aligned\n            nvvm.wgmma.wait.group.sync.aligned 1\n            scf.yield {cur} : {acc}\n          }} else {{\n            scf.yield %a : {acc}\n          }}\n          %clast = arith.constant {} : index\n          %last = arith.cmpi eq, %kc, %clast : index\n          %out = scf.if %last -> ({acc}) {{",
-            self.din / CHUNK - 1
+            "              nvvm.wgmma.commit.group.sync.aligned\n              nvvm.wgmma.wait.group.sync.aligned 1\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}\n            scf.yield %next : {acc}\n          }}"
         );
         // The pass's last wgmmas done before the accumulators are read: the wait is an
         // identity of all of them, so no read can be moved above it.
@@ -230,19 +231,16 @@ impl WarpgroupProjection<'_> {
             .join(",");
         let vals = (0..ACCS).map(|i| format!("%fa{i}")).collect::<Vec<_>>();
         for (i, v) in vals.iter().enumerate() {
-            let _ = writeln!(b, "            {v} = llvm.extractvalue %next[{i}] : {acc}");
+            let _ = writeln!(b, "          {v} = llvm.extractvalue %accs[{i}] : {acc}");
         }
         let _ = writeln!(
             b,
-            "            %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
+            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
             vals.join(", "),
             vec!["f32"; ACCS].join(", ")
         );
         self.store(b);
-        let _ = writeln!(
-            b,
-            "            scf.yield %acc0 : {acc}\n          }} else {{\n            scf.yield %next : {acc}\n          }}\n          scf.yield %out : {acc}\n        }}"
-        );
+        let _ = writeln!(b, "        }}");
     }
 
     /// The pass's results (pass `%r0`), where the warpgroup has rows: accumulator
