@@ -42,6 +42,15 @@ const CHUNK: usize = 64;
 /// more: the one multiplied, and the one whose wgmmas may still run).
 const STAGES: usize = 4;
 const AHEAD: usize = STAGES - 2;
+
+/// Experiment: `PPMOE_WG_AHEAD=3` issues three chunks' copies ahead, each chunk's wgmmas
+/// waited for before the next (the copies issued after the wgmmas).
+fn ahead() -> usize {
+    match std::env::var("PPMOE_WG_AHEAD").as_deref() {
+        Ok("3") => STAGES - 1,
+        _ => AHEAD,
+    }
+}
 /// Bytes of one chunk of the rows (128 rows of 128 bytes) and of the weights (256 rows), and
 /// of one stage (both).
 const ROWS_BYTES: usize = PASS_ROWS * CHUNK * 2;
@@ -97,7 +106,7 @@ impl WarpgroupProjection<'_> {
             b,
             "        %cnt127 = arith.addi %cnt, %c127 : index\n        %passes = arith.divui %cnt127, %cP : index\n        %total = arith.muli %passes, %cNK : index\n        %acc0 = llvm.mlir.zero : {acc}"
         );
-        for chunk in 0..AHEAD {
+        for chunk in 0..ahead() {
             let _ = writeln!(
                 b,
                 "        %pk{chunk} = arith.constant {chunk} : index\n        %pin{chunk} = arith.cmpi ult, %pk{chunk}, %total : index\n        scf.if %pin{chunk} {{"
@@ -197,15 +206,24 @@ impl WarpgroupProjection<'_> {
     /// ptxas serialises the wgmmas.)
     fn chunks(&self, b: &mut String) {
         let acc = acc_type();
+        let ahead = ahead();
+        let late = ahead == STAGES - 1;
         let _ = writeln!(
             b,
-            "        scf.for %pass = %c0 to %passes step %c1 {{\n          %r0 = arith.muli %pass, %cP : index\n          %g0 = arith.muli %pass, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {AHEAD} : index\n            %gn = arith.addi %gi, %cAH : index\n            %more = arith.cmpi ult, %gn, %total : index\n            scf.if %more {{",
-            AHEAD - 1
+            "        scf.for %pass = %c0 to %passes step %c1 {{\n          %r0 = arith.muli %pass, %cP : index\n          %g0 = arith.muli %pass, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {ahead} : index\n            %gn = arith.addi %gi, %cAH : index\n            %more = arith.cmpi ult, %gn, %total : index",
+            ahead - 1
         );
-        self.issue(b, "%gn", "              ");
+        let copies = |b: &mut String| {
+            let _ = writeln!(b, "            scf.if %more {{");
+            self.issue(b, "%gn", "              ");
+            let _ = writeln!(b, "            }}\n            nvvm.cp.async.commit.group");
+        };
+        if !late {
+            copies(b);
+        }
         let _ = writeln!(
             b,
-            "            }}\n            nvvm.cp.async.commit.group\n            %st = arith.remui %gi, %cST : index\n            %next = scf.if %active -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned"
+            "            %st = arith.remui %gi, %cST : index\n            %next = scf.if %active -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned"
         );
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
@@ -218,10 +236,20 @@ impl WarpgroupProjection<'_> {
             );
             cur = format!("%m{step}");
         }
+        let wait = if late {
+            ""
+        } else {
+            "              nvvm.wgmma.wait.group.sync.aligned 1\n"
+        };
         let _ = writeln!(
             b,
-            "              nvvm.wgmma.commit.group.sync.aligned\n              nvvm.wgmma.wait.group.sync.aligned 1\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}\n            scf.yield %next : {acc}\n          }}"
+            "              nvvm.wgmma.commit.group.sync.aligned\n{wait}              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}"
         );
+        if late {
+            copies(b);
+            let _ = writeln!(b, "            nvvm.wgmma.wait.group.sync.aligned 0");
+        }
+        let _ = writeln!(b, "            scf.yield %next : {acc}\n          }}");
         // The pass's last wgmmas done before the accumulators are read: the wait is an
         // identity of all of them, so no read can be moved above it.
         let outs = vec!["=f"; ACCS].join(",");
