@@ -868,28 +868,32 @@ pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
 /// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows
-/// a pass, m16 granularity): more than 32 rows per expert on average.
-pub fn projects_on_warpgroups(slots: usize, experts: usize) -> bool {
-    slots.div_ceil(experts.max(1)) > 32
+/// a pass, m16 granularity): more than 16 rows per expert on average (measured on an H200 at
+/// 32: Qwen3-30B-A3B's layer at 512 tokens 0.439 ms against the mma.sync kernels' 0.485-0.490
+/// in other runs), more than 32 in PPMoE's `local` step at tp > 1 (not measured there).
+pub fn projects_on_warpgroups(slots: usize, experts: usize, local: bool) -> bool {
+    slots.div_ceil(experts.max(1)) > if local { 32 } else { 16 }
 }
 
 /// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
 /// them over `experts` experts whose first matrices are `matrix_bytes` each, runs routed on
 /// the device with the tensor-core projections by default (the compiler's
 /// `PPMOE_DEVICE_ROUTING` overrides it): with a few rows per expert (at most 4 on average) on
-/// any matrices, and with any number on small ones (16 MiB or less), the mma.sync kernels up
-/// to 32 rows per expert and the wgmma ones above (`projects_on_warpgroups`). Measured on an
-/// H200 (bf16, one layer, sessions 27 and 28), against cuBLAS over rows grouped on the host:
-/// Qwen3-30B-A3B's 6 MiB matrices 0.490 against 0.537 ms at 512 tokens (32 rows each), 0.539
-/// against 0.673 at 1024, 1.354 against 1.614 at 4096 and 4.625 against 5.465 at 16384, with
-/// no host round trip (so a CUDA graph); Mixtral-8x7B at 8 tokens (2 rows on 117 MB matrices)
-/// 0.651-0.664 against 0.628. Slower on large matrices with more rows, where cuBLAS's
-/// pipelined GEMMs win: Mixtral at 64 tokens 1.02 against 0.84 ms, 512 1.29 against 0.91,
-/// 4096 8.35 against 4.99; the DeepSeek-like layer (56 MiB) at 512 tokens 2.40 against 1.80,
-/// 4096 9.81 against about 6.1. `local`: PPMoE's step of a rank's experts at tp > 1, whose
-/// all-reduce the device grouping overlaps with its chunks (measured at 4096 tokens in session
-/// 26: 1.461 against 1.712 ms); the warpgroup projections have not been measured there, so
-/// such a step keeps session 27's boundary of 32 rows per expert on small matrices.
+/// any matrices, with any number on small ones (16 MiB or less), and with 17 to 64 on large
+/// ones (the wgmma projections; `projects_on_warpgroups`). Measured on an H200 (bf16, one
+/// layer, sessions 27 to 29), against cuBLAS over rows grouped on the host: Qwen3-30B-A3B's
+/// 6 MiB matrices 0.490 against 0.537 ms at 512 tokens (32 rows each), 0.481 against 0.673 at
+/// 1024, 1.272 against 1.614 at 4096 and 4.600 against 5.465 at 16384, with no host round trip
+/// (so a CUDA graph); Mixtral-8x7B at 8 tokens (2 rows on 117 MB matrices) 0.651-0.664
+/// against 0.628; the DeepSeek-like layer (56 MiB) at 512 tokens (64 rows) 1.642 against
+/// 1.799. Slower on large matrices with more rows, where cuBLAS's pipelined GEMMs win:
+/// Mixtral at 64 tokens (16 rows, mma.sync) 1.02 against 0.84 ms, at 512 (128 rows, wgmma)
+/// 1.158 against 0.88, at 4096 7.22 against 4.80; the DeepSeek-like layer at 4096 8.43
+/// against about 6.2. Mixtral between 17 and 64 rows (70 to 256 tokens) is not measured.
+/// `local`: PPMoE's step of a rank's experts at tp > 1, whose all-reduce the device grouping
+/// overlaps with its chunks (measured at 4096 tokens in session 26: 1.461 against 1.712 ms);
+/// the warpgroup projections have not been measured there, so such a step keeps session 27's
+/// boundary of 32 rows per expert on small matrices.
 pub fn routes_on_tensor_cores(
     tokens: usize,
     slots: usize,
@@ -899,7 +903,9 @@ pub fn routes_on_tensor_cores(
 ) -> bool {
     const SMALL_MATRIX: usize = 16 << 20;
     let rows = slots.div_ceil(experts.max(1));
-    tokens > 1 && (rows <= 4 || (matrix_bytes <= SMALL_MATRIX && (rows <= 32 || !local)))
+    let small = matrix_bytes <= SMALL_MATRIX;
+    let wide = !local && rows > 16 && rows <= 64;
+    tokens > 1 && (rows <= 4 || wide || (small && (rows <= 32 || !local)))
 }
 
 /// The kernels an experts step may have besides its gather, activation and combine (which
@@ -943,14 +949,14 @@ pub const FROM_BF16_KERNEL: &str = "from_bf16";
 mod tests {
     use super::{projects_on_warpgroups, routes_on_tensor_cores};
 
-    /// The measured boundaries (H200, bf16, sessions 27 and 28), one token and past them excluded.
+    /// The measured boundaries (H200, bf16, sessions 27 to 29), one token and past them excluded.
     #[test]
     fn tensor_core_routing_is_for_few_rows_per_expert() {
         let qwen3 = 1536 * 2048 * 2;
         let mixtral = 28672 * 4096 * 2;
         let deepseek = 4096 * 7168 * 2;
         // Qwen3-30B-A3B (128 experts, k 8): from 8 tokens on (not 1: the CUDA-core kernels);
-        // the wgmma projections above 32 rows per expert (from 1024 tokens).
+        // the wgmma projections above 16 rows per expert (from 512 tokens).
         for (t, yes) in [
             (1, false),
             (8, true),
@@ -964,15 +970,24 @@ mod tests {
                 yes,
                 "qwen3 {t}"
             );
-            assert_eq!(projects_on_warpgroups(t * 8, 128), t >= 1024, "qwen3 {t}");
+            assert_eq!(
+                projects_on_warpgroups(t * 8, 128, false),
+                t >= 512,
+                "qwen3 {t}"
+            );
         }
-        // Mixtral-8x7B (8 experts, k 2): 8 tokens (2 rows each), not 64 (16 rows each).
+        // Mixtral-8x7B (8 experts, k 2): 8 tokens (2 rows each), not 64 (16 rows each) nor
+        // 512 (128 rows each).
         assert!(routes_on_tensor_cores(8, 16, 8, mixtral, false));
         assert!(!routes_on_tensor_cores(64, 128, 8, mixtral, false));
-        // PPMoE's local step at tp 2 (64 of Qwen3's experts): up to 32 rows each.
+        assert!(!routes_on_tensor_cores(512, 1024, 8, mixtral, false));
+        // PPMoE's local step at tp 2 (64 of Qwen3's experts): up to 32 rows each, on mma.sync.
         assert!(routes_on_tensor_cores(256, 2048, 64, qwen3 / 2, true));
+        assert!(!projects_on_warpgroups(2048, 64, true));
         assert!(!routes_on_tensor_cores(4096, 32768, 64, qwen3 / 2, true));
-        // The DeepSeek-like layer at 512 tokens: 64 rows each.
-        assert!(!routes_on_tensor_cores(512, 4096, 64, deepseek, false));
+        // The DeepSeek-like layer: at 512 tokens (64 rows each, wgmma), not 4096.
+        assert!(routes_on_tensor_cores(512, 4096, 64, deepseek, false));
+        assert!(projects_on_warpgroups(4096, 64, false));
+        assert!(!routes_on_tensor_cores(4096, 32768, 64, deepseek, false));
     }
 }

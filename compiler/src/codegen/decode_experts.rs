@@ -57,10 +57,10 @@ pub(super) fn kernels(
         && routed > 1
         && TensorCoreProjection::fits(dims.hidden)
         && TensorCoreProjection::fits(dims.ffn);
+    // PPMoE's step of a rank's experts (its all-reduce may overlap the device grouping).
+    let local = prefix.ends_with("_local_experts");
     let wanted = if tensor {
         let matrix_bytes = dims.n.saturating_mul(dims.hidden).saturating_mul(2);
-        // PPMoE's step of a rank's experts (its all-reduce may overlap the device grouping).
-        let local = prefix.ends_with("_local_experts");
         ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts, matrix_bytes, local)
     } else {
         ppmoe_runtime::program::routes_on_device(routed)
@@ -70,12 +70,12 @@ pub(super) fn kernels(
     }
     let mut out = group_kernel(prefix, s, dims.experts);
     if tensor {
-        // Above 32 rows per expert the warpgroup kernels (`PPMOE_TENSOR_PROJECTIONS=wgmma` or
+        // Above 16 rows per expert the warpgroup kernels (`PPMOE_TENSOR_PROJECTIONS=wgmma` or
         // `=mma` takes one kind wherever the tensor cores are).
         let warpgroups = match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
             Ok("wgmma") => true,
             Ok("mma") => false,
-            _ => ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts),
+            _ => ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local),
         };
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
