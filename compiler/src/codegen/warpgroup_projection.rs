@@ -392,3 +392,88 @@ mod tests {
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 }
+
+/// The tensor-core projections as ptxas assembles them for the H200 (sm_90a), at Qwen3-30B-A3B's
+/// sizes: ptxas is `PPMOE_PTXAS`, or the one `scripts/setup` installs in `.tools/`.
+#[cfg(test)]
+mod assembled {
+    use super::TensorCoreProjection;
+    use std::path::PathBuf;
+
+    fn ptxas() -> PathBuf {
+        std::env::var_os("PPMOE_PTXAS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/ptxas"))
+    }
+
+    /// ptxas's report (`-v`) on `kernel`'s PTX.
+    fn report(kernel: &str, name: &str) -> String {
+        let text = format!(
+            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
+        );
+        let ptx = crate::codegen::ptx::to_ptx(&text)
+            .expect("lowers")
+            .remove(0)
+            .1;
+        let file = std::env::temp_dir().join(format!("ppmoe-{}-{name}.ptx", std::process::id()));
+        std::fs::write(&file, ptx).expect("writes the PTX");
+        let ptxas = ptxas();
+        let out = std::process::Command::new(&ptxas)
+            .args(["-arch=sm_90a", "-v", "-o", "/dev/null"])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("{}: {e} (bash scripts/setup installs it)", ptxas.display())
+            });
+        let _ = std::fs::remove_file(&file);
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{name}: ptxas failed: {text}");
+        text
+    }
+
+    /// Each kernel (wgmma and mma.sync, fused and not) assembles with no spills, few enough
+    /// registers for its block on one SM, and (wgmma) without ptxas serialising the wgmmas
+    /// (advisory C7518, which an epilogue inside the chunk loop caused: the chunks' wgmmas
+    /// then wait for each other).
+    #[test]
+    fn real_size_projections_assemble_unserialised_without_spills() {
+        use ppmoe_runtime::program::{TC_WARPS, WG_THREADS};
+        let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
+        for warpgroups in [true, false] {
+            let threads = if warpgroups {
+                WG_THREADS
+            } else {
+                TC_WARPS * 32
+            };
+            for (kind, din, dout, act) in [
+                ("act", 2048, 1536, Some(act.to_string())),
+                ("out", 768, 2048, None),
+            ] {
+                let name = format!("q_{}proj_{kind}", if warpgroups { "w" } else { "t" });
+                let kernel = TensorCoreProjection {
+                    name: name.clone(),
+                    din,
+                    dout,
+                    div: 8,
+                    slots: 32768,
+                    act,
+                    warpgroups,
+                }
+                .kernel();
+                let text = report(&kernel, &name);
+                assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
+                assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");
+                let registers: usize = text
+                    .split("Used ")
+                    .nth(1)
+                    .and_then(|s| s.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("{name}: no register count: {text}"));
+                assert!(
+                    registers * threads <= 65536,
+                    "{name}: {registers} registers x {threads} threads"
+                );
+            }
+        }
+    }
+}
