@@ -865,6 +865,12 @@ pub const WG_SHARED_BYTES: usize = 4 * 49152 + 1024;
 /// dynamic shared memory is allowed at load).
 pub const TC_KERNELS: [&str; 3] = ["tproj_act", "tproj_in", "tproj_out"];
 pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
+/// The warp-specialised form of the warpgroup projections (the compiler's
+/// `PPMOE_TENSOR_PROJECTIONS=wgmma-producer`): the same blocks' columns and stages, a ninth
+/// warp that issues the copies, and the stages' mbarriers (8 of 8 bytes) after them.
+pub const SP_KERNELS: [&str; 3] = ["sproj_act", "sproj_in", "sproj_out"];
+pub const SP_THREADS: usize = WG_THREADS + 32;
+pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 64;
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
 /// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows
@@ -921,6 +927,9 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     WG_KERNELS[0],
     WG_KERNELS[1],
     WG_KERNELS[2],
+    SP_KERNELS[0],
+    SP_KERNELS[1],
+    SP_KERNELS[2],
     "tgroup",
 ];
 

@@ -486,7 +486,8 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores;
 /// the gated activation in the first one's epilogue); many (256 tokens: 128 rows per expert
 /// of this LM's small matrices) with the warpgroup ones (`wproj`: wgmma fed by cp.async,
-/// sm_90a), unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
+/// sm_90a; `PPMOE_TENSOR_PROJECTIONS=wgmma-producer`: their warp-specialised `sproj` form),
+/// unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
 /// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
 /// routes on the device.
 #[test]
@@ -550,6 +551,30 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             let body = entry(&many, &names[0]);
             assert!(body.contains(WGMMA), "{}", names[0]);
             assert!(body.contains("cp.async.cg.shared.global"), "{}", names[0]);
+        }
+        // Asked for, the warp-specialised form: a producer warp and mbarriers (`sproj`).
+        let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
+        let a = [
+            "inspect",
+            m.to_str().unwrap(),
+            "--emit",
+            "ptx",
+            "--dtype",
+            dtype,
+        ];
+        let a = [&a[..], &["--input-shape", "input_ids=1x256"]].concat();
+        let env = [("PPMOE_TENSOR_PROJECTIONS", "wgmma-producer")];
+        let producer = crate::common::ppmoe_env(&a, &env).stdout;
+        assert!(entries_ending(&producer, "_wproj_act").is_empty());
+        for proj in ["_sproj_act", "_sproj_out"] {
+            let names = entries_ending(&producer, proj);
+            assert_eq!(names.len(), 2, "{dtype} producer: {names:?}");
+            let body = entry(&producer, &names[0]);
+            assert!(
+                body.contains("cp.async.mbarrier.arrive.noinc"),
+                "{}",
+                names[0]
+            );
         }
         // The first model's matrices are small; turned off, the host groups the rows.
         let host = lm_ptx(256, &["--dtype", dtype], Some("0"));

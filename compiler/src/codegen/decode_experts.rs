@@ -72,10 +72,15 @@ pub(super) fn kernels(
     if tensor {
         // Above 16 rows per expert the warpgroup kernels (`PPMOE_TENSOR_PROJECTIONS=wgmma` or
         // `=mma` takes one kind wherever the tensor cores are).
-        let warpgroups = match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
-            Ok("wgmma") => true,
-            Ok("mma") => false,
-            _ => ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local),
+        // `=wgmma-producer` takes the warp-specialised wgmma kernels (not measured yet).
+        let (warpgroups, producer) = match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
+            Ok("wgmma") => (true, false),
+            Ok("wgmma-producer") => (true, true),
+            Ok("mma") => (false, false),
+            _ => (
+                ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local),
+                false,
+            ),
         };
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
@@ -86,13 +91,14 @@ pub(super) fn kernels(
                 slots: s,
                 act,
                 warpgroups,
+                producer,
             }
             .kernel()
         };
         // The gated activation in the first projection's epilogue where it fits (gate and up
         // columns paired in each warp), else the step's activation kernel between them.
         let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n, warpgroups));
-        let [fused_name, plain_name, second] = TensorCoreProjection::names(warpgroups);
+        let [fused_name, plain_name, second] = TensorCoreProjection::names(warpgroups, producer);
         let first = if fused.is_some() {
             fused_name
         } else {

@@ -48,6 +48,9 @@ pub(super) struct TensorCoreProjection {
     /// The projection on the warpgroup tensor cores (`warpgroup_projection`: wgmma, 128 rows
     /// a pass) rather than with mma.sync (64 rows a pass).
     pub warpgroups: bool,
+    /// With `warpgroups`: the warp-specialised form (a producer warp issues the copies,
+    /// mbarriers between it and the warpgroups; `sproj` kernels).
+    pub producer: bool,
 }
 
 impl TensorCoreProjection {
@@ -65,12 +68,12 @@ impl TensorCoreProjection {
     }
 
     /// The kernel's names: the first projection's (fused or not) and the second's.
-    pub fn names(warpgroups: bool) -> [&'static str; 3] {
-        use ppmoe_runtime::program::{TC_KERNELS, WG_KERNELS};
-        if warpgroups {
-            WG_KERNELS
-        } else {
-            TC_KERNELS
+    pub fn names(warpgroups: bool, producer: bool) -> [&'static str; 3] {
+        use ppmoe_runtime::program::{SP_KERNELS, TC_KERNELS, WG_KERNELS};
+        match (warpgroups, producer) {
+            (true, true) => SP_KERNELS,
+            (true, false) => WG_KERNELS,
+            _ => TC_KERNELS,
         }
     }
 
@@ -388,6 +391,7 @@ mod tests {
             slots: 64,
             act: None,
             warpgroups: false,
+            producer: false,
         }
         .kernel();
         let text = format!(
@@ -424,6 +428,7 @@ mod tests {
             slots: 64,
             act: Some(act.into()),
             warpgroups: false,
+            producer: false,
         }
         .kernel();
         assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);

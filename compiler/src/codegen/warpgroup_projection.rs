@@ -31,6 +31,8 @@
 use super::tensor_core_projection::TensorCoreProjection;
 use std::fmt::Write as _;
 
+mod producer;
+
 /// Rows of one pass (two warpgroups of m64).
 const PASS_ROWS: usize = 128;
 /// Weight rows a block multiplies (the wgmma's n).
@@ -100,15 +102,19 @@ impl WarpgroupProjection<'_> {
             b,
             "        %cnt127 = arith.addi %cnt, %c127 : index\n        %passes = arith.divui %cnt127, %cP : index\n        %total = arith.muli %passes, %cNK : index\n        %acc0 = llvm.mlir.zero : {acc}"
         );
-        for chunk in 0..AHEAD {
-            let _ = writeln!(
-                b,
-                "        %pk{chunk} = arith.constant {chunk} : index\n        %pin{chunk} = arith.cmpi ult, %pk{chunk}, %total : index\n        scf.if %pin{chunk} {{"
-            );
-            self.issue(&mut b, &format!("%pk{chunk}"), "          ");
-            let _ = writeln!(b, "        }}\n        nvvm.cp.async.commit.group");
+        if self.producer {
+            self.specialised(&mut b);
+        } else {
+            for chunk in 0..AHEAD {
+                let _ = writeln!(
+                    b,
+                    "        %pk{chunk} = arith.constant {chunk} : index\n        %pin{chunk} = arith.cmpi ult, %pk{chunk}, %total : index\n        scf.if %pin{chunk} {{"
+                );
+                self.issue(&mut b, &format!("%pk{chunk}"), "          ");
+                let _ = writeln!(b, "        }}\n        nvvm.cp.async.commit.group");
+            }
+            self.chunks(&mut b);
         }
-        self.chunks(&mut b);
         let _ = writeln!(b, "      }}");
         format!(
             "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) kernel {{\n{b}      gpu.return\n    }}\n",
@@ -136,22 +142,46 @@ impl WarpgroupProjection<'_> {
             TILE_N / 2,
         );
         for q in 0..WEIGHT_COPIES {
-            let weight_row = match self.act {
-                None => format!(
-                    "        %bn{q} = arith.addi %nb0, %crow{q} : index\n        %bnl{q} = arith.constant {} : index\n        %bnc{q} = arith.minui %bn{q}, %bnl{q} : index",
-                    self.dout - 1
-                ),
-                Some(_) => format!(
-                    "        %bup{q} = arith.cmpi uge, %crow{q}, %cHALF : index\n        %bo{q} = arith.remui %crow{q}, %cHALF : index\n        %bg{q} = arith.addi %nb0, %bo{q} : index\n        %bgl{q} = arith.constant {} : index\n        %bgc{q} = arith.minui %bg{q}, %bgl{q} : index\n        %bus{q} = arith.addi %bgc{q}, %csecond : index\n        %bnc{q} = arith.select %bup{q}, %bus{q}, %bgc{q} : index",
-                    self.dout / 2 - 1
-                ),
-            };
             let _ = writeln!(
                 b,
-                "        %cq{q} = arith.constant {} : index\n        %crow{q} = arith.addi %crow, %cq{q} : index\n{weight_row}\n        %bwr{q} = arith.addi %eN, %bnc{q} : index\n        %bwb{q} = arith.muli %bwr{q}, %cRB : index\n        %bwc{q} = arith.addi %bwb{q}, %cjb : index\n        %wq{q} = arith.addi %wtx, %bwc{q} : index\n        %sqr{q} = arith.muli %crow{q}, %c128 : index\n        %sq{q} = arith.addi %sqr{q}, %cposb : index",
+                "        %cq{q} = arith.constant {} : index\n        %crow{q} = arith.addi %crow, %cq{q} : index",
                 32 * q
             );
+            self.weight_word(b, &format!("q{q}"), &format!("%crow{q}"), "        ");
+            let _ = writeln!(
+                b,
+                "        %wq{q} = arith.addi %wtx, %q{q}_bwc : index\n        %sqr{q} = arith.muli %crow{q}, %c128 : index\n        %sq{q} = arith.addi %sqr{q}, %cposb : index"
+            );
         }
+    }
+
+    /// `%{v}_bwc`: the byte offset in the weights of word `%cj` of the block's weight row
+    /// `row` (an index value: 0 .. TILE_N) of expert `%e`, its chunk 0; past the expert's last
+    /// row (or fused, its last gate row) the last row's, read and never stored.
+    fn weight_word(&self, b: &mut String, v: &str, row: &str, ind: &str) {
+        let weight_row = match self.act {
+            None => format!(
+                "{ind}%{v}_bn = arith.addi %nb0, {row} : index\n{ind}%{v}_bnl = arith.constant {} : index\n{ind}%{v}_bnc = arith.minui %{v}_bn, %{v}_bnl : index",
+                self.dout - 1
+            ),
+            Some(_) => format!(
+                "{ind}%{v}_bup = arith.cmpi uge, {row}, %cHALF : index\n{ind}%{v}_bo = arith.remui {row}, %cHALF : index\n{ind}%{v}_bg = arith.addi %nb0, %{v}_bo : index\n{ind}%{v}_bgl = arith.constant {} : index\n{ind}%{v}_bgc = arith.minui %{v}_bg, %{v}_bgl : index\n{ind}%{v}_bus = arith.addi %{v}_bgc, %csecond : index\n{ind}%{v}_bnc = arith.select %{v}_bup, %{v}_bus, %{v}_bgc : index",
+                self.dout / 2 - 1
+            ),
+        };
+        let _ = writeln!(
+            b,
+            "{weight_row}\n{ind}%{v}_bwr = arith.addi %eN, %{v}_bnc : index\n{ind}%{v}_bwb = arith.muli %{v}_bwr, %cRB : index\n{ind}%{v}_bwc = arith.addi %{v}_bwb, %cjb : index"
+        );
+    }
+
+    /// `%{v}_aq`: the global byte address of word `%cj` of the listed row `row` of the pass
+    /// from `r0` (index values), its chunk 0: the first listed row's past the count.
+    fn row_word(b: &mut String, v: &str, r0: &str, row: &str, ind: &str) {
+        let _ = writeln!(
+            b,
+            "{ind}%{v}_ar = arith.addi {r0}, {row} : index\n{ind}%{v}_ain = arith.cmpi ult, %{v}_ar, %cnt : index\n{ind}%{v}_aslot = scf.if %{v}_ain -> (index) {{\n{ind}  %{v}_al = arith.addi %lbase, %{v}_ar : index\n{ind}  %{v}_as32 = memref.load %lists[%{v}_al] : memref<?xi32>\n{ind}  %{v}_as = arith.index_cast %{v}_as32 : i32 to index\n{ind}  scf.yield %{v}_as : index\n{ind}}} else {{\n{ind}  scf.yield %firsts : index\n{ind}}}\n{ind}%{v}_asr = arith.divui %{v}_aslot, %cdiv : index\n{ind}%{v}_asb = arith.muli %{v}_asr, %cRB : index\n{ind}%{v}_asc = arith.addi %{v}_asb, %cjb : index\n{ind}%{v}_aq = arith.addi %srcx, %{v}_asc : index"
+        );
     }
 
     /// The copies of the block's chunk `{g}` (an index value: pass g / NK, chunk g % NK of
@@ -164,17 +194,15 @@ impl WarpgroupProjection<'_> {
             "{ind}%{n}_p = arith.divui {g}, %cNK : index\n{ind}%{n}_k = arith.remui {g}, %cNK : index\n{ind}%{n}_r0 = arith.muli %{n}_p, %cP : index\n{ind}%{n}_gk = arith.muli %{n}_k, %c128 : index\n{ind}%{n}_st = arith.remui {g}, %cST : index\n{ind}%{n}_ss = arith.muli %{n}_st, %cSB : index\n{ind}%{n}_sa = arith.addi %smx, %{n}_ss : index\n{ind}%{n}_sb = arith.addi %{n}_sa, %cRO : index"
         );
         for q in 0..ROW_COPIES {
-            let _ = writeln!(
-                b,
-                "{ind}%{n}_ar{q} = arith.addi %{n}_r0, %crow{q} : index\n{ind}%{n}_ain{q} = arith.cmpi ult, %{n}_ar{q}, %cnt : index\n{ind}%{n}_aslot{q} = scf.if %{n}_ain{q} -> (index) {{\n{ind}  %{n}_al{q} = arith.addi %lbase, %{n}_ar{q} : index\n{ind}  %{n}_as32{q} = memref.load %lists[%{n}_al{q}] : memref<?xi32>\n{ind}  %{n}_as{q} = arith.index_cast %{n}_as32{q} : i32 to index\n{ind}  scf.yield %{n}_as{q} : index\n{ind}}} else {{\n{ind}  scf.yield %firsts : index\n{ind}}}\n{ind}%{n}_asr{q} = arith.divui %{n}_aslot{q}, %cdiv : index\n{ind}%{n}_asb{q} = arith.muli %{n}_asr{q}, %cRB : index\n{ind}%{n}_asc{q} = arith.addi %{n}_asb{q}, %cjb : index\n{ind}%{n}_aq{q} = arith.addi %srcx, %{n}_asc{q} : index"
-            );
+            let v = format!("{n}_a{q}");
+            Self::row_word(b, &v, &format!("%{n}_r0"), &format!("%crow{q}"), ind);
             copy(
                 b,
-                &format!("{n}_a{q}"),
-                &format!("%{n}_aq{q}"),
+                &v,
+                &format!("%{v}_aq"),
                 &format!("%{n}_gk"),
                 &format!("%{n}_sa"),
-                q,
+                &format!("%sq{q}"),
                 ind,
             );
         }
@@ -185,7 +213,7 @@ impl WarpgroupProjection<'_> {
                 &format!("%wq{q}"),
                 &format!("%{n}_gk"),
                 &format!("%{n}_sb"),
-                q,
+                &format!("%sq{q}"),
                 ind,
             );
         }
@@ -200,11 +228,37 @@ impl WarpgroupProjection<'_> {
     /// wgmmas, C7518.)
     fn chunks(&self, b: &mut String) {
         let acc = acc_type();
+        self.pass_head(b);
         let _ = writeln!(
             b,
-            "        scf.for %pass = %c0 to %passes step %c1 {{\n          %r0 = arith.muli %pass, %cP : index\n          %g0 = arith.muli %pass, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index\n            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {AHEAD} : index\n            %gn = arith.addi %gi, %cAH : index\n            %more = arith.cmpi ult, %gn, %total : index",
+            "            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {AHEAD} : index\n            %gn = arith.addi %gi, %cAH : index\n            %more = arith.cmpi ult, %gn, %total : index",
             AHEAD - 1
         );
+        // The next copies are issued while the tensor cores multiply.
+        self.multiply(b, "");
+        let _ = writeln!(b, "            scf.if %more {{");
+        self.issue(b, "%gn", "              ");
+        let _ = writeln!(
+            b,
+            "            }}\n            nvvm.cp.async.commit.group\n            nvvm.wgmma.wait.group.sync.aligned 0\n            scf.yield %next : {acc}\n          }}"
+        );
+        self.pass_tail(b, "");
+    }
+
+    /// The pass loop's head and the chunk loop's: `%r0` (the pass's first row), `%active`
+    /// (the warpgroup has rows in it), `%gi` (the block's chunk), `%a` (the accumulators).
+    pub(super) fn pass_head(&self, b: &mut String) {
+        let acc = acc_type();
+        let _ = writeln!(
+            b,
+            "        scf.for %pass = %c0 to %passes step %c1 {{\n          %r0 = arith.muli %pass, %cP : index\n          %g0 = arith.muli %pass, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index"
+        );
+    }
+
+    /// `%next`: chunk `%gi`'s wgmmas started where the warpgroup has rows (then `wait`, a
+    /// line or nothing), else `%a`.
+    pub(super) fn multiply(&self, b: &mut String, wait: &str) {
+        let acc = acc_type();
         let _ = writeln!(
             b,
             "            %st = arith.remui %gi, %cST : index\n            %next = scf.if %active -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned"
@@ -220,19 +274,17 @@ impl WarpgroupProjection<'_> {
             );
             cur = format!("%m{step}");
         }
-        // The next copies are issued while the tensor cores multiply.
         let _ = writeln!(
             b,
-            "              nvvm.wgmma.commit.group.sync.aligned\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}\n            scf.if %more {{"
+            "              nvvm.wgmma.commit.group.sync.aligned\n{wait}              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}"
         );
-        self.issue(b, "%gn", "              ");
-        let _ = writeln!(
-            b,
-            "            }}\n            nvvm.cp.async.commit.group\n            nvvm.wgmma.wait.group.sync.aligned 0"
-        );
-        let _ = writeln!(b, "            scf.yield %next : {acc}\n          }}");
-        // The pass's last wgmmas done before the accumulators are read: the wait is an
-        // identity of all of them, so no read can be moved above it.
+    }
+
+    /// After the chunk loop: the pass's last wgmmas waited for, `then` (lines or nothing),
+    /// the results stored, the pass loop closed.
+    pub(super) fn pass_tail(&self, b: &mut String, then: &str) {
+        let acc = acc_type();
+        // The wait is an identity of all the accumulators, so no read can be moved above it.
         let outs = vec!["=f"; ACCS].join(",");
         let ties = (0..ACCS)
             .map(|i| i.to_string())
@@ -244,7 +296,7 @@ impl WarpgroupProjection<'_> {
         }
         let _ = writeln!(
             b,
-            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
+            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}\n{then}",
             vals.join(", "),
             vec!["f32"; ACCS].join(", ")
         );
@@ -308,11 +360,11 @@ impl WarpgroupProjection<'_> {
 }
 
 /// One 16-byte `cp.async` (values named `%{v}_...`): from global byte address `src` + `gk`
-/// to shared byte address `stage` + `%sq{q}` (all index values).
-fn copy(b: &mut String, v: &str, src: &str, gk: &str, stage: &str, q: usize, ind: &str) {
+/// to shared byte address `stage` + `at` (all index values).
+fn copy(b: &mut String, v: &str, src: &str, gk: &str, stage: &str, at: &str, ind: &str) {
     let _ = writeln!(
         b,
-        "{ind}%{v}_s = arith.addi {src}, {gk} : index\n{ind}%{v}_si = arith.index_cast %{v}_s : index to i64\n{ind}%{v}_sp = llvm.inttoptr %{v}_si : i64 to !llvm.ptr<1>\n{ind}%{v}_d = arith.addi {stage}, %sq{q} : index\n{ind}%{v}_di = arith.index_cast %{v}_d : index to i64\n{ind}%{v}_dp = llvm.inttoptr %{v}_di : i64 to !llvm.ptr<3>\n{ind}nvvm.cp.async.shared.global %{v}_dp, %{v}_sp, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
+        "{ind}%{v}_s = arith.addi {src}, {gk} : index\n{ind}%{v}_si = arith.index_cast %{v}_s : index to i64\n{ind}%{v}_sp = llvm.inttoptr %{v}_si : i64 to !llvm.ptr<1>\n{ind}%{v}_d = arith.addi {stage}, {at} : index\n{ind}%{v}_di = arith.index_cast %{v}_d : index to i64\n{ind}%{v}_dp = llvm.inttoptr %{v}_di : i64 to !llvm.ptr<3>\n{ind}nvvm.cp.async.shared.global %{v}_dp, %{v}_sp, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
     );
 }
 
@@ -339,21 +391,26 @@ mod tests {
             .1
     }
 
-    /// The kernel lowers to sm_90a PTX: four m64n256k16 wgmmas per chunk of 64 (one per k16
-    /// step) on descriptors with the 128-byte swizzle, the copies as 16-byte cp.async, and no
-    /// local memory.
-    #[test]
-    fn a_projection_lowers_to_wgmmas_fed_by_cp_async() {
-        let kernel = TensorCoreProjection {
-            name: "t_wproj_in".into(),
+    /// A projection of 128 inner elements onto 96, unfused.
+    fn small(name: &str, producer: bool) -> TensorCoreProjection {
+        TensorCoreProjection {
+            name: name.into(),
             din: 128,
             dout: 96,
             div: 2,
             slots: 64,
             act: None,
             warpgroups: true,
+            producer,
         }
-        .kernel();
+    }
+
+    /// The kernel lowers to sm_90a PTX: four m64n256k16 wgmmas per chunk of 64 (one per k16
+    /// step) on descriptors with the 128-byte swizzle, the copies as 16-byte cp.async, and no
+    /// local memory.
+    #[test]
+    fn a_projection_lowers_to_wgmmas_fed_by_cp_async() {
+        let kernel = small("t_wproj_in", false).kernel();
         assert_eq!(kernel.matches("nvvm.wgmma.mma_async").count(), 4);
         assert!(kernel.contains(&super::DESCRIPTOR_FIXED.to_string()));
         assert_eq!(super::DESCRIPTOR_FIXED >> 62, 1, "128-byte swizzle");
@@ -365,6 +422,22 @@ mod tests {
         assert!(wgmmas >= 4, "{wgmmas} wgmmas in the PTX");
         assert!(ptx.contains("cp.async.cg.shared.global"));
         assert!(ptx.contains("wgmma.wait_group.sync.aligned 0"));
+        assert!(!ptx.contains(".local"), "no spills to local memory");
+    }
+
+    /// The warp-specialised form: the producer warp's copies arrive on the stages' `full`
+    /// mbarriers, the warpgroups wait on their parity and release each stage through its
+    /// `empty` one; the only block-wide barrier is the one after the mbarriers are made.
+    #[test]
+    fn a_producer_warp_feeds_the_warpgroups_through_mbarriers() {
+        let kernel = small("t_sproj_out", true).kernel();
+        let ptx = ptx_of(&kernel);
+        assert_eq!(ptx.matches("mbarrier.init.shared::cta.b64").count(), 8);
+        assert!(ptx.contains("cp.async.mbarrier.arrive.noinc.shared::cta.b64"));
+        assert!(ptx.contains("mbarrier.try_wait.parity.shared::cta.b64"));
+        assert!(ptx.contains("mbarrier.arrive.shared::cta.b64"));
+        assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
+        assert_eq!(ptx.matches("bar.sync").count(), 1, "one block-wide barrier");
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
@@ -383,6 +456,7 @@ mod tests {
             slots: 64,
             act: Some(act.into()),
             warpgroups: true,
+            producer: false,
         }
         .kernel();
         assert_eq!(kernel.matches("scf.execute_region").count(), 64);
@@ -437,19 +511,20 @@ mod assembled {
     /// then wait for each other).
     #[test]
     fn real_size_projections_assemble_unserialised_without_spills() {
-        use ppmoe_runtime::program::{TC_WARPS, WG_THREADS};
+        use ppmoe_runtime::program::{SP_THREADS, TC_WARPS, WG_THREADS};
         let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
-        for warpgroups in [true, false] {
-            let threads = if warpgroups {
-                WG_THREADS
-            } else {
-                TC_WARPS * 32
+        for (warpgroups, producer) in [(true, false), (true, true), (false, false)] {
+            let threads = match (warpgroups, producer) {
+                (true, true) => SP_THREADS,
+                (true, false) => WG_THREADS,
+                _ => TC_WARPS * 32,
             };
             for (kind, din, dout, act) in [
                 ("act", 2048, 1536, Some(act.to_string())),
                 ("out", 768, 2048, None),
             ] {
-                let name = format!("q_{}proj_{kind}", if warpgroups { "w" } else { "t" });
+                let [.., out] = TensorCoreProjection::names(warpgroups, producer);
+                let name = format!("q_{}_{kind}", &out[..5]);
                 let kernel = TensorCoreProjection {
                     name: name.clone(),
                     din,
@@ -458,6 +533,7 @@ mod assembled {
                     slots: 32768,
                     act,
                     warpgroups,
+                    producer,
                 }
                 .kernel();
                 let text = report(&kernel, &name);

@@ -2,7 +2,8 @@
 //! `program::routes_on_device`, and a few more with bf16 stacks, `routes_on_tensor_cores`;
 //! `PPMOE_DEVICE_ROUTING` at compile time), where the compiler generated the step's `dgroup`
 //! kernel and its `dproj_in` and `dproj_out` (CUDA cores) or tensor-core projections (the
-//! `tproj` kernels, mma.sync, or above 32 rows per expert the `wproj` ones, wgmma; reading x
+//! `tproj` kernels, mma.sync, or above 16 rows per expert the `wproj` ones, wgmma, or their
+//! warp-specialised `sproj` form where the compiler was asked for it; reading x
 //! narrowed to bf16, the first with the activation as its epilogue where it fits) kernels (see
 //! the compiler's `decode_experts`).
 //! Nothing is read back and nothing grouped on the host: the slots are listed per expert on
@@ -23,8 +24,10 @@ enum Projections {
     CudaCores,
     /// Its `tproj` kernels (mma.sync, a block of 4 warps per 64 columns of an expert).
     MmaSync,
-    /// Its `wproj` kernels (wgmma, a block of 2 warpgroups per 128 weight rows of an expert).
+    /// Its `wproj` kernels (wgmma, a block of 2 warpgroups per 256 weight rows of an expert).
     Warpgroups,
+    /// Its `sproj` kernels (the same, and a producer warp issuing the copies).
+    Producer,
 }
 
 /// The three kernels of the device-routed path.
@@ -33,7 +36,7 @@ struct RoutedKernels {
     proj_in: CudaFunction,
     proj_out: CudaFunction,
     projections: Projections,
-    /// The first projection is `tproj_act` or `wproj_act`: the gated activation is its
+    /// The first projection is `tproj_act`, `wproj_act` or `sproj_act`: the gated activation is its
     /// epilogue.
     fused_act: bool,
 }
@@ -42,8 +45,8 @@ impl RoutedKernels {
     /// The blocks of the first and the second projection over `tokens` tokens.
     fn blocks(&self, tokens: usize) -> (Blocks, Blocks) {
         use crate::program::{
-            TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS, WG_ACT_BLOCK_COLUMNS,
-            WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
+            SP_SHARED_BYTES, SP_THREADS, TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS,
+            WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
         };
         let (plain, fused, warps, shared) = match self.projections {
             Projections::CudaCores => {
@@ -61,6 +64,12 @@ impl RoutedKernels {
                 WG_ACT_BLOCK_COLUMNS,
                 WG_THREADS / 32,
                 WG_SHARED_BYTES,
+            ),
+            Projections::Producer => (
+                WG_BLOCK_COLUMNS,
+                WG_ACT_BLOCK_COLUMNS,
+                SP_THREADS / 32,
+                SP_SHARED_BYTES,
             ),
         };
         let first = Blocks {
@@ -252,7 +261,9 @@ impl Rank<'_> {
             Some((fused.or_else(|| f(plain))?, f(out)?, fused_act))
         };
         let (proj_in, proj_out, fused_act, projections) =
-            if let Some((i, o, a)) = pair(crate::program::WG_KERNELS) {
+            if let Some((i, o, a)) = pair(crate::program::SP_KERNELS) {
+                (i, o, a, Projections::Producer)
+            } else if let Some((i, o, a)) = pair(crate::program::WG_KERNELS) {
                 (i, o, a, Projections::Warpgroups)
             } else if let Some((i, o, a)) = pair(crate::program::TC_KERNELS) {
                 (i, o, a, Projections::MmaSync)
@@ -277,6 +288,7 @@ impl Rank<'_> {
                 Projections::CudaCores => "CUDA cores",
                 Projections::MmaSync => "tensor cores, mma.sync",
                 Projections::Warpgroups => "tensor cores, wgmma",
+                Projections::Producer => "tensor cores, wgmma, a producer warp",
             }
         );
         Some(kernels)

@@ -1301,8 +1301,15 @@ fn load_kernels(
         for s in optional {
             let name = format!("{prefix}_{s}");
             if let Ok(f) = module.load_function(&name) {
-                if crate::program::WG_KERNELS.contains(s) {
-                    allow_dynamic_shared(&f, &name)
+                let shared = if crate::program::WG_KERNELS.contains(s) {
+                    Some(crate::program::WG_SHARED_BYTES)
+                } else if crate::program::SP_KERNELS.contains(s) {
+                    Some(crate::program::SP_SHARED_BYTES)
+                } else {
+                    None
+                };
+                if let Some(bytes) = shared {
+                    allow_dynamic_shared(&f, &name, bytes)
                         .map_err(|e| backend_err(format!("{file}: {e}")))?;
                 }
                 functions.insert(name, f);
@@ -1321,11 +1328,15 @@ fn load_kernels(
     Ok(functions)
 }
 
-/// Lets `f` (a warpgroup projection) take `WG_SHARED_BYTES` of dynamic shared memory: more
-/// than the 48 KiB a kernel has without asking.
-fn allow_dynamic_shared(f: &cudarc::driver::CudaFunction, name: &str) -> Result<(), String> {
+/// Lets `f` (a warpgroup projection) take `bytes` of dynamic shared memory: more than the
+/// 48 KiB a kernel has without asking.
+fn allow_dynamic_shared(
+    f: &cudarc::driver::CudaFunction,
+    name: &str,
+    bytes: usize,
+) -> Result<(), String> {
     use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-    let bytes = i32::try_from(crate::program::WG_SHARED_BYTES).map_err(|e| e.to_string())?;
+    let bytes = i32::try_from(bytes).map_err(|e| e.to_string())?;
     f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
         .map_err(|e| format!("{name}: {bytes} bytes of shared memory refused: {e}"))
 }
