@@ -895,7 +895,7 @@ pub fn projects_on_warpgroups(slots: usize, experts: usize, local: bool) -> bool
 /// 1.799. Slower on large matrices with more rows, where cuBLAS's pipelined GEMMs win:
 /// Mixtral at 64 tokens (16 rows, mma.sync) 1.02 against 0.84 ms, at 512 (128 rows, wgmma)
 /// 1.158 against 0.88, at 4096 7.22 against 4.80; the DeepSeek-like layer at 4096 8.43
-/// against about 6.2. Mixtral between 17 and 64 rows (70 to 256 tokens) is not measured.
+/// against about 6.2. Mixtral between 17 and 64 rows (65 to 256 tokens) is not measured.
 /// `local`: PPMoE's step of a rank's experts at tp > 1, whose all-reduce the device grouping
 /// overlaps with its chunks (measured at 4096 tokens in session 26: 1.461 against 1.712 ms);
 /// the warpgroup projections have not been measured there, so such a step keeps session 27's
