@@ -2,7 +2,7 @@
 //! grouping on the host, no rows gathered. One token by default (`routes_on_device`) with the
 //! CUDA-core projections below; more tokens with bf16 stacks where `routes_on_tensor_cores`
 //! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in` or, with
-//! the activation as its epilogue, `tproj_act`, and `tproj_out`: the same operands; above 32
+//! the activation as its epilogue, `tproj_act`, and `tproj_out`: the same operands; above 16
 //! rows per expert the warpgroup ones of `warpgroup_projection`, `wproj_*`) in place of
 //! `dproj_*`. Three kernels besides the step's activation and combine:
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)

@@ -43,7 +43,7 @@ pub(super) struct TensorCoreProjection {
     /// The gated activation (`act_math`: `%g`, `%u` -> `%res`) computed in the epilogue: then
     /// each warp's two n8 tiles are 8 gate columns and the up columns F after them, and the
     /// kernel writes the activations ([slots, F], F = dout / 2), 32 of them per block (with
-    /// `warpgroups`, a block's 64 gate rows and their up rows give 64).
+    /// `warpgroups`, a block's 128 gate rows and their up rows give 128).
     pub act: Option<String>,
     /// The projection on the warpgroup tensor cores (`warpgroup_projection`: wgmma, 128 rows
     /// a pass) rather than with mma.sync (64 rows a pass).

@@ -247,7 +247,7 @@ impl WarpgroupProjection<'_> {
 
     /// The pass loop's head and the chunk loop's: `%r0` (the pass's first row), `%active`
     /// (the warpgroup has rows in it), `%gi` (the block's chunk), `%a` (the accumulators).
-    pub(super) fn pass_head(&self, b: &mut String) {
+    fn pass_head(&self, b: &mut String) {
         let acc = acc_type();
         let _ = writeln!(
             b,
@@ -257,7 +257,7 @@ impl WarpgroupProjection<'_> {
 
     /// `%next`: chunk `%gi`'s wgmmas started where the warpgroup has rows (then `wait`, a
     /// line or nothing), else `%a`.
-    pub(super) fn multiply(&self, b: &mut String, wait: &str) {
+    fn multiply(&self, b: &mut String, wait: &str) {
         let acc = acc_type();
         let _ = writeln!(
             b,
@@ -282,7 +282,7 @@ impl WarpgroupProjection<'_> {
 
     /// After the chunk loop: the pass's last wgmmas waited for, `then` (lines or nothing),
     /// the results stored, the pass loop closed.
-    pub(super) fn pass_tail(&self, b: &mut String, then: &str) {
+    fn pass_tail(&self, b: &mut String, then: &str) {
         let acc = acc_type();
         // The wait is an identity of all the accumulators, so no read can be moved above it.
         let outs = vec!["=f"; ACCS].join(",");

@@ -13,7 +13,7 @@
 //! rows, 64 weight rows per chunk), into the swizzled positions the consumers' descriptors
 //! read; the listed rows' slots are looked up per chunk.
 
-use super::{copy, WarpgroupProjection, AHEAD, STAGES};
+use super::{copy, WarpgroupProjection, STAGES};
 use std::fmt::Write as _;
 
 impl WarpgroupProjection<'_> {
@@ -49,10 +49,9 @@ impl WarpgroupProjection<'_> {
     fn produce(&self, b: &mut String) {
         let _ = writeln!(
             b,
-            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        %cSTc = arith.constant {STAGES} : index\n        scf.for %pg = %c0 to %total step %c1 {{\n          %ps = arith.remui %pg, %cSTc : index\n          %pph = arith.divui %pg, %cSTc : index\n          %reuse = arith.cmpi uge, %pg, %cSTc : index\n          scf.if %reuse {{\n            %pph1 = arith.subi %pph, %c1 : index"
+            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        scf.for %pg = %c0 to %total step %c1 {{\n          %ps = arith.remui %pg, %cST : index\n          %pph = arith.divui %pg, %cST : index\n          %reuse = arith.cmpi uge, %pg, %cST : index\n          scf.if %reuse {{\n            %pph1 = arith.subi %pph, %c1 : index"
         );
-        let at = barrier(b, "pe", "empty", "%ps");
-        wait(b, "pe", &at, "%pph1", "            ");
+        wait(b, "pe", "empty", "%ps", "%pph1", "            ");
         let _ = writeln!(
             b,
             "          }}\n          %pp = arith.divui %pg, %cNK : index\n          %pk = arith.remui %pg, %cNK : index\n          %pr0 = arith.muli %pp, %cP : index\n          %pgk = arith.muli %pk, %c128 : index\n          %pss = arith.muli %ps, %cSB : index\n          %psa = arith.addi %smx, %pss : index\n          %psb = arith.addi %psa, %cRO : index\n          %cRC = arith.constant 32 : index\n          scf.for %pi = %c0 to %cRC step %c1 {{"
@@ -91,14 +90,12 @@ impl WarpgroupProjection<'_> {
     /// the other waits.
     fn consume(&self, b: &mut String) {
         let acc = super::acc_type();
-        let _ = writeln!(b, "        %cSTc = arith.constant {STAGES} : index");
         self.pass_head(b);
         let _ = writeln!(
             b,
-            "            %cs = arith.remui %gi, %cSTc : index\n            %cph = arith.divui %gi, %cSTc : index"
+            "            %cs = arith.remui %gi, %cST : index\n            %cph = arith.divui %gi, %cST : index"
         );
-        let full = barrier(b, "cf", "full", "%cs");
-        wait(b, "cf", &full, "%cph", "            ");
+        wait(b, "cf", "full", "%cs", "%cph", "            ");
         let _ = writeln!(
             b,
             "            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}"
@@ -109,7 +106,6 @@ impl WarpgroupProjection<'_> {
         arrive(b, &empty, "            ");
         let _ = writeln!(b, "            scf.yield %next : {acc}\n          }}");
         self.pass_tail(b, "");
-        debug_assert_eq!(AHEAD, STAGES - 1);
     }
 }
 
@@ -124,8 +120,10 @@ fn barrier(b: &mut String, v: &str, kind: &str, stage: &str) -> String {
     format!("%{v}_ba")
 }
 
-/// Wait until the barrier at `at` has completed its phase `phase` (an index value).
-fn wait(b: &mut String, v: &str, at: &str, phase: &str, ind: &str) {
+/// Wait until stage `stage`'s `kind` barrier (see `barrier`) has completed its phase `phase`
+/// (index values).
+fn wait(b: &mut String, v: &str, kind: &str, stage: &str, phase: &str, ind: &str) {
+    let at = barrier(b, v, kind, stage);
     let _ = writeln!(
         b,
         "{ind}%{v}_pc1 = arith.constant 1 : index\n{ind}%{v}_par = arith.andi {phase}, %{v}_pc1 : index\n{ind}%{v}_p32 = arith.index_cast %{v}_par : index to i32\n{ind}llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .pred p; LAB_WAIT: mbarrier.try_wait.parity.shared::cta.b64 p, [$0], $1; @!p bra LAB_WAIT; }}\", \"r,r\" {at}, %{v}_p32 : (i32, i32) -> ()"
