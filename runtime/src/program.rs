@@ -865,12 +865,13 @@ pub const WG_SHARED_BYTES: usize = 4 * 49152 + 1024;
 /// dynamic shared memory is allowed at load).
 pub const TC_KERNELS: [&str; 3] = ["tproj_act", "tproj_in", "tproj_out"];
 pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
-/// The warp-specialised form of the warpgroup projections (the compiler's
-/// `PPMOE_TENSOR_PROJECTIONS=wgmma-producer`): the same blocks' columns and stages, a ninth
-/// warp that issues the copies, and the stages' mbarriers (8 of 8 bytes) after them.
+/// The warp-specialised form of the warpgroup projections (the policy's; the other is the
+/// compiler's `PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`): the same blocks' columns and stages, a ninth
+/// warp that feeds the stages (the weights through a tensor map), and the stages' mbarriers
+/// (9 of 8 bytes) after them.
 pub const SP_KERNELS: [&str; 3] = ["sproj_act", "sproj_in", "sproj_out"];
 pub const SP_THREADS: usize = WG_THREADS + 32;
-pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 64;
+pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 128;
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
 /// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows

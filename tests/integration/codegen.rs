@@ -485,8 +485,9 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// with bf16 stacks (this LM's, whatever --dtype says) are routed so too, their projections
 /// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores;
 /// the gated activation in the first one's epilogue); many (256 tokens: 128 rows per expert
-/// of this LM's small matrices) with the warpgroup ones (`wproj`: wgmma fed by cp.async,
-/// sm_90a; `PPMOE_TENSOR_PROJECTIONS=wgmma-producer`: their warp-specialised `sproj` form),
+/// of this LM's small matrices) with the warpgroup ones (wgmma, sm_90a; `sproj`, a producer
+/// warp feeding them, the weights by tensor copies; `PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`:
+/// `wproj`, every thread copying by cp.async),
 /// unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
 /// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
 /// routes on the device.
@@ -545,14 +546,18 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
         assert_eq!(entries_ending(&many, "_dgroup").len(), 2, "{dtype} 256");
         assert!(entries_ending(&many, "_tproj_act").is_empty());
         assert!(many.contains(".target sm_90a"), "{dtype} 256 tokens");
-        for proj in ["_wproj_act", "_wproj_out"] {
+        // Their warp-specialised form (`sproj`): a producer warp, the weights by tensor
+        // copies, the rows by cp.async, both arriving on mbarriers.
+        for proj in ["_sproj_act", "_sproj_out"] {
             let names = entries_ending(&many, proj);
             assert_eq!(names.len(), 2, "{dtype} 256 tokens: {names:?}");
             let body = entry(&many, &names[0]);
             assert!(body.contains(WGMMA), "{}", names[0]);
-            assert!(body.contains("cp.async.cg.shared.global"), "{}", names[0]);
+            for needle in ["cp.async.bulk.tensor.2d", "cp.async.mbarrier.arrive.noinc"] {
+                assert!(body.contains(needle), "{}: no {needle}", names[0]);
+            }
         }
-        // Asked for, the warp-specialised form: a producer warp and mbarriers (`sproj`).
+        // Asked for, the form whose threads all copy, between block-wide barriers (`wproj`).
         let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
         let a = [
             "inspect",
@@ -563,18 +568,15 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             dtype,
         ];
         let a = [&a[..], &["--input-shape", "input_ids=1x256"]].concat();
-        let env = [("PPMOE_TENSOR_PROJECTIONS", "wgmma-producer")];
-        let producer = crate::common::ppmoe_env(&a, &env).stdout;
-        assert!(entries_ending(&producer, "_wproj_act").is_empty());
-        for proj in ["_sproj_act", "_sproj_out"] {
-            let names = entries_ending(&producer, proj);
-            assert_eq!(names.len(), 2, "{dtype} producer: {names:?}");
-            let body = entry(&producer, &names[0]);
-            assert!(
-                body.contains("cp.async.mbarrier.arrive.noinc"),
-                "{}",
-                names[0]
-            );
+        let env = [("PPMOE_TENSOR_PROJECTIONS", "wgmma-cp-async")];
+        let all_copy = crate::common::ppmoe_env(&a, &env).stdout;
+        assert!(entries_ending(&all_copy, "_sproj_act").is_empty());
+        for proj in ["_wproj_act", "_wproj_out"] {
+            let names = entries_ending(&all_copy, proj);
+            assert_eq!(names.len(), 2, "{dtype} wgmma-cp-async: {names:?}");
+            let body = entry(&all_copy, &names[0]);
+            assert!(body.contains(WGMMA), "{}", names[0]);
+            assert!(body.contains("cp.async.cg.shared.global"), "{}", names[0]);
         }
         // The first model's matrices are small; turned off, the host groups the rows.
         let host = lm_ptx(256, &["--dtype", dtype], Some("0"));

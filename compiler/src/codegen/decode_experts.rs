@@ -3,7 +3,7 @@
 //! CUDA-core projections below; more tokens with bf16 stacks where `routes_on_tensor_cores`
 //! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in` or, with
 //! the activation as its epilogue, `tproj_act`, and `tproj_out`: the same operands; above 16
-//! rows per expert the warpgroup ones of `warpgroup_projection`, `wproj_*`) in place of
+//! rows per expert the warpgroup ones of `warpgroup_projection`, `sproj_*`) in place of
 //! `dproj_*`. Three kernels besides the step's activation and combine:
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
 //!   and counts them; one more block writes each slot's row for the combine (the slot itself,
@@ -70,17 +70,19 @@ pub(super) fn kernels(
     }
     let mut out = group_kernel(prefix, s, dims.experts);
     if tensor {
-        // Above 16 rows per expert the warpgroup kernels (`PPMOE_TENSOR_PROJECTIONS=wgmma` or
-        // `=mma` takes one kind wherever the tensor cores are).
-        // `=wgmma-producer` takes the warp-specialised wgmma kernels (not measured yet).
+        // Above 16 rows per expert the warpgroup kernels, in their warp-specialised form (a
+        // producer warp, the weights through tensor maps: faster than the form whose threads
+        // all copy at every size measured, Qwen3-30B-A3B's layer 1-2%, Mixtral's and the
+        // DeepSeek-like one device-routed 4-7%). `PPMOE_TENSOR_PROJECTIONS=wgmma` or `=mma`
+        // takes one kind wherever the tensor cores are, `=wgmma-cp-async` the other form.
         let (warpgroups, producer) = match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
-            Ok("wgmma") => (true, false),
-            Ok("wgmma-producer") => (true, true),
+            Ok("wgmma") => (true, true),
+            Ok("wgmma-cp-async") => (true, false),
             Ok("mma") => (false, false),
-            _ => (
-                ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local),
-                false,
-            ),
+            _ => {
+                let w = ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local);
+                (w, w)
+            }
         };
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {

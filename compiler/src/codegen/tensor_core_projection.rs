@@ -48,8 +48,9 @@ pub(super) struct TensorCoreProjection {
     /// The projection on the warpgroup tensor cores (`warpgroup_projection`: wgmma, 128 rows
     /// a pass) rather than with mma.sync (64 rows a pass).
     pub warpgroups: bool,
-    /// With `warpgroups`: the warp-specialised form (a producer warp issues the copies,
-    /// mbarriers between it and the warpgroups; `sproj` kernels).
+    /// With `warpgroups`: the warp-specialised form (a producer warp feeds the stages, the
+    /// weights by tensor copies, mbarriers between it and the warpgroups; `sproj` kernels,
+    /// the policy's), else every thread copies between block-wide barriers (`wproj`).
     pub producer: bool,
 }
 
@@ -61,7 +62,7 @@ impl TensorCoreProjection {
 
     /// Whether a gated activation over `ffn` columns (the first projection's `n` = 2 ffn) can
     /// be the first projection's epilogue: whole blocks of gate columns with mma.sync (the
-    /// warpgroup kernel clamps its weight rows, so any width).
+    /// warpgroup kernels multiply rows past the gate rows and never store them, so any width).
     pub fn fuses(ffn: usize, n: usize, warpgroups: bool) -> bool {
         use ppmoe_runtime::program::TC_ACT_BLOCK_COLUMNS;
         n == 2 * ffn && ffn > 0 && (warpgroups || ffn.is_multiple_of(TC_ACT_BLOCK_COLUMNS))

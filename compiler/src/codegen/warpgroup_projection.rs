@@ -6,7 +6,10 @@
 //! stages of 64 inner elements: the copies of the next three chunks are in flight while the
 //! tensor cores multiply one (the next chunk's copies issued while they do).
 //! The copies run ahead over the block's chunks of every pass, so a pass's first chunks are in
-//! flight while the previous pass's results are stored.
+//! flight while the previous pass's results are stored. That is the `wproj` form, every
+//! thread copying between block-wide barriers (`PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`);
+//! the policy takes the warp-specialised `sproj` form of `producer` (a ninth warp feeds the
+//! same stages, the weights by tensor copies), the same multiplication and epilogue.
 //!
 //! Per block (two warpgroups, 256 threads; grid: column tiles x local experts): warpgroup w
 //! computes rows 64 w .. 64 w + 63 of each pass (and skips the multiplication where the pass
@@ -116,8 +119,14 @@ impl WarpgroupProjection<'_> {
             self.chunks(&mut b);
         }
         let _ = writeln!(b, "      }}");
+        // The warp-specialised form reads the weights through a tensor map (its address).
+        let tmap = if self.producer {
+            ", %tmap: memref<?xi64>"
+        } else {
+            ""
+        };
         format!(
-            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) kernel {{\n{b}      gpu.return\n    }}\n",
+            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>{tmap}) kernel {{\n{b}      gpu.return\n    }}\n",
             self.name
         )
     }
@@ -425,17 +434,25 @@ mod tests {
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
-    /// The warp-specialised form: the producer warp's copies arrive on the stages' `full`
-    /// mbarriers, the warpgroups wait on their parity and release each stage through its
-    /// `empty` one; the only block-wide barrier is the one after the mbarriers are made.
+    /// The warp-specialised form: the producer warp's weight boxes (tensor copies) and row
+    /// copies arrive on the stages' `full` mbarriers, the warpgroups wait on their parity, keep
+    /// one chunk's wgmmas running and release the previous chunk's stage through its `empty`
+    /// one; the only block-wide barrier is the one after the mbarriers are made.
     #[test]
     fn a_producer_warp_feeds_the_warpgroups_through_mbarriers() {
         let kernel = small("t_sproj_out", true).kernel();
         let ptx = ptx_of(&kernel);
-        assert_eq!(ptx.matches("mbarrier.init.shared::cta.b64").count(), 8);
+        assert_eq!(ptx.matches("mbarrier.init.shared::cta.b64").count(), 9);
+        assert!(ptx.contains("cp.async.bulk.tensor.2d.shared::cluster.global"));
+        assert!(ptx.contains("mbarrier.arrive.expect_tx.shared::cta.b64"));
         assert!(ptx.contains("cp.async.mbarrier.arrive.noinc.shared::cta.b64"));
         assert!(ptx.contains("mbarrier.try_wait.parity.shared::cta.b64"));
         assert!(ptx.contains("mbarrier.arrive.shared::cta.b64"));
+        let words = ptx.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("wgmma.wait_group.sync.aligned 1;"),
+            "one group left running"
+        );
         assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
         assert_eq!(ptx.matches("bar.sync").count(), 1, "one block-wide barrier");
         assert!(!ptx.contains(".local"), "no spills to local memory");

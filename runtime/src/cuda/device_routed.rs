@@ -2,8 +2,9 @@
 //! `program::routes_on_device`, and a few more with bf16 stacks, `routes_on_tensor_cores`;
 //! `PPMOE_DEVICE_ROUTING` at compile time), where the compiler generated the step's `dgroup`
 //! kernel and its `dproj_in` and `dproj_out` (CUDA cores) or tensor-core projections (the
-//! `tproj` kernels, mma.sync, or above 16 rows per expert the `wproj` ones, wgmma, or their
-//! warp-specialised `sproj` form where the compiler was asked for it; reading x
+//! `tproj` kernels, mma.sync, or above 16 rows per expert the `sproj` ones, wgmma fed by a
+//! producer warp, the weights through tensor maps, or the `wproj` form whose threads all copy
+//! where the compiler was asked for it; reading x
 //! narrowed to bf16, the first with the activation as its epilogue where it fits) kernels (see
 //! the compiler's `decode_experts`).
 //! Nothing is read back and nothing grouped on the host: the slots are listed per expert on
@@ -26,7 +27,8 @@ enum Projections {
     MmaSync,
     /// Its `wproj` kernels (wgmma, a block of 2 warpgroups per 256 weight rows of an expert).
     Warpgroups,
-    /// Its `sproj` kernels (the same, and a producer warp issuing the copies).
+    /// Its `sproj` kernels (the same, and a producer warp feeding them: the weights through
+    /// tensor maps).
     Producer,
 }
 
@@ -198,7 +200,18 @@ impl Rank<'_> {
         // Fused, the first projection's epilogue is the activation: [slots, F] straight away.
         let width = if kernels.fused_act { dims.ffn } else { ffn.n };
         let first = alloc(&self.stream, slots * width, ffn.mid)?;
-        let w = (x, ffn.w_in.0);
+        // The warp-specialised kernels read the stacks through tensor maps: boxes of the
+        // block's weight rows (fused, its gate rows and their up rows: half as many a box).
+        let producer = kernels.projections == Projections::Producer;
+        let map = |w: u64, (rows, inner): (usize, usize), box_rows: u32| {
+            producer
+                .then(|| self.weight_tensor_map(w, rows * dims.experts, inner, box_rows))
+                .transpose()
+        };
+        let box_in = if kernels.fused_act { 128 } else { 256 };
+        let map_in = map(ffn.w_in.0, (ffn.n, dims.hidden), box_in)?;
+        let map_out = map(ffn.w_out.0, (dims.hidden, dims.ffn), 256)?;
+        let w = (x, ffn.w_in.0, map_in);
         let shape = (width, dims.experts);
         self.project_listed(&kernels.proj_in, w, &first, &lists, shape, first_blocks)?;
         let act = if kernels.fused_act {
@@ -212,7 +225,7 @@ impl Rank<'_> {
         };
         let out = alloc(&self.stream, slots * dims.hidden, ffn.mid)?;
         let a = super::dptr(&act, &self.stream);
-        let w = (a, ffn.w_out.0);
+        let w = (a, ffn.w_out.0, map_out);
         self.project_listed(
             &kernels.proj_out,
             w,
@@ -343,12 +356,13 @@ impl Rank<'_> {
         Ok(lists)
     }
 
-    /// One projection of the listed rows (`src` and the stack `w` as device pointers) into
-    /// `dst` ([slots, dout]): a block per (column tile, local expert).
+    /// One projection of the listed rows (`src` and the stack `w` as device pointers, and the
+    /// stack's tensor map where the kernel reads it so) into `dst` ([slots, dout]): a block
+    /// per (column tile, local expert).
     fn project_listed(
         &self,
         f: &CudaFunction,
-        (src, w): (u64, u64),
+        (src, w, map): (u64, u64, Option<u64>),
         dst: &CudaSlice<f32>,
         lists: &SlotLists,
         (dout, experts): (usize, usize),
@@ -365,6 +379,9 @@ impl Rank<'_> {
         memref_args(&mut l, &pl, &one);
         memref_args(&mut l, &pc, &one);
         memref_args(&mut l, &pd, &one);
+        if let Some(map) = &map {
+            memref_args(&mut l, map, &one);
+        }
         let cfg = LaunchConfig {
             grid_dim: (dout.div_ceil(blocks.columns) as u32, experts as u32, 1),
             block_dim: (blocks.warps as u32 * 32, 1, 1),

@@ -24,6 +24,7 @@ pub mod nccl;
 mod overlap;
 mod pipeline_send;
 mod route_capacity;
+mod tensor_map;
 
 use crate::bundle::Bundle;
 use crate::distributed::Dist;
@@ -120,6 +121,8 @@ struct Rank<'a> {
     graph_use: graph::GraphUse,
     graph: Option<graph::Captured>,
     last_eager: Option<graph::Eager>,
+    /// The tensor maps of the stacks the warp-specialised projections read (`tensor_map`).
+    tensor_maps: tensor_map::TensorMaps,
 }
 
 impl Rank<'_> {
@@ -876,6 +879,7 @@ fn with_rank<R>(
         graph_use: graph::GraphUse::from_env(),
         graph: None,
         last_eager: None,
+        tensor_maps: Default::default(),
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()

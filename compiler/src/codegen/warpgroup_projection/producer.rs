@@ -1,20 +1,37 @@
 //! The warp-specialised form of the warpgroup projection (`producer` set; kernels `sproj_*`,
-//! `SP_THREADS` threads): a ninth warp issues every copy and the two warpgroups only multiply,
-//! so no block-wide barrier stands between chunks. Each stage has two mbarriers in shared
-//! memory after the stages: `full` (32 arrivals: each producer lane's
-//! `cp.async.mbarrier.arrive.noinc`, which lands when that lane's copies of the chunk have) and
-//! `empty` (256 arrivals: every consumer thread, once its warpgroup's wgmmas that read the
-//! stage are done: each chunk's are waited for before the next). Chunk g uses stage g % STAGES in its phase g / STAGES: the consumers wait
-//! for `full`'s phase g / STAGES, the producer for `empty`'s phase g / STAGES - 1 before it
-//! fills the stage again. A warpgroup with no rows in a pass waits for each chunk too (so its
-//! arrivals stay in their phase) and skips the multiplication.
+//! `SP_THREADS` threads): a ninth warp feeds the stages and the two warpgroups only multiply,
+//! so no block-wide barrier stands between chunks and each warpgroup keeps one chunk's
+//! wgmmas running while it starts the next's.
 //!
-//! The producer lane l copies word l % 8 of the rows l / 8 + 4 i of both operands (32 listed
-//! rows, 64 weight rows per chunk), into the swizzled positions the consumers' descriptors
-//! read; the listed rows' slots are looked up per chunk.
+//! The weights come by the tensor memory accelerator: the runtime encodes a tensor map of the
+//! stack (`[experts x dout, din]` bf16, boxes of 64 inner elements by 256 weight rows, or 128
+//! fused, the 128-byte swizzle, the layout the descriptors read) and passes its address
+//! (`%tmap`); lane 0 of the producer issues a chunk's one box (fused: the 128 gate rows' and
+//! their 128 up rows') with `cp.async.bulk.tensor`, counted in bytes on the stage's `full`
+//! mbarrier. Rows past the expert's (or the stack's) come as the next expert's rows or zeros,
+//! multiplied and never stored. The listed rows are a gather (one slot's row each), which a
+//! tensor map cannot express: each producer lane copies word `lane % 8` of rows `lane / 8 +
+//! 4 i` (i < 32) with `cp.async`, their addresses looked up once per pass, and arrives on
+//! `full` as they land (`cp.async.mbarrier.arrive.noinc`).
+//!
+//! Barriers (8 bytes each, after the stages): `full[s]` (33 arrivals: the 32 lanes', and lane
+//! 0's with the weights' 32 KiB expected), `empty[s]` (256 arrivals, every consumer thread's),
+//! and a spare one. Chunk g (of the block's chunks over all passes) uses stage g % STAGES in
+//! its phase g / STAGES. The consumers wait for `full`'s phase, start the chunk's wgmmas, wait
+//! for the previous chunk's (all but one group done) and release its stage through `empty`
+//! (chunk 0 arrives on the spare barrier: no stage to release); the producer waits for
+//! `empty`'s phase g / STAGES - 1 before it fills the stage again. A warpgroup with no rows in
+//! a pass waits and releases like the other, and skips the multiplication.
 
-use super::{copy, WarpgroupProjection, STAGES};
+use super::{copy, WarpgroupProjection, PASS_ROWS, ROWS_BYTES, STAGES, STAGE_BYTES, TILE_N};
 use std::fmt::Write as _;
+
+/// The listed rows each producer lane copies a word of, per chunk.
+const LANE_ROWS: usize = PASS_ROWS * 8 / 32;
+/// Arrivals that complete a `full` phase: the 32 lanes' row copies, and lane 0's expectation.
+const FULL_ARRIVALS: usize = 33;
+/// Bytes of the weights that land in a stage per chunk.
+const WEIGHT_BYTES: usize = STAGE_BYTES - ROWS_BYTES;
 
 impl WarpgroupProjection<'_> {
     /// After the prologue: the barriers made, then the producer's loop or the consumers'.
@@ -22,21 +39,25 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(
             b,
             "        %cBAR = arith.constant {} : index\n        %bars = arith.addi %smx, %cBAR : index\n        %t0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %t0 {{",
-            STAGES * super::STAGE_BYTES
+            STAGES * STAGE_BYTES
         );
+        let mut inits = Vec::new();
         for s in 0..STAGES {
-            let _ = writeln!(b, "          %ci{s} = arith.constant {s} : index");
-            for (kind, count) in [("full", 32), ("empty", 256)] {
-                let at = barrier(b, &format!("i{kind}{s}"), kind, &format!("%ci{s}"));
-                let _ = writeln!(
-                    b,
-                    "          %n{kind}{s} = arith.constant {count} : i32\n          llvm.inline_asm has_side_effects asm_dialect = att \"mbarrier.init.shared::cta.b64 [$0], $1;\", \"r,r\" {at}, %n{kind}{s} : (i32, i32) -> ()"
-                );
-            }
+            inits.push((format!("full{s}"), "full", s, FULL_ARRIVALS));
+            inits.push((format!("empty{s}"), "empty", s, 256));
+        }
+        inits.push(("spare".into(), "spare", 0, 256));
+        for (v, kind, s, count) in inits {
+            let _ = writeln!(b, "          %ci{v} = arith.constant {s} : index");
+            let at = barrier(b, &format!("i{v}"), kind, &format!("%ci{v}"));
+            let _ = writeln!(
+                b,
+                "          %n{v} = arith.constant {count} : i32\n          llvm.inline_asm has_side_effects asm_dialect = att \"mbarrier.init.shared::cta.b64 [$0], $1;\", \"r,r\" {at}, %n{v} : (i32, i32) -> ()"
+            );
         }
         let _ = writeln!(
             b,
-            "        }}\n        gpu.barrier\n        %c256 = arith.constant 256 : index\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
+            "          llvm.inline_asm has_side_effects asm_dialect = att \"fence.mbarrier_init.release.cluster;\", \"\" : () -> ()\n        }}\n        gpu.barrier\n        %c256 = arith.constant 256 : index\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
         );
         self.produce(b);
         let _ = writeln!(b, "        }} else {{");
@@ -44,50 +65,92 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(b, "        }}");
     }
 
-    /// The producer warp: for every chunk of every pass, wait for its stage to be free, copy
-    /// both operands' words, and arrive on the stage's `full` barrier as the copies land.
+    /// The producer warp: per pass, its rows' addresses; per chunk, wait for the stage to be
+    /// free, then the weights' box (lane 0) and the rows' words.
     fn produce(&self, b: &mut String) {
         let _ = writeln!(
             b,
-            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        scf.for %pg = %c0 to %total step %c1 {{\n          %ps = arith.remui %pg, %cST : index\n          %pph = arith.divui %pg, %cST : index\n          %reuse = arith.cmpi uge, %pg, %cST : index\n          scf.if %reuse {{\n            %pph1 = arith.subi %pph, %c1 : index"
+            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        %lead = arith.cmpi eq, %plane, %c0 : index\n        %tmx = memref.extract_aligned_pointer_as_index %tmap : memref<?xi64> -> index\n        %tm = arith.index_cast %tmx : index to i64\n        %cWB = arith.constant {WEIGHT_BYTES} : i32\n        scf.for %pp = %c0 to %passes step %c1 {{\n          %pr0 = arith.muli %pp, %cP : index\n          %pg0 = arith.muli %pp, %cNK : index"
         );
-        wait(b, "pe", "empty", "%ps", "%pph1", "            ");
+        for i in 0..LANE_ROWS {
+            self.produced_row(b, &format!("pa{i}"), i);
+            Self::row_word(
+                b,
+                &format!("pa{i}"),
+                "%pr0",
+                &format!("%pa{i}_row"),
+                "          ",
+            );
+        }
         let _ = writeln!(
             b,
-            "          }}\n          %pp = arith.divui %pg, %cNK : index\n          %pk = arith.remui %pg, %cNK : index\n          %pr0 = arith.muli %pp, %cP : index\n          %pgk = arith.muli %pk, %c128 : index\n          %pss = arith.muli %ps, %cSB : index\n          %psa = arith.addi %smx, %pss : index\n          %psb = arith.addi %psa, %cRO : index\n          %cRC = arith.constant 32 : index\n          scf.for %pi = %c0 to %cRC step %c1 {{"
+            "          scf.for %pk = %c0 to %cNK step %c1 {{\n            %pg = arith.addi %pg0, %pk : index\n            %ps = arith.remui %pg, %cST : index\n            %pph = arith.divui %pg, %cST : index\n            %reuse = arith.cmpi uge, %pg, %cST : index\n            scf.if %reuse {{\n              %pph1 = arith.subi %pph, %c1 : index"
         );
-        self.produced_row(b, "pa", "%pi");
-        Self::row_word(b, "pa", "%pr0", "%pa_row", "            ");
-        copy(b, "pa", "%pa_aq", "%pgk", "%psa", "%pa_at", "            ");
+        wait(b, "pe", "empty", "%ps", "%pph1", "              ");
         let _ = writeln!(
             b,
-            "          }}\n          %cWC = arith.constant 64 : index\n          scf.for %pw = %c0 to %cWC step %c1 {{"
+            "            }}\n            %pgk = arith.muli %pk, %c128 : index\n            %pss = arith.muli %ps, %cSB : index\n            %psa = arith.addi %smx, %pss : index\n            %psb = arith.addi %psa, %cRO : index"
         );
-        self.produced_row(b, "pb", "%pw");
-        self.weight_word(b, "pb", "%pb_row", "            ");
-        let _ = writeln!(b, "            %pb_wq = arith.addi %wtx, %pb_bwc : index");
-        copy(b, "pb", "%pb_wq", "%pgk", "%psb", "%pb_at", "            ");
-        let _ = writeln!(b, "          }}");
         let full = barrier(b, "pf", "full", "%ps");
         let _ = writeln!(
             b,
-            "          llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.mbarrier.arrive.noinc.shared::cta.b64 [$0];\", \"r\" {full} : (i32) -> ()\n        }}\n        nvvm.cp.async.wait.group 0"
+            "            scf.if %lead {{\n              llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [$0], $1; }}\", \"r,r\" {full}, %cWB : (i32, i32) -> ()"
         );
-    }
-
-    /// `%{v}_row` (row 4 `i` + this lane's of an operand's chunk) and `%{v}_at` (its word's
-    /// swizzled byte offset in the stage).
-    fn produced_row(&self, b: &mut String, v: &str, i: &str) {
+        self.weight_boxes(b, &full);
+        let _ = writeln!(b, "            }}");
+        for i in 0..LANE_ROWS {
+            let v = format!("pa{i}");
+            let (src, at) = (format!("%{v}_aq"), format!("%{v}_at"));
+            copy(
+                b,
+                &format!("{v}c"),
+                &src,
+                "%pgk",
+                "%psa",
+                &at,
+                "            ",
+            );
+        }
         let _ = writeln!(
             b,
-            "            %{v}_i4 = arith.muli {i}, %c4 : index\n            %{v}_row = arith.addi %prow, %{v}_i4 : index\n            %{v}_rm = arith.remui %{v}_row, %c8 : index\n            %{v}_pos = arith.xori %cj, %{v}_rm : index\n            %{v}_posb = arith.muli %{v}_pos, %c16 : index\n            %{v}_rb = arith.muli %{v}_row, %c128 : index\n            %{v}_at = arith.addi %{v}_rb, %{v}_posb : index"
+            "            llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.mbarrier.arrive.noinc.shared::cta.b64 [$0];\", \"r\" {full} : (i32) -> ()\n          }}\n        }}\n        nvvm.cp.async.wait.group 0"
         );
     }
 
-    /// The two warpgroups: for each chunk, wait for its copies, multiply, wait for the
-    /// wgmmas and release the chunk's stage (no branch in the loop: ptxas keeps the wgmmas
-    /// unserialised). The two warpgroups do not wait for each other: one's wgmmas run while
-    /// the other waits.
+    /// Lane 0's tensor copies of chunk `%pk`'s weights into the stage at `%psb`, completing
+    /// bytes on the barrier at `full`: the block's 256 weight rows of the expert, or fused its
+    /// 128 gate rows (at the stage's start) and their up rows (`dout / 2` further in the
+    /// stack, 128 rows into the stage).
+    fn weight_boxes(&self, b: &mut String, full: &str) {
+        let boxes: Vec<(usize, usize)> = match self.act {
+            None => vec![(0, 0)],
+            Some(_) => vec![(0, 0), (self.dout / 2, TILE_N / 2 * 128)],
+        };
+        let _ = writeln!(
+            b,
+            "              %tk = arith.muli %pk, %c64 : index\n              %tk32 = arith.index_cast %tk : index to i32\n              %trow = arith.addi %eN, %nb0 : index"
+        );
+        for (i, (rows, bytes)) in boxes.into_iter().enumerate() {
+            let _ = writeln!(
+                b,
+                "              %tr{i}o = arith.constant {rows} : index\n              %tr{i} = arith.addi %trow, %tr{i}o : index\n              %tr{i}32 = arith.index_cast %tr{i} : index to i32\n              %td{i}o = arith.constant {bytes} : index\n              %td{i} = arith.addi %psb, %td{i}o : index\n              %td{i}32 = arith.index_cast %td{i} : index to i32\n              llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {{$2, $3}}], [$4];\", \"r,l,r,r,r\" %td{i}32, %tm, %tk32, %tr{i}32, {full} : (i32, i64, i32, i32, i32) -> ()"
+            );
+        }
+    }
+
+    /// `%{v}_row` (row `lane / 8 + 4 i` of the pass's listed rows) and `%{v}_at` (its word's
+    /// swizzled byte offset in a stage).
+    fn produced_row(&self, b: &mut String, v: &str, i: usize) {
+        let _ = writeln!(
+            b,
+            "          %{v}_i4 = arith.constant {} : index\n          %{v}_row = arith.addi %prow, %{v}_i4 : index\n          %{v}_rm = arith.remui %{v}_row, %c8 : index\n          %{v}_pos = arith.xori %cj, %{v}_rm : index\n          %{v}_posb = arith.muli %{v}_pos, %c16 : index\n          %{v}_rb = arith.muli %{v}_row, %c128 : index\n          %{v}_at = arith.addi %{v}_rb, %{v}_posb : index",
+            4 * i
+        );
+    }
+
+    /// The two warpgroups: for each chunk, wait for its stage, start its wgmmas, wait for the
+    /// previous chunk's and release that one's stage (no branch around the waits: ptxas keeps
+    /// the wgmmas unserialised). The two warpgroups do not wait for each other.
     fn consume(&self, b: &mut String) {
         let acc = super::acc_type();
         self.pass_head(b);
@@ -101,18 +164,31 @@ impl WarpgroupProjection<'_> {
             "            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}"
         );
         self.multiply(b, "");
-        let _ = writeln!(b, "            nvvm.wgmma.wait.group.sync.aligned 0");
-        let empty = barrier(b, "ce", "empty", "%cs");
-        arrive(b, &empty, "            ");
+        let _ = writeln!(
+            b,
+            "            nvvm.wgmma.wait.group.sync.aligned 1\n            %cST1 = arith.subi %cST, %c1 : index\n            %cprev0 = arith.addi %gi, %cST1 : index\n            %cprev = arith.remui %cprev0, %cST : index\n            %cfirst = arith.cmpi eq, %gi, %c0 : index"
+        );
+        let empty = barrier(b, "ce", "empty", "%cprev");
+        let spare = barrier(b, "cx", "spare", "%c0");
+        let _ = writeln!(
+            b,
+            "            %crel = arith.select %cfirst, {spare}, {empty} : i32"
+        );
+        arrive(b, "%crel", "            ");
         let _ = writeln!(b, "            scf.yield %next : {acc}\n          }}");
         self.pass_tail(b, "");
     }
 }
 
 /// The i32 shared address (`%{v}_ba`) of stage `stage`'s (an index value) `kind` barrier
-/// (`full` or `empty`, 8 bytes each, the `full` ones first, after the stages at `%bars`).
+/// (`full`, `empty` or the `spare` one, 8 bytes each in that order after the stages at
+/// `%bars`).
 fn barrier(b: &mut String, v: &str, kind: &str, stage: &str) -> String {
-    let base = if kind == "full" { 0 } else { 8 * STAGES };
+    let base = match kind {
+        "full" => 0,
+        "empty" => 8 * STAGES,
+        _ => 16 * STAGES,
+    };
     let _ = writeln!(
         b,
         "          %{v}_c8 = arith.constant 8 : index\n          %{v}_k = arith.constant {base} : index\n          %{v}_o = arith.muli {stage}, %{v}_c8 : index\n          %{v}_o2 = arith.addi %{v}_o, %{v}_k : index\n          %{v}_x = arith.addi %bars, %{v}_o2 : index\n          %{v}_ba = arith.index_cast %{v}_x : index to i32"
