@@ -34,6 +34,7 @@
 use super::tensor_core_projection::TensorCoreProjection;
 use std::fmt::Write as _;
 
+mod ablation;
 mod producer;
 
 /// Rows of one pass (two warpgroups of m64).
@@ -66,16 +67,25 @@ const ACCS: usize = TILE_N / 2;
 
 /// The kernel of `p` (its `warpgroups` set): its generation, a view of the description.
 pub(super) fn kernel(p: &TensorCoreProjection) -> String {
-    WarpgroupProjection(p).kernel()
+    let ablate = if p.producer {
+        ablation::Ablation::from_env()
+    } else {
+        ablation::Ablation::default()
+    };
+    WarpgroupProjection { p, ablate }.kernel()
 }
 
-/// A projection generated on the warpgroup tensor cores (the fields are the description's).
-struct WarpgroupProjection<'p>(&'p TensorCoreProjection);
+/// A projection generated on the warpgroup tensor cores (the fields are the description's),
+/// less what `PPMOE_ABLATE` leaves out.
+struct WarpgroupProjection<'p> {
+    p: &'p TensorCoreProjection,
+    ablate: ablation::Ablation,
+}
 
 impl std::ops::Deref for WarpgroupProjection<'_> {
     type Target = TensorCoreProjection;
     fn deref(&self) -> &TensorCoreProjection {
-        self.0
+        self.p
     }
 }
 
@@ -270,7 +280,8 @@ impl WarpgroupProjection<'_> {
         let acc = acc_type();
         let _ = writeln!(
             b,
-            "            %st = arith.remui %gi, %cST : index\n            %next = scf.if %active -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned"
+            "            %st = arith.remui %gi, %cST : index\n            %never = arith.constant false\n            %next = scf.if {} -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned",
+            if self.ablate.mma { "%never" } else { "%active" }
         );
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
@@ -330,9 +341,16 @@ impl WarpgroupProjection<'_> {
         );
         for h in 0..2 {
             let r = format!("s{h}");
+            // Ablated, stored only where the count exceeds the slots: never, but not known to
+            // the compiler, which so keeps the multiplications.
+            let (kept, cond) = if self.ablate.store {
+                (format!("            %{r}big = arith.cmpi ugt, %cnt, %cS : index\n            %{r}in = arith.andi %{r}in0, %{r}big : i1\n"), "in")
+            } else {
+                (String::new(), "in0")
+            };
             let _ = writeln!(
                 b,
-                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in = arith.cmpi ult, %{r}row, %cnt : index\n            scf.if %{r}in {{\n              %{r}l = arith.addi %lbase, %{r}row : index\n              %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n              %{r}s = arith.index_cast %{r}s32 : i32 to index\n              %{r}base = arith.muli %{r}s, %cW : index",
+                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in0 = arith.cmpi ult, %{r}row, %cnt : index\n{kept}            scf.if %{r}{cond} {{\n              %{r}l = arith.addi %lbase, %{r}row : index\n              %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n              %{r}s = arith.index_cast %{r}s32 : i32 to index\n              %{r}base = arith.muli %{r}s, %cW : index",
                 8 * h
             );
             for j in 0..tiles {
@@ -456,6 +474,34 @@ mod tests {
         assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
         assert_eq!(ptx.matches("bar.sync").count(), 1, "one block-wide barrier");
         assert!(!ptx.contains(".local"), "no spills to local memory");
+    }
+
+    /// `PPMOE_ABLATE` leaves out what it names, and only that: here all four parts (no row
+    /// copies, no tensor copies, no wgmmas, no stores but behind a test), the barriers kept.
+    #[test]
+    fn an_ablated_producer_form_leaves_out_what_it_names() {
+        let whole = ptx_of(&small("t_sproj_out", true).kernel());
+        let p = small("t_sproj_out", true);
+        let ablate = super::ablation::Ablation {
+            rows: true,
+            weights: true,
+            mma: true,
+            store: true,
+        };
+        let ablated = ptx_of(&super::WarpgroupProjection { p: &p, ablate }.kernel());
+        for part in [
+            "cp.async.cg.shared.global",
+            "cp.async.bulk.tensor",
+            "wgmma.mma_async",
+        ] {
+            assert!(whole.contains(part) && !ablated.contains(part), "{part}");
+        }
+        assert!(
+            ablated.contains("st.global.b16"),
+            "the stores stay, behind a test"
+        );
+        assert!(ablated.contains("mbarrier.try_wait.parity.shared::cta.b64"));
+        assert!(ablated.contains("cp.async.mbarrier.arrive.noinc.shared::cta.b64"));
     }
 
     /// Fused: each thread's gate value (tile j) and up value (tile j + 16) of its 2 rows and 2

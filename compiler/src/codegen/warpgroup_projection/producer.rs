@@ -70,9 +70,12 @@ impl WarpgroupProjection<'_> {
     fn produce(&self, b: &mut String) {
         let _ = writeln!(
             b,
-            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        %lead = arith.cmpi eq, %plane, %c0 : index\n        %tmx = memref.extract_aligned_pointer_as_index %tmap : memref<?xi64> -> index\n        %tm = arith.index_cast %tmx : index to i64\n        %cWB = arith.constant {WEIGHT_BYTES} : i32\n        scf.for %pp = %c0 to %passes step %c1 {{\n          %pr0 = arith.muli %pp, %cP : index\n          %pg0 = arith.muli %pp, %cNK : index"
+            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        %lead = arith.cmpi eq, %plane, %c0 : index\n        %tmx = memref.extract_aligned_pointer_as_index %tmap : memref<?xi64> -> index\n        %tm = arith.index_cast %tmx : index to i64\n        %cWB = arith.constant {} : i32\n        scf.for %pp = %c0 to %passes step %c1 {{\n          %pr0 = arith.muli %pp, %cP : index\n          %pg0 = arith.muli %pp, %cNK : index",
+            if self.ablate.weights { 0 } else { WEIGHT_BYTES }
         );
-        for i in 0..LANE_ROWS {
+        // Ablated (`PPMOE_ABLATE`), no rows or no weights are copied; the arrivals stay.
+        let rows = if self.ablate.rows { 0 } else { LANE_ROWS };
+        for i in 0..rows {
             self.produced_row(b, &format!("pa{i}"), i);
             Self::row_word(
                 b,
@@ -96,9 +99,11 @@ impl WarpgroupProjection<'_> {
             b,
             "            scf.if %lead {{\n              llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [$0], $1; }}\", \"r,r\" {full}, %cWB : (i32, i32) -> ()"
         );
-        self.weight_boxes(b, &full);
+        if !self.ablate.weights {
+            self.weight_boxes(b, &full);
+        }
         let _ = writeln!(b, "            }}");
-        for i in 0..LANE_ROWS {
+        for i in 0..rows {
             let v = format!("pa{i}");
             let (src, at) = (format!("%{v}_aq"), format!("%{v}_at"));
             copy(
