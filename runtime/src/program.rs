@@ -872,6 +872,12 @@ pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
 pub const SP_KERNELS: [&str; 3] = ["sproj_act", "sproj_in", "sproj_out"];
 pub const SP_THREADS: usize = WG_THREADS + 32;
 pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 128;
+/// Their persistent form (the compiler's `PPMOE_TENSOR_PROJECTIONS=wgmma-persistent`): a block
+/// per SM, each walking the tiles of every local expert (up to `PP_MAX_EXPERTS`), whose
+/// prefix sums it keeps after the barriers (4 bytes each, and the total).
+pub const PP_KERNELS: [&str; 3] = ["pproj_act", "pproj_in", "pproj_out"];
+pub const PP_MAX_EXPERTS: usize = 1024;
+pub const PP_SHARED_BYTES: usize = SP_SHARED_BYTES + 4 * (PP_MAX_EXPERTS + 1);
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
 /// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows
@@ -931,6 +937,9 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     SP_KERNELS[0],
     SP_KERNELS[1],
     SP_KERNELS[2],
+    PP_KERNELS[0],
+    PP_KERNELS[1],
+    PP_KERNELS[2],
     "tgroup",
 ];
 

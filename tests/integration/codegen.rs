@@ -487,7 +487,7 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// the gated activation in the first one's epilogue); many (256 tokens: 128 rows per expert
 /// of this LM's small matrices) with the warpgroup ones (wgmma, sm_90a; `sproj`, a producer
 /// warp feeding them, the weights by tensor copies; `PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`:
-/// `wproj`, every thread copying by cp.async),
+/// `wproj`, every thread copying by cp.async; `=wgmma-persistent`: `pproj`, a block per SM),
 /// unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
 /// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
 /// routes on the device.
@@ -577,6 +577,18 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             let body = entry(&all_copy, &names[0]);
             assert!(body.contains(WGMMA), "{}", names[0]);
             assert!(body.contains("cp.async.cg.shared.global"), "{}", names[0]);
+        }
+        // Asked for, their persistent form (`pproj`): a block per SM striding over the tiles.
+        let env = [("PPMOE_TENSOR_PROJECTIONS", "wgmma-persistent")];
+        let persistent = crate::common::ppmoe_env(&a, &env).stdout;
+        assert!(entries_ending(&persistent, "_sproj_act").is_empty());
+        for proj in ["_pproj_act", "_pproj_out"] {
+            let names = entries_ending(&persistent, proj);
+            assert_eq!(names.len(), 2, "{dtype} wgmma-persistent: {names:?}");
+            let body = entry(&persistent, &names[0]);
+            for needle in [WGMMA, "cp.async.bulk.tensor.2d", "%nctaid.x"] {
+                assert!(body.contains(needle), "{}: no {needle}", names[0]);
+            }
         }
         // The first model's matrices are small; turned off, the host groups the rows.
         let host = lm_ptx(256, &["--dtype", dtype], Some("0"));

@@ -76,16 +76,20 @@ pub(super) fn kernels(
         // slower at 1024, 1-2% faster at 4096 and 16384; the DeepSeek-like layer 3.6% faster
         // at 512; device-routed, Mixtral's 4-5% and the DeepSeek-like 7% faster at 4096.
         // `PPMOE_TENSOR_PROJECTIONS=wgmma` or `=mma` takes one kind wherever the tensor cores
-        // are, `=wgmma-cp-async` the other form.
-        let (warpgroups, producer) = match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
-            Ok("wgmma") => (true, true),
-            Ok("wgmma-cp-async") => (true, false),
-            Ok("mma") => (false, false),
-            _ => {
-                let w = ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local);
-                (w, w)
-            }
-        };
+        // are, `=wgmma-cp-async` the other form, `=wgmma-persistent` the persistent one (not
+        // measured yet; up to `PP_MAX_EXPERTS` local experts, the warp-specialised form past).
+        let few = dims.experts <= ppmoe_runtime::program::PP_MAX_EXPERTS;
+        let (warpgroups, producer, persistent) =
+            match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
+                Ok("wgmma") => (true, true, false),
+                Ok("wgmma-persistent") => (true, true, few),
+                Ok("wgmma-cp-async") => (true, false, false),
+                Ok("mma") => (false, false, false),
+                _ => {
+                    let w = ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local);
+                    (w, w, false)
+                }
+            };
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
                 name: format!("{prefix}_{name}"),
@@ -96,13 +100,15 @@ pub(super) fn kernels(
                 act,
                 warpgroups,
                 producer,
+                persistent,
             }
             .kernel()
         };
         // The gated activation in the first projection's epilogue where it fits (gate and up
         // columns paired in each warp), else the step's activation kernel between them.
         let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n, warpgroups));
-        let [fused_name, plain_name, second] = TensorCoreProjection::names(warpgroups, producer);
+        let [fused_name, plain_name, second] =
+            TensorCoreProjection::names(warpgroups, producer, persistent);
         let first = if fused.is_some() {
             fused_name
         } else {

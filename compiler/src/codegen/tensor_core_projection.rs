@@ -52,6 +52,9 @@ pub(super) struct TensorCoreProjection {
     /// weights by tensor copies, mbarriers between it and the warpgroups; `sproj` kernels,
     /// the policy's), else every thread copies between block-wide barriers (`wproj`).
     pub producer: bool,
+    /// With `producer`: the persistent form (a block per SM walking every expert's tiles,
+    /// pass fastest; `pproj` kernels, `PPMOE_TENSOR_PROJECTIONS=wgmma-persistent`).
+    pub persistent: bool,
 }
 
 impl TensorCoreProjection {
@@ -69,9 +72,10 @@ impl TensorCoreProjection {
     }
 
     /// The kernel's names: the first projection's (fused or not) and the second's.
-    pub fn names(warpgroups: bool, producer: bool) -> [&'static str; 3] {
-        use ppmoe_runtime::program::{SP_KERNELS, TC_KERNELS, WG_KERNELS};
+    pub fn names(warpgroups: bool, producer: bool, persistent: bool) -> [&'static str; 3] {
+        use ppmoe_runtime::program::{PP_KERNELS, SP_KERNELS, TC_KERNELS, WG_KERNELS};
         match (warpgroups, producer) {
+            (true, true) if persistent => PP_KERNELS,
             (true, true) => SP_KERNELS,
             (true, false) => WG_KERNELS,
             _ => TC_KERNELS,
@@ -393,6 +397,7 @@ mod tests {
             act: None,
             warpgroups: false,
             producer: false,
+            persistent: false,
         }
         .kernel();
         let text = format!(
@@ -430,6 +435,7 @@ mod tests {
             act: Some(act.into()),
             warpgroups: false,
             producer: false,
+            persistent: false,
         }
         .kernel();
         assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);

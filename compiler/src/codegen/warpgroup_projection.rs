@@ -35,6 +35,7 @@ use super::tensor_core_projection::TensorCoreProjection;
 use std::fmt::Write as _;
 
 mod ablation;
+mod persistent;
 mod producer;
 
 /// Rows of one pass (two warpgroups of m64).
@@ -110,6 +111,10 @@ impl WarpgroupProjection<'_> {
         debug_assert_eq!(WG_SHARED_BYTES, STAGES * STAGE_BYTES + 1024);
         let acc = acc_type();
         let mut b = String::new();
+        if self.persistent {
+            self.persistent_body(&mut b);
+            return self.function(&b);
+        }
         self.prologue(&mut b);
         let _ = writeln!(
             b,
@@ -129,7 +134,12 @@ impl WarpgroupProjection<'_> {
             self.chunks(&mut b);
         }
         let _ = writeln!(b, "      }}");
-        // The warp-specialised form reads the weights through a tensor map (its address).
+        self.function(&b)
+    }
+
+    /// The kernel function around its body `b`.
+    fn function(&self, b: &str) -> String {
+        // The warp-specialised forms read the weights through a tensor map (its address).
         let tmap = if self.producer {
             ", %tmap: memref<?xi64>"
         } else {
@@ -141,24 +151,16 @@ impl WarpgroupProjection<'_> {
         )
     }
 
-    /// Constants, this thread's place, the expert's count, and (where it has rows) the
-    /// addresses the copies start from: `%wq{q}` (weight row q's word, bytes, q = 0 .. 7) and
-    /// `%sq{q}` (an operand's row q's word in a stage, bytes): thread t copies word t % 8 of
-    /// row t / 8 + 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
+    /// The block's constants and this thread's place (`constants`), then the block's expert
+    /// `%e`, column tile `%nb` and count `%cnt`, and (where it has rows) the addresses the
+    /// copies start from: `%wq{q}` (weight row q's word, bytes, q = 0 .. 7) and `%sq{q}` (an
+    /// operand's row q's word in a stage, bytes): thread t copies word t % 8 of row t / 8 +
+    /// 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
     fn prologue(&self, b: &mut String) {
-        let (rows_per_block, second) = match self.act {
-            None => (TILE_N, 0),
-            Some(_) => (TILE_N / 2, self.dout / 2),
-        };
+        self.constants(b);
         let _ = writeln!(
             b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c127 = arith.constant 127 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cST = arith.constant {STAGES} : index\n      %cSB = arith.constant {STAGE_BYTES} : index\n      %cRO = arith.constant {ROWS_BYTES} : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n        %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n        %c1023 = arith.constant 1023 : index\n        %dyn1 = arith.addi %dynx, %c1023 : index\n        %dyn2 = arith.divui %dyn1, %c1024 : index\n        %smx = arith.muli %dyn2, %c1024 : index\n        %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n        %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n        %wg = arith.divui %tid, %c128 : index\n        %wtid = arith.remui %tid, %c128 : index\n        %w4 = arith.divui %wtid, %c32 : index\n        %lane = arith.remui %tid, %c32 : index\n        %lgrp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %cj = arith.remui %tid, %c8 : index\n        %crow = arith.divui %tid, %c8 : index\n        %crm = arith.remui %crow, %c8 : index\n        %cpos = arith.xori %cj, %crm : index\n        %cjb = arith.muli %cj, %c16 : index\n        %cposb = arith.muli %cpos, %c16 : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %cB = arith.constant {rows_per_block} : index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index\n        %csecond = arith.constant {second} : index\n        %cHALF = arith.constant {} : index\n        %wgr = arith.muli %wg, %c64 : index",
-            self.din * 2,
-            self.din / CHUNK,
-            self.dout,
-            self.slots,
-            self.div,
-            TILE_N / 2,
+            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index"
         );
         for q in 0..WEIGHT_COPIES {
             let _ = writeln!(
@@ -172,6 +174,27 @@ impl WarpgroupProjection<'_> {
                 "        %wq{q} = arith.addi %wtx, %q{q}_bwc : index\n        %sqr{q} = arith.muli %crow{q}, %c128 : index\n        %sq{q} = arith.addi %sqr{q}, %cposb : index"
             );
         }
+    }
+
+    /// What no block's expert changes: constants (`%cB`, the block's output columns; `%cN`,
+    /// the weight rows of an expert; ...), the stages' start `%smx` (aligned to 1024 bytes),
+    /// the operands' addresses, and this thread's place (warpgroup `%wg`, warp `%w4` in it,
+    /// `%lane`, ...).
+    fn constants(&self, b: &mut String) {
+        let (rows_per_block, second) = match self.act {
+            None => (TILE_N, 0),
+            Some(_) => (TILE_N / 2, self.dout / 2),
+        };
+        let _ = writeln!(
+            b,
+            "      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c127 = arith.constant 127 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cST = arith.constant {STAGES} : index\n      %cSB = arith.constant {STAGE_BYTES} : index\n      %cRO = arith.constant {ROWS_BYTES} : index\n      %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n      %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n      %c1023 = arith.constant 1023 : index\n      %dyn1 = arith.addi %dynx, %c1023 : index\n      %dyn2 = arith.divui %dyn1, %c1024 : index\n      %smx = arith.muli %dyn2, %c1024 : index\n      %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n      %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n      %wg = arith.divui %tid, %c128 : index\n      %wtid = arith.remui %tid, %c128 : index\n      %w4 = arith.divui %wtid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %lgrp = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cj = arith.remui %tid, %c8 : index\n      %crow = arith.divui %tid, %c8 : index\n      %crm = arith.remui %crow, %c8 : index\n      %cpos = arith.xori %cj, %crm : index\n      %cjb = arith.muli %cj, %c16 : index\n      %cposb = arith.muli %cpos, %c16 : index\n      %cB = arith.constant {rows_per_block} : index\n      %csecond = arith.constant {second} : index\n      %cHALF = arith.constant {} : index\n      %wgr = arith.muli %wg, %c64 : index",
+            self.din * 2,
+            self.din / CHUNK,
+            self.dout,
+            self.slots,
+            self.div,
+            TILE_N / 2,
+        );
     }
 
     /// `%{v}_bwc`: the byte offset in the weights of word `%cj` of the block's weight row
@@ -429,6 +452,7 @@ mod tests {
             act: None,
             warpgroups: true,
             producer,
+            persistent: false,
         }
     }
 
@@ -476,6 +500,27 @@ mod tests {
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
+    /// The persistent form: a grid-stride loop over the tiles (`%nctaid.x`), the running sums
+    /// in shared memory between two block-wide barriers, then the warp-specialised pieces.
+    #[test]
+    fn a_persistent_projection_walks_every_experts_tiles() {
+        let mut p = small("t_pproj_out", true);
+        p.persistent = true;
+        let ptx = ptx_of(&p.kernel());
+        assert!(ptx.contains("%nctaid.x"), "the grid strides the tiles");
+        assert!(ptx.contains("st.shared.b32") || ptx.contains("st.shared.u32"));
+        assert!(ptx.contains("ld.shared.b32") || ptx.contains("ld.shared.u32"));
+        assert_eq!(
+            ptx.matches("bar.sync").count(),
+            2,
+            "the counts, then their sums"
+        );
+        assert_eq!(ptx.matches("mbarrier.init.shared::cta.b64").count(), 9);
+        assert!(ptx.contains("cp.async.bulk.tensor.2d.shared::cluster.global"));
+        assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
+        assert!(!ptx.contains(".local"), "no spills to local memory");
+    }
+
     /// `PPMOE_ABLATE` leaves out what it names, and only that: here all four parts (no row
     /// copies, no tensor copies, no wgmmas, no stores but behind a test), the barriers kept.
     #[test]
@@ -520,6 +565,7 @@ mod tests {
             act: Some(act.into()),
             warpgroups: true,
             producer: false,
+            persistent: false,
         }
         .kernel();
         assert_eq!(kernel.matches("scf.execute_region").count(), 64);
@@ -568,7 +614,7 @@ mod assembled {
         text
     }
 
-    /// Each kernel (wgmma and mma.sync, fused and not) assembles with no spills, few enough
+    /// Each kernel (wgmma in its three forms and mma.sync, fused and not) assembles with no spills, few enough
     /// registers for its block on one SM, and (wgmma) without ptxas serialising the wgmmas
     /// (advisory C7518, which an epilogue inside the chunk loop caused: the chunks' wgmmas
     /// then wait for each other).
@@ -576,7 +622,12 @@ mod assembled {
     fn real_size_projections_assemble_unserialised_without_spills() {
         use ppmoe_runtime::program::{SP_THREADS, TC_WARPS, WG_THREADS};
         let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
-        for (warpgroups, producer) in [(true, false), (true, true), (false, false)] {
+        for (warpgroups, producer, persistent) in [
+            (true, false, false),
+            (true, true, false),
+            (true, true, true),
+            (false, false, false),
+        ] {
             let threads = match (warpgroups, producer) {
                 (true, true) => SP_THREADS,
                 (true, false) => WG_THREADS,
@@ -586,7 +637,7 @@ mod assembled {
                 ("act", 2048, 1536, Some(act.to_string())),
                 ("out", 768, 2048, None),
             ] {
-                let [.., out] = TensorCoreProjection::names(warpgroups, producer);
+                let [.., out] = TensorCoreProjection::names(warpgroups, producer, persistent);
                 let name = format!("q_{}_{kind}", &out[..5]);
                 let kernel = TensorCoreProjection {
                     name: name.clone(),
@@ -597,6 +648,7 @@ mod assembled {
                     act,
                     warpgroups,
                     producer,
+                    persistent,
                 }
                 .kernel();
                 let text = report(&kernel, &name);

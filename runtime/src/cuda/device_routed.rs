@@ -30,6 +30,8 @@ enum Projections {
     /// Its `sproj` kernels (the same, and a producer warp feeding them: the weights through
     /// tensor maps).
     Producer,
+    /// Its `pproj` kernels (the same, persistent: a block per SM walks every expert's tiles).
+    Persistent,
 }
 
 /// The three kernels of the device-routed path.
@@ -47,8 +49,8 @@ impl RoutedKernels {
     /// The blocks of the first and the second projection over `tokens` tokens.
     fn blocks(&self, tokens: usize) -> (Blocks, Blocks) {
         use crate::program::{
-            SP_SHARED_BYTES, SP_THREADS, TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS, TC_WARPS,
-            WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
+            PP_SHARED_BYTES, SP_SHARED_BYTES, SP_THREADS, TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS,
+            TC_WARPS, WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
         };
         let (plain, fused, warps, shared) = match self.projections {
             Projections::CudaCores => {
@@ -57,6 +59,7 @@ impl RoutedKernels {
                     columns: tile.block_columns(),
                     warps: crate::program::DECODE_WARPS,
                     shared: 0,
+                    persistent: false,
                 };
                 return (b, b);
             }
@@ -73,16 +76,22 @@ impl RoutedKernels {
                 SP_THREADS / 32,
                 SP_SHARED_BYTES,
             ),
+            Projections::Persistent => (
+                WG_BLOCK_COLUMNS,
+                WG_ACT_BLOCK_COLUMNS,
+                SP_THREADS / 32,
+                PP_SHARED_BYTES,
+            ),
         };
         let first = Blocks {
             columns: if self.fused_act { fused } else { plain },
             warps,
             shared,
+            persistent: self.projections == Projections::Persistent,
         };
         let second = Blocks {
             columns: plain,
-            warps,
-            shared,
+            ..first
         };
         (first, second)
     }
@@ -104,6 +113,8 @@ struct Blocks {
     warps: usize,
     /// Dynamic shared memory per block.
     shared: usize,
+    /// A block per SM, each walking the tiles of every expert (else a block per tile).
+    persistent: bool,
 }
 
 /// A buffer as a kernel's memref operand (base, aligned base, offset, length, stride).
@@ -202,7 +213,10 @@ impl Rank<'_> {
         let first = alloc(&self.stream, slots * width, ffn.mid)?;
         // The warp-specialised kernels read the stacks through tensor maps: boxes of the
         // block's weight rows (fused, its gate rows and their up rows: half as many a box).
-        let producer = kernels.projections == Projections::Producer;
+        let producer = matches!(
+            kernels.projections,
+            Projections::Producer | Projections::Persistent
+        );
         let map = |w: u64, (rows, inner): (usize, usize), box_rows: u32| {
             producer
                 .then(|| self.weight_tensor_map(w, rows * dims.experts, inner, box_rows))
@@ -274,7 +288,9 @@ impl Rank<'_> {
             Some((fused.or_else(|| f(plain))?, f(out)?, fused_act))
         };
         let (proj_in, proj_out, fused_act, projections) =
-            if let Some((i, o, a)) = pair(crate::program::SP_KERNELS) {
+            if let Some((i, o, a)) = pair(crate::program::PP_KERNELS) {
+                (i, o, a, Projections::Persistent)
+            } else if let Some((i, o, a)) = pair(crate::program::SP_KERNELS) {
                 (i, o, a, Projections::Producer)
             } else if let Some((i, o, a)) = pair(crate::program::WG_KERNELS) {
                 (i, o, a, Projections::Warpgroups)
@@ -302,6 +318,7 @@ impl Rank<'_> {
                 Projections::MmaSync => "tensor cores, mma.sync",
                 Projections::Warpgroups => "tensor cores, wgmma",
                 Projections::Producer => "tensor cores, wgmma, a producer warp",
+                Projections::Persistent => "tensor cores, wgmma, a producer warp, persistent",
             }
         );
         Some(kernels)
@@ -371,19 +388,30 @@ impl Rank<'_> {
         let s = &self.stream;
         let p = |b: &CudaSlice<i32>| super::dptr(b, s);
         let (pl, pc, pd) = (p(&lists.lists), p(&lists.counts), super::dptr(dst, s));
-        // Lengths are not read by the kernels (sizes are baked in); any positive value serves.
+        // Lengths are not read by the kernels (sizes are baked in; any positive value serves),
+        // but for the counts': the persistent kernels walk that many experts.
         let one = 1i64;
+        let experts_len = experts as i64;
         let mut l = s.launch_builder(f);
         memref_args(&mut l, &src, &one);
         memref_args(&mut l, &w, &one);
         memref_args(&mut l, &pl, &one);
-        memref_args(&mut l, &pc, &one);
+        memref_args(&mut l, &pc, &experts_len);
         memref_args(&mut l, &pd, &one);
         if let Some(map) = &map {
             memref_args(&mut l, map, &one);
         }
+        let grid_dim = if blocks.persistent {
+            let sms = s
+                .context()
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(|e| e.to_string())?;
+            (sms.max(1) as u32, 1, 1)
+        } else {
+            (dout.div_ceil(blocks.columns) as u32, experts as u32, 1)
+        };
         let cfg = LaunchConfig {
-            grid_dim: (dout.div_ceil(blocks.columns) as u32, experts as u32, 1),
+            grid_dim,
             block_dim: (blocks.warps as u32 * 32, 1, 1),
             shared_mem_bytes: blocks.shared as u32,
         };

@@ -1309,6 +1309,8 @@ fn load_kernels(
                     Some(crate::program::WG_SHARED_BYTES)
                 } else if crate::program::SP_KERNELS.contains(s) {
                     Some(crate::program::SP_SHARED_BYTES)
+                } else if crate::program::PP_KERNELS.contains(s) {
+                    Some(crate::program::PP_SHARED_BYTES)
                 } else {
                     None
                 };

@@ -36,9 +36,33 @@ const WEIGHT_BYTES: usize = STAGE_BYTES - ROWS_BYTES;
 impl WarpgroupProjection<'_> {
     /// After the prologue: the barriers made, then the producer's loop or the consumers'.
     pub(super) fn specialised(&self, b: &mut String) {
+        self.make_barriers(b, "");
         let _ = writeln!(
             b,
-            "        %cBAR = arith.constant {} : index\n        %bars = arith.addi %smx, %cBAR : index\n        %t0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %t0 {{",
+            "        gpu.barrier\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
+        );
+        self.producer_head(b);
+        let _ = writeln!(
+            b,
+            "        scf.for %pp = %c0 to %passes step %c1 {{\n          %pr0 = arith.muli %pp, %cP : index\n          %pg0 = arith.muli %pp, %cNK : index"
+        );
+        self.produce_pass(b);
+        let _ = writeln!(
+            b,
+            "        }}\n        nvvm.cp.async.wait.group 0\n        }} else {{"
+        );
+        self.pass_head(b);
+        self.consume_chunk(b);
+        self.pass_tail(b, "");
+        let _ = writeln!(b, "        }}");
+    }
+
+    /// `%bars` (the barriers' start, after the stages) and `%c256`; thread 0 makes the
+    /// barriers and runs `then` (lines or nothing); no thread waits for it here.
+    pub(super) fn make_barriers(&self, b: &mut String, then: &str) {
+        let _ = writeln!(
+            b,
+            "        %cBAR = arith.constant {} : index\n        %bars = arith.addi %smx, %cBAR : index\n        %c256 = arith.constant 256 : index\n        %t0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %t0 {{",
             STAGES * STAGE_BYTES
         );
         let mut inits = Vec::new();
@@ -57,22 +81,25 @@ impl WarpgroupProjection<'_> {
         }
         let _ = writeln!(
             b,
-            "          llvm.inline_asm has_side_effects asm_dialect = att \"fence.mbarrier_init.release.cluster;\", \"\" : () -> ()\n        }}\n        gpu.barrier\n        %c256 = arith.constant 256 : index\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
+            "          llvm.inline_asm has_side_effects asm_dialect = att \"fence.mbarrier_init.release.cluster;\", \"\" : () -> ()\n{then}        }}"
         );
-        self.produce(b);
-        let _ = writeln!(b, "        }} else {{");
-        self.consume(b);
-        let _ = writeln!(b, "        }}");
     }
 
-    /// The producer warp: per pass, its rows' addresses; per chunk, wait for the stage to be
-    /// free, then the weights' box (lane 0) and the rows' words.
-    fn produce(&self, b: &mut String) {
+    /// The producer warp's values: `%plane` (its lane), `%prow`, `%lead` (lane 0), `%tm` (the
+    /// weights' tensor map) and `%cWB` (the bytes lane 0 expects per chunk).
+    pub(super) fn producer_head(&self, b: &mut String) {
         let _ = writeln!(
             b,
-            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        %lead = arith.cmpi eq, %plane, %c0 : index\n        %tmx = memref.extract_aligned_pointer_as_index %tmap : memref<?xi64> -> index\n        %tm = arith.index_cast %tmx : index to i64\n        %cWB = arith.constant {} : i32\n        scf.for %pp = %c0 to %passes step %c1 {{\n          %pr0 = arith.muli %pp, %cP : index\n          %pg0 = arith.muli %pp, %cNK : index",
+            "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        %lead = arith.cmpi eq, %plane, %c0 : index\n        %tmx = memref.extract_aligned_pointer_as_index %tmap : memref<?xi64> -> index\n        %tm = arith.index_cast %tmx : index to i64\n        %cWB = arith.constant {} : i32",
             if self.ablate.weights { 0 } else { WEIGHT_BYTES }
         );
+    }
+
+    /// The producer warp's work for one pass (its first row `%pr0`, its first chunk `%pg0`
+    /// of the block's; the expert's `%cnt`, `%lbase`, `%firsts`, `%eN` and `%nb0` defined):
+    /// its rows' addresses; per chunk, wait for the stage to be free, then the weights' box
+    /// (lane 0) and the rows' words.
+    pub(super) fn produce_pass(&self, b: &mut String) {
         // Ablated (`PPMOE_ABLATE`), no rows or no weights are copied; the arrivals stay.
         let rows = if self.ablate.rows { 0 } else { LANE_ROWS };
         for i in 0..rows {
@@ -118,7 +145,7 @@ impl WarpgroupProjection<'_> {
         }
         let _ = writeln!(
             b,
-            "            llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.mbarrier.arrive.noinc.shared::cta.b64 [$0];\", \"r\" {full} : (i32) -> ()\n          }}\n        }}\n        nvvm.cp.async.wait.group 0"
+            "            llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.mbarrier.arrive.noinc.shared::cta.b64 [$0];\", \"r\" {full} : (i32) -> ()\n          }}"
         );
     }
 
@@ -153,12 +180,13 @@ impl WarpgroupProjection<'_> {
         );
     }
 
-    /// The two warpgroups: for each chunk, wait for its stage, start its wgmmas, wait for the
-    /// previous chunk's and release that one's stage (no branch around the waits: ptxas keeps
-    /// the wgmmas unserialised). The two warpgroups do not wait for each other.
-    fn consume(&self, b: &mut String) {
+    /// The two warpgroups' work for chunk `%gi` of the block's (in the chunk loop, whose
+    /// accumulators are `%a`): wait for its stage, start its wgmmas, wait for the previous
+    /// chunk's and release that one's stage (no branch around the waits: ptxas keeps the
+    /// wgmmas unserialised); the chunk loop closed. The two warpgroups do not wait for each
+    /// other.
+    pub(super) fn consume_chunk(&self, b: &mut String) {
         let acc = super::acc_type();
-        self.pass_head(b);
         let _ = writeln!(
             b,
             "            %cs = arith.remui %gi, %cST : index\n            %cph = arith.divui %gi, %cST : index"
@@ -181,7 +209,6 @@ impl WarpgroupProjection<'_> {
         );
         arrive(b, "%crel", "            ");
         let _ = writeln!(b, "            scf.yield %next : {acc}\n          }}");
-        self.pass_tail(b, "");
     }
 }
 

@@ -1,0 +1,123 @@
+//! The persistent form of the warp-specialised projection (`persistent` set; kernels
+//! `pproj_*`, `PPMOE_TENSOR_PROJECTIONS=wgmma-persistent`, not measured yet): a block per SM
+//! (the runtime's grid), each taking tiles t = its index, + the grid, ... of every local
+//! expert's (column tile, pass) pairs, numbered expert by expert and, within an expert, pass
+//! fastest. The per-tile form gives a block one column tile of one expert and walks its
+//! passes: a column tile's weight rows (1 MiB at Qwen3-30B-A3B's sizes, 2 MiB at Mixtral's)
+//! are read again for every pass, and with 132 blocks running, more than the L2 holds passes
+//! between one pass and the next, so they come from memory each time. Here the passes of a
+//! column tile run on neighbouring blocks at about the same time, so its weights are read
+//! from memory about once.
+//!
+//! The tile list: every block counts each expert's tiles (passes x column tiles) into shared
+//! memory after the barriers (4 bytes each, `%pre`), thread 0 turns them into running sums
+//! (`%pre[e]` the tiles before expert e, `%pre[E]` all of them), and tile t's expert is the
+//! number of running sums at or below t. Producer and consumers walk the same tiles in the
+//! same order, and number the block's chunks over its tiles (its i-th tile's chunk k is
+//! i NK + k) for the stages' phases, as the per-tile form numbers them over its passes; the
+//! rest (a tile is one pass) is that form's.
+
+use super::{acc_type, WarpgroupProjection, STAGES, STAGE_BYTES, TILE_N};
+use ppmoe_runtime::program::SP_THREADS;
+use std::fmt::Write as _;
+
+/// Where the running sums start after the barriers' start (past the 9 barriers).
+const PREFIX_OFFSET: usize = 128;
+
+impl WarpgroupProjection<'_> {
+    /// The persistent kernel's body.
+    pub(super) fn persistent_body(&self, b: &mut String) {
+        let acc = acc_type();
+        let width = match self.act {
+            None => self.dout,
+            Some(_) => self.dout / 2,
+        };
+        let per_block = match self.act {
+            None => TILE_N,
+            Some(_) => TILE_N / 2,
+        };
+        debug_assert_eq!(PREFIX_OFFSET + STAGES * STAGE_BYTES + 1024, {
+            ppmoe_runtime::program::SP_SHARED_BYTES
+        });
+        self.constants(b);
+        let _ = writeln!(
+            b,
+            "      %cTH = arith.constant {SP_THREADS} : index\n      %cCT = arith.constant {} : index\n      %cE = memref.dim %counts, %c0 : memref<?xi32>\n      %z32 = arith.constant 0 : i32\n      %acc0 = llvm.mlir.zero : {acc}",
+            width.div_ceil(per_block)
+        );
+        self.make_barriers(b, "");
+        let _ = writeln!(
+            b,
+            "        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %c127 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index"
+        );
+        let at = entry(b, "xs", "%x1");
+        let _ = writeln!(
+            b,
+            "          llvm.store %xt32, {at} : i32, !llvm.ptr<3>\n        }}\n        gpu.barrier\n        scf.if %t0 {{"
+        );
+        let first = entry(b, "s0", "%c0");
+        let _ = writeln!(
+            b,
+            "          llvm.store %z32, {first} : i32, !llvm.ptr<3>\n          %run = scf.for %y = %c0 to %cE step %c1 iter_args(%r = %z32) -> (i32) {{\n            %y1 = arith.addi %y, %c1 : index"
+        );
+        let at = entry(b, "ys", "%y1");
+        let _ = writeln!(
+            b,
+            "            %yv = llvm.load {at} : !llvm.ptr<3> -> i32\n            %r2 = arith.addi %r, %yv : i32\n            llvm.store %r2, {at} : i32, !llvm.ptr<3>\n            scf.yield %r2 : i32\n          }}\n        }}\n        gpu.barrier"
+        );
+        let all = entry(b, "tt", "%cE");
+        let _ = writeln!(
+            b,
+            "        %total32 = llvm.load {all} : !llvm.ptr<3> -> i32\n        %total = arith.index_cast %total32 : i32 to index\n        %bid = gpu.block_id x\n        %G = gpu.grid_dim x\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
+        );
+        self.producer_head(b);
+        let _ = writeln!(b, "        scf.for %t = %bid to %total step %G {{");
+        self.tile(b);
+        let _ = writeln!(
+            b,
+            "          %pr0 = arith.addi %r0, %c0 : index\n          %pg0 = arith.muli %it, %cNK : index"
+        );
+        self.produce_pass(b);
+        let _ = writeln!(
+            b,
+            "        }}\n        nvvm.cp.async.wait.group 0\n        }} else {{\n        scf.for %t = %bid to %total step %G {{"
+        );
+        self.tile(b);
+        let _ = writeln!(
+            b,
+            "          %g0 = arith.muli %it, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index"
+        );
+        self.consume_chunk(b);
+        self.pass_tail(b, "");
+        let _ = writeln!(b, "        }}");
+    }
+
+    /// Tile `%t`'s expert `%e` (the running sums at or below t) and what the per-tile form's
+    /// pieces read of it: `%cnt`, `%lbase`, `%firsts`, `%eN`, its column tile's `%nb0` and its
+    /// pass's first row `%r0`; and `%it`, which of the block's tiles it is.
+    fn tile(&self, b: &mut String) {
+        let _ = writeln!(
+            b,
+            "          %e = scf.for %i = %c0 to %cE step %c1 iter_args(%n = %c0) -> (index) {{\n            %i1 = arith.addi %i, %c1 : index"
+        );
+        let at = entry(b, "is", "%i1");
+        let _ = writeln!(
+            b,
+            "            %iv32 = llvm.load {at} : !llvm.ptr<3> -> i32\n            %iv = arith.index_cast %iv32 : i32 to index\n            %past = arith.cmpi ule, %iv, %t : index\n            %n1 = arith.addi %n, %c1 : index\n            %nn = arith.select %past, %n1, %n : index\n            scf.yield %nn : index\n          }}"
+        );
+        let base = entry(b, "eb", "%e");
+        let _ = writeln!(
+            b,
+            "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tc127 = arith.addi %cnt, %c127 : index\n          %tpasses = arith.divui %tc127, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index\n          %tb = arith.subi %t, %bid : index\n          %it = arith.divui %tb, %G : index"
+        );
+    }
+}
+
+/// `%{v}_p`: the shared-memory pointer of running sum `index` (an index value) at `%pre`.
+fn entry(b: &mut String, v: &str, index: &str) -> String {
+    let _ = writeln!(
+        b,
+        "          %{v}_o = arith.muli {index}, %c4 : index\n          %{v}_a = arith.addi %pre, %{v}_o : index\n          %{v}_i = arith.index_cast %{v}_a : index to i64\n          %{v}_p = llvm.inttoptr %{v}_i : i64 to !llvm.ptr<3>"
+    );
+    format!("%{v}_p")
+}
