@@ -12,13 +12,13 @@
 //! The tile list: every block counts each expert's tiles (passes x column tiles) into shared
 //! memory after the barriers (4 bytes each, `%pre`), thread 0 turns them into running sums
 //! (`%pre[e]` the tiles before expert e, `%pre[E]` all of them), and tile t's expert is the
-//! number of running sums at or below t. Producer and consumers walk the same tiles in the
+//! first whose running sum past it exceeds t (a binary search). Producer and consumers walk the same tiles in the
 //! same order, and number the block's chunks over its tiles (its i-th tile's chunk k is
 //! i NK + k) for the stages' phases, as the per-tile form numbers them over its passes; the
 //! rest (a tile is one pass) is that form's.
 
 use super::{acc_type, WarpgroupProjection, STAGES, STAGE_BYTES, TILE_N};
-use ppmoe_runtime::program::SP_THREADS;
+use ppmoe_runtime::program::{PP_MAX_EXPERTS, SP_THREADS};
 use std::fmt::Write as _;
 
 /// Where the running sums start after the barriers' start (past the 9 barriers).
@@ -92,18 +92,20 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(b, "        }}");
     }
 
-    /// Tile `%t`'s expert `%e` (the running sums at or below t) and what the per-tile form's
-    /// pieces read of it: `%cnt`, `%lbase`, `%firsts`, `%eN`, its column tile's `%nb0` and its
-    /// pass's first row `%r0`; and `%it`, which of the block's tiles it is.
+    /// Tile `%t`'s expert `%e` (the first whose running sum past it exceeds t: a binary
+    /// search, the sums in shared memory) and what the per-tile form's pieces read of it:
+    /// `%cnt`, `%lbase`, `%firsts`, `%eN`, its column tile's `%nb0` and its pass's first row
+    /// `%r0`; and `%it`, which of the block's tiles it is.
     fn tile(&self, b: &mut String) {
+        let steps = (PP_MAX_EXPERTS as f64).log2().ceil() as usize + 1;
         let _ = writeln!(
             b,
-            "          %e = scf.for %i = %c0 to %cE step %c1 iter_args(%n = %c0) -> (index) {{\n            %i1 = arith.addi %i, %c1 : index"
+            "          %cBS = arith.constant {steps} : index\n          %cE1 = arith.subi %cE, %c1 : index\n          %e, %ehi = scf.for %i = %c0 to %cBS step %c1 iter_args(%lo = %c0, %hi = %cE1) -> (index, index) {{\n            %mid0 = arith.addi %lo, %hi : index\n            %mid = arith.divui %mid0, %c2 : index\n            %mid1 = arith.addi %mid, %c1 : index"
         );
-        let at = entry(b, "is", "%i1");
+        let at = entry(b, "is", "%mid1");
         let _ = writeln!(
             b,
-            "            %iv32 = llvm.load {at} : !llvm.ptr<3> -> i32\n            %iv = arith.index_cast %iv32 : i32 to index\n            %past = arith.cmpi ule, %iv, %t : index\n            %n1 = arith.addi %n, %c1 : index\n            %nn = arith.select %past, %n1, %n : index\n            scf.yield %nn : index\n          }}"
+            "            %iv32 = llvm.load {at} : !llvm.ptr<3> -> i32\n            %iv = arith.index_cast %iv32 : i32 to index\n            %beyond = arith.cmpi ugt, %iv, %t : index\n            %lo2 = arith.select %beyond, %lo, %mid1 : index\n            %hi2 = arith.select %beyond, %mid, %hi : index\n            scf.yield %lo2, %hi2 : index, index\n          }}"
         );
         let base = entry(b, "eb", "%e");
         let _ = writeln!(
