@@ -12,10 +12,10 @@
 //! The tile list: every block counts each expert's tiles (passes x column tiles) into shared
 //! memory after the barriers (4 bytes each, `%pre`), thread 0 turns them into running sums
 //! (`%pre[e]` the tiles before expert e, `%pre[E]` all of them), and tile t's expert is the
-//! first whose running sum past it exceeds t (a binary search). Producer and consumers walk the same tiles in the
-//! same order, and number the block's chunks over its tiles (its i-th tile's chunk k is
-//! i NK + k) for the stages' phases, as the per-tile form numbers them over its passes; the
-//! rest (a tile is one pass) is that form's.
+//! first whose running sum past it exceeds t (a binary search). Producer and consumers walk
+//! the same tiles in the same order, and number the block's chunks over its tiles (its i-th
+//! tile's chunk k is i NK + k) for the stages' phases, as the per-tile form numbers them over
+//! its passes; the rest (a tile is one pass) is that form's.
 
 use super::{acc_type, WarpgroupProjection, STAGES, STAGE_BYTES, TILE_N};
 use ppmoe_runtime::program::{PP_MAX_EXPERTS, SP_THREADS};
@@ -28,47 +28,13 @@ impl WarpgroupProjection<'_> {
     /// The persistent kernel's body.
     pub(super) fn persistent_body(&self, b: &mut String) {
         let acc = acc_type();
-        let width = match self.act {
-            None => self.dout,
-            Some(_) => self.dout / 2,
-        };
-        let per_block = match self.act {
-            None => TILE_N,
-            Some(_) => TILE_N / 2,
-        };
-        debug_assert_eq!(PREFIX_OFFSET + STAGES * STAGE_BYTES + 1024, {
-            ppmoe_runtime::program::SP_SHARED_BYTES
-        });
         self.constants(b);
-        let _ = writeln!(
-            b,
-            "      %cTH = arith.constant {SP_THREADS} : index\n      %cCT = arith.constant {} : index\n      %cE = memref.dim %counts, %c0 : memref<?xi32>\n      %z32 = arith.constant 0 : i32\n      %acc0 = llvm.mlir.zero : {acc}",
-            width.div_ceil(per_block)
-        );
+        let _ = writeln!(b, "      %acc0 = llvm.mlir.zero : {acc}");
         self.make_barriers(b, "");
+        self.tile_list(b);
         let _ = writeln!(
             b,
-            "        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %c127 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index"
-        );
-        let at = entry(b, "xs", "%x1");
-        let _ = writeln!(
-            b,
-            "          llvm.store %xt32, {at} : i32, !llvm.ptr<3>\n        }}\n        gpu.barrier\n        scf.if %t0 {{"
-        );
-        let first = entry(b, "s0", "%c0");
-        let _ = writeln!(
-            b,
-            "          llvm.store %z32, {first} : i32, !llvm.ptr<3>\n          %run = scf.for %y = %c0 to %cE step %c1 iter_args(%r = %z32) -> (i32) {{\n            %y1 = arith.addi %y, %c1 : index"
-        );
-        let at = entry(b, "ys", "%y1");
-        let _ = writeln!(
-            b,
-            "            %yv = llvm.load {at} : !llvm.ptr<3> -> i32\n            %r2 = arith.addi %r, %yv : i32\n            llvm.store %r2, {at} : i32, !llvm.ptr<3>\n            scf.yield %r2 : i32\n          }}\n        }}\n        gpu.barrier"
-        );
-        let all = entry(b, "tt", "%cE");
-        let _ = writeln!(
-            b,
-            "        %total32 = llvm.load {all} : !llvm.ptr<3> -> i32\n        %total = arith.index_cast %total32 : i32 to index\n        %bid = gpu.block_id x\n        %G = gpu.grid_dim x\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
+            "        %bid = gpu.block_id x\n        %G = gpu.grid_dim x\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
         );
         self.producer_head(b);
         let _ = writeln!(b, "        scf.for %t = %bid to %total step %G {{");
@@ -90,6 +56,49 @@ impl WarpgroupProjection<'_> {
         self.consume_chunk(b);
         self.pass_tail(b, "");
         let _ = writeln!(b, "        }}");
+    }
+
+    /// `%pre`, the running sums of the experts' tiles (see the module's doc), `%cE` (the
+    /// experts) and `%total` (their tiles): every thread counts some, thread 0 sums them.
+    fn tile_list(&self, b: &mut String) {
+        let width = match self.act {
+            None => self.dout,
+            Some(_) => self.dout / 2,
+        };
+        let per_block = match self.act {
+            None => TILE_N,
+            Some(_) => TILE_N / 2,
+        };
+        // The running sums start where the per-tile form's shared memory ends.
+        debug_assert_eq!(
+            STAGES * STAGE_BYTES + 1024 + PREFIX_OFFSET,
+            ppmoe_runtime::program::SP_SHARED_BYTES
+        );
+        let _ = writeln!(
+            b,
+            "        %cTH = arith.constant {SP_THREADS} : index\n        %cCT = arith.constant {} : index\n        %cE = memref.dim %counts, %c0 : memref<?xi32>\n        %z32 = arith.constant 0 : i32\n        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %c127 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index",
+            width.div_ceil(per_block)
+        );
+        let at = entry(b, "xs", "%x1");
+        let _ = writeln!(
+            b,
+            "          llvm.store %xt32, {at} : i32, !llvm.ptr<3>\n        }}\n        gpu.barrier\n        scf.if %t0 {{"
+        );
+        let first = entry(b, "s0", "%c0");
+        let _ = writeln!(
+            b,
+            "          llvm.store %z32, {first} : i32, !llvm.ptr<3>\n          %run = scf.for %y = %c0 to %cE step %c1 iter_args(%r = %z32) -> (i32) {{\n            %y1 = arith.addi %y, %c1 : index"
+        );
+        let at = entry(b, "ys", "%y1");
+        let _ = writeln!(
+            b,
+            "            %yv = llvm.load {at} : !llvm.ptr<3> -> i32\n            %r2 = arith.addi %r, %yv : i32\n            llvm.store %r2, {at} : i32, !llvm.ptr<3>\n            scf.yield %r2 : i32\n          }}\n        }}\n        gpu.barrier"
+        );
+        let all = entry(b, "tt", "%cE");
+        let _ = writeln!(
+            b,
+            "        %total32 = llvm.load {all} : !llvm.ptr<3> -> i32\n        %total = arith.index_cast %total32 : i32 to index"
+        );
     }
 
     /// Tile `%t`'s expert `%e` (the first whose running sum past it exceeds t: a binary
