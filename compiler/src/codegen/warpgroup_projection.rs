@@ -152,8 +152,8 @@ impl WarpgroupProjection<'_> {
     }
 
     /// The block's constants and this thread's place (`constants`), then the block's expert
-    /// `%e`, column tile `%nb` and count `%cnt`, and (where it has rows) the addresses the
-    /// copies start from: `%wq{q}` (weight row q's word, bytes, q = 0 .. 7) and `%sq{q}` (an
+    /// `%e`, column tile `%nb` and count `%cnt`, and (where it has rows; in the form whose
+    /// threads all copy) the addresses the copies start from: `%wq{q}` (weight row q's word, bytes, q = 0 .. 7) and `%sq{q}` (an
     /// operand's row q's word in a stage, bytes): thread t copies word t % 8 of row t / 8 +
     /// 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
     fn prologue(&self, b: &mut String) {
@@ -162,6 +162,9 @@ impl WarpgroupProjection<'_> {
             b,
             "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index"
         );
+        if self.producer {
+            return;
+        }
         for q in 0..WEIGHT_COPIES {
             let _ = writeln!(
                 b,
@@ -176,14 +179,32 @@ impl WarpgroupProjection<'_> {
         }
     }
 
+    /// The output's columns: the weight rows, or fused the activations (one per gate row).
+    fn out_columns(&self) -> usize {
+        match self.act {
+            None => self.dout,
+            Some(_) => self.dout / 2,
+        }
+    }
+
+    /// A block's output columns: its 256 weight rows, or fused their 128 activations.
+    fn block_columns(&self) -> usize {
+        match self.act {
+            None => TILE_N,
+            Some(_) => TILE_N / 2,
+        }
+    }
+
     /// What no block's expert changes: constants (`%cB`, the block's output columns; `%cN`,
     /// the weight rows of an expert; ...), the stages' start `%smx` (aligned to 1024 bytes),
     /// the operands' addresses, and this thread's place (warpgroup `%wg`, warp `%w4` in it,
     /// `%lane`, ...).
     fn constants(&self, b: &mut String) {
-        let (rows_per_block, second) = match self.act {
-            None => (TILE_N, 0),
-            Some(_) => (TILE_N / 2, self.dout / 2),
+        let rows_per_block = self.block_columns();
+        // Fused, the up rows' offset from their gate rows.
+        let second = match self.act {
+            None => 0,
+            Some(_) => self.dout / 2,
         };
         let _ = writeln!(
             b,
@@ -277,14 +298,14 @@ impl WarpgroupProjection<'_> {
             AHEAD - 1
         );
         // The next copies are issued while the tensor cores multiply.
-        self.multiply(b, "");
+        self.multiply(b);
         let _ = writeln!(b, "            scf.if %more {{");
         self.issue(b, "%gn", "              ");
         let _ = writeln!(
             b,
             "            }}\n            nvvm.cp.async.commit.group\n            nvvm.wgmma.wait.group.sync.aligned 0\n            scf.yield %next : {acc}\n          }}"
         );
-        self.pass_tail(b, "");
+        self.pass_tail(b);
     }
 
     /// The pass loop's head and the chunk loop's: `%r0` (the pass's first row), `%active`
@@ -297,13 +318,17 @@ impl WarpgroupProjection<'_> {
         );
     }
 
-    /// `%next`: chunk `%gi`'s wgmmas started where the warpgroup has rows (then `wait`, a
-    /// line or nothing), else `%a`.
-    fn multiply(&self, b: &mut String, wait: &str) {
+    /// `%next`: chunk `%gi`'s wgmmas started where the warpgroup has rows, else `%a`.
+    fn multiply(&self, b: &mut String) {
         let acc = acc_type();
         let _ = writeln!(
             b,
-            "            %st = arith.remui %gi, %cST : index\n            %never = arith.constant false\n            %next = scf.if {} -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned",
+            "            %st = arith.remui %gi, %cST : index\n{}            %next = scf.if {} -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned",
+            if self.ablate.mma {
+                "            %never = arith.constant false\n"
+            } else {
+                ""
+            },
             if self.ablate.mma { "%never" } else { "%active" }
         );
         let mut cur = "%a".to_string();
@@ -319,13 +344,13 @@ impl WarpgroupProjection<'_> {
         }
         let _ = writeln!(
             b,
-            "              nvvm.wgmma.commit.group.sync.aligned\n{wait}              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}"
+            "              nvvm.wgmma.commit.group.sync.aligned\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}"
         );
     }
 
-    /// After the chunk loop: the pass's last wgmmas waited for, `then` (lines or nothing),
-    /// the results stored, the pass loop closed.
-    fn pass_tail(&self, b: &mut String, then: &str) {
+    /// After the chunk loop: the pass's last wgmmas waited for, the results stored, the pass
+    /// loop closed.
+    fn pass_tail(&self, b: &mut String) {
         let acc = acc_type();
         // The wait is an identity of all the accumulators, so no read can be moved above it.
         let outs = vec!["=f"; ACCS].join(",");
@@ -339,7 +364,7 @@ impl WarpgroupProjection<'_> {
         }
         let _ = writeln!(
             b,
-            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}\n{then}",
+            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
             vals.join(", "),
             vec!["f32"; ACCS].join(", ")
         );
@@ -354,10 +379,7 @@ impl WarpgroupProjection<'_> {
     /// 128).
     fn store(&self, b: &mut String) {
         let acc = acc_type();
-        let (tiles, width) = match self.act {
-            None => (TILE_N / 8, self.dout),
-            Some(_) => (TILE_N / 16, self.dout / 2),
-        };
+        let (tiles, width) = (self.block_columns() / 8, self.out_columns());
         let _ = writeln!(
             b,
             "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index"

@@ -17,24 +17,27 @@ pub(super) struct Ablation {
 }
 
 impl Ablation {
-    /// What `PPMOE_ABLATE` names (unknown words are ignored; the warning lists what is left
-    /// out).
+    /// What `PPMOE_ABLATE` names (the warning lists what is left out, and the words it does
+    /// not know, which leave nothing out).
     pub(super) fn from_env() -> Ablation {
         Self::parse(&std::env::var("PPMOE_ABLATE").unwrap_or_default())
     }
 
     fn parse(list: &str) -> Ablation {
-        let has = |part: &str| list.split(',').any(|w| w.trim() == part);
+        const PARTS: [&str; 4] = ["rows", "weights", "mma", "store"];
+        let words = || list.split(',').map(str::trim).filter(|w| !w.is_empty());
+        let has = |part: &str| words().any(|w| w == part);
         let a = Ablation {
             rows: has("rows"),
             weights: has("weights"),
             mma: has("mma"),
             store: has("store"),
         };
+        let unknown: Vec<&str> = words().filter(|w| !PARTS.contains(w)).collect();
         static WARNED: std::sync::Once = std::sync::Once::new();
-        if a != Ablation::default() {
+        if a != Ablation::default() || !unknown.is_empty() {
             WARNED.call_once(|| {
-                tracing::warn!("PPMOE_ABLATE: the warpgroup projections leave out {a:?}: their outputs are wrong (a measurement aid)");
+                tracing::warn!("PPMOE_ABLATE: the warpgroup projections leave out {a:?}: their outputs are wrong (a measurement aid); not parts it knows ({}): {unknown:?}", PARTS.join(", "));
             });
         }
         a

@@ -17,7 +17,7 @@
 //! tile's chunk k is i NK + k) for the stages' phases, as the per-tile form numbers them over
 //! its passes; the rest (a tile is one pass) is that form's.
 
-use super::{acc_type, WarpgroupProjection, STAGES, STAGE_BYTES, TILE_N};
+use super::{acc_type, WarpgroupProjection, STAGES, STAGE_BYTES};
 use ppmoe_runtime::program::{PP_MAX_EXPERTS, SP_THREADS};
 use std::fmt::Write as _;
 
@@ -30,7 +30,7 @@ impl WarpgroupProjection<'_> {
         let acc = acc_type();
         self.constants(b);
         let _ = writeln!(b, "      %acc0 = llvm.mlir.zero : {acc}");
-        self.make_barriers(b, "");
+        self.make_barriers(b);
         self.tile_list(b);
         let _ = writeln!(
             b,
@@ -39,11 +39,8 @@ impl WarpgroupProjection<'_> {
         self.producer_head(b);
         let _ = writeln!(b, "        scf.for %t = %bid to %total step %G {{");
         self.tile(b);
-        let _ = writeln!(
-            b,
-            "          %pr0 = arith.addi %r0, %c0 : index\n          %pg0 = arith.muli %it, %cNK : index"
-        );
-        self.produce_pass(b);
+        let _ = writeln!(b, "          %pg0 = arith.muli %it, %cNK : index");
+        self.produce_pass(b, "%r0", "%pg0");
         let _ = writeln!(
             b,
             "        }}\n        nvvm.cp.async.wait.group 0\n        }} else {{\n        scf.for %t = %bid to %total step %G {{"
@@ -54,21 +51,13 @@ impl WarpgroupProjection<'_> {
             "          %g0 = arith.muli %it, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index"
         );
         self.consume_chunk(b);
-        self.pass_tail(b, "");
+        self.pass_tail(b);
         let _ = writeln!(b, "        }}");
     }
 
     /// `%pre`, the running sums of the experts' tiles (see the module's doc), `%cE` (the
     /// experts) and `%total` (their tiles): every thread counts some, thread 0 sums them.
     fn tile_list(&self, b: &mut String) {
-        let width = match self.act {
-            None => self.dout,
-            Some(_) => self.dout / 2,
-        };
-        let per_block = match self.act {
-            None => TILE_N,
-            Some(_) => TILE_N / 2,
-        };
         // The running sums start where the per-tile form's shared memory ends.
         debug_assert_eq!(
             STAGES * STAGE_BYTES + 1024 + PREFIX_OFFSET,
@@ -77,7 +66,7 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(
             b,
             "        %cTH = arith.constant {SP_THREADS} : index\n        %cCT = arith.constant {} : index\n        %cE = memref.dim %counts, %c0 : memref<?xi32>\n        %z32 = arith.constant 0 : i32\n        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %c127 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index",
-            width.div_ceil(per_block)
+            self.out_columns().div_ceil(self.block_columns())
         );
         let at = entry(b, "xs", "%x1");
         let _ = writeln!(

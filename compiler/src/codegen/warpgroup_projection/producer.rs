@@ -36,7 +36,7 @@ const WEIGHT_BYTES: usize = STAGE_BYTES - ROWS_BYTES;
 impl WarpgroupProjection<'_> {
     /// After the prologue: the barriers made, then the producer's loop or the consumers'.
     pub(super) fn specialised(&self, b: &mut String) {
-        self.make_barriers(b, "");
+        self.make_barriers(b);
         let _ = writeln!(
             b,
             "        gpu.barrier\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
@@ -46,20 +46,20 @@ impl WarpgroupProjection<'_> {
             b,
             "        scf.for %pp = %c0 to %passes step %c1 {{\n          %pr0 = arith.muli %pp, %cP : index\n          %pg0 = arith.muli %pp, %cNK : index"
         );
-        self.produce_pass(b);
+        self.produce_pass(b, "%pr0", "%pg0");
         let _ = writeln!(
             b,
             "        }}\n        nvvm.cp.async.wait.group 0\n        }} else {{"
         );
         self.pass_head(b);
         self.consume_chunk(b);
-        self.pass_tail(b, "");
+        self.pass_tail(b);
         let _ = writeln!(b, "        }}");
     }
 
     /// `%bars` (the barriers' start, after the stages) and `%c256`; thread 0 makes the
-    /// barriers and runs `then` (lines or nothing); no thread waits for it here.
-    pub(super) fn make_barriers(&self, b: &mut String, then: &str) {
+    /// barriers; no thread waits for it here.
+    pub(super) fn make_barriers(&self, b: &mut String) {
         let _ = writeln!(
             b,
             "        %cBAR = arith.constant {} : index\n        %bars = arith.addi %smx, %cBAR : index\n        %c256 = arith.constant 256 : index\n        %t0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %t0 {{",
@@ -81,7 +81,7 @@ impl WarpgroupProjection<'_> {
         }
         let _ = writeln!(
             b,
-            "          llvm.inline_asm has_side_effects asm_dialect = att \"fence.mbarrier_init.release.cluster;\", \"\" : () -> ()\n{then}        }}"
+            "          llvm.inline_asm has_side_effects asm_dialect = att \"fence.mbarrier_init.release.cluster;\", \"\" : () -> ()\n        }}"
         );
     }
 
@@ -95,11 +95,12 @@ impl WarpgroupProjection<'_> {
         );
     }
 
-    /// The producer warp's work for one pass (its first row `%pr0`, its first chunk `%pg0`
-    /// of the block's; the expert's `%cnt`, `%lbase`, `%firsts`, `%eN` and `%nb0` defined):
+    /// The producer warp's work for one pass (its first row `r0`, its first chunk `g0` of the
+    /// block's, index values; the expert's `%cnt`, `%lbase`, `%firsts`, `%eN` and `%nb0`
+    /// defined):
     /// its rows' addresses; per chunk, wait for the stage to be free, then the weights' box
     /// (lane 0) and the rows' words.
-    pub(super) fn produce_pass(&self, b: &mut String) {
+    pub(super) fn produce_pass(&self, b: &mut String, r0: &str, g0: &str) {
         // Ablated (`PPMOE_ABLATE`), no rows or no weights are copied; the arrivals stay.
         let rows = if self.ablate.rows { 0 } else { LANE_ROWS };
         for i in 0..rows {
@@ -107,14 +108,14 @@ impl WarpgroupProjection<'_> {
             Self::row_word(
                 b,
                 &format!("pa{i}"),
-                "%pr0",
+                r0,
                 &format!("%pa{i}_row"),
                 "          ",
             );
         }
         let _ = writeln!(
             b,
-            "          scf.for %pk = %c0 to %cNK step %c1 {{\n            %pg = arith.addi %pg0, %pk : index\n            %ps = arith.remui %pg, %cST : index\n            %pph = arith.divui %pg, %cST : index\n            %reuse = arith.cmpi uge, %pg, %cST : index\n            scf.if %reuse {{\n              %pph1 = arith.subi %pph, %c1 : index"
+            "          scf.for %pk = %c0 to %cNK step %c1 {{\n            %pg = arith.addi {g0}, %pk : index\n            %ps = arith.remui %pg, %cST : index\n            %pph = arith.divui %pg, %cST : index\n            %reuse = arith.cmpi uge, %pg, %cST : index\n            scf.if %reuse {{\n              %pph1 = arith.subi %pph, %c1 : index"
         );
         wait(b, "pe", "empty", "%ps", "%pph1", "              ");
         let _ = writeln!(
@@ -196,7 +197,7 @@ impl WarpgroupProjection<'_> {
             b,
             "            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}"
         );
-        self.multiply(b, "");
+        self.multiply(b);
         let _ = writeln!(
             b,
             "            nvvm.wgmma.wait.group.sync.aligned 1\n            %cST1 = arith.subi %cST, %c1 : index\n            %cprev0 = arith.addi %gi, %cST1 : index\n            %cprev = arith.remui %cprev0, %cST : index\n            %cfirst = arith.cmpi eq, %gi, %c0 : index"
