@@ -211,20 +211,23 @@ impl Rank<'_> {
         // Fused, the first projection's epilogue is the activation: [slots, F] straight away.
         let width = if kernels.fused_act { dims.ffn } else { ffn.n };
         let first = alloc(&self.stream, slots * width, ffn.mid)?;
-        // The warp-specialised kernels read the stacks through tensor maps: boxes of the
-        // block's weight rows (fused, its gate rows and their up rows: half as many a box).
+        // The warp-specialised kernels read the stacks through tensor maps: boxes of a
+        // block's weight rows, one per output column (fused, its gate rows and their up rows:
+        // two boxes of a row per activation).
         let producer = matches!(
             kernels.projections,
             Projections::Producer | Projections::Persistent
         );
-        let map = |w: u64, (rows, inner): (usize, usize), box_rows: u32| {
+        let map = |w: u64, (rows, inner): (usize, usize), blocks: Blocks| {
             producer
-                .then(|| self.weight_tensor_map(w, rows * dims.experts, inner, box_rows))
+                .then(|| {
+                    let box_rows = u32::try_from(blocks.columns).map_err(|e| e.to_string())?;
+                    self.weight_tensor_map(w, rows * dims.experts, inner, box_rows)
+                })
                 .transpose()
         };
-        let box_in = if kernels.fused_act { 128 } else { 256 };
-        let map_in = map(ffn.w_in.0, (ffn.n, dims.hidden), box_in)?;
-        let map_out = map(ffn.w_out.0, (dims.hidden, dims.ffn), 256)?;
+        let map_in = map(ffn.w_in.0, (ffn.n, dims.hidden), first_blocks)?;
+        let map_out = map(ffn.w_out.0, (dims.hidden, dims.ffn), second_blocks)?;
         let w = (x, ffn.w_in.0, map_in);
         let shape = (width, dims.experts);
         self.project_listed(&kernels.proj_in, w, &first, &lists, shape, first_blocks)?;
@@ -324,6 +327,20 @@ impl Rank<'_> {
         Some(kernels)
     }
 
+    /// The device's multiprocessors (a persistent kernel's blocks), asked once per rank.
+    fn multiprocessors(&self) -> Result<u32, String> {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        if let Some(n) = self.multiprocessors.get() {
+            return Ok(*n);
+        }
+        let n = self
+            .stream
+            .context()
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| e.to_string())?;
+        Ok(*self.multiprocessors.get_or_init(|| n.max(1) as u32))
+    }
+
     /// The `dgroup` kernel: one block per local expert, and one for `pos` and `eid`.
     fn list_slots(
         &self,
@@ -402,11 +419,7 @@ impl Rank<'_> {
             memref_args(&mut l, map, &one);
         }
         let grid_dim = if blocks.persistent {
-            let sms = s
-                .context()
-                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .map_err(|e| e.to_string())?;
-            (sms.max(1) as u32, 1, 1)
+            (self.multiprocessors()?, 1, 1)
         } else {
             (dout.div_ceil(blocks.columns) as u32, experts as u32, 1)
         };

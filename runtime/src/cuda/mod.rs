@@ -123,6 +123,8 @@ struct Rank<'a> {
     last_eager: Option<graph::Eager>,
     /// The tensor maps of the stacks the warp-specialised projections read (`tensor_map`).
     tensor_maps: tensor_map::TensorMaps,
+    /// The device's multiprocessors, once asked (`device_routed`).
+    multiprocessors: std::cell::OnceCell<u32>,
 }
 
 impl Rank<'_> {
@@ -880,6 +882,7 @@ fn with_rank<R>(
         graph: None,
         last_eager: None,
         tensor_maps: Default::default(),
+        multiprocessors: Default::default(),
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()
