@@ -557,7 +557,8 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
                 assert!(body.contains(needle), "{}: no {needle}", names[0]);
             }
         }
-        // Asked for, the form whose threads all copy, between block-wide barriers (`wproj`).
+        // Asked for, the form whose threads all copy, between block-wide barriers (`wproj`),
+        // and the persistent one (`pproj`: a block per SM striding over the tiles).
         let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
         let a = [
             "inspect",
@@ -568,26 +569,29 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             dtype,
         ];
         let a = [&a[..], &["--input-shape", "input_ids=1x256"]].concat();
-        let env = [("PPMOE_TENSOR_PROJECTIONS", "wgmma-cp-async")];
-        let all_copy = crate::common::ppmoe_env(&a, &env).stdout;
-        assert!(entries_ending(&all_copy, "_sproj_act").is_empty());
-        for proj in ["_wproj_act", "_wproj_out"] {
-            let names = entries_ending(&all_copy, proj);
-            assert_eq!(names.len(), 2, "{dtype} wgmma-cp-async: {names:?}");
-            let body = entry(&all_copy, &names[0]);
-            assert!(body.contains(WGMMA), "{}", names[0]);
-            assert!(body.contains("cp.async.cg.shared.global"), "{}", names[0]);
-        }
-        // Asked for, their persistent form (`pproj`): a block per SM striding over the tiles.
-        let env = [("PPMOE_TENSOR_PROJECTIONS", "wgmma-persistent")];
-        let persistent = crate::common::ppmoe_env(&a, &env).stdout;
-        assert!(entries_ending(&persistent, "_sproj_act").is_empty());
-        for proj in ["_pproj_act", "_pproj_out"] {
-            let names = entries_ending(&persistent, proj);
-            assert_eq!(names.len(), 2, "{dtype} wgmma-persistent: {names:?}");
-            let body = entry(&persistent, &names[0]);
-            for needle in [WGMMA, "cp.async.bulk.tensor.2d", "%nctaid.x"] {
-                assert!(body.contains(needle), "{}: no {needle}", names[0]);
+        let forms = [
+            (
+                "wgmma-cp-async",
+                "wproj",
+                &[WGMMA, "cp.async.cg.shared.global"][..],
+            ),
+            (
+                "wgmma-persistent",
+                "pproj",
+                &[WGMMA, "cp.async.bulk.tensor.2d", "%nctaid.x"][..],
+            ),
+        ];
+        for (form, kernels, needles) in forms {
+            let env = [("PPMOE_TENSOR_PROJECTIONS", form)];
+            let ptx = crate::common::ppmoe_env(&a, &env).stdout;
+            assert!(entries_ending(&ptx, "_sproj_act").is_empty(), "{form}");
+            for proj in [format!("_{kernels}_act"), format!("_{kernels}_out")] {
+                let names = entries_ending(&ptx, &proj);
+                assert_eq!(names.len(), 2, "{dtype} {form}: {names:?}");
+                let body = entry(&ptx, &names[0]);
+                for needle in needles {
+                    assert!(body.contains(needle), "{}: no {needle}", names[0]);
+                }
             }
         }
         // The first model's matrices are small; turned off, the host groups the rows.
