@@ -865,14 +865,18 @@ pub const WG_SHARED_BYTES: usize = 4 * 49152 + 1024;
 /// dynamic shared memory is allowed at load).
 pub const TC_KERNELS: [&str; 3] = ["tproj_act", "tproj_in", "tproj_out"];
 pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
-/// The warp-specialised form of the warpgroup projections (the policy's; the other is the
-/// compiler's `PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`): the same blocks' columns and stages, a ninth
+/// The warp-specialised form of the warpgroup projections (the compiler's
+/// `PPMOE_TENSOR_PROJECTIONS=wgmma-per-tile`; `=wgmma-cp-async` the form whose threads all
+/// copy): the same blocks' columns and stages, a ninth
 /// warp that feeds the stages (the weights through a tensor map), and the stages' mbarriers
 /// (9 of 8 bytes) after them.
 pub const SP_KERNELS: [&str; 3] = ["sproj_act", "sproj_in", "sproj_out"];
 pub const SP_THREADS: usize = WG_THREADS + 32;
-pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 128;
-/// Their persistent form (the compiler's `PPMOE_TENSOR_PROJECTIONS=wgmma-persistent`): a block
+/// After the barriers (128 bytes), each consumer warp's 16 rows of 64 output columns (bf16),
+/// through which the results go out as whole 128-byte rows.
+pub const EPILOGUE_STAGING_BYTES: usize = 8 * 16 * 128;
+pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 128 + EPILOGUE_STAGING_BYTES;
+/// Their persistent form (the policy's, up to `PP_MAX_EXPERTS` local experts): a block
 /// per SM, each walking the tiles of every local expert (up to `PP_MAX_EXPERTS`), whose
 /// prefix sums it keeps after the barriers (4 bytes each, and the total).
 pub const PP_KERNELS: [&str; 3] = ["pproj_act", "pproj_in", "pproj_out"];

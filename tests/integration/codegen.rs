@@ -485,10 +485,10 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// with bf16 stacks (this LM's, whatever --dtype says) are routed so too, their projections
 /// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores;
 /// the gated activation in the first one's epilogue); many (256 tokens: 128 rows per expert
-/// of this LM's small matrices) with the warpgroup ones (wgmma, sm_90a; `sproj`, a producer
-/// warp feeding them, the weights by tensor copies; `PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`:
-/// `wproj`, every thread copying by cp.async; `=wgmma-persistent`: `pproj`, a block per SM),
-/// unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
+/// of this LM's small matrices) with the warpgroup ones (wgmma, sm_90a; `pproj`, a block per
+/// SM over every expert's tiles, a producer warp feeding them, the weights by tensor copies;
+/// `PPMOE_TENSOR_PROJECTIONS=wgmma-per-tile`: `sproj`, a block per expert's column tile;
+/// `=wgmma-cp-async`: `wproj`, every thread copying by cp.async), unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
 /// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
 /// routes on the device.
 #[test]
@@ -546,19 +546,24 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
         assert_eq!(entries_ending(&many, "_dgroup").len(), 2, "{dtype} 256");
         assert!(entries_ending(&many, "_tproj_act").is_empty());
         assert!(many.contains(".target sm_90a"), "{dtype} 256 tokens");
-        // Their warp-specialised form (`sproj`): a producer warp, the weights by tensor
-        // copies, the rows by cp.async, both arriving on mbarriers.
-        for proj in ["_sproj_act", "_sproj_out"] {
+        // Their persistent warp-specialised form (`pproj`): a block per SM striding over the
+        // tiles, a producer warp, the weights by tensor copies, the rows by cp.async, both
+        // arriving on mbarriers.
+        for proj in ["_pproj_act", "_pproj_out"] {
             let names = entries_ending(&many, proj);
             assert_eq!(names.len(), 2, "{dtype} 256 tokens: {names:?}");
             let body = entry(&many, &names[0]);
             assert!(body.contains(WGMMA), "{}", names[0]);
-            for needle in ["cp.async.bulk.tensor.2d", "cp.async.mbarrier.arrive.noinc"] {
+            for needle in [
+                "cp.async.bulk.tensor.2d",
+                "cp.async.mbarrier.arrive.noinc",
+                "%nctaid.x",
+            ] {
                 assert!(body.contains(needle), "{}: no {needle}", names[0]);
             }
         }
         // Asked for, the form whose threads all copy, between block-wide barriers (`wproj`),
-        // and the persistent one (`pproj`: a block per SM striding over the tiles).
+        // and the per-tile one (`sproj`: a block per expert's column tile, no grid stride).
         let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
         let a = [
             "inspect",
@@ -576,15 +581,15 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
                 &[WGMMA, "cp.async.cg.shared.global"][..],
             ),
             (
-                "wgmma-persistent",
-                "pproj",
-                &[WGMMA, "cp.async.bulk.tensor.2d", "%nctaid.x"][..],
+                "wgmma-per-tile",
+                "sproj",
+                &[WGMMA, "cp.async.bulk.tensor.2d"][..],
             ),
         ];
         for (form, kernels, needles) in forms {
             let env = [("PPMOE_TENSOR_PROJECTIONS", form)];
             let ptx = crate::common::ppmoe_env(&a, &env).stdout;
-            assert!(entries_ending(&ptx, "_sproj_act").is_empty(), "{form}");
+            assert!(entries_ending(&ptx, "_pproj_act").is_empty(), "{form}");
             for proj in [format!("_{kernels}_act"), format!("_{kernels}_out")] {
                 let names = entries_ending(&ptx, &proj);
                 assert_eq!(names.len(), 2, "{dtype} {form}: {names:?}");

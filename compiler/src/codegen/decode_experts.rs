@@ -3,7 +3,7 @@
 //! CUDA-core projections below; more tokens with bf16 stacks where `routes_on_tensor_cores`
 //! says, with the tensor-core projections of `tensor_core_projection` (`tproj_in` or, with
 //! the activation as its epilogue, `tproj_act`, and `tproj_out`: the same operands; above 16
-//! rows per expert the warpgroup ones of `warpgroup_projection`, `sproj_*`) in place of
+//! rows per expert the warpgroup ones of `warpgroup_projection`, `pproj_*`) in place of
 //! `dproj_*`. Three kernels besides the step's activation and combine:
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
 //!   and counts them; one more block writes each slot's row for the combine (the slot itself,
@@ -70,26 +70,7 @@ pub(super) fn kernels(
     }
     let mut out = group_kernel(prefix, s, dims.experts);
     if tensor {
-        // Above 16 rows per expert the warpgroup kernels, in their warp-specialised form (a
-        // producer warp, the weights through tensor maps), measured on an H200 against the
-        // form whose threads all copy: Qwen3-30B-A3B's layer the same at 512 tokens, 1.3%
-        // slower at 1024, 1-2% faster at 4096 and 16384; the DeepSeek-like layer 3.6% faster
-        // at 512; device-routed, Mixtral's 4-5% and the DeepSeek-like 7% faster at 4096.
-        // `PPMOE_TENSOR_PROJECTIONS=wgmma` or `=mma` takes one kind wherever the tensor cores
-        // are, `=wgmma-cp-async` the other form, `=wgmma-persistent` the persistent one (not
-        // measured yet; up to `PP_MAX_EXPERTS` local experts, the warp-specialised form past).
-        let few = dims.experts <= ppmoe_runtime::program::PP_MAX_EXPERTS;
-        let (warpgroups, producer, persistent) =
-            match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
-                Ok("wgmma") => (true, true, false),
-                Ok("wgmma-persistent") => (true, true, few),
-                Ok("wgmma-cp-async") => (true, false, false),
-                Ok("mma") => (false, false, false),
-                _ => {
-                    let w = ppmoe_runtime::program::projects_on_warpgroups(s, dims.experts, local);
-                    (w, w, false)
-                }
-            };
+        let (warpgroups, producer, persistent) = projection_form(s, dims.experts, local);
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
                 name: format!("{prefix}_{name}"),
@@ -134,6 +115,37 @@ pub(super) fn kernels(
     out.push_str(&projection("dproj_in", "f32", (dims.hidden, dims.n), k).kernel());
     out.push_str(&projection("dproj_out", mid, (dims.ffn, dims.hidden), 1).kernel());
     Some(out)
+}
+
+/// The tensor-core projections' form for a step of `slots` slots over `experts` experts:
+/// (warpgroups, a producer warp, persistent).
+/// Above 16 rows per expert the warpgroup kernels, in their persistent form (a block per SM
+/// over every expert's tiles, a producer warp, the weights through tensor maps), measured on
+/// an H200 against the per-tile warp-specialised form (`sproj`), Qwen3-30B-A3B's layer: 0.398
+/// against 0.410 ms at 512 tokens, 1.109 against 1.260 at 4096, 3.784 against 4.431 at 16384;
+/// device-routed, Mixtral's at 4096 5.788 against 6.978 and the DeepSeek-like 7.133 against
+/// 7.912 (docs/persistent-projection-h200-9cefc46.txt). `PPMOE_TENSOR_PROJECTIONS=wgmma` or
+/// `=mma` takes one kind wherever the tensor cores are; `=wgmma-per-tile` the per-tile form,
+/// `=wgmma-cp-async` the form whose threads all copy. Past `PP_MAX_EXPERTS` local experts (the
+/// running sums' shared memory) the per-tile form.
+fn projection_form(slots: usize, experts: usize, local: bool) -> (bool, bool, bool) {
+    let few = experts <= ppmoe_runtime::program::PP_MAX_EXPERTS;
+    match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
+        Ok("wgmma" | "wgmma-persistent") => (true, true, few),
+        Ok("wgmma-per-tile") => (true, true, false),
+        Ok("wgmma-cp-async") => (true, false, false),
+        Ok("mma") => (false, false, false),
+        value => {
+            if let Ok(other) = value.map(str::trim) {
+                if !other.is_empty() && other != "policy" {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| tracing::warn!("PPMOE_TENSOR_PROJECTIONS={other:?} is not a form (wgmma, wgmma-persistent, wgmma-per-tile, wgmma-cp-async, mma, policy): the policy chooses"));
+                }
+            }
+            let w = ppmoe_runtime::program::projects_on_warpgroups(slots, experts, local);
+            (w, w, w && few)
+        }
+    }
 }
 
 /// The tokens `moe.route` routed into `ids`: its own ids, or those padded over tp (the

@@ -49,11 +49,11 @@ pub(super) struct TensorCoreProjection {
     /// a pass) rather than with mma.sync (64 rows a pass).
     pub warpgroups: bool,
     /// With `warpgroups`: the warp-specialised form (a producer warp feeds the stages, the
-    /// weights by tensor copies, mbarriers between it and the warpgroups; `sproj` kernels,
-    /// the policy's), else every thread copies between block-wide barriers (`wproj`).
+    /// weights by tensor copies, mbarriers between it and the warpgroups; `sproj` kernels),
+    /// else every thread copies between block-wide barriers (`wproj`).
     pub producer: bool,
     /// With `producer`: the persistent form (a block per SM walking every expert's tiles,
-    /// pass fastest; `pproj` kernels, `PPMOE_TENSOR_PROJECTIONS=wgmma-persistent`).
+    /// pass fastest; `pproj` kernels, the policy's).
     pub persistent: bool,
 }
 

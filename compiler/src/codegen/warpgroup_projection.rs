@@ -8,8 +8,9 @@
 //! The copies run ahead over the block's chunks of every pass, so a pass's first chunks are in
 //! flight while the previous pass's results are stored. That is the `wproj` form, every
 //! thread copying between block-wide barriers (`PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`);
-//! the policy takes the warp-specialised `sproj` form of `producer` (a ninth warp feeds the
-//! same stages, the weights by tensor copies), the same multiplication and epilogue.
+//! the warp-specialised forms of `producer` (a ninth warp feeds the same stages, the weights
+//! by tensor copies: `sproj`, per tile) and `persistent` (`pproj`, a block per SM over every
+//! expert's tiles, the policy's) keep the same multiplication and epilogue.
 //!
 //! Per block (two warpgroups, 256 threads; grid: column tiles x local experts): warpgroup w
 //! computes rows 64 w .. 64 w + 63 of each pass (and skips the multiplication where the pass
@@ -35,6 +36,7 @@ use super::tensor_core_projection::TensorCoreProjection;
 use std::fmt::Write as _;
 
 mod ablation;
+mod epilogue;
 mod persistent;
 mod producer;
 
@@ -376,13 +378,21 @@ impl WarpgroupProjection<'_> {
     /// 4 j + 2 h + c is row 64 wg + 16 w4 + g + 8 h of the pass, column 8 j + 2 t + c of the
     /// block's tile; stored as bf16 where the row and column exist (fused: gate tile j with up
     /// tile j + 16 through the activation, at activation column 8 j + 2 t + c of the block's
-    /// 128).
+    /// 128). A thread's two columns of a tile are neighbours: one 4-byte store each (the
+    /// output's width is a whole number of 64-column chunks, so the pair is in or out
+    /// together), and where the width is a whole number of blocks no column is checked.
+    /// Measured on an H200 against a 2-byte store per element, each behind its column's
+    /// check: (see `docs/epilogue-pairs-h200-*.txt`).
     fn store(&self, b: &mut String) {
-        let acc = acc_type();
+        if self.producer {
+            return self.staged_store(b);
+        }
         let (tiles, width) = (self.block_columns() / 8, self.out_columns());
+        debug_assert_eq!(width % CHUNK, 0);
+        let checked = width % self.block_columns() != 0;
         let _ = writeln!(
             b,
-            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index"
+            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32"
         );
         for h in 0..2 {
             let r = format!("s{h}");
@@ -399,35 +409,58 @@ impl WarpgroupProjection<'_> {
                 8 * h
             );
             for j in 0..tiles {
-                for c in 0..2 {
-                    let o = format!("{r}_{j}{c}");
-                    let idx = 4 * j + 2 * h + c;
-                    let value = match &self.act {
-                        None => {
-                            let _ = writeln!(
-                                b,
-                                "              %{o}v = llvm.extractvalue %acc[{idx}] : {acc}"
-                            );
-                            format!("%{o}v")
-                        }
-                        Some(act) => {
-                            let up = 4 * (j + tiles) + 2 * h + c;
-                            let _ = writeln!(
-                                b,
-                                "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{up}] : {acc}\n              %{o}gb = arith.truncf %{o}g : f32 to bf16\n              %{o}gv = arith.extf %{o}gb : bf16 to f32\n              %{o}ub = arith.truncf %{o}u : f32 to bf16\n              %{o}uv = arith.extf %{o}ub : bf16 to f32\n              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}"
-                            );
-                            format!("%{o}v")
-                        }
-                    };
+                let o = format!("{r}_{j}");
+                let values = [0, 1].map(|c| {
+                    self.output_value(b, &format!("{o}{c}"), 4 * j + 2 * h + c, 4 * tiles)
+                });
+                let _ = writeln!(
+                    b,
+                    "              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index",
+                    8 * j
+                );
+                let ind = if checked {
                     let _ = writeln!(
                         b,
-                        "              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index\n              %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n              scf.if %{o}ok {{\n                %{o}at = arith.addi %{r}base, %{o}col : index\n                %{o}b = arith.truncf {value} : f32 to bf16\n                memref.store %{o}b, %dst[%{o}at] : memref<?xbf16>\n              }}",
-                        8 * j + c
+                        "              %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n              scf.if %{o}ok {{"
                     );
+                    "                "
+                } else {
+                    "              "
+                };
+                let _ = writeln!(
+                    b,
+                    "{ind}%{o}at = arith.addi %{r}base, %{o}col : index\n{ind}%{o}b0 = arith.truncf {} : f32 to bf16\n{ind}%{o}b1 = arith.truncf {} : f32 to bf16\n{ind}%{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n{ind}%{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>\n{ind}%{o}by = arith.muli %{o}at, %c2 : index\n{ind}%{o}ad = arith.addi %dstx, %{o}by : index\n{ind}%{o}ai = arith.index_cast %{o}ad : index to i64\n{ind}%{o}ap = llvm.inttoptr %{o}ai : i64 to !llvm.ptr<1>\n{ind}llvm.store %{o}p, %{o}ap {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<1>",
+                    values[0], values[1]
+                );
+                if checked {
+                    let _ = writeln!(b, "              }}");
                 }
             }
             let _ = writeln!(b, "            }}");
         }
+    }
+
+    /// `%{o}v`, the f32 output of accumulator `idx`: itself, or fused the activation of it
+    /// (a gate value) and of accumulator `idx + up` (its up value), each rounded to bf16 first
+    /// as PyTorch's bf16 projection rounds them.
+    fn output_value(&self, b: &mut String, o: &str, idx: usize, up: usize) -> String {
+        let acc = acc_type();
+        match &self.act {
+            None => {
+                let _ = writeln!(
+                    b,
+                    "              %{o}v = llvm.extractvalue %acc[{idx}] : {acc}"
+                );
+            }
+            Some(act) => {
+                let _ = writeln!(
+                    b,
+                    "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{}] : {acc}\n              %{o}gb = arith.truncf %{o}g : f32 to bf16\n              %{o}gv = arith.extf %{o}gb : bf16 to f32\n              %{o}ub = arith.truncf %{o}u : f32 to bf16\n              %{o}uv = arith.extf %{o}ub : bf16 to f32\n              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}",
+                    idx + up
+                );
+            }
+        }
+        format!("%{o}v")
     }
 }
 
@@ -479,8 +512,8 @@ mod tests {
     }
 
     /// The kernel lowers to sm_90a PTX: four m64n256k16 wgmmas per chunk of 64 (one per k16
-    /// step) on descriptors with the 128-byte swizzle, the copies as 16-byte cp.async, and no
-    /// local memory.
+    /// step) on descriptors with the 128-byte swizzle, the copies as 16-byte cp.async, the
+    /// results stored as column pairs, and no local memory.
     #[test]
     fn a_projection_lowers_to_wgmmas_fed_by_cp_async() {
         let kernel = small("t_wproj_in", false).kernel();
@@ -495,6 +528,10 @@ mod tests {
         assert!(wgmmas >= 4, "{wgmmas} wgmmas in the PTX");
         assert!(ptx.contains("cp.async.cg.shared.global"));
         assert!(ptx.contains("wgmma.wait_group.sync.aligned 0"));
+        assert!(
+            ptx.contains("st.global.b32") && !ptx.contains("st.global.b16"),
+            "a thread's two neighbouring columns stored together"
+        );
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
@@ -564,8 +601,8 @@ mod tests {
             assert!(whole.contains(part) && !ablated.contains(part), "{part}");
         }
         assert!(
-            ablated.contains("st.global.b16"),
-            "the stores stay, behind a test"
+            ablated.contains("st.global.v4.b32"),
+            "the stores stay (16 bytes each), behind a test"
         );
         assert!(ablated.contains("mbarrier.try_wait.parity.shared::cta.b64"));
         assert!(ablated.contains("cp.async.mbarrier.arrive.noinc.shared::cta.b64"));
@@ -682,6 +719,7 @@ mod assembled {
                     .and_then(|s| s.split(' ').next())
                     .and_then(|n| n.parse().ok())
                     .unwrap_or_else(|| panic!("{name}: no register count: {text}"));
+                eprintln!("{name}: {registers} registers");
                 assert!(
                     registers * threads <= 65536,
                     "{name}: {registers} registers x {threads} threads"

@@ -2,9 +2,10 @@
 //! `program::routes_on_device`, and a few more with bf16 stacks, `routes_on_tensor_cores`;
 //! `PPMOE_DEVICE_ROUTING` at compile time), where the compiler generated the step's `dgroup`
 //! kernel and its `dproj_in` and `dproj_out` (CUDA cores) or tensor-core projections (the
-//! `tproj` kernels, mma.sync, or above 16 rows per expert the `sproj` ones, wgmma fed by a
-//! producer warp, the weights through tensor maps, or the `wproj` form whose threads all copy
-//! where the compiler was asked for it; reading x
+//! `tproj` kernels, mma.sync, or above 16 rows per expert the `pproj` ones, wgmma fed by a
+//! producer warp, the weights through tensor maps, a block per SM over every expert's tiles;
+//! or where the compiler was asked for them the per-tile `sproj` form or the `wproj` form
+//! whose threads all copy; reading x
 //! narrowed to bf16, the first with the activation as its epilogue where it fits) kernels (see
 //! the compiler's `decode_experts`).
 //! Nothing is read back and nothing grouped on the host: the slots are listed per expert on
@@ -40,8 +41,8 @@ struct RoutedKernels {
     proj_in: CudaFunction,
     proj_out: CudaFunction,
     projections: Projections,
-    /// The first projection is `tproj_act`, `wproj_act` or `sproj_act`: the gated activation is its
-    /// epilogue.
+    /// The first projection is `tproj_act`, `wproj_act`, `sproj_act` or `pproj_act`: the gated
+    /// activation is its epilogue.
     fused_act: bool,
 }
 

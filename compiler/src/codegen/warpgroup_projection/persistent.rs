@@ -1,5 +1,5 @@
 //! The persistent form of the warp-specialised projection (`persistent` set; kernels
-//! `pproj_*`, `PPMOE_TENSOR_PROJECTIONS=wgmma-persistent`, not measured yet): a block per SM
+//! `pproj_*`, the policy's; measured in `decode_experts::projection_form`): a block per SM
 //! (the runtime's grid), each taking tiles t = its index, + the grid, ... of every local
 //! expert's (column tile, pass) pairs, numbered expert by expert and, within an expert, pass
 //! fastest. The per-tile form gives a block one column tile of one expert and walks its
@@ -21,8 +21,9 @@ use super::{acc_type, WarpgroupProjection, STAGES, STAGE_BYTES};
 use ppmoe_runtime::program::{PP_MAX_EXPERTS, SP_THREADS};
 use std::fmt::Write as _;
 
-/// Where the running sums start after the barriers' start (past the 9 barriers).
-const PREFIX_OFFSET: usize = 128;
+/// Where the running sums start after the barriers' start (past the 9 barriers and the
+/// epilogue's staging).
+const PREFIX_OFFSET: usize = 128 + ppmoe_runtime::program::EPILOGUE_STAGING_BYTES;
 
 impl WarpgroupProjection<'_> {
     /// The persistent kernel's body.
