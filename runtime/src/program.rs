@@ -872,9 +872,9 @@ pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
 /// (9 of 8 bytes) after them.
 pub const SP_KERNELS: [&str; 3] = ["sproj_act", "sproj_in", "sproj_out"];
 pub const SP_THREADS: usize = WG_THREADS + 32;
-/// After the barriers (128 bytes), each consumer warp's 16 rows of 64 output columns (bf16),
-/// through which the results go out as whole 128-byte rows.
-pub const EPILOGUE_STAGING_BYTES: usize = 8 * 16 * 128;
+/// After the barriers (128 bytes), each consumer warp's 16 rows of 64 output columns (bf16,
+/// rows 144 bytes apart), through which the results go out as whole 128-byte rows.
+pub const EPILOGUE_STAGING_BYTES: usize = 8 * 16 * 144;
 pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 128 + EPILOGUE_STAGING_BYTES;
 /// Their persistent form (the policy's, up to `PP_MAX_EXPERTS` local experts): a block
 /// per SM, each walking the tiles of every local expert (up to `PP_MAX_EXPERTS`), whose

@@ -147,8 +147,16 @@ impl WarpgroupProjection<'_> {
         } else {
             ""
         };
+        // The block's threads stated (`.maxntid`), so that the register allocation (ptxas,
+        // or the driver's JIT) fits a block on an SM: unstated, the driver's JIT gave the
+        // staged epilogue more registers than 288 threads have (a launch out of resources).
+        let threads = if self.producer {
+            ppmoe_runtime::program::SP_THREADS
+        } else {
+            ppmoe_runtime::program::WG_THREADS
+        };
         format!(
-            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>{tmap}) kernel {{\n{b}      gpu.return\n    }}\n",
+            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>{tmap}) kernel attributes {{nvvm.maxntid = array<i32: {threads}, 1, 1>}} {{\n{b}      gpu.return\n    }}\n",
             self.name
         )
     }
@@ -384,7 +392,7 @@ impl WarpgroupProjection<'_> {
     /// Measured on an H200 against a 2-byte store per element, each behind its column's
     /// check: (see `docs/epilogue-pairs-h200-*.txt`).
     fn store(&self, b: &mut String) {
-        if self.producer {
+        if self.producer && !epilogue::direct() {
             return self.staged_store(b);
         }
         let (tiles, width) = (self.block_columns() / 8, self.out_columns());
@@ -538,7 +546,8 @@ mod tests {
     /// The warp-specialised form: the producer warp's weight boxes (tensor copies) and row
     /// copies arrive on the stages' `full` mbarriers, the warpgroups wait on their parity, keep
     /// one chunk's wgmmas running and release the previous chunk's stage through its `empty`
-    /// one; the only block-wide barrier is the one after the mbarriers are made.
+    /// one; the only block-wide barrier is the one after the mbarriers are made; the results
+    /// go out through shared memory (`epilogue`).
     #[test]
     fn a_producer_warp_feeds_the_warpgroups_through_mbarriers() {
         let kernel = small("t_sproj_out", true).kernel();
@@ -556,6 +565,16 @@ mod tests {
         );
         assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
         assert_eq!(ptx.matches("bar.sync").count(), 1, "one block-wide barrier");
+        assert!(ptx.contains(".maxntid 288, 1, 1"), "its threads stated");
+        // The results through each warp's staging, out as 16-byte words.
+        for needle in [
+            "st.shared.b32",
+            "bar.warp.sync",
+            "ld.shared.v4.b32",
+            "st.global.v4.b32",
+        ] {
+            assert!(ptx.contains(needle), "no {needle}");
+        }
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 

@@ -1308,17 +1308,19 @@ fn load_kernels(
         for s in optional {
             let name = format!("{prefix}_{s}");
             if let Ok(f) = module.load_function(&name) {
+                use crate::program::{SP_THREADS, WG_THREADS};
                 let shared = if crate::program::WG_KERNELS.contains(s) {
-                    Some(crate::program::WG_SHARED_BYTES)
+                    Some((crate::program::WG_SHARED_BYTES, WG_THREADS))
                 } else if crate::program::SP_KERNELS.contains(s) {
-                    Some(crate::program::SP_SHARED_BYTES)
+                    Some((crate::program::SP_SHARED_BYTES, SP_THREADS))
                 } else if crate::program::PP_KERNELS.contains(s) {
-                    Some(crate::program::PP_SHARED_BYTES)
+                    Some((crate::program::PP_SHARED_BYTES, SP_THREADS))
                 } else {
                     None
                 };
-                if let Some(bytes) = shared {
+                if let Some((bytes, threads)) = shared {
                     allow_dynamic_shared(&f, &name, bytes)
+                        .and_then(|()| block_fits(&f, &name, threads))
                         .map_err(|e| backend_err(format!("{file}: {e}")))?;
                 }
                 functions.insert(name, f);
@@ -1335,6 +1337,22 @@ fn load_kernels(
         }
     }
     Ok(functions)
+}
+
+/// Whether a block of `threads` threads of `f` fits on an SM with the registers the driver
+/// gave it (else its launch would fail as out of resources, naming nothing).
+fn block_fits(f: &cudarc::driver::CudaFunction, name: &str, threads: usize) -> Result<(), String> {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK;
+    let most = f
+        .get_attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if usize::try_from(most).unwrap_or(0) >= threads {
+        return Ok(());
+    }
+    let registers = f.num_regs().map_err(|e| format!("{name}: {e}"))?;
+    Err(format!(
+        "{name}: {registers} registers a thread leave room for {most} threads a block, and it launches {threads}"
+    ))
 }
 
 /// Lets `f` (a warpgroup projection) take `bytes` of dynamic shared memory: more than the

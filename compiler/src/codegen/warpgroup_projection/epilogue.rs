@@ -6,13 +6,18 @@
 //! (docs/persistent-projection-h200-9cefc46.txt): the epilogue, which no multiplication
 //! overlaps, was a fifth of the time.
 //!
-//! Each consumer warp has 16 rows x 64 columns of bf16 of staging (2 KiB, after the barriers,
-//! `EPILOGUE_STAGING_BYTES` in all). Per group of 64 output columns (8 n8 tiles): every thread
-//! writes its pairs (row 8 h + g, tile j, word t of the tile's 16 bytes) to row 8 h + g's 16-byte
-//! word j ^ g (the 128-byte swizzle: the 8 rows of a store phase hit distinct banks), the warp
-//! synchronises, and lane l reads word l % 8 of rows l / 8 + 4 i (i < 4; reading the swizzled
-//! position back) and stores it, 16 bytes, to its row's slot: 8 lanes write one row's 128
-//! contiguous bytes. The warp synchronises again before the next group overwrites the staging.
+//! Each consumer warp has 16 rows x 64 columns of bf16 of staging (rows 144 bytes apart: 2304
+//! bytes, after the barriers, `EPILOGUE_STAGING_BYTES` in all). Per group of 64 output columns
+//! (8 n8 tiles): every thread writes its pairs (row 8 h + g, tile j, word t of the tile's 16
+//! bytes) to row 8 h + g's 16-byte word j (the 16 bytes of padding per row put the 8 rows of a
+//! store phase in distinct banks, and leave every address an immediate offset from one: the
+//! kernels are at their registers' limit), the warp synchronises, and lane l reads word l % 8
+//! of rows l / 8 + 4 i (i < 4) and stores it, 16 bytes, to its row's slot: 8 lanes write one
+//! row's 128 contiguous bytes. The warp synchronises again before the next group overwrites
+//! the staging.
+//!
+//! `PPMOE_EPILOGUE=direct` at compile time (a measurement aid) stores from the registers
+//! instead, a column pair at a time, as the form whose threads all copy does.
 
 use super::WarpgroupProjection;
 use ppmoe_runtime::program::EPILOGUE_STAGING_BYTES;
@@ -24,23 +29,34 @@ const GROUP_COLUMNS: usize = 64;
 const WARP_ROWS: usize = 16;
 /// Rows each lane stores per group: 16 rows of 8 16-byte words over 32 lanes.
 const LANE_ROWS: usize = WARP_ROWS * 8 / 32;
+/// Bytes between staged rows: 64 columns of bf16 and 16 bytes of padding.
+const ROW_STRIDE: usize = GROUP_COLUMNS * 2 + 16;
+
+/// Whether `PPMOE_EPILOGUE=direct` asks for the stores from the registers.
+pub(super) fn direct() -> bool {
+    std::env::var("PPMOE_EPILOGUE").is_ok_and(|v| v.trim() == "direct")
+}
 
 impl WarpgroupProjection<'_> {
     /// The pass's results (pass `%r0`), as `store` says, through the warp's staging.
     pub(super) fn staged_store(&self, b: &mut String) {
-        debug_assert_eq!(EPILOGUE_STAGING_BYTES, 8 * WARP_ROWS * GROUP_COLUMNS * 2);
+        debug_assert_eq!(EPILOGUE_STAGING_BYTES, 8 * WARP_ROWS * ROW_STRIDE);
         let (tiles, width) = (self.block_columns() / 8, self.out_columns());
         debug_assert_eq!(width % 8, 0);
         self.staging_head(b, width);
-        for i in 0..LANE_ROWS {
-            self.lane_row(b, i);
-        }
         // Where the output's width is not whole blocks, each lane's 16-byte word is checked
         // (the width is whole words: `TensorCoreProjection::fits` takes whole chunks of 64).
         let checked = width % self.block_columns() != 0;
         for q in 0..tiles / 8 {
             self.stage_group(b, q, tiles);
             let _ = writeln!(b, "            nvvm.bar.warp.sync %wall : i32");
+            // The lanes' rows after the first group is staged, when its accumulators are
+            // dead (with all of them live, they spilled: at most 168 registers a thread).
+            if q == 0 {
+                for i in 0..LANE_ROWS {
+                    self.lane_row(b, i);
+                }
+            }
             for i in 0..LANE_ROWS {
                 self.write_out(b, q, i, checked);
             }
@@ -49,20 +65,14 @@ impl WarpgroupProjection<'_> {
     }
 
     /// The epilogue's values: `%cW` (the output's width), `%stw` (this warp's staging),
-    /// `%stp` (where this thread's pairs of row g go, less the word), `%sx{j}` (the swizzled
-    /// word of tile j: (j ^ g) 16), `%wcol` (this lane's 16-byte word's first column).
+    /// `%stp` (where this thread's pairs of row g go, less the tile's word), `%wcol` (this
+    /// lane's 16-byte word's first column).
     fn staging_head(&self, b: &mut String, width: usize) {
         let _ = writeln!(
             b,
-            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32\n            %wall = arith.constant -1 : i32\n            %cSTG0 = arith.constant 128 : index\n            %stg = arith.addi %bars, %cSTG0 : index\n            %cWSB = arith.constant {} : index\n            %cwarp = arith.divui %tid, %c32 : index\n            %cwo = arith.muli %cwarp, %cWSB : index\n            %stw = arith.addi %stg, %cwo : index\n            %stgr = arith.muli %lgrp, %c128 : index\n            %stgt = arith.muli %tig, %c4 : index\n            %stp0 = arith.addi %stw, %stgr : index\n            %stp = arith.addi %stp0, %stgt : index\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %wword = arith.remui %lane, %c8 : index\n            %wrow = arith.divui %lane, %c8 : index\n            %wcol0 = arith.muli %wword, %c8 : index\n            %wcol = arith.addi %nb0, %wcol0 : index",
+            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32\n            %wall = arith.constant -1 : i32\n            %cSTG0 = arith.constant 128 : index\n            %stg = arith.addi %bars, %cSTG0 : index\n            %cWSB = arith.constant {} : index\n            %cwarp = arith.divui %tid, %c32 : index\n            %cwo = arith.muli %cwarp, %cWSB : index\n            %stw = arith.addi %stg, %cwo : index\n            %cRS = arith.constant {ROW_STRIDE} : index\n            %stgr = arith.muli %lgrp, %cRS : index\n            %stgt = arith.muli %tig, %c4 : index\n            %stp0 = arith.addi %stw, %stgr : index\n            %stp = arith.addi %stp0, %stgt : index\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %wword = arith.remui %lane, %c8 : index\n            %wrow = arith.divui %lane, %c8 : index\n            %wcol0 = arith.muli %wword, %c8 : index\n            %wcol = arith.addi %nb0, %wcol0 : index",
             WARP_ROWS * GROUP_COLUMNS * 2
         );
-        for j in 0..8 {
-            let _ = writeln!(
-                b,
-                "            %sj{j} = arith.constant {j} : index\n            %sxj{j} = arith.xori %sj{j}, %lgrp : index\n            %sx{j} = arith.muli %sxj{j}, %c16 : index"
-            );
-        }
     }
 
     /// Row `%wrow` + 4 i of the warp's, this lane's i-th: `%li{i}` (it exists: stored),
@@ -78,7 +88,7 @@ impl WarpgroupProjection<'_> {
         };
         let _ = writeln!(
             b,
-            "            %li{i}k = arith.constant {} : index\n            %li{i}w = arith.addi %wrow, %li{i}k : index\n            %li{i}r0 = arith.addi %rw0, %li{i}w : index\n            %li{i}r = arith.addi %r0, %li{i}r0 : index\n            {exists} = arith.cmpi ult, %li{i}r, %cnt : index{never}\n            %lg{i} = scf.if %li{i} -> (index) {{\n              %li{i}l = arith.addi %lbase, %li{i}r : index\n              %li{i}s32 = memref.load %lists[%li{i}l] : memref<?xi32>\n              %li{i}s = arith.index_cast %li{i}s32 : i32 to index\n              %li{i}e0 = arith.muli %li{i}s, %cW : index\n              %li{i}e = arith.addi %li{i}e0, %wcol : index\n              %li{i}b = arith.muli %li{i}e, %c2 : index\n              %li{i}a = arith.addi %dstx, %li{i}b : index\n              scf.yield %li{i}a : index\n            }} else {{\n              scf.yield %c0 : index\n            }}\n            %li{i}m = arith.remui %li{i}w, %c8 : index\n            %li{i}x = arith.xori %wword, %li{i}m : index\n            %li{i}xb = arith.muli %li{i}x, %c16 : index\n            %li{i}rb = arith.muli %li{i}w, %c128 : index\n            %ls{i}0 = arith.addi %stw, %li{i}rb : index\n            %ls{i} = arith.addi %ls{i}0, %li{i}xb : index",
+            "            %li{i}k = arith.constant {} : index\n            %li{i}w = arith.addi %wrow, %li{i}k : index\n            %li{i}r0 = arith.addi %rw0, %li{i}w : index\n            %li{i}r = arith.addi %r0, %li{i}r0 : index\n            {exists} = arith.cmpi ult, %li{i}r, %cnt : index{never}\n            %lg{i} = scf.if %li{i} -> (index) {{\n              %li{i}l = arith.addi %lbase, %li{i}r : index\n              %li{i}s32 = memref.load %lists[%li{i}l] : memref<?xi32>\n              %li{i}s = arith.index_cast %li{i}s32 : i32 to index\n              %li{i}e0 = arith.muli %li{i}s, %cW : index\n              %li{i}e = arith.addi %li{i}e0, %wcol : index\n              %li{i}b = arith.muli %li{i}e, %c2 : index\n              %li{i}a = arith.addi %dstx, %li{i}b : index\n              scf.yield %li{i}a : index\n            }} else {{\n              scf.yield %c0 : index\n            }}\n            %li{i}xb = arith.muli %wword, %c16 : index\n            %li{i}rb = arith.muli %li{i}w, %cRS : index\n            %ls{i}0 = arith.addi %stw, %li{i}rb : index\n            %ls{i} = arith.addi %ls{i}0, %li{i}xb : index",
             4 * i
         );
     }
@@ -94,10 +104,10 @@ impl WarpgroupProjection<'_> {
                 });
                 let _ = writeln!(
                     b,
-                    "            %{o}b0 = arith.truncf {} : f32 to bf16\n            %{o}b1 = arith.truncf {} : f32 to bf16\n            %{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n            %{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>\n            %{o}h = arith.constant {} : index\n            %{o}a0 = arith.addi %stp, %{o}h : index\n            %{o}a = arith.addi %{o}a0, %sx{jj} : index\n            %{o}ai = arith.index_cast %{o}a : index to i64\n            %{o}ap = llvm.inttoptr %{o}ai : i64 to !llvm.ptr<3>\n            llvm.store %{o}p, %{o}ap {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<3>",
+                    "            %{o}b0 = arith.truncf {} : f32 to bf16\n            %{o}b1 = arith.truncf {} : f32 to bf16\n            %{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n            %{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>\n            %{o}h = arith.constant {} : index\n            %{o}a = arith.addi %stp, %{o}h : index\n            %{o}ai = arith.index_cast %{o}a : index to i64\n            %{o}ap = llvm.inttoptr %{o}ai : i64 to !llvm.ptr<3>\n            llvm.store %{o}p, %{o}ap {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<3>",
                     values[0],
                     values[1],
-                    8 * h * 128
+                    8 * h * ROW_STRIDE + 16 * jj
                 );
             }
         }
