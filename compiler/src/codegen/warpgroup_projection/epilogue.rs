@@ -31,6 +31,8 @@ const WARP_ROWS: usize = 16;
 const LANE_ROWS: usize = WARP_ROWS * 8 / 32;
 /// Bytes between staged rows: 64 columns of bf16 and 16 bytes of padding.
 const ROW_STRIDE: usize = GROUP_COLUMNS * 2 + 16;
+/// Bytes of one warp's staging (the warps' lie this far apart).
+const WARP_STAGING: usize = WARP_ROWS * ROW_STRIDE;
 
 /// Whether `PPMOE_EPILOGUE=direct` asks for the stores from the registers.
 pub(super) fn direct() -> bool {
@@ -40,7 +42,7 @@ pub(super) fn direct() -> bool {
 impl WarpgroupProjection<'_> {
     /// The pass's results (pass `%r0`), as `store` says, through the warp's staging.
     pub(super) fn staged_store(&self, b: &mut String) {
-        debug_assert_eq!(EPILOGUE_STAGING_BYTES, 8 * WARP_ROWS * ROW_STRIDE);
+        debug_assert_eq!(EPILOGUE_STAGING_BYTES, 8 * WARP_STAGING);
         let (tiles, width) = (self.block_columns() / 8, self.out_columns());
         debug_assert_eq!(width % 8, 0);
         self.staging_head(b, width);
@@ -71,7 +73,7 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(
             b,
             "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32\n            %wall = arith.constant -1 : i32\n            %cSTG0 = arith.constant 128 : index\n            %stg = arith.addi %bars, %cSTG0 : index\n            %cWSB = arith.constant {} : index\n            %cwarp = arith.divui %tid, %c32 : index\n            %cwo = arith.muli %cwarp, %cWSB : index\n            %stw = arith.addi %stg, %cwo : index\n            %cRS = arith.constant {ROW_STRIDE} : index\n            %stgr = arith.muli %lgrp, %cRS : index\n            %stgt = arith.muli %tig, %c4 : index\n            %stp0 = arith.addi %stw, %stgr : index\n            %stp = arith.addi %stp0, %stgt : index\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %wword = arith.remui %lane, %c8 : index\n            %wrow = arith.divui %lane, %c8 : index\n            %wcol0 = arith.muli %wword, %c8 : index\n            %wcol = arith.addi %nb0, %wcol0 : index",
-            WARP_ROWS * GROUP_COLUMNS * 2
+            WARP_STAGING
         );
     }
 
