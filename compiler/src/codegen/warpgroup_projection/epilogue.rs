@@ -46,6 +46,12 @@ impl WarpgroupProjection<'_> {
         let (tiles, width) = (self.block_columns() / 8, self.out_columns());
         debug_assert_eq!(width % 8, 0);
         self.staging_head(b, width);
+        // A warp with no rows in the pass (at few rows per expert, most) stages nothing: the
+        // test is the same for its lanes, so their warp barriers stay whole.
+        let _ = writeln!(
+            b,
+            "            %wfirst = arith.addi %r0, %rw0 : index\n            %wany = arith.cmpi ult, %wfirst, %cnt : index\n            scf.if %wany {{"
+        );
         // Where the output's width is not whole blocks, each lane's 16-byte word is checked
         // (the width is whole words: `TensorCoreProjection::fits` takes whole chunks of 64).
         let checked = width % self.block_columns() != 0;
@@ -64,6 +70,7 @@ impl WarpgroupProjection<'_> {
             }
             let _ = writeln!(b, "            nvvm.bar.warp.sync %wall : i32");
         }
+        let _ = writeln!(b, "            }}");
     }
 
     /// The epilogue's values: `%cW` (the output's width), `%stw` (this warp's staging),
