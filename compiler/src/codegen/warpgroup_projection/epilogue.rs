@@ -146,3 +146,48 @@ impl WarpgroupProjection<'_> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::tensor_core_projection::TensorCoreProjection;
+    use ppmoe_runtime::program::{EPILOGUE_STAGING_BYTES, SP_SHARED_BYTES, WG_SHARED_BYTES};
+
+    /// The value of `%{name} = arith.constant N : index` in `kernel`.
+    fn constant(kernel: &str, name: &str) -> usize {
+        let at = format!("%{name} = arith.constant ");
+        let rest = &kernel[kernel.find(&at).unwrap_or_else(|| panic!("no %{name}")) + at.len()..];
+        rest.split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a number")
+    }
+
+    /// The kernel's staging as emitted: a warp's 16 rows (row stride `%cRS`, each row's 64
+    /// columns of bf16 within it) fit in its part (`%cWSB` apart), the 8 warps' parts in
+    /// `EPILOGUE_STAGING_BYTES`, and those after the barriers within the shared memory the
+    /// runtime gives a block (a stride too small once made warps overwrite each other's rows).
+    #[test]
+    fn each_warps_staging_is_its_own() {
+        for persistent in [false, true] {
+            let kernel = TensorCoreProjection {
+                name: "t_stage".into(),
+                din: 768,
+                dout: 2048,
+                div: 8,
+                slots: 4096,
+                act: None,
+                warpgroups: true,
+                producer: true,
+                persistent,
+            }
+            .kernel();
+            let (row, warp) = (constant(&kernel, "cRS"), constant(&kernel, "cWSB"));
+            assert!(row >= super::GROUP_COLUMNS * 2, "a row holds 64 columns");
+            assert!(16 * row <= warp, "16 rows of {row} bytes in {warp}");
+            assert!(8 * warp <= EPILOGUE_STAGING_BYTES);
+            let staging_end = WG_SHARED_BYTES - 1024 + 128 + EPILOGUE_STAGING_BYTES;
+            assert!(staging_end + 1024 <= SP_SHARED_BYTES);
+            assert_eq!(constant(&kernel, "cSTG0"), 128, "after the barriers");
+        }
+    }
+}
