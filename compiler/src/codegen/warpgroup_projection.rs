@@ -382,93 +382,14 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(b, "        }}");
     }
 
-    /// The pass's results (pass `%r0`), where the warpgroup has rows: accumulator
-    /// 4 j + 2 h + c is row 64 wg + 16 w4 + g + 8 h of the pass, column 8 j + 2 t + c of the
-    /// block's tile; stored as bf16 where the row and column exist (fused: gate tile j with up
-    /// tile j + 16 through the activation, at activation column 8 j + 2 t + c of the block's
-    /// 128). A thread's two columns of a tile are neighbours: one 4-byte store each (the
-    /// output's width is a whole number of 64-column chunks, so the pair is in or out
-    /// together), and where the width is a whole number of blocks no column is checked.
-    /// Measured on an H200 against a 2-byte store per element, each behind its column's
-    /// check: (see `docs/epilogue-pairs-h200-*.txt`).
+    /// The pass's results (pass `%r0`): through shared memory in the warp-specialised forms
+    /// (`epilogue`), else (or asked, `PPMOE_EPILOGUE=direct`) from the registers.
     fn store(&self, b: &mut String) {
         if self.producer && !epilogue::direct() {
-            return self.staged_store(b);
+            self.staged_store(b)
+        } else {
+            self.direct_store(b)
         }
-        let (tiles, width) = (self.block_columns() / 8, self.out_columns());
-        debug_assert_eq!(width % CHUNK, 0);
-        let checked = width % self.block_columns() != 0;
-        let _ = writeln!(
-            b,
-            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32"
-        );
-        for h in 0..2 {
-            let r = format!("s{h}");
-            // Ablated, stored only where the count exceeds the slots: never, but not known to
-            // the compiler, which so keeps the multiplications.
-            let (kept, cond) = if self.ablate.store {
-                (format!("            %{r}big = arith.cmpi ugt, %cnt, %cS : index\n            %{r}in = arith.andi %{r}in0, %{r}big : i1\n"), "in")
-            } else {
-                (String::new(), "in0")
-            };
-            let _ = writeln!(
-                b,
-                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in0 = arith.cmpi ult, %{r}row, %cnt : index\n{kept}            scf.if %{r}{cond} {{\n              %{r}l = arith.addi %lbase, %{r}row : index\n              %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n              %{r}s = arith.index_cast %{r}s32 : i32 to index\n              %{r}base = arith.muli %{r}s, %cW : index",
-                8 * h
-            );
-            for j in 0..tiles {
-                let o = format!("{r}_{j}");
-                let values = [0, 1].map(|c| {
-                    self.output_value(b, &format!("{o}{c}"), 4 * j + 2 * h + c, 4 * tiles)
-                });
-                let _ = writeln!(
-                    b,
-                    "              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index",
-                    8 * j
-                );
-                let ind = if checked {
-                    let _ = writeln!(
-                        b,
-                        "              %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n              scf.if %{o}ok {{"
-                    );
-                    "                "
-                } else {
-                    "              "
-                };
-                let _ = writeln!(
-                    b,
-                    "{ind}%{o}at = arith.addi %{r}base, %{o}col : index\n{ind}%{o}b0 = arith.truncf {} : f32 to bf16\n{ind}%{o}b1 = arith.truncf {} : f32 to bf16\n{ind}%{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n{ind}%{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>\n{ind}%{o}by = arith.muli %{o}at, %c2 : index\n{ind}%{o}ad = arith.addi %dstx, %{o}by : index\n{ind}%{o}ai = arith.index_cast %{o}ad : index to i64\n{ind}%{o}ap = llvm.inttoptr %{o}ai : i64 to !llvm.ptr<1>\n{ind}llvm.store %{o}p, %{o}ap {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<1>",
-                    values[0], values[1]
-                );
-                if checked {
-                    let _ = writeln!(b, "              }}");
-                }
-            }
-            let _ = writeln!(b, "            }}");
-        }
-    }
-
-    /// `%{o}v`, the f32 output of accumulator `idx`: itself, or fused the activation of it
-    /// (a gate value) and of accumulator `idx + up` (its up value), each rounded to bf16 first
-    /// as PyTorch's bf16 projection rounds them.
-    fn output_value(&self, b: &mut String, o: &str, idx: usize, up: usize) -> String {
-        let acc = acc_type();
-        match &self.act {
-            None => {
-                let _ = writeln!(
-                    b,
-                    "              %{o}v = llvm.extractvalue %acc[{idx}] : {acc}"
-                );
-            }
-            Some(act) => {
-                let _ = writeln!(
-                    b,
-                    "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{}] : {acc}\n              %{o}gb = arith.truncf %{o}g : f32 to bf16\n              %{o}gv = arith.extf %{o}gb : bf16 to f32\n              %{o}ub = arith.truncf %{o}u : f32 to bf16\n              %{o}uv = arith.extf %{o}ub : bf16 to f32\n              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}",
-                    idx + up
-                );
-            }
-        }
-        format!("%{o}v")
     }
 }
 

@@ -1,5 +1,6 @@
-//! The warp-specialised forms' epilogue: a pass's results go out through shared memory as
-//! whole 128-byte rows. In the wgmma accumulators' layout a thread holds two neighbouring
+//! The projections' epilogues. The warp-specialised forms': a pass's results go out through
+//! shared memory as whole 128-byte rows (`staged_store`); `wproj`'s from the registers, a
+//! column pair at a time (`direct_store`). In the wgmma accumulators' layout a thread holds two neighbouring
 //! columns of each n8 tile (4 bytes), so stored straight from registers a warp's store
 //! instruction writes 8 rows' 16 bytes each (8 sectors for 128 bytes); with `PPMOE_ABLATE=store`
 //! the Qwen3-30B-A3B layer at 4096 tokens took 1.000 ms against 1.256
@@ -22,7 +23,7 @@
 //! 2.951 against 3.100 at 16384; with warps that have no rows skipping it, 0.383 ms at 512
 //! tokens (0.423 before; docs/staged-epilogue-h200-43d205f..3b29052.txt).
 
-use super::WarpgroupProjection;
+use super::{acc_type, WarpgroupProjection};
 use ppmoe_runtime::program::EPILOGUE_STAGING_BYTES;
 use std::fmt::Write as _;
 
@@ -144,6 +145,96 @@ impl WarpgroupProjection<'_> {
             "            %{o}si = arith.index_cast %ls{i} : index to i64\n            %{o}sp = llvm.inttoptr %{o}si : i64 to !llvm.ptr<3>\n            %{o}v = llvm.load %{o}sp {{alignment = 16 : i64}} : !llvm.ptr<3> -> vector<4xi32>\n            scf.if {cond} {{\n              %{o}k = arith.constant {} : index\n              %{o}g = arith.addi %lg{i}, %{o}k : index\n              %{o}gi = arith.index_cast %{o}g : index to i64\n              %{o}gp = llvm.inttoptr %{o}gi : i64 to !llvm.ptr<1>\n              llvm.store %{o}v, %{o}gp {{alignment = 16 : i64}} : vector<4xi32>, !llvm.ptr<1>\n            }}",
             q * GROUP_COLUMNS * 2
         );
+    }
+}
+
+impl WarpgroupProjection<'_> {
+    /// The pass's results (pass `%r0`), where the warpgroup has rows: accumulator
+    /// 4 j + 2 h + c is row 64 wg + 16 w4 + g + 8 h of the pass, column 8 j + 2 t + c of the
+    /// block's tile; stored as bf16 where the row and column exist (fused: gate tile j with up
+    /// tile j + 16 through the activation, at activation column 8 j + 2 t + c of the block's
+    /// 128). A thread's two columns of a tile are neighbours: one 4-byte store each (the
+    /// output's width is even — `TensorCoreProjection::fits` takes whole chunks of 64 — so
+    /// the pair is in or out together), and where the width is a whole number of blocks no
+    /// column is checked.
+    /// (Session 30's 2-byte store per element, each behind its column's check, was not timed
+    /// against it alone: with `.maxntid` stated too, `pproj` at Qwen3's 4096 tokens went from
+    /// 1.109 to 0.943 ms.)
+    pub(super) fn direct_store(&self, b: &mut String) {
+        let (tiles, width) = (self.block_columns() / 8, self.out_columns());
+        debug_assert_eq!(width % 2, 0);
+        let checked = width % self.block_columns() != 0;
+        let _ = writeln!(
+            b,
+            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32"
+        );
+        for h in 0..2 {
+            let r = format!("s{h}");
+            // Ablated, stored only where the count exceeds the slots: never, but not known to
+            // the compiler, which so keeps the multiplications.
+            let (kept, cond) = if self.ablate.store {
+                (format!("            %{r}big = arith.cmpi ugt, %cnt, %cS : index\n            %{r}in = arith.andi %{r}in0, %{r}big : i1\n"), "in")
+            } else {
+                (String::new(), "in0")
+            };
+            let _ = writeln!(
+                b,
+                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in0 = arith.cmpi ult, %{r}row, %cnt : index\n{kept}            scf.if %{r}{cond} {{\n              %{r}l = arith.addi %lbase, %{r}row : index\n              %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n              %{r}s = arith.index_cast %{r}s32 : i32 to index\n              %{r}base = arith.muli %{r}s, %cW : index",
+                8 * h
+            );
+            for j in 0..tiles {
+                let o = format!("{r}_{j}");
+                let values = [0, 1].map(|c| {
+                    self.output_value(b, &format!("{o}{c}"), 4 * j + 2 * h + c, 4 * tiles)
+                });
+                let _ = writeln!(
+                    b,
+                    "              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index",
+                    8 * j
+                );
+                let ind = if checked {
+                    let _ = writeln!(
+                        b,
+                        "              %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n              scf.if %{o}ok {{"
+                    );
+                    "                "
+                } else {
+                    "              "
+                };
+                let _ = writeln!(
+                    b,
+                    "{ind}%{o}at = arith.addi %{r}base, %{o}col : index\n{ind}%{o}b0 = arith.truncf {} : f32 to bf16\n{ind}%{o}b1 = arith.truncf {} : f32 to bf16\n{ind}%{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n{ind}%{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>\n{ind}%{o}by = arith.muli %{o}at, %c2 : index\n{ind}%{o}ad = arith.addi %dstx, %{o}by : index\n{ind}%{o}ai = arith.index_cast %{o}ad : index to i64\n{ind}%{o}ap = llvm.inttoptr %{o}ai : i64 to !llvm.ptr<1>\n{ind}llvm.store %{o}p, %{o}ap {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<1>",
+                    values[0], values[1]
+                );
+                if checked {
+                    let _ = writeln!(b, "              }}");
+                }
+            }
+            let _ = writeln!(b, "            }}");
+        }
+    }
+
+    /// `%{o}v`, the f32 output of accumulator `idx`: itself, or fused the activation of it
+    /// (a gate value) and of accumulator `idx + up` (its up value), each rounded to bf16 first
+    /// as PyTorch's bf16 projection rounds them.
+    pub(super) fn output_value(&self, b: &mut String, o: &str, idx: usize, up: usize) -> String {
+        let acc = acc_type();
+        match &self.act {
+            None => {
+                let _ = writeln!(
+                    b,
+                    "              %{o}v = llvm.extractvalue %acc[{idx}] : {acc}"
+                );
+            }
+            Some(act) => {
+                let _ = writeln!(
+                    b,
+                    "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{}] : {acc}\n              %{o}gb = arith.truncf %{o}g : f32 to bf16\n              %{o}gv = arith.extf %{o}gb : bf16 to f32\n              %{o}ub = arith.truncf %{o}u : f32 to bf16\n              %{o}uv = arith.extf %{o}ub : bf16 to f32\n              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}",
+                    idx + up
+                );
+            }
+        }
+        format!("%{o}v")
     }
 }
 
