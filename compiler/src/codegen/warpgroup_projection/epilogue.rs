@@ -1,9 +1,9 @@
 //! The projections' epilogues. The warp-specialised forms': a pass's results go out through
 //! shared memory as whole 128-byte rows (`staged_store`); `wproj`'s from the registers, a
-//! column pair at a time (`direct_store`). In the wgmma accumulators' layout a thread holds two neighbouring
-//! columns of each n8 tile (4 bytes), so stored straight from registers a warp's store
-//! instruction writes 8 rows' 16 bytes each (8 sectors for 128 bytes); with `PPMOE_ABLATE=store`
-//! the Qwen3-30B-A3B layer at 4096 tokens took 1.000 ms against 1.256
+//! column pair at a time (`direct_store`). In the wgmma accumulators' layout a thread holds
+//! two neighbouring columns of each n8 tile (4 bytes), so stored straight from registers a
+//! warp's store instruction writes 8 rows' 16 bytes each (8 sectors for 128 bytes); with
+//! `PPMOE_ABLATE=store` the Qwen3-30B-A3B layer at 4096 tokens took 1.000 ms against 1.256
 //! (docs/persistent-projection-h200-9cefc46.txt): the epilogue, which no multiplication
 //! overlaps, was a fifth of the time.
 //!
@@ -37,6 +37,10 @@ const LANE_ROWS: usize = WARP_ROWS * 8 / 32;
 const ROW_STRIDE: usize = GROUP_COLUMNS * 2 + 16;
 /// Bytes of one warp's staging (the warps' lie this far apart).
 const WARP_STAGING: usize = WARP_ROWS * ROW_STRIDE;
+/// `%rw0`, this warp's first row of the pass.
+const ROWS: &str = "            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index";
+/// The epilogues' indentation in the kernel text.
+const IND: &str = "            ";
 
 /// Whether `PPMOE_EPILOGUE=direct` asks for the stores from the registers.
 pub(super) fn direct() -> bool {
@@ -77,13 +81,14 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(b, "            }}");
     }
 
-    /// The epilogue's values: `%cW` (the output's width), `%stw` (this warp's staging),
+    /// The epilogue's values (`head`'s), `%stw` (this warp's staging),
     /// `%stp` (where this thread's pairs of row g go, less the tile's word), `%wcol` (this
     /// lane's 16-byte word's first column).
     fn staging_head(&self, b: &mut String, width: usize) {
+        head(b, width);
         let _ = writeln!(
             b,
-            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32\n            %wall = arith.constant -1 : i32\n            %cSTG0 = arith.constant 128 : index\n            %stg = arith.addi %bars, %cSTG0 : index\n            %cWSB = arith.constant {} : index\n            %cwarp = arith.divui %tid, %c32 : index\n            %cwo = arith.muli %cwarp, %cWSB : index\n            %stw = arith.addi %stg, %cwo : index\n            %cRS = arith.constant {ROW_STRIDE} : index\n            %stgr = arith.muli %lgrp, %cRS : index\n            %stgt = arith.muli %tig, %c4 : index\n            %stp0 = arith.addi %stw, %stgr : index\n            %stp = arith.addi %stp0, %stgt : index\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %wword = arith.remui %lane, %c8 : index\n            %wrow = arith.divui %lane, %c8 : index\n            %wcol0 = arith.muli %wword, %c8 : index\n            %wcol = arith.addi %nb0, %wcol0 : index",
+            "            %wall = arith.constant -1 : i32\n            %cSTG0 = arith.constant 128 : index\n            %stg = arith.addi %bars, %cSTG0 : index\n            %cWSB = arith.constant {} : index\n            %cwarp = arith.divui %tid, %c32 : index\n            %cwo = arith.muli %cwarp, %cWSB : index\n            %stw = arith.addi %stg, %cwo : index\n            %cRS = arith.constant {ROW_STRIDE} : index\n            %stgr = arith.muli %lgrp, %cRS : index\n            %stgt = arith.muli %tig, %c4 : index\n            %stp0 = arith.addi %stw, %stgr : index\n            %stp = arith.addi %stp0, %stgt : index\n{ROWS}\n            %wword = arith.remui %lane, %c8 : index\n            %wrow = arith.divui %lane, %c8 : index\n            %wcol0 = arith.muli %wword, %c8 : index\n            %wcol = arith.addi %nb0, %wcol0 : index",
             WARP_STAGING
         );
     }
@@ -112,15 +117,17 @@ impl WarpgroupProjection<'_> {
             for jj in 0..8 {
                 let j = 8 * q + jj;
                 let o = format!("e{h}_{j}");
-                let values = [0, 1].map(|c| {
-                    self.output_value(b, &format!("{o}{c}"), 4 * j + 2 * h + c, 4 * tiles)
-                });
+                let values = self.output_values(b, &o, 4 * j + 2 * h, 4 * tiles);
+                let pair = pack(b, &o, &values, IND);
                 let _ = writeln!(
                     b,
-                    "            %{o}b0 = arith.truncf {} : f32 to bf16\n            %{o}b1 = arith.truncf {} : f32 to bf16\n            %{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n            %{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>\n            %{o}h = arith.constant {} : index\n            %{o}a = arith.addi %stp, %{o}h : index\n            %{o}ai = arith.index_cast %{o}a : index to i64\n            %{o}ap = llvm.inttoptr %{o}ai : i64 to !llvm.ptr<3>\n            llvm.store %{o}p, %{o}ap {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<3>",
-                    values[0],
-                    values[1],
+                    "            %{o}h = arith.constant {} : index\n            %{o}a = arith.addi %stp, %{o}h : index",
                     8 * h * ROW_STRIDE + 16 * jj
+                );
+                let at = pointer(b, &o, &format!("%{o}a"), 3, IND);
+                let _ = writeln!(
+                    b,
+                    "{IND}llvm.store {pair}, {at} {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<3>"
                 );
             }
         }
@@ -140,15 +147,19 @@ impl WarpgroupProjection<'_> {
         } else {
             format!("%li{i}")
         };
+        let from = pointer(b, &format!("{o}s"), &format!("%ls{i}"), 3, IND);
         let _ = writeln!(
             b,
-            "            %{o}si = arith.index_cast %ls{i} : index to i64\n            %{o}sp = llvm.inttoptr %{o}si : i64 to !llvm.ptr<3>\n            %{o}v = llvm.load %{o}sp {{alignment = 16 : i64}} : !llvm.ptr<3> -> vector<4xi32>\n            scf.if {cond} {{\n              %{o}k = arith.constant {} : index\n              %{o}g = arith.addi %lg{i}, %{o}k : index\n              %{o}gi = arith.index_cast %{o}g : index to i64\n              %{o}gp = llvm.inttoptr %{o}gi : i64 to !llvm.ptr<1>\n              llvm.store %{o}v, %{o}gp {{alignment = 16 : i64}} : vector<4xi32>, !llvm.ptr<1>\n            }}",
+            "{IND}%{o}v = llvm.load {from} {{alignment = 16 : i64}} : !llvm.ptr<3> -> vector<4xi32>\n{IND}scf.if {cond} {{\n              %{o}k = arith.constant {} : index\n              %{o}g = arith.addi %lg{i}, %{o}k : index",
             q * GROUP_COLUMNS * 2
         );
+        let to = pointer(b, &format!("{o}g"), &format!("%{o}g"), 1, "              ");
+        let _ = writeln!(
+            b,
+            "              llvm.store %{o}v, {to} {{alignment = 16 : i64}} : vector<4xi32>, !llvm.ptr<1>\n{IND}}}"
+        );
     }
-}
 
-impl WarpgroupProjection<'_> {
     /// The pass's results (pass `%r0`), where the warpgroup has rows: accumulator
     /// 4 j + 2 h + c is row 64 wg + 16 w4 + g + 8 h of the pass, column 8 j + 2 t + c of the
     /// block's tile; stored as bf16 where the row and column exist (fused: gate tile j with up
@@ -164,9 +175,10 @@ impl WarpgroupProjection<'_> {
         let (tiles, width) = (self.block_columns() / 8, self.out_columns());
         debug_assert_eq!(width % 2, 0);
         let checked = width % self.block_columns() != 0;
+        head(b, width);
         let _ = writeln!(
             b,
-            "            %cW = arith.constant {width} : index\n            %zero = arith.constant 0.0 : f32\n            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index\n            %dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n            %pair0 = llvm.mlir.undef : vector<2xbf16>\n            %lane0 = llvm.mlir.constant(0 : i32) : i32\n            %lane1 = llvm.mlir.constant(1 : i32) : i32"
+            "{ROWS}\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index"
         );
         for h in 0..2 {
             let r = format!("s{h}");
@@ -184,9 +196,7 @@ impl WarpgroupProjection<'_> {
             );
             for j in 0..tiles {
                 let o = format!("{r}_{j}");
-                let values = [0, 1].map(|c| {
-                    self.output_value(b, &format!("{o}{c}"), 4 * j + 2 * h + c, 4 * tiles)
-                });
+                let values = self.output_values(b, &o, 4 * j + 2 * h, 4 * tiles);
                 let _ = writeln!(
                     b,
                     "              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index",
@@ -201,10 +211,16 @@ impl WarpgroupProjection<'_> {
                 } else {
                     "              "
                 };
+                let _ = writeln!(b, "{ind}%{o}at = arith.addi %{r}base, %{o}col : index");
+                let pair = pack(b, &o, &values, ind);
                 let _ = writeln!(
                     b,
-                    "{ind}%{o}at = arith.addi %{r}base, %{o}col : index\n{ind}%{o}b0 = arith.truncf {} : f32 to bf16\n{ind}%{o}b1 = arith.truncf {} : f32 to bf16\n{ind}%{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n{ind}%{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>\n{ind}%{o}by = arith.muli %{o}at, %c2 : index\n{ind}%{o}ad = arith.addi %dstx, %{o}by : index\n{ind}%{o}ai = arith.index_cast %{o}ad : index to i64\n{ind}%{o}ap = llvm.inttoptr %{o}ai : i64 to !llvm.ptr<1>\n{ind}llvm.store %{o}p, %{o}ap {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<1>",
-                    values[0], values[1]
+                    "{ind}%{o}by = arith.muli %{o}at, %c2 : index\n{ind}%{o}ad = arith.addi %dstx, %{o}by : index"
+                );
+                let at = pointer(b, &o, &format!("%{o}ad"), 1, ind);
+                let _ = writeln!(
+                    b,
+                    "{ind}llvm.store {pair}, {at} {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<1>"
                 );
                 if checked {
                     let _ = writeln!(b, "              }}");
@@ -236,6 +252,39 @@ impl WarpgroupProjection<'_> {
         }
         format!("%{o}v")
     }
+
+    /// Accumulators `idx` and `idx + 1`'s outputs (`output_value`, named `{o}0` and `{o}1`).
+    fn output_values(&self, b: &mut String, o: &str, idx: usize, up: usize) -> [String; 2] {
+        [0, 1].map(|c| self.output_value(b, &format!("{o}{c}"), idx + c, up))
+    }
+}
+
+/// `%{o}p`: the f32 values `[v0, v1]` as a bf16 pair.
+fn pack(b: &mut String, o: &str, [v0, v1]: &[String; 2], ind: &str) -> String {
+    let _ = writeln!(
+        b,
+        "{ind}%{o}b0 = arith.truncf {v0} : f32 to bf16\n{ind}%{o}b1 = arith.truncf {v1} : f32 to bf16\n{ind}%{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n{ind}%{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>"
+    );
+    format!("%{o}p")
+}
+
+/// The two epilogues' common values: `%cW` (the output's width), `%zero`, `%dstx` (the
+/// output's address), `%pair0` and its lanes' indices.
+fn head(b: &mut String, width: usize) {
+    let _ = writeln!(
+        b,
+        "{IND}%cW = arith.constant {width} : index\n{IND}%zero = arith.constant 0.0 : f32\n{IND}%dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n{IND}%pair0 = llvm.mlir.undef : vector<2xbf16>\n{IND}%lane0 = llvm.mlir.constant(0 : i32) : i32\n{IND}%lane1 = llvm.mlir.constant(1 : i32) : i32"
+    );
+}
+
+/// `%{v}_ptr`: the byte address `at` (an index value) as a pointer into address space `space`
+/// (1 global, 3 shared).
+fn pointer(b: &mut String, v: &str, at: &str, space: u32, ind: &str) -> String {
+    let _ = writeln!(
+        b,
+        "{ind}%{v}_i64 = arith.index_cast {at} : index to i64\n{ind}%{v}_ptr = llvm.inttoptr %{v}_i64 : i64 to !llvm.ptr<{space}>"
+    );
+    format!("%{v}_ptr")
 }
 
 #[cfg(test)]
