@@ -42,9 +42,18 @@ const ROWS: &str = "            %w16 = arith.muli %w4, %c16 : index\n           
 /// The epilogues' indentation in the kernel text.
 const IND: &str = "            ";
 
-/// Whether `PPMOE_EPILOGUE=direct` asks for the stores from the registers.
+/// Whether `PPMOE_EPILOGUE=direct` asks for the stores from the registers (another value is
+/// warned about and leaves the staged epilogue).
 pub(super) fn direct() -> bool {
-    std::env::var("PPMOE_EPILOGUE").is_ok_and(|v| v.trim() == "direct")
+    let value = std::env::var("PPMOE_EPILOGUE").unwrap_or_default();
+    let value = value.trim();
+    if !value.is_empty() && value != "direct" {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("PPMOE_EPILOGUE={value:?} is not a form (direct): the staged epilogue")
+        });
+    }
+    value == "direct"
 }
 
 impl WarpgroupProjection<'_> {
