@@ -883,14 +883,33 @@ pub const PP_KERNELS: [&str; 3] = ["pproj_act", "pproj_in", "pproj_out"];
 pub const PP_MAX_EXPERTS: usize = 1024;
 pub const PP_SHARED_BYTES: usize = SP_SHARED_BYTES + 4 * (PP_MAX_EXPERTS + 1);
 
-/// Whether a device-routed tensor-core step of `slots` slots over `experts` experts takes
-/// the warpgroup projections (wgmma, 128 rows a pass) rather than the mma.sync ones (64 rows
-/// a pass, m16 granularity): more than 16 rows per expert on average (measured on an H200 at
-/// 32: Qwen3-30B-A3B's layer at 512 tokens 0.439 ms against the mma.sync kernels' 0.485-0.490
-/// in other runs), more than 32 in PPMoE's `local` step at tp > 1 (not measured there).
-pub fn projects_on_warpgroups(slots: usize, experts: usize, local: bool) -> bool {
-    slots.div_ceil(experts.max(1)) > if local { 32 } else { 16 }
+/// Whether a device-routed tensor-core step of `slots` slots over `experts` experts, whose
+/// first matrices are `matrix_bytes` each, takes the warpgroup projections (wgmma, 128 rows a
+/// pass) rather than the mma.sync ones (64 rows a pass, m16 granularity). On small matrices
+/// (16 MiB or less) from 2 rows per expert on average: measured on an H200 (session 32,
+/// Qwen3-30B-A3B's layer, the persistent form against mma.sync in the same call) 0.346
+/// against 0.363 ms at 32 tokens (2 rows each), 0.375 against 0.407 at 64, 0.373 against 0.421
+/// at 128, 0.377 against 0.444 at 256, and level at 1 row (16 tokens: 0.259 against 0.266).
+/// On larger matrices more than 16 rows (measured at 32: Qwen3's layer at 512 tokens 0.439 ms
+/// against mma.sync's 0.485-0.490 in other runs; not measured at fewer on them); more than 32
+/// in PPMoE's `local` step at tp > 1 (not measured there).
+pub fn projects_on_warpgroups(
+    slots: usize,
+    experts: usize,
+    matrix_bytes: usize,
+    local: bool,
+) -> bool {
+    let rows = slots.div_ceil(experts.max(1));
+    rows > match (local, matrix_bytes <= SMALL_MATRIX) {
+        (true, _) => 32,
+        (false, true) => 1,
+        (false, false) => 16,
+    }
 }
+
+/// The largest first matrix (bytes) the policy counts as small: Qwen3-30B-A3B's (6 MiB) are,
+/// Mixtral-8x7B's (112 MiB) and the DeepSeek-like layer's (56 MiB) are not.
+const SMALL_MATRIX: usize = 16 << 20;
 
 /// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
 /// them over `experts` experts whose first matrices are `matrix_bytes` each, runs routed on
@@ -918,7 +937,6 @@ pub fn routes_on_tensor_cores(
     matrix_bytes: usize,
     local: bool,
 ) -> bool {
-    const SMALL_MATRIX: usize = 16 << 20;
     let rows = slots.div_ceil(experts.max(1));
     let small = matrix_bytes <= SMALL_MATRIX;
     let wide = !local && rows > 16 && rows <= 64;
@@ -979,10 +997,12 @@ mod tests {
         let mixtral = 28672 * 4096 * 2;
         let deepseek = 4096 * 7168 * 2;
         // Qwen3-30B-A3B (128 experts, k 8): from 8 tokens on (not 1: the CUDA-core kernels);
-        // the wgmma projections above 16 rows per expert (from 512 tokens).
+        // the wgmma projections from 2 rows per expert (32 tokens).
         for (t, yes) in [
             (1, false),
             (8, true),
+            (16, true),
+            (32, true),
             (64, true),
             (512, true),
             (1024, true),
@@ -994,8 +1014,8 @@ mod tests {
                 "qwen3 {t}"
             );
             assert_eq!(
-                projects_on_warpgroups(t * 8, 128, false),
-                t >= 512,
+                projects_on_warpgroups(t * 8, 128, qwen3, false),
+                t >= 32,
                 "qwen3 {t}"
             );
         }
@@ -1004,13 +1024,17 @@ mod tests {
         assert!(routes_on_tensor_cores(8, 16, 8, mixtral, false));
         assert!(!routes_on_tensor_cores(64, 128, 8, mixtral, false));
         assert!(!routes_on_tensor_cores(512, 1024, 8, mixtral, false));
+        // On its large matrices, mma.sync at 2 rows each, wgmma from 17 (128 tokens).
+        assert!(!projects_on_warpgroups(16, 8, mixtral, false));
+        assert!(!projects_on_warpgroups(128, 8, mixtral, false));
+        assert!(projects_on_warpgroups(256, 8, mixtral, false));
         // PPMoE's local step at tp 2 (64 of Qwen3's experts): up to 32 rows each, on mma.sync.
         assert!(routes_on_tensor_cores(256, 2048, 64, qwen3 / 2, true));
-        assert!(!projects_on_warpgroups(2048, 64, true));
+        assert!(!projects_on_warpgroups(2048, 64, qwen3 / 2, true));
         assert!(!routes_on_tensor_cores(4096, 32768, 64, qwen3 / 2, true));
         // The DeepSeek-like layer: at 512 tokens (64 rows each, wgmma), not 4096.
         assert!(routes_on_tensor_cores(512, 4096, 64, deepseek, false));
-        assert!(projects_on_warpgroups(4096, 64, false));
+        assert!(projects_on_warpgroups(4096, 64, deepseek, false));
         assert!(!routes_on_tensor_cores(4096, 32768, 64, deepseek, false));
     }
 }

@@ -484,8 +484,8 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// f32 rows rounded to bf16 first, as the host-grouped GEMMs take them). A few more tokens
 /// with bf16 stacks (this LM's, whatever --dtype says) are routed so too, their projections
 /// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores;
-/// the gated activation in the first one's epilogue); many (256 tokens: 128 rows per expert
-/// of this LM's small matrices) with the warpgroup ones (wgmma, sm_90a; `pproj`, a block per
+/// the gated activation in the first one's epilogue; one row per expert: 2 tokens); more (2
+/// rows per expert of this LM's small matrices and up: 16 and 256 tokens) with the warpgroup ones (wgmma, sm_90a; `pproj`, a block per
 /// SM over every expert's tiles, a producer warp feeding them, the weights by tensor copies;
 /// `PPMOE_TENSOR_PROJECTIONS=wgmma-per-tile`: `sproj`, a block per expert's column tile;
 /// `=wgmma-cp-async`: `wproj`, every thread copying by cp.async), unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
@@ -525,41 +525,47 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
         let one_tp2 = lm_ptx(1, &["--dtype", dtype, "--tp", "2"], None);
         let local = entries_ending(&one_tp2, "_local_experts_dgroup");
         assert_eq!(local.len(), 4, "{dtype} one token at tp 2: {local:?}");
-        for tokens in [2, 16] {
-            let few = lm_ptx(tokens, &["--dtype", dtype], None);
-            assert_eq!(entries_ending(&few, "_dgroup").len(), 2, "{dtype} {tokens}");
-            assert!(entries_ending(&few, "_dproj_in").is_empty());
-            // Mixtral's SiLU-gated experts have no first bias: the activation is the first
-            // projection's epilogue (`tproj_act`, an ex2 per element), not a kernel between.
-            assert!(entries_ending(&few, "_tproj_in").is_empty());
-            for proj in ["_tproj_act", "_tproj_out"] {
-                let names = entries_ending(&few, proj);
-                assert_eq!(names.len(), 2, "{dtype} {tokens} tokens: {names:?}");
-                assert!(entry(&few, &names[0]).contains(MMA), "{}", names[0]);
-            }
-            let act = entries_ending(&few, "_tproj_act");
-            assert!(entry(&few, &act[0]).contains("ex2.approx"), "{}", act[0]);
+        // 2 tokens (one row per expert): the mma.sync projections.
+        let few = lm_ptx(2, &["--dtype", dtype], None);
+        assert_eq!(entries_ending(&few, "_dgroup").len(), 2, "{dtype} 2");
+        assert!(entries_ending(&few, "_dproj_in").is_empty());
+        // Mixtral's SiLU-gated experts have no first bias: the activation is the first
+        // projection's epilogue (`tproj_act`, an ex2 per element), not a kernel between.
+        assert!(entries_ending(&few, "_tproj_in").is_empty());
+        for proj in ["_tproj_act", "_tproj_out"] {
+            let names = entries_ending(&few, proj);
+            assert_eq!(names.len(), 2, "{dtype} 2 tokens: {names:?}");
+            assert!(entry(&few, &names[0]).contains(MMA), "{}", names[0]);
         }
-        // 256 tokens, 128 rows per expert of small matrices: routed on the device too, the
-        // projections on the warpgroup tensor cores (wgmma, sm_90a), the activation fused.
-        let many = lm_ptx(256, &["--dtype", dtype], None);
-        assert_eq!(entries_ending(&many, "_dgroup").len(), 2, "{dtype} 256");
-        assert!(entries_ending(&many, "_tproj_act").is_empty());
-        assert!(many.contains(".target sm_90a"), "{dtype} 256 tokens");
-        // Their persistent warp-specialised form (`pproj`): a block per SM striding over the
-        // tiles, a producer warp, the weights by tensor copies, the rows by cp.async, both
-        // arriving on mbarriers.
-        for proj in ["_pproj_act", "_pproj_out"] {
-            let names = entries_ending(&many, proj);
-            assert_eq!(names.len(), 2, "{dtype} 256 tokens: {names:?}");
-            let body = entry(&many, &names[0]);
-            assert!(body.contains(WGMMA), "{}", names[0]);
-            for needle in [
-                "cp.async.bulk.tensor.2d",
-                "cp.async.mbarrier.arrive.noinc",
-                "%nctaid.x",
-            ] {
-                assert!(body.contains(needle), "{}: no {needle}", names[0]);
+        let act = entries_ending(&few, "_tproj_act");
+        assert!(entry(&few, &act[0]).contains("ex2.approx"), "{}", act[0]);
+        // 16 and 256 tokens (8 and 128 rows per expert of small matrices): routed on the
+        // device too, the projections on the warpgroup tensor cores (wgmma, sm_90a), the
+        // activation fused.
+        for tokens in [16, 256] {
+            let many = lm_ptx(tokens, &["--dtype", dtype], None);
+            assert_eq!(
+                entries_ending(&many, "_dgroup").len(),
+                2,
+                "{dtype} {tokens}"
+            );
+            assert!(entries_ending(&many, "_tproj_act").is_empty());
+            assert!(many.contains(".target sm_90a"), "{dtype} {tokens} tokens");
+            // Their persistent warp-specialised form (`pproj`): a block per SM striding over
+            // the tiles, a producer warp, the weights by tensor copies, the rows by cp.async,
+            // both arriving on mbarriers.
+            for proj in ["_pproj_act", "_pproj_out"] {
+                let names = entries_ending(&many, proj);
+                assert_eq!(names.len(), 2, "{dtype} {tokens} tokens: {names:?}");
+                let body = entry(&many, &names[0]);
+                assert!(body.contains(WGMMA), "{}", names[0]);
+                for needle in [
+                    "cp.async.bulk.tensor.2d",
+                    "cp.async.mbarrier.arrive.noinc",
+                    "%nctaid.x",
+                ] {
+                    assert!(body.contains(needle), "{}: no {needle}", names[0]);
+                }
             }
         }
         // Asked for, the form whose threads all copy, between block-wide barriers (`wproj`),

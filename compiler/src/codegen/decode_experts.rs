@@ -59,8 +59,8 @@ pub(super) fn kernels(
         && TensorCoreProjection::fits(dims.ffn);
     // PPMoE's step of a rank's experts (its all-reduce may overlap the device grouping).
     let local = prefix.ends_with("_local_experts");
+    let matrix_bytes = dims.n.saturating_mul(dims.hidden).saturating_mul(2);
     let wanted = if tensor {
-        let matrix_bytes = dims.n.saturating_mul(dims.hidden).saturating_mul(2);
         ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts, matrix_bytes, local)
     } else {
         ppmoe_runtime::program::routes_on_device(routed)
@@ -70,7 +70,8 @@ pub(super) fn kernels(
     }
     let mut out = group_kernel(prefix, s, dims.experts);
     if tensor {
-        let (warpgroups, producer, persistent) = projection_form(s, dims.experts, local);
+        let (warpgroups, producer, persistent) =
+            projection_form(s, dims.experts, matrix_bytes, local);
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
                 name: format!("{prefix}_{name}"),
@@ -119,7 +120,8 @@ pub(super) fn kernels(
 
 /// The tensor-core projections' form for a step of `slots` slots over `experts` experts:
 /// (warpgroups, a producer warp, persistent).
-/// Above 16 rows per expert the warpgroup kernels, in their persistent form (a block per SM
+/// Where `projects_on_warpgroups` says (by rows per expert and `matrix_bytes`, the size of an
+/// expert's first matrix) the warpgroup kernels, in their persistent form (a block per SM
 /// over every expert's tiles, a producer warp, the weights through tensor maps), measured on
 /// an H200 against the per-tile warp-specialised form (`sproj`), Qwen3-30B-A3B's layer: 0.398
 /// against 0.410 ms at 512 tokens, 1.109 against 1.260 at 4096, 3.784 against 4.431 at 16384;
@@ -128,7 +130,12 @@ pub(super) fn kernels(
 /// `=mma` takes one kind wherever the tensor cores are; `=wgmma-per-tile` the per-tile form,
 /// `=wgmma-cp-async` the form whose threads all copy. Past `PP_MAX_EXPERTS` local experts (the
 /// running sums' shared memory) the per-tile form.
-fn projection_form(slots: usize, experts: usize, local: bool) -> (bool, bool, bool) {
+fn projection_form(
+    slots: usize,
+    experts: usize,
+    matrix_bytes: usize,
+    local: bool,
+) -> (bool, bool, bool) {
     let few = experts <= ppmoe_runtime::program::PP_MAX_EXPERTS;
     match std::env::var("PPMOE_TENSOR_PROJECTIONS").as_deref() {
         Ok("wgmma" | "wgmma-persistent") => (true, true, few),
@@ -142,7 +149,8 @@ fn projection_form(slots: usize, experts: usize, local: bool) -> (bool, bool, bo
                     WARNED.call_once(|| tracing::warn!("PPMOE_TENSOR_PROJECTIONS={other:?} is not a form (wgmma, wgmma-persistent, wgmma-per-tile, wgmma-cp-async, mma, policy): the policy chooses"));
                 }
             }
-            let w = ppmoe_runtime::program::projects_on_warpgroups(slots, experts, local);
+            let w =
+                ppmoe_runtime::program::projects_on_warpgroups(slots, experts, matrix_bytes, local);
             (w, w, w && few)
         }
     }
