@@ -907,9 +907,10 @@ pub fn projects_on_warpgroups(
     }
 }
 
-/// The largest first matrix (bytes) the policy counts as small: Qwen3-30B-A3B's (6 MiB) are,
-/// Mixtral-8x7B's (112 MiB) and the DeepSeek-like layer's (56 MiB) are not.
-const SMALL_MATRIX: usize = 16 << 20;
+/// The largest first matrix (bytes) an expert step's policies count as small (the tensor-core
+/// routing, the warpgroup boundary, and the runtime's device grouping): Qwen3-30B-A3B's
+/// (6 MiB) are, Mixtral-8x7B's (112 MiB) and the DeepSeek-like layer's (56 MiB) are not.
+pub const SMALL_MATRIX: usize = 16 << 20;
 
 /// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
 /// them over `experts` experts whose first matrices are `matrix_bytes` each, runs routed on

@@ -61,9 +61,8 @@ fn grouping_pays_by_size(
     experts: usize,
     overlapped: bool,
 ) -> bool {
-    const SMALL_MATRIX: usize = 16 << 20;
     let per_expert = slots.div_ceil(experts.min(slots).max(1));
-    matrix_bytes <= SMALL_MATRIX && (per_expert <= MIN_TILE || overlapped)
+    matrix_bytes <= crate::program::SMALL_MATRIX && (per_expert <= MIN_TILE || overlapped)
 }
 
 /// The fewest rows of a tile.
