@@ -813,6 +813,25 @@ pub fn bf16_pairs(bf16_rows: bool, width: usize) -> bool {
     bf16_rows && width.is_multiple_of(2)
 }
 
+/// Whether an experts step's combine over bf16 rows `width` (H) columns wide takes them eight
+/// a thread (each slot's eight one 16-byte load, the eight sums two 16-byte stores): the rows
+/// are bf16 and H a multiple of eight. Otherwise it takes pairs where `bf16_pairs` says.
+pub fn bf16_octets(bf16_rows: bool, width: usize) -> bool {
+    bf16_rows && width.is_multiple_of(8)
+}
+
+/// The device-routed step's slot listing (`dgroup` in the compiler): 256 threads a block, each
+/// thread reading `LIST_SLOTS_PER_THREAD` slots at once (their loads in flight together: one
+/// at a time, a block's walk over 32768 slots took about 0.04 ms on an H200). One block per
+/// local expert lists its slots; `list_blocks` more write each slot's row and expert.
+pub const LIST_THREADS: usize = 256;
+pub const LIST_SLOTS_PER_THREAD: usize = 16;
+
+/// The blocks of the slot listing over `slots` slots and `experts` local experts.
+pub fn list_blocks(slots: usize, experts: usize) -> usize {
+    experts + slots.div_ceil(LIST_THREADS * LIST_SLOTS_PER_THREAD).max(1)
+}
+
 /// The warps of a block of the device-routed expert projections (`decode_experts` in the
 /// compiler): each warp computes a few output columns, its lanes splitting the inner
 /// dimension.
@@ -986,6 +1005,12 @@ pub const TO_BF16_KERNEL: &str = "to_bf16";
 
 /// Its inverse, bf16 widened to f32 (exact): present beside it.
 pub const FROM_BF16_KERNEL: &str = "from_bf16";
+
+/// The two conversions four elements a thread (a count of groups of four, each 16-byte
+/// aligned in f32): present beside them; the runtime takes them where the count and the
+/// addresses allow.
+pub const TO_BF16_X4_KERNEL: &str = "to_bf16_x4";
+pub const FROM_BF16_X4_KERNEL: &str = "from_bf16_x4";
 
 #[cfg(test)]
 mod tests {

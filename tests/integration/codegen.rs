@@ -101,6 +101,22 @@ fn bf16_weights_add_the_activation_narrowing_and_widening_kernels() {
         widen.contains("ld.global.b16") && widen.contains("cvt.f32.bf16"),
         "{widen}"
     );
+    // Both four elements a thread where the runtime can (16-byte f32 accesses, 8-byte bf16
+    // ones), rounding each element alike.
+    let narrow4 = entry(&bf16, "to_bf16_x4");
+    for needle in ["ld.global.v4.b32", "cvt.rn.bf16x2.f32", "st.global.v2.b32"] {
+        assert!(
+            narrow4.contains(needle),
+            "to_bf16_x4: no {needle}: {narrow4}"
+        );
+    }
+    let widen4 = entry(&bf16, "from_bf16_x4");
+    for needle in ["ld.global.v4.b16", "cvt.f32.bf16", "st.global.v4.b32"] {
+        assert!(
+            widen4.contains(needle),
+            "from_bf16_x4: no {needle}: {widen4}"
+        );
+    }
     let fp32 = inspect(&["--emit", "ptx"]);
     assert!(!fp32.contains("to_bf16("), "fp32 weights need no narrowing");
     assert!(!fp32.contains("from_bf16("));
@@ -416,9 +432,10 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
     }
 }
 
-/// With bf16 rows of an even width, the experts' gather, activation and combine kernels take
-/// two columns per thread, each two bf16 values one 4-byte word (`bf16_pairs`); with f32 rows,
-/// one column of f32.
+/// With bf16 rows of an even width, the experts' gather and activation kernels take two
+/// columns per thread, each two bf16 values one 4-byte word (`bf16_pairs`), and the combine,
+/// where H is a multiple of eight, eight a 16-byte word (`bf16_octets`); with f32 rows, one
+/// column of f32.
 #[test]
 fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     for (dtype, hid) in [("bf16", "memref<?xi32>"), ("fp32", "memref<?xf32>")] {
@@ -430,15 +447,42 @@ fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
             gather.contains(&format!("%arg2: {hid},")),
             "{dtype}: {gather}"
         );
+        // The combine takes eight bf16 columns a 16-byte word (H = 64 is a multiple of 8).
+        let rows = match dtype {
+            "bf16" => "memref<?xvector<8xbf16>>",
+            _ => hid,
+        };
         let combine = line_with(&k, &["_experts_combine("]);
         assert!(
-            combine.contains(&format!("(%arg0: {hid},")),
+            combine.contains(&format!("(%arg0: {rows},")),
             "{dtype}: {combine}"
         );
     }
+    assert!(ppmoe_runtime::program::bf16_octets(true, 64));
+    assert!(!ppmoe_runtime::program::bf16_octets(true, 68));
     assert!(ppmoe_runtime::program::bf16_pairs(true, 14336));
     assert!(!ppmoe_runtime::program::bf16_pairs(true, 7));
     assert!(!ppmoe_runtime::program::bf16_pairs(false, 14336));
+}
+
+/// The device-routed slot listing reads each thread's slots (ids and weights:
+/// `LIST_SLOTS_PER_THREAD` of them, 2048 tokens of k = 2 being enough for all) before it lists
+/// the first: their loads are in flight together, not one slot's after the other's.
+#[test]
+fn the_slot_listing_reads_a_threads_slots_before_listing_any() {
+    let many = lm_ptx(2048, &["--dtype", "bf16"], Some("1"));
+    let groups = entries_ending(&many, "_dgroup");
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    for g in &groups {
+        let listing = entry(&many, g);
+        let first = listing.find("atom.shared.add.u32").expect("a listing");
+        let reads = 2 * ppmoe_runtime::program::LIST_SLOTS_PER_THREAD;
+        assert_eq!(
+            listing[..first].matches("ld.global.b32").count(),
+            reads,
+            "{g}"
+        );
+    }
 }
 
 /// The PTX of the bf16 LM exported with a dynamic sequence, at `tokens` tokens, with

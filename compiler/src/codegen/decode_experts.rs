@@ -196,22 +196,53 @@ fn chosen(few: bool) -> bool {
 /// A slot `%s`'s local expert `%loc` (i64, may lie outside 0..e), whether it is one of this
 /// rank's (`%local`), and whether its weight is not 0 (`%nz`): reads `%ids` and `%w`, with
 /// `%first64`, `%cE64`, `%z64` and `%zero` defined.
-pub(super) fn slot_of() -> &'static str {
-    "          %idf = memref.load %ids[%s] : memref<?xf32>\n          %id = arith.fptosi %idf : f32 to i64\n          %loc = arith.subi %id, %first64 : i64\n          %wv = memref.load %w[%s] : memref<?xf32>\n          %nz = arith.cmpf une, %wv, %zero : f32\n          %ge = arith.cmpi sge, %loc, %z64 : i64\n          %lt = arith.cmpi slt, %loc, %cE64 : i64\n          %local = arith.andi %ge, %lt : i1\n"
+pub(super) fn slot_of() -> String {
+    slot_at_index("%s", "")
 }
 
-/// `{prefix}_dgroup` over `s` slots and `e` local experts (grid e + 1 blocks of 256).
+/// `slot_of`'s values for slot `slot` (an index value), each name suffixed `sfx`.
+fn slot_at_index(slot: &str, sfx: &str) -> String {
+    format!(
+        "          %idf{sfx} = memref.load %ids[{slot}] : memref<?xf32>\n          %id{sfx} = arith.fptosi %idf{sfx} : f32 to i64\n          %loc{sfx} = arith.subi %id{sfx}, %first64 : i64\n          %wv{sfx} = memref.load %w[{slot}] : memref<?xf32>\n          %nz{sfx} = arith.cmpf une, %wv{sfx}, %zero : f32\n          %ge{sfx} = arith.cmpi sge, %loc{sfx}, %z64 : i64\n          %lt{sfx} = arith.cmpi slt, %loc{sfx}, %cE64 : i64\n          %local{sfx} = arith.andi %ge{sfx}, %lt{sfx} : i1\n"
+    )
+}
+
+/// `{prefix}_dgroup` over `s` slots and `e` local experts (`list_blocks` blocks of
+/// `LIST_THREADS`): block b < e lists expert b's slots, the others write `pos` and `eid` for
+/// theirs. Each thread reads `LIST_SLOTS_PER_THREAD` slots at a time, all their loads before
+/// any use (an index past the slots reads the last one and is left out).
 fn group_kernel(prefix: &str, s: usize, e: usize) -> String {
+    use ppmoe_runtime::program::{LIST_SLOTS_PER_THREAD as U, LIST_THREADS};
+    let step = LIST_THREADS * U;
     let mut b = String::new();
     let _ = writeln!(
         b,
-        "      %bid = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c256 = arith.constant 256 : index\n      %cS = arith.constant {s} : index\n      %cE = arith.constant {e} : index\n      %z32 = arith.constant 0 : i32\n      %one32 = arith.constant 1 : i32\n      %m1 = arith.constant -1 : i32\n      %zero = arith.constant 0.0 : f32\n      %first64 = arith.index_cast %first : index to i64\n      %cE64 = arith.index_cast %cE : index to i64\n      %z64 = arith.constant 0 : i64\n      %lister = arith.cmpi ult, %bid, %cE : index"
+        "      %bid = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %cS = arith.constant {s} : index\n      %cS1 = arith.constant {} : index\n      %cE = arith.constant {e} : index\n      %cstep = arith.constant {step} : index\n      %z32 = arith.constant 0 : i32\n      %one32 = arith.constant 1 : i32\n      %m1 = arith.constant -1 : i32\n      %zero = arith.constant 0.0 : f32\n      %first64 = arith.index_cast %first : index to i64\n      %cE64 = arith.index_cast %cE : index to i64\n      %z64 = arith.constant 0 : i64\n      %lister = arith.cmpi ult, %bid, %cE : index\n      scf.if %lister {{\n        %tid0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %tid0 {{\n          memref.store %z32, %cnt[%c0] : memref<1xi32, 3>\n        }}\n        gpu.barrier\n        %bid64 = arith.index_cast %bid : index to i64\n        %lbase = arith.muli %bid, %cS : index\n        scf.for %base = %c0 to %cS step %cstep {{",
+        s - 1
     );
-    let slot = slot_of();
+    for u in 0..U {
+        slot_at(&mut b, u, "%base");
+    }
+    for u in 0..U {
+        let _ = writeln!(
+            b,
+            "          %is_{u} = arith.cmpi eq, %loc_{u}, %bid64 : i64\n          %mine_{u}_0 = arith.andi %is_{u}, %nz_{u} : i1\n          %mine_{u} = arith.andi %mine_{u}_0, %in_{u} : i1\n          scf.if %mine_{u} {{\n            %at_{u}_32 = memref.atomic_rmw addi %one32, %cnt[%c0] : (i32, memref<1xi32, 3>) -> i32\n            %at_{u} = arith.index_cast %at_{u}_32 : i32 to index\n            %li_{u} = arith.addi %lbase, %at_{u} : index\n            %s_{u}_32 = arith.index_cast %s_{u} : index to i32\n            memref.store %s_{u}_32, %lists[%li_{u}] : memref<?xi32>\n          }}"
+        );
+    }
     let _ = writeln!(
         b,
-        "      scf.if %lister {{\n        %tid0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %tid0 {{\n          memref.store %z32, %cnt[%c0] : memref<1xi32, 3>\n        }}\n        gpu.barrier\n        %bid64 = arith.index_cast %bid : index to i64\n        %lbase = arith.muli %bid, %cS : index\n        scf.for %s = %tid to %cS step %c256 {{\n{slot}          %is = arith.cmpi eq, %loc, %bid64 : i64\n          %mine = arith.andi %is, %nz : i1\n          scf.if %mine {{\n            %at32 = memref.atomic_rmw addi %one32, %cnt[%c0] : (i32, memref<1xi32, 3>) -> i32\n            %at = arith.index_cast %at32 : i32 to index\n            %li = arith.addi %lbase, %at : index\n            %s32 = arith.index_cast %s : index to i32\n            memref.store %s32, %lists[%li] : memref<?xi32>\n          }}\n        }}\n        gpu.barrier\n        scf.if %tid0 {{\n          %n = memref.load %cnt[%c0] : memref<1xi32, 3>\n          memref.store %n, %counts[%bid] : memref<?xi32>\n        }}\n      }} else {{\n        scf.for %s = %tid to %cS step %c256 {{\n{slot}          %used = arith.andi %local, %nz : i1\n          %s32 = arith.index_cast %s : index to i32\n          %p = arith.select %used, %s32, %m1 : i32\n          memref.store %p, %pos[%s] : memref<?xi32>\n          %l32 = arith.trunci %loc : i64 to i32\n          %le = arith.select %local, %l32, %z32 : i32\n          memref.store %le, %eid[%s] : memref<?xi32>\n        }}\n      }}"
+        "        }}\n        gpu.barrier\n        scf.if %tid0 {{\n          %n = memref.load %cnt[%c0] : memref<1xi32, 3>\n          memref.store %n, %counts[%bid] : memref<?xi32>\n        }}\n      }} else {{\n        %q = arith.subi %bid, %cE : index\n        %qbase = arith.muli %q, %cstep : index"
     );
+    for u in 0..U {
+        slot_at(&mut b, u, "%qbase");
+    }
+    for u in 0..U {
+        let _ = writeln!(
+            b,
+            "          scf.if %in_{u} {{\n            %used_{u} = arith.andi %local_{u}, %nz_{u} : i1\n            %s_{u}_32 = arith.index_cast %s_{u} : index to i32\n            %p_{u} = arith.select %used_{u}, %s_{u}_32, %m1 : i32\n            memref.store %p_{u}, %pos[%s_{u}] : memref<?xi32>\n            %l_{u}_32 = arith.trunci %loc_{u} : i64 to i32\n            %le_{u} = arith.select %local_{u}, %l_{u}_32, %z32 : i32\n            memref.store %le_{u}, %eid[%s_{u}] : memref<?xi32>\n          }}"
+        );
+    }
+    let _ = writeln!(b, "      }}");
     let params = [
         "%ids: memref<?xf32>",
         "%w: memref<?xf32>",
@@ -225,6 +256,18 @@ fn group_kernel(prefix: &str, s: usize, e: usize) -> String {
         "    gpu.func @{prefix}_dgroup({}) workgroup(%cnt: memref<1xi32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
         params.join(", ")
     )
+}
+
+/// The thread's slot `u` of those from `base`: `%s_{u}` (its index), `%in_{u}` (whether it is one
+/// of the slots), and `slot_of`'s values for it (or for the last slot, where it is not), each
+/// suffixed `_{u}`; `%cS`, `%cS1` (the last slot) and `%tid` defined.
+fn slot_at(b: &mut String, u: usize, base: &str) {
+    let _ = writeln!(
+        b,
+        "          %o_{u} = arith.constant {} : index\n          %sb_{u} = arith.addi {base}, %o_{u} : index\n          %s_{u} = arith.addi %sb_{u}, %tid : index\n          %in_{u} = arith.cmpi ult, %s_{u}, %cS : index\n          %sr_{u} = arith.minui %s_{u}, %cS1 : index",
+        u * ppmoe_runtime::program::LIST_THREADS
+    );
+    b.push_str(&slot_at_index(&format!("%sr_{u}"), &format!("_{u}")));
 }
 
 /// One projection's kernel (see the module's comment).

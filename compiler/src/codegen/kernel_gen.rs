@@ -395,7 +395,9 @@ pub(super) fn experts_kernels(
         ));
     }
     // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
-    if ppmoe_runtime::program::bf16_pairs(bf16, h) {
+    if ppmoe_runtime::program::bf16_octets(bf16, h) {
+        out.push_str(&super::combine_octets::kernel(prefix, t, h, k));
+    } else if ppmoe_runtime::program::bf16_pairs(bf16, h) {
         out.push_str(&combine_pairs_kernel(prefix, t, h, k));
     } else {
         let c = format!(
@@ -1595,6 +1597,19 @@ pub fn plan_kernels(
             &["%x: memref<?xbf16>", "%y: memref<?xf32>", "%n: index"],
             "",
             "        %b = memref.load %x[%i] : memref<?xbf16>\n        %v = arith.extf %b : bf16 to f32\n        memref.store %v, %y[%i] : memref<?xf32>\n",
+        ));
+        // Both four elements a thread (`%n` groups of four): the same rounding per element.
+        funcs.push_str(&dyn_kernel(
+            ppmoe_runtime::program::TO_BF16_X4_KERNEL,
+            &["%x: memref<?xvector<4xf32>>", "%y: memref<?xvector<4xbf16>>", "%n: index"],
+            "",
+            "        %v = memref.load %x[%i] : memref<?xvector<4xf32>>\n        %b = arith.truncf %v : vector<4xf32> to vector<4xbf16>\n        memref.store %b, %y[%i] : memref<?xvector<4xbf16>>\n",
+        ));
+        funcs.push_str(&dyn_kernel(
+            ppmoe_runtime::program::FROM_BF16_X4_KERNEL,
+            &["%x: memref<?xvector<4xbf16>>", "%y: memref<?xvector<4xf32>>", "%n: index"],
+            "",
+            "        %b = memref.load %x[%i] : memref<?xvector<4xbf16>>\n        %v = arith.extf %b : vector<4xbf16> to vector<4xf32>\n        memref.store %v, %y[%i] : memref<?xvector<4xf32>>\n",
         ));
     }
     let module = format!("  gpu.module @{module_name} {{\n{funcs}  }}\n");

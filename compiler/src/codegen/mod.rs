@@ -3,6 +3,7 @@
 //! `ptx` stage (the kernel modules lowered through MLIR's gpu -> NVVM -> LLVM -> PTX, sm_90, or
 //! sm_90a where a module has Hopper's warpgroup MMAs).
 
+mod combine_octets;
 mod decode_experts;
 mod device_grouping;
 mod expert_steps;

@@ -195,19 +195,14 @@ impl Rank<'_> {
         let first = call.first_local.unwrap_or(0);
         let lists = self.list_slots(&kernels.group, (&ids, &weights), dims.experts, first)?;
         self.phase("experts: slots listed on the device")?;
-        self.device(call.x).map_err(|e| e.to_string())?;
         let (first_blocks, second_blocks) = kernels.blocks(t);
-        let x = super::dptr(self.dev_ref(call.x)?, &self.stream);
-        // The tensor-core kernels read bf16 rows: x narrowed once (as the host-grouped path
-        // narrows a bf16 GEMM's activations).
-        let narrowed = if kernels.projections != Projections::CudaCores {
-            Some(self.narrowed(x, t * dims.hidden, &ffn)?)
-        } else {
-            None
+        // The tensor-core kernels read bf16 rows: x narrowed as a bf16 GEMM's activation is
+        // (once, where the router's GEMM read it too).
+        let elem = match kernels.projections {
+            Projections::CudaCores => super::blas::Elem::F32,
+            _ => super::blas::Elem::Bf16,
         };
-        let x = narrowed
-            .as_ref()
-            .map_or(x, |n| super::dptr(n, &self.stream));
+        let (x, _narrowed) = self.operand_as(call.x, elem)?;
         let step = self.expert_kernels(prefix, false)?;
         // Fused, the first projection's epilogue is the activation: [slots, F] straight away.
         let width = if kernels.fused_act { dims.ffn } else { ffn.n };
@@ -266,17 +261,6 @@ impl Rank<'_> {
         let y = combine_rows(&self.stream, &step, &out, slots, &comb)?;
         self.phase("experts: combine")?;
         Ok(Some((y, t)))
-    }
-
-    /// `n` f32 elements at `src` narrowed to bf16 (the generated `to_bf16` kernel).
-    fn narrowed(&self, src: u64, n: usize, ffn: &FfnOperands) -> Result<CudaSlice<f32>, String> {
-        let f = self
-            .functions
-            .get(crate::program::TO_BF16_KERNEL)
-            .ok_or("a bf16 step without the to_bf16 kernel")?;
-        let dst = alloc(&self.stream, n, ffn.mid)?;
-        self.convert(f, (src, super::dptr(&dst, &self.stream)), n)?;
-        Ok(dst)
     }
 
     /// The step's device-routing kernels, unless absent or turned off.
@@ -342,7 +326,8 @@ impl Rank<'_> {
         Ok(*self.multiprocessors.get_or_init(|| n.max(1) as u32))
     }
 
-    /// The `dgroup` kernel: one block per local expert, and one for `pos` and `eid`.
+    /// The `dgroup` kernel: one block per local expert, and `list_blocks`' others for `pos`
+    /// and `eid`.
     fn list_slots(
         &self,
         group: &CudaFunction,
@@ -381,9 +366,10 @@ impl Rank<'_> {
         memref_args(&mut l, &pp, &ls);
         memref_args(&mut l, &pe, &ls);
         l.arg(&first);
+        let blocks = crate::program::list_blocks(slots, experts);
         let cfg = LaunchConfig {
-            grid_dim: (experts as u32 + 1, 1, 1),
-            block_dim: (256, 1, 1),
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (crate::program::LIST_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the kernel was generated for these slots and experts; the buffers hold them.

@@ -347,6 +347,18 @@ pub(super) fn combine_rows(
 ) -> Result<CudaSlice<f32>, String> {
     let y = alloc(stream, c.tokens * c.h, Elem::F32)?;
     let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| e.to_string())?;
+    // Kernels that read a slot's row whether or not it has one (adding 0 for none) read the
+    // first: with no rows, a zero row in its place.
+    let spare;
+    let out = match rows {
+        0 => {
+            spare = stream
+                .alloc_zeros::<f32>(c.h.max(1))
+                .map_err(|e| e.to_string())?;
+            &spare
+        }
+        _ => out,
+    };
     let (bout, has_bias) = match c.b_out {
         Some(b) => (b, 1i64),
         None => (&dummy, 0i64),
@@ -371,8 +383,12 @@ pub(super) fn combine_rows(
     l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
     l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
     l.arg(&has_bias);
-    let threads = row_threads(c.tokens, c.h, c.mid);
-    // SAFETY: T, k, H baked into the kernel; the buffers are those sizes.
+    let threads = match crate::program::bf16_octets(c.mid == Elem::Bf16, c.h) {
+        true => c.tokens * c.h / 8,
+        false => row_threads(c.tokens, c.h, c.mid),
+    };
+    // SAFETY: T, k, H baked into the kernel; the buffers are those sizes (eight columns a
+    // thread: each row's and y's start 16-byte aligned, H being a multiple of eight).
     unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
     Ok(y)
 }

@@ -82,6 +82,9 @@ struct Slot {
     /// made, so sharing is safe).
     dev: Option<Arc<CudaSlice<f32>>>,
     dev16: Option<CudaSlice<u16>>,
+    /// An activation narrowed to bf16 for the GEMMs and experts that read it, where more than
+    /// one instruction does: narrowed once (each narrowing reads and writes the whole tensor).
+    narrowed: Option<CudaSlice<u16>>,
     /// Token ids an embedding reads on the device, checked against its table (a device feed's).
     ids: Option<CudaSlice<i32>>,
     host: Option<Tensor>,
@@ -217,6 +220,7 @@ impl Rank<'_> {
         self.slots[id] = Some(Slot {
             dev: None,
             dev16: None,
+            narrowed: None,
             ids: None,
             shape: t.shape.clone(),
             host: Some(t.with_dtype(dtype)),
@@ -231,6 +235,7 @@ impl Rank<'_> {
         self.slots[id] = Some(Slot {
             dev: Some(dev.into()),
             dev16: None,
+            narrowed: None,
             ids: None,
             host: None,
             shape,
@@ -253,16 +258,38 @@ impl Rank<'_> {
         self.slots[id].as_ref().and_then(|s| s.dev.clone())
     }
 
-    /// Buffer `id` on the device as a GEMM operand of `elem` (see `activation`).
-    fn operand_as(
+    /// Buffer `id` on the device as a GEMM operand of `elem` (see `activation`): narrowed once
+    /// where several instructions read it (the slot keeps the copy; none is written after it
+    /// is made, and a new value empties the slot).
+    pub(super) fn operand_as(
         &mut self,
         id: usize,
         elem: blas::Elem,
     ) -> Result<(u64, Option<CudaSlice<u16>>), String> {
         let n: usize = self.shape(id).iter().product();
         self.device(id).map_err(|e| e.to_string())?;
+        if elem == blas::Elem::Bf16 {
+            let kept = self.slots[id].as_ref().and_then(|s| s.narrowed.as_ref());
+            if let Some(y) = kept {
+                return Ok((dptr(y, &self.stream), None));
+            }
+        }
         let d = self.dev_ref(id)?;
-        self.activation(d, n, elem)
+        let (p, y) = self.activation(d, n, elem)?;
+        let shared = self.readers(id) > 1;
+        match (y, self.slots[id].as_mut()) {
+            (Some(y), Some(slot)) if shared => {
+                slot.narrowed = Some(y);
+                Ok((p, None))
+            }
+            (y, _) => Ok((p, y)),
+        }
+    }
+
+    /// The instructions that read buffer `id`.
+    fn readers(&self, id: usize) -> usize {
+        let reads = |i: &&crate::program::Instruction| i.inputs.contains(&Some(id));
+        self.program.instructions.iter().filter(reads).count()
     }
 
     /// Whether both operands of a GEMM are bf16 in the model (a bf16 model's activations) and
@@ -283,14 +310,13 @@ impl Rank<'_> {
         if elem == blas::Elem::F32 {
             return Ok((dptr(x, &self.stream), None));
         }
-        let f = self
-            .functions
-            .get(crate::program::TO_BF16_KERNEL)
+        let c = self
+            .conversion(bf16_reduce::Direction::Narrow)
             .ok_or("the bf16 conversion kernel is not in the PTX")?;
         // SAFETY: the kernel writes every one of the n elements.
         let y = unsafe { self.stream.alloc::<u16>(n.max(1)) }.map_err(|e| e.to_string())?;
         let p = dptr(&y, &self.stream);
-        self.convert(f, (dptr(x, &self.stream), p), n)?;
+        self.convert(&c, (dptr(x, &self.stream), p), n)?;
         Ok((p, Some(y)))
     }
 
@@ -1331,6 +1357,8 @@ fn load_kernels(
     for name in [
         crate::program::TO_BF16_KERNEL,
         crate::program::FROM_BF16_KERNEL,
+        crate::program::TO_BF16_X4_KERNEL,
+        crate::program::FROM_BF16_X4_KERNEL,
     ] {
         if let Ok(f) = module.load_function(name) {
             functions.insert(name.to_string(), f);
