@@ -357,6 +357,25 @@ mod tests {
         assert!(Shape::parse("4,4,2").is_err(), "three sizes");
     }
 
+    /// The CUDA route of many experts (128, as Qwen3-30B-A3B's; the fixtures have 4 to 8)
+    /// reads and scores each lane's four experts once, before its eight passes (each in a
+    /// region of its own); the values are checked against the CPU backend on the GPU machine
+    /// (`scripts/moe-check`).
+    #[test]
+    fn a_route_of_128_experts_scores_each_lanes_experts_once() {
+        let d = tempfile::tempdir().unwrap();
+        let model = write(d.path(), Shape::parse("64,32,128,8").unwrap(), 7).unwrap();
+        let mut c =
+            ppmoe_compiler::pipeline::Compilation::new(&model, &[("x".to_string(), vec![16, 64])]);
+        c.target_cuda = true;
+        c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+        let (kernels, _) = ppmoe_compiler::pipeline::emit(c, "kernels").unwrap();
+        let start = kernels.find("_route(").expect("a route kernel");
+        let route = &kernels[start..];
+        let route = &route[..route.find("gpu.func").unwrap_or(route.len())];
+        assert_eq!(route.matches("scf.execute_region").count(), 128 / 32);
+    }
+
     /// At tp 2 the layer's experts are one GPU step per rank with either strategy, and the
     /// partitioned layer computes the single-rank one: at 8 tokens, and at 3 and 1, which do not
     /// divide over the two ranks (the all-to-all form pads the tokens, PPMoE's rewrite of it

@@ -692,7 +692,9 @@ fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, b
         "\n          %ch = arith.addf %sc, %zero : f32".to_string()
     };
     let score = format!("{score}{choice}");
-    if warp {
+    if warp && e.is_multiple_of(WARP) && e / WARP <= HELD_PER_LANE {
+        route_warp_top_k_held(&mut b, (&m_l, &m_k), &score, e / WARP);
+    } else if warp {
         route_warp_top_k(&mut b, &m_l, &m_k, &score);
     } else if grouped {
         group_mask(&mut b, &m_l, &score, e / n_group, n_group, topk_group);
@@ -784,6 +786,47 @@ fn route_warp_softmax(b: &mut String, m_l: &str) {
     let _ = writeln!(b, "        %sum = arith.addf {sum}, %zero : f32");
 }
 
+/// The experts a lane's scores are held in registers for (`route_warp_top_k_held`): up to 256
+/// experts a warp, Qwen3-MoE's 128 and DeepSeek-V3's 256 among them.
+const HELD_PER_LANE: usize = 8;
+
+/// `route_warp_top_k` with each lane's `held` experts (lane + 32 m) read and scored once, into
+/// registers, before the k passes (which otherwise read and score them again each pass). The
+/// passes compare them in the same order (m ascending, the first of equals), so the choices
+/// are the same. Each expert's score is made in a region of its own (`score` names its values
+/// alike for every expert).
+fn route_warp_top_k_held(b: &mut String, (m_l, m_k): (&str, &str), score: &str, held: usize) {
+    for m in 0..held {
+        let _ = writeln!(
+            b,
+            "        %hs{m}:2 = scf.execute_region -> (f32, f32) {{\n          %hm = arith.constant {} : index\n          %j = arith.addi %lane, %hm : index\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n{score}\n          scf.yield %sc, %ch : f32, f32\n        }}",
+            WARP * m
+        );
+    }
+    let _ = writeln!(
+        b,
+        "        %wz64 = arith.constant 0 : i64\n        %wo64 = arith.constant 1 : i64\n        %wlane0 = arith.cmpi eq, %lane, %c0 : index\n        %taken = scf.for %s = %c0 to %k step %c1 iter_args(%mask = %wz64) -> (i64) {{"
+    );
+    let (mut bv, mut bi, mut bs) = (
+        "%ninf".to_string(),
+        "%lane".to_string(),
+        "%zero".to_string(),
+    );
+    for m in 0..held {
+        let _ = writeln!(
+            b,
+            "          %hj{m}c = arith.constant {} : index\n          %hj{m} = arith.addi %lane, %hj{m}c : index\n          %hm{m} = arith.constant {m} : i64\n          %hsh{m} = arith.shrui %mask, %hm{m} : i64\n          %hbit{m} = arith.andi %hsh{m}, %wo64 : i64\n          %hfree{m} = arith.cmpi eq, %hbit{m}, %wz64 : i64\n          %hbetter{m} = arith.cmpf ogt, %hs{m}#1, {bv} : f32\n          %htake{m} = arith.andi %hfree{m}, %hbetter{m} : i1\n          %hbv{m} = arith.select %htake{m}, %hs{m}#1, {bv} : f32\n          %hbi{m} = arith.select %htake{m}, %hj{m}, {bi} : index\n          %hbs{m} = arith.select %htake{m}, %hs{m}#0, {bs} : f32",
+            WARP * m
+        );
+        (bv, bi, bs) = (format!("%hbv{m}"), format!("%hbi{m}"), format!("%hbs{m}"));
+    }
+    let _ = writeln!(
+        b,
+        "          %bi32 = arith.index_cast {bi} : index to i32\n          %ww = arith.constant 32 : i32"
+    );
+    warp_best_and_mark(b, m_k, (&bv, "%bi32", &bs));
+}
+
 /// A warp's k passes over its token's experts: each lane finds its best expert not taken yet
 /// (by choice, the first of equals), the warp the best of the lanes' (the greater choice, of
 /// equals the lower expert: the serial scan's pick), and lane 0 writes it; the lane that
@@ -794,11 +837,14 @@ fn route_warp_top_k(b: &mut String, m_l: &str, m_k: &str, score: &str) {
         "        %wz64 = arith.constant 0 : i64\n        %wo64 = arith.constant 1 : i64\n        %wlane0 = arith.cmpi eq, %lane, %c0 : index\n        %taken = scf.for %s = %c0 to %k step %c1 iter_args(%mask = %wz64) -> (i64) {{\n          %best:3 = scf.for %j = %lane to %e step %c32 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n            %m = arith.divui %j, %c32 : index\n            %m64 = arith.index_cast %m : index to i64\n            %sh = arith.shrui %mask, %m64 : i64\n            %bit = arith.andi %sh, %wo64 : i64\n            %free = arith.cmpi eq, %bit, %wz64 : i64\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %bi32 = arith.index_cast %best#1 : index to i32\n          %ww = arith.constant 32 : i32",
         score.replace("\n", "\n  ")
     );
-    let (mut v, mut i, mut sc) = (
-        "%best#0".to_string(),
-        "%bi32".to_string(),
-        "%best#2".to_string(),
-    );
+    warp_best_and_mark(b, m_k, ("%best#0", "%bi32", "%best#2"));
+}
+
+/// The rest of a warp's top-k pass (inside the pass loop, its lane's best choice value, expert
+/// as i32 and score given): the warp's best by shuffles (the greater choice, of equals the
+/// lower expert), written by lane 0, marked taken by the lane that holds it; the loop closed.
+fn warp_best_and_mark(b: &mut String, m_k: &str, (v, i, sc): (&str, &str, &str)) {
+    let (mut v, mut i, mut sc) = (v.to_string(), i.to_string(), sc.to_string());
     for (n, off) in [16, 8, 4, 2, 1].iter().enumerate() {
         let _ = writeln!(
             b,

@@ -346,7 +346,6 @@ pub(super) fn combine_rows(
     c: &Combine,
 ) -> Result<CudaSlice<f32>, String> {
     let y = alloc(stream, c.tokens * c.h, Elem::F32)?;
-    let dummy: CudaSlice<f32> = stream.alloc_zeros(1).map_err(|e| e.to_string())?;
     // Kernels that read a slot's row whether or not it has one (adding 0 for none) read the
     // first: with no rows, a zero row in its place.
     let spare;
@@ -359,9 +358,11 @@ pub(super) fn combine_rows(
         }
         _ => out,
     };
+    // Without a bias the kernel reads none: y stands in for it (no buffer made and zeroed,
+    // which in a captured forward were three graph nodes).
     let (bout, has_bias) = match c.b_out {
         Some(b) => (b, 1i64),
-        None => (&dummy, 0i64),
+        None => (&y, 0i64),
     };
     let len = |v: usize| v.max(1) as i64;
     let (zero, one) = (0i64, 1i64);
@@ -839,10 +840,10 @@ impl Rank<'_> {
         rows: usize,
         ffn: &FfnOperands,
     ) -> Result<(), String> {
-        let dummy: CudaSlice<f32> = self.stream.alloc_zeros(1).map_err(|e| e.to_string())?;
+        // Without a bias the kernel reads none: act stands in for it (as in `combine_rows`).
         let (bias, has_bias) = match ffn.b_in {
             Some(b) => (self.dev_ref(b)?, 1i64),
-            None => (&dummy, 0i64),
+            None => (act, 0i64),
         };
         let (zero, one, rows_i) = (0i64, 1i64, rows as i64);
         let len = |v: usize| v.max(1) as i64;
