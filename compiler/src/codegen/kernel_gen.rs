@@ -1631,35 +1631,30 @@ pub fn plan_kernels(
         .iter()
         .any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16)
     {
-        funcs.push_str(&dyn_kernel(
-            TO_BF16_KERNEL,
-            &["%x: memref<?xf32>", "%y: memref<?xbf16>", "%n: index"],
-            "",
-            "        %v = memref.load %x[%i] : memref<?xf32>\n        %b = arith.truncf %v : f32 to bf16\n        memref.store %b, %y[%i] : memref<?xbf16>\n",
-        ));
+        use ppmoe_runtime::program::{FROM_BF16_KERNEL, FROM_BF16_X4_KERNEL, TO_BF16_X4_KERNEL};
+        let (narrow, widen) = ("arith.truncf", "arith.extf");
+        funcs.push_str(&conversion_kernel(TO_BF16_KERNEL, narrow, "f32", "bf16"));
         // And back: PPMoE's all-reduce of a bf16 model's expert outputs runs in bf16.
-        funcs.push_str(&dyn_kernel(
-            ppmoe_runtime::program::FROM_BF16_KERNEL,
-            &["%x: memref<?xbf16>", "%y: memref<?xf32>", "%n: index"],
-            "",
-            "        %b = memref.load %x[%i] : memref<?xbf16>\n        %v = arith.extf %b : bf16 to f32\n        memref.store %v, %y[%i] : memref<?xf32>\n",
-        ));
+        funcs.push_str(&conversion_kernel(FROM_BF16_KERNEL, widen, "bf16", "f32"));
         // Both four elements a thread (`%n` groups of four): the same rounding per element.
-        funcs.push_str(&dyn_kernel(
-            ppmoe_runtime::program::TO_BF16_X4_KERNEL,
-            &["%x: memref<?xvector<4xf32>>", "%y: memref<?xvector<4xbf16>>", "%n: index"],
-            "",
-            "        %v = memref.load %x[%i] : memref<?xvector<4xf32>>\n        %b = arith.truncf %v : vector<4xf32> to vector<4xbf16>\n        memref.store %b, %y[%i] : memref<?xvector<4xbf16>>\n",
-        ));
-        funcs.push_str(&dyn_kernel(
-            ppmoe_runtime::program::FROM_BF16_X4_KERNEL,
-            &["%x: memref<?xvector<4xbf16>>", "%y: memref<?xvector<4xf32>>", "%n: index"],
-            "",
-            "        %b = memref.load %x[%i] : memref<?xvector<4xbf16>>\n        %v = arith.extf %b : vector<4xbf16> to vector<4xf32>\n        memref.store %v, %y[%i] : memref<?xvector<4xf32>>\n",
-        ));
+        let (f4, b4) = ("vector<4xf32>", "vector<4xbf16>");
+        funcs.push_str(&conversion_kernel(TO_BF16_X4_KERNEL, narrow, f4, b4));
+        funcs.push_str(&conversion_kernel(FROM_BF16_X4_KERNEL, widen, b4, f4));
     }
     let module = format!("  gpu.module @{module_name} {{\n{funcs}  }}\n");
     KernelPlan { lowered, module }
+}
+
+/// Conversion kernel `name`: each thread's element (or vector) of type `from` at `%x`
+/// converted by `op` (`arith.truncf` or `arith.extf`) to `to` at `%y`, `%n` of them.
+fn conversion_kernel(name: &str, op: &str, from: &str, to: &str) -> String {
+    let (x, y) = (format!("memref<?x{from}>"), format!("memref<?x{to}>"));
+    dyn_kernel(
+        name,
+        &[format!("%x: {x}"), format!("%y: {y}"), "%n: index".into()],
+        "",
+        &format!("        %v = memref.load %x[%i] : {x}\n        %c = {op} %v : {from} to {to}\n        memref.store %c, %y[%i] : {y}\n"),
+    )
 }
 
 #[cfg(test)]
