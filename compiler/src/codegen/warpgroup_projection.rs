@@ -378,7 +378,10 @@ impl WarpgroupProjection<'_> {
             vals.join(", "),
             vec!["f32"; ACCS].join(", ")
         );
-        self.store(b);
+        // Ablated (`PPMOE_ABLATE=epilogue`), the tile ends at its last wait.
+        if !self.ablate.epilogue {
+            self.store(b);
+        }
         let _ = writeln!(b, "        }}");
     }
 
@@ -520,8 +523,9 @@ mod tests {
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
-    /// `PPMOE_ABLATE` leaves out what it names, and only that: here all four parts (no row
-    /// copies, no tensor copies, no wgmmas, no stores but behind a test), the barriers kept.
+    /// `PPMOE_ABLATE` leaves out what it names, and only that: here four parts (no row
+    /// copies, no tensor copies, no wgmmas, no stores but behind a test), the barriers kept;
+    /// then the epilogue too (no stores at all).
     #[test]
     fn an_ablated_producer_form_leaves_out_what_it_names() {
         let whole = ptx_of(&small("t_sproj_out", true).kernel());
@@ -531,6 +535,7 @@ mod tests {
             weights: true,
             mma: true,
             store: true,
+            epilogue: false,
         };
         let ablated = ptx_of(&super::WarpgroupProjection { p: &p, ablate }.kernel());
         for part in [
@@ -546,6 +551,23 @@ mod tests {
         );
         assert!(ablated.contains("mbarrier.try_wait.parity.shared::cta.b64"));
         assert!(ablated.contains("cp.async.mbarrier.arrive.noinc.shared::cta.b64"));
+        // And without the epilogue: no stores at all, the barriers still there.
+        let bare = super::ablation::Ablation {
+            epilogue: true,
+            ..ablate
+        };
+        let bare = ptx_of(
+            &super::WarpgroupProjection {
+                p: &p,
+                ablate: bare,
+            }
+            .kernel(),
+        );
+        assert!(
+            !bare.contains("st.global"),
+            "the epilogue's stores are the only global ones"
+        );
+        assert!(bare.contains("mbarrier.try_wait.parity.shared::cta.b64"));
     }
 
     /// Fused: each thread's gate value (tile j) and up value (tile j + 16) of its 2 rows and 2

@@ -5,7 +5,9 @@
 //! - `weights`: no tensor copies (lane 0 arrives without expecting bytes);
 //! - `mma`: no wgmmas (the warpgroups still wait for and release every stage);
 //! - `store`: no results stored (behind a test the compiler cannot decide, so the
-//!   multiplications stay).
+//!   multiplications stay);
+//! - `epilogue`: no epilogue at all (no activation, staging or store after a tile's last
+//!   wait): with the other four, what is left is the tile walk and the stages' barriers alone.
 
 /// The parts left out.
 #[derive(Clone, Copy, Default, Debug, PartialEq)]
@@ -14,6 +16,7 @@ pub(super) struct Ablation {
     pub weights: bool,
     pub mma: bool,
     pub store: bool,
+    pub epilogue: bool,
 }
 
 impl Ablation {
@@ -24,7 +27,7 @@ impl Ablation {
     }
 
     fn parse(list: &str) -> Ablation {
-        const PARTS: [&str; 4] = ["rows", "weights", "mma", "store"];
+        const PARTS: [&str; 5] = ["rows", "weights", "mma", "store", "epilogue"];
         let words = || list.split(',').map(str::trim).filter(|w| !w.is_empty());
         let has = |part: &str| words().any(|w| w == part);
         let a = Ablation {
@@ -32,6 +35,7 @@ impl Ablation {
             weights: has("weights"),
             mma: has("mma"),
             store: has("store"),
+            epilogue: has("epilogue"),
         };
         let unknown: Vec<&str> = words().filter(|w| !PARTS.contains(w)).collect();
         static WARNED: std::sync::Once = std::sync::Once::new();
@@ -54,6 +58,7 @@ mod tests {
         let a = Ablation::parse("rows, store");
         assert!(a.rows && a.store && !a.weights && !a.mma);
         let b = Ablation::parse("weights,mma,bogus");
-        assert!(b.weights && b.mma && !b.rows && !b.store);
+        assert!(b.weights && b.mma && !b.rows && !b.store && !b.epilogue);
+        assert!(Ablation::parse("epilogue").epilogue);
     }
 }
