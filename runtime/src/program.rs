@@ -820,6 +820,19 @@ pub fn bf16_octets(bf16_rows: bool, width: usize) -> bool {
     bf16_rows && width.is_multiple_of(8)
 }
 
+/// The columns a thread of an experts step's combine over rows `width` (H) columns wide takes:
+/// eight (`bf16_octets`), two (`bf16_pairs`) or one. The compiler generates the combine so,
+/// and the runtime launches it with that many threads fewer.
+pub fn combine_columns(bf16_rows: bool, width: usize) -> usize {
+    if bf16_octets(bf16_rows, width) {
+        8
+    } else if bf16_pairs(bf16_rows, width) {
+        2
+    } else {
+        1
+    }
+}
+
 /// The device-routed step's slot listing (`dgroup` in the compiler): 256 threads a block, each
 /// thread reading `LIST_SLOTS_PER_THREAD` slots at once (their loads in flight together: one
 /// at a time, a block's walk over 32768 slots took about 0.04 ms on an H200). One block per

@@ -460,6 +460,10 @@ fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     }
     assert!(ppmoe_runtime::program::bf16_octets(true, 64));
     assert!(!ppmoe_runtime::program::bf16_octets(true, 68));
+    // The runtime's combine threads and the compiler's kernel follow one rule.
+    assert_eq!(ppmoe_runtime::program::combine_columns(true, 64), 8);
+    assert_eq!(ppmoe_runtime::program::combine_columns(true, 68), 2);
+    assert_eq!(ppmoe_runtime::program::combine_columns(false, 64), 1);
     assert!(ppmoe_runtime::program::bf16_pairs(true, 14336));
     assert!(!ppmoe_runtime::program::bf16_pairs(true, 7));
     assert!(!ppmoe_runtime::program::bf16_pairs(false, 14336));

@@ -395,9 +395,10 @@ pub(super) fn experts_kernels(
         ));
     }
     // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
-    if ppmoe_runtime::program::bf16_octets(bf16, h) {
+    let columns = ppmoe_runtime::program::combine_columns(bf16, h);
+    if columns == 8 {
         out.push_str(&super::combine_octets::kernel(prefix, t, h, k));
-    } else if ppmoe_runtime::program::bf16_pairs(bf16, h) {
+    } else if columns == 2 {
         out.push_str(&combine_pairs_kernel(prefix, t, h, k));
     } else {
         let c = format!(

@@ -384,10 +384,7 @@ pub(super) fn combine_rows(
     l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
     l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
     l.arg(&has_bias);
-    let threads = match crate::program::bf16_octets(c.mid == Elem::Bf16, c.h) {
-        true => c.tokens * c.h / 8,
-        false => row_threads(c.tokens, c.h, c.mid),
-    };
+    let threads = c.tokens * c.h / crate::program::combine_columns(c.mid == Elem::Bf16, c.h);
     // SAFETY: T, k, H baked into the kernel; the buffers are those sizes (eight columns a
     // thread: each row's and y's start 16-byte aligned, H being a multiple of eight).
     unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
