@@ -820,10 +820,16 @@ pub fn bf16_octets(bf16_rows: bool, width: usize) -> bool {
     bf16_rows && width.is_multiple_of(8)
 }
 
-/// The columns a thread of an experts step's combine over rows `width` (H) columns wide takes:
-/// eight (`bf16_octets`), two (`bf16_pairs`) or one. The compiler generates the combine so,
-/// and the runtime launches it with that many threads fewer.
-pub fn combine_columns(bf16_rows: bool, width: usize) -> usize {
+/// The suffix of an experts step's second gather (`{prefix}_gather8`), made where the rows are
+/// bf16 and H a multiple of eight (`bf16_octets`): rows of x's bf16 copy, eight columns a
+/// thread. The runtime takes it where it has x's copy; the step's `{prefix}_gather` reads x.
+pub const GATHER_BF16_SUFFIX: &str = "gather8";
+
+/// The columns a thread of an experts step's combine (over rows `width` = H columns wide) or
+/// activation (over rows of `width` = F activations) takes: eight (`bf16_octets`), two
+/// (`bf16_pairs`) or one. The compiler generates those kernels so, and the runtime launches
+/// them with that many threads fewer.
+pub fn row_columns(bf16_rows: bool, width: usize) -> usize {
     if bf16_octets(bf16_rows, width) {
         8
     } else if bf16_pairs(bf16_rows, width) {
@@ -978,7 +984,8 @@ pub fn routes_on_tensor_cores(
 
 /// The kernels an experts step may have besides its gather, activation and combine (which
 /// it always has), by their suffix after the step's prefix: the device routing's and the
-/// device grouping's (`device_routed`, `device_grouped`). The runtime loads those present.
+/// device grouping's (`device_routed`, `device_grouped`), the gather of x's bf16 copy. The
+/// runtime loads those present.
 pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     "dgroup",
     "dproj_in",
@@ -996,6 +1003,7 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     PP_KERNELS[1],
     PP_KERNELS[2],
     "tgroup",
+    GATHER_BF16_SUFFIX,
 ];
 
 /// The threads of the one block of an experts step's device grouping (the compiler's

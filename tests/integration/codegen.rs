@@ -432,26 +432,31 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
     }
 }
 
-/// With bf16 rows of an even width, the experts' gather and activation kernels take two
-/// columns per thread, each two bf16 values one 4-byte word (`bf16_pairs`), and the combine,
-/// where H is a multiple of eight, eight a 16-byte word (`bf16_octets`); with f32 rows, one
-/// column of f32.
+/// With bf16 rows of an even width, the experts' gather from x takes two columns per thread,
+/// each two bf16 values one 4-byte word (`bf16_pairs`), and where the width (H, or F for the
+/// activation) is a multiple of eight, the gather from x's bf16 copy, the activation and the
+/// combine eight a 16-byte word (`bf16_octets`, `row_columns`); with f32 rows, one column of
+/// f32.
 #[test]
 fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     for (dtype, hid) in [("bf16", "memref<?xi32>"), ("fp32", "memref<?xf32>")] {
         let k = block_kernels("mixtral_block_dynamo", &["--dtype", dtype]);
-        let act = line_with(&k, &["_experts_act("]);
-        assert!(act.contains(&format!("(%arg0: {hid},")), "{dtype}: {act}");
         let gather = line_with(&k, &["_experts_gather("]);
         assert!(
             gather.contains(&format!("%arg2: {hid},")),
             "{dtype}: {gather}"
         );
-        // The combine takes eight bf16 columns a 16-byte word (H = 64 is a multiple of 8).
+        // Eight bf16 columns a 16-byte word (H = 64 and F = 128 are multiples of 8).
         let rows = match dtype {
             "bf16" => "memref<?xvector<8xbf16>>",
             _ => hid,
         };
+        let act = line_with(&k, &["_experts_act("]);
+        assert!(act.contains(&format!("(%arg0: {rows},")), "{dtype}: {act}");
+        if dtype == "bf16" {
+            let copy = line_with(&k, &["_experts_gather8("]);
+            assert!(copy.contains("(%arg0: memref<?xvector<4xi32>>,"), "{copy}");
+        }
         let combine = line_with(&k, &["_experts_combine("]);
         assert!(
             combine.contains(&format!("(%arg0: {rows},")),
@@ -461,9 +466,9 @@ fn bf16_expert_activations_are_read_and_written_two_columns_a_word() {
     assert!(ppmoe_runtime::program::bf16_octets(true, 64));
     assert!(!ppmoe_runtime::program::bf16_octets(true, 68));
     // The runtime's combine threads and the compiler's kernel follow one rule.
-    assert_eq!(ppmoe_runtime::program::combine_columns(true, 64), 8);
-    assert_eq!(ppmoe_runtime::program::combine_columns(true, 68), 2);
-    assert_eq!(ppmoe_runtime::program::combine_columns(false, 64), 1);
+    assert_eq!(ppmoe_runtime::program::row_columns(true, 64), 8);
+    assert_eq!(ppmoe_runtime::program::row_columns(true, 68), 2);
+    assert_eq!(ppmoe_runtime::program::row_columns(false, 64), 1);
     assert!(ppmoe_runtime::program::bf16_pairs(true, 14336));
     assert!(!ppmoe_runtime::program::bf16_pairs(true, 7));
     assert!(!ppmoe_runtime::program::bf16_pairs(false, 14336));
@@ -749,7 +754,14 @@ fn every_experts_kernel_generated_is_one_the_runtime_loads() {
             seen.insert(suffix.to_string());
         }
     }
-    for s in ["dgroup", "dproj_in", "tproj_act", "tproj_out", "tgroup"] {
+    for s in [
+        "dgroup",
+        "dproj_in",
+        "tproj_act",
+        "tproj_out",
+        "tgroup",
+        "gather8",
+    ] {
         assert!(seen.contains(s), "{s} not generated: {seen:?}");
     }
 }

@@ -349,6 +349,9 @@ pub(super) fn experts_kernels(
     let gated = activation.is_gated();
     let mut out = String::new();
     // gather: out[i] = x[perm[i / H] * H + i % H]
+    if ppmoe_runtime::program::bf16_octets(bf16, h) {
+        out.push_str(&super::gather_octets::kernel(prefix, h));
+    }
     if ppmoe_runtime::program::bf16_pairs(bf16, h) {
         out.push_str(&gather_pairs_kernel(prefix, h));
     } else {
@@ -367,7 +370,10 @@ pub(super) fn experts_kernels(
     }
     // act: a[r, q] from hid[r, q] (and hid[r, F + q]) plus the row's expert's bias.
     let math = act_math(ffn);
-    if ppmoe_runtime::program::bf16_pairs(bf16, f) {
+    let act_columns = ppmoe_runtime::program::row_columns(bf16, f);
+    if act_columns == 8 {
+        out.push_str(&super::act_octets::kernel(prefix, (f, n), gated, &math));
+    } else if act_columns == 2 {
         out.push_str(&act_pairs_kernel(prefix, f, n, gated, &math));
     } else {
         let mut a = format!(
@@ -395,7 +401,7 @@ pub(super) fn experts_kernels(
         ));
     }
     // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
-    let columns = ppmoe_runtime::program::combine_columns(bf16, h);
+    let columns = ppmoe_runtime::program::row_columns(bf16, h);
     if columns == 8 {
         out.push_str(&super::combine_octets::kernel(prefix, t, h, k));
     } else if columns == 2 {
@@ -437,7 +443,7 @@ pub(super) fn experts_kernels(
 
 /// An experts step's row kernels.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Gather,
     Act,
     Combine,
@@ -446,7 +452,7 @@ enum Kind {
 /// The parameters of an experts step's row kernel, its rows of element type `rows` (`bf16` or
 /// `f32`; `i32` where two bf16 columns are one word): the same in every form of the kernel,
 /// as the runtime passes them.
-fn step_params(kind: Kind, rows: &str) -> Vec<String> {
+pub(super) fn step_params(kind: Kind, rows: &str) -> Vec<String> {
     let r = format!("memref<?x{rows}>");
     match kind {
         Kind::Gather => vec![
@@ -476,7 +482,7 @@ fn step_params(kind: Kind, rows: &str) -> Vec<String> {
 }
 
 /// `%{out}` = `value` plus the row's expert's bias at column `col` (0 without a bias).
-fn add_bias(a: &mut String, col: &str, value: &str, out: &str) {
+pub(super) fn add_bias(a: &mut String, col: &str, value: &str, out: &str) {
     let _ = writeln!(
         a,
         "        %{out}_b = scf.if %hb -> (f32) {{\n          %bo = arith.addi %eb, {col} : index\n          %bv = memref.load %bias[%bo] : memref<?xf32>\n          scf.yield %bv : f32\n        }} else {{\n          scf.yield %zero : f32\n        }}\n        %{out} = arith.addf {value}, %{out}_b : f32"
@@ -511,10 +517,24 @@ pub(super) fn act_math(ffn: &Ffn) -> String {
     } else {
         let _ = writeln!(a, "        %al = arith.constant {} : f32\n        %ag = arith.mulf %al, {gl} : f32\n        %nag = arith.negf %ag : f32", hexf(*alpha));
         exp(&mut a, "%nag", "ee");
-        let _ = writeln!(a, "        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %gate = arith.divf {gl}, %den : f32");
+        // g / (1 + e^-g) as g times the denominator's approximate reciprocal (within an ulp
+        // of f32, as the ex2 before it): the correctly rounded division was a call with a
+        // range check per element in the projections' epilogues.
+        let _ = writeln!(a, "        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %rden = llvm.call_intrinsic \"llvm.nvvm.rcp.approx.ftz.f\"(%den) : (f32) -> f32\n        %gate = arith.mulf {gl}, %rden : f32");
     }
     let _ = writeln!(a, "        %be = arith.constant {} : f32\n        %up = arith.addf {ul}, %be : f32\n        %res = arith.mulf %gate, %up : f32", hexf(*beta));
     a
+}
+
+/// `%{o}gv` and `%{o}uv`: a gate value `g` and its up value `u` (f32) rounded to bf16
+/// (nearest even) and widened again, as PyTorch's bf16 projection stores them before the
+/// activation; one `cvt.rn.bf16x2.f32` narrows both (one F2FP in the SASS where two single
+/// narrowings were two F2F, the conversion pipe's), the gate in the low half.
+pub(super) fn rounded_gate_up(b: &mut String, o: &str, g: &str, u: &str, ind: &str) {
+    let _ = writeln!(
+        b,
+        "{ind}%{o}gu = llvm.inline_asm asm_dialect = att \"cvt.rn.bf16x2.f32 $0, $1, $2;\", \"=r,f,f\" {u}, {g} : (f32, f32) -> i32\n{ind}%{o}s16 = arith.constant 16 : i32\n{ind}%{o}glo = arith.shli %{o}gu, %{o}s16 : i32\n{ind}%{o}gv = arith.bitcast %{o}glo : i32 to f32\n{ind}%{o}hm = arith.constant -65536 : i32\n{ind}%{o}uhi = arith.andi %{o}gu, %{o}hm : i32\n{ind}%{o}uv = arith.bitcast %{o}uhi : i32 to f32"
+    );
 }
 
 /// `v` (f32) rounded to bf16 (nearest even, as a bf16 store), its bits in the low half of
@@ -1656,6 +1676,19 @@ fn conversion_kernel(name: &str, op: &str, from: &str, to: &str) -> String {
         "",
         &format!("        %v = memref.load %x[%i] : {x}\n        %c = {op} %v : {from} to {to}\n        memref.store %c, %y[%i] : {y}\n"),
     )
+}
+
+/// Mixtral's and Qwen's SiLU-gated activation as `act_math` writes it (for the projections'
+/// tests).
+#[cfg(test)]
+pub(super) fn silu_gated_math() -> String {
+    act_math(&Ffn {
+        activation: ppmoe_runtime::program::Activation::Swiglu,
+        alpha: 1.0,
+        beta: 0.0,
+        limit: None,
+        layout: ppmoe_runtime::program::ExpertLayout::Linear,
+    })
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 //! `ptx` stage (the kernel modules lowered through MLIR's gpu -> NVVM -> LLVM -> PTX, sm_90, or
 //! sm_90a where a module has Hopper's warpgroup MMAs).
 
+mod act_octets;
 mod combine_octets;
 mod decode_experts;
 mod device_grouping;
 mod expert_steps;
+mod gather_octets;
 pub mod kernel_gen;
 mod masks;
 mod pointwise;

@@ -10,7 +10,7 @@
 
 use super::blas::{self, PointerBatch};
 use super::device_routed::{memref_args, OnDevice};
-use super::experts::{alloc, combine_rows, gather_into, Combine, ExpertsCall, FfnOperands};
+use super::experts::{alloc, combine_rows, Combine, ExpertsCall, FfnOperands};
 use super::Rank;
 use crate::program::{ExpertDims, GROUP_THREADS};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
@@ -195,9 +195,14 @@ impl Rank<'_> {
         let tiles = self.lay_tiles(g, &bufs, (lo..hi, first), (m, bound))?;
         self.phase("experts: grouped on the device")?;
         let kernels = self.expert_kernels(prefix, false)?;
-        self.device(call.x).map_err(|e| e.to_string())?;
-        let x = self.dev_ref(call.x)?;
-        gather_into(&s, &kernels, x, &tiles.perm, &bufs.xg, (rows, g.h), ffn.mid)?;
+        self.gather_step_rows(
+            &kernels,
+            call.x,
+            &tiles.perm,
+            &bufs.xg,
+            (rows, g.h),
+            ffn.mid,
+        )?;
         self.phase("experts: gather")?;
         let ptr = |j: u64| super::dptr(&tiles.ptrs, &s) + j * bound as u64 * 8;
         let batch = |n: usize, k: usize| PointerBatch {

@@ -48,6 +48,8 @@ fn expert_groups(
 /// The kernels of one step.
 pub(super) struct ExpertKernels {
     gather: CudaFunction,
+    /// The gather from x's bf16 copy, where the step has it (`GATHER_BF16_SUFFIX`).
+    gather_bf16: Option<CudaFunction>,
     act: CudaFunction,
     combine: CudaFunction,
     bias_out: Option<CudaFunction>,
@@ -314,6 +316,54 @@ pub(super) fn gather_into(
     Ok(())
 }
 
+impl Rank<'_> {
+    /// Rows `perm` of step input `x` (a buffer id) into `out` ([rows, H] of `mid`): from x's
+    /// bf16 copy, eight columns a thread, where the step has that gather (the copy made once,
+    /// and kept where another instruction reads x too, as the router's GEMM does); else from
+    /// x itself.
+    pub(super) fn gather_step_rows(
+        &mut self,
+        kernels: &ExpertKernels,
+        x: usize,
+        perm: &CudaSlice<i32>,
+        out: &CudaSlice<f32>,
+        (rows, h): (usize, usize),
+        mid: Elem,
+    ) -> Result<(), String> {
+        let stream = self.stream.clone();
+        let octets = crate::program::bf16_octets(mid == Elem::Bf16, h);
+        let Some(gather) = kernels.gather_bf16.as_ref().filter(|_| octets) else {
+            self.device(x).map_err(|e| e.to_string())?;
+            return gather_into(
+                &stream,
+                kernels,
+                self.dev_ref(x)?,
+                perm,
+                out,
+                (rows, h),
+                mid,
+            );
+        };
+        if rows == 0 {
+            return Ok(());
+        }
+        let (xb, _narrowed) = self.operand_as(x, Elem::Bf16)?;
+        let words = |elements: usize| (elements / 8).max(1) as i64;
+        let (zero, one, rows_i) = (0i64, 1i64, rows as i64);
+        let x_elements = self.shape(x).iter().product::<usize>();
+        let (lx, lp, lo) = (words(x_elements), rows as i64, words(rows * h));
+        let mut l = stream.launch_builder(gather);
+        l.arg(&xb).arg(&xb).arg(&zero).arg(&lx).arg(&one);
+        l.arg(perm).arg(perm).arg(&zero).arg(&lp).arg(&one);
+        l.arg(out).arg(out).arg(&zero).arg(&lo).arg(&one);
+        l.arg(&rows_i);
+        // SAFETY: H baked into the kernel; perm's entries are rows of x, whose bf16 copy
+        // holds [T, H] (16-byte aligned rows, H a multiple of eight); out holds rows x H bf16.
+        unsafe { l.launch(launch_cfg(rows * h / 8)) }.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
 /// The threads of a step's row kernel over `rows` rows of `width` columns of `mid`: one per
 /// element, or one per two where the kernel takes bf16 columns in pairs (`bf16_pairs`).
 fn row_threads(rows: usize, width: usize, mid: Elem) -> usize {
@@ -384,7 +434,7 @@ pub(super) fn combine_rows(
     l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
     l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
     l.arg(&has_bias);
-    let threads = c.tokens * c.h / crate::program::combine_columns(c.mid == Elem::Bf16, c.h);
+    let threads = c.tokens * c.h / crate::program::row_columns(c.mid == Elem::Bf16, c.h);
     // SAFETY: T, k, H baked into the kernel; the buffers are those sizes (eight columns a
     // thread: each row's and y's start 16-byte aligned, H being a multiple of eight).
     unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
@@ -667,11 +717,10 @@ impl Rank<'_> {
         let ffn = self
             .ffn_operands(call, r.dims, bf16, false)
             .map_err(|e| format!("instruction {i}: {e}"))?;
-        self.device(call.x).map_err(|e| e.to_string())?;
-        let x = self.dev_ref(call.x)?;
         let rows = order.perm.len();
         self.phase("experts: rows laid out, uploaded")?;
-        let xg = gather_rows(&stream, &kernels, x, &d_perm, rows, h, ffn.mid)?;
+        let xg = alloc(&stream, rows * h, ffn.mid)?;
+        self.gather_step_rows(&kernels, call.x, &d_perm, &xg, (rows, h), ffn.mid)?;
         self.phase("experts: gather")?;
         let out = self.ffn_blocks(&kernels, &xg, &order.blocks, &ffn)?;
         let comb = Combine {
@@ -733,8 +782,13 @@ impl Rank<'_> {
                 .cloned()
                 .ok_or_else(|| format!("kernel {prefix}_{suffix} is not in the PTX"))
         };
+        let gather_bf16 = crate::program::GATHER_BF16_SUFFIX;
         Ok(ExpertKernels {
             gather: func("gather")?,
+            gather_bf16: self
+                .functions
+                .get(&format!("{prefix}_{gather_bf16}"))
+                .cloned(),
             act: func("act")?,
             combine: func("combine")?,
             bias_out: if bias_out {
@@ -857,7 +911,7 @@ impl Rank<'_> {
         l.arg(act).arg(act).arg(&zero).arg(&la).arg(&one);
         l.arg(&rows_i).arg(&has_bias);
         // SAFETY: sizes as the kernel was generated for (F, N) and as allocated here (rows).
-        let act_threads = row_threads(rows, ffn.f, ffn.mid);
+        let act_threads = rows * ffn.f / crate::program::row_columns(ffn.mid == Elem::Bf16, ffn.f);
         unsafe { l.launch(launch_cfg(act_threads)) }.map_err(|e| e.to_string())?;
         Ok(())
     }

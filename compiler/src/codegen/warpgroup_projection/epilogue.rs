@@ -254,8 +254,14 @@ impl WarpgroupProjection<'_> {
             Some(act) => {
                 let _ = writeln!(
                     b,
-                    "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{}] : {acc}\n              %{o}gb = arith.truncf %{o}g : f32 to bf16\n              %{o}gv = arith.extf %{o}gb : bf16 to f32\n              %{o}ub = arith.truncf %{o}u : f32 to bf16\n              %{o}uv = arith.extf %{o}ub : bf16 to f32\n              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}",
+                    "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{}] : {acc}",
                     idx + up
+                );
+                let (g, u) = (format!("%{o}g"), format!("%{o}u"));
+                super::super::kernel_gen::rounded_gate_up(b, o, &g, &u, "              ");
+                let _ = writeln!(
+                    b,
+                    "              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}"
                 );
             }
         }
