@@ -78,13 +78,7 @@ mod tests {
     fn eight_activations_a_thread() {
         let math = crate::codegen::kernel_gen::silu_gated_math();
         let kernel = super::kernel("t", (64, 128), true, &math);
-        let text = format!(
-            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
-        );
-        let ptx = crate::codegen::ptx::to_ptx(&text)
-            .expect("lowers")
-            .remove(0)
-            .1;
+        let ptx = crate::codegen::ptx::kernel_ptx(&kernel);
         assert!(ptx.contains(".entry t_act"));
         assert_eq!(ptx.matches("ld.global.v4.b32").count(), 2, "{ptx}");
         assert_eq!(ptx.matches("st.global.v4.b32").count(), 1);

@@ -123,6 +123,16 @@ fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
+/// The PTX of one generated kernel (`gpu.func` text), alone in a module: for the kernels'
+/// tests.
+#[cfg(test)]
+pub(crate) fn kernel_ptx(kernel: &str) -> String {
+    let text = format!(
+        "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
+    );
+    to_ptx(&text).expect("lowers").remove(0).1
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

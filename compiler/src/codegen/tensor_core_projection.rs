@@ -402,18 +402,14 @@ mod tests {
             persistent: false,
         }
         .kernel();
-        let text = format!(
-            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
-        );
-        let ptx = crate::codegen::ptx::to_ptx(&text).expect("lowers");
+        let ptx = crate::codegen::ptx::kernel_ptx(&kernel);
         assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);
         // LLVM may unroll the chunk loop (two chunks here), never drop an mma.
-        let mmas = ptx[0]
-            .1
+        let mmas = ptx
             .matches("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
             .count();
         assert!(mmas >= 80, "{mmas} mmas in the PTX");
-        assert!(!ptx[0].1.contains(".local"), "no spills to local memory");
+        assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
     /// With a gated activation in the epilogue: the same mmas, the activation (Mixtral's
@@ -444,11 +440,7 @@ mod tests {
         assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);
         // (1 + 2 + 3 + 4) m16 tiles x 2 rows x 2 columns per thread.
         assert_eq!(kernel.matches("scf.execute_region").count(), 40);
-        let text = format!(
-            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
-        );
-        let ptx = crate::codegen::ptx::to_ptx(&text).expect("lowers");
-        let ptx = &ptx[0].1;
+        let ptx = &crate::codegen::ptx::kernel_ptx(&kernel);
         assert!(ptx.contains("ex2.approx.ftz.f32"));
         // (Not all of them reach this small kernel's PTX: LLVM merges or drops some.)
         let reciprocals = ptx.matches("rcp.approx.ftz.f32").count();

@@ -419,13 +419,7 @@ mod tests {
     use super::TensorCoreProjection;
 
     fn ptx_of(kernel: &str) -> String {
-        let text = format!(
-            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
-        );
-        crate::codegen::ptx::to_ptx(&text)
-            .expect("lowers")
-            .remove(0)
-            .1
+        crate::codegen::ptx::kernel_ptx(kernel)
     }
 
     /// A projection of 128 inner elements onto 96, unfused.
@@ -618,13 +612,7 @@ mod assembled {
 
     /// ptxas's report (`-v`) on `kernel`'s PTX.
     fn report(kernel: &str, name: &str) -> String {
-        let text = format!(
-            "module attributes {{gpu.container_module}} {{\n  gpu.module @m {{\n{kernel}  }}\n}}\n"
-        );
-        let ptx = crate::codegen::ptx::to_ptx(&text)
-            .expect("lowers")
-            .remove(0)
-            .1;
+        let ptx = crate::codegen::ptx::kernel_ptx(kernel);
         let file = std::env::temp_dir().join(format!("ppmoe-{}-{name}.ptx", std::process::id()));
         std::fs::write(&file, ptx).expect("writes the PTX");
         let ptxas = ptxas();
