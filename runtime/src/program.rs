@@ -920,6 +920,17 @@ pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 128 + EPILOGUE_STAGING_BYTE
 pub const PP_KERNELS: [&str; 3] = ["pproj_act", "pproj_in", "pproj_out"];
 pub const PP_MAX_EXPERTS: usize = 1024;
 pub const PP_SHARED_BYTES: usize = SP_SHARED_BYTES + 4 * (PP_MAX_EXPERTS + 1);
+/// The persistent form's ping-pong trial (the compiler's `PPMOE_PPROJ=pingpong`: a 64-row
+/// tile per warpgroup, so one's epilogue runs under the other's wgmmas): its kernels, its
+/// stages (of 64 rows' and 256 weight rows' 64 inner elements, 40 KiB each) and its shared
+/// memory (the stages, the alignment, the barriers, the epilogue's staging, the tile sums).
+pub const QP_KERNELS: [&str; 3] = ["qproj_act", "qproj_in", "qproj_out"];
+pub const PINGPONG_STAGES: usize = 5;
+pub const QP_SHARED_BYTES: usize = PINGPONG_STAGES * (64 + 256) * 128
+    + 1024
+    + 128
+    + EPILOGUE_STAGING_BYTES
+    + 4 * (PP_MAX_EXPERTS + 1);
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts, whose
 /// first matrices are `matrix_bytes` each, takes the warpgroup projections (wgmma, 128 rows a
@@ -1002,6 +1013,9 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     PP_KERNELS[0],
     PP_KERNELS[1],
     PP_KERNELS[2],
+    QP_KERNELS[0],
+    QP_KERNELS[1],
+    QP_KERNELS[2],
     "tgroup",
     GATHER_BF16_SUFFIX,
 ];

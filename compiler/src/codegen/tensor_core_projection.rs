@@ -73,8 +73,11 @@ impl TensorCoreProjection {
 
     /// The kernel's names: the first projection's (fused or not) and the second's.
     pub fn names(warpgroups: bool, producer: bool, persistent: bool) -> [&'static str; 3] {
-        use ppmoe_runtime::program::{PP_KERNELS, SP_KERNELS, TC_KERNELS, WG_KERNELS};
+        use ppmoe_runtime::program::{PP_KERNELS, QP_KERNELS, SP_KERNELS, TC_KERNELS, WG_KERNELS};
         match (warpgroups, producer) {
+            // The persistent kernels in the ping-pong trial's geometry (`PPMOE_PPROJ`) are
+            // named apart: they take more shared memory.
+            (true, true) if persistent && super::warpgroup_projection::pingpong() => QP_KERNELS,
             (true, true) if persistent => PP_KERNELS,
             (true, true) => SP_KERNELS,
             (true, false) => WG_KERNELS,

@@ -37,8 +37,11 @@ use std::fmt::Write as _;
 
 mod ablation;
 mod epilogue;
+mod geometry;
 mod persistent;
 mod producer;
+
+use geometry::Geometry;
 
 /// Rows of one pass (two warpgroups of m64).
 const PASS_ROWS: usize = 128;
@@ -70,19 +73,34 @@ const ACCS: usize = TILE_N / 2;
 
 /// The kernel of `p` (its `warpgroups` set): its generation, a view of the description.
 pub(super) fn kernel(p: &TensorCoreProjection) -> String {
+    let shape = match p.persistent {
+        true => Geometry::from_env(),
+        false => Geometry::COOPERATIVE,
+    };
+    kernel_of(p, shape)
+}
+
+/// Whether the persistent kernels take the ping-pong geometry (`PPMOE_PPROJ=pingpong`).
+pub(super) fn pingpong() -> bool {
+    Geometry::from_env().pingpong
+}
+
+/// The kernel of `p` in geometry `shape` (the ping-pong one only where `p` is persistent).
+fn kernel_of(p: &TensorCoreProjection, shape: Geometry) -> String {
     let ablate = if p.producer {
         ablation::Ablation::from_env()
     } else {
         ablation::Ablation::default()
     };
-    WarpgroupProjection { p, ablate }.kernel()
+    WarpgroupProjection { p, ablate, shape }.kernel()
 }
 
 /// A projection generated on the warpgroup tensor cores (the fields are the description's),
-/// less what `PPMOE_ABLATE` leaves out.
+/// less what `PPMOE_ABLATE` leaves out, its tiles and stages as `shape` says.
 struct WarpgroupProjection<'p> {
     p: &'p TensorCoreProjection,
     ablate: ablation::Ablation,
+    shape: Geometry,
 }
 
 impl std::ops::Deref for WarpgroupProjection<'_> {
@@ -111,6 +129,7 @@ impl WarpgroupProjection<'_> {
             (TILE_N, TILE_N)
         );
         debug_assert_eq!(WG_SHARED_BYTES, STAGES * STAGE_BYTES + 1024);
+        debug_assert!(!self.shape.pingpong || self.persistent);
         let acc = acc_type();
         let mut b = String::new();
         if self.persistent {
@@ -120,7 +139,7 @@ impl WarpgroupProjection<'_> {
         self.prologue(&mut b);
         let _ = writeln!(
             b,
-            "        %cnt127 = arith.addi %cnt, %c127 : index\n        %passes = arith.divui %cnt127, %cP : index\n        %total = arith.muli %passes, %cNK : index\n        %acc0 = llvm.mlir.zero : {acc}"
+            "        %cnt127 = arith.addi %cnt, %cPm1 : index\n        %passes = arith.divui %cnt127, %cP : index\n        %total = arith.muli %passes, %cNK : index\n        %acc0 = llvm.mlir.zero : {acc}"
         );
         if self.producer {
             self.specialised(&mut b);
@@ -218,13 +237,19 @@ impl WarpgroupProjection<'_> {
         };
         let _ = writeln!(
             b,
-            "      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c127 = arith.constant 127 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cST = arith.constant {STAGES} : index\n      %cSB = arith.constant {STAGE_BYTES} : index\n      %cRO = arith.constant {ROWS_BYTES} : index\n      %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n      %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n      %c1023 = arith.constant 1023 : index\n      %dyn1 = arith.addi %dynx, %c1023 : index\n      %dyn2 = arith.divui %dyn1, %c1024 : index\n      %smx = arith.muli %dyn2, %c1024 : index\n      %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n      %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n      %wg = arith.divui %tid, %c128 : index\n      %wtid = arith.remui %tid, %c128 : index\n      %w4 = arith.divui %wtid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %lgrp = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cj = arith.remui %tid, %c8 : index\n      %crow = arith.divui %tid, %c8 : index\n      %crm = arith.remui %crow, %c8 : index\n      %cpos = arith.xori %cj, %crm : index\n      %cjb = arith.muli %cj, %c16 : index\n      %cposb = arith.muli %cpos, %c16 : index\n      %cB = arith.constant {rows_per_block} : index\n      %csecond = arith.constant {second} : index\n      %cHALF = arith.constant {} : index\n      %wgr = arith.muli %wg, %c64 : index",
+            "      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c127 = arith.constant 127 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {} : index\n      %cPm1 = arith.constant {} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cST = arith.constant {} : index\n      %cSB = arith.constant {} : index\n      %cRO = arith.constant {} : index\n      %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n      %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n      %c1023 = arith.constant 1023 : index\n      %dyn1 = arith.addi %dynx, %c1023 : index\n      %dyn2 = arith.divui %dyn1, %c1024 : index\n      %smx = arith.muli %dyn2, %c1024 : index\n      %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n      %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n      %wg = arith.divui %tid, %c128 : index\n      %wtid = arith.remui %tid, %c128 : index\n      %w4 = arith.divui %wtid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %lgrp = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cj = arith.remui %tid, %c8 : index\n      %crow = arith.divui %tid, %c8 : index\n      %crm = arith.remui %crow, %c8 : index\n      %cpos = arith.xori %cj, %crm : index\n      %cjb = arith.muli %cj, %c16 : index\n      %cposb = arith.muli %cpos, %c16 : index\n      %cB = arith.constant {rows_per_block} : index\n      %csecond = arith.constant {second} : index\n      %cHALF = arith.constant {} : index\n      %cWGR = arith.constant {} : index\n      %wgr = arith.muli %wg, %cWGR : index",
+            self.shape.pass_rows,
+            self.shape.pass_rows - 1,
             self.din * 2,
             self.din / CHUNK,
             self.dout,
             self.slots,
             self.div,
+            self.shape.stages,
+            self.shape.stage_bytes(),
+            self.shape.rows_bytes(),
             TILE_N / 2,
+            self.shape.warpgroup_rows(),
         );
     }
 
@@ -333,13 +358,14 @@ impl WarpgroupProjection<'_> {
         let acc = acc_type();
         let _ = writeln!(
             b,
-            "            %st = arith.remui %gi, %cST : index\n{}            %next = scf.if {} -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant 8192 : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned",
+            "            %st = arith.remui %gi, %cST : index\n{}            %next = scf.if {} -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant {} : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned",
             if self.ablate.mma {
                 "            %never = arith.constant false\n"
             } else {
                 ""
             },
-            if self.ablate.mma { "%never" } else { "%active" }
+            if self.ablate.mma { "%never" } else { "%active" },
+            self.shape.warpgroup_rows() * 128,
         );
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
@@ -378,6 +404,12 @@ impl WarpgroupProjection<'_> {
             vals.join(", "),
             vec!["f32"; ACCS].join(", ")
         );
+        // Ping-pong, the tile's last chunk is this warpgroup's alone: its stage is released
+        // here, before the epilogue (the next chunk, the other warpgroup's, releases nothing
+        // of this one's).
+        if self.shape.pingpong {
+            self.release_last_chunk(b);
+        }
         // Ablated (`PPMOE_ABLATE=epilogue`), the tile ends at its last wait.
         if !self.ablate.epilogue {
             self.store(b);
@@ -517,6 +549,44 @@ mod tests {
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }
 
+    /// Ping-pong (`PPMOE_PPROJ=pingpong`): each warpgroup walks every other tile of the
+    /// block's, 64 rows from the stage's start, in five stages of 40 KiB whose `empty`
+    /// barriers one warpgroup (128 threads) releases, a tile's last stage released after its
+    /// last wgmmas; the producer's lanes copy 16 rows' words a chunk (32 in the cooperative
+    /// form). The cooperative kernel is the default.
+    #[test]
+    fn a_pingpong_projection_gives_each_warpgroup_its_own_tiles() {
+        let mut p = small("t_pproj_out", true);
+        p.persistent = true;
+        let ping = super::kernel_of(&p, super::Geometry::PINGPONG);
+        let coop = super::kernel_of(&p, super::Geometry::COOPERATIVE);
+        assert!(!super::pingpong(), "the cooperative geometry unless asked");
+        assert!(ping.contains("scf.for %t = %tfirst to %total step %G2"));
+        assert!(!coop.contains("%tfirst"));
+        for (name, value) in [
+            ("cP", 64),
+            ("cST", 5),
+            ("cSB", 40960),
+            ("cRO", 8192),
+            ("cWGR", 0),
+        ] {
+            assert!(
+                ping.contains(&format!("%{name} = arith.constant {value} : index")),
+                "{name}"
+            );
+        }
+        assert!(ping.contains("%nempty0 = arith.constant 128 : i32"));
+        assert!(coop.contains("%nempty0 = arith.constant 256 : i32"));
+        assert!(ping.contains("%cfirst = arith.cmpi eq, %kc, %c0"));
+        assert!(ping.contains("%clast = arith.remui %clast1, %cST"));
+        assert_eq!(ping.matches("nvvm.cp.async.shared.global").count(), 16);
+        assert_eq!(coop.matches("nvvm.cp.async.shared.global").count(), 32);
+        let ptx = ptx_of(&ping);
+        assert_eq!(ptx.matches("mbarrier.init.shared::cta.b64").count(), 11);
+        assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
+        assert!(!ptx.contains(".local"), "no spills to local memory");
+    }
+
     /// `PPMOE_ABLATE` leaves out what it names, and only that: here four parts (no row
     /// copies, no tensor copies, no wgmmas, no stores but behind a test), the barriers kept;
     /// then the epilogue too (no stores at all).
@@ -531,7 +601,15 @@ mod tests {
             store: true,
             epilogue: false,
         };
-        let ablated = ptx_of(&super::WarpgroupProjection { p: &p, ablate }.kernel());
+        let shape = super::Geometry::COOPERATIVE;
+        let ablated = ptx_of(
+            &super::WarpgroupProjection {
+                p: &p,
+                ablate,
+                shape,
+            }
+            .kernel(),
+        );
         for part in [
             "cp.async.cg.shared.global",
             "cp.async.bulk.tensor",
@@ -554,6 +632,7 @@ mod tests {
             &super::WarpgroupProjection {
                 p: &p,
                 ablate: bare,
+                shape,
             }
             .kernel(),
         );
@@ -629,7 +708,8 @@ mod assembled {
         text
     }
 
-    /// Each kernel (wgmma in its three forms and mma.sync, fused and not) assembles with no spills, few enough
+    /// Each kernel (wgmma in its three forms, the persistent one in both geometries, and
+    /// mma.sync, fused and not) assembles with no spills, few enough
     /// registers for its block on one SM, and (wgmma) without ptxas serialising the wgmmas
     /// (advisory C7518, which an epilogue inside the chunk loop caused: the chunks' wgmmas
     /// then wait for each other).
@@ -637,11 +717,12 @@ mod assembled {
     fn real_size_projections_assemble_unserialised_without_spills() {
         use ppmoe_runtime::program::{SP_THREADS, TC_WARPS, WG_THREADS};
         let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
-        for (warpgroups, producer, persistent) in [
-            (true, false, false),
-            (true, true, false),
-            (true, true, true),
-            (false, false, false),
+        for (warpgroups, producer, persistent, pingpong) in [
+            (true, false, false, false),
+            (true, true, false, false),
+            (true, true, true, false),
+            (true, true, true, true),
+            (false, false, false, false),
         ] {
             let threads = match (warpgroups, producer) {
                 (true, true) => SP_THREADS,
@@ -653,8 +734,9 @@ mod assembled {
                 ("out", 768, 2048, None),
             ] {
                 let [.., out] = TensorCoreProjection::names(warpgroups, producer, persistent);
-                let name = format!("q_{}_{kind}", &out[..5]);
-                let kernel = TensorCoreProjection {
+                let form = if pingpong { "pingpong" } else { &out[..5] };
+                let name = format!("q_{form}_{kind}");
+                let p = TensorCoreProjection {
                     name: name.clone(),
                     din,
                     dout,
@@ -664,8 +746,11 @@ mod assembled {
                     warpgroups,
                     producer,
                     persistent,
-                }
-                .kernel();
+                };
+                let kernel = match pingpong {
+                    true => super::kernel_of(&p, super::Geometry::PINGPONG),
+                    false => p.kernel(),
+                };
                 let text = report(&kernel, &name);
                 assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
                 assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");

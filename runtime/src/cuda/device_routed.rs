@@ -31,8 +31,9 @@ enum Projections {
     /// Its `sproj` kernels (the same, and a producer warp feeding them: the weights through
     /// tensor maps).
     Producer,
-    /// Its `pproj` kernels (the same, persistent: a block per SM walks every expert's tiles).
-    Persistent,
+    /// Its `pproj` kernels (the same, persistent: a block per SM walks every expert's tiles),
+    /// or (`pingpong`) its `qproj` ones: the same with a tile per warpgroup, more shared memory.
+    Persistent { pingpong: bool },
 }
 
 /// The three kernels of the device-routed path.
@@ -50,8 +51,9 @@ impl RoutedKernels {
     /// The blocks of the first and the second projection over `tokens` tokens.
     fn blocks(&self, tokens: usize) -> (Blocks, Blocks) {
         use crate::program::{
-            PP_SHARED_BYTES, SP_SHARED_BYTES, SP_THREADS, TC_ACT_BLOCK_COLUMNS, TC_BLOCK_COLUMNS,
-            TC_WARPS, WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES, WG_THREADS,
+            PP_SHARED_BYTES, QP_SHARED_BYTES, SP_SHARED_BYTES, SP_THREADS, TC_ACT_BLOCK_COLUMNS,
+            TC_BLOCK_COLUMNS, TC_WARPS, WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES,
+            WG_THREADS,
         };
         let (plain, fused, warps, shared) = match self.projections {
             Projections::CudaCores => {
@@ -77,18 +79,22 @@ impl RoutedKernels {
                 SP_THREADS / 32,
                 SP_SHARED_BYTES,
             ),
-            Projections::Persistent => (
+            Projections::Persistent { pingpong } => (
                 WG_BLOCK_COLUMNS,
                 WG_ACT_BLOCK_COLUMNS,
                 SP_THREADS / 32,
-                PP_SHARED_BYTES,
+                if pingpong {
+                    QP_SHARED_BYTES
+                } else {
+                    PP_SHARED_BYTES
+                },
             ),
         };
         let first = Blocks {
             columns: if self.fused_act { fused } else { plain },
             warps,
             shared,
-            persistent: self.projections == Projections::Persistent,
+            persistent: matches!(self.projections, Projections::Persistent { .. }),
         };
         let second = Blocks {
             columns: plain,
@@ -212,7 +218,7 @@ impl Rank<'_> {
         // two boxes of a row per activation).
         let producer = matches!(
             kernels.projections,
-            Projections::Producer | Projections::Persistent
+            Projections::Producer | Projections::Persistent { .. }
         );
         let map = |w: u64, (rows, inner): (usize, usize), blocks: Blocks| {
             producer
@@ -276,8 +282,10 @@ impl Rank<'_> {
             Some((fused.or_else(|| f(plain))?, f(out)?, fused_act))
         };
         let (proj_in, proj_out, fused_act, projections) =
-            if let Some((i, o, a)) = pair(crate::program::PP_KERNELS) {
-                (i, o, a, Projections::Persistent)
+            if let Some((i, o, a)) = pair(crate::program::QP_KERNELS) {
+                (i, o, a, Projections::Persistent { pingpong: true })
+            } else if let Some((i, o, a)) = pair(crate::program::PP_KERNELS) {
+                (i, o, a, Projections::Persistent { pingpong: false })
             } else if let Some((i, o, a)) = pair(crate::program::SP_KERNELS) {
                 (i, o, a, Projections::Producer)
             } else if let Some((i, o, a)) = pair(crate::program::WG_KERNELS) {
@@ -306,7 +314,12 @@ impl Rank<'_> {
                 Projections::MmaSync => "tensor cores, mma.sync",
                 Projections::Warpgroups => "tensor cores, wgmma",
                 Projections::Producer => "tensor cores, wgmma, a producer warp",
-                Projections::Persistent => "tensor cores, wgmma, a producer warp, persistent",
+                Projections::Persistent { pingpong: false } => {
+                    "tensor cores, wgmma, a producer warp, persistent"
+                }
+                Projections::Persistent { pingpong: true } => {
+                    "tensor cores, wgmma, a producer warp, persistent, a tile per warpgroup"
+                }
             }
         );
         Some(kernels)

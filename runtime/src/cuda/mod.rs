@@ -1341,6 +1341,8 @@ fn load_kernels(
                     Some((crate::program::SP_SHARED_BYTES, SP_THREADS))
                 } else if crate::program::PP_KERNELS.contains(s) {
                     Some((crate::program::PP_SHARED_BYTES, SP_THREADS))
+                } else if crate::program::QP_KERNELS.contains(s) {
+                    Some((crate::program::QP_SHARED_BYTES, SP_THREADS))
                 } else {
                     None
                 };

@@ -17,8 +17,8 @@
 //! tile's chunk k is i NK + k) for the stages' phases, as the per-tile form numbers them over
 //! its passes; the rest (a tile is one pass) is that form's.
 
-use super::{acc_type, WarpgroupProjection, STAGES, STAGE_BYTES};
-use ppmoe_runtime::program::{PP_MAX_EXPERTS, SP_THREADS};
+use super::{acc_type, WarpgroupProjection};
+use ppmoe_runtime::program::{PP_MAX_EXPERTS, PP_SHARED_BYTES, QP_SHARED_BYTES, SP_THREADS};
 use std::fmt::Write as _;
 
 /// Where the running sums start after the barriers' start (past the 9 barriers and the
@@ -44,8 +44,18 @@ impl WarpgroupProjection<'_> {
         self.produce_pass(b, "%r0", "%pg0");
         let _ = writeln!(
             b,
-            "        }}\n        nvvm.cp.async.wait.group 0\n        }} else {{\n        scf.for %t = %bid to %total step %G {{"
+            "        }}\n        nvvm.cp.async.wait.group 0\n        }} else {{"
         );
+        // Ping-pong, warpgroup w takes the block's tiles w, w + 2, ... (t = its index + w G,
+        // step 2 G); else both take every tile.
+        if self.shape.pingpong {
+            let _ = writeln!(
+                b,
+                "        %wgG = arith.muli %wg, %G : index\n        %tfirst = arith.addi %bid, %wgG : index\n        %G2 = arith.muli %G, %c2 : index\n        scf.for %t = %tfirst to %total step %G2 {{"
+            );
+        } else {
+            let _ = writeln!(b, "        scf.for %t = %bid to %total step %G {{");
+        }
         self.tile(b);
         let _ = writeln!(
             b,
@@ -59,14 +69,21 @@ impl WarpgroupProjection<'_> {
     /// `%pre`, the running sums of the experts' tiles (see the module's doc), `%cE` (the
     /// experts) and `%total` (their tiles): every thread counts some, thread 0 sums them.
     fn tile_list(&self, b: &mut String) {
-        // The running sums start where the per-tile form's shared memory ends.
-        debug_assert_eq!(
-            STAGES * STAGE_BYTES + 1024 + PREFIX_OFFSET,
-            ppmoe_runtime::program::SP_SHARED_BYTES
+        // The running sums start after the stages, the barriers and the staging.
+        debug_assert!(
+            self.shape.stages * self.shape.stage_bytes()
+                + 1024
+                + PREFIX_OFFSET
+                + 4 * (PP_MAX_EXPERTS + 1)
+                <= if self.shape.pingpong {
+                    QP_SHARED_BYTES
+                } else {
+                    PP_SHARED_BYTES
+                }
         );
         let _ = writeln!(
             b,
-            "        %cTH = arith.constant {SP_THREADS} : index\n        %cCT = arith.constant {} : index\n        %cE = memref.dim %counts, %c0 : memref<?xi32>\n        %z32 = arith.constant 0 : i32\n        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %c127 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index",
+            "        %cTH = arith.constant {SP_THREADS} : index\n        %cCT = arith.constant {} : index\n        %cE = memref.dim %counts, %c0 : memref<?xi32>\n        %z32 = arith.constant 0 : i32\n        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %cPm1 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index",
             self.out_columns().div_ceil(self.block_columns())
         );
         let at = entry(b, "xs", "%x1");
@@ -109,7 +126,7 @@ impl WarpgroupProjection<'_> {
         let base = entry(b, "eb", "%e");
         let _ = writeln!(
             b,
-            "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tc127 = arith.addi %cnt, %c127 : index\n          %tpasses = arith.divui %tc127, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index\n          %tb = arith.subi %t, %bid : index\n          %it = arith.divui %tb, %G : index"
+            "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tc127 = arith.addi %cnt, %cPm1 : index\n          %tpasses = arith.divui %tc127, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index\n          %tb = arith.subi %t, %bid : index\n          %it = arith.divui %tb, %G : index"
         );
     }
 }

@@ -23,15 +23,13 @@
 //! `empty`'s phase g / STAGES - 1 before it fills the stage again. A warpgroup with no rows in
 //! a pass waits and releases like the other, and skips the multiplication.
 
-use super::{copy, WarpgroupProjection, PASS_ROWS, ROWS_BYTES, STAGES, STAGE_BYTES, TILE_N};
+use super::{copy, WarpgroupProjection, TILE_N};
 use std::fmt::Write as _;
 
-/// The listed rows each producer lane copies a word of, per chunk.
-const LANE_ROWS: usize = PASS_ROWS * 8 / 32;
 /// Arrivals that complete a `full` phase: the 32 lanes' row copies, and lane 0's expectation.
 const FULL_ARRIVALS: usize = 33;
-/// Bytes of the weights that land in a stage per chunk.
-const WEIGHT_BYTES: usize = STAGE_BYTES - ROWS_BYTES;
+/// Bytes of the weights that land in a stage per chunk (256 rows of 64 inner elements).
+const WEIGHT_BYTES: usize = TILE_N * 128;
 
 impl WarpgroupProjection<'_> {
     /// After the prologue: the barriers made, then the producer's loop or the consumers'.
@@ -63,17 +61,18 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(
             b,
             "        %cBAR = arith.constant {} : index\n        %bars = arith.addi %smx, %cBAR : index\n        %c256 = arith.constant 256 : index\n        %t0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %t0 {{",
-            STAGES * STAGE_BYTES
+            self.shape.stages * self.shape.stage_bytes()
         );
         let mut inits = Vec::new();
-        for s in 0..STAGES {
+        let releasers = self.shape.releasers();
+        for s in 0..self.shape.stages {
             inits.push((format!("full{s}"), "full", s, FULL_ARRIVALS));
-            inits.push((format!("empty{s}"), "empty", s, 256));
+            inits.push((format!("empty{s}"), "empty", s, releasers));
         }
-        inits.push(("spare".into(), "spare", 0, 256));
+        inits.push(("spare".into(), "spare", 0, releasers));
         for (v, kind, s, count) in inits {
             let _ = writeln!(b, "          %ci{v} = arith.constant {s} : index");
-            let at = barrier(b, &format!("i{v}"), kind, &format!("%ci{v}"));
+            let at = self.barrier(b, &format!("i{v}"), kind, &format!("%ci{v}"));
             let _ = writeln!(
                 b,
                 "          %n{v} = arith.constant {count} : i32\n          llvm.inline_asm has_side_effects asm_dialect = att \"mbarrier.init.shared::cta.b64 [$0], $1;\", \"r,r\" {at}, %n{v} : (i32, i32) -> ()"
@@ -102,7 +101,12 @@ impl WarpgroupProjection<'_> {
     /// (lane 0) and the rows' words.
     pub(super) fn produce_pass(&self, b: &mut String, r0: &str, g0: &str) {
         // Ablated (`PPMOE_ABLATE`), no rows or no weights are copied; the arrivals stay.
-        let rows = if self.ablate.rows { 0 } else { LANE_ROWS };
+        // The listed rows each lane copies a word of, per chunk.
+        let rows = if self.ablate.rows {
+            0
+        } else {
+            self.shape.pass_rows * 8 / 32
+        };
         for i in 0..rows {
             self.produced_row(b, &format!("pa{i}"), i);
             Self::row_word(
@@ -117,12 +121,12 @@ impl WarpgroupProjection<'_> {
             b,
             "          scf.for %pk = %c0 to %cNK step %c1 {{\n            %pg = arith.addi {g0}, %pk : index\n            %ps = arith.remui %pg, %cST : index\n            %pph = arith.divui %pg, %cST : index\n            %reuse = arith.cmpi uge, %pg, %cST : index\n            scf.if %reuse {{\n              %pph1 = arith.subi %pph, %c1 : index"
         );
-        wait(b, "pe", "empty", "%ps", "%pph1", "              ");
+        self.wait(b, "pe", "empty", "%ps", "%pph1", "              ");
         let _ = writeln!(
             b,
             "            }}\n            %pgk = arith.muli %pk, %c128 : index\n            %pss = arith.muli %ps, %cSB : index\n            %psa = arith.addi %smx, %pss : index\n            %psb = arith.addi %psa, %cRO : index"
         );
-        let full = barrier(b, "pf", "full", "%ps");
+        let full = self.barrier(b, "pf", "full", "%ps");
         let _ = writeln!(
             b,
             "            scf.if %lead {{\n              llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [$0], $1; }}\", \"r,r\" {full}, %cWB : (i32, i32) -> ()"
@@ -192,7 +196,7 @@ impl WarpgroupProjection<'_> {
             b,
             "            %cs = arith.remui %gi, %cST : index\n            %cph = arith.divui %gi, %cST : index"
         );
-        wait(b, "cf", "full", "%cs", "%cph", "            ");
+        self.wait(b, "cf", "full", "%cs", "%cph", "            ");
         let _ = writeln!(
             b,
             "            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}"
@@ -200,10 +204,12 @@ impl WarpgroupProjection<'_> {
         self.multiply(b);
         let _ = writeln!(
             b,
-            "            nvvm.wgmma.wait.group.sync.aligned 1\n            %cST1 = arith.subi %cST, %c1 : index\n            %cprev0 = arith.addi %gi, %cST1 : index\n            %cprev = arith.remui %cprev0, %cST : index\n            %cfirst = arith.cmpi eq, %gi, %c0 : index"
+            "            nvvm.wgmma.wait.group.sync.aligned 1\n            %cST1 = arith.subi %cST, %c1 : index\n            %cprev0 = arith.addi %gi, %cST1 : index\n            %cprev = arith.remui %cprev0, %cST : index\n            %cfirst = arith.cmpi eq, {}, %c0 : index",
+            // Ping-pong, the chunk before a tile's first is the other warpgroup's.
+            if self.shape.pingpong { "%kc" } else { "%gi" }
         );
-        let empty = barrier(b, "ce", "empty", "%cprev");
-        let spare = barrier(b, "cx", "spare", "%c0");
+        let empty = self.barrier(b, "ce", "empty", "%cprev");
+        let spare = self.barrier(b, "cx", "spare", "%c0");
         let _ = writeln!(
             b,
             "            %crel = arith.select %cfirst, {spare}, {empty} : i32"
@@ -213,30 +219,44 @@ impl WarpgroupProjection<'_> {
     }
 }
 
-/// The i32 shared address (`%{v}_ba`) of stage `stage`'s (an index value) `kind` barrier
-/// (`full`, `empty` or the `spare` one, 8 bytes each in that order after the stages at
-/// `%bars`).
-fn barrier(b: &mut String, v: &str, kind: &str, stage: &str) -> String {
-    let base = match kind {
-        "full" => 0,
-        "empty" => 8 * STAGES,
-        _ => 16 * STAGES,
-    };
-    let _ = writeln!(
-        b,
-        "          %{v}_c8 = arith.constant 8 : index\n          %{v}_k = arith.constant {base} : index\n          %{v}_o = arith.muli {stage}, %{v}_c8 : index\n          %{v}_o2 = arith.addi %{v}_o, %{v}_k : index\n          %{v}_x = arith.addi %bars, %{v}_o2 : index\n          %{v}_ba = arith.index_cast %{v}_x : index to i32"
-    );
-    format!("%{v}_ba")
-}
+impl WarpgroupProjection<'_> {
+    /// Ping-pong, after a tile's last wgmmas: release its last chunk's stage (the tile's
+    /// first chunk `%g0`).
+    pub(super) fn release_last_chunk(&self, b: &mut String) {
+        let _ = writeln!(
+            b,
+            "          %clast0 = arith.addi %g0, %cNK : index\n          %clast1 = arith.subi %clast0, %c1 : index\n          %clast = arith.remui %clast1, %cST : index"
+        );
+        let at = self.barrier(b, "cl", "empty", "%clast");
+        arrive(b, &at, "          ");
+    }
 
-/// Wait until stage `stage`'s `kind` barrier (see `barrier`) has completed its phase `phase`
-/// (index values).
-fn wait(b: &mut String, v: &str, kind: &str, stage: &str, phase: &str, ind: &str) {
-    let at = barrier(b, v, kind, stage);
-    let _ = writeln!(
-        b,
-        "{ind}%{v}_pc1 = arith.constant 1 : index\n{ind}%{v}_par = arith.andi {phase}, %{v}_pc1 : index\n{ind}%{v}_p32 = arith.index_cast %{v}_par : index to i32\n{ind}llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .pred p; LAB_WAIT: mbarrier.try_wait.parity.shared::cta.b64 p, [$0], $1; @!p bra LAB_WAIT; }}\", \"r,r\" {at}, %{v}_p32 : (i32, i32) -> ()"
-    );
+    /// The i32 shared address (`%{v}_ba`) of stage `stage`'s (an index value) `kind` barrier
+    /// (`full`, `empty` or the `spare` one, 8 bytes each in that order after the stages at
+    /// `%bars`).
+    fn barrier(&self, b: &mut String, v: &str, kind: &str, stage: &str) -> String {
+        let stages = self.shape.stages;
+        let base = match kind {
+            "full" => 0,
+            "empty" => 8 * stages,
+            _ => 16 * stages,
+        };
+        let _ = writeln!(
+            b,
+            "          %{v}_c8 = arith.constant 8 : index\n          %{v}_k = arith.constant {base} : index\n          %{v}_o = arith.muli {stage}, %{v}_c8 : index\n          %{v}_o2 = arith.addi %{v}_o, %{v}_k : index\n          %{v}_x = arith.addi %bars, %{v}_o2 : index\n          %{v}_ba = arith.index_cast %{v}_x : index to i32"
+        );
+        format!("%{v}_ba")
+    }
+
+    /// Wait until stage `stage`'s `kind` barrier (see `barrier`) has completed its phase
+    /// `phase` (index values).
+    fn wait(&self, b: &mut String, v: &str, kind: &str, stage: &str, phase: &str, ind: &str) {
+        let at = self.barrier(b, v, kind, stage);
+        let _ = writeln!(
+            b,
+            "{ind}%{v}_pc1 = arith.constant 1 : index\n{ind}%{v}_par = arith.andi {phase}, %{v}_pc1 : index\n{ind}%{v}_p32 = arith.index_cast %{v}_par : index to i32\n{ind}llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .pred p; LAB_WAIT: mbarrier.try_wait.parity.shared::cta.b64 p, [$0], $1; @!p bra LAB_WAIT; }}\", \"r,r\" {at}, %{v}_p32 : (i32, i32) -> ()"
+        );
+    }
 }
 
 /// Arrive on the barrier at `at`.

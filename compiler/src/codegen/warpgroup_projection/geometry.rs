@@ -1,0 +1,120 @@
+//! The tiles and stages of a warpgroup projection. Cooperative (every form's, the default):
+//! both warpgroups multiply the same tile, 128 rows (64 each) by 256 weight rows, in four
+//! stages; a tile's epilogue then stops both, and no multiplication overlaps it (14% of
+//! `pproj`'s time at Qwen3-30B-A3B's 4096 tokens on an H200, session 34). Ping-pong (the
+//! persistent form only, `PPMOE_PPROJ=pingpong` at compile time, a trial not yet run on a
+//! GPU): each warpgroup takes every other tile of its block's, 64 rows by 256 weight rows, in
+//! five stages of 40 KiB (`qproj_*` kernels, `QP_SHARED_BYTES`), so one warpgroup's epilogue runs while the other's wgmmas do (the
+//! stages come in the tiles' order, so the second warpgroup's tile starts as the first's ends).
+//! Each tile's weight rows then come from the L2 for 64 rows, not 128.
+
+use super::{PASS_ROWS, STAGES, TILE_N};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Geometry {
+    /// Rows of a tile (a pass).
+    pub pass_rows: usize,
+    pub stages: usize,
+    /// Each warpgroup its own tiles.
+    pub pingpong: bool,
+}
+
+impl Geometry {
+    pub const COOPERATIVE: Geometry = Geometry {
+        pass_rows: PASS_ROWS,
+        stages: STAGES,
+        pingpong: false,
+    };
+    pub const PINGPONG: Geometry = Geometry {
+        pass_rows: PASS_ROWS / 2,
+        stages: ppmoe_runtime::program::PINGPONG_STAGES,
+        pingpong: true,
+    };
+
+    /// What `PPMOE_PPROJ` names: `pingpong`, or the cooperative geometry (another value is
+    /// warned about and leaves it).
+    pub(super) fn from_env() -> Geometry {
+        let value = std::env::var("PPMOE_PPROJ").unwrap_or_default();
+        let value = value.trim();
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        match value {
+            "" => Geometry::COOPERATIVE,
+            "pingpong" => {
+                WARNED.call_once(|| {
+                    tracing::warn!("PPMOE_PPROJ=pingpong: the persistent projections with a tile per warpgroup (a trial, not yet run on a GPU)")
+                });
+                Geometry::PINGPONG
+            }
+            _ => {
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "PPMOE_PPROJ={value:?} is not a geometry (pingpong): the cooperative one"
+                    )
+                });
+                Geometry::COOPERATIVE
+            }
+        }
+    }
+
+    /// Bytes of a chunk of the tile's rows (128 bytes a row) in a stage, the weights' after.
+    pub fn rows_bytes(&self) -> usize {
+        self.pass_rows * 128
+    }
+
+    pub fn stage_bytes(&self) -> usize {
+        self.rows_bytes() + TILE_N * 128
+    }
+
+    /// The rows between one warpgroup's first row of a tile and the next's (0: each its own
+    /// tile).
+    pub fn warpgroup_rows(&self) -> usize {
+        if self.pingpong {
+            0
+        } else {
+            PASS_ROWS / 2
+        }
+    }
+
+    /// Threads that release a stage: those of the warpgroups that multiply its chunk.
+    pub fn releasers(&self) -> usize {
+        if self.pingpong {
+            128
+        } else {
+            256
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Geometry;
+
+    /// Each geometry's stages fit in the shared memory the runtime gives its kernels
+    /// (`PP_SHARED_BYTES`, `QP_SHARED_BYTES`) with the barriers, the epilogue's staging and the
+    /// tile sums, and the descriptors' 1024-byte alignment holds at every stage and operand.
+    #[test]
+    fn both_geometries_fit_the_persistent_forms_shared_memory() {
+        use ppmoe_runtime::program::{
+            EPILOGUE_STAGING_BYTES, PP_MAX_EXPERTS, PP_SHARED_BYTES, QP_SHARED_BYTES,
+        };
+        for (g, allowed) in [
+            (Geometry::COOPERATIVE, PP_SHARED_BYTES),
+            (Geometry::PINGPONG, QP_SHARED_BYTES),
+        ] {
+            let used = g.stages * g.stage_bytes()
+                + 1024
+                + 128
+                + EPILOGUE_STAGING_BYTES
+                + 4 * (PP_MAX_EXPERTS + 1);
+            assert!(used <= allowed, "{g:?}: {used}");
+            assert_eq!(g.stage_bytes() % 1024, 0);
+            assert_eq!(g.rows_bytes() % 1024, 0);
+            // The barriers (full and empty per stage, a spare) fit their 128 bytes.
+            assert!(8 * (2 * g.stages + 1) <= 128);
+        }
+        assert!(
+            QP_SHARED_BYTES.max(PP_SHARED_BYTES) <= 227 * 1024,
+            "an H200 block's most"
+        );
+    }
+}
