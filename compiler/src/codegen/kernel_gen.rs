@@ -528,8 +528,8 @@ pub(super) fn act_math(ffn: &Ffn) -> String {
 
 /// `%{o}gv` and `%{o}uv`: a gate value `g` and its up value `u` (f32) rounded to bf16
 /// (nearest even) and widened again, as PyTorch's bf16 projection stores them before the
-/// activation; one `cvt.rn.bf16x2.f32` narrows both (one F2FP in the SASS where two single
-/// narrowings were two F2F, the conversion pipe's), the gate in the low half.
+/// activation; one `cvt.rn.bf16x2.f32` narrows both, the gate in the low half (the two
+/// single narrowings were two F2F instructions in `pproj_act`'s SASS, 128 per thread and tile).
 pub(super) fn rounded_gate_up(b: &mut String, o: &str, g: &str, u: &str, ind: &str) {
     let _ = writeln!(
         b,
