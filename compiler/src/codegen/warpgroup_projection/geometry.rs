@@ -75,6 +75,27 @@ impl Geometry {
         }
     }
 
+    /// Shared memory the persistent kernel uses in this geometry: the stages, their alignment
+    /// (up to 1024 bytes), the barriers (128), the epilogue's staging and the tile sums.
+    pub fn persistent_shared_bytes(&self) -> usize {
+        use ppmoe_runtime::program::{EPILOGUE_STAGING_BYTES, PP_MAX_EXPERTS};
+        self.stages * self.stage_bytes()
+            + 1024
+            + 128
+            + EPILOGUE_STAGING_BYTES
+            + 4 * (PP_MAX_EXPERTS + 1)
+    }
+
+    /// Shared memory the runtime gives this geometry's persistent kernels.
+    pub fn persistent_shared_allowed(&self) -> usize {
+        use ppmoe_runtime::program::{PP_SHARED_BYTES, QP_SHARED_BYTES};
+        if self.pingpong {
+            QP_SHARED_BYTES
+        } else {
+            PP_SHARED_BYTES
+        }
+    }
+
     /// Threads that release a stage: those of the warpgroups that multiply its chunk.
     pub fn releasers(&self) -> usize {
         if self.pingpong {
@@ -94,19 +115,10 @@ mod tests {
     /// tile sums, and the descriptors' 1024-byte alignment holds at every stage and operand.
     #[test]
     fn both_geometries_fit_the_persistent_forms_shared_memory() {
-        use ppmoe_runtime::program::{
-            EPILOGUE_STAGING_BYTES, PP_MAX_EXPERTS, PP_SHARED_BYTES, QP_SHARED_BYTES,
-        };
-        for (g, allowed) in [
-            (Geometry::COOPERATIVE, PP_SHARED_BYTES),
-            (Geometry::PINGPONG, QP_SHARED_BYTES),
-        ] {
-            let used = g.stages * g.stage_bytes()
-                + 1024
-                + 128
-                + EPILOGUE_STAGING_BYTES
-                + 4 * (PP_MAX_EXPERTS + 1);
-            assert!(used <= allowed, "{g:?}: {used}");
+        use ppmoe_runtime::program::{PP_SHARED_BYTES, QP_SHARED_BYTES};
+        for g in [Geometry::COOPERATIVE, Geometry::PINGPONG] {
+            let used = g.persistent_shared_bytes();
+            assert!(used <= g.persistent_shared_allowed(), "{g:?}: {used}");
             assert_eq!(g.stage_bytes() % 1024, 0);
             assert_eq!(g.rows_bytes() % 1024, 0);
             // The barriers (full and empty per stage, a spare) fit their 128 bytes.

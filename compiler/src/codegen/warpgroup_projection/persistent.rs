@@ -18,7 +18,7 @@
 //! its passes; the rest (a tile is one pass) is that form's.
 
 use super::{acc_type, WarpgroupProjection};
-use ppmoe_runtime::program::{PP_MAX_EXPERTS, PP_SHARED_BYTES, QP_SHARED_BYTES, SP_THREADS};
+use ppmoe_runtime::program::{PP_MAX_EXPERTS, SP_THREADS};
 use std::fmt::Write as _;
 
 /// Where the running sums start after the barriers' start (past the 9 barriers and the
@@ -71,15 +71,7 @@ impl WarpgroupProjection<'_> {
     fn tile_list(&self, b: &mut String) {
         // The running sums start after the stages, the barriers and the staging.
         debug_assert!(
-            self.shape.stages * self.shape.stage_bytes()
-                + 1024
-                + PREFIX_OFFSET
-                + 4 * (PP_MAX_EXPERTS + 1)
-                <= if self.shape.pingpong {
-                    QP_SHARED_BYTES
-                } else {
-                    PP_SHARED_BYTES
-                }
+            self.shape.persistent_shared_bytes() <= self.shape.persistent_shared_allowed()
         );
         let _ = writeln!(
             b,
