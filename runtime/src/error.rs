@@ -30,6 +30,10 @@ pub enum RuntimeError {
     Npy(#[from] crate::npy::NpyError),
     #[error("{path}: cannot read or write: {cause}")]
     Io { path: String, cause: std::io::Error },
+    /// The backend cannot be used here (no driver, no GPU).
     #[error("backend '{backend}' is not available: {reason}")]
+    Unavailable { backend: String, reason: String },
+    /// The backend failed while running (a driver error, a kernel fault, a rank's thread).
+    #[error("backend '{backend}': {reason}")]
     Backend { backend: String, reason: String },
 }

@@ -939,9 +939,10 @@ pub const QP_SHARED_BYTES: usize = PINGPONG_STAGES * (64 + 256) * 128
 /// Qwen3-30B-A3B's layer, the persistent form against mma.sync in the same call) 0.346
 /// against 0.363 ms at 32 tokens (2 rows each), 0.375 against 0.407 at 64, 0.373 against 0.421
 /// at 128, 0.377 against 0.444 at 256, and level at 1 row (16 tokens: 0.259 against 0.266).
-/// On larger matrices more than 16 rows (measured at 32: Qwen3's layer at 512 tokens 0.439 ms
-/// against mma.sync's 0.485-0.490 in other runs; not measured at fewer on them); more than 32
-/// in PPMoE's `local` step at tp > 1 (not measured there).
+/// On larger matrices more than 4 rows: at 16 (Mixtral-8x7B's layer at 64 tokens) the
+/// persistent form took 0.838 ms (session 35, docs/bench-h200-s35.txt) where mma.sync took
+/// 1.02 (session 28); at 2 rows (8 tokens) mma.sync 0.654 (session 33); 5 to 15 rows are not
+/// measured. More than 32 in PPMoE's `local` step at tp > 1 (not measured there).
 pub fn projects_on_warpgroups(
     slots: usize,
     experts: usize,
@@ -952,7 +953,7 @@ pub fn projects_on_warpgroups(
     rows > match (local, matrix_bytes <= SMALL_MATRIX) {
         (true, _) => 32,
         (false, true) => 1,
-        (false, false) => 16,
+        (false, false) => 4,
     }
 }
 
@@ -964,22 +965,20 @@ pub const SMALL_MATRIX: usize = 16 << 20;
 /// Whether an experts step of bf16 stacks over `tokens` tokens (more than one), `slots` of
 /// them over `experts` experts whose first matrices are `matrix_bytes` each, runs routed on
 /// the device with the tensor-core projections by default (the compiler's
-/// `PPMOE_DEVICE_ROUTING` overrides it): with a few rows per expert (at most 4 on average) on
-/// any matrices, with any number on small ones (16 MiB or less), and with 17 to 64 on large
-/// ones (the wgmma projections; `projects_on_warpgroups`). Measured on an H200 (bf16, one
-/// layer, sessions 27 to 29), against cuBLAS over rows grouped on the host: Qwen3-30B-A3B's
-/// 6 MiB matrices 0.490 against 0.537 ms at 512 tokens (32 rows each), 0.481 against 0.673 at
-/// 1024, 1.272 against 1.614 at 4096 and 4.600 against 5.465 at 16384, with no host round trip
-/// (so a CUDA graph); Mixtral-8x7B at 8 tokens (2 rows on 117 MB matrices) 0.651-0.664
-/// against 0.628; the DeepSeek-like layer (56 MiB) at 512 tokens (64 rows) 1.642 against
-/// 1.799. Slower on large matrices with more rows, where cuBLAS's pipelined GEMMs win:
-/// Mixtral at 64 tokens (16 rows, mma.sync) 1.02 against 0.84 ms, at 512 (128 rows, wgmma)
-/// 1.158 against 0.88, at 4096 7.22 against 4.80; the DeepSeek-like layer at 4096 8.43
-/// against about 6.2. Mixtral between 17 and 64 rows (65 to 256 tokens) is not measured.
-/// `local`: PPMoE's step of a rank's experts at tp > 1, whose all-reduce the device grouping
-/// overlaps with its chunks (measured at 4096 tokens in session 26: 1.461 against 1.712 ms);
-/// the warpgroup projections have not been measured there, so such a step keeps session 27's
-/// boundary of 32 rows per expert on small matrices.
+/// `PPMOE_DEVICE_ROUTING` overrides it): always on one rank's whole step, so its forward reads
+/// nothing back to the host (no synchronisation, a CUDA graph). Measured on an H200 (bf16, one
+/// layer), against cuBLAS over rows grouped on the host (two copies back per forward):
+/// Qwen3-30B-A3B's 6 MiB matrices 0.490 against 0.537 ms at 512 tokens, 0.481 against 0.673
+/// at 1024, 1.272 against 1.614 at 4096 and 4.600 against 5.465 at 16384 (sessions 27-29);
+/// the DeepSeek-like layer (56 MiB) 1.642 against 1.799 at 512 (session 29), 5.918 against
+/// 6.259 at 4096 (session 34); Mixtral-8x7B (117 MB matrices) at 8 tokens 0.651-0.664 against
+/// 0.628 (session 28), and in one run of session 35 (docs/bench-h200-s35.txt) 0.838 against
+/// 0.827 at 64 tokens, 1.033 against 1.000 at 512 and 5.140 against 4.677 at 4096: up to 10%
+/// slower there, the price of no host round trip (`PPMOE_DEVICE_ROUTING=0` groups on the
+/// host). `local`: PPMoE's step of a rank's experts at tp > 1, whose all-reduce the chunks of
+/// the host or device grouping overlap (measured at 4096 tokens in session 26: 1.461 against
+/// 1.712 ms), which the routed path cannot; the routed path has not been measured there, so
+/// such a step keeps session 27's boundaries: 4 rows per expert, 32 on small matrices.
 pub fn routes_on_tensor_cores(
     tokens: usize,
     slots: usize,
@@ -989,8 +988,7 @@ pub fn routes_on_tensor_cores(
 ) -> bool {
     let rows = slots.div_ceil(experts.max(1));
     let small = matrix_bytes <= SMALL_MATRIX;
-    let wide = !local && rows > 16 && rows <= 64;
-    tokens > 1 && (rows <= 4 || wide || (small && (rows <= 32 || !local)))
+    tokens > 1 && (!local || rows <= 4 || (small && rows <= 32))
 }
 
 /// The kernels an experts step may have besides its gather, activation and combine (which
@@ -1051,9 +1049,11 @@ pub const FROM_BF16_X4_KERNEL: &str = "from_bf16_x4";
 mod tests {
     use super::{projects_on_warpgroups, routes_on_tensor_cores};
 
-    /// The measured boundaries (H200, bf16, sessions 27 to 29), one token and past them excluded.
+    /// The measured boundaries (H200, bf16, sessions 27 to 35): one rank's whole step routed
+    /// on the device from 2 tokens, whatever its matrices; PPMoE's local step within its
+    /// boundaries only.
     #[test]
-    fn tensor_core_routing_is_for_few_rows_per_expert() {
+    fn tensor_core_routing_is_every_whole_steps_and_few_rows_of_a_local_one() {
         let qwen3 = 1536 * 2048 * 2;
         let mixtral = 28672 * 4096 * 2;
         let deepseek = 4096 * 7168 * 2;
@@ -1080,22 +1080,24 @@ mod tests {
                 "qwen3 {t}"
             );
         }
-        // Mixtral-8x7B (8 experts, k 2): 8 tokens (2 rows each), not 64 (16 rows each) nor
-        // 512 (128 rows each).
-        assert!(routes_on_tensor_cores(8, 16, 8, mixtral, false));
-        assert!(!routes_on_tensor_cores(64, 128, 8, mixtral, false));
-        assert!(!routes_on_tensor_cores(512, 1024, 8, mixtral, false));
-        // On its large matrices, mma.sync at 2 rows each, wgmma from 17 (128 tokens).
+        // Mixtral-8x7B (8 experts, k 2) and the DeepSeek-like layer: from 2 tokens at every
+        // count; on their large matrices mma.sync up to 4 rows each, wgmma from 5.
+        for t in [2, 8, 64, 512, 4096, 16384] {
+            assert!(routes_on_tensor_cores(t, 2 * t, 8, mixtral, false), "{t}");
+            assert!(routes_on_tensor_cores(t, 8 * t, 64, deepseek, false), "{t}");
+        }
+        assert!(!routes_on_tensor_cores(1, 2, 8, mixtral, false));
         assert!(!projects_on_warpgroups(16, 8, mixtral, false));
-        assert!(!projects_on_warpgroups(128, 8, mixtral, false));
-        assert!(projects_on_warpgroups(256, 8, mixtral, false));
+        assert!(!projects_on_warpgroups(32, 8, mixtral, false));
+        assert!(projects_on_warpgroups(40, 8, mixtral, false));
+        assert!(projects_on_warpgroups(128, 8, mixtral, false));
+        assert!(projects_on_warpgroups(512, 64, deepseek, false));
         // PPMoE's local step at tp 2 (64 of Qwen3's experts): up to 32 rows each, on mma.sync.
         assert!(routes_on_tensor_cores(256, 2048, 64, qwen3 / 2, true));
         assert!(!projects_on_warpgroups(2048, 64, qwen3 / 2, true));
         assert!(!routes_on_tensor_cores(4096, 32768, 64, qwen3 / 2, true));
-        // The DeepSeek-like layer: at 512 tokens (64 rows each, wgmma), not 4096.
-        assert!(routes_on_tensor_cores(512, 4096, 64, deepseek, false));
-        assert!(projects_on_warpgroups(4096, 64, deepseek, false));
-        assert!(!routes_on_tensor_cores(4096, 32768, 64, deepseek, false));
+        // Its large matrices: up to 4 rows each (Mixtral's 4 experts a rank at 8 tokens).
+        assert!(routes_on_tensor_cores(8, 16, 4, mixtral, true));
+        assert!(!routes_on_tensor_cores(64, 128, 4, mixtral, true));
     }
 }

@@ -553,7 +553,9 @@ mod tests {
     /// block's, 64 rows from the stage's start, in five stages of 40 KiB whose `empty`
     /// barriers one warpgroup (128 threads) releases, a tile's last stage released after its
     /// last wgmmas; the producer's lanes copy 16 rows' words a chunk (32 in the cooperative
-    /// form). The cooperative kernel is the default.
+    /// form); each warpgroup's chunk loop waits for its turn (parity of (it + 3) / 2: the
+    /// block's first tile at once) and passes the turn after it. The cooperative kernel is the
+    /// default.
     #[test]
     fn a_pingpong_projection_gives_each_warpgroup_its_own_tiles() {
         let mut p = small("t_pproj_out", true);
@@ -581,8 +583,23 @@ mod tests {
         assert!(ping.contains("%clast = arith.remui %clast1, %cST"));
         assert_eq!(ping.matches("nvvm.cp.async.shared.global").count(), 16);
         assert_eq!(coop.matches("nvvm.cp.async.shared.global").count(), 32);
+        // The turns: two barriers of 128 arrivals after the spare one; the wait before the
+        // consumers' chunk loop, the arrival on the other's after it.
+        for w in 0..2 {
+            assert!(ping.contains(&format!("%nturn{w} = arith.constant 128 : i32")));
+        }
+        assert!(!coop.contains("%nturn") && !coop.contains("%owg"));
+        let at = |needle: &str| ping.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        let consumers = at("scf.for %t = %tfirst");
+        let chunk_loop = consumers + ping[consumers..].find("scf.for %kc").unwrap();
+        assert!(consumers < at("%tph = arith.divui %itp, %c2") && at("%tph") < chunk_loop);
+        assert!(at("%owg = arith.subi %c1, %wg") > chunk_loop);
+        assert!(
+            ping.contains("%tw_k = arith.constant 88 : index"),
+            "after 5 + 5 + 1"
+        );
         let ptx = ptx_of(&ping);
-        assert_eq!(ptx.matches("mbarrier.init.shared::cta.b64").count(), 11);
+        assert_eq!(ptx.matches("mbarrier.init.shared::cta.b64").count(), 13);
         assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
         assert!(!ptx.contains(".local"), "no spills to local memory");
     }

@@ -121,8 +121,9 @@ mod tests {
             assert!(used <= g.persistent_shared_allowed(), "{g:?}: {used}");
             assert_eq!(g.stage_bytes() % 1024, 0);
             assert_eq!(g.rows_bytes() % 1024, 0);
-            // The barriers (full and empty per stage, a spare) fit their 128 bytes.
-            assert!(8 * (2 * g.stages + 1) <= 128);
+            // The barriers (full and empty per stage, a spare, ping-pong's two turns) fit
+            // their 128 bytes.
+            assert!(8 * (2 * g.stages + 1 + 2 * usize::from(g.pingpong)) <= 128);
         }
         assert!(
             QP_SHARED_BYTES.max(PP_SHARED_BYTES) <= 227 * 1024,

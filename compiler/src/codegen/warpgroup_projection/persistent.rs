@@ -57,11 +57,17 @@ impl WarpgroupProjection<'_> {
             let _ = writeln!(b, "        scf.for %t = %bid to %total step %G {{");
         }
         self.tile(b);
+        if self.shape.pingpong {
+            self.wait_turn(b);
+        }
         let _ = writeln!(
             b,
             "          %g0 = arith.muli %it, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index"
         );
         self.consume_chunk(b);
+        if self.shape.pingpong {
+            self.pass_turn(b);
+        }
         self.pass_tail(b);
         let _ = writeln!(b, "        }}");
     }

@@ -70,6 +70,12 @@ impl WarpgroupProjection<'_> {
             inits.push((format!("empty{s}"), "empty", s, releasers));
         }
         inits.push(("spare".into(), "spare", 0, releasers));
+        // Ping-pong, each warpgroup's turn (see `wait_turn`): the other's 128 threads arrive.
+        if self.shape.pingpong {
+            for w in 0..2 {
+                inits.push((format!("turn{w}"), "turn", w, 128));
+            }
+        }
         for (v, kind, s, count) in inits {
             let _ = writeln!(b, "          %ci{v} = arith.constant {s} : index");
             let at = self.barrier(b, &format!("i{v}"), kind, &format!("%ci{v}"));
@@ -231,15 +237,40 @@ impl WarpgroupProjection<'_> {
         arrive(b, &at, "          ");
     }
 
+    /// Ping-pong, before tile `%it` of the block's (a warpgroup's chunk loop): wait for the
+    /// warpgroup's turn, the other's chunk loop of tile `%it - 1` done (its `turn` arrival;
+    /// the block's first tile passes at once: parity 1 of a fresh barrier). The chunk loops
+    /// thus run one after the other, as in CUTLASS's ping-pong kernels (its ordered math
+    /// barrier), and every chunk of the tiles before a warpgroup's has been waited for when it
+    /// waits for its own: a stage's `full` barrier is then at most one phase behind the
+    /// chunk's, the only distance a parity wait tells apart. Without the turns a warpgroup
+    /// skips the other's chunks, and a stage two phases behind reads as ready.
+    pub(super) fn wait_turn(&self, b: &mut String) {
+        let _ = writeln!(
+            b,
+            "          %ctw3 = arith.constant 3 : index\n          %itp = arith.addi %it, %ctw3 : index\n          %tph = arith.divui %itp, %c2 : index"
+        );
+        self.wait(b, "tw", "turn", "%wg", "%tph", "          ");
+    }
+
+    /// Ping-pong, after a warpgroup's chunk loop (its wgmmas issued, every stage it reads
+    /// waited for): the other warpgroup's turn.
+    pub(super) fn pass_turn(&self, b: &mut String) {
+        let _ = writeln!(b, "          %owg = arith.subi %c1, %wg : index");
+        let at = self.barrier(b, "to", "turn", "%owg");
+        arrive(b, &at, "          ");
+    }
+
     /// The i32 shared address (`%{v}_ba`) of stage `stage`'s (an index value) `kind` barrier
-    /// (`full`, `empty` or the `spare` one, 8 bytes each in that order after the stages at
-    /// `%bars`).
+    /// (`full`, `empty`, the `spare` one, then ping-pong's two `turn` ones, 8 bytes each in
+    /// that order after the stages at `%bars`).
     fn barrier(&self, b: &mut String, v: &str, kind: &str, stage: &str) -> String {
         let stages = self.shape.stages;
         let base = match kind {
             "full" => 0,
             "empty" => 8 * stages,
-            _ => 16 * stages,
+            "spare" => 16 * stages,
+            _ => 16 * stages + 8,
         };
         let _ = writeln!(
             b,
