@@ -972,10 +972,10 @@ pub const SMALL_MATRIX: usize = 16 << 20;
 /// at 1024, 1.272 against 1.614 at 4096 and 4.600 against 5.465 at 16384 (sessions 27-29);
 /// the DeepSeek-like layer (56 MiB) 1.642 against 1.799 at 512 (session 29), 5.918 against
 /// 6.259 at 4096 (session 34); Mixtral-8x7B (117 MB matrices) at 8 tokens 0.651-0.664 against
-/// 0.628 (session 28), and in one run of session 35 (docs/bench-h200-s35.txt) 0.838 against
-/// 0.827 at 64 tokens, 1.033 against 1.000 at 512 and 5.140 against 4.677 at 4096: up to 10%
-/// slower there, the price of no host round trip (`PPMOE_DEVICE_ROUTING=0` groups on the
-/// host). `local`: PPMoE's step of a rank's experts at tp > 1, whose all-reduce the chunks of
+/// 0.628 (session 28), and in session 35 (docs/bench-h200-s35.txt) 0.838 against 0.827 at 64
+/// tokens, 1.033 against 1.000 at 512 and 5.140 against 4.677 at 4096 in one run, 1.027
+/// against 0.907 and 5.282 against 4.711 in another: 10-13% slower there, the price of no host
+/// round trip (`PPMOE_DEVICE_ROUTING=0` groups on the host). `local`: PPMoE's step of a rank's experts at tp > 1, whose all-reduce the chunks of
 /// the host or device grouping overlap (measured at 4096 tokens in session 26: 1.461 against
 /// 1.712 ms), which the routed path cannot; the routed path has not been measured there, so
 /// such a step keeps session 27's boundaries: 4 rows per expert, 32 on small matrices.
