@@ -97,6 +97,12 @@ impl Geometry {
         }
     }
 
+    /// The mbarriers after the stages (8 bytes each, in the 128 bytes kept for them): `full`
+    /// and `empty` per stage, a spare one, and ping-pong's two turns.
+    pub fn barriers(&self) -> usize {
+        2 * self.stages + 1 + if self.pingpong { 2 } else { 0 }
+    }
+
     /// Threads that release a stage: those of the warpgroups that multiply its chunk.
     pub fn releasers(&self) -> usize {
         if self.pingpong {
@@ -122,9 +128,7 @@ mod tests {
             assert!(used <= g.persistent_shared_allowed(), "{g:?}: {used}");
             assert_eq!(g.stage_bytes() % 1024, 0);
             assert_eq!(g.rows_bytes() % 1024, 0);
-            // The barriers (full and empty per stage, a spare, ping-pong's two turns) fit
-            // their 128 bytes.
-            assert!(8 * (2 * g.stages + 1 + 2 * usize::from(g.pingpong)) <= 128);
+            assert!(8 * g.barriers() <= 128, "the barriers' 128 bytes");
         }
         assert!(
             QP_SHARED_BYTES.max(PP_SHARED_BYTES) <= 227 * 1024,

@@ -76,6 +76,7 @@ impl WarpgroupProjection<'_> {
                 inits.push((format!("turn{w}"), "turn", w, 128));
             }
         }
+        debug_assert_eq!(inits.len(), self.shape.barriers());
         for (v, kind, s, count) in inits {
             let _ = writeln!(b, "          %ci{v} = arith.constant {s} : index");
             let at = self.barrier(b, &format!("i{v}"), kind, &format!("%ci{v}"));
