@@ -203,8 +203,7 @@ pub fn moe(
 ) -> Result<Vec<serde_json::Value>> {
     let shape = Shape::parse(spec)?;
     // Before minutes of writing and compiling: this needs a GPU.
-    ppmoe_runtime::cuda::available()
-        .map_err(|e| anyhow::anyhow!("backend 'cuda' is not available: {e}"))?;
+    ppmoe_runtime::cuda::require()?;
     let counts: Vec<usize> = tokens
         .split(',')
         .map(|t| t.trim().parse::<usize>())

@@ -77,10 +77,7 @@ pub fn bench(
         backend: "cuda".into(),
         reason,
     };
-    crate::cuda::available().map_err(|reason| RuntimeError::Unavailable {
-        backend: "cuda".into(),
-        reason,
-    })?;
+    crate::cuda::require()?;
     let dist = Dist::from_env().map_err(backend_err)?;
     let bundle = read_bundle_for(dir, dist.as_ref().map(|d| d.rank))?;
     let programs = &bundle.manifest.programs;

@@ -174,10 +174,7 @@ pub fn run(
     let compiled_for_gpu = bundle.manifest.programs.iter().all(|p| !p.gpu.is_empty());
     let use_cuda = match backend {
         Backend::Cuda => {
-            crate::cuda::available().map_err(|reason| RuntimeError::Unavailable {
-                backend: "cuda".into(),
-                reason,
-            })?;
+            crate::cuda::require()?;
             true
         }
         Backend::Cpu => false,

@@ -69,6 +69,14 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
+/// `available`, its reason as the error a run or a bench returns when CUDA was asked for.
+pub fn require() -> Result<(), RuntimeError> {
+    available().map_err(|reason| RuntimeError::Unavailable {
+        backend: "cuda".into(),
+        reason,
+    })
+}
+
 /// The GPUs this process can use; None where CUDA cannot be used at all.
 pub fn gpu_count() -> Option<usize> {
     available().ok()?;
