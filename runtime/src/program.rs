@@ -975,10 +975,11 @@ pub const SMALL_MATRIX: usize = 16 << 20;
 /// 0.628 (session 28), and in session 35 (docs/bench-h200-s35.txt) 0.838 against 0.827 at 64
 /// tokens, 1.033 against 1.000 at 512 and 5.140 against 4.677 at 4096 in one run, 1.027
 /// against 0.907 and 5.282 against 4.711 in another: 10-13% slower there, the price of no host
-/// round trip (`PPMOE_DEVICE_ROUTING=0` groups on the host). `local`: PPMoE's step of a rank's experts at tp > 1, whose all-reduce the chunks of
-/// the host or device grouping overlap (measured at 4096 tokens in session 26: 1.461 against
-/// 1.712 ms), which the routed path cannot; the routed path has not been measured there, so
-/// such a step keeps session 27's boundaries: 4 rows per expert, 32 on small matrices.
+/// round trip (`PPMOE_DEVICE_ROUTING=0` groups on the host). `local`: PPMoE's step of a rank's
+/// experts at tp > 1, whose all-reduce the chunks of the host or device grouping overlap
+/// (measured at 4096 tokens in session 26: 1.461 against 1.712 ms), which the routed path
+/// cannot; the routed path has not been measured there, so such a step keeps session 27's
+/// boundaries: 4 rows per expert, 32 on small matrices.
 pub fn routes_on_tensor_cores(
     tokens: usize,
     slots: usize,

@@ -4,10 +4,11 @@
 //! `pproj`'s time at Qwen3-30B-A3B's 4096 tokens on an H200, session 34). Ping-pong (the
 //! persistent form only, `PPMOE_PPROJ=pingpong` at compile time, a trial measured slower on an
 //! H200 in session 35: Qwen3's layer at 4096 tokens 0.907 ms against 0.817, at 16384 3.150
-//! against 2.577): each warpgroup takes every other tile of its block's, 64 rows by 256 weight rows, in
-//! five stages of 40 KiB (`qproj_*` kernels, `QP_SHARED_BYTES`), so one warpgroup's epilogue runs while the other's wgmmas do (the
-//! stages come in the tiles' order, so the second warpgroup's tile starts as the first's ends).
-//! Each tile's weight rows then come from the L2 for 64 rows, not 128.
+//! against 2.577): each warpgroup takes every other tile of its block's, 64 rows by 256
+//! weight rows, in five stages of 40 KiB (`qproj_*` kernels, `QP_SHARED_BYTES`), so one
+//! warpgroup's epilogue runs while the other's wgmmas do (the stages come in the tiles'
+//! order, so the second warpgroup's tile starts as the first's ends). Each tile's weight rows
+//! then come from the L2 for 64 rows, not 128.
 
 use super::{PASS_ROWS, STAGES, TILE_N};
 
