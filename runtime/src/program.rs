@@ -916,10 +916,30 @@ pub const EPILOGUE_STAGING_BYTES: usize = 8 * 16 * 144;
 pub const SP_SHARED_BYTES: usize = WG_SHARED_BYTES + 128 + EPILOGUE_STAGING_BYTES;
 /// Their persistent form (the policy's, up to `PP_MAX_EXPERTS` local experts): a block
 /// per SM, each walking the tiles of every local expert (up to `PP_MAX_EXPERTS`), whose
-/// prefix sums it keeps after the barriers (4 bytes each, and the total).
+/// prefix sums it keeps after the barriers (4 bytes each, and the total), and with sorted
+/// rows (`SORTED_ROWS_KERNEL`) those of the experts' rows after them.
 pub const PP_KERNELS: [&str; 3] = ["pproj_act", "pproj_in", "pproj_out"];
 pub const PP_MAX_EXPERTS: usize = 1024;
-pub const PP_SHARED_BYTES: usize = SP_SHARED_BYTES + 4 * (PP_MAX_EXPERTS + 1);
+pub const PP_SHARED_BYTES: usize = SP_SHARED_BYTES + 8 * (PP_MAX_EXPERTS + 1);
+/// The rows of a persistent projection's tile (a box of its sorted rows' tensor map).
+pub const PP_TILE_ROWS: usize = 128;
+/// The kernel (suffix) that writes an experts step's rows sorted by expert for the persistent
+/// projections (the compiler's `sorted_rows`): expert e's listed rows, in its list's order,
+/// from its running row sum; a block of `SORT_THREADS` per (local expert, one of a few).
+pub const SORTED_ROWS_KERNEL: &str = "psort";
+pub const SORT_THREADS: usize = 256;
+
+/// Whether a step's persistent projections (fused) read their rows sorted by expert, by the
+/// experts' `ffn` columns: the sort writes and reads the rows once, and saves on every pass of
+/// the first projection's column tiles (ffn / 128) over them, so it pays on wide experts only.
+/// Measured on an H200 (session 37, docs/bench-h200-s37.txt, the same run): Mixtral-8x7B's
+/// layer (ffn 14336) at 4096 tokens, profiled, 4.797 ms against 4.965 (the first projection
+/// 2.982 against 3.126, the sort 0.054), at 512 tokens 0.981 against 1.021; Qwen3-30B-A3B's
+/// (ffn 768) at 4096 tokens 0.811 against 0.806, at 16384 2.723 against 2.588. The compiler's
+/// `PPMOE_SORTED_ROWS` (0 or 1) overrides it.
+pub fn sorts_rows(ffn: usize) -> bool {
+    ffn >= 8192
+}
 /// The persistent form's ping-pong trial (the compiler's `PPMOE_PPROJ=pingpong`: a 64-row
 /// tile per warpgroup, so one's epilogue runs under the other's wgmmas): its kernels, its
 /// stages (of 64 rows' and 256 weight rows' 64 inner elements, 40 KiB each) and its shared
@@ -1017,6 +1037,7 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     QP_KERNELS[2],
     "tgroup",
     GATHER_BF16_SUFFIX,
+    SORTED_ROWS_KERNEL,
 ];
 
 /// The threads of the one block of an experts step's device grouping (the compiler's

@@ -72,6 +72,18 @@ pub(super) fn kernels(
     if tensor {
         let (warpgroups, producer, persistent) =
             projection_form(s, dims.experts, matrix_bytes, local);
+        // The gated activation in the first projection's epilogue where it fits (gate and up
+        // columns paired in each warp), else the step's activation kernel between them.
+        let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n, warpgroups));
+        // The persistent projections read their rows sorted by expert where the first writes
+        // the activations (fused) in that order too.
+        let sorted = persistent
+            && !super::warpgroup_projection::pingpong()
+            && fused.is_some()
+            && sorted_rows_wanted(dims.ffn);
+        if sorted {
+            out.push_str(&super::sorted_rows::kernel(prefix, s, k, dims.hidden));
+        }
         let projection = |name: &str, (din, dout): (usize, usize), div, act| {
             TensorCoreProjection {
                 name: format!("{prefix}_{name}"),
@@ -83,12 +95,10 @@ pub(super) fn kernels(
                 warpgroups,
                 producer,
                 persistent,
+                sorted,
             }
             .kernel()
         };
-        // The gated activation in the first projection's epilogue where it fits (gate and up
-        // columns paired in each warp), else the step's activation kernel between them.
-        let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n, warpgroups));
         let [fused_name, plain_name, second] =
             TensorCoreProjection::names(warpgroups, producer, persistent);
         let first = if fused.is_some() {
@@ -153,6 +163,18 @@ fn projection_form(
                 ppmoe_runtime::program::projects_on_warpgroups(slots, experts, matrix_bytes, local);
             (w, w, w && few)
         }
+    }
+}
+
+/// Whether the persistent projections read rows sorted by expert (`sorted_rows`): where
+/// `sorts_rows` says for experts of `ffn` columns, unless `PPMOE_SORTED_ROWS` at compile time
+/// says (a measurement aid): `0` never (the rows gathered by the producer warp's lanes), `1`
+/// wherever the projections can.
+fn sorted_rows_wanted(ffn: usize) -> bool {
+    match std::env::var("PPMOE_SORTED_ROWS").as_deref().map(str::trim) {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => ppmoe_runtime::program::sorts_rows(ffn),
     }
 }
 

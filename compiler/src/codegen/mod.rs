@@ -14,6 +14,7 @@ mod masks;
 mod pointwise;
 pub mod ptx;
 mod row_fused;
+mod sorted_rows;
 mod sparsemixer;
 mod tensor_core_projection;
 mod top_k;

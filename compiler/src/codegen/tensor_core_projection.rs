@@ -55,6 +55,12 @@ pub(super) struct TensorCoreProjection {
     /// With `producer`: the persistent form (a block per SM walking every expert's tiles,
     /// pass fastest; `pproj` kernels, the policy's).
     pub persistent: bool,
+    /// With `persistent` (the cooperative geometry): the rows sorted by expert
+    /// (`sorted_rows`: expert e's listed rows at its running row sum, in its list's order),
+    /// so a tile's rows are one box of the source, copied by the tensor memory accelerator
+    /// like the weights (`%smap`) rather than gathered row by row; fused, the activations are
+    /// written in that order too (the second projection's sorted source), else by slot.
+    pub sorted: bool,
 }
 
 impl TensorCoreProjection {
@@ -403,6 +409,7 @@ mod tests {
             warpgroups: false,
             producer: false,
             persistent: false,
+            sorted: false,
         }
         .kernel();
         let ptx = crate::codegen::ptx::kernel_ptx(&kernel);
@@ -438,6 +445,7 @@ mod tests {
             warpgroups: false,
             producer: false,
             persistent: false,
+            sorted: false,
         }
         .kernel();
         assert_eq!(kernel.matches("nvvm.mma.sync").count(), 80);

@@ -130,6 +130,7 @@ impl WarpgroupProjection<'_> {
         );
         debug_assert_eq!(WG_SHARED_BYTES, STAGES * STAGE_BYTES + 1024);
         debug_assert!(!self.shape.pingpong || self.persistent);
+        debug_assert!(!self.sorted || (self.persistent && !self.shape.pingpong));
         let acc = acc_type();
         let mut b = String::new();
         if self.persistent {
@@ -160,11 +161,12 @@ impl WarpgroupProjection<'_> {
 
     /// The kernel function around its body `b`.
     fn function(&self, b: &str) -> String {
-        // The warp-specialised forms read the weights through a tensor map (its address).
-        let tmap = if self.producer {
-            ", %tmap: memref<?xi64>"
-        } else {
-            ""
+        // The warp-specialised forms read the weights through a tensor map (its address);
+        // sorted, the rows through another.
+        let tmap = match (self.producer, self.sorted) {
+            (true, true) => ", %tmap: memref<?xi64>, %smap: memref<?xi64>",
+            (true, false) => ", %tmap: memref<?xi64>",
+            _ => "",
         };
         // The block's threads stated (`.maxntid`), so that the register allocation (ptxas,
         // or the driver's JIT) fits a block on an SM: unstated, the driver's JIT gave the
@@ -466,6 +468,7 @@ mod tests {
             warpgroups: true,
             producer,
             persistent: false,
+            sorted: false,
         }
     }
 
@@ -547,6 +550,50 @@ mod tests {
         assert!(ptx.contains("cp.async.bulk.tensor.2d.shared::cluster.global"));
         assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
         assert!(!ptx.contains(".local"), "no spills to local memory");
+    }
+
+    /// Sorted rows (`sorted_rows`): the producer's lane 0 copies a tile's rows as one more
+    /// box (from the rows' tensor map, `%smap`, at the expert's running row sum) and is the
+    /// `full` barriers' one arrival, no lane copies a row by `cp.async`; the row sums follow
+    /// the tile sums; fused, the activations go to the sorted rows (no slot looked up in the
+    /// epilogue), unfused (the second projection) to the listed slots.
+    #[test]
+    fn a_sorted_projection_copies_its_rows_as_boxes() {
+        let act = crate::codegen::kernel_gen::silu_gated_math();
+        for fused in [false, true] {
+            let mut p = small("t_pproj_sorted", true);
+            p.persistent = true;
+            p.sorted = true;
+            if fused {
+                p.act = Some(act.clone());
+                p.dout = 128;
+            }
+            let kernel = p.kernel();
+            assert!(kernel.contains("%smap: memref<?xi64>"));
+            assert!(kernel.contains("%nfull0 = arith.constant 1 : i32"));
+            assert!(!kernel.contains("nvvm.cp.async.shared.global"));
+            assert!(!kernel.contains("cp.async.mbarrier.arrive.noinc"));
+            assert!(kernel.contains("%cRPRE = arith.constant 1025 : index"));
+            let rows_bytes = format!("%cWB = arith.constant {} : i32", 256 * 128 + 128 * 128);
+            assert!(kernel.contains(&rows_bytes), "the weights' and rows' bytes");
+            assert_eq!(kernel.contains("%li0s = arith.addi %rbase"), fused);
+            assert_eq!(kernel.contains("%li0s32 = memref.load %lists"), !fused);
+            assert_eq!(
+                kernel.matches("cp.async.bulk.tensor.2d").count(),
+                if fused { 3 } else { 2 },
+                "the weights' boxes and the rows' box"
+            );
+            let ptx = ptx_of(&kernel);
+            assert!(ptx.contains("cp.async.bulk.tensor.2d.shared::cluster.global"));
+            assert_eq!(ptx.matches("bar.sync").count(), 2);
+            assert!(!ptx.contains("cp.async.cg.shared.global"));
+            assert!(!ptx.contains(".local"), "no spills to local memory");
+        }
+        let mut plain = small("t_pproj_out", true);
+        plain.persistent = true;
+        let kernel = plain.kernel();
+        assert!(!kernel.contains("%smap") && !kernel.contains("%cRPRE"));
+        assert!(kernel.contains("%nfull0 = arith.constant 33 : i32"));
     }
 
     /// Ping-pong (`PPMOE_PPROJ=pingpong`): each warpgroup walks every other tile of the
@@ -678,6 +725,7 @@ mod tests {
             warpgroups: true,
             producer: false,
             persistent: false,
+            sorted: false,
         }
         .kernel();
         assert_eq!(kernel.matches("scf.execute_region").count(), 64);
@@ -725,8 +773,8 @@ mod assembled {
         text
     }
 
-    /// Each kernel (wgmma in its three forms, the persistent one in both geometries, and
-    /// mma.sync, fused and not) assembles with no spills, few enough
+    /// Each kernel (wgmma in its three forms, the persistent one in both geometries and with
+    /// sorted rows, and mma.sync, fused and not) assembles with no spills, few enough
     /// registers for its block on one SM, and (wgmma) without ptxas serialising the wgmmas
     /// (advisory C7518, which an epilogue inside the chunk loop caused: the chunks' wgmmas
     /// then wait for each other).
@@ -734,12 +782,13 @@ mod assembled {
     fn real_size_projections_assemble_unserialised_without_spills() {
         use ppmoe_runtime::program::{SP_THREADS, TC_WARPS, WG_THREADS};
         let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
-        for (warpgroups, producer, persistent, pingpong) in [
-            (true, false, false, false),
-            (true, true, false, false),
-            (true, true, true, false),
-            (true, true, true, true),
-            (false, false, false, false),
+        for (warpgroups, producer, persistent, pingpong, sorted) in [
+            (true, false, false, false, false),
+            (true, true, false, false, false),
+            (true, true, true, false, false),
+            (true, true, true, false, true),
+            (true, true, true, true, false),
+            (false, false, false, false, false),
         ] {
             let threads = match (warpgroups, producer) {
                 (true, true) => SP_THREADS,
@@ -751,7 +800,11 @@ mod assembled {
                 ("out", 768, 2048, None),
             ] {
                 let [.., out] = TensorCoreProjection::names(warpgroups, producer, persistent);
-                let form = if pingpong { "pingpong" } else { &out[..5] };
+                let form = match (pingpong, sorted) {
+                    (true, _) => "pingpong",
+                    (_, true) => "sorted",
+                    _ => &out[..5],
+                };
                 let name = format!("q_{form}_{kind}");
                 let p = TensorCoreProjection {
                     name: name.clone(),
@@ -763,6 +816,7 @@ mod assembled {
                     warpgroups,
                     producer,
                     persistent,
+                    sorted,
                 };
                 let kernel = match pingpong {
                     true => super::kernel_of(&p, super::Geometry::PINGPONG),

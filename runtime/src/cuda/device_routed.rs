@@ -45,6 +45,10 @@ struct RoutedKernels {
     /// The first projection is `tproj_act`, `wproj_act`, `sproj_act` or `pproj_act`: the gated
     /// activation is its epilogue.
     fused_act: bool,
+    /// The persistent projections' rows sorted by expert: the kernel that sorts x's rows
+    /// (`SORTED_ROWS_KERNEL`); both projections then read their rows through tensor maps, and
+    /// the first writes the activations in that order.
+    sort: Option<CudaFunction>,
 }
 
 impl RoutedKernels {
@@ -111,6 +115,15 @@ struct SlotLists {
     counts: CudaSlice<i32>,
     pos: CudaSlice<i32>,
     eid: CudaSlice<i32>,
+}
+
+/// The sorted rows' workspaces: the activations' address (the first projection's output),
+/// and the tensor maps of the rows and the activations.
+#[derive(Clone, Copy)]
+struct Sorted {
+    act: u64,
+    rows_map: u64,
+    act_map: u64,
 }
 
 /// A projection kernel's blocks: the output columns of one, and its warps.
@@ -212,7 +225,17 @@ impl Rank<'_> {
         let step = self.expert_kernels(prefix, false)?;
         // Fused, the first projection's epilogue is the activation: [slots, F] straight away.
         let width = if kernels.fused_act { dims.ffn } else { ffn.n };
-        let first = alloc(&self.stream, slots * width, ffn.mid)?;
+        // Sorted, the first projection writes into the rank's workspace instead.
+        let first = alloc(
+            &self.stream,
+            if kernels.sort.is_some() {
+                0
+            } else {
+                slots * width
+            },
+            ffn.mid,
+        )?;
+        let kept_act;
         // The warp-specialised kernels read the stacks through tensor maps: boxes of a
         // block's weight rows, one per output column (fused, its gate rows and their up rows:
         // two boxes of a row per activation).
@@ -230,25 +253,37 @@ impl Rank<'_> {
         };
         let map_in = map(ffn.w_in.0, (ffn.n, dims.hidden), first_blocks)?;
         let map_out = map(ffn.w_out.0, (dims.hidden, dims.ffn), second_blocks)?;
-        let w = (x, ffn.w_in.0, map_in);
+        let sorted = match &kernels.sort {
+            Some(sort) => Some(self.sort_rows(sort, x, &lists, (slots, dims))?),
+            None => None,
+        };
+        let (rows_in, rows_out) = match sorted {
+            Some(s) => (Some(s.rows_map), Some(s.act_map)),
+            None => (None, None),
+        };
+        let first_at = match sorted {
+            Some(s) => s.act,
+            None => super::dptr(&first, &self.stream),
+        };
+        let w = (x, ffn.w_in.0, map_in, rows_in);
         let shape = (width, dims.experts);
-        self.project_listed(&kernels.proj_in, w, &first, &lists, shape, first_blocks)?;
+        self.project_listed(&kernels.proj_in, w, first_at, &lists, shape, first_blocks)?;
         let act = if kernels.fused_act {
             self.phase("experts: first projection and activation")?;
-            first
+            first_at
         } else {
             self.phase("experts: first projection")?;
             let act = self.activate(&step, &first, &lists.eid, slots, &ffn)?;
             self.phase("experts: activation")?;
-            act
+            kept_act = act;
+            super::dptr(&kept_act, &self.stream)
         };
         let out = alloc(&self.stream, slots * dims.hidden, ffn.mid)?;
-        let a = super::dptr(&act, &self.stream);
-        let w = (a, ffn.w_out.0, map_out);
+        let w = (act, ffn.w_out.0, map_out, rows_out);
         self.project_listed(
             &kernels.proj_out,
             w,
-            &out,
+            super::dptr(&out, &self.stream),
             &lists,
             (dims.hidden, dims.experts),
             second_blocks,
@@ -300,12 +335,16 @@ impl Rank<'_> {
                     Projections::CudaCores,
                 )
             };
+        // Only the cooperative persistent kernels, fused, are generated for sorted rows.
+        let sort = f(crate::program::SORTED_ROWS_KERNEL)
+            .filter(|_| fused_act && projections == Projections::Persistent { pingpong: false });
         let kernels = RoutedKernels {
             group,
             proj_in,
             proj_out,
             projections,
             fused_act,
+            sort,
         };
         tracing::debug!(
             "{prefix}: routed on the device ({})",
@@ -390,21 +429,67 @@ impl Rank<'_> {
         Ok(lists)
     }
 
-    /// One projection of the listed rows (`src` and the stack `w` as device pointers, and the
-    /// stack's tensor map where the kernel reads it so) into `dst` ([slots, dout]): a block
-    /// per (column tile, local expert).
+    /// x's rows sorted by expert (`sort`, the step's `SORTED_ROWS_KERNEL`) into the rank's
+    /// workspace, and the tensor maps of it and of the activations' workspace, which the
+    /// first projection writes in the same order: boxes of a tile's rows.
+    fn sort_rows(
+        &self,
+        sort: &CudaFunction,
+        x: u64,
+        lists: &SlotLists,
+        (slots, dims): (usize, ExpertDims),
+    ) -> Result<Sorted, String> {
+        use crate::program::{PP_TILE_ROWS, SORT_THREADS};
+        let elems = |inner: usize| {
+            slots
+                .checked_mul(inner)
+                .ok_or_else(|| format!("{slots} sorted rows of {inner}: too many elements"))
+        };
+        let rows = self.workspace("sorted rows", elems(dims.hidden)?)?;
+        let act = self.workspace("sorted activations", elems(dims.ffn)?)?;
+        let s = &self.stream;
+        let (pl, pc) = (super::dptr(&lists.lists, s), super::dptr(&lists.counts, s));
+        let one = 1i64;
+        let mut l = s.launch_builder(sort);
+        memref_args(&mut l, &x, &one);
+        memref_args(&mut l, &pl, &one);
+        memref_args(&mut l, &pc, &one);
+        memref_args(&mut l, &rows, &one);
+        // A few blocks per expert, about four per SM in all.
+        let sms = self.multiprocessors()? as usize;
+        let per_expert = (4 * sms).div_ceil(dims.experts.max(1)).max(1);
+        let cfg = LaunchConfig {
+            grid_dim: (dims.experts as u32, per_expert as u32, 1),
+            block_dim: (SORT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel was generated for these slots and rows; x holds the tokens' bf16
+        // rows, the workspace [slots, hidden].
+        unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
+        self.phase("experts: rows sorted by expert")?;
+        let tile = u32::try_from(PP_TILE_ROWS).map_err(|e| e.to_string())?;
+        Ok(Sorted {
+            act,
+            rows_map: self.weight_tensor_map(rows, slots, dims.hidden, tile)?,
+            act_map: self.weight_tensor_map(act, slots, dims.ffn, tile)?,
+        })
+    }
+
+    /// One projection of the listed rows (`src` and the stack `w` as device pointers, the
+    /// stack's tensor map where the kernel reads it so, and the sorted rows' where it reads
+    /// them so) into `dst` ([slots, dout]): a block per (column tile, local expert), or per SM.
     fn project_listed(
         &self,
         f: &CudaFunction,
-        (src, w, map): (u64, u64, Option<u64>),
-        dst: &CudaSlice<f32>,
+        (src, w, map, rows_map): (u64, u64, Option<u64>, Option<u64>),
+        pd: u64,
         lists: &SlotLists,
         (dout, experts): (usize, usize),
         blocks: Blocks,
     ) -> Result<(), String> {
         let s = &self.stream;
         let p = |b: &CudaSlice<i32>| super::dptr(b, s);
-        let (pl, pc, pd) = (p(&lists.lists), p(&lists.counts), super::dptr(dst, s));
+        let (pl, pc) = (p(&lists.lists), p(&lists.counts));
         // Lengths are not read by the kernels (sizes are baked in; any positive value serves),
         // but for the counts': the persistent kernels walk that many experts.
         let one = 1i64;
@@ -416,6 +501,9 @@ impl Rank<'_> {
         memref_args(&mut l, &pc, &experts_len);
         memref_args(&mut l, &pd, &one);
         if let Some(map) = &map {
+            memref_args(&mut l, map, &one);
+        }
+        if let Some(map) = &rows_map {
             memref_args(&mut l, map, &one);
         }
         let grid_dim = if blocks.persistent {

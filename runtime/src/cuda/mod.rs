@@ -25,6 +25,7 @@ mod overlap;
 mod pipeline_send;
 mod route_capacity;
 mod tensor_map;
+mod workspace;
 
 use crate::bundle::Bundle;
 use crate::distributed::Dist;
@@ -134,6 +135,8 @@ struct Rank<'a> {
     last_eager: Option<graph::Eager>,
     /// The tensor maps of the stacks the warp-specialised projections read (`tensor_map`).
     tensor_maps: tensor_map::TensorMaps,
+    /// The buffers the sorted rows' projections read through tensor maps (`workspace`).
+    workspaces: workspace::Workspaces,
     /// The device's multiprocessors, once asked (`device_routed`).
     multiprocessors: std::cell::OnceCell<u32>,
 }
@@ -916,6 +919,7 @@ fn with_rank<R>(
         graph: None,
         last_eager: None,
         tensor_maps: Default::default(),
+        workspaces: Default::default(),
         multiprocessors: Default::default(),
         comm_stream: match &comms {
             Some(_) => Some(

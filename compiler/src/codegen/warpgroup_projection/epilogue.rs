@@ -115,8 +115,9 @@ impl WarpgroupProjection<'_> {
         };
         let _ = writeln!(
             b,
-            "            %li{i}k = arith.constant {} : index\n            %li{i}w = arith.addi %wrow, %li{i}k : index\n            %li{i}r0 = arith.addi %rw0, %li{i}w : index\n            %li{i}r = arith.addi %r0, %li{i}r0 : index\n            {exists} = arith.cmpi ult, %li{i}r, %cnt : index{never}\n            %lg{i} = scf.if %li{i} -> (index) {{\n              %li{i}l = arith.addi %lbase, %li{i}r : index\n              %li{i}s32 = memref.load %lists[%li{i}l] : memref<?xi32>\n              %li{i}s = arith.index_cast %li{i}s32 : i32 to index\n              %li{i}e0 = arith.muli %li{i}s, %cW : index\n              %li{i}e = arith.addi %li{i}e0, %wcol : index\n              %li{i}b = arith.muli %li{i}e, %c2 : index\n              %li{i}a = arith.addi %dstx, %li{i}b : index\n              scf.yield %li{i}a : index\n            }} else {{\n              scf.yield %c0 : index\n            }}\n            %li{i}xb = arith.muli %wword, %c16 : index\n            %li{i}rb = arith.muli %li{i}w, %cRS : index\n            %ls{i}0 = arith.addi %stw, %li{i}rb : index\n            %ls{i} = arith.addi %ls{i}0, %li{i}xb : index",
-            4 * i
+            "            %li{i}k = arith.constant {} : index\n            %li{i}w = arith.addi %wrow, %li{i}k : index\n            %li{i}r0 = arith.addi %rw0, %li{i}w : index\n            %li{i}r = arith.addi %r0, %li{i}r0 : index\n            {exists} = arith.cmpi ult, %li{i}r, %cnt : index{never}\n            %lg{i} = scf.if %li{i} -> (index) {{\n{}              %li{i}e0 = arith.muli %li{i}s, %cW : index\n              %li{i}e = arith.addi %li{i}e0, %wcol : index\n              %li{i}b = arith.muli %li{i}e, %c2 : index\n              %li{i}a = arith.addi %dstx, %li{i}b : index\n              scf.yield %li{i}a : index\n            }} else {{\n              scf.yield %c0 : index\n            }}\n            %li{i}xb = arith.muli %wword, %c16 : index\n            %li{i}rb = arith.muli %li{i}w, %cRS : index\n            %ls{i}0 = arith.addi %stw, %li{i}rb : index\n            %ls{i} = arith.addi %ls{i}0, %li{i}xb : index",
+            4 * i,
+            self.output_row(&format!("li{i}"), &format!("%li{i}r"), "              ")
         );
     }
 
@@ -200,8 +201,9 @@ impl WarpgroupProjection<'_> {
             };
             let _ = writeln!(
                 b,
-                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in0 = arith.cmpi ult, %{r}row, %cnt : index\n{kept}            scf.if %{r}{cond} {{\n              %{r}l = arith.addi %lbase, %{r}row : index\n              %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n              %{r}s = arith.index_cast %{r}s32 : i32 to index\n              %{r}base = arith.muli %{r}s, %cW : index",
-                8 * h
+                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in0 = arith.cmpi ult, %{r}row, %cnt : index\n{kept}            scf.if %{r}{cond} {{\n{}              %{r}base = arith.muli %{r}s, %cW : index",
+                8 * h,
+                self.output_row(&r, &format!("%{r}row"), "              ")
             );
             for j in 0..tiles {
                 let o = format!("{r}_{j}");
@@ -236,6 +238,17 @@ impl WarpgroupProjection<'_> {
                 }
             }
             let _ = writeln!(b, "            }}");
+        }
+    }
+
+    /// `%{v}s`, the output row of the tile's row `row` of its expert (an index value): its
+    /// slot (the expert's list), or where the rows are sorted and this is the first
+    /// projection, its place in the sorted rows (from `%rbase`).
+    fn output_row(&self, v: &str, row: &str, ind: &str) -> String {
+        if self.sorted && self.act.is_some() {
+            format!("{ind}%{v}s = arith.addi %rbase, {row} : index\n")
+        } else {
+            format!("{ind}%{v}l = arith.addi %lbase, {row} : index\n{ind}%{v}s32 = memref.load %lists[%{v}l] : memref<?xi32>\n{ind}%{v}s = arith.index_cast %{v}s32 : i32 to index\n")
         }
     }
 
@@ -334,6 +347,7 @@ mod tests {
                 warpgroups: true,
                 producer: true,
                 persistent,
+                sorted: false,
             }
             .kernel();
             let (row, warp) = (constant(&kernel, "cRS"), constant(&kernel, "cWSB"));

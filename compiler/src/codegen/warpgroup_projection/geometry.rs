@@ -78,7 +78,8 @@ impl Geometry {
     }
 
     /// Shared memory the persistent kernel uses in this geometry: the stages, their alignment
-    /// (up to 1024 bytes), the barriers (128), the epilogue's staging and the tile sums.
+    /// (up to 1024 bytes), the barriers (128), the epilogue's staging, the tile sums and
+    /// the row sums.
     pub fn persistent_shared_bytes(&self) -> usize {
         use ppmoe_runtime::program::{EPILOGUE_STAGING_BYTES, PP_MAX_EXPERTS};
         self.stages * self.stage_bytes()
@@ -86,6 +87,17 @@ impl Geometry {
             + 128
             + EPILOGUE_STAGING_BYTES
             + 4 * (PP_MAX_EXPERTS + 1)
+            + self.row_sums_bytes()
+    }
+
+    /// Room for the experts' running row sums, which the sorted rows' kernels keep after the
+    /// tile sums: the cooperative geometry's (the ping-pong one's stages leave none).
+    pub fn row_sums_bytes(&self) -> usize {
+        if self.pingpong {
+            0
+        } else {
+            4 * (ppmoe_runtime::program::PP_MAX_EXPERTS + 1)
+        }
     }
 
     /// Shared memory the runtime gives this geometry's persistent kernels.

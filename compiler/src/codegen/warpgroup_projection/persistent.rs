@@ -79,26 +79,45 @@ impl WarpgroupProjection<'_> {
         debug_assert!(
             self.shape.persistent_shared_bytes() <= self.shape.persistent_shared_allowed()
         );
+        // The rows' running sums after the tiles' (the cooperative geometry keeps room).
+        debug_assert!(!self.sorted || self.shape.row_sums_bytes() > 0);
         let _ = writeln!(
             b,
             "        %cTH = arith.constant {SP_THREADS} : index\n        %cCT = arith.constant {} : index\n        %cE = memref.dim %counts, %c0 : memref<?xi32>\n        %z32 = arith.constant 0 : i32\n        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %cPm1 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index",
             self.out_columns().div_ceil(self.block_columns())
         );
         let at = entry(b, "xs", "%x1");
-        let _ = writeln!(
-            b,
-            "          llvm.store %xt32, {at} : i32, !llvm.ptr<3>\n        }}\n        gpu.barrier\n        scf.if %t0 {{"
-        );
-        let first = entry(b, "s0", "%c0");
-        let _ = writeln!(
-            b,
-            "          llvm.store %z32, {first} : i32, !llvm.ptr<3>\n          %run = scf.for %y = %c0 to %cE step %c1 iter_args(%r = %z32) -> (i32) {{\n            %y1 = arith.addi %y, %c1 : index"
-        );
-        let at = entry(b, "ys", "%y1");
-        let _ = writeln!(
-            b,
-            "            %yv = llvm.load {at} : !llvm.ptr<3> -> i32\n            %r2 = arith.addi %r, %yv : i32\n            llvm.store %r2, {at} : i32, !llvm.ptr<3>\n            scf.yield %r2 : i32\n          }}\n        }}\n        gpu.barrier"
-        );
+        let _ = writeln!(b, "          llvm.store %xt32, {at} : i32, !llvm.ptr<3>");
+        // Sorted, the rows' counts too (their running sums after the tiles').
+        if self.sorted {
+            let _ = writeln!(
+                b,
+                "          %cRPRE = arith.constant {} : index\n          %xr = arith.addi %x1, %cRPRE : index",
+                PP_MAX_EXPERTS + 1
+            );
+            let at = entry(b, "xr", "%xr");
+            let _ = writeln!(b, "          llvm.store %xc32, {at} : i32, !llvm.ptr<3>");
+        }
+        let _ = writeln!(b, "        }}\n        gpu.barrier\n        scf.if %t0 {{");
+        let sums: &[(&str, usize)] = if self.sorted {
+            &[("", 0), ("r", PP_MAX_EXPERTS + 1)]
+        } else {
+            &[("", 0)]
+        };
+        for &(v, offset) in sums {
+            let _ = writeln!(b, "          %{v}so = arith.constant {offset} : index");
+            let first = entry(b, &format!("{v}s0"), &format!("%{v}so"));
+            let _ = writeln!(
+                b,
+                "          llvm.store %z32, {first} : i32, !llvm.ptr<3>\n          %{v}run = scf.for %y = %c0 to %cE step %c1 iter_args(%r = %z32) -> (i32) {{\n            %y1 = arith.addi %y, %c1 : index\n            %y1o = arith.addi %y1, %{v}so : index"
+            );
+            let at = entry(b, "ys", "%y1o");
+            let _ = writeln!(
+                b,
+                "            %yv = llvm.load {at} : !llvm.ptr<3> -> i32\n            %r2 = arith.addi %r, %yv : i32\n            llvm.store %r2, {at} : i32, !llvm.ptr<3>\n            scf.yield %r2 : i32\n          }}"
+            );
+        }
+        let _ = writeln!(b, "        }}\n        gpu.barrier");
         let all = entry(b, "tt", "%cE");
         let _ = writeln!(
             b,
@@ -126,6 +145,19 @@ impl WarpgroupProjection<'_> {
             b,
             "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tcup = arith.addi %cnt, %cPm1 : index\n          %tpasses = arith.divui %tcup, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index\n          %tb = arith.subi %t, %bid : index\n          %it = arith.divui %tb, %G : index"
         );
+        // Sorted, `%rbase`: the expert's first row in the sorted source (and output).
+        if self.sorted {
+            let _ = writeln!(
+                b,
+                "          %cRB0 = arith.constant {} : index\n          %rbe = arith.addi %e, %cRB0 : index",
+                PP_MAX_EXPERTS + 1
+            );
+            let at = entry(b, "rb", "%rbe");
+            let _ = writeln!(
+                b,
+                "          %rbase32 = llvm.load {at} : !llvm.ptr<3> -> i32\n          %rbase = arith.index_cast %rbase32 : i32 to index"
+            );
+        }
     }
 }
 

@@ -65,8 +65,10 @@ impl WarpgroupProjection<'_> {
         );
         let mut inits = Vec::new();
         let releasers = self.shape.releasers();
+        // Sorted, lane 0's expectation alone: the rows come by tensor copies too.
+        let full = if self.sorted { 1 } else { FULL_ARRIVALS };
         for s in 0..self.shape.stages {
-            inits.push((format!("full{s}"), "full", s, FULL_ARRIVALS));
+            inits.push((format!("full{s}"), "full", s, full));
             inits.push((format!("empty{s}"), "empty", s, releasers));
         }
         inits.push(("spare".into(), "spare", 0, releasers));
@@ -92,13 +94,26 @@ impl WarpgroupProjection<'_> {
     }
 
     /// The producer warp's values: `%plane` (its lane), `%prow`, `%lead` (lane 0), `%tm` (the
-    /// weights' tensor map) and `%cWB` (the bytes lane 0 expects per chunk).
+    /// weights' tensor map; sorted, `%sm` the rows') and `%cWB` (the bytes lane 0 expects per
+    /// chunk).
     pub(super) fn producer_head(&self, b: &mut String) {
+        let weights = if self.ablate.weights { 0 } else { WEIGHT_BYTES };
+        let rows = if self.sorted && !self.ablate.rows {
+            self.shape.rows_bytes()
+        } else {
+            0
+        };
         let _ = writeln!(
             b,
             "        %plane = arith.subi %tid, %c256 : index\n        %prow = arith.divui %plane, %c8 : index\n        %lead = arith.cmpi eq, %plane, %c0 : index\n        %tmx = memref.extract_aligned_pointer_as_index %tmap : memref<?xi64> -> index\n        %tm = arith.index_cast %tmx : index to i64\n        %cWB = arith.constant {} : i32",
-            if self.ablate.weights { 0 } else { WEIGHT_BYTES }
+            weights + rows
         );
+        if self.sorted {
+            let _ = writeln!(
+                b,
+                "        %smapx = memref.extract_aligned_pointer_as_index %smap : memref<?xi64> -> index\n        %sm = arith.index_cast %smapx : index to i64"
+            );
+        }
     }
 
     /// The producer warp's work for one pass (its first row `r0`, its first chunk `g0` of the
@@ -108,8 +123,8 @@ impl WarpgroupProjection<'_> {
     /// (lane 0) and the rows' words.
     pub(super) fn produce_pass(&self, b: &mut String, r0: &str, g0: &str) {
         // Ablated (`PPMOE_ABLATE`), no rows or no weights are copied; the arrivals stay.
-        // The listed rows each lane copies a word of, per chunk.
-        let rows = if self.ablate.rows {
+        // The listed rows each lane copies a word of, per chunk (sorted, none: lane 0's box).
+        let rows = if self.ablate.rows || self.sorted {
             0
         } else {
             self.shape.pass_rows * 8 / 32
@@ -141,6 +156,9 @@ impl WarpgroupProjection<'_> {
         if !self.ablate.weights {
             self.weight_boxes(b, &full);
         }
+        if self.sorted && !self.ablate.rows {
+            self.row_box(b, &full, r0);
+        }
         let _ = writeln!(b, "            }}");
         for i in 0..rows {
             let v = format!("pa{i}");
@@ -155,9 +173,22 @@ impl WarpgroupProjection<'_> {
                 "            ",
             );
         }
+        if !self.sorted {
+            let _ = writeln!(
+                b,
+                "            llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.mbarrier.arrive.noinc.shared::cta.b64 [$0];\", \"r\" {full} : (i32) -> ()"
+            );
+        }
+        let _ = writeln!(b, "          }}");
+    }
+
+    /// Sorted, lane 0's tensor copy of chunk `%pk`'s rows into the stage at `%psa`: the tile's
+    /// rows from `r0` of its expert's, which start at `%rbase` of the source (rows past the
+    /// expert's are the next one's, or zeros past the source: multiplied, never stored).
+    fn row_box(&self, b: &mut String, full: &str, r0: &str) {
         let _ = writeln!(
             b,
-            "            llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.mbarrier.arrive.noinc.shared::cta.b64 [$0];\", \"r\" {full} : (i32) -> ()\n          }}"
+            "              %stk = arith.muli %pk, %c64 : index\n              %stk32 = arith.index_cast %stk : index to i32\n              %srow = arith.addi %rbase, {r0} : index\n              %srow32 = arith.index_cast %srow : index to i32\n              %sdst32 = arith.index_cast %psa : index to i32\n              llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {{$2, $3}}], [$4];\", \"r,l,r,r,r\" %sdst32, %sm, %stk32, %srow32, {full} : (i32, i64, i32, i32, i32) -> ()"
         );
     }
 
