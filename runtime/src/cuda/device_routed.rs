@@ -117,6 +117,17 @@ struct SlotLists {
     eid: CudaSlice<i32>,
 }
 
+/// What the first projection reads: x (bf16, or f32 for the CUDA-core kernels), the stack's
+/// tensor map where the kernel reads it so, the sorted rows where it reads those, its output's
+/// width and the local experts, its blocks.
+struct FirstProjection {
+    x: u64,
+    map: Option<u64>,
+    sorted: Option<Sorted>,
+    shape: (usize, usize),
+    blocks: Blocks,
+}
+
 /// The sorted rows' workspaces: the activations' address (the first projection's output),
 /// and the tensor maps of the rows and the activations.
 #[derive(Clone, Copy)]
@@ -223,19 +234,6 @@ impl Rank<'_> {
         };
         let (x, _narrowed) = self.operand_as(call.x, elem)?;
         let step = self.expert_kernels(prefix, false)?;
-        // Fused, the first projection's epilogue is the activation: [slots, F] straight away.
-        let width = if kernels.fused_act { dims.ffn } else { ffn.n };
-        // Sorted, the first projection writes into the rank's workspace instead.
-        let first = alloc(
-            &self.stream,
-            if kernels.sort.is_some() {
-                0
-            } else {
-                slots * width
-            },
-            ffn.mid,
-        )?;
-        let kept_act;
         // The warp-specialised kernels read the stacks through tensor maps: boxes of a
         // block's weight rows, one per output column (fused, its gate rows and their up rows:
         // two boxes of a row per activation).
@@ -257,29 +255,18 @@ impl Rank<'_> {
             Some(sort) => Some(self.sort_rows(sort, x, &lists, (slots, dims))?),
             None => None,
         };
-        let (rows_in, rows_out) = match sorted {
-            Some(s) => (Some(s.rows_map), Some(s.act_map)),
-            None => (None, None),
+        // Fused, the first projection's epilogue is the activation: [slots, F] straight away.
+        let width = if kernels.fused_act { dims.ffn } else { ffn.n };
+        let first = FirstProjection {
+            x,
+            map: map_in,
+            sorted,
+            shape: (width, dims.experts),
+            blocks: first_blocks,
         };
-        let first_at = match sorted {
-            Some(s) => s.act,
-            None => super::dptr(&first, &self.stream),
-        };
-        let w = (x, ffn.w_in.0, map_in, rows_in);
-        let shape = (width, dims.experts);
-        self.project_listed(&kernels.proj_in, w, first_at, &lists, shape, first_blocks)?;
-        let act = if kernels.fused_act {
-            self.phase("experts: first projection and activation")?;
-            first_at
-        } else {
-            self.phase("experts: first projection")?;
-            let act = self.activate(&step, &first, &lists.eid, slots, &ffn)?;
-            self.phase("experts: activation")?;
-            kept_act = act;
-            super::dptr(&kept_act, &self.stream)
-        };
+        let (act, _held) = self.project_first(&kernels, &step, first, &lists, &ffn)?;
         let out = alloc(&self.stream, slots * dims.hidden, ffn.mid)?;
-        let w = (act, ffn.w_out.0, map_out, rows_out);
+        let w = (act, ffn.w_out.0, map_out, sorted.map(|s| s.act_map));
         self.project_listed(
             &kernels.proj_out,
             w,
@@ -427,6 +414,43 @@ impl Rank<'_> {
         // SAFETY: the kernel was generated for these slots and experts; the buffers hold them.
         unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
         Ok(lists)
+    }
+
+    /// The first projection of the listed rows, and the activation where it is not its
+    /// epilogue: the activations' address, and their buffer where the step holds it (sorted,
+    /// the rank's workspace holds them).
+    fn project_first(
+        &mut self,
+        kernels: &RoutedKernels,
+        step: &super::experts::ExpertKernels,
+        first: FirstProjection,
+        lists: &SlotLists,
+        ffn: &FfnOperands,
+    ) -> Result<(u64, Option<CudaSlice<f32>>), String> {
+        let (width, slots) = (first.shape.0, lists.pos.len());
+        let w = (
+            first.x,
+            ffn.w_in.0,
+            first.map,
+            first.sorted.map(|s| s.rows_map),
+        );
+        let shape = first.shape;
+        if let Some(sorted) = first.sorted {
+            self.project_listed(&kernels.proj_in, w, sorted.act, lists, shape, first.blocks)?;
+            self.phase("experts: first projection and activation")?;
+            return Ok((sorted.act, None));
+        }
+        let out = alloc(&self.stream, slots * width, ffn.mid)?;
+        let at = super::dptr(&out, &self.stream);
+        self.project_listed(&kernels.proj_in, w, at, lists, shape, first.blocks)?;
+        if kernels.fused_act {
+            self.phase("experts: first projection and activation")?;
+            return Ok((at, Some(out)));
+        }
+        self.phase("experts: first projection")?;
+        let act = self.activate(step, &out, &lists.eid, slots, ffn)?;
+        self.phase("experts: activation")?;
+        Ok((super::dptr(&act, &self.stream), Some(act)))
     }
 
     /// x's rows sorted by expert (`sort`, the step's `SORTED_ROWS_KERNEL`) into the rank's
