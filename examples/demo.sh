@@ -22,7 +22,7 @@ $ppmoe inspect "$dir/model.onnx" --summary
 echo
 echo "== the pipelined IR of rank 0 (tp $tp x pp $pp), MoE and communication ops =="
 $ppmoe inspect "$dir/model.onnx" --tp "$tp" --pp "$pp" --emit pipelined \
-  | awk '/func.func @rank1/ { exit } { print }' | grep -E 'moe\.|shard\.' | cut -c1-160
+  | awk '/func.func @rank1/ { rest = 1 } !rest { print }' | grep -E 'moe\.|shard\.' | cut -c1-160
 echo
 echo "== compile for tp $tp x pp $pp =="
 $ppmoe compile "$dir/model.onnx" -o "$work/bundle" --tp "$tp" --pp "$pp"

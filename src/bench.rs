@@ -128,11 +128,11 @@ fn print(v: &serde_json::Value) {
     if let (Some(fl), Some(x)) = (f("floor_ms"), f("times_floor")) {
         line.push_str(&format!(", floor {fl:.3} ms ({x:.2} x the floor)"));
     }
-    println!("{line}");
+    out!("{line}");
     if let Some(ins) = v["instructions"].as_array() {
-        println!("  slowest instructions (median ms):");
+        out!("  slowest instructions (median ms):");
         for i in ins.iter().take(12) {
-            println!(
+            out!(
                 "  {:>9.3}  #{:<4} {:<16} {}",
                 i["median_ms"].as_f64().unwrap_or(0.0),
                 i["index"],
@@ -143,9 +143,9 @@ fn print(v: &serde_json::Value) {
         print_by_op(ins);
     }
     if let Some(phases) = v["phases"].as_array() {
-        println!("  parts of steps (median ms per forward):");
+        out!("  parts of steps (median ms per forward):");
         for p in phases {
-            println!(
+            out!(
                 "  {:>9.3}  {}",
                 p["median_ms"].as_f64().unwrap_or(0.0),
                 p["phase"].as_str().unwrap_or("")
@@ -173,9 +173,9 @@ fn print_by_op(ins: &[serde_json::Value]) {
     }
     by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = by_op.iter().map(|e| e.1).sum();
-    println!("  by op (sum of medians, ms; {total:.3} in all):");
+    out!("  by op (sum of medians, ms; {total:.3} in all):");
     for (op, ms, n) in by_op.iter().take(16) {
-        println!("  {ms:>9.3}  {op:<16} x{n}");
+        out!("  {ms:>9.3}  {op:<16} x{n}");
     }
 }
 
@@ -385,7 +385,7 @@ pub fn all_reduce(sizes: &str, o: &Options) -> Result<Vec<serde_json::Value>> {
         let ms = ppmoe_runtime::bench::median(t);
         let algbw = *bytes as f64 / (ms * 1e-3) / 1e9;
         let busbw = algbw * 2.0 * (n - 1.0) / n;
-        println!(
+        out!(
             "all_reduce f32 {:.1} MiB over {} ranks: {ms:.3} ms (median of {}), algbw {algbw:.1} GB/s, busbw {busbw:.1} GB/s",
             *bytes as f64 / (1 << 20) as f64,
             dist.world,

@@ -341,7 +341,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_summary(c);
             }
             let (text, _) = ppmoe_compiler::pipeline::emit(c, stage_name(emit))?;
-            println!("{text}");
+            out!("{text}");
             Ok(())
         }
         Command::Compile {
@@ -352,7 +352,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let r = ppmoe_compiler::compile(moe.compilation(&model, &input_shape)?, &output)?;
             let total: usize = r.weight_bytes.iter().sum();
-            println!(
+            out!(
                 "compiled {} -> {} ({} rank(s), {} MoE layers, {} instructions on rank 0, {} weights, {:.1} KiB in all)",
                 model.display(),
                 output.display(),
@@ -363,7 +363,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 total as f64 / 1024.0
             );
             for note in &r.kept_all_to_all {
-                println!("note: {note}");
+                out!("note: {note}");
             }
             Ok(())
         }
@@ -383,12 +383,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
             let report = run_bundle(&bundle, &inputs, &output_dir, backend)?;
             for line in report.lines() {
-                println!("{line}");
+                out!("{line}");
             }
             let refs: Vec<InputArg> = check.iter().map(|s| InputArg::parse(s)).collect();
             let (lines, ok) = check_outputs(&bundle, &report, &refs, tolerance)?;
             for l in &lines {
-                println!("{l}");
+                out!("{l}");
             }
             if !ok {
                 bail!("an output differs from its reference by more than {tolerance:e}");
@@ -562,24 +562,24 @@ fn plan(
     let p = ppmoe_compiler::strategy::plan::plan(&shape, tokens, tp, pp, dp, hw)
         .map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        out!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(());
     }
-    println!(
+    out!(
         "plan for {}: {} layers ({} MoE), hidden {}, {} experts top-{}, expert ffn {}; {tokens} tokens per step",
         p.model, shape.layers, p.layers.len(), shape.hidden, shape.experts, shape.top_k, shape.expert_ffn
     );
-    println!(
+    out!(
         "grid: dp {} x pp {} x tp {} on {nodes} node(s) x {gpus_per_node} GPUs; {:.0} TFLOP/s, NVLink {:.0} GB/s, network {:.0} GB/s, all-to-all at {:.0}% of all-reduce bandwidth",
         p.dp, p.pp, p.tp, hw.flops / 1e12, hw.nvlink_bytes_per_s / 1e9, hw.network_bytes_per_s / 1e9, hw.alltoall_efficiency * 100.0
     );
-    println!();
+    out!();
     let names: Vec<&str> = p
         .layers
         .first()
         .map(|l| l.times.iter().map(|(c, _)| c.name()).collect())
         .unwrap_or_default();
-    println!(
+    out!(
         "MoE layers | {} | choice",
         names
             .iter()
@@ -608,13 +608,13 @@ fn plan(
         } else {
             l.layer.to_string()
         };
-        println!("{span:>10} | {} | {}", cells.join(" | "), l.choice.name());
+        out!("{span:>10} | {} | {}", cells.join(" | "), l.choice.name());
         i = j + 1;
     }
-    println!();
-    println!("stage | layers  | predicted time | memory per GPU");
+    out!();
+    out!("stage | layers  | predicted time | memory per GPU");
     for s in &p.stages {
-        println!(
+        out!(
             "{:>5} | {:>3}-{:<3} | {:>14} | {:>10.3} GiB",
             s.stage,
             s.first_layer,
@@ -687,8 +687,8 @@ fn print_summary(c: Compilation) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    println!("{}", line(&header.map(String::from)));
-    println!(
+    out!("{}", line(&header.map(String::from)));
+    out!(
         "{}",
         width
             .iter()
@@ -697,16 +697,16 @@ fn print_summary(c: Compilation) -> Result<()> {
             .join("-|-")
     );
     for r in &rows {
-        println!("{}", line(r));
+        out!("{}", line(r));
     }
-    println!("{} MoE layer(s)", rows.len());
+    out!("{} MoE layer(s)", rows.len());
     for l in &layers {
         if let Some(n) = &l.note {
-            println!("note: layer {}: {n}", l.origin);
+            out!("note: layer {}: {n}", l.origin);
         }
     }
     for u in &c.unraised {
-        println!("not raised: {u}");
+        out!("not raised: {u}");
     }
     Ok(())
 }

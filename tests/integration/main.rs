@@ -5,6 +5,7 @@
 mod common;
 mod bad_bundle;
 mod bad_onnx;
+mod cli_output;
 mod codegen;
 mod core_numerics;
 mod distribute;
