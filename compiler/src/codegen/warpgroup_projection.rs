@@ -43,8 +43,8 @@ mod producer;
 
 use geometry::Geometry;
 
-/// Rows of one pass (two warpgroups of m64).
-const PASS_ROWS: usize = 128;
+/// Rows of one pass (two warpgroups of m64): a box of the runtime's sorted rows' tensor maps.
+const PASS_ROWS: usize = ppmoe_runtime::program::PP_TILE_ROWS;
 /// Weight rows a block multiplies (the wgmma's n).
 const TILE_N: usize = 256;
 /// Inner elements per stage (four k16 steps; one 128-byte swizzled row): the inner

@@ -245,7 +245,7 @@ impl Rank<'_> {
             producer
                 .then(|| {
                     let box_rows = u32::try_from(blocks.columns).map_err(|e| e.to_string())?;
-                    self.weight_tensor_map(w, rows * dims.experts, inner, box_rows)
+                    self.bf16_tensor_map(w, rows * dims.experts, inner, box_rows)
                 })
                 .transpose()
         };
@@ -494,8 +494,8 @@ impl Rank<'_> {
         let tile = u32::try_from(PP_TILE_ROWS).map_err(|e| e.to_string())?;
         Ok(Sorted {
             act,
-            rows_map: self.weight_tensor_map(rows, slots, dims.hidden, tile)?,
-            act_map: self.weight_tensor_map(act, slots, dims.ffn, tile)?,
+            rows_map: self.bf16_tensor_map(rows, slots, dims.hidden, tile)?,
+            act_map: self.bf16_tensor_map(act, slots, dims.ffn, tile)?,
         })
     }
 

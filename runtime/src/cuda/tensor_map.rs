@@ -1,9 +1,11 @@
-//! Tensor maps of expert stacks: what the warp-specialised warpgroup projections (`sproj`)
-//! read their weights through, a box of 64 inner elements by 128 or 256 rows per chunk copied
-//! by the tensor memory accelerator into the 128-byte swizzled layout their wgmma descriptors
-//! read. A map is encoded on the host (`cuTensorMapEncodeTiled`) and uploaded once per stack
-//! and box; the kernels take its device address. The stacks stay where they are for the
-//! rank's life, so the maps do too, and a later forward uploads nothing (it can be captured).
+//! Tensor maps of bf16 matrices: what the warp-specialised warpgroup projections (`sproj`,
+//! `pproj`) read their weights through (expert stacks), and with sorted rows their rows too
+//! (the rank's workspaces, `workspace`): a box of 64 inner elements by 128 or 256 rows per
+//! chunk copied by the tensor memory accelerator into the 128-byte swizzled layout their wgmma
+//! descriptors read. A map is encoded on the host (`cuTensorMapEncodeTiled`) and uploaded once
+//! per matrix and box; the kernels take its device address. The stacks and workspaces stay
+//! where they are for the rank's life, so the maps do too, and a later forward uploads nothing
+//! (it can be captured).
 
 use super::Rank;
 use cudarc::driver::sys;
@@ -23,7 +25,7 @@ const BOX_INNER: u32 = 64;
 impl Rank<'_> {
     /// The device address of the tensor map of the bf16 matrix `[rows, inner]` at `base`
     /// (row-major), read in boxes of `BOX_INNER` x `box_rows` with the 128-byte swizzle.
-    pub(super) fn weight_tensor_map(
+    pub(super) fn bf16_tensor_map(
         &self,
         base: u64,
         rows: usize,
@@ -43,7 +45,7 @@ impl Rank<'_> {
     }
 }
 
-/// The map itself (see `weight_tensor_map`); out-of-bounds rows of a box read as zeros.
+/// The map itself (see `bf16_tensor_map`); out-of-bounds rows of a box read as zeros.
 fn encode(base: u64, rows: usize, inner: usize, box_rows: u32) -> Result<sys::CUtensorMap, String> {
     let row_bytes = inner
         .checked_mul(2)

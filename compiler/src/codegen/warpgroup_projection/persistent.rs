@@ -24,6 +24,8 @@ use std::fmt::Write as _;
 /// Where the running sums start after the barriers' start (past the 9 barriers and the
 /// epilogue's staging).
 const PREFIX_OFFSET: usize = 128 + ppmoe_runtime::program::EPILOGUE_STAGING_BYTES;
+/// Sorted, the entry of the experts' running row sums (after the tile sums and their total).
+const ROW_SUMS: usize = PP_MAX_EXPERTS + 1;
 
 impl WarpgroupProjection<'_> {
     /// The persistent kernel's body.
@@ -92,15 +94,14 @@ impl WarpgroupProjection<'_> {
         if self.sorted {
             let _ = writeln!(
                 b,
-                "          %cRPRE = arith.constant {} : index\n          %xr = arith.addi %x1, %cRPRE : index",
-                PP_MAX_EXPERTS + 1
+                "          %cRPRE = arith.constant {ROW_SUMS} : index\n          %xr = arith.addi %x1, %cRPRE : index"
             );
             let at = entry(b, "xr", "%xr");
             let _ = writeln!(b, "          llvm.store %xc32, {at} : i32, !llvm.ptr<3>");
         }
         let _ = writeln!(b, "        }}\n        gpu.barrier\n        scf.if %t0 {{");
         let sums: &[(&str, usize)] = if self.sorted {
-            &[("", 0), ("r", PP_MAX_EXPERTS + 1)]
+            &[("", 0), ("r", ROW_SUMS)]
         } else {
             &[("", 0)]
         };
@@ -149,8 +150,7 @@ impl WarpgroupProjection<'_> {
         if self.sorted {
             let _ = writeln!(
                 b,
-                "          %cRB0 = arith.constant {} : index\n          %rbe = arith.addi %e, %cRB0 : index",
-                PP_MAX_EXPERTS + 1
+                "          %cRB0 = arith.constant {ROW_SUMS} : index\n          %rbe = arith.addi %e, %cRB0 : index"
             );
             let at = entry(b, "rb", "%rbe");
             let _ = writeln!(

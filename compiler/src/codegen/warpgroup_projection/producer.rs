@@ -151,7 +151,7 @@ impl WarpgroupProjection<'_> {
         let full = self.barrier(b, "pf", "full", "%ps");
         let _ = writeln!(
             b,
-            "            scf.if %lead {{\n              llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [$0], $1; }}\", \"r,r\" {full}, %cWB : (i32, i32) -> ()"
+            "            scf.if %lead {{\n              llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [$0], $1; }}\", \"r,r\" {full}, %cWB : (i32, i32) -> ()\n              %tk = arith.muli %pk, %c64 : index\n              %tk32 = arith.index_cast %tk : index to i32"
         );
         if !self.ablate.weights {
             self.weight_boxes(b, &full);
@@ -182,17 +182,18 @@ impl WarpgroupProjection<'_> {
         let _ = writeln!(b, "          }}");
     }
 
-    /// Sorted, lane 0's tensor copy of chunk `%pk`'s rows into the stage at `%psa`: the tile's
+    /// Sorted, lane 0's tensor copy of chunk `%tk32`'s rows into the stage at `%psa`: the tile's
     /// rows from `r0` of its expert's, which start at `%rbase` of the source (rows past the
     /// expert's are the next one's, or zeros past the source: multiplied, never stored).
     fn row_box(&self, b: &mut String, full: &str, r0: &str) {
         let _ = writeln!(
             b,
-            "              %stk = arith.muli %pk, %c64 : index\n              %stk32 = arith.index_cast %stk : index to i32\n              %srow = arith.addi %rbase, {r0} : index\n              %srow32 = arith.index_cast %srow : index to i32\n              %sdst32 = arith.index_cast %psa : index to i32\n              llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {{$2, $3}}], [$4];\", \"r,l,r,r,r\" %sdst32, %sm, %stk32, %srow32, {full} : (i32, i64, i32, i32, i32) -> ()"
+            "              %srow = arith.addi %rbase, {r0} : index\n              %srow32 = arith.index_cast %srow : index to i32\n              %sdst32 = arith.index_cast %psa : index to i32"
         );
+        tensor_copy(b, "%sdst32", "%sm", "%srow32", full);
     }
 
-    /// Lane 0's tensor copies of chunk `%pk`'s weights into the stage at `%psb`, completing
+    /// Lane 0's tensor copies of chunk `%tk32`'s weights into the stage at `%psb`, completing
     /// bytes on the barrier at `full`: the block's 256 weight rows of the expert, or fused its
     /// 128 gate rows (at the stage's start) and their up rows (`dout / 2` further in the
     /// stack, 128 rows into the stage).
@@ -201,15 +202,13 @@ impl WarpgroupProjection<'_> {
             None => vec![(0, 0)],
             Some(_) => vec![(0, 0), (self.dout / 2, TILE_N / 2 * 128)],
         };
-        let _ = writeln!(
-            b,
-            "              %tk = arith.muli %pk, %c64 : index\n              %tk32 = arith.index_cast %tk : index to i32\n              %trow = arith.addi %eN, %nb0 : index"
-        );
+        let _ = writeln!(b, "              %trow = arith.addi %eN, %nb0 : index");
         for (i, (rows, bytes)) in boxes.into_iter().enumerate() {
             let _ = writeln!(
                 b,
-                "              %tr{i}o = arith.constant {rows} : index\n              %tr{i} = arith.addi %trow, %tr{i}o : index\n              %tr{i}32 = arith.index_cast %tr{i} : index to i32\n              %td{i}o = arith.constant {bytes} : index\n              %td{i} = arith.addi %psb, %td{i}o : index\n              %td{i}32 = arith.index_cast %td{i} : index to i32\n              llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {{$2, $3}}], [$4];\", \"r,l,r,r,r\" %td{i}32, %tm, %tk32, %tr{i}32, {full} : (i32, i64, i32, i32, i32) -> ()"
+                "              %tr{i}o = arith.constant {rows} : index\n              %tr{i} = arith.addi %trow, %tr{i}o : index\n              %tr{i}32 = arith.index_cast %tr{i} : index to i32\n              %td{i}o = arith.constant {bytes} : index\n              %td{i} = arith.addi %psb, %td{i}o : index\n              %td{i}32 = arith.index_cast %td{i} : index to i32"
             );
+            tensor_copy(b, &format!("%td{i}32"), "%tm", &format!("%tr{i}32"), full);
         }
     }
 
@@ -320,6 +319,16 @@ impl WarpgroupProjection<'_> {
             "{ind}%{v}_pc1 = arith.constant 1 : index\n{ind}%{v}_par = arith.andi {phase}, %{v}_pc1 : index\n{ind}%{v}_p32 = arith.index_cast %{v}_par : index to i32\n{ind}llvm.inline_asm has_side_effects asm_dialect = att \"{{ .reg .pred p; LAB_WAIT: mbarrier.try_wait.parity.shared::cta.b64 p, [$0], $1; @!p bra LAB_WAIT; }}\", \"r,r\" {at}, %{v}_p32 : (i32, i32) -> ()"
         );
     }
+}
+
+/// Lane 0's tensor copy of one box (chunk `%tk32`'s 64 inner elements of the rows from `row`,
+/// an i32 value) through the map at `map` (i64) into shared memory at `dst` (i32), completing
+/// its bytes on the barrier at `full`.
+fn tensor_copy(b: &mut String, dst: &str, map: &str, row: &str, full: &str) {
+    let _ = writeln!(
+        b,
+        "              llvm.inline_asm has_side_effects asm_dialect = att \"cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {{$2, $3}}], [$4];\", \"r,l,r,r,r\" {dst}, {map}, %tk32, {row}, {full} : (i32, i64, i32, i32, i32) -> ()"
+    );
 }
 
 /// Arrive on the barrier at `at`.
