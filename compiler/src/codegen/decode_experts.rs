@@ -169,12 +169,20 @@ fn projection_form(
 /// Whether the persistent projections read rows sorted by expert (`sorted_rows`): where
 /// `sorts_rows` says for experts of `ffn` columns, unless `PPMOE_SORTED_ROWS` at compile time
 /// says (a measurement aid): `0` never (the rows gathered by the producer warp's lanes), `1`
-/// wherever the projections can.
+/// wherever the projections can (another value is warned about and leaves the policy).
 fn sorted_rows_wanted(ffn: usize) -> bool {
     match std::env::var("PPMOE_SORTED_ROWS").as_deref().map(str::trim) {
         Ok("0") => false,
         Ok("1") => true,
-        _ => ppmoe_runtime::program::sorts_rows(ffn),
+        value => {
+            if let Some(other) = value.ok().filter(|v| !v.is_empty()) {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!("PPMOE_SORTED_ROWS={other:?} is not 0 or 1: the policy chooses")
+                });
+            }
+            ppmoe_runtime::program::sorts_rows(ffn)
+        }
     }
 }
 
