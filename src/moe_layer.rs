@@ -3,7 +3,9 @@
 //! goes through the same compiler and runtime as any model. The layer is the one the PyTorch
 //! peers compute (`shared/bench/peer_moe_bench.py`): softmax router, top-k, renormalised
 //! weights, SwiGLU experts (gate | up concatenated: swiglu_fusion = 2), bf16 expert weights
-//! in `nn.Linear`'s order (fc1 [E, 2F, H], fc2 [E, H, F]), scaled as the peers scale theirs.
+//! in `nn.Linear`'s order (fc1 [E, 2F, H], fc2 [E, H, F]), scaled as the peers scale theirs;
+//! x, the router's weight and y are bf16 as the peers' are (the logits so a bf16 GEMM's,
+//! rounded to bf16).
 
 use anyhow::{Context as _, Result};
 use ppmoe_frontend::onnx_proto as pb;
@@ -73,7 +75,9 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
     // The same layer written before into this folder (several benches of one shape share a
     // --work-dir): its stamp, written last, says which; gigabytes are not written again.
     let stamp_path = dir.join("model.stamp");
-    let stamp = format!("{h},{f},{e},{} seed {seed}\n", shape.top_k);
+    // (A layer written before the layer's x, router and y were bf16 has no "bf16" in its
+    // stamp: written again.)
+    let stamp = format!("{h},{f},{e},{} seed {seed} bf16\n", shape.top_k);
     let path = dir.join("model.onnx");
     if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) && path.is_file() {
         return Ok(path);
@@ -131,11 +135,12 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
     let fc2 = external("fc2", vec![e as i64, h as i64, f as i64], fe)?;
     data.flush()?;
     drop(data);
+    // bf16, as the peers' router is (and a bf16 model's: its logits a bf16 GEMM's).
     let router: Vec<u8> = (0..h * e)
         .flat_map(|i| {
             let x =
                 ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as f32 / (1u64 << 24) as f32;
-            ((x * 2.0 - 1.0) * 3f32.sqrt() * he).to_le_bytes()
+            half_bits((x * 2.0 - 1.0) * 3f32.sqrt() * he).to_le_bytes()
         })
         .collect();
     let model = model_proto(shape, fc1, fc2, router);
@@ -164,7 +169,8 @@ fn model_proto(
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(
                 pb::type_proto::TensorTypeProto {
-                    elem_type: 1,
+                    // bf16 (16): the layer's x and y, as the peers' are.
+                    elem_type: 16,
                     shape: Some(pb::TensorShapeProto {
                         dim: vec![
                             Dimension {
@@ -219,7 +225,7 @@ fn model_proto(
             pb::TensorProto {
                 name: "router".into(),
                 dims: vec![s.hidden as i64, s.experts as i64],
-                data_type: 1,
+                data_type: 16,
                 raw_data: router,
                 ..Default::default()
             },
@@ -259,16 +265,18 @@ mod tests {
             .collect()
     }
 
+    /// The layer's input x [t, h] (bf16, as the layer takes it) of `value(i)` rounded.
+    fn bf16_input(t: usize, h: usize, value: impl Fn(usize) -> f32) -> Tensor {
+        let v = (0..t * h).map(value).collect();
+        Tensor::f32(vec![t, h], v).stored_as(ppmoe_runtime::DType::BF16)
+    }
+
     /// The layer computed here from the written weights (f64): softmax router, top-k,
     /// renormalised, SwiGLU with gate | up in fc1's rows, fc2 [E, H, F].
     fn reference(dir: &Path, s: Shape, x: &[f32]) -> Vec<f64> {
         let (h, f, e, k) = (s.hidden, s.ffn, s.experts, s.top_k);
         let m = pb::ModelProto::decode(&*std::fs::read(dir.join("model.onnx")).unwrap()).unwrap();
-        let router: Vec<f64> = m.graph.unwrap().initializer[0]
-            .raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect();
+        let router = bf16(&m.graph.unwrap().initializer[0].raw_data);
         let data = std::fs::read(dir.join("model.onnx.data")).unwrap();
         let (fc1, fc2) = data.split_at(e * 2 * f * h * 2);
         let (fc1, fc2) = (bf16(fc1), bf16(fc2));
@@ -334,13 +342,22 @@ mod tests {
         );
         ppmoe_compiler::compile(c, &d.path().join("b")).unwrap();
         let bundle = ppmoe_runtime::bundle::read_bundle(&d.path().join("b")).unwrap();
-        let x: Vec<f32> = (0..t * s.hidden)
+        let x = bf16_input(t, s.hidden, |i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 2.0);
+        let got =
+            ppmoe_runtime::cpu::run_bundle(&bundle, std::slice::from_ref(&x)).unwrap()[0].to_f32();
+        // numpy has no bfloat16: x given as an f32 .npy (unrounded) is rounded to the bf16
+        // input, to the same bits.
+        let npy = d.path().join("x.npy");
+        let unrounded: Vec<f32> = (0..t * s.hidden)
             .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 2.0)
             .collect();
-        let got =
-            ppmoe_runtime::cpu::run_bundle(&bundle, &[Tensor::f32(vec![t, s.hidden], x.clone())])
-                .unwrap()[0]
-                .to_f32();
+        ppmoe_runtime::npy::write_npy(&npy, &Tensor::f32(vec![t, s.hidden], unrounded)).unwrap();
+        let arg = ppmoe_runtime::runner::InputArg::parse(&format!("x={}", npy.display()));
+        let bound = ppmoe_runtime::runner::bind_inputs(&bundle, &[arg]).unwrap();
+        let fed = bound[0].as_ref().unwrap();
+        assert_eq!(fed.dtype, ppmoe_runtime::DType::BF16);
+        assert_eq!(fed.to_f32(), x.to_f32());
+        let x = x.to_f32();
         let want = reference(d.path(), s, &x);
         let num: f64 = got
             .iter()
@@ -393,9 +410,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Shape::parse("32,16,4,2").unwrap();
         let model = write(d.path(), s, 11).unwrap();
-        let x: Vec<f32> = (0..t * s.hidden)
-            .map(|i| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 2.0)
-            .collect();
+        let x = bf16_input(t, s.hidden, |i| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 2.0);
         let run = |tp: usize, strategy: Strategy, name: &str| {
             let mut c = ppmoe_compiler::pipeline::Compilation::new(
                 &model,
@@ -408,9 +423,7 @@ mod tests {
             ppmoe_compiler::compile(c, &d.path().join(name)).unwrap();
             let b = ppmoe_runtime::bundle::read_bundle(&d.path().join(name)).unwrap();
             let y =
-                ppmoe_runtime::cpu::run_bundle(&b, &[Tensor::f32(vec![t, s.hidden], x.clone())])
-                    .unwrap()[0]
-                    .to_f32();
+                ppmoe_runtime::cpu::run_bundle(&b, std::slice::from_ref(&x)).unwrap()[0].to_f32();
             (b, y)
         };
         let (_, single) = run(1, Strategy::Ppmoe, "tp1");

@@ -4,7 +4,7 @@ use crate::bundle::read_bundle_for;
 use crate::distributed::Dist;
 use crate::error::RuntimeError;
 use crate::npy::{read_npy, write_npy};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,7 +316,13 @@ pub fn bind_inputs(
                 reason: "bound twice".into(),
             });
         }
-        bound[slot] = Some(read_npy(&arg.file)?);
+        // numpy has no bfloat16: an f32 array given for a bf16 or f16 input is rounded to it
+        // (to nearest even), as outputs of those types are widened to f32 when written.
+        let t = read_npy(&arg.file)?;
+        bound[slot] = Some(match (t.dtype, ports[slot].dtype) {
+            (DType::F32, to @ (DType::BF16 | DType::F16)) => t.stored_as(to),
+            _ => t,
+        });
     }
     Ok(bound)
 }

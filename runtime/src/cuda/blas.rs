@@ -89,7 +89,7 @@ fn b_operand(b_transposed: bool, k: usize, n: usize) -> (cublasOperation_t, i32)
 
 /// # Safety
 /// `a`, `b` and `c` are device buffers on the handle's stream holding the batch's matrices
-/// (`a`, `b` of `elem`, `c` of f32).
+/// (`a`, `b` of `elem`, `c` of `g.c_elem`; a bf16 C only with bf16 operands).
 pub unsafe fn gemm_strided(
     blas: &CudaBlas,
     elem: Elem,

@@ -91,9 +91,11 @@ struct Slot {
     /// made, so sharing is safe).
     dev: Option<Arc<CudaSlice<f32>>>,
     dev16: Option<CudaSlice<u16>>,
-    /// An activation narrowed to bf16 for the GEMMs and experts that read it, where more than
-    /// one instruction does: narrowed once (each narrowing reads and writes the whole tensor).
-    narrowed: Option<CudaSlice<u16>>,
+    /// An activation's bf16 bits for the GEMMs and experts that read it: narrowed once where
+    /// more than one instruction does (each narrowing reads and writes the whole tensor), or
+    /// the value itself where it came as bf16 (a bf16 input of a device feed, a GEMM's bf16
+    /// result), `dev` then widened from it only when an f32 reader needs it.
+    narrowed: Option<Arc<CudaSlice<u16>>>,
     /// Token ids an embedding reads on the device, checked against its table (a device feed's).
     ids: Option<CudaSlice<i32>>,
     host: Option<Tensor>,
@@ -158,6 +160,10 @@ impl Rank<'_> {
                 self.program.buffers[id].name
             ))
         })?;
+        if slot.host.is_none() && slot.dev.is_none() {
+            self.device(id)?;
+        }
+        let slot = self.slots[id].as_mut().expect("checked above");
         if slot.host.is_none() {
             let dev = slot
                 .dev
@@ -180,6 +186,17 @@ impl Rank<'_> {
 
     fn device(&mut self, id: usize) -> Result<&CudaSlice<f32>, RuntimeError> {
         let stream = self.stream.clone();
+        // Only bf16 bits on the device (see `Slot::narrowed`): widened there.
+        let bits_only = self.slots[id]
+            .as_ref()
+            .filter(|s| s.dev.is_none())
+            .and_then(|s| s.narrowed.clone());
+        if let Some(bits) = bits_only {
+            let wide = self.widened(&bits).map_err(backend_err)?;
+            if let Some(slot) = self.slots[id].as_mut() {
+                slot.dev = Some(Arc::new(wide));
+            }
+        }
         let slot = self.slots[id].as_mut().ok_or_else(|| {
             backend_err(format!(
                 "buffer '{}' read before it is written",
@@ -219,6 +236,15 @@ impl Rank<'_> {
         Ok(slot.dev.as_deref().expect("set above"))
     }
 
+    /// Buffer `id`'s shape as the program gives it (an unknown size as 0).
+    fn static_shape(&self, id: usize) -> Vec<usize> {
+        self.program.buffers[id]
+            .shape
+            .iter()
+            .map(|d| d.unwrap_or(0))
+            .collect()
+    }
+
     fn shape(&self, id: usize) -> Vec<usize> {
         self.slots[id]
             .as_ref()
@@ -254,6 +280,19 @@ impl Rank<'_> {
         });
     }
 
+    /// Buffer `id`'s value as bf16 bits on the device only (see `Slot::narrowed`).
+    fn put_bits(&mut self, id: usize, bits: Arc<CudaSlice<u16>>, shape: Vec<usize>) {
+        self.slots[id] = Some(Slot {
+            dev: None,
+            dev16: None,
+            narrowed: Some(bits),
+            ids: None,
+            host: None,
+            shape,
+            dtype: DType::BF16,
+        });
+    }
+
     /// A GEMM weight operand as a device pointer: its bf16 bits where it has them, else f32.
     fn gemm_operand(&mut self, id: usize) -> Result<(u64, blas::Elem), RuntimeError> {
         let stream = self.stream.clone();
@@ -278,19 +317,19 @@ impl Rank<'_> {
         elem: blas::Elem,
     ) -> Result<(u64, Option<CudaSlice<u16>>), String> {
         let n: usize = self.shape(id).iter().product();
-        self.device(id).map_err(|e| e.to_string())?;
         if elem == blas::Elem::Bf16 {
-            let kept = self.slots[id].as_ref().and_then(|s| s.narrowed.as_ref());
+            let kept = self.slots[id].as_ref().and_then(|s| s.narrowed.as_deref());
             if let Some(y) = kept {
                 return Ok((dptr(y, &self.stream), None));
             }
         }
+        self.device(id).map_err(|e| e.to_string())?;
         let d = self.dev_ref(id)?;
         let (p, y) = self.activation(d, n, elem)?;
         let shared = self.readers(id) > 1;
         match (y, self.slots[id].as_mut()) {
             (Some(y), Some(slot)) if shared => {
-                slot.narrowed = Some(y);
+                slot.narrowed = Some(Arc::new(y));
                 Ok((p, None))
             }
             (y, _) => Ok((p, y)),
@@ -329,6 +368,50 @@ impl Rank<'_> {
         let p = dptr(&y, &self.stream);
         self.convert(&c, (dptr(x, &self.stream), p), n)?;
         Ok((p, Some(y)))
+    }
+
+    /// A GEMM's result into buffer `out`: f32, or, where both operands are bf16 and `out` is
+    /// bf16 in the model, rounded to bf16 as PyTorch's bf16 matmul rounds it (and the CPU
+    /// backend's bf16 buffers hold it): the bits kept, widened only for an f32 reader.
+    fn gemm_into(
+        &mut self,
+        out: usize,
+        (a, b): (u64, u64),
+        elem: blas::Elem,
+        g: &gemm::GemmPlan,
+    ) -> Result<(), String> {
+        let mut plan = g.strided();
+        let rounded = elem == blas::Elem::Bf16 && self.program.buffers[out].dtype == DType::BF16;
+        let shape = g.out_shape.clone();
+        if rounded {
+            plan.c_elem = blas::Elem::Bf16;
+            // SAFETY: cuBLAS writes all of C (beta = 0 never reads it).
+            let c = unsafe { self.stream.alloc::<u16>(g.out_len()) }.map_err(|e| e.to_string())?;
+            let cp = dptr(&c, &self.stream);
+            // SAFETY: the plan's sizes and strides were checked against the operands' shapes.
+            unsafe { blas::gemm_strided(&self.blas, elem, &plan, a, b, cp) }?;
+            self.put_bits(out, Arc::new(c), shape);
+            return Ok(());
+        }
+        // SAFETY: as above.
+        let c = unsafe { self.stream.alloc::<f32>(g.out_len()) }.map_err(|e| e.to_string())?;
+        let cp = dptr(&c, &self.stream);
+        // SAFETY: as above.
+        unsafe { blas::gemm_strided(&self.blas, elem, &plan, a, b, cp) }?;
+        self.put_dev(out, c, shape);
+        Ok(())
+    }
+
+    /// bf16 bits widened to f32 on the device (exact) by the generated conversion kernel.
+    fn widened(&self, bits: &CudaSlice<u16>) -> Result<CudaSlice<f32>, String> {
+        let c = self
+            .conversion(bf16_reduce::Direction::Widen)
+            .ok_or("the bf16 conversion kernel is not in the PTX")?;
+        let n = bits.len();
+        // SAFETY: the kernel writes every one of the n elements.
+        let y = unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| e.to_string())?;
+        self.convert(&c, (dptr(bits, &self.stream), dptr(&y, &self.stream)), n)?;
+        Ok(y)
     }
 
     /// A generated kernel of one result `out`: `inputs` (on the device first) are its
@@ -435,9 +518,22 @@ impl Rank<'_> {
                     .iter()
                     .map(|d| d.unwrap_or(0))
                     .collect();
-                if let Some(dev) = self.shared_dev(src) {
-                    // The same device buffer under the new shape: a reshape moves nothing.
-                    self.put_dev(dst, dev, shape);
+                let on_device = self.slots[src]
+                    .as_ref()
+                    .filter(|s| s.dev.is_some() || s.narrowed.is_some())
+                    .map(|s| (s.dev.clone(), s.narrowed.clone()));
+                if let Some((dev, narrowed)) = on_device {
+                    // The same device buffers under the new shape: a reshape moves nothing.
+                    let dtype = self.program.buffers[dst].dtype;
+                    self.slots[dst] = Some(Slot {
+                        dev,
+                        dev16: None,
+                        narrowed,
+                        ids: None,
+                        host: None,
+                        shape,
+                        dtype,
+                    });
                 } else {
                     let t = self.host(src)?;
                     self.put_host(dst, Tensor { shape, ..t });
@@ -460,9 +556,6 @@ impl Rank<'_> {
                 let out = ins.outputs[0];
                 match gemm::plan(&sa, &sb) {
                     Some(g) => {
-                        // SAFETY: cuBLAS writes all of C (beta = 0 never reads it).
-                        let c = unsafe { self.stream.alloc::<f32>(g.out_len()) }
-                            .map_err(|e| fail(e.to_string()))?;
                         let (mut bp, mut elem) = self.gemm_operand(b)?;
                         // A bf16 model's GEMMs of two activations (attention's scores and
                         // values) run in bf16 as PyTorch's do: both operands rounded to bf16
@@ -476,11 +569,7 @@ impl Rank<'_> {
                             None
                         };
                         let (ap, _narrowed) = self.operand_as(a, elem).map_err(&fail)?;
-                        let cp = dptr(&c, &self.stream);
-                        // SAFETY: the plan's sizes and strides were checked against the operands' shapes.
-                        unsafe { blas::gemm_strided(&self.blas, elem, &g.strided(), ap, bp, cp) }
-                            .map_err(&fail)?;
-                        self.put_dev(out, c, g.out_shape.clone());
+                        self.gemm_into(out, (ap, bp), elem, &g).map_err(&fail)?;
                     }
                     None => {
                         // Batch broadcasting cuBLAS's strides cannot express: the host does it.
@@ -680,6 +769,7 @@ fn feed_shapes(pieces: &[Vec<Fed>]) -> Vec<Vec<Vec<usize>>> {
             p.iter()
                 .map(|v| match v {
                     Fed::Floats(dev) => vec![dev.len()],
+                    Fed::Bf16(bits) => vec![bits.len()],
                     Fed::Ids(_, t) | Fed::Host(t) => t.shape.clone(),
                 })
                 .collect()
@@ -697,7 +787,10 @@ enum Feed<'f> {
 
 /// One input of a device feed.
 enum Fed {
-    Floats(CudaSlice<f32>),
+    Floats(Arc<CudaSlice<f32>>),
+    /// A bf16 input's bits, as the model holds it (widened on the device only where an f32
+    /// reader needs it).
+    Bf16(Arc<CudaSlice<u16>>),
     /// Token ids, checked against the tables the embeddings index with them and put on the
     /// device as i32 (the embeddings read them there); the host copy for any other reader.
     Ids(CudaSlice<i32>, Tensor),
@@ -1143,9 +1236,9 @@ impl Rank<'_> {
                 .map(|p| {
                     p.iter()
                         .map(|v| match v {
-                            Fed::Floats(dev) => {
-                                stream.clone_dtod(dev).map(Fed::Floats).map_err(copy)
-                            }
+                            // Shared, not copied: no instruction writes into its operands.
+                            Fed::Floats(dev) => Ok(Fed::Floats(dev.clone())),
+                            Fed::Bf16(bits) => Ok(Fed::Bf16(bits.clone())),
                             Fed::Ids(dev, t) => stream
                                 .clone_dtod(dev)
                                 .map(|d| Fed::Ids(d, t.clone()))
@@ -1165,12 +1258,12 @@ impl Rank<'_> {
                 for (&id, v) in program.inputs.iter().zip(piece) {
                     match v {
                         Fed::Floats(dev) => {
-                            let shape = self.program.buffers[id]
-                                .shape
-                                .iter()
-                                .map(|d| d.unwrap_or(0))
-                                .collect();
+                            let shape = self.static_shape(id);
                             self.put_dev(id, dev, shape);
+                        }
+                        Fed::Bf16(bits) => {
+                            let shape = self.static_shape(id);
+                            self.put_bits(id, bits, shape);
                         }
                         Fed::Ids(dev, t) => {
                             self.put_host(id, t);
@@ -1242,8 +1335,17 @@ impl Rank<'_> {
             for (&id, t) in program.inputs.iter().zip(piece) {
                 crate::cpu::check_input(program, id, &t)?;
                 let up = |e: cudarc::driver::DriverError| backend_err(e.to_string());
-                row.push(if t.dtype.is_float() {
-                    Fed::Floats(self.stream.clone_htod(&*t.f32_values()).map_err(up)?)
+                // A bf16 input goes as its bits where the rank can widen them on the device.
+                let bits = match &*t.data {
+                    crate::tensor::Data::Half(b) if t.dtype == DType::BF16 => Some(b),
+                    _ => None,
+                };
+                let widens = self.conversion(bf16_reduce::Direction::Widen).is_some();
+                row.push(if let Some(bits) = bits.filter(|_| widens) {
+                    Fed::Bf16(Arc::new(self.stream.clone_htod(&bits[..]).map_err(up)?))
+                } else if t.dtype.is_float() {
+                    let v = self.stream.clone_htod(&*t.f32_values()).map_err(up)?;
+                    Fed::Floats(Arc::new(v))
                 } else if let Some(ids) = embedding::fed_ids(program, id, &t)? {
                     Fed::Ids(self.stream.clone_htod(&ids).map_err(up)?, t)
                 } else {
