@@ -393,6 +393,29 @@ mod tests {
         assert_eq!(route.matches("scf.execute_region").count(), 128 / 32);
     }
 
+    /// The router's logits are a bf16 GEMM's result that only the route reads: the CUDA
+    /// backend rounds it to bf16 (as PyTorch's `x @ wr` and the CPU backend do), so the GPU
+    /// chooses the experts from the same logits; x, read by the GEMM and the experts, is not
+    /// such a buffer.
+    #[test]
+    fn the_routers_logits_are_read_only_by_the_route() {
+        use ppmoe_runtime::program::Op;
+        let d = tempfile::tempdir().unwrap();
+        let model = write(d.path(), Shape::parse("32,16,4,2").unwrap(), 7).unwrap();
+        let mut c =
+            ppmoe_compiler::pipeline::Compilation::new(&model, &[("x".to_string(), vec![4, 32])]);
+        c.target_cuda = true;
+        c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+        ppmoe_compiler::compile(c, &d.path().join("b")).unwrap();
+        let bundle = ppmoe_runtime::bundle::read_bundle(&d.path().join("b")).unwrap();
+        let p = &bundle.manifest.programs[0];
+        let gemm = p.instructions.iter().find(|i| i.op == Op::MatMul).unwrap();
+        let logits = gemm.outputs[0];
+        assert_eq!(p.buffers[logits].dtype, ppmoe_runtime::DType::BF16);
+        assert!(p.read_only_by_routes(logits));
+        assert!(!p.read_only_by_routes(gemm.inputs[0].unwrap()));
+    }
+
     /// At tp 2 the layer's experts are one GPU step per rank with either strategy, and the
     /// partitioned layer computes the single-rank one: at 8 tokens, and at 3 and 1, which do not
     /// divide over the two ranks (the all-to-all form pads the tokens, PPMoE's rewrite of it

@@ -574,6 +574,23 @@ impl Program {
             .any(|ins| matches!(ins.op, Op::Send { .. } | Op::Recv { .. }))
     }
 
+    /// Whether buffer `id` is read, and only as the logits of routes (the GPU plan's `Route`
+    /// steps): the CUDA backend rounds such a bf16 GEMM result to bf16 (a router's logits).
+    pub fn read_only_by_routes(&self, id: usize) -> bool {
+        let mut readers = self
+            .instructions
+            .iter()
+            .zip(&self.gpu)
+            .filter(|(ins, _)| ins.inputs.contains(&Some(id)))
+            .peekable();
+        readers.peek().is_some()
+            && readers.all(|(ins, how)| {
+                matches!(how, GpuOp::Route { .. })
+                    && ins.inputs.first() == Some(&Some(id))
+                    && !ins.inputs[1..].contains(&Some(id))
+            })
+    }
+
     /// Each `Fused` entry points at a later step (`LocalExperts`, `AllToAllExperts` or
     /// `Pointwise`) that names it back, and each such step names members of the right ops
     /// before it.

@@ -1055,3 +1055,45 @@ fn no_fixture_has_host_work_on_any_grid() {
     }
     assert!(checked >= 39 * 6, "{checked} programs");
 }
+
+/// The CUDA backend rounds a bf16 GEMM's result to bf16 only where routes alone read it
+/// (`Program::read_only_by_routes`: a router's logits, whose rounding can change the choice of
+/// experts). In the bf16 LM exports the router's logits are cast to f32 before the route (as
+/// Hugging Face's softmax in float), and every other GEMM result has other readers: none is
+/// rounded, every one stays f32 on the GPU (no widening kernel before its f32 readers).
+#[test]
+fn no_gemm_result_of_the_bf16_lm_is_read_only_by_routes() {
+    let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("b");
+    let a = [
+        "compile",
+        m.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--target",
+        "cuda",
+        "--input-shape",
+        "input_ids=1x16",
+    ];
+    let out = ppmoe(&a);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
+    let p = &b.manifest.programs[0];
+    let gemms: Vec<usize> = p
+        .instructions
+        .iter()
+        .filter(|i| i.op == ppmoe_runtime::program::Op::MatMul)
+        .map(|i| i.outputs[0])
+        .collect();
+    assert!(gemms.len() >= 2 * 6, "{} GEMMs", gemms.len());
+    let routes = p
+        .gpu
+        .iter()
+        .filter(|g| matches!(g, ppmoe_runtime::program::GpuOp::Route { .. }))
+        .count();
+    assert_eq!(routes, 2, "one route a layer");
+    for g in gemms {
+        assert!(!p.read_only_by_routes(g), "{}", p.buffers[g].name);
+    }
+}

@@ -370,9 +370,13 @@ impl Rank<'_> {
         Ok((p, Some(y)))
     }
 
-    /// A GEMM's result into buffer `out`: f32, or, where both operands are bf16 and `out` is
-    /// bf16 in the model, rounded to bf16 as PyTorch's bf16 matmul rounds it (and the CPU
-    /// backend's bf16 buffers hold it): the bits kept, widened only for an f32 reader.
+    /// A GEMM's result into buffer `out`: f32, or, where both operands are bf16, `out` is bf16
+    /// in the model and only routes read it (a router's logits), rounded to bf16 as PyTorch's
+    /// bf16 matmul rounds it (and the CPU backend's bf16 buffers hold it), the bits kept (and
+    /// widened for the route's kernel): a logit moved by the rounding can change the choice of
+    /// experts, so the GPU chooses from the same values. Other bf16 results stay f32,
+    /// unrounded: widening them for the generated kernels, which read f32, would cost a kernel
+    /// and more bytes than cuBLAS's f32 result.
     fn gemm_into(
         &mut self,
         out: usize,
@@ -381,7 +385,9 @@ impl Rank<'_> {
         g: &gemm::GemmPlan,
     ) -> Result<(), String> {
         let mut plan = g.strided();
-        let rounded = elem == blas::Elem::Bf16 && self.program.buffers[out].dtype == DType::BF16;
+        let rounded = elem == blas::Elem::Bf16
+            && self.program.buffers[out].dtype == DType::BF16
+            && self.program.read_only_by_routes(out);
         let shape = g.out_shape.clone();
         if rounded {
             plan.c_elem = blas::Elem::Bf16;
