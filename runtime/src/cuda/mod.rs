@@ -141,6 +141,9 @@ struct Rank<'a> {
     workspaces: workspace::Workspaces,
     /// The device's multiprocessors, once asked (`device_routed`).
     multiprocessors: std::cell::OnceCell<u32>,
+    /// The GEMM results only routes read (`Program::read_only_by_routes`), found once: a bf16
+    /// one is rounded to bf16 (`gemm_into`).
+    routed_only: std::collections::HashSet<usize>,
 }
 
 impl Rank<'_> {
@@ -387,7 +390,7 @@ impl Rank<'_> {
         let mut plan = g.strided();
         let rounded = elem == blas::Elem::Bf16
             && self.program.buffers[out].dtype == DType::BF16
-            && self.program.read_only_by_routes(out);
+            && self.routed_only.contains(&out);
         let shape = g.out_shape.clone();
         if rounded {
             plan.c_elem = blas::Elem::Bf16;
@@ -1020,6 +1023,13 @@ fn with_rank<R>(
         tensor_maps: Default::default(),
         workspaces: Default::default(),
         multiprocessors: Default::default(),
+        routed_only: program
+            .instructions
+            .iter()
+            .filter(|ins| ins.op == crate::program::Op::MatMul)
+            .flat_map(|ins| ins.outputs.iter().copied())
+            .filter(|&o| program.read_only_by_routes(o))
+            .collect(),
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()
