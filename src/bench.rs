@@ -221,12 +221,7 @@ pub fn moe(
         let mut rows = Vec::new();
         for &t in &counts {
             let bundle = dir.join(format!("bundle-{t}"));
-            let mut c = ppmoe_compiler::pipeline::Compilation::new(
-                &model,
-                &[("x".to_string(), vec![t as i64, shape.hidden as i64])],
-            );
-            c.target_cuda = true;
-            c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+            let mut c = moe_layer::cuda_compilation(&model, shape, t);
             c.grid = Some(ppmoe_compiler::distribute::Grid {
                 dp: 1,
                 pp: 1,

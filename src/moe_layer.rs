@@ -151,6 +151,20 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The layer at `model` as `ppmoe bench --moe` compiles it at `tokens` tokens: for CUDA, the
+/// weights bf16 (one rank; the caller sets a grid).
+pub fn cuda_compilation(
+    model: &Path,
+    shape: Shape,
+    tokens: usize,
+) -> ppmoe_compiler::pipeline::Compilation {
+    let x = vec![tokens as i64, shape.hidden as i64];
+    let mut c = ppmoe_compiler::pipeline::Compilation::new(model, &[("x".to_string(), x)]);
+    c.target_cuda = true;
+    c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+    c
+}
+
 /// bf16 bits of `x`, rounded to nearest even.
 fn half_bits(x: f32) -> u16 {
     let b = x.to_bits();
@@ -342,15 +356,14 @@ mod tests {
         );
         ppmoe_compiler::compile(c, &d.path().join("b")).unwrap();
         let bundle = ppmoe_runtime::bundle::read_bundle(&d.path().join("b")).unwrap();
-        let x = bf16_input(t, s.hidden, |i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 2.0);
+        let value = |i: usize| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 2.0;
+        let x = bf16_input(t, s.hidden, value);
         let got =
             ppmoe_runtime::cpu::run_bundle(&bundle, std::slice::from_ref(&x)).unwrap()[0].to_f32();
         // numpy has no bfloat16: x given as an f32 .npy (unrounded) is rounded to the bf16
         // input, to the same bits.
         let npy = d.path().join("x.npy");
-        let unrounded: Vec<f32> = (0..t * s.hidden)
-            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 2.0)
-            .collect();
+        let unrounded: Vec<f32> = (0..t * s.hidden).map(value).collect();
         ppmoe_runtime::npy::write_npy(&npy, &Tensor::f32(vec![t, s.hidden], unrounded)).unwrap();
         let arg = ppmoe_runtime::runner::InputArg::parse(&format!("x={}", npy.display()));
         let bound = ppmoe_runtime::runner::bind_inputs(&bundle, &[arg]).unwrap();
@@ -381,11 +394,9 @@ mod tests {
     #[test]
     fn a_route_of_128_experts_scores_each_lanes_experts_once() {
         let d = tempfile::tempdir().unwrap();
-        let model = write(d.path(), Shape::parse("64,32,128,8").unwrap(), 7).unwrap();
-        let mut c =
-            ppmoe_compiler::pipeline::Compilation::new(&model, &[("x".to_string(), vec![16, 64])]);
-        c.target_cuda = true;
-        c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+        let s = Shape::parse("64,32,128,8").unwrap();
+        let model = write(d.path(), s, 7).unwrap();
+        let c = cuda_compilation(&model, s, 16);
         let (kernels, _) = ppmoe_compiler::pipeline::emit(c, "kernels").unwrap();
         let start = kernels.find("_route(").expect("a route kernel");
         let route = &kernels[start..];
@@ -401,12 +412,9 @@ mod tests {
     fn the_routers_logits_are_read_only_by_the_route() {
         use ppmoe_runtime::program::Op;
         let d = tempfile::tempdir().unwrap();
-        let model = write(d.path(), Shape::parse("32,16,4,2").unwrap(), 7).unwrap();
-        let mut c =
-            ppmoe_compiler::pipeline::Compilation::new(&model, &[("x".to_string(), vec![4, 32])]);
-        c.target_cuda = true;
-        c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
-        ppmoe_compiler::compile(c, &d.path().join("b")).unwrap();
+        let s = Shape::parse("32,16,4,2").unwrap();
+        let model = write(d.path(), s, 7).unwrap();
+        ppmoe_compiler::compile(cuda_compilation(&model, s, 4), &d.path().join("b")).unwrap();
         let bundle = ppmoe_runtime::bundle::read_bundle(&d.path().join("b")).unwrap();
         let p = &bundle.manifest.programs[0];
         let gemm = p.instructions.iter().find(|i| i.op == Op::MatMul).unwrap();
@@ -435,12 +443,7 @@ mod tests {
         let model = write(d.path(), s, 11).unwrap();
         let x = bf16_input(t, s.hidden, |i| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 2.0);
         let run = |tp: usize, strategy: Strategy, name: &str| {
-            let mut c = ppmoe_compiler::pipeline::Compilation::new(
-                &model,
-                &[("x".to_string(), vec![t as i64, s.hidden as i64])],
-            );
-            c.target_cuda = true;
-            c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+            let mut c = cuda_compilation(&model, s, t);
             c.grid = Some(Grid { dp: 1, pp: 1, tp });
             c.strategy = Some(strategy);
             ppmoe_compiler::compile(c, &d.path().join(name)).unwrap();

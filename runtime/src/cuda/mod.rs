@@ -86,6 +86,9 @@ pub fn gpu_count() -> Option<usize> {
 
 /// A buffer's value: on the device (f32), on the host, or both; a bf16 weight that feeds GEMMs
 /// also (or only) as its bf16 bits on the device.
+/// A value's bf16 bits on the device, shared by the buffers that hold it.
+type Bits = Arc<CudaSlice<u16>>;
+
 struct Slot {
     /// Shared: a reshape's result is its operand's buffer (no buffer is written after it is
     /// made, so sharing is safe).
@@ -95,7 +98,7 @@ struct Slot {
     /// more than one instruction does (each narrowing reads and writes the whole tensor), or
     /// the value itself where it came as bf16 (a bf16 input of a device feed, a GEMM's bf16
     /// result), `dev` then widened from it only when an f32 reader needs it.
-    narrowed: Option<Arc<CudaSlice<u16>>>,
+    narrowed: Option<Bits>,
     /// Token ids an embedding reads on the device, checked against its table (a device feed's).
     ids: Option<CudaSlice<i32>>,
     host: Option<Tensor>,
@@ -271,28 +274,30 @@ impl Rank<'_> {
     /// Buffer `id`'s value on the device (a new buffer, or one shared with the buffer it
     /// reshapes).
     fn put_dev(&mut self, id: usize, dev: impl Into<Arc<CudaSlice<f32>>>, shape: Vec<usize>) {
-        let dtype = self.program.buffers[id].dtype;
-        self.slots[id] = Some(Slot {
-            dev: Some(dev.into()),
-            dev16: None,
-            narrowed: None,
-            ids: None,
-            host: None,
-            shape,
-            dtype,
-        });
+        self.put_on_device(id, (Some(dev.into()), None), shape);
     }
 
     /// Buffer `id`'s value as bf16 bits on the device only (see `Slot::narrowed`).
-    fn put_bits(&mut self, id: usize, bits: Arc<CudaSlice<u16>>, shape: Vec<usize>) {
+    fn put_bits(&mut self, id: usize, bits: Bits, shape: Vec<usize>) {
+        self.put_on_device(id, (None, Some(bits)), shape);
+    }
+
+    /// Buffer `id`'s value on the device: as f32, as bf16 bits, or both (a reshape shares
+    /// what its operand holds).
+    fn put_on_device(
+        &mut self,
+        id: usize,
+        (dev, narrowed): (Option<Arc<CudaSlice<f32>>>, Option<Bits>),
+        shape: Vec<usize>,
+    ) {
         self.slots[id] = Some(Slot {
-            dev: None,
+            dev,
             dev16: None,
-            narrowed: Some(bits),
+            narrowed,
             ids: None,
             host: None,
             shape,
-            dtype: DType::BF16,
+            dtype: self.program.buffers[id].dtype,
         });
     }
 
@@ -440,14 +445,7 @@ impl Rank<'_> {
             .get(name)
             .ok_or_else(|| format!("kernel {name} is not in the PTX"))?
             .clone();
-        let shape = |b: usize| -> Vec<usize> {
-            self.program.buffers[b]
-                .shape
-                .iter()
-                .map(|d| d.unwrap_or(0))
-                .collect()
-        };
-        let out_shapes: Vec<Vec<usize>> = outs.iter().map(|&o| shape(o)).collect();
+        let out_shapes: Vec<Vec<usize>> = outs.iter().map(|&o| self.static_shape(o)).collect();
         for &b in inputs {
             self.device(b).map_err(|e| e.to_string())?;
         }
@@ -522,27 +520,14 @@ impl Rank<'_> {
                         .ok_or_else(|| fail("no operand".into()))?,
                     ins.outputs[0],
                 );
-                let shape: Vec<usize> = self.program.buffers[dst]
-                    .shape
-                    .iter()
-                    .map(|d| d.unwrap_or(0))
-                    .collect();
+                let shape = self.static_shape(dst);
                 let on_device = self.slots[src]
                     .as_ref()
                     .filter(|s| s.dev.is_some() || s.narrowed.is_some())
                     .map(|s| (s.dev.clone(), s.narrowed.clone()));
                 if let Some((dev, narrowed)) = on_device {
                     // The same device buffers under the new shape: a reshape moves nothing.
-                    let dtype = self.program.buffers[dst].dtype;
-                    self.slots[dst] = Some(Slot {
-                        dev,
-                        dev16: None,
-                        narrowed,
-                        ids: None,
-                        host: None,
-                        shape,
-                        dtype,
-                    });
+                    self.put_on_device(dst, (dev, narrowed), shape);
                 } else {
                     let t = self.host(src)?;
                     self.put_host(dst, Tensor { shape, ..t });
@@ -631,11 +616,7 @@ impl Rank<'_> {
                     .flatten()
                     .ok_or_else(|| fail("no logits".into()))?;
                 let (w_out, id_out) = (ins.outputs[0], ins.outputs[1]);
-                let shape: Vec<usize> = self.program.buffers[w_out]
-                    .shape
-                    .iter()
-                    .map(|d| d.unwrap_or(0))
-                    .collect();
+                let shape = self.static_shape(w_out);
                 let n: usize = shape.iter().product();
                 let nl = self.shape(l).iter().product::<usize>() as i64;
                 self.device(l)?;
@@ -799,7 +780,7 @@ enum Fed {
     Floats(Arc<CudaSlice<f32>>),
     /// A bf16 input's bits, as the model holds it (widened on the device only where an f32
     /// reader needs it).
-    Bf16(Arc<CudaSlice<u16>>),
+    Bf16(Bits),
     /// Token ids, checked against the tables the embeddings index with them and put on the
     /// device as i32 (the embeddings read them there); the host copy for any other reader.
     Ids(CudaSlice<i32>, Tensor),
