@@ -402,6 +402,13 @@ mod tests {
         let route = &kernels[start..];
         let route = &route[..route.find("gpu.func").unwrap_or(route.len())];
         assert_eq!(route.matches("scf.execute_region").count(), 128 / 32);
+        // The logits are bf16 (a bf16 GEMM's, held as its bits): read so, each widened.
+        let params = &route[..route.find('{').unwrap_or(0)];
+        assert!(params.contains("(%arg0: memref<2048xbf16>"), "{params}");
+        let loads = route.matches("memref.load %arg0[").count();
+        assert!(loads > 0);
+        assert_eq!(route.matches(": memref<2048xbf16>").count(), loads + 1);
+        assert_eq!(route.matches("arith.extf").count(), loads);
     }
 
     /// The router's logits are a bf16 GEMM's result that only the route reads: the CUDA

@@ -713,12 +713,15 @@ pub enum GpuOp {
     /// f32 (exact for expert numbers) and are read back as integers. With `capacity`, two
     /// more: `<name>_capacity` (one thread per expert: its assignments past the capacity, in
     /// slot order, weigh 0) and `<name>_renorm` (one thread per token: renormalisation and
-    /// scaling after the drop).
+    /// scaling after the drop). With `bf16_logits` the kernel reads the logits as bf16 (they
+    /// are bf16 in the model: a bf16 router GEMM's result, held as its bits), widening each.
     Route {
         name: String,
         threads: usize,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         capacity: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bf16_logits: bool,
     },
     /// `moe.experts` on the GPU: rows grouped by expert (on the host, or on the device by the
     /// `<prefix>_tgroup` kernel where the compiler generated it and it pays; one token is
@@ -1029,6 +1032,9 @@ pub fn routes_on_tensor_cores(
     tokens > 1 && (!local || rows <= 4 || (small && rows <= 32))
 }
 
+/// The CUDA-core first projection reading x's bf16 bits (`dproj_in` reads f32 x).
+pub const DPROJ_IN_BF16: &str = "dproj_in_bf16";
+
 /// The kernels an experts step may have besides its gather, activation and combine (which
 /// it always has), by their suffix after the step's prefix: the device routing's and the
 /// device grouping's (`device_routed`, `device_grouped`), the gather of x's bf16 copy. The
@@ -1036,6 +1042,7 @@ pub fn routes_on_tensor_cores(
 pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     "dgroup",
     "dproj_in",
+    DPROJ_IN_BF16,
     "dproj_out",
     TC_KERNELS[0],
     TC_KERNELS[1],

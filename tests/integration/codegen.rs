@@ -572,7 +572,12 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             // The model was exported in bf16: its stacks are bf16 whatever --dtype says.
             let rounds = entry(&one, &format!("{prefix}_dproj_in")).contains("cvt.rn.bf16.f32");
             assert!(rounds, "{dtype} {prefix}_dproj_in");
+            // Its x is bf16 too: the first projection also comes reading x's bf16 bits (2-byte
+            // loads widened, nothing rounded), for a runtime that holds x as them.
+            let bits = entry(&one, &format!("{prefix}_dproj_in_bf16"));
+            assert!(bits.contains("cvt.f32.bf16") && !bits.contains("cvt.rn.bf16.f32"));
         }
+
         // One token at tp 2 (padded to two over the ranks): PPMoE's local step routed on the
         // device on each rank, per layer.
         let one_tp2 = lm_ptx(1, &["--dtype", dtype, "--tp", "2"], None);

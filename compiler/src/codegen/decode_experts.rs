@@ -8,7 +8,8 @@
 //! - `{prefix}_dgroup`: one block per local expert lists the slots routed to it (weight not 0)
 //!   and counts them; one more block writes each slot's row for the combine (the slot itself,
 //!   or -1) and its local expert (for the biases).
-//! - `{prefix}_dproj_in`, `{prefix}_dproj_out`: a projection of the listed rows by their
+//! - `{prefix}_dproj_in` (and `_dproj_in_bf16`, reading x's bf16 bits, where x is bf16),
+//!   `{prefix}_dproj_out`: a projection of the listed rows by their
 //!   expert's matrix, rows indexed by slot ([T x k, dout]): one block per (expert, column
 //!   tile); a block of an expert with no rows returns before reading a weight, so only the
 //!   routed experts' matrices are read, each once per `DecodeTile::rows` rows. Each warp
@@ -124,6 +125,13 @@ pub(super) fn kernels(
         per,
     };
     out.push_str(&projection("dproj_in", "f32", (dims.hidden, dims.n), k).kernel());
+    // x bf16 in the model (with bf16 stacks): the same projection reading x's bf16 bits too,
+    // which the runtime takes where it holds x as them (a bf16 input) instead of widening
+    // them for the first (the same values: the first rounds x to bf16 as it reads it).
+    if bf16 && p.buffers[o.x].dtype == ppmoe_runtime::DType::BF16 {
+        let name = ppmoe_runtime::program::DPROJ_IN_BF16;
+        out.push_str(&projection(name, "bf16", (dims.hidden, dims.n), k).kernel());
+    }
     out.push_str(&projection("dproj_out", mid, (dims.ffn, dims.hidden), 1).kernel());
     Some(out)
 }

@@ -1589,13 +1589,19 @@ pub fn plan_kernels(
             Op::ReshapeTo { .. } => Lowered::Alias,
             Op::MoeRoute { .. } => {
                 let name = format!("k{i}_route");
+                let bf16_logits = reads_bf16_logits(p, i, weights);
                 match route_kernel(p, i, &name) {
                     Some((text, threads, capacity)) => {
+                        let text = match bf16_logits {
+                            true => with_bf16_logits(&text, p, i),
+                            false => text,
+                        };
                         funcs.push_str(&text);
                         Lowered::Route {
                             name,
                             threads,
                             capacity,
+                            bf16_logits,
                         }
                     }
                     None => Lowered::Host,
@@ -1664,6 +1670,42 @@ pub fn plan_kernels(
     }
     let module = format!("  gpu.module @{module_name} {{\n{funcs}  }}\n");
     KernelPlan { lowered, module }
+}
+
+/// Whether route `idx` reads its logits as bf16: they are bf16 in the model (a bf16 router
+/// GEMM's result, which the runtime holds as its bits) and the rank has bf16 weights, so the
+/// conversion kernels the runtime narrows any other value of them with.
+fn reads_bf16_logits(p: &Program, idx: usize, weights: &[(String, ppmoe_runtime::Tensor)]) -> bool {
+    let logits = p.instructions[idx].inputs.first().copied().flatten();
+    logits.is_some_and(|l| p.buffers[l].dtype == ppmoe_runtime::DType::BF16)
+        && weights
+            .iter()
+            .any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16)
+}
+
+/// Route kernel `text` reading its logits (`%a0`, every read of them one `%v = memref.load`)
+/// as bf16: the parameter's element type bf16, each value widened (exactly) where it is read.
+fn with_bf16_logits(text: &str, p: &Program, idx: usize) -> String {
+    let n: usize = p.instructions[idx]
+        .inputs
+        .first()
+        .copied()
+        .flatten()
+        .and_then(|l| static_shape(&p.buffers[l]))
+        .map_or(0, |s| s.iter().product());
+    let (f32_type, bf16_type) = (format!("memref<{n}xf32>"), format!("memref<{n}xbf16>"));
+    // The route kernel only: the capacity kernels after it take no logits.
+    let first_end = text[1..]
+        .find("    gpu.func @")
+        .map_or(text.len(), |at| at + 1);
+    let (route, rest) = text.split_at(first_end);
+    let route = route
+        .replace(
+            &format!("%v = memref.load %a0[%o] : {f32_type}"),
+            &format!("%v16 = memref.load %a0[%o] : {bf16_type}\n          %v = arith.extf %v16 : bf16 to f32"),
+        )
+        .replace(&format!("%a0: {f32_type}"), &format!("%a0: {bf16_type}"));
+    format!("{route}{rest}")
 }
 
 /// Conversion kernel `name`: each thread's element (or vector) of type `from` at `%x`

@@ -49,6 +49,9 @@ struct RoutedKernels {
     /// (`SORTED_ROWS_KERNEL`); both projections then read their rows through tensor maps, and
     /// the first writes the activations in that order.
     sort: Option<CudaFunction>,
+    /// The CUDA-core first projection reading x's bf16 bits (`DPROJ_IN_BF16`), where x is
+    /// bf16 in the model.
+    proj_in_bf16: Option<CudaFunction>,
 }
 
 impl RoutedKernels {
@@ -207,7 +210,7 @@ impl Rank<'_> {
         prefix: &str,
         bf16: bool,
     ) -> Result<Option<(CudaSlice<f32>, usize)>, String> {
-        let Some(kernels) = self.routed_kernels(prefix) else {
+        let Some(mut kernels) = self.routed_kernels(prefix) else {
             return Ok(None);
         };
         let Some(OnDevice {
@@ -229,7 +232,15 @@ impl Rank<'_> {
         // The tensor-core kernels read bf16 rows: x narrowed as a bf16 GEMM's activation is
         // (once, where the router's GEMM read it too).
         let elem = match kernels.projections {
-            Projections::CudaCores => super::blas::Elem::F32,
+            // x held as bf16 bits (a bf16 input): read as they are, not widened for the f32
+            // projection.
+            Projections::CudaCores => match kernels.proj_in_bf16.take() {
+                Some(f) if self.holds_bits(call.x) => {
+                    kernels.proj_in = f;
+                    super::blas::Elem::Bf16
+                }
+                _ => super::blas::Elem::F32,
+            },
             _ => super::blas::Elem::Bf16,
         };
         let (x, _narrowed) = self.operand_as(call.x, elem)?;
@@ -325,6 +336,8 @@ impl Rank<'_> {
         // Only the cooperative persistent kernels, fused, are generated for sorted rows.
         let sort = f(crate::program::SORTED_ROWS_KERNEL)
             .filter(|_| fused_act && projections == Projections::Persistent { pingpong: false });
+        let proj_in_bf16 =
+            f(crate::program::DPROJ_IN_BF16).filter(|_| projections == Projections::CudaCores);
         let kernels = RoutedKernels {
             group,
             proj_in,
@@ -332,6 +345,7 @@ impl Rank<'_> {
             projections,
             fused_act,
             sort,
+            proj_in_bf16,
         };
         tracing::debug!(
             "{prefix}: routed on the device ({})",

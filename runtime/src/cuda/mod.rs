@@ -277,6 +277,13 @@ impl Rank<'_> {
         self.put_on_device(id, (Some(dev.into()), None), shape);
     }
 
+    /// Whether buffer `id` is held as bf16 bits on the device (see `Slot::narrowed`).
+    fn holds_bits(&self, id: usize) -> bool {
+        self.slots[id]
+            .as_ref()
+            .is_some_and(|s| s.narrowed.is_some())
+    }
+
     /// Buffer `id`'s value as bf16 bits on the device only (see `Slot::narrowed`).
     fn put_bits(&mut self, id: usize, bits: Bits, shape: Vec<usize>) {
         self.put_on_device(id, (None, Some(bits)), shape);
@@ -380,11 +387,11 @@ impl Rank<'_> {
 
     /// A GEMM's result into buffer `out`: f32, or, where both operands are bf16, `out` is bf16
     /// in the model and only routes read it (a router's logits), rounded to bf16 as PyTorch's
-    /// bf16 matmul rounds it (and the CPU backend's bf16 buffers hold it), the bits kept (and
-    /// widened for the route's kernel): a logit moved by the rounding can change the choice of
-    /// experts, so the GPU chooses from the same values. Other bf16 results stay f32,
-    /// unrounded: widening them for the generated kernels, which read f32, would cost a kernel
-    /// and more bytes than cuBLAS's f32 result.
+    /// bf16 matmul rounds it (and the CPU backend's bf16 buffers hold it), the bits kept (read
+    /// as they are by a route of bf16 logits, else widened for it): a logit moved by the
+    /// rounding can change the choice of experts, so the GPU chooses from the same values.
+    /// Other bf16 results stay f32, unrounded: widening them for the generated kernels, which
+    /// read f32, would cost a kernel and more bytes than cuBLAS's f32 result.
     fn gemm_into(
         &mut self,
         out: usize,
@@ -603,6 +610,7 @@ impl Rank<'_> {
                 name,
                 threads,
                 capacity,
+                bf16_logits,
             } => {
                 let func = self
                     .functions
@@ -619,7 +627,18 @@ impl Rank<'_> {
                 let shape = self.static_shape(w_out);
                 let n: usize = shape.iter().product();
                 let nl = self.shape(l).iter().product::<usize>() as i64;
-                self.device(l)?;
+                // bf16 logits as their bits (a bf16 GEMM's result), else narrowed; f32 ones on
+                // the device.
+                let (bits, _narrowed) = match bf16_logits {
+                    true => {
+                        let (p, y) = self.operand_as(l, blas::Elem::Bf16).map_err(&fail)?;
+                        (Some(p), y)
+                    }
+                    false => {
+                        self.device(l)?;
+                        (None, None)
+                    }
+                };
                 let (w, ids) = (
                     self.stream
                         .alloc_zeros::<f32>(n.max(1))
@@ -640,10 +659,11 @@ impl Rank<'_> {
                         .and_then(|s| s.dev.as_deref())
                         .expect("uploaded above")
                 };
-                let (dl, bias) = (dev(l), bias_id.map(dev));
+                let bias = bias_id.map(dev);
+                let dl = bits.unwrap_or_else(|| dptr(dev(l), &self.stream));
                 let (zero, one, nn) = (0i64, 1i64, n as i64);
                 let mut launch = self.stream.launch_builder(&func);
-                launch.arg(dl).arg(dl).arg(&zero).arg(&nl).arg(&one);
+                launch.arg(&dl).arg(&dl).arg(&zero).arg(&nl).arg(&one);
                 launch.arg(&w).arg(&w).arg(&zero).arg(&nn).arg(&one);
                 launch.arg(&ids).arg(&ids).arg(&zero).arg(&nn).arg(&one);
                 let nb = bias.map_or(0, |b| b.len() as i64);
