@@ -427,8 +427,8 @@ mod tests {
         let gemm = p.instructions.iter().find(|i| i.op == Op::MatMul).unwrap();
         let logits = gemm.outputs[0];
         assert_eq!(p.buffers[logits].dtype, ppmoe_runtime::DType::BF16);
-        assert!(p.read_only_by_routes(logits));
-        assert!(!p.read_only_by_routes(gemm.inputs[0].unwrap()));
+        assert!(p.reads_as_bits(logits));
+        assert!(!p.reads_as_bits(gemm.inputs[0].unwrap()));
     }
 
     /// At tp 2 the layer's experts are one GPU step per rank with either strategy, and the

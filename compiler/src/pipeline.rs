@@ -144,8 +144,8 @@ fn print_kernels(c: &Compilation) -> String {
             .enumerate()
         {
             let line = match l {
-                Lowered::Kernel { name, threads } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
-                Lowered::Pointwise { name, threads, members, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, fused = array<i64: {}>, instruction = {i} : i64}}", members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")),
+                Lowered::Kernel { name, threads, bf16 } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, {}instruction = {i} : i64}}", bf16_params(bf16)),
+                Lowered::Pointwise { name, threads, members, bf16, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, fused = array<i64: {}>, {}instruction = {i} : i64}}", members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", "), bf16_params(bf16)),
                 Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
                 Lowered::Route { name, threads, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
                 Lowered::Experts { prefix, bf16 } => format!(
@@ -511,4 +511,13 @@ impl Compilation {
             ..Default::default()
         }
     }
+}
+
+/// A kernel launch's bf16 parameters as an attribute (`bf16 = array<i64: ..>, `), or nothing.
+fn bf16_params(list: &[usize]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = list.iter().map(|k| k.to_string()).collect();
+    format!("bf16 = array<i64: {}>, ", list.join(", "))
 }

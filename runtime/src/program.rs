@@ -574,21 +574,71 @@ impl Program {
             .any(|ins| matches!(ins.op, Op::Send { .. } | Op::Recv { .. }))
     }
 
-    /// Whether buffer `id` is read, and only as the logits of routes (the GPU plan's `Route`
-    /// steps): the CUDA backend rounds such a bf16 GEMM result to bf16 (a router's logits).
-    pub fn read_only_by_routes(&self, id: usize) -> bool {
+    /// The buffers a generated kernel step (`Kernel`, `Pointwise`) of instruction `i` takes as
+    /// its parameters, in order: the float and boolean inputs (a concat's every input: it
+    /// moves integers exact in f32 too), then the results (a chain's one).
+    pub fn generated_params(&self, i: usize, how: &GpuOp) -> Option<Vec<usize>> {
+        let ins = self.instructions.get(i)?;
+        match how {
+            GpuOp::Kernel { .. } => {
+                let concat = matches!(ins.op, Op::Concat { .. });
+                let inputs = ins.inputs.iter().flatten().copied();
+                let on_device = |&b: &usize| concat || self.buffers[b].dtype.on_device_as_f32();
+                Some(
+                    inputs
+                        .filter(on_device)
+                        .chain(ins.outputs.iter().copied())
+                        .collect(),
+                )
+            }
+            GpuOp::Pointwise { inputs, .. } => Some(
+                inputs
+                    .iter()
+                    .copied()
+                    .chain(ins.outputs.first().copied())
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Whether every reader of buffer `id` takes it as bf16 bits: a route (its logits), a
+    /// GEMM (a bf16 GEMM's operand), a generated kernel whose parameters for it are all bf16
+    /// (for a member of a fused chain, the chain's kernel), a reshape whose result is so read;
+    /// a result of the program counts as such a reader (it is widened when it is brought back).
+    /// The CUDA backend keeps such a buffer, a bf16 GEMM's result, as its rounded bits.
+    pub fn reads_as_bits(&self, id: usize) -> bool {
+        let output = self.outputs.contains(&id);
         let mut readers = self
             .instructions
             .iter()
-            .zip(&self.gpu)
-            .filter(|(ins, _)| ins.inputs.contains(&Some(id)))
+            .enumerate()
+            .filter(|(_, ins)| ins.inputs.contains(&Some(id)))
             .peekable();
-        readers.peek().is_some()
-            && readers.all(|(ins, how)| {
-                matches!(how, GpuOp::Route { .. })
-                    && ins.inputs.first() == Some(&Some(id))
-                    && !ins.inputs[1..].contains(&Some(id))
+        (output || readers.peek().is_some())
+            && readers.all(|(i, ins)| match self.gpu.get(i) {
+                Some(GpuOp::Route { .. }) => {
+                    ins.inputs.first() == Some(&Some(id)) && !ins.inputs[1..].contains(&Some(id))
+                }
+                Some(GpuOp::Gemm) => true,
+                Some(GpuOp::Alias) => ins.outputs.iter().all(|&o| self.reads_as_bits(o)),
+                Some(GpuOp::Fused { into }) => self.takes_bits(*into, id),
+                Some(_) => self.takes_bits(i, id),
+                None => false,
             })
+    }
+
+    /// Whether generated kernel step `i` takes buffer `id` only through bf16 parameters.
+    fn takes_bits(&self, i: usize, id: usize) -> bool {
+        match self.gpu.get(i) {
+            Some(how @ (GpuOp::Kernel { bf16, .. } | GpuOp::Pointwise { bf16, .. })) => {
+                self.generated_params(i, how).is_some_and(|ps| {
+                    let mut at = ps.iter().enumerate().filter(|(_, &b)| b == id).peekable();
+                    at.peek().is_some() && at.all(|(k, _)| bf16.contains(&k))
+                })
+            }
+            _ => false,
+        }
     }
 
     /// Each `Fused` entry points at a later step (`LocalExperts`, `AllToAllExperts` or
@@ -705,8 +755,14 @@ impl Program {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum GpuOp {
-    /// A generated kernel of the rank's PTX, launched with one thread per `threads`.
-    Kernel { name: String, threads: usize },
+    /// A generated kernel of the rank's PTX, launched with one thread per `threads`; `bf16`:
+    /// its parameters (`Program::generated_params`' positions) it reads or writes as bf16.
+    Kernel {
+        name: String,
+        threads: usize,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bf16: Vec<usize>,
+    },
     /// A cuBLAS GEMM.
     Gemm,
     /// `moe.route` as a generated kernel: (logits) -> (weights, ids); the ids come out as
@@ -783,6 +839,9 @@ pub enum GpuOp {
         threads: usize,
         inputs: Vec<usize>,
         members: Vec<usize>,
+        /// Its parameters read or written as bf16 (as `Kernel::bf16`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bf16: Vec<usize>,
     },
     /// Done by a later instruction's step (`into`): nothing runs here, and no result of this
     /// instruction is made (only that step reads them).

@@ -1061,13 +1061,15 @@ fn no_fixture_has_host_work_on_any_grid() {
     assert!(checked >= 39 * 6, "{checked} programs");
 }
 
-/// The CUDA backend rounds a bf16 GEMM's result to bf16 only where routes alone read it
-/// (`Program::read_only_by_routes`: a router's logits, whose rounding can change the choice of
-/// experts). In the bf16 LM exports the router's logits are cast to f32 before the route (as
-/// Hugging Face's softmax in float), and every other GEMM result has other readers: none is
-/// rounded, every one stays f32 on the GPU (no widening kernel before its f32 readers).
+/// bf16 activations in the generated kernels: in the bf16 LM export compiled for CUDA, the
+/// generated kernels read and write the model's bf16 buffers as bf16 (`GpuOp::Kernel::bf16`,
+/// `GpuOp::Pointwise::bf16`: the norms, the residual adds, RoPE, the softmax, the casts), so
+/// the GEMMs' bf16 results are read as bits (`Program::reads_as_bits`: the CUDA backend keeps
+/// them rounded to bf16, as PyTorch's bf16 matmul rounds them) and no widening kernel stands
+/// before their readers; the PTX has each such kernel's 16-bit loads and stores.
 #[test]
-fn no_gemm_result_of_the_bf16_lm_is_read_only_by_routes() {
+fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
+    use ppmoe_runtime::program::{GpuOp, Op};
     let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("b");
@@ -1088,17 +1090,38 @@ fn no_gemm_result_of_the_bf16_lm_is_read_only_by_routes() {
     let gemms: Vec<usize> = p
         .instructions
         .iter()
-        .filter(|i| i.op == ppmoe_runtime::program::Op::MatMul)
+        .filter(|i| i.op == Op::MatMul)
         .map(|i| i.outputs[0])
         .collect();
-    assert!(gemms.len() >= 2 * 6, "{} GEMMs", gemms.len());
-    let routes = p
+    // Every generated kernel takes each of its bf16 buffers as bf16.
+    for (i, how) in p.gpu.iter().enumerate() {
+        let (Some(ps), GpuOp::Kernel { bf16, .. } | GpuOp::Pointwise { bf16, .. }) =
+            (p.generated_params(i, how), how)
+        else {
+            continue;
+        };
+        let want: Vec<usize> = ps
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| p.buffers[b].dtype == ppmoe_runtime::DType::BF16)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(&want, bf16, "{}", p.instructions[i].op.name());
+    }
+    let bits = gemms.iter().filter(|&&g| p.reads_as_bits(g)).count();
+    assert!(
+        gemms.len() >= 12 && bits == gemms.len(),
+        "{bits} of {} GEMM results read as bits",
+        gemms.len()
+    );
+    let narrowed: Vec<&GpuOp> = p
         .gpu
         .iter()
-        .filter(|g| matches!(g, ppmoe_runtime::program::GpuOp::Route { .. }))
-        .count();
-    assert_eq!(routes, 2, "one route a layer");
-    for g in gemms {
-        assert!(!p.read_only_by_routes(g), "{}", p.buffers[g].name);
-    }
+        .filter(|g| matches!(g, GpuOp::Kernel { bf16, .. } | GpuOp::Pointwise { bf16, .. } if !bf16.is_empty()))
+        .collect();
+    assert!(
+        narrowed.len() >= 10,
+        "{} kernels with bf16 parameters",
+        narrowed.len()
+    );
 }

@@ -1645,7 +1645,11 @@ pub fn plan_kernels(
                 {
                     Some((name, text, threads)) => {
                         funcs.push_str(&text);
-                        Lowered::Kernel { name, threads }
+                        Lowered::Kernel {
+                            name,
+                            threads,
+                            bf16: Vec::new(),
+                        }
                     }
                     None => Lowered::Host,
                 },
@@ -1653,11 +1657,13 @@ pub fn plan_kernels(
         };
         lowered.push(l);
     }
-    // bf16 weights: the GEMMs run in bf16 (fp32 accumulation), their activations narrowed first.
+    // bf16 weights: the GEMMs run in bf16 (fp32 accumulation), their activations narrowed first;
+    // the generated kernels read and write the model's bf16 activations as bf16.
     if weights
         .iter()
         .any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16)
     {
+        super::bf16_params::narrow(p, &mut lowered, &mut funcs);
         use ppmoe_runtime::program::{FROM_BF16_KERNEL, FROM_BF16_X4_KERNEL, TO_BF16_X4_KERNEL};
         let (narrow, widen) = ("arith.truncf", "arith.extf");
         funcs.push_str(&conversion_kernel(TO_BF16_KERNEL, narrow, "f32", "bf16"));

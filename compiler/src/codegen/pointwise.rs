@@ -360,6 +360,7 @@ fn add_step(
             threads,
             inputs,
             members,
+            bf16: Vec::new(),
         },
     );
 }

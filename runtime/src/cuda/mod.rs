@@ -144,9 +144,9 @@ struct Rank<'a> {
     workspaces: workspace::Workspaces,
     /// The device's multiprocessors, once asked (`device_routed`).
     multiprocessors: std::cell::OnceCell<u32>,
-    /// The GEMM results only routes read (`Program::read_only_by_routes`), found once: a bf16
-    /// one is rounded to bf16 (`gemm_into`).
-    routed_only: std::collections::HashSet<usize>,
+    /// The GEMM results every reader takes as bf16 bits (`Program::reads_as_bits`), found
+    /// once: a bf16 one is rounded to bf16 and kept as its bits (`gemm_into`).
+    bits_results: std::collections::HashSet<usize>,
 }
 
 impl Rank<'_> {
@@ -333,7 +333,8 @@ impl Rank<'_> {
     ) -> Result<(u64, Option<CudaSlice<u16>>), String> {
         let n: usize = self.shape(id).iter().product();
         if elem == blas::Elem::Bf16 {
-            let kept = self.slots[id].as_ref().and_then(|s| s.narrowed.as_deref());
+            let slot = self.slots[id].as_ref();
+            let kept = slot.and_then(|s| s.narrowed.as_deref().or(s.dev16.as_ref()));
             if let Some(y) = kept {
                 return Ok((dptr(y, &self.stream), None));
             }
@@ -341,7 +342,9 @@ impl Rank<'_> {
         self.device(id).map_err(|e| e.to_string())?;
         let d = self.dev_ref(id)?;
         let (p, y) = self.activation(d, n, elem)?;
-        let shared = self.readers(id) > 1;
+        // A weight's copy is kept for every forward (its slot is never emptied).
+        let weight = self.program.buffers[id].kind == BufferKind::Weight;
+        let shared = weight || self.readers(id) > 1;
         match (y, self.slots[id].as_mut()) {
             (Some(y), Some(slot)) if shared => {
                 slot.narrowed = Some(Arc::new(y));
@@ -402,7 +405,7 @@ impl Rank<'_> {
         let mut plan = g.strided();
         let rounded = elem == blas::Elem::Bf16
             && self.program.buffers[out].dtype == DType::BF16
-            && self.routed_only.contains(&out);
+            && self.bits_results.contains(&out);
         let shape = g.out_shape.clone();
         if rounded {
             plan.c_elem = blas::Elem::Bf16;
@@ -435,63 +438,77 @@ impl Rank<'_> {
         Ok(y)
     }
 
-    /// A generated kernel of one result `out`: `inputs` (on the device first) are its
-    /// `memref<Nxf32>` parameters, then the result, each passed as (allocated, aligned, offset,
-    /// size, stride); 256 threads to a block.
     /// Generated kernel `name` over `inputs`, one thread per `threads`, its results `outs`
-    /// (each made here, f32 on the device, and passed after the inputs in order).
+    /// (each made here and passed after the inputs in order), each parameter a memref
+    /// (allocated, aligned, offset, size, stride); 256 threads to a block. The parameters at
+    /// the positions `bf16` lists are bf16: such an input is passed as its bits (narrowed where
+    /// the rank holds it as f32), such a result kept as bits; the others are f32.
     fn launch_generated(
         &mut self,
         name: &str,
-        inputs: &[usize],
-        outs: &[usize],
+        (inputs, outs): (&[usize], &[usize]),
         threads: usize,
+        bf16: &[usize],
     ) -> Result<(), String> {
         let func = self
             .functions
             .get(name)
             .ok_or_else(|| format!("kernel {name} is not in the PTX"))?
             .clone();
-        let out_shapes: Vec<Vec<usize>> = outs.iter().map(|&o| self.static_shape(o)).collect();
-        for &b in inputs {
-            self.device(b).map_err(|e| e.to_string())?;
+        let mut ptrs = Vec::with_capacity(inputs.len() + outs.len());
+        let mut sizes = Vec::with_capacity(inputs.len() + outs.len());
+        // The narrowed copies made here, alive until the kernel has been launched.
+        let mut keep = Vec::new();
+        for (k, &b) in inputs.iter().enumerate() {
+            sizes.push(self.shape(b).iter().product::<usize>() as i64);
+            if bf16.contains(&k) {
+                let (p, y) = self.operand_as(b, blas::Elem::Bf16)?;
+                keep.extend(y);
+                ptrs.push(p);
+            } else {
+                let stream = self.stream.clone();
+                let d = self.device(b).map_err(|e| e.to_string())?;
+                ptrs.push(dptr(d, &stream));
+            }
+        }
+        enum Made {
+            F32(CudaSlice<f32>),
+            Bits(CudaSlice<u16>),
         }
         let mut results = Vec::with_capacity(outs.len());
-        for s in &out_shapes {
-            let n: usize = s.iter().product();
+        for (j, &o) in outs.iter().enumerate() {
+            let shape = self.static_shape(o);
+            let n: usize = shape.iter().product();
+            sizes.push(n as i64);
             // SAFETY: uninitialised; every generated kernel writes each element of its results.
-            results.push(unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| e.to_string())?);
+            let made = if bf16.contains(&(inputs.len() + j)) {
+                let y = unsafe { self.stream.alloc::<u16>(n.max(1)) }.map_err(|e| e.to_string())?;
+                ptrs.push(dptr(&y, &self.stream));
+                Made::Bits(y)
+            } else {
+                let y = unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| e.to_string())?;
+                ptrs.push(dptr(&y, &self.stream));
+                Made::F32(y)
+            };
+            results.push((o, made, shape));
         }
-        let sizes: Vec<i64> = inputs
-            .iter()
-            .map(|&b| self.shape(b).iter().product::<usize>())
-            .chain(out_shapes.iter().map(|s| s.iter().product::<usize>()))
-            .map(|n| n as i64)
-            .collect();
-        let (zero, one) = (0i64, 1i64);
-        let devs = inputs
-            .iter()
-            .map(|&b| {
-                self.slots[b]
-                    .as_ref()
-                    .and_then(|s| s.dev.as_deref())
-                    .ok_or_else(|| format!("buffer {b} is not on the device"))
-            })
-            .collect::<Result<Vec<&CudaSlice<f32>>, String>>()?;
         let mut launch = self.stream.launch_builder(&func);
-        for (d, size) in devs.iter().copied().chain(&results).zip(&sizes) {
-            launch.arg(d).arg(d).arg(&zero).arg(size).arg(&one);
+        for (p, size) in ptrs.iter().zip(&sizes) {
+            device_routed::memref_args(&mut launch, p, size);
         }
         let cfg = LaunchConfig {
             grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the kernel was generated for exactly these buffer sizes.
+        // SAFETY: the kernel was generated for exactly these buffer sizes and element types.
         unsafe { launch.launch(cfg) }.map_err(|e| e.to_string())?;
-        drop(devs);
-        for ((&o, y), s) in outs.iter().zip(results).zip(out_shapes) {
-            self.put_dev(o, y, s);
+        drop(keep);
+        for (o, made, shape) in results {
+            match made {
+                Made::F32(y) => self.put_dev(o, y, shape),
+                Made::Bits(y) => self.put_bits(o, Arc::new(y), shape),
+            }
         }
         Ok(())
     }
@@ -557,17 +574,17 @@ impl Rank<'_> {
                 let out = ins.outputs[0];
                 match gemm::plan(&sa, &sb) {
                     Some(g) => {
-                        let (mut bp, mut elem) = self.gemm_operand(b)?;
                         // A bf16 model's GEMMs of two activations (attention's scores and
                         // values) run in bf16 as PyTorch's do: both operands rounded to bf16
-                        // (their type in the model), fp32 accumulation, fp32 results.
-                        let _b16 = if elem == blas::Elem::F32 && self.both_bf16(a, b) {
-                            elem = blas::Elem::Bf16;
-                            let (p, keep) = self.operand_as(b, elem).map_err(&fail)?;
-                            bp = p;
-                            keep
+                        // (their type in the model; taken as the bits where they are held so),
+                        // fp32 accumulation.
+                        let weight16 = self.slots[b].as_ref().is_some_and(|s| s.dev16.is_some());
+                        let (bp, elem, _b16) = if !weight16 && self.both_bf16(a, b) {
+                            let (p, keep) = self.operand_as(b, blas::Elem::Bf16).map_err(&fail)?;
+                            (p, blas::Elem::Bf16, keep)
                         } else {
-                            None
+                            let (p, elem) = self.gemm_operand(b)?;
+                            (p, elem, None)
                         };
                         let (ap, _narrowed) = self.operand_as(a, elem).map_err(&fail)?;
                         self.gemm_into(out, (ap, bp), elem, &g).map_err(&fail)?;
@@ -581,7 +598,11 @@ impl Rank<'_> {
                     }
                 }
             }
-            GpuOp::Kernel { name, threads } => {
+            GpuOp::Kernel {
+                name,
+                threads,
+                bf16,
+            } => {
                 // Generated kernels take the float and boolean operands; integer ones (axes,
                 // bounds, shapes) were constants baked into the kernel, except a concat's,
                 // which it moves as f32 (the compiler's `data_movement`: integers exact in
@@ -594,16 +615,17 @@ impl Rank<'_> {
                     .copied()
                     .filter(|&b| concat || self.program.buffers[b].dtype.on_device_as_f32())
                     .collect();
-                self.launch_generated(name, &inputs, &ins.outputs, *threads)
+                self.launch_generated(name, (&inputs, &ins.outputs), *threads, bf16)
                     .map_err(&fail)?;
             }
             GpuOp::Pointwise {
                 name,
                 threads,
                 inputs,
+                bf16,
                 ..
             } => {
-                self.launch_generated(name, inputs, &ins.outputs[..1], *threads)
+                self.launch_generated(name, (inputs, &ins.outputs[..1]), *threads, bf16)
                     .map_err(&fail)?;
             }
             GpuOp::Route {
@@ -1024,12 +1046,12 @@ fn with_rank<R>(
         tensor_maps: Default::default(),
         workspaces: Default::default(),
         multiprocessors: Default::default(),
-        routed_only: program
+        bits_results: program
             .instructions
             .iter()
             .filter(|ins| ins.op == crate::program::Op::MatMul)
             .flat_map(|ins| ins.outputs.iter().copied())
-            .filter(|&o| program.read_only_by_routes(o))
+            .filter(|&o| program.reads_as_bits(o))
             .collect(),
         comm_stream: match &comms {
             Some(_) => Some(
