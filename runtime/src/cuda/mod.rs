@@ -389,12 +389,11 @@ impl Rank<'_> {
     }
 
     /// A GEMM's result into buffer `out`: f32, or, where both operands are bf16, `out` is bf16
-    /// in the model and only routes read it (a router's logits), rounded to bf16 as PyTorch's
-    /// bf16 matmul rounds it (and the CPU backend's bf16 buffers hold it), the bits kept (read
-    /// as they are by a route of bf16 logits, else widened for it): a logit moved by the
-    /// rounding can change the choice of experts, so the GPU chooses from the same values.
-    /// Other bf16 results stay f32, unrounded: widening them for the generated kernels, which
-    /// read f32, would cost a kernel and more bytes than cuBLAS's f32 result.
+    /// in the model and every reader takes bf16 bits (`Program::reads_as_bits`: routes, GEMMs,
+    /// the generated kernels' bf16 parameters), rounded to bf16 as PyTorch's bf16 matmul
+    /// rounds it (and the CPU backend's bf16 buffers hold it) and kept as the bits. Where a
+    /// reader wants f32, the result stays f32, unrounded: widening bits for it would cost a
+    /// kernel and more bytes than cuBLAS's f32 result.
     fn gemm_into(
         &mut self,
         out: usize,
