@@ -116,11 +116,28 @@ pub(super) fn end(
     unsafe { sys::cuGraphGetNodes(graph.cu_graph(), std::ptr::null_mut(), &mut nodes) }
         .result()
         .map_err(|e| format!("CUDA graph: counting its nodes: {e}"))?;
+    dot_print(&graph)?;
     Ok(Captured {
         graph,
         shapes,
         nodes,
     })
+}
+
+/// Writes the graph as DOT (every node's kind, a kernel's name and launch shape) to the file
+/// `PPMOE_GRAPH_DOT` names, where it is set: which launches a captured forward replays (a
+/// measurement aid; the last rank's graph captured is the one left there).
+fn dot_print(graph: &CudaGraph) -> Result<(), String> {
+    let Some(path) = std::env::var_os("PPMOE_GRAPH_DOT") else {
+        return Ok(());
+    };
+    let c_path = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|_| "PPMOE_GRAPH_DOT: the path has a NUL byte".to_string())?;
+    let flags = sys::CUgraphDebugDot_flags::CU_GRAPH_DEBUG_DOT_FLAGS_VERBOSE as u32;
+    // SAFETY: the graph is alive and the path a NUL-terminated string that outlives the call.
+    unsafe { sys::cuGraphDebugDotPrint(graph.cu_graph(), c_path.as_ptr(), flags) }
+        .result()
+        .map_err(|e| format!("CUDA graph: writing {}: {e}", path.to_string_lossy()))
 }
 
 /// Abandons a capture that failed part-way (its error is the one to report).
