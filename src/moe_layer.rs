@@ -411,6 +411,38 @@ mod tests {
         assert_eq!(route.matches("arith.extf").count(), loads);
     }
 
+    /// At one token the layer's experts are the two single-token kernels (beside the listed
+    /// path's, the runtime's fallback): x read as its bf16 bits or as f32, the stacks and x a
+    /// 16-byte word at a time; at two tokens there are none. Their values are checked against
+    /// the CPU backend on the GPU machine (`scripts/moe-check` at one token).
+    #[test]
+    fn one_tokens_experts_are_two_kernels_reading_whole_words() {
+        use ppmoe_runtime::program::TOKEN_KERNELS;
+        let d = tempfile::tempdir().unwrap();
+        // Qwen3-30B-A3B's proportions at hidden 256: more words than lanes, and a remainder.
+        let s = Shape::parse("256,96,16,4").unwrap();
+        let model = write(d.path(), s, 7).unwrap();
+        for t in [1, 2] {
+            let (ptx, _) = ppmoe_compiler::pipeline::emit(cuda_compilation(&model, s, t), "ptx").unwrap();
+            for name in TOKEN_KERNELS {
+                let entry = format!(".entry k2_experts_{name}(");
+                assert_eq!(ptx.contains(&entry), t == 1, "{name} at {t} tokens");
+            }
+            if t == 1 {
+                let body = |name: &str| {
+                    let at = ptx.find(&format!(".entry k2_experts_{name}(")).unwrap();
+                    let rest = &ptx[at..];
+                    &rest[..rest[1..].find(".entry").map_or(rest.len(), |e| e + 1)]
+                };
+                for name in TOKEN_KERNELS {
+                    let b = body(name);
+                    assert!(b.contains("ld.global.v4.u32") || b.contains("ld.global.v4.b32"), "{name}: {b}");
+                    assert!(!b.contains("ld.global.u16") && !b.contains("ld.global.b16"), "{name}");
+                }
+            }
+        }
+    }
+
     /// The router's logits are a bf16 GEMM's result that only the route reads: the CUDA
     /// backend rounds it to bf16 (as PyTorch's `x @ wr` and the CPU backend do), so the GPU
     /// chooses the experts from the same logits; x, read by the GEMM and the experts, is not

@@ -1094,6 +1094,16 @@ pub fn routes_on_tensor_cores(
 /// The CUDA-core first projection reading x's bf16 bits (`dproj_in` reads f32 x).
 pub const DPROJ_IN_BF16: &str = "dproj_in_bf16";
 
+/// One token's experts in two kernels, the slots indexed as the route left them (the
+/// compiler's `single_token`): the first projection with the activation as its epilogue
+/// (reading f32 x, or x's bf16 bits), and the second with the combine as its epilogue.
+pub const TOKEN_KERNELS: [&str; 3] = ["dtok_in", "dtok_in_bf16", "dtok_out"];
+/// Their blocks: threads, activation columns of a block of the first (two a warp), output
+/// columns of a block of the second (one a warp).
+pub const TOKEN_THREADS: usize = 256;
+pub const TOKEN_IN_COLUMNS: usize = 16;
+pub const TOKEN_OUT_COLUMNS: usize = TOKEN_THREADS / 32;
+
 /// The kernels an experts step may have besides its gather, activation and combine (which
 /// it always has), by their suffix after the step's prefix: the device routing's and the
 /// device grouping's (`device_routed`, `device_grouped`), the gather of x's bf16 copy. The
@@ -1103,6 +1113,9 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     "dproj_in",
     DPROJ_IN_BF16,
     "dproj_out",
+    TOKEN_KERNELS[0],
+    TOKEN_KERNELS[1],
+    TOKEN_KERNELS[2],
     TC_KERNELS[0],
     TC_KERNELS[1],
     TC_KERNELS[2],

@@ -124,6 +124,7 @@ fn local_experts(
         w_out: operand(f, 3)?,
         ids: operand(s, 1),
         b_in: operand(f, 4),
+        b_out: operand(f, 5),
     };
     let prefix = format!("k{combine}_local_experts");
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
@@ -269,6 +270,7 @@ fn alltoall_experts(p: &Program, chain: &AllToAllChain, funcs: &mut String) -> O
         // The rows travel between ranks: grouped on the host.
         ids: None,
         b_in: operand(f, 4),
+        b_out: operand(f, 5),
     };
     let prefix = format!("k{}_alltoall_experts", chain.combine);
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;

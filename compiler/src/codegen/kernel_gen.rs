@@ -303,8 +303,9 @@ pub(super) struct ExpertsOperands {
     pub w_in: usize,
     pub w_out: usize,
     pub ids: Option<usize>,
-    /// The first projection's bias, where the step has one.
+    /// The first projection's bias, and the second's, where the step has them.
     pub b_in: Option<usize>,
+    pub b_out: Option<usize>,
 }
 
 /// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
@@ -423,7 +424,22 @@ pub(super) fn experts_kernels(
         // A gated activation without a first bias can be the tensor-core projection's epilogue.
         let act = (activation.is_gated() && o.b_in.is_none()).then(|| act_math(ffn));
         let decode = super::decode_experts::kernels(p, o, ids, prefix, (*layout, act), step, bf16);
+        // One token routed on the device, bf16 stacks, no biases: its two-kernel form too.
+        // (A whole step's only: PPMoE's local step at one token has not run on two GPUs.)
+        let single = decode.is_some()
+            && bf16
+            && t == 1
+            && !prefix.ends_with("_local_experts")
+            && o.b_in.is_none()
+            && o.b_out.is_none()
+            && n == if gated { 2 * f } else { f };
         out.push_str(&decode.unwrap_or_default());
+        if single {
+            let x_bf16 = p.buffers[o.x].dtype == ppmoe_runtime::DType::BF16;
+            let dims = (h, f, k, dims.experts);
+            let math = act_math(ffn);
+            out.push_str(&super::single_token::kernels(prefix, dims, (&math, gated), x_bf16));
+        }
         // The device grouping for cuBLAS over device-side pointers: rows, hidden activations
         // and outputs of the stacks' own type (both bf16, or both f32).
         let stacks = p.buffers[o.w_in].dtype;
@@ -1618,6 +1634,7 @@ pub fn plan_kernels(
                         w_out: at(4)?,
                         ids: at(2),
                         b_in: at(5),
+                        b_out: at(6),
                     })
                 };
                 let kernels = Ffn::of(&ins.op)

@@ -15,6 +15,7 @@ mod masks;
 mod pointwise;
 pub mod ptx;
 mod row_fused;
+mod single_token;
 mod sorted_rows;
 mod sparsemixer;
 mod tensor_core_projection;

@@ -213,17 +213,20 @@ impl Rank<'_> {
         let Some(mut kernels) = self.routed_kernels(prefix) else {
             return Ok(None);
         };
-        let Some(OnDevice {
+        let Some(routed) = self.routing_on_device(call, bf16)? else {
+            return Ok(None);
+        };
+        if let Some(y) = self.single_token_experts(call, prefix, &routed)? {
+            return Ok(Some((y, 1)));
+        }
+        let OnDevice {
             ids,
             weights,
             dims,
             tokens: t,
             ffn,
             ..
-        }) = self.routing_on_device(call, bf16)?
-        else {
-            return Ok(None);
-        };
+        } = routed;
         let slots = ids.len();
         let first = call.first_local.unwrap_or(0);
         let lists = self.list_slots(&kernels.group, (&ids, &weights), dims.experts, first)?;

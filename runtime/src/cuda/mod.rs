@@ -24,6 +24,7 @@ pub mod nccl;
 mod overlap;
 mod pipeline_send;
 mod route_capacity;
+mod single_token;
 mod tensor_map;
 mod workspace;
 
@@ -660,13 +661,12 @@ impl Rank<'_> {
                         (None, None)
                     }
                 };
+                // Not zeroed: every form of the route kernel writes each token's k slots (a
+                // capacity's follow-ups zero the dropped ones), and two memsets were two more
+                // nodes in a one-token forward's chain.
                 let (w, ids) = (
-                    self.stream
-                        .alloc_zeros::<f32>(n.max(1))
-                        .map_err(|e| fail(e.to_string()))?,
-                    self.stream
-                        .alloc_zeros::<f32>(n.max(1))
-                        .map_err(|e| fail(e.to_string()))?,
+                    experts::alloc(&self.stream, n, blas::Elem::F32).map_err(&fail)?,
+                    experts::alloc(&self.stream, n, blas::Elem::F32).map_err(&fail)?,
                 );
                 // The score-correction bias [E] (DeepSeek-V3's), where the router has one.
                 let bias_id = ins.inputs.get(1).copied().flatten();

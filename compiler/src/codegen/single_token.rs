@@ -1,0 +1,430 @@
+//! One token's experts in two kernels (`TOKEN_KERNELS`): the slots indexed as the route left
+//! them, so nothing is listed, and the activation and the combine are the projections'
+//! epilogues. At one token the k slots are k distinct experts, so listing them per expert
+//! (`dgroup`) bought nothing, and the activation and combine kernels were two more launches
+//! in a chain of kernels each too short to hide its start (Qwen3-30B-A3B's layer at one token
+//! was 7 kernels in 0.051 ms on an H200, where its weights take 0.018 to read).
+//! - `{prefix}_dtok_in` (x f32) or `_dtok_in_bf16` (x's bf16 bits): a block per (16
+//!   activation columns, slot); a slot not this rank's or of weight 0 returns at once. Each
+//!   warp computes two activation columns: the gate row and the up row of each (gated; the one
+//!   row otherwise) along the inner dimension, a lane reading a 16-byte word of each row and
+//!   of x per round (two rounds' loads issued before their multiply-adds), the lanes' sums
+//!   folded by shuffles; lane 0 rounds gate and up as the projection's bf16 store would,
+//!   applies the activation and writes the activation ([k, F], `mid`).
+//! - `{prefix}_dtok_out`: a block per 8 output columns, a warp per column: for each slot in
+//!   order, the dot product of its activation row and its expert's weight row (four rounds'
+//!   loads at once), rounded as the projection's store would, times the slot's weight, added
+//!   to the column's sum as the combine adds them; lane 0 writes y ([1, H], f32).
+//!
+//! Generated where the step has no biases, its stacks are in the `Linear` layout and both
+//! dimensions are whole 16-byte words; the listed kernels are generated beside them (the
+//! runtime falls back to those where x is not 16-byte aligned).
+
+use super::kernel_gen::{rounded_gate_up, warp_reduce, WARP};
+use ppmoe_runtime::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
+use std::fmt::Write as _;
+
+/// The two (or three) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots, the activation's
+/// math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not.
+pub(super) fn kernels(
+    prefix: &str,
+    (hidden, ffn, k, experts): (usize, usize, usize, usize),
+    (act, gated): (&str, bool),
+    x_bf16: bool,
+) -> String {
+    let first = |name: &str, src: Source| {
+        First {
+            name: format!("{prefix}_{name}"),
+            src,
+            hidden,
+            ffn,
+            gated,
+            experts,
+        }
+        .kernel(act)
+    };
+    let mut out = first(TOKEN_KERNELS[0], Source::F32);
+    if x_bf16 {
+        out.push_str(&first(TOKEN_KERNELS[1], Source::Bf16));
+    }
+    out.push_str(&second(
+        &format!("{prefix}_{}", TOKEN_KERNELS[2]),
+        (hidden, ffn, k, experts),
+    ));
+    out
+}
+
+/// How the first kernel reads x.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// f32, each element rounded to bf16 first, as the host-grouped path narrows a bf16
+    /// GEMM's activations.
+    F32,
+    /// bf16 bits.
+    Bf16,
+}
+
+/// Elements of a 16-byte word of bf16 weights or activations.
+const PER: usize = 8;
+
+/// The first kernel.
+struct First {
+    name: String,
+    src: Source,
+    hidden: usize,
+    ffn: usize,
+    gated: bool,
+    experts: usize,
+}
+
+/// Activation columns per warp in the first kernel.
+const ACT_PER_WARP: usize = TOKEN_IN_COLUMNS / (TOKEN_THREADS / WARP);
+/// Rounds of loads issued together in the first kernel (four weight rows a round).
+const FIRST_UNROLL: usize = 2;
+
+impl First {
+    fn kernel(&self, act: &str) -> String {
+        let (h, f) = (self.hidden, self.ffn);
+        let n = if self.gated { 2 * f } else { f };
+        let words = h / PER;
+        let mut b = String::new();
+        let _ = writeln!(
+            b,
+            "      %nb = gpu.block_id x\n      %s = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %kneg0 = arith.constant -0.0 : f32"
+        );
+        slot_check(&mut b, ("%s", self.experts), "", "      ");
+        let _ = writeln!(
+            b,
+            "      scf.if %ok {{\n        %e = arith.index_cast %loc : i64 to index\n        %cN = arith.constant {n} : index\n        %cF = arith.constant {f} : index\n        %cW = arith.constant {words} : index\n        %eN = arith.muli %e, %cN : index\n        %cbc = arith.constant {TOKEN_IN_COLUMNS} : index\n        %cpw = arith.constant {ACT_PER_WARP} : index\n        %b0 = arith.muli %nb, %cbc : index\n        %w0 = arith.muli %warp, %cpw : index\n        %abase = arith.addi %b0, %w0 : index\n        %flast = arith.constant {} : index",
+            f - 1
+        );
+        // Weight rows: per activation column j, its gate row (and its up row F after it),
+        // clamped to the last column past the end (read, never stored).
+        let mut rows = Vec::new();
+        for j in 0..ACT_PER_WARP {
+            let _ = writeln!(
+                b,
+                "        %cj{j} = arith.constant {j} : index\n        %a{j} = arith.addi %abase, %cj{j} : index\n        %ac{j} = arith.minui %a{j}, %flast : index\n        %gr{j} = arith.addi %eN, %ac{j} : index\n        %gb{j} = arith.muli %gr{j}, %cW : index"
+            );
+            rows.push((format!("%gb{j}"), String::new()));
+            if self.gated {
+                let _ = writeln!(
+                    b,
+                    "        %ur{j} = arith.addi %gr{j}, %cF : index\n        %ub{j} = arith.muli %ur{j}, %cW : index"
+                );
+                rows.push((format!("%ub{j}"), String::new()));
+            }
+        }
+        let x = |b: &mut String, q: &str, tag: &str| self.load_x(b, q, tag);
+        let totals = dot_rows(
+            &mut b,
+            Dot {
+                rows: &rows,
+                own_vectors: false,
+                words,
+                unroll: FIRST_UNROLL,
+            },
+            &x,
+        );
+        let _ = writeln!(
+            b,
+            "        %c0 = arith.constant 0 : index\n        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        %sF = arith.muli %s, %cF : index"
+        );
+        let per_col = if self.gated { 2 } else { 1 };
+        for j in 0..ACT_PER_WARP {
+            let (g, u) = (&totals[j * per_col], totals.get(j * per_col + 1));
+            let _ = writeln!(
+                b,
+                "        %cf{j} = arith.constant {f} : index\n        %in{j} = arith.cmpi ult, %a{j}, %cf{j} : index\n        %st{j} = arith.andi %lane0, %in{j} : i1\n        scf.if %st{j} {{"
+            );
+            // The projection's outputs as its bf16 store would round them, then the math.
+            match u {
+                Some(u) => {
+                    rounded_gate_up(&mut b, "r", g, u, "          ");
+                    b.push_str("          %g = arith.addf %rgv, %kneg0 : f32\n          %u = arith.addf %ruv, %kneg0 : f32\n");
+                }
+                None => {
+                    let _ = writeln!(b, "          %gn = arith.truncf {g} : f32 to bf16\n          %g = arith.extf %gn : bf16 to f32");
+                }
+            }
+            b.push_str(act);
+            let _ = writeln!(b, "          %o = arith.addi %sF, %a{j} : index");
+            b.push_str("          %rb = arith.truncf %res : f32 to bf16\n          memref.store %rb, %dst[%o] : memref<?xbf16>\n");
+            b.push_str("        }\n");
+        }
+        b.push_str("      }\n");
+        let params = [
+            "%src: memref<?xvector<4xi32>>",
+            "%wt: memref<?xvector<4xi32>>",
+            "%ids: memref<?xf32>",
+            "%w: memref<?xf32>",
+            "%dst: memref<?xbf16>",
+            "%first: index",
+        ];
+        format!(
+            "    gpu.func @{}({}) kernel {{\n{b}      gpu.return\n    }}\n",
+            self.name,
+            params.join(", ")
+        )
+    }
+
+    /// x's `per` elements of word `q` (of the weight rows) as f32 values `%x{tag}_{u}`.
+    fn load_x(&self, b: &mut String, q: &str, tag: &str) {
+        if self.src == Source::Bf16 {
+            let _ = writeln!(
+                b,
+                "          %xw{tag} = memref.load %src[{q}] : memref<?xvector<4xi32>>"
+            );
+            unpack(b, &format!("%xw{tag}"), &format!("x{tag}"), PER);
+            return;
+        }
+        // Eight f32 elements: two words.
+        for half in 0..2 {
+            let _ = writeln!(
+                b,
+                "          %xq{tag}_{half}c = arith.constant {half} : index\n          %xq{tag}_{half}0 = arith.muli {q}, %c2x : index\n          %xq{tag}_{half} = arith.addi %xq{tag}_{half}0, %xq{tag}_{half}c : index\n          %xw{tag}_{half} = memref.load %src[%xq{tag}_{half}] : memref<?xvector<4xi32>>"
+            );
+            unpack(b, &format!("%xw{tag}_{half}"), &format!("xf{tag}_{half}"), 4);
+            for m in 0..4 {
+                let u = half * 4 + m;
+                let _ = writeln!(
+                    b,
+                    "          %xn{tag}_{u} = arith.truncf %xf{tag}_{half}_{m} : f32 to bf16\n          %x{tag}_{u} = arith.extf %xn{tag}_{u} : bf16 to f32"
+                );
+            }
+        }
+    }
+}
+
+/// The second kernel (see the module's comment). The slots are unrolled, each one's loads
+/// issued with the others' (a slot that is not this rank's or weighs 0 reads expert 0's row
+/// and is left out of the sum): at Qwen3-30B-A3B's 768 activations a slot's row is three
+/// rounds of a warp's loads, too few to cover the loads' latency one slot after another.
+fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -> String {
+    let words = ffn / PER;
+    let mut b = String::new();
+    let _ = writeln!(
+        b,
+        "      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %c0 = arith.constant 0 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %cbc = arith.constant {TOKEN_OUT_COLUMNS} : index\n      %b0 = arith.muli %nb, %cbc : index\n      %col = arith.addi %b0, %warp : index\n      %hlast = arith.constant {} : index\n      %colc = arith.minui %col, %hlast : index\n      %cH = arith.constant {hidden} : index\n      %cW = arith.constant {words} : index\n      %z64 = arith.constant 0 : i64",
+        hidden - 1
+    );
+    let mut rows = Vec::with_capacity(k);
+    for j in 0..k {
+        let _ = writeln!(b, "      %sj{j} = arith.constant {j} : index");
+        slot_check(&mut b, (&format!("%sj{j}"), experts), &j.to_string(), "      ");
+        let _ = writeln!(
+            b,
+            "      %lk{j} = arith.select %ok{j}, %loc{j}, %z64 : i64\n      %e{j} = arith.index_cast %lk{j} : i64 to index\n      %eH{j} = arith.muli %e{j}, %cH : index\n      %wr{j} = arith.addi %eH{j}, %colc : index\n      %wb{j} = arith.muli %wr{j}, %cW : index\n      %ab{j} = arith.muli %sj{j}, %cW : index"
+        );
+        rows.push((format!("%wb{j}"), format!("%ab{j}")));
+    }
+    let act = |b: &mut String, q: &str, tag: &str| {
+        let _ = writeln!(
+            b,
+            "          %aw{tag} = memref.load %act[{q}] : memref<?xvector<4xi32>>"
+        );
+        unpack(b, &format!("%aw{tag}"), &format!("x{tag}"), PER);
+    };
+    let totals = dot_rows(
+        &mut b,
+        Dot {
+            rows: &rows,
+            own_vectors: true,
+            words,
+            unroll: (8 / k).max(1),
+        },
+        &act,
+    );
+    // Each slot's output as the projection's store rounds it, times the slot's weight, added
+    // in the slots' order as the combine adds them.
+    let mut sum = "%zero".to_string();
+    for (j, total) in totals.iter().enumerate() {
+        let _ = writeln!(
+            b,
+            "      %on{j} = arith.truncf {total} : f32 to bf16\n      %o{j} = arith.extf %on{j} : bf16 to f32\n      %wo{j} = arith.mulf %wv{j}, %o{j} : f32\n      %v{j} = arith.select %ok{j}, %wo{j}, %zero : f32\n      %y{j} = arith.addf {sum}, %v{j} : f32"
+        );
+        sum = format!("%y{j}");
+    }
+    let _ = writeln!(
+        b,
+        "      %lane0 = arith.cmpi eq, %lane, %c0 : index\n      %in = arith.cmpi ult, %col, %cH : index\n      %st = arith.andi %lane0, %in : i1\n      scf.if %st {{\n        memref.store {sum}, %out[%col] : memref<?xf32>\n      }}"
+    );
+    let params = [
+        "%act: memref<?xvector<4xi32>>",
+        "%wt: memref<?xvector<4xi32>>",
+        "%ids: memref<?xf32>",
+        "%w: memref<?xf32>",
+        "%out: memref<?xf32>",
+        "%first: index",
+    ];
+    format!(
+        "    gpu.func @{name}({}) kernel {{\n{b}      gpu.return\n    }}\n",
+        params.join(", ")
+    )
+}
+
+/// Slot `slot`'s local expert (of `experts`) `%loc{sfx}` (i64), its weight `%wv{sfx}`, and whether it is
+/// this rank's with a weight not 0 (`%ok{sfx}`), from `%ids`, `%w` and `%first`.
+fn slot_check(b: &mut String, (slot, experts): (&str, usize), sfx: &str, ind: &str) {
+    let _ = writeln!(
+        b,
+        "{ind}%idf{sfx} = memref.load %ids[{slot}] : memref<?xf32>\n{ind}%id{sfx} = arith.fptosi %idf{sfx} : f32 to i64\n{ind}%first64{sfx} = arith.index_cast %first : index to i64\n{ind}%loc{sfx} = arith.subi %id{sfx}, %first64{sfx} : i64\n{ind}%wv{sfx} = memref.load %w[{slot}] : memref<?xf32>\n{ind}%zf{sfx} = arith.constant 0.0 : f32\n{ind}%nz{sfx} = arith.cmpf une, %wv{sfx}, %zf{sfx} : f32\n{ind}%zl{sfx} = arith.constant 0 : i64\n{ind}%cE64{sfx} = arith.constant {experts} : i64\n{ind}%ge{sfx} = arith.cmpi sge, %loc{sfx}, %zl{sfx} : i64\n{ind}%lt{sfx} = arith.cmpi slt, %loc{sfx}, %cE64{sfx} : i64\n{ind}%local{sfx} = arith.andi %ge{sfx}, %lt{sfx} : i1\n{ind}%ok{sfx} = arith.andi %local{sfx}, %nz{sfx} : i1"
+    );
+}
+
+/// The weight rows a warp multiplies by a vector: one for all (x), or each row its own (a
+/// slot's activations).
+struct Dot<'a> {
+    /// Each row's first word and its vector's (index values; the second unused where the rows
+    /// share the vector).
+    rows: &'a [(String, String)],
+    own_vectors: bool,
+    /// Words per row.
+    words: usize,
+    unroll: usize,
+}
+
+/// Each row of `d` times its vector, whose word at index q `vector(b, q, tag)` loads as
+/// `%x{tag}_{e}` (q a word of the weight row where the rows share the vector, else of the
+/// vector itself): lane l takes words l, l + 32, ..; `unroll` rounds' loads before their
+/// multiply-adds. The
+/// lanes' sums folded (every lane holds them): their names, one per row.
+fn dot_rows(
+    b: &mut String,
+    d: Dot,
+    vector: &dyn Fn(&mut String, &str, &str),
+) -> Vec<String> {
+    let n = d.rows.len();
+    let full = d.words / WARP;
+    let rem = d.words % WARP;
+    let groups = full / d.unroll;
+    let types = vec!["f32"; n].join(", ");
+    let _ = writeln!(
+        b,
+        "        %c2x = arith.constant 2 : index\n        %cstep = arith.constant {} : index\n        %cgend = arith.constant {} : index",
+        WARP * d.unroll,
+        WARP * d.unroll * groups
+    );
+    // Rounds in groups of `unroll`.
+    let iters = (0..n)
+        .map(|r| format!("%i{r} = %zero"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        b,
+        "        %dg:{n} = scf.for %q0 = %lane to %cgend step %cstep iter_args({iters}) -> ({types}) {{"
+    );
+    let accs: Vec<String> = (0..n).map(|r| format!("%i{r}")).collect();
+    let next = rounds(b, &d, vector, ("%q0", d.unroll), &accs);
+    let _ = writeln!(b, "          scf.yield {} : {types}\n        }}", next.join(", "));
+    let mut accs: Vec<String> = (0..n).map(|r| format!("%dg#{r}")).collect();
+    // The whole rounds left, all lanes in.
+    let left = full - groups * d.unroll;
+    if left > 0 {
+        let _ = writeln!(
+            b,
+            "        %cl = arith.constant {} : index\n        %ql = arith.addi %lane, %cl : index",
+            WARP * d.unroll * groups
+        );
+        b.push_str("        %tail:");
+        let _ = write!(b, "{n} = scf.execute_region -> ({types}) {{\n");
+        let next = rounds(b, &d, vector, ("%ql", left), &accs);
+        let _ = writeln!(b, "          scf.yield {} : {types}\n        }}", next.join(", "));
+        accs = (0..n).map(|r| format!("%tail#{r}")).collect();
+    }
+    // The last part round: the lanes below `rem`.
+    if rem > 0 {
+        let _ = writeln!(
+            b,
+            "        %crem = arith.constant {rem} : index\n        %cpart = arith.constant {} : index\n        %qp = arith.addi %lane, %cpart : index\n        %inp = arith.cmpi ult, %lane, %crem : index\n        %part:{n} = scf.if %inp -> ({types}) {{",
+            WARP * full
+        );
+        let next = rounds(b, &d, vector, ("%qp", 1), &accs);
+        let _ = writeln!(
+            b,
+            "          scf.yield {} : {types}\n        }} else {{\n          scf.yield {} : {types}\n        }}",
+            next.join(", "),
+            accs.join(", ")
+        );
+        accs = (0..n).map(|r| format!("%part#{r}")).collect();
+    }
+    accs.iter()
+        .enumerate()
+        .map(|(r, a)| {
+            let _ = writeln!(b, "        %p{r} = arith.addf {a}, %zero : f32");
+            warp_reduce(b, &format!("p{r}"), &format!("t{r}"), "arith.addf")
+        })
+        .collect()
+}
+
+/// `count` rounds from word `q` (the next 32 words on): every load first, then the
+/// multiply-adds into `accs` (each element in the word's order); the new sums' names.
+fn rounds(
+    b: &mut String,
+    d: &Dot,
+    vector: &dyn Fn(&mut String, &str, &str),
+    (q, count): (&str, usize),
+    accs: &[String],
+) -> Vec<String> {
+    for u in 0..count {
+        let _ = writeln!(
+            b,
+            "          %qo{u}c = arith.constant {} : index\n          %qo{u} = arith.addi {q}, %qo{u}c : index",
+            WARP * u
+        );
+        for (r, (row, vec)) in d.rows.iter().enumerate() {
+            let _ = writeln!(
+                b,
+                "          %wi{u}_{r} = arith.addi {row}, %qo{u} : index\n          %ww{u}_{r} = memref.load %wt[%wi{u}_{r}] : memref<?xvector<4xi32>>"
+            );
+            if d.own_vectors {
+                let _ = writeln!(b, "          %vi{u}_{r} = arith.addi {vec}, %qo{u} : index");
+                vector(b, &format!("%vi{u}_{r}"), &format!("{u}_{r}"));
+            }
+        }
+        if !d.own_vectors {
+            vector(b, &format!("%qo{u}"), &u.to_string());
+        }
+    }
+    let mut next: Vec<String> = accs.to_vec();
+    for u in 0..count {
+        for r in 0..d.rows.len() {
+            unpack(b, &format!("%ww{u}_{r}"), &format!("w{u}_{r}"), PER);
+            let x = if d.own_vectors {
+                format!("%x{u}_{r}")
+            } else {
+                format!("%x{u}")
+            };
+            for e in 0..PER {
+                let _ = writeln!(
+                    b,
+                    "          %f{u}_{r}_{e} = math.fma {x}_{e}, %w{u}_{r}_{e}, {} : f32",
+                    next[r]
+                );
+                next[r] = format!("%f{u}_{r}_{e}");
+            }
+        }
+    }
+    next
+}
+
+/// A 16-byte word `word` (vector<4xi32>) as `per` f32 values `%{out}_{u}`: four f32, or eight
+/// bf16 (a 4-byte lane's low half first).
+pub(super) fn unpack(b: &mut String, word: &str, out: &str, per: usize) {
+    for m in 0..4 {
+        let _ = writeln!(
+            b,
+            "          %{out}_m{m}c = arith.constant {m} : i32\n          %{out}_m{m} = llvm.extractelement {word}[%{out}_m{m}c : i32] : vector<4xi32>"
+        );
+        if per == 8 {
+            let _ = writeln!(
+                b,
+                "          %{out}_s{m} = arith.constant 16 : i32\n          %{out}_l{m} = arith.shli %{out}_m{m}, %{out}_s{m} : i32\n          %{out}_h{m}m = arith.constant -65536 : i32\n          %{out}_h{m} = arith.andi %{out}_m{m}, %{out}_h{m}m : i32\n          %{out}_{} = arith.bitcast %{out}_l{m} : i32 to f32\n          %{out}_{} = arith.bitcast %{out}_h{m} : i32 to f32",
+                2 * m,
+                2 * m + 1
+            );
+        } else {
+            let _ = writeln!(b, "          %{out}_{m} = arith.bitcast %{out}_m{m} : i32 to f32");
+        }
+    }
+}

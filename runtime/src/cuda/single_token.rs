@@ -1,0 +1,88 @@
+//! One token's experts in two kernels, where the compiler generated them (`TOKEN_KERNELS`,
+//! its `single_token`): the slots read as the route left them (no listing), the activation
+//! the first projection's epilogue and the combine the second's. Four launches fewer than the
+//! listed path (`device_routed`) at one token: listing, activation, combine, and the route's
+//! two memsets.
+
+use super::blas::Elem;
+use super::device_routed::{memref_args, OnDevice};
+use super::experts::{alloc, ExpertsCall};
+use super::Rank;
+use crate::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+impl Rank<'_> {
+    /// The step's output ([1, H] f32) by the single-token kernels, or None where the step has
+    /// none (more tokens, biases, f32 stacks, PPMoE's local step) or x is not 16-byte aligned
+    /// (the kernels read it a word at a time): the listed path then.
+    pub(super) fn single_token_experts(
+        &mut self,
+        call: &ExpertsCall,
+        prefix: &str,
+        routed: &OnDevice,
+    ) -> Result<Option<CudaSlice<f32>>, String> {
+        // `PPMOE_SINGLE_TOKEN=0` takes the listed path (to time the two against each other).
+        if std::env::var("PPMOE_SINGLE_TOKEN").as_deref() == Ok("0") {
+            return Ok(None);
+        }
+        let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
+        let (Some(first_f32), Some(second)) = (f(TOKEN_KERNELS[0]), f(TOKEN_KERNELS[2])) else {
+            return Ok(None);
+        };
+        let OnDevice {
+            ids,
+            weights,
+            dims,
+            tokens,
+            ffn,
+            ..
+        } = routed;
+        let bf16 = ffn.mid == Elem::Bf16 && ffn.w_in.1 == Elem::Bf16 && ffn.w_out.1 == Elem::Bf16;
+        if *tokens != 1 || !bf16 {
+            return Ok(None);
+        }
+        // x held as bf16 bits: read as they are; else f32, rounded by the kernel.
+        let (first, elem) = match f(TOKEN_KERNELS[1]) {
+            Some(g) if self.holds_bits(call.x) => (g, Elem::Bf16),
+            _ => (first_f32, Elem::F32),
+        };
+        let (x, _narrowed) = self.operand_as(call.x, elem)?;
+        if !x.is_multiple_of(16) {
+            return Ok(None);
+        }
+        let s = &self.stream;
+        let k = ids.len();
+        let act = alloc(s, k * dims.ffn, Elem::Bf16)?;
+        let y = alloc(s, dims.hidden, Elem::F32)?;
+        let (pi, pw) = (super::dptr(ids.as_ref(), s), super::dptr(weights.as_ref(), s));
+        let (pa, py) = (super::dptr(&act, s), super::dptr(&y, s));
+        let first_expert = call.first_local.unwrap_or(0) as i64;
+        // Lengths are not read (the sizes are baked in).
+        let one = 1i64;
+        let launch = |func: &cudarc::driver::CudaFunction,
+                      (src, w, dst): (u64, u64, u64),
+                      grid: (usize, usize)|
+         -> Result<(), String> {
+            let mut l = s.launch_builder(func);
+            for p in [&src, &w, &pi, &pw, &dst] {
+                memref_args(&mut l, p, &one);
+            }
+            l.arg(&first_expert);
+            let cfg = LaunchConfig {
+                grid_dim: (grid.0 as u32, grid.1 as u32, 1),
+                block_dim: (TOKEN_THREADS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the kernels were generated for these sizes; x holds H elements, the
+            // stacks E x N x H and E x H x F, ids and weights k, act k x F, y H.
+            unsafe { l.launch(cfg) }.map(drop).map_err(|e| e.to_string())
+        };
+        let columns = dims.ffn.div_ceil(TOKEN_IN_COLUMNS);
+        launch(&first, (x, ffn.w_in.0, pa), (columns, k))?;
+        self.phase("experts: first projection and activation")?;
+        let columns = dims.hidden.div_ceil(TOKEN_OUT_COLUMNS);
+        launch(&second, (pa, ffn.w_out.0, py), (columns, 1))?;
+        self.phase("experts: second projection and combine")?;
+        Ok(Some(y))
+    }
+}
