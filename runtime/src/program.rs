@@ -1104,6 +1104,15 @@ pub const TOKEN_THREADS: usize = 256;
 pub const TOKEN_IN_COLUMNS: usize = 16;
 pub const TOKEN_OUT_COLUMNS: usize = TOKEN_THREADS / 32;
 
+/// Whether one token's experts of `hidden` columns take the two single-token kernels rather
+/// than the listed ones (`dgroup`, `dproj`, activation, combine): measured on an H200 (bf16,
+/// one layer, a CUDA graph each, same run; `docs/bench-h200-s39.txt` call 2), Qwen3-30B-A3B's
+/// (hidden 2048) 0.038 against 0.047 ms, Mixtral-8x7B's (4096) 0.182 against 0.203, the
+/// DeepSeek-V3-like layer's (7168) 0.207 against 0.193: up to 4096 columns.
+pub fn single_token_pays(hidden: usize) -> bool {
+    hidden <= 4096
+}
+
 /// The kernels an experts step may have besides its gather, activation and combine (which
 /// it always has), by their suffix after the step's prefix: the device routing's and the
 /// device grouping's (`device_routed`, `device_grouped`), the gather of x's bf16 copy. The

@@ -429,6 +429,7 @@ pub(super) fn experts_kernels(
         let single = decode.is_some()
             && bf16
             && t == 1
+            && ppmoe_runtime::program::single_token_pays(h)
             && !prefix.ends_with("_local_experts")
             && o.b_in.is_none()
             && o.b_out.is_none()
