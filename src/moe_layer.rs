@@ -412,7 +412,7 @@ mod tests {
     }
 
     /// At one token the layer's experts are the two single-token kernels (beside the listed
-    /// path's, the runtime's fallback): x read as its bf16 bits or as f32, the stacks and x a
+    /// path's, the runtime's fallback; up to 4096 columns): x read as its bf16 bits or as f32, the stacks and x a
     /// 16-byte word at a time; at two tokens there are none. Their values are checked against
     /// the CPU backend on the GPU machine (`scripts/moe-check` at one token).
     #[test]
@@ -423,7 +423,8 @@ mod tests {
         let s = Shape::parse("256,96,16,4").unwrap();
         let model = write(d.path(), s, 7).unwrap();
         for t in [1, 2] {
-            let (ptx, _) = ppmoe_compiler::pipeline::emit(cuda_compilation(&model, s, t), "ptx").unwrap();
+            let (ptx, _) =
+                ppmoe_compiler::pipeline::emit(cuda_compilation(&model, s, t), "ptx").unwrap();
             for name in TOKEN_KERNELS {
                 let entry = format!(".entry k2_experts_{name}(");
                 assert_eq!(ptx.contains(&entry), t == 1, "{name} at {t} tokens");
@@ -436,11 +437,23 @@ mod tests {
                 };
                 for name in TOKEN_KERNELS {
                     let b = body(name);
-                    assert!(b.contains("ld.global.v4.u32") || b.contains("ld.global.v4.b32"), "{name}: {b}");
-                    assert!(!b.contains("ld.global.u16") && !b.contains("ld.global.b16"), "{name}");
+                    assert!(
+                        b.contains("ld.global.v4.u32") || b.contains("ld.global.v4.b32"),
+                        "{name}: {b}"
+                    );
+                    assert!(
+                        !b.contains("ld.global.u16") && !b.contains("ld.global.b16"),
+                        "{name}"
+                    );
                 }
             }
         }
+        // Past 4096 columns the listed kernels (measured faster there: `single_token_pays`).
+        let wide = Shape::parse("4352,64,4,2").unwrap();
+        let model = write(&d.path().join("wide"), wide, 7).unwrap();
+        let (ptx, _) =
+            ppmoe_compiler::pipeline::emit(cuda_compilation(&model, wide, 1), "ptx").unwrap();
+        assert!(!ptx.contains("_dtok_") && ptx.contains("_dproj_in_bf16("));
     }
 
     /// The router's logits are a bf16 GEMM's result that only the route reads: the CUDA

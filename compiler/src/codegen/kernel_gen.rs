@@ -439,7 +439,12 @@ pub(super) fn experts_kernels(
             let x_bf16 = p.buffers[o.x].dtype == ppmoe_runtime::DType::BF16;
             let dims = (h, f, k, dims.experts);
             let math = act_math(ffn);
-            out.push_str(&super::single_token::kernels(prefix, dims, (&math, gated), x_bf16));
+            out.push_str(&super::single_token::kernels(
+                prefix,
+                dims,
+                (&math, gated),
+                x_bf16,
+            ));
         }
         // The device grouping for cuBLAS over device-side pointers: rows, hidden activations
         // and outputs of the stacks' own type (both bf16, or both f32).

@@ -11,14 +11,15 @@
 //!   of x per round (two rounds' loads issued before their multiply-adds), the lanes' sums
 //!   folded by shuffles; lane 0 rounds gate and up as the projection's bf16 store would,
 //!   applies the activation and writes the activation ([k, F], `mid`).
-//! - `{prefix}_dtok_out`: a block per 8 output columns, a warp per column: for each slot in
-//!   order, the dot product of its activation row and its expert's weight row (four rounds'
-//!   loads at once), rounded as the projection's store would, times the slot's weight, added
-//!   to the column's sum as the combine adds them; lane 0 writes y ([1, H], f32).
+//! - `{prefix}_dtok_out`: a block per 8 output columns, a warp per column: every slot's dot
+//!   product of its activation row and its expert's weight row, the slots unrolled and their
+//!   loads issued together; each rounded as the projection's store would, times the slot's
+//!   weight, added in the slots' order as the combine adds them; lane 0 writes y ([1, H], f32).
 //!
-//! Generated where the step has no biases, its stacks are in the `Linear` layout and both
-//! dimensions are whole 16-byte words; the listed kernels are generated beside them (the
-//! runtime falls back to those where x is not 16-byte aligned).
+//! Generated for a whole step (not PPMoE's local one) of bf16 stacks in the `Linear` layout
+//! with no biases, both dimensions whole 16-byte words, where `single_token_pays`; the listed
+//! kernels are generated beside them (the runtime falls back to those where x is not 16-byte
+//! aligned, or under `PPMOE_SINGLE_TOKEN=0`).
 
 use super::kernel_gen::{rounded_gate_up, warp_reduce, WARP};
 use ppmoe_runtime::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
@@ -184,7 +185,12 @@ impl First {
                 b,
                 "          %xq{tag}_{half}c = arith.constant {half} : index\n          %xq{tag}_{half}0 = arith.muli {q}, %c2x : index\n          %xq{tag}_{half} = arith.addi %xq{tag}_{half}0, %xq{tag}_{half}c : index\n          %xw{tag}_{half} = memref.load %src[%xq{tag}_{half}] : memref<?xvector<4xi32>>"
             );
-            unpack(b, &format!("%xw{tag}_{half}"), &format!("xf{tag}_{half}"), 4);
+            unpack(
+                b,
+                &format!("%xw{tag}_{half}"),
+                &format!("xf{tag}_{half}"),
+                4,
+            );
             for m in 0..4 {
                 let u = half * 4 + m;
                 let _ = writeln!(
@@ -211,7 +217,12 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
     let mut rows = Vec::with_capacity(k);
     for j in 0..k {
         let _ = writeln!(b, "      %sj{j} = arith.constant {j} : index");
-        slot_check(&mut b, (&format!("%sj{j}"), experts), &j.to_string(), "      ");
+        slot_check(
+            &mut b,
+            (&format!("%sj{j}"), experts),
+            &j.to_string(),
+            "      ",
+        );
         let _ = writeln!(
             b,
             "      %lk{j} = arith.select %ok{j}, %loc{j}, %z64 : i64\n      %e{j} = arith.index_cast %lk{j} : i64 to index\n      %eH{j} = arith.muli %e{j}, %cH : index\n      %wr{j} = arith.addi %eH{j}, %colc : index\n      %wb{j} = arith.muli %wr{j}, %cW : index\n      %ab{j} = arith.muli %sj{j}, %cW : index"
@@ -289,11 +300,7 @@ struct Dot<'a> {
 /// vector itself): lane l takes words l, l + 32, ..; `unroll` rounds' loads before their
 /// multiply-adds. The
 /// lanes' sums folded (every lane holds them): their names, one per row.
-fn dot_rows(
-    b: &mut String,
-    d: Dot,
-    vector: &dyn Fn(&mut String, &str, &str),
-) -> Vec<String> {
+fn dot_rows(b: &mut String, d: Dot, vector: &dyn Fn(&mut String, &str, &str)) -> Vec<String> {
     let n = d.rows.len();
     let full = d.words / WARP;
     let rem = d.words % WARP;
@@ -316,7 +323,11 @@ fn dot_rows(
     );
     let accs: Vec<String> = (0..n).map(|r| format!("%i{r}")).collect();
     let next = rounds(b, &d, vector, ("%q0", d.unroll), &accs);
-    let _ = writeln!(b, "          scf.yield {} : {types}\n        }}", next.join(", "));
+    let _ = writeln!(
+        b,
+        "          scf.yield {} : {types}\n        }}",
+        next.join(", ")
+    );
     let mut accs: Vec<String> = (0..n).map(|r| format!("%dg#{r}")).collect();
     // The whole rounds left, all lanes in.
     let left = full - groups * d.unroll;
@@ -326,10 +337,13 @@ fn dot_rows(
             "        %cl = arith.constant {} : index\n        %ql = arith.addi %lane, %cl : index",
             WARP * d.unroll * groups
         );
-        b.push_str("        %tail:");
-        let _ = write!(b, "{n} = scf.execute_region -> ({types}) {{\n");
+        let _ = writeln!(b, "        %tail:{n} = scf.execute_region -> ({types}) {{");
         let next = rounds(b, &d, vector, ("%ql", left), &accs);
-        let _ = writeln!(b, "          scf.yield {} : {types}\n        }}", next.join(", "));
+        let _ = writeln!(
+            b,
+            "          scf.yield {} : {types}\n        }}",
+            next.join(", ")
+        );
         accs = (0..n).map(|r| format!("%tail#{r}")).collect();
     }
     // The last part round: the lanes below `rem`.
@@ -388,7 +402,7 @@ fn rounds(
     }
     let mut next: Vec<String> = accs.to_vec();
     for u in 0..count {
-        for r in 0..d.rows.len() {
+        for (r, acc) in next.iter_mut().enumerate() {
             unpack(b, &format!("%ww{u}_{r}"), &format!("w{u}_{r}"), PER);
             let x = if d.own_vectors {
                 format!("%x{u}_{r}")
@@ -398,10 +412,9 @@ fn rounds(
             for e in 0..PER {
                 let _ = writeln!(
                     b,
-                    "          %f{u}_{r}_{e} = math.fma {x}_{e}, %w{u}_{r}_{e}, {} : f32",
-                    next[r]
+                    "          %f{u}_{r}_{e} = math.fma {x}_{e}, %w{u}_{r}_{e}, {acc} : f32"
                 );
-                next[r] = format!("%f{u}_{r}_{e}");
+                *acc = format!("%f{u}_{r}_{e}");
             }
         }
     }
@@ -424,7 +437,10 @@ pub(super) fn unpack(b: &mut String, word: &str, out: &str, per: usize) {
                 2 * m + 1
             );
         } else {
-            let _ = writeln!(b, "          %{out}_{m} = arith.bitcast %{out}_m{m} : i32 to f32");
+            let _ = writeln!(
+                b,
+                "          %{out}_{m} = arith.bitcast %{out}_m{m} : i32 to f32"
+            );
         }
     }
 }

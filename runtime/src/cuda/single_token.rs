@@ -54,7 +54,10 @@ impl Rank<'_> {
         let k = ids.len();
         let act = alloc(s, k * dims.ffn, Elem::Bf16)?;
         let y = alloc(s, dims.hidden, Elem::F32)?;
-        let (pi, pw) = (super::dptr(ids.as_ref(), s), super::dptr(weights.as_ref(), s));
+        let (pi, pw) = (
+            super::dptr(ids.as_ref(), s),
+            super::dptr(weights.as_ref(), s),
+        );
         let (pa, py) = (super::dptr(&act, s), super::dptr(&y, s));
         let first_expert = call.first_local.unwrap_or(0) as i64;
         // Lengths are not read (the sizes are baked in).
@@ -75,7 +78,9 @@ impl Rank<'_> {
             };
             // SAFETY: the kernels were generated for these sizes; x holds H elements, the
             // stacks E x N x H and E x H x F, ids and weights k, act k x F, y H.
-            unsafe { l.launch(cfg) }.map(drop).map_err(|e| e.to_string())
+            unsafe { l.launch(cfg) }
+                .map(drop)
+                .map_err(|e| e.to_string())
         };
         let columns = dims.ffn.div_ceil(TOKEN_IN_COLUMNS);
         launch(&first, (x, ffn.w_in.0, pa), (columns, k))?;
