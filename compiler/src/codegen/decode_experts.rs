@@ -505,25 +505,7 @@ impl Projection {
 
     /// Word `%wv{j}` as `per` f32 values `%w{j}_{u}` (bf16: a 4-byte lane's low half first).
     fn unpack(&self, b: &mut String, j: usize) {
-        for m in 0..4 {
-            let _ = writeln!(
-                b,
-                "              %wm{j}_{m}c = arith.constant {m} : i32\n              %wm{j}_{m} = llvm.extractelement %wv{j}[%wm{j}_{m}c : i32] : vector<4xi32>"
-            );
-            if self.per == 8 {
-                let _ = writeln!(
-                    b,
-                    "              %wl{j}_{m}s = arith.constant 16 : i32\n              %wl{j}_{m} = arith.shli %wm{j}_{m}, %wl{j}_{m}s : i32\n              %wh{j}_{m}m = arith.constant -65536 : i32\n              %wh{j}_{m} = arith.andi %wm{j}_{m}, %wh{j}_{m}m : i32\n              %w{j}_{} = arith.bitcast %wl{j}_{m} : i32 to f32\n              %w{j}_{} = arith.bitcast %wh{j}_{m} : i32 to f32",
-                    2 * m,
-                    2 * m + 1
-                );
-            } else {
-                let _ = writeln!(
-                    b,
-                    "              %w{j}_{m} = arith.bitcast %wm{j}_{m} : i32 to f32"
-                );
-            }
-        }
+        super::single_token::unpack(b, &format!("%wv{j}"), &format!("w{j}"), self.per);
     }
 
     /// The lanes' sums folded; lane 0 writes each row's columns that exist (of `n` rows).
