@@ -578,26 +578,23 @@ impl Program {
     /// its parameters, in order: the float and boolean inputs (a concat's every input: it
     /// moves integers exact in f32 too), then the results (a chain's one).
     pub fn generated_params(&self, i: usize, how: &GpuOp) -> Option<Vec<usize>> {
+        let (inputs, results) = self.generated_operands(i, how)?;
+        Some(inputs.into_iter().chain(results.iter().copied()).collect())
+    }
+
+    /// `generated_params` as (inputs, results): what the CUDA backend passes the kernel.
+    pub fn generated_operands(&self, i: usize, how: &GpuOp) -> Option<(Vec<usize>, &[usize])> {
         let ins = self.instructions.get(i)?;
         match how {
             GpuOp::Kernel { .. } => {
                 let concat = matches!(ins.op, Op::Concat { .. });
-                let inputs = ins.inputs.iter().flatten().copied();
                 let on_device = |&b: &usize| concat || self.buffers[b].dtype.on_device_as_f32();
-                Some(
-                    inputs
-                        .filter(on_device)
-                        .chain(ins.outputs.iter().copied())
-                        .collect(),
-                )
+                let inputs = ins.inputs.iter().flatten().copied().filter(on_device);
+                Some((inputs.collect(), &ins.outputs[..]))
             }
-            GpuOp::Pointwise { inputs, .. } => Some(
-                inputs
-                    .iter()
-                    .copied()
-                    .chain(ins.outputs.first().copied())
-                    .collect(),
-            ),
+            GpuOp::Pointwise { inputs, .. } => {
+                Some((inputs.clone(), &ins.outputs[..ins.outputs.len().min(1)]))
+            }
             _ => None,
         }
     }

@@ -13,6 +13,29 @@ fn inspect(args: &[&str]) -> String {
     out.stdout
 }
 
+/// `model` compiled with `--target cuda` and `flags`, its bundle read back (the folder is
+/// kept with it).
+fn cuda_bundle(
+    model: &std::path::Path,
+    flags: &[&str],
+) -> (tempfile::TempDir, ppmoe_runtime::bundle::Bundle) {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("b");
+    let mut a = vec![
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+        "--target",
+        "cuda",
+    ];
+    a.extend(flags);
+    let out = ppmoe(&a);
+    assert_eq!(out.code, 0, "{} {flags:?}: {}", model.display(), out.stderr);
+    let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
+    (dir, b)
+}
+
 #[test]
 fn ptx_for_sm90_has_one_entry_per_generated_kernel_and_needs_no_libdevice() {
     let kernels = inspect(&["--emit", "kernels"]);
@@ -403,20 +426,7 @@ fn only_a_pure_pipelines_first_stage_communicates_only_by_sends() {
         ),
         (&["--tp", "2"][..], vec![false; 2], vec![false; 2]),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let bundle = dir.path().join("b");
-        let mut a = vec![
-            "compile",
-            m.to_str().unwrap(),
-            "-o",
-            bundle.to_str().unwrap(),
-            "--target",
-            "cuda",
-        ];
-        a.extend(grid);
-        let out = ppmoe(&a);
-        assert_eq!(out.code, 0, "{grid:?}: {}", out.stderr);
-        let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
+        let (_dir, b) = cuda_bundle(&m, grid);
         let mut programs: Vec<_> = b.manifest.programs.iter().collect();
         programs.sort_by_key(|p| p.rank);
         let got: Vec<bool> = programs
@@ -858,20 +868,13 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
         ("qwen3moe_lm_fp16_sdpa", &[][..], 2),
         ("gptoss_lm_sdpa", &["--tp", "2"][..], 0),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let bundle = dir.path().join("b");
         let m = fixtures_dir().join(lm).join("model.onnx");
-        let mut a = vec![
-            "compile",
-            m.to_str().unwrap(),
-            "-o",
-            bundle.to_str().unwrap(),
-        ];
-        a.extend(["--target", "cuda", "--input-shape", "input_ids=1x16"]);
-        a.extend(grid);
-        let out = ppmoe(&a);
-        assert_eq!(out.code, 0, "{lm}: {}", out.stderr);
-        let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
+        let flags: Vec<&str> = ["--input-shape", "input_ids=1x16"]
+            .iter()
+            .chain(grid)
+            .copied()
+            .collect();
+        let (_dir, b) = cuda_bundle(&m, &flags);
         for p in &b.manifest.programs {
             let (mut fused, mut softmaxes) = (0, 0);
             for (root, how) in p.gpu.iter().enumerate() {
@@ -1071,21 +1074,7 @@ fn no_fixture_has_host_work_on_any_grid() {
 fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
     use ppmoe_runtime::program::{GpuOp, Op};
     let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("b");
-    let a = [
-        "compile",
-        m.to_str().unwrap(),
-        "-o",
-        bundle.to_str().unwrap(),
-        "--target",
-        "cuda",
-        "--input-shape",
-        "input_ids=1x16",
-    ];
-    let out = ppmoe(&a);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
+    let (_dir, b) = cuda_bundle(&m, &["--input-shape", "input_ids=1x16"]);
     let p = &b.manifest.programs[0];
     let gemms: Vec<usize> = p
         .instructions

@@ -1590,6 +1590,11 @@ pub fn plan_kernels(
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.clone())
     };
+    // bf16 weights: the GEMMs run in bf16 (fp32 accumulation), their activations narrowed first;
+    // the generated kernels read and write the model's bf16 activations as bf16.
+    let bf16_weights = weights
+        .iter()
+        .any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16);
     let mut lowered = Vec::with_capacity(p.instructions.len());
     let mut funcs = String::new();
     // PPMoE's expert work, one step per chain; its first two instructions fused into it.
@@ -1611,14 +1616,13 @@ pub fn plan_kernels(
             Op::ReshapeTo { .. } => Lowered::Alias,
             Op::MoeRoute { .. } => {
                 let name = format!("k{i}_route");
-                let bf16_logits = reads_bf16_logits(p, i, weights);
                 match route_kernel(p, i, &name) {
                     Some((text, threads, capacity)) => {
-                        let text = match bf16_logits {
-                            true => with_bf16_logits(&text, p, i),
-                            false => text,
-                        };
-                        funcs.push_str(&text);
+                        let narrowed = (bf16_weights && bf16_in_model(p, i))
+                            .then(|| with_bf16_logits(&text))
+                            .flatten();
+                        let bf16_logits = narrowed.is_some();
+                        funcs.push_str(narrowed.as_deref().unwrap_or(&text));
                         Lowered::Route {
                             name,
                             threads,
@@ -1680,12 +1684,7 @@ pub fn plan_kernels(
         };
         lowered.push(l);
     }
-    // bf16 weights: the GEMMs run in bf16 (fp32 accumulation), their activations narrowed first;
-    // the generated kernels read and write the model's bf16 activations as bf16.
-    if weights
-        .iter()
-        .any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16)
-    {
+    if bf16_weights {
         super::bf16_params::narrow(p, &mut lowered, &mut funcs);
         use ppmoe_runtime::program::{FROM_BF16_KERNEL, FROM_BF16_X4_KERNEL, TO_BF16_X4_KERNEL};
         let (narrow, widen) = ("arith.truncf", "arith.extf");
@@ -1701,40 +1700,24 @@ pub fn plan_kernels(
     KernelPlan { lowered, module }
 }
 
-/// Whether route `idx` reads its logits as bf16: they are bf16 in the model (a bf16 router
-/// GEMM's result, which the runtime holds as its bits) and the rank has bf16 weights, so the
-/// conversion kernels the runtime narrows any other value of them with.
-fn reads_bf16_logits(p: &Program, idx: usize, weights: &[(String, ppmoe_runtime::Tensor)]) -> bool {
+/// Whether route `idx`'s logits are bf16 in the model (a bf16 router GEMM's result, which the
+/// runtime holds as its bits); with bf16 weights the rank has the conversion kernels the
+/// runtime narrows any other value of them with, so the route reads them as bf16.
+fn bf16_in_model(p: &Program, idx: usize) -> bool {
     let logits = p.instructions[idx].inputs.first().copied().flatten();
     logits.is_some_and(|l| p.buffers[l].dtype == ppmoe_runtime::DType::BF16)
-        && weights
-            .iter()
-            .any(|(_, t)| t.dtype == ppmoe_runtime::DType::BF16)
 }
 
-/// Route kernel `text` reading its logits (`%a0`, every read of them one `%v = memref.load`)
-/// as bf16: the parameter's element type bf16, each value widened (exactly) where it is read.
-fn with_bf16_logits(text: &str, p: &Program, idx: usize) -> String {
-    let n: usize = p.instructions[idx]
-        .inputs
-        .first()
-        .copied()
-        .flatten()
-        .and_then(|l| static_shape(&p.buffers[l]))
-        .map_or(0, |s| s.iter().product());
-    let (f32_type, bf16_type) = (format!("memref<{n}xf32>"), format!("memref<{n}xbf16>"));
-    // The route kernel only: the capacity kernels after it take no logits.
+/// Route kernel `text` reading its logits (`%a0`) as bf16 (`bf16_params::narrow_param`: each
+/// load widened, exactly), or None where the kernel uses them otherwise than by loads. The
+/// route kernel only: the capacity kernels after it take no logits.
+fn with_bf16_logits(text: &str) -> Option<String> {
     let first_end = text[1..]
         .find("    gpu.func @")
         .map_or(text.len(), |at| at + 1);
     let (route, rest) = text.split_at(first_end);
-    let route = route
-        .replace(
-            &format!("%v = memref.load %a0[%o] : {f32_type}"),
-            &format!("%v16 = memref.load %a0[%o] : {bf16_type}\n          %v = arith.extf %v16 : bf16 to f32"),
-        )
-        .replace(&format!("%a0: {f32_type}"), &format!("%a0: {bf16_type}"));
-    format!("{route}{rest}")
+    let route = super::bf16_params::narrow_param(route, 0)?;
+    Some(format!("{route}{rest}"))
 }
 
 /// Conversion kernel `name`: each thread's element (or vector) of type `from` at `%x`

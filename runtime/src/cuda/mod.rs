@@ -602,30 +602,22 @@ impl Rank<'_> {
                 name,
                 threads,
                 bf16,
+            }
+            | GpuOp::Pointwise {
+                name,
+                threads,
+                bf16,
+                ..
             } => {
                 // Generated kernels take the float and boolean operands; integer ones (axes,
                 // bounds, shapes) were constants baked into the kernel, except a concat's,
                 // which it moves as f32 (the compiler's `data_movement`: integers exact in
-                // f32, the padding of the routing's ids).
-                let concat = matches!(ins.op, crate::program::Op::Concat { .. });
-                let inputs: Vec<usize> = ins
-                    .inputs
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .filter(|&b| concat || self.program.buffers[b].dtype.on_device_as_f32())
-                    .collect();
-                self.launch_generated(name, (&inputs, &ins.outputs), *threads, bf16)
-                    .map_err(&fail)?;
-            }
-            GpuOp::Pointwise {
-                name,
-                threads,
-                inputs,
-                bf16,
-                ..
-            } => {
-                self.launch_generated(name, (inputs, &ins.outputs[..1]), *threads, bf16)
+                // f32, the padding of the routing's ids); a chain its inputs and one result.
+                let program = self.program;
+                let (inputs, results) = program
+                    .generated_operands(i, how)
+                    .ok_or_else(|| fail("no such instruction".into()))?;
+                self.launch_generated(name, (&inputs, results), *threads, bf16)
                     .map_err(&fail)?;
             }
             GpuOp::Route {
