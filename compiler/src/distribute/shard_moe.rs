@@ -188,252 +188,252 @@ pub fn shard_moe(
     if tp == 1 {
         return Ok(rp);
     }
-    let err = |node: &str, reason: String| CompileError::Node {
-        path: model.to_owned(),
-        node: node.into(),
-        op: "moe.experts".into(),
-        reason,
-    };
-    let p = &mut rp.program;
-    let mut out = Vec::with_capacity(p.instructions.len());
-    for ins in std::mem::take(&mut p.instructions) {
-        let Op::MoeExperts {
+    let mut out = Vec::with_capacity(rp.program.instructions.len());
+    for ins in std::mem::take(&mut rp.program.instructions) {
+        let Some(ffn) = expert_ffn_of(&ins.op) else {
+            out.push(ins);
+            continue;
+        };
+        shard_layer(&mut rp, &ins, ffn, (tp, t), blocks, &mut out).map_err(|reason| {
+            CompileError::Node {
+                path: model.to_owned(),
+                node: ins.origin.clone(),
+                op: "moe.experts".into(),
+                reason,
+            }
+        })?;
+    }
+    rp.program.instructions = out;
+    Ok(rp)
+}
+
+/// The expert FFN of a `moe.experts` op (its activation and layout), as the all-to-all
+/// layer's middle step computes it; None for any other op.
+fn expert_ffn_of(op: &Op) -> Option<Op> {
+    match *op {
+        Op::MoeExperts {
             activation,
             alpha,
             beta,
             limit,
             layout,
-        } = ins.op
-        else {
-            out.push(ins);
-            continue;
-        };
-        let ids_of = |i: usize| ins.inputs[i].expect("moe.experts operands 0..5 are present");
-        let (x, w, ids, w_in, w_out) = (ids_of(0), ids_of(1), ids_of(2), ids_of(3), ids_of(4));
-        let [tokens, h] = static_shape(p, x)[..] else {
-            return Err(err(
-                &ins.origin,
-                "the tokens are not a [T, H] matrix".into(),
-            ));
-        };
-        let k = static_shape(p, w)[1];
-        let e = static_shape(p, w_in)[0];
-        if !e.is_multiple_of(tp) {
-            return Err(err(&ins.origin, format!("{e} experts cannot be split evenly over tp = {tp} (experts are placed in contiguous blocks of E/tp)")));
+        } => Some(Op::MoeExpertFfn {
+            activation,
+            alpha,
+            beta,
+            limit,
+            layout,
+        }),
+        _ => None,
+    }
+}
+
+/// Rank t's form of one `moe.experts` instruction `ins` (its FFN `ffn`), appended to `out`:
+/// the tokens padded to a multiple of tp where they are not one, the rank's block of every
+/// expert weight, then the all-to-all layer (`AllToAllLayer`).
+fn shard_layer(
+    rp: &mut RankProgram,
+    ins: &Instruction,
+    ffn: Op,
+    (tp, t): (usize, usize),
+    blocks: &mut ExpertBlocks,
+    out: &mut Vec<Instruction>,
+) -> Result<(), String> {
+    let operand = |i: usize| {
+        ins.inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("operand {i} is missing"))
+    };
+    let (x, w, ids, w_in, w_out) = (
+        operand(0)?,
+        operand(1)?,
+        operand(2)?,
+        operand(3)?,
+        operand(4)?,
+    );
+    let p = &mut rp.program;
+    let [tokens, h] = static_shape(p, x)[..] else {
+        return Err("the tokens are not a [T, H] matrix".into());
+    };
+    let k = static_shape(p, w)[1];
+    let e = static_shape(p, w_in)[0];
+    if !e.is_multiple_of(tp) {
+        return Err(format!("{e} experts cannot be split evenly over tp = {tp} (experts are placed in contiguous blocks of E/tp)"));
+    }
+    // Tokens that do not divide over tp (one token at tp 2: a decode step) are padded with
+    // rows of routing weight 0, cut off again after the all-gather (`pad_tokens`).
+    let y = ins.outputs[0];
+    let padded = tokens.div_ceil(tp) * tp;
+    let (x, w, ids, gathered, cut) = match padded - tokens {
+        0 => (x, w, ids, y, None),
+        pad => {
+            let to = Padding { tokens, pad, h };
+            let (xp, wp, ip) = to.pad(p, &mut rp.weights, out, ins, [x, w, ids]);
+            let (gathered, cut) = to.cut(p, &mut rp.weights, ins, y);
+            (xp, wp, ip, gathered, Some(cut))
         }
-        // Tokens that do not divide over tp (one token at tp 2: a decode step) are padded with
-        // rows of routing weight 0, cut off again after the all-gather (`pad_tokens`).
-        let y = ins.outputs[0];
-        let padded = tokens.div_ceil(tp) * tp;
-        let (x, w, ids, gathered, cut) = match padded - tokens {
-            0 => (x, w, ids, y, None),
-            pad => {
-                let to = Padding { tokens, pad, h };
-                let (xp, wp, ip) = to.pad(p, &mut rp.weights, &mut out, &ins, [x, w, ids]);
-                let (gathered, cut) = to.cut(p, &mut rp.weights, &ins, y);
-                (xp, wp, ip, gathered, Some(cut))
-            }
-        };
-        let tokens = padded;
-        let (el, tl) = (e / tp, tokens / tp);
-        let cap = tl * k;
-        // This rank's block of every expert weight (and bias).
-        for &b in ins.inputs[3..].iter().flatten() {
-            let name = p.buffers[b].name.clone();
-            if let Some(block) = blocks.get_mut(&name).and_then(|v| v.get_mut(t)?.take()) {
-                p.buffers[b].shape[0] = Some(el);
-                rp.weights.push((name, block));
-                continue;
-            }
-            let pos = rp
-                .weights
-                .iter()
-                .position(|(n, _)| *n == name)
-                .ok_or_else(|| {
-                    err(
-                        &ins.origin,
-                        format!("expert weight '{name}' is not a constant"),
-                    )
-                })?;
-            let block = expert_block(&rp.weights[pos].1, t * el, (t + 1) * el);
+    };
+    let el = e / tp;
+    take_expert_blocks(rp, &ins.inputs[3..], (t, el), blocks)?;
+    let layer = AllToAllLayer {
+        base: rp.program.buffers[y].name.clone(),
+        origin: ins.origin.clone(),
+        tp,
+        t,
+        e,
+        tl: padded / tp,
+        h,
+        k,
+    };
+    let routed = [x, w, ids];
+    let bias = |i: usize| ins.inputs.get(i).copied().flatten();
+    let weights = [Some(w_in), Some(w_out), bias(5), bias(6)];
+    layer.emit(rp, routed, (ffn, weights), gathered, out);
+    out.extend(cut);
+    Ok(())
+}
+
+/// Cuts rank t's block of experts t·el..(t+1)·el out of every expert weight and bias in
+/// `operands` (taking it from `blocks` where the streamed loader already cut it).
+fn take_expert_blocks(
+    rp: &mut RankProgram,
+    operands: &[Option<BufferId>],
+    (t, el): (usize, usize),
+    blocks: &mut ExpertBlocks,
+) -> Result<(), String> {
+    let p = &mut rp.program;
+    for &b in operands.iter().flatten() {
+        let name = p.buffers[b].name.clone();
+        if let Some(block) = blocks.get_mut(&name).and_then(|v| v.get_mut(t)?.take()) {
             p.buffers[b].shape[0] = Some(el);
-            rp.weights[pos].1 = block;
+            rp.weights.push((name, block));
+            continue;
         }
-        let base = p.buffers[y].name.clone();
-        let o = ins.origin.clone();
+        let pos = rp
+            .weights
+            .iter()
+            .position(|(n, _)| *n == name)
+            .ok_or_else(|| format!("expert weight '{name}' is not a constant"))?;
+        let block = expert_block(&rp.weights[pos].1, t * el, (t + 1) * el);
+        p.buffers[b].shape[0] = Some(el);
+        rp.weights[pos].1 = block;
+    }
+    Ok(())
+}
+
+/// One rank's all-to-all MoE layer over `tp` ranks: its tl tokens (a slice of every rank's),
+/// dispatched into capacity buckets per expert (`cap`),
+/// exchanged so each rank holds its el = e/tp experts' buckets from every rank, the FFN over
+/// them, exchanged back, combined, and the ranks' tokens all-gathered.
+struct AllToAllLayer {
+    /// The layer output's name, which its buffers' names extend.
+    base: String,
+    origin: String,
+    tp: usize,
+    t: usize,
+    e: usize,
+    tl: usize,
+    h: usize,
+    k: usize,
+}
+
+impl AllToAllLayer {
+    fn emit(
+        &self,
+        rp: &mut RankProgram,
+        [x, w, ids]: [BufferId; 3],
+        (ffn, [w_in, w_out, b_in, b_out]): (Op, [Option<BufferId>; 4]),
+        gathered: BufferId,
+        out: &mut Vec<Instruction>,
+    ) {
+        let (tp, e, tl, h, k) = (self.tp, self.e, self.tl, self.h, self.k);
+        let (el, cap) = (e / tp, self.cap());
         let group: Vec<usize> = (0..tp).collect();
-        let mut emit = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| {
+        let p = &mut rp.program;
+        let mut step = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| {
             out.push(Instruction {
                 op,
                 inputs,
                 outputs,
-                origin: o.clone(),
+                origin: self.origin.clone(),
             })
         };
-        let xs = push(
-            p,
-            format!("{base}.tokens_local"),
-            DType::F32,
-            vec![tl, h],
-            BufferKind::Temp,
-        );
-        let ws = push(
-            p,
-            format!("{base}.weights_local"),
-            DType::F32,
-            vec![tl, k],
-            BufferKind::Temp,
-        );
-        let is = push(
-            p,
-            format!("{base}.ids_local"),
-            DType::I64,
-            vec![tl, k],
-            BufferKind::Temp,
-        );
+        let xs = self.temp(p, "tokens_local", DType::F32, vec![tl, h]);
+        let ws = self.temp(p, "weights_local", DType::F32, vec![tl, k]);
+        let is = self.temp(p, "ids_local", DType::I64, vec![tl, k]);
         let slice = Op::TokenSlice {
             axis: 0,
-            index: t,
+            index: self.t,
             parts: tp,
         };
-        emit(slice.clone(), vec![Some(x)], vec![xs]);
-        emit(slice.clone(), vec![Some(w)], vec![ws]);
-        emit(slice, vec![Some(ids)], vec![is]);
-        let buckets = push(
-            p,
-            format!("{base}.buckets"),
-            DType::F32,
-            vec![e, cap, h],
-            BufferKind::Temp,
-        );
-        emit(
-            Op::MoeDispatch {
-                num_experts: e,
-                capacity: cap,
-            },
-            vec![Some(xs), Some(is)],
-            vec![buckets],
-        );
-        let recv = push(
-            p,
-            format!("{base}.received"),
-            DType::F32,
-            vec![el, tp * cap, h],
-            BufferKind::Temp,
-        );
-        emit(
-            Op::AllToAll {
-                group: group.clone(),
-                split_axis: 0,
-                concat_axis: 1,
-            },
-            vec![Some(buckets)],
-            vec![recv],
-        );
-        let rows = push(
-            p,
-            format!("{base}.rows"),
-            DType::F32,
-            vec![el * tp * cap, h],
-            BufferKind::Temp,
-        );
-        emit(
-            Op::ReshapeTo {
-                shape: vec![el * tp * cap, h],
-            },
-            vec![Some(recv)],
-            vec![rows],
-        );
-        let offsets_name = format!("{base}.bucket_offsets");
+        step(slice.clone(), vec![Some(x)], vec![xs]);
+        step(slice.clone(), vec![Some(w)], vec![ws]);
+        step(slice, vec![Some(ids)], vec![is]);
+        let buckets = self.temp(p, "buckets", DType::F32, vec![e, cap, h]);
+        let dispatch = Op::MoeDispatch {
+            num_experts: e,
+            capacity: cap,
+        };
+        step(dispatch, vec![Some(xs), Some(is)], vec![buckets]);
+        let recv = self.temp(p, "received", DType::F32, vec![el, tp * cap, h]);
+        let there = Op::AllToAll {
+            group: group.clone(),
+            split_axis: 0,
+            concat_axis: 1,
+        };
+        step(there, vec![Some(buckets)], vec![recv]);
+        let rows = self.temp(p, "rows", DType::F32, vec![el * tp * cap, h]);
+        let shape = vec![el * tp * cap, h];
+        step(Op::ReshapeTo { shape }, vec![Some(recv)], vec![rows]);
+        let offsets = self.bucket_offsets(rp);
+        let p = &mut rp.program;
+        let y_rows = self.temp(p, "expert_out", DType::F32, vec![el * tp * cap, h]);
+        let ffn_inputs = vec![Some(rows), Some(offsets), w_in, w_out, b_in, b_out];
+        step(ffn, ffn_inputs, vec![y_rows]);
+        let y_buckets = self.temp(p, "expert_out_buckets", DType::F32, vec![el, tp * cap, h]);
+        let shape = vec![el, tp * cap, h];
+        step(Op::ReshapeTo { shape }, vec![Some(y_rows)], vec![y_buckets]);
+        let back = self.temp(p, "returned", DType::F32, vec![e, cap, h]);
+        let home = Op::AllToAll {
+            group: group.clone(),
+            split_axis: 1,
+            concat_axis: 0,
+        };
+        step(home, vec![Some(y_buckets)], vec![back]);
+        let ys = self.temp(p, "combined_local", DType::F32, vec![tl, h]);
+        let combine = Op::MoeCombine { capacity: cap };
+        step(combine, vec![Some(back), Some(ws), Some(is)], vec![ys]);
+        let gather = Op::AllGather { group, axis: 0 };
+        step(gather, vec![Some(ys)], vec![gathered]);
+    }
+
+    /// Each expert's bucket: room for every local token's k slots, so none is dropped.
+    fn cap(&self) -> usize {
+        self.tl * self.k
+    }
+
+    /// A temporary named `<base>.<what>`.
+    fn temp(&self, p: &mut Program, what: &str, dtype: DType, shape: Vec<usize>) -> BufferId {
+        let name = format!("{}.{what}", self.base);
+        push(p, name, dtype, shape, BufferKind::Temp)
+    }
+
+    /// The received rows' offset of each local expert (a constant: every bucket holds cap
+    /// rows from each of the tp ranks).
+    fn bucket_offsets(&self, rp: &mut RankProgram) -> BufferId {
+        let (el, per) = (self.e / self.tp, self.tp * self.cap());
+        let name = format!("{}.bucket_offsets", self.base);
         let offsets = push(
-            p,
-            offsets_name.clone(),
+            &mut rp.program,
+            name.clone(),
             DType::I64,
             vec![el + 1],
             BufferKind::Weight,
         );
-        rp.weights.push((
-            offsets_name,
-            Tensor::i64(
-                vec![el + 1],
-                (0..=el).map(|i| (i * tp * cap) as i64).collect(),
-            ),
-        ));
-        let ffn = push(
-            p,
-            format!("{base}.expert_out"),
-            DType::F32,
-            vec![el * tp * cap, h],
-            BufferKind::Temp,
-        );
-        let ffn_op = Op::MoeExpertFfn {
-            activation,
-            alpha,
-            beta,
-            limit,
-            layout,
-        };
-        emit(
-            ffn_op,
-            vec![
-                Some(rows),
-                Some(offsets),
-                Some(w_in),
-                Some(w_out),
-                ins.inputs[5],
-                ins.inputs[6],
-            ],
-            vec![ffn],
-        );
-        let ffn3 = push(
-            p,
-            format!("{base}.expert_out_buckets"),
-            DType::F32,
-            vec![el, tp * cap, h],
-            BufferKind::Temp,
-        );
-        emit(
-            Op::ReshapeTo {
-                shape: vec![el, tp * cap, h],
-            },
-            vec![Some(ffn)],
-            vec![ffn3],
-        );
-        let back = push(
-            p,
-            format!("{base}.returned"),
-            DType::F32,
-            vec![e, cap, h],
-            BufferKind::Temp,
-        );
-        emit(
-            Op::AllToAll {
-                group: group.clone(),
-                split_axis: 1,
-                concat_axis: 0,
-            },
-            vec![Some(ffn3)],
-            vec![back],
-        );
-        let ys = push(
-            p,
-            format!("{base}.combined_local"),
-            DType::F32,
-            vec![tl, h],
-            BufferKind::Temp,
-        );
-        emit(
-            Op::MoeCombine { capacity: cap },
-            vec![Some(back), Some(ws), Some(is)],
-            vec![ys],
-        );
-        emit(
-            Op::AllGather { group, axis: 0 },
-            vec![Some(ys)],
-            vec![gathered],
-        );
-        out.extend(cut);
+        let values = (0..=el).map(|i| (i * per) as i64).collect();
+        rp.weights.push((name, Tensor::i64(vec![el + 1], values)));
+        offsets
     }
-    p.instructions = out;
-    Ok(rp)
 }
