@@ -639,12 +639,12 @@ fn apply(
     x: BufferId,
     policy: CapacityPolicy,
 ) -> MoeLayer {
-    let prog = &mut core.program;
+    let prog = &core.program;
     let (t, h) = {
-        let s = &prog.buffers[found.output].shape;
-        let n: usize = s.iter().map(|d| d.unwrap_or(0)).product();
-        let e_shape = &prog.buffers[logits].shape;
-        let t = e_shape[0].unwrap_or(0);
+        let n: usize = (prog.buffers[found.output].shape.iter())
+            .map(|d| d.unwrap_or(0))
+            .product();
+        let t = prog.buffers[logits].shape[0].unwrap_or(0);
         (t, n / t.max(1))
     };
     let e = prog.buffers[logits].shape[1].unwrap_or(0);
@@ -653,148 +653,167 @@ fn apply(
         .iter()
         .next_back()
         .expect("a region has instructions");
-    let origin = prog.instructions[last].origin.clone();
-    let base = prog.buffers[found.output].name.clone();
-    let new_buf = |prog: &mut ppmoe_runtime::program::Program,
-                   suffix: &str,
-                   dtype: DType,
-                   shape: Vec<usize>,
-                   kind: BufferKind|
-     -> BufferId {
-        prog.buffers.push(Buffer {
-            name: format!("{base}.{suffix}"),
-            dtype,
-            shape: shape.into_iter().map(Some).collect(),
-            kind,
-        });
-        prog.buffers.len() - 1
-    };
     let mut route = found.route.clone();
-    let mut note = None;
-    if route.capacity > 0 {
-        note = Some(match policy {
-            CapacityPolicy::Keep => format!(
-                "the source drops tokens beyond {} per expert; kept (exact)",
-                route.capacity
-            ),
-            CapacityPolicy::Dropless => {
-                let c = route.capacity;
-                route.capacity = 0;
-                format!("made dropless: the source drops tokens beyond {c} per expert, the compiled layer drops none (results differ where the source dropped)")
-            }
-        });
-    }
-    let k = route.top_k;
-    let mut new_ins = Vec::new();
-    let x2 = if prog.buffers[x].shape.len() == 2 {
-        x
-    } else {
-        let b = new_buf(prog, "tokens", DType::F32, vec![t, h], BufferKind::Temp);
-        new_ins.push(Instruction {
-            op: Op::ReshapeTo { shape: vec![t, h] },
-            inputs: vec![Some(x)],
-            outputs: vec![b],
-            origin: origin.clone(),
-        });
-        b
+    let note = capacity_note(&mut route, policy);
+    let mut layer = Raised {
+        base: prog.buffers[found.output].name.clone(),
+        origin: prog.instructions[last].origin.clone(),
+        core,
+        ins: Vec::new(),
     };
-    let w = new_buf(
-        prog,
-        "route_weights",
-        DType::F32,
-        vec![t, k],
-        BufferKind::Temp,
-    );
-    let ids = new_buf(prog, "route_ids", DType::I64, vec![t, k], BufferKind::Temp);
-    // The score-correction bias by name: the buffer of that weight in this program.
-    let bias = route.bias.as_ref().and_then(|(name, _)| {
-        prog.buffers
-            .iter()
-            .position(|b| &b.name == name && b.kind == BufferKind::Weight)
-    });
-    new_ins.push(Instruction {
-        op: route.op(),
-        inputs: vec![Some(logits), bias],
-        outputs: vec![w, ids],
-        origin: origin.clone(),
-    });
-    let f = ffn;
-    let mut weight =
-        |prog: &mut ppmoe_runtime::program::Program, suffix: &str, t: &Tensor| -> BufferId {
-            let id = new_buf(prog, suffix, t.dtype, t.shape.clone(), BufferKind::Weight);
-            core.weights
-                .push((prog.buffers[id].name.clone(), t.clone()));
-            id
-        };
-    let w_in = weight(prog, "w_in", &f.w_in);
-    let w_out = weight(prog, "w_out", &f.w_out);
-    let b_in = f.b_in.as_ref().map(|b| weight(prog, "b_in", b));
-    let b_out = f.b_out.as_ref().map(|b| weight(prog, "b_out", b));
-    let out_is_2d = prog.buffers[found.output].shape.len() == 2;
-    let y = if out_is_2d {
-        found.output
-    } else {
-        new_buf(
-            prog,
-            "experts_out",
-            DType::F32,
-            vec![t, h],
-            BufferKind::Temp,
-        )
-    };
-    new_ins.push(Instruction {
-        op: experts_op(f),
-        inputs: vec![
-            Some(x2),
-            Some(w),
-            Some(ids),
-            Some(w_in),
-            Some(w_out),
-            b_in,
-            b_out,
-        ],
-        outputs: vec![y],
-        origin: origin.clone(),
-    });
-    if !out_is_2d {
-        let shape = prog.buffers[found.output]
-            .shape
-            .iter()
-            .map(|d| d.unwrap_or(0))
-            .collect();
-        new_ins.push(Instruction {
-            op: Op::ReshapeTo { shape },
-            inputs: vec![Some(y)],
-            outputs: vec![found.output],
-            origin: origin.clone(),
-        });
+    let x2 = layer.tokens_2d(x, (t, h));
+    let (w, ids) = layer.route(&route, logits, t);
+    let w_in = layer.weight("w_in", &ffn.w_in);
+    let w_out = layer.weight("w_out", &ffn.w_out);
+    let b_in = ffn.b_in.as_ref().map(|b| layer.weight("b_in", b));
+    let b_out = ffn.b_out.as_ref().map(|b| layer.weight("b_out", b));
+    let inputs = vec![x2, w, ids, w_in, w_out].into_iter().map(Some);
+    let inputs = inputs.chain([b_in, b_out]).collect();
+    layer.experts(experts_op(ffn), inputs, found.output, (t, h));
+    let Raised { origin, ins, .. } = layer;
+    let family = family(core, &found.region);
+    splice(&mut core.program, &found.region, last, ins);
+    MoeLayer {
+        origin,
+        tokens: t,
+        experts: e,
+        top_k: route.top_k,
+        hidden: h,
+        ffn: ffn.ffn_size(),
+        routing: route.describe(),
+        activation: ffn.describe_activation(),
+        shared_experts: String::new(),
+        family,
+        note,
     }
-    let fam = family(core, &found.region);
-    let prog = &mut core.program;
+}
+
+/// What the raise says of a source that drops tokens beyond an expert's capacity, the route
+/// made dropless first where `policy` asks it.
+fn capacity_note(route: &mut Route, policy: CapacityPolicy) -> Option<String> {
+    let c = route.capacity;
+    if c == 0 {
+        return None;
+    }
+    Some(match policy {
+        CapacityPolicy::Keep => {
+            format!("the source drops tokens beyond {c} per expert; kept (exact)")
+        }
+        CapacityPolicy::Dropless => {
+            route.capacity = 0;
+            format!("made dropless: the source drops tokens beyond {c} per expert, the compiled layer drops none (results differ where the source dropped)")
+        }
+    })
+}
+
+/// The program's instructions with `region` replaced by `raised`, placed where its last
+/// instruction was.
+fn splice(
+    prog: &mut ppmoe_runtime::program::Program,
+    region: &BTreeSet<usize>,
+    last: usize,
+    mut raised: Vec<Instruction>,
+) {
     let mut kept = Vec::with_capacity(prog.instructions.len());
     for (i, ins) in std::mem::take(&mut prog.instructions)
         .into_iter()
         .enumerate()
     {
         if i == last {
-            kept.append(&mut new_ins);
-        } else if !found.region.contains(&i) {
+            kept.append(&mut raised);
+        } else if !region.contains(&i) {
             kept.push(ins);
         }
     }
     prog.instructions = kept;
-    MoeLayer {
-        origin,
-        tokens: t,
-        experts: e,
-        top_k: k,
-        hidden: h,
-        ffn: f.ffn_size(),
-        routing: route.describe(),
-        activation: f.describe_activation(),
-        shared_experts: String::new(),
-        family: fam,
-        note,
+}
+
+/// The raised layer's instructions as they are made, with their buffers (named after the
+/// layer's output) and weights added to the program.
+struct Raised<'a> {
+    core: &'a mut CoreProgram,
+    base: String,
+    origin: String,
+    ins: Vec<Instruction>,
+}
+
+impl Raised<'_> {
+    fn buffer(
+        &mut self,
+        suffix: &str,
+        dtype: DType,
+        shape: Vec<usize>,
+        kind: BufferKind,
+    ) -> BufferId {
+        let prog = &mut self.core.program;
+        prog.buffers.push(Buffer {
+            name: format!("{}.{suffix}", self.base),
+            dtype,
+            shape: shape.into_iter().map(Some).collect(),
+            kind,
+        });
+        prog.buffers.len() - 1
+    }
+
+    fn push(&mut self, op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>) {
+        self.ins.push(Instruction {
+            op,
+            inputs,
+            outputs,
+            origin: self.origin.clone(),
+        });
+    }
+
+    fn weight(&mut self, suffix: &str, t: &Tensor) -> BufferId {
+        let id = self.buffer(suffix, t.dtype, t.shape.clone(), BufferKind::Weight);
+        let name = self.core.program.buffers[id].name.clone();
+        self.core.weights.push((name, t.clone()));
+        id
+    }
+
+    /// The tokens as [t, h] (a view where they have more axes).
+    fn tokens_2d(&mut self, x: BufferId, (t, h): (usize, usize)) -> BufferId {
+        if self.core.program.buffers[x].shape.len() == 2 {
+            return x;
+        }
+        let b = self.buffer("tokens", DType::F32, vec![t, h], BufferKind::Temp);
+        self.push(Op::ReshapeTo { shape: vec![t, h] }, vec![Some(x)], vec![b]);
+        b
+    }
+
+    /// `moe.route` over the logits: each token's k weights and expert ids.
+    fn route(&mut self, route: &Route, logits: BufferId, t: usize) -> (BufferId, BufferId) {
+        let k = route.top_k;
+        let w = self.buffer("route_weights", DType::F32, vec![t, k], BufferKind::Temp);
+        let ids = self.buffer("route_ids", DType::I64, vec![t, k], BufferKind::Temp);
+        // The score-correction bias by name: the buffer of that weight in this program.
+        let bias = route.bias.as_ref().and_then(|(name, _)| {
+            (self.core.program.buffers.iter())
+                .position(|b| &b.name == name && b.kind == BufferKind::Weight)
+        });
+        self.push(route.op(), vec![Some(logits), bias], vec![w, ids]);
+        (w, ids)
+    }
+
+    /// `moe.experts` writing the layer's output (through a [t, h] view where it has more
+    /// axes).
+    fn experts(
+        &mut self,
+        op: Op,
+        inputs: Vec<Option<BufferId>>,
+        output: BufferId,
+        (t, h): (usize, usize),
+    ) {
+        let shape: Vec<usize> = (self.core.program.buffers[output].shape.iter())
+            .map(|d| d.unwrap_or(0))
+            .collect();
+        if shape.len() == 2 {
+            self.push(op, inputs, vec![output]);
+            return;
+        }
+        let y = self.buffer("experts_out", DType::F32, vec![t, h], BufferKind::Temp);
+        self.push(op, inputs, vec![y]);
+        self.push(Op::ReshapeTo { shape }, vec![Some(y)], vec![output]);
     }
 }
 
