@@ -962,225 +962,6 @@ fn group_mask(b: &mut String, m_l: &str, score: &str, size: usize, groups: usize
     );
 }
 
-/// The coordinates of flat output index %i in `shape`, as SSA names (`%c<d>`).
-fn coords(b: &mut String, shape: &[usize]) -> Vec<String> {
-    let mut names = vec![String::new(); shape.len()];
-    let mut stride = 1usize;
-    for d in (0..shape.len()).rev() {
-        let _ = writeln!(b, "        %cs{d} = arith.constant {stride} : index\n        %cq{d} = arith.divui %i, %cs{d} : index\n        %cn{d} = arith.constant {} : index\n        %c{d} = arith.remui %cq{d}, %cn{d} : index", shape[d]);
-        names[d] = format!("%c{d}");
-        stride *= shape[d];
-    }
-    names
-}
-
-/// The flat offset `sum_d index_d * stride_d` of a row-major `shape`, from per-axis SSA indices.
-fn flat(b: &mut String, tag: &str, idx: &[String], shape: &[usize]) -> String {
-    let _ = writeln!(b, "        %{tag}0 = arith.constant 0 : index");
-    let mut acc = format!("%{tag}0");
-    let mut stride = 1usize;
-    for d in (0..shape.len()).rev() {
-        let _ = writeln!(b, "        %{tag}w{d} = arith.constant {stride} : index\n        %{tag}m{d} = arith.muli {}, %{tag}w{d} : index\n        %{tag}a{d} = arith.addi {acc}, %{tag}m{d} : index", idx[d]);
-        acc = format!("%{tag}a{d}");
-        stride *= shape[d];
-    }
-    acc
-}
-
-/// Data movement with static shapes and constant parameters (transpose, slice, expand, concat)
-/// and last-axis reductions and powers, as kernels: each output element finds its source.
-fn data_movement(
-    p: &Program,
-    idx: usize,
-    constant: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>,
-) -> Option<(String, String, usize)> {
-    let consts = |b: Option<usize>| constant(b).map(|t| t.to_i64());
-    let ins = &p.instructions[idx];
-    let shapes: Vec<Vec<usize>> = ins
-        .inputs
-        .iter()
-        .flatten()
-        .map(|&b| static_shape(&p.buffers[b]))
-        .collect::<Option<_>>()?;
-    let out = static_shape(&p.buffers[*ins.outputs.first()?])?;
-    let float = |b: usize| p.buffers[b].dtype.on_device_as_f32();
-    // A concat of integers exact in f32 (the routing's expert ids, small constants: the
-    // padding of tokens over tp) moves them as the f32 values the device holds.
-    let moved = match ins.op {
-        Op::Concat { .. } if !float(ins.outputs[0]) => {
-            let inputs: Vec<usize> = ins.inputs.iter().flatten().copied().collect();
-            inputs.iter().any(|&b| route_ids(p, b))
-                && inputs.iter().all(|&b| exact_ints(p, b, constant))
-        }
-        _ => float(ins.outputs[0]) && float(ins.inputs[0]?),
-    };
-    if ins.outputs.len() != 1 || !moved {
-        return None;
-    }
-    let n: usize = out.iter().product();
-    let x = &shapes[0];
-    let name = format!("k{idx}_{}", ins.op.name());
-    if let Op::Reduce {
-        f,
-        keepdims: _,
-        noop_with_empty_axes: false,
-    } = &ins.op
-    {
-        let axes = consts(ins.inputs.get(1).copied().flatten())?;
-        let last = x.len() as i64 - 1;
-        if axes.len() != 1 || !(axes[0] == last || axes[0] == -1) {
-            return None;
-        }
-        return reduce_rows(&name, x, &out, *f);
-    }
-    let mut b = String::new();
-    prologue(&mut b, n);
-    let params: Vec<String>;
-    match &ins.op {
-        Op::Transpose { perm } => {
-            let c = coords(&mut b, &out);
-            // Output axis j is input axis perm[j].
-            let mut src = vec![String::new(); x.len()];
-            for (j, &pj) in perm.iter().enumerate() {
-                src[pj] = c[j].clone();
-            }
-            let off = flat(&mut b, "s", &src, x);
-            params = copy_element(&mut b, &off, x, &out);
-        }
-        Op::Slice => {
-            let starts = consts(ins.inputs.get(1).copied().flatten())?;
-            let axes = match ins.inputs.get(3).copied().flatten() {
-                Some(a) => consts(Some(a))?,
-                None => (0..starts.len() as i64).collect(),
-            };
-            let steps = match ins.inputs.get(4).copied().flatten() {
-                Some(s) => consts(Some(s))?,
-                None => vec![1; starts.len()],
-            };
-            let c = coords(&mut b, &out);
-            let mut src = c.clone();
-            for ((&st, &ax), &step) in starts.iter().zip(&axes).zip(&steps) {
-                let a = if ax < 0 { ax + x.len() as i64 } else { ax } as usize;
-                let d = x[a] as i64;
-                let lo = if step > 0 {
-                    (if st < 0 { st + d } else { st }).clamp(0, d)
-                } else {
-                    (if st < 0 { st + d } else { st }).clamp(-1, d - 1)
-                };
-                if lo < 0 {
-                    return None;
-                }
-                let _ = writeln!(b, "        %ql{a} = arith.constant {lo} : index\n        %qp{a} = arith.constant {} : index\n        %qm{a} = arith.muli {}, %qp{a} : index", step.unsigned_abs(), c[a]);
-                if step > 0 {
-                    let _ = writeln!(b, "        %qx{a} = arith.addi %ql{a}, %qm{a} : index");
-                } else {
-                    let _ = writeln!(b, "        %qx{a} = arith.subi %ql{a}, %qm{a} : index");
-                }
-                src[a] = format!("%qx{a}");
-            }
-            let off = flat(&mut b, "s", &src, x);
-            params = copy_element(&mut b, &off, x, &out);
-        }
-        // Piece `index` of `parts` along `axis`: rows index * n .. (index + 1) * n.
-        Op::TokenSlice { axis, index, .. } => {
-            let c = coords(&mut b, &out);
-            let mut src = c.clone();
-            let lo = index * out.get(*axis)?;
-            let _ = writeln!(
-                b,
-                "        %tl = arith.constant {lo} : index\n        %tx = arith.addi %tl, {} : index",
-                c[*axis]
-            );
-            src[*axis] = "%tx".into();
-            let off = flat(&mut b, "s", &src, x);
-            params = copy_element(&mut b, &off, x, &out);
-        }
-        Op::Expand => {
-            let off = broadcast_offset(&mut b, "e", x, &out);
-            params = copy_element(&mut b, &off, x, &out);
-        }
-        Op::Concat { axis } => {
-            let a = if *axis < 0 {
-                axis + out.len() as i64
-            } else {
-                *axis
-            } as usize;
-            let c = coords(&mut b, &out);
-            // Walk the inputs along the axis: the first whose range holds the coordinate.
-            let mut lo = 0usize;
-            let _ = writeln!(b, "        %zero = arith.constant 0.0 : f32");
-            let mut acc = "%zero".to_string();
-            for (k, sh) in shapes.iter().enumerate() {
-                let hi = lo + sh[a];
-                let mut src = c.clone();
-                let _ = writeln!(
-                    b,
-                    "        %lo{k} = arith.constant {lo} : index\n        %hi{k} = arith.constant {hi} : index\n        %ge{k} = arith.cmpi uge, {ca}, %lo{k} : index\n        %lt{k} = arith.cmpi ult, {ca}, %hi{k} : index\n        %in{k} = arith.andi %ge{k}, %lt{k} : i1\n        %la{k} = arith.subi {ca}, %lo{k} : index\n        %zi{k} = arith.constant 0 : index\n        %ix{k} = arith.select %in{k}, %la{k}, %zi{k} : index",
-                    ca = c[a]
-                );
-                src[a] = format!("%ix{k}");
-                // Other coordinates are in range for every input (same shape off the axis).
-                let off = flat(&mut b, &format!("f{k}_"), &src, sh);
-                let _ = writeln!(b, "        %v{k} = memref.load %a{k}[{off}] : {}\n        %r{k} = arith.select %in{k}, %v{k}, {acc} : f32", memref(sh));
-                acc = format!("%r{k}");
-                lo = hi;
-            }
-            let _ = writeln!(
-                b,
-                "        memref.store {acc}, %a{}[%i] : {}",
-                shapes.len(),
-                memref(&out)
-            );
-            params = shapes
-                .iter()
-                .map(|s| memref(s))
-                .chain(std::iter::once(memref(&out)))
-                .collect();
-        }
-        Op::Binary { f: BinaryFn::Pow } => {
-            // x ^ c for a scalar constant c of 2 or 0.5 (RMS norms): exact, no transcendental.
-            let c = constant(ins.inputs.get(1).copied().flatten())
-                .filter(|t| t.len() == 1)?
-                .to_f32()[0];
-            if shapes[1].iter().product::<usize>() != 1 || x != &out {
-                return None;
-            }
-            let expr = pow_expr(c)?;
-            let _ = writeln!(b, "        %x = memref.load %a0[%i] : {}", memref(x));
-            b.push_str(&expr);
-            let _ = writeln!(b, "        memref.store %r, %a2[%i] : {}", memref(&out));
-            params = vec![memref(x), memref(&shapes[1]), memref(&out)];
-        }
-        _ => return None,
-    }
-    Some((name.clone(), kernel(&name, &params, &b), n))
-}
-
-/// Whether `b` is the expert ids `moe.route` writes (on the device as f32, below the expert
-/// count).
-fn route_ids(p: &Program, b: usize) -> bool {
-    p.instructions
-        .iter()
-        .any(|i| matches!(i.op, Op::MoeRoute { .. }) && i.outputs.get(1) == Some(&b))
-}
-
-/// Whether integer buffer `b` holds only values exact in f32, as the device holds it: the
-/// route's expert ids, or a constant whose values are. (A concat of constants alone stays on
-/// the host, where whatever reads it reads it.)
-fn exact_ints(
-    p: &Program,
-    b: usize,
-    constant: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>,
-) -> bool {
-    route_ids(p, b)
-        || constant(Some(b)).is_some_and(|t| {
-            t.dtype == ppmoe_runtime::DType::I64
-                && t.to_i64()
-                    .iter()
-                    .all(|&v| ppmoe_runtime::program::exact_in_f32(v))
-        })
-}
-
 /// The buffers an instruction reads (its operands present), in order.
 pub(super) fn operand_buffers<'p>(p: &'p Program, ins: &Instruction) -> Vec<&'p Buffer> {
     ins.inputs
@@ -1320,18 +1101,6 @@ pub(super) fn pow_expr(c: f32) -> Option<String> {
     }
 }
 
-/// out[%i] = x[off]: the body of a data-movement kernel (one thread per output element), and
-/// its two parameters.
-fn copy_element(b: &mut String, off: &str, x: &[usize], out: &[usize]) -> Vec<String> {
-    let _ = writeln!(
-        b,
-        "        %v = memref.load %a0[{off}] : {}\n        memref.store %v, %a1[%i] : {}",
-        memref(x),
-        memref(out)
-    );
-    vec![memref(x), memref(out)]
-}
-
 /// Threads of a warp: the row-wise kernels give each row one warp.
 pub(super) const WARP: usize = 32;
 
@@ -1355,7 +1124,7 @@ pub(super) fn warp_reduce(b: &mut String, v: &str, out: &str, op: &str) -> Strin
 /// row's consecutive elements together), the lanes' values are folded across the warp, and
 /// lane 0 writes the row's. (One thread per row read each row alone, thousands of dependent
 /// loads per thread: 0.55 ms for an RMS norm's mean over [4096, 4096] on an H200.)
-fn reduce_rows(
+pub(super) fn reduce_rows(
     name: &str,
     x: &[usize],
     out: &[usize],
@@ -1667,7 +1436,7 @@ pub fn plan_kernels(
                     }
                 }
                 None => match generate(p, i)
-                    .or_else(|| data_movement(p, i, &consts))
+                    .or_else(|| super::data_movement::data_movement(p, i, &consts))
                     .or_else(|| super::top_k::generate(p, i, &consts))
                 {
                     Some((name, text, threads)) => {

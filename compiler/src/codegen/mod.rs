@@ -6,6 +6,7 @@
 mod act_octets;
 mod bf16_params;
 mod combine_octets;
+mod data_movement;
 mod decode_experts;
 mod device_grouping;
 mod expert_steps;
