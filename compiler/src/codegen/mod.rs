@@ -15,6 +15,7 @@ pub mod kernel_gen;
 mod masks;
 mod pointwise;
 pub mod ptx;
+mod route;
 mod row_fused;
 mod single_token;
 mod sorted_rows;

@@ -1,0 +1,367 @@
+//! The `moe.route` kernel: per token, the scores of its experts (softmax, sigmoid or raw
+//! logits, a DeepSeek-V3 score-correction bias and group limit where the router has them),
+//! the k best by k passes (ties to the lower index, as the CPU's), and their weights
+//! (renormalised, scaled), written to `ids` as f32; for a capacity, two follow-up kernels.
+//! One warp per token (its lanes take every 32nd expert) where there is no group limit, one
+//! thread per token otherwise.
+//!
+//!   gpu.func @k5_route(%a0: memref<TxEf32>, %a1: memref<TxKf32>, %a2: memref<TxKf32>) kernel
+//!     token = thread / 32; lane = thread % 32; <row max and sum by shuffles>;
+//!     k passes: <each lane's best untaken expert, the warp's best by shuffles, lane 0 writes>
+
+use super::kernel_gen::{hexf, kernel, prologue, static_shape, warp_reduce, WARP};
+use ppmoe_runtime::program::{Op, Program, RouteOrder, Scoring};
+use std::fmt::Write;
+
+/// What a route kernel is specialised to.
+struct RouteShape {
+    e: usize,
+    k: usize,
+    scoring: Scoring,
+    order: RouteOrder,
+    /// The scores are a softmax over the row, taken before the top k.
+    softmax_first: bool,
+    biased: bool,
+    /// The group limit's groups (0 or 1: none) and how many are kept.
+    n_group: usize,
+    topk_group: usize,
+    /// One warp per token (else one thread).
+    warp: bool,
+    m_l: String,
+    m_k: String,
+}
+
+impl RouteShape {
+    fn grouped(&self) -> bool {
+        self.n_group > 1
+    }
+}
+
+/// The route kernel of instruction `idx` and, for a capacity, its two follow-ups; the threads
+/// of the first, and whether the follow-ups are there. None where the route is not generated
+/// (a bias or group limit with softmax after the top k; a group limit the mask cannot hold).
+pub(super) fn route_kernel(p: &Program, idx: usize, name: &str) -> Option<(String, usize, bool)> {
+    let ins = &p.instructions[idx];
+    let Op::MoeRoute {
+        top_k: k,
+        scoring,
+        order,
+        renormalize,
+        n_group,
+        topk_group,
+        routed_scaling_factor,
+        capacity,
+        mask_threshold,
+    } = ins.op
+    else {
+        return None;
+    };
+    let biased = ins.inputs.get(1).copied().flatten().is_some();
+    if scoring == Scoring::Sparsemixer {
+        let plain = !biased && n_group <= 1 && capacity == 0 && k == 2;
+        let l = static_shape(&p.buffers[ins.inputs[0]?])?;
+        return plain.then(|| super::sparsemixer::route_kernel(name, (l[0], l[1]), mask_threshold));
+    }
+    let grouped = n_group > 1;
+    // The bias and the group limit decide the choice of the scored routers only (as the CPU
+    // backend's route has them); a capacity is applied by two more kernels (`capacity_kernels`).
+    if (biased || grouped) && order == RouteOrder::TopkThenSoftmax {
+        return None;
+    }
+    let l = static_shape(&p.buffers[ins.inputs[0]?])?;
+    let (t, e) = (l[0], l[1]);
+    if grouped && (e % n_group != 0 || n_group > 63 || k > topk_group * (e / n_group)) {
+        return None;
+    }
+    // A warp keeps which of each lane's experts are taken in a 64-bit mask: at most 64 per lane.
+    let r = RouteShape {
+        e,
+        k,
+        scoring,
+        order,
+        softmax_first: scoring == Scoring::Softmax && order == RouteOrder::SoftmaxThenTopk,
+        biased,
+        n_group,
+        topk_group,
+        warp: !grouped && e <= WARP * 64,
+        m_l: format!("memref<{}xf32>", t * e),
+        m_k: format!("memref<{}xf32>", t * k),
+    };
+    let mut b = String::new();
+    let score = route_scores(&mut b, &r);
+    route_choices(&mut b, &r, &score);
+    // With a capacity, the renormalisation and the scale come after the drop.
+    let normalise = order == RouteOrder::TopkThenSoftmax || (renormalize && capacity == 0);
+    let factor = if capacity == 0 {
+        routed_scaling_factor
+    } else {
+        1.0
+    };
+    route_weights(&mut b, &r, normalise, factor);
+    let threads = if r.warp { t * WARP } else { t };
+    let mut body = String::new();
+    prologue(&mut body, threads);
+    body.push_str(&b);
+    let mut params = vec![r.m_l, r.m_k.clone(), r.m_k];
+    if biased {
+        params.push(format!("memref<{e}xf32>"));
+    }
+    let mut text = kernel(name, &params, &body);
+    if capacity > 0 {
+        text.push_str(&capacity_kernels(
+            name,
+            t,
+            e,
+            k,
+            capacity,
+            renormalize,
+            routed_scaling_factor,
+        ));
+    }
+    Some((text, threads, capacity > 0))
+}
+
+/// The token's constants and, for softmax scores, the row's max and sum; returns the text
+/// that computes expert %j's score into %sc and what decides its choice into %ch (its score
+/// plus its bias: DeepSeek-V3's score correction; the weight stays the score), from its
+/// logit %v, inside a loop body.
+fn route_scores(b: &mut String, r: &RouteShape) -> String {
+    let (e, k, m_l) = (r.e, r.k, &r.m_l);
+    let token = if r.warp {
+        b.push_str("        %c32 = arith.constant 32 : index\n        %tok = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n");
+        "%tok"
+    } else {
+        "%i"
+    };
+    let _ = writeln!(
+        b,
+        "        %e = arith.constant {e} : index\n        %k = arith.constant {k} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli {token}, %e : index\n        %obase = arith.muli {token}, %k : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %l2e = arith.constant 1.44269504 : f32"
+    );
+    if r.softmax_first && r.warp {
+        route_warp_softmax(b, m_l);
+    } else if r.softmax_first {
+        let _ = writeln!(
+            b,
+            "        %mx = scf.for %j = %c0 to %e step %c1 iter_args(%a = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %nm = arith.maximumf %a, %v : f32\n          scf.yield %nm : f32\n        }}\n        %sum = scf.for %j = %c0 to %e step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
+        );
+    }
+    let score = match (r.scoring, r.softmax_first) {
+        (_, true) => "          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %sc = arith.divf %x, %sum : f32",
+        (Scoring::Sigmoid, _) => "          %nv = arith.negf %v : f32\n          %nm = arith.mulf %nv, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%nm) : (f32) -> f32\n          %dd = arith.addf %one, %x : f32\n          %sc = arith.divf %one, %dd : f32",
+        _ => "          %sc = arith.addf %v, %zero : f32",
+    };
+    let choice = if r.biased {
+        format!("\n          %bj = memref.load %a3[%j] : memref<{e}xf32>\n          %ch = arith.addf %sc, %bj : f32")
+    } else {
+        "\n          %ch = arith.addf %sc, %zero : f32".to_string()
+    };
+    format!("{score}{choice}")
+}
+
+/// The k choices: by a warp (its lanes' scores held in registers where each lane has at most
+/// `HELD_PER_LANE` experts), or by k serial passes over the experts in the groups kept.
+fn route_choices(b: &mut String, r: &RouteShape, score: &str) {
+    let (e, m_l, m_k) = (r.e, &r.m_l, &r.m_k);
+    if r.warp && e.is_multiple_of(WARP) && e / WARP <= HELD_PER_LANE {
+        route_warp_top_k_held(b, (m_l, m_k), score, e / WARP);
+    } else if r.warp {
+        route_warp_top_k(b, m_l, m_k, score);
+    } else if r.grouped() {
+        group_mask(b, m_l, score, e / r.n_group, r.n_group, r.topk_group);
+    } else {
+        b.push_str("        %mask = arith.constant 0 : i64\n");
+    }
+    if r.warp {
+        return;
+    }
+    // Expert %j is a candidate when its group was kept (every expert, without groups).
+    let in_group = if r.grouped() {
+        "            %jg = arith.divui %j, %gsize : index\n            %jg64 = arith.index_cast %jg : index to i64\n            %jbit = arith.shli %o64, %jg64 : i64\n            %jh = arith.andi %mask, %jbit : i64\n            %ing = arith.cmpi ne, %jh, %z64 : i64\n".to_string()
+    } else {
+        "            %ing = arith.constant true\n".to_string()
+    };
+    // k passes: the best expert not chosen in an earlier pass, by choice; its score kept.
+    let _ = writeln!(
+        b,
+        "        scf.for %s = %c0 to %k step %c1 {{\n          %best:3 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n{in_group}            %jf = arith.index_cast %j : index to i64\n            %jff = arith.sitofp %jf : i64 to f32\n            %taken = scf.for %q = %c0 to %s step %c1 iter_args(%tk = %zero) -> (f32) {{\n              %qo = arith.addi %obase, %q : index\n              %qi = memref.load %a2[%qo] : {m_k}\n              %eq = arith.cmpf oeq, %qi, %jff : f32\n              %nt = arith.select %eq, %one, %tk : f32\n              scf.yield %nt : f32\n            }}\n            %free0 = arith.cmpf oeq, %taken, %zero : f32\n            %free = arith.andi %free0, %ing : i1\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %so = arith.addi %obase, %s : index\n          %bi64 = arith.index_cast %best#1 : index to i64\n          %bif = arith.sitofp %bi64 : i64 to f32\n          memref.store %best#2, %a1[%so] : {m_k}\n          memref.store %bif, %a2[%so] : {m_k}\n        }}",
+        score.replace("\n", "\n  ")
+    );
+}
+
+/// The chosen experts' weights: a softmax over the chosen logits, or the chosen scores
+/// (renormalised where `normalise`), times `factor`; by lane 0 of a warp.
+fn route_weights(b: &mut String, r: &RouteShape, normalise: bool, factor: f32) {
+    let m_k = &r.m_k;
+    if r.warp {
+        b.push_str("        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        scf.if %lane0 {\n");
+    }
+    if r.order == RouteOrder::TopkThenSoftmax {
+        let _ = writeln!(
+            b,
+            "        %tm = memref.load %a1[%obase] : {m_k}\n        %ts = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %d = arith.subf %v, %tm : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %x, %a1[%so] : {m_k}\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
+        );
+    } else {
+        let _ = writeln!(
+            b,
+            "        %ts = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}"
+        );
+    }
+    let div = if normalise { "%ts" } else { "%one" };
+    let _ = writeln!(
+        b,
+        "        %scale = arith.constant {} : f32\n        scf.for %s = %c0 to %k step %c1 {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %q = arith.divf %v, {div} : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a1[%so] : {m_k}\n        }}",
+        hexf(factor)
+    );
+    if r.warp {
+        b.push_str("        }\n");
+    }
+}
+
+/// A warp's softmax statistics over its token's logits: each lane folds every 32nd expert,
+/// then the lanes' values are folded across the warp; into %mx and %sum.
+fn route_warp_softmax(b: &mut String, m_l: &str) {
+    let _ = writeln!(
+        b,
+        "        %pmx = scf.for %j = %lane to %e step %c32 iter_args(%a = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %nm = arith.maximumf %a, %v : f32\n          scf.yield %nm : f32\n        }}"
+    );
+    let mx = warp_reduce(b, "pmx", "wmx", "arith.maximumf");
+    let _ = writeln!(
+        b,
+        "        %mx = arith.maximumf {mx}, {mx} : f32\n        %psum = scf.for %j = %lane to %e step %c32 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
+    );
+    let sum = warp_reduce(b, "psum", "wsum", "arith.addf");
+    let _ = writeln!(b, "        %sum = arith.addf {sum}, %zero : f32");
+}
+
+/// The experts a lane's scores are held in registers for (`route_warp_top_k_held`): up to 256
+/// experts a warp, Qwen3-MoE's 128 and DeepSeek-V3's 256 among them.
+const HELD_PER_LANE: usize = 8;
+
+/// `route_warp_top_k` with each lane's `held` experts (lane + 32 m) read and scored once, into
+/// registers, before the k passes (which otherwise read and score them again each pass). The
+/// passes compare them in the same order (m ascending, the first of equals), so the choices
+/// are the same. Each expert's score is made in a region of its own (`score` names its values
+/// alike for every expert).
+fn route_warp_top_k_held(b: &mut String, (m_l, m_k): (&str, &str), score: &str, held: usize) {
+    for m in 0..held {
+        let _ = writeln!(
+            b,
+            "        %hs{m}:2 = scf.execute_region -> (f32, f32) {{\n          %hm = arith.constant {} : index\n          %j = arith.addi %lane, %hm : index\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n{score}\n          scf.yield %sc, %ch : f32, f32\n        }}",
+            WARP * m
+        );
+    }
+    let _ = writeln!(
+        b,
+        "        %wz64 = arith.constant 0 : i64\n        %wo64 = arith.constant 1 : i64\n        %wlane0 = arith.cmpi eq, %lane, %c0 : index\n        %taken = scf.for %s = %c0 to %k step %c1 iter_args(%mask = %wz64) -> (i64) {{"
+    );
+    let (mut bv, mut bi, mut bs) = (
+        "%ninf".to_string(),
+        "%lane".to_string(),
+        "%zero".to_string(),
+    );
+    for m in 0..held {
+        let _ = writeln!(
+            b,
+            "          %hj{m}c = arith.constant {} : index\n          %hj{m} = arith.addi %lane, %hj{m}c : index\n          %hm{m} = arith.constant {m} : i64\n          %hsh{m} = arith.shrui %mask, %hm{m} : i64\n          %hbit{m} = arith.andi %hsh{m}, %wo64 : i64\n          %hfree{m} = arith.cmpi eq, %hbit{m}, %wz64 : i64\n          %hbetter{m} = arith.cmpf ogt, %hs{m}#1, {bv} : f32\n          %htake{m} = arith.andi %hfree{m}, %hbetter{m} : i1\n          %hbv{m} = arith.select %htake{m}, %hs{m}#1, {bv} : f32\n          %hbi{m} = arith.select %htake{m}, %hj{m}, {bi} : index\n          %hbs{m} = arith.select %htake{m}, %hs{m}#0, {bs} : f32",
+            WARP * m
+        );
+        (bv, bi, bs) = (format!("%hbv{m}"), format!("%hbi{m}"), format!("%hbs{m}"));
+    }
+    let _ = writeln!(
+        b,
+        "          %bi32 = arith.index_cast {bi} : index to i32\n          %ww = arith.constant 32 : i32"
+    );
+    warp_best_and_mark(b, m_k, (&bv, "%bi32", &bs));
+}
+
+/// A warp's k passes over its token's experts: each lane finds its best expert not taken yet
+/// (by choice, the first of equals), the warp the best of the lanes' (the greater choice, of
+/// equals the lower expert: the serial scan's pick), and lane 0 writes it; the lane that
+/// holds the chosen expert marks it taken. `score` computes %sc and %ch of expert %j from %v.
+fn route_warp_top_k(b: &mut String, m_l: &str, m_k: &str, score: &str) {
+    let _ = writeln!(
+        b,
+        "        %wz64 = arith.constant 0 : i64\n        %wo64 = arith.constant 1 : i64\n        %wlane0 = arith.cmpi eq, %lane, %c0 : index\n        %taken = scf.for %s = %c0 to %k step %c1 iter_args(%mask = %wz64) -> (i64) {{\n          %best:3 = scf.for %j = %lane to %e step %c32 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n            %m = arith.divui %j, %c32 : index\n            %m64 = arith.index_cast %m : index to i64\n            %sh = arith.shrui %mask, %m64 : i64\n            %bit = arith.andi %sh, %wo64 : i64\n            %free = arith.cmpi eq, %bit, %wz64 : i64\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %bi32 = arith.index_cast %best#1 : index to i32\n          %ww = arith.constant 32 : i32",
+        score.replace("\n", "\n  ")
+    );
+    warp_best_and_mark(b, m_k, ("%best#0", "%bi32", "%best#2"));
+}
+
+/// The rest of a warp's top-k pass (inside the pass loop, its lane's best choice value, expert
+/// as i32 and score given): the warp's best by shuffles (the greater choice, of equals the
+/// lower expert), written by lane 0, marked taken by the lane that holds it; the loop closed.
+fn warp_best_and_mark(b: &mut String, m_k: &str, (v, i, sc): (&str, &str, &str)) {
+    let (mut v, mut i, mut sc) = (v.to_string(), i.to_string(), sc.to_string());
+    for (n, off) in [16, 8, 4, 2, 1].iter().enumerate() {
+        let _ = writeln!(
+            b,
+            "          %wo{n} = arith.constant {off} : i32\n          %ov{n}, %ovv{n} = gpu.shuffle xor {v}, %wo{n}, %ww : f32\n          %oi{n}, %oiv{n} = gpu.shuffle xor {i}, %wo{n}, %ww : i32\n          %os{n}, %osv{n} = gpu.shuffle xor {sc}, %wo{n}, %ww : f32\n          %gt{n} = arith.cmpf ogt, %ov{n}, {v} : f32\n          %eq{n} = arith.cmpf oeq, %ov{n}, {v} : f32\n          %lo{n} = arith.cmpi slt, %oi{n}, {i} : i32\n          %tie{n} = arith.andi %eq{n}, %lo{n} : i1\n          %win{n} = arith.ori %gt{n}, %tie{n} : i1\n          %cv{n} = arith.select %win{n}, %ov{n}, {v} : f32\n          %ci{n} = arith.select %win{n}, %oi{n}, {i} : i32\n          %cs{n} = arith.select %win{n}, %os{n}, {sc} : f32"
+        );
+        (v, i, sc) = (format!("%cv{n}"), format!("%ci{n}"), format!("%cs{n}"));
+    }
+    let _ = writeln!(
+        b,
+        "          %wi = arith.index_cast {i} : i32 to index\n          scf.if %wlane0 {{\n            %so = arith.addi %obase, %s : index\n            %wi64 = arith.index_cast %wi : index to i64\n            %wif = arith.sitofp %wi64 : i64 to f32\n            memref.store {sc}, %a1[%so] : {m_k}\n            memref.store %wif, %a2[%so] : {m_k}\n          }}\n          %owner = arith.remui %wi, %c32 : index\n          %mine = arith.cmpi eq, %owner, %lane : index\n          %wm = arith.divui %wi, %c32 : index\n          %wm64 = arith.index_cast %wm : index to i64\n          %nb = arith.shli %wo64, %wm64 : i64\n          %marked = arith.ori %mask, %nb : i64\n          %nmask = arith.select %mine, %marked, %mask : i64\n          scf.yield %nmask : i64\n        }}"
+    );
+}
+
+/// GShard's capacity after the route kernel, as the CPU backend's route has it: `<name>_capacity`,
+/// one thread per expert, walks the slots in slot order (every token's first choice before any
+/// second choice) and zeroes the weight of its assignments past the first `capacity`;
+/// `<name>_renorm`, one thread per token, then renormalises the kept weights (over at least
+/// f32's epsilon) where the router does, and scales them. Each slot has one expert, so the
+/// experts' threads write disjoint slots.
+fn capacity_kernels(
+    name: &str,
+    t: usize,
+    e: usize,
+    k: usize,
+    capacity: usize,
+    renormalize: bool,
+    factor: f32,
+) -> String {
+    let m_k = format!("memref<{}xf32>", t * k);
+    let mut drop = String::new();
+    prologue(&mut drop, e);
+    let _ = writeln!(
+        drop,
+        "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %k = arith.constant {k} : index\n        %t = arith.constant {t} : index\n        %cap = arith.constant {capacity} : index\n        %zero = arith.constant 0.0 : f32\n        %i64 = arith.index_cast %i : index to i64\n        %ef = arith.sitofp %i64 : i64 to f32\n        %used = scf.for %j = %c0 to %k step %c1 iter_args(%u0 = %c0) -> (index) {{\n          %uj = scf.for %s = %c0 to %t step %c1 iter_args(%u = %u0) -> (index) {{\n            %sk = arith.muli %s, %k : index\n            %o = arith.addi %sk, %j : index\n            %id = memref.load %a1[%o] : {m_k}\n            %mine = arith.cmpf oeq, %id, %ef : f32\n            %full = arith.cmpi uge, %u, %cap : index\n            %drop = arith.andi %mine, %full : i1\n            scf.if %drop {{\n              memref.store %zero, %a0[%o] : {m_k}\n            }}\n            %u1 = arith.addi %u, %c1 : index\n            %nu = arith.select %mine, %u1, %u : index\n            scf.yield %nu : index\n          }}\n          scf.yield %uj : index\n        }}"
+    );
+    let mut renorm = String::new();
+    prologue(&mut renorm, t);
+    let div = if renormalize {
+        "%den = arith.maximumf %sum, %eps : f32"
+    } else {
+        "%den = arith.addf %one, %zero : f32"
+    };
+    let _ = writeln!(
+        renorm,
+        "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %k = arith.constant {k} : index\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %eps = arith.constant {} : f32\n        %scale = arith.constant {} : f32\n        %base = arith.muli %i, %k : index\n        %sum = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %s : index\n          %v = memref.load %a0[%o] : {m_k}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        {div}\n        scf.for %s = %c0 to %k step %c1 {{\n          %o = arith.addi %base, %s : index\n          %v = memref.load %a0[%o] : {m_k}\n          %q = arith.divf %v, %den : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a0[%o] : {m_k}\n        }}",
+        hexf(f32::EPSILON),
+        hexf(factor)
+    );
+    let mut text = kernel(
+        &format!("{name}_capacity"),
+        &[m_k.clone(), m_k.clone()],
+        &drop,
+    );
+    text.push_str(&kernel(&format!("{name}_renorm"), &[m_k], &renorm));
+    text
+}
+
+/// DeepSeek-V3's group limit, into `%mask` (bit g set for a kept group): `topk_group` passes,
+/// each keeping the best group not yet kept, a group's score the sum of its two best choices
+/// (its best alone for groups of one); ties to the lower group, as the CPU backend's top-k.
+/// `score` computes %sc and %ch of expert %j from %v.
+fn group_mask(b: &mut String, m_l: &str, score: &str, size: usize, groups: usize, keep: usize) {
+    let top = if size >= 2 {
+        "%gs = arith.addf %top#0, %top#1 : f32"
+    } else {
+        "%gs = arith.addf %top#0, %zero : f32"
+    };
+    let _ = writeln!(
+        b,
+        "        %gsize = arith.constant {size} : index\n        %ngroups = arith.constant {groups} : index\n        %kgroups = arith.constant {keep} : index\n        %z64 = arith.constant 0 : i64\n        %o64 = arith.constant 1 : i64\n        %mask = scf.for %s = %c0 to %kgroups step %c1 iter_args(%mk = %z64) -> (i64) {{\n          %bestg:2 = scf.for %q = %c0 to %ngroups step %c1 iter_args(%bgv = %ninf, %bgi = %c0) -> (f32, index) {{\n            %gb = arith.muli %q, %gsize : index\n            %top:2 = scf.for %u = %c0 to %gsize step %c1 iter_args(%m1 = %ninf, %m2 = %ninf) -> (f32, f32) {{\n              %j = arith.addi %gb, %u : index\n              %o = arith.addi %base, %j : index\n              %v = memref.load %a0[%o] : {m_l}\n{}\n              %gt1 = arith.cmpf ogt, %ch, %m1 : f32\n              %gt2 = arith.cmpf ogt, %ch, %m2 : f32\n              %n2a = arith.select %gt2, %ch, %m2 : f32\n              %n2 = arith.select %gt1, %m1, %n2a : f32\n              %n1 = arith.select %gt1, %ch, %m1 : f32\n              scf.yield %n1, %n2 : f32, f32\n            }}\n            {top}\n            %q64 = arith.index_cast %q : index to i64\n            %qbit = arith.shli %o64, %q64 : i64\n            %qh = arith.andi %mk, %qbit : i64\n            %qfree = arith.cmpi eq, %qh, %z64 : i64\n            %qbetter = arith.cmpf ogt, %gs, %bgv : f32\n            %qtake = arith.andi %qfree, %qbetter : i1\n            %nbgv = arith.select %qtake, %gs, %bgv : f32\n            %nbgi = arith.select %qtake, %q, %bgi : index\n            scf.yield %nbgv, %nbgi : f32, index\n          }}\n          %bg64 = arith.index_cast %bestg#1 : index to i64\n          %bgbit = arith.shli %o64, %bg64 : i64\n          %nmk = arith.ori %mk, %bgbit : i64\n          scf.yield %nmk : i64\n        }}",
+        score.replace("\n", "\n    ")
+    );
+}
