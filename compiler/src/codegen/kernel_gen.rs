@@ -9,7 +9,7 @@
 //! cuBLAS GEMM, an NCCL collective, an alias (a reshape moves no data), or host work (ops not
 //! generated yet; the plan names them).
 
-use ppmoe_runtime::program::{BinaryFn, Buffer, Instruction, Op, Program, UnaryFn};
+use ppmoe_runtime::program::{BinaryFn, Buffer, ExpertDims, Instruction, Op, Program, UnaryFn};
 use std::fmt::Write;
 
 /// How one instruction runs on the GPU (the runtime's own type: the bundle carries it).
@@ -316,9 +316,6 @@ pub(super) fn experts_kernels(
     o: &ExpertsOperands,
     prefix: &str,
 ) -> Option<(String, bool)> {
-    let Ffn {
-        activation, layout, ..
-    } = ffn;
     let shape = |b: usize| static_shape(&p.buffers[b]);
     let (x, w, w_in, w_out) = (
         shape(o.x)?,
@@ -326,141 +323,186 @@ pub(super) fn experts_kernels(
         shape(o.w_in)?,
         shape(o.w_out)?,
     );
-    let dims = layout.dims(&w_in, &w_out)?;
+    let dims = ffn.layout.dims(&w_in, &w_out)?;
     let stack_bf16 = |b: usize| p.buffers[b].dtype == ppmoe_runtime::DType::BF16;
-    let bf16 = stack_bf16(o.w_in) && stack_bf16(o.w_out);
-    // The element type between the kernels and the GEMMs: a load widens it to f32, a store
-    // narrows to it (round to nearest even), so the arithmetic stays f32.
-    let mid = if bf16 { "bf16" } else { "f32" };
-    let load_mid = |dst: &str, mem: &str, idx: &str| {
-        if bf16 {
+    let mid = Mid {
+        bf16: stack_bf16(o.w_in) && stack_bf16(o.w_out),
+    };
+    let (t, h, k) = (x[0], x[1], w[1]);
+    let mut out = String::new();
+    gather_kernels(&mut out, prefix, h, mid);
+    act_kernels(&mut out, prefix, ffn, (dims.ffn, dims.n), mid);
+    combine_kernels(&mut out, prefix, (t, h, k), mid);
+    if let Some(ids) = o.ids {
+        let step = (ffn, dims, (t, h, k));
+        device_routed_kernels(&mut out, p, o, ids, prefix, step, mid.bf16);
+    }
+    Some((out, mid.bf16))
+}
+
+/// The element type between the experts' kernels and the GEMMs: a load widens it to f32, a
+/// store narrows to it (round to nearest even), so the arithmetic stays f32.
+#[derive(Clone, Copy)]
+struct Mid {
+    bf16: bool,
+}
+
+impl Mid {
+    fn name(self) -> &'static str {
+        if self.bf16 {
+            "bf16"
+        } else {
+            "f32"
+        }
+    }
+
+    fn load(self, dst: &str, mem: &str, idx: &str) -> String {
+        if self.bf16 {
             format!("        %{dst}_b = memref.load %{mem}[%{idx}] : memref<?xbf16>\n        %{dst} = arith.extf %{dst}_b : bf16 to f32\n")
         } else {
             format!("        %{dst} = memref.load %{mem}[%{idx}] : memref<?xf32>\n")
         }
-    };
-    let store_mid = |val: &str, mem: &str, idx: &str| {
-        if bf16 {
+    }
+
+    fn store(self, val: &str, mem: &str, idx: &str) -> String {
+        if self.bf16 {
             format!("        %{val}_b = arith.truncf %{val} : f32 to bf16\n        memref.store %{val}_b, %{mem}[%{idx}] : memref<?xbf16>\n")
         } else {
             format!("        memref.store %{val}, %{mem}[%{idx}] : memref<?xf32>\n")
         }
-    };
-    let (t, h, k, n, f) = (x[0], x[1], w[1], dims.n, dims.ffn);
-    let gated = activation.is_gated();
-    let mut out = String::new();
-    // gather: out[i] = x[perm[i / H] * H + i % H]
-    if ppmoe_runtime::program::bf16_octets(bf16, h) {
+    }
+}
+
+/// gather: out[i] = x[perm[i / H] * H + i % H] (eight or two columns a thread where bf16 rows
+/// allow: x's bf16 copy read by 16-byte words, or pairs).
+fn gather_kernels(out: &mut String, prefix: &str, h: usize, mid: Mid) {
+    if ppmoe_runtime::program::bf16_octets(mid.bf16, h) {
         out.push_str(&super::gather_octets::kernel(prefix, h));
     }
-    if ppmoe_runtime::program::bf16_pairs(bf16, h) {
+    if ppmoe_runtime::program::bf16_pairs(mid.bf16, h) {
         out.push_str(&gather_pairs_kernel(prefix, h));
-    } else {
-        let g = format!(
-            "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n{}",
-            store_mid("v", "out", "i")
-        );
-        out.push_str(&dyn_kernel(
-            &format!("{prefix}_gather"),
-            &step_params(Kind::Gather, mid),
-            &format!(
-                "      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"
-            ),
-            &g,
-        ));
+        return;
     }
-    // act: a[r, q] from hid[r, q] (and hid[r, F + q]) plus the row's expert's bias.
+    let g = format!(
+        "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n{}",
+        mid.store("v", "out", "i")
+    );
+    out.push_str(&dyn_kernel(
+        &format!("{prefix}_gather"),
+        &step_params(Kind::Gather, mid.name()),
+        &format!(
+            "      %hh = arith.constant {h} : index\n      %n = arith.muli %rows, %hh : index\n"
+        ),
+        &g,
+    ));
+}
+
+/// act: a[r, q] from hid[r, q] (and hid[r, F + q]) plus the row's expert's bias; `n` is the
+/// first projection's width (2F gated, F not).
+fn act_kernels(out: &mut String, prefix: &str, ffn: &Ffn, (f, n): (usize, usize), mid: Mid) {
+    let gated = ffn.activation.is_gated();
     let math = act_math(ffn);
-    let act_columns = ppmoe_runtime::program::row_columns(bf16, f);
-    if act_columns == 8 {
-        out.push_str(&super::act_octets::kernel(prefix, (f, n), gated, &math));
-    } else if act_columns == 2 {
-        out.push_str(&act_pairs_kernel(prefix, f, n, gated, &math));
-    } else {
-        let mut a = format!(
-            "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
-        );
-        let load = |a: &mut String, col: &str, out: &str| {
-            let _ = writeln!(a, "        %{out}_o = arith.addi %rb, {col} : index");
-            a.push_str(&load_mid(&format!("{out}_h"), "hid", &format!("{out}_o")));
-            add_bias(a, col, &format!("%{out}_h"), out);
-        };
-        load(&mut a, "%q", "g");
-        if gated {
-            let _ = writeln!(a, "        %qf = arith.addi %q, %f : index");
-            load(&mut a, "%qf", "u");
-        }
-        a.push_str(&math);
-        a.push_str(&store_mid("res", "out", "i"));
-        out.push_str(&dyn_kernel(
-            &format!("{prefix}_act"),
-            &step_params(Kind::Act, mid),
-            &format!(
-                "      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"
-            ),
-            &a,
+    match ppmoe_runtime::program::row_columns(mid.bf16, f) {
+        8 => return out.push_str(&super::act_octets::kernel(prefix, (f, n), gated, &math)),
+        2 => return out.push_str(&act_pairs_kernel(prefix, f, n, gated, &math)),
+        _ => {}
+    }
+    let mut a = format!(
+        "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
+    );
+    let load = |a: &mut String, col: &str, out: &str| {
+        let _ = writeln!(a, "        %{out}_o = arith.addi %rb, {col} : index");
+        a.push_str(&mid.load(&format!("{out}_h"), "hid", &format!("{out}_o")));
+        add_bias(a, col, &format!("%{out}_h"), out);
+    };
+    load(&mut a, "%q", "g");
+    if gated {
+        let _ = writeln!(a, "        %qf = arith.addi %q, %f : index");
+        load(&mut a, "%qf", "u");
+    }
+    a.push_str(&math);
+    a.push_str(&mid.store("res", "out", "i"));
+    out.push_str(&dyn_kernel(
+        &format!("{prefix}_act"),
+        &step_params(Kind::Act, mid.name()),
+        &format!(
+            "      %ff = arith.constant {f} : index\n      %n = arith.muli %rows, %ff : index\n"
+        ),
+        &a,
+    ));
+}
+
+/// combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
+fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usize), mid: Mid) {
+    match ppmoe_runtime::program::row_columns(mid.bf16, h) {
+        8 => return out.push_str(&super::combine_octets::kernel(prefix, t, h, k)),
+        2 => return out.push_str(&combine_pairs_kernel(prefix, t, h, k)),
+        _ => {}
+    }
+    let c = format!(
+        "        %h = arith.constant {h} : index\n        %k = arith.constant {k} : index\n        %t = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc = scf.for %j = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v = scf.if %valid -> (f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n{load_o}            %b = scf.if %hb -> (f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %bv = memref.load %bout[%eo] : memref<?xf32>\n              scf.yield %bv : f32\n            }} else {{\n              scf.yield %zero : f32\n            }}\n            %ob = arith.addf %o, %b : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo = arith.mulf %wv, %ob : f32\n            scf.yield %wo : f32\n          }} else {{\n            scf.yield %zero : f32\n          }}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        memref.store %acc, %y[%i] : memref<?xf32>\n",
+        load_o = mid.load("o", "out", "po")
+    );
+    out.push_str(&dyn_kernel(
+        &format!("{prefix}_combine"),
+        &step_params(Kind::Combine, mid.name()),
+        &format!("      %n = arith.constant {} : index\n", t * h),
+        &c,
+    ));
+}
+
+/// A step whose routing is on the device (`ids`): the listed projections (`decode_experts`),
+/// one token's two-kernel form where it pays, and the device grouping for cuBLAS over
+/// device-side pointers (rows, hidden activations and outputs of the stacks' own type: both
+/// bf16, or both f32).
+fn device_routed_kernels(
+    out: &mut String,
+    p: &Program,
+    o: &ExpertsOperands,
+    ids: usize,
+    prefix: &str,
+    (ffn, dims, (t, h, k)): (&Ffn, ExpertDims, (usize, usize, usize)),
+    bf16: bool,
+) {
+    let (f, n) = (dims.ffn, dims.n);
+    let gated = ffn.activation.is_gated();
+    let step = (dims, t, k);
+    // A gated activation without a first bias can be the tensor-core projection's epilogue.
+    let act = (gated && o.b_in.is_none()).then(|| act_math(ffn));
+    let decode = super::decode_experts::kernels(p, o, ids, prefix, (ffn.layout, act), step, bf16);
+    // One token routed on the device, bf16 stacks, no biases: its two-kernel form too.
+    // (A whole step's only: PPMoE's local step at one token has not run on two GPUs.)
+    let single = decode.is_some()
+        && bf16
+        && t == 1
+        && ppmoe_runtime::program::single_token_pays(h)
+        && !prefix.ends_with("_local_experts")
+        && o.b_in.is_none()
+        && o.b_out.is_none()
+        && n == if gated { 2 * f } else { f };
+    out.push_str(&decode.unwrap_or_default());
+    if single {
+        let x_bf16 = p.buffers[o.x].dtype == ppmoe_runtime::DType::BF16;
+        let dims = (h, f, k, dims.experts);
+        let math = act_math(ffn);
+        out.push_str(&super::single_token::kernels(
+            prefix,
+            dims,
+            (&math, gated),
+            x_bf16,
         ));
     }
-    // combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
-    let columns = ppmoe_runtime::program::row_columns(bf16, h);
-    if columns == 8 {
-        out.push_str(&super::combine_octets::kernel(prefix, t, h, k));
-    } else if columns == 2 {
-        out.push_str(&combine_pairs_kernel(prefix, t, h, k));
-    } else {
-        let c = format!(
-            "        %h = arith.constant {h} : index\n        %k = arith.constant {k} : index\n        %t = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc = scf.for %j = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v = scf.if %valid -> (f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n{load_o}            %b = scf.if %hb -> (f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %bv = memref.load %bout[%eo] : memref<?xf32>\n              scf.yield %bv : f32\n            }} else {{\n              scf.yield %zero : f32\n            }}\n            %ob = arith.addf %o, %b : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo = arith.mulf %wv, %ob : f32\n            scf.yield %wo : f32\n          }} else {{\n            scf.yield %zero : f32\n          }}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        memref.store %acc, %y[%i] : memref<?xf32>\n",
-            load_o = load_mid("o", "out", "po")
-        );
-        out.push_str(&dyn_kernel(
-            &format!("{prefix}_combine"),
-            &step_params(Kind::Combine, mid),
-            &format!("      %n = arith.constant {} : index\n", t * h),
-            &c,
-        ));
+    let stacks = p.buffers[o.w_in].dtype;
+    let same = stacks == p.buffers[o.w_out].dtype;
+    let bytes = match (bf16, stacks) {
+        (true, _) => Some(2),
+        (false, ppmoe_runtime::DType::F32) => Some(4),
+        _ => None,
+    };
+    if let (true, Some(bytes)) = (same, bytes) {
+        let grouping = super::device_grouping::kernel(p, ids, prefix, (dims, t * k, k), bytes);
+        out.push_str(&grouping.unwrap_or_default());
     }
-    if let Some(ids) = o.ids {
-        let step = (dims, t, k);
-        // A gated activation without a first bias can be the tensor-core projection's epilogue.
-        let act = (activation.is_gated() && o.b_in.is_none()).then(|| act_math(ffn));
-        let decode = super::decode_experts::kernels(p, o, ids, prefix, (*layout, act), step, bf16);
-        // One token routed on the device, bf16 stacks, no biases: its two-kernel form too.
-        // (A whole step's only: PPMoE's local step at one token has not run on two GPUs.)
-        let single = decode.is_some()
-            && bf16
-            && t == 1
-            && ppmoe_runtime::program::single_token_pays(h)
-            && !prefix.ends_with("_local_experts")
-            && o.b_in.is_none()
-            && o.b_out.is_none()
-            && n == if gated { 2 * f } else { f };
-        out.push_str(&decode.unwrap_or_default());
-        if single {
-            let x_bf16 = p.buffers[o.x].dtype == ppmoe_runtime::DType::BF16;
-            let dims = (h, f, k, dims.experts);
-            let math = act_math(ffn);
-            out.push_str(&super::single_token::kernels(
-                prefix,
-                dims,
-                (&math, gated),
-                x_bf16,
-            ));
-        }
-        // The device grouping for cuBLAS over device-side pointers: rows, hidden activations
-        // and outputs of the stacks' own type (both bf16, or both f32).
-        let stacks = p.buffers[o.w_in].dtype;
-        let same = stacks == p.buffers[o.w_out].dtype;
-        let bytes = match (bf16, stacks) {
-            (true, _) => Some(2),
-            (false, ppmoe_runtime::DType::F32) => Some(4),
-            _ => None,
-        };
-        if let (true, Some(bytes)) = (same, bytes) {
-            let grouping = super::device_grouping::kernel(p, ids, prefix, (dims, t * k, k), bytes);
-            out.push_str(&grouping.unwrap_or_default());
-        }
-    }
-    Some((out, bf16))
 }
 
 /// An experts step's row kernels.
