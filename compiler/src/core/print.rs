@@ -6,7 +6,7 @@
 //!     %0 = "core.mat_mul"(%arg0, %arg1) : (...) -> tensor<16x4xf32>
 
 use ppmoe_frontend::onnx_stage::quote;
-use ppmoe_runtime::program::{Buffer, BufferKind, Program};
+use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Program};
 use std::fmt::Write;
 
 pub fn tensor_type(b: &Buffer) -> String {
@@ -121,156 +121,162 @@ pub fn print_programs_with(
         let _ = writeln!(text, "  {g}");
     }
     for p in programs {
-        let mut names = vec![String::new(); p.buffers.len()];
-        let mut args = Vec::new();
-        for &id in &p.inputs {
-            names[id] = format!("%arg{}", args.len());
-            args.push(format!(
-                "{}: {} {{core.input = {}}}",
-                names[id],
-                tensor_type(&p.buffers[id]),
-                quote(&p.buffers[id].name)
-            ));
-        }
-        for (id, b) in p.buffers.iter().enumerate() {
-            if b.kind == BufferKind::Weight {
-                names[id] = format!("%arg{}", args.len());
-                args.push(format!(
-                    "{}: {} {{core.weight = {}}}",
-                    names[id],
-                    tensor_type(b),
-                    quote(&b.name)
-                ));
-            }
-        }
-        let mut body = String::new();
-        for (i, ins) in p.instructions.iter().enumerate() {
-            let is_shard = ins.op.dialect() == "shard";
-            // shard.send has a result, and shard.recv an operand, that ppmoe's runtime does not
-            // need: the printed form supplies them (a tensor.empty of the received type).
-            let mut extra_operand = None;
-            if let ppmoe_runtime::program::Op::Recv { .. } = ins.op {
-                let ty = tensor_type(&p.buffers[ins.outputs[0]]);
-                let _ = writeln!(body, "    %e{i} = \"tensor.empty\"() : () -> {ty}");
-                extra_operand = Some((format!("%e{i}"), ty));
-            }
-            let result_count = if let ppmoe_runtime::program::Op::Send { .. } = ins.op {
-                1
-            } else {
-                ins.outputs.len()
-            };
-            let results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
-            for (k, &o) in ins.outputs.iter().enumerate() {
-                names[o] = results[k].clone();
-            }
-            let mut operand_types: Vec<String> = ins
-                .inputs
-                .iter()
-                .flatten()
-                .map(|&id| tensor_type(&p.buffers[id]))
-                .collect();
-            let mut operand_names: Vec<String> = ins
-                .inputs
-                .iter()
-                .flatten()
-                .map(|&id| names[id].clone())
-                .collect();
-            if let Some((n, t)) = extra_operand {
-                operand_names.push(n);
-                operand_types.push(t);
-            }
-            let mut result_types: Vec<String> = ins
-                .outputs
-                .iter()
-                .map(|&o| tensor_type(&p.buffers[o]))
-                .collect();
-            if let ppmoe_runtime::program::Op::Send { .. } = ins.op {
-                result_types = operand_types.clone();
-            }
-            let mut attrs = if is_shard {
-                shard_attributes(&ins.op, &stage_of)
-            } else {
-                attributes(&ins.op)
-            };
-            let optional_biases = matches!(
-                ins.op,
-                ppmoe_runtime::program::Op::MoeExperts { .. }
-                    | ppmoe_runtime::program::Op::MoeExpertFfn { .. }
-            );
-            if optional_biases {
-                // moe.experts / moe.expert_ffn: two optional operands (the biases), told apart
-                // by segment sizes.
-                let sizes: Vec<&str> = ins
-                    .inputs
-                    .iter()
-                    .map(|o| if o.is_some() { "1" } else { "0" })
-                    .collect();
-                attrs.push(format!(
-                    "operandSegmentSizes = array<i32: {}>",
-                    sizes.join(", ")
-                ));
-            } else if ins.inputs.iter().any(Option::is_none) {
-                let absent: Vec<String> = ins
-                    .inputs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, o)| o.is_none())
-                    .map(|(k, _)| k.to_string())
-                    .collect();
-                attrs.push(format!(
-                    "core.absent_inputs = array<i64: {}>",
-                    absent.join(", ")
-                ));
-            }
-            let lhs = if results.is_empty() {
-                String::new()
-            } else {
-                format!("{} = ", results.join(", "))
-            };
-            let _ = writeln!(
-                body,
-                "    {}\"{}.{}\"({}){} : ({}) -> ({}) loc({})",
-                lhs,
-                ins.op.dialect(),
-                ins.op.name(),
-                operand_names.join(", "),
-                if attrs.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {{{}}}", attrs.join(", "))
-                },
-                operand_types.join(", "),
-                result_types.join(", "),
-                quote(&ins.origin),
-            );
-        }
-        let outs: Vec<String> = p.outputs.iter().map(|&o| names[o].clone()).collect();
-        let out_types: Vec<String> = p
-            .outputs
-            .iter()
-            .map(|&o| tensor_type(&p.buffers[o]))
-            .collect();
-        let [d, st, t] = p.coords;
-        let _ = writeln!(
-            text,
-            "  func.func @rank{}({}) -> ({}) attributes {{ppmoe.coords = array<i64: {d}, {st}, {t}>, ppmoe.schedule = \"gpipe\", ppmoe.microbatches = {microbatches} : i64}} {{",
-            p.rank,
-            args.join(", "),
-            out_types.join(", ")
-        );
-        text.push_str(&body);
-        if outs.is_empty() {
-            let _ = writeln!(text, "    func.return");
-        } else {
-            let _ = writeln!(
-                text,
-                "    func.return {} : {}",
-                outs.join(", "),
-                out_types.join(", ")
-            );
-        }
-        text.push_str("  }\n");
+        print_function(&mut text, p, microbatches, &stage_of);
     }
     text.push_str("}\n");
     text
+}
+
+/// One rank's program as `func.func @rank<N>`: its inputs, then its weights, as arguments.
+fn print_function(
+    text: &mut String,
+    p: &Program,
+    microbatches: usize,
+    stage_of: &dyn Fn(usize) -> usize,
+) {
+    let mut names = vec![String::new(); p.buffers.len()];
+    let args = function_args(p, &mut names);
+    let mut body = String::new();
+    for (i, ins) in p.instructions.iter().enumerate() {
+        print_instruction(&mut body, p, (i, ins), &mut names, stage_of);
+    }
+    let outs: Vec<String> = p.outputs.iter().map(|&o| names[o].clone()).collect();
+    let out_types: Vec<String> = p
+        .outputs
+        .iter()
+        .map(|&o| tensor_type(&p.buffers[o]))
+        .collect();
+    let [d, st, t] = p.coords;
+    let _ = writeln!(
+        text,
+        "  func.func @rank{}({}) -> ({}) attributes {{ppmoe.coords = array<i64: {d}, {st}, {t}>, ppmoe.schedule = \"gpipe\", ppmoe.microbatches = {microbatches} : i64}} {{",
+        p.rank,
+        args.join(", "),
+        out_types.join(", ")
+    );
+    text.push_str(&body);
+    if outs.is_empty() {
+        let _ = writeln!(text, "    func.return");
+    } else {
+        let _ = writeln!(
+            text,
+            "    func.return {} : {}",
+            outs.join(", "),
+            out_types.join(", ")
+        );
+    }
+    text.push_str("  }\n");
+}
+
+/// The function's arguments (the program's inputs, then its weights), each named in `names`.
+fn function_args(p: &Program, names: &mut [String]) -> Vec<String> {
+    let mut args = Vec::new();
+    for &id in &p.inputs {
+        names[id] = format!("%arg{}", args.len());
+        args.push(format!(
+            "{}: {} {{core.input = {}}}",
+            names[id],
+            tensor_type(&p.buffers[id]),
+            quote(&p.buffers[id].name)
+        ));
+    }
+    for (id, b) in p.buffers.iter().enumerate() {
+        if b.kind == BufferKind::Weight {
+            names[id] = format!("%arg{}", args.len());
+            args.push(format!(
+                "{}: {} {{core.weight = {}}}",
+                names[id],
+                tensor_type(b),
+                quote(&b.name)
+            ));
+        }
+    }
+    args
+}
+
+/// Instruction `i` in the generic form, its results named in `names`.
+fn print_instruction(
+    body: &mut String,
+    p: &Program,
+    (i, ins): (usize, &Instruction),
+    names: &mut [String],
+    stage_of: &dyn Fn(usize) -> usize,
+) {
+    use ppmoe_runtime::program::Op;
+    let ty = |b: usize| tensor_type(&p.buffers[b]);
+    // shard.send has a result, and shard.recv an operand, that ppmoe's runtime does not
+    // need: the printed form supplies them (a tensor.empty of the received type).
+    let mut extra_operand = None;
+    if let Op::Recv { .. } = ins.op {
+        let t = ty(ins.outputs[0]);
+        let _ = writeln!(body, "    %e{i} = \"tensor.empty\"() : () -> {t}");
+        extra_operand = Some((format!("%e{i}"), t));
+    }
+    let is_send = matches!(ins.op, Op::Send { .. });
+    let result_count = if is_send { 1 } else { ins.outputs.len() };
+    let results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
+    for (k, &o) in ins.outputs.iter().enumerate() {
+        names[o] = results[k].clone();
+    }
+    let mut operand_types: Vec<String> = ins.inputs.iter().flatten().map(|&b| ty(b)).collect();
+    let mut operand_names: Vec<String> = (ins.inputs.iter().flatten())
+        .map(|&b| names[b].clone())
+        .collect();
+    if let Some((n, t)) = extra_operand {
+        operand_names.push(n);
+        operand_types.push(t);
+    }
+    let result_types: Vec<String> = if is_send {
+        operand_types.clone()
+    } else {
+        ins.outputs.iter().map(|&o| ty(o)).collect()
+    };
+    let mut attrs = if ins.op.dialect() == "shard" {
+        shard_attributes(&ins.op, stage_of)
+    } else {
+        attributes(&ins.op)
+    };
+    attrs.extend(operand_presence(ins));
+    let lhs = if results.is_empty() {
+        String::new()
+    } else {
+        format!("{} = ", results.join(", "))
+    };
+    let attrs = if attrs.is_empty() {
+        String::new()
+    } else {
+        format!(" {{{}}}", attrs.join(", "))
+    };
+    let _ = writeln!(
+        body,
+        "    {}\"{}.{}\"({}){} : ({}) -> ({}) loc({})",
+        lhs,
+        ins.op.dialect(),
+        ins.op.name(),
+        operand_names.join(", "),
+        attrs,
+        operand_types.join(", "),
+        result_types.join(", "),
+        quote(&ins.origin),
+    );
+}
+
+/// Which optional operands an instruction leaves out: moe.experts / moe.expert_ffn by
+/// segment sizes (two optional operands, the biases), any other op by the absent positions.
+fn operand_presence(ins: &Instruction) -> Option<String> {
+    use ppmoe_runtime::program::Op;
+    if matches!(ins.op, Op::MoeExperts { .. } | Op::MoeExpertFfn { .. }) {
+        let sizes: Vec<&str> = (ins.inputs.iter())
+            .map(|o| if o.is_some() { "1" } else { "0" })
+            .collect();
+        return Some(format!(
+            "operandSegmentSizes = array<i32: {}>",
+            sizes.join(", ")
+        ));
+    }
+    let absent: Vec<String> = (ins.inputs.iter().enumerate())
+        .filter(|(_, o)| o.is_none())
+        .map(|(k, _)| k.to_string())
+        .collect();
+    (!absent.is_empty()).then(|| format!("core.absent_inputs = array<i64: {}>", absent.join(", ")))
 }
