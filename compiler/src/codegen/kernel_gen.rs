@@ -1111,98 +1111,115 @@ pub fn plan_kernels(
     };
     fused.extend(chains);
     for (i, ins) in p.instructions.iter().enumerate() {
-        if let Some(l) = fused.remove(&i) {
-            lowered.push(l);
-            continue;
-        }
-        let l = match &ins.op {
-            Op::MatMul => Lowered::Gemm,
-            op if op.is_communication() => Lowered::Collective,
-            Op::ReshapeTo { .. } => Lowered::Alias,
-            Op::MoeRoute { .. } => {
-                let name = format!("k{i}_route");
-                match super::route::route_kernel(p, i, &name) {
-                    Some((text, threads, capacity)) => {
-                        let narrowed = (bf16_weights && bf16_in_model(p, i))
-                            .then(|| with_bf16_logits(&text))
-                            .flatten();
-                        let bf16_logits = narrowed.is_some();
-                        funcs.push_str(narrowed.as_deref().unwrap_or(&text));
-                        Lowered::Route {
-                            name,
-                            threads,
-                            capacity,
-                            bf16_logits,
-                        }
-                    }
-                    None => Lowered::Host,
-                }
-            }
-            Op::MoeExperts { .. } => {
-                let prefix = format!("k{i}_experts");
-                let operands = |ins: &ppmoe_runtime::program::Instruction| {
-                    let at = |k: usize| ins.inputs.get(k).copied().flatten();
-                    Some(ExpertsOperands {
-                        x: at(0)?,
-                        weights: at(1)?,
-                        w_in: at(3)?,
-                        w_out: at(4)?,
-                        ids: at(2),
-                        b_in: at(5),
-                        b_out: at(6),
-                    })
-                };
-                let kernels = Ffn::of(&ins.op)
-                    .zip(operands(ins))
-                    .and_then(|(ffn, o)| experts_kernels(p, &ffn, &o, &prefix));
-                match kernels {
-                    Some((text, bf16)) => {
-                        funcs.push_str(&text);
-                        Lowered::Experts { prefix, bf16 }
-                    }
-                    None => Lowered::Host,
-                }
-            }
-            // A row lookup in a weight table (the token embedding), else a generated kernel.
-            _ => match embedding_kernel(p, i, &format!("k{i}_embedding")) {
-                Some(text) => {
-                    funcs.push_str(&text);
-                    Lowered::Embedding {
-                        name: format!("k{i}_embedding"),
-                    }
-                }
-                None => match generate(p, i)
-                    .or_else(|| super::data_movement::data_movement(p, i, &consts))
-                    .or_else(|| super::top_k::generate(p, i, &consts))
-                {
-                    Some((name, text, threads)) => {
-                        funcs.push_str(&text);
-                        Lowered::Kernel {
-                            name,
-                            threads,
-                            bf16: Vec::new(),
-                        }
-                    }
-                    None => Lowered::Host,
-                },
+        let l = match fused.remove(&i) {
+            Some(l) => l,
+            None => match &ins.op {
+                Op::MatMul => Lowered::Gemm,
+                op if op.is_communication() => Lowered::Collective,
+                Op::ReshapeTo { .. } => Lowered::Alias,
+                Op::MoeRoute { .. } => route_step(p, i, bf16_weights, &mut funcs),
+                Op::MoeExperts { .. } => experts_step(p, i, &mut funcs),
+                _ => generated_step(p, i, &consts, &mut funcs),
             },
         };
         lowered.push(l);
     }
     if bf16_weights {
         super::bf16_params::narrow(p, &mut lowered, &mut funcs);
-        use ppmoe_runtime::program::{FROM_BF16_KERNEL, FROM_BF16_X4_KERNEL, TO_BF16_X4_KERNEL};
-        let (narrow, widen) = ("arith.truncf", "arith.extf");
-        funcs.push_str(&conversion_kernel(TO_BF16_KERNEL, narrow, "f32", "bf16"));
-        // And back: PPMoE's all-reduce of a bf16 model's expert outputs runs in bf16.
-        funcs.push_str(&conversion_kernel(FROM_BF16_KERNEL, widen, "bf16", "f32"));
-        // Both four elements a thread (`%n` groups of four): the same rounding per element.
-        let (f4, b4) = ("vector<4xf32>", "vector<4xbf16>");
-        funcs.push_str(&conversion_kernel(TO_BF16_X4_KERNEL, narrow, f4, b4));
-        funcs.push_str(&conversion_kernel(FROM_BF16_X4_KERNEL, widen, b4, f4));
+        conversion_kernels(&mut funcs);
     }
     let module = format!("  gpu.module @{module_name} {{\n{funcs}  }}\n");
     KernelPlan { lowered, module }
+}
+
+/// A route's kernel (reading its logits as bf16 where they are in the model and the rank has
+/// bf16 weights), or host work where it is not generated.
+fn route_step(p: &Program, i: usize, bf16_weights: bool, funcs: &mut String) -> Lowered {
+    let name = format!("k{i}_route");
+    let Some((text, threads, capacity)) = super::route::route_kernel(p, i, &name) else {
+        return Lowered::Host;
+    };
+    let narrowed = (bf16_weights && bf16_in_model(p, i))
+        .then(|| with_bf16_logits(&text))
+        .flatten();
+    let bf16_logits = narrowed.is_some();
+    funcs.push_str(narrowed.as_deref().unwrap_or(&text));
+    Lowered::Route {
+        name,
+        threads,
+        capacity,
+        bf16_logits,
+    }
+}
+
+/// A `moe.experts` step's kernels, or host work where they are not generated.
+fn experts_step(p: &Program, i: usize, funcs: &mut String) -> Lowered {
+    let ins = &p.instructions[i];
+    let prefix = format!("k{i}_experts");
+    let at = |k: usize| ins.inputs.get(k).copied().flatten();
+    let operands = || {
+        Some(ExpertsOperands {
+            x: at(0)?,
+            weights: at(1)?,
+            w_in: at(3)?,
+            w_out: at(4)?,
+            ids: at(2),
+            b_in: at(5),
+            b_out: at(6),
+        })
+    };
+    let kernels = Ffn::of(&ins.op)
+        .zip(operands())
+        .and_then(|(ffn, o)| experts_kernels(p, &ffn, &o, &prefix));
+    match kernels {
+        Some((text, bf16)) => {
+            funcs.push_str(&text);
+            Lowered::Experts { prefix, bf16 }
+        }
+        None => Lowered::Host,
+    }
+}
+
+/// Any other instruction: a row lookup in a weight table (the token embedding), else a
+/// generated kernel (elementwise and row-wise ops, data movement, top-k), else host work.
+fn generated_step(
+    p: &Program,
+    i: usize,
+    consts: &dyn Fn(Option<usize>) -> Option<ppmoe_runtime::Tensor>,
+    funcs: &mut String,
+) -> Lowered {
+    let name = format!("k{i}_embedding");
+    if let Some(text) = embedding_kernel(p, i, &name) {
+        funcs.push_str(&text);
+        return Lowered::Embedding { name };
+    }
+    match generate(p, i)
+        .or_else(|| super::data_movement::data_movement(p, i, consts))
+        .or_else(|| super::top_k::generate(p, i, consts))
+    {
+        Some((name, text, threads)) => {
+            funcs.push_str(&text);
+            Lowered::Kernel {
+                name,
+                threads,
+                bf16: Vec::new(),
+            }
+        }
+        None => Lowered::Host,
+    }
+}
+
+/// The conversions a rank with bf16 weights has: f32 to bf16 (to nearest even) for the bf16
+/// GEMMs' operands, and back (PPMoE's all-reduce of a bf16 model's expert outputs runs in
+/// bf16); each also four elements a thread (`%n` groups of four: the same rounding per element).
+fn conversion_kernels(funcs: &mut String) {
+    use ppmoe_runtime::program::{FROM_BF16_KERNEL, FROM_BF16_X4_KERNEL, TO_BF16_X4_KERNEL};
+    let (narrow, widen) = ("arith.truncf", "arith.extf");
+    funcs.push_str(&conversion_kernel(TO_BF16_KERNEL, narrow, "f32", "bf16"));
+    funcs.push_str(&conversion_kernel(FROM_BF16_KERNEL, widen, "bf16", "f32"));
+    let (f4, b4) = ("vector<4xf32>", "vector<4xbf16>");
+    funcs.push_str(&conversion_kernel(TO_BF16_X4_KERNEL, narrow, f4, b4));
+    funcs.push_str(&conversion_kernel(FROM_BF16_X4_KERNEL, widen, b4, f4));
 }
 
 /// Whether route `idx`'s logits are bf16 in the model (a bf16 router GEMM's result, which the
