@@ -1,13 +1,13 @@
 //! Subcommands and their flags. The public interface (DESIGN.md): inspect, compile, run, plan.
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ppmoe_compiler::distribute::{Grid, Strategy};
 use ppmoe_compiler::passes::raise_moe::CapacityPolicy;
 use ppmoe_compiler::pipeline::Compilation;
 use ppmoe_compiler::strategy::cost_model::Hardware;
 use ppmoe_runtime::runner::{check_outputs, run as run_bundle, Backend, InputArg};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -90,58 +90,7 @@ pub enum Command {
     },
     /// Time a bundle's forward on the GPU (CUDA events, warm-up, median of N), or one MoE
     /// layer of random bf16 weights (--moe H,F,E,K) compiled through the same compiler.
-    Bench {
-        /// A bundle compiled with --target cuda (leave it out with --moe); one of several ranks
-        /// runs with --nproc-per-node.
-        bundle: Option<PathBuf>,
-        /// One MoE layer instead: hidden, expert FFN, experts, top-k (e.g. 4096,14336,8,2):
-        /// softmax router, renormalised top-k, SwiGLU experts, as the PyTorch peers compute.
-        #[arg(long)]
-        moe: Option<String>,
-        /// The runtime's own NCCL all-reduce (f32) alone at these sizes instead (e.g.
-        /// 32M,64M,256M), with --nproc-per-node N: time, algorithm and bus bandwidth.
-        #[arg(long = "all-reduce")]
-        all_reduce: Option<String>,
-        /// Token counts for --moe, comma-separated.
-        #[arg(long, default_value = "4096")]
-        tokens: String,
-        /// A bundle's inputs, as `run` takes them; random where not given.
-        #[arg(long = "input")]
-        input: Vec<String>,
-        /// Forwards run before timing.
-        #[arg(long, default_value_t = 10)]
-        warmup: usize,
-        /// Forwards timed; the median is the figure.
-        #[arg(long, default_value_t = 50)]
-        iters: usize,
-        /// Time every instruction too (synchronised, so it adds to the total) and print the
-        /// slowest.
-        #[arg(long)]
-        profile: bool,
-        /// Also write the results as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// The GPU's matmul rate, TFLOP/s, as measured on it (the peer script prints it): with
-        /// --peak-tbs, each --moe row gives its floor and how far above it the layer is.
-        #[arg(long = "peak-tflops", requires = "peak_tbs")]
-        peak_tflops: Option<f64>,
-        /// The GPU's copy bandwidth, TB/s, as measured on it.
-        #[arg(long = "peak-tbs", requires = "peak_tflops")]
-        peak_tbs: Option<f64>,
-        /// Where --moe writes its model and bundles (default: a temporary folder, removed).
-        #[arg(long = "work-dir")]
-        work_dir: Option<PathBuf>,
-        /// A multi-rank bundle: one process per GPU, as `run --nproc-per-node N`.
-        #[arg(long = "nproc-per-node")]
-        nproc_per_node: Option<usize>,
-        /// --moe over this many GPUs (one process each), the experts spread as --moe-strategy
-        /// says.
-        #[arg(long, default_value_t = 1)]
-        tp: usize,
-        /// --moe with --tp > 1: ppmoe (local slice + all-reduce) or alltoall.
-        #[arg(long = "moe-strategy", value_enum, default_value = "ppmoe")]
-        moe_strategy: StrategyFlag,
-    },
+    Bench(BenchArgs),
     /// Predict, per MoE layer, each strategy's time and the e-graph's choice; per pipeline
     /// stage, time and memory per GPU. MODEL is an .onnx file or a Hugging Face config.json.
     Plan {
@@ -170,6 +119,61 @@ pub enum Command {
         #[arg(long = "input-shape", value_parser = parse_input_shape)]
         input_shape: Vec<(String, Vec<i64>)>,
     },
+}
+
+/// `ppmoe bench`'s flags.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A bundle compiled with --target cuda (leave it out with --moe); one of several ranks
+    /// runs with --nproc-per-node.
+    pub bundle: Option<PathBuf>,
+    /// One MoE layer instead: hidden, expert FFN, experts, top-k (e.g. 4096,14336,8,2):
+    /// softmax router, renormalised top-k, SwiGLU experts, as the PyTorch peers compute.
+    #[arg(long)]
+    pub moe: Option<String>,
+    /// The runtime's own NCCL all-reduce (f32) alone at these sizes instead (e.g.
+    /// 32M,64M,256M), with --nproc-per-node N: time, algorithm and bus bandwidth.
+    #[arg(long = "all-reduce")]
+    pub all_reduce: Option<String>,
+    /// Token counts for --moe, comma-separated.
+    #[arg(long, default_value = "4096")]
+    pub tokens: String,
+    /// A bundle's inputs, as `run` takes them; random where not given.
+    #[arg(long = "input")]
+    pub input: Vec<String>,
+    /// Forwards run before timing.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Forwards timed; the median is the figure.
+    #[arg(long, default_value_t = 50)]
+    pub iters: usize,
+    /// Time every instruction too (synchronised, so it adds to the total) and print the
+    /// slowest.
+    #[arg(long)]
+    pub profile: bool,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The GPU's matmul rate, TFLOP/s, as measured on it (the peer script prints it): with
+    /// --peak-tbs, each --moe row gives its floor and how far above it the layer is.
+    #[arg(long = "peak-tflops", requires = "peak_tbs")]
+    pub peak_tflops: Option<f64>,
+    /// The GPU's copy bandwidth, TB/s, as measured on it.
+    #[arg(long = "peak-tbs", requires = "peak_tflops")]
+    pub peak_tbs: Option<f64>,
+    /// Where --moe writes its model and bundles (default: a temporary folder, removed).
+    #[arg(long = "work-dir")]
+    pub work_dir: Option<PathBuf>,
+    /// A multi-rank bundle: one process per GPU, as `run --nproc-per-node N`.
+    #[arg(long = "nproc-per-node")]
+    pub nproc_per_node: Option<usize>,
+    /// --moe over this many GPUs (one process each), the experts spread as --moe-strategy
+    /// says.
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
+    /// --moe with --tp > 1: ppmoe (local slice + all-reduce) or alltoall.
+    #[arg(long = "moe-strategy", value_enum, default_value = "ppmoe")]
+    pub moe_strategy: StrategyFlag,
 }
 
 /// The machine the cost model assumes (H200, NVLink, 400 Gb InfiniBand by default).
@@ -349,24 +353,7 @@ pub fn run(cli: Cli) -> Result<()> {
             output,
             input_shape,
             moe,
-        } => {
-            let r = ppmoe_compiler::compile(moe.compilation(&model, &input_shape)?, &output)?;
-            let total: usize = r.weight_bytes.iter().sum();
-            out!(
-                "compiled {} -> {} ({} rank(s), {} MoE layers, {} instructions on rank 0, {} weights, {:.1} KiB in all)",
-                model.display(),
-                output.display(),
-                r.ranks,
-                r.moe_layers,
-                r.instructions,
-                r.weights,
-                total as f64 / 1024.0
-            );
-            for note in &r.kept_all_to_all {
-                out!("note: {note}");
-            }
-            Ok(())
-        }
+        } => compile(&model, &output, moe.compilation(&model, &input_shape)?),
         Command::Run {
             bundle,
             input,
@@ -375,83 +362,16 @@ pub fn run(cli: Cli) -> Result<()> {
             check,
             tolerance,
             nproc_per_node,
-        } => {
-            if let Some(n) = nproc_per_node {
-                return launch_ranks(n);
-            }
-            let backend: Backend = backend.parse().map_err(anyhow::Error::msg)?;
-            let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
-            let report = run_bundle(&bundle, &inputs, &output_dir, backend)?;
-            for line in report.lines() {
-                out!("{line}");
-            }
-            let refs: Vec<InputArg> = check.iter().map(|s| InputArg::parse(s)).collect();
-            let (lines, ok) = check_outputs(&bundle, &report, &refs, tolerance)?;
-            for l in &lines {
-                out!("{l}");
-            }
-            if !ok {
-                bail!("an output differs from its reference by more than {tolerance:e}");
-            }
-            Ok(())
-        }
-        Command::Bench {
-            bundle,
-            moe,
-            all_reduce,
-            tokens,
-            input,
-            warmup,
-            iters,
-            profile,
-            json,
-            peak_tflops,
-            peak_tbs,
-            work_dir,
-            nproc_per_node,
-            tp,
-            moe_strategy,
-        } => {
-            if let Some(n) = nproc_per_node {
-                return launch_ranks(n);
-            }
-            if iters == 0 {
-                bail!("--iters must be at least 1");
-            }
-            let o = crate::bench::Options {
-                warmup,
-                iters,
-                profile,
-                peak: peak_tflops.zip(peak_tbs),
-            };
-            let rows = match (bundle, moe, all_reduce) {
-                (None, None, Some(sizes)) => crate::bench::all_reduce(&sizes, &o)?,
-                (Some(b), None, None) => crate::bench::bundle(&b, &input, &o)?,
-                (None, Some(spec), None) => {
-                    let grid = crate::bench::MoeGrid {
-                        tp,
-                        strategy: match moe_strategy {
-                            StrategyFlag::Ppmoe => Strategy::Ppmoe,
-                            StrategyFlag::Alltoall => Strategy::AllToAll,
-                            StrategyFlag::Auto => Strategy::Auto,
-                        },
-                    };
-                    if tp == 0 {
-                        bail!("--tp must be at least 1");
-                    }
-                    crate::bench::moe(&spec, &tokens, &grid, work_dir, &o)?
-                }
-                _ => bail!(
-                    "bench takes a BUNDLE, --moe H,F,E,K or --all-reduce SIZES (one of the three)"
-                ),
-            };
-            // Ranks other than 0 report nothing (rank 0 holds every rank's times).
-            if let Some(path) = json.filter(|_| !rows.is_empty()) {
-                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
-        }
+        } => match nproc_per_node {
+            Some(n) => launch_ranks(n),
+            None => run_checked(
+                &bundle,
+                (&input, &output_dir),
+                &backend,
+                (&check, tolerance),
+            ),
+        },
+        Command::Bench(args) => bench(args),
         Command::Plan {
             model,
             gpus_per_node,
@@ -474,6 +394,92 @@ pub fn run(cli: Cli) -> Result<()> {
             &input_shape,
         ),
     }
+}
+
+/// `compile`: the bundle written, and what it holds.
+fn compile(model: &Path, output: &Path, c: ppmoe_compiler::pipeline::Compilation) -> Result<()> {
+    let r = ppmoe_compiler::compile(c, output)?;
+    let total: usize = r.weight_bytes.iter().sum();
+    out!(
+        "compiled {} -> {} ({} rank(s), {} MoE layers, {} instructions on rank 0, {} weights, {:.1} KiB in all)",
+        model.display(),
+        output.display(),
+        r.ranks,
+        r.moe_layers,
+        r.instructions,
+        r.weights,
+        total as f64 / 1024.0
+    );
+    for note in &r.kept_all_to_all {
+        out!("note: {note}");
+    }
+    Ok(())
+}
+
+/// `run` on one process: the bundle run, its outputs written, and checked against the
+/// references given.
+fn run_checked(
+    bundle: &Path,
+    (input, output_dir): (&[String], &Path),
+    backend: &str,
+    (check, tolerance): (&[String], f64),
+) -> Result<()> {
+    let backend: Backend = backend.parse().map_err(anyhow::Error::msg)?;
+    let inputs: Vec<InputArg> = input.iter().map(|s| InputArg::parse(s)).collect();
+    let report = run_bundle(bundle, &inputs, output_dir, backend)?;
+    for line in report.lines() {
+        out!("{line}");
+    }
+    let refs: Vec<InputArg> = check.iter().map(|s| InputArg::parse(s)).collect();
+    let (lines, ok) = check_outputs(bundle, &report, &refs, tolerance)?;
+    for l in &lines {
+        out!("{l}");
+    }
+    if !ok {
+        bail!("an output differs from its reference by more than {tolerance:e}");
+    }
+    Ok(())
+}
+
+/// `bench`: a bundle, one MoE layer or the all-reduce alone, timed; rank 0 writes the JSON.
+fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(n) = a.nproc_per_node {
+        return launch_ranks(n);
+    }
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let o = crate::bench::Options {
+        warmup: a.warmup,
+        iters: a.iters,
+        profile: a.profile,
+        peak: a.peak_tflops.zip(a.peak_tbs),
+    };
+    let rows = match (a.bundle, a.moe, a.all_reduce) {
+        (None, None, Some(sizes)) => crate::bench::all_reduce(&sizes, &o)?,
+        (Some(b), None, None) => crate::bench::bundle(&b, &a.input, &o)?,
+        (None, Some(spec), None) => {
+            let grid = crate::bench::MoeGrid {
+                tp: a.tp,
+                strategy: match a.moe_strategy {
+                    StrategyFlag::Ppmoe => Strategy::Ppmoe,
+                    StrategyFlag::Alltoall => Strategy::AllToAll,
+                    StrategyFlag::Auto => Strategy::Auto,
+                },
+            };
+            if a.tp == 0 {
+                bail!("--tp must be at least 1");
+            }
+            crate::bench::moe(&spec, &a.tokens, &grid, a.work_dir, &o)?
+        }
+        _ => bail!("bench takes a BUNDLE, --moe H,F,E,K or --all-reduce SIZES (one of the three)"),
+    };
+    // Ranks other than 0 report nothing (rank 0 holds every rank's times).
+    if let Some(path) = a.json.filter(|_| !rows.is_empty()) {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn stage_name(e: Emit) -> &'static str {
