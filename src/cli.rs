@@ -506,57 +506,10 @@ fn plan(
     json: bool,
     input_shape: &[(String, Vec<i64>)],
 ) -> Result<()> {
-    use ppmoe_compiler::strategy::hf_config::{read_config, ModelShape};
     if gpus_per_node == 0 || nodes == 0 {
         bail!("--gpus-per-node and --nodes must be at least 1");
     }
-    let is_json = model.extension().is_some_and(|e| e == "json");
-    let (shape, model_tokens) = if is_json {
-        let text = std::fs::read_to_string(model)
-            .with_context(|| format!("{}: cannot read", model.display()))?;
-        // A config.json is usually named after nothing; its folder names the model.
-        let stem = model
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name = if stem == "config" {
-            model
-                .parent()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or(stem)
-        } else {
-            stem
-        };
-        (
-            read_config(&text, &name).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?,
-            4096,
-        )
-    } else {
-        let c = ppmoe_compiler::pipeline::run_with(Compilation::new(model, input_shape), "moe")?;
-        let layers = c
-            .core
-            .as_ref()
-            .map(|p| p.moe_layers.clone())
-            .unwrap_or_default();
-        let Some(first) = layers.first() else {
-            bail!("{}: no MoE layer found: nothing to plan", model.display())
-        };
-        let shape = ModelShape {
-            name: model.display().to_string(),
-            layers: layers.len(),
-            dense_layers: 0,
-            hidden: first.hidden,
-            kv_hidden: first.hidden,
-            expert_ffn: first.ffn,
-            dense_ffn: first.ffn,
-            experts: first.experts,
-            top_k: first.top_k,
-            shared_ffn: 0,
-            vocab: 0,
-        };
-        (shape, first.tokens)
-    };
+    let (shape, model_tokens) = model_shape(model, input_shape)?;
     let tp = tp.unwrap_or(gpus_per_node.min(shape.experts));
     let pp = pp.unwrap_or(nodes);
     let total = gpus_per_node * nodes;
@@ -580,6 +533,78 @@ fn plan(
         p.dp, p.pp, p.tp, hw.flops / 1e12, hw.nvlink_bytes_per_s / 1e9, hw.network_bytes_per_s / 1e9, hw.alltoall_efficiency * 100.0
     );
     out!();
+    print_layer_rows(&p);
+    out!();
+    out!("stage | layers  | predicted time | memory per GPU");
+    for s in &p.stages {
+        out!(
+            "{:>5} | {:>3}-{:<3} | {:>14} | {:>10.3} GiB",
+            s.stage,
+            s.first_layer,
+            s.last_layer,
+            seconds(s.seconds),
+            s.memory_bytes / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
+
+/// What `plan` plans for: a Hugging Face config.json's shape (at 4096 tokens), or the MoE
+/// layers an .onnx model's raise finds (at the model's own tokens).
+fn model_shape(
+    model: &Path,
+    input_shape: &[(String, Vec<i64>)],
+) -> Result<(ppmoe_compiler::strategy::hf_config::ModelShape, usize)> {
+    use ppmoe_compiler::strategy::hf_config::{read_config, ModelShape};
+    if model.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read_to_string(model)
+            .with_context(|| format!("{}: cannot read", model.display()))?;
+        // A config.json is usually named after nothing; its folder names the model.
+        let stem = model
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = if stem == "config" {
+            model
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(stem)
+        } else {
+            stem
+        };
+        let shape =
+            read_config(&text, &name).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+        return Ok((shape, 4096));
+    }
+    let c = ppmoe_compiler::pipeline::run_with(Compilation::new(model, input_shape), "moe")?;
+    let layers = c
+        .core
+        .as_ref()
+        .map(|p| p.moe_layers.clone())
+        .unwrap_or_default();
+    let Some(first) = layers.first() else {
+        bail!("{}: no MoE layer found: nothing to plan", model.display())
+    };
+    let shape = ModelShape {
+        name: model.display().to_string(),
+        layers: layers.len(),
+        dense_layers: 0,
+        hidden: first.hidden,
+        kv_hidden: first.hidden,
+        expert_ffn: first.ffn,
+        dense_ffn: first.ffn,
+        experts: first.experts,
+        top_k: first.top_k,
+        shared_ffn: 0,
+        vocab: 0,
+    };
+    Ok((shape, first.tokens))
+}
+
+/// Each strategy's predicted time per MoE layer and the choice; consecutive layers with the
+/// same predictions share a row.
+fn print_layer_rows(p: &ppmoe_compiler::strategy::plan::Plan) {
     let names: Vec<&str> = p
         .layers
         .first()
@@ -593,7 +618,6 @@ fn plan(
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    // Consecutive layers with the same predictions share a row.
     let mut i = 0;
     while i < p.layers.len() {
         let l = &p.layers[i];
@@ -617,19 +641,6 @@ fn plan(
         out!("{span:>10} | {} | {}", cells.join(" | "), l.choice.name());
         i = j + 1;
     }
-    out!();
-    out!("stage | layers  | predicted time | memory per GPU");
-    for s in &p.stages {
-        out!(
-            "{:>5} | {:>3}-{:<3} | {:>14} | {:>10.3} GiB",
-            s.stage,
-            s.first_layer,
-            s.last_layer,
-            seconds(s.seconds),
-            s.memory_bytes / (1u64 << 30) as f64
-        );
-    }
-    Ok(())
 }
 
 /// A duration in the unit that keeps four significant digits readable.
