@@ -8,7 +8,7 @@
 //! inline). Ops of other domains (`com.microsoft.MoE`) are kept as `onnx.<Op>` with an
 //! `onnx.domain` attribute. Absent optional inputs are listed in `onnx.absent_inputs`.
 
-use crate::graph::{AttrValue, Model, TensorData};
+use crate::graph::{AttrValue, Model, Node, TensorData};
 use crate::infer::Types;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -17,95 +17,11 @@ use std::fmt::Write;
 pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
     let g = &model.graph;
     let mut names: HashMap<&str, String> = HashMap::new();
-    let mut args = Vec::new();
-    for (i, v) in g.inputs.iter().enumerate() {
-        names.insert(&v.name, format!("%arg{i}"));
-        args.push(format!(
-            "%arg{i}: {} {{onnx.name = {}}}",
-            ty_of(types, &v.name)?,
-            quote(&v.name)
-        ));
-    }
-    // Weights, in first-use order, so that the argument list reads like the model.
-    for node in &g.nodes {
-        for input in &node.inputs {
-            if !input.is_empty()
-                && !names.contains_key(input.as_str())
-                && g.initializer(input).is_some()
-            {
-                let i = args.len();
-                names.insert(input, format!("%arg{i}"));
-                args.push(format!(
-                    "%arg{i}: {} {{onnx.weight = {}}}",
-                    ty_of(types, input)?,
-                    quote(input)
-                ));
-            }
-        }
-    }
+    let args = main_args(model, types, &mut names)?;
     let mut body = String::new();
     let mut fresh = 0usize;
     for node in &g.nodes {
-        let mut operands = Vec::new();
-        let mut operand_types = Vec::new();
-        let mut absent = Vec::new();
-        for (i, input) in node.inputs.iter().enumerate() {
-            if input.is_empty() {
-                absent.push(i.to_string());
-                continue;
-            }
-            operands.push(
-                names
-                    .get(input.as_str())
-                    .cloned()
-                    .ok_or_else(|| format!("value '{input}' is undefined"))?,
-            );
-            operand_types.push(ty_of(types, input)?);
-        }
-        // Trailing absent inputs are simply not there; only inner gaps need recording.
-        let present_upto = node
-            .inputs
-            .iter()
-            .rposition(|n| !n.is_empty())
-            .map_or(0, |p| p + 1);
-        absent.retain(|i| i.parse::<usize>().is_ok_and(|i| i < present_upto));
-        let mut results = Vec::new();
-        let mut result_types = Vec::new();
-        for out in &node.outputs {
-            let name = format!("%v{fresh}");
-            fresh += 1;
-            result_types.push(ty_of(types, out)?);
-            names.insert(out, name.clone());
-            results.push(name);
-        }
-        let mut attrs: Vec<String> = Vec::new();
-        for (k, v) in &node.attributes {
-            attrs.push(format!("{} = {}", attr_name(k), attr_value(v)));
-        }
-        if !node.domain.is_empty() {
-            attrs.push(format!("onnx.domain = {}", quote(&node.domain)));
-        }
-        if !absent.is_empty() {
-            attrs.push(format!(
-                "onnx.absent_inputs = array<i64: {}>",
-                absent.join(", ")
-            ));
-        }
-        body.push_str("    ");
-        if !results.is_empty() {
-            let _ = write!(body, "{} = ", results.join(", "));
-        }
-        let _ = write!(body, "\"onnx.{}\"({})", node.op_type, operands.join(", "));
-        if !attrs.is_empty() {
-            let _ = write!(body, " {{{}}}", attrs.join(", "));
-        }
-        let _ = writeln!(
-            body,
-            " : ({}) -> ({}) loc({})",
-            operand_types.join(", "),
-            result_types.join(", "),
-            quote(&node.name)
-        );
+        emit_node(&mut body, node, types, (&mut names, &mut fresh))?;
     }
     let mut outs = Vec::new();
     let mut out_types = Vec::new();
@@ -118,15 +34,10 @@ pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
         );
         out_types.push(ty_of(types, &o.name)?);
     }
-    let res_attrs: Vec<String> = g
-        .outputs
-        .iter()
-        .map(|o| format!("{{onnx.name = {}}}", quote(&o.name)))
-        .collect();
     let results_sig: Vec<String> = out_types
         .iter()
-        .zip(&res_attrs)
-        .map(|(t, a)| format!("{t} {a}"))
+        .zip(&g.outputs)
+        .map(|(t, o)| format!("{t} {{onnx.name = {}}}", quote(&o.name)))
         .collect();
     let mut text = String::new();
     let _ = writeln!(
@@ -150,6 +61,114 @@ pub fn emit_onnx(model: &Model, types: &Types) -> Result<String, String> {
     );
     text.push_str("  }\n}\n");
     Ok(text)
+}
+
+/// @main's arguments: the graph's inputs, then its weights in first-use order (so that the
+/// argument list reads like the model), each named in `names`.
+fn main_args<'m>(
+    model: &'m Model,
+    types: &Types,
+    names: &mut HashMap<&'m str, String>,
+) -> Result<Vec<String>, String> {
+    let g = &model.graph;
+    let mut args = Vec::new();
+    for (i, v) in g.inputs.iter().enumerate() {
+        names.insert(&v.name, format!("%arg{i}"));
+        args.push(format!(
+            "%arg{i}: {} {{onnx.name = {}}}",
+            ty_of(types, &v.name)?,
+            quote(&v.name)
+        ));
+    }
+    for node in &g.nodes {
+        for input in &node.inputs {
+            if !input.is_empty()
+                && !names.contains_key(input.as_str())
+                && g.initializer(input).is_some()
+            {
+                let i = args.len();
+                names.insert(input, format!("%arg{i}"));
+                args.push(format!(
+                    "%arg{i}: {} {{onnx.weight = {}}}",
+                    ty_of(types, input)?,
+                    quote(input)
+                ));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// One node as a generic `onnx.<Op>` operation, its results named `%v<fresh>` in `names`.
+fn emit_node<'m>(
+    body: &mut String,
+    node: &'m Node,
+    types: &Types,
+    (names, fresh): (&mut HashMap<&'m str, String>, &mut usize),
+) -> Result<(), String> {
+    let mut operands = Vec::new();
+    let mut operand_types = Vec::new();
+    for input in node.inputs.iter().filter(|n| !n.is_empty()) {
+        operands.push(
+            names
+                .get(input.as_str())
+                .cloned()
+                .ok_or_else(|| format!("value '{input}' is undefined"))?,
+        );
+        operand_types.push(ty_of(types, input)?);
+    }
+    let mut results = Vec::new();
+    let mut result_types = Vec::new();
+    for out in &node.outputs {
+        let name = format!("%v{fresh}");
+        *fresh += 1;
+        result_types.push(ty_of(types, out)?);
+        names.insert(out, name.clone());
+        results.push(name);
+    }
+    let mut attrs: Vec<String> = (node.attributes.iter())
+        .map(|(k, v)| format!("{} = {}", attr_name(k), attr_value(v)))
+        .collect();
+    if !node.domain.is_empty() {
+        attrs.push(format!("onnx.domain = {}", quote(&node.domain)));
+    }
+    let absent = inner_absent_inputs(node);
+    if !absent.is_empty() {
+        attrs.push(format!(
+            "onnx.absent_inputs = array<i64: {}>",
+            absent.join(", ")
+        ));
+    }
+    body.push_str("    ");
+    if !results.is_empty() {
+        let _ = write!(body, "{} = ", results.join(", "));
+    }
+    let _ = write!(body, "\"onnx.{}\"({})", node.op_type, operands.join(", "));
+    if !attrs.is_empty() {
+        let _ = write!(body, " {{{}}}", attrs.join(", "));
+    }
+    let _ = writeln!(
+        body,
+        " : ({}) -> ({}) loc({})",
+        operand_types.join(", "),
+        result_types.join(", "),
+        quote(&node.name)
+    );
+    Ok(())
+}
+
+/// The positions of a node's absent inputs before its last present one (trailing absent
+/// inputs are simply not there; only inner gaps need recording).
+fn inner_absent_inputs(node: &Node) -> Vec<String> {
+    let present_upto = node
+        .inputs
+        .iter()
+        .rposition(|n| !n.is_empty())
+        .map_or(0, |p| p + 1);
+    (node.inputs[..present_upto].iter().enumerate())
+        .filter(|(_, n)| n.is_empty())
+        .map(|(i, _)| i.to_string())
+        .collect()
 }
 
 fn ty_of(types: &Types, name: &str) -> Result<String, String> {
