@@ -359,34 +359,13 @@ impl Lowering {
                 let t = op.dense("value").ok_or("its value is not a dense elements attribute")?.clone();
                 vec![self.constant(t)]
             }
-            "stablehlo.iota" => {
-                let ty = out_ty(0)?;
-                let dims = ty.static_dims().ok_or("dynamic shape")?;
-                let axis = attrs::integer(attr("iota_dimension")?)? as usize;
-                if axis >= dims.len() {
-                    return Err(format!("iota_dimension {axis} of a rank-{} result", dims.len()));
-                }
-                let strides: Vec<i64> = (0..dims.len()).map(|i| dims[i + 1..].iter().product()).collect();
-                let n: i64 = dims.iter().product();
-                let values: Vec<i64> = (0..n).map(|k| (k / strides[axis]) % dims[axis]).collect();
-                let t = retype(TensorData::from_i64(dims, &values), ty.dtype)?;
-                let c = self.constant(t);
-                self.iotas.insert(c.clone(), axis as i64);
-                vec![c]
-            }
+            "stablehlo.iota" => vec![self.iota(&out_ty(0)?, attr("iota_dimension"))?],
             "stablehlo.rsqrt" => {
                 let s = self.one("Sqrt", vec![arg(0)?], vec![]);
                 vec![self.one("Reciprocal", vec![s], vec![])]
             }
             "stablehlo.exponential_minus_one" | "stablehlo.log_plus_one" => {
-                let one = self.scalar_like(1.0, &out_ty(0)?)?;
-                if name.ends_with("minus_one") {
-                    let e = self.one("Exp", vec![arg(0)?], vec![]);
-                    vec![self.one("Sub", vec![e, one], vec![])]
-                } else {
-                    let p = self.one("Add", vec![arg(0)?, one], vec![]);
-                    vec![self.one("Log", vec![p], vec![])]
-                }
+                vec![self.near_one(name, arg(0)?, &out_ty(0)?)?]
             }
             "chlo.erf" => vec![self.one("Erf", vec![arg(0)?], vec![])],
             "chlo.erfc" => {
@@ -399,33 +378,12 @@ impl Lowering {
                 vec![self.one("Min", vec![lo, arg(2)?], vec![])]
             }
             "stablehlo.and" | "stablehlo.or" | "stablehlo.xor" | "stablehlo.not" => {
-                if out_ty(0)?.dtype != DType::Bool {
-                    return Err("bitwise logic on integers is not supported (only on i1)".into());
-                }
-                let onnx = match name {
-                    "stablehlo.and" => "And",
-                    "stablehlo.or" => "Or",
-                    "stablehlo.xor" => "Xor",
-                    _ => "Not",
-                };
-                vec![self.one(onnx, args.clone(), vec![])]
+                vec![self.logic(name, args.clone(), &out_ty(0)?)?]
             }
             "stablehlo.convert" => vec![self.one("Cast", vec![arg(0)?], vec![("to", AttrValue::Int(out_ty(0)?.dtype.to_onnx() as i64))])],
             "stablehlo.compare" => {
                 let dir = attrs::enum_value(attr("comparison_direction")?, "comparison_direction")?;
-                let (a, b) = (arg(0)?, arg(1)?);
-                match dir.as_str() {
-                    "EQ" => vec![self.one("Equal", vec![a, b], vec![])],
-                    "NE" => {
-                        let e = self.one("Equal", vec![a, b], vec![]);
-                        vec![self.one("Not", vec![e], vec![])]
-                    }
-                    "LT" => vec![self.one("Less", vec![a, b], vec![])],
-                    "LE" => vec![self.one("LessOrEqual", vec![a, b], vec![])],
-                    "GT" => vec![self.one("Greater", vec![a, b], vec![])],
-                    "GE" => vec![self.one("GreaterOrEqual", vec![a, b], vec![])],
-                    other => return Err(format!("comparison_direction {other} is not one of EQ, NE, LT, LE, GT, GE")),
-                }
+                vec![self.compare(&dir, arg(0)?, arg(1)?)?]
             }
             "stablehlo.select" => vec![self.one("Where", vec![arg(0)?, arg(1)?, arg(2)?], vec![])],
             "stablehlo.reshape" => {
@@ -443,22 +401,16 @@ impl Lowering {
                 vec![self.one("Concat", args.clone(), vec![("axis", AttrValue::Int(axis))])]
             }
             "stablehlo.slice" => {
-                let (s, l, st) = (attrs::i64_array(attr("start_indices")?)?, attrs::i64_array(attr("limit_indices")?)?, attrs::i64_array(attr("strides")?)?);
-                let axes: Vec<i64> = (0..s.len() as i64).collect();
-                let (a, b, c, d) = (self.i64s(&s), self.i64s(&l), self.i64s(&axes), self.i64s(&st));
-                vec![self.one("Slice", vec![arg(0)?, a, b, c, d], vec![])]
+                let bounds = ["start_indices", "limit_indices", "strides"].map(attr);
+                let [s, l, st] = bounds.map(|b| b.and_then(attrs::i64_array));
+                vec![self.slice(arg(0)?, (&s?, &l?, &st?))]
             }
             "stablehlo.reduce" => self.reduce(op, &args)?,
             "stablehlo.reduce_window" => vec![self.cumsum(op, arg(0)?)?],
             "stablehlo.gather" => vec![self.gather(op, arg(0)?, arg(1)?)?],
             "stablehlo.scatter" => vec![self.scatter(op, &args)?],
             "stablehlo.custom_call" | "chlo.top_k" => self.custom_call(op, &args)?,
-            "func.call" => {
-                let callee = attrs::symbol(attr("callee")?);
-                let f = self.funcs.get(&callee).cloned().ok_or_else(|| format!("calls @{callee}, which the module does not define"))?;
-                let body = f.regions.first().ok_or_else(|| format!("@{callee} has no body"))?;
-                self.inline(body, args, dev)?
-            }
+            "func.call" => self.call(&attrs::symbol(attr("callee")?), args, dev)?,
             "sdy.manual_computation" => self.manual_computation(op, args)?,
             "stablehlo.all_to_all" => vec![self.all_to_all(op, arg(0)?, dev)?],
             "stablehlo.optimization_barrier" => args.clone(),
@@ -470,6 +422,98 @@ impl Lowering {
                 ))
             }
         })
+    }
+
+    /// An iota as the constant it is (remembered as one, for the gathers that read it).
+    fn iota(&mut self, ty: &TensorType, axis: Result<&str, String>) -> Result<String, String> {
+        let dims = ty.static_dims().ok_or("dynamic shape")?;
+        let axis = attrs::integer(axis?)? as usize;
+        if axis >= dims.len() {
+            return Err(format!(
+                "iota_dimension {axis} of a rank-{} result",
+                dims.len()
+            ));
+        }
+        let strides: Vec<i64> = (0..dims.len())
+            .map(|i| dims[i + 1..].iter().product())
+            .collect();
+        let n: i64 = dims.iter().product();
+        let values: Vec<i64> = (0..n).map(|k| (k / strides[axis]) % dims[axis]).collect();
+        let t = retype(TensorData::from_i64(dims, &values), ty.dtype)?;
+        let c = self.constant(t);
+        self.iotas.insert(c.clone(), axis as i64);
+        Ok(c)
+    }
+
+    /// exp(x) - 1 and log(1 + x), as the plain ops.
+    fn near_one(&mut self, name: &str, x: String, ty: &TensorType) -> Result<String, String> {
+        let one = self.scalar_like(1.0, ty)?;
+        Ok(if name.ends_with("minus_one") {
+            let e = self.one("Exp", vec![x], vec![]);
+            self.one("Sub", vec![e, one], vec![])
+        } else {
+            let p = self.one("Add", vec![x, one], vec![]);
+            self.one("Log", vec![p], vec![])
+        })
+    }
+
+    /// and / or / xor / not of booleans (ONNX has no bitwise logic on integers).
+    fn logic(&mut self, name: &str, args: Vec<String>, ty: &TensorType) -> Result<String, String> {
+        if ty.dtype != DType::Bool {
+            return Err("bitwise logic on integers is not supported (only on i1)".into());
+        }
+        let onnx = match name {
+            "stablehlo.and" => "And",
+            "stablehlo.or" => "Or",
+            "stablehlo.xor" => "Xor",
+            _ => "Not",
+        };
+        Ok(self.one(onnx, args, vec![]))
+    }
+
+    fn compare(&mut self, dir: &str, a: String, b: String) -> Result<String, String> {
+        Ok(match dir {
+            "EQ" => self.one("Equal", vec![a, b], vec![]),
+            "NE" => {
+                let e = self.one("Equal", vec![a, b], vec![]);
+                self.one("Not", vec![e], vec![])
+            }
+            "LT" => self.one("Less", vec![a, b], vec![]),
+            "LE" => self.one("LessOrEqual", vec![a, b], vec![]),
+            "GT" => self.one("Greater", vec![a, b], vec![]),
+            "GE" => self.one("GreaterOrEqual", vec![a, b], vec![]),
+            other => {
+                return Err(format!(
+                    "comparison_direction {other} is not one of EQ, NE, LT, LE, GT, GE"
+                ))
+            }
+        })
+    }
+
+    /// A static slice: starts, limits and strides on every axis.
+    fn slice(&mut self, x: String, (s, l, st): (&[i64], &[i64], &[i64])) -> String {
+        let axes: Vec<i64> = (0..s.len() as i64).collect();
+        let (a, b, c, d) = (self.i64s(s), self.i64s(l), self.i64s(&axes), self.i64s(st));
+        self.one("Slice", vec![x, a, b, c, d], vec![])
+    }
+
+    /// A call of a function of the module, inlined.
+    fn call(
+        &mut self,
+        callee: &str,
+        args: Vec<String>,
+        dev: &mut Device,
+    ) -> Result<Vec<String>, String> {
+        let f = self
+            .funcs
+            .get(callee)
+            .cloned()
+            .ok_or_else(|| format!("calls @{callee}, which the module does not define"))?;
+        let body = f
+            .regions
+            .first()
+            .ok_or_else(|| format!("@{callee} has no body"))?;
+        self.inline(body, args, dev)
     }
 
     fn inline(
