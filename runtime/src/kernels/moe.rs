@@ -100,45 +100,14 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
                 (sel, w)
             }
             _ => {
-                let p: Vec<f32> = match scoring {
-                    Scoring::Softmax => softmax(row),
-                    Scoring::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-                    Scoring::Sparsemixer => unreachable!("matched above"),
-                };
-                // The bias (and the group limit) decide the choice; the weights stay p's.
-                let mut choice: Vec<f32> = match &bias {
-                    Some(b) => p.iter().zip(b).map(|(a, b)| a + b).collect(),
-                    None => p.clone(),
-                };
-                if n_group > 1 {
-                    if e % n_group != 0 {
-                        return Err(format!("moe.route: {e} experts in {n_group} groups"));
-                    }
-                    let g = e / n_group;
-                    let group_score: Vec<f32> = (0..n_group)
-                        .map(|gi| {
-                            top_k(&choice[gi * g..(gi + 1) * g], 2.min(g))
-                                .iter()
-                                .map(|&i| choice[gi * g + i])
-                                .sum()
-                        })
-                        .collect();
-                    let keep = top_k(&group_score, topk_group);
-                    for gi in 0..n_group {
-                        if !keep.contains(&gi) {
-                            choice[gi * g..(gi + 1) * g]
-                                .iter_mut()
-                                .for_each(|c| *c = f32::NEG_INFINITY);
-                        }
-                    }
-                }
-                let sel = top_k(&choice, k);
-                let mut w: Vec<f32> = sel.iter().map(|&i| p[i]).collect();
+                let groups = (n_group, topk_group);
+                let sel = scored_choice(row, scoring, bias.as_deref(), groups, k)?;
+                let mut w: Vec<f32> = sel.1;
                 if renormalize && capacity == 0 {
                     let s: f32 = w.iter().sum();
                     w.iter_mut().for_each(|x| *x /= s);
                 }
-                (sel, w)
+                (sel.0, w)
             }
         };
         for j in 0..k {
@@ -147,30 +116,7 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
         }
     }
     if capacity > 0 {
-        // Slot by slot: every token's first choice takes a place before any second choice.
-        let mut used = vec![0usize; e];
-        let mut keep = vec![false; t * k];
-        for j in 0..k {
-            for ti in 0..t {
-                let ex = ids[ti * k + j] as usize;
-                keep[ti * k + j] = used[ex] < capacity;
-                used[ex] += 1;
-            }
-        }
-        for ti in 0..t {
-            let row = &mut weights[ti * k..(ti + 1) * k];
-            row.iter_mut()
-                .zip(&keep[ti * k..(ti + 1) * k])
-                .for_each(|(w, &kp)| {
-                    if !kp {
-                        *w = 0.0
-                    }
-                });
-            if renormalize {
-                let s: f32 = row.iter().sum::<f32>().max(f32::EPSILON);
-                row.iter_mut().for_each(|w| *w /= s);
-            }
-        }
+        drop_past_capacity(&mut weights, &ids, (e, k, capacity), renormalize);
     }
     if routed_scaling_factor != 1.0 {
         weights.iter_mut().for_each(|w| *w *= routed_scaling_factor);
@@ -179,6 +125,96 @@ pub fn route(op: &Op, logits: &Tensor, bias: Option<&Tensor>) -> KResult<Vec<Ten
         Tensor::f32(vec![t, k], weights),
         Tensor::i64(vec![t, k], ids),
     ])
+}
+
+/// A scored router's k choices for one token and their scores: softmax or sigmoid scores,
+/// chosen by score plus `bias` (DeepSeek-V3's score correction) among the experts of the
+/// groups kept (`n_group` groups ranked by their two best, `topk_group` kept) where there is a
+/// group limit; the weights stay the scores.
+fn scored_choice(
+    row: &[f32],
+    scoring: Scoring,
+    bias: Option<&[f32]>,
+    (n_group, topk_group): (usize, usize),
+    k: usize,
+) -> KResult<(Vec<usize>, Vec<f32>)> {
+    let p: Vec<f32> = match scoring {
+        Scoring::Softmax => softmax(row),
+        Scoring::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        Scoring::Sparsemixer => {
+            return Err("moe.route: a sparsemixer is not a scored router".into())
+        }
+    };
+    let mut choice: Vec<f32> = match bias {
+        Some(b) => p.iter().zip(b).map(|(a, b)| a + b).collect(),
+        None => p.clone(),
+    };
+    if n_group > 1 {
+        limit_to_groups(&mut choice, n_group, topk_group)?;
+    }
+    let sel = top_k(&choice, k);
+    let w = sel.iter().map(|&i| p[i]).collect();
+    Ok((sel, w))
+}
+
+/// The group limit: every expert outside the `keep` best of `n_group` groups (a group ranked
+/// by the sum of its two best choices) out of the choice.
+fn limit_to_groups(choice: &mut [f32], n_group: usize, keep: usize) -> KResult<()> {
+    let e = choice.len();
+    if !e.is_multiple_of(n_group) {
+        return Err(format!("moe.route: {e} experts in {n_group} groups"));
+    }
+    let g = e / n_group;
+    let group_score: Vec<f32> = (0..n_group)
+        .map(|gi| {
+            top_k(&choice[gi * g..(gi + 1) * g], 2.min(g))
+                .iter()
+                .map(|&i| choice[gi * g + i])
+                .sum()
+        })
+        .collect();
+    let kept = top_k(&group_score, keep);
+    for gi in (0..n_group).filter(|gi| !kept.contains(gi)) {
+        choice[gi * g..(gi + 1) * g]
+            .iter_mut()
+            .for_each(|c| *c = f32::NEG_INFINITY);
+    }
+    Ok(())
+}
+
+/// GShard's capacity: slot by slot (every token's first choice takes a place before any
+/// second choice), the weights of the assignments past an expert's first `capacity` zeroed;
+/// each token's weights then renormalised where the route renormalises.
+fn drop_past_capacity(
+    weights: &mut [f32],
+    ids: &[i64],
+    (e, k, capacity): (usize, usize, usize),
+    renormalize: bool,
+) {
+    let t = ids.len() / k;
+    let mut used = vec![0usize; e];
+    let mut keep = vec![false; t * k];
+    for j in 0..k {
+        for ti in 0..t {
+            let ex = ids[ti * k + j] as usize;
+            keep[ti * k + j] = used[ex] < capacity;
+            used[ex] += 1;
+        }
+    }
+    for ti in 0..t {
+        let row = &mut weights[ti * k..(ti + 1) * k];
+        row.iter_mut()
+            .zip(&keep[ti * k..(ti + 1) * k])
+            .for_each(|(w, &kp)| {
+                if !kp {
+                    *w = 0.0
+                }
+            });
+        if renormalize {
+            let s: f32 = row.iter().sum::<f32>().max(f32::EPSILON);
+            row.iter_mut().for_each(|w| *w /= s);
+        }
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -229,7 +265,6 @@ pub fn experts(
             w_out.shape
         ));
     };
-    let transposed = layout == ExpertLayout::Linear;
     let gated = a.is_gated();
     if h2 != h
         || n != if gated { 2 * f } else { f }
@@ -243,18 +278,45 @@ pub fn experts(
     }
     let k = w.shape[1];
     // bf16 expert stacks: their GEMMs take bf16 inputs (see linalg::matmul).
-    let (narrow_in, narrow_out) = (w_in.dtype == DType::BF16, w_out.dtype == DType::BF16);
     let mut xv = xv;
-    if narrow_in {
+    if w_in.dtype == DType::BF16 {
         super::linalg::round_bf16(&mut xv);
     }
-    let bi = b_in.map(|b| b.to_f32());
-    let bo = b_out.map(|b| b.to_f32());
-    let lim = limit.unwrap_or(f32::INFINITY);
+    let ffn = ExpertFfn {
+        a,
+        alpha,
+        beta,
+        lim: limit.unwrap_or(f32::INFINITY),
+        transposed: layout == ExpertLayout::Linear,
+        dims: (h, n, f),
+        w_in,
+        w_out,
+        b_in: b_in.map(|b| b.to_f32()),
+        b_out: b_out.map(|b| b.to_f32()),
+    };
     // Slots grouped by expert, so each expert's matrices are read (or widened from bf16) once
     // and multiplied as one GEMM; the k outputs of a token are then summed in slot order.
+    let groups = slots_by_expert(&wv, &iv, e)?;
+    let mut slot_out = vec![0f32; tokens * k * h];
+    for (ex, slots) in groups.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+        let mut xs = Vec::with_capacity(slots.len() * h);
+        for &s in slots {
+            xs.extend_from_slice(&xv[(s / k) * h..(s / k + 1) * h]);
+        }
+        let o = ffn.rows(ex, &xs, slots.len());
+        for (r, &s) in slots.iter().enumerate() {
+            slot_out[s * h..(s + 1) * h].copy_from_slice(&o[r * h..(r + 1) * h]);
+        }
+    }
+    let y = weighted_sum(&slot_out, &wv, (tokens, k, h));
+    Ok(Tensor::f32(vec![tokens, h], y).with_dtype(x.dtype))
+}
+
+/// The slots (t * k + j) of each expert, those of weight 0 left out; an error names an id out
+/// of range.
+fn slots_by_expert(weights: &[f32], ids: &[i64], e: usize) -> KResult<Vec<Vec<usize>>> {
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); e];
-    for (slot, (&wt, &ex)) in wv.iter().zip(&iv).enumerate() {
+    for (slot, (&wt, &ex)) in weights.iter().zip(ids).enumerate() {
         if wt == 0.0 {
             continue;
         }
@@ -263,57 +325,21 @@ pub fn experts(
         }
         groups[ex as usize].push(slot);
     }
-    let mut slot_out = vec![0f32; tokens * k * h];
-    for (ex, slots) in groups.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-        let m = slots.len();
-        let mut xs = Vec::with_capacity(m * h);
-        for &s in slots {
-            xs.extend_from_slice(&xv[(s / k) * h..(s / k + 1) * h]);
-        }
-        let mut hid = vec![0f32; m * n];
-        super::gemm::gemm_acc_weight(m, h, n, &xs, w_in, ex * h * n, transposed, &mut hid);
-        let mut act_out = vec![0f32; m * f];
-        for r in 0..m {
-            let hr = &mut hid[r * n..(r + 1) * n];
-            if let Some(b) = &bi {
-                hr.iter_mut()
-                    .zip(&b[ex * n..(ex + 1) * n])
-                    .for_each(|(v, b)| *v += b);
-            }
-            for q in 0..f {
-                act_out[r * f + q] = if gated {
-                    let (g, u) = (hr[q].min(lim), hr[f + q].clamp(-lim, lim));
-                    let gate = if a == Activation::Geglu {
-                        act(Activation::Gelu, g)
-                    } else {
-                        g * sigmoid(alpha * g)
-                    };
-                    gate * (u + beta)
-                } else {
-                    act(a, hr[q])
-                };
-            }
-        }
-        if narrow_out {
-            super::linalg::round_bf16(&mut act_out);
-        }
-        let mut o = vec![0f32; m * h];
-        super::gemm::gemm_acc_weight(m, f, h, &act_out, w_out, ex * f * h, transposed, &mut o);
-        for (r, &s) in slots.iter().enumerate() {
-            let or = &mut o[r * h..(r + 1) * h];
-            if let Some(b) = &bo {
-                or.iter_mut()
-                    .zip(&b[ex * h..(ex + 1) * h])
-                    .for_each(|(v, b)| *v += b);
-            }
-            slot_out[s * h..(s + 1) * h].copy_from_slice(or);
-        }
-    }
+    Ok(groups)
+}
+
+/// Each token's output: the sum over its k slots, in slot order, of weight * the slot's
+/// expert output (slots of weight 0 add nothing).
+fn weighted_sum(
+    slot_out: &[f32],
+    weights: &[f32],
+    (tokens, k, h): (usize, usize, usize),
+) -> Vec<f32> {
     let mut y = vec![0f32; tokens * h];
     for ti in 0..tokens {
         let yr = &mut y[ti * h..(ti + 1) * h];
         for j in 0..k {
-            let (wt, s) = (wv[ti * k + j], ti * k + j);
+            let (wt, s) = (weights[ti * k + j], ti * k + j);
             if wt != 0.0 {
                 yr.iter_mut()
                     .zip(&slot_out[s * h..(s + 1) * h])
@@ -321,7 +347,92 @@ pub fn experts(
             }
         }
     }
-    Ok(Tensor::f32(vec![tokens, h], y).with_dtype(x.dtype))
+    y
+}
+
+/// One layer's expert FFN: the activation (gated: SwiGLU with its alpha, beta and clamp, or
+/// GeGLU), the stacks and their biases; `dims` (hidden, the first projection's width n, ffn).
+struct ExpertFfn<'a> {
+    a: Activation,
+    alpha: f32,
+    beta: f32,
+    lim: f32,
+    transposed: bool,
+    dims: (usize, usize, usize),
+    w_in: &'a Tensor,
+    w_out: &'a Tensor,
+    b_in: Option<Vec<f32>>,
+    b_out: Option<Vec<f32>>,
+}
+
+impl ExpertFfn<'_> {
+    /// Expert `ex`'s output for `m` rows `xs` ([m, h]): two GEMMs, the activation between.
+    fn rows(&self, ex: usize, xs: &[f32], m: usize) -> Vec<f32> {
+        let (h, n, f) = self.dims;
+        let mut hid = vec![0f32; m * n];
+        super::gemm::gemm_acc_weight(
+            m,
+            h,
+            n,
+            xs,
+            self.w_in,
+            ex * h * n,
+            self.transposed,
+            &mut hid,
+        );
+        let mut act_out = vec![0f32; m * f];
+        for r in 0..m {
+            let hr = &mut hid[r * n..(r + 1) * n];
+            if let Some(b) = &self.b_in {
+                hr.iter_mut()
+                    .zip(&b[ex * n..(ex + 1) * n])
+                    .for_each(|(v, b)| *v += b);
+            }
+            self.activate(hr, &mut act_out[r * f..(r + 1) * f]);
+        }
+        if self.w_out.dtype == DType::BF16 {
+            super::linalg::round_bf16(&mut act_out);
+        }
+        let mut o = vec![0f32; m * h];
+        super::gemm::gemm_acc_weight(
+            m,
+            f,
+            h,
+            &act_out,
+            self.w_out,
+            ex * f * h,
+            self.transposed,
+            &mut o,
+        );
+        if let Some(b) = &self.b_out {
+            for r in 0..m {
+                o[r * h..(r + 1) * h]
+                    .iter_mut()
+                    .zip(&b[ex * h..(ex + 1) * h])
+                    .for_each(|(v, b)| *v += b);
+            }
+        }
+        o
+    }
+
+    /// One row's activation: gate(hr[q]) * (hr[f + q] + beta) where gated, else act(hr[q]).
+    fn activate(&self, hr: &[f32], out: &mut [f32]) {
+        let f = self.dims.2;
+        let (a, lim) = (self.a, self.lim);
+        for (q, o) in out.iter_mut().enumerate() {
+            *o = if a.is_gated() {
+                let (g, u) = (hr[q].min(lim), hr[f + q].clamp(-lim, lim));
+                let gate = if a == Activation::Geglu {
+                    act(Activation::Gelu, g)
+                } else {
+                    g * sigmoid(self.alpha * g)
+                };
+                gate * (u + self.beta)
+            } else {
+                act(a, hr[q])
+            };
+        }
+    }
 }
 
 /// Rows of the slots routed to experts [first, first + count), grouped by expert, with the
