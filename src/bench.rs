@@ -222,12 +222,12 @@ pub fn moe(
         for &t in &counts {
             let bundle = dir.join(format!("bundle-{t}"));
             let mut c = moe_layer::cuda_compilation(&model, shape, t);
-            c.grid = Some(ppmoe_compiler::distribute::Grid {
+            c.options.grid = Some(ppmoe_compiler::distribute::Grid {
                 dp: 1,
                 pp: 1,
                 tp: grid.tp,
             });
-            c.strategy = Some(grid.strategy);
+            c.options.strategy = Some(grid.strategy);
             ppmoe_compiler::compile(c, &bundle)?;
             let r = time_bundle(&bundle, grid.tp, o)?;
             // The floor of the layer spread over tp GPUs: each does 1/tp of the work and reads

@@ -284,28 +284,28 @@ impl MoeFlags {
             bail!("--tp, --pp, --dp and --microbatches must be at least 1");
         }
         let mut c = Compilation::new(model, input_shape);
-        c.capacity_policy = Some(match self.capacity {
+        c.options.capacity_policy = Some(match self.capacity {
             CapacityFlag::Keep => CapacityPolicy::Keep,
             CapacityFlag::Dropless => CapacityPolicy::Dropless,
         });
-        c.grid = Some(Grid {
+        c.options.grid = Some(Grid {
             dp: self.dp,
             pp: self.pp,
             tp: self.tp,
         });
-        c.microbatches = self.microbatches;
-        c.weights = self.weights;
-        c.eval_limit =
+        c.options.microbatches = self.microbatches;
+        c.options.weights = self.weights;
+        c.options.eval_limit =
             Some(self.eval_limit.checked_mul(1 << 20).ok_or_else(|| {
                 anyhow::anyhow!("--eval-limit {} MiB is too large", self.eval_limit)
             })?);
-        c.target_cuda = self.target == TargetFlag::Cuda;
-        c.weight_dtype = match self.dtype {
+        c.options.target_cuda = self.target == TargetFlag::Cuda;
+        c.options.weight_dtype = match self.dtype {
             DtypeFlag::Fp32 => None,
             DtypeFlag::Bf16 => Some(ppmoe_runtime::DType::BF16),
             DtypeFlag::Fp16 => Some(ppmoe_runtime::DType::F16),
         };
-        c.strategy = Some(match self.strategy {
+        c.options.strategy = Some(match self.strategy {
             StrategyFlag::Ppmoe => Strategy::Ppmoe,
             StrategyFlag::Alltoall => Strategy::AllToAll,
             StrategyFlag::Auto => Strategy::Auto,
@@ -722,7 +722,7 @@ fn print_summary(c: Compilation) -> Result<()> {
             out!("note: layer {}: {n}", l.origin);
         }
     }
-    for u in &c.unraised {
+    for u in &c.diagnostics.unraised {
         out!("not raised: {u}");
     }
     Ok(())

@@ -160,8 +160,8 @@ pub fn cuda_compilation(
 ) -> ppmoe_compiler::pipeline::Compilation {
     let x = vec![tokens as i64, shape.hidden as i64];
     let mut c = ppmoe_compiler::pipeline::Compilation::new(model, &[("x".to_string(), x)]);
-    c.target_cuda = true;
-    c.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+    c.options.target_cuda = true;
+    c.options.weight_dtype = Some(ppmoe_runtime::DType::BF16);
     c
 }
 
@@ -496,8 +496,8 @@ mod tests {
         let x = bf16_input(t, s.hidden, |i| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 2.0);
         let run = |tp: usize, strategy: Strategy, name: &str| {
             let mut c = cuda_compilation(&model, s, t);
-            c.grid = Some(Grid { dp: 1, pp: 1, tp });
-            c.strategy = Some(strategy);
+            c.options.grid = Some(Grid { dp: 1, pp: 1, tp });
+            c.options.strategy = Some(strategy);
             ppmoe_compiler::compile(c, &d.path().join(name)).unwrap();
             let b = ppmoe_runtime::bundle::read_bundle(&d.path().join(name)).unwrap();
             let y =

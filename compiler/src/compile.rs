@@ -23,8 +23,8 @@ pub struct CompileReport {
 
 /// Compiles through every stage built and writes the bundle.
 pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError> {
-    let model_path = c.path.clone();
-    let cuda = c.target_cuda;
+    let model_path = c.options.path.clone();
+    let cuda = c.options.target_cuda;
     let mut c = run_with(c, if cuda { "ptx" } else { "pipelined" })?;
     // For the CUDA backend: each rank's per-instruction plan and its PTX file.
     let mut extra = Vec::new();
@@ -60,7 +60,7 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         dtype: p.buffers[id].dtype,
         shape: p.buffers[id].shape.clone(),
     };
-    let grid = c.grid.unwrap_or(crate::distribute::Grid {
+    let grid = c.options.grid.unwrap_or(crate::distribute::Grid {
         dp: 1,
         pp: 1,
         tp: 1,
@@ -81,7 +81,7 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         outputs: p.outputs.iter().map(|&i| port(i)).collect(),
         programs: c.ranks.iter().map(|r| r.program.clone()).collect(),
         files: BTreeMap::new(),
-        microbatches: c.microbatches.max(1),
+        microbatches: c.options.microbatches.max(1),
     };
     let report = CompileReport {
         ranks: c.ranks.len(),
@@ -98,7 +98,7 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
             })
             .collect(),
         moe_layers: core.moe_layers.len(),
-        kept_all_to_all: c.kept_all_to_all.clone(),
+        kept_all_to_all: c.diagnostics.kept_all_to_all.clone(),
     };
     let weights: Vec<Vec<(String, ppmoe_runtime::Tensor)>> =
         c.ranks.into_iter().map(|r| r.weights).collect();

@@ -64,47 +64,60 @@ pub const STAGES: &[Stage] = &[
 /// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
 pub const NOT_MLIR: &[&str] = &["ptx"];
 
-/// What the stages build up, one field per rung.
-#[derive(Default)]
-pub struct Compilation {
+/// What the user asked for: the model, its input shapes, and the flags that steer the stages.
+#[derive(Clone, Default)]
+pub struct Options {
     pub path: PathBuf,
     pub input_shapes: Vec<(String, Vec<i64>)>,
     /// StableHLO: a safetensors file binding @main's arguments at compile time (`--weights`).
     pub weights: Option<PathBuf>,
-    pub model: Option<Model>,
-    pub types: Option<Types>,
-    pub onnx_text: Option<String>,
-    pub core: Option<CoreProgram>,
     /// How the `moe` stage treats capacity dropping (`--moe-capacity`).
     pub capacity_policy: Option<CapacityPolicy>,
-    /// Near misses of the `moe` stage: layers that look like MoE but were not raised, and why.
-    pub unraised: Vec<String>,
     /// The device grid (`--dp --pp --tp`); 1 x 1 x 1 when not given.
     pub grid: Option<Grid>,
     /// How MoE layers are distributed (`--moe-strategy`).
     pub strategy: Option<Strategy>,
-    /// The `sharded` stage: one program per tensor-parallel index.
-    pub sharded: Vec<RankProgram>,
-    /// Where the PPMoE rewrite kept the all-to-all form, and why.
-    pub kept_all_to_all: Vec<String>,
-    /// The `pipelined` stage: one program per rank of the grid.
-    pub ranks: Vec<RankProgram>,
     /// The machine the cost model assumes (`--moe-strategy auto`).
     pub hardware: Option<Hardware>,
-    /// The strategy each MoE layer got.
-    pub choices: Vec<Choice>,
     /// GPipe microbatches (`--microbatches`); the programs are compiled for one of them.
     pub microbatches: usize,
-    /// The `kernels` stage: per rank, how each instruction runs on the GPU.
-    pub kernel_plans: Vec<crate::codegen::KernelPlan>,
-    /// The `ptx` stage: per rank's kernel module, its PTX.
-    pub ptx: Vec<(String, String)>,
     /// `compile --target cuda`: the bundle carries the GPU plan and PTX.
     pub target_cuda: bool,
     /// `--dtype`: the type the weights are stored in (computation stays f32).
     pub weight_dtype: Option<ppmoe_runtime::DType>,
     /// `--eval-limit`: the largest tensor compile-time evaluation may make, in bytes.
     pub eval_limit: Option<usize>,
+}
+
+/// What the stages say beside their output, for the user.
+#[derive(Default)]
+pub struct Diagnostics {
+    /// Near misses of the `moe` stage: layers that look like MoE but were not raised, and why.
+    pub unraised: Vec<String>,
+    /// Where the PPMoE rewrite kept the all-to-all form, and why.
+    pub kept_all_to_all: Vec<String>,
+}
+
+/// A compilation: its options, what the stages build up (one field per rung), and what they
+/// said.
+#[derive(Default)]
+pub struct Compilation {
+    pub options: Options,
+    pub diagnostics: Diagnostics,
+    pub model: Option<Model>,
+    pub types: Option<Types>,
+    pub onnx_text: Option<String>,
+    pub core: Option<CoreProgram>,
+    /// The `sharded` stage: one program per tensor-parallel index.
+    pub sharded: Vec<RankProgram>,
+    /// The `pipelined` stage: one program per rank of the grid.
+    pub ranks: Vec<RankProgram>,
+    /// The strategy each MoE layer got.
+    pub choices: Vec<Choice>,
+    /// The `kernels` stage: per rank, how each instruction runs on the GPU.
+    pub kernel_plans: Vec<crate::codegen::KernelPlan>,
+    /// The `ptx` stage: per rank's kernel module, its PTX.
+    pub ptx: Vec<(String, String)>,
     /// Input shapes of a few tokens (`moe::probe`), where the `moe` stage recognises layers at
     /// a cost that does not grow with the compile size; and the `core` program at the first.
     pub probe_shapes: Vec<Vec<(String, Vec<i64>)>>,
@@ -183,7 +196,7 @@ fn ptx(c: &mut Compilation) -> Result<(), CompileError> {
     }
     text.push_str("}\n");
     c.ptx = crate::codegen::ptx::to_ptx(&text).map_err(|diagnostics| CompileError::Verify {
-        path: c.path.clone(),
+        path: c.options.path.clone(),
         stage: "ptx".into(),
         diagnostics,
     })?;
@@ -199,7 +212,7 @@ fn print_ptx(c: &Compilation) -> String {
 }
 
 fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
-    let grid = c.grid.unwrap_or(Grid {
+    let grid = c.options.grid.unwrap_or(Grid {
         dp: 1,
         pp: 1,
         tp: 1,
@@ -209,17 +222,17 @@ fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
     Some(crate::core::print::print_programs_with(
         &programs,
         Some((&grid.mlir(), grid.tp, grid.pp)),
-        c.microbatches.max(1),
+        c.options.microbatches.max(1),
     ))
 }
 
 fn shard(c: &mut Compilation) -> Result<(), CompileError> {
-    let grid = c.grid.unwrap_or(Grid {
+    let grid = c.options.grid.unwrap_or(Grid {
         dp: 1,
         pp: 1,
         tp: 1,
     });
-    let strategy = c.strategy.unwrap_or(Strategy::Ppmoe);
+    let strategy = c.options.strategy.unwrap_or(Strategy::Ppmoe);
     let Some(core) = c.core.as_mut() else {
         return Err(CompileError::StageNotBuilt(
             "sharded".into(),
@@ -239,7 +252,7 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
         weights,
     };
     c.sharded.clear();
-    c.kept_all_to_all.clear();
+    c.diagnostics.kept_all_to_all.clear();
     // auto: the e-graph picks per layer among the forms codegen has (ppmoe, alltoall).
     let picks: Vec<Choice> = match strategy {
         Strategy::Ppmoe => vec![Choice::Ppmoe; core.moe_layers.len()],
@@ -260,7 +273,7 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
             crate::strategy::egraph::choose(
                 &shapes,
                 grid.tp,
-                c.hardware.unwrap_or_default(),
+                c.options.hardware.unwrap_or_default(),
                 &[Choice::Ppmoe, Choice::AllToAll],
             )
             .into_iter()
@@ -271,8 +284,13 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     c.choices = picks.clone();
     for t in 0..grid.tp {
         let dense = crate::distribute::dense_tp::dense_tp(&one, grid.tp, t);
-        let mut rp =
-            crate::distribute::shard_moe::shard_moe(&c.path, &dense, grid.tp, t, &mut blocks)?;
+        let mut rp = crate::distribute::shard_moe::shard_moe(
+            &c.options.path,
+            &dense,
+            grid.tp,
+            t,
+            &mut blocks,
+        )?;
         rp.program.coords = [0, 0, t];
         rp.program.rank = t;
         if strategy != Strategy::AllToAll {
@@ -280,7 +298,7 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
             let notes =
                 crate::distribute::ppmoe_rewrite::ppmoe_rewrite(&mut rp, t, grid.tp, &wanted);
             if t == 0 {
-                c.kept_all_to_all.extend(notes);
+                c.diagnostics.kept_all_to_all.extend(notes);
             }
         }
         let mut weights = rp.weights;
@@ -291,7 +309,7 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
 }
 
 fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
-    let grid = c.grid.unwrap_or(Grid {
+    let grid = c.options.grid.unwrap_or(Grid {
         dp: 1,
         pp: 1,
         tp: 1,
@@ -304,13 +322,13 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
     })?;
     let cuts = crate::distribute::pipeline_split::choose_cuts(&first.program, grid.pp).map_err(
         |reason| CompileError::Grid {
-            path: c.path.clone(),
+            path: c.options.path.clone(),
             reason,
         },
     )?;
     // Converted once per tp index, before the stages and replicas share the tensors: each
     // weight is replaced as it is converted, so no second copy of the weights is held.
-    if let Some(dt) = c.weight_dtype {
+    if let Some(dt) = c.options.weight_dtype {
         for rp in &mut c.sharded {
             crate::passes::weight_dtype::convert_weights(rp, dt);
         }
@@ -338,7 +356,7 @@ fn pipeline(c: &mut Compilation) -> Result<(), CompileError> {
 
 fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
     let shapes = microbatch_shapes(c)?;
-    let loaded = ppmoe_frontend::load_model(&c.path, c.weights.as_deref())?;
+    let loaded = ppmoe_frontend::load_model(&c.options.path, c.options.weights.as_deref())?;
     c.probe_shapes = crate::moe::probe::candidate_shapes(&loaded, &shapes);
     let (model, types, text) = ppmoe_frontend::import_loaded(loaded, &shapes)?;
     c.model = Some(model);
@@ -350,18 +368,19 @@ fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
 /// The input shapes to compile at: with K microbatches, axis 0 (the batch) of every input is
 /// cut by K, so the programs run one microbatch at a time.
 fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, CompileError> {
-    let k = c.microbatches.max(1) as i64;
+    let k = c.options.microbatches.max(1) as i64;
     if k == 1 {
-        return Ok(c.input_shapes.clone());
+        return Ok(c.options.input_shapes.clone());
     }
-    let model = ppmoe_frontend::load_model(&c.path, c.weights.as_deref())?;
+    let model = ppmoe_frontend::load_model(&c.options.path, c.options.weights.as_deref())?;
     let bad = |reason: String| CompileError::Grid {
-        path: c.path.clone(),
+        path: c.options.path.clone(),
         reason,
     };
     let mut out = Vec::new();
     for input in &model.graph.inputs {
         let given = c
+            .options
             .input_shapes
             .iter()
             .find(|(n, _)| n == &input.name)
@@ -394,7 +413,7 @@ fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
             "it needs the onnx stage first".into(),
         ));
     };
-    let limit = c.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
+    let limit = c.options.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
     let initializers = convert_initializers(model)?;
     let core = lower_to_core_with(model, types, &initializers, limit, &Default::default())?;
     c.probe_core =
@@ -404,14 +423,14 @@ fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
 }
 
 fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
-    let policy = c.capacity_policy.unwrap_or(CapacityPolicy::Keep);
+    let policy = c.options.capacity_policy.unwrap_or(CapacityPolicy::Keep);
     let Some(core) = c.core.as_mut() else {
         return Err(CompileError::StageNotBuilt(
             "moe".into(),
             "it needs the core stage first".into(),
         ));
     };
-    let limit = c.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
+    let limit = c.options.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
     // The few-token program is only a means of recognition: dropped once used.
     let outcome = match c.probe_core.take() {
         Some(mut probe) => {
@@ -423,7 +442,7 @@ fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
         tracing::warn!("not raised: {u}");
     }
     core.moe_layers.extend(outcome.raised);
-    c.unraised = outcome.unraised;
+    c.diagnostics.unraised = outcome.unraised;
     Ok(())
 }
 
@@ -453,14 +472,7 @@ pub fn run_until(
     input_shapes: &[(String, Vec<i64>)],
     last: &str,
 ) -> Result<Compilation, CompileError> {
-    run_with(
-        Compilation {
-            path: path.to_owned(),
-            input_shapes: input_shapes.to_vec(),
-            ..Default::default()
-        },
-        last,
-    )
+    run_with(Compilation::new(path, input_shapes), last)
 }
 
 /// Runs the stages up to and including `last` on a prepared compilation (options set).
@@ -482,7 +494,7 @@ pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileEr
 /// The IR after `stage`, parsed and verified by MLIR, printed with large constants elided;
 /// with the compilation itself, for what else the caller reports (the MoE summary).
 pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), CompileError> {
-    let path = c.path.clone();
+    let path = c.options.path.clone();
     let c = run_with(c, stage)?;
     let s = STAGES
         .iter()
@@ -506,8 +518,11 @@ pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), Compil
 impl Compilation {
     pub fn new(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Compilation {
         Compilation {
-            path: path.to_owned(),
-            input_shapes: input_shapes.to_vec(),
+            options: Options {
+                path: path.to_owned(),
+                input_shapes: input_shapes.to_vec(),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

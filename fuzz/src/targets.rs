@@ -63,7 +63,7 @@ impl Target {
                 }
                 let mut c = ppmoe_compiler::pipeline::Compilation::new(&file, &[]);
                 // Small limits: a hostile size is an error quickly, not minutes of work.
-                c.eval_limit = Some(16 << 20);
+                c.options.eval_limit = Some(16 << 20);
                 ppmoe_compiler::pipeline::run_with(c, "moe")
                     .map(|c| format!("{} layers", c.core.map_or(0, |p| p.moe_layers.len())))
                     .map_err(|e| e.to_string())
