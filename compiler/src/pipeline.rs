@@ -267,7 +267,7 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
                     ffn: l.ffn,
                     experts: l.experts,
                     top_k: l.top_k,
-                    gated: l.activation.contains("swiglu") || l.activation.contains("geglu"),
+                    gated: l.gated,
                 })
                 .collect();
             crate::strategy::egraph::choose(
@@ -283,7 +283,7 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     };
     c.choices = picks.clone();
     for t in 0..grid.tp {
-        let dense = crate::distribute::dense_tp::dense_tp(&one, grid.tp, t);
+        let (dense, rank_pieces) = crate::distribute::dense_tp::dense_tp(&one, grid.tp, t);
         let mut rp = crate::distribute::shard_moe::shard_moe(
             &c.options.path,
             &dense,
@@ -295,8 +295,12 @@ fn shard(c: &mut Compilation) -> Result<(), CompileError> {
         rp.program.rank = t;
         if strategy != Strategy::AllToAll {
             let wanted = |n: usize| picks.get(n) == Some(&Choice::Ppmoe);
-            let notes =
-                crate::distribute::ppmoe_rewrite::ppmoe_rewrite(&mut rp, t, grid.tp, &wanted);
+            let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(
+                &mut rp,
+                (t, grid.tp),
+                &wanted,
+                &rank_pieces,
+            );
             if t == 0 {
                 c.diagnostics.kept_all_to_all.extend(notes);
             }

@@ -19,12 +19,16 @@ use std::collections::{HashMap, HashSet};
 /// Buffers whose value is the same on every rank of the group: model inputs, replicated
 /// weights, and what is computed from them alone; token slices and expert outputs are not,
 /// all-gathers and all-reduces are again.
-fn replicated(p: &Program, sharded_weights: &HashSet<BufferId>) -> HashSet<BufferId> {
+fn replicated(
+    p: &Program,
+    sharded_weights: &HashSet<BufferId>,
+    rank_pieces: &HashSet<BufferId>,
+) -> HashSet<BufferId> {
     let mut rep: HashSet<BufferId> = p.inputs.iter().copied().collect();
     rep.extend((0..p.buffers.len()).filter(|b| {
         p.buffers[*b].kind == BufferKind::Weight
             && !sharded_weights.contains(b)
-            && !super::dense_tp::is_rank_piece(&p.buffers[*b].name)
+            && !rank_pieces.contains(b)
     }));
     for ins in &p.instructions {
         let all_in = ins.inputs.iter().flatten().all(|b| rep.contains(b));
@@ -59,12 +63,13 @@ struct Plan {
 /// Rewrites every all-to-all MoE layer whose precondition holds; returns, for the others,
 /// where and why not.
 /// `wanted(n)`: whether the n-th MoE layer (in program order) should take the PPMoE form
-/// (`--moe-strategy auto` leaves some in the all-to-all form).
+/// (`--moe-strategy auto` leaves some in the all-to-all form); `rank_pieces`: the weights
+/// dense TP cut into this rank's own pieces (`dense_tp`), which are not replicated.
 pub fn ppmoe_rewrite(
     rp: &mut RankProgram,
-    t: usize,
-    tp: usize,
+    (t, tp): (usize, usize),
     wanted: &dyn Fn(usize) -> bool,
+    rank_pieces: &HashSet<BufferId>,
 ) -> Vec<String> {
     let p = &mut rp.program;
     let producer: HashMap<BufferId, usize> = p
@@ -79,7 +84,7 @@ pub fn ppmoe_rewrite(
         .filter(|i| matches!(i.op, Op::MoeExpertFfn { .. }))
         .flat_map(|i| i.inputs[2..].iter().flatten().copied())
         .collect();
-    let rep = replicated(p, &sharded);
+    let rep = replicated(p, &sharded, rank_pieces);
     let mut notes = Vec::new();
     let mut plans = Vec::new();
     let mut layer = 0;
@@ -319,7 +324,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
-        let notes = ppmoe_rewrite(&mut rp, 1, 2, &|_| true);
+        let notes = ppmoe_rewrite(&mut rp, (1, 2), &|_| true, &HashSet::new());
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 0);
         assert_eq!(count(&rp, |o| matches!(o, Op::AllReduce { .. })), 1);
@@ -345,7 +350,7 @@ mod tests {
             &mut Default::default(),
         )
         .unwrap();
-        let notes = ppmoe_rewrite(&mut rp, 0, 2, &|_| true);
+        let notes = ppmoe_rewrite(&mut rp, (0, 2), &|_| true, &HashSet::new());
         assert_eq!(notes.len(), 1);
         assert!(
             notes[0].contains("layer at \"experts\": kept all-to-all")

@@ -43,6 +43,9 @@ pub struct MoeLayer {
     pub ffn: usize,
     pub routing: String,
     pub activation: String,
+    /// Whether the experts' FFN is gated (SwiGLU, GeGLU): what the cost model reads of it.
+    #[serde(skip)]
+    pub gated: bool,
     pub shared_experts: String,
     pub family: Family,
     /// What the raise changed, when it is not exact (capacity dropping kept or made dropless).

@@ -136,6 +136,7 @@ impl Lowering<'_> {
             ffn: moe.ffn.ffn_size(),
             routing: format!("softmax -> top-{k}{renormalised}"),
             activation: moe.ffn.describe_activation(),
+            gated: moe.ffn.activation.is_gated(),
             shared_experts: "none".into(),
             family: crate::moe::Family::FusedOrt,
             note: None,

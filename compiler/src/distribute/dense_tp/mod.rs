@@ -42,6 +42,8 @@ struct Tp<'a> {
     group: Vec<usize>,
     /// Buffers no split may reach (the router's logits: routing must be replicated).
     keep_whole: HashSet<BufferId>,
+    /// The weights cut into this rank's own pieces (their values differ between ranks).
+    rank_pieces: HashSet<BufferId>,
 }
 
 fn shape_of(b: &Buffer) -> Option<Vec<usize>> {
@@ -255,6 +257,7 @@ impl Tp<'_> {
             .remove(0);
             let id = self.new_buf(name.clone(), dtype, local, BufferKind::Weight);
             self.rp.weights.push((name, piece));
+            self.rank_pieces.insert(id);
             id
         } else {
             let slice = Op::TokenSlice {
@@ -304,23 +307,14 @@ impl Tp<'_> {
     }
 }
 
-/// Whether a weight of a rank program is that rank's own piece (so values computed from it
-/// differ between ranks): the pieces dense TP cuts are named `<weight>.tp<rank>_<axis>`.
-pub fn is_rank_piece(name: &str) -> bool {
-    name.rsplit_once(".tp").is_some_and(|(_, rest)| {
-        rest.starts_with("_shape")
-            || rest
-                .split_once('_')
-                .is_some_and(|(r, a)| r.parse::<usize>().is_ok() && a.parse::<usize>().is_ok())
-    })
-}
-
-/// The dense layers of `rp` split over tp ranks, for rank t. MoE ops are left whole (their
-/// operands made replicated); the MoE passes distribute them.
-pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> RankProgram {
+/// The dense layers of `rp` split over tp ranks, for rank t, and the weights cut into rank
+/// t's own pieces (whose values differ between ranks; later passes append buffers, so the ids
+/// hold through the `sharded` stage). MoE ops are left whole (their operands made
+/// replicated); the MoE passes distribute them.
+pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> (RankProgram, HashSet<BufferId>) {
     let mut out = rp.clone();
     if tp == 1 {
-        return out;
+        return (out, HashSet::new());
     }
     let n = out.program.buffers.len();
     let full: Vec<Option<Vec<usize>>> = out.program.buffers.iter().map(shape_of).collect();
@@ -343,6 +337,7 @@ pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> RankProgram {
         sliced: HashMap::new(),
         group: (0..tp).collect(),
         keep_whole,
+        rank_pieces: HashSet::new(),
     };
     for ins in instructions {
         tpx.step(ins);
@@ -371,6 +366,7 @@ pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> RankProgram {
         }
     }
     let body = std::mem::take(&mut tpx.out);
+    let rank_pieces = std::mem::take(&mut tpx.rank_pieces);
     out.program.instructions = body;
-    out
+    (out, rank_pieces)
 }

@@ -336,6 +336,7 @@ impl Tp<'_> {
         self.rp
             .weights
             .push((name, Tensor::i64(vec![local.len()], local)));
+        self.rank_pieces.insert(id);
         self.set_split(Self::first_out(ins), x + off);
         Some(Self::reading(ins, vec![Some(inp), Some(id)]))
     }

@@ -682,6 +682,7 @@ fn apply(
         ffn: ffn.ffn_size(),
         routing: route.describe(),
         activation: ffn.describe_activation(),
+        gated: ffn.activation.is_gated(),
         shared_experts: String::new(),
         family,
         note,
