@@ -412,9 +412,9 @@ mod tests {
     }
 
     /// At one token the layer's experts are the two single-token kernels (beside the listed
-    /// path's, the runtime's fallback; up to 4096 columns): x read as its bf16 bits or as f32, the stacks and x a
-    /// 16-byte word at a time; at two tokens there are none. Their values are checked against
-    /// the CPU backend on the GPU machine (`scripts/moe-check` at one token).
+    /// path's, the runtime's fallback; up to 4096 columns): x read as its bf16 bits or as f32, the
+    /// stacks and x a 16-byte word at a time; at two tokens there are none. Their values are
+    /// checked against the CPU backend on the GPU machine (`scripts/moe-check` at one token).
     #[test]
     fn one_tokens_experts_are_two_kernels_reading_whole_words() {
         use ppmoe_runtime::program::TOKEN_KERNELS;

@@ -297,7 +297,8 @@ impl Loader {
                     })
                     .collect(),
                 DType::I32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                // int32_data carries the narrower types (and fp16/bf16 bit patterns) one per element.
+                // int32_data carries the narrower types (and fp16/bf16 bit patterns) one per
+                // element.
                 DType::I8 | DType::U8 | DType::Bool => {
                     t.int32_data.iter().map(|&v| v as u8).collect()
                 }

@@ -1,5 +1,6 @@
 //! ONNX's protobuf messages (onnx.proto, IR version 10), written as prost derives so that no
-//! `protoc` is needed at build time. Only the fields ppmoe reads are declared; prost skips the rest.
+//! `protoc` is needed at build time. Only the fields ppmoe reads are declared; prost skips the
+//! rest.
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {

@@ -548,12 +548,12 @@ fn entries_ending(ptx: &str, suffix: &str) -> Vec<String> {
 /// with bf16 stacks (this LM's, whatever --dtype says) are routed so too, their projections
 /// on the tensor cores (`tproj`: mma.sync, bf16 in, f32 accumulated; routes_on_tensor_cores;
 /// the gated activation in the first one's epilogue; one row per expert: 2 tokens); more (2
-/// rows per expert of this LM's small matrices and up: 16 and 256 tokens) with the warpgroup ones (wgmma, sm_90a; `pproj`, a block per
-/// SM over every expert's tiles, a producer warp feeding them, the weights by tensor copies;
-/// `PPMOE_TENSOR_PROJECTIONS=wgmma-per-tile`: `sproj`, a block per expert's column tile;
-/// `=wgmma-cp-async`: `wproj`, every thread copying by cp.async), unless turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's
-/// local step at tp 2 on the device too (never all-to-all's, whose rows travel); `=0` never
-/// routes on the device.
+/// rows per expert of this LM's small matrices and up: 16 and 256 tokens) with the warpgroup ones
+/// (wgmma, sm_90a; `pproj`, a block per SM over every expert's tiles, a producer warp feeding them,
+/// the weights by tensor copies; `PPMOE_TENSOR_PROJECTIONS=wgmma-per-tile`: `sproj`, a block per
+/// expert's column tile; `=wgmma-cp-async`: `wproj`, every thread copying by cp.async), unless
+/// turned off. `PPMOE_DEVICE_ROUTING=1` routes PPMoE's local step at tp 2 on the device too (never
+/// all-to-all's, whose rows travel); `=0` never routes on the device.
 #[test]
 fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
     const MMA: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";

@@ -5,8 +5,8 @@
 //! for one another: a slot with no row (pos -1) reads the first row and adds 0, so no load sits
 //! behind a branch (the bias, present or not, is one branch around two straight copies of the
 //! body: each slot's bias inside a branch of its own would let the compiler sink the later
-//! slots' loads past it). The pairs kernel (4-byte loads, one slot's load after the other's) reached
-//! about half the copy bandwidth on an H200 (0.083 ms for Qwen3-30B-A3B's layer at 4096
+//! slots' loads past it). The pairs kernel (4-byte loads, one slot's load after the other's)
+//! reached about half the copy bandwidth on an H200 (0.083 ms for Qwen3-30B-A3B's layer at 4096
 //! tokens, 168 MB). Each column's sum is the pairs kernel's, term by term in slot order.
 
 use super::kernel_gen::dyn_kernel;

@@ -25,8 +25,8 @@ use super::kernel_gen::{rounded_gate_up, warp_reduce, WARP};
 use ppmoe_runtime::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
 use std::fmt::Write as _;
 
-/// The two (or three) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots, the activation's
-/// math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not.
+/// The two (or three) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots, the
+/// activation's math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not.
 pub(super) fn kernels(
     prefix: &str,
     (hidden, ffn, k, experts): (usize, usize, usize, usize),
@@ -274,8 +274,8 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
     )
 }
 
-/// Slot `slot`'s local expert (of `experts`) `%loc{sfx}` (i64), its weight `%wv{sfx}`, and whether it is
-/// this rank's with a weight not 0 (`%ok{sfx}`), from `%ids`, `%w` and `%first`.
+/// Slot `slot`'s local expert (of `experts`) `%loc{sfx}` (i64), its weight `%wv{sfx}`, and whether
+/// it is this rank's with a weight not 0 (`%ok{sfx}`), from `%ids`, `%w` and `%first`.
 fn slot_check(b: &mut String, (slot, experts): (&str, usize), sfx: &str, ind: &str) {
     let _ = writeln!(
         b,

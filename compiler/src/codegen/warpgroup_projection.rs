@@ -184,9 +184,9 @@ impl WarpgroupProjection<'_> {
 
     /// The block's constants and this thread's place (`constants`), then the block's expert
     /// `%e`, column tile `%nb` and count `%cnt`, and (where it has rows; in the form whose
-    /// threads all copy) the addresses the copies start from: `%wq{q}` (weight row q's word, bytes, q = 0 .. 7) and `%sq{q}` (an
-    /// operand's row q's word in a stage, bytes): thread t copies word t % 8 of row t / 8 +
-    /// 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
+    /// threads all copy) the addresses the copies start from: `%wq{q}` (weight row q's word, bytes,
+    /// q = 0 .. 7) and `%sq{q}` (an operand's row q's word in a stage, bytes): thread t copies word
+    /// t % 8 of row t / 8 + 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
     fn prologue(&self, b: &mut String) {
         self.constants(b);
         let _ = writeln!(

@@ -276,7 +276,8 @@ pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
             if s + 1 != stages {
                 q.outputs.clear();
             }
-            // What this stage no longer reads goes, weights included (each rank holds only its own).
+            // What this stage no longer reads goes, weights included (each rank holds only its
+            // own).
             let mut weights = rp.weights.clone();
             let q = crate::passes::dead_code::remove_dead_code(q, &mut weights);
             RankProgram {

@@ -7,7 +7,8 @@ use ppmoe_runtime::program::Op;
 use ppmoe_runtime::DType;
 use std::collections::{HashMap, HashSet};
 
-/// The weights that are the B side of a matmul whose result, through reshapes, is a router's logits.
+/// The weights that are the B side of a matmul whose result, through reshapes, is a router's
+/// logits.
 pub fn router_weights(rp: &RankProgram) -> HashSet<String> {
     let p = &rp.program;
     let producer: HashMap<usize, usize> = p

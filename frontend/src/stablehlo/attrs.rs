@@ -119,7 +119,8 @@ pub struct ScatterDims {
     pub batching: bool,
 }
 
-/// `#stablehlo.scatter<update_window_dims = [1], inserted_window_dims = [0], scatter_dims_to_operand_dims = [0], index_vector_dim = 1>`.
+/// `#stablehlo.scatter<update_window_dims = [1], inserted_window_dims = [0],
+/// scatter_dims_to_operand_dims = [0], index_vector_dim = 1>`.
 pub fn scatter_dims(s: &str) -> Result<ScatterDims, String> {
     let mut d = ScatterDims::default();
     for (name, value) in fields(s, "#stablehlo.scatter<")? {

@@ -1,9 +1,9 @@
 //! Counted loops, unrolled: `stablehlo.while` as `jax.lax.scan` and `fori_loop` lower it (a
 //! scan over stacked layer weights, say), and `stablehlo.dynamic_slice`, with which such a
 //! body picks its iteration's slice. The condition is `counter < N`, the counter one of the
-//! carried values (JAX puts it after the scanned arrays), started at a constant, N a constant. Each iteration's body is
-//! lowered with the counter as a constant, so that the slices it takes fold to static ones in
-//! the core stage. Other loops are refused by name.
+//! carried values (JAX puts it after the scanned arrays), started at a constant, N a constant. Each
+//! iteration's body is lowered with the counter as a constant, so that the slices it takes fold to
+//! static ones in the core stage. Other loops are refused by name.
 
 use super::ir::{HOp, HRegion};
 use super::lower::{Device, Env, Lowering};

@@ -266,7 +266,8 @@ impl Lowering {
                         .ok_or_else(|| format!("{}: operand %v{v} is not defined", op.describe()))
                 })
                 .collect::<Result<_, _>>()?;
-            // A broadcast scalar stays a scalar where an elementwise op's other operand has the result's shape.
+            // A broadcast scalar stays a scalar where an elementwise op's other operand has the
+            // result's shape.
             let out_dims = op.results.first().and_then(|r| r.ty.static_dims());
             let full = is_elementwise(&op.name)
                 && args
@@ -748,7 +749,8 @@ impl Lowering {
             };
             return Ok(vec![self.one(combine, vec![r, init.clone()], vec![])]);
         }
-        // (values, indices) with an iota of the reduced dimension: arg max / arg min, first index on ties.
+        // (values, indices) with an iota of the reduced dimension: arg max / arg min, first index
+        // on ties.
         if n == 2 && dims.len() == 1 {
             let axis = dims[0];
             let is_iota = self.iotas.get(&args[1]) == Some(&axis);

@@ -17,7 +17,8 @@ use std::sync::Arc;
 const HEADER: usize = 12;
 const MAX_RANK: usize = HEADER - 4;
 
-/// `g` pieces of `piece` shape laid end to end in `flat` (as NCCL leaves them), joined along `axis`.
+/// `g` pieces of `piece` shape laid end to end in `flat` (as NCCL leaves them), joined along
+/// `axis`.
 fn join(flat: &[f32], piece: &[usize], g: usize, axis: usize) -> Result<Tensor, String> {
     let m = piece.iter().product::<usize>().max(1);
     let pieces: Vec<Tensor> = flat
@@ -134,7 +135,8 @@ impl Rank<'_> {
                 );
                 let g = group.len();
                 let x = self.host(s)?;
-                // Piece j goes to the group's j-th member; what comes from member j is piece j of the result.
+                // Piece j goes to the group's j-th member; what comes from member j is piece j of
+                // the result.
                 let pieces = kernels::execute(
                     &Op::Split {
                         axis: *split_axis as i64,

@@ -115,7 +115,7 @@ impl Comms {
         Ok(all)
     }
 
-    /// This rank's part is done    /// This rank's part is done (its stream synchronised): the peers are told, and the
+    /// This rank's part is done (its stream synchronised): the peers are told, and the
     /// communicators are destroyed in order rather than aborted.
     pub fn finish(&mut self) {
         if let Some(l) = &self.links {

@@ -7,8 +7,9 @@
 //! little), cuBLAS GEMMs per projection over the experts' row blocks (grouped, one per
 //! expert, or one strided batch over padded blocks: whichever is fastest for the shape,
 //! `grouped_choice`), the activation kernel between them, and a combine kernel that sums each
-//! token's k weighted expert outputs (a gather, so no atomics and the same order every run). The pieces (gather, FFN over blocks, combine) are shared with the
-//! all-to-all step (`alltoall_experts.rs`).
+//! token's k weighted expert outputs (a gather, so no atomics and the same order every run). The
+//! pieces (gather, FFN over blocks, combine) are shared with the all-to-all step
+//! (`alltoall_experts.rs`).
 
 use super::blas::{Elem, Grouped};
 use super::Rank;

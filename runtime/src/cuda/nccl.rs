@@ -219,7 +219,8 @@ impl Nccl {
         let _ = unsafe { (self.comm_abort)(comm) };
     }
 
-    /// Sums `count` elements of `dtype` over the communicator, `send` into `recv` (device pointers).
+    /// Sums `count` elements of `dtype` over the communicator, `send` into `recv` (device
+    /// pointers).
     ///
     /// # Safety
     /// Both pointers are device buffers of at least `count` elements, valid until `stream` passes.
