@@ -6,7 +6,8 @@
 //! layer at 4096 tokens on an H200 (8192 rows: 705 MB read and written, about 55% of the copy
 //! bandwidth). Each element's arithmetic is the pairs kernel's.
 
-use super::kernel_gen::{add_bias, dyn_kernel, step_params, Kind};
+use super::experts_kernels::{add_bias, step_params, Kind};
+use super::kernel_gen::dyn_kernel;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -76,7 +77,7 @@ mod tests {
     /// its eight activations one 16-byte store, each with its exponential and reciprocal.
     #[test]
     fn eight_activations_a_thread() {
-        let math = crate::codegen::kernel_gen::silu_gated_math();
+        let math = crate::codegen::experts_kernels::silu_gated_math();
         let kernel = super::kernel("t", (64, 128), true, &math);
         let ptx = crate::codegen::ptx::kernel_ptx(&kernel);
         assert!(ptx.contains(".entry t_act"));

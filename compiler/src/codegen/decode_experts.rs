@@ -21,7 +21,8 @@
 //! its result does not: each row is computed by the same lanes in the same order wherever it
 //! sits, and written to its own slot's row.
 
-use super::kernel_gen::{static_shape, warp_reduce, ExpertsOperands, WARP};
+use super::experts_kernels::ExpertsOperands;
+use super::kernel_gen::{static_shape, warp_reduce, WARP};
 use super::tensor_core_projection::TensorCoreProjection;
 use ppmoe_runtime::program::{DecodeTile, ExpertDims, ExpertLayout, Op, Program, DECODE_WARPS};
 use std::fmt::Write as _;

@@ -4,7 +4,8 @@
 //! all_to_all -> combine (`AllToAllExperts`: only the routed rows travel, in one ragged
 //! exchange each way, where the dispatched form sends every expert's bucket at full capacity).
 
-use super::kernel_gen::{dyn_kernel, experts_kernels, static_shape, ExpertsOperands, Ffn, Lowered};
+use super::experts_kernels::{experts_kernels, ExpertsOperands, Ffn};
+use super::kernel_gen::{dyn_kernel, static_shape, Lowered};
 use ppmoe_runtime::program::{Instruction, Op, Program};
 use std::collections::HashMap;
 

@@ -10,6 +10,7 @@ mod data_movement;
 mod decode_experts;
 mod device_grouping;
 mod expert_steps;
+mod experts_kernels;
 mod gather_octets;
 pub mod kernel_gen;
 mod masks;

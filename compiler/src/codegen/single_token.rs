@@ -21,7 +21,8 @@
 //! kernels are generated beside them (the runtime falls back to those where x is not 16-byte
 //! aligned, or under `PPMOE_SINGLE_TOKEN=0`).
 
-use super::kernel_gen::{rounded_gate_up, warp_reduce, WARP};
+use super::experts_kernels::rounded_gate_up;
+use super::kernel_gen::{warp_reduce, WARP};
 use ppmoe_runtime::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
 use std::fmt::Write as _;
 

@@ -359,7 +359,7 @@ impl TensorCoreProjection {
                     let (gate, up) = ((i * 2) * 4 + 2 * side + c, (i * 2 + 1) * 4 + 2 * side + c);
                     let o = format!("{r}_{c}");
                     let (g, u) = (format!("%{p}acc#{gate}"), format!("%{p}acc#{up}"));
-                    super::kernel_gen::rounded_gate_up(b, &o, &g, &u, "            ");
+                    super::experts_kernels::rounded_gate_up(b, &o, &g, &u, "            ");
                     let _ = writeln!(
                         b,
                         "            %{o}a = scf.execute_region -> f32 {{\n            %g = arith.addf %{o}gv, %zero : f32\n            %u = arith.addf %{o}uv, %zero : f32\n{act}            scf.yield %res : f32\n            }}\n            %{o}k = arith.constant {c} : index\n            %{o}col = arith.addi %oc0, %{o}k : index\n            %{o}ok = arith.cmpi ult, %{o}col, %{p}cF : index\n            scf.if %{o}ok {{\n              %{o}at = arith.addi %{r}base, %{o}col : index\n              %{o}v = arith.truncf %{o}a : f32 to bf16\n              memref.store %{o}v, %dst[%{o}at] : memref<?xbf16>\n            }}"
@@ -428,7 +428,7 @@ mod tests {
     /// to bf16 by one conversion, and stores into [slots, F].
     #[test]
     fn a_fused_projection_applies_the_activation_to_paired_columns() {
-        let act = crate::codegen::kernel_gen::silu_gated_math();
+        let act = crate::codegen::experts_kernels::silu_gated_math();
         assert!(TensorCoreProjection::fuses(64, 128, false));
         assert!(
             !TensorCoreProjection::fuses(48, 96, false),

@@ -559,7 +559,7 @@ mod tests {
     /// epilogue), unfused (the second projection) to the listed slots.
     #[test]
     fn a_sorted_projection_copies_its_rows_as_boxes() {
-        let act = crate::codegen::kernel_gen::silu_gated_math();
+        let act = crate::codegen::experts_kernels::silu_gated_math();
         for fused in [false, true] {
             let mut p = small("t_pproj_sorted", true);
             p.persistent = true;
@@ -712,7 +712,7 @@ mod tests {
     /// pair narrowed to bf16 by one conversion, the SiLU's division an approximate reciprocal.
     #[test]
     fn a_fused_projection_pairs_gate_and_up_tiles() {
-        let act = crate::codegen::kernel_gen::silu_gated_math();
+        let act = crate::codegen::experts_kernels::silu_gated_math();
         assert!(TensorCoreProjection::fuses(64, 128, true));
         assert!(!TensorCoreProjection::fuses(64, 96, true));
         let kernel = TensorCoreProjection {

@@ -271,7 +271,7 @@ impl WarpgroupProjection<'_> {
                     idx + up
                 );
                 let (g, u) = (format!("%{o}g"), format!("%{o}u"));
-                super::super::kernel_gen::rounded_gate_up(b, o, &g, &u, "              ");
+                super::super::experts_kernels::rounded_gate_up(b, o, &g, &u, "              ");
                 let _ = writeln!(
                     b,
                     "              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}"
