@@ -4,10 +4,10 @@
 //! trials; the first candidate a reading reproduces is the layer, and each later candidate the
 //! same reading still reproduces extends it (a residual add or a cast after the layer's sum).
 
+use super::anchor::{find_anchor, reshape_family, router_input, router_side, Anchor};
 use super::{
-    einsum_capacity, find_anchor, hints, largest_weight, region_tolerance, reshape_family,
-    router_input, router_side, run_reading, weights_of, Anchor, Found, Route, SCAN_LIMIT,
-    TOLERANCE,
+    einsum_capacity, hints, largest_weight, region_tolerance, run_reading, weights_of, Found,
+    Route, SCAN_LIMIT, TOLERANCE,
 };
 use crate::core::CoreProgram;
 use crate::moe::expert_weights::{candidates, ActivationHints, Reading};
