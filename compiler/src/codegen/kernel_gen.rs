@@ -292,101 +292,120 @@ fn generate(p: &Program, idx: usize) -> Option<(String, String, usize)> {
         return None;
     }
     let out_shape = static_shape(outs[0])?;
-    let n: usize = out_shape.iter().product();
-    let mut body = String::new();
-    let name;
+    let name = format!("k{idx}_{}", ins.op.name());
     match &ins.op {
-        Op::Unary { f } => {
-            let expr = unary_expr(*f)?;
-            name = format!("k{idx}_{}", ins.op.name());
-            prologue(&mut body, n);
-            let _ = writeln!(
-                body,
-                "        %x = memref.load %a0[%i] : {}",
-                memref(&out_shape)
-            );
-            body.push_str(&expr);
-            let _ = writeln!(
-                body,
-                "        memref.store %r, %a1[%i] : {}",
-                memref(&out_shape)
-            );
-            let params = vec![memref(&out_shape), memref(&out_shape)];
-            Some((name.clone(), kernel(&name, &params, &body), n))
-        }
+        Op::Unary { f } => unary_kernel(&name, *f, &out_shape),
         Op::Binary { f } => {
-            let op = binary_op(*f)?;
             let (a, b) = (static_shape(bufs[0])?, static_shape(bufs[1])?);
-            name = format!("k{idx}_{}", ins.op.name());
-            prologue(&mut body, n);
-            let oa = broadcast_offset(&mut body, "pa", &a, &out_shape);
-            let ob = broadcast_offset(&mut body, "pb", &b, &out_shape);
-            let _ = writeln!(
-                body,
-                "        %x = memref.load %a0[{oa}] : {}\n        %y = memref.load %a1[{ob}] : {}",
-                memref(&a),
-                memref(&b)
-            );
-            let _ = writeln!(
-                body,
-                "        %r = {op} %x, %y : f32\n        memref.store %r, %a2[%i] : {}",
-                memref(&out_shape)
-            );
-            let params = vec![memref(&a), memref(&b), memref(&out_shape)];
-            Some((name.clone(), kernel(&name, &params, &body), n))
+            binary_kernel(&name, *f, (&a, &b), &out_shape)
         }
         Op::LayerNorm { axis, epsilon } => {
-            let rank = out_shape.len() as i64;
-            let from = if *axis < 0 { axis + rank } else { *axis };
-            if !(0..rank).contains(&from) || !(2..=3).contains(&bufs.len()) {
-                return None;
-            }
-            let inner: usize = out_shape[from as usize..].iter().product();
-            let scale = static_shape(bufs[1])?;
-            let bias = match bufs.get(2) {
-                Some(b) => Some(static_shape(b)?),
-                None => None,
-            };
-            let fits = |s: &[usize]| s.iter().product::<usize>() == inner;
-            if bufs[0].shape != outs[0].shape
-                || !fits(&scale)
-                || !bias.as_ref().is_none_or(|b| fits(b))
-            {
-                return None;
-            }
-            let rows = n / inner.max(1);
-            name = format!("k{idx}_layer_norm");
-            prologue(&mut body, rows * WARP);
-            layer_norm_rows(
-                &mut body,
-                inner,
-                *epsilon,
-                bufs.len() == 3,
-                &out_shape,
-                &scale,
-            );
-            let mut params = vec![memref(&out_shape), memref(&scale)];
-            if let Some(b) = &bias {
-                params.push(memref(b));
-            }
-            params.push(memref(&out_shape));
-            Some((name.clone(), kernel(&name, &params, &body), rows * WARP))
+            let same = bufs.first().is_some_and(|b| b.shape == outs[0].shape);
+            layer_norm_kernel(
+                &format!("k{idx}_layer_norm"),
+                &bufs,
+                (*axis, *epsilon),
+                (&out_shape, same),
+            )
         }
         Op::Softmax { axis, log: false } => {
-            let rank = out_shape.len();
-            if !(*axis == -1 || *axis == rank as i64 - 1) {
-                return None;
-            }
-            let cols = *out_shape.last()?;
-            let rows = n / cols.max(1);
-            name = format!("k{idx}_softmax");
-            prologue(&mut body, rows * WARP);
-            softmax_rows(&mut body, cols, &memref(&out_shape));
-            let params = vec![memref(&out_shape), memref(&out_shape)];
-            Some((name.clone(), kernel(&name, &params, &body), rows * WARP))
+            softmax_kernel(&format!("k{idx}_softmax"), *axis, &out_shape)
         }
         _ => None,
     }
+}
+
+/// y = f(x), one thread per element.
+fn unary_kernel(name: &str, f: UnaryFn, out: &[usize]) -> Option<(String, String, usize)> {
+    let expr = unary_expr(f)?;
+    let n: usize = out.iter().product();
+    let mut body = String::new();
+    prologue(&mut body, n);
+    let _ = writeln!(body, "        %x = memref.load %a0[%i] : {}", memref(out));
+    body.push_str(&expr);
+    let _ = writeln!(body, "        memref.store %r, %a1[%i] : {}", memref(out));
+    let params = vec![memref(out), memref(out)];
+    Some((name.to_string(), kernel(name, &params, &body), n))
+}
+
+/// y = a op b, the operands broadcast to the output, one thread per element.
+fn binary_kernel(
+    name: &str,
+    f: BinaryFn,
+    (a, b): (&[usize], &[usize]),
+    out: &[usize],
+) -> Option<(String, String, usize)> {
+    let op = binary_op(f)?;
+    let n: usize = out.iter().product();
+    let mut body = String::new();
+    prologue(&mut body, n);
+    let oa = broadcast_offset(&mut body, "pa", a, out);
+    let ob = broadcast_offset(&mut body, "pb", b, out);
+    let _ = writeln!(
+        body,
+        "        %x = memref.load %a0[{oa}] : {}\n        %y = memref.load %a1[{ob}] : {}",
+        memref(a),
+        memref(b)
+    );
+    let _ = writeln!(
+        body,
+        "        %r = {op} %x, %y : f32\n        memref.store %r, %a2[%i] : {}",
+        memref(out)
+    );
+    let params = vec![memref(a), memref(b), memref(out)];
+    Some((name.to_string(), kernel(name, &params, &body), n))
+}
+
+/// LayerNormalization over the axes from `axis` on (scale, and bias where given, of that
+/// size), one warp per row; `same`: the input has the output's shape.
+fn layer_norm_kernel(
+    name: &str,
+    bufs: &[&Buffer],
+    (axis, epsilon): (i64, f32),
+    (out, same): (&[usize], bool),
+) -> Option<(String, String, usize)> {
+    let rank = out.len() as i64;
+    let from = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&from) || !(2..=3).contains(&bufs.len()) {
+        return None;
+    }
+    let inner: usize = out[from as usize..].iter().product();
+    let scale = static_shape(bufs[1])?;
+    let bias = match bufs.get(2) {
+        Some(b) => Some(static_shape(b)?),
+        None => None,
+    };
+    let fits = |s: &[usize]| s.iter().product::<usize>() == inner;
+    if !same || !fits(&scale) || !bias.as_ref().is_none_or(|b| fits(b)) {
+        return None;
+    }
+    let n: usize = out.iter().product();
+    let rows = n / inner.max(1);
+    let mut body = String::new();
+    prologue(&mut body, rows * WARP);
+    layer_norm_rows(&mut body, inner, epsilon, bufs.len() == 3, out, &scale);
+    let mut params = vec![memref(out), memref(&scale)];
+    if let Some(b) = &bias {
+        params.push(memref(b));
+    }
+    params.push(memref(out));
+    Some((name.to_string(), kernel(name, &params, &body), rows * WARP))
+}
+
+/// A softmax over the last axis, one warp per row.
+fn softmax_kernel(name: &str, axis: i64, out: &[usize]) -> Option<(String, String, usize)> {
+    let rank = out.len();
+    if !(axis == -1 || axis == rank as i64 - 1) {
+        return None;
+    }
+    let cols = *out.last()?;
+    let n: usize = out.iter().product();
+    let rows = n / cols.max(1);
+    let mut body = String::new();
+    prologue(&mut body, rows * WARP);
+    softmax_rows(&mut body, cols, &memref(out));
+    let params = vec![memref(out), memref(out)];
+    Some((name.to_string(), kernel(name, &params, &body), rows * WARP))
 }
 
 /// x ^ c, from `%x` into `%r`, for the exponents RMS norms use (2 and 0.5): exact, with no
