@@ -27,40 +27,8 @@ impl Lowering<'_> {
             .iter()
             .map(|d| d.known().map(|v| v as usize))
             .collect();
-        let operand_t = |this: &mut Self, name: &str, t: bool| -> Result<BufferId, CompileError> {
-            if !t {
-                return Ok(this.operand(name));
-            }
-            if let Some(c) = this.consts.get(name) {
-                // A transposed weight is transposed once, here.
-                let tt = kernels::execute(&Op::Transpose { perm: vec![1, 0] }, &[Some(c)], 1)
-                    .map_err(|e| this.node_err(node, e))?
-                    .remove(0);
-                return Ok(this.const_operand(name, tt));
-            }
-            let src = this.operand(name);
-            let ty = this.types.get(name).cloned();
-            let tshape = ty
-                .as_ref()
-                .map(|t| {
-                    t.dims
-                        .iter()
-                        .rev()
-                        .map(|d| d.known().map(|v| v as usize))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let tmp = this.temp(name, dtype, tshape);
-            this.emit(
-                node,
-                Op::Transpose { perm: vec![1, 0] },
-                vec![Some(src)],
-                vec![tmp],
-            );
-            Ok(tmp)
-        };
-        let a = operand_t(self, &node.inputs[0], ta)?;
-        let b = operand_t(self, &node.inputs[1], tb)?;
+        let a = self.gemm_operand(node, &node.inputs[0], ta, dtype)?;
+        let b = self.gemm_operand(node, &node.inputs[1], tb, dtype)?;
         let has_c = node.inputs.get(2).is_some_and(|c| !c.is_empty());
         let final_out = self.buffer_for_value(&node.outputs[0], BufferKind::Temp);
         let needs_more = alpha != 1.0 || has_c;
@@ -90,30 +58,7 @@ impl Lowering<'_> {
             cur = next;
         }
         if has_c {
-            let c_name = node.inputs[2].clone();
-            let c = if beta == 1.0 {
-                self.operand(&c_name)
-            } else if let Some(cv) = self.consts.get(&c_name).cloned() {
-                let scaled = Tensor::f32(
-                    cv.shape.clone(),
-                    cv.to_f32().iter().map(|v| v * beta).collect(),
-                )
-                .with_dtype(cv.dtype);
-                self.const_operand(&c_name, scaled)
-            } else {
-                let src = self.operand(&c_name);
-                let s =
-                    self.const_operand(&c_name, Tensor::f32(vec![], vec![beta]).with_dtype(dtype));
-                let cshape = self.buffers[src].shape.clone();
-                let tmp = self.temp(&c_name, dtype, cshape);
-                self.emit(
-                    node,
-                    Op::Binary { f: BinaryFn::Mul },
-                    vec![Some(src), Some(s)],
-                    vec![tmp],
-                );
-                tmp
-            };
+            let c = self.gemm_bias(node, &node.inputs[2], beta, dtype);
             self.emit(
                 node,
                 Op::Binary { f: BinaryFn::Add },
@@ -124,7 +69,73 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    /// Clip(x, lo, hi) = Min(Max(x, lo), hi), each bound only where given.
+    /// A Gemm operand, transposed where `transposed`: a constant once, here; a run-time value
+    /// by a transpose instruction.
+    fn gemm_operand(
+        &mut self,
+        node: &Node,
+        name: &str,
+        transposed: bool,
+        dtype: DType,
+    ) -> Result<BufferId, CompileError> {
+        if !transposed {
+            return Ok(self.operand(name));
+        }
+        if let Some(c) = self.consts.get(name) {
+            // A transposed weight is transposed once, here.
+            let tt = kernels::execute(&Op::Transpose { perm: vec![1, 0] }, &[Some(c)], 1)
+                .map_err(|e| self.node_err(node, e))?
+                .remove(0);
+            return Ok(self.const_operand(name, tt));
+        }
+        let src = self.operand(name);
+        let ty = self.types.get(name).cloned();
+        let tshape = ty
+            .as_ref()
+            .map(|t| {
+                t.dims
+                    .iter()
+                    .rev()
+                    .map(|d| d.known().map(|v| v as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tmp = self.temp(name, dtype, tshape);
+        self.emit(
+            node,
+            Op::Transpose { perm: vec![1, 0] },
+            vec![Some(src)],
+            vec![tmp],
+        );
+        Ok(tmp)
+    }
+
+    /// Gemm's C times beta: itself where beta is 1, a scaled constant, or a run-time product.
+    fn gemm_bias(&mut self, node: &Node, c_name: &str, beta: f32, dtype: DType) -> BufferId {
+        if beta == 1.0 {
+            return self.operand(c_name);
+        }
+        if let Some(cv) = self.consts.get(c_name).cloned() {
+            let scaled = Tensor::f32(
+                cv.shape.clone(),
+                cv.to_f32().iter().map(|v| v * beta).collect(),
+            )
+            .with_dtype(cv.dtype);
+            return self.const_operand(c_name, scaled);
+        }
+        let src = self.operand(c_name);
+        let s = self.const_operand(c_name, Tensor::f32(vec![], vec![beta]).with_dtype(dtype));
+        let cshape = self.buffers[src].shape.clone();
+        let tmp = self.temp(c_name, dtype, cshape);
+        self.emit(
+            node,
+            Op::Binary { f: BinaryFn::Mul },
+            vec![Some(src), Some(s)],
+            vec![tmp],
+        );
+        tmp
+    }
+
     /// IsNaN(x) = not(x == x): NaN is the one value unequal to itself (exact, and both ops
     /// already run everywhere).
     pub(super) fn lower_is_nan(&mut self, node: &Node) -> Result<(), CompileError> {
@@ -283,6 +294,7 @@ impl Lowering<'_> {
         );
     }
 
+    /// Clip(x, lo, hi) = Min(Max(x, lo), hi), each bound only where given.
     pub(super) fn lower_clip(&mut self, node: &Node) -> Result<(), CompileError> {
         let x = self.operand(&node.inputs[0]);
         let lo = node.inputs.get(1).filter(|n| !n.is_empty()).cloned();
