@@ -32,17 +32,7 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
         path: path.to_owned(),
         cause,
     })?;
-    // The pretty form names ops bare (`%0 = stablehlo.add %a, %b`), the generic one in quotes.
-    if let Some((n, line)) = text.lines().enumerate().find(|(_, l)| {
-        let t = l.trim_start();
-        t.starts_with("func.func @")
-            || t.starts_with("module ")
-            || t.starts_with("module{")
-            || t.contains("= stablehlo.")
-            || t.starts_with("stablehlo.")
-    }) {
-        return Err(err(format!("line {}: `{}` is pretty-printed StableHLO; ppmoe reads the generic op form: {HOW_TO_GENERIC}", n + 1, line.trim())));
-    }
+    refuse_pretty_form(&text).map_err(err)?;
     // MLIR's parser verifies symbol uses, and takes any one-region unregistered op (a
     // sdy.manual_computation) for a symbol table, where a func.call inside finds no callee. The
     // calls are read under another name, which no verifier looks at, and named back.
@@ -55,32 +45,7 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
     let top = reader
         .block_ops(module.body().first_operation())
         .map_err(err)?;
-    let mut funcs: HashMap<String, HOp> = HashMap::new();
-    let mut meshes = HashMap::new();
-    for op in top {
-        let sym = op.attr("sym_name").map(attrs::symbol).unwrap_or_default();
-        match op.name.as_str() {
-            "func.func" => {
-                funcs.insert(sym, op);
-            }
-            "sdy.mesh" => {
-                meshes.insert(
-                    sym,
-                    attrs::mesh(op.attr("mesh").unwrap_or_default()).map_err(|e| {
-                        err(format!(
-                            "sdy.mesh @{}: {e}",
-                            op.attr("sym_name").unwrap_or("?")
-                        ))
-                    })?,
-                );
-            }
-            other => {
-                return Err(err(format!(
-                    "a top-level {other}: expected func.func and sdy.mesh"
-                )))
-            }
-        }
-    }
+    let (funcs, meshes) = functions_and_meshes(top).map_err(err)?;
     let main = funcs
         .get("main")
         .cloned()
@@ -93,7 +58,70 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
         Some(w) => read_weights(w, body)?,
         None => HashMap::new(),
     };
-    let mut lowering = lower::Lowering::new(funcs.clone(), meshes);
+    let lowering = lower::Lowering::new(funcs.clone(), meshes);
+    let graph = main_graph(lowering, body, &bound).map_err(err)?;
+    Ok(Model {
+        path: path.to_owned(),
+        ir_version: 8,
+        producer: "stablehlo".into(),
+        opsets: vec![(String::new(), 18)],
+        graph,
+    })
+}
+
+/// The pretty form names ops bare (`%0 = stablehlo.add %a, %b`), the generic one in quotes:
+/// the first line in the pretty form is refused, with how to print the generic one.
+fn refuse_pretty_form(text: &str) -> Result<(), String> {
+    let pretty = text.lines().enumerate().find(|(_, l)| {
+        let t = l.trim_start();
+        t.starts_with("func.func @")
+            || t.starts_with("module ")
+            || t.starts_with("module{")
+            || t.contains("= stablehlo.")
+            || t.starts_with("stablehlo.")
+    });
+    match pretty {
+        Some((n, line)) => Err(format!("line {}: `{}` is pretty-printed StableHLO; ppmoe reads the generic op form: {HOW_TO_GENERIC}", n + 1, line.trim())),
+        None => Ok(()),
+    }
+}
+
+/// A module's functions by symbol, and its sdy meshes (each axis's name and size).
+type FunctionsAndMeshes = (HashMap<String, HOp>, HashMap<String, Vec<(String, i64)>>);
+
+/// The module's functions and sdy meshes by symbol; anything else at the top is refused.
+fn functions_and_meshes(top: Vec<HOp>) -> Result<FunctionsAndMeshes, String> {
+    let mut funcs: HashMap<String, HOp> = HashMap::new();
+    let mut meshes = HashMap::new();
+    for op in top {
+        let sym = op.attr("sym_name").map(attrs::symbol).unwrap_or_default();
+        match op.name.as_str() {
+            "func.func" => {
+                funcs.insert(sym, op);
+            }
+            "sdy.mesh" => {
+                let mesh = attrs::mesh(op.attr("mesh").unwrap_or_default()).map_err(|e| {
+                    format!("sdy.mesh @{}: {e}", op.attr("sym_name").unwrap_or("?"))
+                })?;
+                meshes.insert(sym, mesh);
+            }
+            other => {
+                return Err(format!(
+                    "a top-level {other}: expected func.func and sdy.mesh"
+                ))
+            }
+        }
+    }
+    Ok((funcs, meshes))
+}
+
+/// @main as the graph: its arguments the inputs (those `bound` by `--weights` initializers),
+/// its body lowered, its results the outputs `out0`, `out1`, ...
+fn main_graph(
+    mut lowering: lower::Lowering,
+    body: &ir::HRegion,
+    bound: &HashMap<String, TensorData>,
+) -> Result<Graph, String> {
     let mut inputs = Vec::new();
     let mut env = HashMap::new();
     for (i, a) in body.args.iter().enumerate() {
@@ -115,7 +143,7 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
         .find(|o| o.name == "func.return")
         .map(|o| o.operand_types.clone())
         .unwrap_or_default();
-    let results = lowering.lower_function(body, &mut env).map_err(err)?;
+    let results = lowering.lower_function(body, &mut env)?;
     let mut outputs = Vec::new();
     for (i, (r, ty)) in results.into_iter().zip(ret_types).enumerate() {
         let name = format!("out{i}");
@@ -129,20 +157,13 @@ pub fn load_stablehlo(path: &Path, weights: Option<&Path>) -> Result<Model, Impo
         });
         outputs.push(ValueInfo { name, ty });
     }
-    let graph = Graph {
+    Ok(Graph {
         name: "main".into(),
         inputs,
         outputs,
         nodes: lowering.nodes,
         initializers: lowering.initializers,
         value_info: HashMap::new(),
-    };
-    Ok(Model {
-        path: path.to_owned(),
-        ir_version: 8,
-        producer: "stablehlo".into(),
-        opsets: vec![(String::new(), 18)],
-        graph,
     })
 }
 
