@@ -197,93 +197,118 @@ pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
             made_in[o] = stage_of(i);
         }
     }
-    let stages = bounds.len() - 1;
-    (0..stages)
-        .map(|s| {
-            let mut q = p.clone();
-            let mut ins_out = Vec::new();
-            let lo = bounds[s];
-            let hi = bounds[s + 1];
-            // Receives first: every value this stage reads that an earlier stage made.
-            let mut wanted: BTreeSet<BufferId> = BTreeSet::new();
-            for ins in &p.instructions[lo..hi] {
-                for &b in ins.inputs.iter().flatten() {
-                    if made_in[b] != usize::MAX && made_in[b] < s {
-                        wanted.insert(b);
-                    }
-                }
-            }
-            if s + 1 == stages {
-                for &o in &p.outputs {
-                    if made_in[o] != usize::MAX && made_in[o] < s {
-                        wanted.insert(o);
-                    }
-                }
-            }
-            for &b in &wanted {
-                ins_out.push(Instruction {
-                    op: Op::Recv {
-                        peer: made_in[b],
-                        tag: b as u64,
-                    },
-                    inputs: vec![],
-                    outputs: vec![b],
-                    origin: format!("stage {s} receives"),
-                });
-            }
-            for (i, ins) in p.instructions[lo..hi].iter().enumerate() {
-                ins_out.push(ins.clone());
-                let _ = i;
-            }
-            // Sends: values made here that a later stage reads (or that are outputs of the last).
-            let mut sends: Vec<(BufferId, usize)> = Vec::new();
-            for later in s + 1..stages {
-                let mut reads: HashSet<BufferId> = p.instructions[bounds[later]..bounds[later + 1]]
-                    .iter()
-                    .flat_map(|ins| ins.inputs.iter().flatten().copied())
-                    .collect();
-                if later + 1 == stages {
-                    reads.extend(p.outputs.iter().copied());
-                }
-                for b in reads {
-                    if made_in[b] == s {
-                        sends.push((b, later));
-                    }
-                }
-            }
-            sends.sort();
-            for (b, to) in sends {
-                ins_out.push(Instruction {
-                    op: Op::Send {
-                        peer: to,
-                        tag: b as u64,
-                    },
-                    inputs: vec![Some(b)],
-                    outputs: vec![],
-                    origin: format!("stage {s} sends"),
-                });
-            }
-            q.instructions = ins_out;
-            // Inputs only where read; outputs only on the last stage.
-            let reads: HashSet<BufferId> = q
-                .instructions
+    let split = Split {
+        rp,
+        bounds: &bounds,
+        made_in: &made_in,
+    };
+    (0..bounds.len() - 1).map(|s| split.stage(s)).collect()
+}
+
+/// A program cut into stages: each stage's instruction range, and the stage that makes each
+/// buffer (`usize::MAX`: none, an input or a weight).
+struct Split<'a> {
+    rp: &'a RankProgram,
+    bounds: &'a [usize],
+    made_in: &'a [usize],
+}
+
+impl Split<'_> {
+    fn stages(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// What stage `s` reads (and, the last, returns), its operands present.
+    fn reads(&self, s: usize) -> HashSet<BufferId> {
+        let p = &self.rp.program;
+        let mut reads: HashSet<BufferId> = p.instructions[self.bounds[s]..self.bounds[s + 1]]
+            .iter()
+            .flat_map(|ins| ins.inputs.iter().flatten().copied())
+            .collect();
+        if s + 1 == self.stages() {
+            reads.extend(p.outputs.iter().copied());
+        }
+        reads
+    }
+
+    /// Stage `s`'s program: receives of what earlier stages made, its own instructions, sends
+    /// of what later stages read; inputs only where read, outputs only on the last stage, and
+    /// what it no longer reads removed, weights included (each rank holds only its own).
+    fn stage(&self, s: usize) -> RankProgram {
+        let p = &self.rp.program;
+        let mut q = p.clone();
+        let mut ins_out = self.receives(s);
+        ins_out.extend(
+            p.instructions[self.bounds[s]..self.bounds[s + 1]]
                 .iter()
-                .flat_map(|i| i.inputs.iter().flatten().copied())
-                .collect();
-            if !q.inputs.iter().any(|b| reads.contains(b)) {
-                q.inputs.clear();
+                .cloned(),
+        );
+        ins_out.extend(self.sends(s));
+        q.instructions = ins_out;
+        let reads: HashSet<BufferId> = q
+            .instructions
+            .iter()
+            .flat_map(|i| i.inputs.iter().flatten().copied())
+            .collect();
+        if !q.inputs.iter().any(|b| reads.contains(b)) {
+            q.inputs.clear();
+        }
+        if s + 1 != self.stages() {
+            q.outputs.clear();
+        }
+        let mut weights = self.rp.weights.clone();
+        let q = crate::passes::dead_code::remove_dead_code(q, &mut weights);
+        RankProgram {
+            program: q,
+            weights,
+        }
+    }
+
+    /// Receives first: every value stage `s` reads (or, the last, returns) that an earlier
+    /// stage made, in buffer order.
+    fn receives(&self, s: usize) -> Vec<Instruction> {
+        let wanted: BTreeSet<BufferId> = self
+            .reads(s)
+            .into_iter()
+            .filter(|&b| self.made_in[b] != usize::MAX && self.made_in[b] < s)
+            .collect();
+        wanted
+            .into_iter()
+            .map(|b| Instruction {
+                op: Op::Recv {
+                    peer: self.made_in[b],
+                    tag: b as u64,
+                },
+                inputs: vec![],
+                outputs: vec![b],
+                origin: format!("stage {s} receives"),
+            })
+            .collect()
+    }
+
+    /// Sends: values made in stage `s` that a later stage reads (or that are outputs of the
+    /// last), by buffer and then stage.
+    fn sends(&self, s: usize) -> Vec<Instruction> {
+        let mut sends: Vec<(BufferId, usize)> = Vec::new();
+        for later in s + 1..self.stages() {
+            for b in self.reads(later) {
+                if self.made_in[b] == s {
+                    sends.push((b, later));
+                }
             }
-            if s + 1 != stages {
-                q.outputs.clear();
-            }
-            // What this stage no longer reads goes, weights included (each rank holds only its
-            // own).
-            let mut weights = rp.weights.clone();
-            let q = crate::passes::dead_code::remove_dead_code(q, &mut weights);
-            RankProgram {
-                program: q,
-                weights,
-            }
-        })
-        .collect()
+        }
+        sends.sort();
+        sends
+            .into_iter()
+            .map(|(b, to)| Instruction {
+                op: Op::Send {
+                    peer: to,
+                    tag: b as u64,
+                },
+                inputs: vec![Some(b)],
+                outputs: vec![],
+                origin: format!("stage {s} sends"),
+            })
+            .collect()
+    }
 }
