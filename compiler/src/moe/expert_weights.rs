@@ -399,76 +399,19 @@ pub fn candidates(
     h: usize,
     hints: &ActivationHints,
 ) -> Vec<Reading> {
-    // Every orientation that puts the hidden size where the layout wants it (both when the
-    // other size equals it too), with the [E, H, N] / [E, F, H] shape it gives.
-    let as_in = |i: usize| -> Vec<(Orient, [usize; 3])> {
-        let s = &stacks[i].shape;
-        let mut v = Vec::new();
-        if s[1] == h {
-            v.push((Orient::AsIs, [s[0], s[1], s[2]]));
-        }
-        if s[2] == h {
-            v.push((Orient::Swapped, [s[0], s[2], s[1]]));
-        }
-        v
+    let layouts = match stacks.len() {
+        2 => two_stack_layouts(stacks, h),
+        3 => three_stack_layouts(stacks, h),
+        _ => Vec::new(),
     };
-    let as_out = |i: usize| -> Vec<(Orient, [usize; 3])> {
-        let s = &stacks[i].shape;
-        let mut v = Vec::new();
-        if s[2] == h {
-            v.push((Orient::AsIs, [s[0], s[1], s[2]]));
-        }
-        if s[1] == h {
-            v.push((Orient::Swapped, [s[0], s[2], s[1]]));
-        }
-        v
-    };
-    // (w_in source, its N, w_out, gated)
-    let mut layouts: Vec<(InSource, usize, (usize, Orient), bool)> = Vec::new();
-    match stacks.len() {
-        2 => {
-            for (i, o) in [(0, 1), (1, 0)] {
-                for (oi, si) in as_in(i) {
-                    for (oo, so) in as_out(o) {
-                        let (n, f) = (si[2], so[1]);
-                        if n == 2 * f {
-                            layouts.push((InSource::One(i, oi), n, (o, oo), true));
-                        }
-                        if n == f {
-                            layouts.push((InSource::One(i, oi), n, (o, oo), false));
-                        }
-                    }
-                }
-            }
-        }
-        3 => {
-            for o in 0..3 {
-                let rest: Vec<usize> = (0..3).filter(|&x| x != o).collect();
-                for (g, u) in [(rest[0], rest[1]), (rest[1], rest[0])] {
-                    for (og, sg) in as_in(g) {
-                        for (ou, su) in as_in(u) {
-                            for (oo, so) in as_out(o) {
-                                if sg == su && sg[2] == so[1] {
-                                    layouts.push((
-                                        InSource::Concat {
-                                            gate: (g, og),
-                                            up: (u, ou),
-                                        },
-                                        2 * sg[2],
-                                        (o, oo),
-                                        true,
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
     let mut out = Vec::new();
-    for (w_in, n, w_out, gated) in layouts {
+    for Layout {
+        w_in,
+        n,
+        w_out,
+        gated,
+    } in layouts
+    {
         let packings: &[GatePacking] = if gated && stacks.len() == 2 {
             &[
                 GatePacking::GateUp,
@@ -499,4 +442,81 @@ pub fn candidates(
         }
     }
     out
+}
+
+/// One way the stacks can be the two projections: the first's source and width N, the
+/// second's stack and orientation, and whether the FFN is gated (N = 2F).
+struct Layout {
+    w_in: InSource,
+    n: usize,
+    w_out: (usize, Orient),
+    gated: bool,
+}
+
+/// Every orientation of stack `i` that puts the hidden size where the first projection
+/// (`first`: [E, H, N]) or the second ([E, F, H]) wants it (both when the other size equals it
+/// too), with the shape it gives.
+fn orientations(stacks: &[Tensor], i: usize, h: usize, first: bool) -> Vec<(Orient, [usize; 3])> {
+    let s = &stacks[i].shape;
+    let (as_is, swapped) = if first { (s[1], s[2]) } else { (s[2], s[1]) };
+    let mut v = Vec::new();
+    if as_is == h {
+        v.push((Orient::AsIs, [s[0], s[1], s[2]]));
+    }
+    if swapped == h {
+        v.push((Orient::Swapped, [s[0], s[2], s[1]]));
+    }
+    v
+}
+
+/// Two stacks: either is the first projection (gated or not), the other the second.
+fn two_stack_layouts(stacks: &[Tensor], h: usize) -> Vec<Layout> {
+    let mut layouts = Vec::new();
+    for (i, o) in [(0, 1), (1, 0)] {
+        for (oi, si) in orientations(stacks, i, h, true) {
+            for (oo, so) in orientations(stacks, o, h, false) {
+                let (n, f) = (si[2], so[1]);
+                for gated in [true, false] {
+                    if n == if gated { 2 * f } else { f } {
+                        layouts.push(Layout {
+                            w_in: InSource::One(i, oi),
+                            n,
+                            w_out: (o, oo),
+                            gated,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    layouts
+}
+
+/// Three stacks: one is the second projection, the other two gate and up (either way round)
+/// of one shape, concatenated into the first.
+fn three_stack_layouts(stacks: &[Tensor], h: usize) -> Vec<Layout> {
+    let mut layouts = Vec::new();
+    for o in 0..3 {
+        let rest: Vec<usize> = (0..3).filter(|&x| x != o).collect();
+        for (g, u) in [(rest[0], rest[1]), (rest[1], rest[0])] {
+            for (og, sg) in orientations(stacks, g, h, true) {
+                for (ou, su) in orientations(stacks, u, h, true) {
+                    for (oo, so) in orientations(stacks, o, h, false) {
+                        if sg == su && sg[2] == so[1] {
+                            layouts.push(Layout {
+                                w_in: InSource::Concat {
+                                    gate: (g, og),
+                                    up: (u, ou),
+                                },
+                                n: 2 * sg[2],
+                                w_out: (o, oo),
+                                gated: true,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    layouts
 }
