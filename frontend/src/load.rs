@@ -127,60 +127,9 @@ impl Loader {
         defined.extend(weight_names.iter().map(|s| s.to_string()));
         let mut nodes = Vec::with_capacity(g.node.len());
         for (i, n) in g.node.iter().enumerate() {
-            let name = if n.name.is_empty() {
-                format!("{}_{i}", n.op_type)
-            } else {
-                n.name.clone()
-            };
-            let domain = if n.domain == "ai.onnx" {
-                String::new()
-            } else {
-                n.domain.clone()
-            };
-            if local_functions.contains(&(n.domain.clone(), n.op_type.clone())) {
-                return Err(self.bad_node(
-                    &name,
-                    &n.op_type,
-                    "calls a model-local function; function inlining is not supported",
-                ));
-            }
-            for input in &n.input {
-                if !input.is_empty() && !defined.contains(input) {
-                    return Err(ImportError::UndefinedValue {
-                        path: self.path.clone(),
-                        node: name,
-                        op: n.op_type.clone(),
-                        value: input.clone(),
-                    });
-                }
-            }
-            let attributes = n
-                .attribute
-                .iter()
-                .map(|a| self.attribute(a, &name, &n.op_type, &domain))
-                .collect::<Result<Vec<_>, _>>()?;
-            // An unused optional output (empty name) still exists in the IR: give it a name.
-            let outputs: Vec<String> = n
-                .output
-                .iter()
-                .enumerate()
-                .map(|(k, o)| {
-                    if o.is_empty() {
-                        format!("{name}:unused{k}")
-                    } else {
-                        o.clone()
-                    }
-                })
-                .collect();
-            defined.extend(outputs.iter().cloned());
-            nodes.push(Node {
-                name,
-                op_type: n.op_type.clone(),
-                domain,
-                inputs: n.input.clone(),
-                outputs,
-                attributes,
-            });
+            let node = self.node(n, i, local_functions, &defined)?;
+            defined.extend(node.outputs.iter().cloned());
+            nodes.push(node);
         }
         for o in &outputs {
             if !defined.contains(&o.name) {
@@ -198,6 +147,72 @@ impl Loader {
             nodes,
             initializers,
             value_info,
+        })
+    }
+
+    /// Node `i` as the graph holds it: named (`<op>_<i>` where the file leaves it unnamed), its
+    /// inputs defined before it, its attributes read, an unused optional output named.
+    fn node(
+        &self,
+        n: &pb::NodeProto,
+        i: usize,
+        local_functions: &HashSet<(String, String)>,
+        defined: &HashSet<String>,
+    ) -> Result<Node, ImportError> {
+        let name = if n.name.is_empty() {
+            format!("{}_{i}", n.op_type)
+        } else {
+            n.name.clone()
+        };
+        let domain = if n.domain == "ai.onnx" {
+            String::new()
+        } else {
+            n.domain.clone()
+        };
+        if local_functions.contains(&(n.domain.clone(), n.op_type.clone())) {
+            return Err(self.bad_node(
+                &name,
+                &n.op_type,
+                "calls a model-local function; function inlining is not supported",
+            ));
+        }
+        if let Some(input) = n
+            .input
+            .iter()
+            .find(|i| !i.is_empty() && !defined.contains(*i))
+        {
+            return Err(ImportError::UndefinedValue {
+                path: self.path.clone(),
+                node: name,
+                op: n.op_type.clone(),
+                value: input.clone(),
+            });
+        }
+        let attributes = n
+            .attribute
+            .iter()
+            .map(|a| self.attribute(a, &name, &n.op_type, &domain))
+            .collect::<Result<Vec<_>, _>>()?;
+        // An unused optional output (empty name) still exists in the IR: give it a name.
+        let outputs: Vec<String> = n
+            .output
+            .iter()
+            .enumerate()
+            .map(|(k, o)| {
+                if o.is_empty() {
+                    format!("{name}:unused{k}")
+                } else {
+                    o.clone()
+                }
+            })
+            .collect();
+        Ok(Node {
+            name,
+            op_type: n.op_type.clone(),
+            domain,
+            inputs: n.input.clone(),
+            outputs,
+            attributes,
         })
     }
 
