@@ -16,51 +16,27 @@ impl Lowering {
         op: &HOp,
         args: Vec<String>,
     ) -> Result<Vec<String>, String> {
+        let sharding = |name: &str| {
+            attrs::shardings(
+                op.attr(name)
+                    .ok_or_else(|| format!("attribute {name} is missing"))?,
+            )
+        };
         let axes = attrs::manual_axes(
             op.attr("manual_axes")
                 .ok_or("attribute manual_axes is missing")?,
         )?;
-        let ins = attrs::shardings(
-            op.attr("in_shardings")
-                .ok_or("attribute in_shardings is missing")?,
-        )?;
-        let outs = attrs::shardings(
-            op.attr("out_shardings")
-                .ok_or("attribute out_shardings is missing")?,
-        )?;
+        let (ins, outs) = (sharding("in_shardings")?, sharding("out_shardings")?);
         let [axis] = &axes[..] else {
             return Err(format!(
                 "manual axes {axes:?}: one manual axis is supported"
             ));
         };
-        let mesh_name = ins.first().map(|s| s.mesh.clone()).unwrap_or_default();
-        let mesh = self
-            .meshes
-            .get(&mesh_name)
-            .ok_or_else(|| format!("mesh @{mesh_name} is not defined"))?;
-        let n = mesh
-            .iter()
-            .find(|(a, _)| a == axis)
-            .map(|(_, s)| *s)
-            .ok_or_else(|| format!("mesh @{mesh_name} has no axis {axis}"))?
-            as usize;
+        let n = self.axis_size(&ins, axis)?;
         let body = op.regions.first().ok_or("no body")?;
         if ins.len() != args.len() || body.args.len() != args.len() {
             return Err("in_shardings, operands and body arguments differ in number".into());
         }
-        let split_dim = |s: &attrs::Sharding| -> Result<Option<usize>, String> {
-            let d: Vec<usize> = (0..s.dims.len())
-                .filter(|&i| !s.dims[i].is_empty())
-                .collect();
-            match d[..] {
-                [] => Ok(None),
-                [k] if s.dims[k] == [axis.clone()] => Ok(Some(k)),
-                _ => Err(format!(
-                    "sharding {:?}: one dimension split over {axis} is supported",
-                    s.dims
-                )),
-            }
-        };
         let mut per_device: Vec<Vec<String>> = Vec::new();
         for d in 0..n {
             let mut dev = Device {
@@ -76,29 +52,9 @@ impl Lowering {
                 .zip(&ins)
                 .zip(args.iter().zip(body.args.iter()))
             {
-                let v = match split_dim(s)? {
+                let v = match split_dim(s, axis)? {
                     None => global.clone(),
-                    Some(k) => {
-                        let len = *local
-                            .ty
-                            .static_dims()
-                            .ok_or("dynamic shape")?
-                            .get(k)
-                            .ok_or_else(|| {
-                                format!(
-                                    "a sharding of dimension {k} for a rank-{} argument",
-                                    local.ty.dims.len()
-                                )
-                            })?;
-                        let (st, en, ax) = (
-                            self.i64s(&[d as i64 * len]),
-                            self.i64s(&[(d as i64 + 1) * len]),
-                            self.i64s(&[k as i64]),
-                        );
-                        let block = self.one("Slice", vec![global.clone(), st, en, ax], vec![]);
-                        dev.whole.insert(block.clone(), (global.clone(), k));
-                        block
-                    }
+                    Some(k) => self.device_block(global, &local.ty, k, &mut dev)?,
                 };
                 env.insert(a.id, v);
             }
@@ -107,6 +63,61 @@ impl Lowering {
                 return Err("a dispatch all_to_all has no return all_to_all".into());
             }
         }
+        self.join_devices(&outs, &per_device, axis)
+    }
+
+    /// The size of the mesh axis the shardings (their first's mesh) split over.
+    fn axis_size(&self, ins: &[attrs::Sharding], axis: &str) -> Result<usize, String> {
+        let mesh_name = ins.first().map(|s| s.mesh.clone()).unwrap_or_default();
+        let mesh = self
+            .meshes
+            .get(&mesh_name)
+            .ok_or_else(|| format!("mesh @{mesh_name} is not defined"))?;
+        Ok(mesh
+            .iter()
+            .find(|(a, _)| a == axis)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| format!("mesh @{mesh_name} has no axis {axis}"))? as usize)
+    }
+
+    /// Device `dev`'s block of `global` along dimension `k` (the body argument's type `local`
+    /// gives its length), remembered as a block of the whole.
+    fn device_block(
+        &mut self,
+        global: &str,
+        local: &crate::graph::TensorType,
+        k: usize,
+        dev: &mut Device,
+    ) -> Result<String, String> {
+        let len = *local
+            .static_dims()
+            .ok_or("dynamic shape")?
+            .get(k)
+            .ok_or_else(|| {
+                format!(
+                    "a sharding of dimension {k} for a rank-{} argument",
+                    local.dims.len()
+                )
+            })?;
+        let d = dev.index as i64;
+        let (st, en, ax) = (
+            self.i64s(&[d * len]),
+            self.i64s(&[(d + 1) * len]),
+            self.i64s(&[k as i64]),
+        );
+        let block = self.one("Slice", vec![global.to_string(), st, en, ax], vec![]);
+        dev.whole.insert(block.clone(), (global.to_string(), k));
+        Ok(block)
+    }
+
+    /// The shard_map's results: each output the devices' parts joined along its split
+    /// dimension, or device 0's where it is replicated.
+    fn join_devices(
+        &mut self,
+        outs: &[attrs::Sharding],
+        per_device: &[Vec<String>],
+        axis: &str,
+    ) -> Result<Vec<String>, String> {
         if per_device.iter().any(|o| o.len() != outs.len()) {
             return Err(format!(
                 "the body returns a different number of values than out_shardings lists ({})",
@@ -116,7 +127,7 @@ impl Lowering {
         let mut results = Vec::new();
         for (j, s) in outs.iter().enumerate() {
             let parts: Vec<String> = per_device.iter().map(|o| o[j].clone()).collect();
-            results.push(match split_dim(s)? {
+            results.push(match split_dim(s, axis)? {
                 None => parts[0].clone(),
                 Some(k) => self.one("Concat", parts, vec![("axis", AttrValue::Int(k as i64))]),
             });
@@ -193,5 +204,20 @@ impl Lowering {
                 dev.index, dev.count
             )),
         }
+    }
+}
+
+/// The one dimension sharding `s` splits over `axis`, if any.
+fn split_dim(s: &attrs::Sharding, axis: &str) -> Result<Option<usize>, String> {
+    let d: Vec<usize> = (0..s.dims.len())
+        .filter(|&i| !s.dims[i].is_empty())
+        .collect();
+    match d[..] {
+        [] => Ok(None),
+        [k] if s.dims[k] == [axis.to_string()] => Ok(Some(k)),
+        _ => Err(format!(
+            "sharding {:?}: one dimension split over {axis} is supported",
+            s.dims
+        )),
     }
 }
