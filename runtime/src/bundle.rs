@@ -250,14 +250,33 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, RuntimeError> {
 /// As `read_bundle`; with `Some(rank)` (one process of a multi-process run) only that rank's
 /// files are verified and its weights loaded: the other ranks' weights stay empty.
 pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, RuntimeError> {
-    let mpath = dir.join(MANIFEST);
-    let show = |p: &Path| p.display().to_string();
     if !dir.is_dir() {
         return Err(RuntimeError::Bundle {
-            path: show(dir),
+            path: dir.display().to_string(),
             reason: "not a bundle folder (it does not exist or is not a folder)".into(),
         });
     }
+    let manifest = read_manifest(dir)?;
+    verify_files(dir, &manifest, only)?;
+    let weights = manifest
+        .programs
+        .iter()
+        .map(|program| match only {
+            Some(r) if r != program.rank => Ok(BTreeMap::new()),
+            _ => read_weights(dir, &manifest, program),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Bundle {
+        dir: dir.to_owned(),
+        manifest,
+        weights,
+    })
+}
+
+/// The manifest, its checksum verified first, then its format version and its contents.
+fn read_manifest(dir: &Path) -> Result<Manifest, RuntimeError> {
+    let mpath = dir.join(MANIFEST);
+    let show = |p: &Path| p.display().to_string();
     let text = read_small(dir, MANIFEST)?;
     let sum = read_small(dir, MANIFEST_SHA256)?;
     let expected = String::from_utf8_lossy(&sum)
@@ -273,7 +292,7 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
             actual,
         });
     }
-    let manifest = parse_manifest(&text).map_err(|e| match e {
+    parse_manifest(&text).map_err(|e| match e {
         ManifestError::Version(found) => RuntimeError::FormatVersion {
             path: show(&mpath),
             found,
@@ -283,8 +302,12 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
             path: show(&mpath),
             reason,
         },
-    })?;
-    // Another rank's weights and PTX are that rank's to check.
+    })
+}
+
+/// Every program's files confined to the bundle, and every listed file's checksum verified
+/// (but another rank's weights and PTX, with `only`: that rank's to check).
+fn verify_files(dir: &Path, manifest: &Manifest, only: Option<usize>) -> Result<(), RuntimeError> {
     let others: std::collections::BTreeSet<&str> = manifest
         .programs
         .iter()
@@ -304,59 +327,49 @@ pub fn read_bundle_for(dir: &Path, only: Option<usize>) -> Result<Bundle, Runtim
         let actual = crate::safetensors_io::sha256_file(&p).map_err(io_err(&p))?;
         if &actual != expected {
             return Err(RuntimeError::Checksum {
-                path: show(&p),
+                path: p.display().to_string(),
                 expected: expected.clone(),
                 actual,
             });
         }
     }
-    let mut weights = Vec::new();
-    for program in &manifest.programs {
-        if only.is_some_and(|r| r != program.rank) {
-            weights.push(BTreeMap::new());
-            continue;
-        }
-        let p = dir.join(&program.weights_file);
-        if !manifest.files.contains_key(&program.weights_file) {
-            return Err(RuntimeError::Bundle {
-                path: show(&p),
-                reason: "the weights file has no checksum in the manifest".into(),
-            });
-        }
-        // Tensor by tensor: the file's bytes are never held whole beside the weights.
-        let st =
-            crate::safetensors_io::Reader::open(&p).map_err(|reason| RuntimeError::Bundle {
-                path: show(&p),
-                reason,
-            })?;
-        let mut map = BTreeMap::new();
-        for b in program
-            .buffers
-            .iter()
-            .filter(|b| b.kind == BufferKind::Weight)
-        {
-            let t = st.tensor(&b.name).map_err(|reason| RuntimeError::Bundle {
-                path: show(&p),
-                reason,
-            })?;
-            if t.dtype != b.dtype {
-                return Err(RuntimeError::Bundle {
-                    path: show(&p),
-                    reason: format!(
-                        "weight '{}' is stored as {}, the program says {}",
-                        b.name,
-                        t.dtype.name(),
-                        b.dtype.name()
-                    ),
-                });
-            }
-            map.insert(b.name.clone(), t);
-        }
-        weights.push(map);
+    Ok(())
+}
+
+/// A program's weights, tensor by tensor (the file's bytes are never held whole beside the
+/// weights), each of the type the program says.
+fn read_weights(
+    dir: &Path,
+    manifest: &Manifest,
+    program: &Program,
+) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
+    let p = dir.join(&program.weights_file);
+    let bad = |reason: String| RuntimeError::Bundle {
+        path: p.display().to_string(),
+        reason,
+    };
+    if !manifest.files.contains_key(&program.weights_file) {
+        return Err(bad(
+            "the weights file has no checksum in the manifest".into()
+        ));
     }
-    Ok(Bundle {
-        dir: dir.to_owned(),
-        manifest,
-        weights,
-    })
+    let st = crate::safetensors_io::Reader::open(&p).map_err(bad)?;
+    let mut map = BTreeMap::new();
+    for b in program
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Weight)
+    {
+        let t = st.tensor(&b.name).map_err(bad)?;
+        if t.dtype != b.dtype {
+            return Err(bad(format!(
+                "weight '{}' is stored as {}, the program says {}",
+                b.name,
+                t.dtype.name(),
+                b.dtype.name()
+            )));
+        }
+        map.insert(b.name.clone(), t);
+    }
+    Ok(map)
 }
