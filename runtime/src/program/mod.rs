@@ -645,76 +645,16 @@ impl Program {
     /// `Pointwise`) that names it back, and each such step names members of the right ops
     /// before it.
     fn validate_fusions(&self) -> Result<(), String> {
-        let op_at = |i: usize| self.instructions.get(i).map(|ins| &ins.op);
         for (i, g) in self.gpu.iter().enumerate() {
-            let at = |what: String| format!("GPU plan entry {i}: {what}");
-            match g {
-                GpuOp::Fused { into } => {
-                    let names_back = match self.gpu.get(*into) {
-                        Some(GpuOp::LocalExperts { slice, ffn, .. }) => *slice == i || *ffn == i,
-                        Some(GpuOp::AllToAllExperts { members, .. }) => members.contains(&i),
-                        Some(GpuOp::Pointwise { members, .. }) => members.contains(&i),
-                        _ => false,
-                    };
-                    if *into <= i || !names_back {
-                        return Err(at(format!(
-                            "fused into {into}, which is no later step naming it"
-                        )));
-                    }
-                }
+            let checked = match g {
+                GpuOp::Fused { into } => self.check_fused(i, *into),
                 GpuOp::Pointwise {
                     inputs, members, ..
-                } => {
-                    let fused = members
-                        .iter()
-                        .all(|&m| m < i && self.gpu.get(m) == Some(&GpuOp::Fused { into: i }));
-                    let on_device = |b: &usize| {
-                        self.buffers
-                            .get(*b)
-                            .is_some_and(|b| b.dtype.on_device_as_f32())
-                    };
-                    // The kernel reads only the chain's operands from outside it (its shapes
-                    // were baked in for those), never a member's result.
-                    let chain = || members.iter().chain([&i]).map(|&m| &self.instructions[m]);
-                    let read_by_chain =
-                        |b: &usize| chain().any(|ins| ins.inputs.contains(&Some(*b)));
-                    let made_in_chain = |b: &usize| chain().any(|ins| ins.outputs.contains(b));
-                    let outside = |b: &usize| read_by_chain(b) && !made_in_chain(b);
-                    if !fused || !inputs.iter().all(|b| on_device(b) && outside(b)) {
-                        return Err(at(format!("pointwise chain of members {members:?} and inputs {inputs:?}: expected earlier instructions fused into this one, and float or boolean buffers the chain reads from outside it")));
-                    }
-                }
-                GpuOp::ReducedBy { step } => {
-                    let named = matches!(self.gpu.get(*step), Some(GpuOp::LocalExperts { reduce: Some(r), .. }) if *r == i);
-                    if *step >= i || !named || !matches!(op_at(i), Some(Op::AllReduce { .. })) {
-                        return Err(at(format!(
-                            "reduced by {step}, which is no earlier local-experts step naming this all-reduce"
-                        )));
-                    }
-                }
+                } => self.check_pointwise(i, inputs, members),
+                GpuOp::ReducedBy { step } => self.check_reduced_by(i, *step),
                 GpuOp::LocalExperts {
                     slice, ffn, reduce, ..
-                } => {
-                    // The all-reduce it does reduces its own sum.
-                    let sum = self.instructions[i].outputs.first();
-                    let reduced = reduce.is_none_or(|r| {
-                        r > i
-                            && self.gpu.get(r) == Some(&GpuOp::ReducedBy { step: i })
-                            && self.instructions[r].inputs.first().copied().flatten()
-                                == sum.copied()
-                    });
-                    let ok = reduced
-                        && slice < ffn
-                        && ffn < &i
-                        && matches!(op_at(*slice), Some(Op::MoeLocalSlice { .. }))
-                        && matches!(op_at(*ffn), Some(Op::MoeExpertFfn { .. }))
-                        && matches!(op_at(i), Some(Op::MoeScatterCombine { .. }))
-                        && self.gpu.get(*slice) == Some(&GpuOp::Fused { into: i })
-                        && self.gpu.get(*ffn) == Some(&GpuOp::Fused { into: i });
-                    if !ok {
-                        return Err(at(format!("local experts of slice {slice} and ffn {ffn}: expected a local_slice, then an expert_ffn, both fused into this scatter_combine, and an all-reduce it does of its sum (if any) named back")));
-                    }
-                }
+                } => self.check_local_experts(i, (*slice, *ffn), *reduce),
                 GpuOp::AllToAllExperts {
                     dispatch,
                     exchange,
@@ -723,29 +663,125 @@ impl Program {
                     members,
                     ..
                 } => {
-                    let all_fused = members
-                        .iter()
-                        .all(|&m| m < i && self.gpu.get(m) == Some(&GpuOp::Fused { into: i }));
-                    let ok = all_fused
-                        && [dispatch, exchange, ffn]
-                            .iter()
-                            .all(|m| members.contains(m))
-                        && slices.iter().all(|s| members.contains(s))
-                        && matches!(op_at(*dispatch), Some(Op::MoeDispatch { .. }))
-                        && matches!(op_at(*exchange), Some(Op::AllToAll { .. }))
-                        && matches!(op_at(*ffn), Some(Op::MoeExpertFfn { .. }))
-                        && matches!(op_at(i), Some(Op::MoeCombine { .. }))
-                        && (slices.is_empty()
-                            || (slices.len() == 3
-                                && slices
-                                    .iter()
-                                    .all(|&s| matches!(op_at(s), Some(Op::TokenSlice { .. })))));
-                    if !ok {
-                        return Err(at(format!("all-to-all experts of dispatch {dispatch}, exchange {exchange}, ffn {ffn}, slices {slices:?}, members {members:?}: expected those ops, each an earlier instruction fused into this combine")));
-                    }
+                    self.check_all_to_all_experts(i, [*dispatch, *exchange, *ffn], slices, members)
                 }
-                _ => {}
-            }
+                _ => Ok(()),
+            };
+            checked.map_err(|what| format!("GPU plan entry {i}: {what}"))?;
+        }
+        Ok(())
+    }
+
+    fn op_at(&self, i: usize) -> Option<&Op> {
+        self.instructions.get(i).map(|ins| &ins.op)
+    }
+
+    /// A member fused into a later step that names it back.
+    fn check_fused(&self, i: usize, into: usize) -> Result<(), String> {
+        let names_back = match self.gpu.get(into) {
+            Some(GpuOp::LocalExperts { slice, ffn, .. }) => *slice == i || *ffn == i,
+            Some(GpuOp::AllToAllExperts { members, .. }) => members.contains(&i),
+            Some(GpuOp::Pointwise { members, .. }) => members.contains(&i),
+            _ => false,
+        };
+        if into <= i || !names_back {
+            return Err(format!(
+                "fused into {into}, which is no later step naming it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A pointwise chain: earlier members fused into it, and inputs that are float or boolean
+    /// buffers the chain reads from outside it (its shapes were baked in for those), never a
+    /// member's result.
+    fn check_pointwise(&self, i: usize, inputs: &[usize], members: &[usize]) -> Result<(), String> {
+        let fused = members
+            .iter()
+            .all(|&m| m < i && self.gpu.get(m) == Some(&GpuOp::Fused { into: i }));
+        let on_device = |b: &usize| {
+            self.buffers
+                .get(*b)
+                .is_some_and(|b| b.dtype.on_device_as_f32())
+        };
+        let chain = || members.iter().chain([&i]).map(|&m| &self.instructions[m]);
+        let read_by_chain = |b: &usize| chain().any(|ins| ins.inputs.contains(&Some(*b)));
+        let made_in_chain = |b: &usize| chain().any(|ins| ins.outputs.contains(b));
+        let outside = |b: &usize| read_by_chain(b) && !made_in_chain(b);
+        if !fused || !inputs.iter().all(|b| on_device(b) && outside(b)) {
+            return Err(format!("pointwise chain of members {members:?} and inputs {inputs:?}: expected earlier instructions fused into this one, and float or boolean buffers the chain reads from outside it"));
+        }
+        Ok(())
+    }
+
+    /// An all-reduce done by an earlier local-experts step that names it.
+    fn check_reduced_by(&self, i: usize, step: usize) -> Result<(), String> {
+        let named = matches!(self.gpu.get(step), Some(GpuOp::LocalExperts { reduce: Some(r), .. }) if *r == i);
+        if step >= i || !named || !matches!(self.op_at(i), Some(Op::AllReduce { .. })) {
+            return Err(format!(
+                "reduced by {step}, which is no earlier local-experts step naming this all-reduce"
+            ));
+        }
+        Ok(())
+    }
+
+    /// PPMoE's local step: a local_slice, then an expert_ffn, both fused into this
+    /// scatter_combine, and an all-reduce it does of its own sum (if any) named back.
+    fn check_local_experts(
+        &self,
+        i: usize,
+        (slice, ffn): (usize, usize),
+        reduce: Option<usize>,
+    ) -> Result<(), String> {
+        let sum = self.instructions[i].outputs.first();
+        let reduced = reduce.is_none_or(|r| {
+            r > i
+                && self.gpu.get(r) == Some(&GpuOp::ReducedBy { step: i })
+                && self.instructions[r].inputs.first().copied().flatten() == sum.copied()
+        });
+        let ok = reduced
+            && slice < ffn
+            && ffn < i
+            && matches!(self.op_at(slice), Some(Op::MoeLocalSlice { .. }))
+            && matches!(self.op_at(ffn), Some(Op::MoeExpertFfn { .. }))
+            && matches!(self.op_at(i), Some(Op::MoeScatterCombine { .. }))
+            && self.gpu.get(slice) == Some(&GpuOp::Fused { into: i })
+            && self.gpu.get(ffn) == Some(&GpuOp::Fused { into: i });
+        if !ok {
+            return Err(format!("local experts of slice {slice} and ffn {ffn}: expected a local_slice, then an expert_ffn, both fused into this scatter_combine, and an all-reduce it does of its sum (if any) named back"));
+        }
+        Ok(())
+    }
+
+    /// All-to-all's step: its dispatch, exchange, expert FFN and token slices (none, or three),
+    /// each an earlier instruction fused into this combine.
+    fn check_all_to_all_experts(
+        &self,
+        i: usize,
+        [dispatch, exchange, ffn]: [usize; 3],
+        slices: &[usize],
+        members: &[usize],
+    ) -> Result<(), String> {
+        let op_at = |m: usize| self.op_at(m);
+        let all_fused = members
+            .iter()
+            .all(|&m| m < i && self.gpu.get(m) == Some(&GpuOp::Fused { into: i }));
+        let ok = all_fused
+            && [dispatch, exchange, ffn]
+                .iter()
+                .all(|m| members.contains(m))
+            && slices.iter().all(|s| members.contains(s))
+            && matches!(op_at(dispatch), Some(Op::MoeDispatch { .. }))
+            && matches!(op_at(exchange), Some(Op::AllToAll { .. }))
+            && matches!(op_at(ffn), Some(Op::MoeExpertFfn { .. }))
+            && matches!(op_at(i), Some(Op::MoeCombine { .. }))
+            && (slices.is_empty()
+                || (slices.len() == 3
+                    && slices
+                        .iter()
+                        .all(|&s| matches!(op_at(s), Some(Op::TokenSlice { .. })))));
+        if !ok {
+            return Err(format!("all-to-all experts of dispatch {dispatch}, exchange {exchange}, ffn {ffn}, slices {slices:?}, members {members:?}: expected those ops, each an earlier instruction fused into this combine"));
         }
         Ok(())
     }
