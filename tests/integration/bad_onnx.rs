@@ -235,3 +235,26 @@ fn fuzz_findings_are_clean_errors() {
     }
     assert!(n >= 6, "{n} regression inputs");
 }
+
+/// A fused MoE whose router scores more experts than its weight stacks hold (8 against 4) is
+/// refused at compile time, naming the node: it compiled, and failed only when run, on the CPU
+/// at the first expert id past the stacks (on the GPU such an id reads past them).
+#[test]
+fn a_fused_moe_with_fewer_experts_than_its_router_is_refused() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions/fused-moe-fewer-experts-than-router.onnx");
+    let out = ppmoe(&[
+        "compile",
+        p.to_str().unwrap(),
+        "-o",
+        "/nonexistent/never-written",
+    ]);
+    assert_clean_failure(
+        &out,
+        &[
+            "fused-moe-fewer-experts-than-router.onnx",
+            "\"moe\"",
+            "router_probs score 8 experts, the expert weights hold 4",
+        ],
+    );
+}

@@ -30,6 +30,14 @@ impl Lowering<'_> {
         };
         let moe =
             crate::moe::fused_ort::read(node, h, weight).map_err(|e| self.node_err(node, e))?;
+        // The route picks among the probabilities' experts: the stacks must hold each of them.
+        let stacked = moe.ffn.w_in.shape[0];
+        if stacked != e {
+            return Err(self.node_err(
+                node,
+                format!("router_probs score {e} experts, the expert weights hold {stacked}"),
+            ));
+        }
         let x = self.operand(&node.inputs[0]);
         let x2 = self.as_matrix(node, (x, x_shape.len()), (t, h));
         let l = self.operand(&node.inputs[1]);
