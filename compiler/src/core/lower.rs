@@ -320,33 +320,8 @@ impl<'m> Lowering<'m> {
             self.consts.insert(node.outputs[0].clone(), t);
             return Ok(true);
         }
-        // Shape and Size of a tensor whose shape is static are constants, whatever its values.
-        if matches!(node.op_type.as_str(), "Shape" | "Size") {
-            if let Some(shape) = self.static_shape(&node.inputs[0]) {
-                let t = match self.op_for(node)? {
-                    Op::Shape { start, end } => kernels::shape_values(&shape, start, end),
-                    _ => {
-                        let n = shape
-                            .iter()
-                            .try_fold(1usize, |a, &d| a.checked_mul(d))
-                            .ok_or_else(|| {
-                                self.node_err(
-                                    node,
-                                    format!("the element count of {shape:?} overflows"),
-                                )
-                            })?;
-                        let n = i64::try_from(n).map_err(|_| {
-                            self.node_err(node, format!("the element count of {shape:?} overflows"))
-                        })?;
-                        Tensor::i64(vec![], vec![n])
-                    }
-                };
-                self.consts.insert(node.outputs[0].clone(), t);
-                if !self.consts.contains_key(&node.inputs[0]) {
-                    self.shape_derived.insert(node.outputs[0].clone());
-                }
-                return Ok(true);
-            }
+        if matches!(node.op_type.as_str(), "Shape" | "Size") && self.fold_shape(node)? {
+            return Ok(true);
         }
         let all_const = node
             .inputs
@@ -361,27 +336,7 @@ impl<'m> Lowering<'m> {
             Err(_) => return Ok(false),
         };
         let derived = node.inputs.iter().any(|i| self.shape_derived.contains(i));
-        let limit = if derived {
-            SHAPE_DERIVED_FOLD_BYTES.min(self.eval_limit)
-        } else {
-            self.eval_limit
-        };
-        if self.keep_run_time.contains(&node.name) {
-            return Ok(false);
-        }
-        if !self.fits(node, limit) {
-            tracing::debug!(
-                "node \"{}\" ({}): not folded: its result is over {} KiB{}; it runs at run time",
-                node.name,
-                node.op_type,
-                limit >> 10,
-                if derived {
-                    " and grows with the input's sizes"
-                } else {
-                    " (--eval-limit)"
-                }
-            );
-            self.run_time_nodes.insert(node.name.clone());
+        if !self.may_fold(node, derived) {
             return Ok(false);
         }
         let args: Vec<Option<&Tensor>> = node
@@ -409,6 +364,63 @@ impl<'m> Lowering<'m> {
             }
         }
         Ok(true)
+    }
+
+    /// Shape and Size of a tensor whose shape is static are constants, whatever its values:
+    /// folded (and marked as grown from a run-time input's shape where it is one); false where
+    /// the shape is not static.
+    fn fold_shape(&mut self, node: &Node) -> Result<bool, CompileError> {
+        let Some(shape) = self.static_shape(&node.inputs[0]) else {
+            return Ok(false);
+        };
+        let t = match self.op_for(node)? {
+            Op::Shape { start, end } => kernels::shape_values(&shape, start, end),
+            _ => {
+                let overflows =
+                    || self.node_err(node, format!("the element count of {shape:?} overflows"));
+                let n = shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or_else(overflows)?;
+                let n = i64::try_from(n).map_err(|_| overflows())?;
+                Tensor::i64(vec![], vec![n])
+            }
+        };
+        self.consts.insert(node.outputs[0].clone(), t);
+        if !self.consts.contains_key(&node.inputs[0]) {
+            self.shape_derived.insert(node.outputs[0].clone());
+        }
+        Ok(true)
+    }
+
+    /// Whether a node of constant operands may be folded: not one another lowering left to
+    /// run time, and its result within the evaluation limit (smaller where it grows with a
+    /// run-time input's shape: `derived`); a node left for its size is remembered.
+    fn may_fold(&mut self, node: &Node, derived: bool) -> bool {
+        let limit = if derived {
+            SHAPE_DERIVED_FOLD_BYTES.min(self.eval_limit)
+        } else {
+            self.eval_limit
+        };
+        if self.keep_run_time.contains(&node.name) {
+            return false;
+        }
+        if !self.fits(node, limit) {
+            tracing::debug!(
+                "node \"{}\" ({}): not folded: its result is over {} KiB{}; it runs at run time",
+                node.name,
+                node.op_type,
+                limit >> 10,
+                if derived {
+                    " and grows with the input's sizes"
+                } else {
+                    " (--eval-limit)"
+                }
+            );
+            self.run_time_nodes.insert(node.name.clone());
+            return false;
+        }
+        true
     }
 
     /// Whether every output's inferred size is known and within `limit` bytes.
