@@ -32,94 +32,125 @@ pub fn reduce(
         }
         ax = (0..rank).collect();
     }
-    let out_full: Vec<usize> = x
-        .shape
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if ax.contains(&i) { 1 } else { d })
-        .collect();
-    let n_out = numel(&out_full);
-    let count = x.len() / n_out.max(1);
-    // Flat index of each input element in the (keepdims) output.
-    let ost = crate::tensor::strides(&out_full);
-    let ist = crate::tensor::strides(&x.shape);
-    let target = |flat: usize| -> usize {
-        (0..rank)
+    let r = Reduced::new(&x.shape, ax);
+    let shape = if keepdims {
+        r.out_full.clone()
+    } else {
+        r.kept_dims(&x.shape)
+    };
+    match &*x.data {
+        Data::F32(v) => Ok(Tensor::f32(shape, r.f32s(f, v)).with_dtype(x.dtype)),
+        Data::I64(v) => Ok(Tensor::i64(shape, r.i64s(f, v)?).with_dtype(x.dtype)),
+        Data::Bool(_) => Err("reduction of a bool tensor".into()),
+        Data::Half(_) => unreachable!("widened at the top of the function"),
+    }
+}
+
+/// A reduction's geometry: the axes reduced, the (keepdims) output shape, and each input
+/// element's place in it.
+struct Reduced {
+    ax: Vec<usize>,
+    out_full: Vec<usize>,
+    in_shape: Vec<usize>,
+    ist: Vec<usize>,
+    ost: Vec<usize>,
+    /// Input elements per output element.
+    count: usize,
+}
+
+impl Reduced {
+    fn new(shape: &[usize], ax: Vec<usize>) -> Self {
+        let out_full: Vec<usize> = shape
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if ax.contains(&i) { 1 } else { d })
+            .collect();
+        let n_out = numel(&out_full);
+        Reduced {
+            count: numel(shape) / n_out.max(1),
+            ist: crate::tensor::strides(shape),
+            ost: crate::tensor::strides(&out_full),
+            in_shape: shape.to_vec(),
+            ax,
+            out_full,
+        }
+    }
+
+    /// The output's shape without the reduced axes.
+    fn kept_dims(&self, shape: &[usize]) -> Vec<usize> {
+        shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.ax.contains(i))
+            .map(|(_, &d)| d)
+            .collect()
+    }
+
+    /// Flat index of input element `flat` in the (keepdims) output.
+    fn target(&self, flat: usize) -> usize {
+        (0..self.in_shape.len())
             .map(|d| {
-                if ax.contains(&d) {
+                if self.ax.contains(&d) {
                     0
                 } else {
-                    (flat / ist[d]) % x.shape[d] * ost[d]
+                    (flat / self.ist[d]) % self.in_shape[d] * self.ost[d]
                 }
             })
             .sum()
-    };
-    let shape: Vec<usize> = if keepdims {
-        out_full.clone()
-    } else {
-        x.shape
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !ax.contains(i))
-            .map(|(_, &d)| d)
+    }
+
+    /// Accumulated in f64, so that long sums do not drift from the reference.
+    fn f32s(&self, f: ReduceFn, v: &[f32]) -> Vec<f32> {
+        let init = match f {
+            ReduceFn::Max => f32::NEG_INFINITY,
+            ReduceFn::Min => f32::INFINITY,
+            ReduceFn::Prod => 1.0,
+            _ => 0.0,
+        };
+        let mut acc = vec![init as f64; numel(&self.out_full)];
+        for (i, &a) in v.iter().enumerate() {
+            let t = &mut acc[self.target(i)];
+            let a = a as f64;
+            *t = match f {
+                ReduceFn::Sum | ReduceFn::Mean => *t + a,
+                ReduceFn::L2 => *t + a * a,
+                ReduceFn::Max => t.max(a),
+                ReduceFn::Min => t.min(a),
+                ReduceFn::Prod => *t * a,
+            };
+        }
+        acc.into_iter()
+            .map(|a| match f {
+                ReduceFn::Mean => (a / self.count as f64) as f32,
+                ReduceFn::L2 => a.sqrt() as f32,
+                _ => a as f32,
+            })
             .collect()
-    };
-    match &*x.data {
-        Data::F32(v) => {
-            let init = match f {
-                ReduceFn::Max => f32::NEG_INFINITY,
-                ReduceFn::Min => f32::INFINITY,
-                ReduceFn::Prod => 1.0,
-                _ => 0.0,
+    }
+
+    /// Integer sums and products wrap (a hostile model's shape arithmetic must not trap).
+    fn i64s(&self, f: ReduceFn, v: &[i64]) -> KResult<Vec<i64>> {
+        let init = match f {
+            ReduceFn::Max => i64::MIN,
+            ReduceFn::Min => i64::MAX,
+            ReduceFn::Prod => 1,
+            _ => 0,
+        };
+        let mut acc = vec![init; numel(&self.out_full)];
+        for (i, &a) in v.iter().enumerate() {
+            let t = &mut acc[self.target(i)];
+            *t = match f {
+                ReduceFn::Sum | ReduceFn::Mean => t.wrapping_add(a),
+                ReduceFn::Max => (*t).max(a),
+                ReduceFn::Min => (*t).min(a),
+                ReduceFn::Prod => t.wrapping_mul(a),
+                ReduceFn::L2 => return Err("ReduceL2 of integers".into()),
             };
-            // Accumulate in f64 so that long sums do not drift from the reference.
-            let mut acc = vec![init as f64; n_out];
-            for (i, &a) in v.iter().enumerate() {
-                let t = &mut acc[target(i)];
-                let a = a as f64;
-                *t = match f {
-                    ReduceFn::Sum | ReduceFn::Mean => *t + a,
-                    ReduceFn::L2 => *t + a * a,
-                    ReduceFn::Max => t.max(a),
-                    ReduceFn::Min => t.min(a),
-                    ReduceFn::Prod => *t * a,
-                };
-            }
-            let out = acc
-                .into_iter()
-                .map(|a| match f {
-                    ReduceFn::Mean => (a / count as f64) as f32,
-                    ReduceFn::L2 => a.sqrt() as f32,
-                    _ => a as f32,
-                })
-                .collect();
-            Ok(Tensor::f32(shape, out).with_dtype(x.dtype))
         }
-        Data::I64(v) => {
-            let init = match f {
-                ReduceFn::Max => i64::MIN,
-                ReduceFn::Min => i64::MAX,
-                ReduceFn::Prod => 1,
-                _ => 0,
-            };
-            let mut acc = vec![init; n_out];
-            for (i, &a) in v.iter().enumerate() {
-                let t = &mut acc[target(i)];
-                *t = match f {
-                    ReduceFn::Sum | ReduceFn::Mean => *t + a,
-                    ReduceFn::Max => (*t).max(a),
-                    ReduceFn::Min => (*t).min(a),
-                    ReduceFn::Prod => *t * a,
-                    ReduceFn::L2 => return Err("ReduceL2 of integers".into()),
-                };
-            }
-            if f == ReduceFn::Mean {
-                acc.iter_mut().for_each(|a| *a /= count.max(1) as i64);
-            }
-            Ok(Tensor::i64(shape, acc).with_dtype(x.dtype))
+        if f == ReduceFn::Mean {
+            acc.iter_mut().for_each(|a| *a /= self.count.max(1) as i64);
         }
-        Data::Bool(_) => Err("reduction of a bool tensor".into()),
-        Data::Half(_) => unreachable!("widened at the top of the function"),
+        Ok(acc)
     }
 }
 
