@@ -75,91 +75,19 @@ pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
         broadcast_map(&a.shape, &shape),
         broadcast_map(&b.shape, &shape),
     );
-    let pairs = ia.iter().zip(&ib);
+    let at = Broadcast {
+        a: &ia,
+        b: &ib,
+        shape,
+    };
     Ok(match (&*a.data, &*b.data) {
-        (Data::F32(x), Data::F32(y)) => {
-            if is_compare(f) {
-                Tensor::bool(
-                    shape,
-                    pairs
-                        .map(|(&i, &j)| cmp(f, x[i].partial_cmp(&y[j])))
-                        .collect(),
-                )
-            } else {
-                let g: fn(f32, f32) -> f32 = match f {
-                    BinaryFn::Add => |p, q| p + q,
-                    BinaryFn::Sub => |p, q| p - q,
-                    BinaryFn::Mul => |p, q| p * q,
-                    BinaryFn::Div => |p, q| p / q,
-                    BinaryFn::Pow => pow_f32,
-                    BinaryFn::Max => f32::max,
-                    BinaryFn::Min => f32::min,
-                    BinaryFn::Mod => |p, q| p % q,
-                    _ => return Err(format!("{f:?} of float tensors")),
-                };
-                Tensor::f32(shape, pairs.map(|(&i, &j)| g(x[i], y[j])).collect())
-                    .with_dtype(a.dtype)
-            }
+        (Data::F32(x), Data::F32(y)) => binary_f32(f, (x, y), at, a.dtype)?,
+        (Data::I64(x), Data::I64(y)) => binary_i64(f, (x, y), at, a.dtype)?,
+        (Data::Bool(x), Data::Bool(y)) => binary_bool(f, (x, y), at)?,
+        (Data::F32(x), Data::I64(y)) if f == BinaryFn::Pow => {
+            let pow = at.pairs().map(|(i, j)| pow_f32(x[i], y[j] as f32));
+            Tensor::f32(at.shape.clone(), pow.collect()).with_dtype(a.dtype)
         }
-        (Data::I64(x), Data::I64(y)) => {
-            if is_compare(f) {
-                Tensor::bool(
-                    shape,
-                    pairs
-                        .map(|(&i, &j)| cmp(f, Some(x[i].cmp(&y[j]))))
-                        .collect(),
-                )
-            } else {
-                let g = |p: i64, q: i64| -> KResult<i64> {
-                    Ok(match f {
-                        BinaryFn::Add => p.wrapping_add(q),
-                        BinaryFn::Sub => p.wrapping_sub(q),
-                        BinaryFn::Mul => p.wrapping_mul(q),
-                        // ONNX integer Div truncates toward zero, as C does.
-                        // i64::MIN / -1 wraps (as two's complement does) instead of trapping.
-                        BinaryFn::Div if q != 0 => p.wrapping_div(q),
-                        BinaryFn::Div | BinaryFn::Mod if q == 0 => {
-                            return Err("integer division by zero".into())
-                        }
-                        // fmod = 0: the sign follows the divisor, as in Python.
-                        BinaryFn::Mod => p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q),
-                        BinaryFn::Pow => p.wrapping_pow(q.clamp(0, u32::MAX as i64) as u32),
-                        BinaryFn::Max => p.max(q),
-                        BinaryFn::Min => p.min(q),
-                        _ => return Err(format!("{f:?} of integer tensors")),
-                    })
-                };
-                Tensor::i64(
-                    shape,
-                    pairs
-                        .map(|(&i, &j)| g(x[i], y[j]))
-                        .collect::<KResult<_>>()?,
-                )
-                .with_dtype(a.dtype)
-            }
-        }
-        (Data::Bool(x), Data::Bool(y)) => {
-            let g = |p: bool, q: bool| -> KResult<bool> {
-                Ok(match f {
-                    BinaryFn::And => p && q,
-                    BinaryFn::Or => p || q,
-                    BinaryFn::Xor => p ^ q,
-                    BinaryFn::Equal => p == q,
-                    _ => return Err(format!("{f:?} of bool tensors")),
-                })
-            };
-            Tensor::bool(
-                shape,
-                pairs
-                    .map(|(&i, &j)| g(x[i], y[j]))
-                    .collect::<KResult<_>>()?,
-            )
-        }
-        (Data::F32(x), Data::I64(y)) if f == BinaryFn::Pow => Tensor::f32(
-            shape,
-            pairs.map(|(&i, &j)| pow_f32(x[i], y[j] as f32)).collect(),
-        )
-        .with_dtype(a.dtype),
         _ => {
             return Err(format!(
                 "{f:?} of {} and {} tensors",
@@ -168,6 +96,93 @@ pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
             ))
         }
     })
+}
+
+/// Where each output element of a broadcast binary op reads its two operands.
+struct Broadcast<'a> {
+    a: &'a [usize],
+    b: &'a [usize],
+    shape: Vec<usize>,
+}
+
+impl Broadcast<'_> {
+    fn pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.a.iter().copied().zip(self.b.iter().copied())
+    }
+}
+
+/// Floats (a compare gives booleans; anything else is stored as `dtype`, a's type).
+fn binary_f32(
+    f: BinaryFn,
+    (x, y): (&[f32], &[f32]),
+    at: Broadcast,
+    dtype: DType,
+) -> KResult<Tensor> {
+    if is_compare(f) {
+        let c = at.pairs().map(|(i, j)| cmp(f, x[i].partial_cmp(&y[j])));
+        return Ok(Tensor::bool(at.shape.clone(), c.collect()));
+    }
+    let g: fn(f32, f32) -> f32 = match f {
+        BinaryFn::Add => |p, q| p + q,
+        BinaryFn::Sub => |p, q| p - q,
+        BinaryFn::Mul => |p, q| p * q,
+        BinaryFn::Div => |p, q| p / q,
+        BinaryFn::Pow => pow_f32,
+        BinaryFn::Max => f32::max,
+        BinaryFn::Min => f32::min,
+        BinaryFn::Mod => |p, q| p % q,
+        _ => return Err(format!("{f:?} of float tensors")),
+    };
+    let v = at.pairs().map(|(i, j)| g(x[i], y[j]));
+    Ok(Tensor::f32(at.shape.clone(), v.collect()).with_dtype(dtype))
+}
+
+/// Integers, wrapping (a compare gives booleans; anything else is stored as `dtype`).
+fn binary_i64(
+    f: BinaryFn,
+    (x, y): (&[i64], &[i64]),
+    at: Broadcast,
+    dtype: DType,
+) -> KResult<Tensor> {
+    if is_compare(f) {
+        let c = at.pairs().map(|(i, j)| cmp(f, Some(x[i].cmp(&y[j]))));
+        return Ok(Tensor::bool(at.shape.clone(), c.collect()));
+    }
+    let g = |p: i64, q: i64| -> KResult<i64> {
+        Ok(match f {
+            BinaryFn::Add => p.wrapping_add(q),
+            BinaryFn::Sub => p.wrapping_sub(q),
+            BinaryFn::Mul => p.wrapping_mul(q),
+            // ONNX integer Div truncates toward zero, as C does.
+            // i64::MIN / -1 wraps (as two's complement does) instead of trapping.
+            BinaryFn::Div if q != 0 => p.wrapping_div(q),
+            BinaryFn::Div | BinaryFn::Mod if q == 0 => {
+                return Err("integer division by zero".into())
+            }
+            // fmod = 0: the sign follows the divisor, as in Python.
+            BinaryFn::Mod => p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q),
+            BinaryFn::Pow => p.wrapping_pow(q.clamp(0, u32::MAX as i64) as u32),
+            BinaryFn::Max => p.max(q),
+            BinaryFn::Min => p.min(q),
+            _ => return Err(format!("{f:?} of integer tensors")),
+        })
+    };
+    let v = at.pairs().map(|(i, j)| g(x[i], y[j]));
+    Ok(Tensor::i64(at.shape.clone(), v.collect::<KResult<_>>()?).with_dtype(dtype))
+}
+
+fn binary_bool(f: BinaryFn, (x, y): (&[bool], &[bool]), at: Broadcast) -> KResult<Tensor> {
+    let g = |p: bool, q: bool| -> KResult<bool> {
+        Ok(match f {
+            BinaryFn::And => p && q,
+            BinaryFn::Or => p || q,
+            BinaryFn::Xor => p ^ q,
+            BinaryFn::Equal => p == q,
+            _ => return Err(format!("{f:?} of bool tensors")),
+        })
+    };
+    let v = at.pairs().map(|(i, j)| g(x[i], y[j]));
+    Ok(Tensor::bool(at.shape.clone(), v.collect::<KResult<_>>()?))
 }
 
 /// x^y with the integer exponents exporters use (x^2 in RMS norm) computed exactly.
