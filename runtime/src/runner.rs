@@ -1,6 +1,6 @@
 //! What `ppmoe run` and `ppmoe-run` do: bind inputs, pick a backend, run, write outputs whole.
 
-use crate::bundle::read_bundle_for;
+use crate::bundle::{read_bundle_for, Bundle};
 use crate::distributed::Dist;
 use crate::error::RuntimeError;
 use crate::npy::{read_npy, write_npy};
@@ -170,27 +170,7 @@ pub fn run(
         reason,
     })?;
     let bundle = read_bundle_for(bundle_dir, dist.as_ref().map(|d| d.rank))?;
-    // auto: CUDA where the bundle carries a GPU plan and a GPU can be used, else the CPU.
-    let compiled_for_gpu = bundle.manifest.programs.iter().all(|p| !p.gpu.is_empty());
-    let use_cuda = match backend {
-        Backend::Cuda => {
-            crate::cuda::require()?;
-            true
-        }
-        Backend::Cpu => false,
-        Backend::Auto => {
-            dist.is_some()
-                || (compiled_for_gpu
-                    && bundle.manifest.programs.len() == 1
-                    && crate::cuda::available().is_ok())
-        }
-    };
-    if let (Some(d), false) = (&dist, use_cuda) {
-        return Err(RuntimeError::Backend {
-            backend: "cpu".into(),
-            reason: format!("this is rank {} of {} processes ({} environment), but the CPU backend runs every rank as a thread of one process: run it once, without a launcher", d.rank, d.world, d.source),
-        });
-    }
+    let use_cuda = uses_cuda(&bundle, backend, dist.as_ref())?;
     let inputs: Vec<Tensor> = bind_inputs(&bundle, inputs)?
         .into_iter()
         .zip(&bundle.manifest.inputs)
@@ -222,7 +202,48 @@ pub fn run(
             tensors: Vec::new(),
         });
     }
+    let placed = write_outputs(&bundle, &outputs, out_dir)?;
+    Ok(RunReport {
+        backend: if use_cuda { "cuda" } else { "cpu" },
+        rank,
+        outputs: placed,
+        tensors: outputs,
+    })
+}
 
+/// Whether the run is on the GPU: as asked, or (auto) where the bundle carries a GPU plan and
+/// a GPU can be used; a launcher's rank process must be.
+fn uses_cuda(bundle: &Bundle, backend: Backend, dist: Option<&Dist>) -> Result<bool, RuntimeError> {
+    let compiled_for_gpu = bundle.manifest.programs.iter().all(|p| !p.gpu.is_empty());
+    let use_cuda = match backend {
+        Backend::Cuda => {
+            crate::cuda::require()?;
+            true
+        }
+        Backend::Cpu => false,
+        Backend::Auto => {
+            dist.is_some()
+                || (compiled_for_gpu
+                    && bundle.manifest.programs.len() == 1
+                    && crate::cuda::available().is_ok())
+        }
+    };
+    if let (Some(d), false) = (dist, use_cuda) {
+        return Err(RuntimeError::Backend {
+            backend: "cpu".into(),
+            reason: format!("this is rank {} of {} processes ({} environment), but the CPU backend runs every rank as a thread of one process: run it once, without a launcher", d.rank, d.world, d.source),
+        });
+    }
+    Ok(use_cuda)
+}
+
+/// The outputs as `.npy` files in `out_dir`: written to a temporary folder first and moved
+/// into place when all are written (nothing partial is left as if whole).
+fn write_outputs(
+    bundle: &Bundle,
+    outputs: &[Tensor],
+    out_dir: &Path,
+) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
     let io = |p: &Path| {
         let p = p.display().to_string();
         move |cause| RuntimeError::Io {
@@ -235,7 +256,7 @@ pub fn run(
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let mut written = Vec::new();
     let result = (|| -> Result<Vec<(String, PathBuf)>, RuntimeError> {
-        for (port, t) in bundle.manifest.outputs.iter().zip(&outputs) {
+        for (port, t) in bundle.manifest.outputs.iter().zip(outputs) {
             let file = format!("{}.npy", sanitize(&port.name));
             write_npy(&tmp.join(&file), t).map_err(io(&tmp.join(&file)))?;
             written.push((port.name.clone(), file));
@@ -249,12 +270,7 @@ pub fn run(
         Ok(placed)
     })();
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(RunReport {
-        backend: if use_cuda { "cuda" } else { "cpu" },
-        rank,
-        outputs: result?,
-        tensors: outputs,
-    })
+    result
 }
 
 /// Output names become file names: path separators and other odd characters are replaced.
