@@ -260,6 +260,22 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
                 "no earlier local-experts step naming this all-reduce",
             ],
         ),
+        (
+            Box::new(|v| {
+                // The route's logits said to score more experts than the experts step's
+                // weights hold (its GPU kernels would read past them).
+                let p = &mut v["programs"][0];
+                let ins = p["instructions"].as_array().unwrap().clone();
+                let route = ins.iter().find(|i| i["op"] == "moe_route").unwrap();
+                let logits = route["inputs"][0].as_u64().unwrap() as usize;
+                p["buffers"][logits]["shape"][1] = 64.into();
+            }),
+            vec![
+                "rank 0",
+                "(experts)",
+                "its route chooses among 64 experts, its weights hold",
+            ],
+        ),
     ];
     for (edit, needles) in cases {
         let c = compiled();

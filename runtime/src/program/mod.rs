@@ -547,6 +547,7 @@ impl Program {
                 }
             }
         }
+        self.validate_expert_counts()?;
         if !self.gpu.is_empty() && self.gpu.len() != self.instructions.len() {
             return Err(format!(
                 "the GPU plan has {} entries for {} instructions",
@@ -668,6 +669,38 @@ impl Program {
                 _ => Ok(()),
             };
             checked.map_err(|what| format!("GPU plan entry {i}: {what}"))?;
+        }
+        Ok(())
+    }
+
+    /// Each `moe.experts` whose expert ids a `moe.route` of this program makes holds every
+    /// expert that route chooses among: its stacks' experts at least the logits' (a bundle
+    /// saying otherwise would have the experts step read past its weights on the GPU).
+    fn validate_expert_counts(&self) -> Result<(), String> {
+        let made_by = |b: BufferId| {
+            self.instructions
+                .iter()
+                .find(|ins| ins.outputs.contains(&b))
+        };
+        for (i, ins) in self.instructions.iter().enumerate() {
+            if !matches!(ins.op, Op::MoeExperts { .. }) {
+                continue;
+            }
+            let at = |k: usize| ins.inputs.get(k).copied().flatten();
+            let route = at(2)
+                .and_then(made_by)
+                .filter(|r| matches!(r.op, Op::MoeRoute { .. }));
+            let scored = route
+                .and_then(|r| r.inputs.first().copied().flatten())
+                .and_then(|l| self.buffers[l].shape.last().copied().flatten());
+            let stacked = at(3).and_then(|w| self.buffers[w].shape.first().copied().flatten());
+            if let (Some(scored), Some(stacked)) = (scored, stacked) {
+                if stacked < scored {
+                    return Err(format!(
+                        "instruction {i} (experts): its route chooses among {scored} experts, its weights hold {stacked}"
+                    ));
+                }
+            }
         }
         Ok(())
     }
