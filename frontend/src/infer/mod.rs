@@ -94,20 +94,6 @@ fn out(ty: TensorType) -> Option<Out> {
     Some(Out { ty, value: None })
 }
 
-fn int_attr(node: &Node, name: &str, default: i64) -> i64 {
-    match node.attr(name) {
-        Some(AttrValue::Int(v)) => *v,
-        _ => default,
-    }
-}
-
-fn ints_attr(node: &Node, name: &str) -> Option<Vec<i64>> {
-    match node.attr(name) {
-        Some(AttrValue::Ints(v)) => Some(v.clone()),
-        _ => None,
-    }
-}
-
 /// Normalises a possibly negative axis against `rank`.
 pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
@@ -218,11 +204,17 @@ impl<'a> Ctx<'a> {
     }
 
     fn int_attr(&self, name: &str, default: i64) -> i64 {
-        int_attr(self.node, name, default)
+        match self.node.attr(name) {
+            Some(AttrValue::Int(v)) => *v,
+            _ => default,
+        }
     }
 
     fn ints_attr(&self, name: &str) -> Option<Vec<i64>> {
-        ints_attr(self.node, name)
+        match self.node.attr(name) {
+            Some(AttrValue::Ints(v)) => Some(v.clone()),
+            _ => None,
+        }
     }
 
     /// The statistics outputs of the normalisations (mean, inverse std-dev): the input's

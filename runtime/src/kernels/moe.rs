@@ -418,9 +418,9 @@ impl ExpertFfn<'_> {
     /// One row's activation: gate(hr[q]) * (hr[f + q] + beta) where gated, else act(hr[q]).
     fn activate(&self, hr: &[f32], out: &mut [f32]) {
         let f = self.dims.2;
-        let (a, lim) = (self.a, self.lim);
+        let (a, lim, gated) = (self.a, self.lim, self.a.is_gated());
         for (q, o) in out.iter_mut().enumerate() {
-            *o = if a.is_gated() {
+            *o = if gated {
                 let (g, u) = (hr[q].min(lim), hr[f + q].clamp(-lim, lim));
                 let gate = if a == Activation::Geglu {
                     act(Activation::Gelu, g)

@@ -46,16 +46,17 @@ pub(super) fn try_raise(
             if !s.is_layer_sized(o) {
                 continue;
             }
-            let Some(candidate) = s.candidate(o) else {
-                continue;
-            };
             let name = &prog.buffers[o].name;
-            let Ok(region) = candidate else {
-                let text = format!("the layer's values are read outside it or it reads values other than the tokens and logits (at '{name}')");
-                tracing::debug!("moe: candidate '{name}': {text}");
-                // A candidate that got further says more: keep its reason.
-                why.unless_specific(text);
-                continue;
+            let region = match s.candidate(o) {
+                Candidate::Unreached => continue,
+                Candidate::Layer(region) => region,
+                Candidate::NotClosed => {
+                    let text = format!("the layer's values are read outside it or it reads values other than the tokens and logits (at '{name}')");
+                    tracing::debug!("moe: candidate '{name}': {text}");
+                    // A candidate that got further says more: keep its reason.
+                    why.unless_specific(text);
+                    continue;
+                }
             };
             let refs = match s.references(&region.full, o, &mut memo) {
                 Ok(refs) => refs,
@@ -131,6 +132,15 @@ impl Reason {
 struct Region {
     full: BTreeSet<usize>,
     inner: BTreeSet<usize>,
+}
+
+/// A value after the router, as a candidate layer's output.
+enum Candidate {
+    /// Its backward slice does not reach the router.
+    Unreached,
+    /// It reads, or is read by, something other than the tokens, the logits and its output.
+    NotClosed,
+    Layer(Region),
 }
 
 /// Why a candidate that ran is not the layer.
@@ -249,13 +259,12 @@ impl<'a> Search<'a> {
             && b.shape.iter().map(|d| d.unwrap_or(0)).product::<usize>() == self.t * self.h
     }
 
-    /// The candidate ending at `o`: None where its slice does not reach the router, an error
-    /// where it reads or is read by anything but the tokens, the logits and its output.
-    fn candidate(&self, o: BufferId) -> Option<Result<Region, ()>> {
+    /// The candidate ending at `o`.
+    fn candidate(&self, o: BufferId) -> Candidate {
         let prog = self.prog;
         let full = backward_slice(prog, &self.prod, o, &self.cut);
         if !full.contains(&self.router) {
-            return None;
+            return Candidate::Unreached;
         }
         let ins_ok = live_ins(prog, &full).iter().all(|b| self.cut.contains(b));
         // Router values the model also returns (gpt-oss's block returns its routing scores,
@@ -263,7 +272,7 @@ impl<'a> Search<'a> {
         // their instructions stay as they are beside the raised layer.
         let Some(kept) = router_side(prog, &self.prod, &full, &self.cons, o, self.anchor.logits)
         else {
-            return Some(Err(()));
+            return Candidate::NotClosed;
         };
         let kept_writes = |v: &BufferId| {
             kept.iter()
@@ -273,10 +282,10 @@ impl<'a> Search<'a> {
             .iter()
             .any(|v| *v != o && !kept_writes(v));
         if !ins_ok || read_outside {
-            return Some(Err(()));
+            return Candidate::NotClosed;
         }
         let inner = full.difference(&kept).copied().collect();
-        Some(Ok(Region { full, inner }))
+        Candidate::Layer(Region { full, inner })
     }
 
     /// The candidate's own results on the two trials.
