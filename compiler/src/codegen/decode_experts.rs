@@ -506,7 +506,7 @@ impl Projection {
 
     /// Word `%wv{j}` as `per` f32 values `%w{j}_{u}` (bf16: a 4-byte lane's low half first).
     fn unpack(&self, b: &mut String, j: usize) {
-        super::single_token::unpack(b, &format!("%wv{j}"), &format!("w{j}"), self.per);
+        super::few_tokens::unpack(b, &format!("%wv{j}"), &format!("w{j}"), self.per);
     }
 
     /// The lanes' sums folded; lane 0 writes each row's columns that exist (of `n` rows).

@@ -222,12 +222,11 @@ fn device_routed_kernels(
     // A gated activation without a first bias can be the tensor-core projection's epilogue.
     let act = (gated && o.b_in.is_none()).then(|| act_math(ffn));
     let decode = super::decode_experts::kernels(p, o, ids, prefix, (ffn.layout, act), step, bf16);
-    // One token routed on the device, bf16 stacks, no biases: its two-kernel form too.
+    // A few tokens routed on the device, bf16 stacks, no biases: their two-kernel form too.
     // (A whole step's only: PPMoE's local step at one token has not run on two GPUs.)
     let single = decode.is_some()
         && bf16
-        && t == 1
-        && ppmoe_runtime::program::single_token_pays(h)
+        && super::few_tokens::wanted(t, k, dims.experts, h)
         && !prefix.ends_with("_local_experts")
         && o.b_in.is_none()
         && o.b_out.is_none()
@@ -237,7 +236,7 @@ fn device_routed_kernels(
         let x_bf16 = p.buffers[o.x].dtype == ppmoe_runtime::DType::BF16;
         let dims = (h, f, k, dims.experts);
         let math = act_math(ffn);
-        out.push_str(&super::single_token::kernels(
+        out.push_str(&super::few_tokens::kernels(
             prefix,
             dims,
             (&math, gated),

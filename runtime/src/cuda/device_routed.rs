@@ -216,8 +216,8 @@ impl Rank<'_> {
         let Some(routed) = self.routing_on_device(call, bf16)? else {
             return Ok(None);
         };
-        if let Some(y) = self.single_token_experts(call, prefix, &routed)? {
-            return Ok(Some((y, 1)));
+        if let Some(y) = self.token_experts(call, prefix, &routed)? {
+            return Ok(Some((y, routed.tokens)));
         }
         let OnDevice {
             ids,

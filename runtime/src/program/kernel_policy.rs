@@ -215,8 +215,8 @@ pub fn routes_on_tensor_cores(
 /// The CUDA-core first projection reading x's bf16 bits (`dproj_in` reads f32 x).
 pub const DPROJ_IN_BF16: &str = "dproj_in_bf16";
 
-/// One token's experts in two kernels, the slots indexed as the route left them (the
-/// compiler's `single_token`): the first projection with the activation as its epilogue
+/// A few tokens' experts in two kernels, the slots indexed as the route left them (the
+/// compiler's `few_tokens`): the first projection with the activation as its epilogue
 /// (reading f32 x, or x's bf16 bits), and the second with the combine as its epilogue.
 pub const TOKEN_KERNELS: [&str; 3] = ["dtok_in", "dtok_in_bf16", "dtok_out"];
 /// Their blocks: threads, activation columns of a block of the first (two a warp), output
@@ -225,13 +225,16 @@ pub const TOKEN_THREADS: usize = 256;
 pub const TOKEN_IN_COLUMNS: usize = 16;
 pub const TOKEN_OUT_COLUMNS: usize = TOKEN_THREADS / 32;
 
-/// Whether one token's experts of `hidden` columns take the two single-token kernels rather
-/// than the listed ones (`dgroup`, `dproj`, activation, combine): measured on an H200 (bf16,
-/// one layer, a CUDA graph each, same run; `docs/bench-h200-s39.txt` call 2), Qwen3-30B-A3B's
-/// (hidden 2048) 0.038 against 0.047 ms, Mixtral-8x7B's (4096) 0.182 against 0.203, the
-/// DeepSeek-V3-like layer's (7168) 0.207 against 0.193: up to 4096 columns.
-pub fn single_token_pays(hidden: usize) -> bool {
-    hidden <= 4096
+/// Whether the experts of `hidden` columns of `tokens` tokens, `k` slots each over `experts`
+/// experts, take the two token kernels rather than the listed ones (`dgroup`, `dproj`,
+/// activation, combine). One token, measured on an H200 (bf16, one layer, a CUDA graph each,
+/// same run; `docs/bench-h200-s39.txt` call 2): Qwen3-30B-A3B's (hidden 2048) 0.038 against
+/// 0.047 ms, Mixtral-8x7B's (4096) 0.182 against 0.203, the DeepSeek-V3-like layer's (7168)
+/// 0.207 against 0.193: up to 4096 columns. More tokens while their slots are at most one
+/// per expert on average (the listed path's tensor-core projections then multiply one row an
+/// expert, and every slot reads its expert's weights either way).
+pub fn token_kernels_take(tokens: usize, k: usize, experts: usize, hidden: usize) -> bool {
+    hidden <= 4096 && (tokens == 1 || tokens.saturating_mul(k) <= experts)
 }
 
 /// The kernels an experts step may have besides its gather, activation and combine (which

@@ -1,8 +1,8 @@
-//! One token's experts in two kernels, where the compiler generated them (`TOKEN_KERNELS`,
-//! its `single_token`): the slots read as the route left them (no listing), the activation
-//! the first projection's epilogue and the combine the second's. Four launches fewer than the
-//! listed path (`device_routed`) at one token: listing, activation, combine, and the route's
-//! two memsets.
+//! A few tokens' experts in two kernels, where the compiler generated them (`TOKEN_KERNELS`,
+//! its `few_tokens`, where `token_kernels_take` said): the slots read as the route left them
+//! (no listing), the activation the first projection's epilogue and the combine the second's.
+//! Four launches fewer than the listed path (`device_routed`): listing, activation, combine,
+//! and the route's two memsets.
 
 use super::blas::Elem;
 use super::device_routed::{memref_args, OnDevice};
@@ -12,10 +12,10 @@ use crate::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_T
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 impl Rank<'_> {
-    /// The step's output ([1, H] f32) by the single-token kernels, or None where the step has
-    /// none (more tokens, biases, f32 stacks, PPMoE's local step) or x is not 16-byte aligned
-    /// (the kernels read it a word at a time): the listed path then.
-    pub(super) fn single_token_experts(
+    /// The step's output ([T, H] f32) by the token kernels, or None where the step has none
+    /// (too many tokens for `token_kernels_take`, biases, f32 stacks, PPMoE's local step) or
+    /// x is not 16-byte aligned (the kernels read it a word at a time): the listed path then.
+    pub(super) fn token_experts(
         &mut self,
         call: &ExpertsCall,
         prefix: &str,
@@ -38,7 +38,7 @@ impl Rank<'_> {
             ..
         } = routed;
         let bf16 = ffn.mid == Elem::Bf16 && ffn.w_in.1 == Elem::Bf16 && ffn.w_out.1 == Elem::Bf16;
-        if *tokens != 1 || !bf16 {
+        if *tokens == 0 || !bf16 {
             return Ok(None);
         }
         // x held as bf16 bits: read as they are; else f32, rounded by the kernel.
@@ -51,9 +51,9 @@ impl Rank<'_> {
             return Ok(None);
         }
         let s = &self.stream;
-        let k = ids.len();
-        let act = alloc(s, k * dims.ffn, Elem::Bf16)?;
-        let y = alloc(s, dims.hidden, Elem::F32)?;
+        let (t, slots) = (*tokens, ids.len());
+        let act = alloc(s, slots * dims.ffn, Elem::Bf16)?;
+        let y = alloc(s, t * dims.hidden, Elem::F32)?;
         let (pi, pw) = (
             super::dptr(ids.as_ref(), s),
             super::dptr(weights.as_ref(), s),
@@ -76,17 +76,19 @@ impl Rank<'_> {
                 block_dim: (TOKEN_THREADS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: the kernels were generated for these sizes; x holds H elements, the
-            // stacks E x N x H and E x H x F, ids and weights k, act k x F, y H.
+            // SAFETY: the kernels were generated for these sizes; x holds T x H elements,
+            // the stacks E x N x H and E x H x F, ids and weights T k, act T k x F, y T x H.
             unsafe { l.launch(cfg) }
                 .map(drop)
                 .map_err(|e| e.to_string())
         };
+        // The slots (tokens) are the blocks' fastest index: the slots of one expert read its
+        // rows at about the same time.
         let columns = dims.ffn.div_ceil(TOKEN_IN_COLUMNS);
-        launch(&first, (x, ffn.w_in.0, pa), (columns, k))?;
+        launch(&first, (x, ffn.w_in.0, pa), (slots, columns))?;
         self.phase("experts: first projection and activation")?;
         let columns = dims.hidden.div_ceil(TOKEN_OUT_COLUMNS);
-        launch(&second, (pa, ffn.w_out.0, py), (columns, 1))?;
+        launch(&second, (pa, ffn.w_out.0, py), (t, columns))?;
         self.phase("experts: second projection and combine")?;
         Ok(Some(y))
     }

@@ -1,23 +1,27 @@
-//! One token's experts in two kernels (`TOKEN_KERNELS`): the slots indexed as the route left
+//! A few tokens' experts in two kernels (`TOKEN_KERNELS`): the slots indexed as the route left
 //! them, so nothing is listed, and the activation and the combine are the projections'
-//! epilogues. At one token the k slots are k distinct experts, so listing them per expert
-//! (`dgroup`) bought nothing, and the activation and combine kernels were two more launches
-//! in a chain of kernels each too short to hide its start (Qwen3-30B-A3B's layer at one token
-//! was 7 kernels in 0.051 ms on an H200, where its weights take 0.018 to read).
-//! - `{prefix}_dtok_in` (x f32) or `_dtok_in_bf16` (x's bf16 bits): a block per (16
-//!   activation columns, slot); a slot not this rank's or of weight 0 returns at once. Each
-//!   warp computes two activation columns: the gate row and the up row of each (gated; the one
-//!   row otherwise) along the inner dimension, a lane reading a 16-byte word of each row and
-//!   of x per round (two rounds' loads issued before their multiply-adds), the lanes' sums
-//!   folded by shuffles; lane 0 rounds gate and up as the projection's bf16 store would,
-//!   applies the activation and writes the activation ([k, F], `mid`).
-//! - `{prefix}_dtok_out`: a block per 8 output columns, a warp per column: every slot's dot
-//!   product of its activation row and its expert's weight row, the slots unrolled and their
-//!   loads issued together; each rounded as the projection's store would, times the slot's
-//!   weight, added in the slots' order as the combine adds them; lane 0 writes y ([1, H], f32).
+//! epilogues. Where the tokens' slots are at most one per expert on average
+//! (`token_kernels_take`), listing them per expert (`dgroup`) buys little, and the activation
+//! and combine kernels were two more launches in a chain of kernels each too short to hide its
+//! start (Qwen3-30B-A3B's layer at one token was 7 kernels in 0.051 ms on an H200, where its
+//! weights take 0.018 to read). A slot reads its expert's weights itself; two slots of one
+//! expert read the same rows at about the same time (the slots are the blocks' fastest index),
+//! so the second read is the L2's.
+//! - `{prefix}_dtok_in` (x f32) or `_dtok_in_bf16` (x's bf16 bits): a block per (slot, 16
+//!   activation columns); a slot not this rank's or of weight 0 returns at once. Each warp
+//!   computes two activation columns of its slot's token: the gate row and the up row of each
+//!   (gated; the one row otherwise) along the inner dimension, a lane reading a 16-byte word of
+//!   each row and of x per round (two rounds' loads issued before their multiply-adds), the
+//!   lanes' sums folded by shuffles; lane 0 rounds gate and up as the projection's bf16 store
+//!   would, applies the activation and writes the activation ([T k, F], `mid`).
+//! - `{prefix}_dtok_out`: a block per (token, 8 output columns), a warp per column: every
+//!   slot of the token's dot product of its activation row and its expert's weight row, the
+//!   slots unrolled and their loads issued together; each rounded as the projection's store
+//!   would, times the slot's weight, added in the slots' order as the combine adds them; lane
+//!   0 writes y ([T, H], f32).
 //!
 //! Generated for a whole step (not PPMoE's local one) of bf16 stacks in the `Linear` layout
-//! with no biases, both dimensions whole 16-byte words, where `single_token_pays`; the listed
+//! with no biases, both dimensions whole 16-byte words, where `token_kernels_take`; the listed
 //! kernels are generated beside them (the runtime falls back to those where x is not 16-byte
 //! aligned, or under `PPMOE_SINGLE_TOKEN=0`).
 
@@ -26,8 +30,8 @@ use super::kernel_gen::{warp_reduce, WARP};
 use ppmoe_runtime::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
 use std::fmt::Write as _;
 
-/// The two (or three) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots, the
-/// activation's math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not.
+/// The two (or three) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots a
+/// token, the activation's math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not.
 pub(super) fn kernels(
     prefix: &str,
     (hidden, ffn, k, experts): (usize, usize, usize, usize),
@@ -40,6 +44,7 @@ pub(super) fn kernels(
             src,
             hidden,
             ffn,
+            k,
             gated,
             experts,
         }
@@ -54,6 +59,31 @@ pub(super) fn kernels(
         (hidden, ffn, k, experts),
     ));
     out
+}
+
+/// Whether a step of `tokens` tokens, `k` slots each over `experts` experts of `hidden`
+/// columns, has the token kernels: where `token_kernels_take` says, unless
+/// `PPMOE_TOKEN_KERNELS` at compile time says (a measurement aid): `0` never, `1` at any
+/// token count (another value is warned about and leaves the policy).
+pub(super) fn wanted(tokens: usize, k: usize, experts: usize, hidden: usize) -> bool {
+    match std::env::var("PPMOE_TOKEN_KERNELS")
+        .as_deref()
+        .map(str::trim)
+    {
+        Ok("0") => false,
+        Ok("1") => true,
+        value => {
+            if let Some(other) = value.ok().filter(|v| !v.is_empty()) {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "PPMOE_TOKEN_KERNELS={other:?} is not 0 or 1: the policy chooses"
+                    )
+                });
+            }
+            ppmoe_runtime::program::token_kernels_take(tokens, k, experts, hidden)
+        }
+    }
 }
 
 /// How the first kernel reads x.
@@ -75,6 +105,8 @@ struct First {
     src: Source,
     hidden: usize,
     ffn: usize,
+    /// Slots per token.
+    k: usize,
     gated: bool,
     experts: usize,
 }
@@ -92,7 +124,17 @@ impl First {
         let mut b = String::new();
         let _ = writeln!(
             b,
-            "      %nb = gpu.block_id x\n      %s = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %kneg0 = arith.constant -0.0 : f32"
+            "      %s = gpu.block_id x\n      %nb = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %kneg0 = arith.constant -0.0 : f32"
+        );
+        // x's row: the slot's token's (its first word).
+        let x_words = match self.src {
+            Source::Bf16 => words,
+            Source::F32 => 2 * words,
+        };
+        let _ = writeln!(
+            b,
+            "      %ck = arith.constant {} : index\n      %tok = arith.divui %s, %ck : index\n      %cxw = arith.constant {x_words} : index\n      %xo = arith.muli %tok, %cxw : index",
+            self.k
         );
         slot_check(&mut b, ("%s", self.experts), "", "      ");
         let _ = writeln!(
@@ -175,7 +217,7 @@ impl First {
         if self.src == Source::Bf16 {
             let _ = writeln!(
                 b,
-                "          %xw{tag} = memref.load %src[{q}] : memref<?xvector<4xi32>>"
+                "          %xq{tag} = arith.addi {q}, %xo : index\n          %xw{tag} = memref.load %src[%xq{tag}] : memref<?xvector<4xi32>>"
             );
             unpack(b, &format!("%xw{tag}"), &format!("x{tag}"), PER);
             return;
@@ -184,7 +226,7 @@ impl First {
         for half in 0..2 {
             let _ = writeln!(
                 b,
-                "          %xq{tag}_{half}c = arith.constant {half} : index\n          %xq{tag}_{half}0 = arith.muli {q}, %c2x : index\n          %xq{tag}_{half} = arith.addi %xq{tag}_{half}0, %xq{tag}_{half}c : index\n          %xw{tag}_{half} = memref.load %src[%xq{tag}_{half}] : memref<?xvector<4xi32>>"
+                "          %xq{tag}_{half}c = arith.constant {half} : index\n          %xq{tag}_{half}0 = arith.muli {q}, %c2x : index\n          %xq{tag}_{half}1 = arith.addi %xq{tag}_{half}0, %xo : index\n          %xq{tag}_{half} = arith.addi %xq{tag}_{half}1, %xq{tag}_{half}c : index\n          %xw{tag}_{half} = memref.load %src[%xq{tag}_{half}] : memref<?xvector<4xi32>>"
             );
             unpack(
                 b,
@@ -212,12 +254,20 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
     let mut b = String::new();
     let _ = writeln!(
         b,
-        "      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %c0 = arith.constant 0 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %cbc = arith.constant {TOKEN_OUT_COLUMNS} : index\n      %b0 = arith.muli %nb, %cbc : index\n      %col = arith.addi %b0, %warp : index\n      %hlast = arith.constant {} : index\n      %colc = arith.minui %col, %hlast : index\n      %cH = arith.constant {hidden} : index\n      %cW = arith.constant {words} : index\n      %z64 = arith.constant 0 : i64",
+        "      %tok = gpu.block_id x\n      %nb = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %c0 = arith.constant 0 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %cbc = arith.constant {TOKEN_OUT_COLUMNS} : index\n      %b0 = arith.muli %nb, %cbc : index\n      %col = arith.addi %b0, %warp : index\n      %hlast = arith.constant {} : index\n      %colc = arith.minui %col, %hlast : index\n      %cH = arith.constant {hidden} : index\n      %cW = arith.constant {words} : index\n      %z64 = arith.constant 0 : i64",
         hidden - 1
+    );
+    // The token's slots: k from its first, t k.
+    let _ = writeln!(
+        b,
+        "      %ck = arith.constant {k} : index\n      %tk = arith.muli %tok, %ck : index"
     );
     let mut rows = Vec::with_capacity(k);
     for j in 0..k {
-        let _ = writeln!(b, "      %sj{j} = arith.constant {j} : index");
+        let _ = writeln!(
+            b,
+            "      %j{j} = arith.constant {j} : index\n      %sj{j} = arith.addi %tk, %j{j} : index"
+        );
         slot_check(
             &mut b,
             (&format!("%sj{j}"), experts),
@@ -259,7 +309,7 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
     }
     let _ = writeln!(
         b,
-        "      %lane0 = arith.cmpi eq, %lane, %c0 : index\n      %in = arith.cmpi ult, %col, %cH : index\n      %st = arith.andi %lane0, %in : i1\n      scf.if %st {{\n        memref.store {sum}, %out[%col] : memref<?xf32>\n      }}"
+        "      %lane0 = arith.cmpi eq, %lane, %c0 : index\n      %in = arith.cmpi ult, %col, %cH : index\n      %st = arith.andi %lane0, %in : i1\n      scf.if %st {{\n        %tH = arith.muli %tok, %cH : index\n        %yo = arith.addi %tH, %col : index\n        memref.store {sum}, %out[%yo] : memref<?xf32>\n      }}"
     );
     let params = [
         "%act: memref<?xvector<4xi32>>",
