@@ -180,19 +180,9 @@ fn projection_form(
 /// says (a measurement aid): `0` never (the rows gathered by the producer warp's lanes), `1`
 /// wherever the projections can (another value is warned about and leaves the policy).
 fn sorted_rows_wanted(ffn: usize) -> bool {
-    match std::env::var("PPMOE_SORTED_ROWS").as_deref().map(str::trim) {
-        Ok("0") => false,
-        Ok("1") => true,
-        value => {
-            if let Some(other) = value.ok().filter(|v| !v.is_empty()) {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!("PPMOE_SORTED_ROWS={other:?} is not 0 or 1: the policy chooses")
-                });
-            }
-            ppmoe_runtime::program::sorts_rows(ffn)
-        }
-    }
+    super::switch::switch("PPMOE_SORTED_ROWS", || {
+        ppmoe_runtime::program::sorts_rows(ffn)
+    })
 }
 
 /// The tokens `moe.route` routed into `ids`: its own ids, or those padded over tp (the
@@ -225,11 +215,7 @@ fn row_counts(r: usize) -> Vec<usize> {
 /// `PPMOE_DEVICE_ROUTING` says: `0` never, `1` wherever the step can (to test and time the
 /// device path on any model).
 fn chosen(few: bool) -> bool {
-    match std::env::var("PPMOE_DEVICE_ROUTING").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => few,
-    }
+    super::switch::switch("PPMOE_DEVICE_ROUTING", || few)
 }
 
 /// A slot `%s`'s local expert `%loc` (i64, may lie outside 0..e), whether it is one of this

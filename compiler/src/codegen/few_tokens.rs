@@ -66,24 +66,9 @@ pub(super) fn kernels(
 /// `PPMOE_TOKEN_KERNELS` at compile time says (a measurement aid): `0` never, `1` at any
 /// token count (another value is warned about and leaves the policy).
 pub(super) fn wanted(tokens: usize, k: usize, experts: usize, hidden: usize) -> bool {
-    match std::env::var("PPMOE_TOKEN_KERNELS")
-        .as_deref()
-        .map(str::trim)
-    {
-        Ok("0") => false,
-        Ok("1") => true,
-        value => {
-            if let Some(other) = value.ok().filter(|v| !v.is_empty()) {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!(
-                        "PPMOE_TOKEN_KERNELS={other:?} is not 0 or 1: the policy chooses"
-                    )
-                });
-            }
-            ppmoe_runtime::program::token_kernels_take(tokens, k, experts, hidden)
-        }
-    }
+    super::switch::switch("PPMOE_TOKEN_KERNELS", || {
+        ppmoe_runtime::program::token_kernels_take(tokens, k, experts, hidden)
+    })
 }
 
 /// How the first kernel reads x.

@@ -21,6 +21,7 @@ mod route;
 mod row_fused;
 mod sorted_rows;
 mod sparsemixer;
+mod switch;
 mod tensor_core_projection;
 mod top_k;
 mod warpgroup_projection;
