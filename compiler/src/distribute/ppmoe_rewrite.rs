@@ -72,6 +72,34 @@ pub fn ppmoe_rewrite(
     rank_pieces: &HashSet<BufferId>,
 ) -> Vec<String> {
     let p = &mut rp.program;
+    let (plans, notes) = plan_layers(p, wanted, rank_pieces);
+    let mut insert_at: HashMap<usize, Vec<Instruction>> = HashMap::new();
+    let mut gone: HashSet<usize> = HashSet::new();
+    for plan in plans {
+        let new = local_form(p, &plan, (t, tp));
+        if let Some(&last) = plan.gone.iter().max() {
+            insert_at.insert(last, new);
+        }
+        gone.extend(plan.gone);
+    }
+    let old = std::mem::take(&mut p.instructions);
+    for (i, ins) in old.into_iter().enumerate() {
+        if let Some(new) = insert_at.remove(&i) {
+            p.instructions.extend(new);
+        } else if !gone.contains(&i) {
+            p.instructions.push(ins);
+        }
+    }
+    notes
+}
+
+/// The layers `wanted` picks whose all-to-all form can become PPMoE's, and a note for each
+/// of the others.
+fn plan_layers(
+    p: &Program,
+    wanted: &dyn Fn(usize) -> bool,
+    rank_pieces: &HashSet<BufferId>,
+) -> (Vec<Plan>, Vec<String>) {
     let producer: HashMap<BufferId, usize> = p
         .instructions
         .iter()
@@ -85,129 +113,133 @@ pub fn ppmoe_rewrite(
         .flat_map(|i| i.inputs[2..].iter().flatten().copied())
         .collect();
     let rep = replicated(p, &sharded, rank_pieces);
-    let mut notes = Vec::new();
-    let mut plans = Vec::new();
-    let mut layer = 0;
-    for (i, ins) in p.instructions.iter().enumerate() {
-        let Op::MoeDispatch { num_experts, .. } = ins.op else {
-            continue;
-        };
-        layer += 1;
-        if !wanted(layer - 1) {
-            continue;
-        }
-        let not_ours = || {
-            format!("layer at \"{}\": kept all-to-all: its dispatch is not in the form the sharded stage writes", ins.origin)
-        };
-        // The chain the all-to-all form wrote: dispatch, all_to_all, reshape, expert_ffn,
-        // reshape, all_to_all, combine, all_gather; the three token slices before it.
-        let Some(chain) = p.instructions.get(i..i + 8) else {
-            notes.push(not_ours());
-            continue;
-        };
-        let (Op::MoeExpertFfn { .. }, Op::MoeCombine { .. }, Op::AllGather { group, .. }) =
-            (&chain[3].op, &chain[6].op, &chain[7].op)
-        else {
-            notes.push(not_ours());
-            continue;
-        };
-        let slice_src = |b: Option<BufferId>| -> Option<(usize, BufferId)> {
-            let j = *producer.get(&b?)?;
-            matches!(p.instructions[j].op, Op::TokenSlice { .. }).then_some(())?;
-            Some((j, p.instructions[j].inputs[0]?))
-        };
-        let (Some((sx, x)), Some((si, ids)), Some((sw, w))) = (
-            slice_src(ins.inputs[0]),
-            slice_src(ins.inputs[1]),
-            slice_src(chain[6].inputs[1]),
-        ) else {
-            notes.push(not_ours());
-            continue;
-        };
-        if !(rep.contains(&x) && rep.contains(&ids) && rep.contains(&w)) {
-            notes.push(format!(
-                "layer at \"{}\": kept all-to-all: the tokens or the routing at its input ('{}') are not replicated over the TP group",
-                ins.origin, p.buffers[x].name
-            ));
+    let (mut plans, mut notes) = (Vec::new(), Vec::new());
+    let dispatches = p
+        .instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, ins)| matches!(ins.op, Op::MoeDispatch { .. }));
+    for (layer, (i, _)) in dispatches.enumerate() {
+        if !wanted(layer) {
             continue;
         }
-        let mut gone: Vec<usize> = (i..i + 8).collect();
-        gone.extend([sx, si, sw]);
-        plans.push(Plan {
-            gone,
-            x,
-            ids,
-            w,
-            y: chain[7].outputs[0],
-            experts: num_experts,
-            group: group.clone(),
-            ffn: chain[3].clone(),
-            origin: ins.origin.clone(),
+        match plan_layer(p, i, &producer, &rep) {
+            Ok(plan) => plans.push(plan),
+            Err(note) => notes.push(note),
+        }
+    }
+    (plans, notes)
+}
+
+/// The plan for the layer whose dispatch is instruction `i`, or why it keeps its all-to-all
+/// form: its chain is not the one the sharded stage writes, or its tokens or routing are not
+/// replicated (`rep`) over the group.
+fn plan_layer(
+    p: &Program,
+    i: usize,
+    producer: &HashMap<BufferId, usize>,
+    rep: &HashSet<BufferId>,
+) -> Result<Plan, String> {
+    let ins = &p.instructions[i];
+    let not_ours = || {
+        format!("layer at \"{}\": kept all-to-all: its dispatch is not in the form the sharded stage writes", ins.origin)
+    };
+    let Op::MoeDispatch { num_experts, .. } = ins.op else {
+        return Err(not_ours());
+    };
+    // The chain the all-to-all form wrote: dispatch, all_to_all, reshape, expert_ffn,
+    // reshape, all_to_all, combine, all_gather; the three token slices before it.
+    let chain = p.instructions.get(i..i + 8).ok_or_else(not_ours)?;
+    let (Op::MoeExpertFfn { .. }, Op::MoeCombine { .. }, Op::AllGather { group, .. }) =
+        (&chain[3].op, &chain[6].op, &chain[7].op)
+    else {
+        return Err(not_ours());
+    };
+    let slice_src = |b: Option<BufferId>| -> Option<(usize, BufferId)> {
+        let j = *producer.get(&b?)?;
+        matches!(p.instructions[j].op, Op::TokenSlice { .. }).then_some(())?;
+        Some((j, p.instructions[j].inputs[0]?))
+    };
+    let (Some((sx, x)), Some((si, ids)), Some((sw, w))) = (
+        slice_src(ins.inputs[0]),
+        slice_src(ins.inputs[1]),
+        slice_src(chain[6].inputs[1]),
+    ) else {
+        return Err(not_ours());
+    };
+    if !(rep.contains(&x) && rep.contains(&ids) && rep.contains(&w)) {
+        return Err(format!(
+            "layer at \"{}\": kept all-to-all: the tokens or the routing at its input ('{}') are not replicated over the TP group",
+            ins.origin, p.buffers[x].name
+        ));
+    }
+    let mut gone: Vec<usize> = (i..i + 8).collect();
+    gone.extend([sx, si, sw]);
+    Ok(Plan {
+        gone,
+        x,
+        ids,
+        w,
+        y: chain[7].outputs[0],
+        experts: num_experts,
+        group: group.clone(),
+        ffn: chain[3].clone(),
+        origin: ins.origin.clone(),
+    })
+}
+
+/// Rank `t`'s (of `tp`) PPMoE form of `plan`'s layer (see the module's comment), its new
+/// buffers added to `p`.
+fn local_form(p: &mut Program, plan: &Plan, (t, tp): (usize, usize)) -> Vec<Instruction> {
+    let el = plan.experts / tp;
+    let tokens = p.buffers[plan.x].shape[0].unwrap_or(0);
+    let h = p.buffers[plan.x].shape[1].unwrap_or(0);
+    let base = p.buffers[plan.y].name.clone();
+    let mut new_buf = |suffix: &str, dtype: DType, shape: Vec<Option<usize>>| {
+        p.buffers.push(Buffer {
+            name: format!("{base}.{suffix}"),
+            dtype,
+            shape,
+            kind: BufferKind::Temp,
         });
-    }
-    let mut insert_at: HashMap<usize, Vec<Instruction>> = HashMap::new();
-    let mut gone: HashSet<usize> = HashSet::new();
-    for plan in plans {
-        let el = plan.experts / tp;
-        let tokens = p.buffers[plan.x].shape[0].unwrap_or(0);
-        let h = p.buffers[plan.x].shape[1].unwrap_or(0);
-        let base = p.buffers[plan.y].name.clone();
-        let mut new_buf = |suffix: &str, dtype: DType, shape: Vec<Option<usize>>| {
-            p.buffers.push(Buffer {
-                name: format!("{base}.{suffix}"),
-                dtype,
-                shape,
-                kind: BufferKind::Temp,
-            });
-            p.buffers.len() - 1
-        };
-        let rows = new_buf("local_rows", DType::F32, vec![None, Some(h)]);
-        let offsets = new_buf("local_offsets", DType::I64, vec![Some(el + 1)]);
-        let slots = new_buf("local_slots", DType::I64, vec![None]);
-        let out = new_buf("local_out", DType::F32, vec![None, Some(h)]);
-        let partial = new_buf("partial", DType::F32, vec![Some(tokens), Some(h)]);
-        let mk = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| Instruction {
-            op,
-            inputs,
-            outputs,
-            origin: plan.origin.clone(),
-        };
-        let mut ffn_inputs = vec![Some(rows), Some(offsets)];
-        ffn_inputs.extend(plan.ffn.inputs[2..].iter().copied());
-        let new = vec![
-            mk(
-                Op::MoeLocalSlice {
-                    first_expert: t * el,
-                    num_local_experts: el,
-                },
-                vec![Some(plan.x), Some(plan.ids)],
-                vec![rows, offsets, slots],
-            ),
-            mk(plan.ffn.op.clone(), ffn_inputs, vec![out]),
-            mk(
-                Op::MoeScatterCombine { tokens },
-                vec![Some(out), Some(slots), Some(plan.w)],
-                vec![partial],
-            ),
-            mk(
-                Op::AllReduce { group: plan.group },
-                vec![Some(partial)],
-                vec![plan.y],
-            ),
-        ];
-        let last = *plan.gone.iter().max().expect("a chain has instructions");
-        insert_at.insert(last, new);
-        gone.extend(plan.gone);
-    }
-    let old = std::mem::take(&mut p.instructions);
-    for (i, ins) in old.into_iter().enumerate() {
-        if let Some(new) = insert_at.remove(&i) {
-            p.instructions.extend(new);
-        } else if !gone.contains(&i) {
-            p.instructions.push(ins);
-        }
-    }
-    notes
+        p.buffers.len() - 1
+    };
+    let rows = new_buf("local_rows", DType::F32, vec![None, Some(h)]);
+    let offsets = new_buf("local_offsets", DType::I64, vec![Some(el + 1)]);
+    let slots = new_buf("local_slots", DType::I64, vec![None]);
+    let out = new_buf("local_out", DType::F32, vec![None, Some(h)]);
+    let partial = new_buf("partial", DType::F32, vec![Some(tokens), Some(h)]);
+    let mk = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| Instruction {
+        op,
+        inputs,
+        outputs,
+        origin: plan.origin.clone(),
+    };
+    let mut ffn_inputs = vec![Some(rows), Some(offsets)];
+    ffn_inputs.extend(plan.ffn.inputs[2..].iter().copied());
+    vec![
+        mk(
+            Op::MoeLocalSlice {
+                first_expert: t * el,
+                num_local_experts: el,
+            },
+            vec![Some(plan.x), Some(plan.ids)],
+            vec![rows, offsets, slots],
+        ),
+        mk(plan.ffn.op.clone(), ffn_inputs, vec![out]),
+        mk(
+            Op::MoeScatterCombine { tokens },
+            vec![Some(out), Some(slots), Some(plan.w)],
+            vec![partial],
+        ),
+        mk(
+            Op::AllReduce {
+                group: plan.group.clone(),
+            },
+            vec![Some(partial)],
+            vec![plan.y],
+        ),
+    ]
 }
 
 #[cfg(test)]
