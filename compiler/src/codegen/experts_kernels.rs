@@ -224,7 +224,7 @@ fn device_routed_kernels(
     let decode = super::decode_experts::kernels(p, o, ids, prefix, (ffn.layout, act), step, bf16);
     // A few tokens routed on the device, bf16 stacks, no biases: their two-kernel form too.
     // (A whole step's only: PPMoE's local step at one token has not run on two GPUs.)
-    let single = decode.is_some()
+    let token_kernels = decode.is_some()
         && bf16
         && super::few_tokens::wanted(t, k, dims.experts, h)
         && !prefix.ends_with("_local_experts")
@@ -232,7 +232,7 @@ fn device_routed_kernels(
         && o.b_out.is_none()
         && n == if gated { 2 * f } else { f };
     out.push_str(&decode.unwrap_or_default());
-    if single {
+    if token_kernels {
         let x_bf16 = p.buffers[o.x].dtype == ppmoe_runtime::DType::BF16;
         let dims = (h, f, k, dims.experts);
         let math = act_math(ffn);

@@ -38,7 +38,8 @@ impl Rank<'_> {
             ..
         } = routed;
         let bf16 = ffn.mid == Elem::Bf16 && ffn.w_in.1 == Elem::Bf16 && ffn.w_out.1 == Elem::Bf16;
-        if *tokens == 0 || !bf16 {
+        // (`routing_on_device` leaves no step of 0 tokens.)
+        if !bf16 {
             return Ok(None);
         }
         // x held as bf16 bits: read as they are; else f32, rounded by the kernel.
@@ -52,8 +53,12 @@ impl Rank<'_> {
         }
         let s = &self.stream;
         let (t, slots) = (*tokens, ids.len());
-        let act = alloc(s, slots * dims.ffn, Elem::Bf16)?;
-        let y = alloc(s, t * dims.hidden, Elem::F32)?;
+        let elements = |rows: usize, columns: usize| {
+            rows.checked_mul(columns)
+                .ok_or_else(|| format!("{rows} x {columns} elements overflow"))
+        };
+        let act = alloc(s, elements(slots, dims.ffn)?, Elem::Bf16)?;
+        let y = alloc(s, elements(t, dims.hidden)?, Elem::F32)?;
         let (pi, pw) = (
             super::dptr(ids.as_ref(), s),
             super::dptr(weights.as_ref(), s),
