@@ -459,6 +459,30 @@ mod tests {
         assert!(!ptx.contains("_dtok_") && ptx.contains("_dproj_in_bf16("));
     }
 
+    /// The persistent projections take the ping-pong geometry (`qproj`: a 64-row tile per
+    /// warpgroup) up to 32 rows per expert and the cooperative one (`pproj`) past it: here 4
+    /// experts, 2 slots a token, so 64 tokens are 32 rows each and 66 are 33. Their values
+    /// are checked against the CPU backend on the GPU machine (`scripts/moe-check`, and
+    /// gpu-test's fixtures compiled with either geometry forced by `PPMOE_PPROJ`).
+    #[test]
+    fn few_rows_per_expert_take_the_pingpong_projections() {
+        use ppmoe_runtime::program::{PP_KERNELS, QP_KERNELS};
+        let d = tempfile::tempdir().unwrap();
+        let s = Shape::parse("128,128,4,2").unwrap();
+        let model = write(d.path(), s, 7).unwrap();
+        for (t, pingpong) in [(64, true), (66, false)] {
+            let (ptx, _) =
+                ppmoe_compiler::pipeline::emit(cuda_compilation(&model, s, t), "ptx").unwrap();
+            let has = |names: [&str; 3]| {
+                [names[0], names[2]]
+                    .iter()
+                    .all(|n| ptx.contains(&format!("_{n}(")))
+            };
+            assert_eq!(has(QP_KERNELS), pingpong, "ping-pong at {t} tokens");
+            assert_eq!(has(PP_KERNELS), !pingpong, "cooperative at {t} tokens");
+        }
+    }
+
     /// The router's logits are a bf16 GEMM's result that only the route reads: the CUDA
     /// backend rounds it to bf16 (as PyTorch's `x @ wr` and the CPU backend do), so the GPU
     /// chooses the experts from the same logits; x, read by the GEMM and the experts, is not

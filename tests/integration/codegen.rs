@@ -619,11 +619,17 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
             );
             assert!(entries_ending(&many, "_tproj_act").is_empty());
             assert!(many.contains(".target sm_90a"), "{dtype} {tokens} tokens");
-            // Their persistent warp-specialised form (`pproj`): a block per SM striding over
-            // the tiles, a producer warp, the weights by tensor copies, the rows by cp.async,
-            // both arriving on mbarriers.
-            for proj in ["_pproj_act", "_pproj_out"] {
-                let names = entries_ending(&many, proj);
+            // Their persistent warp-specialised form: a block per SM striding over the tiles,
+            // a producer warp, the weights by tensor copies, the rows by cp.async, both
+            // arriving on mbarriers; in the ping-pong geometry (`qproj`, a tile per
+            // warpgroup) up to 32 rows per expert, the cooperative one (`pproj`) past it.
+            let (form, other) = match tokens {
+                16 => ("qproj", "pproj"),
+                _ => ("pproj", "qproj"),
+            };
+            assert!(entries_ending(&many, &format!("_{other}_out")).is_empty());
+            for proj in [format!("_{form}_act"), format!("_{form}_out")] {
+                let names = entries_ending(&many, &proj);
                 assert_eq!(names.len(), 2, "{dtype} {tokens} tokens: {names:?}");
                 let body = entry(&many, &names[0]);
                 assert!(body.contains(WGMMA), "{}", names[0]);

@@ -79,10 +79,8 @@ pub(super) fn kernels(
         let fused = act.filter(|_| TensorCoreProjection::fuses(dims.ffn, dims.n, warpgroups));
         // The persistent projections read their rows sorted by expert where the first writes
         // the activations (fused) in that order too.
-        let sorted = persistent
-            && !super::warpgroup_projection::pingpong()
-            && fused.is_some()
-            && sorted_rows_wanted(dims.ffn);
+        let pingpong = persistent && super::warpgroup_projection::pingpong(s, dims.experts);
+        let sorted = persistent && !pingpong && fused.is_some() && sorted_rows_wanted(dims.ffn);
         if sorted {
             out.push_str(&super::sorted_rows::kernel(prefix, s, k, dims.hidden));
         }
@@ -97,12 +95,13 @@ pub(super) fn kernels(
                 warpgroups,
                 producer,
                 persistent,
+                pingpong,
                 sorted,
             }
             .kernel()
         };
         let [fused_name, plain_name, second] =
-            TensorCoreProjection::names(warpgroups, producer, persistent);
+            TensorCoreProjection::names(warpgroups, producer, (persistent, pingpong));
         let first = if fused.is_some() {
             fused_name
         } else {

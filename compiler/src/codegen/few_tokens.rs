@@ -14,11 +14,11 @@
 //!   each row and of x per round (two rounds' loads issued before their multiply-adds), the
 //!   lanes' sums folded by shuffles; lane 0 rounds gate and up as the projection's bf16 store
 //!   would, applies the activation and writes the activation ([T k, F], `mid`).
-//! - `{prefix}_dtok_out`: a block per (token, 8 output columns), a warp per column: every
-//!   slot of the token's dot product of its activation row and its expert's weight row, the
-//!   slots unrolled and their loads issued together; each rounded as the projection's store
-//!   would, times the slot's weight, added in the slots' order as the combine adds them; lane
-//!   0 writes y ([T, H], f32).
+//! - `{prefix}_dtok_out`: a block per (token, a few output columns), a warp per (slot, 4 of
+//!   them): the slot's activation row times its expert's four weight rows, read as the first
+//!   kernel reads x and its rows; each output rounded as the projection's store would and
+//!   times the slot's weight into shared memory; then a thread per column adds its slots' in
+//!   their order, as the combine does, and writes y ([T, H], f32).
 //!
 //! Generated for a whole step (not PPMoE's local one) of bf16 stacks in the `Linear` layout
 //! with no biases, both dimensions whole 16-byte words, where `token_kernels_take`; the listed
@@ -27,7 +27,9 @@
 
 use super::experts_kernels::rounded_gate_up;
 use super::kernel_gen::{warp_reduce, WARP};
-use ppmoe_runtime::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
+use ppmoe_runtime::program::{
+    token_out_columns, TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_WARP_COLUMNS, TOKEN_THREADS,
+};
 use std::fmt::Write as _;
 
 /// The two (or three) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots a
@@ -64,11 +66,13 @@ pub(super) fn kernels(
 /// Whether a step of `tokens` tokens, `k` slots each over `experts` experts of `hidden`
 /// columns, has the token kernels: where `token_kernels_take` says, unless
 /// `PPMOE_TOKEN_KERNELS` at compile time says (a measurement aid): `0` never, `1` at any
-/// token count (another value is warned about and leaves the policy).
+/// token count (another value is warned about and leaves the policy). Never past a block's
+/// warps of slots (`token_out_columns`), which the second kernel's blocks cannot hold.
 pub(super) fn wanted(tokens: usize, k: usize, experts: usize, hidden: usize) -> bool {
-    super::switch::switch("PPMOE_TOKEN_KERNELS", || {
-        ppmoe_runtime::program::token_kernels_take(tokens, k, experts, hidden)
-    })
+    token_out_columns(k).is_some()
+        && super::switch::switch("PPMOE_TOKEN_KERNELS", || {
+            ppmoe_runtime::program::token_kernels_take(tokens, k, experts, hidden)
+        })
 }
 
 /// How the first kernel reads x.
@@ -135,13 +139,13 @@ impl First {
                 b,
                 "        %cj{j} = arith.constant {j} : index\n        %a{j} = arith.addi %abase, %cj{j} : index\n        %ac{j} = arith.minui %a{j}, %flast : index\n        %gr{j} = arith.addi %eN, %ac{j} : index\n        %gb{j} = arith.muli %gr{j}, %cW : index"
             );
-            rows.push((format!("%gb{j}"), String::new()));
+            rows.push(format!("%gb{j}"));
             if self.gated {
                 let _ = writeln!(
                     b,
                     "        %ur{j} = arith.addi %gr{j}, %cF : index\n        %ub{j} = arith.muli %ur{j}, %cW : index"
                 );
-                rows.push((format!("%ub{j}"), String::new()));
+                rows.push(format!("%ub{j}"));
             }
         }
         let x = |b: &mut String, q: &str, tag: &str| self.load_x(b, q, tag);
@@ -149,7 +153,6 @@ impl First {
             &mut b,
             Dot {
                 rows: &rows,
-                own_vectors: false,
                 words,
                 unroll: FIRST_UNROLL,
             },
@@ -230,45 +233,48 @@ impl First {
     }
 }
 
-/// The second kernel (see the module's comment). The slots are unrolled, each one's loads
-/// issued with the others' (a slot that is not this rank's or weighs 0 reads expert 0's row
-/// and is left out of the sum): at Qwen3-30B-A3B's 768 activations a slot's row is three
-/// rounds of a warp's loads, too few to cover the loads' latency one slot after another.
+/// The second kernel (see the module's comment): a block per (token, `token_out_columns(k)`
+/// output columns), a warp per (slot, `TOKEN_OUT_WARP_COLUMNS` of them): the slot's expert's
+/// weight rows times its activation row (each lane's word of it shared by the rows, as the
+/// first kernel shares x), so a warp's rounds are the first kernel's (four rows, two rounds'
+/// loads issued together; where a warp took one column of every slot, its registers held
+/// every slot's loads and a multiprocessor took three blocks: 2.3 TB/s at Qwen3-30B-A3B's 8
+/// tokens on an H200, session 41). A slot not this rank's or of weight 0 reads expert 0's
+/// rows and adds 0. Lane 0 puts each column's output, rounded as the projection's store
+/// would and times the slot's weight, in shared memory; after a barrier a thread per column
+/// adds the slots' in their order, as the combine does, and writes y.
 fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -> String {
     let words = ffn / PER;
+    let c = TOKEN_OUT_WARP_COLUMNS;
+    let block_columns = token_out_columns(k).unwrap_or(c);
+    let groups = block_columns / c;
+    let parts = block_columns * k;
     let mut b = String::new();
     let _ = writeln!(
         b,
-        "      %tok = gpu.block_id x\n      %nb = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %c0 = arith.constant 0 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %cbc = arith.constant {TOKEN_OUT_COLUMNS} : index\n      %b0 = arith.muli %nb, %cbc : index\n      %col = arith.addi %b0, %warp : index\n      %hlast = arith.constant {} : index\n      %colc = arith.minui %col, %hlast : index\n      %cH = arith.constant {hidden} : index\n      %cW = arith.constant {words} : index\n      %z64 = arith.constant 0 : i64",
+        "      %tok = gpu.block_id x\n      %nb = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %c0 = arith.constant 0 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %ck = arith.constant {k} : index\n      %j = arith.remui %warp, %ck : index\n      %g = arith.divui %warp, %ck : index\n      %cG = arith.constant {groups} : index\n      %active = arith.cmpi ult, %g, %cG : index\n      %cbc = arith.constant {block_columns} : index\n      %b0 = arith.muli %nb, %cbc : index\n      %cC = arith.constant {c} : index\n      %gc = arith.muli %g, %cC : index\n      %cbase = arith.addi %b0, %gc : index\n      %hlast = arith.constant {} : index\n      %cH = arith.constant {hidden} : index\n      %cW = arith.constant {words} : index\n      %z64 = arith.constant 0 : i64\n      %tk = arith.muli %tok, %ck : index\n      %sj = arith.addi %tk, %j : index",
         hidden - 1
     );
-    // The token's slots: k from its first, t k.
+    let _ = writeln!(b, "      scf.if %active {{");
+    slot_check(&mut b, ("%sj", experts), "", "        ");
     let _ = writeln!(
         b,
-        "      %ck = arith.constant {k} : index\n      %tk = arith.muli %tok, %ck : index"
+        "        %lk = arith.select %ok, %loc, %z64 : i64\n        %e = arith.index_cast %lk : i64 to index\n        %eH = arith.muli %e, %cH : index\n        %ab = arith.muli %sj, %cW : index"
     );
-    let mut rows = Vec::with_capacity(k);
-    for j in 0..k {
+    // The warp's weight rows: its columns', clamped to the last past the end (read, never
+    // stored).
+    let mut rows = Vec::with_capacity(c);
+    for r in 0..c {
         let _ = writeln!(
             b,
-            "      %j{j} = arith.constant {j} : index\n      %sj{j} = arith.addi %tk, %j{j} : index"
+            "        %cr{r} = arith.constant {r} : index\n        %col{r}u = arith.addi %cbase, %cr{r} : index\n        %col{r} = arith.minui %col{r}u, %hlast : index\n        %wr{r} = arith.addi %eH, %col{r} : index\n        %wb{r} = arith.muli %wr{r}, %cW : index"
         );
-        slot_check(
-            &mut b,
-            (&format!("%sj{j}"), experts),
-            &j.to_string(),
-            "      ",
-        );
-        let _ = writeln!(
-            b,
-            "      %lk{j} = arith.select %ok{j}, %loc{j}, %z64 : i64\n      %e{j} = arith.index_cast %lk{j} : i64 to index\n      %eH{j} = arith.muli %e{j}, %cH : index\n      %wr{j} = arith.addi %eH{j}, %colc : index\n      %wb{j} = arith.muli %wr{j}, %cW : index\n      %ab{j} = arith.muli %sj{j}, %cW : index"
-        );
-        rows.push((format!("%wb{j}"), format!("%ab{j}")));
+        rows.push(format!("%wb{r}"));
     }
     let act = |b: &mut String, q: &str, tag: &str| {
         let _ = writeln!(
             b,
-            "          %aw{tag} = memref.load %act[{q}] : memref<?xvector<4xi32>>"
+            "          %aq{tag} = arith.addi {q}, %ab : index\n          %aw{tag} = memref.load %act[%aq{tag}] : memref<?xvector<4xi32>>"
         );
         unpack(b, &format!("%aw{tag}"), &format!("x{tag}"), PER);
     };
@@ -276,25 +282,38 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
         &mut b,
         Dot {
             rows: &rows,
-            own_vectors: true,
             words,
-            unroll: (8 / k).max(1),
+            unroll: FIRST_UNROLL,
         },
         &act,
     );
-    // Each slot's output as the projection's store rounds it, times the slot's weight, added
-    // in the slots' order as the combine adds them.
-    let mut sum = "%zero".to_string();
-    for (j, total) in totals.iter().enumerate() {
+    // Lane 0: each column's output as the projection's store rounds it, times the slot's
+    // weight (0 for a slot left out), at part ((g C + r) k + j).
+    let _ = writeln!(
+        b,
+        "        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        scf.if %lane0 {{"
+    );
+    for (r, total) in totals.iter().enumerate() {
         let _ = writeln!(
             b,
-            "      %on{j} = arith.truncf {total} : f32 to bf16\n      %o{j} = arith.extf %on{j} : bf16 to f32\n      %wo{j} = arith.mulf %wv{j}, %o{j} : f32\n      %v{j} = arith.select %ok{j}, %wo{j}, %zero : f32\n      %y{j} = arith.addf {sum}, %v{j} : f32"
+            "          %on{r} = arith.truncf {total} : f32 to bf16\n          %o{r} = arith.extf %on{r} : bf16 to f32\n          %wo{r} = arith.mulf %wv, %o{r} : f32\n          %v{r} = arith.select %ok, %wo{r}, %zero : f32\n          %pc{r} = arith.addi %gc, %cr{r} : index\n          %pk{r} = arith.muli %pc{r}, %ck : index\n          %pi{r} = arith.addi %pk{r}, %j : index\n          memref.store %v{r}, %parts[%pi{r}] : memref<{parts}xf32, 3>"
+        );
+    }
+    let _ = writeln!(b, "        }}\n      }}\n      gpu.barrier");
+    // A thread per column adds its slots' parts in their order.
+    let mut sum = "%zero".to_string();
+    let mut adds = String::new();
+    for j in 0..k {
+        let _ = writeln!(
+            adds,
+            "        %sp{j} = arith.constant {} : index\n        %sq{j} = arith.addi %sk, %sp{j} : index\n        %sv{j} = memref.load %parts[%sq{j}] : memref<{parts}xf32, 3>\n        %y{j} = arith.addf {sum}, %sv{j} : f32",
+            j
         );
         sum = format!("%y{j}");
     }
     let _ = writeln!(
         b,
-        "      %lane0 = arith.cmpi eq, %lane, %c0 : index\n      %in = arith.cmpi ult, %col, %cH : index\n      %st = arith.andi %lane0, %in : i1\n      scf.if %st {{\n        %tH = arith.muli %tok, %cH : index\n        %yo = arith.addi %tH, %col : index\n        memref.store {sum}, %out[%yo] : memref<?xf32>\n      }}"
+        "      %ycol = arith.addi %b0, %tid : index\n      %mine = arith.cmpi ult, %tid, %cbc : index\n      %inH = arith.cmpi ult, %ycol, %cH : index\n      %st = arith.andi %mine, %inH : i1\n      scf.if %st {{\n        %sk = arith.muli %tid, %ck : index\n{adds}        %tH = arith.muli %tok, %cH : index\n        %yo = arith.addi %tH, %ycol : index\n        memref.store {sum}, %out[%yo] : memref<?xf32>\n      }}"
     );
     let params = [
         "%act: memref<?xvector<4xi32>>",
@@ -305,7 +324,7 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
         "%first: index",
     ];
     format!(
-        "    gpu.func @{name}({}) kernel {{\n{b}      gpu.return\n    }}\n",
+        "    gpu.func @{name}({}) workgroup(%parts: memref<{parts}xf32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
         params.join(", ")
     )
 }
@@ -319,23 +338,19 @@ fn slot_check(b: &mut String, (slot, experts): (&str, usize), sfx: &str, ind: &s
     );
 }
 
-/// The weight rows a warp multiplies by a vector: one for all (x), or each row its own (a
-/// slot's activations).
+/// The weight rows a warp multiplies by one vector (x, or a slot's activations).
 struct Dot<'a> {
-    /// Each row's first word and its vector's (index values; the second unused where the rows
-    /// share the vector).
-    rows: &'a [(String, String)],
-    own_vectors: bool,
+    /// Each row's first word (index values).
+    rows: &'a [String],
     /// Words per row.
     words: usize,
     unroll: usize,
 }
 
-/// Each row of `d` times its vector, whose word at index q `vector(b, q, tag)` loads as
-/// `%x{tag}_{e}` (q a word of the weight row where the rows share the vector, else of the
-/// vector itself): lane l takes words l, l + 32, ..; `unroll` rounds' loads before their
-/// multiply-adds. The
-/// lanes' sums folded (every lane holds them): their names, one per row.
+/// Each row of `d` times the vector, whose word q (a word of the rows) `vector(b, q, tag)`
+/// loads as `%x{tag}_{e}`: lane l takes words l, l + 32, ..; `unroll` rounds' loads before
+/// their multiply-adds. The lanes' sums folded (every lane holds them): their names, one per
+/// row.
 fn dot_rows(b: &mut String, d: Dot, vector: &dyn Fn(&mut String, &str, &str)) -> Vec<String> {
     let n = d.rows.len();
     let full = d.words / WARP;
@@ -422,29 +437,19 @@ fn rounds(
             "          %qo{u}c = arith.constant {} : index\n          %qo{u} = arith.addi {q}, %qo{u}c : index",
             WARP * u
         );
-        for (r, (row, vec)) in d.rows.iter().enumerate() {
+        for (r, row) in d.rows.iter().enumerate() {
             let _ = writeln!(
                 b,
                 "          %wi{u}_{r} = arith.addi {row}, %qo{u} : index\n          %ww{u}_{r} = memref.load %wt[%wi{u}_{r}] : memref<?xvector<4xi32>>"
             );
-            if d.own_vectors {
-                let _ = writeln!(b, "          %vi{u}_{r} = arith.addi {vec}, %qo{u} : index");
-                vector(b, &format!("%vi{u}_{r}"), &format!("{u}_{r}"));
-            }
         }
-        if !d.own_vectors {
-            vector(b, &format!("%qo{u}"), &u.to_string());
-        }
+        vector(b, &format!("%qo{u}"), &u.to_string());
     }
     let mut next: Vec<String> = accs.to_vec();
     for u in 0..count {
         for (r, acc) in next.iter_mut().enumerate() {
             unpack(b, &format!("%ww{u}_{r}"), &format!("w{u}_{r}"), PER);
-            let x = if d.own_vectors {
-                format!("%x{u}_{r}")
-            } else {
-                format!("%x{u}")
-            };
+            let x = format!("%x{u}");
             for e in 0..PER {
                 let _ = writeln!(
                     b,

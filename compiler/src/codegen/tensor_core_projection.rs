@@ -55,6 +55,9 @@ pub(super) struct TensorCoreProjection {
     /// With `producer`: the persistent form (a block per SM walking every expert's tiles,
     /// pass fastest; `pproj` kernels, the policy's).
     pub persistent: bool,
+    /// With `persistent`: the ping-pong geometry (a 64-row tile per warpgroup; `qproj`
+    /// kernels, where `pingpong_tiles` says) rather than the cooperative one.
+    pub pingpong: bool,
     /// With `persistent` (the cooperative geometry): the rows sorted by expert
     /// (`sorted_rows`: expert e's listed rows at its running row sum, in its list's order),
     /// so a tile's rows are one box of the source, copied by the tensor memory accelerator
@@ -78,12 +81,16 @@ impl TensorCoreProjection {
     }
 
     /// The kernel's names: the first projection's (fused or not) and the second's.
-    pub fn names(warpgroups: bool, producer: bool, persistent: bool) -> [&'static str; 3] {
+    pub fn names(
+        warpgroups: bool,
+        producer: bool,
+        (persistent, pingpong): (bool, bool),
+    ) -> [&'static str; 3] {
         use ppmoe_runtime::program::{PP_KERNELS, QP_KERNELS, SP_KERNELS, TC_KERNELS, WG_KERNELS};
         match (warpgroups, producer) {
-            // The persistent kernels in the ping-pong trial's geometry (`PPMOE_PPROJ`) are
-            // named apart: they take more shared memory.
-            (true, true) if persistent && super::warpgroup_projection::pingpong() => QP_KERNELS,
+            // The persistent kernels in the ping-pong geometry are named apart: they take
+            // more shared memory.
+            (true, true) if persistent && pingpong => QP_KERNELS,
             (true, true) if persistent => PP_KERNELS,
             (true, true) => SP_KERNELS,
             (true, false) => WG_KERNELS,
@@ -409,6 +416,7 @@ mod tests {
             warpgroups: false,
             producer: false,
             persistent: false,
+            pingpong: false,
             sorted: false,
         }
         .kernel();
@@ -445,6 +453,7 @@ mod tests {
             warpgroups: false,
             producer: false,
             persistent: false,
+            pingpong: false,
             sorted: false,
         }
         .kernel();

@@ -73,16 +73,17 @@ const ACCS: usize = TILE_N / 2;
 
 /// The kernel of `p` (its `warpgroups` set): its generation, a view of the description.
 pub(super) fn kernel(p: &TensorCoreProjection) -> String {
-    let shape = match p.persistent {
-        true => Geometry::from_env(),
+    let shape = match p.persistent && p.pingpong {
+        true => Geometry::PINGPONG,
         false => Geometry::COOPERATIVE,
     };
     kernel_of(p, shape)
 }
 
-/// Whether the persistent kernels take the ping-pong geometry (`PPMOE_PPROJ=pingpong`).
-pub(super) fn pingpong() -> bool {
-    Geometry::from_env().pingpong
+/// Whether a step's persistent kernels, `slots` slots over `experts` experts, take the
+/// ping-pong geometry (`pingpong_tiles`, or `PPMOE_PPROJ`).
+pub(super) fn pingpong(slots: usize, experts: usize) -> bool {
+    Geometry::pingpong_wanted(slots, experts)
 }
 
 /// The kernel of `p` in geometry `shape` (the ping-pong one only where `p` is persistent).
@@ -468,6 +469,7 @@ mod tests {
             warpgroups: true,
             producer,
             persistent: false,
+            pingpong: false,
             sorted: false,
         }
     }
@@ -596,20 +598,23 @@ mod tests {
         assert!(kernel.contains("%nfull0 = arith.constant 33 : i32"));
     }
 
-    /// Ping-pong (`PPMOE_PPROJ=pingpong`): each warpgroup walks every other tile of the
+    /// Ping-pong (`pingpong_tiles`: up to 32 rows per expert): each warpgroup walks every other tile of the
     /// block's, 64 rows from the stage's start, in five stages of 40 KiB whose `empty`
     /// barriers one warpgroup (128 threads) releases, a tile's last stage released after its
     /// last wgmmas; the producer's lanes copy 16 rows' words a chunk (32 in the cooperative
     /// form); each warpgroup's chunk loop waits for its turn (parity of (it + 3) / 2: the
-    /// block's first tile at once) and passes the turn after it. The cooperative kernel is the
-    /// default.
+    /// block's first tile at once) and passes the turn after it. The cooperative kernel past
+    /// 32 rows per expert.
     #[test]
     fn a_pingpong_projection_gives_each_warpgroup_its_own_tiles() {
         let mut p = small("t_pproj_out", true);
         p.persistent = true;
         let ping = super::kernel_of(&p, super::Geometry::PINGPONG);
         let coop = super::kernel_of(&p, super::Geometry::COOPERATIVE);
-        assert!(!super::pingpong(), "the cooperative geometry unless asked");
+        assert!(
+            super::pingpong(64, 2) && !super::pingpong(66, 2),
+            "up to 32 rows"
+        );
         assert!(ping.contains("scf.for %t = %tfirst to %total step %G2"));
         assert!(!coop.contains("%tfirst"));
         for (name, value) in [
@@ -725,6 +730,7 @@ mod tests {
             warpgroups: true,
             producer: false,
             persistent: false,
+            pingpong: false,
             sorted: false,
         }
         .kernel();
@@ -799,7 +805,8 @@ mod assembled {
                 ("act", 2048, 1536, Some(act.to_string())),
                 ("out", 768, 2048, None),
             ] {
-                let [.., out] = TensorCoreProjection::names(warpgroups, producer, persistent);
+                let [.., out] =
+                    TensorCoreProjection::names(warpgroups, producer, (persistent, pingpong));
                 let form = match (pingpong, sorted) {
                     (true, _) => "pingpong",
                     (_, true) => "sorted",
@@ -816,12 +823,10 @@ mod assembled {
                     warpgroups,
                     producer,
                     persistent,
+                    pingpong,
                     sorted,
                 };
-                let kernel = match pingpong {
-                    true => super::kernel_of(&p, super::Geometry::PINGPONG),
-                    false => p.kernel(),
-                };
+                let kernel = p.kernel();
                 let text = report(&kernel, &name);
                 assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
                 assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");

@@ -8,7 +8,7 @@ use super::blas::Elem;
 use super::device_routed::{memref_args, OnDevice};
 use super::experts::{alloc, ExpertsCall};
 use super::Rank;
-use crate::program::{TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_COLUMNS, TOKEN_THREADS};
+use crate::program::{token_out_columns, TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_THREADS};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 impl Rank<'_> {
@@ -53,6 +53,9 @@ impl Rank<'_> {
         }
         let s = &self.stream;
         let (t, slots) = (*tokens, ids.len());
+        let Some(out_columns) = token_out_columns(slots / t) else {
+            return Ok(None);
+        };
         let elements = |rows: usize, columns: usize| {
             rows.checked_mul(columns)
                 .ok_or_else(|| format!("{rows} x {columns} elements overflow"))
@@ -92,7 +95,7 @@ impl Rank<'_> {
         let columns = dims.ffn.div_ceil(TOKEN_IN_COLUMNS);
         launch(&first, (x, ffn.w_in.0, pa), (slots, columns))?;
         self.phase("experts: first projection and activation")?;
-        let columns = dims.hidden.div_ceil(TOKEN_OUT_COLUMNS);
+        let columns = dims.hidden.div_ceil(out_columns);
         launch(&second, (pa, ffn.w_out.0, py), (t, columns))?;
         self.phase("experts: second projection and combine")?;
         Ok(Some(y))

@@ -140,8 +140,8 @@ pub const SORT_THREADS: usize = 256;
 pub fn sorts_rows(ffn: usize) -> bool {
     ffn >= 8192
 }
-/// The persistent form's ping-pong trial (the compiler's `PPMOE_PPROJ=pingpong`: a 64-row
-/// tile per warpgroup, so one's epilogue runs under the other's wgmmas): its kernels, its
+/// The persistent form's ping-pong geometry (`pingpong_tiles`: a 64-row tile per warpgroup,
+/// so one's epilogue runs under the other's wgmmas): its kernels, its
 /// stages (of 64 rows' and 256 weight rows' 64 inner elements, 40 KiB each) and its shared
 /// memory (the stages, the alignment, the barriers, the epilogue's staging, the tile sums).
 pub const QP_KERNELS: [&str; 3] = ["qproj_act", "qproj_in", "qproj_out"];
@@ -151,6 +151,27 @@ pub const QP_SHARED_BYTES: usize = PINGPONG_STAGES * (64 + 256) * 128
     + 128
     + EPILOGUE_STAGING_BYTES
     + 4 * (PP_MAX_EXPERTS + 1);
+
+/// The most rows per expert (on average) at which the persistent projections take the
+/// ping-pong geometry (`pingpong_tiles`).
+pub const PINGPONG_MAX_ROWS: usize = 32;
+
+/// Whether a step's persistent projections, `slots` slots over `experts` experts, take the
+/// ping-pong geometry (64-row tiles, one per warpgroup, in five stages) rather than the
+/// cooperative one (128-row tiles both warpgroups multiply): up to `PINGPONG_MAX_ROWS` rows per
+/// expert, where a tile is mostly padding and the weights' reads bound the step, so the
+/// epilogue hidden under the other warpgroup's wgmmas pays. Measured on an H200 (the same
+/// runs, ms; `docs/bench-h200-s41.txt`, `docs/bench-h200-s42.txt`): Qwen3-30B-A3B's layer at
+/// 64 tokens (4 rows) 0.322 against 0.340 (0.319 against 0.341 as the policy, session 42), at
+/// 256 (16) 0.327 against 0.350 (0.330 against 0.351), at 512 (32) 0.337 against 0.352; Mixtral-8x7B's at 64 tokens (16 rows) 0.713 against 0.723 (the cooperative
+/// kernels with sorted rows). Level or slower past it: Qwen3's 1024 tokens (64 rows) 0.376
+/// against 0.370, the DeepSeek-like layer's 512 (64) 1.487 against 1.477, Mixtral's 512 (128)
+/// 0.983 against 0.982; at 4096 and 16384 tokens (256 and 1024 rows, session 35) 0.907
+/// against 0.817 and 3.150 against 2.577. The compiler's `PPMOE_PPROJ` (`pingpong` or
+/// `cooperative`) overrides it.
+pub fn pingpong_tiles(slots: usize, experts: usize) -> bool {
+    slots.div_ceil(experts.max(1)) <= PINGPONG_MAX_ROWS
+}
 
 /// Whether a device-routed tensor-core step of `slots` slots over `experts` experts, whose
 /// first matrices are `matrix_bytes` each, takes the warpgroup projections (wgmma, 128 rows a
@@ -220,10 +241,18 @@ pub const DPROJ_IN_BF16: &str = "dproj_in_bf16";
 /// (reading f32 x, or x's bf16 bits), and the second with the combine as its epilogue.
 pub const TOKEN_KERNELS: [&str; 3] = ["dtok_in", "dtok_in_bf16", "dtok_out"];
 /// Their blocks: threads, activation columns of a block of the first (two a warp), output
-/// columns of a block of the second (one a warp).
+/// columns of a warp of the second (one slot's).
 pub const TOKEN_THREADS: usize = 256;
 pub const TOKEN_IN_COLUMNS: usize = 16;
-pub const TOKEN_OUT_COLUMNS: usize = TOKEN_THREADS / 32;
+pub const TOKEN_OUT_WARP_COLUMNS: usize = 4;
+
+/// The output columns of a block of the second token kernel for `k` slots a token: a warp per
+/// (slot, `TOKEN_OUT_WARP_COLUMNS` columns), as many column groups as a block's warps hold
+/// whole; None past a block's warps (the listed path then).
+pub fn token_out_columns(k: usize) -> Option<usize> {
+    let warps = TOKEN_THREADS / 32;
+    (k > 0 && k <= warps).then(|| warps / k * TOKEN_OUT_WARP_COLUMNS)
+}
 
 /// Whether the experts of `hidden` columns of `tokens` tokens, `k` slots each over `experts`
 /// experts, take the two token kernels rather than the listed ones (`dgroup`, `dproj`,
@@ -234,7 +263,9 @@ pub const TOKEN_OUT_COLUMNS: usize = TOKEN_THREADS / 32;
 /// per expert on average (the listed path's tensor-core projections then multiply one row an
 /// expert, and every slot reads its expert's weights either way).
 pub fn token_kernels_take(tokens: usize, k: usize, experts: usize, hidden: usize) -> bool {
-    hidden <= 4096 && (tokens == 1 || tokens.saturating_mul(k) <= experts)
+    hidden <= 4096
+        && token_out_columns(k).is_some()
+        && (tokens == 1 || tokens.saturating_mul(k) <= experts)
 }
 
 /// The kernels an experts step may have besides its gather, activation and combine (which
@@ -298,7 +329,35 @@ pub const FROM_BF16_X4_KERNEL: &str = "from_bf16_x4";
 
 #[cfg(test)]
 mod tests {
-    use super::{projects_on_warpgroups, routes_on_tensor_cores};
+    use super::{
+        pingpong_tiles, projects_on_warpgroups, routes_on_tensor_cores, token_kernels_take,
+        token_out_columns,
+    };
+
+    /// The second token kernel's blocks: a warp per (slot, 4 columns), as many whole column
+    /// groups as 8 warps hold (6 of 8 warps at k 3); past 8 slots a token, no token kernels.
+    #[test]
+    fn token_kernels_take_up_to_a_blocks_warps_of_slots() {
+        for (k, columns) in [(1, Some(32)), (2, Some(16)), (3, Some(8)), (8, Some(4))] {
+            assert_eq!(token_out_columns(k), columns, "k {k}");
+        }
+        assert_eq!(token_out_columns(0), None);
+        assert_eq!(token_out_columns(9), None);
+        assert!(token_kernels_take(1, 8, 128, 2048));
+        assert!(token_kernels_take(16, 8, 128, 2048) && !token_kernels_take(17, 8, 128, 2048));
+        assert!(
+            !token_kernels_take(1, 10, 512, 2048),
+            "Qwen3-Next's 10 slots"
+        );
+        assert!(!token_kernels_take(1, 2, 8, 7168), "past 4096 columns");
+    }
+
+    /// The ping-pong geometry up to 32 rows per expert on average.
+    #[test]
+    fn pingpong_tiles_up_to_32_rows_per_expert() {
+        assert!(pingpong_tiles(512 * 8, 128) && !pingpong_tiles(1024 * 8, 128));
+        assert!(pingpong_tiles(128, 8) && pingpong_tiles(256, 8) && !pingpong_tiles(257, 8));
+    }
 
     /// The measured boundaries (H200, bf16, sessions 27 to 35): one rank's whole step routed
     /// on the device from 2 tokens, whatever its matrices; PPMoE's local step within its

@@ -347,6 +347,7 @@ mod tests {
                 warpgroups: true,
                 producer: true,
                 persistent,
+                pingpong: false,
                 sorted: false,
             }
             .kernel();

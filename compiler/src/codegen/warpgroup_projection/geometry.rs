@@ -1,9 +1,10 @@
-//! The tiles and stages of a warpgroup projection. Cooperative (every form's, the default):
-//! both warpgroups multiply the same tile, 128 rows (64 each) by 256 weight rows, in four
-//! stages; a tile's epilogue then stops both, and no multiplication overlaps it (14% of
-//! `pproj`'s time at Qwen3-30B-A3B's 4096 tokens on an H200, session 34). Ping-pong (the
-//! persistent form only, `PPMOE_PPROJ=pingpong` at compile time, a trial measured slower on an
-//! H200 in session 35: Qwen3's layer at 4096 tokens 0.907 ms against 0.817, at 16384 3.150
+//! The tiles and stages of a warpgroup projection. Cooperative (every form's, and the
+//! persistent form's past `PINGPONG_MAX_ROWS` rows per expert): both warpgroups multiply the
+//! same tile, 128 rows (64 each) by 256 weight rows, in four stages; a tile's epilogue then
+//! stops both, and no multiplication overlaps it (14% of `pproj`'s time at Qwen3-30B-A3B's
+//! 4096 tokens on an H200, session 34). Ping-pong (the persistent form up to
+//! `PINGPONG_MAX_ROWS` rows per expert, `pingpong_tiles`; measured slower past it on an H200
+//! in session 35: Qwen3's layer at 4096 tokens 0.907 ms against 0.817, at 16384 3.150
 //! against 2.577): each warpgroup takes every other tile of its block's, 64 rows by 256
 //! weight rows, in five stages of 40 KiB (`qproj_*` kernels, `QP_SHARED_BYTES`), so one
 //! warpgroup's epilogue runs while the other's wgmmas do (the stages come in the tiles'
@@ -33,32 +34,29 @@ impl Geometry {
         pingpong: true,
     };
 
-    /// What `PPMOE_PPROJ` names: `pingpong`, or the cooperative geometry (another value is
-    /// warned about and leaves it).
-    pub(super) fn from_env() -> Geometry {
+    /// Whether a step of `slots` slots over `experts` experts takes the ping-pong geometry:
+    /// where `pingpong_tiles` says, unless `PPMOE_PPROJ` at compile time names one (a
+    /// measurement aid: `pingpong` or `cooperative`; another value is warned about once and
+    /// leaves the policy).
+    pub(crate) fn pingpong_wanted(slots: usize, experts: usize) -> bool {
+        let policy = || ppmoe_runtime::program::pingpong_tiles(slots, experts);
         let value = std::env::var("PPMOE_PPROJ").unwrap_or_default();
-        let value = value.trim();
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        match value {
-            "" => Geometry::COOPERATIVE,
-            "pingpong" => {
-                WARNED.call_once(|| {
-                    tracing::warn!("PPMOE_PPROJ=pingpong: the persistent projections with a tile per warpgroup (a trial, measured slower than the default on an H200)")
-                });
-                Geometry::PINGPONG
-            }
-            _ => {
+        match value.trim() {
+            "" => policy(),
+            "pingpong" => true,
+            "cooperative" => false,
+            other => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
                     tracing::warn!(
-                        "PPMOE_PPROJ={value:?} is not a geometry (pingpong): the cooperative one"
+                        "PPMOE_PPROJ={other:?} is not a geometry (pingpong, cooperative): the policy chooses"
                     )
                 });
-                Geometry::COOPERATIVE
+                policy()
             }
         }
     }
 
-    /// Bytes of a chunk of the tile's rows (128 bytes a row) in a stage, the weights' after.
     pub fn rows_bytes(&self) -> usize {
         self.pass_rows * 128
     }
