@@ -300,7 +300,25 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
         );
     }
     let _ = writeln!(b, "        }}\n      }}\n      gpu.barrier");
-    // A thread per column adds its slots' parts in their order.
+    add_slots(&mut b, k, parts);
+    let params = [
+        "%act: memref<?xvector<4xi32>>",
+        "%wt: memref<?xvector<4xi32>>",
+        "%ids: memref<?xf32>",
+        "%w: memref<?xf32>",
+        "%out: memref<?xf32>",
+        "%first: index",
+    ];
+    format!(
+        "    gpu.func @{name}({}) workgroup(%parts: memref<{parts}xf32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
+        params.join(", ")
+    )
+}
+
+/// The second kernel's last part: a thread per column of the block (`%cbc` from `%b0`) adds
+/// its `k` slots' parts (of `parts` in `%parts`, its own k from tid k) in their order and
+/// writes y.
+fn add_slots(b: &mut String, k: usize, parts: usize) {
     let mut sum = "%zero".to_string();
     let mut adds = String::new();
     for j in 0..k {
@@ -315,18 +333,6 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
         b,
         "      %ycol = arith.addi %b0, %tid : index\n      %mine = arith.cmpi ult, %tid, %cbc : index\n      %inH = arith.cmpi ult, %ycol, %cH : index\n      %st = arith.andi %mine, %inH : i1\n      scf.if %st {{\n        %sk = arith.muli %tid, %ck : index\n{adds}        %tH = arith.muli %tok, %cH : index\n        %yo = arith.addi %tH, %ycol : index\n        memref.store {sum}, %out[%yo] : memref<?xf32>\n      }}"
     );
-    let params = [
-        "%act: memref<?xvector<4xi32>>",
-        "%wt: memref<?xvector<4xi32>>",
-        "%ids: memref<?xf32>",
-        "%w: memref<?xf32>",
-        "%out: memref<?xf32>",
-        "%first: index",
-    ];
-    format!(
-        "    gpu.func @{name}({}) workgroup(%parts: memref<{parts}xf32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
-        params.join(", ")
-    )
 }
 
 /// Slot `slot`'s local expert (of `experts`) `%loc{sfx}` (i64), its weight `%wv{sfx}`, and whether
