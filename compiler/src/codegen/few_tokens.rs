@@ -102,8 +102,8 @@ struct First {
 
 /// Activation columns per warp in the first kernel.
 const ACT_PER_WARP: usize = TOKEN_IN_COLUMNS / (TOKEN_THREADS / WARP);
-/// Rounds of loads issued together in the first kernel (four weight rows a round).
-const FIRST_UNROLL: usize = 2;
+/// Rounds of loads issued together in either kernel (four weight rows a round).
+const ROUND_UNROLL: usize = 2;
 
 impl First {
     fn kernel(&self, act: &str) -> String {
@@ -154,7 +154,7 @@ impl First {
             Dot {
                 rows: &rows,
                 words,
-                unroll: FIRST_UNROLL,
+                unroll: ROUND_UNROLL,
             },
             &x,
         );
@@ -283,7 +283,7 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
         Dot {
             rows: &rows,
             words,
-            unroll: FIRST_UNROLL,
+            unroll: ROUND_UNROLL,
         },
         &act,
     );
