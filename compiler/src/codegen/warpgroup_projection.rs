@@ -598,13 +598,13 @@ mod tests {
         assert!(kernel.contains("%nfull0 = arith.constant 33 : i32"));
     }
 
-    /// Ping-pong (`pingpong_tiles`: up to 32 rows per expert): each warpgroup walks every other tile of the
-    /// block's, 64 rows from the stage's start, in five stages of 40 KiB whose `empty`
-    /// barriers one warpgroup (128 threads) releases, a tile's last stage released after its
-    /// last wgmmas; the producer's lanes copy 16 rows' words a chunk (32 in the cooperative
-    /// form); each warpgroup's chunk loop waits for its turn (parity of (it + 3) / 2: the
-    /// block's first tile at once) and passes the turn after it. The cooperative kernel past
-    /// 32 rows per expert.
+    /// Ping-pong (`pingpong_tiles`: up to 32 rows per expert): each warpgroup walks every other
+    /// tile of the block's, 64 rows from the stage's start, in five stages of 40 KiB whose
+    /// `empty` barriers one warpgroup (128 threads) releases, a tile's last stage released
+    /// after its last wgmmas; the producer's lanes copy 16 rows' words a chunk (32 in the
+    /// cooperative form); each warpgroup's chunk loop waits for its turn (parity of (it + 3) /
+    /// 2: the block's first tile at once) and passes the turn after it. The cooperative kernel
+    /// past 32 rows per expert.
     #[test]
     fn a_pingpong_projection_gives_each_warpgroup_its_own_tiles() {
         let mut p = small("t_pproj_out", true);

@@ -160,15 +160,16 @@ pub const PINGPONG_MAX_ROWS: usize = 32;
 /// ping-pong geometry (64-row tiles, one per warpgroup, in five stages) rather than the
 /// cooperative one (128-row tiles both warpgroups multiply): up to `PINGPONG_MAX_ROWS` rows per
 /// expert, where a tile is mostly padding and the weights' reads bound the step, so the
-/// epilogue hidden under the other warpgroup's wgmmas pays. Measured on an H200 (the same
-/// runs, ms; `docs/bench-h200-s41.txt`, `docs/bench-h200-s42.txt`): Qwen3-30B-A3B's layer at
-/// 64 tokens (4 rows) 0.322 against 0.340 (0.319 against 0.341 as the policy, session 42), at
-/// 256 (16) 0.327 against 0.350 (0.330 against 0.351), at 512 (32) 0.337 against 0.352; Mixtral-8x7B's at 64 tokens (16 rows) 0.713 against 0.723 (the cooperative
-/// kernels with sorted rows). Level or slower past it: Qwen3's 1024 tokens (64 rows) 0.376
-/// against 0.370, the DeepSeek-like layer's 512 (64) 1.487 against 1.477, Mixtral's 512 (128)
-/// 0.983 against 0.982; at 4096 and 16384 tokens (256 and 1024 rows, session 35) 0.907
-/// against 0.817 and 3.150 against 2.577. The compiler's `PPMOE_PPROJ` (`pingpong` or
-/// `cooperative`) overrides it.
+/// epilogue hidden under the other warpgroup's wgmmas pays. Measured on an H200 (the same runs,
+/// ms; `docs/bench-h200-s41.txt`, `docs/bench-h200-s42.txt`): Qwen3-30B-A3B's layer at 64
+/// tokens (4 rows) 0.322 against 0.340 (0.319 against 0.341 as the policy, session 42), at 256
+/// (16) 0.327 against 0.350 (0.330 against 0.351), at 512 (32) 0.337 against 0.352;
+/// Mixtral-8x7B's at 64 tokens (16 rows) 0.713 against 0.723 (the cooperative kernels with
+/// sorted rows). Level or slower past it: Qwen3's 1024 tokens (64 rows) 0.376 against 0.370,
+/// the DeepSeek-like layer's 512 (64) 1.487 against 1.477, Mixtral's 512 (128) 0.983 against
+/// 0.982; at 4096 and 16384 tokens (256 and 1024 rows, session 35) 0.907 against 0.817 and
+/// 3.150 against 2.577. The compiler's `PPMOE_PPROJ` (`pingpong` or `cooperative`) overrides
+/// it.
 pub fn pingpong_tiles(slots: usize, experts: usize) -> bool {
     slots.div_ceil(experts.max(1)) <= PINGPONG_MAX_ROWS
 }
