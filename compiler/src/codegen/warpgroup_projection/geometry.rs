@@ -39,22 +39,9 @@ impl Geometry {
     /// measurement aid: `pingpong` or `cooperative`; another value is warned about once and
     /// leaves the policy).
     pub(crate) fn pingpong_wanted(slots: usize, experts: usize) -> bool {
-        let policy = || ppmoe_runtime::program::pingpong_tiles(slots, experts);
-        let value = std::env::var("PPMOE_PPROJ").unwrap_or_default();
-        match value.trim() {
-            "" => policy(),
-            "pingpong" => true,
-            "cooperative" => false,
-            other => {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!(
-                        "PPMOE_PPROJ={other:?} is not a geometry (pingpong, cooperative): the policy chooses"
-                    )
-                });
-                policy()
-            }
-        }
+        crate::codegen::switch::named_switch("PPMOE_PPROJ", ("cooperative", "pingpong"), || {
+            ppmoe_runtime::program::pingpong_tiles(slots, experts)
+        })
     }
 
     pub fn rows_bytes(&self) -> usize {
