@@ -149,15 +149,7 @@ impl First {
             }
         }
         let x = |b: &mut String, q: &str, tag: &str| self.load_x(b, q, tag);
-        let totals = dot_rows(
-            &mut b,
-            Dot {
-                rows: &rows,
-                words,
-                unroll: ROUND_UNROLL,
-            },
-            &x,
-        );
+        let totals = dot_rows(&mut b, Dot { rows: &rows, words }, &x);
         let _ = writeln!(
             b,
             "        %c0 = arith.constant 0 : index\n        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        %sF = arith.muli %s, %cF : index"
@@ -278,15 +270,7 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
         );
         unpack(b, &format!("%aw{tag}"), &format!("x{tag}"), PER);
     };
-    let totals = dot_rows(
-        &mut b,
-        Dot {
-            rows: &rows,
-            words,
-            unroll: ROUND_UNROLL,
-        },
-        &act,
-    );
+    let totals = dot_rows(&mut b, Dot { rows: &rows, words }, &act);
     // Lane 0: each column's output as the projection's store rounds it, times the slot's
     // weight (0 for a slot left out), at part ((g C + r) k + j).
     let _ = writeln!(
@@ -350,26 +334,25 @@ struct Dot<'a> {
     rows: &'a [String],
     /// Words per row.
     words: usize,
-    unroll: usize,
 }
 
 /// Each row of `d` times the vector, whose word q (a word of the rows) `vector(b, q, tag)`
-/// loads as `%x{tag}_{e}`: lane l takes words l, l + 32, ..; `unroll` rounds' loads before
+/// loads as `%x{tag}_{e}`: lane l takes words l, l + 32, ..; `ROUND_UNROLL` rounds' loads before
 /// their multiply-adds. The lanes' sums folded (every lane holds them): their names, one per
 /// row.
 fn dot_rows(b: &mut String, d: Dot, vector: &dyn Fn(&mut String, &str, &str)) -> Vec<String> {
     let n = d.rows.len();
     let full = d.words / WARP;
     let rem = d.words % WARP;
-    let groups = full / d.unroll;
+    let groups = full / ROUND_UNROLL;
     let types = vec!["f32"; n].join(", ");
     let _ = writeln!(
         b,
         "        %c2x = arith.constant 2 : index\n        %cstep = arith.constant {} : index\n        %cgend = arith.constant {} : index",
-        WARP * d.unroll,
-        WARP * d.unroll * groups
+        WARP * ROUND_UNROLL,
+        WARP * ROUND_UNROLL * groups
     );
-    // Rounds in groups of `unroll`.
+    // Rounds in groups of `ROUND_UNROLL`.
     let iters = (0..n)
         .map(|r| format!("%i{r} = %zero"))
         .collect::<Vec<_>>()
@@ -379,7 +362,7 @@ fn dot_rows(b: &mut String, d: Dot, vector: &dyn Fn(&mut String, &str, &str)) ->
         "        %dg:{n} = scf.for %q0 = %lane to %cgend step %cstep iter_args({iters}) -> ({types}) {{"
     );
     let accs: Vec<String> = (0..n).map(|r| format!("%i{r}")).collect();
-    let next = rounds(b, &d, vector, ("%q0", d.unroll), &accs);
+    let next = rounds(b, &d, vector, ("%q0", ROUND_UNROLL), &accs);
     let _ = writeln!(
         b,
         "          scf.yield {} : {types}\n        }}",
@@ -387,12 +370,12 @@ fn dot_rows(b: &mut String, d: Dot, vector: &dyn Fn(&mut String, &str, &str)) ->
     );
     let mut accs: Vec<String> = (0..n).map(|r| format!("%dg#{r}")).collect();
     // The whole rounds left, all lanes in.
-    let left = full - groups * d.unroll;
+    let left = full - groups * ROUND_UNROLL;
     if left > 0 {
         let _ = writeln!(
             b,
             "        %cl = arith.constant {} : index\n        %ql = arith.addi %lane, %cl : index",
-            WARP * d.unroll * groups
+            WARP * ROUND_UNROLL * groups
         );
         let _ = writeln!(b, "        %tail:{n} = scf.execute_region -> ({types}) {{");
         let next = rounds(b, &d, vector, ("%ql", left), &accs);
