@@ -1070,6 +1070,51 @@ fn no_fixture_has_host_work_on_any_grid() {
     assert!(checked >= 39 * 6, "{checked} programs");
 }
 
+/// The experts' combine writes bf16 bits where the model's y is bf16 and every reader takes
+/// bits: in the bf16 LM export each experts step has `{prefix}_combine_bits` (a 16-byte store
+/// of eight sums, each rounded by `cvt.rn.bf16x2.f32`) and its y may be held rounded
+/// (`Program::rounded_for_every_reader`: the residual add reads it as bits); the Mixtral
+/// block compiled with `--dtype bf16`, whose y is a result of the program, has neither.
+#[test]
+fn a_bf16_models_experts_combine_into_bf16_bits() {
+    use ppmoe_runtime::program::{GpuOp, Op, COMBINE_BITS_SUFFIX};
+    let check = |model: &str, flags: &[&str], bits: bool| {
+        let (dir, b) = cuda_bundle(&fixtures_dir().join(model), flags);
+        let p = &b.manifest.programs[0];
+        let ptx = std::fs::read_to_string(dir.path().join("b").join(p.ptx_file.as_ref().unwrap()))
+            .unwrap();
+        let mut steps = 0;
+        for (ins, how) in p.instructions.iter().zip(&p.gpu) {
+            let (Op::MoeExperts { .. }, GpuOp::Experts { prefix, .. }) = (&ins.op, how) else {
+                continue;
+            };
+            steps += 1;
+            let y = ins.outputs[0];
+            assert_eq!(p.rounded_for_every_reader(y), bits, "{model}: {prefix}");
+            let entry = format!(".entry {prefix}_{COMBINE_BITS_SUFFIX}(");
+            let Some(at) = ptx.find(&entry) else {
+                assert!(!bits, "{model}: no {entry}");
+                continue;
+            };
+            assert!(bits, "{model}: {entry}");
+            let body = &ptx[at..at + ptx[at..].find("\n}").unwrap()];
+            assert_eq!(body.matches("cvt.rn.bf16x2.f32").count(), 4, "{model}");
+            assert_eq!(body.matches("st.global.v4.b32").count(), 1, "{model}");
+        }
+        assert!(steps >= 1, "{model}: no experts step");
+    };
+    check(
+        "mixtral_lm_bf16_sdpa/model.onnx",
+        &["--input-shape", "input_ids=1x16"],
+        true,
+    );
+    check(
+        "mixtral_block_dynamo/model.onnx",
+        &["--dtype", "bf16"],
+        false,
+    );
+}
+
 /// bf16 activations in the generated kernels: in the bf16 LM export compiled for CUDA, the
 /// generated kernels read and write the model's bf16 buffers as bf16 (`GpuOp::Kernel::bf16`,
 /// `GpuOp::Pointwise::bf16`: the norms, the residual adds, RoPE, the softmax, the casts), so

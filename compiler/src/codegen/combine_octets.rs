@@ -8,6 +8,11 @@
 //! slots' loads past it). The pairs kernel (4-byte loads, one slot's load after the other's)
 //! reached about half the copy bandwidth on an H200 (0.083 ms for Qwen3-30B-A3B's layer at 4096
 //! tokens, 168 MB). Each column's sum is the pairs kernel's, term by term in slot order.
+//!
+//! Where y is bf16 in the model, `{prefix}_combine_bits` (`COMBINE_BITS_SUFFIX`) is the same
+//! kernel writing each sum rounded to bf16 (to nearest even: the bits the narrowing of the f32
+//! y gives), one 16-byte store of eight: where y's readers all take bf16 bits, no f32 y is
+//! written and narrowed by another kernel after.
 
 use super::kernel_gen::dyn_kernel;
 use std::fmt::Write as _;
@@ -15,8 +20,17 @@ use std::fmt::Write as _;
 /// Columns a thread sums.
 const COLUMNS: usize = 8;
 
-/// `{prefix}_combine` over `t` tokens of `k` slots, H = `h` (a multiple of eight).
-pub(super) fn kernel(prefix: &str, t: usize, h: usize, k: usize) -> String {
+/// How the combine writes y.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Output {
+    F32,
+    /// bf16 bits, each sum rounded to nearest even (`{prefix}_combine_bits`).
+    Bits,
+}
+
+/// `{prefix}_combine` (or with `Output::Bits` `{prefix}_combine_bits`) over `t` tokens of `k`
+/// slots, H = `h` (a multiple of eight).
+pub(super) fn kernel(prefix: &str, t: usize, h: usize, k: usize, y: Output) -> String {
     debug_assert!(h.is_multiple_of(COLUMNS));
     let groups = h / COLUMNS;
     let mut b = String::new();
@@ -31,36 +45,48 @@ pub(super) fn kernel(prefix: &str, t: usize, h: usize, k: usize) -> String {
         );
     }
     let _ = writeln!(b, "        scf.if %hb {{");
-    body_of(&mut b, k, true);
+    body_of(&mut b, k, true, y);
     let _ = writeln!(b, "        }} else {{");
-    body_of(&mut b, k, false);
+    body_of(&mut b, k, false, y);
     let _ = writeln!(b, "        }}");
+    let (name, y_param) = match y {
+        Output::F32 => ("combine", "%y: memref<?xvector<4xf32>>"),
+        Output::Bits => (
+            ppmoe_runtime::program::COMBINE_BITS_SUFFIX,
+            "%y: memref<?xvector<8xbf16>>",
+        ),
+    };
     let params = [
         "%out: memref<?xvector<8xbf16>>",
         "%pos: memref<?xi32>",
         "%w: memref<?xf32>",
         "%eid: memref<?xi32>",
         "%bout: memref<?xf32>",
-        "%y: memref<?xvector<4xf32>>",
+        y_param,
         "%has_bias: index",
     ];
     dyn_kernel(
-        &format!("{prefix}_combine"),
+        &format!("{prefix}_{name}"),
         &params,
         &format!("      %n = arith.constant {} : index\n", t * groups),
         &b,
     )
 }
 
-/// The token's eight sums over its `k` slots, stored: every slot's loads first, then the
-/// sums, with (`bias`) or without the experts' output biases. Names are tagged by `bias`.
-fn body_of(b: &mut String, k: usize, bias: bool) {
+/// The token's eight sums over its `k` slots, stored as `y` says: every slot's loads first,
+/// then the sums, with (`bias`) or without the experts' output biases. Names are tagged by
+/// `bias`.
+fn body_of(b: &mut String, k: usize, bias: bool, y: Output) {
     let g = if bias { "b" } else { "n" };
     for j in 0..k {
         slot_loads(b, g, j, bias);
     }
     for j in 0..k {
         slot_sum(b, g, j, bias);
+    }
+    if y == Output::Bits {
+        store_bits(b, g, k);
+        return;
     }
     // The eight sums, as two vectors of four.
     for half in 0..2 {
@@ -81,6 +107,23 @@ fn body_of(b: &mut String, k: usize, bias: bool) {
             "          memref.store %{g}y{half}_4, %y[%yi{half}] : memref<?xvector<4xf32>>"
         );
     }
+}
+
+/// The eight sums as one vector, rounded to bf16 (to nearest even) and stored: 16 bytes.
+fn store_bits(b: &mut String, g: &str, k: usize) {
+    let _ = writeln!(b, "          %{g}z_0 = llvm.mlir.undef : vector<8xf32>");
+    for m in 0..COLUMNS {
+        let _ = writeln!(
+            b,
+            "          %{g}z_{} = llvm.insertelement {}, %{g}z_{m}[%l{m} : i32] : vector<8xf32>",
+            m + 1,
+            sum(g, k, m)
+        );
+    }
+    let _ = writeln!(
+        b,
+        "          %{g}zb = arith.truncf %{g}z_{COLUMNS} : vector<8xf32> to vector<8xbf16>\n          memref.store %{g}zb, %y[%i] : memref<?xvector<8xbf16>>"
+    );
 }
 
 /// Column `m`'s sum over the token's first `j` slots (0 before the first).

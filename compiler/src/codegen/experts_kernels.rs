@@ -92,6 +92,45 @@ pub(super) fn experts_kernels(
     Some((out, mid.bf16))
 }
 
+/// The combine writing y as bf16 bits (`COMBINE_BITS_SUFFIX`), where the step's rows are bf16
+/// (`bf16_rows`), H a multiple of eight and y (`y`) bf16 in the model and no result of it:
+/// for a whole step whose output the next kernels read as bits (the runtime decides that).
+pub(super) fn combine_bits_kernel(
+    p: &Program,
+    o: &ExpertsOperands,
+    y: usize,
+    prefix: &str,
+    bf16_rows: bool,
+) -> Option<String> {
+    let shape = |b: usize| static_shape(&p.buffers[b]);
+    let (x, w) = (shape(o.x)?, shape(o.weights)?);
+    let (t, h, k) = (*x.first()?, *x.get(1)?, *w.get(1)?);
+    let wanted = bf16_in_model(p, y) && ppmoe_runtime::program::row_columns(bf16_rows, h) == 8;
+    let bits = super::combine_octets::Output::Bits;
+    wanted.then(|| super::combine_octets::kernel(prefix, t, h, k, bits))
+}
+
+/// Whether `y` is bf16 in the model (its type, or, the MoE raise typing its result f32, that
+/// of a reshape of it) and read only inside the program (neither it nor such a reshape is a
+/// result, which the runtime brings back as it holds it).
+fn bf16_in_model(p: &Program, y: usize) -> bool {
+    use ppmoe_runtime::{program::Op, DType};
+    let reshapes = || {
+        p.instructions.iter().filter(move |ins| {
+            matches!(ins.op, Op::ReshapeTo { .. }) && ins.inputs.first() == Some(&Some(y))
+        })
+    };
+    let bf16 = p.buffers[y].dtype == DType::BF16
+        || reshapes().any(|ins| {
+            ins.outputs
+                .iter()
+                .any(|&o| p.buffers[o].dtype == DType::BF16)
+        });
+    let result = p.outputs.contains(&y)
+        || reshapes().any(|ins| ins.outputs.iter().any(|o| p.outputs.contains(o)));
+    bf16 && !result
+}
+
 /// The element type between the experts' kernels and the GEMMs: a load widens it to f32, a
 /// store narrows to it (round to nearest even), so the arithmetic stays f32.
 #[derive(Clone, Copy)]
@@ -187,7 +226,10 @@ fn act_kernels(out: &mut String, prefix: &str, ffn: &Ffn, (f, n): (usize, usize)
 /// combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
 fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usize), mid: Mid) {
     match ppmoe_runtime::program::row_columns(mid.bf16, h) {
-        8 => return out.push_str(&super::combine_octets::kernel(prefix, t, h, k)),
+        8 => {
+            let y = super::combine_octets::Output::F32;
+            return out.push_str(&super::combine_octets::kernel(prefix, t, h, k, y));
+        }
         2 => return out.push_str(&combine_pairs_kernel(prefix, t, h, k)),
         _ => {}
     }

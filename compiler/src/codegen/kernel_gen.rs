@@ -9,7 +9,7 @@
 //! cuBLAS GEMM, an NCCL collective, an alias (a reshape moves no data), or host work (ops not
 //! generated yet; the plan names them).
 
-use super::experts_kernels::{experts_kernels, ExpertsOperands, Ffn};
+use super::experts_kernels::{combine_bits_kernel, experts_kernels, ExpertsOperands, Ffn};
 use ppmoe_runtime::program::{BinaryFn, Buffer, Instruction, Op, Program, UnaryFn};
 use std::fmt::Write;
 
@@ -751,9 +751,12 @@ fn experts_step(p: &Program, i: usize, funcs: &mut String) -> Lowered {
             b_out: at(6),
         })
     };
-    let kernels = Ffn::of(&ins.op)
-        .zip(operands())
-        .and_then(|(ffn, o)| experts_kernels(p, &ffn, &o, &prefix));
+    let kernels = Ffn::of(&ins.op).zip(operands()).and_then(|(ffn, o)| {
+        let (text, bf16) = experts_kernels(p, &ffn, &o, &prefix)?;
+        let y = ins.outputs.first().copied();
+        let bits = y.and_then(|y| combine_bits_kernel(p, &o, y, &prefix, bf16));
+        Some((text + bits.as_deref().unwrap_or(""), bf16))
+    });
     match kernels {
         Some((text, bf16)) => {
             funcs.push_str(&text);

@@ -13,7 +13,9 @@
 //! by slot (no gather), and the step's own activation and combine kernels finish it. So the
 //! forward does not wait for the device here, and its launches can run ahead of the GPU.
 
-use super::experts::{alloc, combine_rows, Combine, ExpertsCall, FfnOperands};
+use super::experts::{
+    alloc, combine_rows, combine_rows_bits, Combine, Combined, ExpertsCall, FfnOperands,
+};
 use super::Rank;
 use crate::program::{DecodeTile, ExpertDims};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
@@ -209,7 +211,8 @@ impl Rank<'_> {
         call: &ExpertsCall,
         prefix: &str,
         bf16: bool,
-    ) -> Result<Option<(CudaSlice<f32>, usize)>, String> {
+        bits: bool,
+    ) -> Result<Option<(Combined, usize)>, String> {
         let Some(mut kernels) = self.routed_kernels(prefix) else {
             return Ok(None);
         };
@@ -217,7 +220,7 @@ impl Rank<'_> {
             return Ok(None);
         };
         if let Some(y) = self.token_experts(call, prefix, &routed)? {
-            return Ok(Some((y, routed.tokens)));
+            return Ok(Some((Combined::F32(y), routed.tokens)));
         }
         let OnDevice {
             ids,
@@ -300,7 +303,15 @@ impl Rank<'_> {
             h: dims.hidden,
             mid: ffn.mid,
         };
-        let y = combine_rows(&self.stream, &step, &out, slots, &comb)?;
+        // Where y's readers take bf16 bits (`bits`), the combine writes them.
+        let y = match bits {
+            true => combine_rows_bits(&self.stream, &step, &out, slots, &comb)?.map(Combined::Bits),
+            false => None,
+        };
+        let y = match y {
+            Some(y) => y,
+            None => Combined::F32(combine_rows(&self.stream, &step, &out, slots, &comb)?),
+        };
         self.phase("experts: combine")?;
         Ok(Some((y, t)))
     }

@@ -53,6 +53,8 @@ pub(super) struct ExpertKernels {
     gather_bf16: Option<CudaFunction>,
     act: CudaFunction,
     combine: CudaFunction,
+    /// The combine writing y as bf16 bits, where the step has it (`COMBINE_BITS_SUFFIX`).
+    combine_bits: Option<CudaFunction>,
     bias_out: Option<CudaFunction>,
 }
 
@@ -229,7 +231,7 @@ pub(super) struct Routed {
 /// the host.
 pub(super) enum ExpertSource {
     Device {
-        y: Option<CudaSlice<f32>>,
+        y: Option<Combined>,
         t: usize,
         h: usize,
     },
@@ -238,7 +240,27 @@ pub(super) enum ExpertSource {
     Host(Routed),
 }
 
+/// A step's combined outputs [T, H]: f32, or bf16 bits (`combine_bits`).
+pub(super) enum Combined {
+    F32(CudaSlice<f32>),
+    Bits(CudaSlice<u16>),
+}
+
 impl ExpertSource {
+    /// The outputs as bf16 bits, where the device-routed path combined them so.
+    fn take_bits(&mut self) -> Option<CudaSlice<u16>> {
+        match self {
+            ExpertSource::Device { y, .. } => match y.take()? {
+                Combined::Bits(b) => Some(b),
+                f32 => {
+                    *y = Some(f32);
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
     pub(super) fn tokens_and_hidden(&self) -> (usize, usize) {
         match self {
             ExpertSource::Device { t, h, .. } => (*t, *h),
@@ -397,6 +419,37 @@ pub(super) fn combine_rows(
     c: &Combine,
 ) -> Result<CudaSlice<f32>, String> {
     let y = alloc(stream, c.tokens * c.h, Elem::F32)?;
+    launch_combine(stream, &kernels.combine, (out, rows), c, &y)?;
+    Ok(y)
+}
+
+/// y [T, H] as bf16 bits (each sum rounded to nearest even, as narrowing the f32 y would), by
+/// the step's `combine_bits` kernel; None where it has none.
+pub(super) fn combine_rows_bits(
+    stream: &Arc<CudaStream>,
+    kernels: &ExpertKernels,
+    out: &CudaSlice<f32>,
+    rows: usize,
+    c: &Combine,
+) -> Result<Option<CudaSlice<u16>>, String> {
+    let Some(func) = &kernels.combine_bits else {
+        return Ok(None);
+    };
+    // SAFETY: uninitialised; the kernel writes every token's row.
+    let y = unsafe { stream.alloc::<u16>((c.tokens * c.h).max(1)) }.map_err(|e| e.to_string())?;
+    launch_combine(stream, func, (out, rows), c, &y)?;
+    Ok(Some(y))
+}
+
+/// The combine kernel `func` over `rows` expert rows `out`, into `y` (f32 or bf16 bits, as
+/// the kernel writes).
+fn launch_combine<Y: cudarc::driver::DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    func: &CudaFunction,
+    (out, rows): (&CudaSlice<f32>, usize),
+    c: &Combine,
+    y: &CudaSlice<Y>,
+) -> Result<(), String> {
     // Kernels that read a slot's row whether or not it has one (adding 0 for none) read the
     // first: with no rows, a zero row in its place.
     let spare;
@@ -409,11 +462,11 @@ pub(super) fn combine_rows(
         }
         _ => out,
     };
-    // Without a bias the kernel reads none: y stands in for it (no buffer made and zeroed,
-    // which in a captured forward were three graph nodes).
+    // Without a bias the kernel reads none: the weights stand in for it (no buffer made and
+    // zeroed, which in a captured forward were three graph nodes).
     let (bout, has_bias) = match c.b_out {
         Some(b) => (b, 1i64),
-        None => (&y, 0i64),
+        None => (c.weights, 0i64),
     };
     let len = |v: usize| v.max(1) as i64;
     let (zero, one) = (0i64, 1i64);
@@ -423,7 +476,7 @@ pub(super) fn combine_rows(
         len(bout.len()),
         len(c.tokens * c.h),
     );
-    let mut l = stream.launch_builder(&kernels.combine);
+    let mut l = stream.launch_builder(func);
     l.arg(out).arg(out).arg(&zero).arg(&lo).arg(&one);
     l.arg(c.pos).arg(c.pos).arg(&zero).arg(&ls).arg(&one);
     l.arg(c.weights)
@@ -433,13 +486,13 @@ pub(super) fn combine_rows(
         .arg(&one);
     l.arg(c.eid).arg(c.eid).arg(&zero).arg(&ls).arg(&one);
     l.arg(bout).arg(bout).arg(&zero).arg(&lb).arg(&one);
-    l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
+    l.arg(y).arg(y).arg(&zero).arg(&ly).arg(&one);
     l.arg(&has_bias);
     let threads = c.tokens * c.h / crate::program::row_columns(c.mid == Elem::Bf16, c.h);
     // SAFETY: T, k, H baked into the kernel; the buffers are those sizes (eight columns a
     // thread: each row's and y's start 16-byte aligned, H being a multiple of eight).
     unsafe { l.launch(launch_cfg(threads)) }.map_err(|e| e.to_string())?;
-    Ok(y)
+    Ok(())
 }
 
 /// One thread per element, in blocks of 256.
@@ -574,8 +627,14 @@ impl Rank<'_> {
     ) -> Result<(), RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
-        let mut source = self.expert_source(i, call, prefix, bf16, false)?;
+        // Where every reader of y takes bf16 bits, the device-routed combine writes them.
+        let bits = self.bits_combines.contains(&call.out);
+        let mut source = self.expert_source(i, call, (prefix, bf16), false, bits)?;
         let (t, h) = source.tokens_and_hidden();
+        if let Some(y) = source.take_bits() {
+            self.put_bits(call.out, Arc::new(y), vec![t, h]);
+            return Ok(());
+        }
         let y = self
             .chunk_experts(i, call, prefix, bf16, &mut source, 0..t)
             .map_err(&fail)?;
@@ -585,20 +644,21 @@ impl Rank<'_> {
 
     /// Where a step's expert outputs come from: computed already (routed on the device), or
     /// the routing grouped on the device or on the host, for the caller to compute chunk by
-    /// chunk. `overlapped`: the step's all-reduce overlaps its chunks (see `grouping_pays`).
+    /// chunk. `overlapped`: the step's all-reduce overlaps its chunks (see `grouping_pays`);
+    /// `bits`: a device-routed step combines into bf16 bits where it has that kernel.
     pub(super) fn expert_source(
         &mut self,
         i: usize,
         call: &ExpertsCall,
-        prefix: &str,
-        bf16: bool,
+        (prefix, bf16): (&str, bool),
         overlapped: bool,
+        bits: bool,
     ) -> Result<ExpertSource, RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
         let h = self.shape(call.x).last().copied().unwrap_or(0);
         match self
-            .device_routed_experts(call, prefix, bf16)
+            .device_routed_experts(call, prefix, bf16, bits)
             .map_err(&fail)?
         {
             Some((y, t)) => Ok(ExpertSource::Device { y: Some(y), t, h }),
@@ -626,9 +686,11 @@ impl Rank<'_> {
         match source {
             ExpertSource::Host(r) => self.experts_of_tokens(i, call, prefix, bf16, r, tokens),
             ExpertSource::Grouped(g) => self.device_grouped_experts(call, prefix, g, tokens),
-            ExpertSource::Device { y, .. } => y
-                .take()
-                .ok_or_else(|| "a device-routed step's output taken twice".to_string()),
+            ExpertSource::Device { y, .. } => match y.take() {
+                Some(Combined::F32(y)) => Ok(y),
+                Some(Combined::Bits(_)) => Err("a device-routed step's bits taken as f32".into()),
+                None => Err("a device-routed step's output taken twice".into()),
+            },
         }
     }
 
@@ -792,6 +854,10 @@ impl Rank<'_> {
                 .cloned(),
             act: func("act")?,
             combine: func("combine")?,
+            combine_bits: self
+                .functions
+                .get(&format!("{prefix}_{}", crate::program::COMBINE_BITS_SUFFIX))
+                .cloned(),
             bias_out: if bias_out {
                 Some(func("bias_out")?)
             } else {

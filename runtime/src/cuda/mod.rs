@@ -153,6 +153,11 @@ struct Rank<'a> {
     /// The GEMM results every reader takes as bf16 bits (`Program::reads_as_bits`), found
     /// once: a bf16 one is rounded to bf16 and kept as its bits (`gemm_into`).
     bits_results: std::collections::HashSet<usize>,
+    /// The experts steps' results that every reader takes as bf16 bits and that are no result
+    /// of the program (`Program::rounded_for_every_reader`): their device-routed combine writes
+    /// bits (`COMBINE_BITS_SUFFIX`), so y is not written as f32 and narrowed after (unless
+    /// `PPMOE_COMBINE_BITS=0`, a measurement aid: the same values, as f32 then narrowed).
+    bits_combines: std::collections::HashSet<usize>,
 }
 
 impl Rank<'_> {
@@ -660,6 +665,13 @@ fn with_rank<R>(
             .flat_map(|ins| ins.outputs.iter().copied())
             .filter(|&o| program.reads_as_bits(o))
             .collect(),
+        bits_combines: program
+            .instructions
+            .iter()
+            .filter(|ins| matches!(ins.op, crate::program::Op::MoeExperts { .. }))
+            .flat_map(|ins| ins.outputs.iter().copied())
+            .filter(|&o| program.rounded_for_every_reader(o) && combine_bits_wanted())
+            .collect(),
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()
@@ -711,4 +723,10 @@ fn with_rank<R>(
     }
     drop(comms);
     result
+}
+
+/// Whether the experts' combine may write bf16 bits (`PPMOE_COMBINE_BITS=0` at run time says
+/// not: y written as f32 and narrowed by its readers, the same values; a measurement aid).
+fn combine_bits_wanted() -> bool {
+    std::env::var("PPMOE_COMBINE_BITS").as_deref() != Ok("0")
 }

@@ -48,7 +48,7 @@ impl Rank<'_> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
         let overlapped = group.len() > 1;
-        let mut source = self.expert_source(i, call, prefix, bf16, overlapped)?;
+        let mut source = self.expert_source(i, call, (prefix, bf16), overlapped, false)?;
         let (t, h) = source.tokens_and_hidden();
         let (Some(comms), Some(side)) = (
             self.comms.filter(|_| group.len() > 1),

@@ -25,6 +25,13 @@ pub fn bf16_octets(bf16_rows: bool, width: usize) -> bool {
 /// thread. The runtime takes it where it has x's copy; the step's `{prefix}_gather` reads x.
 pub const GATHER_BF16_SUFFIX: &str = "gather8";
 
+/// The suffix of an experts step's combine that writes y as bf16 bits (`{prefix}_combine_bits`,
+/// each sum rounded to nearest even, as narrowing the f32 y would round it), made where the
+/// rows are bf16, H a multiple of eight (`bf16_octets`) and y bf16 in the model. The runtime
+/// takes it where every reader of y takes bf16 bits (`Program::reads_as_bits`), so y is never
+/// held as f32 and narrowed after.
+pub const COMBINE_BITS_SUFFIX: &str = "combine_bits";
+
 /// The columns a thread of an experts step's combine (over rows `width` = H columns wide) or
 /// activation (over rows of `width` = F activations) takes: eight (`bf16_octets`), two
 /// (`bf16_pairs`) or one. The compiler generates those kernels so, and the runtime launches
@@ -298,6 +305,7 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     QP_KERNELS[2],
     "tgroup",
     GATHER_BF16_SUFFIX,
+    COMBINE_BITS_SUFFIX,
     SORTED_ROWS_KERNEL,
 ];
 

@@ -629,6 +629,24 @@ impl Program {
             })
     }
 
+    /// Whether buffer `id` may be held as its value rounded to bf16 with nothing changed: every
+    /// reader takes it as bf16 bits (`reads_as_bits`: each would round it), and neither it nor
+    /// a reshape of it is a result of the program (a result is brought back as the program
+    /// holds it: an f32 one unrounded).
+    pub fn rounded_for_every_reader(&self, id: usize) -> bool {
+        self.reads_as_bits(id) && !self.reaches_result(id)
+    }
+
+    /// Whether `id`, or a reshape of it (through reshapes), is a result of the program.
+    fn reaches_result(&self, id: usize) -> bool {
+        self.outputs.contains(&id)
+            || self.instructions.iter().enumerate().any(|(i, ins)| {
+                self.gpu.get(i) == Some(&GpuOp::Alias)
+                    && ins.inputs.contains(&Some(id))
+                    && ins.outputs.iter().any(|&o| self.reaches_result(o))
+            })
+    }
+
     /// Whether generated kernel step `i` takes buffer `id` only through bf16 parameters.
     fn takes_bits(&self, i: usize, id: usize) -> bool {
         match self.gpu.get(i) {
