@@ -1115,6 +1115,55 @@ fn a_bf16_models_experts_combine_into_bf16_bits() {
     );
 }
 
+/// The token embedding copies a bf16 table's rows as bits where its result is bf16 in the model
+/// and read only as bits: the bf16 LM export has `k0_embedding_bits` (16-bit loads and stores)
+/// beside the f32 copy, and its result may be held rounded (the runtime then holds the table
+/// as bits only, never widened); the fp32 LM export compiled with `--dtype bf16` (its result
+/// f32 in the model) has no such kernel.
+#[test]
+fn a_bf16_models_embedding_copies_its_tables_bits() {
+    use ppmoe_runtime::program::{GpuOp, EMBEDDING_BITS_SUFFIX};
+    let check = |model: &str, flags: &[&str], bits: bool| {
+        let (dir, b) = cuda_bundle(&fixtures_dir().join(model), flags);
+        let p = &b.manifest.programs[0];
+        let ptx = std::fs::read_to_string(dir.path().join("b").join(p.ptx_file.as_ref().unwrap()))
+            .unwrap();
+        let (i, name) = p
+            .gpu
+            .iter()
+            .enumerate()
+            .find_map(|(i, g)| match g {
+                GpuOp::Embedding { name } => Some((i, name)),
+                _ => None,
+            })
+            .expect("an embedding step");
+        let out = p.instructions[i].outputs[0];
+        assert_eq!(p.rounded_for_every_reader(out), bits, "{model}");
+        let entry = format!(".entry {name}_{EMBEDDING_BITS_SUFFIX}(");
+        let Some(at) = ptx.find(&entry) else {
+            assert!(!bits, "{model}: no {entry}");
+            return;
+        };
+        assert!(bits, "{model}: {entry}");
+        let body = &ptx[at..at + ptx[at..].find("\n}").unwrap()];
+        assert!(
+            body.contains("ld.global.b16") || body.contains("ld.global.u16"),
+            "{body}"
+        );
+        assert!(
+            body.contains("st.global.b16") || body.contains("st.global.u16"),
+            "{body}"
+        );
+    };
+    let lm = ["--input-shape", "input_ids=1x16"];
+    check("mixtral_lm_bf16_sdpa/model.onnx", &lm, true);
+    check(
+        "mixtral_lm_sdpa/model.onnx",
+        &[&lm[..], &["--dtype", "bf16"]].concat(),
+        false,
+    );
+}
+
 /// bf16 activations in the generated kernels: in the bf16 LM export compiled for CUDA, the
 /// generated kernels read and write the model's bf16 buffers as bf16 (`GpuOp::Kernel::bf16`,
 /// `GpuOp::Pointwise::bf16`: the norms, the residual adds, RoPE, the softmax, the casts), so

@@ -643,22 +643,35 @@ fn embedding_kernel(p: &Program, idx: usize, name: &str) -> Option<String> {
     {
         return None;
     }
-    let body = format!(
-        "        %h = arith.constant {row} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %ids[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %table[%s] : memref<?xf32>\n        memref.store %v, %out[%i] : memref<?xf32>\n"
-    );
-    Some(dyn_kernel(
-        name,
-        &[
-            "%table: memref<?xf32>",
-            "%ids: memref<?xi32>",
-            "%out: memref<?xf32>",
-            "%rows: index",
-        ],
-        &format!(
-            "      %hh = arith.constant {row} : index\n      %n = arith.muli %rows, %hh : index\n"
-        ),
-        &body,
-    ))
+    let copy = |name: &str, elem: &str| {
+        let body = format!(
+            "        %h = arith.constant {row} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %ids[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %table[%s] : memref<?x{elem}>\n        memref.store %v, %out[%i] : memref<?x{elem}>\n"
+        );
+        dyn_kernel(
+            name,
+            &[
+                format!("%table: memref<?x{elem}>"),
+                "%ids: memref<?xi32>".into(),
+                format!("%out: memref<?x{elem}>"),
+                "%rows: index".into(),
+            ],
+            &format!(
+                "      %hh = arith.constant {row} : index\n      %n = arith.muli %rows, %hh : index\n"
+            ),
+            &body,
+        )
+    };
+    let mut text = copy(name, "f32");
+    // A bf16 table's rows copied as their bits (`EMBEDDING_BITS_SUFFIX`), where the result is
+    // bf16 in the model: the runtime then holds the table as bits and never widens it.
+    let bits_out = ins.outputs.first().is_some_and(|&o| {
+        p.buffers[o].dtype == ppmoe_runtime::DType::BF16 && !p.outputs.contains(&o)
+    });
+    if t.dtype == ppmoe_runtime::DType::BF16 && bits_out {
+        let suffix = ppmoe_runtime::program::EMBEDDING_BITS_SUFFIX;
+        text.push_str(&copy(&format!("{name}_{suffix}"), "i16"));
+    }
+    Some(text)
 }
 
 /// The kernel that rounds f32 activations to bf16 (to nearest even) for the bf16 GEMMs; the

@@ -10,7 +10,8 @@ use super::{dptr, Rank};
 use crate::error::RuntimeError;
 use crate::program::{GpuOp, Program};
 use crate::tensor::Tensor;
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
+use std::sync::Arc;
 
 /// `idx` as rows of a table of `rows` rows: negative ones counted from the end, each checked.
 fn picked_rows(idx: &Tensor, rows: usize) -> Result<Vec<i32>, String> {
@@ -81,12 +82,23 @@ impl Rank<'_> {
                 ))
             }
         };
+        // A table held as bf16 bits (`bits_table`): its rows copied as bits by `{name}_bits`.
+        let bits = bits_table(self.program, &self.functions, i) == Some(table)
+            && self.slots[table]
+                .as_ref()
+                .is_some_and(|s| s.dev16.is_some());
+        let kernel = match bits {
+            true => format!("{name}_{}", crate::program::EMBEDDING_BITS_SUFFIX),
+            false => name.to_string(),
+        };
         let func = self
             .functions
-            .get(name)
+            .get(&kernel)
             .cloned()
-            .ok_or_else(|| format!("kernel {name} is not in the PTX"))?;
-        self.device(table).map_err(|e| e.to_string())?;
+            .ok_or_else(|| format!("kernel {kernel} is not in the PTX"))?;
+        if !bits {
+            self.device(table).map_err(|e| e.to_string())?;
+        }
         let stream = self.stream.clone();
         // The ids on the device: the feed's (checked then), else the host's, checked here.
         let fed = self.slots[ids]
@@ -104,33 +116,87 @@ impl Rank<'_> {
             }
         };
         let n = count * row;
+        let mut out_shape = idx_shape;
+        out_shape.extend(&shape[1..]);
+        let copy = Copy {
+            ids: (d_ids, count),
+            elements: n,
+        };
+        if bits {
+            let t = self.slots[table].as_ref().and_then(|s| s.dev16.as_ref());
+            let t = t.ok_or("the table's bits are not on the device")?;
+            let y = stream
+                .alloc_zeros::<u16>(n.max(1))
+                .map_err(|e| e.to_string())?;
+            copy.launch(&stream, &func, t, &y)?;
+            self.put_bits(out, Arc::new(y), out_shape);
+            return Ok(());
+        }
         let y = stream
             .alloc_zeros::<f32>(n.max(1))
             .map_err(|e| e.to_string())?;
-        let t = self.dev_ref(table)?;
+        copy.launch(&stream, &func, self.dev_ref(table)?, &y)?;
+        self.put_dev(out, y, out_shape);
+        Ok(())
+    }
+}
+
+/// An embedding kernel's launch: `ids` (device pointer, count) rows of the table into
+/// `elements` elements.
+struct Copy {
+    ids: (u64, usize),
+    elements: usize,
+}
+
+impl Copy {
+    fn launch<T: cudarc::driver::DeviceRepr>(
+        &self,
+        stream: &Arc<CudaStream>,
+        func: &CudaFunction,
+        table: &CudaSlice<T>,
+        y: &CudaSlice<T>,
+    ) -> Result<(), String> {
+        let ((d_ids, count), n) = (self.ids, self.elements);
         let (zero, one) = (0i64, 1i64);
         let (lt, li, ly, rows) = (
-            t.len() as i64,
+            table.len() as i64,
             count.max(1) as i64,
             n.max(1) as i64,
             count as i64,
         );
-        let mut l = stream.launch_builder(&func);
-        l.arg(t).arg(t).arg(&zero).arg(&lt).arg(&one);
+        let mut l = stream.launch_builder(func);
+        l.arg(table).arg(table).arg(&zero).arg(&lt).arg(&one);
         l.arg(&d_ids).arg(&d_ids).arg(&zero).arg(&li).arg(&one);
-        l.arg(&y).arg(&y).arg(&zero).arg(&ly).arg(&one);
+        l.arg(y).arg(y).arg(&zero).arg(&ly).arg(&one);
         l.arg(&rows);
-        let cfg = super::experts::launch_cfg(n);
         if n > 0 {
             // SAFETY: every index was checked against the table's rows (here or when fed); the
-            // row width is baked into the kernel; `y` holds indices x row floats.
-            unsafe { l.launch(cfg) }.map_err(|e| e.to_string())?;
+            // row width is baked into the kernel; `y` holds indices x row elements.
+            unsafe { l.launch(super::experts::launch_cfg(n)) }.map_err(|e| e.to_string())?;
         }
-        let mut out_shape = idx_shape;
-        out_shape.extend(&shape[1..]);
-        self.put_dev(out, y, out_shape);
         Ok(())
     }
+}
+
+/// The table of embedding step `i` where it is to be held as bf16 bits only: the step has its
+/// bits kernel (`EMBEDDING_BITS_SUFFIX`), the table is a bf16 weight, and every reader of the
+/// result takes bf16 bits (`Program::rounded_for_every_reader`). None otherwise.
+pub(super) fn bits_table(
+    p: &Program,
+    functions: &std::collections::HashMap<String, CudaFunction>,
+    i: usize,
+) -> Option<usize> {
+    let (GpuOp::Embedding { name }, ins) = (p.gpu.get(i)?, p.instructions.get(i)?) else {
+        return None;
+    };
+    let table = ins.inputs.first().copied().flatten()?;
+    let out = ins.outputs.first().copied()?;
+    let suffix = crate::program::EMBEDDING_BITS_SUFFIX;
+    let ok = functions.contains_key(&format!("{name}_{suffix}"))
+        && p.buffers[table].dtype == crate::tensor::DType::BF16
+        && p.buffers[table].kind == crate::program::BufferKind::Weight
+        && p.rounded_for_every_reader(out);
+    ok.then_some(table)
 }
 
 #[cfg(test)]

@@ -80,6 +80,15 @@ pub(super) fn load_kernels(
             .map_err(|e| backend_err(format!("{file}: kernel {name}: {e}")))?;
         functions.insert(name, f);
     }
+    // An embedding's bits kernel, where its table and result are bf16 in the model.
+    for op in &program.gpu {
+        if let GpuOp::Embedding { name } = op {
+            let name = format!("{name}_{}", crate::program::EMBEDDING_BITS_SUFFIX);
+            if let Ok(f) = module.load_function(&name) {
+                functions.insert(name, f);
+            }
+        }
+    }
     // Present only where an all-to-all step's experts have an output bias, and where a step
     // can be routed (`device_routed`) or grouped (`device_grouped`) on the device.
     for op in &program.gpu {

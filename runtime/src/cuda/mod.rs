@@ -684,13 +684,18 @@ fn with_rank<R>(
     // an f32 copy is made only if some other kernel reads them too.
     let gemm_weights = kernel_module::gemm_weight_operands(program);
     let bf16_gemms = rank.functions.contains_key(crate::program::TO_BF16_KERNEL);
+    // bf16 embedding tables whose rows are copied as bits go as bf16 too (never widened).
+    let bits_tables: std::collections::HashSet<usize> = (0..program.instructions.len())
+        .filter_map(|i| embedding::bits_table(program, &rank.functions, i))
+        .collect();
     for (id, b) in program.buffers.iter().enumerate() {
         if b.kind == BufferKind::Weight {
             let w = weights
                 .get(&b.name)
                 .ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
             rank.put_host(id, w.clone());
-            if w.dtype == DType::BF16 && bf16_gemms && gemm_weights.contains(&id) {
+            let as_bits = (bf16_gemms && gemm_weights.contains(&id)) || bits_tables.contains(&id);
+            if w.dtype == DType::BF16 && as_bits {
                 let bits: Vec<u16> = match &*w.data {
                     crate::tensor::Data::Half(b) => b.to_vec(),
                     _ => w

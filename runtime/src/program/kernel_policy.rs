@@ -32,6 +32,12 @@ pub const GATHER_BF16_SUFFIX: &str = "gather8";
 /// held as f32 and narrowed after.
 pub const COMBINE_BITS_SUFFIX: &str = "combine_bits";
 
+/// The suffix of the token embedding's second kernel (`{name}_bits`), made where the table and
+/// the result are bf16 in the model and the result is not the program's: the table's rows
+/// copied as their bits. The runtime takes it where every reader of the result takes bf16 bits
+/// (`Program::rounded_for_every_reader`), and then holds the table as bits only.
+pub const EMBEDDING_BITS_SUFFIX: &str = "bits";
+
 /// The columns a thread of an experts step's combine (over rows `width` = H columns wide) or
 /// activation (over rows of `width` = F activations) takes: eight (`bf16_octets`), two
 /// (`bf16_pairs`) or one. The compiler generates those kernels so, and the runtime launches
