@@ -1070,6 +1070,19 @@ fn no_fixture_has_host_work_on_any_grid() {
     assert!(checked >= 39 * 6, "{checked} programs");
 }
 
+/// A fixture's CUDA bundle (rank 0's program) and its PTX text.
+fn cuda_bundle_ptx(model: &str, flags: &[&str]) -> (ppmoe_runtime::bundle::Bundle, String) {
+    let (dir, b) = cuda_bundle(&fixtures_dir().join(model), flags);
+    let file = b.manifest.programs[0].ptx_file.clone().expect("a PTX file");
+    let ptx = std::fs::read_to_string(dir.path().join("b").join(file)).unwrap();
+    (b, ptx)
+}
+
+/// The PTX of the entry that starts at `at`, to its closing brace.
+fn entry_body(ptx: &str, at: usize) -> &str {
+    &ptx[at..at + ptx[at..].find("\n}").expect("the entry's end")]
+}
+
 /// The experts' combine writes bf16 bits where the model's y is bf16 and every reader takes
 /// bits: in the bf16 LM export each experts step has `{prefix}_combine_bits` (a 16-byte store
 /// of eight sums, each rounded by `cvt.rn.bf16x2.f32`) and its y may be held rounded
@@ -1079,10 +1092,8 @@ fn no_fixture_has_host_work_on_any_grid() {
 fn a_bf16_models_experts_combine_into_bf16_bits() {
     use ppmoe_runtime::program::{GpuOp, Op, COMBINE_BITS_SUFFIX};
     let check = |model: &str, flags: &[&str], bits: bool| {
-        let (dir, b) = cuda_bundle(&fixtures_dir().join(model), flags);
+        let (b, ptx) = cuda_bundle_ptx(model, flags);
         let p = &b.manifest.programs[0];
-        let ptx = std::fs::read_to_string(dir.path().join("b").join(p.ptx_file.as_ref().unwrap()))
-            .unwrap();
         let mut steps = 0;
         for (ins, how) in p.instructions.iter().zip(&p.gpu) {
             let (Op::MoeExperts { .. }, GpuOp::Experts { prefix, .. }) = (&ins.op, how) else {
@@ -1097,7 +1108,7 @@ fn a_bf16_models_experts_combine_into_bf16_bits() {
                 continue;
             };
             assert!(bits, "{model}: {entry}");
-            let body = &ptx[at..at + ptx[at..].find("\n}").unwrap()];
+            let body = entry_body(&ptx, at);
             assert_eq!(body.matches("cvt.rn.bf16x2.f32").count(), 4, "{model}");
             assert_eq!(body.matches("st.global.v4.b32").count(), 1, "{model}");
         }
@@ -1124,10 +1135,8 @@ fn a_bf16_models_experts_combine_into_bf16_bits() {
 fn a_bf16_models_embedding_copies_its_tables_bits() {
     use ppmoe_runtime::program::{GpuOp, EMBEDDING_BITS_SUFFIX};
     let check = |model: &str, flags: &[&str], bits: bool| {
-        let (dir, b) = cuda_bundle(&fixtures_dir().join(model), flags);
+        let (b, ptx) = cuda_bundle_ptx(model, flags);
         let p = &b.manifest.programs[0];
-        let ptx = std::fs::read_to_string(dir.path().join("b").join(p.ptx_file.as_ref().unwrap()))
-            .unwrap();
         let (i, name) = p
             .gpu
             .iter()
@@ -1145,7 +1154,7 @@ fn a_bf16_models_embedding_copies_its_tables_bits() {
             return;
         };
         assert!(bits, "{model}: {entry}");
-        let body = &ptx[at..at + ptx[at..].find("\n}").unwrap()];
+        let body = entry_body(&ptx, at);
         assert!(
             body.contains("ld.global.b16") || body.contains("ld.global.u16"),
             "{body}"
