@@ -118,7 +118,7 @@ impl Rank<'_> {
         let n = count * row;
         let mut out_shape = idx_shape;
         out_shape.extend(&shape[1..]);
-        let copy = Copy {
+        let copy = RowCopy {
             ids: (d_ids, count),
             elements: n,
         };
@@ -143,12 +143,12 @@ impl Rank<'_> {
 
 /// An embedding kernel's launch: `ids` (device pointer, count) rows of the table into
 /// `elements` elements.
-struct Copy {
+struct RowCopy {
     ids: (u64, usize),
     elements: usize,
 }
 
-impl Copy {
+impl RowCopy {
     fn launch<T: cudarc::driver::DeviceRepr>(
         &self,
         stream: &Arc<CudaStream>,
