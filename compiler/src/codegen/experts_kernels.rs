@@ -105,30 +105,10 @@ pub(super) fn combine_bits_kernel(
     let shape = |b: usize| static_shape(&p.buffers[b]);
     let (x, w) = (shape(o.x)?, shape(o.weights)?);
     let (t, h, k) = (*x.first()?, *x.get(1)?, *w.get(1)?);
-    let wanted = bf16_in_model(p, y) && ppmoe_runtime::program::row_columns(bf16_rows, h) == 8;
+    let wanted = super::kernel_gen::bf16_read_inside(p, y)
+        && ppmoe_runtime::program::row_columns(bf16_rows, h) == 8;
     let bits = super::combine_octets::Output::Bits;
     wanted.then(|| super::combine_octets::kernel(prefix, t, h, k, bits))
-}
-
-/// Whether `y` is bf16 in the model (its type, or, the MoE raise typing its result f32, that
-/// of a reshape of it) and read only inside the program (neither it nor such a reshape is a
-/// result, which the runtime brings back as it holds it).
-fn bf16_in_model(p: &Program, y: usize) -> bool {
-    use ppmoe_runtime::{program::Op, DType};
-    let reshapes = || {
-        p.instructions.iter().filter(move |ins| {
-            matches!(ins.op, Op::ReshapeTo { .. }) && ins.inputs.first() == Some(&Some(y))
-        })
-    };
-    let bf16 = p.buffers[y].dtype == DType::BF16
-        || reshapes().any(|ins| {
-            ins.outputs
-                .iter()
-                .any(|&o| p.buffers[o].dtype == DType::BF16)
-        });
-    let result = p.outputs.contains(&y)
-        || reshapes().any(|ins| ins.outputs.iter().any(|o| p.outputs.contains(o)));
-    bf16 && !result
 }
 
 /// The element type between the experts' kernels and the GEMMs: a load widens it to f32, a

@@ -617,6 +617,27 @@ pub(super) fn softmax_rows_with(
     let _ = writeln!(b, "          memref.store {r}, {out}[%o] : {m}\n        }}");
 }
 
+/// Whether `y` is bf16 in the model (its type, or, the MoE raise typing its result f32, that
+/// of a reshape of it) and read only inside the program (neither it nor such a reshape is a
+/// result, which the runtime brings back as it holds it).
+pub(super) fn bf16_read_inside(p: &Program, y: usize) -> bool {
+    use ppmoe_runtime::{program::Op, DType};
+    let reshapes = || {
+        p.instructions.iter().filter(move |ins| {
+            matches!(ins.op, Op::ReshapeTo { .. }) && ins.inputs.first() == Some(&Some(y))
+        })
+    };
+    let bf16 = p.buffers[y].dtype == DType::BF16
+        || reshapes().any(|ins| {
+            ins.outputs
+                .iter()
+                .any(|&o| p.buffers[o].dtype == DType::BF16)
+        });
+    let result = p.outputs.contains(&y)
+        || reshapes().any(|ins| ins.outputs.iter().any(|o| p.outputs.contains(o)));
+    bf16 && !result
+}
+
 /// `Gather` on axis 0 of a float weight table [V, ...] with integer indices: the token
 /// embedding, as a row copy (`GpuOp::Embedding`).
 fn embedding_kernel(p: &Program, idx: usize, name: &str) -> Option<String> {
@@ -663,10 +684,9 @@ fn embedding_kernel(p: &Program, idx: usize, name: &str) -> Option<String> {
     };
     let mut text = copy(name, "f32");
     // A bf16 table's rows copied as their bits (`EMBEDDING_BITS_SUFFIX`), where the result is
-    // bf16 in the model: the runtime then holds the table as bits and never widens it.
-    let bits_out = ins.outputs.first().is_some_and(|&o| {
-        p.buffers[o].dtype == ppmoe_runtime::DType::BF16 && !p.outputs.contains(&o)
-    });
+    // bf16 in the model and no result of it: the runtime then holds the table as bits and
+    // never widens it.
+    let bits_out = ins.outputs.first().is_some_and(|&o| bf16_read_inside(p, o));
     if t.dtype == ppmoe_runtime::DType::BF16 && bits_out {
         let suffix = ppmoe_runtime::program::EMBEDDING_BITS_SUFFIX;
         text.push_str(&copy(&format!("{name}_{suffix}"), "i16"));

@@ -83,7 +83,7 @@ impl Rank<'_> {
             }
         };
         // A table held as bf16 bits (`bits_table`): its rows copied as bits by `{name}_bits`.
-        let bits = bits_table(self.program, &self.functions, i) == Some(table)
+        let bits = self.bits_embeddings.get(&i) == Some(&table)
             && self.slots[table]
                 .as_ref()
                 .is_some_and(|s| s.dev16.is_some());

@@ -158,6 +158,9 @@ struct Rank<'a> {
     /// bits (`COMBINE_BITS_SUFFIX`), so y is not written as f32 and narrowed after (unless
     /// `PPMOE_COMBINE_BITS=0`, a measurement aid: the same values, as f32 then narrowed).
     bits_combines: std::collections::HashSet<usize>,
+    /// The embedding steps that copy their bf16 table's bits (`embedding::bits_table`), with
+    /// the table each: found once the kernels are loaded; those tables go to the device as bits.
+    bits_embeddings: HashMap<usize, usize>,
 }
 
 impl Rank<'_> {
@@ -672,6 +675,7 @@ fn with_rank<R>(
             .flat_map(|ins| ins.outputs.iter().copied())
             .filter(|&o| program.rounded_for_every_reader(o) && combine_bits_wanted())
             .collect(),
+        bits_embeddings: Default::default(),
         comm_stream: match &comms {
             Some(_) => Some(
                 ctx.new_stream()
@@ -685,8 +689,8 @@ fn with_rank<R>(
     let gemm_weights = kernel_module::gemm_weight_operands(program);
     let bf16_gemms = rank.functions.contains_key(crate::program::TO_BF16_KERNEL);
     // bf16 embedding tables whose rows are copied as bits go as bf16 too (never widened).
-    let bits_tables: std::collections::HashSet<usize> = (0..program.instructions.len())
-        .filter_map(|i| embedding::bits_table(program, &rank.functions, i))
+    rank.bits_embeddings = (0..program.instructions.len())
+        .filter_map(|i| Some((i, embedding::bits_table(program, &rank.functions, i)?)))
         .collect();
     for (id, b) in program.buffers.iter().enumerate() {
         if b.kind == BufferKind::Weight {
@@ -694,7 +698,8 @@ fn with_rank<R>(
                 .get(&b.name)
                 .ok_or_else(|| backend_err(format!("weight '{}' is missing", b.name)))?;
             rank.put_host(id, w.clone());
-            let as_bits = (bf16_gemms && gemm_weights.contains(&id)) || bits_tables.contains(&id);
+            let as_bits = (bf16_gemms && gemm_weights.contains(&id))
+                || rank.bits_embeddings.values().any(|&t| t == id);
             if w.dtype == DType::BF16 && as_bits {
                 let bits: Vec<u16> = match &*w.data {
                     crate::tensor::Data::Half(b) => b.to_vec(),

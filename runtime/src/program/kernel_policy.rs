@@ -27,9 +27,9 @@ pub const GATHER_BF16_SUFFIX: &str = "gather8";
 
 /// The suffix of an experts step's combine that writes y as bf16 bits (`{prefix}_combine_bits`,
 /// each sum rounded to nearest even, as narrowing the f32 y would round it), made where the
-/// rows are bf16, H a multiple of eight (`bf16_octets`) and y bf16 in the model. The runtime
-/// takes it where every reader of y takes bf16 bits (`Program::reads_as_bits`), so y is never
-/// held as f32 and narrowed after.
+/// rows are bf16, H a multiple of eight (`bf16_octets`) and y bf16 in the model and no result
+/// of it. The runtime takes it where every reader of y takes bf16 bits and y reaches no result
+/// (`Program::rounded_for_every_reader`), so y is never held as f32 and narrowed after.
 pub const COMBINE_BITS_SUFFIX: &str = "combine_bits";
 
 /// The suffix of the token embedding's second kernel (`{name}_bits`), made where the table and
