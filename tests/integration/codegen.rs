@@ -1185,11 +1185,13 @@ fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
     let m = fixtures_dir().join("mixtral_lm_bf16_sdpa/model.onnx");
     let (_dir, b) = cuda_bundle(&m, &["--input-shape", "input_ids=1x16"]);
     let p = &b.manifest.programs[0];
+    // The GEMMs cuBLAS runs (attention's two are inside its kernel).
     let gemms: Vec<usize> = p
         .instructions
         .iter()
-        .filter(|i| i.op == Op::MatMul)
-        .map(|i| i.outputs[0])
+        .zip(&p.gpu)
+        .filter(|(i, how)| i.op == Op::MatMul && **how == GpuOp::Gemm)
+        .map(|(i, _)| i.outputs[0])
         .collect();
     // Every generated kernel takes each of its bf16 buffers as bf16.
     for (i, how) in p.gpu.iter().enumerate() {
@@ -1208,7 +1210,7 @@ fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
     }
     let bits = gemms.iter().filter(|&&g| p.reads_as_bits(g)).count();
     assert!(
-        gemms.len() >= 12 && bits == gemms.len(),
+        gemms.len() >= 11 && bits == gemms.len(),
         "{bits} of {} GEMM results read as bits",
         gemms.len()
     );
@@ -1221,5 +1223,98 @@ fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
         narrowed.len() >= 10,
         "{} kernels with bf16 parameters",
         narrowed.len()
+    );
+}
+
+/// A bf16 model's attention is one kernel (`attention`): in the bf16 LM exports (sdpa, its
+/// mask added and its NaN guard after the softmax) each softmax is a member of a `k*_attention`
+/// step rooted at the values' GEMM, with the scores' GEMM, the mask's add and the guard fused
+/// into it, every parameter bf16, and its PTX has bf16 `mma.sync`s, no shared memory and no
+/// spills' local memory; at 40 tokens (rows and keys past whole tiles) too. The fp32 LM, and
+/// the fp32 LM compiled `--dtype bf16` (its activations f32 in the model), keep the unfused
+/// softmax kernel.
+#[test]
+fn a_bf16_models_attention_is_one_kernel() {
+    use ppmoe_runtime::program::{GpuOp, Op};
+    let check = |model: &str, flags: &[&str], fused: bool| {
+        let (b, ptx) = cuda_bundle_ptx(model, flags);
+        let p = &b.manifest.programs[0];
+        let softmaxes = p
+            .instructions
+            .iter()
+            .filter(|i| matches!(i.op, Op::Softmax { .. }))
+            .count();
+        let mut steps = 0;
+        for (i, how) in p.gpu.iter().enumerate() {
+            let GpuOp::Pointwise {
+                name,
+                members,
+                bf16,
+                inputs,
+                ..
+            } = how
+            else {
+                continue;
+            };
+            if !name.ends_with("_attention") {
+                continue;
+            }
+            steps += 1;
+            let ops: Vec<&Op> = members.iter().map(|&m| &p.instructions[m].op).collect();
+            assert_eq!(p.instructions[i].op, Op::MatMul, "{model}: {name}");
+            assert_eq!(
+                ops.iter().filter(|o| ***o == Op::MatMul).count(),
+                1,
+                "{model}: {ops:?}"
+            );
+            assert!(
+                ops.iter().any(|o| matches!(o, Op::Softmax { .. })),
+                "{model}: {ops:?}"
+            );
+            assert!(
+                ops.iter().any(|o| matches!(o, Op::Where)),
+                "{model}: the guard"
+            );
+            assert_eq!(
+                bf16.len(),
+                inputs.len() + 1,
+                "{model}: every parameter bf16"
+            );
+            let at = ptx
+                .find(&format!(".entry {name}("))
+                .expect("the kernel's entry");
+            let body = entry_body(&ptx, at);
+            let mmas = body
+                .matches("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
+                .count();
+            assert!(mmas >= 4, "{model}: {mmas} mmas");
+            assert!(
+                !body.contains(".shared") && !body.contains(".local"),
+                "{model}"
+            );
+        }
+        let want = if fused { softmaxes } else { 0 };
+        assert!(softmaxes >= 2, "{model}: {softmaxes} softmaxes");
+        assert_eq!(steps, want, "{model}: attention steps");
+        assert_eq!(ptx.contains("_softmax_fused("), !fused, "{model}");
+    };
+    for tokens in ["input_ids=1x16", "input_ids=1x40"] {
+        check(
+            "mixtral_lm_bf16_sdpa/model.onnx",
+            &["--input-shape", tokens],
+            true,
+        );
+    }
+    check(
+        "qwen3moe_lm_bf16_sdpa/model.onnx",
+        &["--input-shape", "input_ids=1x16"],
+        true,
+    );
+    let lm = ["--input-shape", "input_ids=1x16"];
+    check("mixtral_lm_sdpa/model.onnx", &lm, false);
+    check(
+        "mixtral_lm_sdpa/model.onnx",
+        &[&lm[..], &["--dtype", "bf16"]].concat(),
+        false,
     );
 }

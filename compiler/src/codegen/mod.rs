@@ -4,6 +4,7 @@
 //! sm_90a where a module has Hopper's warpgroup MMAs).
 
 mod act_octets;
+mod attention;
 mod bf16_params;
 mod combine_octets;
 mod data_movement;

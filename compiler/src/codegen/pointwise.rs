@@ -14,7 +14,7 @@ use super::kernel_gen::{pow_expr, unary_expr};
 use super::Lowered;
 use ppmoe_runtime::program::{BinaryFn, Op, Program};
 use ppmoe_runtime::Tensor;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
 /// One pointwise instruction as a scalar expression: the name each operand is read under (in
@@ -92,7 +92,7 @@ pub(super) fn read_counts(p: &Program) -> Vec<usize> {
 /// The chains of `p`, each as its members in program order (the last is the chain's root;
 /// a lone pointwise instruction is a chain of one), from each instruction's scalar form
 /// (None: not pointwise, or taken).
-fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
+pub(super) fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
     let uses = read_counts(p);
     let mut producer = HashMap::new();
     for (i, ins) in p.instructions.iter().enumerate() {
@@ -298,9 +298,26 @@ pub(super) fn plan(
         .collect();
     let all = chains(p, &scalars);
     let mut planned = HashMap::new();
-    // Softmaxes and last-axis reductions with the chains around them, one kernel each.
-    let fusions = super::row_fused::find(p, &all, taken, constant);
     let mut used = vec![false; all.len()];
+    // A bf16 model's attentions, each one kernel with its GEMMs, softmax and chains.
+    let mut in_attention = HashSet::new();
+    for a in super::attention::find(p, &all, taken, constant) {
+        let Some((name, text, threads, inputs)) =
+            super::attention::kernel_of(p, &all, &a, &scalars)
+        else {
+            continue;
+        };
+        funcs.push_str(&text);
+        let members = a.members(&all);
+        in_attention.extend(members.iter().copied());
+        add_step(&mut planned, a.values, members, name, threads, inputs);
+        for c in a.before.iter().chain(&a.after) {
+            used[*c] = true;
+        }
+    }
+    // Softmaxes and last-axis reductions with the chains around them, one kernel each.
+    let taken_here = |i: usize| taken(i) || in_attention.contains(&i);
+    let fusions = super::row_fused::find(p, &all, &taken_here, constant);
     for f in &fusions {
         let Some((name, text, threads, inputs)) =
             super::row_fused::kernel(p, &all, f, &scalars, constant)

@@ -1,0 +1,686 @@
+//! A bf16 model's attention as one kernel, flash-style: the scores' GEMM, the pointwise chain
+//! before the softmax (the mask's add, a scale), the softmax, sdpa's NaN guard after it and
+//! the values' GEMM, with the scores [.., Sq, Sk] never written. Unfused they are two cuBLAS
+//! GEMMs around a softmax kernel that reads and writes the whole score tensor
+//! (8 x 32 x 512 x 512 bf16, 134 MB per layer, for the real-size LM at 8 x 512 tokens).
+//!
+//! One warp per 16 query rows of one batch entry (`threads` = 32 x batch x ceil(Sq / 16)),
+//! no shared memory: the warp keeps its rows' queries as mma fragments and walks the keys 32
+//! at a time. Per step: the scores by `mma.sync` m16n8k16 (bf16 in, f32 accumulated), each
+//! rounded to bf16 (the scores' type in the model: cuBLAS's result was so rounded) and put
+//! through the chain before the softmax at its element's flat index (the chain's own loads
+//! and broadcasting, `pointwise::emit_chain`); keys past Sk count as -inf. Then the online
+//! softmax (Milakov and Gimelshein; FlashAttention 2's form): the rows' running maximum and
+//! sum (the four lanes that share a row agree by two shuffles), the output rescaled by
+//! exp(old max - new max), the probabilities exp(score - max) rounded to bf16 as the second
+//! GEMM's A fragments (the scores' accumulator layout is that operand's), times the values'
+//! rows by mma. At the end each row is divided by its sum.
+//!
+//! What differs from the unfused kernels, all within bf16's rounding: the probabilities are
+//! rounded before they are normalised (unfused: after), and the exponentials are of the
+//! running maximum, not the row's. A row every key of which is masked (-inf) gives 0 where
+//! the model guards the softmax's NaN (`where(isnan(p), 0, p)`, sdpa's export), NaN where it
+//! does not, as unfused; a NaN score elsewhere makes its row NaN (the guard would have zeroed
+//! only a NaN probability).
+//!
+//! Taken where the GEMMs' operands are the model's bf16 (an fp32 model keeps the unfused
+//! kernels and its fp32 accuracy), the queries, keys' transpose [.., D, Sk], values and
+//! output share their batch dimensions (GQA's heads already expanded, as exported), D is a
+//! multiple of 16 and D and Dv are at most 128 (the fragments stay in registers).
+
+use super::kernel_gen::{exp, kernel, memref, prologue, static_shape};
+use super::pointwise::{emit_chain, read_counts, Operands, Scalar};
+use ppmoe_runtime::program::{BinaryFn, Op, Program, UnaryFn};
+use ppmoe_runtime::{DType, Tensor};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// Keys per step of the walk: two k16 chunks of the values' GEMM.
+const KEYS: usize = 32;
+/// The largest head dimensions taken (queries' D, values' Dv).
+const MAX_HEAD: usize = 128;
+/// The scores' accumulator layout: `mma.sync`'s four f32 results.
+const MMA_OUT: &str = "!llvm.struct<(f32, f32, f32, f32)>";
+
+/// One attention: its instructions and the chains (indices into the program's chains) fused.
+pub(super) struct Attention {
+    /// The scores' GEMM, queries [.., Sq, D] by the keys' transpose [.., D, Sk].
+    pub scores: usize,
+    /// The chain between the scores and the softmax (it reads the scores).
+    pub before: Option<usize>,
+    pub softmax: usize,
+    /// The chain after the softmax: sdpa's NaN guard (`guard`) or a cast to bf16.
+    pub after: Option<usize>,
+    pub guard: bool,
+    /// The values' GEMM, the probabilities by the values [.., Sk, Dv]: the step's root.
+    pub values: usize,
+}
+
+impl Attention {
+    /// Its instructions but the root, in program order, with the chains' members.
+    pub fn members(&self, chains: &[Vec<usize>]) -> Vec<usize> {
+        let mut m = vec![self.scores, self.softmax];
+        for c in self.before.iter().chain(&self.after) {
+            m.extend(&chains[*c]);
+        }
+        m.sort_unstable();
+        m
+    }
+}
+
+/// The attentions of `p` one kernel can take (see the module's doc); none of their
+/// instructions in `taken`. None where `PPMOE_FLASH_ATTENTION=0` at compile time (a
+/// measurement aid: the unfused kernels).
+pub(super) fn find(
+    p: &Program,
+    chains: &[Vec<usize>],
+    taken: &dyn Fn(usize) -> bool,
+    constant: &dyn Fn(Option<usize>) -> Option<Tensor>,
+) -> Vec<Attention> {
+    if !super::switch::switch("PPMOE_FLASH_ATTENTION", || true) {
+        return Vec::new();
+    }
+    let uses = read_counts(p);
+    let mut producer = HashMap::new();
+    for (i, ins) in p.instructions.iter().enumerate() {
+        for &o in &ins.outputs {
+            producer.insert(o, i);
+        }
+    }
+    let chain_ending_in: HashMap<usize, usize> = chains
+        .iter()
+        .enumerate()
+        .filter_map(|(c, m)| Some((p.instructions[*m.last()?].outputs[0], c)))
+        .collect();
+    let readers = |b: usize| -> Vec<usize> {
+        (0..p.instructions.len())
+            .filter(|&r| p.instructions[r].inputs.contains(&Some(b)))
+            .collect()
+    };
+    let mut found = Vec::new();
+    for (s, ins) in p.instructions.iter().enumerate() {
+        let Op::Softmax { axis, log: false } = ins.op else {
+            continue;
+        };
+        let (Some(Some(x)), [y]) = (ins.inputs.first(), &ins.outputs[..]) else {
+            continue;
+        };
+        let (x, y) = (*x, *y);
+        let Some(shape) = static_shape(&p.buffers[y]) else {
+            continue;
+        };
+        if !(axis == -1 || axis == shape.len() as i64 - 1) || uses[x] != 1 || uses[y] == 0 {
+            continue;
+        }
+        // Before: a chain into x that reads the scores, or x the scores themselves.
+        let before = chain_ending_in.get(&x).copied();
+        let scores_buffer = match before {
+            Some(c) => chains[c]
+                .iter()
+                .flat_map(|&m| p.instructions[m].inputs.iter().flatten())
+                .copied()
+                .find(
+                    |b| matches!(producer.get(b), Some(&m) if p.instructions[m].op == Op::MatMul),
+                ),
+            None => Some(x),
+        };
+        let same_shape = |b: &usize| p.buffers[*b].shape == p.buffers[x].shape;
+        let Some(sb) = scores_buffer.filter(|b| uses[*b] == 1 && same_shape(b)) else {
+            continue;
+        };
+        let scores = producer[&sb];
+        // After: sdpa's guard or a cast, whose result the values' GEMM alone reads.
+        let after_readers = readers(y);
+        let (after, guard, probs) = match after_readers[..] {
+            [r] if p.instructions[r].op == Op::MatMul => (None, false, y),
+            _ => match after_chain(p, chains, &after_readers, y, constant) {
+                Some((c, guard)) => {
+                    let root = *chains[c].last().expect("a chain has a root");
+                    (Some(c), guard, p.instructions[root].outputs[0])
+                }
+                None => continue,
+            },
+        };
+        let [values] = readers(probs)[..] else {
+            continue;
+        };
+        let a = Attention {
+            scores,
+            before,
+            softmax: s,
+            after,
+            guard,
+            values,
+        };
+        let fits = p.instructions[values].op == Op::MatMul
+            && p.instructions[values].inputs.first() == Some(&Some(probs))
+            && uses[probs] == 1
+            && a.members(chains)
+                .iter()
+                .chain([&values])
+                .all(|&m| !taken(m))
+            && geometry(p, &a).is_some();
+        if fits {
+            found.push(a);
+        }
+    }
+    found
+}
+
+/// The chain that alone reads the softmax's result `y` (its `readers`), where it is sdpa's
+/// guard `where(not(equal(y, y)), 0, y)` (true) or a cast to bf16 (false).
+fn after_chain(
+    p: &Program,
+    chains: &[Vec<usize>],
+    readers: &[usize],
+    y: usize,
+    constant: &dyn Fn(Option<usize>) -> Option<Tensor>,
+) -> Option<(usize, bool)> {
+    let first = *readers.first()?;
+    let c = chains.iter().position(|m| m.contains(&first))?;
+    let members = &chains[c];
+    if !readers.iter().all(|r| members.contains(r)) || p.outputs.contains(&y) {
+        return None;
+    }
+    let ins = |k: usize| &p.instructions[members[k]];
+    let out = |k: usize| ins(k).outputs[0];
+    match members.len() {
+        1 => (ins(0).op == Op::Cast { to: DType::BF16 }).then_some((c, false)),
+        3 => {
+            let equal = ins(0).op == Op::Binary { f: BinaryFn::Equal }
+                && ins(0).inputs == [Some(y), Some(y)];
+            let not = ins(1).op == Op::Unary { f: UnaryFn::Not } && ins(1).inputs == [Some(out(0))];
+            let zero = constant(ins(2).inputs.get(1).copied().flatten())
+                .is_some_and(|t| t.len() == 1 && t.to_f32()[0] == 0.0);
+            let guard = ins(2).op == Op::Where
+                && ins(2).inputs.first() == Some(&Some(out(1)))
+                && ins(2).inputs.get(2) == Some(&Some(y))
+                && zero;
+            (equal && not && guard).then_some((c, true))
+        }
+        _ => None,
+    }
+}
+
+/// The sizes of one attention.
+#[derive(Clone, Copy)]
+struct Geometry {
+    /// Batch entries (the product of the leading dimensions).
+    batch: usize,
+    sq: usize,
+    sk: usize,
+    d: usize,
+    dv: usize,
+}
+
+impl Geometry {
+    /// Warps: one per 16 query rows of a batch entry.
+    fn units(&self) -> usize {
+        self.batch * self.sq.div_ceil(16)
+    }
+}
+
+/// The sizes of `a`, where its operands are bf16 in the model, static, of one batch shape,
+/// and its head dimensions ones the kernel takes.
+fn geometry(p: &Program, a: &Attention) -> Option<Geometry> {
+    let operand = |i: usize, k: usize| p.instructions[i].inputs.get(k).copied().flatten();
+    let (q, kt) = (operand(a.scores, 0)?, operand(a.scores, 1)?);
+    let v = operand(a.values, 1)?;
+    let o = p.instructions[a.values].outputs[0];
+    let s = p.instructions[a.scores].outputs[0];
+    let bufs = [q, kt, v, o, s];
+    if !bufs.iter().all(|&b| p.buffers[b].dtype == DType::BF16) {
+        return None;
+    }
+    let shapes: Vec<Vec<usize>> = bufs
+        .iter()
+        .map(|&b| static_shape(&p.buffers[b]))
+        .collect::<Option<_>>()?;
+    let rank = shapes[0].len();
+    if rank < 2 || shapes.iter().any(|s| s.len() != rank) {
+        return None;
+    }
+    let lead = &shapes[0][..rank - 2];
+    if shapes.iter().any(|s| &s[..rank - 2] != lead) {
+        return None;
+    }
+    let dims = |k: usize| (shapes[k][rank - 2], shapes[k][rank - 1]);
+    let ((sq, d), (d2, sk), (sk2, dv), (sq2, dv2)) = (dims(0), dims(1), dims(2), dims(3));
+    let g = Geometry {
+        batch: lead.iter().product(),
+        sq,
+        sk,
+        d,
+        dv,
+    };
+    let ok = d == d2
+        && sk == sk2
+        && sq == sq2
+        && dv == dv2
+        && dims(4) == (sq, sk)
+        && d.is_multiple_of(16)
+        && dv.is_multiple_of(8)
+        && (1..=MAX_HEAD).contains(&d)
+        && (1..=MAX_HEAD).contains(&dv)
+        && sq > 0
+        && sk > 0;
+    ok.then_some(g)
+}
+
+/// The fused kernel of `a`: its name, text, threads and the buffers it reads (its parameters
+/// before the result); None where the chain before the softmax does not broadcast.
+pub(super) fn kernel_of(
+    p: &Program,
+    chains: &[Vec<usize>],
+    a: &Attention,
+    scalars: &[Option<Scalar>],
+) -> Option<(String, String, usize, Vec<usize>)> {
+    let g = geometry(p, a)?;
+    let name = format!("k{}_attention", a.values);
+    let operand = |i: usize, k: usize| p.instructions[i].inputs.get(k).copied().flatten();
+    let (q, kt, v) = (
+        operand(a.scores, 0)?,
+        operand(a.scores, 1)?,
+        operand(a.values, 1)?,
+    );
+    let scores = p.instructions[a.scores].outputs[0];
+    let score_shape = static_shape(&p.buffers[scores])?;
+    let mut ops = Operands::default();
+    for b in [q, kt, v] {
+        ops.buffers.push(b);
+        ops.params.push(memref(&static_shape(&p.buffers[b])?));
+    }
+    let mut body = String::new();
+    let w = Walk { g, guard: a.guard };
+    w.head(&mut body);
+    w.queries(&mut body);
+    w.open_steps(&mut body);
+    w.scores(&mut body);
+    for j in 0..KEYS / 8 {
+        for r in 0..4 {
+            let s = format!("%s{j}_{r}");
+            let _ = writeln!(
+                body,
+                "        %s{j}_{r}h = arith.truncf %s{j}_{r}a : f32 to bf16\n        {s}r = arith.extf %s{j}_{r}h : bf16 to f32\n        %o{j}_{r}0 = arith.addi %srow{}, %key{j}_{} : index",
+                r / 2,
+                r % 2
+            );
+            let value = match a.before {
+                Some(c) => emit_chain(
+                    p,
+                    &chains[c],
+                    scalars,
+                    (&score_shape, &format!("%o{j}_{r}0"), &format!("ch{j}_{r}_")),
+                    &HashMap::from([(scores, format!("{s}r"))]),
+                    &mut ops,
+                    &mut body,
+                )?,
+                None => format!("{s}r"),
+            };
+            w.masked_tail(&mut body, j, r, &value);
+        }
+    }
+    w.online_softmax(&mut body);
+    w.values(&mut body);
+    w.close_steps(&mut body);
+    let out = ops.buffers.len();
+    w.store(&mut body, out);
+    let o = p.instructions[a.values].outputs[0];
+    ops.params.push(memref(&static_shape(&p.buffers[o])?));
+    let threads = g.units() * 32;
+    Some((
+        name.clone(),
+        kernel(&name, &ops.params, &body),
+        threads,
+        ops.buffers,
+    ))
+}
+
+/// The kernel's text, piece by piece: parameters %a0 (queries), %a1 (keys' transpose), %a2
+/// (values), the chain's operands, then the output.
+struct Walk {
+    g: Geometry,
+    guard: bool,
+}
+
+/// Two bf16 values (`lo` the element of the lower index) packed into one i32 operand `%{out}`.
+fn pack(b: &mut String, out: &str, lo: &str, hi: &str) {
+    let _ = writeln!(
+        b,
+        "        %{out}_l = arith.truncf {lo} : f32 to bf16\n        %{out}_h = arith.truncf {hi} : f32 to bf16\n        %{out}_li = arith.bitcast %{out}_l : bf16 to i16\n        %{out}_hi = arith.bitcast %{out}_h : bf16 to i16\n        %{out}_lw = arith.extui %{out}_li : i16 to i32\n        %{out}_hw = arith.extui %{out}_hi : i16 to i32\n        %{out}_hs = arith.shli %{out}_hw, %c16i : i32\n        %{out} = arith.ori %{out}_lw, %{out}_hs : i32"
+    );
+}
+
+/// `%{out}` = element `%{base}` + `off` of parameter `k` (of `n` elements), loaded as f32 (the
+/// bf16 narrowing makes it the element's bits widened).
+fn load(b: &mut String, out: &str, (k, n): (usize, usize), base: &str, off: usize) {
+    let _ = writeln!(
+        b,
+        "        %{out}_c = arith.constant {off} : index\n        %{out}_i = arith.addi {base}, %{out}_c : index\n        %{out} = memref.load %a{k}[%{out}_i] : memref<{n}xf32>"
+    );
+}
+
+/// One `mma.sync` m16n8k16 (bf16, f32 accumulators): `%{out}_0..3` from A words `a`, B words
+/// `bw` and accumulators `c`.
+fn mma(b: &mut String, out: &str, a: [&str; 4], bw: [&str; 2], c: [&str; 4]) {
+    let _ = writeln!(
+        b,
+        "        %{out} = nvvm.mma.sync A[{}, {}, {}, {}] B[{}, {}] C[{}, {}, {}, {}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {MMA_OUT}",
+        a[0], a[1], a[2], a[3], bw[0], bw[1], c[0], c[1], c[2], c[3]
+    );
+    for r in 0..4 {
+        let _ = writeln!(
+            b,
+            "        %{out}_{r} = llvm.extractvalue %{out}[{r}] : {MMA_OUT}"
+        );
+    }
+}
+
+impl Walk {
+    fn q_len(&self) -> usize {
+        self.g.batch * self.g.sq * self.g.d
+    }
+    fn kt_len(&self) -> usize {
+        self.g.batch * self.g.d * self.g.sk
+    }
+    fn v_len(&self) -> usize {
+        self.g.batch * self.g.sk * self.g.dv
+    }
+    /// The accumulators of the output: (n8 tile of Dv, register).
+    fn accs(&self) -> impl Iterator<Item = (usize, usize)> {
+        (0..self.g.dv / 8).flat_map(|n| (0..4).map(move |r| (n, r)))
+    }
+
+    /// The warp's unit, lane, rows (clamped to the last where past Sq) and bases.
+    fn head(&self, b: &mut String) {
+        let Geometry { sq, sk, d, dv, .. } = self.g;
+        prologue(b, self.g.units() * 32);
+        let _ = writeln!(
+            b,
+            "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %c2x = arith.constant 2 : index\n        %c16i = arith.constant 16 : i32\n        %c32 = arith.constant 32 : index\n        %c4 = arith.constant 4 : index\n        %unit = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %grp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %t2 = arith.muli %tig, %c2x : index"
+        );
+        let _ = writeln!(
+            b,
+            "        %cQT = arith.constant {} : index\n        %bi = arith.divui %unit, %cQT : index\n        %qt = arith.remui %unit, %cQT : index\n        %c16 = arith.constant 16 : index\n        %q0 = arith.muli %qt, %c16 : index\n        %row0 = arith.addi %q0, %grp : index\n        %c8 = arith.constant 8 : index\n        %row1 = arith.addi %row0, %c8 : index\n        %cSq1 = arith.constant {} : index\n        %rc0 = arith.minui %row0, %cSq1 : index\n        %rc1 = arith.minui %row1, %cSq1 : index",
+            sq.div_ceil(16),
+            sq - 1
+        );
+        let _ = writeln!(
+            b,
+            "        %cSq = arith.constant {sq} : index\n        %cSk = arith.constant {sk} : index\n        %cD = arith.constant {d} : index\n        %cDv = arith.constant {dv} : index\n        %bsq = arith.muli %bi, %cSq : index\n        %br0 = arith.addi %bsq, %rc0 : index\n        %br1 = arith.addi %bsq, %rc1 : index\n        %srow0 = arith.muli %br0, %cSk : index\n        %srow1 = arith.muli %br1, %cSk : index\n        %qb0 = arith.muli %br0, %cD : index\n        %qb1 = arith.muli %br1, %cD : index\n        %qa0 = arith.addi %qb0, %t2 : index\n        %qa1 = arith.addi %qb1, %t2 : index\n        %bd = arith.muli %bi, %cD : index\n        %bds = arith.muli %bd, %cSk : index\n        %t2s = arith.muli %t2, %cSk : index\n        %kbase = arith.addi %bds, %t2s : index\n        %bsk = arith.muli %bi, %cSk : index\n        %bskv = arith.muli %bsk, %cDv : index\n        %vg = arith.addi %bskv, %grp : index\n        %ninf = arith.constant 0xFF800000 : f32\n        %zero = arith.constant 0.0 : f32"
+        );
+    }
+
+    /// The warp's queries as A fragments `%qf{ks}_{w}`: rows g and g + 8, columns 16 ks + 2 t
+    /// (+ 8) and the next.
+    fn queries(&self, b: &mut String) {
+        let n = self.q_len();
+        for ks in 0..self.g.d / 16 {
+            for (w, (row, half)) in [(0, 0), (1, 0), (0, 8), (1, 8)].iter().enumerate() {
+                let off = 16 * ks + half;
+                let lo = format!("qe{ks}_{w}l");
+                let hi = format!("qe{ks}_{w}h");
+                load(b, &lo, (0, n), &format!("%qa{row}"), off);
+                load(b, &hi, (0, n), &format!("%qa{row}"), off + 1);
+                pack(
+                    b,
+                    &format!("qf{ks}_{w}"),
+                    &format!("%{lo}"),
+                    &format!("%{hi}"),
+                );
+            }
+        }
+    }
+
+    /// The loop over steps of `KEYS` keys, carrying each row's maximum and (this lane's part
+    /// of the) sum, and the output's accumulators.
+    fn open_steps(&self, b: &mut String) {
+        let steps = self.g.sk.div_ceil(KEYS);
+        let accs: Vec<String> = self
+            .accs()
+            .map(|(n, r)| format!("%y{n}_{r} = %zero"))
+            .collect();
+        let types = vec!["f32"; 4 + self.g.dv / 2].join(", ");
+        let _ = writeln!(
+            b,
+            "        %cSteps = arith.constant {steps} : index\n        %run:{} = scf.for %st = %c0 to %cSteps step %c1 iter_args(%m0 = %ninf, %m1 = %ninf, %l0 = %zero, %l1 = %zero, {}) -> ({types}) {{\n        %cKeys = arith.constant {KEYS} : index\n        %k0 = arith.muli %st, %cKeys : index",
+            4 + self.g.dv / 2,
+            accs.join(", ")
+        );
+    }
+
+    /// The step's scores `%s{j}_{r}a`, n8 tile j of the step's keys: rows g (r < 2) and
+    /// g + 8, keys 8 j + 2 t (+ 1 for odd r); `%key{j}_{0,1}` those keys (clamped to the last
+    /// where past Sk), `%kin{j}_{0,1}` whether they exist.
+    fn scores(&self, b: &mut String) {
+        let Geometry { sk, d, .. } = self.g;
+        let n = self.kt_len();
+        let _ = writeln!(b, "        %cSk1 = arith.constant {} : index", sk - 1);
+        for j in 0..KEYS / 8 {
+            // The B operand's key (the lane's group) and the accumulators' keys.
+            let _ = writeln!(
+                b,
+                "        %kb{j}c = arith.constant {} : index\n        %kb{j}0 = arith.addi %k0, %kb{j}c : index\n        %kb{j}1 = arith.addi %kb{j}0, %grp : index\n        %kb{j} = arith.minui %kb{j}1, %cSk1 : index\n        %kr{j} = arith.addi %kbase, %kb{j} : index\n        %ka{j} = arith.addi %kb{j}0, %t2 : index",
+                8 * j
+            );
+            for e in 0..2 {
+                let _ = writeln!(
+                    b,
+                    "        %ce{j}_{e} = arith.constant {e} : index\n        %kx{j}_{e} = arith.addi %ka{j}, %ce{j}_{e} : index\n        %kin{j}_{e} = arith.cmpi ult, %kx{j}_{e}, %cSk : index\n        %key{j}_{e} = arith.minui %kx{j}_{e}, %cSk1 : index"
+                );
+            }
+            let mut c = [
+                "%zero".to_string(),
+                "%zero".into(),
+                "%zero".into(),
+                "%zero".into(),
+            ];
+            for ks in 0..d / 16 {
+                // B[k][n] = kT[d][key]: rows 16 ks + 2 t (+ 1, + 8, + 9) of the transpose.
+                let mut words = Vec::new();
+                for (w, dd) in [(0, 0), (1, 8)] {
+                    let lo = format!("kv{j}_{ks}_{w}l");
+                    let hi = format!("kv{j}_{ks}_{w}h");
+                    load(b, &lo, (1, n), &format!("%kr{j}"), (16 * ks + dd) * sk);
+                    load(b, &hi, (1, n), &format!("%kr{j}"), (16 * ks + dd + 1) * sk);
+                    let word = format!("kw{j}_{ks}_{w}");
+                    pack(b, &word, &format!("%{lo}"), &format!("%{hi}"));
+                    words.push(format!("%{word}"));
+                }
+                let a: Vec<String> = (0..4).map(|w| format!("%qf{ks}_{w}")).collect();
+                let out = format!("sm{j}_{ks}");
+                mma(
+                    b,
+                    &out,
+                    [&a[0], &a[1], &a[2], &a[3]],
+                    [&words[0], &words[1]],
+                    [&c[0], &c[1], &c[2], &c[3]],
+                );
+                c = std::array::from_fn(|r| format!("%{out}_{r}"));
+            }
+            for (r, v) in c.iter().enumerate() {
+                let _ = writeln!(b, "        %s{j}_{r}a = arith.addf {v}, %zero : f32");
+            }
+        }
+    }
+
+    /// `%v{j}_{r}`: the chain's `value`, or -inf where the key is past Sk.
+    fn masked_tail(&self, b: &mut String, j: usize, r: usize, value: &str) {
+        if self.g.sk.is_multiple_of(KEYS) {
+            let _ = writeln!(b, "        %v{j}_{r} = arith.addf {value}, %zero : f32");
+        } else {
+            let _ = writeln!(
+                b,
+                "        %v{j}_{r} = arith.select %kin{j}_{}, {value}, %ninf : f32",
+                r % 2
+            );
+        }
+    }
+
+    /// The rows' new maxima, the rescaling of the sums and accumulators, the probabilities
+    /// `%p{j}_{r}` and their A fragments `%pf{c}_{w}` (k16 chunk c of the step's keys).
+    fn online_softmax(&self, b: &mut String) {
+        for h in 0..2 {
+            let vals: Vec<String> = (0..KEYS / 8)
+                .flat_map(|j| [format!("%v{j}_{}", 2 * h), format!("%v{j}_{}", 2 * h + 1)])
+                .collect();
+            let mut acc = format!("%m{h}");
+            for (k, v) in vals.iter().enumerate() {
+                let _ = writeln!(b, "        %mx{h}_{k} = arith.maximumf {acc}, {v} : f32");
+                acc = format!("%mx{h}_{k}");
+            }
+            // The four lanes of a row (lanes 4 g .. 4 g + 3) agree.
+            for (k, off) in [1, 2].iter().enumerate() {
+                let _ = writeln!(
+                    b,
+                    "        %mo{h}_{k} = arith.constant {off} : i32\n        %c32i{h}_{k} = arith.constant 32 : i32\n        %ms{h}_{k}, %mv{h}_{k} = gpu.shuffle xor {acc}, %mo{h}_{k}, %c32i{h}_{k} : f32\n        %mq{h}_{k} = arith.maximumf {acc}, %ms{h}_{k} : f32"
+                );
+                acc = format!("%mq{h}_{k}");
+            }
+            // A row with no key yet (-inf) takes 0 as its reference, so -inf - (-inf) never
+            // makes NaN.
+            let _ = writeln!(
+                b,
+                "        %nm{h} = arith.addf {acc}, %zero : f32\n        %none{h} = arith.cmpf oeq, %nm{h}, %ninf : f32\n        %ref{h} = arith.select %none{h}, %zero, %nm{h} : f32\n        %da{h} = arith.subf %m{h}, %ref{h} : f32"
+            );
+            exp(b, &format!("%da{h}"), &format!("al{h}"));
+            let mut sum = format!("%l{h}");
+            let _ = writeln!(b, "        %ls{h} = arith.mulf {sum}, %al{h} : f32");
+            sum = format!("%ls{h}");
+            for j in 0..KEYS / 8 {
+                for r in [2 * h, 2 * h + 1] {
+                    let _ = writeln!(
+                        b,
+                        "        %dp{j}_{r} = arith.subf %v{j}_{r}, %ref{h} : f32"
+                    );
+                    exp(b, &format!("%dp{j}_{r}"), &format!("p{j}_{r}"));
+                    let _ = writeln!(b, "        %lp{j}_{r} = arith.addf {sum}, %p{j}_{r} : f32");
+                    sum = format!("%lp{j}_{r}");
+                }
+            }
+            let _ = writeln!(b, "        %ln{h} = arith.addf {sum}, %zero : f32");
+        }
+        for (n, r) in self.accs() {
+            let _ = writeln!(
+                b,
+                "        %ys{n}_{r} = arith.mulf %y{n}_{r}, %al{} : f32",
+                r / 2
+            );
+        }
+        // A fragments of chunk c: rows g, g + 8 by keys 16 c + 2 t (+ 1), then + 8: the
+        // accumulators of n8 tiles 2 c and 2 c + 1.
+        for c in 0..KEYS / 16 {
+            for (w, (j, r)) in [(2 * c, 0), (2 * c, 2), (2 * c + 1, 0), (2 * c + 1, 2)]
+                .iter()
+                .enumerate()
+            {
+                pack(
+                    b,
+                    &format!("pf{c}_{w}"),
+                    &format!("%p{j}_{r}"),
+                    &format!("%p{j}_{}", r + 1),
+                );
+            }
+        }
+    }
+
+    /// The probabilities by the values' rows of the step: B[k][n] = V[key][dv], rows 16 c +
+    /// 2 t (+ 1, + 8, + 9), column 8 n + g; keys past Sk read the last (their probability is 0).
+    fn values(&self, b: &mut String) {
+        let dv = self.g.dv;
+        let n = self.v_len();
+        let mut accs: HashMap<(usize, usize), String> = self
+            .accs()
+            .map(|(t, r)| ((t, r), format!("%ys{t}_{r}")))
+            .collect();
+        for c in 0..KEYS / 16 {
+            for e in [0, 1, 8, 9] {
+                // The value row's key (clamped to the last) and its offset.
+                let _ = writeln!(
+                    b,
+                    "        %vk{c}_{e}c = arith.constant {} : index\n        %vk{c}_{e}0 = arith.addi %k0, %vk{c}_{e}c : index\n        %vk{c}_{e}1 = arith.addi %vk{c}_{e}0, %t2 : index\n        %vk{c}_{e} = arith.minui %vk{c}_{e}1, %cSk1 : index\n        %vr{c}_{e}0 = arith.muli %vk{c}_{e}, %cDv : index\n        %vr{c}_{e} = arith.addi %vg, %vr{c}_{e}0 : index",
+                    16 * c + e
+                );
+            }
+            for t in 0..dv / 8 {
+                let mut words = Vec::new();
+                for (w, e) in [(0, 0), (1, 8)] {
+                    let lo = format!("vv{c}_{t}_{w}l");
+                    let hi = format!("vv{c}_{t}_{w}h");
+                    load(b, &lo, (2, n), &format!("%vr{c}_{e}"), 8 * t);
+                    load(b, &hi, (2, n), &format!("%vr{c}_{}", e + 1), 8 * t);
+                    let word = format!("vw{c}_{t}_{w}");
+                    pack(b, &word, &format!("%{lo}"), &format!("%{hi}"));
+                    words.push(format!("%{word}"));
+                }
+                let a: Vec<String> = (0..4).map(|w| format!("%pf{c}_{w}")).collect();
+                let cur: Vec<String> = (0..4).map(|r| accs[&(t, r)].clone()).collect();
+                let out = format!("pv{c}_{t}");
+                mma(
+                    b,
+                    &out,
+                    [&a[0], &a[1], &a[2], &a[3]],
+                    [&words[0], &words[1]],
+                    [&cur[0], &cur[1], &cur[2], &cur[3]],
+                );
+                for r in 0..4 {
+                    accs.insert((t, r), format!("%{out}_{r}"));
+                }
+            }
+        }
+        let next: Vec<String> = self.accs().map(|k| accs[&k].clone()).collect();
+        let types = vec!["f32"; 4 + self.g.dv / 2].join(", ");
+        let _ = writeln!(
+            b,
+            "        scf.yield %nm0, %nm1, %ln0, %ln1, {} : {types}",
+            next.join(", ")
+        );
+    }
+
+    fn close_steps(&self, b: &mut String) {
+        let _ = writeln!(b, "        }}");
+    }
+
+    /// Each row's sum over its four lanes, the output divided by it (0 for a row with no key
+    /// where the model guards the softmax) and stored where the row exists.
+    fn store(&self, b: &mut String, out: usize) {
+        let Geometry { sq, dv, .. } = self.g;
+        let n = self.g.batch * sq * dv;
+        for h in 0..2 {
+            let mut acc = format!("%run#{}", 2 + h);
+            for (k, off) in [1, 2].iter().enumerate() {
+                let _ = writeln!(
+                    b,
+                    "        %so{h}_{k} = arith.constant {off} : i32\n        %sw{h}_{k} = arith.constant 32 : i32\n        %ss{h}_{k}, %sv{h}_{k} = gpu.shuffle xor {acc}, %so{h}_{k}, %sw{h}_{k} : f32\n        %sq{h}_{k} = arith.addf {acc}, %ss{h}_{k} : f32"
+                );
+                acc = format!("%sq{h}_{k}");
+            }
+            let _ = writeln!(
+                b,
+                "        %one{h} = arith.constant 1.0 : f32\n        %inv{h} = arith.divf %one{h}, {acc} : f32\n        %some{h} = arith.cmpf ogt, {acc}, %zero : f32\n        %ob{h}0 = arith.muli %br{h}, %cDv : index\n        %ob{h} = arith.addi %ob{h}0, %t2 : index\n        %rin{h} = arith.cmpi ult, %row{h}, %cSq : index"
+            );
+        }
+        for (t, r) in self.accs() {
+            let h = r / 2;
+            let idx = 4 + t * 4 + r;
+            let _ = writeln!(
+                b,
+                "        %yq{t}_{r} = arith.mulf %run#{idx}, %inv{h} : f32"
+            );
+            let value = if self.guard {
+                let _ = writeln!(
+                    b,
+                    "        %yg{t}_{r} = arith.select %some{h}, %yq{t}_{r}, %zero : f32"
+                );
+                format!("%yg{t}_{r}")
+            } else {
+                format!("%yq{t}_{r}")
+            };
+            let _ = writeln!(
+                b,
+                "        scf.if %rin{h} {{\n        %yo{t}_{r}c = arith.constant {} : index\n        %yo{t}_{r} = arith.addi %ob{h}, %yo{t}_{r}c : index\n        memref.store {value}, %a{out}[%yo{t}_{r}] : memref<{n}xf32>\n        }}",
+                8 * t + r % 2
+            );
+        }
+    }
+}
