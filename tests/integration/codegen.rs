@@ -1229,8 +1229,9 @@ fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
 /// A bf16 model's attention is one kernel (`attention`): in the bf16 LM exports (sdpa, its
 /// mask added and its NaN guard after the softmax) each softmax is a member of a `k*_attention`
 /// step rooted at the values' GEMM, with the scores' GEMM, the mask's add and the guard fused
-/// into it, every parameter bf16, and its PTX has bf16 `mma.sync`s, no shared memory and no
-/// spills' local memory; at 40 tokens (rows and keys past whole tiles) too. The fp32 LM, and
+/// into it, every parameter bf16, and its PTX has bf16 `mma.sync`s fed by transposing
+/// `ldmatrix`es from the shared tiles that 16-byte copies fill, and no spills' local memory;
+/// at 40 tokens (rows and keys past whole tiles) too. The fp32 LM, and
 /// the fp32 LM compiled `--dtype bf16` (its activations f32 in the model), keep the unfused
 /// softmax kernel.
 #[test]
@@ -1288,10 +1289,12 @@ fn a_bf16_models_attention_is_one_kernel() {
                 .matches("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
                 .count();
             assert!(mmas >= 4, "{model}: {mmas} mmas");
-            assert!(
-                !body.contains(".shared") && !body.contains(".local"),
-                "{model}"
-            );
+            let ldmatrix = body
+                .matches("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16")
+                .count();
+            assert!(ldmatrix >= 2, "{model}: {ldmatrix} ldmatrix");
+            assert!(body.contains("ld.global.v4.b32") && body.contains("st.shared.v4.b32"));
+            assert!(!body.contains(".local"), "{model}: spills");
         }
         let want = if fused { softmaxes } else { 0 };
         assert!(softmaxes >= 2, "{model}: {softmaxes} softmaxes");

@@ -28,7 +28,7 @@
 //! output share their batch dimensions (GQA's heads already expanded, as exported), D is a
 //! multiple of 16 and D and Dv are at most 128 (the fragments stay in registers).
 
-use super::kernel_gen::{exp, kernel, memref, prologue, static_shape};
+use super::kernel_gen::{exp, memref, prologue, static_shape};
 use super::pointwise::{emit_chain, read_counts, Operands, Scalar};
 use ppmoe_runtime::program::{BinaryFn, Op, Program, UnaryFn};
 use ppmoe_runtime::{DType, Tensor};
@@ -37,6 +37,19 @@ use std::fmt::Write as _;
 
 /// Keys per step of the walk: two k16 chunks of the values' GEMM.
 const KEYS: usize = 32;
+/// Threads of a block: 8 warps, 128 query rows of one batch entry, which share each step's
+/// keys and values in shared memory.
+const BLOCK: usize = 256;
+const WARPS: usize = BLOCK / 32;
+/// The keys' transpose's row length (bf16 elements) in shared memory: [D][KEYS + 8], as the
+/// values' [KEYS][Dv + 8] (`Geometry::v_row`). The 8 more put the 8 rows an ldmatrix phase
+/// reads (16 bytes each) on 8 distinct groups of 4 banks: rows 80 bytes apart (272 for the
+/// values at Dv 128) start 20 (4) banks apart modulo 32.
+const K_ROW: usize = KEYS + 8;
+/// The parameters the kernel reads as 16-byte words of bf16 bits: the keys' transpose and the
+/// values (the runtime passes their bits; the queries, the chain's operands and the output
+/// are narrowed as other kernels' are).
+pub(super) const WORD_PARAMS: [usize; 2] = [1, 2];
 /// The largest head dimensions taken (queries' D, values' Dv).
 const MAX_HEAD: usize = 128;
 /// The scores' accumulator layout: `mma.sync`'s four f32 results.
@@ -214,9 +227,24 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// Warps: one per 16 query rows of a batch entry.
-    fn units(&self) -> usize {
-        self.batch * self.sq.div_ceil(16)
+    /// Blocks per batch entry: 8 warps of 16 query rows each.
+    fn blocks_per_entry(&self) -> usize {
+        self.sq.div_ceil(16).div_ceil(WARPS)
+    }
+    fn blocks(&self) -> usize {
+        self.batch * self.blocks_per_entry()
+    }
+    /// The values' row length in shared memory.
+    fn v_row(&self) -> usize {
+        self.dv + 8
+    }
+    /// 16-byte words a step copies: of the keys' transpose (D rows of KEYS), of the values
+    /// (KEYS rows of Dv).
+    fn k_words(&self) -> usize {
+        self.d * KEYS / 8
+    }
+    fn v_words(&self) -> usize {
+        KEYS * self.dv / 8
     }
 }
 
@@ -259,7 +287,8 @@ fn geometry(p: &Program, a: &Attention) -> Option<Geometry> {
         && dv == dv2
         && dims(4) == (sq, sk)
         && d.is_multiple_of(16)
-        && dv.is_multiple_of(8)
+        && dv.is_multiple_of(16)
+        && sk.is_multiple_of(8)
         && (1..=MAX_HEAD).contains(&d)
         && (1..=MAX_HEAD).contains(&dv)
         && sq > 0
@@ -286,9 +315,12 @@ pub(super) fn kernel_of(
     let scores = p.instructions[a.scores].outputs[0];
     let score_shape = static_shape(&p.buffers[scores])?;
     let mut ops = Operands::default();
-    for b in [q, kt, v] {
-        ops.buffers.push(b);
-        ops.params.push(memref(&static_shape(&p.buffers[b])?));
+    ops.buffers.extend([q, kt, v]);
+    ops.params.push(memref(&static_shape(&p.buffers[q])?));
+    // The keys' transpose and the values as 16-byte words (copied so into shared memory).
+    for b in [kt, v] {
+        let n: usize = static_shape(&p.buffers[b])?.iter().product();
+        ops.params.push(format!("memref<{}xvector<4xi32>>", n / 8));
     }
     let mut body = String::new();
     let w = Walk { g, guard: a.guard };
@@ -327,10 +359,10 @@ pub(super) fn kernel_of(
     w.store(&mut body, out);
     let o = p.instructions[a.values].outputs[0];
     ops.params.push(memref(&static_shape(&p.buffers[o])?));
-    let threads = g.units() * 32;
+    let threads = g.blocks() * BLOCK;
     Some((
         name.clone(),
-        kernel(&name, &ops.params, &body),
+        w.function(&name, &ops.params, &body),
         threads,
         ops.buffers,
     ))
@@ -380,34 +412,81 @@ impl Walk {
     fn q_len(&self) -> usize {
         self.g.batch * self.g.sq * self.g.d
     }
-    fn kt_len(&self) -> usize {
-        self.g.batch * self.g.d * self.g.sk
-    }
-    fn v_len(&self) -> usize {
-        self.g.batch * self.g.sk * self.g.dv
-    }
     /// The accumulators of the output: (n8 tile of Dv, register).
     fn accs(&self) -> impl Iterator<Item = (usize, usize)> {
         (0..self.g.dv / 8).flat_map(|n| (0..4).map(move |r| (n, r)))
     }
+    /// The 16-byte words each thread copies per step: (key words, value words).
+    fn copies(&self) -> (usize, usize) {
+        (
+            self.g.k_words().div_ceil(BLOCK),
+            self.g.v_words().div_ceil(BLOCK),
+        )
+    }
+    /// The names of one step's copied words in registers (`tag` the step's).
+    fn words(&self, tag: &str) -> Vec<String> {
+        let (kc, vc) = self.copies();
+        (0..kc)
+            .map(|r| format!("%{tag}k{r}"))
+            .chain((0..vc).map(|r| format!("%{tag}v{r}")))
+            .collect()
+    }
 
-    /// The warp's unit, lane, rows (clamped to the last where past Sq) and bases.
+    /// The kernel: its parameters, and the shared memory of one step's keys and values.
+    fn function(&self, name: &str, params: &[String], body: &str) -> String {
+        let args: Vec<String> = params
+            .iter()
+            .enumerate()
+            .map(|(k, t)| format!("%a{k}: {t}"))
+            .collect();
+        let kw = self.g.d * K_ROW / 8;
+        let vw = KEYS * self.g.v_row() / 8;
+        format!(
+            "    gpu.func @{name}({}) workgroup(%ks: memref<{kw}xvector<4xi32>, 3>, %vs: memref<{vw}xvector<4xi32>, 3>) kernel {{\n{body}      }}\n      gpu.return\n    }}\n",
+            args.join(", ")
+        )
+    }
+
+    /// The warp's batch entry and rows (clamped to the last where past Sq), the lane's place
+    /// in its fragments, the bases of its loads, and each lane's ldmatrix row in the shared
+    /// tiles.
     fn head(&self, b: &mut String) {
         let Geometry { sq, sk, d, dv, .. } = self.g;
-        prologue(b, self.g.units() * 32);
+        prologue(b, self.g.blocks() * BLOCK);
         let _ = writeln!(
             b,
-            "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %c2x = arith.constant 2 : index\n        %c16i = arith.constant 16 : i32\n        %c32 = arith.constant 32 : index\n        %c4 = arith.constant 4 : index\n        %unit = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %grp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %t2 = arith.muli %tig, %c2x : index"
+            "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %c2x = arith.constant 2 : index\n        %c16i = arith.constant 16 : i32\n        %c32 = arith.constant 32 : index\n        %c4 = arith.constant 4 : index\n        %c8 = arith.constant 8 : index\n        %c16 = arith.constant 16 : index\n        %warp = arith.divui %tid, %c32 : index\n        %lane = arith.remui %tid, %c32 : index\n        %grp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %t2 = arith.muli %tig, %c2x : index"
         );
         let _ = writeln!(
             b,
-            "        %cQT = arith.constant {} : index\n        %bi = arith.divui %unit, %cQT : index\n        %qt = arith.remui %unit, %cQT : index\n        %c16 = arith.constant 16 : index\n        %q0 = arith.muli %qt, %c16 : index\n        %row0 = arith.addi %q0, %grp : index\n        %c8 = arith.constant 8 : index\n        %row1 = arith.addi %row0, %c8 : index\n        %cSq1 = arith.constant {} : index\n        %rc0 = arith.minui %row0, %cSq1 : index\n        %rc1 = arith.minui %row1, %cSq1 : index",
-            sq.div_ceil(16),
+            "        %cBE = arith.constant {} : index\n        %bi = arith.divui %bid, %cBE : index\n        %qb = arith.remui %bid, %cBE : index\n        %cW = arith.constant {WARPS} : index\n        %qb8 = arith.muli %qb, %cW : index\n        %qt = arith.addi %qb8, %warp : index\n        %q0 = arith.muli %qt, %c16 : index\n        %row0 = arith.addi %q0, %grp : index\n        %row1 = arith.addi %row0, %c8 : index\n        %cSq1 = arith.constant {} : index\n        %rc0 = arith.minui %row0, %cSq1 : index\n        %rc1 = arith.minui %row1, %cSq1 : index",
+            self.g.blocks_per_entry(),
             sq - 1
         );
         let _ = writeln!(
             b,
-            "        %cSq = arith.constant {sq} : index\n        %cSk = arith.constant {sk} : index\n        %cD = arith.constant {d} : index\n        %cDv = arith.constant {dv} : index\n        %bsq = arith.muli %bi, %cSq : index\n        %br0 = arith.addi %bsq, %rc0 : index\n        %br1 = arith.addi %bsq, %rc1 : index\n        %srow0 = arith.muli %br0, %cSk : index\n        %srow1 = arith.muli %br1, %cSk : index\n        %qb0 = arith.muli %br0, %cD : index\n        %qb1 = arith.muli %br1, %cD : index\n        %qa0 = arith.addi %qb0, %t2 : index\n        %qa1 = arith.addi %qb1, %t2 : index\n        %bd = arith.muli %bi, %cD : index\n        %bds = arith.muli %bd, %cSk : index\n        %t2s = arith.muli %t2, %cSk : index\n        %kbase = arith.addi %bds, %t2s : index\n        %bsk = arith.muli %bi, %cSk : index\n        %bskv = arith.muli %bsk, %cDv : index\n        %vg = arith.addi %bskv, %grp : index\n        %ninf = arith.constant 0xFF800000 : f32\n        %zero = arith.constant 0.0 : f32"
+            "        %cSq = arith.constant {sq} : index\n        %cSk = arith.constant {sk} : index\n        %cSk1 = arith.constant {} : index\n        %cD = arith.constant {d} : index\n        %cDv = arith.constant {dv} : index\n        %bsq = arith.muli %bi, %cSq : index\n        %br0 = arith.addi %bsq, %rc0 : index\n        %br1 = arith.addi %bsq, %rc1 : index\n        %srow0 = arith.muli %br0, %cSk : index\n        %srow1 = arith.muli %br1, %cSk : index\n        %qb0 = arith.muli %br0, %cD : index\n        %qb1 = arith.muli %br1, %cD : index\n        %qa0 = arith.addi %qb0, %t2 : index\n        %qa1 = arith.addi %qb1, %t2 : index\n        %ninf = arith.constant 0xFF800000 : f32\n        %zero = arith.constant 0.0 : f32\n        %zv = arith.constant dense<0> : vector<4xi32>",
+            sk - 1
+        );
+        // Word bases of the entry's keys' transpose and values (`Sk % 8 == 0`, so every
+        // copied word is whole and 16-byte aligned).
+        let _ = writeln!(
+            b,
+            "        %cKE = arith.constant {} : index\n        %kwe = arith.muli %bi, %cKE : index\n        %cVE = arith.constant {} : index\n        %vwe = arith.muli %bi, %cVE : index",
+            d * sk / 8,
+            sk * dv / 8
+        );
+        // ldmatrix rows: lane l gives row l % 8 of matrix l / 8. Keys' transpose (rows d,
+        // columns keys): matrices (d 0-7, keys 0-7), (d 8-15, keys 0-7), (d 0-7, keys 8-15),
+        // (d 8-15, keys 8-15). Values (rows keys, columns dv): (keys 0-7, dv 0-7), (keys
+        // 8-15, dv 0-7), (keys 0-7, dv 8-15), (keys 8-15, dv 8-15). Transposed, they are
+        // the B fragments of two n8 tiles.
+        let _ = writeln!(
+            b,
+            "        %mat = arith.divui %lane, %c8 : index\n        %mrow = arith.remui %lane, %c8 : index\n        %mlo = arith.remui %mat, %c2x : index\n        %mhi = arith.divui %mat, %c2x : index\n        %m8lo = arith.muli %mlo, %c8 : index\n        %m8hi = arith.muli %mhi, %c8 : index\n        %lrow = arith.addi %mrow, %m8lo : index\n        %cKR = arith.constant {K_ROW} : index\n        %cVR = arith.constant {} : index\n        %lk0 = arith.muli %lrow, %cKR : index\n        %lk1 = arith.addi %lk0, %m8hi : index\n        %lkb = arith.muli %lk1, %c2x : index\n        %lv0 = arith.muli %lrow, %cVR : index\n        %lv1 = arith.addi %lv0, %m8hi : index\n        %lvb = arith.muli %lv1, %c2x : index\n        %ksx = memref.extract_aligned_pointer_as_index %ks : memref<{}xvector<4xi32>, 3> -> index\n        %vsx = memref.extract_aligned_pointer_as_index %vs : memref<{}xvector<4xi32>, 3> -> index\n        %ksl = arith.addi %ksx, %lkb : index\n        %vsl = arith.addi %vsx, %lvb : index",
+            self.g.v_row(),
+            d * K_ROW / 8,
+            KEYS * self.g.v_row() / 8
         );
     }
 
@@ -432,35 +511,132 @@ impl Walk {
         }
     }
 
+    /// Loads of the words of the step at key `k0` into `%{tag}k{r}` (word tid + 256 r of the
+    /// keys' transpose: row d = w / 4, keys 8 (w % 4) ..) and `%{tag}v{r}` (of the values:
+    /// row w / (Dv / 8), dv 8 (w % (Dv / 8)) ..); keys past Sk read the last ones (their
+    /// scores are -inf, their probabilities 0), words past the tile 0.
+    fn load_words(&self, b: &mut String, tag: &str, k0: &str) {
+        let (kc, vc) = self.copies();
+        let vpr = self.g.dv / 8;
+        let _ = writeln!(
+            b,
+            "        %{tag}cSk8 = arith.constant {} : index\n        %{tag}cVPR = arith.constant {vpr} : index",
+            self.g.sk - 8
+        );
+        for r in 0..kc {
+            let t = format!("{tag}k{r}");
+            let _ = writeln!(
+                b,
+                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        %{t} = scf.if %{t}in -> (vector<4xi32>) {{\n          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}u8 = arith.muli %{t}u, %c8 : index\n          %{t}k1 = arith.addi {k0}, %{t}u8 : index\n          %{t}k = arith.minui %{t}k1, %{tag}cSk8 : index\n          %{t}r = arith.muli %{t}d, %cSk : index\n          %{t}e = arith.addi %{t}r, %{t}k : index\n          %{t}e8 = arith.divui %{t}e, %c8 : index\n          %{t}x = arith.addi %kwe, %{t}e8 : index\n          %{t}v = memref.load %a1[%{t}x] : memref<{}xvector<4xi32>>\n          scf.yield %{t}v : vector<4xi32>\n        }} else {{\n          scf.yield %zv : vector<4xi32>\n        }}",
+                BLOCK * r,
+                self.g.k_words(),
+                self.g.batch * self.g.d * self.g.sk / 8
+            );
+        }
+        for r in 0..vc {
+            let t = format!("{tag}v{r}");
+            let _ = writeln!(
+                b,
+                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        %{t} = scf.if %{t}in -> (vector<4xi32>) {{\n          %{t}key = arith.divui %{t}w, %{tag}cVPR : index\n          %{t}u = arith.remui %{t}w, %{tag}cVPR : index\n          %{t}k1 = arith.addi {k0}, %{t}key : index\n          %{t}k = arith.minui %{t}k1, %cSk1 : index\n          %{t}r = arith.muli %{t}k, %{tag}cVPR : index\n          %{t}e = arith.addi %{t}r, %{t}u : index\n          %{t}x = arith.addi %vwe, %{t}e : index\n          %{t}v = memref.load %a2[%{t}x] : memref<{}xvector<4xi32>>\n          scf.yield %{t}v : vector<4xi32>\n        }} else {{\n          scf.yield %zv : vector<4xi32>\n        }}",
+                BLOCK * r,
+                self.g.v_words(),
+                self.g.batch * self.g.sk * self.g.dv / 8
+            );
+        }
+    }
+
+    /// The carried words `%cw*` stored into the shared tiles (words past the tile not).
+    fn store_words(&self, b: &mut String) {
+        let (kc, vc) = self.copies();
+        let vpr = self.g.dv / 8;
+        let (kw, vw) = (self.g.d * K_ROW / 8, KEYS * self.g.v_row() / 8);
+        for r in 0..kc {
+            let t = format!("sk{r}");
+            let _ = writeln!(
+                b,
+                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        scf.if %{t}in {{\n          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}d, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwk{r}, %ks[%{t}x] : memref<{kw}xvector<4xi32>, 3>\n        }}",
+                BLOCK * r,
+                self.g.k_words(),
+                K_ROW / 8
+            );
+        }
+        for r in 0..vc {
+            let t = format!("sv{r}");
+            let _ = writeln!(
+                b,
+                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        scf.if %{t}in {{\n          %{t}cv = arith.constant {vpr} : index\n          %{t}key = arith.divui %{t}w, %{t}cv : index\n          %{t}u = arith.remui %{t}w, %{t}cv : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}key, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwv{r}, %vs[%{t}x] : memref<{vw}xvector<4xi32>, 3>\n        }}",
+                BLOCK * r,
+                self.g.v_words(),
+                self.g.v_row() / 8
+            );
+        }
+    }
+
     /// The loop over steps of `KEYS` keys, carrying each row's maximum and (this lane's part
-    /// of the) sum, and the output's accumulators.
+    /// of the) sum, the output's accumulators and the step's words (loaded a step ahead:
+    /// their latency is spent beside the step before). Each step: a barrier (every warp done
+    /// with the tiles), the words stored, a barrier, the next step's words loaded.
     fn open_steps(&self, b: &mut String) {
         let steps = self.g.sk.div_ceil(KEYS);
+        let _ = writeln!(b, "        %cKeys = arith.constant {KEYS} : index");
+        self.load_words(b, "f", "%c0");
         let accs: Vec<String> = self
             .accs()
             .map(|(n, r)| format!("%y{n}_{r} = %zero"))
             .collect();
-        let types = vec!["f32"; 4 + self.g.dv / 2].join(", ");
+        let words: Vec<String> = self
+            .words("f")
+            .iter()
+            .zip(self.words("cw"))
+            .map(|(init, name)| format!("{name} = {init}"))
+            .collect();
+        let n = 4 + self.g.dv / 2 + words.len();
         let _ = writeln!(
             b,
-            "        %cSteps = arith.constant {steps} : index\n        %run:{} = scf.for %st = %c0 to %cSteps step %c1 iter_args(%m0 = %ninf, %m1 = %ninf, %l0 = %zero, %l1 = %zero, {}) -> ({types}) {{\n        %cKeys = arith.constant {KEYS} : index\n        %k0 = arith.muli %st, %cKeys : index",
-            4 + self.g.dv / 2,
-            accs.join(", ")
+            "        %cSteps = arith.constant {steps} : index\n        %run:{n} = scf.for %st = %c0 to %cSteps step %c1 iter_args(%m0 = %ninf, %m1 = %ninf, %l0 = %zero, %l1 = %zero, {}, {}) -> ({}) {{\n        %k0 = arith.muli %st, %cKeys : index\n        gpu.barrier",
+            accs.join(", "),
+            words.join(", "),
+            self.carried_types()
         );
+        self.store_words(b);
+        let _ = writeln!(
+            b,
+            "        gpu.barrier\n        %stn = arith.addi %st, %c1 : index\n        %more = arith.cmpi ult, %stn, %cSteps : index\n        %stp = arith.select %more, %stn, %st : index\n        %kn = arith.muli %stp, %cKeys : index"
+        );
+        self.load_words(b, "n", "%kn");
+    }
+
+    /// The types the step loop carries.
+    fn carried_types(&self) -> String {
+        let words = self.words("x").len();
+        let mut t = vec!["f32"; 4 + self.g.dv / 2];
+        t.extend(vec!["vector<4xi32>"; words]);
+        t.join(", ")
+    }
+
+    /// `%{out}`: an `ldmatrix` of four transposed 8x8 matrices at byte `%{base}` + `off`.
+    fn ldmatrix(b: &mut String, out: &str, base: &str, off: usize) {
+        let _ = writeln!(
+            b,
+            "        %{out}c = arith.constant {off} : index\n        %{out}a = arith.addi {base}, %{out}c : index\n        %{out}i = arith.index_cast %{out}a : index to i64\n        %{out}p = llvm.inttoptr %{out}i : i64 to !llvm.ptr<3>\n        %{out} = nvvm.ldmatrix %{out}p {{num = 4 : i32, layout = #nvvm.mma_layout<col>, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>, eltType = #nvvm.ld_st_matrix_elt_type<b16>}} : (!llvm.ptr<3>) -> !llvm.struct<(i32, i32, i32, i32)>"
+        );
+        for r in 0..4 {
+            let _ = writeln!(
+                b,
+                "        %{out}_{r} = llvm.extractvalue %{out}[{r}] : !llvm.struct<(i32, i32, i32, i32)>"
+            );
+        }
     }
 
     /// The step's scores `%s{j}_{r}a`, n8 tile j of the step's keys: rows g (r < 2) and
     /// g + 8, keys 8 j + 2 t (+ 1 for odd r); `%key{j}_{0,1}` those keys (clamped to the last
-    /// where past Sk), `%kin{j}_{0,1}` whether they exist.
+    /// where past Sk), `%kin{j}_{0,1}` whether they exist. Tiles 2 p and 2 p + 1 take their
+    /// B fragments from one ldmatrix per k16 step.
     fn scores(&self, b: &mut String) {
-        let Geometry { sk, d, .. } = self.g;
-        let n = self.kt_len();
-        let _ = writeln!(b, "        %cSk1 = arith.constant {} : index", sk - 1);
         for j in 0..KEYS / 8 {
-            // The B operand's key (the lane's group) and the accumulators' keys.
             let _ = writeln!(
                 b,
-                "        %kb{j}c = arith.constant {} : index\n        %kb{j}0 = arith.addi %k0, %kb{j}c : index\n        %kb{j}1 = arith.addi %kb{j}0, %grp : index\n        %kb{j} = arith.minui %kb{j}1, %cSk1 : index\n        %kr{j} = arith.addi %kbase, %kb{j} : index\n        %ka{j} = arith.addi %kb{j}0, %t2 : index",
+                "        %kb{j}c = arith.constant {} : index\n        %ka{j}0 = arith.addi %k0, %kb{j}c : index\n        %ka{j} = arith.addi %ka{j}0, %t2 : index",
                 8 * j
             );
             for e in 0..2 {
@@ -469,37 +645,36 @@ impl Walk {
                     "        %ce{j}_{e} = arith.constant {e} : index\n        %kx{j}_{e} = arith.addi %ka{j}, %ce{j}_{e} : index\n        %kin{j}_{e} = arith.cmpi ult, %kx{j}_{e}, %cSk : index\n        %key{j}_{e} = arith.minui %kx{j}_{e}, %cSk1 : index"
                 );
             }
-            let mut c = [
-                "%zero".to_string(),
-                "%zero".into(),
-                "%zero".into(),
-                "%zero".into(),
-            ];
-            for ks in 0..d / 16 {
-                // B[k][n] = kT[d][key]: rows 16 ks + 2 t (+ 1, + 8, + 9) of the transpose.
-                let mut words = Vec::new();
-                for (w, dd) in [(0, 0), (1, 8)] {
-                    let lo = format!("kv{j}_{ks}_{w}l");
-                    let hi = format!("kv{j}_{ks}_{w}h");
-                    load(b, &lo, (1, n), &format!("%kr{j}"), (16 * ks + dd) * sk);
-                    load(b, &hi, (1, n), &format!("%kr{j}"), (16 * ks + dd + 1) * sk);
-                    let word = format!("kw{j}_{ks}_{w}");
-                    pack(b, &word, &format!("%{lo}"), &format!("%{hi}"));
-                    words.push(format!("%{word}"));
-                }
+        }
+        for pair in 0..KEYS / 16 {
+            let mut c: [Vec<String>; 2] =
+                [vec!["%zero".to_string(); 4], vec!["%zero".to_string(); 4]];
+            for ks in 0..self.g.d / 16 {
+                let l = format!("kl{pair}_{ks}");
+                Self::ldmatrix(b, &l, "%ksl", (16 * ks * K_ROW + 16 * pair) * 2);
                 let a: Vec<String> = (0..4).map(|w| format!("%qf{ks}_{w}")).collect();
-                let out = format!("sm{j}_{ks}");
-                mma(
-                    b,
-                    &out,
-                    [&a[0], &a[1], &a[2], &a[3]],
-                    [&words[0], &words[1]],
-                    [&c[0], &c[1], &c[2], &c[3]],
-                );
-                c = std::array::from_fn(|r| format!("%{out}_{r}"));
+                for (h, cur) in c.iter_mut().enumerate() {
+                    let j = 2 * pair + h;
+                    let out = format!("sm{j}_{ks}");
+                    let (b0, b1) = (format!("%{l}_{}", 2 * h), format!("%{l}_{}", 2 * h + 1));
+                    mma(
+                        b,
+                        &out,
+                        [&a[0], &a[1], &a[2], &a[3]],
+                        [&b0, &b1],
+                        [&cur[0], &cur[1], &cur[2], &cur[3]],
+                    );
+                    *cur = (0..4).map(|r| format!("%{out}_{r}")).collect();
+                }
             }
-            for (r, v) in c.iter().enumerate() {
-                let _ = writeln!(b, "        %s{j}_{r}a = arith.addf {v}, %zero : f32");
+            for (h, cur) in c.iter().enumerate() {
+                for (r, v) in cur.iter().enumerate() {
+                    let _ = writeln!(
+                        b,
+                        "        %s{}_{r}a = arith.addf {v}, %zero : f32",
+                        2 * pair + h
+                    );
+                }
             }
         }
     }
@@ -584,56 +759,45 @@ impl Walk {
         }
     }
 
-    /// The probabilities by the values' rows of the step: B[k][n] = V[key][dv], rows 16 c +
-    /// 2 t (+ 1, + 8, + 9), column 8 n + g; keys past Sk read the last (their probability is 0).
+    /// The probabilities by the values' rows of the step: B[k][n] = V[key][dv] (keys 16 c ..
+    /// of the tile, dv 8 n ..), the B fragments of n8 tiles 2 q and 2 q + 1 from one
+    /// ldmatrix; keys past Sk hold the last key's row (their probability is 0). Then the
+    /// step's yield: the maxima, sums, accumulators and the next step's words.
     fn values(&self, b: &mut String) {
-        let dv = self.g.dv;
-        let n = self.v_len();
         let mut accs: HashMap<(usize, usize), String> = self
             .accs()
             .map(|(t, r)| ((t, r), format!("%ys{t}_{r}")))
             .collect();
         for c in 0..KEYS / 16 {
-            for e in [0, 1, 8, 9] {
-                // The value row's key (clamped to the last) and its offset.
-                let _ = writeln!(
-                    b,
-                    "        %vk{c}_{e}c = arith.constant {} : index\n        %vk{c}_{e}0 = arith.addi %k0, %vk{c}_{e}c : index\n        %vk{c}_{e}1 = arith.addi %vk{c}_{e}0, %t2 : index\n        %vk{c}_{e} = arith.minui %vk{c}_{e}1, %cSk1 : index\n        %vr{c}_{e}0 = arith.muli %vk{c}_{e}, %cDv : index\n        %vr{c}_{e} = arith.addi %vg, %vr{c}_{e}0 : index",
-                    16 * c + e
-                );
-            }
-            for t in 0..dv / 8 {
-                let mut words = Vec::new();
-                for (w, e) in [(0, 0), (1, 8)] {
-                    let lo = format!("vv{c}_{t}_{w}l");
-                    let hi = format!("vv{c}_{t}_{w}h");
-                    load(b, &lo, (2, n), &format!("%vr{c}_{e}"), 8 * t);
-                    load(b, &hi, (2, n), &format!("%vr{c}_{}", e + 1), 8 * t);
-                    let word = format!("vw{c}_{t}_{w}");
-                    pack(b, &word, &format!("%{lo}"), &format!("%{hi}"));
-                    words.push(format!("%{word}"));
-                }
-                let a: Vec<String> = (0..4).map(|w| format!("%pf{c}_{w}")).collect();
-                let cur: Vec<String> = (0..4).map(|r| accs[&(t, r)].clone()).collect();
-                let out = format!("pv{c}_{t}");
-                mma(
-                    b,
-                    &out,
-                    [&a[0], &a[1], &a[2], &a[3]],
-                    [&words[0], &words[1]],
-                    [&cur[0], &cur[1], &cur[2], &cur[3]],
-                );
-                for r in 0..4 {
-                    accs.insert((t, r), format!("%{out}_{r}"));
+            let a: Vec<String> = (0..4).map(|w| format!("%pf{c}_{w}")).collect();
+            for q in 0..self.g.dv / 16 {
+                let l = format!("vl{c}_{q}");
+                Self::ldmatrix(b, &l, "%vsl", (16 * c * self.g.v_row() + 16 * q) * 2);
+                for h in 0..2 {
+                    let t = 2 * q + h;
+                    let cur: Vec<String> = (0..4).map(|r| accs[&(t, r)].clone()).collect();
+                    let out = format!("pv{c}_{t}");
+                    let (b0, b1) = (format!("%{l}_{}", 2 * h), format!("%{l}_{}", 2 * h + 1));
+                    mma(
+                        b,
+                        &out,
+                        [&a[0], &a[1], &a[2], &a[3]],
+                        [&b0, &b1],
+                        [&cur[0], &cur[1], &cur[2], &cur[3]],
+                    );
+                    for r in 0..4 {
+                        accs.insert((t, r), format!("%{out}_{r}"));
+                    }
                 }
             }
         }
         let next: Vec<String> = self.accs().map(|k| accs[&k].clone()).collect();
-        let types = vec!["f32"; 4 + self.g.dv / 2].join(", ");
         let _ = writeln!(
             b,
-            "        scf.yield %nm0, %nm1, %ln0, %ln1, {} : {types}",
-            next.join(", ")
+            "        scf.yield %nm0, %nm1, %ln0, %ln1, {}, {} : {}",
+            next.join(", "),
+            self.words("n").join(", "),
+            self.carried_types()
         );
     }
 

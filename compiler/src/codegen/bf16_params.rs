@@ -37,11 +37,14 @@ pub(super) fn narrow(p: &Program, lowered: &mut [Lowered], funcs: &mut String) {
                 done.push(k);
             }
         }
+        // Added to those a kernel takes as bits by its own making (attention's words).
         if let (false, Lowered::Kernel { bf16, .. } | Lowered::Pointwise { bf16, .. }) =
             (done.is_empty(), step)
         {
             funcs.replace_range(start..end, &text);
-            *bf16 = done;
+            bf16.extend(done);
+            bf16.sort_unstable();
+            bf16.dedup();
         }
     }
 }

@@ -311,6 +311,9 @@ pub(super) fn plan(
         let members = a.members(&all);
         in_attention.extend(members.iter().copied());
         add_step(&mut planned, a.values, members, name, threads, inputs);
+        if let Some(Lowered::Pointwise { bf16, .. }) = planned.get_mut(&a.values) {
+            bf16.extend(super::attention::WORD_PARAMS);
+        }
         for c in a.before.iter().chain(&a.after) {
             used[*c] = true;
         }
