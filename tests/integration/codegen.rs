@@ -2,7 +2,7 @@
 //! launches, cuBLAS GEMMs and NCCL collectives, and the generated kernels lowered through MLIR
 //! (gpu -> NVVM -> LLVM -> NVPTX) to PTX for sm_90.
 
-use crate::common::{fixtures_dir, ppmoe};
+use crate::common::{fixtures_dir, ppmoe, ppmoe_env};
 
 fn inspect(args: &[&str]) -> String {
     let m = fixtures_dir().join("qwen2moe_lm_dynamo/model.onnx");
@@ -19,6 +19,15 @@ fn cuda_bundle(
     model: &std::path::Path,
     flags: &[&str],
 ) -> (tempfile::TempDir, ppmoe_runtime::bundle::Bundle) {
+    cuda_bundle_env(model, flags, &[])
+}
+
+/// `cuda_bundle` compiled with extra environment variables (a policy's switch).
+fn cuda_bundle_env(
+    model: &std::path::Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, ppmoe_runtime::bundle::Bundle) {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("b");
     let mut a = vec![
@@ -30,7 +39,7 @@ fn cuda_bundle(
         "cuda",
     ];
     a.extend(flags);
-    let out = ppmoe(&a);
+    let out = ppmoe_env(&a, env);
     assert_eq!(out.code, 0, "{} {flags:?}: {}", model.display(), out.stderr);
     let b = ppmoe_runtime::bundle::read_bundle(&bundle).unwrap();
     (dir, b)
@@ -1072,7 +1081,16 @@ fn no_fixture_has_host_work_on_any_grid() {
 
 /// A fixture's CUDA bundle (rank 0's program) and its PTX text.
 fn cuda_bundle_ptx(model: &str, flags: &[&str]) -> (ppmoe_runtime::bundle::Bundle, String) {
-    let (dir, b) = cuda_bundle(&fixtures_dir().join(model), flags);
+    cuda_bundle_ptx_env(model, flags, &[])
+}
+
+/// `cuda_bundle_ptx` compiled with extra environment variables.
+fn cuda_bundle_ptx_env(
+    model: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> (ppmoe_runtime::bundle::Bundle, String) {
+    let (dir, b) = cuda_bundle_env(&fixtures_dir().join(model), flags, env);
     let file = b.manifest.programs[0].ptx_file.clone().expect("a PTX file");
     let ptx = std::fs::read_to_string(dir.path().join("b").join(file)).unwrap();
     (b, ptx)
@@ -1226,6 +1244,20 @@ fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
     );
 }
 
+/// The policy fuses a bf16 attention where its scores would take 1 GiB or more unfused
+/// (`FLASH_MIN_SCORE_BYTES`): the bf16 Mixtral LM fixture (4 heads) at 16 tokens keeps the
+/// unfused softmax kernel, at 12288 tokens (4 x 12288^2 bf16 scores, 1.1 GiB) both its
+/// attentions are `k*_attention` kernels.
+#[test]
+fn attention_is_fused_by_default_where_its_scores_would_pass_a_gib() {
+    let m = "mixtral_lm_bf16_sdpa/model.onnx";
+    let (_, small) = cuda_bundle_ptx(m, &["--input-shape", "input_ids=1x16"]);
+    assert!(small.contains("_softmax_fused(") && !small.contains("_attention("));
+    let (_, long) = cuda_bundle_ptx(m, &["--input-shape", "input_ids=1x12288"]);
+    assert_eq!(long.matches("_attention(").count(), 2);
+    assert!(!long.contains("_softmax_fused("));
+}
+
 /// A bf16 model's attention is one kernel (`attention`): in the bf16 LM exports (sdpa, its
 /// mask added and its NaN guard after the softmax) each softmax is a member of a `k*_attention`
 /// step rooted at the values' GEMM, with the scores' GEMM, the mask's add and the guard fused
@@ -1233,12 +1265,12 @@ fn the_bf16_lms_kernels_read_and_write_its_bf16_activations() {
 /// `ldmatrix`es from the shared tiles that 16-byte copies fill, and no spills' local memory;
 /// at 40 tokens (rows and keys past whole tiles) too. The fp32 LM, and
 /// the fp32 LM compiled `--dtype bf16` (its activations f32 in the model), keep the unfused
-/// softmax kernel.
+/// softmax kernel. (`PPMOE_FLASH_ATTENTION=1`: fused at every size the kernel takes.)
 #[test]
 fn a_bf16_models_attention_is_one_kernel() {
     use ppmoe_runtime::program::{GpuOp, Op};
     let check = |model: &str, flags: &[&str], fused: bool| {
-        let (b, ptx) = cuda_bundle_ptx(model, flags);
+        let (b, ptx) = cuda_bundle_ptx_env(model, flags, &[("PPMOE_FLASH_ATTENTION", "1")]);
         let p = &b.manifest.programs[0];
         let softmaxes = p
             .instructions

@@ -4,17 +4,24 @@
 //! GEMMs around a softmax kernel that reads and writes the whole score tensor
 //! (8 x 32 x 512 x 512 bf16, 134 MB per layer, for the real-size LM at 8 x 512 tokens).
 //!
-//! One warp per 16 query rows of one batch entry (`threads` = 32 x batch x ceil(Sq / 16)),
-//! no shared memory: the warp keeps its rows' queries as mma fragments and walks the keys 32
-//! at a time. Per step: the scores by `mma.sync` m16n8k16 (bf16 in, f32 accumulated), each
-//! rounded to bf16 (the scores' type in the model: cuBLAS's result was so rounded) and put
-//! through the chain before the softmax at its element's flat index (the chain's own loads
-//! and broadcasting, `pointwise::emit_chain`); keys past Sk count as -inf. Then the online
-//! softmax (Milakov and Gimelshein; FlashAttention 2's form): the rows' running maximum and
-//! sum (the four lanes that share a row agree by two shuffles), the output rescaled by
-//! exp(old max - new max), the probabilities exp(score - max) rounded to bf16 as the second
-//! GEMM's A fragments (the scores' accumulator layout is that operand's), times the values'
-//! rows by mma. At the end each row is divided by its sum.
+//! A block of 8 warps takes 128 query rows of one batch entry (`threads` = 256 x batch x
+//! ceil(Sq / 128)), each warp 16 rows, their queries kept as mma fragments, and the block
+//! walks the keys 32 at a time. Per step the block copies the step's keys' transpose [D][32]
+//! and values [32][Dv] into shared memory in 16-byte words (loaded a step ahead, so their
+//! latency is spent beside the step before; rows padded by 8 elements so each `ldmatrix`
+//! phase's 8 rows fall on distinct banks), and every warp takes its B fragments from there by
+//! transposing `ldmatrix`es (four 8x8 matrices, two n8 tiles' fragments, per instruction).
+//! The scores by `mma.sync` m16n8k16 (bf16 in, f32 accumulated), each rounded to bf16 (the
+//! scores' type in the model: cuBLAS's result was so rounded) and put through the chain
+//! before the softmax at its element's flat index (the chain's own loads and broadcasting,
+//! `pointwise::emit_chain`); keys past Sk count as -inf. Then the online softmax (Milakov and
+//! Gimelshein; FlashAttention 2's form): the rows' running maximum and sum (the four lanes
+//! that share a row agree by two shuffles), the output rescaled by exp(old max - new max),
+//! the probabilities exp(score - max) rounded to bf16 as the second GEMM's A fragments (the
+//! scores' accumulator layout is that operand's), times the values by mma. At the end each
+//! row is divided by its sum. (The first form, each lane loading its fragments' 16-bit
+//! elements from global memory, made the real-size LM's forward 1.1 ms slower than unfused
+//! on an H200, where this one makes it 0.2-0.4 ms slower: session 44.)
 //!
 //! What differs from the unfused kernels, all within bf16's rounding: the probabilities are
 //! rounded before they are normalised (unfused: after), and the exponentials are of the
@@ -25,8 +32,10 @@
 //!
 //! Taken where the GEMMs' operands are the model's bf16 (an fp32 model keeps the unfused
 //! kernels and its fp32 accuracy), the queries, keys' transpose [.., D, Sk], values and
-//! output share their batch dimensions (GQA's heads already expanded, as exported), D is a
-//! multiple of 16 and D and Dv are at most 128 (the fragments stay in registers).
+//! output share their batch dimensions (GQA's heads already expanded, as exported), D and Dv
+//! are multiples of 16 and at most 128 (the fragments stay in registers) and Sk a multiple of
+//! 8 (whole 16-byte words), and where `fused_by_policy` says: for memory, from 1 GiB of
+//! scores (at the measured size the unfused kernels are faster).
 
 use super::kernel_gen::{exp, memref, prologue, static_shape};
 use super::pointwise::{emit_chain, read_counts, Operands, Scalar};
@@ -81,18 +90,33 @@ impl Attention {
     }
 }
 
-/// The attentions of `p` one kernel can take (see the module's doc); none of their
-/// instructions in `taken`. None where `PPMOE_FLASH_ATTENTION=0` at compile time (a
-/// measurement aid: the unfused kernels).
+/// The smallest score tensor (bytes, bf16, per attention) at which the policy fuses. Measured
+/// on an H200 (session 44, the real-size 2-layer Mixtral-shaped LM at 8 x 512 tokens, scores
+/// [8, 32, 512, 512], 128 MiB): the fused kernel took 0.405 ms per layer where the unfused
+/// GEMMs and softmax take about 0.3, the forward 14.83 / 14.94 ms against 14.62 / 14.52
+/// (alternated in one run). Unfused, the scores and the probabilities are each written and
+/// read whole, S^2 per head: at 8 x 2048 tokens 2 GiB each per layer, at 32768 tokens of one
+/// sequence 64 GiB, more than the GPU holds. From 1 GiB the kernel is taken for memory's
+/// sake, not speed (the crossover in time is not measured).
+pub const FLASH_MIN_SCORE_BYTES: usize = 1 << 30;
+
+/// Whether an attention whose scores hold `elements` bf16 values is fused: from
+/// `FLASH_MIN_SCORE_BYTES`, unless `PPMOE_FLASH_ATTENTION` at compile time says (`1`: every
+/// attention the kernel takes, `0`: none; a measurement aid).
+fn fused_by_policy(elements: usize) -> bool {
+    super::switch::switch("PPMOE_FLASH_ATTENTION", || {
+        elements.saturating_mul(2) >= FLASH_MIN_SCORE_BYTES
+    })
+}
+
+/// The attentions of `p` one kernel can take (see the module's doc) and `fused_by_policy`
+/// takes; none of their instructions in `taken`.
 pub(super) fn find(
     p: &Program,
     chains: &[Vec<usize>],
     taken: &dyn Fn(usize) -> bool,
     constant: &dyn Fn(Option<usize>) -> Option<Tensor>,
 ) -> Vec<Attention> {
-    if !super::switch::switch("PPMOE_FLASH_ATTENTION", || true) {
-        return Vec::new();
-    }
     let uses = read_counts(p);
     let mut producer = HashMap::new();
     for (i, ins) in p.instructions.iter().enumerate() {
@@ -172,7 +196,7 @@ pub(super) fn find(
                 .iter()
                 .chain([&values])
                 .all(|&m| !taken(m))
-            && geometry(p, &a).is_some();
+            && geometry(p, &a).is_some_and(|g| fused_by_policy(g.batch * g.sq * g.sk));
         if fits {
             found.push(a);
         }
