@@ -1258,6 +1258,24 @@ fn attention_is_fused_by_default_where_its_scores_would_pass_a_gib() {
     assert!(!long.contains("_softmax_fused("));
 }
 
+/// A softmax whose input is no GEMM's result (a graph input; a transpose's) is no attention:
+/// compiled with every attention fused (`PPMOE_FLASH_ATTENTION=1`), the crafted graph of two
+/// such softmaxes each read by a MatMul compiles (it once panicked) with neither fused.
+#[test]
+fn a_softmax_of_no_gemms_scores_is_left_unfused() {
+    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ops/softmax_values_unfused/model.onnx");
+    let (dir, b) = cuda_bundle_env(&m, &[], &[("PPMOE_FLASH_ATTENTION", "1")]);
+    let file = b.manifest.programs[0].ptx_file.clone().expect("a PTX file");
+    let ptx = std::fs::read_to_string(dir.path().join("b").join(file)).unwrap();
+    assert!(!ptx.contains("_attention("));
+    assert_eq!(
+        ptx.matches("_softmax(").count(),
+        2,
+        "the two softmaxes' kernels"
+    );
+}
+
 /// A bf16 model's attention is one kernel (`attention`): in the bf16 LM exports (sdpa, its
 /// mask added and its NaN guard after the softmax) each softmax is a member of a `k*_attention`
 /// step rooted at the values' GEMM, with the scores' GEMM, the mask's add and the guard fused

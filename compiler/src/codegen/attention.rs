@@ -165,7 +165,13 @@ pub(super) fn find(
         let Some(sb) = scores_buffer.filter(|b| uses[*b] == 1 && same_shape(b)) else {
             continue;
         };
-        let scores = producer[&sb];
+        // The scores come from a GEMM (not a graph input, nor another op's result).
+        let Some(&scores) = producer
+            .get(&sb)
+            .filter(|&&m| p.instructions[m].op == Op::MatMul)
+        else {
+            continue;
+        };
         // After: sdpa's guard or a cast, whose result the values' GEMM alone reads.
         let after_readers = readers(y);
         let (after, guard, probs) = match after_readers[..] {
@@ -405,6 +411,20 @@ fn pack(b: &mut String, out: &str, lo: &str, hi: &str) {
         b,
         "        %{out}_l = arith.truncf {lo} : f32 to bf16\n        %{out}_h = arith.truncf {hi} : f32 to bf16\n        %{out}_li = arith.bitcast %{out}_l : bf16 to i16\n        %{out}_hi = arith.bitcast %{out}_h : bf16 to i16\n        %{out}_lw = arith.extui %{out}_li : i16 to i32\n        %{out}_hw = arith.extui %{out}_hi : i16 to i32\n        %{out}_hs = arith.shli %{out}_hw, %c16i : i32\n        %{out} = arith.ori %{out}_lw, %{out}_hs : i32"
     );
+}
+
+/// `value` combined by `op` over the four lanes that share a row (lanes 4 g .. 4 g + 3, two
+/// butterfly shuffles, so each lane combines in the same order); returns the result's name.
+fn quad_reduce(b: &mut String, tag: &str, value: &str, op: &str) -> String {
+    let mut acc = value.to_string();
+    for (k, off) in [1, 2].iter().enumerate() {
+        let _ = writeln!(
+            b,
+            "        %{tag}o{k} = arith.constant {off} : i32\n        %{tag}w{k} = arith.constant 32 : i32\n        %{tag}s{k}, %{tag}v{k} = gpu.shuffle xor {acc}, %{tag}o{k}, %{tag}w{k} : f32\n        %{tag}r{k} = {op} {acc}, %{tag}s{k} : f32"
+        );
+        acc = format!("%{tag}r{k}");
+    }
+    acc
 }
 
 /// `%{out}` = element `%{base}` + `off` of parameter `k` (of `n` elements), loaded as f32 (the
@@ -728,14 +748,7 @@ impl Walk {
                 let _ = writeln!(b, "        %mx{h}_{k} = arith.maximumf {acc}, {v} : f32");
                 acc = format!("%mx{h}_{k}");
             }
-            // The four lanes of a row (lanes 4 g .. 4 g + 3) agree.
-            for (k, off) in [1, 2].iter().enumerate() {
-                let _ = writeln!(
-                    b,
-                    "        %mo{h}_{k} = arith.constant {off} : i32\n        %c32i{h}_{k} = arith.constant 32 : i32\n        %ms{h}_{k}, %mv{h}_{k} = gpu.shuffle xor {acc}, %mo{h}_{k}, %c32i{h}_{k} : f32\n        %mq{h}_{k} = arith.maximumf {acc}, %ms{h}_{k} : f32"
-                );
-                acc = format!("%mq{h}_{k}");
-            }
+            let acc = quad_reduce(b, &format!("mq{h}"), &acc, "arith.maximumf");
             // A row with no key yet (-inf) takes 0 as its reference, so -inf - (-inf) never
             // makes NaN.
             let _ = writeln!(
@@ -835,14 +848,12 @@ impl Walk {
         let Geometry { sq, dv, .. } = self.g;
         let n = self.g.batch * sq * dv;
         for h in 0..2 {
-            let mut acc = format!("%run#{}", 2 + h);
-            for (k, off) in [1, 2].iter().enumerate() {
-                let _ = writeln!(
-                    b,
-                    "        %so{h}_{k} = arith.constant {off} : i32\n        %sw{h}_{k} = arith.constant 32 : i32\n        %ss{h}_{k}, %sv{h}_{k} = gpu.shuffle xor {acc}, %so{h}_{k}, %sw{h}_{k} : f32\n        %sq{h}_{k} = arith.addf {acc}, %ss{h}_{k} : f32"
-                );
-                acc = format!("%sq{h}_{k}");
-            }
+            let acc = quad_reduce(
+                b,
+                &format!("sq{h}"),
+                &format!("%run#{}", 2 + h),
+                "arith.addf",
+            );
             let _ = writeln!(
                 b,
                 "        %one{h} = arith.constant 1.0 : f32\n        %inv{h} = arith.divf %one{h}, {acc} : f32\n        %some{h} = arith.cmpf ogt, {acc}, %zero : f32\n        %ob{h}0 = arith.muli %br{h}, %cDv : index\n        %ob{h} = arith.addi %ob{h}0, %t2 : index\n        %rin{h} = arith.cmpi ult, %row{h}, %cSq : index"
