@@ -93,10 +93,10 @@ impl Attention {
 /// The smallest score tensor (bytes, bf16, per attention) at which the policy fuses. Measured
 /// on an H200 (session 44, the real-size 2-layer Mixtral-shaped LM at 8 x 512 tokens, scores
 /// [8, 32, 512, 512], 128 MiB): the fused kernel took 0.405 ms per layer where the unfused
-/// GEMMs and softmax take about 0.3, the forward 14.83 / 14.94 ms against 14.62 / 14.52
-/// (alternated in one run). Unfused, the scores and the probabilities are each written and
+/// softmax-and-guard kernel takes 0.21 and its two GEMMs about 0.16, the forward 14.83 / 14.94
+/// ms against 14.62 / 14.52 (alternated in one run). Unfused, the scores and the probabilities are each written and
 /// read whole, S^2 per head: at 8 x 2048 tokens 2 GiB each per layer, at 32768 tokens of one
-/// sequence 64 GiB, more than the GPU holds. From 1 GiB the kernel is taken for memory's
+/// sequence 64 GiB each, the two nearly all an H200 holds. From 1 GiB the kernel is taken for memory's
 /// sake, not speed (the crossover in time is not measured).
 pub const FLASH_MIN_SCORE_BYTES: usize = 1 << 30;
 

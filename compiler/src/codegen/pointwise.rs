@@ -92,7 +92,7 @@ pub(super) fn read_counts(p: &Program) -> Vec<usize> {
 /// The chains of `p`, each as its members in program order (the last is the chain's root;
 /// a lone pointwise instruction is a chain of one), from each instruction's scalar form
 /// (None: not pointwise, or taken).
-pub(super) fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
+fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
     let uses = read_counts(p);
     let mut producer = HashMap::new();
     for (i, ins) in p.instructions.iter().enumerate() {
