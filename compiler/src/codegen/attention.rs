@@ -427,6 +427,24 @@ fn quad_reduce(b: &mut String, tag: &str, value: &str, op: &str) -> String {
     acc
 }
 
+/// Word `%{t}w` = thread + 256 `r` of a step's `count`, and whether it is one (`%{t}in`).
+fn word_index(b: &mut String, t: &str, r: usize, count: usize) {
+    let _ = writeln!(
+        b,
+        "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {count} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index",
+        BLOCK * r
+    );
+}
+
+/// `%{t}`: the 16-byte word `%{t}x` (computed by `index`, inside the guard) of parameter `k`
+/// (of `n` words) where `%{t}in`, else 0.
+fn guarded_load(b: &mut String, t: &str, index: &str, (k, n): (usize, usize)) {
+    let _ = writeln!(
+        b,
+        "        %{t} = scf.if %{t}in -> (vector<4xi32>) {{\n{index}\n          %{t}v = memref.load %a{k}[%{t}x] : memref<{n}xvector<4xi32>>\n          scf.yield %{t}v : vector<4xi32>\n        }} else {{\n          scf.yield %zv : vector<4xi32>\n        }}"
+    );
+}
+
 /// `%{out}` = element `%{base}` + `off` of parameter `k` (of `n` elements), loaded as f32 (the
 /// bf16 narrowing makes it the element's bits widened).
 fn load(b: &mut String, out: &str, (k, n): (usize, usize), base: &str, off: usize) {
@@ -569,23 +587,21 @@ impl Walk {
         );
         for r in 0..kc {
             let t = format!("{tag}k{r}");
-            let _ = writeln!(
-                b,
-                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        %{t} = scf.if %{t}in -> (vector<4xi32>) {{\n          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}u8 = arith.muli %{t}u, %c8 : index\n          %{t}k1 = arith.addi {k0}, %{t}u8 : index\n          %{t}k = arith.minui %{t}k1, %{tag}cSk8 : index\n          %{t}r = arith.muli %{t}d, %cSk : index\n          %{t}e = arith.addi %{t}r, %{t}k : index\n          %{t}e8 = arith.divui %{t}e, %c8 : index\n          %{t}x = arith.addi %kwe, %{t}e8 : index\n          %{t}v = memref.load %a1[%{t}x] : memref<{}xvector<4xi32>>\n          scf.yield %{t}v : vector<4xi32>\n        }} else {{\n          scf.yield %zv : vector<4xi32>\n        }}",
-                BLOCK * r,
-                self.g.k_words(),
-                self.g.batch * self.g.d * self.g.sk / 8
+            word_index(b, &t, r, self.g.k_words());
+            let index = format!(
+                "          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}u8 = arith.muli %{t}u, %c8 : index\n          %{t}k1 = arith.addi {k0}, %{t}u8 : index\n          %{t}k = arith.minui %{t}k1, %{tag}cSk8 : index\n          %{t}r = arith.muli %{t}d, %cSk : index\n          %{t}e = arith.addi %{t}r, %{t}k : index\n          %{t}e8 = arith.divui %{t}e, %c8 : index\n          %{t}x = arith.addi %kwe, %{t}e8 : index"
             );
+            let words = self.g.batch * self.g.d * self.g.sk / 8;
+            guarded_load(b, &t, &index, (1, words));
         }
         for r in 0..vc {
             let t = format!("{tag}v{r}");
-            let _ = writeln!(
-                b,
-                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        %{t} = scf.if %{t}in -> (vector<4xi32>) {{\n          %{t}key = arith.divui %{t}w, %{tag}cVPR : index\n          %{t}u = arith.remui %{t}w, %{tag}cVPR : index\n          %{t}k1 = arith.addi {k0}, %{t}key : index\n          %{t}k = arith.minui %{t}k1, %cSk1 : index\n          %{t}r = arith.muli %{t}k, %{tag}cVPR : index\n          %{t}e = arith.addi %{t}r, %{t}u : index\n          %{t}x = arith.addi %vwe, %{t}e : index\n          %{t}v = memref.load %a2[%{t}x] : memref<{}xvector<4xi32>>\n          scf.yield %{t}v : vector<4xi32>\n        }} else {{\n          scf.yield %zv : vector<4xi32>\n        }}",
-                BLOCK * r,
-                self.g.v_words(),
-                self.g.batch * self.g.sk * self.g.dv / 8
+            word_index(b, &t, r, self.g.v_words());
+            let index = format!(
+                "          %{t}key = arith.divui %{t}w, %{tag}cVPR : index\n          %{t}u = arith.remui %{t}w, %{tag}cVPR : index\n          %{t}k1 = arith.addi {k0}, %{t}key : index\n          %{t}k = arith.minui %{t}k1, %cSk1 : index\n          %{t}r = arith.muli %{t}k, %{tag}cVPR : index\n          %{t}e = arith.addi %{t}r, %{t}u : index\n          %{t}x = arith.addi %vwe, %{t}e : index"
             );
+            let words = self.g.batch * self.g.sk * self.g.dv / 8;
+            guarded_load(b, &t, &index, (2, words));
         }
     }
 
@@ -596,21 +612,19 @@ impl Walk {
         let (kw, vw) = (self.g.d * K_ROW / 8, KEYS * self.g.v_row() / 8);
         for r in 0..kc {
             let t = format!("sk{r}");
+            word_index(b, &t, r, self.g.k_words());
             let _ = writeln!(
                 b,
-                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        scf.if %{t}in {{\n          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}d, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwk{r}, %ks[%{t}x] : memref<{kw}xvector<4xi32>, 3>\n        }}",
-                BLOCK * r,
-                self.g.k_words(),
+                "        scf.if %{t}in {{\n          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}d, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwk{r}, %ks[%{t}x] : memref<{kw}xvector<4xi32>, 3>\n        }}",
                 K_ROW / 8
             );
         }
         for r in 0..vc {
             let t = format!("sv{r}");
+            word_index(b, &t, r, self.g.v_words());
             let _ = writeln!(
                 b,
-                "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index\n        scf.if %{t}in {{\n          %{t}cv = arith.constant {vpr} : index\n          %{t}key = arith.divui %{t}w, %{t}cv : index\n          %{t}u = arith.remui %{t}w, %{t}cv : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}key, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwv{r}, %vs[%{t}x] : memref<{vw}xvector<4xi32>, 3>\n        }}",
-                BLOCK * r,
-                self.g.v_words(),
+                "        scf.if %{t}in {{\n          %{t}cv = arith.constant {vpr} : index\n          %{t}key = arith.divui %{t}w, %{t}cv : index\n          %{t}u = arith.remui %{t}w, %{t}cv : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}key, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwv{r}, %vs[%{t}x] : memref<{vw}xvector<4xi32>, 3>\n        }}",
                 self.g.v_row() / 8
             );
         }
