@@ -37,8 +37,9 @@
 //! 8 (whole 16-byte words), and where `fused_by_policy` says: for memory, from 1 GiB of
 //! scores (at the measured size the unfused kernels are faster).
 
-use super::kernel_gen::{exp, memref, prologue, static_shape};
-use super::pointwise::{emit_chain, read_counts, Operands, Scalar};
+use super::kernel_gen::{butterfly_reduce, exp, memref, prologue, static_shape};
+use super::pointwise::{emit_chain, producers, read_counts, Operands, Scalar};
+use super::tensor_core_projection::MMA_OUT;
 use ppmoe_runtime::program::{BinaryFn, Op, Program, UnaryFn};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::HashMap;
@@ -61,8 +62,6 @@ const K_ROW: usize = KEYS + 8;
 pub(super) const WORD_PARAMS: [usize; 2] = [1, 2];
 /// The largest head dimensions taken (queries' D, values' Dv).
 const MAX_HEAD: usize = 128;
-/// The scores' accumulator layout: `mma.sync`'s four f32 results.
-const MMA_OUT: &str = "!llvm.struct<(f32, f32, f32, f32)>";
 
 /// One attention: its instructions and the chains (indices into the program's chains) fused.
 pub(super) struct Attention {
@@ -76,6 +75,7 @@ pub(super) struct Attention {
     pub guard: bool,
     /// The values' GEMM, the probabilities by the values [.., Sk, Dv]: the step's root.
     pub values: usize,
+    g: Geometry,
 }
 
 impl Attention {
@@ -93,11 +93,12 @@ impl Attention {
 /// The smallest score tensor (bytes, bf16, per attention) at which the policy fuses. Measured
 /// on an H200 (session 44, the real-size 2-layer Mixtral-shaped LM at 8 x 512 tokens, scores
 /// [8, 32, 512, 512], 128 MiB): the fused kernel took 0.405 ms per layer where the unfused
-/// softmax-and-guard kernel takes 0.21 and its two GEMMs about 0.16, the forward 14.83 / 14.94
-/// ms against 14.62 / 14.52 (alternated in one run). Unfused, the scores and the probabilities are each written and
-/// read whole, S^2 per head: at 8 x 2048 tokens 2 GiB each per layer, at 32768 tokens of one
-/// sequence 64 GiB each, the two nearly all an H200 holds. From 1 GiB the kernel is taken for memory's
-/// sake, not speed (the crossover in time is not measured).
+/// softmax-and-guard kernel takes 0.21 and its two GEMMs about 0.16, the forward 14.83 /
+/// 14.94 ms against 14.62 / 14.52 (alternated in one run). Unfused, the scores and the
+/// probabilities are each written and read whole, S^2 per head: at 8 x 2048 tokens 2 GiB each
+/// per layer, at 32768 tokens of one sequence 64 GiB each, the two nearly all an H200 holds.
+/// From 1 GiB the kernel is taken for memory's sake, not speed (the crossover in time is not
+/// measured).
 pub const FLASH_MIN_SCORE_BYTES: usize = 1 << 30;
 
 /// Whether an attention whose scores hold `elements` bf16 values is fused: from
@@ -118,12 +119,7 @@ pub(super) fn find(
     constant: &dyn Fn(Option<usize>) -> Option<Tensor>,
 ) -> Vec<Attention> {
     let uses = read_counts(p);
-    let mut producer = HashMap::new();
-    for (i, ins) in p.instructions.iter().enumerate() {
-        for &o in &ins.outputs {
-            producer.insert(o, i);
-        }
-    }
+    let producer = producers(p);
     let chain_ending_in: HashMap<usize, usize> = chains
         .iter()
         .enumerate()
@@ -187,6 +183,9 @@ pub(super) fn find(
         let [values] = readers(probs)[..] else {
             continue;
         };
+        let Some(g) = geometry(p, scores, values) else {
+            continue;
+        };
         let a = Attention {
             scores,
             before,
@@ -194,6 +193,7 @@ pub(super) fn find(
             after,
             guard,
             values,
+            g,
         };
         let fits = p.instructions[values].op == Op::MatMul
             && p.instructions[values].inputs.first() == Some(&Some(probs))
@@ -202,7 +202,7 @@ pub(super) fn find(
                 .iter()
                 .chain([&values])
                 .all(|&m| !taken(m))
-            && geometry(p, &a).is_some_and(|g| fused_by_policy(g.batch * g.sq * g.sk));
+            && fused_by_policy(g.batch * g.sq * g.sk);
         if fits {
             found.push(a);
         }
@@ -278,14 +278,14 @@ impl Geometry {
     }
 }
 
-/// The sizes of `a`, where its operands are bf16 in the model, static, of one batch shape,
-/// and its head dimensions ones the kernel takes.
-fn geometry(p: &Program, a: &Attention) -> Option<Geometry> {
+/// The sizes of the attention of GEMMs `scores` and `values`, where their operands are bf16
+/// in the model, static, of one batch shape, and its head dimensions ones the kernel takes.
+fn geometry(p: &Program, scores: usize, values: usize) -> Option<Geometry> {
     let operand = |i: usize, k: usize| p.instructions[i].inputs.get(k).copied().flatten();
-    let (q, kt) = (operand(a.scores, 0)?, operand(a.scores, 1)?);
-    let v = operand(a.values, 1)?;
-    let o = p.instructions[a.values].outputs[0];
-    let s = p.instructions[a.scores].outputs[0];
+    let (q, kt) = (operand(scores, 0)?, operand(scores, 1)?);
+    let v = operand(values, 1)?;
+    let o = p.instructions[values].outputs[0];
+    let s = p.instructions[scores].outputs[0];
     let bufs = [q, kt, v, o, s];
     if !bufs.iter().all(|&b| p.buffers[b].dtype == DType::BF16) {
         return None;
@@ -334,7 +334,7 @@ pub(super) fn kernel_of(
     a: &Attention,
     scalars: &[Option<Scalar>],
 ) -> Option<(String, String, usize, Vec<usize>)> {
-    let g = geometry(p, a)?;
+    let g = a.g;
     let name = format!("k{}_attention", a.values);
     let operand = |i: usize, k: usize| p.instructions[i].inputs.get(k).copied().flatten();
     let (q, kt, v) = (
@@ -411,20 +411,6 @@ fn pack(b: &mut String, out: &str, lo: &str, hi: &str) {
         b,
         "        %{out}_l = arith.truncf {lo} : f32 to bf16\n        %{out}_h = arith.truncf {hi} : f32 to bf16\n        %{out}_li = arith.bitcast %{out}_l : bf16 to i16\n        %{out}_hi = arith.bitcast %{out}_h : bf16 to i16\n        %{out}_lw = arith.extui %{out}_li : i16 to i32\n        %{out}_hw = arith.extui %{out}_hi : i16 to i32\n        %{out}_hs = arith.shli %{out}_hw, %c16i : i32\n        %{out} = arith.ori %{out}_lw, %{out}_hs : i32"
     );
-}
-
-/// `value` combined by `op` over the four lanes that share a row (lanes 4 g .. 4 g + 3, two
-/// butterfly shuffles, so each lane combines in the same order); returns the result's name.
-fn quad_reduce(b: &mut String, tag: &str, value: &str, op: &str) -> String {
-    let mut acc = value.to_string();
-    for (k, off) in [1, 2].iter().enumerate() {
-        let _ = writeln!(
-            b,
-            "        %{tag}o{k} = arith.constant {off} : i32\n        %{tag}w{k} = arith.constant 32 : i32\n        %{tag}s{k}, %{tag}v{k} = gpu.shuffle xor {acc}, %{tag}o{k}, %{tag}w{k} : f32\n        %{tag}r{k} = {op} {acc}, %{tag}s{k} : f32"
-        );
-        acc = format!("%{tag}r{k}");
-    }
-    acc
 }
 
 /// Word `%{t}w` = thread + 256 `r` of a step's `count`, and whether it is one (`%{t}in`).
@@ -762,7 +748,7 @@ impl Walk {
                 let _ = writeln!(b, "        %mx{h}_{k} = arith.maximumf {acc}, {v} : f32");
                 acc = format!("%mx{h}_{k}");
             }
-            let acc = quad_reduce(b, &format!("mq{h}"), &acc, "arith.maximumf");
+            let acc = butterfly_reduce(b, &acc, &format!("mq{h}"), "arith.maximumf", &[1, 2]);
             // A row with no key yet (-inf) takes 0 as its reference, so -inf - (-inf) never
             // makes NaN.
             let _ = writeln!(
@@ -862,11 +848,12 @@ impl Walk {
         let Geometry { sq, dv, .. } = self.g;
         let n = self.g.batch * sq * dv;
         for h in 0..2 {
-            let acc = quad_reduce(
+            let acc = butterfly_reduce(
                 b,
-                &format!("sq{h}"),
                 &format!("%run#{}", 2 + h),
+                &format!("sq{h}"),
                 "arith.addf",
+                &[1, 2],
             );
             let _ = writeln!(
                 b,

@@ -426,9 +426,23 @@ pub(super) const WARP: usize = 32;
 /// The sum (or max) of `%{v}` over the 32 lanes of the warp, the same value in every lane
 /// (butterfly shuffles, so every lane combines in the same order); returns its SSA name.
 pub(super) fn warp_reduce(b: &mut String, v: &str, out: &str, op: &str) -> String {
+    butterfly_reduce(b, &format!("%{v}"), out, op, &[16, 8, 4, 2, 1])
+}
+
+/// `value` combined by `op` over the lanes that differ from each other in the bits of
+/// `offsets` (butterfly shuffles xor each offset, so every lane combines in the same order;
+/// [16, 8, 4, 2, 1]: the warp, [1, 2]: the four lanes of an mma fragment's row); returns the
+/// result's SSA name.
+pub(super) fn butterfly_reduce(
+    b: &mut String,
+    value: &str,
+    out: &str,
+    op: &str,
+    offsets: &[u32],
+) -> String {
     let _ = writeln!(b, "        %{out}_w = arith.constant 32 : i32");
-    let mut acc = format!("%{v}");
-    for (k, off) in [16, 8, 4, 2, 1].iter().enumerate() {
+    let mut acc = value.to_string();
+    for (k, off) in offsets.iter().enumerate() {
         let _ = writeln!(
             b,
             "        %{out}_o{k} = arith.constant {off} : i32\n        %{out}_s{k}, %{out}_v{k} = gpu.shuffle xor {acc}, %{out}_o{k}, %{out}_w : f32\n        %{out}_a{k} = {op} {acc}, %{out}_s{k} : f32"

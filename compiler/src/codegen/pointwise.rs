@@ -89,17 +89,23 @@ pub(super) fn read_counts(p: &Program) -> Vec<usize> {
     uses
 }
 
-/// The chains of `p`, each as its members in program order (the last is the chain's root;
-/// a lone pointwise instruction is a chain of one), from each instruction's scalar form
-/// (None: not pointwise, or taken).
-fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
-    let uses = read_counts(p);
+/// The instruction that makes each buffer of `p` (buffer -> instruction).
+pub(super) fn producers(p: &Program) -> HashMap<usize, usize> {
     let mut producer = HashMap::new();
     for (i, ins) in p.instructions.iter().enumerate() {
         for &o in &ins.outputs {
             producer.insert(o, i);
         }
     }
+    producer
+}
+
+/// The chains of `p`, each as its members in program order (the last is the chain's root;
+/// a lone pointwise instruction is a chain of one), from each instruction's scalar form
+/// (None: not pointwise, or taken).
+fn chains(p: &Program, scalars: &[Option<Scalar>]) -> Vec<Vec<usize>> {
+    let uses = read_counts(p);
+    let producer = producers(p);
     // Chain id by root instruction; each chain's members.
     let mut chain_of_root: HashMap<usize, usize> = HashMap::new();
     let mut members: Vec<Vec<usize>> = Vec::new();

@@ -30,7 +30,7 @@ pub const CHUNK: usize = 64;
 /// 16-byte words per staged row: 8 used and 4 of padding (see the module's comment).
 const ROW_WORDS: usize = 12;
 /// The f32 type of the four accumulators one mma returns.
-const MMA_OUT: &str = "!llvm.struct<(f32, f32, f32, f32)>";
+pub(super) const MMA_OUT: &str = "!llvm.struct<(f32, f32, f32, f32)>";
 
 /// One tensor-core projection kernel.
 pub(super) struct TensorCoreProjection {
