@@ -1144,6 +1144,37 @@ fn a_bf16_models_experts_combine_into_bf16_bits() {
     );
 }
 
+/// A few tokens' experts (the token kernels) write bf16 bits too where every reader of y takes
+/// them: the bf16 LM export at one token has, per experts step (its y read only as bits), the
+/// f32 `{prefix}_dtok_out` and `{prefix}_dtok_out_bits`, whose sums are rounded by
+/// `cvt.rn.bf16.f32` and stored 16 bits each (no f32 store). Where y is no bf16 for every
+/// reader the step has no such kernel (`ExpertsOperands::y_bits`, the predicate of
+/// `a_bf16_models_experts_combine_into_bf16_bits`' negative case).
+#[test]
+fn a_bf16_models_few_token_experts_write_bf16_bits() {
+    use ppmoe_runtime::program::{GpuOp, Op, TOKEN_KERNELS, TOKEN_OUT_BITS};
+    let model = "mixtral_lm_bf16_sdpa/model.onnx";
+    let (b, ptx) = cuda_bundle_ptx(model, &["--input-shape", "input_ids=1x1"]);
+    let p = &b.manifest.programs[0];
+    let mut steps = 0;
+    for (ins, how) in p.instructions.iter().zip(&p.gpu) {
+        let (Op::MoeExperts { .. }, GpuOp::Experts { prefix, .. }) = (&ins.op, how) else {
+            continue;
+        };
+        steps += 1;
+        assert!(p.rounded_for_every_reader(ins.outputs[0]), "{prefix}");
+        let f32_entry = format!(".entry {prefix}_{}(", TOKEN_KERNELS[2]);
+        assert!(ptx.contains(&f32_entry), "no {f32_entry}");
+        let entry = format!(".entry {prefix}_{TOKEN_OUT_BITS}(");
+        let at = ptx.find(&entry).unwrap_or_else(|| panic!("no {entry}"));
+        let body = entry_body(&ptx, at);
+        assert!(body.contains("cvt.rn.bf16.f32"), "{entry}");
+        assert_eq!(body.matches("st.global.b16").count(), 1, "{entry}");
+        assert!(!body.contains("st.global.f32"), "{entry}");
+    }
+    assert_eq!(steps, 2, "the LM's two experts steps");
+}
+
 /// The token embedding copies a bf16 table's rows as bits where its result is bf16 in the model
 /// and read only as bits: the bf16 LM export has `k0_embedding_bits` (16-bit loads and stores)
 /// beside the f32 copy, and its result may be held rounded (the runtime then holds the table

@@ -126,6 +126,7 @@ fn local_experts(
         ids: operand(s, 1),
         b_in: operand(f, 4),
         b_out: operand(f, 5),
+        y_bits: false,
     };
     let prefix = format!("k{combine}_local_experts");
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
@@ -272,6 +273,7 @@ fn alltoall_experts(p: &Program, chain: &AllToAllChain, funcs: &mut String) -> O
         ids: None,
         b_in: operand(f, 4),
         b_out: operand(f, 5),
+        y_bits: false,
     };
     let prefix = format!("k{}_alltoall_experts", chain.combine);
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;

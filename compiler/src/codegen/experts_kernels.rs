@@ -58,6 +58,10 @@ pub(super) struct ExpertsOperands {
     /// The first projection's bias, and the second's, where the step has them.
     pub b_in: Option<usize>,
     pub b_out: Option<usize>,
+    /// Whether every reader of the step's output takes it as bf16 bits (a whole step's output,
+    /// bf16 in the model and no result of the program: `bf16_read_inside`), so its combines
+    /// may write bits.
+    pub y_bits: bool,
 }
 
 /// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
@@ -262,7 +266,7 @@ fn device_routed_kernels(
             prefix,
             dims,
             (&math, gated),
-            x_bf16,
+            (x_bf16, o.y_bits),
         ));
     }
     let stacks = p.buffers[o.w_in].dtype;

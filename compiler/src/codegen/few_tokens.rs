@@ -19,6 +19,9 @@
 //!   kernel reads x and its rows; each output rounded as the projection's store would and
 //!   times the slot's weight into shared memory; then a thread per column adds its slots' in
 //!   their order, as the combine does, and writes y ([T, H], f32).
+//! - `{prefix}_dtok_out_bits` (`TOKEN_OUT_BITS`), where every reader of y takes bf16 bits: the
+//!   same, each sum rounded to bf16 (to nearest even: the bits narrowing the f32 y gives), so
+//!   the step writes no f32 y for its readers to narrow.
 //!
 //! Generated for a whole step (not PPMoE's local one) of bf16 stacks in the `Linear` layout
 //! with no biases, both dimensions whole 16-byte words, where `token_kernels_take`; the listed
@@ -28,17 +31,19 @@
 use super::experts_kernels::rounded_gate_up;
 use super::kernel_gen::{warp_reduce, WARP};
 use ppmoe_runtime::program::{
-    token_out_columns, TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_WARP_COLUMNS, TOKEN_THREADS,
+    token_out_columns, TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_BITS, TOKEN_OUT_WARP_COLUMNS,
+    TOKEN_THREADS,
 };
 use std::fmt::Write as _;
 
-/// The two (or three) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots a
-/// token, the activation's math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not.
+/// The two (to four) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots a
+/// token, the activation's math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not; the
+/// first reading x's bf16 bits too where `x_bf16`, the second writing y's too where `y_bits`.
 pub(super) fn kernels(
     prefix: &str,
     (hidden, ffn, k, experts): (usize, usize, usize, usize),
     (act, gated): (&str, bool),
-    x_bf16: bool,
+    (x_bf16, y_bits): (bool, bool),
 ) -> String {
     let first = |name: &str, src: Source| {
         First {
@@ -56,11 +61,37 @@ pub(super) fn kernels(
     if x_bf16 {
         out.push_str(&first(TOKEN_KERNELS[1], Source::Bf16));
     }
+    let dims = (hidden, ffn, k, experts);
     out.push_str(&second(
         &format!("{prefix}_{}", TOKEN_KERNELS[2]),
-        (hidden, ffn, k, experts),
+        dims,
+        Y::F32,
     ));
+    if y_bits {
+        out.push_str(&second(
+            &format!("{prefix}_{TOKEN_OUT_BITS}"),
+            dims,
+            Y::Bits,
+        ));
+    }
     out
+}
+
+/// What the second kernel writes y as.
+#[derive(Clone, Copy, PartialEq)]
+enum Y {
+    F32,
+    /// bf16 bits, each sum rounded to nearest even (what narrowing the f32 y gives).
+    Bits,
+}
+
+impl Y {
+    fn element(self) -> &'static str {
+        match self {
+            Y::F32 => "f32",
+            Y::Bits => "bf16",
+        }
+    }
 }
 
 /// Whether a step of `tokens` tokens, `k` slots each over `experts` experts of `hidden`
@@ -234,8 +265,8 @@ impl First {
 /// tokens on an H200, session 41). A slot not this rank's or of weight 0 reads expert 0's
 /// rows and adds 0. Lane 0 puts each column's output, rounded as the projection's store
 /// would and times the slot's weight, in shared memory; after a barrier a thread per column
-/// adds the slots' in their order, as the combine does, and writes y.
-fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -> String {
+/// adds the slots' in their order, as the combine does, and writes y (as `y` says).
+fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize), y: Y) -> String {
     let words = ffn / PER;
     let c = TOKEN_OUT_WARP_COLUMNS;
     let block_columns = token_out_columns(k).unwrap_or(c);
@@ -284,13 +315,14 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
         );
     }
     let _ = writeln!(b, "        }}\n      }}\n      gpu.barrier");
-    add_slots(&mut b, k, parts);
+    add_slots(&mut b, k, parts, y);
+    let out = format!("%out: memref<?x{}>", y.element());
     let params = [
         "%act: memref<?xvector<4xi32>>",
         "%wt: memref<?xvector<4xi32>>",
         "%ids: memref<?xf32>",
         "%w: memref<?xf32>",
-        "%out: memref<?xf32>",
+        &out,
         "%first: index",
     ];
     format!(
@@ -301,8 +333,8 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize)) -
 
 /// The second kernel's last part: a thread per column of the block (`%cbc` from `%b0`) adds
 /// its `k` slots' parts (of `parts` in `%parts`, its own k from tid k) in their order and
-/// writes y.
-fn add_slots(b: &mut String, k: usize, parts: usize) {
+/// writes y (f32, or rounded to bf16).
+fn add_slots(b: &mut String, k: usize, parts: usize, y: Y) {
     let mut sum = "%zero".to_string();
     let mut adds = String::new();
     for j in 0..k {
@@ -313,9 +345,14 @@ fn add_slots(b: &mut String, k: usize, parts: usize) {
         );
         sum = format!("%y{j}");
     }
+    if y == Y::Bits {
+        let _ = writeln!(adds, "        %yb = arith.truncf {sum} : f32 to bf16");
+        sum = "%yb".into();
+    }
     let _ = writeln!(
         b,
-        "      %ycol = arith.addi %b0, %tid : index\n      %mine = arith.cmpi ult, %tid, %cbc : index\n      %inH = arith.cmpi ult, %ycol, %cH : index\n      %st = arith.andi %mine, %inH : i1\n      scf.if %st {{\n        %sk = arith.muli %tid, %ck : index\n{adds}        %tH = arith.muli %tok, %cH : index\n        %yo = arith.addi %tH, %ycol : index\n        memref.store {sum}, %out[%yo] : memref<?xf32>\n      }}"
+        "      %ycol = arith.addi %b0, %tid : index\n      %mine = arith.cmpi ult, %tid, %cbc : index\n      %inH = arith.cmpi ult, %ycol, %cH : index\n      %st = arith.andi %mine, %inH : i1\n      scf.if %st {{\n        %sk = arith.muli %tid, %ck : index\n{adds}        %tH = arith.muli %tok, %cH : index\n        %yo = arith.addi %tH, %ycol : index\n        memref.store {sum}, %out[%yo] : memref<?x{}>\n      }}",
+        y.element()
     );
 }
 

@@ -796,6 +796,7 @@ fn experts_step(p: &Program, i: usize, funcs: &mut String) -> Lowered {
             ids: at(2),
             b_in: at(5),
             b_out: at(6),
+            y_bits: ins.outputs.first().is_some_and(|&y| bf16_read_inside(p, y)),
         })
     };
     let kernels = Ffn::of(&ins.op).zip(operands()).and_then(|(ffn, o)| {

@@ -219,8 +219,8 @@ impl Rank<'_> {
         let Some(routed) = self.routing_on_device(call, bf16)? else {
             return Ok(None);
         };
-        if let Some(y) = self.token_experts(call, prefix, &routed)? {
-            return Ok(Some((Combined::F32(y), routed.tokens)));
+        if let Some(y) = self.token_experts(call, prefix, &routed, bits)? {
+            return Ok(Some((y, routed.tokens)));
         }
         let OnDevice {
             ids,

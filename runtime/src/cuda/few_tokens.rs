@@ -6,29 +6,35 @@
 
 use super::blas::Elem;
 use super::device_routed::{memref_args, OnDevice};
-use super::experts::{alloc, ExpertsCall};
+use super::experts::{alloc, Combined, ExpertsCall};
 use super::Rank;
-use crate::program::{token_out_columns, TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_THREADS};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use crate::program::{
+    token_out_columns, TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_BITS, TOKEN_THREADS,
+};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 impl Rank<'_> {
-    /// The step's output ([T, H] f32) by the token kernels, or None where the step has none
+    /// The step's output ([T, H]) by the token kernels, or None where the step has none
     /// (too many tokens for `token_kernels_take`, biases, f32 stacks, PPMoE's local step) or
     /// x is not 16-byte aligned (the kernels read it a word at a time): the listed path then.
+    /// With `bits` (every reader of y takes bf16 bits) y is written as bits where the step
+    /// has that kernel (`TOKEN_OUT_BITS`), else f32.
     pub(super) fn token_experts(
         &mut self,
         call: &ExpertsCall,
         prefix: &str,
         routed: &OnDevice,
-    ) -> Result<Option<CudaSlice<f32>>, String> {
+        bits: bool,
+    ) -> Result<Option<Combined>, String> {
         // `PPMOE_SINGLE_TOKEN=0` takes the listed path (to time the two against each other).
         if std::env::var("PPMOE_SINGLE_TOKEN").as_deref() == Ok("0") {
             return Ok(None);
         }
         let f = |s: &str| self.functions.get(&format!("{prefix}_{s}")).cloned();
-        let (Some(first_f32), Some(second)) = (f(TOKEN_KERNELS[0]), f(TOKEN_KERNELS[2])) else {
+        let (Some(first_f32), Some(second_f32)) = (f(TOKEN_KERNELS[0]), f(TOKEN_KERNELS[2])) else {
             return Ok(None);
         };
+        let second_bits = f(TOKEN_OUT_BITS).filter(|_| bits);
         let OnDevice {
             ids,
             weights,
@@ -61,12 +67,26 @@ impl Rank<'_> {
                 .ok_or_else(|| format!("{rows} x {columns} elements overflow"))
         };
         let act = alloc(s, elements(slots, dims.ffn)?, Elem::Bf16)?;
-        let y = alloc(s, elements(t, dims.hidden)?, Elem::F32)?;
+        let y_elements = elements(t, dims.hidden)?;
+        let (second, y) = match second_bits {
+            // SAFETY: uninitialised; the kernel writes every token's row.
+            Some(g) => (
+                g,
+                Combined::Bits(
+                    unsafe { s.alloc::<u16>(y_elements.max(1)) }.map_err(|e| e.to_string())?,
+                ),
+            ),
+            None => (second_f32, Combined::F32(alloc(s, y_elements, Elem::F32)?)),
+        };
         let (pi, pw) = (
             super::dptr(ids.as_ref(), s),
             super::dptr(weights.as_ref(), s),
         );
-        let (pa, py) = (super::dptr(&act, s), super::dptr(&y, s));
+        let pa = super::dptr(&act, s);
+        let py = match &y {
+            Combined::F32(y) => super::dptr(y, s),
+            Combined::Bits(y) => super::dptr(y, s),
+        };
         let first_expert = call.first_local.unwrap_or(0) as i64;
         // Lengths are not read (the sizes are baked in).
         let one = 1i64;

@@ -155,7 +155,8 @@ struct Rank<'a> {
     bits_results: std::collections::HashSet<usize>,
     /// The experts steps' results that every reader takes as bf16 bits and that are no result
     /// of the program (`Program::rounded_for_every_reader`): their device-routed combine writes
-    /// bits (`COMBINE_BITS_SUFFIX`), so y is not written as f32 and narrowed after (unless
+    /// bits (`COMBINE_BITS_SUFFIX`, or a few tokens' second token kernel `TOKEN_OUT_BITS`), so
+    /// y is not written as f32 and narrowed after (unless
     /// `PPMOE_COMBINE_BITS=0`, a measurement aid: the same values, as f32 then narrowed).
     bits_combines: std::collections::HashSet<usize>,
     /// The embedding steps that copy their bf16 table's bits (`embedding::bits_table`), with

@@ -254,6 +254,9 @@ pub const DPROJ_IN_BF16: &str = "dproj_in_bf16";
 /// compiler's `few_tokens`): the first projection with the activation as its epilogue
 /// (reading f32 x, or x's bf16 bits), and the second with the combine as its epilogue.
 pub const TOKEN_KERNELS: [&str; 3] = ["dtok_in", "dtok_in_bf16", "dtok_out"];
+/// The second token kernel writing y as bf16 bits (each sum rounded to nearest even), where
+/// every reader of y takes bits: the step's output is then never f32.
+pub const TOKEN_OUT_BITS: &str = "dtok_out_bits";
 /// Their blocks: threads, activation columns of a block of the first (two a warp), output
 /// columns of a warp of the second (one slot's).
 pub const TOKEN_THREADS: usize = 256;
@@ -294,6 +297,7 @@ pub const OPTIONAL_EXPERT_KERNELS: &[&str] = &[
     TOKEN_KERNELS[0],
     TOKEN_KERNELS[1],
     TOKEN_KERNELS[2],
+    TOKEN_OUT_BITS,
     TC_KERNELS[0],
     TC_KERNELS[1],
     TC_KERNELS[2],
