@@ -37,7 +37,7 @@
 //! 8 (whole 16-byte words), and where `fused_by_policy` says: for memory, from 1 GiB of
 //! scores (at the measured size the unfused kernels are faster).
 
-use super::kernel_gen::{butterfly_reduce, exp, memref, prologue, static_shape};
+use super::kernel_gen::{butterfly_reduce, exp, memref, prologue, static_shape, warp_reduce};
 use super::pointwise::{emit_chain, producers, read_counts, Operands, Scalar};
 use super::tensor_core_projection::MMA_OUT;
 use ppmoe_runtime::program::{BinaryFn, Op, Program, UnaryFn};
@@ -382,6 +382,7 @@ pub(super) fn kernel_of(
             w.masked_tail(&mut body, j, r, &value);
         }
     }
+    w.open_live(&mut body);
     w.online_softmax(&mut body);
     w.values(&mut body);
     w.close_steps(&mut body);
@@ -829,12 +830,53 @@ impl Walk {
             }
         }
         let next: Vec<String> = self.accs().map(|k| accs[&k].clone()).collect();
+        let state = vec!["f32"; 4 + self.g.dv / 2].join(", ");
+        let kept: Vec<String> = self.accs().map(|(t, r)| format!("%y{t}_{r}")).collect();
+        let updated: Vec<String> = (0..4 + self.g.dv / 2)
+            .map(|k| format!("%upd#{k}"))
+            .collect();
         let _ = writeln!(
             b,
-            "        scf.yield %nm0, %nm1, %ln0, %ln1, {}, {} : {}",
+            "        scf.yield %nm0, %nm1, %ln0, %ln1, {} : {state}\n        }} else {{\n        scf.yield %m0, %m1, %l0, %l1, {} : {state}\n        }}\n        scf.yield {}, {} : {}",
             next.join(", "),
+            kept.join(", "),
+            updated.join(", "),
             self.words("n").join(", "),
             self.carried_types()
+        );
+    }
+
+    /// `%upd`: the step's softmax update and values' GEMM, done only where some score of the
+    /// warp's is not -inf (`%live`, the same in every lane: a warp-wide maximum). A step every
+    /// score of which is -inf (a causal mask's keys past the warp's rows) leaves the maxima,
+    /// sums and accumulators as they are, which is what the update would give them: the
+    /// rescaling factor is exp(0) = 1 (or the accumulators 0 where no key was yet), every
+    /// probability 0.
+    /// `PPMOE_ATTENTION_SKIP=0` at compile time: every step updated (a measurement aid).
+    fn open_live(&self, b: &mut String) {
+        let state = vec!["f32"; 4 + self.g.dv / 2].join(", ");
+        if !super::switch::switch("PPMOE_ATTENTION_SKIP", || true) {
+            let _ = writeln!(
+                b,
+                "        %live = arith.constant true\n        %upd:{} = scf.if %live -> ({state}) {{",
+                4 + self.g.dv / 2
+            );
+            return;
+        }
+        let vals: Vec<String> = (0..KEYS / 8)
+            .flat_map(|j| (0..4).map(move |r| format!("%v{j}_{r}")))
+            .collect();
+        let mut acc = "%ninf".to_string();
+        for (k, v) in vals.iter().enumerate() {
+            let _ = writeln!(b, "        %wl{k} = arith.maximumf {acc}, {v} : f32");
+            acc = format!("%wl{k}");
+        }
+        let _ = writeln!(b, "        %wlx = arith.addf {acc}, %zero : f32");
+        let wmax = warp_reduce(b, "wlx", "wlw", "arith.maximumf");
+        let _ = writeln!(
+            b,
+            "        %live = arith.cmpf une, {wmax}, %ninf : f32\n        %upd:{} = scf.if %live -> ({state}) {{",
+            4 + self.g.dv / 2
         );
     }
 
