@@ -1402,3 +1402,36 @@ fn a_bf16_models_attention_is_one_kernel() {
         false,
     );
 }
+
+/// The attention kernel skips a key step's softmax update and values' GEMM where every score of
+/// the warp's is -inf (a causal mask's keys past its rows): the step's maximum is taken over the
+/// warp (five butterfly shuffles more than with `PPMOE_ATTENTION_SKIP=0`) and the update is a
+/// branch around its `mma.sync`s, which neither form has fewer of.
+#[test]
+fn the_attention_kernel_skips_a_masked_key_step() {
+    let shape = ["--input-shape", "input_ids=1x40"];
+    let model = "mixtral_lm_bf16_sdpa/model.onnx";
+    let kernel = |skip: &str| {
+        let env = [
+            ("PPMOE_FLASH_ATTENTION", "1"),
+            ("PPMOE_ATTENTION_SKIP", skip),
+        ];
+        let (_, ptx) = cuda_bundle_ptx_env(model, &shape, &env);
+        let at = ptx.find("_attention(").expect("an attention kernel");
+        let at = ptx[..at].rfind(".entry ").expect("its entry");
+        entry_body(&ptx, at).to_string()
+    };
+    let (skip, every) = (kernel("1"), kernel("0"));
+    let count = |body: &str, what: &str| body.matches(what).count();
+    assert_eq!(
+        count(&skip, "shfl.sync.bfly"),
+        count(&every, "shfl.sync.bfly") + 5,
+        "the warp's maximum of the step's scores"
+    );
+    let mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
+    assert_eq!(count(&skip, mma), count(&every, mma));
+    assert!(
+        count(&skip, "bra") > count(&every, "bra"),
+        "the branch around the update"
+    );
+}
