@@ -1096,6 +1096,20 @@ fn cuda_bundle_ptx_env(
     (b, ptx)
 }
 
+/// A program's experts steps, each with its kernels' prefix.
+fn experts_steps(
+    p: &ppmoe_runtime::program::Program,
+) -> impl Iterator<Item = (&ppmoe_runtime::program::Instruction, &str)> {
+    use ppmoe_runtime::program::{GpuOp, Op};
+    p.instructions
+        .iter()
+        .zip(&p.gpu)
+        .filter_map(|(ins, how)| match (&ins.op, how) {
+            (Op::MoeExperts { .. }, GpuOp::Experts { prefix, .. }) => Some((ins, prefix.as_str())),
+            _ => None,
+        })
+}
+
 /// The PTX of the entry that starts at `at`, to its closing brace.
 fn entry_body(ptx: &str, at: usize) -> &str {
     &ptx[at..at + ptx[at..].find("\n}").expect("the entry's end")]
@@ -1108,15 +1122,12 @@ fn entry_body(ptx: &str, at: usize) -> &str {
 /// block compiled with `--dtype bf16`, whose y is a result of the program, has neither.
 #[test]
 fn a_bf16_models_experts_combine_into_bf16_bits() {
-    use ppmoe_runtime::program::{GpuOp, Op, COMBINE_BITS_SUFFIX};
+    use ppmoe_runtime::program::COMBINE_BITS_SUFFIX;
     let check = |model: &str, flags: &[&str], bits: bool| {
         let (b, ptx) = cuda_bundle_ptx(model, flags);
         let p = &b.manifest.programs[0];
         let mut steps = 0;
-        for (ins, how) in p.instructions.iter().zip(&p.gpu) {
-            let (Op::MoeExperts { .. }, GpuOp::Experts { prefix, .. }) = (&ins.op, how) else {
-                continue;
-            };
+        for (ins, prefix) in experts_steps(p) {
             steps += 1;
             let y = ins.outputs[0];
             assert_eq!(p.rounded_for_every_reader(y), bits, "{model}: {prefix}");
@@ -1152,15 +1163,12 @@ fn a_bf16_models_experts_combine_into_bf16_bits() {
 /// `a_bf16_models_experts_combine_into_bf16_bits`' negative case).
 #[test]
 fn a_bf16_models_few_token_experts_write_bf16_bits() {
-    use ppmoe_runtime::program::{GpuOp, Op, TOKEN_KERNELS, TOKEN_OUT_BITS};
+    use ppmoe_runtime::program::{TOKEN_KERNELS, TOKEN_OUT_BITS};
     let model = "mixtral_lm_bf16_sdpa/model.onnx";
     let (b, ptx) = cuda_bundle_ptx(model, &["--input-shape", "input_ids=1x1"]);
     let p = &b.manifest.programs[0];
     let mut steps = 0;
-    for (ins, how) in p.instructions.iter().zip(&p.gpu) {
-        let (Op::MoeExperts { .. }, GpuOp::Experts { prefix, .. }) = (&ins.op, how) else {
-            continue;
-        };
+    for (ins, prefix) in experts_steps(p) {
         steps += 1;
         assert!(p.rounded_for_every_reader(ins.outputs[0]), "{prefix}");
         let f32_entry = format!(".entry {prefix}_{}(", TOKEN_KERNELS[2]);
