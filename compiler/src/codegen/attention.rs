@@ -849,9 +849,10 @@ impl Walk {
     /// `%upd`: the step's softmax update and values' GEMM, done only where some score of the
     /// warp's is not -inf (`%live`, the same in every lane: a warp-wide maximum). A step every
     /// score of which is -inf (a causal mask's keys past the warp's rows) leaves the maxima,
-    /// sums and accumulators as they are, which is what the update would give them: the
+    /// sums and accumulators as they are, the values the update would give them: the
     /// rescaling factor is exp(0) = 1 (or the accumulators 0 where no key was yet), every
-    /// probability 0.
+    /// probability 0 (the update would differ only in a zero's sign, and where a masked key's
+    /// value row holds an infinity or NaN, which 0 times it spreads).
     /// `PPMOE_ATTENTION_SKIP=0` at compile time: every step updated (a measurement aid).
     fn open_live(&self, b: &mut String) {
         let state = vec!["f32"; 4 + self.g.dv / 2].join(", ");
