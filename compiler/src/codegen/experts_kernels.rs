@@ -97,20 +97,19 @@ pub(super) fn experts_kernels(
 }
 
 /// The combine writing y as bf16 bits (`COMBINE_BITS_SUFFIX`), where the step's rows are bf16
-/// (`bf16_rows`), H a multiple of eight and y (`y`) bf16 in the model and no result of it:
-/// for a whole step whose output the next kernels read as bits (the runtime decides that).
+/// (`bf16_rows`), H a multiple of eight and y bf16 in the model and no result of it
+/// (`o.y_bits`): for a whole step whose output the next kernels read as bits (the runtime
+/// decides that).
 pub(super) fn combine_bits_kernel(
     p: &Program,
     o: &ExpertsOperands,
-    y: usize,
     prefix: &str,
     bf16_rows: bool,
 ) -> Option<String> {
     let shape = |b: usize| static_shape(&p.buffers[b]);
     let (x, w) = (shape(o.x)?, shape(o.weights)?);
     let (t, h, k) = (*x.first()?, *x.get(1)?, *w.get(1)?);
-    let wanted = super::kernel_gen::bf16_read_inside(p, y)
-        && ppmoe_runtime::program::row_columns(bf16_rows, h) == 8;
+    let wanted = o.y_bits && ppmoe_runtime::program::row_columns(bf16_rows, h) == 8;
     let bits = super::combine_octets::Output::Bits;
     wanted.then(|| super::combine_octets::kernel(prefix, t, h, k, bits))
 }

@@ -801,8 +801,7 @@ fn experts_step(p: &Program, i: usize, funcs: &mut String) -> Lowered {
     };
     let kernels = Ffn::of(&ins.op).zip(operands()).and_then(|(ffn, o)| {
         let (text, bf16) = experts_kernels(p, &ffn, &o, &prefix)?;
-        let y = ins.outputs.first().copied();
-        let bits = y.and_then(|y| combine_bits_kernel(p, &o, y, &prefix, bf16));
+        let bits = combine_bits_kernel(p, &o, &prefix, bf16);
         Some((text + bits.as_deref().unwrap_or(""), bf16))
     });
     match kernels {
