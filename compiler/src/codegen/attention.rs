@@ -635,7 +635,7 @@ impl Walk {
             .zip(self.words("cw"))
             .map(|(init, name)| format!("{name} = {init}"))
             .collect();
-        let n = 4 + self.g.dv / 2 + words.len();
+        let n = self.state_len() + words.len();
         let _ = writeln!(
             b,
             "        %cSteps = arith.constant {steps} : index\n        %run:{n} = scf.for %st = %c0 to %cSteps step %c1 iter_args(%m0 = %ninf, %m1 = %ninf, %l0 = %zero, %l1 = %zero, {}, {}) -> ({}) {{\n        %k0 = arith.muli %st, %cKeys : index\n        gpu.barrier",
@@ -651,10 +651,20 @@ impl Walk {
         self.load_words(b, "n", "%kn");
     }
 
-    /// The types the step loop carries.
+    /// The values of a warp's softmax state: two rows' maxima and sums, and the accumulators.
+    fn state_len(&self) -> usize {
+        4 + self.g.dv / 2
+    }
+
+    /// The types of the softmax state.
+    fn state_types(&self) -> String {
+        vec!["f32"; self.state_len()].join(", ")
+    }
+
+    /// The types the step loop carries: the softmax state, then the next step's words.
     fn carried_types(&self) -> String {
         let words = self.words("x").len();
-        let mut t = vec!["f32"; 4 + self.g.dv / 2];
+        let mut t = vec!["f32"; self.state_len()];
         t.extend(vec!["vector<4xi32>"; words]);
         t.join(", ")
     }
@@ -830,11 +840,9 @@ impl Walk {
             }
         }
         let next: Vec<String> = self.accs().map(|k| accs[&k].clone()).collect();
-        let state = vec!["f32"; 4 + self.g.dv / 2].join(", ");
+        let state = self.state_types();
         let kept: Vec<String> = self.accs().map(|(t, r)| format!("%y{t}_{r}")).collect();
-        let updated: Vec<String> = (0..4 + self.g.dv / 2)
-            .map(|k| format!("%upd#{k}"))
-            .collect();
+        let updated: Vec<String> = (0..self.state_len()).map(|k| format!("%upd#{k}")).collect();
         let _ = writeln!(
             b,
             "        scf.yield %nm0, %nm1, %ln0, %ln1, {} : {state}\n        }} else {{\n        scf.yield %m0, %m1, %l0, %l1, {} : {state}\n        }}\n        scf.yield {}, {} : {}",
@@ -855,14 +863,20 @@ impl Walk {
     /// value row holds an infinity or NaN, which 0 times it spreads).
     /// `PPMOE_ATTENTION_SKIP=0` at compile time: every step updated (a measurement aid).
     fn open_live(&self, b: &mut String) {
-        let state = vec!["f32"; 4 + self.g.dv / 2].join(", ");
+        let live = self.live(b);
+        let _ = writeln!(
+            b,
+            "        %live = {live}\n        %upd:{} = scf.if %live -> ({}) {{",
+            self.state_len(),
+            self.state_types()
+        );
+    }
+
+    /// The right-hand side of `%live`: whether some score of the warp's step is not -inf (a
+    /// warp-wide maximum), or `true` under `PPMOE_ATTENTION_SKIP=0`.
+    fn live(&self, b: &mut String) -> String {
         if !super::switch::switch("PPMOE_ATTENTION_SKIP", || true) {
-            let _ = writeln!(
-                b,
-                "        %live = arith.constant true\n        %upd:{} = scf.if %live -> ({state}) {{",
-                4 + self.g.dv / 2
-            );
-            return;
+            return "arith.constant true".into();
         }
         let vals: Vec<String> = (0..KEYS / 8)
             .flat_map(|j| (0..4).map(move |r| format!("%v{j}_{r}")))
@@ -874,11 +888,7 @@ impl Walk {
         }
         let _ = writeln!(b, "        %wlx = arith.addf {acc}, %zero : f32");
         let wmax = warp_reduce(b, "wlx", "wlw", "arith.maximumf");
-        let _ = writeln!(
-            b,
-            "        %live = arith.cmpf une, {wmax}, %ninf : f32\n        %upd:{} = scf.if %live -> ({state}) {{",
-            4 + self.g.dv / 2
-        );
+        format!("arith.cmpf une, {wmax}, %ninf : f32")
     }
 
     fn close_steps(&self, b: &mut String) {
