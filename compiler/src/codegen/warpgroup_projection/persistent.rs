@@ -40,7 +40,7 @@ impl WarpgroupProjection<'_> {
             "        %bid = gpu.block_id x\n        %G = gpu.grid_dim x\n        %isprod = arith.cmpi uge, %tid, %c256 : index\n        scf.if %isprod {{"
         );
         self.producer_head(b);
-        let _ = writeln!(b, "        scf.for %t = %bid to %total step %G {{");
+        let _ = writeln!(b, "        scf.for %s = %bid to %total step %G {{");
         self.tile(b);
         let _ = writeln!(b, "          %pg0 = arith.muli %it, %cNK : index");
         self.produce_pass(b, "%r0", "%pg0");
@@ -53,10 +53,10 @@ impl WarpgroupProjection<'_> {
         if self.shape.pingpong {
             let _ = writeln!(
                 b,
-                "        %wgG = arith.muli %wg, %G : index\n        %tfirst = arith.addi %bid, %wgG : index\n        %G2 = arith.muli %G, %c2 : index\n        scf.for %t = %tfirst to %total step %G2 {{"
+                "        %wgG = arith.muli %wg, %G : index\n        %tfirst = arith.addi %bid, %wgG : index\n        %G2 = arith.muli %G, %c2 : index\n        scf.for %s = %tfirst to %total step %G2 {{"
             );
         } else {
-            let _ = writeln!(b, "        scf.for %t = %bid to %total step %G {{");
+            let _ = writeln!(b, "        scf.for %s = %bid to %total step %G {{");
         }
         self.tile(b);
         if self.shape.pingpong {
@@ -131,6 +131,7 @@ impl WarpgroupProjection<'_> {
     /// `%cnt`, `%lbase`, `%firsts`, `%eN`, its column tile's `%nb0` and its pass's first row
     /// `%r0`; and `%it`, which of the block's tiles it is.
     fn tile(&self, b: &mut String) {
+        self.tile_order(b);
         let steps = (PP_MAX_EXPERTS as f64).log2().ceil() as usize + 1;
         let _ = writeln!(
             b,
@@ -144,7 +145,7 @@ impl WarpgroupProjection<'_> {
         let base = entry(b, "eb", "%e");
         let _ = writeln!(
             b,
-            "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tcup = arith.addi %cnt, %cPm1 : index\n          %tpasses = arith.divui %tcup, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index\n          %tb = arith.subi %t, %bid : index\n          %it = arith.divui %tb, %G : index"
+            "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tcup = arith.addi %cnt, %cPm1 : index\n          %tpasses = arith.divui %tcup, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index\n          %tb = arith.subi %s, %bid : index\n          %it = arith.divui %tb, %G : index"
         );
         // Sorted, `%rbase`: the expert's first row in the sorted source (and output).
         if self.sorted {
@@ -158,6 +159,23 @@ impl WarpgroupProjection<'_> {
                 "          %rbase32 = llvm.load {at} : !llvm.ptr<3> -> i32\n          %rbase = arith.index_cast %rbase32 : i32 to index"
             );
         }
+    }
+}
+
+impl WarpgroupProjection<'_> {
+    /// `%t`, the tile the loop's `%s` (the block's index, + the grid, ...) takes: `%s` itself,
+    /// or mirrored (`geometry::mirrored_tile_order`; `geometry::tile_taken` the same formula)
+    /// in the odd rounds of the grid that every block fills. The stages' phases still count
+    /// the block's tiles by `%s` (`%it`).
+    fn tile_order(&self, b: &mut String) {
+        if !super::geometry::mirrored_tile_order() {
+            let _ = writeln!(b, "          %t = arith.addi %s, %c0 : index");
+            return;
+        }
+        let _ = writeln!(
+            b,
+            "          %sb = arith.subi %s, %bid : index\n          %round = arith.divui %sb, %G : index\n          %rodd = arith.andi %round, %c1 : index\n          %odd = arith.cmpi ne, %rodd, %c0 : index\n          %round1 = arith.addi %round, %c1 : index\n          %rend = arith.muli %round1, %G : index\n          %full = arith.cmpi ule, %rend, %total : index\n          %mirror = arith.andi %odd, %full : i1\n          %rstart = arith.muli %round, %G : index\n          %Gm1 = arith.subi %G, %c1 : index\n          %mpos = arith.subi %Gm1, %bid : index\n          %mt = arith.addi %rstart, %mpos : index\n          %t = arith.select %mirror, %mt, %s : index"
+        );
     }
 }
 
