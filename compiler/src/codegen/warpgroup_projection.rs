@@ -615,7 +615,7 @@ mod tests {
             super::pingpong(64, 2) && !super::pingpong(66, 2),
             "up to 32 rows"
         );
-        assert!(ping.contains("scf.for %t = %tfirst to %total step %G2"));
+        assert!(ping.contains("scf.for %s = %tfirst to %total step %G2"));
         assert!(!coop.contains("%tfirst"));
         for (name, value) in [
             ("cP", 64),
@@ -642,7 +642,7 @@ mod tests {
         }
         assert!(!coop.contains("%nturn") && !coop.contains("%owg"));
         let at = |needle: &str| ping.find(needle).unwrap_or_else(|| panic!("{needle}"));
-        let consumers = at("scf.for %t = %tfirst");
+        let consumers = at("scf.for %s = %tfirst");
         let chunk_loop = consumers + ping[consumers..].find("scf.for %kc").unwrap();
         assert!(consumers < at("%tph = arith.divui %itp, %c2") && at("%tph") < chunk_loop);
         assert!(at("%owg = arith.subi %c1, %wg") > chunk_loop);
