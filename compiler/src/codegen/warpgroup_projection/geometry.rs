@@ -113,9 +113,10 @@ impl Geometry {
 
 /// Whether the persistent kernels' blocks take their tiles in mirrored order (`tile_taken`):
 /// in the odd rounds of the grid that every block fills, block b takes the round's tile
-/// G - 1 - b (G blocks), not b. In the plain order, with an even grid and tiles numbered pass
-/// fastest, a block takes tiles of one parity only: the even blocks every first pass of the
-/// experts that need two, the odd ones every short second pass. Measured on an H200 (session
+/// G - 1 - b (G blocks), not b. In the plain order, with an even grid, tiles numbered pass
+/// fastest and an even number of column tiles per expert (each expert's tiles then start at
+/// an even one), a block takes tiles of one parity only: the even blocks every first pass of
+/// the experts that need two, the odd ones every short second pass. Measured on an H200 (session
 /// 47, `docs/bench-h200-s47.txt`, alternated in one run, median of 20): Mixtral-8x7B's layer
 /// at 512 tokens 0.947 / 0.947 ms against 0.966 / 0.966, at 4096 4.879 against 4.851;
 /// Qwen3-30B-A3B's at 512 0.338 against 0.334, at 4096 0.734 against 0.745, at 16384 2.253
