@@ -389,6 +389,46 @@ fn the_cuda_backend_without_a_gpu_says_which_library_is_missing_and_where_it_loo
     assert_no_outputs(&c);
 }
 
+/// A driver library that lacks the driver API (here one that defines only `cuInit`, which
+/// fails; an older or partial libcuda ahead on the library path) is named as such: cudarc's
+/// lookup of the missing function panicked before.
+#[test]
+fn a_libcuda_without_the_driver_api_is_named_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("cuda.c");
+    std::fs::write(&source, "int cuInit(unsigned flags) { return 100; }\n").unwrap();
+    let lib = dir.path().join("libcuda.so.1");
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .status()
+        .expect("a C compiler (cc) builds the stand-in library");
+    assert!(cc.success());
+    std::fs::copy(&lib, dir.path().join("libcuda.so")).unwrap();
+    let c = compiled();
+    let args = [
+        "run",
+        c.bundle.to_str().unwrap(),
+        "--input",
+        c.input.to_str().unwrap(),
+        "--output-dir",
+        c.out.to_str().unwrap(),
+        "--backend",
+        "cuda",
+    ];
+    let out = crate::common::ppmoe_env(&args, &[("LD_LIBRARY_PATH", dir.path().to_str().unwrap())]);
+    assert_clean_failure(
+        &out,
+        &[
+            "backend 'cuda' is not available",
+            "lacks the driver API",
+            "Missing symbol cuGetErrorString",
+        ],
+    );
+    assert_no_outputs(&c);
+}
+
 #[test]
 fn auto_backend_runs_a_cuda_bundle_on_the_cpu_where_there_is_no_gpu() {
     let dir = tempfile::tempdir().unwrap();

@@ -64,16 +64,36 @@ pub fn available() -> Result<(), String> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("libcuda (the NVIDIA driver library: libcuda.so, libcuda.so.1) was not found on the library path (LD_LIBRARY_PATH, /usr/lib, /usr/lib/x86_64-linux-gnu)".into());
     }
-    match CudaContext::device_count() {
-        Ok(n) if n > 0 => {}
-        Ok(_) => return Err("libcuda is present but sees no GPU".into()),
-        Err(e) => return Err(format!("libcuda is present but cannot list GPUs: {e}")),
-    }
+    // The error's text is libcuda's too (cuGetErrorString): formatted inside the catch.
+    loading_symbols(|| match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("libcuda is present but sees no GPU".to_string()),
+        Err(e) => Err(format!("libcuda is present but cannot list GPUs: {e}")),
+    })??;
     // SAFETY: as above.
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
         return Err("libcublas was not found on the library path (for CUDA 13: /usr/local/cuda-13.0/targets/x86_64-linux/lib; add it to LD_LIBRARY_PATH)".into());
     }
     Ok(())
+}
+
+/// `f`'s result, where `f` makes the first calls into libcuda: cudarc looks each driver function up
+/// at its first call and panics where the library lacks it (a partial or much older driver
+/// library), so that panic is caught here and named, the default hook's report of it held
+/// back for the while.
+fn loading_symbols<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        let what = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a lookup failed".into());
+        format!("libcuda is present but lacks the driver API ppmoe calls ({what}): a partial or older driver library on the library path?")
+    })
 }
 
 /// `available`, its reason as the error a run or a bench returns when CUDA was asked for.
