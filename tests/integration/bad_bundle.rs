@@ -1,7 +1,7 @@
 //! Bad bundles and bad inputs to `ppmoe run`: clear errors, non-zero exits, no panics, and no
 //! output files left behind as if the run had succeeded.
 
-use crate::common::{assert_clean_failure, fixtures_dir, ppmoe};
+use crate::common::{assert_clean_failure, fixtures_dir, ppmoe, Output};
 use ppmoe_runtime::npy::write_npy;
 use ppmoe_runtime::Tensor;
 use std::path::{Path, PathBuf};
@@ -362,13 +362,9 @@ fn a_folder_that_is_not_a_bundle_is_refused_and_not_overwritten_by_compile() {
     );
 }
 
-#[test]
-fn the_cuda_backend_without_a_gpu_says_which_library_is_missing_and_where_it_looked() {
-    if std::path::Path::new("/dev/nvidia0").exists() {
-        return; // A GPU machine: scripts/gpu-test covers the CUDA backend there.
-    }
-    let c = compiled();
-    let out = ppmoe(&[
+/// `ppmoe run` of `c` on the CUDA backend (`--backend cuda`), with `env` set.
+fn run_on_cuda(c: &Case, env: &[(&str, &str)]) -> Output {
+    let args = [
         "run",
         c.bundle.to_str().unwrap(),
         "--input",
@@ -377,7 +373,17 @@ fn the_cuda_backend_without_a_gpu_says_which_library_is_missing_and_where_it_loo
         c.out.to_str().unwrap(),
         "--backend",
         "cuda",
-    ]);
+    ];
+    crate::common::ppmoe_env(&args, env)
+}
+
+#[test]
+fn the_cuda_backend_without_a_gpu_says_which_library_is_missing_and_where_it_looked() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        return; // A GPU machine: scripts/gpu-test covers the CUDA backend there.
+    }
+    let c = compiled();
+    let out = run_on_cuda(&c, &[]);
     assert_clean_failure(
         &out,
         &[
@@ -407,17 +413,7 @@ fn a_libcuda_without_the_driver_api_is_named_not_a_panic() {
     assert!(cc.success());
     std::fs::copy(&lib, dir.path().join("libcuda.so")).unwrap();
     let c = compiled();
-    let args = [
-        "run",
-        c.bundle.to_str().unwrap(),
-        "--input",
-        c.input.to_str().unwrap(),
-        "--output-dir",
-        c.out.to_str().unwrap(),
-        "--backend",
-        "cuda",
-    ];
-    let out = crate::common::ppmoe_env(&args, &[("LD_LIBRARY_PATH", dir.path().to_str().unwrap())]);
+    let out = run_on_cuda(&c, &[("LD_LIBRARY_PATH", dir.path().to_str().unwrap())]);
     assert_clean_failure(
         &out,
         &[
