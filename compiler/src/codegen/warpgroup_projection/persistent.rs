@@ -145,7 +145,7 @@ impl WarpgroupProjection<'_> {
         let base = entry(b, "eb", "%e");
         let _ = writeln!(
             b,
-            "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tcup = arith.addi %cnt, %cPm1 : index\n          %tpasses = arith.divui %tcup, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index\n          %tb = arith.subi %s, %bid : index\n          %it = arith.divui %tb, %G : index"
+            "          %base32 = llvm.load {base} : !llvm.ptr<3> -> i32\n          %base = arith.index_cast %base32 : i32 to index\n          %cnt32 = memref.load %counts[%e] : memref<?xi32>\n          %cnt = arith.index_cast %cnt32 : i32 to index\n          %lbase = arith.muli %e, %cS : index\n          %first32 = memref.load %lists[%lbase] : memref<?xi32>\n          %firsts = arith.index_cast %first32 : i32 to index\n          %eN = arith.muli %e, %cN : index\n          %local = arith.subi %t, %base : index\n          %tcup = arith.addi %cnt, %cPm1 : index\n          %tpasses = arith.divui %tcup, %cP : index\n          %ct = arith.divui %local, %tpasses : index\n          %pq = arith.remui %local, %tpasses : index\n          %r0 = arith.muli %pq, %cP : index\n          %nb0 = arith.muli %ct, %cB : index"
         );
         // Sorted, `%rbase`: the expert's first row in the sorted source (and output).
         if self.sorted {
@@ -163,18 +163,23 @@ impl WarpgroupProjection<'_> {
 }
 
 impl WarpgroupProjection<'_> {
-    /// `%t`, the tile the loop's `%s` (the block's index, + the grid, ...) takes: `%s` itself,
+    /// `%it`, which of the block's tiles (and rounds of the grid) the loop's `%s` (the block's
+    /// index, + the grid, ...) is, and `%t`, the tile it takes: `%s` itself,
     /// or mirrored (`geometry::mirrored_tile_order`; `geometry::tile_taken` the same formula)
-    /// in the odd rounds of the grid that every block fills. The stages' phases still count
-    /// the block's tiles by `%s` (`%it`).
+    /// in the odd rounds of the grid that every block fills. The stages' phases count the block's
+    /// tiles by `%it`.
     fn tile_order(&self, b: &mut String) {
+        let _ = writeln!(
+            b,
+            "          %sb = arith.subi %s, %bid : index\n          %it = arith.divui %sb, %G : index"
+        );
         if !super::geometry::mirrored_tile_order() {
             let _ = writeln!(b, "          %t = arith.addi %s, %c0 : index");
             return;
         }
         let _ = writeln!(
             b,
-            "          %sb = arith.subi %s, %bid : index\n          %round = arith.divui %sb, %G : index\n          %rodd = arith.andi %round, %c1 : index\n          %odd = arith.cmpi ne, %rodd, %c0 : index\n          %round1 = arith.addi %round, %c1 : index\n          %rend = arith.muli %round1, %G : index\n          %full = arith.cmpi ule, %rend, %total : index\n          %mirror = arith.andi %odd, %full : i1\n          %rstart = arith.muli %round, %G : index\n          %Gm1 = arith.subi %G, %c1 : index\n          %mpos = arith.subi %Gm1, %bid : index\n          %mt = arith.addi %rstart, %mpos : index\n          %t = arith.select %mirror, %mt, %s : index"
+            "          %rodd = arith.andi %it, %c1 : index\n          %odd = arith.cmpi ne, %rodd, %c0 : index\n          %round1 = arith.addi %it, %c1 : index\n          %rend = arith.muli %round1, %G : index\n          %full = arith.cmpi ule, %rend, %total : index\n          %mirror = arith.andi %odd, %full : i1\n          %rstart = arith.muli %it, %G : index\n          %Gm1 = arith.subi %G, %c1 : index\n          %mpos = arith.subi %Gm1, %bid : index\n          %mt = arith.addi %rstart, %mpos : index\n          %t = arith.select %mirror, %mt, %s : index"
         );
     }
 }
