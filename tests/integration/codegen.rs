@@ -690,12 +690,9 @@ fn few_tokens_are_routed_on_the_device_and_more_on_the_tensor_cores() {
         }
         // The persistent kernels take their tiles in mirrored order unless told the plain
         // stride (the order's select is all that differs).
-        let ptx_with = |order: &str| {
-            let env = [("PPMOE_TILE_ORDER", order)];
-            crate::common::ppmoe_env(&a, &env).stdout
-        };
+        let ptx_with = |order: &str| ppmoe_env(&a, &[("PPMOE_TILE_ORDER", order)]).stdout;
         let (mirror, stride) = (ptx_with("mirror"), ptx_with("stride"));
-        let default = crate::common::ppmoe_env(&a, &[]).stdout;
+        let default = ppmoe(&a).stdout;
         let pproj = entries_ending(&default, "_pproj_act");
         assert_eq!(pproj.len(), 2, "{dtype}");
         assert_eq!(entry(&default, &pproj[0]), entry(&mirror, &pproj[0]));
