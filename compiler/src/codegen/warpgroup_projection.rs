@@ -93,7 +93,14 @@ fn kernel_of(p: &TensorCoreProjection, shape: Geometry) -> String {
     } else {
         ablation::Ablation::default()
     };
-    WarpgroupProjection { p, ablate, shape }.kernel()
+    let trim = geometry::trimmed_rows(shape);
+    WarpgroupProjection {
+        p,
+        ablate,
+        shape,
+        trim,
+    }
+    .kernel()
 }
 
 /// A projection generated on the warpgroup tensor cores (the fields are the description's),
@@ -102,6 +109,8 @@ struct WarpgroupProjection<'p> {
     p: &'p TensorCoreProjection,
     ablate: ablation::Ablation,
     shape: Geometry,
+    /// The producer copies only the rows a pass holds (`geometry::trimmed_rows`).
+    trim: bool,
 }
 
 impl std::ops::Deref for WarpgroupProjection<'_> {
@@ -676,6 +685,7 @@ mod tests {
                 p: &p,
                 ablate,
                 shape,
+                trim: false,
             }
             .kernel(),
         );
@@ -702,6 +712,7 @@ mod tests {
                 p: &p,
                 ablate: bare,
                 shape,
+                trim: false,
             }
             .kernel(),
         );
@@ -710,6 +721,51 @@ mod tests {
             "the epilogue's stores are the only global ones"
         );
         assert!(bare.contains("mbarrier.try_wait.parity.shared::cta.b64"));
+    }
+
+    /// Trimmed (the ping-pong geometry's policy, `geometry::trimmed_rows`), each of a producer
+    /// lane's row copies is under its row's test (`%paN_ain`: the row is one of the expert's
+    /// listed rows), so rows past the count are not copied; untrimmed (the cooperative
+    /// geometry's), every copy runs, the expert's first row standing in. Both compile with no
+    /// spills, and trimming changes nothing else: the same copies, the same multiplications.
+    #[test]
+    fn a_trimmed_producer_copies_only_the_rows_a_pass_holds() {
+        let mut p = small("t_pproj_out", true);
+        p.persistent = true;
+        let generate = |shape, trim| {
+            super::WarpgroupProjection {
+                p: &p,
+                ablate: Default::default(),
+                shape,
+                trim,
+            }
+            .kernel()
+        };
+        for (shape, copies) in [
+            (super::Geometry::PINGPONG, 16),
+            (super::Geometry::COOPERATIVE, 32),
+        ] {
+            let (plain, trimmed) = (generate(shape, false), generate(shape, true));
+            for i in 0..copies {
+                let test = format!("scf.if %pa{i}_ain {{");
+                // Untrimmed, the test only chooses the row's slot (an scf.if yielding it).
+                assert!(!plain.contains(&format!("{test}\n")), "{i}");
+                assert!(trimmed.contains(&format!("{test}\n")), "{i}");
+            }
+            for kernel in [&plain, &trimmed] {
+                assert_eq!(
+                    kernel.matches("nvvm.cp.async.shared.global").count(),
+                    copies
+                );
+                let ptx = ptx_of(kernel);
+                assert!(ptx.contains("wgmma.mma_async"));
+                assert!(!ptx.contains(".local"), "no spills to local memory");
+            }
+        }
+        if std::env::var_os("PPMOE_ROW_TRIM").is_none() {
+            assert!(super::geometry::trimmed_rows(super::Geometry::PINGPONG));
+            assert!(!super::geometry::trimmed_rows(super::Geometry::COOPERATIVE));
+        }
     }
 
     /// Fused: each thread's gate value (tile j) and up value (tile j + 16) of its 2 rows and 2

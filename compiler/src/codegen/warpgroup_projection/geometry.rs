@@ -125,6 +125,19 @@ pub(super) fn mirrored_tile_order() -> bool {
     crate::codegen::switch::named_switch("PPMOE_TILE_ORDER", ("stride", "mirror"), || true)
 }
 
+/// Whether the warp-specialised projections' producer in geometry `shape` copies only the
+/// listed rows a pass holds (its gathers; sorted rows come by one tensor box whatever the pass
+/// holds), not the expert's first row again for each row past its count: in the ping-pong
+/// geometry (few rows per expert, most of a tile's rows past its expert's count), unless
+/// `PPMOE_ROW_TRIM` at compile time (`0` or `1`) says. Measured on an H200 (session 48,
+/// `docs/bench-h200-s48.txt`, alternated in one run, median of 20): Qwen3-30B-A3B's layer at
+/// 64 tokens 0.311 / 0.311 ms trimmed against 0.319 / 0.319, at 512 0.334 / 0.333 against
+/// 0.335 / 0.338; in the cooperative geometry, at 4096 tokens, 0.813 / 0.807 against 0.749 /
+/// 0.747 (each lane's 32 copies a chunk under a branch, where nearly every row is held).
+pub(super) fn trimmed_rows(shape: Geometry) -> bool {
+    crate::codegen::switch::switch("PPMOE_ROW_TRIM", || shape.pingpong)
+}
+
 /// The tile that a persistent kernel's block `block` of `grid` takes at its loop's slot
 /// `slot` (`block`, + `grid`, ...) of `total` tiles, mirrored (the kernel's `%t`, generated
 /// by `persistent::tile_order` from the same formula): a full round's odd turn reversed.

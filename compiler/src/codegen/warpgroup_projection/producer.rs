@@ -160,18 +160,23 @@ impl WarpgroupProjection<'_> {
             self.row_box(b, &full, r0);
         }
         let _ = writeln!(b, "            }}");
+        // Trimmed, a lane copies only the rows the pass holds: a row past the expert's count
+        // keeps what its stage held (it is multiplied into its own output row alone, which
+        // is never stored).
+        let trim = self.trim;
         for i in 0..rows {
             let v = format!("pa{i}");
             let (src, at) = (format!("%{v}_aq"), format!("%{v}_at"));
-            copy(
-                b,
-                &format!("{v}c"),
-                &src,
-                "%pgk",
-                "%psa",
-                &at,
-                "            ",
-            );
+            let ind = if trim {
+                let _ = writeln!(b, "            scf.if %{v}_ain {{");
+                "              "
+            } else {
+                "            "
+            };
+            copy(b, &format!("{v}c"), &src, "%pgk", "%psa", &at, ind);
+            if trim {
+                let _ = writeln!(b, "            }}");
+            }
         }
         if !self.sorted {
             let _ = writeln!(
