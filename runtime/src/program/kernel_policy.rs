@@ -148,8 +148,10 @@ pub const SORT_THREADS: usize = 256;
 /// Measured on an H200 (session 37, docs/bench-h200-s37.txt, the same run): Mixtral-8x7B's
 /// layer (ffn 14336) at 4096 tokens, profiled, 4.797 ms against 4.965 (the first projection
 /// 2.982 against 3.126, the sort 0.054), at 512 tokens 0.981 against 1.021; Qwen3-30B-A3B's
-/// (ffn 768) at 4096 tokens 0.811 against 0.806, at 16384 2.723 against 2.588. The compiler's
-/// `PPMOE_SORTED_ROWS` (0 or 1) overrides it.
+/// (ffn 768) at 4096 tokens 0.811 against 0.806, at 16384 2.723 against 2.588; again in session
+/// 49 (docs/bench-h200-s49.txt call 2), Qwen3 at 4096 0.760 / 0.767 against 0.738 / 0.734, at
+/// 16384 2.449 / 2.438 against 2.254 / 2.256, and the DeepSeek-like layer (ffn 2048) at 4096
+/// 6.265 / 6.458 against 5.829 / 5.927. The compiler's `PPMOE_SORTED_ROWS` (0 or 1) overrides it.
 pub fn sorts_rows(ffn: usize) -> bool {
     ffn >= 8192
 }
