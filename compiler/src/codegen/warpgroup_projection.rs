@@ -8,7 +8,7 @@
 //! The copies run ahead over the block's chunks of every pass, so a pass's first chunks are in
 //! flight while the previous pass's results are stored. That is the `wproj` form, every
 //! thread copying between block-wide barriers (`PPMOE_TENSOR_PROJECTIONS=wgmma-cp-async`);
-//! the warp-specialised forms of `producer` (a ninth warp feeds the same stages, the weights
+//! the warp-specialised forms of `producer` (producer warps feed the same stages, the weights
 //! by tensor copies: `sproj`, per tile) and `persistent` (`pproj`, a block per SM over every
 //! expert's tiles, the policy's) keep the same multiplication and epilogue.
 //!
@@ -99,6 +99,7 @@ fn kernel_of(p: &TensorCoreProjection, shape: Geometry) -> String {
         ablate,
         shape,
         trim,
+        producer_warps: geometry::producer_warps(),
     }
     .kernel()
 }
@@ -111,12 +112,25 @@ struct WarpgroupProjection<'p> {
     shape: Geometry,
     /// The producer copies only the rows a pass holds (`geometry::trimmed_rows`).
     trim: bool,
+    /// The producer's warps (`geometry::producer_warps`; the warp-specialised forms).
+    producer_warps: usize,
 }
 
 impl std::ops::Deref for WarpgroupProjection<'_> {
     type Target = TensorCoreProjection;
     fn deref(&self) -> &TensorCoreProjection {
         self.p
+    }
+}
+
+impl WarpgroupProjection<'_> {
+    /// The threads of a block: the two warpgroups, and the producer's warps.
+    fn threads(&self) -> usize {
+        if self.producer {
+            ppmoe_runtime::program::producer_threads(self.producer_warps)
+        } else {
+            ppmoe_runtime::program::WG_THREADS
+        }
     }
 }
 
@@ -181,11 +195,7 @@ impl WarpgroupProjection<'_> {
         // The block's threads stated (`.maxntid`), so that the register allocation (ptxas,
         // or the driver's JIT) fits a block on an SM: unstated, the driver's JIT gave the
         // staged epilogue more registers than 288 threads have (a launch out of resources).
-        let threads = if self.producer {
-            ppmoe_runtime::program::SP_THREADS
-        } else {
-            ppmoe_runtime::program::WG_THREADS
-        };
+        let threads = self.threads();
         format!(
             "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>{tmap}) kernel attributes {{nvvm.maxntid = array<i32: {threads}, 1, 1>}} {{\n{b}      gpu.return\n    }}\n",
             self.name
@@ -686,6 +696,7 @@ mod tests {
                 ablate,
                 shape,
                 trim: false,
+                producer_warps: 1,
             }
             .kernel(),
         );
@@ -713,6 +724,7 @@ mod tests {
                 ablate: bare,
                 shape,
                 trim: false,
+                producer_warps: 1,
             }
             .kernel(),
         );
@@ -728,43 +740,58 @@ mod tests {
     /// listed rows), so rows past the count are not copied; untrimmed (the cooperative
     /// geometry's), every copy runs, the expert's first row standing in. Both compile with no
     /// spills, and trimming changes nothing else: the same copies, the same multiplications.
+    /// With 2 or 4 producer warps, each lane copies a half or a quarter as many words, the
+    /// block states its threads, and `full` waits for every producer lane.
     #[test]
     fn a_trimmed_producer_copies_only_the_rows_a_pass_holds() {
         let mut p = small("t_pproj_out", true);
         p.persistent = true;
-        let generate = |shape, trim| {
-            super::WarpgroupProjection {
-                p: &p,
-                ablate: Default::default(),
-                shape,
-                trim,
-            }
-            .kernel()
-        };
-        for (shape, copies) in [
-            (super::Geometry::PINGPONG, 16),
-            (super::Geometry::COOPERATIVE, 32),
-        ] {
-            let (plain, trimmed) = (generate(shape, false), generate(shape, true));
-            for i in 0..copies {
-                let test = format!("scf.if %pa{i}_ain {{");
-                // Untrimmed, the test only chooses the row's slot (an scf.if yielding it).
-                assert!(!plain.contains(&format!("{test}\n")), "{i}");
-                assert!(trimmed.contains(&format!("{test}\n")), "{i}");
-            }
-            for kernel in [&plain, &trimmed] {
-                assert_eq!(
-                    kernel.matches("nvvm.cp.async.shared.global").count(),
-                    copies
-                );
-                let ptx = ptx_of(kernel);
-                assert!(ptx.contains("wgmma.mma_async"));
-                assert!(!ptx.contains(".local"), "no spills to local memory");
+        for warps in [1, 2, 4] {
+            let generate = |shape, trim| {
+                super::WarpgroupProjection {
+                    p: &p,
+                    ablate: Default::default(),
+                    shape,
+                    trim,
+                    producer_warps: warps,
+                }
+                .kernel()
+            };
+            for (shape, copies) in [
+                (super::Geometry::PINGPONG, 16 / warps),
+                (super::Geometry::COOPERATIVE, 32 / warps),
+            ] {
+                producer_copies(generate(shape, false), generate(shape, true), copies);
+                let kernel = generate(shape, false);
+                let threads = 256 + 32 * warps;
+                assert!(kernel.contains(&format!("nvvm.maxntid = array<i32: {threads}, 1, 1>")));
+                let arrivals = format!("%nfull0 = arith.constant {} : i32", 32 * warps + 1);
+                assert!(kernel.contains(&arrivals), "{warps} warps: {arrivals}");
             }
         }
         if std::env::var_os("PPMOE_ROW_TRIM").is_none() {
             assert!(super::geometry::trimmed_rows(super::Geometry::PINGPONG));
             assert!(!super::geometry::trimmed_rows(super::Geometry::COOPERATIVE));
+        }
+    }
+
+    /// A producer's `copies` row copies a lane: each under its row's test where `trimmed`,
+    /// none in `plain`; the same copies in both, and both compile with no spills.
+    fn producer_copies(plain: String, trimmed: String, copies: usize) {
+        for i in 0..copies {
+            let test = format!("scf.if %pa{i}_ain {{");
+            // Untrimmed, the test only chooses the row's slot (an scf.if yielding it).
+            assert!(!plain.contains(&format!("{test}\n")), "{i}");
+            assert!(trimmed.contains(&format!("{test}\n")), "{i}");
+        }
+        for kernel in [&plain, &trimmed] {
+            assert_eq!(
+                kernel.matches("nvvm.cp.async.shared.global").count(),
+                copies
+            );
+            let ptx = ptx_of(kernel);
+            assert!(ptx.contains("wgmma.mma_async"));
+            assert!(!ptx.contains(".local"), "no spills to local memory");
         }
     }
 
@@ -842,7 +869,7 @@ mod assembled {
     /// then wait for each other).
     #[test]
     fn real_size_projections_assemble_unserialised_without_spills() {
-        use ppmoe_runtime::program::{SP_THREADS, TC_WARPS, WG_THREADS};
+        use ppmoe_runtime::program::{producer_threads, TC_WARPS, WG_THREADS};
         let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
         for (warpgroups, producer, persistent, pingpong, sorted) in [
             (true, false, false, false, false),
@@ -853,7 +880,7 @@ mod assembled {
             (false, false, false, false, false),
         ] {
             let threads = match (warpgroups, producer) {
-                (true, true) => SP_THREADS,
+                (true, true) => producer_threads(super::geometry::producer_warps()),
                 (true, false) => WG_THREADS,
                 _ => TC_WARPS * 32,
             };
@@ -886,12 +913,7 @@ mod assembled {
                 let text = report(&kernel, &name);
                 assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
                 assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");
-                let registers: usize = text
-                    .split("Used ")
-                    .nth(1)
-                    .and_then(|s| s.split(' ').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("{name}: no register count: {text}"));
+                let registers = used_registers(&text, &name);
                 eprintln!("{name}: {registers} registers");
                 assert!(
                     registers * threads <= 65536,
@@ -899,5 +921,66 @@ mod assembled {
                 );
             }
         }
+    }
+
+    /// The persistent kernels with 2 and 4 producer warps (`PPMOE_PRODUCER_WARPS`), in both
+    /// geometries, fused and not, at Qwen3-30B-A3B's sizes: no spills, unserialised wgmmas,
+    /// and registers for the larger block (320 or 384 threads) on one SM.
+    #[test]
+    fn more_producer_warps_assemble_without_spills() {
+        let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
+        for warps in [2, 4] {
+            let threads = ppmoe_runtime::program::producer_threads(warps);
+            for (shape, form) in [
+                (super::Geometry::COOPERATIVE, "pproj"),
+                (super::Geometry::PINGPONG, "qproj"),
+            ] {
+                for (kind, din, dout, act) in [
+                    ("act", 2048, 1536, Some(act.to_string())),
+                    ("out", 768, 2048, None),
+                ] {
+                    let name = format!("q{warps}_{form}_{kind}");
+                    let p = TensorCoreProjection {
+                        name: name.clone(),
+                        din,
+                        dout,
+                        div: 8,
+                        slots: 32768,
+                        act,
+                        warpgroups: true,
+                        producer: true,
+                        persistent: true,
+                        pingpong: shape.pingpong,
+                        sorted: false,
+                    };
+                    let kernel = super::WarpgroupProjection {
+                        p: &p,
+                        ablate: Default::default(),
+                        shape,
+                        trim: super::geometry::trimmed_rows(shape),
+                        producer_warps: warps,
+                    }
+                    .kernel();
+                    let text = report(&kernel, &name);
+                    assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
+                    assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");
+                    let registers = used_registers(&text, &name);
+                    eprintln!("{name}: {registers} registers");
+                    assert!(
+                        registers * threads <= 65536,
+                        "{name}: {registers} x {threads}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The registers a thread that ptxas's report says it uses.
+    fn used_registers(text: &str, name: &str) -> usize {
+        text.split("Used ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no register count: {text}"))
     }
 }

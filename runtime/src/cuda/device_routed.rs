@@ -54,13 +54,16 @@ struct RoutedKernels {
     /// The CUDA-core first projection reading x's bf16 bits (`DPROJ_IN_BF16`), where x is
     /// bf16 in the model.
     proj_in_bf16: Option<CudaFunction>,
+    /// The warp-specialised projections' blocks (threads), first and second, as the kernels
+    /// state them (their producer warps are the compiler's choice).
+    producer_threads: (usize, usize),
 }
 
 impl RoutedKernels {
     /// The blocks of the first and the second projection over `tokens` tokens.
     fn blocks(&self, tokens: usize) -> (Blocks, Blocks) {
         use crate::program::{
-            PP_SHARED_BYTES, QP_SHARED_BYTES, SP_SHARED_BYTES, SP_THREADS, TC_ACT_BLOCK_COLUMNS,
+            PP_SHARED_BYTES, QP_SHARED_BYTES, SP_SHARED_BYTES, TC_ACT_BLOCK_COLUMNS,
             TC_BLOCK_COLUMNS, TC_WARPS, WG_ACT_BLOCK_COLUMNS, WG_BLOCK_COLUMNS, WG_SHARED_BYTES,
             WG_THREADS,
         };
@@ -85,13 +88,13 @@ impl RoutedKernels {
             Projections::Producer => (
                 WG_BLOCK_COLUMNS,
                 WG_ACT_BLOCK_COLUMNS,
-                SP_THREADS / 32,
+                self.producer_threads.0 / 32,
                 SP_SHARED_BYTES,
             ),
             Projections::Persistent { pingpong } => (
                 WG_BLOCK_COLUMNS,
                 WG_ACT_BLOCK_COLUMNS,
-                SP_THREADS / 32,
+                self.producer_threads.0 / 32,
                 if pingpong {
                     QP_SHARED_BYTES
                 } else {
@@ -107,6 +110,12 @@ impl RoutedKernels {
         };
         let second = Blocks {
             columns: plain,
+            warps: match self.projections {
+                Projections::Producer | Projections::Persistent { .. } => {
+                    self.producer_threads.1 / 32
+                }
+                _ => warps,
+            },
             ..first
         };
         (first, second)
@@ -347,6 +356,21 @@ impl Rank<'_> {
                     Projections::CudaCores,
                 )
             };
+        // The warp-specialised kernels' blocks, as they state them (`load_kernels` read
+        // every one).
+        let threads = |s: &str| {
+            let name = format!("{prefix}_{s}");
+            self.block_threads.get(&name).copied().unwrap_or(0)
+        };
+        let producer_names = match projections {
+            Projections::Persistent { pingpong: true } => Some(crate::program::QP_KERNELS),
+            Projections::Persistent { pingpong: false } => Some(crate::program::PP_KERNELS),
+            Projections::Producer => Some(crate::program::SP_KERNELS),
+            _ => None,
+        };
+        let producer_threads = producer_names.map_or((0, 0), |[act, plain, out]| {
+            (threads(if fused_act { act } else { plain }), threads(out))
+        });
         // Only the cooperative persistent kernels, fused, are generated for sorted rows.
         let sort = f(crate::program::SORTED_ROWS_KERNEL)
             .filter(|_| fused_act && projections == Projections::Persistent { pingpong: false });
@@ -360,6 +384,7 @@ impl Rank<'_> {
             fused_act,
             sort,
             proj_in_bf16,
+            producer_threads,
         };
         tracing::debug!(
             "{prefix}: routed on the device ({})",

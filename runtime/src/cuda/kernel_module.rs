@@ -34,22 +34,31 @@ pub(super) fn gemm_weight_operands(program: &Program) -> std::collections::HashS
     set
 }
 
+/// The rank's kernels by name, and the threads of a block of those whose block is not fixed
+/// by the runtime (the warp-specialised projections': as many as the kernel states).
+#[derive(Default)]
+pub(super) struct Kernels {
+    pub functions: HashMap<String, cudarc::driver::CudaFunction>,
+    pub block_threads: HashMap<String, usize>,
+}
+
 /// Loads the rank's PTX and looks up every kernel its plan launches.
 pub(super) fn load_kernels(
     bundle: &Bundle,
     ctx: &Arc<CudaContext>,
     program: &Program,
-) -> Result<HashMap<String, cudarc::driver::CudaFunction>, RuntimeError> {
+) -> Result<Kernels, RuntimeError> {
     let mut functions = HashMap::new();
+    let mut block_threads = HashMap::new();
     let Some(file) = &program.ptx_file else {
-        return Ok(functions);
+        return Ok(Kernels::default());
     };
     let ptx = std::fs::read_to_string(bundle.dir.join(file)).map_err(|cause| RuntimeError::Io {
         path: file.clone(),
         cause,
     })?;
     let module = ctx
-        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx.clone()))
         .map_err(|e| backend_err(format!("{file}: the PTX does not load: {e}")))?;
     let names = program.gpu.iter().flat_map(|op| match op {
         GpuOp::Route {
@@ -108,15 +117,20 @@ pub(super) fn load_kernels(
         for s in optional {
             let name = format!("{prefix}_{s}");
             if let Ok(f) = module.load_function(&name) {
-                use crate::program::{SP_THREADS, WG_THREADS};
+                use crate::program::WG_THREADS;
+                let producer = || {
+                    stated_threads(&ptx, &name).ok_or_else(|| {
+                        backend_err(format!("{file}: kernel {name} states no block (.maxntid)"))
+                    })
+                };
                 let shared = if crate::program::WG_KERNELS.contains(s) {
                     Some((crate::program::WG_SHARED_BYTES, WG_THREADS))
                 } else if crate::program::SP_KERNELS.contains(s) {
-                    Some((crate::program::SP_SHARED_BYTES, SP_THREADS))
+                    Some((crate::program::SP_SHARED_BYTES, producer()?))
                 } else if crate::program::PP_KERNELS.contains(s) {
-                    Some((crate::program::PP_SHARED_BYTES, SP_THREADS))
+                    Some((crate::program::PP_SHARED_BYTES, producer()?))
                 } else if crate::program::QP_KERNELS.contains(s) {
-                    Some((crate::program::QP_SHARED_BYTES, SP_THREADS))
+                    Some((crate::program::QP_SHARED_BYTES, producer()?))
                 } else {
                     None
                 };
@@ -124,6 +138,7 @@ pub(super) fn load_kernels(
                     allow_dynamic_shared(&f, &name, bytes)
                         .and_then(|()| block_fits(&f, &name, threads))
                         .map_err(|e| backend_err(format!("{file}: {e}")))?;
+                    block_threads.insert(name.clone(), threads);
                 }
                 functions.insert(name, f);
             }
@@ -140,7 +155,23 @@ pub(super) fn load_kernels(
             functions.insert(name.to_string(), f);
         }
     }
-    Ok(functions)
+    Ok(Kernels {
+        functions,
+        block_threads,
+    })
+}
+
+/// The threads a block of kernel `name` in `ptx` takes, as its entry states them (the
+/// `.maxntid` directive between its parameters and its body), if it does and they are a
+/// whole number of warps.
+fn stated_threads(ptx: &str, name: &str) -> Option<usize> {
+    let entry = ptx.find(&format!(".entry {name}("))?;
+    let after = &ptx[entry..];
+    let params_end = after.find(')')?;
+    let head = &after[params_end..after.find('{')?];
+    let stated = head.split(".maxntid").nth(1)?;
+    let x: usize = stated.split(',').next()?.trim().parse().ok()?;
+    (x > 0 && x.is_multiple_of(32)).then_some(x)
 }
 
 /// Whether a block of `threads` threads of `f` fits on an SM with the registers the driver
@@ -170,4 +201,19 @@ fn allow_dynamic_shared(
     let bytes = i32::try_from(bytes).map_err(|e| e.to_string())?;
     f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
         .map_err(|e| format!("{name}: {bytes} bytes of shared memory refused: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A kernel's block is read from its own entry's `.maxntid`, not another kernel's; an
+    /// entry that states none, or threads that are not whole warps, gives none.
+    #[test]
+    fn a_kernels_block_is_what_its_entry_states() {
+        let ptx = ".visible .entry a_pproj_act(\n\t.param .u64 a_0,\n\t.param .u64 a_1\n)\n.maxntid 320, 1, 1\n{\n\tret;\n}\n.visible .entry b_pproj_out(\n\t.param .u64 b_0\n)\n.maxntid 288, 1, 1\n{\n\tret;\n}\n.visible .entry c(\n\t.param .u64 c_0\n)\n{\n\tret;\n}\n.visible .entry d(\n)\n.maxntid 300, 1, 1\n{\n}\n";
+        assert_eq!(super::stated_threads(ptx, "a_pproj_act"), Some(320));
+        assert_eq!(super::stated_threads(ptx, "b_pproj_out"), Some(288));
+        assert_eq!(super::stated_threads(ptx, "c"), None);
+        assert_eq!(super::stated_threads(ptx, "d"), None);
+        assert_eq!(super::stated_threads(ptx, "e"), None);
+    }
 }

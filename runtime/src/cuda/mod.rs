@@ -136,6 +136,8 @@ struct Rank<'a> {
     stream: Arc<CudaStream>,
     blas: cudarc::cublas::CudaBlas,
     functions: HashMap<String, cudarc::driver::CudaFunction>,
+    /// The warp-specialised projections' blocks, as each kernel states them.
+    block_threads: HashMap<String, usize>,
     program: &'a Program,
     slots: Vec<Option<Slot>>,
     /// NCCL, when the run has more than one rank.
@@ -660,11 +662,15 @@ fn with_rank<R>(
     let blas = cudarc::cublas::CudaBlas::new(stream.clone())
         .map_err(|e| backend_err(format!("cuBLAS: {e}")))?;
     let _blas_workspace = blas::set_workspace(&blas, &stream).map_err(backend_err)?;
-    let functions = kernel_module::load_kernels(bundle, &ctx, program)?;
+    let kernel_module::Kernels {
+        functions,
+        block_threads,
+    } = kernel_module::load_kernels(bundle, &ctx, program)?;
     let mut rank = Rank {
         stream: stream.clone(),
         blas,
         functions,
+        block_threads,
         program,
         slots: (0..program.buffers.len()).map(|_| None).collect(),
         comms: comms.as_ref(),

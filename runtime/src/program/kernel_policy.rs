@@ -118,11 +118,20 @@ pub const TC_KERNELS: [&str; 3] = ["tproj_act", "tproj_in", "tproj_out"];
 pub const WG_KERNELS: [&str; 3] = ["wproj_act", "wproj_in", "wproj_out"];
 /// The warp-specialised form of the warpgroup projections (the compiler's
 /// `PPMOE_TENSOR_PROJECTIONS=wgmma-per-tile`; `=wgmma-cp-async` the form whose threads all
-/// copy): the same blocks' columns and stages, a ninth
-/// warp that feeds the stages (the weights through a tensor map), and the stages' mbarriers
+/// copy): the same blocks' columns and stages, producer
+/// warps that feed the stages (the weights through a tensor map), and the stages' mbarriers
 /// (9 of 8 bytes) after them.
 pub const SP_KERNELS: [&str; 3] = ["sproj_act", "sproj_in", "sproj_out"];
-pub const SP_THREADS: usize = WG_THREADS + 32;
+pub const SP_THREADS: usize = producer_threads(PRODUCER_WARPS);
+/// The warps that feed a warp-specialised projection's stages by default: the first issues the
+/// weights' tensor copies, and each gathers a share of the listed rows (the compiler's
+/// `PPMOE_PRODUCER_WARPS`, 1, 2 or 4, at compile time). The runtime launches the block each
+/// kernel states (its `.maxntid`), so a bundle built either way runs.
+pub const PRODUCER_WARPS: usize = 1;
+/// The threads of a warp-specialised projection's block with `warps` producer warps.
+pub const fn producer_threads(warps: usize) -> usize {
+    WG_THREADS + 32 * warps
+}
 /// After the barriers (128 bytes), each consumer warp's 16 rows of 64 output columns (bf16,
 /// rows 144 bytes apart), through which the results go out as whole 128-byte rows.
 pub const EPILOGUE_STAGING_BYTES: usize = 8 * 16 * 144;

@@ -138,6 +138,19 @@ pub(super) fn trimmed_rows(shape: Geometry) -> bool {
     crate::codegen::switch::switch("PPMOE_ROW_TRIM", || shape.pingpong)
 }
 
+/// The warps of a warp-specialised projection's producer (the first issues the weights'
+/// tensor copies, all gather a share of the listed rows): `PRODUCER_WARPS`, unless
+/// `PPMOE_PRODUCER_WARPS` at compile time says 1, 2 or 4 (a measurement aid; another value is
+/// warned about and leaves the policy). Four keep a block's 384 threads within 168 registers
+/// each, what the kernels take.
+pub(super) fn producer_warps() -> usize {
+    crate::codegen::switch::count_switch(
+        "PPMOE_PRODUCER_WARPS",
+        &[1, 2, 4],
+        ppmoe_runtime::program::PRODUCER_WARPS,
+    )
+}
+
 /// The tile that a persistent kernel's block `block` of `grid` takes at its loop's slot
 /// `slot` (`block`, + `grid`, ...) of `total` tiles, mirrored (the kernel's `%t`, generated
 /// by `persistent::tile_order` from the same formula): a full round's odd turn reversed.

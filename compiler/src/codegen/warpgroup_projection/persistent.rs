@@ -18,7 +18,7 @@
 //! its passes; the rest (a tile is one pass) is that form's.
 
 use super::{acc_type, WarpgroupProjection};
-use ppmoe_runtime::program::{PP_MAX_EXPERTS, SP_THREADS};
+use ppmoe_runtime::program::PP_MAX_EXPERTS;
 use std::fmt::Write as _;
 
 /// Where the running sums start after the barriers' start (past the 9 barriers and the
@@ -85,7 +85,8 @@ impl WarpgroupProjection<'_> {
         debug_assert!(!self.sorted || self.shape.row_sums_bytes() > 0);
         let _ = writeln!(
             b,
-            "        %cTH = arith.constant {SP_THREADS} : index\n        %cCT = arith.constant {} : index\n        %cE = memref.dim %counts, %c0 : memref<?xi32>\n        %z32 = arith.constant 0 : i32\n        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %cPm1 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index",
+            "        %cTH = arith.constant {} : index\n        %cCT = arith.constant {} : index\n        %cE = memref.dim %counts, %c0 : memref<?xi32>\n        %z32 = arith.constant 0 : i32\n        %cPRE = arith.constant {PREFIX_OFFSET} : index\n        %pre = arith.addi %bars, %cPRE : index\n        scf.for %x = %tid to %cE step %cTH {{\n          %xc32 = memref.load %counts[%x] : memref<?xi32>\n          %xc = arith.index_cast %xc32 : i32 to index\n          %xc1 = arith.addi %xc, %cPm1 : index\n          %xp = arith.divui %xc1, %cP : index\n          %xt = arith.muli %xp, %cCT : index\n          %xt32 = arith.index_cast %xt : index to i32\n          %x1 = arith.addi %x, %c1 : index",
+            self.threads(),
             self.out_columns().div_ceil(self.block_columns())
         );
         let at = entry(b, "xs", "%x1");

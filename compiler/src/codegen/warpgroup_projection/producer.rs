@@ -1,5 +1,6 @@
 //! The warp-specialised form of the warpgroup projection (`producer` set; kernels `sproj_*`,
-//! `SP_THREADS` threads): a ninth warp feeds the stages and the two warpgroups only multiply,
+//! the two warpgroups and the producer's warps, `PRODUCER_WARPS` by default): the producer feeds
+//! the stages and the two warpgroups only multiply,
 //! so no block-wide barrier stands between chunks and each warpgroup keeps one chunk's
 //! wgmmas running while it starts the next's.
 //!
@@ -10,12 +11,13 @@
 //! their 128 up rows') with `cp.async.bulk.tensor`, counted in bytes on the stage's `full`
 //! mbarrier. Rows past the expert's (or the stack's) come as the next expert's rows or zeros,
 //! multiplied and never stored. The listed rows are a gather (one slot's row each), which a
-//! tensor map cannot express: each producer lane copies word `lane % 8` of rows `lane / 8 +
-//! 4 i` (i < 32) with `cp.async`, their addresses looked up once per pass, and arrives on
-//! `full` as they land (`cp.async.mbarrier.arrive.noinc`).
+//! tensor map cannot express: each of the producer's `32 w` lanes (w warps,
+//! `geometry::producer_warps`) copies word `lane % 8` of rows `lane / 8 + 4 w i` (i < 32 / w)
+//! with `cp.async`, their addresses looked up once per pass, and arrives on `full` as they
+//! land (`cp.async.mbarrier.arrive.noinc`).
 //!
-//! Barriers (8 bytes each, after the stages): `full[s]` (33 arrivals: the 32 lanes', and lane
-//! 0's with the weights' 32 KiB expected), `empty[s]` (256 arrivals, every consumer thread's),
+//! Barriers (8 bytes each, after the stages): `full[s]` (`32 w + 1` arrivals: the lanes', and
+//! lane 0's with the weights' 32 KiB expected), `empty[s]` (256 arrivals, every consumer thread's),
 //! and a spare one. Chunk g (of the block's chunks over all passes) uses stage g % STAGES in
 //! its phase g / STAGES. The consumers wait for `full`'s phase, start the chunk's wgmmas, wait
 //! for the previous chunk's (all but one group done) and release its stage through `empty`
@@ -26,8 +28,6 @@
 use super::{copy, WarpgroupProjection, TILE_N};
 use std::fmt::Write as _;
 
-/// Arrivals that complete a `full` phase: the 32 lanes' row copies, and lane 0's expectation.
-const FULL_ARRIVALS: usize = 33;
 /// Bytes of the weights that land in a stage per chunk (256 rows of 64 inner elements).
 const WEIGHT_BYTES: usize = TILE_N * 128;
 
@@ -66,7 +66,11 @@ impl WarpgroupProjection<'_> {
         let mut inits = Vec::new();
         let releasers = self.shape.releasers();
         // Sorted, lane 0's expectation alone: the rows come by tensor copies too.
-        let full = if self.sorted { 1 } else { FULL_ARRIVALS };
+        let full = if self.sorted {
+            1
+        } else {
+            self.producer_lanes() + 1
+        };
         for s in 0..self.shape.stages {
             inits.push((format!("full{s}"), "full", s, full));
             inits.push((format!("empty{s}"), "empty", s, releasers));
@@ -127,7 +131,7 @@ impl WarpgroupProjection<'_> {
         let rows = if self.ablate.rows || self.sorted {
             0
         } else {
-            self.shape.pass_rows * 8 / 32
+            self.shape.pass_rows * 8 / self.producer_lanes()
         };
         for i in 0..rows {
             self.produced_row(b, &format!("pa{i}"), i);
@@ -217,13 +221,18 @@ impl WarpgroupProjection<'_> {
         }
     }
 
-    /// `%{v}_row` (row `lane / 8 + 4 i` of the pass's listed rows) and `%{v}_at` (its word's
-    /// swizzled byte offset in a stage).
+    /// The producer's lanes, each copying a share of the gathered rows' words.
+    fn producer_lanes(&self) -> usize {
+        32 * self.producer_warps
+    }
+
+    /// `%{v}_row` (row `lane / 8 + lanes / 8 i` of the pass's listed rows) and `%{v}_at` (its
+    /// word's swizzled byte offset in a stage).
     fn produced_row(&self, b: &mut String, v: &str, i: usize) {
         let _ = writeln!(
             b,
             "          %{v}_i4 = arith.constant {} : index\n          %{v}_row = arith.addi %prow, %{v}_i4 : index\n          %{v}_rm = arith.remui %{v}_row, %c8 : index\n          %{v}_pos = arith.xori %cj, %{v}_rm : index\n          %{v}_posb = arith.muli %{v}_pos, %c16 : index\n          %{v}_rb = arith.muli %{v}_row, %c128 : index\n          %{v}_at = arith.addi %{v}_rb, %{v}_posb : index",
-            4 * i
+            self.producer_lanes() / 8 * i
         );
     }
 
