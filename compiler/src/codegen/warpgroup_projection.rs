@@ -870,7 +870,6 @@ mod assembled {
     #[test]
     fn real_size_projections_assemble_unserialised_without_spills() {
         use ppmoe_runtime::program::{producer_threads, TC_WARPS, WG_THREADS};
-        let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
         for (warpgroups, producer, persistent, pingpong, sorted) in [
             (true, false, false, false, false),
             (true, true, false, false, false),
@@ -884,10 +883,7 @@ mod assembled {
                 (true, false) => WG_THREADS,
                 _ => TC_WARPS * 32,
             };
-            for (kind, din, dout, act) in [
-                ("act", 2048, 1536, Some(act.to_string())),
-                ("out", 768, 2048, None),
-            ] {
+            for (kind, din, dout, act) in qwen3_projections() {
                 let [.., out] =
                     TensorCoreProjection::names(warpgroups, producer, (persistent, pingpong));
                 let form = match (pingpong, sorted) {
@@ -909,16 +905,7 @@ mod assembled {
                     pingpong,
                     sorted,
                 };
-                let kernel = p.kernel();
-                let text = report(&kernel, &name);
-                assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
-                assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");
-                let registers = used_registers(&text, &name);
-                eprintln!("{name}: {registers} registers");
-                assert!(
-                    registers * threads <= 65536,
-                    "{name}: {registers} registers x {threads} threads"
-                );
+                assert_assembles(&p.kernel(), &name, threads);
             }
         }
     }
@@ -928,17 +915,13 @@ mod assembled {
     /// and registers for the larger block (320 or 384 threads) on one SM.
     #[test]
     fn more_producer_warps_assemble_without_spills() {
-        let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
         for warps in [2, 4] {
             let threads = ppmoe_runtime::program::producer_threads(warps);
             for (shape, form) in [
                 (super::Geometry::COOPERATIVE, "pproj"),
                 (super::Geometry::PINGPONG, "qproj"),
             ] {
-                for (kind, din, dout, act) in [
-                    ("act", 2048, 1536, Some(act.to_string())),
-                    ("out", 768, 2048, None),
-                ] {
+                for (kind, din, dout, act) in qwen3_projections() {
                     let name = format!("q{warps}_{form}_{kind}");
                     let p = TensorCoreProjection {
                         name: name.clone(),
@@ -961,26 +944,38 @@ mod assembled {
                         producer_warps: warps,
                     }
                     .kernel();
-                    let text = report(&kernel, &name);
-                    assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
-                    assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");
-                    let registers = used_registers(&text, &name);
-                    eprintln!("{name}: {registers} registers");
-                    assert!(
-                        registers * threads <= 65536,
-                        "{name}: {registers} x {threads}"
-                    );
+                    assert_assembles(&kernel, &name, threads);
                 }
             }
         }
     }
 
-    /// The registers a thread that ptxas's report says it uses.
-    fn used_registers(text: &str, name: &str) -> usize {
-        text.split("Used ")
+    /// Qwen3-30B-A3B's projections: the first fused with a gated activation, the second;
+    /// each as (kind, inner, outer, activation).
+    fn qwen3_projections() -> [(&'static str, usize, usize, Option<String>); 2] {
+        let act = "        %gate = arith.maximumf %g, %zero : f32\n        %res = arith.mulf %gate, %u : f32\n";
+        [
+            ("act", 2048, 1536, Some(act.to_string())),
+            ("out", 768, 2048, None),
+        ]
+    }
+
+    /// ptxas assembles `kernel` with its wgmmas unserialised (no advisory C7518), no spills,
+    /// and few enough registers for a block of `threads` on one SM.
+    fn assert_assembles(kernel: &str, name: &str, threads: usize) {
+        let text = report(kernel, name);
+        assert!(!text.contains("C7518"), "{name}: wgmmas serialised: {text}");
+        assert!(text.contains(" 0 bytes spill stores"), "{name}: {text}");
+        let registers: usize = text
+            .split("Used ")
             .nth(1)
             .and_then(|s| s.split(' ').next())
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: no register count: {text}"))
+            .unwrap_or_else(|| panic!("{name}: no register count: {text}"));
+        eprintln!("{name}: {registers} registers");
+        assert!(
+            registers * threads <= 65536,
+            "{name}: {registers} registers x {threads} threads"
+        );
     }
 }
