@@ -892,19 +892,8 @@ mod assembled {
                     _ => &out[..5],
                 };
                 let name = format!("q_{form}_{kind}");
-                let p = TensorCoreProjection {
-                    name: name.clone(),
-                    din,
-                    dout,
-                    div: 8,
-                    slots: 32768,
-                    act,
-                    warpgroups,
-                    producer,
-                    persistent,
-                    pingpong,
-                    sorted,
-                };
+                let forms = (warpgroups, producer, persistent, pingpong, sorted);
+                let p = qwen3_projection(name.clone(), (din, dout, act), forms);
                 assert_assembles(&p.kernel(), &name, threads);
             }
         }
@@ -923,19 +912,8 @@ mod assembled {
             ] {
                 for (kind, din, dout, act) in qwen3_projections() {
                     let name = format!("q{warps}_{form}_{kind}");
-                    let p = TensorCoreProjection {
-                        name: name.clone(),
-                        din,
-                        dout,
-                        div: 8,
-                        slots: 32768,
-                        act,
-                        warpgroups: true,
-                        producer: true,
-                        persistent: true,
-                        pingpong: shape.pingpong,
-                        sorted: false,
-                    };
+                    let forms = (true, true, true, shape.pingpong, false);
+                    let p = qwen3_projection(name.clone(), (din, dout, act), forms);
                     let kernel = super::WarpgroupProjection {
                         p: &p,
                         ablate: Default::default(),
@@ -958,6 +936,28 @@ mod assembled {
             ("act", 2048, 1536, Some(act.to_string())),
             ("out", 768, 2048, None),
         ]
+    }
+
+    /// One of Qwen3-30B-A3B's projections at 4096 tokens (32768 slots, k 8) in the form
+    /// `(warpgroups, producer, persistent, pingpong, sorted)`.
+    fn qwen3_projection(
+        name: String,
+        (din, dout, act): (usize, usize, Option<String>),
+        (warpgroups, producer, persistent, pingpong, sorted): (bool, bool, bool, bool, bool),
+    ) -> TensorCoreProjection {
+        TensorCoreProjection {
+            name,
+            din,
+            dout,
+            div: 8,
+            slots: 32768,
+            act,
+            warpgroups,
+            producer,
+            persistent,
+            pingpong,
+            sorted,
+        }
     }
 
     /// ptxas assembles `kernel` with its wgmmas unserialised (no advisory C7518), no spills,
