@@ -193,15 +193,18 @@ pub fn bundle(dir: &Path, inputs: &[String], o: &Options) -> Result<Vec<serde_js
 }
 
 /// `ppmoe bench --moe H,F,E,K --tokens T,...`: per token count, the layer is compiled
-/// (`--target cuda --dtype bf16`) from the model `moe_layer` writes, then timed.
+/// (`--target cuda`, the weights in `dtype`) from the model `moe_layer` writes, then timed.
 pub fn moe(
-    spec: &str,
+    (spec, dtype): (&str, moe_layer::LayerType),
     tokens: &str,
     grid: &MoeGrid,
     work: Option<PathBuf>,
     o: &Options,
 ) -> Result<Vec<serde_json::Value>> {
-    let shape = Shape::parse(spec)?;
+    let shape = Shape {
+        dtype,
+        ..Shape::parse(spec)?
+    };
     // Before minutes of writing and compiling: this needs a GPU.
     ppmoe_runtime::cuda::require()?;
     let counts: Vec<usize> = tokens
@@ -231,11 +234,18 @@ pub fn moe(
             ppmoe_compiler::compile(c, &bundle)?;
             let r = time_bundle(&bundle, grid.tp, o)?;
             // The floor of the layer spread over tp GPUs: each does 1/tp of the work and reads
-            // 1/tp of the weights.
-            let floor = o.peak.map(|(tflops, tbs)| {
+            // 1/tp of the weights. The matmul rate given is bf16's (the peers'): fp32 rows have
+            // none.
+            let peak = o.peak.filter(|_| dtype == moe_layer::LayerType::Bf16);
+            let floor = peak.map(|(tflops, tbs)| {
                 (shape.flops(t) / (tflops * 1e12)).max(shape.bytes(t) / (tbs * 1e12)) * 1e3
                     / grid.tp as f64
             });
+            // bf16 rows as they were labelled before fp32 ones existed (scripts read them).
+            let spec = match dtype {
+                moe_layer::LayerType::Bf16 => spec.to_string(),
+                other => format!("{spec} {}", other.name()),
+            };
             let label = match grid.tp {
                 1 => format!("moe {spec}"),
                 tp => format!("moe {spec} tp{tp} {}", strategy_name(grid.strategy)),

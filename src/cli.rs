@@ -135,6 +135,10 @@ pub struct BenchArgs {
     /// 32M,64M,256M), with --nproc-per-node N: time, algorithm and bus bandwidth.
     #[arg(long = "all-reduce")]
     pub all_reduce: Option<String>,
+    /// --moe's element type: bf16 (the peers') or fp32 (x, y and every weight fp32; rows
+    /// then give no floor, the peers' matmul rate being bf16's).
+    #[arg(long = "moe-dtype", value_enum, default_value = "bf16")]
+    pub moe_dtype: crate::moe_layer::LayerType,
     /// Token counts for --moe, comma-separated.
     #[arg(long, default_value = "4096")]
     pub tokens: String,
@@ -470,7 +474,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             if a.tp == 0 {
                 bail!("--tp must be at least 1");
             }
-            crate::bench::moe(&spec, &a.tokens, &grid, a.work_dir, &o)?
+            crate::bench::moe((&spec, a.moe_dtype), &a.tokens, &grid, a.work_dir, &o)?
         }
         _ => bail!("bench takes a BUNDLE, --moe H,F,E,K or --all-reduce SIZES (one of the three)"),
     };

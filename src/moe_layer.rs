@@ -5,7 +5,8 @@
 //! weights, SwiGLU experts (gate | up concatenated: swiglu_fusion = 2), bf16 expert weights
 //! in `nn.Linear`'s order (fc1 [E, 2F, H], fc2 [E, H, F]), scaled as the peers scale theirs;
 //! x, the router's weight and y are bf16 as the peers' are (the logits so a bf16 GEMM's,
-//! rounded to bf16).
+//! rounded to bf16). `--moe-dtype fp32` writes the same layer with every tensor fp32 (the same
+//! random values, unrounded), to time fp32 stacks through the same compiler and runtime.
 
 use anyhow::{Context as _, Result};
 use ppmoe_frontend::onnx_proto as pb;
@@ -13,13 +14,54 @@ use prost::Message;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// H, F, E, k of one layer.
+/// H, F, E, k of one layer, and the element type of its tensors.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub hidden: usize,
     pub ffn: usize,
     pub experts: usize,
     pub top_k: usize,
+    pub dtype: LayerType,
+}
+
+/// The element type of the layer's weights, x and y: bf16, as the peers' are, or fp32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayerType {
+    Bf16,
+    Fp32,
+}
+
+impl LayerType {
+    /// ONNX's `TensorProto.DataType` of it.
+    fn onnx(self) -> i32 {
+        match self {
+            LayerType::Bf16 => 16,
+            LayerType::Fp32 => 1,
+        }
+    }
+
+    /// Bytes an element.
+    pub fn bytes(self) -> usize {
+        match self {
+            LayerType::Bf16 => 2,
+            LayerType::Fp32 => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerType::Bf16 => "bf16",
+            LayerType::Fp32 => "fp32",
+        }
+    }
+
+    /// `x` stored as this type (bf16: rounded to nearest even), little-endian.
+    fn extend(self, out: &mut Vec<u8>, x: f32) {
+        match self {
+            LayerType::Bf16 => out.extend_from_slice(&half_bits(x).to_le_bytes()),
+            LayerType::Fp32 => out.extend_from_slice(&x.to_le_bytes()),
+        }
+    }
 }
 
 impl Shape {
@@ -40,6 +82,7 @@ impl Shape {
             ffn,
             experts,
             top_k,
+            dtype: LayerType::Bf16,
         })
     }
 
@@ -55,11 +98,12 @@ impl Shape {
         2.0 * t * k * 3.0 * h * f + 2.0 * t * h * e
     }
 
-    /// The fewest bytes it must move at `t` tokens (the peers' count): the bf16 weights of
-    /// every expert that can be hit, and the tokens in and out.
+    /// The fewest bytes it must move at `t` tokens (the peers' count): the weights of every
+    /// expert that can be hit, and the tokens in and out.
     pub fn bytes(&self, t: usize) -> f64 {
         let hit = self.experts.min(t * self.top_k) as f64;
-        3.0 * hit * (self.hidden * self.ffn) as f64 * 2.0 + 2.0 * (t * self.hidden) as f64 * 2.0
+        let elem = self.dtype.bytes() as f64;
+        3.0 * hit * (self.hidden * self.ffn) as f64 * elem + 2.0 * (t * self.hidden) as f64 * elem
     }
 }
 
@@ -69,6 +113,7 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
         hidden: h,
         ffn: f,
         experts: e,
+        dtype,
         ..
     } = shape;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -77,7 +122,7 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
     let stamp_path = dir.join("model.stamp");
     // (A layer written before the layer's x, router and y were bf16 has no "bf16" in its
     // stamp: written again.)
-    let stamp = format!("{h},{f},{e},{} seed {seed} bf16\n", shape.top_k);
+    let stamp = format!("{h},{f},{e},{} seed {seed} {}\n", shape.top_k, dtype.name());
     let path = dir.join("model.onnx");
     if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) && path.is_file() {
         return Ok(path);
@@ -96,7 +141,7 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
         let mut left = n;
         let mut chunk = Vec::with_capacity(1 << 20);
         while left > 0 {
-            let m = left.min(1 << 19);
+            let m = left.min(1 << 18);
             chunk.clear();
             for _ in 0..m {
                 rng ^= rng << 13;
@@ -104,13 +149,12 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
                 rng ^= rng << 17;
                 // Uniform with the variance of N(0, 1), times the peers' scale.
                 let u = (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-                let bits = half_bits(u * 3f32.sqrt() * scale);
-                chunk.extend_from_slice(&bits.to_le_bytes());
+                dtype.extend(&mut chunk, u * 3f32.sqrt() * scale);
             }
             data.write_all(&chunk)?;
             left -= m;
         }
-        let length = 2 * n as u64;
+        let length = (dtype.bytes() * n) as u64;
         let entry = |k: &str, v: String| pb::StringStringEntryProto {
             key: k.into(),
             value: v,
@@ -118,7 +162,7 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
         let t = pb::TensorProto {
             name: name.into(),
             dims,
-            data_type: 16,
+            data_type: dtype.onnx(),
             data_location: 1,
             external_data: vec![
                 entry("location", data_name.into()),
@@ -136,13 +180,11 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
     data.flush()?;
     drop(data);
     // bf16, as the peers' router is (and a bf16 model's: its logits a bf16 GEMM's).
-    let router: Vec<u8> = (0..h * e)
-        .flat_map(|i| {
-            let x =
-                ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as f32 / (1u64 << 24) as f32;
-            half_bits((x * 2.0 - 1.0) * 3f32.sqrt() * he).to_le_bytes()
-        })
-        .collect();
+    let mut router = Vec::with_capacity(h * e * dtype.bytes());
+    for i in 0..h * e {
+        let x = ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as f32 / (1u64 << 24) as f32;
+        dtype.extend(&mut router, (x * 2.0 - 1.0) * 3f32.sqrt() * he);
+    }
     let model = model_proto(shape, fc1, fc2, router);
     std::fs::write(&path, model.encode_to_vec())
         .with_context(|| format!("writing {}", path.display()))?;
@@ -152,7 +194,7 @@ pub fn write(dir: &Path, shape: Shape, seed: u64) -> Result<PathBuf> {
 }
 
 /// The layer at `model` as `ppmoe bench --moe` compiles it at `tokens` tokens: for CUDA, the
-/// weights bf16 (one rank; the caller sets a grid).
+/// weights kept in the layer's type (one rank; the caller sets a grid).
 pub fn cuda_compilation(
     model: &Path,
     shape: Shape,
@@ -161,7 +203,7 @@ pub fn cuda_compilation(
     let x = vec![tokens as i64, shape.hidden as i64];
     let mut c = ppmoe_compiler::pipeline::Compilation::new(model, &[("x".to_string(), x)]);
     c.options.target_cuda = true;
-    c.options.weight_dtype = Some(ppmoe_runtime::DType::BF16);
+    c.options.weight_dtype = (shape.dtype == LayerType::Bf16).then_some(ppmoe_runtime::DType::BF16);
     c
 }
 
@@ -183,8 +225,8 @@ fn model_proto(
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(
                 pb::type_proto::TensorTypeProto {
-                    // bf16 (16): the layer's x and y, as the peers' are.
-                    elem_type: 16,
+                    // bf16 (16): the layer's x and y, as the peers' are; or fp32 (1).
+                    elem_type: s.dtype.onnx(),
                     shape: Some(pb::TensorShapeProto {
                         dim: vec![
                             Dimension {
@@ -239,7 +281,7 @@ fn model_proto(
             pb::TensorProto {
                 name: "router".into(),
                 dims: vec![s.hidden as i64, s.experts as i64],
-                data_type: 16,
+                data_type: s.dtype.onnx(),
                 raw_data: router,
                 ..Default::default()
             },
@@ -279,6 +321,29 @@ mod tests {
             .collect()
     }
 
+    /// The values of `bytes`, stored as `dtype`.
+    fn values(bytes: &[u8], dtype: LayerType) -> Vec<f64> {
+        match dtype {
+            LayerType::Bf16 => bf16(bytes),
+            LayerType::Fp32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                .collect(),
+        }
+    }
+
+    /// ‖got − want‖ / ‖want‖, and ‖want‖ > 0.
+    fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+        let num: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(&a, b)| (a as f64 - b).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| b * b).sum();
+        assert!(den > 0.0, "a zero reference");
+        (num / den).sqrt()
+    }
+
     /// The layer's input x [t, h] (bf16, as the layer takes it) of `value(i)` rounded.
     fn bf16_input(t: usize, h: usize, value: impl Fn(usize) -> f32) -> Tensor {
         let v = (0..t * h).map(value).collect();
@@ -290,10 +355,10 @@ mod tests {
     fn reference(dir: &Path, s: Shape, x: &[f32]) -> Vec<f64> {
         let (h, f, e, k) = (s.hidden, s.ffn, s.experts, s.top_k);
         let m = pb::ModelProto::decode(&*std::fs::read(dir.join("model.onnx")).unwrap()).unwrap();
-        let router = bf16(&m.graph.unwrap().initializer[0].raw_data);
+        let router = values(&m.graph.unwrap().initializer[0].raw_data, s.dtype);
         let data = std::fs::read(dir.join("model.onnx.data")).unwrap();
-        let (fc1, fc2) = data.split_at(e * 2 * f * h * 2);
-        let (fc1, fc2) = (bf16(fc1), bf16(fc2));
+        let (fc1, fc2) = data.split_at(e * 2 * f * h * s.dtype.bytes());
+        let (fc1, fc2) = (values(fc1, s.dtype), values(fc2, s.dtype));
         let t = x.len() / h;
         let mut y = vec![0f64; t * h];
         for ti in 0..t {
@@ -371,20 +436,59 @@ mod tests {
         assert_eq!(fed.dtype, ppmoe_runtime::DType::BF16);
         assert_eq!(fed.to_f32(), x.to_f32());
         let x = x.to_f32();
-        let want = reference(d.path(), s, &x);
-        let num: f64 = got
-            .iter()
-            .zip(&want)
-            .map(|(&a, b)| (a as f64 - b).powi(2))
-            .sum();
-        let den: f64 = want.iter().map(|b| b * b).sum();
-        let rel = (num / den).sqrt();
+        let rel = relative_error(&got, &reference(d.path(), s, &x));
         // bf16 weights: the CPU backend rounds the activations fed to them to bf16, as the GPU's
         // bf16 GEMMs do; the reference does not, so they agree to bf16's precision.
-        assert!(den > 0.0 && rel < 1e-2, "relative error {rel}");
+        assert!(rel < 1e-2, "relative error {rel}");
         assert!(s.flops(t) > 0.0 && s.bytes(t) > 0.0);
         assert!(Shape::parse("4,4,2,3").is_err(), "k above E");
         assert!(Shape::parse("4,4,2").is_err(), "three sizes");
+    }
+
+    /// `--moe-dtype fp32`: the layer written with fp32 x, y and weights, in place of the bf16
+    /// one in the same folder, compiled as the bench compiles it (its weights kept fp32), and
+    /// run on the CPU backend, computes the reference to fp32's precision.
+    #[test]
+    fn the_fp32_layer_computes_the_reference_in_fp32() {
+        use ppmoe_runtime::program::BufferKind;
+        let d = tempfile::tempdir().unwrap();
+        let bf16_shape = Shape::parse("32,16,4,2").unwrap();
+        let s = Shape {
+            dtype: LayerType::Fp32,
+            ..bf16_shape
+        };
+        write(d.path(), bf16_shape, 7).unwrap();
+        let model = write(d.path(), s, 7).unwrap();
+        let data = std::fs::metadata(d.path().join("model.onnx.data")).unwrap();
+        assert_eq!(data.len() as usize, 3 * 4 * 32 * 16 * 4, "fp32 weights");
+        let t = 5;
+        ppmoe_compiler::compile(cuda_compilation(&model, s, t), &d.path().join("b")).unwrap();
+        let bundle = ppmoe_runtime::bundle::read_bundle(&d.path().join("b")).unwrap();
+        let rank = &bundle.manifest.programs[0];
+        let input = &rank.buffers[rank.inputs[0]];
+        assert_eq!(input.dtype, ppmoe_runtime::DType::F32, "x stays fp32");
+        let mut weights = rank.buffers.iter().filter(|b| b.kind == BufferKind::Weight);
+        assert!(
+            weights.clone().count() >= 3,
+            "the router and the two stacks"
+        );
+        assert!(
+            weights.all(|b| b.dtype == ppmoe_runtime::DType::F32),
+            "weights stay fp32"
+        );
+        let v: Vec<f32> = (0..t * s.hidden)
+            .map(|i| ((i * 41 % 89) as f32 / 44.0 - 1.0) * 2.0)
+            .collect();
+        let x = Tensor::f32(vec![t, s.hidden], v.clone());
+        let got =
+            ppmoe_runtime::cpu::run_bundle(&bundle, std::slice::from_ref(&x)).unwrap()[0].to_f32();
+        let rel = relative_error(&got, &reference(d.path(), s, &v));
+        assert!(rel < 1e-5, "relative error {rel}");
+        assert_eq!(
+            s.bytes(t),
+            2.0 * bf16_shape.bytes(t),
+            "fp32 moves twice the bytes"
+        );
     }
 
     /// The CUDA route of many experts (128, as Qwen3-30B-A3B's; the fixtures have 4 to 8)
