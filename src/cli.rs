@@ -89,7 +89,8 @@ pub enum Command {
         nproc_per_node: Option<usize>,
     },
     /// Time a bundle's forward on the GPU (CUDA events, warm-up, median of N), or one MoE
-    /// layer of random bf16 weights (--moe H,F,E,K) compiled through the same compiler.
+    /// layer of random bf16 (or, with --moe-dtype fp32, fp32) weights (--moe H,F,E,K) compiled
+    /// through the same compiler.
     Bench(BenchArgs),
     /// Predict, per MoE layer, each strategy's time and the e-graph's choice; per pipeline
     /// stage, time and memory per GPU. MODEL is an .onnx file or a Hugging Face config.json.
