@@ -162,17 +162,19 @@ fn print_kernels(c: &Compilation) -> String {
                 Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
                 Lowered::Route { name, threads, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
                 Lowered::Experts { prefix, bf16 } => format!(
-                    "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", instruction = {i} : i64}}",
+                    "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", instruction = {i} : i64}}",
+                    experts_path(&plan.module, prefix),
                     if *bf16 { "bf16" } else { "f32" }
                 ),
                 Lowered::LocalExperts { prefix, bf16, slice, ffn, reduce } => format!(
-                    "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, {}instruction = {i} : i64}}",
+                    "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, {}instruction = {i} : i64}}",
+                    experts_path(&plan.module, prefix),
                     if *bf16 { "bf16" } else { "f32" },
                     reduce.map_or(String::new(), |r| format!("all_reduce = {r} : i64, overlap = \"chunked, second stream\", "))
                 ),
                 Lowered::ReducedBy { step } => format!("\"kernels.reduced_by\"() {{op = \"{}\", step = {step} : i64, instruction = {i} : i64}}", ins.op.name()),
                 Lowered::AllToAllExperts { prefix, bf16, dispatch, exchange, ffn, .. } => format!(
-                    "\"kernels.moe_alltoall_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, gemms = \"cublas grouped\", exchange = \"nccl ragged send/recv\", activations = \"{}\", dispatch = {dispatch} : i64, all_to_all = {exchange} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
+                    "\"kernels.moe_alltoall_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, grouping = \"host\", gemms = \"cublas grouped\", exchange = \"nccl ragged send/recv\", activations = \"{}\", dispatch = {dispatch} : i64, all_to_all = {exchange} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
                     if *bf16 { "bf16" } else { "f32" }
                 ),
                 Lowered::Embedding { name } => format!("\"kernels.embedding\"() {{kernel = @rank{r}_kernels::@{name}, instruction = {i} : i64}}"),
@@ -187,6 +189,32 @@ fn print_kernels(c: &Compilation) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// Where an experts step's slots are grouped by expert and what multiplies them, as the
+/// kernels generated for it say (the runtime takes the first it has, see its
+/// `expert_source`): routed on the device (generated projections: on the tensor cores, or a
+/// few tokens' on the CUDA cores), grouped on the device for cuBLAS's pointer-batched GEMMs,
+/// or on the host (the routing read back) for cuBLAS's grouped GEMMs.
+fn experts_path(module: &str, prefix: &str) -> String {
+    use ppmoe_runtime::program::{PP_KERNELS, QP_KERNELS, SP_KERNELS, TC_KERNELS, WG_KERNELS};
+    let has = |suffix: &str| module.contains(&format!("@{prefix}_{suffix}("));
+    let (grouping, gemms) = if has("dgroup") || has("dtok_in") || has("dtok_in_bf16") {
+        let tensor = [TC_KERNELS, WG_KERNELS, SP_KERNELS, PP_KERNELS, QP_KERNELS]
+            .iter()
+            .any(|k| has(k[1]));
+        let gemms = if tensor {
+            "generated, tensor cores"
+        } else {
+            "generated, cuda cores"
+        };
+        ("device, routed", gemms)
+    } else if has("tgroup") {
+        ("device", "cublas pointer-batched")
+    } else {
+        ("host", "cublas grouped")
+    };
+    format!("grouping = \"{grouping}\", gemms = \"{gemms}\"")
 }
 
 fn ptx(c: &mut Compilation) -> Result<(), CompileError> {

@@ -1026,6 +1026,9 @@ fn rotary_sin_cos_and_norm_means_are_generated_kernels_at_long_sequences() {
 /// Every fixture at tp 1 and tp 2 (both strategies), in fp32 and bf16, has no host work: every
 /// instruction is a generated kernel, a cuBLAS GEMM, an NCCL call or an alias. (gpt-oss's
 /// block's `top_k` and PhiMoE's sparsemixer routing were the last host work, until session 27.)
+/// And every experts step but all-to-all's groups its slots on the device (routed, or for
+/// cuBLAS's pointer-batched GEMMs), so the runtime reads no routing back: fp16 stacks too since
+/// session 52; all-to-all's say they group on the host (their counts size NCCL's messages).
 #[test]
 fn no_fixture_has_host_work_on_any_grid() {
     let grids: [&[&str]; 6] = [
@@ -1036,7 +1039,7 @@ fn no_fixture_has_host_work_on_any_grid() {
         &["--tp", "2", "--moe-strategy", "alltoall"],
         &["--tp", "2", "--moe-strategy", "alltoall", "--dtype", "bf16"],
     ];
-    let mut checked = 0;
+    let (mut checked, mut steps) = (0, 0);
     for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
         let dir = entry.unwrap().path();
         let Ok(info) = std::fs::read_to_string(dir.join("fixture.json")) else {
@@ -1082,10 +1085,30 @@ fn no_fixture_has_host_work_on_any_grid() {
                 })
                 .collect();
             assert!(host.is_empty(), "{name} {grid:?}: {host:?} on the host");
+            for step in out.stdout.lines().filter(|l| l.contains("\"kernels.moe_")) {
+                let grouping = step
+                    .split("grouping = \"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next());
+                let wanted = if step.contains("kernels.moe_alltoall_experts") {
+                    ["host"].as_slice()
+                } else {
+                    ["device", "device, routed"].as_slice()
+                };
+                assert!(
+                    grouping.is_some_and(|g| wanted.contains(&g)),
+                    "{name} {grid:?}: {step}"
+                );
+                steps += 1;
+            }
             checked += 1;
         }
     }
     assert!(checked >= 39 * 6, "{checked} programs");
+    assert!(
+        steps >= checked,
+        "{steps} experts steps in {checked} programs"
+    );
 }
 
 /// A fixture's CUDA bundle (rank 0's program) and its PTX text.

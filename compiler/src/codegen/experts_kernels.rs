@@ -270,9 +270,10 @@ fn device_routed_kernels(
     }
     let stacks = p.buffers[o.w_in].dtype;
     let same = stacks == p.buffers[o.w_out].dtype;
+    // fp16 stacks are held widened to f32 on the device (the runtime's weight upload).
     let bytes = match (bf16, stacks) {
         (true, _) => Some(2),
-        (false, ppmoe_runtime::DType::F32) => Some(4),
+        (false, ppmoe_runtime::DType::F32 | ppmoe_runtime::DType::F16) => Some(4),
         _ => None,
     };
     if let (true, Some(bytes)) = (same, bytes) {

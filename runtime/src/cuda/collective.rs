@@ -55,8 +55,8 @@ impl Rank<'_> {
         // One rank, or a group of one: every collective is the identity.
         let Some(comms) = self.comms.filter(|_| group_len > 1) else {
             if let (Some(s), Some(d)) = (src, dst) {
-                let t = self.host(s)?;
-                self.put_host(d, t);
+                let shape = self.shape(s);
+                self.alias(s, d, shape)?;
             }
             return Ok(());
         };

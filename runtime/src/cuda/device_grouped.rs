@@ -6,7 +6,7 @@
 //! does not wait for the device here. The price: spare rows (each expert's last tile is
 //! partly empty) and spare tiles (the host sizes the batch by a bound, not by the counts),
 //! both computed and never combined; the tile size keeps them to about a quarter of the rows.
-//! And each tile reads its expert's matrices again: where that pays is `grouping_pays`.
+//! And each tile reads its expert's matrices again (see `grouping_wanted`).
 
 use super::blas::{self, PointerBatch};
 use super::device_routed::{memref_args, OnDevice};
@@ -30,39 +30,23 @@ pub(super) struct DeviceGroup {
     ffn: FfnOperands,
 }
 
-/// Whether grouping on the device pays for a step whose experts' first matrices are
-/// `matrix_bytes` each, over `slots` slots and `experts` local experts; `overlapped`: the
-/// step's all-reduce overlaps its chunks. `PPMOE_DEVICE_GROUPING`: `0` never, `1` wherever the
-/// step has the kernel (to test the path on any model). Measured on an H200 (bf16, one layer,
-/// session 25), grouped on the device against on the host: faster where the matrices are small
-/// (Qwen3-30B-A3B's 6 MiB) and either the experts in use have a tile's rows or fewer each on
-/// average (Qwen3 at 8 and 64 tokens: 0.224 against 0.288 ms, 0.401 against 0.461) or the
-/// all-reduce overlaps (PPMoE at tp 2, 4096 tokens: 1.461 against 1.712 ms, the ranks no
-/// longer waiting for the host between chunks). Elsewhere every tile reads its expert's
-/// matrices again, and the spare tiles read one more: Qwen3 at 512 and 4096 tokens on one
-/// GPU 0.588 against 0.545 and 1.483 against 1.386 ms; Mixtral-8x7B's 117 MB matrices 0.786
-/// against 0.620 at 8 tokens and 2.693 against 0.899 at 512.
-pub(super) fn grouping_pays(
-    matrix_bytes: usize,
-    slots: usize,
-    experts: usize,
-    overlapped: bool,
-) -> bool {
-    match std::env::var("PPMOE_DEVICE_GROUPING").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => grouping_pays_by_size(matrix_bytes, slots, experts, overlapped),
-    }
-}
-
-fn grouping_pays_by_size(
-    matrix_bytes: usize,
-    slots: usize,
-    experts: usize,
-    overlapped: bool,
-) -> bool {
-    let per_expert = slots.div_ceil(experts.min(slots).max(1));
-    matrix_bytes <= crate::program::SMALL_MATRIX && (per_expert <= MIN_TILE || overlapped)
+/// Whether a step that has the `tgroup` kernel groups on the device: by default wherever it
+/// can, so that no forward reads its routing back to the host (two device-to-host copies and a
+/// wait for the device per step otherwise, and no CUDA graph). `PPMOE_DEVICE_GROUPING=0`
+/// groups on the host instead (a measurement aid). The steps that reach it: fp32 and fp16
+/// stacks, and bf16 ones the tensor-core routing does not take (PPMoE's local step on small
+/// matrices past 32 rows per expert, whose all-reduce the chunks overlap; layouts or widths the
+/// projections do not fit). The price, measured on an H200 (bf16, one layer, session 25,
+/// against cuBLAS over rows grouped on the host): every tile reads its expert's matrices
+/// again, and the spare tiles one more, which large matrices with many rows pay (Mixtral-8x7B's
+/// 117 MB matrices 0.786 against 0.620 ms at 8 tokens, 2.693 against 0.899 at 512; Qwen3's at
+/// 512 and 4096 tokens 0.588 against 0.545 and 1.483 against 1.386); it paid at few rows per
+/// expert (Qwen3 at 8 and 64 tokens 0.224 against 0.288 and 0.401 against 0.461) and where the
+/// all-reduce overlaps (PPMoE at tp 2, 4096 tokens: 1.461 against 1.712). bf16 steps at one
+/// rank now take the tensor-core routing instead; fp32 ones are compute-bound in cuBLAS, so
+/// their re-reads cost less.
+pub(super) fn grouping_wanted() -> bool {
+    std::env::var("PPMOE_DEVICE_GROUPING").as_deref() != Ok("0")
 }
 
 /// The fewest rows of a tile.
@@ -122,14 +106,13 @@ struct RowBuffers {
 
 impl Rank<'_> {
     /// The step's routing on the device, to group there (None: no `tgroup` kernel, the
-    /// routing on the host, stacks of another type than the rows, or where it does not pay,
-    /// `grouping_pays`: the caller groups on the host). `overlapped`: as `grouping_pays`.
+    /// routing on the host, stacks of another type than the rows, or `PPMOE_DEVICE_GROUPING=0`
+    /// (`grouping_wanted`): the caller groups on the host).
     pub(super) fn device_group(
         &mut self,
         call: &ExpertsCall,
         prefix: &str,
         bf16: bool,
-        overlapped: bool,
     ) -> Result<Option<DeviceGroup>, String> {
         let Some(group) = self.functions.get(&format!("{prefix}_tgroup")).cloned() else {
             return Ok(None);
@@ -150,8 +133,7 @@ impl Rank<'_> {
         if group_rows(slots, dims.experts).2 > i32::MAX as usize {
             return Ok(None);
         }
-        let matrix = dims.hidden * dims.n * ffn.mid.bytes() as usize;
-        if !grouping_pays(matrix, slots, dims.experts, overlapped) {
+        if !grouping_wanted() {
             return Ok(None);
         }
         tracing::debug!("{prefix}: grouped on the device");
@@ -320,21 +302,6 @@ impl Rank<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grouping_on_the_device_is_taken_for_small_matrices_with_few_rows_or_an_overlap() {
-        let qwen3 = 2048 * 1536 * 2;
-        let mixtral = 4096 * 28672 * 2;
-        // Qwen3's 128 experts: 8 and 64 tokens (1 and 4 rows an expert), not 512 (32).
-        assert!(grouping_pays_by_size(qwen3, 64, 128, false));
-        assert!(grouping_pays_by_size(qwen3, 512, 128, false));
-        assert!(!grouping_pays_by_size(qwen3, 4096, 128, false));
-        // 4096 tokens at tp 2, the all-reduce overlapped: yes.
-        assert!(grouping_pays_by_size(qwen3, 32_768, 64, true));
-        // Mixtral's matrices: never by default.
-        assert!(!grouping_pays_by_size(mixtral, 16, 8, false));
-        assert!(!grouping_pays_by_size(mixtral, 8192, 4, true));
-    }
 
     #[test]
     fn tiles_keep_spare_rows_near_a_quarter_and_the_bound_holds_every_layout() {

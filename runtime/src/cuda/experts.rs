@@ -629,7 +629,7 @@ impl Rank<'_> {
         let fail = |reason: String| fail_at(program, i, reason);
         // Where every reader of y takes bf16 bits, the device-routed combine writes them.
         let bits = self.bits_combines.contains(&call.out);
-        let mut source = self.expert_source(i, call, (prefix, bf16), false, bits)?;
+        let mut source = self.expert_source(i, call, (prefix, bf16), bits)?;
         let (t, h) = source.tokens_and_hidden();
         if let Some(y) = source.take_bits() {
             self.put_bits(call.out, Arc::new(y), vec![t, h]);
@@ -644,14 +644,12 @@ impl Rank<'_> {
 
     /// Where a step's expert outputs come from: computed already (routed on the device), or
     /// the routing grouped on the device or on the host, for the caller to compute chunk by
-    /// chunk. `overlapped`: the step's all-reduce overlaps its chunks (see `grouping_pays`);
-    /// `bits`: a device-routed step combines into bf16 bits where it has that kernel.
+    /// chunk. `bits`: a device-routed step combines into bf16 bits where it has that kernel.
     pub(super) fn expert_source(
         &mut self,
         i: usize,
         call: &ExpertsCall,
         (prefix, bf16): (&str, bool),
-        overlapped: bool,
         bits: bool,
     ) -> Result<ExpertSource, RuntimeError> {
         let program = self.program;
@@ -662,10 +660,7 @@ impl Rank<'_> {
             .map_err(&fail)?
         {
             Some((y, t)) => Ok(ExpertSource::Device { y: Some(y), t, h }),
-            None => match self
-                .device_group(call, prefix, bf16, overlapped)
-                .map_err(&fail)?
-            {
+            None => match self.device_group(call, prefix, bf16).map_err(&fail)? {
                 Some(g) => Ok(ExpertSource::Grouped(g)),
                 None => Ok(ExpertSource::Host(self.routed(i, call)?)),
             },

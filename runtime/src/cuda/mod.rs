@@ -328,6 +328,23 @@ impl Rank<'_> {
 
     /// Buffer `id`'s value on the device: as f32, as bf16 bits, or both (a reshape shares
     /// what its operand holds).
+    /// `dst` takes `src`'s value under `shape`: the same device buffers where `src` is on the
+    /// device (a reshape, or a collective of a group of one, moves nothing), else its host
+    /// tensor.
+    fn alias(&mut self, src: usize, dst: usize, shape: Vec<usize>) -> Result<(), RuntimeError> {
+        let on_device = self.slots[src]
+            .as_ref()
+            .filter(|s| s.dev.is_some() || s.narrowed.is_some())
+            .map(|s| (s.dev.clone(), s.narrowed.clone()));
+        if let Some(parts) = on_device {
+            self.put_on_device(dst, parts, shape);
+        } else {
+            let t = self.host(src)?;
+            self.put_host(dst, Tensor { shape, ..t });
+        }
+        Ok(())
+    }
+
     fn put_on_device(
         &mut self,
         id: usize,

@@ -47,8 +47,7 @@ impl Rank<'_> {
     ) -> Result<(), RuntimeError> {
         let program = self.program;
         let fail = |reason: String| fail_at(program, i, reason);
-        let overlapped = group.len() > 1;
-        let mut source = self.expert_source(i, call, (prefix, bf16), overlapped, false)?;
+        let mut source = self.expert_source(i, call, (prefix, bf16), false)?;
         let (t, h) = source.tokens_and_hidden();
         let (Some(comms), Some(side)) = (
             self.comms.filter(|_| group.len() > 1),

@@ -41,17 +41,7 @@ impl Rank<'_> {
                     ins.outputs[0],
                 );
                 let shape = self.static_shape(dst);
-                let on_device = self.slots[src]
-                    .as_ref()
-                    .filter(|s| s.dev.is_some() || s.narrowed.is_some())
-                    .map(|s| (s.dev.clone(), s.narrowed.clone()));
-                if let Some((dev, narrowed)) = on_device {
-                    // The same device buffers under the new shape: a reshape moves nothing.
-                    self.put_on_device(dst, (dev, narrowed), shape);
-                } else {
-                    let t = self.host(src)?;
-                    self.put_host(dst, Tensor { shape, ..t });
-                }
+                self.alias(src, dst, shape)?;
             }
             GpuOp::Gemm => {
                 let (a, b) = (

@@ -208,7 +208,8 @@ pub fn pingpong_tiles(slots: usize, experts: usize) -> bool {
 /// On larger matrices more than 4 rows: at 16 (Mixtral-8x7B's layer at 64 tokens) the
 /// persistent form took 0.838 ms (session 35, docs/bench-h200-s35.txt) where mma.sync took
 /// 1.02 (session 28); at 2 rows (8 tokens) mma.sync 0.654 (session 33); 5 to 15 rows are not
-/// measured. More than 32 in PPMoE's `local` step at tp > 1 (not measured there).
+/// measured. PPMoE's `local` step at tp > 1 on small matrices more than 32 (not measured
+/// there; it is grouped on the device past 32), on large ones as one rank's.
 pub fn projects_on_warpgroups(
     slots: usize,
     experts: usize,
@@ -217,9 +218,9 @@ pub fn projects_on_warpgroups(
 ) -> bool {
     let rows = slots.div_ceil(experts.max(1));
     rows > match (local, matrix_bytes <= SMALL_MATRIX) {
-        (true, _) => 32,
+        (true, true) => 32,
         (false, true) => 1,
-        (false, false) => 4,
+        (_, false) => 4,
     }
 }
 
@@ -241,11 +242,14 @@ pub const SMALL_MATRIX: usize = 16 << 20;
 /// 0.628 (session 28), and in session 35 (docs/bench-h200-s35.txt) 0.838 against 0.827 at 64
 /// tokens, 1.033 against 1.000 at 512 and 5.140 against 4.677 at 4096 in one run, 1.027
 /// against 0.907 and 5.282 against 4.711 in another: 10-13% slower there, the price of no host
-/// round trip (`PPMOE_DEVICE_ROUTING=0` groups on the host). `local`: PPMoE's step of a rank's
-/// experts at tp > 1, whose all-reduce the chunks of the host or device grouping overlap
-/// (measured at 4096 tokens in session 26: 1.461 against 1.712 ms), which the routed path
-/// cannot; the routed path has not been measured there, so such a step keeps session 27's
-/// boundaries: 4 rows per expert, 32 on small matrices.
+/// round trip (`PPMOE_DEVICE_ROUTING=0` groups on the device for cuBLAS instead, and with
+/// the runtime's `PPMOE_DEVICE_GROUPING=0` on the host). `local`: PPMoE's step of a rank's
+/// experts at tp > 1, whose all-reduce the chunks of the device grouping overlap where the
+/// routed path cannot: on small matrices past 32 rows per expert, where that grouping was
+/// measured (4096 tokens in session 26: 1.461 against 1.712 ms grouped on the host), the step
+/// keeps it; every other local step is routed as one rank's is, which reads nothing back to
+/// the host either (the host grouping did past 4 rows per expert on large matrices until
+/// session 52; neither side measured at tp 2 since).
 pub fn routes_on_tensor_cores(
     tokens: usize,
     slots: usize,
@@ -255,7 +259,7 @@ pub fn routes_on_tensor_cores(
 ) -> bool {
     let rows = slots.div_ceil(experts.max(1));
     let small = matrix_bytes <= SMALL_MATRIX;
-    tokens > 1 && (!local || rows <= 4 || (small && rows <= 32))
+    tokens > 1 && (!local || !small || rows <= 32)
 }
 
 /// The CUDA-core first projection reading x's bf16 bits (`dproj_in` reads f32 x).
@@ -393,7 +397,7 @@ mod tests {
     /// on the device from 2 tokens, whatever its matrices; PPMoE's local step within its
     /// boundaries only.
     #[test]
-    fn tensor_core_routing_is_every_whole_steps_and_few_rows_of_a_local_one() {
+    fn tensor_core_routing_is_every_step_but_a_local_ones_many_rows_on_small_matrices() {
         let qwen3 = 1536 * 2048 * 2;
         let mixtral = 28672 * 4096 * 2;
         let deepseek = 4096 * 7168 * 2;
@@ -436,8 +440,12 @@ mod tests {
         assert!(routes_on_tensor_cores(256, 2048, 64, qwen3 / 2, true));
         assert!(!projects_on_warpgroups(2048, 64, qwen3 / 2, true));
         assert!(!routes_on_tensor_cores(4096, 32768, 64, qwen3 / 2, true));
-        // Its large matrices: up to 4 rows each (Mixtral's 4 experts a rank at 8 tokens).
-        assert!(routes_on_tensor_cores(8, 16, 4, mixtral, true));
-        assert!(!routes_on_tensor_cores(64, 128, 4, mixtral, true));
+        // Its large matrices at every count, as one rank's (Mixtral's 4 experts a rank):
+        // mma.sync up to 4 rows each, wgmma from 5.
+        for t in [2, 8, 64, 512, 4096, 16384] {
+            assert!(routes_on_tensor_cores(t, 2 * t, 4, mixtral, true), "{t}");
+        }
+        assert!(!projects_on_warpgroups(16, 4, mixtral, true));
+        assert!(projects_on_warpgroups(128, 4, mixtral, true));
     }
 }
