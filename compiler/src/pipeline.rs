@@ -202,7 +202,8 @@ fn experts_path(module: &str, prefix: &str) -> String {
     let (grouping, gemms) = if has("dgroup") || has("dtok_in") || has("dtok_in_bf16") {
         let tensor = [TC_KERNELS, WG_KERNELS, SP_KERNELS, PP_KERNELS, QP_KERNELS]
             .iter()
-            .any(|k| has(k[1]));
+            .flatten()
+            .any(|k| has(k));
         let gemms = if tensor {
             "generated, tensor cores"
         } else {
@@ -567,4 +568,46 @@ fn bf16_params(list: &[usize]) -> String {
     }
     let list: Vec<String> = list.iter().map(|k| k.to_string()).collect();
     format!("bf16 = array<i64: {}>, ", list.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::experts_path;
+
+    #[test]
+    fn an_experts_steps_path_is_read_from_its_kernels() {
+        let func = |name: &str| {
+            format!("    gpu.func @k3_experts_{name}(%arg0: memref<?xf32>) kernel {{\n")
+        };
+        let module = |names: &[&str]| names.iter().map(|n| func(n)).collect::<String>();
+        let path = |names: &[&str]| experts_path(&module(names), "k3_experts");
+        // The persistent projections with the activation fused have no `_in` kernel.
+        let tensor = path(&["gather", "dgroup", "pproj_act", "pproj_out", "tgroup"]);
+        assert_eq!(
+            tensor,
+            "grouping = \"device, routed\", gemms = \"generated, tensor cores\""
+        );
+        let cuda = path(&["dgroup", "dproj_in", "dproj_out", "tgroup"]);
+        assert_eq!(
+            cuda,
+            "grouping = \"device, routed\", gemms = \"generated, cuda cores\""
+        );
+        let few = path(&["dtok_in_bf16", "dtok_out"]);
+        assert_eq!(
+            few,
+            "grouping = \"device, routed\", gemms = \"generated, cuda cores\""
+        );
+        let grouped = path(&["gather", "act", "combine", "tgroup"]);
+        assert_eq!(
+            grouped,
+            "grouping = \"device\", gemms = \"cublas pointer-batched\""
+        );
+        assert_eq!(
+            path(&["gather", "act", "combine"]),
+            "grouping = \"host\", gemms = \"cublas grouped\""
+        );
+        // Another step's kernels are not this one's.
+        let other = experts_path(&func("dgroup").replace("k3_", "k30_"), "k3_experts");
+        assert_eq!(other, "grouping = \"host\", gemms = \"cublas grouped\"");
+    }
 }
