@@ -12,6 +12,7 @@ use crate::error::CompileError;
 use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
 use ppmoe_frontend::{Model, Types};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 pub struct Stage {
@@ -147,6 +148,7 @@ fn print_kernels(c: &Compilation) -> String {
     let mut s = String::from("module attributes {gpu.container_module} {\n");
     for (rp, plan) in c.ranks.iter().zip(&c.kernel_plans) {
         s.push_str(&plan.module);
+        let kernels = kernel_names(&plan.module);
         let r = rp.program.rank;
         s.push_str(&format!("  func.func @rank{r}() {{\n"));
         for (i, (ins, l)) in rp
@@ -163,12 +165,12 @@ fn print_kernels(c: &Compilation) -> String {
                 Lowered::Route { name, threads, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
                 Lowered::Experts { prefix, bf16 } => format!(
                     "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", instruction = {i} : i64}}",
-                    experts_path(&plan.module, prefix),
+                    experts_path(&kernels, prefix),
                     if *bf16 { "bf16" } else { "f32" }
                 ),
                 Lowered::LocalExperts { prefix, bf16, slice, ffn, reduce } => format!(
                     "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, {}instruction = {i} : i64}}",
-                    experts_path(&plan.module, prefix),
+                    experts_path(&kernels, prefix),
                     if *bf16 { "bf16" } else { "f32" },
                     reduce.map_or(String::new(), |r| format!("all_reduce = {r} : i64, overlap = \"chunked, second stream\", "))
                 ),
@@ -191,15 +193,25 @@ fn print_kernels(c: &Compilation) -> String {
     s
 }
 
+/// The names of the kernels a `gpu.module`'s text defines.
+fn kernel_names(module: &str) -> HashSet<&str> {
+    module
+        .split("gpu.func @")
+        .skip(1)
+        .filter_map(|rest| rest.split('(').next())
+        .collect()
+}
+
 /// Where an experts step's slots are grouped by expert and what multiplies them, as the
 /// kernels generated for it say (the runtime takes the first it has, see its
-/// `expert_source`): routed on the device (generated projections: on the tensor cores, or a
-/// few tokens' on the CUDA cores), grouped on the device for cuBLAS's pointer-batched GEMMs,
-/// or on the host (the routing read back) for cuBLAS's grouped GEMMs.
-fn experts_path(module: &str, prefix: &str) -> String {
+/// `expert_source`): routed on the device where it has the slot listing `dgroup` (generated
+/// projections: on the tensor cores, else on the CUDA cores; a few tokens' two kernels come
+/// only beside it), grouped on the device for cuBLAS's pointer-batched GEMMs, or on the host
+/// (the routing read back) for cuBLAS's grouped GEMMs.
+fn experts_path(kernels: &HashSet<&str>, prefix: &str) -> String {
     use ppmoe_runtime::program::{PP_KERNELS, QP_KERNELS, SP_KERNELS, TC_KERNELS, WG_KERNELS};
-    let has = |suffix: &str| module.contains(&format!("@{prefix}_{suffix}("));
-    let (grouping, gemms) = if has("dgroup") || has("dtok_in") || has("dtok_in_bf16") {
+    let has = |suffix: &str| kernels.contains(format!("{prefix}_{suffix}").as_str());
+    let (grouping, gemms) = if has("dgroup") {
         let tensor = [TC_KERNELS, WG_KERNELS, SP_KERNELS, PP_KERNELS, QP_KERNELS]
             .iter()
             .flatten()
@@ -572,7 +584,7 @@ fn bf16_params(list: &[usize]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::experts_path;
+    use super::{experts_path, kernel_names};
 
     #[test]
     fn an_experts_steps_path_is_read_from_its_kernels() {
@@ -580,7 +592,7 @@ mod tests {
             format!("    gpu.func @k3_experts_{name}(%arg0: memref<?xf32>) kernel {{\n")
         };
         let module = |names: &[&str]| names.iter().map(|n| func(n)).collect::<String>();
-        let path = |names: &[&str]| experts_path(&module(names), "k3_experts");
+        let path = |names: &[&str]| experts_path(&kernel_names(&module(names)), "k3_experts");
         // The persistent projections with the activation fused have no `_in` kernel.
         let tensor = path(&["gather", "dgroup", "pproj_act", "pproj_out", "tgroup"]);
         assert_eq!(
@@ -592,7 +604,13 @@ mod tests {
             cuda,
             "grouping = \"device, routed\", gemms = \"generated, cuda cores\""
         );
-        let few = path(&["dtok_in_bf16", "dtok_out"]);
+        let few = path(&[
+            "dgroup",
+            "dproj_in",
+            "dproj_out",
+            "dtok_in_bf16",
+            "dtok_out",
+        ]);
         assert_eq!(
             few,
             "grouping = \"device, routed\", gemms = \"generated, cuda cores\""
@@ -607,7 +625,8 @@ mod tests {
             "grouping = \"host\", gemms = \"cublas grouped\""
         );
         // Another step's kernels are not this one's.
-        let other = experts_path(&func("dgroup").replace("k3_", "k30_"), "k3_experts");
+        let module = func("dgroup").replace("k3_", "k30_");
+        let other = experts_path(&kernel_names(&module), "k3_experts");
         assert_eq!(other, "grouping = \"host\", gemms = \"cublas grouped\"");
     }
 }
