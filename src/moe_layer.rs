@@ -491,6 +491,35 @@ mod tests {
         );
     }
 
+    /// An fp32 step is grouped on the device (no routing read back) while its first matrix is
+    /// at most `SMALL_MATRIX` (16 MiB: H 2048, F 1024 gated) and on the host past it (F 1032,
+    /// 16.1 MiB), where the device grouping's tiles would re-read the matrices from memory;
+    /// `--emit kernels` says which.
+    #[test]
+    fn fp32_stacks_group_on_the_device_up_to_a_small_matrix() {
+        let d = tempfile::tempdir().unwrap();
+        for (ffn, grouping) in [(1024, "device"), (1032, "host")] {
+            let s = Shape {
+                dtype: LayerType::Fp32,
+                ..Shape::parse(&format!("2048,{ffn},2,1")).unwrap()
+            };
+            let model = write(d.path(), s, 7).unwrap();
+            let c = cuda_compilation(&model, s, 64);
+            let (kernels, _) = ppmoe_compiler::pipeline::emit(c, "kernels").unwrap();
+            let step = kernels
+                .lines()
+                .find(|l| l.contains("grouping = "))
+                .expect("an experts step");
+            let want = format!("grouping = \"{grouping}\",");
+            assert!(step.contains(&want), "F {ffn}: {step}");
+            assert_eq!(
+                kernels.contains("_tgroup("),
+                grouping == "device",
+                "F {ffn}"
+            );
+        }
+    }
+
     /// The CUDA route of many experts (128, as Qwen3-30B-A3B's; the fixtures have 4 to 8)
     /// reads and scores each lane's four experts once, before its eight passes (each in a
     /// region of its own); the values are checked against the CPU backend on the GPU machine

@@ -231,7 +231,7 @@ fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usi
 /// A step whose routing is on the device (`ids`): the listed projections (`decode_experts`),
 /// one token's two-kernel form where it pays, and the device grouping for cuBLAS over
 /// device-side pointers (rows, hidden activations and outputs of the stacks' own type: both
-/// bf16, or both f32).
+/// bf16, or both f32) where the matrices are small (`groups_on_device`).
 fn device_routed_kernels(
     out: &mut String,
     p: &Program,
@@ -276,7 +276,12 @@ fn device_routed_kernels(
         (false, ppmoe_runtime::DType::F32 | ppmoe_runtime::DType::F16) => Some(4),
         _ => None,
     };
-    if let (true, Some(bytes)) = (same, bytes) {
+    // Large matrices are grouped on the host (`groups_on_device`).
+    let small = |bytes: usize| {
+        let matrix = dims.n.saturating_mul(dims.hidden).saturating_mul(bytes);
+        ppmoe_runtime::program::groups_on_device(matrix)
+    };
+    if let (true, Some(bytes)) = (same, bytes.filter(|&b| small(b))) {
         let grouping = super::device_grouping::kernel(p, ids, prefix, (dims, t * k, k), bytes);
         out.push_str(&grouping.unwrap_or_default());
     }

@@ -6,7 +6,8 @@
 //! does not wait for the device here. The price: spare rows (each expert's last tile is
 //! partly empty) and spare tiles (the host sizes the batch by a bound, not by the counts),
 //! both computed and never combined; the tile size keeps them to about a quarter of the rows.
-//! And each tile reads its expert's matrices again (see `grouping_wanted`).
+//! And each tile reads its expert's matrices again: the compiler generates the kernel for small
+//! matrices only (see `grouping_wanted`).
 
 use super::blas::{self, PointerBatch};
 use super::device_routed::{memref_args, OnDevice};
@@ -33,18 +34,12 @@ pub(super) struct DeviceGroup {
 /// Whether a step that has the `tgroup` kernel groups on the device: by default wherever it
 /// can, so that no forward reads its routing back to the host (two device-to-host copies and a
 /// wait for the device per step otherwise, and no CUDA graph). `PPMOE_DEVICE_GROUPING=0`
-/// groups on the host instead (a measurement aid). The steps that reach it: fp32 and fp16
-/// stacks, and bf16 ones the tensor-core routing does not take (PPMoE's local step on small
-/// matrices past 32 rows per expert, whose all-reduce the chunks overlap; layouts or widths the
-/// projections do not fit). The price, measured on an H200 (bf16, one layer, session 25,
-/// against cuBLAS over rows grouped on the host): every tile reads its expert's matrices
-/// again, and the spare tiles one more, which large matrices with many rows pay (Mixtral-8x7B's
-/// 117 MB matrices 0.786 against 0.620 ms at 8 tokens, 2.693 against 0.899 at 512; Qwen3's at
-/// 512 and 4096 tokens 0.588 against 0.545 and 1.483 against 1.386); it paid at few rows per
-/// expert (Qwen3 at 8 and 64 tokens 0.224 against 0.288 and 0.401 against 0.461) and where the
-/// all-reduce overlaps (PPMoE at tp 2, 4096 tokens: 1.461 against 1.712). bf16 steps at one
-/// rank now take the tensor-core routing instead; fp32 ones are compute-bound in cuBLAS, so
-/// their re-reads cost less.
+/// groups on the host instead (a measurement aid). The compiler generates the kernel for the
+/// steps the routing does not take whose matrices are small (`groups_on_device`: every tile
+/// reads its expert's matrices again, which large ones pay from memory; the measurements are
+/// there): fp32 and fp16 stacks, and bf16 ones such as PPMoE's local step on small matrices
+/// past 32 rows per expert, whose all-reduce the chunks overlap (at tp 2, 4096 tokens: 1.461
+/// against 1.712 ms on the host, session 25).
 pub(super) fn grouping_wanted() -> bool {
     std::env::var("PPMOE_DEVICE_GROUPING").as_deref() != Ok("0")
 }
