@@ -277,11 +277,8 @@ fn device_routed_kernels(
         _ => None,
     };
     // Large matrices are grouped on the host (`groups_on_device`).
-    let small = |bytes: usize| {
-        let matrix = dims.n.saturating_mul(dims.hidden).saturating_mul(bytes);
-        ppmoe_runtime::program::groups_on_device(matrix)
-    };
-    if let (true, Some(bytes)) = (same, bytes.filter(|&b| small(b))) {
+    let small = |&b: &usize| ppmoe_runtime::program::groups_on_device(dims.first_matrix_bytes(b));
+    if let (true, Some(bytes)) = (same, bytes.filter(small)) {
         let grouping = super::device_grouping::kernel(p, ids, prefix, (dims, t * k, k), bytes);
         out.push_str(&grouping.unwrap_or_default());
     }

@@ -144,6 +144,16 @@ pub struct ExpertDims {
     pub ffn: usize,
 }
 
+impl ExpertDims {
+    /// Bytes of one expert's first matrix (N x H) at `element_bytes` an element, as the
+    /// policies that choose by matrix size count it (saturating: a bound, never a wrap).
+    pub fn first_matrix_bytes(&self, element_bytes: usize) -> usize {
+        self.n
+            .saturating_mul(self.hidden)
+            .saturating_mul(element_bytes)
+    }
+}
+
 impl ExpertLayout {
     /// E, H, N and F of stacks `w_in` and `w_out` in this layout; None unless both are 3-D
     /// and agree on E and H.
