@@ -37,6 +37,10 @@ pub enum CompileError {
         diagnostics: String,
     },
 
+    /// IR given as input (`inspect IR.mlir`, `compile IR.mlir`) that cannot be taken.
+    #[error("{}: {reason}", path.display())]
+    Ir { path: PathBuf, reason: String },
+
     #[error("{}: the grid does not fit the model: {reason}", path.display())]
     Grid { path: PathBuf, reason: String },
 

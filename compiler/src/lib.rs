@@ -6,6 +6,7 @@ pub mod compile;
 pub mod core;
 pub mod distribute;
 pub mod error;
+pub mod ir_input;
 pub mod moe;
 pub mod passes;
 pub mod pipeline;

@@ -3,8 +3,7 @@
 //! the named stage and prints its IR. Nothing else decides the order.
 
 use crate::core::{
-    convert_initializers, lower_to_core_with, print::print_core, CoreProgram,
-    DEFAULT_EVAL_LIMIT_BYTES,
+    convert_initializers, lower_to_core_with, CoreProgram, DEFAULT_EVAL_LIMIT_BYTES,
 };
 use crate::distribute::shard_moe::RankProgram;
 use crate::distribute::{Grid, Strategy};
@@ -33,22 +32,22 @@ pub const STAGES: &[Stage] = &[
     Stage {
         name: "core",
         run: lower_core,
-        print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])),
+        print: |c| print_one(c, "core"),
     },
     Stage {
         name: "moe",
         run: raise_moe,
-        print: |c| c.core.as_ref().map(|p| print_core(&[&p.program])),
+        print: |c| print_one(c, "moe"),
     },
     Stage {
         name: "sharded",
         run: shard,
-        print: |c| print_ranks(c, &c.sharded),
+        print: |c| print_ranks(c, &c.sharded, "sharded"),
     },
     Stage {
         name: "pipelined",
         run: pipeline,
-        print: |c| print_ranks(c, &c.ranks),
+        print: |c| print_ranks(c, &c.ranks, "pipelined"),
     },
     Stage {
         name: "kernels",
@@ -64,6 +63,10 @@ pub const STAGES: &[Stage] = &[
 
 /// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
 pub const NOT_MLIR: &[&str] = &["ptx"];
+
+/// Stages printed with a header and every op's location (naming the values): the form
+/// `ir_input` reads back.
+pub const WITH_LOCATIONS: &[&str] = &["core", "moe", "sharded", "pipelined"];
 
 /// What the user asked for: the model, its input shapes, and the flags that steer the stages.
 #[derive(Clone, Default)]
@@ -123,6 +126,9 @@ pub struct Compilation {
     /// a cost that does not grow with the compile size; and the `core` program at the first.
     pub probe_shapes: Vec<Vec<(String, Vec<i64>)>>,
     pub probe_core: Option<CoreProgram>,
+    /// The IR file the compilation started from (`ir_input`), where it did not start from the
+    /// model (`options.path` is then the model its weights come from).
+    pub ir_input: Option<PathBuf>,
 }
 
 /// Stores the float weights of a rank in `dt` (rounded once, here); values stay f32 in compute.
@@ -252,7 +258,7 @@ fn print_ptx(c: &Compilation) -> String {
         .join("\n")
 }
 
-fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
+fn print_ranks(c: &Compilation, ranks: &[RankProgram], stage: &str) -> Option<String> {
     let grid = c.options.grid.unwrap_or(Grid {
         dp: 1,
         pp: 1,
@@ -260,11 +266,41 @@ fn print_ranks(c: &Compilation, ranks: &[RankProgram]) -> Option<String> {
     });
     let programs: Vec<&ppmoe_runtime::program::Program> =
         ranks.iter().map(|r| &r.program).collect();
-    Some(crate::core::print::print_programs_with(
+    Some(crate::core::print::print_stage(
         &programs,
         Some((&grid.mlir(), grid.tp, grid.pp)),
         c.options.microbatches.max(1),
+        &header(c, stage).to_mlir(),
     ))
+}
+
+/// The `core` and `moe` stages: the one program, under its header.
+fn print_one(c: &Compilation, stage: &str) -> Option<String> {
+    let core = c.core.as_ref()?;
+    Some(crate::core::print::print_stage(
+        &[&core.program],
+        None,
+        c.options.microbatches.max(1),
+        &header(c, stage).to_mlir(),
+    ))
+}
+
+/// What the IR of `stage` says of itself: the stage, and the source of its weights with the
+/// options that made them (the model's path made absolute, so the file reads back anywhere).
+fn header(c: &Compilation, stage: &str) -> crate::core::header::IrHeader {
+    let o = &c.options;
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    crate::core::header::IrHeader {
+        stage: stage.into(),
+        source: crate::core::header::WeightSource {
+            model: absolute(&o.path),
+            weights: o.weights.as_deref().map(absolute),
+            input_shapes: o.input_shapes.clone(),
+            microbatches: o.microbatches.max(1),
+            eval_limit: o.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES),
+            capacity: o.capacity_policy.unwrap_or(CapacityPolicy::Keep),
+        },
+    }
 }
 
 fn shard(c: &mut Compilation) -> Result<(), CompileError> {
@@ -526,10 +562,20 @@ pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileEr
         let built: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
         return Err(CompileError::StageNotBuilt(last.into(), built.join(", ")));
     };
-    let Some(_) = STAGES.get(end) else {
-        return Err(CompileError::StageNotBuilt(last.into(), String::new()));
-    };
-    for stage in &STAGES[..=end] {
+    let mut start = 0;
+    if c.ir_input.is_none() && crate::ir_input::is_ppmoe_ir(&c.options.path) {
+        let ir = c.options.path.clone();
+        let reached = crate::ir_input::resume(&mut c)?;
+        let at = STAGES.iter().position(|s| s.name == reached).unwrap_or(0);
+        if end < at {
+            return Err(CompileError::Ir {
+                path: ir,
+                reason: format!("the IR is at stage '{reached}'; '{last}' comes before it"),
+            });
+        }
+        start = at + 1;
+    }
+    for stage in &STAGES[start..=end] {
         tracing::info!("stage {} ({})", stage.name, memory_now());
         (stage.run)(&mut c)?;
     }
@@ -557,7 +603,12 @@ pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), Compil
             diagnostics,
         }
     })?;
-    Ok((ppmoe_dialect::print_module(&module), c))
+    let printed = if WITH_LOCATIONS.contains(&stage) {
+        ppmoe_dialect::print_module_with_locations(&module)
+    } else {
+        ppmoe_dialect::print_module(&module)
+    };
+    Ok((printed, c))
 }
 
 impl Compilation {

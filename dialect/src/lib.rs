@@ -112,6 +112,18 @@ pub fn print_module(module: &Module) -> String {
         .unwrap_or_else(|e| format!("// printing failed: {e}"))
 }
 
+/// `print_module` with every op's location (`loc(...)`, as aliases at the end): the form that
+/// reads back, locations naming the values.
+pub fn print_module_with_locations(module: &Module) -> String {
+    let flags = OperationPrintingFlags::new()
+        .elide_large_elements_attributes(16)
+        .enable_debug_info(true, false);
+    module
+        .as_operation()
+        .to_string_with_flags(flags)
+        .unwrap_or_else(|e| format!("// printing failed: {e}"))
+}
+
 /// A use of result `%v#N` with N past any op's result count: MLIR's parser aborts the process
 /// (out of memory) on a number near 2^31 instead of reporting it, so such text is refused here.
 fn check_result_numbers(text: &str) -> Result<(), String> {

@@ -9,6 +9,7 @@ mod cli_output;
 mod codegen;
 mod core_numerics;
 mod distribute;
+mod ir_input;
 mod moe_raise;
 mod onnx_stage;
 mod scale;

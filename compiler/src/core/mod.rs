@@ -1,8 +1,10 @@
 //! The `core` stage: the imported graph normalised to the runtime's `core` op set with static
 //! shapes (shape arithmetic and weight-only subgraphs folded at compile time), and its MLIR form.
 
+pub mod header;
 pub mod lower;
 pub mod print;
+pub mod read;
 
 pub use lower::{
     convert_initializers, lower_to_core, lower_to_core_with, static_bytes, CoreProgram,

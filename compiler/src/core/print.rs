@@ -7,6 +7,7 @@
 
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Program};
+use ppmoe_runtime::DType;
 use std::fmt::Write;
 
 pub fn tensor_type(b: &Buffer) -> String {
@@ -18,9 +19,21 @@ pub fn tensor_type(b: &Buffer) -> String {
         }
         s.push('x');
     }
-    s.push_str(b.dtype.mlir());
+    s.push_str(element_type(b.dtype));
     s.push('>');
     s
+}
+
+/// A buffer's element type as the IR spells it: unsigned integers as `ui<N>`, so that they
+/// read back as themselves (`read::element_dtype`).
+pub fn element_type(dtype: DType) -> &'static str {
+    match dtype {
+        DType::U8 => "ui8",
+        DType::U16 => "ui16",
+        DType::U32 => "ui32",
+        DType::U64 => "ui64",
+        d => d.mlir(),
+    }
 }
 
 /// An op's attributes from its serde form (everything but the tag).
@@ -103,6 +116,21 @@ pub fn print_core(programs: &[&Program]) -> String {
     print_programs(programs, None)
 }
 
+/// `print_programs_with`, under a module header (`header::IrHeader::to_mlir`): what makes
+/// the printed module read back.
+pub fn print_stage(
+    programs: &[&Program],
+    grid: Option<(&str, usize, usize)>,
+    microbatches: usize,
+    header: &str,
+) -> String {
+    let text = print_programs_with(programs, grid, microbatches);
+    match text.strip_prefix("module {") {
+        Some(rest) => format!("module attributes {{{header}}} {{{rest}"),
+        None => text,
+    }
+}
+
 /// `grid`: the `shard.grid` declaration, and the (tp, pp) sizes that turn a peer's rank into
 /// its pipeline stage.
 pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>) -> String {
@@ -118,12 +146,12 @@ pub fn print_programs_with(
     let (tp, pp) = grid.map_or((1, 1), |(_, t, p)| (t, p));
     let stage_of = move |rank: usize| (rank / tp.max(1)) % pp.max(1);
     if let Some((g, _, _)) = grid {
-        let _ = writeln!(text, "  {g}");
+        let _ = writeln!(text, "  {g} loc(unknown)");
     }
     for p in programs {
         print_function(&mut text, p, microbatches, &stage_of);
     }
-    text.push_str("}\n");
+    text.push_str("} loc(unknown)\n");
     text
 }
 
@@ -146,26 +174,37 @@ fn print_function(
         .iter()
         .map(|&o| tensor_type(&p.buffers[o]))
         .collect();
+    let results: Vec<String> = p
+        .outputs
+        .iter()
+        .map(|&o| {
+            format!(
+                "{} {{core.output = {}}}",
+                tensor_type(&p.buffers[o]),
+                quote(&p.buffers[o].name)
+            )
+        })
+        .collect();
     let [d, st, t] = p.coords;
     let _ = writeln!(
         text,
         "  func.func @rank{}({}) -> ({}) attributes {{ppmoe.coords = array<i64: {d}, {st}, {t}>, ppmoe.schedule = \"gpipe\", ppmoe.microbatches = {microbatches} : i64}} {{",
         p.rank,
         args.join(", "),
-        out_types.join(", ")
+        results.join(", ")
     );
     text.push_str(&body);
     if outs.is_empty() {
-        let _ = writeln!(text, "    func.return");
+        let _ = writeln!(text, "    func.return loc(unknown)");
     } else {
         let _ = writeln!(
             text,
-            "    func.return {} : {}",
+            "    func.return {} : {} loc(unknown)",
             outs.join(", "),
             out_types.join(", ")
         );
     }
-    text.push_str("  }\n");
+    text.push_str("  } loc(unknown)\n");
 }
 
 /// The function's arguments (the program's inputs, then its weights), each named in `names`.
@@ -174,7 +213,7 @@ fn function_args(p: &Program, names: &mut [String]) -> Vec<String> {
     for &id in &p.inputs {
         names[id] = format!("%arg{}", args.len());
         args.push(format!(
-            "{}: {} {{core.input = {}}}",
+            "{}: {} {{core.input = {}}} loc(unknown)",
             names[id],
             tensor_type(&p.buffers[id]),
             quote(&p.buffers[id].name)
@@ -184,7 +223,7 @@ fn function_args(p: &Program, names: &mut [String]) -> Vec<String> {
         if b.kind == BufferKind::Weight {
             names[id] = format!("%arg{}", args.len());
             args.push(format!(
-                "{}: {} {{core.weight = {}}}",
+                "{}: {} {{core.weight = {}}} loc(unknown)",
                 names[id],
                 tensor_type(b),
                 quote(&b.name)
@@ -209,7 +248,10 @@ fn print_instruction(
     let mut extra_operand = None;
     if let Op::Recv { .. } = ins.op {
         let t = ty(ins.outputs[0]);
-        let _ = writeln!(body, "    %e{i} = \"tensor.empty\"() : () -> {t}");
+        let _ = writeln!(
+            body,
+            "    %e{i} = \"tensor.empty\"() : () -> {t} loc(unknown)"
+        );
         extra_operand = Some((format!("%e{i}"), t));
     }
     let is_send = matches!(ins.op, Op::Send { .. });
@@ -257,8 +299,26 @@ fn print_instruction(
         attrs,
         operand_types.join(", "),
         result_types.join(", "),
-        quote(&ins.origin),
+        location(p, ins, is_send),
     );
+}
+
+/// An instruction's location: each result's buffer name with the source node inside
+/// (`"name"("node")`, fused when there are several), or the node alone without results. It is
+/// what `read` names the buffers by.
+fn location(p: &Program, ins: &Instruction, is_send: bool) -> String {
+    let origin = quote(&ins.origin);
+    let named: Vec<String> = ins
+        .outputs
+        .iter()
+        .map(|&o| format!("{}({origin})", quote(&p.buffers[o].name)))
+        .collect();
+    match named.as_slice() {
+        _ if is_send => origin,
+        [] => origin,
+        [one] => one.clone(),
+        many => format!("fused[{}]", many.join(", ")),
+    }
 }
 
 /// Which optional operands an instruction leaves out: moe.experts / moe.expert_ffn by

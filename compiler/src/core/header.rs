@@ -1,0 +1,145 @@
+//! What a printed module says of itself, so that it reads back: the stage it was printed at and
+//! the source of its weights (the model, and what the stages up to it were given that changes
+//! a weight: input shapes, microbatches, the evaluation limit, the capacity policy).
+//!
+//!   module attributes {ppmoe.stage = "moe", ppmoe.source = {model = "/m/model.onnx",
+//!       input_shapes = {hidden_states = array<i64: 1, 16, 64>}, microbatches = 1 : i64,
+//!       eval_limit = 268435456 : i64, capacity = "keep"}} {
+
+use crate::core::read::{attribute_text, dictionary_entries};
+use crate::passes::raise_moe::CapacityPolicy;
+use melior::ir::attribute::{Attribute, DenseI64ArrayAttribute, IntegerAttribute};
+use melior::ir::operation::OperationLike;
+use melior::ir::Module;
+use ppmoe_frontend::onnx_stage::quote;
+use std::path::PathBuf;
+
+/// The module attribute naming the stage.
+pub const STAGE: &str = "ppmoe.stage";
+/// The module attribute naming the weights' source.
+pub const SOURCE: &str = "ppmoe.source";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IrHeader {
+    pub stage: String,
+    pub source: WeightSource,
+}
+
+/// The model the weights come from, and the options of the stages that made them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightSource {
+    pub model: PathBuf,
+    /// StableHLO: the safetensors file binding @main's arguments.
+    pub weights: Option<PathBuf>,
+    pub input_shapes: Vec<(String, Vec<i64>)>,
+    pub microbatches: usize,
+    pub eval_limit: usize,
+    pub capacity: CapacityPolicy,
+}
+
+impl IrHeader {
+    /// The module's attribute dictionary, as printed after `module attributes`.
+    pub fn to_mlir(&self) -> String {
+        let s = &self.source;
+        let shapes: Vec<String> = s
+            .input_shapes
+            .iter()
+            .map(|(name, dims)| format!("{} = {}", quote(name), i64_array(dims)))
+            .collect();
+        let mut fields = vec![format!("model = {}", quote(&s.model.display().to_string()))];
+        if let Some(w) = &s.weights {
+            fields.push(format!("weights = {}", quote(&w.display().to_string())));
+        }
+        fields.extend([
+            format!("input_shapes = {{{}}}", shapes.join(", ")),
+            format!("microbatches = {} : i64", s.microbatches),
+            format!("eval_limit = {} : i64", s.eval_limit),
+            format!("capacity = {}", quote(capacity_name(s.capacity))),
+        ]);
+        format!(
+            "{STAGE} = {}, {SOURCE} = {{{}}}",
+            quote(&self.stage),
+            fields.join(", ")
+        )
+    }
+
+    /// The header of a parsed module; the error says which attribute is missing or wrong.
+    pub fn read(module: &Module) -> Result<IrHeader, String> {
+        let op = module.as_operation();
+        let stage = op
+            .attribute(STAGE)
+            .ok()
+            .and_then(attribute_text)
+            .ok_or_else(|| {
+                format!(
+                    "the module has no {STAGE} string attribute: not IR printed by ppmoe's --emit"
+                )
+            })?;
+        let source = op.attribute(SOURCE).map_err(|_| {
+            format!("the module has no {SOURCE} attribute (the source of its weights)")
+        })?;
+        Ok(IrHeader {
+            stage,
+            source: read_source(source)?,
+        })
+    }
+}
+
+fn read_source(source: Attribute) -> Result<WeightSource, String> {
+    let entries =
+        dictionary_entries(source).ok_or_else(|| format!("{SOURCE} is not a dictionary"))?;
+    let field = |name: &str| entries.iter().find(|(k, _)| k == name).map(|(_, a)| *a);
+    let text = |name: &str| field(name).and_then(attribute_text);
+    let int = |name: &str| -> Result<usize, String> {
+        field(name)
+            .and_then(|a| IntegerAttribute::try_from(a).ok())
+            .and_then(|i| usize::try_from(i.value()).ok())
+            .ok_or_else(|| format!("{SOURCE}.{name} is not a count"))
+    };
+    let model = text("model").ok_or_else(|| format!("{SOURCE}.model is not a path"))?;
+    let capacity = match text("capacity").as_deref() {
+        Some("keep") => CapacityPolicy::Keep,
+        Some("dropless") => CapacityPolicy::Dropless,
+        other => {
+            return Err(format!(
+                "{SOURCE}.capacity is {other:?}; expected \"keep\" or \"dropless\""
+            ))
+        }
+    };
+    let shapes = field("input_shapes")
+        .and_then(dictionary_entries)
+        .ok_or_else(|| format!("{SOURCE}.input_shapes is not a dictionary"))?;
+    let input_shapes = shapes
+        .into_iter()
+        .map(|(name, dims)| {
+            DenseI64ArrayAttribute::try_from(dims)
+                .ok()
+                .and_then(|a| (0..a.len()).map(|i| a.element(i).ok()).collect())
+                .map(|dims| (name.clone(), dims))
+                .ok_or_else(|| format!("{SOURCE}.input_shapes.{name} is not array<i64: ...>"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(WeightSource {
+        model: PathBuf::from(model),
+        weights: text("weights").map(PathBuf::from),
+        input_shapes,
+        microbatches: int("microbatches")?.max(1),
+        eval_limit: int("eval_limit")?,
+        capacity,
+    })
+}
+
+fn capacity_name(c: CapacityPolicy) -> &'static str {
+    match c {
+        CapacityPolicy::Keep => "keep",
+        CapacityPolicy::Dropless => "dropless",
+    }
+}
+
+fn i64_array(dims: &[i64]) -> String {
+    if dims.is_empty() {
+        return "array<i64>".into();
+    }
+    let d: Vec<String> = dims.iter().map(i64::to_string).collect();
+    format!("array<i64: {}>", d.join(", "))
+}

@@ -1,0 +1,485 @@
+//! Reads the `core` and `moe` stages' MLIR back into programs: the inverse of `print`. Each
+//! `func.func @rank<N>` is one program; its arguments are the inputs (`core.input`) and the
+//! weights (`core.weight`), its results the outputs (`core.output`); each op in it one
+//! instruction, the op's attributes read back into the op's fields, its location naming its
+//! results and the source node (`loc("result"("node"))`, fused when there are several).
+
+use melior::ir::attribute::{
+    Attribute, AttributeLike, BoolAttribute, DenseI64ArrayAttribute, DictionaryAttribute,
+    FloatAttribute, IntegerAttribute, StringAttribute,
+};
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::r#type::RankedTensorType;
+use melior::ir::{Location, Module, RegionLike, Type, ValueLike};
+use mlir_sys::MlirStringRef;
+use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
+use ppmoe_runtime::DType;
+use std::collections::HashMap;
+
+/// Attributes that say how operands are laid out, not what the op computes.
+const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
+
+/// Every `func.func` of the module as a program, in order; the error names the function and
+/// the op.
+pub fn read_programs(module: &Module) -> Result<Vec<Program>, String> {
+    let body = module.body();
+    let mut programs = Vec::new();
+    let mut next = body.first_operation();
+    while let Some(op) = next {
+        next = op.next_in_block();
+        match op_name(&op).as_str() {
+            "func.func" => programs.push(read_function(&op)?),
+            // The grid a later stage's collectives name: not a program.
+            "shard.grid" => {}
+            other => return Err(format!("the module holds '{other}'; expected func.func")),
+        }
+    }
+    if programs.is_empty() {
+        return Err("the module holds no func.func".into());
+    }
+    Ok(programs)
+}
+
+fn read_function(f: &OperationRef) -> Result<Program, String> {
+    let name = f
+        .attribute("sym_name")
+        .ok()
+        .and_then(attribute_text)
+        .unwrap_or_default();
+    let rank = name
+        .strip_prefix("rank")
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| format!("function @{name}: expected @rank<N>"))?;
+    let at = |what: String| format!("@{name}: {what}");
+    let mut reader = FunctionReader {
+        program: Program {
+            rank,
+            buffers: vec![],
+            inputs: vec![],
+            outputs: vec![],
+            instructions: vec![],
+            weights_file: format!("rank{rank}.safetensors"),
+            coords: [0, 0, 0],
+            gpu: vec![],
+            ptx_file: None,
+        },
+        values: HashMap::new(),
+    };
+    let block = f
+        .region(0)
+        .ok()
+        .and_then(|r| r.first_block())
+        .ok_or_else(|| at("no body".into()))?;
+    let arg_attrs = list(f, "arg_attrs");
+    for i in 0..block.argument_count() {
+        let arg = block.argument(i).map_err(|e| at(e.to_string()))?;
+        let dict = arg_attrs.get(i).copied();
+        let field = |k: &str| {
+            dict.and_then(|d| dictionary_field(d, k))
+                .and_then(attribute_text)
+        };
+        let (kind, buffer_name) = match (field("core.input"), field("core.weight")) {
+            (Some(n), None) => (BufferKind::Input, n),
+            (None, Some(n)) => (BufferKind::Weight, n),
+            _ => {
+                return Err(at(format!(
+                    "argument {i} names neither core.input nor core.weight"
+                )))
+            }
+        };
+        let id = reader
+            .add(buffer_name, kind, arg.r#type(), arg.to_raw().ptr as usize)
+            .map_err(|e| at(format!("argument {i}: {e}")))?;
+        if kind == BufferKind::Input {
+            reader.program.inputs.push(id);
+        }
+    }
+    let mut next = block.first_operation();
+    let mut index = 0;
+    while let Some(op) = next {
+        next = op.next_in_block();
+        if op_name(&op) == "func.return" {
+            reader
+                .outputs(&op, &list(f, "res_attrs"))
+                .map_err(|e| at(format!("func.return: {e}")))?;
+            break;
+        }
+        reader
+            .instruction(&op, index)
+            .map_err(|e| at(format!("op {index} ({}): {e}", op_name(&op))))?;
+        index += 1;
+    }
+    let mut p = reader.program;
+    if let Ok(coords) = f.attribute("ppmoe.coords") {
+        let c = i64_list(coords).ok_or_else(|| at("ppmoe.coords is not array<i64>".into()))?;
+        match c.as_slice() {
+            &[d, s, t] => p.coords = [d, s, t].map(|x| x.max(0) as usize),
+            _ => return Err(at("ppmoe.coords needs three coordinates".into())),
+        }
+    }
+    Ok(p)
+}
+
+struct FunctionReader {
+    program: Program,
+    /// Each SSA value (by its MLIR handle) as a buffer.
+    values: HashMap<usize, BufferId>,
+}
+
+impl FunctionReader {
+    fn add(
+        &mut self,
+        name: String,
+        kind: BufferKind,
+        ty: Type,
+        value: usize,
+    ) -> Result<BufferId, String> {
+        let (dtype, shape) = tensor_type(ty)?;
+        let id = self.program.buffers.len();
+        self.program.buffers.push(Buffer {
+            name,
+            dtype,
+            shape,
+            kind,
+        });
+        self.values.insert(value, id);
+        Ok(id)
+    }
+
+    fn instruction(&mut self, op: &OperationRef, index: usize) -> Result<(), String> {
+        let full = op_name(op);
+        let instruction_op = read_op(op, &full)?;
+        let present: Vec<BufferId> = op
+            .operands()
+            .map(|v| {
+                self.values
+                    .get(&(v.to_raw().ptr as usize))
+                    .copied()
+                    .ok_or_else(|| "an operand defined outside the function".to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let inputs = with_absent(op, present)?;
+        let (names, origin) = location_names(op.location(), op.result_count());
+        let mut outputs = Vec::new();
+        for (k, result) in op.results().enumerate() {
+            let name = names
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| format!("v{index}_{k}"));
+            let id = self.add(
+                name,
+                BufferKind::Temp,
+                result.r#type(),
+                result.to_raw().ptr as usize,
+            )?;
+            outputs.push(id);
+        }
+        self.program.instructions.push(Instruction {
+            op: instruction_op,
+            inputs,
+            outputs,
+            origin,
+        });
+        Ok(())
+    }
+
+    fn outputs(&mut self, ret: &OperationRef, res_attrs: &[Attribute]) -> Result<(), String> {
+        for (k, v) in ret.operands().enumerate() {
+            let id = *self
+                .values
+                .get(&(v.to_raw().ptr as usize))
+                .ok_or("an operand defined outside the function")?;
+            let b = &mut self.program.buffers[id];
+            if b.kind == BufferKind::Temp {
+                b.kind = BufferKind::Output;
+            }
+            if let Some(name) = res_attrs
+                .get(k)
+                .and_then(|d| dictionary_field(*d, "core.output"))
+                .and_then(attribute_text)
+            {
+                b.name = name;
+            }
+            self.program.outputs.push(id);
+        }
+        Ok(())
+    }
+}
+
+/// The op an MLIR op prints: its attributes as the op's serde fields, under its name, or, for
+/// the elementwise and reduction families, the name as the function (`core.add`).
+fn read_op(op: &OperationRef, full: &str) -> Result<Op, String> {
+    let Some((dialect, name)) = full.split_once('.') else {
+        return Err("not a core or moe op".into());
+    };
+    if !matches!(dialect, "core" | "moe") {
+        return Err(format!(
+            "'{full}': only core and moe ops read back so far (IR printed at the core and moe stages)"
+        ));
+    }
+    let mut fields = serde_json::Map::new();
+    for (key, value) in op.attributes() {
+        let key = identifier_text(key);
+        if STRUCTURAL.contains(&key.as_str()) {
+            continue;
+        }
+        let json = attribute_json(value)
+            .ok_or_else(|| format!("attribute '{key}' is of a kind no op field takes"))?;
+        fields.insert(key, json);
+    }
+    let with_tag = |tag: &str, f: Option<&str>| {
+        let mut m = fields.clone();
+        m.insert("op".into(), tag.into());
+        if let Some(f) = f {
+            m.insert("f".into(), f.into());
+        }
+        serde_json::from_value::<Op>(serde_json::Value::Object(m)).ok()
+    };
+    let tag = match name {
+        "route" | "experts" | "local_slice" | "expert_ffn" | "scatter_combine" | "dispatch"
+        | "combine" => format!("moe_{name}"),
+        _ => name.to_string(),
+    };
+    let candidates = [
+        with_tag(&tag, None),
+        with_tag("unary", Some(name)),
+        with_tag("binary", Some(name)),
+        name.strip_prefix("reduce_")
+            .and_then(|f| with_tag("reduce", Some(f))),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|o| o.dialect() == dialect && o.name() == name)
+        .ok_or_else(|| {
+            format!(
+                "no op '{full}' takes these attributes ({})",
+                fields.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+}
+
+/// The instruction's inputs with its optional operands' absences put back: by segment sizes
+/// (`moe.experts`, `moe.expert_ffn`) or by the listed positions (`core.absent_inputs`).
+fn with_absent(op: &OperationRef, present: Vec<BufferId>) -> Result<Vec<Option<BufferId>>, String> {
+    let mut present = present.into_iter();
+    if let Ok(segments) = op.attribute("operandSegmentSizes") {
+        let sizes = melior::ir::attribute::DenseI32ArrayAttribute::try_from(segments)
+            .map_err(|_| "operandSegmentSizes is not array<i32>")?;
+        return (0..sizes.len())
+            .map(|i| match sizes.element(i) {
+                Ok(0) => Ok(None),
+                Ok(1) => Ok(present.next()),
+                _ => Err("operandSegmentSizes: each segment is 0 or 1".to_string()),
+            })
+            .collect();
+    }
+    let absent = match op.attribute("core.absent_inputs") {
+        Ok(a) => i64_list(a).ok_or("core.absent_inputs is not array<i64>")?,
+        Err(_) => vec![],
+    };
+    let total = op.operand_count() + absent.len();
+    Ok((0..total)
+        .map(|k| {
+            if absent.contains(&(k as i64)) {
+                None
+            } else {
+                present.next()
+            }
+        })
+        .collect())
+}
+
+/// The names an op's location gives its results, and the source node it came from:
+/// `loc("name"("node"))` for one result, `loc(fused["a"("node"), "b"("node")])` for several,
+/// `loc("node")` for none. Anything else (IR written by hand) names nothing.
+fn location_names(loc: Location, results: usize) -> (Vec<String>, String) {
+    let named = |l: Location| -> Option<(String, String)> {
+        if !l.is_name() {
+            return None;
+        }
+        let name = identifier_text(l.name_value());
+        let child = l.name_child_location();
+        let origin = if child.is_name() {
+            identifier_text(child.name_value())
+        } else {
+            String::new()
+        };
+        Some((name, origin))
+    };
+    if results == 0 {
+        return (vec![], named(loc).map(|(n, _)| n).unwrap_or_default());
+    }
+    let parts: Vec<Location> = if loc.is_fused() {
+        (0..loc.fused_num_locations())
+            .map(|i| loc.fused_location(i))
+            .collect()
+    } else {
+        vec![loc]
+    };
+    let pairs: Option<Vec<(String, String)>> = parts.into_iter().map(named).collect();
+    match pairs {
+        Some(p) if p.len() == results => {
+            let origin = p[0].1.clone();
+            (p.into_iter().map(|(n, _)| n).collect(), origin)
+        }
+        _ => (vec![], String::new()),
+    }
+}
+
+/// A ranked tensor type as a buffer's element type and shape (`?` unknown).
+fn tensor_type(ty: Type) -> Result<(DType, Vec<Option<usize>>), String> {
+    use melior::ir::r#type::{DimSize, ShapedTypeLike};
+    let t = RankedTensorType::try_from(ty).map_err(|_| format!("{ty} is not a ranked tensor"))?;
+    let dtype = element_dtype(&t.element().to_string())
+        .ok_or_else(|| format!("{ty}: element type not one ppmoe holds"))?;
+    let shape = (0..t.rank())
+        .map(|i| match t.dim_size(i) {
+            Ok(DimSize::Static(n)) => usize::try_from(n).map(Some).map_err(|e| e.to_string()),
+            Ok(DimSize::Dynamic) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((dtype, shape))
+}
+
+/// The element type `print` writes for each of ppmoe's types (unsigned as `ui<N>`).
+pub fn element_dtype(s: &str) -> Option<DType> {
+    Some(match s {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        "f64" => DType::F64,
+        "i8" => DType::I8,
+        "i16" => DType::I16,
+        "i32" => DType::I32,
+        "i64" => DType::I64,
+        "ui8" => DType::U8,
+        "ui16" => DType::U16,
+        "ui32" => DType::U32,
+        "ui64" => DType::U64,
+        "i1" => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// An attribute as the JSON value of the op field it prints: booleans, integers, floats,
+/// strings and `array<i64>`.
+fn attribute_json(a: Attribute) -> Option<serde_json::Value> {
+    if let Ok(b) = BoolAttribute::try_from(a) {
+        return Some(b.value().into());
+    }
+    if let Ok(i) = IntegerAttribute::try_from(a) {
+        return Some(i.value().into());
+    }
+    if let Ok(f) = FloatAttribute::try_from(a) {
+        return serde_json::Number::from_f64(f.value()).map(Into::into);
+    }
+    if let Some(s) = attribute_text(a) {
+        return Some(s.into());
+    }
+    i64_list(a).map(Into::into)
+}
+
+fn i64_list(a: Attribute) -> Option<Vec<i64>> {
+    let d = DenseI64ArrayAttribute::try_from(a).ok()?;
+    (0..d.len()).map(|i| d.element(i).ok()).collect()
+}
+
+/// A string attribute's text (empty strings included, which melior's own accessor cannot
+/// read).
+pub fn attribute_text(a: Attribute) -> Option<String> {
+    let s = StringAttribute::try_from(a).ok()?;
+    // SAFETY: the attribute is a string attribute (checked above).
+    Some(string_ref(unsafe {
+        mlir_sys::mlirStringAttrGetValue(s.to_raw())
+    }))
+}
+
+/// A dictionary attribute's entries, in order.
+pub fn dictionary_entries(a: Attribute) -> Option<Vec<(String, Attribute)>> {
+    let d = DictionaryAttribute::try_from(a).ok()?;
+    (0..d.len())
+        .map(|i| d.element(i).ok().map(|(k, v)| (identifier_text(k), v)))
+        .collect()
+}
+
+fn dictionary_field<'c>(d: Attribute<'c>, key: &str) -> Option<Attribute<'c>> {
+    DictionaryAttribute::try_from(d).ok()?.element_by_name(key)
+}
+
+/// An op's array-of-dictionaries attribute (`arg_attrs`, `res_attrs`) as a list.
+fn list<'c>(op: &OperationRef<'c, '_>, name: &str) -> Vec<Attribute<'c>> {
+    let Ok(a) = op.attribute(name) else {
+        return vec![];
+    };
+    let Ok(array) = melior::ir::attribute::ArrayAttribute::try_from(a) else {
+        return vec![];
+    };
+    (0..array.len())
+        .filter_map(|i| array.element(i).ok())
+        .collect()
+}
+
+fn op_name(op: &OperationRef) -> String {
+    identifier_text(op.name())
+}
+
+fn identifier_text(id: melior::ir::Identifier) -> String {
+    // SAFETY: an identifier of a live context.
+    string_ref(unsafe { mlir_sys::mlirIdentifierStr(id.to_raw()) })
+}
+
+/// MLIR's string reference as an owned string; empty references have no data to read.
+fn string_ref(r: MlirStringRef) -> String {
+    if r.length == 0 || r.data.is_null() {
+        return String::new();
+    }
+    // SAFETY: MLIR guarantees `length` bytes at `data` for as long as the context lives.
+    let bytes = unsafe { std::slice::from_raw_parts(r.data as *const u8, r.length) };
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::element_dtype;
+    use crate::core::header::{IrHeader, WeightSource};
+    use crate::core::print::element_type;
+    use crate::passes::raise_moe::CapacityPolicy;
+    use ppmoe_runtime::DType;
+
+    #[test]
+    fn every_element_type_reads_back_as_itself() {
+        use DType::*;
+        for d in [
+            F32, F16, BF16, F64, I8, I16, I32, I64, U8, U16, U32, U64, Bool,
+        ] {
+            assert_eq!(element_dtype(element_type(d)), Some(d), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_header_reads_back_as_written() {
+        let header = IrHeader {
+            stage: "moe".into(),
+            source: WeightSource {
+                model: "/m/a \"b\".onnx".into(),
+                weights: Some("/m/w.safetensors".into()),
+                input_shapes: vec![("input.1".into(), vec![2, 16]), ("x".into(), vec![])],
+                microbatches: 2,
+                eval_limit: 1 << 20,
+                capacity: CapacityPolicy::Dropless,
+            },
+        };
+        let text = format!("module attributes {{{}}} {{\n}}\n", header.to_mlir());
+        let context = ppmoe_dialect::context();
+        let module = ppmoe_dialect::parse_verified(&context, &text).unwrap();
+        let mut read = IrHeader::read(&module).unwrap();
+        // A dictionary's entries come back sorted by name.
+        read.source.input_shapes.sort();
+        let mut want = header.clone();
+        want.source.input_shapes.sort();
+        assert_eq!(read, want);
+    }
+}

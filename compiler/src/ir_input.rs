@@ -1,0 +1,237 @@
+//! IR as the compiler's input: a module printed by `--emit core` or `--emit moe` (and edited,
+//! or not) compiles like the model it came from. The program is the module's; the weights are
+//! the source's, which the module names (`ppmoe.source`): the source is lowered again to the
+//! module's stage, with the options recorded beside it, and each weight the module takes is
+//! checked against the type of its argument. `--weights MODEL` names another source.
+
+use crate::core::header::IrHeader;
+use crate::core::print::tensor_type;
+use crate::core::read::read_programs;
+use crate::core::CoreProgram;
+use crate::error::CompileError;
+use crate::pipeline::{run_with, Compilation, Options};
+use ppmoe_runtime::program::{Buffer, BufferKind, Op, Program};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The stages whose IR reads back.
+pub const READABLE: &[&str] = &["core", "moe"];
+
+/// Whether `path` holds IR that ppmoe printed: MLIR text whose module (after comments and
+/// alias definitions such as `#loc = loc(unknown)`) has attributes naming its stage.
+/// (StableHLO text, also `.mlir`, has no such header.)
+pub fn is_ppmoe_ir(path: &Path) -> bool {
+    let mut head = vec![0u8; 64 << 10];
+    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&head[..n]);
+    let code = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with('#'))
+        .unwrap_or_default();
+    code.starts_with("module attributes {") && code.contains(crate::core::header::STAGE)
+}
+
+/// Takes the compilation to the stage its IR file was printed at; returns that stage's name.
+/// The options the file records (input shapes, microbatches, the evaluation limit, capacity)
+/// replace the compilation's, the source's path included: what later stages print names it.
+pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
+    let path = c.options.path.clone();
+    let fail = |reason: String| CompileError::Ir {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|cause| CompileError::Io {
+        path: path.clone(),
+        cause,
+    })?;
+    let context = ppmoe_dialect::context();
+    let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
+        CompileError::Verify {
+            path: path.clone(),
+            stage: "input".into(),
+            diagnostics,
+        }
+    })?;
+    let header = IrHeader::read(&module).map_err(fail)?;
+    if !READABLE.contains(&header.stage.as_str()) {
+        return Err(fail(format!(
+            "IR of stage '{}' does not read back yet; IR of these stages does: {}",
+            header.stage,
+            READABLE.join(", ")
+        )));
+    }
+    let mut programs = read_programs(&module).map_err(fail)?;
+    if programs.len() != 1 {
+        return Err(fail(format!(
+            "stage '{}' holds one function, not {}",
+            header.stage,
+            programs.len()
+        )));
+    }
+    let program = programs.remove(0);
+    let given = c.options.microbatches.max(1);
+    if given != 1 && given != header.source.microbatches {
+        return Err(fail(format!(
+            "--microbatches {given}: the IR was printed for {} microbatches",
+            header.source.microbatches
+        )));
+    }
+    let shapes = &c.options.input_shapes;
+    if !shapes.is_empty() && *shapes != header.source.input_shapes {
+        return Err(fail(format!(
+            "--input-shape: the IR was printed at {:?}; its shapes are fixed",
+            header.source.input_shapes
+        )));
+    }
+    let mut header = header;
+    relative_to(&mut header, &path);
+    let source = source_options(&header, c.options.weights.take())?;
+    if is_ppmoe_ir(&source.path) {
+        return Err(fail(format!(
+            "its weights' source {} is IR itself; name the model with --weights",
+            source.path.display()
+        )));
+    }
+    tracing::info!(
+        "weights: {} lowered again to stage {}",
+        source.path.display(),
+        header.stage
+    );
+    let lowered = run_with(
+        Compilation {
+            options: source.clone(),
+            ..Default::default()
+        },
+        &header.stage,
+    )?;
+    let core = take_weights(program, lowered, &header.stage).map_err(fail)?;
+    c.options = Options {
+        grid: c.options.grid,
+        strategy: c.options.strategy,
+        hardware: c.options.hardware,
+        target_cuda: c.options.target_cuda,
+        weight_dtype: c.options.weight_dtype,
+        ..source
+    };
+    c.ir_input = Some(path);
+    c.probe_core = core.1;
+    c.core = Some(core.0);
+    Ok(header.stage)
+}
+
+/// The source's paths, where relative, are relative to the IR file (as a hand-written test
+/// names its fixture); `--emit` writes them absolute.
+fn relative_to(header: &mut IrHeader, ir: &Path) {
+    let dir = ir.parent().unwrap_or(Path::new("."));
+    let s = &mut header.source;
+    if s.model.is_relative() {
+        s.model = dir.join(&s.model);
+    }
+    if let Some(w) = s.weights.as_mut().filter(|w| w.is_relative()) {
+        *w = dir.join(&*w);
+    }
+}
+
+/// The options that lowered the source to the module's stage; `--weights` names another model.
+fn source_options(header: &IrHeader, weights: Option<PathBuf>) -> Result<Options, CompileError> {
+    let s = &header.source;
+    Ok(Options {
+        path: weights.unwrap_or_else(|| s.model.clone()),
+        input_shapes: s.input_shapes.clone(),
+        weights: s.weights.clone(),
+        capacity_policy: Some(s.capacity),
+        microbatches: s.microbatches,
+        eval_limit: Some(s.eval_limit),
+        ..Default::default()
+    })
+}
+
+/// The module's program with the source's weights under the names its arguments give, each
+/// checked for type; the MoE layers and run-time nodes the source's lowering found; and, at
+/// `core`, the source's few-token program where it has the module's structure.
+fn take_weights(
+    program: Program,
+    mut lowered: Compilation,
+    stage: &str,
+) -> Result<(CoreProgram, Option<CoreProgram>), String> {
+    let source = lowered.core.take().ok_or("the source did not lower")?;
+    let mut by_name: HashMap<String, ppmoe_runtime::Tensor> = source.weights.into_iter().collect();
+    let mut weights = Vec::new();
+    for b in program
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Weight)
+    {
+        let t = by_name.remove(&b.name).ok_or_else(|| {
+            format!(
+                "weight '{}' is not among the source's weights at stage {stage}",
+                b.name
+            )
+        })?;
+        let held = Buffer {
+            shape: t.shape.iter().copied().map(Some).collect(),
+            dtype: t.dtype,
+            ..b.clone()
+        };
+        if held.dtype != b.dtype || held.shape != b.shape {
+            return Err(format!(
+                "weight '{}': the IR takes {}, the source holds {}",
+                b.name,
+                tensor_type(b),
+                tensor_type(&held)
+            ));
+        }
+        weights.push((b.name.clone(), t));
+    }
+    let layers = (program.instructions.iter())
+        .filter(|i| matches!(i.op, Op::MoeExperts { .. }))
+        .count();
+    if layers != source.moe_layers.len() {
+        return Err(format!(
+            "{layers} moe.experts ops, where the source's lowering found {} MoE layers",
+            source.moe_layers.len()
+        ));
+    }
+    let name_of = |ids: &[usize]| -> Vec<String> {
+        ids.iter()
+            .map(|&i| program.buffers[i].name.clone())
+            .collect()
+    };
+    let core = CoreProgram {
+        input_names: name_of(&program.inputs),
+        output_names: name_of(&program.outputs),
+        program,
+        weights,
+        moe_layers: source.moe_layers,
+        run_time_nodes: source.run_time_nodes,
+    };
+    let probe = match (stage, lowered.probe_core.take()) {
+        ("core", Some(p)) => renumbered_probe(p, &core.program),
+        _ => None,
+    };
+    Ok((core, probe))
+}
+
+/// The source's few-token program numbered as the module's (printed and read back, as the
+/// module was), where the two have the same structure; else none, and the raise works at the
+/// compile size.
+fn renumbered_probe(probe: CoreProgram, program: &Program) -> Option<CoreProgram> {
+    let text = crate::core::print::print_core(&[&probe.program]);
+    let context = ppmoe_dialect::context();
+    let module = ppmoe_dialect::parse_verified(&context, &text).ok()?;
+    let read = read_programs(&module).ok()?.pop()?;
+    match crate::moe::probe::same_structure(program, &read) {
+        Ok(()) => Some(CoreProgram {
+            program: read,
+            ..probe
+        }),
+        Err(why) => {
+            tracing::info!("moe: the IR's program is not the source's few-token one ({why})");
+            None
+        }
+    }
+}

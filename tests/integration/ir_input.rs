@@ -1,0 +1,238 @@
+//! IR as input: the module `--emit core` or `--emit moe` prints reads back (`inspect IR.mlir`,
+//! `compile IR.mlir`), with the weights of the source it names. Checked on every fixture: the
+//! print of what was read is the print itself, the `core` IR reaches the same `moe` IR, and
+//! the `moe` IR the same `--tp 2 --emit sharded` IR as the model; compiled, it runs to
+//! PyTorch's output; an edit of the IR is what runs.
+
+use crate::common::{
+    assert_clean_failure, fixtures, fixtures_dir, output_name, ppmoe, shape_flags, torch_tolerance,
+};
+use std::path::{Path, PathBuf};
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The model of a fixture folder and the flags it compiles with (its input shape; a StableHLO
+/// fixture's weights).
+fn model_and_flags(dir: &Path) -> (PathBuf, Vec<String>) {
+    if dir.join("model.onnx").exists() {
+        return (dir.join("model.onnx"), shape_flags(dir));
+    }
+    let weights = vec!["--weights".into(), s(&dir.join("weights.safetensors"))];
+    (dir.join("model.mlir"), weights)
+}
+
+/// `ppmoe inspect` of `model` with `flags` then `extra`: its stdout, or its error.
+fn inspect(model: &Path, flags: &[String], extra: &[&str]) -> Result<String, String> {
+    let mut args = vec!["inspect".to_string(), s(model)];
+    args.extend(flags.iter().cloned());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    if out.code == 0 {
+        Ok(out.stdout)
+    } else {
+        Err(out.stderr)
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every fixture, ONNX and StableHLO: IR that reads back to itself, and to the later stages
+/// the model reaches.
+#[test]
+fn every_fixtures_ir_reads_back_to_the_models_later_stages() {
+    let mut dirs = fixtures();
+    dirs.extend(
+        ["jax_moe_block", "jax_gshard_top2_a2a", "jax_scan_layers"].map(|n| fixtures_dir().join(n)),
+    );
+    let work = tempfile::tempdir().unwrap();
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let (model, flags) = model_and_flags(&dir);
+        let moe = inspect(&model, &flags, &["--emit", "moe"]).unwrap();
+        let moe_file = write(work.path(), &format!("{name}.moe.mlir"), &moe);
+        let again = inspect(&moe_file, &[], &["--emit", "moe"]).unwrap();
+        assert_eq!(
+            again, moe,
+            "{name}: the moe IR read back prints differently"
+        );
+        let core = inspect(&model, &flags, &["--emit", "core"]).unwrap();
+        let core_file = write(work.path(), &format!("{name}.core.mlir"), &core);
+        let raised = inspect(&core_file, &[], &["--emit", "moe"]).unwrap();
+        assert_eq!(raised, moe, "{name}: the core IR raises to another moe IR");
+        let direct = inspect(&model, &flags, &["--tp", "2", "--emit", "sharded"]);
+        let read = inspect(&moe_file, &[], &["--tp", "2", "--emit", "sharded"]);
+        match (direct, read) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}: tp 2 sharded IR differs"),
+            (Err(_), Err(_)) => {}
+            (a, b) => panic!("{name}: the model and its IR disagree at tp 2: {a:?} / {b:?}"),
+        }
+    }
+}
+
+/// Compiles `ir` with `flags`, runs the fixture's input through it and checks its output
+/// against PyTorch's; returns the check line.
+fn compile_and_check(dir: &Path, ir: &Path, flags: &[&str], work: &Path) -> String {
+    let bundle = work.join("bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    let mut args = vec![
+        "compile",
+        ir.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ];
+    args.extend(flags);
+    let c = ppmoe(&args);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let input = crate::common::fixture_field(dir, "input_name");
+    let out = output_name(dir);
+    let tolerance = torch_tolerance(dir).to_string();
+    let r = ppmoe(&[
+        "run",
+        bundle.to_str().unwrap(),
+        "--input",
+        &s(&dir.join(format!("{input}.npy"))),
+        "--output-dir",
+        &s(&work.join("out")),
+        "--check",
+        &s(&dir.join(format!("{out}.npy"))),
+        "--tolerance",
+        &tolerance,
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+/// The check: a model's `moe` IR, written to a file and compiled on a grid, runs to
+/// PyTorch's output (LMs at tp 2 x pp 2, a block at tp 2 with each strategy, a bf16 LM).
+#[test]
+fn compiled_moe_ir_runs_to_pytorchs_output() {
+    let work = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        ("qwen2moe_lm_dynamo", &["--tp", "2", "--pp", "2"]),
+        ("olmoe_lm_sdpa", &["--tp", "2", "--pp", "2"]),
+        ("mixtral_block_dynamo", &["--tp", "2"]),
+        (
+            "mixtral_block_dynamo",
+            &["--tp", "2", "--moe-strategy", "alltoall"],
+        ),
+        ("qwen3moe_lm_bf16_sdpa", &["--tp", "2"]),
+    ];
+    for (name, flags) in cases {
+        let dir = fixtures_dir().join(name);
+        let (model, shape) = model_and_flags(&dir);
+        let moe = inspect(&model, &shape, &["--emit", "moe"]).unwrap();
+        let ir = write(work.path(), "model.moe.mlir", &moe);
+        let line = compile_and_check(&dir, &ir, flags, work.path());
+        assert!(line.contains(": ok"), "{name} {flags:?}: {line}");
+    }
+}
+
+/// The program compiled is the IR's, not the source's: scaling the router's weights by 2 in
+/// the IR of a block whose output is the experts' sum doubles the output.
+#[test]
+fn an_edit_of_the_ir_is_what_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fixtures_dir().join("mixtral_block_dynamo");
+    let moe = inspect(&dir.join("model.onnx"), &[], &["--emit", "moe"]).unwrap();
+    let from = "routed_scaling_factor = 1.000000e+00 : f64";
+    assert!(moe.contains(from), "{moe}");
+    let edited = moe.replace(from, "routed_scaling_factor = 2.000000e+00 : f64");
+    let ir = write(work.path(), "edited.mlir", &edited);
+    let doubled = work.path().join("doubled.npy");
+    std::fs::write(&doubled, doubled_npy(&dir.join("view_7.npy"))).unwrap();
+    let bundle = work.path().join("b");
+    let c = ppmoe(&[
+        "compile",
+        ir.to_str().unwrap(),
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let r = ppmoe(&[
+        "run",
+        bundle.to_str().unwrap(),
+        "--input",
+        &s(&dir.join("hidden_states.npy")),
+        "--output-dir",
+        &s(&work.path().join("o")),
+        "--check",
+        doubled.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(": ok"), "{}", r.stdout);
+}
+
+/// A little-endian f32 .npy file with every value doubled (exact in binary floating point).
+fn doubled_npy(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
+    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let text = String::from_utf8_lossy(&bytes[10..header]).to_string();
+    assert!(text.contains("'<f4'"), "{text}");
+    for v in bytes[header..].chunks_exact_mut(4) {
+        let x = 2.0 * f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+        v.copy_from_slice(&x.to_le_bytes());
+    }
+    bytes
+}
+
+/// IR that cannot be taken is refused with what is wrong: a weight the source lacks, a
+/// weight of another type, a stage before the IR's, a stage that does not read back yet.
+#[test]
+fn ir_input_that_cannot_be_taken_is_named() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fixtures_dir().join("mixtral_block_dynamo");
+    let model = dir.join("model.onnx");
+    let moe = inspect(&model, &[], &["--emit", "moe"]).unwrap();
+    let renamed = write(
+        work.path(),
+        "renamed.mlir",
+        &moe.replace("\"view_7.w_in\"", "\"no_such_weight\""),
+    );
+    let out = ppmoe(&["inspect", renamed.to_str().unwrap(), "--emit", "sharded"]);
+    assert_clean_failure(&out, &["renamed.mlir", "weight 'no_such_weight'", "source"]);
+
+    let retyped = write(
+        work.path(),
+        "retyped.mlir",
+        &moe.replace("%arg1: tensor<64x4xf32>", "%arg1: tensor<64x4xbf16>")
+            .replace(
+                "(%0, %arg1) : (tensor<16x64xf32>, tensor<64x4xf32>)",
+                "(%0, %arg1) : (tensor<16x64xf32>, tensor<64x4xbf16>)",
+            ),
+    );
+    let out = ppmoe(&[
+        "compile",
+        retyped.to_str().unwrap(),
+        "-o",
+        &s(&work.path().join("b")),
+    ]);
+    assert_clean_failure(
+        &out,
+        &[
+            "retyped.mlir",
+            "'inner.gate.weight.const1'",
+            "tensor<64x4xbf16>",
+            "tensor<64x4xf32>",
+        ],
+    );
+    assert!(!work.path().join("b").exists(), "a bundle was left behind");
+
+    let ir = write(work.path(), "moe.mlir", &moe);
+    let out = ppmoe(&["inspect", ir.to_str().unwrap(), "--emit", "core"]);
+    assert_clean_failure(&out, &["moe.mlir", "stage 'moe'", "'core' comes before it"]);
+
+    let sharded = inspect(&model, &[], &["--tp", "2", "--emit", "sharded"]).unwrap();
+    let later = write(work.path(), "sharded.mlir", &sharded);
+    let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "pipelined"]);
+    assert_clean_failure(
+        &out,
+        &["sharded.mlir", "stage 'sharded' does not read back yet"],
+    );
+}
