@@ -50,6 +50,22 @@ pub enum Command {
         #[command(flatten)]
         moe: MoeFlags,
     },
+    /// Run named passes on IR printed by `inspect --emit` (core to pipelined), as mlir-opt
+    /// does, and print the IR after the last.
+    Opt {
+        /// The IR (.mlir) to start from.
+        ir: PathBuf,
+        /// The passes, e.g. 'builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce)';
+        /// `builtin.module()` prints the IR as read.
+        #[arg(long = "pass-pipeline")]
+        pass_pipeline: String,
+        /// Print the IR after every pass, on standard error.
+        #[arg(long = "print-ir-after-all")]
+        print_ir_after_all: bool,
+        /// Another model to take the weights from than the one the IR names.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
     /// Compile a model into a bundle: manifest.json, weights per rank, programs.
     Compile {
         /// The model (.onnx).
@@ -251,6 +267,9 @@ pub struct MoeFlags {
     /// leaves the layer unraised with the reason.
     #[arg(long = "eval-limit", default_value_t = 256, value_name = "MIB")]
     eval_limit: usize,
+    /// Print the IR after every pass (each headed by the pass's name), on standard error.
+    #[arg(long = "print-ir-after-all")]
+    print_ir_after_all: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -305,6 +324,7 @@ impl MoeFlags {
                 anyhow::anyhow!("--eval-limit {} MiB is too large", self.eval_limit)
             })?);
         c.options.target_cuda = self.target == TargetFlag::Cuda;
+        c.options.print_ir_after_all = self.print_ir_after_all;
         c.options.weight_dtype = match self.dtype {
             DtypeFlag::Fp32 => None,
             DtypeFlag::Bf16 => Some(ppmoe_runtime::DType::BF16),
@@ -350,6 +370,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_summary(c);
             }
             let (text, _) = ppmoe_compiler::pipeline::emit(c, stage_name(emit))?;
+            out!("{text}");
+            Ok(())
+        }
+        Command::Opt {
+            ir,
+            pass_pipeline,
+            print_ir_after_all,
+            weights,
+        } => {
+            let mut c = Compilation::new(&ir, &[]);
+            c.options.print_ir_after_all = print_ir_after_all;
+            c.options.weights = weights;
+            let (text, c) = ppmoe_compiler::pipeline::opt(c, &pass_pipeline)?;
+            for note in &c.diagnostics.kept_all_to_all {
+                eprintln!("note: {note}");
+            }
             out!("{text}");
             Ok(())
         }

@@ -647,6 +647,35 @@ mod tests {
         }
     }
 
+    /// At tp 2 with all-to-all, the bf16 layer gathers its f32 combine into its bf16 output:
+    /// the sharded IR says so with the gather in f32 and a cast marked `ppmoe.narrows` (the
+    /// `shard` ops take one element type, and every stage's IR is verified), and reads back as
+    /// itself.
+    #[test]
+    fn a_narrowing_gather_prints_as_a_marked_cast_and_reads_back() {
+        use ppmoe_compiler::distribute::{Grid, Strategy};
+        let d = tempfile::tempdir().unwrap();
+        let s = Shape::parse("32,16,4,2").unwrap();
+        let model = write(d.path(), s, 11).unwrap();
+        let mut c = cuda_compilation(&model, s, 8);
+        c.options.grid = Some(Grid {
+            dp: 1,
+            pp: 1,
+            tp: 2,
+        });
+        c.options.strategy = Some(Strategy::AllToAll);
+        let (ir, _) = ppmoe_compiler::pipeline::emit(c, "sharded").unwrap();
+        assert!(
+            ir.contains("shard.all_gather") && ir.contains("ppmoe.narrows = true"),
+            "{ir}"
+        );
+        let file = d.path().join("sharded.mlir");
+        std::fs::write(&file, &ir).unwrap();
+        let c = ppmoe_compiler::pipeline::Compilation::new(&file, &[]);
+        let (again, _) = ppmoe_compiler::pipeline::emit(c, "sharded").unwrap();
+        assert_eq!(again, ir);
+    }
+
     fn layer_at_tp_2_matches_tp_1(t: usize) {
         use ppmoe_compiler::distribute::{Grid, Strategy};
         use ppmoe_runtime::program::GpuOp;

@@ -1,13 +1,17 @@
-//! IR as the compiler's input: a module printed by `--emit core` or `--emit moe` (and edited,
-//! or not) compiles like the model it came from. The program is the module's; the weights are
-//! the source's, which the module names (`ppmoe.source`): the source is lowered again to the
-//! module's stage, with the options recorded beside it, and each weight the module takes is
-//! checked against the type of its argument. `--weights MODEL` names another source.
+//! IR as the compiler's input: a module printed by `--emit` from `core` to `pipelined` (and
+//! edited, or not) compiles like the model it came from. The programs are the module's; the
+//! weights are the source's, which the module names (`ppmoe.source`): the source is lowered
+//! again to the module's stage, with the options recorded beside it (and, from `sharded` on,
+//! the module's grid), and each weight a program takes is checked against the type of its
+//! argument. `--weights MODEL` names another source.
 
 use crate::core::header::IrHeader;
 use crate::core::print::tensor_type;
-use crate::core::read::read_programs;
+use crate::core::read::{read_grid, read_programs};
 use crate::core::CoreProgram;
+use crate::distribute::shard_moe::RankProgram;
+use crate::distribute::Grid;
+use crate::distribute::Strategy;
 use crate::error::CompileError;
 use crate::pipeline::{run_with, Compilation, Options};
 use ppmoe_runtime::program::{Buffer, BufferKind, Op, Program};
@@ -16,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The stages whose IR reads back.
-pub const READABLE: &[&str] = &["core", "moe"];
+pub const READABLE: &[&str] = &["core", "moe", "sharded", "pipelined"];
 
 /// Whether `path` holds IR that ppmoe printed: MLIR text whose module (after comments and
 /// alias definitions such as `#loc = loc(unknown)`) has attributes naming its stage.
@@ -64,15 +68,8 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
             READABLE.join(", ")
         )));
     }
-    let mut programs = read_programs(&module).map_err(fail)?;
-    if programs.len() != 1 {
-        return Err(fail(format!(
-            "stage '{}' holds one function, not {}",
-            header.stage,
-            programs.len()
-        )));
-    }
-    let program = programs.remove(0);
+    let grid = read_grid(&module).map_err(fail)?;
+    let programs = read_programs(&module).map_err(fail)?;
     let given = c.options.microbatches.max(1);
     if given != 1 && given != header.source.microbatches {
         return Err(fail(format!(
@@ -87,9 +84,18 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
             header.source.input_shapes
         )));
     }
+    let later = matches!(header.stage.as_str(), "sharded" | "pipelined");
+    let grid = if later {
+        layout_grid(&header.stage, grid, c.options.grid).map_err(fail)?
+    } else {
+        grid
+    };
     let mut header = header;
     relative_to(&mut header, &path);
-    let source = source_options(&header, c.options.weights.take())?;
+    let mut source = source_options(&header, c.options.weights.take()).map_err(fail)?;
+    if later {
+        source.grid = Some(grid);
+    }
     if is_ppmoe_ir(&source.path) {
         return Err(fail(format!(
             "its weights' source {} is IR itself; name the model with --weights",
@@ -101,26 +107,110 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
         source.path.display(),
         header.stage
     );
-    let lowered = run_with(
+    let mut lowered = run_with(
         Compilation {
             options: source.clone(),
             ..Default::default()
         },
         &header.stage,
     )?;
-    let core = take_weights(program, lowered, &header.stage).map_err(fail)?;
-    c.options = Options {
-        grid: c.options.grid,
-        strategy: c.options.strategy,
-        hardware: c.options.hardware,
-        target_cuda: c.options.target_cuda,
-        weight_dtype: c.options.weight_dtype,
-        ..source
-    };
+    if later {
+        let ranks = match header.stage.as_str() {
+            "sharded" => std::mem::take(&mut lowered.sharded),
+            _ => std::mem::take(&mut lowered.ranks),
+        };
+        let ranks = with_weights(programs, ranks, &header.stage).map_err(fail)?;
+        match header.stage.as_str() {
+            "sharded" => c.sharded = ranks,
+            _ => c.ranks = ranks,
+        }
+        // The model's ports and MoE layers (what `compile` reports) are the source's.
+        c.core = lowered.core.take();
+        c.choices = std::mem::take(&mut lowered.choices);
+        c.diagnostics = std::mem::take(&mut lowered.diagnostics);
+        c.options = Options {
+            hardware: c.options.hardware,
+            target_cuda: c.options.target_cuda,
+            print_ir_after_all: c.options.print_ir_after_all,
+            ..source
+        };
+    } else {
+        let [program]: [Program; 1] = programs.try_into().map_err(|p: Vec<Program>| {
+            fail(format!(
+                "stage '{}' holds one function, not {}",
+                header.stage,
+                p.len()
+            ))
+        })?;
+        let core = take_weights(program, lowered, &header.stage).map_err(fail)?;
+        c.probe_core = core.1;
+        c.core = Some(core.0);
+        c.options = Options {
+            grid: c.options.grid,
+            strategy: c.options.strategy,
+            hardware: c.options.hardware,
+            target_cuda: c.options.target_cuda,
+            weight_dtype: c.options.weight_dtype,
+            print_ir_after_all: c.options.print_ir_after_all,
+            ..source
+        };
+    }
     c.ir_input = Some(path);
-    c.probe_core = core.1;
-    c.core = Some(core.0);
     Ok(header.stage)
+}
+
+/// The grid a later stage's IR runs on: the IR's own at `pipelined`; at `sharded` its tp, and
+/// the pp and dp the flags give (the pipeline is not laid out yet). Flags that contradict the
+/// IR are refused.
+fn layout_grid(stage: &str, ir: Grid, flags: Option<Grid>) -> Result<Grid, String> {
+    let flags = flags.unwrap_or(Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    });
+    let pick = |what: &str, given: usize, fixed: usize, free: bool| {
+        if given == 1 {
+            Ok(fixed)
+        } else if given == fixed || free {
+            Ok(given)
+        } else {
+            Err(format!(
+                "--{what} {given}: the IR is laid out on {}",
+                ir.mlir()
+            ))
+        }
+    };
+    let free = stage == "sharded";
+    Ok(Grid {
+        tp: pick("tp", flags.tp, ir.tp, false)?,
+        pp: pick("pp", flags.pp, ir.pp, free)?,
+        dp: pick("dp", flags.dp, ir.dp, free)?,
+    })
+}
+
+/// The later stages' programs, each with the weights of the source's program of the same rank
+/// under the names its arguments give.
+fn with_weights(
+    programs: Vec<Program>,
+    ranks: Vec<RankProgram>,
+    stage: &str,
+) -> Result<Vec<RankProgram>, String> {
+    if programs.len() != ranks.len() {
+        return Err(format!(
+            "{} functions, where the source's lowering to stage {stage} has {} ranks",
+            programs.len(),
+            ranks.len()
+        ));
+    }
+    programs
+        .into_iter()
+        .zip(ranks)
+        .map(|(program, rp)| {
+            let weights = attach_weights(&program, rp.weights.into_iter().collect(), stage)
+                .map_err(|e| format!("@rank{}: {e}", program.rank))?;
+            Ok(RankProgram { program, weights })
+        })
+        .collect()
 }
 
 /// The source's paths, where relative, are relative to the IR file (as a hand-written test
@@ -137,9 +227,23 @@ fn relative_to(header: &mut IrHeader, ir: &Path) {
 }
 
 /// The options that lowered the source to the module's stage; `--weights` names another model.
-fn source_options(header: &IrHeader, weights: Option<PathBuf>) -> Result<Options, CompileError> {
+fn source_options(header: &IrHeader, weights: Option<PathBuf>) -> Result<Options, String> {
     let s = &header.source;
+    let strategy = match s.strategy.as_deref() {
+        None | Some("ppmoe") => Strategy::Ppmoe,
+        Some("alltoall") => Strategy::AllToAll,
+        Some("auto") => Strategy::Auto,
+        Some(other) => return Err(format!("ppmoe.source.strategy '{other}'")),
+    };
+    let weight_dtype = match s.dtype.as_deref() {
+        None | Some("fp32") => None,
+        Some("bf16") => Some(ppmoe_runtime::DType::BF16),
+        Some("fp16") => Some(ppmoe_runtime::DType::F16),
+        Some(other) => return Err(format!("ppmoe.source.dtype '{other}'")),
+    };
     Ok(Options {
+        strategy: Some(strategy),
+        weight_dtype,
         path: weights.unwrap_or_else(|| s.model.clone()),
         input_shapes: s.input_shapes.clone(),
         weights: s.weights.clone(),
@@ -159,34 +263,7 @@ fn take_weights(
     stage: &str,
 ) -> Result<(CoreProgram, Option<CoreProgram>), String> {
     let source = lowered.core.take().ok_or("the source did not lower")?;
-    let mut by_name: HashMap<String, ppmoe_runtime::Tensor> = source.weights.into_iter().collect();
-    let mut weights = Vec::new();
-    for b in program
-        .buffers
-        .iter()
-        .filter(|b| b.kind == BufferKind::Weight)
-    {
-        let t = by_name.remove(&b.name).ok_or_else(|| {
-            format!(
-                "weight '{}' is not among the source's weights at stage {stage}",
-                b.name
-            )
-        })?;
-        let held = Buffer {
-            shape: t.shape.iter().copied().map(Some).collect(),
-            dtype: t.dtype,
-            ..b.clone()
-        };
-        if held.dtype != b.dtype || held.shape != b.shape {
-            return Err(format!(
-                "weight '{}': the IR takes {}, the source holds {}",
-                b.name,
-                tensor_type(b),
-                tensor_type(&held)
-            ));
-        }
-        weights.push((b.name.clone(), t));
-    }
+    let weights = attach_weights(&program, source.weights.into_iter().collect(), stage)?;
     let layers = (program.instructions.iter())
         .filter(|i| matches!(i.op, Op::MoeExperts { .. }))
         .count();
@@ -214,6 +291,43 @@ fn take_weights(
         _ => None,
     };
     Ok((core, probe))
+}
+
+/// The weights `program`'s arguments name, taken from `by_name`, each checked against its
+/// argument's type.
+fn attach_weights(
+    program: &Program,
+    mut by_name: HashMap<String, ppmoe_runtime::Tensor>,
+    stage: &str,
+) -> Result<Vec<(String, ppmoe_runtime::Tensor)>, String> {
+    let mut weights = Vec::new();
+    for b in program
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Weight)
+    {
+        let t = by_name.remove(&b.name).ok_or_else(|| {
+            format!(
+                "weight '{}' is not among the source's weights at stage {stage}",
+                b.name
+            )
+        })?;
+        let held = Buffer {
+            shape: t.shape.iter().copied().map(Some).collect(),
+            dtype: t.dtype,
+            ..b.clone()
+        };
+        if held.dtype != b.dtype || held.shape != b.shape {
+            return Err(format!(
+                "weight '{}': the IR takes {}, the source holds {}",
+                b.name,
+                tensor_type(b),
+                tensor_type(&held)
+            ));
+        }
+        weights.push((b.name.clone(), t));
+    }
+    Ok(weights)
 }
 
 /// The source's few-token program numbered as the module's (printed and read back, as the

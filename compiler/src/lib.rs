@@ -1,4 +1,4 @@
-//! ppmoe's compiler: the stage pipeline (`pipeline.rs` is the whole ladder on one screen), the
+//! ppmoe's compiler: the stage pipeline (`pipeline/mod.rs` is the whole ladder on one screen), the
 //! lowering to the `core` op set, the passes over rank programs, and the bundle writer.
 
 pub mod codegen;

@@ -1,8 +1,8 @@
-//! IR as input: the module `--emit core` or `--emit moe` prints reads back (`inspect IR.mlir`,
-//! `compile IR.mlir`), with the weights of the source it names. Checked on every fixture: the
-//! print of what was read is the print itself, the `core` IR reaches the same `moe` IR, and
-//! the `moe` IR the same `--tp 2 --emit sharded` IR as the model; compiled, it runs to
-//! PyTorch's output; an edit of the IR is what runs.
+//! IR as input: the module `--emit STAGE` prints (`core` to `pipelined`) reads back (`inspect
+//! IR.mlir`, `compile IR.mlir`), with the weights of the source it names. Checked on every
+//! fixture: the print of what was read is the print itself, the `core` IR reaches the same
+//! `moe` IR, and the `moe` IR the same `--tp 2 --emit sharded` IR as the model; the later
+//! stages on LMs; compiled, it runs to PyTorch's output; an edit of the IR is what runs.
 
 use crate::common::{
     assert_clean_failure, fixtures, fixtures_dir, output_name, ppmoe, shape_flags, torch_tolerance,
@@ -75,6 +75,58 @@ fn every_fixtures_ir_reads_back_to_the_models_later_stages() {
     }
 }
 
+/// The later stages read back on LMs of several families (and a JAX program of scanned
+/// layers): sharded IR prints as itself and reaches the model's own pipelined IR, pipelined IR
+/// prints as itself and reaches the model's own kernel plan, on grids with each strategy.
+#[test]
+fn later_stages_read_back_to_the_models_own_next_stages() {
+    let work = tempfile::tempdir().unwrap();
+    let names = [
+        "qwen2moe_lm_dynamo",
+        "olmoe_lm_sdpa",
+        "gptoss_lm_sdpa",
+        "mixtral_lm_bf16_sdpa",
+        "jax_scan_layers",
+    ];
+    let grids: [&[&str]; 3] = [
+        &["--tp", "2"],
+        &["--tp", "2", "--pp", "2"],
+        &["--tp", "2", "--pp", "2", "--moe-strategy", "alltoall"],
+    ];
+    for name in names {
+        let (model, flags) = model_and_flags(&fixtures_dir().join(name));
+        for grid in grids {
+            let at = |stage: &str| {
+                let mut extra = grid.to_vec();
+                extra.extend(["--emit", stage]);
+                inspect(&model, &flags, &extra).unwrap()
+            };
+            let sharded = at("sharded");
+            let s_file = write(work.path(), "s.mlir", &sharded);
+            let again = inspect(&s_file, &[], &["--emit", "sharded"]).unwrap();
+            assert_eq!(
+                again, sharded,
+                "{name} {grid:?}: sharded IR reprints differently"
+            );
+            let pipelined = at("pipelined");
+            let read = inspect(&s_file, &[], &["--emit", "pipelined"]).unwrap();
+            assert_eq!(read, pipelined, "{name} {grid:?}: sharded IR -> pipelined");
+            let p_file = write(work.path(), "p.mlir", &pipelined);
+            let again = inspect(&p_file, &[], &["--emit", "pipelined"]).unwrap();
+            assert_eq!(
+                again, pipelined,
+                "{name} {grid:?}: pipelined IR reprints differently"
+            );
+            let kernels = inspect(&p_file, &[], &["--emit", "kernels"]).unwrap();
+            assert_eq!(
+                kernels,
+                at("kernels"),
+                "{name} {grid:?}: pipelined IR -> kernels"
+            );
+        }
+    }
+}
+
 /// Compiles `ir` with `flags`, runs the fixture's input through it and checks its output
 /// against PyTorch's; returns the check line.
 fn compile_and_check(dir: &Path, ir: &Path, flags: &[&str], work: &Path) -> String {
@@ -131,6 +183,14 @@ fn compiled_moe_ir_runs_to_pytorchs_output() {
         let line = compile_and_check(&dir, &ir, flags, work.path());
         assert!(line.contains(": ok"), "{name} {flags:?}: {line}");
     }
+    // The pipelined IR of a grid compiles on its own grid (no flags needed).
+    let dir = fixtures_dir().join("qwen2moe_lm_dynamo");
+    let (model, shape) = model_and_flags(&dir);
+    let grid = ["--tp", "2", "--pp", "2", "--emit", "pipelined"];
+    let pipelined = inspect(&model, &shape, &grid).unwrap();
+    let ir = write(work.path(), "model.pipelined.mlir", &pipelined);
+    let line = compile_and_check(&dir, &ir, &[], work.path());
+    assert!(line.contains(": ok"), "pipelined IR: {line}");
 }
 
 /// The program compiled is the IR's, not the source's: scaling the router's weights by 2 in
@@ -229,10 +289,22 @@ fn ir_input_that_cannot_be_taken_is_named() {
     assert_clean_failure(&out, &["moe.mlir", "stage 'moe'", "'core' comes before it"]);
 
     let sharded = inspect(&model, &[], &["--tp", "2", "--emit", "sharded"]).unwrap();
-    let later = write(work.path(), "sharded.mlir", &sharded);
-    let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "pipelined"]);
+    let at_tp2 = write(work.path(), "sharded.mlir", &sharded);
+    let out = ppmoe(&[
+        "inspect",
+        at_tp2.to_str().unwrap(),
+        "--tp",
+        "4",
+        "--emit",
+        "pipelined",
+    ]);
+    assert_clean_failure(&out, &["sharded.mlir", "--tp 4", "shape = 1x1x2"]);
+
+    let kernels = inspect(&model, &[], &["--emit", "kernels"]).unwrap();
+    let later = write(work.path(), "kernels.mlir", &kernels);
+    let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "ptx"]);
     assert_clean_failure(
         &out,
-        &["sharded.mlir", "stage 'sharded' does not read back yet"],
+        &["kernels.mlir", "stage 'kernels' does not read back yet"],
     );
 }

@@ -35,6 +35,10 @@ pub struct WeightSource {
     pub microbatches: usize,
     pub eval_limit: usize,
     pub capacity: CapacityPolicy,
+    /// From the `sharded` stage on: the MoE strategy and the weights' type (`--moe-strategy`,
+    /// `--dtype`), which the rank pieces depend on. The grid is the module's `shard.grid`.
+    pub strategy: Option<String>,
+    pub dtype: Option<String>,
 }
 
 impl IrHeader {
@@ -56,6 +60,11 @@ impl IrHeader {
             format!("eval_limit = {} : i64", s.eval_limit),
             format!("capacity = {}", quote(capacity_name(s.capacity))),
         ]);
+        for (key, value) in [("strategy", &s.strategy), ("dtype", &s.dtype)] {
+            if let Some(v) = value {
+                fields.push(format!("{key} = {}", quote(v)));
+            }
+        }
         format!(
             "{STAGE} = {}, {SOURCE} = {{{}}}",
             quote(&self.stage),
@@ -126,6 +135,8 @@ fn read_source(source: Attribute) -> Result<WeightSource, String> {
         microbatches: int("microbatches")?.max(1),
         eval_limit: int("eval_limit")?,
         capacity,
+        strategy: text("strategy"),
+        dtype: text("dtype"),
     })
 }
 

@@ -97,13 +97,16 @@ fn shard_attributes(
             format!("split_axis = {split_axis} : index"),
             format!("concat_axis = {concat_axis} : index"),
         ]),
-        Op::Send { peer, .. } => a.extend([
+        // The tag pairs a send with its receive (the runtime matches messages by it).
+        Op::Send { peer, tag } => a.extend([
             "grid_axes = array<i16: 1>".into(),
             format!("destination = array<i64: {}>", stage_of(*peer)),
+            format!("ppmoe.tag = {tag} : i64"),
         ]),
-        Op::Recv { peer, .. } => a.extend([
+        Op::Recv { peer, tag } => a.extend([
             "grid_axes = array<i16: 1>".into(),
             format!("source = array<i64: {}>", stage_of(*peer)),
+            format!("ppmoe.tag = {tag} : i64"),
         ]),
         _ => {}
     }
@@ -255,8 +258,9 @@ fn print_instruction(
         extra_operand = Some((format!("%e{i}"), t));
     }
     let is_send = matches!(ins.op, Op::Send { .. });
+    let narrowed = narrowed_collective(p, ins);
     let result_count = if is_send { 1 } else { ins.outputs.len() };
-    let results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
+    let mut results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
     for (k, &o) in ins.outputs.iter().enumerate() {
         names[o] = results[k].clone();
     }
@@ -268,11 +272,15 @@ fn print_instruction(
         operand_names.push(n);
         operand_types.push(t);
     }
-    let result_types: Vec<String> = if is_send {
+    let mut result_types: Vec<String> = if is_send {
         operand_types.clone()
     } else {
         ins.outputs.iter().map(|&o| ty(o)).collect()
     };
+    if let Some(wide) = &narrowed {
+        results = vec![format!("%v{i}_w")];
+        result_types = vec![tensor_type(wide)];
+    }
     let mut attrs = if ins.op.dialect() == "shard" {
         shard_attributes(&ins.op, stage_of)
     } else {
@@ -301,6 +309,40 @@ fn print_instruction(
         result_types.join(", "),
         location(p, ins, is_send),
     );
+    if let Some(wide) = narrowed {
+        let o = ins.outputs[0];
+        let cast = Op::Cast {
+            to: p.buffers[o].dtype,
+        };
+        let _ = writeln!(
+            body,
+            "    %v{i}_0 = \"core.cast\"(%v{i}_w) {{{}, ppmoe.narrows = true}} : ({}) -> ({}) loc({})",
+            attributes(&cast).join(", "),
+            tensor_type(&wide),
+            ty(o),
+            location(p, ins, false),
+        );
+    }
+}
+
+/// A collective whose result the runtime writes in another element type than its operand's
+/// (an f32 partial narrowed into a bf16 output as it is gathered): the `shard` ops take one
+/// element type, so it prints as the collective in its operand's type (this buffer) followed
+/// by a `core.cast` marked `ppmoe.narrows`, which `read` folds back into the collective.
+fn narrowed_collective(p: &Program, ins: &Instruction) -> Option<Buffer> {
+    use ppmoe_runtime::program::Op;
+    if !matches!(
+        ins.op,
+        Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. }
+    ) {
+        return None;
+    }
+    let input = p.buffers.get((*ins.inputs.first()?)?)?;
+    let output = p.buffers.get(*ins.outputs.first()?)?;
+    (input.dtype != output.dtype).then(|| Buffer {
+        dtype: input.dtype,
+        ..output.clone()
+    })
 }
 
 /// An instruction's location: each result's buffer name with the source node inside

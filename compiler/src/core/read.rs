@@ -1,9 +1,12 @@
-//! Reads the `core` and `moe` stages' MLIR back into programs: the inverse of `print`. Each
-//! `func.func @rank<N>` is one program; its arguments are the inputs (`core.input`) and the
-//! weights (`core.weight`), its results the outputs (`core.output`); each op in it one
+//! Reads the stages' MLIR back into programs (`core` to `pipelined`): the inverse of `print`.
+//! Each `func.func @rank<N>` is one program; its arguments are the inputs (`core.input`) and
+//! the weights (`core.weight`), its results the outputs (`core.output`); each op in it one
 //! instruction, the op's attributes read back into the op's fields, its location naming its
-//! results and the source node (`loc("result"("node"))`, fused when there are several).
+//! results and the source node (`loc("result"("node"))`, fused when there are several). The
+//! `shard` ops' groups and peers come from the module's `shard.grid` and the function's rank
+//! (the TP group of its rank; a peer's stage at its own dp and tp coordinates).
 
+use crate::distribute::Grid;
 use melior::ir::attribute::{
     Attribute, AttributeLike, BoolAttribute, DenseI64ArrayAttribute, DictionaryAttribute,
     FloatAttribute, IntegerAttribute, StringAttribute,
@@ -15,7 +18,7 @@ use melior::ir::{Location, Module, RegionLike, Type, ValueLike};
 use mlir_sys::MlirStringRef;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use ppmoe_runtime::DType;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
@@ -24,13 +27,14 @@ const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 /// the op.
 pub fn read_programs(module: &Module) -> Result<Vec<Program>, String> {
     let body = module.body();
+    let grid = read_grid(module)?;
     let mut programs = Vec::new();
     let mut next = body.first_operation();
     while let Some(op) = next {
         next = op.next_in_block();
         match op_name(&op).as_str() {
-            "func.func" => programs.push(read_function(&op)?),
-            // The grid a later stage's collectives name: not a program.
+            "func.func" => programs.push(read_function(&op, grid)?),
+            // The grid the later stages' collectives name: read above.
             "shard.grid" => {}
             other => return Err(format!("the module holds '{other}'; expected func.func")),
         }
@@ -41,7 +45,33 @@ pub fn read_programs(module: &Module) -> Result<Vec<Program>, String> {
     Ok(programs)
 }
 
-fn read_function(f: &OperationRef) -> Result<Program, String> {
+/// The module's `shard.grid @grid(shape = DxPxT)`: ppmoe's grid (dp, pp, tp), or 1 x 1 x 1
+/// where the module has none (the `core` and `moe` stages).
+pub fn read_grid(module: &Module) -> Result<Grid, String> {
+    let mut next = module.body().first_operation();
+    while let Some(op) = next {
+        next = op.next_in_block();
+        if op_name(&op) != "shard.grid" {
+            continue;
+        }
+        let shape = op.attribute("shape").ok().and_then(i64_list);
+        return match shape.as_deref() {
+            Some(&[dp, pp, tp]) if dp > 0 && pp > 0 && tp > 0 => Ok(Grid {
+                dp: dp as usize,
+                pp: pp as usize,
+                tp: tp as usize,
+            }),
+            _ => Err("shard.grid: expected a shape of three sizes, dp x pp x tp".into()),
+        };
+    }
+    Ok(Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    })
+}
+
+fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
     let name = f
         .attribute("sym_name")
         .ok()
@@ -65,6 +95,13 @@ fn read_function(f: &OperationRef) -> Result<Program, String> {
             ptx_file: None,
         },
         values: HashMap::new(),
+        empties: HashSet::new(),
+        rank: 0,
+        grid: Grid {
+            dp: 1,
+            pp: 1,
+            tp: 1,
+        },
     };
     let block = f
         .region(0)
@@ -95,10 +132,25 @@ fn read_function(f: &OperationRef) -> Result<Program, String> {
             reader.program.inputs.push(id);
         }
     }
+    if rank >= grid.size() {
+        return Err(at(format!(
+            "rank {rank} is outside the grid of {} ranks",
+            grid.size()
+        )));
+    }
+    reader.rank = rank;
+    reader.grid = grid;
     let mut next = block.first_operation();
     let mut index = 0;
     while let Some(op) = next {
         next = op.next_in_block();
+        // A receive's operand (ppmoe's runtime needs none): not an instruction.
+        if op_name(&op) == "tensor.empty" {
+            reader
+                .empties
+                .insert(op.result(0).map_err(|e| at(e.to_string()))?.to_raw().ptr as usize);
+            continue;
+        }
         if op_name(&op) == "func.return" {
             reader
                 .outputs(&op, &list(f, "res_attrs"))
@@ -125,6 +177,10 @@ struct FunctionReader {
     program: Program,
     /// Each SSA value (by its MLIR handle) as a buffer.
     values: HashMap<usize, BufferId>,
+    /// The `tensor.empty` values receives take.
+    empties: HashSet<usize>,
+    rank: usize,
+    grid: Grid,
 }
 
 impl FunctionReader {
@@ -149,9 +205,17 @@ impl FunctionReader {
 
     fn instruction(&mut self, op: &OperationRef, index: usize) -> Result<(), String> {
         let full = op_name(op);
-        let instruction_op = read_op(op, &full)?;
+        if full == "core.cast" && op.has_attribute("ppmoe.narrows") {
+            return self.narrow(op);
+        }
+        let instruction_op = match full.strip_prefix("shard.") {
+            Some(name) => shard_op(op, name, self.rank, self.grid)?,
+            None => read_op(op, &full)?,
+        };
+        let is_send = matches!(instruction_op, Op::Send { .. });
         let present: Vec<BufferId> = op
             .operands()
+            .filter(|v| !self.empties.contains(&(v.to_raw().ptr as usize)))
             .map(|v| {
                 self.values
                     .get(&(v.to_raw().ptr as usize))
@@ -160,9 +224,11 @@ impl FunctionReader {
             })
             .collect::<Result<_, _>>()?;
         let inputs = with_absent(op, present)?;
-        let (names, origin) = location_names(op.location(), op.result_count());
+        // A send's result (the shard dialect's) is nothing the runtime holds.
+        let results = if is_send { 0 } else { op.result_count() };
+        let (names, origin) = location_names(op.location(), results);
         let mut outputs = Vec::new();
-        for (k, result) in op.results().enumerate() {
+        for (k, result) in op.results().take(results).enumerate() {
             let name = names
                 .get(k)
                 .cloned()
@@ -181,6 +247,38 @@ impl FunctionReader {
             outputs,
             origin,
         });
+        Ok(())
+    }
+
+    /// A `core.cast` marked `ppmoe.narrows` (see `print::narrowed_collective`): folded into
+    /// the collective before it, whose result becomes the cast's type and name.
+    fn narrow(&mut self, op: &OperationRef) -> Result<(), String> {
+        let from = op.operand(0).map_err(|e| e.to_string())?.to_raw().ptr as usize;
+        let b = *self
+            .values
+            .get(&from)
+            .ok_or("an operand defined outside the function")?;
+        let collective = self.program.instructions.last().filter(|ins| {
+            matches!(
+                ins.op,
+                Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. }
+            ) && ins.outputs == [b]
+        });
+        if collective.is_none() {
+            return Err("ppmoe.narrows casts the result of the collective just before it".into());
+        }
+        let result = op.result(0).map_err(|e| e.to_string())?;
+        let (dtype, shape) = tensor_type(result.r#type())?;
+        let (names, _) = location_names(op.location(), 1);
+        let buffer = &mut self.program.buffers[b];
+        if shape != buffer.shape {
+            return Err("ppmoe.narrows changes the element type only".into());
+        }
+        buffer.dtype = dtype;
+        if let Some(name) = names.into_iter().next() {
+            buffer.name = name;
+        }
+        self.values.insert(result.to_raw().ptr as usize, b);
         Ok(())
     }
 
@@ -260,9 +358,57 @@ fn read_op(op: &OperationRef, full: &str) -> Result<Op, String> {
         })
 }
 
+/// A `shard` op as the runtime's collective or pipeline message: the TP group of `rank` on
+/// `grid` (collectives run over grid axis 2), or the peer at the named stage (axis 1) with
+/// the rank's own dp and tp coordinates, and the tag that pairs the two (`ppmoe.tag`).
+fn shard_op(op: &OperationRef, name: &str, rank: usize, grid: Grid) -> Result<Op, String> {
+    let int = |key: &str| -> Result<usize, String> {
+        op.attribute(key)
+            .ok()
+            .and_then(|a| IntegerAttribute::try_from(a).ok())
+            .and_then(|i| usize::try_from(i.value()).ok())
+            .ok_or_else(|| format!("'{key}' is not a count"))
+    };
+    let peer = |key: &str| -> Result<usize, String> {
+        let stage = op
+            .attribute(key)
+            .ok()
+            .and_then(i64_list)
+            .and_then(|v| v.first().copied())
+            .and_then(|s| usize::try_from(s).ok())
+            .filter(|&s| s < grid.pp)
+            .ok_or_else(|| format!("'{key}' is not a stage of the grid"))?;
+        let [d, _, t] = grid.coords(rank);
+        Ok(grid.rank(d, stage, t))
+    };
+    let group = grid.tp_group(rank);
+    Ok(match name {
+        "all_reduce" => Op::AllReduce { group },
+        "all_gather" => Op::AllGather {
+            group,
+            axis: int("gather_axis")?,
+        },
+        "all_to_all" => Op::AllToAll {
+            group,
+            split_axis: int("split_axis")?,
+            concat_axis: int("concat_axis")?,
+        },
+        "send" => Op::Send {
+            peer: peer("destination")?,
+            tag: int("ppmoe.tag")? as u64,
+        },
+        "recv" => Op::Recv {
+            peer: peer("source")?,
+            tag: int("ppmoe.tag")? as u64,
+        },
+        other => return Err(format!("shard.{other} is not an op ppmoe's programs hold")),
+    })
+}
+
 /// The instruction's inputs with its optional operands' absences put back: by segment sizes
 /// (`moe.experts`, `moe.expert_ffn`) or by the listed positions (`core.absent_inputs`).
 fn with_absent(op: &OperationRef, present: Vec<BufferId>) -> Result<Vec<Option<BufferId>>, String> {
+    let count = present.len();
     let mut present = present.into_iter();
     if let Ok(segments) = op.attribute("operandSegmentSizes") {
         let sizes = melior::ir::attribute::DenseI32ArrayAttribute::try_from(segments)
@@ -279,7 +425,7 @@ fn with_absent(op: &OperationRef, present: Vec<BufferId>) -> Result<Vec<Option<B
         Ok(a) => i64_list(a).ok_or("core.absent_inputs is not array<i64>")?,
         Err(_) => vec![],
     };
-    let total = op.operand_count() + absent.len();
+    let total = count + absent.len();
     Ok((0..total)
         .map(|k| {
             if absent.contains(&(k as i64)) {
@@ -470,6 +616,8 @@ mod tests {
                 microbatches: 2,
                 eval_limit: 1 << 20,
                 capacity: CapacityPolicy::Dropless,
+                strategy: Some("alltoall".into()),
+                dtype: Some("bf16".into()),
             },
         };
         let text = format!("module attributes {{{}}} {{\n}}\n", header.to_mlir());

@@ -192,25 +192,35 @@ pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
             .unwrap_or(0)
     };
     let mut made_in = vec![usize::MAX; p.buffers.len()];
-    for (i, ins) in p.instructions.iter().enumerate() {
-        for &o in &ins.outputs {
-            made_in[o] = stage_of(i);
-        }
+    let mut made_at = vec![usize::MAX; p.buffers.len()];
+    let outputs = p
+        .instructions
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (i, o)));
+    for (at, (i, o)) in outputs.enumerate() {
+        made_in[o] = stage_of(i);
+        made_at[o] = at;
     }
     let split = Split {
         rp,
         bounds: &bounds,
         made_in: &made_in,
+        made_at: &made_at,
     };
     (0..bounds.len() - 1).map(|s| split.stage(s)).collect()
 }
 
-/// A program cut into stages: each stage's instruction range, and the stage that makes each
-/// buffer (`usize::MAX`: none, an input or a weight).
+/// A program cut into stages: each stage's instruction range, the stage that makes each
+/// buffer (`usize::MAX`: none, an input or a weight), and where among the values the program
+/// makes it comes. Messages go in that order and are tagged by it, so that the split depends
+/// on the program's instructions, not on how its buffers happen to be numbered (IR read back
+/// numbers them in print order).
 struct Split<'a> {
     rp: &'a RankProgram,
     bounds: &'a [usize],
     made_in: &'a [usize],
+    made_at: &'a [usize],
 }
 
 impl Split<'_> {
@@ -265,19 +275,20 @@ impl Split<'_> {
     }
 
     /// Receives first: every value stage `s` reads (or, the last, returns) that an earlier
-    /// stage made, in buffer order.
+    /// stage made, in the order they were made.
     fn receives(&self, s: usize) -> Vec<Instruction> {
-        let wanted: BTreeSet<BufferId> = self
+        let wanted: BTreeSet<(usize, BufferId)> = self
             .reads(s)
             .into_iter()
             .filter(|&b| self.made_in[b] != usize::MAX && self.made_in[b] < s)
+            .map(|b| (self.made_at[b], b))
             .collect();
         wanted
             .into_iter()
-            .map(|b| Instruction {
+            .map(|(at, b)| Instruction {
                 op: Op::Recv {
                     peer: self.made_in[b],
-                    tag: b as u64,
+                    tag: at as u64,
                 },
                 inputs: vec![],
                 outputs: vec![b],
@@ -287,23 +298,23 @@ impl Split<'_> {
     }
 
     /// Sends: values made in stage `s` that a later stage reads (or that are outputs of the
-    /// last), by buffer and then stage.
+    /// last), in the order they were made and then by stage.
     fn sends(&self, s: usize) -> Vec<Instruction> {
-        let mut sends: Vec<(BufferId, usize)> = Vec::new();
+        let mut sends: Vec<(usize, usize, BufferId)> = Vec::new();
         for later in s + 1..self.stages() {
             for b in self.reads(later) {
                 if self.made_in[b] == s {
-                    sends.push((b, later));
+                    sends.push((self.made_at[b], later, b));
                 }
             }
         }
         sends.sort();
         sends
             .into_iter()
-            .map(|(b, to)| Instruction {
+            .map(|(at, to, b)| Instruction {
                 op: Op::Send {
                     peer: to,
-                    tag: b as u64,
+                    tag: at as u64,
                 },
                 inputs: vec![Some(b)],
                 outputs: vec![],

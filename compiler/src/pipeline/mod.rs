@@ -1,0 +1,311 @@
+//! The whole compiler on one screen: the ordered stages of the lowering ladder, each a list of
+//! named passes (as in Triton's `compiler.py`). `--emit STAGE` stops after the named stage and
+//! prints its IR; `--print-ir-after-all` prints it after every pass; `ppmoe opt` runs passes
+//! by name (`pass_pipeline`). Nothing else decides the order.
+
+mod pass_pipeline;
+mod printing;
+mod steps;
+
+pub use pass_pipeline::{opt, parse_pass_pipeline, PassRun};
+
+use crate::core::{CoreProgram, DEFAULT_EVAL_LIMIT_BYTES};
+use crate::distribute::shard_moe::RankProgram;
+use crate::distribute::{Grid, Strategy};
+use crate::error::CompileError;
+use crate::passes::raise_moe::CapacityPolicy;
+use crate::strategy::cost_model::{Choice, Hardware};
+use ppmoe_frontend::{Model, Types};
+use ppmoe_runtime::program::BufferId;
+use printing::{print_kernels, print_one, print_ptx, print_ranks};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use steps::*;
+
+/// A transformation with a registered name: what `--print-ir-after-all` heads its dump with
+/// and `ppmoe opt --pass-pipeline` runs.
+pub struct Pass {
+    pub name: &'static str,
+    /// The options it takes in a pass pipeline (`ppmoe-shard{tp=2 strategy=auto}`), each the
+    /// compilation option of the flag of the same name.
+    pub options: &'static [&'static str],
+    pub run: fn(&mut Compilation) -> Result<(), CompileError>,
+}
+
+pub struct Stage {
+    pub name: &'static str,
+    /// Take the compilation from the previous stage to this one, in order.
+    pub passes: &'static [Pass],
+    /// Prints the IR as it stands after this stage (and after each of its passes).
+    pub print: fn(&Compilation) -> Option<String>,
+}
+
+const fn pass(
+    name: &'static str,
+    options: &'static [&'static str],
+    run: fn(&mut Compilation) -> Result<(), CompileError>,
+) -> Pass {
+    Pass { name, options, run }
+}
+
+/// The ladder, in order.
+pub const STAGES: &[Stage] = &[
+    Stage {
+        name: "onnx",
+        passes: &[pass("ppmoe-import", &[], import_onnx)],
+        print: |c| c.onnx_text.clone(),
+    },
+    Stage {
+        name: "core",
+        passes: &[pass("ppmoe-lower-core", &[], lower_core)],
+        print: |c| print_one(c, "core"),
+    },
+    Stage {
+        name: "moe",
+        passes: &[pass("ppmoe-raise-moe", &["capacity"], raise_moe)],
+        print: |c| print_one(c, "moe"),
+    },
+    Stage {
+        name: "sharded",
+        passes: &[
+            pass("ppmoe-shard", &["tp", "strategy"], shard),
+            pass("ppmoe-rewrite", &[], ppmoe_rewrite),
+            pass("ppmoe-dce", &[], remove_dead_code),
+            pass("ppmoe-weight-dtype", &["dtype"], weight_dtype),
+            pass("ppmoe-einsum-to-matmul", &[], einsum_to_matmul),
+            pass("ppmoe-compare-as-f32", &[], compare_as_f32),
+        ],
+        print: |c| print_ranks(c, &c.sharded, "sharded"),
+    },
+    Stage {
+        name: "pipelined",
+        passes: &[pass("ppmoe-pipeline-split", &["pp", "dp"], pipeline_split)],
+        print: |c| print_ranks(c, &c.ranks, "pipelined"),
+    },
+    Stage {
+        name: "kernels",
+        passes: &[pass("ppmoe-plan-kernels", &[], kernels)],
+        print: |c| Some(print_kernels(c)),
+    },
+    Stage {
+        name: "ptx",
+        passes: &[pass("ppmoe-to-ptx", &[], ptx)],
+        print: |c| Some(print_ptx(c)),
+    },
+];
+
+/// The stage a pass belongs to, and the pass, by its registered name.
+pub fn find_pass(name: &str) -> Option<(&'static Stage, &'static Pass)> {
+    STAGES
+        .iter()
+        .flat_map(|s| s.passes.iter().map(move |p| (s, p)))
+        .find(|(_, p)| p.name == name)
+}
+
+/// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
+pub const NOT_MLIR: &[&str] = &["ptx"];
+
+/// Stages printed with a header and every op's location (naming the values): the form
+/// `ir_input` reads back.
+pub const WITH_LOCATIONS: &[&str] = &["core", "moe", "sharded", "pipelined"];
+
+/// What the user asked for: the model, its input shapes, and the flags that steer the stages.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub path: PathBuf,
+    pub input_shapes: Vec<(String, Vec<i64>)>,
+    /// StableHLO: a safetensors file binding @main's arguments at compile time (`--weights`).
+    pub weights: Option<PathBuf>,
+    /// How the `moe` stage treats capacity dropping (`--moe-capacity`).
+    pub capacity_policy: Option<CapacityPolicy>,
+    /// The device grid (`--dp --pp --tp`); 1 x 1 x 1 when not given.
+    pub grid: Option<Grid>,
+    /// How MoE layers are distributed (`--moe-strategy`).
+    pub strategy: Option<Strategy>,
+    /// The machine the cost model assumes (`--moe-strategy auto`).
+    pub hardware: Option<Hardware>,
+    /// GPipe microbatches (`--microbatches`); the programs are compiled for one of them.
+    pub microbatches: usize,
+    /// `compile --target cuda`: the bundle carries the GPU plan and PTX.
+    pub target_cuda: bool,
+    /// `--dtype`: the type the weights are stored in (computation stays f32).
+    pub weight_dtype: Option<ppmoe_runtime::DType>,
+    /// `--eval-limit`: the largest tensor compile-time evaluation may make, in bytes.
+    pub eval_limit: Option<usize>,
+    /// `--print-ir-after-all`: the IR after every pass, on standard error.
+    pub print_ir_after_all: bool,
+}
+
+/// What the stages say beside their output, for the user.
+#[derive(Default)]
+pub struct Diagnostics {
+    /// Near misses of the `moe` stage: layers that look like MoE but were not raised, and why.
+    pub unraised: Vec<String>,
+    /// Where the PPMoE rewrite kept the all-to-all form, and why.
+    pub kept_all_to_all: Vec<String>,
+}
+
+/// A compilation: its options, what the stages build up (one field per rung), and what they
+/// said.
+#[derive(Default)]
+pub struct Compilation {
+    pub options: Options,
+    pub diagnostics: Diagnostics,
+    pub model: Option<Model>,
+    pub types: Option<Types>,
+    pub onnx_text: Option<String>,
+    pub core: Option<CoreProgram>,
+    /// The `sharded` stage: one program per tensor-parallel index.
+    pub sharded: Vec<RankProgram>,
+    /// The `pipelined` stage: one program per rank of the grid.
+    pub ranks: Vec<RankProgram>,
+    /// The strategy each MoE layer got.
+    pub choices: Vec<Choice>,
+    /// Per tensor-parallel index, the buffers dense TP made rank pieces (`ppmoe-rewrite`
+    /// reads them).
+    pub rank_pieces: Vec<HashSet<BufferId>>,
+    /// The `kernels` stage: per rank, how each instruction runs on the GPU.
+    pub kernel_plans: Vec<crate::codegen::KernelPlan>,
+    /// The `ptx` stage: per rank's kernel module, its PTX.
+    pub ptx: Vec<(String, String)>,
+    /// Input shapes of a few tokens (`moe::probe`), where the `moe` stage recognises layers at
+    /// a cost that does not grow with the compile size; and the `core` program at the first.
+    pub probe_shapes: Vec<Vec<(String, Vec<i64>)>>,
+    pub probe_core: Option<CoreProgram>,
+    /// The IR file the compilation started from (`ir_input`), where it did not start from the
+    /// model (`options.path` is then the model its weights come from).
+    pub ir_input: Option<PathBuf>,
+}
+
+/// This process's resident and peak resident memory, for the log (Linux; empty elsewhere).
+fn memory_now() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    // Weights mapped from the model's files count as resident once read, but the kernel can
+    // drop them at will: the anonymous part is what the compiler itself holds.
+    format!(
+        "resident {} (anonymous {}), peak {}",
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("VmHWM:")
+    )
+}
+
+/// Runs the stages up to and including `last`.
+pub fn run_until(
+    path: &Path,
+    input_shapes: &[(String, Vec<i64>)],
+    last: &str,
+) -> Result<Compilation, CompileError> {
+    run_with(Compilation::new(path, input_shapes), last)
+}
+
+/// Runs the stages up to and including `last` on a prepared compilation (options set).
+pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileError> {
+    let Some(end) = STAGES.iter().position(|s| s.name == last) else {
+        let built: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
+        return Err(CompileError::StageNotBuilt(last.into(), built.join(", ")));
+    };
+    let mut start = 0;
+    if c.ir_input.is_none() && crate::ir_input::is_ppmoe_ir(&c.options.path) {
+        let ir = c.options.path.clone();
+        let reached = crate::ir_input::resume(&mut c)?;
+        let at = STAGES.iter().position(|s| s.name == reached).unwrap_or(0);
+        if end < at {
+            return Err(CompileError::Ir {
+                path: ir,
+                reason: format!("the IR is at stage '{reached}'; '{last}' comes before it"),
+            });
+        }
+        start = at + 1;
+    }
+    for stage in &STAGES[start..=end] {
+        tracing::info!("stage {} ({})", stage.name, memory_now());
+        for pass in stage.passes {
+            run_pass(&mut c, stage, pass)?;
+        }
+        verify(&c, stage)?;
+    }
+    Ok(c)
+}
+
+/// Runs one pass, and prints the IR after it where `--print-ir-after-all` asks.
+pub(crate) fn run_pass(
+    c: &mut Compilation,
+    stage: &Stage,
+    pass: &Pass,
+) -> Result<(), CompileError> {
+    tracing::debug!("pass {}", pass.name);
+    (pass.run)(c)?;
+    if c.options.print_ir_after_all {
+        let text = printed(c, stage)?;
+        eprintln!(
+            "// -----// IR Dump After {} ({}) //----- //",
+            pass.name, stage.name
+        );
+        eprintln!("{text}");
+    }
+    Ok(())
+}
+
+/// The stage's IR verified by MLIR (the `moe` ops against their IRDL definitions, `shard` ops
+/// against upstream's): what `compile` ships is IR that verifies. The kernels are verified where
+/// they are lowered (`ptx`); the `onnx` stage's text is the reader's own print.
+fn verify(c: &Compilation, stage: &Stage) -> Result<(), CompileError> {
+    if WITH_LOCATIONS.contains(&stage.name) {
+        printed(c, stage)?;
+    }
+    Ok(())
+}
+
+/// The IR as `stage` prints it, parsed and verified by MLIR, printed with large constants
+/// elided (and, where it reads back, every op's location).
+fn printed(c: &Compilation, stage: &Stage) -> Result<String, CompileError> {
+    let text = (stage.print)(c).unwrap_or_default();
+    if NOT_MLIR.contains(&stage.name) {
+        return Ok(text);
+    }
+    let context = ppmoe_dialect::context();
+    let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
+        CompileError::Verify {
+            path: c.options.path.clone(),
+            stage: stage.name.into(),
+            diagnostics,
+        }
+    })?;
+    Ok(if WITH_LOCATIONS.contains(&stage.name) {
+        ppmoe_dialect::print_module_with_locations(&module)
+    } else {
+        ppmoe_dialect::print_module(&module)
+    })
+}
+
+/// The IR after `stage`, parsed and verified by MLIR, printed with large constants elided;
+/// with the compilation itself, for what else the caller reports (the MoE summary).
+pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), CompileError> {
+    let c = run_with(c, stage)?;
+    let s = STAGES
+        .iter()
+        .find(|s| s.name == stage)
+        .expect("run_with checked the name");
+    Ok((printed(&c, s)?, c))
+}
+
+impl Compilation {
+    pub fn new(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Compilation {
+        Compilation {
+            options: Options {
+                path: path.to_owned(),
+                input_shapes: input_shapes.to_vec(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! `ppmoe opt`: passes run by name on IR, in mlir-opt's style:
+//!
+//!   ppmoe opt model.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2 strategy=alltoall}, ppmoe-dce)'
+//!
+//! A pass's options are the compilation options of the flags of the same names (`tp`, `pp`,
+//! `dp`, `strategy`, `dtype`, `capacity`); each pass takes only its own (`Pass::options`).
+
+use super::{find_pass, printed, run_pass, Compilation, Grid, Strategy, STAGES};
+use crate::error::CompileError;
+use crate::passes::raise_moe::CapacityPolicy;
+
+/// One pass of a textual pipeline, with its options in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassRun {
+    pub name: String,
+    pub options: Vec<(String, String)>,
+}
+
+/// `builtin.module(a, b{k=v k2=v2})` (the anchor may be left out: `a, b`) as its passes.
+pub fn parse_pass_pipeline(text: &str) -> Result<Vec<PassRun>, String> {
+    let text = text.trim();
+    let inner = match text.strip_prefix("builtin.module(") {
+        Some(rest) => rest
+            .strip_suffix(')')
+            .ok_or("the pipeline opens 'builtin.module(' and does not close it")?,
+        None => text,
+    };
+    split_top_level(inner)?
+        .into_iter()
+        .map(|item| parse_pass(item.trim()))
+        .collect()
+}
+
+/// The pipeline's items, split at the commas outside braces.
+fn split_top_level(s: &str) -> Result<Vec<&str>, String> {
+    let (mut items, mut depth, mut start) = (Vec::new(), 0usize, 0);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '{' => depth += 1,
+            '}' => depth = depth.checked_sub(1).ok_or("a '}' without its '{'")?,
+            ',' if depth == 0 => {
+                items.push(&s[start..i]);
+                start = i + 1;
+            }
+            '(' | ')' => return Err(format!("nested pipelines are not taken (at '{ch}')")),
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("a '{' without its '}'".into());
+    }
+    items.push(&s[start..]);
+    Ok(items.into_iter().filter(|i| !i.trim().is_empty()).collect())
+}
+
+fn parse_pass(item: &str) -> Result<PassRun, String> {
+    let (name, options) = match item.split_once('{') {
+        Some((name, rest)) => {
+            let body = rest
+                .strip_suffix('}')
+                .ok_or_else(|| format!("'{item}': options end with '}}'"))?;
+            let options = body
+                .split_whitespace()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("'{item}': option '{kv}' is not KEY=VALUE"))
+                })
+                .collect::<Result<_, _>>()?;
+            (name.trim(), options)
+        }
+        None => (item, vec![]),
+    };
+    if name.is_empty() {
+        return Err(format!("'{item}': a pass without a name"));
+    }
+    Ok(PassRun {
+        name: name.to_string(),
+        options,
+    })
+}
+
+/// Runs `pipeline` on the IR file the compilation names (printed by `--emit`, core to pipelined),
+/// and returns the IR after the last pass (the IR as read when the pipeline is empty), with
+/// the compilation, for what the passes said.
+pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), CompileError> {
+    let path = c.options.path.clone();
+    let bad = |reason: String| CompileError::Ir {
+        path: path.clone(),
+        reason,
+    };
+    let runs = parse_pass_pipeline(pipeline).map_err(|e| bad(format!("--pass-pipeline: {e}")))?;
+    if !crate::ir_input::is_ppmoe_ir(&path) {
+        return Err(bad(
+            "opt takes IR printed by `ppmoe inspect --emit` (core to pipelined); a model goes through inspect or compile"
+                .into(),
+        ));
+    }
+    let reached = crate::ir_input::resume(&mut c)?;
+    let mut last = STAGES
+        .iter()
+        .find(|s| s.name == reached)
+        .ok_or_else(|| bad(format!("stage '{reached}'")))?;
+    for run in &runs {
+        let (stage, pass) = find_pass(&run.name).ok_or_else(|| {
+            bad(format!(
+                "--pass-pipeline: no pass '{}'; the passes: {}",
+                run.name,
+                pass_names().join(", ")
+            ))
+        })?;
+        if matches!(stage.name, "onnx" | "core") {
+            return Err(bad(format!(
+                "{} reads the model, not IR: it cannot run in opt",
+                pass.name
+            )));
+        }
+        for (key, value) in &run.options {
+            if !pass.options.contains(&key.as_str()) {
+                return Err(bad(format!(
+                    "{}: no option '{key}'; it takes: {}",
+                    pass.name,
+                    if pass.options.is_empty() {
+                        "none".to_string()
+                    } else {
+                        pass.options.join(", ")
+                    }
+                )));
+            }
+            set_option(&mut c, key, value)
+                .map_err(|e| bad(format!("{}{{{key}={value}}}: {e}", pass.name)))?;
+        }
+        run_pass(&mut c, stage, pass)?;
+        last = stage;
+    }
+    Ok((printed(&c, last)?, c))
+}
+
+/// Every registered pass, in pipeline order.
+pub fn pass_names() -> Vec<&'static str> {
+    STAGES
+        .iter()
+        .flat_map(|s| s.passes.iter().map(|p| p.name))
+        .collect()
+}
+
+/// Sets the compilation option a pass option names.
+fn set_option(c: &mut Compilation, key: &str, value: &str) -> Result<(), String> {
+    let o = &mut c.options;
+    let count = || -> Result<usize, String> {
+        value
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| format!("'{value}' is not a count of at least 1"))
+    };
+    let grid = o.grid.get_or_insert(Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    });
+    match key {
+        "tp" => grid.tp = count()?,
+        "pp" => grid.pp = count()?,
+        "dp" => grid.dp = count()?,
+        "strategy" => {
+            o.strategy = Some(match value {
+                "ppmoe" => Strategy::Ppmoe,
+                "alltoall" => Strategy::AllToAll,
+                "auto" => Strategy::Auto,
+                _ => return Err("expected ppmoe, alltoall or auto".into()),
+            })
+        }
+        "dtype" => {
+            o.weight_dtype = match value {
+                "fp32" => None,
+                "bf16" => Some(ppmoe_runtime::DType::BF16),
+                "fp16" => Some(ppmoe_runtime::DType::F16),
+                _ => return Err("expected fp32, bf16 or fp16".into()),
+            }
+        }
+        "capacity" => {
+            o.capacity_policy = Some(match value {
+                "keep" => CapacityPolicy::Keep,
+                "dropless" => CapacityPolicy::Dropless,
+                _ => return Err("expected keep or dropless".into()),
+            })
+        }
+        _ => return Err("not an option of ppmoe's passes".into()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_pass_pipeline, PassRun};
+
+    #[test]
+    fn a_pipeline_reads_as_its_passes_and_options() {
+        let runs =
+            parse_pass_pipeline("builtin.module(ppmoe-shard{tp=2 strategy=auto}, ppmoe-dce)")
+                .unwrap();
+        assert_eq!(
+            runs,
+            vec![
+                PassRun {
+                    name: "ppmoe-shard".into(),
+                    options: vec![
+                        ("tp".into(), "2".into()),
+                        ("strategy".into(), "auto".into())
+                    ],
+                },
+                PassRun {
+                    name: "ppmoe-dce".into(),
+                    options: vec![],
+                },
+            ]
+        );
+        assert_eq!(parse_pass_pipeline("builtin.module()").unwrap(), vec![]);
+        assert_eq!(parse_pass_pipeline("ppmoe-dce").unwrap().len(), 1);
+        for bad in [
+            "builtin.module(ppmoe-shard{tp=2)",
+            "builtin.module(ppmoe-shard{tp})",
+            "builtin.module(func.func(canonicalize))",
+            "builtin.module(ppmoe-dce",
+            "builtin.module({tp=2})",
+        ] {
+            assert!(parse_pass_pipeline(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The passes the stages list (`super::STAGES`): each takes the compilation one step, and has
+//! the registered name in its comment.
+
+use super::{Compilation, DEFAULT_EVAL_LIMIT_BYTES};
+use crate::core::{convert_initializers, lower_to_core_with};
+use crate::distribute::shard_moe::RankProgram;
+use crate::distribute::{Grid, Strategy};
+use crate::error::CompileError;
+use crate::passes::raise_moe::CapacityPolicy;
+use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
+
+/// `ppmoe-plan-kernels`: per rank, how each instruction runs on the GPU, and the kernels
+/// generated for it as a `gpu.module`.
+pub(super) fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
+    if c.ranks.is_empty() {
+        return Err(CompileError::StageNotBuilt(
+            "kernels".into(),
+            "it needs ppmoe-pipeline-split first".into(),
+        ));
+    }
+    c.kernel_plans = c
+        .ranks
+        .iter()
+        .map(|r| {
+            crate::codegen::plan_kernels(
+                &r.program,
+                &r.weights,
+                &format!("rank{}_kernels", r.program.rank),
+            )
+        })
+        .collect();
+    Ok(())
+}
+
+/// `ppmoe-to-ptx`: the kernel modules through MLIR's GPU passes and LLVM's NVPTX target.
+pub(super) fn ptx(c: &mut Compilation) -> Result<(), CompileError> {
+    let mut text = String::from("module attributes {gpu.container_module} {\n");
+    for plan in &c.kernel_plans {
+        text.push_str(&plan.module);
+    }
+    text.push_str("}\n");
+    c.ptx = crate::codegen::ptx::to_ptx(&text).map_err(|diagnostics| CompileError::Verify {
+        path: c.options.path.clone(),
+        stage: "ptx".into(),
+        diagnostics,
+    })?;
+    Ok(())
+}
+
+/// The grid the options give (1 x 1 x 1 when none).
+fn grid_of(c: &Compilation) -> Grid {
+    c.options.grid.unwrap_or(Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    })
+}
+
+/// `ppmoe-shard`: one program per tensor-parallel index: dense layers Megatron-split, each MoE
+/// layer's experts cut into rank blocks in the all-to-all form; and each layer's strategy
+/// chosen (the `auto` e-graph's pick, or the one asked for) for `ppmoe-rewrite`.
+pub(super) fn shard(c: &mut Compilation) -> Result<(), CompileError> {
+    let grid = grid_of(c);
+    let strategy = c.options.strategy.unwrap_or(Strategy::Ppmoe);
+    let Some(core) = c.core.as_mut() else {
+        return Err(CompileError::StageNotBuilt(
+            "sharded".into(),
+            "it needs the moe stage first".into(),
+        ));
+    };
+    // The ranks' programs take the weights over: expert stacks are cut into rank blocks here,
+    // one stack at a time, so no weight is held twice; the rest is shared between ranks.
+    let mut weights = std::mem::take(&mut core.weights);
+    let mut blocks = if grid.tp > 1 {
+        crate::distribute::shard_moe::cut_expert_weights(&core.program, &mut weights, grid.tp)
+    } else {
+        Default::default()
+    };
+    let one = RankProgram {
+        program: core.program.clone(),
+        weights,
+    };
+    c.choices = choose_strategies(strategy, &core.moe_layers, grid.tp, c.options.hardware);
+    c.sharded.clear();
+    c.rank_pieces.clear();
+    for t in 0..grid.tp {
+        let (dense, rank_pieces) = crate::distribute::dense_tp::dense_tp(&one, grid.tp, t);
+        let mut rp = crate::distribute::shard_moe::shard_moe(
+            &c.options.path,
+            &dense,
+            grid.tp,
+            t,
+            &mut blocks,
+        )?;
+        rp.program.coords = [0, 0, t];
+        rp.program.rank = t;
+        c.sharded.push(rp);
+        c.rank_pieces.push(rank_pieces);
+    }
+    Ok(())
+}
+
+/// Each MoE layer's strategy: the one asked for, or per layer the e-graph's pick among the
+/// forms codegen has (ppmoe, alltoall).
+fn choose_strategies(
+    strategy: Strategy,
+    layers: &[crate::moe::MoeLayer],
+    tp: usize,
+    hardware: Option<Hardware>,
+) -> Vec<Choice> {
+    match strategy {
+        Strategy::Ppmoe => vec![Choice::Ppmoe; layers.len()],
+        Strategy::AllToAll => vec![Choice::AllToAll; layers.len()],
+        Strategy::Auto => {
+            let shapes: Vec<LayerShape> = layers
+                .iter()
+                .map(|l| LayerShape {
+                    tokens: l.tokens,
+                    hidden: l.hidden,
+                    ffn: l.ffn,
+                    experts: l.experts,
+                    top_k: l.top_k,
+                    gated: l.gated,
+                })
+                .collect();
+            crate::strategy::egraph::choose(
+                &shapes,
+                tp,
+                hardware.unwrap_or_default(),
+                &[Choice::Ppmoe, Choice::AllToAll],
+            )
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+        }
+    }
+}
+
+/// `ppmoe-rewrite`: the PPMoE rewrite of every layer whose strategy is ppmoe, where its
+/// precondition holds (the notes say where it does not, and the all-to-all form stays).
+pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
+    need_sharded(c, "ppmoe-rewrite")?;
+    let tp = c.sharded.len();
+    if c.rank_pieces.len() != tp {
+        // IR read back at `sharded` does not say which buffers dense TP cut into rank
+        // pieces; the rewrite, which must know, runs only after ppmoe-shard itself.
+        return Err(CompileError::StageNotBuilt(
+            "ppmoe-rewrite".into(),
+            "it needs ppmoe-shard's record of the rank pieces: run it after ppmoe-shard, on IR of the moe stage".into(),
+        ));
+    }
+    c.diagnostics.kept_all_to_all.clear();
+    if c.options.strategy == Some(Strategy::AllToAll) {
+        return Ok(());
+    }
+    let picks = &c.choices;
+    let wanted = |n: usize| picks.get(n) == Some(&Choice::Ppmoe);
+    for (t, (rp, pieces)) in c.sharded.iter_mut().zip(&c.rank_pieces).enumerate() {
+        let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(rp, (t, tp), &wanted, pieces);
+        if t == 0 {
+            c.diagnostics.kept_all_to_all.extend(notes);
+        }
+    }
+    Ok(())
+}
+
+/// `ppmoe-dce`: every rank program without the instructions and weights nothing reads.
+pub(super) fn remove_dead_code(c: &mut Compilation) -> Result<(), CompileError> {
+    need_sharded(c, "ppmoe-dce")?;
+    for rp in &mut c.sharded {
+        let program = std::mem::replace(&mut rp.program, empty_program());
+        rp.program = crate::passes::dead_code::remove_dead_code(program, &mut rp.weights);
+    }
+    Ok(())
+}
+
+/// `ppmoe-weight-dtype`: the float weights stored in `--dtype` (rounded once, here), once per
+/// tp index, before the stages and replicas share the tensors: each weight is replaced as it
+/// is converted, so no second copy of the weights is held.
+pub(super) fn weight_dtype(c: &mut Compilation) -> Result<(), CompileError> {
+    need_sharded(c, "ppmoe-weight-dtype")?;
+    if let Some(dt) = c.options.weight_dtype {
+        for rp in &mut c.sharded {
+            crate::passes::weight_dtype::convert_weights(rp, dt);
+        }
+    }
+    Ok(())
+}
+
+/// `ppmoe-einsum-to-matmul`: the einsums left after the raise as batched matmuls (cuBLAS on the
+/// GPU).
+pub(super) fn einsum_to_matmul(c: &mut Compilation) -> Result<(), CompileError> {
+    need_sharded(c, "ppmoe-einsum-to-matmul")?;
+    for rp in &mut c.sharded {
+        let n = crate::passes::einsum_matmul::einsums_as_matmuls(rp);
+        if n > 0 {
+            tracing::debug!("{n} einsums as batched matmuls");
+        }
+    }
+    Ok(())
+}
+
+/// `ppmoe-compare-as-f32`: the masks' integer comparisons as float ones (exact; then generated
+/// kernels on the GPU).
+pub(super) fn compare_as_f32(c: &mut Compilation) -> Result<(), CompileError> {
+    need_sharded(c, "ppmoe-compare-as-f32")?;
+    for rp in &mut c.sharded {
+        let n = crate::passes::int_compare::compare_as_f32(rp);
+        if n > 0 {
+            tracing::debug!("{n} integer constants compared as f32 (exact)");
+        }
+    }
+    Ok(())
+}
+
+/// `ppmoe-pipeline-split`: each tp index's program cut into pp stages after MoE layers
+/// (balancing the stages' cost), values crossing a cut sent and received, and the stages laid
+/// out on the dp x pp x tp grid.
+pub(super) fn pipeline_split(c: &mut Compilation) -> Result<(), CompileError> {
+    let grid = grid_of(c);
+    let first = c.sharded.first().ok_or_else(|| {
+        CompileError::StageNotBuilt(
+            "pipelined".into(),
+            "it needs the sharded stage first".into(),
+        )
+    })?;
+    let cuts = crate::distribute::pipeline_split::choose_cuts(&first.program, grid.pp).map_err(
+        |reason| CompileError::Grid {
+            path: c.options.path.clone(),
+            reason,
+        },
+    )?;
+    let stages: Vec<Vec<RankProgram>> = c
+        .sharded
+        .iter()
+        .map(|rp| crate::distribute::pipeline_split::split_stages(rp, &cuts))
+        .collect();
+    c.ranks = crate::distribute::layout::layout(grid, &stages);
+    Ok(())
+}
+
+fn need_sharded(c: &Compilation, pass: &str) -> Result<(), CompileError> {
+    if c.sharded.is_empty() {
+        return Err(CompileError::StageNotBuilt(
+            pass.into(),
+            "it needs ppmoe-shard first".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn empty_program() -> ppmoe_runtime::program::Program {
+    ppmoe_runtime::program::Program {
+        rank: 0,
+        buffers: vec![],
+        inputs: vec![],
+        outputs: vec![],
+        instructions: vec![],
+        weights_file: String::new(),
+        coords: [0, 0, 0],
+        gpu: vec![],
+        ptx_file: None,
+    }
+}
+
+/// `ppmoe-import`: the model read (ONNX or StableHLO) at the input shapes.
+pub(super) fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
+    let shapes = microbatch_shapes(c)?;
+    let loaded = ppmoe_frontend::load_model(&c.options.path, c.options.weights.as_deref())?;
+    c.probe_shapes = crate::moe::probe::candidate_shapes(&loaded, &shapes);
+    let (model, types, text) = ppmoe_frontend::import_loaded(loaded, &shapes)?;
+    c.model = Some(model);
+    c.types = Some(types);
+    c.onnx_text = Some(text);
+    Ok(())
+}
+
+/// The input shapes to compile at: with K microbatches, axis 0 (the batch) of every input is
+/// cut by K, so the programs run one microbatch at a time.
+fn microbatch_shapes(c: &Compilation) -> Result<Vec<(String, Vec<i64>)>, CompileError> {
+    let k = c.options.microbatches.max(1) as i64;
+    if k == 1 {
+        return Ok(c.options.input_shapes.clone());
+    }
+    let model = ppmoe_frontend::load_model(&c.options.path, c.options.weights.as_deref())?;
+    let bad = |reason: String| CompileError::Grid {
+        path: c.options.path.clone(),
+        reason,
+    };
+    let mut out = Vec::new();
+    for input in &model.graph.inputs {
+        let given = c
+            .options
+            .input_shapes
+            .iter()
+            .find(|(n, _)| n == &input.name)
+            .map(|(_, d)| d.clone());
+        if let Some(ppmoe_frontend::Dim::Known(b)) = input.ty.dims.first() {
+            return Err(bad(format!(
+                "--microbatches {k}: input '{}' has its batch fixed at {b} by the model: it cannot be cut into microbatches (export it with a dynamic batch)",
+                input.name
+            )));
+        }
+        let Some(mut dims) = given else {
+            return Err(bad(format!(
+                "--microbatches {k}: give the full shape of input '{}' with --input-shape",
+                input.name
+            )));
+        };
+        if dims.is_empty() || dims[0] % k != 0 {
+            return Err(bad(format!("--microbatches {k}: input '{}' has a batch of {}, which {k} microbatches do not divide", input.name, dims.first().copied().unwrap_or(0))));
+        }
+        dims[0] /= k;
+        out.push((input.name.clone(), dims));
+    }
+    Ok(out)
+}
+
+/// `ppmoe-lower-core`: the graph normalised to the core op set, static shapes.
+pub(super) fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
+    let (Some(model), Some(types)) = (c.model.as_mut(), &c.types) else {
+        return Err(CompileError::StageNotBuilt(
+            "core".into(),
+            "it needs the onnx stage first".into(),
+        ));
+    };
+    let limit = c.options.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
+    let initializers = convert_initializers(model)?;
+    let core = lower_to_core_with(model, types, &initializers, limit, &Default::default())?;
+    c.probe_core =
+        crate::moe::probe::probe_program(model, &c.probe_shapes, &initializers, limit, &core);
+    c.core = Some(core);
+    Ok(())
+}
+
+/// `ppmoe-raise-moe`: every MoE layer raised to `moe.route` + `moe.experts`.
+pub(super) fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
+    let policy = c.options.capacity_policy.unwrap_or(CapacityPolicy::Keep);
+    let Some(core) = c.core.as_mut() else {
+        return Err(CompileError::StageNotBuilt(
+            "moe".into(),
+            "it needs the core stage first".into(),
+        ));
+    };
+    let limit = c.options.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
+    // The few-token program is only a means of recognition: dropped once used.
+    let outcome = match c.probe_core.take() {
+        Some(mut probe) => {
+            crate::passes::raise_moe::raise_moe_probed(core, &mut probe, policy, limit)
+        }
+        None => crate::passes::raise_moe::raise_moe(core, policy, limit),
+    };
+    for u in &outcome.unraised {
+        tracing::warn!("not raised: {u}");
+    }
+    core.moe_layers.extend(outcome.raised);
+    c.diagnostics.unraised = outcome.unraised;
+    Ok(())
+}

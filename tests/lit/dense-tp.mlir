@@ -1,0 +1,20 @@
+// ppmoe-shard's dense part: Megatron tensor parallelism of an OLMoE LM's attention (q, k, v
+// by columns, o by rows, one all-reduce each), each rank holding its pieces of the weights;
+// ppmoe-dce then drops the whole weights nothing reads any more.
+
+// RUN: %ppmoe inspect %fixtures/olmoe_lm_sdpa/model.onnx --emit moe > %t.moe.mlir
+// RUN: %ppmoe opt %t.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2})' | FileCheck %s --check-prefixes=CHECK,WHOLE
+// RUN: %ppmoe opt %t.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-dce)' | FileCheck %s --check-prefixes=CHECK,DCE
+
+// CHECK: shard.grid @grid(shape = 1x1x2)
+// CHECK-LABEL: func.func @rank0(
+// The q and k norms' weights (OLMoE normalises q and k over all heads) cut into rank 0's
+// pieces, the whole ones left for ppmoe-dce.
+// WHOLE-SAME: tensor<64xf32> {core.weight = "lm.model.layers.0.self_attn.q_norm.weight"}
+// WHOLE-SAME: tensor<32xf32> {core.weight = "lm.model.layers.0.self_attn.k_norm.weight"}
+// DCE-NOT: {core.weight = "lm.model.layers.0.self_attn.k_norm.weight"}
+// CHECK-SAME: tensor<32xf32> {core.weight = "lm.model.layers.0.self_attn.q_norm.weight.tp0_0"}
+// CHECK-SAME: tensor<16xf32> {core.weight = "lm.model.layers.0.self_attn.k_norm.weight.tp0_0"}
+// CHECK: shard.all_reduce {{.*}} on @grid grid_axes = [2] :
+// CHECK-LABEL: func.func @rank1(
+// CHECK-SAME: {core.weight = "lm.model.layers.0.self_attn.q_norm.weight.tp1_0"}

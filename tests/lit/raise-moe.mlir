@@ -1,0 +1,55 @@
+// ppmoe-raise-moe on the core IR of each family's fixture: the router's chain becomes one
+// moe.route, the experts' chain one moe.experts, with what was read off the source as
+// attributes; dense parts (Qwen2-MoE's shared expert) stay core ops.
+
+// RUN: %ppmoe inspect %fixtures/mixtral_block_dynamo/model.onnx --emit core > %t.mixtral.mlir
+// RUN: %ppmoe opt %t.mixtral.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=MIXTRAL
+// MIXTRAL: ppmoe.stage = "moe"
+// MIXTRAL: "core.mat_mul"
+// MIXTRAL-NEXT: "moe.route"({{.*}}) {{{.*}}order = "softmax_then_topk", renormalize = true, {{.*}}scoring = "softmax", top_k = 2 : i64
+// MIXTRAL-NEXT: "moe.experts"({{.*}}) {activation = "swiglu", {{.*}}layout = "linear"
+// MIXTRAL-NOT: "core.top_k"
+
+// RUN: %ppmoe inspect %fixtures/qwen2moe_block_dynamo/model.onnx --emit core > %t.qwen2.mlir
+// RUN: %ppmoe opt %t.qwen2.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=QWEN2
+// QWEN2: "moe.route"({{.*}}renormalize = false
+// QWEN2: "moe.experts"
+// The shared expert and its gate stay dense, added to the experts' sum.
+// QWEN2: "core.sigmoid"
+// QWEN2: "core.add"
+
+// RUN: %ppmoe inspect %fixtures/deepseekv3_block_dynamo/model.onnx --emit core > %t.deepseek.mlir
+// RUN: %ppmoe opt %t.deepseek.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=DEEPSEEK
+// The score-correction bias is the route's second operand; groups and the scaling factor.
+// DEEPSEEK: "moe.route"(%{{[0-9]+}}, %arg{{[0-9]+}}) {capacity = 0 : i64, n_group = 2 : i64, {{.*}}routed_scaling_factor = 2.500000e+00 : f64, scoring = "sigmoid", top_k = 2 : i64, topk_group = 1 : i64}
+
+// RUN: %ppmoe inspect %fixtures/gptoss_block_dynamo/model.onnx --emit core > %t.gptoss.mlir
+// RUN: %ppmoe opt %t.gptoss.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=GPTOSS
+// GPTOSS: "moe.route"({{.*}}order = "topk_then_softmax"
+// Biases are the optional operands (segment sizes), the clamp a limit.
+// GPTOSS: "moe.experts"({{.*}}) {activation = "swiglu", alpha = 1.7020000219345093 : f64, beta = 1.000000e+00 : f64, layout = "in_out", limit = 7.000000e+00 : f64, operandSegmentSizes = array<i32: 1, 1, 1, 1, 1, 1, 1>}
+
+// RUN: %ppmoe inspect %fixtures/phimoe_lm_sdpa/model.onnx --emit core > %t.phimoe.mlir
+// RUN: %ppmoe opt %t.phimoe.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=PHIMOE
+// PHIMOE-COUNT-2: "moe.route"({{.*}}mask_threshold = 0.019999999552965164 : f64, {{.*}}scoring = "sparsemixer"
+
+// RUN: %ppmoe inspect %fixtures/mixtral_block_ts_eager/model.onnx --emit core > %t.eager.mlir
+// RUN: %ppmoe opt %t.eager.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=EAGER
+// The TorchScript eager export's per-expert loop (NonZero, dynamic sizes) is gone.
+// EAGER: "moe.experts"
+// EAGER-NOT: "core.non_zero"
+
+// GShard's capacity: kept by default (exact), dropped with capacity=dropless.
+// RUN: %ppmoe inspect %fixtures/gshard_top2_dynamo/model.onnx --emit core > %t.gshard.mlir
+// RUN: %ppmoe opt %t.gshard.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=KEEP
+// RUN: %ppmoe opt %t.gshard.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe{capacity=dropless})' | FileCheck %s --check-prefix=DROPLESS
+// KEEP: "moe.route"({{.*}}) {capacity = 8 : i64
+// KEEP: "moe.experts"({{.*}}) {activation = "gelu"
+// DROPLESS: "moe.route"({{.*}}) {capacity = 0 : i64
+
+// A JAX program under shard_map (StableHLO, two all_to_alls) raised to its global meaning.
+// RUN: %ppmoe inspect %fixtures/jax_gshard_top2_a2a/model.mlir --weights %fixtures/jax_gshard_top2_a2a/weights.safetensors --emit core > %t.jax.mlir
+// RUN: %ppmoe opt %t.jax.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=JAX
+// JAX: "moe.route"
+// JAX: "moe.experts"
+// JAX-NOT: all_to_all
