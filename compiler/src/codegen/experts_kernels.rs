@@ -5,6 +5,7 @@
 //! every projection that takes it as its epilogue (`act_math`, `silu_gated_math`).
 
 use super::kernel_gen::{activation_expr, dyn_kernel, exp, hexf, static_shape};
+use super::template::specialise;
 use ppmoe_runtime::program::{ExpertDims, Op, Program};
 use std::fmt::Write;
 
@@ -206,6 +207,11 @@ fn act_kernels(out: &mut String, prefix: &str, ffn: &Ffn, (f, n): (usize, usize)
     ));
 }
 
+/// The combine's body (one thread per output element; `load_o` reads the row's value).
+const COMBINE: &str = include_str!("templates/combine.mlir");
+/// The combine's body over bf16 rows, two columns a thread (`combine_pairs_kernel`).
+const COMBINE_PAIRS: &str = include_str!("templates/combine_pairs.mlir");
+
 /// combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
 fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usize), mid: Mid) {
     match ppmoe_runtime::program::row_columns(mid.bf16, h) {
@@ -216,9 +222,13 @@ fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usi
         2 => return out.push_str(&combine_pairs_kernel(prefix, t, h, k)),
         _ => {}
     }
-    let c = format!(
-        "        %h = arith.constant {h} : index\n        %k = arith.constant {k} : index\n        %t = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc = scf.for %j = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v = scf.if %valid -> (f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n{load_o}            %b = scf.if %hb -> (f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %bv = memref.load %bout[%eo] : memref<?xf32>\n              scf.yield %bv : f32\n            }} else {{\n              scf.yield %zero : f32\n            }}\n            %ob = arith.addf %o, %b : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo = arith.mulf %wv, %ob : f32\n            scf.yield %wo : f32\n          }} else {{\n            scf.yield %zero : f32\n          }}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        memref.store %acc, %y[%i] : memref<?xf32>\n",
-        load_o = mid.load("o", "out", "po")
+    let c = specialise(
+        COMBINE,
+        &[
+            ("h", &h),
+            ("k", &k),
+            ("load_o", &mid.load("o", "out", "po")),
+        ],
     );
     out.push_str(&dyn_kernel(
         &format!("{prefix}_combine"),
@@ -415,10 +425,7 @@ fn gather_pairs_kernel(prefix: &str, h: usize) -> String {
 /// thread per two columns of a token, each slot's two bf16 values read as one 4-byte word;
 /// each column's sum is the scalar kernel's, term by term in slot order.
 fn combine_pairs_kernel(prefix: &str, t: usize, h: usize, k: usize) -> String {
-    let c = format!(
-        "        %h = arith.constant {h} : index\n        %hp = arith.constant {hp} : index\n        %k = arith.constant {k} : index\n        %c2 = arith.constant 2 : index\n        %t = arith.divui %i, %hp : index\n        %cp = arith.remui %i, %hp : index\n        %c = arith.muli %cp, %c2 : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %s16 = arith.constant 16 : i32\n        %hmask = arith.constant -65536 : i32\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %t, %k : index\n        %acc:2 = scf.for %j = %c0 to %k step %c1 iter_args(%a0 = %zero, %a1 = %zero) -> (f32, f32) {{\n          %s = arith.addi %tk, %j : index\n          %p32 = memref.load %pos[%s] : memref<?xi32>\n          %valid = arith.cmpi sge, %p32, %z32 : i32\n          %v:2 = scf.if %valid -> (f32, f32) {{\n            %p = arith.index_cast %p32 : i32 to index\n            %pb = arith.muli %p, %h : index\n            %po = arith.addi %pb, %c : index\n            %wi = arith.divui %po, %c2 : index\n            %word = memref.load %out[%wi] : memref<?xi32>\n            %lo = arith.shli %word, %s16 : i32\n            %hi = arith.andi %word, %hmask : i32\n            %o0 = arith.bitcast %lo : i32 to f32\n            %o1 = arith.bitcast %hi : i32 to f32\n            %b:2 = scf.if %hb -> (f32, f32) {{\n              %e32 = memref.load %eid[%s] : memref<?xi32>\n              %e = arith.index_cast %e32 : i32 to index\n              %ebb = arith.muli %e, %h : index\n              %eo = arith.addi %ebb, %c : index\n              %eo1 = arith.addi %eo, %c1 : index\n              %bv0 = memref.load %bout[%eo] : memref<?xf32>\n              %bv1 = memref.load %bout[%eo1] : memref<?xf32>\n              scf.yield %bv0, %bv1 : f32, f32\n            }} else {{\n              scf.yield %zero, %zero : f32, f32\n            }}\n            %ob0 = arith.addf %o0, %b#0 : f32\n            %ob1 = arith.addf %o1, %b#1 : f32\n            %wv = memref.load %w[%s] : memref<?xf32>\n            %wo0 = arith.mulf %wv, %ob0 : f32\n            %wo1 = arith.mulf %wv, %ob1 : f32\n            scf.yield %wo0, %wo1 : f32, f32\n          }} else {{\n            scf.yield %zero, %zero : f32, f32\n          }}\n          %na0 = arith.addf %a0, %v#0 : f32\n          %na1 = arith.addf %a1, %v#1 : f32\n          scf.yield %na0, %na1 : f32, f32\n        }}\n        %y0 = arith.muli %i, %c2 : index\n        %y1 = arith.addi %y0, %c1 : index\n        memref.store %acc#0, %y[%y0] : memref<?xf32>\n        memref.store %acc#1, %y[%y1] : memref<?xf32>\n",
-        hp = h / 2
-    );
+    let c = specialise(COMBINE_PAIRS, &[("h", &h), ("hp", &(h / 2)), ("k", &k)]);
     dyn_kernel(
         &format!("{prefix}_combine"),
         &step_params(Kind::Combine, "i32"),
@@ -475,6 +482,13 @@ fn act_pairs_kernel(prefix: &str, f: usize, n: usize, gated: bool, math: &str) -
         ),
         &a,
     )
+}
+
+/// The pairs combine of a 66-column bf16 row (the fixtures' rows, of 64, take eight columns a
+/// thread): for the template test.
+#[cfg(test)]
+pub(super) fn combine_pairs_for_test() -> String {
+    combine_pairs_kernel("k0_experts", 4, 66, 2)
 }
 
 /// Mixtral's and Qwen's SiLU-gated activation as `act_math` writes it (for the projections'

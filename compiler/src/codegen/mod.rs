@@ -23,6 +23,7 @@ mod row_fused;
 mod sorted_rows;
 mod sparsemixer;
 mod switch;
+mod template;
 mod tensor_core_projection;
 mod top_k;
 mod warpgroup_projection;

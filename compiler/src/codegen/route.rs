@@ -10,8 +10,12 @@
 //!     k passes: <each lane's best untaken expert, the warp's best by shuffles, lane 0 writes>
 
 use super::kernel_gen::{hexf, kernel, prologue, static_shape, warp_reduce, WARP};
+use super::template::specialise;
 use ppmoe_runtime::program::{Op, Program, RouteOrder, Scoring};
 use std::fmt::Write;
+
+/// The group-limited routing's mask (`group_mask`).
+const GROUP_MASK: &str = include_str!("templates/group_mask.mlir");
 
 /// What a route kernel is specialised to.
 struct RouteShape {
@@ -359,9 +363,15 @@ fn group_mask(b: &mut String, m_l: &str, score: &str, size: usize, groups: usize
     } else {
         "%gs = arith.addf %top#0, %zero : f32"
     };
-    let _ = writeln!(
-        b,
-        "        %gsize = arith.constant {size} : index\n        %ngroups = arith.constant {groups} : index\n        %kgroups = arith.constant {keep} : index\n        %z64 = arith.constant 0 : i64\n        %o64 = arith.constant 1 : i64\n        %mask = scf.for %s = %c0 to %kgroups step %c1 iter_args(%mk = %z64) -> (i64) {{\n          %bestg:2 = scf.for %q = %c0 to %ngroups step %c1 iter_args(%bgv = %ninf, %bgi = %c0) -> (f32, index) {{\n            %gb = arith.muli %q, %gsize : index\n            %top:2 = scf.for %u = %c0 to %gsize step %c1 iter_args(%m1 = %ninf, %m2 = %ninf) -> (f32, f32) {{\n              %j = arith.addi %gb, %u : index\n              %o = arith.addi %base, %j : index\n              %v = memref.load %a0[%o] : {m_l}\n{}\n              %gt1 = arith.cmpf ogt, %ch, %m1 : f32\n              %gt2 = arith.cmpf ogt, %ch, %m2 : f32\n              %n2a = arith.select %gt2, %ch, %m2 : f32\n              %n2 = arith.select %gt1, %m1, %n2a : f32\n              %n1 = arith.select %gt1, %ch, %m1 : f32\n              scf.yield %n1, %n2 : f32, f32\n            }}\n            {top}\n            %q64 = arith.index_cast %q : index to i64\n            %qbit = arith.shli %o64, %q64 : i64\n            %qh = arith.andi %mk, %qbit : i64\n            %qfree = arith.cmpi eq, %qh, %z64 : i64\n            %qbetter = arith.cmpf ogt, %gs, %bgv : f32\n            %qtake = arith.andi %qfree, %qbetter : i1\n            %nbgv = arith.select %qtake, %gs, %bgv : f32\n            %nbgi = arith.select %qtake, %q, %bgi : index\n            scf.yield %nbgv, %nbgi : f32, index\n          }}\n          %bg64 = arith.index_cast %bestg#1 : index to i64\n          %bgbit = arith.shli %o64, %bg64 : i64\n          %nmk = arith.ori %mk, %bgbit : i64\n          scf.yield %nmk : i64\n        }}",
-        score.replace("\n", "\n    ")
-    );
+    b.push_str(&specialise(
+        GROUP_MASK,
+        &[
+            ("size", &size),
+            ("groups", &groups),
+            ("keep", &keep),
+            ("m_l", &m_l),
+            ("score", &score.replace("\n", "\n    ")),
+            ("top", &top),
+        ],
+    ));
 }

@@ -6,7 +6,11 @@
 //! is no candidate of the second (its logit -inf there, as the exported graph scatters it).
 
 use super::kernel_gen::{hexf, kernel, prologue};
+use super::template::specialise;
 use std::fmt::Write as _;
+
+/// One sparsemixer choice (`choice`).
+const SPARSEMIXER_CHOICE: &str = include_str!("templates/sparsemixer_choice.mlir");
 
 /// The kernel over `t` tokens of `e` logits each; its text, threads (one per token) and that
 /// it has no capacity kernels (what `route_kernel` returns).
@@ -41,8 +45,8 @@ pub(super) fn route_kernel(
 /// One choice, `%{p}i` (the first largest logit but expert `skip`'s) and `%{p}sum` (the sum of
 /// exp(logit - its logit) over the experts kept for its softmax, `skip` excluded).
 fn choice(b: &mut String, p: &str, skip: &str, m_l: &str) {
-    let _ = writeln!(
-        b,
-        "        %{p}best:2 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0) -> (f32, index) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %other = arith.cmpi ne, %j, {skip} : index\n          %over = arith.cmpf ogt, %v, %bv : f32\n          %take = arith.andi %other, %over : i1\n          %nbv = arith.select %take, %v, %bv : f32\n          %nbi = arith.select %take, %j, %bi : index\n          scf.yield %nbv, %nbi : f32, index\n        }}\n        %{p}m = arith.addf %{p}best#0, %zero : f32\n        %{p}i = arith.addi %{p}best#1, %c0 : index\n        %{p}sum = scf.for %j = %c0 to %e step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %other = arith.cmpi ne, %j, {skip} : index\n          %nv = arith.negf %v : f32\n          %av = arith.maximumf %v, %nv : f32\n          %den = arith.maximumf %av, %{p}m : f32\n          %gap = arith.subf %{p}m, %v : f32\n          %rel = arith.divf %gap, %den : f32\n          %far = arith.cmpf ogt, %rel, %thr : f32\n          %near = arith.xori %far, %true : i1\n          %keep = arith.andi %other, %near : i1\n          %d = arith.subf %v, %{p}m : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %xk = arith.select %keep, %x, %zero : f32\n          %na = arith.addf %a, %xk : f32\n          scf.yield %na : f32\n        }}"
-    );
+    b.push_str(&specialise(
+        SPARSEMIXER_CHOICE,
+        &[("p", &p), ("m_l", &m_l), ("skip", &skip)],
+    ));
 }

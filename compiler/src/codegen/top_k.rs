@@ -7,9 +7,15 @@
 //! by whatever reads them on the host.
 
 use super::kernel_gen::{kernel, memref, operand_buffers, prologue, static_shape};
+use super::template::specialise;
 use ppmoe_runtime::program::{exact_in_f32, Op, Program};
 use ppmoe_runtime::Tensor;
-use std::fmt::Write as _;
+
+/// The top-k kernel's k picks, each the best value after the previous pick.
+const TOP_K_PICKS: &str = include_str!("templates/top_k_picks.mlir");
+
+/// The top-k kernel's constants and its row's bounds.
+const TOP_K_SETUP: &str = include_str!("templates/top_k_setup.mlir");
 
 /// The kernel of instruction `idx` if it is a `TopK` over a float input of static shape with a
 /// constant k; its name, text and thread count.
@@ -62,16 +68,31 @@ fn row_body(
         ("ogt", "olt")
     };
     let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %cin = arith.constant {inner} : index\n        %clen = arith.constant {len} : index\n        %ck = arith.constant {k} : index\n        %clenin = arith.constant {} : index\n        %ckin = arith.constant {} : index\n        %zero = arith.constant 0.0 : f32\n        %none = arith.constant -1 : i64\n        %no = arith.constant false\n        %yes = arith.constant true\n        %o = arith.divui %i, %cin : index\n        %ii = arith.remui %i, %cin : index\n        %b0 = arith.muli %o, %clenin : index\n        %base = arith.addi %b0, %ii : index\n        %ob0 = arith.muli %o, %ckin : index\n        %obase = arith.addi %ob0, %ii : index",
-        len * inner,
-        k * inner
-    );
-    let _ = writeln!(
-        b,
-        "        %picks:2 = scf.for %j = %c0 to %ck step %c1 iter_args(%pv = %zero, %pi = %none) -> (f32, i64) {{\n          %first = arith.cmpi eq, %pi, %none : i64\n          %best:3 = scf.for %c = %c0 to %clen step %c1 iter_args(%bv = %zero, %bi = %none, %found = %no) -> (f32, i64, i1) {{\n            %cs = arith.muli %c, %cin : index\n            %off = arith.addi %base, %cs : index\n            %v = memref.load %a0[%off] : memref<{}xf32>\n            %c64 = arith.index_cast %c : index to i64\n            %past = arith.cmpf {after}, %v, %pv : f32\n            %same = arith.cmpf oeq, %v, %pv : f32\n            %later = arith.cmpi sgt, %c64, %pi : i64\n            %tie = arith.andi %same, %later : i1\n            %after0 = arith.ori %past, %tie : i1\n            %after = arith.ori %first, %after0 : i1\n            %over = arith.cmpf {better}, %v, %bv : f32\n            %unset = arith.xori %found, %yes : i1\n            %better = arith.ori %unset, %over : i1\n            %take = arith.andi %after, %better : i1\n            %nbv = arith.select %take, %v, %bv : f32\n            %nbi = arith.select %take, %c64, %bi : i64\n            %nf = arith.ori %found, %take : i1\n            scf.yield %nbv, %nbi, %nf : f32, i64, i1\n          }}\n          %js = arith.muli %j, %cin : index\n          %at = arith.addi %obase, %js : index\n          memref.store %best#0, %a1[%at] : memref<{}xf32>\n          %bif = arith.sitofp %best#1 : i64 to f32\n          memref.store %bif, %a2[%at] : memref<{}xf32>\n          scf.yield %best#0, %best#1 : f32, i64\n        }}",
-        n_in, n_out, n_out
-    );
+    b.push_str(&specialise(
+        TOP_K_SETUP,
+        &[
+            ("inner", &inner),
+            ("len", &len),
+            ("k", &k),
+            ("len_inner", &(len * inner)),
+            ("k_inner", &(k * inner)),
+        ],
+    ));
+    b.push_str(&specialise(
+        TOP_K_PICKS,
+        &[
+            ("input", &n_in),
+            ("after", &after),
+            ("better", &better),
+            ("output", &n_out),
+            ("output2", &n_out),
+        ],
+    ));
     b
+}
+
+/// A row's top-2 of 8 values: for the template test.
+#[cfg(test)]
+pub(super) fn row_body_for_test() -> String {
+    row_body((8, 1, 2), true, (0, 1))
 }

@@ -1,0 +1,17 @@
+        %c0 = arith.constant 0 : index
+        %c1 = arith.constant 1 : index
+        %cin = arith.constant {{inner}} : index
+        %clen = arith.constant {{len}} : index
+        %ck = arith.constant {{k}} : index
+        %clenin = arith.constant {{len_inner}} : index
+        %ckin = arith.constant {{k_inner}} : index
+        %zero = arith.constant 0.0 : f32
+        %none = arith.constant -1 : i64
+        %no = arith.constant false
+        %yes = arith.constant true
+        %o = arith.divui %i, %cin : index
+        %ii = arith.remui %i, %cin : index
+        %b0 = arith.muli %o, %clenin : index
+        %base = arith.addi %b0, %ii : index
+        %ob0 = arith.muli %o, %ckin : index
+        %obase = arith.addi %ob0, %ii : index
