@@ -1,5 +1,5 @@
 //! `ppmoe-fuzz TARGET CORPUS OUT [--execs N | --seconds S] [--seed K]`: mutation fuzzing of one
-//! target (npy, manifest, onnx, stablehlo) from the seed inputs in CORPUS, on stable Rust. An
+//! target (npy, manifest, onnx, stablehlo, ir) from the seed inputs in CORPUS, on stable Rust. An
 //! input whose outcome (the first words of its error, or success) is new joins the corpus in
 //! memory, so later mutations start from inputs that reach further checks. A panic is caught,
 //! its input written to OUT/panic-N and counted; OUT/current holds the input being run, so an
@@ -29,7 +29,7 @@ struct Args {
 
 fn args() -> Result<Args, String> {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: ppmoe-fuzz npy|manifest|onnx|stablehlo CORPUS OUT [--execs N | --seconds S] [--seed K]";
+    let usage = "usage: ppmoe-fuzz npy|manifest|onnx|stablehlo|ir CORPUS OUT [--execs N | --seconds S] [--seed K]";
     let [t, corpus, out, rest @ ..] = &a[..] else {
         return Err(usage.into());
     };

@@ -14,6 +14,9 @@ pub enum Target {
     Onnx,
     /// A StableHLO module through its reader, the core stage and the MoE raise.
     StableHlo,
+    /// ppmoe's own IR (`--emit moe` or `sharded` of a fixture) read back and taken through
+    /// the later stages at tp 2.
+    Ir,
 }
 
 impl Target {
@@ -23,6 +26,7 @@ impl Target {
             "manifest" => Some(Target::Manifest),
             "onnx" => Some(Target::Onnx),
             "stablehlo" => Some(Target::StableHlo),
+            "ir" => Some(Target::Ir),
             _ => None,
         }
     }
@@ -33,12 +37,13 @@ impl Target {
             Target::Manifest => "manifest",
             Target::Onnx => "onnx",
             Target::StableHlo => "stablehlo",
+            Target::Ir => "ir",
         }
     }
 
     /// Whether mutations that treat the input as text apply.
     pub fn is_text(self) -> bool {
-        matches!(self, Target::Manifest | Target::StableHlo)
+        matches!(self, Target::Manifest | Target::StableHlo | Target::Ir)
     }
 
     /// Runs the target on `input`; `work` is a folder for the model file the compiler reads.
@@ -66,6 +71,21 @@ impl Target {
                 c.options.eval_limit = Some(16 << 20);
                 ppmoe_compiler::pipeline::run_with(c, "moe")
                     .map(|c| format!("{} layers", c.core.map_or(0, |p| p.moe_layers.len())))
+                    .map_err(|e| e.to_string())
+            }
+            Target::Ir => {
+                let file = work.join("ir.mlir");
+                if let Err(e) = std::fs::write(&file, input) {
+                    return format!("io {e}");
+                }
+                let mut c = ppmoe_compiler::pipeline::Compilation::new(&file, &[]);
+                c.options.grid = Some(ppmoe_compiler::distribute::Grid {
+                    dp: 1,
+                    pp: 1,
+                    tp: 2,
+                });
+                ppmoe_compiler::pipeline::run_with(c, "pipelined")
+                    .map(|c| format!("{} ranks", c.ranks.len()))
                     .map_err(|e| e.to_string())
             }
         };

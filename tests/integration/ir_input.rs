@@ -300,6 +300,55 @@ fn ir_input_that_cannot_be_taken_is_named() {
     ]);
     assert_clean_failure(&out, &["sharded.mlir", "--tp 4", "shape = 1x1x2"]);
 
+    // Ops the programs do not hold, attributes no op field takes, IR that stops verifying
+    // once partitioned: each named, with the IR file.
+    let edits = [
+        (
+            "frob.mlir",
+            "\"core.mat_mul\"",
+            "\"core.frobnicate\"",
+            "no op 'core.frobnicate'",
+        ),
+        (
+            "swoosh.mlir",
+            "activation = \"swiglu\"",
+            "activation = \"swoosh\"",
+            "unknown variant `swoosh`",
+        ),
+    ];
+    for (name, from, to, says) in edits {
+        assert!(moe.contains(from), "{from}");
+        let ir = write(work.path(), name, &moe.replace(from, to));
+        let out = ppmoe(&["inspect", ir.to_str().unwrap(), "--emit", "sharded"]);
+        assert_clean_failure(&out, &[name, says]);
+    }
+    let reshaped = moe
+        .replace(
+            "{shape = array<i64: 16, 64>} : (tensor<1x16x64xf32>) -> tensor<16x64xf32>",
+            "{shape = array<i64: 32, 32>} : (tensor<1x16x64xf32>) -> tensor<32x32xf32>",
+        )
+        .replace(
+            "(tensor<16x64xf32>, tensor<64x4xf32>)",
+            "(tensor<32x32xf32>, tensor<64x4xf32>)",
+        )
+        .replace(
+            "(tensor<16x64xf32>, tensor<16x2xf32>",
+            "(tensor<32x32xf32>, tensor<16x2xf32>",
+        );
+    let ir = write(work.path(), "reshaped.mlir", &reshaped);
+    let out = ppmoe(&[
+        "inspect",
+        ir.to_str().unwrap(),
+        "--tp",
+        "2",
+        "--emit",
+        "sharded",
+    ]);
+    assert_clean_failure(
+        &out,
+        &["reshaped.mlir", "stage 'sharded': the IR does not verify"],
+    );
+
     let kernels = inspect(&model, &[], &["--emit", "kernels"]).unwrap();
     let later = write(work.path(), "kernels.mlir", &kernels);
     let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "ptx"]);

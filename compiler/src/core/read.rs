@@ -20,6 +20,9 @@ use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Prog
 use ppmoe_runtime::DType;
 use std::collections::{HashMap, HashSet};
 
+/// The most ranks a grid read from IR may have (a bound on what the reader builds per rank).
+const MAX_RANKS: i64 = 1 << 16;
+
 /// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 
@@ -55,13 +58,20 @@ pub fn read_grid(module: &Module) -> Result<Grid, String> {
             continue;
         }
         let shape = op.attribute("shape").ok().and_then(i64_list);
+        let ranks = |d: &[i64]| {
+            d.iter()
+                .try_fold(1i64, |n, &x| n.checked_mul(x).filter(|_| x > 0))
+                .filter(|&n| n <= MAX_RANKS)
+        };
         return match shape.as_deref() {
-            Some(&[dp, pp, tp]) if dp > 0 && pp > 0 && tp > 0 => Ok(Grid {
+            Some(d @ &[dp, pp, tp]) if ranks(d).is_some() => Ok(Grid {
                 dp: dp as usize,
                 pp: pp as usize,
                 tp: tp as usize,
             }),
-            _ => Err("shard.grid: expected a shape of three sizes, dp x pp x tp".into()),
+            _ => Err(format!(
+                "shard.grid: expected a shape of three sizes, dp x pp x tp, of at most {MAX_RANKS} ranks"
+            )),
         };
     }
     Ok(Grid {
@@ -332,29 +342,31 @@ fn read_op(op: &OperationRef, full: &str) -> Result<Op, String> {
         if let Some(f) = f {
             m.insert("f".into(), f.into());
         }
-        serde_json::from_value::<Op>(serde_json::Value::Object(m)).ok()
+        serde_json::from_value::<Op>(serde_json::Value::Object(m))
     };
     let tag = match name {
         "route" | "experts" | "local_slice" | "expert_ffn" | "scatter_combine" | "dispatch"
         | "combine" => format!("moe_{name}"),
         _ => name.to_string(),
     };
+    let named = with_tag(&tag, None);
     let candidates = [
-        with_tag(&tag, None),
-        with_tag("unary", Some(name)),
-        with_tag("binary", Some(name)),
+        named.as_ref().ok().cloned(),
+        with_tag("unary", Some(name)).ok(),
+        with_tag("binary", Some(name)).ok(),
         name.strip_prefix("reduce_")
-            .and_then(|f| with_tag("reduce", Some(f))),
+            .and_then(|f| with_tag("reduce", Some(f)).ok()),
     ];
     candidates
         .into_iter()
         .flatten()
         .find(|o| o.dialect() == dialect && o.name() == name)
-        .ok_or_else(|| {
-            format!(
-                "no op '{full}' takes these attributes ({})",
-                fields.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
+        .ok_or_else(|| match named {
+            // The op exists under this name: what serde said of its attributes.
+            Err(e) if !e.to_string().contains(&format!("unknown variant `{tag}`")) => {
+                format!("'{full}': {e}")
+            }
+            _ => format!("no op '{full}' in ppmoe's {dialect} ops"),
         })
 }
 

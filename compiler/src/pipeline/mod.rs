@@ -274,7 +274,8 @@ fn printed(c: &Compilation, stage: &Stage) -> Result<String, CompileError> {
     let context = ppmoe_dialect::context();
     let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
         CompileError::Verify {
-            path: c.options.path.clone(),
+            // IR given as input is what did not verify, not the model its weights come from.
+            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
             stage: stage.name.into(),
             diagnostics,
         }
