@@ -14,6 +14,12 @@ use super::template::specialise;
 use ppmoe_runtime::program::{Op, Program, RouteOrder, Scoring};
 use std::fmt::Write;
 
+/// A thread's k passes over its token's experts (`route_top_k`).
+const ROUTE_TOP_K: &str = include_str!("templates/route_top_k.mlir");
+/// A warp's k passes over its token's experts (`route_warp_top_k`).
+const ROUTE_WARP_TOP_K: &str = include_str!("templates/route_warp_top_k.mlir");
+/// The capacity drop: each expert keeps its first `capacity` assignments, slot by slot.
+const CAPACITY_DROP: &str = include_str!("templates/capacity_drop.mlir");
 /// The group-limited routing's mask (`group_mask`).
 const GROUP_MASK: &str = include_str!("templates/group_mask.mlir");
 
@@ -185,11 +191,15 @@ fn route_choices(b: &mut String, r: &RouteShape, score: &str) {
         "            %ing = arith.constant true\n".to_string()
     };
     // k passes: the best expert not chosen in an earlier pass, by choice; its score kept.
-    let _ = writeln!(
-        b,
-        "        scf.for %s = %c0 to %k step %c1 {{\n          %best:3 = scf.for %j = %c0 to %e step %c1 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n{in_group}            %jf = arith.index_cast %j : index to i64\n            %jff = arith.sitofp %jf : i64 to f32\n            %taken = scf.for %q = %c0 to %s step %c1 iter_args(%tk = %zero) -> (f32) {{\n              %qo = arith.addi %obase, %q : index\n              %qi = memref.load %a2[%qo] : {m_k}\n              %eq = arith.cmpf oeq, %qi, %jff : f32\n              %nt = arith.select %eq, %one, %tk : f32\n              scf.yield %nt : f32\n            }}\n            %free0 = arith.cmpf oeq, %taken, %zero : f32\n            %free = arith.andi %free0, %ing : i1\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %so = arith.addi %obase, %s : index\n          %bi64 = arith.index_cast %best#1 : index to i64\n          %bif = arith.sitofp %bi64 : i64 to f32\n          memref.store %best#2, %a1[%so] : {m_k}\n          memref.store %bif, %a2[%so] : {m_k}\n        }}",
-        score.replace("\n", "\n  ")
-    );
+    b.push_str(&specialise(
+        ROUTE_TOP_K,
+        &[
+            ("m_l", &m_l),
+            ("score", &score.replace("\n", "\n  ")),
+            ("in_group", &in_group),
+            ("m_k", &m_k),
+        ],
+    ));
 }
 
 /// The chosen experts' weights: a softmax over the chosen logits, or the chosen scores
@@ -283,11 +293,10 @@ fn route_warp_top_k_held(b: &mut String, (m_l, m_k): (&str, &str), score: &str, 
 /// equals the lower expert: the serial scan's pick), and lane 0 writes it; the lane that
 /// holds the chosen expert marks it taken. `score` computes %sc and %ch of expert %j from %v.
 fn route_warp_top_k(b: &mut String, m_l: &str, m_k: &str, score: &str) {
-    let _ = writeln!(
-        b,
-        "        %wz64 = arith.constant 0 : i64\n        %wo64 = arith.constant 1 : i64\n        %wlane0 = arith.cmpi eq, %lane, %c0 : index\n        %taken = scf.for %s = %c0 to %k step %c1 iter_args(%mask = %wz64) -> (i64) {{\n          %best:3 = scf.for %j = %lane to %e step %c32 iter_args(%bv = %ninf, %bi = %c0, %bs = %zero) -> (f32, index, f32) {{\n            %o = arith.addi %base, %j : index\n            %v = memref.load %a0[%o] : {m_l}\n{}\n            %m = arith.divui %j, %c32 : index\n            %m64 = arith.index_cast %m : index to i64\n            %sh = arith.shrui %mask, %m64 : i64\n            %bit = arith.andi %sh, %wo64 : i64\n            %free = arith.cmpi eq, %bit, %wz64 : i64\n            %better = arith.cmpf ogt, %ch, %bv : f32\n            %take = arith.andi %free, %better : i1\n            %nbv = arith.select %take, %ch, %bv : f32\n            %nbi = arith.select %take, %j, %bi : index\n            %nbs = arith.select %take, %sc, %bs : f32\n            scf.yield %nbv, %nbi, %nbs : f32, index, f32\n          }}\n          %bi32 = arith.index_cast %best#1 : index to i32\n          %ww = arith.constant 32 : i32",
-        score.replace("\n", "\n  ")
-    );
+    b.push_str(&specialise(
+        ROUTE_WARP_TOP_K,
+        &[("m_l", &m_l), ("score", &score.replace("\n", "\n  "))],
+    ));
     warp_best_and_mark(b, m_k, ("%best#0", "%bi32", "%best#2"));
 }
 
@@ -327,10 +336,10 @@ fn capacity_kernels(
     let m_k = format!("memref<{}xf32>", t * k);
     let mut drop = String::new();
     prologue(&mut drop, e);
-    let _ = writeln!(
-        drop,
-        "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %k = arith.constant {k} : index\n        %t = arith.constant {t} : index\n        %cap = arith.constant {capacity} : index\n        %zero = arith.constant 0.0 : f32\n        %i64 = arith.index_cast %i : index to i64\n        %ef = arith.sitofp %i64 : i64 to f32\n        %used = scf.for %j = %c0 to %k step %c1 iter_args(%u0 = %c0) -> (index) {{\n          %uj = scf.for %s = %c0 to %t step %c1 iter_args(%u = %u0) -> (index) {{\n            %sk = arith.muli %s, %k : index\n            %o = arith.addi %sk, %j : index\n            %id = memref.load %a1[%o] : {m_k}\n            %mine = arith.cmpf oeq, %id, %ef : f32\n            %full = arith.cmpi uge, %u, %cap : index\n            %drop = arith.andi %mine, %full : i1\n            scf.if %drop {{\n              memref.store %zero, %a0[%o] : {m_k}\n            }}\n            %u1 = arith.addi %u, %c1 : index\n            %nu = arith.select %mine, %u1, %u : index\n            scf.yield %nu : index\n          }}\n          scf.yield %uj : index\n        }}"
-    );
+    drop.push_str(&specialise(
+        CAPACITY_DROP,
+        &[("k", &k), ("t", &t), ("capacity", &capacity), ("m_k", &m_k)],
+    ));
     let mut renorm = String::new();
     prologue(&mut renorm, t);
     let div = if renormalize {
