@@ -95,14 +95,8 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
     let mut reader = FunctionReader {
         program: Program {
             rank,
-            buffers: vec![],
-            inputs: vec![],
-            outputs: vec![],
-            instructions: vec![],
             weights_file: format!("rank{rank}.safetensors"),
-            coords: [0, 0, 0],
-            gpu: vec![],
-            ptx_file: None,
+            ..Program::empty()
         },
         values: HashMap::new(),
         empties: HashSet::new(),

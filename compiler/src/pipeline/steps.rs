@@ -168,7 +168,7 @@ pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
 pub(super) fn remove_dead_code(c: &mut Compilation) -> Result<(), CompileError> {
     need_sharded(c, "ppmoe-dce")?;
     for rp in &mut c.sharded {
-        let program = std::mem::replace(&mut rp.program, empty_program());
+        let program = std::mem::replace(&mut rp.program, ppmoe_runtime::program::Program::empty());
         rp.program = crate::passes::dead_code::remove_dead_code(program, &mut rp.weights);
     }
     Ok(())
@@ -247,20 +247,6 @@ fn need_sharded(c: &Compilation, pass: &str) -> Result<(), CompileError> {
         ));
     }
     Ok(())
-}
-
-fn empty_program() -> ppmoe_runtime::program::Program {
-    ppmoe_runtime::program::Program {
-        rank: 0,
-        buffers: vec![],
-        inputs: vec![],
-        outputs: vec![],
-        instructions: vec![],
-        weights_file: String::new(),
-        coords: [0, 0, 0],
-        gpu: vec![],
-        ptx_file: None,
-    }
 }
 
 /// `ppmoe-import`: the model read (ONNX or StableHLO) at the input shapes.

@@ -497,6 +497,22 @@ pub struct Program {
 }
 
 impl Program {
+    /// A program of nothing (rank 0, no buffers or instructions): what a pass leaves in place
+    /// of one it takes to rewrite.
+    pub fn empty() -> Program {
+        Program {
+            rank: 0,
+            buffers: vec![],
+            inputs: vec![],
+            outputs: vec![],
+            instructions: vec![],
+            weights_file: String::new(),
+            coords: [0; 3],
+            gpu: vec![],
+            ptx_file: None,
+        }
+    }
+
     /// Checks the program against its own tables before anything runs: every buffer id in
     /// range, each op's result count, transpose permutations, one GPU plan entry per
     /// instruction. The error names the instruction and the field.

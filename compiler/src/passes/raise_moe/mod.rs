@@ -462,7 +462,7 @@ fn raise_layers(
         .collect();
     let weights = &mut core.weights;
     core.program = crate::passes::dead_code::remove_dead_code(
-        std::mem::replace(&mut core.program, empty_program()),
+        std::mem::replace(&mut core.program, ppmoe_runtime::program::Program::empty()),
         weights,
     );
     outcome
@@ -531,18 +531,4 @@ fn apply_found(
     let mut layer = apply(core, found, ffn, anchor.logits, x, policy);
     layer.shared_experts = shared_experts(core, output, &tokens);
     Some(layer)
-}
-
-fn empty_program() -> ppmoe_runtime::program::Program {
-    ppmoe_runtime::program::Program {
-        rank: 0,
-        buffers: vec![],
-        inputs: vec![],
-        outputs: vec![],
-        instructions: vec![],
-        weights_file: String::new(),
-        coords: [0; 3],
-        gpu: vec![],
-        ptx_file: None,
-    }
 }
