@@ -48,14 +48,78 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
         path: path.clone(),
         reason,
     };
-    let text = std::fs::read_to_string(&path).map_err(|cause| CompileError::Io {
-        path: path.clone(),
+    let ir = read_ir(&path)?;
+    check_flags(&c.options, &ir.header).map_err(fail)?;
+    let stage = ir.header.stage.clone();
+    let later = matches!(stage.as_str(), "sharded" | "pipelined");
+    let mut header = ir.header;
+    relative_to(&mut header, &path);
+    let mut source = source_options(&header, c.options.weights.take()).map_err(fail)?;
+    if later {
+        source.grid = Some(layout_grid(&stage, ir.grid, c.options.grid).map_err(fail)?);
+    }
+    if is_ppmoe_ir(&source.path) {
+        return Err(fail(format!(
+            "its weights' source {} is IR itself; name the model with --weights",
+            source.path.display()
+        )));
+    }
+    tracing::info!(
+        "weights: {} lowered again to stage {stage}",
+        source.path.display()
+    );
+    let lowered = run_with(
+        Compilation {
+            options: source.clone(),
+            ..Default::default()
+        },
+        &stage,
+    )?;
+    if later {
+        install_ranks(c, ir.programs, lowered, &stage).map_err(fail)?;
+        c.options = Options {
+            hardware: c.options.hardware,
+            target_cuda: c.options.target_cuda,
+            print_ir_after_all: c.options.print_ir_after_all,
+            ..source
+        };
+    } else {
+        install_core(c, ir.programs, lowered, &stage).map_err(fail)?;
+        c.options = Options {
+            grid: c.options.grid,
+            strategy: c.options.strategy,
+            hardware: c.options.hardware,
+            target_cuda: c.options.target_cuda,
+            weight_dtype: c.options.weight_dtype,
+            print_ir_after_all: c.options.print_ir_after_all,
+            ..source
+        };
+    }
+    c.ir_input = Some(path);
+    Ok(stage)
+}
+
+/// An IR file as read: its header, its grid (1 x 1 x 1 before `sharded`) and its programs.
+struct ReadIr {
+    header: IrHeader,
+    grid: Grid,
+    programs: Vec<Program>,
+}
+
+/// Parses and verifies the file (MLIR), and reads its header and programs.
+fn read_ir(path: &Path) -> Result<ReadIr, CompileError> {
+    let fail = |reason: String| CompileError::Ir {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|cause| CompileError::Io {
+        path: path.to_owned(),
         cause,
     })?;
     let context = ppmoe_dialect::context();
     let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
         CompileError::Verify {
-            path: path.clone(),
+            path: path.to_owned(),
             stage: "input".into(),
             diagnostics,
         }
@@ -68,95 +132,71 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
             READABLE.join(", ")
         )));
     }
-    let grid = read_grid(&module).map_err(fail)?;
-    let programs = read_programs(&module).map_err(fail)?;
-    let given = c.options.microbatches.max(1);
+    Ok(ReadIr {
+        grid: read_grid(&module).map_err(fail)?,
+        programs: read_programs(&module).map_err(fail)?,
+        header,
+    })
+}
+
+/// The flags that the IR fixed must agree with it (or be left out): input shapes and
+/// microbatches.
+fn check_flags(options: &Options, header: &IrHeader) -> Result<(), String> {
+    let given = options.microbatches.max(1);
     if given != 1 && given != header.source.microbatches {
-        return Err(fail(format!(
+        return Err(format!(
             "--microbatches {given}: the IR was printed for {} microbatches",
             header.source.microbatches
-        )));
+        ));
     }
-    let shapes = &c.options.input_shapes;
+    let shapes = &options.input_shapes;
     if !shapes.is_empty() && *shapes != header.source.input_shapes {
-        return Err(fail(format!(
+        return Err(format!(
             "--input-shape: the IR was printed at {:?}; its shapes are fixed",
             header.source.input_shapes
-        )));
+        ));
     }
-    let later = matches!(header.stage.as_str(), "sharded" | "pipelined");
-    let grid = if later {
-        layout_grid(&header.stage, grid, c.options.grid).map_err(fail)?
-    } else {
-        grid
+    Ok(())
+}
+
+/// A later stage's programs with the source's weights, in place of the compilation's; the
+/// model's ports and MoE layers (what `compile` reports) are the source's.
+fn install_ranks(
+    c: &mut Compilation,
+    programs: Vec<Program>,
+    mut lowered: Compilation,
+    stage: &str,
+) -> Result<(), String> {
+    let ranks = match stage {
+        "sharded" => std::mem::take(&mut lowered.sharded),
+        _ => std::mem::take(&mut lowered.ranks),
     };
-    let mut header = header;
-    relative_to(&mut header, &path);
-    let mut source = source_options(&header, c.options.weights.take()).map_err(fail)?;
-    if later {
-        source.grid = Some(grid);
+    let ranks = with_weights(programs, ranks, stage)?;
+    match stage {
+        "sharded" => c.sharded = ranks,
+        _ => c.ranks = ranks,
     }
-    if is_ppmoe_ir(&source.path) {
-        return Err(fail(format!(
-            "its weights' source {} is IR itself; name the model with --weights",
-            source.path.display()
-        )));
-    }
-    tracing::info!(
-        "weights: {} lowered again to stage {}",
-        source.path.display(),
-        header.stage
-    );
-    let mut lowered = run_with(
-        Compilation {
-            options: source.clone(),
-            ..Default::default()
-        },
-        &header.stage,
-    )?;
-    if later {
-        let ranks = match header.stage.as_str() {
-            "sharded" => std::mem::take(&mut lowered.sharded),
-            _ => std::mem::take(&mut lowered.ranks),
-        };
-        let ranks = with_weights(programs, ranks, &header.stage).map_err(fail)?;
-        match header.stage.as_str() {
-            "sharded" => c.sharded = ranks,
-            _ => c.ranks = ranks,
-        }
-        // The model's ports and MoE layers (what `compile` reports) are the source's.
-        c.core = lowered.core.take();
-        c.choices = std::mem::take(&mut lowered.choices);
-        c.diagnostics = std::mem::take(&mut lowered.diagnostics);
-        c.options = Options {
-            hardware: c.options.hardware,
-            target_cuda: c.options.target_cuda,
-            print_ir_after_all: c.options.print_ir_after_all,
-            ..source
-        };
-    } else {
-        let [program]: [Program; 1] = programs.try_into().map_err(|p: Vec<Program>| {
-            fail(format!(
-                "stage '{}' holds one function, not {}",
-                header.stage,
-                p.len()
-            ))
-        })?;
-        let core = take_weights(program, lowered, &header.stage).map_err(fail)?;
-        c.probe_core = core.1;
-        c.core = Some(core.0);
-        c.options = Options {
-            grid: c.options.grid,
-            strategy: c.options.strategy,
-            hardware: c.options.hardware,
-            target_cuda: c.options.target_cuda,
-            weight_dtype: c.options.weight_dtype,
-            print_ir_after_all: c.options.print_ir_after_all,
-            ..source
-        };
-    }
-    c.ir_input = Some(path);
-    Ok(header.stage)
+    c.core = lowered.core.take();
+    c.choices = std::mem::take(&mut lowered.choices);
+    c.diagnostics = std::mem::take(&mut lowered.diagnostics);
+    Ok(())
+}
+
+/// The `core` or `moe` stage's one program with the source's weights (and, at `core`, the
+/// source's few-token program where it fits).
+fn install_core(
+    c: &mut Compilation,
+    programs: Vec<Program>,
+    lowered: Compilation,
+    stage: &str,
+) -> Result<(), String> {
+    let [program]: [Program; 1] = programs.try_into().map_err(|p: Vec<Program>| {
+        format!("stage '{stage}' holds one function, not {}", p.len())
+    })?;
+    let (core, probe) = take_weights(program, lowered, stage)?;
+    c.probe_core = probe;
+    c.core = Some(core);
+    Ok(())
 }
 
 /// The grid a later stage's IR runs on: the IR's own at `pipelined`; at `sharded` its tp, and
