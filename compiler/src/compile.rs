@@ -60,11 +60,7 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         dtype: p.buffers[id].dtype,
         shape: p.buffers[id].shape.clone(),
     };
-    let grid = c.options.grid.unwrap_or(crate::distribute::Grid {
-        dp: 1,
-        pp: 1,
-        tp: 1,
-    });
+    let grid = c.options.grid.unwrap_or(crate::distribute::Grid::ONE);
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         producer: format!("ppmoe {}", env!("CARGO_PKG_VERSION")),

@@ -5,7 +5,7 @@
 //! the module's grid), and each weight a program takes is checked against the type of its
 //! argument. `--weights MODEL` names another source.
 
-use crate::core::header::IrHeader;
+use crate::core::header::{parse_dtype, parse_strategy, IrHeader};
 use crate::core::print::tensor_type;
 use crate::core::read::{read_grid, read_programs};
 use crate::core::CoreProgram;
@@ -203,11 +203,7 @@ fn install_core(
 /// the pp and dp the flags give (the pipeline is not laid out yet). Flags that contradict the
 /// IR are refused.
 fn layout_grid(stage: &str, ir: Grid, flags: Option<Grid>) -> Result<Grid, String> {
-    let flags = flags.unwrap_or(Grid {
-        dp: 1,
-        pp: 1,
-        tp: 1,
-    });
+    let flags = flags.unwrap_or(Grid::ONE);
     let pick = |what: &str, given: usize, fixed: usize, free: bool| {
         if given == 1 {
             Ok(fixed)
@@ -270,16 +266,14 @@ fn relative_to(header: &mut IrHeader, ir: &Path) {
 fn source_options(header: &IrHeader, weights: Option<PathBuf>) -> Result<Options, String> {
     let s = &header.source;
     let strategy = match s.strategy.as_deref() {
-        None | Some("ppmoe") => Strategy::Ppmoe,
-        Some("alltoall") => Strategy::AllToAll,
-        Some("auto") => Strategy::Auto,
-        Some(other) => return Err(format!("ppmoe.source.strategy '{other}'")),
+        None => Strategy::Ppmoe,
+        Some(text) => {
+            parse_strategy(text).ok_or_else(|| format!("ppmoe.source.strategy '{text}'"))?
+        }
     };
     let weight_dtype = match s.dtype.as_deref() {
-        None | Some("fp32") => None,
-        Some("bf16") => Some(ppmoe_runtime::DType::BF16),
-        Some("fp16") => Some(ppmoe_runtime::DType::F16),
-        Some(other) => return Err(format!("ppmoe.source.dtype '{other}'")),
+        None => None,
+        Some(text) => parse_dtype(text).ok_or_else(|| format!("ppmoe.source.dtype '{text}'"))?,
     };
     Ok(Options {
         strategy: Some(strategy),

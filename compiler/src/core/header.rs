@@ -7,11 +7,13 @@
 //!       eval_limit = 268435456 : i64, capacity = "keep"}} {
 
 use crate::core::read::{attribute_text, dictionary_entries};
+use crate::distribute::Strategy;
 use crate::passes::raise_moe::CapacityPolicy;
 use melior::ir::attribute::{Attribute, DenseI64ArrayAttribute, IntegerAttribute};
 use melior::ir::operation::OperationLike;
 use melior::ir::Module;
 use ppmoe_frontend::onnx_stage::quote;
+use ppmoe_runtime::DType;
 use std::path::PathBuf;
 
 /// The module attribute naming the stage.
@@ -140,11 +142,48 @@ fn read_source(source: Attribute) -> Result<WeightSource, String> {
     })
 }
 
-fn capacity_name(c: CapacityPolicy) -> &'static str {
+/// The spellings of the options the header records, as the flags spell them
+/// (`--moe-capacity`, `--moe-strategy`, `--dtype`); each read back by its spelling.
+pub fn capacity_name(c: CapacityPolicy) -> &'static str {
     match c {
         CapacityPolicy::Keep => "keep",
         CapacityPolicy::Dropless => "dropless",
     }
+}
+
+pub fn parse_capacity(text: &str) -> Option<CapacityPolicy> {
+    [CapacityPolicy::Keep, CapacityPolicy::Dropless]
+        .into_iter()
+        .find(|&c| capacity_name(c) == text)
+}
+
+pub fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Ppmoe => "ppmoe",
+        Strategy::AllToAll => "alltoall",
+        Strategy::Auto => "auto",
+    }
+}
+
+pub fn parse_strategy(text: &str) -> Option<Strategy> {
+    [Strategy::Ppmoe, Strategy::AllToAll, Strategy::Auto]
+        .into_iter()
+        .find(|&s| strategy_name(s) == text)
+}
+
+/// The weights' type (none: fp32, the source's own).
+pub fn dtype_name(d: Option<DType>) -> &'static str {
+    match d {
+        Some(DType::BF16) => "bf16",
+        Some(DType::F16) => "fp16",
+        _ => "fp32",
+    }
+}
+
+pub fn parse_dtype(text: &str) -> Option<Option<DType>> {
+    [None, Some(DType::BF16), Some(DType::F16)]
+        .into_iter()
+        .find(|&d| dtype_name(d) == text)
 }
 
 fn i64_array(dims: &[i64]) -> String {

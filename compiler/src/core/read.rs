@@ -74,11 +74,7 @@ pub fn read_grid(module: &Module) -> Result<Grid, String> {
             )),
         };
     }
-    Ok(Grid {
-        dp: 1,
-        pp: 1,
-        tp: 1,
-    })
+    Ok(Grid::ONE)
 }
 
 fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
@@ -101,11 +97,7 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
         values: HashMap::new(),
         empties: HashSet::new(),
         rank: 0,
-        grid: Grid {
-            dp: 1,
-            pp: 1,
-            tp: 1,
-        },
+        grid: Grid::ONE,
     };
     let block = f
         .region(0)

@@ -9,6 +9,13 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// One rank: no parallelism (the grid when none is given).
+    pub const ONE: Grid = Grid {
+        dp: 1,
+        pp: 1,
+        tp: 1,
+    };
+
     pub fn size(&self) -> usize {
         self.dp * self.pp * self.tp
     }

@@ -5,9 +5,9 @@
 //! A pass's options are the compilation options of the flags of the same names (`tp`, `pp`,
 //! `dp`, `strategy`, `dtype`, `capacity`); each pass takes only its own (`Pass::options`).
 
-use super::{find_pass, printed, run_pass, Compilation, Grid, Strategy, STAGES};
+use super::{find_pass, printed, run_pass, Compilation, Grid, STAGES};
+use crate::core::header::{parse_capacity, parse_dtype, parse_strategy};
 use crate::error::CompileError;
-use crate::passes::raise_moe::CapacityPolicy;
 
 /// One pass of a textual pipeline, with its options in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,37 +154,17 @@ fn set_option(c: &mut Compilation, key: &str, value: &str) -> Result<(), String>
             .filter(|&n| n >= 1)
             .ok_or_else(|| format!("'{value}' is not a count of at least 1"))
     };
-    let grid = o.grid.get_or_insert(Grid {
-        dp: 1,
-        pp: 1,
-        tp: 1,
-    });
+    let grid = o.grid.get_or_insert(Grid::ONE);
     match key {
         "tp" => grid.tp = count()?,
         "pp" => grid.pp = count()?,
         "dp" => grid.dp = count()?,
         "strategy" => {
-            o.strategy = Some(match value {
-                "ppmoe" => Strategy::Ppmoe,
-                "alltoall" => Strategy::AllToAll,
-                "auto" => Strategy::Auto,
-                _ => return Err("expected ppmoe, alltoall or auto".into()),
-            })
+            o.strategy = Some(parse_strategy(value).ok_or("expected ppmoe, alltoall or auto")?)
         }
-        "dtype" => {
-            o.weight_dtype = match value {
-                "fp32" => None,
-                "bf16" => Some(ppmoe_runtime::DType::BF16),
-                "fp16" => Some(ppmoe_runtime::DType::F16),
-                _ => return Err("expected fp32, bf16 or fp16".into()),
-            }
-        }
+        "dtype" => o.weight_dtype = parse_dtype(value).ok_or("expected fp32, bf16 or fp16")?,
         "capacity" => {
-            o.capacity_policy = Some(match value {
-                "keep" => CapacityPolicy::Keep,
-                "dropless" => CapacityPolicy::Dropless,
-                _ => return Err("expected keep or dropless".into()),
-            })
+            o.capacity_policy = Some(parse_capacity(value).ok_or("expected keep or dropless")?)
         }
         _ => return Err("not an option of ppmoe's passes".into()),
     }

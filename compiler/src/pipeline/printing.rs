@@ -110,11 +110,7 @@ pub(super) fn print_ptx(c: &Compilation) -> String {
 }
 
 pub(super) fn print_ranks(c: &Compilation, ranks: &[RankProgram], stage: &str) -> Option<String> {
-    let grid = c.options.grid.unwrap_or(Grid {
-        dp: 1,
-        pp: 1,
-        tp: 1,
-    });
+    let grid = c.options.grid.unwrap_or(Grid::ONE);
     let programs: Vec<&ppmoe_runtime::program::Program> =
         ranks.iter().map(|r| &r.program).collect();
     Some(crate::core::print::print_stage(
@@ -151,8 +147,10 @@ fn header(c: &Compilation, stage: &str) -> crate::core::header::IrHeader {
             microbatches: o.microbatches.max(1),
             eval_limit: o.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES),
             capacity: o.capacity_policy.unwrap_or(CapacityPolicy::Keep),
-            strategy: later.then(|| strategy_name(o.strategy.unwrap_or(Strategy::Ppmoe)).into()),
-            dtype: later.then(|| dtype_name(o.weight_dtype).into()),
+            strategy: later.then(|| {
+                crate::core::header::strategy_name(o.strategy.unwrap_or(Strategy::Ppmoe)).into()
+            }),
+            dtype: later.then(|| crate::core::header::dtype_name(o.weight_dtype).into()),
         },
     }
 }
@@ -164,24 +162,6 @@ fn bf16_params(list: &[usize]) -> String {
     }
     let list: Vec<String> = list.iter().map(|k| k.to_string()).collect();
     format!("bf16 = array<i64: {}>, ", list.join(", "))
-}
-
-/// `--moe-strategy`'s spelling of a strategy.
-pub fn strategy_name(s: Strategy) -> &'static str {
-    match s {
-        Strategy::Ppmoe => "ppmoe",
-        Strategy::AllToAll => "alltoall",
-        Strategy::Auto => "auto",
-    }
-}
-
-/// `--dtype`'s spelling of the weights' type (none: fp32, the source's own).
-pub fn dtype_name(d: Option<ppmoe_runtime::DType>) -> &'static str {
-    match d {
-        Some(ppmoe_runtime::DType::BF16) => "bf16",
-        Some(ppmoe_runtime::DType::F16) => "fp16",
-        _ => "fp32",
-    }
 }
 
 #[cfg(test)]

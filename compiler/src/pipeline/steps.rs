@@ -49,11 +49,7 @@ pub(super) fn ptx(c: &mut Compilation) -> Result<(), CompileError> {
 
 /// The grid the options give (1 x 1 x 1 when none).
 fn grid_of(c: &Compilation) -> Grid {
-    c.options.grid.unwrap_or(Grid {
-        dp: 1,
-        pp: 1,
-        tp: 1,
-    })
+    c.options.grid.unwrap_or(Grid::ONE)
 }
 
 /// `ppmoe-shard`: one program per tensor-parallel index: dense layers Megatron-split, each MoE
