@@ -5,22 +5,19 @@
 //! the module's grid), and each weight a program takes is checked against the type of its
 //! argument. `--weights MODEL` names another source.
 
-use crate::core::header::{parse_dtype, parse_strategy, IrHeader};
-use crate::core::print::tensor_type;
-use crate::core::read::{read_grid, read_programs};
-use crate::core::CoreProgram;
-use crate::distribute::shard_moe::RankProgram;
+use crate::core::header::{parse_dtype, parse_strategy, IrHeader, SOURCE};
+use crate::core::read::read_grid;
 use crate::distribute::Grid;
 use crate::distribute::Strategy;
 use crate::error::CompileError;
-use crate::pipeline::{run_with, Compilation, Options};
-use ppmoe_runtime::program::{Buffer, BufferKind, Op, Program};
-use std::collections::HashMap;
+use crate::pipeline::{
+    adopt, check_run, parse_pass_pipeline, run_passes, run_with, Compilation, Options,
+    MODULE_STAGES, STAGES,
+};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The stages whose IR reads back.
-pub const READABLE: &[&str] = &["core", "moe", "sharded", "pipelined"];
+pub use crate::pipeline::READABLE;
 
 /// Whether `path` holds IR that ppmoe printed: MLIR text whose module (after comments and
 /// alias definitions such as `#loc = loc(unknown)`) has attributes naming its stage.
@@ -48,15 +45,34 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
         path: path.clone(),
         reason,
     };
-    let ir = read_ir(&path)?;
-    check_flags(&c.options, &ir.header).map_err(fail)?;
-    let stage = ir.header.stage.clone();
+    let text = std::fs::read_to_string(&path).map_err(|cause| CompileError::Io {
+        path: path.clone(),
+        cause,
+    })?;
+    let context = ppmoe_dialect::context();
+    let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
+        CompileError::Verify {
+            path: path.clone(),
+            stage: "input".into(),
+            diagnostics,
+        }
+    })?;
+    let module = module.as_operation();
+    let mut header = IrHeader::read(&module).map_err(fail)?;
+    let stage = header.stage.clone();
+    if !READABLE.contains(&stage.as_str()) {
+        return Err(fail(format!(
+            "IR of stage '{stage}' does not read back yet; IR of these stages does: {}",
+            READABLE.join(", ")
+        )));
+    }
+    check_flags(&c.options, &header).map_err(fail)?;
     let later = matches!(stage.as_str(), "sharded" | "pipelined");
-    let mut header = ir.header;
     relative_to(&mut header, &path);
     let mut source = source_options(&header, c.options.weights.take()).map_err(fail)?;
     if later {
-        source.grid = Some(layout_grid(&stage, ir.grid, c.options.grid).map_err(fail)?);
+        let grid = read_grid(&module).map_err(fail)?;
+        source.grid = Some(layout_grid(&stage, grid, c.options.grid).map_err(fail)?);
     }
     if is_ppmoe_ir(&source.path) {
         return Err(fail(format!(
@@ -68,75 +84,98 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
         "weights: {} lowered again to stage {stage}",
         source.path.display()
     );
-    let lowered = run_with(
-        Compilation {
-            options: source.clone(),
-            ..Default::default()
-        },
-        &stage,
-    )?;
-    if later {
-        install_ranks(c, ir.programs, lowered, &stage).map_err(fail)?;
-        c.options = Options {
-            hardware: c.options.hardware,
-            target_cuda: c.options.target_cuda,
-            print_ir_after_all: c.options.print_ir_after_all,
-            ..source
-        };
-    } else {
-        install_core(c, ir.programs, lowered, &stage).map_err(fail)?;
-        c.options = Options {
-            grid: c.options.grid,
-            strategy: c.options.strategy,
-            hardware: c.options.hardware,
-            target_cuda: c.options.target_cuda,
-            weight_dtype: c.options.weight_dtype,
-            print_ir_after_all: c.options.print_ir_after_all,
-            ..source
-        };
+    let pipeline = header.source.pipeline.as_deref();
+    let lowered = lower_source(source.clone(), &stage, pipeline).map_err(|e| match e {
+        Refused(reason) => fail(reason),
+        Failed(e) => e,
+    })?;
+    take_lowered(c, lowered);
+    adopt(c, &module).map_err(fail)?;
+    let given = std::mem::take(&mut c.options);
+    c.options = Options {
+        hardware: given.hardware,
+        target_cuda: given.target_cuda,
+        print_ir_after_all: given.print_ir_after_all,
+        ..source
+    };
+    if !later {
+        // Before `sharded`, the grid, strategy and dtype are still the flags' to choose.
+        c.options.grid = given.grid;
+        c.options.strategy = given.strategy;
+        c.options.weight_dtype = given.weight_dtype;
     }
     c.ir_input = Some(path);
     Ok(stage)
 }
 
-/// An IR file as read: its header, its grid (1 x 1 x 1 before `sharded`) and its programs.
-struct ReadIr {
-    header: IrHeader,
-    grid: Grid,
-    programs: Vec<Program>,
+/// Why the source could not be lowered as the IR was: the header's pipeline is refused, or
+/// the lowering failed.
+enum LowerError {
+    Refused(String),
+    Failed(CompileError),
 }
+use LowerError::{Failed, Refused};
 
-/// Parses and verifies the file (MLIR), and reads its header and programs.
-fn read_ir(path: &Path) -> Result<ReadIr, CompileError> {
-    let fail = |reason: String| CompileError::Ir {
-        path: path.to_owned(),
-        reason,
+/// The source lowered as the IR was: to `core`, then the passes the header records (or, where
+/// it records none, every pass of the stages up to the IR's).
+fn lower_source(
+    source: Options,
+    stage: &str,
+    pipeline: Option<&str>,
+) -> Result<Compilation, LowerError> {
+    let start = |last: &str| {
+        let c = Compilation {
+            options: source.clone(),
+            ..Default::default()
+        };
+        run_with(c, last).map_err(Failed)
     };
-    let text = std::fs::read_to_string(path).map_err(|cause| CompileError::Io {
-        path: path.to_owned(),
-        cause,
-    })?;
-    let context = ppmoe_dialect::context();
-    let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
-        CompileError::Verify {
-            path: path.to_owned(),
-            stage: "input".into(),
-            diagnostics,
-        }
-    })?;
-    let header = IrHeader::read(&module).map_err(fail)?;
-    if !READABLE.contains(&header.stage.as_str()) {
-        return Err(fail(format!(
-            "IR of stage '{}' does not read back yet; IR of these stages does: {}",
-            header.stage,
-            READABLE.join(", ")
+    let Some(pipeline) = pipeline else {
+        return start(stage);
+    };
+    let refused = |e: String| Refused(format!("{SOURCE}.pipeline: {e}"));
+    let runs = parse_pass_pipeline(pipeline).map_err(refused)?;
+    let scheduled = (runs.iter().map(check_run))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(refused)?;
+    if let Some(s) = scheduled
+        .iter()
+        .find(|s| !MODULE_STAGES.contains(&s.stage.name))
+    {
+        return Err(refused(format!(
+            "{} does not make IR that reads back",
+            s.pass.name
         )));
     }
-    Ok(ReadIr {
-        grid: read_grid(&module).map_err(fail)?,
-        programs: read_programs(&module).map_err(fail)?,
-        header,
-    })
+    let ends_at = scheduled.last().map_or("core", |s| s.stage.name);
+    if ends_at != stage {
+        return Err(refused(format!(
+            "its last pass makes stage '{ends_at}', the IR is at '{stage}'"
+        )));
+    }
+    let core = start("core")?;
+    if scheduled.is_empty() {
+        return Ok(core);
+    }
+    let core_stage = STAGES.iter().find(|s| s.name == "core").ok_or_else(|| {
+        Failed(CompileError::StageNotBuilt(
+            "core".into(),
+            "no such stage".into(),
+        ))
+    })?;
+    run_passes(core, core_stage, &scheduled).map_err(Failed)
+}
+
+/// The source's lowering to the IR's stage, whose programs the IR's then replace (`adopt`):
+/// its weights, and the model's ports and MoE layers (what `compile` reports).
+fn take_lowered(c: &mut Compilation, lowered: Compilation) {
+    c.core = lowered.core;
+    c.probe_core = lowered.probe_core;
+    c.sharded = lowered.sharded;
+    c.ranks = lowered.ranks;
+    c.choices = lowered.choices;
+    c.diagnostics = lowered.diagnostics;
+    c.history = lowered.history;
 }
 
 /// The flags that the IR fixed must agree with it (or be left out): input shapes and
@@ -156,46 +195,6 @@ fn check_flags(options: &Options, header: &IrHeader) -> Result<(), String> {
             header.source.input_shapes
         ));
     }
-    Ok(())
-}
-
-/// A later stage's programs with the source's weights, in place of the compilation's; the
-/// model's ports and MoE layers (what `compile` reports) are the source's.
-fn install_ranks(
-    c: &mut Compilation,
-    programs: Vec<Program>,
-    mut lowered: Compilation,
-    stage: &str,
-) -> Result<(), String> {
-    let ranks = match stage {
-        "sharded" => std::mem::take(&mut lowered.sharded),
-        _ => std::mem::take(&mut lowered.ranks),
-    };
-    let ranks = with_weights(programs, ranks, stage)?;
-    match stage {
-        "sharded" => c.sharded = ranks,
-        _ => c.ranks = ranks,
-    }
-    c.core = lowered.core.take();
-    c.choices = std::mem::take(&mut lowered.choices);
-    c.diagnostics = std::mem::take(&mut lowered.diagnostics);
-    Ok(())
-}
-
-/// The `core` or `moe` stage's one program with the source's weights (and, at `core`, the
-/// source's few-token program where it fits).
-fn install_core(
-    c: &mut Compilation,
-    programs: Vec<Program>,
-    lowered: Compilation,
-    stage: &str,
-) -> Result<(), String> {
-    let [program]: [Program; 1] = programs.try_into().map_err(|p: Vec<Program>| {
-        format!("stage '{stage}' holds one function, not {}", p.len())
-    })?;
-    let (core, probe) = take_weights(program, lowered, stage)?;
-    c.probe_core = probe;
-    c.core = Some(core);
     Ok(())
 }
 
@@ -222,31 +221,6 @@ fn layout_grid(stage: &str, ir: Grid, flags: Option<Grid>) -> Result<Grid, Strin
         pp: pick("pp", flags.pp, ir.pp, free)?,
         dp: pick("dp", flags.dp, ir.dp, free)?,
     })
-}
-
-/// The later stages' programs, each with the weights of the source's program of the same rank
-/// under the names its arguments give.
-fn with_weights(
-    programs: Vec<Program>,
-    ranks: Vec<RankProgram>,
-    stage: &str,
-) -> Result<Vec<RankProgram>, String> {
-    if programs.len() != ranks.len() {
-        return Err(format!(
-            "{} functions, where the source's lowering to stage {stage} has {} ranks",
-            programs.len(),
-            ranks.len()
-        ));
-    }
-    programs
-        .into_iter()
-        .zip(ranks)
-        .map(|(program, rp)| {
-            let weights = attach_weights(&program, rp.weights.into_iter().collect(), stage)
-                .map_err(|e| format!("@rank{}: {e}", program.rank))?;
-            Ok(RankProgram { program, weights })
-        })
-        .collect()
 }
 
 /// The source's paths, where relative, are relative to the IR file (as a hand-written test
@@ -286,100 +260,4 @@ fn source_options(header: &IrHeader, weights: Option<PathBuf>) -> Result<Options
         eval_limit: Some(s.eval_limit),
         ..Default::default()
     })
-}
-
-/// The module's program with the source's weights under the names its arguments give, each
-/// checked for type; the MoE layers and run-time nodes the source's lowering found; and, at
-/// `core`, the source's few-token program where it has the module's structure.
-fn take_weights(
-    program: Program,
-    mut lowered: Compilation,
-    stage: &str,
-) -> Result<(CoreProgram, Option<CoreProgram>), String> {
-    let source = lowered.core.take().ok_or("the source did not lower")?;
-    let weights = attach_weights(&program, source.weights.into_iter().collect(), stage)?;
-    let layers = (program.instructions.iter())
-        .filter(|i| matches!(i.op, Op::MoeExperts { .. }))
-        .count();
-    if layers != source.moe_layers.len() {
-        return Err(format!(
-            "{layers} moe.experts ops, where the source's lowering found {} MoE layers",
-            source.moe_layers.len()
-        ));
-    }
-    let name_of = |ids: &[usize]| -> Vec<String> {
-        ids.iter()
-            .map(|&i| program.buffers[i].name.clone())
-            .collect()
-    };
-    let core = CoreProgram {
-        input_names: name_of(&program.inputs),
-        output_names: name_of(&program.outputs),
-        program,
-        weights,
-        moe_layers: source.moe_layers,
-        run_time_nodes: source.run_time_nodes,
-    };
-    let probe = match (stage, lowered.probe_core.take()) {
-        ("core", Some(p)) => renumbered_probe(p, &core.program),
-        _ => None,
-    };
-    Ok((core, probe))
-}
-
-/// The weights `program`'s arguments name, taken from `by_name`, each checked against its
-/// argument's type.
-fn attach_weights(
-    program: &Program,
-    mut by_name: HashMap<String, ppmoe_runtime::Tensor>,
-    stage: &str,
-) -> Result<Vec<(String, ppmoe_runtime::Tensor)>, String> {
-    let mut weights = Vec::new();
-    for b in program
-        .buffers
-        .iter()
-        .filter(|b| b.kind == BufferKind::Weight)
-    {
-        let t = by_name.remove(&b.name).ok_or_else(|| {
-            format!(
-                "weight '{}' is not among the source's weights at stage {stage}",
-                b.name
-            )
-        })?;
-        let held = Buffer {
-            shape: t.shape.iter().copied().map(Some).collect(),
-            dtype: t.dtype,
-            ..b.clone()
-        };
-        if held.dtype != b.dtype || held.shape != b.shape {
-            return Err(format!(
-                "weight '{}': the IR takes {}, the source holds {}",
-                b.name,
-                tensor_type(b),
-                tensor_type(&held)
-            ));
-        }
-        weights.push((b.name.clone(), t));
-    }
-    Ok(weights)
-}
-
-/// The source's few-token program numbered as the module's (printed and read back, as the
-/// module was), where the two have the same structure; else none, and the raise works at the
-/// compile size.
-fn renumbered_probe(probe: CoreProgram, program: &Program) -> Option<CoreProgram> {
-    let text = crate::core::print::print_core(&[&probe.program]);
-    let context = ppmoe_dialect::context();
-    let module = ppmoe_dialect::parse_verified(&context, &text).ok()?;
-    let read = read_programs(&module).ok()?.pop()?;
-    match crate::moe::probe::same_structure(program, &read) {
-        Ok(()) => Some(CoreProgram {
-            program: read,
-            ..probe
-        }),
-        Err(why) => {
-            tracing::info!("moe: the IR's program is not the source's few-token one ({why})");
-            None
-        }
-    }
 }

@@ -5,7 +5,7 @@
 pub use melior;
 
 use melior::dialect::DialectRegistry;
-use melior::ir::operation::{OperationLike, OperationPrintingFlags};
+use melior::ir::operation::{OperationLike, OperationPrintingFlags, OperationRef};
 use melior::ir::Module;
 use melior::utility::register_all_dialects;
 use melior::Context;
@@ -115,12 +115,15 @@ pub fn print_module(module: &Module) -> String {
 /// `print_module` with every op's location (`loc(...)`, as aliases at the end): the form that
 /// reads back, locations naming the values.
 pub fn print_module_with_locations(module: &Module) -> String {
+    print_with_locations(&module.as_operation())
+}
+
+/// `print_module_with_locations` of a module operation (as a pass sees the module).
+pub fn print_with_locations(op: &OperationRef) -> String {
     let flags = OperationPrintingFlags::new()
         .elide_large_elements_attributes(16)
         .enable_debug_info(true, false);
-    module
-        .as_operation()
-        .to_string_with_flags(flags)
+    op.to_string_with_flags(flags)
         .unwrap_or_else(|e| format!("// printing failed: {e}"))
 }
 

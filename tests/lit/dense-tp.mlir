@@ -1,6 +1,6 @@
 // ppmoe-shard's dense part: Megatron tensor parallelism of an OLMoE LM's attention (q, k, v
-// by columns, o by rows, one all-reduce each), each rank holding its pieces of the weights;
-// ppmoe-dce then drops the whole weights nothing reads any more.
+// by columns, o by rows, one all-reduce each), each rank holding its pieces of the weights
+// (marked `ppmoe.rank_piece`); ppmoe-dce then drops the whole weights nothing reads any more.
 
 // RUN: %ppmoe inspect %fixtures/olmoe_lm_sdpa/model.onnx --emit moe > %t.moe.mlir
 // RUN: %ppmoe opt %t.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2})' | FileCheck %s --check-prefixes=CHECK,WHOLE
@@ -13,8 +13,8 @@
 // WHOLE-SAME: tensor<64xf32> {core.weight = "lm.model.layers.0.self_attn.q_norm.weight"}
 // WHOLE-SAME: tensor<32xf32> {core.weight = "lm.model.layers.0.self_attn.k_norm.weight"}
 // DCE-NOT: {core.weight = "lm.model.layers.0.self_attn.k_norm.weight"}
-// CHECK-SAME: tensor<32xf32> {core.weight = "lm.model.layers.0.self_attn.q_norm.weight.tp0_0"}
-// CHECK-SAME: tensor<16xf32> {core.weight = "lm.model.layers.0.self_attn.k_norm.weight.tp0_0"}
+// CHECK-SAME: tensor<32xf32> {core.weight = "lm.model.layers.0.self_attn.q_norm.weight.tp0_0", ppmoe.rank_piece}
+// CHECK-SAME: tensor<16xf32> {core.weight = "lm.model.layers.0.self_attn.k_norm.weight.tp0_0", ppmoe.rank_piece}
 // CHECK: shard.all_reduce {{.*}} on @grid grid_axes = [2] :
 // CHECK-LABEL: func.func @rank1(
-// CHECK-SAME: {core.weight = "lm.model.layers.0.self_attn.q_norm.weight.tp1_0"}
+// CHECK-SAME: {core.weight = "lm.model.layers.0.self_attn.q_norm.weight.tp1_0", ppmoe.rank_piece}

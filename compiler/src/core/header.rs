@@ -10,8 +10,7 @@ use crate::core::read::{attribute_text, dictionary_entries};
 use crate::distribute::Strategy;
 use crate::passes::raise_moe::CapacityPolicy;
 use melior::ir::attribute::{Attribute, DenseI64ArrayAttribute, IntegerAttribute};
-use melior::ir::operation::OperationLike;
-use melior::ir::Module;
+use melior::ir::operation::{OperationLike, OperationRef};
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::DType;
 use std::path::PathBuf;
@@ -41,6 +40,11 @@ pub struct WeightSource {
     /// `--dtype`), which the rank pieces depend on. The grid is the module's `shard.grid`.
     pub strategy: Option<String>,
     pub dtype: Option<String>,
+    /// The passes that took the source from `core` to this IR, with their options, as a pass
+    /// pipeline (`ppmoe-raise-moe{capacity=keep}, ppmoe-shard{tp=2 strategy=ppmoe}`): what
+    /// reading the IR back runs on the source for its weights. Absent (IR written by hand):
+    /// every pass of the stages up to the IR's.
+    pub pipeline: Option<String>,
 }
 
 impl IrHeader {
@@ -62,7 +66,11 @@ impl IrHeader {
             format!("eval_limit = {} : i64", s.eval_limit),
             format!("capacity = {}", quote(capacity_name(s.capacity))),
         ]);
-        for (key, value) in [("strategy", &s.strategy), ("dtype", &s.dtype)] {
+        for (key, value) in [
+            ("strategy", &s.strategy),
+            ("dtype", &s.dtype),
+            ("pipeline", &s.pipeline),
+        ] {
             if let Some(v) = value {
                 fields.push(format!("{key} = {}", quote(v)));
             }
@@ -75,8 +83,7 @@ impl IrHeader {
     }
 
     /// The header of a parsed module; the error says which attribute is missing or wrong.
-    pub fn read(module: &Module) -> Result<IrHeader, String> {
-        let op = module.as_operation();
+    pub fn read(op: &OperationRef) -> Result<IrHeader, String> {
         let stage = op
             .attribute(STAGE)
             .ok()
@@ -139,6 +146,7 @@ fn read_source(source: Attribute) -> Result<WeightSource, String> {
         capacity,
         strategy: text("strategy"),
         dtype: text("dtype"),
+        pipeline: text("pipeline"),
     })
 }
 

@@ -5,9 +5,11 @@
 //!                    %arg1: tensor<64x4xf32> {core.weight = "gate.weight.const1"}) -> ... {
 //!     %0 = "core.mat_mul"(%arg0, %arg1) : (...) -> tensor<16x4xf32>
 
+use crate::core::read::RANK_PIECE;
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Program};
 use ppmoe_runtime::DType;
+use std::collections::HashSet;
 use std::fmt::Write;
 
 pub fn tensor_type(b: &Buffer) -> String {
@@ -121,13 +123,16 @@ pub fn print_core(programs: &[&Program]) -> String {
 
 /// `print_programs_with`, under a module header (`header::IrHeader::to_mlir`): what makes
 /// the printed module read back.
+/// `rank_pieces`, where given, names per program the weights dense TP cut for its rank
+/// (marked `ppmoe.rank_piece`).
 pub fn print_stage(
     programs: &[&Program],
     grid: Option<(&str, usize, usize)>,
     microbatches: usize,
+    rank_pieces: &[HashSet<String>],
     header: &str,
 ) -> String {
-    let text = print_programs_with(programs, grid, microbatches);
+    let text = print_programs_with(programs, grid, microbatches, rank_pieces);
     match text.strip_prefix("module {") {
         Some(rest) => format!("module attributes {{{header}}} {{{rest}"),
         None => text,
@@ -137,13 +142,14 @@ pub fn print_stage(
 /// `grid`: the `shard.grid` declaration, and the (tp, pp) sizes that turn a peer's rank into
 /// its pipeline stage.
 pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>) -> String {
-    print_programs_with(programs, grid, 1)
+    print_programs_with(programs, grid, 1, &[])
 }
 
 pub fn print_programs_with(
     programs: &[&Program],
     grid: Option<(&str, usize, usize)>,
     microbatches: usize,
+    rank_pieces: &[HashSet<String>],
 ) -> String {
     let mut text = String::from("module {\n");
     let (tp, pp) = grid.map_or((1, 1), |(_, t, p)| (t, p));
@@ -151,8 +157,8 @@ pub fn print_programs_with(
     if let Some((g, _, _)) = grid {
         let _ = writeln!(text, "  {g} loc(unknown)");
     }
-    for p in programs {
-        print_function(&mut text, p, microbatches, &stage_of);
+    for (i, p) in programs.iter().enumerate() {
+        print_function(&mut text, p, microbatches, rank_pieces.get(i), &stage_of);
     }
     text.push_str("} loc(unknown)\n");
     text
@@ -163,10 +169,11 @@ fn print_function(
     text: &mut String,
     p: &Program,
     microbatches: usize,
+    rank_pieces: Option<&HashSet<String>>,
     stage_of: &dyn Fn(usize) -> usize,
 ) {
     let mut names = vec![String::new(); p.buffers.len()];
-    let args = function_args(p, &mut names);
+    let args = function_args(p, rank_pieces, &mut names);
     let mut body = String::new();
     for (i, ins) in p.instructions.iter().enumerate() {
         print_instruction(&mut body, p, (i, ins), &mut names, stage_of);
@@ -211,7 +218,11 @@ fn print_function(
 }
 
 /// The function's arguments (the program's inputs, then its weights), each named in `names`.
-fn function_args(p: &Program, names: &mut [String]) -> Vec<String> {
+fn function_args(
+    p: &Program,
+    rank_pieces: Option<&HashSet<String>>,
+    names: &mut [String],
+) -> Vec<String> {
     let mut args = Vec::new();
     for &id in &p.inputs {
         names[id] = format!("%arg{}", args.len());
@@ -225,8 +236,12 @@ fn function_args(p: &Program, names: &mut [String]) -> Vec<String> {
     for (id, b) in p.buffers.iter().enumerate() {
         if b.kind == BufferKind::Weight {
             names[id] = format!("%arg{}", args.len());
+            let piece = match rank_pieces {
+                Some(pieces) if pieces.contains(&b.name) => format!(", {RANK_PIECE}"),
+                _ => String::new(),
+            };
             args.push(format!(
-                "{}: {} {{core.weight = {}}} loc(unknown)",
+                "{}: {} {{core.weight = {}{piece}}} loc(unknown)",
                 names[id],
                 tensor_type(b),
                 quote(&b.name)

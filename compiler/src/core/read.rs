@@ -11,10 +11,10 @@ use melior::ir::attribute::{
     Attribute, AttributeLike, BoolAttribute, DenseI64ArrayAttribute, DictionaryAttribute,
     FloatAttribute, IntegerAttribute, StringAttribute,
 };
-use melior::ir::block::BlockLike;
+use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::r#type::RankedTensorType;
-use melior::ir::{Location, Module, RegionLike, Type, ValueLike};
+use melior::ir::{Location, RegionLike, Type, ValueLike};
 use mlir_sys::MlirStringRef;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use ppmoe_runtime::DType;
@@ -26,13 +26,40 @@ const MAX_RANKS: i64 = 1 << 16;
 /// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 
+/// A program as read, with the weights its arguments mark as rank pieces (`ppmoe.rank_piece`:
+/// the pieces dense TP cut for this rank, which `ppmoe-rewrite` must tell from replicated
+/// weights).
+pub struct ReadProgram {
+    pub program: Program,
+    pub rank_pieces: HashSet<String>,
+}
+
+/// The marker of a weight argument that is this rank's piece of a dense TP split.
+pub const RANK_PIECE: &str = "ppmoe.rank_piece";
+
 /// Every `func.func` of the module as a program, in order; the error names the function and
 /// the op.
-pub fn read_programs(module: &Module) -> Result<Vec<Program>, String> {
-    let body = module.body();
+pub fn read_programs(module: &OperationRef) -> Result<Vec<Program>, String> {
+    Ok(read_programs_marked(module)?
+        .into_iter()
+        .map(|r| r.program)
+        .collect())
+}
+
+/// The module operation's one block.
+fn body<'c, 'a>(module: &OperationRef<'c, 'a>) -> Result<BlockRef<'c, 'a>, String> {
+    module
+        .region(0)
+        .ok()
+        .and_then(|r| r.first_block())
+        .ok_or_else(|| "the module has no body".to_string())
+}
+
+/// `read_programs`, with each program's rank pieces.
+pub fn read_programs_marked(module: &OperationRef) -> Result<Vec<ReadProgram>, String> {
     let grid = read_grid(module)?;
     let mut programs = Vec::new();
-    let mut next = body.first_operation();
+    let mut next = body(module)?.first_operation();
     while let Some(op) = next {
         next = op.next_in_block();
         match op_name(&op).as_str() {
@@ -50,8 +77,8 @@ pub fn read_programs(module: &Module) -> Result<Vec<Program>, String> {
 
 /// The module's `shard.grid @grid(shape = DxPxT)`: ppmoe's grid (dp, pp, tp), or 1 x 1 x 1
 /// where the module has none (the `core` and `moe` stages).
-pub fn read_grid(module: &Module) -> Result<Grid, String> {
-    let mut next = module.body().first_operation();
+pub fn read_grid(module: &OperationRef) -> Result<Grid, String> {
+    let mut next = body(module)?.first_operation();
     while let Some(op) = next {
         next = op.next_in_block();
         if op_name(&op) != "shard.grid" {
@@ -77,7 +104,7 @@ pub fn read_grid(module: &Module) -> Result<Grid, String> {
     Ok(Grid::ONE)
 }
 
-fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
+fn read_function(f: &OperationRef, grid: Grid) -> Result<ReadProgram, String> {
     let name = f
         .attribute("sym_name")
         .ok()
@@ -105,6 +132,7 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
         .and_then(|r| r.first_block())
         .ok_or_else(|| at("no body".into()))?;
     let arg_attrs = list(f, "arg_attrs");
+    let mut rank_pieces = HashSet::new();
     for i in 0..block.argument_count() {
         let arg = block.argument(i).map_err(|e| at(e.to_string()))?;
         let dict = arg_attrs.get(i).copied();
@@ -126,6 +154,9 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
             .map_err(|e| at(format!("argument {i}: {e}")))?;
         if kind == BufferKind::Input {
             reader.program.inputs.push(id);
+        }
+        if dict.and_then(|d| dictionary_field(d, RANK_PIECE)).is_some() {
+            rank_pieces.insert(reader.program.buffers[id].name.clone());
         }
     }
     if rank >= grid.size() {
@@ -166,7 +197,10 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<Program, String> {
             _ => return Err(at("ppmoe.coords needs three coordinates".into())),
         }
     }
-    Ok(p)
+    Ok(ReadProgram {
+        program: p,
+        rank_pieces,
+    })
 }
 
 struct FunctionReader {
@@ -616,12 +650,13 @@ mod tests {
                 capacity: CapacityPolicy::Dropless,
                 strategy: Some("alltoall".into()),
                 dtype: Some("bf16".into()),
+                pipeline: Some("ppmoe-raise-moe{capacity=dropless}, ppmoe-shard{tp=2}".into()),
             },
         };
         let text = format!("module attributes {{{}}} {{\n}}\n", header.to_mlir());
         let context = ppmoe_dialect::context();
         let module = ppmoe_dialect::parse_verified(&context, &text).unwrap();
-        let mut read = IrHeader::read(&module).unwrap();
+        let mut read = IrHeader::read(&module.as_operation()).unwrap();
         // A dictionary's entries come back sorted by name.
         read.source.input_shapes.sort();
         let mut want = header.clone();

@@ -3,10 +3,15 @@
 //! prints its IR; `--print-ir-after-all` prints it after every pass; `ppmoe opt` runs passes
 //! by name (`pass_pipeline`). Nothing else decides the order.
 
+mod adopt;
+mod pass_manager;
 mod pass_pipeline;
 mod printing;
 mod steps;
 
+pub use adopt::{adopt, READABLE};
+pub use pass_manager::{run_passes, Scheduled};
+pub(crate) use pass_pipeline::check_run;
 pub use pass_pipeline::{opt, parse_pass_pipeline, PassRun};
 
 use crate::core::{CoreProgram, DEFAULT_EVAL_LIMIT_BYTES};
@@ -16,7 +21,7 @@ use crate::error::CompileError;
 use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware};
 use ppmoe_frontend::{Model, Types};
-use ppmoe_runtime::program::BufferId;
+
 use printing::{print_kernels, print_one, print_ptx, print_ranks};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -102,6 +107,10 @@ pub fn find_pass(name: &str) -> Option<(&'static Stage, &'static Pass)> {
         .find(|(_, p)| p.name == name)
 }
 
+/// The stages whose passes transform programs: they run as MLIR passes in one pass manager
+/// over the module (`pass_manager`), from the IR of the stage before them.
+pub const MODULE_STAGES: &[&str] = &["moe", "sharded", "pipelined"];
+
 /// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
 pub const NOT_MLIR: &[&str] = &["ptx"];
 
@@ -161,9 +170,9 @@ pub struct Compilation {
     pub ranks: Vec<RankProgram>,
     /// The strategy each MoE layer got.
     pub choices: Vec<Choice>,
-    /// Per tensor-parallel index, the buffers dense TP made rank pieces (`ppmoe-rewrite`
-    /// reads them).
-    pub rank_pieces: Vec<HashSet<BufferId>>,
+    /// Per tensor-parallel index, the weights dense TP cut into rank pieces, by name
+    /// (`ppmoe-rewrite` reads them; the sharded IR marks them `ppmoe.rank_piece`).
+    pub rank_pieces: Vec<HashSet<String>>,
     /// The `kernels` stage: per rank, how each instruction runs on the GPU.
     pub kernel_plans: Vec<crate::codegen::KernelPlan>,
     /// The `ptx` stage: per rank's kernel module, its PTX.
@@ -175,6 +184,9 @@ pub struct Compilation {
     /// The IR file the compilation started from (`ir_input`), where it did not start from the
     /// model (`options.path` is then the model its weights come from).
     pub ir_input: Option<PathBuf>,
+    /// The program-level passes run since `core`, each with its options as a pass pipeline
+    /// spells it: the IR's header records them, and reading the IR back runs them on the source.
+    pub history: Vec<String>,
 }
 
 /// This process's resident and peak resident memory, for the log (Linux; empty elsewhere).
@@ -225,12 +237,35 @@ pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileEr
         }
         start = at + 1;
     }
-    for stage in &STAGES[start..=end] {
+    let mut at = start;
+    while at <= end {
+        let stage = &STAGES[at];
         tracing::info!("stage {} ({})", stage.name, memory_now());
-        for pass in stage.passes {
-            run_pass(&mut c, stage, pass)?;
+        if at > 0 && MODULE_STAGES.contains(&stage.name) {
+            // This stage and the program-level ones after it (up to `last`): one pass manager.
+            let until = (at..=end)
+                .take_while(|&i| MODULE_STAGES.contains(&STAGES[i].name))
+                .last()
+                .unwrap_or(at);
+            let passes: Vec<Scheduled> = STAGES[at..=until]
+                .iter()
+                .flat_map(|stage| {
+                    stage.passes.iter().map(move |pass| Scheduled {
+                        stage,
+                        pass,
+                        options: vec![],
+                    })
+                })
+                .collect();
+            c = run_passes(c, &STAGES[at - 1], &passes)?;
+            at = until + 1;
+        } else {
+            for pass in stage.passes {
+                run_pass(&mut c, stage, pass)?;
+            }
+            verify(&c, stage)?;
+            at += 1;
         }
-        verify(&c, stage)?;
     }
     Ok(c)
 }
@@ -262,6 +297,16 @@ fn verify(c: &Compilation, stage: &Stage) -> Result<(), CompileError> {
         printed(c, stage)?;
     }
     Ok(())
+}
+
+/// The text `stage` prints the compilation as (not yet parsed).
+fn stage_text(c: &Compilation, stage: &Stage) -> Result<String, CompileError> {
+    (stage.print)(c).ok_or_else(|| {
+        CompileError::StageNotBuilt(
+            stage.name.into(),
+            "the compilation has not reached it".into(),
+        )
+    })
 }
 
 /// The IR as `stage` prints it, parsed and verified by MLIR, printed with large constants

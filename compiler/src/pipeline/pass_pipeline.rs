@@ -5,9 +5,16 @@
 //! A pass's options are the compilation options of the flags of the same names (`tp`, `pp`,
 //! `dp`, `strategy`, `dtype`, `capacity`); each pass takes only its own (`Pass::options`).
 
-use super::{find_pass, printed, run_pass, Compilation, Grid, STAGES};
-use crate::core::header::{parse_capacity, parse_dtype, parse_strategy};
+use super::{
+    find_pass, printed, run_pass, run_passes, Compilation, Grid, Options, Pass, Scheduled,
+    MODULE_STAGES, STAGES,
+};
+use crate::core::header::{
+    capacity_name, dtype_name, parse_capacity, parse_dtype, parse_strategy, strategy_name,
+};
+use crate::distribute::Strategy;
 use crate::error::CompileError;
+use crate::passes::raise_moe::CapacityPolicy;
 
 /// One pass of a textual pipeline, with its options in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,44 +103,71 @@ pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), 
                 .into(),
         ));
     }
+    let mut scheduled = Vec::new();
+    for run in &runs {
+        scheduled.push(check_run(run).map_err(bad)?);
+    }
     let reached = crate::ir_input::resume(&mut c)?;
     let mut last = STAGES
         .iter()
         .find(|s| s.name == reached)
         .ok_or_else(|| bad(format!("stage '{reached}'")))?;
-    for run in &runs {
-        let (stage, pass) = find_pass(&run.name).ok_or_else(|| {
-            bad(format!(
-                "--pass-pipeline: no pass '{}'; the passes: {}",
-                run.name,
-                pass_names().join(", ")
-            ))
-        })?;
-        if matches!(stage.name, "onnx" | "core") {
-            return Err(bad(format!(
-                "{} reads the model, not IR: it cannot run in opt",
-                pass.name
-            )));
-        }
-        for (key, value) in &run.options {
-            if !pass.options.contains(&key.as_str()) {
-                return Err(bad(format!(
-                    "{}: no option '{key}'; it takes: {}",
-                    pass.name,
-                    if pass.options.is_empty() {
-                        "none".to_string()
-                    } else {
-                        pass.options.join(", ")
-                    }
-                )));
+    let mut rest = scheduled.as_slice();
+    while let Some(first) = rest.first() {
+        if MODULE_STAGES.contains(&first.stage.name) {
+            let n = rest
+                .iter()
+                .take_while(|s| MODULE_STAGES.contains(&s.stage.name))
+                .count();
+            c = run_passes(c, last, &rest[..n])?;
+            last = rest[n - 1].stage;
+            rest = &rest[n..];
+        } else {
+            for (key, value) in &first.options {
+                set_option(&mut c, key, value)
+                    .map_err(|e| bad(format!("{}{{{key}={value}}}: {e}", first.pass.name)))?;
             }
-            set_option(&mut c, key, value)
-                .map_err(|e| bad(format!("{}{{{key}={value}}}: {e}", pass.name)))?;
+            run_pass(&mut c, first.stage, first.pass)?;
+            last = first.stage;
+            rest = &rest[1..];
         }
-        run_pass(&mut c, stage, pass)?;
-        last = stage;
     }
     Ok((printed(&c, last)?, c))
+}
+
+/// A pass of the pipeline, found by name, with options it takes.
+pub(crate) fn check_run(run: &PassRun) -> Result<Scheduled, String> {
+    let (stage, pass) = find_pass(&run.name).ok_or_else(|| {
+        format!(
+            "--pass-pipeline: no pass '{}'; the passes: {}",
+            run.name,
+            pass_names().join(", ")
+        )
+    })?;
+    if matches!(stage.name, "onnx" | "core") {
+        return Err(format!(
+            "{} reads the model, not IR: it cannot run in opt",
+            pass.name
+        ));
+    }
+    for (key, _) in &run.options {
+        if !pass.options.contains(&key.as_str()) {
+            return Err(format!(
+                "{}: no option '{key}'; it takes: {}",
+                pass.name,
+                if pass.options.is_empty() {
+                    "none".to_string()
+                } else {
+                    pass.options.join(", ")
+                }
+            ));
+        }
+    }
+    Ok(Scheduled {
+        stage,
+        pass,
+        options: run.options.clone(),
+    })
 }
 
 /// Every registered pass, in pipeline order.
@@ -144,8 +178,31 @@ pub fn pass_names() -> Vec<&'static str> {
         .collect()
 }
 
+/// The pass as a pipeline spells it, with the values its options have in `options`
+/// (`ppmoe-shard{tp=2 strategy=ppmoe}`): what `set_option` reads back.
+pub(super) fn spelled_with_options(pass: &Pass, options: &Options) -> String {
+    if pass.options.is_empty() {
+        return pass.name.into();
+    }
+    let grid = options.grid.unwrap_or(Grid::ONE);
+    let values: Vec<String> = (pass.options.iter())
+        .map(|&key| {
+            let value = match key {
+                "tp" => grid.tp.to_string(),
+                "pp" => grid.pp.to_string(),
+                "dp" => grid.dp.to_string(),
+                "strategy" => strategy_name(options.strategy.unwrap_or(Strategy::Ppmoe)).into(),
+                "dtype" => dtype_name(options.weight_dtype).into(),
+                _ => capacity_name(options.capacity_policy.unwrap_or(CapacityPolicy::Keep)).into(),
+            };
+            format!("{key}={value}")
+        })
+        .collect();
+    format!("{}{{{}}}", pass.name, values.join(" "))
+}
+
 /// Sets the compilation option a pass option names.
-fn set_option(c: &mut Compilation, key: &str, value: &str) -> Result<(), String> {
+pub(super) fn set_option(c: &mut Compilation, key: &str, value: &str) -> Result<(), String> {
     let o = &mut c.options;
     let count = || -> Result<usize, String> {
         value

@@ -113,10 +113,17 @@ pub(super) fn print_ranks(c: &Compilation, ranks: &[RankProgram], stage: &str) -
     let grid = c.options.grid.unwrap_or(Grid::ONE);
     let programs: Vec<&ppmoe_runtime::program::Program> =
         ranks.iter().map(|r| &r.program).collect();
+    // Dense TP's pieces are marked in the sharded stage, where `ppmoe-rewrite` reads them.
+    let pieces: &[HashSet<String>] = if stage == "sharded" {
+        &c.rank_pieces
+    } else {
+        &[]
+    };
     Some(crate::core::print::print_stage(
         &programs,
         Some((&grid.mlir(), grid.tp, grid.pp)),
         c.options.microbatches.max(1),
+        pieces,
         &header(c, stage).to_mlir(),
     ))
 }
@@ -128,6 +135,7 @@ pub(super) fn print_one(c: &Compilation, stage: &str) -> Option<String> {
         &[&core.program],
         None,
         c.options.microbatches.max(1),
+        &[],
         &header(c, stage).to_mlir(),
     ))
 }
@@ -151,6 +159,7 @@ fn header(c: &Compilation, stage: &str) -> crate::core::header::IrHeader {
                 crate::core::header::strategy_name(o.strategy.unwrap_or(Strategy::Ppmoe)).into()
             }),
             dtype: later.then(|| crate::core::header::dtype_name(o.weight_dtype).into()),
+            pipeline: (!c.history.is_empty()).then(|| c.history.join(", ")),
         },
     }
 }

@@ -8,6 +8,8 @@ use crate::distribute::{Grid, Strategy};
 use crate::error::CompileError;
 use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
+use ppmoe_runtime::program::{BufferId, BufferKind};
+use std::collections::HashSet;
 
 /// `ppmoe-plan-kernels`: per rank, how each instruction runs on the GPU, and the kernels
 /// generated for it as a `gpu.module`.
@@ -90,8 +92,12 @@ pub(super) fn shard(c: &mut Compilation) -> Result<(), CompileError> {
         )?;
         rp.program.coords = [0, 0, t];
         rp.program.rank = t;
+        let names = rank_pieces
+            .iter()
+            .map(|&b| rp.program.buffers[b].name.clone())
+            .collect();
         c.sharded.push(rp);
-        c.rank_pieces.push(rank_pieces);
+        c.rank_pieces.push(names);
     }
     Ok(())
 }
@@ -137,22 +143,21 @@ fn choose_strategies(
 pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
     need_sharded(c, "ppmoe-rewrite")?;
     let tp = c.sharded.len();
-    if c.rank_pieces.len() != tp {
-        // IR read back at `sharded` does not say which buffers dense TP cut into rank
-        // pieces; the rewrite, which must know, runs only after ppmoe-shard itself.
-        return Err(CompileError::StageNotBuilt(
-            "ppmoe-rewrite".into(),
-            "it needs ppmoe-shard's record of the rank pieces: run it after ppmoe-shard, on IR of the moe stage".into(),
-        ));
-    }
     c.diagnostics.kept_all_to_all.clear();
     if c.options.strategy == Some(Strategy::AllToAll) {
         return Ok(());
     }
     let picks = &c.choices;
     let wanted = |n: usize| picks.get(n) == Some(&Choice::Ppmoe);
-    for (t, (rp, pieces)) in c.sharded.iter_mut().zip(&c.rank_pieces).enumerate() {
-        let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(rp, (t, tp), &wanted, pieces);
+    for (t, rp) in c.sharded.iter_mut().enumerate() {
+        let named = c.rank_pieces.get(t);
+        let pieces: HashSet<BufferId> = (0..rp.program.buffers.len())
+            .filter(|&b| {
+                let buffer = &rp.program.buffers[b];
+                buffer.kind == BufferKind::Weight && named.is_some_and(|n| n.contains(&buffer.name))
+            })
+            .collect();
+        let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(rp, (t, tp), &wanted, &pieces);
         if t == 0 {
             c.diagnostics.kept_all_to_all.extend(notes);
         }

@@ -1,0 +1,186 @@
+//! The program-level passes (`moe` to `pipelined`) as MLIR passes: each is an external pass,
+//! registered under its name, and a run of them is one MLIR `PassManager` over the module,
+//! which verifies the module after every pass. A pass takes its programs from the module
+//! (`adopt`), transforms them, and writes the module back in place; so the module is the IR
+//! from pass to pass, and what a later stage (kernels, the bundle) takes is read from the last.
+
+use super::pass_pipeline::{set_option, spelled_with_options};
+use super::{adopt, stage_text, Compilation, Pass, Stage};
+use crate::core::header::{SOURCE, STAGE};
+use crate::error::CompileError;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
+use melior::ir::r#type::TypeId;
+use melior::ir::{Module, Operation, RegionLike};
+use melior::pass::{create_external, ExternalPass, PassManager};
+use melior::Context;
+use std::cell::RefCell;
+
+/// A pass to run, with the options it sets first (`ppmoe opt`'s `ppmoe-shard{tp=2}`).
+pub struct Scheduled {
+    pub stage: &'static Stage,
+    pub pass: &'static Pass,
+    pub options: Vec<(String, String)>,
+}
+
+/// Each pass's identity for MLIR: the address of its slot (8-byte aligned, as MLIR asks).
+#[repr(align(8))]
+struct PassId;
+static PASS_IDS: [PassId; 32] = [const { PassId }; 32];
+
+/// What the passes share while the pass manager runs: the compilation, and the first error
+/// (MLIR's pass failure carries no message).
+struct Shared {
+    c: RefCell<Compilation>,
+    error: RefCell<Option<CompileError>>,
+    /// The stage of the pass that ran last (whose IR the module holds).
+    stage: RefCell<&'static str>,
+}
+
+/// Runs `passes` in one pass manager over the IR of `start` (the stage the compilation holds),
+/// and takes the compilation's programs from the module it ends with.
+pub fn run_passes(
+    c: Compilation,
+    start: &'static Stage,
+    passes: &[Scheduled],
+) -> Result<Compilation, CompileError> {
+    let context = ppmoe_dialect::context();
+    let text = stage_text(&c, start)?;
+    let mut module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
+        CompileError::Verify {
+            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
+            stage: start.name.into(),
+            diagnostics,
+        }
+    })?;
+    let shared = Shared {
+        c: RefCell::new(c),
+        error: RefCell::new(None),
+        stage: RefCell::new(start.name),
+    };
+    let (result, diagnostics) = {
+        let manager = PassManager::new(&context);
+        manager.enable_verifier(true);
+        for (i, s) in passes.iter().enumerate() {
+            manager.add_pass(external(&shared, &context, s, i)?);
+        }
+        ppmoe_dialect::with_diagnostics(&context, || manager.run(&mut module))
+    };
+    let mut c = shared.c.into_inner();
+    if let Some(error) = shared.error.into_inner() {
+        return Err(error);
+    }
+    if result.is_err() {
+        return Err(CompileError::Verify {
+            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
+            stage: (*shared.stage.borrow()).into(),
+            diagnostics,
+        });
+    }
+    adopt(&mut c, &module.as_operation()).map_err(|reason| ir_error(&c, reason))?;
+    Ok(c)
+}
+
+/// `scheduled` as an MLIR pass on `builtin.module`: adopt the module's programs, set the
+/// pass's options, run it, write the module back (and print it, with
+/// `--print-ir-after-all`).
+fn external<'a>(
+    shared: &'a Shared,
+    context: &'a Context,
+    scheduled: &'a Scheduled,
+    index: usize,
+) -> Result<melior::pass::Pass, CompileError> {
+    let id = PASS_IDS.get(index).ok_or_else(|| {
+        ir_error(
+            &shared.c.borrow(),
+            format!("more than {} passes in one pipeline", PASS_IDS.len()),
+        )
+    })?;
+    let name = scheduled.pass.name;
+    let run = move |module: OperationRef, pass: ExternalPass| {
+        let outcome = run_one(shared, context, scheduled, &module);
+        if let Err(e) = outcome {
+            shared.error.borrow_mut().get_or_insert(e);
+            pass.signal_failure();
+        }
+    };
+    Ok(create_external(
+        run,
+        TypeId::create(id),
+        name,
+        name,
+        "",
+        "builtin.module",
+        &[],
+    ))
+}
+
+fn run_one(
+    shared: &Shared,
+    context: &Context,
+    scheduled: &Scheduled,
+    module: &OperationRef,
+) -> Result<(), CompileError> {
+    let (stage, pass) = (scheduled.stage, scheduled.pass);
+    let mut c = shared.c.borrow_mut();
+    adopt(&mut c, module).map_err(|reason| ir_error(&c, reason))?;
+    for (key, value) in &scheduled.options {
+        set_option(&mut c, key, value)
+            .map_err(|e| ir_error(&c, format!("{}{{{key}={value}}}: {e}", pass.name)))?;
+    }
+    tracing::info!("pass {} ({})", pass.name, super::memory_now());
+    (pass.run)(&mut c)?;
+    let spelled = spelled_with_options(pass, &c.options);
+    c.history.push(spelled);
+    let text = stage_text(&c, stage)?;
+    let fresh = ppmoe_dialect::parse_verified(context, &text).map_err(|diagnostics| {
+        CompileError::Verify {
+            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
+            stage: stage.name.into(),
+            diagnostics,
+        }
+    })?;
+    replace_contents(module, fresh);
+    *shared.stage.borrow_mut() = stage.name;
+    if c.options.print_ir_after_all {
+        eprintln!(
+            "// -----// IR Dump After {} ({}) //----- //",
+            pass.name, stage.name
+        );
+        eprintln!("{}", ppmoe_dialect::print_with_locations(module));
+    }
+    Ok(())
+}
+
+/// The module's header and body replaced by `fresh`'s (its operations moved, not copied).
+fn replace_contents(module: &OperationRef, fresh: Module) {
+    // SAFETY: the pass manager hands this pass the module to transform; nothing else holds a
+    // reference into it while the pass runs.
+    let mut target = unsafe { OperationRefMut::from_raw(module.to_raw()) };
+    for name in [STAGE, SOURCE] {
+        if let Ok(value) = fresh.as_operation().attribute(name) {
+            target.set_attribute(name, value);
+        }
+    }
+    let Some(body) = module.region(0).ok().and_then(|r| r.first_block()) else {
+        return;
+    };
+    while let Some(mut op) = body.first_operation_mut() {
+        op.remove_from_parent();
+        // SAFETY: removed from its block, the operation is owned here; dropping destroys it.
+        drop(unsafe { Operation::from_raw(op.to_raw()) });
+    }
+    let from = fresh.body();
+    while let Some(mut op) = from.first_operation_mut() {
+        op.remove_from_parent();
+        // SAFETY: removed from `fresh`, the operation is owned until the block takes it.
+        body.append_operation(unsafe { Operation::from_raw(op.to_raw()) });
+    }
+}
+
+fn ir_error(c: &Compilation, reason: String) -> CompileError {
+    CompileError::Ir {
+        path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
+        reason,
+    }
+}
