@@ -104,6 +104,8 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
     assert_eq!(
         k0.matches("\"kernels.cublas_gemm\"").count(),
         ir0.matches("\"core.mat_mul\"").count()
+            + ir0.matches("linalg.matmul").count()
+            + ir0.matches("linalg.batch_matmul").count()
     );
     let collectives =
         ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();

@@ -168,7 +168,7 @@ fn dense_layers_are_megatron_split_with_one_all_reduce_per_block() {
     // and the ranks' halves put side by side by a transpose (nothing left for the host).
     assert_eq!(r0.matches("gather_axis = ").count(), 1, "{r0}");
     assert!(r0.contains("gather_axis = 0 : tensor<1x16x64xf32>"), "{r0}");
-    assert!(r0.contains("perm = array<i64: 1, 2, 0, 3>"), "{r0}");
+    assert!(r0.contains("permutation = [1, 2, 0, 3]"), "{r0}");
     // Rank 0 holds half of each attention projection: q [64, 32] of [64, 64].
     assert!(r0.contains("tensor<64x32xf32> {core.weight = \""), "{r0}");
 }

@@ -263,8 +263,8 @@ fn ir_input_that_cannot_be_taken_is_named() {
         "retyped.mlir",
         &moe.replace("%arg1: tensor<64x4xf32>", "%arg1: tensor<64x4xbf16>")
             .replace(
-                "(%0, %arg1) : (tensor<16x64xf32>, tensor<64x4xf32>)",
-                "(%0, %arg1) : (tensor<16x64xf32>, tensor<64x4xbf16>)",
+                ", %arg1 : tensor<16x64xf32>, tensor<64x4xf32>)",
+                ", %arg1 : tensor<16x64xf32>, tensor<64x4xbf16>)",
             ),
     );
     let out = ppmoe(&[
@@ -300,13 +300,13 @@ fn ir_input_that_cannot_be_taken_is_named() {
     ]);
     assert_clean_failure(&out, &["sharded.mlir", "--tp 4", "shape = 1x1x2"]);
 
-    // Ops the programs do not hold, attributes no op field takes, IR that stops verifying
-    // once partitioned: each named, with the IR file.
+    // Ops the programs do not hold, attributes no op field takes, mistyped upstream ops: each
+    // named, with the IR file.
     let edits = [
         (
             "frob.mlir",
-            "\"core.mat_mul\"",
-            "\"core.frobnicate\"",
+            "tensor.reshape %3(%cst_0) : (tensor<16x64xf32>, tensor<3xi64>)",
+            "\"core.frobnicate\"(%3) : (tensor<16x64xf32>)",
             "no op 'core.frobnicate'",
         ),
         (
@@ -322,19 +322,23 @@ fn ir_input_that_cannot_be_taken_is_named() {
         let out = ppmoe(&["inspect", ir.to_str().unwrap(), "--emit", "sharded"]);
         assert_clean_failure(&out, &[name, says]);
     }
+    // A reshape edited to another shape: the router's matmul no longer fits, and linalg's
+    // verifier says so as the IR is read.
     let reshaped = moe
+        .replace("dense<[16, 64]>", "dense<[32, 32]>")
         .replace(
-            "{shape = array<i64: 16, 64>} : (tensor<1x16x64xf32>) -> tensor<16x64xf32>",
-            "{shape = array<i64: 32, 32>} : (tensor<1x16x64xf32>) -> tensor<32x32xf32>",
+            "-> tensor<16x64xf32> loc(#loc4)",
+            "-> tensor<32x32xf32> loc(#loc4)",
         )
         .replace(
-            "(tensor<16x64xf32>, tensor<64x4xf32>)",
-            "(tensor<32x32xf32>, tensor<64x4xf32>)",
+            "ins(%reshape, %arg1 : tensor<16x64xf32>",
+            "ins(%reshape, %arg1 : tensor<32x32xf32>",
         )
         .replace(
             "(tensor<16x64xf32>, tensor<16x2xf32>",
             "(tensor<32x32xf32>, tensor<16x2xf32>",
         );
+    assert!(reshaped.contains("tensor<32x32xf32> loc(#loc4)"));
     let ir = write(work.path(), "reshaped.mlir", &reshaped);
     let out = ppmoe(&[
         "inspect",
@@ -346,7 +350,11 @@ fn ir_input_that_cannot_be_taken_is_named() {
     ]);
     assert_clean_failure(
         &out,
-        &["reshaped.mlir", "stage 'sharded': the IR does not verify"],
+        &[
+            "reshaped.mlir",
+            "the IR does not verify",
+            "'linalg.matmul' op",
+        ],
     );
 
     let kernels = inspect(&model, &[], &["--emit", "kernels"]).unwrap();

@@ -1,11 +1,13 @@
 // ppmoe-einsum-to-matmul: an einsum left in the program (here written by hand at the core
-// stage; its weights' source is a fixture, of which it takes none) becomes a batched matmul.
+// stage; its weights' source is a fixture, of which it takes none) becomes a batched matmul,
+// printed as upstream's linalg.batch_matmul (one batch, no broadcasting).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-einsum-to-matmul)' | FileCheck %s
 
 // CHECK-LABEL: func.func @rank0(
 // CHECK-NOT: "core.einsum"
-// CHECK: "core.mat_mul"({{.*}}) : (tensor<2x3x4xf32>, tensor<2x4x5xf32>) -> tensor<2x3x5xf32>
+// CHECK: %[[INIT:.*]] = tensor.empty() : tensor<2x3x5xf32>
+// CHECK-NEXT: linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<2x3x4xf32>, tensor<2x4x5xf32>) outs(%[[INIT]] : tensor<2x3x5xf32>) -> tensor<2x3x5xf32>
 // CHECK-NOT: "core.einsum"
 
 module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {

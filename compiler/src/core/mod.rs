@@ -5,6 +5,7 @@ pub mod header;
 pub mod lower;
 pub mod print;
 pub mod read;
+pub mod upstream;
 
 pub use lower::{
     convert_initializers, lower_to_core, lower_to_core_with, static_bytes, CoreProgram,

@@ -1,11 +1,16 @@
 //! The `core` stage as MLIR: one `func.func @rank<r>` per rank program, its inputs then its
-//! weights as arguments, one generic `"core.<op>"` op per instruction with the op's attributes.
+//! weights as arguments, one op per instruction: upstream's where one expresses it exactly
+//! (`upstream`: `linalg.matmul`, `arith.addf`, `math.exp`, ...), else a generic `"core.<op>"`
+//! op with the op's attributes.
 //!
 //!   func.func @rank0(%arg0: tensor<16x64xf32> {core.input = "hidden_states"},
 //!                    %arg1: tensor<64x4xf32> {core.weight = "gate.weight.const1"}) -> ... {
-//!     %0 = "core.mat_mul"(%arg0, %arg1) : (...) -> tensor<16x4xf32>
+//!     %0 = tensor.empty() : tensor<16x4xf32>
+//!     %1 = linalg.matmul ins(%arg0, %arg1 : ...) outs(%0 : tensor<16x4xf32>) -> tensor<16x4xf32>
+//!     %2 = "core.softmax"(%1) {axis = 1 : i64} : (tensor<16x4xf32>) -> tensor<16x4xf32>
 
 use crate::core::read::RANK_PIECE;
+use crate::core::upstream::{upstream_form, upstream_lines, Upstream};
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Program};
 use ppmoe_runtime::DType;
@@ -296,6 +301,16 @@ fn print_instruction(
         results = vec![format!("%v{i}_w")];
         result_types = vec![tensor_type(wide)];
     }
+    if let Some(form) = upstream_form_of(p, ins).filter(|_| narrowed.is_none()) {
+        let operands: Vec<(String, String)> =
+            operand_names.into_iter().zip(operand_types).collect();
+        let (before, line) = upstream_lines(&form, i, &results[0], &operands, &result_types[0]);
+        for b in before {
+            let _ = writeln!(body, "    {b} loc(unknown)");
+        }
+        let _ = writeln!(body, "    {line} loc({})", location(p, ins, false));
+        return;
+    }
     let mut attrs = if ins.op.dialect() == "shard" {
         shard_attributes(&ins.op, stage_of)
     } else {
@@ -338,6 +353,18 @@ fn print_instruction(
             location(p, ins, false),
         );
     }
+}
+
+/// The upstream op instruction `ins` prints as, where one fits (every operand present, one
+/// result).
+fn upstream_form_of(p: &Program, ins: &Instruction) -> Option<Upstream> {
+    let [out] = ins.outputs.as_slice() else {
+        return None;
+    };
+    let inputs: Option<Vec<&Buffer>> = (ins.inputs.iter())
+        .map(|b| b.map(|b| &p.buffers[b]))
+        .collect();
+    upstream_form(&ins.op, &inputs?, &p.buffers[*out])
 }
 
 /// A collective whose result the runtime writes in another element type than its operand's

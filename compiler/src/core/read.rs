@@ -6,6 +6,7 @@
 //! `shard` ops' groups and peers come from the module's `shard.grid` and the function's rank
 //! (the TP group of its rank; a peer's stage at its own dp and tp coordinates).
 
+use crate::core::upstream::{read_upstream, OPERAND_ONLY};
 use crate::distribute::Grid;
 use melior::ir::attribute::{
     Attribute, AttributeLike, BoolAttribute, DenseI64ArrayAttribute, DictionaryAttribute,
@@ -171,8 +172,9 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<ReadProgram, String> {
     let mut index = 0;
     while let Some(op) = next {
         next = op.next_in_block();
-        // A receive's operand (ppmoe's runtime needs none): not an instruction.
-        if op_name(&op) == "tensor.empty" {
+        // A receive's operand (ppmoe's runtime needs none), an upstream op's destination or a
+        // reshape's shape: not an instruction.
+        if OPERAND_ONLY.contains(&op_name(&op).as_str()) {
             reader
                 .empties
                 .insert(op.result(0).map_err(|e| at(e.to_string()))?.to_raw().ptr as usize);
@@ -238,9 +240,12 @@ impl FunctionReader {
         if full == "core.cast" && op.has_attribute("ppmoe.narrows") {
             return self.narrow(op);
         }
-        let instruction_op = match full.strip_prefix("shard.") {
-            Some(name) => shard_op(op, name, self.rank, self.grid)?,
-            None => read_op(op, &full)?,
+        let result = op.result(0).ok().and_then(|r| tensor_type(r.r#type()).ok());
+        let upstream = read_upstream(op, &full, result).transpose()?;
+        let instruction_op = match (full.strip_prefix("shard."), upstream.clone()) {
+            (Some(name), _) => shard_op(op, name, self.rank, self.grid)?,
+            (None, Some(upstream)) => upstream,
+            (None, None) => read_op(op, &full)?,
         };
         let is_send = matches!(instruction_op, Op::Send { .. });
         let present: Vec<BufferId> = op
@@ -253,7 +258,12 @@ impl FunctionReader {
                     .ok_or_else(|| "an operand defined outside the function".to_string())
             })
             .collect::<Result<_, _>>()?;
-        let inputs = with_absent(op, present)?;
+        // Upstream ops take every operand (linalg's segments are its inputs and destination).
+        let inputs = if upstream.is_some() {
+            present.into_iter().map(Some).collect()
+        } else {
+            with_absent(op, present)?
+        };
         // A send's result (the shard dialect's) is nothing the runtime holds.
         let results = if is_send { 0 } else { op.result_count() };
         let (names, origin) = location_names(op.location(), results);
@@ -560,7 +570,7 @@ fn attribute_json(a: Attribute) -> Option<serde_json::Value> {
     i64_list(a).map(Into::into)
 }
 
-fn i64_list(a: Attribute) -> Option<Vec<i64>> {
+pub(crate) fn i64_list(a: Attribute) -> Option<Vec<i64>> {
     let d = DenseI64ArrayAttribute::try_from(a).ok()?;
     (0..d.len()).map(|i| d.element(i).ok()).collect()
 }

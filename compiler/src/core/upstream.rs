@@ -1,0 +1,346 @@
+//! The instructions that upstream MLIR ops express exactly, printed as those ops (and read back
+//! from them), so that MLIR verifies their types and upstream passes can read them:
+//!
+//! - a matmul of two matrices as `linalg.matmul`, of two stacks of matrices with one batch as
+//!   `linalg.batch_matmul` (an f32 result, which linalg accumulates in, as ppmoe does; the
+//!   operands f32 or stored in half precision), a transpose as `linalg.transpose`, a softmax
+//!   as `linalg.softmax`, each into a `tensor.empty`;
+//! - a concatenation as `tensor.concat`, a reshape to a static shape as `tensor.reshape` (the
+//!   shape an `arith.constant`);
+//! - f32 elementwise arithmetic whose operands and result have one type as `arith` and `math`
+//!   ops, and a float cast between f32 and half precision as `arith.extf` / `arith.truncf`
+//!   (round to nearest even, as ppmoe rounds).
+//!
+//! An axis counted from the end prints (and reads back) counted from the front. Anything else
+//! (numpy broadcasting, integer arithmetic, half-precision results of arithmetic, whose
+//! rounding upstream's ops would place elsewhere) stays a `core` op.
+
+use melior::ir::attribute::{Attribute, IntegerAttribute};
+use melior::ir::operation::{OperationLike, OperationRef};
+use ppmoe_runtime::program::{BinaryFn, Buffer, Op, UnaryFn};
+use ppmoe_runtime::DType;
+
+/// The upstream op an instruction prints as, where one fits.
+#[derive(Debug, PartialEq)]
+pub enum Upstream {
+    /// `linalg.matmul` or `linalg.batch_matmul`.
+    Matmul(&'static str),
+    Transpose(Vec<usize>),
+    Softmax(usize),
+    Concat(usize),
+    Reshape(Vec<usize>),
+    /// `arith.extf` or `arith.truncf`.
+    Cast(&'static str),
+    /// An `arith` or `math` op over operands and a result of one type.
+    Elementwise(&'static str),
+}
+
+/// The upstream form of `op` over `inputs` making `output`, where one fits.
+pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
+    let static_shape = |b: &Buffer| b.shape.iter().all(Option::is_some);
+    if inputs.is_empty() || !inputs.iter().all(|b| static_shape(b)) || !static_shape(output) {
+        return None;
+    }
+    let rank = output.shape.len();
+    let same_element = inputs.iter().all(|b| b.dtype == output.dtype);
+    let one_input = inputs.len() == 1;
+    match op {
+        Op::MatMul => matmul(inputs, output).map(Upstream::Matmul),
+        Op::Binary { f } => {
+            let name = binary_name(*f)?;
+            same_f32_type(inputs, output).then_some(Upstream::Elementwise(name))
+        }
+        Op::Unary { f } => {
+            let name = unary_name(*f)?;
+            same_f32_type(inputs, output).then_some(Upstream::Elementwise(name))
+        }
+        Op::Transpose { perm } => {
+            let valid = perm.len() == rank && inputs[0].shape.len() == rank;
+            (one_input && same_element && valid).then(|| Upstream::Transpose(perm.clone()))
+        }
+        Op::Softmax { axis, log: false } => {
+            let axis = non_negative(*axis, rank)?;
+            same_f32_type(inputs, output).then_some(Upstream::Softmax(axis))
+        }
+        Op::Concat { axis } => {
+            let axis = non_negative(*axis, rank)?;
+            let ranks = inputs.iter().all(|b| b.shape.len() == rank);
+            (same_element && ranks).then_some(Upstream::Concat(axis))
+        }
+        Op::ReshapeTo { shape } => {
+            let dims: Vec<usize> = output.shape.iter().flatten().copied().collect();
+            let fits = !shape.is_empty() && *shape == dims && !inputs[0].shape.is_empty();
+            (one_input && same_element && fits).then(|| Upstream::Reshape(shape.clone()))
+        }
+        Op::Cast { to } => {
+            let half = |d: DType| matches!(d, DType::BF16 | DType::F16);
+            let from = inputs[0].dtype;
+            let name = match (from, *to) {
+                (DType::F32, t) if half(t) => "arith.truncf",
+                (f, DType::F32) if half(f) => "arith.extf",
+                _ => return None,
+            };
+            let fits = one_input && *to == output.dtype && inputs[0].shape == output.shape;
+            fits.then_some(Upstream::Cast(name))
+        }
+        _ => None,
+    }
+}
+
+/// The form's text: the op making `result` (and before it, on lines of their own, the
+/// `tensor.empty` or `arith.constant` it takes), each line without its location.
+pub fn upstream_lines(
+    form: &Upstream,
+    i: usize,
+    result: &str,
+    operands: &[(String, String)],
+    out: &str,
+) -> (Vec<String>, String) {
+    let names: Vec<&str> = operands.iter().map(|(n, _)| n.as_str()).collect();
+    let types: Vec<&str> = operands.iter().map(|(_, t)| t.as_str()).collect();
+    let (n, t) = (names.join(", "), types.join(", "));
+    let empty = vec![format!("%d{i} = tensor.empty() : {out}")];
+    match form {
+        Upstream::Matmul(name) => (
+            empty,
+            format!("{result} = {name} ins({n} : {t}) outs(%d{i} : {out}) -> {out}"),
+        ),
+        Upstream::Transpose(perm) => (
+            empty,
+            format!(
+                "{result} = linalg.transpose ins({n} : {t}) outs(%d{i} : {out}) permutation = [{}]",
+                list(perm)
+            ),
+        ),
+        Upstream::Softmax(axis) => (
+            empty,
+            format!(
+                "{result} = linalg.softmax dimension({axis}) ins({n} : {t}) outs(%d{i} : {out}) -> {out}"
+            ),
+        ),
+        Upstream::Concat(axis) => (
+            vec![],
+            format!("{result} = tensor.concat dim({axis}) {n} : ({t}) -> {out}"),
+        ),
+        Upstream::Reshape(shape) => {
+            let shape_type = format!("tensor<{}xi64>", shape.len());
+            (
+                vec![format!(
+                    "%s{i} = arith.constant dense<[{}]> : {shape_type}",
+                    list(shape)
+                )],
+                format!("{result} = tensor.reshape {n}(%s{i}) : ({t}, {shape_type}) -> {out}"),
+            )
+        }
+        Upstream::Cast(name) => (vec![], format!("{result} = {name} {n} : {t} to {out}")),
+        Upstream::Elementwise(name) => (vec![], format!("{result} = \"{name}\"({n}) : ({t}) -> {out}")),
+    }
+}
+
+/// An axis counted from the end (ONNX's -1) as upstream counts it, from the front: the same
+/// axis (it reads back so).
+fn non_negative(axis: i64, rank: usize) -> Option<usize> {
+    let rank = i64::try_from(rank).ok()?;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    usize::try_from(axis).ok().filter(|&a| (a as i64) < rank)
+}
+
+fn list(values: &[usize]) -> String {
+    let v: Vec<String> = values.iter().map(usize::to_string).collect();
+    v.join(", ")
+}
+
+/// The ops that only feed an upstream op (its destination, a reshape's shape): not
+/// instructions.
+pub const OPERAND_ONLY: &[&str] = &["tensor.empty", "arith.constant"];
+
+/// The instruction an upstream op reads back as, where ppmoe prints it (None: not one of
+/// them); `result` is the op's result's element type and shape.
+pub fn read_upstream(
+    op: &OperationRef,
+    name: &str,
+    result: Option<(DType, Vec<Option<usize>>)>,
+) -> Option<Result<Op, String>> {
+    let attribute = |key: &str| {
+        op.attribute(key)
+            .map_err(|_| format!("'{name}' without its '{key}'"))
+    };
+    let index = |a: Attribute| -> Result<i64, String> {
+        IntegerAttribute::try_from(a)
+            .map(|i| i.value())
+            .map_err(|_| format!("'{name}': expected an integer"))
+    };
+    let read = match name {
+        "linalg.matmul" | "linalg.batch_matmul" => Ok(Op::MatMul),
+        "linalg.transpose" => attribute("permutation").and_then(|a| {
+            let perm = super::read::i64_list(a)
+                .and_then(|p| p.into_iter().map(|x| usize::try_from(x).ok()).collect())
+                .ok_or_else(|| format!("'{name}': permutation is not array<i64>"))?;
+            Ok(Op::Transpose { perm })
+        }),
+        "linalg.softmax" => attribute("dimension")
+            .and_then(index)
+            .map(|axis| Op::Softmax { axis, log: false }),
+        "tensor.concat" => attribute("dim")
+            .and_then(index)
+            .map(|axis| Op::Concat { axis }),
+        "tensor.reshape" => result
+            .and_then(|(_, dims)| dims.into_iter().collect::<Option<Vec<usize>>>())
+            .map(|shape| Op::ReshapeTo { shape })
+            .ok_or_else(|| format!("'{name}': expected a static result")),
+        "arith.extf" | "arith.truncf" => result
+            .map(|(to, _)| Op::Cast { to })
+            .ok_or_else(|| format!("'{name}': expected a tensor result")),
+        _ => return read_elementwise(name).map(Ok),
+    };
+    Some(read)
+}
+
+fn read_elementwise(name: &str) -> Option<Op> {
+    if let Some(f) = BINARY.iter().find(|(_, n)| *n == name).map(|(f, _)| *f) {
+        return Some(Op::Binary { f });
+    }
+    UNARY
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(f, _)| Op::Unary { f: *f })
+}
+
+const BINARY: &[(BinaryFn, &str)] = &[
+    (BinaryFn::Add, "arith.addf"),
+    (BinaryFn::Sub, "arith.subf"),
+    (BinaryFn::Mul, "arith.mulf"),
+    (BinaryFn::Div, "arith.divf"),
+];
+
+const UNARY: &[(UnaryFn, &str)] = &[
+    (UnaryFn::Neg, "arith.negf"),
+    (UnaryFn::Abs, "math.absf"),
+    (UnaryFn::Sqrt, "math.sqrt"),
+    (UnaryFn::Exp, "math.exp"),
+    (UnaryFn::Log, "math.log"),
+    (UnaryFn::Tanh, "math.tanh"),
+    (UnaryFn::Erf, "math.erf"),
+    (UnaryFn::Sin, "math.sin"),
+    (UnaryFn::Cos, "math.cos"),
+    (UnaryFn::Floor, "math.floor"),
+    (UnaryFn::Ceil, "math.ceil"),
+];
+
+fn binary_name(f: BinaryFn) -> Option<&'static str> {
+    BINARY.iter().find(|(g, _)| *g == f).map(|(_, n)| *n)
+}
+
+fn unary_name(f: UnaryFn) -> Option<&'static str> {
+    UNARY.iter().find(|(g, _)| *g == f).map(|(_, n)| *n)
+}
+
+/// Every operand and the result f32, of one shape (no broadcasting).
+fn same_f32_type(inputs: &[&Buffer], output: &Buffer) -> bool {
+    output.dtype == DType::F32
+        && inputs
+            .iter()
+            .all(|b| b.dtype == output.dtype && b.shape == output.shape)
+}
+
+/// `linalg.matmul` for [m, k] x [k, n] -> [m, n], `linalg.batch_matmul` for [b, m, k] x
+/// [b, k, n] -> [b, m, n] (an f32 result, which linalg accumulates in, as ppmoe does).
+fn matmul(inputs: &[&Buffer], output: &Buffer) -> Option<&'static str> {
+    let [a, b] = inputs else { return None };
+    let float = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16);
+    if !(float(a.dtype) && float(b.dtype) && output.dtype == DType::F32) {
+        return None;
+    }
+    let dims = |x: &Buffer| x.shape.iter().map(|d| d.unwrap_or(0)).collect::<Vec<_>>();
+    match (
+        dims(a).as_slice(),
+        dims(b).as_slice(),
+        dims(output).as_slice(),
+    ) {
+        (&[m, k], &[k2, n], &[m2, n2]) if k == k2 && m == m2 && n == n2 => Some("linalg.matmul"),
+        (&[bt, m, k], &[bt2, k2, n], &[bt3, m2, n2])
+            if bt == bt2 && bt == bt3 && k == k2 && m == m2 && n == n2 =>
+        {
+            Some("linalg.batch_matmul")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ppmoe_runtime::program::BufferKind;
+
+    fn buffer(dtype: DType, dims: &[usize]) -> Buffer {
+        Buffer {
+            name: "b".into(),
+            dtype,
+            shape: dims.iter().map(|&d| Some(d)).collect(),
+            kind: BufferKind::Temp,
+        }
+    }
+
+    fn form(op: Op, inputs: &[Buffer], output: Buffer) -> Option<&'static str> {
+        let inputs: Vec<&Buffer> = inputs.iter().collect();
+        upstream_form(&op, &inputs, &output).map(|u| match u {
+            Upstream::Matmul(n) | Upstream::Elementwise(n) | Upstream::Cast(n) => n,
+            Upstream::Transpose(_) => "linalg.transpose",
+            Upstream::Softmax(_) => "linalg.softmax",
+            Upstream::Concat(_) => "tensor.concat",
+            Upstream::Reshape(_) => "tensor.reshape",
+        })
+    }
+
+    #[test]
+    fn only_what_upstream_expresses_exactly_is_printed_as_upstream() {
+        use DType::{BF16, F32, I64};
+        let f = |d: &[usize]| buffer(F32, d);
+        let mm = |a: &[usize], b: &[usize], o: Buffer| form(Op::MatMul, &[f(a), f(b)], o);
+        assert_eq!(mm(&[4, 3], &[3, 5], f(&[4, 5])), Some("linalg.matmul"));
+        assert_eq!(
+            mm(&[2, 4, 3], &[2, 3, 5], f(&[2, 4, 5])),
+            Some("linalg.batch_matmul")
+        );
+        // numpy broadcasting of the batch, and half-precision results, stay core ops.
+        assert_eq!(mm(&[2, 4, 3], &[3, 5], f(&[2, 4, 5])), None);
+        assert_eq!(mm(&[4, 3], &[3, 5], buffer(BF16, &[4, 5])), None);
+        // bf16 weights into an f32 result: linalg casts them as ppmoe does.
+        let mixed = form(Op::MatMul, &[f(&[4, 3]), buffer(BF16, &[3, 5])], f(&[4, 5]));
+        assert_eq!(mixed, Some("linalg.matmul"));
+        let add = Op::Binary { f: BinaryFn::Add };
+        assert_eq!(
+            form(add.clone(), &[f(&[4]), f(&[4])], f(&[4])),
+            Some("arith.addf")
+        );
+        assert_eq!(form(add.clone(), &[f(&[4, 5]), f(&[5])], f(&[4, 5])), None);
+        let ints = buffer(I64, &[4]);
+        assert_eq!(form(add, &[ints.clone(), ints.clone()], ints), None);
+        let pow = Op::Binary { f: BinaryFn::Pow };
+        assert_eq!(form(pow, &[f(&[4]), f(&[4])], f(&[4])), None);
+        // Casts between f32 and half precision; an axis counted from the end.
+        let to_bf16 = Op::Cast { to: BF16 };
+        let cast = form(to_bf16, &[f(&[4])], buffer(BF16, &[4]));
+        assert_eq!(cast, Some("arith.truncf"));
+        let to_i64 = Op::Cast { to: I64 };
+        assert_eq!(form(to_i64, &[f(&[4])], buffer(I64, &[4])), None);
+        let concat = |axis| form(Op::Concat { axis }, &[f(&[2, 3]), f(&[2, 1])], f(&[2, 4]));
+        assert_eq!(concat(1), Some("tensor.concat"));
+        assert_eq!(concat(-1), Some("tensor.concat"));
+        assert_eq!(concat(-3), None);
+        let reshape = |shape: Vec<usize>| form(Op::ReshapeTo { shape }, &[f(&[2, 3])], f(&[6]));
+        assert_eq!(reshape(vec![6]), Some("tensor.reshape"));
+        assert_eq!(reshape(vec![3, 2]), None);
+    }
+
+    #[test]
+    fn every_elementwise_name_reads_back_as_its_op() {
+        for (f, name) in BINARY {
+            assert_eq!(read_elementwise(name), Some(Op::Binary { f: *f }));
+        }
+        for (f, name) in UNARY {
+            assert_eq!(read_elementwise(name), Some(Op::Unary { f: *f }));
+        }
+        assert_eq!(read_elementwise("arith.addi"), None);
+    }
+}

@@ -1,0 +1,46 @@
+// Instructions that upstream ops express exactly print as them, so MLIR checks their types: a
+// matmul of two matrices as linalg.matmul into a tensor.empty, a transpose and a softmax as
+// linalg ops, a concatenation and a reshape as tensor ops (axes counted from the end counted
+// from the front), f32 elementwise arithmetic of one type as arith / math ops, a cast to bf16
+// as arith.truncf; a broadcasting add stays a core op. Read back, they are the same program
+// (the IR reprints as itself).
+
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
+// RUN: FileCheck %s < %t.mlir
+// RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module()' > %t.again.mlir
+// RUN: diff %t.mlir %t.again.mlir
+
+// An edit that makes the matmul's shapes disagree is refused by linalg's verifier.
+// RUN: sed 's/tensor<3x5xf32>/tensor<3x6xf32>/g' %t.mlir > %t.bad.mlir
+// RUN: not %ppmoe opt %t.bad.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=BAD
+// BAD: error: {{.*}}bad.mlir: stage 'input': the IR does not verify: {{.*}}linalg.matmul
+
+// CHECK-LABEL: func.func @rank0(
+// CHECK: %[[INIT:.*]] = tensor.empty() : tensor<4x5xf32>
+// CHECK-NEXT: %[[MM:.*]] = linalg.matmul ins(%arg0, %arg1 : tensor<4x3xf32>, tensor<3x5xf32>) outs(%[[INIT]] : tensor<4x5xf32>) -> tensor<4x5xf32>
+// CHECK-NEXT: %[[E:.*]] = math.exp %[[MM]] : tensor<4x5xf32>
+// CHECK-NEXT: %[[S:.*]] = arith.addf %[[E]], %[[MM]] : tensor<4x5xf32>
+// CHECK-NEXT: %[[B:.*]] = "core.add"(%[[S]], %arg2) : (tensor<4x5xf32>, tensor<5xf32>) -> tensor<4x5xf32>
+// CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
+// CHECK-NEXT: %[[P:.*]] = linalg.softmax dimension(1) ins(%[[B]] : tensor<4x5xf32>)
+// CHECK-NEXT: tensor.empty() : tensor<5x4xf32>
+// CHECK-NEXT: %[[T:.*]] = linalg.transpose ins(%[[P]] : tensor<4x5xf32>) outs(%{{.*}} : tensor<5x4xf32>) permutation = [1, 0]
+// CHECK-NEXT: %[[C:.*]] = tensor.concat dim(1) %[[T]], %[[T]] : (tensor<5x4xf32>, tensor<5x4xf32>) -> tensor<5x8xf32>
+// CHECK-NEXT: %[[SHAPE:.*]] = arith.constant dense<40> : tensor<1xi64>
+// CHECK-NEXT: %[[R:.*]] = tensor.reshape %[[C]](%[[SHAPE]]) : (tensor<5x8xf32>, tensor<1xi64>) -> tensor<40xf32>
+// CHECK-NEXT: arith.truncf %[[R]] : tensor<40xf32> to tensor<40xbf16>
+
+module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
+  func.func @rank0(%x: tensor<4x3xf32> {core.input = "x"}, %w: tensor<3x5xf32> {core.input = "w"}, %b: tensor<5xf32> {core.input = "b"}) -> (tensor<40xbf16> {core.output = "z"}) {
+    %0 = "core.mat_mul"(%x, %w) : (tensor<4x3xf32>, tensor<3x5xf32>) -> tensor<4x5xf32> loc("mm"("node_mm"))
+    %1 = "core.exp"(%0) : (tensor<4x5xf32>) -> tensor<4x5xf32> loc("e"("node_e"))
+    %2 = "core.add"(%1, %0) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32> loc("s"("node_s"))
+    %3 = "core.add"(%2, %b) : (tensor<4x5xf32>, tensor<5xf32>) -> tensor<4x5xf32> loc("bias"("node_bias"))
+    %4 = "core.softmax"(%3) {axis = -1 : i64, log = false} : (tensor<4x5xf32>) -> tensor<4x5xf32> loc("p"("node_p"))
+    %5 = "core.transpose"(%4) {perm = array<i64: 1, 0>} : (tensor<4x5xf32>) -> tensor<5x4xf32> loc("t"("node_t"))
+    %6 = "core.concat"(%5, %5) {axis = -1 : i64} : (tensor<5x4xf32>, tensor<5x4xf32>) -> tensor<5x8xf32> loc("c"("node_c"))
+    %7 = "core.reshape_to"(%6) {shape = array<i64: 40>} : (tensor<5x8xf32>) -> tensor<40xf32> loc("r"("node_r"))
+    %8 = "core.cast"(%7) {to = "bf16"} : (tensor<40xf32>) -> tensor<40xbf16> loc("z"("node_z"))
+    func.return %8 : tensor<40xbf16>
+  }
+}
