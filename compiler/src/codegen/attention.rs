@@ -39,11 +39,15 @@
 
 use super::kernel_gen::{butterfly_reduce, exp, memref, prologue, static_shape, warp_reduce};
 use super::pointwise::{emit_chain, producers, read_counts, Operands, Scalar};
+use super::template::specialise;
 use super::tensor_core_projection::MMA_OUT;
 use ppmoe_runtime::program::{BinaryFn, Op, Program, UnaryFn};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::HashMap;
 use std::fmt::Write as _;
+
+const V_INDEX: &str = include_str!("templates/attention_v_index.mlir");
+const K_INDEX: &str = include_str!("templates/attention_k_index.mlir");
 
 /// Keys per step of the walk: two k16 chunks of the values' GEMM.
 const KEYS: usize = 32;
@@ -575,18 +579,14 @@ impl Walk {
         for r in 0..kc {
             let t = format!("{tag}k{r}");
             word_index(b, &t, r, self.g.k_words());
-            let index = format!(
-                "          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}u8 = arith.muli %{t}u, %c8 : index\n          %{t}k1 = arith.addi {k0}, %{t}u8 : index\n          %{t}k = arith.minui %{t}k1, %{tag}cSk8 : index\n          %{t}r = arith.muli %{t}d, %cSk : index\n          %{t}e = arith.addi %{t}r, %{t}k : index\n          %{t}e8 = arith.divui %{t}e, %c8 : index\n          %{t}x = arith.addi %kwe, %{t}e8 : index"
-            );
+            let index = specialise(K_INDEX, &[("t", &t), ("tag", &tag), ("k0", &k0)]);
             let words = self.g.batch * self.g.d * self.g.sk / 8;
             guarded_load(b, &t, &index, (1, words));
         }
         for r in 0..vc {
             let t = format!("{tag}v{r}");
             word_index(b, &t, r, self.g.v_words());
-            let index = format!(
-                "          %{t}key = arith.divui %{t}w, %{tag}cVPR : index\n          %{t}u = arith.remui %{t}w, %{tag}cVPR : index\n          %{t}k1 = arith.addi {k0}, %{t}key : index\n          %{t}k = arith.minui %{t}k1, %cSk1 : index\n          %{t}r = arith.muli %{t}k, %{tag}cVPR : index\n          %{t}e = arith.addi %{t}r, %{t}u : index\n          %{t}x = arith.addi %vwe, %{t}e : index"
-            );
+            let index = specialise(V_INDEX, &[("t", &t), ("tag", &tag), ("k0", &k0)]);
             let words = self.g.batch * self.g.sk * self.g.dv / 8;
             guarded_load(b, &t, &index, (2, words));
         }

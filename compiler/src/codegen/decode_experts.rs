@@ -23,9 +23,12 @@
 
 use super::experts_kernels::ExpertsOperands;
 use super::kernel_gen::{static_shape, warp_reduce, WARP};
+use super::template::specialise;
 use super::tensor_core_projection::TensorCoreProjection;
 use ppmoe_runtime::program::{DecodeTile, ExpertDims, ExpertLayout, Op, Program, DECODE_WARPS};
 use std::fmt::Write as _;
+
+const SLOT_OF: &str = include_str!("templates/slot_of.mlir");
 
 /// Bytes one lane reads of a weight column at once.
 const WORD_BYTES: usize = 16;
@@ -226,9 +229,7 @@ pub(super) fn slot_of() -> String {
 
 /// `slot_of`'s values for slot `slot` (an index value), each name suffixed `sfx`.
 fn slot_at_index(slot: &str, sfx: &str) -> String {
-    format!(
-        "          %idf{sfx} = memref.load %ids[{slot}] : memref<?xf32>\n          %id{sfx} = arith.fptosi %idf{sfx} : f32 to i64\n          %loc{sfx} = arith.subi %id{sfx}, %first64 : i64\n          %wv{sfx} = memref.load %w[{slot}] : memref<?xf32>\n          %nz{sfx} = arith.cmpf une, %wv{sfx}, %zero : f32\n          %ge{sfx} = arith.cmpi sge, %loc{sfx}, %z64 : i64\n          %lt{sfx} = arith.cmpi slt, %loc{sfx}, %cE64 : i64\n          %local{sfx} = arith.andi %ge{sfx}, %lt{sfx} : i1\n"
-    )
+    specialise(SLOT_OF, &[("sfx", &sfx), ("slot", &slot)])
 }
 
 /// `{prefix}_dgroup` over `s` slots and `e` local experts (`list_blocks` blocks of

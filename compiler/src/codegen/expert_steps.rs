@@ -6,8 +6,11 @@
 
 use super::experts_kernels::{experts_kernels, ExpertsOperands, Ffn};
 use super::kernel_gen::{dyn_kernel, static_shape, Lowered};
+use super::template::specialise;
 use ppmoe_runtime::program::{Instruction, Op, Program};
 use std::collections::HashMap;
+
+const EXPERT_BIAS: &str = include_str!("templates/expert_bias.mlir");
 
 /// Per instruction fused or made a step, how it runs; the steps' kernels appended to `funcs`.
 pub(super) fn plan(p: &Program, funcs: &mut String) -> HashMap<usize, Lowered> {
@@ -308,8 +311,9 @@ fn bias_rows_kernel(name: &str, h: usize, bf16: bool) -> String {
             "        memref.store %s, %out[%i] : memref<?xf32>\n",
         )
     };
-    let body = format!(
-        "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %eb = arith.muli %e, %h : index\n        %bo = arith.addi %eb, %c : index\n        %b = memref.load %bias[%bo] : memref<?xf32>\n{load}        %s = arith.addf %v, %b : f32\n{store}"
+    let body = specialise(
+        EXPERT_BIAS,
+        &[("h", &h), ("load", &load), ("store", &store)],
     );
     dyn_kernel(
         name,

@@ -9,6 +9,8 @@ use super::template::specialise;
 use ppmoe_runtime::program::{ExpertDims, Op, Program};
 use std::fmt::Write;
 
+const EXPERTS_GATHER: &str = include_str!("templates/experts_gather.mlir");
+
 /// The experts' FFN as the kernels need it: from `moe.experts`, or from PPMoE's
 /// `moe.expert_ffn`.
 pub(super) struct Ffn {
@@ -158,9 +160,9 @@ fn gather_kernels(out: &mut String, prefix: &str, h: usize, mid: Mid) {
         out.push_str(&gather_pairs_kernel(prefix, h));
         return;
     }
-    let g = format!(
-        "        %h = arith.constant {h} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %x[%s] : memref<?xf32>\n{}",
-        mid.store("v", "out", "i")
+    let g = specialise(
+        EXPERTS_GATHER,
+        &[("h", &h), ("store", &mid.store("v", "out", "i"))],
     );
     out.push_str(&dyn_kernel(
         &format!("{prefix}_gather"),
@@ -182,9 +184,7 @@ fn act_kernels(out: &mut String, prefix: &str, ffn: &Ffn, (f, n): (usize, usize)
         2 => return out.push_str(&act_pairs_kernel(prefix, f, n, gated, &math)),
         _ => {}
     }
-    let mut a = format!(
-        "        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %r = arith.divui %i, %f : index\n        %q = arith.remui %i, %f : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n"
-    );
+    let mut a = specialise(ACT_SETUP, &[("f", &f), ("n", &n)]);
     let load = |a: &mut String, col: &str, out: &str| {
         let _ = writeln!(a, "        %{out}_o = arith.addi %rb, {col} : index");
         a.push_str(&mid.load(&format!("{out}_h"), "hid", &format!("{out}_o")));
@@ -211,6 +211,9 @@ fn act_kernels(out: &mut String, prefix: &str, ffn: &Ffn, (f, n): (usize, usize)
 const COMBINE: &str = include_str!("templates/combine.mlir");
 /// The combine's body over bf16 rows, two columns a thread (`combine_pairs_kernel`).
 const COMBINE_PAIRS: &str = include_str!("templates/combine_pairs.mlir");
+const ACT_SETUP: &str = include_str!("templates/act_setup.mlir");
+const ACT_PAIRS_SETUP: &str = include_str!("templates/act_pairs_setup.mlir");
+const GATHER_PAIRS: &str = include_str!("templates/gather_pairs.mlir");
 
 /// combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
 fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usize), mid: Mid) {
@@ -403,10 +406,7 @@ fn bf16_bits(b: &mut String, v: &str, name: &str) {
 /// thread per two columns, the two f32 values rounded to bf16 and stored as one 4-byte word
 /// (the even column in its low half).
 fn gather_pairs_kernel(prefix: &str, h: usize) -> String {
-    let mut g = format!(
-        "        %h = arith.constant {h} : index\n        %hp = arith.constant {} : index\n        %c2 = arith.constant 2 : index\n        %c1 = arith.constant 1 : index\n        %r = arith.divui %i, %hp : index\n        %cp = arith.remui %i, %hp : index\n        %c = arith.muli %cp, %c2 : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %s1 = arith.addi %s, %c1 : index\n        %v0 = memref.load %x[%s] : memref<?xf32>\n        %v1 = memref.load %x[%s1] : memref<?xf32>\n",
-        h / 2
-    );
+    let mut g = specialise(GATHER_PAIRS, &[("h", &h), ("hp", &(h / 2))]);
     bf16_bits(&mut g, "%v0", "w0");
     bf16_bits(&mut g, "%v1", "w1");
     g.push_str("        %s16 = arith.constant 16 : i32\n        %hi = arith.shli %w1, %s16 : i32\n        %word = arith.ori %w0, %hi : i32\n        memref.store %word, %out[%i] : memref<?xi32>\n");
@@ -442,9 +442,7 @@ fn combine_pairs_kernel(prefix: &str, t: usize, h: usize, k: usize) -> String {
 /// `act_math`, made each column's own.
 fn act_pairs_kernel(prefix: &str, f: usize, n: usize, gated: bool, math: &str) -> String {
     let half = f / 2;
-    let mut a = format!(
-        "        %fh = arith.constant {half} : index\n        %f = arith.constant {f} : index\n        %nn = arith.constant {n} : index\n        %c2 = arith.constant 2 : index\n        %c1 = arith.constant 1 : index\n        %r = arith.divui %i, %fh : index\n        %qp = arith.remui %i, %fh : index\n        %q = arith.muli %qp, %c2 : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %rb = arith.muli %r, %nn : index\n        %eb = arith.muli %e, %nn : index\n        %zero = arith.constant 0.0 : f32\n        %c0 = arith.constant 0 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %s16 = arith.constant 16 : i32\n        %hmask = arith.constant -65536 : i32\n"
-    );
+    let mut a = specialise(ACT_PAIRS_SETUP, &[("half", &half), ("f", &f), ("n", &n)]);
     // The two columns of the gate (and of the up projection, F further on), with biases.
     let pair = |a: &mut String, col: &str, name: &str| {
         let _ = writeln!(

@@ -10,8 +10,12 @@
 //! generated yet; the plan names them).
 
 use super::experts_kernels::{combine_bits_kernel, experts_kernels, ExpertsOperands, Ffn};
+use super::template::specialise;
 use ppmoe_runtime::program::{BinaryFn, Buffer, Instruction, Op, Program, UnaryFn};
 use std::fmt::Write;
+
+const ROW_GATHER: &str = include_str!("templates/row_gather.mlir");
+const DYN_KERNEL: &str = include_str!("templates/dyn_kernel.mlir");
 
 /// How one instruction runs on the GPU (the runtime's own type: the bundle carries it).
 pub use ppmoe_runtime::program::GpuOp as Lowered;
@@ -256,9 +260,14 @@ pub(super) fn activation_expr(
 /// A kernel over `n` threads whose sizes come at launch (`memref<?x..>` and index operands).
 pub(super) fn dyn_kernel<S: AsRef<str>>(name: &str, params: &[S], n: &str, body: &str) -> String {
     let args: Vec<&str> = params.iter().map(AsRef::as_ref).collect();
-    format!(
-        "    gpu.func @{name}({}) kernel {{\n      %bid = gpu.block_id x\n      %bdim = gpu.block_dim x\n      %tid = gpu.thread_id x\n      %i0 = arith.muli %bid, %bdim : index\n      %i = arith.addi %i0, %tid : index\n{n}      %in = arith.cmpi ult, %i, %n : index\n      scf.if %in {{\n{body}      }}\n      gpu.return\n    }}\n",
-        args.join(", ")
+    specialise(
+        DYN_KERNEL,
+        &[
+            ("name", &name),
+            ("params", &args.join(", ")),
+            ("n", &n),
+            ("body", &body),
+        ],
     )
 }
 
@@ -679,9 +688,7 @@ fn embedding_kernel(p: &Program, idx: usize, name: &str) -> Option<String> {
         return None;
     }
     let copy = |name: &str, elem: &str| {
-        let body = format!(
-            "        %h = arith.constant {row} : index\n        %r = arith.divui %i, %h : index\n        %c = arith.remui %i, %h : index\n        %p32 = memref.load %ids[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %h : index\n        %s = arith.addi %s0, %c : index\n        %v = memref.load %table[%s] : memref<?x{elem}>\n        memref.store %v, %out[%i] : memref<?x{elem}>\n"
-        );
+        let body = specialise(ROW_GATHER, &[("row", &row), ("elem", &elem)]);
         dyn_kernel(
             name,
             &[

@@ -21,7 +21,10 @@
 //! Staged rows are 12 words (192 bytes) apart, so the 8 lanes of a load phase hit 32 distinct
 //! banks. A row's result does not depend on where the atomics of the slot lists placed it.
 
+use super::template::specialise;
 use std::fmt::Write as _;
+
+const TENSOR_CORE_KERNEL: &str = include_str!("templates/tensor_core_kernel.mlir");
 
 /// Rows of one pass (four m16 tiles).
 const PASS_ROWS: usize = 64;
@@ -137,10 +140,13 @@ impl TensorCoreProjection {
             let _ = writeln!(b, "          }}");
         }
         let _ = writeln!(b, "        }}\n      }}");
-        format!(
-            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>) workgroup(%xs: memref<{}xvector<4xi32>, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
-            self.name,
-            PASS_ROWS * ROW_WORDS
+        specialise(
+            TENSOR_CORE_KERNEL,
+            &[
+                ("name", &self.name),
+                ("pass_words", &(PASS_ROWS * ROW_WORDS)),
+                ("b", &b),
+            ],
         )
     }
 

@@ -41,7 +41,10 @@ mod geometry;
 mod persistent;
 mod producer;
 
+use super::template::specialise;
 use geometry::Geometry;
+
+const WARPGROUP_KERNEL: &str = include_str!("templates/warpgroup_kernel.mlir");
 
 /// Rows of one pass (two warpgroups of m64): a box of the runtime's sorted rows' tensor maps.
 const PASS_ROWS: usize = ppmoe_runtime::program::PP_TILE_ROWS;
@@ -196,9 +199,14 @@ impl WarpgroupProjection<'_> {
         // or the driver's JIT) fits a block on an SM: unstated, the driver's JIT gave the
         // staged epilogue more registers than 288 threads have (a launch out of resources).
         let threads = self.threads();
-        format!(
-            "    gpu.func @{}(%src: memref<?xvector<4xi32>>, %wt: memref<?xvector<4xi32>>, %lists: memref<?xi32>, %counts: memref<?xi32>, %dst: memref<?xbf16>{tmap}) kernel attributes {{nvvm.maxntid = array<i32: {threads}, 1, 1>}} {{\n{b}      gpu.return\n    }}\n",
-            self.name
+        specialise(
+            WARPGROUP_KERNEL,
+            &[
+                ("name", &self.name),
+                ("tmap", &tmap),
+                ("threads", &threads),
+                ("b", &b),
+            ],
         )
     }
 

@@ -1,0 +1,17 @@
+        %fh = arith.constant {{half}} : index
+        %f = arith.constant {{f}} : index
+        %nn = arith.constant {{n}} : index
+        %c2 = arith.constant 2 : index
+        %c1 = arith.constant 1 : index
+        %r = arith.divui %i, %fh : index
+        %qp = arith.remui %i, %fh : index
+        %q = arith.muli %qp, %c2 : index
+        %e32 = memref.load %rexp[%r] : memref<?xi32>
+        %e = arith.index_cast %e32 : i32 to index
+        %rb = arith.muli %r, %nn : index
+        %eb = arith.muli %e, %nn : index
+        %zero = arith.constant 0.0 : f32
+        %c0 = arith.constant 0 : index
+        %hb = arith.cmpi ne, %has_bias, %c0 : index
+        %s16 = arith.constant 16 : i32
+        %hmask = arith.constant -65536 : i32

@@ -1,0 +1,11 @@
+        %f = arith.constant {{f}} : index
+        %nn = arith.constant {{n}} : index
+        %r = arith.divui %i, %f : index
+        %q = arith.remui %i, %f : index
+        %e32 = memref.load %rexp[%r] : memref<?xi32>
+        %e = arith.index_cast %e32 : i32 to index
+        %rb = arith.muli %r, %nn : index
+        %eb = arith.muli %e, %nn : index
+        %zero = arith.constant 0.0 : f32
+        %c0 = arith.constant 0 : index
+        %hb = arith.cmpi ne, %has_bias, %c0 : index

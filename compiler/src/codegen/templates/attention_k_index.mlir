@@ -1,0 +1,9 @@
+          %{{t}}d = arith.divui %{{t}}w, %c4 : index
+          %{{t}}u = arith.remui %{{t}}w, %c4 : index
+          %{{t}}u8 = arith.muli %{{t}}u, %c8 : index
+          %{{t}}k1 = arith.addi {{k0}}, %{{t}}u8 : index
+          %{{t}}k = arith.minui %{{t}}k1, %{{tag}}cSk8 : index
+          %{{t}}r = arith.muli %{{t}}d, %cSk : index
+          %{{t}}e = arith.addi %{{t}}r, %{{t}}k : index
+          %{{t}}e8 = arith.divui %{{t}}e, %c8 : index
+          %{{t}}x = arith.addi %kwe, %{{t}}e8 : index

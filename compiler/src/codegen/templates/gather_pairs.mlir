@@ -1,0 +1,14 @@
+        %h = arith.constant {{h}} : index
+        %hp = arith.constant {{hp}} : index
+        %c2 = arith.constant 2 : index
+        %c1 = arith.constant 1 : index
+        %r = arith.divui %i, %hp : index
+        %cp = arith.remui %i, %hp : index
+        %c = arith.muli %cp, %c2 : index
+        %p32 = memref.load %perm[%r] : memref<?xi32>
+        %p = arith.index_cast %p32 : i32 to index
+        %s0 = arith.muli %p, %h : index
+        %s = arith.addi %s0, %c : index
+        %s1 = arith.addi %s, %c1 : index
+        %v0 = memref.load %x[%s] : memref<?xf32>
+        %v1 = memref.load %x[%s1] : memref<?xf32>
