@@ -54,3 +54,21 @@
 // JAX: "moe.route"
 // JAX: "moe.experts"
 // JAX-NOT: all_to_all
+
+// OLMoE: softmax then top-k, not renormalised.
+// RUN: %ppmoe inspect %fixtures/olmoe_block_dynamo/model.onnx --emit core > %t.olmoe.mlir
+// RUN: %ppmoe opt %t.olmoe.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=OLMOE
+// OLMOE: "moe.route"({{.*}}order = "softmax_then_topk", renormalize = false, {{.*}}scoring = "softmax", top_k = 2 : i64
+// OLMOE-NEXT: "moe.experts"({{.*}}) {activation = "swiglu"
+
+// GraniteMoE: top-k of the logits, then the softmax over the k.
+// RUN: %ppmoe inspect %fixtures/granitemoe_block_dynamo/model.onnx --emit core > %t.granite.mlir
+// RUN: %ppmoe opt %t.granite.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=GRANITE
+// GRANITE: "moe.route"({{.*}}order = "topk_then_softmax", renormalize = true, {{.*}}scoring = "softmax"
+// GRANITE-NEXT: "moe.experts"
+
+// Qwen3-MoE: softmax then top-k, renormalised (norm_topk_prob).
+// RUN: %ppmoe inspect %fixtures/qwen3moe_block_dynamo/model.onnx --emit core > %t.qwen3.mlir
+// RUN: %ppmoe opt %t.qwen3.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=QWEN3
+// QWEN3: "moe.route"({{.*}}order = "softmax_then_topk", renormalize = true, {{.*}}scoring = "softmax", top_k = 2 : i64
+// QWEN3-NEXT: "moe.experts"
