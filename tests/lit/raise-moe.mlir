@@ -17,7 +17,7 @@
 // QWEN2: "moe.experts"
 // The shared expert and its gate stay dense, added to the experts' sum.
 // QWEN2: "core.sigmoid"
-// QWEN2: arith.addf
+// QWEN2: linalg.map { arith.addf }
 
 // RUN: %ppmoe inspect %fixtures/deepseekv3_block_dynamo/model.onnx --emit core > %t.deepseek.mlir
 // RUN: %ppmoe opt %t.deepseek.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=DEEPSEEK

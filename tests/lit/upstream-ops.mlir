@@ -1,7 +1,8 @@
 // Instructions that upstream ops express exactly print as them, so MLIR checks their types: a
 // matmul of two matrices as linalg.matmul into a tensor.empty, a transpose and a softmax as
 // linalg ops, a concatenation and a reshape as tensor ops (axes counted from the end counted
-// from the front), f32 elementwise arithmetic of one type as arith / math ops, a cast to bf16
+// from the front), f32 elementwise arithmetic of one type as a linalg.map of the arith / math
+// op (linalg's ops carry upstream's sharding interface), a cast to bf16
 // as arith.truncf; a broadcasting add stays a core op. Read back, they are the same program
 // (the IR reprints as itself).
 
@@ -18,8 +19,10 @@
 // CHECK-LABEL: func.func @rank0(
 // CHECK: %[[INIT:.*]] = tensor.empty() : tensor<4x5xf32>
 // CHECK-NEXT: %[[MM:.*]] = linalg.matmul ins(%arg0, %arg1 : tensor<4x3xf32>, tensor<3x5xf32>) outs(%[[INIT]] : tensor<4x5xf32>) -> tensor<4x5xf32>
-// CHECK-NEXT: %[[E:.*]] = math.exp %[[MM]] : tensor<4x5xf32>
-// CHECK-NEXT: %[[S:.*]] = arith.addf %[[E]], %[[MM]] : tensor<4x5xf32>
+// CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
+// CHECK-NEXT: %[[E:.*]] = linalg.map { math.exp } ins(%[[MM]] : tensor<4x5xf32>) outs(
+// CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
+// CHECK-NEXT: %[[S:.*]] = linalg.map { arith.addf } ins(%[[E]], %[[MM]] : tensor<4x5xf32>, tensor<4x5xf32>) outs(
 // CHECK-NEXT: %[[B:.*]] = "core.add"(%[[S]], %arg2) : (tensor<4x5xf32>, tensor<5xf32>) -> tensor<4x5xf32>
 // CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
 // CHECK-NEXT: %[[P:.*]] = linalg.softmax dimension(1) ins(%[[B]] : tensor<4x5xf32>)

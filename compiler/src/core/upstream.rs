@@ -7,8 +7,10 @@
 //!   as `linalg.softmax`, each into a `tensor.empty`;
 //! - a concatenation as `tensor.concat`, a reshape to a static shape as `tensor.reshape` (the
 //!   shape an `arith.constant`);
-//! - f32 elementwise arithmetic whose operands and result have one type as `arith` and `math`
-//!   ops, and a float cast between f32 and half precision as `arith.extf` / `arith.truncf`
+//! - f32 elementwise arithmetic whose operands and result have one type as a `linalg.map` of
+//!   the `arith` or `math` op (linalg's ops carry upstream's sharding interface, which
+//!   `sharding-propagation` and `shard-partition` need; `arith` on tensors does not), and a
+//!   float cast between f32 and half precision as `arith.extf` / `arith.truncf`
 //!   (round to nearest even, as ppmoe rounds).
 //!
 //! An axis counted from the end prints (and reads back) counted from the front. Anything else
@@ -16,7 +18,9 @@
 //! rounding upstream's ops would place elsewhere) stays a `core` op.
 
 use melior::ir::attribute::{Attribute, IntegerAttribute};
+use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::RegionLike;
 use ppmoe_runtime::program::{BinaryFn, Buffer, Op, UnaryFn};
 use ppmoe_runtime::DType;
 
@@ -31,7 +35,7 @@ pub enum Upstream {
     Reshape(Vec<usize>),
     /// `arith.extf` or `arith.truncf`.
     Cast(&'static str),
-    /// An `arith` or `math` op over operands and a result of one type.
+    /// A `linalg.map` of an `arith` or `math` op, over operands and a result of one type.
     Elementwise(&'static str),
 }
 
@@ -133,7 +137,10 @@ pub fn upstream_lines(
             )
         }
         Upstream::Cast(name) => (vec![], format!("{result} = {name} {n} : {t} to {out}")),
-        Upstream::Elementwise(name) => (vec![], format!("{result} = \"{name}\"({n}) : ({t}) -> {out}")),
+        Upstream::Elementwise(name) => (
+            empty,
+            format!("{result} = linalg.map {{ {name} }} ins({n} : {t}) outs(%d{i} : {out})"),
+        ),
     }
 }
 
@@ -191,9 +198,21 @@ pub fn read_upstream(
         "arith.extf" | "arith.truncf" => result
             .map(|(to, _)| Op::Cast { to })
             .ok_or_else(|| format!("'{name}': expected a tensor result")),
-        _ => return read_elementwise(name).map(Ok),
+        "linalg.map" => map_body(op)
+            .and_then(|body| read_elementwise(&body))
+            .ok_or_else(|| format!("'{name}': its body is not one elementwise op ppmoe prints")),
+        _ => return None,
     };
     Some(read)
+}
+
+/// The name of the one op in a `linalg.map`'s body (before its `linalg.yield`).
+fn map_body(op: &OperationRef) -> Option<String> {
+    let block = op.region(0).ok()?.first_block()?;
+    let first = block.first_operation()?;
+    let yields = first.next_in_block()?;
+    let name = |o: &OperationRef| o.name().as_string_ref().as_str().ok().map(str::to_string);
+    (name(&yields)? == "linalg.yield").then(|| name(&first))?
 }
 
 fn read_elementwise(name: &str) -> Option<Op> {
