@@ -2,9 +2,10 @@
 // matmul of two matrices as linalg.matmul into a tensor.empty, a transpose and a softmax as
 // linalg ops, a concatenation and a reshape as tensor ops (axes counted from the end counted
 // from the front), f32 elementwise arithmetic of one type as a linalg.map of the arith / math
-// op (linalg's ops carry upstream's sharding interface), a cast to bf16
-// as arith.truncf; a broadcasting add stays a core op. Read back, they are the same program
-// (the IR reprints as itself).
+// op (linalg's ops carry upstream's sharding interface), a broadcasting add as a
+// linalg.generic whose indexing maps broadcast, a cast to bf16 as arith.truncf; a sigmoid
+// (no upstream op) stays a core op. Read back, they are the same program (the IR reprints as
+// itself).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -16,6 +17,7 @@
 // RUN: not %ppmoe opt %t.bad.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=BAD
 // BAD: error: {{.*}}bad.mlir: stage 'input': the IR does not verify: {{.*}}linalg.matmul
 
+// CHECK: [[BIAS:#map[0-9]*]] = affine_map<(d0, d1) -> (d1)>
 // CHECK-LABEL: func.func @rank0(
 // CHECK: %[[INIT:.*]] = tensor.empty() : tensor<4x5xf32>
 // CHECK-NEXT: %[[MM:.*]] = linalg.matmul ins(%arg0, %arg1 : tensor<4x3xf32>, tensor<3x5xf32>) outs(%[[INIT]] : tensor<4x5xf32>) -> tensor<4x5xf32>
@@ -23,9 +25,13 @@
 // CHECK-NEXT: %[[E:.*]] = linalg.map { math.exp } ins(%[[MM]] : tensor<4x5xf32>) outs(
 // CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
 // CHECK-NEXT: %[[S:.*]] = linalg.map { arith.addf } ins(%[[E]], %[[MM]] : tensor<4x5xf32>, tensor<4x5xf32>) outs(
-// CHECK-NEXT: %[[B:.*]] = "core.add"(%[[S]], %arg2) : (tensor<4x5xf32>, tensor<5xf32>) -> tensor<4x5xf32>
 // CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
-// CHECK-NEXT: %[[P:.*]] = linalg.softmax dimension(1) ins(%[[B]] : tensor<4x5xf32>)
+// CHECK-NEXT: %[[B:.*]] = linalg.generic {indexing_maps = [{{#map[0-9]*}}, [[BIAS]], {{#map[0-9]*}}], iterator_types = ["parallel", "parallel"]} ins(%[[S]], %arg2 : tensor<4x5xf32>, tensor<5xf32>) outs(
+// CHECK: arith.addf
+// CHECK: } -> tensor<4x5xf32>
+// CHECK-NEXT: %[[G:.*]] = "core.sigmoid"(%[[B]])
+// CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
+// CHECK-NEXT: %[[P:.*]] = linalg.softmax dimension(1) ins(%[[G]] : tensor<4x5xf32>)
 // CHECK-NEXT: tensor.empty() : tensor<5x4xf32>
 // CHECK-NEXT: %[[T:.*]] = linalg.transpose ins(%[[P]] : tensor<4x5xf32>) outs(%{{.*}} : tensor<5x4xf32>) permutation = [1, 0]
 // CHECK-NEXT: %[[C:.*]] = tensor.concat dim(1) %[[T]], %[[T]] : (tensor<5x4xf32>, tensor<5x4xf32>) -> tensor<5x8xf32>
@@ -39,7 +45,8 @@ module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mi
     %1 = "core.exp"(%0) : (tensor<4x5xf32>) -> tensor<4x5xf32> loc("e"("node_e"))
     %2 = "core.add"(%1, %0) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32> loc("s"("node_s"))
     %3 = "core.add"(%2, %b) : (tensor<4x5xf32>, tensor<5xf32>) -> tensor<4x5xf32> loc("bias"("node_bias"))
-    %4 = "core.softmax"(%3) {axis = -1 : i64, log = false} : (tensor<4x5xf32>) -> tensor<4x5xf32> loc("p"("node_p"))
+    %g = "core.sigmoid"(%3) : (tensor<4x5xf32>) -> tensor<4x5xf32> loc("g"("node_g"))
+    %4 = "core.softmax"(%g) {axis = -1 : i64, log = false} : (tensor<4x5xf32>) -> tensor<4x5xf32> loc("p"("node_p"))
     %5 = "core.transpose"(%4) {perm = array<i64: 1, 0>} : (tensor<4x5xf32>) -> tensor<5x4xf32> loc("t"("node_t"))
     %6 = "core.concat"(%5, %5) {axis = -1 : i64} : (tensor<5x4xf32>, tensor<5x4xf32>) -> tensor<5x8xf32> loc("c"("node_c"))
     %7 = "core.reshape_to"(%6) {shape = array<i64: 40>} : (tensor<5x8xf32>) -> tensor<40xf32> loc("r"("node_r"))

@@ -517,7 +517,7 @@ fn location_names(loc: Location, results: usize) -> (Vec<String>, String) {
 }
 
 /// A ranked tensor type as a buffer's element type and shape (`?` unknown).
-fn tensor_type(ty: Type) -> Result<(DType, Vec<Option<usize>>), String> {
+pub(crate) fn tensor_type(ty: Type) -> Result<(DType, Vec<Option<usize>>), String> {
     use melior::ir::r#type::{DimSize, ShapedTypeLike};
     let t = RankedTensorType::try_from(ty).map_err(|_| format!("{ty} is not a ranked tensor"))?;
     let dtype = element_dtype(&t.element().to_string())

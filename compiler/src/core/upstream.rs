@@ -9,18 +9,19 @@
 //!   shape an `arith.constant`);
 //! - f32 elementwise arithmetic whose operands and result have one type as a `linalg.map` of
 //!   the `arith` or `math` op (linalg's ops carry upstream's sharding interface, which
-//!   `sharding-propagation` and `shard-partition` need; `arith` on tensors does not), and a
-//!   float cast between f32 and half precision as `arith.extf` / `arith.truncf`
-//!   (round to nearest even, as ppmoe rounds).
+//!   `sharding-propagation` and `shard-partition` need; `arith` on tensors does not), f32
+//!   `add/sub/mul/div` with numpy broadcasting as a `linalg.generic` of the `arith` op whose
+//!   indexing maps broadcast each operand, and a float cast between f32 and half precision
+//!   as `arith.extf` / `arith.truncf` (round to nearest even, as ppmoe rounds).
 //!
 //! An axis counted from the end prints (and reads back) counted from the front. Anything else
-//! (numpy broadcasting, integer arithmetic, half-precision results of arithmetic, whose
-//! rounding upstream's ops would place elsewhere) stays a `core` op.
+//! (integer arithmetic, half-precision results of arithmetic, whose rounding upstream's ops
+//! would place elsewhere, a matmul that broadcasts its batch) stays a `core` op.
 
 use melior::ir::attribute::{Attribute, IntegerAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
-use melior::ir::RegionLike;
+use melior::ir::{RegionLike, ValueLike};
 use ppmoe_runtime::program::{BinaryFn, Buffer, Op, UnaryFn};
 use ppmoe_runtime::DType;
 
@@ -37,6 +38,13 @@ pub enum Upstream {
     Cast(&'static str),
     /// A `linalg.map` of an `arith` or `math` op, over operands and a result of one type.
     Elementwise(&'static str),
+    /// numpy broadcasting of f32 operands: a `linalg.generic` of the `arith` op, each operand
+    /// read through its indexing map (a broadcast dimension read at 0).
+    Broadcast {
+        op: &'static str,
+        maps: Vec<String>,
+        loops: usize,
+    },
 }
 
 /// The upstream form of `op` over `inputs` making `output`, where one fits.
@@ -52,7 +60,17 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
         Op::MatMul => matmul(inputs, output).map(Upstream::Matmul),
         Op::Binary { f } => {
             let name = binary_name(*f)?;
-            same_f32_type(inputs, output).then_some(Upstream::Elementwise(name))
+            if same_f32_type(inputs, output) {
+                return Some(Upstream::Elementwise(name));
+            }
+            let shapes: Vec<(DType, Vec<usize>)> = (inputs.iter().chain([&output]))
+                .map(|b| (b.dtype, b.shape.iter().flatten().copied().collect()))
+                .collect();
+            broadcast_maps(&shapes).map(|maps| Upstream::Broadcast {
+                op: name,
+                maps,
+                loops: output.shape.len(),
+            })
         }
         Op::Unary { f } => {
             let name = unary_name(*f)?;
@@ -137,6 +155,18 @@ pub fn upstream_lines(
             )
         }
         Upstream::Cast(name) => (vec![], format!("{result} = {name} {n} : {t} to {out}")),
+        Upstream::Broadcast { op, maps, loops } => {
+            let loops = vec!["\"parallel\""; *loops].join(", ");
+            let args: Vec<String> = (0..operands.len())
+                .map(|k| format!("%g{i}_{k}: f32 loc(unknown)"))
+                .collect();
+            let line = format!(
+                "{result} = linalg.generic {{indexing_maps = [{}], iterator_types = [{loops}]}} ins({n} : {t}) outs(%d{i} : {out}) {{\n    ^bb0({}, %g{i}_o: f32 loc(unknown)):\n      %g{i}_r = {op} %g{i}_0, %g{i}_1 : f32 loc(unknown)\n      linalg.yield %g{i}_r : f32 loc(unknown)\n    }} -> {out}",
+                maps.join(", "),
+                args.join(", ")
+            );
+            (empty, line)
+        }
         Upstream::Elementwise(name) => (
             empty,
             format!("{result} = linalg.map {{ {name} }} ins({n} : {t}) outs(%d{i} : {out})"),
@@ -198,12 +228,51 @@ pub fn read_upstream(
         "arith.extf" | "arith.truncf" => result
             .map(|(to, _)| Op::Cast { to })
             .ok_or_else(|| format!("'{name}': expected a tensor result")),
+        "linalg.generic" => read_broadcast(op),
         "linalg.map" => map_body(op)
             .and_then(|body| read_elementwise(&body))
             .ok_or_else(|| format!("'{name}': its body is not one elementwise op ppmoe prints")),
         _ => return None,
     };
     Some(read)
+}
+
+/// A `linalg.generic` ppmoe printed: one binary `arith` op over two operands, every loop
+/// parallel, the indexing maps numpy's broadcasting of the operands' types.
+fn read_broadcast(op: &OperationRef) -> Result<Op, String> {
+    let refuse = |what: &str| format!("'linalg.generic': {what}");
+    let f = map_body(op)
+        .and_then(|body| BINARY.iter().find(|(_, n)| *n == body).map(|(f, _)| *f))
+        .ok_or_else(|| refuse("its body is not one arith op ppmoe prints"))?;
+    let typed = |v: Result<melior::ir::Value, _>| {
+        v.ok()
+            .and_then(|v| super::read::tensor_type(v.r#type()).ok())
+            .and_then(|(d, shape)| Some((d, shape.into_iter().collect::<Option<Vec<_>>>()?)))
+    };
+    let shapes: Option<Vec<(DType, Vec<usize>)>> = (0..2)
+        .map(|k| typed(op.operand(k).map_err(|_| ())))
+        .chain([typed(op.result(0).map(Into::into).map_err(|_| ()))])
+        .collect();
+    let expected = shapes
+        .filter(|_| op.operand_count() == 3)
+        .and_then(|s| broadcast_maps(&s))
+        .ok_or_else(|| refuse("expected two f32 operands broadcast to the result"))?;
+    let maps = op
+        .attribute("indexing_maps")
+        .ok()
+        .and_then(|a| melior::ir::attribute::ArrayAttribute::try_from(a).ok())
+        .map(|a| {
+            (0..a.len())
+                .filter_map(|k| a.element(k).ok())
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+        });
+    if maps.as_ref() != Some(&expected) {
+        return Err(refuse(&format!(
+            "indexing maps {maps:?}, where broadcasting its operands takes {expected:?}"
+        )));
+    }
+    Ok(Op::Binary { f })
 }
 
 /// The name of the one op in a `linalg.map`'s body (before its `linalg.yield`).
@@ -252,6 +321,46 @@ fn binary_name(f: BinaryFn) -> Option<&'static str> {
 
 fn unary_name(f: UnaryFn) -> Option<&'static str> {
     UNARY.iter().find(|(g, _)| *g == f).map(|(_, n)| *n)
+}
+
+/// numpy broadcasting of f32 operands (each right-aligned to the result; a dimension of 1 read
+/// at 0) as `linalg.generic`'s indexing maps, the result's last; `shapes` holds the operands
+/// and then the result. None where the result has no loops or a dimension is not broadcast.
+fn broadcast_maps(shapes: &[(DType, Vec<usize>)]) -> Option<Vec<String>> {
+    let ((_, out), operands) = shapes.split_last()?;
+    let rank = out.len();
+    if rank == 0 || !shapes.iter().all(|(d, _)| *d == DType::F32) {
+        return None;
+    }
+    let dims: Vec<String> = (0..rank).map(|d| format!("d{d}")).collect();
+    let map = |of: &[usize]| -> Option<String> {
+        let lead = rank.checked_sub(of.len())?;
+        let exprs = (of.iter().enumerate())
+            .map(|(k, &n)| match n {
+                _ if n == out[lead + k] => Some(dims[lead + k].clone()),
+                1 => Some("0".to_string()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(format!(
+            "affine_map<({}) -> ({})>",
+            dims.join(", "),
+            exprs.join(", ")
+        ))
+    };
+    let mut maps = (operands.iter())
+        .map(|(_, of)| map(of))
+        .collect::<Option<Vec<_>>>()?;
+    // The result's every dimension comes from an operand that has it (or is 1).
+    let covered = (0..rank).all(|d| {
+        out[d] == 1
+            || operands.iter().any(|(_, of)| {
+                let lead = rank - of.len();
+                d >= lead && of[d - lead] == out[d]
+            })
+    });
+    maps.push(map(out)?);
+    covered.then_some(maps)
 }
 
 /// Every operand and the result f32, of one shape (no broadcasting).
@@ -304,6 +413,7 @@ mod tests {
         let inputs: Vec<&Buffer> = inputs.iter().collect();
         upstream_form(&op, &inputs, &output).map(|u| match u {
             Upstream::Matmul(n) | Upstream::Elementwise(n) | Upstream::Cast(n) => n,
+            Upstream::Broadcast { .. } => "linalg.generic",
             Upstream::Transpose(_) => "linalg.transpose",
             Upstream::Softmax(_) => "linalg.softmax",
             Upstream::Concat(_) => "tensor.concat",
@@ -332,7 +442,10 @@ mod tests {
             form(add.clone(), &[f(&[4]), f(&[4])], f(&[4])),
             Some("arith.addf")
         );
-        assert_eq!(form(add.clone(), &[f(&[4, 5]), f(&[5])], f(&[4, 5])), None);
+        let bias = form(add.clone(), &[f(&[4, 5]), f(&[5])], f(&[4, 5]));
+        assert_eq!(bias, Some("linalg.generic"));
+        // Not numpy-broadcastable to the result.
+        assert_eq!(form(add.clone(), &[f(&[4, 5]), f(&[3])], f(&[4, 5])), None);
         let ints = buffer(I64, &[4]);
         assert_eq!(form(add, &[ints.clone(), ints.clone()], ints), None);
         let pow = Op::Binary { f: BinaryFn::Pow };
@@ -350,6 +463,30 @@ mod tests {
         let reshape = |shape: Vec<usize>| form(Op::ReshapeTo { shape }, &[f(&[2, 3])], f(&[6]));
         assert_eq!(reshape(vec![6]), Some("tensor.reshape"));
         assert_eq!(reshape(vec![3, 2]), None);
+    }
+
+    #[test]
+    fn broadcasting_reads_each_operand_through_its_map() {
+        use DType::F32;
+        let maps = broadcast_maps(&[
+            (F32, vec![1, 16, 64]),
+            (F32, vec![1, 16, 1]),
+            (F32, vec![]),
+            (F32, vec![1, 16, 64]),
+        ])
+        .unwrap();
+        let map = |to: &str| format!("affine_map<(d0, d1, d2) -> ({to})>");
+        let want = [
+            map("d0, d1, d2"),
+            map("d0, d1, 0"),
+            map(""),
+            map("d0, d1, d2"),
+        ];
+        assert_eq!(maps, want);
+        // A dimension the result has that no operand gives, or another type: none.
+        assert_eq!(broadcast_maps(&[(F32, vec![4]), (F32, vec![3, 4])]), None);
+        let half = [(F32, vec![4]), (DType::BF16, vec![4])];
+        assert_eq!(broadcast_maps(&half), None);
     }
 
     #[test]
