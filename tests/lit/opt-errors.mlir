@@ -1,5 +1,6 @@
 // What `ppmoe opt` refuses, by name: an unknown pass, an option a pass does not take, a pass
-// that reads the model, a pass before what it needs, a pipeline that does not parse.
+// that reads the model, a pass before what it needs or on IR past what it transforms, a
+// pipeline that does not parse.
 
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(canonicalize)' 2>&1 | FileCheck %s --check-prefix=UNKNOWN
 // UNKNOWN: error: {{.*}}opt-errors.mlir: --pass-pipeline: no pass 'canonicalize'; the passes: ppmoe-import, ppmoe-lower-core, ppmoe-raise-moe, ppmoe-shard,
@@ -15,6 +16,12 @@
 
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-rewrite)' 2>&1 | FileCheck %s --check-prefix=ORDER
 // ORDER: error: stage 'ppmoe-rewrite' is not built yet; {{.*}}it needs ppmoe-shard first
+
+// A pass on IR past what it transforms: the first pass of a stage takes the stage before's IR.
+// RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-shard{tp=2})' 2>&1 | FileCheck %s --check-prefix=PAST
+// PAST: error: {{.*}}opt-errors.mlir: ppmoe-shard takes IR of stage 'moe'; this IR is at stage 'sharded'
+// RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-raise-moe)' 2>&1 | FileCheck %s --check-prefix=RAISED
+// RAISED: error: {{.*}}ppmoe-raise-moe takes IR of stage 'core'; this IR is at stage 'moe'
 
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2)' 2>&1 | FileCheck %s --check-prefix=PARSE
 // PARSE: error: {{.*}}--pass-pipeline: a '{' without its '}'

@@ -5,7 +5,7 @@
 //! from pass to pass, and what a later stage (kernels, the bundle) takes is read from the last.
 
 use super::pass_pipeline::{set_option, spelled_with_options};
-use super::{adopt, stage_text, Compilation, Pass, Stage};
+use super::{adopt, stage_text, Compilation, Pass, Stage, STAGES};
 use crate::core::header::{SOURCE, STAGE};
 use crate::error::CompileError;
 use melior::ir::block::BlockLike;
@@ -123,7 +123,10 @@ fn run_one(
 ) -> Result<(), CompileError> {
     let (stage, pass) = (scheduled.stage, scheduled.pass);
     let mut c = shared.c.borrow_mut();
-    adopt(&mut c, module).map_err(|reason| ir_error(&c, reason))?;
+    let at = adopt(&mut c, module).map_err(|reason| ir_error(&c, reason))?;
+    if let Some(reason) = past_its_input(stage, pass, &at) {
+        return Err(ir_error(&c, reason));
+    }
     for (key, value) in &scheduled.options {
         set_option(&mut c, key, value)
             .map_err(|e| ir_error(&c, format!("{}{{{key}={value}}}: {e}", pass.name)))?;
@@ -150,6 +153,22 @@ fn run_one(
         eprintln!("{}", ppmoe_dialect::print_with_locations(module));
     }
     Ok(())
+}
+
+/// Where the IR is past what `pass` transforms: the first pass of a stage takes the stage
+/// before's IR (ppmoe-shard the `moe` stage's), the others their own stage's. (IR before it
+/// is refused by the pass itself, which names the pass it needs first.)
+fn past_its_input(stage: &Stage, pass: &Pass, at: &str) -> Option<String> {
+    let position = |name: &str| STAGES.iter().position(|s| s.name == name);
+    let own = position(stage.name)?;
+    let first = stage.passes.first().map(|p| p.name) == Some(pass.name);
+    let takes = if first { own.checked_sub(1)? } else { own };
+    (position(at)? > takes).then(|| {
+        format!(
+            "{} takes IR of stage '{}'; this IR is at stage '{at}'",
+            pass.name, STAGES[takes].name
+        )
+    })
 }
 
 /// The module's header and body replaced by `fresh`'s (its operations moved, not copied).
