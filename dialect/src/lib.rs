@@ -112,6 +112,13 @@ pub fn print_module(module: &Module) -> String {
         .unwrap_or_else(|e| format!("// printing failed: {e}"))
 }
 
+/// `print_module` of a module operation (as a pass sees the module).
+pub fn print_operation(op: &OperationRef) -> String {
+    let flags = OperationPrintingFlags::new().elide_large_elements_attributes(16);
+    op.to_string_with_flags(flags)
+        .unwrap_or_else(|e| format!("// printing failed: {e}"))
+}
+
 /// `print_module` with every op's location (`loc(...)`, as aliases at the end): the form that
 /// reads back, locations naming the values.
 pub fn print_module_with_locations(module: &Module) -> String {

@@ -107,9 +107,10 @@ pub fn find_pass(name: &str) -> Option<(&'static Stage, &'static Pass)> {
         .find(|(_, p)| p.name == name)
 }
 
-/// The stages whose passes transform programs: they run as MLIR passes in one pass manager
-/// over the module (`pass_manager`), from the IR of the stage before them.
-pub const MODULE_STAGES: &[&str] = &["moe", "sharded", "pipelined"];
+/// The stages whose passes transform programs (and plan their kernels): they run as MLIR
+/// passes in one pass manager over the module (`pass_manager`), from the IR of the stage
+/// before them.
+pub const MODULE_STAGES: &[&str] = &["moe", "sharded", "pipelined", "kernels"];
 
 /// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
 pub const NOT_MLIR: &[&str] = &["ptx"];

@@ -1,11 +1,11 @@
-//! The program-level passes (`moe` to `pipelined`) as MLIR passes: each is an external pass,
+//! The program-level passes (`moe` to `pipelined`, and the kernel plan) as MLIR passes: each is an external pass,
 //! registered under its name, and a run of them is one MLIR `PassManager` over the module,
 //! which verifies the module after every pass. A pass takes its programs from the module
 //! (`adopt`), transforms them, and writes the module back in place; so the module is the IR
 //! from pass to pass, and what a later stage (kernels, the bundle) takes is read from the last.
 
 use super::pass_pipeline::{set_option, spelled_with_options};
-use super::{adopt, stage_text, Compilation, Pass, Stage, STAGES};
+use super::{adopt, stage_text, Compilation, Pass, Stage, READABLE, STAGES, WITH_LOCATIONS};
 use crate::core::header::{SOURCE, STAGE};
 use crate::error::CompileError;
 use melior::ir::block::BlockLike;
@@ -77,7 +77,11 @@ pub fn run_passes(
             diagnostics,
         });
     }
-    adopt(&mut c, &module.as_operation()).map_err(|reason| ir_error(&c, reason))?;
+    // The kernels stage's module is a plan, not programs: the programs it was planned from
+    // were taken from the pipelined module the pass began with.
+    if READABLE.contains(&*shared.stage.borrow()) {
+        adopt(&mut c, &module.as_operation()).map_err(|reason| ir_error(&c, reason))?;
+    }
     Ok(c)
 }
 
@@ -150,7 +154,12 @@ fn run_one(
             "// -----// IR Dump After {} ({}) //----- //",
             pass.name, stage.name
         );
-        eprintln!("{}", ppmoe_dialect::print_with_locations(module));
+        let text = if WITH_LOCATIONS.contains(&stage.name) {
+            ppmoe_dialect::print_with_locations(module)
+        } else {
+            ppmoe_dialect::print_operation(module)
+        };
+        eprintln!("{text}");
     }
     Ok(())
 }
