@@ -4,6 +4,8 @@
 
 pub use melior;
 
+mod guard;
+
 use melior::dialect::DialectRegistry;
 use melior::ir::operation::{OperationLike, OperationPrintingFlags, OperationRef};
 use melior::ir::Module;
@@ -64,7 +66,7 @@ fn parse<'c>(context: &'c Context, text: &str, verify: bool) -> Result<Module<'c
     if let Some(at) = text.find('\0') {
         return Err(format!("a NUL byte at offset {at}: not MLIR text"));
     }
-    check_result_numbers(text)?;
+    guard::check(text)?;
     let ((module, verified), messages) = with_diagnostics(context, || {
         let module = Module::parse(context, text);
         let verified = module
@@ -132,26 +134,4 @@ pub fn print_with_locations(op: &OperationRef) -> String {
         .enable_debug_info(true, false);
     op.to_string_with_flags(flags)
         .unwrap_or_else(|e| format!("// printing failed: {e}"))
-}
-
-/// A use of result `%v#N` with N past any op's result count: MLIR's parser aborts the process
-/// (out of memory) on a number near 2^31 instead of reporting it, so such text is refused here.
-fn check_result_numbers(text: &str) -> Result<(), String> {
-    const MAX_RESULT: u64 = 1 << 16;
-    let b = text.as_bytes();
-    for (at, _) in text.match_indices('#') {
-        let after_name = at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_');
-        let digits: String = text[at + 1..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .take(21)
-            .collect();
-        let too_large = digits.parse::<u64>().map_or(true, |n| n > MAX_RESULT);
-        if after_name && !digits.is_empty() && too_large {
-            return Err(format!(
-                "result number #{digits} at offset {at}: past any op's results (at most {MAX_RESULT})"
-            ));
-        }
-    }
-    Ok(())
 }

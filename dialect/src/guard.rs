@@ -1,0 +1,109 @@
+//! Text MLIR's parser does not survive: refused before it is parsed, by name. IR given as input
+//! is anyone's text, and a crash inside MLIR (C++) takes the process with it.
+
+/// Refuses what would crash MLIR 22's parser.
+pub fn check(text: &str) -> Result<(), String> {
+    check_result_numbers(text)?;
+    check_dense_clauses(text)
+}
+
+/// A use of result `%v#N` with N past any op's result count: MLIR's parser aborts the process
+/// (out of memory) on a number near 2^31 instead of reporting it, so such text is refused here.
+fn check_result_numbers(text: &str) -> Result<(), String> {
+    const MAX_RESULT: u64 = 1 << 16;
+    let b = text.as_bytes();
+    for (at, _) in text.match_indices('#') {
+        let after_name = at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_');
+        let digits: String = text[at + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .take(21)
+            .collect();
+        let too_large = digits.parse::<u64>().map_or(true, |n| n > MAX_RESULT);
+        if after_name && !digits.is_empty() && too_large {
+            return Err(format!(
+                "result number #{digits} at offset {at}: past any op's results (at most {MAX_RESULT})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// linalg's custom clauses `permutation = [..]` (transpose) and `dimensions = [..]` (broadcast,
+/// reduce): MLIR 22's parsers set a null attribute and crash when what follows `=` is not a
+/// well-formed list of integers (`permutation =<1x1> [1, 0]`, `[1, 0`, `[1, x]`). A key of an
+/// attribute dictionary (after `{` or `,`) goes through the generic parser, which reports.
+fn check_dense_clauses(text: &str) -> Result<(), String> {
+    for key in ["permutation", "dimensions"] {
+        for (at, _) in text.match_indices(key) {
+            let before = text[..at].trim_end();
+            let whole_word = !before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                && !text[at + key.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            let dictionary_key = before.ends_with('{') || before.ends_with(',');
+            let Some(value) = text[at + key.len()..].trim_start().strip_prefix('=') else {
+                continue;
+            };
+            if whole_word && !dictionary_key && !integer_list(value.trim_start()) {
+                return Err(format!(
+                    "'{key} =' at offset {at}: expected a list of integers in brackets"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` begins with `[`, integers separated by commas, `]`.
+fn integer_list(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix('[') else {
+        return false;
+    };
+    let Some(end) = rest.find(']') else {
+        return false;
+    };
+    let inner = rest[..end].trim();
+    inner.is_empty()
+        || inner.split(',').all(|n| {
+            let n = n.trim();
+            let digits = n.strip_prefix('-').unwrap_or(n);
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+
+    #[test]
+    fn clauses_mlir_crashes_on_are_refused_and_good_ones_pass() {
+        let op = |clause: &str| format!("%t = linalg.transpose ins(%a : t) outs(%d : t) {clause}");
+        for good in [
+            "permutation = [1, 0]",
+            "permutation = []",
+            "dimensions = [0]",
+        ] {
+            assert!(check(&op(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "permutation =<1x1> [1, 0]",
+            "permutation = [1, 0",
+            "permutation = [1, x]",
+            "permutation = array<i64: 1, 0>",
+            "dimensions = [,]",
+        ] {
+            assert!(check(&op(bad)).is_err(), "{bad}");
+        }
+        // Dictionary entries (the generic form) and other words are the generic parser's.
+        let generic = "\"linalg.transpose\"(%a, %d) <{permutation = array<i64: 1, 0>}>";
+        assert!(check(generic).is_ok());
+        assert!(check("{a = 1, dimensions = array<i64: 0>}").is_ok());
+        assert!(check("%permutations = foo").is_ok());
+    }
+
+    #[test]
+    fn result_numbers_past_any_ops_results_are_refused() {
+        assert!(check("%v#2147483647").is_err());
+        assert!(check("%v#1").is_ok());
+    }
+}
