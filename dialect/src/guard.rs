@@ -4,7 +4,8 @@
 /// Refuses what would crash MLIR 22's parser.
 pub fn check(text: &str) -> Result<(), String> {
     check_result_numbers(text)?;
-    check_dense_clauses(text)
+    check_dense_clauses(text)?;
+    check_concat_dims(text)
 }
 
 /// A use of result `%v#N` with N past any op's result count: MLIR's parser aborts the process
@@ -54,6 +55,45 @@ fn check_dense_clauses(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `tensor.concat`'s `dim`, custom (`dim(1)`) or generic (`<{dim = 1 : i64}>`): MLIR 22's
+/// verifier crashes on one that is negative as an i64 (`dim(-1)`,
+/// `dim(18446744073709551615)`). The first `dim` after each `tensor.concat` must be a
+/// decimal below 2^31.
+fn check_concat_dims(text: &str) -> Result<(), String> {
+    for (at, op) in text.match_indices("tensor.concat") {
+        let after = &text[at + op.len()..];
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let Some(key) = find_word(after, "dim") else {
+            continue;
+        };
+        let rest = after[key + 3..].trim_start();
+        let Some(rest) = rest.strip_prefix('(').or_else(|| rest.strip_prefix('=')) else {
+            continue;
+        };
+        let literal: String = (rest.trim_start().chars())
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '+')
+            .collect();
+        let small = literal.bytes().all(|b| b.is_ascii_digit())
+            && literal.parse::<u32>().is_ok_and(|d| d < 1 << 31);
+        if !small {
+            return Err(format!(
+                "tensor.concat at offset {at}: dim '{literal}' is not a dimension (a decimal below 2^31)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where `word` first occurs in `text` as a whole word.
+fn find_word(text: &str, word: &str) -> Option<usize> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).map(|(at, _)| at).find(|&at| {
+        !text[..at].ends_with(is_ident) && !text[at + word.len()..].starts_with(is_ident)
+    })
+}
+
 /// Whether `text` begins with `[`, integers separated by commas, `]`.
 fn integer_list(text: &str) -> bool {
     let Some(rest) = text.strip_prefix('[') else {
@@ -99,6 +139,27 @@ mod tests {
         assert!(check(generic).is_ok());
         assert!(check("{a = 1, dimensions = array<i64: 0>}").is_ok());
         assert!(check("%permutations = foo").is_ok());
+    }
+
+    #[test]
+    fn a_concat_dim_mlir_crashes_on_is_refused() {
+        let custom = |d: &str| format!("%c = tensor.concat dim({d}) %a, %b : (t, t) -> t");
+        let generic = |d: &str| format!("%c = \"tensor.concat\"(%a, %b) <{{dim = {d} : i64}}>");
+        for ok in ["0", "1", "7"] {
+            assert!(check(&custom(ok)).is_ok(), "{ok}");
+            assert!(check(&generic(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "-1",
+            "18446744073709551615",
+            "0xFFFFFFFFFFFFFFFF",
+            "2147483648",
+        ] {
+            assert!(check(&custom(bad)).is_err(), "{bad}");
+            assert!(check(&generic(bad)).is_err(), "{bad}");
+        }
+        // Another op's attribute named like it is not the concat's.
+        assert!(check("%c = tensor.concat_like dim(-1)").is_ok());
     }
 
     #[test]
