@@ -6,7 +6,6 @@
 
 use super::pass_pipeline::{set_option, spelled_with_options};
 use super::{adopt, stage_text, Compilation, Pass, Stage, READABLE, STAGES, WITH_LOCATIONS};
-use crate::core::header::{SOURCE, STAGE};
 use crate::error::CompileError;
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
@@ -185,9 +184,19 @@ fn replace_contents(module: &OperationRef, fresh: Module) {
     // SAFETY: the pass manager hands this pass the module to transform; nothing else holds a
     // reference into it while the pass runs.
     let mut target = unsafe { OperationRefMut::from_raw(module.to_raw()) };
-    for name in [STAGE, SOURCE] {
-        if let Ok(value) = fresh.as_operation().attribute(name) {
-            target.set_attribute(name, value);
+    // The header, and the kernels stage's `gpu.container_module`: the fresh module's
+    // attributes, and none of the old module's besides.
+    let name_of = |id: melior::ir::Identifier| id.as_string_ref().as_str().map(str::to_owned);
+    let old: Vec<String> = module
+        .attributes()
+        .filter_map(|(id, _)| name_of(id).ok())
+        .collect();
+    for name in old {
+        let _ = target.remove_attribute(&name);
+    }
+    for (id, value) in fresh.as_operation().attributes() {
+        if let Ok(name) = name_of(id) {
+            target.set_attribute(&name, value);
         }
     }
     let Some(body) = module.region(0).ok().and_then(|r| r.first_block()) else {
