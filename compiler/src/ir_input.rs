@@ -11,13 +11,11 @@ use crate::distribute::Grid;
 use crate::distribute::Strategy;
 use crate::error::CompileError;
 use crate::pipeline::{
-    adopt, check_run, parse_pass_pipeline, run_passes, run_with, Compilation, Options,
-    MODULE_STAGES, STAGES,
+    adopt, check_readable, check_run, parse_pass_pipeline, run_passes, run_with, Compilation,
+    Options, MODULE_STAGES, STAGES,
 };
 use std::io::Read;
 use std::path::{Path, PathBuf};
-
-pub use crate::pipeline::READABLE;
 
 /// Whether `path` holds IR that ppmoe printed: MLIR text whose module (after comments and
 /// alias definitions such as `#loc = loc(unknown)`) has attributes naming its stage.
@@ -60,12 +58,7 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
     let module = module.as_operation();
     let mut header = IrHeader::read(&module).map_err(fail)?;
     let stage = header.stage.clone();
-    if !READABLE.contains(&stage.as_str()) {
-        return Err(fail(format!(
-            "IR of stage '{stage}' does not read back yet; IR of these stages does: {}",
-            READABLE.join(", ")
-        )));
-    }
+    check_readable(&stage).map_err(fail)?;
     check_flags(&c.options, &header).map_err(fail)?;
     let later = matches!(stage.as_str(), "sharded" | "pipelined");
     relative_to(&mut header, &path);

@@ -38,9 +38,7 @@ fn check_dense_clauses(text: &str) -> Result<(), String> {
     for key in ["permutation", "dimensions"] {
         for (at, _) in text.match_indices(key) {
             let before = text[..at].trim_end();
-            let whole_word = !before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                && !text[at + key.len()..]
-                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            let whole_word = is_word_at(text, at, key.len());
             let dictionary_key = before.ends_with('{') || before.ends_with(',');
             let Some(value) = text[at + key.len()..].trim_start().strip_prefix('=') else {
                 continue;
@@ -61,10 +59,10 @@ fn check_dense_clauses(text: &str) -> Result<(), String> {
 /// decimal below 2^31.
 fn check_concat_dims(text: &str) -> Result<(), String> {
     for (at, op) in text.match_indices("tensor.concat") {
-        let after = &text[at + op.len()..];
-        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+        if !is_word_at(text, at, op.len()) {
             continue;
         }
+        let after = &text[at + op.len()..];
         let Some(key) = find_word(after, "dim") else {
             continue;
         };
@@ -88,10 +86,15 @@ fn check_concat_dims(text: &str) -> Result<(), String> {
 
 /// Where `word` first occurs in `text` as a whole word.
 fn find_word(text: &str, word: &str) -> Option<usize> {
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    text.match_indices(word).map(|(at, _)| at).find(|&at| {
-        !text[..at].ends_with(is_ident) && !text[at + word.len()..].starts_with(is_ident)
-    })
+    (text.match_indices(word))
+        .map(|(at, _)| at)
+        .find(|&at| is_word_at(text, at, word.len()))
+}
+
+/// Whether the `len` bytes at `at` are a whole word: no identifier character either side.
+fn is_word_at(text: &str, at: usize, len: usize) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    !text[..at].ends_with(ident) && !text[at + len..].starts_with(ident)
 }
 
 /// Whether `text` begins with `[`, integers separated by commas, `]`.

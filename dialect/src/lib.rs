@@ -107,11 +107,7 @@ pub fn with_diagnostics<T>(context: &Context, f: impl FnOnce() -> T) -> (T, Stri
 
 /// Prints a module with large constants elided (`dense_resource<__elided__>`), as `--emit` does.
 pub fn print_module(module: &Module) -> String {
-    let flags = OperationPrintingFlags::new().elide_large_elements_attributes(16);
-    module
-        .as_operation()
-        .to_string_with_flags(flags)
-        .unwrap_or_else(|e| format!("// printing failed: {e}"))
+    print_operation(&module.as_operation())
 }
 
 /// `print_module` of a module operation (as a pass sees the module).

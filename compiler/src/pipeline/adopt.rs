@@ -21,18 +21,24 @@ pub const READABLE: &[&str] = &["core", "moe", "sharded", "pipelined"];
 /// stage. The compilation must hold that stage (its weights are what the programs take).
 pub fn adopt(c: &mut Compilation, module: &OperationRef) -> Result<String, String> {
     let stage = IrHeader::read(module)?.stage;
-    if !READABLE.contains(&stage.as_str()) {
-        return Err(format!(
-            "IR of stage '{stage}' does not read back yet; IR of these stages does: {}",
-            READABLE.join(", ")
-        ));
-    }
+    check_readable(&stage)?;
     let read = read_programs_marked(module)?;
     match stage.as_str() {
         "core" | "moe" => adopt_one(c, read, &stage)?,
         _ => adopt_ranks(c, read, &stage)?,
     }
     Ok(stage)
+}
+
+/// Whether IR of `stage` reads back; the error names the stages whose IR does.
+pub fn check_readable(stage: &str) -> Result<(), String> {
+    if READABLE.contains(&stage) {
+        return Ok(());
+    }
+    Err(format!(
+        "IR of stage '{stage}' does not read back yet; IR of these stages does: {}",
+        READABLE.join(", ")
+    ))
 }
 
 /// The `core` or `moe` stage's one program (and, at `core`, the few-token program numbered as

@@ -9,7 +9,7 @@ mod pass_pipeline;
 mod printing;
 mod steps;
 
-pub use adopt::{adopt, READABLE};
+pub use adopt::{adopt, check_readable, READABLE};
 pub use pass_manager::{run_passes, Scheduled};
 pub(crate) use pass_pipeline::check_run;
 pub use pass_pipeline::{opt, parse_pass_pipeline, PassRun};
@@ -280,19 +280,23 @@ pub(crate) fn run_pass(
     tracing::debug!("pass {}", pass.name);
     (pass.run)(c)?;
     if c.options.print_ir_after_all {
-        let text = printed(c, stage)?;
-        eprintln!(
-            "// -----// IR Dump After {} ({}) //----- //",
-            pass.name, stage.name
-        );
-        eprintln!("{text}");
+        print_dump(pass, stage, &printed(c, stage)?);
     }
     Ok(())
 }
 
+/// `--print-ir-after-all`'s dump of the IR after `pass`, headed as mlir-opt heads its own.
+fn print_dump(pass: &Pass, stage: &Stage, text: &str) {
+    eprintln!(
+        "// -----// IR Dump After {} ({}) //----- //",
+        pass.name, stage.name
+    );
+    eprintln!("{text}");
+}
+
 /// The stage's IR verified by MLIR (the `moe` ops against their IRDL definitions, `shard` ops
-/// against upstream's): what `compile` ships is IR that verifies. The kernels are verified where
-/// they are lowered (`ptx`); the `onnx` stage's text is the reader's own print.
+/// against upstream's): what `compile` ships is IR that verifies. The stages in the pass manager
+/// are verified after every pass there; the `onnx` stage's text is the reader's own print.
 fn verify(c: &Compilation, stage: &Stage) -> Result<(), CompileError> {
     if WITH_LOCATIONS.contains(&stage.name) {
         printed(c, stage)?;
@@ -318,14 +322,8 @@ fn printed(c: &Compilation, stage: &Stage) -> Result<String, CompileError> {
         return Ok(text);
     }
     let context = ppmoe_dialect::context();
-    let module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
-        CompileError::Verify {
-            // IR given as input is what did not verify, not the model its weights come from.
-            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
-            stage: stage.name.into(),
-            diagnostics,
-        }
-    })?;
+    let module = ppmoe_dialect::parse_verified(&context, &text)
+        .map_err(|diagnostics| c.verify_error(stage.name, diagnostics))?;
     Ok(if WITH_LOCATIONS.contains(&stage.name) {
         ppmoe_dialect::print_module_with_locations(&module)
     } else {
@@ -345,6 +343,23 @@ pub fn emit(c: Compilation, stage: &str) -> Result<(String, Compilation), Compil
 }
 
 impl Compilation {
+    /// The file an error names: the IR given as input where there is one (it is what did not
+    /// verify, not the model its weights come from), else the model.
+    pub(crate) fn error_path(&self) -> PathBuf {
+        self.ir_input
+            .clone()
+            .unwrap_or_else(|| self.options.path.clone())
+    }
+
+    /// MLIR's diagnostics on the IR of `stage`, with the file they are about.
+    pub(crate) fn verify_error(&self, stage: &str, diagnostics: String) -> CompileError {
+        CompileError::Verify {
+            path: self.error_path(),
+            stage: stage.into(),
+            diagnostics,
+        }
+    }
+
     pub fn new(path: &Path, input_shapes: &[(String, Vec<i64>)]) -> Compilation {
         Compilation {
             options: Options {

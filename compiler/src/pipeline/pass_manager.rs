@@ -1,11 +1,13 @@
-//! The program-level passes (`moe` to `pipelined`, and the kernel plan) as MLIR passes: each is an external pass,
-//! registered under its name, and a run of them is one MLIR `PassManager` over the module,
-//! which verifies the module after every pass. A pass takes its programs from the module
-//! (`adopt`), transforms them, and writes the module back in place; so the module is the IR
-//! from pass to pass, and what a later stage (kernels, the bundle) takes is read from the last.
+//! The program-level passes (`moe` to `pipelined`, and the kernel plan) as MLIR passes: each
+//! is an external pass, registered under its name, and a run of them is one MLIR `PassManager`
+//! over the module, which verifies the module after every pass. A pass takes its programs from
+//! the module (`adopt`), transforms them, and writes the module back in place; so the module is
+//! the IR from pass to pass, and what a later stage (kernels, the bundle) takes is read from it.
 
 use super::pass_pipeline::{set_option, spelled_with_options};
-use super::{adopt, stage_text, Compilation, Pass, Stage, READABLE, STAGES, WITH_LOCATIONS};
+use super::{
+    adopt, print_dump, stage_text, Compilation, Pass, Stage, READABLE, STAGES, WITH_LOCATIONS,
+};
 use crate::error::CompileError;
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
@@ -45,13 +47,8 @@ pub fn run_passes(
 ) -> Result<Compilation, CompileError> {
     let context = ppmoe_dialect::context();
     let text = stage_text(&c, start)?;
-    let mut module = ppmoe_dialect::parse_verified(&context, &text).map_err(|diagnostics| {
-        CompileError::Verify {
-            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
-            stage: start.name.into(),
-            diagnostics,
-        }
-    })?;
+    let mut module = ppmoe_dialect::parse_verified(&context, &text)
+        .map_err(|diagnostics| c.verify_error(start.name, diagnostics))?;
     let shared = Shared {
         c: RefCell::new(c),
         error: RefCell::new(None),
@@ -70,11 +67,7 @@ pub fn run_passes(
         return Err(error);
     }
     if result.is_err() {
-        return Err(CompileError::Verify {
-            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
-            stage: (*shared.stage.borrow()).into(),
-            diagnostics,
-        });
+        return Err(c.verify_error(&shared.stage.borrow(), diagnostics));
     }
     // The kernels stage's module is a plan, not programs: the programs it was planned from
     // were taken from the pipelined module the pass began with.
@@ -139,26 +132,17 @@ fn run_one(
     let spelled = spelled_with_options(pass, &c.options);
     c.history.push(spelled);
     let text = stage_text(&c, stage)?;
-    let fresh = ppmoe_dialect::parse_verified(context, &text).map_err(|diagnostics| {
-        CompileError::Verify {
-            path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
-            stage: stage.name.into(),
-            diagnostics,
-        }
-    })?;
+    let fresh = ppmoe_dialect::parse_verified(context, &text)
+        .map_err(|diagnostics| c.verify_error(stage.name, diagnostics))?;
     replace_contents(module, fresh);
     *shared.stage.borrow_mut() = stage.name;
     if c.options.print_ir_after_all {
-        eprintln!(
-            "// -----// IR Dump After {} ({}) //----- //",
-            pass.name, stage.name
-        );
         let text = if WITH_LOCATIONS.contains(&stage.name) {
             ppmoe_dialect::print_with_locations(module)
         } else {
             ppmoe_dialect::print_operation(module)
         };
-        eprintln!("{text}");
+        print_dump(pass, stage, &text);
     }
     Ok(())
 }
@@ -217,7 +201,7 @@ fn replace_contents(module: &OperationRef, fresh: Module) {
 
 fn ir_error(c: &Compilation, reason: String) -> CompileError {
     CompileError::Ir {
-        path: c.ir_input.clone().unwrap_or_else(|| c.options.path.clone()),
+        path: c.error_path(),
         reason,
     }
 }
