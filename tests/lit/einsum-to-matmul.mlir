@@ -6,7 +6,9 @@
 
 // CHECK-LABEL: func.func @rank0(
 // CHECK-NOT: "core.einsum"
-// CHECK: %[[INIT:.*]] = tensor.empty() : tensor<2x3x5xf32>
+// CHECK: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+// CHECK-NEXT: %[[EMPTY:.*]] = tensor.empty() : tensor<2x3x5xf32>
+// CHECK-NEXT: %[[INIT:.*]] = linalg.fill ins(%[[ZERO]] : f32) outs(%[[EMPTY]] : tensor<2x3x5xf32>) -> tensor<2x3x5xf32>
 // CHECK-NEXT: linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<2x3x4xf32>, tensor<2x4x5xf32>) outs(%[[INIT]] : tensor<2x3x5xf32>) -> tensor<2x3x5xf32>
 // CHECK-NOT: "core.einsum"
 

@@ -15,8 +15,11 @@
 // RUN: %ppmoe opt %t.qwen2.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=QWEN2
 // QWEN2: "moe.route"({{.*}}renormalize = false
 // QWEN2: "moe.experts"
-// The shared expert and its gate stay dense, added to the experts' sum.
-// QWEN2: "core.sigmoid"
+// The shared expert and its gate stay dense, added to the experts' sum: its SiLU's sigmoid a
+// linalg.map of upstream's arith and math ops.
+// QWEN2: linalg.map ins(
+// QWEN2: arith.negf
+// QWEN2-NEXT: math.exp
 // QWEN2: linalg.map { arith.addf }
 
 // RUN: %ppmoe inspect %fixtures/deepseekv3_block_dynamo/model.onnx --emit core > %t.deepseek.mlir

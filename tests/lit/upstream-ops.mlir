@@ -1,10 +1,11 @@
 // Instructions that upstream ops express exactly print as them, so MLIR checks their types: a
-// matmul of two matrices as linalg.matmul into a tensor.empty, a transpose and a softmax as
+// matmul of two matrices as linalg.matmul into a zero linalg.fill (linalg's matmul adds to its
+// destination), a transpose and a softmax as
 // linalg ops, a concatenation and a reshape as tensor ops (axes counted from the end counted
 // from the front), f32 elementwise arithmetic of one type as a linalg.map of the arith / math
 // op (linalg's ops carry upstream's sharding interface), a broadcasting add as a
-// linalg.generic whose indexing maps broadcast, a cast to bf16 as arith.truncf; a sigmoid
-// (no upstream op) stays a core op. Read back, they are the same program (the IR reprints as
+// linalg.generic whose indexing maps broadcast, a sigmoid (no upstream op) as a linalg.map of
+// negf, exp, addf and divf, a cast to bf16 as arith.truncf. Read back, they are the same program (the IR reprints as
 // itself).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
@@ -17,9 +18,16 @@
 // RUN: not %ppmoe opt %t.bad.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=BAD
 // BAD: error: {{.*}}bad.mlir: stage 'input': the IR does not verify: {{.*}}linalg.matmul
 
+// A matmul into a bare tensor.empty (adding to undefined values) is refused as it is read.
+// RUN: sed 's/outs(%1 : tensor<4x5xf32>)/outs(%0 : tensor<4x5xf32>)/' %t.mlir > %t.nofill.mlir
+// RUN: not %ppmoe opt %t.nofill.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=NOFILL
+// NOFILL: error: {{.*}}nofill.mlir: {{.*}}linalg.matmul{{.*}}expected a zero linalg.fill
+
 // CHECK: [[BIAS:#map[0-9]*]] = affine_map<(d0, d1) -> (d1)>
 // CHECK-LABEL: func.func @rank0(
-// CHECK: %[[INIT:.*]] = tensor.empty() : tensor<4x5xf32>
+// CHECK: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+// CHECK-NEXT: %[[EMPTY:.*]] = tensor.empty() : tensor<4x5xf32>
+// CHECK-NEXT: %[[INIT:.*]] = linalg.fill ins(%[[ZERO]] : f32) outs(%[[EMPTY]] : tensor<4x5xf32>) -> tensor<4x5xf32>
 // CHECK-NEXT: %[[MM:.*]] = linalg.matmul ins(%arg0, %arg1 : tensor<4x3xf32>, tensor<3x5xf32>) outs(%[[INIT]] : tensor<4x5xf32>) -> tensor<4x5xf32>
 // CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
 // CHECK-NEXT: %[[E:.*]] = linalg.map { math.exp } ins(%[[MM]] : tensor<4x5xf32>) outs(
@@ -29,7 +37,16 @@
 // CHECK-NEXT: %[[B:.*]] = linalg.generic {indexing_maps = [{{#map[0-9]*}}, [[BIAS]], {{#map[0-9]*}}], iterator_types = ["parallel", "parallel"]} ins(%[[S]], %arg2 : tensor<4x5xf32>, tensor<5xf32>) outs(
 // CHECK: arith.addf
 // CHECK: } -> tensor<4x5xf32>
-// CHECK-NEXT: %[[G:.*]] = "core.sigmoid"(%[[B]])
+// CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
+// CHECK-NEXT: %[[G:.*]] = linalg.map ins(%[[B]] : tensor<4x5xf32>) outs(
+// CHECK-NEXT: (%[[IN:.*]]: f32 {{.*}}, %{{.*}}: f32 {{.*}}) {
+// CHECK-NEXT: %[[NEG:.*]] = arith.negf %[[IN]] : f32
+// CHECK-NEXT: %[[EXP:.*]] = math.exp %[[NEG]] : f32
+// CHECK-NEXT: %[[ONE:.*]] = arith.constant 1.000000e+00 : f32
+// CHECK-NEXT: %[[DEN:.*]] = arith.addf %[[ONE]], %[[EXP]] : f32
+// CHECK-NEXT: %[[SIG:.*]] = arith.divf %[[ONE]], %[[DEN]] : f32
+// CHECK-NEXT: linalg.yield %[[SIG]] : f32
+// CHECK-NEXT: }
 // CHECK-NEXT: tensor.empty() : tensor<4x5xf32>
 // CHECK-NEXT: %[[P:.*]] = linalg.softmax dimension(1) ins(%[[G]] : tensor<4x5xf32>)
 // CHECK-NEXT: tensor.empty() : tensor<5x4xf32>

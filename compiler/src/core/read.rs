@@ -15,7 +15,7 @@ use melior::ir::attribute::{
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::r#type::RankedTensorType;
-use melior::ir::{Location, RegionLike, Type, ValueLike};
+use melior::ir::{Location, RegionLike, Type, TypeLike, ValueLike};
 use mlir_sys::MlirStringRef;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use ppmoe_runtime::DType;
@@ -64,7 +64,7 @@ pub fn read_programs_marked(module: &OperationRef) -> Result<Vec<ReadProgram>, S
     while let Some(op) = next {
         next = op.next_in_block();
         match op_name(&op).as_str() {
-            "func.func" => programs.push(read_function(&op, grid)?),
+            "func.func" => programs.push(read_function(&op, grid, None)?),
             // The grid the later stages' collectives name: read above.
             "shard.grid" => {}
             other => return Err(format!("the module holds '{other}'; expected func.func")),
@@ -105,15 +105,35 @@ pub fn read_grid(module: &OperationRef) -> Result<Grid, String> {
     Ok(Grid::ONE)
 }
 
-fn read_function(f: &OperationRef, grid: Grid) -> Result<ReadProgram, String> {
+/// The module's one function, partitioned by upstream's `shard-partition` (one function for
+/// every process of the grid), read as the program of process `rank`: the process's index
+/// and the grid's sizes known, the branches on them taken.
+pub fn read_partitioned(module: &OperationRef, rank: usize) -> Result<Program, String> {
+    let grid = read_grid(module)?;
+    let mut next = body(module)?.first_operation();
+    while let Some(op) = next {
+        next = op.next_in_block();
+        if op_name(&op) == "func.func" {
+            return Ok(read_function(&op, grid, Some(rank))?.program);
+        }
+    }
+    Err("the module holds no func.func".into())
+}
+
+/// `f` as a program: of the rank its name gives (`@rank<N>`), or of `as_rank` for a
+/// partitioned function.
+fn read_function(
+    f: &OperationRef,
+    grid: Grid,
+    as_rank: Option<usize>,
+) -> Result<ReadProgram, String> {
     let name = f
         .attribute("sym_name")
         .ok()
         .and_then(attribute_text)
         .unwrap_or_default();
-    let rank = name
-        .strip_prefix("rank")
-        .and_then(|n| n.parse::<usize>().ok())
+    let rank = as_rank
+        .or_else(|| name.strip_prefix("rank").and_then(|n| n.parse::<usize>().ok()))
         .ok_or_else(|| format!("function @{name}: expected @rank<N>"))?;
     let at = |what: String| format!("@{name}: {what}");
     let mut reader = FunctionReader {
@@ -124,6 +144,7 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<ReadProgram, String> {
         },
         values: HashMap::new(),
         empties: HashSet::new(),
+        known: Known::default(),
         rank: 0,
         grid: Grid::ONE,
     };
@@ -168,28 +189,12 @@ fn read_function(f: &OperationRef, grid: Grid) -> Result<ReadProgram, String> {
     }
     reader.rank = rank;
     reader.grid = grid;
-    let mut next = block.first_operation();
     let mut index = 0;
-    while let Some(op) = next {
-        next = op.next_in_block();
-        // A receive's operand (ppmoe's runtime needs none), an upstream op's destination or a
-        // reshape's shape: not an instruction.
-        if OPERAND_ONLY.contains(&op_name(&op).as_str()) {
-            reader
-                .empties
-                .insert(op.result(0).map_err(|e| at(e.to_string()))?.to_raw().ptr as usize);
-            continue;
-        }
-        if op_name(&op) == "func.return" {
-            reader
-                .outputs(&op, &list(f, "res_attrs"))
-                .map_err(|e| at(format!("func.return: {e}")))?;
-            break;
-        }
-        reader
-            .instruction(&op, index)
-            .map_err(|e| at(format!("op {index} ({}): {e}", op_name(&op))))?;
-        index += 1;
+    match reader.read_block(block, &mut index).map_err(at)? {
+        BlockEnd::Return(ret) => reader
+            .outputs(&ret, &list(f, "res_attrs"))
+            .map_err(|e| at(format!("func.return: {e}")))?,
+        BlockEnd::Yield(_) => return Err(at("scf.yield outside an scf.if".into())),
     }
     let mut p = reader.program;
     if let Ok(coords) = f.attribute("ppmoe.coords") {
@@ -209,13 +214,179 @@ struct FunctionReader {
     program: Program,
     /// Each SSA value (by its MLIR handle) as a buffer.
     values: HashMap<usize, BufferId>,
-    /// The `tensor.empty` values receives take.
+    /// The values that are no buffer: a destination (`tensor.empty`, a matmul's zero fill), a
+    /// reshape's shape, a receive's operand.
     empties: HashSet<usize>,
+    known: Known,
     rank: usize,
     grid: Grid,
 }
 
+/// What the reader knows of the values that are no tensors: index values (a partitioned
+/// function's process index, the grid's sizes, constants), their comparisons, the zero
+/// constants and the zero fills.
+#[derive(Default)]
+struct Known {
+    indices: HashMap<usize, i64>,
+    conditions: HashMap<usize, bool>,
+    zero_scalars: HashSet<usize>,
+    zero_fills: HashSet<usize>,
+}
+
+/// How a block ends: the function's `func.return`, or an `scf.if` branch's `scf.yield` (its
+/// operands' handles).
+enum BlockEnd<'c, 'a> {
+    Return(OperationRef<'c, 'a>),
+    Yield(Vec<usize>),
+}
+
+fn handle<'c>(v: impl ValueLike<'c>) -> usize {
+    v.to_raw().ptr as usize
+}
+
 impl FunctionReader {
+    /// Reads `block`'s ops as instructions (`index` counts them, for the errors) up to its
+    /// terminator.
+    fn read_block<'c, 'a>(
+        &mut self,
+        block: BlockRef<'c, 'a>,
+        index: &mut usize,
+    ) -> Result<BlockEnd<'c, 'a>, String> {
+        let mut next = block.first_operation();
+        while let Some(op) = next {
+            next = op.next_in_block();
+            let name = op_name(&op);
+            let at = *index;
+            let here = |e: String| format!("op {at} ({name}): {e}");
+            match name.as_str() {
+                "func.return" => return Ok(BlockEnd::Return(op)),
+                "scf.yield" => return Ok(BlockEnd::Yield(op.operands().map(handle).collect())),
+                "scf.if" => self.branch(&op, index).map_err(here)?,
+                _ if self.index_op(&op, &name).map_err(here)? => {}
+                // A receive's operand (ppmoe's runtime needs none), an upstream op's
+                // destination or a reshape's shape: not an instruction.
+                _ if OPERAND_ONLY.contains(&name.as_str()) => {
+                    self.operand_only(&op, &name).map_err(here)?
+                }
+                _ => {
+                    self.instruction(&op, *index).map_err(here)?;
+                    *index += 1;
+                }
+            }
+        }
+        Err("a block without its terminator".into())
+    }
+
+    /// An op on index values that `shard-partition` writes (the process's index, the grid's
+    /// size, their comparison), evaluated for this rank; false where `op` is none of them.
+    fn index_op(&mut self, op: &OperationRef, name: &str) -> Result<bool, String> {
+        let result = || op.result(0).map(handle).map_err(|e| e.to_string());
+        let axes = || {
+            op.attribute("axes")
+                .ok()
+                .and_then(i64_list)
+                .filter(|a| a.len() == 1)
+                .and_then(|a| usize::try_from(a[0]).ok().filter(|&x| x < 3))
+                .ok_or_else(|| format!("'{name}': expected one axis of the grid"))
+        };
+        let value = match name {
+            "shard.process_multi_index" => self.grid.coords(self.rank)[axes()?] as i64,
+            "shard.grid_shape" => {
+                let Grid { dp, pp, tp } = self.grid;
+                [dp, pp, tp][axes()?] as i64
+            }
+            "arith.constant" if op.result(0).is_ok_and(|r| r.r#type().is_index()) => op
+                .attribute("value")
+                .ok()
+                .and_then(|a| IntegerAttribute::try_from(a).ok())
+                .map(|i| i.value())
+                .ok_or("an index constant without its value")?,
+            "arith.cmpi" => {
+                let operand = |k| {
+                    op.operand(k)
+                        .ok()
+                        .and_then(|v| self.known.indices.get(&handle(v)).copied())
+                        .ok_or("arith.cmpi of an index value not known at this rank")
+                };
+                let (a, b) = (operand(0)?, operand(1)?);
+                let holds = match op.attribute("predicate").ok().and_then(|p| {
+                    IntegerAttribute::try_from(p).ok().map(|i| i.value())
+                }) {
+                    Some(0) => a == b,
+                    Some(1) => a != b,
+                    _ => return Err("arith.cmpi: only eq and ne are read".into()),
+                };
+                self.known.conditions.insert(result()?, holds);
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        };
+        self.known.indices.insert(result()?, value);
+        Ok(true)
+    }
+
+    /// An `scf.if` on a condition known at this rank: the branch taken read in its place, its
+    /// results the values that branch yields.
+    fn branch(&mut self, op: &OperationRef, index: &mut usize) -> Result<(), String> {
+        let condition = op
+            .operand(0)
+            .ok()
+            .and_then(|c| self.known.conditions.get(&handle(c)).copied())
+            .ok_or("scf.if on a condition not known at this rank")?;
+        let region = op
+            .region(if condition { 0 } else { 1 })
+            .map_err(|e| e.to_string())?;
+        let block = region.first_block().ok_or("scf.if without that branch")?;
+        let BlockEnd::Yield(yielded) = self.read_block(block, index)? else {
+            return Err("func.return inside scf.if".into());
+        };
+        for (k, result) in op.results().enumerate() {
+            let from = *yielded.get(k).ok_or("scf.yield of fewer values than results")?;
+            let to = handle(result);
+            if let Some(&b) = self.values.get(&from) {
+                self.values.insert(to, b);
+            } else if self.empties.contains(&from) {
+                self.empties.insert(to);
+                if self.known.zero_fills.contains(&from) {
+                    self.known.zero_fills.insert(to);
+                }
+            } else {
+                return Err("scf.yield of a value defined outside the function".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// An op that only feeds upstream ops: a zero constant and a fill with it noted (a
+    /// matmul's destination must be one; a fill of anything else is refused).
+    fn operand_only(&mut self, op: &OperationRef, name: &str) -> Result<(), String> {
+        let result = handle(op.result(0).map_err(|e| e.to_string())?);
+        match name {
+            "arith.constant" => {
+                let zero = op
+                    .attribute("value")
+                    .ok()
+                    .and_then(|a| FloatAttribute::try_from(a).ok())
+                    .is_some_and(|f| f.value() == 0.0);
+                if zero {
+                    self.known.zero_scalars.insert(result);
+                }
+            }
+            "linalg.fill" => {
+                let operand = |k| op.operand(k).map(handle).ok();
+                let zero = operand(0).is_some_and(|v| self.known.zero_scalars.contains(&v));
+                let empty = operand(1).is_some_and(|v| self.empties.contains(&v));
+                if !(zero && empty && op.operand_count() == 2) {
+                    return Err("linalg.fill: ppmoe reads only a zero fill of a tensor.empty (a matmul's start)".into());
+                }
+                self.known.zero_fills.insert(result);
+            }
+            _ => {}
+        }
+        self.empties.insert(result);
+        Ok(())
+    }
+
     fn add(
         &mut self,
         name: String,
@@ -239,6 +410,12 @@ impl FunctionReader {
         let full = op_name(op);
         if full == "core.cast" && op.has_attribute("ppmoe.narrows") {
             return self.narrow(op);
+        }
+        if full == "linalg.matmul" || full == "linalg.batch_matmul" {
+            let init = op.operand(op.operand_count().saturating_sub(1)).map(handle);
+            if !init.is_ok_and(|v| self.known.zero_fills.contains(&v)) {
+                return Err("a matmul adds its product to its destination: expected a zero linalg.fill".into());
+            }
         }
         let result = op.result(0).ok().and_then(|r| tensor_type(r.r#type()).ok());
         let upstream = read_upstream(op, &full, result).transpose()?;

@@ -3,16 +3,19 @@
 //!
 //! - a matmul of two matrices as `linalg.matmul`, of two stacks of matrices with one batch as
 //!   `linalg.batch_matmul` (an f32 result, which linalg accumulates in, as ppmoe does; the
-//!   operands f32 or stored in half precision), a transpose as `linalg.transpose`, a softmax
-//!   as `linalg.softmax`, each into a `tensor.empty`;
+//!   operands f32 or stored in half precision) into a zero `linalg.fill` (linalg's matmuls add
+//!   the product to their destination), a transpose as `linalg.transpose`, a softmax as
+//!   `linalg.softmax`, each into a `tensor.empty`;
 //! - a concatenation as `tensor.concat`, a reshape to a static shape as `tensor.reshape` (the
 //!   shape an `arith.constant`);
 //! - f32 elementwise arithmetic whose operands and result have one type as a `linalg.map` of
 //!   the `arith` or `math` op (linalg's ops carry upstream's sharding interface, which
 //!   `sharding-propagation` and `shard-partition` need; `arith` on tensors does not), f32
 //!   `add/sub/mul/div` with numpy broadcasting as a `linalg.generic` of the `arith` op whose
-//!   indexing maps broadcast each operand, and a float cast between f32 and half precision
-//!   as `arith.extf` / `arith.truncf` (round to nearest even, as ppmoe rounds).
+//!   indexing maps broadcast each operand, an f32 sigmoid (upstream has no op for it) as a
+//!   `linalg.map` of `1 / (1 + exp(-x))` in `arith` and `math` ops, and a float cast between
+//!   f32 and half precision as `arith.extf` / `arith.truncf` (round to nearest even, as
+//!   ppmoe rounds).
 //!
 //! An axis counted from the end prints (and reads back) counted from the front. Anything else
 //! (integer arithmetic, half-precision results of arithmetic, whose rounding upstream's ops
@@ -36,6 +39,9 @@ pub enum Upstream {
     Reshape(Vec<usize>),
     /// `arith.extf` or `arith.truncf`.
     Cast(&'static str),
+    /// The logistic function, `1 / (1 + exp(-x))`, as a `linalg.map` of those `arith` and
+    /// `math` ops (upstream has no sigmoid op; ppmoe computes it in this order).
+    Sigmoid,
     /// A `linalg.map` of an `arith` or `math` op, over operands and a result of one type.
     Elementwise(&'static str),
     /// numpy broadcasting of f32 operands: a `linalg.generic` of the `arith` op, each operand
@@ -72,6 +78,9 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
                 loops: output.shape.len(),
             })
         }
+        Op::Unary {
+            f: UnaryFn::Sigmoid,
+        } => same_f32_type(inputs, output).then_some(Upstream::Sigmoid),
         Op::Unary { f } => {
             let name = unary_name(*f)?;
             same_f32_type(inputs, output).then_some(Upstream::Elementwise(name))
@@ -123,9 +132,14 @@ pub fn upstream_lines(
     let (n, t) = (names.join(", "), types.join(", "));
     let empty = vec![format!("%d{i} = tensor.empty() : {out}")];
     match form {
+        // linalg's matmuls add the product to their destination: a zero fill of an empty.
         Upstream::Matmul(name) => (
-            empty,
-            format!("{result} = {name} ins({n} : {t}) outs(%d{i} : {out}) -> {out}"),
+            vec![
+                format!("%z{i} = arith.constant 0.000000e+00 : f32"),
+                empty[0].clone(),
+                format!("%f{i} = linalg.fill ins(%z{i} : f32) outs(%d{i} : {out}) -> {out}"),
+            ],
+            format!("{result} = {name} ins({n} : {t}) outs(%f{i} : {out}) -> {out}"),
         ),
         Upstream::Transpose(perm) => (
             empty,
@@ -171,6 +185,13 @@ pub fn upstream_lines(
             empty,
             format!("{result} = linalg.map {{ {name} }} ins({n} : {t}) outs(%d{i} : {out})"),
         ),
+        Upstream::Sigmoid => (
+            empty,
+            format!(
+                "{result} = linalg.map ins({n} : {t}) outs(%d{i} : {out})\n    (%g{i}_x: f32 loc(unknown), %g{i}_o: f32 loc(unknown)) {{\n{}    }}",
+                SIGMOID_BODY.replace("%g_", &format!("%g{i}_"))
+            ),
+        ),
     }
 }
 
@@ -187,9 +208,19 @@ fn list(values: &[usize]) -> String {
     v.join(", ")
 }
 
-/// The ops that only feed an upstream op (its destination, a reshape's shape): not
-/// instructions.
-pub const OPERAND_ONLY: &[&str] = &["tensor.empty", "arith.constant"];
+/// The body of the sigmoid's `linalg.map`, its argument `%g_x` (each name's `%g_` takes the
+/// instruction's index).
+const SIGMOID_BODY: &str = "      %g_n = arith.negf %g_x : f32 loc(unknown)
+      %g_e = math.exp %g_n : f32 loc(unknown)
+      %g_1 = arith.constant 1.000000e+00 : f32 loc(unknown)
+      %g_d = arith.addf %g_1, %g_e : f32 loc(unknown)
+      %g_r = arith.divf %g_1, %g_d : f32 loc(unknown)
+      linalg.yield %g_r : f32 loc(unknown)
+";
+
+/// The ops that only feed an upstream op (its destination, a reshape's shape, a matmul's zero
+/// start): not instructions. (`read` checks that a fill is of zero.)
+pub const OPERAND_ONLY: &[&str] = &["tensor.empty", "arith.constant", "linalg.fill"];
 
 /// The instruction an upstream op reads back as, where ppmoe prints it (None: not one of
 /// them); `result` is the op's result's element type and shape.
@@ -229,6 +260,9 @@ pub fn read_upstream(
             .map(|(to, _)| Op::Cast { to })
             .ok_or_else(|| format!("'{name}': expected a tensor result")),
         "linalg.generic" => read_broadcast(op),
+        "linalg.map" if is_sigmoid(op) => Ok(Op::Unary {
+            f: UnaryFn::Sigmoid,
+        }),
         "linalg.map" => map_body(op)
             .and_then(|body| read_elementwise(&body))
             .ok_or_else(|| format!("'{name}': its body is not one elementwise op ppmoe prints")),
@@ -282,6 +316,39 @@ fn map_body(op: &OperationRef) -> Option<String> {
     let yields = first.next_in_block()?;
     let name = |o: &OperationRef| o.name().as_string_ref().as_str().ok().map(str::to_string);
     (name(&yields)? == "linalg.yield").then(|| name(&first))?
+}
+
+/// Whether a `linalg.map`'s body is the sigmoid ppmoe prints, op for op and operand for
+/// operand (`SIGMOID_BODY`).
+fn is_sigmoid(op: &OperationRef) -> bool {
+    let Some(block) = op.region(0).ok().and_then(|r| r.first_block()) else {
+        return false;
+    };
+    let mut ops = Vec::new();
+    let mut next = block.first_operation();
+    while let Some(o) = next {
+        next = o.next_in_block();
+        ops.push(o);
+    }
+    let names: Vec<String> = ops.iter().map(|o| o.name().as_string_ref().as_str().unwrap_or("").to_string()).collect();
+    let expected = ["arith.negf", "math.exp", "arith.constant", "arith.addf", "arith.divf", "linalg.yield"];
+    if names != expected || block.argument_count() != 2 {
+        return false;
+    }
+    let value = |v: melior::ir::Value| v.to_raw().ptr as usize;
+    let result = |k: usize| ops[k].result(0).map(|r| value(r.into())).ok();
+    let operand = |k: usize, i: usize| ops[k].operand(i).map(value).ok();
+    let argument = block.argument(0).map(|a| value(a.into())).ok();
+    let one = ops[2]
+        .attribute("value")
+        .ok()
+        .and_then(|a| melior::ir::attribute::FloatAttribute::try_from(a).ok())
+        .is_some_and(|f| f.value() == 1.0);
+    one && operand(0, 0) == argument
+        && operand(1, 0) == result(0)
+        && (operand(3, 0), operand(3, 1)) == (result(2), result(1))
+        && (operand(4, 0), operand(4, 1)) == (result(2), result(3))
+        && operand(5, 0) == result(4)
 }
 
 fn read_elementwise(name: &str) -> Option<Op> {
