@@ -305,8 +305,8 @@ fn ir_input_that_cannot_be_taken_is_named() {
     let edits = [
         (
             "frob.mlir",
-            "tensor.reshape %3(%cst_0) : (tensor<16x64xf32>, tensor<3xi64>)",
-            "\"core.frobnicate\"(%3) : (tensor<16x64xf32>)",
+            "tensor.reshape %4(%cst_1) : (tensor<16x64xf32>, tensor<3xi64>)",
+            "\"core.frobnicate\"(%4) : (tensor<16x64xf32>)",
             "no op 'core.frobnicate'",
         ),
         (

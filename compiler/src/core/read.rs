@@ -133,7 +133,10 @@ fn read_function(
         .and_then(attribute_text)
         .unwrap_or_default();
     let rank = as_rank
-        .or_else(|| name.strip_prefix("rank").and_then(|n| n.parse::<usize>().ok()))
+        .or_else(|| {
+            name.strip_prefix("rank")
+                .and_then(|n| n.parse::<usize>().ok())
+        })
         .ok_or_else(|| format!("function @{name}: expected @rank<N>"))?;
     let at = |what: String| format!("@{name}: {what}");
     let mut reader = FunctionReader {
@@ -284,7 +287,7 @@ impl FunctionReader {
         let axes = || {
             op.attribute("axes")
                 .ok()
-                .and_then(i64_list)
+                .and_then(i16_list)
                 .filter(|a| a.len() == 1)
                 .and_then(|a| usize::try_from(a[0]).ok().filter(|&x| x < 3))
                 .ok_or_else(|| format!("'{name}': expected one axis of the grid"))
@@ -309,9 +312,11 @@ impl FunctionReader {
                         .ok_or("arith.cmpi of an index value not known at this rank")
                 };
                 let (a, b) = (operand(0)?, operand(1)?);
-                let holds = match op.attribute("predicate").ok().and_then(|p| {
-                    IntegerAttribute::try_from(p).ok().map(|i| i.value())
-                }) {
+                let holds = match op
+                    .attribute("predicate")
+                    .ok()
+                    .and_then(|p| IntegerAttribute::try_from(p).ok().map(|i| i.value()))
+                {
                     Some(0) => a == b,
                     Some(1) => a != b,
                     _ => return Err("arith.cmpi: only eq and ne are read".into()),
@@ -341,7 +346,9 @@ impl FunctionReader {
             return Err("func.return inside scf.if".into());
         };
         for (k, result) in op.results().enumerate() {
-            let from = *yielded.get(k).ok_or("scf.yield of fewer values than results")?;
+            let from = *yielded
+                .get(k)
+                .ok_or("scf.yield of fewer values than results")?;
             let to = handle(result);
             if let Some(&b) = self.values.get(&from) {
                 self.values.insert(to, b);
@@ -414,7 +421,10 @@ impl FunctionReader {
         if full == "linalg.matmul" || full == "linalg.batch_matmul" {
             let init = op.operand(op.operand_count().saturating_sub(1)).map(handle);
             if !init.is_ok_and(|v| self.known.zero_fills.contains(&v)) {
-                return Err("a matmul adds its product to its destination: expected a zero linalg.fill".into());
+                return Err(
+                    "a matmul adds its product to its destination: expected a zero linalg.fill"
+                        .into(),
+                );
             }
         }
         let result = op.result(0).ok().and_then(|r| tensor_type(r.r#type()).ok());
@@ -750,6 +760,25 @@ fn attribute_json(a: Attribute) -> Option<serde_json::Value> {
 pub(crate) fn i64_list(a: Attribute) -> Option<Vec<i64>> {
     let d = DenseI64ArrayAttribute::try_from(a).ok()?;
     (0..d.len()).map(|i| d.element(i).ok()).collect()
+}
+
+/// An `array<i16: ...>` attribute's values (the `shard` dialect's grid axes), which melior
+/// has no type for.
+fn i16_list(a: Attribute) -> Option<Vec<i64>> {
+    let raw = a.to_raw();
+    // SAFETY: `raw` is a live attribute of this context; the element reads are bounded by
+    // the count MLIR gives, and only after MLIR says the attribute is a dense i16 array.
+    unsafe {
+        if !mlir_sys::mlirAttributeIsADenseI16Array(raw) {
+            return None;
+        }
+        let n = mlir_sys::mlirDenseArrayGetNumElements(raw);
+        Some(
+            (0..n)
+                .map(|i| i64::from(mlir_sys::mlirDenseI16ArrayGetElement(raw, i)))
+                .collect(),
+        )
+    }
 }
 
 /// A string attribute's text (empty strings included, which melior's own accessor cannot

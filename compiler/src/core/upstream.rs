@@ -330,8 +330,18 @@ fn is_sigmoid(op: &OperationRef) -> bool {
         next = o.next_in_block();
         ops.push(o);
     }
-    let names: Vec<String> = ops.iter().map(|o| o.name().as_string_ref().as_str().unwrap_or("").to_string()).collect();
-    let expected = ["arith.negf", "math.exp", "arith.constant", "arith.addf", "arith.divf", "linalg.yield"];
+    let names: Vec<String> = ops
+        .iter()
+        .map(|o| o.name().as_string_ref().as_str().unwrap_or("").to_string())
+        .collect();
+    let expected = [
+        "arith.negf",
+        "math.exp",
+        "arith.constant",
+        "arith.addf",
+        "arith.divf",
+        "linalg.yield",
+    ];
     if names != expected || block.argument_count() != 2 {
         return false;
     }
@@ -485,6 +495,7 @@ mod tests {
             Upstream::Softmax(_) => "linalg.softmax",
             Upstream::Concat(_) => "tensor.concat",
             Upstream::Reshape(_) => "tensor.reshape",
+            Upstream::Sigmoid => "sigmoid",
         })
     }
 
@@ -517,6 +528,13 @@ mod tests {
         assert_eq!(form(add, &[ints.clone(), ints.clone()], ints), None);
         let pow = Op::Binary { f: BinaryFn::Pow };
         assert_eq!(form(pow, &[f(&[4]), f(&[4])], f(&[4])), None);
+        // The sigmoid (a linalg.map of arith and math ops) in f32 only.
+        let sigmoid = Op::Unary {
+            f: UnaryFn::Sigmoid,
+        };
+        assert_eq!(form(sigmoid.clone(), &[f(&[4])], f(&[4])), Some("sigmoid"));
+        let half = buffer(BF16, &[4]);
+        assert_eq!(form(sigmoid, &[buffer(BF16, &[4])], half), None);
         // Casts between f32 and half precision; an axis counted from the end.
         let to_bf16 = Op::Cast { to: BF16 };
         let cast = form(to_bf16, &[f(&[4])], buffer(BF16, &[4]));

@@ -7,6 +7,7 @@ pub mod layout;
 pub mod pipeline_split;
 pub mod ppmoe_rewrite;
 pub mod shard_moe;
+pub mod upstream_tp;
 
 pub use grid::Grid;
 

@@ -81,8 +81,21 @@ pub(super) fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     c.choices = choose_strategies(strategy, &core.moe_layers, grid.tp, c.options.hardware);
     c.sharded.clear();
     c.rank_pieces.clear();
-    for t in 0..grid.tp {
-        let (dense, rank_pieces) = crate::distribute::dense_tp::dense_tp(&one, grid.tp, t);
+    // Dense TP: upstream's sharding-propagation and shard-partition where they apply, ppmoe's
+    // rules for the rest.
+    let partitioned = crate::distribute::upstream_tp::partition_regions(
+        &one,
+        grid.tp,
+        c.options.print_ir_after_all,
+    )
+    .map_err(|diagnostics| CompileError::Verify {
+        path: c.options.path.clone(),
+        stage: "sharded (upstream shard-partition)".into(),
+        diagnostics,
+    })?;
+    drop(one);
+    for (t, (rank, pieces)) in partitioned.into_iter().enumerate() {
+        let (dense, rank_pieces) = crate::distribute::dense_tp::dense_tp(&rank, grid.tp, t, pieces);
         let mut rp = crate::distribute::shard_moe::shard_moe(
             &c.options.path,
             &dense,

@@ -232,6 +232,10 @@ impl Tp<'_> {
         if let Some(&s) = self.sliced.get(&(b, axis)) {
             return Some(s);
         }
+        // A piece is not cut again.
+        if self.rank_pieces.contains(&b) {
+            return None;
+        }
         let full = shape_of(&self.rp.program.buffers[b])?;
         if full.get(axis).is_none_or(|d| d % self.tp != 0) {
             return None;
@@ -311,10 +315,17 @@ impl Tp<'_> {
 /// t's own pieces (whose values differ between ranks; later passes append buffers, so the ids
 /// hold through the `sharded` stage). MoE ops are left whole (their operands made
 /// replicated); the MoE passes distribute them.
-pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> (RankProgram, HashSet<BufferId>) {
+/// `pieces`: the weights already cut into rank t's pieces (by upstream's partitioning of the
+/// regions it takes), which stay as they are.
+pub fn dense_tp(
+    rp: &RankProgram,
+    tp: usize,
+    t: usize,
+    pieces: HashSet<BufferId>,
+) -> (RankProgram, HashSet<BufferId>) {
     let mut out = rp.clone();
     if tp == 1 {
-        return (out, HashSet::new());
+        return (out, pieces);
     }
     let n = out.program.buffers.len();
     let full: Vec<Option<Vec<usize>>> = out.program.buffers.iter().map(shape_of).collect();
@@ -337,7 +348,7 @@ pub fn dense_tp(rp: &RankProgram, tp: usize, t: usize) -> (RankProgram, HashSet<
         sliced: HashMap::new(),
         group: (0..tp).collect(),
         keep_whole,
-        rank_pieces: HashSet::new(),
+        rank_pieces: pieces,
     };
     for ins in instructions {
         tpx.step(ins);
