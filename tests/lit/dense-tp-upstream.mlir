@@ -1,4 +1,4 @@
-// Dense TP through upstream: ppmoe-shard hands a region that MLIR's sharding interface covers
+// Dense TP through upstream: ppmoe-shard hands each region that MLIR's sharding interface covers
 // (Qwen2-MoE's shared expert, a SwiGLU MLP of linalg ops) to upstream's sharding-propagation and
 // shard-partition, its weights annotated with ppmoe's split (gate and up by columns, down by
 // rows); upstream propagates the split, places the all-reduce, and each rank's function reads
@@ -40,3 +40,13 @@
 // CHECK-LABEL: func.func @rank1(
 // CHECK-SAME: "inner.shared_expert.gate_proj.weight.const1.tp1_1", ppmoe.rank_piece}
 // CHECK-NOT: scf.if
+
+// DeepSeek-V3's shared expert reads the tokens as [1, 16, 64]: its matmuls are batch matmuls
+// whose maps broadcast the weight over the batch, which upstream partitions alike.
+// RUN: %ppmoe inspect %fixtures/deepseekv3_block_dynamo/model.onnx --emit moe > %t.deepseek.mlir
+// RUN: %ppmoe opt %t.deepseek.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2})' | FileCheck %s --check-prefix=DEEPSEEK
+// DEEPSEEK-LABEL: func.func @rank1(
+// DEEPSEEK-SAME: tensor<64x16xf32> {core.weight = "{{.*}}.tp1_1", ppmoe.rank_piece}
+// DEEPSEEK-SAME: tensor<16x64xf32> {core.weight = "{{.*}}.tp1_0", ppmoe.rank_piece}
+// DEEPSEEK: %[[DOWN:.*]] = linalg.batch_matmul indexing_maps = [#map, #map1, #map2] ins(%mapped{{.*}}, %arg{{[0-9]+}} : tensor<1x16x16xf32>, tensor<16x64xf32>)
+// DEEPSEEK-NEXT: shard.all_reduce %[[DOWN]] on @grid grid_axes = [2] : tensor<1x16x64xf32>

@@ -18,6 +18,12 @@
 // RUN: not %ppmoe opt %t.bad.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=BAD
 // BAD: error: {{.*}}bad.mlir: stage 'input': the IR does not verify: {{.*}}linalg.matmul
 
+// Indexing maps that transpose an operand (linalg's matmul takes them; ppmoe's does not) are
+// refused by name.
+// RUN: sed 's/linalg.matmul ins(%arg0, %arg1/linalg.matmul indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d2)>, affine_map<(d0, d1, d2) -> (d1, d2)>, affine_map<(d0, d1, d2) -> (d0, d1)>] ins(%arg0, %arg1/; s/tensor<3x5xf32>/tensor<5x3xf32>/g' %t.mlir > %t.maps.mlir
+// RUN: not %ppmoe opt %t.maps.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=MAPS
+// MAPS: error: {{.*}}maps.mlir: {{.*}}'linalg.matmul': indexing maps
+
 // A matmul into a bare tensor.empty (adding to undefined values) is refused as it is read.
 // RUN: sed 's/outs(%1 : tensor<4x5xf32>)/outs(%0 : tensor<4x5xf32>)/' %t.mlir > %t.nofill.mlir
 // RUN: not %ppmoe opt %t.nofill.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=NOFILL

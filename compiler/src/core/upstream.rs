@@ -33,6 +33,9 @@ use ppmoe_runtime::DType;
 pub enum Upstream {
     /// `linalg.matmul` or `linalg.batch_matmul`.
     Matmul(&'static str),
+    /// Stacks of matrices times one matrix (tokens [b, m, k] by a weight [k, n]): a
+    /// `linalg.batch_matmul` whose indexing maps broadcast the matrix over the batch.
+    BroadcastMatmul,
     Transpose(Vec<usize>),
     Softmax(usize),
     Concat(usize),
@@ -63,7 +66,7 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
     let same_element = inputs.iter().all(|b| b.dtype == output.dtype);
     let one_input = inputs.len() == 1;
     match op {
-        Op::MatMul => matmul(inputs, output).map(Upstream::Matmul),
+        Op::MatMul => matmul(inputs, output),
         Op::Binary { f } => {
             let name = binary_name(*f)?;
             if same_f32_type(inputs, output) {
@@ -141,6 +144,17 @@ pub fn upstream_lines(
             ],
             format!("{result} = {name} ins({n} : {t}) outs(%f{i} : {out}) -> {out}"),
         ),
+        Upstream::BroadcastMatmul => (
+            vec![
+                format!("%z{i} = arith.constant 0.000000e+00 : f32"),
+                empty[0].clone(),
+                format!("%f{i} = linalg.fill ins(%z{i} : f32) outs(%d{i} : {out}) -> {out}"),
+            ],
+            format!(
+                "{result} = linalg.batch_matmul indexing_maps = [{}] ins({n} : {t}) outs(%f{i} : {out}) -> {out}",
+                BROADCAST_MATMUL_MAPS.join(", ")
+            ),
+        ),
         Upstream::Transpose(perm) => (
             empty,
             format!(
@@ -208,6 +222,60 @@ fn list(values: &[usize]) -> String {
     v.join(", ")
 }
 
+/// The indexing maps of each matmul form: a matmul's, a batch matmul's, a batch matmul whose
+/// second operand is one matrix for every batch (as MLIR prints them).
+const MATMUL_MAPS: [&str; 3] = [
+    "affine_map<(d0, d1, d2) -> (d0, d2)>",
+    "affine_map<(d0, d1, d2) -> (d2, d1)>",
+    "affine_map<(d0, d1, d2) -> (d0, d1)>",
+];
+const BATCH_MATMUL_MAPS: [&str; 3] = [
+    "affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>",
+    "affine_map<(d0, d1, d2, d3) -> (d0, d3, d2)>",
+    "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>",
+];
+const BROADCAST_MATMUL_MAPS: [&str; 3] = [
+    "affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>",
+    "affine_map<(d0, d1, d2, d3) -> (d3, d2)>",
+    "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>",
+];
+
+/// A matmul's indexing maps checked to be the ones its form has (linalg's matmuls take maps
+/// that transpose or broadcast an operand, which ppmoe's matmul does not, but for a weight
+/// broadcast over a batch).
+fn read_matmul(op: &OperationRef, name: &str) -> Result<Op, String> {
+    let maps = op.attribute("indexing_maps").ok().map(|a| {
+        melior::ir::attribute::ArrayAttribute::try_from(a)
+            .map(|a| {
+                (0..a.len())
+                    .filter_map(|k| a.element(k).ok())
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    });
+    let second_rank = op
+        .operand(1)
+        .ok()
+        .and_then(|v| super::read::tensor_type(v.r#type()).ok())
+        .map_or(0, |(_, shape)| shape.len());
+    let expected = match (name, second_rank) {
+        ("linalg.matmul", _) => MATMUL_MAPS,
+        (_, 2) => BROADCAST_MATMUL_MAPS,
+        _ => BATCH_MATMUL_MAPS,
+    };
+    match maps {
+        Some(m) if m != expected => Err(format!(
+            "'{name}': indexing maps {m:?}; ppmoe's matmul takes {expected:?}"
+        )),
+        // Without maps, linalg's verifier has checked the operands are its default form's.
+        None if second_rank == 2 && name == "linalg.batch_matmul" => Err(format!(
+            "'{name}' of a matrix without the maps that broadcast it"
+        )),
+        _ => Ok(Op::MatMul),
+    }
+}
+
 /// The body of the sigmoid's `linalg.map`, its argument `%g_x` (each name's `%g_` takes the
 /// instruction's index).
 const SIGMOID_BODY: &str = "      %g_n = arith.negf %g_x : f32 loc(unknown)
@@ -239,7 +307,7 @@ pub fn read_upstream(
             .map_err(|_| format!("'{name}': expected an integer"))
     };
     let read = match name {
-        "linalg.matmul" | "linalg.batch_matmul" => Ok(Op::MatMul),
+        "linalg.matmul" | "linalg.batch_matmul" => read_matmul(op, name),
         "linalg.transpose" => attribute("permutation").and_then(|a| {
             let perm = super::read::i64_list(a)
                 .and_then(|p| p.into_iter().map(|x| usize::try_from(x).ok()).collect())
@@ -450,7 +518,7 @@ fn same_f32_type(inputs: &[&Buffer], output: &Buffer) -> bool {
 
 /// `linalg.matmul` for [m, k] x [k, n] -> [m, n], `linalg.batch_matmul` for [b, m, k] x
 /// [b, k, n] -> [b, m, n] (an f32 result, which linalg accumulates in, as ppmoe does).
-fn matmul(inputs: &[&Buffer], output: &Buffer) -> Option<&'static str> {
+fn matmul(inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
     let [a, b] = inputs else { return None };
     let float = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16);
     if !(float(a.dtype) && float(b.dtype) && output.dtype == DType::F32) {
@@ -462,11 +530,16 @@ fn matmul(inputs: &[&Buffer], output: &Buffer) -> Option<&'static str> {
         dims(b).as_slice(),
         dims(output).as_slice(),
     ) {
-        (&[m, k], &[k2, n], &[m2, n2]) if k == k2 && m == m2 && n == n2 => Some("linalg.matmul"),
+        (&[m, k], &[k2, n], &[m2, n2]) if k == k2 && m == m2 && n == n2 => {
+            Some(Upstream::Matmul("linalg.matmul"))
+        }
         (&[bt, m, k], &[bt2, k2, n], &[bt3, m2, n2])
             if bt == bt2 && bt == bt3 && k == k2 && m == m2 && n == n2 =>
         {
-            Some("linalg.batch_matmul")
+            Some(Upstream::Matmul("linalg.batch_matmul"))
+        }
+        (&[bt, m, k], &[k2, n], &[bt2, m2, n2]) if bt == bt2 && k == k2 && m == m2 && n == n2 => {
+            Some(Upstream::BroadcastMatmul)
         }
         _ => None,
     }
@@ -496,6 +569,7 @@ mod tests {
             Upstream::Concat(_) => "tensor.concat",
             Upstream::Reshape(_) => "tensor.reshape",
             Upstream::Sigmoid => "sigmoid",
+            Upstream::BroadcastMatmul => "linalg.batch_matmul (broadcast)",
         })
     }
 

@@ -63,11 +63,14 @@ fn form(p: &Program, i: usize) -> Option<Upstream> {
     upstream_form(&ins.op, &inputs?, &p.buffers[*out])
 }
 
-/// The weight of a `linalg.matmul` (a 2-D weight as its second operand, tokens not a weight as
-/// its first) and the tokens, where instruction `i` is one.
+/// The tokens and the weight of a matmul of tokens (a matrix or a stack of them, not a weight)
+/// by a 2-D weight, printed as linalg's, where instruction `i` is one.
 fn weight_matmul(p: &Program, i: usize) -> Option<(BufferId, BufferId)> {
     let ins = &p.instructions[i];
-    if form(p, i) != Some(Upstream::Matmul("linalg.matmul")) {
+    if !matches!(
+        form(p, i),
+        Some(Upstream::Matmul("linalg.matmul") | Upstream::BroadcastMatmul)
+    ) {
         return None;
     }
     let (x, w) = (ins.inputs.first().copied()??, ins.inputs.get(1).copied()??);
@@ -78,6 +81,11 @@ fn weight_matmul(p: &Program, i: usize) -> Option<(BufferId, BufferId)> {
 /// Dimension `axis` of `b`'s static shape.
 fn dim(p: &Program, b: BufferId, axis: usize) -> Option<usize> {
     p.buffers[b].shape.get(axis).copied().flatten()
+}
+
+/// The last dimension of `b`'s static shape (the one a column split splits).
+fn last_dim(p: &Program, b: BufferId) -> Option<usize> {
+    p.buffers[b].shape.last().copied().flatten()
 }
 
 /// The regions of `p` upstream partitions over `tp` ranks (none at tp 1).
@@ -125,7 +133,7 @@ fn grow(
             }
             let ins = &p.instructions[u];
             let contracts = weight_matmul(p, u)
-                .filter(|&(x, w)| x == out(i) && dim(p, w, 0) == dim(p, out(i), 1));
+                .filter(|&(x, w)| x == out(i) && dim(p, w, 0) == last_dim(p, out(i)));
             if contracts.is_some() && terminal.is_none() {
                 terminal = Some(u);
                 continue;
