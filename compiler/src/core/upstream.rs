@@ -42,9 +42,9 @@ pub enum Upstream {
     Reshape(Vec<usize>),
     /// `arith.extf` or `arith.truncf`.
     Cast(&'static str),
-    /// The logistic function, `1 / (1 + exp(-x))`, as a `linalg.map` of those `arith` and
-    /// `math` ops (upstream has no sigmoid op; ppmoe computes it in this order).
-    Sigmoid,
+    /// An f32 unary function upstream has no op for (the sigmoid, the reciprocal) as a
+    /// `linalg.map` of the `arith` and `math` ops ppmoe computes it by (`COMPOSITES`).
+    Composite(UnaryFn),
     /// A `linalg.map` of an `arith` or `math` op, over operands and a result of one type.
     Elementwise(&'static str),
     /// numpy broadcasting of f32 operands: a `linalg.generic` of the `arith` op, each operand
@@ -81,9 +81,9 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
                 loops: output.shape.len(),
             })
         }
-        Op::Unary {
-            f: UnaryFn::Sigmoid,
-        } => same_f32_type(inputs, output).then_some(Upstream::Sigmoid),
+        Op::Unary { f } if composite(*f).is_some() => {
+            same_f32_type(inputs, output).then_some(Upstream::Composite(*f))
+        }
         Op::Unary { f } => {
             let name = unary_name(*f)?;
             same_f32_type(inputs, output).then_some(Upstream::Elementwise(name))
@@ -199,11 +199,11 @@ pub fn upstream_lines(
             empty,
             format!("{result} = linalg.map {{ {name} }} ins({n} : {t}) outs(%d{i} : {out})"),
         ),
-        Upstream::Sigmoid => (
+        Upstream::Composite(f) => (
             empty,
             format!(
                 "{result} = linalg.map ins({n} : {t}) outs(%d{i} : {out})\n    (%g{i}_x: f32 loc(unknown), %g{i}_o: f32 loc(unknown)) {{\n{}    }}",
-                SIGMOID_BODY.replace("%g_", &format!("%g{i}_"))
+                composite_body(*f, i)
             ),
         ),
     }
@@ -276,15 +276,64 @@ fn read_matmul(op: &OperationRef, name: &str) -> Result<Op, String> {
     }
 }
 
-/// The body of the sigmoid's `linalg.map`, its argument `%g_x` (each name's `%g_` takes the
-/// instruction's index).
-const SIGMOID_BODY: &str = "      %g_n = arith.negf %g_x : f32 loc(unknown)
-      %g_e = math.exp %g_n : f32 loc(unknown)
-      %g_1 = arith.constant 1.000000e+00 : f32 loc(unknown)
-      %g_d = arith.addf %g_1, %g_e : f32 loc(unknown)
-      %g_r = arith.divf %g_1, %g_d : f32 loc(unknown)
-      linalg.yield %g_r : f32 loc(unknown)
-";
+/// An operand of a composite's step: the map's argument, or an earlier step's result.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Ref {
+    Arg,
+    Step(usize),
+}
+
+/// The unary functions upstream has no op for, each as the steps ppmoe computes it by: an
+/// `arith`/`math` op over earlier values (`arith.constant` is the constant 1.0).
+const COMPOSITES: &[(UnaryFn, &[(&str, &[Ref])])] = &[
+    // 1 / (1 + exp(-x))
+    (
+        UnaryFn::Sigmoid,
+        &[
+            ("arith.negf", &[Ref::Arg]),
+            ("math.exp", &[Ref::Step(0)]),
+            ("arith.constant", &[]),
+            ("arith.addf", &[Ref::Step(2), Ref::Step(1)]),
+            ("arith.divf", &[Ref::Step(2), Ref::Step(3)]),
+        ],
+    ),
+    // 1 / x
+    (
+        UnaryFn::Reciprocal,
+        &[
+            ("arith.constant", &[]),
+            ("arith.divf", &[Ref::Step(0), Ref::Arg]),
+        ],
+    ),
+];
+
+fn composite(f: UnaryFn) -> Option<&'static [(&'static str, &'static [Ref])]> {
+    COMPOSITES.iter().find(|(g, _)| *g == f).map(|(_, s)| *s)
+}
+
+/// The body of composite `f`'s `linalg.map` for instruction `i` (its argument `%g<i>_x`).
+fn composite_body(f: UnaryFn, i: usize) -> String {
+    let steps = composite(f).unwrap_or_default();
+    let value = |r: &Ref| match r {
+        Ref::Arg => format!("%g{i}_x"),
+        Ref::Step(k) => format!("%g{i}_{k}"),
+    };
+    let mut body = String::new();
+    for (k, (op, operands)) in steps.iter().enumerate() {
+        let line = if operands.is_empty() {
+            format!("%g{i}_{k} = {op} 1.000000e+00 : f32")
+        } else {
+            let operands: Vec<String> = operands.iter().map(value).collect();
+            format!("%g{i}_{k} = {op} {} : f32", operands.join(", "))
+        };
+        body.push_str(&format!("      {line} loc(unknown)\n"));
+    }
+    let last = steps.len().saturating_sub(1);
+    body.push_str(&format!(
+        "      linalg.yield %g{i}_{last} : f32 loc(unknown)\n"
+    ));
+    body
+}
 
 /// The ops that only feed an upstream op (its destination, a reshape's shape, a matmul's zero
 /// start): not instructions. (`read` checks that a fill is of zero.)
@@ -328,12 +377,10 @@ pub fn read_upstream(
             .map(|(to, _)| Op::Cast { to })
             .ok_or_else(|| format!("'{name}': expected a tensor result")),
         "linalg.generic" => read_broadcast(op),
-        "linalg.map" if is_sigmoid(op) => Ok(Op::Unary {
-            f: UnaryFn::Sigmoid,
-        }),
-        "linalg.map" => map_body(op)
-            .and_then(|body| read_elementwise(&body))
-            .ok_or_else(|| format!("'{name}': its body is not one elementwise op ppmoe prints")),
+        "linalg.map" => read_composite(op)
+            .map(|f| Op::Unary { f })
+            .or_else(|| map_body(op).and_then(|body| read_elementwise(&body)))
+            .ok_or_else(|| format!("'{name}': its body is not an elementwise op ppmoe prints")),
         _ => return None,
     };
     Some(read)
@@ -386,47 +433,48 @@ fn map_body(op: &OperationRef) -> Option<String> {
     (name(&yields)? == "linalg.yield").then(|| name(&first))?
 }
 
-/// Whether a `linalg.map`'s body is the sigmoid ppmoe prints, op for op and operand for
-/// operand (`SIGMOID_BODY`).
-fn is_sigmoid(op: &OperationRef) -> bool {
-    let Some(block) = op.region(0).ok().and_then(|r| r.first_block()) else {
-        return false;
-    };
+/// The composite function a `linalg.map`'s body computes, where it is one ppmoe prints, op for
+/// op and operand for operand (`COMPOSITES`).
+fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
+    let block = op.region(0).ok()?.first_block()?;
     let mut ops = Vec::new();
     let mut next = block.first_operation();
     while let Some(o) = next {
         next = o.next_in_block();
         ops.push(o);
     }
-    let names: Vec<String> = ops
-        .iter()
-        .map(|o| o.name().as_string_ref().as_str().unwrap_or("").to_string())
-        .collect();
-    let expected = [
-        "arith.negf",
-        "math.exp",
-        "arith.constant",
-        "arith.addf",
-        "arith.divf",
-        "linalg.yield",
-    ];
-    if names != expected || block.argument_count() != 2 {
-        return false;
-    }
+    let (yields, steps) = ops.split_last()?;
     let value = |v: melior::ir::Value| v.to_raw().ptr as usize;
-    let result = |k: usize| ops[k].result(0).map(|r| value(r.into())).ok();
-    let operand = |k: usize, i: usize| ops[k].operand(i).map(value).ok();
     let argument = block.argument(0).map(|a| value(a.into())).ok();
-    let one = ops[2]
-        .attribute("value")
-        .ok()
-        .and_then(|a| melior::ir::attribute::FloatAttribute::try_from(a).ok())
-        .is_some_and(|f| f.value() == 1.0);
-    one && operand(0, 0) == argument
-        && operand(1, 0) == result(0)
-        && (operand(3, 0), operand(3, 1)) == (result(2), result(1))
-        && (operand(4, 0), operand(4, 1)) == (result(2), result(3))
-        && operand(5, 0) == result(4)
+    let result = |k: usize| steps.get(k)?.result(0).map(|r| value(r.into())).ok();
+    let name = |o: &OperationRef| o.name().as_string_ref().as_str().unwrap_or("").to_string();
+    let is_one = |o: &OperationRef| {
+        o.attribute("value")
+            .ok()
+            .and_then(|a| melior::ir::attribute::FloatAttribute::try_from(a).ok())
+            .is_some_and(|f| f.value() == 1.0)
+    };
+    let matches = |form: &[(&str, &[Ref])]| {
+        form.len() == steps.len()
+            && block.argument_count() == 2
+            && name(yields) == "linalg.yield"
+            && yields.operand(0).map(value).ok() == result(steps.len() - 1)
+            && form.iter().zip(steps).all(|((op_name, operands), o)| {
+                let wired = o.operand_count() == operands.len()
+                    && operands.iter().enumerate().all(|(i, r)| {
+                        let want = match r {
+                            Ref::Arg => argument,
+                            Ref::Step(k) => result(*k),
+                        };
+                        o.operand(i).map(value).ok() == want
+                    });
+                name(o) == *op_name && wired && (!operands.is_empty() || is_one(o))
+            })
+    };
+    COMPOSITES
+        .iter()
+        .find(|(_, form)| matches(form))
+        .map(|(f, _)| *f)
 }
 
 fn read_elementwise(name: &str) -> Option<Op> {
@@ -444,6 +492,7 @@ const BINARY: &[(BinaryFn, &str)] = &[
     (BinaryFn::Sub, "arith.subf"),
     (BinaryFn::Mul, "arith.mulf"),
     (BinaryFn::Div, "arith.divf"),
+    (BinaryFn::Pow, "math.powf"),
 ];
 
 const UNARY: &[(UnaryFn, &str)] = &[
@@ -568,7 +617,7 @@ mod tests {
             Upstream::Softmax(_) => "linalg.softmax",
             Upstream::Concat(_) => "tensor.concat",
             Upstream::Reshape(_) => "tensor.reshape",
-            Upstream::Sigmoid => "sigmoid",
+            Upstream::Composite(_) => "composite",
             Upstream::BroadcastMatmul => "linalg.batch_matmul (broadcast)",
         })
     }
@@ -583,8 +632,14 @@ mod tests {
             mm(&[2, 4, 3], &[2, 3, 5], f(&[2, 4, 5])),
             Some("linalg.batch_matmul")
         );
-        // numpy broadcasting of the batch, and half-precision results, stay core ops.
-        assert_eq!(mm(&[2, 4, 3], &[3, 5], f(&[2, 4, 5])), None);
+        // One matrix for every batch: a batch matmul whose maps broadcast it.
+        assert_eq!(
+            mm(&[2, 4, 3], &[3, 5], f(&[2, 4, 5])),
+            Some("linalg.batch_matmul (broadcast)")
+        );
+        // Two batch axes, a broadcast stack, and half-precision results stay core ops.
+        assert_eq!(mm(&[2, 2, 4, 3], &[3, 5], f(&[2, 2, 4, 5])), None);
+        assert_eq!(mm(&[1, 4, 3], &[2, 3, 5], f(&[2, 4, 5])), None);
         assert_eq!(mm(&[4, 3], &[3, 5], buffer(BF16, &[4, 5])), None);
         // bf16 weights into an f32 result: linalg casts them as ppmoe does.
         let mixed = form(Op::MatMul, &[f(&[4, 3]), buffer(BF16, &[3, 5])], f(&[4, 5]));
@@ -601,12 +656,23 @@ mod tests {
         let ints = buffer(I64, &[4]);
         assert_eq!(form(add, &[ints.clone(), ints.clone()], ints), None);
         let pow = Op::Binary { f: BinaryFn::Pow };
-        assert_eq!(form(pow, &[f(&[4]), f(&[4])], f(&[4])), None);
+        assert_eq!(
+            form(pow.clone(), &[f(&[4]), f(&[4])], f(&[4])),
+            Some("math.powf")
+        );
+        // An RMS norm's square: a scalar exponent broadcast.
+        assert_eq!(
+            form(pow, &[f(&[4, 5]), f(&[])], f(&[4, 5])),
+            Some("linalg.generic")
+        );
         // The sigmoid (a linalg.map of arith and math ops) in f32 only.
         let sigmoid = Op::Unary {
             f: UnaryFn::Sigmoid,
         };
-        assert_eq!(form(sigmoid.clone(), &[f(&[4])], f(&[4])), Some("sigmoid"));
+        assert_eq!(
+            form(sigmoid.clone(), &[f(&[4])], f(&[4])),
+            Some("composite")
+        );
         let half = buffer(BF16, &[4]);
         assert_eq!(form(sigmoid, &[buffer(BF16, &[4])], half), None);
         // Casts between f32 and half precision; an axis counted from the end.

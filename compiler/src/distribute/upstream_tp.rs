@@ -140,7 +140,7 @@ fn grow(
             }
             if !matches!(
                 form(p, u),
-                Some(Upstream::Elementwise(_) | Upstream::Sigmoid)
+                Some(Upstream::Elementwise(_) | Upstream::Composite(_))
             ) {
                 return None;
             }
@@ -151,7 +151,7 @@ fn grow(
                 if !members.contains(&maker) {
                     let elementwise = matches!(
                         form(p, maker),
-                        Some(Upstream::Elementwise(_) | Upstream::Sigmoid)
+                        Some(Upstream::Elementwise(_) | Upstream::Composite(_))
                     );
                     if splittable(maker).is_none() && !elementwise {
                         return None;
