@@ -283,9 +283,12 @@ enum Ref {
     Step(usize),
 }
 
-/// The unary functions upstream has no op for, each as the steps ppmoe computes it by: an
-/// `arith`/`math` op over earlier values (`arith.constant` is the constant 1.0).
-const COMPOSITES: &[(UnaryFn, &[(&str, &[Ref])])] = &[
+/// One step of a composite: an `arith`/`math` op over earlier values (`arith.constant` is the
+/// constant 1.0).
+type Step = (&'static str, &'static [Ref]);
+
+/// The unary functions upstream has no op for, each as the steps ppmoe computes it by.
+const COMPOSITES: &[(UnaryFn, &[Step])] = &[
     // 1 / (1 + exp(-x))
     (
         UnaryFn::Sigmoid,
@@ -307,7 +310,7 @@ const COMPOSITES: &[(UnaryFn, &[(&str, &[Ref])])] = &[
     ),
 ];
 
-fn composite(f: UnaryFn) -> Option<&'static [(&'static str, &'static [Ref])]> {
+fn composite(f: UnaryFn) -> Option<&'static [Step]> {
     COMPOSITES.iter().find(|(g, _)| *g == f).map(|(_, s)| *s)
 }
 
@@ -454,7 +457,7 @@ fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
             .and_then(|a| melior::ir::attribute::FloatAttribute::try_from(a).ok())
             .is_some_and(|f| f.value() == 1.0)
     };
-    let matches = |form: &[(&str, &[Ref])]| {
+    let matches = |form: &[Step]| {
         form.len() == steps.len()
             && block.argument_count() == 2
             && name(yields) == "linalg.yield"
