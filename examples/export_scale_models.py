@@ -7,6 +7,9 @@ fixture.json (what it is, in the committed fixtures' format).
 
   qwen3_block_fp32/    Qwen3-30B-A3B's MoE block (hidden 2048, 128 experts, top-8, expert FFN
                        768), fp32, dynamic token dimension ([1, tokens, 2048])
+  qwen2moe_block_fp32/ Qwen1.5-MoE-A2.7B's MoE block (hidden 2048, 60 experts, top-4, expert
+                       FFN 1408, a sigmoid-gated shared expert of FFN 5632), fp32, dynamic token
+                       dimension
   mixtral_block_fp32/  Mixtral-8x7B's MoE block (hidden 4096, 8 experts, top-2, FFN 14336),
                        fp32, dynamic token dimension
   mixtral_lm_bf16/     a 2-layer Mixtral-8x7B-shaped causal LM (vocabulary 32000) built in bf16,
@@ -42,6 +45,16 @@ def qwen3_block():
         num_key_value_heads=4, head_dim=128, moe_intermediate_size=768, intermediate_size=6144,
         num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
         mlp_only_layers=[], max_position_embeddings=4096, tie_word_embeddings=False)
+    return cfg, torch.float32, "block"
+
+
+def qwen2moe_block():
+    cfg = transformers.Qwen2MoeConfig(
+        vocab_size=128, hidden_size=2048, num_hidden_layers=1, num_attention_heads=16,
+        num_key_value_heads=16, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+        intermediate_size=5632, num_experts=60, num_experts_per_tok=4, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[], max_position_embeddings=4096,
+        tie_word_embeddings=False)
     return cfg, torch.float32, "block"
 
 
@@ -83,7 +96,7 @@ def mixtral_lm_tiny_batched():
     return cfg, dtype, "lm_batched"
 
 
-MODELS = {"qwen3_block_fp32": qwen3_block, "mixtral_block_fp32": mixtral_block, "mixtral_lm_bf16": mixtral_lm,
+MODELS = {"qwen3_block_fp32": qwen3_block, "qwen2moe_block_fp32": qwen2moe_block, "mixtral_block_fp32": mixtral_block, "mixtral_lm_bf16": mixtral_lm,
           "mixtral_lm_bf16_sdpa": mixtral_lm_tiny, "mixtral_lm_bf16_batched": mixtral_lm_batched,
           "mixtral_lm_bf16_sdpa_batched": mixtral_lm_tiny_batched}
 
