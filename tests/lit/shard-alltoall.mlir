@@ -1,5 +1,6 @@
 // ppmoe-shard: the experts cut over the TP group, the layer in the all-to-all form (tokens
-// split, dispatch, exchange, the local experts, exchange back, combine, gather the tokens).
+// split, dispatch, exchange, the local experts, exchange back, combine, gather the tokens);
+// the dispatch marks the layer's strategy.
 // The input is a Mixtral block's moe IR as `--emit moe` prints it (its weights' source
 // relative to this file).
 
@@ -10,7 +11,7 @@
 // The expert stacks, cut into each rank's two of four experts.
 // CHECK-SAME: tensor<2x256x64xf32> {core.weight = "view_7.w_in
 // CHECK: "core.token_slice"({{.*}}) {axis = 0 : i64, index = 0 : i64, parts = 2 : i64}
-// CHECK: "moe.dispatch"({{.*}}) {capacity = 16 : i64, num_experts = 4 : i64}
+// CHECK: "moe.dispatch"({{.*}}) {capacity = 16 : i64, num_experts = 4 : i64, ppmoe.strategy = "alltoall"}
 // CHECK-NEXT: shard.all_to_all {{.*}} on @grid grid_axes = [2] split_axis = 0 concat_axis = 1
 // CHECK: "moe.expert_ffn"
 // CHECK: shard.all_to_all

@@ -9,7 +9,7 @@
 //!     %1 = linalg.matmul ins(%arg0, %arg1 : ...) outs(%0 : tensor<16x4xf32>) -> tensor<16x4xf32>
 //!     %2 = "core.softmax"(%1) {axis = 1 : i64} : (tensor<16x4xf32>) -> tensor<16x4xf32>
 
-use crate::core::read::RANK_PIECE;
+use crate::core::read::{RANK_PIECE, STRATEGY};
 use crate::core::upstream::{upstream_form, upstream_lines, Upstream};
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Program};
@@ -128,16 +128,16 @@ pub fn print_core(programs: &[&Program]) -> String {
 
 /// `print_programs_with`, under a module header (`header::IrHeader::to_mlir`): what makes
 /// the printed module read back.
-/// `rank_pieces`, where given, names per program the weights dense TP cut for its rank
-/// (marked `ppmoe.rank_piece`).
+/// `marks` says what the IR carries beside the programs: per program the weights dense TP cut
+/// for its rank (`ppmoe.rank_piece`), and each MoE layer's strategy on its `moe.dispatch`.
 pub fn print_stage(
     programs: &[&Program],
     grid: Option<(&str, usize, usize)>,
     microbatches: usize,
-    rank_pieces: &[HashSet<String>],
+    marks: &Marks,
     header: &str,
 ) -> String {
-    let text = print_programs_with(programs, grid, microbatches, rank_pieces);
+    let text = print_programs_with(programs, grid, microbatches, marks);
     match text.strip_prefix("module {") {
         Some(rest) => format!("module attributes {{{header}}} {{{rest}"),
         None => text,
@@ -147,14 +147,24 @@ pub fn print_stage(
 /// `grid`: the `shard.grid` declaration, and the (tp, pp) sizes that turn a peer's rank into
 /// its pipeline stage.
 pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>) -> String {
-    print_programs_with(programs, grid, 1, &[])
+    print_programs_with(programs, grid, 1, &Marks::default())
+}
+
+/// What the printed IR marks beside the programs' own ops: per program, the weights dense TP
+/// cut for its rank (`ppmoe.rank_piece` on their arguments, which `ppmoe-rewrite` must tell
+/// from replicated weights); the strategy of the n-th `moe.dispatch` of each function
+/// (`ppmoe.strategy`, which `ppmoe-rewrite` follows).
+#[derive(Default)]
+pub struct Marks<'a> {
+    pub rank_pieces: &'a [HashSet<String>],
+    pub strategies: &'a [&'a str],
 }
 
 pub fn print_programs_with(
     programs: &[&Program],
     grid: Option<(&str, usize, usize)>,
     microbatches: usize,
-    rank_pieces: &[HashSet<String>],
+    marks: &Marks,
 ) -> String {
     let mut text = String::from("module {\n");
     let (tp, pp) = grid.map_or((1, 1), |(_, t, p)| (t, p));
@@ -163,13 +173,8 @@ pub fn print_programs_with(
         let _ = writeln!(text, "  {g} loc(unknown)");
     }
     for (i, p) in programs.iter().enumerate() {
-        print_function(
-            &mut text,
-            p,
-            (microbatches, rank_pieces.get(i)),
-            &stage_of,
-            &[],
-        );
+        let function_marks = (marks.rank_pieces.get(i), marks.strategies);
+        print_function(&mut text, p, (microbatches, function_marks), &stage_of, &[]);
     }
     text.push_str("} loc(unknown)\n");
     text
@@ -181,7 +186,7 @@ pub fn print_programs_with(
 /// results replicated.
 pub fn print_for_partition(p: &Program, tp: usize, splits: &[(usize, usize)]) -> String {
     let mut text = format!("module {{\n  shard.grid @grid(shape = 1x1x{tp}) loc(unknown)\n");
-    print_function(&mut text, p, (1, None), &|_| 0, splits);
+    print_function(&mut text, p, (1, (None, &[])), &|_| 0, splits);
     text.push_str("} loc(unknown)\n");
     text
 }
@@ -221,10 +226,12 @@ fn print_whole_results(body: &mut String, p: &Program, names: &mut [String]) {
 
 /// One rank's program as `func.func @rank<N>`: its inputs, then its weights, as arguments;
 /// with `splits`, annotated for upstream's partitioning (`print_for_partition`).
+type FunctionMarks<'a> = (Option<&'a HashSet<String>>, &'a [&'a str]);
+
 fn print_function(
     text: &mut String,
     p: &Program,
-    (microbatches, rank_pieces): (usize, Option<&HashSet<String>>),
+    (microbatches, (rank_pieces, strategies)): (usize, FunctionMarks),
     stage_of: &dyn Fn(usize) -> usize,
     splits: &[(usize, usize)],
 ) {
@@ -232,8 +239,16 @@ fn print_function(
     let args = function_args(p, rank_pieces, &mut names);
     let mut body = String::new();
     print_splits(&mut body, p, splits, &mut names);
+    let mut layer = 0;
     for (i, ins) in p.instructions.iter().enumerate() {
-        print_instruction(&mut body, p, (i, ins), &mut names, stage_of);
+        let mut mark = None;
+        if let ppmoe_runtime::program::Op::MoeDispatch { .. } = ins.op {
+            mark = strategies
+                .get(layer)
+                .map(|s| format!("{STRATEGY} = {}", quote(s)));
+            layer += 1;
+        }
+        print_instruction(&mut body, p, (i, ins), &mut names, (stage_of, mark));
     }
     if !splits.is_empty() {
         print_whole_results(&mut body, p, &mut names);
@@ -317,7 +332,7 @@ fn print_instruction(
     p: &Program,
     (i, ins): (usize, &Instruction),
     names: &mut [String],
-    stage_of: &dyn Fn(usize) -> usize,
+    (stage_of, mark): (&dyn Fn(usize) -> usize, Option<String>),
 ) {
     use ppmoe_runtime::program::Op;
     let ty = |b: usize| tensor_type(&p.buffers[b]);
@@ -372,6 +387,7 @@ fn print_instruction(
         attributes(&ins.op)
     };
     attrs.extend(operand_presence(ins));
+    attrs.extend(mark);
     let lhs = if results.is_empty() {
         String::new()
     } else {

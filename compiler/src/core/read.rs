@@ -24,6 +24,9 @@ use std::collections::{HashMap, HashSet};
 /// The most ranks a grid read from IR may have (a bound on what the reader builds per rank).
 const MAX_RANKS: i64 = 1 << 16;
 
+/// The deepest `scf.if` nesting read (upstream's partitioning writes one level).
+const MAX_BRANCH_DEPTH: usize = 16;
+
 /// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 
@@ -33,10 +36,15 @@ const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 pub struct ReadProgram {
     pub program: Program,
     pub rank_pieces: HashSet<String>,
+    /// The strategy marked on each `moe.dispatch`, in order (`ppmoe.strategy`).
+    pub strategies: Vec<String>,
 }
 
 /// The marker of a weight argument that is this rank's piece of a dense TP split.
 pub const RANK_PIECE: &str = "ppmoe.rank_piece";
+
+/// The attribute of a `moe.dispatch` that names its layer's strategy (`ppmoe` or `alltoall`).
+pub const STRATEGY: &str = "ppmoe.strategy";
 
 /// Every `func.func` of the module as a program, in order; the error names the function and
 /// the op.
@@ -148,6 +156,8 @@ fn read_function(
         values: HashMap::new(),
         empties: HashSet::new(),
         known: Known::default(),
+        strategies: Vec::new(),
+        depth: 0,
         rank: 0,
         grid: Grid::ONE,
     };
@@ -210,6 +220,7 @@ fn read_function(
     Ok(ReadProgram {
         program: p,
         rank_pieces,
+        strategies: reader.strategies,
     })
 }
 
@@ -221,6 +232,10 @@ struct FunctionReader {
     /// reshape's shape, a receive's operand.
     empties: HashSet<usize>,
     known: Known,
+    /// Each `moe.dispatch`'s strategy mark, in order.
+    strategies: Vec<String>,
+    /// How many `scf.if` branches the op being read is inside.
+    depth: usize,
     rank: usize,
     grid: Grid,
 }
@@ -333,6 +348,9 @@ impl FunctionReader {
     /// An `scf.if` on a condition known at this rank: the branch taken read in its place, its
     /// results the values that branch yields.
     fn branch(&mut self, op: &OperationRef, index: &mut usize) -> Result<(), String> {
+        if self.depth >= MAX_BRANCH_DEPTH {
+            return Err(format!("scf.if nested deeper than {MAX_BRANCH_DEPTH}"));
+        }
         let condition = op
             .operand(0)
             .ok()
@@ -342,7 +360,10 @@ impl FunctionReader {
             .region(if condition { 0 } else { 1 })
             .map_err(|e| e.to_string())?;
         let block = region.first_block().ok_or("scf.if without that branch")?;
-        let BlockEnd::Yield(yielded) = self.read_block(block, index)? else {
+        self.depth += 1;
+        let end = self.read_block(block, index);
+        self.depth -= 1;
+        let BlockEnd::Yield(yielded) = end? else {
             return Err("func.return inside scf.if".into());
         };
         for (k, result) in op.results().enumerate() {
@@ -429,6 +450,12 @@ impl FunctionReader {
         }
         let result = op.result(0).ok().and_then(|r| tensor_type(r.r#type()).ok());
         let upstream = read_upstream(op, &full, result).transpose()?;
+        if full == "moe.dispatch" {
+            if let Ok(mark) = op.attribute(STRATEGY) {
+                let name = attribute_text(mark).ok_or("ppmoe.strategy is not a string")?;
+                self.strategies.push(name);
+            }
+        }
         let instruction_op = match (full.strip_prefix("shard."), upstream.clone()) {
             (Some(name), _) => shard_op(op, name, self.rank, self.grid)?,
             (None, Some(upstream)) => upstream,
@@ -546,7 +573,7 @@ fn read_op(op: &OperationRef, full: &str) -> Result<Op, String> {
     let mut fields = serde_json::Map::new();
     for (key, value) in op.attributes() {
         let key = identifier_text(key);
-        if STRUCTURAL.contains(&key.as_str()) {
+        if STRUCTURAL.contains(&key.as_str()) || (full == "moe.dispatch" && key == STRATEGY) {
             continue;
         }
         let json = attribute_json(value)

@@ -61,7 +61,7 @@ struct Plan {
 }
 
 /// Rewrites every all-to-all MoE layer whose precondition holds; returns, for the others,
-/// where and why not.
+/// where and why not, and the layers rewritten (their ordinals among the dispatches).
 /// `wanted(n)`: whether the n-th MoE layer (in program order) should take the PPMoE form
 /// (`--moe-strategy auto` leaves some in the all-to-all form); `rank_pieces`: the weights
 /// dense TP cut into this rank's own pieces (`dense_tp`), which are not replicated.
@@ -70,9 +70,11 @@ pub fn ppmoe_rewrite(
     (t, tp): (usize, usize),
     wanted: &dyn Fn(usize) -> bool,
     rank_pieces: &HashSet<BufferId>,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<usize>) {
     let p = &mut rp.program;
     let (plans, notes) = plan_layers(p, wanted, rank_pieces);
+    let rewritten: Vec<usize> = plans.iter().map(|(layer, _)| *layer).collect();
+    let plans = plans.into_iter().map(|(_, plan)| plan);
     let mut insert_at: HashMap<usize, Vec<Instruction>> = HashMap::new();
     let mut gone: HashSet<usize> = HashSet::new();
     for plan in plans {
@@ -90,16 +92,16 @@ pub fn ppmoe_rewrite(
             p.instructions.push(ins);
         }
     }
-    notes
+    (notes, rewritten)
 }
 
-/// The layers `wanted` picks whose all-to-all form can become PPMoE's, and a note for each
-/// of the others.
+/// The layers `wanted` picks whose all-to-all form can become PPMoE's (with their ordinals),
+/// and a note for each of the others.
 fn plan_layers(
     p: &Program,
     wanted: &dyn Fn(usize) -> bool,
     rank_pieces: &HashSet<BufferId>,
-) -> (Vec<Plan>, Vec<String>) {
+) -> (Vec<(usize, Plan)>, Vec<String>) {
     let producer: HashMap<BufferId, usize> = p
         .instructions
         .iter()
@@ -124,7 +126,7 @@ fn plan_layers(
             continue;
         }
         match plan_layer(p, i, &producer, &rep) {
-            Ok(plan) => plans.push(plan),
+            Ok(plan) => plans.push((layer, plan)),
             Err(note) => notes.push(note),
         }
     }
@@ -356,7 +358,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
-        let notes = ppmoe_rewrite(&mut rp, (1, 2), &|_| true, &HashSet::new());
+        let (notes, _) = ppmoe_rewrite(&mut rp, (1, 2), &|_| true, &HashSet::new());
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 0);
         assert_eq!(count(&rp, |o| matches!(o, Op::AllReduce { .. })), 1);
@@ -382,7 +384,7 @@ mod tests {
             &mut Default::default(),
         )
         .unwrap();
-        let notes = ppmoe_rewrite(&mut rp, (0, 2), &|_| true, &HashSet::new());
+        let (notes, _) = ppmoe_rewrite(&mut rp, (0, 2), &|_| true, &HashSet::new());
         assert_eq!(notes.len(), 1);
         assert!(
             notes[0].contains("layer at \"experts\": kept all-to-all")

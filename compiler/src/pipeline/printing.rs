@@ -2,6 +2,7 @@
 //! ones (each under the header that makes it read back), the kernel plans and the PTX.
 
 use super::{Compilation, DEFAULT_EVAL_LIMIT_BYTES};
+use crate::core::print::Marks;
 use crate::distribute::shard_moe::RankProgram;
 use crate::distribute::{Grid, Strategy};
 use crate::passes::raise_moe::CapacityPolicy;
@@ -113,17 +114,22 @@ pub(super) fn print_ranks(c: &Compilation, ranks: &[RankProgram], stage: &str) -
     let grid = c.options.grid.unwrap_or(Grid::ONE);
     let programs: Vec<&ppmoe_runtime::program::Program> =
         ranks.iter().map(|r| &r.program).collect();
-    // Dense TP's pieces are marked in the sharded stage, where `ppmoe-rewrite` reads them.
-    let pieces: &[HashSet<String>] = if stage == "sharded" {
-        &c.rank_pieces
+    // Dense TP's pieces and the layers' strategies are marked in the sharded stage, where
+    // `ppmoe-rewrite` reads them.
+    let strategies: Vec<&str> = c.choices.iter().map(|choice| choice.name()).collect();
+    let marks = if stage == "sharded" {
+        Marks {
+            rank_pieces: &c.rank_pieces,
+            strategies: &strategies,
+        }
     } else {
-        &[]
+        Marks::default()
     };
     Some(crate::core::print::print_stage(
         &programs,
         Some((&grid.mlir(), grid.tp, grid.pp)),
         c.options.microbatches.max(1),
-        pieces,
+        &marks,
         &header(c, stage).to_mlir(),
     ))
 }
@@ -135,7 +141,7 @@ pub(super) fn print_one(c: &Compilation, stage: &str) -> Option<String> {
         &[&core.program],
         None,
         c.options.microbatches.max(1),
-        &[],
+        &Marks::default(),
         &header(c, stage).to_mlir(),
     ))
 }

@@ -157,11 +157,9 @@ pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
     need_sharded(c, "ppmoe-rewrite")?;
     let tp = c.sharded.len();
     c.diagnostics.kept_all_to_all.clear();
-    if c.options.strategy == Some(Strategy::AllToAll) {
-        return Ok(());
-    }
-    let picks = &c.choices;
+    let picks = c.choices.clone();
     let wanted = |n: usize| picks.get(n) == Some(&Choice::Ppmoe);
+    let mut rewritten = Vec::new();
     for (t, rp) in c.sharded.iter_mut().enumerate() {
         let named = c.rank_pieces.get(t);
         let pieces: HashSet<BufferId> = (0..rp.program.buffers.len())
@@ -170,11 +168,19 @@ pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
                 buffer.kind == BufferKind::Weight && named.is_some_and(|n| n.contains(&buffer.name))
             })
             .collect();
-        let notes = crate::distribute::ppmoe_rewrite::ppmoe_rewrite(rp, (t, tp), &wanted, &pieces);
+        let (notes, done) =
+            crate::distribute::ppmoe_rewrite::ppmoe_rewrite(rp, (t, tp), &wanted, &pieces);
         if t == 0 {
             c.diagnostics.kept_all_to_all.extend(notes);
+            rewritten = done;
         }
     }
+    // The strategies of the layers left in the all-to-all form, in order (the dispatches the
+    // IR marks from here on).
+    c.choices = (c.choices.iter().enumerate())
+        .filter(|(n, _)| !rewritten.contains(n))
+        .map(|(_, &choice)| choice)
+        .collect();
     Ok(())
 }
 
