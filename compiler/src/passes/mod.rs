@@ -1,6 +1,7 @@
 //! Passes over a rank's program, one per file.
 
 pub mod dead_code;
+pub mod dead_ops;
 pub mod einsum_matmul;
 pub mod int_compare;
 pub mod raise_moe;

@@ -35,7 +35,14 @@ pub struct Pass {
     /// compilation option of the flag of the same name.
     pub options: &'static [&'static str],
     pub run: fn(&mut Compilation) -> Result<(), CompileError>,
+    /// A pass written over the module's MLIR ops: run on the module in the pass manager, in
+    /// place of `run` (which then says it needs the module).
+    pub on_module: Option<OnModule>,
 }
+
+/// A pass over the module's ops: returns how many it changed.
+pub type OnModule =
+    fn(&melior::Context, &melior::ir::operation::OperationRef) -> Result<usize, String>;
 
 pub struct Stage {
     pub name: &'static str,
@@ -50,7 +57,22 @@ const fn pass(
     options: &'static [&'static str],
     run: fn(&mut Compilation) -> Result<(), CompileError>,
 ) -> Pass {
-    Pass { name, options, run }
+    Pass {
+        name,
+        options,
+        run,
+        on_module: None,
+    }
+}
+
+/// A pass over the module's ops (`OnModule`), which runs in the pass manager only.
+const fn module_pass(name: &'static str, on_module: OnModule) -> Pass {
+    Pass {
+        name,
+        options: &[],
+        run: needs_module,
+        on_module: Some(on_module),
+    }
 }
 
 /// The ladder, in order.
@@ -75,7 +97,7 @@ pub const STAGES: &[Stage] = &[
         passes: &[
             pass("ppmoe-shard", &["tp", "strategy"], shard),
             pass("ppmoe-rewrite", &[], ppmoe_rewrite),
-            pass("ppmoe-dce", &[], remove_dead_code),
+            module_pass("ppmoe-dce", crate::passes::dead_ops::remove_dead_ops),
             pass("ppmoe-weight-dtype", &["dtype"], weight_dtype),
             pass("ppmoe-einsum-to-matmul", &[], einsum_to_matmul),
             pass("ppmoe-compare-as-f32", &[], compare_as_f32),

@@ -6,8 +6,10 @@
 
 use super::pass_pipeline::{set_option, spelled_with_options};
 use super::{
-    adopt, print_dump, stage_text, Compilation, Pass, Stage, READABLE, STAGES, WITH_LOCATIONS,
+    adopt, check_readable, print_dump, stage_text, Compilation, Pass, Stage, READABLE, STAGES,
+    WITH_LOCATIONS,
 };
+use crate::core::header::IrHeader;
 use crate::error::CompileError;
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
@@ -118,6 +120,9 @@ fn run_one(
     module: &OperationRef,
 ) -> Result<(), CompileError> {
     let (stage, pass) = (scheduled.stage, scheduled.pass);
+    if let Some(on_module) = pass.on_module {
+        return run_on_module(shared, context, scheduled, module, on_module);
+    }
     let mut c = shared.c.borrow_mut();
     let at = adopt(&mut c, module).map_err(|reason| ir_error(&c, reason))?;
     if let Some(reason) = past_its_input(stage, pass, &at) {
@@ -136,6 +141,57 @@ fn run_one(
         .map_err(|diagnostics| c.verify_error(stage.name, diagnostics))?;
     replace_contents(module, fresh);
     *shared.stage.borrow_mut() = stage.name;
+    dump_after(&c, stage, pass, module);
+    Ok(())
+}
+
+/// A pass written over the module's ops: it transforms the module in place (the compilation's
+/// programs are taken from it by the next pass), and the header records it.
+fn run_on_module(
+    shared: &Shared,
+    context: &Context,
+    scheduled: &Scheduled,
+    module: &OperationRef,
+    on_module: super::OnModule,
+) -> Result<(), CompileError> {
+    let (stage, pass) = (scheduled.stage, scheduled.pass);
+    let mut c = shared.c.borrow_mut();
+    let at = IrHeader::read(module)
+        .map_err(|reason| ir_error(&c, reason))?
+        .stage;
+    check_readable(&at).map_err(|reason| ir_error(&c, reason))?;
+    if let Some(reason) = past_its_input(stage, pass, &at) {
+        return Err(ir_error(&c, reason));
+    }
+    if at != stage.name {
+        return Err(ir_error(
+            &c,
+            format!(
+                "{} takes IR of stage '{}'; this IR is at stage '{at}'",
+                pass.name, stage.name
+            ),
+        ));
+    }
+    tracing::info!("pass {} ({})", pass.name, super::memory_now());
+    let changed = on_module(context, module).map_err(|reason| ir_error(&c, reason))?;
+    tracing::debug!("{}: {changed} ops", pass.name);
+    let spelled = spelled_with_options(pass, &c.options);
+    c.history.push(spelled);
+    // The header only: the module's ops are already the pass's.
+    let header = format!(
+        "module attributes {{{}}} {{}}",
+        super::printing::header_of(&c, stage.name)
+    );
+    let fresh = ppmoe_dialect::parse_verified(context, &header)
+        .map_err(|diagnostics| c.verify_error(stage.name, diagnostics))?;
+    replace_attributes(module, &fresh);
+    *shared.stage.borrow_mut() = stage.name;
+    dump_after(&c, stage, pass, module);
+    Ok(())
+}
+
+/// `--print-ir-after-all`'s dump of the module after `pass`.
+fn dump_after(c: &Compilation, stage: &Stage, pass: &Pass, module: &OperationRef) {
     if c.options.print_ir_after_all {
         let text = if WITH_LOCATIONS.contains(&stage.name) {
             ppmoe_dialect::print_with_locations(module)
@@ -144,7 +200,6 @@ fn run_one(
         };
         print_dump(pass, stage, &text);
     }
-    Ok(())
 }
 
 /// Where the IR is past what `pass` transforms: the first pass of a stage takes the stage
@@ -165,6 +220,25 @@ fn past_its_input(stage: &Stage, pass: &Pass, at: &str) -> Option<String> {
 
 /// The module's header and body replaced by `fresh`'s (its operations moved, not copied).
 fn replace_contents(module: &OperationRef, fresh: Module) {
+    replace_attributes(module, &fresh);
+    let Some(body) = module.region(0).ok().and_then(|r| r.first_block()) else {
+        return;
+    };
+    while let Some(mut op) = body.first_operation_mut() {
+        op.remove_from_parent();
+        // SAFETY: removed from its block, the operation is owned here; dropping destroys it.
+        drop(unsafe { Operation::from_raw(op.to_raw()) });
+    }
+    let from = fresh.body();
+    while let Some(mut op) = from.first_operation_mut() {
+        op.remove_from_parent();
+        // SAFETY: removed from `fresh`, the operation is owned until the block takes it.
+        body.append_operation(unsafe { Operation::from_raw(op.to_raw()) });
+    }
+}
+
+/// The module's attributes replaced by `fresh`'s.
+fn replace_attributes(module: &OperationRef, fresh: &Module) {
     // SAFETY: the pass manager hands this pass the module to transform; nothing else holds a
     // reference into it while the pass runs.
     let mut target = unsafe { OperationRefMut::from_raw(module.to_raw()) };
@@ -182,20 +256,6 @@ fn replace_contents(module: &OperationRef, fresh: Module) {
         if let Ok(name) = name_of(id) {
             target.set_attribute(&name, value);
         }
-    }
-    let Some(body) = module.region(0).ok().and_then(|r| r.first_block()) else {
-        return;
-    };
-    while let Some(mut op) = body.first_operation_mut() {
-        op.remove_from_parent();
-        // SAFETY: removed from its block, the operation is owned here; dropping destroys it.
-        drop(unsafe { Operation::from_raw(op.to_raw()) });
-    }
-    let from = fresh.body();
-    while let Some(mut op) = from.first_operation_mut() {
-        op.remove_from_parent();
-        // SAFETY: removed from `fresh`, the operation is owned until the block takes it.
-        body.append_operation(unsafe { Operation::from_raw(op.to_raw()) });
     }
 }
 

@@ -146,6 +146,11 @@ pub(super) fn print_one(c: &Compilation, stage: &str) -> Option<String> {
     ))
 }
 
+/// The module attributes of `stage`'s header, as MLIR text.
+pub(super) fn header_of(c: &Compilation, stage: &str) -> String {
+    header(c, stage).to_mlir()
+}
+
 /// What the IR of `stage` says of itself: the stage, and the source of its weights with the
 /// options that made them (the model's path made absolute, so the file reads back anywhere).
 fn header(c: &Compilation, stage: &str) -> crate::core::header::IrHeader {

@@ -184,14 +184,16 @@ pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// `ppmoe-dce`: every rank program without the instructions and weights nothing reads.
-pub(super) fn remove_dead_code(c: &mut Compilation) -> Result<(), CompileError> {
-    need_sharded(c, "ppmoe-dce")?;
-    for rp in &mut c.sharded {
-        let program = std::mem::replace(&mut rp.program, ppmoe_runtime::program::Program::empty());
-        rp.program = crate::passes::dead_code::remove_dead_code(program, &mut rp.weights);
-    }
-    Ok(())
+/// The `run` of a pass written over the module's ops: those run in the pass manager, which
+/// every stage from `moe` on is run by.
+pub(super) fn needs_module(c: &mut Compilation) -> Result<(), CompileError> {
+    Err(CompileError::StageNotBuilt(
+        "sharded".into(),
+        format!(
+            "{}: a pass over the module's ops runs in the pass manager",
+            c.error_path().display()
+        ),
+    ))
 }
 
 /// `ppmoe-weight-dtype`: the float weights stored in `--dtype` (rounded once, here), once per
