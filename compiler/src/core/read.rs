@@ -439,7 +439,10 @@ impl FunctionReader {
         if full == "core.cast" && op.has_attribute("ppmoe.narrows") {
             return self.narrow(op);
         }
-        if full == "linalg.matmul" || full == "linalg.batch_matmul" {
+        if matches!(
+            full.as_str(),
+            "linalg.matmul" | "linalg.batch_matmul" | "linalg.contract"
+        ) {
             let init = op.operand(op.operand_count().saturating_sub(1)).map(handle);
             if !init.is_ok_and(|v| self.known.zero_fills.contains(&v)) {
                 return Err(

@@ -36,6 +36,9 @@ pub enum Upstream {
     /// Stacks of matrices times one matrix (tokens [b, m, k] by a weight [k, n]): a
     /// `linalg.batch_matmul` whose indexing maps broadcast the matrix over the batch.
     BroadcastMatmul,
+    /// Stacks of matrices over several batch axes (attention's [b, heads, m, k] by
+    /// [b, heads, k, n]): a `linalg.contract` whose indexing maps say so.
+    Contract(usize),
     Transpose(Vec<usize>),
     Softmax(usize),
     Concat(usize),
@@ -144,6 +147,17 @@ pub fn upstream_lines(
             ],
             format!("{result} = {name} ins({n} : {t}) outs(%f{i} : {out}) -> {out}"),
         ),
+        Upstream::Contract(rank) => (
+            vec![
+                format!("%z{i} = arith.constant 0.000000e+00 : f32"),
+                empty[0].clone(),
+                format!("%f{i} = linalg.fill ins(%z{i} : f32) outs(%d{i} : {out}) -> {out}"),
+            ],
+            format!(
+                "{result} = linalg.contract indexing_maps = [{}] ins({n} : {t}) outs(%f{i} : {out}) -> {out}",
+                contract_maps(*rank).join(", ")
+            ),
+        ),
         Upstream::BroadcastMatmul => (
             vec![
                 format!("%z{i} = arith.constant 0.000000e+00 : f32"),
@@ -240,6 +254,23 @@ const BROADCAST_MATMUL_MAPS: [&str; 3] = [
     "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>",
 ];
 
+/// The indexing maps of a matmul over `rank - 2` batch axes as `linalg.contract` takes them
+/// (as MLIR prints them): loops over the batch axes, m, n, then k.
+fn contract_maps(rank: usize) -> [String; 3] {
+    let dims: Vec<String> = (0..=rank).map(|d| format!("d{d}")).collect();
+    let batch = &dims[..rank - 2];
+    let (m, n, k) = (&dims[rank - 2], &dims[rank - 1], &dims[rank]);
+    let map = |last: [&String; 2]| {
+        let exprs: Vec<&str> = batch.iter().chain(last).map(String::as_str).collect();
+        format!(
+            "affine_map<({}) -> ({})>",
+            dims.join(", "),
+            exprs.join(", ")
+        )
+    };
+    [map([m, k]), map([k, n]), map([m, n])]
+}
+
 /// A matmul's indexing maps checked to be the ones its form has (linalg's matmuls take maps
 /// that transpose or broadcast an operand, which ppmoe's matmul does not, but for a weight
 /// broadcast over a batch).
@@ -259,10 +290,16 @@ fn read_matmul(op: &OperationRef, name: &str) -> Result<Op, String> {
         .ok()
         .and_then(|v| super::read::tensor_type(v.r#type()).ok())
         .map_or(0, |(_, shape)| shape.len());
-    let expected = match (name, second_rank) {
-        ("linalg.matmul", _) => MATMUL_MAPS,
-        (_, 2) => BROADCAST_MATMUL_MAPS,
-        _ => BATCH_MATMUL_MAPS,
+    let expected: Vec<String> = match (name, second_rank) {
+        ("linalg.matmul", _) => MATMUL_MAPS.map(String::from).to_vec(),
+        ("linalg.contract", r) if r >= 4 => contract_maps(r).to_vec(),
+        ("linalg.contract", r) => {
+            return Err(format!(
+                "'{name}' of rank-{r} operands: ppmoe's take four or more axes"
+            ))
+        }
+        (_, 2) => BROADCAST_MATMUL_MAPS.map(String::from).to_vec(),
+        _ => BATCH_MATMUL_MAPS.map(String::from).to_vec(),
     };
     match maps {
         Some(m) if m != expected => Err(format!(
@@ -359,7 +396,7 @@ pub fn read_upstream(
             .map_err(|_| format!("'{name}': expected an integer"))
     };
     let read = match name {
-        "linalg.matmul" | "linalg.batch_matmul" => read_matmul(op, name),
+        "linalg.matmul" | "linalg.batch_matmul" | "linalg.contract" => read_matmul(op, name),
         "linalg.transpose" => attribute("permutation").and_then(|a| {
             let perm = super::read::i64_list(a)
                 .and_then(|p| p.into_iter().map(|x| usize::try_from(x).ok()).collect())
@@ -593,6 +630,12 @@ fn matmul(inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
         (&[bt, m, k], &[k2, n], &[bt2, m2, n2]) if bt == bt2 && k == k2 && m == m2 && n == n2 => {
             Some(Upstream::BroadcastMatmul)
         }
+        (a, b, o) if a.len() >= 4 && a.len() == b.len() && a.len() == o.len() => {
+            let r = a.len();
+            let batch = a[..r - 2] == b[..r - 2] && a[..r - 2] == o[..r - 2];
+            let fits = a[r - 1] == b[r - 2] && o[r - 2] == a[r - 2] && o[r - 1] == b[r - 1];
+            (batch && fits).then_some(Upstream::Contract(r))
+        }
         _ => None,
     }
 }
@@ -622,6 +665,7 @@ mod tests {
             Upstream::Reshape(_) => "tensor.reshape",
             Upstream::Composite(_) => "composite",
             Upstream::BroadcastMatmul => "linalg.batch_matmul (broadcast)",
+            Upstream::Contract(_) => "linalg.contract",
         })
     }
 
@@ -640,8 +684,15 @@ mod tests {
             mm(&[2, 4, 3], &[3, 5], f(&[2, 4, 5])),
             Some("linalg.batch_matmul (broadcast)")
         );
-        // Two batch axes, a broadcast stack, and half-precision results stay core ops.
+        // Two batch axes (attention's heads): a contraction.
+        assert_eq!(
+            mm(&[1, 2, 4, 3], &[1, 2, 3, 5], f(&[1, 2, 4, 5])),
+            Some("linalg.contract")
+        );
+        // A matrix by two batch axes, a broadcast stack, and half-precision results stay core
+        // ops.
         assert_eq!(mm(&[2, 2, 4, 3], &[3, 5], f(&[2, 2, 4, 5])), None);
+        assert_eq!(mm(&[1, 2, 4, 3], &[1, 1, 3, 5], f(&[1, 2, 4, 5])), None);
         assert_eq!(mm(&[1, 4, 3], &[2, 3, 5], f(&[2, 4, 5])), None);
         assert_eq!(mm(&[4, 3], &[3, 5], buffer(BF16, &[4, 5])), None);
         // bf16 weights into an f32 result: linalg casts them as ppmoe does.
