@@ -300,33 +300,47 @@ fn id_in(back: &[BufferId], b: BufferId) -> usize {
 }
 
 /// Each rank's form of `one`: the regions upstream partitions in its place, their weights cut
-/// into the rank's pieces (with their ids, which are the rank's own); `Err`: MLIR's
-/// diagnostics for a region upstream did not partition. `dump`: each region's module printed
+/// into the rank's pieces (with their ids, which are the rank's own). A region upstream does not
+/// partition as asked (MLIR's diagnostics, a piece of another shape, an op the programs do not
+/// hold) is left whole, for ppmoe's rules, with a warning. `dump`: each region's module printed
 /// after each upstream pass.
 pub fn partition_regions(
     one: &RankProgram,
     tp: usize,
     dump: bool,
-) -> Result<Vec<(RankProgram, HashSet<BufferId>)>, String> {
+) -> Vec<(RankProgram, HashSet<BufferId>)> {
     let regions = find_regions(&one.program, tp);
     let mut ranks: Vec<(RankProgram, HashSet<BufferId>)> =
         (0..tp).map(|_| (one.clone(), HashSet::new())).collect();
     if regions.is_empty() {
-        return Ok(ranks);
+        return ranks;
     }
     // Instruction indices shift as regions are replaced: replace the last region first.
+    let mut taken = 0;
     for r in regions.iter().rev() {
-        let (partitioned, back) = partition(&one.program, r, tp, dump)?;
-        for (t, piece) in partitioned.into_iter().enumerate() {
-            let (rp, pieces) = &mut ranks[t];
-            splice(rp, r, (&piece, &back), t, pieces)?;
+        // All ranks or none: a region upstream did not partition as asked stays whole here,
+        // and ppmoe's own rules split it (exact either way), said in the log.
+        let spliced = partition(&one.program, r, tp, dump).and_then(|(partitioned, back)| {
+            let mut next = ranks.clone();
+            for (t, piece) in partitioned.into_iter().enumerate() {
+                let (rp, pieces) = &mut next[t];
+                splice(rp, r, (&piece, &back), t, pieces)?;
+            }
+            Ok(next)
+        });
+        match spliced {
+            Ok(next) => {
+                ranks = next;
+                taken += 1;
+            }
+            Err(why) => tracing::warn!(
+                "dense TP: the region ending at \"{}\" is left to ppmoe's rules: {why}",
+                one.program.instructions[r.terminal].origin
+            ),
         }
     }
-    tracing::info!(
-        "dense TP: {} regions partitioned by upstream shard-partition",
-        regions.len()
-    );
-    Ok(ranks)
+    tracing::info!("dense TP: {taken} regions partitioned by upstream shard-partition");
+    ranks
 }
 
 /// Region `r` of `rp` replaced by `piece`, the partitioned region as rank t reads it (`back`:
@@ -510,7 +524,7 @@ mod tests {
             (regions[0].column_weights.clone(), regions[0].row_weight),
             (vec![1], 2)
         );
-        let ranks = partition_regions(&one, 2, false).unwrap();
+        let ranks = partition_regions(&one, 2, false);
         for (t, (rp, pieces)) in ranks.iter().enumerate() {
             let ops: Vec<&Op> = rp.program.instructions.iter().map(|i| &i.op).collect();
             assert!(
