@@ -10,7 +10,7 @@
 //!     %2 = "core.softmax"(%1) {axis = 1 : i64} : (tensor<16x4xf32>) -> tensor<16x4xf32>
 
 use crate::core::read::{RANK_PIECE, STRATEGY};
-use crate::core::upstream::{upstream_form, upstream_lines, Upstream};
+use crate::core::upstream::{instruction_form, upstream_lines};
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Program};
 use ppmoe_runtime::DType;
@@ -371,7 +371,7 @@ fn print_instruction(
         results = vec![format!("%v{i}_w")];
         result_types = vec![tensor_type(wide)];
     }
-    if let Some(form) = upstream_form_of(p, ins).filter(|_| narrowed.is_none()) {
+    if let Some(form) = instruction_form(p, ins).filter(|_| narrowed.is_none()) {
         let operands: Vec<(String, String)> =
             operand_names.into_iter().zip(operand_types).collect();
         let (before, line) = upstream_lines(&form, i, &results[0], &operands, &result_types[0]);
@@ -424,18 +424,6 @@ fn print_instruction(
             location(p, ins, false),
         );
     }
-}
-
-/// The upstream op instruction `ins` prints as, where one fits (every operand present, one
-/// result).
-fn upstream_form_of(p: &Program, ins: &Instruction) -> Option<Upstream> {
-    let [out] = ins.outputs.as_slice() else {
-        return None;
-    };
-    let inputs: Option<Vec<&Buffer>> = (ins.inputs.iter())
-        .map(|b| b.map(|b| &p.buffers[b]))
-        .collect();
-    upstream_form(&ins.op, &inputs?, &p.buffers[*out])
 }
 
 /// A collective whose result the runtime writes in another element type than its operand's

@@ -25,7 +25,7 @@ use melior::ir::attribute::{Attribute, IntegerAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{RegionLike, ValueLike};
-use ppmoe_runtime::program::{BinaryFn, Buffer, Op, UnaryFn};
+use ppmoe_runtime::program::{BinaryFn, Buffer, Instruction, Op, Program, UnaryFn};
 use ppmoe_runtime::DType;
 
 /// The upstream op an instruction prints as, where one fits.
@@ -122,6 +122,18 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
         }
         _ => None,
     }
+}
+
+/// The upstream op instruction `ins` of `p` prints as, where one fits (every operand present,
+/// one result).
+pub fn instruction_form(p: &Program, ins: &Instruction) -> Option<Upstream> {
+    let [out] = ins.outputs.as_slice() else {
+        return None;
+    };
+    let inputs: Option<Vec<&Buffer>> = (ins.inputs.iter())
+        .map(|b| b.map(|b| &p.buffers[b]))
+        .collect();
+    upstream_form(&ins.op, &inputs?, &p.buffers[*out])
 }
 
 /// The form's text: the op making `result` (and before it, on lines of their own, the

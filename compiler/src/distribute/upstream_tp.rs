@@ -15,7 +15,7 @@
 //! upstream partitioned them.
 
 use super::shard_moe::RankProgram;
-use crate::core::upstream::{upstream_form, Upstream};
+use crate::core::upstream::{instruction_form, Upstream};
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -53,14 +53,7 @@ fn uses(p: &Program) -> (HashMap<BufferId, Vec<usize>>, HashMap<BufferId, usize>
 
 /// The upstream op instruction `i` prints as.
 fn form(p: &Program, i: usize) -> Option<Upstream> {
-    let ins = &p.instructions[i];
-    let [out] = ins.outputs.as_slice() else {
-        return None;
-    };
-    let inputs: Option<Vec<&Buffer>> = (ins.inputs.iter())
-        .map(|b| b.map(|b| &p.buffers[b]))
-        .collect();
-    upstream_form(&ins.op, &inputs?, &p.buffers[*out])
+    instruction_form(p, &p.instructions[i])
 }
 
 /// The tokens and the weight of a matmul of tokens (a matrix or a stack of them, not a weight)
@@ -100,7 +93,12 @@ pub fn find_regions(p: &Program, tp: usize) -> Vec<Region> {
         if regions.last().is_some_and(|r| i <= r.terminal) {
             continue;
         }
-        if let Some(region) = grow(p, (&readers, &makers), i, tp) {
+        let after_the_last = |r: &Region| {
+            regions
+                .last()
+                .is_none_or(|l| r.instructions[0] > l.terminal)
+        };
+        if let Some(region) = grow(p, (&readers, &makers), i, tp).filter(after_the_last) {
             regions.push(region);
         }
     }
@@ -198,7 +196,9 @@ fn region_of(p: &Program, members: BTreeSet<usize>, terminal: usize) -> Option<R
             !all.contains(&j) && ins.inputs.iter().flatten().any(|b| made.contains(b))
         });
     let (_, row_weight) = weight_matmul(p, terminal)?;
-    (!read_outside && !column_weights.is_empty()).then(|| Region {
+    // The region is replaced where its last instruction, the row-split matmul, was.
+    let ends_at_terminal = members.iter().all(|&i| i < terminal);
+    (!read_outside && !column_weights.is_empty() && ends_at_terminal).then(|| Region {
         instructions: all.into_iter().collect(),
         column_weights,
         row_weight,
