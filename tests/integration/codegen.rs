@@ -106,6 +106,7 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
         ir0.matches("\"core.mat_mul\"").count()
             + ir0.matches("linalg.matmul").count()
             + ir0.matches("linalg.batch_matmul").count()
+            + ir0.matches("linalg.contract").count()
     );
     let collectives =
         ir0.matches("shard.all_reduce").count() + ir0.matches("shard.all_gather").count();
