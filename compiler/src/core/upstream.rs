@@ -36,9 +36,10 @@ pub enum Upstream {
     /// Stacks of matrices times one matrix (tokens [b, m, k] by a weight [k, n]): a
     /// `linalg.batch_matmul` whose indexing maps broadcast the matrix over the batch.
     BroadcastMatmul,
-    /// Stacks of matrices over several batch axes (attention's [b, heads, m, k] by
-    /// [b, heads, k, n]): a `linalg.contract` whose indexing maps say so.
-    Contract(usize),
+    /// A contraction as `linalg.contract` with its indexing maps: a matmul over several batch
+    /// axes (attention's [b, heads, m, k] by [b, heads, k, n]), or an einsum that is a plain
+    /// contraction (its labels numbered by first appearance).
+    Contract(Vec<String>),
     Transpose(Vec<usize>),
     Softmax(usize),
     Concat(usize),
@@ -70,6 +71,13 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
     let one_input = inputs.len() == 1;
     match op {
         Op::MatMul => matmul(inputs, output),
+        Op::Einsum { equation } => {
+            let f32s = inputs.len() == 2 && same_element && output.dtype == DType::F32;
+            let ranks: Vec<usize> = inputs.iter().map(|b| b.shape.len()).chain([rank]).collect();
+            einsum_maps(equation, &ranks)
+                .filter(|_| f32s)
+                .map(Upstream::Contract)
+        }
         Op::Binary { f } => {
             let name = binary_name(*f)?;
             if same_f32_type(inputs, output) {
@@ -159,7 +167,7 @@ pub fn upstream_lines(
             ],
             format!("{result} = {name} ins({n} : {t}) outs(%f{i} : {out}) -> {out}"),
         ),
-        Upstream::Contract(rank) => (
+        Upstream::Contract(maps) => (
             vec![
                 format!("%z{i} = arith.constant 0.000000e+00 : f32"),
                 empty[0].clone(),
@@ -167,7 +175,7 @@ pub fn upstream_lines(
             ],
             format!(
                 "{result} = linalg.contract indexing_maps = [{}] ins({n} : {t}) outs(%f{i} : {out}) -> {out}",
-                contract_maps(*rank).join(", ")
+                maps.join(", ")
             ),
         ),
         Upstream::BroadcastMatmul => (
@@ -283,6 +291,97 @@ fn contract_maps(rank: usize) -> [String; 3] {
     [map([m, k]), map([k, n]), map([m, n])]
 }
 
+/// A `linalg.contract`: a matmul over several batch axes where its maps are one's, else the
+/// plain contraction (einsum) they say; anything else refused by name.
+fn read_contract(maps: Option<Vec<String>>, second_rank: usize) -> Result<Op, String> {
+    let maps = maps.ok_or("'linalg.contract' without its maps")?;
+    if second_rank >= 4 && maps == contract_maps(second_rank) {
+        return Ok(Op::MatMul);
+    }
+    einsum_of_maps(&maps)
+        .map(|equation| Op::Einsum { equation })
+        .ok_or_else(|| {
+            format!("'linalg.contract': indexing maps {maps:?} are no matmul or plain contraction ppmoe holds")
+        })
+}
+
+/// An einsum's indexing maps for `linalg.contract`, where it is a plain two-operand contraction
+/// whose terms have `ranks` (the operands', then the result's) labels: each label a loop,
+/// numbered by first appearance (so an einsum's maps do not depend on its letters).
+fn einsum_maps(equation: &str, ranks: &[usize]) -> Option<Vec<String>> {
+    if !crate::passes::einsum_matmul::is_contraction(equation) {
+        return None;
+    }
+    let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, out) = eq.split_once("->")?;
+    let (x, y) = lhs.split_once(',')?;
+    let terms = [x, y, out];
+    // linalg.contract sums over one label at least (an outer product is not one).
+    let summed = x.chars().any(|c| y.contains(c) && !out.contains(c));
+    if !summed
+        || terms
+            .iter()
+            .zip(ranks)
+            .any(|(t, &r)| t.chars().count() != r)
+    {
+        return None;
+    }
+    let mut labels: Vec<char> = Vec::new();
+    for c in x.chars().chain(y.chars()) {
+        if !labels.contains(&c) {
+            labels.push(c);
+        }
+    }
+    let dims: Vec<String> = (0..labels.len()).map(|d| format!("d{d}")).collect();
+    let map = |t: &str| -> Option<String> {
+        let exprs: Option<Vec<&str>> = t
+            .chars()
+            .map(|c| {
+                labels
+                    .iter()
+                    .position(|&l| l == c)
+                    .map(|d| dims[d].as_str())
+            })
+            .collect();
+        Some(format!(
+            "affine_map<({}) -> ({})>",
+            dims.join(", "),
+            exprs?.join(", ")
+        ))
+    };
+    terms.iter().map(|t| map(t)).collect()
+}
+
+/// The einsum equation of a `linalg.contract`'s maps (each result a loop; letters by first
+/// appearance), where it is a plain contraction whose own maps they are.
+fn einsum_of_maps(maps: &[String]) -> Option<String> {
+    let results = |m: &str| -> Option<Vec<usize>> {
+        let (_, r) = m.split_once("-> (")?;
+        let r = r.strip_suffix(")>")?;
+        r.split(", ")
+            .map(|d| d.strip_prefix('d').and_then(|n| n.parse().ok()))
+            .collect()
+    };
+    let terms: Vec<Vec<usize>> = maps.iter().map(|m| results(m)).collect::<Option<_>>()?;
+    let [x, y, out] = terms.as_slice() else {
+        return None;
+    };
+    let mut order: Vec<usize> = Vec::new();
+    for &d in x.iter().chain(y) {
+        if !order.contains(&d) {
+            order.push(d);
+        }
+    }
+    let letter = |d: &usize| -> Option<char> {
+        let k = order.iter().position(|o| o == d)?;
+        char::from_u32('a' as u32 + u32::try_from(k).ok()?).filter(|c| c.is_ascii_lowercase())
+    };
+    let term = |t: &[usize]| t.iter().map(letter).collect::<Option<String>>();
+    let equation = format!("{},{}->{}", term(x)?, term(y)?, term(out)?);
+    let again = einsum_maps(&equation, &[x.len(), y.len(), out.len()])?;
+    (again == maps).then_some(equation)
+}
+
 /// A matmul's indexing maps checked to be the ones its form has (linalg's matmuls take maps
 /// that transpose or broadcast an operand, which ppmoe's matmul does not, but for a weight
 /// broadcast over a batch).
@@ -302,14 +401,11 @@ fn read_matmul(op: &OperationRef, name: &str) -> Result<Op, String> {
         .ok()
         .and_then(|v| super::read::tensor_type(v.r#type()).ok())
         .map_or(0, |(_, shape)| shape.len());
+    if name == "linalg.contract" {
+        return read_contract(maps, second_rank);
+    }
     let expected: Vec<String> = match (name, second_rank) {
         ("linalg.matmul", _) => MATMUL_MAPS.map(String::from).to_vec(),
-        ("linalg.contract", r) if r >= 4 => contract_maps(r).to_vec(),
-        ("linalg.contract", r) => {
-            return Err(format!(
-                "'{name}' of rank-{r} operands: ppmoe's take four or more axes"
-            ))
-        }
         (_, 2) => BROADCAST_MATMUL_MAPS.map(String::from).to_vec(),
         _ => BATCH_MATMUL_MAPS.map(String::from).to_vec(),
     };
@@ -646,7 +742,7 @@ fn matmul(inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
             let r = a.len();
             let batch = a[..r - 2] == b[..r - 2] && a[..r - 2] == o[..r - 2];
             let fits = a[r - 1] == b[r - 2] && o[r - 2] == a[r - 2] && o[r - 1] == b[r - 1];
-            (batch && fits).then_some(Upstream::Contract(r))
+            (batch && fits).then(|| Upstream::Contract(contract_maps(r).to_vec()))
         }
         _ => None,
     }
@@ -679,6 +775,18 @@ mod tests {
             Upstream::BroadcastMatmul => "linalg.batch_matmul (broadcast)",
             Upstream::Contract(_) => "linalg.contract",
         })
+    }
+
+    #[test]
+    fn an_einsums_maps_do_not_depend_on_its_letters_and_read_back_as_it() {
+        let maps = einsum_maps("cab,dab->acd", &[3, 3, 3]).unwrap();
+        assert_eq!(maps[1], "affine_map<(d0, d1, d2, d3) -> (d3, d1, d2)>");
+        let equation = einsum_of_maps(&maps).unwrap();
+        assert_eq!(equation, "abc,dbc->bad");
+        assert_eq!(einsum_maps(&equation, &[3, 3, 3]).unwrap(), maps);
+        // No label summed (an outer product), a term of another rank: no linalg.contract.
+        assert_eq!(einsum_maps("ab,ac->abc", &[2, 2, 3]), None);
+        assert_eq!(einsum_maps("cab,dab->acd", &[3, 2, 3]), None);
     }
 
     #[test]

@@ -23,6 +23,11 @@ struct Contraction {
     cols: Vec<char>,
 }
 
+/// Whether `equation` is a two-operand contraction this pass (and `linalg.contract`) takes.
+pub fn is_contraction(equation: &str) -> bool {
+    contraction(equation).is_some()
+}
+
 fn contraction(equation: &str) -> Option<Contraction> {
     let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
     let (lhs, out) = eq.split_once("->")?;
