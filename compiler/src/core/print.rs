@@ -224,10 +224,11 @@ fn print_whole_results(body: &mut String, p: &Program, names: &mut [String]) {
     }
 }
 
-/// One rank's program as `func.func @rank<N>`: its inputs, then its weights, as arguments;
-/// with `splits`, annotated for upstream's partitioning (`print_for_partition`).
+/// One function's marks: its rank pieces, and the strategies of its MoE layers in order.
 type FunctionMarks<'a> = (Option<&'a HashSet<String>>, &'a [&'a str]);
 
+/// One rank's program as `func.func @rank<N>`: its inputs, then its weights, as arguments;
+/// with `splits`, annotated for upstream's partitioning (`print_for_partition`).
 fn print_function(
     text: &mut String,
     p: &Program,

@@ -185,7 +185,7 @@ fn read_function(
             }
         };
         let id = reader
-            .add(buffer_name, kind, arg.r#type(), arg.to_raw().ptr as usize)
+            .add(buffer_name, kind, arg.r#type(), handle(arg))
             .map_err(|e| at(format!("argument {i}: {e}")))?;
         if kind == BufferKind::Input {
             reader.program.inputs.push(id);
@@ -258,7 +258,8 @@ enum BlockEnd<'c, 'a> {
     Yield(Vec<usize>),
 }
 
-fn handle<'c>(v: impl ValueLike<'c>) -> usize {
+/// A value's identity while its module lives (its MLIR handle), to key what is known of it.
+pub(crate) fn handle<'c>(v: impl ValueLike<'c>) -> usize {
     v.to_raw().ptr as usize
 }
 
@@ -467,10 +468,10 @@ impl FunctionReader {
         let is_send = matches!(instruction_op, Op::Send { .. });
         let present: Vec<BufferId> = op
             .operands()
-            .filter(|v| !self.empties.contains(&(v.to_raw().ptr as usize)))
+            .filter(|v| !self.empties.contains(&handle(*v)))
             .map(|v| {
                 self.values
-                    .get(&(v.to_raw().ptr as usize))
+                    .get(&handle(v))
                     .copied()
                     .ok_or_else(|| "an operand defined outside the function".to_string())
             })
@@ -490,12 +491,7 @@ impl FunctionReader {
                 .get(k)
                 .cloned()
                 .unwrap_or_else(|| format!("v{index}_{k}"));
-            let id = self.add(
-                name,
-                BufferKind::Temp,
-                result.r#type(),
-                result.to_raw().ptr as usize,
-            )?;
+            let id = self.add(name, BufferKind::Temp, result.r#type(), handle(result))?;
             outputs.push(id);
         }
         self.program.instructions.push(Instruction {
@@ -510,7 +506,7 @@ impl FunctionReader {
     /// A `core.cast` marked `ppmoe.narrows` (see `print::narrowed_collective`): folded into
     /// the collective before it, whose result becomes the cast's type and name.
     fn narrow(&mut self, op: &OperationRef) -> Result<(), String> {
-        let from = op.operand(0).map_err(|e| e.to_string())?.to_raw().ptr as usize;
+        let from = handle(op.operand(0).map_err(|e| e.to_string())?);
         let b = *self
             .values
             .get(&from)
@@ -535,7 +531,7 @@ impl FunctionReader {
         if let Some(name) = names.into_iter().next() {
             buffer.name = name;
         }
-        self.values.insert(result.to_raw().ptr as usize, b);
+        self.values.insert(handle(result), b);
         Ok(())
     }
 
@@ -543,7 +539,7 @@ impl FunctionReader {
         for (k, v) in ret.operands().enumerate() {
             let id = *self
                 .values
-                .get(&(v.to_raw().ptr as usize))
+                .get(&handle(v))
                 .ok_or("an operand defined outside the function")?;
             let b = &mut self.program.buffers[id];
             if b.kind == BufferKind::Temp {
@@ -846,7 +842,7 @@ fn list<'c>(op: &OperationRef<'c, '_>, name: &str) -> Vec<Attribute<'c>> {
         .collect()
 }
 
-fn op_name(op: &OperationRef) -> String {
+pub(crate) fn op_name(op: &OperationRef) -> String {
     identifier_text(op.name())
 }
 

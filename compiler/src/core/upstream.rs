@@ -592,10 +592,9 @@ fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
         ops.push(o);
     }
     let (yields, steps) = ops.split_last()?;
-    let value = |v: melior::ir::Value| v.to_raw().ptr as usize;
-    let argument = block.argument(0).map(|a| value(a.into())).ok();
-    let result = |k: usize| steps.get(k)?.result(0).map(|r| value(r.into())).ok();
-    let name = |o: &OperationRef| o.name().as_string_ref().as_str().unwrap_or("").to_string();
+    use super::read::{handle, op_name as name};
+    let argument = block.argument(0).map(handle).ok();
+    let result = |k: usize| steps.get(k)?.result(0).map(handle).ok();
     let is_one = |o: &OperationRef| {
         o.attribute("value")
             .ok()
@@ -606,7 +605,7 @@ fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
         form.len() == steps.len()
             && block.argument_count() == 2
             && name(yields) == "linalg.yield"
-            && yields.operand(0).map(value).ok() == result(steps.len() - 1)
+            && yields.operand(0).map(handle).ok() == result(steps.len() - 1)
             && form.iter().zip(steps).all(|((op_name, operands), o)| {
                 let wired = o.operand_count() == operands.len()
                     && operands.iter().enumerate().all(|(i, r)| {
@@ -614,7 +613,7 @@ fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
                             Ref::Arg => argument,
                             Ref::Step(k) => result(*k),
                         };
-                        o.operand(i).map(value).ok() == want
+                        o.operand(i).map(handle).ok() == want
                     });
                 name(o) == *op_name && wired && (!operands.is_empty() || is_one(o))
             })

@@ -9,6 +9,7 @@
 //!   before:  %t = linalg.transpose ins(%arg2 ...)   (unused)   %y = linalg.matmul ins(%x, %arg1 ...)
 //!   after:                                                     %y = linalg.matmul ins(%x, %arg1 ...)
 
+use crate::core::read::{handle, op_name};
 use melior::ir::attribute::{ArrayAttribute, Attribute, DictionaryAttribute, TypeAttribute};
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
@@ -32,7 +33,7 @@ pub fn remove_dead_ops(context: &Context, module: &OperationRef) -> Result<usize
     let mut next = body.first_operation();
     while let Some(f) = next {
         next = f.next_in_block();
-        if f.name().as_string_ref().as_str() != Ok("func.func") {
+        if op_name(&f) != "func.func" {
             continue;
         }
         let block = f
@@ -46,14 +47,6 @@ pub fn remove_dead_ops(context: &Context, module: &OperationRef) -> Result<usize
         erase_unread_weights(context, &f, block, &uses)?;
     }
     Ok(erased)
-}
-
-fn handle<'c>(v: impl ValueLike<'c>) -> usize {
-    v.to_raw().ptr as usize
-}
-
-fn name(op: &OperationRef) -> String {
-    op.name().as_string_ref().as_str().unwrap_or("").to_string()
 }
 
 /// Adds `by` to the use count of every operand of every op in `block`, nested ones included
@@ -93,7 +86,7 @@ fn erase_dead(block: BlockRef, uses: &mut HashMap<usize, isize>) -> usize {
             && op
                 .results()
                 .all(|r| uses.get(&handle(r)).copied().unwrap_or(0) <= 0);
-        if !unused || KEPT.contains(&name(&op).as_str()) {
+        if !unused || KEPT.contains(&op_name(&op).as_str()) {
             continue;
         }
         count_op_uses(&op, uses, -1);

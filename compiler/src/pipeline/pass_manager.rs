@@ -160,17 +160,10 @@ fn run_on_module(
         .map_err(|reason| ir_error(&c, reason))?
         .stage;
     check_readable(&at).map_err(|reason| ir_error(&c, reason))?;
-    if let Some(reason) = past_its_input(stage, pass, &at) {
-        return Err(ir_error(&c, reason));
-    }
-    if at != stage.name {
-        return Err(ir_error(
-            &c,
-            format!(
-                "{} takes IR of stage '{}'; this IR is at stage '{at}'",
-                pass.name, stage.name
-            ),
-        ));
+    // A pass over the module's ops takes exactly its input stage's IR: there is no program
+    // step of its own to refuse IR before it.
+    if let Some(takes) = input_stage(stage, pass).filter(|&t| STAGES[t].name != at) {
+        return Err(ir_error(&c, takes_other_ir(pass, takes, &at)));
     }
     tracing::info!("pass {} ({})", pass.name, super::memory_now());
     let changed = on_module(context, module).map_err(|reason| ir_error(&c, reason))?;
@@ -202,20 +195,31 @@ fn dump_after(c: &Compilation, stage: &Stage, pass: &Pass, module: &OperationRef
     }
 }
 
-/// Where the IR is past what `pass` transforms: the first pass of a stage takes the stage
-/// before's IR (ppmoe-shard the `moe` stage's), the others their own stage's. (IR before it
-/// is refused by the pass itself, which names the pass it needs first.)
-fn past_its_input(stage: &Stage, pass: &Pass, at: &str) -> Option<String> {
-    let position = |name: &str| STAGES.iter().position(|s| s.name == name);
-    let own = position(stage.name)?;
+/// The stage whose IR `pass` takes: the first pass of a stage takes the stage before's IR
+/// (ppmoe-shard the `moe` stage's), the others their own stage's.
+fn input_stage(stage: &Stage, pass: &Pass) -> Option<usize> {
+    let own = STAGES.iter().position(|s| s.name == stage.name)?;
     let first = stage.passes.first().map(|p| p.name) == Some(pass.name);
-    let takes = if first { own.checked_sub(1)? } else { own };
-    (position(at)? > takes).then(|| {
-        format!(
-            "{} takes IR of stage '{}'; this IR is at stage '{at}'",
-            pass.name, STAGES[takes].name
-        )
-    })
+    if first {
+        own.checked_sub(1)
+    } else {
+        Some(own)
+    }
+}
+
+fn takes_other_ir(pass: &Pass, takes: usize, at: &str) -> String {
+    format!(
+        "{} takes IR of stage '{}'; this IR is at stage '{at}'",
+        pass.name, STAGES[takes].name
+    )
+}
+
+/// Where the IR is past what `pass` transforms (IR before it is refused by the pass itself,
+/// which names the pass it needs first).
+fn past_its_input(stage: &Stage, pass: &Pass, at: &str) -> Option<String> {
+    let takes = input_stage(stage, pass)?;
+    let position = STAGES.iter().position(|s| s.name == at)?;
+    (position > takes).then(|| takes_other_ir(pass, takes, at))
 }
 
 /// The module's header and body replaced by `fresh`'s (its operations moved, not copied).
