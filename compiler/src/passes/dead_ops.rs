@@ -9,12 +9,13 @@
 //!   before:  %t = linalg.transpose ins(%arg2 ...)   (unused)   %y = linalg.matmul ins(%x, %arg1 ...)
 //!   after:                                                     %y = linalg.matmul ins(%x, %arg1 ...)
 
+use super::func_ops::{argument_attributes, body, functions, set_signature, weight_names};
 use crate::core::read::{handle, op_name};
-use melior::ir::attribute::{ArrayAttribute, Attribute, DictionaryAttribute, TypeAttribute};
+use crate::pipeline::Compilation;
+use melior::ir::attribute::Attribute;
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
-use melior::ir::r#type::FunctionType;
-use melior::ir::{Operation, RegionLike, Type, ValueLike};
+use melior::ir::{Operation, RegionLike};
 use melior::Context;
 use std::collections::HashMap;
 
@@ -23,24 +24,14 @@ const KEPT: &[&str] = &["func.return", "shard.send"];
 
 /// Erases the dead ops and unread weight arguments of every function of `module`; returns how
 /// many ops it erased.
-pub fn remove_dead_ops(context: &Context, module: &OperationRef) -> Result<usize, String> {
-    let body = module
-        .region(0)
-        .ok()
-        .and_then(|r| r.first_block())
-        .ok_or("the module has no body")?;
+pub fn remove_dead_ops(
+    context: &Context,
+    module: &OperationRef,
+    _: &Compilation,
+) -> Result<usize, String> {
     let mut erased = 0;
-    let mut next = body.first_operation();
-    while let Some(f) = next {
-        next = f.next_in_block();
-        if op_name(&f) != "func.func" {
-            continue;
-        }
-        let block = f
-            .region(0)
-            .ok()
-            .and_then(|r| r.first_block())
-            .ok_or("a func.func without a body")?;
+    for f in functions(module)? {
+        let block = body(&f)?;
         let mut uses = HashMap::new();
         count_uses(block, &mut uses, 1);
         erased += erase_dead(block, &mut uses);
@@ -109,57 +100,25 @@ fn erase_unread_weights(
     block: BlockRef,
     uses: &HashMap<usize, isize>,
 ) -> Result<(), String> {
-    let arg_attrs: Vec<Attribute> = f
-        .attribute("arg_attrs")
-        .ok()
-        .and_then(|a| ArrayAttribute::try_from(a).ok())
-        .map(|a| (0..a.len()).filter_map(|k| a.element(k).ok()).collect())
-        .unwrap_or_default();
-    let is_weight = |k: usize| {
-        arg_attrs.get(k).is_some_and(|&d| {
-            DictionaryAttribute::try_from(d)
-                .is_ok_and(|d| d.element_by_name("core.weight").is_some())
-        })
-    };
-    let mut kept_types: Vec<Type> = Vec::new();
+    let arg_attrs = argument_attributes(f);
+    let weights = weight_names(f);
     let mut kept_attrs: Vec<Attribute> = Vec::new();
     let mut unread = Vec::new();
     for k in 0..block.argument_count() {
         let arg = block.argument(k).map_err(|e| e.to_string())?;
-        if is_weight(k) && uses.get(&handle(arg)).copied().unwrap_or(0) <= 0 {
+        let is_weight = weights.get(k).is_some_and(Option::is_some);
+        if is_weight && uses.get(&handle(arg)).copied().unwrap_or(0) <= 0 {
             unread.push(k);
-        } else {
-            kept_types.push(arg.r#type());
-            if let Some(&a) = arg_attrs.get(k) {
-                kept_attrs.push(a);
-            }
+        } else if let Some(&a) = arg_attrs.get(k) {
+            kept_attrs.push(a);
         }
     }
     if unread.is_empty() {
         return Ok(());
     }
-    let results: Vec<Type> = f
-        .attribute("function_type")
-        .ok()
-        .and_then(|a| TypeAttribute::try_from(a).ok())
-        .and_then(|t| FunctionType::try_from(t.value()).ok())
-        .map(|t| {
-            (0..t.result_count())
-                .filter_map(|k| t.result(k).ok())
-                .collect()
-        })
-        .ok_or("a func.func without its function_type")?;
     for &k in unread.iter().rev() {
         // SAFETY: the argument has no uses, and no handle to it is kept.
         unsafe { block.erase_argument(k) };
     }
-    // SAFETY: as for the ops: the pass manager hands this pass the module.
-    let mut f = unsafe { OperationRefMut::from_raw(f.to_raw()) };
-    let signature = FunctionType::new(context, &kept_types, &results);
-    f.set_attribute("function_type", TypeAttribute::new(signature.into()).into());
-    f.set_attribute(
-        "arg_attrs",
-        ArrayAttribute::new(context, &kept_attrs).into(),
-    );
-    Ok(())
+    set_signature(context, f, block, Some(&kept_attrs))
 }

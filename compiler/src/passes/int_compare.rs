@@ -1,45 +1,110 @@
-//! Integer constants compared with each other, held as f32 where that is exact. The causal and
-//! padding masks of exported LMs compare position ranges: i64 constants made from the input's
-//! shape, which grow with the tokens (a [B, 1, S, S] mask folded at compile time would grow with
-//! their square), so the comparisons run with every forward. The GPU holds floats and booleans,
-//! not integers, so these comparisons would run on the host; comparing f32 copies of the
-//! constants gives the same booleans while every value is an integer of at most 2^24 in
-//! magnitude, and a float comparison is a generated kernel. Both backends run the rewritten
-//! program, so they stay equal.
+//! `ppmoe-compare-as-f32`, over the module's MLIR ops: integer constants compared with each
+//! other, held as f32 where that is exact. The causal and padding masks of exported LMs
+//! compare position ranges: i64 constants made from the input's shape, which grow with the
+//! tokens (a [B, 1, S, S] mask folded at compile time would grow with their square), so the
+//! comparisons run with every forward. The GPU holds floats and booleans, not integers, so
+//! these comparisons would run on the host; comparing f32 copies of the constants gives the
+//! same booleans while every value is an integer of at most 2^24 in magnitude, and a float
+//! comparison is a generated kernel.
+//!
+//! The pass changes types only: each chosen weight argument becomes an f32 tensor of its
+//! shape, and the comparisons read it so. The weight itself is converted where the next pass
+//! binds the weights to the arguments' types (`adopt`), which converts an integer weight to an
+//! f32 argument only when every value is exact.
+//!
+//!   before:  %arg2: tensor<1x1x1x512xi64> {core.weight = "unsqueeze_12"}
+//!            "core.less_or_equal"(%arg2, %arg3) : (tensor<1x1x1x512xi64>, ...) -> tensor<...xi1>
+//!   after:   %arg2: tensor<1x1x1x512xf32> {core.weight = "unsqueeze_12"}
+//!            "core.less_or_equal"(%arg2, %arg3) : (tensor<1x1x1x512xf32>, ...) -> tensor<...xi1>
 
-use crate::distribute::shard_moe::RankProgram;
-use ppmoe_runtime::program::{exact_in_f32, BinaryFn, BufferKind, Op, Program};
+use super::func_ops::{body, functions, set_signature, weight_names};
+use crate::core::read::{handle, op_name, tensor_type};
+use crate::pipeline::Compilation;
+use melior::ir::block::{BlockLike, BlockRef};
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::{RegionLike, Type, ValueLike};
+use melior::Context;
+use ppmoe_runtime::program::{exact_in_f32, Buffer, BufferKind};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
-fn is_comparison(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Binary {
-            f: BinaryFn::Equal
-                | BinaryFn::Less
-                | BinaryFn::Greater
-                | BinaryFn::LessOrEqual
-                | BinaryFn::GreaterOrEqual
-        }
-    )
+/// The `core` comparisons (their results are booleans whatever their operands' type).
+const COMPARISONS: &[&str] = &[
+    "core.equal",
+    "core.less",
+    "core.greater",
+    "core.less_or_equal",
+    "core.greater_or_equal",
+];
+
+/// Whether `t`'s values are integers that f32 holds exactly.
+pub fn exact_integers(t: &Tensor) -> bool {
+    !t.dtype.on_device_as_f32() && t.to_i64().iter().all(|&v| exact_in_f32(v))
 }
 
-/// Converts to f32 the integer constants whose every use is a comparison of such constants, and
-/// whose values f32 holds exactly; returns how many were converted.
-pub fn compare_as_f32(rp: &mut RankProgram) -> usize {
-    let mut chosen = exact_int_weights(rp);
-    let p = &rp.program;
-    // A constant qualifies when all its uses are comparisons whose operands all qualify;
-    // dropping one can disqualify others, so repeat until nothing changes.
+/// Makes f32 the integer weight arguments whose every use is a comparison of such arguments
+/// and whose values (the compilation's weights of that name) f32 holds exactly; returns how
+/// many.
+pub fn compare_as_f32(
+    context: &Context,
+    module: &OperationRef,
+    c: &Compilation,
+) -> Result<usize, String> {
+    let weights: HashMap<&str, &Tensor> = (c.sharded.iter())
+        .flat_map(|rp| rp.weights.iter().map(|(n, t)| (n.as_str(), t)))
+        .collect();
+    let mut converted = 0;
+    for f in functions(module)? {
+        let block = body(&f)?;
+        let chosen = chosen_arguments(block, &weight_names(&f), &weights)?;
+        for &k in &chosen {
+            let arg = block.argument(k).map_err(|e| e.to_string())?;
+            let (_, shape) = tensor_type(arg.r#type())?;
+            let f32_type = crate::core::print::tensor_type(&Buffer {
+                name: String::new(),
+                dtype: DType::F32,
+                shape,
+                kind: BufferKind::Weight,
+            });
+            let ty = Type::parse(context, &f32_type).ok_or_else(|| format!("type {f32_type}"))?;
+            arg.set_type(ty);
+        }
+        if !chosen.is_empty() {
+            set_signature(context, &f, block, None)?;
+        }
+        converted += chosen.len();
+    }
+    Ok(converted)
+}
+
+/// The arguments (by index) to hold as f32: integer weights whose values are exact in f32,
+/// used only by comparisons whose operands are all such weights. Dropping one can
+/// disqualify others (it is compared with them), so the choice is repeated until it stands.
+fn chosen_arguments(
+    block: BlockRef,
+    names: &[Option<String>],
+    weights: &HashMap<&str, &Tensor>,
+) -> Result<Vec<usize>, String> {
+    let mut chosen: HashMap<usize, usize> = HashMap::new();
+    for (k, name) in names.iter().enumerate() {
+        let Some(t) = name.as_deref().and_then(|n| weights.get(n)) else {
+            continue;
+        };
+        let arg = block.argument(k).map_err(|e| e.to_string())?;
+        let (dtype, _) = tensor_type(arg.r#type())?;
+        if !dtype.on_device_as_f32() && exact_integers(t) {
+            chosen.insert(handle(arg), k);
+        }
+    }
+    let mut uses = Vec::new();
+    collect_uses(block, true, &mut uses);
     loop {
         let before = chosen.len();
-        for ins in &p.instructions {
-            let operands: Vec<usize> = ins.inputs.iter().flatten().copied().collect();
-            let keeps = is_comparison(&ins.op) && operands.iter().all(|b| chosen.contains(b));
+        for (top_level_comparison, operands) in &uses {
+            let keeps = *top_level_comparison && operands.iter().all(|v| chosen.contains_key(v));
             if !keeps {
-                for b in &operands {
-                    chosen.remove(b);
+                for v in operands {
+                    chosen.remove(v);
                 }
             }
         }
@@ -47,151 +112,113 @@ pub fn compare_as_f32(rp: &mut RankProgram) -> usize {
             break;
         }
     }
-    convert(rp, &chosen)
+    let mut ks: Vec<usize> = chosen.into_values().collect();
+    ks.sort_unstable();
+    Ok(ks)
 }
 
-/// The integer weight buffers whose values are all exact in f32.
-fn exact_int_weights(rp: &RankProgram) -> HashSet<usize> {
-    let p: &Program = &rp.program;
-    let by_name: HashMap<&str, &Tensor> = rp.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    p.buffers
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.kind == BufferKind::Weight && !b.dtype.on_device_as_f32())
-        .filter(|(_, b)| {
-            by_name.get(b.name.as_str()).is_some_and(|t| {
-                !t.dtype.on_device_as_f32() && t.to_i64().iter().all(|&v| exact_in_f32(v))
-            })
-        })
-        .map(|(i, _)| i)
-        .collect()
-}
-
-fn convert(rp: &mut RankProgram, chosen: &HashSet<usize>) -> usize {
-    let names: HashSet<String> = chosen
-        .iter()
-        .map(|&b| rp.program.buffers[b].name.clone())
-        .collect();
-    for &b in chosen {
-        rp.program.buffers[b].dtype = DType::F32;
-    }
-    for (name, t) in &mut rp.weights {
-        if names.contains(name) {
-            let v = t.to_i64().iter().map(|&x| x as f32).collect();
-            *t = Tensor::f32(t.shape.clone(), v);
+/// Every op of `block` and the regions in it: whether it is a comparison of the function's
+/// own block, and its operands' handles.
+fn collect_uses(block: BlockRef, top_level: bool, uses: &mut Vec<(bool, HashSet<usize>)>) {
+    let mut next = block.first_operation();
+    while let Some(op) = next {
+        next = op.next_in_block();
+        let comparison = top_level && COMPARISONS.contains(&op_name(&op).as_str());
+        uses.push((comparison, op.operands().map(handle).collect()));
+        for r in op.regions() {
+            let mut inner = r.first_block();
+            while let Some(b) = inner {
+                inner = b.next_in_region();
+                collect_uses(b, false, uses);
+            }
         }
     }
-    chosen.len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ppmoe_runtime::program::{Buffer, Instruction};
+    use crate::distribute::shard_moe::RankProgram;
+    use ppmoe_runtime::program::Program;
 
-    fn buf(name: &str, dtype: DType, kind: BufferKind) -> Buffer {
-        Buffer {
-            name: name.into(),
-            dtype,
-            shape: vec![Some(3)],
-            kind,
-        }
-    }
-
-    fn compare(f: BinaryFn, a: usize, b: usize, out: usize) -> Instruction {
-        Instruction {
-            op: Op::Binary { f },
-            inputs: vec![Some(a), Some(b)],
-            outputs: vec![out],
-            origin: String::new(),
-        }
-    }
-
-    /// pos <= lim and pos == idx, constants all; with `with_big`, also big > pos, where big
+    /// pos <= lim and pos == idx, weights all; with `with_big`, also big > pos, where big
     /// (2^25 + 1) is an integer f32 cannot hold.
-    fn program(with_big: bool) -> RankProgram {
-        use BufferKind::*;
-        let mut buffers = vec![
-            buf("pos", DType::I64, Weight),
-            buf("lim", DType::I64, Weight),
-            buf("idx", DType::I64, Weight),
-            buf("le", DType::Bool, Temp),
-            buf("eq", DType::Bool, Output),
-        ];
-        let mut instructions = vec![
-            compare(BinaryFn::LessOrEqual, 0, 1, 3),
-            compare(BinaryFn::Equal, 0, 2, 4),
-        ];
+    fn module_text(with_big: bool) -> String {
+        let (t, b) = ("tensor<3xi64>", "tensor<3xi1>");
+        let weight = |n: &str| format!("%{n}: {t} {{core.weight = \"{n}\"}}");
+        let compare = |r: &str, op: &str, x: &str, y: &str| {
+            format!("    %{r} = \"core.{op}\"(%{x}, %{y}) : ({t}, {t}) -> {b}\n")
+        };
+        let mut args = vec![weight("pos"), weight("lim"), weight("idx")];
+        let mut ops =
+            compare("le", "less_or_equal", "pos", "lim") + &compare("eq", "equal", "pos", "idx");
+        let mut results = vec!["%le", "%eq"];
+        if with_big {
+            args.push(weight("big"));
+            ops += &compare("gt", "greater", "big", "pos");
+            results.push("%gt");
+        }
+        let types = vec![b; results.len()].join(", ");
+        format!(
+            "module {{\n  func.func @rank0({}) -> ({types}) {{\n{ops}    return {} : {types}\n  }}\n}}\n",
+            args.join(", "),
+            results.join(", ")
+        )
+    }
+
+    fn compilation(with_big: bool) -> Compilation {
         let mut weights = vec![
             ("pos".to_string(), Tensor::i64(vec![3], vec![0, 1, 2])),
             ("lim".to_string(), Tensor::i64(vec![3], vec![2, 1, 0])),
             ("idx".to_string(), Tensor::i64(vec![3], vec![0, 5, 2])),
         ];
         if with_big {
-            buffers.push(buf("big", DType::I64, Weight));
-            buffers.push(buf("gt", DType::Bool, Output));
-            instructions.push(compare(BinaryFn::Greater, 5, 0, 6));
-            weights.push((
-                "big".to_string(),
-                Tensor::i64(vec![3], vec![(1 << 25) + 1; 3]),
-            ));
+            weights.push(("big".into(), Tensor::i64(vec![3], vec![(1 << 25) + 1; 3])));
         }
-        RankProgram {
-            program: Program {
-                rank: 0,
-                outputs: (0..buffers.len())
-                    .filter(|&b| buffers[b].kind == Output)
-                    .collect(),
-                buffers,
-                inputs: vec![],
-                instructions,
-                weights_file: String::new(),
-                coords: [0; 3],
-                gpu: vec![],
-                ptx_file: None,
-            },
-            weights,
-        }
-    }
-
-    fn run(rp: &RankProgram) -> Vec<Vec<i64>> {
-        let named = |b: usize| {
-            let name = &rp.program.buffers[b].name;
-            rp.weights
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.clone())
+        let program = Program {
+            rank: 0,
+            buffers: vec![],
+            inputs: vec![],
+            outputs: vec![],
+            instructions: vec![],
+            weights_file: String::new(),
+            coords: [0; 3],
+            gpu: vec![],
+            ptx_file: None,
         };
-        rp.program
-            .instructions
-            .iter()
-            .map(|ins| {
-                let args: Vec<Option<Tensor>> =
-                    ins.inputs.iter().map(|b| named(b.unwrap())).collect();
-                let refs: Vec<Option<&Tensor>> = args.iter().map(Option::as_ref).collect();
-                ppmoe_runtime::kernels::execute(&ins.op, &refs, 1).unwrap()[0].to_i64()
-            })
-            .collect()
+        Compilation {
+            sharded: vec![RankProgram { program, weights }],
+            ..Default::default()
+        }
+    }
+
+    fn run(with_big: bool) -> (usize, String) {
+        let context = ppmoe_dialect::context();
+        let module = ppmoe_dialect::parse_verified(&context, &module_text(with_big)).unwrap();
+        let n = compare_as_f32(&context, &module.as_operation(), &compilation(with_big)).unwrap();
+        assert!(
+            module.as_operation().verify(),
+            "the module verifies after the pass"
+        );
+        (n, module.as_operation().to_string())
     }
 
     #[test]
-    fn exact_integer_constants_compared_with_each_other_become_f32() {
-        let mut rp = program(false);
-        let before = run(&rp);
-        assert_eq!(compare_as_f32(&mut rp), 3);
-        assert!(rp.program.buffers[..3]
-            .iter()
-            .all(|b| b.dtype == DType::F32));
-        assert!(rp.weights.iter().all(|(_, t)| t.dtype == DType::F32));
-        assert_eq!(run(&rp), before, "the same booleans");
+    fn exact_integer_weights_compared_with_each_other_become_f32_arguments() {
+        let (n, text) = run(false);
+        assert_eq!(n, 3);
+        let signature = "(%arg0: tensor<3xf32> {core.weight = \"pos\"}, %arg1: tensor<3xf32>";
+        let equal = "(%arg0, %arg2) : (tensor<3xf32>, tensor<3xf32>) -> tensor<3xi1>";
+        assert!(text.contains(signature) && text.contains(equal), "{text}");
+        assert!(!text.contains("xi64"), "{text}");
     }
 
     #[test]
-    fn a_value_f32_cannot_hold_keeps_every_constant_it_is_compared_with() {
-        let mut rp = program(true);
+    fn a_value_f32_cannot_hold_keeps_every_weight_it_is_compared_with() {
         // big stays i64, so pos (compared with it) does, so do lim and idx (compared
         // with pos): nothing converted.
-        assert_eq!(compare_as_f32(&mut rp), 0);
-        assert!(rp.weights.iter().all(|(_, t)| t.dtype == DType::I64));
+        let (n, text) = run(true);
+        assert_eq!(n, 0);
+        assert!(!text.contains("xf32"), "{text}");
     }
 }

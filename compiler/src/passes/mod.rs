@@ -3,6 +3,7 @@
 pub mod dead_code;
 pub mod dead_ops;
 pub mod einsum_matmul;
+pub mod func_ops;
 pub mod int_compare;
 pub mod raise_moe;
 pub mod weight_dtype;

@@ -9,10 +9,11 @@ use crate::core::print::tensor_type;
 use crate::core::read::{read_programs, read_programs_marked, ReadProgram, STRATEGY};
 use crate::core::CoreProgram;
 use crate::distribute::shard_moe::RankProgram;
+use crate::passes::int_compare::exact_integers;
 use crate::strategy::cost_model::Choice;
 use melior::ir::operation::OperationRef;
 use ppmoe_runtime::program::{Buffer, BufferKind, Op, Program};
-use ppmoe_runtime::Tensor;
+use ppmoe_runtime::{DType, Tensor};
 use std::collections::HashMap;
 
 /// The stages whose IR reads back.
@@ -164,7 +165,7 @@ fn marked_strategies(read: &[ReadProgram]) -> Result<Option<Vec<Choice>>, String
 }
 
 /// The weights `program`'s arguments name, taken from `by_name`, each checked against its
-/// argument's type.
+/// argument's type (an exact integer weight taken as the f32 its argument declares).
 fn attach_weights(
     program: &Program,
     mut by_name: HashMap<String, Tensor>,
@@ -182,6 +183,7 @@ fn attach_weights(
                 b.name
             )
         })?;
+        let t = as_declared(t, b);
         let held = Buffer {
             shape: t.shape.iter().copied().map(Some).collect(),
             dtype: t.dtype,
@@ -198,6 +200,22 @@ fn attach_weights(
         weights.push((b.name.clone(), t));
     }
     Ok(weights)
+}
+
+/// An integer weight whose argument is f32 (`ppmoe-compare-as-f32` declares it so) converted,
+/// where every value is exact in f32; any other weight as it is (checked by the caller).
+fn as_declared(t: Tensor, b: &Buffer) -> Tensor {
+    let shape_held = t
+        .shape
+        .iter()
+        .copied()
+        .map(Some)
+        .eq(b.shape.iter().copied());
+    if b.dtype == DType::F32 && shape_held && exact_integers(&t) {
+        let values = t.to_i64().iter().map(|&v| v as f32).collect();
+        return Tensor::f32(t.shape, values);
+    }
+    t
 }
 
 /// The few-token program numbered as the module's (printed and read back, as the module was),

@@ -40,9 +40,13 @@ pub struct Pass {
     pub on_module: Option<OnModule>,
 }
 
-/// A pass over the module's ops: returns how many it changed.
-pub type OnModule =
-    fn(&melior::Context, &melior::ir::operation::OperationRef) -> Result<usize, String>;
+/// A pass over the module's ops: returns how many it changed. The compilation is there to be
+/// read (the weights' values, which are not IR), not changed.
+pub type OnModule = fn(
+    &melior::Context,
+    &melior::ir::operation::OperationRef,
+    &Compilation,
+) -> Result<usize, String>;
 
 pub struct Stage {
     pub name: &'static str,
@@ -100,7 +104,10 @@ pub const STAGES: &[Stage] = &[
             module_pass("ppmoe-dce", crate::passes::dead_ops::remove_dead_ops),
             pass("ppmoe-weight-dtype", &["dtype"], weight_dtype),
             pass("ppmoe-einsum-to-matmul", &[], einsum_to_matmul),
-            pass("ppmoe-compare-as-f32", &[], compare_as_f32),
+            module_pass(
+                "ppmoe-compare-as-f32",
+                crate::passes::int_compare::compare_as_f32,
+            ),
         ],
         print: |c| print_ranks(c, &c.sharded, "sharded"),
     },

@@ -166,7 +166,7 @@ fn run_on_module(
         return Err(ir_error(&c, takes_other_ir(pass, takes, &at)));
     }
     tracing::info!("pass {} ({})", pass.name, super::memory_now());
-    let changed = on_module(context, module).map_err(|reason| ir_error(&c, reason))?;
+    let changed = on_module(context, module, &c).map_err(|reason| ir_error(&c, reason))?;
     tracing::debug!("{}: {changed} ops", pass.name);
     let spelled = spelled_with_options(pass, &c.options);
     c.history.push(spelled);

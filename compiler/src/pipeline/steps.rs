@@ -217,19 +217,6 @@ pub(super) fn einsum_to_matmul(c: &mut Compilation) -> Result<(), CompileError> 
     Ok(())
 }
 
-/// `ppmoe-compare-as-f32`: the masks' integer comparisons as float ones (exact; then generated
-/// kernels on the GPU).
-pub(super) fn compare_as_f32(c: &mut Compilation) -> Result<(), CompileError> {
-    need_sharded(c, "ppmoe-compare-as-f32")?;
-    for rp in &mut c.sharded {
-        let n = crate::passes::int_compare::compare_as_f32(rp);
-        if n > 0 {
-            tracing::debug!("{n} integer constants compared as f32 (exact)");
-        }
-    }
-    Ok(())
-}
-
 /// `ppmoe-pipeline-split`: each tp index's program cut into pp stages after MoE layers
 /// (balancing the stages' cost), values crossing a cut sent and received, and the stages laid
 /// out on the dp x pp x tp grid.
