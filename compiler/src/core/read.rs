@@ -695,7 +695,7 @@ fn with_absent(op: &OperationRef, present: Vec<BufferId>) -> Result<Vec<Option<B
 /// The names an op's location gives its results, and the source node it came from:
 /// `loc("name"("node"))` for one result, `loc(fused["a"("node"), "b"("node")])` for several,
 /// `loc("node")` for none. Anything else (IR written by hand) names nothing.
-fn location_names(loc: Location, results: usize) -> (Vec<String>, String) {
+pub(crate) fn location_names(loc: Location, results: usize) -> (Vec<String>, String) {
     let named = |l: Location| -> Option<(String, String)> {
         if !l.is_name() {
             return None;

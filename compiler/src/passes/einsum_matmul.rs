@@ -1,11 +1,27 @@
-//! Two-operand einsums that are contractions, as a batched matmul between transposes and
-//! reshapes: `cab,dab->acd` is x -> [a, c, b], y -> [a, b, d], matmul -> [a, c, d]. The GPU has
-//! GEMMs (cuBLAS), not an einsum; the JAX block's attention comes as such einsums
-//! (StableHLO's dot_general). It runs after the raise, which reads the dispatch einsums of the
-//! einsum-form MoE layers as they are. An einsum that is not a plain contraction (a label
-//! repeated in one term, a label summed away from one operand alone, unknown sizes) stays.
+//! `ppmoe-einsum-to-matmul`, over the module's MLIR ops: two-operand einsums that are
+//! contractions, as a batched matmul between transposes and reshapes: `cab,dab->acd` is
+//! x -> [a, c, b], y -> [a, b, d], matmul -> [a, c, d]. The GPU has GEMMs (cuBLAS), not an
+//! einsum; the JAX block's attention comes as such einsums (StableHLO's dot_general). It runs
+//! after the raise, which reads the dispatch einsums of the einsum-form MoE layers as they are.
+//! An einsum is a `linalg.contract` whose maps are not a matmul's, or a `core.einsum` (one
+//! that upstream's op does not take); one that is not a plain contraction (a label repeated
+//! in one term, a label summed away from one operand alone, unknown sizes) stays.
+//!
+//! The replacement is the ops ppmoe prints for its instructions (`lower`), parsed, and moved
+//! in place of the einsum, their operands the einsum's:
+//!
+//!   before:  %r = linalg.contract indexing_maps = [...] ins(%q, %k ...)
+//!   after:   %t = linalg.transpose ins(%q ...)  %m = tensor.reshape %t(...)  ...
+//!            %p = linalg.batch_matmul ins(%m, %n ...)  %r = tensor.reshape %p(...)
 
-use crate::distribute::shard_moe::RankProgram;
+use super::func_ops::{body, functions};
+use crate::core::read::{location_names, op_name, tensor_type};
+use crate::core::upstream::{read_upstream, upstream_form, Upstream};
+use crate::pipeline::Compilation;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
+use melior::ir::{Value, ValueLike};
+use melior::Context;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 
 /// The terms of a contraction `x,y->out`, and how their labels split.
@@ -68,21 +84,193 @@ fn contraction(equation: &str) -> Option<Contraction> {
     })
 }
 
-/// Rewrites every such einsum of the rank's program; returns how many.
-pub fn einsums_as_matmuls(rp: &mut RankProgram) -> usize {
-    let p = &mut rp.program;
-    let old = std::mem::take(&mut p.instructions);
+/// Rewrites every such einsum of every function of `module`; returns how many.
+pub fn einsums_as_matmuls(
+    context: &Context,
+    module: &OperationRef,
+    _: &Compilation,
+) -> Result<usize, String> {
     let mut rewritten = 0;
-    for ins in old {
-        match lower(p, &ins) {
-            Some(seq) => {
-                p.instructions.extend(seq);
+    for f in functions(module)? {
+        let block = body(&f)?;
+        let mut ops = Vec::new();
+        let mut next = block.first_operation();
+        while let Some(op) = next {
+            next = op.next_in_block();
+            ops.push(op);
+        }
+        for op in ops {
+            if let Some(replacement) = replacement(&op)? {
+                replace(context, &op, &replacement)?;
                 rewritten += 1;
             }
-            None => p.instructions.push(ins),
         }
     }
-    rewritten
+    Ok(rewritten)
+}
+
+/// What a contraction op reads back as: an einsum (`core.einsum`, or a `linalg.contract`
+/// whose maps are not a matmul's), or a matmul (a `linalg.contract` whose maps are one's);
+/// none for any other op.
+fn read_contraction(op: &OperationRef) -> Result<Option<Op>, String> {
+    let name = op_name(op);
+    let read = match name.as_str() {
+        "core.einsum" => op
+            .attribute("equation")
+            .ok()
+            .and_then(crate::core::read::attribute_text)
+            .map(|equation| Ok(Op::Einsum { equation })),
+        "linalg.contract" => {
+            let result = op.result(0).map_err(|e| e.to_string())?;
+            read_upstream(op, &name, Some(tensor_type(result.r#type())?))
+        }
+        _ => None,
+    };
+    read.transpose()
+}
+
+/// The ops that replace a contraction op, printed as a function of its two operands (`x`,
+/// `y`) returning its result: an einsum lowered to a batched matmul (`lower`), a
+/// `linalg.contract` that is a matmul as the matmul op ppmoe prints for it. None where the op
+/// stays: no contraction, an einsum `lower` does not take, a matmul printed as a contract.
+fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
+    let Some(read) = read_contraction(op)? else {
+        return Ok(None);
+    };
+    // Two operands (a `linalg.contract` also has its destination, which the replacement
+    // makes anew) and one result.
+    let operands = if op_name(op) == "linalg.contract" {
+        3
+    } else {
+        2
+    };
+    if op.operand_count() != operands || op.result_count() != 1 {
+        return Ok(None);
+    }
+    let (names, origin) = location_names(op.location(), 1);
+    let buffer = |name: String, v: Value, kind| -> Result<Buffer, String> {
+        let (dtype, shape) = tensor_type(v.r#type())?;
+        Ok(Buffer {
+            name,
+            dtype,
+            shape,
+            kind,
+        })
+    };
+    let value = |k: usize| op.operand(k).map_err(|e| e.to_string());
+    let result = op.result(0).map_err(|e| e.to_string())?;
+    let out_name = names.into_iter().next().unwrap_or_else(|| "einsum".into());
+    let mut p = Program {
+        rank: 0,
+        buffers: vec![
+            buffer("x".into(), value(0)?, BufferKind::Input)?,
+            buffer("y".into(), value(1)?, BufferKind::Input)?,
+            buffer(out_name, result.into(), BufferKind::Output)?,
+        ],
+        inputs: vec![0, 1],
+        outputs: vec![2],
+        instructions: vec![],
+        weights_file: String::new(),
+        coords: [0; 3],
+        gpu: vec![],
+        ptx_file: None,
+    };
+    let ins = Instruction {
+        op: read,
+        inputs: vec![Some(0), Some(1)],
+        outputs: vec![2],
+        origin,
+    };
+    let seq = match ins.op {
+        Op::Einsum { .. } => lower(&mut p, &ins),
+        _ => {
+            let (b, ins_ref) = (&p.buffers, &ins);
+            let form = upstream_form(&ins_ref.op, &[&b[0], &b[1]], &b[2]);
+            (!matches!(form, Some(Upstream::Contract(_)))).then(|| vec![ins])
+        }
+    };
+    let Some(seq) = seq else {
+        return Ok(None);
+    };
+    p.instructions = seq;
+    Ok(Some(crate::core::print::print_core(&[&p])))
+}
+
+/// Moves the body of `replacement`'s function before `op`, its arguments replaced by `op`'s
+/// operands, `op`'s result by what the function returns; then erases `op`.
+fn replace(context: &Context, op: &OperationRef, replacement: &str) -> Result<(), String> {
+    let scratch = ppmoe_dialect::parse_verified(context, replacement)?;
+    let module = scratch.as_operation();
+    let f = functions(&module)?
+        .into_iter()
+        .next()
+        .ok_or("the replacement has no function")?;
+    let block = body(&f)?;
+    let args = [block.argument(0), block.argument(1)].map(|a| a.map_err(|e| e.to_string()));
+    let [x, y] = args;
+    let (x, y) = (x?, y?);
+    let operands = [op.operand(0), op.operand(1)].map(|v| v.map_err(|e| e.to_string()));
+    let [ox, oy] = operands;
+    let (ox, oy) = (ox?, oy?);
+    let mut moved = Vec::new();
+    let mut next = block.first_operation();
+    let mut returned = None;
+    while let Some(inner) = next {
+        next = inner.next_in_block();
+        if op_name(&inner) == "func.return" {
+            returned = Some(inner.operand(0).map_err(|e| e.to_string())?);
+            break;
+        }
+        moved.push(inner);
+    }
+    let returned = returned.ok_or("the replacement returns nothing")?;
+    for inner in moved {
+        // SAFETY: the scratch module and `op`'s module share the context; the op is moved
+        // between blocks, never used through its old block.
+        let mut m = unsafe { OperationRefMut::from_raw(inner.to_raw()) };
+        m.move_before(*op);
+        m.replace_uses_of_with(x.into(), ox);
+        m.replace_uses_of_with(y.into(), oy);
+    }
+    let result = op.result(0).map_err(|e| e.to_string())?;
+    // SAFETY: both values live in `op`'s function (the returned one was just moved there).
+    unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(result.to_raw(), returned.to_raw()) };
+    // SAFETY: the op has no uses left (all went to the replacement), and no handle to it or
+    // to an op it erases is used after.
+    unsafe { erase_with_unused_producers(op.to_raw()) };
+    Ok(())
+}
+
+/// Erases `op`, then each op that defined one of its operands and whose results nothing uses
+/// any more, in turn (a `linalg.contract`'s destination: its fill, the fill's empty tensor and
+/// zero).
+///
+/// # Safety
+/// `op`'s results have no uses, and no handle to the erased ops is used after.
+unsafe fn erase_with_unused_producers(op: mlir_sys::MlirOperation) {
+    use mlir_sys::*;
+    let mut seen = std::collections::HashSet::from([op.ptr as usize]);
+    let mut pending = vec![op];
+    while let Some(op) = pending.pop() {
+        let unused = (0..mlirOperationGetNumResults(op))
+            .all(|k| mlirOpOperandIsNull(mlirValueGetFirstUse(mlirOperationGetResult(op, k))));
+        if !unused {
+            continue;
+        }
+        let producers: Vec<MlirOperation> = (0..mlirOperationGetNumOperands(op))
+            .map(|k| mlirOperationGetOperand(op, k))
+            .filter(|&v| mlirValueIsAOpResult(v))
+            .map(|v| mlirOpResultGetOwner(v))
+            .collect();
+        mlirOperationRemoveFromParent(op);
+        mlirOperationDestroy(op);
+        // An op is queued once, and erased only when it is taken from the queue.
+        for p in producers {
+            if seen.insert(p.ptr as usize) {
+                pending.push(p);
+            }
+        }
+    }
 }
 
 fn static_shape(p: &Program, b: BufferId) -> Option<Vec<usize>> {

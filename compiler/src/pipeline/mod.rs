@@ -103,7 +103,10 @@ pub const STAGES: &[Stage] = &[
             pass("ppmoe-rewrite", &[], ppmoe_rewrite),
             module_pass("ppmoe-dce", crate::passes::dead_ops::remove_dead_ops),
             pass("ppmoe-weight-dtype", &["dtype"], weight_dtype),
-            pass("ppmoe-einsum-to-matmul", &[], einsum_to_matmul),
+            module_pass(
+                "ppmoe-einsum-to-matmul",
+                crate::passes::einsum_matmul::einsums_as_matmuls,
+            ),
             module_pass(
                 "ppmoe-compare-as-f32",
                 crate::passes::int_compare::compare_as_f32,

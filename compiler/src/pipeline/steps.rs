@@ -204,19 +204,6 @@ pub(super) fn weight_dtype(c: &mut Compilation) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// `ppmoe-einsum-to-matmul`: the einsums left after the raise as batched matmuls (cuBLAS on the
-/// GPU).
-pub(super) fn einsum_to_matmul(c: &mut Compilation) -> Result<(), CompileError> {
-    need_sharded(c, "ppmoe-einsum-to-matmul")?;
-    for rp in &mut c.sharded {
-        let n = crate::passes::einsum_matmul::einsums_as_matmuls(rp);
-        if n > 0 {
-            tracing::debug!("{n} einsums as batched matmuls");
-        }
-    }
-    Ok(())
-}
-
 /// `ppmoe-pipeline-split`: each tp index's program cut into pp stages after MoE layers
 /// (balancing the stages' cost), values crossing a cut sent and received, and the stages laid
 /// out on the dp x pp x tp grid.
