@@ -63,7 +63,7 @@ pub(super) fn kernels(
         && TensorCoreProjection::fits(dims.hidden)
         && TensorCoreProjection::fits(dims.ffn);
     // PPMoE's step of a rank's experts (its all-reduce may overlap the device grouping).
-    let local = prefix.ends_with("_local_experts");
+    let local = o.local;
     let matrix_bytes = dims.first_matrix_bytes(2);
     let wanted = if tensor {
         ppmoe_runtime::program::routes_on_tensor_cores(routed, s, dims.experts, matrix_bytes, local)

@@ -130,6 +130,7 @@ fn local_experts(
         b_in: operand(f, 4),
         b_out: operand(f, 5),
         y_bits: false,
+        local: true,
     };
     let prefix = format!("k{combine}_local_experts");
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;
@@ -277,6 +278,7 @@ fn alltoall_experts(p: &Program, chain: &AllToAllChain, funcs: &mut String) -> O
         b_in: operand(f, 4),
         b_out: operand(f, 5),
         y_bits: false,
+        local: false,
     };
     let prefix = format!("k{}_alltoall_experts", chain.combine);
     let (text, bf16) = experts_kernels(p, &Ffn::of(&f.op)?, &o, &prefix)?;

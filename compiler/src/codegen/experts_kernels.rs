@@ -65,6 +65,9 @@ pub(super) struct ExpertsOperands {
     /// bf16 in the model and no result of the program: `bf16_read_inside`), so its combines
     /// may write bits.
     pub y_bits: bool,
+    /// Whether the step is PPMoE's local step: a rank's slice of the experts, its output
+    /// all-reduced after it (the all-reduce may overlap the device grouping).
+    pub local: bool,
 }
 
 /// The three kernels of `moe.experts` on the GPU (see `GpuOp::Experts`), and whether the
@@ -265,7 +268,7 @@ fn device_routed_kernels(
     let token_kernels = decode.is_some()
         && bf16
         && super::few_tokens::wanted(t, k, dims.experts, h)
-        && !prefix.ends_with("_local_experts")
+        && !o.local
         && o.b_in.is_none()
         && o.b_out.is_none()
         && n == if gated { 2 * f } else { f };

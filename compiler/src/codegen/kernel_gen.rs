@@ -804,6 +804,7 @@ fn experts_step(p: &Program, i: usize, funcs: &mut String) -> Lowered {
             b_in: at(5),
             b_out: at(6),
             y_bits: ins.outputs.first().is_some_and(|&y| bf16_read_inside(p, y)),
+            local: false,
         })
     };
     let kernels = Ffn::of(&ins.op).zip(operands()).and_then(|(ffn, o)| {
