@@ -50,7 +50,7 @@ pub enum Command {
         #[command(flatten)]
         moe: MoeFlags,
     },
-    /// Run named passes on IR printed by `inspect --emit` (core to pipelined), as mlir-opt
+    /// Run named passes on IR printed by `inspect --emit` (core to kernels), as mlir-opt
     /// does, and print the IR after the last.
     Opt {
         /// The IR (.mlir) to start from.

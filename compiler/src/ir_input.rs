@@ -1,4 +1,4 @@
-//! IR as the compiler's input: a module printed by `--emit` from `core` to `pipelined` (and
+//! IR as the compiler's input: a module printed by `--emit` from `core` to `kernels` (and
 //! edited, or not) compiles like the model it came from. The programs are the module's; the
 //! weights are the source's, which the module names (`ppmoe.source`): the source is lowered
 //! again to the module's stage, with the options recorded beside it (and, from `sharded` on,
@@ -60,7 +60,7 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
     let stage = header.stage.clone();
     check_readable(&stage).map_err(fail)?;
     check_flags(&c.options, &header).map_err(fail)?;
-    let later = matches!(stage.as_str(), "sharded" | "pipelined");
+    let later = matches!(stage.as_str(), "sharded" | "pipelined" | "kernels");
     relative_to(&mut header, &path);
     let mut source = source_options(&header, c.options.weights.take()).map_err(fail)?;
     if later {
@@ -83,7 +83,6 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
         Failed(e) => e,
     })?;
     take_lowered(c, lowered);
-    adopt(c, &module).map_err(fail)?;
     let given = std::mem::take(&mut c.options);
     c.options = Options {
         hardware: given.hardware,
@@ -97,6 +96,9 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
         c.options.strategy = given.strategy;
         c.options.weight_dtype = given.weight_dtype;
     }
+    // The options are the IR's before its programs are taken: a kernels module is checked
+    // against the plan printed for its own grid.
+    adopt(c, &module).map_err(fail)?;
     c.ir_input = Some(path);
     Ok(stage)
 }

@@ -131,3 +131,47 @@ pub fn print_with_locations(op: &OperationRef) -> String {
     op.to_string_with_flags(flags)
         .unwrap_or_else(|e| format!("// printing failed: {e}"))
 }
+
+/// Sets to `loc(unknown)` the location of every op under `op` that only says where its text
+/// was parsed (`"-":line:col`): ops printed without a location (the generated kernels and the
+/// kernel plans), whose parse positions would otherwise show in a dump and change with every
+/// print.
+pub fn forget_text_positions(op: &OperationRef) {
+    unsafe extern "C" fn forget(
+        op: mlir_sys::MlirOperation,
+        _: *mut std::os::raw::c_void,
+    ) -> mlir_sys::MlirWalkResult {
+        use mlir_sys::*;
+        // SAFETY: MLIR hands the walk a live op of the module being walked; its regions,
+        // blocks and arguments are read while it lives.
+        unsafe {
+            let unknown = mlirLocationUnknownGet(mlirOperationGetContext(op));
+            if mlirLocationIsAFileLineColRange(mlirOperationGetLocation(op)) {
+                mlirOperationSetLocation(op, unknown);
+            }
+            // The arguments of the op's blocks (a kernel's parameters) carry positions too.
+            for r in 0..mlirOperationGetNumRegions(op) {
+                let mut block = mlirRegionGetFirstBlock(mlirOperationGetRegion(op, r));
+                while !block.ptr.is_null() {
+                    for a in 0..mlirBlockGetNumArguments(block) {
+                        let arg = mlirBlockGetArgument(block, a);
+                        if mlirLocationIsAFileLineColRange(mlirValueGetLocation(arg)) {
+                            mlirBlockArgumentSetLocation(arg, unknown);
+                        }
+                    }
+                    block = mlirBlockGetNextInRegion(block);
+                }
+            }
+        }
+        mlir_sys::MlirWalkResult_MlirWalkResultAdvance
+    }
+    // SAFETY: `op` is a live op; the callback keeps no handle past the walk.
+    unsafe {
+        mlir_sys::mlirOperationWalk(
+            op.to_raw(),
+            Some(forget),
+            std::ptr::null_mut(),
+            mlir_sys::MlirWalkOrder_MlirWalkPreOrder,
+        )
+    };
+}

@@ -77,7 +77,8 @@ fn every_fixtures_ir_reads_back_to_the_models_later_stages() {
 
 /// The later stages read back on LMs of several families (and a JAX program of scanned
 /// layers): sharded IR prints as itself and reaches the model's own pipelined IR, pipelined IR
-/// prints as itself and reaches the model's own kernel plan, on grids with each strategy.
+/// prints as itself and reaches the model's own kernel plan, and that kernels IR prints as
+/// itself, on grids with each strategy.
 #[test]
 fn later_stages_read_back_to_the_models_own_next_stages() {
     let work = tempfile::tempdir().unwrap();
@@ -122,6 +123,12 @@ fn later_stages_read_back_to_the_models_own_next_stages() {
                 kernels,
                 at("kernels"),
                 "{name} {grid:?}: pipelined IR -> kernels"
+            );
+            let k_file = write(work.path(), "k.mlir", &kernels);
+            let again = inspect(&k_file, &[], &["--emit", "kernels"]).unwrap();
+            assert_eq!(
+                again, kernels,
+                "{name} {grid:?}: kernels IR reprints differently"
             );
         }
     }
@@ -193,6 +200,52 @@ fn compiled_moe_ir_runs_to_pytorchs_output() {
     assert!(line.contains(": ok"), "pipelined IR: {line}");
 }
 
+/// Kernels IR compiles: a grid's kernels IR to a bundle that runs to PyTorch's output, and
+/// the PTX is built from the IR's kernels (the model's own PTX as printed; another where a
+/// kernel's body was edited).
+#[test]
+fn kernels_ir_compiles_with_its_own_kernels() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fixtures_dir().join("qwen2moe_lm_dynamo");
+    let (model, shape) = model_and_flags(&dir);
+    let grid = ["--tp", "2", "--pp", "2", "--target", "cuda"];
+    let kernels = inspect(
+        &model,
+        &shape,
+        &[&grid[..], &["--emit", "kernels"]].concat(),
+    )
+    .unwrap();
+    let ir = write(work.path(), "model.kernels.mlir", &kernels);
+    let line = compile_and_check(&dir, &ir, &["--target", "cuda"], work.path());
+    assert!(line.contains(": ok"), "kernels IR: {line}");
+
+    let dir = fixtures_dir().join("mixtral_block_dynamo");
+    let model = dir.join("model.onnx");
+    let cuda = ["--target", "cuda"];
+    let kernels = inspect(&model, &[], &[&cuda[..], &["--emit", "kernels"]].concat()).unwrap();
+    let ptx = inspect(&model, &[], &[&cuda[..], &["--emit", "ptx"]].concat()).unwrap();
+    let ir = write(work.path(), "kernels.mlir", &kernels);
+    let read = inspect(&ir, &[], &["--emit", "ptx"]).unwrap();
+    assert_eq!(read, ptx, "the kernels IR's PTX is the model's");
+    // The route kernel's guard over its 512 threads, made 256: the IR's kernel is compiled.
+    let guard = "%c512 = arith.constant 512 : index";
+    let route = kernels.find("gpu.func @k2_route(").unwrap();
+    let at = route + kernels[route..].find(guard).unwrap();
+    let edited = format!(
+        "{}%c512 = arith.constant 256 : index{}",
+        &kernels[..at],
+        &kernels[at + guard.len()..]
+    );
+    let ir = write(work.path(), "edited.kernels.mlir", &edited);
+    let read = inspect(&ir, &[], &["--emit", "ptx"]).unwrap();
+    assert_ne!(read, ptx, "an edited kernel makes other PTX");
+    let entry = |p: &str| {
+        let at = p.find(".entry k2_route").unwrap();
+        p[at..at + p[at..].find("\n}").unwrap()].to_string()
+    };
+    assert_ne!(entry(&read), entry(&ptx), "the route kernel's PTX changed");
+}
+
 /// The program compiled is the IR's, not the source's: scaling the router's weights by 2 in
 /// the IR of a block whose output is the experts' sum doubles the output.
 #[test]
@@ -243,7 +296,7 @@ fn doubled_npy(path: &Path) -> Vec<u8> {
 }
 
 /// IR that cannot be taken is refused with what is wrong: a weight the source lacks, a
-/// weight of another type, a stage before the IR's, a stage that does not read back yet.
+/// weight of another type, a stage before the IR's, kernels IR whose plan or kernels were edited.
 #[test]
 fn ir_input_that_cannot_be_taken_is_named() {
     let work = tempfile::tempdir().unwrap();
@@ -357,11 +410,32 @@ fn ir_input_that_cannot_be_taken_is_named() {
         ],
     );
 
+    // Kernels IR whose plan no longer is the one its programs get, or whose kernels are not
+    // those the plan launches: refused by name.
     let kernels = inspect(&model, &[], &["--emit", "kernels"]).unwrap();
-    let later = write(work.path(), "kernels.mlir", &kernels);
+    let launch = "threads = 512 : i64";
+    assert!(kernels.contains(launch), "{kernels}");
+    let replanned = kernels.replacen(launch, "threads = 256 : i64", 1);
+    let later = write(work.path(), "kernels.mlir", &replanned);
     let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "ptx"]);
     assert_clean_failure(
         &out,
-        &["kernels.mlir", "stage 'kernels' does not read back yet"],
+        &[
+            "kernels.mlir",
+            "the plan of @rank0: op 2 is",
+            "threads = 256",
+            "the plan ppmoe-plan-kernels makes for the program is",
+        ],
+    );
+    let renamed = kernels.replacen("gpu.func @k2_route(", "gpu.func @k2_route_edited(", 1);
+    let later = write(work.path(), "kernels.mlir", &renamed);
+    let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "ptx"]);
+    assert_clean_failure(
+        &out,
+        &[
+            "kernels.mlir",
+            "gpu.module @rank0_kernels",
+            "@k2_route_edited",
+        ],
     );
 }

@@ -3,12 +3,12 @@
 
 // RUN: %ppmoe opt %s --print-ir-after-all --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split)' 2>&1 >/dev/null | FileCheck %s
 // RUN: %ppmoe inspect %fixtures/mixtral_block_dynamo/model.onnx --print-ir-after-all --emit sharded 2>&1 >/dev/null | FileCheck %s --check-prefix=INSPECT
-// The kernel plan is a pass of the same pass manager: its module (the kernels and each rank's
-// launches) dumped after it, then the PTX.
+// The kernel plan is a pass of the same pass manager: its module (each rank's program, its
+// kernels and its launches) dumped after it, then the PTX.
 // RUN: %ppmoe opt %s --print-ir-after-all --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-pipeline-split, ppmoe-plan-kernels, ppmoe-to-ptx)' 2>&1 >/dev/null | FileCheck %s --check-prefix=KERNELS
 // KERNELS: // -----// IR Dump After ppmoe-pipeline-split (pipelined) //----- //
 // KERNELS: // -----// IR Dump After ppmoe-plan-kernels (kernels) //----- //
-// KERNELS-NEXT: module attributes
+// KERNELS: module attributes
 // KERNELS-SAME: gpu.container_module
 // KERNELS-SAME: ppmoe.stage = "kernels"
 // KERNELS: gpu.func @

@@ -154,10 +154,13 @@ pub fn print_programs(programs: &[&Program], grid: Option<(&str, usize, usize)>)
 /// cut for its rank (`ppmoe.rank_piece` on their arguments, which `ppmoe-rewrite` must tell
 /// from replicated weights); the strategy of the n-th `moe.dispatch` of each function
 /// (`ppmoe.strategy`, which `ppmoe-rewrite` follows).
+/// At the `kernels` stage, `beside` holds per program the text that follows its function: its
+/// `gpu.module` of kernels and its plan.
 #[derive(Default)]
 pub struct Marks<'a> {
     pub rank_pieces: &'a [HashSet<String>],
     pub strategies: &'a [&'a str],
+    pub beside: &'a [String],
 }
 
 pub fn print_programs_with(
@@ -175,6 +178,9 @@ pub fn print_programs_with(
     for (i, p) in programs.iter().enumerate() {
         let function_marks = (marks.rank_pieces.get(i), marks.strategies);
         print_function(&mut text, p, (microbatches, function_marks), &stage_of, &[]);
+        if let Some(beside) = marks.beside.get(i) {
+            text.push_str(beside);
+        }
     }
     text.push_str("} loc(unknown)\n");
     text

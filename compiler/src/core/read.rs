@@ -1,5 +1,6 @@
-//! Reads the stages' MLIR back into programs (`core` to `pipelined`): the inverse of `print`.
-//! Each `func.func @rank<N>` is one program; its arguments are the inputs (`core.input`) and
+//! Reads the stages' MLIR back into programs (`core` to `kernels`): the inverse of `print`.
+//! Each `func.func @rank<N>` is one program (a `kernels` module's plans and `gpu.module`s are
+//! read beside them, `pipeline/adopt_kernels.rs`); its arguments are the inputs (`core.input`) and
 //! the weights (`core.weight`), its results the outputs (`core.output`); each op in it one
 //! instruction, the op's attributes read back into the op's fields, its location naming its
 //! results and the source node (`loc("result"("node"))`, fused when there are several). The
@@ -43,6 +44,9 @@ pub struct ReadProgram {
 /// The marker of a weight argument that is this rank's piece of a dense TP split.
 pub const RANK_PIECE: &str = "ppmoe.rank_piece";
 
+/// The attribute that marks a function as the kernel plan of the program it names.
+pub const PLAN_OF: &str = "kernels.plan_of";
+
 /// The attribute of a `moe.dispatch` that names its layer's strategy (`ppmoe` or `alltoall`).
 pub const STRATEGY: &str = "ppmoe.strategy";
 
@@ -67,15 +71,23 @@ fn body<'c, 'a>(module: &OperationRef<'c, 'a>) -> Result<BlockRef<'c, 'a>, Strin
 /// `read_programs`, with each program's rank pieces.
 pub fn read_programs_marked(module: &OperationRef) -> Result<Vec<ReadProgram>, String> {
     let grid = read_grid(module)?;
+    // A `kernels` module's kernels and plans are read beside its programs (`adopt_kernels`).
+    let kernels = crate::core::header::IrHeader::read(module).is_ok_and(|h| h.stage == "kernels");
     let mut programs = Vec::new();
     let mut next = body(module)?.first_operation();
     while let Some(op) = next {
         next = op.next_in_block();
         match op_name(&op).as_str() {
+            "func.func" if kernels && op.attribute(PLAN_OF).is_ok() => {}
+            "gpu.module" if kernels => {}
             "func.func" => programs.push(read_function(&op, grid, None)?),
             // The grid the later stages' collectives name: read above.
             "shard.grid" => {}
-            other => return Err(format!("the module holds '{other}'; expected func.func")),
+            other => {
+                return Err(format!(
+                    "the module holds '{other}'; expected func.func (and, at stage 'kernels', gpu.module)"
+                ))
+            }
         }
     }
     if programs.is_empty() {

@@ -17,7 +17,7 @@ use ppmoe_runtime::{DType, Tensor};
 use std::collections::HashMap;
 
 /// The stages whose IR reads back.
-pub const READABLE: &[&str] = &["core", "moe", "sharded", "pipelined"];
+pub const READABLE: &[&str] = &["core", "moe", "sharded", "pipelined", "kernels"];
 
 /// Replaces the compilation's programs of the module's stage by the module's; returns the
 /// stage. The compilation must hold that stage (its weights are what the programs take).
@@ -27,6 +27,10 @@ pub fn adopt(c: &mut Compilation, module: &OperationRef) -> Result<String, Strin
     let read = read_programs_marked(module)?;
     match stage.as_str() {
         "core" | "moe" => adopt_one(c, read, &stage)?,
+        "kernels" => {
+            adopt_ranks(c, read, &stage)?;
+            super::adopt_kernels::adopt_plans(c, module)?;
+        }
         _ => adopt_ranks(c, read, &stage)?,
     }
     Ok(stage)

@@ -4,6 +4,7 @@
 //! by name (`pass_pipeline`). Nothing else decides the order.
 
 mod adopt;
+mod adopt_kernels;
 mod pass_manager;
 mod pass_pipeline;
 mod printing;
@@ -122,7 +123,7 @@ pub const STAGES: &[Stage] = &[
     Stage {
         name: "kernels",
         passes: &[pass("ppmoe-plan-kernels", &[], kernels)],
-        print: |c| Some(print_kernels(c)),
+        print: print_kernels,
     },
     Stage {
         name: "ptx",
@@ -149,7 +150,7 @@ pub const NOT_MLIR: &[&str] = &["ptx"];
 
 /// Stages printed with a header and every op's location (naming the values): the form
 /// `ir_input` reads back.
-pub const WITH_LOCATIONS: &[&str] = &["core", "moe", "sharded", "pipelined"];
+pub const WITH_LOCATIONS: &[&str] = &["core", "moe", "sharded", "pipelined", "kernels"];
 
 /// What the user asked for: the model, its input shapes, and the flags that steer the stages.
 #[derive(Clone, Default)]
@@ -356,6 +357,7 @@ fn printed(c: &Compilation, stage: &Stage) -> Result<String, CompileError> {
     let context = ppmoe_dialect::context();
     let module = ppmoe_dialect::parse_verified(&context, &text)
         .map_err(|diagnostics| c.verify_error(stage.name, diagnostics))?;
+    ppmoe_dialect::forget_text_positions(&module.as_operation());
     Ok(if WITH_LOCATIONS.contains(&stage.name) {
         ppmoe_dialect::print_module_with_locations(&module)
     } else {

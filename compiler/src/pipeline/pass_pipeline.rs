@@ -87,7 +87,7 @@ fn parse_pass(item: &str) -> Result<PassRun, String> {
     })
 }
 
-/// Runs `pipeline` on the IR file the compilation names (printed by `--emit`, core to pipelined),
+/// Runs `pipeline` on the IR file the compilation names (printed by `--emit`, core to kernels),
 /// and returns the IR after the last pass (the IR as read when the pipeline is empty), with
 /// the compilation, for what the passes said.
 pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), CompileError> {
@@ -99,7 +99,7 @@ pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), 
     let runs = parse_pass_pipeline(pipeline).map_err(|e| bad(format!("--pass-pipeline: {e}")))?;
     if !crate::ir_input::is_ppmoe_ir(&path) {
         return Err(bad(
-            "opt takes IR printed by `ppmoe inspect --emit` (core to pipelined); a model goes through inspect or compile"
+            "opt takes IR printed by `ppmoe inspect --emit` (core to kernels); a model goes through inspect or compile"
                 .into(),
         ));
     }

@@ -3,65 +3,71 @@
 
 use super::{Compilation, DEFAULT_EVAL_LIMIT_BYTES};
 use crate::core::print::Marks;
+use crate::core::read::PLAN_OF;
 use crate::distribute::shard_moe::RankProgram;
 use crate::distribute::{Grid, Strategy};
 use crate::passes::raise_moe::CapacityPolicy;
 use std::collections::HashSet;
 use std::path::Path;
 
-/// The kernel modules and, per rank, its program as launches, GEMMs, collectives, aliases and
-/// host work, in order.
-pub(super) fn print_kernels(c: &Compilation) -> String {
+/// Per rank: its pipelined program (which reads back), its `gpu.module` of kernels, and its
+/// plan, a function `@rank<N>_plan` (marked `kernels.plan_of = @rank<N>`) of its program's
+/// instructions as launches, GEMMs, collectives, aliases and host work, in order.
+pub(super) fn print_kernels(c: &Compilation) -> Option<String> {
+    let beside: Vec<String> = (c.ranks.iter().zip(&c.kernel_plans))
+        .map(|(rp, plan)| format!("{}{}", plan.module, print_plan(rp, plan)))
+        .collect();
+    let text = print_ranks_with(c, &c.ranks, "kernels", &beside)?;
+    Some(text.replacen(
+        "module attributes {",
+        "module attributes {gpu.container_module, ",
+        1,
+    ))
+}
+
+/// One rank's plan as a function of `kernels` ops, one per instruction.
+fn print_plan(rp: &RankProgram, plan: &crate::codegen::KernelPlan) -> String {
     use crate::codegen::Lowered;
-    // The header names the stage, so that reading this module back is refused by name.
-    let mut s = format!(
-        "module attributes {{gpu.container_module, {}}} {{\n",
-        header(c, "kernels").to_mlir()
-    );
-    for (rp, plan) in c.ranks.iter().zip(&c.kernel_plans) {
-        s.push_str(&plan.module);
-        let kernels = kernel_names(&plan.module);
-        let r = rp.program.rank;
-        s.push_str(&format!("  func.func @rank{r}() {{\n"));
-        for (i, (ins, l)) in rp
-            .program
-            .instructions
-            .iter()
-            .zip(&plan.lowered)
-            .enumerate()
-        {
-            let line = match l {
-                Lowered::Kernel { name, threads, bf16 } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, {}instruction = {i} : i64}}", bf16_params(bf16)),
-                Lowered::Pointwise { name, threads, members, bf16, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, fused = array<i64: {}>, {}instruction = {i} : i64}}", members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", "), bf16_params(bf16)),
-                Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
-                Lowered::Route { name, threads, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
-                Lowered::Experts { prefix, bf16 } => format!(
-                    "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", instruction = {i} : i64}}",
-                    experts_path(&kernels, prefix),
-                    if *bf16 { "bf16" } else { "f32" }
-                ),
-                Lowered::LocalExperts { prefix, bf16, slice, ffn, reduce } => format!(
-                    "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, {}instruction = {i} : i64}}",
-                    experts_path(&kernels, prefix),
-                    if *bf16 { "bf16" } else { "f32" },
-                    reduce.map_or(String::new(), |r| format!("all_reduce = {r} : i64, overlap = \"chunked, second stream\", "))
-                ),
-                Lowered::ReducedBy { step } => format!("\"kernels.reduced_by\"() {{op = \"{}\", step = {step} : i64, instruction = {i} : i64}}", ins.op.name()),
-                Lowered::AllToAllExperts { prefix, bf16, dispatch, exchange, ffn, .. } => format!(
-                    "\"kernels.moe_alltoall_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, grouping = \"host\", gemms = \"cublas grouped\", exchange = \"nccl ragged send/recv\", activations = \"{}\", dispatch = {dispatch} : i64, all_to_all = {exchange} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
-                    if *bf16 { "bf16" } else { "f32" }
-                ),
-                Lowered::Embedding { name } => format!("\"kernels.embedding\"() {{kernel = @rank{r}_kernels::@{name}, instruction = {i} : i64}}"),
-                Lowered::Fused { into } => format!("\"kernels.fused\"() {{op = \"{}\", into = {into} : i64, instruction = {i} : i64}}", ins.op.name()),
-                Lowered::Collective => format!("\"kernels.nccl\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
-                Lowered::Alias => format!("\"kernels.alias\"() {{instruction = {i} : i64}}"),
-                Lowered::Host => format!("\"kernels.host\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
-            };
-            s.push_str(&format!("    {line} : () -> ()\n"));
-        }
-        s.push_str("    func.return\n  }\n");
+    let kernels = kernel_names(&plan.module);
+    let r = rp.program.rank;
+    let mut s = format!("  func.func @rank{r}_plan() attributes {{{PLAN_OF} = @rank{r}}} {{\n");
+    for (i, (ins, l)) in rp
+        .program
+        .instructions
+        .iter()
+        .zip(&plan.lowered)
+        .enumerate()
+    {
+        let line = match l {
+            Lowered::Kernel { name, threads, bf16 } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, {}instruction = {i} : i64}}", bf16_params(bf16)),
+            Lowered::Pointwise { name, threads, members, bf16, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, fused = array<i64: {}>, {}instruction = {i} : i64}}", members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", "), bf16_params(bf16)),
+            Lowered::Gemm => format!("\"kernels.cublas_gemm\"() {{instruction = {i} : i64}}"),
+            Lowered::Route { name, threads, .. } => format!("\"kernels.launch\"() {{kernel = @rank{r}_kernels::@{name}, threads = {threads} : i64, instruction = {i} : i64}}"),
+            Lowered::Experts { prefix, bf16 } => format!(
+                "\"kernels.moe_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", instruction = {i} : i64}}",
+                experts_path(&kernels, prefix),
+                if *bf16 { "bf16" } else { "f32" }
+            ),
+            Lowered::LocalExperts { prefix, bf16, slice, ffn, reduce } => format!(
+                "\"kernels.moe_local_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, {}, activations = \"{}\", slice = {slice} : i64, ffn = {ffn} : i64, {}instruction = {i} : i64}}",
+                experts_path(&kernels, prefix),
+                if *bf16 { "bf16" } else { "f32" },
+                reduce.map_or(String::new(), |r| format!("all_reduce = {r} : i64, overlap = \"chunked, second stream\", "))
+            ),
+            Lowered::ReducedBy { step } => format!("\"kernels.reduced_by\"() {{op = \"{}\", step = {step} : i64, instruction = {i} : i64}}", ins.op.name()),
+            Lowered::AllToAllExperts { prefix, bf16, dispatch, exchange, ffn, .. } => format!(
+                "\"kernels.moe_alltoall_experts\"() {{gather = @rank{r}_kernels::@{prefix}_gather, act = @rank{r}_kernels::@{prefix}_act, combine = @rank{r}_kernels::@{prefix}_combine, grouping = \"host\", gemms = \"cublas grouped\", exchange = \"nccl ragged send/recv\", activations = \"{}\", dispatch = {dispatch} : i64, all_to_all = {exchange} : i64, ffn = {ffn} : i64, instruction = {i} : i64}}",
+                if *bf16 { "bf16" } else { "f32" }
+            ),
+            Lowered::Embedding { name } => format!("\"kernels.embedding\"() {{kernel = @rank{r}_kernels::@{name}, instruction = {i} : i64}}"),
+            Lowered::Fused { into } => format!("\"kernels.fused\"() {{op = \"{}\", into = {into} : i64, instruction = {i} : i64}}", ins.op.name()),
+            Lowered::Collective => format!("\"kernels.nccl\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
+            Lowered::Alias => format!("\"kernels.alias\"() {{instruction = {i} : i64}}"),
+            Lowered::Host => format!("\"kernels.host\"() {{op = \"{}\", instruction = {i} : i64}}", ins.op.name()),
+        };
+        s.push_str(&format!("    {line} : () -> ()\n"));
     }
-    s.push_str("}\n");
+    s.push_str("    func.return\n  }\n");
     s
 }
 
@@ -111,6 +117,16 @@ pub(super) fn print_ptx(c: &Compilation) -> String {
 }
 
 pub(super) fn print_ranks(c: &Compilation, ranks: &[RankProgram], stage: &str) -> Option<String> {
+    print_ranks_with(c, ranks, stage, &[])
+}
+
+/// `print_ranks`, with `beside` following each rank's function (its kernels and plan).
+fn print_ranks_with(
+    c: &Compilation,
+    ranks: &[RankProgram],
+    stage: &str,
+    beside: &[String],
+) -> Option<String> {
     let grid = c.options.grid.unwrap_or(Grid::ONE);
     let programs: Vec<&ppmoe_runtime::program::Program> =
         ranks.iter().map(|r| &r.program).collect();
@@ -121,9 +137,13 @@ pub(super) fn print_ranks(c: &Compilation, ranks: &[RankProgram], stage: &str) -
         Marks {
             rank_pieces: &c.rank_pieces,
             strategies: &strategies,
+            beside,
         }
     } else {
-        Marks::default()
+        Marks {
+            beside,
+            ..Marks::default()
+        }
     };
     Some(crate::core::print::print_stage(
         &programs,
