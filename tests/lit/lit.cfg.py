@@ -15,6 +15,15 @@ config.test_exec_root = os.path.join(repo, "target", "lit")
 ppmoe = os.environ.get("PPMOE", os.path.join(repo, "target", "debug", "ppmoe"))
 config.substitutions.append(("%ppmoe", ppmoe))
 config.substitutions.append(("%fixtures", os.path.join(repo, "tests", "fixtures")))
+# The ptx stage's passes, in order (compiler/src/pipeline/mod.rs).
+config.substitutions.append(
+    (
+        "%ptx-passes",
+        "ppmoe-attach-target, convert-scf-to-cf, convert-math-to-llvm, convert-nvvm-to-llvm, "
+        "convert-gpu-to-nvvm, convert-arith-to-llvm, convert-cf-to-llvm, "
+        "reconcile-unrealized-casts, gpu-module-to-binary, ppmoe-nvptx",
+    )
+)
 
 # FileCheck and not from LLVM 22 (Debian's llvm-22-tools).
 llvm_bin = "/usr/lib/llvm-22/bin"

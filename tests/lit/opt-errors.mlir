@@ -1,6 +1,6 @@
 // What `ppmoe opt` refuses, by name: an unknown pass, an option a pass does not take, a pass
-// that reads the model, a pass before what it needs or on IR past what it transforms, a
-// pipeline that does not parse.
+// that reads the model, a pass before what it needs or on IR past what it transforms, part of
+// the ptx stage, a pipeline that does not parse.
 
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(canonicalize)' 2>&1 | FileCheck %s --check-prefix=UNKNOWN
 // UNKNOWN: error: {{.*}}opt-errors.mlir: --pass-pipeline: no pass 'canonicalize'; the passes: ppmoe-import, ppmoe-lower-core, ppmoe-raise-moe, ppmoe-shard,
@@ -22,6 +22,10 @@
 // PAST: error: {{.*}}opt-errors.mlir: ppmoe-shard takes IR of stage 'moe'; this IR is at stage 'sharded'
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-raise-moe)' 2>&1 | FileCheck %s --check-prefix=RAISED
 // RAISED: error: {{.*}}ppmoe-raise-moe takes IR of stage 'core'; this IR is at stage 'moe'
+
+// The ptx stage's passes run together: upstream's GPU lowering half done is no stage's IR.
+// RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-pipeline-split, ppmoe-plan-kernels, convert-gpu-to-nvvm)' 2>&1 | FileCheck %s --check-prefix=PTX
+// PTX: error: {{.*}}opt-errors.mlir: --pass-pipeline: the ptx stage's passes run together, in order: ppmoe-attach-target, convert-scf-to-cf,
 
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2)' 2>&1 | FileCheck %s --check-prefix=PARSE
 // PARSE: error: {{.*}}--pass-pipeline: a '{' without its '}'

@@ -1,15 +1,16 @@
 // ppmoe-plan-kernels: each rank's instructions as kernel launches, cuBLAS GEMMs and NCCL
 // collectives (a function marked kernels.plan_of its program), the generated kernels in a
-// gpu.module; ppmoe-to-ptx lowers them to PTX.
+// gpu.module; the ptx stage's passes lower them to PTX (ppmoe-attach-target, upstream's GPU
+// lowering to a gpu.binary of LLVM bitcode, ppmoe-nvptx).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' | FileCheck %s
-// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels, ppmoe-to-ptx)' | FileCheck %s --check-prefix=PTX
-// The kernels IR reads back: it prints as itself, and ppmoe-to-ptx takes it. Its plan must be
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels, %ptx-passes)' | FileCheck %s --check-prefix=PTX
+// The kernels IR reads back: it prints as itself, and the ptx stage's passes take it. Its plan must be
 // the one its programs get (an edited launch is refused by name); its kernels' bodies are its
 // own.
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' > %t.kernels.mlir
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module()' | diff - %t.kernels.mlir
-// RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module(ppmoe-to-ptx)' | FileCheck %s --check-prefix=PTX
+// RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module(%ptx-passes)' | FileCheck %s --check-prefix=PTX
 // RUN: sed 's/threads = 512 : i64/threads = 64 : i64/' %t.kernels.mlir > %t.replanned.mlir
 // RUN: not %ppmoe opt %t.replanned.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=REPLANNED
 // REPLANNED: error: {{.*}}replanned.mlir: the plan of @rank0: op {{[0-9]+}} is `"kernels.launch"(){{.*}}threads = 64 : i64

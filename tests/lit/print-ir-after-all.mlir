@@ -4,8 +4,9 @@
 // RUN: %ppmoe opt %s --print-ir-after-all --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split)' 2>&1 >/dev/null | FileCheck %s
 // RUN: %ppmoe inspect %fixtures/mixtral_block_dynamo/model.onnx --print-ir-after-all --emit sharded 2>&1 >/dev/null | FileCheck %s --check-prefix=INSPECT
 // The kernel plan is a pass of the same pass manager: its module (each rank's program, its
-// kernels and its launches) dumped after it, then the PTX.
-// RUN: %ppmoe opt %s --print-ir-after-all --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-pipeline-split, ppmoe-plan-kernels, ppmoe-to-ptx)' 2>&1 >/dev/null | FileCheck %s --check-prefix=KERNELS
+// kernels and its launches) dumped after it; then the ptx stage's passes, upstream's among
+// them, each dumped after it, down to the gpu.binary of PTX.
+// RUN: %ppmoe opt %s --print-ir-after-all --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-pipeline-split, ppmoe-plan-kernels, %ptx-passes)' 2>&1 >/dev/null | FileCheck %s --check-prefix=KERNELS
 // KERNELS: // -----// IR Dump After ppmoe-pipeline-split (pipelined) //----- //
 // KERNELS: // -----// IR Dump After ppmoe-plan-kernels (kernels) //----- //
 // KERNELS: module attributes
@@ -13,8 +14,16 @@
 // KERNELS-SAME: ppmoe.stage = "kernels"
 // KERNELS: gpu.func @
 // KERNELS: "kernels.moe_experts"
-// KERNELS: // -----// IR Dump After ppmoe-to-ptx (ptx) //----- //
-// KERNELS: .target sm_90
+// KERNELS: // -----// IR Dump After ppmoe-attach-target (ptx) //----- //
+// KERNELS: gpu.module @rank0_kernels [#nvvm.target<O = 3, chip = "sm_90">]
+// KERNELS: // -----// IR Dump After convert-scf-to-cf (ptx) //----- //
+// KERNELS: // -----// IR Dump After convert-gpu-to-nvvm (ptx) //----- //
+// KERNELS: llvm.func @
+// KERNELS: // -----// IR Dump After gpu-module-to-binary (ptx) //----- //
+// KERNELS: gpu.binary @rank0_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90">, offload = "BC
+// KERNELS: // -----// IR Dump After ppmoe-nvptx (ptx) //----- //
+// KERNELS: gpu.binary @rank0_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90">, assembly = "
+// KERNELS-SAME: .target sm_90
 
 // CHECK: // -----// IR Dump After ppmoe-shard (sharded) //----- //
 // CHECK-NEXT: #loc = loc(unknown)

@@ -1,15 +1,18 @@
-//! The `ptx` stage: a module of `gpu.module`s lowered by MLIR's own passes (gpu -> NVVM -> LLVM
-//! IR, optimised at O3, as `gpu-module-to-binary{format=llvm}` leaves it: bitcode), then the
-//! bitcode compiled to PTX for sm_90 by LLVM's NVPTX target through inkwell (sm_90a, the
-//! H100/H200's own features, where a module has warpgroup MMAs: `wgmma` exists only there).
+//! The `ptx` stage, as passes over the kernels module: `ppmoe-attach-target` marks each
+//! `gpu.module` for the H200 (`sm_90`, or `sm_90a`, the H100/H200's own features, where a
+//! module has warpgroup MMAs: `wgmma` exists only there), MLIR's own passes lower it (gpu ->
+//! NVVM -> LLVM IR, optimised at O3, as `gpu-module-to-binary{format=llvm}` leaves it: bitcode
+//! in a `gpu.binary`), and `ppmoe-nvptx` compiles each binary's bitcode to PTX with LLVM's
+//! NVPTX target through inkwell, the PTX then the binary's object (`assembly`), whence the
+//! bundle takes it.
 
-use melior::pass::PassManager;
+use crate::pipeline::Compilation;
+use melior::ir::attribute::{ArrayAttribute, Attribute};
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
+use melior::ir::RegionLike;
+use melior::Context;
 use ppmoe_dialect::melior;
-
-/// The lowering for `chip`, as `mlir-opt --pass-pipeline` spells it.
-pub fn pipeline(chip: &str) -> String {
-    format!("builtin.module(nvvm-attach-target{{chip={chip} O=3}},gpu.module(convert-scf-to-cf,convert-math-to-llvm,convert-nvvm-to-llvm,convert-gpu-to-nvvm,convert-arith-to-llvm),convert-cf-to-llvm,reconcile-unrealized-casts,gpu-module-to-binary{{format=llvm}})")
-}
 
 /// The PTX target: the H200's architecture and a PTX ISA it (and CUDA 12.0 and later) reads;
 /// with its architecture-specific features (wgmma), and the PTX ISA that has them.
@@ -52,39 +55,181 @@ fn bitcode_to_ptx(
     Ok(String::from_utf8_lossy(ptx.as_slice()).into_owned())
 }
 
-/// Lowers `module_text` (a module with `gpu.container_module` and its `gpu.module`s) to PTX:
-/// one (module name, PTX) pair per gpu.module.
-pub fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
-    let chip = if module_text.contains("nvvm.wgmma") {
-        CHIP_WGMMA
-    } else {
-        CHIP
-    };
-    melior::utility::register_all_passes();
-    let context = ppmoe_dialect::context();
-    melior::utility::register_all_llvm_translations(&context);
-    let mut module = ppmoe_dialect::parse_verified(&context, module_text)?;
-    let pm = PassManager::new(&context);
-    melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline(chip.0))
-        .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
-    // MLIR's own diagnostics name the op a pass failed on: they go into the error.
-    let (ran, diagnostics) = ppmoe_dialect::with_diagnostics(&context, || pm.run(&mut module));
-    ran.map_err(|e| format!("lowering to PTX failed: {e}: {diagnostics}"))?;
-    let text = module.as_operation().to_string();
-    let mut out = Vec::new();
-    for chunk in text.split("gpu.binary @").skip(1) {
-        let name = chunk.split_whitespace().next().unwrap_or("").to_string();
-        // format=llvm leaves the module's bitcode as the object's `offload` string.
-        let Some(start) = chunk.find("offload = \"") else {
-            continue;
+/// The NVVM target of `chip`, as `nvvm-attach-target{chip=... O=3}` writes it.
+fn target(chip: &str) -> String {
+    format!("#nvvm.target<O = 3, chip = \"{chip}\">")
+}
+
+/// `ppmoe-attach-target`: every `gpu.module` of the module targets the H200: `sm_90a` where a
+/// module has warpgroup MMAs (so that every rank's PTX is for the same chip), else `sm_90`;
+/// returns how many modules it marked.
+pub fn attach_target(
+    context: &Context,
+    module: &OperationRef,
+    _: &Compilation,
+) -> Result<usize, String> {
+    let modules = top_level(module, "gpu.module")?;
+    let wgmma = modules.iter().any(|m| holds_op_named(m, "nvvm.wgmma"));
+    let chip = if wgmma { CHIP_WGMMA } else { CHIP };
+    let targets = format!("[{}]", target(chip.0));
+    let attribute = Attribute::parse(context, &targets).ok_or("the NVVM target does not parse")?;
+    for m in &modules {
+        // SAFETY: the pass manager hands this pass the module; no other handle writes the op.
+        let mut m = unsafe { OperationRefMut::from_raw(m.to_raw()) };
+        m.set_attribute("targets", attribute);
+    }
+    Ok(modules.len())
+}
+
+/// `ppmoe-nvptx`: each `gpu.binary`'s LLVM bitcode (the `offload` object that
+/// `gpu-module-to-binary{format=llvm}` leaves) compiled to PTX, which becomes its object
+/// (`assembly`); returns how many binaries.
+pub fn nvptx(context: &Context, module: &OperationRef, _: &Compilation) -> Result<usize, String> {
+    let binaries = top_level(module, "gpu.binary")?;
+    for b in &binaries {
+        let name = symbol(b)?;
+        let object = only_object(b, &name)?;
+        let bitcode = string_field(&object, "offload")
+            .ok_or_else(|| format!("gpu.binary @{name}: its object holds no LLVM bitcode"))?;
+        let chip = if object.contains(&format!("chip = \"{}\"", CHIP_WGMMA.0)) {
+            CHIP_WGMMA
+        } else {
+            CHIP
         };
-        let body = &chunk[start + "offload = \"".len()..];
-        out.push((name.clone(), bitcode_to_ptx(&name, &unescape(body), chip)?));
+        let ptx = bitcode_to_ptx(&name, &bitcode, chip)?;
+        let objects = format!(
+            "[#gpu.object<{}, assembly = \"{}\">]",
+            target(chip.0),
+            escape(ptx.as_bytes())
+        );
+        let attribute =
+            Attribute::parse(context, &objects).ok_or("the PTX object does not parse")?;
+        // SAFETY: as in `attach_target`.
+        let mut b = unsafe { OperationRefMut::from_raw(b.to_raw()) };
+        b.set_attribute("objects", attribute);
+    }
+    Ok(binaries.len())
+}
+
+/// The PTX of each `gpu.binary` of the module (`ppmoe-nvptx`'s objects): (module name, PTX).
+pub fn read_ptx(module: &OperationRef) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for b in top_level(module, "gpu.binary")? {
+        let name = symbol(&b)?;
+        let ptx = string_field(&only_object(&b, &name)?, "assembly")
+            .ok_or_else(|| format!("gpu.binary @{name}: its object holds no PTX"))?;
+        out.push((name, String::from_utf8_lossy(&ptx).into_owned()));
     }
     if out.is_empty() {
         return Err("the lowering produced no gpu.binary".into());
     }
     Ok(out)
+}
+
+/// The module's top-level ops named `name`.
+fn top_level<'c, 'a>(
+    module: &OperationRef<'c, 'a>,
+    name: &str,
+) -> Result<Vec<OperationRef<'c, 'a>>, String> {
+    let body = module
+        .region(0)
+        .ok()
+        .and_then(|r| r.first_block())
+        .ok_or("the module has no body")?;
+    let mut out = Vec::new();
+    let mut next = body.first_operation();
+    while let Some(op) = next {
+        next = op.next_in_block();
+        if crate::core::read::op_name(&op) == name {
+            out.push(op);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an op named `prefix...` is anywhere inside `op`.
+fn holds_op_named(op: &OperationRef, prefix: &str) -> bool {
+    op.regions().any(|r| {
+        let mut block = r.first_block();
+        while let Some(b) = block {
+            block = b.next_in_region();
+            let mut next = b.first_operation();
+            while let Some(inner) = next {
+                next = inner.next_in_block();
+                if crate::core::read::op_name(&inner).starts_with(prefix)
+                    || holds_op_named(&inner, prefix)
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn symbol(op: &OperationRef) -> Result<String, String> {
+    op.attribute("sym_name")
+        .ok()
+        .and_then(crate::core::read::attribute_text)
+        .ok_or_else(|| "a gpu.binary without its name".to_string())
+}
+
+/// A binary's one object, as MLIR prints it.
+fn only_object(b: &OperationRef, name: &str) -> Result<String, String> {
+    let objects = b
+        .attribute("objects")
+        .ok()
+        .and_then(|a| ArrayAttribute::try_from(a).ok())
+        .ok_or_else(|| format!("gpu.binary @{name} without its objects"))?;
+    match objects.len() {
+        1 => Ok(objects.element(0).map_err(|e| e.to_string())?.to_string()),
+        n => Err(format!(
+            "gpu.binary @{name}: {n} objects, where one target makes one"
+        )),
+    }
+}
+
+/// The bytes of the string `field = "..."` of a printed object.
+fn string_field(object: &str, field: &str) -> Option<Vec<u8>> {
+    let key = format!("{field} = \"");
+    let start = object.find(&key)? + key.len();
+    Some(unescape(&object[start..]))
+}
+
+/// `bytes` as the inside of an MLIR string literal: printable ASCII as it is, but for `"` and
+/// `\`, every other byte as `\XX` (as MLIR prints its own).
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + bytes.len() / 8);
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => out.push_str(&format!("\\{b:02X}")),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Lowers `module_text` (a module with `gpu.container_module` and its `gpu.module`s) to PTX
+/// with the `ptx` stage's passes: one (module name, PTX) pair per gpu.module.
+#[cfg(test)]
+pub(crate) fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String> {
+    use melior::pass::PassManager;
+    melior::utility::register_all_passes();
+    let context = ppmoe_dialect::context();
+    melior::utility::register_all_llvm_translations(&context);
+    let mut module = ppmoe_dialect::parse_verified(&context, module_text)?;
+    let c = Compilation::default();
+    attach_target(&context, &module.as_operation(), &c)?;
+    let pm = PassManager::new(&context);
+    let lowering: Vec<&str> = crate::pipeline::upstream_passes("ptx").collect();
+    let pipeline = format!("builtin.module({})", lowering.join(","));
+    melior::utility::parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
+        .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
+    let (ran, diagnostics) = ppmoe_dialect::with_diagnostics(&context, || pm.run(&mut module));
+    ran.map_err(|e| format!("lowering to PTX failed: {e}: {diagnostics}"))?;
+    nvptx(&context, &module.as_operation(), &c)?;
+    read_ptx(&module.as_operation())
 }
 
 /// An MLIR string literal's bytes up to its closing quote, escapes (\0A, \09, \22, \\) undone.

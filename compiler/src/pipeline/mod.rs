@@ -39,6 +39,9 @@ pub struct Pass {
     /// A pass written over the module's MLIR ops: run on the module in the pass manager, in
     /// place of `run` (which then says it needs the module).
     pub on_module: Option<OnModule>,
+    /// An upstream MLIR pass, as a pass pipeline spells it (nested under the ops it runs on):
+    /// added to the pass manager by that spelling.
+    pub upstream: Option<&'static str>,
 }
 
 /// A pass over the module's ops: returns how many it changed. The compilation is there to be
@@ -67,6 +70,7 @@ const fn pass(
         options,
         run,
         on_module: None,
+        upstream: None,
     }
 }
 
@@ -77,6 +81,18 @@ const fn module_pass(name: &'static str, on_module: OnModule) -> Pass {
         options: &[],
         run: needs_module,
         on_module: Some(on_module),
+        upstream: None,
+    }
+}
+
+/// Upstream MLIR's pass `name`, spelled as a pass pipeline nests it (`gpu.module(NAME)`).
+const fn upstream(name: &'static str, spelled: &'static str) -> Pass {
+    Pass {
+        name,
+        options: &[],
+        run: needs_module,
+        on_module: None,
+        upstream: Some(spelled),
     }
 }
 
@@ -127,7 +143,18 @@ pub const STAGES: &[Stage] = &[
     },
     Stage {
         name: "ptx",
-        passes: &[pass("ppmoe-to-ptx", &[], ptx)],
+        passes: &[
+            module_pass("ppmoe-attach-target", crate::codegen::ptx::attach_target),
+            upstream("convert-scf-to-cf", "gpu.module(convert-scf-to-cf)"),
+            upstream("convert-math-to-llvm", "gpu.module(convert-math-to-llvm)"),
+            upstream("convert-nvvm-to-llvm", "gpu.module(convert-nvvm-to-llvm)"),
+            upstream("convert-gpu-to-nvvm", "gpu.module(convert-gpu-to-nvvm)"),
+            upstream("convert-arith-to-llvm", "gpu.module(convert-arith-to-llvm)"),
+            upstream("convert-cf-to-llvm", "convert-cf-to-llvm"),
+            upstream("reconcile-unrealized-casts", "reconcile-unrealized-casts"),
+            upstream("gpu-module-to-binary", "gpu-module-to-binary{format=llvm}"),
+            module_pass("ppmoe-nvptx", crate::codegen::ptx::nvptx),
+        ],
         print: |c| Some(print_ptx(c)),
     },
 ];
@@ -140,10 +167,18 @@ pub fn find_pass(name: &str) -> Option<(&'static Stage, &'static Pass)> {
         .find(|(_, p)| p.name == name)
 }
 
-/// The stages whose passes transform programs (and plan their kernels): they run as MLIR
-/// passes in one pass manager over the module (`pass_manager`), from the IR of the stage
-/// before them.
-pub const MODULE_STAGES: &[&str] = &["moe", "sharded", "pipelined", "kernels"];
+/// The stages whose passes transform programs (and plan their kernels, and lower them): they
+/// run as MLIR passes in one pass manager over the module (`pass_manager`), from the IR of the
+/// stage before them.
+pub const MODULE_STAGES: &[&str] = &["moe", "sharded", "pipelined", "kernels", "ptx"];
+
+/// The upstream passes of `stage`, as a pass pipeline spells them.
+pub fn upstream_passes(stage: &str) -> impl Iterator<Item = &'static str> + '_ {
+    STAGES
+        .iter()
+        .filter(move |s| s.name == stage)
+        .flat_map(|s| s.passes.iter().filter_map(|p| p.upstream))
+}
 
 /// Stages whose printed form is not MLIR (PTX text): `emit` prints them as they are.
 pub const NOT_MLIR: &[&str] = &["ptx"];

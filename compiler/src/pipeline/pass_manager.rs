@@ -6,8 +6,7 @@
 
 use super::pass_pipeline::{set_option, spelled_with_options};
 use super::{
-    adopt, check_readable, print_dump, stage_text, Compilation, Pass, Stage, READABLE, STAGES,
-    WITH_LOCATIONS,
+    adopt, print_dump, stage_text, Compilation, Pass, Stage, READABLE, STAGES, WITH_LOCATIONS,
 };
 use crate::core::header::IrHeader;
 use crate::error::CompileError;
@@ -29,7 +28,7 @@ pub struct Scheduled {
 /// Each pass's identity for MLIR: the address of its slot (8-byte aligned, as MLIR asks).
 #[repr(align(8))]
 struct PassId;
-static PASS_IDS: [PassId; 32] = [const { PassId }; 32];
+static PASS_IDS: [PassId; 64] = [const { PassId }; 64];
 
 /// What the passes share while the pass manager runs: the compilation, and the first error
 /// (MLIR's pass failure carries no message).
@@ -56,11 +55,16 @@ pub fn run_passes(
         error: RefCell::new(None),
         stage: RefCell::new(start.name),
     };
+    if passes.iter().any(|s| s.pass.upstream.is_some()) {
+        melior::utility::register_all_passes();
+        melior::utility::register_all_llvm_translations(&context);
+    }
     let (result, diagnostics) = {
         let manager = PassManager::new(&context);
         manager.enable_verifier(true);
-        for (i, s) in passes.iter().enumerate() {
-            manager.add_pass(external(&shared, &context, s, i)?);
+        let mut ids = 0..PASS_IDS.len();
+        for s in passes {
+            add(&manager, &shared, &context, s, &mut ids)?;
         }
         ppmoe_dialect::with_diagnostics(&context, || manager.run(&mut module))
     };
@@ -73,12 +77,91 @@ pub fn run_passes(
     }
     // A kernels stage made here is the compilation's own plan, printed: the programs it was
     // planned from were taken from the pipelined module the pass began with (a kernels module
-    // read from a file is checked against a new plan, `adopt_kernels`).
+    // read from a file is checked against a new plan, `adopt_kernels`). The `ptx` stage's
+    // module gives the PTX.
     let stage = *shared.stage.borrow();
-    if READABLE.contains(&stage) && stage != "kernels" {
+    if stage == "ptx" {
+        c.ptx = crate::codegen::ptx::read_ptx(&module.as_operation())
+            .map_err(|reason| ir_error(&c, reason))?;
+    } else if READABLE.contains(&stage) && stage != "kernels" {
         adopt(&mut c, &module.as_operation()).map_err(|reason| ir_error(&c, reason))?;
     }
     Ok(c)
+}
+
+/// Adds `scheduled` to the pass manager: ppmoe's passes as external passes (each taking an
+/// identity from `ids`), an upstream one by its spelling (and, with `--print-ir-after-all`, an
+/// external pass after it that dumps the module under its name).
+fn add<'a>(
+    manager: &PassManager,
+    shared: &'a Shared,
+    context: &'a Context,
+    scheduled: &'a Scheduled,
+    ids: &mut std::ops::Range<usize>,
+) -> Result<(), CompileError> {
+    let mut next_id = || {
+        ids.next().ok_or_else(|| {
+            ir_error(
+                &shared.c.borrow(),
+                format!("more than {} passes in one pipeline", PASS_IDS.len()),
+            )
+        })
+    };
+    let Some(spelled) = scheduled.pass.upstream else {
+        manager.add_pass(external(shared, context, scheduled, next_id()?));
+        return Ok(());
+    };
+    add_upstream(manager, spelled).map_err(|e| ir_error(&shared.c.borrow(), e))?;
+    if shared.c.borrow().options.print_ir_after_all {
+        manager.add_pass(dump_pass(shared, scheduled, next_id()?));
+    }
+    Ok(())
+}
+
+/// Appends upstream passes, spelled as pipeline elements (`gpu.module(convert-gpu-to-nvvm)`).
+fn add_upstream(manager: &PassManager, spelled: &str) -> Result<(), String> {
+    let mut message = String::new();
+    unsafe extern "C" fn collect(text: mlir_sys::MlirStringRef, data: *mut std::ffi::c_void) {
+        // SAFETY: `data` is the `String` below, alive for the call; MLIR passes valid UTF-8
+        // bytes of the given length (lossily read all the same).
+        unsafe {
+            let bytes = std::slice::from_raw_parts(text.data as *const u8, text.length);
+            (*(data as *mut String)).push_str(&String::from_utf8_lossy(bytes));
+        }
+    }
+    let pipeline = melior::StringRef::new(spelled);
+    // SAFETY: the pass manager and the string outlive the call; `collect` only appends.
+    let added = unsafe {
+        mlir_sys::mlirOpPassManagerAddPipeline(
+            manager.as_operation_pass_manager().to_raw(),
+            pipeline.to_raw(),
+            Some(collect),
+            &mut message as *mut String as *mut std::ffi::c_void,
+        )
+    };
+    if added.value == 0 {
+        return Err(format!(
+            "the upstream pass '{spelled}' does not parse: {message}"
+        ));
+    }
+    Ok(())
+}
+
+/// `--print-ir-after-all`'s dump after an upstream pass, under its name.
+fn dump_pass<'a>(shared: &'a Shared, scheduled: &'a Scheduled, id: usize) -> melior::pass::Pass {
+    let run = move |module: OperationRef, _: ExternalPass| {
+        let c = shared.c.borrow();
+        dump_after(&c, scheduled.stage, scheduled.pass, &module);
+    };
+    create_external(
+        run,
+        TypeId::create(&PASS_IDS[id]),
+        scheduled.pass.name,
+        scheduled.pass.name,
+        "",
+        "builtin.module",
+        &[],
+    )
 }
 
 /// `scheduled` as an MLIR pass on `builtin.module`: adopt the module's programs, set the
@@ -89,13 +172,8 @@ fn external<'a>(
     context: &'a Context,
     scheduled: &'a Scheduled,
     index: usize,
-) -> Result<melior::pass::Pass, CompileError> {
-    let id = PASS_IDS.get(index).ok_or_else(|| {
-        ir_error(
-            &shared.c.borrow(),
-            format!("more than {} passes in one pipeline", PASS_IDS.len()),
-        )
-    })?;
+) -> melior::pass::Pass {
+    let id = &PASS_IDS[index];
     let name = scheduled.pass.name;
     let run = move |module: OperationRef, pass: ExternalPass| {
         let outcome = run_one(shared, context, scheduled, &module);
@@ -104,7 +182,7 @@ fn external<'a>(
             pass.signal_failure();
         }
     };
-    Ok(create_external(
+    create_external(
         run,
         TypeId::create(id),
         name,
@@ -112,7 +190,7 @@ fn external<'a>(
         "",
         "builtin.module",
         &[],
-    ))
+    )
 }
 
 fn run_one(
@@ -162,7 +240,6 @@ fn run_on_module(
     let at = IrHeader::read(module)
         .map_err(|reason| ir_error(&c, reason))?
         .stage;
-    check_readable(&at).map_err(|reason| ir_error(&c, reason))?;
     // A pass over the module's ops takes exactly its input stage's IR: there is no program
     // step of its own to refuse IR before it.
     if let Some(takes) = input_stage(stage, pass).filter(|&t| STAGES[t].name != at) {
@@ -173,9 +250,16 @@ fn run_on_module(
     tracing::debug!("{}: {changed} ops", pass.name);
     let spelled = spelled_with_options(pass, &c.options);
     c.history.push(spelled);
-    // The header only: the module's ops are already the pass's.
+    // The header only: the module's ops are already the pass's (a module of kernels stays
+    // their container).
+    let container = module.attribute("gpu.container_module").is_ok();
     let header = format!(
-        "module attributes {{{}}} {{}}",
+        "module attributes {{{}{}}} {{}}",
+        if container {
+            "gpu.container_module, "
+        } else {
+            ""
+        },
         super::printing::header_of(&c, stage.name)
     );
     let fresh = ppmoe_dialect::parse_verified(context, &header)

@@ -107,6 +107,7 @@ pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), 
     for run in &runs {
         scheduled.push(check_run(run).map_err(bad)?);
     }
+    check_whole_ptx_stage(&scheduled).map_err(bad)?;
     let reached = crate::ir_input::resume(&mut c)?;
     let mut last = STAGES
         .iter()
@@ -133,6 +134,24 @@ pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), 
         }
     }
     Ok((printed(&c, last)?, c))
+}
+
+/// The `ptx` stage's passes run together and in order: the IR between them (upstream's GPU
+/// lowering half done) is no stage's that prints or reads back.
+fn check_whole_ptx_stage(scheduled: &[Scheduled]) -> Result<(), String> {
+    let asked: Vec<&str> = (scheduled.iter())
+        .filter(|s| s.stage.name == "ptx")
+        .map(|s| s.pass.name)
+        .collect();
+    let stage = STAGES.iter().find(|s| s.name == "ptx");
+    let whole: Vec<&str> = stage.map_or(vec![], |s| s.passes.iter().map(|p| p.name).collect());
+    if asked.is_empty() || asked == whole {
+        return Ok(());
+    }
+    Err(format!(
+        "--pass-pipeline: the ptx stage's passes run together, in order: {}",
+        whole.join(", ")
+    ))
 }
 
 /// A pass of the pipeline, found by name, with options it takes.

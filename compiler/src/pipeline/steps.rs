@@ -34,21 +34,6 @@ pub(super) fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// `ppmoe-to-ptx`: the kernel modules through MLIR's GPU passes and LLVM's NVPTX target.
-pub(super) fn ptx(c: &mut Compilation) -> Result<(), CompileError> {
-    let mut text = String::from("module attributes {gpu.container_module} {\n");
-    for plan in &c.kernel_plans {
-        text.push_str(&plan.module);
-    }
-    text.push_str("}\n");
-    c.ptx = crate::codegen::ptx::to_ptx(&text).map_err(|diagnostics| CompileError::Verify {
-        path: c.options.path.clone(),
-        stage: "ptx".into(),
-        diagnostics,
-    })?;
-    Ok(())
-}
-
 /// The grid the options give (1 x 1 x 1 when none).
 fn grid_of(c: &Compilation) -> Grid {
     c.options.grid.unwrap_or(Grid::ONE)
@@ -183,7 +168,7 @@ pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
 /// every stage from `moe` on is run by.
 pub(super) fn needs_module(c: &mut Compilation) -> Result<(), CompileError> {
     Err(CompileError::StageNotBuilt(
-        "sharded".into(),
+        "module".into(),
         format!(
             "{}: a pass over the module's ops runs in the pass manager",
             c.error_path().display()
