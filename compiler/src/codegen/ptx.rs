@@ -6,6 +6,7 @@
 //! NVPTX target through inkwell, the PTX then the binary's object (`assembly`), whence the
 //! bundle takes it.
 
+use crate::passes::func_ops::top_level;
 use crate::pipeline::Compilation;
 use melior::ir::attribute::{ArrayAttribute, Attribute};
 use melior::ir::block::BlockLike;
@@ -122,27 +123,6 @@ pub fn read_ptx(module: &OperationRef) -> Result<Vec<(String, String)>, String> 
     }
     if out.is_empty() {
         return Err("the lowering produced no gpu.binary".into());
-    }
-    Ok(out)
-}
-
-/// The module's top-level ops named `name`.
-fn top_level<'c, 'a>(
-    module: &OperationRef<'c, 'a>,
-    name: &str,
-) -> Result<Vec<OperationRef<'c, 'a>>, String> {
-    let body = module
-        .region(0)
-        .ok()
-        .and_then(|r| r.first_block())
-        .ok_or("the module has no body")?;
-    let mut out = Vec::new();
-    let mut next = body.first_operation();
-    while let Some(op) = next {
-        next = op.next_in_block();
-        if crate::core::read::op_name(&op) == name {
-            out.push(op);
-        }
     }
     Ok(out)
 }

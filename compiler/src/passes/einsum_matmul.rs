@@ -161,7 +161,6 @@ fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
     let result = op.result(0).map_err(|e| e.to_string())?;
     let out_name = names.into_iter().next().unwrap_or_else(|| "einsum".into());
     let mut p = Program {
-        rank: 0,
         buffers: vec![
             buffer("x".into(), value(0)?, BufferKind::Input)?,
             buffer("y".into(), value(1)?, BufferKind::Input)?,
@@ -169,11 +168,7 @@ fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
         ],
         inputs: vec![0, 1],
         outputs: vec![2],
-        instructions: vec![],
-        weights_file: String::new(),
-        coords: [0; 3],
-        gpu: vec![],
-        ptx_file: None,
+        ..Program::empty()
     };
     let ins = Instruction {
         op: read,
@@ -471,15 +466,10 @@ mod tests {
             ("ab,bc->ac", vec![2, 3], vec![3, 4], vec![2, 7]),
         ] {
             let mut p = Program {
-                rank: 0,
                 buffers: vec![buf("x", &x), buf("y", &y), buf("o", &out)],
                 inputs: vec![0, 1],
                 outputs: vec![2],
-                instructions: vec![],
-                weights_file: String::new(),
-                coords: [0; 3],
-                gpu: vec![],
-                ptx_file: None,
+                ..Program::empty()
             };
             let ins = Instruction {
                 op: Op::Einsum {

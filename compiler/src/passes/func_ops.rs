@@ -10,8 +10,8 @@ use melior::ir::r#type::FunctionType;
 use melior::ir::{RegionLike, Type, ValueLike};
 use melior::Context;
 
-/// The module's `func.func` ops, in order.
-pub fn functions<'c, 'a>(
+/// The module's own ops (its body's), in order.
+pub fn module_ops<'c, 'a>(
     module: &OperationRef<'c, 'a>,
 ) -> Result<Vec<OperationRef<'c, 'a>>, String> {
     let body = module
@@ -23,11 +23,26 @@ pub fn functions<'c, 'a>(
     let mut next = body.first_operation();
     while let Some(op) = next {
         next = op.next_in_block();
-        if op_name(&op) == "func.func" {
-            out.push(op);
-        }
+        out.push(op);
     }
     Ok(out)
+}
+
+/// The module's own ops named `name`, in order.
+pub fn top_level<'c, 'a>(
+    module: &OperationRef<'c, 'a>,
+    name: &str,
+) -> Result<Vec<OperationRef<'c, 'a>>, String> {
+    let mut ops = module_ops(module)?;
+    ops.retain(|op| op_name(op) == name);
+    Ok(ops)
+}
+
+/// The module's `func.func` ops, in order.
+pub fn functions<'c, 'a>(
+    module: &OperationRef<'c, 'a>,
+) -> Result<Vec<OperationRef<'c, 'a>>, String> {
+    top_level(module, "func.func")
 }
 
 /// A function's one block.

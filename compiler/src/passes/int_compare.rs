@@ -175,19 +175,11 @@ mod tests {
         if with_big {
             weights.push(("big".into(), Tensor::i64(vec![3], vec![(1 << 25) + 1; 3])));
         }
-        let program = Program {
-            rank: 0,
-            buffers: vec![],
-            inputs: vec![],
-            outputs: vec![],
-            instructions: vec![],
-            weights_file: String::new(),
-            coords: [0; 3],
-            gpu: vec![],
-            ptx_file: None,
-        };
         Compilation {
-            sharded: vec![RankProgram { program, weights }],
+            sharded: vec![RankProgram {
+                program: Program::empty(),
+                weights,
+            }],
             ..Default::default()
         }
     }

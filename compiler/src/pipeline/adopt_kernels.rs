@@ -92,15 +92,8 @@ fn differing(ir: &[(String, String)], planned: &[(String, String)]) -> String {
 }
 
 fn held(module: &OperationRef) -> Result<Held, String> {
-    let body = module
-        .region(0)
-        .ok()
-        .and_then(|r| r.first_block())
-        .ok_or("the module has no body")?;
     let mut held = Held::default();
-    let mut next = body.first_operation();
-    while let Some(op) = next {
-        next = op.next_in_block();
+    for op in crate::passes::func_ops::module_ops(module)? {
         match op_name(&op).as_str() {
             "func.func" => {
                 if let Ok(of) = op.attribute(PLAN_OF) {
