@@ -45,7 +45,7 @@ fn check_dense_clauses(text: &str) -> Result<(), String> {
             };
             if whole_word && !dictionary_key && !integer_list(value.trim_start()) {
                 return Err(format!(
-                    "'{key} =' at offset {at}: expected a list of integers in brackets"
+                    "'{key} =' at offset {at}: expected a list of i64 integers in brackets"
                 ));
             }
         }
@@ -97,7 +97,9 @@ fn is_word_at(text: &str, at: usize, len: usize) -> bool {
     !text[..at].ends_with(ident) && !text[at + len..].starts_with(ident)
 }
 
-/// Whether `text` begins with `[`, integers separated by commas, `]`.
+/// Whether `text` begins with `[`, integers separated by commas, `]`, each an i64 (MLIR 22's
+/// parser crashes on one past i64, `[18446744073709551615, 2, 1, 3]`, where it reports one
+/// that is merely out of the op's range).
 fn integer_list(text: &str) -> bool {
     let Some(rest) = text.strip_prefix('[') else {
         return false;
@@ -110,7 +112,9 @@ fn integer_list(text: &str) -> bool {
         || inner.split(',').all(|n| {
             let n = n.trim();
             let digits = n.strip_prefix('-').unwrap_or(n);
-            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+            !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<i64>().is_ok()
         })
 }
 
@@ -125,6 +129,9 @@ mod tests {
             "permutation = [1, 0]",
             "permutation = []",
             "dimensions = [0]",
+            // Out of the op's range but an i64: MLIR's verifier reports it.
+            "permutation = [-1, 2, 1, 3]",
+            "permutation = [9223372036854775807, 0]",
         ] {
             assert!(check(&op(good)).is_ok(), "{good}");
         }
@@ -134,6 +141,9 @@ mod tests {
             "permutation = [1, x]",
             "permutation = array<i64: 1, 0>",
             "dimensions = [,]",
+            "permutation = [18446744073709551615, 2, 1, 3]",
+            "permutation = [9223372036854775808, 0]",
+            "dimensions = [-9223372036854775809]",
         ] {
             assert!(check(&op(bad)).is_err(), "{bad}");
         }

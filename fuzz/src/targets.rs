@@ -84,7 +84,8 @@ impl Target {
                     pp: 1,
                     tp: 2,
                 });
-                ppmoe_compiler::pipeline::run_with(c, "pipelined")
+                // To the kernel plan: a kernels module is read back (and checked) there too.
+                ppmoe_compiler::pipeline::run_with(c, "kernels")
                     .map(|c| format!("{} ranks", c.ranks.len()))
                     .map_err(|e| e.to_string())
             }
