@@ -864,7 +864,7 @@ fn identifier_text(id: melior::ir::Identifier) -> String {
 }
 
 /// MLIR's string reference as an owned string; empty references have no data to read.
-fn string_ref(r: MlirStringRef) -> String {
+pub(crate) fn string_ref(r: MlirStringRef) -> String {
     if r.length == 0 || r.data.is_null() {
         return String::new();
     }

@@ -122,12 +122,8 @@ fn add<'a>(
 fn add_upstream(manager: &PassManager, spelled: &str) -> Result<(), String> {
     let mut message = String::new();
     unsafe extern "C" fn collect(text: mlir_sys::MlirStringRef, data: *mut std::ffi::c_void) {
-        // SAFETY: `data` is the `String` below, alive for the call; MLIR passes valid UTF-8
-        // bytes of the given length (lossily read all the same).
-        unsafe {
-            let bytes = std::slice::from_raw_parts(text.data as *const u8, text.length);
-            (*(data as *mut String)).push_str(&String::from_utf8_lossy(bytes));
-        }
+        // SAFETY: `data` is the `String` below, alive for the call.
+        unsafe { (*(data as *mut String)).push_str(&crate::core::read::string_ref(text)) }
     }
     let pipeline = melior::StringRef::new(spelled);
     // SAFETY: the pass manager and the string outlive the call; `collect` only appends.
