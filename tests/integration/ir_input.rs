@@ -415,27 +415,21 @@ fn ir_input_that_cannot_be_taken_is_named() {
     let kernels = inspect(&model, &[], &["--emit", "kernels"]).unwrap();
     let launch = "threads = 512 : i64";
     assert!(kernels.contains(launch), "{kernels}");
-    let replanned = kernels.replacen(launch, "threads = 256 : i64", 1);
-    let later = write(work.path(), "kernels.mlir", &replanned);
-    let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "ptx"]);
-    assert_clean_failure(
-        &out,
+    let refused = |edited: &str, needles: &[&str]| {
+        let later = write(work.path(), "kernels.mlir", edited);
+        let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "ptx"]);
+        assert_clean_failure(&out, &[&["kernels.mlir"], needles].concat());
+    };
+    refused(
+        &kernels.replacen(launch, "threads = 256 : i64", 1),
         &[
-            "kernels.mlir",
             "the plan of @rank0: op 2 is",
             "threads = 256",
             "the plan ppmoe-plan-kernels makes for the program is",
         ],
     );
-    let renamed = kernels.replacen("gpu.func @k2_route(", "gpu.func @k2_route_edited(", 1);
-    let later = write(work.path(), "kernels.mlir", &renamed);
-    let out = ppmoe(&["inspect", later.to_str().unwrap(), "--emit", "ptx"]);
-    assert_clean_failure(
-        &out,
-        &[
-            "kernels.mlir",
-            "gpu.module @rank0_kernels",
-            "@k2_route_edited",
-        ],
+    refused(
+        &kernels.replacen("gpu.func @k2_route(", "gpu.func @k2_route_edited(", 1),
+        &["gpu.module @rank0_kernels", "@k2_route_edited"],
     );
 }

@@ -9,7 +9,9 @@
 //!   before:  %t = linalg.transpose ins(%arg2 ...)   (unused)   %y = linalg.matmul ins(%x, %arg1 ...)
 //!   after:                                                     %y = linalg.matmul ins(%x, %arg1 ...)
 
-use super::func_ops::{argument_attributes, body, functions, set_signature, weight_names};
+use super::func_ops::{
+    argument_attributes, block_ops, body, functions, set_signature, weight_names,
+};
 use crate::core::read::{handle, op_name};
 use crate::pipeline::Compilation;
 use melior::ir::attribute::Attribute;
@@ -65,14 +67,8 @@ fn count_op_uses(op: &OperationRef, uses: &mut HashMap<usize, isize>, by: isize)
 
 /// Erases, last to first, every op of `block` whose results are all unused (but `KEPT`).
 fn erase_dead(block: BlockRef, uses: &mut HashMap<usize, isize>) -> usize {
-    let mut ops = Vec::new();
-    let mut next = block.first_operation();
-    while let Some(op) = next {
-        next = op.next_in_block();
-        ops.push(op);
-    }
     let mut erased = 0;
-    for op in ops.into_iter().rev() {
+    for op in block_ops(block).into_iter().rev() {
         let unused = op.result_count() > 0
             && op
                 .results()

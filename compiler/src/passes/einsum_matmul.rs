@@ -14,7 +14,7 @@
 //!   after:   %t = linalg.transpose ins(%q ...)  %m = tensor.reshape %t(...)  ...
 //!            %p = linalg.batch_matmul ins(%m, %n ...)  %r = tensor.reshape %p(...)
 
-use super::func_ops::{body, functions};
+use super::func_ops::{block_ops, body, functions};
 use crate::core::read::{location_names, op_name, tensor_type};
 use crate::core::upstream::{read_upstream, upstream_form, Upstream};
 use crate::pipeline::Compilation;
@@ -92,14 +92,7 @@ pub fn einsums_as_matmuls(
 ) -> Result<usize, String> {
     let mut rewritten = 0;
     for f in functions(module)? {
-        let block = body(&f)?;
-        let mut ops = Vec::new();
-        let mut next = block.first_operation();
-        while let Some(op) = next {
-            next = op.next_in_block();
-            ops.push(op);
-        }
-        for op in ops {
+        for op in block_ops(body(&f)?) {
             if let Some(replacement) = replacement(&op)? {
                 replace(context, &op, &replacement)?;
                 rewritten += 1;
@@ -179,8 +172,8 @@ fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
     let seq = match ins.op {
         Op::Einsum { .. } => lower(&mut p, &ins),
         _ => {
-            let (b, ins_ref) = (&p.buffers, &ins);
-            let form = upstream_form(&ins_ref.op, &[&b[0], &b[1]], &b[2]);
+            let b = &p.buffers;
+            let form = upstream_form(&ins.op, &[&b[0], &b[1]], &b[2]);
             (!matches!(form, Some(Upstream::Contract(_)))).then(|| vec![ins])
         }
     };
@@ -201,24 +194,18 @@ fn replace(context: &Context, op: &OperationRef, replacement: &str) -> Result<()
         .next()
         .ok_or("the replacement has no function")?;
     let block = body(&f)?;
-    let args = [block.argument(0), block.argument(1)].map(|a| a.map_err(|e| e.to_string()));
-    let [x, y] = args;
-    let (x, y) = (x?, y?);
-    let operands = [op.operand(0), op.operand(1)].map(|v| v.map_err(|e| e.to_string()));
-    let [ox, oy] = operands;
-    let (ox, oy) = (ox?, oy?);
-    let mut moved = Vec::new();
-    let mut next = block.first_operation();
-    let mut returned = None;
-    while let Some(inner) = next {
-        next = inner.next_in_block();
-        if op_name(&inner) == "func.return" {
-            returned = Some(inner.operand(0).map_err(|e| e.to_string())?);
-            break;
-        }
-        moved.push(inner);
-    }
-    let returned = returned.ok_or("the replacement returns nothing")?;
+    let text = |e: melior::Error| e.to_string();
+    let (x, y) = (
+        block.argument(0).map_err(text)?,
+        block.argument(1).map_err(text)?,
+    );
+    let (ox, oy) = (op.operand(0).map_err(text)?, op.operand(1).map_err(text)?);
+    // The function's ops but its return, which names the replacement's result.
+    let mut moved = block_ops(block);
+    let returned = match moved.pop() {
+        Some(r) if op_name(&r) == "func.return" => r.operand(0).map_err(text)?,
+        _ => return Err("the replacement returns nothing".into()),
+    };
     for inner in moved {
         // SAFETY: the scratch module and `op`'s module share the context; the op is moved
         // between blocks, never used through its old block.

@@ -10,6 +10,17 @@ use melior::ir::r#type::FunctionType;
 use melior::ir::{RegionLike, Type, ValueLike};
 use melior::Context;
 
+/// A block's ops, in order (collected first, so that the caller may move or erase them).
+pub fn block_ops<'c, 'a>(block: BlockRef<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
+    let mut out = Vec::new();
+    let mut next = block.first_operation();
+    while let Some(op) = next {
+        next = op.next_in_block();
+        out.push(op);
+    }
+    out
+}
+
 /// The module's own ops (its body's), in order.
 pub fn module_ops<'c, 'a>(
     module: &OperationRef<'c, 'a>,
@@ -19,13 +30,7 @@ pub fn module_ops<'c, 'a>(
         .ok()
         .and_then(|r| r.first_block())
         .ok_or("the module has no body")?;
-    let mut out = Vec::new();
-    let mut next = body.first_operation();
-    while let Some(op) = next {
-        next = op.next_in_block();
-        out.push(op);
-    }
-    Ok(out)
+    Ok(block_ops(body))
 }
 
 /// The module's own ops named `name`, in order.

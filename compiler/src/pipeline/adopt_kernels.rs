@@ -7,7 +7,6 @@
 
 use super::Compilation;
 use crate::core::read::{op_name, PLAN_OF};
-use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::RegionLike;
 use std::collections::BTreeMap;
@@ -128,14 +127,10 @@ fn symbol(op: &OperationRef) -> Option<String> {
 
 /// The ops of an op's first region's first block.
 fn ops_in<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
-    let mut out = Vec::new();
     let block = op.region(0).ok().and_then(|r| r.first_block());
-    let mut next = block.and_then(|b| b.first_operation());
-    while let Some(o) = next {
-        next = o.next_in_block();
-        out.push(o);
-    }
-    out
+    block
+        .map(crate::passes::func_ops::block_ops)
+        .unwrap_or_default()
 }
 
 /// A plan function's ops, as printed.
