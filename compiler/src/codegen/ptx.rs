@@ -68,7 +68,7 @@ pub fn attach_target(
     context: &Context,
     module: &OperationRef,
     _: &Compilation,
-) -> Result<usize, String> {
+) -> Result<usize, crate::pipeline::PassError> {
     let modules = top_level(module, "gpu.module")?;
     let wgmma = modules.iter().any(|m| holds_op_named(m, "nvvm.wgmma"));
     let chip = if wgmma { CHIP_WGMMA } else { CHIP };
@@ -85,7 +85,11 @@ pub fn attach_target(
 /// `ppmoe-nvptx`: each `gpu.binary`'s LLVM bitcode (the `offload` object that
 /// `gpu-module-to-binary{format=llvm}` leaves) compiled to PTX, which becomes its object
 /// (`assembly`); returns how many binaries.
-pub fn nvptx(context: &Context, module: &OperationRef, _: &Compilation) -> Result<usize, String> {
+pub fn nvptx(
+    context: &Context,
+    module: &OperationRef,
+    _: &Compilation,
+) -> Result<usize, crate::pipeline::PassError> {
     let binaries = top_level(module, "gpu.binary")?;
     for b in &binaries {
         let name = symbol(b)?;
@@ -200,7 +204,7 @@ pub(crate) fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String>
     melior::utility::register_all_llvm_translations(&context);
     let mut module = ppmoe_dialect::parse_verified(&context, module_text)?;
     let c = Compilation::default();
-    attach_target(&context, &module.as_operation(), &c)?;
+    attach_target(&context, &module.as_operation(), &c).map_err(|e| e.to_string())?;
     let pm = PassManager::new(&context);
     let lowering: Vec<&str> = crate::pipeline::upstream_passes("ptx").collect();
     let pipeline = format!("builtin.module({})", lowering.join(","));
@@ -208,7 +212,7 @@ pub(crate) fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String>
         .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
     let (ran, diagnostics) = ppmoe_dialect::with_diagnostics(&context, || pm.run(&mut module));
     ran.map_err(|e| format!("lowering to PTX failed: {e}: {diagnostics}"))?;
-    nvptx(&context, &module.as_operation(), &c)?;
+    nvptx(&context, &module.as_operation(), &c).map_err(|e| e.to_string())?;
     read_ptx(&module.as_operation())
 }
 

@@ -39,6 +39,9 @@ pub struct ReadProgram {
     pub rank_pieces: HashSet<String>,
     /// The strategy marked on each `moe.dispatch`, in order (`ppmoe.strategy`).
     pub strategies: Vec<String>,
+    /// Each instruction's op (its MLIR handle), in order: what a pass over the ops finds an
+    /// instruction of the program by.
+    pub ops: Vec<usize>,
 }
 
 /// The marker of a weight argument that is this rank's piece of a dense TP split.
@@ -169,6 +172,7 @@ fn read_function(
         empties: HashSet::new(),
         known: Known::default(),
         strategies: Vec::new(),
+        ops: Vec::new(),
         depth: 0,
         rank: 0,
         grid: Grid::ONE,
@@ -233,6 +237,7 @@ fn read_function(
         program: p,
         rank_pieces,
         strategies: reader.strategies,
+        ops: reader.ops,
     })
 }
 
@@ -246,6 +251,8 @@ struct FunctionReader {
     known: Known,
     /// Each `moe.dispatch`'s strategy mark, in order.
     strategies: Vec<String>,
+    /// Each instruction's op, by its handle.
+    ops: Vec<usize>,
     /// How many `scf.if` branches the op being read is inside.
     depth: usize,
     rank: usize,
@@ -506,6 +513,7 @@ impl FunctionReader {
             let id = self.add(name, BufferKind::Temp, result.r#type(), handle(result))?;
             outputs.push(id);
         }
+        self.ops.push(op.to_raw().ptr as usize);
         self.program.instructions.push(Instruction {
             op: instruction_op,
             inputs,

@@ -3,7 +3,6 @@
 
 pub mod dense_tp;
 pub mod grid;
-pub mod layout;
 pub mod pipeline_split;
 pub mod ppmoe_rewrite;
 pub mod shard_moe;

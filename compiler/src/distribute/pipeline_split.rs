@@ -1,18 +1,13 @@
-//! The `pipelined` stage: each rank program cut into pp stages at layer boundaries, balanced by
-//! a per-instruction cost (FLOPs, and the bytes of the weights it reads), with `shard.send` /
-//! `shard.recv` of the values that cross a boundary.
-//!
-//!   stage 0: ... %h = core.add(%res, %moe0)   "shard.send"(%h) {destination = 1}
-//!   stage 1: %h = "shard.recv"() {source = 0} ... (the layers after the cut)
+//! Where the `pipelined` stage cuts a program into pp stages: at layer boundaries, balanced by
+//! a per-instruction cost (FLOPs, and the bytes of the weights it reads). The pass over the
+//! ops that cuts there and sends what crosses a cut is `passes::pipeline_split`.
 //!
 //! A boundary is a point after an MoE layer where the fewest values are live: in a plain LM one
 //! activation (the residual stream); in a decoder with a KV cache also the caches' inputs that
 //! later layers read and outputs that earlier ones made (outputs travel to the last stage). A
 //! model with L MoE layers has at most L stages.
 
-use super::shard_moe::RankProgram;
 use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Op, Program};
-use std::collections::{BTreeSet, HashSet};
 
 /// A cost for balancing: multiply-adds of matrix work, element counts of the rest, plus the
 /// bytes of the weights read (what a stage must hold).
@@ -173,153 +168,4 @@ pub fn choose_cuts(p: &Program, pp: usize) -> Result<Vec<usize>, String> {
     }
     cuts.sort();
     Ok(cuts)
-}
-
-/// Splits a (tp-sharded) rank program into its pp stage programs. Values crossing a cut are
-/// sent by the stage that makes them to every later stage that reads them; `tag`s pair sends
-/// with receives. Peers are stage numbers here; the grid turns them into ranks.
-pub fn split_stages(rp: &RankProgram, cuts: &[usize]) -> Vec<RankProgram> {
-    let p = &rp.program;
-    let n = p.instructions.len();
-    let bounds: Vec<usize> = std::iter::once(0)
-        .chain(cuts.iter().copied())
-        .chain(std::iter::once(n))
-        .collect();
-    let stage_of = |i: usize| {
-        bounds
-            .windows(2)
-            .position(|w| i >= w[0] && i < w[1])
-            .unwrap_or(0)
-    };
-    let mut made_in = vec![usize::MAX; p.buffers.len()];
-    let mut made_at = vec![usize::MAX; p.buffers.len()];
-    let outputs = p
-        .instructions
-        .iter()
-        .enumerate()
-        .flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (i, o)));
-    for (at, (i, o)) in outputs.enumerate() {
-        made_in[o] = stage_of(i);
-        made_at[o] = at;
-    }
-    let split = Split {
-        rp,
-        bounds: &bounds,
-        made_in: &made_in,
-        made_at: &made_at,
-    };
-    (0..bounds.len() - 1).map(|s| split.stage(s)).collect()
-}
-
-/// A program cut into stages: each stage's instruction range, the stage that makes each
-/// buffer (`usize::MAX`: none, an input or a weight), and where among the values the program
-/// makes it comes. Messages go in that order and are tagged by it, so that the split depends
-/// on the program's instructions, not on how its buffers happen to be numbered (IR read back
-/// numbers them in print order).
-struct Split<'a> {
-    rp: &'a RankProgram,
-    bounds: &'a [usize],
-    made_in: &'a [usize],
-    made_at: &'a [usize],
-}
-
-impl Split<'_> {
-    fn stages(&self) -> usize {
-        self.bounds.len() - 1
-    }
-
-    /// What stage `s` reads (and, the last, returns), its operands present.
-    fn reads(&self, s: usize) -> HashSet<BufferId> {
-        let p = &self.rp.program;
-        let mut reads: HashSet<BufferId> = p.instructions[self.bounds[s]..self.bounds[s + 1]]
-            .iter()
-            .flat_map(|ins| ins.inputs.iter().flatten().copied())
-            .collect();
-        if s + 1 == self.stages() {
-            reads.extend(p.outputs.iter().copied());
-        }
-        reads
-    }
-
-    /// Stage `s`'s program: receives of what earlier stages made, its own instructions, sends
-    /// of what later stages read; inputs only where read, outputs only on the last stage, and
-    /// what it no longer reads removed, weights included (each rank holds only its own).
-    fn stage(&self, s: usize) -> RankProgram {
-        let p = &self.rp.program;
-        let mut q = p.clone();
-        let mut ins_out = self.receives(s);
-        ins_out.extend(
-            p.instructions[self.bounds[s]..self.bounds[s + 1]]
-                .iter()
-                .cloned(),
-        );
-        ins_out.extend(self.sends(s));
-        q.instructions = ins_out;
-        let reads: HashSet<BufferId> = q
-            .instructions
-            .iter()
-            .flat_map(|i| i.inputs.iter().flatten().copied())
-            .collect();
-        if !q.inputs.iter().any(|b| reads.contains(b)) {
-            q.inputs.clear();
-        }
-        if s + 1 != self.stages() {
-            q.outputs.clear();
-        }
-        let mut weights = self.rp.weights.clone();
-        let q = crate::passes::dead_code::remove_dead_code(q, &mut weights);
-        RankProgram {
-            program: q,
-            weights,
-        }
-    }
-
-    /// Receives first: every value stage `s` reads (or, the last, returns) that an earlier
-    /// stage made, in the order they were made.
-    fn receives(&self, s: usize) -> Vec<Instruction> {
-        let wanted: BTreeSet<(usize, BufferId)> = self
-            .reads(s)
-            .into_iter()
-            .filter(|&b| self.made_in[b] != usize::MAX && self.made_in[b] < s)
-            .map(|b| (self.made_at[b], b))
-            .collect();
-        wanted
-            .into_iter()
-            .map(|(at, b)| Instruction {
-                op: Op::Recv {
-                    peer: self.made_in[b],
-                    tag: at as u64,
-                },
-                inputs: vec![],
-                outputs: vec![b],
-                origin: format!("stage {s} receives"),
-            })
-            .collect()
-    }
-
-    /// Sends: values made in stage `s` that a later stage reads (or that are outputs of the
-    /// last), in the order they were made and then by stage.
-    fn sends(&self, s: usize) -> Vec<Instruction> {
-        let mut sends: Vec<(usize, usize, BufferId)> = Vec::new();
-        for later in s + 1..self.stages() {
-            for b in self.reads(later) {
-                if self.made_in[b] == s {
-                    sends.push((self.made_at[b], later, b));
-                }
-            }
-        }
-        sends.sort();
-        sends
-            .into_iter()
-            .map(|(at, to, b)| Instruction {
-                op: Op::Send {
-                    peer: to,
-                    tag: at as u64,
-                },
-                inputs: vec![Some(b)],
-                outputs: vec![],
-                origin: format!("stage {s} sends"),
-            })
-            .collect()
-    }
 }

@@ -12,14 +12,13 @@
 use super::func_ops::{
     argument_attributes, block_ops, body, functions, set_signature, weight_names,
 };
-use crate::core::read::{handle, op_name};
+use crate::core::read::op_name;
 use crate::pipeline::Compilation;
 use melior::ir::attribute::Attribute;
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
-use melior::ir::{Operation, RegionLike};
+use melior::ir::{Operation, ValueLike};
 use melior::Context;
-use std::collections::HashMap;
 
 /// The ops kept though nothing uses their results.
 const KEPT: &[&str] = &["func.return", "shard.send"];
@@ -30,55 +29,37 @@ pub fn remove_dead_ops(
     context: &Context,
     module: &OperationRef,
     _: &Compilation,
-) -> Result<usize, String> {
+) -> Result<usize, crate::pipeline::PassError> {
     let mut erased = 0;
     for f in functions(module)? {
         let block = body(&f)?;
-        let mut uses = HashMap::new();
-        count_uses(block, &mut uses, 1);
-        erased += erase_dead(block, &mut uses);
-        erase_unread_weights(context, &f, block, &uses)?;
+        erased += erase_dead(block);
+        erase_unread_weights(context, &f, block)?;
     }
     Ok(erased)
 }
 
-/// Adds `by` to the use count of every operand of every op in `block`, nested ones included
-/// (a body may read a value from outside it).
-fn count_uses(block: BlockRef, uses: &mut HashMap<usize, isize>, by: isize) {
-    let mut next = block.first_operation();
-    while let Some(op) = next {
-        next = op.next_in_block();
-        count_op_uses(&op, uses, by);
-    }
+/// Whether nothing uses `v` (by MLIR's use lists, which count the uses in nested regions).
+pub(crate) fn unused<'c>(v: impl ValueLike<'c>) -> bool {
+    // SAFETY: reading a live value's use list.
+    unsafe { mlir_sys::mlirOpOperandIsNull(mlir_sys::mlirValueGetFirstUse(v.to_raw())) }
 }
 
-fn count_op_uses(op: &OperationRef, uses: &mut HashMap<usize, isize>, by: isize) {
-    for v in op.operands() {
-        *uses.entry(handle(v)).or_default() += by;
-    }
-    for r in op.regions() {
-        let mut block = r.first_block();
-        while let Some(b) = block {
-            block = b.next_in_region();
-            count_uses(b, uses, by);
-        }
-    }
+/// Whether `op` makes results and nothing uses any of them.
+fn results_unused(op: &OperationRef) -> bool {
+    op.result_count() > 0 && op.results().all(unused)
 }
 
-/// Erases, last to first, every op of `block` whose results are all unused (but `KEPT`).
-fn erase_dead(block: BlockRef, uses: &mut HashMap<usize, isize>) -> usize {
+/// Erases, last to first, every op of `block` whose results are all unused (but `KEPT`): an op
+/// erased drops its uses, so what only fed it goes too.
+pub(crate) fn erase_dead(block: BlockRef) -> usize {
     let mut erased = 0;
     for op in block_ops(block).into_iter().rev() {
-        let unused = op.result_count() > 0
-            && op
-                .results()
-                .all(|r| uses.get(&handle(r)).copied().unwrap_or(0) <= 0);
-        if !unused || KEPT.contains(&op_name(&op).as_str()) {
+        if !results_unused(&op) || KEPT.contains(&op_name(&op).as_str()) {
             continue;
         }
-        count_op_uses(&op, uses, -1);
-        // SAFETY: the op is in this function's block, which the pass manager hands this pass;
-        // no handle to it is used after it is erased (its results have no uses).
+        // SAFETY: the op is in a function's block that the caller may change; no handle to it
+        // is used after it is erased (its results have no uses).
         let mut owned = unsafe { OperationRefMut::from_raw(op.to_raw()) };
         owned.remove_from_parent();
         // SAFETY: removed from its block, the op is owned here; dropping destroys it.
@@ -88,13 +69,42 @@ fn erase_dead(block: BlockRef, uses: &mut HashMap<usize, isize>) -> usize {
     erased
 }
 
+/// Erases `op`, then each op that defined one of its operands and whose results nothing uses
+/// any more, in turn (a `linalg.contract`'s destination: its fill, the fill's empty tensor and
+/// zero).
+///
+/// # Safety
+/// `op`'s results have no uses, and no handle to the erased ops is used after.
+pub(crate) unsafe fn erase_with_unused_producers(op: mlir_sys::MlirOperation) {
+    use mlir_sys::*;
+    let mut seen = std::collections::HashSet::from([op.ptr as usize]);
+    let mut pending = vec![op];
+    while let Some(op) = pending.pop() {
+        // SAFETY: the op is live: queued once, and erased only when taken from the queue.
+        let op_ref = unsafe { OperationRef::from_raw(op) };
+        if !op_ref.results().all(unused) {
+            continue;
+        }
+        let producers: Vec<MlirOperation> = (op_ref.operands())
+            .filter_map(|v| melior::ir::operation::OperationResult::try_from(v).ok())
+            .map(|r| r.owner().to_raw())
+            .collect();
+        mlirOperationRemoveFromParent(op);
+        mlirOperationDestroy(op);
+        for p in producers {
+            if seen.insert(p.ptr as usize) {
+                pending.push(p);
+            }
+        }
+    }
+}
+
 /// Erases the weight arguments (`core.weight`) nothing reads, with their types and attributes
 /// in the function's signature.
 fn erase_unread_weights(
     context: &Context,
     f: &OperationRef,
     block: BlockRef,
-    uses: &HashMap<usize, isize>,
 ) -> Result<(), String> {
     let arg_attrs = argument_attributes(f);
     let weights = weight_names(f);
@@ -103,7 +113,7 @@ fn erase_unread_weights(
     for k in 0..block.argument_count() {
         let arg = block.argument(k).map_err(|e| e.to_string())?;
         let is_weight = weights.get(k).is_some_and(Option::is_some);
-        if is_weight && uses.get(&handle(arg)).copied().unwrap_or(0) <= 0 {
+        if is_weight && unused(arg) {
             unread.push(k);
         } else if let Some(&a) = arg_attrs.get(k) {
             kept_attrs.push(a);

@@ -89,7 +89,7 @@ pub fn einsums_as_matmuls(
     context: &Context,
     module: &OperationRef,
     _: &Compilation,
-) -> Result<usize, String> {
+) -> Result<usize, crate::pipeline::PassError> {
     let mut rewritten = 0;
     for f in functions(module)? {
         for op in block_ops(body(&f)?) {
@@ -219,40 +219,8 @@ fn replace(context: &Context, op: &OperationRef, replacement: &str) -> Result<()
     unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(result.to_raw(), returned.to_raw()) };
     // SAFETY: the op has no uses left (all went to the replacement), and no handle to it or
     // to an op it erases is used after.
-    unsafe { erase_with_unused_producers(op.to_raw()) };
+    unsafe { super::dead_ops::erase_with_unused_producers(op.to_raw()) };
     Ok(())
-}
-
-/// Erases `op`, then each op that defined one of its operands and whose results nothing uses
-/// any more, in turn (a `linalg.contract`'s destination: its fill, the fill's empty tensor and
-/// zero).
-///
-/// # Safety
-/// `op`'s results have no uses, and no handle to the erased ops is used after.
-unsafe fn erase_with_unused_producers(op: mlir_sys::MlirOperation) {
-    use mlir_sys::*;
-    let mut seen = std::collections::HashSet::from([op.ptr as usize]);
-    let mut pending = vec![op];
-    while let Some(op) = pending.pop() {
-        let unused = (0..mlirOperationGetNumResults(op))
-            .all(|k| mlirOpOperandIsNull(mlirValueGetFirstUse(mlirOperationGetResult(op, k))));
-        if !unused {
-            continue;
-        }
-        let producers: Vec<MlirOperation> = (0..mlirOperationGetNumOperands(op))
-            .map(|k| mlirOperationGetOperand(op, k))
-            .filter(|&v| mlirValueIsAOpResult(v))
-            .map(|v| mlirOpResultGetOwner(v))
-            .collect();
-        mlirOperationRemoveFromParent(op);
-        mlirOperationDestroy(op);
-        // An op is queued once, and erased only when it is taken from the queue.
-        for p in producers {
-            if seen.insert(p.ptr as usize) {
-                pending.push(p);
-            }
-        }
-    }
 }
 
 fn static_shape(p: &Program, b: BufferId) -> Option<Vec<usize>> {

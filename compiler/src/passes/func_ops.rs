@@ -21,16 +21,20 @@ pub fn block_ops<'c, 'a>(block: BlockRef<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
     out
 }
 
+/// The module operation's one block.
+pub fn module_body<'c, 'a>(module: &OperationRef<'c, 'a>) -> Result<BlockRef<'c, 'a>, String> {
+    module
+        .region(0)
+        .ok()
+        .and_then(|r| r.first_block())
+        .ok_or_else(|| "the module has no body".to_string())
+}
+
 /// The module's own ops (its body's), in order.
 pub fn module_ops<'c, 'a>(
     module: &OperationRef<'c, 'a>,
 ) -> Result<Vec<OperationRef<'c, 'a>>, String> {
-    let body = module
-        .region(0)
-        .ok()
-        .and_then(|r| r.first_block())
-        .ok_or("the module has no body")?;
-    Ok(block_ops(body))
+    Ok(block_ops(module_body(module)?))
 }
 
 /// The module's own ops named `name`, in order.
@@ -110,5 +114,24 @@ pub fn set_signature(
     if let Some(attrs) = arg_attrs {
         f.set_attribute("arg_attrs", ArrayAttribute::new(context, attrs).into());
     }
+    Ok(())
+}
+
+/// Makes `f` return nothing: its return's operands, its results and their attributes dropped
+/// (a pipeline stage before the last returns nothing; it sends).
+pub fn drop_results(context: &Context, f: &OperationRef) -> Result<(), String> {
+    let block = body(f)?;
+    let ret = block.terminator().ok_or("a func.func without its return")?;
+    // SAFETY: the caller owns the function; no other handle writes these ops.
+    unsafe { OperationRefMut::from_raw(ret.to_raw()) }.set_operands(&[]);
+    let inputs: Vec<Type> = (0..block.argument_count())
+        .map(|k| block.argument(k).map(|a| a.r#type()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    // SAFETY: as above.
+    let mut f = unsafe { OperationRefMut::from_raw(f.to_raw()) };
+    let signature = FunctionType::new(context, &inputs, &[]);
+    f.set_attribute("function_type", TypeAttribute::new(signature.into()).into());
+    let _ = f.remove_attribute("res_attrs");
     Ok(())
 }

@@ -49,7 +49,7 @@ pub fn compare_as_f32(
     context: &Context,
     module: &OperationRef,
     c: &Compilation,
-) -> Result<usize, String> {
+) -> Result<usize, crate::pipeline::PassError> {
     let weights: HashMap<&str, &Tensor> = (c.sharded.iter())
         .flat_map(|rp| rp.weights.iter().map(|(n, t)| (n.as_str(), t)))
         .collect();

@@ -5,5 +5,6 @@ pub mod dead_ops;
 pub mod einsum_matmul;
 pub mod func_ops;
 pub mod int_compare;
+pub mod pipeline_split;
 pub mod raise_moe;
 pub mod weight_dtype;

@@ -92,6 +92,9 @@ fn adopt_one(c: &mut Compilation, read: Vec<ReadProgram>, stage: &str) -> Result
 /// A later stage's programs, each with the weights of the held program of the same rank;
 /// at `sharded`, the rank pieces the module marks.
 fn adopt_ranks(c: &mut Compilation, read: Vec<ReadProgram>, stage: &str) -> Result<(), String> {
+    if stage != "sharded" && c.ranks.is_empty() {
+        c.ranks = laid_out(&c.sharded, &read)?;
+    }
     let held = match stage {
         "sharded" => &mut c.sharded,
         _ => &mut c.ranks,
@@ -123,6 +126,28 @@ fn adopt_ranks(c: &mut Compilation, read: Vec<ReadProgram>, stage: &str) -> Resu
         })
         .collect::<Result<_, String>>()?;
     Ok(())
+}
+
+/// Where the ranks' programs come from the sharded stage (`ppmoe-pipeline-split` lays the
+/// sharded functions out on the grid): each rank holds, until its program takes its own, the
+/// weights of its tp index's sharded program (shared, not copied).
+fn laid_out(sharded: &[RankProgram], read: &[ReadProgram]) -> Result<Vec<RankProgram>, String> {
+    (read.iter())
+        .map(|r| {
+            let [_, _, t] = r.program.coords;
+            let of_t = sharded.get(t).ok_or_else(|| {
+                format!(
+                    "@rank{}: tp index {t}, where the sharded stage has {} programs",
+                    r.program.rank,
+                    sharded.len()
+                )
+            })?;
+            Ok(RankProgram {
+                program: Program::empty(),
+                weights: of_t.weights.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The strategies the module marks on its MoE layers' `moe.dispatch` ops (`ppmoe.strategy`),

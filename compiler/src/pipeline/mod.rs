@@ -45,12 +45,40 @@ pub struct Pass {
 }
 
 /// A pass over the module's ops: returns how many it changed. The compilation is there to be
-/// read (the weights' values, which are not IR), not changed.
+/// read (the weights' values, which are not IR; the options), not changed.
 pub type OnModule = fn(
     &melior::Context,
     &melior::ir::operation::OperationRef,
     &Compilation,
-) -> Result<usize, String>;
+) -> Result<usize, PassError>;
+
+/// Why a pass over the module's ops failed: the IR is not what it takes, or the grid its
+/// options ask for does not fit the model.
+#[derive(Debug)]
+pub enum PassError {
+    Ir(String),
+    Grid(String),
+}
+
+impl std::fmt::Display for PassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            PassError::Ir(reason) | PassError::Grid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<String> for PassError {
+    fn from(reason: String) -> Self {
+        PassError::Ir(reason)
+    }
+}
+
+impl From<&str> for PassError {
+    fn from(reason: &str) -> Self {
+        PassError::Ir(reason.to_string())
+    }
+}
 
 pub struct Stage {
     pub name: &'static str,
@@ -76,9 +104,18 @@ const fn pass(
 
 /// A pass over the module's ops (`OnModule`), which runs in the pass manager only.
 const fn module_pass(name: &'static str, on_module: OnModule) -> Pass {
+    module_pass_with(name, &[], on_module)
+}
+
+/// `module_pass`, taking `options`.
+const fn module_pass_with(
+    name: &'static str,
+    options: &'static [&'static str],
+    on_module: OnModule,
+) -> Pass {
     Pass {
         name,
-        options: &[],
+        options,
         run: needs_module,
         on_module: Some(on_module),
         upstream: None,
@@ -133,7 +170,11 @@ pub const STAGES: &[Stage] = &[
     },
     Stage {
         name: "pipelined",
-        passes: &[pass("ppmoe-pipeline-split", &["pp", "dp"], pipeline_split)],
+        passes: &[module_pass_with(
+            "ppmoe-pipeline-split",
+            &["pp", "dp"],
+            crate::passes::pipeline_split::split_pipeline,
+        )],
         print: |c| print_ranks(c, &c.ranks, "pipelined"),
     },
     Stage {

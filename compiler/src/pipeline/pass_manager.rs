@@ -6,7 +6,8 @@
 
 use super::pass_pipeline::{set_option, spelled_with_options};
 use super::{
-    adopt, print_dump, stage_text, Compilation, Pass, Stage, READABLE, STAGES, WITH_LOCATIONS,
+    adopt, print_dump, stage_text, Compilation, Pass, PassError, Stage, READABLE, STAGES,
+    WITH_LOCATIONS,
 };
 use crate::core::header::IrHeader;
 use crate::error::CompileError;
@@ -204,10 +205,7 @@ fn run_one(
     if let Some(reason) = past_its_input(stage, pass, &at) {
         return Err(ir_error(&c, reason));
     }
-    for (key, value) in &scheduled.options {
-        set_option(&mut c, key, value)
-            .map_err(|e| ir_error(&c, format!("{}{{{key}={value}}}: {e}", pass.name)))?;
-    }
+    set_options(&mut c, scheduled)?;
     tracing::info!("pass {} ({})", pass.name, super::memory_now());
     (pass.run)(&mut c)?;
     let spelled = spelled_with_options(pass, &c.options);
@@ -219,6 +217,15 @@ fn run_one(
     replace_contents(module, fresh);
     *shared.stage.borrow_mut() = stage.name;
     dump_after(&c, stage, pass, module);
+    Ok(())
+}
+
+/// The options `scheduled` sets before its pass runs (`ppmoe-shard{tp=2}`).
+fn set_options(c: &mut Compilation, scheduled: &Scheduled) -> Result<(), CompileError> {
+    for (key, value) in &scheduled.options {
+        set_option(c, key, value)
+            .map_err(|e| ir_error(c, format!("{}{{{key}={value}}}: {e}", scheduled.pass.name)))?;
+    }
     Ok(())
 }
 
@@ -241,8 +248,15 @@ fn run_on_module(
     if let Some(takes) = input_stage(stage, pass).filter(|&t| STAGES[t].name != at) {
         return Err(ir_error(&c, takes_other_ir(pass, takes, &at)));
     }
+    set_options(&mut c, scheduled)?;
     tracing::info!("pass {} ({})", pass.name, super::memory_now());
-    let changed = on_module(context, module, &c).map_err(|reason| ir_error(&c, reason))?;
+    let changed = on_module(context, module, &c).map_err(|e| match e {
+        PassError::Ir(reason) => ir_error(&c, reason),
+        PassError::Grid(reason) => CompileError::Grid {
+            path: c.options.path.clone(),
+            reason,
+        },
+    })?;
     tracing::debug!("{}: {changed} ops", pass.name);
     let spelled = spelled_with_options(pass, &c.options);
     c.history.push(spelled);

@@ -189,32 +189,6 @@ pub(super) fn weight_dtype(c: &mut Compilation) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// `ppmoe-pipeline-split`: each tp index's program cut into pp stages after MoE layers
-/// (balancing the stages' cost), values crossing a cut sent and received, and the stages laid
-/// out on the dp x pp x tp grid.
-pub(super) fn pipeline_split(c: &mut Compilation) -> Result<(), CompileError> {
-    let grid = grid_of(c);
-    let first = c.sharded.first().ok_or_else(|| {
-        CompileError::StageNotBuilt(
-            "pipelined".into(),
-            "it needs the sharded stage first".into(),
-        )
-    })?;
-    let cuts = crate::distribute::pipeline_split::choose_cuts(&first.program, grid.pp).map_err(
-        |reason| CompileError::Grid {
-            path: c.options.path.clone(),
-            reason,
-        },
-    )?;
-    let stages: Vec<Vec<RankProgram>> = c
-        .sharded
-        .iter()
-        .map(|rp| crate::distribute::pipeline_split::split_stages(rp, &cuts))
-        .collect();
-    c.ranks = crate::distribute::layout::layout(grid, &stages);
-    Ok(())
-}
-
 fn need_sharded(c: &Compilation, pass: &str) -> Result<(), CompileError> {
     if c.sharded.is_empty() {
         return Err(CompileError::StageNotBuilt(
