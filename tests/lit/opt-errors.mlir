@@ -15,7 +15,7 @@
 // MODEL: error: {{.*}}ppmoe-lower-core reads the model, not IR: it cannot run in opt
 
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-rewrite)' 2>&1 | FileCheck %s --check-prefix=ORDER
-// ORDER: error: stage 'ppmoe-rewrite' is not built yet; {{.*}}it needs ppmoe-shard first
+// ORDER: error: {{.*}}opt-errors.mlir: ppmoe-rewrite takes IR of stage 'sharded'; this IR is at stage 'moe'
 
 // A pass on IR past what it transforms: the first pass of a stage takes the stage before's IR.
 // RUN: not %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-shard{tp=2})' 2>&1 | FileCheck %s --check-prefix=PAST

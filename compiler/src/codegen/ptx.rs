@@ -67,7 +67,7 @@ fn target(chip: &str) -> String {
 pub fn attach_target(
     context: &Context,
     module: &OperationRef,
-    _: &Compilation,
+    _: &mut Compilation,
 ) -> Result<usize, crate::pipeline::PassError> {
     let modules = top_level(module, "gpu.module")?;
     let wgmma = modules.iter().any(|m| holds_op_named(m, "nvvm.wgmma"));
@@ -88,7 +88,7 @@ pub fn attach_target(
 pub fn nvptx(
     context: &Context,
     module: &OperationRef,
-    _: &Compilation,
+    _: &mut Compilation,
 ) -> Result<usize, crate::pipeline::PassError> {
     let binaries = top_level(module, "gpu.binary")?;
     for b in &binaries {
@@ -203,8 +203,8 @@ pub(crate) fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String>
     let context = ppmoe_dialect::context();
     melior::utility::register_all_llvm_translations(&context);
     let mut module = ppmoe_dialect::parse_verified(&context, module_text)?;
-    let c = Compilation::default();
-    attach_target(&context, &module.as_operation(), &c).map_err(|e| e.to_string())?;
+    let mut c = Compilation::default();
+    attach_target(&context, &module.as_operation(), &mut c).map_err(|e| e.to_string())?;
     let pm = PassManager::new(&context);
     let lowering: Vec<&str> = crate::pipeline::upstream_passes("ptx").collect();
     let pipeline = format!("builtin.module({})", lowering.join(","));
@@ -212,7 +212,7 @@ pub(crate) fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String>
         .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
     let (ran, diagnostics) = ppmoe_dialect::with_diagnostics(&context, || pm.run(&mut module));
     ran.map_err(|e| format!("lowering to PTX failed: {e}: {diagnostics}"))?;
-    nvptx(&context, &module.as_operation(), &c).map_err(|e| e.to_string())?;
+    nvptx(&context, &module.as_operation(), &mut c).map_err(|e| e.to_string())?;
     read_ptx(&module.as_operation())
 }
 

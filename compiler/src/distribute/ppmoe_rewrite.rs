@@ -11,9 +11,7 @@
 //! The routing is computed on every rank from the same replicated logits, so every rank agrees
 //! on which rows each expert takes; nothing is exchanged but the partial outputs' sum.
 
-use super::shard_moe::RankProgram;
-use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
-use ppmoe_runtime::DType;
+use ppmoe_runtime::program::{BufferId, BufferKind, Op, Program};
 use std::collections::{HashMap, HashSet};
 
 /// Buffers whose value is the same on every rank of the group: model inputs, replicated
@@ -47,57 +45,25 @@ fn replicated(
     rep
 }
 
-/// One layer to rewrite: the instructions it replaces and what it reads.
-struct Plan {
-    gone: Vec<usize>,
-    x: BufferId,
-    ids: BufferId,
-    w: BufferId,
-    y: BufferId,
-    experts: usize,
-    group: Vec<usize>,
-    ffn: Instruction,
-    origin: String,
-}
-
-/// Rewrites every all-to-all MoE layer whose precondition holds; returns, for the others,
-/// where and why not, and the layers rewritten (their ordinals among the dispatches).
-/// `wanted(n)`: whether the n-th MoE layer (in program order) should take the PPMoE form
-/// (`--moe-strategy auto` leaves some in the all-to-all form); `rank_pieces`: the weights
-/// dense TP cut into this rank's own pieces (`dense_tp`), which are not replicated.
-pub fn ppmoe_rewrite(
-    rp: &mut RankProgram,
-    (t, tp): (usize, usize),
-    wanted: &dyn Fn(usize) -> bool,
-    rank_pieces: &HashSet<BufferId>,
-) -> (Vec<String>, Vec<usize>) {
-    let p = &mut rp.program;
-    let (plans, notes) = plan_layers(p, wanted, rank_pieces);
-    let rewritten: Vec<usize> = plans.iter().map(|(layer, _)| *layer).collect();
-    let plans = plans.into_iter().map(|(_, plan)| plan);
-    let mut insert_at: HashMap<usize, Vec<Instruction>> = HashMap::new();
-    let mut gone: HashSet<usize> = HashSet::new();
-    for plan in plans {
-        let new = local_form(p, &plan, (t, tp));
-        if let Some(&last) = plan.gone.iter().max() {
-            insert_at.insert(last, new);
-        }
-        gone.extend(plan.gone);
-    }
-    let old = std::mem::take(&mut p.instructions);
-    for (i, ins) in old.into_iter().enumerate() {
-        if let Some(new) = insert_at.remove(&i) {
-            p.instructions.extend(new);
-        } else if !gone.contains(&i) {
-            p.instructions.push(ins);
-        }
-    }
-    (notes, rewritten)
+/// One layer to rewrite: the instructions it replaces (the three token slices and the chain
+/// from the dispatch to the all-gather), the buffers its PPMoE form reads and makes, its
+/// expert count, its `moe.expert_ffn` (an instruction index), and where it came from.
+pub struct Plan {
+    pub gone: Vec<usize>,
+    pub x: BufferId,
+    pub ids: BufferId,
+    pub w: BufferId,
+    pub y: BufferId,
+    pub experts: usize,
+    pub ffn: usize,
+    /// The `shard.all_gather` whose result the layer's PPMoE form makes.
+    pub gather: usize,
+    pub origin: String,
 }
 
 /// The layers `wanted` picks whose all-to-all form can become PPMoE's (with their ordinals),
 /// and a note for each of the others.
-fn plan_layers(
+pub fn plan_layers(
     p: &Program,
     wanted: &dyn Fn(usize) -> bool,
     rank_pieces: &HashSet<BufferId>,
@@ -152,7 +118,7 @@ fn plan_layer(
     // The chain the all-to-all form wrote: dispatch, all_to_all, reshape, expert_ffn,
     // reshape, all_to_all, combine, all_gather; the three token slices before it.
     let chain = p.instructions.get(i..i + 8).ok_or_else(not_ours)?;
-    let (Op::MoeExpertFfn { .. }, Op::MoeCombine { .. }, Op::AllGather { group, .. }) =
+    let (Op::MoeExpertFfn { .. }, Op::MoeCombine { .. }, Op::AllGather { .. }) =
         (&chain[3].op, &chain[6].op, &chain[7].op)
     else {
         return Err(not_ours());
@@ -184,71 +150,20 @@ fn plan_layer(
         w,
         y: chain[7].outputs[0],
         experts: num_experts,
-        group: group.clone(),
-        ffn: chain[3].clone(),
+        ffn: i + 3,
+        gather: i + 7,
         origin: ins.origin.clone(),
     })
-}
-
-/// Rank `t`'s (of `tp`) PPMoE form of `plan`'s layer (see the module's comment), its new
-/// buffers added to `p`.
-fn local_form(p: &mut Program, plan: &Plan, (t, tp): (usize, usize)) -> Vec<Instruction> {
-    let el = plan.experts / tp;
-    let tokens = p.buffers[plan.x].shape[0].unwrap_or(0);
-    let h = p.buffers[plan.x].shape[1].unwrap_or(0);
-    let base = p.buffers[plan.y].name.clone();
-    let mut new_buf = |suffix: &str, dtype: DType, shape: Vec<Option<usize>>| {
-        p.buffers.push(Buffer {
-            name: format!("{base}.{suffix}"),
-            dtype,
-            shape,
-            kind: BufferKind::Temp,
-        });
-        p.buffers.len() - 1
-    };
-    let rows = new_buf("local_rows", DType::F32, vec![None, Some(h)]);
-    let offsets = new_buf("local_offsets", DType::I64, vec![Some(el + 1)]);
-    let slots = new_buf("local_slots", DType::I64, vec![None]);
-    let out = new_buf("local_out", DType::F32, vec![None, Some(h)]);
-    let partial = new_buf("partial", DType::F32, vec![Some(tokens), Some(h)]);
-    let mk = |op: Op, inputs: Vec<Option<BufferId>>, outputs: Vec<BufferId>| Instruction {
-        op,
-        inputs,
-        outputs,
-        origin: plan.origin.clone(),
-    };
-    let mut ffn_inputs = vec![Some(rows), Some(offsets)];
-    ffn_inputs.extend(plan.ffn.inputs[2..].iter().copied());
-    vec![
-        mk(
-            Op::MoeLocalSlice {
-                first_expert: t * el,
-                num_local_experts: el,
-            },
-            vec![Some(plan.x), Some(plan.ids)],
-            vec![rows, offsets, slots],
-        ),
-        mk(plan.ffn.op.clone(), ffn_inputs, vec![out]),
-        mk(
-            Op::MoeScatterCombine { tokens },
-            vec![Some(out), Some(slots), Some(plan.w)],
-            vec![partial],
-        ),
-        mk(
-            Op::AllReduce {
-                group: plan.group.clone(),
-            },
-            vec![Some(partial)],
-            vec![plan.y],
-        ),
-    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distribute::shard_moe::shard_moe;
-    use ppmoe_runtime::program::{Activation, ExpertLayout, RouteOrder, Scoring};
+    use crate::distribute::shard_moe::{shard_moe, RankProgram};
+    use ppmoe_runtime::program::{
+        Activation, Buffer, ExpertLayout, Instruction, RouteOrder, Scoring,
+    };
+    use ppmoe_runtime::DType;
     use ppmoe_runtime::Tensor;
 
     fn buf(name: &str, dtype: DType, shape: &[usize], kind: BufferKind) -> Buffer {
@@ -348,8 +263,8 @@ mod tests {
     }
 
     #[test]
-    fn ppmoe_rewrite_replaces_both_all_to_alls_when_tokens_are_replicated() {
-        let mut rp = shard_moe(
+    fn a_layer_over_replicated_tokens_is_planned_with_its_whole_chain() {
+        let rp = shard_moe(
             std::path::Path::new("t.onnx"),
             &layer(false),
             2,
@@ -357,26 +272,39 @@ mod tests {
             &mut Default::default(),
         )
         .unwrap();
+        let p = &rp.program;
         assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
-        let (notes, _) = ppmoe_rewrite(&mut rp, (1, 2), &|_| true, &HashSet::new());
+        let (plans, notes) = plan_layers(p, &|_| true, &HashSet::new());
         assert!(notes.is_empty(), "{notes:?}");
-        assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 0);
-        assert_eq!(count(&rp, |o| matches!(o, Op::AllReduce { .. })), 1);
-        assert_eq!(
-            count(&rp, |o| matches!(
-                o,
-                Op::MoeLocalSlice {
-                    first_expert: 1,
-                    num_local_experts: 1
-                }
-            )),
-            1
+        let [(0, plan)] = plans.as_slice() else {
+            panic!("one plan for layer 0");
+        };
+        // The chain (dispatch .. all-gather) and its three token slices go.
+        let gone: Vec<&Op> = plan.gone.iter().map(|&i| &p.instructions[i].op).collect();
+        assert_eq!(gone.len(), 11);
+        let all_to_alls = gone.iter().filter(|o| matches!(o, Op::AllToAll { .. }));
+        assert_eq!(all_to_alls.count(), 2);
+        let slices = gone.iter().filter(|o| matches!(o, Op::TokenSlice { .. }));
+        assert_eq!(slices.count(), 3);
+        assert!(matches!(
+            p.instructions[plan.ffn].op,
+            Op::MoeExpertFfn { .. }
+        ));
+        assert!(matches!(
+            p.instructions[plan.gather].op,
+            Op::AllGather { .. }
+        ));
+        assert_eq!((plan.experts, p.buffers[plan.x].name.as_str()), (2, "x"));
+        let none = plan_layers(p, &|_| false, &HashSet::new());
+        assert!(
+            none.0.is_empty() && none.1.is_empty(),
+            "a layer not wanted is left"
         );
     }
 
     #[test]
-    fn ppmoe_rewrite_keeps_all_to_all_and_says_why_when_tokens_are_split() {
-        let mut rp = shard_moe(
+    fn a_layer_over_split_tokens_keeps_all_to_all_and_says_why() {
+        let rp = shard_moe(
             std::path::Path::new("t.onnx"),
             &layer(true),
             2,
@@ -384,13 +312,13 @@ mod tests {
             &mut Default::default(),
         )
         .unwrap();
-        let (notes, _) = ppmoe_rewrite(&mut rp, (0, 2), &|_| true, &HashSet::new());
+        let (plans, notes) = plan_layers(&rp.program, &|_| true, &HashSet::new());
+        assert!(plans.is_empty());
         assert_eq!(notes.len(), 1);
         assert!(
             notes[0].contains("layer at \"experts\": kept all-to-all")
                 && notes[0].contains("not replicated over the TP group"),
             "{notes:?}"
         );
-        assert_eq!(count(&rp, |o| matches!(o, Op::AllToAll { .. })), 2);
     }
 }

@@ -28,7 +28,7 @@ const KEPT: &[&str] = &["func.return", "shard.send"];
 pub fn remove_dead_ops(
     context: &Context,
     module: &OperationRef,
-    _: &Compilation,
+    _: &mut Compilation,
 ) -> Result<usize, crate::pipeline::PassError> {
     let mut erased = 0;
     for f in functions(module)? {
@@ -67,6 +67,29 @@ pub(crate) fn erase_dead(block: BlockRef) -> usize {
         erased += 1;
     }
     erased
+}
+
+/// Erases the ops of `block` in `among` (by handle) whose results nothing uses, until none is
+/// left: an op erased drops its uses, so what only fed it may follow. What is erased leaves
+/// `among`.
+pub(crate) fn erase_unused_among(block: BlockRef, among: &mut std::collections::HashSet<usize>) {
+    loop {
+        let dead: Vec<OperationRef> = (block_ops(block).into_iter())
+            .filter(|op| among.contains(&(op.to_raw().ptr as usize)) && results_unused(op))
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for op in dead.into_iter().rev() {
+            among.remove(&(op.to_raw().ptr as usize));
+            // SAFETY: the op is in a block the caller may change, and nothing uses its results;
+            // no handle to it is used after.
+            let mut owned = unsafe { OperationRefMut::from_raw(op.to_raw()) };
+            owned.remove_from_parent();
+            // SAFETY: removed from its block, the op is owned here; dropping destroys it.
+            drop(unsafe { Operation::from_raw(op.to_raw()) });
+        }
+    }
 }
 
 /// Erases `op`, then each op that defined one of its operands and whose results nothing uses

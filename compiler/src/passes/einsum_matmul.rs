@@ -88,7 +88,7 @@ fn contraction(equation: &str) -> Option<Contraction> {
 pub fn einsums_as_matmuls(
     context: &Context,
     module: &OperationRef,
-    _: &Compilation,
+    _: &mut Compilation,
 ) -> Result<usize, crate::pipeline::PassError> {
     let mut rewritten = 0;
     for f in functions(module)? {

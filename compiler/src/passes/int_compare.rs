@@ -48,7 +48,7 @@ pub fn exact_integers(t: &Tensor) -> bool {
 pub fn compare_as_f32(
     context: &Context,
     module: &OperationRef,
-    c: &Compilation,
+    c: &mut Compilation,
 ) -> Result<usize, crate::pipeline::PassError> {
     let weights: HashMap<&str, &Tensor> = (c.sharded.iter())
         .flat_map(|rp| rp.weights.iter().map(|(n, t)| (n.as_str(), t)))
@@ -187,7 +187,8 @@ mod tests {
     fn run(with_big: bool) -> (usize, String) {
         let context = ppmoe_dialect::context();
         let module = ppmoe_dialect::parse_verified(&context, &module_text(with_big)).unwrap();
-        let n = compare_as_f32(&context, &module.as_operation(), &compilation(with_big)).unwrap();
+        let n =
+            compare_as_f32(&context, &module.as_operation(), &mut compilation(with_big)).unwrap();
         assert!(
             module.as_operation().verify(),
             "the module verifies after the pass"

@@ -6,5 +6,7 @@ pub mod einsum_matmul;
 pub mod func_ops;
 pub mod int_compare;
 pub mod pipeline_split;
+pub mod ppmoe_rewrite;
+pub mod program_ops;
 pub mod raise_moe;
 pub mod weight_dtype;

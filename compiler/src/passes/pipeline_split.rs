@@ -23,6 +23,7 @@ use super::func_ops::{
     argument_attributes, block_ops, body, drop_results, functions, module_body, set_signature,
     top_level, weight_names,
 };
+use super::program_ops::ProgramOps;
 use crate::core::read::{
     dictionary_entries, handle, op_name, read_programs_marked, tensor_type, ReadProgram,
     RANK_PIECE, STRATEGY,
@@ -42,7 +43,7 @@ use std::collections::{BTreeSet, HashMap};
 pub fn split_pipeline(
     context: &Context,
     module: &OperationRef,
-    c: &Compilation,
+    c: &mut Compilation,
 ) -> Result<usize, PassError> {
     let grid = c.options.grid.unwrap_or(Grid::ONE);
     let originals = functions(module)?;
@@ -130,10 +131,8 @@ struct CutFunction {
 
 impl CutFunction {
     fn new(f: &OperationRef, read: &ReadProgram, cuts: &[usize]) -> Result<Self, String> {
-        let ops = block_ops(body(f)?);
-        let position: HashMap<usize, usize> = (ops.iter().enumerate())
-            .map(|(k, op)| (op.to_raw().ptr as usize, k))
-            .collect();
+        let program_ops = ProgramOps::new(f, read)?;
+        let ops = &program_ops.ops;
         let n = read.program.instructions.len();
         let bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
         if cuts.last().is_some_and(|&c| c >= n) {
@@ -145,36 +144,24 @@ impl CutFunction {
         let mut stage_of = vec![None; ops.len()];
         let mut made = HashMap::new();
         let mut at = 0;
-        for (i, (ins, op_handle)) in read.program.instructions.iter().zip(&read.ops).enumerate() {
-            let k = *position.get(op_handle).ok_or(
-                "an instruction inside a region (scf.if): the split takes a function's own ops",
-            )?;
+        for (i, ins) in read.program.instructions.iter().enumerate() {
             let stage = stage_at(i);
+            let k = program_ops.instruction_at[i];
             stage_of[k] = Some(stage);
-            let op = &ops[k];
-            let results = if op_name(op) == "shard.send" {
-                0
-            } else {
-                op.result_count()
-            };
-            for (result, &buffer) in (0..results).zip(&ins.outputs) {
-                let mut value = Made {
+            // A collective narrowed by the cast after it is read through the cast.
+            let narrowed = program_ops.narrowed_by.get(&i).copied();
+            if let Some(cast) = narrowed {
+                stage_of[cast] = Some(stage);
+            }
+            for (result, &buffer) in ins.outputs.iter().enumerate() {
+                let value = Made {
                     stage,
                     at,
                     name: read.program.buffers[buffer].name.clone(),
-                    op: k,
-                    result,
+                    op: narrowed.unwrap_or(k),
+                    result: if narrowed.is_some() { 0 } else { result },
                 };
-                // A collective narrowed by the cast after it is read through the cast.
-                if ops.get(k + 1).is_some_and(|next| narrows(next, op)) {
-                    stage_of[k + 1] = Some(stage);
-                    value.op = k + 1;
-                    value.result = 0;
-                }
-                let v = ops[value.op]
-                    .result(value.result)
-                    .map_err(|e| e.to_string())?;
-                made.insert(handle(v), value);
+                made.insert(handle(program_ops.value(buffer)?), value);
                 at += 1;
             }
         }
@@ -281,17 +268,6 @@ impl CutFunction {
         }
         Ok(stage)
     }
-}
-
-/// Whether `op` is the `core.cast` that narrows `collective`'s result (`ppmoe.narrows`).
-fn narrows(op: &OperationRef, collective: &OperationRef) -> bool {
-    op_name(op) == "core.cast"
-        && op.has_attribute("ppmoe.narrows")
-        && op
-            .operand(0)
-            .ok()
-            .zip(collective.result(0).ok())
-            .is_some_and(|(a, b)| handle(a) == handle(b))
 }
 
 /// The handles of every operand of `op` and of the ops in its regions.

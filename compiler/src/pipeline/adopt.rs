@@ -153,7 +153,7 @@ fn laid_out(sharded: &[RankProgram], read: &[ReadProgram]) -> Result<Vec<RankPro
 /// The strategies the module marks on its MoE layers' `moe.dispatch` ops (`ppmoe.strategy`),
 /// which `ppmoe-rewrite` follows: the same in every function, on every dispatch or none (then
 /// the strategies the source's lowering chose stand).
-fn marked_strategies(read: &[ReadProgram]) -> Result<Option<Vec<Choice>>, String> {
+pub(crate) fn marked_strategies(read: &[ReadProgram]) -> Result<Option<Vec<Choice>>, String> {
     let Some(first) = read.first() else {
         return Ok(None);
     };

@@ -10,6 +10,7 @@ mod pass_pipeline;
 mod printing;
 mod steps;
 
+pub(crate) use adopt::marked_strategies;
 pub use adopt::{adopt, check_readable, READABLE};
 pub use pass_manager::{run_passes, Scheduled};
 pub(crate) use pass_pipeline::check_run;
@@ -45,11 +46,12 @@ pub struct Pass {
 }
 
 /// A pass over the module's ops: returns how many it changed. The compilation is there to be
-/// read (the weights' values, which are not IR; the options), not changed.
+/// read (the weights' values, which are not IR; the options) and to take what the pass says
+/// beside the IR (`Diagnostics`); the IR is the module.
 pub type OnModule = fn(
     &melior::Context,
     &melior::ir::operation::OperationRef,
-    &Compilation,
+    &mut Compilation,
 ) -> Result<usize, PassError>;
 
 /// Why a pass over the module's ops failed: the IR is not what it takes, or the grid its
@@ -154,7 +156,10 @@ pub const STAGES: &[Stage] = &[
         name: "sharded",
         passes: &[
             pass("ppmoe-shard", &["tp", "strategy"], shard),
-            pass("ppmoe-rewrite", &[], ppmoe_rewrite),
+            module_pass(
+                "ppmoe-rewrite",
+                crate::passes::ppmoe_rewrite::rewrite_layers,
+            ),
             module_pass("ppmoe-dce", crate::passes::dead_ops::remove_dead_ops),
             pass("ppmoe-weight-dtype", &["dtype"], weight_dtype),
             module_pass(

@@ -250,7 +250,7 @@ fn run_on_module(
     }
     set_options(&mut c, scheduled)?;
     tracing::info!("pass {} ({})", pass.name, super::memory_now());
-    let changed = on_module(context, module, &c).map_err(|e| match e {
+    let changed = on_module(context, module, &mut c).map_err(|e| match e {
         PassError::Ir(reason) => ir_error(&c, reason),
         PassError::Grid(reason) => CompileError::Grid {
             path: c.options.path.clone(),

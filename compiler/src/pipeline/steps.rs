@@ -8,8 +8,6 @@ use crate::distribute::{Grid, Strategy};
 use crate::error::CompileError;
 use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
-use ppmoe_runtime::program::{BufferId, BufferKind};
-use std::collections::HashSet;
 
 /// `ppmoe-plan-kernels`: per rank, how each instruction runs on the GPU, and the kernels
 /// generated for it as a `gpu.module`.
@@ -129,39 +127,6 @@ fn choose_strategies(
             .collect()
         }
     }
-}
-
-/// `ppmoe-rewrite`: the PPMoE rewrite of every layer whose strategy is ppmoe, where its
-/// precondition holds (the notes say where it does not, and the all-to-all form stays).
-pub(super) fn ppmoe_rewrite(c: &mut Compilation) -> Result<(), CompileError> {
-    need_sharded(c, "ppmoe-rewrite")?;
-    let tp = c.sharded.len();
-    c.diagnostics.kept_all_to_all.clear();
-    let picks = c.choices.clone();
-    let wanted = |n: usize| picks.get(n) == Some(&Choice::Ppmoe);
-    let mut rewritten = Vec::new();
-    for (t, rp) in c.sharded.iter_mut().enumerate() {
-        let named = c.rank_pieces.get(t);
-        let pieces: HashSet<BufferId> = (0..rp.program.buffers.len())
-            .filter(|&b| {
-                let buffer = &rp.program.buffers[b];
-                buffer.kind == BufferKind::Weight && named.is_some_and(|n| n.contains(&buffer.name))
-            })
-            .collect();
-        let (notes, done) =
-            crate::distribute::ppmoe_rewrite::ppmoe_rewrite(rp, (t, tp), &wanted, &pieces);
-        if t == 0 {
-            c.diagnostics.kept_all_to_all.extend(notes);
-            rewritten = done;
-        }
-    }
-    // The strategies of the layers left in the all-to-all form, in order (the dispatches the
-    // IR marks from here on).
-    c.choices = (c.choices.iter().enumerate())
-        .filter(|(n, _)| !rewritten.contains(n))
-        .map(|(_, &choice)| choice)
-        .collect();
-    Ok(())
 }
 
 /// The `run` of a pass written over the module's ops: those run in the pass manager, which

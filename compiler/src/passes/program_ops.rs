@@ -1,0 +1,94 @@
+//! Where a function's program (`core::read`: what it reads back as) is among its ops: each
+//! instruction's op, and the value that holds each buffer. A pass over the ops that decides on
+//! the program (a layer's chain, a pipeline cut) edits the ops found here.
+
+use super::func_ops::{block_ops, body};
+use crate::core::read::{op_name, ReadProgram};
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::{Value, ValueLike};
+use ppmoe_runtime::program::BufferId;
+use std::collections::HashMap;
+
+pub struct ProgramOps<'c, 'a> {
+    /// The function's block's ops, in order.
+    pub ops: Vec<OperationRef<'c, 'a>>,
+    /// Per instruction, its op's position in `ops`.
+    pub instruction_at: Vec<usize>,
+    /// Per instruction, the position of the `core.cast` that narrows its result (`ppmoe.narrows`,
+    /// read as part of the instruction), where it has one.
+    pub narrowed_by: HashMap<usize, usize>,
+    /// Per buffer, the value that holds it: an argument, an op's result, or a narrowing cast's.
+    values: Vec<Option<Value<'c, 'a>>>,
+}
+
+impl<'c, 'a> ProgramOps<'c, 'a> {
+    pub fn new(f: &OperationRef<'c, 'a>, read: &ReadProgram) -> Result<Self, String> {
+        let block = body(f)?;
+        let ops = block_ops(block);
+        let position: HashMap<usize, usize> = (ops.iter().enumerate())
+            .map(|(k, op)| (op.to_raw().ptr as usize, k))
+            .collect();
+        let p = &read.program;
+        let mut values = vec![None; p.buffers.len()];
+        // The reader numbers the arguments' buffers first, in order.
+        for (k, v) in values.iter_mut().enumerate().take(block.argument_count()) {
+            *v = Some(block.argument(k).map_err(|e| e.to_string())?.into());
+        }
+        let mut instruction_at = Vec::with_capacity(p.instructions.len());
+        let mut narrowed_by = HashMap::new();
+        for (i, (ins, handle)) in p.instructions.iter().zip(&read.ops).enumerate() {
+            let k = *position.get(handle).ok_or(
+                "an instruction inside a region (scf.if): the pass takes a function's own ops",
+            )?;
+            instruction_at.push(k);
+            let op = &ops[k];
+            if let Some(next) = ops.get(k + 1).filter(|next| narrows(next, op)) {
+                narrowed_by.insert(i, k + 1);
+                if let (Some(&b), Ok(r)) = (ins.outputs.first(), next.result(0)) {
+                    values[b] = Some(r.into());
+                }
+                continue;
+            }
+            for (&b, r) in ins.outputs.iter().zip(op.results()) {
+                values[b] = Some(r.into());
+            }
+        }
+        Ok(ProgramOps {
+            ops,
+            instruction_at,
+            narrowed_by,
+            values,
+        })
+    }
+
+    /// The value that holds buffer `b`.
+    pub fn value(&self, b: BufferId) -> Result<Value<'c, 'a>, String> {
+        self.values
+            .get(b)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("buffer {b} has no value in the function"))
+    }
+
+    /// Instruction `i`'s op.
+    pub fn op(&self, i: usize) -> Result<OperationRef<'c, 'a>, String> {
+        (self.instruction_at.get(i))
+            .map(|&k| self.ops[k])
+            .ok_or_else(|| format!("no instruction {i}"))
+    }
+}
+
+/// Whether `op` is the `core.cast` that narrows `collective`'s result (`ppmoe.narrows`).
+fn narrows(op: &OperationRef, collective: &OperationRef) -> bool {
+    // Checked in this order: melior's error for an operand or result out of range prints the
+    // whole op, which costs as much as printing its function.
+    if op_name(op) != "core.cast" || !op.has_attribute("ppmoe.narrows") {
+        return false;
+    }
+    if op.operand_count() == 0 || collective.result_count() == 0 {
+        return false;
+    }
+    let reads_it = op.operand(0).ok().zip(collective.result(0).ok());
+    reads_it.is_some_and(|(a, b)| a.to_raw().ptr == b.to_raw().ptr)
+}
