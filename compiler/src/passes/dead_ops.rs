@@ -16,8 +16,8 @@ use crate::core::read::op_name;
 use crate::pipeline::Compilation;
 use melior::ir::attribute::Attribute;
 use melior::ir::block::{BlockLike, BlockRef};
-use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
-use melior::ir::{Operation, ValueLike};
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::ValueLike;
 use melior::Context;
 
 /// The ops kept though nothing uses their results.
@@ -58,12 +58,9 @@ pub(crate) fn erase_dead(block: BlockRef) -> usize {
         if !results_unused(&op) || KEPT.contains(&op_name(&op).as_str()) {
             continue;
         }
-        // SAFETY: the op is in a function's block that the caller may change; no handle to it
-        // is used after it is erased (its results have no uses).
-        let mut owned = unsafe { OperationRefMut::from_raw(op.to_raw()) };
-        owned.remove_from_parent();
-        // SAFETY: removed from its block, the op is owned here; dropping destroys it.
-        drop(unsafe { Operation::from_raw(op.to_raw()) });
+        // SAFETY: the op is in a function's block that the caller may change; its results
+        // have no uses, and no handle to it is used after.
+        unsafe { erase_op(op) };
         erased += 1;
     }
     erased
@@ -84,11 +81,20 @@ pub(crate) fn erase_unused_among(block: BlockRef, among: &mut std::collections::
             among.remove(&(op.to_raw().ptr as usize));
             // SAFETY: the op is in a block the caller may change, and nothing uses its results;
             // no handle to it is used after.
-            let mut owned = unsafe { OperationRefMut::from_raw(op.to_raw()) };
-            owned.remove_from_parent();
-            // SAFETY: removed from its block, the op is owned here; dropping destroys it.
-            drop(unsafe { Operation::from_raw(op.to_raw()) });
+            unsafe { erase_op(op) };
         }
+    }
+}
+
+/// Removes `op` from its block and destroys it.
+///
+/// # Safety
+/// Nothing uses `op`'s results (its readers went first), and no handle to it is used after.
+pub(crate) unsafe fn erase_op(op: OperationRef) {
+    // SAFETY: the caller's promise: the op is live, in a block it may change, and unused.
+    unsafe {
+        mlir_sys::mlirOperationRemoveFromParent(op.to_raw());
+        mlir_sys::mlirOperationDestroy(op.to_raw());
     }
 }
 
@@ -112,8 +118,8 @@ pub(crate) unsafe fn erase_with_unused_producers(op: mlir_sys::MlirOperation) {
             .filter_map(|v| melior::ir::operation::OperationResult::try_from(v).ok())
             .map(|r| r.owner().to_raw())
             .collect();
-        mlirOperationRemoveFromParent(op);
-        mlirOperationDestroy(op);
+        // SAFETY: the op's results have no uses; it leaves the queue here.
+        unsafe { erase_op(op_ref) };
         for p in producers {
             if seen.insert(p.ptr as usize) {
                 pending.push(p);
@@ -129,25 +135,44 @@ fn erase_unread_weights(
     f: &OperationRef,
     block: BlockRef,
 ) -> Result<(), String> {
-    let arg_attrs = argument_attributes(f);
     let weights = weight_names(f);
-    let mut kept_attrs: Vec<Attribute> = Vec::new();
-    let mut unread = Vec::new();
-    for k in 0..block.argument_count() {
-        let arg = block.argument(k).map_err(|e| e.to_string())?;
+    let unread_weight = |k: usize| -> Result<bool, String> {
         let is_weight = weights.get(k).is_some_and(Option::is_some);
-        if is_weight && unused(arg) {
-            unread.push(k);
-        } else if let Some(&a) = arg_attrs.get(k) {
-            kept_attrs.push(a);
+        Ok(is_weight && unused(block.argument(k).map_err(|e| e.to_string())?))
+    };
+    erase_arguments(context, f, block, unread_weight, |a| a)
+}
+
+/// Erases the arguments of `f` that `goes` picks (nothing may read them), keeps the
+/// attributes of the others as `kept_attributes` makes them, and rewrites the signature to
+/// match; leaves `f` as it is when nothing changes.
+pub(crate) fn erase_arguments<'c>(
+    context: &'c Context,
+    f: &OperationRef<'c, '_>,
+    block: BlockRef<'c, '_>,
+    goes: impl Fn(usize) -> Result<bool, String>,
+    kept_attributes: impl Fn(Attribute<'c>) -> Attribute<'c>,
+) -> Result<(), String> {
+    let attributes = argument_attributes(f);
+    let mut kept: Vec<Attribute> = Vec::new();
+    let mut erased = Vec::new();
+    for k in 0..block.argument_count() {
+        if goes(k)? {
+            erased.push(k);
+        } else if let Some(&a) = attributes.get(k) {
+            kept.push(kept_attributes(a));
         }
     }
-    if unread.is_empty() {
+    if erased.is_empty() && kept == attributes {
         return Ok(());
     }
-    for &k in unread.iter().rev() {
+    for &k in erased.iter().rev() {
+        let arg = block.argument(k).map_err(|e| e.to_string())?;
+        if !unused(arg) {
+            return Err(format!("argument {k} is still read; it cannot be erased"));
+        }
         // SAFETY: the argument has no uses, and no handle to it is kept.
         unsafe { block.erase_argument(k) };
     }
-    set_signature(context, f, block, Some(&kept_attrs))
+    set_signature(context, f, block, Some(&kept))
 }

@@ -14,12 +14,11 @@
 //!   after:   %t = linalg.transpose ins(%q ...)  %m = tensor.reshape %t(...)  ...
 //!            %p = linalg.batch_matmul ins(%m, %n ...)  %r = tensor.reshape %p(...)
 
-use super::func_ops::{block_ops, body, functions};
+use super::func_ops::{block_ops, body, functions, splice_function};
 use crate::core::read::{location_names, op_name, tensor_type};
 use crate::core::upstream::{read_upstream, upstream_form, Upstream};
 use crate::pipeline::Compilation;
-use melior::ir::block::BlockLike;
-use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
+use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{Value, ValueLike};
 use melior::Context;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
@@ -187,34 +186,14 @@ fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
 /// Moves the body of `replacement`'s function before `op`, its arguments replaced by `op`'s
 /// operands, `op`'s result by what the function returns; then erases `op`.
 fn replace(context: &Context, op: &OperationRef, replacement: &str) -> Result<(), String> {
-    let scratch = ppmoe_dialect::parse_verified(context, replacement)?;
-    let module = scratch.as_operation();
-    let f = functions(&module)?
-        .into_iter()
-        .next()
-        .ok_or("the replacement has no function")?;
-    let block = body(&f)?;
     let text = |e: melior::Error| e.to_string();
-    let (x, y) = (
-        block.argument(0).map_err(text)?,
-        block.argument(1).map_err(text)?,
-    );
-    let (ox, oy) = (op.operand(0).map_err(text)?, op.operand(1).map_err(text)?);
-    // The function's ops but its return, which names the replacement's result.
-    let mut moved = block_ops(block);
-    let returned = match moved.pop() {
-        Some(r) if op_name(&r) == "func.return" => r.operand(0).map_err(text)?,
-        _ => return Err("the replacement returns nothing".into()),
-    };
-    for inner in moved {
-        // SAFETY: the scratch module and `op`'s module share the context; the op is moved
-        // between blocks, never used through its old block.
-        let mut m = unsafe { OperationRefMut::from_raw(inner.to_raw()) };
-        m.move_before(*op);
-        m.replace_uses_of_with(x.into(), ox);
-        m.replace_uses_of_with(y.into(), oy);
-    }
-    let result = op.result(0).map_err(|e| e.to_string())?;
+    let operands = [op.operand(0).map_err(text)?, op.operand(1).map_err(text)?];
+    let spliced = splice_function(context, replacement, *op, &operands)?;
+    let returned = spliced
+        .returned
+        .first()
+        .ok_or("the replacement returns nothing")?;
+    let result = op.result(0).map_err(text)?;
     // SAFETY: both values live in `op`'s function (the returned one was just moved there).
     unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(result.to_raw(), returned.to_raw()) };
     // SAFETY: the op has no uses left (all went to the replacement), and no handle to it or

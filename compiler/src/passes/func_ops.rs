@@ -1,13 +1,13 @@
 //! What the passes over the module's ops share about its functions: the functions, each one's
-//! body, the weight each argument binds (`core.weight`), and its signature rewritten after its
-//! arguments change.
+//! body, the weight each argument binds (`core.weight`), its signature rewritten after its
+//! arguments change, and new ops spliced in from their text.
 
 use crate::core::read::op_name;
 use melior::ir::attribute::{ArrayAttribute, Attribute, DictionaryAttribute, TypeAttribute};
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
 use melior::ir::r#type::FunctionType;
-use melior::ir::{RegionLike, Type, ValueLike};
+use melior::ir::{RegionLike, RegionRef, Type, Value, ValueLike};
 use melior::Context;
 
 /// A block's ops, in order (collected first, so that the caller may move or erase them).
@@ -17,6 +17,17 @@ pub fn block_ops<'c, 'a>(block: BlockRef<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
     while let Some(op) = next {
         next = op.next_in_block();
         out.push(op);
+    }
+    out
+}
+
+/// A region's blocks, in order.
+pub fn region_blocks<'c, 'a>(region: RegionRef<'c, 'a>) -> Vec<BlockRef<'c, 'a>> {
+    let mut out = Vec::new();
+    let mut next = region.first_block();
+    while let Some(block) = next {
+        next = block.next_in_region();
+        out.push(block);
     }
     out
 }
@@ -134,4 +145,65 @@ pub fn drop_results(context: &Context, f: &OperationRef) -> Result<(), String> {
     f.set_attribute("function_type", TypeAttribute::new(signature.into()).into());
     let _ = f.remove_attribute("res_attrs");
     Ok(())
+}
+
+/// What `splice_function` moved in: the ops, in order, and the values its function returned.
+pub struct Spliced<'c, 'a> {
+    pub ops: Vec<OperationRef<'c, 'a>>,
+    pub returned: Vec<Value<'c, 'a>>,
+}
+
+/// Parses `text`, a module whose first function is the new IR written over its arguments,
+/// and moves that function's ops (but its return) before `before`, the uses of its arguments
+/// replaced by `operands`. New ops are written as text because that is how MLIR's own tests
+/// and tools write them, and the scratch module's verifier checks them before they move.
+pub fn splice_function<'c, 'a>(
+    context: &'c Context,
+    text: &str,
+    before: OperationRef<'c, 'a>,
+    operands: &[Value<'c, 'a>],
+) -> Result<Spliced<'c, 'a>, String> {
+    let scratch = ppmoe_dialect::parse_verified(context, text)?;
+    let scratch_op = scratch.as_operation();
+    let f = (functions(&scratch_op)?.into_iter().next()).ok_or("the new IR has no function")?;
+    let block = body(&f)?;
+    if block.argument_count() != operands.len() {
+        return Err(format!(
+            "the new IR's function takes {} arguments, where {} operands are given",
+            block.argument_count(),
+            operands.len()
+        ));
+    }
+    for (k, &operand) in operands.iter().enumerate() {
+        let arg = block.argument(k).map_err(|e| e.to_string())?;
+        if arg.r#type() != operand.r#type() {
+            return Err(format!(
+                "the new IR's argument {k} is {}, its operand {}",
+                arg.r#type(),
+                operand.r#type()
+            ));
+        }
+        // SAFETY: both values are live; the scratch ops that used the argument move into
+        // `before`'s block, where the operand is.
+        unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(arg.to_raw(), operand.to_raw()) };
+    }
+    let mut moved = block_ops(block);
+    let ret = (moved.pop())
+        .filter(|r| op_name(r) == "func.return")
+        .ok_or("the new IR's function does not end in its return")?;
+    // SAFETY: each returned value is an operand or the result of an op moved below, so it
+    // lives in `before`'s block.
+    let returned = (ret.operands())
+        .map(|v| unsafe { Value::from_raw(v.to_raw()) })
+        .collect();
+    let mut ops = Vec::with_capacity(moved.len());
+    for op in moved {
+        // SAFETY: the scratch module and `before`'s share the context; each op is moved once,
+        // and used after only through the block it is moved to.
+        let mut m = unsafe { OperationRefMut::from_raw(op.to_raw()) };
+        m.move_before(before);
+        // SAFETY: as above: the op now lives in `before`'s block.
+        ops.push(unsafe { OperationRef::from_raw(op.to_raw()) });
+    }
+    Ok(Spliced { ops, returned })
 }

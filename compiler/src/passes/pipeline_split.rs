@@ -18,10 +18,10 @@
 //! values were made (which tags them), sends last; then the ops, weights and inputs it no longer
 //! reads go. The marks only `ppmoe-rewrite` reads (`ppmoe.rank_piece`, `ppmoe.strategy`) go too.
 
-use super::dead_ops::{erase_dead, unused};
+use super::dead_ops::{erase_arguments, erase_dead, erase_op, unused};
 use super::func_ops::{
-    argument_attributes, block_ops, body, drop_results, functions, module_body, set_signature,
-    top_level, weight_names,
+    block_ops, drop_results, functions, module_body, region_blocks, splice_function, top_level,
+    weight_names,
 };
 use super::program_ops::ProgramOps;
 use crate::core::read::{
@@ -82,10 +82,7 @@ pub fn split_pipeline(
     for f in originals {
         // SAFETY: the sharded functions are replaced by the stage functions cloned from them;
         // nothing refers to them (a module's functions do not call each other).
-        let mut owned = unsafe { OperationRefMut::from_raw(f.to_raw()) };
-        owned.remove_from_parent();
-        // SAFETY: removed from the module, the function is owned here; dropping destroys it.
-        drop(unsafe { Operation::from_raw(f.to_raw()) });
+        unsafe { erase_op(f) };
     }
     set_grid(context, module, grid)?;
     Ok(grid.size())
@@ -251,10 +248,7 @@ impl CutFunction {
             if self.stage_of[k].is_some_and(|x| x != s) {
                 // SAFETY: the op is another stage's: its results' readers in this stage read
                 // the receives instead, and its readers of later stages went before it.
-                let mut owned = unsafe { OperationRefMut::from_raw(op.to_raw()) };
-                owned.remove_from_parent();
-                // SAFETY: removed from its block, the op is owned here; dropping destroys it.
-                drop(unsafe { Operation::from_raw(op.to_raw()) });
+                unsafe { erase_op(*op) };
             }
         }
         erase_dead(block);
@@ -272,15 +266,7 @@ impl CutFunction {
 
 /// The handles of every operand of `op` and of the ops in its regions.
 fn operands_within<'a>(op: &'a OperationRef) -> Box<dyn Iterator<Item = usize> + 'a> {
-    let nested = op.regions().flat_map(|r| {
-        let mut blocks = Vec::new();
-        let mut b = r.first_block();
-        while let Some(block) = b {
-            b = block.next_in_region();
-            blocks.push(block);
-        }
-        blocks
-    });
+    let nested = op.regions().flat_map(region_blocks);
     let inner: Vec<usize> = nested
         .flat_map(|b| {
             block_ops(b)
@@ -291,42 +277,27 @@ fn operands_within<'a>(op: &'a OperationRef) -> Box<dyn Iterator<Item = usize> +
     Box::new(op.operands().map(handle).chain(inner))
 }
 
-/// The arguments stage function `f` still reads: the weights it reads, and its inputs where it
-/// reads any (a stage after the first may read none: the values it needs are received);
-/// the rank-piece marks dropped from what stays.
+/// Erases the arguments stage function `f` no longer reads: the weights it does not read, and
+/// its inputs where it reads none (a stage after the first may read none: the values it needs
+/// are received); the rank-piece marks dropped from what stays.
 fn keep_read_arguments(context: &Context, f: &OperationRef, block: BlockRef) -> Result<(), String> {
-    let attrs = argument_attributes(f);
     let weights = weight_names(f);
-    let read = |k: usize| -> Result<bool, String> {
-        let arg = block.argument(k).map_err(|e| e.to_string())?;
-        Ok(!unused(arg))
-    };
     let is_weight = |k: usize| weights.get(k).is_some_and(Option::is_some);
+    let read = |k: usize| -> Result<bool, String> {
+        Ok(!unused(block.argument(k).map_err(|e| e.to_string())?))
+    };
     let mut reads_an_input = false;
     for k in 0..block.argument_count() {
         reads_an_input |= !is_weight(k) && read(k)?;
     }
-    let mut kept = Vec::new();
-    let mut unread = Vec::new();
-    for k in 0..block.argument_count() {
-        let keep = if is_weight(k) {
-            read(k)?
+    let goes = |k: usize| -> Result<bool, String> {
+        Ok(if is_weight(k) {
+            !read(k)?
         } else {
-            reads_an_input
-        };
-        if !keep {
-            unread.push(k);
-            continue;
-        }
-        if let Some(&a) = attrs.get(k) {
-            kept.push(without_rank_piece(context, a));
-        }
-    }
-    for &k in unread.iter().rev() {
-        // SAFETY: the argument has no uses, and no handle to it is kept.
-        unsafe { block.erase_argument(k) };
-    }
-    set_signature(context, f, block, Some(&kept))
+            !reads_an_input
+        })
+    };
+    erase_arguments(context, f, block, goes, |a| without_rank_piece(context, a))
 }
 
 /// An argument's attributes without `ppmoe.rank_piece`.
@@ -357,27 +328,18 @@ fn place_messages(
     send_location: Location,
 ) -> Result<(), String> {
     let text = messages_text(grid, receives.iter().map(|(m, _)| m), sends)?;
-    let scratch = ppmoe_dialect::parse_verified(context, &text)?;
-    let scratch_op = scratch.as_operation();
-    let f = functions(&scratch_op)?
-        .into_iter()
-        .next()
-        .ok_or("the messages' function")?;
-    let ops = block_ops(body(&f)?);
     let first = block.first_operation().ok_or("an empty function")?;
     let terminator = block.terminator().ok_or("a function without its return")?;
+    let sent: Vec<Value> = sends.iter().map(|&(v, _)| v).collect();
+    let ops = splice_function(context, &text, first, &sent)?.ops;
     for (k, ((old, _), location)) in receives.iter().enumerate() {
-        let (empty, recv) = (ops[2 * k], ops[2 * k + 1]);
-        // SAFETY: the scratch module and the stage share the context; each op is moved once
-        // and used only through the block it is moved to.
+        // SAFETY: the ops were just moved into the stage, which the caller owns.
         let (mut empty, mut recv) = unsafe {
             (
-                OperationRefMut::from_raw(empty.to_raw()),
-                OperationRefMut::from_raw(recv.to_raw()),
+                OperationRefMut::from_raw(ops[2 * k].to_raw()),
+                OperationRefMut::from_raw(ops[2 * k + 1].to_raw()),
             )
         };
-        empty.move_before(first);
-        recv.move_before(first);
         empty.set_location(Location::unknown(context));
         recv.set_location(*location);
         let received = recv.result(0).map_err(|e| e.to_string())?;
@@ -385,12 +347,10 @@ fn place_messages(
         // earlier stage makes, whose op the caller erases.
         unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(old.to_raw(), received.to_raw()) };
     }
-    for (k, (value, _)) in sends.iter().enumerate() {
-        let send = ops[2 * receives.len() + k];
+    for send in &ops[2 * receives.len()..] {
         // SAFETY: as for the receives.
         let mut send = unsafe { OperationRefMut::from_raw(send.to_raw()) };
         send.move_before(terminator);
-        send.set_operand(0, *value);
         send.set_location(send_location);
     }
     Ok(())

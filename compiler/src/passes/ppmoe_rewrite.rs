@@ -18,15 +18,15 @@
 //! are erased. The strategy marks of the layers rewritten go with their dispatches.
 
 use super::dead_ops::erase_unused_among;
-use super::func_ops::{block_ops, body, functions};
+use super::func_ops::{body, functions, splice_function};
 use super::program_ops::ProgramOps;
 use crate::core::read::{read_grid, read_programs_marked, tensor_type, ReadProgram};
 use crate::distribute::ppmoe_rewrite::{plan_layers, Plan};
 use crate::distribute::Grid;
 use crate::pipeline::{Compilation, PassError};
 use crate::strategy::cost_model::Choice;
-use melior::ir::block::{BlockLike, BlockRef};
-use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
+use melior::ir::block::BlockRef;
+use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{Value, ValueLike};
 use melior::Context;
 use ppmoe_frontend::onnx_stage::quote;
@@ -96,32 +96,10 @@ fn rewrite_layer(
         operands.push(at.value(b)?);
     }
     let text = local_form_text(at.op(plan.ffn)?, p, plan, (t, tp), grid, &operands)?;
-    let scratch = ppmoe_dialect::parse_verified(context, &text)?;
-    let scratch_op = scratch.as_operation();
-    let f = functions(&scratch_op)?
-        .into_iter()
-        .next()
-        .ok_or("the PPMoE form's function")?;
-    let scratch_body = body(&f)?;
-    let mut moved = block_ops(scratch_body);
-    moved.pop(); // its return
     let gather = at.op(plan.gather)?;
-    for op in &moved {
-        // SAFETY: the scratch module and the function share the context; each op is moved once
-        // and used only through the block it is moved to.
-        let mut op = unsafe { OperationRefMut::from_raw(op.to_raw()) };
-        op.move_before(gather);
-        for (k, &v) in operands.iter().enumerate() {
-            let arg = scratch_body.argument(k).map_err(|e| e.to_string())?;
-            op.replace_uses_of_with(arg.into(), v);
-        }
-    }
-    let reduced = moved.last().ok_or("no all-reduce")?.result(0);
-    let (gathered, reduced) = (gather.result(0), reduced);
-    let (gathered, reduced) = (
-        gathered.map_err(|e| e.to_string())?,
-        reduced.map_err(|e| e.to_string())?,
-    );
+    let spliced = splice_function(context, &text, gather, &operands)?;
+    let reduced = spliced.returned.first().ok_or("no all-reduce")?;
+    let gathered = gather.result(0).map_err(|e| e.to_string())?;
     // SAFETY: both values live in the function; the all-gather goes below.
     unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(gathered.to_raw(), reduced.to_raw()) };
     erase_chain(block, at, plan)

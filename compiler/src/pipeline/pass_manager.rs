@@ -325,10 +325,10 @@ fn replace_contents(module: &OperationRef, fresh: Module) {
     let Some(body) = module.region(0).ok().and_then(|r| r.first_block()) else {
         return;
     };
-    while let Some(mut op) = body.first_operation_mut() {
-        op.remove_from_parent();
-        // SAFETY: removed from its block, the operation is owned here; dropping destroys it.
-        drop(unsafe { Operation::from_raw(op.to_raw()) });
+    while let Some(op) = body.first_operation() {
+        // SAFETY: the module's old contents go whole (nothing outside reads them); no handle
+        // to the op is used after.
+        unsafe { crate::passes::dead_ops::erase_op(op) };
     }
     let from = fresh.body();
     while let Some(mut op) = from.first_operation_mut() {
