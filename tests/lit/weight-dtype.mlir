@@ -1,6 +1,7 @@
 // ppmoe-weight-dtype: the float weights stored in bf16 (`--dtype bf16`), each rank's pieces
 // after the cut, but the router's gate, kept fp32 (a logit moved by rounding can flip a top-k
-// choice); computation stays f32 (the activations' types do not change).
+// choice); computation stays f32 (the activations' types do not change). The weights are
+// rounded with their arguments, once per tp index.
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-weight-dtype{dtype=bf16})' | FileCheck %s
 
@@ -9,6 +10,26 @@
 // CHECK-SAME: tensor<2x256x64xbf16> {core.weight = "view_7.w_in"}
 // CHECK-SAME: tensor<2x64x128xbf16> {core.weight = "view_7.w_out"}
 // CHECK: "moe.expert_ffn"({{.*}} : (tensor<64x64xf32>, tensor<3xi64>, tensor<2x256x64xbf16>, tensor<2x64x128xbf16>) -> tensor<64x64xf32>
+// On an LM's sharded IR, the pass alone (its dump, the module as the pass leaves it): an upstream
+// op that reads a converted weight is made again as ppmoe prints it for the new types (a matmul
+// takes mixed operands; RMSNorm's weight times f32 activations becomes a `core.mul`); the
+// router's gate stays f32, and so does the matmul that reads it.
+
+// RUN: %ppmoe inspect %fixtures/qwen2moe_lm_dynamo/model.onnx --emit sharded --tp 2 > %t.lm.mlir
+// RUN: %ppmoe opt %t.lm.mlir --pass-pipeline='builtin.module(ppmoe-weight-dtype{dtype=bf16})' --print-ir-after-all 2>&1 | FileCheck %s --check-prefix=LM
+
+// LM: IR Dump After ppmoe-weight-dtype (sharded)
+// LM-LABEL: func.func @rank0(
+// LM-SAME: %arg5: tensor<64xbf16> {core.weight = "lm.model.layers.0.input_layernorm.weight"}
+// LM-SAME: %arg15: tensor<64x4xf32> {core.weight = "lm.model.layers.0.mlp.gate.weight.const4"}
+// LM-SAME: %arg19: tensor<2x128x64xbf16> {core.weight = "sum_1.w_in"}
+// LM-SAME: %arg29: tensor<64x32xbf16> {core.weight = "val_146.tp0_1", ppmoe.rank_piece}
+// LM: "core.mul"(%arg5, %{{[0-9]+}}) : (tensor<64xbf16>, tensor<1x16x64xf32>) -> tensor<1x16x64xf32>
+// LM: linalg.batch_matmul {{.*}}ins(%{{[0-9]+}}, %arg29 : tensor<1x16x64xf32>, tensor<64x32xbf16>) outs(%{{[0-9]+}} : tensor<1x16x32xf32>)
+// LM: linalg.matmul ins(%{{[a-z_0-9]+}}, %arg15 : tensor<16x64xf32>, tensor<64x4xf32>)
+// LM-NEXT: "moe.route"
+// LM: "moe.expert_ffn"({{.*}}%arg19
+
 #loc = loc(unknown)
 module attributes {ppmoe.source = {capacity = "keep", eval_limit = 268435456 : i64, input_shapes = {}, microbatches = 1 : i64, model = "../fixtures/mixtral_block_dynamo/model.onnx"}, ppmoe.stage = "moe"} {
   func.func @rank0(%arg0: tensor<1x16x64xf32> {core.input = "hidden_states"} loc(unknown), %arg1: tensor<64x4xf32> {core.weight = "inner.gate.weight.const1"} loc(unknown), %arg2: tensor<4x256x64xf32> {core.weight = "view_7.w_in"} loc(unknown), %arg3: tensor<4x64x128xf32> {core.weight = "view_7.w_out"} loc(unknown)) -> (tensor<1x16x64xf32> {core.output = "view_7"}) attributes {ppmoe.coords = array<i64: 0, 0, 0>, ppmoe.microbatches = 1 : i64, ppmoe.schedule = "gpipe"} {

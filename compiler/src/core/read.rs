@@ -578,6 +578,21 @@ impl FunctionReader {
     }
 }
 
+/// The instruction a `core`, `moe` or upstream op reads back as (a `shard` op's depends on
+/// the rank, and is not read here).
+pub(crate) fn instruction_op(op: &OperationRef) -> Result<Op, String> {
+    let name = op_name(op);
+    let result = if op.result_count() > 0 {
+        op.result(0).ok().and_then(|r| tensor_type(r.r#type()).ok())
+    } else {
+        None
+    };
+    match read_upstream(op, &name, result) {
+        Some(read) => read,
+        None => read_op(op, &name),
+    }
+}
+
 /// The op an MLIR op prints: its attributes as the op's serde fields, under its name, or, for
 /// the elementwise and reduction families, the name as the function (`core.add`).
 fn read_op(op: &OperationRef, full: &str) -> Result<Op, String> {

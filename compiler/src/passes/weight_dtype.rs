@@ -1,70 +1,265 @@
-//! `--dtype`: the weights stored in another float type. Router gate weights stay fp32: their
-//! logits pick the experts, and a logit moved by bf16 rounding can flip a top-k choice and send a
-//! token to another expert (Megatron's and DeepSeek's routers run in fp32 for this reason).
+//! `ppmoe-weight-dtype`, over the module's MLIR ops: the float weights stored in `--dtype`
+//! (`dtype=bf16`). Router gate weights stay fp32: their logits pick the experts, and a logit
+//! moved by bf16 rounding can flip a top-k choice and send a token to another expert
+//! (Megatron's and DeepSeek's routers run in fp32 for this reason).
+//!
+//! The pass changes types: each chosen weight argument takes the new element type, and each
+//! upstream op that reads one is made again as ppmoe prints its instruction for the operand
+//! types it now has (a `linalg` op's body follows its operands' types: a matmul takes the
+//! mixed operands with `arith.extf` in its body, an elementwise op of mixed types is a `core`
+//! op); `core` and `moe` ops take the new operand type as they are. The compilation's weights
+//! of those names are rounded with them, once per tp index, each replaced as it is converted,
+//! so no second copy of the weights is held.
+//!
+//!   before:  %arg5: tensor<64x16xf32> {core.weight = "w1"}
+//!            linalg.batch_matmul ins(%x, %arg5 : tensor<1x16x64xf32>, tensor<64x16xf32>) ...
+//!   after:   %arg5: tensor<64x16xbf16> {core.weight = "w1"}
+//!            linalg.batch_matmul ins(%x, %arg5 : tensor<1x16x64xf32>, tensor<64x16xbf16>) ...
 
-use crate::distribute::shard_moe::RankProgram;
-use ppmoe_runtime::program::Op;
-use ppmoe_runtime::DType;
-use std::collections::{HashMap, HashSet};
+use super::dead_ops::erase_with_unused_producers;
+use super::func_ops::{body, functions, set_signature, splice_function, weight_names};
+use crate::core::read::{handle, instruction_op, location_names, op_name, tensor_type};
+use crate::core::upstream::OPERAND_ONLY;
+use crate::pipeline::{Compilation, PassError};
+use melior::ir::block::{BlockArgument, BlockLike, BlockRef};
+use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
+use melior::ir::{Type, Value, ValueLike};
+use melior::Context;
+use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
+use ppmoe_runtime::{DType, Tensor};
+use std::collections::HashSet;
 
-/// The weights that are the B side of a matmul whose result, through reshapes, is a router's
-/// logits.
-pub fn router_weights(rp: &RankProgram) -> HashSet<String> {
-    let p = &rp.program;
-    let producer: HashMap<usize, usize> = p
-        .instructions
-        .iter()
-        .enumerate()
-        .flat_map(|(i, ins)| ins.outputs.iter().map(move |&o| (o, i)))
-        .collect();
-    let mut names = HashSet::new();
-    for route in p
-        .instructions
-        .iter()
-        .filter(|ins| matches!(ins.op, Op::MoeRoute { .. }))
-    {
-        let mut b = route.inputs.first().copied().flatten();
-        while let Some(i) = b.and_then(|b| producer.get(&b).copied()) {
-            let ins = &p.instructions[i];
-            match ins.op {
-                Op::ReshapeTo { .. } => b = ins.inputs.first().copied().flatten(),
-                Op::MatMul => {
-                    names.extend(
-                        ins.inputs
-                            .get(1)
-                            .copied()
-                            .flatten()
-                            .map(|w| p.buffers[w].name.clone()),
-                    );
+/// Gives every float weight argument but the routers' the element type `--dtype` names, and
+/// makes again the upstream ops that read them; returns how many arguments it changed.
+pub fn weights_in_dtype(
+    context: &Context,
+    module: &OperationRef,
+    c: &mut Compilation,
+) -> Result<usize, PassError> {
+    let Some(dtype) = c.options.weight_dtype else {
+        return Ok(0);
+    };
+    let originals = functions(module)?;
+    if originals.len() != c.sharded.len() {
+        return Err(format!(
+            "{} functions, where the compilation holds the weights of {} tp indices",
+            originals.len(),
+            c.sharded.len()
+        )
+        .into());
+    }
+    let mut changed = 0;
+    for (f, held) in originals.iter().zip(&mut c.sharded) {
+        let block = body(f)?;
+        let names = weight_names(f);
+        let chosen = chosen_arguments(block, &names, dtype)?;
+        if chosen.is_empty() {
+            continue;
+        }
+        // Read before the types change: an upstream op reads back only as ppmoe prints it.
+        let args: Vec<BlockArgument> = chosen.iter().map(|&(_, arg)| arg).collect();
+        let readers = (upstream_readers(&args).into_iter())
+            .map(|op| Ok((read_instruction(&op)?, op)))
+            .collect::<Result<Vec<_>, String>>()?;
+        for (_, arg) in &chosen {
+            let (_, shape) = tensor_type(arg.r#type())?;
+            arg.set_type(tensor_of(context, dtype, shape)?);
+        }
+        set_signature(context, f, block, None)?;
+        for (read, op) in readers {
+            make_again(context, op, read)?;
+        }
+        let converted: HashSet<&str> = (chosen.iter())
+            .filter_map(|(k, _)| names.get(*k)?.as_deref())
+            .collect();
+        for (name, t) in &mut held.weights {
+            if converted.contains(name.as_str()) {
+                *t = in_float_type(t.clone(), dtype);
+            }
+        }
+        changed += chosen.len();
+    }
+    Ok(changed)
+}
+
+/// The weight arguments to convert (with their positions): float, not already `dtype`, not a
+/// router's.
+fn chosen_arguments<'c, 'a>(
+    block: BlockRef<'c, 'a>,
+    names: &[Option<String>],
+    dtype: DType,
+) -> Result<Vec<(usize, BlockArgument<'c, 'a>)>, String> {
+    let routers = router_arguments(block)?;
+    let mut chosen = Vec::new();
+    for k in 0..block.argument_count() {
+        let arg = block.argument(k).map_err(|e| e.to_string())?;
+        let (held, _) = tensor_type(arg.r#type())?;
+        let is_weight = names.get(k).is_some_and(Option::is_some);
+        if is_weight && held.is_float() && held != dtype && !routers.contains(&handle(arg)) {
+            chosen.push((k, arg));
+        }
+    }
+    Ok(chosen)
+}
+
+/// The arguments that are a router's gate weight: the second operand of the matmul whose
+/// result, through reshapes, is a `moe.route`'s logits.
+fn router_arguments(block: BlockRef) -> Result<HashSet<usize>, String> {
+    let mut routers = HashSet::new();
+    let mut next = block.first_operation();
+    while let Some(op) = next {
+        next = op.next_in_block();
+        if op_name(&op) != "moe.route" || op.operand_count() == 0 {
+            continue;
+        }
+        let mut logits = op.operand(0).map_err(|e| e.to_string())?;
+        while let Ok(made) = OperationResult::try_from(logits) {
+            let producer = made.owner();
+            let read = instruction_op(&producer);
+            match read {
+                Ok(Op::ReshapeTo { .. }) if producer.operand_count() > 0 => {
+                    logits = producer.operand(0).map_err(|e| e.to_string())?;
+                }
+                Ok(Op::MatMul) if producer.operand_count() > 1 => {
+                    let gate = producer.operand(1).map_err(|e| e.to_string())?;
+                    if BlockArgument::try_from(gate).is_ok() {
+                        routers.insert(handle(gate));
+                    }
                     break;
                 }
                 _ => break,
             }
         }
     }
-    names
+    Ok(routers)
 }
 
-/// Converts every float weight but the routers' to `dt`, in the weights and in the program's
-/// buffer types.
-pub fn convert_weights(rp: &mut RankProgram, dt: DType) {
-    let keep = router_weights(rp);
-    for (name, t) in &mut rp.weights {
-        if !t.dtype.is_float() || t.dtype == dt || keep.contains(name) {
-            continue;
-        }
-        // Stored as half-precision bits: the converted weights take half the room.
-        *t = match dt {
-            DType::F16 | DType::BF16 => {
-                ppmoe_runtime::Tensor::half(t.shape.clone(), &t.f32_values(), dt)
+/// A ranked tensor type of `dtype` and `shape`, as ppmoe prints it.
+fn tensor_of<'c>(
+    context: &'c Context,
+    dtype: DType,
+    shape: Vec<Option<usize>>,
+) -> Result<Type<'c>, String> {
+    let text = crate::core::print::tensor_type(&Buffer {
+        name: String::new(),
+        dtype,
+        shape,
+        kind: BufferKind::Weight,
+    });
+    Type::parse(context, &text).ok_or_else(|| format!("type {text} does not parse"))
+}
+
+/// The upstream ops (not `core`, `moe` or `shard`, whose operands take any type) that read the
+/// arguments, each once, in the order of their first use.
+fn upstream_readers<'c, 'a>(args: &[BlockArgument<'c, 'a>]) -> Vec<OperationRef<'c, 'a>> {
+    let mut seen = HashSet::new();
+    let mut readers = Vec::new();
+    for arg in args {
+        // SAFETY: walking the live use list of an argument of the function being changed.
+        let mut use_ = unsafe { mlir_sys::mlirValueGetFirstUse(arg.to_raw()) };
+        while !unsafe { mlir_sys::mlirOpOperandIsNull(use_) } {
+            // SAFETY: a use's owner is a live op of the function.
+            let owner = unsafe { OperationRef::from_raw(mlir_sys::mlirOpOperandGetOwner(use_)) };
+            let dialect = op_name(&owner);
+            let ours = ["core.", "moe.", "shard."]
+                .iter()
+                .any(|d| dialect.starts_with(d));
+            if !ours && seen.insert(owner.to_raw().ptr as usize) {
+                readers.push(owner);
             }
-            _ => match ppmoe_runtime::kernels::execute(&Op::Cast { to: dt }, &[Some(t)], 1) {
-                Ok(mut v) => v.remove(0),
-                Err(_) => continue,
-            },
-        };
-        if let Some(b) = rp.program.buffers.iter_mut().find(|b| &b.name == name) {
-            b.dtype = dt;
+            // SAFETY: as above.
+            use_ = unsafe { mlir_sys::mlirOpOperandGetNextUse(use_) };
         }
+    }
+    readers
+}
+
+/// The instruction `op` (which reads a weight to convert) reads back as.
+fn read_instruction(op: &OperationRef) -> Result<Op, String> {
+    let name = op_name(op);
+    if op.result_count() != 1 {
+        return Err(format!("{name} reads a weight ppmoe-weight-dtype converts, and makes {} results where ppmoe prints one", op.result_count()));
+    }
+    instruction_op(op).map_err(|e| {
+        format!("{name} reads a weight ppmoe-weight-dtype converts, and is no instruction ppmoe prints: {e}")
+    })
+}
+
+/// Replaces `op`, which reads as `read`, by the ops ppmoe prints for that instruction with its
+/// operands' types as they are now; its destination and what only fed it go with it.
+fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), String> {
+    let name = op_name(&op);
+    let text = |e: melior::Error| format!("{name}: {e}");
+    // The instruction's inputs: the operands no destination op makes (`tensor.empty`, a fill).
+    let inputs: Vec<Value> = (op.operands())
+        .filter(|&v| {
+            OperationResult::try_from(v)
+                .map(|r| !OPERAND_ONLY.contains(&op_name(&r.owner()).as_str()))
+                .unwrap_or(true)
+        })
+        .collect();
+    let result = op.result(0).map_err(text)?;
+    let printed = print_instruction(read, &inputs, result.into(), op.location())?;
+    let spliced = splice_function(context, &printed, op, &inputs)?;
+    let made = spliced
+        .returned
+        .first()
+        .ok_or("the new op returns nothing")?;
+    // SAFETY: both values live in `op`'s function (the new one was just moved there).
+    unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(result.to_raw(), made.to_raw()) };
+    // SAFETY: the op has no uses left, and no handle to it or to what it erases is used after.
+    unsafe { erase_with_unused_producers(op.to_raw()) };
+    Ok(())
+}
+
+/// The `core` module of one function that takes `inputs` and returns `read`'s result, named
+/// and placed as `location` names the op's.
+fn print_instruction(
+    read: Op,
+    inputs: &[Value],
+    result: Value,
+    location: melior::ir::Location,
+) -> Result<String, String> {
+    let buffer = |name: String, v: &Value, kind| -> Result<Buffer, String> {
+        let (dtype, shape) = tensor_type(v.r#type())?;
+        Ok(Buffer {
+            name,
+            dtype,
+            shape,
+            kind,
+        })
+    };
+    let (names, origin) = location_names(location, 1);
+    let out_name = names.into_iter().next().unwrap_or_else(|| "v".into());
+    let mut buffers = (inputs.iter().enumerate())
+        .map(|(k, v)| buffer(format!("x{k}"), v, BufferKind::Input))
+        .collect::<Result<Vec<_>, _>>()?;
+    buffers.push(buffer(out_name, &result, BufferKind::Output)?);
+    let n = inputs.len();
+    let program = Program {
+        buffers,
+        inputs: (0..n).collect(),
+        outputs: vec![n],
+        instructions: vec![Instruction {
+            op: read,
+            inputs: (0..n).map(Some).collect(),
+            outputs: vec![n],
+            origin,
+        }],
+        ..Program::empty()
+    };
+    Ok(crate::core::print::print_core(&[&program]))
+}
+
+/// A float weight rounded to `dtype` (stored as half-precision bits where `dtype` is one: the
+/// converted weights take half the room); as it is where the runtime cannot cast it (the
+/// argument's type then refuses it where the next pass binds the weights).
+fn in_float_type(t: Tensor, dtype: DType) -> Tensor {
+    match dtype {
+        DType::F16 | DType::BF16 => Tensor::half(t.shape.clone(), &t.f32_values(), dtype),
+        _ => match ppmoe_runtime::kernels::execute(&Op::Cast { to: dtype }, &[Some(&t)], 1) {
+            Ok(mut v) if !v.is_empty() => v.remove(0),
+            _ => t,
+        },
     }
 }

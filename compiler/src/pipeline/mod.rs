@@ -161,7 +161,11 @@ pub const STAGES: &[Stage] = &[
                 crate::passes::ppmoe_rewrite::rewrite_layers,
             ),
             module_pass("ppmoe-dce", crate::passes::dead_ops::remove_dead_ops),
-            pass("ppmoe-weight-dtype", &["dtype"], weight_dtype),
+            module_pass_with(
+                "ppmoe-weight-dtype",
+                &["dtype"],
+                crate::passes::weight_dtype::weights_in_dtype,
+            ),
             module_pass(
                 "ppmoe-einsum-to-matmul",
                 crate::passes::einsum_matmul::einsums_as_matmuls,

@@ -141,29 +141,6 @@ pub(super) fn needs_module(c: &mut Compilation) -> Result<(), CompileError> {
     ))
 }
 
-/// `ppmoe-weight-dtype`: the float weights stored in `--dtype` (rounded once, here), once per
-/// tp index, before the stages and replicas share the tensors: each weight is replaced as it
-/// is converted, so no second copy of the weights is held.
-pub(super) fn weight_dtype(c: &mut Compilation) -> Result<(), CompileError> {
-    need_sharded(c, "ppmoe-weight-dtype")?;
-    if let Some(dt) = c.options.weight_dtype {
-        for rp in &mut c.sharded {
-            crate::passes::weight_dtype::convert_weights(rp, dt);
-        }
-    }
-    Ok(())
-}
-
-fn need_sharded(c: &Compilation, pass: &str) -> Result<(), CompileError> {
-    if c.sharded.is_empty() {
-        return Err(CompileError::StageNotBuilt(
-            pass.into(),
-            "it needs ppmoe-shard first".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// `ppmoe-import`: the model read (ONNX or StableHLO) at the input shapes.
 pub(super) fn import_onnx(c: &mut Compilation) -> Result<(), CompileError> {
     let shapes = microbatch_shapes(c)?;
