@@ -8,6 +8,15 @@
 // The kernels IR reads back: it prints as itself, and the ptx stage's passes take it. Its plan must be
 // the one its programs get (an edited launch is refused by name); its kernels' bodies are its
 // own.
+// The pass over the module's ops: each rank's kernels and plan moved in after its function,
+// which stays; the module becomes a GPU container.
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' --print-ir-after-all 2>&1 | FileCheck %s --check-prefix=DUMP
+// DUMP: IR Dump After ppmoe-plan-kernels (kernels)
+// DUMP: module attributes {gpu.container_module, ppmoe.source
+// DUMP: func.func @rank0(
+// DUMP: gpu.module @rank0_kernels
+// DUMP: func.func @rank0_plan() attributes {kernels.plan_of = @rank0}
+// DUMP-NOT: IR Dump After
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' > %t.kernels.mlir
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module()' | diff - %t.kernels.mlir
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module(%ptx-passes)' | FileCheck %s --check-prefix=PTX

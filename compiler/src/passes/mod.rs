@@ -6,6 +6,7 @@ pub mod einsum_matmul;
 pub mod func_ops;
 pub mod int_compare;
 pub mod pipeline_split;
+pub mod plan_kernels;
 pub mod ppmoe_rewrite;
 pub mod program_ops;
 pub mod raise_moe;

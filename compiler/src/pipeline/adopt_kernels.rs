@@ -22,7 +22,7 @@ struct Held {
 /// Plans the programs just read again and checks the module holds that plan; the kernels are
 /// taken from the module.
 pub(super) fn adopt_plans(c: &mut Compilation, module: &OperationRef) -> Result<(), String> {
-    super::steps::kernels(c).map_err(|e| e.to_string())?;
+    crate::passes::plan_kernels::plan_ranks(c);
     let text = super::printing::print_kernels(c).ok_or("no kernel plans to compare")?;
     let context = ppmoe_dialect::context();
     let planned = ppmoe_dialect::parse_verified(&context, &text)?;

@@ -24,6 +24,7 @@ use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware};
 use ppmoe_frontend::{Model, Types};
 
+pub(crate) use printing::print_plan;
 use printing::{print_kernels, print_one, print_ptx, print_ranks};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -188,7 +189,10 @@ pub const STAGES: &[Stage] = &[
     },
     Stage {
         name: "kernels",
-        passes: &[pass("ppmoe-plan-kernels", &[], kernels)],
+        passes: &[module_pass(
+            "ppmoe-plan-kernels",
+            crate::passes::plan_kernels::plan_kernels,
+        )],
         print: print_kernels,
     },
     Stage {

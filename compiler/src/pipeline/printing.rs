@@ -26,7 +26,7 @@ pub(super) fn print_kernels(c: &Compilation) -> Option<String> {
 }
 
 /// One rank's plan as a function of `kernels` ops, one per instruction.
-fn print_plan(rp: &RankProgram, plan: &crate::codegen::KernelPlan) -> String {
+pub(crate) fn print_plan(rp: &RankProgram, plan: &crate::codegen::KernelPlan) -> String {
     use crate::codegen::Lowered;
     let kernels = kernel_names(&plan.module);
     let r = rp.program.rank;

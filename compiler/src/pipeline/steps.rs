@@ -9,29 +9,6 @@ use crate::error::CompileError;
 use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
 
-/// `ppmoe-plan-kernels`: per rank, how each instruction runs on the GPU, and the kernels
-/// generated for it as a `gpu.module`.
-pub(super) fn kernels(c: &mut Compilation) -> Result<(), CompileError> {
-    if c.ranks.is_empty() {
-        return Err(CompileError::StageNotBuilt(
-            "kernels".into(),
-            "it needs ppmoe-pipeline-split first".into(),
-        ));
-    }
-    c.kernel_plans = c
-        .ranks
-        .iter()
-        .map(|r| {
-            crate::codegen::plan_kernels(
-                &r.program,
-                &r.weights,
-                &format!("rank{}_kernels", r.program.rank),
-            )
-        })
-        .collect();
-    Ok(())
-}
-
 /// The grid the options give (1 x 1 x 1 when none).
 fn grid_of(c: &Compilation) -> Grid {
     c.options.grid.unwrap_or(Grid::ONE)
