@@ -11,6 +11,19 @@
 // MIXTRAL-NEXT: "moe.experts"({{.*}}) {activation = "swiglu", {{.*}}layout = "linear"
 // MIXTRAL-NOT: "core.top_k"
 
+// The pass's own dump (the module as the pass over its ops leaves it): the layer's ops replaced
+// in place by the route and experts, the expert stacks new weight arguments after the router's,
+// the source's expert weights and the layer's core ops gone.
+// RUN: %ppmoe opt %t.mixtral.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' --print-ir-after-all 2>&1 | FileCheck %s --check-prefix=DUMP
+// DUMP: IR Dump After ppmoe-raise-moe (moe)
+// DUMP: func.func @rank0(%arg0: tensor<1x16x64xf32> {core.input = "hidden_states"} loc(unknown), %arg1: tensor<64x4xf32> {core.weight = "inner.gate.weight.const1"} loc(unknown), %arg2: tensor<4x256x64xf32> {core.weight = "view_7.w_in"} loc(unknown), %arg3: tensor<4x64x128xf32> {core.weight = "view_7.w_out"} loc(unknown)) ->
+// DUMP-NOT: "core.
+// DUMP: %[[LOGITS:[0-9]+]] = linalg.matmul ins(%reshape, %arg1
+// DUMP-NEXT: %[[R:[0-9]+]]:2 = "moe.route"(%[[LOGITS]])
+// DUMP-NEXT: "moe.experts"(%reshape, %[[R]]#0, %[[R]]#1, %arg2, %arg3)
+// DUMP-NOT: "core.
+// DUMP: return
+
 // RUN: %ppmoe inspect %fixtures/qwen2moe_block_dynamo/model.onnx --emit core > %t.qwen2.mlir
 // RUN: %ppmoe opt %t.qwen2.mlir --pass-pipeline='builtin.module(ppmoe-raise-moe)' | FileCheck %s --check-prefix=QWEN2
 // QWEN2: "moe.route"({{.*}}renormalize = false

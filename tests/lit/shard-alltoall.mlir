@@ -19,6 +19,16 @@
 // CHECK-NEXT: shard.all_gather
 // CHECK-LABEL: func.func @rank1(
 // CHECK: "core.token_slice"({{.*}}) {axis = 0 : i64, index = 1 : i64, parts = 2 : i64}
+// The pass's own dump (its MoE part is over the module's ops): the expert weights' arguments
+// retyped to the rank's block in place, the bucket offsets a new weight argument after them,
+// the experts op replaced where it was.
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2 strategy=alltoall})' --print-ir-after-all 2>&1 | FileCheck %s --check-prefix=DUMP
+// DUMP: IR Dump After ppmoe-shard (sharded)
+// DUMP: func.func @rank0({{.*}}%arg2: tensor<2x256x64xf32> {core.weight = "view_7.w_in"} loc(unknown), %arg3: tensor<2x64x128xf32> {core.weight = "view_7.w_out"} loc(unknown), %arg4: tensor<3xi64> {core.weight = "view_7.experts_out.bucket_offsets"} loc(unknown))
+// DUMP-NOT: "moe.experts"
+// DUMP: "moe.expert_ffn"(%{{[a-z_0-9]+}}, %arg4, %arg2, %arg3)
+// DUMP-NOT: "moe.experts"
+// DUMP: func.func @rank1(
 #loc = loc(unknown)
 module attributes {ppmoe.source = {capacity = "keep", eval_limit = 268435456 : i64, input_shapes = {}, microbatches = 1 : i64, model = "../fixtures/mixtral_block_dynamo/model.onnx"}, ppmoe.stage = "moe"} {
   func.func @rank0(%arg0: tensor<1x16x64xf32> {core.input = "hidden_states"} loc(unknown), %arg1: tensor<64x4xf32> {core.weight = "inner.gate.weight.const1"} loc(unknown), %arg2: tensor<4x256x64xf32> {core.weight = "view_7.w_in"} loc(unknown), %arg3: tensor<4x64x128xf32> {core.weight = "view_7.w_out"} loc(unknown)) -> (tensor<1x16x64xf32> {core.output = "view_7"}) attributes {ppmoe.coords = array<i64: 0, 0, 0>, ppmoe.microbatches = 1 : i64, ppmoe.schedule = "gpipe"} {

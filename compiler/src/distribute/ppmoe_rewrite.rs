@@ -267,9 +267,9 @@ mod tests {
         let rp = shard_moe(
             std::path::Path::new("t.onnx"),
             &layer(false),
-            2,
-            1,
+            (2, 1),
             &mut Default::default(),
+            &mut |_, _, _| Ok(()),
         )
         .unwrap();
         let p = &rp.program;
@@ -307,9 +307,9 @@ mod tests {
         let rp = shard_moe(
             std::path::Path::new("t.onnx"),
             &layer(true),
-            2,
-            0,
+            (2, 0),
             &mut Default::default(),
+            &mut |_, _, _| Ok(()),
         )
         .unwrap();
         let (plans, notes) = plan_layers(&rp.program, &|_| true, &HashSet::new());

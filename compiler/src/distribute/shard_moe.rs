@@ -175,33 +175,44 @@ pub fn cut_expert_weights(
     blocks
 }
 
+/// What `shard_moe` tells of each layer it writes out: the program as it grows (its buffers,
+/// the new ones among them), the `moe.experts` instruction's index in `one`, and the
+/// instructions that replace it.
+pub type OnLayer<'a> = dyn FnMut(&RankProgram, usize, &[Instruction]) -> Result<(), String> + 'a;
+
 /// The all-to-all form of every MoE layer, for tensor-parallel rank `t` of `tp`. Expert
 /// weights come from `blocks` where they were cut beforehand, else are cut from `one`.
+/// `on_layer` is told of each layer as it is written out (the pass over the module's ops makes
+/// the same change there); an error from it stops the pass, naming the layer.
 pub fn shard_moe(
     model: &Path,
     one: &RankProgram,
-    tp: usize,
-    t: usize,
+    (tp, t): (usize, usize),
     blocks: &mut ExpertBlocks,
+    on_layer: &mut OnLayer,
 ) -> Result<RankProgram, CompileError> {
     let mut rp = one.clone();
     if tp == 1 {
         return Ok(rp);
     }
     let mut out = Vec::with_capacity(rp.program.instructions.len());
-    for ins in std::mem::take(&mut rp.program.instructions) {
+    for (i, ins) in std::mem::take(&mut rp.program.instructions)
+        .into_iter()
+        .enumerate()
+    {
         let Some(ffn) = expert_ffn_of(&ins.op) else {
             out.push(ins);
             continue;
         };
-        shard_layer(&mut rp, &ins, ffn, (tp, t), blocks, &mut out).map_err(|reason| {
-            CompileError::Node {
+        let start = out.len();
+        (shard_layer(&mut rp, &ins, ffn, (tp, t), blocks, &mut out))
+            .and_then(|()| on_layer(&rp, i, &out[start..]))
+            .map_err(|reason| CompileError::Node {
                 path: model.to_owned(),
                 node: ins.origin.clone(),
                 op: "moe.experts".into(),
                 reason,
-            }
-        })?;
+            })?;
     }
     rp.program.instructions = out;
     Ok(rp)

@@ -130,7 +130,7 @@ pub(crate) unsafe fn erase_with_unused_producers(op: mlir_sys::MlirOperation) {
 
 /// Erases the weight arguments (`core.weight`) nothing reads, with their types and attributes
 /// in the function's signature.
-fn erase_unread_weights(
+pub(crate) fn erase_unread_weights(
     context: &Context,
     f: &OperationRef,
     block: BlockRef,

@@ -207,3 +207,24 @@ pub fn splice_function<'c, 'a>(
     }
     Ok(Spliced { ops, returned })
 }
+
+/// Appends to `f` an argument of type `ty` that binds weight `name` (`core.weight`), after its
+/// other arguments (ppmoe prints weights in the order they are made, so a weight a pass makes
+/// comes last).
+pub fn add_weight_argument<'c, 'a>(
+    context: &'c Context,
+    f: &OperationRef<'c, 'a>,
+    block: BlockRef<'c, 'a>,
+    ty: Type<'c>,
+    name: &str,
+) -> Result<Value<'c, 'a>, String> {
+    let arg = block.add_argument(ty, melior::ir::Location::unknown(context));
+    let mut attrs = argument_attributes(f);
+    let dict = format!(
+        "{{core.weight = {}}}",
+        ppmoe_frontend::onnx_stage::quote(name)
+    );
+    attrs.push(Attribute::parse(context, &dict).ok_or("the weight's attributes")?);
+    set_signature(context, f, block, Some(&attrs))?;
+    Ok(arg)
+}

@@ -10,4 +10,5 @@ pub mod plan_kernels;
 pub mod ppmoe_rewrite;
 pub mod program_ops;
 pub mod raise_moe;
+pub mod shard;
 pub mod weight_dtype;

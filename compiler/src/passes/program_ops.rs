@@ -7,7 +7,7 @@ use crate::core::read::{op_name, ReadProgram};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{Value, ValueLike};
-use ppmoe_runtime::program::BufferId;
+use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Program};
 use std::collections::HashMap;
 
 pub struct ProgramOps<'c, 'a> {
@@ -91,4 +91,61 @@ fn narrows(op: &OperationRef, collective: &OperationRef) -> bool {
     }
     let reads_it = op.operand(0).ok().zip(collective.result(0).ok());
     reads_it.is_some_and(|(a, b)| a.to_raw().ptr == b.to_raw().ptr)
+}
+
+/// `instructions` (a program's new instructions, about to replace some of its ops) as a
+/// program of their own: its inputs the buffers they read and do not make (returned, in the
+/// order they are first read), its one output `output`, the rest its temporaries. Printed, it
+/// is a function of those inputs whose ops are what ppmoe prints for the instructions.
+pub fn as_function(
+    p: &Program,
+    instructions: &[Instruction],
+    output: BufferId,
+) -> Result<(Program, Vec<BufferId>), String> {
+    let made: Vec<BufferId> = (instructions.iter())
+        .flat_map(|ins| ins.outputs.iter().copied())
+        .collect();
+    let mut external: Vec<BufferId> = Vec::new();
+    for b in instructions
+        .iter()
+        .flat_map(|ins| ins.inputs.iter().flatten())
+    {
+        if !made.contains(b) && !external.contains(b) {
+            external.push(*b);
+        }
+    }
+    let ids: Vec<BufferId> = external.iter().chain(&made).copied().collect();
+    let local = |b: BufferId| ids.iter().position(|&x| x == b);
+    let mut buffers = Vec::with_capacity(ids.len());
+    for &b in &ids {
+        let mut buffer = p
+            .buffers
+            .get(b)
+            .ok_or("a new instruction's buffer")?
+            .clone();
+        buffer.kind = if external.contains(&b) {
+            BufferKind::Input
+        } else if b == output {
+            BufferKind::Output
+        } else {
+            BufferKind::Temp
+        };
+        buffers.push(buffer);
+    }
+    let instructions = (instructions.iter())
+        .map(|ins| Instruction {
+            inputs: ins.inputs.iter().map(|b| b.and_then(local)).collect(),
+            outputs: ins.outputs.iter().filter_map(|&b| local(b)).collect(),
+            ..ins.clone()
+        })
+        .collect();
+    let output = local(output).ok_or("the output is not among the new instructions'")?;
+    let program = Program {
+        buffers,
+        inputs: (0..external.len()).collect(),
+        outputs: vec![output],
+        instructions,
+        ..Program::empty()
+    };
+    Ok((program, external))
 }

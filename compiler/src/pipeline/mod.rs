@@ -12,9 +12,11 @@ mod steps;
 
 pub(crate) use adopt::marked_strategies;
 pub use adopt::{adopt, check_readable, READABLE};
+pub(crate) use pass_manager::write_programs;
 pub use pass_manager::{run_passes, Scheduled};
 pub(crate) use pass_pipeline::check_run;
 pub use pass_pipeline::{opt, parse_pass_pipeline, PassRun};
+pub(crate) use steps::shard_dense;
 
 use crate::core::{CoreProgram, DEFAULT_EVAL_LIMIT_BYTES};
 use crate::distribute::shard_moe::RankProgram;
@@ -44,6 +46,10 @@ pub struct Pass {
     /// An upstream MLIR pass, as a pass pipeline spells it (nested under the ops it runs on):
     /// added to the pass manager by that spelling.
     pub upstream: Option<&'static str>,
+    /// A pass over the module's ops that also takes the IR of a stage before its input (it
+    /// reads the module's programs first: `ppmoe-shard` shards a `core` program whose layers
+    /// were not raised); the others take exactly their input stage's.
+    pub takes_earlier: bool,
 }
 
 /// A pass over the module's ops: returns how many it changed. The compilation is there to be
@@ -61,13 +67,22 @@ pub type OnModule = fn(
 pub enum PassError {
     Ir(String),
     Grid(String),
+    /// An error the pass's program-level part already made whole (it names the source's node).
+    Compile(CompileError),
 }
 
 impl std::fmt::Display for PassError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
             PassError::Ir(reason) | PassError::Grid(reason) => f.write_str(reason),
+            PassError::Compile(e) => write!(f, "{e}"),
         }
+    }
+}
+
+impl From<CompileError> for PassError {
+    fn from(e: CompileError) -> Self {
+        PassError::Compile(e)
     }
 }
 
@@ -102,6 +117,7 @@ const fn pass(
         run,
         on_module: None,
         upstream: None,
+        takes_earlier: false,
     }
 }
 
@@ -122,6 +138,7 @@ const fn module_pass_with(
         run: needs_module,
         on_module: Some(on_module),
         upstream: None,
+        takes_earlier: false,
     }
 }
 
@@ -133,6 +150,7 @@ const fn upstream(name: &'static str, spelled: &'static str) -> Pass {
         run: needs_module,
         on_module: None,
         upstream: Some(spelled),
+        takes_earlier: false,
     }
 }
 
@@ -150,13 +168,24 @@ pub const STAGES: &[Stage] = &[
     },
     Stage {
         name: "moe",
-        passes: &[pass("ppmoe-raise-moe", &["capacity"], raise_moe)],
+        passes: &[module_pass_with(
+            "ppmoe-raise-moe",
+            &["capacity"],
+            crate::passes::raise_moe::raise_moe_layers,
+        )],
         print: |c| print_one(c, "moe"),
     },
     Stage {
         name: "sharded",
         passes: &[
-            pass("ppmoe-shard", &["tp", "strategy"], shard),
+            Pass {
+                takes_earlier: true,
+                ..module_pass_with(
+                    "ppmoe-shard",
+                    &["tp", "strategy"],
+                    crate::passes::shard::shard_layers,
+                )
+            },
             module_pass(
                 "ppmoe-rewrite",
                 crate::passes::ppmoe_rewrite::rewrite_layers,

@@ -220,6 +220,23 @@ fn run_one(
     Ok(())
 }
 
+/// Writes the compilation's programs of `stage`, printed, into `module` in place of its
+/// contents: for a pass over the module's ops whose first part is still written over programs
+/// (`ppmoe-shard`'s dense tensor parallelism).
+pub(crate) fn write_programs(
+    c: &Compilation,
+    context: &Context,
+    module: &OperationRef,
+    stage: &str,
+) -> Result<(), String> {
+    let stage = (STAGES.iter().find(|s| s.name == stage)).ok_or("no such stage")?;
+    let text = stage_text(c, stage).map_err(|e| e.to_string())?;
+    let fresh = ppmoe_dialect::parse_verified(context, &text)?;
+    ppmoe_dialect::forget_text_positions(&fresh.as_operation());
+    replace_contents(module, fresh);
+    Ok(())
+}
+
 /// The options `scheduled` sets before its pass runs (`ppmoe-shard{tp=2}`).
 fn set_options(c: &mut Compilation, scheduled: &Scheduled) -> Result<(), CompileError> {
     for (key, value) in &scheduled.options {
@@ -243,9 +260,14 @@ fn run_on_module(
     let at = IrHeader::read(module)
         .map_err(|reason| ir_error(&c, reason))?
         .stage;
-    // A pass over the module's ops takes exactly its input stage's IR: there is no program
-    // step of its own to refuse IR before it.
-    if let Some(takes) = input_stage(stage, pass).filter(|&t| STAGES[t].name != at) {
+    // A pass over the module's ops takes exactly its input stage's IR (there is no program
+    // step of its own to refuse IR before it), but one that reads the module's programs first
+    // and can take an earlier stage's (`takes_earlier`).
+    if pass.takes_earlier {
+        if let Some(reason) = past_its_input(stage, pass, &at) {
+            return Err(ir_error(&c, reason));
+        }
+    } else if let Some(takes) = input_stage(stage, pass).filter(|&t| STAGES[t].name != at) {
         return Err(ir_error(&c, takes_other_ir(pass, takes, &at)));
     }
     set_options(&mut c, scheduled)?;
@@ -256,6 +278,7 @@ fn run_on_module(
             path: c.options.path.clone(),
             reason,
         },
+        PassError::Compile(e) => e,
     })?;
     tracing::debug!("{}: {changed} ops", pass.name);
     let spelled = spelled_with_options(pass, &c.options);

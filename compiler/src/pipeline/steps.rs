@@ -3,10 +3,9 @@
 
 use super::{Compilation, DEFAULT_EVAL_LIMIT_BYTES};
 use crate::core::{convert_initializers, lower_to_core_with};
-use crate::distribute::shard_moe::RankProgram;
+use crate::distribute::shard_moe::{ExpertBlocks, RankProgram};
 use crate::distribute::{Grid, Strategy};
 use crate::error::CompileError;
-use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
 
 /// The grid the options give (1 x 1 x 1 when none).
@@ -14,10 +13,12 @@ fn grid_of(c: &Compilation) -> Grid {
     c.options.grid.unwrap_or(Grid::ONE)
 }
 
-/// `ppmoe-shard`: one program per tensor-parallel index: dense layers Megatron-split, each MoE
-/// layer's experts cut into rank blocks in the all-to-all form; and each layer's strategy
-/// chosen (the `auto` e-graph's pick, or the one asked for) for `ppmoe-rewrite`.
-pub(super) fn shard(c: &mut Compilation) -> Result<(), CompileError> {
+/// `ppmoe-shard`'s dense part: one program per tensor-parallel index, its dense layers
+/// Megatron-split (upstream's sharding-propagation and shard-partition where they apply,
+/// ppmoe's rules for the rest), its MoE layers still whole; and each layer's strategy chosen
+/// (the `auto` e-graph's pick, or the one asked for) for `ppmoe-rewrite`. Returns each expert
+/// weight cut into its rank blocks, for the MoE part (`passes::shard`).
+pub(crate) fn shard_dense(c: &mut Compilation) -> Result<ExpertBlocks, CompileError> {
     let grid = grid_of(c);
     let strategy = c.options.strategy.unwrap_or(Strategy::Ppmoe);
     let Some(core) = c.core.as_mut() else {
@@ -29,7 +30,7 @@ pub(super) fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     // The ranks' programs take the weights over: expert stacks are cut into rank blocks here,
     // one stack at a time, so no weight is held twice; the rest is shared between ranks.
     let mut weights = std::mem::take(&mut core.weights);
-    let mut blocks = if grid.tp > 1 {
+    let blocks = if grid.tp > 1 {
         crate::distribute::shard_moe::cut_expert_weights(&core.program, &mut weights, grid.tp)
     } else {
         Default::default()
@@ -41,8 +42,6 @@ pub(super) fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     c.choices = choose_strategies(strategy, &core.moe_layers, grid.tp, c.options.hardware);
     c.sharded.clear();
     c.rank_pieces.clear();
-    // Dense TP: upstream's sharding-propagation and shard-partition where they apply, ppmoe's
-    // rules for the rest.
     let partitioned = crate::distribute::upstream_tp::partition_regions(
         &one,
         grid.tp,
@@ -50,24 +49,17 @@ pub(super) fn shard(c: &mut Compilation) -> Result<(), CompileError> {
     );
     drop(one);
     for (t, (rank, pieces)) in partitioned.into_iter().enumerate() {
-        let (dense, rank_pieces) = crate::distribute::dense_tp::dense_tp(&rank, grid.tp, t, pieces);
-        let mut rp = crate::distribute::shard_moe::shard_moe(
-            &c.options.path,
-            &dense,
-            grid.tp,
-            t,
-            &mut blocks,
-        )?;
-        rp.program.coords = [0, 0, t];
-        rp.program.rank = t;
-        let names = rank_pieces
-            .iter()
-            .map(|&b| rp.program.buffers[b].name.clone())
+        let (mut dense, rank_pieces) =
+            crate::distribute::dense_tp::dense_tp(&rank, grid.tp, t, pieces);
+        dense.program.coords = [0, 0, t];
+        dense.program.rank = t;
+        let names = (rank_pieces.iter())
+            .map(|&b| dense.program.buffers[b].name.clone())
             .collect();
-        c.sharded.push(rp);
+        c.sharded.push(dense);
         c.rank_pieces.push(names);
     }
-    Ok(())
+    Ok(blocks)
 }
 
 /// Each MoE layer's strategy: the one asked for, or per layer the e-graph's pick among the
@@ -185,30 +177,5 @@ pub(super) fn lower_core(c: &mut Compilation) -> Result<(), CompileError> {
     c.probe_core =
         crate::moe::probe::probe_program(model, &c.probe_shapes, &initializers, limit, &core);
     c.core = Some(core);
-    Ok(())
-}
-
-/// `ppmoe-raise-moe`: every MoE layer raised to `moe.route` + `moe.experts`.
-pub(super) fn raise_moe(c: &mut Compilation) -> Result<(), CompileError> {
-    let policy = c.options.capacity_policy.unwrap_or(CapacityPolicy::Keep);
-    let Some(core) = c.core.as_mut() else {
-        return Err(CompileError::StageNotBuilt(
-            "moe".into(),
-            "it needs the core stage first".into(),
-        ));
-    };
-    let limit = c.options.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
-    // The few-token program is only a means of recognition: dropped once used.
-    let outcome = match c.probe_core.take() {
-        Some(mut probe) => {
-            crate::passes::raise_moe::raise_moe_probed(core, &mut probe, policy, limit)
-        }
-        None => crate::passes::raise_moe::raise_moe(core, policy, limit),
-    };
-    for u in &outcome.unraised {
-        tracing::warn!("not raised: {u}");
-    }
-    core.moe_layers.extend(outcome.raised);
-    c.diagnostics.unraised = outcome.unraised;
     Ok(())
 }

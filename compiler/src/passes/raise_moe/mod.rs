@@ -18,8 +18,11 @@
 //! looks like MoE but matches no reading stays as it was, with the reason.
 
 mod anchor;
+mod on_ops;
 mod rewrite;
 mod search;
+
+pub use on_ops::raise_moe_layers;
 
 use crate::core::CoreProgram;
 use crate::moe::expert_weights::{ActivationHints, ExpertFfn, Reading};
@@ -29,6 +32,7 @@ use anchor::{find_anchor, reshape_family, router_input};
 use ppmoe_runtime::program::{BufferId, Op, RouteOrder, Scoring, UnaryFn};
 use ppmoe_runtime::{kernels, DType, Tensor};
 use rewrite::apply;
+pub use rewrite::Splice;
 use search::try_raise;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -376,29 +380,18 @@ fn shared_experts(core: &CoreProgram, output: BufferId, tokens: &HashSet<BufferI
 }
 
 /// Raises every MoE layer it can find; see the module comment. Trial evaluation makes no
-/// tensor over `limit` bytes.
-pub fn raise_moe(core: &mut CoreProgram, policy: CapacityPolicy, limit: usize) -> RaiseOutcome {
-    raise_layers(core, None, policy, limit)
-}
-
-/// As [`raise_moe`], with the layers recognised on `probe`: the same model lowered at a few
-/// tokens (see `moe::probe`), so the numeric checks cost the same at any compile size. Each
-/// layer found there is applied to both programs at the same instructions.
-pub fn raise_moe_probed(
-    core: &mut CoreProgram,
-    probe: &mut CoreProgram,
-    policy: CapacityPolicy,
-    limit: usize,
-) -> RaiseOutcome {
-    raise_layers(core, Some(probe), policy, limit)
-}
-
-fn raise_layers(
+/// tensor over `limit` bytes. With `probe`, the layers are recognised on it: the same model lowered at a few tokens (see
+/// `moe::probe`), so the numeric checks cost the same at any compile size; each layer found
+/// there is applied to both programs at the same instructions. `on_splice` is told of each
+/// change to `core`'s instructions as it is made (the pass over the module's ops makes the
+/// same change there); an error from it stops the raise.
+pub fn raise_layers(
     core: &mut CoreProgram,
     mut probe: Option<&mut CoreProgram>,
     policy: CapacityPolicy,
     limit: usize,
-) -> RaiseOutcome {
+    on_splice: &mut dyn FnMut(&CoreProgram, &Splice) -> Result<(), String>,
+) -> Result<RaiseOutcome, String> {
     let mut outcome = RaiseOutcome::default();
     let mut tried: HashSet<String> = HashSet::new();
     let mut unraised: Vec<(BufferId, String)> = Vec::new();
@@ -433,7 +426,8 @@ fn raise_layers(
                         found.route.capacity = einsum_capacity(&core.program, &found.region, t, e);
                     }
                 }
-                if let Some(layer) = apply_found(core, &found, &ffn, i, policy) {
+                if let Some((layer, done)) = apply_found(core, &found, &ffn, i, policy) {
+                    on_splice(core, &done)?;
                     outcome.raised.push(layer);
                 }
                 // The GShard gating has a second arg_max in the region just removed; any
@@ -465,7 +459,7 @@ fn raise_layers(
         std::mem::replace(&mut core.program, ppmoe_runtime::program::Program::empty()),
         weights,
     );
-    outcome
+    Ok(outcome)
 }
 
 /// The layer's weights in the canonical layout, made once for both programs. The source
@@ -520,7 +514,7 @@ fn apply_found(
     ffn: &ExpertFfn,
     i: usize,
     policy: CapacityPolicy,
-) -> Option<MoeLayer> {
+) -> Option<(MoeLayer, Splice)> {
     let prod = producers(&core.program);
     let weights: HashMap<&str, &Tensor> =
         core.weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -528,7 +522,7 @@ fn apply_found(
     let x = router_input(core, &prod, anchor.logits)?;
     let tokens = reshape_family(core, &prod, x);
     let output = found.output;
-    let mut layer = apply(core, found, ffn, anchor.logits, x, policy);
+    let (mut layer, done) = apply(core, found, ffn, anchor.logits, x, policy);
     layer.shared_experts = shared_experts(core, output, &tokens);
-    Some(layer)
+    Some((layer, done))
 }

@@ -9,6 +9,16 @@ use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::BTreeSet;
 
+/// How a layer's raise changed the program's instructions: `region` (instruction indices
+/// before the change) replaced by `raised`, placed where instruction `last` was; the layer's
+/// output buffer, which the last of `raised` now writes.
+pub struct Splice {
+    pub region: BTreeSet<usize>,
+    pub last: usize,
+    pub raised: Vec<Instruction>,
+    pub output: BufferId,
+}
+
 /// Replaces `found.region` by route + experts.
 pub(super) fn apply(
     core: &mut CoreProgram,
@@ -17,7 +27,7 @@ pub(super) fn apply(
     logits: BufferId,
     x: BufferId,
     policy: CapacityPolicy,
-) -> MoeLayer {
+) -> (MoeLayer, Splice) {
     let prog = &core.program;
     let (t, h) = {
         let n: usize = (prog.buffers[found.output].shape.iter())
@@ -51,8 +61,14 @@ pub(super) fn apply(
     layer.experts(experts_op(ffn), inputs, found.output, (t, h));
     let Raised { origin, ins, .. } = layer;
     let family = family(core, &found.region);
+    let done = Splice {
+        region: found.region.clone(),
+        last,
+        raised: ins.clone(),
+        output: found.output,
+    };
     splice(&mut core.program, &found.region, last, ins);
-    MoeLayer {
+    let layer = MoeLayer {
         origin,
         tokens: t,
         experts: e,
@@ -65,7 +81,8 @@ pub(super) fn apply(
         shared_experts: String::new(),
         family,
         note,
-    }
+    };
+    (layer, done)
 }
 
 /// What the raise says of a source that drops tokens beyond an expert's capacity, the route
