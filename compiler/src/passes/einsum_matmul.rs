@@ -15,11 +15,12 @@
 //!            %p = linalg.batch_matmul ins(%m, %n ...)  %r = tensor.reshape %p(...)
 
 use super::func_ops::{block_ops, body, functions, splice_function};
-use crate::core::read::{location_names, op_name, tensor_type};
+use super::program_ops::one_instruction;
+use crate::core::read::{op_name, tensor_type};
 use crate::core::upstream::{read_upstream, upstream_form, Upstream};
 use crate::pipeline::Compilation;
 use melior::ir::operation::{OperationLike, OperationRef};
-use melior::ir::{Value, ValueLike};
+use melior::ir::ValueLike;
 use melior::Context;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 
@@ -139,35 +140,11 @@ fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
     if op.operand_count() != operands || op.result_count() != 1 {
         return Ok(None);
     }
-    let (names, origin) = location_names(op.location(), 1);
-    let buffer = |name: String, v: Value, kind| -> Result<Buffer, String> {
-        let (dtype, shape) = tensor_type(v.r#type())?;
-        Ok(Buffer {
-            name,
-            dtype,
-            shape,
-            kind,
-        })
-    };
     let value = |k: usize| op.operand(k).map_err(|e| e.to_string());
     let result = op.result(0).map_err(|e| e.to_string())?;
-    let out_name = names.into_iter().next().unwrap_or_else(|| "einsum".into());
-    let mut p = Program {
-        buffers: vec![
-            buffer("x".into(), value(0)?, BufferKind::Input)?,
-            buffer("y".into(), value(1)?, BufferKind::Input)?,
-            buffer(out_name, result.into(), BufferKind::Output)?,
-        ],
-        inputs: vec![0, 1],
-        outputs: vec![2],
-        ..Program::empty()
-    };
-    let ins = Instruction {
-        op: read,
-        inputs: vec![Some(0), Some(1)],
-        outputs: vec![2],
-        origin,
-    };
+    let inputs = [value(0)?, value(1)?];
+    let mut p = one_instruction(read, &inputs, result.into(), op.location(), "einsum")?;
+    let ins = p.instructions.pop().ok_or("the instruction")?;
     let seq = match ins.op {
         Op::Einsum { .. } => lower(&mut p, &ins),
         _ => {

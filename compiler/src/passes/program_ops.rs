@@ -3,11 +3,11 @@
 //! the program (a layer's chain, a pipeline cut) edits the ops found here.
 
 use super::func_ops::{block_ops, body};
-use crate::core::read::{op_name, ReadProgram};
+use crate::core::read::{location_names, op_name, tensor_type, ReadProgram};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
-use melior::ir::{Value, ValueLike};
-use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Program};
+use melior::ir::{Location, Value, ValueLike};
+use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use std::collections::HashMap;
 
 pub struct ProgramOps<'c, 'a> {
@@ -148,4 +148,44 @@ pub fn as_function(
         ..Program::empty()
     };
     Ok((program, external))
+}
+
+/// Instruction `op` over `inputs` into `result`, as a program of its own: its output named,
+/// and its origin placed, as `location` names the op's (`unnamed` where it names none).
+/// Printed, it is the op a pass makes again for its operands' types as they now are.
+pub fn one_instruction(
+    op: Op,
+    inputs: &[Value],
+    result: Value,
+    location: Location,
+    unnamed: &str,
+) -> Result<Program, String> {
+    let buffer = |name: String, v: &Value, kind| -> Result<Buffer, String> {
+        let (dtype, shape) = tensor_type(v.r#type())?;
+        Ok(Buffer {
+            name,
+            dtype,
+            shape,
+            kind,
+        })
+    };
+    let (names, origin) = location_names(location, 1);
+    let out_name = names.into_iter().next().unwrap_or_else(|| unnamed.into());
+    let mut buffers = (inputs.iter().enumerate())
+        .map(|(k, v)| buffer(format!("x{k}"), v, BufferKind::Input))
+        .collect::<Result<Vec<_>, _>>()?;
+    buffers.push(buffer(out_name, &result, BufferKind::Output)?);
+    let n = inputs.len();
+    Ok(Program {
+        buffers,
+        inputs: (0..n).collect(),
+        outputs: vec![n],
+        instructions: vec![Instruction {
+            op,
+            inputs: (0..n).map(Some).collect(),
+            outputs: vec![n],
+            origin,
+        }],
+        ..Program::empty()
+    })
 }

@@ -148,8 +148,9 @@ impl<'c, 'a, 's> RankOps<'c, 'a, 's> {
             strategies: strategy.as_slice(),
             ..Marks::default()
         };
-        let grid = (self.grid.mlir(), self.grid.tp, 1);
-        let text = print_stage(&[&mini], Some((&grid.0, grid.1, grid.2)), 1, &marks, "");
+        // With the grid the collectives name (the shard verifier checks them against it).
+        let grid = self.grid.mlir();
+        let text = print_stage(&[&mini], Some((&grid, self.grid.tp, 1)), 1, &marks, "");
         let spliced = splice_function(self.context, &text, experts, &operands)?;
         let made = *spliced
             .returned

@@ -18,14 +18,15 @@
 
 use super::dead_ops::erase_with_unused_producers;
 use super::func_ops::{body, functions, set_signature, splice_function, weight_names};
-use crate::core::read::{handle, instruction_op, location_names, op_name, tensor_type};
+use super::program_ops::one_instruction;
+use crate::core::read::{handle, instruction_op, op_name, tensor_type};
 use crate::core::upstream::OPERAND_ONLY;
 use crate::pipeline::{Compilation, PassError};
 use melior::ir::block::{BlockArgument, BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::{Type, Value, ValueLike};
 use melior::Context;
-use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
+use ppmoe_runtime::program::{Buffer, BufferKind, Op};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::HashSet;
 
@@ -199,7 +200,8 @@ fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), Strin
         })
         .collect();
     let result = op.result(0).map_err(text)?;
-    let printed = print_instruction(read, &inputs, result.into(), op.location())?;
+    let one = one_instruction(read, &inputs, result.into(), op.location(), "v")?;
+    let printed = crate::core::print::print_core(&[&one]);
     let spliced = splice_function(context, &printed, op, &inputs)?;
     let made = spliced
         .returned
@@ -210,45 +212,6 @@ fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), Strin
     // SAFETY: the op has no uses left, and no handle to it or to what it erases is used after.
     unsafe { erase_with_unused_producers(op.to_raw()) };
     Ok(())
-}
-
-/// The `core` module of one function that takes `inputs` and returns `read`'s result, named
-/// and placed as `location` names the op's.
-fn print_instruction(
-    read: Op,
-    inputs: &[Value],
-    result: Value,
-    location: melior::ir::Location,
-) -> Result<String, String> {
-    let buffer = |name: String, v: &Value, kind| -> Result<Buffer, String> {
-        let (dtype, shape) = tensor_type(v.r#type())?;
-        Ok(Buffer {
-            name,
-            dtype,
-            shape,
-            kind,
-        })
-    };
-    let (names, origin) = location_names(location, 1);
-    let out_name = names.into_iter().next().unwrap_or_else(|| "v".into());
-    let mut buffers = (inputs.iter().enumerate())
-        .map(|(k, v)| buffer(format!("x{k}"), v, BufferKind::Input))
-        .collect::<Result<Vec<_>, _>>()?;
-    buffers.push(buffer(out_name, &result, BufferKind::Output)?);
-    let n = inputs.len();
-    let program = Program {
-        buffers,
-        inputs: (0..n).collect(),
-        outputs: vec![n],
-        instructions: vec![Instruction {
-            op: read,
-            inputs: (0..n).map(Some).collect(),
-            outputs: vec![n],
-            origin,
-        }],
-        ..Program::empty()
-    };
-    Ok(crate::core::print::print_core(&[&program]))
 }
 
 /// A float weight rounded to `dtype` (stored as half-precision bits where `dtype` is one: the
