@@ -1,5 +1,6 @@
 //! Passes over a rank's program, one per file.
 
+pub mod buffer_values;
 pub mod dead_code;
 pub mod dead_ops;
 pub mod einsum_matmul;

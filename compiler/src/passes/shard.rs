@@ -16,20 +16,21 @@
 //! weights' arguments take their rank block's type; the constants the form adds (the bucket
 //! offsets, a decode step's padding rows) become weight arguments after the others.
 
+use super::buffer_values::BufferValues;
 use super::dead_ops::erase_with_unused_producers;
-use super::func_ops::{add_weight_argument, body, functions, set_signature, splice_function};
-use super::program_ops::{as_function, ProgramOps};
-use crate::core::print::{print_stage, tensor_type, Marks};
+use super::func_ops::{body, functions};
+use super::program_ops::ProgramOps;
+use crate::core::print::{print_stage, Marks};
 use crate::core::read::read_programs_marked;
 use crate::distribute::shard_moe::{shard_moe, RankProgram};
 use crate::distribute::Grid;
 use crate::pipeline::{adopt, shard_dense, write_programs, Compilation, PassError};
-use melior::ir::block::{BlockArgument, BlockLike, BlockRef};
+use melior::ir::block::BlockLike;
 use melior::ir::operation::OperationRef;
-use melior::ir::{Type, Value, ValueLike};
+use melior::ir::ValueLike;
 use melior::Context;
 use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Program};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Writes the dense tp programs into the module, then each MoE layer's all-to-all form into
 /// each function's ops; returns how many layers it wrote out over all functions.
@@ -70,15 +71,12 @@ pub fn shard_layers(
 /// One rank's function, and where the dense program's instructions and buffers are among its
 /// ops as the layers are written out.
 struct RankOps<'c, 'a, 's> {
-    context: &'c Context,
-    f: OperationRef<'c, 'a>,
-    block: BlockRef<'c, 'a>,
     grid: Grid,
     strategies: &'s [&'s str],
     /// Per instruction of the dense program, its op.
     at: Vec<mlir_sys::MlirOperation>,
     /// Per buffer of the program (the dense one's, then those the layers add), its value.
-    values: HashMap<BufferId, mlir_sys::MlirValue>,
+    values: BufferValues<'c, 'a>,
     /// The MoE layers written out so far.
     layer: usize,
 }
@@ -116,18 +114,23 @@ impl<'c, 'a, 's> RankOps<'c, 'a, 's> {
             .map(|i| at.op(i).map(|op| op.to_raw()))
             .collect::<Result<_, _>>()?;
         Ok(RankOps {
-            context,
-            f,
-            block,
             grid,
             strategies,
             at,
-            values,
+            values: BufferValues {
+                context,
+                f,
+                block,
+                values,
+            },
             layer: 0,
         })
     }
 
-    /// Replaces instruction `i` (a `moe.experts`) by `form`, its all-to-all form in `p`.
+    /// Replaces instruction `i` (a `moe.experts`) by `form`, its all-to-all form in `p`: the
+    /// expert weights' arguments retyped to the rank's block, the form printed with the grid
+    /// the collectives name (the shard verifier checks them against it) and the layer's
+    /// strategy on its dispatch, the experts op erased with what only fed it.
     fn replace(&mut self, p: &Program, i: usize, form: &[Instruction]) -> Result<(), String> {
         let experts = *self
             .at
@@ -138,66 +141,31 @@ impl<'c, 'a, 's> RankOps<'c, 'a, 's> {
         let output = (form.last())
             .and_then(|ins| ins.outputs.first().copied())
             .ok_or("the layer's form writes nothing")?;
-        let (mini, external) = as_function(p, form, output)?;
-        let mut operands = Vec::with_capacity(external.len());
-        for &b in &external {
-            operands.push(self.value_of(p, b)?);
+        // The buffers the form reads and does not make: the expert weights among them.
+        let made: HashSet<BufferId> = form.iter().flat_map(|ins| ins.outputs.clone()).collect();
+        for &b in form.iter().flat_map(|ins| ins.inputs.iter().flatten()) {
+            if !made.contains(&b) {
+                self.values.retype_argument(p, b)?;
+            }
         }
         let strategy = self.strategies.get(self.layer).copied();
         let marks = Marks {
             strategies: strategy.as_slice(),
             ..Marks::default()
         };
-        // With the grid the collectives name (the shard verifier checks them against it).
         let grid = self.grid.mlir();
-        let text = print_stage(&[&mini], Some((&grid, self.grid.tp, 1)), 1, &marks, "");
-        let spliced = splice_function(self.context, &text, experts, &operands)?;
-        let made = *spliced
-            .returned
-            .first()
-            .ok_or("the layer's form returns nothing")?;
-        let old = *(self.values.get(&output)).ok_or("the layer's output has no value")?;
+        let print =
+            |one: &Program| print_stage(&[one], Some((&grid, self.grid.tp, 1)), 1, &marks, "");
+        let old = self.values.splice(p, (form, output), experts, print)?;
         // SAFETY: a live value of the function.
         if !unsafe { mlir_sys::mlirValueIsAOpResult(old) } {
             return Err("the layer's output is an argument of the function".into());
         }
-        // SAFETY: both values live in the function.
-        unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(old, made.to_raw()) };
-        self.values.insert(output, made.to_raw());
         // SAFETY: `old` is the result of the experts op (or of the cast that narrows it), which
         // nothing uses now; what only fed it goes with it (the form reads the rest).
         let owner = unsafe { mlir_sys::mlirOpResultGetOwner(old) };
         unsafe { erase_with_unused_producers(owner) };
         self.layer += 1;
         Ok(())
-    }
-
-    /// The value of buffer `b`: an expert weight's argument retyped to its rank block; a
-    /// constant the form adds, a new weight argument.
-    fn value_of(&mut self, p: &Program, b: BufferId) -> Result<Value<'c, 'a>, String> {
-        let buffer = &p.buffers[b];
-        let text = tensor_type(buffer);
-        let ty = Type::parse(self.context, &text).ok_or_else(|| format!("type {text}"))?;
-        if let Some(&v) = self.values.get(&b) {
-            // SAFETY: the value is the function's (an argument or a live op's result).
-            let value = unsafe { Value::from_raw(v) };
-            if value.r#type() != ty {
-                let arg = BlockArgument::try_from(value).map_err(|_| {
-                    format!("'{}' changes type, and is no weight argument", buffer.name)
-                })?;
-                arg.set_type(ty);
-                set_signature(self.context, &self.f, self.block, None)?;
-            }
-            return Ok(value);
-        }
-        if buffer.kind != BufferKind::Weight {
-            return Err(format!(
-                "the layer's form reads '{}', which no op of the function makes",
-                buffer.name
-            ));
-        }
-        let arg = add_weight_argument(self.context, &self.f, self.block, ty, &buffer.name)?;
-        self.values.insert(b, arg.to_raw());
-        Ok(arg)
     }
 }

@@ -16,16 +16,15 @@ use super::{raise_layers, CapacityPolicy, Splice};
 use crate::core::print::print_core;
 use crate::core::read::read_programs_marked;
 use crate::core::{CoreProgram, DEFAULT_EVAL_LIMIT_BYTES};
+use crate::passes::buffer_values::BufferValues;
 use crate::passes::dead_ops::{erase_dead, erase_unread_weights};
-use crate::passes::func_ops::{add_weight_argument, body, functions, splice_function};
-use crate::passes::program_ops::{as_function, ProgramOps};
+use crate::passes::func_ops::{body, functions};
+use crate::passes::program_ops::ProgramOps;
 use crate::pipeline::{adopt, Compilation, PassError};
-use melior::ir::block::BlockRef;
 use melior::ir::operation::OperationRef;
-use melior::ir::{Type, Value, ValueLike};
+use melior::ir::ValueLike;
 use melior::Context;
-use ppmoe_runtime::program::{BufferId, BufferKind, Program};
-use std::collections::HashMap;
+use ppmoe_runtime::program::Program;
 
 /// Raises every MoE layer of the `core` module's function; returns how many.
 pub fn raise_moe_layers(
@@ -40,15 +39,17 @@ pub fn raise_moe_layers(
     let at = ProgramOps::new(&f, first)?;
     let block = body(&f)?;
     let mut ops = LayerOps {
-        context,
-        f,
-        block,
         at: (at.instruction_at.iter())
             .map(|&k| Some(at.ops[k].to_raw()))
             .collect(),
-        values: (0..first.program.buffers.len())
-            .filter_map(|b| Some((b, at.value(b).ok()?.to_raw())))
-            .collect(),
+        values: BufferValues {
+            context,
+            f,
+            block,
+            values: (0..first.program.buffers.len())
+                .filter_map(|b| Some((b, at.value(b).ok()?.to_raw())))
+                .collect(),
+        },
     };
     let policy = c.options.capacity_policy.unwrap_or(CapacityPolicy::Keep);
     let limit = c.options.eval_limit.unwrap_or(DEFAULT_EVAL_LIMIT_BYTES);
@@ -72,38 +73,23 @@ pub fn raise_moe_layers(
 /// The function being raised, and where the program's instructions and buffers are among its
 /// ops as the raise changes them.
 struct LayerOps<'c, 'a> {
-    context: &'c Context,
-    f: OperationRef<'c, 'a>,
-    block: BlockRef<'c, 'a>,
     /// Per instruction of the program as it now is, its op (none for a raised instruction).
     at: Vec<Option<mlir_sys::MlirOperation>>,
-    /// Per buffer, the value that holds it (the arguments', the ops' results, the raised
-    /// layers' outputs).
-    values: HashMap<BufferId, mlir_sys::MlirValue>,
+    /// Per buffer, its value (the arguments', the ops' results, the raised layers' outputs).
+    values: BufferValues<'c, 'a>,
 }
 
-impl<'c, 'a> LayerOps<'c, 'a> {
-    /// Makes `done` (the program's change) to the ops.
+impl LayerOps<'_, '_> {
+    /// Makes `done` (the program's change) to the ops: the raised instructions moved in where
+    /// the layer's last op was (its region's ops go with the dead-op sweep after the raise).
     fn splice(&mut self, core: &CoreProgram, done: &Splice) -> Result<(), String> {
-        let p = &core.program;
         let last = (self.at.get(done.last).copied().flatten())
             .ok_or("the layer's last instruction is not one of the module's ops")?;
         // SAFETY: the op is live: the function's ops are erased only after the raise.
         let last = unsafe { OperationRef::from_raw(last) };
-        let (mini, external) = as_function(p, &done.raised, done.output)?;
-        let mut operands = Vec::with_capacity(external.len());
-        for &b in &external {
-            operands.push(self.value_of(p, b)?);
-        }
-        let spliced = splice_function(self.context, &print_core(&[&mini]), last, &operands)?;
-        let made = *spliced
-            .returned
-            .first()
-            .ok_or("the raised layer returns nothing")?;
-        let old = *(self.values.get(&done.output)).ok_or("the layer's output has no value")?;
-        // SAFETY: both values live in the function; the old one's op goes with the region.
-        unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(old, made.to_raw()) };
-        self.values.insert(done.output, made.to_raw());
+        let raised = (done.raised.as_slice(), done.output);
+        let print = |one: &Program| print_core(&[one]);
+        self.values.splice(&core.program, raised, last, print)?;
         let before = std::mem::take(&mut self.at);
         for (i, op) in before.into_iter().enumerate() {
             if i == done.last {
@@ -113,27 +99,5 @@ impl<'c, 'a> LayerOps<'c, 'a> {
             }
         }
         Ok(())
-    }
-
-    /// The value of buffer `b`; a weight the raise made (an expert stack) becomes a new
-    /// argument of the function, after the others (ppmoe prints weights in the order they are
-    /// made).
-    fn value_of(&mut self, p: &Program, b: BufferId) -> Result<Value<'c, 'a>, String> {
-        if let Some(&v) = self.values.get(&b) {
-            // SAFETY: the value is the function's (an argument or a live op's result).
-            return Ok(unsafe { Value::from_raw(v) });
-        }
-        let buffer = &p.buffers[b];
-        if buffer.kind != BufferKind::Weight {
-            return Err(format!(
-                "the raised layer reads '{}', which no op of the function makes",
-                buffer.name
-            ));
-        }
-        let text = crate::core::print::tensor_type(buffer);
-        let ty = Type::parse(self.context, &text).ok_or_else(|| format!("type {text}"))?;
-        let arg = add_weight_argument(self.context, &self.f, self.block, ty, &buffer.name)?;
-        self.values.insert(b, arg.to_raw());
-        Ok(arg)
     }
 }
