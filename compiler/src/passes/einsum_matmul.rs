@@ -14,7 +14,7 @@
 //!   after:   %t = linalg.transpose ins(%q ...)  %m = tensor.reshape %t(...)  ...
 //!            %p = linalg.batch_matmul ins(%m, %n ...)  %r = tensor.reshape %p(...)
 
-use super::func_ops::{block_ops, body, functions, splice_function};
+use super::func_ops::{block_ops, body, functions, replace_op};
 use super::program_ops::one_instruction;
 use crate::core::read::{op_name, tensor_type};
 use crate::core::upstream::{read_upstream, upstream_form, Upstream};
@@ -160,23 +160,11 @@ fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
     Ok(Some(crate::core::print::print_core(&[&p])))
 }
 
-/// Moves the body of `replacement`'s function before `op`, its arguments replaced by `op`'s
-/// operands, `op`'s result by what the function returns; then erases `op`.
+/// Replaces `op` by the function `replacement` writes over its two operands.
 fn replace(context: &Context, op: &OperationRef, replacement: &str) -> Result<(), String> {
     let text = |e: melior::Error| e.to_string();
     let operands = [op.operand(0).map_err(text)?, op.operand(1).map_err(text)?];
-    let spliced = splice_function(context, replacement, *op, &operands)?;
-    let returned = spliced
-        .returned
-        .first()
-        .ok_or("the replacement returns nothing")?;
-    let result = op.result(0).map_err(text)?;
-    // SAFETY: both values live in `op`'s function (the returned one was just moved there).
-    unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(result.to_raw(), returned.to_raw()) };
-    // SAFETY: the op has no uses left (all went to the replacement), and no handle to it or
-    // to an op it erases is used after.
-    unsafe { super::dead_ops::erase_with_unused_producers(op.to_raw()) };
-    Ok(())
+    replace_op(context, *op, replacement, &operands)
 }
 
 fn static_shape(p: &Program, b: BufferId) -> Option<Vec<usize>> {

@@ -228,3 +228,37 @@ pub fn add_weight_argument<'c, 'a>(
     set_signature(context, f, block, Some(&attrs))?;
     Ok(arg)
 }
+
+/// Replaces `op` by the ops of `text`'s function (see `splice_function`), written over
+/// `operands`: `op`'s result is read from what the function returns, and `op` goes with what
+/// only fed it (its destination, the destination's fill).
+pub fn replace_op<'c, 'a>(
+    context: &'c Context,
+    op: OperationRef<'c, 'a>,
+    text: &str,
+    operands: &[Value<'c, 'a>],
+) -> Result<(), String> {
+    let spliced = splice_function(context, text, op, operands)?;
+    let made = (spliced.returned.first()).ok_or("the new ops return nothing")?;
+    let result = op.result(0).map_err(|e| e.to_string())?;
+    // SAFETY: both values live in `op`'s function (the new one was just moved there).
+    unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(result.to_raw(), made.to_raw()) };
+    // SAFETY: the op has no uses left, and no handle to it or to an op it erases is used after.
+    unsafe { super::dead_ops::erase_with_unused_producers(op.to_raw()) };
+    Ok(())
+}
+
+/// A ranked tensor type of `dtype` and `shape`, as ppmoe prints it.
+pub fn tensor_of<'c>(
+    context: &'c Context,
+    dtype: ppmoe_runtime::DType,
+    shape: Vec<Option<usize>>,
+) -> Result<Type<'c>, String> {
+    let text = crate::core::print::tensor_type(&ppmoe_runtime::program::Buffer {
+        name: String::new(),
+        dtype,
+        shape,
+        kind: ppmoe_runtime::program::BufferKind::Weight,
+    });
+    Type::parse(context, &text).ok_or_else(|| format!("type {text} does not parse"))
+}

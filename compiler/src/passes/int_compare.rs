@@ -17,14 +17,14 @@
 //!   after:   %arg2: tensor<1x1x1x512xf32> {core.weight = "unsqueeze_12"}
 //!            "core.less_or_equal"(%arg2, %arg3) : (tensor<1x1x1x512xf32>, ...) -> tensor<...xi1>
 
-use super::func_ops::{body, functions, set_signature, weight_names};
+use super::func_ops::{body, functions, set_signature, tensor_of, weight_names};
 use crate::core::read::{handle, op_name, tensor_type};
 use crate::pipeline::Compilation;
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef};
-use melior::ir::{RegionLike, Type, ValueLike};
+use melior::ir::{RegionLike, ValueLike};
 use melior::Context;
-use ppmoe_runtime::program::{exact_in_f32, Buffer, BufferKind};
+use ppmoe_runtime::program::exact_in_f32;
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
@@ -60,14 +60,7 @@ pub fn compare_as_f32(
         for &k in &chosen {
             let arg = block.argument(k).map_err(|e| e.to_string())?;
             let (_, shape) = tensor_type(arg.r#type())?;
-            let f32_type = crate::core::print::tensor_type(&Buffer {
-                name: String::new(),
-                dtype: DType::F32,
-                shape,
-                kind: BufferKind::Weight,
-            });
-            let ty = Type::parse(context, &f32_type).ok_or_else(|| format!("type {f32_type}"))?;
-            arg.set_type(ty);
+            arg.set_type(tensor_of(context, DType::F32, shape)?);
         }
         if !chosen.is_empty() {
             set_signature(context, &f, block, None)?;

@@ -16,17 +16,16 @@
 //!   after:   %arg5: tensor<64x16xbf16> {core.weight = "w1"}
 //!            linalg.batch_matmul ins(%x, %arg5 : tensor<1x16x64xf32>, tensor<64x16xbf16>) ...
 
-use super::dead_ops::erase_with_unused_producers;
-use super::func_ops::{body, functions, set_signature, splice_function, weight_names};
+use super::func_ops::{body, functions, replace_op, set_signature, tensor_of, weight_names};
 use super::program_ops::one_instruction;
 use crate::core::read::{handle, instruction_op, op_name, tensor_type};
 use crate::core::upstream::OPERAND_ONLY;
 use crate::pipeline::{Compilation, PassError};
 use melior::ir::block::{BlockArgument, BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
-use melior::ir::{Type, Value, ValueLike};
+use melior::ir::{Value, ValueLike};
 use melior::Context;
-use ppmoe_runtime::program::{Buffer, BufferKind, Op};
+use ppmoe_runtime::program::Op;
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::HashSet;
 
@@ -135,21 +134,6 @@ fn router_arguments(block: BlockRef) -> Result<HashSet<usize>, String> {
     Ok(routers)
 }
 
-/// A ranked tensor type of `dtype` and `shape`, as ppmoe prints it.
-fn tensor_of<'c>(
-    context: &'c Context,
-    dtype: DType,
-    shape: Vec<Option<usize>>,
-) -> Result<Type<'c>, String> {
-    let text = crate::core::print::tensor_type(&Buffer {
-        name: String::new(),
-        dtype,
-        shape,
-        kind: BufferKind::Weight,
-    });
-    Type::parse(context, &text).ok_or_else(|| format!("type {text} does not parse"))
-}
-
 /// The upstream ops (not `core`, `moe` or `shard`, whose operands take any type) that read the
 /// arguments, each once, in the order of their first use.
 fn upstream_readers<'c, 'a>(args: &[BlockArgument<'c, 'a>]) -> Vec<OperationRef<'c, 'a>> {
@@ -201,17 +185,12 @@ fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), Strin
         .collect();
     let result = op.result(0).map_err(text)?;
     let one = one_instruction(read, &inputs, result.into(), op.location(), "v")?;
-    let printed = crate::core::print::print_core(&[&one]);
-    let spliced = splice_function(context, &printed, op, &inputs)?;
-    let made = spliced
-        .returned
-        .first()
-        .ok_or("the new op returns nothing")?;
-    // SAFETY: both values live in `op`'s function (the new one was just moved there).
-    unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(result.to_raw(), made.to_raw()) };
-    // SAFETY: the op has no uses left, and no handle to it or to what it erases is used after.
-    unsafe { erase_with_unused_producers(op.to_raw()) };
-    Ok(())
+    replace_op(
+        context,
+        op,
+        &crate::core::print::print_core(&[&one]),
+        &inputs,
+    )
 }
 
 /// A float weight rounded to `dtype` (stored as half-precision bits where `dtype` is one: the
