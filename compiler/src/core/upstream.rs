@@ -10,17 +10,23 @@
 //!   shape an `arith.constant`);
 //! - f32 elementwise arithmetic whose operands and result have one type as a `linalg.map` of
 //!   the `arith` or `math` op (linalg's ops carry upstream's sharding interface, which
-//!   `sharding-propagation` and `shard-partition` need; `arith` on tensors does not), f32
-//!   `add/sub/mul/div` with numpy broadcasting as a `linalg.generic` of the `arith` op whose
-//!   indexing maps broadcast each operand, an f32 sigmoid (upstream has no op for it) as a
-//!   `linalg.map` of `1 / (1 + exp(-x))` in `arith` and `math` ops, and a float cast between
-//!   f32 and half precision as `arith.extf` / `arith.truncf` (round to nearest even, as
-//!   ppmoe rounds).
+//!   `sharding-propagation` and `shard-partition` need; `arith` on tensors does not), an f32
+//!   sigmoid (upstream has no op for it) as a `linalg.map` of `1 / (1 + exp(-x))` in `arith`
+//!   and `math` ops;
+//! - other elementwise ops as a `linalg.generic` of one scalar op whose indexing maps broadcast
+//!   each operand (`generic`): f32 arithmetic with numpy broadcasting, f32 max and min, i32 and
+//!   i64 add/sub/mul, comparisons, a where, a boolean not;
+//! - a cast as the `arith` cast that converts as ppmoe does (`cast_name`): between f32 and half
+//!   precision (round to nearest even, as ppmoe rounds), booleans and integers to integers
+//!   and f32.
 //!
 //! An axis counted from the end prints (and reads back) counted from the front. Anything else
-//! (integer arithmetic, half-precision results of arithmetic, whose rounding upstream's ops
-//! would place elsewhere, a matmul that broadcasts its batch) stays a `core` op.
+//! stays a `core` op: half-precision results of arithmetic (their rounding is ppmoe's, through
+//! f32), a float cast to an integer (which saturates in ppmoe, where `arith.fptosi` is
+//! undefined out of range), integer division, unsigned integers (`arith` takes signless ones),
+//! a matmul that broadcasts its batch, ops whose axes or bounds are operands.
 
+use super::generic::{generic_form, generic_line, read_generic, Generic};
 use melior::ir::attribute::{Attribute, IntegerAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
@@ -51,13 +57,10 @@ pub enum Upstream {
     Composite(UnaryFn),
     /// A `linalg.map` of an `arith` or `math` op, over operands and a result of one type.
     Elementwise(&'static str),
-    /// numpy broadcasting of f32 operands: a `linalg.generic` of the `arith` op, each operand
-    /// read through its indexing map (a broadcast dimension read at 0).
-    Broadcast {
-        op: &'static str,
-        maps: Vec<String>,
-        loops: usize,
-    },
+    /// An elementwise op as a `linalg.generic` of one scalar op, each operand read through
+    /// numpy broadcasting's indexing map (`generic`): f32 arithmetic with broadcasting, integer
+    /// arithmetic, comparisons, a where, a boolean not.
+    Generic(Generic),
 }
 
 /// The upstream form of `op` over `inputs` making `output`, where one fits.
@@ -78,19 +81,14 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
                 .filter(|_| f32s)
                 .map(Upstream::Contract)
         }
-        Op::Binary { f } => {
-            let name = binary_name(*f)?;
-            if same_f32_type(inputs, output) {
-                return Some(Upstream::Elementwise(name));
-            }
-            let shapes: Vec<(DType, Vec<usize>)> = (inputs.iter().chain([&output]))
-                .map(|b| (b.dtype, b.shape.iter().flatten().copied().collect()))
-                .collect();
-            broadcast_maps(&shapes).map(|maps| Upstream::Broadcast {
-                op: name,
-                maps,
-                loops: output.shape.len(),
-            })
+        Op::Binary { f } if same_f32_type(inputs, output) && binary_name(*f).is_some() => {
+            binary_name(*f).map(Upstream::Elementwise)
+        }
+        Op::Binary { .. } | Op::Where | Op::Unary { f: UnaryFn::Not } => {
+            generic(op, inputs, output)
+        }
+        Op::Unary { f: UnaryFn::Neg } if !same_f32_type(inputs, output) => {
+            generic(op, inputs, output)
         }
         Op::Unary { f } if composite(*f).is_some() => {
             same_f32_type(inputs, output).then_some(Upstream::Composite(*f))
@@ -118,18 +116,39 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
             (one_input && same_element && fits).then(|| Upstream::Reshape(shape.clone()))
         }
         Op::Cast { to } => {
-            let half = |d: DType| matches!(d, DType::BF16 | DType::F16);
-            let from = inputs[0].dtype;
-            let name = match (from, *to) {
-                (DType::F32, t) if half(t) => "arith.truncf",
-                (f, DType::F32) if half(f) => "arith.extf",
-                _ => return None,
-            };
             let fits = one_input && *to == output.dtype && inputs[0].shape == output.shape;
-            fits.then_some(Upstream::Cast(name))
+            cast_name(inputs[0].dtype, *to)
+                .filter(|_| fits)
+                .map(Upstream::Cast)
         }
         _ => None,
     }
+}
+
+/// The `linalg.generic` form of an elementwise `op` (`generic`), where it has one.
+fn generic(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
+    let shapes: Vec<(DType, Vec<usize>)> = (inputs.iter().copied().chain([output]))
+        .map(|b| (b.dtype, b.shape.iter().flatten().copied().collect()))
+        .collect();
+    generic_form(op, &shapes).map(Upstream::Generic)
+}
+
+/// The `arith` cast that converts `from` to `to` as ppmoe does: between f32 and half precision
+/// rounding to nearest even; a boolean to an integer or f32 as 0 or 1; an i32 to an i64 by its
+/// sign, an i64 to an i32 wrapping; an integer to f32 rounding to nearest even. (A float to
+/// an integer saturates in ppmoe, where `arith.fptosi` is undefined out of range: none.)
+fn cast_name(from: DType, to: DType) -> Option<&'static str> {
+    use DType::{Bool, BF16, F16, F32, I32, I64};
+    Some(match (from, to) {
+        (F32, BF16 | F16) => "arith.truncf",
+        (BF16 | F16, F32) => "arith.extf",
+        (Bool, I32 | I64) => "arith.extui",
+        (I32, I64) => "arith.extsi",
+        (I64, I32) => "arith.trunci",
+        (I32 | I64, F32) => "arith.sitofp",
+        (Bool, F32) => "arith.uitofp",
+        _ => return None,
+    })
 }
 
 /// The upstream op instruction `ins` of `p` prints as, where one fits (every operand present,
@@ -217,18 +236,7 @@ pub fn upstream_lines(
             )
         }
         Upstream::Cast(name) => (vec![], format!("{result} = {name} {n} : {t} to {out}")),
-        Upstream::Broadcast { op, maps, loops } => {
-            let loops = vec!["\"parallel\""; *loops].join(", ");
-            let args: Vec<String> = (0..operands.len())
-                .map(|k| format!("%g{i}_{k}: f32 loc(unknown)"))
-                .collect();
-            let line = format!(
-                "{result} = linalg.generic {{indexing_maps = [{}], iterator_types = [{loops}]}} ins({n} : {t}) outs(%d{i} : {out}) {{\n    ^bb0({}, %g{i}_o: f32 loc(unknown)):\n      %g{i}_r = {op} %g{i}_0, %g{i}_1 : f32 loc(unknown)\n      linalg.yield %g{i}_r : f32 loc(unknown)\n    }} -> {out}",
-                maps.join(", "),
-                args.join(", ")
-            );
-            (empty, line)
-        }
+        Upstream::Generic(g) => (empty, generic_line(g, i, result, (&n, &t), out)),
         Upstream::Elementwise(name) => (
             empty,
             format!("{result} = linalg.map {{ {name} }} ins({n} : {t}) outs(%d{i} : {out})"),
@@ -521,10 +529,9 @@ pub fn read_upstream(
             .and_then(|(_, dims)| dims.into_iter().collect::<Option<Vec<usize>>>())
             .map(|shape| Op::ReshapeTo { shape })
             .ok_or_else(|| format!("'{name}': expected a static result")),
-        "arith.extf" | "arith.truncf" => result
-            .map(|(to, _)| Op::Cast { to })
-            .ok_or_else(|| format!("'{name}': expected a tensor result")),
-        "linalg.generic" => read_broadcast(op),
+        "arith.extf" | "arith.truncf" | "arith.extui" | "arith.extsi" | "arith.trunci"
+        | "arith.sitofp" | "arith.uitofp" => read_cast(op, name, result),
+        "linalg.generic" => read_generic(op),
         "linalg.map" => read_composite(op)
             .map(|f| Op::Unary { f })
             .or_else(|| map_body(op).and_then(|body| read_elementwise(&body)))
@@ -534,42 +541,29 @@ pub fn read_upstream(
     Some(read)
 }
 
-/// A `linalg.generic` ppmoe printed: one binary `arith` op over two operands, every loop
-/// parallel, the indexing maps numpy's broadcasting of the operands' types.
-fn read_broadcast(op: &OperationRef) -> Result<Op, String> {
-    let refuse = |what: &str| format!("'linalg.generic': {what}");
-    let f = map_body(op)
-        .and_then(|body| BINARY.iter().find(|(_, n)| *n == body).map(|(f, _)| *f))
-        .ok_or_else(|| refuse("its body is not one arith op ppmoe prints"))?;
-    let typed = |v: Result<melior::ir::Value, _>| {
-        v.ok()
-            .and_then(|v| super::read::tensor_type(v.r#type()).ok())
-            .and_then(|(d, shape)| Some((d, shape.into_iter().collect::<Option<Vec<_>>>()?)))
-    };
-    let shapes: Option<Vec<(DType, Vec<usize>)>> = (0..2)
-        .map(|k| typed(op.operand(k).map_err(|_| ())))
-        .chain([typed(op.result(0).map(Into::into).map_err(|_| ()))])
-        .collect();
-    let expected = shapes
-        .filter(|_| op.operand_count() == 3)
-        .and_then(|s| broadcast_maps(&s))
-        .ok_or_else(|| refuse("expected two f32 operands broadcast to the result"))?;
-    let maps = op
-        .attribute("indexing_maps")
+/// An `arith` cast on tensors, where it is the one ppmoe prints for its operand's and result's
+/// element types (`cast_name`): `arith.extui` of an i32 reads as no ppmoe cast.
+fn read_cast(
+    op: &OperationRef,
+    name: &str,
+    result: Option<(DType, Vec<Option<usize>>)>,
+) -> Result<Op, String> {
+    let from = op
+        .operand(0)
         .ok()
-        .and_then(|a| melior::ir::attribute::ArrayAttribute::try_from(a).ok())
-        .map(|a| {
-            (0..a.len())
-                .filter_map(|k| a.element(k).ok())
-                .map(|m| m.to_string())
-                .collect::<Vec<_>>()
-        });
-    if maps.as_ref() != Some(&expected) {
-        return Err(refuse(&format!(
-            "indexing maps {maps:?}, where broadcasting its operands takes {expected:?}"
-        )));
+        .and_then(|v| super::read::tensor_type(v.r#type()).ok());
+    match (from, result) {
+        (Some((from, _)), Some((to, _))) if cast_name(from, to) == Some(name) => {
+            Ok(Op::Cast { to })
+        }
+        (Some((from, _)), Some((to, _))) => Err(format!(
+            "'{name}' from {} to {}: ppmoe converts those types by {}",
+            from.mlir(),
+            to.mlir(),
+            cast_name(from, to).unwrap_or("no arith op")
+        )),
+        _ => Err(format!("'{name}': expected a tensor operand and result")),
     }
-    Ok(Op::Binary { f })
 }
 
 /// The name of the one op in a `linalg.map`'s body (before its `linalg.yield`).
@@ -664,46 +658,6 @@ fn unary_name(f: UnaryFn) -> Option<&'static str> {
     UNARY.iter().find(|(g, _)| *g == f).map(|(_, n)| *n)
 }
 
-/// numpy broadcasting of f32 operands (each right-aligned to the result; a dimension of 1 read
-/// at 0) as `linalg.generic`'s indexing maps, the result's last; `shapes` holds the operands
-/// and then the result. None where the result has no loops or a dimension is not broadcast.
-fn broadcast_maps(shapes: &[(DType, Vec<usize>)]) -> Option<Vec<String>> {
-    let ((_, out), operands) = shapes.split_last()?;
-    let rank = out.len();
-    if rank == 0 || !shapes.iter().all(|(d, _)| *d == DType::F32) {
-        return None;
-    }
-    let dims: Vec<String> = (0..rank).map(|d| format!("d{d}")).collect();
-    let map = |of: &[usize]| -> Option<String> {
-        let lead = rank.checked_sub(of.len())?;
-        let exprs = (of.iter().enumerate())
-            .map(|(k, &n)| match n {
-                _ if n == out[lead + k] => Some(dims[lead + k].clone()),
-                1 => Some("0".to_string()),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(format!(
-            "affine_map<({}) -> ({})>",
-            dims.join(", "),
-            exprs.join(", ")
-        ))
-    };
-    let mut maps = (operands.iter())
-        .map(|(_, of)| map(of))
-        .collect::<Option<Vec<_>>>()?;
-    // The result's every dimension comes from an operand that has it (or is 1).
-    let covered = (0..rank).all(|d| {
-        out[d] == 1
-            || operands.iter().any(|(_, of)| {
-                let lead = rank - of.len();
-                d >= lead && of[d - lead] == out[d]
-            })
-    });
-    maps.push(map(out)?);
-    covered.then_some(maps)
-}
-
 /// Every operand and the result f32, of one shape (no broadcasting).
 fn same_f32_type(inputs: &[&Buffer], output: &Buffer) -> bool {
     output.dtype == DType::F32
@@ -761,11 +715,15 @@ mod tests {
         }
     }
 
+    fn half4() -> Buffer {
+        buffer(DType::BF16, &[4])
+    }
+
     fn form(op: Op, inputs: &[Buffer], output: Buffer) -> Option<&'static str> {
         let inputs: Vec<&Buffer> = inputs.iter().collect();
         upstream_form(&op, &inputs, &output).map(|u| match u {
             Upstream::Matmul(n) | Upstream::Elementwise(n) | Upstream::Cast(n) => n,
-            Upstream::Broadcast { .. } => "linalg.generic",
+            Upstream::Generic(_) => "linalg.generic",
             Upstream::Transpose(_) => "linalg.transpose",
             Upstream::Softmax(_) => "linalg.softmax",
             Upstream::Concat(_) => "tensor.concat",
@@ -826,8 +784,14 @@ mod tests {
         assert_eq!(bias, Some("linalg.generic"));
         // Not numpy-broadcastable to the result.
         assert_eq!(form(add.clone(), &[f(&[4, 5]), f(&[3])], f(&[4, 5])), None);
+        // Integer arithmetic wraps as arith's does; half-precision arithmetic rounds once, as
+        // arith's does, but a mixed one stays a core op.
         let ints = buffer(I64, &[4]);
-        assert_eq!(form(add, &[ints.clone(), ints.clone()], ints), None);
+        let integer_add = form(add.clone(), &[ints.clone(), ints.clone()], ints);
+        assert_eq!(integer_add, Some("linalg.generic"));
+        let half_add = form(add.clone(), &[half4(), half4()], half4());
+        assert_eq!(half_add, Some("linalg.generic"));
+        assert_eq!(form(add, &[half4(), f(&[4])], f(&[4])), None);
         let pow = Op::Binary { f: BinaryFn::Pow };
         assert_eq!(
             form(pow.clone(), &[f(&[4]), f(&[4])], f(&[4])),
@@ -853,7 +817,12 @@ mod tests {
         let cast = form(to_bf16, &[f(&[4])], buffer(BF16, &[4]));
         assert_eq!(cast, Some("arith.truncf"));
         let to_i64 = Op::Cast { to: I64 };
-        assert_eq!(form(to_i64, &[f(&[4])], buffer(I64, &[4])), None);
+        assert_eq!(form(to_i64.clone(), &[f(&[4])], buffer(I64, &[4])), None);
+        let from_i32 = form(to_i64, &[buffer(DType::I32, &[4])], buffer(I64, &[4]));
+        assert_eq!(from_i32, Some("arith.extsi"));
+        let to_f32 = Op::Cast { to: F32 };
+        let from_bool = form(to_f32, &[buffer(DType::Bool, &[4])], f(&[4]));
+        assert_eq!(from_bool, Some("arith.uitofp"));
         let concat = |axis| form(Op::Concat { axis }, &[f(&[2, 3]), f(&[2, 1])], f(&[2, 4]));
         assert_eq!(concat(1), Some("tensor.concat"));
         assert_eq!(concat(-1), Some("tensor.concat"));
@@ -861,30 +830,6 @@ mod tests {
         let reshape = |shape: Vec<usize>| form(Op::ReshapeTo { shape }, &[f(&[2, 3])], f(&[6]));
         assert_eq!(reshape(vec![6]), Some("tensor.reshape"));
         assert_eq!(reshape(vec![3, 2]), None);
-    }
-
-    #[test]
-    fn broadcasting_reads_each_operand_through_its_map() {
-        use DType::F32;
-        let maps = broadcast_maps(&[
-            (F32, vec![1, 16, 64]),
-            (F32, vec![1, 16, 1]),
-            (F32, vec![]),
-            (F32, vec![1, 16, 64]),
-        ])
-        .unwrap();
-        let map = |to: &str| format!("affine_map<(d0, d1, d2) -> ({to})>");
-        let want = [
-            map("d0, d1, d2"),
-            map("d0, d1, 0"),
-            map(""),
-            map("d0, d1, d2"),
-        ];
-        assert_eq!(maps, want);
-        // A dimension the result has that no operand gives, or another type: none.
-        assert_eq!(broadcast_maps(&[(F32, vec![4]), (F32, vec![3, 4])]), None);
-        let half = [(F32, vec![4]), (DType::BF16, vec![4])];
-        assert_eq!(broadcast_maps(&half), None);
     }
 
     #[test]

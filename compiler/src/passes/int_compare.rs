@@ -7,35 +7,51 @@
 //! same booleans while every value is an integer of at most 2^24 in magnitude, and a float
 //! comparison is a generated kernel.
 //!
-//! The pass changes types only: each chosen weight argument becomes an f32 tensor of its
-//! shape, and the comparisons read it so. The weight itself is converted where the next pass
-//! binds the weights to the arguments' types (`adopt`), which converts an integer weight to an
-//! f32 argument only when every value is exact.
+//! The pass changes types: each chosen weight argument becomes an f32 tensor of its shape, and
+//! each comparison that reads it is made again for f32 operands (`retype`): a `linalg.generic`
+//! of `arith.cmpi` becomes one of `arith.cmpf` with the ordered predicate, which gives the same
+//! booleans for integers f32 holds; a `core` comparison takes the new type as it is. The weight
+//! itself is converted where the next pass binds the weights to the arguments' types
+//! (`adopt`), which converts an integer weight to an f32 argument only when every value is
+//! exact.
 //!
 //!   before:  %arg2: tensor<1x1x1x512xi64> {core.weight = "unsqueeze_12"}
-//!            "core.less_or_equal"(%arg2, %arg3) : (tensor<1x1x1x512xi64>, ...) -> tensor<...xi1>
+//!            linalg.generic ... ins(%arg2, %arg3 : tensor<1x1x1x512xi64>, ...) {
+//!              %c = arith.cmpi sle, %a, %b : i64 ...
 //!   after:   %arg2: tensor<1x1x1x512xf32> {core.weight = "unsqueeze_12"}
-//!            "core.less_or_equal"(%arg2, %arg3) : (tensor<1x1x1x512xf32>, ...) -> tensor<...xi1>
+//!            linalg.generic ... ins(%arg2, %arg3 : tensor<1x1x1x512xf32>, ...) {
+//!              %c = arith.cmpf ole, %a, %b : f32 ...
 
-use super::func_ops::{body, functions, set_signature, tensor_of, weight_names};
-use crate::core::read::{handle, op_name, tensor_type};
+use super::func_ops::{body, functions, weight_names};
+use super::retype::{instruction_inputs, retype_arguments};
+use crate::core::read::{handle, instruction_op, op_name, tensor_type};
 use crate::pipeline::Compilation;
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{RegionLike, ValueLike};
 use melior::Context;
-use ppmoe_runtime::program::exact_in_f32;
+use ppmoe_runtime::program::{exact_in_f32, BinaryFn, Op};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
-/// The `core` comparisons (their results are booleans whatever their operands' type).
-const COMPARISONS: &[&str] = &[
-    "core.equal",
-    "core.less",
-    "core.greater",
-    "core.less_or_equal",
-    "core.greater_or_equal",
-];
+/// Whether `op` is a comparison: a `core` one, or a `linalg.generic` that reads back as one.
+fn is_comparison(op: &OperationRef) -> bool {
+    let name = op_name(op);
+    if !(name.starts_with("core.") || name == "linalg.generic") {
+        return false;
+    }
+    let compares = |f: BinaryFn| {
+        matches!(
+            f,
+            BinaryFn::Equal
+                | BinaryFn::Less
+                | BinaryFn::Greater
+                | BinaryFn::LessOrEqual
+                | BinaryFn::GreaterOrEqual
+        )
+    };
+    matches!(instruction_op(op), Ok(Op::Binary { f }) if compares(f))
+}
 
 /// Whether `t`'s values are integers that f32 holds exactly.
 pub fn exact_integers(t: &Tensor) -> bool {
@@ -57,13 +73,11 @@ pub fn compare_as_f32(
     for f in functions(module)? {
         let block = body(&f)?;
         let chosen = chosen_arguments(block, &weight_names(&f), &weights)?;
-        for &k in &chosen {
-            let arg = block.argument(k).map_err(|e| e.to_string())?;
-            let (_, shape) = tensor_type(arg.r#type())?;
-            arg.set_type(tensor_of(context, DType::F32, shape)?);
-        }
-        if !chosen.is_empty() {
-            set_signature(context, &f, block, None)?;
+        let args = (chosen.iter())
+            .map(|&k| Ok((block.argument(k).map_err(|e| e.to_string())?, DType::F32)))
+            .collect::<Result<Vec<_>, String>>()?;
+        if !args.is_empty() {
+            retype_arguments(context, (&f, block), &args, "ppmoe-compare-as-f32")?;
         }
         converted += chosen.len();
     }
@@ -116,8 +130,13 @@ fn collect_uses(block: BlockRef, top_level: bool, uses: &mut Vec<(bool, HashSet<
     let mut next = block.first_operation();
     while let Some(op) = next {
         next = op.next_in_block();
-        let comparison = top_level && COMPARISONS.contains(&op_name(&op).as_str());
-        uses.push((comparison, op.operands().map(handle).collect()));
+        let comparison = top_level && is_comparison(&op);
+        let operands = if comparison {
+            instruction_inputs(&op).into_iter().map(handle).collect()
+        } else {
+            op.operands().map(handle).collect()
+        };
+        uses.push((comparison, operands));
         for r in op.regions() {
             let mut inner = r.first_block();
             while let Some(b) = inner {
@@ -134,8 +153,9 @@ mod tests {
     use crate::distribute::shard_moe::RankProgram;
     use ppmoe_runtime::program::Program;
 
-    /// pos <= lim and pos == idx, weights all; with `with_big`, also big > pos, where big
-    /// (2^25 + 1) is an integer f32 cannot hold.
+    /// pos <= lim (a `linalg.generic` of `arith.cmpi`, as ppmoe prints it) and pos == idx (a
+    /// `core` op), weights all; with `with_big`, also big > pos, where big (2^25 + 1) is an
+    /// integer f32 cannot hold.
     fn module_text(with_big: bool) -> String {
         let (t, b) = ("tensor<3xi64>", "tensor<3xi1>");
         let weight = |n: &str| format!("%{n}: {t} {{core.weight = \"{n}\"}}");
@@ -143,8 +163,11 @@ mod tests {
             format!("    %{r} = \"core.{op}\"(%{x}, %{y}) : ({t}, {t}) -> {b}\n")
         };
         let mut args = vec![weight("pos"), weight("lim"), weight("idx")];
-        let mut ops =
-            compare("le", "less_or_equal", "pos", "lim") + &compare("eq", "equal", "pos", "idx");
+        let map = "affine_map<(d0) -> (d0)>";
+        let generic = format!(
+            "    %d = tensor.empty() : {b}\n    %le = linalg.generic {{indexing_maps = [{map}, {map}, {map}], iterator_types = [\"parallel\"]}} ins(%pos, %lim : {t}, {t}) outs(%d : {b}) {{\n    ^bb0(%x: i64, %y: i64, %o: i1):\n      %c = arith.cmpi sle, %x, %y : i64\n      linalg.yield %c : i1\n    }} -> {b}\n"
+        );
+        let mut ops = generic + &compare("eq", "equal", "pos", "idx");
         let mut results = vec!["%le", "%eq"];
         if with_big {
             args.push(weight("big"));
@@ -196,7 +219,8 @@ mod tests {
         let signature = "(%arg0: tensor<3xf32> {core.weight = \"pos\"}, %arg1: tensor<3xf32>";
         let equal = "(%arg0, %arg2) : (tensor<3xf32>, tensor<3xf32>) -> tensor<3xi1>";
         assert!(text.contains(signature) && text.contains(equal), "{text}");
-        assert!(!text.contains("xi64"), "{text}");
+        assert!(text.contains("arith.cmpf ole"), "{text}");
+        assert!(!text.contains("i64"), "{text}");
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub mod plan_kernels;
 pub mod ppmoe_rewrite;
 pub mod program_ops;
 pub mod raise_moe;
+pub mod retype;
 pub mod shard;
 pub mod weight_dtype;

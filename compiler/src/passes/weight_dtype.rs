@@ -16,14 +16,13 @@
 //!   after:   %arg5: tensor<64x16xbf16> {core.weight = "w1"}
 //!            linalg.batch_matmul ins(%x, %arg5 : tensor<1x16x64xf32>, tensor<64x16xbf16>) ...
 
-use super::func_ops::{body, functions, replace_op, set_signature, tensor_of, weight_names};
-use super::program_ops::one_instruction;
+use super::func_ops::{body, functions, weight_names};
+use super::retype::retype_arguments;
 use crate::core::read::{handle, instruction_op, op_name, tensor_type};
-use crate::core::upstream::OPERAND_ONLY;
 use crate::pipeline::{Compilation, PassError};
 use melior::ir::block::{BlockArgument, BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
-use melior::ir::{Value, ValueLike};
+use melior::ir::ValueLike;
 use melior::Context;
 use ppmoe_runtime::program::Op;
 use ppmoe_runtime::{DType, Tensor};
@@ -56,19 +55,8 @@ pub fn weights_in_dtype(
         if chosen.is_empty() {
             continue;
         }
-        // Read before the types change: an upstream op reads back only as ppmoe prints it.
-        let args: Vec<BlockArgument> = chosen.iter().map(|&(_, arg)| arg).collect();
-        let readers = (upstream_readers(&args).into_iter())
-            .map(|op| Ok((read_instruction(&op)?, op)))
-            .collect::<Result<Vec<_>, String>>()?;
-        for (_, arg) in &chosen {
-            let (_, shape) = tensor_type(arg.r#type())?;
-            arg.set_type(tensor_of(context, dtype, shape)?);
-        }
-        set_signature(context, f, block, None)?;
-        for (read, op) in readers {
-            make_again(context, op, read)?;
-        }
+        let args: Vec<(BlockArgument, DType)> = chosen.iter().map(|&(_, a)| (a, dtype)).collect();
+        retype_arguments(context, (f, block), &args, "ppmoe-weight-dtype")?;
         let converted: HashSet<&str> = (chosen.iter())
             .filter_map(|(k, _)| names.get(*k)?.as_deref())
             .collect();
@@ -132,65 +120,6 @@ fn router_arguments(block: BlockRef) -> Result<HashSet<usize>, String> {
         }
     }
     Ok(routers)
-}
-
-/// The upstream ops (not `core`, `moe` or `shard`, whose operands take any type) that read the
-/// arguments, each once, in the order of their first use.
-fn upstream_readers<'c, 'a>(args: &[BlockArgument<'c, 'a>]) -> Vec<OperationRef<'c, 'a>> {
-    let mut seen = HashSet::new();
-    let mut readers = Vec::new();
-    for arg in args {
-        // SAFETY: walking the live use list of an argument of the function being changed.
-        let mut use_ = unsafe { mlir_sys::mlirValueGetFirstUse(arg.to_raw()) };
-        while !unsafe { mlir_sys::mlirOpOperandIsNull(use_) } {
-            // SAFETY: a use's owner is a live op of the function.
-            let owner = unsafe { OperationRef::from_raw(mlir_sys::mlirOpOperandGetOwner(use_)) };
-            let dialect = op_name(&owner);
-            let ours = ["core.", "moe.", "shard."]
-                .iter()
-                .any(|d| dialect.starts_with(d));
-            if !ours && seen.insert(owner.to_raw().ptr as usize) {
-                readers.push(owner);
-            }
-            // SAFETY: as above.
-            use_ = unsafe { mlir_sys::mlirOpOperandGetNextUse(use_) };
-        }
-    }
-    readers
-}
-
-/// The instruction `op` (which reads a weight to convert) reads back as.
-fn read_instruction(op: &OperationRef) -> Result<Op, String> {
-    let name = op_name(op);
-    if op.result_count() != 1 {
-        return Err(format!("{name} reads a weight ppmoe-weight-dtype converts, and makes {} results where ppmoe prints one", op.result_count()));
-    }
-    instruction_op(op).map_err(|e| {
-        format!("{name} reads a weight ppmoe-weight-dtype converts, and is no instruction ppmoe prints: {e}")
-    })
-}
-
-/// Replaces `op`, which reads as `read`, by the ops ppmoe prints for that instruction with its
-/// operands' types as they are now; its destination and what only fed it go with it.
-fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), String> {
-    let name = op_name(&op);
-    let text = |e: melior::Error| format!("{name}: {e}");
-    // The instruction's inputs: the operands no destination op makes (`tensor.empty`, a fill).
-    let inputs: Vec<Value> = (op.operands())
-        .filter(|&v| {
-            OperationResult::try_from(v)
-                .map(|r| !OPERAND_ONLY.contains(&op_name(&r.owner()).as_str()))
-                .unwrap_or(true)
-        })
-        .collect();
-    let result = op.result(0).map_err(text)?;
-    let one = one_instruction(read, &inputs, result.into(), op.location(), "v")?;
-    replace_op(
-        context,
-        op,
-        &crate::core::print::print_core(&[&one]),
-        &inputs,
-    )
 }
 
 /// A float weight rounded to `dtype` (stored as half-precision bits where `dtype` is one: the

@@ -12,14 +12,15 @@ pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
         (Data::I64(v), _) => {
             let g = |a: i64| -> KResult<i64> {
                 Ok(match f {
-                    UnaryFn::Neg => -a,
-                    UnaryFn::Abs => a.abs(),
+                    UnaryFn::Neg => a.wrapping_neg(),
+                    UnaryFn::Abs => a.wrapping_abs(),
                     UnaryFn::Relu => a.max(0),
                     UnaryFn::Sign => a.signum(),
                     _ => return Err(format!("{f:?} of an integer tensor")),
                 })
             };
-            Tensor::i64(shape, v.iter().map(|&a| g(a)).collect::<KResult<_>>()?).with_dtype(x.dtype)
+            let v = v.iter().map(|&a| g(a).map(|v| wrapped(v, x.dtype)));
+            Tensor::i64(shape, v.collect::<KResult<_>>()?).with_dtype(x.dtype)
         }
         (Data::F32(v), _) => {
             let g: fn(f32) -> f32 = match f {
@@ -167,8 +168,24 @@ fn binary_i64(
             _ => return Err(format!("{f:?} of integer tensors")),
         })
     };
-    let v = at.pairs().map(|(i, j)| g(x[i], y[j]));
+    // Computed in i64, then wrapped to the type's width, as arithmetic of that width wraps.
+    let v = at
+        .pairs()
+        .map(|(i, j)| g(x[i], y[j]).map(|v| wrapped(v, dtype)));
     Ok(Tensor::i64(at.shape.clone(), v.collect::<KResult<_>>()?).with_dtype(dtype))
+}
+
+/// `v` wrapped to the width of integer type `dtype` (two's complement), as held in i64.
+pub fn wrapped(v: i64, dtype: DType) -> i64 {
+    match dtype {
+        DType::I32 => v as i32 as i64,
+        DType::I16 => v as i16 as i64,
+        DType::I8 => v as i8 as i64,
+        DType::U32 => v as u32 as i64,
+        DType::U16 => v as u16 as i64,
+        DType::U8 => v as u8 as i64,
+        _ => v,
+    }
 }
 
 fn binary_bool(f: BinaryFn, (x, y): (&[bool], &[bool]), at: Broadcast) -> KResult<Tensor> {
@@ -266,12 +283,30 @@ pub fn cast(x: &Tensor, to: DType) -> Tensor {
         Data::F32(f) => f.iter().map(|&a| a.trunc() as i64).collect(),
         _ => x.to_i64(),
     };
-    let v = match to {
-        DType::I32 => v.into_iter().map(|a| a as i32 as i64).collect(),
-        DType::I8 => v.into_iter().map(|a| a as i8 as i64).collect(),
-        DType::U8 => v.into_iter().map(|a| a as u8 as i64).collect(),
-        DType::I16 => v.into_iter().map(|a| a as i16 as i64).collect(),
-        _ => v,
-    };
+    let v = v.into_iter().map(|a| wrapped(a, to)).collect();
     Tensor::i64(shape, v).with_dtype(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_arithmetic_wraps_at_its_types_width() {
+        let i32s = |v: Vec<i64>| Tensor::i64(vec![v.len()], v).with_dtype(DType::I32);
+        let a = i32s(vec![i32::MAX as i64, i32::MIN as i64, 7]);
+        let b = i32s(vec![1, -1, 3]);
+        let sum = binary(BinaryFn::Add, &a, &b).unwrap();
+        assert_eq!(sum.to_i64(), [i32::MIN as i64, i32::MAX as i64, 10]);
+        let product = binary(BinaryFn::Mul, &a, &b).unwrap();
+        assert_eq!(product.to_i64(), [i32::MAX as i64, i32::MIN as i64, 21]);
+        let negated = unary(UnaryFn::Neg, &a).unwrap();
+        assert_eq!(negated.to_i64(), [-(i32::MAX as i64), i32::MIN as i64, -7]);
+        let i64s = Tensor::i64(vec![1], vec![i64::MIN]);
+        assert_eq!(unary(UnaryFn::Neg, &i64s).unwrap().to_i64(), [i64::MIN]);
+        assert_eq!(
+            cast(&i32s(vec![-1]), DType::U32).to_i64(),
+            [u32::MAX as i64]
+        );
+    }
 }

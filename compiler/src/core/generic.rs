@@ -1,0 +1,595 @@
+//! Elementwise instructions printed as one `linalg.generic` (and read back from it): every loop
+//! parallel, each operand read through numpy broadcasting's indexing map (a dimension of 1
+//! read at 0), the body one scalar op over the operands' elements:
+//!
+//! - f32 arithmetic: `arith.addf/subf/mulf/divf`, `math.powf`, and `arith.maxnumf/minnumf`
+//!   (a NaN operand gives the other, as ppmoe's max and min do);
+//! - bf16 and f16 arithmetic but the power, and the negation (`arith.negf`): ppmoe computes
+//!   each in f32 and rounds the result to the type once, which is the correctly rounded result
+//!   `arith` defines (f32 carries at least 2p + 2 bits of a p-bit type's operands, so that
+//!   rounding twice is rounding once: Figueroa, 1995);
+//! - i32 and i64 arithmetic: `arith.addi/subi/muli`, which wrap at the type's width, as
+//!   ppmoe's integer arithmetic does;
+//! - comparisons, whose result is `i1`: `arith.cmpf` with ordered predicates for floats (a NaN
+//!   compares false, as in ppmoe), `arith.cmpi` with signed ones for i32 and i64, `eq` for
+//!   booleans;
+//! - a where as `arith.select`, a boolean not as `arith.xori` with `true`.
+//!
+//! ```text
+//! %r = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>,
+//!        affine_map<(d0, d1) -> ()>, affine_map<(d0, d1) -> (d0, d1)>],
+//!        iterator_types = ["parallel", "parallel"]}
+//!      ins(%x, %k : tensor<16x4xi32>, tensor<i32>) outs(%d : tensor<16x4xi1>) {
+//!      ^bb0(%a: i32, %b: i32, %o: i1):
+//!        %c = arith.cmpi eq, %a, %b : i32
+//!        linalg.yield %c : i1
+//!      } -> tensor<16x4xi1>
+//! ```
+//!
+//! Reading one back recomputes the form of the instruction it reads as from its operands'
+//! types and refuses any difference (maps, iterators, body, wiring).
+
+use super::print::element_type;
+use super::read::{handle, op_name};
+use melior::ir::attribute::{ArrayAttribute, IntegerAttribute};
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::{RegionLike, ValueLike};
+use ppmoe_runtime::program::{BinaryFn, Op, UnaryFn};
+use ppmoe_runtime::DType;
+
+/// The scalar op of a generic's body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    /// An `arith` or `math` op of two operands.
+    Binary(&'static str),
+    /// An `arith` op of one operand.
+    Unary(&'static str),
+    /// `arith.cmpf` or `arith.cmpi` with its predicate.
+    Compare {
+        op: &'static str,
+        predicate: &'static str,
+    },
+    Select,
+    Not,
+}
+
+/// An instruction's `linalg.generic` form: its scalar op, the indexing maps (the operands',
+/// then the result's), the element types (likewise) and the number of loops (the result's
+/// rank).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generic {
+    pub scalar: Scalar,
+    pub maps: Vec<String>,
+    pub types: Vec<&'static str>,
+    pub loops: usize,
+}
+
+/// f32 arithmetic as `arith` and `math` ops.
+const FLOAT_BINARY: &[(BinaryFn, &str)] = &[
+    (BinaryFn::Add, "arith.addf"),
+    (BinaryFn::Sub, "arith.subf"),
+    (BinaryFn::Mul, "arith.mulf"),
+    (BinaryFn::Div, "arith.divf"),
+    (BinaryFn::Pow, "math.powf"),
+    (BinaryFn::Max, "arith.maxnumf"),
+    (BinaryFn::Min, "arith.minnumf"),
+];
+
+/// Integer arithmetic that wraps as ppmoe's does (division is left out: ppmoe refuses a zero
+/// divisor, where `arith.divsi` is undefined).
+const INTEGER_BINARY: &[(BinaryFn, &str)] = &[
+    (BinaryFn::Add, "arith.addi"),
+    (BinaryFn::Sub, "arith.subi"),
+    (BinaryFn::Mul, "arith.muli"),
+];
+
+/// A predicate's name and its value in `arith`'s enum.
+type Predicate = (&'static str, i64);
+
+/// Comparisons: each with its ordered float predicate and its signed integer one, and the
+/// predicates' values in `arith`'s enums (as the parsed attribute holds them).
+const COMPARISONS: &[(BinaryFn, Predicate, Predicate)] = &[
+    (BinaryFn::Equal, ("oeq", 1), ("eq", 0)),
+    (BinaryFn::Greater, ("ogt", 2), ("sgt", 4)),
+    (BinaryFn::GreaterOrEqual, ("oge", 3), ("sge", 5)),
+    (BinaryFn::Less, ("olt", 4), ("slt", 2)),
+    (BinaryFn::LessOrEqual, ("ole", 5), ("sle", 3)),
+];
+
+fn is_float(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::BF16 | DType::F16)
+}
+
+fn is_half(d: DType) -> bool {
+    matches!(d, DType::BF16 | DType::F16)
+}
+
+fn is_integer(d: DType) -> bool {
+    matches!(d, DType::I32 | DType::I64)
+}
+
+/// The generic form of `op` over operands and a result of these element types and static
+/// shapes (the result's last), where it is one of the module's list.
+pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> {
+    let ((out, out_shape), operands) = shapes.split_last()?;
+    let dtypes: Vec<DType> = operands.iter().map(|(d, _)| *d).collect();
+    let all = |d: DType| dtypes.iter().all(|t| *t == d);
+    let scalar = match (op, dtypes.as_slice()) {
+        (Op::Binary { f }, &[a, b]) if a == b && *out == DType::Bool => {
+            let (_, float, integer) = COMPARISONS.iter().find(|(g, _, _)| g == f)?;
+            match a {
+                a if is_float(a) => Scalar::Compare {
+                    op: "arith.cmpf",
+                    predicate: float.0,
+                },
+                a if is_integer(a) || (a == DType::Bool && *f == BinaryFn::Equal) => {
+                    Scalar::Compare {
+                        op: "arith.cmpi",
+                        predicate: integer.0,
+                    }
+                }
+                _ => return None,
+            }
+        }
+        (Op::Binary { f }, &[_, _]) if *out == DType::F32 && all(DType::F32) => {
+            Scalar::Binary(name_of(FLOAT_BINARY, *f)?)
+        }
+        (Op::Binary { f }, &[a, _]) if is_half(a) && all(a) && *out == a => {
+            (*f != BinaryFn::Pow).then_some(Scalar::Binary(name_of(FLOAT_BINARY, *f)?))?
+        }
+        (Op::Binary { f }, &[a, _]) if is_integer(a) && all(a) && *out == a => {
+            Scalar::Binary(name_of(INTEGER_BINARY, *f)?)
+        }
+        (Op::Unary { f: UnaryFn::Neg }, &[a]) if is_half(a) && *out == a => {
+            Scalar::Unary("arith.negf")
+        }
+        (Op::Where, &[DType::Bool, x, y]) if x == y && x == *out && x != DType::F64 => {
+            let signless = is_float(x) || is_integer(x) || x == DType::Bool;
+            signless.then_some(Scalar::Select)?
+        }
+        (Op::Unary { f: UnaryFn::Not }, &[DType::Bool]) if *out == DType::Bool => Scalar::Not,
+        _ => return None,
+    };
+    let maps = broadcast_maps(shapes)?;
+    let types = shapes.iter().map(|(d, _)| element_type(*d)).collect();
+    Some(Generic {
+        scalar,
+        maps,
+        types,
+        loops: out_shape.len(),
+    })
+}
+
+fn name_of(table: &[(BinaryFn, &'static str)], f: BinaryFn) -> Option<&'static str> {
+    table.iter().find(|(g, _)| *g == f).map(|(_, n)| *n)
+}
+
+/// numpy broadcasting of the operands (each right-aligned to the result; a dimension of 1 read
+/// at 0) as `linalg.generic`'s indexing maps, the result's last; `shapes` holds the operands
+/// and then the result. None where the result has no loops or a dimension is not broadcast.
+pub fn broadcast_maps(shapes: &[(DType, Vec<usize>)]) -> Option<Vec<String>> {
+    let ((_, out), operands) = shapes.split_last()?;
+    let rank = out.len();
+    if rank == 0 {
+        return None;
+    }
+    let dims: Vec<String> = (0..rank).map(|d| format!("d{d}")).collect();
+    let map = |of: &[usize]| -> Option<String> {
+        let lead = rank.checked_sub(of.len())?;
+        let exprs = (of.iter().enumerate())
+            .map(|(k, &n)| match n {
+                _ if n == out[lead + k] => Some(dims[lead + k].clone()),
+                1 => Some("0".to_string()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(format!(
+            "affine_map<({}) -> ({})>",
+            dims.join(", "),
+            exprs.join(", ")
+        ))
+    };
+    let mut maps = (operands.iter())
+        .map(|(_, of)| map(of))
+        .collect::<Option<Vec<_>>>()?;
+    // The result's every dimension comes from an operand that has it (or is 1).
+    let covered = (0..rank).all(|d| {
+        out[d] == 1
+            || operands.iter().any(|(_, of)| {
+                let lead = rank - of.len();
+                d >= lead && of[d - lead] == out[d]
+            })
+    });
+    maps.push(map(out)?);
+    covered.then_some(maps)
+}
+
+/// The `linalg.generic` of form `g` for instruction `i`, making `result` from `names` of
+/// `types` into the empty `%d<i>` of type `out`.
+pub fn generic_line(
+    g: &Generic,
+    i: usize,
+    result: &str,
+    operands: (&str, &str),
+    out: &str,
+) -> String {
+    let (names, types) = operands;
+    let (result_type, operand_types) = g.types.split_last().unwrap_or((&"", &[]));
+    let loops = vec!["\"parallel\""; g.loops].join(", ");
+    let args: Vec<String> = (operand_types.iter().enumerate())
+        .map(|(k, t)| format!("%g{i}_{k}: {t} loc(unknown)"))
+        .collect();
+    let first = operand_types.first().unwrap_or(&"");
+    let body = match &g.scalar {
+        Scalar::Binary(op) => format!("%g{i}_r = {op} %g{i}_0, %g{i}_1 : {first} loc(unknown)\n"),
+        Scalar::Unary(op) => format!("%g{i}_r = {op} %g{i}_0 : {first} loc(unknown)\n"),
+        Scalar::Compare { op, predicate } => {
+            format!("%g{i}_r = {op} {predicate}, %g{i}_0, %g{i}_1 : {first} loc(unknown)\n")
+        }
+        Scalar::Select => format!(
+            "%g{i}_r = arith.select %g{i}_0, %g{i}_1, %g{i}_2 : {} loc(unknown)\n",
+            operand_types.get(1).unwrap_or(&"")
+        ),
+        Scalar::Not => format!(
+            "%g{i}_t = arith.constant true loc(unknown)\n      %g{i}_r = arith.xori %g{i}_0, %g{i}_t : i1 loc(unknown)\n"
+        ),
+    };
+    format!(
+        "{result} = linalg.generic {{indexing_maps = [{}], iterator_types = [{loops}]}} ins({names} : {types}) outs(%d{i} : {out}) {{\n    ^bb0({}, %g{i}_o: {result_type} loc(unknown)):\n      {body}      linalg.yield %g{i}_r : {result_type} loc(unknown)\n    }} -> {out}",
+        g.maps.join(", "),
+        args.join(", ")
+    )
+}
+
+/// The instruction a `linalg.generic` reads back as, where it is a form ppmoe prints.
+pub fn read_generic(op: &OperationRef) -> Result<Op, String> {
+    let refuse = |what: String| format!("'linalg.generic': {what}");
+    let scalar = read_body(op).ok_or_else(|| {
+        refuse("its body is not one elementwise op over its operands as ppmoe prints it".into())
+    })?;
+    let shapes = (0..op.operand_count().saturating_sub(1))
+        .map(|k| op.operand(k).ok().map(|v| v.r#type()))
+        .chain([op.result(0).ok().map(|r| r.r#type())])
+        .map(|t| {
+            let (d, shape) = super::read::tensor_type(t?).ok()?;
+            Some((d, shape.into_iter().collect::<Option<Vec<usize>>>()?))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| refuse("expected tensors of static shape".into()))?;
+    let read = instruction_of(&scalar, &shapes).ok_or_else(|| {
+        refuse(format!(
+            "{scalar:?} over these operand types is no instruction ppmoe prints"
+        ))
+    })?;
+    let expected = generic_form(&read, &shapes)
+        .filter(|g| g.scalar == scalar)
+        .ok_or_else(|| {
+            refuse(format!(
+                "{scalar:?} over these operand types is no form ppmoe prints"
+            ))
+        })?;
+    let strings = |key: &str| {
+        op.attribute(key)
+            .ok()
+            .and_then(|a| ArrayAttribute::try_from(a).ok())
+            .map(|a| {
+                (0..a.len())
+                    .filter_map(|k| a.element(k).ok())
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+            })
+    };
+    let maps = strings("indexing_maps");
+    if maps.as_ref() != Some(&expected.maps) {
+        return Err(refuse(format!(
+            "indexing maps {maps:?}, where broadcasting its operands takes {:?}",
+            expected.maps
+        )));
+    }
+    let parallel = "#linalg.iterator_type<parallel>";
+    let iterators = strings("iterator_types").unwrap_or_default();
+    if iterators.len() != expected.loops || iterators.iter().any(|t| t != parallel) {
+        return Err(refuse(format!(
+            "iterator types {iterators:?}; expected every loop parallel"
+        )));
+    }
+    Ok(read)
+}
+
+/// The instruction a body's scalar op computes over operands of these types.
+fn instruction_of(scalar: &Scalar, shapes: &[(DType, Vec<usize>)]) -> Option<Op> {
+    Some(match scalar {
+        Scalar::Unary(_) => Op::Unary { f: UnaryFn::Neg },
+        Scalar::Binary(name) => {
+            let float = shapes.first().is_some_and(|(d, _)| is_float(*d));
+            let table = if float { FLOAT_BINARY } else { INTEGER_BINARY };
+            let f = table.iter().find(|(_, n)| n == name)?.0;
+            Op::Binary { f }
+        }
+        Scalar::Compare { op, predicate } => {
+            let float = *op == "arith.cmpf";
+            let (f, _, _) = COMPARISONS
+                .iter()
+                .find(|(_, fp, ip)| (if float { fp.0 } else { ip.0 }) == *predicate)?;
+            Op::Binary { f: *f }
+        }
+        Scalar::Select => Op::Where,
+        Scalar::Not => Op::Unary { f: UnaryFn::Not },
+    })
+}
+
+/// The scalar op of a generic's body, where the body is one ppmoe prints: the op over the
+/// block's arguments in order (a not's second operand a `true` constant), its result yielded.
+fn read_body(op: &OperationRef) -> Option<Scalar> {
+    let block = op.region(0).ok()?.first_block()?;
+    let mut ops = Vec::new();
+    let mut next = block.first_operation();
+    while let Some(o) = next {
+        next = o.next_in_block();
+        ops.push(o);
+    }
+    let (yields, steps) = ops.split_last()?;
+    let (last, before) = steps.split_last()?;
+    let yielded = op_name(yields) == "linalg.yield"
+        && yields.operand_count() == 1
+        && yields.operand(0).map(handle).ok() == last.result(0).map(handle).ok();
+    let arguments = block.argument_count().checked_sub(1)?;
+    let reads_arguments = |n: usize| {
+        last.operand_count() == n
+            && (0..n)
+                .all(|k| last.operand(k).map(handle).ok() == block.argument(k).map(handle).ok())
+    };
+    let name = op_name(last);
+    let scalar = match (name.as_str(), before) {
+        ("arith.select", []) if arguments == 3 && reads_arguments(3) => Scalar::Select,
+        ("arith.xori", [constant]) if arguments == 1 => {
+            let is_true = op_name(constant) == "arith.constant"
+                && constant
+                    .attribute("value")
+                    .ok()
+                    .and_then(|a| IntegerAttribute::try_from(a).ok())
+                    .is_some_and(|v| v.value() != 0);
+            let wired = last.operand_count() == 2
+                && last.operand(0).map(handle).ok() == block.argument(0).map(handle).ok()
+                && last.operand(1).map(handle).ok() == constant.result(0).map(handle).ok();
+            (is_true && wired).then_some(Scalar::Not)?
+        }
+        ("arith.negf", []) if arguments == 1 && reads_arguments(1) => Scalar::Unary("arith.negf"),
+        ("arith.cmpf" | "arith.cmpi", []) if arguments == 2 && reads_arguments(2) => {
+            let value = last
+                .attribute("predicate")
+                .ok()
+                .and_then(|a| IntegerAttribute::try_from(a).ok())?
+                .value();
+            let float = name == "arith.cmpf";
+            let (_, fp, ip) = COMPARISONS
+                .iter()
+                .find(|(_, fp, ip)| (if float { fp.1 } else { ip.1 }) == value)?;
+            Scalar::Compare {
+                op: if float { "arith.cmpf" } else { "arith.cmpi" },
+                predicate: if float { fp.0 } else { ip.0 },
+            }
+        }
+        (name, []) if arguments == 2 && reads_arguments(2) => {
+            let known = FLOAT_BINARY.iter().chain(INTEGER_BINARY);
+            Scalar::Binary(known.map(|(_, n)| *n).find(|n| *n == name)?)
+        }
+        _ => return None,
+    };
+    yielded.then_some(scalar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(op: Op, shapes: &[(DType, &[usize])]) -> Option<Generic> {
+        let shapes: Vec<(DType, Vec<usize>)> =
+            shapes.iter().map(|(d, s)| (*d, s.to_vec())).collect();
+        generic_form(&op, &shapes)
+    }
+
+    #[test]
+    fn each_elementwise_op_takes_the_scalar_op_of_its_types_or_none() {
+        use DType::{Bool, BF16, F32, I32, I64, U32};
+        let binary = |f| Op::Binary { f };
+        let scalar = |op, a: DType, b: DType, out: DType| {
+            form(op, &[(a, &[4, 2]), (b, &[2]), (out, &[4, 2])]).map(|g| g.scalar)
+        };
+        let less = binary(BinaryFn::Less);
+        let cmp = |op, predicate| Some(Scalar::Compare { op, predicate });
+        assert_eq!(
+            scalar(less.clone(), F32, F32, Bool),
+            cmp("arith.cmpf", "olt")
+        );
+        assert_eq!(
+            scalar(less.clone(), BF16, BF16, Bool),
+            cmp("arith.cmpf", "olt")
+        );
+        assert_eq!(
+            scalar(less.clone(), I64, I64, Bool),
+            cmp("arith.cmpi", "slt")
+        );
+        // Unsigned integers, booleans ordered, mixed operands: none.
+        assert_eq!(scalar(less.clone(), U32, U32, Bool), None);
+        assert_eq!(scalar(less, Bool, Bool, Bool), None);
+        assert_eq!(
+            scalar(binary(BinaryFn::Equal), Bool, Bool, Bool),
+            cmp("arith.cmpi", "eq")
+        );
+        assert_eq!(scalar(binary(BinaryFn::Equal), I32, I64, Bool), None);
+        let add = binary(BinaryFn::Add);
+        assert_eq!(
+            scalar(add.clone(), I32, I32, I32),
+            Some(Scalar::Binary("arith.addi"))
+        );
+        assert_eq!(
+            scalar(add.clone(), F32, F32, F32),
+            Some(Scalar::Binary("arith.addf"))
+        );
+        // Half-precision arithmetic rounds once, as arith's does; its power and integer
+        // division stay core ops, as do mixed operands.
+        assert_eq!(
+            scalar(add.clone(), BF16, BF16, BF16),
+            Some(Scalar::Binary("arith.addf"))
+        );
+        assert_eq!(scalar(binary(BinaryFn::Pow), BF16, BF16, BF16), None);
+        assert_eq!(scalar(add, BF16, F32, F32), None);
+        assert_eq!(scalar(binary(BinaryFn::Div), I64, I64, I64), None);
+        assert_eq!(
+            scalar(binary(BinaryFn::Max), F32, F32, F32),
+            Some(Scalar::Binary("arith.maxnumf"))
+        );
+        let select = form(
+            Op::Where,
+            &[(Bool, &[4, 1]), (F32, &[]), (F32, &[4, 2]), (F32, &[4, 2])],
+        );
+        let select = select.unwrap();
+        assert_eq!(select.scalar, Scalar::Select);
+        let map = |to: &str| format!("affine_map<(d0, d1) -> ({to})>");
+        assert_eq!(
+            select.maps,
+            [map("d0, 0"), map(""), map("d0, d1"), map("d0, d1")]
+        );
+        assert_eq!(select.types, ["i1", "f32", "f32", "f32"]);
+        let not = Op::Unary { f: UnaryFn::Not };
+        assert_eq!(
+            form(not.clone(), &[(Bool, &[3]), (Bool, &[3])]).map(|g| g.scalar),
+            Some(Scalar::Not)
+        );
+        assert_eq!(form(not, &[(I64, &[3]), (I64, &[3])]), None);
+    }
+
+    #[test]
+    fn broadcasting_reads_each_operand_through_its_map() {
+        use DType::F32;
+        let maps = broadcast_maps(&[
+            (F32, vec![1, 16, 64]),
+            (F32, vec![1, 16, 1]),
+            (F32, vec![]),
+            (F32, vec![1, 16, 64]),
+        ])
+        .unwrap();
+        let map = |to: &str| format!("affine_map<(d0, d1, d2) -> ({to})>");
+        let want = [
+            map("d0, d1, d2"),
+            map("d0, d1, 0"),
+            map(""),
+            map("d0, d1, d2"),
+        ];
+        assert_eq!(maps, want);
+        // A dimension the result has that no operand gives: none.
+        assert_eq!(broadcast_maps(&[(F32, vec![4]), (F32, vec![3, 4])]), None);
+    }
+
+    /// Each form printed, parsed and verified by MLIR, reads back as its instruction; a body
+    /// whose operands are swapped is refused.
+    #[test]
+    fn every_form_reads_back_as_its_instruction() {
+        use DType::{Bool, F32, I32, I64};
+        let context = ppmoe_dialect::context();
+        type Shapes = Vec<(DType, Vec<usize>)>;
+        let cases: Vec<(Op, Shapes)> = vec![
+            (
+                Op::Binary { f: BinaryFn::Sub },
+                vec![(F32, vec![4, 2]), (F32, vec![2]), (F32, vec![4, 2])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::Min },
+                vec![(F32, vec![3]), (F32, vec![3]), (F32, vec![3])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::Mul },
+                vec![(I32, vec![3]), (I32, vec![3]), (I32, vec![3])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::Sub },
+                vec![(I64, vec![3]), (I64, vec![]), (I64, vec![3])],
+            ),
+            (
+                Op::Where,
+                vec![
+                    (Bool, vec![3]),
+                    (I64, vec![3]),
+                    (I64, vec![1]),
+                    (I64, vec![3]),
+                ],
+            ),
+            (
+                Op::Unary { f: UnaryFn::Not },
+                vec![(Bool, vec![2, 3]), (Bool, vec![2, 3])],
+            ),
+            (
+                Op::Unary { f: UnaryFn::Neg },
+                vec![(DType::BF16, vec![3]), (DType::BF16, vec![3])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::Div },
+                vec![
+                    (DType::F16, vec![3]),
+                    (DType::F16, vec![1]),
+                    (DType::F16, vec![3]),
+                ],
+            ),
+        ]
+        .into_iter()
+        .chain(COMPARISONS.iter().flat_map(|(f, _, _)| {
+            [F32, I64].map(|d| {
+                (
+                    Op::Binary { f: *f },
+                    vec![(d, vec![3]), (d, vec![3]), (Bool, vec![3])],
+                )
+            })
+        }))
+        .collect();
+        for (op, shapes) in cases {
+            let g = generic_form(&op, &shapes).unwrap();
+            let text = module_of(&g, &shapes);
+            let module = ppmoe_dialect::parse_verified(&context, &text)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(read_first_generic(&module), Some(Ok(op.clone())), "{text}");
+            if let Scalar::Binary(_) | Scalar::Compare { .. } = g.scalar {
+                let swapped = text.replace("%g0_0, %g0_1", "%g0_1, %g0_0");
+                let module = ppmoe_dialect::parse_verified(&context, &swapped).unwrap();
+                let read = read_first_generic(&module);
+                assert!(read.is_some_and(|r| r.is_err()), "{swapped}");
+            }
+        }
+    }
+
+    fn module_of(g: &Generic, shapes: &[(DType, Vec<usize>)]) -> String {
+        let ty = |(d, s): &(DType, Vec<usize>)| {
+            let dims: String = s.iter().map(|n| format!("{n}x")).collect();
+            format!("tensor<{dims}{}>", element_type(*d))
+        };
+        let (out, operands) = shapes.split_last().unwrap();
+        let names: Vec<String> = (0..operands.len()).map(|k| format!("%arg{k}")).collect();
+        let types: Vec<String> = operands.iter().map(ty).collect();
+        let args: Vec<String> = names
+            .iter()
+            .zip(&types)
+            .map(|(n, t)| format!("{n}: {t}"))
+            .collect();
+        let out = ty(out);
+        let line = generic_line(g, 0, "%r", (&names.join(", "), &types.join(", ")), &out);
+        format!(
+            "module {{\n  func.func @f({}) -> {out} {{\n    %d0 = tensor.empty() : {out}\n    {line}\n    return %r : {out}\n  }}\n}}\n",
+            args.join(", ")
+        )
+    }
+
+    /// The first `linalg.generic` of the module's first function, read.
+    fn read_first_generic(module: &melior::ir::Module) -> Option<Result<Op, String>> {
+        let top = module.as_operation();
+        let f = top.region(0).ok()?.first_block()?.first_operation()?;
+        let mut next = f.region(0).ok()?.first_block()?.first_operation();
+        while let Some(o) = next {
+            if op_name(&o) == "linalg.generic" {
+                return Some(read_generic(&o));
+            }
+            next = o.next_in_block();
+        }
+        None
+    }
+}

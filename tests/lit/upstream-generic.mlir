@@ -1,0 +1,63 @@
+// Elementwise instructions beyond f32 arithmetic of one type print as a linalg.generic of one
+// scalar op, each operand read through numpy broadcasting's indexing map: a float comparison
+// as arith.cmpf with the ordered predicate (NaN compares false, as in ppmoe), an integer one as
+// arith.cmpi, a boolean not as arith.xori with true, a where as arith.select, f32 max as
+// arith.maxnumf, i32 arithmetic as arith.muli (wrapping, as ppmoe's does); casts from booleans
+// and integers as the arith cast that converts as ppmoe does (extui, trunci, sitofp). Read back,
+// they are the same program (the IR reprints as itself).
+
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
+// RUN: FileCheck %s < %t.mlir
+// RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module()' > %t.again.mlir
+// RUN: diff %t.mlir %t.again.mlir
+
+// A body whose operands are swapped computes another function (y < x): refused as read.
+// RUN: sed 's/arith.cmpf olt, %in, %in_0/arith.cmpf olt, %in_0, %in/' %t.mlir > %t.swap.mlir
+// RUN: not %ppmoe opt %t.swap.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=SWAP
+// SWAP: error: {{.*}}swap.mlir: {{.*}}'linalg.generic': its body is not one elementwise op over its operands as ppmoe prints it
+
+// An unsigned conversion of a signed integer is no cast ppmoe makes: refused by name.
+// RUN: sed 's/arith.sitofp/arith.uitofp/' %t.mlir > %t.unsigned.mlir
+// RUN: not %ppmoe opt %t.unsigned.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=UNSIGNED
+// UNSIGNED: error: {{.*}}unsigned.mlir: {{.*}}'arith.uitofp' from i32 to f32: ppmoe converts those types by arith.sitofp
+
+// CHECK-DAG: [[SAME:#map[0-9]*]] = affine_map<(d0, d1) -> (d0, d1)>
+// CHECK-DAG: [[SCALAR:#map[0-9]*]] = affine_map<(d0, d1) -> ()>
+// CHECK-DAG: [[ROW:#map[0-9]*]] = affine_map<(d0, d1) -> (d1)>
+// CHECK-LABEL: func.func @rank0(
+// CHECK: %[[LT:.*]] = linalg.generic {indexing_maps = [[[SAME]], [[SCALAR]], [[SAME]]], iterator_types = ["parallel", "parallel"]} ins(%arg0, %arg1 : tensor<4x5xf32>, tensor<f32>) outs(%{{.*}} : tensor<4x5xi1>) {
+// CHECK-NEXT: ^bb0(%in: f32 {{.*}}, %in_0: f32 {{.*}}, %out: i1 {{.*}}):
+// CHECK-NEXT: %[[C:.*]] = arith.cmpf olt, %in, %in_0 : f32
+// CHECK-NEXT: linalg.yield %[[C]] : i1
+// CHECK: %[[GE:.*]] = linalg.generic {{.*}} ins(%[[LT]] : tensor<4x5xi1>) outs(
+// CHECK-NEXT: ^bb0(%in: i1 {{.*}}, %out: i1 {{.*}}):
+// CHECK-NEXT: %[[TRUE:.*]] = arith.constant true
+// CHECK-NEXT: %[[NOT:.*]] = arith.xori %in, %[[TRUE]] : i1
+// CHECK: %[[W:.*]] = linalg.generic {indexing_maps = [[[SAME]], [[SAME]], [[SCALAR]], [[SAME]]], {{.*}} ins(%[[GE]], %arg0, %arg1 : tensor<4x5xi1>, tensor<4x5xf32>, tensor<f32>)
+// CHECK: arith.select %in, %in_0, %in_1 : f32
+// CHECK: %[[M:.*]] = linalg.generic {{.*}} ins(%[[W]], %arg0 : tensor<4x5xf32>, tensor<4x5xf32>)
+// CHECK: arith.maxnumf %in, %in_0 : f32
+// CHECK: %[[EQ:.*]] = linalg.generic {indexing_maps = [[[SAME]], [[ROW]], [[SAME]]], {{.*}} ins(%arg2, %arg3 : tensor<4x5xi64>, tensor<5xi64>) outs(%{{.*}} : tensor<4x5xi1>)
+// CHECK: arith.cmpi eq, %in, %in_0 : i64
+// CHECK: %[[B:.*]] = arith.extui %[[EQ]] : tensor<4x5xi1> to tensor<4x5xi32>
+// CHECK-NEXT: %[[T:.*]] = arith.trunci %arg2 : tensor<4x5xi64> to tensor<4x5xi32>
+// CHECK: %[[N:.*]] = linalg.generic {{.*}} ins(%[[B]], %[[T]] : tensor<4x5xi32>, tensor<4x5xi32>)
+// CHECK: arith.muli %in, %in_0 : i32
+// CHECK: arith.sitofp %[[N]] : tensor<4x5xi32> to tensor<4x5xf32>
+// CHECK-NOT: "core.
+
+module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
+  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}) {
+    %0 = "core.less"(%x, %k) : (tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xi1> loc("lt"("node_lt"))
+    %1 = "core.not"(%0) : (tensor<4x5xi1>) -> tensor<4x5xi1> loc("ge"("node_ge"))
+    %2 = "core.where"(%1, %x, %k) : (tensor<4x5xi1>, tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xf32> loc("w"("node_w"))
+    %3 = "core.max"(%2, %x) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32> loc("m"("node_m"))
+    %4 = "core.equal"(%i, %j) : (tensor<4x5xi64>, tensor<5xi64>) -> tensor<4x5xi1> loc("eq"("node_eq"))
+    %5 = "core.cast"(%4) {to = "i32"} : (tensor<4x5xi1>) -> tensor<4x5xi32> loc("b"("node_b"))
+    %6 = "core.cast"(%i) {to = "i32"} : (tensor<4x5xi64>) -> tensor<4x5xi32> loc("t"("node_t"))
+    %7 = "core.mul"(%5, %6) : (tensor<4x5xi32>, tensor<4x5xi32>) -> tensor<4x5xi32> loc("n"("node_n"))
+    %8 = "core.cast"(%7) {to = "f32"} : (tensor<4x5xi32>) -> tensor<4x5xf32> loc("f"("node_f"))
+    %9 = "core.add"(%3, %8) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32> loc("y"("node_y"))
+    func.return %9, %7 : tensor<4x5xf32>, tensor<4x5xi32>
+  }
+}
