@@ -3,8 +3,9 @@
 // as arith.cmpf with the ordered predicate (NaN compares false, as in ppmoe), an integer one as
 // arith.cmpi, a boolean not as arith.xori with true, a where as arith.select, f32 max as
 // arith.maxnumf, i32 arithmetic as arith.muli (wrapping, as ppmoe's does); casts from booleans
-// and integers as the arith cast that converts as ppmoe does (extui, trunci, sitofp). Read back,
-// they are the same program (the IR reprints as itself).
+// and integers as the arith cast that converts as ppmoe does (extui, trunci, sitofp); a
+// broadcast to a static shape (what ONNX's Expand becomes) as the operand's element yielded.
+// Read back, they are the same program (the IR reprints as itself).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -44,10 +45,13 @@
 // CHECK: %[[N:.*]] = linalg.generic {{.*}} ins(%[[B]], %[[T]] : tensor<4x5xi32>, tensor<4x5xi32>)
 // CHECK: arith.muli %in, %in_0 : i32
 // CHECK: arith.sitofp %[[N]] : tensor<4x5xi32> to tensor<4x5xf32>
+// CHECK: linalg.generic {indexing_maps = [[[ROW]], [[SAME]]], iterator_types = ["parallel", "parallel"]} ins(%arg3 : tensor<5xi64>) outs(%{{.*}} : tensor<4x5xi64>) {
+// CHECK-NEXT: ^bb0(%in: i64 {{.*}}, %out: i64 {{.*}}):
+// CHECK-NEXT: linalg.yield %in : i64
 // CHECK-NOT: "core.
 
 module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
-  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}) {
+  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}) {
     %0 = "core.less"(%x, %k) : (tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xi1> loc("lt"("node_lt"))
     %1 = "core.not"(%0) : (tensor<4x5xi1>) -> tensor<4x5xi1> loc("ge"("node_ge"))
     %2 = "core.where"(%1, %x, %k) : (tensor<4x5xi1>, tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xf32> loc("w"("node_w"))
@@ -58,6 +62,7 @@ module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mi
     %7 = "core.mul"(%5, %6) : (tensor<4x5xi32>, tensor<4x5xi32>) -> tensor<4x5xi32> loc("n"("node_n"))
     %8 = "core.cast"(%7) {to = "f32"} : (tensor<4x5xi32>) -> tensor<4x5xf32> loc("f"("node_f"))
     %9 = "core.add"(%3, %8) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32> loc("y"("node_y"))
-    func.return %9, %7 : tensor<4x5xf32>, tensor<4x5xi32>
+    %10 = "core.expand_to"(%j) {shape = array<i64: 4, 5>} : (tensor<5xi64>) -> tensor<4x5xi64> loc("e"("node_e"))
+    func.return %9, %7, %10 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>
   }
 }

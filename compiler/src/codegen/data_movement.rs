@@ -66,7 +66,7 @@ pub(super) fn data_movement(
             slice(&mut b, x, &out, (&starts, &axes, &steps))?
         }
         Op::TokenSlice { axis, index, .. } => token_slice(&mut b, x, &out, *axis, *index)?,
-        Op::Expand => {
+        Op::Expand | Op::ExpandTo { .. } => {
             let off = broadcast_offset(&mut b, "e", x, &out);
             copy_element(&mut b, &off, x, &out)
         }

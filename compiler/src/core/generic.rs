@@ -13,7 +13,8 @@
 //! - comparisons, whose result is `i1`: `arith.cmpf` with ordered predicates for floats (a NaN
 //!   compares false, as in ppmoe), `arith.cmpi` with signed ones for i32 and i64, `eq` for
 //!   booleans;
-//! - a where as `arith.select`, a boolean not as `arith.xori` with `true`.
+//! - a where as `arith.select`, a boolean not as `arith.xori` with `true`;
+//! - a broadcast to a static shape (`expand_to`) as the operand's element yielded as it is.
 //!
 //! ```text
 //! %r = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>,
@@ -52,6 +53,8 @@ pub enum Scalar {
     },
     Select,
     Not,
+    /// The operand's element as it is (a broadcast).
+    Copy,
 }
 
 /// An instruction's `linalg.generic` form: its scalar op, the indexing maps (the operands',
@@ -149,9 +152,14 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
             signless.then_some(Scalar::Select)?
         }
         (Op::Unary { f: UnaryFn::Not }, &[DType::Bool]) if *out == DType::Bool => Scalar::Not,
+        (Op::ExpandTo { shape }, &[x]) if x == *out && shape == out_shape => Scalar::Copy,
         _ => return None,
     };
-    let maps = broadcast_maps(shapes)?;
+    // A broadcast's result takes its shape from the op, not from its operand.
+    let maps = match scalar {
+        Scalar::Copy => maps_of(shapes)?,
+        _ => broadcast_maps(shapes)?,
+    };
     let types = shapes.iter().map(|(d, _)| element_type(*d)).collect();
     Some(Generic {
         scalar,
@@ -169,6 +177,23 @@ fn name_of(table: &[(BinaryFn, &'static str)], f: BinaryFn) -> Option<&'static s
 /// at 0) as `linalg.generic`'s indexing maps, the result's last; `shapes` holds the operands
 /// and then the result. None where the result has no loops or a dimension is not broadcast.
 pub fn broadcast_maps(shapes: &[(DType, Vec<usize>)]) -> Option<Vec<String>> {
+    let ((_, out), operands) = shapes.split_last()?;
+    let rank = out.len();
+    // The result's every dimension comes from an operand that has it (or is 1).
+    let covered = (0..rank).all(|d| {
+        out[d] == 1
+            || operands.iter().any(|(_, of)| {
+                let lead = rank.saturating_sub(of.len());
+                d >= lead && of[d - lead] == out[d]
+            })
+    });
+    maps_of(shapes).filter(|_| covered)
+}
+
+/// Each operand's indexing map into the result (right-aligned, a dimension of 1 read at 0),
+/// the result's last; None where the result has no loops or an operand's dimension is neither
+/// the result's nor 1.
+fn maps_of(shapes: &[(DType, Vec<usize>)]) -> Option<Vec<String>> {
     let ((_, out), operands) = shapes.split_last()?;
     let rank = out.len();
     if rank == 0 {
@@ -193,16 +218,8 @@ pub fn broadcast_maps(shapes: &[(DType, Vec<usize>)]) -> Option<Vec<String>> {
     let mut maps = (operands.iter())
         .map(|(_, of)| map(of))
         .collect::<Option<Vec<_>>>()?;
-    // The result's every dimension comes from an operand that has it (or is 1).
-    let covered = (0..rank).all(|d| {
-        out[d] == 1
-            || operands.iter().any(|(_, of)| {
-                let lead = rank - of.len();
-                d >= lead && of[d - lead] == out[d]
-            })
-    });
     maps.push(map(out)?);
-    covered.then_some(maps)
+    Some(maps)
 }
 
 /// The `linalg.generic` of form `g` for instruction `i`, making `result` from `names` of
@@ -234,9 +251,14 @@ pub fn generic_line(
         Scalar::Not => format!(
             "%g{i}_t = arith.constant true loc(unknown)\n      %g{i}_r = arith.xori %g{i}_0, %g{i}_t : i1 loc(unknown)\n"
         ),
+        Scalar::Copy => String::new(),
+    };
+    let yielded = match g.scalar {
+        Scalar::Copy => format!("%g{i}_0"),
+        _ => format!("%g{i}_r"),
     };
     format!(
-        "{result} = linalg.generic {{indexing_maps = [{}], iterator_types = [{loops}]}} ins({names} : {types}) outs(%d{i} : {out}) {{\n    ^bb0({}, %g{i}_o: {result_type} loc(unknown)):\n      {body}      linalg.yield %g{i}_r : {result_type} loc(unknown)\n    }} -> {out}",
+        "{result} = linalg.generic {{indexing_maps = [{}], iterator_types = [{loops}]}} ins({names} : {types}) outs(%d{i} : {out}) {{\n    ^bb0({}, %g{i}_o: {result_type} loc(unknown)):\n      {body}      linalg.yield {yielded} : {result_type} loc(unknown)\n    }} -> {out}",
         g.maps.join(", "),
         args.join(", ")
     )
@@ -316,6 +338,9 @@ fn instruction_of(scalar: &Scalar, shapes: &[(DType, Vec<usize>)]) -> Option<Op>
         }
         Scalar::Select => Op::Where,
         Scalar::Not => Op::Unary { f: UnaryFn::Not },
+        Scalar::Copy => Op::ExpandTo {
+            shape: shapes.last()?.1.clone(),
+        },
     })
 }
 
@@ -330,11 +355,18 @@ fn read_body(op: &OperationRef) -> Option<Scalar> {
         ops.push(o);
     }
     let (yields, steps) = ops.split_last()?;
+    let arguments = block.argument_count().checked_sub(1)?;
+    if steps.is_empty() {
+        let copies = op_name(yields) == "linalg.yield"
+            && arguments == 1
+            && yields.operand_count() == 1
+            && yields.operand(0).map(handle).ok() == block.argument(0).map(handle).ok();
+        return copies.then_some(Scalar::Copy);
+    }
     let (last, before) = steps.split_last()?;
     let yielded = op_name(yields) == "linalg.yield"
         && yields.operand_count() == 1
         && yields.operand(0).map(handle).ok() == last.result(0).map(handle).ok();
-    let arguments = block.argument_count().checked_sub(1)?;
     let reads_arguments = |n: usize| {
         last.operand_count() == n
             && (0..n)
@@ -519,6 +551,12 @@ mod tests {
             (
                 Op::Unary { f: UnaryFn::Not },
                 vec![(Bool, vec![2, 3]), (Bool, vec![2, 3])],
+            ),
+            (
+                Op::ExpandTo {
+                    shape: vec![2, 4, 3],
+                },
+                vec![(I32, vec![2, 1, 3]), (I32, vec![2, 4, 3])],
             ),
             (
                 Op::Unary { f: UnaryFn::Neg },

@@ -490,6 +490,14 @@ impl<'m> Lowering<'m> {
                 self.emit(node, Op::ReshapeTo { shape }, vec![Some(x)], out);
                 Ok(())
             }
+            "Expand" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
+                // The result's shape is the broadcast's: the shape operand is spent.
+                let shape = self.static_shape(&node.outputs[0]).unwrap_or_default();
+                let x = self.operand(&node.inputs[0]);
+                let out = self.outputs(node);
+                self.emit(node, Op::ExpandTo { shape }, vec![Some(x)], out);
+                Ok(())
+            }
             _ => {
                 let op = self.op_for(node)?;
                 let ins = self.operands(node);

@@ -84,7 +84,7 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
         Op::Binary { f } if same_f32_type(inputs, output) && binary_name(*f).is_some() => {
             binary_name(*f).map(Upstream::Elementwise)
         }
-        Op::Binary { .. } | Op::Where | Op::Unary { f: UnaryFn::Not } => {
+        Op::Binary { .. } | Op::Where | Op::Unary { f: UnaryFn::Not } | Op::ExpandTo { .. } => {
             generic(op, inputs, output)
         }
         Op::Unary { f: UnaryFn::Neg } if !same_f32_type(inputs, output) => {

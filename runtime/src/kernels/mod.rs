@@ -106,6 +106,7 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
         Op::Split { axis } => shape::split(arg(0)?, opt(1), *axis, n_outputs),
         Op::Slice => one(shape::slice(arg(0)?, arg(1)?, arg(2)?, opt(3), opt(4))),
         Op::Expand => one(shape::expand(arg(0)?, arg(1)?)),
+        Op::ExpandTo { shape } => one(shape::expand_to(arg(0)?, shape)),
         Op::Tile => one(shape::tile(arg(0)?, arg(1)?)),
         Op::Shape { start, end } => one(Ok(shape::shape_of(arg(0)?, *start, *end))),
         Op::ConstantOfShape { value, dtype } => {

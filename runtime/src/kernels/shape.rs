@@ -315,6 +315,17 @@ pub fn expand(x: &Tensor, shape: &Tensor) -> KResult<Tensor> {
     Ok(x.pick(out, idx.into_iter()))
 }
 
+/// `x` broadcast to `shape` (numpy's rules; `shape` is the result's).
+pub fn expand_to(x: &Tensor, shape: &[usize]) -> KResult<Tensor> {
+    let out = broadcast_shape(&x.shape, shape)?;
+    if out != shape {
+        return Err(format!("cannot expand {:?} to {shape:?}", x.shape));
+    }
+    super::limit::sized("Expand", &out, x.dtype.size())?;
+    let idx = broadcast_map(&x.shape, &out);
+    Ok(x.pick(out, idx.into_iter()))
+}
+
 pub fn tile(x: &Tensor, reps: &Tensor) -> KResult<Tensor> {
     let r = dims(reps);
     if r.len() != x.shape.len() {
@@ -392,4 +403,21 @@ pub fn token_slice(x: &Tensor, axis: usize, index: usize, parts: usize) -> KResu
     }
     let n = d / parts;
     Ok(take(x, &[(axis, (index * n) as i64, 1, n)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expand_to_a_static_shape_is_expand_by_that_shape() {
+        let x = Tensor::f32(vec![2, 1, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let by_operand = expand(&x, &Tensor::i64(vec![3], vec![2, 2, 3])).unwrap();
+        let to = expand_to(&x, &[2, 2, 3]).unwrap();
+        assert_eq!(to.shape, [2, 2, 3]);
+        assert_eq!(to.to_f32(), by_operand.to_f32());
+        // A shape the operand does not broadcast to is refused.
+        assert!(expand_to(&x, &[2, 2, 4]).is_err());
+        assert!(expand_to(&x, &[2, 3]).is_err());
+    }
 }

@@ -244,6 +244,11 @@ pub enum Op {
     },
     /// (x, shape)
     Expand,
+    /// A broadcast to a static shape (what Expand becomes when the compiler knows the result's
+    /// shape).
+    ExpandTo {
+        shape: Vec<usize>,
+    },
     /// (x, repeats)
     Tile,
     Gather {

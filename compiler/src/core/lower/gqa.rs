@@ -462,9 +462,14 @@ impl Lowering<'_> {
             dtype,
             &[b, kv, 1, t, d],
         );
-        let to = [b, kv, group, t, d].map(|v| v as i64);
-        let to = self.ints(node, &to);
-        let e = self.gqa_op(node, Op::Expand, vec![r, to], dtype, &[b, kv, group, t, d]);
+        let shape = vec![b, kv, group, t, d];
+        let e = self.gqa_op(
+            node,
+            Op::ExpandTo { shape },
+            vec![r],
+            dtype,
+            &[b, kv, group, t, d],
+        );
         let shape = vec![b, n, t, d];
         self.gqa_op(node, Op::ReshapeTo { shape }, vec![e], dtype, &[b, n, t, d])
     }
@@ -526,8 +531,8 @@ impl Lowering<'_> {
             dtype,
             &[1, n, 1, 1],
         );
-        let to = self.ints(node, &[b as i64, n as i64, s as i64, 1]);
-        let e = self.gqa_op(node, Op::Expand, vec![r, to], dtype, &[b, n, s, 1]);
+        let shape = vec![b, n, s, 1];
+        let e = self.gqa_op(node, Op::ExpandTo { shape }, vec![r], dtype, &[b, n, s, 1]);
         let cat = Op::Concat { axis: 3 };
         let logits = self.gqa_op(node, cat, vec![masked, e], dtype, &[b, n, s, t + 1]);
         (logits, t + 1)

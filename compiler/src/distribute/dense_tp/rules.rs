@@ -63,6 +63,7 @@ impl Tp<'_> {
             Op::Concat { axis } => self.concat(ins, *axis),
             Op::Slice | Op::Split { .. } => self.slice(ins),
             Op::Expand => self.expand(ins),
+            Op::ExpandTo { shape } => self.expand_to(ins, shape),
             _ => None,
         }
     }
@@ -309,6 +310,26 @@ impl Tp<'_> {
     }
 
     /// An expand that keeps the split axis's size: the target shape's piece (a new constant).
+    /// A broadcast to a static shape keeps a split on an axis it does not broadcast, the
+    /// shape's piece of it the rank's.
+    fn expand_to(&mut self, ins: &Instruction, shape: &[usize]) -> Option<Instruction> {
+        let S::Split(x) = self.operand(ins, 0) else {
+            return None;
+        };
+        let full_in = self.full[ins.inputs[0].unwrap_or(0)].clone()?;
+        let off = shape.len().checked_sub(full_in.len())?;
+        if full_in.get(x) != shape.get(x + off) {
+            return None;
+        }
+        let mut local = shape.to_vec();
+        local[x + off] /= self.tp;
+        self.set_split(Self::first_out(ins), x + off);
+        Some(Instruction {
+            op: Op::ExpandTo { shape: local },
+            ..ins.clone()
+        })
+    }
+
     fn expand(&mut self, ins: &Instruction) -> Option<Instruction> {
         let (inp, shp) = (ins.inputs[0].unwrap_or(0), ins.inputs[1].unwrap_or(0));
         let S::Split(x) = self.operand(ins, 0) else {
