@@ -4,8 +4,9 @@
 // arith.cmpi, a boolean not as arith.xori with true, a where as arith.select, f32 max as
 // arith.maxnumf, i32 arithmetic as arith.muli (wrapping, as ppmoe's does); casts from booleans
 // and integers as the arith cast that converts as ppmoe does (extui, trunci, sitofp); a
-// broadcast to a static shape (what ONNX's Expand becomes) as the operand's element yielded.
-// Read back, they are the same program (the IR reprints as itself).
+// broadcast to a static shape (what ONNX's Expand becomes) as the operand's element yielded; a
+// slice of static bounds (what ONNX's Slice becomes) as tensor.extract_slice. Read back, they
+// are the same program (the IR reprints as itself).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -16,6 +17,11 @@
 // RUN: sed 's/arith.cmpf olt, %in, %in_0/arith.cmpf olt, %in_0, %in/' %t.mlir > %t.swap.mlir
 // RUN: not %ppmoe opt %t.swap.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=SWAP
 // SWAP: error: {{.*}}swap.mlir: {{.*}}'linalg.generic': its body is not one elementwise op over its operands as ppmoe prints it
+
+// A slice past the input's end is refused by tensor.extract_slice's verifier.
+// RUN: sed 's/tensor.extract_slice %arg0\[1, 0\]/tensor.extract_slice %arg0[3, 0]/' %t.mlir > %t.past.mlir
+// RUN: not %ppmoe opt %t.past.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=PAST
+// PAST: error: {{.*}}past.mlir: stage 'input': the IR does not verify: slice along dimension 0 runs out-of-bounds: 4 >= 4 (loc("s"("node_s")))
 
 // An unsigned conversion of a signed integer is no cast ppmoe makes: refused by name.
 // RUN: sed 's/arith.sitofp/arith.uitofp/' %t.mlir > %t.unsigned.mlir
@@ -48,10 +54,11 @@
 // CHECK: linalg.generic {indexing_maps = [[[ROW]], [[SAME]]], iterator_types = ["parallel", "parallel"]} ins(%arg3 : tensor<5xi64>) outs(%{{.*}} : tensor<4x5xi64>) {
 // CHECK-NEXT: ^bb0(%in: i64 {{.*}}, %out: i64 {{.*}}):
 // CHECK-NEXT: linalg.yield %in : i64
+// CHECK: tensor.extract_slice %arg0[1, 0] [2, 3] [1, 2] : tensor<4x5xf32> to tensor<2x3xf32>
 // CHECK-NOT: "core.
 
 module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
-  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}) {
+  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}, tensor<2x3xf32> {core.output = "s"}) {
     %0 = "core.less"(%x, %k) : (tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xi1> loc("lt"("node_lt"))
     %1 = "core.not"(%0) : (tensor<4x5xi1>) -> tensor<4x5xi1> loc("ge"("node_ge"))
     %2 = "core.where"(%1, %x, %k) : (tensor<4x5xi1>, tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xf32> loc("w"("node_w"))
@@ -63,6 +70,7 @@ module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mi
     %8 = "core.cast"(%7) {to = "f32"} : (tensor<4x5xi32>) -> tensor<4x5xf32> loc("f"("node_f"))
     %9 = "core.add"(%3, %8) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32> loc("y"("node_y"))
     %10 = "core.expand_to"(%j) {shape = array<i64: 4, 5>} : (tensor<5xi64>) -> tensor<4x5xi64> loc("e"("node_e"))
-    func.return %9, %7, %10 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>
+    %11 = "core.extract_slice"(%x) {offsets = array<i64: 1, 0>, sizes = array<i64: 2, 3>, strides = array<i64: 1, 2>} : (tensor<4x5xf32>) -> tensor<2x3xf32> loc("s"("node_s"))
+    func.return %9, %7, %10, %11 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>, tensor<2x3xf32>
   }
 }

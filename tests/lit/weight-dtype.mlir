@@ -20,15 +20,15 @@
 
 // LM: IR Dump After ppmoe-weight-dtype (sharded)
 // LM-LABEL: func.func @rank0(
-// LM-SAME: %arg5: tensor<64xbf16> {core.weight = "lm.model.layers.0.input_layernorm.weight"}
-// LM-SAME: %arg15: tensor<64x4xf32> {core.weight = "lm.model.layers.0.mlp.gate.weight.const4"}
-// LM-SAME: %arg19: tensor<2x128x64xbf16> {core.weight = "sum_1.w_in"}
-// LM-SAME: %arg29: tensor<64x32xbf16> {core.weight = "val_146.tp0_1", ppmoe.rank_piece}
-// LM: "core.mul"(%arg5, %{{[0-9]+}}) : (tensor<64xbf16>, tensor<1x16x64xf32>) -> tensor<1x16x64xf32>
-// LM: linalg.batch_matmul {{.*}}ins(%{{[0-9]+}}, %arg29 : tensor<1x16x64xf32>, tensor<64x32xbf16>) outs(%{{[0-9]+}} : tensor<1x16x32xf32>)
-// LM: linalg.matmul ins(%{{[a-z_0-9]+}}, %arg15 : tensor<16x64xf32>, tensor<64x4xf32>)
+// LM-SAME: %[[NORM:arg[0-9]+]]: tensor<64xbf16> {core.weight = "lm.model.layers.0.input_layernorm.weight"}
+// LM-SAME: %[[GATE:arg[0-9]+]]: tensor<64x4xf32> {core.weight = "lm.model.layers.0.mlp.gate.weight.const4"}
+// LM-SAME: %[[WIN:arg[0-9]+]]: tensor<2x128x64xbf16> {core.weight = "sum_1.w_in"}
+// LM-SAME: %[[PIECE:arg[0-9]+]]: tensor<64x32xbf16> {core.weight = "val_146.tp0_1", ppmoe.rank_piece}
+// LM: "core.mul"(%[[NORM]], %{{[0-9]+}}) : (tensor<64xbf16>, tensor<1x16x64xf32>) -> tensor<1x16x64xf32>
+// LM: linalg.batch_matmul {{.*}}ins(%{{[0-9]+}}, %[[PIECE]] : tensor<1x16x64xf32>, tensor<64x32xbf16>) outs(%{{[0-9]+}} : tensor<1x16x32xf32>)
+// LM: linalg.matmul ins(%{{[a-z_0-9]+}}, %[[GATE]] : tensor<16x64xf32>, tensor<64x4xf32>)
 // LM-NEXT: "moe.route"
-// LM: "moe.expert_ffn"({{.*}}%arg19
+// LM: "moe.expert_ffn"({{.*}}%[[WIN]]
 
 #loc = loc(unknown)
 module attributes {ppmoe.source = {capacity = "keep", eval_limit = 268435456 : i64, input_shapes = {}, microbatches = 1 : i64, model = "../fixtures/mixtral_block_dynamo/model.onnx"}, ppmoe.stage = "moe"} {

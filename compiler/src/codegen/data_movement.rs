@@ -65,6 +65,25 @@ pub(super) fn data_movement(
             };
             slice(&mut b, x, &out, (&starts, &axes, &steps))?
         }
+        Op::ExtractSlice {
+            offsets, strides, ..
+        } => {
+            // Only the axes it slices (the rest read as they are).
+            let sliced: Vec<usize> = (0..x.len())
+                .filter(|&a| offsets[a] != 0 || strides[a] != 1 || out[a] != x[a])
+                .collect();
+            let int = |v: usize| i64::try_from(v).ok();
+            let starts = sliced
+                .iter()
+                .map(|&a| int(offsets[a]))
+                .collect::<Option<Vec<_>>>()?;
+            let axes = sliced.iter().map(|&a| int(a)).collect::<Option<Vec<_>>>()?;
+            let steps = sliced
+                .iter()
+                .map(|&a| int(strides[a]))
+                .collect::<Option<Vec<_>>>()?;
+            slice(&mut b, x, &out, (&starts, &axes, &steps))?
+        }
         Op::TokenSlice { axis, index, .. } => token_slice(&mut b, x, &out, *axis, *index)?,
         Op::Expand | Op::ExpandTo { .. } => {
             let off = broadcast_offset(&mut b, "e", x, &out);

@@ -160,6 +160,29 @@ struct Lowering<'m> {
     run_time_nodes: HashSet<String>,
 }
 
+/// The static slice of a tensor of `shape` that ONNX Slice's `ranges` take (axis, first index,
+/// step, count: `shape::slice_ranges`), one offset, size and stride per axis; None where a step
+/// is negative (upstream's slices step forward) or an axis is sliced twice.
+pub(crate) fn extract_slice(shape: &[usize], ranges: &[(usize, i64, i64, usize)]) -> Option<Op> {
+    let mut offsets = vec![0; shape.len()];
+    let mut sizes = shape.to_vec();
+    let mut strides = vec![1; shape.len()];
+    let mut seen = vec![false; shape.len()];
+    for &(a, first, step, count) in ranges {
+        if step <= 0 || std::mem::replace(seen.get_mut(a)?, true) {
+            return None;
+        }
+        offsets[a] = usize::try_from(first).ok()?;
+        sizes[a] = count;
+        strides[a] = usize::try_from(step).ok()?;
+    }
+    Some(Op::ExtractSlice {
+        offsets,
+        sizes,
+        strides,
+    })
+}
+
 fn attr_i(n: &Node, k: &str, d: i64) -> i64 {
     match n.attr(k) {
         Some(AttrValue::Int(v)) => *v,
@@ -308,6 +331,28 @@ impl<'m> Lowering<'m> {
                 .map(|d| d.known().map(|v| v as usize))
                 .collect()
         })
+    }
+
+    /// A Slice whose input's shape and every bound (starts, ends, axes, steps) are known, as
+    /// the static slice it is (`extract_slice`), where its steps are positive.
+    fn static_slice(&self, node: &Node) -> Option<Op> {
+        let shape = self.static_shape(node.inputs.first()?)?;
+        let bound = |k: usize| -> Option<Option<Vec<i64>>> {
+            match node.inputs.get(k).filter(|n| !n.is_empty()) {
+                None => Some(None),
+                Some(name) => Some(Some(self.consts.get(name)?.to_i64())),
+            }
+        };
+        let (starts, ends) = (bound(1)??, bound(2)??);
+        let (axes, steps) = (bound(3)?, bound(4)?);
+        let ranges = ppmoe_runtime::kernels::slice_ranges(
+            &shape,
+            (&starts, &ends),
+            axes.as_deref(),
+            steps.as_deref(),
+        )
+        .ok()?;
+        extract_slice(&shape, &ranges)
     }
 
     /// Tries to evaluate a node at compile time; true when it was.
@@ -488,6 +533,13 @@ impl<'m> Lowering<'m> {
                 }
                 let out = self.outputs(node);
                 self.emit(node, Op::ReshapeTo { shape }, vec![Some(x)], out);
+                Ok(())
+            }
+            "Slice" if node.domain.is_empty() && self.static_slice(node).is_some() => {
+                let op = self.static_slice(node).unwrap_or(Op::Slice);
+                let x = self.operand(&node.inputs[0]);
+                let out = self.outputs(node);
+                self.emit(node, op, vec![Some(x)], out);
                 Ok(())
             }
             "Expand" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {

@@ -50,6 +50,12 @@ pub enum Upstream {
     Softmax(usize),
     Concat(usize),
     Reshape(Vec<usize>),
+    /// `tensor.extract_slice` with static offsets, sizes and strides.
+    ExtractSlice {
+        offsets: Vec<usize>,
+        sizes: Vec<usize>,
+        strides: Vec<usize>,
+    },
     /// `arith.extf` or `arith.truncf`.
     Cast(&'static str),
     /// An f32 unary function upstream has no op for (the sigmoid, the reciprocal) as a
@@ -114,6 +120,23 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
             let dims: Vec<usize> = output.shape.iter().flatten().copied().collect();
             let fits = !shape.is_empty() && *shape == dims && !inputs[0].shape.is_empty();
             (one_input && same_element && fits).then(|| Upstream::Reshape(shape.clone()))
+        }
+        Op::ExtractSlice {
+            offsets,
+            sizes,
+            strides,
+        } => {
+            let dims: Vec<usize> = output.shape.iter().flatten().copied().collect();
+            let rank = inputs[0].shape.len();
+            let fits = one_input
+                && same_element
+                && *sizes == dims
+                && [offsets.len(), sizes.len(), strides.len()] == [rank; 3];
+            fits.then(|| Upstream::ExtractSlice {
+                offsets: offsets.clone(),
+                sizes: sizes.clone(),
+                strides: strides.clone(),
+            })
         }
         Op::Cast { to } => {
             let fits = one_input && *to == output.dtype && inputs[0].shape == output.shape;
@@ -236,6 +259,19 @@ pub fn upstream_lines(
             )
         }
         Upstream::Cast(name) => (vec![], format!("{result} = {name} {n} : {t} to {out}")),
+        Upstream::ExtractSlice {
+            offsets,
+            sizes,
+            strides,
+        } => (
+            vec![],
+            format!(
+                "{result} = tensor.extract_slice {n}[{}] [{}] [{}] : {t} to {out}",
+                list(offsets),
+                list(sizes),
+                list(strides)
+            ),
+        ),
         Upstream::Generic(g) => (empty, generic_line(g, i, result, (&n, &t), out)),
         Upstream::Elementwise(name) => (
             empty,
@@ -532,6 +568,7 @@ pub fn read_upstream(
         "arith.extf" | "arith.truncf" | "arith.extui" | "arith.extsi" | "arith.trunci"
         | "arith.sitofp" | "arith.uitofp" => read_cast(op, name, result),
         "linalg.generic" => read_generic(op),
+        "tensor.extract_slice" => read_extract_slice(op, result),
         "linalg.map" => read_composite(op)
             .map(|f| Op::Unary { f })
             .or_else(|| map_body(op).and_then(|body| read_elementwise(&body)))
@@ -539,6 +576,46 @@ pub fn read_upstream(
         _ => return None,
     };
     Some(read)
+}
+
+/// A `tensor.extract_slice` of static offsets, sizes and strides whose result is its sizes
+/// (not rank-reduced), each a non-negative number and every stride positive.
+fn read_extract_slice(
+    op: &OperationRef,
+    result: Option<(DType, Vec<Option<usize>>)>,
+) -> Result<Op, String> {
+    let refuse = |what: &str| format!("'tensor.extract_slice': {what}");
+    if op.operand_count() != 1 {
+        return Err(refuse(
+            "offsets, sizes or strides given as values; ppmoe takes static ones",
+        ));
+    }
+    let list = |key: &str| -> Result<Vec<usize>, String> {
+        op.attribute(key)
+            .ok()
+            .and_then(super::read::i64_list)
+            .and_then(|v| v.into_iter().map(|x| usize::try_from(x).ok()).collect())
+            .ok_or_else(|| refuse(&format!("'{key}' is not a list of non-negative integers")))
+    };
+    let (offsets, sizes, strides) = (
+        list("static_offsets")?,
+        list("static_sizes")?,
+        list("static_strides")?,
+    );
+    let dims: Option<Vec<usize>> = result.and_then(|(_, d)| d.into_iter().collect());
+    if dims.as_ref() != Some(&sizes) {
+        return Err(refuse(&format!(
+            "a result of shape {dims:?} for sizes {sizes:?}; ppmoe takes no rank-reducing slice"
+        )));
+    }
+    if strides.contains(&0) {
+        return Err(refuse("a zero stride"));
+    }
+    Ok(Op::ExtractSlice {
+        offsets,
+        sizes,
+        strides,
+    })
 }
 
 /// An `arith` cast on tensors, where it is the one ppmoe prints for its operand's and result's
@@ -728,6 +805,7 @@ mod tests {
             Upstream::Softmax(_) => "linalg.softmax",
             Upstream::Concat(_) => "tensor.concat",
             Upstream::Reshape(_) => "tensor.reshape",
+            Upstream::ExtractSlice { .. } => "tensor.extract_slice",
             Upstream::Composite(_) => "composite",
             Upstream::BroadcastMatmul => "linalg.batch_matmul (broadcast)",
             Upstream::Contract(_) => "linalg.contract",
@@ -827,6 +905,17 @@ mod tests {
         assert_eq!(concat(1), Some("tensor.concat"));
         assert_eq!(concat(-1), Some("tensor.concat"));
         assert_eq!(concat(-3), None);
+        let slice = |sizes: Vec<usize>, out: &[usize]| {
+            let op = Op::ExtractSlice {
+                offsets: vec![1, 0],
+                sizes,
+                strides: vec![1, 2],
+            };
+            form(op, &[f(&[4, 5])], f(out))
+        };
+        assert_eq!(slice(vec![2, 3], &[2, 3]), Some("tensor.extract_slice"));
+        // A result that is not the sizes (rank-reduced, say): none.
+        assert_eq!(slice(vec![1, 3], &[3]), None);
         let reshape = |shape: Vec<usize>| form(Op::ReshapeTo { shape }, &[f(&[2, 3])], f(&[6]));
         assert_eq!(reshape(vec![6]), Some("tensor.reshape"));
         assert_eq!(reshape(vec![3, 2]), None);

@@ -9,7 +9,7 @@ mod linalg;
 mod moe;
 mod reduce;
 pub(crate) mod shape;
-pub use shape::shape_values;
+pub use shape::{shape_values, slice_ranges};
 
 use crate::program::Op;
 use crate::tensor::Tensor;
@@ -26,6 +26,7 @@ pub fn execute(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult
         Op::ReshapeTo { .. }
             | Op::Transpose { .. }
             | Op::Slice
+            | Op::ExtractSlice { .. }
             | Op::Gather { .. }
             | Op::GatherNd { .. }
             | Op::TokenSlice { .. }
@@ -105,6 +106,11 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
         )),
         Op::Split { axis } => shape::split(arg(0)?, opt(1), *axis, n_outputs),
         Op::Slice => one(shape::slice(arg(0)?, arg(1)?, arg(2)?, opt(3), opt(4))),
+        Op::ExtractSlice {
+            offsets,
+            sizes,
+            strides,
+        } => one(shape::extract_slice(arg(0)?, offsets, sizes, strides)),
         Op::Expand => one(shape::expand(arg(0)?, arg(1)?)),
         Op::ExpandTo { shape } => one(shape::expand_to(arg(0)?, shape)),
         Op::Tile => one(shape::tile(arg(0)?, arg(1)?)),

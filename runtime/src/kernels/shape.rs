@@ -249,17 +249,29 @@ pub fn slice(
     steps: Option<&Tensor>,
 ) -> KResult<Tensor> {
     let (s, e) = (dims(starts), dims(ends));
-    let ax = axes
-        .map(dims)
-        .unwrap_or_else(|| (0..s.len() as i64).collect());
-    let st = steps.map(dims).unwrap_or_else(|| vec![1; s.len()]);
+    let ax = axes.map(dims);
+    let st = steps.map(dims);
+    let ranges = slice_ranges(&x.shape, (&s, &e), ax.as_deref(), st.as_deref())?;
+    Ok(take(x, &ranges))
+}
+
+/// ONNX Slice's bounds over a tensor of `shape` as one range per sliced axis: (axis, first
+/// index, step, count), indices counted from the end and out of range clamped as ONNX says.
+pub fn slice_ranges(
+    shape: &[usize],
+    (s, e): (&[i64], &[i64]),
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> KResult<Vec<(usize, i64, i64, usize)>> {
+    let ax = axes.map_or_else(|| (0..s.len() as i64).collect(), <[i64]>::to_vec);
+    let st = steps.map_or_else(|| vec![1; s.len()], <[i64]>::to_vec);
     if e.len() != s.len() || ax.len() != s.len() || st.len() != s.len() {
         return Err("Slice starts, ends, axes and steps differ in length".into());
     }
     let mut ranges = Vec::new();
     for k in 0..s.len() {
-        let a = axis(ax[k], x.shape.len())?;
-        let d = x.shape[a] as i64;
+        let a = axis(ax[k], shape.len())?;
+        let d = shape[a] as i64;
         let step = st[k];
         if step == 0 {
             return Err("Slice step 0".into());
@@ -277,6 +289,40 @@ pub fn slice(
         }
         .max(0);
         ranges.push((a, lo, step, n as usize));
+    }
+    Ok(ranges)
+}
+
+/// The slice of `x` at `offsets` of `sizes` elements every `strides`, per axis.
+pub fn extract_slice(
+    x: &Tensor,
+    offsets: &[usize],
+    sizes: &[usize],
+    strides: &[usize],
+) -> KResult<Tensor> {
+    let rank = x.shape.len();
+    if offsets.len() != rank || sizes.len() != rank || strides.len() != rank {
+        return Err(format!(
+            "a slice of {rank} offsets, sizes and strides takes a tensor of rank {rank}, not {:?}",
+            x.shape
+        ));
+    }
+    let mut ranges = Vec::with_capacity(rank);
+    for a in 0..rank {
+        let (o, n, t) = (offsets[a], sizes[a], strides[a]);
+        // The last index read (checked: the numbers may come from a file).
+        let last = match n {
+            0 => Some(o.min(x.shape[a])),
+            _ => (n - 1).checked_mul(t).and_then(|v| v.checked_add(o)),
+        };
+        let within = last.is_some_and(|l| l < x.shape[a] || (n == 0 && l == o));
+        if t == 0 || !within {
+            return Err(format!(
+                "a slice of {n} elements from {o} every {t} along axis {a} of {:?}",
+                x.shape
+            ));
+        }
+        ranges.push((a, o as i64, t as i64, n));
     }
     Ok(take(x, &ranges))
 }
@@ -419,5 +465,32 @@ mod tests {
         // A shape the operand does not broadcast to is refused.
         assert!(expand_to(&x, &[2, 2, 4]).is_err());
         assert!(expand_to(&x, &[2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_static_slice_is_the_onnx_slice_of_its_bounds() {
+        let x = Tensor::f32(vec![3, 4], (0..12).map(|v| v as f32).collect());
+        let ints = |v: &[i64]| Tensor::i64(vec![v.len()], v.to_vec());
+        // Rows 1.., columns -3..4 every 2: columns 1 and 3.
+        let onnx = slice(
+            &x,
+            &ints(&[1, -3]),
+            &ints(&[9, 4]),
+            None,
+            Some(&ints(&[1, 2])),
+        );
+        let ranges = slice_ranges(&x.shape, (&[1, -3], &[9, 4]), None, Some(&[1, 2])).unwrap();
+        assert_eq!(ranges, [(0, 1, 1, 2), (1, 1, 2, 2)]);
+        let extracted = extract_slice(&x, &[1, 1], &[2, 2], &[1, 2]).unwrap();
+        assert_eq!(extracted.to_f32(), onnx.unwrap().to_f32());
+        assert_eq!(extracted.to_f32(), [5.0, 7.0, 9.0, 11.0]);
+        // Past the end, a zero stride, or a count that overflows: refused, not read.
+        assert!(extract_slice(&x, &[2, 0], &[2, 4], &[1, 1]).is_err());
+        assert!(extract_slice(&x, &[0, 0], &[3, 4], &[0, 1]).is_err());
+        assert!(extract_slice(&x, &[0, 0], &[usize::MAX, 4], &[2, 1]).is_err());
+        assert_eq!(
+            extract_slice(&x, &[3, 0], &[0, 4], &[1, 1]).unwrap().len(),
+            0
+        );
     }
 }

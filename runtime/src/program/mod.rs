@@ -235,6 +235,14 @@ pub enum Op {
     },
     /// (x, starts, ends, axes?, steps?)
     Slice,
+    /// A slice of static offsets, sizes and positive strides, one of each per axis (what Slice
+    /// becomes when the compiler knows its bounds and the input's shape; upstream's
+    /// `tensor.extract_slice`).
+    ExtractSlice {
+        offsets: Vec<usize>,
+        sizes: Vec<usize>,
+        strides: Vec<usize>,
+    },
     /// (x, axes?)
     Squeeze,
     /// (x, axes)

@@ -59,14 +59,16 @@ impl Lowering<'_> {
         dtype: DType,
         shape: &[usize],
     ) -> BufferId {
-        let (s, e, a) = (
-            self.ints(node, &[lo as i64]),
-            self.ints(node, &[hi as i64]),
-            self.ints(node, &[axis as i64]),
-        );
         let mut out = shape.to_vec();
         out[axis] = hi - lo;
-        self.gqa_op(node, Op::Slice, vec![x, s, e, a], dtype, &out)
+        let mut offsets = vec![0; shape.len()];
+        offsets[axis] = lo;
+        let op = Op::ExtractSlice {
+            offsets,
+            sizes: out.clone(),
+            strides: vec![1; shape.len()],
+        };
+        self.gqa_op(node, op, vec![x], dtype, &out)
     }
 
     fn binary(

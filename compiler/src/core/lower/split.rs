@@ -1,4 +1,4 @@
-//! ONNX `Split` with static shapes as one `slice` per output: each piece is then a plain slice
+//! ONNX `Split` with static shapes as one `extract_slice` per output: each piece is then a plain slice
 //! (a generated kernel on the GPU, where a many-output op would run on the host), the same
 //! values on both backends. A split whose sizes are known only at run time stays one `split`.
 
@@ -7,7 +7,6 @@ use crate::error::CompileError;
 use ppmoe_frontend::infer::norm_axis;
 use ppmoe_frontend::Node;
 use ppmoe_runtime::program::Op;
-use ppmoe_runtime::Tensor;
 
 impl Lowering<'_> {
     /// True when the node was lowered as slices; false leaves it to the generic lowering.
@@ -39,19 +38,18 @@ impl Lowering<'_> {
             ));
         }
         let x = self.operand(&node.inputs[0]);
-        let axes = self.const_operand(&node.outputs[0], Tensor::i64(vec![1], vec![a as i64]));
         let mut lo = 0usize;
         for (name, size) in node.outputs.iter().zip(sizes) {
-            let hint = name.clone();
-            let starts = self.const_operand(&hint, Tensor::i64(vec![1], vec![lo as i64]));
-            let ends = self.const_operand(&hint, Tensor::i64(vec![1], vec![(lo + size) as i64]));
+            let mut offsets = vec![0; x_shape.len()];
+            let mut piece = x_shape.clone();
+            (offsets[a], piece[a]) = (lo, size);
+            let op = Op::ExtractSlice {
+                offsets,
+                sizes: piece,
+                strides: vec![1; x_shape.len()],
+            };
             let out = self.buffer_for_value(name, ppmoe_runtime::program::BufferKind::Temp);
-            self.emit(
-                node,
-                Op::Slice,
-                vec![Some(x), Some(starts), Some(ends), Some(axes)],
-                vec![out],
-            );
+            self.emit(node, op, vec![Some(x)], vec![out]);
             lo += size;
         }
         Ok(true)

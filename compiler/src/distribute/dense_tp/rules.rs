@@ -62,6 +62,11 @@ impl Tp<'_> {
             Op::Reduce { f, keepdims, .. } if *f != ReduceFn::L2 => self.reduce(ins, *keepdims),
             Op::Concat { axis } => self.concat(ins, *axis),
             Op::Slice | Op::Split { .. } => self.slice(ins),
+            Op::ExtractSlice {
+                offsets,
+                sizes,
+                strides,
+            } => self.extract_slice(ins, (offsets, sizes, strides)),
             Op::Expand => self.expand(ins),
             Op::ExpandTo { shape } => self.expand_to(ins, shape),
             _ => None,
@@ -307,6 +312,35 @@ impl Tp<'_> {
             self.set_split(o, x);
         }
         Some(ins.clone())
+    }
+
+    /// A static slice that takes the split axis whole keeps the split, the rank's piece of it.
+    fn extract_slice(
+        &mut self,
+        ins: &Instruction,
+        (offsets, sizes, strides): (&[usize], &[usize], &[usize]),
+    ) -> Option<Instruction> {
+        let S::Split(x) = self.operand(ins, 0) else {
+            return None;
+        };
+        let full_in = self.full[ins.inputs[0].unwrap_or(0)].clone()?;
+        let whole = offsets.get(x) == Some(&0)
+            && strides.get(x) == Some(&1)
+            && sizes.get(x) == full_in.get(x);
+        if !whole {
+            return None;
+        }
+        let mut local = sizes.to_vec();
+        local[x] /= self.tp;
+        self.set_split(Self::first_out(ins), x);
+        Some(Instruction {
+            op: Op::ExtractSlice {
+                offsets: offsets.to_vec(),
+                sizes: local,
+                strides: strides.to_vec(),
+            },
+            ..ins.clone()
+        })
     }
 
     /// An expand that keeps the split axis's size: the target shape's piece (a new constant).
