@@ -5,8 +5,10 @@
 // arith.maxnumf, i32 arithmetic as arith.muli (wrapping, as ppmoe's does); casts from booleans
 // and integers as the arith cast that converts as ppmoe does (extui, trunci, sitofp); a
 // broadcast to a static shape (what ONNX's Expand becomes) as the operand's element yielded; a
-// slice of static bounds (what ONNX's Slice becomes) as tensor.extract_slice. Read back, they
-// are the same program (the IR reprints as itself).
+// slice of static bounds (what ONNX's Slice becomes) as tensor.extract_slice; an f32 einsum
+// that sums over no label (an outer product) as a linalg.generic of arith.mulf whose maps are
+// its labels' (read back as the einsum of those maps). Read back, they are the same program
+// (the IR reprints as itself).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -31,6 +33,9 @@
 // CHECK-DAG: [[SAME:#map[0-9]*]] = affine_map<(d0, d1) -> (d0, d1)>
 // CHECK-DAG: [[SCALAR:#map[0-9]*]] = affine_map<(d0, d1) -> ()>
 // CHECK-DAG: [[ROW:#map[0-9]*]] = affine_map<(d0, d1) -> (d1)>
+// CHECK-DAG: [[AB:#map[0-9]*]] = affine_map<(d0, d1, d2) -> (d0, d1)>
+// CHECK-DAG: [[AC:#map[0-9]*]] = affine_map<(d0, d1, d2) -> (d0, d2)>
+// CHECK-DAG: [[ABC:#map[0-9]*]] = affine_map<(d0, d1, d2) -> (d0, d1, d2)>
 // CHECK-LABEL: func.func @rank0(
 // CHECK: %[[LT:.*]] = linalg.generic {indexing_maps = [[[SAME]], [[SCALAR]], [[SAME]]], iterator_types = ["parallel", "parallel"]} ins(%arg0, %arg1 : tensor<4x5xf32>, tensor<f32>) outs(%{{.*}} : tensor<4x5xi1>) {
 // CHECK-NEXT: ^bb0(%in: f32 {{.*}}, %in_0: f32 {{.*}}, %out: i1 {{.*}}):
@@ -55,10 +60,13 @@
 // CHECK-NEXT: ^bb0(%in: i64 {{.*}}, %out: i64 {{.*}}):
 // CHECK-NEXT: linalg.yield %in : i64
 // CHECK: tensor.extract_slice %arg0[1, 0] [2, 3] [1, 2] : tensor<4x5xf32> to tensor<2x3xf32>
+// CHECK: linalg.generic {indexing_maps = [[[AB]], [[AC]], [[ABC]]], iterator_types = ["parallel", "parallel", "parallel"]} ins(%arg0, %arg0 : tensor<4x5xf32>, tensor<4x5xf32>) outs(%{{.*}} : tensor<4x5x5xf32>)
+// CHECK-NEXT: ^bb0(%in: f32 {{.*}}, %in_0: f32 {{.*}}, %out: f32 {{.*}}):
+// CHECK-NEXT: arith.mulf %in, %in_0 : f32
 // CHECK-NOT: "core.
 
 module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
-  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}, tensor<2x3xf32> {core.output = "s"}) {
+  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}, tensor<2x3xf32> {core.output = "s"}, tensor<4x5x5xf32> {core.output = "o"}) {
     %0 = "core.less"(%x, %k) : (tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xi1> loc("lt"("node_lt"))
     %1 = "core.not"(%0) : (tensor<4x5xi1>) -> tensor<4x5xi1> loc("ge"("node_ge"))
     %2 = "core.where"(%1, %x, %k) : (tensor<4x5xi1>, tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xf32> loc("w"("node_w"))
@@ -71,6 +79,7 @@ module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mi
     %9 = "core.add"(%3, %8) : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5xf32> loc("y"("node_y"))
     %10 = "core.expand_to"(%j) {shape = array<i64: 4, 5>} : (tensor<5xi64>) -> tensor<4x5xi64> loc("e"("node_e"))
     %11 = "core.extract_slice"(%x) {offsets = array<i64: 1, 0>, sizes = array<i64: 2, 3>, strides = array<i64: 1, 2>} : (tensor<4x5xf32>) -> tensor<2x3xf32> loc("s"("node_s"))
-    func.return %9, %7, %10, %11 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>, tensor<2x3xf32>
+    %12 = "core.einsum"(%x, %x) {equation = "ab,ac->abc"} : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5x5xf32> loc("o"("node_o"))
+    func.return %9, %7, %10, %11, %12 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>, tensor<2x3xf32>, tensor<4x5x5xf32>
   }
 }

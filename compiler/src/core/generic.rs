@@ -14,7 +14,11 @@
 //!   compares false, as in ppmoe), `arith.cmpi` with signed ones for i32 and i64, `eq` for
 //!   booleans;
 //! - a where as `arith.select`, a boolean not as `arith.xori` with `true`;
-//! - a broadcast to a static shape (`expand_to`) as the operand's element yielded as it is.
+//! - a broadcast to a static shape (`expand_to`) as the operand's element yielded as it is;
+//! - an f32 einsum of two operands that sums over no label (an outer product, `ab,ac->abc`) as
+//!   `arith.mulf`, each operand read through the map of its labels to the result's (loops in
+//!   the result's order; read back as the einsum of those maps, its letters the loops'), where
+//!   the maps are not numpy broadcasting's (which reads back as a multiplication).
 //!
 //! ```text
 //! %r = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>,
@@ -68,8 +72,9 @@ pub struct Generic {
     pub loops: usize,
 }
 
-/// f32 arithmetic as `arith` and `math` ops.
-const FLOAT_BINARY: &[(BinaryFn, &str)] = &[
+/// f32 arithmetic as `arith` and `math` ops (the first five, over operands of one type, are a
+/// `linalg.map` of the op: `upstream::BINARY`).
+pub const FLOAT_BINARY: &[(BinaryFn, &str)] = &[
     (BinaryFn::Add, "arith.addf"),
     (BinaryFn::Sub, "arith.subf"),
     (BinaryFn::Mul, "arith.mulf"),
@@ -153,6 +158,21 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
         }
         (Op::Unary { f: UnaryFn::Not }, &[DType::Bool]) if *out == DType::Bool => Scalar::Not,
         (Op::ExpandTo { shape }, &[x]) if x == *out && shape == out_shape => Scalar::Copy,
+        (Op::Einsum { equation }, &[DType::F32, DType::F32]) if *out == DType::F32 => {
+            let ranks: Vec<usize> = shapes.iter().map(|(_, s)| s.len()).collect();
+            let maps = product_maps(equation, &ranks)?;
+            // numpy broadcasting's maps read back as a multiplication: that einsum stays core.
+            if broadcast_maps(shapes).as_ref() == Some(&maps) {
+                return None;
+            }
+            let types = shapes.iter().map(|(d, _)| element_type(*d)).collect();
+            return Some(Generic {
+                scalar: Scalar::Binary("arith.mulf"),
+                maps,
+                types,
+                loops: out_shape.len(),
+            });
+        }
         _ => return None,
     };
     // A broadcast's result takes its shape from the op, not from its operand.
@@ -222,6 +242,64 @@ fn maps_of(shapes: &[(DType, Vec<usize>)]) -> Option<Vec<String>> {
     Some(maps)
 }
 
+/// An einsum of two operands that sums over no label as `linalg.generic`'s indexing maps: one
+/// loop per label of the result, in its order, each operand's map its labels' loops; `ranks`
+/// are the operands' and the result's. None for any other einsum (ellipses, repeated labels, a
+/// label summed, a term of another rank).
+fn product_maps(equation: &str, ranks: &[usize]) -> Option<Vec<String>> {
+    let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, out) = eq.split_once("->")?;
+    let (x, y) = lhs.split_once(',')?;
+    let terms = [x, y, out];
+    let distinct = |t: &str| t.chars().enumerate().all(|(i, c)| !t[..i].contains(c));
+    let letters = |t: &str| t.chars().all(|c| c.is_ascii_alphabetic());
+    let fits = terms
+        .iter()
+        .zip(ranks)
+        .all(|(t, &r)| t.chars().count() == r)
+        && ranks.len() == 3
+        && terms.iter().all(|t| distinct(t) && letters(t))
+        && x.chars().chain(y.chars()).all(|c| out.contains(c))
+        && !out.is_empty();
+    if !fits {
+        return None;
+    }
+    let dims: Vec<String> = (0..out.len()).map(|d| format!("d{d}")).collect();
+    let map = |t: &str| {
+        let exprs: Vec<&str> = t
+            .chars()
+            .filter_map(|c| out.find(c).map(|k| dims[k].as_str()))
+            .collect();
+        format!(
+            "affine_map<({}) -> ({})>",
+            dims.join(", "),
+            exprs.join(", ")
+        )
+    };
+    Some(terms.iter().map(|t| map(t)).collect())
+}
+
+/// The einsum whose `product_maps` are `maps`: the result's letters `a`, `b`, ... for the
+/// loops in order, each operand's the letters of the loops its map reads.
+fn product_equation(maps: &[String]) -> Option<String> {
+    let results = |m: &str| -> Option<Vec<usize>> {
+        let (_, r) = m.split_once("-> (")?;
+        let r = r.strip_suffix(")>")?;
+        if r.is_empty() {
+            return Some(vec![]);
+        }
+        r.split(", ")
+            .map(|d| d.strip_prefix('d').and_then(|n| n.parse().ok()))
+            .collect()
+    };
+    let letter = |d: &usize| char::from_u32('a' as u32 + u32::try_from(*d).ok()?);
+    let term = |m: &String| -> Option<String> { results(m)?.iter().map(letter).collect() };
+    let [x, y, out] = maps else {
+        return None;
+    };
+    Some(format!("{},{}->{}", term(x)?, term(y)?, term(out)?))
+}
+
 /// The `linalg.generic` of form `g` for instruction `i`, making `result` from `names` of
 /// `types` into the empty `%d<i>` of type `out`.
 pub fn generic_line(
@@ -279,18 +357,6 @@ pub fn read_generic(op: &OperationRef) -> Result<Op, String> {
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| refuse("expected tensors of static shape".into()))?;
-    let read = instruction_of(&scalar, &shapes).ok_or_else(|| {
-        refuse(format!(
-            "{scalar:?} over these operand types is no instruction ppmoe prints"
-        ))
-    })?;
-    let expected = generic_form(&read, &shapes)
-        .filter(|g| g.scalar == scalar)
-        .ok_or_else(|| {
-            refuse(format!(
-                "{scalar:?} over these operand types is no form ppmoe prints"
-            ))
-        })?;
     let strings = |key: &str| {
         op.attribute(key)
             .ok()
@@ -303,6 +369,27 @@ pub fn read_generic(op: &OperationRef) -> Result<Op, String> {
             })
     };
     let maps = strings("indexing_maps");
+    let read = match (&scalar, maps.as_deref()) {
+        // A product whose maps are no broadcasting is the einsum they say.
+        (Scalar::Binary("arith.mulf"), Some(m))
+            if broadcast_maps(&shapes).as_deref() != Some(m) =>
+        {
+            product_equation(m).map(|equation| Op::Einsum { equation })
+        }
+        _ => instruction_of(&scalar, &shapes),
+    }
+    .ok_or_else(|| {
+        refuse(format!(
+            "{scalar:?} over these operand types is no instruction ppmoe prints"
+        ))
+    })?;
+    let expected = generic_form(&read, &shapes)
+        .filter(|g| g.scalar == scalar)
+        .ok_or_else(|| {
+            refuse(format!(
+                "{scalar:?} over these operand types is no form ppmoe prints"
+            ))
+        })?;
     if maps.as_ref() != Some(&expected.maps) {
         return Err(refuse(format!(
             "indexing maps {maps:?}, where broadcasting its operands takes {:?}",
@@ -348,12 +435,7 @@ fn instruction_of(scalar: &Scalar, shapes: &[(DType, Vec<usize>)]) -> Option<Op>
 /// block's arguments in order (a not's second operand a `true` constant), its result yielded.
 fn read_body(op: &OperationRef) -> Option<Scalar> {
     let block = op.region(0).ok()?.first_block()?;
-    let mut ops = Vec::new();
-    let mut next = block.first_operation();
-    while let Some(o) = next {
-        next = o.next_in_block();
-        ops.push(o);
-    }
+    let ops = crate::passes::func_ops::block_ops(block);
     let (yields, steps) = ops.split_last()?;
     let arguments = block.argument_count().checked_sub(1)?;
     if steps.is_empty() {
@@ -551,6 +633,18 @@ mod tests {
             (
                 Op::Unary { f: UnaryFn::Not },
                 vec![(Bool, vec![2, 3]), (Bool, vec![2, 3])],
+            ),
+            (
+                Op::Einsum {
+                    equation: "ab,ac->abc".into(),
+                },
+                vec![(F32, vec![4, 2]), (F32, vec![4, 3]), (F32, vec![4, 2, 3])],
+            ),
+            (
+                Op::Einsum {
+                    equation: "a,ab->ab".into(),
+                },
+                vec![(F32, vec![4]), (F32, vec![4, 3]), (F32, vec![4, 3])],
             ),
             (
                 Op::ExpandTo {

@@ -26,7 +26,7 @@
 //! undefined out of range), integer division, unsigned integers (`arith` takes signless ones),
 //! a matmul that broadcasts its batch, ops whose axes or bounds are operands.
 
-use super::generic::{generic_form, generic_line, read_generic, Generic};
+use super::generic::{generic_form, generic_line, read_generic, Generic, FLOAT_BINARY};
 use melior::ir::attribute::{Attribute, IntegerAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
@@ -83,9 +83,11 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
         Op::Einsum { equation } => {
             let f32s = inputs.len() == 2 && same_element && output.dtype == DType::F32;
             let ranks: Vec<usize> = inputs.iter().map(|b| b.shape.len()).chain([rank]).collect();
-            einsum_maps(equation, &ranks)
-                .filter(|_| f32s)
+            let contract = einsum_maps(equation, &ranks).filter(|_| f32s);
+            // One that sums over no label (an outer product): a generic of the product.
+            contract
                 .map(Upstream::Contract)
+                .or_else(|| generic(op, inputs, output))
         }
         Op::Binary { f } if same_f32_type(inputs, output) && binary_name(*f).is_some() => {
             binary_name(*f).map(Upstream::Elementwise)
@@ -656,12 +658,7 @@ fn map_body(op: &OperationRef) -> Option<String> {
 /// op and operand for operand (`COMPOSITES`).
 fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
     let block = op.region(0).ok()?.first_block()?;
-    let mut ops = Vec::new();
-    let mut next = block.first_operation();
-    while let Some(o) = next {
-        next = o.next_in_block();
-        ops.push(o);
-    }
+    let ops = crate::passes::func_ops::block_ops(block);
     let (yields, steps) = ops.split_last()?;
     use super::read::{handle, op_name as name};
     let argument = block.argument(0).map(handle).ok();
@@ -705,13 +702,9 @@ fn read_elementwise(name: &str) -> Option<Op> {
         .map(|(f, _)| Op::Unary { f: *f })
 }
 
-const BINARY: &[(BinaryFn, &str)] = &[
-    (BinaryFn::Add, "arith.addf"),
-    (BinaryFn::Sub, "arith.subf"),
-    (BinaryFn::Mul, "arith.mulf"),
-    (BinaryFn::Div, "arith.divf"),
-    (BinaryFn::Pow, "math.powf"),
-];
+/// The f32 arithmetic printed as a `linalg.map` where its operands and result have one type
+/// (max and min print as a generic: `generic::FLOAT_BINARY`).
+const BINARY: &[(BinaryFn, &str)] = FLOAT_BINARY.split_at(5).0;
 
 const UNARY: &[(UnaryFn, &str)] = &[
     (UnaryFn::Neg, "arith.negf"),

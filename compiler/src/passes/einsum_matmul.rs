@@ -102,8 +102,8 @@ pub fn einsums_as_matmuls(
     Ok(rewritten)
 }
 
-/// What a contraction op reads back as: an einsum (`core.einsum`, or a `linalg.contract`
-/// whose maps are not a matmul's), or a matmul (a `linalg.contract` whose maps are one's);
+/// What a contraction op reads back as: an einsum (`core.einsum`, a `linalg.contract` whose
+/// maps are not a matmul's, or a `linalg.generic` of an outer product), or a matmul (a `linalg.contract` whose maps are one's);
 /// none for any other op.
 fn read_contraction(op: &OperationRef) -> Result<Option<Op>, String> {
     let name = op_name(op);
@@ -117,6 +117,11 @@ fn read_contraction(op: &OperationRef) -> Result<Option<Op>, String> {
             let result = op.result(0).map_err(|e| e.to_string())?;
             read_upstream(op, &name, Some(tensor_type(result.r#type())?))
         }
+        // An einsum that sums over no label prints as a generic of the product.
+        "linalg.generic" => match crate::core::read::instruction_op(op) {
+            Ok(einsum @ Op::Einsum { .. }) => Some(Ok(einsum)),
+            _ => None,
+        },
         _ => None,
     };
     read.transpose()
@@ -132,10 +137,9 @@ fn replacement(op: &OperationRef) -> Result<Option<String>, String> {
     };
     // Two operands (a `linalg.contract` also has its destination, which the replacement
     // makes anew) and one result.
-    let operands = if op_name(op) == "linalg.contract" {
-        3
-    } else {
-        2
+    let operands = match op_name(op).as_str() {
+        "linalg.contract" | "linalg.generic" => 3,
+        _ => 2,
     };
     if op.operand_count() != operands || op.result_count() != 1 {
         return Ok(None);

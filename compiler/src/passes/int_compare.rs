@@ -30,7 +30,7 @@ use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{RegionLike, ValueLike};
 use melior::Context;
-use ppmoe_runtime::program::{exact_in_f32, BinaryFn, Op};
+use ppmoe_runtime::program::{exact_in_f32, Op};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
@@ -40,17 +40,7 @@ fn is_comparison(op: &OperationRef) -> bool {
     if !(name.starts_with("core.") || name == "linalg.generic") {
         return false;
     }
-    let compares = |f: BinaryFn| {
-        matches!(
-            f,
-            BinaryFn::Equal
-                | BinaryFn::Less
-                | BinaryFn::Greater
-                | BinaryFn::LessOrEqual
-                | BinaryFn::GreaterOrEqual
-        )
-    };
-    matches!(instruction_op(op), Ok(Op::Binary { f }) if compares(f))
+    matches!(instruction_op(op), Ok(Op::Binary { f }) if f.is_comparison())
 }
 
 /// Whether `t`'s values are integers that f32 holds exactly.

@@ -59,17 +59,6 @@ pub fn unary(f: UnaryFn, x: &Tensor) -> KResult<Tensor> {
     })
 }
 
-fn is_compare(f: BinaryFn) -> bool {
-    matches!(
-        f,
-        BinaryFn::Equal
-            | BinaryFn::Less
-            | BinaryFn::Greater
-            | BinaryFn::LessOrEqual
-            | BinaryFn::GreaterOrEqual
-    )
-}
-
 pub fn binary(f: BinaryFn, a: &Tensor, b: &Tensor) -> KResult<Tensor> {
     let shape = broadcast_shape(&a.shape, &b.shape)?;
     let (ia, ib) = (
@@ -119,7 +108,7 @@ fn binary_f32(
     at: Broadcast,
     dtype: DType,
 ) -> KResult<Tensor> {
-    if is_compare(f) {
+    if f.is_comparison() {
         let c = at.pairs().map(|(i, j)| cmp(f, x[i].partial_cmp(&y[j])));
         return Ok(Tensor::bool(at.shape.clone(), c.collect()));
     }
@@ -145,7 +134,7 @@ fn binary_i64(
     at: Broadcast,
     dtype: DType,
 ) -> KResult<Tensor> {
-    if is_compare(f) {
+    if f.is_comparison() {
         let c = at.pairs().map(|(i, j)| cmp(f, Some(x[i].cmp(&y[j]))));
         return Ok(Tensor::bool(at.shape.clone(), c.collect()));
     }

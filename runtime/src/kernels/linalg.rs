@@ -136,7 +136,9 @@ pub fn einsum(equation: &str, ins: &[&Tensor]) -> KResult<Tensor> {
         .iter()
         .map(|t| crate::tensor::strides(&t.shape))
         .collect();
-    let mut out = vec![0f32; numel(&out_shape)];
+    // Sums start from -0.0, the identity of IEEE addition (0.0 + -0.0 is 0.0): an einsum that
+    // sums over no label is then each product exactly, as a multiplication is.
+    let mut out = vec![-0f32; numel(&out_shape)];
     let total = numel(&dims);
     let mut ctr = vec![0usize; dims.len()];
     for _ in 0..total {
@@ -160,4 +162,19 @@ pub fn einsum(equation: &str, ins: &[&Tensor]) -> KResult<Tensor> {
         }
     }
     Ok(Tensor::f32(out_shape, out).with_dtype(ins[0].dtype))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_einsum_that_sums_nothing_is_each_product_exactly() {
+        let x = Tensor::f32(vec![2], vec![-0.0, 3.0]);
+        let y = Tensor::f32(vec![2, 2], vec![1.5, -2.0, 0.0, 7.0]);
+        let out = einsum("a,ab->ab", &[&x, &y]).unwrap();
+        let bits: Vec<u32> = out.to_f32().iter().map(|v| v.to_bits()).collect();
+        let products = [-0.0f32 * 1.5, -0.0 * -2.0, 3.0 * 0.0, 3.0 * 7.0];
+        assert_eq!(bits, products.map(f32::to_bits));
+    }
 }

@@ -56,6 +56,20 @@ pub enum BinaryFn {
     Xor,
 }
 
+impl BinaryFn {
+    /// Whether the function compares its operands (its result is boolean whatever their type).
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryFn::Equal
+                | BinaryFn::Less
+                | BinaryFn::Greater
+                | BinaryFn::LessOrEqual
+                | BinaryFn::GreaterOrEqual
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReduceFn {
