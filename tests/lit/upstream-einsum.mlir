@@ -1,8 +1,10 @@
 // An einsum that is a plain contraction prints as linalg.contract, its labels loops numbered by
 // first appearance (so the maps do not depend on the letters), and reads back as the einsum its
-// maps say; an einsum that sums over no label (an outer product, which linalg.contract does not
-// take) stays a core op. Read back, the IR reprints as itself; ppmoe-einsum-to-matmul then makes
-// the contraction a batched matmul as before.
+// maps say. An einsum that sums over no label (an outer product, which linalg.contract does not
+// take) is a linalg.generic of arith.mulf (upstream-generic.mlir), but where its maps are numpy
+// broadcasting's, as cab,ab->cab's are: that one stays a core op, since the generic would read
+// back as a multiplication. Read back, the IR reprints as itself; ppmoe-einsum-to-matmul then
+// makes the contraction a batched matmul as before.
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
 // RUN: FileCheck %s < %t.mlir

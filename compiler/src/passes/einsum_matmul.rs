@@ -3,8 +3,9 @@
 //! x -> [a, c, b], y -> [a, b, d], matmul -> [a, c, d]. The GPU has GEMMs (cuBLAS), not an
 //! einsum; the JAX block's attention comes as such einsums (StableHLO's dot_general). It runs
 //! after the raise, which reads the dispatch einsums of the einsum-form MoE layers as they are.
-//! An einsum is a `linalg.contract` whose maps are not a matmul's, or a `core.einsum` (one
-//! that upstream's op does not take); one that is not a plain contraction (a label repeated
+//! An einsum is a `linalg.contract` whose maps are not a matmul's, a `linalg.generic` of an
+//! outer product (one that sums over no label), or a `core.einsum` (one that upstream's ops do
+//! not take); one that is not a plain contraction (a label repeated
 //! in one term, a label summed away from one operand alone, unknown sizes) stays.
 //!
 //! The replacement is the ops ppmoe prints for its instructions (`lower`), parsed, and moved
