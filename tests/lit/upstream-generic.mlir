@@ -1,8 +1,8 @@
 // Elementwise instructions beyond f32 arithmetic of one type print as a linalg.generic of one
 // scalar op, each operand read through numpy broadcasting's indexing map: a float comparison
 // as arith.cmpf with the ordered predicate (NaN compares false, as in ppmoe), an integer one as
-// arith.cmpi, a boolean not as arith.xori with true, a where as arith.select, f32 max as
-// arith.maxnumf, i32 arithmetic as arith.muli (wrapping, as ppmoe's does); casts from booleans
+// arith.cmpi, a boolean not as arith.xori with true, a boolean and as arith.andi, a where as
+// arith.select, f32 max as arith.maxnumf, i32 arithmetic as arith.muli (wrapping, as ppmoe's does); casts from booleans
 // and integers as the arith cast that converts as ppmoe does (extui, trunci, sitofp); a
 // broadcast to a static shape (what ONNX's Expand becomes) as the operand's element yielded; a
 // slice of static bounds (what ONNX's Slice becomes) as tensor.extract_slice; an f32 einsum
@@ -63,10 +63,13 @@
 // CHECK: linalg.generic {indexing_maps = [[[AB]], [[AC]], [[ABC]]], iterator_types = ["parallel", "parallel", "parallel"]} ins(%arg0, %arg0 : tensor<4x5xf32>, tensor<4x5xf32>) outs(%{{.*}} : tensor<4x5x5xf32>)
 // CHECK-NEXT: ^bb0(%in: f32 {{.*}}, %in_0: f32 {{.*}}, %out: f32 {{.*}}):
 // CHECK-NEXT: arith.mulf %in, %in_0 : f32
+// CHECK: linalg.generic {{.*}} ins(%[[LT]], %[[EQ]] : tensor<4x5xi1>, tensor<4x5xi1>)
+// CHECK-NEXT: ^bb0(%in: i1 {{.*}}, %in_0: i1 {{.*}}, %out: i1 {{.*}}):
+// CHECK-NEXT: arith.andi %in, %in_0 : i1
 // CHECK-NOT: "core.
 
 module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
-  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}, tensor<2x3xf32> {core.output = "s"}, tensor<4x5x5xf32> {core.output = "o"}) {
+  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}, tensor<2x3xf32> {core.output = "s"}, tensor<4x5x5xf32> {core.output = "o"}, tensor<4x5xi1> {core.output = "a"}) {
     %0 = "core.less"(%x, %k) : (tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xi1> loc("lt"("node_lt"))
     %1 = "core.not"(%0) : (tensor<4x5xi1>) -> tensor<4x5xi1> loc("ge"("node_ge"))
     %2 = "core.where"(%1, %x, %k) : (tensor<4x5xi1>, tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xf32> loc("w"("node_w"))
@@ -80,6 +83,7 @@ module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mi
     %10 = "core.expand_to"(%j) {shape = array<i64: 4, 5>} : (tensor<5xi64>) -> tensor<4x5xi64> loc("e"("node_e"))
     %11 = "core.extract_slice"(%x) {offsets = array<i64: 1, 0>, sizes = array<i64: 2, 3>, strides = array<i64: 1, 2>} : (tensor<4x5xf32>) -> tensor<2x3xf32> loc("s"("node_s"))
     %12 = "core.einsum"(%x, %x) {equation = "ab,ac->abc"} : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5x5xf32> loc("o"("node_o"))
-    func.return %9, %7, %10, %11, %12 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>, tensor<2x3xf32>, tensor<4x5x5xf32>
+    %13 = "core.and"(%0, %4) : (tensor<4x5xi1>, tensor<4x5xi1>) -> tensor<4x5xi1> loc("a"("node_a"))
+    func.return %9, %7, %10, %11, %12, %13 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>, tensor<2x3xf32>, tensor<4x5x5xf32>, tensor<4x5xi1>
   }
 }

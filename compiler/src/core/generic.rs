@@ -13,7 +13,8 @@
 //! - comparisons, whose result is `i1`: `arith.cmpf` with ordered predicates for floats (a NaN
 //!   compares false, as in ppmoe), `arith.cmpi` with signed ones for i32 and i64, `eq` for
 //!   booleans;
-//! - a where as `arith.select`, a boolean not as `arith.xori` with `true`;
+//! - a where as `arith.select`, a boolean not as `arith.xori` with `true`, boolean and, or and
+//!   xor as `arith.andi/ori/xori`;
 //! - a broadcast to a static shape (`expand_to`) as the operand's element yielded as it is;
 //! - an f32 einsum of two operands that sums over no label (an outer product, `ab,ac->abc`) as
 //!   `arith.mulf`, each operand read through the map of its labels to the result's (loops in
@@ -92,6 +93,13 @@ const INTEGER_BINARY: &[(BinaryFn, &str)] = &[
     (BinaryFn::Mul, "arith.muli"),
 ];
 
+/// Boolean logic as `arith`'s bitwise ops on `i1`.
+const BOOLEAN_BINARY: &[(BinaryFn, &str)] = &[
+    (BinaryFn::And, "arith.andi"),
+    (BinaryFn::Or, "arith.ori"),
+    (BinaryFn::Xor, "arith.xori"),
+];
+
 /// A predicate's name and its value in `arith`'s enum.
 type Predicate = (&'static str, i64);
 
@@ -124,7 +132,7 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
     let dtypes: Vec<DType> = operands.iter().map(|(d, _)| *d).collect();
     let all = |d: DType| dtypes.iter().all(|t| *t == d);
     let scalar = match (op, dtypes.as_slice()) {
-        (Op::Binary { f }, &[a, b]) if a == b && *out == DType::Bool => {
+        (Op::Binary { f }, &[a, b]) if f.is_comparison() && a == b && *out == DType::Bool => {
             let (_, float, integer) = COMPARISONS.iter().find(|(g, _, _)| g == f)?;
             match a {
                 a if is_float(a) => Scalar::Compare {
@@ -148,6 +156,9 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
         }
         (Op::Binary { f }, &[a, _]) if is_integer(a) && all(a) && *out == a => {
             Scalar::Binary(name_of(INTEGER_BINARY, *f)?)
+        }
+        (Op::Binary { f }, &[DType::Bool, _]) if all(DType::Bool) && *out == DType::Bool => {
+            Scalar::Binary(name_of(BOOLEAN_BINARY, *f)?)
         }
         (Op::Unary { f: UnaryFn::Neg }, &[a]) if is_half(a) && *out == a => {
             Scalar::Unary("arith.negf")
@@ -411,8 +422,11 @@ fn instruction_of(scalar: &Scalar, shapes: &[(DType, Vec<usize>)]) -> Option<Op>
     Some(match scalar {
         Scalar::Unary(_) => Op::Unary { f: UnaryFn::Neg },
         Scalar::Binary(name) => {
-            let float = shapes.first().is_some_and(|(d, _)| is_float(*d));
-            let table = if float { FLOAT_BINARY } else { INTEGER_BINARY };
+            let table = match shapes.first().map(|(d, _)| *d) {
+                Some(d) if is_float(d) => FLOAT_BINARY,
+                Some(DType::Bool) => BOOLEAN_BINARY,
+                _ => INTEGER_BINARY,
+            };
             let f = table.iter().find(|(_, n)| n == name)?.0;
             Op::Binary { f }
         }
@@ -486,7 +500,10 @@ fn read_body(op: &OperationRef) -> Option<Scalar> {
             }
         }
         (name, []) if arguments == 2 && reads_arguments(2) => {
-            let known = FLOAT_BINARY.iter().chain(INTEGER_BINARY);
+            let known = FLOAT_BINARY
+                .iter()
+                .chain(INTEGER_BINARY)
+                .chain(BOOLEAN_BINARY);
             Scalar::Binary(known.map(|(_, n)| *n).find(|n| *n == name)?)
         }
         _ => return None,
@@ -633,6 +650,14 @@ mod tests {
             (
                 Op::Unary { f: UnaryFn::Not },
                 vec![(Bool, vec![2, 3]), (Bool, vec![2, 3])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::Xor },
+                vec![(Bool, vec![2, 3]), (Bool, vec![3]), (Bool, vec![2, 3])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::And },
+                vec![(Bool, vec![3]), (Bool, vec![3]), (Bool, vec![3])],
             ),
             (
                 Op::Einsum {
