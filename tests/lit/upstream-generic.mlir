@@ -7,8 +7,10 @@
 // broadcast to a static shape (what ONNX's Expand becomes) as the operand's element yielded; a
 // slice of static bounds (what ONNX's Slice becomes) as tensor.extract_slice; an f32 einsum
 // that sums over no label (an outer product) as a linalg.generic of arith.mulf whose maps are
-// its labels' (read back as the einsum of those maps). Read back, they are the same program
-// (the IR reprints as itself).
+// its labels' (read back as the einsum of those maps); a matmul with a bf16 result as linalg's
+// with an f32 one (ppmoe accumulates in f32) and an arith.truncf marked ppmoe.narrows, which
+// reads back as part of the matmul (rounded once). Read back, they are the same program (the
+// IR reprints as itself).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -66,10 +68,12 @@
 // CHECK: linalg.generic {{.*}} ins(%[[LT]], %[[EQ]] : tensor<4x5xi1>, tensor<4x5xi1>)
 // CHECK-NEXT: ^bb0(%in: i1 {{.*}}, %in_0: i1 {{.*}}, %out: i1 {{.*}}):
 // CHECK-NEXT: arith.andi %in, %in_0 : i1
+// CHECK: %[[MM:.*]] = linalg.matmul ins(%arg4, %arg5 : tensor<4x3xbf16>, tensor<3x5xbf16>) outs(%{{.*}} : tensor<4x5xf32>) -> tensor<4x5xf32>
+// CHECK-NEXT: arith.truncf %[[MM]] {ppmoe.narrows = true} : tensor<4x5xf32> to tensor<4x5xbf16>
 // CHECK-NOT: "core.
 
 module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
-  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}, tensor<2x3xf32> {core.output = "s"}, tensor<4x5x5xf32> {core.output = "o"}, tensor<4x5xi1> {core.output = "a"}) {
+  func.func @rank0(%x: tensor<4x5xf32> {core.input = "x"}, %k: tensor<f32> {core.input = "k"}, %i: tensor<4x5xi64> {core.input = "i"}, %j: tensor<5xi64> {core.input = "j"}, %hx: tensor<4x3xbf16> {core.input = "hx"}, %hw: tensor<3x5xbf16> {core.input = "hw"}) -> (tensor<4x5xf32> {core.output = "y"}, tensor<4x5xi32> {core.output = "n"}, tensor<4x5xi64> {core.output = "e"}, tensor<2x3xf32> {core.output = "s"}, tensor<4x5x5xf32> {core.output = "o"}, tensor<4x5xi1> {core.output = "a"}, tensor<4x5xbf16> {core.output = "h"}) {
     %0 = "core.less"(%x, %k) : (tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xi1> loc("lt"("node_lt"))
     %1 = "core.not"(%0) : (tensor<4x5xi1>) -> tensor<4x5xi1> loc("ge"("node_ge"))
     %2 = "core.where"(%1, %x, %k) : (tensor<4x5xi1>, tensor<4x5xf32>, tensor<f32>) -> tensor<4x5xf32> loc("w"("node_w"))
@@ -84,6 +88,7 @@ module attributes {ppmoe.stage = "core", ppmoe.source = {model = "../fixtures/mi
     %11 = "core.extract_slice"(%x) {offsets = array<i64: 1, 0>, sizes = array<i64: 2, 3>, strides = array<i64: 1, 2>} : (tensor<4x5xf32>) -> tensor<2x3xf32> loc("s"("node_s"))
     %12 = "core.einsum"(%x, %x) {equation = "ab,ac->abc"} : (tensor<4x5xf32>, tensor<4x5xf32>) -> tensor<4x5x5xf32> loc("o"("node_o"))
     %13 = "core.and"(%0, %4) : (tensor<4x5xi1>, tensor<4x5xi1>) -> tensor<4x5xi1> loc("a"("node_a"))
-    func.return %9, %7, %10, %11, %12, %13 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>, tensor<2x3xf32>, tensor<4x5x5xf32>, tensor<4x5xi1>
+    %14 = "core.mat_mul"(%hx, %hw) : (tensor<4x3xbf16>, tensor<3x5xbf16>) -> tensor<4x5xbf16> loc("h"("node_h"))
+    func.return %9, %7, %10, %11, %12, %13, %14 : tensor<4x5xf32>, tensor<4x5xi32>, tensor<4x5xi64>, tensor<2x3xf32>, tensor<4x5x5xf32>, tensor<4x5xi1>, tensor<4x5xbf16>
   }
 }

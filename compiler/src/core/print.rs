@@ -10,7 +10,7 @@
 //!     %2 = "core.softmax"(%1) {axis = 1 : i64} : (tensor<16x4xf32>) -> tensor<16x4xf32>
 
 use crate::core::read::{RANK_PIECE, STRATEGY};
-use crate::core::upstream::{instruction_form, upstream_lines};
+use crate::core::upstream::{instruction_form, upstream_form, upstream_lines, Upstream};
 use ppmoe_frontend::onnx_stage::quote;
 use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Program};
 use ppmoe_runtime::DType;
@@ -355,7 +355,8 @@ fn print_instruction(
         extra_operand = Some((format!("%e{i}"), t));
     }
     let is_send = matches!(ins.op, Op::Send { .. });
-    let narrowed = narrowed_collective(p, ins);
+    let narrowed = narrowed(p, ins);
+    let narrows_matmul = matches!(ins.op, Op::MatMul);
     let result_count = if is_send { 1 } else { ins.outputs.len() };
     let mut results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
     for (k, &o) in ins.outputs.iter().enumerate() {
@@ -378,7 +379,12 @@ fn print_instruction(
         results = vec![format!("%v{i}_w")];
         result_types = vec![tensor_type(wide)];
     }
-    if let Some(form) = instruction_form(p, ins).filter(|_| narrowed.is_none()) {
+    let form = match &narrowed {
+        None => instruction_form(p, ins),
+        Some(wide) if narrows_matmul => wide_form(p, ins, wide),
+        Some(_) => None,
+    };
+    if let Some(form) = form {
         let operands: Vec<(String, String)> =
             operand_names.into_iter().zip(operand_types).collect();
         let (before, line) = upstream_lines(&form, i, &results[0], &operands, &result_types[0]);
@@ -386,6 +392,16 @@ fn print_instruction(
             let _ = writeln!(body, "    {b} loc(unknown)");
         }
         let _ = writeln!(body, "    {line} loc({})", location(p, ins, false));
+        if let Some(wide) = narrowed {
+            // The matmul's f32 result rounded once to the buffer's half precision.
+            let _ = writeln!(
+                body,
+                "    %v{i}_0 = arith.truncf %v{i}_w {{ppmoe.narrows = true}} : {} to {} loc({})",
+                tensor_type(&wide),
+                ty(ins.outputs[0]),
+                location(p, ins, false),
+            );
+        }
         return;
     }
     let mut attrs = if ins.op.dialect() == "shard" {
@@ -433,24 +449,42 @@ fn print_instruction(
     }
 }
 
-/// A collective whose result the runtime writes in another element type than its operand's
-/// (an f32 partial narrowed into a bf16 output as it is gathered): the `shard` ops take one
-/// element type, so it prints as the collective in its operand's type (this buffer) followed
-/// by a `core.cast` marked `ppmoe.narrows`, which `read` folds back into the collective.
-fn narrowed_collective(p: &Program, ins: &Instruction) -> Option<Buffer> {
+/// An instruction whose result the runtime writes in another element type than the op
+/// computes it in, printed as the op in that type (this buffer) followed by a cast marked
+/// `ppmoe.narrows`, which `read` folds back into the instruction:
+/// - a collective whose operand is wider than its result (an f32 partial narrowed into a bf16
+///   output as it is gathered; the `shard` ops take one element type): a `core.cast`;
+/// - a matmul with a half-precision result that linalg takes with an f32 one (ppmoe
+///   accumulates in f32 and rounds once, where a half-precision linalg result would accumulate
+///   in half precision): an `arith.truncf`.
+fn narrowed(p: &Program, ins: &Instruction) -> Option<Buffer> {
     use ppmoe_runtime::program::Op;
-    if !matches!(
-        ins.op,
-        Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. }
-    ) {
-        return None;
-    }
-    let input = p.buffers.get((*ins.inputs.first()?)?)?;
     let output = p.buffers.get(*ins.outputs.first()?)?;
-    (input.dtype != output.dtype).then(|| Buffer {
-        dtype: input.dtype,
-        ..output.clone()
-    })
+    match ins.op {
+        Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } => {
+            let input = p.buffers.get((*ins.inputs.first()?)?)?;
+            (input.dtype != output.dtype).then(|| Buffer {
+                dtype: input.dtype,
+                ..output.clone()
+            })
+        }
+        Op::MatMul if matches!(output.dtype, DType::BF16 | DType::F16) => {
+            let wide = Buffer {
+                dtype: DType::F32,
+                ..output.clone()
+            };
+            wide_form(p, ins, &wide).map(|_| wide)
+        }
+        _ => None,
+    }
+}
+
+/// The upstream form of `ins` were its result `wide`.
+fn wide_form(p: &Program, ins: &Instruction, wide: &Buffer) -> Option<Upstream> {
+    let inputs: Option<Vec<&Buffer>> = (ins.inputs.iter())
+        .map(|b| b.map(|b| &p.buffers[b]))
+        .collect();
+    upstream_form(&ins.op, &inputs?, wide)
 }
 
 /// An instruction's location: each result's buffer name with the source node inside

@@ -29,6 +29,10 @@ const MAX_RANKS: i64 = 1 << 16;
 const MAX_BRANCH_DEPTH: usize = 16;
 
 /// Attributes that say how operands are laid out, not what the op computes.
+/// The casts that may narrow the result of the instruction before them (`ppmoe.narrows`): a
+/// collective's (`core.cast`), a matmul's (`arith.truncf`).
+pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf"];
+
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 
 /// A program as read, with the weights its arguments mark as rank pieces (`ppmoe.rank_piece`:
@@ -456,7 +460,7 @@ impl FunctionReader {
 
     fn instruction(&mut self, op: &OperationRef, index: usize) -> Result<(), String> {
         let full = op_name(op);
-        if full == "core.cast" && op.has_attribute("ppmoe.narrows") {
+        if NARROWING.contains(&full.as_str()) && op.has_attribute("ppmoe.narrows") {
             return self.narrow(op);
         }
         if matches!(
@@ -523,7 +527,7 @@ impl FunctionReader {
         Ok(())
     }
 
-    /// A `core.cast` marked `ppmoe.narrows` (see `print::narrowed_collective`): folded into
+    /// A cast marked `ppmoe.narrows` (see `print::narrowed`): folded into
     /// the collective before it, whose result becomes the cast's type and name.
     fn narrow(&mut self, op: &OperationRef) -> Result<(), String> {
         let from = handle(op.operand(0).map_err(|e| e.to_string())?);
@@ -534,11 +538,13 @@ impl FunctionReader {
         let collective = self.program.instructions.last().filter(|ins| {
             matches!(
                 ins.op,
-                Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. }
+                Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::MatMul
             ) && ins.outputs == [b]
         });
         if collective.is_none() {
-            return Err("ppmoe.narrows casts the result of the collective just before it".into());
+            return Err(
+                "ppmoe.narrows casts the result of the collective or matmul just before it".into(),
+            );
         }
         let result = op.result(0).map_err(|e| e.to_string())?;
         let (dtype, shape) = tensor_type(result.r#type())?;

@@ -4,8 +4,9 @@
 //! - a matmul of two matrices as `linalg.matmul`, of two stacks of matrices with one batch as
 //!   `linalg.batch_matmul` (an f32 result, which linalg accumulates in, as ppmoe does; the
 //!   operands f32 or stored in half precision) into a zero `linalg.fill` (linalg's matmuls add
-//!   the product to their destination), a transpose as `linalg.transpose`, a softmax as
-//!   `linalg.softmax`, each into a `tensor.empty`;
+//!   the product to their destination; a half-precision result prints as the f32 one and an
+//!   `arith.truncf` marked `ppmoe.narrows`: `print::narrowed`), a transpose as
+//!   `linalg.transpose`, a softmax as `linalg.softmax`, each into a `tensor.empty`;
 //! - a concatenation as `tensor.concat`, a reshape to a static shape as `tensor.reshape` (the
 //!   shape an `arith.constant`);
 //! - f32 elementwise arithmetic whose operands and result have one type as a `linalg.map` of

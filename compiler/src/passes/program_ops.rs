@@ -3,7 +3,7 @@
 //! the program (a layer's chain, a pipeline cut) edits the ops found here.
 
 use super::func_ops::{block_ops, body};
-use crate::core::read::{location_names, op_name, tensor_type, ReadProgram};
+use crate::core::read::{location_names, op_name, tensor_type, ReadProgram, NARROWING};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{Location, Value, ValueLike};
@@ -15,7 +15,7 @@ pub struct ProgramOps<'c, 'a> {
     pub ops: Vec<OperationRef<'c, 'a>>,
     /// Per instruction, its op's position in `ops`.
     pub instruction_at: Vec<usize>,
-    /// Per instruction, the position of the `core.cast` that narrows its result (`ppmoe.narrows`,
+    /// Per instruction, the position of the cast that narrows its result (`ppmoe.narrows`,
     /// read as part of the instruction), where it has one.
     pub narrowed_by: HashMap<usize, usize>,
     /// Per buffer, the value that holds it: an argument, an op's result, or a narrowing cast's.
@@ -79,11 +79,13 @@ impl<'c, 'a> ProgramOps<'c, 'a> {
     }
 }
 
-/// Whether `op` is the `core.cast` that narrows `collective`'s result (`ppmoe.narrows`).
-fn narrows(op: &OperationRef, collective: &OperationRef) -> bool {
+/// Whether `op` is the cast that narrows `collective`'s (or a matmul's) result
+/// (`ppmoe.narrows`).
+pub fn narrows(op: &OperationRef, collective: &OperationRef) -> bool {
     // Checked in this order: melior's error for an operand or result out of range prints the
     // whole op, which costs as much as printing its function.
-    if op_name(op) != "core.cast" || !op.has_attribute("ppmoe.narrows") {
+    let name = op_name(op);
+    if !NARROWING.contains(&name.as_str()) || !op.has_attribute("ppmoe.narrows") {
         return false;
     }
     if op.operand_count() == 0 || collective.result_count() == 0 {

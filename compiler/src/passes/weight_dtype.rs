@@ -103,6 +103,11 @@ fn router_arguments(block: BlockRef) -> Result<HashSet<usize>, String> {
         let mut logits = op.operand(0).map_err(|e| e.to_string())?;
         while let Ok(made) = OperationResult::try_from(logits) {
             let producer = made.owner();
+            // A matmul's narrowing cast is part of its instruction.
+            if producer.has_attribute("ppmoe.narrows") && producer.operand_count() > 0 {
+                logits = producer.operand(0).map_err(|e| e.to_string())?;
+                continue;
+            }
             let read = instruction_op(&producer);
             match read {
                 Ok(Op::ReshapeTo { .. }) if producer.operand_count() > 0 => {
