@@ -27,6 +27,12 @@
 // RUN: not %ppmoe opt %t.past.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=PAST
 // PAST: error: {{.*}}past.mlir: stage 'input': the IR does not verify: slice along dimension 0 runs out-of-bounds: 4 >= 4 (loc("s"("node_s")))
 
+// A narrowing cast whose wide matmul result another op reads too is refused: that reader
+// would read the narrowed buffer.
+// RUN: sed 's/^\( *\)%[0-9]* = arith.truncf \(%[0-9]*\) {ppmoe.narrows = true} : \(.*\) to \(tensor<[0-9x]*xbf16>\).*$/&\n\1%%again = arith.truncf \2 : \3 to \4/' %t.mlir > %t.twice.mlir
+// RUN: not %ppmoe opt %t.twice.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=TWICE
+// TWICE: error: {{.*}}twice.mlir: {{.*}}ppmoe.narrows casts a result that other ops read too
+
 // An unsigned conversion of a signed integer is no cast ppmoe makes: refused by name.
 // RUN: sed 's/arith.sitofp/arith.uitofp/' %t.mlir > %t.unsigned.mlir
 // RUN: not %ppmoe opt %t.unsigned.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=UNSIGNED

@@ -527,10 +527,15 @@ impl FunctionReader {
         Ok(())
     }
 
-    /// A cast marked `ppmoe.narrows` (see `print::narrowed`): folded into
-    /// the collective before it, whose result becomes the cast's type and name.
+    /// A cast marked `ppmoe.narrows` (see `print::narrowed`): folded into the collective or
+    /// matmul before it, whose result becomes the cast's type and name. The wide result must
+    /// have no other reader, which would read the narrowed buffer in its place.
     fn narrow(&mut self, op: &OperationRef) -> Result<(), String> {
-        let from = handle(op.operand(0).map_err(|e| e.to_string())?);
+        let wide = op.operand(0).map_err(|e| e.to_string())?;
+        if uses(wide) != 1 {
+            return Err("ppmoe.narrows casts a result that other ops read too".into());
+        }
+        let from = handle(wide);
         let b = *self
             .values
             .get(&from)
@@ -881,6 +886,19 @@ fn list<'c>(op: &OperationRef<'c, '_>, name: &str) -> Vec<Attribute<'c>> {
     (0..array.len())
         .filter_map(|i| array.element(i).ok())
         .collect()
+}
+
+/// How many operands read `value`.
+fn uses(value: melior::ir::Value) -> usize {
+    let mut n = 0;
+    // SAFETY: walking the live use list of a value of the function being read.
+    let mut use_ = unsafe { mlir_sys::mlirValueGetFirstUse(value.to_raw()) };
+    while !unsafe { mlir_sys::mlirOpOperandIsNull(use_) } {
+        n += 1;
+        // SAFETY: as above.
+        use_ = unsafe { mlir_sys::mlirOpOperandGetNextUse(use_) };
+    }
+    n
 }
 
 pub(crate) fn op_name(op: &OperationRef) -> String {
