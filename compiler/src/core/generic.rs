@@ -368,17 +368,7 @@ pub fn read_generic(op: &OperationRef) -> Result<Op, String> {
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| refuse("expected tensors of static shape".into()))?;
-    let strings = |key: &str| {
-        op.attribute(key)
-            .ok()
-            .and_then(|a| ArrayAttribute::try_from(a).ok())
-            .map(|a| {
-                (0..a.len())
-                    .filter_map(|k| a.element(k).ok())
-                    .map(|m| m.to_string())
-                    .collect::<Vec<_>>()
-            })
-    };
+    let strings = |key: &str| op.attribute(key).ok().map(array_strings);
     let maps = strings("indexing_maps");
     let read = match (&scalar, maps.as_deref()) {
         // A product whose maps are no broadcasting is the einsum they say.
@@ -415,6 +405,18 @@ pub fn read_generic(op: &OperationRef) -> Result<Op, String> {
         )));
     }
     Ok(read)
+}
+
+/// An array attribute's elements as MLIR prints them (none where it is no array).
+pub(crate) fn array_strings(a: melior::ir::attribute::Attribute) -> Vec<String> {
+    ArrayAttribute::try_from(a)
+        .map(|a| {
+            (0..a.len())
+                .filter_map(|k| a.element(k).ok())
+                .map(|m| m.to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The instruction a body's scalar op computes over operands of these types.

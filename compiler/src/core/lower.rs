@@ -535,13 +535,15 @@ impl<'m> Lowering<'m> {
                 self.emit(node, Op::ReshapeTo { shape }, vec![Some(x)], out);
                 Ok(())
             }
-            "Slice" if node.domain.is_empty() && self.static_slice(node).is_some() => {
-                let op = self.static_slice(node).unwrap_or(Op::Slice);
-                let x = self.operand(&node.inputs[0]);
-                let out = self.outputs(node);
-                self.emit(node, op, vec![Some(x)], out);
-                Ok(())
-            }
+            "Slice" if node.domain.is_empty() => match self.static_slice(node) {
+                Some(op) => {
+                    let x = self.operand(&node.inputs[0]);
+                    let out = self.outputs(node);
+                    self.emit(node, op, vec![Some(x)], out);
+                    Ok(())
+                }
+                None => self.lower_as_op(node),
+            },
             "Expand" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
                 // The result's shape is the broadcast's: the shape operand is spent.
                 let shape = self.static_shape(&node.outputs[0]).unwrap_or_default();
@@ -550,14 +552,17 @@ impl<'m> Lowering<'m> {
                 self.emit(node, Op::ExpandTo { shape }, vec![Some(x)], out);
                 Ok(())
             }
-            _ => {
-                let op = self.op_for(node)?;
-                let ins = self.operands(node);
-                let outs = self.outputs(node);
-                self.emit(node, op, ins, outs);
-                Ok(())
-            }
+            _ => self.lower_as_op(node),
         }
+    }
+
+    /// The node as the one `core` op of its type, its operands and outputs as they are.
+    fn lower_as_op(&mut self, node: &Node) -> Result<(), CompileError> {
+        let op = self.op_for(node)?;
+        let ins = self.operands(node);
+        let outs = self.outputs(node);
+        self.emit(node, op, ins, outs);
+        Ok(())
     }
 }
 

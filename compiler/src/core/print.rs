@@ -355,8 +355,7 @@ fn print_instruction(
         extra_operand = Some((format!("%e{i}"), t));
     }
     let is_send = matches!(ins.op, Op::Send { .. });
-    let narrowed = narrowed(p, ins);
-    let narrows_matmul = matches!(ins.op, Op::MatMul);
+    let (narrowed, narrowed_form) = narrowed(p, ins).unzip();
     let result_count = if is_send { 1 } else { ins.outputs.len() };
     let mut results: Vec<String> = (0..result_count).map(|k| format!("%v{i}_{k}")).collect();
     for (k, &o) in ins.outputs.iter().enumerate() {
@@ -379,10 +378,9 @@ fn print_instruction(
         results = vec![format!("%v{i}_w")];
         result_types = vec![tensor_type(wide)];
     }
-    let form = match &narrowed {
+    let form = match narrowed_form {
         None => instruction_form(p, ins),
-        Some(wide) if narrows_matmul => wide_form(p, ins, wide),
-        Some(_) => None,
+        Some(form) => form,
     };
     if let Some(form) = form {
         let operands: Vec<(String, String)> =
@@ -451,29 +449,32 @@ fn print_instruction(
 
 /// An instruction whose result the runtime writes in another element type than the op
 /// computes it in, printed as the op in that type (this buffer) followed by a cast marked
-/// `ppmoe.narrows`, which `read` folds back into the instruction:
+/// `ppmoe.narrows`, which `read` folds back into the instruction (with the upstream form of
+/// the wide op, where it has one):
 /// - a collective whose operand is wider than its result (an f32 partial narrowed into a bf16
 ///   output as it is gathered; the `shard` ops take one element type): a `core.cast`;
 /// - a matmul with a half-precision result that linalg takes with an f32 one (ppmoe
 ///   accumulates in f32 and rounds once, where a half-precision linalg result would accumulate
 ///   in half precision): an `arith.truncf`.
-fn narrowed(p: &Program, ins: &Instruction) -> Option<Buffer> {
+fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)> {
     use ppmoe_runtime::program::Op;
     let output = p.buffers.get(*ins.outputs.first()?)?;
     match ins.op {
         Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } => {
             let input = p.buffers.get((*ins.inputs.first()?)?)?;
-            (input.dtype != output.dtype).then(|| Buffer {
+            let wide = Buffer {
                 dtype: input.dtype,
                 ..output.clone()
-            })
+            };
+            (input.dtype != output.dtype).then_some((wide, None))
         }
         Op::MatMul if matches!(output.dtype, DType::BF16 | DType::F16) => {
             let wide = Buffer {
                 dtype: DType::F32,
                 ..output.clone()
             };
-            wide_form(p, ins, &wide).map(|_| wide)
+            let form = wide_form(p, ins, &wide)?;
+            Some((wide, Some(form)))
         }
         _ => None,
     }

@@ -28,11 +28,11 @@ const MAX_RANKS: i64 = 1 << 16;
 /// The deepest `scf.if` nesting read (upstream's partitioning writes one level).
 const MAX_BRANCH_DEPTH: usize = 16;
 
-/// Attributes that say how operands are laid out, not what the op computes.
 /// The casts that may narrow the result of the instruction before them (`ppmoe.narrows`): a
 /// collective's (`core.cast`), a matmul's (`arith.truncf`).
 pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf"];
 
+/// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 
 /// A program as read, with the weights its arguments mark as rank pieces (`ppmoe.rank_piece`:
@@ -532,7 +532,7 @@ impl FunctionReader {
     /// have no other reader, which would read the narrowed buffer in its place.
     fn narrow(&mut self, op: &OperationRef) -> Result<(), String> {
         let wide = op.operand(0).map_err(|e| e.to_string())?;
-        if uses(wide) != 1 {
+        if users(wide).len() != 1 {
             return Err("ppmoe.narrows casts a result that other ops read too".into());
         }
         let from = handle(wide);
@@ -888,17 +888,19 @@ fn list<'c>(op: &OperationRef<'c, '_>, name: &str) -> Vec<Attribute<'c>> {
         .collect()
 }
 
-/// How many operands read `value`.
-fn uses(value: melior::ir::Value) -> usize {
-    let mut n = 0;
-    // SAFETY: walking the live use list of a value of the function being read.
+/// The op of each operand that reads `value`, in its use list's order (an op once per operand
+/// that reads it).
+pub(crate) fn users<'c, 'a>(value: melior::ir::Value<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
+    let mut owners = Vec::new();
+    // SAFETY: walking the live use list of a value of a live function.
     let mut use_ = unsafe { mlir_sys::mlirValueGetFirstUse(value.to_raw()) };
     while !unsafe { mlir_sys::mlirOpOperandIsNull(use_) } {
-        n += 1;
+        // SAFETY: a use's owner is a live op of the function.
+        owners.push(unsafe { OperationRef::from_raw(mlir_sys::mlirOpOperandGetOwner(use_)) });
         // SAFETY: as above.
         use_ = unsafe { mlir_sys::mlirOpOperandGetNextUse(use_) };
     }
-    n
+    owners
 }
 
 pub(crate) fn op_name(op: &OperationRef) -> String {

@@ -27,7 +27,9 @@
 //! undefined out of range), integer division, unsigned integers (`arith` takes signless ones),
 //! a matmul that broadcasts its batch, ops whose axes or bounds are operands.
 
-use super::generic::{generic_form, generic_line, read_generic, Generic, FLOAT_BINARY};
+use super::generic::{
+    array_strings, generic_form, generic_line, read_generic, Generic, FLOAT_BINARY,
+};
 use melior::ir::attribute::{Attribute, IntegerAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
@@ -433,16 +435,7 @@ fn einsum_of_maps(maps: &[String]) -> Option<String> {
 /// that transpose or broadcast an operand, which ppmoe's matmul does not, but for a weight
 /// broadcast over a batch).
 fn read_matmul(op: &OperationRef, name: &str) -> Result<Op, String> {
-    let maps = op.attribute("indexing_maps").ok().map(|a| {
-        melior::ir::attribute::ArrayAttribute::try_from(a)
-            .map(|a| {
-                (0..a.len())
-                    .filter_map(|k| a.element(k).ok())
-                    .map(|m| m.to_string())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    });
+    let maps = op.attribute("indexing_maps").ok().map(array_strings);
     let second_rank = op
         .operand(1)
         .ok()

@@ -7,7 +7,7 @@
 
 use super::func_ops::{replace_op, set_signature, tensor_of};
 use super::program_ops::one_instruction;
-use crate::core::read::{instruction_op, op_name, tensor_type};
+use crate::core::read::{instruction_op, op_name, tensor_type, users};
 use crate::core::upstream::OPERAND_ONLY;
 use melior::ir::block::{BlockArgument, BlockRef};
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
@@ -47,11 +47,7 @@ fn upstream_readers<'c, 'a>(args: &[BlockArgument<'c, 'a>]) -> Vec<OperationRef<
     let mut seen = HashSet::new();
     let mut readers = Vec::new();
     for arg in args {
-        // SAFETY: walking the live use list of an argument of the function being changed.
-        let mut use_ = unsafe { mlir_sys::mlirValueGetFirstUse(arg.to_raw()) };
-        while !unsafe { mlir_sys::mlirOpOperandIsNull(use_) } {
-            // SAFETY: a use's owner is a live op of the function.
-            let owner = unsafe { OperationRef::from_raw(mlir_sys::mlirOpOperandGetOwner(use_)) };
+        for owner in users((*arg).into()) {
             let dialect = op_name(&owner);
             let ours = ["core.", "moe.", "shard."]
                 .iter()
@@ -59,8 +55,6 @@ fn upstream_readers<'c, 'a>(args: &[BlockArgument<'c, 'a>]) -> Vec<OperationRef<
             if !ours && seen.insert(owner.to_raw().ptr as usize) {
                 readers.push(owner);
             }
-            // SAFETY: as above.
-            use_ = unsafe { mlir_sys::mlirOpOperandGetNextUse(use_) };
         }
     }
     readers

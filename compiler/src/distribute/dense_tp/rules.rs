@@ -343,7 +343,6 @@ impl Tp<'_> {
         })
     }
 
-    /// An expand that keeps the split axis's size: the target shape's piece (a new constant).
     /// A broadcast to a static shape keeps a split on an axis it does not broadcast, the
     /// shape's piece of it the rank's.
     fn expand_to(&mut self, ins: &Instruction, shape: &[usize]) -> Option<Instruction> {
@@ -364,6 +363,7 @@ impl Tp<'_> {
         })
     }
 
+    /// An expand that keeps the split axis's size: the target shape's piece (a new constant).
     fn expand(&mut self, ins: &Instruction) -> Option<Instruction> {
         let (inp, shp) = (ins.inputs[0].unwrap_or(0), ins.inputs[1].unwrap_or(0));
         let S::Split(x) = self.operand(ins, 0) else {
