@@ -247,6 +247,22 @@ fn a_grid_that_does_not_fit_names_the_constraint() {
         &stages,
         &["2 pipeline stages for a model of 1 MoE layer(s)"],
     );
+    // At tp 2 these blocks hold collectives that are not the MoE layer's: the TorchScript
+    // block all-gathers its row-split router's logits, Qwen2-MoE's shared expert all-reduces its
+    // down projection. Neither ends a layer, so neither makes room for a second stage.
+    for (k, fixture) in ["mixtral_block_ts_bmm", "qwen2moe_block_dynamo"]
+        .iter()
+        .enumerate()
+    {
+        let out = work.path().join(format!("d{k}"));
+        let tp_pp = compile(
+            &fixtures_dir().join(fixture),
+            &out,
+            &["--tp", "2", "--pp", "2"],
+        );
+        assert_clean_failure(&tp_pp, &["2 pipeline stages for a model of 1 MoE layer(s)"]);
+        assert!(!out.exists(), "{fixture}: no bundle is left behind");
+    }
     let lm = fixtures_dir().join("mixtral_lm_dynamo");
     let too_many = compile(&lm, &work.path().join("c"), &["--pp", "3"]);
     assert_clean_failure(

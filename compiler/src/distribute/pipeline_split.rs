@@ -57,13 +57,38 @@ fn cost(p: &Program, ins: &Instruction) -> f64 {
     flops + weight_bytes
 }
 
-/// The instruction that ends an MoE layer in any of its forms: `moe.experts`, PPMoE's
-/// all-reduce, the all-to-all form's all-gather.
-fn ends_moe_layer(ins: &Instruction) -> bool {
-    matches!(
-        ins.op,
-        Op::MoeExperts { .. } | Op::AllReduce { .. } | Op::AllGather { .. }
-    )
+/// Which instructions end an MoE layer, in any of its forms: `moe.experts`; PPMoE's all-reduce
+/// of a `moe.scatter_combine`; the all-to-all form's all-gather of a `moe.combine` (either
+/// collective possibly through a cast of the combine, as a narrowed one is). Other collectives
+/// (a dense row-split's all-reduce, an all-gather of routing logits) do not end a layer: counted
+/// as ends, they would let a one-layer block be cut into two stages.
+fn moe_layer_ends(p: &Program) -> Vec<bool> {
+    // The instruction that made each buffer, seen through casts.
+    let mut source: Vec<Option<usize>> = vec![None; p.buffers.len()];
+    let mut ends = Vec::with_capacity(p.instructions.len());
+    for (i, ins) in p.instructions.iter().enumerate() {
+        let combined = |b: BufferId| {
+            source[b].is_some_and(|s| {
+                matches!(
+                    p.instructions[s].op,
+                    Op::MoeScatterCombine { .. } | Op::MoeCombine { .. }
+                )
+            })
+        };
+        ends.push(match ins.op {
+            Op::MoeExperts { .. } => true,
+            Op::AllReduce { .. } | Op::AllGather { .. } => ins.inputs[0].is_some_and(combined),
+            _ => false,
+        });
+        let made_by = match (&ins.op, ins.inputs.first()) {
+            (Op::Cast { .. }, Some(&Some(from))) => source[from],
+            _ => Some(i),
+        };
+        for &o in &ins.outputs {
+            source[o] = made_by;
+        }
+    }
+    ends
 }
 
 /// Points (instruction indices) where a new stage may start: one after each MoE layer but the
@@ -107,9 +132,8 @@ pub fn boundaries(p: &Program) -> Vec<usize> {
     // Between the end of one MoE layer and the end of the next, the first cut where fewest
     // values cross (one, the hidden state, in a plain LM; a decoder with a KV cache also
     // passes on the caches' inputs and outputs and its residual sum).
-    let layer_ends: Vec<usize> = (1..=n)
-        .filter(|&c| ends_moe_layer(&p.instructions[c - 1]))
-        .collect();
+    let ends = moe_layer_ends(p);
+    let layer_ends: Vec<usize> = (1..=n).filter(|&c| ends[c - 1]).collect();
     let mut out = Vec::new();
     for (k, &start) in layer_ends.iter().enumerate() {
         let end = layer_ends.get(k + 1).copied().unwrap_or(n);
@@ -129,7 +153,7 @@ pub fn choose_cuts(p: &Program, pp: usize) -> Result<Vec<usize>, String> {
     if pp == 1 {
         return Ok(vec![]);
     }
-    let layers = p.instructions.iter().filter(|i| ends_moe_layer(i)).count();
+    let layers = moe_layer_ends(p).into_iter().filter(|&end| end).count();
     if pp > layers {
         return Err(format!("{pp} pipeline stages for a model of {layers} MoE layer(s): at most one stage per layer"));
     }
