@@ -680,3 +680,30 @@ mod microbatches {
         assert_clean_failure(&out, &["batch fixed at 1", "dynamic batch"]);
     }
 }
+
+/// A Cast to the type its operand has is that operand. The TorchScript Mixtral block casts its
+/// router's f32 logits to f32; as an op, that cast made dense TP all-gather the logits of its
+/// row-split router at tp 2 (in bf16 for a bf16 build, a rounding tp 1 does not make).
+#[test]
+fn a_cast_to_its_own_type_is_its_operand_and_splits_nothing() {
+    let model = fixtures_dir().join("mixtral_block_ts_bmm/model.onnx");
+    let model = model.to_str().unwrap();
+    let core = ppmoe(&["inspect", model, "--emit", "core"]);
+    assert_eq!(core.code, 0, "{}", core.stderr);
+    assert!(!core.stdout.contains("core.cast"), "{}", core.stdout);
+    let sharded = ppmoe(&[
+        "inspect", model, "--tp", "2", "--dtype", "bf16", "--emit", "sharded",
+    ]);
+    assert_eq!(sharded.code, 0, "{}", sharded.stderr);
+    assert_eq!(
+        sharded.stdout.matches("shard.all_gather").count(),
+        0,
+        "{}",
+        sharded.stdout
+    );
+    assert_eq!(
+        sharded.stdout.matches("shard.all_reduce").count(),
+        2,
+        "one per rank"
+    );
+}

@@ -483,6 +483,15 @@ impl<'m> Lowering<'m> {
         })
     }
 
+    /// Whether `node`'s operand and output have the same known element type.
+    fn casts_to_own_type(&self, node: &Node) -> bool {
+        let dtype = |name: &String| self.types.get(name).map(|t| t.dtype);
+        match (node.inputs.first(), node.outputs.first()) {
+            (Some(i), Some(o)) => dtype(i).is_some_and(|d| Some(d) == dtype(o)),
+            _ => false,
+        }
+    }
+
     fn unsupported(&self, node: &Node) -> CompileError {
         CompileError::UnsupportedOp {
             path: self.model.path.clone(),
@@ -498,6 +507,13 @@ impl<'m> Lowering<'m> {
         }
         match node.op_type.as_str() {
             "Identity" if node.domain.is_empty() => {
+                let src = self.operand(&node.inputs[0]);
+                self.ids.insert(node.outputs[0].clone(), src);
+                Ok(())
+            }
+            // A cast to the type its operand has is the operand (there is no upstream
+            // identity op to print it as).
+            "Cast" | "CastLike" if node.domain.is_empty() && self.casts_to_own_type(node) => {
                 let src = self.operand(&node.inputs[0]);
                 self.ids.insert(node.outputs[0].clone(), src);
                 Ok(())
