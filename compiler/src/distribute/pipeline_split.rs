@@ -77,7 +77,9 @@ fn moe_layer_ends(p: &Program) -> Vec<bool> {
         };
         ends.push(match ins.op {
             Op::MoeExperts { .. } => true,
-            Op::AllReduce { .. } | Op::AllGather { .. } => ins.inputs[0].is_some_and(combined),
+            Op::AllReduce { .. } | Op::AllGather { .. } => {
+                ins.inputs.first().copied().flatten().is_some_and(combined)
+            }
             _ => false,
         });
         let made_by = match (&ins.op, ins.inputs.first()) {
