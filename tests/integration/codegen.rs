@@ -957,7 +957,10 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
                         let x = p.instructions[i].inputs[0].unwrap();
                         &p.buffers[x].shape
                     };
-                    let reduction = matches!(p.instructions[root].op, Op::Reduce { .. });
+                    let reduction = matches!(
+                        p.instructions[root].op,
+                        Op::Reduce { .. } | Op::ReduceAxes { .. }
+                    );
                     let want = if reduction { read(root) } else { shape(root) };
                     assert_eq!(shape(m), want, "{lm}: {m} into {root}");
                 }
@@ -972,7 +975,10 @@ fn pointwise_chains_are_fused_into_one_kernel_that_alone_reads_their_results() {
                 .enumerate()
                 .filter(|(root, how)| {
                     matches!(how, GpuOp::Pointwise { members, .. } if !members.is_empty())
-                        && matches!(p.instructions[*root].op, Op::Reduce { .. })
+                        && matches!(
+                            p.instructions[*root].op,
+                            Op::Reduce { .. } | Op::ReduceAxes { .. }
+                        )
                 })
                 .count();
             assert!(

@@ -36,18 +36,26 @@ pub(super) fn data_movement(
     let x = &shapes[0];
     let name = format!("k{idx}_{}", ins.op.name());
     let operand = |i: usize| constant(ins.inputs.get(i).copied().flatten()).map(|t| t.to_i64());
-    if let Op::Reduce {
-        f,
-        keepdims: _,
-        noop_with_empty_axes: false,
-    } = &ins.op
-    {
-        let axes = operand(1)?;
-        let last = x.len() as i64 - 1;
-        if axes.len() != 1 || !(axes[0] == last || axes[0] == -1) {
-            return None;
+    let last = x.len() as i64 - 1;
+    match &ins.op {
+        Op::Reduce {
+            f,
+            keepdims: _,
+            noop_with_empty_axes: false,
+        } => {
+            let axes = operand(1)?;
+            if axes.len() != 1 || !(axes[0] == last || axes[0] == -1) {
+                return None;
+            }
+            return reduce_rows(&name, x, &out, *f);
         }
-        return reduce_rows(&name, x, &out, *f);
+        Op::ReduceAxes { f, axes, .. } => {
+            if axes.len() != 1 || axes[0] as i64 != last {
+                return None;
+            }
+            return reduce_rows(&name, x, &out, *f);
+        }
+        _ => {}
     }
     let mut b = String::new();
     prologue(&mut b, n);

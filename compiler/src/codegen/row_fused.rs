@@ -33,21 +33,21 @@ fn last_axis_reduce(
     constant: &dyn Fn(Option<usize>) -> Option<Tensor>,
 ) -> Option<ReduceFn> {
     let ins = &p.instructions[i];
-    let Op::Reduce {
-        f,
-        noop_with_empty_axes: false,
-        ..
-    } = ins.op
-    else {
-        return None;
-    };
     let xb = ins.inputs.first().copied().flatten()?;
     let floats = [xb, *ins.outputs.first()?]
         .iter()
         .all(|&b| p.buffers[b].dtype.on_device_as_f32());
     let x = static_shape(&p.buffers[xb]).filter(|_| floats && ins.outputs.len() == 1)?;
-    let axes = constant(ins.inputs.get(1).copied().flatten())?.to_i64();
     let last = x.len() as i64 - 1;
+    let (f, axes) = match &ins.op {
+        Op::Reduce {
+            f,
+            noop_with_empty_axes: false,
+            ..
+        } => (*f, constant(ins.inputs.get(1).copied().flatten())?.to_i64()),
+        Op::ReduceAxes { f, axes, .. } => (*f, axes.iter().map(|&a| a as i64).collect()),
+        _ => return None,
+    };
     let ok = matches!(
         f,
         ReduceFn::Sum | ReduceFn::Mean | ReduceFn::Max | ReduceFn::Min

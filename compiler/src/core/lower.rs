@@ -333,6 +333,39 @@ impl<'m> Lowering<'m> {
         })
     }
 
+    /// A reduction whose axes operand is a known constant naming at least one axis, as the
+    /// reduction over those axes (`reduce_axes`), counted from the front, in order.
+    fn static_reduce(&self, node: &Node) -> Result<Option<Op>, CompileError> {
+        let Op::Reduce { f, keepdims, .. } = self.op_for(node)? else {
+            return Ok(None);
+        };
+        let rank = node
+            .inputs
+            .first()
+            .and_then(|x| self.types.get(x))
+            .map(|t| t.dims.len());
+        let axes = node
+            .inputs
+            .get(1)
+            .filter(|n| !n.is_empty())
+            .and_then(|n| self.consts.get(n));
+        let (Some(rank), Some(axes)) = (rank, axes) else {
+            return Ok(None);
+        };
+        let mut from_front = Vec::new();
+        for a in axes.to_i64() {
+            let a = ppmoe_runtime::kernels::axis(a, rank).map_err(|e| self.node_err(node, e))?;
+            from_front.push(a);
+        }
+        from_front.sort_unstable();
+        from_front.dedup();
+        Ok((!from_front.is_empty()).then_some(Op::ReduceAxes {
+            f,
+            axes: from_front,
+            keepdims,
+        }))
+    }
+
     /// A Slice whose input's shape and every bound (starts, ends, axes, steps) are known, as
     /// the static slice it is (`extract_slice`), where its steps are positive.
     fn static_slice(&self, node: &Node) -> Option<Op> {
@@ -550,6 +583,19 @@ impl<'m> Lowering<'m> {
                 let out = self.outputs(node);
                 self.emit(node, Op::ReshapeTo { shape }, vec![Some(x)], out);
                 Ok(())
+            }
+            "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
+                if node.domain.is_empty() =>
+            {
+                match self.static_reduce(node)? {
+                    Some(op) => {
+                        let x = self.operand(&node.inputs[0]);
+                        let out = self.outputs(node);
+                        self.emit(node, op, vec![Some(x)], out);
+                        Ok(())
+                    }
+                    None => self.lower_as_op(node),
+                }
             }
             "Slice" if node.domain.is_empty() => match self.static_slice(node) {
                 Some(op) => {

@@ -517,6 +517,9 @@ impl FunctionReader {
             let id = self.add(name, BufferKind::Temp, result.r#type(), handle(result))?;
             outputs.push(id);
         }
+        if let Op::ReduceAxes { axes, keepdims, .. } = &instruction_op {
+            self.check_reduction(&inputs, &outputs, axes, *keepdims)?;
+        }
         self.ops.push(op.to_raw().ptr as usize);
         self.program.instructions.push(Instruction {
             op: instruction_op,
@@ -524,6 +527,50 @@ impl FunctionReader {
             outputs,
             origin,
         });
+        Ok(())
+    }
+
+    /// A reduction's axes name axes of its operand, in increasing order, and its result's
+    /// shape is the operand's without them (or with them 1, keepdims): the type MLIR checked
+    /// is the one the runtime will make.
+    fn check_reduction(
+        &self,
+        inputs: &[Option<BufferId>],
+        outputs: &[BufferId],
+        axes: &[usize],
+        keepdims: bool,
+    ) -> Result<(), String> {
+        let (Some(Some(x)), [out]) = (inputs.first(), outputs) else {
+            return Err("a reduction takes one operand and makes one result".into());
+        };
+        let shape = &self.program.buffers[*x].shape;
+        let ordered = axes.windows(2).all(|w| w[0] < w[1]);
+        if axes.is_empty() || !ordered || axes.iter().any(|&a| a >= shape.len()) {
+            return Err(format!(
+                "reduction axes {axes:?} are not increasing axes of a rank-{} operand",
+                shape.len()
+            ));
+        }
+        let want: Vec<Option<usize>> = (shape.iter().enumerate())
+            .filter(|(a, _)| keepdims || !axes.contains(a))
+            .map(|(a, &d)| if axes.contains(&a) { Some(1) } else { d })
+            .collect();
+        let got = &self.program.buffers[*out].shape;
+        if *got != want {
+            let dims = |s: &[Option<usize>]| {
+                let d: Vec<String> = s
+                    .iter()
+                    .map(|d| d.map_or("?".into(), |v| v.to_string()))
+                    .collect();
+                d.join("x")
+            };
+            return Err(format!(
+                "a reduction over axes {axes:?} of {} gives {}, where its result type says {}",
+                dims(shape),
+                dims(&want),
+                dims(got)
+            ));
+        }
         Ok(())
     }
 
@@ -643,6 +690,9 @@ fn read_op(op: &OperationRef, full: &str) -> Result<Op, String> {
         named.as_ref().ok().cloned(),
         with_tag("unary", Some(name)).ok(),
         with_tag("binary", Some(name)).ok(),
+        // Over static axes (an `axes` attribute, no `noop_with_empty_axes`) or an operand's.
+        name.strip_prefix("reduce_")
+            .and_then(|f| with_tag("reduce_axes", Some(f)).ok()),
         name.strip_prefix("reduce_")
             .and_then(|f| with_tag("reduce", Some(f)).ok()),
     ];

@@ -25,7 +25,8 @@
 //! stays a `core` op: half-precision results of arithmetic (their rounding is ppmoe's, through
 //! f32), a float cast to an integer (which saturates in ppmoe, where `arith.fptosi` is
 //! undefined out of range), integer division, unsigned integers (`arith` takes signless ones),
-//! a matmul that broadcasts its batch, ops whose axes or bounds are operands.
+//! a matmul that broadcasts its batch, reductions (an f32 sum accumulates in f64), ops whose
+//! axes or bounds are operands.
 
 use super::generic::{
     array_strings, generic_form, generic_line, read_generic, Generic, FLOAT_BINARY,

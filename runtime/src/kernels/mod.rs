@@ -79,6 +79,9 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
             *keepdims,
             *noop_with_empty_axes,
         )),
+        Op::ReduceAxes { f, axes, keepdims } => {
+            one(reduce::reduce_axes(*f, arg(0)?, axes, *keepdims))
+        }
         Op::ArgMax {
             axis,
             keepdims,
@@ -193,7 +196,7 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
 }
 
 /// Normalises a possibly negative axis.
-pub(crate) fn axis(a: i64, rank: usize) -> KResult<usize> {
+pub fn axis(a: i64, rank: usize) -> KResult<usize> {
     let r = rank as i64;
     let v = if a < 0 { a + r } else { a };
     if v < 0 || v >= r.max(1) {

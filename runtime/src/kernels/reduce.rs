@@ -46,6 +46,20 @@ pub fn reduce(
     }
 }
 
+/// `reduce` over axes given as counts from the front (none, or one past the rank, is refused:
+/// they come from a bundle or an IR file).
+pub fn reduce_axes(f: ReduceFn, x: &Tensor, axes: &[usize], keepdims: bool) -> KResult<Tensor> {
+    if axes.is_empty() || axes.iter().any(|&a| a >= x.shape.len()) {
+        return Err(format!(
+            "reduction over axes {axes:?} of a rank-{} tensor",
+            x.shape.len()
+        ));
+    }
+    let axes: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
+    let axes = Tensor::i64(vec![axes.len()], axes);
+    reduce(f, x, Some(&axes), keepdims, false)
+}
+
 /// A reduction's geometry: the axes reduced, the (keepdims) output shape, and each input
 /// element's place in it.
 struct Reduced {
@@ -263,4 +277,39 @@ pub fn cumsum(x: &Tensor, ax: &Tensor, exclusive: bool, reverse: bool) -> KResul
         _ => Tensor::i64(x.shape.clone(), out.iter().map(|&f| f as i64).collect()),
     }
     .with_dtype(x.dtype))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{reduce, reduce_axes};
+    use crate::program::ReduceFn;
+    use crate::tensor::Tensor;
+
+    /// Over static axes a reduction is ONNX's over the same axes given as an operand (counted
+    /// from the end there), for every function and both keepdims; no axis, or one past the
+    /// rank, is refused (the axes may come from a file).
+    #[test]
+    fn static_axes_reduce_as_the_axes_operand_does() {
+        let values: Vec<f32> = (0..24).map(|v| (v as f32 * 0.37).sin()).collect();
+        let x = Tensor::f32(vec![2, 3, 4], values);
+        for f in [
+            ReduceFn::Sum,
+            ReduceFn::Mean,
+            ReduceFn::Max,
+            ReduceFn::Min,
+            ReduceFn::Prod,
+        ] {
+            for keepdims in [true, false] {
+                for (axes, from_end) in [(vec![2], vec![-1]), (vec![0, 2], vec![-3, -1])] {
+                    let operand = Tensor::i64(vec![from_end.len()], from_end);
+                    let want = reduce(f, &x, Some(&operand), keepdims, false).unwrap();
+                    let got = reduce_axes(f, &x, &axes, keepdims).unwrap();
+                    assert_eq!(got.shape, want.shape, "{f:?} {axes:?}");
+                    assert_eq!(got.as_f32(), want.as_f32(), "{f:?} {axes:?}");
+                }
+            }
+        }
+        assert!(reduce_axes(ReduceFn::Sum, &x, &[], true).is_err());
+        assert!(reduce_axes(ReduceFn::Sum, &x, &[3], true).is_err());
+    }
 }

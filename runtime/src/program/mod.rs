@@ -223,6 +223,14 @@ pub enum Op {
         keepdims: bool,
         noop_with_empty_axes: bool,
     },
+    /// (x): a reduction over axes known at compile time, each counted from the front, in
+    /// increasing order: `Reduce` with its axes operand spent. It prints as `Reduce` does
+    /// (`core.reduce_sum`), its axes an attribute.
+    ReduceAxes {
+        f: ReduceFn,
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
     ArgMax {
         axis: i64,
         keepdims: bool,
@@ -452,7 +460,9 @@ impl Op {
         match self {
             Op::Unary { f } => tag(serde_json::to_value(f)),
             Op::Binary { f } => tag(serde_json::to_value(f)),
-            Op::Reduce { f, .. } => format!("reduce_{}", tag(serde_json::to_value(f))),
+            Op::Reduce { f, .. } | Op::ReduceAxes { f, .. } => {
+                format!("reduce_{}", tag(serde_json::to_value(f)))
+            }
             Op::MoeRoute { .. } => "route".into(),
             Op::MoeExperts { .. } => "experts".into(),
             Op::MoeLocalSlice { .. } => "local_slice".into(),

@@ -252,18 +252,27 @@ impl Lowering<'_> {
             vec![Some(cur), Some(cur)],
             vec![sq],
         );
-        let axes = self.const_operand(&hint, Tensor::i64(vec![1], vec![-1]));
         let mean = self.temp(&hint, dtype, stat_shape.clone());
-        self.emit(
-            node,
-            Op::Reduce {
-                f: ReduceFn::Mean,
-                keepdims: true,
-                noop_with_empty_axes: false,
-            },
-            vec![Some(sq), Some(axes)],
-            vec![mean],
-        );
+        let (op, operands) = match shape.len().checked_sub(1) {
+            Some(last) => (
+                Op::ReduceAxes {
+                    f: ReduceFn::Mean,
+                    axes: vec![last],
+                    keepdims: true,
+                },
+                vec![Some(sq)],
+            ),
+            None => {
+                let axes = self.const_operand(&hint, Tensor::i64(vec![1], vec![-1]));
+                let reduce = Op::Reduce {
+                    f: ReduceFn::Mean,
+                    keepdims: true,
+                    noop_with_empty_axes: false,
+                };
+                (reduce, vec![Some(sq), Some(axes)])
+            }
+        };
+        self.emit(node, op, operands, vec![mean]);
         let eps = self.const_operand(&hint, Tensor::f32(vec![], vec![epsilon]));
         let shifted = self.temp(&hint, dtype, stat_shape.clone());
         self.emit(

@@ -59,7 +59,16 @@ impl Tp<'_> {
             Op::ReshapeTo { shape } => self.reshape(ins, shape),
             Op::Transpose { perm } => self.transpose(ins, perm),
             Op::Softmax { axis, .. } => self.along_other_axis(ins, *axis),
-            Op::Reduce { f, keepdims, .. } if *f != ReduceFn::L2 => self.reduce(ins, *keepdims),
+            Op::Reduce { f, keepdims, .. } if *f != ReduceFn::L2 => {
+                let rank = self.rank_of(ins.inputs[0].unwrap_or(0));
+                let axes_b = ins.inputs.get(1).copied().flatten();
+                let axes = axes_b.and_then(|b| self.weight(b)).map(|t| t.to_i64())?;
+                let axes: Vec<usize> = axes.iter().map(|&v| from_front(v, rank)).collect();
+                self.reduce(ins, &axes, *keepdims)
+            }
+            Op::ReduceAxes { f, axes, keepdims } if *f != ReduceFn::L2 => {
+                self.reduce(ins, axes, *keepdims)
+            }
             Op::Concat { axis } => self.concat(ins, *axis),
             Op::Slice | Op::Split { .. } => self.slice(ins),
             Op::ExtractSlice {
@@ -260,15 +269,10 @@ impl Tp<'_> {
 
     /// A reduction over constant axes other than the split one keeps the split (moved left
     /// by the axes reduced before it, where they are dropped).
-    fn reduce(&mut self, ins: &Instruction, keepdims: bool) -> Option<Instruction> {
+    fn reduce(&mut self, ins: &Instruction, axes: &[usize], keepdims: bool) -> Option<Instruction> {
         let S::Split(x) = self.operand(ins, 0) else {
             return None;
         };
-        let axes_b = ins.inputs.get(1).copied().flatten()?;
-        let rank = self.rank_of(ins.inputs[0].unwrap_or(0));
-        let axes: Vec<usize> = (self.weight(axes_b)?.to_i64().iter())
-            .map(|&v| from_front(v, rank))
-            .collect();
         if axes.is_empty() || axes.contains(&x) {
             return None;
         }
