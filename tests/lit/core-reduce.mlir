@@ -1,8 +1,12 @@
-// A reduction whose axes are known is `core.reduce_<f>` over static axes, an attribute counted
-// from the front (ONNX's axes operand spent): an RMS norm's mean over the hidden axis, Qwen3's
-// q and k norms' over each head's. The IR reads back as itself; at tp 2 the heads are split
-// and each rank reduces its own heads over the same axis. A reduction whose axes are not
-// axes of its operand, or whose result type is not the reduction's, is refused by name.
+// Reductions whose axes are known are over static axes (ONNX's axes operand spent). An f32
+// sum, mean, maximum or minimum prints as a linalg.generic into a linalg.fill of its identity,
+// the reduced loops "reduction": ppmoe accumulates an f32 sum in f64 and rounds once, so a
+// sum's generic extends each element to f64 and adds, and is narrowed after (a sum by an
+// arith.truncf, a mean by a generic that divides by the count in f64 and truncates, each
+// marked ppmoe.narrows and read back as part of the reduction). An RMS norm's mean over the
+// hidden axis and Qwen3's q and k norms' over each head's print so; the IR reads back as
+// itself; at tp 2 each rank reduces its own heads. Any other reduction (an i32 sum) stays
+// `core.reduce_<f>` with its axes an attribute counted from the front.
 
 // RUN: %ppmoe inspect %fixtures/qwen3moe_lm_sdpa/model.onnx --emit moe > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -10,18 +14,50 @@
 // RUN: diff %t.mlir %t.again.mlir
 // RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2})' | FileCheck %s --check-prefix=TP
 
+// CHECK-DAG: [[ID:#map[0-9]*]] = affine_map<(d0, d1, d2) -> (d0, d1, d2)>
+// CHECK-DAG: [[KEEP:#map[0-9]*]] = affine_map<(d0, d1, d2) -> (d0, d1, 0)>
 // CHECK-LABEL: func.func @rank0(
-// CHECK: "core.reduce_mean"(%{{.*}}) {axes = array<i64: 2>, keepdims = true} : (tensor<1x16x64xf32>) -> tensor<1x16x1xf32>
-// CHECK: "core.reduce_mean"(%{{.*}}) {axes = array<i64: 3>, keepdims = true} : (tensor<1x16x4x16xf32>) -> tensor<1x16x4x1xf32>
-// CHECK-NOT: "core.reduce_{{[a-z]*}}"(%{{[^)]*}}, %
+// CHECK: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f64
+// CHECK-NEXT: %[[FILL:.*]] = linalg.fill ins(%[[ZERO]] : f64) outs(%{{.*}} : tensor<1x16x1xf64>)
+// CHECK: %[[SUM:.*]] = linalg.generic {indexing_maps = [[[ID]], [[KEEP]]], iterator_types = ["parallel", "parallel", "reduction"]} ins(%{{.*}} : tensor<1x16x64xf32>) outs(%[[FILL]] : tensor<1x16x1xf64>) {
+// CHECK-NEXT: ^bb0(%in: f32 {{.*}}, %out: f64 {{.*}}):
+// CHECK-NEXT: %[[E:.*]] = arith.extf %in : f32 to f64
+// CHECK-NEXT: %[[S:.*]] = arith.addf %out, %[[E]] : f64
+// CHECK-NEXT: linalg.yield %[[S]] : f64
+// CHECK: linalg.generic {indexing_maps = [[[ID]], [[ID]]], iterator_types = ["parallel", "parallel", "parallel"]} ins(%[[SUM]] : tensor<1x16x1xf64>) outs(%{{.*}} : tensor<1x16x1xf32>) attrs = {ppmoe.narrows = true} {
+// CHECK-NEXT: ^bb0(%in: f64 {{.*}}, %out: f32 {{.*}}):
+// CHECK-NEXT: %[[N:.*]] = arith.constant 6.400000e+01 : f64
+// CHECK-NEXT: %[[Q:.*]] = arith.divf %in, %[[N]] : f64
+// CHECK-NEXT: %[[T:.*]] = arith.truncf %[[Q]] : f64 to f32
+// CHECK-NEXT: linalg.yield %[[T]] : f32
+// CHECK-NOT: "core.reduce_
 
 // TP-LABEL: func.func @rank1(
-// TP: "core.reduce_mean"(%{{.*}}) {axes = array<i64: 3>, keepdims = true} : (tensor<1x16x2x16xf32>) -> tensor<1x16x2x1xf32>
+// TP: linalg.generic {{.*}} iterator_types = ["parallel", "parallel", "parallel", "reduction"]} ins(%{{.*}} : tensor<1x16x2x16xf32>) outs(%{{.*}} : tensor<1x16x2x1xf64>)
 
-// RUN: sed '0,/axes = array<i64: 2>, keepdims = true/s//axes = array<i64: 7>, keepdims = true/' %t.mlir > %t.past.mlir
+// A sum whose body adds in another order, a fill of another value, and a mean that divides
+// by another count are no reduction ppmoe prints: refused by name.
+// RUN: sed '0,/arith.addf %out, \(%[0-9]*\) : f64/s//arith.addf \1, %out : f64/' %t.mlir > %t.order.mlir
+// RUN: not %ppmoe opt %t.order.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=ORDER
+// ORDER: error: {{.*}}order.mlir: {{.*}}its body is not a sum in f64, a maxnumf or a minnumf as ppmoe prints it
+// RUN: sed '0,/arith.constant 0.000000e+00 : f64/s//arith.constant 1.000000e+00 : f64/' %t.mlir > %t.fill.mlir
+// RUN: not %ppmoe opt %t.fill.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=START
+// START: error: {{.*}}fill.mlir: {{.*}}a reduction starts from its destination: expected a linalg.fill of 0 for its Sum
+// RUN: sed '0,/arith.constant 6.400000e+01 : f64/s//arith.constant 6.300000e+01 : f64/' %t.mlir > %t.count.mlir
+// RUN: not %ppmoe opt %t.count.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=COUNT
+// COUNT: error: {{.*}}count.mlir: {{.*}}ppmoe.narrows narrows the result of the collective, matmul or sum just before it as ppmoe prints it
+
+// The core form: JAX's i32 sums (a routing's counts).
+// RUN: %ppmoe inspect %fixtures/jax_gshard_top2/model.mlir --emit core > %t.core.mlir
+// RUN: FileCheck %s --check-prefix=CORE < %t.core.mlir
+// CORE: "core.reduce_sum"(%{{[0-9]*}}) {axes = array<i64: 0>, keepdims = false} : (tensor<64x4xi32>) -> tensor<4xi32>
+// CORE-NOT: "core.reduce_{{[a-z]*}}"(%{{[^)]*}}, %
+
+// An axis past the operand's rank, and a result type that is not the reduction's, are
+// refused by name.
+// RUN: sed '0,/axes = array<i64: 0>, keepdims = false/s//axes = array<i64: 7>, keepdims = false/' %t.core.mlir > %t.past.mlir
 // RUN: not %ppmoe opt %t.past.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=PAST
-// PAST: error: {{.*}}past.mlir: {{.*}}(core.reduce_mean): reduction axes [7] are not increasing axes of a rank-3 operand
-
-// RUN: sed '0,/axes = array<i64: 2>, keepdims = true/s//axes = array<i64: 1>, keepdims = true/' %t.mlir > %t.type.mlir
+// PAST: error: {{.*}}past.mlir: {{.*}}(core.reduce_sum): reduction axes [7] are not increasing axes of a rank-2 operand
+// RUN: sed '0,/axes = array<i64: 0>, keepdims = false/s//axes = array<i64: 1>, keepdims = false/' %t.core.mlir > %t.type.mlir
 // RUN: not %ppmoe opt %t.type.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=TYPE
-// TYPE: error: {{.*}}type.mlir: {{.*}}(core.reduce_mean): a reduction over axes [1] of 1x16x64 gives 1x1x64, where its result type says 1x16x1
+// TYPE: error: {{.*}}type.mlir: {{.*}}(core.reduce_sum): a reduction over axes [1] of 64x4 gives 64, where its result type says 4

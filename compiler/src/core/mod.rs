@@ -6,6 +6,7 @@ pub mod header;
 pub mod lower;
 pub mod print;
 pub mod read;
+pub mod reduce;
 pub mod upstream;
 
 pub use lower::{

@@ -343,6 +343,21 @@ fn print_instruction(
 ) {
     use ppmoe_runtime::program::Op;
     let ty = |b: usize| tensor_type(&p.buffers[b]);
+    if let (Some(Some(x)), Some(&o)) = (ins.inputs.first(), ins.outputs.first()) {
+        let (input, output) = (&p.buffers[*x], &p.buffers[o]);
+        if let Some((f, axes, keepdims)) = super::reduce::printable(&ins.op, input, output) {
+            let result = format!("%v{i}_0");
+            let text = super::reduce::lines(
+                (i, f, axes, keepdims),
+                (&names[*x], input),
+                (&result, output),
+                &location(p, ins, false),
+            );
+            body.push_str(&text);
+            names[o] = result;
+            return;
+        }
+    }
     // shard.send has a result, and shard.recv an operand, that ppmoe's runtime does not
     // need: the printed form supplies them (a tensor.empty of the received type).
     let mut extra_operand = None;

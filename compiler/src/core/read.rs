@@ -7,6 +7,7 @@
 //! `shard` ops' groups and peers come from the module's `shard.grid` and the function's rank
 //! (the TP group of its rank; a peer's stage at its own dp and tp coordinates).
 
+use super::reduce;
 use crate::core::upstream::{read_upstream, OPERAND_ONLY};
 use crate::distribute::Grid;
 use melior::ir::attribute::{
@@ -18,7 +19,7 @@ use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::r#type::RankedTensorType;
 use melior::ir::{Location, RegionLike, Type, TypeLike, ValueLike};
 use mlir_sys::MlirStringRef;
-use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
+use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program, ReduceFn};
 use ppmoe_runtime::DType;
 use std::collections::{HashMap, HashSet};
 
@@ -28,9 +29,10 @@ const MAX_RANKS: i64 = 1 << 16;
 /// The deepest `scf.if` nesting read (upstream's partitioning writes one level).
 const MAX_BRANCH_DEPTH: usize = 16;
 
-/// The casts that may narrow the result of the instruction before them (`ppmoe.narrows`): a
-/// collective's (`core.cast`), a matmul's (`arith.truncf`).
-pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf"];
+/// The ops that may narrow the result of the instruction before them (`ppmoe.narrows`): a
+/// collective's (`core.cast`), a matmul's or an f64 sum's (`arith.truncf`), a mean's
+/// division of an f64 sum (`linalg.generic`, `core::reduce`).
+pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf", "linalg.generic"];
 
 /// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
@@ -272,6 +274,10 @@ struct Known {
     conditions: HashMap<usize, bool>,
     zero_scalars: HashSet<usize>,
     zero_fills: HashSet<usize>,
+    /// Float constants and the fills made of them: a reduction's destination must be a fill
+    /// of its identity.
+    scalars: HashMap<usize, f64>,
+    fills: HashMap<usize, f64>,
 }
 
 /// How a block ends: the function's `func.return`, or an `scf.if` branch's `scf.yield` (its
@@ -415,23 +421,27 @@ impl FunctionReader {
         let result = handle(op.result(0).map_err(|e| e.to_string())?);
         match name {
             "arith.constant" => {
-                let zero = op
-                    .attribute("value")
-                    .ok()
+                let value = (op.attribute("value").ok())
                     .and_then(|a| FloatAttribute::try_from(a).ok())
-                    .is_some_and(|f| f.value() == 0.0);
-                if zero {
+                    .map(|f| f.value());
+                if value == Some(0.0) {
                     self.known.zero_scalars.insert(result);
+                }
+                if let Some(value) = value {
+                    self.known.scalars.insert(result, value);
                 }
             }
             "linalg.fill" => {
                 let operand = |k| op.operand(k).map(handle).ok();
-                let zero = operand(0).is_some_and(|v| self.known.zero_scalars.contains(&v));
+                let value = operand(0).and_then(|v| self.known.scalars.get(&v)).copied();
                 let empty = operand(1).is_some_and(|v| self.empties.contains(&v));
-                if !(zero && empty && op.operand_count() == 2) {
-                    return Err("linalg.fill: ppmoe reads only a zero fill of a tensor.empty (a matmul's start)".into());
+                let Some(value) = value.filter(|_| empty && op.operand_count() == 2) else {
+                    return Err("linalg.fill: ppmoe reads only a fill of a tensor.empty with a float constant (a matmul's or a reduction's start)".into());
+                };
+                if value == 0.0 {
+                    self.known.zero_fills.insert(result);
                 }
-                self.known.zero_fills.insert(result);
+                self.known.fills.insert(result, value);
             }
             _ => {}
         }
@@ -477,6 +487,16 @@ impl FunctionReader {
         }
         let result = op.result(0).ok().and_then(|r| tensor_type(r.r#type()).ok());
         let upstream = read_upstream(op, &full, result).transpose()?;
+        if let Some(Op::ReduceAxes { f, .. }) = &upstream {
+            let init = op.operand(1).map(handle).ok();
+            let start = init.and_then(|v| self.known.fills.get(&v)).copied();
+            let identity = super::reduce::starts_from(*f);
+            if start != Some(identity) {
+                return Err(format!(
+                    "a reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
+                ));
+            }
+        }
         if full == "moe.dispatch" {
             if let Ok(mark) = op.attribute(STRATEGY) {
                 let name = attribute_text(mark).ok_or("ppmoe.strategy is not a string")?;
@@ -574,6 +594,50 @@ impl FunctionReader {
         Ok(())
     }
 
+    /// Checks that `op`, marked `ppmoe.narrows`, narrows buffer `b`, the result of the
+    /// instruction just before it, as ppmoe prints: a cast of a collective's or a matmul's
+    /// result, an f32 truncation of an f64 sum, a mean's division and truncation of one (which
+    /// makes the sum the mean).
+    fn narrowed_instruction(&mut self, op: &OperationRef, b: BufferId) -> Result<(), String> {
+        let name = op_name(op);
+        let f32_result = (op.result(0).ok())
+            .and_then(|r| tensor_type(r.r#type()).ok())
+            .is_some_and(|(d, _)| d == DType::F32);
+        let wide_f64 = self.program.buffers[b].dtype == DType::F64;
+        let buffers = &self.program.buffers;
+        let last = (self.program.instructions.last_mut()).filter(|ins| ins.outputs == [b]);
+        let fits = match last.map(|ins| (&mut ins.op, &ins.inputs)) {
+            Some((
+                Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::MatMul,
+                _,
+            )) => name != "linalg.generic",
+            Some((Op::ReduceAxes { f, axes, .. }, inputs)) if *f == ReduceFn::Sum => {
+                let x = inputs.first().copied().flatten();
+                let count = x.and_then(|x| {
+                    (axes.iter())
+                        .map(|&a| buffers[x].shape.get(a).copied().flatten())
+                        .product::<Option<usize>>()
+                });
+                match name.as_str() {
+                    "arith.truncf" => wide_f64 && f32_result,
+                    "linalg.generic" if count.is_some_and(|n| reduce::divides_by(op, n)) => {
+                        *f = ReduceFn::Mean;
+                        wide_f64
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if !fits {
+            return Err(
+                "ppmoe.narrows narrows the result of the collective, matmul or sum just before it as ppmoe prints it"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// A cast marked `ppmoe.narrows` (see `print::narrowed`): folded into the collective or
     /// matmul before it, whose result becomes the cast's type and name. The wide result must
     /// have no other reader, which would read the narrowed buffer in its place.
@@ -587,17 +651,7 @@ impl FunctionReader {
             .values
             .get(&from)
             .ok_or("an operand defined outside the function")?;
-        let collective = self.program.instructions.last().filter(|ins| {
-            matches!(
-                ins.op,
-                Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::MatMul
-            ) && ins.outputs == [b]
-        });
-        if collective.is_none() {
-            return Err(
-                "ppmoe.narrows casts the result of the collective or matmul just before it".into(),
-            );
-        }
+        self.narrowed_instruction(op, b)?;
         let result = op.result(0).map_err(|e| e.to_string())?;
         let (dtype, shape) = tensor_type(result.r#type())?;
         let (names, _) = location_names(op.location(), 1);

@@ -564,6 +564,7 @@ pub fn read_upstream(
             .ok_or_else(|| format!("'{name}': expected a static result")),
         "arith.extf" | "arith.truncf" | "arith.extui" | "arith.extsi" | "arith.trunci"
         | "arith.sitofp" | "arith.uitofp" => read_cast(op, name, result),
+        "linalg.generic" if super::reduce::is_reduction(op) => super::reduce::read_reduction(op),
         "linalg.generic" => read_generic(op),
         "tensor.extract_slice" => read_extract_slice(op, result),
         "linalg.map" => read_composite(op)

@@ -1,0 +1,375 @@
+//! An f32 reduction over static axes (`reduce_axes`: a sum, a mean, a maximum or a minimum)
+//! printed as a `linalg.generic` into a `linalg.fill` of its identity, and read back from it:
+//! the reduced axes' loops `reduction`, the result read at 0 on them (keepdims) or without
+//! them. ppmoe accumulates an f32 sum in f64 and rounds once, so a sum's generic accumulates
+//! in f64 (each element `arith.extf`) and is narrowed by an `arith.truncf` marked
+//! `ppmoe.narrows`; a mean's narrowing is a `linalg.generic` marked so that divides by the
+//! count in f64 and then truncates, as ppmoe does. A maximum or minimum picks an element, so
+//! it is exact in f32: `arith.maxnumf` / `arith.minnumf` (a NaN gives the other operand, as
+//! ppmoe's f64 max and min do) from -inf / +inf.
+//!
+//! ```text
+//! %s = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1, d2)>,
+//!        affine_map<(d0, d1, d2) -> (d0, d1, 0)>],
+//!        iterator_types = ["parallel", "parallel", "reduction"]}
+//!      ins(%x : tensor<1x16x64xf32>) outs(%zero : tensor<1x16x1xf64>) {
+//!      ^bb0(%in: f32, %acc: f64):
+//!        %e = arith.extf %in : f32 to f64
+//!        %r = arith.addf %acc, %e : f64
+//!        linalg.yield %r : f64
+//!      } -> tensor<1x16x1xf64>
+//! %m = linalg.generic {... all parallel} ins(%s) outs(%d : tensor<1x16x1xf32>)
+//!      attrs = {ppmoe.narrows = true} {
+//!      ^bb0(%in: f64, %o: f32):
+//!        %n = arith.constant 6.400000e+01 : f64
+//!        %q = arith.divf %in, %n : f64
+//!        %t = arith.truncf %q : f64 to f32
+//!        linalg.yield %t : f32
+//!      } -> tensor<1x16x1xf32>
+//! ```
+
+use super::generic::array_strings;
+use super::read::{handle, op_name, tensor_type};
+use crate::passes::func_ops::block_ops;
+use melior::ir::attribute::FloatAttribute;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::{RegionLike, ValueLike};
+use ppmoe_runtime::program::{Buffer, Op, ReduceFn};
+use ppmoe_runtime::DType;
+
+const REDUCTION: &str = "#linalg.iterator_type<reduction>";
+const PARALLEL: &str = "#linalg.iterator_type<parallel>";
+
+/// The reduction `op` makes of `x` into `out`, where ppmoe prints it as a generic: f32 in and
+/// out, static shapes, a sum, mean, maximum or minimum. Returns its function, axes, keepdims.
+pub fn printable<'o>(
+    op: &'o Op,
+    x: &Buffer,
+    out: &Buffer,
+) -> Option<(ReduceFn, &'o [usize], bool)> {
+    let Op::ReduceAxes { f, axes, keepdims } = op else {
+        return None;
+    };
+    let fits = matches!(
+        f,
+        ReduceFn::Sum | ReduceFn::Mean | ReduceFn::Max | ReduceFn::Min
+    ) && x.dtype == DType::F32
+        && out.dtype == DType::F32
+        && (x.shape.iter().chain(&out.shape)).all(Option::is_some)
+        && !axes.is_empty()
+        && axes.iter().all(|&a| a < x.shape.len());
+    fits.then_some((*f, axes.as_slice(), *keepdims))
+}
+
+/// The input's (identity) and the result's indexing maps and the iterator types (as MLIR
+/// prints them, `#linalg.iterator_type<...>`) of a reduction of a rank-`rank` tensor.
+fn maps(rank: usize, axes: &[usize], keepdims: bool) -> (String, String, Vec<&'static str>) {
+    let dims: Vec<String> = (0..rank).map(|d| format!("d{d}")).collect();
+    let kept: Vec<String> = (0..rank)
+        .filter_map(|d| match axes.contains(&d) {
+            true if keepdims => Some("0".to_string()),
+            true => None,
+            false => Some(dims[d].clone()),
+        })
+        .collect();
+    let map = |results: &[String]| {
+        format!(
+            "affine_map<({}) -> ({})>",
+            dims.join(", "),
+            results.join(", ")
+        )
+    };
+    let iterators = (0..rank)
+        .map(|d| {
+            if axes.contains(&d) {
+                REDUCTION
+            } else {
+                PARALLEL
+            }
+        })
+        .collect();
+    (map(&dims), map(&kept), iterators)
+}
+
+/// The accumulator's element type and its identity as MLIR spells it.
+fn accumulator(f: ReduceFn) -> (&'static str, &'static str) {
+    match f {
+        ReduceFn::Max => ("f32", "0xFF800000"),
+        ReduceFn::Min => ("f32", "0x7F800000"),
+        _ => ("f64", "0.000000e+00"),
+    }
+}
+
+/// The identity value a reduction `f` starts from (what its destination's fill must hold).
+pub fn starts_from(f: ReduceFn) -> f64 {
+    match f {
+        ReduceFn::Max => f64::NEG_INFINITY,
+        ReduceFn::Min => f64::INFINITY,
+        _ => 0.0,
+    }
+}
+
+fn tensor(shape: &[Option<usize>], element: &str) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.unwrap_or(0).to_string()).collect();
+    match dims.is_empty() {
+        true => format!("tensor<{element}>"),
+        false => format!("tensor<{}x{element}>", dims.join("x")),
+    }
+}
+
+/// The lines instruction `i` prints as (see the module's comment): `x` its operand's name,
+/// `result` its result's, `loc` its location.
+pub fn lines(
+    (i, f, axes, keepdims): (usize, ReduceFn, &[usize], bool),
+    (x, x_buffer): (&str, &Buffer),
+    (result, out): (&str, &Buffer),
+    loc: &str,
+) -> String {
+    let rank = x_buffer.shape.len();
+    let (in_map, out_map, iterators) = maps(rank, axes, keepdims);
+    let iterators: Vec<String> = (iterators.iter())
+        .map(|t| match *t {
+            REDUCTION => "\"reduction\"".to_string(),
+            _ => "\"parallel\"".to_string(),
+        })
+        .collect();
+    let (acc, init) = accumulator(f);
+    let x_type = tensor(&x_buffer.shape, "f32");
+    let acc_type = tensor(&out.shape, acc);
+    let out_type = tensor(&out.shape, "f32");
+    let wide = match f {
+        ReduceFn::Sum | ReduceFn::Mean => format!("%v{i}_w"),
+        _ => result.to_string(),
+    };
+    let mut s = format!(
+        "    %d{i} = tensor.empty() : {acc_type} loc(unknown)\n    %c{i} = arith.constant {init} : {acc} loc(unknown)\n    %f{i} = linalg.fill ins(%c{i} : {acc}) outs(%d{i} : {acc_type}) -> {acc_type} loc(unknown)\n"
+    );
+    if f == ReduceFn::Mean {
+        // Before the sum, so that the narrowing generic follows it directly.
+        s += &format!("    %n{i} = tensor.empty() : {out_type} loc(unknown)\n");
+    }
+    let step = match f {
+        ReduceFn::Max => format!("%g{i}_r = arith.maxnumf %g{i}_o, %g{i}_0 : f32 loc(unknown)"),
+        ReduceFn::Min => format!("%g{i}_r = arith.minnumf %g{i}_o, %g{i}_0 : f32 loc(unknown)"),
+        _ => format!(
+            "%g{i}_e = arith.extf %g{i}_0 : f32 to f64 loc(unknown)\n      %g{i}_r = arith.addf %g{i}_o, %g{i}_e : f64 loc(unknown)"
+        ),
+    };
+    s += &format!(
+        "    {wide} = linalg.generic {{indexing_maps = [{in_map}, {out_map}], iterator_types = [{}]}} ins({x} : {x_type}) outs(%f{i} : {acc_type}) {{\n    ^bb0(%g{i}_0: f32 loc(unknown), %g{i}_o: {acc} loc(unknown)):\n      {step}\n      linalg.yield %g{i}_r : {acc} loc(unknown)\n    }} -> {acc_type} loc({loc})\n",
+        iterators.join(", ")
+    );
+    match f {
+        ReduceFn::Sum => s += &format!(
+            "    {result} = arith.truncf {wide} {{ppmoe.narrows = true}} : {acc_type} to {out_type} loc({loc})\n"
+        ),
+        ReduceFn::Mean => {
+            let (id, _, _) = maps(out.shape.len(), &[], true);
+            let parallel = vec!["\"parallel\""; out.shape.len()].join(", ");
+            let count: usize = (axes.iter())
+                .map(|&a| x_buffer.shape[a].unwrap_or(0))
+                .product();
+            s += &format!(
+                "    {result} = linalg.generic {{indexing_maps = [{id}, {id}], iterator_types = [{parallel}]}} ins({wide} : {acc_type}) outs(%n{i} : {out_type}) attrs = {{ppmoe.narrows = true}} {{\n    ^bb0(%m{i}_0: f64 loc(unknown), %m{i}_o: f32 loc(unknown)):\n      %m{i}_n = arith.constant {count}.0 : f64 loc(unknown)\n      %m{i}_q = arith.divf %m{i}_0, %m{i}_n : f64 loc(unknown)\n      %m{i}_r = arith.truncf %m{i}_q : f64 to f32 loc(unknown)\n      linalg.yield %m{i}_r : f32 loc(unknown)\n    }} -> {out_type} loc({loc})\n"
+            );
+        }
+        _ => {}
+    }
+    s
+}
+
+/// Whether `op` (a `linalg.generic`) has a reduction loop.
+pub fn is_reduction(op: &OperationRef) -> bool {
+    let iterators = op.attribute("iterator_types").ok().map(array_strings);
+    iterators.is_some_and(|t| t.iter().any(|t| t == REDUCTION))
+}
+
+/// The reduction a `linalg.generic` with a reduction loop reads back as: a sum (its f64 result
+/// narrowed after), a maximum or a minimum; its maps, iterators and body must be the ones ppmoe
+/// prints. Its destination's fill is checked by the reader, which knows the fills.
+pub fn read_reduction(op: &OperationRef) -> Result<Op, String> {
+    let refuse = |what: &str| format!("'linalg.generic' reduction: {what}");
+    if op.operand_count() != 2 || op.result_count() != 1 {
+        return Err(refuse("expected one input and one destination"));
+    }
+    let (x, shape) =
+        (op.operand(0).map_err(|e| e.to_string())).and_then(|v| tensor_type(v.r#type()))?;
+    let (acc, _) =
+        (op.result(0).map_err(|e| e.to_string())).and_then(|r| tensor_type(r.r#type()))?;
+    let strings = |key: &str| {
+        op.attribute(key)
+            .ok()
+            .map(array_strings)
+            .unwrap_or_default()
+    };
+    let iterators = strings("iterator_types");
+    let axes: Vec<usize> = (iterators.iter().enumerate())
+        .filter(|(_, t)| *t == REDUCTION)
+        .map(|(d, _)| d)
+        .collect();
+    let read_maps = strings("indexing_maps");
+    let keepdims = [true, false].into_iter().find(|&keep| {
+        let (input, output, loops) = maps(shape.len(), &axes, keep);
+        read_maps == [input, output] && iterators == loops
+    });
+    let keepdims = keepdims.ok_or_else(|| {
+        refuse(&format!(
+            "indexing maps {read_maps:?} and iterators {iterators:?} are no reduction ppmoe prints"
+        ))
+    })?;
+    let f = body_function(op, x, acc)?;
+    Ok(Op::ReduceAxes { f, axes, keepdims })
+}
+
+/// The function a reduction's body computes, where it is one ppmoe prints over these types.
+fn body_function(op: &OperationRef, x: DType, acc: DType) -> Result<ReduceFn, String> {
+    let refuse = || {
+        "'linalg.generic' reduction: its body is not a sum in f64, a maxnumf or a minnumf as ppmoe prints it"
+            .to_string()
+    };
+    let block = (op.region(0).ok())
+        .and_then(|r| r.first_block())
+        .ok_or_else(refuse)?;
+    let ops = block_ops(block);
+    let arg = |k: usize| block.argument(k).map(handle).ok();
+    let operand = |o: &OperationRef, k: usize| o.operand(k).map(handle).ok();
+    let result = |o: &OperationRef| o.result(0).map(handle).ok();
+    let yields = |o: &OperationRef, last: &OperationRef| {
+        op_name(o) == "linalg.yield" && o.operand_count() == 1 && operand(o, 0) == result(last)
+    };
+    let f = match (ops.as_slice(), x, acc) {
+        ([step, y], DType::F32, DType::F32) if yields(y, step) => {
+            let f = match op_name(step).as_str() {
+                "arith.maxnumf" => ReduceFn::Max,
+                "arith.minnumf" => ReduceFn::Min,
+                _ => return Err(refuse()),
+            };
+            let wired = operand(step, 0) == arg(1) && operand(step, 1) == arg(0);
+            wired.then_some(f)
+        }
+        ([extend, add, y], DType::F32, DType::F64) if yields(y, add) => {
+            let wired = op_name(extend) == "arith.extf"
+                && operand(extend, 0) == arg(0)
+                && op_name(add) == "arith.addf"
+                && operand(add, 0) == arg(1)
+                && operand(add, 1) == result(extend);
+            wired.then_some(ReduceFn::Sum)
+        }
+        _ => None,
+    };
+    f.ok_or_else(refuse)
+}
+
+/// Whether `op` (a `linalg.generic` marked `ppmoe.narrows`) is a mean's narrowing of a sum over
+/// `count` elements: every loop parallel, identity maps, its body the division by the count in
+/// f64 and the truncation to f32, as ppmoe prints it.
+pub fn divides_by(op: &OperationRef, count: usize) -> bool {
+    let strings = |key: &str| {
+        op.attribute(key)
+            .ok()
+            .map(array_strings)
+            .unwrap_or_default()
+    };
+    let Ok((_, shape)) = op
+        .result(0)
+        .map_err(|e| e.to_string())
+        .and_then(|r| tensor_type(r.r#type()))
+    else {
+        return false;
+    };
+    let (id, _, iterators) = maps(shape.len(), &[], true);
+    if op.operand_count() != 2
+        || strings("indexing_maps") != [id.clone(), id]
+        || strings("iterator_types") != iterators
+    {
+        return false;
+    }
+    let Some(block) = op.region(0).ok().and_then(|r| r.first_block()) else {
+        return false;
+    };
+    let ops = block_ops(block);
+    let [constant, divide, truncate, y] = ops.as_slice() else {
+        return false;
+    };
+    let operand = |o: &OperationRef, k: usize| o.operand(k).map(handle).ok();
+    let result = |o: &OperationRef| o.result(0).map(handle).ok();
+    let value = (constant.attribute("value").ok())
+        .and_then(|a| FloatAttribute::try_from(a).ok())
+        .map(|f| f.value());
+    op_name(constant) == "arith.constant"
+        && value == Some(count as f64)
+        && op_name(divide) == "arith.divf"
+        && operand(divide, 0) == block.argument(0).map(handle).ok()
+        && operand(divide, 1) == result(constant)
+        && op_name(truncate) == "arith.truncf"
+        && operand(truncate, 0) == result(divide)
+        && op_name(y) == "linalg.yield"
+        && operand(y, 0) == result(truncate)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::print::print_core;
+    use crate::core::read::read_programs;
+    use melior::ir::operation::OperationLike;
+    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program, ReduceFn};
+    use ppmoe_runtime::DType;
+
+    fn reduction(op: Op, x: &[usize], out: &[usize]) -> Program {
+        let buffer = |name: &str, shape: &[usize], kind| Buffer {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.iter().map(|&d| Some(d)).collect(),
+            kind,
+        };
+        Program {
+            buffers: vec![
+                buffer("x", x, BufferKind::Input),
+                buffer("y", out, BufferKind::Output),
+            ],
+            inputs: vec![0],
+            outputs: vec![1],
+            instructions: vec![Instruction {
+                op,
+                inputs: vec![Some(0)],
+                outputs: vec![1],
+                origin: "node".into(),
+            }],
+            ..Program::empty()
+        }
+    }
+
+    /// Each f32 reduction prints as a generic MLIR verifies (keepdims or not, one axis or
+    /// several, all of them) and reads back as itself, its result f32 again.
+    #[test]
+    fn every_f32_reduction_prints_as_a_generic_and_reads_back_as_itself() {
+        let context = ppmoe_dialect::context();
+        let cases: [(&[usize], bool, &[usize]); 4] = [
+            (&[2], true, &[2, 3, 1]),
+            (&[1], false, &[2, 4]),
+            (&[0, 2], true, &[1, 3, 1]),
+            (&[0, 1, 2], false, &[]),
+        ];
+        for f in [ReduceFn::Sum, ReduceFn::Mean, ReduceFn::Max, ReduceFn::Min] {
+            for (axes, keepdims, out) in cases {
+                let op = Op::ReduceAxes {
+                    f,
+                    axes: axes.to_vec(),
+                    keepdims,
+                };
+                let p = reduction(op.clone(), &[2, 3, 4], out);
+                let text = print_core(&[&p]);
+                assert!(!text.contains("core.reduce"), "{text}");
+                let module = ppmoe_dialect::parse_verified(&context, &text)
+                    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+                let read =
+                    read_programs(&module.as_operation()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+                let ins = &read[0].instructions;
+                assert_eq!(ins.len(), 1, "{text}");
+                assert_eq!(ins[0].op, op, "{text}");
+                assert_eq!(read[0].buffers[ins[0].outputs[0]].dtype, DType::F32);
+            }
+        }
+    }
+}
