@@ -312,7 +312,6 @@ pub fn divides_by(op: &OperationRef, count: usize) -> bool {
 mod tests {
     use crate::core::print::print_core;
     use crate::core::read::read_programs;
-    use melior::ir::operation::OperationLike;
     use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program, ReduceFn};
     use ppmoe_runtime::DType;
 
