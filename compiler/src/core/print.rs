@@ -406,7 +406,7 @@ fn print_instruction(
         }
         let _ = writeln!(body, "    {line} loc({})", location(p, ins, false));
         if let Some(wide) = narrowed {
-            // The matmul's f32 result rounded once to the buffer's half precision.
+            // The matmul's or reshape's f32 result rounded once to the buffer's half precision.
             let _ = writeln!(
                 body,
                 "    %v{i}_0 = arith.truncf %v{i}_w {{ppmoe.narrows = true}} : {} to {} loc({})",
@@ -470,7 +470,10 @@ fn print_instruction(
 ///   output as it is gathered; the `shard` ops take one element type): a `core.cast`;
 /// - a matmul with a half-precision result that linalg takes with an f32 one (ppmoe
 ///   accumulates in f32 and rounds once, where a half-precision linalg result would accumulate
-///   in half precision): an `arith.truncf`.
+///   in half precision): an `arith.truncf`;
+/// - a reshape of an f32 tensor into a half-precision buffer (`tensor.reshape` keeps the
+///   element type): the f32 `tensor.reshape` and an `arith.truncf`, which rounds to nearest
+///   even as the runtime stores it.
 fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)> {
     use ppmoe_runtime::program::Op;
     let output = p.buffers.get(*ins.outputs.first()?)?;
@@ -489,6 +492,15 @@ fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)
                 ..output.clone()
             };
             let form = wide_form(p, ins, &wide)?;
+            Some((wide, Some(form)))
+        }
+        Op::ReshapeTo { .. } if matches!(output.dtype, DType::BF16 | DType::F16) => {
+            let input = p.buffers.get((*ins.inputs.first()?)?)?;
+            let wide = Buffer {
+                dtype: DType::F32,
+                ..output.clone()
+            };
+            let form = wide_form(p, ins, &wide).filter(|_| input.dtype == DType::F32)?;
             Some((wide, Some(form)))
         }
         _ => None,

@@ -30,7 +30,7 @@ const MAX_RANKS: i64 = 1 << 16;
 const MAX_BRANCH_DEPTH: usize = 16;
 
 /// The ops that may narrow the result of the instruction before them (`ppmoe.narrows`): a
-/// collective's (`core.cast`), a matmul's or an f64 sum's (`arith.truncf`), a mean's
+/// collective's (`core.cast`), a matmul's, an f32 reshape's or an f64 sum's (`arith.truncf`), a mean's
 /// division of an f64 sum (`linalg.generic`, `core::reduce`).
 pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf", "linalg.generic"];
 
@@ -311,6 +311,7 @@ impl FunctionReader {
                 "scf.yield" => return Ok(BlockEnd::Yield(op.operands().map(handle).collect())),
                 "scf.if" => self.branch(&op, index).map_err(here)?,
                 _ if self.index_op(&op, &name).map_err(here)? => {}
+                "tensor.expand_shape" => self.gather_indices(&op).map_err(here)?,
                 // A receive's operand (ppmoe's runtime needs none), an upstream op's
                 // destination or a reshape's shape: not an instruction.
                 _ if OPERAND_ONLY.contains(&name.as_str()) => {
@@ -412,6 +413,33 @@ impl FunctionReader {
                 return Err("scf.yield of a value defined outside the function".into());
             }
         }
+        Ok(())
+    }
+
+    /// A `tensor.expand_shape` that appends a unit axis to a gather's indices (as ppmoe prints
+    /// a gather: `upstream::Upstream::Gather`): read as the indices it expands, which the
+    /// gather's instruction takes. Any other is refused by name.
+    fn gather_indices(&mut self, op: &OperationRef) -> Result<(), String> {
+        let refuse = || {
+            "'tensor.expand_shape': ppmoe reads one only as a tensor.gather's indices with a unit axis appended"
+                .to_string()
+        };
+        let (Ok(from), Ok(to)) = (op.operand(0), op.result(0)) else {
+            return Err(refuse());
+        };
+        let (from_type, to_type) = (tensor_type(from.r#type())?, tensor_type(to.r#type())?);
+        let appended = (from_type.1.iter().copied().chain([Some(1)])).eq(to_type.1.iter().copied());
+        let readers = users(to.into());
+        let gathers = !readers.is_empty()
+            && readers.iter().all(|r| {
+                op_name(r) == "tensor.gather" && r.operand(1).map(handle).ok() == Some(handle(to))
+            });
+        if from_type.0 != to_type.0 || !appended || !gathers {
+            return Err(refuse());
+        }
+        let b =
+            *(self.values.get(&handle(from))).ok_or("an operand defined outside the function")?;
+        self.values.insert(handle(to), b);
         Ok(())
     }
 
@@ -596,7 +624,7 @@ impl FunctionReader {
 
     /// Checks that `op`, marked `ppmoe.narrows`, narrows buffer `b`, the result of the
     /// instruction just before it, as ppmoe prints: a cast of a collective's or a matmul's
-    /// result, an f32 truncation of an f64 sum, a mean's division and truncation of one (which
+    /// result, a truncation of an f32 reshape's, an f32 truncation of an f64 sum, a mean's division and truncation of one (which
     /// makes the sum the mean).
     fn narrowed_instruction(&mut self, op: &OperationRef, b: BufferId) -> Result<(), String> {
         let name = op_name(op);
@@ -611,6 +639,9 @@ impl FunctionReader {
                 Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::MatMul,
                 _,
             )) => name != "linalg.generic",
+            Some((Op::ReshapeTo { .. }, _)) => {
+                name == "arith.truncf" && self.program.buffers[b].dtype == DType::F32
+            }
             Some((Op::ReduceAxes { f, axes, .. }, inputs)) if *f == ReduceFn::Sum => {
                 let x = inputs.first().copied().flatten();
                 let count = x.and_then(|x| {
@@ -631,7 +662,7 @@ impl FunctionReader {
         };
         if !fits {
             return Err(
-                "ppmoe.narrows narrows the result of the collective, matmul or sum just before it as ppmoe prints it"
+                "ppmoe.narrows narrows the result of the collective, matmul, f32 reshape or sum just before it as ppmoe prints it"
                     .into(),
             );
         }

@@ -8,7 +8,8 @@
 //!   `arith.truncf` marked `ppmoe.narrows`: `print::narrowed`), a transpose as
 //!   `linalg.transpose`, a softmax as `linalg.softmax`, each into a `tensor.empty`;
 //! - a concatenation as `tensor.concat`, a reshape to a static shape as `tensor.reshape` (the
-//!   shape an `arith.constant`);
+//!   shape an `arith.constant`), a gather along axis 0 as `tensor.gather` of the indices with
+//!   their index axis appended by a `tensor.expand_shape` (`Upstream::Gather`);
 //! - f32 elementwise arithmetic whose operands and result have one type as a `linalg.map` of
 //!   the `arith` or `math` op (linalg's ops carry upstream's sharding interface, which
 //!   `sharding-propagation` and `shard-partition` need; `arith` on tensors does not), an f32
@@ -25,8 +26,9 @@
 //! stays a `core` op: half-precision results of arithmetic (their rounding is ppmoe's, through
 //! f32), a float cast to an integer (which saturates in ppmoe, where `arith.fptosi` is
 //! undefined out of range), integer division, unsigned integers (`arith` takes signless ones),
-//! a matmul that broadcasts its batch, reductions (an f32 sum accumulates in f64), ops whose
-//! axes or bounds are operands.
+//! a matmul that broadcasts its batch, reductions but f32 sums, means, maxima and minima over
+//! static axes (`core::reduce` prints those), a gather along another axis than the first or
+//! into another element type than its table's, ops whose axes or bounds are operands.
 
 use super::generic::{
     array_strings, generic_form, generic_line, read_generic, Generic, FLOAT_BINARY,
@@ -62,6 +64,16 @@ pub enum Upstream {
     },
     /// `arith.extf` or `arith.truncf`.
     Cast(&'static str),
+    /// A gather along axis 0 (a token embedding) as `tensor.gather` with `gather_dims([0])`,
+    /// its result rank-reduced, of the indices (of these dims and this integer type) with a
+    /// unit axis appended by a `tensor.expand_shape` (`tensor.gather` reads each index tuple
+    /// along the last axis). ppmoe also takes an index counted from the end, as ONNX does,
+    /// where `tensor.gather` leaves an index out of range undefined: the same values wherever
+    /// upstream's are defined.
+    Gather {
+        indices: Vec<usize>,
+        index: DType,
+    },
     /// An f32 unary function upstream has no op for (the sigmoid, the reciprocal) as a
     /// `linalg.map` of the `arith` and `math` ops ppmoe computes it by (`COMPOSITES`).
     Composite(UnaryFn),
@@ -144,6 +156,7 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
                 strides: strides.clone(),
             })
         }
+        Op::Gather { axis } => gather(*axis, inputs, output),
         Op::Cast { to } => {
             let fits = one_input && *to == output.dtype && inputs[0].shape == output.shape;
             cast_name(inputs[0].dtype, *to)
@@ -152,6 +165,23 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
         }
         _ => None,
     }
+}
+
+/// A gather along axis 0 of integer indices whose result is the indices' shape followed by
+/// the data's without its first axis (what `tensor.gather` makes, rank-reduced).
+fn gather(axis: i64, inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
+    let [data, indices] = inputs else { return None };
+    let dims = |b: &Buffer| b.shape.iter().flatten().copied().collect::<Vec<usize>>();
+    let first_axis = non_negative(axis, data.shape.len()) == Some(0);
+    let integer = matches!(indices.dtype, DType::I32 | DType::I64);
+    let made: Vec<usize> = (dims(indices).into_iter())
+        .chain(dims(data).into_iter().skip(1))
+        .collect();
+    let fits = first_axis && integer && data.dtype == output.dtype && dims(output) == made;
+    fits.then(|| Upstream::Gather {
+        indices: dims(indices),
+        index: indices.dtype,
+    })
 }
 
 /// The `linalg.generic` form of an elementwise `op` (`generic`), where it has one.
@@ -265,6 +295,26 @@ pub fn upstream_lines(
             )
         }
         Upstream::Cast(name) => (vec![], format!("{result} = {name} {n} : {t} to {out}")),
+        Upstream::Gather { indices, index } => {
+            let (data, data_type) = (names.first().copied(), types.first().copied());
+            let (ids, ids_type) = (names.get(1).copied(), types.get(1).copied());
+            let expanded: Vec<usize> = indices.iter().copied().chain([1]).collect();
+            let expanded_type = format!("tensor<{}x{}>", dims_text(&expanded), index.mlir());
+            (
+                vec![format!(
+                    "%x{i} = tensor.expand_shape {} [{}] output_shape [{}] : {} into {expanded_type}",
+                    ids.unwrap_or_default(),
+                    trailing_unit_groups(indices.len()),
+                    list(&expanded),
+                    ids_type.unwrap_or_default(),
+                )],
+                format!(
+                    "{result} = tensor.gather {}[%x{i}] gather_dims([0]) : ({}, {expanded_type}) -> {out}",
+                    data.unwrap_or_default(),
+                    data_type.unwrap_or_default(),
+                ),
+            )
+        }
         Upstream::ExtractSlice {
             offsets,
             sizes,
@@ -299,6 +349,23 @@ fn non_negative(axis: i64, rank: usize) -> Option<usize> {
     let rank = i64::try_from(rank).ok()?;
     let axis = if axis < 0 { axis + rank } else { axis };
     usize::try_from(axis).ok().filter(|&a| (a as i64) < rank)
+}
+
+/// The reassociation of a `tensor.expand_shape` that appends a unit axis to a rank-`rank`
+/// tensor: each axis its own group, the last one's with the new axis (none for a scalar).
+fn trailing_unit_groups(rank: usize) -> String {
+    let groups: Vec<String> = (0..rank)
+        .map(|d| match d + 1 == rank {
+            true => format!("[{d}, {rank}]"),
+            false => format!("[{d}]"),
+        })
+        .collect();
+    groups.join(", ")
+}
+
+fn dims_text(values: &[usize]) -> String {
+    let v: Vec<String> = values.iter().map(usize::to_string).collect();
+    v.join("x")
 }
 
 fn list(values: &[usize]) -> String {
@@ -567,6 +634,7 @@ pub fn read_upstream(
         "linalg.generic" if super::reduce::is_reduction(op) => super::reduce::read_reduction(op),
         "linalg.generic" => read_generic(op),
         "tensor.extract_slice" => read_extract_slice(op, result),
+        "tensor.gather" => read_gather(op),
         "linalg.map" => read_composite(op)
             .map(|f| Op::Unary { f })
             .or_else(|| map_body(op).and_then(|body| read_elementwise(&body)))
@@ -574,6 +642,43 @@ pub fn read_upstream(
         _ => return None,
     };
     Some(read)
+}
+
+/// A `tensor.gather` as ppmoe prints a gather along axis 0: `gather_dims([0])`, its indices
+/// those of a `tensor.expand_shape` (which the reader reads as the indices it expands:
+/// `read::FunctionReader::gather_indices`), its result rank-reduced.
+fn read_gather(op: &OperationRef) -> Result<Op, String> {
+    let refuse = |what: &str| format!("'tensor.gather': {what}");
+    let dims = (op.attribute("gather_dims").ok()).and_then(super::read::i64_list);
+    if dims != Some(vec![0]) {
+        return Err(refuse(&format!(
+            "gather_dims {dims:?}; ppmoe gathers along axis 0 only ([0])"
+        )));
+    }
+    let rank = |k: usize| {
+        (op.operand(k).ok())
+            .and_then(|v| super::read::tensor_type(v.r#type()).ok())
+            .map(|(_, shape)| shape.len())
+    };
+    let result_rank = (op.result(0).ok())
+        .and_then(|r| super::read::tensor_type(r.r#type()).ok())
+        .map(|(_, shape)| shape.len());
+    let expanded = (op.operand(1).ok())
+        .and_then(|v| melior::ir::operation::OperationResult::try_from(v).ok())
+        .is_some_and(|r| super::read::op_name(&r.owner()) == "tensor.expand_shape");
+    if !expanded {
+        return Err(refuse(
+            "its indices are not a tensor.expand_shape's (ppmoe appends the index axis so)",
+        ));
+    }
+    match (rank(0), rank(1), result_rank) {
+        (Some(d), Some(i), Some(r)) if d >= 1 && i >= 1 && r + 2 == d + i => {
+            Ok(Op::Gather { axis: 0 })
+        }
+        _ => Err(refuse(
+            "a result that is not rank-reduced; ppmoe drops the gathered axis",
+        )),
+    }
 }
 
 /// A `tensor.extract_slice` of static offsets, sizes and strides whose result is its sizes
@@ -795,6 +900,7 @@ mod tests {
             Upstream::Concat(_) => "tensor.concat",
             Upstream::Reshape(_) => "tensor.reshape",
             Upstream::ExtractSlice { .. } => "tensor.extract_slice",
+            Upstream::Gather { .. } => "tensor.gather",
             Upstream::Composite(_) => "composite",
             Upstream::BroadcastMatmul => "linalg.batch_matmul (broadcast)",
             Upstream::Contract(_) => "linalg.contract",
@@ -908,6 +1014,20 @@ mod tests {
         let reshape = |shape: Vec<usize>| form(Op::ReshapeTo { shape }, &[f(&[2, 3])], f(&[6]));
         assert_eq!(reshape(vec![6]), Some("tensor.reshape"));
         assert_eq!(reshape(vec![3, 2]), None);
+        // A gather along axis 0 (counted from the end too) of integer indices, a scalar one
+        // included; along another axis, of float indices, or from a bf16 table into f32: none.
+        let gather = |axis, ids: Buffer, out: &[usize]| {
+            form(Op::Gather { axis }, &[f(&[8, 4]), ids], f(out))
+        };
+        let ids = || buffer(I64, &[2, 3]);
+        assert_eq!(gather(0, ids(), &[2, 3, 4]), Some("tensor.gather"));
+        let scalar = buffer(DType::I32, &[]);
+        assert_eq!(gather(-2, scalar, &[4]), Some("tensor.gather"));
+        assert_eq!(gather(1, ids(), &[8, 2, 3]), None);
+        assert_eq!(gather(0, f(&[2]), &[2, 4]), None);
+        let table = buffer(BF16, &[8, 4]);
+        let widened = form(Op::Gather { axis: 0 }, &[table, ids()], f(&[2, 3, 4]));
+        assert_eq!(widened, None);
     }
 
     #[test]

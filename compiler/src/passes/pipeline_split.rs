@@ -150,6 +150,10 @@ impl CutFunction {
             if let Some(cast) = narrowed {
                 stage_of[cast] = Some(stage);
             }
+            // A gather's indices are expanded where it reads them.
+            if let Some(&expand) = program_ops.indices_expanded_by.get(&i) {
+                stage_of[expand] = Some(stage);
+            }
             for (result, &buffer) in ins.outputs.iter().enumerate() {
                 let value = Made {
                     stage,

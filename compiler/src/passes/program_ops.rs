@@ -5,7 +5,7 @@
 use super::func_ops::{block_ops, body};
 use crate::core::read::{location_names, op_name, tensor_type, ReadProgram, NARROWING};
 use melior::ir::block::BlockLike;
-use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::{Location, Value, ValueLike};
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use std::collections::HashMap;
@@ -18,6 +18,9 @@ pub struct ProgramOps<'c, 'a> {
     /// Per instruction, the position of the cast that narrows its result (`ppmoe.narrows`,
     /// read as part of the instruction), where it has one.
     pub narrowed_by: HashMap<usize, usize>,
+    /// Per instruction, the position of the `tensor.expand_shape` that appends its gather's
+    /// index axis (read as part of the instruction's operand), where it has one.
+    pub indices_expanded_by: HashMap<usize, usize>,
     /// Per buffer, the value that holds it: an argument, an op's result, or a narrowing cast's.
     values: Vec<Option<Value<'c, 'a>>>,
 }
@@ -37,12 +40,16 @@ impl<'c, 'a> ProgramOps<'c, 'a> {
         }
         let mut instruction_at = Vec::with_capacity(p.instructions.len());
         let mut narrowed_by = HashMap::new();
+        let mut indices_expanded_by = HashMap::new();
         for (i, (ins, handle)) in p.instructions.iter().zip(&read.ops).enumerate() {
             let k = *position.get(handle).ok_or(
                 "an instruction inside a region (scf.if): the pass takes a function's own ops",
             )?;
             instruction_at.push(k);
             let op = &ops[k];
+            if let Some(expand) = expanded_indices(op).and_then(|e| position.get(&e)) {
+                indices_expanded_by.insert(i, *expand);
+            }
             if let Some(next) = ops.get(k + 1).filter(|next| narrows(next, op)) {
                 narrowed_by.insert(i, k + 1);
                 if let (Some(&b), Ok(r)) = (ins.outputs.first(), next.result(0)) {
@@ -58,6 +65,7 @@ impl<'c, 'a> ProgramOps<'c, 'a> {
             ops,
             instruction_at,
             narrowed_by,
+            indices_expanded_by,
             values,
         })
     }
@@ -190,4 +198,15 @@ pub fn one_instruction(
         }],
         ..Program::empty()
     })
+}
+
+/// The `tensor.expand_shape` (by its handle) that makes a `tensor.gather`'s indices, where `op`
+/// is one (`core::upstream::Upstream::Gather`).
+fn expanded_indices(op: &OperationRef) -> Option<usize> {
+    if op_name(op) != "tensor.gather" {
+        return None;
+    }
+    let indices = OperationResult::try_from(op.operand(1).ok()?).ok()?;
+    let expand = indices.owner();
+    (op_name(&expand) == "tensor.expand_shape").then(|| expand.to_raw().ptr as usize)
 }

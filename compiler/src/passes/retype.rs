@@ -91,7 +91,8 @@ fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), Strin
 }
 
 /// An op's operands that are its instruction's inputs: those no destination op makes (a
-/// `tensor.empty`, a fill, a reshape's shape).
+/// `tensor.empty`, a fill, a reshape's shape), a gather's indices as they are before their
+/// index axis is appended.
 pub fn instruction_inputs<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<Value<'c, 'a>> {
     (op.operands())
         .filter(|&v| {
@@ -99,5 +100,21 @@ pub fn instruction_inputs<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<Value<'c, 'a
                 .map(|r| !OPERAND_ONLY.contains(&op_name(&r.owner()).as_str()))
                 .unwrap_or(true)
         })
+        .map(expanded_from)
         .collect()
+}
+
+/// A gather's indices as its instruction takes them: what the `tensor.expand_shape` that
+/// appends their index axis expands (`core::upstream::Upstream::Gather`).
+fn expanded_from<'c, 'a>(v: Value<'c, 'a>) -> Value<'c, 'a> {
+    let Ok(result) = OperationResult::try_from(v) else {
+        return v;
+    };
+    let owner = result.owner();
+    if op_name(&owner) != "tensor.expand_shape" || owner.operand_count() != 1 {
+        return v;
+    }
+    // SAFETY: the expand's operand is a live value of the same function as `v`, with its
+    // lifetimes.
+    unsafe { Value::from_raw(mlir_sys::mlirOperationGetOperand(owner.to_raw(), 0)) }
 }
