@@ -5,8 +5,9 @@
 // arith.truncf, a mean by a generic that divides by the count in f64 and truncates, each
 // marked ppmoe.narrows and read back as part of the reduction). An RMS norm's mean over the
 // hidden axis and Qwen3's q and k norms' over each head's print so; the IR reads back as
-// itself; at tp 2 each rank reduces its own heads. Any other reduction (an i32 sum) stays
-// `core.reduce_<f>` with its axes an attribute counted from the front.
+// itself; at tp 2 each rank reduces its own heads. An i32 or i64 sum is a generic of
+// arith.addi; any other reduction stays `core.reduce_<f>` with its axes an attribute counted
+// from the front.
 
 // RUN: %ppmoe inspect %fixtures/qwen3moe_lm_sdpa/model.onnx --emit moe > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -39,7 +40,7 @@
 // by another count are no reduction ppmoe prints: refused by name.
 // RUN: sed '0,/arith.addf %out, \(%[0-9]*\) : f64/s//arith.addf \1, %out : f64/' %t.mlir > %t.order.mlir
 // RUN: not %ppmoe opt %t.order.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=ORDER
-// ORDER: error: {{.*}}order.mlir: {{.*}}its body is not a sum in f64, a maxnumf or a minnumf as ppmoe prints it
+// ORDER: error: {{.*}}order.mlir: {{.*}}its body is not a sum in f64 or of integers, a maxnumf or a minnumf as ppmoe prints it
 // RUN: sed '0,/arith.constant 0.000000e+00 : f64/s//arith.constant 1.000000e+00 : f64/' %t.mlir > %t.fill.mlir
 // RUN: not %ppmoe opt %t.fill.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=START
 // START: error: {{.*}}fill.mlir: {{.*}}a reduction starts from its destination: expected a linalg.fill of 0 for its Sum
@@ -47,17 +48,38 @@
 // RUN: not %ppmoe opt %t.count.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=COUNT
 // COUNT: error: {{.*}}count.mlir: {{.*}}ppmoe.narrows narrows the result of the collective, matmul, f32 reshape or sum just before it as ppmoe prints it
 
-// The core form: JAX's i32 sums (a routing's counts).
+// JAX's i32 sums (a routing's counts, left unraised without the weights): a generic of
+// arith.addi from an i32 fill of 0 (ppmoe's integer sums wrap at their width, as addi does),
+// with no narrowing; the IR reads back as itself.
 // RUN: %ppmoe inspect %fixtures/jax_gshard_top2/model.mlir --emit core > %t.core.mlir
-// RUN: FileCheck %s --check-prefix=CORE < %t.core.mlir
-// CORE: "core.reduce_sum"(%{{[0-9]*}}) {axes = array<i64: 0>, keepdims = false} : (tensor<64x4xi32>) -> tensor<4xi32>
-// CORE-NOT: "core.reduce_{{[a-z]*}}"(%{{[^)]*}}, %
+// RUN: FileCheck %s --check-prefix=INT < %t.core.mlir
+// RUN: %ppmoe opt %t.core.mlir --pass-pipeline='builtin.module()' > %t.core.again.mlir
+// RUN: diff %t.core.mlir %t.core.again.mlir
+// INT: %[[ZERO:.*]] = arith.constant 0 : i32
+// INT-NEXT: %[[FROM:.*]] = linalg.fill ins(%[[ZERO]] : i32) outs(%{{.*}} : tensor<4xi32>)
+// INT-NEXT: linalg.generic {indexing_maps = [#map{{[0-9]*}}, #map{{[0-9]*}}], iterator_types = ["reduction", "parallel"]} ins(%{{.*}} : tensor<64x4xi32>) outs(%[[FROM]] : tensor<4xi32>) {
+// INT-NEXT: ^bb0(%in: i32 {{.*}}, %out: i32 {{.*}}):
+// INT-NEXT: %[[S:.*]] = arith.addi %out, %in : i32
+// INT-NEXT: linalg.yield %[[S]] : i32
+// INT-NOT: "core.reduce_
 
-// An axis past the operand's rank, and a result type that is not the reduction's, are
-// refused by name.
-// RUN: sed '0,/axes = array<i64: 0>, keepdims = false/s//axes = array<i64: 7>, keepdims = false/' %t.core.mlir > %t.past.mlir
+// The core op a reduction was printed as before (read still, and printed as the generic); an
+// axis past the operand's rank, and a result type that is not the reduction's, are refused
+// by name.
+// RUN: sed -n 's|^// HAND-IR: ||p' %s | sed 's|@FIXTURES@|%fixtures|' > %t.hand.mlir
+// RUN: %ppmoe opt %t.hand.mlir --pass-pipeline='builtin.module()' | FileCheck %s --check-prefix=HAND
+// HAND: linalg.generic {{.*}} iterator_types = ["reduction", "parallel"]} ins(%arg0 : tensor<64x4xi32>)
+// HAND: arith.addi %out, %in : i32
+// RUN: sed 's/axes = array<i64: 0>, keepdims = false/axes = array<i64: 7>, keepdims = false/' %t.hand.mlir > %t.past.mlir
 // RUN: not %ppmoe opt %t.past.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=PAST
 // PAST: error: {{.*}}past.mlir: {{.*}}(core.reduce_sum): reduction axes [7] are not increasing axes of a rank-2 operand
-// RUN: sed '0,/axes = array<i64: 0>, keepdims = false/s//axes = array<i64: 1>, keepdims = false/' %t.core.mlir > %t.type.mlir
+// RUN: sed 's/axes = array<i64: 0>, keepdims = false/axes = array<i64: 1>, keepdims = false/' %t.hand.mlir > %t.type.mlir
 // RUN: not %ppmoe opt %t.type.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=TYPE
 // TYPE: error: {{.*}}type.mlir: {{.*}}(core.reduce_sum): a reduction over axes [1] of 64x4 gives 64, where its result type says 4
+
+// HAND-IR: module attributes {ppmoe.stage = "core", ppmoe.source = {model = "@FIXTURES@/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
+// HAND-IR:   func.func @rank0(%x: tensor<64x4xi32> {core.input = "x"}) -> (tensor<4xi32> {core.output = "n"}) {
+// HAND-IR:     %0 = "core.reduce_sum"(%x) {axes = array<i64: 0>, keepdims = false} : (tensor<64x4xi32>) -> tensor<4xi32> loc("n"("node_n"))
+// HAND-IR:     func.return %0 : tensor<4xi32>
+// HAND-IR:   }
+// HAND-IR: }

@@ -449,9 +449,14 @@ impl FunctionReader {
         let result = handle(op.result(0).map_err(|e| e.to_string())?);
         match name {
             "arith.constant" => {
-                let value = (op.attribute("value").ok())
-                    .and_then(|a| FloatAttribute::try_from(a).ok())
-                    .map(|f| f.value());
+                // A float, or an integer (an integer sum's start), as f64.
+                let attribute = op.attribute("value").ok();
+                let value = (attribute.and_then(|a| FloatAttribute::try_from(a).ok()))
+                    .map(|f| f.value())
+                    .or_else(|| {
+                        (attribute.and_then(|a| IntegerAttribute::try_from(a).ok()))
+                            .map(|i| i.value() as f64)
+                    });
                 if value == Some(0.0) {
                     self.known.zero_scalars.insert(result);
                 }
@@ -464,7 +469,7 @@ impl FunctionReader {
                 let value = operand(0).and_then(|v| self.known.scalars.get(&v)).copied();
                 let empty = operand(1).is_some_and(|v| self.empties.contains(&v));
                 let Some(value) = value.filter(|_| empty && op.operand_count() == 2) else {
-                    return Err("linalg.fill: ppmoe reads only a fill of a tensor.empty with a float constant (a matmul's or a reduction's start)".into());
+                    return Err("linalg.fill: ppmoe reads only a fill of a tensor.empty with a scalar constant (a matmul's or a reduction's start)".into());
                 };
                 if value == 0.0 {
                     self.known.zero_fills.insert(result);

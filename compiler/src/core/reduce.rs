@@ -1,4 +1,5 @@
-//! An f32 reduction over static axes (`reduce_axes`: a sum, a mean, a maximum or a minimum)
+//! An f32 reduction over static axes (`reduce_axes`: a sum, a mean, a maximum or a minimum),
+//! or an integer sum,
 //! printed as a `linalg.generic` into a `linalg.fill` of its identity, and read back from it:
 //! the reduced axes' loops `reduction`, the result read at 0 on them (keepdims) or without
 //! them. ppmoe accumulates an f32 sum in f64 and rounds once, so a sum's generic accumulates
@@ -6,7 +7,8 @@
 //! `ppmoe.narrows`; a mean's narrowing is a `linalg.generic` marked so that divides by the
 //! count in f64 and then truncates, as ppmoe does. A maximum or minimum picks an element, so
 //! it is exact in f32: `arith.maxnumf` / `arith.minnumf` (a NaN gives the other operand, as
-//! ppmoe's f64 max and min do) from -inf / +inf.
+//! ppmoe's f64 max and min do) from -inf / +inf. An i32 or i64 sum (a routing's counts) is an
+//! `arith.addi` of its type from 0: ppmoe's integer sums wrap at their width, as `addi` does.
 //!
 //! ```text
 //! %s = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1, d2)>,
@@ -51,11 +53,13 @@ pub fn printable<'o>(
     let Op::ReduceAxes { f, axes, keepdims } = op else {
         return None;
     };
-    let fits = matches!(
+    let float = matches!(
         f,
         ReduceFn::Sum | ReduceFn::Mean | ReduceFn::Max | ReduceFn::Min
     ) && x.dtype == DType::F32
-        && out.dtype == DType::F32
+        && out.dtype == DType::F32;
+    let integer = *f == ReduceFn::Sum && is_integer(x.dtype) && out.dtype == x.dtype;
+    let fits = (float || integer)
         && (x.shape.iter().chain(&out.shape)).all(Option::is_some)
         && !axes.is_empty()
         && axes.iter().all(|&a| a < x.shape.len());
@@ -92,9 +96,16 @@ fn maps(rank: usize, axes: &[usize], keepdims: bool) -> (String, String, Vec<&'s
     (map(&dims), map(&kept), iterators)
 }
 
-/// The accumulator's element type and its identity as MLIR spells it.
-fn accumulator(f: ReduceFn) -> (&'static str, &'static str) {
+/// The signless integer types whose sums print as a generic of `arith.addi`.
+fn is_integer(dtype: DType) -> bool {
+    matches!(dtype, DType::I32 | DType::I64)
+}
+
+/// The accumulator's element type and its identity as MLIR spells it, for a reduction of
+/// elements of `x`.
+fn accumulator(f: ReduceFn, x: DType) -> (&'static str, &'static str) {
     match f {
+        _ if is_integer(x) => (x.mlir(), "0"),
         ReduceFn::Max => ("f32", "0xFF800000"),
         ReduceFn::Min => ("f32", "0x7F800000"),
         _ => ("f64", "0.000000e+00"),
@@ -134,12 +145,14 @@ pub fn lines(
             _ => "\"parallel\"".to_string(),
         })
         .collect();
-    let (acc, init) = accumulator(f);
-    let x_type = tensor(&x_buffer.shape, "f32");
+    let element = x_buffer.dtype.mlir();
+    let integer = is_integer(x_buffer.dtype);
+    let (acc, init) = accumulator(f, x_buffer.dtype);
+    let x_type = tensor(&x_buffer.shape, element);
     let acc_type = tensor(&out.shape, acc);
-    let out_type = tensor(&out.shape, "f32");
+    let out_type = tensor(&out.shape, element);
     let wide = match f {
-        ReduceFn::Sum | ReduceFn::Mean => format!("%v{i}_w"),
+        ReduceFn::Sum | ReduceFn::Mean if !integer => format!("%v{i}_w"),
         _ => result.to_string(),
     };
     let mut s = format!(
@@ -150,6 +163,7 @@ pub fn lines(
         s += &format!("    %n{i} = tensor.empty() : {out_type} loc(unknown)\n");
     }
     let step = match f {
+        _ if integer => format!("%g{i}_r = arith.addi %g{i}_o, %g{i}_0 : {acc} loc(unknown)"),
         ReduceFn::Max => format!("%g{i}_r = arith.maxnumf %g{i}_o, %g{i}_0 : f32 loc(unknown)"),
         ReduceFn::Min => format!("%g{i}_r = arith.minnumf %g{i}_o, %g{i}_0 : f32 loc(unknown)"),
         _ => format!(
@@ -157,10 +171,11 @@ pub fn lines(
         ),
     };
     s += &format!(
-        "    {wide} = linalg.generic {{indexing_maps = [{in_map}, {out_map}], iterator_types = [{}]}} ins({x} : {x_type}) outs(%f{i} : {acc_type}) {{\n    ^bb0(%g{i}_0: f32 loc(unknown), %g{i}_o: {acc} loc(unknown)):\n      {step}\n      linalg.yield %g{i}_r : {acc} loc(unknown)\n    }} -> {acc_type} loc({loc})\n",
+        "    {wide} = linalg.generic {{indexing_maps = [{in_map}, {out_map}], iterator_types = [{}]}} ins({x} : {x_type}) outs(%f{i} : {acc_type}) {{\n    ^bb0(%g{i}_0: {element} loc(unknown), %g{i}_o: {acc} loc(unknown)):\n      {step}\n      linalg.yield %g{i}_r : {acc} loc(unknown)\n    }} -> {acc_type} loc({loc})\n",
         iterators.join(", ")
     );
     match f {
+        _ if integer => {}
         ReduceFn::Sum => s += &format!(
             "    {result} = arith.truncf {wide} {{ppmoe.narrows = true}} : {acc_type} to {out_type} loc({loc})\n"
         ),
@@ -225,7 +240,7 @@ pub fn read_reduction(op: &OperationRef) -> Result<Op, String> {
 /// The function a reduction's body computes, where it is one ppmoe prints over these types.
 fn body_function(op: &OperationRef, x: DType, acc: DType) -> Result<ReduceFn, String> {
     let refuse = || {
-        "'linalg.generic' reduction: its body is not a sum in f64, a maxnumf or a minnumf as ppmoe prints it"
+        "'linalg.generic' reduction: its body is not a sum in f64 or of integers, a maxnumf or a minnumf as ppmoe prints it"
             .to_string()
     };
     let block = (op.region(0).ok())
@@ -239,6 +254,12 @@ fn body_function(op: &OperationRef, x: DType, acc: DType) -> Result<ReduceFn, St
         op_name(o) == "linalg.yield" && o.operand_count() == 1 && operand(o, 0) == result(last)
     };
     let f = match (ops.as_slice(), x, acc) {
+        ([add, y], _, _) if is_integer(x) && x == acc && yields(y, add) => {
+            let wired = op_name(add) == "arith.addi"
+                && operand(add, 0) == arg(1)
+                && operand(add, 1) == arg(0);
+            wired.then_some(ReduceFn::Sum)
+        }
         ([step, y], DType::F32, DType::F32) if yields(y, step) => {
             let f = match op_name(step).as_str() {
                 "arith.maxnumf" => ReduceFn::Max,
@@ -315,10 +336,10 @@ mod tests {
     use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program, ReduceFn};
     use ppmoe_runtime::DType;
 
-    fn reduction(op: Op, x: &[usize], out: &[usize]) -> Program {
+    fn reduction(op: Op, dtype: DType, (x, out): (&[usize], &[usize])) -> Program {
         let buffer = |name: &str, shape: &[usize], kind| Buffer {
             name: name.into(),
-            dtype: DType::F32,
+            dtype,
             shape: shape.iter().map(|&d| Some(d)).collect(),
             kind,
         };
@@ -339,10 +360,11 @@ mod tests {
         }
     }
 
-    /// Each f32 reduction prints as a generic MLIR verifies (keepdims or not, one axis or
-    /// several, all of them) and reads back as itself, its result f32 again.
+    /// Each f32 reduction and integer sum prints as a generic MLIR verifies (keepdims or not,
+    /// one axis or several, all of them) and reads back as itself, its result of its type
+    /// again.
     #[test]
-    fn every_f32_reduction_prints_as_a_generic_and_reads_back_as_itself() {
+    fn every_f32_reduction_and_integer_sum_prints_as_a_generic_and_reads_back_as_itself() {
         let context = ppmoe_dialect::context();
         let cases: [(&[usize], bool, &[usize]); 4] = [
             (&[2], true, &[2, 3, 1]),
@@ -350,14 +372,22 @@ mod tests {
             (&[0, 2], true, &[1, 3, 1]),
             (&[0, 1, 2], false, &[]),
         ];
-        for f in [ReduceFn::Sum, ReduceFn::Mean, ReduceFn::Max, ReduceFn::Min] {
+        let functions = [
+            (ReduceFn::Sum, DType::F32),
+            (ReduceFn::Mean, DType::F32),
+            (ReduceFn::Max, DType::F32),
+            (ReduceFn::Min, DType::F32),
+            (ReduceFn::Sum, DType::I32),
+            (ReduceFn::Sum, DType::I64),
+        ];
+        for (f, dtype) in functions {
             for (axes, keepdims, out) in cases {
                 let op = Op::ReduceAxes {
                     f,
                     axes: axes.to_vec(),
                     keepdims,
                 };
-                let p = reduction(op.clone(), &[2, 3, 4], out);
+                let p = reduction(op.clone(), dtype, (&[2, 3, 4], out));
                 let text = print_core(&[&p]);
                 assert!(!text.contains("core.reduce"), "{text}");
                 let module = ppmoe_dialect::parse_verified(&context, &text)
@@ -367,7 +397,7 @@ mod tests {
                 let ins = &read[0].instructions;
                 assert_eq!(ins.len(), 1, "{text}");
                 assert_eq!(ins[0].op, op, "{text}");
-                assert_eq!(read[0].buffers[ins[0].outputs[0]].dtype, DType::F32);
+                assert_eq!(read[0].buffers[ins[0].outputs[0]].dtype, dtype);
             }
         }
     }

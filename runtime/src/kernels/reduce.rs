@@ -40,7 +40,14 @@ pub fn reduce(
     };
     match &*x.data {
         Data::F32(v) => Ok(Tensor::f32(shape, r.f32s(f, v)).with_dtype(x.dtype)),
-        Data::I64(v) => Ok(Tensor::i64(shape, r.i64s(f, v)?).with_dtype(x.dtype)),
+        Data::I64(v) => {
+            // Wrapped to the type's width, as a sum of that width wraps (and as ppmoe's
+            // elementwise integer arithmetic does): i64 arithmetic wraps modulo 2^64, which
+            // wrapping again to 32 bits makes the 32-bit sum exactly.
+            let wrap = |a| super::elementwise::wrapped(a, x.dtype);
+            let values = r.i64s(f, v)?.into_iter().map(wrap).collect();
+            Ok(Tensor::i64(shape, values).with_dtype(x.dtype))
+        }
         Data::Bool(_) => Err("reduction of a bool tensor".into()),
         Data::Half(_) => unreachable!("widened at the top of the function"),
     }
@@ -311,5 +318,26 @@ mod tests {
         }
         assert!(reduce_axes(ReduceFn::Sum, &x, &[], true).is_err());
         assert!(reduce_axes(ReduceFn::Sum, &x, &[3], true).is_err());
+    }
+
+    /// An i32 sum or product wraps at 32 bits, as i32 arithmetic does (what `arith.addi` on
+    /// i32 computes); an i64 one at 64; a maximum stays in range.
+    #[test]
+    fn integer_sums_wrap_at_their_width() {
+        use crate::DType;
+        let big = i32::MAX as i64;
+        let x = Tensor::i64(vec![3], vec![big, big, 3]).with_dtype(DType::I32);
+        // 2 (2^31 - 1) + 3 = 2^32 + 1, which is 1 at 32 bits.
+        let sum = reduce_axes(ReduceFn::Sum, &x, &[0], false).unwrap();
+        assert_eq!(sum.to_i64(), vec![1]);
+        assert_eq!(sum.dtype, DType::I32);
+        // (2^31 - 1)^2 3 = 3 (2^62 - 2^32 + 1), which is 3 at 32 bits.
+        let prod = reduce_axes(ReduceFn::Prod, &x, &[0], false).unwrap();
+        assert_eq!(prod.to_i64(), vec![3]);
+        let max = reduce_axes(ReduceFn::Max, &x, &[0], false).unwrap();
+        assert_eq!(max.to_i64(), vec![big]);
+        let wide = Tensor::i64(vec![3], vec![big, big, 3]);
+        let sum = reduce_axes(ReduceFn::Sum, &wide, &[0], false).unwrap();
+        assert_eq!(sum.to_i64(), vec![2 * big + 3]);
     }
 }
