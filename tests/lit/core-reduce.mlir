@@ -46,7 +46,7 @@
 // START: error: {{.*}}fill.mlir: {{.*}}a reduction starts from its destination: expected a linalg.fill of 0 for its Sum
 // RUN: sed '0,/arith.constant 6.400000e+01 : f64/s//arith.constant 6.300000e+01 : f64/' %t.mlir > %t.count.mlir
 // RUN: not %ppmoe opt %t.count.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=COUNT
-// COUNT: error: {{.*}}count.mlir: {{.*}}ppmoe.narrows narrows the result of the collective, matmul, f32 reshape or sum just before it as ppmoe prints it
+// COUNT: error: {{.*}}count.mlir: {{.*}}ppmoe.narrows narrows the result of the collective, matmul, f32 reshape, softmax or sum just before it as ppmoe prints it
 
 // JAX's i32 sums (a routing's counts, left unraised without the weights): a generic of
 // arith.addi from an i32 fill of 0 (ppmoe's integer sums wrap at their width, as addi does),

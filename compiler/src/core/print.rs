@@ -393,9 +393,23 @@ fn print_instruction(
         results = vec![format!("%v{i}_w")];
         result_types = vec![tensor_type(wide)];
     }
-    let form = match narrowed_form {
-        None => instruction_form(p, ins),
-        Some(form) => form,
+    let widened = widened_operand(p, ins);
+    if let (Some((wide, _)), Some(&Some(x))) = (&widened, ins.inputs.first()) {
+        // The operand's half-precision values extended to f32 (exactly), as ppmoe computes.
+        let _ = writeln!(
+            body,
+            "    %v{i}_x = arith.extf {} {{ppmoe.widens = true}} : {} to {} loc(unknown)",
+            names[x],
+            ty(x),
+            tensor_type(wide),
+        );
+        operand_names[0] = format!("%v{i}_x");
+        operand_types[0] = tensor_type(wide);
+    }
+    let form = match (narrowed_form, widened) {
+        (Some(form), _) => form,
+        (None, Some((_, form))) => Some(form),
+        (None, None) => instruction_form(p, ins),
     };
     if let Some(form) = form {
         let operands: Vec<(String, String)> =
@@ -473,7 +487,9 @@ fn print_instruction(
 ///   in half precision): an `arith.truncf`;
 /// - a reshape of an f32 tensor into a half-precision buffer (`tensor.reshape` keeps the
 ///   element type): the f32 `tensor.reshape` and an `arith.truncf`, which rounds to nearest
-///   even as the runtime stores it.
+///   even as the runtime stores it;
+/// - a softmax into a half-precision buffer, which ppmoe computes in f32 and rounds once: the
+///   f32 `linalg.softmax` (of its operand widened: `widened_operand`) and an `arith.truncf`.
 fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)> {
     use ppmoe_runtime::program::Op;
     let output = p.buffers.get(*ins.outputs.first()?)?;
@@ -494,6 +510,14 @@ fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)
             let form = wide_form(p, ins, &wide)?;
             Some((wide, Some(form)))
         }
+        Op::Softmax { .. } if matches!(output.dtype, DType::BF16 | DType::F16) => {
+            let wide = Buffer {
+                dtype: DType::F32,
+                ..output.clone()
+            };
+            let form = wide_form(p, ins, &wide)?;
+            Some((wide, Some(form)))
+        }
         Op::ReshapeTo { .. } if matches!(output.dtype, DType::BF16 | DType::F16) => {
             let input = p.buffers.get((*ins.inputs.first()?)?)?;
             let wide = Buffer {
@@ -507,12 +531,40 @@ fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)
     }
 }
 
-/// The upstream form of `ins` were its result `wide`.
+/// The upstream form of `ins` were its result `wide` (and its operand f32, where it widens
+/// one: `widened_operand`).
 fn wide_form(p: &Program, ins: &Instruction, wide: &Buffer) -> Option<Upstream> {
-    let inputs: Option<Vec<&Buffer>> = (ins.inputs.iter())
-        .map(|b| b.map(|b| &p.buffers[b]))
+    let inputs: Option<Vec<Buffer>> = (ins.inputs.iter())
+        .map(|b| b.map(|b| widening(&ins.op, &p.buffers[b])))
         .collect();
-    upstream_form(&ins.op, &inputs?, wide)
+    let inputs = inputs?;
+    upstream_form(&ins.op, &inputs.iter().collect::<Vec<_>>(), wide)
+}
+
+/// `b` as an operand of `op` is read: a softmax's half-precision operand in f32 (ppmoe
+/// computes a softmax in f32); anything else as it is.
+fn widening(op: &ppmoe_runtime::program::Op, b: &Buffer) -> Buffer {
+    let widens = matches!(op, ppmoe_runtime::program::Op::Softmax { .. })
+        && matches!(b.dtype, DType::BF16 | DType::F16);
+    Buffer {
+        dtype: if widens { DType::F32 } else { b.dtype },
+        ..b.clone()
+    }
+}
+
+/// An instruction whose (first) operand ppmoe computes in f32 where it is held in half
+/// precision, printed as an `arith.extf` marked `ppmoe.widens` (exact), which `read` folds
+/// back into the instruction, before the op in f32 (a softmax, as `linalg.softmax`): the
+/// operand in f32 and the upstream form over it.
+fn widened_operand(p: &Program, ins: &Instruction) -> Option<(Buffer, Upstream)> {
+    let x = &p.buffers[(*ins.inputs.first()?)?];
+    let wide = widening(&ins.op, x);
+    if wide.dtype == x.dtype {
+        return None;
+    }
+    let output = p.buffers.get(*ins.outputs.first()?)?;
+    let form = wide_form(p, ins, &widening(&ins.op, output))?;
+    Some((wide, form))
 }
 
 /// An instruction's location: each result's buffer name with the source node inside
@@ -551,4 +603,82 @@ fn operand_presence(ins: &Instruction) -> Option<String> {
         .map(|(k, _)| k.to_string())
         .collect();
     (!absent.is_empty()).then(|| format!("core.absent_inputs = array<i64: {}>", absent.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::print::print_core;
+    use crate::core::read::read_programs;
+    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
+    use ppmoe_runtime::DType::{self, BF16, F16, F32};
+
+    fn one(op: Op, (x, x_shape): (DType, &[usize]), (y, y_shape): (DType, &[usize])) -> Program {
+        let buffer = |name: &str, dtype, shape: &[usize], kind| Buffer {
+            name: name.into(),
+            dtype,
+            shape: shape.iter().map(|&d| Some(d)).collect(),
+            kind,
+        };
+        Program {
+            buffers: vec![
+                buffer("x", x, x_shape, BufferKind::Input),
+                buffer("y", y, y_shape, BufferKind::Output),
+            ],
+            inputs: vec![0],
+            outputs: vec![1],
+            instructions: vec![Instruction {
+                op,
+                inputs: vec![Some(0)],
+                outputs: vec![1],
+                origin: "node".into(),
+            }],
+            ..Program::empty()
+        }
+    }
+
+    /// A softmax of half precision (computed in f32), into half precision or f32, and a reshape
+    /// of f32 into half precision print as upstream ops in f32 between a widening `arith.extf`
+    /// and a narrowing `arith.truncf`, and read back as the one instruction with its types.
+    #[test]
+    fn half_precision_computed_in_f32_prints_widened_and_narrowed_and_reads_back() {
+        let context = ppmoe_dialect::context();
+        let softmax = Op::Softmax {
+            axis: 1,
+            log: false,
+        };
+        let cases = [
+            (
+                softmax.clone(),
+                (BF16, &[2, 3][..]),
+                (BF16, &[2, 3][..]),
+                1,
+                1,
+            ),
+            (softmax, (F16, &[2, 3][..]), (F32, &[2, 3][..]), 1, 0),
+            (
+                Op::ReshapeTo { shape: vec![6] },
+                (F32, &[2, 3][..]),
+                (BF16, &[6][..]),
+                0,
+                1,
+            ),
+        ];
+        for (op, x, y, widens, narrows) in cases {
+            let p = one(op.clone(), x, y);
+            let text = print_core(&[&p]);
+            assert_eq!(text.matches("ppmoe.widens").count(), widens, "{text}");
+            assert_eq!(text.matches("ppmoe.narrows").count(), narrows, "{text}");
+            assert!(!text.contains("\"core."), "{text}");
+            let module = ppmoe_dialect::parse_verified(&context, &text)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let read =
+                read_programs(&module.as_operation()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let ins = &read[0].instructions;
+            assert_eq!(ins.len(), 1, "{text}");
+            assert_eq!(ins[0].op, op, "{text}");
+            let dtype = |b: Option<usize>| b.map(|b| read[0].buffers[b].dtype);
+            assert_eq!(dtype(ins[0].inputs[0]), Some(x.0), "{text}");
+            assert_eq!(dtype(ins[0].outputs.first().copied()), Some(y.0), "{text}");
+        }
+    }
 }

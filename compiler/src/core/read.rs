@@ -30,9 +30,17 @@ const MAX_RANKS: i64 = 1 << 16;
 const MAX_BRANCH_DEPTH: usize = 16;
 
 /// The ops that may narrow the result of the instruction before them (`ppmoe.narrows`): a
-/// collective's (`core.cast`), a matmul's, an f32 reshape's or an f64 sum's (`arith.truncf`), a mean's
+/// collective's (`core.cast`), a matmul's, an f32 reshape's, a softmax's or an f64 sum's
+/// (`arith.truncf`), a mean's
 /// division of an f64 sum (`linalg.generic`, `core::reduce`).
 pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf", "linalg.generic"];
+
+/// The op that widens a half-precision operand to f32 for the one op that reads it, a softmax
+/// (`ppmoe.widens`: `print::widened_operand`), read as that operand.
+pub(crate) const WIDENING: &str = "arith.extf";
+
+/// The ops whose operand may be so widened.
+const WIDENED_READERS: &[&str] = &["linalg.softmax"];
 
 /// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
@@ -416,6 +424,32 @@ impl FunctionReader {
         Ok(())
     }
 
+    /// An `arith.extf` marked `ppmoe.widens`: its half-precision operand extended to f32 for
+    /// the one op that reads it, a softmax, which ppmoe computes in f32; read as that operand
+    /// (the softmax's instruction takes the half-precision buffer).
+    fn widen(&mut self, op: &OperationRef) -> Result<(), String> {
+        let refuse = || {
+            "ppmoe.widens extends a half-precision operand to f32 for the one linalg.softmax that reads it, as ppmoe prints it"
+                .to_string()
+        };
+        let (Ok(from), Ok(to)) = (op.operand(0), op.result(0)) else {
+            return Err(refuse());
+        };
+        let ((half, from_shape), (wide, to_shape)) =
+            (tensor_type(from.r#type())?, tensor_type(to.r#type())?);
+        let readers = users(to.into());
+        let one_reader =
+            matches!(readers.as_slice(), [r] if WIDENED_READERS.contains(&op_name(r).as_str()));
+        let types = matches!(half, DType::BF16 | DType::F16) && wide == DType::F32;
+        if !one_reader || !types || from_shape != to_shape {
+            return Err(refuse());
+        }
+        let b =
+            *(self.values.get(&handle(from))).ok_or("an operand defined outside the function")?;
+        self.values.insert(handle(to), b);
+        Ok(())
+    }
+
     /// A `tensor.expand_shape` that appends a unit axis to a gather's indices (as ppmoe prints
     /// a gather: `upstream::Upstream::Gather`): read as the indices it expands, which the
     /// gather's instruction takes. Any other is refused by name.
@@ -505,6 +539,9 @@ impl FunctionReader {
         let full = op_name(op);
         if NARROWING.contains(&full.as_str()) && op.has_attribute("ppmoe.narrows") {
             return self.narrow(op);
+        }
+        if full == WIDENING && op.has_attribute("ppmoe.widens") {
+            return self.widen(op);
         }
         if matches!(
             full.as_str(),
@@ -629,7 +666,7 @@ impl FunctionReader {
 
     /// Checks that `op`, marked `ppmoe.narrows`, narrows buffer `b`, the result of the
     /// instruction just before it, as ppmoe prints: a cast of a collective's or a matmul's
-    /// result, a truncation of an f32 reshape's, an f32 truncation of an f64 sum, a mean's division and truncation of one (which
+    /// result, a truncation of an f32 reshape's or softmax's, an f32 truncation of an f64 sum, a mean's division and truncation of one (which
     /// makes the sum the mean).
     fn narrowed_instruction(&mut self, op: &OperationRef, b: BufferId) -> Result<(), String> {
         let name = op_name(op);
@@ -644,7 +681,7 @@ impl FunctionReader {
                 Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::MatMul,
                 _,
             )) => name != "linalg.generic",
-            Some((Op::ReshapeTo { .. }, _)) => {
+            Some((Op::ReshapeTo { .. } | Op::Softmax { .. }, _)) => {
                 name == "arith.truncf" && self.program.buffers[b].dtype == DType::F32
             }
             Some((Op::ReduceAxes { f, axes, .. }, inputs)) if *f == ReduceFn::Sum => {
@@ -667,7 +704,7 @@ impl FunctionReader {
         };
         if !fits {
             return Err(
-                "ppmoe.narrows narrows the result of the collective, matmul, f32 reshape or sum just before it as ppmoe prints it"
+                "ppmoe.narrows narrows the result of the collective, matmul, f32 reshape, softmax or sum just before it as ppmoe prints it"
                     .into(),
             );
         }

@@ -150,9 +150,9 @@ impl CutFunction {
             if let Some(cast) = narrowed {
                 stage_of[cast] = Some(stage);
             }
-            // A gather's indices are expanded where it reads them.
-            if let Some(&expand) = program_ops.indices_expanded_by.get(&i) {
-                stage_of[expand] = Some(stage);
+            // A gather's indices are expanded, a softmax's operand widened, where it reads it.
+            if let Some(&maker) = program_ops.operand_made_by.get(&i) {
+                stage_of[maker] = Some(stage);
             }
             for (result, &buffer) in ins.outputs.iter().enumerate() {
                 let value = Made {

@@ -3,7 +3,7 @@
 //! the program (a layer's chain, a pipeline cut) edits the ops found here.
 
 use super::func_ops::{block_ops, body};
-use crate::core::read::{location_names, op_name, tensor_type, ReadProgram, NARROWING};
+use crate::core::read::{location_names, op_name, tensor_type, ReadProgram, NARROWING, WIDENING};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::{Location, Value, ValueLike};
@@ -18,9 +18,10 @@ pub struct ProgramOps<'c, 'a> {
     /// Per instruction, the position of the cast that narrows its result (`ppmoe.narrows`,
     /// read as part of the instruction), where it has one.
     pub narrowed_by: HashMap<usize, usize>,
-    /// Per instruction, the position of the `tensor.expand_shape` that appends its gather's
-    /// index axis (read as part of the instruction's operand), where it has one.
-    pub indices_expanded_by: HashMap<usize, usize>,
+    /// Per instruction, the position of the op that makes one of its operands as its upstream
+    /// form reads it, read as part of the instruction: the `tensor.expand_shape` that appends
+    /// a gather's index axis, the `arith.extf` that widens a softmax's half-precision operand.
+    pub operand_made_by: HashMap<usize, usize>,
     /// Per buffer, the value that holds it: an argument, an op's result, or a narrowing cast's.
     values: Vec<Option<Value<'c, 'a>>>,
 }
@@ -40,15 +41,15 @@ impl<'c, 'a> ProgramOps<'c, 'a> {
         }
         let mut instruction_at = Vec::with_capacity(p.instructions.len());
         let mut narrowed_by = HashMap::new();
-        let mut indices_expanded_by = HashMap::new();
+        let mut operand_made_by = HashMap::new();
         for (i, (ins, handle)) in p.instructions.iter().zip(&read.ops).enumerate() {
             let k = *position.get(handle).ok_or(
                 "an instruction inside a region (scf.if): the pass takes a function's own ops",
             )?;
             instruction_at.push(k);
             let op = &ops[k];
-            if let Some(expand) = expanded_indices(op).and_then(|e| position.get(&e)) {
-                indices_expanded_by.insert(i, *expand);
+            if let Some(maker) = operand_maker(op).and_then(|m| position.get(&m)) {
+                operand_made_by.insert(i, *maker);
             }
             if let Some(next) = ops.get(k + 1).filter(|next| narrows(next, op)) {
                 narrowed_by.insert(i, k + 1);
@@ -65,7 +66,7 @@ impl<'c, 'a> ProgramOps<'c, 'a> {
             ops,
             instruction_at,
             narrowed_by,
-            indices_expanded_by,
+            operand_made_by,
             values,
         })
     }
@@ -200,13 +201,18 @@ pub fn one_instruction(
     })
 }
 
-/// The `tensor.expand_shape` (by its handle) that makes a `tensor.gather`'s indices, where `op`
-/// is one (`core::upstream::Upstream::Gather`).
-fn expanded_indices(op: &OperationRef) -> Option<usize> {
-    if op_name(op) != "tensor.gather" {
-        return None;
-    }
-    let indices = OperationResult::try_from(op.operand(1).ok()?).ok()?;
-    let expand = indices.owner();
-    (op_name(&expand) == "tensor.expand_shape").then(|| expand.to_raw().ptr as usize)
+/// The op (by its handle) that makes an operand of `op` as its upstream form reads it, where
+/// `op` has one: a `tensor.gather`'s indices' `tensor.expand_shape`
+/// (`core::upstream::Upstream::Gather`), a `linalg.softmax`'s widening `arith.extf`
+/// (`ppmoe.widens`).
+fn operand_maker(op: &OperationRef) -> Option<usize> {
+    let (k, maker_name) = match op_name(op).as_str() {
+        "tensor.gather" => (1, "tensor.expand_shape"),
+        "linalg.softmax" => (0, WIDENING),
+        _ => return None,
+    };
+    let made = OperationResult::try_from(op.operand(k).ok()?).ok()?;
+    let maker = made.owner();
+    let marked = maker_name != WIDENING || maker.has_attribute("ppmoe.widens");
+    (op_name(&maker) == maker_name && marked).then(|| maker.to_raw().ptr as usize)
 }
