@@ -16,6 +16,8 @@ use std::fmt::Write;
 
 const ROW_GATHER: &str = include_str!("templates/row_gather.mlir");
 const DYN_KERNEL: &str = include_str!("templates/dyn_kernel.mlir");
+const LAYER_NORM_ROWS: &str = include_str!("templates/layer_norm_rows.mlir");
+const REDUCE_ROWS: &str = include_str!("templates/reduce_rows.mlir");
 
 /// How one instruction runs on the GPU (the runtime's own type: the bundle carries it).
 pub use ppmoe_runtime::program::GpuOp as Lowered;
@@ -506,34 +508,36 @@ pub(super) fn reduce_rows_with(
         ReduceFn::Min => ("3.40282347e+38", "arith.minimumf"),
         _ => return None,
     };
-    let mo = memref(out);
     prologue(b, rows * WARP);
-    let _ = writeln!(
-        b,
-        "        %c32 = arith.constant 32 : index\n        %row = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %cols = arith.constant {cols} : index\n        %base = arith.muli %row, %cols : index\n        %init = arith.constant {init} : f32"
-    );
-    let _ = writeln!(
-        b,
-        "        %part = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %init) -> (f32) {{\n          %o = arith.addi %base, %j : index"
-    );
-    let v = input(b);
-    let _ = writeln!(
-        b,
-        "          %na = {op} %acc, {v} : f32\n          scf.yield %na : f32\n        }}"
-    );
-    let mut res = warp_reduce(b, "part", "tot", op);
-    if f == ReduceFn::Mean {
-        let _ = writeln!(
-            b,
-            "        %cf = arith.constant {} : f32\n        %mean = arith.divf {res}, %cf : f32",
-            hexf(cols as f32)
-        );
-        res = "%mean".into();
-    }
-    let _ = writeln!(
-        b,
-        "        %c0 = arith.constant 0 : index\n        %first = arith.cmpi eq, %lane, %c0 : index\n        scf.if %first {{\n          memref.store {res}, {out_param}[%row] : {mo}\n        }}"
-    );
+    let mut load = String::new();
+    let value = input(&mut load);
+    let mut over_warp = String::new();
+    let total = warp_reduce(&mut over_warp, "part", "tot", op);
+    let (mean, result) = match f {
+        ReduceFn::Mean => (
+            format!(
+                "        %cf = arith.constant {} : f32\n        %mean = arith.divf {total}, %cf : f32\n",
+                hexf(cols as f32)
+            ),
+            "%mean".to_string(),
+        ),
+        _ => (String::new(), total),
+    };
+    b.push_str(&specialise(
+        REDUCE_ROWS,
+        &[
+            ("cols", &cols),
+            ("init", &init),
+            ("load", &load),
+            ("op", &op),
+            ("value", &value),
+            ("over_warp", &over_warp),
+            ("mean", &mean),
+            ("result", &result),
+            ("out", &out_param),
+            ("out_type", &memref(out)),
+        ],
+    ));
     Some(rows * WARP)
 }
 
@@ -551,36 +555,38 @@ fn layer_norm_rows(
 ) {
     let (mx, ms) = (memref(x), memref(scale));
     let out = if has_bias { "%a3" } else { "%a2" };
-    let _ = writeln!(
-        b,
-        "        %c32 = arith.constant 32 : index\n        %row = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %cols = arith.constant {inner} : index\n        %base = arith.muli %row, %cols : index\n        %zero = arith.constant 0.0 : f32\n        %nf = arith.constant {} : f32",
-        hexf(inner as f32)
-    );
-    let _ = writeln!(
-        b,
-        "        %psum = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {mx}\n          %na = arith.addf %acc, %v : f32\n          scf.yield %na : f32\n        }}"
-    );
-    let sum = warp_reduce(b, "psum", "sum", "arith.addf");
-    let _ = writeln!(b, "        %mean = arith.divf {sum}, %nf : f32");
-    let _ = writeln!(
-        b,
-        "        %psq = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {mx}\n          %d = arith.subf %v, %mean : f32\n          %d2 = arith.mulf %d, %d : f32\n          %na = arith.addf %acc, %d2 : f32\n          scf.yield %na : f32\n        }}"
-    );
-    let sq = warp_reduce(b, "psq", "sq", "arith.addf");
-    let _ = writeln!(
-        b,
-        "        %var = arith.divf {sq}, %nf : f32\n        %eps = arith.constant {} : f32\n        %ve = arith.addf %var, %eps : f32\n        %sd = llvm.call_intrinsic \"llvm.nvvm.sqrt.rn.f\"(%ve) : (f32) -> f32\n        %one = arith.constant 1.0 : f32\n        %inv = arith.divf %one, %sd : f32",
-        hexf(eps)
-    );
+    let (mut sum_over_warp, mut squares_over_warp) = (String::new(), String::new());
+    let sum = warp_reduce(&mut sum_over_warp, "psum", "sum", "arith.addf");
+    let squares = warp_reduce(&mut squares_over_warp, "psq", "sq", "arith.addf");
     let bias = if has_bias {
         format!("          %bv = memref.load %a2[%j] : {ms}\n          %r = arith.addf %ys, %bv : f32\n")
     } else {
         "          %r = arith.addf %ys, %zero : f32\n".to_string()
     };
-    let _ = writeln!(
-        b,
-        "        scf.for %j = %lane to %cols step %c32 {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {mx}\n          %d = arith.subf %v, %mean : f32\n          %y = arith.mulf %d, %inv : f32\n          %sv = memref.load %a1[%j] : {ms}\n          %ys = arith.mulf %y, %sv : f32\n{bias}          memref.store %r, {out}[%o] : {mx}\n        }}"
-    );
+    b.push_str(&specialise(
+        LAYER_NORM_ROWS,
+        &[
+            ("inner", &inner),
+            ("count", &hexf(inner as f32)),
+            ("x_type", &mx),
+            ("scale_type", &ms),
+            ("sum_over_warp", &sum_over_warp),
+            ("sum", &sum),
+            ("squares_over_warp", &squares_over_warp),
+            ("squares", &squares),
+            ("eps", &hexf(eps)),
+            ("bias", &bias),
+            ("out", &out),
+        ],
+    ));
+}
+
+/// A layer norm's body (64 columns, a bias), for the template test.
+#[cfg(test)]
+pub(super) fn layer_norm_rows_for_test() -> String {
+    let mut b = String::new();
+    layer_norm_rows(&mut b, 64, 1e-5, true, &[4, 64], &[64]);
+    b
 }
 
 /// Softmax over rows of `cols`, one warp per row (thread %i: row i / 32, lane i % 32): each lane

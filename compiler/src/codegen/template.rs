@@ -54,6 +54,7 @@ mod tests {
         let kernels = [
             crate::codegen::experts_kernels::combine_pairs_for_test(),
             crate::codegen::top_k::row_body_for_test(),
+            crate::codegen::kernel_gen::layer_norm_rows_for_test(),
         ];
         for k in &kernels {
             assert!(unbound(k).is_empty(), "{k}");
