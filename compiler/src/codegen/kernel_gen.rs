@@ -18,6 +18,7 @@ const ROW_GATHER: &str = include_str!("templates/row_gather.mlir");
 const DYN_KERNEL: &str = include_str!("templates/dyn_kernel.mlir");
 const LAYER_NORM_ROWS: &str = include_str!("templates/layer_norm_rows.mlir");
 const REDUCE_ROWS: &str = include_str!("templates/reduce_rows.mlir");
+const SOFTMAX_ROWS: &str = include_str!("templates/softmax_rows.mlir");
 
 /// How one instruction runs on the GPU (the runtime's own type: the bundle carries it).
 pub use ppmoe_runtime::program::GpuOp as Lowered;
@@ -581,12 +582,21 @@ fn layer_norm_rows(
     ));
 }
 
-/// A layer norm's body (64 columns, a bias), for the template test.
+/// A layer norm's, a row reduction's and a row softmax's bodies (64 columns), for the template
+/// test.
 #[cfg(test)]
-pub(super) fn layer_norm_rows_for_test() -> String {
-    let mut b = String::new();
-    layer_norm_rows(&mut b, 64, 1e-5, true, &[4, 64], &[64]);
-    b
+pub(super) fn row_bodies_for_test() -> [String; 3] {
+    let mut norm = String::new();
+    layer_norm_rows(&mut norm, 64, 1e-5, true, &[4, 64], &[64]);
+    let mut load = |b: &mut String| {
+        b.push_str("          %v = memref.load %a0[%o] : memref<256xf32>\n");
+        "%v".to_string()
+    };
+    let (mut sum, mut softmax) = (String::new(), String::new());
+    let f = ppmoe_runtime::program::ReduceFn::Mean;
+    reduce_rows_with(&mut sum, (&[4, 64], &[4]), f, "%a1", &mut load);
+    softmax_rows(&mut softmax, 64, "memref<256xf32>");
+    [norm, sum, softmax]
 }
 
 /// Softmax over rows of `cols`, one warp per row (thread %i: row i / 32, lane i % 32): each lane
@@ -614,36 +624,36 @@ pub(super) fn softmax_rows_with(
     input: &mut dyn FnMut(&mut String, &str) -> String,
     finish: &mut dyn FnMut(&mut String, &str) -> String,
 ) {
-    let _ = writeln!(
-        b,
-        "        %c32 = arith.constant 32 : index\n        %row = arith.divui %i, %c32 : index\n        %lane = arith.remui %i, %c32 : index\n        %cols = arith.constant {cols} : index\n        %base = arith.muli %row, %cols : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32"
-    );
-    let _ = writeln!(
-        b,
-        "        %pmax = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index"
-    );
-    let v = input(b, "p1");
-    let _ = writeln!(
-        b,
-        "          %nm = arith.maximumf %acc, {v} : f32\n          scf.yield %nm : f32\n        }}"
-    );
-    let mx = warp_reduce(b, "pmax", "mx", "arith.maximumf");
-    let _ = writeln!(
-        b,
-        "        %psum = scf.for %j = %lane to %cols step %c32 iter_args(%acc = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index"
-    );
-    let v = input(b, "p2");
-    let _ = writeln!(
-        b,
-        "          %d = arith.subf {v}, {mx} : f32\n          %l2e = arith.constant 1.44269504 : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %e = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %e, {out}[%o] : {m}\n          %ns = arith.addf %acc, %e : f32\n          scf.yield %ns : f32\n        }}"
-    );
-    let sum = warp_reduce(b, "psum", "sum", "arith.addf");
-    let _ = writeln!(
-        b,
-        "        scf.for %j = %lane to %cols step %c32 {{\n          %o = arith.addi %base, %j : index\n          %e = memref.load {out}[%o] : {m}\n          %q = arith.divf %e, {sum} : f32"
-    );
-    let r = finish(b, "%q");
-    let _ = writeln!(b, "          memref.store {r}, {out}[%o] : {m}\n        }}");
+    // Made in the order the kernel reads them (the callers name operands as they are first
+    // read).
+    let mut first_load = String::new();
+    let first_value = input(&mut first_load, "p1");
+    let mut max_over_warp = String::new();
+    let max = warp_reduce(&mut max_over_warp, "pmax", "mx", "arith.maximumf");
+    let mut second_load = String::new();
+    let second_value = input(&mut second_load, "p2");
+    let mut sum_over_warp = String::new();
+    let sum = warp_reduce(&mut sum_over_warp, "psum", "sum", "arith.addf");
+    let mut finished = String::new();
+    let result = finish(&mut finished, "%q");
+    b.push_str(&specialise(
+        SOFTMAX_ROWS,
+        &[
+            ("cols", &cols),
+            ("first_load", &first_load),
+            ("first_value", &first_value),
+            ("max_over_warp", &max_over_warp),
+            ("max", &max),
+            ("second_load", &second_load),
+            ("second_value", &second_value),
+            ("out", &out),
+            ("out_type", &m),
+            ("sum_over_warp", &sum_over_warp),
+            ("sum", &sum),
+            ("finish", &finished),
+            ("result", &result),
+        ],
+    ));
 }
 
 /// Whether `y` is bf16 in the model (its type, or, the MoE raise typing its result f32, that
