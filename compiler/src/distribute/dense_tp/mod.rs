@@ -44,6 +44,8 @@ struct Tp<'a> {
     keep_whole: HashSet<BufferId>,
     /// The weights cut into this rank's own pieces (their values differ between ranks).
     rank_pieces: HashSet<BufferId>,
+    /// The half-precision type of each partial sum held in f32 (`set_partial`).
+    partial_dtype: HashMap<BufferId, DType>,
 }
 
 fn shape_of(b: &Buffer) -> Option<Vec<usize>> {
@@ -143,9 +145,11 @@ impl Tp<'_> {
                     return w;
                 }
                 let full = self.full[b].clone().unwrap_or_default();
+                // A partial held in f32 is made whole in the type the model gave it.
+                let held = self.rp.program.buffers[b].dtype;
                 let (name, dtype) = (
                     format!("{}.whole", self.rp.program.buffers[b].name),
-                    self.rp.program.buffers[b].dtype,
+                    self.partial_dtype.get(&b).copied().unwrap_or(held),
                 );
                 let group = self.group.clone();
                 let w = match s {
@@ -224,6 +228,18 @@ impl Tp<'_> {
             (format!("{name}.whole"), dtype, full.to_vec()),
             origin,
         ))
+    }
+
+    /// Marks `o` a partial sum. A half-precision one is held in f32 until its all-reduce,
+    /// which rounds the whole sum once (`whole`), as the one-rank product rounds once: rounding
+    /// each rank's part first would round twice.
+    fn set_partial(&mut self, o: BufferId) {
+        self.state[o] = S::Partial;
+        let dtype = self.rp.program.buffers[o].dtype;
+        if matches!(dtype, DType::BF16 | DType::F16) {
+            self.partial_dtype.insert(o, dtype);
+            self.rp.program.buffers[o].dtype = DType::F32;
+        }
     }
 
     /// Rank t's piece along `axis` of a whole value: a sliced constant for a weight, a
@@ -349,6 +365,7 @@ pub fn dense_tp(
         group: (0..tp).collect(),
         keep_whole,
         rank_pieces: pieces,
+        partial_dtype: HashMap::new(),
     };
     for ins in instructions {
         tpx.step(ins);

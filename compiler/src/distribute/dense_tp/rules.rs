@@ -103,7 +103,7 @@ impl Tp<'_> {
         // Row split: the split axis is the one contracted: a partial sum.
         if ra >= 1 && sa == S::Split(ra - 1) && sb == S::Rep && weight_2d {
             if let Some(bp) = self.piece(b, 0, &ins.origin) {
-                self.state[o] = S::Partial;
+                self.set_partial(o);
                 return Some(Self::reading(ins, vec![Some(a), Some(bp)]));
             }
         }
@@ -166,7 +166,7 @@ impl Tp<'_> {
             .collect();
         let is_add = matches!(ins.op, Op::Binary { f: BinaryFn::Add });
         if is_add && states.get(..2) == Some(&[S::Partial, S::Partial]) {
-            self.state[o] = S::Partial;
+            self.set_partial(o);
             return Some(ins.clone());
         }
         let splits: Vec<usize> = states
