@@ -4,6 +4,8 @@
 pub mod generic;
 pub mod header;
 pub mod lower;
+#[cfg(test)]
+pub mod one_instruction;
 pub mod print;
 pub mod read;
 pub mod reduce;

@@ -502,29 +502,20 @@ fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)
             };
             (input.dtype != output.dtype).then_some((wide, None))
         }
-        Op::MatMul if matches!(output.dtype, DType::BF16 | DType::F16) => {
-            let wide = Buffer {
-                dtype: DType::F32,
-                ..output.clone()
-            };
-            let form = wide_form(p, ins, &wide)?;
-            Some((wide, Some(form)))
-        }
-        Op::Softmax { .. } if matches!(output.dtype, DType::BF16 | DType::F16) => {
-            let wide = Buffer {
-                dtype: DType::F32,
-                ..output.clone()
-            };
-            let form = wide_form(p, ins, &wide)?;
-            Some((wide, Some(form)))
-        }
-        Op::ReshapeTo { .. } if matches!(output.dtype, DType::BF16 | DType::F16) => {
+        Op::MatMul | Op::Softmax { .. } | Op::ReshapeTo { .. }
+            if matches!(output.dtype, DType::BF16 | DType::F16) =>
+        {
+            // A reshape narrows only an f32 operand (`tensor.reshape` keeps the element type).
             let input = p.buffers.get((*ins.inputs.first()?)?)?;
+            let is_reshape = matches!(ins.op, Op::ReshapeTo { .. });
+            if is_reshape && input.dtype != DType::F32 {
+                return None;
+            }
             let wide = Buffer {
                 dtype: DType::F32,
                 ..output.clone()
             };
-            let form = wide_form(p, ins, &wide).filter(|_| input.dtype == DType::F32)?;
+            let form = wide_form(p, ins, &wide)?;
             Some((wide, Some(form)))
         }
         _ => None,
@@ -607,45 +598,20 @@ fn operand_presence(ins: &Instruction) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::core::print::print_core;
-    use crate::core::read::read_programs;
-    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
-    use ppmoe_runtime::DType::{self, BF16, F16, F32};
-
-    fn one(op: Op, (x, x_shape): (DType, &[usize]), (y, y_shape): (DType, &[usize])) -> Program {
-        let buffer = |name: &str, dtype, shape: &[usize], kind| Buffer {
-            name: name.into(),
-            dtype,
-            shape: shape.iter().map(|&d| Some(d)).collect(),
-            kind,
-        };
-        Program {
-            buffers: vec![
-                buffer("x", x, x_shape, BufferKind::Input),
-                buffer("y", y, y_shape, BufferKind::Output),
-            ],
-            inputs: vec![0],
-            outputs: vec![1],
-            instructions: vec![Instruction {
-                op,
-                inputs: vec![Some(0)],
-                outputs: vec![1],
-                origin: "node".into(),
-            }],
-            ..Program::empty()
-        }
-    }
+    use crate::core::one_instruction::{program, round_trip};
+    use ppmoe_runtime::program::Op;
+    use ppmoe_runtime::DType::{BF16, F16, F32};
 
     /// A softmax of half precision (computed in f32), into half precision or f32, and a reshape
     /// of f32 into half precision print as upstream ops in f32 between a widening `arith.extf`
     /// and a narrowing `arith.truncf`, and read back as the one instruction with its types.
     #[test]
     fn half_precision_computed_in_f32_prints_widened_and_narrowed_and_reads_back() {
-        let context = ppmoe_dialect::context();
         let softmax = Op::Softmax {
             axis: 1,
             log: false,
         };
+        let reshape = Op::ReshapeTo { shape: vec![6] };
         let cases = [
             (
                 softmax.clone(),
@@ -655,28 +621,17 @@ mod tests {
                 1,
             ),
             (softmax, (F16, &[2, 3][..]), (F32, &[2, 3][..]), 1, 0),
-            (
-                Op::ReshapeTo { shape: vec![6] },
-                (F32, &[2, 3][..]),
-                (BF16, &[6][..]),
-                0,
-                1,
-            ),
+            (reshape, (F32, &[2, 3][..]), (BF16, &[6][..]), 0, 1),
         ];
         for (op, x, y, widens, narrows) in cases {
-            let p = one(op.clone(), x, y);
-            let text = print_core(&[&p]);
+            let (text, read) = round_trip(&program(op.clone(), x, y));
             assert_eq!(text.matches("ppmoe.widens").count(), widens, "{text}");
             assert_eq!(text.matches("ppmoe.narrows").count(), narrows, "{text}");
             assert!(!text.contains("\"core."), "{text}");
-            let module = ppmoe_dialect::parse_verified(&context, &text)
-                .unwrap_or_else(|e| panic!("{e}\n{text}"));
-            let read =
-                read_programs(&module.as_operation()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-            let ins = &read[0].instructions;
+            let ins = &read.instructions;
             assert_eq!(ins.len(), 1, "{text}");
             assert_eq!(ins[0].op, op, "{text}");
-            let dtype = |b: Option<usize>| b.map(|b| read[0].buffers[b].dtype);
+            let dtype = |b: Option<usize>| b.map(|b| read.buffers[b].dtype);
             assert_eq!(dtype(ins[0].inputs[0]), Some(x.0), "{text}");
             assert_eq!(dtype(ins[0].outputs.first().copied()), Some(y.0), "{text}");
         }

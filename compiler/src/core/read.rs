@@ -42,6 +42,9 @@ pub(crate) const WIDENING: &str = "arith.extf";
 /// The ops whose operand may be so widened.
 const WIDENED_READERS: &[&str] = &["linalg.softmax"];
 
+/// A tensor's element type and shape, as `read_as_its_operand` hands them to its check.
+type Typed<'s> = (DType, &'s [Option<usize>]);
+
 /// Attributes that say how operands are laid out, not what the op computes.
 const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 
@@ -428,48 +431,55 @@ impl FunctionReader {
     /// the one op that reads it, a softmax, which ppmoe computes in f32; read as that operand
     /// (the softmax's instruction takes the half-precision buffer).
     fn widen(&mut self, op: &OperationRef) -> Result<(), String> {
-        let refuse = || {
-            "ppmoe.widens extends a half-precision operand to f32 for the one linalg.softmax that reads it, as ppmoe prints it"
-                .to_string()
+        let fits = |(half, from): Typed, (wide, to): Typed, readers: &[OperationRef], _| {
+            let one_reader =
+                matches!(readers, [r] if WIDENED_READERS.contains(&op_name(r).as_str()));
+            let types = matches!(half, DType::BF16 | DType::F16) && wide == DType::F32;
+            one_reader && types && from == to
         };
-        let (Ok(from), Ok(to)) = (op.operand(0), op.result(0)) else {
-            return Err(refuse());
-        };
-        let ((half, from_shape), (wide, to_shape)) =
-            (tensor_type(from.r#type())?, tensor_type(to.r#type())?);
-        let readers = users(to.into());
-        let one_reader =
-            matches!(readers.as_slice(), [r] if WIDENED_READERS.contains(&op_name(r).as_str()));
-        let types = matches!(half, DType::BF16 | DType::F16) && wide == DType::F32;
-        if !one_reader || !types || from_shape != to_shape {
-            return Err(refuse());
-        }
-        let b =
-            *(self.values.get(&handle(from))).ok_or("an operand defined outside the function")?;
-        self.values.insert(handle(to), b);
-        Ok(())
+        self.read_as_its_operand(
+            op,
+            fits,
+            "ppmoe.widens extends a half-precision operand to f32 for the one linalg.softmax that reads it, as ppmoe prints it",
+        )
     }
 
     /// A `tensor.expand_shape` that appends a unit axis to a gather's indices (as ppmoe prints
     /// a gather: `upstream::Upstream::Gather`): read as the indices it expands, which the
     /// gather's instruction takes. Any other is refused by name.
     fn gather_indices(&mut self, op: &OperationRef) -> Result<(), String> {
-        let refuse = || {
-            "'tensor.expand_shape': ppmoe reads one only as a tensor.gather's indices with a unit axis appended"
-                .to_string()
+        let fits = |(x, from): Typed, (y, to): Typed, readers: &[OperationRef], result| {
+            let appended = (from.iter().copied().chain([Some(1)])).eq(to.iter().copied());
+            let gathers = !readers.is_empty()
+                && readers.iter().all(|r| {
+                    op_name(r) == "tensor.gather" && r.operand(1).map(handle).ok() == Some(result)
+                });
+            x == y && appended && gathers
         };
+        self.read_as_its_operand(
+            op,
+            fits,
+            "'tensor.expand_shape': ppmoe reads one only as a tensor.gather's indices with a unit axis appended",
+        )
+    }
+
+    /// An op that makes the operand of the ops that read it in the form their upstream op takes
+    /// (`widen`, `gather_indices`): read as its own operand (no instruction), where `fits`
+    /// holds of its operand's and result's types, its readers and its result's handle; else
+    /// refused with `refusal`.
+    fn read_as_its_operand(
+        &mut self,
+        op: &OperationRef,
+        fits: impl Fn(Typed, Typed, &[OperationRef], usize) -> bool,
+        refusal: &str,
+    ) -> Result<(), String> {
         let (Ok(from), Ok(to)) = (op.operand(0), op.result(0)) else {
-            return Err(refuse());
+            return Err(refusal.into());
         };
-        let (from_type, to_type) = (tensor_type(from.r#type())?, tensor_type(to.r#type())?);
-        let appended = (from_type.1.iter().copied().chain([Some(1)])).eq(to_type.1.iter().copied());
+        let (x, y) = (tensor_type(from.r#type())?, tensor_type(to.r#type())?);
         let readers = users(to.into());
-        let gathers = !readers.is_empty()
-            && readers.iter().all(|r| {
-                op_name(r) == "tensor.gather" && r.operand(1).map(handle).ok() == Some(handle(to))
-            });
-        if from_type.0 != to_type.0 || !appended || !gathers {
-            return Err(refuse());
+        if !fits((x.0, &x.1), (y.0, &y.1), &readers, handle(to)) {
+            return Err(refusal.into());
         }
         let b =
             *(self.values.get(&handle(from))).ok_or("an operand defined outside the function")?;

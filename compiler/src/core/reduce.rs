@@ -331,41 +331,15 @@ pub fn divides_by(op: &OperationRef, count: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::core::print::print_core;
-    use crate::core::read::read_programs;
-    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program, ReduceFn};
+    use crate::core::one_instruction::{program, round_trip};
+    use ppmoe_runtime::program::{Op, ReduceFn};
     use ppmoe_runtime::DType;
-
-    fn reduction(op: Op, dtype: DType, (x, out): (&[usize], &[usize])) -> Program {
-        let buffer = |name: &str, shape: &[usize], kind| Buffer {
-            name: name.into(),
-            dtype,
-            shape: shape.iter().map(|&d| Some(d)).collect(),
-            kind,
-        };
-        Program {
-            buffers: vec![
-                buffer("x", x, BufferKind::Input),
-                buffer("y", out, BufferKind::Output),
-            ],
-            inputs: vec![0],
-            outputs: vec![1],
-            instructions: vec![Instruction {
-                op,
-                inputs: vec![Some(0)],
-                outputs: vec![1],
-                origin: "node".into(),
-            }],
-            ..Program::empty()
-        }
-    }
 
     /// Each f32 reduction and integer sum prints as a generic MLIR verifies (keepdims or not,
     /// one axis or several, all of them) and reads back as itself, its result of its type
     /// again.
     #[test]
     fn every_f32_reduction_and_integer_sum_prints_as_a_generic_and_reads_back_as_itself() {
-        let context = ppmoe_dialect::context();
         let cases: [(&[usize], bool, &[usize]); 4] = [
             (&[2], true, &[2, 3, 1]),
             (&[1], false, &[2, 4]),
@@ -387,17 +361,13 @@ mod tests {
                     axes: axes.to_vec(),
                     keepdims,
                 };
-                let p = reduction(op.clone(), dtype, (&[2, 3, 4], out));
-                let text = print_core(&[&p]);
+                let p = program(op.clone(), (dtype, &[2, 3, 4]), (dtype, out));
+                let (text, read) = round_trip(&p);
                 assert!(!text.contains("core.reduce"), "{text}");
-                let module = ppmoe_dialect::parse_verified(&context, &text)
-                    .unwrap_or_else(|e| panic!("{e}\n{text}"));
-                let read =
-                    read_programs(&module.as_operation()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-                let ins = &read[0].instructions;
+                let ins = &read.instructions;
                 assert_eq!(ins.len(), 1, "{text}");
                 assert_eq!(ins[0].op, op, "{text}");
-                assert_eq!(read[0].buffers[ins[0].outputs[0]].dtype, dtype);
+                assert_eq!(read.buffers[ins[0].outputs[0]].dtype, dtype);
             }
         }
     }
