@@ -36,26 +36,22 @@ pub(super) fn data_movement(
     let x = &shapes[0];
     let name = format!("k{idx}_{}", ins.op.name());
     let operand = |i: usize| constant(ins.inputs.get(i).copied().flatten()).map(|t| t.to_i64());
-    let last = x.len() as i64 - 1;
-    match &ins.op {
+    // A reduction over the last axis alone (given as an operand, or static) is one of rows.
+    let reduction = match &ins.op {
         Op::Reduce {
             f,
             keepdims: _,
             noop_with_empty_axes: false,
-        } => {
-            let axes = operand(1)?;
-            if axes.len() != 1 || !(axes[0] == last || axes[0] == -1) {
-                return None;
-            }
-            return reduce_rows(&name, x, &out, *f);
+        } => Some((*f, operand(1)?)),
+        Op::ReduceAxes { f, axes, .. } => Some((*f, axes.iter().map(|&a| a as i64).collect())),
+        _ => None,
+    };
+    if let Some((f, axes)) = reduction {
+        let last = x.len() as i64 - 1;
+        if axes.len() != 1 || !(axes[0] == last || axes[0] == -1) {
+            return None;
         }
-        Op::ReduceAxes { f, axes, .. } => {
-            if axes.len() != 1 || axes[0] as i64 != last {
-                return None;
-            }
-            return reduce_rows(&name, x, &out, *f);
-        }
-        _ => {}
+        return reduce_rows(&name, x, &out, f);
     }
     let mut b = String::new();
     prologue(&mut b, n);

@@ -587,25 +587,13 @@ impl<'m> Lowering<'m> {
             "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
                 if node.domain.is_empty() =>
             {
-                match self.static_reduce(node)? {
-                    Some(op) => {
-                        let x = self.operand(&node.inputs[0]);
-                        let out = self.outputs(node);
-                        self.emit(node, op, vec![Some(x)], out);
-                        Ok(())
-                    }
-                    None => self.lower_as_op(node),
-                }
+                let op = self.static_reduce(node)?;
+                self.lower_static(node, op)
             }
-            "Slice" if node.domain.is_empty() => match self.static_slice(node) {
-                Some(op) => {
-                    let x = self.operand(&node.inputs[0]);
-                    let out = self.outputs(node);
-                    self.emit(node, op, vec![Some(x)], out);
-                    Ok(())
-                }
-                None => self.lower_as_op(node),
-            },
+            "Slice" if node.domain.is_empty() => {
+                let op = self.static_slice(node);
+                self.lower_static(node, op)
+            }
             "Expand" if node.domain.is_empty() && self.static_shape(&node.outputs[0]).is_some() => {
                 // The result's shape is the broadcast's: the shape operand is spent.
                 let shape = self.static_shape(&node.outputs[0]).unwrap_or_default();
@@ -616,6 +604,18 @@ impl<'m> Lowering<'m> {
             }
             _ => self.lower_as_op(node),
         }
+    }
+
+    /// The node as `op`, its static form over its first operand alone (the operands that gave
+    /// the axes or bounds spent), where it has one; else as the `core` op of its type.
+    fn lower_static(&mut self, node: &Node, op: Option<Op>) -> Result<(), CompileError> {
+        let Some(op) = op else {
+            return self.lower_as_op(node);
+        };
+        let x = self.operand(&node.inputs[0]);
+        let out = self.outputs(node);
+        self.emit(node, op, vec![Some(x)], out);
+        Ok(())
     }
 
     /// The node as the one `core` op of its type, its operands and outputs as they are.
