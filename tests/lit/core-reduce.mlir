@@ -55,8 +55,7 @@
 // RUN: FileCheck %s --check-prefix=INT < %t.core.mlir
 // RUN: %ppmoe opt %t.core.mlir --pass-pipeline='builtin.module()' > %t.core.again.mlir
 // RUN: diff %t.core.mlir %t.core.again.mlir
-// INT: %[[ZERO:.*]] = arith.constant 0 : i32
-// INT-NEXT: %[[FROM:.*]] = linalg.fill ins(%[[ZERO]] : i32) outs(%{{.*}} : tensor<4xi32>)
+// INT: %[[FROM:.*]] = linalg.fill ins(%{{.*}} : i32) outs(%{{.*}} : tensor<4xi32>)
 // INT-NEXT: linalg.generic {indexing_maps = [#map{{[0-9]*}}, #map{{[0-9]*}}], iterator_types = ["reduction", "parallel"]} ins(%{{.*}} : tensor<64x4xi32>) outs(%[[FROM]] : tensor<4xi32>) {
 // INT-NEXT: ^bb0(%in: i32 {{.*}}, %out: i32 {{.*}}):
 // INT-NEXT: %[[S:.*]] = arith.addi %out, %in : i32

@@ -366,6 +366,29 @@ impl<'m> Lowering<'m> {
         }))
     }
 
+    /// A CumSum whose axis operand is a known constant, as the running sum along that axis
+    /// (`cum_sum_axis`), counted from the front.
+    fn static_cum_sum(&self, node: &Node) -> Result<Option<Op>, CompileError> {
+        let Op::CumSum { exclusive, reverse } = self.op_for(node)? else {
+            return Ok(None);
+        };
+        let rank = (node.inputs.first())
+            .and_then(|x| self.types.get(x))
+            .map(|t| t.dims.len());
+        let axis = (node.inputs.get(1))
+            .and_then(|n| self.consts.get(n))
+            .and_then(|a| a.to_i64().first().copied());
+        let (Some(rank), Some(axis)) = (rank, axis) else {
+            return Ok(None);
+        };
+        let axis = ppmoe_runtime::kernels::axis(axis, rank).map_err(|e| self.node_err(node, e))?;
+        Ok(Some(Op::CumSumAxis {
+            axis,
+            exclusive,
+            reverse,
+        }))
+    }
+
     /// A Slice whose input's shape and every bound (starts, ends, axes, steps) are known, as
     /// the static slice it is (`extract_slice`), where its steps are positive.
     fn static_slice(&self, node: &Node) -> Option<Op> {
@@ -588,6 +611,10 @@ impl<'m> Lowering<'m> {
                 if node.domain.is_empty() =>
             {
                 let op = self.static_reduce(node)?;
+                self.lower_static(node, op)
+            }
+            "CumSum" if node.domain.is_empty() => {
+                let op = self.static_cum_sum(node)?;
                 self.lower_static(node, op)
             }
             "Slice" if node.domain.is_empty() => {

@@ -1,6 +1,9 @@
 //! The `core` stage: the imported graph normalised to the runtime's `core` op set with static
 //! shapes (shape arithmetic and weight-only subgraphs folded at compile time), and its MLIR form.
 
+pub mod arg_max;
+pub mod body;
+pub mod cum_sum;
 pub mod generic;
 pub mod header;
 pub mod lower;

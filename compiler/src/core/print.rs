@@ -357,6 +357,30 @@ fn print_instruction(
             names[o] = result;
             return;
         }
+        if let Some((axis, exclusive, reverse)) = super::cum_sum::printable(&ins.op, input, output)
+        {
+            let result = format!("%v{i}_0");
+            let text = super::cum_sum::lines(
+                (i, axis, exclusive, reverse),
+                (&names[*x], input),
+                &result,
+                &location(p, ins, false),
+            );
+            body.push_str(&text);
+            names[o] = result;
+            return;
+        }
+        if let Some((axis, keepdims, max)) = super::arg_max::printable(&ins.op, input, output) {
+            let (text, position) = super::arg_max::lines(
+                (i, axis, keepdims, max),
+                (&names[*x], input),
+                (&format!("%v{i}_w"), output),
+                &location(p, ins, false),
+            );
+            body.push_str(&text);
+            names[o] = position;
+            return;
+        }
     }
     // shard.send has a result, and shard.recv an operand, that ppmoe's runtime does not
     // need: the printed form supplies them (a tensor.empty of the received type).

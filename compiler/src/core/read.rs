@@ -567,15 +567,8 @@ impl FunctionReader {
         }
         let result = op.result(0).ok().and_then(|r| tensor_type(r.r#type()).ok());
         let upstream = read_upstream(op, &full, result).transpose()?;
-        if let Some(Op::ReduceAxes { f, .. }) = &upstream {
-            let init = op.operand(1).map(handle).ok();
-            let start = init.and_then(|v| self.known.fills.get(&v)).copied();
-            let identity = super::reduce::starts_from(*f);
-            if start != Some(identity) {
-                return Err(format!(
-                    "a reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
-                ));
-            }
+        if let Some(upstream) = &upstream {
+            self.check_start(op, upstream)?;
         }
         if full == "moe.dispatch" {
             if let Ok(mark) = op.attribute(STRATEGY) {
@@ -606,10 +599,15 @@ impl FunctionReader {
             with_absent(op, present)?
         };
         // A send's result (the shard dialect's) is nothing the runtime holds.
-        let results = if is_send { 0 } else { op.result_count() };
+        let skipped = skipped_results(op);
+        let results = if is_send {
+            0
+        } else {
+            op.result_count() - skipped
+        };
         let (names, origin) = location_names(op.location(), results);
         let mut outputs = Vec::new();
-        for (k, result) in op.results().take(results).enumerate() {
+        for (k, result) in op.results().skip(skipped).take(results).enumerate() {
             let name = names
                 .get(k)
                 .cloned()
@@ -627,6 +625,43 @@ impl FunctionReader {
             outputs,
             origin,
         });
+        Ok(())
+    }
+
+    /// The destinations a reduction-like generic `op`, read as `read`, starts from: a fill of
+    /// a reduction's identity, a running sum's zero fill, an arg-max's zero fills (which its
+    /// first step overwrites), whose best values (its first result, which the runtime does not
+    /// make) nothing reads.
+    fn check_start(&self, op: &OperationRef, read: &Op) -> Result<(), String> {
+        let fill = |k: usize| {
+            let v = op.operand(k).map(handle).ok();
+            v.and_then(|v| self.known.fills.get(&v)).copied()
+        };
+        match read {
+            Op::ReduceAxes { f, .. } => {
+                let identity = super::reduce::starts_from(*f);
+                if fill(1) != Some(identity) {
+                    return Err(format!(
+                        "a reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
+                    ));
+                }
+            }
+            Op::CumSumAxis { .. } if fill(1) != Some(0.0) => {
+                return Err(
+                    "a running sum starts from its destination: expected a zero linalg.fill".into(),
+                );
+            }
+            Op::ArgMax { .. } => {
+                if fill(1) != Some(0.0) || fill(2) != Some(0.0) {
+                    return Err("an arg-max's destinations: expected zero linalg.fills".into());
+                }
+                let best = op.result(0).map_err(|e| e.to_string())?;
+                if !users(best.into()).is_empty() {
+                    return Err("an arg-max's best values (its first result) are read; ppmoe makes only the positions".into());
+                }
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -1088,6 +1123,13 @@ pub(crate) fn users<'c, 'a>(value: melior::ir::Value<'c, 'a>) -> Vec<OperationRe
         use_ = unsafe { mlir_sys::mlirOpOperandGetNextUse(use_) };
     }
     owners
+}
+
+/// How many of `op`'s results come before those its instruction makes (which the runtime does
+/// not hold): an arg-max generic's best values.
+pub(crate) fn skipped_results(op: &OperationRef) -> usize {
+    let arg_max = op_name(op) == "linalg.generic" && super::arg_max::is_arg_max(op);
+    usize::from(arg_max)
 }
 
 pub(crate) fn op_name(op: &OperationRef) -> String {

@@ -40,8 +40,8 @@ use melior::ir::{RegionLike, ValueLike};
 use ppmoe_runtime::program::{Buffer, Op, ReduceFn};
 use ppmoe_runtime::DType;
 
-const REDUCTION: &str = "#linalg.iterator_type<reduction>";
-const PARALLEL: &str = "#linalg.iterator_type<parallel>";
+pub(super) const REDUCTION: &str = "#linalg.iterator_type<reduction>";
+pub(super) const PARALLEL: &str = "#linalg.iterator_type<parallel>";
 
 /// The reduction `op` makes of `x` into `out`, where ppmoe prints it as a generic: f32 in and
 /// out, static shapes, a sum, mean, maximum or minimum. Returns its function, axes, keepdims.
@@ -68,7 +68,11 @@ pub fn printable<'o>(
 
 /// The input's (identity) and the result's indexing maps and the iterator types (as MLIR
 /// prints them, `#linalg.iterator_type<...>`) of a reduction of a rank-`rank` tensor.
-fn maps(rank: usize, axes: &[usize], keepdims: bool) -> (String, String, Vec<&'static str>) {
+pub(super) fn maps(
+    rank: usize,
+    axes: &[usize],
+    keepdims: bool,
+) -> (String, String, Vec<&'static str>) {
     let dims: Vec<String> = (0..rank).map(|d| format!("d{d}")).collect();
     let kept: Vec<String> = (0..rank)
         .filter_map(|d| match axes.contains(&d) {
@@ -96,6 +100,17 @@ fn maps(rank: usize, axes: &[usize], keepdims: bool) -> (String, String, Vec<&'s
     (map(&dims), map(&kept), iterators)
 }
 
+/// Iterator types as the generic form's `iterator_types` spells them.
+pub(super) fn iterator_list(iterators: &[&str]) -> String {
+    let quoted: Vec<&str> = (iterators.iter())
+        .map(|t| match *t {
+            REDUCTION => "\"reduction\"",
+            _ => "\"parallel\"",
+        })
+        .collect();
+    quoted.join(", ")
+}
+
 /// The signless integer types whose sums print as a generic of `arith.addi`.
 fn is_integer(dtype: DType) -> bool {
     matches!(dtype, DType::I32 | DType::I64)
@@ -121,7 +136,7 @@ pub fn starts_from(f: ReduceFn) -> f64 {
     }
 }
 
-fn tensor(shape: &[Option<usize>], element: &str) -> String {
+pub(super) fn tensor(shape: &[Option<usize>], element: &str) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.unwrap_or(0).to_string()).collect();
     match dims.is_empty() {
         true => format!("tensor<{element}>"),
@@ -139,12 +154,6 @@ pub fn lines(
 ) -> String {
     let rank = x_buffer.shape.len();
     let (in_map, out_map, iterators) = maps(rank, axes, keepdims);
-    let iterators: Vec<String> = (iterators.iter())
-        .map(|t| match *t {
-            REDUCTION => "\"reduction\"".to_string(),
-            _ => "\"parallel\"".to_string(),
-        })
-        .collect();
     let element = x_buffer.dtype.mlir();
     let integer = is_integer(x_buffer.dtype);
     let (acc, init) = accumulator(f, x_buffer.dtype);
@@ -172,7 +181,7 @@ pub fn lines(
     };
     s += &format!(
         "    {wide} = linalg.generic {{indexing_maps = [{in_map}, {out_map}], iterator_types = [{}]}} ins({x} : {x_type}) outs(%f{i} : {acc_type}) {{\n    ^bb0(%g{i}_0: {element} loc(unknown), %g{i}_o: {acc} loc(unknown)):\n      {step}\n      linalg.yield %g{i}_r : {acc} loc(unknown)\n    }} -> {acc_type} loc({loc})\n",
-        iterators.join(", ")
+        iterator_list(&iterators)
     );
     match f {
         _ if integer => {}

@@ -33,7 +33,9 @@ use crate::distribute::Grid;
 use crate::pipeline::{Compilation, PassError};
 use melior::ir::attribute::{Attribute, DictionaryAttribute, StringAttribute};
 use melior::ir::block::{BlockLike, BlockRef};
-use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
+use melior::ir::operation::{
+    OperationLike, OperationMutLike, OperationRef, OperationRefMut, OperationResult,
+};
 use melior::ir::{Identifier, Location, Operation, RegionLike, Value, ValueLike};
 use melior::Context;
 use std::collections::{BTreeSet, HashMap};
@@ -154,15 +156,19 @@ impl CutFunction {
             if let Some(&maker) = program_ops.operand_made_by.get(&i) {
                 stage_of[maker] = Some(stage);
             }
-            for (result, &buffer) in ins.outputs.iter().enumerate() {
+            for &buffer in &ins.outputs {
+                // The op's result that holds the buffer (a narrowing cast's, or past results
+                // the runtime does not hold: an arg-max's best values).
+                let held = program_ops.value(buffer)?;
+                let result = OperationResult::try_from(held).map_or(0, |r| r.result_number());
                 let value = Made {
                     stage,
                     at,
                     name: read.program.buffers[buffer].name.clone(),
                     op: narrowed.unwrap_or(k),
-                    result: if narrowed.is_some() { 0 } else { result },
+                    result,
                 };
-                made.insert(handle(program_ops.value(buffer)?), value);
+                made.insert(handle(held), value);
                 at += 1;
             }
         }

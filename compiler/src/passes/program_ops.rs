@@ -3,7 +3,9 @@
 //! the program (a layer's chain, a pipeline cut) edits the ops found here.
 
 use super::func_ops::{block_ops, body};
-use crate::core::read::{location_names, op_name, tensor_type, ReadProgram, NARROWING, WIDENING};
+use crate::core::read::{
+    location_names, op_name, skipped_results, tensor_type, ReadProgram, NARROWING, WIDENING,
+};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::{Location, Value, ValueLike};
@@ -58,7 +60,11 @@ impl<'c, 'a> ProgramOps<'c, 'a> {
                 }
                 continue;
             }
-            for (&b, r) in ins.outputs.iter().zip(op.results()) {
+            for (&b, r) in ins
+                .outputs
+                .iter()
+                .zip(op.results().skip(skipped_results(op)))
+            {
                 values[b] = Some(r.into());
             }
         }

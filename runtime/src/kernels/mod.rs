@@ -97,6 +97,11 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
         Op::CumSum { exclusive, reverse } => {
             one(reduce::cumsum(arg(0)?, arg(1)?, *exclusive, *reverse))
         }
+        Op::CumSumAxis {
+            axis,
+            exclusive,
+            reverse,
+        } => one(reduce::cumsum_along(arg(0)?, *axis, *exclusive, *reverse)),
         Op::Reshape { allowzero } => one(shape::reshape(arg(0)?, arg(1)?, *allowzero)),
         Op::ReshapeTo { shape } => one(shape::reshape_to(arg(0)?, shape)),
         Op::Squeeze => one(shape::squeeze(arg(0)?, opt(1))),

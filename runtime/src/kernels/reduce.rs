@@ -255,40 +255,67 @@ pub fn layer_norm(
     Ok(Tensor::f32(x.shape.clone(), out).with_dtype(x.dtype))
 }
 
+/// CumSum (ONNX's), its axis an operand.
 pub fn cumsum(x: &Tensor, ax: &Tensor, exclusive: bool, reverse: bool) -> KResult<Tensor> {
     let a = axis(
         *ax.to_i64().first().ok_or("CumSum needs an axis")?,
         x.shape.len(),
     )?;
-    let (outer, len, inner) = around(&x.shape, a);
-    let v = x.to_f32();
-    let mut out = vec![0f32; v.len()];
+    cumsum_along(x, a, exclusive, reverse)
+}
+
+/// The running sums of `x` along axis `a` (counted from the front), each element's sum taken
+/// in order along the axis (from its end where `reverse`), with (or, `exclusive`, without)
+/// the element itself. Floats add in f32; integers in i64, wrapping at their type's width as
+/// ppmoe's integer arithmetic does.
+pub fn cumsum_along(x: &Tensor, a: usize, exclusive: bool, reverse: bool) -> KResult<Tensor> {
+    if a >= x.shape.len() {
+        return Err(format!(
+            "CumSum along axis {a} of a rank-{} tensor",
+            x.shape.len()
+        ));
+    }
+    let dims = around(&x.shape, a);
+    let order = (exclusive, reverse);
+    match &*x.data {
+        Data::I64(values) => {
+            let mut v = values.clone();
+            let add = |acc: i64, e: i64| super::elementwise::wrapped(acc.wrapping_add(e), x.dtype);
+            running(&mut v, dims, order, add);
+            Ok(Tensor::i64(x.shape.clone(), v).with_dtype(x.dtype))
+        }
+        _ => {
+            let mut v = x.to_f32();
+            running(&mut v, dims, order, |acc: f32, e| acc + e);
+            Ok(Tensor::f32(x.shape.clone(), v).with_dtype(x.dtype))
+        }
+    }
+}
+
+/// `v`'s running sums in place, along the middle of (outer, len, inner), from a zero.
+fn running<T: Copy + Default>(
+    v: &mut [T],
+    (outer, len, inner): (usize, usize, usize),
+    (exclusive, reverse): (bool, bool),
+    add: impl Fn(T, T) -> T,
+) {
     for o in 0..outer {
         for i in 0..inner {
-            let mut acc = 0f32;
+            let mut acc = T::default();
             for step in 0..len {
                 let k = if reverse { len - 1 - step } else { step };
                 let at = o * len * inner + k * inner + i;
-                if exclusive {
-                    out[at] = acc;
-                    acc += v[at];
-                } else {
-                    acc += v[at];
-                    out[at] = acc;
-                }
+                let next = add(acc, v[at]);
+                v[at] = if exclusive { acc } else { next };
+                acc = next;
             }
         }
     }
-    Ok(match *x.data {
-        Data::F32(_) => Tensor::f32(x.shape.clone(), out),
-        _ => Tensor::i64(x.shape.clone(), out.iter().map(|&f| f as i64).collect()),
-    }
-    .with_dtype(x.dtype))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{reduce, reduce_axes};
+    use super::{cumsum, cumsum_along, reduce, reduce_axes};
     use crate::program::ReduceFn;
     use crate::tensor::Tensor;
 
@@ -339,5 +366,32 @@ mod tests {
         let wide = Tensor::i64(vec![3], vec![big, big, 3]);
         let sum = reduce_axes(ReduceFn::Sum, &wide, &[0], false).unwrap();
         assert_eq!(sum.to_i64(), vec![2 * big + 3]);
+    }
+
+    /// Running sums along a static axis are ONNX's CumSum with the axis an operand (counted
+    /// from the end there), in each order; integers sum exactly and wrap at their width (an
+    /// i32's at 32 bits, where f32 would round 2^24 + 1).
+    #[test]
+    fn running_sums_along_a_static_axis_are_cumsums_and_integers_wrap() {
+        use crate::DType;
+        let values: Vec<f32> = (0..24).map(|v| (v as f32 * 0.61).cos()).collect();
+        let x = Tensor::f32(vec![2, 3, 4], values);
+        for order in [(false, false), (true, false), (false, true), (true, true)] {
+            for (axis, from_end) in [(0, -3), (1, -2), (2, -1)] {
+                let operand = Tensor::i64(vec![], vec![from_end]);
+                let want = cumsum(&x, &operand, order.0, order.1).unwrap();
+                let got = cumsum_along(&x, axis, order.0, order.1).unwrap();
+                assert_eq!(got.as_f32(), want.as_f32(), "{axis} {order:?}");
+            }
+        }
+        assert!(cumsum_along(&x, 3, false, false).is_err());
+        let exact = Tensor::i64(vec![2], vec![1 << 24, 1]).with_dtype(DType::I32);
+        let sums = cumsum_along(&exact, 0, false, false).unwrap();
+        assert_eq!(sums.to_i64(), vec![1 << 24, (1 << 24) + 1]);
+        let big = i32::MAX as i64;
+        let wraps = Tensor::i64(vec![3], vec![big, 2, 1]).with_dtype(DType::I32);
+        let sums = cumsum_along(&wraps, 0, true, false).unwrap();
+        assert_eq!(sums.to_i64(), vec![0, big, i32::MIN as i64 + 1]);
+        assert_eq!(sums.dtype, DType::I32);
     }
 }

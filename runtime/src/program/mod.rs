@@ -327,6 +327,13 @@ pub enum Op {
         exclusive: bool,
         reverse: bool,
     },
+    /// (x): running sums along an axis known at compile time, counted from the front: `CumSum`
+    /// with its axis operand spent.
+    CumSumAxis {
+        axis: usize,
+        exclusive: bool,
+        reverse: bool,
+    },
     Einsum {
         equation: String,
     },

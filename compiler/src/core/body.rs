@@ -1,0 +1,68 @@
+//! Reading back the body of a `linalg.generic` ppmoe printed: the ops in order, each reading
+//! the block's arguments or earlier ops' results, with the integer attributes (a comparison's
+//! predicate, a loop index's dimension, a constant's value) it was printed with. Anything
+//! else (another op, other wiring, another attribute) is not that body.
+
+use super::read::{handle, op_name};
+use crate::passes::func_ops::block_ops;
+use melior::ir::attribute::IntegerAttribute;
+use melior::ir::block::BlockLike;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::RegionLike;
+
+/// A value an op of the body reads: the block's argument `k`, or the result of step `k`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Use {
+    Arg(usize),
+    Step(usize),
+}
+
+/// One op of the body: its name, what it reads (all of its operands, in order) and, where
+/// the form fixes one, an integer attribute and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: &'static str,
+    pub reads: Vec<Use>,
+    pub attribute: Option<(&'static str, i64)>,
+}
+
+impl Step {
+    pub fn new(name: &'static str, reads: &[Use]) -> Step {
+        Step {
+            name,
+            reads: reads.to_vec(),
+            attribute: None,
+        }
+    }
+
+    pub fn with(mut self, key: &'static str, value: i64) -> Step {
+        self.attribute = Some((key, value));
+        self
+    }
+}
+
+/// Whether the body of `op` (its first region's one block) is `steps`, its last the yield.
+pub fn body_is(op: &OperationRef, steps: &[Step]) -> bool {
+    let Some(block) = op.region(0).ok().and_then(|r| r.first_block()) else {
+        return false;
+    };
+    let ops = block_ops(block);
+    if ops.len() != steps.len() {
+        return false;
+    }
+    let value = |u: Use| match u {
+        Use::Arg(k) => block.argument(k).map(handle).ok(),
+        Use::Step(k) => ops.get(k).and_then(|o| o.result(0).map(handle).ok()),
+    };
+    ops.iter().zip(steps).all(|(o, step)| {
+        let reads = o.operand_count() == step.reads.len()
+            && (step.reads.iter().enumerate())
+                .all(|(k, &u)| value(u).is_some() && o.operand(k).map(handle).ok() == value(u));
+        let attribute = step.attribute.is_none_or(|(key, want)| {
+            (o.attribute(key).ok())
+                .and_then(|a| IntegerAttribute::try_from(a).ok())
+                .is_some_and(|v| v.value() == want)
+        });
+        op_name(o) == step.name && reads && attribute
+    })
+}
