@@ -24,11 +24,8 @@
 //! ```
 
 use super::body::{body_is, Step, Use};
-use super::generic::array_strings;
-use super::read::tensor_type;
-use super::reduce::{iterator_list, maps, tensor, REDUCTION};
+use super::reduce::{iterator_list, maps, reduction_loops, strings, tensor, typed};
 use melior::ir::operation::{OperationLike, OperationRef};
-use melior::ir::ValueLike;
 use ppmoe_runtime::program::{Buffer, Op};
 use ppmoe_runtime::DType;
 
@@ -119,10 +116,6 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
     if op.operand_count() != 3 {
         return Err(refuse("expected one input and two destinations"));
     }
-    let typed = |v: Result<melior::ir::Value, _>| {
-        v.map_err(|e: melior::Error| e.to_string())
-            .and_then(|v| tensor_type(v.r#type()))
-    };
     let (x, shape) = typed(op.operand(0))?;
     let (value, _) = typed(op.result(0).map(Into::into))?;
     let (at, _) = typed(op.result(1).map(Into::into))?;
@@ -131,21 +124,12 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
             "a {x:?} operand gives {value:?} and {at:?}; ppmoe's arg-max takes a float operand to its type and i64"
         )));
     }
-    let strings = |key: &str| {
-        op.attribute(key)
-            .ok()
-            .map(array_strings)
-            .unwrap_or_default()
-    };
-    let iterators = strings("iterator_types");
-    let axes: Vec<usize> = (iterators.iter().enumerate())
-        .filter(|(_, t)| *t == REDUCTION)
-        .map(|(d, _)| d)
-        .collect();
+    let iterators = strings(op, "iterator_types");
+    let axes = reduction_loops(&iterators);
     let [axis] = axes[..] else {
         return Err(refuse(&format!("reduces over loops {axes:?}, not one")));
     };
-    let read_maps = strings("indexing_maps");
+    let read_maps = strings(op, "indexing_maps");
     let keepdims = [true, false].into_iter().find(|&keep| {
         let (input, output, loops) = maps(shape.len(), &[axis], keep);
         read_maps == [input, output.clone(), output] && iterators == loops

@@ -1,11 +1,11 @@
 //! Reading back the body of a `linalg.generic` ppmoe printed: the ops in order, each reading
-//! the block's arguments or earlier ops' results, with the integer attributes (a comparison's
+//! the block's arguments or earlier ops' results, with the attributes (a comparison's
 //! predicate, a loop index's dimension, a constant's value) it was printed with. Anything
 //! else (another op, other wiring, another attribute) is not that body.
 
 use super::read::{handle, op_name};
 use crate::passes::func_ops::block_ops;
-use melior::ir::attribute::IntegerAttribute;
+use melior::ir::attribute::{FloatAttribute, IntegerAttribute};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::RegionLike;
@@ -17,13 +17,20 @@ pub enum Use {
     Step(usize),
 }
 
+/// An attribute's value: an integer, or a float (compared bit for bit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Integer(i64),
+    Float(f64),
+}
+
 /// One op of the body: its name, what it reads (all of its operands, in order) and, where
-/// the form fixes one, an integer attribute and its value.
+/// the form fixes one, an attribute and its value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub name: &'static str,
     pub reads: Vec<Use>,
-    pub attribute: Option<(&'static str, i64)>,
+    pub attribute: Option<(&'static str, Value)>,
 }
 
 impl Step {
@@ -36,8 +43,15 @@ impl Step {
     }
 
     pub fn with(mut self, key: &'static str, value: i64) -> Step {
-        self.attribute = Some((key, value));
+        self.attribute = Some((key, Value::Integer(value)));
         self
+    }
+
+    /// A float constant of this value.
+    pub fn float(value: f64) -> Step {
+        let mut step = Step::new("arith.constant", &[]);
+        step.attribute = Some(("value", Value::Float(value)));
+        step
     }
 }
 
@@ -59,9 +73,13 @@ pub fn body_is(op: &OperationRef, steps: &[Step]) -> bool {
             && (step.reads.iter().enumerate())
                 .all(|(k, &u)| value(u).is_some() && o.operand(k).map(handle).ok() == value(u));
         let attribute = step.attribute.is_none_or(|(key, want)| {
-            (o.attribute(key).ok())
-                .and_then(|a| IntegerAttribute::try_from(a).ok())
-                .is_some_and(|v| v.value() == want)
+            let a = o.attribute(key).ok();
+            match want {
+                Value::Integer(want) => (a.and_then(|a| IntegerAttribute::try_from(a).ok()))
+                    .is_some_and(|v| v.value() == want),
+                Value::Float(want) => (a.and_then(|a| FloatAttribute::try_from(a).ok()))
+                    .is_some_and(|v| v.value().to_bits() == want.to_bits()),
+            }
         });
         op_name(o) == step.name && reads && attribute
     })

@@ -26,7 +26,7 @@
 use super::body::{body_is, Step, Use};
 use super::generic::array_strings;
 use super::read::tensor_type;
-use super::reduce::{iterator_list, tensor, PARALLEL, REDUCTION};
+use super::reduce::{iterator_list, strings, tensor, typed, PARALLEL, REDUCTION};
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::ValueLike;
 use ppmoe_runtime::program::{Buffer, Op};
@@ -126,7 +126,7 @@ pub fn lines(
 /// reduction loop and one loop more than its input's rank (a reduction has as many, an
 /// elementwise op no reduction loop).
 pub fn is_cum_sum(op: &OperationRef) -> bool {
-    let iterators = (op.attribute("iterator_types").ok()).map(array_strings);
+    let iterators = op.attribute("iterator_types").ok().map(array_strings);
     let rank = (op.operand(0).ok())
         .and_then(|v| tensor_type(v.r#type()).ok())
         .map(|(_, shape)| shape.len() + 1);
@@ -156,10 +156,6 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
     let refuse = |what: &str| {
         format!("'linalg.generic' with a loop more than its input's rank (a running sum): {what}")
     };
-    let typed = |v: Result<melior::ir::Value, melior::Error>| {
-        v.map_err(|e| e.to_string())
-            .and_then(|v| tensor_type(v.r#type()))
-    };
     let (x, shape) = typed(op.operand(0))?;
     let (out, out_shape) = typed(op.result(0).map(Into::into))?;
     if out != x || out_shape != shape || !matches!(x, DType::F32 | DType::I32 | DType::I64) {
@@ -167,13 +163,7 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
             "{x:?} to {out:?}; ppmoe's running sums keep the shape and type of an f32, i32 or i64 operand"
         )));
     }
-    let strings = |key: &str| {
-        op.attribute(key)
-            .ok()
-            .map(array_strings)
-            .unwrap_or_default()
-    };
-    let (read_maps, iterators) = (strings("indexing_maps"), strings("iterator_types"));
+    let (read_maps, iterators) = (strings(op, "indexing_maps"), strings(op, "iterator_types"));
     let rank = shape.len();
     let axis = (0..rank).find(|&axis| {
         let (input, output, loops) = maps(rank, axis);

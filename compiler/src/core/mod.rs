@@ -6,6 +6,7 @@ pub mod body;
 pub mod cum_sum;
 pub mod generic;
 pub mod header;
+pub mod layer_norm;
 pub mod lower;
 #[cfg(test)]
 pub mod one_instruction;

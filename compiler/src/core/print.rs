@@ -382,6 +382,27 @@ fn print_instruction(
             return;
         }
     }
+    let operands: Vec<Option<&Buffer>> = (ins.inputs.iter())
+        .map(|b| b.map(|b| &p.buffers[b]))
+        .collect();
+    if let (Some(&o), Some(&Some(x))) = (ins.outputs.first(), ins.inputs.first()) {
+        let output = &p.buffers[o];
+        if let Some((axis, epsilon)) = super::layer_norm::printable(&ins.op, &operands, output) {
+            let operand_names: Vec<&str> = (ins.inputs.iter().flatten())
+                .map(|&b| names[b].as_str())
+                .collect();
+            let result = format!("%v{i}_0");
+            let text = super::layer_norm::lines(
+                (i, axis, epsilon),
+                (&operand_names, &p.buffers[x]),
+                &result,
+                &location(p, ins, false),
+            );
+            body.push_str(&text);
+            names[o] = result;
+            return;
+        }
+    }
     // shard.send has a result, and shard.recv an operand, that ppmoe's runtime does not
     // need: the printed form supplies them (a tensor.empty of the received type).
     let mut extra_operand = None;

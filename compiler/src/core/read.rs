@@ -553,6 +553,12 @@ impl FunctionReader {
         if full == WIDENING && op.has_attribute("ppmoe.widens") {
             return self.widen(op);
         }
+        if full == "linalg.generic" && super::layer_norm::is_part(op) {
+            // A layer norm's row, read as part of its normalisation (which checks it).
+            let row = op.result(0).map_err(|e| e.to_string())?;
+            self.empties.insert(handle(row));
+            return Ok(());
+        }
         if matches!(
             full.as_str(),
             "linalg.matmul" | "linalg.batch_matmul" | "linalg.contract"
@@ -644,6 +650,19 @@ impl FunctionReader {
                     return Err(format!(
                         "a reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
                     ));
+                }
+            }
+            Op::LayerNorm { .. } => {
+                let parts = super::layer_norm::parts(op);
+                let starts = |p: &OperationRef, k: usize| {
+                    let v = p.operand(k).map(handle).ok();
+                    let start = v.and_then(|v| self.known.fills.get(&v));
+                    start.is_some_and(|s| s.to_bits() == 0.0f64.to_bits())
+                };
+                let zero =
+                    matches!(&parts[..], [sum, squares] if starts(sum, 1) && starts(squares, 2));
+                if !zero {
+                    return Err("a layer norm's rows start from their destinations: expected zero linalg.fills".into());
                 }
             }
             Op::CumSumAxis { .. } if fill(1) != Some(0.0) => {

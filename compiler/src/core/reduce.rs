@@ -36,7 +36,7 @@ use crate::passes::func_ops::block_ops;
 use melior::ir::attribute::FloatAttribute;
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
-use melior::ir::{RegionLike, ValueLike};
+use melior::ir::{RegionLike, Value, ValueLike};
 use ppmoe_runtime::program::{Buffer, Op, ReduceFn};
 use ppmoe_runtime::DType;
 
@@ -98,6 +98,30 @@ pub(super) fn maps(
         })
         .collect();
     (map(&dims), map(&kept), iterators)
+}
+
+/// An array attribute of `op` as strings (none where it has none).
+pub(super) fn strings(op: &OperationRef, key: &str) -> Vec<String> {
+    op.attribute(key)
+        .ok()
+        .map(array_strings)
+        .unwrap_or_default()
+}
+
+/// The loops of `iterators` (as `strings` reads them) that are `reduction`s.
+pub(super) fn reduction_loops(iterators: &[String]) -> Vec<usize> {
+    (iterators.iter().enumerate())
+        .filter(|(_, t)| *t == REDUCTION)
+        .map(|(d, _)| d)
+        .collect()
+}
+
+/// A value's element type and shape.
+pub(super) fn typed(
+    v: Result<Value, melior::Error>,
+) -> Result<(DType, Vec<Option<usize>>), String> {
+    v.map_err(|e| e.to_string())
+        .and_then(|v| tensor_type(v.r#type()))
 }
 
 /// Iterator types as the generic form's `iterator_types` spells them.
@@ -217,22 +241,11 @@ pub fn read_reduction(op: &OperationRef) -> Result<Op, String> {
     if op.operand_count() != 2 || op.result_count() != 1 {
         return Err(refuse("expected one input and one destination"));
     }
-    let (x, shape) =
-        (op.operand(0).map_err(|e| e.to_string())).and_then(|v| tensor_type(v.r#type()))?;
-    let (acc, _) =
-        (op.result(0).map_err(|e| e.to_string())).and_then(|r| tensor_type(r.r#type()))?;
-    let strings = |key: &str| {
-        op.attribute(key)
-            .ok()
-            .map(array_strings)
-            .unwrap_or_default()
-    };
-    let iterators = strings("iterator_types");
-    let axes: Vec<usize> = (iterators.iter().enumerate())
-        .filter(|(_, t)| *t == REDUCTION)
-        .map(|(d, _)| d)
-        .collect();
-    let read_maps = strings("indexing_maps");
+    let (x, shape) = typed(op.operand(0))?;
+    let (acc, _) = typed(op.result(0).map(Into::into))?;
+    let iterators = strings(op, "iterator_types");
+    let axes = reduction_loops(&iterators);
+    let read_maps = strings(op, "indexing_maps");
     let keepdims = [true, false].into_iter().find(|&keep| {
         let (input, output, loops) = maps(shape.len(), &axes, keep);
         read_maps == [input, output] && iterators == loops
@@ -295,12 +308,6 @@ fn body_function(op: &OperationRef, x: DType, acc: DType) -> Result<ReduceFn, St
 /// `count` elements: every loop parallel, identity maps, its body the division by the count in
 /// f64 and the truncation to f32, as ppmoe prints it.
 pub fn divides_by(op: &OperationRef, count: usize) -> bool {
-    let strings = |key: &str| {
-        op.attribute(key)
-            .ok()
-            .map(array_strings)
-            .unwrap_or_default()
-    };
     let Ok((_, shape)) = op
         .result(0)
         .map_err(|e| e.to_string())
@@ -310,8 +317,8 @@ pub fn divides_by(op: &OperationRef, count: usize) -> bool {
     };
     let (id, _, iterators) = maps(shape.len(), &[], true);
     if op.operand_count() != 2
-        || strings("indexing_maps") != [id.clone(), id]
-        || strings("iterator_types") != iterators
+        || strings(op, "indexing_maps") != [id.clone(), id]
+        || strings(op, "iterator_types") != iterators
     {
         return false;
     }

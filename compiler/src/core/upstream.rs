@@ -635,6 +635,7 @@ pub fn read_upstream(
         "linalg.generic" if super::arg_max::is_arg_max(op) => super::arg_max::read(op),
         "linalg.generic" if super::cum_sum::is_cum_sum(op) => super::cum_sum::read(op),
         "linalg.generic" if super::reduce::is_reduction(op) => super::reduce::read_reduction(op),
+        "linalg.generic" if super::layer_norm::is_normalisation(op) => super::layer_norm::read(op),
         "linalg.generic" => read_generic(op),
         "tensor.extract_slice" => read_extract_slice(op, result),
         "tensor.gather" => read_gather(op),

@@ -152,8 +152,9 @@ impl CutFunction {
             if let Some(cast) = narrowed {
                 stage_of[cast] = Some(stage);
             }
-            // A gather's indices are expanded, a softmax's operand widened, where it reads it.
-            if let Some(&maker) = program_ops.operand_made_by.get(&i) {
+            // A gather's indices are expanded, a softmax's operand widened, a layer norm's rows
+            // summed, where it reads them.
+            for &maker in program_ops.operand_made_by.get(&i).into_iter().flatten() {
                 stage_of[maker] = Some(stage);
             }
             for &buffer in &ins.outputs {

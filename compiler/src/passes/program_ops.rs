@@ -22,8 +22,9 @@ pub struct ProgramOps<'c, 'a> {
     pub narrowed_by: HashMap<usize, usize>,
     /// Per instruction, the position of the op that makes one of its operands as its upstream
     /// form reads it, read as part of the instruction: the `tensor.expand_shape` that appends
-    /// a gather's index axis, the `arith.extf` that widens a softmax's half-precision operand.
-    pub operand_made_by: HashMap<usize, usize>,
+    /// a gather's index axis, the `arith.extf` that widens a softmax's half-precision operand,
+    /// the generics that sum a layer norm's rows.
+    pub operand_made_by: HashMap<usize, Vec<usize>>,
     /// Per buffer, the value that holds it: an argument, an op's result, or a narrowing cast's.
     values: Vec<Option<Value<'c, 'a>>>,
 }
@@ -50,8 +51,11 @@ impl<'c, 'a> ProgramOps<'c, 'a> {
             )?;
             instruction_at.push(k);
             let op = &ops[k];
-            if let Some(maker) = operand_maker(op).and_then(|m| position.get(&m)) {
-                operand_made_by.insert(i, *maker);
+            let makers: Vec<usize> = (operand_makers(op).iter())
+                .filter_map(|m| position.get(m).copied())
+                .collect();
+            if !makers.is_empty() {
+                operand_made_by.insert(i, makers);
             }
             if let Some(next) = ops.get(k + 1).filter(|next| narrows(next, op)) {
                 narrowed_by.insert(i, k + 1);
@@ -211,14 +215,28 @@ pub fn one_instruction(
 /// `op` has one: a `tensor.gather`'s indices' `tensor.expand_shape`
 /// (`core::upstream::Upstream::Gather`), a `linalg.softmax`'s widening `arith.extf`
 /// (`ppmoe.widens`).
-fn operand_maker(op: &OperationRef) -> Option<usize> {
+fn operand_makers(op: &OperationRef) -> Vec<usize> {
+    let address = |o: &OperationRef| o.to_raw().ptr as usize;
     let (k, maker_name) = match op_name(op).as_str() {
         "tensor.gather" => (1, "tensor.expand_shape"),
         "linalg.softmax" => (0, WIDENING),
-        _ => return None,
+        _ => {
+            return crate::core::layer_norm::parts(op)
+                .iter()
+                .map(address)
+                .collect()
+        }
     };
-    let made = OperationResult::try_from(op.operand(k).ok()?).ok()?;
-    let maker = made.owner();
+    let made = op
+        .operand(k)
+        .ok()
+        .and_then(|v| OperationResult::try_from(v).ok());
+    let Some(maker) = made.map(|m| m.owner()) else {
+        return Vec::new();
+    };
     let marked = maker_name != WIDENING || maker.has_attribute("ppmoe.widens");
-    (op_name(&maker) == maker_name && marked).then(|| maker.to_raw().ptr as usize)
+    match op_name(&maker) == maker_name && marked {
+        true => vec![address(&maker)],
+        false => Vec::new(),
+    }
 }

@@ -91,13 +91,21 @@ fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), Strin
 }
 
 /// An op's operands that are its instruction's inputs: those no destination op makes (a
-/// `tensor.empty`, a fill, a reshape's shape), a gather's indices as they are before their
-/// index axis is appended.
+/// `tensor.empty`, a fill, a reshape's shape) nor a part of it (a layer norm's rows), a
+/// gather's indices as they are before their index axis is appended.
 pub fn instruction_inputs<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<Value<'c, 'a>> {
+    let address = |o: &OperationRef| o.to_raw().ptr as usize;
+    let parts: Vec<usize> = (crate::core::layer_norm::parts(op).iter())
+        .map(address)
+        .collect();
     (op.operands())
         .filter(|&v| {
             OperationResult::try_from(v)
-                .map(|r| !OPERAND_ONLY.contains(&op_name(&r.owner()).as_str()))
+                .map(|r| {
+                    let maker = r.owner();
+                    !OPERAND_ONLY.contains(&op_name(&maker).as_str())
+                        && !parts.contains(&address(&maker))
+                })
                 .unwrap_or(true)
         })
         .map(expanded_from)

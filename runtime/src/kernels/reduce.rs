@@ -244,10 +244,16 @@ pub fn layer_norm(
         ));
     }
     let mut out = vec![0f32; v.len()];
+    let n = inner as f64;
+    // Each sum in f64 from +0.0, element by element, as the `linalg.generic`s ppmoe prints a
+    // layer norm as (`core::layer_norm`) compute it.
     for (row, o) in v.chunks(inner).zip(out.chunks_mut(inner)) {
-        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / inner as f64;
-        let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / inner as f64;
-        let inv = 1.0 / (var + eps as f64).sqrt();
+        let mean = row.iter().fold(0.0, |acc, &x| acc + x as f64) / n;
+        let squares = row.iter().fold(0.0, |acc, &x| {
+            let d = x as f64 - mean;
+            acc + d * d
+        });
+        let inv = 1.0 / (squares / n + eps as f64).sqrt();
         for k in 0..inner {
             o[k] = ((row[k] as f64 - mean) * inv) as f32 * s[k] + b.as_ref().map_or(0.0, |b| b[k]);
         }
