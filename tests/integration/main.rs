@@ -14,3 +14,4 @@ mod moe_raise;
 mod onnx_stage;
 mod scale;
 mod stablehlo;
+mod upstream_semantics;

@@ -1,0 +1,343 @@
+//! The upstream IR ppmoe prints means what ppmoe computes: each case's instruction, printed as
+//! a program of its own (`core::print::print_core`), is lowered by upstream MLIR alone
+//! (`mlir-opt`: `arith` on tensors to linalg, one-shot bufferization, linalg to loops,
+//! everything to LLVM) and run by
+//! `mlir-runner` on the inputs the runtime's kernel takes; every element of the result is the
+//! kernel's bit for bit. Inputs hold what separates a right form from a near one: ties, NaNs,
+//! sums that wrap, rows of many magnitudes.
+
+use ppmoe_compiler::core::print::print_core;
+use ppmoe_runtime::kernels::execute;
+use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program, ReduceFn};
+use ppmoe_runtime::{DType, Tensor};
+use std::fmt::Write as _;
+use std::process::Command;
+
+const LLVM: &str = "/usr/lib/llvm-22";
+
+/// The lowering of tensors of linalg, arith and math ops to LLVM, upstream passes only.
+const LOWERING: &[&str] = &[
+    "--convert-elementwise-to-linalg",
+    "--one-shot-bufferize=bufferize-function-boundaries",
+    "--convert-linalg-to-loops",
+    "--convert-scf-to-cf",
+    "--expand-strided-metadata",
+    "--lower-affine",
+    "--finalize-memref-to-llvm",
+    "--convert-math-to-llvm",
+    "--convert-arith-to-llvm",
+    "--convert-index-to-llvm",
+    "--convert-func-to-llvm",
+    "--convert-cf-to-llvm",
+    "--reconcile-unrealized-casts",
+];
+
+/// A deterministic stream of values in [-1, 1) (a linear congruential generator).
+struct Values(u64);
+
+impl Values {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn take(&mut self, n: usize, f: impl Fn(f32) -> f32) -> Vec<f32> {
+        (0..n).map(|_| f(self.next())).collect()
+    }
+}
+
+/// `op` over `inputs` (each held as the type it is stored in) into one result of `out`.
+fn program(op: Op, inputs: &[&Tensor], out: (DType, &[usize])) -> Program {
+    let buffer = |name: String, dtype, shape: &[usize], kind| Buffer {
+        name,
+        dtype,
+        shape: shape.iter().map(|&d| Some(d)).collect(),
+        kind,
+    };
+    let mut buffers: Vec<Buffer> = (inputs.iter().enumerate())
+        .map(|(k, t)| buffer(format!("x{k}"), t.dtype, &t.shape, BufferKind::Input))
+        .collect();
+    let n = inputs.len();
+    buffers.push(buffer("y".into(), out.0, out.1, BufferKind::Output));
+    Program {
+        buffers,
+        inputs: (0..n).collect(),
+        outputs: vec![n],
+        instructions: vec![Instruction {
+            op,
+            inputs: (0..n).map(Some).collect(),
+            outputs: vec![n],
+            origin: "node".into(),
+        }],
+        ..Program::empty()
+    }
+}
+
+/// A tensor's little-endian bytes, as MLIR's hex `dense<"0x...">` takes them, and its type.
+fn dense(t: &Tensor) -> (String, String) {
+    let mut hex = String::from("0x");
+    match t.dtype {
+        DType::F32 => (t.to_f32().iter()).for_each(|v| {
+            let _ = write!(hex, "{}", bytes(&v.to_bits().to_le_bytes()));
+        }),
+        // Values stored in bf16 are its bits' upper half of f32 exactly.
+        DType::BF16 => (t.to_f32().iter()).for_each(|v| {
+            let _ = write!(
+                hex,
+                "{}",
+                bytes(&((v.to_bits() >> 16) as u16).to_le_bytes())
+            );
+        }),
+        DType::I32 => (t.to_i64().iter()).for_each(|&v| {
+            let _ = write!(hex, "{}", bytes(&(v as i32).to_le_bytes()));
+        }),
+        _ => (t.to_i64().iter()).for_each(|&v| {
+            let _ = write!(hex, "{}", bytes(&v.to_le_bytes()));
+        }),
+    }
+    (hex, tensor_type(t.dtype, &t.shape))
+}
+
+fn bytes(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+fn tensor_type(dtype: DType, shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    format!("tensor<{}x{}>", dims.join("x"), dtype.mlir())
+}
+
+/// The printed program with a `main` that calls its function on `inputs` and prints the
+/// result's bits (an f32's as i32).
+fn runnable(p: &Program, inputs: &[&Tensor], out: (DType, &[usize])) -> String {
+    let text = print_core(&[p]);
+    let end = text.rfind("} loc(").expect("the module's end");
+    let (result, bits) = (tensor_type(out.0, out.1), tensor_type(DType::I32, out.1));
+    let mut main = String::from("  func.func private @printMemrefI32(memref<*xi32>) attributes {llvm.emit_c_interface}\n  func.func private @printMemrefI64(memref<*xi64>) attributes {llvm.emit_c_interface}\n  func.func @main() {\n");
+    let mut args = Vec::new();
+    for (k, t) in inputs.iter().enumerate() {
+        let (hex, ty) = dense(t);
+        let _ = writeln!(main, "    %x{k} = arith.constant dense<\"{hex}\"> : {ty}");
+        args.push((format!("%x{k}"), ty));
+    }
+    let names: Vec<&str> = args.iter().map(|(n, _)| n.as_str()).collect();
+    let types: Vec<&str> = args.iter().map(|(_, t)| t.as_str()).collect();
+    let _ = writeln!(
+        main,
+        "    %r = call @rank0({}) : ({}) -> {result}",
+        names.join(", "),
+        types.join(", ")
+    );
+    let memref = |ty: &str| ty.replacen("tensor", "memref", 1);
+    let (printed, element) = match out.0 {
+        // A half-precision result extended to f32 (exactly) first.
+        DType::F32 | DType::BF16 => {
+            let (element, widen) = match out.0 {
+                DType::BF16 => ("bf16", "%w = arith.extf %v : bf16 to f32\n        "),
+                _ => ("f32", ""),
+            };
+            let from = if widen.is_empty() { "%v" } else { "%w" };
+            let _ = writeln!(main, "    %e = tensor.empty() : {bits}\n    %b = linalg.map ins(%r : {result}) outs(%e : {bits})\n      (%v: {element}, %o: i32) {{\n        {widen}%i = arith.bitcast {from} : f32 to i32\n        linalg.yield %i : i32\n      }}");
+            (("%b", bits.clone()), "I32")
+        }
+        DType::I32 => (("%r", result.clone()), "I32"),
+        _ => (("%r", result.clone()), "I64"),
+    };
+    let (value, ty) = printed;
+    let lower = element.to_lowercase();
+    let _ = writeln!(
+        main,
+        "    %m = bufferization.to_buffer {value} : {ty} to {}\n    %u = memref.cast %m : {} to memref<*x{lower}>\n    call @printMemref{element}(%u) : (memref<*x{lower}>) -> ()\n    return\n  }}",
+        memref(&ty),
+        memref(&ty),
+    );
+    format!("{}{main}{}", &text[..end], &text[end..])
+}
+
+/// What `mlir-runner` prints of the result of `module` (lowered by `mlir-opt`), as integers.
+fn run_upstream(module: &str, name: &str) -> Vec<i64> {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join(format!("{name}.mlir"));
+    let lowered = work.path().join(format!("{name}.llvm.mlir"));
+    std::fs::write(&source, module).unwrap();
+    let opt = Command::new(format!("{LLVM}/bin/mlir-opt"))
+        .arg(&source)
+        .args(LOWERING)
+        .arg("-o")
+        .arg(&lowered)
+        .output()
+        .expect("mlir-opt runs");
+    let err = String::from_utf8_lossy(&opt.stderr);
+    assert!(opt.status.success(), "{name}: mlir-opt: {err}\n{module}");
+    let libs = format!("{LLVM}/lib/libmlir_runner_utils.so,{LLVM}/lib/libmlir_c_runner_utils.so");
+    let run = Command::new(format!("{LLVM}/bin/mlir-runner"))
+        .arg(&lowered)
+        .args(["-e", "main", "-entry-point-result=void"])
+        .arg(format!("-shared-libs={libs}"))
+        .output()
+        .expect("mlir-runner runs");
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{name}: mlir-runner: {err}");
+    let data = out.split("data =").nth(1).expect("a printed memref");
+    (data.split(|c: char| !(c.is_ascii_digit() || c == '-')))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+/// The runtime kernel's result stored as `dtype` (a half-precision value rounded, as its
+/// buffer holds it), as the integers `run_upstream` reads (a float's bits in f32, as i32).
+fn run_kernel(op: &Op, inputs: &[&Tensor], dtype: DType) -> Vec<i64> {
+    let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| Some(*t)).collect();
+    let out = execute(op, &refs, 1).expect("the kernel runs").remove(0);
+    let out = out.stored_as(dtype);
+    match dtype {
+        DType::F32 | DType::BF16 => (out.to_f32().iter())
+            .map(|x| x.to_bits() as i32 as i64)
+            .collect(),
+        _ => out.to_i64(),
+    }
+}
+
+/// `op` over `inputs` into `out`: printed with no `core` op of its name left, run by upstream
+/// MLIR, equal to the runtime's kernel bit for bit.
+fn check(name: &str, op: Op, inputs: &[&Tensor], out: (DType, &[usize])) {
+    let p = program(op.clone(), inputs, out);
+    let module = runnable(&p, inputs, out);
+    let core = format!("\"core.{}\"", op.name());
+    assert!(
+        !module.contains(&core),
+        "{name}: printed as {core}\n{module}"
+    );
+    let want = run_kernel(&op, inputs, out.0);
+    let got = run_upstream(&module, name);
+    assert_eq!(got.len(), want.len(), "{name}: element count");
+    let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differing, 0,
+        "{name}: {differing} elements differ\n{got:?}\n{want:?}"
+    );
+}
+
+#[test]
+fn an_arg_max_of_ties_and_nans_runs_in_upstream_mlir_as_ppmoe_picks() {
+    let mut r = Values(1);
+    // Halves tie often; a NaN first sticks, a NaN later never wins.
+    let mut v = r.take(6 * 16, |x| (x * 4.0).round() / 2.0);
+    v[0] = f32::NAN;
+    v[16 + 5] = f32::NAN;
+    let x = Tensor::f32(vec![6, 16], v.clone());
+    for (max, keepdims) in [(true, false), (false, true)] {
+        let op = Op::ArgMax {
+            axis: -1,
+            keepdims,
+            max,
+        };
+        let shape: &[usize] = if keepdims { &[6, 1] } else { &[6] };
+        check("arg_max", op, &[&x], (DType::I64, shape));
+    }
+    let half = Tensor::half(vec![16, 6], &v, DType::BF16);
+    let op = Op::ArgMax {
+        axis: 0,
+        keepdims: false,
+        max: false,
+    };
+    check("arg_min_bf16", op, &[&half], (DType::I64, &[6]));
+}
+
+#[test]
+fn running_sums_run_in_upstream_mlir_as_ppmoe_adds() {
+    let mut r = Values(2);
+    let big = i32::MAX as f32;
+    let ints = r.take(5 * 7, |x| (x * big).round());
+    let x = Tensor::i64(vec![5, 7], ints.iter().map(|&v| v as i64).collect());
+    let x = x.with_dtype(DType::I32);
+    for (axis, exclusive, reverse) in [(0, true, true), (1, false, false), (1, true, false)] {
+        let op = Op::CumSumAxis {
+            axis,
+            exclusive,
+            reverse,
+        };
+        check("cum_sum_i32", op, &[&x], (DType::I32, &[5, 7]));
+    }
+    // Magnitudes from 1e-3 to 1e3: the order of the additions shows in the bits.
+    let floats = r.take(4 * 33, |x| x * 10f32.powf(x * 3.0));
+    let f = Tensor::f32(vec![4, 33], floats);
+    let op = Op::CumSumAxis {
+        axis: 1,
+        exclusive: false,
+        reverse: false,
+    };
+    check("cum_sum_f32", op, &[&f], (DType::F32, &[4, 33]));
+}
+
+#[test]
+fn layer_norms_and_reductions_run_in_upstream_mlir_as_ppmoe_computes_them() {
+    let mut r = Values(3);
+    let x = Tensor::f32(vec![3, 5, 64], r.take(3 * 5 * 64, |x| x * 3.0 + 0.5));
+    let scale = Tensor::f32(vec![64], r.take(64, |x| x + 1.0));
+    let bias = Tensor::f32(vec![64], r.take(64, |x| x * 0.1));
+    let op = Op::LayerNorm {
+        axis: -1,
+        epsilon: 1e-5,
+    };
+    check(
+        "layer_norm",
+        op,
+        &[&x, &scale, &bias],
+        (DType::F32, &[3, 5, 64]),
+    );
+    let y = Tensor::f32(vec![4, 6, 8], r.take(4 * 6 * 8, |x| x * 100.0));
+    let scale = Tensor::f32(vec![6, 8], r.take(48, |x| x * 2.0));
+    let op = Op::LayerNorm {
+        axis: 1,
+        epsilon: 1e-6,
+    };
+    check(
+        "layer_norm_no_bias",
+        op,
+        &[&y, &scale],
+        (DType::F32, &[4, 6, 8]),
+    );
+    for f in [ReduceFn::Sum, ReduceFn::Mean, ReduceFn::Max, ReduceFn::Min] {
+        let op = Op::ReduceAxes {
+            f,
+            axes: vec![1, 2],
+            keepdims: false,
+        };
+        check("reduce", op, &[&y], (DType::F32, &[4]));
+    }
+}
+
+#[test]
+fn elementwise_generics_run_in_upstream_mlir_as_ppmoe_rounds_them() {
+    use ppmoe_runtime::program::{BinaryFn, UnaryFn};
+    let mut r = Values(4);
+    // bf16 arithmetic with broadcasting: ppmoe adds in f32 and rounds once.
+    let a = Tensor::half(vec![6, 16], &r.take(96, |x| x * 8.0), DType::BF16);
+    let b = Tensor::half(vec![16], &r.take(16, |x| x * 3.0), DType::BF16);
+    for f in [BinaryFn::Add, BinaryFn::Mul, BinaryFn::Div] {
+        check("bf16", Op::Binary { f }, &[&a, &b], (DType::BF16, &[6, 16]));
+    }
+    // The sigmoid upstream has no op for, as 1 / (1 + exp(-x)).
+    let x = Tensor::f32(vec![6, 16], r.take(96, |x| x * 20.0));
+    let sigmoid = Op::Unary {
+        f: UnaryFn::Sigmoid,
+    };
+    check("sigmoid", sigmoid, &[&x], (DType::F32, &[6, 16]));
+    // i32 products wrap at 32 bits.
+    let big = Tensor::i64(
+        vec![8],
+        r.take(8, |x| (x * 1e9).round())
+            .iter()
+            .map(|&v| v as i64)
+            .collect(),
+    );
+    let big = big.with_dtype(DType::I32);
+    let product = Op::Binary { f: BinaryFn::Mul };
+    check("i32_mul", product, &[&big, &big], (DType::I32, &[8]));
+}
