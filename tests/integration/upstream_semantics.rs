@@ -1,7 +1,7 @@
 //! The upstream IR ppmoe prints means what ppmoe computes: each case's instruction, printed as
 //! a program of its own (`core::print::print_core`), is lowered by upstream MLIR alone
-//! (`mlir-opt`: `arith` on tensors to linalg, one-shot bufferization, linalg to loops,
-//! everything to LLVM) and run by
+//! (`mlir-opt`: a softmax decomposed by its interface, `arith` on tensors to linalg, one-shot
+//! bufferization, linalg to loops, everything to LLVM) and run by
 //! `mlir-runner` on the inputs the runtime's kernel takes; every element of the result is the
 //! kernel's bit for bit. Inputs hold what separates a right form from a near one: ties, NaNs,
 //! sums that wrap, rows of many magnitudes.
@@ -17,6 +17,8 @@ const LLVM: &str = "/usr/lib/llvm-22";
 
 /// The lowering of tensors of linalg, arith and math ops to LLVM, upstream passes only.
 const LOWERING: &[&str] = &[
+    "--transform-interpreter",
+    "--test-transform-dialect-erase-schedule",
     "--convert-elementwise-to-linalg",
     "--one-shot-bufferize=bufferize-function-boundaries",
     "--convert-linalg-to-loops",
@@ -154,8 +156,17 @@ fn runnable(p: &Program, inputs: &[&Tensor], out: (DType, &[usize])) -> String {
         memref(&ty),
         memref(&ty),
     );
-    format!("{}{main}{}", &text[..end], &text[end..])
+    let text = format!("{}{main}{SCHEDULE}{}", &text[..end], &text[end..]);
+    text.replacen(
+        "module {",
+        "module attributes {transform.with_named_sequence} {",
+        1,
+    )
 }
+
+/// The transform schedule that decomposes a `linalg.softmax` into the generics it is defined
+/// by (max, exp of the difference, sum, division), which linalg then lowers to loops.
+const SCHEDULE: &str = "  transform.named_sequence @__transform_main(%root: !transform.any_op {transform.readonly}) {\n    %s = transform.structured.match ops{[\"linalg.softmax\"]} in %root : (!transform.any_op) -> !transform.any_op\n    %d = transform.structured.decompose_interface %s : (!transform.any_op) -> !transform.any_op\n    transform.yield\n  }\n";
 
 /// What `mlir-runner` prints of the result of `module` (lowered by `mlir-opt`), as integers.
 fn run_upstream(module: &str, name: &str) -> Vec<i64> {
@@ -203,9 +214,9 @@ fn run_kernel(op: &Op, inputs: &[&Tensor], dtype: DType) -> Vec<i64> {
     }
 }
 
-/// `op` over `inputs` into `out`: printed with no `core` op of its name left, run by upstream
-/// MLIR, equal to the runtime's kernel bit for bit.
-fn check(name: &str, op: Op, inputs: &[&Tensor], out: (DType, &[usize])) {
+/// `op` over `inputs` into `out`, printed with no `core` op of its name left: its result run
+/// by upstream MLIR and the runtime kernel's, as `run_upstream` reads them.
+fn results(name: &str, op: Op, inputs: &[&Tensor], out: (DType, &[usize])) -> (Vec<i64>, Vec<i64>) {
     let p = program(op.clone(), inputs, out);
     let module = runnable(&p, inputs, out);
     let core = format!("\"core.{}\"", op.name());
@@ -216,6 +227,13 @@ fn check(name: &str, op: Op, inputs: &[&Tensor], out: (DType, &[usize])) {
     let want = run_kernel(&op, inputs, out.0);
     let got = run_upstream(&module, name);
     assert_eq!(got.len(), want.len(), "{name}: element count");
+    (got, want)
+}
+
+/// `op` over `inputs` into `out`, run by upstream MLIR: the runtime kernel's result bit for
+/// bit.
+fn check(name: &str, op: Op, inputs: &[&Tensor], out: (DType, &[usize])) {
+    let (got, want) = results(name, op, inputs, out);
     let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
     assert_eq!(
         differing, 0,
@@ -314,7 +332,7 @@ fn layer_norms_and_reductions_run_in_upstream_mlir_as_ppmoe_computes_them() {
 }
 
 #[test]
-fn elementwise_generics_run_in_upstream_mlir_as_ppmoe_rounds_them() {
+fn elementwise_ops_and_softmaxes_run_in_upstream_mlir_as_ppmoe_rounds_them() {
     use ppmoe_runtime::program::{BinaryFn, UnaryFn};
     let mut r = Values(4);
     // bf16 arithmetic with broadcasting: ppmoe adds in f32 and rounds once.
@@ -329,6 +347,17 @@ fn elementwise_generics_run_in_upstream_mlir_as_ppmoe_rounds_them() {
         f: UnaryFn::Sigmoid,
     };
     check("sigmoid", sigmoid, &[&x], (DType::F32, &[6, 16]));
+    // Softmaxes: of f32, and of bf16 (widened, the f32 softmax, narrowed).
+    let logits = Tensor::f32(vec![6, 16], r.take(96, |x| x * 12.0));
+    let softmax = |axis| Op::Softmax { axis, log: false };
+    check("softmax", softmax(-1), &[&logits], (DType::F32, &[6, 16]));
+    let half = Tensor::half(vec![6, 16], &logits.to_f32(), DType::BF16);
+    check(
+        "softmax_bf16",
+        softmax(0),
+        &[&half],
+        (DType::BF16, &[6, 16]),
+    );
     // i32 products wrap at 32 bits.
     let big = Tensor::i64(
         vec![8],
@@ -340,4 +369,25 @@ fn elementwise_generics_run_in_upstream_mlir_as_ppmoe_rounds_them() {
     let big = big.with_dtype(DType::I32);
     let product = Op::Binary { f: BinaryFn::Mul };
     check("i32_mul", product, &[&big, &big], (DType::I32, &[8]));
+}
+
+/// A matmul's sums run in linalg's loop order (k ascending, one term at a time), where
+/// ppmoe's GEMM blocks and reassociates them, as cuBLAS's do: the same products summed in
+/// another order, equal to f32's precision over the row rather than bit for bit.
+#[test]
+fn a_matmul_runs_in_upstream_mlir_to_ppmoes_product_up_to_its_summation_order() {
+    let mut r = Values(9);
+    let a = Tensor::f32(vec![8, 96], r.take(8 * 96, |x| x * 10f32.powf(x * 2.0)));
+    let b = Tensor::f32(vec![96, 8], r.take(96 * 8, |x| x));
+    let (got, want) = results("matmul", Op::MatMul, &[&a, &b], (DType::F32, &[8, 8]));
+    let values =
+        |v: &[i64]| -> Vec<f64> { v.iter().map(|&b| f32::from_bits(b as u32) as f64).collect() };
+    let (got, want) = (values(&got), values(&want));
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff: Vec<f64> = got.iter().zip(&want).map(|(a, b)| a - b).collect();
+    let relative = norm(&diff) / norm(&want);
+    assert!(
+        relative < 1e-6,
+        "matmul: {relative:e} from the runtime's product"
+    );
 }

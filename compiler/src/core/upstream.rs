@@ -23,7 +23,10 @@
 //!   precision (round to nearest even, as ppmoe rounds), booleans and integers to integers
 //!   and f32.
 //!
-//! An axis counted from the end prints (and reads back) counted from the front. Anything else
+//! An axis counted from the end prints (and reads back) counted from the front. "Exactly" is
+//! tested by running the printed ops with upstream MLIR (`tests/integration/upstream_semantics.rs`:
+//! bit for bit the runtime's kernels), but for the matmuls and contractions: their products
+//! are ppmoe's, their sums run in linalg's loop order where ppmoe's GEMM blocks them. Anything else
 //! stays a `core` op: half-precision results of arithmetic (their rounding is ppmoe's, through
 //! f32), a float cast to an integer (which saturates in ppmoe, where `arith.fptosi` is
 //! undefined out of range), integer division, unsigned integers (`arith` takes signless ones),
