@@ -146,6 +146,11 @@ fn runnable(p: &Program, inputs: &[&Tensor], out: (DType, &[usize])) -> String {
             (("%b", bits.clone()), "I32")
         }
         DType::I32 => (("%r", result.clone()), "I32"),
+        // Booleans extended to i32 (0 or 1).
+        DType::Bool => {
+            let _ = writeln!(main, "    %e = tensor.empty() : {bits}\n    %b = linalg.map ins(%r : {result}) outs(%e : {bits})\n      (%v: i1, %o: i32) {{\n        %i = arith.extui %v : i1 to i32\n        linalg.yield %i : i32\n      }}");
+            (("%b", bits.clone()), "I32")
+        }
         _ => (("%r", result.clone()), "I64"),
     };
     let (value, ty) = printed;
@@ -390,4 +395,82 @@ fn a_matmul_runs_in_upstream_mlir_to_ppmoes_product_up_to_its_summation_order() 
         relative < 1e-6,
         "matmul: {relative:e} from the runtime's product"
     );
+}
+
+/// Data movement, casts, comparisons and `math` functions as upstream ops: each the kernel's
+/// result bit for bit.
+#[test]
+fn data_movement_casts_comparisons_and_math_run_in_upstream_mlir_as_ppmoe_computes_them() {
+    use ppmoe_runtime::program::{BinaryFn, UnaryFn};
+    let mut r = Values(6);
+    let x = Tensor::f32(vec![2, 3, 5], r.take(30, |x| x * 7.0));
+    let transpose = Op::Transpose {
+        perm: vec![2, 0, 1],
+    };
+    check("transpose", transpose, &[&x], (DType::F32, &[5, 2, 3]));
+    let reshape = Op::ReshapeTo { shape: vec![6, 5] };
+    check("reshape", reshape, &[&x], (DType::F32, &[6, 5]));
+    let slice = Op::ExtractSlice {
+        offsets: vec![0, 1, 1],
+        sizes: vec![2, 2, 2],
+        strides: vec![1, 1, 2],
+    };
+    check("extract_slice", slice, &[&x], (DType::F32, &[2, 2, 2]));
+    let y = Tensor::f32(vec![2, 4, 5], r.take(40, |x| x));
+    let concat = Op::Concat { axis: 1 };
+    check("concat", concat, &[&x, &y], (DType::F32, &[2, 7, 5]));
+    // (A gather's `tensor.gather` has no upstream bufferization in LLVM 22: it cannot run.)
+    // Casts: to bf16 rounded to nearest even, i64 to i32 wrapped, i64 to f32 rounded.
+    let wide = Tensor::i64(
+        vec![6],
+        vec![1 << 40, -3, (1 << 31) + 5, 16_777_217, -(1 << 33), 7],
+    );
+    let cast = |to| Op::Cast { to };
+    check(
+        "to_bf16",
+        cast(DType::BF16),
+        &[&x],
+        (DType::BF16, &[2, 3, 5]),
+    );
+    check("to_i32", cast(DType::I32), &[&wide], (DType::I32, &[6]));
+    check("to_f32", cast(DType::F32), &[&wide], (DType::F32, &[6]));
+    // Comparisons give booleans (printed as i32 here); a NaN compares false.
+    let mut v = r.take(30, |x| (x * 2.0).round());
+    v[3] = f32::NAN;
+    let z = Tensor::f32(vec![2, 3, 5], v);
+    for f in [BinaryFn::Less, BinaryFn::GreaterOrEqual, BinaryFn::Equal] {
+        check(
+            "compare",
+            Op::Binary { f },
+            &[&x, &z],
+            (DType::Bool, &[2, 3, 5]),
+        );
+    }
+    for f in [
+        UnaryFn::Exp,
+        UnaryFn::Sqrt,
+        UnaryFn::Reciprocal,
+        UnaryFn::Neg,
+    ] {
+        let positive = Tensor::f32(vec![2, 3, 5], r.take(30, |x| x.abs() * 5.0 + 0.1));
+        check(
+            "unary",
+            Op::Unary { f },
+            &[&positive],
+            (DType::F32, &[2, 3, 5]),
+        );
+    }
+    let ints = Tensor::i64(
+        vec![4, 6],
+        r.take(24, |x| (x * 1e18).round())
+            .iter()
+            .map(|&v| v as i64)
+            .collect(),
+    );
+    let sum = Op::ReduceAxes {
+        f: ReduceFn::Sum,
+        axes: vec![1],
+        keepdims: true,
+    };
+    check("i64_sum", sum, &[&ints], (DType::I64, &[4, 1]));
 }
