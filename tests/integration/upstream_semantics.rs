@@ -27,6 +27,8 @@ const LOWERING: &[&str] = &[
     "--lower-affine",
     "--finalize-memref-to-llvm",
     "--convert-math-to-llvm",
+    // What LLVM has no intrinsic for (`math.erf`) as the C library's function.
+    "--convert-math-to-libm",
     "--convert-arith-to-llvm",
     "--convert-index-to-llvm",
     "--convert-func-to-llvm",
@@ -108,14 +110,19 @@ fn bytes(b: &[u8]) -> String {
 }
 
 fn tensor_type(dtype: DType, shape: &[usize]) -> String {
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    format!("tensor<{}x{}>", dims.join("x"), dtype.mlir())
+    let dims: String = shape.iter().map(|d| format!("{d}x")).collect();
+    format!("tensor<{dims}{}>", dtype.mlir())
 }
 
 /// The printed program with a `main` that calls its function on `inputs` and prints the
 /// result's bits (an f32's as i32).
 fn runnable(p: &Program, inputs: &[&Tensor], out: (DType, &[usize])) -> String {
-    let text = print_core(&[p]);
+    with_main(&print_core(&[p]), inputs, out)
+}
+
+/// `text` (a module of one function, `@rank0`) with a `main` that calls it on `inputs` and
+/// prints the result's bits, and the schedule that decomposes its softmaxes.
+fn with_main(text: &str, inputs: &[&Tensor], out: (DType, &[usize])) -> String {
     let end = text.rfind("} loc(").expect("the module's end");
     let (result, bits) = (tensor_type(out.0, out.1), tensor_type(DType::I32, out.1));
     let mut main = String::from("  func.func private @printMemrefI32(memref<*xi32>) attributes {llvm.emit_c_interface}\n  func.func private @printMemrefI64(memref<*xi64>) attributes {llvm.emit_c_interface}\n  func.func @main() {\n");
@@ -162,11 +169,14 @@ fn runnable(p: &Program, inputs: &[&Tensor], out: (DType, &[usize])) -> String {
         memref(&ty),
     );
     let text = format!("{}{main}{SCHEDULE}{}", &text[..end], &text[end..]);
-    text.replacen(
-        "module {",
-        "module attributes {transform.with_named_sequence} {",
-        1,
-    )
+    match text.strip_prefix("module {") {
+        Some(rest) => format!("module attributes {{transform.with_named_sequence}} {{{rest}"),
+        None => text.replacen(
+            "module attributes {",
+            "module attributes {transform.with_named_sequence, ",
+            1,
+        ),
+    }
 }
 
 /// The transform schedule that decomposes a `linalg.softmax` into the generics it is defined
@@ -473,4 +483,67 @@ fn data_movement_casts_comparisons_and_math_run_in_upstream_mlir_as_ppmoe_comput
         keepdims: true,
     };
     check("i64_sum", sum, &[&ints], (DType::I64, &[4, 1]));
+}
+
+/// A whole MoE layer in upstream MLIR: JAX's GShard top-2 layer (capacity 2x, dropping what
+/// overflows; its routing left unraised without its weights, so its `core` IR is arg-maxes,
+/// running sums, matmuls and elementwise generics, no `core` op), as `ppmoe inspect --emit
+/// core` prints it, lowered and run by upstream MLIR on random tokens and weights, gives
+/// ppmoe's CPU output: to f32's precision (the matmuls' sums run in another order), every
+/// routing decision the same.
+#[test]
+fn a_whole_gshard_layer_runs_in_upstream_mlir_to_ppmoes_output() {
+    use crate::common::{fixtures_dir, ppmoe};
+    let model = fixtures_dir().join("jax_gshard_top2/model.mlir");
+    let model = model.display().to_string();
+    let core = ppmoe(&["inspect", &model, "--emit", "core"]);
+    assert_eq!(core.code, 0, "{}", core.stderr);
+    assert!(
+        !core.stdout.contains("\"core."),
+        "a core op is left:\n{}",
+        core.stdout
+    );
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle").display().to_string();
+    let compiled = ppmoe(&["compile", &model, "-o", &bundle]);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    // Tokens, the gate's weight, the experts' two stacks (the function's arguments, in order).
+    let mut r = Values(7);
+    let shapes: [&[usize]; 4] = [&[64, 64], &[64, 4], &[4, 64, 128], &[4, 128, 64]];
+    let inputs: Vec<Tensor> = (shapes.iter())
+        .map(|s| Tensor::f32(s.to_vec(), r.take(s.iter().product(), |x| x)))
+        .collect();
+    let mut args = vec!["run".to_string(), bundle, "--output-dir".into()];
+    let out_dir = work.path().join("out");
+    args.push(out_dir.display().to_string());
+    for (k, t) in inputs.iter().enumerate() {
+        let path = work.path().join(format!("arg{k}.npy"));
+        ppmoe_runtime::npy::write_npy(&path, t).unwrap();
+        args.extend(["--input".into(), format!("arg{k}={}", path.display())]);
+    }
+    let ran = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let want = ppmoe_runtime::npy::read_npy(&out_dir.join("out0.npy")).unwrap();
+    // Then the constants JAX's graph holds, the function's weight arguments, from the bundle.
+    let signature = (core.stdout.lines())
+        .find(|l| l.contains("func.func @rank0("))
+        .expect("the function");
+    let weights =
+        ppmoe_runtime::safetensors_io::Reader::open(&work.path().join("bundle/rank0.safetensors"))
+            .unwrap();
+    let constants: Vec<Tensor> = (signature.split("core.weight = \"").skip(1))
+        .map(|s| weights.tensor(s.split('"').next().unwrap()).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = inputs.iter().chain(&constants).collect();
+    let module = with_main(&core.stdout, &refs, (DType::F32, &[64, 64]));
+    let got: Vec<f64> = (run_upstream(&module, "gshard").iter())
+        .map(|&b| f32::from_bits(b as u32) as f64)
+        .collect();
+    let want: Vec<f64> = want.to_f32().iter().map(|&v| v as f64).collect();
+    assert_eq!(got.len(), want.len());
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff: Vec<f64> = got.iter().zip(&want).map(|(a, b)| a - b).collect();
+    let relative = norm(&diff) / norm(&want);
+    assert!(norm(&want) > 1.0, "a trivial output");
+    assert!(relative < 1e-6, "{relative:e} from ppmoe's output");
 }
