@@ -547,3 +547,59 @@ fn a_whole_gshard_layer_runs_in_upstream_mlir_to_ppmoes_output() {
     assert!(norm(&want) > 1.0, "a trivial output");
     assert!(relative < 1e-6, "{relative:e} from ppmoe's output");
 }
+
+/// A top-k's values and indices (each the function's one result in turn), run by upstream
+/// MLIR: the runtime kernel's bit for bit.
+fn check_top_k(name: &str, op: Op, x: &Tensor, shape: &[usize]) {
+    for (which, dtype) in [DType::F32, DType::I64].into_iter().enumerate() {
+        let mut p = program(op.clone(), &[x], (DType::F32, shape));
+        p.buffers.push(Buffer {
+            name: "i".into(),
+            dtype: DType::I64,
+            shape: shape.iter().map(|&d| Some(d)).collect(),
+            kind: BufferKind::Output,
+        });
+        p.instructions[0].outputs.push(2);
+        p.buffers[2 - which].kind = BufferKind::Temp;
+        p.outputs = vec![1 + which];
+        let module = runnable(&p, &[x], (dtype, shape));
+        assert!(
+            !module.contains("\"core.top_k"),
+            "{name}: a core op\n{module}"
+        );
+        let out = execute(&op, &[Some(x)], 2)
+            .expect("the kernel runs")
+            .remove(which);
+        let want: Vec<i64> = match dtype {
+            DType::F32 => (out.to_f32().iter())
+                .map(|v| v.to_bits() as i32 as i64)
+                .collect(),
+            _ => out.to_i64(),
+        };
+        assert_eq!(run_upstream(&module, name), want, "{name}: result {which}");
+    }
+}
+
+#[test]
+fn a_top_k_of_ties_and_nans_runs_in_upstream_mlir_as_ppmoe_orders_them() {
+    let mut r = Values(8);
+    let mut v = r.take(5 * 12, |x| (x * 3.0).round());
+    for at in [0, 7, 13, 30, 31] {
+        v[at] = f32::NAN;
+    }
+    let x = Tensor::f32(vec![5, 12], v);
+    for largest in [true, false] {
+        let op = Op::TopKAxis {
+            axis: 1,
+            k: 4,
+            largest,
+        };
+        check_top_k("top_k", op, &x, &[5, 4]);
+    }
+    let op = Op::TopKAxis {
+        axis: 0,
+        k: 5,
+        largest: true,
+    };
+    check_top_k("top_k_axis_0", op, &x, &[5, 12]);
+}

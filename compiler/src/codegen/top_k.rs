@@ -2,7 +2,9 @@
 //! one, beside the raised routing): one thread per row along the axis, k passes over the row,
 //! each taking the best element that comes after the previous pick in the order the CPU
 //! backend sorts by (value, largest or smallest first; equal values by lower index first), so
-//! the results are the CPU backend's for any finite input. Values as f32; indices as f32 too,
+//! the results are the CPU backend's for any finite input (the CPU backend, and the IR's
+//! `core::top_k` form, also order a NaN above every number; this kernel's passes compare
+//! with ordered predicates, under which a NaN is never after nor better than anything). Values as f32; indices as f32 too,
 //! as the device holds integers (exact: the axis is at most 2^24 long), read back as integers
 //! by whatever reads them on the host.
 
@@ -25,15 +27,20 @@ pub(super) fn generate(
     constant: &dyn Fn(Option<usize>) -> Option<Tensor>,
 ) -> Option<(String, String, usize)> {
     let ins = &p.instructions[idx];
-    let Op::TopK { axis, largest } = ins.op else {
-        return None;
+    let (axis, largest) = match ins.op {
+        Op::TopK { axis, largest } => (axis, largest),
+        Op::TopKAxis { axis, largest, .. } => (i64::try_from(axis).ok()?, largest),
+        _ => return None,
     };
     let bufs = operand_buffers(p, ins);
     let x = static_shape(bufs.first()?)?;
     if !bufs[0].dtype.is_float() || ins.outputs.len() != 2 {
         return None;
     }
-    let k = usize::try_from(*constant(*ins.inputs.get(1)?)?.to_i64().first()?).ok()?;
+    let k = match ins.op {
+        Op::TopKAxis { k, .. } => k,
+        _ => usize::try_from(*constant(*ins.inputs.get(1)?)?.to_i64().first()?).ok()?,
+    };
     let rank = x.len() as i64;
     let a = usize::try_from(if axis < 0 { axis + rank } else { axis }).ok()?;
     let len = *x.get(a)?;

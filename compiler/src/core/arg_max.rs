@@ -87,9 +87,9 @@ pub fn lines(
     (s, format!("{result}#1"))
 }
 
-/// Whether `op` (a `linalg.generic`) is of the arg-max's shape: two results.
+/// Whether `op` (a `linalg.generic`) is of the arg-max's shape: one input, two results.
 pub fn is_arg_max(op: &OperationRef) -> bool {
-    op.result_count() == 2
+    op.result_count() == 2 && op.operand_count() == 3
 }
 
 /// The body of an arg-max along `axis` (`max`, or an arg-min) as ppmoe prints it.

@@ -26,7 +26,9 @@
 use super::body::{body_is, Step, Use};
 use super::generic::array_strings;
 use super::read::tensor_type;
-use super::reduce::{iterator_list, strings, tensor, typed, PARALLEL, REDUCTION};
+use super::reduce::{
+    iterator_list, one_loop_more, one_loop_more_iterators, strings, tensor, typed, REDUCTION,
+};
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::ValueLike;
 use ppmoe_runtime::program::{Buffer, Op};
@@ -65,19 +67,8 @@ pub fn printable(op: &Op, x: &Buffer, out: &Buffer) -> Option<(usize, bool, bool
 /// The input's and the result's indexing maps and the iterator types of a running sum along
 /// `axis` of a rank-`rank` tensor: the result's loops, then the source position's.
 fn maps(rank: usize, axis: usize) -> (String, String, Vec<&'static str>) {
-    let dims: Vec<String> = (0..=rank).map(|d| format!("d{d}")).collect();
-    let mut read = dims[..rank].to_vec();
-    read[axis] = dims[rank].clone();
-    let map = |results: &[String]| {
-        format!(
-            "affine_map<({}) -> ({})>",
-            dims.join(", "),
-            results.join(", ")
-        )
-    };
-    let mut iterators = vec![PARALLEL; rank];
-    iterators.push(REDUCTION);
-    (map(&read), map(&dims[..rank]), iterators)
+    let (along, id) = one_loop_more(rank, axis);
+    (along, id, one_loop_more_iterators(rank))
 }
 
 fn predicate(exclusive: bool, reverse: bool) -> (&'static str, i64) {

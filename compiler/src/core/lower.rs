@@ -366,19 +366,21 @@ impl<'m> Lowering<'m> {
         }))
     }
 
+    /// The rank of the node's first operand and the value of its second where that is a
+    /// known constant (a CumSum's axis, a TopK's k).
+    fn rank_and_constant(&self, node: &Node) -> Option<(usize, i64)> {
+        let rank = self.types.get(node.inputs.first()?)?.dims.len();
+        let value = self.consts.get(node.inputs.get(1)?)?.to_i64();
+        Some((rank, *value.first()?))
+    }
+
     /// A CumSum whose axis operand is a known constant, as the running sum along that axis
     /// (`cum_sum_axis`), counted from the front.
     fn static_cum_sum(&self, node: &Node) -> Result<Option<Op>, CompileError> {
         let Op::CumSum { exclusive, reverse } = self.op_for(node)? else {
             return Ok(None);
         };
-        let rank = (node.inputs.first())
-            .and_then(|x| self.types.get(x))
-            .map(|t| t.dims.len());
-        let axis = (node.inputs.get(1))
-            .and_then(|n| self.consts.get(n))
-            .and_then(|a| a.to_i64().first().copied());
-        let (Some(rank), Some(axis)) = (rank, axis) else {
+        let Some((rank, axis)) = self.rank_and_constant(node) else {
             return Ok(None);
         };
         let axis = ppmoe_runtime::kernels::axis(axis, rank).map_err(|e| self.node_err(node, e))?;
@@ -387,6 +389,22 @@ impl<'m> Lowering<'m> {
             exclusive,
             reverse,
         }))
+    }
+
+    /// A TopK whose k operand is a known constant, as the top-k along its axis (`top_k_axis`),
+    /// counted from the front.
+    fn static_top_k(&self, node: &Node) -> Result<Option<Op>, CompileError> {
+        let Op::TopK { axis, largest } = self.op_for(node)? else {
+            return Ok(None);
+        };
+        let Some((rank, k)) = self.rank_and_constant(node) else {
+            return Ok(None);
+        };
+        let Ok(k) = usize::try_from(k) else {
+            return Ok(None);
+        };
+        let axis = ppmoe_runtime::kernels::axis(axis, rank).map_err(|e| self.node_err(node, e))?;
+        Ok(Some(Op::TopKAxis { axis, k, largest }))
     }
 
     /// A Slice whose input's shape and every bound (starts, ends, axes, steps) are known, as
@@ -611,6 +629,10 @@ impl<'m> Lowering<'m> {
                 if node.domain.is_empty() =>
             {
                 let op = self.static_reduce(node)?;
+                self.lower_static(node, op)
+            }
+            "TopK" if node.domain.is_empty() => {
+                let op = self.static_top_k(node)?;
                 self.lower_static(node, op)
             }
             "CumSum" if node.domain.is_empty() => {

@@ -13,6 +13,7 @@ pub mod one_instruction;
 pub mod print;
 pub mod read;
 pub mod reduce;
+pub mod top_k;
 pub mod upstream;
 
 pub use lower::{

@@ -382,6 +382,22 @@ fn print_instruction(
             return;
         }
     }
+    if let (Some(&Some(x)), &[values, indices]) = (ins.inputs.first(), &ins.outputs[..]) {
+        let outs = [&p.buffers[values], &p.buffers[indices]];
+        if let Some((axis, k, largest)) = super::top_k::printable(&ins.op, &p.buffers[x], outs) {
+            let result = format!("%v{i}_w");
+            let text = super::top_k::lines(
+                (i, axis, k, largest),
+                (&names[x], &p.buffers[x]),
+                &result,
+                &location(p, ins, false),
+            );
+            body.push_str(&text);
+            names[values] = format!("{result}#0");
+            names[indices] = format!("{result}#1");
+            return;
+        }
+    }
     let operands: Vec<Option<&Buffer>> = (ins.inputs.iter())
         .map(|b| b.map(|b| &p.buffers[b]))
         .collect();

@@ -553,8 +553,10 @@ impl FunctionReader {
         if full == WIDENING && op.has_attribute("ppmoe.widens") {
             return self.widen(op);
         }
-        if full == "linalg.generic" && super::layer_norm::is_part(op) {
-            // A layer norm's row, read as part of its normalisation (which checks it).
+        if full == "linalg.generic" && (super::layer_norm::is_part(op) || super::top_k::is_part(op))
+        {
+            // A layer norm's row or a top-k's ranks, read as part of the instruction (which
+            // checks it).
             let row = op.result(0).map_err(|e| e.to_string())?;
             self.empties.insert(handle(row));
             return Ok(());
@@ -653,7 +655,7 @@ impl FunctionReader {
                 }
             }
             Op::LayerNorm { .. } => {
-                let parts = super::layer_norm::parts(op);
+                let parts = parts_of(op);
                 let starts = |p: &OperationRef, k: usize| {
                     let v = p.operand(k).map(handle).ok();
                     let start = v.and_then(|v| self.known.fills.get(&v));
@@ -663,6 +665,16 @@ impl FunctionReader {
                     matches!(&parts[..], [sum, squares] if starts(sum, 1) && starts(squares, 2));
                 if !zero {
                     return Err("a layer norm's rows start from their destinations: expected zero linalg.fills".into());
+                }
+            }
+            Op::TopKAxis { .. } => {
+                let ranks = parts_of(op);
+                let rank_start = ranks.first().is_some_and(|r| {
+                    let v = r.operand(2).map(handle).ok();
+                    v.is_some_and(|v| self.known.zero_fills.contains(&v))
+                });
+                if fill(2) != Some(0.0) || fill(3) != Some(0.0) || !rank_start {
+                    return Err("a top-k's ranks and picks start from their destinations: expected zero linalg.fills".into());
                 }
             }
             Op::CumSumAxis { .. } if fill(1) != Some(0.0) => {
@@ -1142,6 +1154,14 @@ pub(crate) fn users<'c, 'a>(value: melior::ir::Value<'c, 'a>) -> Vec<OperationRe
         use_ = unsafe { mlir_sys::mlirOpOperandGetNextUse(use_) };
     }
     owners
+}
+
+/// The ops read as part of `op`'s instruction, which it reads: a layer norm's rows, a
+/// top-k's ranks.
+pub(crate) fn parts_of<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
+    let mut parts = super::layer_norm::parts(op);
+    parts.extend(super::top_k::parts(op));
+    parts
 }
 
 /// How many of `op`'s results come before those its instruction makes (which the runtime does

@@ -124,6 +124,30 @@ pub(super) fn typed(
         .and_then(|v| tensor_type(v.r#type()))
 }
 
+/// Maps over a rank-`rank` tensor's loops and one more (`d<rank>`: a running sum's source
+/// position, a top-k's other element): the tensor read at that loop along `axis`, and read at
+/// its own (the identity over the first `rank` loops).
+pub(super) fn one_loop_more(rank: usize, axis: usize) -> (String, String) {
+    let dims: Vec<String> = (0..=rank).map(|d| format!("d{d}")).collect();
+    let mut along = dims[..rank].to_vec();
+    along[axis] = dims[rank].clone();
+    let map = |results: &[String]| {
+        format!(
+            "affine_map<({}) -> ({})>",
+            dims.join(", "),
+            results.join(", ")
+        )
+    };
+    (map(&along), map(&dims[..rank]))
+}
+
+/// The iterators of `one_loop_more`'s loops: the tensor's parallel, the one more a reduction.
+pub(super) fn one_loop_more_iterators(rank: usize) -> Vec<&'static str> {
+    let mut loops = vec![PARALLEL; rank];
+    loops.push(REDUCTION);
+    loops
+}
+
 /// Iterator types as the generic form's `iterator_types` spells them.
 pub(super) fn iterator_list(iterators: &[&str]) -> String {
     let quoted: Vec<&str> = (iterators.iter())

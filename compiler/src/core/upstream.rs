@@ -635,6 +635,7 @@ pub fn read_upstream(
             .ok_or_else(|| format!("'{name}': expected a static result")),
         "arith.extf" | "arith.truncf" | "arith.extui" | "arith.extsi" | "arith.trunci"
         | "arith.sitofp" | "arith.uitofp" => read_cast(op, name, result),
+        "linalg.generic" if super::top_k::is_top_k(op) => super::top_k::read(op),
         "linalg.generic" if super::arg_max::is_arg_max(op) => super::arg_max::read(op),
         "linalg.generic" if super::cum_sum::is_cum_sum(op) => super::cum_sum::read(op),
         "linalg.generic" if super::reduce::is_reduction(op) => super::reduce::read_reduction(op),

@@ -4,7 +4,8 @@
 
 use super::func_ops::{block_ops, body};
 use crate::core::read::{
-    location_names, op_name, skipped_results, tensor_type, ReadProgram, NARROWING, WIDENING,
+    location_names, op_name, parts_of, skipped_results, tensor_type, ReadProgram, NARROWING,
+    WIDENING,
 };
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
@@ -220,12 +221,7 @@ fn operand_makers(op: &OperationRef) -> Vec<usize> {
     let (k, maker_name) = match op_name(op).as_str() {
         "tensor.gather" => (1, "tensor.expand_shape"),
         "linalg.softmax" => (0, WIDENING),
-        _ => {
-            return crate::core::layer_norm::parts(op)
-                .iter()
-                .map(address)
-                .collect()
-        }
+        _ => return parts_of(op).iter().map(address).collect(),
     };
     let made = op
         .operand(k)

@@ -95,7 +95,7 @@ fn make_again(context: &Context, op: OperationRef, read: Op) -> Result<(), Strin
 /// gather's indices as they are before their index axis is appended.
 pub fn instruction_inputs<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<Value<'c, 'a>> {
     let address = |o: &OperationRef| o.to_raw().ptr as usize;
-    let parts: Vec<usize> = (crate::core::layer_norm::parts(op).iter())
+    let parts: Vec<usize> = (crate::core::read::parts_of(op).iter())
         .map(address)
         .collect();
     (op.operands())

@@ -168,17 +168,43 @@ pub fn scatter_elements(
     scatter(data, updates, &targets, r)
 }
 
-/// Top-k along an axis; ties keep the lower index first (stable), as PyTorch's CPU top-k does.
+/// TopK (ONNX's), its k an operand.
 pub fn topk(x: &Tensor, k: &Tensor, ax: i64, largest: bool) -> KResult<Vec<Tensor>> {
     let a = axis(ax, x.shape.len())?;
-    let k = *k.to_i64().first().ok_or("TopK needs k")? as usize;
+    let k = *k.to_i64().first().ok_or("TopK needs k")?;
+    let k = usize::try_from(k).map_err(|_| format!("TopK k={k}"))?;
+    topk_along(x, a, k, largest)
+}
+
+/// The order top-k picks in, of the largest first: a NaN above every number (as PyTorch's
+/// top-k places it), NaNs equal to each other; the caller's stable sort keeps equal values in
+/// index order.
+fn descending(a: f32, b: f32) -> std::cmp::Ordering {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let ascending = match (a.is_nan(), b.is_nan()) {
+        (true, true) => Equal,
+        (true, false) => Greater,
+        (false, true) => Less,
+        _ => a.partial_cmp(&b).unwrap_or(Equal),
+    };
+    ascending.reverse()
+}
+
+/// The k largest (or smallest) elements along axis `a` (counted from the front) and their
+/// indices, in order (see `descending`; equal values by lower index first, as PyTorch's CPU
+/// top-k).
+pub fn topk_along(x: &Tensor, a: usize, k: usize, largest: bool) -> KResult<Vec<Tensor>> {
+    if a >= x.shape.len() {
+        return Err(format!(
+            "TopK along axis {a} of a rank-{} tensor",
+            x.shape.len()
+        ));
+    }
     let (outer, len, inner) = (numel(&x.shape[..a]), x.shape[a], numel(&x.shape[a + 1..]));
     if k > len {
         return Err(format!("TopK k={k} exceeds the axis size {len}"));
     }
     let v = x.to_f32();
-    let mut vals = Vec::with_capacity(outer * k * inner);
-    let mut ids = Vec::with_capacity(outer * k * inner);
     let mut shape = x.shape.clone();
     shape[a] = k;
     let mut order: Vec<usize> = Vec::with_capacity(len);
@@ -189,13 +215,11 @@ pub fn topk(x: &Tensor, k: &Tensor, ax: i64, largest: bool) -> KResult<Vec<Tenso
             order.clear();
             order.extend(0..len);
             order.sort_by(|&p, &q| {
-                let c = at(p)
-                    .partial_cmp(&at(q))
-                    .unwrap_or(std::cmp::Ordering::Equal);
+                let c = descending(at(p), at(q));
                 if largest {
-                    c.reverse()
-                } else {
                     c
+                } else {
+                    c.reverse()
                 }
             });
             for (j, &src) in order.iter().take(k).enumerate() {
@@ -203,10 +227,7 @@ pub fn topk(x: &Tensor, k: &Tensor, ax: i64, largest: bool) -> KResult<Vec<Tenso
             }
         }
     }
-    for (val, id) in res {
-        vals.push(val);
-        ids.push(id);
-    }
+    let (vals, ids): (Vec<f32>, Vec<i64>) = res.into_iter().unzip();
     let values = match *x.data {
         Data::F32(_) => Tensor::f32(shape.clone(), vals).with_dtype(x.dtype),
         _ => {
@@ -323,6 +344,22 @@ pub fn nonzero(x: &Tensor) -> Tensor {
 mod tests {
     use super::*;
     use crate::tensor::DType;
+
+    /// Top-k orders a NaN above every number (first of the largest, last of the smallest),
+    /// NaNs and equal values by lower index first; along a static axis it is ONNX's TopK.
+    #[test]
+    fn top_k_puts_nans_above_every_number_and_ties_in_index_order() {
+        let nan = f32::NAN;
+        let x = Tensor::f32(vec![1, 6], vec![2.0, nan, 5.0, 2.0, nan, -1.0]);
+        let ids = |largest, k| topk_along(&x, 1, k, largest).unwrap()[1].to_i64();
+        assert_eq!(ids(true, 6), [1, 4, 2, 0, 3, 5]);
+        assert_eq!(ids(false, 6), [5, 0, 3, 2, 1, 4]);
+        let k = Tensor::i64(vec![1], vec![3]);
+        let onnx = topk(&x, &k, -1, true).unwrap();
+        assert_eq!(onnx[1].to_i64(), ids(true, 3));
+        assert!(topk_along(&x, 1, 7, true).is_err());
+        assert!(topk_along(&x, 2, 1, true).is_err());
+    }
 
     #[test]
     fn sizes_from_data_are_checked_before_anything_is_allocated() {

@@ -141,6 +141,7 @@ fn execute_op(op: &Op, inputs: &[Option<&Tensor>], n_outputs: usize) -> KResult<
             *reduction,
         )),
         Op::TopK { axis, largest } => index::topk(arg(0)?, arg(1)?, *axis, *largest),
+        Op::TopKAxis { axis, k, largest } => index::topk_along(arg(0)?, *axis, *k, *largest),
         Op::OneHot { axis } => one(index::one_hot(arg(0)?, arg(1)?, arg(2)?, *axis)),
         Op::Trilu { upper } => one(index::trilu(arg(0)?, opt(1), *upper)),
         Op::NonZero => one(Ok(index::nonzero(arg(0)?))),

@@ -303,6 +303,13 @@ pub enum Op {
         axis: i64,
         largest: bool,
     },
+    /// (x) -> (values, indices): the k largest (or smallest) along an axis known at compile
+    /// time, counted from the front: `TopK` with its k operand spent.
+    TopKAxis {
+        axis: usize,
+        k: usize,
+        largest: bool,
+    },
     /// (indices, depth, values)
     OneHot {
         axis: i64,
@@ -587,7 +594,7 @@ impl Program {
             }
             let results = match ins.op {
                 Op::Send { .. } => Some(0),
-                Op::TopK { .. } | Op::MoeRoute { .. } => Some(2),
+                Op::TopK { .. } | Op::TopKAxis { .. } | Op::MoeRoute { .. } => Some(2),
                 Op::MoeLocalSlice { .. } => Some(3),
                 Op::Split { .. } => None,
                 _ => Some(1),

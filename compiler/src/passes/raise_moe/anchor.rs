@@ -5,7 +5,9 @@
 
 use crate::core::CoreProgram;
 use crate::moe::region::{backward_slice, live_ins, live_outs};
-use ppmoe_runtime::program::{BufferId, BufferKind, Op, RouteOrder, Scoring, UnaryFn};
+use ppmoe_runtime::program::{
+    BufferId, BufferKind, Instruction, Op, Program, RouteOrder, Scoring, UnaryFn,
+};
 use ppmoe_runtime::Tensor;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -162,21 +164,26 @@ fn biased_sigmoid(
     })?;
     // ... and the top-k over the [T, G] group scores, whose k is topk_group.
     let topk_group = prog.instructions.iter().find_map(|ins| {
-        let Op::TopK { .. } = ins.op else {
-            return None;
-        };
         let input = ins.inputs.first().copied().flatten()?;
         if prog.buffers[input].shape[..] != [Some(t), Some(n_group)] {
             return None;
         }
-        let k = weights.get(
-            prog.buffers[ins.inputs.get(1).copied().flatten()?]
-                .name
-                .as_str(),
-        )?;
-        k.to_i64().first().map(|&k| k as usize)
+        top_k_of(prog, ins, weights)
     })?;
     Some((logits, (bias, n_group, topk_group)))
+}
+
+/// The k of a top-k instruction: its own (`top_k_axis`), or its k operand's constant value.
+fn top_k_of(prog: &Program, ins: &Instruction, weights: &HashMap<&str, &Tensor>) -> Option<usize> {
+    match ins.op {
+        Op::TopKAxis { k, .. } => Some(k),
+        Op::TopK { .. } => {
+            let operand = ins.inputs.get(1).copied().flatten()?;
+            let k = weights.get(prog.buffers[operand].name.as_str())?;
+            usize::try_from(*k.to_i64().first()?).ok()
+        }
+        _ => None,
+    }
 }
 
 pub(super) fn find_anchor(
@@ -199,16 +206,8 @@ pub(super) fn find_anchor(
     }
     let producer = prod.get(&src).map(|&j| &prog.instructions[j].op);
     match &ins.op {
-        Op::TopK { .. } => {
-            let k = ins
-                .inputs
-                .get(1)
-                .copied()
-                .flatten()
-                .and_then(|b| weights.get(prog.buffers[b].name.as_str()))?
-                .to_i64()
-                .first()
-                .copied()? as usize;
+        Op::TopK { .. } | Op::TopKAxis { .. } => {
+            let k = top_k_of(prog, ins, weights)?;
             if let Some((logits, biased)) = biased_sigmoid(p, prod, weights, src) {
                 return Some(Anchor {
                     logits,

@@ -353,7 +353,7 @@ fn shared_experts(core: &CoreProgram, output: BufferId, tokens: &HashSet<BufferI
         let routed = region.iter().any(|&i| {
             matches!(
                 prog.instructions[i].op,
-                Op::MoeRoute { .. } | Op::TopK { .. }
+                Op::MoeRoute { .. } | Op::TopK { .. } | Op::TopKAxis { .. }
             )
         });
         if reads_tokens && !routed {
@@ -403,8 +403,10 @@ pub fn raise_layers(
             .iter()
             .enumerate()
             .find(|(_, ins)| {
-                matches!(ins.op, Op::TopK { .. } | Op::ArgMax { max: true, .. })
-                    && !tried.contains(&work.program.buffers[ins.outputs[0]].name)
+                matches!(
+                    ins.op,
+                    Op::TopK { .. } | Op::TopKAxis { .. } | Op::ArgMax { max: true, .. }
+                ) && !tried.contains(&work.program.buffers[ins.outputs[0]].name)
             });
         let Some((i, ins)) = next else { break };
         let key = work.program.buffers[ins.outputs[0]].name.clone();
