@@ -483,6 +483,16 @@ fn data_movement_casts_comparisons_and_math_run_in_upstream_mlir_as_ppmoe_comput
         keepdims: true,
     };
     check("i64_sum", sum, &[&ints], (DType::I64, &[4, 1]));
+    // Indices clamped into range: i64 maxima and minima, broadcasting a scalar bound.
+    let bound = Tensor::i64(vec![], vec![1 << 40]);
+    for f in [BinaryFn::Max, BinaryFn::Min] {
+        check(
+            "i64_clamp",
+            Op::Binary { f },
+            &[&ints, &bound],
+            (DType::I64, &[4, 6]),
+        );
+    }
 }
 
 /// A whole MoE layer in upstream MLIR: JAX's GShard top-2 layer (capacity 2x, dropping what

@@ -9,7 +9,8 @@
 //!   `arith` defines (f32 carries at least 2p + 2 bits of a p-bit type's operands, so that
 //!   rounding twice is rounding once: Figueroa, 1995);
 //! - i32 and i64 arithmetic: `arith.addi/subi/muli`, which wrap at the type's width, as
-//!   ppmoe's integer arithmetic does;
+//!   ppmoe's integer arithmetic does, and the signed maximum and minimum `arith.maxsi/minsi`
+//!   (an index clamped into range);
 //! - comparisons, whose result is `i1`: `arith.cmpf` with ordered predicates for floats (a NaN
 //!   compares false, as in ppmoe), `arith.cmpi` with signed ones for i32 and i64, `eq` for
 //!   booleans;
@@ -85,12 +86,14 @@ pub const FLOAT_BINARY: &[(BinaryFn, &str)] = &[
     (BinaryFn::Min, "arith.minnumf"),
 ];
 
-/// Integer arithmetic that wraps as ppmoe's does (division is left out: ppmoe refuses a zero
-/// divisor, where `arith.divsi` is undefined).
+/// Integer arithmetic that wraps as ppmoe's does, and the signed maximum and minimum (division
+/// is left out: ppmoe refuses a zero divisor, where `arith.divsi` is undefined).
 const INTEGER_BINARY: &[(BinaryFn, &str)] = &[
     (BinaryFn::Add, "arith.addi"),
     (BinaryFn::Sub, "arith.subi"),
     (BinaryFn::Mul, "arith.muli"),
+    (BinaryFn::Max, "arith.maxsi"),
+    (BinaryFn::Min, "arith.minsi"),
 ];
 
 /// Boolean logic as `arith`'s bitwise ops on `i1`.
@@ -556,6 +559,14 @@ mod tests {
         assert_eq!(
             scalar(add.clone(), I32, I32, I32),
             Some(Scalar::Binary("arith.addi"))
+        );
+        assert_eq!(
+            scalar(binary(BinaryFn::Max), I64, I64, I64),
+            Some(Scalar::Binary("arith.maxsi"))
+        );
+        assert_eq!(
+            scalar(binary(BinaryFn::Min), I32, I32, I32),
+            Some(Scalar::Binary("arith.minsi"))
         );
         assert_eq!(
             scalar(add.clone(), F32, F32, F32),
