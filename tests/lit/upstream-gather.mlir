@@ -45,12 +45,25 @@
 
 // RUN: not %ppmoe opt %t/returned.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=RETURNED
 // RETURNED: error: {{.*}}returned.mlir: {{.*}}'tensor.expand_shape': ppmoe reads one only as a tensor.gather's indices with a unit axis appended
-// RUN: not %ppmoe opt %t/bare.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=BARE
-// BARE: error: {{.*}}bare.mlir: {{.*}}'tensor.gather': its indices are not a tensor.expand_shape's
+// Indices no tensor.expand_shape made are index tuples along their last axis: a GatherND.
+// RUN: %ppmoe opt %t/bare.mlir --pass-pipeline='builtin.module()' | FileCheck %s --check-prefix=BARE
+// BARE: tensor.gather %arg0[%arg1] gather_dims([0]) : (tensor<8x4xf32>, tensor<2x3x1xi64>) -> tensor<2x3x4xf32>
 // RUN: not %ppmoe opt %t/kept.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=KEPT
 // KEPT: error: {{.*}}kept.mlir: {{.*}}'tensor.gather': a result that is not rank-reduced
 // RUN: not %ppmoe opt %t/axis.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=AXIS
 // AXIS: error: {{.*}}axis.mlir: {{.*}}'tensor.gather': gather_dims Some([1]); ppmoe gathers along axis 0 only
+
+// A GatherND without batch axes (the gather-the-weights routing's expert weights, before the
+// raise) prints as tensor.gather of its index tuples as they are, gather_dims the data's
+// first axes, rank-reduced; it reads back as itself. Other gather_dims of such indices are
+// refused by name.
+// RUN: %ppmoe inspect %fixtures/mixtral_block_dynamo/model.onnx --input-shape hidden_states=1x16x64 --emit core > %t/nd.mlir
+// RUN: FileCheck %s --check-prefix=ND < %t/nd.mlir
+// RUN: %ppmoe opt %t/nd.mlir --pass-pipeline='builtin.module()' | diff %t/nd.mlir -
+// ND: tensor.gather %arg4[%{{.*}}] gather_dims([0]) : (tensor<4x256x64xf32>, tensor<32x1xi64>) -> tensor<32x256x64xf32>
+// ND-NOT: "core.gather_nd"
+// RUN: not %ppmoe opt %t/dims.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=DIMS
+// DIMS: error: {{.*}}dims.mlir: {{.*}}'tensor.gather': gather_dims Some([1]) of indices no tensor.expand_shape made
 
 //--- core.mlir
 module attributes {ppmoe.stage = "core", ppmoe.source = {model = "@FIXTURES@/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
@@ -93,5 +106,13 @@ module attributes {ppmoe.stage = "core", ppmoe.source = {model = "@FIXTURES@/mix
     %e = tensor.expand_shape %ids [[0], [1, 2]] output_shape [2, 3, 1] : tensor<2x3xi64> into tensor<2x3x1xi64> loc(unknown)
     %0 = tensor.gather %t[%e] gather_dims([1]) : (tensor<8x4xf32>, tensor<2x3x1xi64>) -> tensor<2x3x8xf32> loc("rows"("node_rows"))
     func.return %0 : tensor<2x3x8xf32>
+  }
+}
+
+//--- dims.mlir
+module attributes {ppmoe.stage = "core", ppmoe.source = {model = "@FIXTURES@/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
+  func.func @rank0(%t: tensor<4x4xf32> {core.input = "t"}, %ids: tensor<3x1xi64> {core.input = "ids"}) -> (tensor<3x4xf32> {core.output = "cols"}) {
+    %0 = tensor.gather %t[%ids] gather_dims([1]) : (tensor<4x4xf32>, tensor<3x1xi64>) -> tensor<3x4xf32> loc("cols"("node_cols"))
+    func.return %0 : tensor<3x4xf32>
   }
 }

@@ -78,6 +78,12 @@ pub enum Upstream {
         indices: Vec<usize>,
         index: DType,
     },
+    /// A GatherND without batch axes as `tensor.gather` of its indices as they are, with
+    /// `gather_dims` the data's first axes, as many as an index tuple has, its result
+    /// rank-reduced (an index out of range as for `Gather`).
+    GatherNd {
+        depth: usize,
+    },
     /// An f32 unary function upstream has no op for (the sigmoid, the reciprocal) as a
     /// `linalg.map` of the `arith` and `math` ops ppmoe computes it by (`COMPOSITES`).
     Composite(UnaryFn),
@@ -161,6 +167,7 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
             })
         }
         Op::Gather { axis } => gather(*axis, inputs, output),
+        Op::GatherNd { batch_dims: 0 } => gather_nd(inputs, output),
         Op::Cast { to } => {
             let fits = one_input && *to == output.dtype && inputs[0].shape == output.shape;
             cast_name(inputs[0].dtype, *to)
@@ -186,6 +193,25 @@ fn gather(axis: i64, inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
         indices: dims(indices),
         index: indices.dtype,
     })
+}
+
+/// A GatherND without batch axes of integer index tuples whose result is the indices' shape
+/// without the tuples' axis, followed by the data's past the axes a tuple indexes.
+fn gather_nd(inputs: &[&Buffer], output: &Buffer) -> Option<Upstream> {
+    let [data, indices] = inputs else { return None };
+    let dims = |b: &Buffer| b.shape.iter().flatten().copied().collect::<Vec<usize>>();
+    let (data_dims, index_dims) = (dims(data), dims(indices));
+    let (&depth, batch) = index_dims.split_last()?;
+    let integer = matches!(indices.dtype, DType::I32 | DType::I64);
+    let made: Vec<usize> = (batch.iter().copied())
+        .chain(data_dims.iter().skip(depth).copied())
+        .collect();
+    let fits = integer
+        && depth >= 1
+        && depth <= data_dims.len()
+        && data.dtype == output.dtype
+        && dims(output) == made;
+    fits.then_some(Upstream::GatherNd { depth })
 }
 
 /// The `linalg.generic` form of an elementwise `op` (`generic`), where it has one.
@@ -299,6 +325,20 @@ pub fn upstream_lines(
             )
         }
         Upstream::Cast(name) => (vec![], format!("{result} = {name} {n} : {t} to {out}")),
+        Upstream::GatherNd { depth } => {
+            let dims: Vec<String> = (0..*depth).map(|d| d.to_string()).collect();
+            (
+                vec![],
+                format!(
+                    "{result} = tensor.gather {}[{}] gather_dims([{}]) : ({}, {}) -> {out}",
+                    names.first().copied().unwrap_or_default(),
+                    names.get(1).copied().unwrap_or_default(),
+                    dims.join(", "),
+                    types.first().copied().unwrap_or_default(),
+                    types.get(1).copied().unwrap_or_default(),
+                ),
+            )
+        }
         Upstream::Gather { indices, index } => {
             let (data, data_type) = (names.first().copied(), types.first().copied());
             let (ids, ids_type) = (names.get(1).copied(), types.get(1).copied());
@@ -658,11 +698,6 @@ pub fn read_upstream(
 fn read_gather(op: &OperationRef) -> Result<Op, String> {
     let refuse = |what: &str| format!("'tensor.gather': {what}");
     let dims = (op.attribute("gather_dims").ok()).and_then(super::read::i64_list);
-    if dims != Some(vec![0]) {
-        return Err(refuse(&format!(
-            "gather_dims {dims:?}; ppmoe gathers along axis 0 only ([0])"
-        )));
-    }
     let rank = |k: usize| {
         (op.operand(k).ok())
             .and_then(|v| super::read::tensor_type(v.r#type()).ok())
@@ -675,9 +710,24 @@ fn read_gather(op: &OperationRef) -> Result<Op, String> {
         .and_then(|v| melior::ir::operation::OperationResult::try_from(v).ok())
         .is_some_and(|r| super::read::op_name(&r.owner()) == "tensor.expand_shape");
     if !expanded {
-        return Err(refuse(
-            "its indices are not a tensor.expand_shape's (ppmoe appends the index axis so)",
-        ));
+        // A GatherND's: the data's first axes, as many as the last axis of the indices holds.
+        let depth = (op.operand(1).ok())
+            .and_then(|v| super::read::tensor_type(v.r#type()).ok())
+            .and_then(|(_, shape)| shape.last().copied().flatten());
+        let leading = depth.map(|q| (0..q as i64).collect::<Vec<i64>>());
+        return match (rank(0), rank(1), result_rank, depth) {
+            (Some(d), Some(i), Some(r), Some(q)) if dims == leading && q >= 1 && q <= d && r + 1 + q == d + i => {
+                Ok(Op::GatherNd { batch_dims: 0 })
+            }
+            _ => Err(refuse(&format!(
+                "gather_dims {dims:?} of indices no tensor.expand_shape made: ppmoe reads a gather along axis 0 of expanded indices, or the data's first axes for each index tuple (a GatherND), rank-reduced"
+            ))),
+        };
+    }
+    if dims != Some(vec![0]) {
+        return Err(refuse(&format!(
+            "gather_dims {dims:?}; ppmoe gathers along axis 0 only ([0])"
+        )));
     }
     match (rank(0), rank(1), result_rank) {
         (Some(d), Some(i), Some(r)) if d >= 1 && i >= 1 && r + 2 == d + i => {
@@ -908,7 +958,7 @@ mod tests {
             Upstream::Concat(_) => "tensor.concat",
             Upstream::Reshape(_) => "tensor.reshape",
             Upstream::ExtractSlice { .. } => "tensor.extract_slice",
-            Upstream::Gather { .. } => "tensor.gather",
+            Upstream::Gather { .. } | Upstream::GatherNd { .. } => "tensor.gather",
             Upstream::Composite(_) => "composite",
             Upstream::BroadcastMatmul => "linalg.batch_matmul (broadcast)",
             Upstream::Contract(_) => "linalg.contract",
@@ -1047,5 +1097,34 @@ mod tests {
             assert_eq!(read_elementwise(name), Some(Op::Unary { f: *f }));
         }
         assert_eq!(read_elementwise("arith.addi"), None);
+    }
+
+    /// A GatherND without batch axes prints as `tensor.gather` of its index tuples over the
+    /// data's first axes (one or two), which MLIR verifies, and reads back as itself; one with
+    /// batch axes stays a `core` op.
+    #[test]
+    fn a_gather_nd_prints_as_a_tensor_gather_and_reads_back_as_itself() {
+        use crate::core::one_instruction::{program, round_trip};
+        for (depth, out) in [(1usize, vec![5, 3, 6]), (2, vec![5, 6])] {
+            let op = Op::GatherNd { batch_dims: 0 };
+            let mut p = program(op.clone(), (DType::F32, &[4, 3, 6]), (DType::F32, &out));
+            p.buffers.push(buffer(DType::I64, &[5, depth]));
+            p.buffers[2].kind = BufferKind::Input;
+            p.inputs.push(2);
+            p.instructions[0].inputs.push(Some(2));
+            let (text, read) = round_trip(&p);
+            assert!(text.contains("tensor.gather"), "{text}");
+            assert!(!text.contains("core.gather_nd"), "{text}");
+            assert_eq!(read.instructions[0].op, op, "{text}");
+        }
+        let batched = Op::GatherNd { batch_dims: 1 };
+        let inputs = [
+            &buffer(DType::F32, &[4, 3, 6]),
+            &buffer(DType::I64, &[4, 1]),
+        ];
+        assert_eq!(
+            upstream_form(&batched, &inputs, &buffer(DType::F32, &[4, 6])),
+            None
+        );
     }
 }
