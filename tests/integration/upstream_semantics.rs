@@ -361,7 +361,12 @@ fn elementwise_ops_and_softmaxes_run_in_upstream_mlir_as_ppmoe_rounds_them() {
     let sigmoid = Op::Unary {
         f: UnaryFn::Sigmoid,
     };
-    check("sigmoid", sigmoid, &[&x], (DType::F32, &[6, 16]));
+    check("sigmoid", sigmoid.clone(), &[&x], (DType::F32, &[6, 16]));
+    // Of bf16: widened, computed in f32, rounded once (as ppmoe computes it).
+    let half = Tensor::half(vec![6, 16], &x.to_f32(), DType::BF16);
+    check("sigmoid_bf16", sigmoid, &[&half], (DType::BF16, &[6, 16]));
+    let exp = Op::Unary { f: UnaryFn::Exp };
+    check("exp_bf16", exp, &[&half], (DType::BF16, &[6, 16]));
     // Softmaxes: of f32, and of bf16 (widened, the f32 softmax, narrowed).
     let logits = Tensor::f32(vec![6, 16], r.take(96, |x| x * 12.0));
     let softmax = |axis| Op::Softmax { axis, log: false };

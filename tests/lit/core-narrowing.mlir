@@ -21,6 +21,19 @@
 // SOFTMAX-NEXT: arith.truncf %[[P]] {ppmoe.narrows = true} : tensor<1x4x16x16xf32> to tensor<1x4x16x16xbf16>
 // SOFTMAX-NOT: core.softmax
 
+// A bf16 sigmoid (the SiLU of the experts, before the raise) likewise: widened, the f32
+// composite as a linalg.map, narrowed; the core IR reads back as itself.
+// RUN: %ppmoe inspect %fixtures/qwen3moe_lm_bf16_sdpa/model.onnx --emit core > %t.core.mlir
+// RUN: FileCheck %s --check-prefix=SIGMOID < %t.core.mlir
+// RUN: %ppmoe opt %t.core.mlir --pass-pipeline='builtin.module()' | diff %t.core.mlir -
+// SIGMOID: %[[X:.*]] = arith.extf %{{.*}} {ppmoe.widens = true} : tensor<32x64xbf16> to tensor<32x64xf32>
+// SIGMOID-NEXT: %[[E:.*]] = tensor.empty() : tensor<32x64xf32>
+// SIGMOID-NEXT: %[[S:.*]] = linalg.map ins(%[[X]] : tensor<32x64xf32>) outs(%[[E]] : tensor<32x64xf32>)
+// SIGMOID: arith.negf
+// SIGMOID-NEXT: math.exp
+// SIGMOID: arith.truncf %[[S]] {ppmoe.narrows = true} : tensor<32x64xf32> to tensor<32x64xbf16>
+// SIGMOID-NOT: "core.sigmoid"
+
 // RUN: sed -n 's|^// WIDEN-IR: ||p' %s | sed 's|@FIXTURES@|%fixtures|' > %t.widen.mlir
 // RUN: not %ppmoe opt %t.widen.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=ALONE
 // ALONE: error: {{.*}}widen.mlir: {{.*}}ppmoe.widens extends a half-precision operand to f32 for the one linalg.softmax that reads it, as ppmoe prints it

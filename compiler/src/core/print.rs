@@ -563,8 +563,8 @@ fn narrowed(p: &Program, ins: &Instruction) -> Option<(Buffer, Option<Upstream>)
             };
             (input.dtype != output.dtype).then_some((wide, None))
         }
-        Op::MatMul | Op::Softmax { .. } | Op::ReshapeTo { .. }
-            if matches!(output.dtype, DType::BF16 | DType::F16) =>
+        Op::MatMul | Op::Softmax { .. } | Op::ReshapeTo { .. } | Op::Unary { .. }
+            if matches!(output.dtype, DType::BF16 | DType::F16) && widens_or_narrows(&ins.op) =>
         {
             // A reshape narrows only an f32 operand (`tensor.reshape` keeps the element type).
             let input = p.buffers.get((*ins.inputs.first()?)?)?;
@@ -593,11 +593,26 @@ fn wide_form(p: &Program, ins: &Instruction, wide: &Buffer) -> Option<Upstream> 
     upstream_form(&ins.op, &inputs.iter().collect::<Vec<_>>(), wide)
 }
 
-/// `b` as an operand of `op` is read: a softmax's half-precision operand in f32 (ppmoe
-/// computes a softmax in f32); anything else as it is.
+/// Whether ppmoe computes `op` of half-precision values in f32 and rounds its result once:
+/// a softmax, and a function of one operand (a sigmoid, an exponential; not a negation or a
+/// boolean not, which print in their own type); any other op where `narrowed` takes it.
+fn widens_or_narrows(op: &ppmoe_runtime::program::Op) -> bool {
+    use ppmoe_runtime::program::{Op, UnaryFn};
+    !matches!(
+        op,
+        Op::Unary {
+            f: UnaryFn::Neg | UnaryFn::Not
+        }
+    )
+}
+
+/// `b` as an operand of `op` is read: a softmax's or a one-operand function's half-precision
+/// operand in f32 (ppmoe computes them in f32); anything else as it is.
 fn widening(op: &ppmoe_runtime::program::Op, b: &Buffer) -> Buffer {
-    let widens = matches!(op, ppmoe_runtime::program::Op::Softmax { .. })
-        && matches!(b.dtype, DType::BF16 | DType::F16);
+    use ppmoe_runtime::program::Op;
+    let computed_in_f32 =
+        matches!(op, Op::Softmax { .. } | Op::Unary { .. }) && widens_or_narrows(op);
+    let widens = computed_in_f32 && matches!(b.dtype, DType::BF16 | DType::F16);
     Buffer {
         dtype: if widens { DType::F32 } else { b.dtype },
         ..b.clone()

@@ -40,7 +40,7 @@ pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf", "linalg.gen
 pub(crate) const WIDENING: &str = "arith.extf";
 
 /// The ops whose operand may be so widened.
-const WIDENED_READERS: &[&str] = &["linalg.softmax"];
+const WIDENED_READERS: &[&str] = &["linalg.softmax", "linalg.map"];
 
 /// A tensor's element type and shape, as `read_as_its_operand` hands them to its check.
 type Typed<'s> = (DType, &'s [Option<usize>]);
@@ -757,7 +757,7 @@ impl FunctionReader {
                 Op::AllReduce { .. } | Op::AllGather { .. } | Op::AllToAll { .. } | Op::MatMul,
                 _,
             )) => name != "linalg.generic",
-            Some((Op::ReshapeTo { .. } | Op::Softmax { .. }, _)) => {
+            Some((Op::ReshapeTo { .. } | Op::Softmax { .. } | Op::Unary { .. }, _)) => {
                 name == "arith.truncf" && self.program.buffers[b].dtype == DType::F32
             }
             Some((Op::ReduceAxes { f, axes, .. }, inputs)) if *f == ReduceFn::Sum => {

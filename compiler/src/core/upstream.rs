@@ -6,8 +6,9 @@
 //!   operands f32 or stored in half precision) into a zero `linalg.fill` (linalg's matmuls add
 //!   the product to their destination; a half-precision result prints as the f32 one and an
 //!   `arith.truncf` marked `ppmoe.narrows`: `print::narrowed`), a transpose as
-//!   `linalg.transpose`, a softmax as `linalg.softmax` (of a half-precision operand widened
-//!   to f32 first, as ppmoe computes it: `print::widened_operand`), each into a `tensor.empty`;
+//!   `linalg.transpose`, a softmax as `linalg.softmax` (it, and an f32 function of one
+//!   operand, of a half-precision operand widened to f32 first and narrowed after, as ppmoe
+//!   computes them: `print::widened_operand`), each into a `tensor.empty`;
 //! - a concatenation as `tensor.concat`, a reshape to a static shape as `tensor.reshape` (the
 //!   shape an `arith.constant`), a gather along axis 0 as `tensor.gather` of the indices with
 //!   their index axis appended by a `tensor.expand_shape` (`Upstream::Gather`);

@@ -220,7 +220,7 @@ fn operand_makers(op: &OperationRef) -> Vec<usize> {
     let address = |o: &OperationRef| o.to_raw().ptr as usize;
     let (k, maker_name) = match op_name(op).as_str() {
         "tensor.gather" => (1, "tensor.expand_shape"),
-        "linalg.softmax" => (0, WIDENING),
+        "linalg.softmax" | "linalg.map" => (0, WIDENING),
         _ => return parts_of(op).iter().map(address).collect(),
     };
     let made = op
