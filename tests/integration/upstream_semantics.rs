@@ -449,6 +449,47 @@ fn data_movement_casts_comparisons_and_math_run_in_upstream_mlir_as_ppmoe_comput
     );
     check("to_i32", cast(DType::I32), &[&wide], (DType::I32, &[6]));
     check("to_f32", cast(DType::F32), &[&wide], (DType::F32, &[6]));
+    // f32 to integers: truncated, saturated at i64's range, NaN to 0, an i32 wrapped.
+    let edges = [
+        f32::NAN,
+        f32::INFINITY,
+        -f32::INFINITY,
+        9.3e18,
+        -9.3e18,
+        3e9,
+        -2.7,
+        2.7,
+    ];
+    let floats = Tensor::f32(vec![8], edges.to_vec());
+    check(
+        "f32_to_i64",
+        cast(DType::I64),
+        &[&floats],
+        (DType::I64, &[8]),
+    );
+    check(
+        "f32_to_i32",
+        cast(DType::I32),
+        &[&floats],
+        (DType::I32, &[8]),
+    );
+    // To booleans: not zero (-0.0 is zero, a NaN is not).
+    let mut signs = edges.to_vec();
+    signs[6] = -0.0;
+    signs[7] = 0.0;
+    let signs = Tensor::f32(vec![8], signs);
+    check(
+        "f32_to_bool",
+        cast(DType::Bool),
+        &[&signs],
+        (DType::Bool, &[8]),
+    );
+    check(
+        "i64_to_bool",
+        cast(DType::Bool),
+        &[&wide],
+        (DType::Bool, &[6]),
+    );
     // Comparisons give booleans (printed as i32 here); a NaN compares false.
     let mut v = r.take(30, |x| (x * 2.0).round());
     v[3] = f32::NAN;

@@ -3,6 +3,7 @@
 
 pub mod arg_max;
 pub mod body;
+pub mod cast_map;
 pub mod cum_sum;
 pub mod generic;
 pub mod header;

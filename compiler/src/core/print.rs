@@ -370,6 +370,18 @@ fn print_instruction(
             names[o] = result;
             return;
         }
+        if super::cast_map::printable(&ins.op, input, output) {
+            let result = format!("%v{i}_0");
+            let text = super::cast_map::lines(
+                i,
+                (&names[*x], input),
+                (&result, output.dtype),
+                &location(p, ins, false),
+            );
+            body.push_str(&text);
+            names[o] = result;
+            return;
+        }
         if let Some((axis, keepdims, max)) = super::arg_max::printable(&ins.op, input, output) {
             let (text, position) = super::arg_max::lines(
                 (i, axis, keepdims, max),

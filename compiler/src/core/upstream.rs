@@ -684,6 +684,7 @@ pub fn read_upstream(
         "linalg.generic" => read_generic(op),
         "tensor.extract_slice" => read_extract_slice(op, result),
         "tensor.gather" => read_gather(op),
+        "linalg.map" if super::cast_map::is_cast(op) => super::cast_map::read(op),
         "linalg.map" => read_composite(op)
             .map(|f| Op::Unary { f })
             .or_else(|| map_body(op).and_then(|body| read_elementwise(&body)))
