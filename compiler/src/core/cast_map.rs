@@ -55,11 +55,12 @@ pub fn printable(op: &Op, x: &Buffer, out: &Buffer) -> bool {
         && x.shape.iter().all(Option::is_some)
 }
 
-/// The comparison with zero a cast of `from` to a boolean is: the zero and the predicate.
-fn not_zero(from: DType) -> (&'static str, &'static str, i64) {
+/// The comparison with zero a cast of `from` to a boolean is: the zero as MLIR spells it,
+/// the op, its predicate's name and value.
+fn not_zero(from: DType) -> (&'static str, &'static str, &'static str, i64) {
     match from {
-        DType::F32 => ("0.000000e+00", "arith.cmpf une", UNE),
-        _ => ("0", "arith.cmpi ne", NE),
+        DType::F32 => ("0.000000e+00", "arith.cmpf", "une", UNE),
+        _ => ("0", "arith.cmpi", "ne", NE),
     }
 }
 
@@ -76,9 +77,9 @@ pub fn lines(
     let out_type = tensor(&x_buffer.shape, to.mlir());
     let (g, u) = (format!("%g{i}"), "loc(unknown)");
     if to == DType::Bool {
-        let (zero, compare, _) = not_zero(x_buffer.dtype);
+        let (zero, compare, predicate, _) = not_zero(x_buffer.dtype);
         return format!(
-            "    %d{i} = tensor.empty() : {out_type} {u}\n    {result} = linalg.map ins({x} : {x_type}) outs(%d{i} : {out_type})\n      ({g}_x: {from} {u}, {g}_o: i1 {u}) {{\n        {g}_zero = arith.constant {zero} : {from} {u}\n        {g}_b = {compare}, {g}_x, {g}_zero : {from} {u}\n        linalg.yield {g}_b : i1 {u}\n      }} loc({loc})\n"
+            "    %d{i} = tensor.empty() : {out_type} {u}\n    {result} = linalg.map ins({x} : {x_type}) outs(%d{i} : {out_type})\n      ({g}_x: {from} {u}, {g}_o: i1 {u}) {{\n        {g}_zero = arith.constant {zero} : {from} {u}\n        {g}_b = {compare} {predicate}, {g}_x, {g}_zero : {from} {u}\n        linalg.yield {g}_b : i1 {u}\n      }} loc({loc})\n"
         );
     }
     let (last, narrow) = match to {
@@ -106,15 +107,14 @@ const NE: i64 = 1;
 fn body(from: DType, to: DType) -> Vec<Step> {
     use Use::{Arg, Step as S};
     if to == DType::Bool {
-        let (_, compare, predicate) = not_zero(from);
+        let (_, compare, _, predicate) = not_zero(from);
         let zero = match from {
             DType::F32 => Step::float(0.0),
             _ => Step::new("arith.constant", &[]).with("value", 0),
         };
-        let name = compare.split(' ').next().unwrap_or_default();
         return vec![
             zero,
-            Step::new(name, &[Arg(0), S(0)]).with("predicate", predicate),
+            Step::new(compare, &[Arg(0), S(0)]).with("predicate", predicate),
             Step::new("linalg.yield", &[S(1)]),
         ];
     }
