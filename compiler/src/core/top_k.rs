@@ -183,6 +183,10 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
     let axis =
         picked.ok_or_else(|| refuse("its maps or body are not the pick by rank ppmoe prints"))?;
     let k = out_shape[axis].ok_or_else(|| refuse("a dynamic k"))?;
+    // A position no rank reaches would keep its fill: ppmoe refuses such a k.
+    if k == 0 || shape[axis].is_some_and(|n| k > n) {
+        return Err(refuse(&format!("k = {k} of a row of {:?}", shape[axis])));
+    }
     let maker = op
         .operand(1)
         .ok()
