@@ -645,6 +645,14 @@ impl FunctionReader {
             let v = op.operand(k).map(handle).ok();
             v.and_then(|v| self.known.fills.get(&v)).copied()
         };
+        // Operand `k` of `p` is a fill of +0.0 (or an integer 0): -0.0 would start a float sum
+        // elsewhere than ppmoe's.
+        let zero = |p: &OperationRef, k: usize| {
+            let v = p.operand(k).map(handle).ok();
+            let start = v.and_then(|v| self.known.fills.get(&v));
+            start.is_some_and(|s| s.to_bits() == 0.0f64.to_bits())
+        };
+        let parts = parts_of(op);
         match read {
             Op::ReduceAxes { f, .. } => {
                 let identity = super::reduce::starts_from(*f);
@@ -655,35 +663,25 @@ impl FunctionReader {
                 }
             }
             Op::LayerNorm { .. } => {
-                let parts = parts_of(op);
-                let starts = |p: &OperationRef, k: usize| {
-                    let v = p.operand(k).map(handle).ok();
-                    let start = v.and_then(|v| self.known.fills.get(&v));
-                    start.is_some_and(|s| s.to_bits() == 0.0f64.to_bits())
-                };
-                let zero =
-                    matches!(&parts[..], [sum, squares] if starts(sum, 1) && starts(squares, 2));
-                if !zero {
+                let starts =
+                    matches!(&parts[..], [sum, squares] if zero(sum, 1) && zero(squares, 2));
+                if !starts {
                     return Err("a layer norm's rows start from their destinations: expected zero linalg.fills".into());
                 }
             }
             Op::TopKAxis { .. } => {
-                let ranks = parts_of(op);
-                let rank_start = ranks.first().is_some_and(|r| {
-                    let v = r.operand(2).map(handle).ok();
-                    v.is_some_and(|v| self.known.zero_fills.contains(&v))
-                });
-                if fill(2) != Some(0.0) || fill(3) != Some(0.0) || !rank_start {
+                let starts = matches!(&parts[..], [ranks] if zero(ranks, 2));
+                if !zero(op, 2) || !zero(op, 3) || !starts {
                     return Err("a top-k's ranks and picks start from their destinations: expected zero linalg.fills".into());
                 }
             }
-            Op::CumSumAxis { .. } if fill(1) != Some(0.0) => {
+            Op::CumSumAxis { .. } if !zero(op, 1) => {
                 return Err(
                     "a running sum starts from its destination: expected a zero linalg.fill".into(),
                 );
             }
             Op::ArgMax { .. } => {
-                if fill(1) != Some(0.0) || fill(2) != Some(0.0) {
+                if !zero(op, 1) || !zero(op, 2) {
                     return Err("an arg-max's destinations: expected zero linalg.fills".into());
                 }
                 let best = op.result(0).map_err(|e| e.to_string())?;
