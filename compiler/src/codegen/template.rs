@@ -4,6 +4,10 @@
 //!
 //!   %h = arith.constant {{h}} : index          (templates/combine.mlir)
 //!   specialise(COMBINE, &[("h", &h), ...])     ->  %h = arith.constant 64 : index
+//!
+//! A placeholder alone on its line, whose value is lines (ends in a newline) or empty, stands
+//! for those lines: a part of the kernel made by another template sits in its own line where
+//! it goes, and a part a kernel leaves out leaves no blank line.
 
 use std::fmt::{Display, Write};
 
@@ -20,15 +24,40 @@ pub fn specialise(template: &str, values: &[(&str, &dyn Display)]) -> String {
             break;
         };
         let name = &after[..end];
+        let alone = out.is_empty() || out.ends_with('\n');
+        rest = &after[end + 2..];
         match values.iter().find(|(k, _)| *k == name) {
             Some((_, v)) => {
+                let start = out.len();
                 let _ = write!(out, "{v}");
+                // Lines (or none) in a line of their own: the template's line break is the
+                // value's.
+                let lines = out.len() == start || out.ends_with('\n');
+                if alone && lines {
+                    rest = rest.strip_prefix('\n').unwrap_or(rest);
+                }
             }
-            None => out.push_str(&rest[at..at + end + 4]),
+            None => out.push_str(&rest_placeholder(name)),
         }
-        rest = &after[end + 2..];
     }
     out.push_str(rest);
+    out
+}
+
+/// A placeholder's own text, kept where it has no value.
+fn rest_placeholder(name: &str) -> String {
+    format!("{{{{{name}}}}}")
+}
+
+/// `template` specialised, every line indented by `ind`: a part used at several depths of a
+/// kernel is written at none.
+pub fn specialise_at(template: &str, ind: &str, values: &[(&str, &dyn Display)]) -> String {
+    let text = specialise(template, values);
+    let mut out = String::with_capacity(text.len() + 16 * ind.len());
+    for line in text.split_inclusive('\n') {
+        out.push_str(ind);
+        out.push_str(line);
+    }
     out
 }
 
@@ -45,7 +74,7 @@ pub fn unbound(text: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{specialise, unbound};
+    use super::{specialise, specialise_at, unbound};
 
     /// Every template specialised as its generator does leaves no placeholder, and the result
     /// parses as the body of a kernel (MLIR's parser would refuse a `{{name}}`).
@@ -65,6 +94,46 @@ mod tests {
         }
     }
 
+    /// Every form of the tensor-core projections (mma.sync; wgmma with all threads copying,
+    /// warp-specialised, persistent, ping-pong, sorted), plain and fused, built from the
+    /// templates of `templates/tensor_core/` and `templates/warpgroup/`, leaves no placeholder
+    /// and closes every region it opens.
+    #[test]
+    fn every_projection_form_is_fully_specialised() {
+        use crate::codegen::tensor_core_projection::TensorCoreProjection;
+        let forms = [
+            (false, false, false, false, false),
+            (true, false, false, false, false),
+            (true, true, false, false, false),
+            (true, true, true, false, false),
+            (true, true, true, true, false),
+            (true, true, true, false, true),
+        ];
+        for (warpgroups, producer, persistent, pingpong, sorted) in forms {
+            for act in [
+                None,
+                Some(crate::codegen::experts_kernels::silu_gated_math()),
+            ] {
+                let kernel = TensorCoreProjection {
+                    name: "t_form".into(),
+                    din: 128,
+                    dout: 256,
+                    div: 2,
+                    slots: 64,
+                    act,
+                    warpgroups,
+                    producer,
+                    persistent,
+                    pingpong,
+                    sorted,
+                }
+                .kernel();
+                assert!(unbound(&kernel).is_empty(), "{:?}", unbound(&kernel));
+                assert_eq!(kernel.matches('{').count(), kernel.matches('}').count());
+            }
+        }
+    }
+
     #[test]
     fn placeholders_take_their_values_and_the_rest_is_kept() {
         let t = "%h = arith.constant {{h}} : index\n%k = arith.constant {{k}} : index {\n}\n";
@@ -72,6 +141,22 @@ mod tests {
         assert_eq!(
             s,
             "%h = arith.constant 64 : index\n%k = arith.constant 2 : index {\n}\n"
+        );
+        let lines = "  %a = x\n{{part}}\n  %b = y\n";
+        let part = "  %p = z\n";
+        assert_eq!(
+            specialise(lines, &[("part", &part)]),
+            "  %a = x\n  %p = z\n  %b = y\n"
+        );
+        // Not alone on its line, or not lines: the template's line break stays.
+        assert_eq!(
+            specialise("x {{part}}\ny\n", &[("part", &"a\n")]),
+            "x a\n\ny\n"
+        );
+        assert_eq!(specialise("{{v}}\ny\n", &[("v", &"%a")]), "%a\ny\n");
+        assert_eq!(
+            specialise_at("%a = x\n  %b = y\n", "    ", &[]),
+            "    %a = x\n      %b = y\n"
         );
         let partial = specialise(t, &[("h", &64)]);
         assert_eq!(unbound(&partial), ["k"]);

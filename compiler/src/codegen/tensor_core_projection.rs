@@ -22,9 +22,22 @@
 //! banks. A row's result does not depend on where the atomics of the slot lists placed it.
 
 use super::template::specialise;
-use std::fmt::Write as _;
 
 const TENSOR_CORE_KERNEL: &str = include_str!("templates/tensor_core_kernel.mlir");
+const BLOCK: &str = include_str!("templates/tensor_core/block.mlir");
+const PASS_FITS: &str = include_str!("templates/tensor_core/pass_fits.mlir");
+const COLUMNS: &str = include_str!("templates/tensor_core/columns.mlir");
+const COLUMN_TILE: &str = include_str!("templates/tensor_core/column_tile.mlir");
+const STAGED_ROW: &str = include_str!("templates/tensor_core/staged_row.mlir");
+const PASS: &str = include_str!("templates/tensor_core/pass.mlir");
+const WEIGHT_LOAD: &str = include_str!("templates/tensor_core/weight_load.mlir");
+const ROW_LOAD: &str = include_str!("templates/tensor_core/row_load.mlir");
+const FRAGMENT: &str = include_str!("templates/tensor_core/fragment.mlir");
+const MMA: &str = include_str!("templates/tensor_core/mma.mlir");
+const STORE_COLUMN: &str = include_str!("templates/tensor_core/store_column.mlir");
+const STORE_ACTIVATED_COLUMN: &str =
+    include_str!("templates/tensor_core/store_activated_column.mlir");
+const SLOT_ROW: &str = include_str!("templates/tensor_core/slot_row.mlir");
 
 /// Rows of one pass (four m16 tiles).
 const PASS_ROWS: usize = 64;
@@ -107,39 +120,34 @@ impl TensorCoreProjection {
         }
         use ppmoe_runtime::program::{TC_BLOCK_COLUMNS, TC_WARPS};
         debug_assert_eq!(TC_BLOCK_COLUMNS, TC_WARPS * 16);
-        let mut b = String::new();
-        let _ = writeln!(
-            b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %cP = arith.constant {PASS_ROWS} : index\n      %cKC = arith.constant {CHUNK} : index\n      %cRW = arith.constant {ROW_WORDS} : index\n      %cK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %crow = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %zv = arith.constant dense<0> : vector<4xi32>\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %lgrp = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index",
-            self.din,
-            self.dout,
-            self.slots,
-            self.div,
-            self.din / 8,
-        );
-        self.columns(&mut b);
-        let _ = writeln!(
-            b,
-            "        %srow = arith.divui %tid, %c8 : index\n        %sw = arith.remui %tid, %c8 : index\n        scf.for %r0 = %c0 to %cnt step %cP {{\n          %left = arith.subi %cnt, %r0 : index\n          %rows = arith.minui %left, %cP : index"
-        );
-        self.staged_rows(&mut b);
+        let mut passes = String::new();
         for tiles in 1..=4 {
             if tiles < 4 {
-                let _ = writeln!(
-                    b,
-                    "          %lim{tiles} = arith.constant {} : index\n          %fits{tiles} = arith.cmpi ule, %rows, %lim{tiles} : index\n          scf.if %fits{tiles} {{",
-                    tiles * 16
-                );
+                passes += &specialise(PASS_FITS, &[("tiles", &tiles), ("rows", &(tiles * 16))]);
             }
-            self.pass(&mut b, tiles);
+            passes += &self.pass(tiles);
             if tiles < 4 {
-                let _ = writeln!(b, "          }} else {{");
+                passes += "          } else {\n";
             }
         }
-        for _ in 1..4 {
-            let _ = writeln!(b, "          }}");
-        }
-        let _ = writeln!(b, "        }}\n      }}");
+        passes += &"          }\n".repeat(3);
+        let staged_rows: String = (0..4).map(staged_row).collect();
+        let b = specialise(
+            BLOCK,
+            &[
+                ("pass_rows", &PASS_ROWS),
+                ("chunk", &CHUNK),
+                ("row_words", &ROW_WORDS),
+                ("din", &self.din),
+                ("dout", &self.dout),
+                ("slots", &self.slots),
+                ("div", &self.div),
+                ("source_row_words", &(self.din / 8)),
+                ("columns", &self.columns()),
+                ("staged_rows", &staged_rows),
+                ("passes", &passes),
+            ],
+        );
         specialise(
             TENSOR_CORE_KERNEL,
             &[
@@ -153,7 +161,7 @@ impl TensorCoreProjection {
     /// This warp's two n8 tiles: each lane's weight column `%col{j}` (clamped to the last
     /// column past the end: read, never stored) and its first word `%wb{j}`, and the first of
     /// the columns its accumulators hold, `%oc{j}`.
-    fn columns(&self, b: &mut String) {
+    fn columns(&self) -> String {
         // Plain: 16 consecutive columns per warp. Fused: 8 gate columns per warp and the 8 up
         // columns F after them.
         let (block, warp, second) = match self.act {
@@ -164,41 +172,27 @@ impl TensorCoreProjection {
                 self.dout / 2,
             ),
         };
-        let _ = writeln!(
-            b,
-            "        %cBN = arith.constant {block} : index\n        %cWN = arith.constant {warp} : index\n        %cb0 = arith.muli %nb, %cBN : index\n        %w16 = arith.muli %warp, %cWN : index\n        %wc0 = arith.addi %cb0, %w16 : index\n        %eN = arith.muli %e, %cN : index\n        %nm1 = arith.constant {} : index\n        %kw = arith.constant {} : index\n        %tc2 = arith.constant 2 : index\n        %tpair = arith.muli %tig, %tc2 : index",
-            self.dout - 1,
-            self.din / 8
-        );
-        for j in 0..2 {
-            let _ = writeln!(
-                b,
-                "        %cj{j} = arith.constant {} : index\n        %tile{j} = arith.addi %wc0, %cj{j} : index\n        %col{j} = arith.addi %tile{j}, %lgrp : index\n        %colc{j} = arith.minui %col{j}, %nm1 : index\n        %wr{j} = arith.addi %eN, %colc{j} : index\n        %wrk{j} = arith.muli %wr{j}, %kw : index\n        %wb{j} = arith.addi %wrk{j}, %tig : index\n        %oc{j} = arith.addi %tile{j}, %tpair : index",
-                second * j
-            );
-        }
-    }
-
-    /// The four rows this thread stages (`%srow` + 16 q): whether each is a row of the pass
-    /// (`%sin{q}`), its source's first word (`%sb{q}`) and its shared-memory word (`%xo{q}`).
-    fn staged_rows(&self, b: &mut String) {
-        for q in 0..4 {
-            let _ = writeln!(
-                b,
-                "          %sq{q} = arith.constant {} : index\n          %sr{q} = arith.addi %srow, %sq{q} : index\n          %sin{q} = arith.cmpi ult, %sr{q}, %rows : index\n          %sb{q} = scf.if %sin{q} -> (index) {{\n            %sl{q}0 = arith.addi %lbase, %r0 : index\n            %sl{q} = arith.addi %sl{q}0, %sr{q} : index\n            %ss{q}32 = memref.load %lists[%sl{q}] : memref<?xi32>\n            %ss{q} = arith.index_cast %ss{q}32 : i32 to index\n            %sv{q} = arith.divui %ss{q}, %cdiv : index\n            %so{q} = arith.muli %sv{q}, %crow : index\n            scf.yield %so{q} : index\n          }} else {{\n            scf.yield %c0 : index\n          }}\n          %xr{q} = arith.muli %sr{q}, %cRW : index\n          %xo{q} = arith.addi %xr{q}, %sw : index",
-                16 * q
-            );
-        }
+        let tiles: String = (0..2)
+            .map(|j| specialise(COLUMN_TILE, &[("j", &j), ("first", &(second * j))]))
+            .collect();
+        specialise(
+            COLUMNS,
+            &[
+                ("block", &block),
+                ("warp", &warp),
+                ("last", &(self.dout - 1)),
+                ("row_words", &(self.din / 8)),
+                ("tiles", &tiles),
+            ],
+        )
     }
 
     /// One pass of `tiles` m16 tiles: the chunks of the inner dimension, then the stores.
     /// Each chunk's operands are loaded into registers one chunk ahead (the first before the
     /// loop), so their latency is spent beside the previous chunk's mmas.
-    fn pass(&self, b: &mut String, tiles: usize) {
+    fn pass(&self, tiles: usize) -> String {
         let n = tiles * 2 * 4;
         let p = format!("p{tiles}_");
-        let _ = writeln!(b, "          %{p}k0 = arith.constant 0 : index");
-        self.loads(b, &p, &format!("{p}k0"), "f", tiles);
         let carried: Vec<(String, String, &str)> = (0..n)
             .map(|a| (format!("%{p}i{a}"), "%zero".to_string(), "f32"))
             .chain(
@@ -217,40 +211,39 @@ impl TensorCoreProjection {
             .map(|(_, _, t)| *t)
             .collect::<Vec<_>>()
             .join(", ");
-        let _ = writeln!(
-            b,
-            "          %{p}acc:{} = scf.for %{p}kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{\n            gpu.barrier",
-            carried.len()
-        );
-        for q in 0..tiles {
-            let _ = writeln!(
-                b,
-                "            memref.store %{p}cx{q}, %xs[%xo{q}] : memref<{}xvector<4xi32>, 3>",
-                PASS_ROWS * ROW_WORDS
-            );
-        }
-        // The next chunk (the last chunk again after the last: loaded, never used).
-        let _ = writeln!(
-            b,
-            "            %{p}kn = arith.addi %{p}kc, %cKC : index\n            %{p}more = arith.cmpi ult, %{p}kn, %cK : index\n            %{p}kp = arith.select %{p}more, %{p}kn, %{p}kc : index"
-        );
-        self.loads(b, &p, &format!("{p}kp"), "n", tiles);
-        let _ = writeln!(b, "            gpu.barrier");
+        let staging: String = (0..tiles)
+            .map(|q| {
+                format!(
+                    "            memref.store %{p}cx{q}, %xs[%xo{q}] : memref<{}xvector<4xi32>, 3>\n",
+                    PASS_ROWS * ROW_WORDS
+                )
+            })
+            .collect();
         let mut accs: Vec<String> = (0..n).map(|a| format!("%{p}i{a}")).collect();
-        for half in 0..2 {
-            self.multiply(b, &p, tiles, half, &mut accs);
-        }
+        let multiply: String = (0..2)
+            .map(|half| self.multiply(&p, tiles, half, &mut accs))
+            .collect();
         let next: Vec<String> = Self::operand_names(tiles)
             .into_iter()
             .map(|o| format!("%{p}n{o}"))
             .collect();
-        let _ = writeln!(
-            b,
-            "            scf.yield {}, {} : {types}\n          }}",
-            accs.join(", "),
-            next.join(", ")
-        );
-        self.store(b, &p, tiles);
+        specialise(
+            PASS,
+            &[
+                ("p", &p),
+                ("first_loads", &loads(&p, &format!("{p}k0"), "f", tiles)),
+                ("carried", &carried.len()),
+                ("inits", &inits),
+                ("types", &types),
+                ("staging", &staging),
+                // The next chunk (the last chunk again after the last: loaded, never used).
+                ("next_loads", &loads(&p, &format!("{p}kp"), "n", tiles)),
+                ("multiply", &multiply),
+                ("accs", &accs.join(", ")),
+                ("next", &next.join(", ")),
+                ("store", &self.store(&p, tiles)),
+            ],
+        )
     }
 
     /// The names of one chunk's operands in registers: the weight words `bw{j}{half}` of the
@@ -266,142 +259,181 @@ impl TensorCoreProjection {
         v
     }
 
-    /// The operands of the chunk at `%{k}` loaded as `%{p}{tag}bw{j}{half}` and `%{p}{tag}x{q}`
-    /// (0 past the pass's rows).
-    fn loads(&self, b: &mut String, p: &str, k: &str, tag: &str, tiles: usize) {
-        let o = format!("{p}{tag}");
-        let _ = writeln!(b, "            %{o}kw = arith.divui %{k}, %c8 : index");
-        for j in 0..2 {
-            for half in 0..2 {
-                let _ = writeln!(
-                    b,
-                    "            %{o}bo{j}{half}0 = arith.addi %wb{j}, %{o}kw : index\n            %{o}bo{j}{half}1 = arith.constant {} : index\n            %{o}bo{j}{half} = arith.addi %{o}bo{j}{half}0, %{o}bo{j}{half}1 : index\n            %{o}bw{j}{half} = memref.load %wt[%{o}bo{j}{half}] : memref<?xvector<4xi32>>",
-                    4 * half
-                );
-            }
-        }
-        for q in 0..tiles {
-            let _ = writeln!(
-                b,
-                "            %{o}x{q} = scf.if %sin{q} -> (vector<4xi32>) {{\n              %{o}a{q}0 = arith.addi %sb{q}, %{o}kw : index\n              %{o}a{q} = arith.addi %{o}a{q}0, %sw : index\n              %{o}v{q} = memref.load %src[%{o}a{q}] : memref<?xvector<4xi32>>\n              scf.yield %{o}v{q} : vector<4xi32>\n            }} else {{\n              scf.yield %zv : vector<4xi32>\n            }}"
-            );
-        }
-    }
-
     /// The 32-wide slice `half` of the chunk: each m16 tile's A fragments from shared memory,
     /// two mmas per (m tile, n8 tile), `accs` advanced to their results.
-    fn multiply(&self, b: &mut String, p: &str, tiles: usize, half: usize, accs: &mut [String]) {
+    fn multiply(&self, p: &str, tiles: usize, half: usize, accs: &mut [String]) -> String {
         let xs = format!("memref<{}xvector<4xi32>, 3>", PASS_ROWS * ROW_WORDS);
         let q = format!("{p}h{half}_");
+        let mut b = String::new();
         for i in 0..tiles {
             for (side, extra) in [("a", 0), ("b", 8)] {
-                let _ = writeln!(
-                    b,
-                    "            %{q}r{i}{side}c = arith.constant {} : index\n            %{q}r{i}{side}0 = arith.addi %lgrp, %{q}r{i}{side}c : index\n            %{q}r{i}{side}1 = arith.muli %{q}r{i}{side}0, %cRW : index\n            %{q}r{i}{side}2 = arith.addi %{q}r{i}{side}1, %tig : index\n            %{q}r{i}{side}3 = arith.constant {} : index\n            %{q}r{i}{side}4 = arith.addi %{q}r{i}{side}2, %{q}r{i}{side}3 : index\n            %{q}v{i}{side} = memref.load %xs[%{q}r{i}{side}4] : {xs}",
-                    16 * i + extra,
-                    4 * half
+                let v = format!("{q}v{i}{side}");
+                b += &specialise(
+                    FRAGMENT,
+                    &[
+                        ("r", &format!("{q}r{i}{side}")),
+                        ("row", &(16 * i + extra)),
+                        ("word", &(4 * half)),
+                        ("v", &v),
+                        ("xs", &xs),
+                        ("words", &words(&v)),
+                    ],
                 );
-                words(b, &format!("{q}v{i}{side}"));
             }
         }
         for j in 0..2 {
-            words(b, &format!("{p}cbw{j}{half}"));
+            let weights = format!("{p}cbw{j}{half}");
+            b += &words(&weights);
             for i in 0..tiles {
                 for step in 0..2 {
-                    let (w0, w1) = (2 * step, 2 * step + 1);
                     let a = (i * 2 + j) * 4;
                     let m = format!("%{q}m{i}{j}{step}");
-                    let _ = writeln!(
-                        b,
-                        "            {m} = nvvm.mma.sync A[%{q}v{i}a_{w0}, %{q}v{i}b_{w0}, %{q}v{i}a_{w1}, %{q}v{i}b_{w1}] B[%{p}cbw{j}{half}_{w0}, %{p}cbw{j}{half}_{w1}] C[{}, {}, {}, {}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {MMA_OUT}",
-                        accs[a],
-                        accs[a + 1],
-                        accs[a + 2],
-                        accs[a + 3]
+                    b += &specialise(
+                        MMA,
+                        &[
+                            ("m", &m),
+                            ("a", &format!("{q}v{i}")),
+                            ("b", &weights),
+                            ("w0", &(2 * step)),
+                            ("w1", &(2 * step + 1)),
+                            ("c", &accs[a..a + 4].join(", ")),
+                            ("out", &MMA_OUT),
+                        ],
                     );
                     for r in 0..4 {
-                        let _ = writeln!(
-                            b,
-                            "            {m}_{r} = llvm.extractvalue {m}[{r}] : {MMA_OUT}"
+                        b += &format!(
+                            "            {m}_{r} = llvm.extractvalue {m}[{r}] : {MMA_OUT}\n"
                         );
                         accs[a + r] = format!("{m}_{r}");
                     }
                 }
             }
         }
+        b
     }
 
     /// The pass's results: accumulator (i, j, r) is row 16 i + g (+ 8 for r >= 2) of the
     /// pass, column `%oc{j}` + r % 2; stored as bf16 where the row and column exist (fused:
     /// each gate and up pair through the activation, at the gate's column of [slots, F]).
-    fn store(&self, b: &mut String, p: &str, tiles: usize) {
+    fn store(&self, p: &str, tiles: usize) -> String {
         if let Some(act) = &self.act {
-            return self.store_activated(b, p, tiles, act);
+            return self.store_activated(p, tiles, act);
         }
+        let mut b = String::new();
         for i in 0..tiles {
             for side in 0..2 {
                 let r = format!("{p}s{i}{side}");
-                slot_row(b, &r, 16 * i + 8 * side, "%cN");
+                b += &slot_row(&r, 16 * i + 8 * side, "%cN");
                 for j in 0..2 {
                     for c in 0..2 {
                         let a = (i * 2 + j) * 4 + 2 * side + c;
                         let o = format!("{r}_{j}{c}");
-                        let _ = writeln!(
-                            b,
-                            "            %{o}k = arith.constant {c} : index\n            %{o}col = arith.addi %oc{j}, %{o}k : index\n            %{o}ok = arith.cmpi ult, %{o}col, %cN : index\n            scf.if %{o}ok {{\n              %{o}at = arith.addi %{r}base, %{o}col : index\n              %{o}v = arith.truncf %{p}acc#{a} : f32 to bf16\n              memref.store %{o}v, %dst[%{o}at] : memref<?xbf16>\n            }}"
+                        b += &specialise(
+                            STORE_COLUMN,
+                            &[
+                                ("o", &o),
+                                ("c", &c),
+                                ("j", &j),
+                                ("r", &r),
+                                ("p", &p),
+                                ("a", &a),
+                            ],
                         );
                     }
                 }
-                let _ = writeln!(b, "          }}");
+                b += "          }\n";
             }
         }
+        b
     }
 
     /// The fused epilogue: gate accumulator (i, 0, r) and up (i, 1, r) hold the same row and
     /// column; each is rounded to bf16 and back first (as the hidden activations are stored
     /// between the kernels), then the activation, in a region of its own (its names are
     /// `act_math`'s), stored as bf16 into row slot of [slots, F].
-    fn store_activated(&self, b: &mut String, p: &str, tiles: usize, act: &str) {
+    fn store_activated(&self, p: &str, tiles: usize, act: &str) -> String {
         let f = self.dout / 2;
-        let _ = writeln!(b, "          %{p}cF = arith.constant {f} : index");
+        let mut b = format!("          %{p}cF = arith.constant {f} : index\n");
         for i in 0..tiles {
             for side in 0..2 {
                 let r = format!("{p}s{i}{side}");
-                slot_row(b, &r, 16 * i + 8 * side, &format!("%{p}cF"));
+                b += &slot_row(&r, 16 * i + 8 * side, &format!("%{p}cF"));
                 for c in 0..2 {
                     let (gate, up) = ((i * 2) * 4 + 2 * side + c, (i * 2 + 1) * 4 + 2 * side + c);
                     let o = format!("{r}_{c}");
                     let (g, u) = (format!("%{p}acc#{gate}"), format!("%{p}acc#{up}"));
-                    super::experts_kernels::rounded_gate_up(b, &o, &g, &u, "            ");
-                    let _ = writeln!(
-                        b,
-                        "            %{o}a = scf.execute_region -> f32 {{\n            %g = arith.addf %{o}gv, %zero : f32\n            %u = arith.addf %{o}uv, %zero : f32\n{act}            scf.yield %res : f32\n            }}\n            %{o}k = arith.constant {c} : index\n            %{o}col = arith.addi %oc0, %{o}k : index\n            %{o}ok = arith.cmpi ult, %{o}col, %{p}cF : index\n            scf.if %{o}ok {{\n              %{o}at = arith.addi %{r}base, %{o}col : index\n              %{o}v = arith.truncf %{o}a : f32 to bf16\n              memref.store %{o}v, %dst[%{o}at] : memref<?xbf16>\n            }}"
+                    let mut rounded = String::new();
+                    super::experts_kernels::rounded_gate_up(
+                        &mut rounded,
+                        &o,
+                        &g,
+                        &u,
+                        "            ",
+                    );
+                    b += &specialise(
+                        STORE_ACTIVATED_COLUMN,
+                        &[
+                            ("rounded", &rounded),
+                            ("o", &o),
+                            ("act", &act),
+                            ("c", &c),
+                            ("p", &p),
+                            ("r", &r),
+                        ],
                     );
                 }
-                let _ = writeln!(b, "          }}");
+                b += "          }\n";
             }
         }
+        b
     }
+}
+
+/// The four rows this thread stages (`%srow` + 16 q): whether each is a row of the pass
+/// (`%sin{q}`), its source's first word (`%sb{q}`) and its shared-memory word (`%xo{q}`).
+fn staged_row(q: usize) -> String {
+    specialise(STAGED_ROW, &[("q", &q), ("row", &(16 * q))])
+}
+
+/// The operands of the chunk at `%{k}` loaded as `%{p}{tag}bw{j}{half}` and `%{p}{tag}x{q}`
+/// (0 past the pass's rows).
+fn loads(p: &str, k: &str, tag: &str, tiles: usize) -> String {
+    let o = format!("{p}{tag}");
+    let mut b = format!("            %{o}kw = arith.divui %{k}, %c8 : index\n");
+    for j in 0..2 {
+        for half in 0..2 {
+            b += &specialise(
+                WEIGHT_LOAD,
+                &[
+                    ("o", &o),
+                    ("jh", &format!("{j}{half}")),
+                    ("j", &j),
+                    ("offset", &(4 * half)),
+                ],
+            );
+        }
+    }
+    for q in 0..tiles {
+        b += &specialise(ROW_LOAD, &[("o", &o), ("q", &q)]);
+    }
+    b
 }
 
 /// Row `%lgrp` + `offset` of the pass, where it is one (`%{r}in`), opens an `scf.if` that
 /// looks up its slot in the expert's list and defines `%{r}base`, the slot's first element of
 /// a destination `width` (an index value) wide; the caller closes the `scf.if`.
-fn slot_row(b: &mut String, r: &str, offset: usize, width: &str) {
-    let _ = writeln!(
-        b,
-        "          %{r}c = arith.constant {offset} : index\n          %{r}row = arith.addi %lgrp, %{r}c : index\n          %{r}in = arith.cmpi ult, %{r}row, %rows : index\n          scf.if %{r}in {{\n            %{r}l0 = arith.addi %lbase, %r0 : index\n            %{r}l = arith.addi %{r}l0, %{r}row : index\n            %{r}s32 = memref.load %lists[%{r}l] : memref<?xi32>\n            %{r}s = arith.index_cast %{r}s32 : i32 to index\n            %{r}base = arith.muli %{r}s, {width} : index"
-    );
+fn slot_row(r: &str, offset: usize, width: &str) -> String {
+    specialise(
+        SLOT_ROW,
+        &[("r", &r), ("offset", &offset), ("width", &width)],
+    )
 }
 
 /// Word vector `%{v}` as its four i32 elements `%{v}_0` .. `%{v}_3`.
-fn words(b: &mut String, v: &str) {
-    for m in 0..4 {
-        let _ = writeln!(
-            b,
-            "            %{v}_{m}c = arith.constant {m} : i32\n            %{v}_{m} = llvm.extractelement %{v}[%{v}_{m}c : i32] : vector<4xi32>"
-        );
-    }
+fn words(v: &str) -> String {
+    (0..4)
+        .map(|m| format!("            %{v}_{m}c = arith.constant {m} : i32\n            %{v}_{m} = llvm.extractelement %{v}[%{v}_{m}c : i32] : vector<4xi32>\n"))
+        .collect()
 }
 
 #[cfg(test)]

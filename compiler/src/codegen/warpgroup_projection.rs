@@ -33,7 +33,6 @@
 //! element.
 
 use super::tensor_core_projection::TensorCoreProjection;
-use std::fmt::Write as _;
 
 mod ablation;
 mod epilogue;
@@ -41,10 +40,27 @@ mod geometry;
 mod persistent;
 mod producer;
 
-use super::template::specialise;
+use super::template::{specialise, specialise_at};
 use geometry::Geometry;
 
 const WARPGROUP_KERNEL: &str = include_str!("templates/warpgroup_kernel.mlir");
+const CONSTANTS: &str = include_str!("templates/warpgroup/constants.mlir");
+const PER_TILE: &str = include_str!("templates/warpgroup/per_tile.mlir");
+const COPY_AHEAD: &str = include_str!("templates/warpgroup/copy_ahead.mlir");
+const BLOCK_EXPERT: &str = include_str!("templates/warpgroup/block_expert.mlir");
+const COPY_ADDRESS: &str = include_str!("templates/warpgroup/copy_address.mlir");
+const WEIGHT_ROW: &str = include_str!("templates/warpgroup/weight_row.mlir");
+const WEIGHT_ROW_FUSED: &str = include_str!("templates/warpgroup/weight_row_fused.mlir");
+const WEIGHT_WORD: &str = include_str!("templates/warpgroup/weight_word.mlir");
+const ROW_WORD: &str = include_str!("templates/warpgroup/row_word.mlir");
+const ISSUE: &str = include_str!("templates/warpgroup/issue.mlir");
+const CHUNKS: &str = include_str!("templates/warpgroup/chunks.mlir");
+const PASS_HEAD: &str = include_str!("templates/warpgroup/pass_head.mlir");
+const MULTIPLY: &str = include_str!("templates/warpgroup/multiply.mlir");
+const WGMMA_STEP: &str = include_str!("templates/warpgroup/wgmma_step.mlir");
+const DESCRIPTOR: &str = include_str!("templates/warpgroup/descriptor.mlir");
+const PASS_TAIL: &str = include_str!("templates/warpgroup/pass_tail.mlir");
+const CP_ASYNC: &str = include_str!("templates/warpgroup/cp_async.mlir");
 
 /// Rows of one pass (two warpgroups of m64): a box of the runtime's sorted rows' tensor maps.
 const PASS_ROWS: usize = ppmoe_runtime::program::PP_TILE_ROWS;
@@ -108,7 +124,8 @@ fn kernel_of(p: &TensorCoreProjection, shape: Geometry) -> String {
 }
 
 /// A projection generated on the warpgroup tensor cores (the fields are the description's),
-/// less what `PPMOE_ABLATE` leaves out, its tiles and stages as `shape` says.
+/// less what `PPMOE_ABLATE` leaves out, its tiles and stages as `shape` says. Its parts are
+/// the templates of `templates/warpgroup/`, each specialised by the method of its name.
 struct WarpgroupProjection<'p> {
     p: &'p TensorCoreProjection,
     ablate: ablation::Ablation,
@@ -158,32 +175,32 @@ impl WarpgroupProjection<'_> {
         debug_assert_eq!(WG_SHARED_BYTES, STAGES * STAGE_BYTES + 1024);
         debug_assert!(!self.shape.pingpong || self.persistent);
         debug_assert!(!self.sorted || (self.persistent && !self.shape.pingpong));
-        let acc = acc_type();
-        let mut b = String::new();
         if self.persistent {
-            self.persistent_body(&mut b);
-            return self.function(&b);
+            return self.function(&self.persistent_body());
         }
-        self.prologue(&mut b);
-        let _ = writeln!(
-            b,
-            "        %cntup = arith.addi %cnt, %cPm1 : index\n        %passes = arith.divui %cntup, %cP : index\n        %total = arith.muli %passes, %cNK : index\n        %acc0 = llvm.mlir.zero : {acc}"
-        );
-        if self.producer {
-            self.specialised(&mut b);
+        let passes = if self.producer {
+            self.specialised()
         } else {
-            for chunk in 0..AHEAD {
-                let _ = writeln!(
-                    b,
-                    "        %pk{chunk} = arith.constant {chunk} : index\n        %pin{chunk} = arith.cmpi ult, %pk{chunk}, %total : index\n        scf.if %pin{chunk} {{"
-                );
-                self.issue(&mut b, &format!("%pk{chunk}"), "          ");
-                let _ = writeln!(b, "        }}\n        nvvm.cp.async.commit.group");
-            }
-            self.chunks(&mut b);
-        }
-        let _ = writeln!(b, "      }}");
-        self.function(&b)
+            let mut ahead: String = (0..AHEAD).map(|chunk| self.copy_ahead(chunk)).collect();
+            ahead.push_str(&self.chunks());
+            ahead
+        };
+        let body = specialise(
+            PER_TILE,
+            &[
+                ("prologue", &self.prologue()),
+                ("acc", &acc_type()),
+                ("passes", &passes),
+            ],
+        );
+        self.function(&body)
+    }
+
+    /// The copies of the block's chunk `chunk`, issued before its chunk loop (where it has so
+    /// many chunks).
+    fn copy_ahead(&self, chunk: usize) -> String {
+        let issue = self.issue(&format!("%pk{chunk}"), "          ");
+        specialise(COPY_AHEAD, &[("chunk", &chunk), ("issue", &issue)])
     }
 
     /// The kernel function around its body `b`.
@@ -215,27 +232,27 @@ impl WarpgroupProjection<'_> {
     /// threads all copy) the addresses the copies start from: `%wq{q}` (weight row q's word, bytes,
     /// q = 0 .. 7) and `%sq{q}` (an operand's row q's word in a stage, bytes): thread t copies word
     /// t % 8 of row t / 8 + 32 q, into position (t % 8) ^ (t / 8 % 8) of that row.
-    fn prologue(&self, b: &mut String) {
-        self.constants(b);
-        let _ = writeln!(
-            b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{\n        %lbase = arith.muli %e, %cS : index\n        %first32 = memref.load %lists[%lbase] : memref<?xi32>\n        %firsts = arith.index_cast %first32 : i32 to index\n        %nb0 = arith.muli %nb, %cB : index\n        %eN = arith.muli %e, %cN : index"
-        );
-        if self.producer {
-            return;
-        }
-        for q in 0..WEIGHT_COPIES {
-            let _ = writeln!(
-                b,
-                "        %cq{q} = arith.constant {} : index\n        %crow{q} = arith.addi %crow, %cq{q} : index",
-                32 * q
-            );
-            self.weight_word(b, &format!("q{q}"), &format!("%crow{q}"), "        ");
-            let _ = writeln!(
-                b,
-                "        %wq{q} = arith.addi %wtx, %q{q}_bwc : index\n        %sqr{q} = arith.muli %crow{q}, %c128 : index\n        %sq{q} = arith.addi %sqr{q}, %cposb : index"
-            );
-        }
+    fn prologue(&self) -> String {
+        let copy_addresses: String = match self.producer {
+            true => String::new(),
+            false => (0..WEIGHT_COPIES).map(|q| self.copy_address(q)).collect(),
+        };
+        specialise(
+            BLOCK_EXPERT,
+            &[
+                ("constants", &self.constants()),
+                ("copy_addresses", &copy_addresses),
+            ],
+        )
+    }
+
+    /// `%wq{q}` and `%sq{q}` (see `prologue`).
+    fn copy_address(&self, q: usize) -> String {
+        let weight_word = self.weight_word(&format!("q{q}"), &format!("%crow{q}"), "        ");
+        specialise(
+            COPY_ADDRESS,
+            &[("q", &q), ("row", &(32 * q)), ("weight_word", &weight_word)],
+        )
     }
 
     /// The output's columns: the weight rows, or fused the activations (one per gate row).
@@ -258,93 +275,74 @@ impl WarpgroupProjection<'_> {
     /// the weight rows of an expert; ...), the stages' start `%smx` (aligned to 1024 bytes),
     /// the operands' addresses, and this thread's place (warpgroup `%wg`, warp `%w4` in it,
     /// `%lane`, ...).
-    fn constants(&self, b: &mut String) {
-        let rows_per_block = self.block_columns();
+    fn constants(&self) -> String {
         // Fused, the up rows' offset from their gate rows.
         let second = match self.act {
             None => 0,
             Some(_) => self.dout / 2,
         };
-        let _ = writeln!(
-            b,
-            "      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c1 = arith.constant 1 : index\n      %c2 = arith.constant 2 : index\n      %c4 = arith.constant 4 : index\n      %c8 = arith.constant 8 : index\n      %c16 = arith.constant 16 : index\n      %c32 = arith.constant 32 : index\n      %c64 = arith.constant 64 : index\n      %c128 = arith.constant 128 : index\n      %c1024 = arith.constant 1024 : index\n      %cP = arith.constant {} : index\n      %cPm1 = arith.constant {} : index\n      %cRB = arith.constant {} : index\n      %cNK = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %cST = arith.constant {} : index\n      %cSB = arith.constant {} : index\n      %cRO = arith.constant {} : index\n      %dyn = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>\n      %dynx = memref.extract_aligned_pointer_as_index %dyn : memref<?xi8, #gpu.address_space<workgroup>> -> index\n      %c1023 = arith.constant 1023 : index\n      %dyn1 = arith.addi %dynx, %c1023 : index\n      %dyn2 = arith.divui %dyn1, %c1024 : index\n      %smx = arith.muli %dyn2, %c1024 : index\n      %srcx = memref.extract_aligned_pointer_as_index %src : memref<?xvector<4xi32>> -> index\n      %wtx = memref.extract_aligned_pointer_as_index %wt : memref<?xvector<4xi32>> -> index\n      %wg = arith.divui %tid, %c128 : index\n      %wtid = arith.remui %tid, %c128 : index\n      %w4 = arith.divui %wtid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %lgrp = arith.divui %lane, %c4 : index\n      %tig = arith.remui %lane, %c4 : index\n      %cj = arith.remui %tid, %c8 : index\n      %crow = arith.divui %tid, %c8 : index\n      %crm = arith.remui %crow, %c8 : index\n      %cpos = arith.xori %cj, %crm : index\n      %cjb = arith.muli %cj, %c16 : index\n      %cposb = arith.muli %cpos, %c16 : index\n      %cB = arith.constant {rows_per_block} : index\n      %csecond = arith.constant {second} : index\n      %cHALF = arith.constant {} : index\n      %cWGR = arith.constant {} : index\n      %wgr = arith.muli %wg, %cWGR : index",
-            self.shape.pass_rows,
-            self.shape.pass_rows - 1,
-            self.din * 2,
-            self.din / CHUNK,
-            self.dout,
-            self.slots,
-            self.div,
-            self.shape.stages,
-            self.shape.stage_bytes(),
-            self.shape.rows_bytes(),
-            TILE_N / 2,
-            self.shape.warpgroup_rows(),
-        );
+        specialise(
+            CONSTANTS,
+            &[
+                ("pass_rows", &self.shape.pass_rows),
+                ("pass_rows_less_one", &(self.shape.pass_rows - 1)),
+                ("row_bytes", &(self.din * 2)),
+                ("chunks", &(self.din / CHUNK)),
+                ("dout", &self.dout),
+                ("slots", &self.slots),
+                ("div", &self.div),
+                ("stages", &self.shape.stages),
+                ("stage_bytes", &self.shape.stage_bytes()),
+                ("rows_bytes", &self.shape.rows_bytes()),
+                ("block_columns", &self.block_columns()),
+                ("second", &second),
+                ("half", &(TILE_N / 2)),
+                ("warpgroup_rows", &self.shape.warpgroup_rows()),
+            ],
+        )
     }
 
     /// `%{v}_bwc`: the byte offset in the weights of word `%cj` of the block's weight row
     /// `row` (an index value: 0 .. TILE_N) of expert `%e`, its chunk 0; past the expert's last
     /// row (or fused, its last gate row) the last row's, read and never stored.
-    fn weight_word(&self, b: &mut String, v: &str, row: &str, ind: &str) {
+    fn weight_word(&self, v: &str, row: &str, ind: &str) -> String {
         let weight_row = match self.act {
-            None => format!(
-                "{ind}%{v}_bn = arith.addi %nb0, {row} : index\n{ind}%{v}_bnl = arith.constant {} : index\n{ind}%{v}_bnc = arith.minui %{v}_bn, %{v}_bnl : index",
-                self.dout - 1
+            None => specialise(
+                WEIGHT_ROW,
+                &[("v", &v), ("row", &row), ("last", &(self.dout - 1))],
             ),
-            Some(_) => format!(
-                "{ind}%{v}_bup = arith.cmpi uge, {row}, %cHALF : index\n{ind}%{v}_bo = arith.remui {row}, %cHALF : index\n{ind}%{v}_bg = arith.addi %nb0, %{v}_bo : index\n{ind}%{v}_bgl = arith.constant {} : index\n{ind}%{v}_bgc = arith.minui %{v}_bg, %{v}_bgl : index\n{ind}%{v}_bus = arith.addi %{v}_bgc, %csecond : index\n{ind}%{v}_bnc = arith.select %{v}_bup, %{v}_bus, %{v}_bgc : index",
-                self.dout / 2 - 1
+            Some(_) => specialise(
+                WEIGHT_ROW_FUSED,
+                &[("v", &v), ("row", &row), ("last", &(self.dout / 2 - 1))],
             ),
         };
-        let _ = writeln!(
-            b,
-            "{weight_row}\n{ind}%{v}_bwr = arith.addi %eN, %{v}_bnc : index\n{ind}%{v}_bwb = arith.muli %{v}_bwr, %cRB : index\n{ind}%{v}_bwc = arith.addi %{v}_bwb, %cjb : index"
-        );
+        specialise_at(WEIGHT_WORD, ind, &[("weight_row", &weight_row), ("v", &v)])
     }
 
     /// `%{v}_aq`: the global byte address of word `%cj` of the listed row `row` of the pass
     /// from `r0` (index values), its chunk 0: the first listed row's past the count.
-    fn row_word(b: &mut String, v: &str, r0: &str, row: &str, ind: &str) {
-        let _ = writeln!(
-            b,
-            "{ind}%{v}_ar = arith.addi {r0}, {row} : index\n{ind}%{v}_ain = arith.cmpi ult, %{v}_ar, %cnt : index\n{ind}%{v}_aslot = scf.if %{v}_ain -> (index) {{\n{ind}  %{v}_al = arith.addi %lbase, %{v}_ar : index\n{ind}  %{v}_as32 = memref.load %lists[%{v}_al] : memref<?xi32>\n{ind}  %{v}_as = arith.index_cast %{v}_as32 : i32 to index\n{ind}  scf.yield %{v}_as : index\n{ind}}} else {{\n{ind}  scf.yield %firsts : index\n{ind}}}\n{ind}%{v}_asr = arith.divui %{v}_aslot, %cdiv : index\n{ind}%{v}_asb = arith.muli %{v}_asr, %cRB : index\n{ind}%{v}_asc = arith.addi %{v}_asb, %cjb : index\n{ind}%{v}_aq = arith.addi %srcx, %{v}_asc : index"
-        );
+    fn row_word(v: &str, r0: &str, row: &str, ind: &str) -> String {
+        specialise_at(ROW_WORD, ind, &[("v", &v), ("r0", &r0), ("row", &row)])
     }
 
     /// The copies of the block's chunk `{g}` (an index value: pass g / NK, chunk g % NK of
     /// it) into stage g % STAGES: each thread's four words of the pass's listed rows (the
     /// first listed row's past the count) and eight of the weights.
-    fn issue(&self, b: &mut String, g: &str, ind: &str) {
+    fn issue(&self, g: &str, ind: &str) -> String {
         let n = g.trim_start_matches('%');
-        let _ = writeln!(
-            b,
-            "{ind}%{n}_p = arith.divui {g}, %cNK : index\n{ind}%{n}_k = arith.remui {g}, %cNK : index\n{ind}%{n}_r0 = arith.muli %{n}_p, %cP : index\n{ind}%{n}_gk = arith.muli %{n}_k, %c128 : index\n{ind}%{n}_st = arith.remui {g}, %cST : index\n{ind}%{n}_ss = arith.muli %{n}_st, %cSB : index\n{ind}%{n}_sa = arith.addi %smx, %{n}_ss : index\n{ind}%{n}_sb = arith.addi %{n}_sa, %cRO : index"
-        );
+        let (gk, rows, weights) = (format!("%{n}_gk"), format!("%{n}_sa"), format!("%{n}_sb"));
+        let mut copies = String::new();
         for q in 0..ROW_COPIES {
             let v = format!("{n}_a{q}");
-            Self::row_word(b, &v, &format!("%{n}_r0"), &format!("%crow{q}"), ind);
-            copy(
-                b,
-                &v,
-                &format!("%{v}_aq"),
-                &format!("%{n}_gk"),
-                &format!("%{n}_sa"),
-                &format!("%sq{q}"),
-                ind,
-            );
+            copies += &Self::row_word(&v, &format!("%{n}_r0"), &format!("%crow{q}"), "");
+            let src = format!("%{v}_aq");
+            copies += &copy(&v, [&src, &gk], [&rows, &format!("%sq{q}")], "");
         }
         for q in 0..WEIGHT_COPIES {
-            copy(
-                b,
-                &format!("{n}_b{q}"),
-                &format!("%wq{q}"),
-                &format!("%{n}_gk"),
-                &format!("%{n}_sb"),
-                &format!("%sq{q}"),
-                ind,
-            );
+            let (v, src) = (format!("{n}_b{q}"), format!("%wq{q}"));
+            copies += &copy(&v, [&src, &gk], [&weights, &format!("%sq{q}")], "");
         }
+        specialise_at(ISSUE, ind, &[("n", &n), ("g", &g), ("copies", &copies)])
     }
 
     /// The loops over the block's passes and each pass's chunks: wait for chunk g's copies
@@ -354,69 +352,70 @@ impl WarpgroupProjection<'_> {
     /// wait for the wgmmas; after the pass's last chunk, store the pass's results. (The
     /// epilogue stays outside the chunk loop: inside it, in a branch, ptxas serialises the
     /// wgmmas, C7518.)
-    fn chunks(&self, b: &mut String) {
-        let acc = acc_type();
-        self.pass_head(b);
-        let _ = writeln!(
-            b,
-            "            nvvm.cp.async.wait.group {}\n            nvvm.fence.proxy {{kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}}\n            gpu.barrier\n            %cAH = arith.constant {AHEAD} : index\n            %gn = arith.addi %gi, %cAH : index\n            %more = arith.cmpi ult, %gn, %total : index",
-            AHEAD - 1
-        );
-        // The next copies are issued while the tensor cores multiply.
-        self.multiply(b);
-        let _ = writeln!(b, "            scf.if %more {{");
-        self.issue(b, "%gn", "              ");
-        let _ = writeln!(
-            b,
-            "            }}\n            nvvm.cp.async.commit.group\n            nvvm.wgmma.wait.group.sync.aligned 0\n            scf.yield %next : {acc}\n          }}"
-        );
-        self.pass_tail(b);
+    fn chunks(&self) -> String {
+        specialise(
+            CHUNKS,
+            &[
+                ("pass_head", &self.pass_head()),
+                ("left", &(AHEAD - 1)),
+                ("ahead", &AHEAD),
+                // The next copies are issued while the tensor cores multiply.
+                ("multiply", &self.multiply()),
+                ("issue", &self.issue("%gn", "              ")),
+                ("acc", &acc_type()),
+                ("pass_tail", &self.pass_tail()),
+            ],
+        )
     }
 
     /// The pass loop's head and the chunk loop's: `%r0` (the pass's first row), `%active`
     /// (the warpgroup has rows in it), `%gi` (the block's chunk), `%a` (the accumulators).
-    fn pass_head(&self, b: &mut String) {
-        let acc = acc_type();
-        let _ = writeln!(
-            b,
-            "        scf.for %pass = %c0 to %passes step %c1 {{\n          %r0 = arith.muli %pass, %cP : index\n          %g0 = arith.muli %pass, %cNK : index\n          %wgr0 = arith.addi %r0, %wgr : index\n          %active = arith.cmpi ult, %wgr0, %cnt : index\n          %accs = scf.for %kc = %c0 to %cNK step %c1 iter_args(%a = %acc0) -> ({acc}) {{\n            %gi = arith.addi %g0, %kc : index"
-        );
+    fn pass_head(&self) -> String {
+        specialise(PASS_HEAD, &[("acc", &acc_type())])
     }
 
     /// `%next`: chunk `%gi`'s wgmmas started where the warpgroup has rows, else `%a`.
-    fn multiply(&self, b: &mut String) {
+    fn multiply(&self) -> String {
         let acc = acc_type();
-        let _ = writeln!(
-            b,
-            "            %st = arith.remui %gi, %cST : index\n{}            %next = scf.if {} -> ({acc}) {{\n              %stb = arith.muli %st, %cSB : index\n              %stx = arith.addi %smx, %stb : index\n              %wga = arith.constant {} : index\n              %wgo = arith.muli %wg, %wga : index\n              %abase = arith.addi %stx, %wgo : index\n              %bbase = arith.addi %stx, %cRO : index\n              nvvm.wgmma.fence.aligned",
-            if self.ablate.mma {
-                "            %never = arith.constant false\n"
-            } else {
-                ""
-            },
-            if self.ablate.mma { "%never" } else { "%active" },
-            self.shape.warpgroup_rows() * 128,
-        );
+        let (never, active) = match self.ablate.mma {
+            true => ("            %never = arith.constant false\n", "%never"),
+            false => ("", "%active"),
+        };
+        let mut steps = String::new();
         let mut cur = "%a".to_string();
         for step in 0..CHUNK / 16 {
-            for (op, base) in [("a", "%abase"), ("b", "%bbase")] {
-                descriptor(b, &format!("d{step}{op}"), base, 32 * step);
-            }
-            let _ = writeln!(
-                b,
-                "              %m{step} = nvvm.wgmma.mma_async %dd{step}a, %dd{step}b, {cur}, <m = 64, n = {TILE_N}, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>] : {acc} -> {acc}"
+            let descriptors: String = [("a", "%abase"), ("b", "%bbase")]
+                .iter()
+                .map(|(op, base)| descriptor(&format!("d{step}{op}"), base, 32 * step))
+                .collect();
+            steps += &specialise(
+                WGMMA_STEP,
+                &[
+                    ("descriptors", &descriptors),
+                    ("step", &step),
+                    ("acc_in", &cur),
+                    ("n", &TILE_N),
+                    ("acc", &acc),
+                ],
             );
             cur = format!("%m{step}");
         }
-        let _ = writeln!(
-            b,
-            "              nvvm.wgmma.commit.group.sync.aligned\n              scf.yield {cur} : {acc}\n            }} else {{\n              scf.yield %a : {acc}\n            }}"
-        );
+        specialise(
+            MULTIPLY,
+            &[
+                ("never", &never),
+                ("active", &active),
+                ("acc", &acc),
+                ("warpgroup_bytes", &(self.shape.warpgroup_rows() * 128)),
+                ("steps", &steps),
+                ("result", &cur),
+            ],
+        )
     }
 
     /// After the chunk loop: the pass's last wgmmas waited for, the results stored, the pass
     /// loop closed.
-    fn pass_tail(&self, b: &mut String) {
+    fn pass_tail(&self) -> String {
         let acc = acc_type();
         // The wait is an identity of all the accumulators, so no read can be moved above it.
         let outs = vec!["=f"; ACCS].join(",");
@@ -425,55 +424,77 @@ impl WarpgroupProjection<'_> {
             .collect::<Vec<_>>()
             .join(",");
         let vals = (0..ACCS).map(|i| format!("%fa{i}")).collect::<Vec<_>>();
-        for (i, v) in vals.iter().enumerate() {
-            let _ = writeln!(b, "          {v} = llvm.extractvalue %accs[{i}] : {acc}");
-        }
-        let _ = writeln!(
-            b,
-            "          %acc = llvm.inline_asm has_side_effects asm_dialect = att \"wgmma.wait_group.sync.aligned 0;\", \"{outs},{ties}\" {} : ({}) -> {acc}",
-            vals.join(", "),
-            vec!["f32"; ACCS].join(", ")
-        );
+        let accumulators: String = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("          {v} = llvm.extractvalue %accs[{i}] : {acc}\n"))
+            .collect();
         // Ping-pong, the tile's last chunk is this warpgroup's alone: its stage is released
         // here, before the epilogue (the next chunk, the other warpgroup's, releases nothing
         // of this one's).
-        if self.shape.pingpong {
-            self.release_last_chunk(b);
-        }
+        let release = match self.shape.pingpong {
+            true => self.release_last_chunk(),
+            false => String::new(),
+        };
         // Ablated (`PPMOE_ABLATE=epilogue`), the tile ends at its last wait.
-        if !self.ablate.epilogue {
-            self.store(b);
-        }
-        let _ = writeln!(b, "        }}");
+        let store = match self.ablate.epilogue {
+            true => String::new(),
+            false => self.store(),
+        };
+        specialise(
+            PASS_TAIL,
+            &[
+                ("accumulators", &accumulators),
+                ("outs", &outs),
+                ("ties", &ties),
+                ("values", &vals.join(", ")),
+                ("types", &vec!["f32"; ACCS].join(", ")),
+                ("acc", &acc),
+                ("release", &release),
+                ("store", &store),
+            ],
+        )
     }
 
     /// The pass's results (pass `%r0`): through shared memory in the warp-specialised forms
     /// (`epilogue`), else (or asked, `PPMOE_EPILOGUE=direct`) from the registers.
-    fn store(&self, b: &mut String) {
+    fn store(&self) -> String {
         if self.producer && !epilogue::direct() {
-            self.staged_store(b)
+            self.staged_store()
         } else {
-            self.direct_store(b)
+            self.direct_store()
         }
     }
 }
 
 /// One 16-byte `cp.async` (values named `%{v}_...`): from global byte address `src` + `gk`
 /// to shared byte address `stage` + `at` (all index values).
-fn copy(b: &mut String, v: &str, src: &str, gk: &str, stage: &str, at: &str, ind: &str) {
-    let _ = writeln!(
-        b,
-        "{ind}%{v}_s = arith.addi {src}, {gk} : index\n{ind}%{v}_si = arith.index_cast %{v}_s : index to i64\n{ind}%{v}_sp = llvm.inttoptr %{v}_si : i64 to !llvm.ptr<1>\n{ind}%{v}_d = arith.addi {stage}, {at} : index\n{ind}%{v}_di = arith.index_cast %{v}_d : index to i64\n{ind}%{v}_dp = llvm.inttoptr %{v}_di : i64 to !llvm.ptr<3>\n{ind}nvvm.cp.async.shared.global %{v}_dp, %{v}_sp, 16, cache = cg : !llvm.ptr<3>, !llvm.ptr<1>"
-    );
+fn copy(v: &str, [src, gk]: [&str; 2], [stage, at]: [&str; 2], ind: &str) -> String {
+    specialise_at(
+        CP_ASYNC,
+        ind,
+        &[
+            ("v", &v),
+            ("src", &src),
+            ("gk", &gk),
+            ("stage", &stage),
+            ("at", &at),
+        ],
+    )
 }
 
 /// `%d{name}`: the wgmma descriptor (i64) of the operand at shared-memory byte address
 /// `base` + `offset` (an index value): start address / 16 and `DESCRIPTOR_FIXED`.
-fn descriptor(b: &mut String, name: &str, base: &str, offset: usize) {
-    let _ = writeln!(
-        b,
-        "              %{name}o = arith.constant {offset} : index\n              %{name}x = arith.addi {base}, %{name}o : index\n              %{name}i = arith.index_cast %{name}x : index to i64\n              %{name}m = arith.constant 262143 : i64\n              %{name}a = arith.andi %{name}i, %{name}m : i64\n              %{name}s4 = arith.constant 4 : i64\n              %{name}h = arith.shrui %{name}a, %{name}s4 : i64\n              %{name}f = arith.constant {DESCRIPTOR_FIXED} : i64\n              %d{name} = arith.ori %{name}h, %{name}f : i64"
-    );
+fn descriptor(name: &str, base: &str, offset: usize) -> String {
+    specialise(
+        DESCRIPTOR,
+        &[
+            ("name", &name),
+            ("base", &base),
+            ("offset", &offset),
+            ("fixed", &DESCRIPTOR_FIXED),
+        ],
+    )
 }
 
 #[cfg(test)]

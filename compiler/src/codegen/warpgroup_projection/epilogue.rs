@@ -24,8 +24,23 @@
 //! tokens (0.423 before; docs/staged-epilogue-h200-43d205f..3b29052.txt).
 
 use super::{acc_type, WarpgroupProjection};
+use crate::codegen::template::{specialise, specialise_at};
 use ppmoe_runtime::program::EPILOGUE_STAGING_BYTES;
-use std::fmt::Write as _;
+
+const STAGED_STORE: &str = include_str!("../templates/warpgroup/staged_store.mlir");
+const STAGING_HEAD: &str = include_str!("../templates/warpgroup/staging_head.mlir");
+const WARP_ROWS_TEXT: &str = include_str!("../templates/warpgroup/warp_rows.mlir");
+const LANE_ROW: &str = include_str!("../templates/warpgroup/lane_row.mlir");
+const STAGE_PAIR: &str = include_str!("../templates/warpgroup/stage_pair.mlir");
+const WRITE_OUT_CHECKED: &str = include_str!("../templates/warpgroup/write_out_checked.mlir");
+const WRITE_OUT: &str = include_str!("../templates/warpgroup/write_out.mlir");
+const DIRECT_STORE: &str = include_str!("../templates/warpgroup/direct_store.mlir");
+const DIRECT_HALF: &str = include_str!("../templates/warpgroup/direct_half.mlir");
+const DIRECT_PAIR: &str = include_str!("../templates/warpgroup/direct_pair.mlir");
+const LISTED_ROW: &str = include_str!("../templates/warpgroup/listed_row.mlir");
+const GATED_VALUE: &str = include_str!("../templates/warpgroup/gated_value.mlir");
+const PACK: &str = include_str!("../templates/warpgroup/pack.mlir");
+const EPILOGUE_HEAD: &str = include_str!("../templates/warpgroup/epilogue_head.mlir");
 
 /// Output columns a warp stages at a time: one 128-byte row of bf16.
 const GROUP_COLUMNS: usize = 64;
@@ -37,8 +52,6 @@ const LANE_ROWS: usize = WARP_ROWS * 8 / 32;
 const ROW_STRIDE: usize = GROUP_COLUMNS * 2 + 16;
 /// Bytes of one warp's staging (the warps' lie this far apart).
 const WARP_STAGING: usize = WARP_ROWS * ROW_STRIDE;
-/// `%rw0`, this warp's first row of the pass.
-const ROWS: &str = "            %w16 = arith.muli %w4, %c16 : index\n            %rw0 = arith.addi %wgr, %w16 : index";
 /// The epilogues' indentation in the kernel text.
 const IND: &str = "            ";
 
@@ -58,116 +71,79 @@ pub(super) fn direct() -> bool {
 
 impl WarpgroupProjection<'_> {
     /// The pass's results (pass `%r0`), as `store` says, through the warp's staging.
-    pub(super) fn staged_store(&self, b: &mut String) {
+    pub(super) fn staged_store(&self) -> String {
         debug_assert_eq!(EPILOGUE_STAGING_BYTES, 8 * WARP_STAGING);
         let (tiles, width) = (self.block_columns() / 8, self.out_columns());
         debug_assert_eq!(width % 8, 0);
-        self.staging_head(b, width);
-        // A warp with no rows in the pass (at few rows per expert, most) stages nothing: the
-        // test is the same for its lanes, so their warp barriers stay whole.
-        let _ = writeln!(
-            b,
-            "            %wfirst = arith.addi %r0, %rw0 : index\n            %wany = arith.cmpi ult, %wfirst, %cnt : index\n            scf.if %wany {{"
-        );
         // Where the output's width is not whole blocks, each lane's 16-byte word is checked
         // (the width is whole words: `TensorCoreProjection::fits` takes whole chunks of 64).
         let checked = width % self.block_columns() != 0;
+        let sync = "            nvvm.bar.warp.sync %wall : i32\n";
+        let mut groups = String::new();
         for q in 0..tiles / 8 {
-            self.stage_group(b, q, tiles);
-            let _ = writeln!(b, "            nvvm.bar.warp.sync %wall : i32");
+            groups += &self.stage_group(q, tiles);
+            groups += sync;
             // The lanes' rows after the first group is staged, when its accumulators are
             // dead (with all of them live, they spilled: at most 168 registers a thread).
             if q == 0 {
-                for i in 0..LANE_ROWS {
-                    self.lane_row(b, i);
-                }
+                groups.extend((0..LANE_ROWS).map(|i| self.lane_row(i)));
             }
-            for i in 0..LANE_ROWS {
-                self.write_out(b, q, i, checked);
-            }
-            let _ = writeln!(b, "            nvvm.bar.warp.sync %wall : i32");
+            groups.extend((0..LANE_ROWS).map(|i| write_out(q, i, checked)));
+            groups += sync;
         }
-        let _ = writeln!(b, "            }}");
-    }
-
-    /// The epilogue's values (`head`'s), `%stw` (this warp's staging),
-    /// `%stp` (where this thread's pairs of row g go, less the tile's word), `%wcol` (this
-    /// lane's 16-byte word's first column).
-    fn staging_head(&self, b: &mut String, width: usize) {
-        head(b, width);
-        let _ = writeln!(
-            b,
-            "            %wall = arith.constant -1 : i32\n            %cSTG0 = arith.constant 128 : index\n            %stg = arith.addi %bars, %cSTG0 : index\n            %cWSB = arith.constant {} : index\n            %cwarp = arith.divui %tid, %c32 : index\n            %cwo = arith.muli %cwarp, %cWSB : index\n            %stw = arith.addi %stg, %cwo : index\n            %cRS = arith.constant {ROW_STRIDE} : index\n            %stgr = arith.muli %lgrp, %cRS : index\n            %stgt = arith.muli %tig, %c4 : index\n            %stp0 = arith.addi %stw, %stgr : index\n            %stp = arith.addi %stp0, %stgt : index\n{ROWS}\n            %wword = arith.remui %lane, %c8 : index\n            %wrow = arith.divui %lane, %c8 : index\n            %wcol0 = arith.muli %wword, %c8 : index\n            %wcol = arith.addi %nb0, %wcol0 : index",
-            WARP_STAGING
-        );
+        // A warp with no rows in the pass (at few rows per expert, most) stages nothing: the
+        // test is the same for its lanes, so their warp barriers stay whole.
+        specialise(
+            STAGED_STORE,
+            &[("head", &staging_head(width)), ("groups", &groups)],
+        )
     }
 
     /// Row `%wrow` + 4 i of the warp's, this lane's i-th: `%li{i}` (it exists: stored),
     /// `%lg{i}` (the global byte address of its word at column `%wcol`), `%ls{i}` (the
     /// staged word's shared address).
-    fn lane_row(&self, b: &mut String, i: usize) {
+    fn lane_row(&self, i: usize) -> String {
         // Ablated, stored only where the count exceeds the slots: never, but not known to
         // the compiler, which so keeps the multiplications.
         let (exists, never) = if self.ablate.store {
-            (format!("%li{i}in"), format!("\n            %li{i}big = arith.cmpi ugt, %cnt, %cS : index\n            %li{i} = arith.andi %li{i}in, %li{i}big : i1"))
+            (format!("%li{i}in"), format!("            %li{i}big = arith.cmpi ugt, %cnt, %cS : index\n            %li{i} = arith.andi %li{i}in, %li{i}big : i1\n"))
         } else {
             (format!("%li{i}"), String::new())
         };
-        let _ = writeln!(
-            b,
-            "            %li{i}k = arith.constant {} : index\n            %li{i}w = arith.addi %wrow, %li{i}k : index\n            %li{i}r0 = arith.addi %rw0, %li{i}w : index\n            %li{i}r = arith.addi %r0, %li{i}r0 : index\n            {exists} = arith.cmpi ult, %li{i}r, %cnt : index{never}\n            %lg{i} = scf.if %li{i} -> (index) {{\n{}              %li{i}e0 = arith.muli %li{i}s, %cW : index\n              %li{i}e = arith.addi %li{i}e0, %wcol : index\n              %li{i}b = arith.muli %li{i}e, %c2 : index\n              %li{i}a = arith.addi %dstx, %li{i}b : index\n              scf.yield %li{i}a : index\n            }} else {{\n              scf.yield %c0 : index\n            }}\n            %li{i}xb = arith.muli %wword, %c16 : index\n            %li{i}rb = arith.muli %li{i}w, %cRS : index\n            %ls{i}0 = arith.addi %stw, %li{i}rb : index\n            %ls{i} = arith.addi %ls{i}0, %li{i}xb : index",
-            4 * i,
-            self.output_row(&format!("li{i}"), &format!("%li{i}r"), "              ")
-        );
+        let output_row = self.output_row(&format!("li{i}"), &format!("%li{i}r"), "              ");
+        specialise(
+            LANE_ROW,
+            &[
+                ("i", &i),
+                ("row", &(4 * i)),
+                ("exists", &exists),
+                ("never", &never),
+                ("output_row", &output_row),
+            ],
+        )
     }
 
     /// Group q's pairs into the staging: tiles 8 q .. 8 q + 7, both row halves.
-    fn stage_group(&self, b: &mut String, q: usize, tiles: usize) {
+    fn stage_group(&self, q: usize, tiles: usize) -> String {
+        let mut b = String::new();
         for h in 0..2 {
             for jj in 0..8 {
                 let j = 8 * q + jj;
                 let o = format!("e{h}_{j}");
-                let values = self.output_values(b, &o, 4 * j + 2 * h, 4 * tiles);
-                let pair = pack(b, &o, &values, IND);
-                let _ = writeln!(
-                    b,
-                    "            %{o}h = arith.constant {} : index\n            %{o}a = arith.addi %stp, %{o}h : index",
-                    8 * h * ROW_STRIDE + 16 * jj
-                );
-                let at = pointer(b, &o, &format!("%{o}a"), 3, IND);
-                let _ = writeln!(
-                    b,
-                    "{IND}llvm.store {pair}, {at} {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<3>"
+                let (values, names) = self.output_values(&o, 4 * j + 2 * h, 4 * tiles);
+                b += &specialise(
+                    STAGE_PAIR,
+                    &[
+                        ("values", &values),
+                        ("pair", &pack(&o, &names, IND)),
+                        ("o", &o),
+                        ("offset", &(8 * h * ROW_STRIDE + 16 * jj)),
+                        ("pointer", &pointer(&o, &format!("%{o}a"), 3, IND)),
+                    ],
                 );
             }
         }
-    }
-
-    /// This lane's i-th row's word of group q: read from the staging, stored where the row
-    /// (and, `checked`, the word's columns) exist (64 q columns, 128 q bytes, past `%lg{i}`).
-    fn write_out(&self, b: &mut String, q: usize, i: usize, checked: bool) {
-        let o = format!("o{q}_{i}");
-        let cond = if checked {
-            let _ = writeln!(
-                b,
-                "            %{o}ck = arith.constant {} : index\n            %{o}c = arith.addi %wcol, %{o}ck : index\n            %{o}cin = arith.cmpi ult, %{o}c, %cW : index\n            %{o}in = arith.andi %li{i}, %{o}cin : i1",
-                q * GROUP_COLUMNS
-            );
-            format!("%{o}in")
-        } else {
-            format!("%li{i}")
-        };
-        let from = pointer(b, &format!("{o}s"), &format!("%ls{i}"), 3, IND);
-        let _ = writeln!(
-            b,
-            "{IND}%{o}v = llvm.load {from} {{alignment = 16 : i64}} : !llvm.ptr<3> -> vector<4xi32>\n{IND}scf.if {cond} {{\n              %{o}k = arith.constant {} : index\n              %{o}g = arith.addi %lg{i}, %{o}k : index",
-            q * GROUP_COLUMNS * 2
-        );
-        let to = pointer(b, &format!("{o}g"), &format!("%{o}g"), 1, "              ");
-        let _ = writeln!(
-            b,
-            "              llvm.store %{o}v, {to} {{alignment = 16 : i64}} : vector<4xi32>, !llvm.ptr<1>\n{IND}}}"
-        );
+        b
     }
 
     /// The pass's results (pass `%r0`), where the warpgroup has rows: accumulator
@@ -181,64 +157,71 @@ impl WarpgroupProjection<'_> {
     /// (Session 30's 2-byte store per element, each behind its column's check, was not timed
     /// against it alone: with `.maxntid` stated too, `pproj` at Qwen3's 4096 tokens went from
     /// 1.109 to 0.943 ms.)
-    pub(super) fn direct_store(&self, b: &mut String) {
-        let (tiles, width) = (self.block_columns() / 8, self.out_columns());
+    pub(super) fn direct_store(&self) -> String {
+        let width = self.out_columns();
         debug_assert_eq!(width % 2, 0);
+        let halves: String = (0..2).map(|h| self.direct_half(h)).collect();
+        specialise(
+            DIRECT_STORE,
+            &[
+                ("head", &head(width)),
+                ("warp_rows", &WARP_ROWS_TEXT),
+                ("halves", &halves),
+            ],
+        )
+    }
+
+    /// `direct_store`'s rows 8 h + g of the warp's.
+    fn direct_half(&self, h: usize) -> String {
+        let (tiles, width) = (self.block_columns() / 8, self.out_columns());
         let checked = width % self.block_columns() != 0;
-        head(b, width);
-        let _ = writeln!(
-            b,
-            "{ROWS}\n            %rw = arith.addi %rw0, %lgrp : index\n            %tpair = arith.muli %tig, %c2 : index\n            %oc = arith.addi %nb0, %tpair : index"
-        );
-        for h in 0..2 {
-            let r = format!("s{h}");
-            // Ablated, stored only where the count exceeds the slots: never, but not known to
-            // the compiler, which so keeps the multiplications.
-            let (kept, cond) = if self.ablate.store {
-                (format!("            %{r}big = arith.cmpi ugt, %cnt, %cS : index\n            %{r}in = arith.andi %{r}in0, %{r}big : i1\n"), "in")
-            } else {
-                (String::new(), "in0")
+        let r = format!("s{h}");
+        // Ablated, stored only where the count exceeds the slots: never, but not known to
+        // the compiler, which so keeps the multiplications.
+        let (never, cond) = if self.ablate.store {
+            (format!("            %{r}big = arith.cmpi ugt, %cnt, %cS : index\n            %{r}in = arith.andi %{r}in0, %{r}big : i1\n"), "in")
+        } else {
+            (String::new(), "in0")
+        };
+        let mut pairs = String::new();
+        for j in 0..tiles {
+            let o = format!("{r}_{j}");
+            let (values, names) = self.output_values(&o, 4 * j + 2 * h, 4 * tiles);
+            pairs += &values;
+            pairs += &format!("              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index\n", 8 * j);
+            let ind = match checked {
+                true => "                ",
+                false => "              ",
             };
-            let _ = writeln!(
-                b,
-                "            %{r}c = arith.constant {} : index\n            %{r}row0 = arith.addi %rw, %{r}c : index\n            %{r}row = arith.addi %r0, %{r}row0 : index\n            %{r}in0 = arith.cmpi ult, %{r}row, %cnt : index\n{kept}            scf.if %{r}{cond} {{\n{}              %{r}base = arith.muli %{r}s, %cW : index",
-                8 * h,
-                self.output_row(&r, &format!("%{r}row"), "              ")
+            let pair = specialise_at(
+                DIRECT_PAIR,
+                ind,
+                &[
+                    ("o", &o),
+                    ("r", &r),
+                    ("pair", &pack(&o, &names, "")),
+                    ("pointer", &pointer(&o, &format!("%{o}ad"), 1, "")),
+                ],
             );
-            for j in 0..tiles {
-                let o = format!("{r}_{j}");
-                let values = self.output_values(b, &o, 4 * j + 2 * h, 4 * tiles);
-                let _ = writeln!(
-                    b,
-                    "              %{o}k = arith.constant {} : index\n              %{o}col = arith.addi %oc, %{o}k : index",
-                    8 * j
-                );
-                let ind = if checked {
-                    let _ = writeln!(
-                        b,
-                        "              %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n              scf.if %{o}ok {{"
-                    );
-                    "                "
-                } else {
-                    "              "
-                };
-                let _ = writeln!(b, "{ind}%{o}at = arith.addi %{r}base, %{o}col : index");
-                let pair = pack(b, &o, &values, ind);
-                let _ = writeln!(
-                    b,
-                    "{ind}%{o}by = arith.muli %{o}at, %c2 : index\n{ind}%{o}ad = arith.addi %dstx, %{o}by : index"
-                );
-                let at = pointer(b, &o, &format!("%{o}ad"), 1, ind);
-                let _ = writeln!(
-                    b,
-                    "{ind}llvm.store {pair}, {at} {{alignment = 4 : i64}} : vector<2xbf16>, !llvm.ptr<1>"
-                );
-                if checked {
-                    let _ = writeln!(b, "              }}");
-                }
-            }
-            let _ = writeln!(b, "            }}");
+            pairs += &match checked {
+                true => format!("              %{o}ok = arith.cmpi ult, %{o}col, %cW : index\n              scf.if %{o}ok {{\n{pair}              }}\n"),
+                false => pair,
+            };
         }
+        specialise(
+            DIRECT_HALF,
+            &[
+                ("r", &r),
+                ("row", &(8 * h)),
+                ("never", &never),
+                ("cond", &cond),
+                (
+                    "output_row",
+                    &self.output_row(&r, &format!("%{r}row"), "              "),
+                ),
+                ("pairs", &pairs),
+            ],
+        )
     }
 
     /// `%{v}s`, the output row of the tile's row `row` of its expert (an index value): its
@@ -248,71 +231,116 @@ impl WarpgroupProjection<'_> {
         if self.sorted && self.act.is_some() {
             format!("{ind}%{v}s = arith.addi %rbase, {row} : index\n")
         } else {
-            format!("{ind}%{v}l = arith.addi %lbase, {row} : index\n{ind}%{v}s32 = memref.load %lists[%{v}l] : memref<?xi32>\n{ind}%{v}s = arith.index_cast %{v}s32 : i32 to index\n")
+            specialise_at(LISTED_ROW, ind, &[("v", &v), ("row", &row)])
         }
     }
 
     /// `%{o}v`, the f32 output of accumulator `idx`: itself, or fused the activation of it
     /// (a gate value) and of accumulator `idx + up` (its up value), each rounded to bf16 first
-    /// as PyTorch's bf16 projection rounds them.
-    pub(super) fn output_value(&self, b: &mut String, o: &str, idx: usize, up: usize) -> String {
+    /// as PyTorch's bf16 projection rounds them. The lines, and the value's name.
+    fn output_value(&self, o: &str, idx: usize, up: usize) -> (String, String) {
         let acc = acc_type();
-        match &self.act {
-            None => {
-                let _ = writeln!(
-                    b,
-                    "              %{o}v = llvm.extractvalue %acc[{idx}] : {acc}"
-                );
-            }
+        let lines = match &self.act {
+            None => format!("              %{o}v = llvm.extractvalue %acc[{idx}] : {acc}\n"),
             Some(act) => {
-                let _ = writeln!(
-                    b,
-                    "              %{o}g = llvm.extractvalue %acc[{idx}] : {acc}\n              %{o}u = llvm.extractvalue %acc[{}] : {acc}",
-                    idx + up
-                );
                 let (g, u) = (format!("%{o}g"), format!("%{o}u"));
-                super::super::experts_kernels::rounded_gate_up(b, o, &g, &u, "              ");
-                let _ = writeln!(
-                    b,
-                    "              %{o}v = scf.execute_region -> f32 {{\n              %g = arith.addf %{o}gv, %zero : f32\n              %u = arith.addf %{o}uv, %zero : f32\n{act}              scf.yield %res : f32\n              }}"
+                let mut rounded = String::new();
+                super::super::experts_kernels::rounded_gate_up(
+                    &mut rounded,
+                    o,
+                    &g,
+                    &u,
+                    "              ",
                 );
+                specialise(
+                    GATED_VALUE,
+                    &[
+                        ("o", &o),
+                        ("gate", &idx),
+                        ("up", &(idx + up)),
+                        ("acc", &acc),
+                        ("rounded", &rounded),
+                        ("act", act),
+                    ],
+                )
             }
-        }
-        format!("%{o}v")
+        };
+        (lines, format!("%{o}v"))
     }
 
-    /// Accumulators `idx` and `idx + 1`'s outputs (`output_value`, named `{o}0` and `{o}1`).
-    fn output_values(&self, b: &mut String, o: &str, idx: usize, up: usize) -> [String; 2] {
-        [0, 1].map(|c| self.output_value(b, &format!("{o}{c}"), idx + c, up))
+    /// Accumulators `idx` and `idx + 1`'s outputs (`output_value`, named `{o}0` and `{o}1`):
+    /// their lines, and their names.
+    fn output_values(&self, o: &str, idx: usize, up: usize) -> (String, [String; 2]) {
+        let [(l0, v0), (l1, v1)] =
+            [0, 1].map(|c| self.output_value(&format!("{o}{c}"), idx + c, up));
+        (l0 + &l1, [v0, v1])
     }
 }
 
+/// The epilogue's values (`head`'s), `%stw` (this warp's staging),
+/// `%stp` (where this thread's pairs of row g go, less the tile's word), `%wcol` (this
+/// lane's 16-byte word's first column).
+fn staging_head(width: usize) -> String {
+    specialise(
+        STAGING_HEAD,
+        &[
+            ("head", &head(width)),
+            ("warp_staging", &WARP_STAGING),
+            ("row_stride", &ROW_STRIDE),
+            ("warp_rows", &WARP_ROWS_TEXT),
+        ],
+    )
+}
+
+/// This lane's i-th row's word of group q: read from the staging, stored where the row
+/// (and, `checked`, the word's columns) exist (64 q columns, 128 q bytes, past `%lg{i}`).
+fn write_out(q: usize, i: usize, checked: bool) -> String {
+    let o = format!("o{q}_{i}");
+    let (checks, cond) = match checked {
+        true => (
+            specialise(
+                WRITE_OUT_CHECKED,
+                &[("o", &o), ("i", &i), ("column", &(q * GROUP_COLUMNS))],
+            ),
+            format!("%{o}in"),
+        ),
+        false => (String::new(), format!("%li{i}")),
+    };
+    specialise(
+        WRITE_OUT,
+        &[
+            ("checked", &checks),
+            (
+                "from",
+                &pointer(&format!("{o}s"), &format!("%ls{i}"), 3, IND),
+            ),
+            ("o", &o),
+            ("cond", &cond),
+            ("offset", &(q * GROUP_COLUMNS * 2)),
+            ("i", &i),
+            (
+                "to",
+                &pointer(&format!("{o}g"), &format!("%{o}g"), 1, "              "),
+            ),
+        ],
+    )
+}
+
 /// `%{o}p`: the f32 values `[v0, v1]` as a bf16 pair.
-fn pack(b: &mut String, o: &str, [v0, v1]: &[String; 2], ind: &str) -> String {
-    let _ = writeln!(
-        b,
-        "{ind}%{o}b0 = arith.truncf {v0} : f32 to bf16\n{ind}%{o}b1 = arith.truncf {v1} : f32 to bf16\n{ind}%{o}p0 = llvm.insertelement %{o}b0, %pair0[%lane0 : i32] : vector<2xbf16>\n{ind}%{o}p = llvm.insertelement %{o}b1, %{o}p0[%lane1 : i32] : vector<2xbf16>"
-    );
-    format!("%{o}p")
+fn pack(o: &str, [v0, v1]: &[String; 2], ind: &str) -> String {
+    specialise_at(PACK, ind, &[("o", &o), ("v0", v0), ("v1", v1)])
 }
 
 /// The two epilogues' common values: `%cW` (the output's width), `%zero`, `%dstx` (the
 /// output's address), `%pair0` and its lanes' indices.
-fn head(b: &mut String, width: usize) {
-    let _ = writeln!(
-        b,
-        "{IND}%cW = arith.constant {width} : index\n{IND}%zero = arith.constant 0.0 : f32\n{IND}%dstx = memref.extract_aligned_pointer_as_index %dst : memref<?xbf16> -> index\n{IND}%pair0 = llvm.mlir.undef : vector<2xbf16>\n{IND}%lane0 = llvm.mlir.constant(0 : i32) : i32\n{IND}%lane1 = llvm.mlir.constant(1 : i32) : i32"
-    );
+fn head(width: usize) -> String {
+    specialise(EPILOGUE_HEAD, &[("width", &width)])
 }
 
 /// `%{v}_ptr`: the byte address `at` (an index value) as a pointer into address space `space`
 /// (1 global, 3 shared).
-fn pointer(b: &mut String, v: &str, at: &str, space: u32, ind: &str) -> String {
-    let _ = writeln!(
-        b,
-        "{ind}%{v}_i64 = arith.index_cast {at} : index to i64\n{ind}%{v}_ptr = llvm.inttoptr %{v}_i64 : i64 to !llvm.ptr<{space}>"
-    );
-    format!("%{v}_ptr")
+fn pointer(v: &str, at: &str, space: u32, ind: &str) -> String {
+    format!("{ind}%{v}_i64 = arith.index_cast {at} : index to i64\n{ind}%{v}_ptr = llvm.inttoptr %{v}_i64 : i64 to !llvm.ptr<{space}>\n")
 }
 
 #[cfg(test)]

@@ -1,0 +1,1 @@
+            {{m}} = nvvm.mma.sync A[%{{a}}a_{{w0}}, %{{a}}b_{{w0}}, %{{a}}a_{{w1}}, %{{a}}b_{{w1}}] B[%{{b}}_{{w0}}, %{{b}}_{{w1}}] C[{{c}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> {{out}}

@@ -1,0 +1,9 @@
+              %{{name}}o = arith.constant {{offset}} : index
+              %{{name}}x = arith.addi {{base}}, %{{name}}o : index
+              %{{name}}i = arith.index_cast %{{name}}x : index to i64
+              %{{name}}m = arith.constant 262143 : i64
+              %{{name}}a = arith.andi %{{name}}i, %{{name}}m : i64
+              %{{name}}s4 = arith.constant 4 : i64
+              %{{name}}h = arith.shrui %{{name}}a, %{{name}}s4 : i64
+              %{{name}}f = arith.constant {{fixed}} : i64
+              %d{{name}} = arith.ori %{{name}}h, %{{name}}f : i64

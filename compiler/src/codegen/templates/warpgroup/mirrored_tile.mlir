@@ -1,0 +1,11 @@
+          %rodd = arith.andi %it, %c1 : index
+          %odd = arith.cmpi ne, %rodd, %c0 : index
+          %round1 = arith.addi %it, %c1 : index
+          %rend = arith.muli %round1, %G : index
+          %full = arith.cmpi ule, %rend, %total : index
+          %mirror = arith.andi %odd, %full : i1
+          %rstart = arith.muli %it, %G : index
+          %Gm1 = arith.subi %G, %c1 : index
+          %mpos = arith.subi %Gm1, %bid : index
+          %mt = arith.addi %rstart, %mpos : index
+          %t = arith.select %mirror, %mt, %s : index

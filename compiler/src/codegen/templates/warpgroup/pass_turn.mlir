@@ -1,0 +1,3 @@
+          %owg = arith.subi %c1, %wg : index
+{{other}}
+{{release}}

@@ -1,0 +1,1 @@
+              llvm.inline_asm has_side_effects asm_dialect = att "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {$2, $3}], [$4];", "r,l,r,r,r" {{dst}}, {{map}}, %tk32, {{row}}, {{full}} : (i32, i64, i32, i32, i32) -> ()

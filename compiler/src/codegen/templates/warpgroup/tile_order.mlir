@@ -1,0 +1,3 @@
+          %sb = arith.subi %s, %bid : index
+          %it = arith.divui %sb, %G : index
+{{tile}}
