@@ -26,9 +26,24 @@ use super::kernel_gen::{static_shape, warp_reduce, WARP};
 use super::template::specialise;
 use super::tensor_core_projection::TensorCoreProjection;
 use ppmoe_runtime::program::{DecodeTile, ExpertDims, ExpertLayout, Op, Program, DECODE_WARPS};
-use std::fmt::Write as _;
 
 const SLOT_OF: &str = include_str!("templates/slot_of.mlir");
+const GROUP: &str = include_str!("templates/decode/group.mlir");
+const GROUP_LIST: &str = include_str!("templates/decode/group_list.mlir");
+const GROUP_POSITION: &str = include_str!("templates/decode/group_position.mlir");
+const SLOT_AT: &str = include_str!("templates/decode/slot_at.mlir");
+const PROJECTION: &str = include_str!("templates/decode/projection.mlir");
+const FITS: &str = include_str!("templates/decode/fits.mlir");
+const BODY: &str = include_str!("templates/decode/body.mlir");
+const COLUMNS: &str = include_str!("templates/decode/columns.mlir");
+const COLUMN: &str = include_str!("templates/decode/column.mlir");
+const STAGE: &str = include_str!("templates/decode/stage.mlir");
+const MULTIPLY: &str = include_str!("templates/decode/multiply.mlir");
+const WEIGHT_WORD: &str = include_str!("templates/decode/weight_word.mlir");
+const STAGED_VALUE: &str = include_str!("templates/decode/staged_value.mlir");
+const STORE: &str = include_str!("templates/decode/store.mlir");
+const STORE_ROW: &str = include_str!("templates/decode/store_row.mlir");
+const STORE_COLUMN: &str = include_str!("templates/decode/store_column.mlir");
 
 /// Bytes one lane reads of a weight column at once.
 const WORD_BYTES: usize = 16;
@@ -238,61 +253,41 @@ fn slot_at_index(slot: &str, sfx: &str) -> String {
 /// any use (an index past the slots reads the last one and is left out).
 fn group_kernel(prefix: &str, s: usize, e: usize) -> String {
     use ppmoe_runtime::program::{LIST_SLOTS_PER_THREAD as U, LIST_THREADS};
-    let step = LIST_THREADS * U;
-    let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "      %bid = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %cS = arith.constant {s} : index\n      %cS1 = arith.constant {} : index\n      %cE = arith.constant {e} : index\n      %cstep = arith.constant {step} : index\n      %z32 = arith.constant 0 : i32\n      %one32 = arith.constant 1 : i32\n      %m1 = arith.constant -1 : i32\n      %zero = arith.constant 0.0 : f32\n      %first64 = arith.index_cast %first : index to i64\n      %cE64 = arith.index_cast %cE : index to i64\n      %z64 = arith.constant 0 : i64\n      %lister = arith.cmpi ult, %bid, %cE : index\n      scf.if %lister {{\n        %tid0 = arith.cmpi eq, %tid, %c0 : index\n        scf.if %tid0 {{\n          memref.store %z32, %cnt[%c0] : memref<1xi32, 3>\n        }}\n        gpu.barrier\n        %bid64 = arith.index_cast %bid : index to i64\n        %lbase = arith.muli %bid, %cS : index\n        scf.for %base = %c0 to %cS step %cstep {{",
-        s - 1
-    );
-    for u in 0..U {
-        slot_at(&mut b, u, "%base");
-    }
-    for u in 0..U {
-        let _ = writeln!(
-            b,
-            "          %is_{u} = arith.cmpi eq, %loc_{u}, %bid64 : i64\n          %mine_{u}_0 = arith.andi %is_{u}, %nz_{u} : i1\n          %mine_{u} = arith.andi %mine_{u}_0, %in_{u} : i1\n          scf.if %mine_{u} {{\n            %at_{u}_32 = memref.atomic_rmw addi %one32, %cnt[%c0] : (i32, memref<1xi32, 3>) -> i32\n            %at_{u} = arith.index_cast %at_{u}_32 : i32 to index\n            %li_{u} = arith.addi %lbase, %at_{u} : index\n            %s_{u}_32 = arith.index_cast %s_{u} : index to i32\n            memref.store %s_{u}_32, %lists[%li_{u}] : memref<?xi32>\n          }}"
-        );
-    }
-    let _ = writeln!(
-        b,
-        "        }}\n        gpu.barrier\n        scf.if %tid0 {{\n          %n = memref.load %cnt[%c0] : memref<1xi32, 3>\n          memref.store %n, %counts[%bid] : memref<?xi32>\n        }}\n      }} else {{\n        %q = arith.subi %bid, %cE : index\n        %qbase = arith.muli %q, %cstep : index"
-    );
-    for u in 0..U {
-        slot_at(&mut b, u, "%qbase");
-    }
-    for u in 0..U {
-        let _ = writeln!(
-            b,
-            "          scf.if %in_{u} {{\n            %used_{u} = arith.andi %local_{u}, %nz_{u} : i1\n            %s_{u}_32 = arith.index_cast %s_{u} : index to i32\n            %p_{u} = arith.select %used_{u}, %s_{u}_32, %m1 : i32\n            memref.store %p_{u}, %pos[%s_{u}] : memref<?xi32>\n            %l_{u}_32 = arith.trunci %loc_{u} : i64 to i32\n            %le_{u} = arith.select %local_{u}, %l_{u}_32, %z32 : i32\n            memref.store %le_{u}, %eid[%s_{u}] : memref<?xi32>\n          }}"
-        );
-    }
-    let _ = writeln!(b, "      }}");
-    let params = [
-        "%ids: memref<?xf32>",
-        "%w: memref<?xf32>",
-        "%lists: memref<?xi32>",
-        "%counts: memref<?xi32>",
-        "%pos: memref<?xi32>",
-        "%eid: memref<?xi32>",
-        "%first: index",
-    ];
-    format!(
-        "    gpu.func @{prefix}_dgroup({}) workgroup(%cnt: memref<1xi32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
-        params.join(", ")
+    let each =
+        |template: &str| -> String { (0..U).map(|u| specialise(template, &[("u", &u)])).collect() };
+    let slots = |base: &str| -> String { (0..U).map(|u| slot_at(u, base)).collect() };
+    specialise(
+        GROUP,
+        &[
+            ("name", &format!("{prefix}_dgroup")),
+            ("s", &s),
+            ("last_slot", &(s - 1)),
+            ("e", &e),
+            ("step", &(LIST_THREADS * U)),
+            ("lister_slots", &slots("%base")),
+            ("lists", &each(GROUP_LIST)),
+            ("other_slots", &slots("%qbase")),
+            ("positions", &each(GROUP_POSITION)),
+        ],
     )
 }
 
 /// The thread's slot `u` of those from `base`: `%s_{u}` (its index), `%in_{u}` (whether it is one
 /// of the slots), and `slot_of`'s values for it (or for the last slot, where it is not), each
 /// suffixed `_{u}`; `%cS`, `%cS1` (the last slot) and `%tid` defined.
-fn slot_at(b: &mut String, u: usize, base: &str) {
-    let _ = writeln!(
-        b,
-        "          %o_{u} = arith.constant {} : index\n          %sb_{u} = arith.addi {base}, %o_{u} : index\n          %s_{u} = arith.addi %sb_{u}, %tid : index\n          %in_{u} = arith.cmpi ult, %s_{u}, %cS : index\n          %sr_{u} = arith.minui %s_{u}, %cS1 : index",
-        u * ppmoe_runtime::program::LIST_THREADS
-    );
-    b.push_str(&slot_at_index(&format!("%sr_{u}"), &format!("_{u}")));
+fn slot_at(u: usize, base: &str) -> String {
+    specialise(
+        SLOT_AT,
+        &[
+            ("u", &u),
+            ("offset", &(u * ppmoe_runtime::program::LIST_THREADS)),
+            ("base", &base),
+            (
+                "slot",
+                &slot_at_index(&format!("%sr_{u}"), &format!("_{u}")),
+            ),
+        ],
+    )
 }
 
 /// One projection's kernel (see the module's comment).
@@ -325,58 +320,44 @@ impl Projection {
 
     fn kernel(&self) -> String {
         let (r, cw, kc) = (self.tile.rows, self.tile.warp_columns, self.chunk());
-        let mut b = String::new();
-        let _ = writeln!(
-            b,
-            "      %e = gpu.block_id y\n      %nb = gpu.block_id x\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c32 = arith.constant 32 : index\n      %c256 = arith.constant 256 : index\n      %cR = arith.constant {r} : index\n      %cKC = arith.constant {kc} : index\n      %cK = arith.constant {} : index\n      %cS = arith.constant {} : index\n      %cN = arith.constant {} : index\n      %cper = arith.constant {} : index\n      %cdiv = arith.constant {} : index\n      %zero = arith.constant 0.0 : f32\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %any = arith.cmpi ugt, %cnt, %c0 : index\n      scf.if %any {{",
-            self.din,
-            self.slots,
-            self.dout,
-            self.per,
-            self.div
-        );
-        self.columns(&mut b, cw);
-        let _ = writeln!(
-            b,
-            "        %lbase = arith.muli %e, %cS : index\n        scf.for %r0 = %c0 to %cnt step %cR {{\n          %left = arith.subi %cnt, %r0 : index\n          %rows = arith.minui %left, %cR : index"
-        );
         // A body per row count up to R (1, 2, 4, .., R), the smallest that holds this pass's
         // rows: an expert with one row does one row's arithmetic and staging, not R's.
         let sizes = row_counts(r);
+        let mut bodies = String::new();
         for (i, &n) in sizes.iter().enumerate() {
-            if i + 1 < sizes.len() {
-                let _ = writeln!(
-                    b,
-                    "          %rn{n} = arith.constant {n} : index\n          %fits{n} = arith.cmpi ule, %rows, %rn{n} : index\n          scf.if %fits{n} {{"
-                );
+            let last = i + 1 == sizes.len();
+            if !last {
+                bodies += &specialise(FITS, &[("n", &n)]);
             }
-            self.body(&mut b, n, cw);
-            if i + 1 < sizes.len() {
-                let _ = writeln!(b, "          }} else {{");
+            bodies += &self.body(n, cw);
+            if !last {
+                bodies += "          } else {\n";
             }
         }
-        for _ in 1..sizes.len() {
-            let _ = writeln!(b, "          }}");
-        }
-        let _ = writeln!(b, "        }}\n      }}");
-        let params = [
-            format!("%src: memref<?x{}>", self.src),
-            "%wt: memref<?xvector<4xi32>>".to_string(),
-            "%lists: memref<?xi32>".to_string(),
-            "%counts: memref<?xi32>".to_string(),
-            format!("%dst: memref<?x{}>", self.mid),
-        ];
-        format!(
-            "    gpu.func @{}({}) workgroup(%xs: memref<{}xf32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
-            self.name,
-            params.join(", "),
-            r * kc
+        bodies += &"          }\n".repeat(sizes.len() - 1);
+        specialise(
+            PROJECTION,
+            &[
+                ("name", &self.name),
+                ("src", &self.src),
+                ("mid", &self.mid),
+                ("staged_floats", &(r * kc)),
+                ("r", &r),
+                ("kc", &kc),
+                ("din", &self.din),
+                ("slots", &self.slots),
+                ("dout", &self.dout),
+                ("per", &self.per),
+                ("div", &self.div),
+                ("columns", &self.columns(cw)),
+                ("bodies", &bodies),
+            ],
         )
     }
 
     /// One pass over `n` rows (at most; `%rows` of them real): the chunks of the inner
     /// dimension staged and multiplied, then the sums stored.
-    fn body(&self, b: &mut String, n: usize, cw: usize) {
+    fn body(&self, n: usize, cw: usize) -> String {
         let accs: Vec<String> = (0..n * cw).map(|a| format!("%a{a}")).collect();
         let inits = accs
             .iter()
@@ -384,38 +365,38 @@ impl Projection {
             .collect::<Vec<_>>()
             .join(", ");
         let types = vec!["f32"; n * cw].join(", ");
-        let _ = writeln!(
-            b,
-            "          %acc:{} = scf.for %kc = %c0 to %cK step %cKC iter_args({inits}) -> ({types}) {{",
-            n * cw
-        );
-        self.stage(b, n);
-        self.multiply(b, n, &accs, &types);
-        let _ = writeln!(b, "          }}");
-        self.store(b, n);
+        specialise(
+            BODY,
+            &[
+                ("n", &(n * cw)),
+                ("inits", &inits),
+                ("types", &types),
+                ("stage", &self.stage(n)),
+                ("multiply", &self.multiply(n, &accs, &types)),
+                ("store", &self.store(n)),
+            ],
+        )
     }
 
     /// This warp's columns `%col{j}`, and the first weight word of each (clamped to the last
     /// column past the end: read, never stored).
-    fn columns(&self, b: &mut String, cw: usize) {
-        let _ = writeln!(
-            b,
-            "        %ccw = arith.constant {cw} : index\n        %cbw = arith.constant {} : index\n        %cb00 = arith.muli %nb, %cbw : index\n        %wcw = arith.muli %warp, %ccw : index\n        %cbase = arith.addi %cb00, %wcw : index\n        %eN = arith.muli %e, %cN : index\n        %nm1 = arith.constant {} : index\n        %kw = arith.constant {} : index",
-            DECODE_WARPS * cw,
-            self.dout - 1,
-            self.din / self.per
-        );
-        for j in 0..cw {
-            let _ = writeln!(
-                b,
-                "        %cj{j} = arith.constant {j} : index\n        %col{j} = arith.addi %cbase, %cj{j} : index\n        %colc{j} = arith.minui %col{j}, %nm1 : index\n        %wr{j} = arith.addi %eN, %colc{j} : index\n        %wb{j} = arith.muli %wr{j}, %kw : index"
-            );
-        }
+    fn columns(&self, cw: usize) -> String {
+        let columns: String = (0..cw).map(|j| specialise(COLUMN, &[("j", &j)])).collect();
+        specialise(
+            COLUMNS,
+            &[
+                ("cw", &cw),
+                ("block_columns", &(DECODE_WARPS * cw)),
+                ("last", &(self.dout - 1)),
+                ("row_words", &(self.din / self.per)),
+                ("columns", &columns),
+            ],
+        )
     }
 
     /// Rows r0.. (up to `rows`, of `n` staged) of chunk kc.. of the inner dimension into `%xs`
     /// as f32 (0 past the rows or the end), between barriers.
-    fn stage(&self, b: &mut String, n: usize) {
+    fn stage(&self, n: usize) -> String {
         let load = if self.src == "f32" && self.per == 8 {
             // f32 rows into a bf16 projection: rounded to bf16 first, as the host-grouped path
             // narrows a bf16 GEMM's activations and the CPU backend computes it.
@@ -428,17 +409,19 @@ impl Projection {
                 self.src
             )
         };
-        let _ = writeln!(
-            b,
-            "            gpu.barrier\n            %klen0 = arith.subi %cK, %kc : index\n            %klen = arith.minui %klen0, %cKC : index\n            %cNKC = arith.constant {} : index\n            scf.for %ix = %tid to %cNKC step %c256 {{\n              %r = arith.divui %ix, %cKC : index\n              %kk = arith.remui %ix, %cKC : index\n              %rin = arith.cmpi ult, %r, %rows : index\n              %kin = arith.cmpi ult, %kk, %klen : index\n              %ok = arith.andi %rin, %kin : i1\n              %v = scf.if %ok -> (f32) {{\n                %li0 = arith.addi %lbase, %r0 : index\n                %li = arith.addi %li0, %r : index\n                %s32 = memref.load %lists[%li] : memref<?xi32>\n                %s = arith.index_cast %s32 : i32 to index\n                %row = arith.divui %s, %cdiv : index\n                %rb = arith.muli %row, %cK : index\n                %o1 = arith.addi %rb, %kc : index\n                %o = arith.addi %o1, %kk : index\n{load}                scf.yield %xv : f32\n              }} else {{\n                scf.yield %zero : f32\n              }}\n              memref.store %v, %xs[%ix] : memref<{}xf32, 3>\n            }}\n            gpu.barrier",
-            n * self.chunk(),
-            self.tile.rows * self.chunk()
-        );
+        specialise(
+            STAGE,
+            &[
+                ("pass_floats", &(n * self.chunk())),
+                ("load", &load),
+                ("staged_floats", &(self.tile.rows * self.chunk())),
+            ],
+        )
     }
 
     /// The lanes' words of the chunk: each column's weights times each staged row, into the
     /// accumulators (one fused multiply-add per element, in the word's order).
-    fn multiply(&self, b: &mut String, n: usize, accs: &[String], types: &str) {
+    fn multiply(&self, n: usize, accs: &[String], types: &str) -> String {
         let (cw, per) = (self.tile.warp_columns, self.per);
         let xs = format!("memref<{}xf32, 3>", self.tile.rows * self.chunk());
         let inner: Vec<String> = (0..accs.len()).map(|a| format!("%b{a}")).collect();
@@ -448,96 +431,97 @@ impl Projection {
             .map(|(i, a)| format!("{i} = {a}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let _ = writeln!(
-            b,
-            "            %nw = arith.divui %klen, %cper : index\n            %kcw = arith.divui %kc, %cper : index\n            %in:{} = scf.for %q = %lane to %nw step %c32 iter_args({iters}) -> ({types}) {{\n              %qp = arith.muli %q, %cper : index",
-            accs.len()
-        );
-        for j in 0..cw {
-            let _ = writeln!(
-                b,
-                "              %wi{j}0 = arith.addi %wb{j}, %kcw : index\n              %wi{j} = arith.addi %wi{j}0, %q : index\n              %wv{j} = memref.load %wt[%wi{j}] : memref<?xvector<4xi32>>"
-            );
-            self.unpack(b, j);
-        }
+        let weights: String = (0..cw).map(|j| self.weight_word(j)).collect();
         let mut next: Vec<String> = inner.clone();
+        let mut products = String::new();
         for row in 0..n {
             for u in 0..per {
-                let _ = writeln!(
-                    b,
-                    "              %xo{row}_{u}c = arith.constant {} : index\n              %xo{row}_{u} = arith.addi %qp, %xo{row}_{u}c : index\n              %x{row}_{u} = memref.load %xs[%xo{row}_{u}] : {xs}",
-                    row * self.chunk() + u
+                products += &specialise(
+                    STAGED_VALUE,
+                    &[
+                        ("row", &row),
+                        ("u", &u),
+                        ("offset", &(row * self.chunk() + u)),
+                        ("xs", &xs),
+                    ],
                 );
                 for j in 0..cw {
                     let a = row * cw + j;
-                    let _ = writeln!(
-                        b,
-                        "              %f{a}_{u} = math.fma %x{row}_{u}, %w{j}_{u}, {} : f32",
+                    products += &format!(
+                        "              %f{a}_{u} = math.fma %x{row}_{u}, %w{j}_{u}, {} : f32\n",
                         next[a]
                     );
                     next[a] = format!("%f{a}_{u}");
                 }
             }
         }
-        let _ = writeln!(
-            b,
-            "              scf.yield {} : {types}\n            }}\n            scf.yield {} : {types}",
-            next.join(", "),
-            (0..accs.len())
-                .map(|a| format!("%in#{a}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let sums = (0..accs.len())
+            .map(|a| format!("%in#{a}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        specialise(
+            MULTIPLY,
+            &[
+                ("n", &accs.len()),
+                ("iters", &iters),
+                ("types", &types),
+                ("weights", &weights),
+                ("products", &products),
+                ("next", &next.join(", ")),
+                ("sums", &sums),
+            ],
+        )
     }
 
-    /// Word `%wv{j}` as `per` f32 values `%w{j}_{u}` (bf16: a 4-byte lane's low half first).
-    fn unpack(&self, b: &mut String, j: usize) {
-        super::few_tokens::unpack(b, &format!("%wv{j}"), &format!("w{j}"), self.per);
+    /// Word `%wv{j}` of column j's weights, as `per` f32 values `%w{j}_{u}` (bf16: a 4-byte
+    /// lane's low half first).
+    fn weight_word(&self, j: usize) -> String {
+        let mut unpack = String::new();
+        super::few_tokens::unpack(&mut unpack, &format!("%wv{j}"), &format!("w{j}"), self.per);
+        specialise(WEIGHT_WORD, &[("j", &j), ("unpack", &unpack)])
     }
 
     /// The lanes' sums folded; lane 0 writes each row's columns that exist (of `n` rows).
-    fn store(&self, b: &mut String, r: usize) {
+    fn store(&self, r: usize) -> String {
         let cw = self.tile.warp_columns;
         let mut totals = Vec::with_capacity(r * cw);
+        let mut sums = String::new();
         for a in 0..r * cw {
-            let _ = writeln!(b, "          %p{a} = arith.addf %acc#{a}, %zero : f32");
+            sums += &format!("          %p{a} = arith.addf %acc#{a}, %zero : f32\n");
             totals.push(warp_reduce(
-                b,
+                &mut sums,
                 &format!("p{a}"),
                 &format!("t{a}"),
                 "arith.addf",
             ));
         }
-        let _ = writeln!(
-            b,
-            "          %lane0 = arith.cmpi eq, %lane, %c0 : index\n          scf.if %lane0 {{"
-        );
-        for row in 0..r {
-            let _ = writeln!(
-                b,
-                "            %rc{row} = arith.constant {row} : index\n            %rok{row} = arith.cmpi ult, %rc{row}, %rows : index\n            scf.if %rok{row} {{\n              %sl{row}0 = arith.addi %lbase, %r0 : index\n              %sl{row} = arith.addi %sl{row}0, %rc{row} : index\n              %ss{row}32 = memref.load %lists[%sl{row}] : memref<?xi32>\n              %ss{row} = arith.index_cast %ss{row}32 : i32 to index\n              %sb{row} = arith.muli %ss{row}, %cN : index"
+        let rows: String = (0..r).map(|row| self.store_row(row, &totals)).collect();
+        specialise(STORE, &[("sums", &sums), ("rows", &rows)])
+    }
+
+    /// Lane 0's stores of row `row`'s columns that exist, where the pass has the row.
+    fn store_row(&self, row: usize, totals: &[String]) -> String {
+        let cw = self.tile.warp_columns;
+        let mut columns = String::new();
+        for j in 0..cw {
+            let a = row * cw + j;
+            let store = if self.mid == "f32" {
+                format!(
+                    "                memref.store {0}, %dst[%so{a}] : memref<?xf32>\n",
+                    totals[a]
+                )
+            } else {
+                format!(
+                    "                %st{a} = arith.truncf {0} : f32 to {1}\n                memref.store %st{a}, %dst[%so{a}] : memref<?x{1}>\n",
+                    totals[a], self.mid
+                )
+            };
+            columns += &specialise(
+                STORE_COLUMN,
+                &[("a", &a), ("j", &j), ("row", &row), ("store", &store)],
             );
-            for j in 0..cw {
-                let a = row * cw + j;
-                let store = if self.mid == "f32" {
-                    format!(
-                        "                memref.store {0}, %dst[%so{a}] : memref<?xf32>\n",
-                        totals[a]
-                    )
-                } else {
-                    format!(
-                        "                %st{a} = arith.truncf {0} : f32 to {1}\n                memref.store %st{a}, %dst[%so{a}] : memref<?x{1}>\n",
-                        totals[a], self.mid
-                    )
-                };
-                let _ = writeln!(
-                    b,
-                    "              %cok{a} = arith.cmpi ult, %col{j}, %cN : index\n              scf.if %cok{a} {{\n                %so{a} = arith.addi %sb{row}, %col{j} : index\n{store}              }}"
-                );
-            }
-            let _ = writeln!(b, "            }}");
         }
-        let _ = writeln!(b, "          }}");
+        specialise(STORE_ROW, &[("row", &row), ("columns", &columns)])
     }
 }
 

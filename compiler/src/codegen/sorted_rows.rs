@@ -13,8 +13,12 @@
 //! memory atomics), then each warp copies whole rows, the block's y-th of every grid-y rows'
 //! 8, each lane `UNROLL` 16-byte words at a time (all loads before the stores).
 
+use super::template::specialise;
 use ppmoe_runtime::program::{SORTED_ROWS_KERNEL, SORT_THREADS};
-use std::fmt::Write as _;
+
+const SORTED_ROWS: &str = include_str!("templates/experts/sorted_rows.mlir");
+const SORTED_ROWS_LOAD: &str = include_str!("templates/experts/sorted_rows_load.mlir");
+const SORTED_ROWS_STORE: &str = include_str!("templates/experts/sorted_rows_store.mlir");
 
 /// The rows' words a lane moves at once, where the row's words are a whole number of them
 /// per warp (else one at a time).
@@ -30,36 +34,25 @@ pub(super) fn kernel(prefix: &str, slots: usize, div: usize, hidden: usize) -> S
     } else {
         1
     };
-    let warps = SORT_THREADS / 32;
-    let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "      %e = gpu.block_id x\n      %y = gpu.block_id y\n      %Y = gpu.grid_dim y\n      %tid = gpu.thread_id x\n      %c0 = arith.constant 0 : index\n      %c32 = arith.constant 32 : index\n      %cT = arith.constant {SORT_THREADS} : index\n      %cWP = arith.constant {warps} : index\n      %cS = arith.constant {slots} : index\n      %cdiv = arith.constant {div} : index\n      %cW = arith.constant {words} : index\n      %cLW = arith.constant {} : index\n      %z32 = arith.constant 0 : i32\n      %t0 = arith.cmpi eq, %tid, %c0 : index\n      scf.if %t0 {{\n        memref.store %z32, %base[%c0] : memref<1xi32, 3>\n      }}\n      gpu.barrier\n      scf.for %j = %tid to %e step %cT {{\n        %cj = memref.load %counts[%j] : memref<?xi32>\n        %old = memref.atomic_rmw addi %cj, %base[%c0] : (i32, memref<1xi32, 3>) -> i32\n      }}\n      gpu.barrier\n      %rb32 = memref.load %base[%c0] : memref<1xi32, 3>\n      %rb = arith.index_cast %rb32 : i32 to index\n      %cnt32 = memref.load %counts[%e] : memref<?xi32>\n      %cnt = arith.index_cast %cnt32 : i32 to index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %y8 = arith.muli %y, %cWP : index\n      %i0 = arith.addi %y8, %warp : index\n      %istep = arith.muli %Y, %cWP : index\n      %lbase = arith.muli %e, %cS : index\n      scf.for %i = %i0 to %cnt step %istep {{\n        %l = arith.addi %lbase, %i : index\n        %s32 = memref.load %lists[%l] : memref<?xi32>\n        %s = arith.index_cast %s32 : i32 to index\n        %srow = arith.divui %s, %cdiv : index\n        %from = arith.muli %srow, %cW : index\n        %drow = arith.addi %rb, %i : index\n        %to = arith.muli %drow, %cW : index\n        scf.for %w = %lane to %cW step %cLW {{",
-        32 * unroll
-    );
-    for u in 0..unroll {
-        let _ = writeln!(
-            b,
-            "          %o{u} = arith.constant {} : index\n          %w{u} = arith.addi %w, %o{u} : index\n          %f{u} = arith.addi %from, %w{u} : index\n          %v{u} = memref.load %src[%f{u}] : memref<?xvector<4xi32>>",
-            32 * u
-        );
-    }
-    for u in 0..unroll {
-        let _ = writeln!(
-            b,
-            "          %d{u} = arith.addi %to, %w{u} : index\n          memref.store %v{u}, %dst[%d{u}] : memref<?xvector<4xi32>>"
-        );
-    }
-    let _ = writeln!(b, "        }}\n      }}");
-    let params = [
-        "%src: memref<?xvector<4xi32>>",
-        "%lists: memref<?xi32>",
-        "%counts: memref<?xi32>",
-        "%dst: memref<?xvector<4xi32>>",
-    ];
-    format!(
-        "    gpu.func @{prefix}_{SORTED_ROWS_KERNEL}({}) workgroup(%base: memref<1xi32, 3>) kernel attributes {{nvvm.maxntid = array<i32: {SORT_THREADS}, 1, 1>}} {{\n{b}      gpu.return\n    }}\n",
-        params.join(", ")
+    let loads: String = (0..unroll)
+        .map(|u| specialise(SORTED_ROWS_LOAD, &[("u", &u), ("offset", &(32 * u))]))
+        .collect();
+    let stores: String = (0..unroll)
+        .map(|u| specialise(SORTED_ROWS_STORE, &[("u", &u)]))
+        .collect();
+    specialise(
+        SORTED_ROWS,
+        &[
+            ("name", &format!("{prefix}_{SORTED_ROWS_KERNEL}")),
+            ("threads", &SORT_THREADS),
+            ("warps", &(SORT_THREADS / 32)),
+            ("slots", &slots),
+            ("div", &div),
+            ("words", &words),
+            ("lane_words", &(32 * unroll)),
+            ("loads", &loads),
+            ("stores", &stores),
+        ],
     )
 }
 

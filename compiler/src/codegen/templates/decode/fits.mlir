@@ -1,0 +1,3 @@
+          %rn{{n}} = arith.constant {{n}} : index
+          %fits{{n}} = arith.cmpi ule, %rows, %rn{{n}} : index
+          scf.if %fits{{n}} {

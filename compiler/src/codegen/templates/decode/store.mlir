@@ -1,0 +1,5 @@
+{{sums}}
+          %lane0 = arith.cmpi eq, %lane, %c0 : index
+          scf.if %lane0 {
+{{rows}}
+          }

@@ -1,0 +1,2 @@
+          %d{{u}} = arith.addi %to, %w{{u}} : index
+          memref.store %v{{u}}, %dst[%d{{u}}] : memref<?xvector<4xi32>>
