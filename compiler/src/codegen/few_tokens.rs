@@ -30,11 +30,26 @@
 
 use super::experts_kernels::rounded_gate_up;
 use super::kernel_gen::{warp_reduce, WARP};
+use super::template::{specialise, specialise_at};
 use ppmoe_runtime::program::{
     token_out_columns, TOKEN_IN_COLUMNS, TOKEN_KERNELS, TOKEN_OUT_BITS, TOKEN_OUT_WARP_COLUMNS,
     TOKEN_THREADS,
 };
-use std::fmt::Write as _;
+
+const FIRST: &str = include_str!("templates/tokens/first.mlir");
+const FIRST_ROW: &str = include_str!("templates/tokens/first_row.mlir");
+const FIRST_COLUMN: &str = include_str!("templates/tokens/first_column.mlir");
+const X_WORD_F32: &str = include_str!("templates/tokens/x_word_f32.mlir");
+const SECOND: &str = include_str!("templates/tokens/second.mlir");
+const SECOND_ROW: &str = include_str!("templates/tokens/second_row.mlir");
+const SECOND_OUTPUT: &str = include_str!("templates/tokens/second_output.mlir");
+const ADD_SLOTS: &str = include_str!("templates/tokens/add_slots.mlir");
+const SLOT_PART: &str = include_str!("templates/tokens/slot_part.mlir");
+const SLOT_CHECK: &str = include_str!("templates/tokens/slot_check.mlir");
+const DOT: &str = include_str!("templates/tokens/dot.mlir");
+const DOT_TAIL: &str = include_str!("templates/tokens/dot_tail.mlir");
+const DOT_PART: &str = include_str!("templates/tokens/dot_part.mlir");
+const UNPACK_BF16: &str = include_str!("templates/tokens/unpack_bf16.mlir");
 
 /// The two (to four) kernels for `experts` local experts of `hidden` x `ffn`, `k` slots a
 /// token, the activation's math (`act_math`: `%g` (and `%u`) -> `%res`), gated or not; the
@@ -141,118 +156,89 @@ impl First {
         let (h, f) = (self.hidden, self.ffn);
         let n = if self.gated { 2 * f } else { f };
         let words = h / PER;
-        let mut b = String::new();
-        let _ = writeln!(
-            b,
-            "      %s = gpu.block_id x\n      %nb = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %kneg0 = arith.constant -0.0 : f32"
-        );
         // x's row: the slot's token's (its first word).
         let x_words = match self.src {
             Source::Bf16 => words,
             Source::F32 => 2 * words,
         };
-        let _ = writeln!(
-            b,
-            "      %ck = arith.constant {} : index\n      %tok = arith.divui %s, %ck : index\n      %cxw = arith.constant {x_words} : index\n      %xo = arith.muli %tok, %cxw : index",
-            self.k
-        );
-        slot_check(&mut b, ("%s", self.experts), "", "      ");
-        let _ = writeln!(
-            b,
-            "      scf.if %ok {{\n        %e = arith.index_cast %loc : i64 to index\n        %cN = arith.constant {n} : index\n        %cF = arith.constant {f} : index\n        %cW = arith.constant {words} : index\n        %eN = arith.muli %e, %cN : index\n        %cbc = arith.constant {TOKEN_IN_COLUMNS} : index\n        %cpw = arith.constant {ACT_PER_WARP} : index\n        %b0 = arith.muli %nb, %cbc : index\n        %w0 = arith.muli %warp, %cpw : index\n        %abase = arith.addi %b0, %w0 : index\n        %flast = arith.constant {} : index",
-            f - 1
-        );
         // Weight rows: per activation column j, its gate row (and its up row F after it),
         // clamped to the last column past the end (read, never stored).
         let mut rows = Vec::new();
+        let mut row_lines = String::new();
         for j in 0..ACT_PER_WARP {
-            let _ = writeln!(
-                b,
-                "        %cj{j} = arith.constant {j} : index\n        %a{j} = arith.addi %abase, %cj{j} : index\n        %ac{j} = arith.minui %a{j}, %flast : index\n        %gr{j} = arith.addi %eN, %ac{j} : index\n        %gb{j} = arith.muli %gr{j}, %cW : index"
-            );
+            row_lines += &specialise(FIRST_ROW, &[("j", &j)]);
             rows.push(format!("%gb{j}"));
             if self.gated {
-                let _ = writeln!(
-                    b,
-                    "        %ur{j} = arith.addi %gr{j}, %cF : index\n        %ub{j} = arith.muli %ur{j}, %cW : index"
-                );
+                row_lines += &format!("        %ur{j} = arith.addi %gr{j}, %cF : index\n        %ub{j} = arith.muli %ur{j}, %cW : index\n");
                 rows.push(format!("%ub{j}"));
             }
         }
-        let x = |b: &mut String, q: &str, tag: &str| self.load_x(b, q, tag);
-        let totals = dot_rows(&mut b, Dot { rows: &rows, words }, &x);
-        let _ = writeln!(
-            b,
-            "        %c0 = arith.constant 0 : index\n        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        %sF = arith.muli %s, %cF : index"
-        );
+        let x = |q: &str, tag: &str| self.load_x(q, tag);
+        let (dot, totals) = dot_rows(Dot { rows: &rows, words }, &x);
         let per_col = if self.gated { 2 } else { 1 };
+        let mut columns = String::new();
         for j in 0..ACT_PER_WARP {
             let (g, u) = (&totals[j * per_col], totals.get(j * per_col + 1));
-            let _ = writeln!(
-                b,
-                "        %cf{j} = arith.constant {f} : index\n        %in{j} = arith.cmpi ult, %a{j}, %cf{j} : index\n        %st{j} = arith.andi %lane0, %in{j} : i1\n        scf.if %st{j} {{"
-            );
             // The projection's outputs as its bf16 store would round them, then the math.
-            match u {
+            let inputs = match u {
                 Some(u) => {
-                    rounded_gate_up(&mut b, "r", g, u, "          ");
-                    b.push_str("          %g = arith.addf %rgv, %kneg0 : f32\n          %u = arith.addf %ruv, %kneg0 : f32\n");
+                    let mut rounded = String::new();
+                    rounded_gate_up(&mut rounded, "r", g, u, "          ");
+                    rounded + "          %g = arith.addf %rgv, %kneg0 : f32\n          %u = arith.addf %ruv, %kneg0 : f32\n"
                 }
-                None => {
-                    let _ = writeln!(b, "          %gn = arith.truncf {g} : f32 to bf16\n          %g = arith.extf %gn : bf16 to f32");
-                }
-            }
-            b.push_str(act);
-            let _ = writeln!(b, "          %o = arith.addi %sF, %a{j} : index");
-            b.push_str("          %rb = arith.truncf %res : f32 to bf16\n          memref.store %rb, %dst[%o] : memref<?xbf16>\n");
-            b.push_str("        }\n");
+                None => format!("          %gn = arith.truncf {g} : f32 to bf16\n          %g = arith.extf %gn : bf16 to f32\n"),
+            };
+            columns += &specialise(
+                FIRST_COLUMN,
+                &[("j", &j), ("f", &f), ("inputs", &inputs), ("act", &act)],
+            );
         }
-        b.push_str("      }\n");
-        let params = [
-            "%src: memref<?xvector<4xi32>>",
-            "%wt: memref<?xvector<4xi32>>",
-            "%ids: memref<?xf32>",
-            "%w: memref<?xf32>",
-            "%dst: memref<?xbf16>",
-            "%first: index",
-        ];
-        format!(
-            "    gpu.func @{}({}) kernel {{\n{b}      gpu.return\n    }}\n",
-            self.name,
-            params.join(", ")
+        specialise(
+            FIRST,
+            &[
+                ("name", &self.name),
+                ("k", &self.k),
+                ("x_words", &x_words),
+                (
+                    "slot_check",
+                    &slot_check(("%s", self.experts), "", "      "),
+                ),
+                ("n", &n),
+                ("f", &f),
+                ("words", &words),
+                ("block_columns", &TOKEN_IN_COLUMNS),
+                ("warp_columns", &ACT_PER_WARP),
+                ("flast", &(f - 1)),
+                ("rows", &row_lines),
+                ("dot", &dot),
+                ("columns", &columns),
+            ],
         )
     }
 
     /// x's `per` elements of word `q` (of the weight rows) as f32 values `%x{tag}_{u}`.
-    fn load_x(&self, b: &mut String, q: &str, tag: &str) {
+    fn load_x(&self, q: &str, tag: &str) -> String {
+        let mut b = String::new();
         if self.src == Source::Bf16 {
-            let _ = writeln!(
-                b,
-                "          %xq{tag} = arith.addi {q}, %xo : index\n          %xw{tag} = memref.load %src[%xq{tag}] : memref<?xvector<4xi32>>"
-            );
-            unpack(b, &format!("%xw{tag}"), &format!("x{tag}"), PER);
-            return;
+            b += &format!("          %xq{tag} = arith.addi {q}, %xo : index\n          %xw{tag} = memref.load %src[%xq{tag}] : memref<?xvector<4xi32>>\n");
+            unpack(&mut b, &format!("%xw{tag}"), &format!("x{tag}"), PER);
+            return b;
         }
         // Eight f32 elements: two words.
         for half in 0..2 {
-            let _ = writeln!(
-                b,
-                "          %xq{tag}_{half}c = arith.constant {half} : index\n          %xq{tag}_{half}0 = arith.muli {q}, %c2x : index\n          %xq{tag}_{half}1 = arith.addi %xq{tag}_{half}0, %xo : index\n          %xq{tag}_{half} = arith.addi %xq{tag}_{half}1, %xq{tag}_{half}c : index\n          %xw{tag}_{half} = memref.load %src[%xq{tag}_{half}] : memref<?xvector<4xi32>>"
-            );
+            b += &specialise(X_WORD_F32, &[("tag", &tag), ("half", &half), ("q", &q)]);
             unpack(
-                b,
+                &mut b,
                 &format!("%xw{tag}_{half}"),
                 &format!("xf{tag}_{half}"),
                 4,
             );
             for m in 0..4 {
                 let u = half * 4 + m;
-                let _ = writeln!(
-                    b,
-                    "          %xn{tag}_{u} = arith.truncf %xf{tag}_{half}_{m} : f32 to bf16\n          %x{tag}_{u} = arith.extf %xn{tag}_{u} : bf16 to f32"
-                );
+                b += &format!("          %xn{tag}_{u} = arith.truncf %xf{tag}_{half}_{m} : f32 to bf16\n          %x{tag}_{u} = arith.extf %xn{tag}_{u} : bf16 to f32\n");
             }
         }
+        b
     }
 }
 
@@ -272,97 +258,83 @@ fn second(name: &str, (hidden, ffn, k, experts): (usize, usize, usize, usize), y
     let block_columns = token_out_columns(k).unwrap_or(c);
     let groups = block_columns / c;
     let parts = block_columns * k;
-    let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "      %tok = gpu.block_id x\n      %nb = gpu.block_id y\n      %tid = gpu.thread_id x\n      %c32 = arith.constant 32 : index\n      %c0 = arith.constant 0 : index\n      %warp = arith.divui %tid, %c32 : index\n      %lane = arith.remui %tid, %c32 : index\n      %zero = arith.constant 0.0 : f32\n      %ck = arith.constant {k} : index\n      %j = arith.remui %warp, %ck : index\n      %g = arith.divui %warp, %ck : index\n      %cG = arith.constant {groups} : index\n      %active = arith.cmpi ult, %g, %cG : index\n      %cbc = arith.constant {block_columns} : index\n      %b0 = arith.muli %nb, %cbc : index\n      %cC = arith.constant {c} : index\n      %gc = arith.muli %g, %cC : index\n      %cbase = arith.addi %b0, %gc : index\n      %hlast = arith.constant {} : index\n      %cH = arith.constant {hidden} : index\n      %cW = arith.constant {words} : index\n      %z64 = arith.constant 0 : i64\n      %tk = arith.muli %tok, %ck : index\n      %sj = arith.addi %tk, %j : index",
-        hidden - 1
-    );
-    let _ = writeln!(b, "      scf.if %active {{");
-    slot_check(&mut b, ("%sj", experts), "", "        ");
-    let _ = writeln!(
-        b,
-        "        %lk = arith.select %ok, %loc, %z64 : i64\n        %e = arith.index_cast %lk : i64 to index\n        %eH = arith.muli %e, %cH : index\n        %ab = arith.muli %sj, %cW : index"
-    );
     // The warp's weight rows: its columns', clamped to the last past the end (read, never
     // stored).
-    let mut rows = Vec::with_capacity(c);
-    for r in 0..c {
-        let _ = writeln!(
-            b,
-            "        %cr{r} = arith.constant {r} : index\n        %col{r}u = arith.addi %cbase, %cr{r} : index\n        %col{r} = arith.minui %col{r}u, %hlast : index\n        %wr{r} = arith.addi %eH, %col{r} : index\n        %wb{r} = arith.muli %wr{r}, %cW : index"
-        );
-        rows.push(format!("%wb{r}"));
-    }
-    let act = |b: &mut String, q: &str, tag: &str| {
-        let _ = writeln!(
-            b,
-            "          %aq{tag} = arith.addi {q}, %ab : index\n          %aw{tag} = memref.load %act[%aq{tag}] : memref<?xvector<4xi32>>"
-        );
-        unpack(b, &format!("%aw{tag}"), &format!("x{tag}"), PER);
+    let rows: Vec<String> = (0..c).map(|r| format!("%wb{r}")).collect();
+    let row_lines: String = (0..c)
+        .map(|r| specialise(SECOND_ROW, &[("r", &r)]))
+        .collect();
+    let act = |q: &str, tag: &str| {
+        let mut b = format!("          %aq{tag} = arith.addi {q}, %ab : index\n          %aw{tag} = memref.load %act[%aq{tag}] : memref<?xvector<4xi32>>\n");
+        unpack(&mut b, &format!("%aw{tag}"), &format!("x{tag}"), PER);
+        b
     };
-    let totals = dot_rows(&mut b, Dot { rows: &rows, words }, &act);
+    let (dot, totals) = dot_rows(Dot { rows: &rows, words }, &act);
     // Lane 0: each column's output as the projection's store rounds it, times the slot's
     // weight (0 for a slot left out), at part ((g C + r) k + j).
-    let _ = writeln!(
-        b,
-        "        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        scf.if %lane0 {{"
-    );
-    for (r, total) in totals.iter().enumerate() {
-        let _ = writeln!(
-            b,
-            "          %on{r} = arith.truncf {total} : f32 to bf16\n          %o{r} = arith.extf %on{r} : bf16 to f32\n          %wo{r} = arith.mulf %wv, %o{r} : f32\n          %v{r} = arith.select %ok, %wo{r}, %zero : f32\n          %pc{r} = arith.addi %gc, %cr{r} : index\n          %pk{r} = arith.muli %pc{r}, %ck : index\n          %pi{r} = arith.addi %pk{r}, %j : index\n          memref.store %v{r}, %parts[%pi{r}] : memref<{parts}xf32, 3>"
-        );
-    }
-    let _ = writeln!(b, "        }}\n      }}\n      gpu.barrier");
-    add_slots(&mut b, k, parts, y);
-    let out = format!("%out: memref<?x{}>", y.element());
-    let params = [
-        "%act: memref<?xvector<4xi32>>",
-        "%wt: memref<?xvector<4xi32>>",
-        "%ids: memref<?xf32>",
-        "%w: memref<?xf32>",
-        &out,
-        "%first: index",
-    ];
-    format!(
-        "    gpu.func @{name}({}) workgroup(%parts: memref<{parts}xf32, 3>) kernel {{\n{b}      gpu.return\n    }}\n",
-        params.join(", ")
+    let outputs: String = totals
+        .iter()
+        .enumerate()
+        .map(|(r, total)| {
+            specialise(
+                SECOND_OUTPUT,
+                &[("r", &r), ("total", total), ("parts", &parts)],
+            )
+        })
+        .collect();
+    specialise(
+        SECOND,
+        &[
+            ("name", &name),
+            ("y", &y.element()),
+            ("parts", &parts),
+            ("k", &k),
+            ("groups", &groups),
+            ("block_columns", &block_columns),
+            ("c", &c),
+            ("last_column", &(hidden - 1)),
+            ("hidden", &hidden),
+            ("words", &words),
+            ("slot_check", &slot_check(("%sj", experts), "", "        ")),
+            ("rows", &row_lines),
+            ("dot", &dot),
+            ("outputs", &outputs),
+            ("add_slots", &add_slots(k, parts, y)),
+        ],
     )
 }
 
 /// The second kernel's last part: a thread per column of the block (`%cbc` from `%b0`) adds
 /// its `k` slots' parts (of `parts` in `%parts`, its own k from tid k) in their order and
 /// writes y (f32, or rounded to bf16).
-fn add_slots(b: &mut String, k: usize, parts: usize, y: Y) {
+fn add_slots(k: usize, parts: usize, y: Y) -> String {
     let mut sum = "%zero".to_string();
     let mut adds = String::new();
     for j in 0..k {
-        let _ = writeln!(
-            adds,
-            "        %sp{j} = arith.constant {} : index\n        %sq{j} = arith.addi %sk, %sp{j} : index\n        %sv{j} = memref.load %parts[%sq{j}] : memref<{parts}xf32, 3>\n        %y{j} = arith.addf {sum}, %sv{j} : f32",
-            j
+        adds += &specialise(
+            SLOT_PART,
+            &[("j", &j), ("part", &j), ("parts", &parts), ("sum", &sum)],
         );
         sum = format!("%y{j}");
     }
     if y == Y::Bits {
-        let _ = writeln!(adds, "        %yb = arith.truncf {sum} : f32 to bf16");
+        adds += &format!("        %yb = arith.truncf {sum} : f32 to bf16\n");
         sum = "%yb".into();
     }
-    let _ = writeln!(
-        b,
-        "      %ycol = arith.addi %b0, %tid : index\n      %mine = arith.cmpi ult, %tid, %cbc : index\n      %inH = arith.cmpi ult, %ycol, %cH : index\n      %st = arith.andi %mine, %inH : i1\n      scf.if %st {{\n        %sk = arith.muli %tid, %ck : index\n{adds}        %tH = arith.muli %tok, %cH : index\n        %yo = arith.addi %tH, %ycol : index\n        memref.store {sum}, %out[%yo] : memref<?x{}>\n      }}",
-        y.element()
-    );
+    specialise(
+        ADD_SLOTS,
+        &[("adds", &adds), ("sum", &sum), ("y", &y.element())],
+    )
 }
 
 /// Slot `slot`'s local expert (of `experts`) `%loc{sfx}` (i64), its weight `%wv{sfx}`, and whether
 /// it is this rank's with a weight not 0 (`%ok{sfx}`), from `%ids`, `%w` and `%first`.
-fn slot_check(b: &mut String, (slot, experts): (&str, usize), sfx: &str, ind: &str) {
-    let _ = writeln!(
-        b,
-        "{ind}%idf{sfx} = memref.load %ids[{slot}] : memref<?xf32>\n{ind}%id{sfx} = arith.fptosi %idf{sfx} : f32 to i64\n{ind}%first64{sfx} = arith.index_cast %first : index to i64\n{ind}%loc{sfx} = arith.subi %id{sfx}, %first64{sfx} : i64\n{ind}%wv{sfx} = memref.load %w[{slot}] : memref<?xf32>\n{ind}%zf{sfx} = arith.constant 0.0 : f32\n{ind}%nz{sfx} = arith.cmpf une, %wv{sfx}, %zf{sfx} : f32\n{ind}%zl{sfx} = arith.constant 0 : i64\n{ind}%cE64{sfx} = arith.constant {experts} : i64\n{ind}%ge{sfx} = arith.cmpi sge, %loc{sfx}, %zl{sfx} : i64\n{ind}%lt{sfx} = arith.cmpi slt, %loc{sfx}, %cE64{sfx} : i64\n{ind}%local{sfx} = arith.andi %ge{sfx}, %lt{sfx} : i1\n{ind}%ok{sfx} = arith.andi %local{sfx}, %nz{sfx} : i1"
-    );
+fn slot_check((slot, experts): (&str, usize), sfx: &str, ind: &str) -> String {
+    specialise_at(
+        SLOT_CHECK,
+        ind,
+        &[("sfx", &sfx), ("slot", &slot), ("experts", &experts)],
+    )
 }
 
 /// The weight rows a warp multiplies by one vector (x, or a slot's activations).
@@ -373,141 +345,139 @@ struct Dot<'a> {
     words: usize,
 }
 
-/// Each row of `d` times the vector, whose word q (a word of the rows) `vector(b, q, tag)`
+/// Each row of `d` times the vector, whose word q (a word of the rows) `vector(q, tag)`
 /// loads as `%x{tag}_{e}`: lane l takes words l, l + 32, ..; `ROUND_UNROLL` rounds' loads before
-/// their multiply-adds. The lanes' sums folded (every lane holds them): their names, one per
-/// row.
-fn dot_rows(b: &mut String, d: Dot, vector: &dyn Fn(&mut String, &str, &str)) -> Vec<String> {
+/// their multiply-adds. The lanes' sums folded (every lane holds them): the lines, and the
+/// sums' names, one per row.
+fn dot_rows(d: Dot, vector: &dyn Fn(&str, &str) -> String) -> (String, Vec<String>) {
     let n = d.rows.len();
     let full = d.words / WARP;
     let rem = d.words % WARP;
     let groups = full / ROUND_UNROLL;
     let types = vec!["f32"; n].join(", ");
-    let _ = writeln!(
-        b,
-        "        %c2x = arith.constant 2 : index\n        %cstep = arith.constant {} : index\n        %cgend = arith.constant {} : index",
-        WARP * ROUND_UNROLL,
-        WARP * ROUND_UNROLL * groups
-    );
     // Rounds in groups of `ROUND_UNROLL`.
     let iters = (0..n)
         .map(|r| format!("%i{r} = %zero"))
         .collect::<Vec<_>>()
         .join(", ");
-    let _ = writeln!(
-        b,
-        "        %dg:{n} = scf.for %q0 = %lane to %cgend step %cstep iter_args({iters}) -> ({types}) {{"
-    );
     let accs: Vec<String> = (0..n).map(|r| format!("%i{r}")).collect();
-    let next = rounds(b, &d, vector, ("%q0", ROUND_UNROLL), &accs);
-    let _ = writeln!(
-        b,
-        "          scf.yield {} : {types}\n        }}",
-        next.join(", ")
-    );
+    let (rounds_text, next) = rounds(&d, vector, ("%q0", ROUND_UNROLL), &accs);
     let mut accs: Vec<String> = (0..n).map(|r| format!("%dg#{r}")).collect();
     // The whole rounds left, all lanes in.
     let left = full - groups * ROUND_UNROLL;
+    let mut tail = String::new();
     if left > 0 {
-        let _ = writeln!(
-            b,
-            "        %cl = arith.constant {} : index\n        %ql = arith.addi %lane, %cl : index",
-            WARP * ROUND_UNROLL * groups
-        );
-        let _ = writeln!(b, "        %tail:{n} = scf.execute_region -> ({types}) {{");
-        let next = rounds(b, &d, vector, ("%ql", left), &accs);
-        let _ = writeln!(
-            b,
-            "          scf.yield {} : {types}\n        }}",
-            next.join(", ")
+        let (text, next) = rounds(&d, vector, ("%ql", left), &accs);
+        tail = specialise(
+            DOT_TAIL,
+            &[
+                ("start", &(WARP * ROUND_UNROLL * groups)),
+                ("n", &n),
+                ("types", &types),
+                ("rounds", &text),
+                ("next", &next.join(", ")),
+            ],
         );
         accs = (0..n).map(|r| format!("%tail#{r}")).collect();
     }
     // The last part round: the lanes below `rem`.
+    let mut part = String::new();
     if rem > 0 {
-        let _ = writeln!(
-            b,
-            "        %crem = arith.constant {rem} : index\n        %cpart = arith.constant {} : index\n        %qp = arith.addi %lane, %cpart : index\n        %inp = arith.cmpi ult, %lane, %crem : index\n        %part:{n} = scf.if %inp -> ({types}) {{",
-            WARP * full
-        );
-        let next = rounds(b, &d, vector, ("%qp", 1), &accs);
-        let _ = writeln!(
-            b,
-            "          scf.yield {} : {types}\n        }} else {{\n          scf.yield {} : {types}\n        }}",
-            next.join(", "),
-            accs.join(", ")
+        let (text, next) = rounds(&d, vector, ("%qp", 1), &accs);
+        part = specialise(
+            DOT_PART,
+            &[
+                ("rem", &rem),
+                ("start", &(WARP * full)),
+                ("n", &n),
+                ("types", &types),
+                ("rounds", &text),
+                ("next", &next.join(", ")),
+                ("accs", &accs.join(", ")),
+            ],
         );
         accs = (0..n).map(|r| format!("%part#{r}")).collect();
     }
-    accs.iter()
+    let mut sums = String::new();
+    let totals = accs
+        .iter()
         .enumerate()
         .map(|(r, a)| {
-            let _ = writeln!(b, "        %p{r} = arith.addf {a}, %zero : f32");
-            warp_reduce(b, &format!("p{r}"), &format!("t{r}"), "arith.addf")
+            sums += &format!("        %p{r} = arith.addf {a}, %zero : f32\n");
+            warp_reduce(&mut sums, &format!("p{r}"), &format!("t{r}"), "arith.addf")
         })
-        .collect()
+        .collect();
+    let text = specialise(
+        DOT,
+        &[
+            ("step", &(WARP * ROUND_UNROLL)),
+            ("groups_end", &(WARP * ROUND_UNROLL * groups)),
+            ("n", &n),
+            ("iters", &iters),
+            ("types", &types),
+            ("rounds", &rounds_text),
+            ("next", &next.join(", ")),
+            ("tail", &tail),
+            ("part", &part),
+            ("sums", &sums),
+        ],
+    );
+    (text, totals)
 }
 
 /// `count` rounds from word `q` (the next 32 words on): every load first, then the
-/// multiply-adds into `accs` (each element in the word's order); the new sums' names.
+/// multiply-adds into `accs` (each element in the word's order); the lines, and the new sums'
+/// names.
 fn rounds(
-    b: &mut String,
     d: &Dot,
-    vector: &dyn Fn(&mut String, &str, &str),
+    vector: &dyn Fn(&str, &str) -> String,
     (q, count): (&str, usize),
     accs: &[String],
-) -> Vec<String> {
+) -> (String, Vec<String>) {
+    let mut b = String::new();
     for u in 0..count {
-        let _ = writeln!(
-            b,
-            "          %qo{u}c = arith.constant {} : index\n          %qo{u} = arith.addi {q}, %qo{u}c : index",
+        b += &format!(
+            "          %qo{u}c = arith.constant {} : index\n          %qo{u} = arith.addi {q}, %qo{u}c : index\n",
             WARP * u
         );
         for (r, row) in d.rows.iter().enumerate() {
-            let _ = writeln!(
-                b,
-                "          %wi{u}_{r} = arith.addi {row}, %qo{u} : index\n          %ww{u}_{r} = memref.load %wt[%wi{u}_{r}] : memref<?xvector<4xi32>>"
-            );
+            b += &format!("          %wi{u}_{r} = arith.addi {row}, %qo{u} : index\n          %ww{u}_{r} = memref.load %wt[%wi{u}_{r}] : memref<?xvector<4xi32>>\n");
         }
-        vector(b, &format!("%qo{u}"), &u.to_string());
+        b += &vector(&format!("%qo{u}"), &u.to_string());
     }
     let mut next: Vec<String> = accs.to_vec();
     for u in 0..count {
         for (r, acc) in next.iter_mut().enumerate() {
-            unpack(b, &format!("%ww{u}_{r}"), &format!("w{u}_{r}"), PER);
+            unpack(&mut b, &format!("%ww{u}_{r}"), &format!("w{u}_{r}"), PER);
             let x = format!("%x{u}");
             for e in 0..PER {
-                let _ = writeln!(
-                    b,
-                    "          %f{u}_{r}_{e} = math.fma {x}_{e}, %w{u}_{r}_{e}, {acc} : f32"
+                b += &format!(
+                    "          %f{u}_{r}_{e} = math.fma {x}_{e}, %w{u}_{r}_{e}, {acc} : f32\n"
                 );
                 *acc = format!("%f{u}_{r}_{e}");
             }
         }
     }
-    next
+    (b, next)
 }
 
 /// A 16-byte word `word` (vector<4xi32>) as `per` f32 values `%{out}_{u}`: four f32, or eight
 /// bf16 (a 4-byte lane's low half first).
 pub(super) fn unpack(b: &mut String, word: &str, out: &str, per: usize) {
     for m in 0..4 {
-        let _ = writeln!(
-            b,
-            "          %{out}_m{m}c = arith.constant {m} : i32\n          %{out}_m{m} = llvm.extractelement {word}[%{out}_m{m}c : i32] : vector<4xi32>"
-        );
+        *b += &format!("          %{out}_m{m}c = arith.constant {m} : i32\n          %{out}_m{m} = llvm.extractelement {word}[%{out}_m{m}c : i32] : vector<4xi32>\n");
         if per == 8 {
-            let _ = writeln!(
-                b,
-                "          %{out}_s{m} = arith.constant 16 : i32\n          %{out}_l{m} = arith.shli %{out}_m{m}, %{out}_s{m} : i32\n          %{out}_h{m}m = arith.constant -65536 : i32\n          %{out}_h{m} = arith.andi %{out}_m{m}, %{out}_h{m}m : i32\n          %{out}_{} = arith.bitcast %{out}_l{m} : i32 to f32\n          %{out}_{} = arith.bitcast %{out}_h{m} : i32 to f32",
-                2 * m,
-                2 * m + 1
+            *b += &specialise(
+                UNPACK_BF16,
+                &[
+                    ("out", &out),
+                    ("m", &m),
+                    ("low", &(2 * m)),
+                    ("high", &(2 * m + 1)),
+                ],
             );
         } else {
-            let _ = writeln!(
-                b,
-                "          %{out}_{m} = arith.bitcast %{out}_m{m} : i32 to f32"
-            );
+            *b += &format!("          %{out}_{m} = arith.bitcast %{out}_m{m} : i32 to f32\n");
         }
     }
 }

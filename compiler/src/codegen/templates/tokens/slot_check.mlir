@@ -1,0 +1,13 @@
+%idf{{sfx}} = memref.load %ids[{{slot}}] : memref<?xf32>
+%id{{sfx}} = arith.fptosi %idf{{sfx}} : f32 to i64
+%first64{{sfx}} = arith.index_cast %first : index to i64
+%loc{{sfx}} = arith.subi %id{{sfx}}, %first64{{sfx}} : i64
+%wv{{sfx}} = memref.load %w[{{slot}}] : memref<?xf32>
+%zf{{sfx}} = arith.constant 0.0 : f32
+%nz{{sfx}} = arith.cmpf une, %wv{{sfx}}, %zf{{sfx}} : f32
+%zl{{sfx}} = arith.constant 0 : i64
+%cE64{{sfx}} = arith.constant {{experts}} : i64
+%ge{{sfx}} = arith.cmpi sge, %loc{{sfx}}, %zl{{sfx}} : i64
+%lt{{sfx}} = arith.cmpi slt, %loc{{sfx}}, %cE64{{sfx}} : i64
+%local{{sfx}} = arith.andi %ge{{sfx}}, %lt{{sfx}} : i1
+%ok{{sfx}} = arith.andi %local{{sfx}}, %nz{{sfx}} : i1
