@@ -48,6 +48,27 @@ use std::fmt::Write as _;
 
 const V_INDEX: &str = include_str!("templates/attention_v_index.mlir");
 const K_INDEX: &str = include_str!("templates/attention_k_index.mlir");
+const SCORE_ROW: &str = include_str!("templates/attention/score_row.mlir");
+const PACK: &str = include_str!("templates/attention/pack.mlir");
+const WORD_INDEX: &str = include_str!("templates/attention/word_index.mlir");
+const GUARDED_LOAD: &str = include_str!("templates/attention/guarded_load.mlir");
+const LOAD: &str = include_str!("templates/attention/load.mlir");
+const CONSTANTS: &str = include_str!("templates/attention/constants.mlir");
+const ROWS: &str = include_str!("templates/attention/rows.mlir");
+const BASES: &str = include_str!("templates/attention/bases.mlir");
+const ENTRY_WORDS: &str = include_str!("templates/attention/entry_words.mlir");
+const LDMATRIX_ROWS: &str = include_str!("templates/attention/ldmatrix_rows.mlir");
+const STORE_KEY: &str = include_str!("templates/attention/store_key.mlir");
+const STORE_VALUE: &str = include_str!("templates/attention/store_value.mlir");
+const STEPS: &str = include_str!("templates/attention/steps.mlir");
+const NEXT_STEP: &str = include_str!("templates/attention/next_step.mlir");
+const LDMATRIX: &str = include_str!("templates/attention/ldmatrix.mlir");
+const KEY_COLUMNS: &str = include_str!("templates/attention/key_columns.mlir");
+const KEY_COLUMN: &str = include_str!("templates/attention/key_column.mlir");
+const REFERENCE: &str = include_str!("templates/attention/reference.mlir");
+const STEP_END: &str = include_str!("templates/attention/step_end.mlir");
+const MMA: &str = include_str!("templates/attention/mma.mlir");
+const FUNCTION: &str = include_str!("templates/attention/function.mlir");
 
 /// Keys per step of the walk: two k16 chunks of the values' GEMM.
 const KEYS: usize = 32;
@@ -365,12 +386,16 @@ pub(super) fn kernel_of(
     for j in 0..KEYS / 8 {
         for r in 0..4 {
             let s = format!("%s{j}_{r}");
-            let _ = writeln!(
-                body,
-                "        %s{j}_{r}h = arith.truncf %s{j}_{r}a : f32 to bf16\n        {s}r = arith.extf %s{j}_{r}h : bf16 to f32\n        %o{j}_{r}0 = arith.addi %srow{}, %key{j}_{} : index",
-                r / 2,
-                r % 2
-            );
+            body.push_str(&specialise(
+                SCORE_ROW,
+                &[
+                    ("j", &j),
+                    ("r", &r),
+                    ("s", &s),
+                    ("row", &(r / 2)),
+                    ("key", &(r % 2)),
+                ],
+            ));
             let value = match a.before {
                 Some(c) => emit_chain(
                     p,
@@ -412,47 +437,64 @@ struct Walk {
 
 /// Two bf16 values (`lo` the element of the lower index) packed into one i32 operand `%{out}`.
 fn pack(b: &mut String, out: &str, lo: &str, hi: &str) {
-    let _ = writeln!(
-        b,
-        "        %{out}_l = arith.truncf {lo} : f32 to bf16\n        %{out}_h = arith.truncf {hi} : f32 to bf16\n        %{out}_li = arith.bitcast %{out}_l : bf16 to i16\n        %{out}_hi = arith.bitcast %{out}_h : bf16 to i16\n        %{out}_lw = arith.extui %{out}_li : i16 to i32\n        %{out}_hw = arith.extui %{out}_hi : i16 to i32\n        %{out}_hs = arith.shli %{out}_hw, %c16i : i32\n        %{out} = arith.ori %{out}_lw, %{out}_hs : i32"
-    );
+    b.push_str(&specialise(
+        PACK,
+        &[("out", &out), ("lo", &lo), ("hi", &hi)],
+    ));
 }
 
 /// Word `%{t}w` = thread + 256 `r` of a step's `count`, and whether it is one (`%{t}in`).
 fn word_index(b: &mut String, t: &str, r: usize, count: usize) {
-    let _ = writeln!(
-        b,
-        "        %{t}c = arith.constant {} : index\n        %{t}w = arith.addi %tid, %{t}c : index\n        %{t}n = arith.constant {count} : index\n        %{t}in = arith.cmpi ult, %{t}w, %{t}n : index",
-        BLOCK * r
-    );
+    b.push_str(&specialise(
+        WORD_INDEX,
+        &[("t", &t), ("offset", &(BLOCK * r)), ("count", &count)],
+    ));
 }
 
 /// `%{t}`: the 16-byte word `%{t}x` (computed by `index`, inside the guard) of parameter `k`
 /// (of `n` words) where `%{t}in`, else 0.
 fn guarded_load(b: &mut String, t: &str, index: &str, (k, n): (usize, usize)) {
-    let _ = writeln!(
-        b,
-        "        %{t} = scf.if %{t}in -> (vector<4xi32>) {{\n{index}\n          %{t}v = memref.load %a{k}[%{t}x] : memref<{n}xvector<4xi32>>\n          scf.yield %{t}v : vector<4xi32>\n        }} else {{\n          scf.yield %zv : vector<4xi32>\n        }}"
-    );
+    b.push_str(&specialise(
+        GUARDED_LOAD,
+        &[("t", &t), ("index", &index), ("k", &k), ("n", &n)],
+    ));
 }
 
 /// `%{out}` = element `%{base}` + `off` of parameter `k` (of `n` elements), loaded as f32 (the
 /// bf16 narrowing makes it the element's bits widened).
 fn load(b: &mut String, out: &str, (k, n): (usize, usize), base: &str, off: usize) {
-    let _ = writeln!(
-        b,
-        "        %{out}_c = arith.constant {off} : index\n        %{out}_i = arith.addi {base}, %{out}_c : index\n        %{out} = memref.load %a{k}[%{out}_i] : memref<{n}xf32>"
-    );
+    b.push_str(&specialise(
+        LOAD,
+        &[
+            ("out", &out),
+            ("off", &off),
+            ("base", &base),
+            ("k", &k),
+            ("n", &n),
+        ],
+    ));
 }
 
 /// One `mma.sync` m16n8k16 (bf16, f32 accumulators): `%{out}_0..3` from A words `a`, B words
 /// `bw` and accumulators `c`.
 fn mma(b: &mut String, out: &str, a: [&str; 4], bw: [&str; 2], c: [&str; 4]) {
-    let _ = writeln!(
-        b,
-        "        %{out} = nvvm.mma.sync A[{}, {}, {}, {}] B[{}, {}] C[{}, {}, {}, {}] {{layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}} : (i32, i32, f32) -> {MMA_OUT}",
-        a[0], a[1], a[2], a[3], bw[0], bw[1], c[0], c[1], c[2], c[3]
-    );
+    b.push_str(&specialise(
+        MMA,
+        &[
+            ("out", &out),
+            ("a0", &(a[0])),
+            ("a1", &(a[1])),
+            ("a2", &(a[2])),
+            ("a3", &(a[3])),
+            ("b0", &(bw[0])),
+            ("b1", &(bw[1])),
+            ("c0", &(c[0])),
+            ("c1", &(c[1])),
+            ("c2", &(c[2])),
+            ("c3", &(c[3])),
+            ("mma_out", &MMA_OUT),
+        ],
+    ));
     for r in 0..4 {
         let _ = writeln!(
             b,
@@ -494,9 +536,15 @@ impl Walk {
             .collect();
         let kw = self.g.d * K_ROW / 8;
         let vw = KEYS * self.g.v_row() / 8;
-        format!(
-            "    gpu.func @{name}({}) workgroup(%ks: memref<{kw}xvector<4xi32>, 3>, %vs: memref<{vw}xvector<4xi32>, 3>) kernel {{\n{body}      }}\n      gpu.return\n    }}\n",
-            args.join(", ")
+        specialise(
+            FUNCTION,
+            &[
+                ("name", &name),
+                ("args", &(args.join(", "))),
+                ("kw", &kw),
+                ("vw", &vw),
+                ("body", &body),
+            ],
         )
     }
 
@@ -506,41 +554,48 @@ impl Walk {
     fn head(&self, b: &mut String) {
         let Geometry { sq, sk, d, dv, .. } = self.g;
         prologue(b, self.g.blocks() * BLOCK);
-        let _ = writeln!(
-            b,
-            "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %c2x = arith.constant 2 : index\n        %c16i = arith.constant 16 : i32\n        %c32 = arith.constant 32 : index\n        %c4 = arith.constant 4 : index\n        %c8 = arith.constant 8 : index\n        %c16 = arith.constant 16 : index\n        %warp = arith.divui %tid, %c32 : index\n        %lane = arith.remui %tid, %c32 : index\n        %grp = arith.divui %lane, %c4 : index\n        %tig = arith.remui %lane, %c4 : index\n        %t2 = arith.muli %tig, %c2x : index"
-        );
-        let _ = writeln!(
-            b,
-            "        %cBE = arith.constant {} : index\n        %bi = arith.divui %bid, %cBE : index\n        %qb = arith.remui %bid, %cBE : index\n        %cW = arith.constant {WARPS} : index\n        %qb8 = arith.muli %qb, %cW : index\n        %qt = arith.addi %qb8, %warp : index\n        %q0 = arith.muli %qt, %c16 : index\n        %row0 = arith.addi %q0, %grp : index\n        %row1 = arith.addi %row0, %c8 : index\n        %cSq1 = arith.constant {} : index\n        %rc0 = arith.minui %row0, %cSq1 : index\n        %rc1 = arith.minui %row1, %cSq1 : index",
-            self.g.blocks_per_entry(),
-            sq - 1
-        );
-        let _ = writeln!(
-            b,
-            "        %cSq = arith.constant {sq} : index\n        %cSk = arith.constant {sk} : index\n        %cSk1 = arith.constant {} : index\n        %cD = arith.constant {d} : index\n        %cDv = arith.constant {dv} : index\n        %bsq = arith.muli %bi, %cSq : index\n        %br0 = arith.addi %bsq, %rc0 : index\n        %br1 = arith.addi %bsq, %rc1 : index\n        %srow0 = arith.muli %br0, %cSk : index\n        %srow1 = arith.muli %br1, %cSk : index\n        %qb0 = arith.muli %br0, %cD : index\n        %qb1 = arith.muli %br1, %cD : index\n        %qa0 = arith.addi %qb0, %t2 : index\n        %qa1 = arith.addi %qb1, %t2 : index\n        %ninf = arith.constant 0xFF800000 : f32\n        %zero = arith.constant 0.0 : f32\n        %zv = arith.constant dense<0> : vector<4xi32>",
-            sk - 1
-        );
+        b.push_str(CONSTANTS);
+        b.push_str(&specialise(
+            ROWS,
+            &[
+                ("blocks_per_entry", &(self.g.blocks_per_entry())),
+                ("warps", &WARPS),
+                ("last_query", &(sq - 1)),
+            ],
+        ));
+        b.push_str(&specialise(
+            BASES,
+            &[
+                ("sq", &sq),
+                ("sk", &sk),
+                ("last_key", &(sk - 1)),
+                ("d", &d),
+                ("dv", &dv),
+            ],
+        ));
         // Word bases of the entry's keys' transpose and values (`Sk % 8 == 0`, so every
         // copied word is whole and 16-byte aligned).
-        let _ = writeln!(
-            b,
-            "        %cKE = arith.constant {} : index\n        %kwe = arith.muli %bi, %cKE : index\n        %cVE = arith.constant {} : index\n        %vwe = arith.muli %bi, %cVE : index",
-            d * sk / 8,
-            sk * dv / 8
-        );
+        b.push_str(&specialise(
+            ENTRY_WORDS,
+            &[
+                ("key_words", &(d * sk / 8)),
+                ("value_words", &(sk * dv / 8)),
+            ],
+        ));
         // ldmatrix rows: lane l gives row l % 8 of matrix l / 8. Keys' transpose (rows d,
         // columns keys): matrices (d 0-7, keys 0-7), (d 8-15, keys 0-7), (d 0-7, keys 8-15),
         // (d 8-15, keys 8-15). Values (rows keys, columns dv): (keys 0-7, dv 0-7), (keys
         // 8-15, dv 0-7), (keys 0-7, dv 8-15), (keys 8-15, dv 8-15). Transposed, they are
         // the B fragments of two n8 tiles.
-        let _ = writeln!(
-            b,
-            "        %mat = arith.divui %lane, %c8 : index\n        %mrow = arith.remui %lane, %c8 : index\n        %mlo = arith.remui %mat, %c2x : index\n        %mhi = arith.divui %mat, %c2x : index\n        %m8lo = arith.muli %mlo, %c8 : index\n        %m8hi = arith.muli %mhi, %c8 : index\n        %lrow = arith.addi %mrow, %m8lo : index\n        %cKR = arith.constant {K_ROW} : index\n        %cVR = arith.constant {} : index\n        %lk0 = arith.muli %lrow, %cKR : index\n        %lk1 = arith.addi %lk0, %m8hi : index\n        %lkb = arith.muli %lk1, %c2x : index\n        %lv0 = arith.muli %lrow, %cVR : index\n        %lv1 = arith.addi %lv0, %m8hi : index\n        %lvb = arith.muli %lv1, %c2x : index\n        %ksx = memref.extract_aligned_pointer_as_index %ks : memref<{}xvector<4xi32>, 3> -> index\n        %vsx = memref.extract_aligned_pointer_as_index %vs : memref<{}xvector<4xi32>, 3> -> index\n        %ksl = arith.addi %ksx, %lkb : index\n        %vsl = arith.addi %vsx, %lvb : index",
-            self.g.v_row(),
-            d * K_ROW / 8,
-            KEYS * self.g.v_row() / 8
-        );
+        b.push_str(&specialise(
+            LDMATRIX_ROWS,
+            &[
+                ("k_row", &K_ROW),
+                ("value_row", &(self.g.v_row())),
+                ("key_shared", &(d * K_ROW / 8)),
+                ("value_shared", &(KEYS * self.g.v_row() / 8)),
+            ],
+        ));
     }
 
     /// The warp's queries as A fragments `%qf{ks}_{w}`: rows g and g + 8, columns 16 ks + 2 t
@@ -600,20 +655,29 @@ impl Walk {
         for r in 0..kc {
             let t = format!("sk{r}");
             word_index(b, &t, r, self.g.k_words());
-            let _ = writeln!(
-                b,
-                "        scf.if %{t}in {{\n          %{t}d = arith.divui %{t}w, %c4 : index\n          %{t}u = arith.remui %{t}w, %c4 : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}d, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwk{r}, %ks[%{t}x] : memref<{kw}xvector<4xi32>, 3>\n        }}",
-                K_ROW / 8
-            );
+            b.push_str(&specialise(
+                STORE_KEY,
+                &[
+                    ("t", &t),
+                    ("key_row_words", &(K_ROW / 8)),
+                    ("r", &r),
+                    ("kw", &kw),
+                ],
+            ));
         }
         for r in 0..vc {
             let t = format!("sv{r}");
             word_index(b, &t, r, self.g.v_words());
-            let _ = writeln!(
-                b,
-                "        scf.if %{t}in {{\n          %{t}cv = arith.constant {vpr} : index\n          %{t}key = arith.divui %{t}w, %{t}cv : index\n          %{t}u = arith.remui %{t}w, %{t}cv : index\n          %{t}cr = arith.constant {} : index\n          %{t}r = arith.muli %{t}key, %{t}cr : index\n          %{t}x = arith.addi %{t}r, %{t}u : index\n          memref.store %cwv{r}, %vs[%{t}x] : memref<{vw}xvector<4xi32>, 3>\n        }}",
-                self.g.v_row() / 8
-            );
+            b.push_str(&specialise(
+                STORE_VALUE,
+                &[
+                    ("t", &t),
+                    ("vpr", &vpr),
+                    ("value_row_words", &(self.g.v_row() / 8)),
+                    ("r", &r),
+                    ("vw", &vw),
+                ],
+            ));
         }
     }
 
@@ -636,18 +700,18 @@ impl Walk {
             .map(|(init, name)| format!("{name} = {init}"))
             .collect();
         let n = self.state_len() + words.len();
-        let _ = writeln!(
-            b,
-            "        %cSteps = arith.constant {steps} : index\n        %run:{n} = scf.for %st = %c0 to %cSteps step %c1 iter_args(%m0 = %ninf, %m1 = %ninf, %l0 = %zero, %l1 = %zero, {}, {}) -> ({}) {{\n        %k0 = arith.muli %st, %cKeys : index\n        gpu.barrier",
-            accs.join(", "),
-            words.join(", "),
-            self.carried_types()
-        );
+        b.push_str(&specialise(
+            STEPS,
+            &[
+                ("steps", &steps),
+                ("n", &n),
+                ("accs", &(accs.join(", "))),
+                ("words", &(words.join(", "))),
+                ("types", &(self.carried_types())),
+            ],
+        ));
         self.store_words(b);
-        let _ = writeln!(
-            b,
-            "        gpu.barrier\n        %stn = arith.addi %st, %c1 : index\n        %more = arith.cmpi ult, %stn, %cSteps : index\n        %stp = arith.select %more, %stn, %st : index\n        %kn = arith.muli %stp, %cKeys : index"
-        );
+        b.push_str(NEXT_STEP);
         self.load_words(b, "n", "%kn");
     }
 
@@ -671,10 +735,10 @@ impl Walk {
 
     /// `%{out}`: an `ldmatrix` of four transposed 8x8 matrices at byte `%{base}` + `off`.
     fn ldmatrix(b: &mut String, out: &str, base: &str, off: usize) {
-        let _ = writeln!(
-            b,
-            "        %{out}c = arith.constant {off} : index\n        %{out}a = arith.addi {base}, %{out}c : index\n        %{out}i = arith.index_cast %{out}a : index to i64\n        %{out}p = llvm.inttoptr %{out}i : i64 to !llvm.ptr<3>\n        %{out} = nvvm.ldmatrix %{out}p {{num = 4 : i32, layout = #nvvm.mma_layout<col>, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>, eltType = #nvvm.ld_st_matrix_elt_type<b16>}} : (!llvm.ptr<3>) -> !llvm.struct<(i32, i32, i32, i32)>"
-        );
+        b.push_str(&specialise(
+            LDMATRIX,
+            &[("out", &out), ("off", &off), ("base", &base)],
+        ));
         for r in 0..4 {
             let _ = writeln!(
                 b,
@@ -689,16 +753,9 @@ impl Walk {
     /// B fragments from one ldmatrix per k16 step.
     fn scores(&self, b: &mut String) {
         for j in 0..KEYS / 8 {
-            let _ = writeln!(
-                b,
-                "        %kb{j}c = arith.constant {} : index\n        %ka{j}0 = arith.addi %k0, %kb{j}c : index\n        %ka{j} = arith.addi %ka{j}0, %t2 : index",
-                8 * j
-            );
+            b.push_str(&specialise(KEY_COLUMNS, &[("j", &j), ("offset", &(8 * j))]));
             for e in 0..2 {
-                let _ = writeln!(
-                    b,
-                    "        %ce{j}_{e} = arith.constant {e} : index\n        %kx{j}_{e} = arith.addi %ka{j}, %ce{j}_{e} : index\n        %kin{j}_{e} = arith.cmpi ult, %kx{j}_{e}, %cSk : index\n        %key{j}_{e} = arith.minui %kx{j}_{e}, %cSk1 : index"
-                );
+                b.push_str(&specialise(KEY_COLUMN, &[("j", &j), ("e", &e)]));
             }
         }
         for pair in 0..KEYS / 16 {
@@ -762,10 +819,7 @@ impl Walk {
             let acc = butterfly_reduce(b, &acc, &format!("mq{h}"), "arith.maximumf", &[1, 2]);
             // A row with no key yet (-inf) takes 0 as its reference, so -inf - (-inf) never
             // makes NaN.
-            let _ = writeln!(
-                b,
-                "        %nm{h} = arith.addf {acc}, %zero : f32\n        %none{h} = arith.cmpf oeq, %nm{h}, %ninf : f32\n        %ref{h} = arith.select %none{h}, %zero, %nm{h} : f32\n        %da{h} = arith.subf %m{h}, %ref{h} : f32"
-            );
+            b.push_str(&specialise(REFERENCE, &[("h", &h), ("acc", &acc)]));
             exp(b, &format!("%da{h}"), &format!("al{h}"));
             let mut sum = format!("%l{h}");
             let _ = writeln!(b, "        %ls{h} = arith.mulf {sum}, %al{h} : f32");
@@ -843,15 +897,17 @@ impl Walk {
         let state = self.state_types();
         let kept: Vec<String> = self.accs().map(|(t, r)| format!("%y{t}_{r}")).collect();
         let updated: Vec<String> = (0..self.state_len()).map(|k| format!("%upd#{k}")).collect();
-        let _ = writeln!(
-            b,
-            "        scf.yield %nm0, %nm1, %ln0, %ln1, {} : {state}\n        }} else {{\n        scf.yield %m0, %m1, %l0, %l1, {} : {state}\n        }}\n        scf.yield {}, {} : {}",
-            next.join(", "),
-            kept.join(", "),
-            updated.join(", "),
-            self.words("n").join(", "),
-            self.carried_types()
-        );
+        b.push_str(&specialise(
+            STEP_END,
+            &[
+                ("next", &(next.join(", "))),
+                ("state", &state),
+                ("kept", &(kept.join(", "))),
+                ("updated", &(updated.join(", "))),
+                ("words", &(self.words("n").join(", "))),
+                ("types", &(self.carried_types())),
+            ],
+        ));
     }
 
     /// `%upd`: the step's softmax update and values' GEMM, done only where some score of the

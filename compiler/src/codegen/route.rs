@@ -15,13 +15,29 @@ use ppmoe_runtime::program::{Op, Program, RouteOrder, Scoring};
 use std::fmt::Write;
 
 /// A thread's k passes over its token's experts (`route_top_k`).
-const ROUTE_TOP_K: &str = include_str!("templates/route_top_k.mlir");
+const ROUTE_TOP_K: &str = include_str!("templates/route/top_k.mlir");
 /// A warp's k passes over its token's experts (`route_warp_top_k`).
-const ROUTE_WARP_TOP_K: &str = include_str!("templates/route_warp_top_k.mlir");
+const ROUTE_WARP_TOP_K: &str = include_str!("templates/route/warp_top_k.mlir");
 /// The capacity drop: each expert keeps its first `capacity` assignments, slot by slot.
-const CAPACITY_DROP: &str = include_str!("templates/capacity_drop.mlir");
+const CAPACITY_DROP: &str = include_str!("templates/route/capacity_drop.mlir");
 /// The group-limited routing's mask (`group_mask`).
-const GROUP_MASK: &str = include_str!("templates/group_mask.mlir");
+const GROUP_MASK: &str = include_str!("templates/route/group_mask.mlir");
+const CONSTANTS: &str = include_str!("templates/route/constants.mlir");
+const SOFTMAX: &str = include_str!("templates/route/softmax.mlir");
+const SCORE_SOFTMAX: &str = include_str!("templates/route/score_softmax.mlir");
+const SCORE_SIGMOID: &str = include_str!("templates/route/score_sigmoid.mlir");
+const IN_GROUP: &str = include_str!("templates/route/in_group.mlir");
+const SOFTMAX_WEIGHTS: &str = include_str!("templates/route/softmax_weights.mlir");
+const SCORE_SUM: &str = include_str!("templates/route/score_sum.mlir");
+const SCALE: &str = include_str!("templates/route/scale.mlir");
+const WARP_MAX: &str = include_str!("templates/route/warp_max.mlir");
+const WARP_SUM: &str = include_str!("templates/route/warp_sum.mlir");
+const HELD_SCORE: &str = include_str!("templates/route/held_score.mlir");
+const HELD_PASSES: &str = include_str!("templates/route/held_passes.mlir");
+const HELD_PICK: &str = include_str!("templates/route/held_pick.mlir");
+const SHUFFLE_BEST: &str = include_str!("templates/route/shuffle_best.mlir");
+const MARK_TAKEN: &str = include_str!("templates/route/mark_taken.mlir");
+const RENORM: &str = include_str!("templates/route/renorm.mlir");
 
 /// What a route kernel is specialised to.
 struct RouteShape {
@@ -143,23 +159,22 @@ fn route_scores(b: &mut String, r: &RouteShape) -> String {
     } else {
         "%i"
     };
-    let _ = writeln!(
-        b,
-        "        %e = arith.constant {e} : index\n        %k = arith.constant {k} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %base = arith.muli {token}, %e : index\n        %obase = arith.muli {token}, %k : index\n        %ninf = arith.constant -3.40282347e+38 : f32\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %l2e = arith.constant 1.44269504 : f32"
-    );
+    b.push_str(&specialise(
+        CONSTANTS,
+        &[("e", &e), ("k", &k), ("token", &token)],
+    ));
     if r.softmax_first && r.warp {
         route_warp_softmax(b, m_l);
     } else if r.softmax_first {
-        let _ = writeln!(
-            b,
-            "        %mx = scf.for %j = %c0 to %e step %c1 iter_args(%a = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %nm = arith.maximumf %a, %v : f32\n          scf.yield %nm : f32\n        }}\n        %sum = scf.for %j = %c0 to %e step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
-        );
+        b.push_str(&specialise(SOFTMAX, &[("m_l", &m_l)]));
     }
+    // The score's lines, the last without its line break (the choice's follows).
     let score = match (r.scoring, r.softmax_first) {
-        (_, true) => "          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %sc = arith.divf %x, %sum : f32",
-        (Scoring::Sigmoid, _) => "          %nv = arith.negf %v : f32\n          %nm = arith.mulf %nv, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%nm) : (f32) -> f32\n          %dd = arith.addf %one, %x : f32\n          %sc = arith.divf %one, %dd : f32",
+        (_, true) => SCORE_SOFTMAX,
+        (Scoring::Sigmoid, _) => SCORE_SIGMOID,
         _ => "          %sc = arith.addf %v, %zero : f32",
-    };
+    }
+    .trim_end_matches('\n');
     let choice = if r.biased {
         format!("\n          %bj = memref.load %a3[%j] : memref<{e}xf32>\n          %ch = arith.addf %sc, %bj : f32")
     } else {
@@ -186,9 +201,9 @@ fn route_choices(b: &mut String, r: &RouteShape, score: &str) {
     }
     // Expert %j is a candidate when its group was kept (every expert, without groups).
     let in_group = if r.grouped() {
-        "            %jg = arith.divui %j, %gsize : index\n            %jg64 = arith.index_cast %jg : index to i64\n            %jbit = arith.shli %o64, %jg64 : i64\n            %jh = arith.andi %mask, %jbit : i64\n            %ing = arith.cmpi ne, %jh, %z64 : i64\n".to_string()
+        IN_GROUP
     } else {
-        "            %ing = arith.constant true\n".to_string()
+        "            %ing = arith.constant true\n"
     };
     // k passes: the best expert not chosen in an earlier pass, by choice; its score kept.
     b.push_str(&specialise(
@@ -209,23 +224,16 @@ fn route_weights(b: &mut String, r: &RouteShape, normalise: bool, factor: f32) {
     if r.warp {
         b.push_str("        %lane0 = arith.cmpi eq, %lane, %c0 : index\n        scf.if %lane0 {\n");
     }
-    if r.order == RouteOrder::TopkThenSoftmax {
-        let _ = writeln!(
-            b,
-            "        %tm = memref.load %a1[%obase] : {m_k}\n        %ts = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %d = arith.subf %v, %tm : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          memref.store %x, %a1[%so] : {m_k}\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
-        );
-    } else {
-        let _ = writeln!(
-            b,
-            "        %ts = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}"
-        );
-    }
+    let sum = match r.order {
+        RouteOrder::TopkThenSoftmax => SOFTMAX_WEIGHTS,
+        _ => SCORE_SUM,
+    };
+    b.push_str(&specialise(sum, &[("m_k", &m_k)]));
     let div = if normalise { "%ts" } else { "%one" };
-    let _ = writeln!(
-        b,
-        "        %scale = arith.constant {} : f32\n        scf.for %s = %c0 to %k step %c1 {{\n          %so = arith.addi %obase, %s : index\n          %v = memref.load %a1[%so] : {m_k}\n          %q = arith.divf %v, {div} : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a1[%so] : {m_k}\n        }}",
-        hexf(factor)
-    );
+    b.push_str(&specialise(
+        SCALE,
+        &[("factor", &hexf(factor)), ("m_k", &m_k), ("div", &div)],
+    ));
     if r.warp {
         b.push_str("        }\n");
     }
@@ -234,15 +242,9 @@ fn route_weights(b: &mut String, r: &RouteShape, normalise: bool, factor: f32) {
 /// A warp's softmax statistics over its token's logits: each lane folds every 32nd expert,
 /// then the lanes' values are folded across the warp; into %mx and %sum.
 fn route_warp_softmax(b: &mut String, m_l: &str) {
-    let _ = writeln!(
-        b,
-        "        %pmx = scf.for %j = %lane to %e step %c32 iter_args(%a = %ninf) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %nm = arith.maximumf %a, %v : f32\n          scf.yield %nm : f32\n        }}"
-    );
+    b.push_str(&specialise(WARP_MAX, &[("m_l", &m_l)]));
     let mx = warp_reduce(b, "pmx", "wmx", "arith.maximumf");
-    let _ = writeln!(
-        b,
-        "        %mx = arith.maximumf {mx}, {mx} : f32\n        %psum = scf.for %j = %lane to %e step %c32 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n          %d = arith.subf %v, %mx : f32\n          %dm = arith.mulf %d, %l2e : f32\n          %x = llvm.call_intrinsic \"llvm.nvvm.ex2.approx.ftz.f\"(%dm) : (f32) -> f32\n          %na = arith.addf %a, %x : f32\n          scf.yield %na : f32\n        }}"
-    );
+    b.push_str(&specialise(WARP_SUM, &[("mx", &mx), ("m_l", &m_l)]));
     let sum = warp_reduce(b, "psum", "wsum", "arith.addf");
     let _ = writeln!(b, "        %sum = arith.addf {sum}, %zero : f32");
 }
@@ -258,27 +260,33 @@ const HELD_PER_LANE: usize = 8;
 /// alike for every expert).
 fn route_warp_top_k_held(b: &mut String, (m_l, m_k): (&str, &str), score: &str, held: usize) {
     for m in 0..held {
-        let _ = writeln!(
-            b,
-            "        %hs{m}:2 = scf.execute_region -> (f32, f32) {{\n          %hm = arith.constant {} : index\n          %j = arith.addi %lane, %hm : index\n          %o = arith.addi %base, %j : index\n          %v = memref.load %a0[%o] : {m_l}\n{score}\n          scf.yield %sc, %ch : f32, f32\n        }}",
-            WARP * m
-        );
+        b.push_str(&specialise(
+            HELD_SCORE,
+            &[
+                ("m", &m),
+                ("offset", &(WARP * m)),
+                ("m_l", &m_l),
+                ("score", &score),
+            ],
+        ));
     }
-    let _ = writeln!(
-        b,
-        "        %wz64 = arith.constant 0 : i64\n        %wo64 = arith.constant 1 : i64\n        %wlane0 = arith.cmpi eq, %lane, %c0 : index\n        %taken = scf.for %s = %c0 to %k step %c1 iter_args(%mask = %wz64) -> (i64) {{"
-    );
+    b.push_str(HELD_PASSES);
     let (mut bv, mut bi, mut bs) = (
         "%ninf".to_string(),
         "%lane".to_string(),
         "%zero".to_string(),
     );
     for m in 0..held {
-        let _ = writeln!(
-            b,
-            "          %hj{m}c = arith.constant {} : index\n          %hj{m} = arith.addi %lane, %hj{m}c : index\n          %hm{m} = arith.constant {m} : i64\n          %hsh{m} = arith.shrui %mask, %hm{m} : i64\n          %hbit{m} = arith.andi %hsh{m}, %wo64 : i64\n          %hfree{m} = arith.cmpi eq, %hbit{m}, %wz64 : i64\n          %hbetter{m} = arith.cmpf ogt, %hs{m}#1, {bv} : f32\n          %htake{m} = arith.andi %hfree{m}, %hbetter{m} : i1\n          %hbv{m} = arith.select %htake{m}, %hs{m}#1, {bv} : f32\n          %hbi{m} = arith.select %htake{m}, %hj{m}, {bi} : index\n          %hbs{m} = arith.select %htake{m}, %hs{m}#0, {bs} : f32",
-            WARP * m
-        );
+        b.push_str(&specialise(
+            HELD_PICK,
+            &[
+                ("m", &m),
+                ("offset", &(WARP * m)),
+                ("bv", &bv),
+                ("bi", &bi),
+                ("bs", &bs),
+            ],
+        ));
         (bv, bi, bs) = (format!("%hbv{m}"), format!("%hbi{m}"), format!("%hbs{m}"));
     }
     let _ = writeln!(
@@ -306,16 +314,16 @@ fn route_warp_top_k(b: &mut String, m_l: &str, m_k: &str, score: &str) {
 fn warp_best_and_mark(b: &mut String, m_k: &str, (v, i, sc): (&str, &str, &str)) {
     let (mut v, mut i, mut sc) = (v.to_string(), i.to_string(), sc.to_string());
     for (n, off) in [16, 8, 4, 2, 1].iter().enumerate() {
-        let _ = writeln!(
-            b,
-            "          %wo{n} = arith.constant {off} : i32\n          %ov{n}, %ovv{n} = gpu.shuffle xor {v}, %wo{n}, %ww : f32\n          %oi{n}, %oiv{n} = gpu.shuffle xor {i}, %wo{n}, %ww : i32\n          %os{n}, %osv{n} = gpu.shuffle xor {sc}, %wo{n}, %ww : f32\n          %gt{n} = arith.cmpf ogt, %ov{n}, {v} : f32\n          %eq{n} = arith.cmpf oeq, %ov{n}, {v} : f32\n          %lo{n} = arith.cmpi slt, %oi{n}, {i} : i32\n          %tie{n} = arith.andi %eq{n}, %lo{n} : i1\n          %win{n} = arith.ori %gt{n}, %tie{n} : i1\n          %cv{n} = arith.select %win{n}, %ov{n}, {v} : f32\n          %ci{n} = arith.select %win{n}, %oi{n}, {i} : i32\n          %cs{n} = arith.select %win{n}, %os{n}, {sc} : f32"
-        );
+        b.push_str(&specialise(
+            SHUFFLE_BEST,
+            &[("n", &n), ("off", off), ("v", &v), ("i", &i), ("sc", &sc)],
+        ));
         (v, i, sc) = (format!("%cv{n}"), format!("%ci{n}"), format!("%cs{n}"));
     }
-    let _ = writeln!(
-        b,
-        "          %wi = arith.index_cast {i} : i32 to index\n          scf.if %wlane0 {{\n            %so = arith.addi %obase, %s : index\n            %wi64 = arith.index_cast %wi : index to i64\n            %wif = arith.sitofp %wi64 : i64 to f32\n            memref.store {sc}, %a1[%so] : {m_k}\n            memref.store %wif, %a2[%so] : {m_k}\n          }}\n          %owner = arith.remui %wi, %c32 : index\n          %mine = arith.cmpi eq, %owner, %lane : index\n          %wm = arith.divui %wi, %c32 : index\n          %wm64 = arith.index_cast %wm : index to i64\n          %nb = arith.shli %wo64, %wm64 : i64\n          %marked = arith.ori %mask, %nb : i64\n          %nmask = arith.select %mine, %marked, %mask : i64\n          scf.yield %nmask : i64\n        }}"
-    );
+    b.push_str(&specialise(
+        MARK_TAKEN,
+        &[("i", &i), ("sc", &sc), ("m_k", &m_k)],
+    ));
 }
 
 /// GShard's capacity after the route kernel, as the CPU backend's route has it: `<name>_capacity`,
@@ -347,12 +355,16 @@ fn capacity_kernels(
     } else {
         "%den = arith.addf %one, %zero : f32"
     };
-    let _ = writeln!(
-        renorm,
-        "        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %k = arith.constant {k} : index\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %eps = arith.constant {} : f32\n        %scale = arith.constant {} : f32\n        %base = arith.muli %i, %k : index\n        %sum = scf.for %s = %c0 to %k step %c1 iter_args(%a = %zero) -> (f32) {{\n          %o = arith.addi %base, %s : index\n          %v = memref.load %a0[%o] : {m_k}\n          %na = arith.addf %a, %v : f32\n          scf.yield %na : f32\n        }}\n        {div}\n        scf.for %s = %c0 to %k step %c1 {{\n          %o = arith.addi %base, %s : index\n          %v = memref.load %a0[%o] : {m_k}\n          %q = arith.divf %v, %den : f32\n          %r = arith.mulf %q, %scale : f32\n          memref.store %r, %a0[%o] : {m_k}\n        }}",
-        hexf(f32::EPSILON),
-        hexf(factor)
-    );
+    renorm.push_str(&specialise(
+        RENORM,
+        &[
+            ("k", &k),
+            ("eps", &hexf(f32::EPSILON)),
+            ("factor", &hexf(factor)),
+            ("m_k", &m_k),
+            ("div", &div),
+        ],
+    ));
     let mut text = kernel(
         &format!("{name}_capacity"),
         &[m_k.clone(), m_k.clone()],

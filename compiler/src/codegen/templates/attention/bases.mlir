@@ -1,0 +1,17 @@
+        %cSq = arith.constant {{sq}} : index
+        %cSk = arith.constant {{sk}} : index
+        %cSk1 = arith.constant {{last_key}} : index
+        %cD = arith.constant {{d}} : index
+        %cDv = arith.constant {{dv}} : index
+        %bsq = arith.muli %bi, %cSq : index
+        %br0 = arith.addi %bsq, %rc0 : index
+        %br1 = arith.addi %bsq, %rc1 : index
+        %srow0 = arith.muli %br0, %cSk : index
+        %srow1 = arith.muli %br1, %cSk : index
+        %qb0 = arith.muli %br0, %cD : index
+        %qb1 = arith.muli %br1, %cD : index
+        %qa0 = arith.addi %qb0, %t2 : index
+        %qa1 = arith.addi %qb1, %t2 : index
+        %ninf = arith.constant 0xFF800000 : f32
+        %zero = arith.constant 0.0 : f32
+        %zv = arith.constant dense<0> : vector<4xi32>

@@ -1,0 +1,13 @@
+        %c0 = arith.constant 0 : index
+        %c1 = arith.constant 1 : index
+        %c2x = arith.constant 2 : index
+        %c16i = arith.constant 16 : i32
+        %c32 = arith.constant 32 : index
+        %c4 = arith.constant 4 : index
+        %c8 = arith.constant 8 : index
+        %c16 = arith.constant 16 : index
+        %warp = arith.divui %tid, %c32 : index
+        %lane = arith.remui %tid, %c32 : index
+        %grp = arith.divui %lane, %c4 : index
+        %tig = arith.remui %lane, %c4 : index
+        %t2 = arith.muli %tig, %c2x : index

@@ -1,0 +1,12 @@
+        %cBE = arith.constant {{blocks_per_entry}} : index
+        %bi = arith.divui %bid, %cBE : index
+        %qb = arith.remui %bid, %cBE : index
+        %cW = arith.constant {{warps}} : index
+        %qb8 = arith.muli %qb, %cW : index
+        %qt = arith.addi %qb8, %warp : index
+        %q0 = arith.muli %qt, %c16 : index
+        %row0 = arith.addi %q0, %grp : index
+        %row1 = arith.addi %row0, %c8 : index
+        %cSq1 = arith.constant {{last_query}} : index
+        %rc0 = arith.minui %row0, %cSq1 : index
+        %rc1 = arith.minui %row1, %cSq1 : index

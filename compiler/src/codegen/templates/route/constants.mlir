@@ -1,0 +1,10 @@
+        %e = arith.constant {{e}} : index
+        %k = arith.constant {{k}} : index
+        %c0 = arith.constant 0 : index
+        %c1 = arith.constant 1 : index
+        %base = arith.muli {{token}}, %e : index
+        %obase = arith.muli {{token}}, %k : index
+        %ninf = arith.constant -3.40282347e+38 : f32
+        %zero = arith.constant 0.0 : f32
+        %one = arith.constant 1.0 : f32
+        %l2e = arith.constant 1.44269504 : f32

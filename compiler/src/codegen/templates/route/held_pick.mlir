@@ -1,0 +1,11 @@
+          %hj{{m}}c = arith.constant {{offset}} : index
+          %hj{{m}} = arith.addi %lane, %hj{{m}}c : index
+          %hm{{m}} = arith.constant {{m}} : i64
+          %hsh{{m}} = arith.shrui %mask, %hm{{m}} : i64
+          %hbit{{m}} = arith.andi %hsh{{m}}, %wo64 : i64
+          %hfree{{m}} = arith.cmpi eq, %hbit{{m}}, %wz64 : i64
+          %hbetter{{m}} = arith.cmpf ogt, %hs{{m}}#1, {{bv}} : f32
+          %htake{{m}} = arith.andi %hfree{{m}}, %hbetter{{m}} : i1
+          %hbv{{m}} = arith.select %htake{{m}}, %hs{{m}}#1, {{bv}} : f32
+          %hbi{{m}} = arith.select %htake{{m}}, %hj{{m}}, {{bi}} : index
+          %hbs{{m}} = arith.select %htake{{m}}, %hs{{m}}#0, {{bs}} : f32

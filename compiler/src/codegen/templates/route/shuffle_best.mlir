@@ -1,0 +1,12 @@
+          %wo{{n}} = arith.constant {{off}} : i32
+          %ov{{n}}, %ovv{{n}} = gpu.shuffle xor {{v}}, %wo{{n}}, %ww : f32
+          %oi{{n}}, %oiv{{n}} = gpu.shuffle xor {{i}}, %wo{{n}}, %ww : i32
+          %os{{n}}, %osv{{n}} = gpu.shuffle xor {{sc}}, %wo{{n}}, %ww : f32
+          %gt{{n}} = arith.cmpf ogt, %ov{{n}}, {{v}} : f32
+          %eq{{n}} = arith.cmpf oeq, %ov{{n}}, {{v}} : f32
+          %lo{{n}} = arith.cmpi slt, %oi{{n}}, {{i}} : i32
+          %tie{{n}} = arith.andi %eq{{n}}, %lo{{n}} : i1
+          %win{{n}} = arith.ori %gt{{n}}, %tie{{n}} : i1
+          %cv{{n}} = arith.select %win{{n}}, %ov{{n}}, {{v}} : f32
+          %ci{{n}} = arith.select %win{{n}}, %oi{{n}}, {{i}} : i32
+          %cs{{n}} = arith.select %win{{n}}, %os{{n}}, {{sc}} : f32
