@@ -8,8 +8,12 @@
 
 use super::experts_kernels::{add_bias, step_params, Kind};
 use super::kernel_gen::dyn_kernel;
+use super::template::specialise;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+const ACT_OCTETS: &str = include_str!("templates/experts/act_octets.mlir");
+const ACT_OCTETS_UP: &str = include_str!("templates/experts/act_octets_up.mlir");
 
 /// Activations a thread computes.
 const COLUMNS: usize = 8;
@@ -20,16 +24,20 @@ pub(super) fn kernel(prefix: &str, (f, n): (usize, usize), gated: bool, math: &s
     debug_assert!(f.is_multiple_of(COLUMNS) && n.is_multiple_of(COLUMNS));
     let groups = f / COLUMNS;
     let mut a = String::new();
-    let _ = writeln!(
-        a,
-        "        %cg = arith.constant {groups} : index\n        %rw = arith.constant {} : index\n        %nn = arith.constant {n} : index\n        %c0 = arith.constant 0 : index\n        %c8 = arith.constant {COLUMNS} : index\n        %zero = arith.constant 0.0 : f32\n        %r = arith.divui %i, %cg : index\n        %grp = arith.remui %i, %cg : index\n        %col = arith.muli %grp, %c8 : index\n        %e32 = memref.load %rexp[%r] : memref<?xi32>\n        %e = arith.index_cast %e32 : i32 to index\n        %eb = arith.muli %e, %nn : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %rb = arith.muli %r, %rw : index\n        %gwi = arith.addi %rb, %grp : index\n        %gw = memref.load %hid[%gwi] : memref<?xvector<8xbf16>>\n        %gx = arith.extf %gw : vector<8xbf16> to vector<8xf32>",
-        n / COLUMNS
-    );
+    a.push_str(&specialise(
+        ACT_OCTETS,
+        &[
+            ("groups", &groups),
+            ("row_words", &(n / COLUMNS)),
+            ("n", &n),
+            ("columns", &COLUMNS),
+        ],
+    ));
     if gated {
-        let _ = writeln!(
-            a,
-            "        %cug = arith.constant {groups} : index\n        %uwi = arith.addi %gwi, %cug : index\n        %uw = memref.load %hid[%uwi] : memref<?xvector<8xbf16>>\n        %ux = arith.extf %uw : vector<8xbf16> to vector<8xf32>\n        %cf = arith.constant {f} : index"
-        );
+        a.push_str(&specialise(
+            ACT_OCTETS_UP,
+            &[("groups", &groups), ("f", &f)],
+        ));
     }
     let _ = writeln!(a, "        %res0 = llvm.mlir.undef : vector<8xbf16>");
     for m in 0..COLUMNS {

@@ -15,7 +15,11 @@
 //! written and narrowed by another kernel after.
 
 use super::kernel_gen::dyn_kernel;
+use super::template::specialise;
 use std::fmt::Write as _;
+
+const COMBINE_OCTETS: &str = include_str!("templates/experts/combine_octets.mlir");
+const SLOT_LOAD: &str = include_str!("templates/experts/slot_load.mlir");
 
 /// Columns a thread sums.
 const COLUMNS: usize = 8;
@@ -34,10 +38,15 @@ pub(super) fn kernel(prefix: &str, t: usize, h: usize, k: usize, y: Output) -> S
     debug_assert!(h.is_multiple_of(COLUMNS));
     let groups = h / COLUMNS;
     let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "        %cg = arith.constant {groups} : index\n        %ck = arith.constant {k} : index\n        %ch = arith.constant {h} : index\n        %c0 = arith.constant 0 : index\n        %c2 = arith.constant 2 : index\n        %c8 = arith.constant {COLUMNS} : index\n        %zero = arith.constant 0.0 : f32\n        %z32 = arith.constant 0 : i32\n        %tok = arith.divui %i, %cg : index\n        %grp = arith.remui %i, %cg : index\n        %col = arith.muli %grp, %c8 : index\n        %hb = arith.cmpi ne, %has_bias, %c0 : index\n        %tk = arith.muli %tok, %ck : index\n        %yi0 = arith.muli %i, %c2 : index\n        %c1 = arith.constant 1 : index\n        %yi1 = arith.addi %yi0, %c1 : index"
-    );
+    b.push_str(&specialise(
+        COMBINE_OCTETS,
+        &[
+            ("groups", &groups),
+            ("k", &k),
+            ("h", &h),
+            ("columns", &COLUMNS),
+        ],
+    ));
     for m in 0..COLUMNS {
         let _ = writeln!(
             b,
@@ -137,10 +146,7 @@ fn sum(g: &str, j: usize, m: usize) -> String {
 /// Slot `j` of the token: its weight, its row's eight values (the first row's where it has
 /// none) and, with `bias`, its expert's eight biases.
 fn slot_loads(b: &mut String, g: &str, j: usize, bias: bool) {
-    let _ = writeln!(
-        b,
-        "          %{g}s{j}c = arith.constant {j} : index\n          %{g}s{j} = arith.addi %tk, %{g}s{j}c : index\n          %{g}p{j}32 = memref.load %pos[%{g}s{j}] : memref<?xi32>\n          %{g}v{j} = arith.cmpi sge, %{g}p{j}32, %z32 : i32\n          %{g}q{j}32 = arith.select %{g}v{j}, %{g}p{j}32, %z32 : i32\n          %{g}q{j} = arith.index_cast %{g}q{j}32 : i32 to index\n          %{g}r{j}0 = arith.muli %{g}q{j}, %cg : index\n          %{g}r{j} = arith.addi %{g}r{j}0, %grp : index\n          %{g}o{j}h = memref.load %out[%{g}r{j}] : memref<?xvector<8xbf16>>\n          %{g}w{j} = memref.load %w[%{g}s{j}] : memref<?xf32>"
-    );
+    b.push_str(&specialise(SLOT_LOAD, &[("g", &g), ("j", &j)]));
     if !bias {
         return;
     }

@@ -8,9 +8,12 @@
 use super::kernel_gen::{
     broadcast_offset, kernel, memref, pow_expr, prologue, reduce_rows, static_shape,
 };
+use super::template::specialise;
 use ppmoe_runtime::program::{BinaryFn, Instruction, Op, Program};
 use ppmoe_runtime::Tensor;
 use std::fmt::Write;
+
+const CONCAT_PART: &str = include_str!("templates/data/concat_part.mlir");
 
 /// A compile-time constant operand's value, where it is one.
 type Constant<'a> = &'a dyn Fn(Option<usize>) -> Option<Tensor>;
@@ -199,11 +202,10 @@ fn concat(b: &mut String, shapes: &[Vec<usize>], out: &[usize], axis: i64) -> Ve
     for (k, sh) in shapes.iter().enumerate() {
         let hi = lo + sh[a];
         let mut src = c.clone();
-        let _ = writeln!(
-            b,
-            "        %lo{k} = arith.constant {lo} : index\n        %hi{k} = arith.constant {hi} : index\n        %ge{k} = arith.cmpi uge, {ca}, %lo{k} : index\n        %lt{k} = arith.cmpi ult, {ca}, %hi{k} : index\n        %in{k} = arith.andi %ge{k}, %lt{k} : i1\n        %la{k} = arith.subi {ca}, %lo{k} : index\n        %zi{k} = arith.constant 0 : index\n        %ix{k} = arith.select %in{k}, %la{k}, %zi{k} : index",
-            ca = c[a]
-        );
+        b.push_str(&specialise(
+            CONCAT_PART,
+            &[("k", &k), ("lo", &lo), ("hi", &hi), ("ca", &(c[a]))],
+        ));
         src[a] = format!("%ix{k}");
         // Other coordinates are in range for every input (same shape off the axis).
         let off = flat(b, &format!("f{k}_"), &src, sh);

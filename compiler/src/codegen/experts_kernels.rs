@@ -5,7 +5,7 @@
 //! every projection that takes it as its epilogue (`act_math`, `silu_gated_math`).
 
 use super::kernel_gen::{activation_expr, dyn_kernel, exp, hexf, static_shape};
-use super::template::specialise;
+use super::template::{specialise, specialise_at};
 use ppmoe_runtime::program::{ExpertDims, Op, Program};
 use std::fmt::Write;
 
@@ -217,6 +217,11 @@ const COMBINE_PAIRS: &str = include_str!("templates/combine_pairs.mlir");
 const ACT_SETUP: &str = include_str!("templates/act_setup.mlir");
 const ACT_PAIRS_SETUP: &str = include_str!("templates/act_pairs_setup.mlir");
 const GATHER_PAIRS: &str = include_str!("templates/gather_pairs.mlir");
+const BIAS: &str = include_str!("templates/experts/bias.mlir");
+const CLAMP: &str = include_str!("templates/experts/clamp.mlir");
+const ROUNDED_GATE_UP: &str = include_str!("templates/experts/rounded_gate_up.mlir");
+const STORE_PAIR: &str = include_str!("templates/experts/store_pair.mlir");
+const COLUMN_PAIR: &str = include_str!("templates/experts/column_pair.mlir");
 
 /// combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
 fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usize), mid: Mid) {
@@ -342,10 +347,10 @@ pub(super) fn step_params(kind: Kind, rows: &str) -> Vec<String> {
 
 /// `%{out}` = `value` plus the row's expert's bias at column `col` (0 without a bias).
 pub(super) fn add_bias(a: &mut String, col: &str, value: &str, out: &str) {
-    let _ = writeln!(
-        a,
-        "        %{out}_b = scf.if %hb -> (f32) {{\n          %bo = arith.addi %eb, {col} : index\n          %bv = memref.load %bias[%bo] : memref<?xf32>\n          scf.yield %bv : f32\n        }} else {{\n          scf.yield %zero : f32\n        }}\n        %{out} = arith.addf {value}, %{out}_b : f32"
-    );
+    a.push_str(&specialise(
+        BIAS,
+        &[("out", &out), ("col", &col), ("value", &value)],
+    ));
 }
 
 /// The activation of one element, from `%g` (and `%u`, gated: the hidden values with their
@@ -366,7 +371,10 @@ pub(super) fn act_math(ffn: &Ffn) -> String {
     }
     let (gl, ul) = match limit {
         Some(l) => {
-            let _ = writeln!(a, "        %lim = arith.constant {} : f32\n        %nlim = arith.constant {} : f32\n        %gl = arith.minimumf %g, %lim : f32\n        %ul0 = arith.minimumf %u, %lim : f32\n        %ul = arith.maximumf %ul0, %nlim : f32", hexf(*l), hexf(-l));
+            a.push_str(&specialise(
+                CLAMP,
+                &[("limit", &(hexf(*l))), ("negative_limit", &(hexf(-l)))],
+            ));
             ("%gl", "%ul")
         }
         None => ("%g", "%u"),
@@ -390,10 +398,11 @@ pub(super) fn act_math(ffn: &Ffn) -> String {
 /// activation; one `cvt.rn.bf16x2.f32` narrows both, the gate in the low half (the two
 /// single narrowings were two F2F instructions in `pproj_act`'s SASS, 128 per thread and tile).
 pub(super) fn rounded_gate_up(b: &mut String, o: &str, g: &str, u: &str, ind: &str) {
-    let _ = writeln!(
-        b,
-        "{ind}%{o}gu = llvm.inline_asm asm_dialect = att \"cvt.rn.bf16x2.f32 $0, $1, $2;\", \"=r,f,f\" {u}, {g} : (f32, f32) -> i32\n{ind}%{o}s16 = arith.constant 16 : i32\n{ind}%{o}glo = arith.shli %{o}gu, %{o}s16 : i32\n{ind}%{o}gv = arith.bitcast %{o}glo : i32 to f32\n{ind}%{o}hm = arith.constant -65536 : i32\n{ind}%{o}uhi = arith.andi %{o}gu, %{o}hm : i32\n{ind}%{o}uv = arith.bitcast %{o}uhi : i32 to f32"
-    );
+    b.push_str(&specialise_at(
+        ROUNDED_GATE_UP,
+        ind,
+        &[("o", &o), ("u", &u), ("g", &g)],
+    ));
 }
 
 /// `v` (f32) rounded to bf16 (nearest even, as a bf16 store), its bits in the low half of
@@ -412,7 +421,7 @@ fn gather_pairs_kernel(prefix: &str, h: usize) -> String {
     let mut g = specialise(GATHER_PAIRS, &[("h", &h), ("hp", &(h / 2))]);
     bf16_bits(&mut g, "%v0", "w0");
     bf16_bits(&mut g, "%v1", "w1");
-    g.push_str("        %s16 = arith.constant 16 : i32\n        %hi = arith.shli %w1, %s16 : i32\n        %word = arith.ori %w0, %hi : i32\n        memref.store %word, %out[%i] : memref<?xi32>\n");
+    g.push_str(STORE_PAIR);
     dyn_kernel(
         &format!("{prefix}_gather"),
         &step_params(Kind::Gather, "i32"),
@@ -448,10 +457,7 @@ fn act_pairs_kernel(prefix: &str, f: usize, n: usize, gated: bool, math: &str) -
     let mut a = specialise(ACT_PAIRS_SETUP, &[("half", &half), ("f", &f), ("n", &n)]);
     // The two columns of the gate (and of the up projection, F further on), with biases.
     let pair = |a: &mut String, col: &str, name: &str| {
-        let _ = writeln!(
-            a,
-            "        %{name}_o = arith.addi %rb, {col} : index\n        %{name}_wi = arith.divui %{name}_o, %c2 : index\n        %{name}_w = memref.load %hid[%{name}_wi] : memref<?xi32>\n        %{name}_lo = arith.shli %{name}_w, %s16 : i32\n        %{name}_hi = arith.andi %{name}_w, %hmask : i32\n        %{name}_h0 = arith.bitcast %{name}_lo : i32 to f32\n        %{name}_h1 = arith.bitcast %{name}_hi : i32 to f32\n        %{name}_c1 = arith.addi {col}, %c1 : index"
-        );
+        a.push_str(&specialise(COLUMN_PAIR, &[("name", &name), ("col", &col)]));
         add_bias(a, col, &format!("%{name}_h0"), &format!("{name}0"));
         add_bias(
             a,

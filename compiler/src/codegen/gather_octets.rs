@@ -7,7 +7,9 @@
 //! bf16 as that gather rounds each element.
 
 use super::kernel_gen::dyn_kernel;
-use std::fmt::Write as _;
+use super::template::specialise;
+
+const GATHER_OCTETS: &str = include_str!("templates/experts/gather_octets.mlir");
 
 /// Columns a thread moves (16 bytes of bf16).
 const COLUMNS: usize = 8;
@@ -17,10 +19,7 @@ pub(super) fn kernel(prefix: &str, h: usize) -> String {
     debug_assert!(h.is_multiple_of(COLUMNS));
     let groups = h / COLUMNS;
     let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "        %cg = arith.constant {groups} : index\n        %r = arith.divui %i, %cg : index\n        %g = arith.remui %i, %cg : index\n        %p32 = memref.load %perm[%r] : memref<?xi32>\n        %p = arith.index_cast %p32 : i32 to index\n        %s0 = arith.muli %p, %cg : index\n        %s = arith.addi %s0, %g : index\n        %v = memref.load %x[%s] : memref<?xvector<4xi32>>\n        memref.store %v, %out[%i] : memref<?xvector<4xi32>>"
-    );
+    b.push_str(&specialise(GATHER_OCTETS, &[("groups", &groups)]));
     let params = [
         "%x: memref<?xvector<4xi32>>",
         "%perm: memref<?xi32>",

@@ -19,6 +19,14 @@ const DYN_KERNEL: &str = include_str!("templates/dyn_kernel.mlir");
 const LAYER_NORM_ROWS: &str = include_str!("templates/layer_norm_rows.mlir");
 const REDUCE_ROWS: &str = include_str!("templates/reduce_rows.mlir");
 const SOFTMAX_ROWS: &str = include_str!("templates/softmax_rows.mlir");
+const BROADCAST_COORDINATE: &str = include_str!("templates/math/broadcast_coordinate.mlir");
+const REDUCE_ANGLE: &str = include_str!("templates/math/reduce_angle.mlir");
+const ERF_HEAD: &str = include_str!("templates/math/erf_head.mlir");
+const ERF_TAIL: &str = include_str!("templates/math/erf_tail.mlir");
+const GELU_TAIL: &str = include_str!("templates/math/gelu_tail.mlir");
+const GELU_TANH: &str = include_str!("templates/math/gelu_tanh.mlir");
+const KERNEL: &str = include_str!("templates/kernel.mlir");
+const SIGN: &str = include_str!("templates/math/sign.mlir");
 
 /// How one instruction runs on the GPU (the runtime's own type: the bundle carries it).
 pub use ppmoe_runtime::program::GpuOp as Lowered;
@@ -81,7 +89,7 @@ pub(super) fn unary_expr(f: UnaryFn) -> Option<String> {
         UnaryFn::Floor => b.push_str("        %r = llvm.call_intrinsic \"llvm.nvvm.floor.f\"(%x) : (f32) -> f32\n"),
         UnaryFn::Ceil => b.push_str("        %r = llvm.call_intrinsic \"llvm.nvvm.ceil.f\"(%x) : (f32) -> f32\n"),
         // 1, -1, else 0 (NaN and zeros too), as the CPU backend's.
-        UnaryFn::Sign => b.push_str("        %z = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %mone = arith.constant -1.0 : f32\n        %pos = arith.cmpf ogt, %x, %z : f32\n        %neg = arith.cmpf olt, %x, %z : f32\n        %sn = arith.select %neg, %mone, %z : f32\n        %r = arith.select %pos, %one, %sn : f32\n"),
+        UnaryFn::Sign => b.push_str(SIGN),
         UnaryFn::Erf => erf(&mut b, "%x", "r"),
         UnaryFn::Gelu => activation_expr(&mut b, ppmoe_runtime::program::Activation::Gelu, "%x", "r"),
         UnaryFn::GeluTanh => {
@@ -138,11 +146,18 @@ pub(super) fn broadcast_offset_at(
     for d in (0..out.len()).rev() {
         if in_strides[d] != 0 {
             // coordinate d of the output = (i / out_stride) % out[d]
-            let _ = writeln!(
-                body,
-                "        %{tag}_s{d} = arith.constant {out_stride} : index\n        %{tag}_q{d} = arith.divui {idx}, %{tag}_s{d} : index\n        %{tag}_n{d} = arith.constant {} : index\n        %{tag}_c{d} = arith.remui %{tag}_q{d}, %{tag}_n{d} : index\n        %{tag}_w{d} = arith.constant {} : index\n        %{tag}_t{d} = arith.muli %{tag}_c{d}, %{tag}_w{d} : index\n        %{tag}_a{d} = arith.addi {acc}, %{tag}_t{d} : index",
-                out[d], in_strides[d]
-            );
+            body.push_str(&specialise(
+                BROADCAST_COORDINATE,
+                &[
+                    ("tag", &tag),
+                    ("d", &d),
+                    ("out_stride", &out_stride),
+                    ("idx", &idx),
+                    ("extent", &(out[d])),
+                    ("stride", &(in_strides[d])),
+                    ("acc", &acc),
+                ],
+            ));
             acc = format!("%{tag}_a{d}");
         }
         out_stride *= out[d];
@@ -156,9 +171,13 @@ pub(super) fn kernel(name: &str, params: &[String], body: &str) -> String {
         .enumerate()
         .map(|(k, t)| format!("%a{k}: {t}"))
         .collect();
-    format!(
-        "    gpu.func @{name}({}) kernel {{\n{body}      }}\n      gpu.return\n    }}\n",
-        args.join(", ")
+    specialise(
+        KERNEL,
+        &[
+            ("name", &name),
+            ("args", &(args.join(", "))),
+            ("body", &body),
+        ],
     )
 }
 
@@ -177,11 +196,10 @@ const TWO_PI_PARTS: [f32; 3] = [
 /// reduces the argument poorly: rotary embeddings' angles reach thousands of radians.
 fn sin_cos(b: &mut String, f: &str) {
     let c = |v: f32| hexf(v);
-    let _ = writeln!(
-        b,
-        "        %inv = arith.constant {} : f32\n        %half = arith.constant 0.5 : f32\n        %q = arith.mulf %x, %inv : f32\n        %qh = arith.addf %q, %half : f32\n        %k = llvm.call_intrinsic \"llvm.nvvm.floor.f\"(%qh) : (f32) -> f32",
-        c(std::f32::consts::FRAC_1_PI * 0.5)
-    );
+    b.push_str(&specialise(
+        REDUCE_ANGLE,
+        &[("inverse_two_pi", &(c(std::f32::consts::FRAC_1_PI * 0.5)))],
+    ));
     let mut acc = "%x".to_string();
     for (j, part) in TWO_PI_PARTS.iter().enumerate() {
         let _ = writeln!(
@@ -204,10 +222,7 @@ pub(super) fn hexf(v: f32) -> String {
 
 /// erf(x) by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), from `x` into `%{out}`.
 fn erf(b: &mut String, x: &str, out: &str) {
-    let _ = writeln!(
-        b,
-        "        %{out}_nx = arith.negf {x} : f32\n        %{out}_ax = arith.maximumf {x}, %{out}_nx : f32\n        %{out}_p = arith.constant 0.3275911 : f32\n        %{out}_one = arith.constant 1.0 : f32\n        %{out}_pd = arith.mulf %{out}_p, %{out}_ax : f32\n        %{out}_den = arith.addf %{out}_one, %{out}_pd : f32\n        %{out}_t = arith.divf %{out}_one, %{out}_den : f32"
-    );
+    b.push_str(&specialise(ERF_HEAD, &[("out", &out), ("x", &x)]));
     let coeffs = [
         "1.061405429",
         "-1.453152027",
@@ -223,10 +238,7 @@ fn erf(b: &mut String, x: &str, out: &str) {
     }
     let _ = writeln!(b, "        %{out}_poly = arith.mulf {acc}, %{out}_t : f32\n        %{out}_x2 = arith.mulf {x}, {x} : f32\n        %{out}_nx2 = arith.negf %{out}_x2 : f32");
     exp(b, &format!("%{out}_nx2"), &format!("{out}_e"));
-    let _ = writeln!(
-        b,
-        "        %{out}_pe = arith.mulf %{out}_poly, %{out}_e : f32\n        %{out}_y = arith.subf %{out}_one, %{out}_pe : f32\n        %{out}_neg = arith.negf %{out}_y : f32\n        %{out}_z = arith.constant 0.0 : f32\n        %{out}_isneg = arith.cmpf olt, {x}, %{out}_z : f32\n        %{out} = arith.select %{out}_isneg, %{out}_neg, %{out}_y : f32"
-    );
+    b.push_str(&specialise(ERF_TAIL, &[("out", &out), ("x", &x)]));
 }
 
 /// An activation of `x` into `%{out}` (the non-gated ones, and GELU for GeGLU's gate).
@@ -246,10 +258,10 @@ pub(super) fn activation_expr(
         A::Gelu | A::Geglu => {
             let _ = writeln!(b, "        %{out}_r2 = arith.constant 0.707106781 : f32\n        %{out}_xs = arith.mulf {x}, %{out}_r2 : f32");
             erf(b, &format!("%{out}_xs"), &format!("{out}_erf"));
-            let _ = writeln!(b, "        %{out}_one = arith.constant 1.0 : f32\n        %{out}_half = arith.constant 0.5 : f32\n        %{out}_p = arith.addf %{out}_one, %{out}_erf : f32\n        %{out}_hx = arith.mulf %{out}_half, {x} : f32\n        %{out} = arith.mulf %{out}_hx, %{out}_p : f32");
+            b.push_str(&specialise(GELU_TAIL, &[("out", &out), ("x", &x)]));
         }
         A::GeluTanh => {
-            let _ = writeln!(b, "        %{out}_x3 = arith.mulf {x}, {x} : f32\n        %{out}_x3b = arith.mulf %{out}_x3, {x} : f32\n        %{out}_c = arith.constant 0.044715 : f32\n        %{out}_cx = arith.mulf %{out}_c, %{out}_x3b : f32\n        %{out}_in = arith.addf {x}, %{out}_cx : f32\n        %{out}_s = arith.constant 0.797884583 : f32\n        %{out}_a = arith.mulf %{out}_s, %{out}_in : f32\n        %{out}_t = llvm.call_intrinsic \"llvm.nvvm.tanh.approx.f\"(%{out}_a) : (f32) -> f32\n        %{out}_one = arith.constant 1.0 : f32\n        %{out}_half = arith.constant 0.5 : f32\n        %{out}_p = arith.addf %{out}_one, %{out}_t : f32\n        %{out}_hx = arith.mulf %{out}_half, {x} : f32\n        %{out} = arith.mulf %{out}_hx, %{out}_p : f32");
+            b.push_str(&specialise(GELU_TANH, &[("out", &out), ("x", &x)]));
         }
         A::Relu => {
             let _ = writeln!(b, "        %{out}_z = arith.constant 0.0 : f32\n        %{out} = arith.maximumf {x}, %{out}_z : f32");

@@ -7,10 +7,11 @@
 
 use super::kernel_gen::{hexf, kernel, prologue};
 use super::template::specialise;
-use std::fmt::Write as _;
 
 /// One sparsemixer choice (`choice`).
 const SPARSEMIXER_CHOICE: &str = include_str!("templates/sparsemixer_choice.mlir");
+const SPARSEMIXER_CONSTANTS: &str = include_str!("templates/route/sparsemixer_constants.mlir");
+const SPARSEMIXER_STORE: &str = include_str!("templates/route/sparsemixer_store.mlir");
 
 /// The kernel over `t` tokens of `e` logits each; its text, threads (one per token) and that
 /// it has no capacity kernels (what `route_kernel` returns).
@@ -22,18 +23,17 @@ pub(super) fn route_kernel(
     let m_l = format!("memref<{}xf32>", t * e);
     let m_k = format!("memref<{}xf32>", t * 2);
     let mut b = String::new();
-    let _ = writeln!(
-        b,
-        "        %e = arith.constant {e} : index\n        %c0 = arith.constant 0 : index\n        %c1 = arith.constant 1 : index\n        %none = arith.constant {e} : index\n        %base = arith.muli %i, %e : index\n        %c2 = arith.constant 2 : index\n        %obase = arith.muli %i, %c2 : index\n        %ninf = arith.constant 0xFF800000 : f32\n        %zero = arith.constant 0.0 : f32\n        %one = arith.constant 1.0 : f32\n        %true = arith.constant true\n        %l2e = arith.constant 1.44269504 : f32\n        %thr = arith.constant {} : f32",
-        hexf(threshold)
-    );
+    b.push_str(&specialise(
+        SPARSEMIXER_CONSTANTS,
+        &[("e", &e), ("threshold", &(hexf(threshold)))],
+    ));
     choice(&mut b, "p1", "%none", &m_l);
     choice(&mut b, "p2", "%p1i", &m_l);
     for (slot, p) in [(0, "p1"), (1, "p2")] {
-        let _ = writeln!(
-            b,
-            "        %{p}so = arith.addi %obase, %c{slot} : index\n        %{p}w = arith.divf %one, %{p}sum : f32\n        memref.store %{p}w, %a1[%{p}so] : {m_k}\n        %{p}i64 = arith.index_cast %{p}i : index to i64\n        %{p}if = arith.sitofp %{p}i64 : i64 to f32\n        memref.store %{p}if, %a2[%{p}so] : {m_k}"
-        );
+        b.push_str(&specialise(
+            SPARSEMIXER_STORE,
+            &[("p", &p), ("slot", &slot), ("m_k", &m_k)],
+        ));
     }
     let mut body = String::new();
     prologue(&mut body, t);

@@ -1,0 +1,17 @@
+        %cg = arith.constant {{groups}} : index
+        %rw = arith.constant {{row_words}} : index
+        %nn = arith.constant {{n}} : index
+        %c0 = arith.constant 0 : index
+        %c8 = arith.constant {{columns}} : index
+        %zero = arith.constant 0.0 : f32
+        %r = arith.divui %i, %cg : index
+        %grp = arith.remui %i, %cg : index
+        %col = arith.muli %grp, %c8 : index
+        %e32 = memref.load %rexp[%r] : memref<?xi32>
+        %e = arith.index_cast %e32 : i32 to index
+        %eb = arith.muli %e, %nn : index
+        %hb = arith.cmpi ne, %has_bias, %c0 : index
+        %rb = arith.muli %r, %rw : index
+        %gwi = arith.addi %rb, %grp : index
+        %gw = memref.load %hid[%gwi] : memref<?xvector<8xbf16>>
+        %gx = arith.extf %gw : vector<8xbf16> to vector<8xf32>

@@ -1,0 +1,16 @@
+        %cg = arith.constant {{groups}} : index
+        %ck = arith.constant {{k}} : index
+        %ch = arith.constant {{h}} : index
+        %c0 = arith.constant 0 : index
+        %c2 = arith.constant 2 : index
+        %c8 = arith.constant {{columns}} : index
+        %zero = arith.constant 0.0 : f32
+        %z32 = arith.constant 0 : i32
+        %tok = arith.divui %i, %cg : index
+        %grp = arith.remui %i, %cg : index
+        %col = arith.muli %grp, %c8 : index
+        %hb = arith.cmpi ne, %has_bias, %c0 : index
+        %tk = arith.muli %tok, %ck : index
+        %yi0 = arith.muli %i, %c2 : index
+        %c1 = arith.constant 1 : index
+        %yi1 = arith.addi %yi0, %c1 : index

@@ -1,0 +1,10 @@
+          %{{g}}s{{j}}c = arith.constant {{j}} : index
+          %{{g}}s{{j}} = arith.addi %tk, %{{g}}s{{j}}c : index
+          %{{g}}p{{j}}32 = memref.load %pos[%{{g}}s{{j}}] : memref<?xi32>
+          %{{g}}v{{j}} = arith.cmpi sge, %{{g}}p{{j}}32, %z32 : i32
+          %{{g}}q{{j}}32 = arith.select %{{g}}v{{j}}, %{{g}}p{{j}}32, %z32 : i32
+          %{{g}}q{{j}} = arith.index_cast %{{g}}q{{j}}32 : i32 to index
+          %{{g}}r{{j}}0 = arith.muli %{{g}}q{{j}}, %cg : index
+          %{{g}}r{{j}} = arith.addi %{{g}}r{{j}}0, %grp : index
+          %{{g}}o{{j}}h = memref.load %out[%{{g}}r{{j}}] : memref<?xvector<8xbf16>>
+          %{{g}}w{{j}} = memref.load %w[%{{g}}s{{j}}] : memref<?xf32>

@@ -1,0 +1,5 @@
+    gpu.func @{{name}}({{args}}) kernel {
+{{body}}
+      }
+      gpu.return
+    }

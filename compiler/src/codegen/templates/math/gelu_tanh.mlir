@@ -1,0 +1,13 @@
+        %{{out}}_x3 = arith.mulf {{x}}, {{x}} : f32
+        %{{out}}_x3b = arith.mulf %{{out}}_x3, {{x}} : f32
+        %{{out}}_c = arith.constant 0.044715 : f32
+        %{{out}}_cx = arith.mulf %{{out}}_c, %{{out}}_x3b : f32
+        %{{out}}_in = arith.addf {{x}}, %{{out}}_cx : f32
+        %{{out}}_s = arith.constant 0.797884583 : f32
+        %{{out}}_a = arith.mulf %{{out}}_s, %{{out}}_in : f32
+        %{{out}}_t = llvm.call_intrinsic "llvm.nvvm.tanh.approx.f"(%{{out}}_a) : (f32) -> f32
+        %{{out}}_one = arith.constant 1.0 : f32
+        %{{out}}_half = arith.constant 0.5 : f32
+        %{{out}}_p = arith.addf %{{out}}_one, %{{out}}_t : f32
+        %{{out}}_hx = arith.mulf %{{out}}_half, {{x}} : f32
+        %{{out}} = arith.mulf %{{out}}_hx, %{{out}}_p : f32

@@ -1,0 +1,13 @@
+        %e = arith.constant {{e}} : index
+        %c0 = arith.constant 0 : index
+        %c1 = arith.constant 1 : index
+        %none = arith.constant {{e}} : index
+        %base = arith.muli %i, %e : index
+        %c2 = arith.constant 2 : index
+        %obase = arith.muli %i, %c2 : index
+        %ninf = arith.constant 0xFF800000 : f32
+        %zero = arith.constant 0.0 : f32
+        %one = arith.constant 1.0 : f32
+        %true = arith.constant true
+        %l2e = arith.constant 1.44269504 : f32
+        %thr = arith.constant {{threshold}} : f32
