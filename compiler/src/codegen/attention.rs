@@ -69,6 +69,8 @@ const REFERENCE: &str = include_str!("templates/attention/reference.mlir");
 const STEP_END: &str = include_str!("templates/attention/step_end.mlir");
 const MMA: &str = include_str!("templates/attention/mma.mlir");
 const FUNCTION: &str = include_str!("templates/attention/function.mlir");
+const OUTPUT_ROW: &str = include_str!("templates/attention/output_row.mlir");
+const STORE_OUTPUT: &str = include_str!("templates/attention/store_output.mlir");
 
 /// Keys per step of the walk: two k16 chunks of the values' GEMM.
 const KEYS: usize = 32;
@@ -964,10 +966,7 @@ impl Walk {
                 "arith.addf",
                 &[1, 2],
             );
-            let _ = writeln!(
-                b,
-                "        %one{h} = arith.constant 1.0 : f32\n        %inv{h} = arith.divf %one{h}, {acc} : f32\n        %some{h} = arith.cmpf ogt, {acc}, %zero : f32\n        %ob{h}0 = arith.muli %br{h}, %cDv : index\n        %ob{h} = arith.addi %ob{h}0, %t2 : index\n        %rin{h} = arith.cmpi ult, %row{h}, %cSq : index"
-            );
+            b.push_str(&specialise(OUTPUT_ROW, &[("h", &h), ("acc", &acc)]));
         }
         for (t, r) in self.accs() {
             let h = r / 2;
@@ -985,11 +984,18 @@ impl Walk {
             } else {
                 format!("%yq{t}_{r}")
             };
-            let _ = writeln!(
-                b,
-                "        scf.if %rin{h} {{\n        %yo{t}_{r}c = arith.constant {} : index\n        %yo{t}_{r} = arith.addi %ob{h}, %yo{t}_{r}c : index\n        memref.store {value}, %a{out}[%yo{t}_{r}] : memref<{n}xf32>\n        }}",
-                8 * t + r % 2
-            );
+            b.push_str(&specialise(
+                STORE_OUTPUT,
+                &[
+                    ("h", &h),
+                    ("t", &t),
+                    ("r", &r),
+                    ("column", &(8 * t + r % 2)),
+                    ("value", &value),
+                    ("out", &out),
+                    ("n", &n),
+                ],
+            ));
         }
     }
 }
