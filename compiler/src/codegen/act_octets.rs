@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 
 const ACT_OCTETS: &str = include_str!("templates/experts/act_octets.mlir");
 const ACT_OCTETS_UP: &str = include_str!("templates/experts/act_octets_up.mlir");
+const OCTET_COLUMN: &str = include_str!("templates/experts/octet_column.mlir");
 
 /// Activations a thread computes.
 const COLUMNS: usize = 8;
@@ -58,10 +59,7 @@ pub(super) fn kernel(prefix: &str, (f, n): (usize, usize), gated: bool, math: &s
 /// Activation `m` of the thread's eight: its gate (and up) value with its bias, the
 /// activation, rounded to bf16 into `%res{m + 1}`.
 fn column(a: &mut String, m: usize, gated: bool, math: &str) {
-    let _ = writeln!(
-        a,
-        "        %l{m} = arith.constant {m} : i32\n        %cm{m} = arith.constant {m} : index\n        %q{m} = arith.addi %col, %cm{m} : index\n        %g{m}h = llvm.extractelement %gx[%l{m} : i32] : vector<8xf32>"
-    );
+    a.push_str(&specialise(OCTET_COLUMN, &[("m", &m)]));
     add_bias(a, &format!("%q{m}"), &format!("%g{m}h"), &format!("g{m}"));
     if gated {
         let _ = writeln!(

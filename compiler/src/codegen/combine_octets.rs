@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 
 const COMBINE_OCTETS: &str = include_str!("templates/experts/combine_octets.mlir");
 const SLOT_LOAD: &str = include_str!("templates/experts/slot_load.mlir");
+const SLOT_EXPERT: &str = include_str!("templates/experts/slot_expert.mlir");
 
 /// Columns a thread sums.
 const COLUMNS: usize = 8;
@@ -150,10 +151,7 @@ fn slot_loads(b: &mut String, g: &str, j: usize, bias: bool) {
     if !bias {
         return;
     }
-    let _ = writeln!(
-        b,
-        "          %{g}e{j}32 = memref.load %eid[%{g}s{j}] : memref<?xi32>\n          %{g}e{j} = arith.index_cast %{g}e{j}32 : i32 to index\n          %{g}eb{j}0 = arith.muli %{g}e{j}, %ch : index\n          %{g}eb{j} = arith.addi %{g}eb{j}0, %col : index"
-    );
+    b.push_str(&specialise(SLOT_EXPERT, &[("g", &g), ("j", &j)]));
     for m in 0..COLUMNS {
         let _ = writeln!(
             b,

@@ -14,6 +14,7 @@ use ppmoe_runtime::Tensor;
 use std::fmt::Write;
 
 const CONCAT_PART: &str = include_str!("templates/data/concat_part.mlir");
+const COORDINATE: &str = include_str!("templates/data/coordinate.mlir");
 
 /// A compile-time constant operand's value, where it is one.
 type Constant<'a> = &'a dyn Fn(Option<usize>) -> Option<Tensor>;
@@ -244,7 +245,10 @@ fn coords(b: &mut String, shape: &[usize]) -> Vec<String> {
     let mut names = vec![String::new(); shape.len()];
     let mut stride = 1usize;
     for d in (0..shape.len()).rev() {
-        let _ = writeln!(b, "        %cs{d} = arith.constant {stride} : index\n        %cq{d} = arith.divui %i, %cs{d} : index\n        %cn{d} = arith.constant {} : index\n        %c{d} = arith.remui %cq{d}, %cn{d} : index", shape[d]);
+        b.push_str(&specialise(
+            COORDINATE,
+            &[("d", &d), ("stride", &stride), ("extent", &(shape[d]))],
+        ));
         names[d] = format!("%c{d}");
         stride *= shape[d];
     }

@@ -222,6 +222,7 @@ const CLAMP: &str = include_str!("templates/experts/clamp.mlir");
 const ROUNDED_GATE_UP: &str = include_str!("templates/experts/rounded_gate_up.mlir");
 const STORE_PAIR: &str = include_str!("templates/experts/store_pair.mlir");
 const COLUMN_PAIR: &str = include_str!("templates/experts/column_pair.mlir");
+const GATED_SILU: &str = include_str!("templates/experts/gated_silu.mlir");
 
 /// combine: y[t, c] = sum_j w[t, j] * (out[pos[t, j], c] + b_out[eid[t, j], c]).
 fn combine_kernels(out: &mut String, prefix: &str, (t, h, k): (usize, usize, usize), mid: Mid) {
@@ -387,7 +388,7 @@ pub(super) fn act_math(ffn: &Ffn) -> String {
         // g / (1 + e^-g) as g times the denominator's approximate reciprocal (within an ulp
         // of f32, as the ex2 before it): the correctly rounded division was a call with a
         // range check per element in the projections' epilogues.
-        let _ = writeln!(a, "        %one = arith.constant 1.0 : f32\n        %den = arith.addf %one, %ee : f32\n        %rden = llvm.call_intrinsic \"llvm.nvvm.rcp.approx.ftz.f\"(%den) : (f32) -> f32\n        %gate = arith.mulf {gl}, %rden : f32");
+        a.push_str(&specialise(GATED_SILU, &[("gl", &gl)]));
     }
     let _ = writeln!(a, "        %be = arith.constant {} : f32\n        %up = arith.addf {ul}, %be : f32\n        %res = arith.mulf %gate, %up : f32", hexf(*beta));
     a

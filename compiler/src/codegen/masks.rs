@@ -6,9 +6,12 @@
 //! backend's does, and a cast to f32 or between booleans and floats moves the value as it is.
 
 use super::kernel_gen::{broadcast_offset, kernel, memref, prologue, static_shape};
+use super::template::specialise;
 use ppmoe_runtime::program::{BinaryFn, Buffer, Op, UnaryFn};
 use ppmoe_runtime::DType;
 use std::fmt::Write;
+
+const LOGICAL: &str = include_str!("templates/math/logical.mlir");
 
 /// A generated kernel: (name, text, threads).
 type Generated = (String, String, usize);
@@ -85,9 +88,7 @@ pub(super) fn scalar(
 fn binary_expr(f: BinaryFn, both_bool: bool) -> Option<String> {
     let as_f32 = "        %r = arith.uitofp %t : i1 to f32\n";
     let compare = |pred: &str| format!("        %t = arith.cmpf {pred}, %x, %y : f32\n{as_f32}");
-    let logical = |op: &str| {
-        format!("        %z = arith.constant 0.0 : f32\n        %tx = arith.cmpf une, %x, %z : f32\n        %ty = arith.cmpf une, %y, %z : f32\n        %t = {op} %tx, %ty : i1\n{as_f32}")
-    };
+    let logical = |op: &str| specialise(LOGICAL, &[("op", &op)]);
     Some(match f {
         BinaryFn::Equal => compare("oeq"),
         BinaryFn::Less => compare("olt"),

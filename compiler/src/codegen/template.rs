@@ -134,6 +134,41 @@ mod tests {
         }
     }
 
+    /// Every file under `templates/` is a generator's (its path in an `include_str!` of a
+    /// source beside it): a template no generator reads would be a kernel nobody builds.
+    #[test]
+    fn every_template_file_is_read_by_a_generator() {
+        use std::path::{Path, PathBuf};
+        fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("reads the folder").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    files(&path, ext, out);
+                } else if path.extension().is_some_and(|e| e == ext) {
+                    out.push(path);
+                }
+            }
+        }
+        let codegen = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/codegen");
+        let (mut sources, mut templates) = (Vec::new(), Vec::new());
+        files(&codegen, "rs", &mut sources);
+        files(&codegen.join("templates"), "mlir", &mut templates);
+        let text: String = sources
+            .iter()
+            .map(|f| std::fs::read_to_string(f).expect("reads the source"))
+            .collect();
+        assert!(templates.len() > 100, "{} templates", templates.len());
+        for t in &templates {
+            let rel = t.strip_prefix(&codegen).expect("under codegen");
+            let named = format!("{}\")", rel.display());
+            assert!(
+                text.contains(&named),
+                "no generator includes {}",
+                rel.display()
+            );
+        }
+    }
+
     #[test]
     fn placeholders_take_their_values_and_the_rest_is_kept() {
         let t = "%h = arith.constant {{h}} : index\n%k = arith.constant {{k}} : index {\n}\n";
