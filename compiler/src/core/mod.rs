@@ -5,6 +5,7 @@ pub mod arg_max;
 pub mod body;
 pub mod cast_map;
 pub mod cum_sum;
+mod forms;
 pub mod generic;
 pub mod header;
 pub mod layer_norm;

@@ -343,93 +343,14 @@ fn print_instruction(
 ) {
     use ppmoe_runtime::program::Op;
     let ty = |b: usize| tensor_type(&p.buffers[b]);
-    if let (Some(Some(x)), Some(&o)) = (ins.inputs.first(), ins.outputs.first()) {
-        let (input, output) = (&p.buffers[*x], &p.buffers[o]);
-        if let Some((f, axes, keepdims)) = super::reduce::printable(&ins.op, input, output) {
-            let result = format!("%v{i}_0");
-            let text = super::reduce::lines(
-                (i, f, axes, keepdims),
-                (&names[*x], input),
-                (&result, output),
-                &location(p, ins, false),
-            );
-            body.push_str(&text);
-            names[o] = result;
-            return;
+    // The forms of several upstream ops (reductions, running sums, casts, arg-max, top-k,
+    // layer norms).
+    if let Some(printed) = super::forms::print(p, (i, ins), names, &location(p, ins, false)) {
+        body.push_str(&printed.text);
+        for (o, name) in printed.results {
+            names[o] = name;
         }
-        if let Some((axis, exclusive, reverse)) = super::cum_sum::printable(&ins.op, input, output)
-        {
-            let result = format!("%v{i}_0");
-            let text = super::cum_sum::lines(
-                (i, axis, exclusive, reverse),
-                (&names[*x], input),
-                &result,
-                &location(p, ins, false),
-            );
-            body.push_str(&text);
-            names[o] = result;
-            return;
-        }
-        if super::cast_map::printable(&ins.op, input, output) {
-            let result = format!("%v{i}_0");
-            let text = super::cast_map::lines(
-                i,
-                (&names[*x], input),
-                (&result, output.dtype),
-                &location(p, ins, false),
-            );
-            body.push_str(&text);
-            names[o] = result;
-            return;
-        }
-        if let Some((axis, keepdims, max)) = super::arg_max::printable(&ins.op, input, output) {
-            let (text, position) = super::arg_max::lines(
-                (i, axis, keepdims, max),
-                (&names[*x], input),
-                (&format!("%v{i}_w"), output),
-                &location(p, ins, false),
-            );
-            body.push_str(&text);
-            names[o] = position;
-            return;
-        }
-    }
-    if let (Some(&Some(x)), &[values, indices]) = (ins.inputs.first(), &ins.outputs[..]) {
-        let outs = [&p.buffers[values], &p.buffers[indices]];
-        if let Some((axis, k, largest)) = super::top_k::printable(&ins.op, &p.buffers[x], outs) {
-            let result = format!("%v{i}_w");
-            let text = super::top_k::lines(
-                (i, axis, k, largest),
-                (&names[x], &p.buffers[x]),
-                &result,
-                &location(p, ins, false),
-            );
-            body.push_str(&text);
-            names[values] = format!("{result}#0");
-            names[indices] = format!("{result}#1");
-            return;
-        }
-    }
-    let operands: Vec<Option<&Buffer>> = (ins.inputs.iter())
-        .map(|b| b.map(|b| &p.buffers[b]))
-        .collect();
-    if let (Some(&o), Some(&Some(x))) = (ins.outputs.first(), ins.inputs.first()) {
-        let output = &p.buffers[o];
-        if let Some((axis, epsilon)) = super::layer_norm::printable(&ins.op, &operands, output) {
-            let operand_names: Vec<&str> = (ins.inputs.iter().flatten())
-                .map(|&b| names[b].as_str())
-                .collect();
-            let result = format!("%v{i}_0");
-            let text = super::layer_norm::lines(
-                (i, axis, epsilon),
-                (&operand_names, &p.buffers[x]),
-                &result,
-                &location(p, ins, false),
-            );
-            body.push_str(&text);
-            names[o] = result;
-            return;
-        }
+        return;
     }
     // shard.send has a result, and shard.recv an operand, that ppmoe's runtime does not
     // need: the printed form supplies them (a tensor.empty of the received type).
