@@ -101,15 +101,9 @@ mod tests {
     #[test]
     fn every_projection_form_is_fully_specialised() {
         use crate::codegen::tensor_core_projection::TensorCoreProjection;
-        let forms = [
-            (false, false, false, false, false),
-            (true, false, false, false, false),
-            (true, true, false, false, false),
-            (true, true, true, false, false),
-            (true, true, true, true, false),
-            (true, true, true, false, true),
-        ];
-        for (warpgroups, producer, persistent, pingpong, sorted) in forms {
+        for (warpgroups, producer, persistent, pingpong, sorted) in
+            super::super::tensor_core_projection::FORMS
+        {
             for act in [
                 None,
                 Some(crate::codegen::experts_kernels::silu_gated_math()),

@@ -48,6 +48,19 @@ const ROW_WORDS: usize = 12;
 /// The f32 type of the four accumulators one mma returns.
 pub(super) const MMA_OUT: &str = "!llvm.struct<(f32, f32, f32, f32)>";
 
+/// Every form of the projections as (warpgroups, producer, persistent, pingpong, sorted):
+/// mma.sync; wgmma with every thread copying, warp-specialised, persistent, ping-pong, and
+/// persistent over sorted rows (the tests build and assemble each).
+#[cfg(test)]
+pub(super) const FORMS: [(bool, bool, bool, bool, bool); 6] = [
+    (false, false, false, false, false),
+    (true, false, false, false, false),
+    (true, true, false, false, false),
+    (true, true, true, false, false),
+    (true, true, true, true, false),
+    (true, true, true, false, true),
+];
+
 /// One tensor-core projection kernel.
 pub(super) struct TensorCoreProjection {
     pub name: String,

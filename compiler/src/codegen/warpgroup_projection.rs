@@ -899,14 +899,9 @@ mod assembled {
     #[test]
     fn real_size_projections_assemble_unserialised_without_spills() {
         use ppmoe_runtime::program::{producer_threads, TC_WARPS, WG_THREADS};
-        for (warpgroups, producer, persistent, pingpong, sorted) in [
-            (true, false, false, false, false),
-            (true, true, false, false, false),
-            (true, true, true, false, false),
-            (true, true, true, false, true),
-            (true, true, true, true, false),
-            (false, false, false, false, false),
-        ] {
+        for (warpgroups, producer, persistent, pingpong, sorted) in
+            super::super::tensor_core_projection::FORMS
+        {
             let threads = match (warpgroups, producer) {
                 (true, true) => producer_threads(super::geometry::producer_warps()),
                 (true, false) => WG_THREADS,
