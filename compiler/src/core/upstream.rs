@@ -574,16 +574,23 @@ fn read_matmul(op: &OperationRef, name: &str) -> Result<Op, String> {
     }
 }
 
-/// An operand of a composite's step: the map's argument, or an earlier step's result.
+/// An operand of a composite's step: the map's argument, or an earlier step's result; an
+/// `arith.constant` step's one `Value` is its f32 value's bits.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Ref {
     Arg,
     Step(usize),
+    Value(u32),
 }
 
-/// One step of a composite: an `arith`/`math` op over earlier values (`arith.constant` is the
-/// constant 1.0).
+/// One step of a composite: an `arith`/`math` op over earlier values, or a constant.
 type Step = (&'static str, &'static [Ref]);
+
+/// The f32 constants of the composites, as bits: 1, 0.5 and sqrt(2) (`std::f32::consts::SQRT_2`,
+/// which ppmoe's GELU divides by).
+const ONE: u32 = 0x3F80_0000;
+const HALF: u32 = 0x3F00_0000;
+const SQRT_2: u32 = 0x3FB5_04F3;
 
 /// The unary functions upstream has no op for, each as the steps ppmoe computes it by.
 const COMPOSITES: &[(UnaryFn, &[Step])] = &[
@@ -593,7 +600,7 @@ const COMPOSITES: &[(UnaryFn, &[Step])] = &[
         &[
             ("arith.negf", &[Ref::Arg]),
             ("math.exp", &[Ref::Step(0)]),
-            ("arith.constant", &[]),
+            ("arith.constant", &[Ref::Value(ONE)]),
             ("arith.addf", &[Ref::Step(2), Ref::Step(1)]),
             ("arith.divf", &[Ref::Step(2), Ref::Step(3)]),
         ],
@@ -602,8 +609,22 @@ const COMPOSITES: &[(UnaryFn, &[Step])] = &[
     (
         UnaryFn::Reciprocal,
         &[
-            ("arith.constant", &[]),
+            ("arith.constant", &[Ref::Value(ONE)]),
             ("arith.divf", &[Ref::Step(0), Ref::Arg]),
+        ],
+    ),
+    // 0.5 x (1 + erf(x / sqrt(2))), in the order ppmoe's GELU computes it
+    (
+        UnaryFn::Gelu,
+        &[
+            ("arith.constant", &[Ref::Value(SQRT_2)]),
+            ("arith.divf", &[Ref::Arg, Ref::Step(0)]),
+            ("math.erf", &[Ref::Step(1)]),
+            ("arith.constant", &[Ref::Value(ONE)]),
+            ("arith.addf", &[Ref::Step(3), Ref::Step(2)]),
+            ("arith.constant", &[Ref::Value(HALF)]),
+            ("arith.mulf", &[Ref::Step(5), Ref::Arg]),
+            ("arith.mulf", &[Ref::Step(6), Ref::Step(4)]),
         ],
     ),
 ];
@@ -618,11 +639,14 @@ fn composite_body(f: UnaryFn, i: usize) -> String {
     let value = |r: &Ref| match r {
         Ref::Arg => format!("%g{i}_x"),
         Ref::Step(k) => format!("%g{i}_{k}"),
+        // 1.0 as MLIR prints it; another constant by its bits, exactly.
+        Ref::Value(ONE) => "1.000000e+00".into(),
+        Ref::Value(bits) => format!("0x{bits:08X}"),
     };
     let mut body = String::new();
     for (k, (op, operands)) in steps.iter().enumerate() {
-        let line = if operands.is_empty() {
-            format!("%g{i}_{k} = {op} 1.000000e+00 : f32")
+        let line = if let [Ref::Value(_)] = operands {
+            format!("%g{i}_{k} = {op} {} : f32", value(&operands[0]))
         } else {
             let operands: Vec<String> = operands.iter().map(value).collect();
             format!("%g{i}_{k} = {op} {} : f32", operands.join(", "))
@@ -824,11 +848,12 @@ fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
     use super::read::{handle, op_name as name};
     let argument = block.argument(0).map(handle).ok();
     let result = |k: usize| steps.get(k)?.result(0).map(handle).ok();
-    let is_one = |o: &OperationRef| {
+    let is_value = |o: &OperationRef, bits: u32| {
+        let value = f64::from(f32::from_bits(bits));
         o.attribute("value")
             .ok()
             .and_then(|a| melior::ir::attribute::FloatAttribute::try_from(a).ok())
-            .is_some_and(|f| f.value() == 1.0)
+            .is_some_and(|f| f.value() == value)
     };
     let matches = |form: &[Step]| {
         form.len() == steps.len()
@@ -836,15 +861,21 @@ fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
             && name(yields) == "linalg.yield"
             && yields.operand(0).map(handle).ok() == result(steps.len() - 1)
             && form.iter().zip(steps).all(|((op_name, operands), o)| {
-                let wired = o.operand_count() == operands.len()
-                    && operands.iter().enumerate().all(|(i, r)| {
-                        let want = match r {
-                            Ref::Arg => argument,
-                            Ref::Step(k) => result(*k),
-                        };
-                        o.operand(i).map(handle).ok() == want
-                    });
-                name(o) == *op_name && wired && (!operands.is_empty() || is_one(o))
+                let wired = match operands {
+                    [Ref::Value(bits)] => o.operand_count() == 0 && is_value(o, *bits),
+                    _ => {
+                        o.operand_count() == operands.len()
+                            && operands.iter().enumerate().all(|(i, r)| {
+                                let want = match r {
+                                    Ref::Arg => argument,
+                                    Ref::Step(k) => result(*k),
+                                    Ref::Value(_) => None,
+                                };
+                                o.operand(i).map(handle).ok() == want
+                            })
+                    }
+                };
+                name(o) == *op_name && wired
             })
     };
     COMPOSITES
