@@ -24,6 +24,7 @@ pub fn specialise(template: &str, values: &[(&str, &dyn Display)]) -> String {
             break;
         };
         let name = &after[..end];
+        let placeholder = &rest[at..at + end + 4];
         let alone = out.is_empty() || out.ends_with('\n');
         rest = &after[end + 2..];
         match values.iter().find(|(k, _)| *k == name) {
@@ -37,16 +38,11 @@ pub fn specialise(template: &str, values: &[(&str, &dyn Display)]) -> String {
                     rest = rest.strip_prefix('\n').unwrap_or(rest);
                 }
             }
-            None => out.push_str(&rest_placeholder(name)),
+            None => out.push_str(placeholder),
         }
     }
     out.push_str(rest);
     out
-}
-
-/// A placeholder's own text, kept where it has no value.
-fn rest_placeholder(name: &str) -> String {
-    format!("{{{{{name}}}}}")
 }
 
 /// `template` specialised, every line indented by `ind`: a part used at several depths of a

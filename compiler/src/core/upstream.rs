@@ -586,11 +586,11 @@ enum Ref {
 /// One step of a composite: an `arith`/`math` op over earlier values, or a constant.
 type Step = (&'static str, &'static [Ref]);
 
-/// The f32 constants of the composites, as bits: 1, 0.5 and sqrt(2) (`std::f32::consts::SQRT_2`,
-/// which ppmoe's GELU divides by).
-const ONE: u32 = 0x3F80_0000;
-const HALF: u32 = 0x3F00_0000;
-const SQRT_2: u32 = 0x3FB5_04F3;
+/// The f32 constants of the composites, as bits: 1, 0.5 and sqrt(2) (the one ppmoe's GELU
+/// divides by).
+const ONE: u32 = 1.0f32.to_bits();
+const HALF: u32 = 0.5f32.to_bits();
+const SQRT_2: u32 = std::f32::consts::SQRT_2.to_bits();
 
 /// The unary functions upstream has no op for, each as the steps ppmoe computes it by.
 const COMPOSITES: &[(UnaryFn, &[Step])] = &[
