@@ -454,6 +454,13 @@ fn compile(model: &Path, output: &Path, c: ppmoe_compiler::pipeline::Compilation
     for note in &r.kept_all_to_all {
         out!("note: {note}");
     }
+    for (rank, steps) in &r.host_steps {
+        let steps: Vec<String> = steps.iter().map(|i| i.to_string()).collect();
+        out!(
+            "note: rank {rank} runs instructions {} on the host (the CPU kernel; operands copied there, results back)",
+            steps.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -19,6 +19,9 @@ pub struct CompileReport {
     pub moe_layers: usize,
     /// Where the PPMoE rewrite kept the all-to-all form, and why.
     pub kept_all_to_all: Vec<String>,
+    /// For the CUDA backend: per rank with any, the instructions its plan runs on the host
+    /// (the CPU kernel, operands copied there and results back).
+    pub host_steps: Vec<(usize, Vec<usize>)>,
 }
 
 /// Compiles through every stage built and writes the bundle.
@@ -95,6 +98,7 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
             .collect(),
         moe_layers: core.moe_layers.len(),
         kept_all_to_all: c.diagnostics.kept_all_to_all.clone(),
+        host_steps: c.ranks.iter().filter_map(host_steps).collect(),
     };
     let weights: Vec<Vec<(String, ppmoe_runtime::Tensor)>> =
         c.ranks.into_iter().map(|r| r.weights).collect();
@@ -112,4 +116,13 @@ pub fn compile(c: Compilation, out: &Path) -> Result<CompileReport, CompileError
         out.display()
     );
     Ok(report)
+}
+
+/// A rank's instructions its GPU plan runs on the host, where it has any.
+fn host_steps(rp: &crate::distribute::shard_moe::RankProgram) -> Option<(usize, Vec<usize>)> {
+    let host = |(i, g): (usize, &ppmoe_runtime::program::GpuOp)| {
+        (*g == ppmoe_runtime::program::GpuOp::Host).then_some(i)
+    };
+    let steps: Vec<usize> = rp.program.gpu.iter().enumerate().filter_map(host).collect();
+    (!steps.is_empty()).then_some((rp.program.rank, steps))
 }

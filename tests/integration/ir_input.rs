@@ -246,6 +246,111 @@ fn kernels_ir_compiles_with_its_own_kernels() {
     assert_ne!(entry(&read), entry(&ptx), "the route kernel's PTX changed");
 }
 
+/// A `kernels` module's plan is what the bundle ships: the PPMoE experts step of a tp 2 block
+/// edited to run on the host (its local slice, FFN and combine `kernels.host`, its all-reduce
+/// `kernels.nccl`) compiles to a bundle of that plan, which says so, and runs to PyTorch's
+/// output; a member taken out of its step alone, or a field edited that is not read, is refused
+/// by name.
+#[test]
+fn a_kernels_plan_edited_to_run_steps_on_the_host_is_what_the_bundle_ships() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fixtures_dir().join("mixtral_block_dynamo");
+    let grid = ["--tp", "2", "--target", "cuda", "--emit", "kernels"];
+    let kernels = inspect(&dir.join("model.onnx"), &[], &grid).unwrap();
+    let (slice, ffn, combine) = (
+        r#""kernels.host"() {instruction = 3 : i64, op = "local_slice"}"#,
+        r#""kernels.host"() {instruction = 4 : i64, op = "expert_ffn"}"#,
+        r#""kernels.host"() {instruction = 5 : i64, op = "scatter_combine"}"#,
+    );
+    let nccl = r#""kernels.nccl"() {instruction = 6 : i64, op = "all_reduce"}"#;
+    let on_host = [(3, slice), (4, ffn), (5, combine), (6, nccl)]
+        .iter()
+        .fold(kernels.clone(), |text, (i, step)| {
+            edit_step(&text, *i, step)
+        });
+    let ir = write(work.path(), "host.kernels.mlir", &on_host);
+    let line = compile_and_check(&dir, &ir, &["--target", "cuda"], work.path());
+    assert!(line.contains(": ok"), "{line}");
+    let bundle = ppmoe_runtime::bundle::read_bundle(&work.path().join("bundle")).unwrap();
+    for p in &bundle.manifest.programs {
+        let kinds: Vec<String> = (p.gpu.iter())
+            .map(|g| serde_json::to_value(g).unwrap()["kind"].to_string())
+            .collect();
+        let want = [
+            "alias",
+            "gemm",
+            "route",
+            "host",
+            "host",
+            "host",
+            "collective",
+            "alias",
+        ];
+        let want: Vec<String> = want.iter().map(|k| format!("\"{k}\"")).collect();
+        assert_eq!(kinds, want, "rank {}", p.rank);
+    }
+    let again = ppmoe(&["inspect", &s(&ir), "--emit", "kernels"]);
+    assert_eq!(again.stdout, on_host, "the edited plan prints as itself");
+    let bundle = work.path().join("noted");
+    let out = ppmoe(&["compile", &s(&ir), "-o", &s(&bundle), "--target", "cuda"]);
+    assert!(
+        out.stdout
+            .contains("note: rank 1 runs instructions 3, 4, 5 on the host"),
+        "{}",
+        out.stdout
+    );
+
+    let refused = |edited: &str, needles: &[&str]| {
+        let ir = write(work.path(), "refused.kernels.mlir", edited);
+        let out = ppmoe(&["inspect", &s(&ir), "--emit", "ptx"]);
+        assert_clean_failure(&out, &[&["refused.kernels.mlir"], needles].concat());
+    };
+    refused(
+        &edit_step(&kernels, 3, slice),
+        &[
+            "the plan of @rank0",
+            "GPU plan entry 5",
+            "local experts of slice 3",
+        ],
+    );
+    refused(
+        &kernels.replacen(r#"grouping = "device""#, r#"grouping = "host""#, 1),
+        &[
+            "the plan of @rank0: op 5 is",
+            "where the step it reads as prints",
+            "grouping = \"device\"",
+        ],
+    );
+    refused(
+        &edit_step(
+            &kernels,
+            6,
+            r#""kernels.host"() {instruction = 6 : i64, op = "all_reduce"}"#,
+        ),
+        &[
+            "the plan of @rank0: op 6 is",
+            "kernels.host",
+            "the plan ppmoe-plan-kernels makes",
+        ],
+    );
+}
+
+/// `text` with each plan's step of instruction `i` replaced by `step`.
+fn edit_step(text: &str, i: usize, step: &str) -> String {
+    let at = [
+        format!("{{instruction = {i} : i64"),
+        format!(", instruction = {i} : i64"),
+    ];
+    let lines = text.lines().map(|l| match l.find("\"kernels.") {
+        Some(start) if at.iter().any(|a| l.contains(a)) => {
+            let end = l.find(" : () -> ()").unwrap();
+            format!("{}{step}{}", &l[..start], &l[end..])
+        }
+        _ => l.to_string(),
+    });
+    lines.map(|l| l + "\n").collect()
+}
+
 /// The program compiled is the IR's, not the source's: scaling the router's weights by 2 in
 /// the IR of a block whose output is the experts' sum doubles the output.
 #[test]

@@ -6,8 +6,8 @@
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' | FileCheck %s
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels, %ptx-passes)' | FileCheck %s --check-prefix=PTX
 // The kernels IR reads back: it prints as itself, and the ptx stage's passes take it. Its plan must be
-// the one its programs get (an edited launch is refused by name); its kernels' bodies are its
-// own.
+// the one its programs get (an edited launch is refused by name), or run steps on the host; its
+// kernels' bodies are its own.
 // The pass over the module's ops: each rank's kernels and plan moved in after its function,
 // which stays; the module becomes a GPU container.
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' --print-ir-after-all 2>&1 | FileCheck %s --check-prefix=DUMP
@@ -22,7 +22,18 @@
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module(%ptx-passes)' | FileCheck %s --check-prefix=PTX
 // RUN: sed 's/threads = 512 : i64/threads = 64 : i64/' %t.kernels.mlir > %t.replanned.mlir
 // RUN: not %ppmoe opt %t.replanned.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=REPLANNED
-// REPLANNED: error: {{.*}}replanned.mlir: the plan of @rank0: op {{[0-9]+}} is `"kernels.launch"(){{.*}}threads = 64 : i64
+// REPLANNED: error: {{.*}}replanned.mlir: the plan of @rank0: op {{[0-9]+}} is `"kernels.route"(){{.*}}threads = 64 : i64
+// The plan read is the plan shipped: a step may instead run on the host (the CPU kernel), and
+// the module so edited reads back as itself; a field that is not read (the experts' grouping,
+// which its kernels decide) is refused.
+// RUN: sed 's/"kernels.route"() {instruction = 2 : i64, kernel = @rank0_kernels::@k2_route, threads = 512 : i64}/"kernels.host"() {instruction = 2 : i64, op = "route"}/' %t.kernels.mlir > %t.host.mlir
+// RUN: %ppmoe opt %t.host.mlir --pass-pipeline='builtin.module()' | FileCheck %s --check-prefix=HOST
+// HOST: "kernels.cublas_gemm"() {instruction = 1 : i64}
+// HOST-NEXT: "kernels.host"() {instruction = 2 : i64, op = "route"}
+// HOST-NEXT: "kernels.moe_experts"()
+// RUN: sed 's/grouping = "device"/grouping = "host"/' %t.kernels.mlir > %t.grouping.mlir
+// RUN: not %ppmoe opt %t.grouping.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=GROUPING
+// GROUPING: error: {{.*}}grouping.mlir: the plan of @rank0: op 3 is `"kernels.moe_experts"(){{.*}}grouping = "host"{{.*}}`, where the step it reads as prints `{{.*}}grouping = "device"
 
 // CHECK: gpu.module @rank0_kernels
 // CHECK: gpu.func @{{.*}}route{{.*}} kernel

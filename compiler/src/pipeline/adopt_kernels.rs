@@ -1,84 +1,155 @@
 //! The `kernels` stage's IR read back. Its programs read as the pipelined stage's do; each
-//! rank's plan is made again from its program (`ppmoe-plan-kernels`) and must be the plan the
-//! IR holds, op for op, with kernels of the same names and signatures; the kernels' bodies are
-//! the IR's. So a kernel edited in the IR is what the bundle's PTX is built from, while a plan
-//! that no longer fits its program (a launch of another kernel, a step moved) is refused by
-//! name.
+//! rank's plan is read from its plan function, op for op, and is what the bundle ships. Each
+//! step must be the one `ppmoe-plan-kernels` makes for its instruction, or a step the runtime
+//! can always take in its place: `kernels.host` for any instruction but a collective (the CPU
+//! kernel runs it: a kernel suspected of a wrong result is so taken out of the run), and
+//! `kernels.nccl` for an all-reduce whose experts step now runs on the host. The runtime's own
+//! checks of the plan (a fused member named by its step, and the step by each member) hold
+//! for the plan read. The kernels' names and signatures must be the planned ones, their bodies
+//! are the IR's: a kernel edited in the IR is what the bundle's PTX is built from.
 
+use super::plan_ops::{print_plan, read_plan};
 use super::Compilation;
+use crate::codegen::KernelPlan;
 use crate::core::read::{op_name, PLAN_OF};
+use crate::distribute::shard_moe::RankProgram;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::RegionLike;
-use std::collections::BTreeMap;
+use ppmoe_runtime::program::{GpuOp, Op};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// What the checks compare of a module: per plan (by the program it names) its ops as printed,
-/// and per `gpu.module` (by name) its kernels' names and signatures and its own text.
+/// What a module holds of the kernels stage: per plan (by the program it names) its ops, and
+/// per `gpu.module` (by name) its kernels' names and signatures and its own text.
 #[derive(Default)]
-struct Held {
-    plans: BTreeMap<String, Vec<String>>,
+struct Held<'c, 'a> {
+    plans: BTreeMap<String, Vec<OperationRef<'c, 'a>>>,
     kernels: BTreeMap<String, (Vec<(String, String)>, String)>,
 }
 
-/// Plans the programs just read again and checks the module holds that plan; the kernels are
-/// taken from the module.
+/// Takes each rank's plan and kernels from the module, once they are checked against the plan
+/// its program gets.
 pub(super) fn adopt_plans(c: &mut Compilation, module: &OperationRef) -> Result<(), String> {
     crate::passes::plan_kernels::plan_ranks(c);
-    let text = super::printing::print_kernels(c).ok_or("no kernel plans to compare")?;
-    let context = ppmoe_dialect::context();
-    let planned = ppmoe_dialect::parse_verified(&context, &text)?;
-    let (ir, expected) = (held(module)?, held(&planned.as_operation())?);
-    check_plans(&ir, &expected)?;
-    for (rp, plan) in c.ranks.iter().zip(c.kernel_plans.iter_mut()) {
-        let name = format!("rank{}_kernels", rp.program.rank);
-        let (ir_kernels, ir_text) = ir
-            .kernels
-            .get(&name)
-            .ok_or_else(|| format!("the module has no gpu.module @{name}"))?;
-        let (planned_kernels, _) = expected.kernels.get(&name).ok_or("planned kernels")?;
-        if ir_kernels != planned_kernels {
-            return Err(format!(
-                "gpu.module @{name}: its kernels and their signatures are not those its plan launches ({}); edit the kernels' bodies, not their names or parameters",
-                differing(ir_kernels, planned_kernels)
-            ));
-        }
-        plan.module = format!("  {ir_text}\n");
+    let ir = held(module)?;
+    let ranks: BTreeSet<String> = (c.ranks.iter())
+        .map(|rp| format!("@rank{}", rp.program.rank))
+        .collect();
+    if !ir.plans.keys().eq(ranks.iter()) {
+        return Err(format!(
+            "plans of {:?} ({PLAN_OF}); the programs are {ranks:?}",
+            ir.plans.keys().collect::<Vec<_>>()
+        ));
     }
-    if ir.kernels.len() != expected.kernels.len() {
+    if ir.kernels.len() != ranks.len() {
         return Err(format!(
             "{} gpu.modules, where the plan has {}",
             ir.kernels.len(),
-            expected.kernels.len()
+            ranks.len()
         ));
+    }
+    for (rp, plan) in c.ranks.iter().zip(c.kernel_plans.iter_mut()) {
+        let of = format!("@rank{}", rp.program.rank);
+        let taken =
+            take_plan(rp, plan, &ir.plans[&of]).map_err(|e| format!("the plan of {of}: {e}"))?;
+        take_kernels(rp, plan, &ir)?;
+        plan.lowered = taken;
     }
     Ok(())
 }
 
-/// The module's plans must be the planned ones, op for op.
-fn check_plans(ir: &Held, expected: &Held) -> Result<(), String> {
-    if ir.plans.keys().ne(expected.plans.keys()) {
+/// The rank's plan as the module holds it: read, each step checked against the planned one,
+/// the whole checked as the runtime checks a bundle's, and the ops as written checked to be
+/// what the steps read print (no field that is not read: `grouping`, say, says what the
+/// kernels are and is not a switch).
+fn take_plan(
+    rp: &RankProgram,
+    planned: &KernelPlan,
+    ops: &[OperationRef],
+) -> Result<Vec<GpuOp>, String> {
+    let program = &rp.program;
+    let n = program.instructions.len();
+    if ops.len() != n {
         return Err(format!(
-            "plans of {:?} ({PLAN_OF}); the programs are {:?}",
-            ir.plans.keys().collect::<Vec<_>>(),
-            expected.plans.keys().collect::<Vec<_>>()
+            "{} ops, where the program has {n} instructions",
+            ops.len()
         ));
     }
-    for (of, ops) in &ir.plans {
-        let planned = &expected.plans[of];
-        let at = ops.iter().zip(planned).position(|(a, b)| a != b);
-        if let Some(i) = at {
+    let taken = read_plan(ops, program.rank)?;
+    let planned_ops = printed_plan(rp, planned)?;
+    for (i, (step, want)) in taken.iter().zip(&planned.lowered).enumerate() {
+        if step != want && !stands_in(&program.instructions[i].op, want, step) {
             return Err(format!(
-                "the plan of {of}: op {i} is `{}`; the plan ppmoe-plan-kernels makes for the program is `{}`",
-                ops[i], planned[i]
-            ));
-        }
-        if ops.len() != planned.len() {
-            return Err(format!(
-                "the plan of {of} has {} ops; the plan for the program has {}",
-                ops.len(),
-                planned.len()
+                "op {i} is `{}`; the plan ppmoe-plan-kernels makes for the program is `{}` (or `kernels.host` in its place)",
+                ops[i], planned_ops[i]
             ));
         }
     }
+    let mut checked = program.clone();
+    checked.gpu = taken.clone();
+    checked.validate()?;
+    let reprinted = printed_plan(
+        rp,
+        &KernelPlan {
+            lowered: taken.clone(),
+            module: planned.module.clone(),
+        },
+    )?;
+    for (i, (op, printed)) in ops.iter().zip(&reprinted).enumerate() {
+        if op.to_string() != *printed {
+            return Err(format!(
+                "op {i} is `{op}`, where the step it reads as prints `{printed}`: a field is not the one its kernels or its instruction give"
+            ));
+        }
+    }
+    Ok(taken)
+}
+
+/// Whether `step` may run an instruction planned as `planned`: on the host (any op but a
+/// collective), or an all-reduce planned as done by its experts step done by NCCL after it.
+fn stands_in(op: &Op, planned: &GpuOp, step: &GpuOp) -> bool {
+    match step {
+        GpuOp::Host => !op.is_communication(),
+        GpuOp::Collective => matches!(planned, GpuOp::ReducedBy { .. }),
+        _ => false,
+    }
+}
+
+/// A plan's ops as MLIR prints them, for comparison with a module's.
+fn printed_plan(rp: &RankProgram, plan: &KernelPlan) -> Result<Vec<String>, String> {
+    let text = format!(
+        "module attributes {{gpu.container_module}} {{\n{}}}\n",
+        print_plan(rp, plan)
+    );
+    let context = ppmoe_dialect::context();
+    let parsed = ppmoe_dialect::parse_verified(&context, &text)?;
+    let held = held(&parsed.as_operation())?;
+    let ops = held.plans.into_values().next().ok_or("a plan")?;
+    Ok(ops.iter().map(|o| o.to_string()).collect())
+}
+
+/// The rank's kernels' bodies taken from the module, their names and signatures the planned
+/// ones.
+fn take_kernels(rp: &RankProgram, plan: &mut KernelPlan, ir: &Held) -> Result<(), String> {
+    let name = format!("rank{}_kernels", rp.program.rank);
+    let (ir_kernels, ir_text) = ir
+        .kernels
+        .get(&name)
+        .ok_or_else(|| format!("the module has no gpu.module @{name}"))?;
+    let context = ppmoe_dialect::context();
+    let wrapped = format!(
+        "module attributes {{gpu.container_module}} {{\n{}}}\n",
+        plan.module
+    );
+    let parsed = ppmoe_dialect::parse_verified(&context, &wrapped)?;
+    let planned = held(&parsed.as_operation())?;
+    let (planned_kernels, _) = planned.kernels.get(&name).ok_or("planned kernels")?;
+    if ir_kernels != planned_kernels {
+        return Err(format!(
+            "gpu.module @{name}: its kernels and their signatures are not those its plan launches ({}); edit the kernels' bodies, not their names or parameters",
+            differing(ir_kernels, planned_kernels)
+        ));
+    }
+    plan.module = format!("  {ir_text}\n");
     Ok(())
 }
 
@@ -90,13 +161,15 @@ fn differing(ir: &[(String, String)], planned: &[(String, String)]) -> String {
     }
 }
 
-fn held(module: &OperationRef) -> Result<Held, String> {
+fn held<'c, 'a>(module: &OperationRef<'c, 'a>) -> Result<Held<'c, 'a>, String> {
     let mut held = Held::default();
     for op in crate::passes::func_ops::module_ops(module)? {
         match op_name(&op).as_str() {
             "func.func" => {
                 if let Ok(of) = op.attribute(PLAN_OF) {
-                    held.plans.insert(of.to_string(), ops_of(&op));
+                    let ops = ops_in(&op);
+                    let steps = ops.into_iter().filter(|o| op_name(o) != "func.return");
+                    held.plans.insert(of.to_string(), steps.collect());
                 }
             }
             "gpu.module" => {
@@ -131,9 +204,4 @@ fn ops_in<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
     block
         .map(crate::passes::func_ops::block_ops)
         .unwrap_or_default()
-}
-
-/// A plan function's ops, as printed.
-fn ops_of(f: &OperationRef) -> Vec<String> {
-    ops_in(f).iter().map(|o| o.to_string()).collect()
 }

@@ -7,6 +7,7 @@ mod adopt;
 mod adopt_kernels;
 mod pass_manager;
 mod pass_pipeline;
+mod plan_ops;
 mod printing;
 mod steps;
 
@@ -26,7 +27,7 @@ use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware};
 use ppmoe_frontend::{Model, Types};
 
-pub(crate) use printing::print_plan;
+pub(crate) use plan_ops::print_plan;
 use printing::{print_kernels, print_one, print_ptx, print_ranks};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
