@@ -455,10 +455,15 @@ fn compile(model: &Path, output: &Path, c: ppmoe_compiler::pipeline::Compilation
         out!("note: {note}");
     }
     for (rank, steps) in &r.host_steps {
-        let steps: Vec<String> = steps.iter().map(|i| i.to_string()).collect();
+        let list: Vec<String> = steps.iter().map(|i| i.to_string()).collect();
+        let noun = if steps.len() == 1 {
+            "instruction"
+        } else {
+            "instructions"
+        };
         out!(
-            "note: rank {rank} runs instructions {} on the host (the CPU kernel; operands copied there, results back)",
-            steps.join(", ")
+            "note: rank {rank} runs {noun} {} on the host (the CPU kernel; operands copied there, results back)",
+            list.join(", ")
         );
     }
     Ok(())

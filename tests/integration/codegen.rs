@@ -119,7 +119,11 @@ fn kernels_stage_sends_matmuls_to_cublas_and_collectives_to_nccl() {
         collectives
     );
     // The routing is a generated kernel: one launch per MoE layer, a warp per token.
-    assert_eq!(k0.matches("_route, threads = 512").count(), 2, "{k0}");
+    assert_eq!(
+        k0.matches("_route, op = \"route\", threads = 512").count(),
+        2,
+        "{k0}"
+    );
 }
 
 #[test]
@@ -210,8 +214,8 @@ fn sdpa_lms_have_no_host_work_on_any_grid() {
                 "{lm} {grid:?}"
             );
             // The where may be a member of a fused pointwise chain.
-            let launch = format!("{kernel}, threads");
-            let fused = kernel == "_where" && out.stdout.contains("_pointwise, threads");
+            let launch = format!("{kernel}, op = ");
+            let fused = kernel == "_where" && out.stdout.contains("_pointwise, op = ");
             assert!(
                 out.stdout.contains(&launch) || fused,
                 "{lm} {grid:?}: no {kernel}"

@@ -26,9 +26,9 @@
 // The plan read is the plan shipped: a step may instead run on the host (the CPU kernel), and
 // the module so edited reads back as itself; a field that is not read (the experts' grouping,
 // which its kernels decide) is refused.
-// RUN: sed 's/"kernels.route"() {instruction = 2 : i64, kernel = @rank0_kernels::@k2_route, threads = 512 : i64}/"kernels.host"() {instruction = 2 : i64, op = "route"}/' %t.kernels.mlir > %t.host.mlir
+// RUN: sed 's/"kernels.route"() {instruction = 2 : i64, kernel = @rank0_kernels::@k2_route, op = "route", threads = 512 : i64}/"kernels.host"() {instruction = 2 : i64, op = "route"}/' %t.kernels.mlir > %t.host.mlir
 // RUN: %ppmoe opt %t.host.mlir --pass-pipeline='builtin.module()' | FileCheck %s --check-prefix=HOST
-// HOST: "kernels.cublas_gemm"() {instruction = 1 : i64}
+// HOST: "kernels.cublas_gemm"() {instruction = 1 : i64, op = "mat_mul"}
 // HOST-NEXT: "kernels.host"() {instruction = 2 : i64, op = "route"}
 // HOST-NEXT: "kernels.moe_experts"()
 // RUN: sed 's/grouping = "device"/grouping = "host"/' %t.kernels.mlir > %t.grouping.mlir
@@ -38,7 +38,7 @@
 // CHECK: gpu.module @rank0_kernels
 // CHECK: gpu.func @{{.*}}route{{.*}} kernel
 // CHECK: func.func @rank0_plan() attributes {kernels.plan_of = @rank0}
-// CHECK: "kernels.cublas_gemm"() {instruction = 1 : i64}
+// CHECK: "kernels.cublas_gemm"() {instruction = 1 : i64, op = "mat_mul"}
 // CHECK: "kernels.moe_local_experts"() {{{.*}}all_reduce = {{[0-9]+}} : i64
 // CHECK-NOT: "kernels.host"
 // CHECK: gpu.module @rank1_kernels

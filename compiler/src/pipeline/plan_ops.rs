@@ -17,17 +17,20 @@ pub(crate) fn print_plan(rp: &RankProgram, plan: &KernelPlan) -> String {
     let mut s = format!("  func.func @rank{r}_plan() attributes {{{PLAN_OF} = @rank{r}}} {{\n");
     let steps = rp.program.instructions.iter().zip(&plan.lowered);
     for (i, (ins, step)) in steps.enumerate() {
-        let line = print_step(step, &kernels, r, &ins.op.name());
-        s.push_str(&format!("    {line}instruction = {i} : i64}} : () -> ()\n"));
+        let (line, op) = (print_step(step, &kernels, r), ins.op.name());
+        s.push_str(&format!(
+            "    {line}op = \"{op}\", instruction = {i} : i64}} : () -> ()\n"
+        ));
     }
     s.push_str("    func.return\n  }\n");
     s
 }
 
-/// One step as its op, up to its instruction's number: `"kernels.<op>"() {<fields>, ` (the
-/// instruction's number, which closes the attributes, is the caller's). Every field of the step prints, so that the op reads
-/// back as the step it is (`read_step`).
-fn print_step(step: &GpuOp, kernels: &HashSet<&str>, r: usize, op: &str) -> String {
+/// One step as its op, up to its instruction: `"kernels.<step>"() {<fields>, ` (the
+/// instruction's op and number, which close the attributes, are the caller's: every step
+/// says which instruction it runs). Every field of the step prints, so that the op reads back
+/// as the step it is (`read_plan`).
+fn print_step(step: &GpuOp, kernels: &HashSet<&str>, r: usize) -> String {
     let kernel = |name: &str| format!("kernel = @rank{r}_kernels::@{name}");
     let experts = |prefix: &str, bf16: bool| {
         format!(
@@ -66,7 +69,7 @@ fn print_step(step: &GpuOp, kernels: &HashSet<&str>, r: usize, op: &str) -> Stri
             experts_path(kernels, prefix),
             reduce.map_or(String::new(), |r| format!("all_reduce = {r} : i64, overlap = \"chunked, second stream\", "))
         ),
-        GpuOp::ReducedBy { step } => format!("\"kernels.reduced_by\"() {{op = \"{op}\", step = {step} : i64, "),
+        GpuOp::ReducedBy { step } => format!("\"kernels.reduced_by\"() {{step = {step} : i64, "),
         GpuOp::AllToAllExperts { prefix, bf16, dispatch, exchange, ffn, slices, members } => format!(
             "\"kernels.moe_alltoall_experts\"() {{{}grouping = \"host\", gemms = \"cublas grouped\", exchange = \"nccl ragged send/recv\", dispatch = {dispatch} : i64, all_to_all = {exchange} : i64, ffn = {ffn} : i64, slices = {}, fused = {}, ",
             experts(prefix, *bf16),
@@ -74,10 +77,10 @@ fn print_step(step: &GpuOp, kernels: &HashSet<&str>, r: usize, op: &str) -> Stri
             array(members)
         ),
         GpuOp::Embedding { name } => format!("\"kernels.embedding\"() {{{}, ", kernel(name)),
-        GpuOp::Fused { into } => format!("\"kernels.fused\"() {{op = \"{op}\", into = {into} : i64, "),
-        GpuOp::Collective => format!("\"kernels.nccl\"() {{op = \"{op}\", "),
+        GpuOp::Fused { into } => format!("\"kernels.fused\"() {{into = {into} : i64, "),
+        GpuOp::Collective => "\"kernels.nccl\"() {".into(),
         GpuOp::Alias => "\"kernels.alias\"() {".into(),
-        GpuOp::Host => format!("\"kernels.host\"() {{op = \"{op}\", "),
+        GpuOp::Host => "\"kernels.host\"() {".into(),
     }
 }
 
