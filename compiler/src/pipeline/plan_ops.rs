@@ -297,7 +297,130 @@ fn experts_path(kernels: &HashSet<&str>, prefix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{experts_path, kernel_names};
+    use super::{experts_path, kernel_names, print_plan, read_plan};
+    use crate::codegen::KernelPlan;
+    use crate::distribute::shard_moe::RankProgram;
+    use melior::ir::operation::OperationLike;
+    use melior::ir::RegionLike;
+    use ppmoe_runtime::program::{GpuOp, Instruction, Op, Program};
+
+    /// Every kind of step, with each optional field set and unset, prints as an op that reads
+    /// back as that step (the fields the fixtures' plans may never set among them).
+    #[test]
+    fn every_step_reads_back_as_itself() {
+        let kernel = |name: &str| name.to_string();
+        let steps = vec![
+            GpuOp::Kernel {
+                name: kernel("k0_add"),
+                threads: 64,
+                bf16: vec![],
+            },
+            GpuOp::Kernel {
+                name: kernel("k1_add"),
+                threads: 64,
+                bf16: vec![0, 2],
+            },
+            GpuOp::Pointwise {
+                name: kernel("k2_pointwise"),
+                threads: 32,
+                inputs: vec![4, 7],
+                members: vec![0, 1],
+                bf16: vec![1],
+            },
+            GpuOp::Route {
+                name: kernel("k3_route"),
+                threads: 512,
+                capacity: false,
+                bf16_logits: false,
+            },
+            GpuOp::Route {
+                name: kernel("k4_route"),
+                threads: 16,
+                capacity: true,
+                bf16_logits: true,
+            },
+            GpuOp::Gemm,
+            GpuOp::Experts {
+                prefix: kernel("k6_experts"),
+                bf16: true,
+            },
+            GpuOp::LocalExperts {
+                prefix: kernel("k7_local_experts"),
+                bf16: false,
+                slice: 5,
+                ffn: 6,
+                reduce: Some(8),
+            },
+            GpuOp::LocalExperts {
+                prefix: kernel("k8_local_experts"),
+                bf16: true,
+                slice: 5,
+                ffn: 6,
+                reduce: None,
+            },
+            GpuOp::ReducedBy { step: 7 },
+            GpuOp::AllToAllExperts {
+                prefix: kernel("k10_experts"),
+                bf16: false,
+                dispatch: 1,
+                exchange: 2,
+                ffn: 3,
+                slices: vec![],
+                members: vec![1, 2, 3],
+            },
+            GpuOp::AllToAllExperts {
+                prefix: kernel("k11_experts"),
+                bf16: true,
+                dispatch: 1,
+                exchange: 2,
+                ffn: 3,
+                slices: vec![4, 5, 6],
+                members: vec![1, 2, 3, 4, 5, 6],
+            },
+            GpuOp::Embedding {
+                name: kernel("k12_embedding"),
+            },
+            GpuOp::Fused { into: 14 },
+            GpuOp::Collective,
+            GpuOp::Alias,
+            GpuOp::Host,
+        ];
+        let mut program = Program::empty();
+        program.rank = 3;
+        program.instructions = (0..steps.len())
+            .map(|_| Instruction {
+                op: Op::MatMul,
+                inputs: vec![],
+                outputs: vec![],
+                origin: String::new(),
+            })
+            .collect();
+        let rp = RankProgram {
+            program,
+            weights: vec![],
+        };
+        let plan = KernelPlan {
+            lowered: steps.clone(),
+            module: String::new(),
+        };
+        let text = format!("module {{\n{}}}\n", print_plan(&rp, &plan));
+        let context = ppmoe_dialect::context();
+        let module = ppmoe_dialect::parse_verified(&context, &text).unwrap();
+        let func = crate::passes::func_ops::block_ops(module.body())[0];
+        let block = func.region(0).unwrap().first_block().unwrap();
+        let mut ops = crate::passes::func_ops::block_ops(block);
+        assert_eq!(
+            ops.pop().map(|o| crate::core::read::op_name(&o)).as_deref(),
+            Some("func.return")
+        );
+        assert_eq!(read_plan(&ops, 3).unwrap(), steps);
+        // Another rank's kernel is refused by name.
+        let err = read_plan(&ops, 2).unwrap_err();
+        assert!(
+            err.starts_with("op 0 (`kernels.launch`): `kernel = @rank3_kernels::@k0_add`"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn an_experts_steps_path_is_read_from_its_kernels() {
