@@ -335,6 +335,69 @@ fn a_kernels_plan_edited_to_run_steps_on_the_host_is_what_the_bundle_ships() {
     );
 }
 
+/// `scripts/host-steps` moves all-to-all's experts step to the host, its members with it, its
+/// two exchanges NCCL's own: the bundle ships that plan and runs to PyTorch's output.
+#[test]
+fn host_steps_moves_an_alltoall_experts_step_with_its_members() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = fixtures_dir().join("mixtral_block_dynamo");
+    let flags = [
+        "--tp",
+        "2",
+        "--moe-strategy",
+        "alltoall",
+        "--target",
+        "cuda",
+    ];
+    let kernels = inspect(
+        &dir.join("model.onnx"),
+        &[],
+        &[&flags[..], &["--emit", "kernels"]].concat(),
+    )
+    .unwrap();
+    let ir = write(work.path(), "a2a.kernels.mlir", &kernels);
+    let edited = work.path().join("a2a.host.mlir");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/host-steps");
+    let out = std::process::Command::new("python3")
+        .args([
+            s(&script),
+            "moe_alltoall_experts".into(),
+            s(&ir),
+            s(&edited),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = compile_and_check(&dir, &edited, &["--target", "cuda"], work.path());
+    assert!(line.contains(": ok"), "{line}");
+    let bundle = ppmoe_runtime::bundle::read_bundle(&work.path().join("bundle")).unwrap();
+    for p in &bundle.manifest.programs {
+        let planned = |kind: &str| {
+            (p.gpu.iter())
+                .zip(&p.instructions)
+                .filter(|(g, _)| serde_json::to_value(g).unwrap()["kind"] == kind)
+                .map(|(_, ins)| ins.op.name())
+                .collect::<Vec<_>>()
+        };
+        // The exchanges, then the all-gather of the tokens the step's slices split.
+        let collectives = ["all_to_all", "all_to_all", "all_gather"];
+        assert_eq!(planned("collective"), collectives, "rank {}", p.rank);
+        let host = planned("host");
+        for op in ["token_slice", "dispatch", "expert_ffn", "combine"] {
+            assert!(
+                host.iter().any(|h| h == op),
+                "rank {}: {op} not on the host: {host:?}",
+                p.rank
+            );
+        }
+        assert!(planned("fused").is_empty() && planned("all_to_all_experts").is_empty());
+    }
+}
+
 /// `text` with each plan's step of instruction `i` replaced by `step`.
 fn edit_step(text: &str, i: usize, step: &str) -> String {
     let at = [

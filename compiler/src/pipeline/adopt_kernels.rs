@@ -3,7 +3,8 @@
 //! step must be the one `ppmoe-plan-kernels` makes for its instruction, or a step the runtime
 //! can always take in its place: `kernels.host` for any instruction but a collective (the CPU
 //! kernel runs it: a kernel suspected of a wrong result is so taken out of the run), and
-//! `kernels.nccl` for an all-reduce whose experts step now runs on the host. The runtime's own
+//! `kernels.nccl` for a collective its experts step did (PPMoE's all-reduce, all-to-all's
+//! exchanges) where that step now runs on the host. The runtime's own
 //! checks of the plan (a fused member named by its step, and the step by each member) hold
 //! for the plan read. The kernels' names and signatures must be the planned ones, their bodies
 //! are the IR's: a kernel edited in the IR is what the bundle's PTX is built from.
@@ -105,11 +106,15 @@ fn take_plan(
 }
 
 /// Whether `step` may run an instruction planned as `planned`: on the host (any op but a
-/// collective), or an all-reduce planned as done by its experts step done by NCCL after it.
+/// collective), or a collective planned as done by an experts step (PPMoE's all-reduce,
+/// all-to-all's exchange) done by NCCL on its own.
 fn stands_in(op: &Op, planned: &GpuOp, step: &GpuOp) -> bool {
     match step {
         GpuOp::Host => !op.is_communication(),
-        GpuOp::Collective => matches!(planned, GpuOp::ReducedBy { .. }),
+        GpuOp::Collective => {
+            op.is_communication()
+                && matches!(planned, GpuOp::ReducedBy { .. } | GpuOp::Fused { .. })
+        }
         _ => false,
     }
 }
