@@ -270,6 +270,12 @@ pub struct MoeFlags {
     /// Print the IR after every pass (each headed by the pass's name), on standard error.
     #[arg(long = "print-ir-after-all")]
     print_ir_after_all: bool,
+    /// With --target cuda: plan steps to run on the host instead (the CPU kernel), to take a
+    /// kernel out of a GPU run: a comma list of step kinds (launch, pointwise, route,
+    /// cublas_gemm, moe_experts, moe_local_experts, moe_alltoall_experts, embedding, alias, or
+    /// all) and instruction numbers, as `--emit kernels` names them.
+    #[arg(long = "host-steps", value_name = "STEPS")]
+    host_steps: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -325,6 +331,10 @@ impl MoeFlags {
             })?);
         c.options.target_cuda = self.target == TargetFlag::Cuda;
         c.options.print_ir_after_all = self.print_ir_after_all;
+        if let Some(steps) = &self.host_steps {
+            c.options.host_steps = ppmoe_compiler::passes::host_steps::HostSteps::parse(steps)
+                .map_err(|e| anyhow::anyhow!("--host-steps {steps}: {e}"))?;
+        }
         c.options.weight_dtype = match self.dtype {
             DtypeFlag::Fp32 => None,
             DtypeFlag::Bf16 => Some(ppmoe_runtime::DType::BF16),
@@ -366,10 +376,12 @@ pub fn run(cli: Cli) -> Result<()> {
             moe,
         } => {
             let c = moe.compilation(&model, &input_shape)?;
+            let stage = stage_name(emit);
+            reaches_kernels(&c, !summary && matches!(stage, "kernels" | "ptx"))?;
             if summary {
                 return print_summary(c);
             }
-            let (text, _) = ppmoe_compiler::pipeline::emit(c, stage_name(emit))?;
+            let (text, _) = ppmoe_compiler::pipeline::emit(c, stage)?;
             out!("{text}");
             Ok(())
         }
@@ -394,7 +406,11 @@ pub fn run(cli: Cli) -> Result<()> {
             output,
             input_shape,
             moe,
-        } => compile(&model, &output, moe.compilation(&model, &input_shape)?),
+        } => {
+            let c = moe.compilation(&model, &input_shape)?;
+            reaches_kernels(&c, c.options.target_cuda)?;
+            compile(&model, &output, c)
+        }
         Command::Run {
             bundle,
             input,
@@ -531,6 +547,15 @@ fn bench(a: BenchArgs) -> Result<()> {
     if let Some(path) = a.json.filter(|_| !rows.is_empty()) {
         std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `--host-steps` edits the kernels stage's plan: refused where the command never plans kernels
+/// (it would change nothing).
+fn reaches_kernels(c: &Compilation, plans: bool) -> Result<()> {
+    if !plans && !c.options.host_steps.is_empty() {
+        bail!("--host-steps moves steps of the GPU plan: it needs compile --target cuda, or inspect --emit kernels or ptx");
     }
     Ok(())
 }

@@ -291,6 +291,18 @@ fn a_kernels_plan_edited_to_run_steps_on_the_host_is_what_the_bundle_ships() {
     }
     let again = ppmoe(&["inspect", &s(&ir), "--emit", "kernels"]);
     assert_eq!(again.stdout, on_host, "the edited plan prints as itself");
+    // `--host-steps 4` (the expert FFN, a member of the step) makes the plan edited by hand.
+    let flagged = inspect(
+        &dir.join("model.onnx"),
+        &[],
+        &[&grid[..], &["--host-steps", "4"]].concat(),
+    )
+    .unwrap();
+    let plan = |text: &str| -> Vec<String> {
+        let steps = text.lines().filter(|l| l.contains("\"kernels."));
+        steps.map(|l| l.trim().to_string()).collect()
+    };
+    assert_eq!(plan(&flagged), plan(&on_host));
     let bundle = work.path().join("noted");
     let out = ppmoe(&["compile", &s(&ir), "-o", &s(&bundle), "--target", "cuda"]);
     assert!(
@@ -335,8 +347,9 @@ fn a_kernels_plan_edited_to_run_steps_on_the_host_is_what_the_bundle_ships() {
     );
 }
 
-/// `scripts/host-steps` moves all-to-all's experts step to the host, its members with it, its
-/// two exchanges NCCL's own: the bundle ships that plan and runs to PyTorch's output.
+/// `--host-steps` (the pass `ppmoe-host-steps`) moves all-to-all's experts step to the host,
+/// its members with it, its two exchanges NCCL's own: the kernels IR so made reads back, and
+/// its bundle ships that plan and runs to PyTorch's output.
 #[test]
 fn host_steps_moves_an_alltoall_experts_step_with_its_members() {
     let work = tempfile::tempdir().unwrap();
@@ -349,29 +362,9 @@ fn host_steps_moves_an_alltoall_experts_step_with_its_members() {
         "--target",
         "cuda",
     ];
-    let kernels = inspect(
-        &dir.join("model.onnx"),
-        &[],
-        &[&flags[..], &["--emit", "kernels"]].concat(),
-    )
-    .unwrap();
-    let ir = write(work.path(), "a2a.kernels.mlir", &kernels);
-    let edited = work.path().join("a2a.host.mlir");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/host-steps");
-    let out = std::process::Command::new("python3")
-        .args([
-            s(&script),
-            "moe_alltoall_experts".into(),
-            s(&ir),
-            s(&edited),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let moved = ["--host-steps", "moe_alltoall_experts", "--emit", "kernels"];
+    let kernels = inspect(&dir.join("model.onnx"), &[], &[&flags[..], &moved].concat()).unwrap();
+    let edited = write(work.path(), "a2a.host.mlir", &kernels);
     let line = compile_and_check(&dir, &edited, &["--target", "cuda"], work.path());
     assert!(line.contains(": ok"), "{line}");
     let bundle = ppmoe_runtime::bundle::read_bundle(&work.path().join("bundle")).unwrap();

@@ -5,6 +5,7 @@ pub mod dead_code;
 pub mod dead_ops;
 pub mod einsum_matmul;
 pub mod func_ops;
+pub mod host_steps;
 pub mod int_compare;
 pub mod pipeline_split;
 pub mod plan_kernels;

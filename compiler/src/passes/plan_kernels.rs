@@ -61,7 +61,7 @@ pub fn plan_ranks(c: &mut Compilation) {
 
 /// Parses `text` (top-level ops: a `gpu.module` and a `func.func`) and moves its ops after `f`,
 /// in order.
-fn place_after(context: &Context, f: &OperationRef, text: &str) -> Result<(), String> {
+pub(crate) fn place_after(context: &Context, f: &OperationRef, text: &str) -> Result<(), String> {
     let wrapped = format!("module attributes {{gpu.container_module}} {{\n{text}}}\n");
     let scratch = ppmoe_dialect::parse_verified(context, &wrapped)?;
     ppmoe_dialect::forget_text_positions(&scratch.as_operation());

@@ -27,7 +27,7 @@ use crate::passes::raise_moe::CapacityPolicy;
 use crate::strategy::cost_model::{Choice, Hardware};
 use ppmoe_frontend::{Model, Types};
 
-pub(crate) use plan_ops::print_plan;
+pub(crate) use plan_ops::{print_plan, step_kind};
 use printing::{print_kernels, print_one, print_ptx, print_ranks};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -219,10 +219,17 @@ pub const STAGES: &[Stage] = &[
     },
     Stage {
         name: "kernels",
-        passes: &[module_pass(
-            "ppmoe-plan-kernels",
-            crate::passes::plan_kernels::plan_kernels,
-        )],
+        passes: &[
+            module_pass(
+                "ppmoe-plan-kernels",
+                crate::passes::plan_kernels::plan_kernels,
+            ),
+            module_pass_with(
+                "ppmoe-host-steps",
+                &["steps"],
+                crate::passes::host_steps::move_to_host,
+            ),
+        ],
         print: print_kernels,
     },
     Stage {
@@ -296,6 +303,8 @@ pub struct Options {
     pub eval_limit: Option<usize>,
     /// `--print-ir-after-all`: the IR after every pass, on standard error.
     pub print_ir_after_all: bool,
+    /// `--host-steps`: the plan steps run on the host (`ppmoe-host-steps`).
+    pub host_steps: crate::passes::host_steps::HostSteps,
 }
 
 /// What the stages say beside their output, for the user.

@@ -3,7 +3,8 @@
 //!   ppmoe opt model.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2 strategy=alltoall}, ppmoe-dce)'
 //!
 //! A pass's options are the compilation options of the flags of the same names (`tp`, `pp`,
-//! `dp`, `strategy`, `dtype`, `capacity`); each pass takes only its own (`Pass::options`).
+//! `dp`, `strategy`, `dtype`, `capacity`; `steps`, `--host-steps`); each pass takes only its
+//! own (`Pass::options`).
 
 use super::{
     find_pass, printed, run_pass, run_passes, Compilation, Grid, Options, Pass, Scheduled,
@@ -212,6 +213,7 @@ pub(super) fn spelled_with_options(pass: &Pass, options: &Options) -> String {
                 "dp" => grid.dp.to_string(),
                 "strategy" => strategy_name(options.strategy.unwrap_or(Strategy::Ppmoe)).into(),
                 "dtype" => dtype_name(options.weight_dtype).into(),
+                "steps" => options.host_steps.spelled(),
                 _ => capacity_name(options.capacity_policy.unwrap_or(CapacityPolicy::Keep)).into(),
             };
             format!("{key}={value}")
@@ -242,6 +244,7 @@ pub(super) fn set_option(c: &mut Compilation, key: &str, value: &str) -> Result<
         "capacity" => {
             o.capacity_policy = Some(parse_capacity(value).ok_or("expected keep or dropless")?)
         }
+        "steps" => o.host_steps = crate::passes::host_steps::HostSteps::parse(value)?,
         _ => return Err("not an option of ppmoe's passes".into()),
     }
     Ok(())

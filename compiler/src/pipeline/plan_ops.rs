@@ -84,6 +84,25 @@ fn print_step(step: &GpuOp, kernels: &HashSet<&str>, r: usize) -> String {
     }
 }
 
+/// The kind of a step that runs something of its own, as its plan op names it (`kernels.` and
+/// this): what `--host-steps` names; None for a member, a collective and host work.
+pub(crate) fn step_kind(step: &GpuOp) -> Option<&'static str> {
+    Some(match step {
+        GpuOp::Kernel { .. } => "launch",
+        GpuOp::Pointwise { .. } => "pointwise",
+        GpuOp::Route { .. } => "route",
+        GpuOp::Gemm => "cublas_gemm",
+        GpuOp::Experts { .. } => "moe_experts",
+        GpuOp::LocalExperts { .. } => "moe_local_experts",
+        GpuOp::AllToAllExperts { .. } => "moe_alltoall_experts",
+        GpuOp::Embedding { .. } => "embedding",
+        GpuOp::Alias => "alias",
+        GpuOp::ReducedBy { .. } | GpuOp::Fused { .. } | GpuOp::Collective | GpuOp::Host => {
+            return None
+        }
+    })
+}
+
 /// `array<i64: ...>` of a list of positions (`array<i64>` where empty).
 fn array(list: &[usize]) -> String {
     if list.is_empty() {
@@ -414,6 +433,13 @@ mod tests {
             Some("func.return")
         );
         assert_eq!(read_plan(&ops, 3).unwrap(), steps);
+        // A step's kind is its op's name, and every kind is one `--host-steps` takes.
+        for (op, step) in ops.iter().zip(&steps) {
+            if let Some(kind) = super::step_kind(step) {
+                assert_eq!(crate::core::read::op_name(op), format!("kernels.{kind}"));
+                assert!(crate::passes::host_steps::KINDS.contains(&kind), "{kind}");
+            }
+        }
         // Another rank's kernel is refused by name.
         let err = read_plan(&ops, 2).unwrap_err();
         assert!(
