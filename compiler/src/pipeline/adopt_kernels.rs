@@ -60,8 +60,7 @@ pub(super) fn adopt_plans(c: &mut Compilation, module: &OperationRef) -> Result<
 
 /// The rank's plan as the module holds it: read, each step checked against the planned one,
 /// the whole checked as the runtime checks a bundle's, and the ops as written checked to be
-/// what the steps read print (no field that is not read: `grouping`, say, says what the
-/// kernels are and is not a switch).
+/// what the steps read print.
 fn take_plan(
     rp: &RankProgram,
     planned: &KernelPlan,
@@ -88,13 +87,22 @@ fn take_plan(
     let mut checked = program.clone();
     checked.gpu = taken.clone();
     checked.validate()?;
-    let reprinted = printed_plan(
-        rp,
-        &KernelPlan {
-            lowered: taken.clone(),
-            module: planned.module.clone(),
-        },
-    )?;
+    let taken = KernelPlan {
+        lowered: taken,
+        module: planned.module.clone(),
+    };
+    check_as_printed(rp, &taken, ops)?;
+    Ok(taken.lowered)
+}
+
+/// Each op is what the step it reads as prints: a field the step does not read (an experts
+/// step's `grouping`, which its kernels decide; an instruction's `op`) is the one it prints.
+fn check_as_printed(
+    rp: &RankProgram,
+    taken: &KernelPlan,
+    ops: &[OperationRef],
+) -> Result<(), String> {
+    let reprinted = printed_plan(rp, taken)?;
     for (i, (op, printed)) in ops.iter().zip(&reprinted).enumerate() {
         if op.to_string() != *printed {
             return Err(format!(
@@ -102,7 +110,7 @@ fn take_plan(
             ));
         }
     }
-    Ok(taken)
+    Ok(())
 }
 
 /// Whether `step` may run an instruction planned as `planned`: on the host (any op but a
