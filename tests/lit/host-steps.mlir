@@ -1,7 +1,8 @@
 // ppmoe-host-steps{steps=...} (--host-steps): the plan steps named run on the host (kernels.host:
 // the CPU kernel runs the instruction), each with its members; a collective the step did itself
 // becomes NCCL's own (kernels.nccl). A step is named by its kind (the plan op without
-// `kernels.`, or `all`) or by its instruction's number (a member names its step).
+// `kernels.`, `pointwise` for a launch of a fused chain, or `all`) or by its instruction's
+// number (a member names its step).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' > %t.kernels.mlir
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module(ppmoe-host-steps{steps=route})' | FileCheck %s --check-prefix=ROUTE

@@ -1,9 +1,10 @@
 //! `ppmoe-host-steps{steps=...}` (`--host-steps`), over the `kernels` module: the plan steps
 //! named run on the host instead (`kernels.host`: the CPU kernel runs the instruction, its
 //! operands copied to the host and its results back), to take a kernel suspected of a wrong
-//! result out of a GPU run. A step is named by its kind (the plan op without `kernels.`:
-//! `route`, `pointwise`, `moe_experts`, ..., or `all`) or by its instruction's number on every
-//! rank (a member of a fused step names the step). A step moves with its members; a collective
+//! result out of a GPU run. A step is named by its kind (the plan op without `kernels.`,
+//! `pointwise` for a launch of a fused chain: `route`, `pointwise`, `moe_experts`, ..., or
+//! `all`) or by its instruction's number on every rank (a member of a fused step names the
+//! step). A step moves with its members; a collective
 //! it did itself (PPMoE's all-reduce, all-to-all's exchanges) becomes NCCL's own
 //! (`kernels.nccl`).
 //!

@@ -85,7 +85,8 @@ fn print_step(step: &GpuOp, kernels: &HashSet<&str>, r: usize) -> String {
 }
 
 /// The kind of a step that runs something of its own, as its plan op names it (`kernels.` and
-/// this): what `--host-steps` names; None for a member, a collective and host work.
+/// this; a pointwise chain's op is a `kernels.launch` with `inputs`): what `--host-steps`
+/// names; None for a member, a collective and host work.
 pub(crate) fn step_kind(step: &GpuOp) -> Option<&'static str> {
     Some(match step {
         GpuOp::Kernel { .. } => "launch",
@@ -433,10 +434,12 @@ mod tests {
             Some("func.return")
         );
         assert_eq!(read_plan(&ops, 3).unwrap(), steps);
-        // A step's kind is its op's name, and every kind is one `--host-steps` takes.
+        // A step's kind is its op's name (a pointwise chain's, a launch's with inputs), and
+        // every kind is one `--host-steps` takes.
         for (op, step) in ops.iter().zip(&steps) {
             if let Some(kind) = super::step_kind(step) {
-                assert_eq!(crate::core::read::op_name(op), format!("kernels.{kind}"));
+                let name = if kind == "pointwise" { "launch" } else { kind };
+                assert_eq!(crate::core::read::op_name(op), format!("kernels.{name}"));
                 assert!(crate::passes::host_steps::KINDS.contains(&kind), "{kind}");
             }
         }
