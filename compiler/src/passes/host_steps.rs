@@ -4,9 +4,8 @@
 //! result out of a GPU run. A step is named by its kind (the plan op without `kernels.`,
 //! `pointwise` for a launch of a fused chain: `route`, `pointwise`, `moe_experts`, ..., or
 //! `all`) or by its instruction's number on every rank (a member of a fused step names the
-//! step). A step moves with its members; a collective
-//! it did itself (PPMoE's all-reduce, all-to-all's exchanges) becomes NCCL's own
-//! (`kernels.nccl`).
+//! step). A step moves with its members; a collective it did itself (PPMoE's all-reduce,
+//! all-to-all's exchanges) becomes NCCL's own (`kernels.nccl`).
 //!
 //!   before:  "kernels.route"() {instruction = 2 : i64, kernel = @rank0_kernels::@k2_route, ...}
 //!   after:   "kernels.host"() {instruction = 2 : i64, op = "route"}
@@ -139,20 +138,13 @@ fn on_host(p: &Program, plan: &[GpuOp], steps: &HostSteps) -> Vec<GpuOp> {
         GpuOp::ReducedBy { step } => step,
         _ => i,
     };
-    let runs_own = |g: &GpuOp| {
-        !matches!(
-            g,
-            GpuOp::Collective | GpuOp::Host | GpuOp::Fused { .. } | GpuOp::ReducedBy { .. }
-        )
-    };
-    // A step moves where it, or a member of it, is named.
+    // A step that runs something of its own moves where it, or a member of it, is named.
     let named: HashSet<usize> = (0..plan.len())
         .filter(|&i| steps.names(i, &plan[i]))
         .map(owner)
-        .filter(|&o| runs_own(&plan[o]))
+        .filter(|&o| crate::pipeline::step_kind(&plan[o]).is_some())
         .collect();
-    let moved: Vec<bool> = (0..plan.len()).map(|i| named.contains(&owner(i))).collect();
-    let step = |(i, g): (usize, &GpuOp)| match moved[i] {
+    let step = |(i, g): (usize, &GpuOp)| match named.contains(&owner(i)) {
         true if p.instructions[i].op.is_communication() => GpuOp::Collective,
         true => GpuOp::Host,
         false => g.clone(),

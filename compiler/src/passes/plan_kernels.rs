@@ -59,11 +59,20 @@ pub fn plan_ranks(c: &mut Compilation) {
         .collect();
 }
 
+/// `text` (top-level ops: `gpu.module`s and `func.func`s, as a rank's kernels and plan print)
+/// parsed and verified in a module of its own, a GPU container as the kernels stage's is.
+pub(crate) fn parse_in_container<'c>(
+    context: &'c Context,
+    text: &str,
+) -> Result<melior::ir::Module<'c>, String> {
+    let wrapped = format!("module attributes {{gpu.container_module}} {{\n{text}}}\n");
+    ppmoe_dialect::parse_verified(context, &wrapped)
+}
+
 /// Parses `text` (top-level ops: a `gpu.module` and a `func.func`) and moves its ops after `f`,
 /// in order.
 pub(crate) fn place_after(context: &Context, f: &OperationRef, text: &str) -> Result<(), String> {
-    let wrapped = format!("module attributes {{gpu.container_module}} {{\n{text}}}\n");
-    let scratch = ppmoe_dialect::parse_verified(context, &wrapped)?;
+    let scratch = parse_in_container(context, text)?;
     ppmoe_dialect::forget_text_positions(&scratch.as_operation());
     let mut after = *f;
     for op in block_ops(scratch.body()) {

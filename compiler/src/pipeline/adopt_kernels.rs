@@ -14,6 +14,7 @@ use super::Compilation;
 use crate::codegen::KernelPlan;
 use crate::core::read::{op_name, PLAN_OF};
 use crate::distribute::shard_moe::RankProgram;
+use crate::passes::plan_kernels::parse_in_container;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::RegionLike;
 use ppmoe_runtime::program::{GpuOp, Op};
@@ -75,9 +76,10 @@ fn take_plan(
         ));
     }
     let taken = read_plan(ops, program.rank)?;
-    let planned_ops = printed_plan(rp, planned)?;
     for (i, (step, want)) in taken.iter().zip(&planned.lowered).enumerate() {
         if step != want && !stands_in(&program.instructions[i].op, want, step) {
+            // The planned op as MLIR prints it, made only for the error.
+            let planned_ops = printed_plan(rp, planned)?;
             return Err(format!(
                 "op {i} is `{}`; the plan ppmoe-plan-kernels makes for the program is `{}` (or `kernels.host` in its place)",
                 ops[i], planned_ops[i]
@@ -129,12 +131,8 @@ fn stands_in(op: &Op, planned: &GpuOp, step: &GpuOp) -> bool {
 
 /// A plan's ops as MLIR prints them, for comparison with a module's.
 fn printed_plan(rp: &RankProgram, plan: &KernelPlan) -> Result<Vec<String>, String> {
-    let text = format!(
-        "module attributes {{gpu.container_module}} {{\n{}}}\n",
-        print_plan(rp, plan)
-    );
     let context = ppmoe_dialect::context();
-    let parsed = ppmoe_dialect::parse_verified(&context, &text)?;
+    let parsed = parse_in_container(&context, &print_plan(rp, plan))?;
     let held = held(&parsed.as_operation())?;
     let ops = held.plans.into_values().next().ok_or("a plan")?;
     Ok(ops.iter().map(|o| o.to_string()).collect())
@@ -149,11 +147,7 @@ fn take_kernels(rp: &RankProgram, plan: &mut KernelPlan, ir: &Held) -> Result<()
         .get(&name)
         .ok_or_else(|| format!("the module has no gpu.module @{name}"))?;
     let context = ppmoe_dialect::context();
-    let wrapped = format!(
-        "module attributes {{gpu.container_module}} {{\n{}}}\n",
-        plan.module
-    );
-    let parsed = ppmoe_dialect::parse_verified(&context, &wrapped)?;
+    let parsed = parse_in_container(&context, &plan.module)?;
     let planned = held(&parsed.as_operation())?;
     let (planned_kernels, _) = planned.kernels.get(&name).ok_or("planned kernels")?;
     if ir_kernels != planned_kernels {
