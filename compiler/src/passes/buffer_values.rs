@@ -39,7 +39,8 @@ impl<'c, 'a> BufferValues<'c, 'a> {
             ));
         }
         let ty = self.type_of(p, b)?;
-        let arg = add_weight_argument(self.context, &self.f, self.block, ty, &buffer.name)?;
+        let arg =
+            add_weight_argument(self.context, &self.f, self.block, ty, (&buffer.name, false))?;
         self.values.insert(b, arg.to_raw());
         Ok(arg)
     }
@@ -78,23 +79,40 @@ impl<'c, 'a> BufferValues<'c, 'a> {
         at: OperationRef<'c, 'a>,
         print: impl FnOnce(&Program) -> String,
     ) -> Result<MlirValue, String> {
-        let (one, external) = as_function(p, instructions, output)?;
+        let old = *(self.values.get(&output)).ok_or("the replaced output has no value")?;
+        self.splice_writing(p, (instructions, &[output]), at, print)?;
+        Ok(old)
+    }
+
+    /// As `splice`, for new instructions writing `outputs`: the readers of each output's old
+    /// value, where it had one, read the new one.
+    pub fn splice_writing(
+        &mut self,
+        p: &Program,
+        (instructions, outputs): (&[Instruction], &[BufferId]),
+        at: OperationRef<'c, 'a>,
+        print: impl FnOnce(&Program) -> String,
+    ) -> Result<(), String> {
+        let (one, external) = as_function(p, instructions, outputs)?;
         let mut operands = Vec::with_capacity(external.len());
         for &b in &external {
             operands.push(self.value_of(p, b)?);
         }
         let spliced = splice_function(self.context, &print(&one), at, &operands)?;
-        let made =
-            (spliced.returned.first().map(|v| v.to_raw())).ok_or("the new ops return nothing")?;
-        let old = *(self.values.get(&output)).ok_or("the replaced output has no value")?;
-        // SAFETY: both values live in the function.
-        unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(old, made) };
-        self.values.insert(output, made);
-        Ok(old)
+        if spliced.returned.len() != outputs.len() {
+            return Err("the new ops return other than their outputs".into());
+        }
+        for (&b, made) in outputs.iter().zip(&spliced.returned) {
+            if let Some(old) = self.values.insert(b, made.to_raw()) {
+                // SAFETY: both values live in the function.
+                unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(old, made.to_raw()) };
+            }
+        }
+        Ok(())
     }
 
     /// Buffer `b`'s type as ppmoe prints it.
-    fn type_of(&self, p: &Program, b: BufferId) -> Result<Type<'c>, String> {
+    pub fn type_of(&self, p: &Program, b: BufferId) -> Result<Type<'c>, String> {
         let text = crate::core::print::tensor_type(&p.buffers[b]);
         Type::parse(self.context, &text).ok_or_else(|| format!("type {text}"))
     }

@@ -210,18 +210,23 @@ pub fn splice_function<'c, 'a>(
 
 /// Appends to `f` an argument of type `ty` that binds weight `name` (`core.weight`), after its
 /// other arguments (ppmoe prints weights in the order they are made, so a weight a pass makes
-/// comes last).
+/// comes last); `rank_piece`: marked as the rank's own piece of a dense TP split.
 pub fn add_weight_argument<'c, 'a>(
     context: &'c Context,
     f: &OperationRef<'c, 'a>,
     block: BlockRef<'c, 'a>,
     ty: Type<'c>,
-    name: &str,
+    (name, rank_piece): (&str, bool),
 ) -> Result<Value<'c, 'a>, String> {
     let arg = block.add_argument(ty, melior::ir::Location::unknown(context));
     let mut attrs = argument_attributes(f);
+    let piece = if rank_piece {
+        format!(", {}", crate::core::read::RANK_PIECE)
+    } else {
+        String::new()
+    };
     let dict = format!(
-        "{{core.weight = {}}}",
+        "{{core.weight = {}{piece}}}",
         ppmoe_frontend::onnx_stage::quote(name)
     );
     attrs.push(Attribute::parse(context, &dict).ok_or("the weight's attributes")?);

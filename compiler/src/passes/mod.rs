@@ -14,4 +14,5 @@ pub mod program_ops;
 pub mod raise_moe;
 pub mod retype;
 pub mod shard;
+pub mod shard_dense;
 pub mod weight_dtype;

@@ -117,12 +117,12 @@ pub fn narrows(op: &OperationRef, collective: &OperationRef) -> bool {
 
 /// `instructions` (a program's new instructions, about to replace some of its ops) as a
 /// program of their own: its inputs the buffers they read and do not make (returned, in the
-/// order they are first read), its one output `output`, the rest its temporaries. Printed, it
+/// order they are first read), its outputs `outputs`, the rest its temporaries. Printed, it
 /// is a function of those inputs whose ops are what ppmoe prints for the instructions.
 pub fn as_function(
     p: &Program,
     instructions: &[Instruction],
-    output: BufferId,
+    outputs: &[BufferId],
 ) -> Result<(Program, Vec<BufferId>), String> {
     let made: Vec<BufferId> = (instructions.iter())
         .flat_map(|ins| ins.outputs.iter().copied())
@@ -147,7 +147,7 @@ pub fn as_function(
             .clone();
         buffer.kind = if external.contains(&b) {
             BufferKind::Input
-        } else if b == output {
+        } else if outputs.contains(&b) {
             BufferKind::Output
         } else {
             BufferKind::Temp
@@ -161,11 +161,13 @@ pub fn as_function(
             ..ins.clone()
         })
         .collect();
-    let output = local(output).ok_or("the output is not among the new instructions'")?;
+    let outputs = (outputs.iter())
+        .map(|&b| local(b).ok_or("an output is not among the new instructions'"))
+        .collect::<Result<_, _>>()?;
     let program = Program {
         buffers,
         inputs: (0..external.len()).collect(),
-        outputs: vec![output],
+        outputs,
         instructions,
         ..Program::empty()
     };

@@ -1,8 +1,9 @@
-//! `ppmoe-shard`: one function per tensor-parallel index. Its dense part is still written over
-//! ppmoe's programs: dense layers Megatron-split (upstream's `sharding-propagation` and
-//! `shard-partition` where they apply, ppmoe's rules for the rest), each layer's strategy
-//! chosen, and the tp programs written into the module (`pipeline::shard_dense`). Its MoE
-//! part is over the module's ops: each `moe.experts` of each function is replaced in place by
+//! `ppmoe-shard`: one function per tensor-parallel index. Its dense part is decided on the
+//! program the module reads as: dense layers Megatron-split (upstream's `sharding-propagation`
+//! and `shard-partition` where they apply, ppmoe's rules for the rest) and each layer's strategy
+//! chosen (`pipeline::shard_dense`); each rank's function is the module's cloned and edited to
+//! its program, op by op (`shard_dense`). Its MoE part is over the module's ops too: each
+//! `moe.experts` of each function is replaced in place by
 //! its all-to-all form for that rank, made to the ops as `distribute::shard_moe` makes it to
 //! the rank's program (which decides the padding, the capacity and the rank's expert block).
 //!
@@ -24,7 +25,7 @@ use crate::core::print::{print_stage, Marks};
 use crate::core::read::read_programs_marked;
 use crate::distribute::shard_moe::{shard_moe, RankProgram};
 use crate::distribute::Grid;
-use crate::pipeline::{adopt, shard_dense, write_programs, Compilation, PassError};
+use crate::pipeline::{adopt, shard_dense, Compilation, PassError};
 use melior::ir::block::BlockLike;
 use melior::ir::operation::OperationRef;
 use melior::ir::ValueLike;
@@ -41,7 +42,7 @@ pub fn shard_layers(
 ) -> Result<usize, PassError> {
     adopt(c, module)?;
     let mut blocks = shard_dense(c)?;
-    write_programs(c, context, module, "sharded")?;
+    super::shard_dense::write_dense(context, module, c)?;
     let grid = c.options.grid.unwrap_or(Grid::ONE);
     let read = read_programs_marked(module)?;
     let ranks = functions(module)?;

@@ -13,7 +13,6 @@ mod steps;
 
 pub(crate) use adopt::marked_strategies;
 pub use adopt::{adopt, check_readable, READABLE};
-pub(crate) use pass_manager::write_programs;
 pub use pass_manager::{run_passes, Scheduled};
 pub(crate) use pass_pipeline::check_run;
 pub use pass_pipeline::{opt, parse_pass_pipeline, PassRun};

@@ -220,23 +220,6 @@ fn run_one(
     Ok(())
 }
 
-/// Writes the compilation's programs of `stage`, printed, into `module` in place of its
-/// contents: for a pass over the module's ops whose first part is still written over programs
-/// (`ppmoe-shard`'s dense tensor parallelism).
-pub(crate) fn write_programs(
-    c: &Compilation,
-    context: &Context,
-    module: &OperationRef,
-    stage: &str,
-) -> Result<(), String> {
-    let stage = (STAGES.iter().find(|s| s.name == stage)).ok_or("no such stage")?;
-    let text = stage_text(c, stage).map_err(|e| e.to_string())?;
-    let fresh = ppmoe_dialect::parse_verified(context, &text)?;
-    ppmoe_dialect::forget_text_positions(&fresh.as_operation());
-    replace_contents(module, fresh);
-    Ok(())
-}
-
 /// The options `scheduled` sets before its pass runs (`ppmoe-shard{tp=2}`).
 fn set_options(c: &mut Compilation, scheduled: &Scheduled) -> Result<(), CompileError> {
     for (key, value) in &scheduled.options {
