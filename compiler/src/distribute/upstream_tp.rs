@@ -456,12 +456,13 @@ fn cut_piece(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ppmoe_runtime::program::UnaryFn;
     use ppmoe_runtime::{DType, Tensor};
 
-    fn buffer(name: &str, shape: &[usize], kind: BufferKind) -> Buffer {
+    /// An f32 buffer of a known shape (also the dense TP writer's tests').
+    pub(crate) fn buffer(name: &str, shape: &[usize], kind: BufferKind) -> Buffer {
         Buffer {
             name: name.into(),
             dtype: DType::F32,

@@ -9,10 +9,11 @@
 //!            func.func @rank1(..)  (rank 1's columns and rows)
 //!
 //! An instruction the split leaves as it was (same op, same buffers of the same types) keeps
-//! its op; every other is printed as ppmoe prints that instruction and spliced in where its
-//! first kept successor is, the readers of a buffer it writes again moved to the new value; the
-//! ops of the instructions the rank no longer has go. The rank's weight pieces become arguments
-//! after the others, in the program's order, so the function reads back as the rank's program.
+//! its op; every other is printed as ppmoe prints that instruction and spliced in after the op
+//! of the last instruction kept before it, the readers of a buffer it writes again moved to the
+//! new value; the ops of the instructions the rank no longer has go. The rank's weight pieces
+//! become arguments after the others, in the program's order, so the function reads back as
+//! the rank's program (and `--emit sharded` prints what printing the programs whole printed).
 
 use super::buffer_values::BufferValues;
 use super::dead_ops::{erase_op, unused};
@@ -268,17 +269,8 @@ fn declare_grid(context: &Context, module: &OperationRef, grid: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::Kept;
-    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
-    use ppmoe_runtime::DType;
-
-    fn buffer(name: &str, shape: &[usize], kind: BufferKind) -> Buffer {
-        Buffer {
-            name: name.into(),
-            dtype: DType::F32,
-            shape: shape.iter().map(|&d| Some(d)).collect(),
-            kind,
-        }
-    }
+    use crate::distribute::upstream_tp::tests::buffer;
+    use ppmoe_runtime::program::{BufferKind, Instruction, Op, Program};
 
     fn matmul(x: usize, w: usize, y: usize) -> Instruction {
         Instruction {
