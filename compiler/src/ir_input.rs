@@ -100,6 +100,7 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
     // against the plan printed for its own grid.
     adopt(c, &module).map_err(fail)?;
     c.ir_input = Some(path);
+    c.ir_text = Some((stage.clone(), text));
     Ok(stage)
 }
 

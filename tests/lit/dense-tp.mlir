@@ -18,3 +18,13 @@
 // CHECK: shard.all_reduce {{.*}} on @grid grid_axes = [2] :
 // CHECK-LABEL: func.func @rank1(
 // CHECK-SAME: {core.weight = "lm.model.layers.0.self_attn.q_norm.weight.tp1_0", ppmoe.rank_piece}
+
+// An op the split leaves as it was stays the module's own op on every rank, as written: an
+// attribute put by hand on the first layer norm's generic is still there after ppmoe-shard
+// (it edits the ops; it does not print the ranks' programs afresh).
+// RUN: sed '0,/iterator_types = \["parallel", "parallel", "parallel"\]}/s//iterator_types = ["parallel", "parallel", "parallel"], user.mark}/' %t.moe.mlir > %t.marked.mlir
+// RUN: %ppmoe opt %t.marked.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2})' | FileCheck %s --check-prefix=KEPT
+// KEPT-LABEL: func.func @rank0(
+// KEPT: linalg.generic {{.*}}attrs = {{ *}}{user.mark}
+// KEPT-LABEL: func.func @rank1(
+// KEPT: linalg.generic {{.*}}attrs = {{ *}}{user.mark}

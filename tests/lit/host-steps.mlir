@@ -4,7 +4,8 @@
 // `kernels.`, `pointwise` for a launch of a fused chain, or `all`) or by its instruction's
 // number (a member names its step).
 
-// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' > %t.kernels.mlir
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module()' > %t.moe.mlir
+// RUN: %ppmoe opt %t.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' > %t.kernels.mlir
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module(ppmoe-host-steps{steps=route})' | FileCheck %s --check-prefix=ROUTE
 // ROUTE: "kernels.cublas_gemm"() {instruction = 1 : i64, op = "mat_mul"}
 // ROUTE-NEXT: "kernels.host"() {instruction = 2 : i64, op = "route"}

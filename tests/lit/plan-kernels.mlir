@@ -17,7 +17,8 @@
 // DUMP: gpu.module @rank0_kernels
 // DUMP: func.func @rank0_plan() attributes {kernels.plan_of = @rank0}
 // DUMP-NOT: IR Dump After
-// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' > %t.kernels.mlir
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module()' > %t.moe.mlir
+// RUN: %ppmoe opt %t.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' > %t.kernels.mlir
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module()' | diff - %t.kernels.mlir
 // RUN: %ppmoe opt %t.kernels.mlir --pass-pipeline='builtin.module(%ptx-passes)' | FileCheck %s --check-prefix=PTX
 // RUN: sed 's/threads = 512 : i64/threads = 64 : i64/' %t.kernels.mlir > %t.replanned.mlir

@@ -4,7 +4,7 @@
 // op for op and operand for operand; a power by a broadcast scalar (an RMS norm's square) is a
 // linalg.generic of math.powf. Read back, the IR reprints as itself.
 
-// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module()' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
 // RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module()' > %t.again.mlir
 // RUN: diff %t.mlir %t.again.mlir

@@ -3,7 +3,7 @@
 // it reprints as itself. Maps that transpose an operand (which linalg.contract takes, and
 // ppmoe's matmul does not) are refused by name.
 
-// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module()' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
 // RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module()' > %t.again.mlir
 // RUN: diff %t.mlir %t.again.mlir

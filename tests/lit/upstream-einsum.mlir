@@ -6,11 +6,11 @@
 // back as a multiplication. Read back, the IR reprints as itself; ppmoe-einsum-to-matmul then
 // makes the contraction a batched matmul as before.
 
-// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module()' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
 // RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module()' > %t.again.mlir
 // RUN: diff %t.mlir %t.again.mlir
-// RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module(ppmoe-einsum-to-matmul)' | FileCheck %s --check-prefix=MATMUL
+// RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-einsum-to-matmul)' | FileCheck %s --check-prefix=MATMUL
 
 // cab,dab->acd: c, a, b, d are loops 0 to 3; b (loop 2) is summed.
 // CHECK-DAG: [[X:#map[0-9]*]] = affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>

@@ -8,7 +8,7 @@
 // negf, exp, addf and divf, a cast to bf16 as arith.truncf. Read back, they are the same program (the IR reprints as
 // itself).
 
-// RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard)' > %t.mlir
+// RUN: %ppmoe opt %s --pass-pipeline='builtin.module()' > %t.mlir
 // RUN: FileCheck %s < %t.mlir
 // RUN: %ppmoe opt %t.mlir --pass-pipeline='builtin.module()' > %t.again.mlir
 // RUN: diff %t.mlir %t.again.mlir

@@ -345,6 +345,14 @@ pub struct Compilation {
     /// The IR file the compilation started from (`ir_input`), where it did not start from the
     /// model (`options.path` is then the model its weights come from).
     pub ir_input: Option<PathBuf>,
+    /// The IR file's text and its stage, until the pass manager takes it: the first passes
+    /// over a module run on the module as the file wrote it (its attributes and locations kept
+    /// where a pass keeps the op), not on its programs printed again.
+    pub ir_text: Option<(String, String)>,
+    /// The module the pass manager last left, printed, with its stage, where
+    /// `wants_module_text`: what `opt` prints.
+    pub module_text: Option<(String, String)>,
+    pub wants_module_text: bool,
     /// The program-level passes run since `core`, each with its options as a pass pipeline
     /// spells it: the IR's header records them, and reading the IR back runs them on the source.
     pub history: Vec<String>,

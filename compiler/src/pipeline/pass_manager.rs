@@ -40,15 +40,20 @@ struct Shared {
     stage: RefCell<&'static str>,
 }
 
-/// Runs `passes` in one pass manager over the IR of `start` (the stage the compilation holds),
-/// and takes the compilation's programs from the module it ends with.
+/// Runs `passes` in one pass manager over the IR of `start` (the stage the compilation holds,
+/// or the IR file as written where it is at `start`), and takes the compilation's programs from
+/// the module it ends with.
 pub fn run_passes(
-    c: Compilation,
+    mut c: Compilation,
     start: &'static Stage,
     passes: &[Scheduled],
 ) -> Result<Compilation, CompileError> {
     let context = ppmoe_dialect::context();
-    let text = stage_text(&c, start)?;
+    // IR given as input enters as the file wrote it; otherwise the stage is printed.
+    let text = match c.ir_text.take() {
+        Some((stage, text)) if stage == start.name => text,
+        _ => stage_text(&c, start)?,
+    };
     let mut module = ppmoe_dialect::parse_verified(&context, &text)
         .map_err(|diagnostics| c.verify_error(start.name, diagnostics))?;
     let shared = Shared {
@@ -81,6 +86,12 @@ pub fn run_passes(
     // read from a file is checked against a new plan, `adopt_kernels`). The `ptx` stage's
     // module gives the PTX.
     let stage = *shared.stage.borrow();
+    if c.wants_module_text {
+        c.module_text = Some((
+            stage.to_string(),
+            printed_module(stage, &module.as_operation()),
+        ));
+    }
     if stage == "ptx" {
         c.ptx = crate::codegen::ptx::read_ptx(&module.as_operation())
             .map_err(|reason| ir_error(&c, reason))?;
@@ -289,12 +300,17 @@ fn run_on_module(
 /// `--print-ir-after-all`'s dump of the module after `pass`.
 fn dump_after(c: &Compilation, stage: &Stage, pass: &Pass, module: &OperationRef) {
     if c.options.print_ir_after_all {
-        let text = if WITH_LOCATIONS.contains(&stage.name) {
-            ppmoe_dialect::print_with_locations(module)
-        } else {
-            ppmoe_dialect::print_operation(module)
-        };
-        print_dump(pass, stage, &text);
+        print_dump(pass, stage, &printed_module(stage.name, module));
+    }
+}
+
+/// The module of `stage` as a dump or `opt` prints it: large constants elided, every op's
+/// location where the stage's IR reads back.
+fn printed_module(stage: &str, module: &OperationRef) -> String {
+    if WITH_LOCATIONS.contains(&stage) {
+        ppmoe_dialect::print_with_locations(module)
+    } else {
+        ppmoe_dialect::print_operation(module)
     }
 }
 

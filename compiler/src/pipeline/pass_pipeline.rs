@@ -8,7 +8,7 @@
 
 use super::{
     find_pass, printed, run_pass, run_passes, Compilation, Grid, Options, Pass, Scheduled,
-    MODULE_STAGES, STAGES,
+    MODULE_STAGES, NOT_MLIR, STAGES,
 };
 use crate::core::header::{
     capacity_name, dtype_name, parse_capacity, parse_dtype, parse_strategy, strategy_name,
@@ -110,6 +110,7 @@ pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), 
     }
     check_whole_ptx_stage(&scheduled).map_err(bad)?;
     let reached = crate::ir_input::resume(&mut c)?;
+    c.wants_module_text = true;
     let mut last = STAGES
         .iter()
         .find(|s| s.name == reached)
@@ -134,7 +135,13 @@ pub fn opt(mut c: Compilation, pipeline: &str) -> Result<(String, Compilation), 
             rest = &rest[1..];
         }
     }
-    Ok((printed(&c, last)?, c))
+    // What the last passes left: the module itself where the pass manager ran them (its
+    // attributes and locations as the passes left them), else the stage printed.
+    let text = match c.module_text.take() {
+        Some((stage, text)) if stage == last.name && !NOT_MLIR.contains(&last.name) => text,
+        _ => printed(&c, last)?,
+    };
+    Ok((text, c))
 }
 
 /// The `ptx` stage's passes run together and in order: the IR between them (upstream's GPU
