@@ -56,6 +56,7 @@ pub fn resume(c: &mut Compilation) -> Result<String, CompileError> {
         }
     })?;
     let module = module.as_operation();
+    crate::passes::sink_constants::sink_constants(&module).map_err(fail)?;
     let mut header = IrHeader::read(&module).map_err(fail)?;
     let stage = header.stage.clone();
     check_readable(&stage).map_err(fail)?;

@@ -210,6 +210,19 @@ fn a_program_that_does_not_fit_its_tables_is_refused_before_it_runs() {
         ),
         (
             Box::new(|v| {
+                // The first instruction made an addition of one operand.
+                let first = &mut v["programs"][0]["instructions"][0];
+                let keep = (first["inputs"].clone(), first["outputs"].clone());
+                *first = serde_json::json!({"op": "binary", "f": "add", "inputs": keep.0, "outputs": keep.1, "origin": "edited"});
+            }),
+            vec![
+                "rank 0",
+                "instruction 0 (add) inputs",
+                "1 operands where the op takes 2",
+            ],
+        ),
+        (
+            Box::new(|v| {
                 // A GPU plan whose first entry says it is done by a step that does not exist.
                 let n = v["programs"][0]["instructions"].as_array().unwrap().len();
                 gpu_plan(

@@ -830,58 +830,118 @@ fn read_cast(
     }
 }
 
-/// The name of the one op in a `linalg.map`'s body (before its `linalg.yield`).
+/// The name of the one op in a `linalg.map`'s body, where it computes the map's element from
+/// the input elements in order (`op %in0, %in1`) and the body yields it: a body whose op reads
+/// its operands in another order, or a value from outside, computes another function.
 fn map_body(op: &OperationRef) -> Option<String> {
+    use super::read::handle;
     let block = op.region(0).ok()?.first_block()?;
     let first = block.first_operation()?;
     let yields = first.next_in_block()?;
     let name = |o: &OperationRef| o.name().as_string_ref().as_str().ok().map(str::to_string);
-    (name(&yields)? == "linalg.yield").then(|| name(&first))?
+    let inputs = block.argument_count().checked_sub(1)?;
+    let reads_inputs = first.operand_count() == inputs
+        && (0..inputs)
+            .all(|k| first.operand(k).map(handle).ok() == block.argument(k).map(handle).ok());
+    let yields_it = yields.operand_count() == 1
+        && yields.operand(0).map(handle).ok() == first.result(0).map(handle).ok();
+    (name(&yields)? == "linalg.yield" && reads_inputs && yields_it).then(|| name(&first))?
+}
+
+/// A value a composite's step reads: the map's input, an earlier step that computes, or an f32
+/// constant (its bits) wherever it is defined, in the body as ppmoe prints it or outside it
+/// (where `-canonicalize` hoists it).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Read {
+    Arg,
+    Step(usize),
+    Value(u32),
 }
 
 /// The composite function a `linalg.map`'s body computes, where it is one ppmoe prints, op for
-/// op and operand for operand (`COMPOSITES`).
+/// op and operand for operand (`COMPOSITES`), its constants compared by value.
 fn read_composite(op: &OperationRef) -> Option<UnaryFn> {
+    use super::read::{handle, op_name as name};
     let block = op.region(0).ok()?.first_block()?;
     let ops = crate::passes::func_ops::block_ops(block);
-    let (yields, steps) = ops.split_last()?;
-    use super::read::{handle, op_name as name};
-    let argument = block.argument(0).map(handle).ok();
-    let result = |k: usize| steps.get(k)?.result(0).map(handle).ok();
-    let is_value = |o: &OperationRef, bits: u32| {
-        let value = f64::from(f32::from_bits(bits));
-        o.attribute("value")
-            .ok()
-            .and_then(|a| melior::ir::attribute::FloatAttribute::try_from(a).ok())
-            .is_some_and(|f| f.value() == value)
+    let (yields, body) = ops.split_last()?;
+    let argument = block.argument(0).map(handle).ok()?;
+    let steps: Vec<&OperationRef> = (body.iter())
+        .filter(|o| name(o) != "arith.constant")
+        .collect();
+    let read = |v: melior::ir::Value| -> Option<Read> {
+        if handle(v) == argument {
+            return Some(Read::Arg);
+        }
+        let made_by = |o: &&OperationRef| o.result(0).map(handle).ok() == Some(handle(v));
+        if let Some(k) = steps.iter().position(made_by) {
+            return Some(Read::Step(k));
+        }
+        constant_bits(v).map(Read::Value)
     };
-    let matches = |form: &[Step]| {
-        form.len() == steps.len()
-            && block.argument_count() == 2
-            && name(yields) == "linalg.yield"
-            && yields.operand(0).map(handle).ok() == result(steps.len() - 1)
-            && form.iter().zip(steps).all(|((op_name, operands), o)| {
-                let wired = match operands {
-                    [Ref::Value(bits)] => o.operand_count() == 0 && is_value(o, *bits),
-                    _ => {
-                        o.operand_count() == operands.len()
-                            && operands.iter().enumerate().all(|(i, r)| {
-                                let want = match r {
-                                    Ref::Arg => argument,
-                                    Ref::Step(k) => result(*k),
-                                    Ref::Value(_) => None,
-                                };
-                                o.operand(i).map(handle).ok() == want
-                            })
-                    }
-                };
-                name(o) == *op_name && wired
-            })
-    };
+    let reads = (steps.iter())
+        .map(|o| {
+            let operands = (0..o.operand_count()).map(|k| read(o.operand(k).ok()?));
+            Some((name(o), operands.collect::<Option<Vec<_>>>()?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let last = yields.operand(0).ok().and_then(read);
+    let wired = block.argument_count() == 2
+        && name(yields) == "linalg.yield"
+        && last == reads.len().checked_sub(1).map(Read::Step);
     COMPOSITES
         .iter()
-        .find(|(_, form)| matches(form))
+        .find(|(_, form)| wired && same_steps(&composite_reads(form), &reads))
         .map(|(f, _)| *f)
+}
+
+/// Whether a body's steps are a composite's: the same ops over the same values, a commutative
+/// op's two operands in either order (`-canonicalize` moves a constant to the right; IEEE
+/// addition and multiplication give the same bits either way).
+fn same_steps(form: &[(String, Vec<Read>)], body: &[(String, Vec<Read>)]) -> bool {
+    let commutes = |name: &str| matches!(name, "arith.addf" | "arith.mulf");
+    form.len() == body.len()
+        && form.iter().zip(body).all(|((f, want), (b, have))| {
+            let swapped = match have.as_slice() {
+                [x, y] if commutes(f) => want.as_slice() == [*y, *x],
+                _ => false,
+            };
+            f == b && (want == have || swapped)
+        })
+}
+
+/// The bits of the f32 constant `v` is, where an `arith.constant` defines it exactly.
+fn constant_bits(v: melior::ir::Value) -> Option<u32> {
+    let owner = melior::ir::operation::OperationResult::try_from(v)
+        .ok()?
+        .owner();
+    if super::read::op_name(&owner) != "arith.constant" {
+        return None;
+    }
+    let value = owner.attribute("value").ok()?;
+    let value = melior::ir::attribute::FloatAttribute::try_from(value)
+        .ok()?
+        .value();
+    let narrow = value as f32;
+    (f64::from(narrow) == value).then(|| narrow.to_bits())
+}
+
+/// A composite's steps that compute, each with what it reads (a constant step by its value).
+fn composite_reads(form: &[Step]) -> Vec<(String, Vec<Read>)> {
+    let computes = |k: usize| !matches!(form[k].1, [Ref::Value(_)]);
+    let position = |k: usize| (0..k).filter(|&j| computes(j)).count();
+    let read = |r: &Ref| match *r {
+        Ref::Arg => Read::Arg,
+        Ref::Value(bits) => Read::Value(bits),
+        Ref::Step(k) => match form[k].1 {
+            [Ref::Value(bits)] => Read::Value(*bits),
+            _ => Read::Step(position(k)),
+        },
+    };
+    (0..form.len())
+        .filter(|&k| computes(k))
+        .map(|k| (form[k].0.to_string(), form[k].1.iter().map(read).collect()))
+        .collect()
 }
 
 fn read_elementwise(name: &str) -> Option<Op> {

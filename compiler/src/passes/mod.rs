@@ -15,4 +15,5 @@ pub mod raise_moe;
 pub mod retype;
 pub mod shard;
 pub mod shard_dense;
+pub mod sink_constants;
 pub mod weight_dtype;

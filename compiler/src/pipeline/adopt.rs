@@ -25,6 +25,13 @@ pub fn adopt(c: &mut Compilation, module: &OperationRef) -> Result<String, Strin
     let stage = IrHeader::read(module)?.stage;
     check_readable(&stage)?;
     let read = read_programs_marked(module)?;
+    // What a function reads as is checked as the runtime checks a bundle's program, before any
+    // pass or kernel takes it (a body read wrongly must not reach them).
+    for (k, r) in read.iter().enumerate() {
+        r.program
+            .validate()
+            .map_err(|e| format!("function {k} (@rank{}): {e}", r.program.rank))?;
+    }
     match stage.as_str() {
         "core" | "moe" => adopt_one(c, read, &stage)?,
         "kernels" => {

@@ -50,12 +50,16 @@ pub fn run_passes(
 ) -> Result<Compilation, CompileError> {
     let context = ppmoe_dialect::context();
     // IR given as input enters as the file wrote it; otherwise the stage is printed.
-    let text = match c.ir_text.take() {
-        Some((stage, text)) if stage == start.name => text,
-        _ => stage_text(&c, start)?,
+    let (text, as_written) = match c.ir_text.take() {
+        Some((stage, text)) if stage == start.name => (text, true),
+        _ => (stage_text(&c, start)?, false),
     };
     let mut module = ppmoe_dialect::parse_verified(&context, &text)
         .map_err(|diagnostics| c.verify_error(start.name, diagnostics))?;
+    if as_written {
+        crate::passes::sink_constants::sink_constants(&module.as_operation())
+            .map_err(|reason| ir_error(&c, reason))?;
+    }
     let shared = Shared {
         c: RefCell::new(c),
         error: RefCell::new(None),

@@ -609,6 +609,18 @@ impl Program {
             if ins.inputs.is_empty() && !matches!(ins.op, Op::Recv { .. }) {
                 return Err(format!("{} is empty", at("inputs")));
             }
+            let operands = match ins.op {
+                Op::Binary { .. } => Some(2),
+                Op::Unary { .. } => Some(1),
+                _ => None,
+            };
+            if let Some(k) = operands.filter(|&k| k != ins.inputs.len()) {
+                return Err(format!(
+                    "{} has {} operands where the op takes {k}",
+                    at("inputs"),
+                    ins.inputs.len()
+                ));
+            }
             if let Op::Transpose { perm } = &ins.op {
                 let rank = ins
                     .inputs
