@@ -18,11 +18,18 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Whether `path` holds IR that ppmoe printed: MLIR text whose module (after comments and
-/// alias definitions such as `#loc = loc(unknown)`) has attributes naming its stage.
-/// (StableHLO text, also `.mlir`, has no such header.)
+/// alias definitions such as `#loc = loc(unknown)`) has attributes naming its stage, in the
+/// custom form (`module attributes {.. ppmoe.stage ..}`) or in MLIR's generic form (a
+/// `"builtin.module"() ({..}) {.. ppmoe.stage ..}` whose attributes come last, as
+/// `mlir-opt --mlir-print-op-generic` prints it). (StableHLO text, also `.mlir`, has no such
+/// header.)
 pub fn is_ppmoe_ir(path: &Path) -> bool {
-    let mut head = vec![0u8; 64 << 10];
-    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
+    const WINDOW: usize = 64 << 10;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = vec![0u8; WINDOW];
+    let Ok(n) = file.read(&mut head) else {
         return false;
     };
     let text = String::from_utf8_lossy(&head[..n]);
@@ -31,7 +38,24 @@ pub fn is_ppmoe_ir(path: &Path) -> bool {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with('#'))
         .unwrap_or_default();
-    code.starts_with("module attributes {") && code.contains(crate::core::header::STAGE)
+    let stage = crate::core::header::STAGE;
+    if code.starts_with("module attributes {") {
+        return code.contains(stage);
+    }
+    if !code.starts_with("\"builtin.module\"()") {
+        return false;
+    }
+    // The generic form's module attributes follow its body: read the file's end.
+    use std::io::{Seek, SeekFrom};
+    let Ok(size) = file.seek(SeekFrom::End(0)) else {
+        return false;
+    };
+    let from = size.saturating_sub(WINDOW as u64);
+    let mut tail = Vec::new();
+    let read_tail = file
+        .seek(SeekFrom::Start(from))
+        .and_then(|_| file.read_to_end(&mut tail));
+    read_tail.is_ok() && String::from_utf8_lossy(&tail).contains(&format!("{stage} = "))
 }
 
 /// Takes the compilation to the stage its IR file was printed at; returns that stage's name.
