@@ -227,6 +227,18 @@ fn kernels_ir_compiles_with_its_own_kernels() {
     let ir = write(work.path(), "kernels.mlir", &kernels);
     let read = inspect(&ir, &[], &["--emit", "ptx"]).unwrap();
     assert_eq!(read, ptx, "the kernels IR's PTX is the model's");
+    // For the CPU backend the bundle is the pipelined stage's: the error says what to ask.
+    let cpu = work.path().join("cpu");
+    let out = ppmoe(&["compile", ir.to_str().unwrap(), "-o", cpu.to_str().unwrap()]);
+    assert_clean_failure(
+        &out,
+        &[
+            "kernels.mlir",
+            "'pipelined' comes before it",
+            "--target cuda",
+        ],
+    );
+    assert!(!cpu.exists(), "a bundle was left behind");
     // The route kernel's guard over its 512 threads, made 256: the IR's kernel is compiled.
     let guard = "%c512 = arith.constant 512 : index";
     let route = kernels.find("gpu.func @k2_route(").unwrap();

@@ -401,7 +401,14 @@ pub fn run_with(mut c: Compilation, last: &str) -> Result<Compilation, CompileEr
         if end < at {
             return Err(CompileError::Ir {
                 path: ir,
-                reason: format!("the IR is at stage '{reached}'; '{last}' comes before it"),
+                reason: format!(
+                    "the IR is at stage '{reached}'; '{last}' comes before it{}",
+                    if reached == "kernels" {
+                        " (a kernels module compiles with --target cuda)"
+                    } else {
+                        ""
+                    }
+                ),
             });
         }
         start = at + 1;
