@@ -834,18 +834,17 @@ fn read_cast(
 /// the input elements in order (`op %in0, %in1`) and the body yields it: a body whose op reads
 /// its operands in another order, or a value from outside, computes another function.
 fn map_body(op: &OperationRef) -> Option<String> {
-    use super::read::handle;
+    use super::read::{handle, op_name};
     let block = op.region(0).ok()?.first_block()?;
     let first = block.first_operation()?;
     let yields = first.next_in_block()?;
-    let name = |o: &OperationRef| o.name().as_string_ref().as_str().ok().map(str::to_string);
     let inputs = block.argument_count().checked_sub(1)?;
     let reads_inputs = first.operand_count() == inputs
         && (0..inputs)
             .all(|k| first.operand(k).map(handle).ok() == block.argument(k).map(handle).ok());
     let yields_it = yields.operand_count() == 1
         && yields.operand(0).map(handle).ok() == first.result(0).map(handle).ok();
-    (name(&yields)? == "linalg.yield" && reads_inputs && yields_it).then(|| name(&first))?
+    (op_name(&yields) == "linalg.yield" && reads_inputs && yields_it).then(|| op_name(&first))
 }
 
 /// A value a composite's step reads: the map's input, an earlier step that computes, or an f32
