@@ -54,8 +54,6 @@ const STRUCTURAL: &[&str] = &["operandSegmentSizes", "core.absent_inputs"];
 pub struct ReadProgram {
     pub program: Program,
     pub rank_pieces: HashSet<String>,
-    /// The strategy marked on each `moe.dispatch`, in order (`ppmoe.strategy`).
-    pub strategies: Vec<String>,
     /// Each instruction's op (its MLIR handle), in order: what a pass over the ops finds an
     /// instruction of the program by.
     pub ops: Vec<usize>,
@@ -188,7 +186,6 @@ fn read_function(
         values: HashMap::new(),
         empties: HashSet::new(),
         known: Known::default(),
-        strategies: Vec::new(),
         ops: Vec::new(),
         depth: 0,
         rank: 0,
@@ -253,7 +250,6 @@ fn read_function(
     Ok(ReadProgram {
         program: p,
         rank_pieces,
-        strategies: reader.strategies,
         ops: reader.ops,
     })
 }
@@ -266,8 +262,6 @@ struct FunctionReader {
     /// reshape's shape, a receive's operand.
     empties: HashSet<usize>,
     known: Known,
-    /// Each `moe.dispatch`'s strategy mark, in order.
-    strategies: Vec<String>,
     /// Each instruction's op, by its handle.
     ops: Vec<usize>,
     /// How many `scf.if` branches the op being read is inside.
@@ -577,12 +571,6 @@ impl FunctionReader {
         let upstream = read_upstream(op, &full, result).transpose()?;
         if let Some(upstream) = &upstream {
             self.check_start(op, upstream)?;
-        }
-        if full == "moe.dispatch" {
-            if let Ok(mark) = op.attribute(STRATEGY) {
-                let name = attribute_text(mark).ok_or("ppmoe.strategy is not a string")?;
-                self.strategies.push(name);
-            }
         }
         let instruction_op = match (full.strip_prefix("shard."), upstream.clone()) {
             (Some(name), _) => shard_op(op, name, self.rank, self.grid)?,

@@ -4,7 +4,6 @@
 pub mod dense_tp;
 pub mod grid;
 pub mod pipeline_split;
-pub mod ppmoe_rewrite;
 pub mod shard_moe;
 pub mod upstream_tp;
 

@@ -6,11 +6,11 @@
 use super::Compilation;
 use crate::core::header::IrHeader;
 use crate::core::print::tensor_type;
-use crate::core::read::{read_programs, read_programs_marked, ReadProgram, STRATEGY};
+use crate::core::read::{read_programs, read_programs_marked, ReadProgram};
 use crate::core::CoreProgram;
 use crate::distribute::shard_moe::RankProgram;
 use crate::passes::int_compare::exact_integers;
-use crate::strategy::cost_model::Choice;
+use crate::passes::ppmoe_rewrite::marked_strategies;
 use melior::ir::operation::OperationRef;
 use ppmoe_runtime::program::{Buffer, BufferKind, Op, Program};
 use ppmoe_runtime::{DType, Tensor};
@@ -37,6 +37,12 @@ pub fn adopt(c: &mut Compilation, module: &OperationRef) -> Result<String, Strin
         "kernels" => {
             adopt_ranks(c, read, &stage)?;
             super::adopt_kernels::adopt_plans(c, module)?;
+        }
+        "sharded" => {
+            if let Some(choices) = marked_strategies(module)? {
+                c.choices = choices;
+            }
+            adopt_ranks(c, read, &stage)?
         }
         _ => adopt_ranks(c, read, &stage)?,
     }
@@ -115,9 +121,6 @@ fn adopt_ranks(c: &mut Compilation, read: Vec<ReadProgram>, stage: &str) -> Resu
     }
     if stage == "sharded" {
         c.rank_pieces = read.iter().map(|r| r.rank_pieces.clone()).collect();
-        if let Some(choices) = marked_strategies(&read)? {
-            c.choices = choices;
-        }
     }
     let ranks = std::mem::take(held);
     *held = read
@@ -155,49 +158,6 @@ fn laid_out(sharded: &[RankProgram], read: &[ReadProgram]) -> Result<Vec<RankPro
             })
         })
         .collect()
-}
-
-/// The strategies the module marks on its MoE layers' `moe.dispatch` ops (`ppmoe.strategy`),
-/// which `ppmoe-rewrite` follows: the same in every function, on every dispatch or none (then
-/// the strategies the source's lowering chose stand).
-pub(crate) fn marked_strategies(read: &[ReadProgram]) -> Result<Option<Vec<Choice>>, String> {
-    let Some(first) = read.first() else {
-        return Ok(None);
-    };
-    for r in read {
-        let dispatches = (r.program.instructions.iter())
-            .filter(|i| matches!(i.op, Op::MoeDispatch { .. }))
-            .count();
-        if !r.strategies.is_empty() && r.strategies.len() != dispatches {
-            return Err(format!(
-                "@rank{}: {} of its {dispatches} moe.dispatch ops carry {STRATEGY}; every one or none",
-                r.program.rank,
-                r.strategies.len()
-            ));
-        }
-        if r.strategies != first.strategies {
-            return Err(format!(
-                "@rank{}: its {STRATEGY} marks differ from @rank{}'s; a layer has one strategy on every rank",
-                r.program.rank, first.program.rank
-            ));
-        }
-    }
-    if first.strategies.is_empty() {
-        return Ok(None);
-    }
-    let choice = |name: &String| match name.as_str() {
-        "ppmoe" => Ok(Choice::Ppmoe),
-        "alltoall" => Ok(Choice::AllToAll),
-        other => Err(format!(
-            "{STRATEGY} = \"{other}\": the strategies ppmoe-rewrite takes are ppmoe and alltoall"
-        )),
-    };
-    first
-        .strategies
-        .iter()
-        .map(choice)
-        .collect::<Result<_, _>>()
-        .map(Some)
 }
 
 /// The weights `program`'s arguments name, taken from `by_name`, each checked against its

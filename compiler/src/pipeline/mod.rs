@@ -11,7 +11,6 @@ mod plan_ops;
 mod printing;
 mod steps;
 
-pub(crate) use adopt::marked_strategies;
 pub use adopt::{adopt, check_readable, READABLE};
 pub use pass_manager::{run_passes, Scheduled};
 pub(crate) use pass_pipeline::check_run;

@@ -1,7 +1,7 @@
 //! `ppmoe-rewrite`, over the module's MLIR ops: each MoE layer marked `ppmoe` whose tokens and
-//! routing are replicated over the tensor-parallel group (`distribute::ppmoe_rewrite` decides,
-//! on the program the function reads as) has its all-to-all chain replaced in place by its
-//! PPMoE form; a layer that keeps the all-to-all form gets a note saying why.
+//! routing are replicated over the tensor-parallel group (`plan` decides, on the function's ops)
+//! has its all-to-all chain replaced in place by its PPMoE form; a layer that keeps the
+//! all-to-all form gets a note saying why.
 //!
 //!   before:  %xs = "core.token_slice"(%x) ...   %d = "moe.dispatch"(%xs, %ids_s)
 //!            %a = shard.all_to_all %d ...  %e = "moe.expert_ffn"(%a', %counts, %w_in, %w_out)
@@ -17,20 +17,22 @@
 //! the all-reduce; then the chain and what only fed it (the reshapes' shapes, the token slices)
 //! are erased. The strategy marks of the layers rewritten go with their dispatches.
 
+mod plan;
+
+pub(crate) use plan::marked_strategies;
+
 use super::dead_ops::erase_unused_among;
 use super::func_ops::{body, functions, splice_function};
-use super::program_ops::ProgramOps;
-use crate::core::read::{read_grid, read_programs_marked, tensor_type, ReadProgram};
-use crate::distribute::ppmoe_rewrite::{plan_layers, Plan};
+use crate::core::read::{read_grid, tensor_type};
 use crate::distribute::Grid;
 use crate::pipeline::{Compilation, PassError};
 use crate::strategy::cost_model::Choice;
 use melior::ir::block::BlockRef;
-use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::{Value, ValueLike};
 use melior::Context;
+use plan::{plan_layers, LayerPlan, Planned};
 use ppmoe_frontend::onnx_stage::quote;
-use ppmoe_runtime::program::{BufferId, BufferKind, Program};
 use std::collections::HashSet;
 
 /// Rewrites the layers the module marks `ppmoe` (or, unmarked, that the compilation chose) into
@@ -41,25 +43,23 @@ pub fn rewrite_layers(
     module: &OperationRef,
     c: &mut Compilation,
 ) -> Result<usize, PassError> {
-    let read = read_programs_marked(module)?;
     let originals = functions(module)?;
     let grid = read_grid(module)?;
     let tp = originals.len();
-    let choices = crate::pipeline::marked_strategies(&read)?.unwrap_or_else(|| c.choices.clone());
+    let choices = marked_strategies(module)?.unwrap_or_else(|| c.choices.clone());
     let wanted = |n: usize| choices.get(n) == Some(&Choice::Ppmoe);
     c.diagnostics.kept_all_to_all.clear();
     let mut rewritten = Vec::new();
     let mut count = 0;
-    for (t, (f, r)) in originals.iter().zip(&read).enumerate() {
-        let (plans, notes) = plan_layers(&r.program, &wanted, &rank_pieces(r));
+    for (t, f) in originals.iter().enumerate() {
+        let Planned { layers, notes } = plan_layers(f, (t, tp), &wanted)?;
         if t == 0 {
             c.diagnostics.kept_all_to_all.extend(notes);
-            rewritten = plans.iter().map(|(layer, _)| *layer).collect();
+            rewritten = layers.iter().map(|(layer, _)| *layer).collect();
         }
-        let at = ProgramOps::new(f, r)?;
         let block = body(f)?;
-        for (_, plan) in &plans {
-            rewrite_layer(context, block, &at, &r.program, plan, (t, tp), grid)?;
+        for (_, plan) in &layers {
+            rewrite_layer(context, block, plan, (t, tp), grid)?;
             count += 1;
         }
     }
@@ -72,68 +72,38 @@ pub fn rewrite_layers(
     Ok(count)
 }
 
-/// The weights the function marks as its own pieces of a dense TP split (not replicated).
-fn rank_pieces(r: &ReadProgram) -> HashSet<BufferId> {
-    (r.program.buffers.iter().enumerate())
-        .filter(|(_, b)| b.kind == BufferKind::Weight && r.rank_pieces.contains(&b.name))
-        .map(|(k, _)| k)
-        .collect()
-}
-
 /// Replaces `plan`'s layer by rank `t`'s PPMoE form of it.
 fn rewrite_layer(
     context: &Context,
     block: BlockRef,
-    at: &ProgramOps,
-    p: &Program,
-    plan: &Plan,
+    plan: &LayerPlan,
     (t, tp): (usize, usize),
     grid: Grid,
 ) -> Result<(), String> {
-    let ffn = &p.instructions[plan.ffn];
-    let mut operands = vec![at.value(plan.x)?, at.value(plan.ids)?, at.value(plan.w)?];
-    for &b in ffn.inputs[2..].iter().flatten() {
-        operands.push(at.value(b)?);
-    }
-    let text = local_form_text(at.op(plan.ffn)?, p, plan, (t, tp), grid, &operands)?;
-    let gather = at.op(plan.gather)?;
-    let spliced = splice_function(context, &text, gather, &operands)?;
+    let mut operands = vec![plan.x, plan.ids, plan.w];
+    operands.extend(plan.ffn.operands().skip(2));
+    let text = local_form_text(plan, (t, tp), grid, &operands)?;
+    let spliced = splice_function(context, &text, plan.gather, &operands)?;
     let reduced = spliced.returned.first().ok_or("no all-reduce")?;
-    let gathered = gather.result(0).map_err(|e| e.to_string())?;
+    let gathered = plan.gather.result(0).map_err(|e| e.to_string())?;
     // SAFETY: both values live in the function; the all-gather goes below.
     unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(gathered.to_raw(), reduced.to_raw()) };
-    erase_chain(block, at, plan)
+    erase_chain(block, plan)
 }
 
-/// Erases the layer's replaced instructions and what only fed them; refuses a chain that
-/// something outside it still reads.
-fn erase_chain(block: BlockRef, at: &ProgramOps, plan: &Plan) -> Result<(), String> {
-    let instructions: HashSet<usize> = (at.instruction_at.iter())
-        .map(|&k| at.ops[k].to_raw().ptr as usize)
-        .collect();
-    let gone: Vec<OperationRef> = (plan.gone.iter())
-        .map(|&i| at.op(i))
-        .collect::<Result<_, _>>()?;
-    let mut among: HashSet<usize> = gone.iter().map(|op| op.to_raw().ptr as usize).collect();
-    // What only feeds the chain: its destinations and constants (no instructions).
-    let mut pending = gone.clone();
-    while let Some(op) = pending.pop() {
-        for v in op.operands() {
-            let Ok(result) = melior::ir::operation::OperationResult::try_from(v) else {
-                continue;
-            };
-            let owner = result.owner();
-            let key = owner.to_raw().ptr as usize;
-            if !instructions.contains(&key) && among.insert(key) {
-                pending.push(owner);
-            }
-        }
+/// Erases the layer's chain (each op of it read only by the next, the all-gather by nothing
+/// now), what only fed it (the reshapes' shapes) and the token slices nothing else reads.
+fn erase_chain(block: BlockRef, plan: &LayerPlan) -> Result<(), String> {
+    let key = |op: &OperationRef| op.to_raw().ptr as usize;
+    let mut among: HashSet<usize> = plan.gone.iter().map(key).collect();
+    for op in &plan.gone {
+        let makers = (op.operands()).filter_map(|v| OperationResult::try_from(v).ok());
+        among.extend(makers.map(|r| key(&r.owner())));
     }
-    let gone_keys: HashSet<usize> = gone.iter().map(|op| op.to_raw().ptr as usize).collect();
     erase_unused_among(block, &mut among);
-    if among.iter().any(|k| gone_keys.contains(k)) {
+    if plan.gone[..8].iter().any(|op| among.contains(&key(op))) {
         return Err(format!(
-            "layer at \"{}\": an op of its all-to-all chain is read outside it, so the chain cannot be replaced",
+            "layer at \"{}\": an op of its all-to-all chain is still read, so the chain cannot be replaced",
             plan.origin
         ));
     }
@@ -143,9 +113,7 @@ fn erase_chain(block: BlockRef, at: &ProgramOps, plan: &Plan) -> Result<(), Stri
 /// The scratch module whose function takes `operands` (x, ids, the routing weights, the
 /// expert weights) and returns the PPMoE form's all-reduce.
 fn local_form_text(
-    ffn: OperationRef,
-    p: &Program,
-    plan: &Plan,
+    plan: &LayerPlan,
     (t, tp): (usize, usize),
     grid: Grid,
     operands: &[Value],
@@ -163,13 +131,12 @@ fn local_form_text(
     let offsets = format!("tensor<{}xi64>", el + 1);
     let slots = "tensor<?xi64>";
     let partial = format!("tensor<{tokens}x{h}xf32>");
-    let base = &p.buffers[plan.y].name;
+    let base = &plan.name;
     let origin = quote(&plan.origin);
     let named = |suffix: &str| format!("{}({origin})", quote(&format!("{base}.{suffix}")));
     let weights: Vec<String> = (3..operands.len()).map(|k| format!("%a{k}")).collect();
     let weight_types = types[3..].join(", ");
-    let ffn_attributes: Vec<String> = ffn
-        .attributes()
+    let ffn_attributes: Vec<String> = (plan.ffn.attributes())
         .map(|(name, value)| {
             let name = name
                 .as_string_ref()
