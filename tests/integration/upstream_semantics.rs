@@ -713,3 +713,37 @@ fn a_top_k_of_ties_and_nans_runs_in_upstream_mlir_as_ppmoe_orders_them() {
     };
     check_top_k("top_k_axis_0", op, &x, &[5, 12]);
 }
+
+#[test]
+fn one_hots_and_gathers_of_elements_run_in_upstream_mlir_as_ppmoe_indexes() {
+    let mut r = Values(8);
+    // Indices in range, negative ones (wrapped once) and, for the one-hot, out of range both
+    // ways (no position matches: all `off`).
+    let ids = Tensor::i64(vec![2, 4], vec![0, 3, -1, -4, 7, -5, 2, 1]);
+    let depth = Tensor::i64(vec![], vec![4]);
+    let values = Tensor::f32(vec![2], vec![0.25, -3.5]);
+    let one_hot = Op::OneHot { axis: -1 };
+    check(
+        "one_hot",
+        one_hot,
+        &[&ids, &depth, &values],
+        (DType::F32, &[2, 4, 4]),
+    );
+    let values = Tensor::i64(vec![2], vec![0, 1]);
+    let one_hot = Op::OneHot { axis: 2 };
+    check(
+        "one_hot_i64",
+        one_hot,
+        &[&ids, &depth, &values],
+        (DType::I64, &[2, 4, 4]),
+    );
+    let data = Tensor::f32(vec![4, 6, 5], r.take(120, |x| x * 3.0));
+    let picks = [0, 5, -1, -6, 3, 2, 4, 1, -2, 0, 1, 5];
+    for (axis, extent) in [(0i64, 4), (1, 6), (-1, 5)] {
+        let ids: Vec<i64> = (0..24).map(|k| picks[k % 12] % extent).collect();
+        let ids = Tensor::i64(vec![4, 3, 2], ids);
+        let gather = Op::GatherElements { axis };
+        let name = format!("gather_elements_{axis}");
+        check(&name, gather, &[&data, &ids], (DType::F32, &[4, 3, 2]));
+    }
+}

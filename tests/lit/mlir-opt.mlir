@@ -22,3 +22,14 @@
 // GENERIC: "builtin.module"() ({
 // GENERIC: "linalg.map"
 // RUN: %ppmoe opt %t.generic.mlir --pass-pipeline='builtin.module()' | diff - %t.moe.mlir
+
+// A top-k of k = 1 (DeepSeek-V3's pick of the best group) in the core IR: -canonicalize folds
+// its position along the axis, a loop of one step, to the constant 0; the pick reads back, and
+// the canonicalized core IR gives the same sharded IR as the core IR itself.
+// RUN: %ppmoe inspect %fixtures/deepseekv3_block_dynamo/model.onnx --emit core > %t.ds.mlir
+// RUN: mlir-opt --allow-unregistered-dialect --mlir-print-debuginfo -cse -canonicalize %t.ds.mlir > %t.ds-canon.mlir
+// RUN: FileCheck %s --check-prefix=FOLDED < %t.ds-canon.mlir
+// FOLDED: arith.cmpi eq, %{{.*}}, %c0_i64 : i64
+// RUN: %ppmoe inspect %t.ds-canon.mlir --tp 2 --emit sharded | grep -v ppmoe.source > %t.ds-canon.sharded
+// RUN: %ppmoe inspect %t.ds.mlir --tp 2 --emit sharded | grep -v ppmoe.source > %t.ds.sharded
+// RUN: diff %t.ds-canon.sharded %t.ds.sharded

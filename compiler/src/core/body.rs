@@ -10,11 +10,14 @@ use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::RegionLike;
 
-/// A value an op of the body reads: the block's argument `k`, or the result of step `k`.
+/// A value an op of the body reads: the block's argument `k`, the result of step `k`, or a
+/// value defined outside the body (which the form reads as one of its instruction's
+/// operands: `captures`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Use {
     Arg(usize),
     Step(usize),
+    Outside,
 }
 
 /// An attribute's value: an integer, or a float (compared bit for bit).
@@ -67,11 +70,26 @@ pub fn body_is(op: &OperationRef, steps: &[Step]) -> bool {
     let value = |u: Use| match u {
         Use::Arg(k) => block.argument(k).map(handle).ok(),
         Use::Step(k) => ops.get(k).and_then(|o| o.result(0).map(handle).ok()),
+        Use::Outside => None,
+    };
+    // The body's own values: its arguments and its ops' results.
+    let inside: std::collections::HashSet<usize> = (0..block.argument_count())
+        .filter_map(|k| block.argument(k).map(handle).ok())
+        .chain(
+            ops.iter()
+                .flat_map(|o| o.results().map(handle).collect::<Vec<_>>()),
+        )
+        .collect();
+    let reads_it = |o: &OperationRef, k: usize, u: Use| {
+        let operand = o.operand(k).map(handle).ok();
+        match u {
+            Use::Outside => operand.is_some_and(|v| !inside.contains(&v)),
+            _ => value(u).is_some() && operand == value(u),
+        }
     };
     ops.iter().zip(steps).all(|(o, step)| {
         let reads = o.operand_count() == step.reads.len()
-            && (step.reads.iter().enumerate())
-                .all(|(k, &u)| value(u).is_some() && o.operand(k).map(handle).ok() == value(u));
+            && (step.reads.iter().enumerate()).all(|(k, &u)| reads_it(o, k, u));
         let attribute = step.attribute.is_none_or(|(key, want)| {
             let a = o.attribute(key).ok();
             match want {

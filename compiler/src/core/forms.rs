@@ -1,7 +1,7 @@
 //! The instructions that print as several upstream ops (`linalg.generic`s and the fills they
 //! start from): a reduction (`reduce`), a running sum (`cum_sum`), a cast no single `arith` op
-//! makes as ppmoe does (`cast_map`), an arg-max (`arg_max`), a top-k (`top_k`) and a layer
-//! norm (`layer_norm`). Each form says whether it prints an instruction, and if so its lines
+//! makes as ppmoe does (`cast_map`), an arg-max (`arg_max`), a top-k (`top_k`), a layer norm
+//! (`layer_norm`), a one-hot (`one_hot`) and a gather of elements (`gather_elements`). Each form says whether it prints an instruction, and if so its lines
 //! and the names its results are read by; `print_instruction` tries them in this order before
 //! the one-op forms.
 
@@ -36,7 +36,16 @@ impl At<'_> {
 
 type Form = fn(&At) -> Option<Printed>;
 
-const FORMS: [Form; 6] = [reduction, running_sum, cast_map, arg_max, top_k, layer_norm];
+const FORMS: [Form; 8] = [
+    reduction,
+    running_sum,
+    cast_map,
+    arg_max,
+    top_k,
+    layer_norm,
+    one_hot,
+    gather_elements,
+];
 
 /// Instruction `i` printed by the first form that prints it; None where none does.
 pub(super) fn print(
@@ -156,5 +165,38 @@ fn layer_norm(at: &At) -> Option<Printed> {
         &format!("%v{}_0", at.i),
         at.loc,
     );
+    Some(single(at, o, text))
+}
+
+/// The instruction's operands (all present) as buffers and by the names they are printed as.
+fn operands<'a, const N: usize>(at: &At<'a>) -> Option<([&'a Buffer; N], [&'a str; N])> {
+    let ids: [usize; N] = (at.ins.inputs.iter().copied())
+        .collect::<Option<Vec<usize>>>()?
+        .try_into()
+        .ok()?;
+    Some((
+        ids.map(|b| &at.p.buffers[b]),
+        ids.map(|b| at.names[b].as_str()),
+    ))
+}
+
+fn one_hot(at: &At) -> Option<Printed> {
+    let (buffers, names) = operands::<3>(at)?;
+    let o = *at.ins.outputs.first()?;
+    let out = &at.p.buffers[o];
+    if !super::one_hot::printable(&at.ins.op, buffers, out) {
+        return None;
+    }
+    let result = format!("%v{}_0", at.i);
+    let text = super::one_hot::lines(at.i, (names, buffers), (&result, out), at.loc);
+    Some(single(at, o, text))
+}
+
+fn gather_elements(at: &At) -> Option<Printed> {
+    let (buffers, names) = operands::<2>(at)?;
+    let o = *at.ins.outputs.first()?;
+    let axis = super::gather_elements::printable(&at.ins.op, buffers, &at.p.buffers[o])?;
+    let result = format!("%v{}_0", at.i);
+    let text = super::gather_elements::lines((at.i, axis), (names, buffers), &result, at.loc);
     Some(single(at, o, text))
 }

@@ -3,13 +3,16 @@
 
 pub mod arg_max;
 pub mod body;
+pub mod captures;
 pub mod cast_map;
 pub mod cum_sum;
 mod forms;
+pub mod gather_elements;
 pub mod generic;
 pub mod header;
 pub mod layer_norm;
 pub mod lower;
+pub mod one_hot;
 #[cfg(test)]
 pub mod one_instruction;
 pub mod print;

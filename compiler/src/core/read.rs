@@ -578,8 +578,12 @@ impl FunctionReader {
             (None, None) => read_op(op, &full)?,
         };
         let is_send = matches!(instruction_op, Op::Send { .. });
-        let present: Vec<BufferId> = op
-            .operands()
+        // A body's extract reads an operand from outside it (a one-hot's values, a gather's data).
+        let operands = match super::captures::instruction_operands(op, &instruction_op) {
+            Some(operands) => operands?,
+            None => op.operands().collect(),
+        };
+        let present: Vec<BufferId> = (operands.into_iter())
             .filter(|v| !self.empties.contains(&handle(*v)))
             .map(|v| {
                 self.values

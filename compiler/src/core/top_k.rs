@@ -89,6 +89,21 @@ fn pick_body(rank: usize, axis: usize) -> Vec<Step> {
     ]
 }
 
+/// The pick's body for k = 1 as `-canonicalize` leaves it: the position along the axis, whose
+/// loop has one step, folded to the constant 0 (which `sink_constants` puts back in the body).
+fn folded_pick_body(rank: usize) -> Vec<Step> {
+    use Use::{Arg, Step as S};
+    vec![
+        Step::new("linalg.index", &[]).with("dim", rank as i64),
+        Step::new("arith.constant", &[]).with("value", 0),
+        Step::new("arith.cmpi", &[Arg(1), S(1)]).with("predicate", EQ),
+        Step::new("arith.select", &[S(2), Arg(0), Arg(2)]),
+        Step::new("arith.index_cast", &[S(0)]),
+        Step::new("arith.select", &[S(2), S(4), Arg(3)]),
+        Step::new("linalg.yield", &[S(3), S(5)]),
+    ]
+}
+
 /// The lines instruction `i` prints as (see the module's comment): `x` its operand's name,
 /// `result` the name of the pick's two results, `loc` its location.
 pub fn lines(
@@ -178,7 +193,8 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
         read_maps == [along.clone(), along, id.clone(), id]
             && loops == iterators(rank)
             && same_elsewhere
-            && body_is(op, &pick_body(rank, axis))
+            && (body_is(op, &pick_body(rank, axis))
+                || out_shape[axis] == Some(1) && body_is(op, &folded_pick_body(rank)))
     });
     let axis =
         picked.ok_or_else(|| refuse("its maps or body are not the pick by rank ppmoe prints"))?;

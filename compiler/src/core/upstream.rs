@@ -700,6 +700,10 @@ pub fn read_upstream(
             .ok_or_else(|| format!("'{name}': expected a static result")),
         "arith.extf" | "arith.truncf" | "arith.extui" | "arith.extsi" | "arith.trunci"
         | "arith.sitofp" | "arith.uitofp" => read_cast(op, name, result),
+        "linalg.generic" if super::one_hot::is_one_hot(op) => super::one_hot::read(op),
+        "linalg.generic" if super::gather_elements::is_gather_elements(op) => {
+            super::gather_elements::read(op)
+        }
         "linalg.generic" if super::top_k::is_top_k(op) => super::top_k::read(op),
         "linalg.generic" if super::arg_max::is_arg_max(op) => super::arg_max::read(op),
         "linalg.generic" if super::cum_sum::is_cum_sum(op) => super::cum_sum::read(op),

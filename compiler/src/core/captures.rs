@@ -1,0 +1,41 @@
+//! The values a `linalg.generic`'s body reads from outside it that are operands of the
+//! instruction it reads as: a one-hot's values `[off, on]` (its third operand) and a gather's
+//! data (its first), which the body reads with `tensor.extract` at positions it computes (no
+//! indexing map reads a tensor at a computed position).
+
+use super::read::op_name;
+use crate::passes::func_ops::block_ops;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::{RegionLike, Value};
+use ppmoe_runtime::program::Op;
+
+/// Whether `op`'s body extracts an element from a tensor.
+pub fn extracts(op: &OperationRef) -> bool {
+    let block = op.region(0).ok().and_then(|r| r.first_block());
+    block.is_some_and(|b| block_ops(b).iter().any(|o| op_name(o) == "tensor.extract"))
+}
+
+/// The operands of the instruction `op` reads as (`read`), in the instruction's order, where
+/// its body reads one of them from outside; None where `op` reads all of its operands as
+/// operands.
+pub fn instruction_operands<'c, 'a>(
+    op: &OperationRef<'c, 'a>,
+    read: &Op,
+) -> Option<Result<Vec<Value<'c, 'a>>, String>> {
+    if op_name(op) != "linalg.generic" {
+        return None;
+    }
+    let operand = |k: usize| op.operand(k).map_err(|e| e.to_string());
+    let operands = match read {
+        Op::OneHot { .. } => {
+            let values = super::one_hot::values(op).ok_or("a one-hot without its values");
+            (|| Ok(vec![operand(0)?, operand(1)?, values?]))()
+        }
+        Op::GatherElements { .. } => {
+            let data = super::gather_elements::data(op).ok_or("a gather without its data");
+            (|| Ok(vec![data?, operand(0)?]))()
+        }
+        _ => return None,
+    };
+    Some(operands)
+}
