@@ -715,7 +715,7 @@ fn a_top_k_of_ties_and_nans_runs_in_upstream_mlir_as_ppmoe_orders_them() {
 }
 
 #[test]
-fn one_hots_and_gathers_of_elements_run_in_upstream_mlir_as_ppmoe_indexes() {
+fn one_hots_gathers_and_scatters_of_elements_run_in_upstream_mlir_as_ppmoe_indexes() {
     let mut r = Values(8);
     // Indices in range, negative ones (wrapped once) and, for the one-hot, out of range both
     // ways (no position matches: all `off`).
@@ -745,5 +745,26 @@ fn one_hots_and_gathers_of_elements_run_in_upstream_mlir_as_ppmoe_indexes() {
         let gather = Op::GatherElements { axis };
         let name = format!("gather_elements_{axis}");
         check(&name, gather, &[&data, &ids], (DType::F32, &[4, 3, 2]));
+    }
+    // Scatters along each axis, indices repeated (the later update wins, or both are added in
+    // ppmoe's order) and negative.
+    use ppmoe_runtime::program::Reduction;
+    let targets = [0, 2, 2, -1, 1, -3, 0, 0, 3, -2, 1, 1];
+    let shapes: [(i64, [usize; 3]); 3] = [(0, [3, 6, 5]), (1, [4, 3, 5]), (-1, [4, 6, 3])];
+    for (axis, ids_shape) in shapes {
+        let n: usize = ids_shape.iter().product();
+        let ids: Vec<i64> = (0..n).map(|k| targets[k % 12]).collect();
+        let ids = Tensor::i64(ids_shape.to_vec(), ids);
+        let updates = Tensor::f32(ids_shape.to_vec(), r.take(n, |x| x * 5.0));
+        for reduction in [Reduction::None, Reduction::Add] {
+            let scatter = Op::ScatterElements { axis, reduction };
+            let name = format!("scatter_elements_{axis}_{reduction:?}");
+            check(
+                &name,
+                scatter,
+                &[&data, &ids, &updates],
+                (DType::F32, &[4, 6, 5]),
+            );
+        }
     }
 }

@@ -1,7 +1,8 @@
-//! The values a `linalg.generic`'s body reads from outside it that are operands of the
-//! instruction it reads as: a one-hot's values `[off, on]` (its third operand) and a gather's
-//! data (its first), which the body reads with `tensor.extract` at positions it computes (no
-//! indexing map reads a tensor at a computed position).
+//! The operands of the instruction a `linalg.generic` reads as, where they are not its operands
+//! in order: the values its body reads from outside it, a one-hot's values `[off, on]` (its
+//! third operand) and a gather's data (its first), which the body reads with `tensor.extract`
+//! at positions it computes (no indexing map reads a tensor at a computed position); and a
+//! scatter's data (its first), which is the generic's destination.
 
 use super::read::op_name;
 use crate::passes::func_ops::block_ops;
@@ -31,6 +32,7 @@ pub fn instruction_operands<'c, 'a>(
             let values = super::one_hot::values(op).ok_or("a one-hot without its values");
             (|| Ok(vec![operand(0)?, operand(1)?, values?]))()
         }
+        Op::ScatterElements { .. } => super::scatter_elements::operands(op),
         Op::GatherElements { .. } => {
             let data = super::gather_elements::data(op).ok_or("a gather without its data");
             (|| Ok(vec![data?, operand(0)?]))()

@@ -1,7 +1,8 @@
 //! The instructions that print as several upstream ops (`linalg.generic`s and the fills they
 //! start from): a reduction (`reduce`), a running sum (`cum_sum`), a cast no single `arith` op
 //! makes as ppmoe does (`cast_map`), an arg-max (`arg_max`), a top-k (`top_k`), a layer norm
-//! (`layer_norm`), a one-hot (`one_hot`) and a gather of elements (`gather_elements`). Each form says whether it prints an instruction, and if so its lines
+//! (`layer_norm`), a one-hot (`one_hot`), a gather of elements (`gather_elements`) and a
+//! scatter of elements (`scatter_elements`). Each form says whether it prints an instruction, and if so its lines
 //! and the names its results are read by; `print_instruction` tries them in this order before
 //! the one-op forms.
 
@@ -36,7 +37,7 @@ impl At<'_> {
 
 type Form = fn(&At) -> Option<Printed>;
 
-const FORMS: [Form; 8] = [
+const FORMS: [Form; 9] = [
     reduction,
     running_sum,
     cast_map,
@@ -45,6 +46,7 @@ const FORMS: [Form; 8] = [
     layer_norm,
     one_hot,
     gather_elements,
+    scatter_elements,
 ];
 
 /// Instruction `i` printed by the first form that prints it; None where none does.
@@ -198,5 +200,23 @@ fn gather_elements(at: &At) -> Option<Printed> {
     let axis = super::gather_elements::printable(&at.ins.op, buffers, &at.p.buffers[o])?;
     let result = format!("%v{}_0", at.i);
     let text = super::gather_elements::lines((at.i, axis), (names, buffers), &result, at.loc);
+    Some(single(at, o, text))
+}
+
+fn scatter_elements(at: &At) -> Option<Printed> {
+    let (buffers, names) = operands::<3>(at)?;
+    let o = *at.ins.outputs.first()?;
+    let axis = super::scatter_elements::printable(&at.ins.op, buffers, &at.p.buffers[o])?;
+    let sum = matches!(
+        at.ins.op,
+        ppmoe_runtime::program::Op::ScatterElements {
+            reduction: ppmoe_runtime::program::Reduction::Add,
+            ..
+        }
+    );
+    let [data, ids, _] = buffers;
+    let result = format!("%v{}_0", at.i);
+    let text =
+        super::scatter_elements::lines((at.i, axis, sum), (names, [data, ids]), &result, at.loc);
     Some(single(at, o, text))
 }

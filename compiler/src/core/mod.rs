@@ -18,6 +18,7 @@ pub mod one_instruction;
 pub mod print;
 pub mod read;
 pub mod reduce;
+pub mod scatter_elements;
 pub mod top_k;
 pub mod upstream;
 

@@ -671,6 +671,11 @@ pub fn read_upstream(
     name: &str,
     result: Option<(DType, Vec<Option<usize>>)>,
 ) -> Option<Result<Op, String>> {
+    if name == "linalg.generic" {
+        if let Some(scatter) = super::scatter_elements::scatter(op) {
+            return Some(Ok(scatter));
+        }
+    }
     let attribute = |key: &str| {
         op.attribute(key)
             .map_err(|_| format!("'{name}' without its '{key}'"))
