@@ -245,3 +245,27 @@ fn bf16_keeps_the_router_gates_fp32_and_stays_within_2e_2_of_pytorch_on_a_whole_
         "bf16 weights and GEMMs: {e:e} from PyTorch's fp32 output"
     );
 }
+
+/// Every ONNX fixture of static shapes prints its `core` IR in upstream's dialects alone: not
+/// one `core` op (one-hots, gathers and scatters of elements among them, and the tiles that
+/// only broadcast); the TorchScript eager exports, whose NonZero makes their sizes dynamic,
+/// keep theirs.
+#[test]
+fn the_core_ir_of_static_shapes_holds_no_core_op() {
+    for dir in crate::common::fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let model = dir.join("model.onnx").display().to_string();
+        let mut args = vec!["inspect".to_string(), model, "--emit".into(), "core".into()];
+        args.extend(crate::common::shape_flags(&dir));
+        let out = ppmoe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        let core_ops: Vec<&str> = (out.stdout.lines())
+            .filter(|l| l.contains(" = \"core."))
+            .collect();
+        if name.contains("_ts_eager") {
+            assert!(out.stdout.contains("\"core.non_zero\""), "{name}");
+        } else {
+            assert!(core_ops.is_empty(), "{name}: {core_ops:#?}");
+        }
+    }
+}

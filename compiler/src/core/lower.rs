@@ -651,8 +651,25 @@ impl<'m> Lowering<'m> {
                 self.emit(node, Op::ExpandTo { shape }, vec![Some(x)], out);
                 Ok(())
             }
+            "Tile" if node.domain.is_empty() && self.tile_as_broadcast(node).is_some() => {
+                // Only axes of one element repeat: the tile is their broadcast to its shape.
+                let shape = self.tile_as_broadcast(node).unwrap_or_default();
+                let x = self.operand(&node.inputs[0]);
+                let out = self.outputs(node);
+                self.emit(node, Op::ExpandTo { shape }, vec![Some(x)], out);
+                Ok(())
+            }
             _ => self.lower_as_op(node),
         }
+    }
+
+    /// The result's shape of a Tile of static shapes that repeats only axes of one element
+    /// (any other keeps its extent): a broadcast of its operand to that shape.
+    fn tile_as_broadcast(&self, node: &Node) -> Option<Vec<usize>> {
+        let x = self.static_shape(node.inputs.first()?)?;
+        let out = self.static_shape(node.outputs.first()?)?;
+        let broadcast = x.len() == out.len() && x.iter().zip(&out).all(|(&a, &b)| a == b || a == 1);
+        broadcast.then_some(out)
     }
 
     /// The node as `op`, its static form over its first operand alone (the operands that gave
