@@ -80,7 +80,8 @@ fn predicate(exclusive: bool, reverse: bool) -> (&'static str, i64) {
     (name, value)
 }
 
-fn add_name(dtype: DType) -> &'static str {
+/// The addition of two elements of `dtype` (f32, or a signless integer).
+pub(super) fn add_name(dtype: DType) -> &'static str {
     if dtype == DType::F32 {
         "arith.addf"
     } else {

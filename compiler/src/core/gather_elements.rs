@@ -59,6 +59,32 @@ pub fn printable(op: &Op, [data, ids]: [&Buffer; 2], out: &Buffer) -> Option<usi
     fits.then_some(axis)
 }
 
+/// A body's first lines: its index (the block's first argument, `{g}_i`) wrapped once where
+/// negative by the data's `extent` along the axis (`index + extent`, as ppmoe wraps ONNX's
+/// indices) into `{g}_x`; a gather's and a scatter's.
+pub(super) fn wrapped_index_lines(g: &str, extent: usize) -> Vec<String> {
+    let u = "loc(unknown)";
+    vec![
+        format!("{g}_z = arith.constant 0 : i64 {u}"),
+        format!("{g}_n = arith.cmpi slt, {g}_i, {g}_z : i64 {u}"),
+        format!("{g}_e = arith.constant {extent} : i64 {u}"),
+        format!("{g}_w = arith.addi {g}_i, {g}_e : i64 {u}"),
+        format!("{g}_x = arith.select {g}_n, {g}_w, {g}_i : i64 {u}"),
+    ]
+}
+
+/// The steps `wrapped_index_lines` print (the wrapped index the fifth's result).
+pub(super) fn wrapped_index_steps(extent: i64) -> Vec<Step> {
+    use Use::{Arg, Step as S};
+    vec![
+        Step::new("arith.constant", &[]).with("value", 0),
+        Step::new("arith.cmpi", &[Arg(0), S(0)]).with("predicate", SLT),
+        Step::new("arith.constant", &[]).with("value", extent),
+        Step::new("arith.addi", &[Arg(0), S(2)]),
+        Step::new("arith.select", &[S(1), S(3), Arg(0)]),
+    ]
+}
+
 /// The identity map over `rank` loops (the indices' and the result's).
 fn identity(rank: usize) -> String {
     let dims: Vec<String> = (0..rank).map(|d| format!("d{d}")).collect();
@@ -80,14 +106,8 @@ pub fn lines(
     let ty = tensor(&ids_buffer.shape, element);
     let extent = data_buffer.shape[axis].unwrap_or(0);
     let (g, u) = (format!("%g{i}"), "loc(unknown)");
-    let mut body = vec![
-        format!("{g}_z = arith.constant 0 : i64 {u}"),
-        format!("{g}_n = arith.cmpi slt, {g}_i, {g}_z : i64 {u}"),
-        format!("{g}_e = arith.constant {extent} : i64 {u}"),
-        format!("{g}_w = arith.addi {g}_i, {g}_e : i64 {u}"),
-        format!("{g}_x = arith.select {g}_n, {g}_w, {g}_i : i64 {u}"),
-        format!("{g}_a = arith.index_cast {g}_x : i64 to index {u}"),
-    ];
+    let mut body = wrapped_index_lines(&g, extent);
+    body.push(format!("{g}_a = arith.index_cast {g}_x : i64 to index {u}"));
     let mut at = Vec::new();
     for d in 0..rank {
         if d == axis {
@@ -113,15 +133,9 @@ pub fn lines(
 /// The body of a gather along `axis` of rank-`rank` tensors, `extent` the data's extent along
 /// it, as ppmoe prints it.
 fn body(rank: usize, axis: usize, extent: i64) -> Vec<Step> {
-    use Use::{Arg, Outside, Step as S};
-    let mut steps = vec![
-        Step::new("arith.constant", &[]).with("value", 0),
-        Step::new("arith.cmpi", &[Arg(0), S(0)]).with("predicate", SLT),
-        Step::new("arith.constant", &[]).with("value", extent),
-        Step::new("arith.addi", &[Arg(0), S(2)]),
-        Step::new("arith.select", &[S(1), S(3), Arg(0)]),
-        Step::new("arith.index_cast", &[S(4)]),
-    ];
+    use Use::{Outside, Step as S};
+    let mut steps = wrapped_index_steps(extent);
+    steps.push(Step::new("arith.index_cast", &[S(4)]));
     let mut at = vec![Outside];
     for d in 0..rank {
         if d == axis {
@@ -191,33 +205,13 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::core::one_instruction::round_trip;
-    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
+    use crate::core::one_instruction::{operand_names, program_of, round_trip};
+    use ppmoe_runtime::program::{Op, Program};
     use ppmoe_runtime::DType;
 
     fn gather(dtype: DType, ids: &[usize], axis: i64) -> Program {
-        let buffer = |name: &str, dtype, shape: &[usize], kind| Buffer {
-            name: name.into(),
-            dtype,
-            shape: shape.iter().map(|&d| Some(d)).collect(),
-            kind,
-        };
-        Program {
-            buffers: vec![
-                buffer("data", dtype, &[4, 6, 5], BufferKind::Input),
-                buffer("ids", DType::I64, ids, BufferKind::Input),
-                buffer("y", dtype, ids, BufferKind::Output),
-            ],
-            inputs: vec![0, 1],
-            outputs: vec![2],
-            instructions: vec![Instruction {
-                op: Op::GatherElements { axis },
-                inputs: vec![Some(0), Some(1)],
-                outputs: vec![2],
-                origin: "node".into(),
-            }],
-            ..Program::empty()
-        }
+        let inputs = [("data", dtype, &[4, 6, 5][..]), ("ids", DType::I64, ids)];
+        program_of(Op::GatherElements { axis }, &inputs, (dtype, ids))
     }
 
     /// A gather along each axis prints as a generic MLIR verifies and reads back as itself
@@ -227,16 +221,12 @@ mod tests {
     fn a_gather_of_elements_prints_as_a_generic_and_reads_back_as_itself() {
         for dtype in [DType::F32, DType::I64, DType::BF16] {
             for (axis, from_front) in [(0, 0), (1, 1), (-1, 2)] {
-                let p = gather(dtype, &[4, 3, 2], axis);
-                let (text, read) = round_trip(&p);
+                let (text, read) = round_trip(&gather(dtype, &[4, 3, 2], axis));
                 assert!(!text.contains("core.gather_elements"), "{text}");
                 assert_eq!(read.instructions.len(), 1, "{text}");
-                let ins = &read.instructions[0];
-                assert_eq!(ins.op, Op::GatherElements { axis: from_front }, "{text}");
-                let names: Vec<&str> = (ins.inputs.iter().flatten())
-                    .map(|&b| read.buffers[b].name.as_str())
-                    .collect();
-                assert_eq!(names, ["data", "ids"], "{text}");
+                let want = Op::GatherElements { axis: from_front };
+                assert_eq!(read.instructions[0].op, want, "{text}");
+                assert_eq!(operand_names(&read), ["data", "ids"], "{text}");
             }
         }
         let (text, _) = round_trip(&gather(DType::F32, &[4, 7, 2], 2));

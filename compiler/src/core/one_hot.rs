@@ -195,34 +195,17 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::core::one_instruction::round_trip;
-    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
+    use crate::core::one_instruction::{operand_names, program_of, round_trip};
+    use ppmoe_runtime::program::{Op, Program};
     use ppmoe_runtime::DType;
 
-    fn one_hot(values: DType, depth: &[usize], axis: i64) -> Program {
-        let buffer = |name: &str, dtype, shape: &[usize], kind| Buffer {
-            name: name.into(),
-            dtype,
-            shape: shape.iter().map(|&d| Some(d)).collect(),
-            kind,
-        };
-        Program {
-            buffers: vec![
-                buffer("ids", DType::I64, &[3, 5], BufferKind::Input),
-                buffer("depth", DType::I64, depth, BufferKind::Input),
-                buffer("values", values, &[2], BufferKind::Input),
-                buffer("y", values, &[3, 5, 4], BufferKind::Output),
-            ],
-            inputs: vec![0, 1, 2],
-            outputs: vec![3],
-            instructions: vec![Instruction {
-                op: Op::OneHot { axis },
-                inputs: vec![Some(0), Some(1), Some(2)],
-                outputs: vec![3],
-                origin: "node".into(),
-            }],
-            ..Program::empty()
-        }
+    fn one_hot(values: DType, depth: &[usize], axis: i64, out: &[usize]) -> Program {
+        let inputs = [
+            ("ids", DType::I64, &[3, 5][..]),
+            ("depth", DType::I64, depth),
+            ("values", values, &[2][..]),
+        ];
+        program_of(Op::OneHot { axis }, &inputs, (values, out))
     }
 
     /// A one-hot along a new last axis prints as a generic MLIR verifies and reads back as
@@ -231,21 +214,14 @@ mod tests {
     fn a_one_hot_prints_as_a_generic_and_reads_back_as_itself() {
         for (values, depth) in [(DType::F32, &[][..]), (DType::I64, &[1][..])] {
             for axis in [-1, 2] {
-                let p = one_hot(values, depth, axis);
-                let (text, read) = round_trip(&p);
+                let (text, read) = round_trip(&one_hot(values, depth, axis, &[3, 5, 4]));
                 assert!(!text.contains("core.one_hot"), "{text}");
                 assert_eq!(read.instructions.len(), 1, "{text}");
-                let ins = &read.instructions[0];
-                assert_eq!(ins.op, Op::OneHot { axis: -1 }, "{text}");
-                let names: Vec<&str> = (ins.inputs.iter().flatten())
-                    .map(|&b| read.buffers[b].name.as_str())
-                    .collect();
-                assert_eq!(names, ["ids", "depth", "values"], "{text}");
+                assert_eq!(read.instructions[0].op, Op::OneHot { axis: -1 }, "{text}");
+                assert_eq!(operand_names(&read), ["ids", "depth", "values"], "{text}");
             }
         }
-        let mut first = one_hot(DType::F32, &[], 0);
-        first.buffers[3].shape = [4, 3, 5].iter().map(|&d| Some(d)).collect();
-        let (text, read) = round_trip(&first);
+        let (text, read) = round_trip(&one_hot(DType::F32, &[], 0, &[4, 3, 5]));
         assert!(text.contains("core.one_hot"), "{text}");
         assert_eq!(read.instructions[0].op, Op::OneHot { axis: 0 });
     }

@@ -578,9 +578,20 @@ impl FunctionReader {
             (None, None) => read_op(op, &full)?,
         };
         let is_send = matches!(instruction_op, Op::Send { .. });
-        // A body's extract reads an operand from outside it (a one-hot's values, a gather's data).
+        // A body's extract reads an operand from outside it (a one-hot's values, a gather's
+        // data), a scatter's destination is its data: each of them an operand, none a
+        // destination no instruction wrote.
         let operands = match super::captures::instruction_operands(op, &instruction_op) {
-            Some(operands) => operands?,
+            Some(operands) => {
+                let operands = operands?;
+                if operands.iter().any(|v| self.empties.contains(&handle(*v))) {
+                    return Err(format!(
+                        "'{full}' read as {}: an operand of it is a destination no instruction writes (a tensor.empty or a fill)",
+                        instruction_op.name()
+                    ));
+                }
+                operands
+            }
             None => op.operands().collect(),
         };
         let present: Vec<BufferId> = (operands.into_iter())

@@ -27,15 +27,18 @@
 //! ```
 
 use super::body::{body_is, Step, Use};
-use super::reduce::{iterator_list, strings, tensor, typed, PARALLEL, REDUCTION};
+use super::cum_sum::add_name;
+use super::gather_elements::{wrapped_index_lines, wrapped_index_steps};
+use super::reduce::{
+    iterator_list, one_loop_more, one_loop_more_iterators, strings, tensor, typed,
+};
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::Value;
 use ppmoe_runtime::program::{Buffer, Op, Reduction};
 use ppmoe_runtime::DType;
 
-/// `arith.cmpi`'s predicates: equal, signed less than.
+/// `arith.cmpi eq`.
 const EQ: i64 = 0;
-const SLT: i64 = 2;
 
 /// The axis (from the front) along which ppmoe prints the scatter `op` of `updates` into
 /// `data` at `ids` as a generic: f32 or i64 data and updates, i64 indices of the updates'
@@ -68,31 +71,8 @@ pub fn printable(op: &Op, [data, ids, updates]: [&Buffer; 3], out: &Buffer) -> O
 /// The indices' and updates' map and the data's over the data's loops and one more (the
 /// position along the axis among the updates).
 fn maps(rank: usize, axis: usize) -> [String; 2] {
-    let dims: Vec<String> = (0..=rank).map(|d| format!("d{d}")).collect();
-    let mut along = dims[..rank].to_vec();
-    along[axis] = dims[rank].clone();
-    let map = |results: &[String]| {
-        format!(
-            "affine_map<({}) -> ({})>",
-            dims.join(", "),
-            results.join(", ")
-        )
-    };
-    [map(&along), map(&dims[..rank])]
-}
-
-fn iterators(rank: usize) -> Vec<&'static str> {
-    let mut loops = vec![PARALLEL; rank];
-    loops.push(REDUCTION);
-    loops
-}
-
-fn add_name(dtype: DType) -> &'static str {
-    if dtype == DType::F32 {
-        "arith.addf"
-    } else {
-        "arith.addi"
-    }
+    let (along, own) = one_loop_more(rank, axis);
+    [along, own]
 }
 
 /// The lines instruction `i` prints as (see the module's comment): `operands` the names of its
@@ -113,16 +93,12 @@ pub fn lines(
     let extent = data_buffer.shape[axis].unwrap_or(0);
     let [along, own] = maps(rank, axis);
     let (g, u) = (format!("%g{i}"), "loc(unknown)");
-    let mut body = vec![
-        format!("{g}_z = arith.constant 0 : i64 {u}"),
-        format!("{g}_n = arith.cmpi slt, {g}_i, {g}_z : i64 {u}"),
-        format!("{g}_e = arith.constant {extent} : i64 {u}"),
-        format!("{g}_w = arith.addi {g}_i, {g}_e : i64 {u}"),
-        format!("{g}_x = arith.select {g}_n, {g}_w, {g}_i : i64 {u}"),
+    let mut body = wrapped_index_lines(&g, extent);
+    body.extend([
         format!("{g}_k = linalg.index {axis} : index {u}"),
         format!("{g}_p = arith.index_cast {g}_k : index to i64 {u}"),
         format!("{g}_h = arith.cmpi eq, {g}_x, {g}_p : i64 {u}"),
-    ];
+    ]);
     let taken = if sum {
         let add = add_name(data_buffer.dtype);
         body.push(format!("{g}_s = {add} {g}_a, {g}_u : {element} {u}"));
@@ -136,7 +112,7 @@ pub fn lines(
     body.push(format!("linalg.yield {g}_r : {element} {u}"));
     format!(
         "    {result} = linalg.generic {{indexing_maps = [{along}, {along}, {own}], iterator_types = [{}]}} ins({ids}, {updates} : {ids_type}, {updates_type}) outs({data} : {ty}) {{\n    ^bb0({g}_i: i64 {u}, {g}_u: {element} {u}, {g}_a: {element} {u}):\n      {}\n    }} -> {ty} loc({loc})\n",
-        iterator_list(&iterators(rank)),
+        iterator_list(&one_loop_more_iterators(rank)),
         body.join("\n      ")
     )
 }
@@ -145,16 +121,12 @@ pub fn lines(
 /// ppmoe prints it.
 fn body(axis: usize, extent: i64, dtype: DType, sum: bool) -> Vec<Step> {
     use Use::{Arg, Step as S};
-    let mut steps = vec![
-        Step::new("arith.constant", &[]).with("value", 0),
-        Step::new("arith.cmpi", &[Arg(0), S(0)]).with("predicate", SLT),
-        Step::new("arith.constant", &[]).with("value", extent),
-        Step::new("arith.addi", &[Arg(0), S(2)]),
-        Step::new("arith.select", &[S(1), S(3), Arg(0)]),
+    let mut steps = wrapped_index_steps(extent);
+    steps.extend([
         Step::new("linalg.index", &[]).with("dim", axis as i64),
         Step::new("arith.index_cast", &[S(5)]),
         Step::new("arith.cmpi", &[S(4), S(6)]).with("predicate", EQ),
-    ];
+    ]);
     let taken = if sum {
         steps.push(Step::new(add_name(dtype), &[Arg(2), Arg(1)]));
         S(8)
@@ -184,7 +156,7 @@ pub fn scatter(op: &OperationRef) -> Option<Op> {
         && out_shape == data_shape
         && updates_shape == shape
         && shape.len() == rank;
-    let loops = strings(op, "iterator_types") == iterators(rank);
+    let loops = strings(op, "iterator_types") == one_loop_more_iterators(rank);
     if op.operand_count() != 3 || op.result_count() != 1 || !typed_so || !loops {
         return None;
     }
@@ -218,34 +190,22 @@ pub fn operands<'c, 'a>(op: &OperationRef<'c, 'a>) -> Result<Vec<Value<'c, 'a>>,
 
 #[cfg(test)]
 mod tests {
-    use crate::core::one_instruction::round_trip;
-    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program, Reduction};
+    use crate::core::one_instruction::{operand_names, program_of, round_trip};
+    use ppmoe_runtime::program::{Op, Program, Reduction};
     use ppmoe_runtime::DType;
 
     fn scatter(dtype: DType, ids: &[usize], axis: i64, reduction: Reduction) -> Program {
-        let buffer = |name: &str, dtype, shape: &[usize], kind| Buffer {
-            name: name.into(),
-            dtype,
-            shape: shape.iter().map(|&d| Some(d)).collect(),
-            kind,
-        };
-        Program {
-            buffers: vec![
-                buffer("data", dtype, &[4, 6, 5], BufferKind::Input),
-                buffer("ids", DType::I64, ids, BufferKind::Input),
-                buffer("updates", dtype, ids, BufferKind::Input),
-                buffer("y", dtype, &[4, 6, 5], BufferKind::Output),
-            ],
-            inputs: vec![0, 1, 2],
-            outputs: vec![3],
-            instructions: vec![Instruction {
-                op: Op::ScatterElements { axis, reduction },
-                inputs: vec![Some(0), Some(1), Some(2)],
-                outputs: vec![3],
-                origin: "node".into(),
-            }],
-            ..Program::empty()
-        }
+        let data = &[4, 6, 5][..];
+        let inputs = [
+            ("data", dtype, data),
+            ("ids", DType::I64, ids),
+            ("updates", dtype, ids),
+        ];
+        program_of(
+            Op::ScatterElements { axis, reduction },
+            &inputs,
+            (dtype, data),
+        )
     }
 
     /// A scatter along each axis, with no reduction or a sum, prints as a generic MLIR
@@ -261,19 +221,32 @@ mod tests {
                     let (text, read) = round_trip(&p);
                     assert!(!text.contains("core.scatter_elements"), "{text}");
                     assert_eq!(read.instructions.len(), 1, "{text}");
-                    let ins = &read.instructions[0];
                     let want = Op::ScatterElements {
                         axis: from_front,
                         reduction,
                     };
-                    assert_eq!(ins.op, want, "{text}");
-                    let names: Vec<&str> = (ins.inputs.iter().flatten())
-                        .map(|&b| read.buffers[b].name.as_str())
-                        .collect();
-                    assert_eq!(names, ["data", "ids", "updates"], "{text}");
+                    assert_eq!(read.instructions[0].op, want, "{text}");
+                    assert_eq!(operand_names(&read), ["data", "ids", "updates"], "{text}");
                 }
             }
         }
+        // Its data (the destination) may not be a destination no instruction writes.
+        let text =
+            crate::core::print::print_core(&[&scatter(DType::F32, &[4, 3, 5], 1, Reduction::None)]);
+        let empty = "%e = tensor.empty() : tensor<4x6x5xf32>\n    %v0_0 = linalg.generic";
+        let bad = (text.replace("%v0_0 = linalg.generic", empty)).replace(
+            "outs(%arg0 : tensor<4x6x5xf32>)",
+            "outs(%e : tensor<4x6x5xf32>)",
+        );
+        assert_ne!(bad, text);
+        let context = ppmoe_dialect::context();
+        let module = ppmoe_dialect::parse_verified(&context, &bad).unwrap();
+        let err = crate::core::read::read_programs(&module.as_operation()).err();
+        let err = err.unwrap_or_default();
+        assert!(
+            err.contains("a destination no instruction writes"),
+            "{err}\n{bad}"
+        );
         for (ids, reduction) in [([4, 3, 5], Reduction::Mul), ([4, 3, 2], Reduction::None)] {
             let (text, _) = round_trip(&scatter(DType::F32, &ids, 1, reduction));
             assert!(text.contains("core.scatter_elements"), "{text}");
