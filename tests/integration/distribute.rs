@@ -725,7 +725,7 @@ fn half_precision_partial_sums_are_all_reduced_in_f32_and_rounded_once() {
         }
         let narrowed = rank0(&ir)
             .lines()
-            .filter(|l| l.contains("\"core.cast\"(%all_reduce") && l.contains("ppmoe.narrows"))
+            .filter(|l| l.contains("arith.truncf %all_reduce") && l.contains("ppmoe.narrows"))
             .count();
         assert!(narrowed >= 1, "{name}: {}", rank0(&ir));
         let dir = fixtures_dir().join(name);

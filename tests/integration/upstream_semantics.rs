@@ -87,6 +87,13 @@ fn dense(t: &Tensor) -> (String, String) {
         DType::F32 => (t.to_f32().iter()).for_each(|v| {
             let _ = write!(hex, "{}", bytes(&v.to_bits().to_le_bytes()));
         }),
+        // Half-precision values as the tensor stores them.
+        DType::F16 => match &*t.data {
+            ppmoe_runtime::tensor::Data::Half(bits) => {
+                (bits.iter()).for_each(|b| hex.push_str(&bytes(&b.to_le_bytes())))
+            }
+            _ => panic!("an f16 tensor holds its bits"),
+        },
         // Values stored in bf16 are its bits' upper half of f32 exactly.
         DType::BF16 => (t.to_f32().iter()).for_each(|v| {
             let _ = write!(
@@ -98,6 +105,14 @@ fn dense(t: &Tensor) -> (String, String) {
         DType::I32 => (t.to_i64().iter()).for_each(|&v| {
             let _ = write!(hex, "{}", bytes(&(v as i32).to_le_bytes()));
         }),
+        // i1 elements packed eight to a byte, the first in the lowest bit.
+        DType::Bool => {
+            let mut packed = vec![0u8; t.len().div_ceil(8)];
+            for (k, &v) in t.to_i64().iter().enumerate() {
+                packed[k / 8] |= u8::from(v != 0) << (k % 8);
+            }
+            hex.push_str(&bytes(&packed));
+        }
         _ => (t.to_i64().iter()).for_each(|&v| {
             let _ = write!(hex, "{}", bytes(&v.to_le_bytes()));
         }),
@@ -143,9 +158,10 @@ fn with_main(text: &str, inputs: &[&Tensor], out: (DType, &[usize])) -> String {
     let memref = |ty: &str| ty.replacen("tensor", "memref", 1);
     let (printed, element) = match out.0 {
         // A half-precision result extended to f32 (exactly) first.
-        DType::F32 | DType::BF16 => {
+        DType::F32 | DType::BF16 | DType::F16 => {
             let (element, widen) = match out.0 {
                 DType::BF16 => ("bf16", "%w = arith.extf %v : bf16 to f32\n        "),
+                DType::F16 => ("f16", "%w = arith.extf %v : f16 to f32\n        "),
                 _ => ("f32", ""),
             };
             let from = if widen.is_empty() { "%v" } else { "%w" };
@@ -222,7 +238,7 @@ fn run_kernel(op: &Op, inputs: &[&Tensor], dtype: DType) -> Vec<i64> {
     let out = execute(op, &refs, 1).expect("the kernel runs").remove(0);
     let out = out.stored_as(dtype);
     match dtype {
-        DType::F32 | DType::BF16 => (out.to_f32().iter())
+        DType::F32 | DType::BF16 | DType::F16 => (out.to_f32().iter())
             .map(|x| x.to_bits() as i32 as i64)
             .collect(),
         _ => out.to_i64(),
@@ -385,6 +401,58 @@ fn elementwise_ops_and_softmaxes_run_in_upstream_mlir_as_ppmoe_rounds_them() {
     for f in [BinaryFn::Add, BinaryFn::Mul, BinaryFn::Div] {
         check("bf16", Op::Binary { f }, &[&a, &b], (DType::BF16, &[6, 16]));
     }
+    // A bf16 weight read by f32 activations into f32 (a --dtype bf16 build's norms, biases and
+    // scales): the weight widened (exact), the f32 op; a bf16 exponent of an f32 power; a
+    // where between a bf16 scalar and f32 values.
+    let mut m = Values(41);
+    let x = Tensor::f32(vec![6, 16], m.take(96, |x| x * 6.0));
+    for f in [BinaryFn::Add, BinaryFn::Mul, BinaryFn::Sub, BinaryFn::Div] {
+        check(
+            "bf16_by_f32",
+            Op::Binary { f },
+            &[&b, &x],
+            (DType::F32, &[6, 16]),
+        );
+        check(
+            "f32_by_bf16",
+            Op::Binary { f },
+            &[&x, &a],
+            (DType::F32, &[6, 16]),
+        );
+    }
+    let two = Tensor::half(vec![], &[2.0], DType::BF16);
+    let positive = Tensor::f32(vec![6, 16], m.take(96, |x| x.abs() * 4.0 + 0.25));
+    let pow = Op::Binary { f: BinaryFn::Pow };
+    check(
+        "pow_bf16_exponent",
+        pow,
+        &[&positive, &two],
+        (DType::F32, &[6, 16]),
+    );
+    let mask = Tensor::bool(vec![6, 16], (0..96).map(|k| k % 3 == 0).collect());
+    let fill = Tensor::half(vec![], &[-3.5], DType::BF16);
+    check(
+        "where_bf16",
+        Op::Where,
+        &[&mask, &fill, &x],
+        (DType::F32, &[6, 16]),
+    );
+    // Into f16 (an f16 model's activations by bf16 weights): computed in f32, rounded once.
+    let h = Tensor::half(vec![6, 16], &m.take(96, |x| x * 6.0), DType::F16);
+    for f in [BinaryFn::Add, BinaryFn::Mul, BinaryFn::Div] {
+        check(
+            "bf16_by_f16",
+            Op::Binary { f },
+            &[&b, &h],
+            (DType::F16, &[6, 16]),
+        );
+    }
+    check(
+        "where_f16",
+        Op::Where,
+        &[&mask, &fill, &h],
+        (DType::F16, &[6, 16]),
+    );
     // The sigmoid upstream has no op for, as 1 / (1 + exp(-x)).
     let x = Tensor::f32(vec![6, 16], r.take(96, |x| x * 20.0));
     let sigmoid = Op::Unary {

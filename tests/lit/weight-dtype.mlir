@@ -12,8 +12,9 @@
 // CHECK: "moe.expert_ffn"({{.*}} : (tensor<64x64xf32>, tensor<3xi64>, tensor<2x256x64xbf16>, tensor<2x64x128xbf16>) -> tensor<64x64xf32>
 // On an LM's sharded IR, the pass alone (its dump, the module as the pass leaves it): an upstream
 // op that reads a converted weight is made again as ppmoe prints it for the new types (a matmul
-// takes mixed operands; RMSNorm's weight times f32 activations becomes a `core.mul`); the
-// router's gate stays f32, and so does the matmul that reads it.
+// takes mixed operands; RMSNorm's bf16 weight times f32 activations becomes a generic that
+// widens the weight and multiplies in f32); the router's gate stays f32, and so does the matmul
+// that reads it.
 
 // RUN: %ppmoe inspect %fixtures/qwen2moe_lm_dynamo/model.onnx --emit sharded --tp 2 > %t.lm.mlir
 // RUN: %ppmoe opt %t.lm.mlir --pass-pipeline='builtin.module(ppmoe-weight-dtype{dtype=bf16})' --print-ir-after-all 2>&1 | FileCheck %s --check-prefix=LM
@@ -24,7 +25,10 @@
 // LM-SAME: %[[GATE:arg[0-9]+]]: tensor<64x4xf32> {core.weight = "lm.model.layers.0.mlp.gate.weight.const4"}
 // LM-SAME: %[[WIN:arg[0-9]+]]: tensor<2x128x64xbf16> {core.weight = "sum_1.w_in"}
 // LM-SAME: %[[PIECE:arg[0-9]+]]: tensor<64x32xbf16> {core.weight = "val_146.tp0_1", ppmoe.rank_piece}
-// LM: "core.mul"(%[[NORM]], %{{[0-9]+}}) : (tensor<64xbf16>, tensor<1x16x64xf32>) -> tensor<1x16x64xf32>
+// LM: linalg.generic {{.*}} ins(%[[NORM]], %{{[0-9]+}} : tensor<64xbf16>, tensor<1x16x64xf32>) outs(%{{[0-9]+}} : tensor<1x16x64xf32>)
+// LM-NEXT: ^bb0(%[[W:.*]]: bf16 {{.*}}, %[[X:.*]]: f32 {{.*}}, %{{.*}}: f32 {{.*}}):
+// LM-NEXT: %[[WIDE:.*]] = arith.extf %[[W]] : bf16 to f32
+// LM-NEXT: arith.mulf %[[WIDE]], %[[X]] : f32
 // LM: linalg.batch_matmul {{.*}}ins(%{{[0-9]+}}, %[[PIECE]] : tensor<1x16x64xf32>, tensor<64x32xbf16>) outs(%{{[0-9]+}} : tensor<1x16x32xf32>)
 // LM: linalg.matmul ins(%{{[a-z_0-9]+}}, %[[GATE]] : tensor<16x64xf32>, tensor<64x4xf32>)
 // LM-NEXT: "moe.route"

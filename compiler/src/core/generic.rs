@@ -16,6 +16,11 @@
 //!   booleans;
 //! - a where as `arith.select`, a boolean not as `arith.xori` with `true`, boolean and, or and
 //!   xor as `arith.andi/ori/xori`;
+//! - arithmetic and a where over float operands of more than one type (a half-precision
+//!   weight of a `--dtype bf16` build read by f32 or f16 activations): each half-precision
+//!   operand widened in the body (`arith.extf`, exact), the f32 op, and, into half precision,
+//!   the result rounded once (`arith.truncf`), as ppmoe widens such operands, computes in f32
+//!   and stores the result in its buffer's type;
 //! - a broadcast to a static shape (`expand_to`) as the operand's element yielded as it is;
 //! - an f32 einsum of two operands that sums over no label (an outer product, `ab,ac->abc`) as
 //!   `arith.mulf`, each operand read through the map of its labels to the result's (loops in
@@ -72,6 +77,10 @@ pub struct Generic {
     pub maps: Vec<String>,
     pub types: Vec<&'static str>,
     pub loops: usize,
+    /// Per operand, whether the body widens it to f32 (`arith.extf`) before the op.
+    pub widened: Vec<bool>,
+    /// Whether the body narrows the op's f32 result to the result's type (`arith.truncf`).
+    pub narrows: bool,
 }
 
 /// f32 arithmetic as `arith` and `math` ops (the first five, over operands of one type, are a
@@ -157,6 +166,9 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
         (Op::Binary { f }, &[a, _]) if is_half(a) && all(a) && *out == a => {
             (*f != BinaryFn::Pow).then_some(Scalar::Binary(name_of(FLOAT_BINARY, *f)?))?
         }
+        (Op::Binary { f }, &[_, _]) if mixed_floats(&dtypes, *out) => {
+            (!f.is_comparison()).then_some(Scalar::Binary(name_of(FLOAT_BINARY, *f)?))?
+        }
         (Op::Binary { f }, &[a, _]) if is_integer(a) && all(a) && *out == a => {
             Scalar::Binary(name_of(INTEGER_BINARY, *f)?)
         }
@@ -170,6 +182,7 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
             let signless = is_float(x) || is_integer(x) || x == DType::Bool;
             signless.then_some(Scalar::Select)?
         }
+        (Op::Where, &[DType::Bool, x, y]) if mixed_floats(&[x, y], *out) => Scalar::Select,
         (Op::Unary { f: UnaryFn::Not }, &[DType::Bool]) if *out == DType::Bool => Scalar::Not,
         (Op::ExpandTo { shape }, &[x]) if x == *out && shape == out_shape => Scalar::Copy,
         (Op::Einsum { equation }, &[DType::F32, DType::F32]) if *out == DType::F32 => {
@@ -185,6 +198,8 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
                 maps,
                 types,
                 loops: out_shape.len(),
+                widened: vec![false; 2],
+                narrows: false,
             });
         }
         _ => return None,
@@ -195,12 +210,27 @@ pub fn generic_form(op: &Op, shapes: &[(DType, Vec<usize>)]) -> Option<Generic> 
         _ => broadcast_maps(shapes)?,
     };
     let types = shapes.iter().map(|(d, _)| element_type(*d)).collect();
+    // Mixed floats are computed in f32: their half-precision operands widened, the result
+    // narrowed where it is of half precision.
+    let mixed = matches!(scalar, Scalar::Binary(_) | Scalar::Select)
+        && mixed_floats(&dtypes[dtypes.len().saturating_sub(2)..], *out);
+    let widened = dtypes.iter().map(|&d| mixed && is_half(d)).collect();
     Some(Generic {
         scalar,
         maps,
         types,
         loops: out_shape.len(),
+        widened,
+        narrows: mixed && is_half(*out),
     })
+}
+
+/// Whether float operands of these types into `out` are of more than one type among the
+/// operands and the result, one at least of half precision: ppmoe computes them in f32.
+fn mixed_floats(dtypes: &[DType], out: DType) -> bool {
+    let floats = dtypes.iter().all(|&d| is_float(d)) && is_float(out);
+    let half = dtypes.iter().chain([&out]).any(|&d| is_half(d));
+    floats && half && dtypes.iter().any(|&d| d != out)
 }
 
 fn name_of(table: &[(BinaryFn, &'static str)], f: BinaryFn) -> Option<&'static str> {
@@ -329,24 +359,56 @@ pub fn generic_line(
     let args: Vec<String> = (operand_types.iter().enumerate())
         .map(|(k, t)| format!("%g{i}_{k}: {t} loc(unknown)"))
         .collect();
-    let first = operand_types.first().unwrap_or(&"");
-    let body = match &g.scalar {
-        Scalar::Binary(op) => format!("%g{i}_r = {op} %g{i}_0, %g{i}_1 : {first} loc(unknown)\n"),
-        Scalar::Unary(op) => format!("%g{i}_r = {op} %g{i}_0 : {first} loc(unknown)\n"),
-        Scalar::Compare { op, predicate } => {
-            format!("%g{i}_r = {op} {predicate}, %g{i}_0, %g{i}_1 : {first} loc(unknown)\n")
+    let widens = g.widened.iter().any(|&w| w) || g.narrows;
+    let first = if widens {
+        "f32"
+    } else {
+        operand_types.first().unwrap_or(&"")
+    };
+    // Each widened operand's `arith.extf`, and what the op reads of each operand.
+    let mut widening = String::new();
+    let mut a = Vec::new();
+    for (k, t) in operand_types.iter().enumerate() {
+        if g.widened.get(k) == Some(&true) {
+            widening.push_str(&format!(
+                "%g{i}_w{k} = arith.extf %g{i}_{k} : {t} to f32 loc(unknown)\n      "
+            ));
+            a.push(format!("%g{i}_w{k}"));
+        } else {
+            a.push(format!("%g{i}_{k}"));
         }
+    }
+    let arg = |k: usize| a.get(k).cloned().unwrap_or_default();
+    let op_line = match &g.scalar {
+        Scalar::Binary(op) => format!("%g{i}_r = {op} {}, {} : {first} loc(unknown)\n", arg(0), arg(1)),
+        Scalar::Unary(op) => format!("%g{i}_r = {op} {} : {first} loc(unknown)\n", arg(0)),
+        Scalar::Compare { op, predicate } => format!(
+            "%g{i}_r = {op} {predicate}, {}, {} : {first} loc(unknown)\n",
+            arg(0),
+            arg(1)
+        ),
         Scalar::Select => format!(
-            "%g{i}_r = arith.select %g{i}_0, %g{i}_1, %g{i}_2 : {} loc(unknown)\n",
-            operand_types.get(1).unwrap_or(&"")
+            "%g{i}_r = arith.select {}, {}, {} : {} loc(unknown)\n",
+            arg(0),
+            arg(1),
+            arg(2),
+            if widens { "f32" } else { operand_types.get(1).unwrap_or(&"") }
         ),
         Scalar::Not => format!(
             "%g{i}_t = arith.constant true loc(unknown)\n      %g{i}_r = arith.xori %g{i}_0, %g{i}_t : i1 loc(unknown)\n"
         ),
         Scalar::Copy => String::new(),
     };
-    let yielded = match g.scalar {
-        Scalar::Copy => format!("%g{i}_0"),
+    let narrowing = match g.narrows {
+        true => {
+            format!("      %g{i}_n = arith.truncf %g{i}_r : f32 to {result_type} loc(unknown)\n")
+        }
+        false => String::new(),
+    };
+    let body = format!("{widening}{op_line}{narrowing}");
+    let yielded = match (&g.scalar, g.narrows) {
+        (Scalar::Copy, _) => format!("%g{i}_0"),
+        (_, true) => format!("%g{i}_n"),
         _ => format!("%g{i}_r"),
     };
     format!(
@@ -359,7 +421,7 @@ pub fn generic_line(
 /// The instruction a `linalg.generic` reads back as, where it is a form ppmoe prints.
 pub fn read_generic(op: &OperationRef) -> Result<Op, String> {
     let refuse = |what: String| format!("'linalg.generic': {what}");
-    let scalar = read_body(op).ok_or_else(|| {
+    let (scalar, widened, narrows) = read_body(op).ok_or_else(|| {
         refuse("its body is not one elementwise op over its operands as ppmoe prints it".into())
     })?;
     let shapes = (0..op.operand_count().saturating_sub(1))
@@ -388,7 +450,7 @@ pub fn read_generic(op: &OperationRef) -> Result<Op, String> {
         ))
     })?;
     let expected = generic_form(&read, &shapes)
-        .filter(|g| g.scalar == scalar)
+        .filter(|g| g.scalar == scalar && g.widened == widened && g.narrows == narrows)
         .ok_or_else(|| {
             refuse(format!(
                 "{scalar:?} over these operand types is no form ppmoe prints"
@@ -450,9 +512,12 @@ fn instruction_of(scalar: &Scalar, shapes: &[(DType, Vec<usize>)]) -> Option<Op>
     })
 }
 
-/// The scalar op of a generic's body, where the body is one ppmoe prints: the op over the
-/// block's arguments in order (a not's second operand a `true` constant), its result yielded.
-fn read_body(op: &OperationRef) -> Option<Scalar> {
+/// The scalar op of a generic's body, which operands it widens and whether it narrows the
+/// result, where the body is one ppmoe prints: each widened operand's `arith.extf` to f32 (in
+/// the operands' order), then the op over the block's arguments (or their widenings) in order
+/// (a not's second operand a `true` constant), its result yielded, or its `arith.truncf` from
+/// f32.
+fn read_body(op: &OperationRef) -> Option<(Scalar, Vec<bool>, bool)> {
     let block = op.region(0).ok()?.first_block()?;
     let ops = crate::passes::func_ops::block_ops(block);
     let (yields, steps) = ops.split_last()?;
@@ -462,16 +527,27 @@ fn read_body(op: &OperationRef) -> Option<Scalar> {
             && arguments == 1
             && yields.operand_count() == 1
             && yields.operand(0).map(handle).ok() == block.argument(0).map(handle).ok();
-        return copies.then_some(Scalar::Copy);
+        return copies.then_some((Scalar::Copy, vec![false], false));
     }
-    let (last, before) = steps.split_last()?;
+    let (mut last, mut before) = steps.split_last()?;
     let yielded = op_name(yields) == "linalg.yield"
         && yields.operand_count() == 1
         && yields.operand(0).map(handle).ok() == last.result(0).map(handle).ok();
+    // A narrowing of the op's f32 result.
+    let narrows = op_name(last) == "arith.truncf";
+    if narrows {
+        let (op, rest) = before.split_last()?;
+        let f32_result = op.result(0).ok()?.r#type().to_string() == "f32";
+        let of_op = last.operand(0).map(handle).ok() == op.result(0).map(handle).ok();
+        if !(f32_result && of_op) {
+            return None;
+        }
+        (last, before) = (op, rest);
+    }
+    let (inputs, widened, before) = widenings(block, before, arguments)?;
     let reads_arguments = |n: usize| {
         last.operand_count() == n
-            && (0..n)
-                .all(|k| last.operand(k).map(handle).ok() == block.argument(k).map(handle).ok())
+            && (0..n).all(|k| last.operand(k).map(handle).ok() == inputs.get(k).copied())
     };
     let name = op_name(last);
     let scalar = match (name.as_str(), before) {
@@ -513,7 +589,44 @@ fn read_body(op: &OperationRef) -> Option<Scalar> {
         }
         _ => return None,
     };
-    yielded.then_some(scalar)
+    // Only arithmetic and a where widen and narrow.
+    let widens = widened.iter().any(|&w| w) || narrows;
+    let may_widen = matches!(scalar, Scalar::Binary(_) | Scalar::Select);
+    (yielded && (!widens || may_widen)).then_some((scalar, widened, narrows))
+}
+
+/// What the op of a body reads of each of its `arguments` operands (by handle): the block's
+/// argument, or its widening where the body's first steps (`steps`) are `arith.extf`s of
+/// arguments to f32, in the arguments' order; which arguments are widened; and the steps
+/// after the widenings.
+#[allow(clippy::type_complexity)]
+fn widenings<'s, 'c, 'a>(
+    block: melior::ir::BlockRef<'c, 'a>,
+    steps: &'s [OperationRef<'c, 'a>],
+    arguments: usize,
+) -> Option<(Vec<usize>, Vec<bool>, &'s [OperationRef<'c, 'a>])> {
+    let mut inputs: Vec<usize> = (0..arguments)
+        .map(|k| block.argument(k).map(handle).ok())
+        .collect::<Option<_>>()?;
+    let mut widened = vec![false; arguments];
+    let count = steps
+        .iter()
+        .take_while(|s| op_name(s) == "arith.extf")
+        .count();
+    let mut last = None;
+    for extf in &steps[..count] {
+        let from = extf.operand(0).map(handle).ok()?;
+        let k = inputs.iter().position(|&v| v == from)?;
+        let to_f32 = extf.result(0).ok()?.r#type().to_string() == "f32";
+        // In the operands' order, each once.
+        if !to_f32 || widened[k] || last.is_some_and(|l| l >= k) {
+            return None;
+        }
+        inputs[k] = extf.result(0).map(handle).ok()?;
+        widened[k] = true;
+        last = Some(k);
+    }
+    Some((inputs, widened, &steps[count..]))
 }
 
 #[cfg(test)]
@@ -573,13 +686,32 @@ mod tests {
             Some(Scalar::Binary("arith.addf"))
         );
         // Half-precision arithmetic rounds once, as arith's does; its power and integer
-        // division stay core ops, as do mixed operands.
+        // division stay core ops. Mixed float operands are computed in f32: the half ones
+        // widened (exact), a half-precision result narrowed once.
         assert_eq!(
             scalar(add.clone(), BF16, BF16, BF16),
             Some(Scalar::Binary("arith.addf"))
         );
         assert_eq!(scalar(binary(BinaryFn::Pow), BF16, BF16, BF16), None);
-        assert_eq!(scalar(add, BF16, F32, F32), None);
+        assert_eq!(
+            scalar(add.clone(), BF16, F32, F32),
+            Some(Scalar::Binary("arith.addf"))
+        );
+        let mixed = form(add.clone(), &[(F32, &[4, 2]), (BF16, &[2]), (F32, &[4, 2])]);
+        assert_eq!(
+            mixed.map(|g| (g.widened, g.narrows)),
+            Some((vec![false, true], false))
+        );
+        let into_half = form(
+            add.clone(),
+            &[(F32, &[4, 2]), (BF16, &[2]), (BF16, &[4, 2])],
+        );
+        assert_eq!(
+            into_half.map(|g| (g.widened, g.narrows)),
+            Some((vec![false, true], true))
+        );
+        assert_eq!(scalar(binary(BinaryFn::Less), BF16, F32, Bool), None);
+        assert_eq!(scalar(add, I64, F32, F32), None);
         assert_eq!(scalar(binary(BinaryFn::Div), I64, I64, I64), None);
         assert_eq!(
             scalar(binary(BinaryFn::Max), F32, F32, F32),
@@ -702,6 +834,50 @@ mod tests {
                     (DType::F16, vec![3]),
                 ],
             ),
+            // Mixed precision into f32: a bf16 weight read by an f32 activation, and back.
+            (
+                Op::Binary { f: BinaryFn::Mul },
+                vec![(DType::BF16, vec![3]), (F32, vec![2, 3]), (F32, vec![2, 3])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::Pow },
+                vec![(F32, vec![2, 3]), (DType::BF16, vec![]), (F32, vec![2, 3])],
+            ),
+            (
+                Op::Binary { f: BinaryFn::Add },
+                vec![
+                    (DType::F16, vec![3]),
+                    (DType::BF16, vec![3]),
+                    (F32, vec![3]),
+                ],
+            ),
+            (
+                Op::Where,
+                vec![
+                    (Bool, vec![2, 3]),
+                    (DType::BF16, vec![]),
+                    (F32, vec![2, 3]),
+                    (F32, vec![2, 3]),
+                ],
+            ),
+            // Into half precision: computed in f32, rounded once.
+            (
+                Op::Binary { f: BinaryFn::Mul },
+                vec![
+                    (DType::BF16, vec![3]),
+                    (DType::F16, vec![2, 3]),
+                    (DType::F16, vec![2, 3]),
+                ],
+            ),
+            (
+                Op::Where,
+                vec![
+                    (Bool, vec![2, 3]),
+                    (DType::BF16, vec![]),
+                    (DType::F16, vec![2, 3]),
+                    (DType::F16, vec![2, 3]),
+                ],
+            ),
         ]
         .into_iter()
         .chain(COMPARISONS.iter().flat_map(|(f, _, _)| {
@@ -720,7 +896,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(read_first_generic(&module), Some(Ok(op.clone())), "{text}");
             if let Scalar::Binary(_) | Scalar::Compare { .. } = g.scalar {
-                let swapped = text.replace("%g0_0, %g0_1", "%g0_1, %g0_0");
+                let swapped = (text.replace("%g0_0, %g0_1", "%g0_1, %g0_0"))
+                    .replace("%g0_w0, %g0_1", "%g0_1, %g0_w0")
+                    .replace("%g0_0, %g0_w1", "%g0_w1, %g0_0")
+                    .replace("%g0_w0, %g0_w1", "%g0_w1, %g0_w0");
+                assert_ne!(swapped, text);
                 let module = ppmoe_dialect::parse_verified(&context, &swapped).unwrap();
                 let read = read_first_generic(&module);
                 assert!(read.is_some_and(|r| r.is_err()), "{swapped}");

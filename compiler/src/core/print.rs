@@ -456,17 +456,24 @@ fn print_instruction(
     );
     if let Some(wide) = narrowed {
         let o = ins.outputs[0];
-        let cast = Op::Cast {
-            to: p.buffers[o].dtype,
+        let to = p.buffers[o].dtype;
+        // f32 rounded to half precision as the runtime stores it (to nearest even); any other
+        // narrowing of a collective's result is ppmoe's cast.
+        let line = if wide.dtype == DType::F32 && matches!(to, DType::BF16 | DType::F16) {
+            format!(
+                "%v{i}_0 = arith.truncf %v{i}_w {{ppmoe.narrows = true}} : {} to {}",
+                tensor_type(&wide),
+                ty(o)
+            )
+        } else {
+            format!(
+                "%v{i}_0 = \"core.cast\"(%v{i}_w) {{{}, ppmoe.narrows = true}} : ({}) -> ({})",
+                attributes(&Op::Cast { to }).join(", "),
+                tensor_type(&wide),
+                ty(o)
+            )
         };
-        let _ = writeln!(
-            body,
-            "    %v{i}_0 = \"core.cast\"(%v{i}_w) {{{}, ppmoe.narrows = true}} : ({}) -> ({}) loc({})",
-            attributes(&cast).join(", "),
-            tensor_type(&wide),
-            ty(o),
-            location(p, ins, false),
-        );
+        let _ = writeln!(body, "    {line} loc({})", location(p, ins, false));
     }
 }
 
@@ -475,7 +482,8 @@ fn print_instruction(
 /// `ppmoe.narrows`, which `read` folds back into the instruction (with the upstream form of
 /// the wide op, where it has one):
 /// - a collective whose operand is wider than its result (an f32 partial narrowed into a bf16
-///   output as it is gathered; the `shard` ops take one element type): a `core.cast`;
+///   output as it is gathered; the `shard` ops take one element type): an `arith.truncf` from
+///   f32 to half precision, a `core.cast` otherwise;
 /// - a matmul with a half-precision result that linalg takes with an f32 one (ppmoe
 ///   accumulates in f32 and rounds once, where a half-precision linalg result would accumulate
 ///   in half precision): an `arith.truncf`;

@@ -30,8 +30,8 @@ const MAX_RANKS: i64 = 1 << 16;
 const MAX_BRANCH_DEPTH: usize = 16;
 
 /// The ops that may narrow the result of the instruction before them (`ppmoe.narrows`): a
-/// collective's (`core.cast`), a matmul's, an f32 reshape's, a softmax's or an f64 sum's
-/// (`arith.truncf`), a mean's
+/// collective's (`arith.truncf` into half precision, `core.cast` otherwise), a matmul's, an
+/// f32 reshape's, a softmax's or an f64 sum's (`arith.truncf`), a mean's
 /// division of an f64 sum (`linalg.generic`, `core::reduce`).
 pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf", "linalg.generic"];
 

@@ -1117,13 +1117,24 @@ mod tests {
         // Not numpy-broadcastable to the result.
         assert_eq!(form(add.clone(), &[f(&[4, 5]), f(&[3])], f(&[4, 5])), None);
         // Integer arithmetic wraps as arith's does; half-precision arithmetic rounds once, as
-        // arith's does, but a mixed one stays a core op.
+        // arith's does; a mixed one widens its half-precision operands (exact), computes in
+        // f32 and, into half precision, rounds once.
         let ints = buffer(I64, &[4]);
         let integer_add = form(add.clone(), &[ints.clone(), ints.clone()], ints);
         assert_eq!(integer_add, Some("linalg.generic"));
         let half_add = form(add.clone(), &[half4(), half4()], half4());
         assert_eq!(half_add, Some("linalg.generic"));
-        assert_eq!(form(add, &[half4(), f(&[4])], f(&[4])), None);
+        assert_eq!(
+            form(add.clone(), &[half4(), f(&[4])], f(&[4])),
+            Some("linalg.generic")
+        );
+        assert_eq!(
+            form(add.clone(), &[half4(), f(&[4])], half4()),
+            Some("linalg.generic")
+        );
+        // Integers and floats do not mix.
+        let ints = buffer(I64, &[4]);
+        assert_eq!(form(add, &[ints, f(&[4])], f(&[4])), None);
         let pow = Op::Binary { f: BinaryFn::Pow };
         assert_eq!(
             form(pow.clone(), &[f(&[4]), f(&[4])], f(&[4])),
