@@ -814,6 +814,17 @@ fn one_hots_gathers_and_scatters_of_elements_run_in_upstream_mlir_as_ppmoe_index
         let name = format!("gather_elements_{axis}");
         check(&name, gather, &[&data, &ids], (DType::F32, &[4, 3, 2]));
     }
+    // A bf16 table's rows gathered into f32 (a --dtype bf16 build's embedding), indices
+    // counted from the end among them.
+    let table = Tensor::half(vec![8, 5], &r.take(40, |x| x * 4.0), DType::BF16);
+    let ids = Tensor::i64(vec![2, 3], vec![0, 7, -1, 3, -8, 5]);
+    let gather = Op::Gather { axis: 0 };
+    check(
+        "widening_gather",
+        gather,
+        &[&table, &ids],
+        (DType::F32, &[2, 3, 5]),
+    );
     // Scatters along each axis, indices repeated (the later update wins, or both are added in
     // ppmoe's order) and negative.
     use ppmoe_runtime::program::Reduction;

@@ -5,8 +5,9 @@
 // end, as ONNX does, where tensor.gather leaves one out of range undefined: the same values
 // wherever upstream's are defined. The expand_shape reads back as the indices it expands, the
 // gather as core's gather along axis 0 (the IR reprints as itself); a gather along another
-// axis, or one whose result has another element type than its table (a bf16 table read into
-// f32), stays core.gather. Any other expand_shape or gather is refused by name.
+// axis stays core.gather; one of a bf16 table into f32 (the embedding of a --dtype bf16 build)
+// is a linalg.generic that extracts the table's element at the wrapped index and widens it
+// (arith.extf). Any other expand_shape or gather is refused by name.
 
 // RUN: rm -rf %t && split-file %s %t && sed -i "s|@FIXTURES@|%fixtures|" %t/*.mlir
 // RUN: %ppmoe opt %t/core.mlir --pass-pipeline='builtin.module()' > %t/printed.mlir
@@ -21,11 +22,16 @@
 // CHECK-NEXT: tensor.gather %arg0[%[[ONE]]] gather_dims([0]) : (tensor<8x4xf32>, tensor<1xi32>) -> tensor<4xf32>
 // CHECK: "core.gather"(%arg0, %arg1) {axis = 1 : i64} : (tensor<8x4xf32>, tensor<2x3xi64>) -> tensor<8x2x3xf32>
 
-// A bf16 build of an LM: the embedding table held in bf16 is read into f32, a core.gather.
+// A bf16 build of an LM: the embedding table held in bf16 is read into f32 and widened.
 // RUN: %ppmoe inspect %fixtures/mixtral_lm_sdpa/model.onnx --emit moe | FileCheck %s --check-prefix=EMBED
 // RUN: %ppmoe inspect %fixtures/mixtral_lm_sdpa/model.onnx --emit sharded --tp 2 --dtype bf16 | FileCheck %s --check-prefix=HALF
 // EMBED: tensor.gather %arg1[%{{.*}}] gather_dims([0]) : (tensor<128x64xf32>, tensor<1x16x1xi64>) -> tensor<1x16x64xf32>
-// HALF: "core.gather"(%arg1, %arg0) {axis = 0 : i64} : (tensor<128x64xbf16>, tensor<1x16xi64>) -> tensor<1x16x64xf32>
+// HALF: linalg.generic {{.*}} ins(%arg0 : tensor<1x16xi64>) outs(%{{.*}} : tensor<1x16x64xf32>)
+// HALF: %[[ROW:.*]] = arith.index_cast %{{.*}} : i64 to index
+// HALF-NEXT: %[[COL:.*]] = linalg.index 2 : index
+// HALF-NEXT: %[[E:.*]] = tensor.extract %arg1[%[[ROW]], %[[COL]]] : tensor<128x64xbf16>
+// HALF-NEXT: arith.extf %[[E]] : bf16 to f32
+// HALF-NOT: "core.gather"
 
 // A gather in the second pipeline stage of indices the first makes (an arg-max of the
 // embedding, added to an LM's moe IR): its expand_shape goes with it to rank 1, which

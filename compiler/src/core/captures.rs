@@ -33,6 +33,10 @@ pub fn instruction_operands<'c, 'a>(
             (|| Ok(vec![operand(0)?, operand(1)?, values?]))()
         }
         Op::ScatterElements { .. } => super::scatter_elements::operands(op),
+        Op::Gather { .. } => {
+            let table = super::widening_gather::table(op).ok_or("a gather without its table");
+            (|| Ok(vec![table?, operand(0)?]))()
+        }
         Op::GatherElements { .. } => {
             let data = super::gather_elements::data(op).ok_or("a gather without its data");
             (|| Ok(vec![data?, operand(0)?]))()

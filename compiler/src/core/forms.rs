@@ -37,7 +37,7 @@ impl At<'_> {
 
 type Form = fn(&At) -> Option<Printed>;
 
-const FORMS: [Form; 9] = [
+const FORMS: [Form; 10] = [
     reduction,
     running_sum,
     cast_map,
@@ -47,6 +47,7 @@ const FORMS: [Form; 9] = [
     one_hot,
     gather_elements,
     scatter_elements,
+    widening_gather,
 ];
 
 /// Instruction `i` printed by the first form that prints it; None where none does.
@@ -218,5 +219,17 @@ fn scatter_elements(at: &At) -> Option<Printed> {
     let result = format!("%v{}_0", at.i);
     let text =
         super::scatter_elements::lines((at.i, axis, sum), (names, [data, ids]), &result, at.loc);
+    Some(single(at, o, text))
+}
+
+fn widening_gather(at: &At) -> Option<Printed> {
+    let (buffers, names) = operands::<2>(at)?;
+    let o = *at.ins.outputs.first()?;
+    let out = &at.p.buffers[o];
+    if !super::widening_gather::printable(&at.ins.op, buffers, out) {
+        return None;
+    }
+    let result = format!("%v{}_0", at.i);
+    let text = super::widening_gather::lines(at.i, (names, buffers), (&result, out), at.loc);
     Some(single(at, o, text))
 }

@@ -21,6 +21,7 @@ pub mod reduce;
 pub mod scatter_elements;
 pub mod top_k;
 pub mod upstream;
+pub mod widening_gather;
 
 pub use lower::{
     convert_initializers, lower_to_core, lower_to_core_with, static_bytes, CoreProgram,
