@@ -6,8 +6,8 @@
 use super::read::{handle, op_name};
 use crate::passes::func_ops::block_ops;
 use melior::ir::attribute::{FloatAttribute, IntegerAttribute};
-use melior::ir::block::BlockLike;
-use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::block::{BlockArgument, BlockLike, BlockRef};
+use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::RegionLike;
 
 /// A value an op of the body reads: the block's argument `k`, the result of step `k`, or a
@@ -72,20 +72,9 @@ pub fn body_is(op: &OperationRef, steps: &[Step]) -> bool {
         Use::Step(k) => ops.get(k).and_then(|o| o.result(0).map(handle).ok()),
         Use::Outside => None,
     };
-    // The body's own values: its arguments and its ops' results.
-    let inside: std::collections::HashSet<usize> = (0..block.argument_count())
-        .filter_map(|k| block.argument(k).map(handle).ok())
-        .chain(
-            ops.iter()
-                .flat_map(|o| o.results().map(handle).collect::<Vec<_>>()),
-        )
-        .collect();
-    let reads_it = |o: &OperationRef, k: usize, u: Use| {
-        let operand = o.operand(k).map(handle).ok();
-        match u {
-            Use::Outside => operand.is_some_and(|v| !inside.contains(&v)),
-            _ => value(u).is_some() && operand == value(u),
-        }
+    let reads_it = |o: &OperationRef, k: usize, u: Use| match u {
+        Use::Outside => o.operand(k).is_ok_and(|v| !defined_in(block, v)),
+        _ => value(u).is_some() && o.operand(k).map(handle).ok() == value(u),
     };
     ops.iter().zip(steps).all(|(o, step)| {
         let reads = o.operand_count() == step.reads.len()
@@ -101,4 +90,14 @@ pub fn body_is(op: &OperationRef, steps: &[Step]) -> bool {
         });
         op_name(o) == step.name && reads && attribute
     })
+}
+
+/// Whether `v` is defined in `block`: one of its arguments, or a result of one of its ops.
+fn defined_in(block: BlockRef, v: melior::ir::Value) -> bool {
+    let owner = match (OperationResult::try_from(v), BlockArgument::try_from(v)) {
+        (Ok(result), _) => result.owner().block().map(|b| b.to_raw().ptr),
+        (_, Ok(argument)) => Some(argument.owner().to_raw().ptr),
+        _ => None,
+    };
+    owner == Some(block.to_raw().ptr)
 }

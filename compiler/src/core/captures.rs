@@ -27,20 +27,15 @@ pub fn instruction_operands<'c, 'a>(
         return None;
     }
     let operand = |k: usize| op.operand(k).map_err(|e| e.to_string());
+    let outside = |v: Option<Value<'c, 'a>>, what: &str| v.ok_or(format!("a {what} without it"));
     let operands = match read {
-        Op::OneHot { .. } => {
-            let values = super::one_hot::values(op).ok_or("a one-hot without its values");
-            (|| Ok(vec![operand(0)?, operand(1)?, values?]))()
-        }
+        Op::OneHot { .. } => outside(super::one_hot::values(op), "one-hot's values")
+            .and_then(|values| Ok(vec![operand(0)?, operand(1)?, values])),
         Op::ScatterElements { .. } => super::scatter_elements::operands(op),
-        Op::Gather { .. } => {
-            let table = super::widening_gather::table(op).ok_or("a gather without its table");
-            (|| Ok(vec![table?, operand(0)?]))()
-        }
-        Op::GatherElements { .. } => {
-            let data = super::gather_elements::data(op).ok_or("a gather without its data");
-            (|| Ok(vec![data?, operand(0)?]))()
-        }
+        Op::Gather { .. } => outside(super::widening_gather::table(op), "gather's table")
+            .and_then(|table| Ok(vec![table, operand(0)?])),
+        Op::GatherElements { .. } => outside(super::gather_elements::data(op), "gather's data")
+            .and_then(|data| Ok(vec![data, operand(0)?])),
         _ => return None,
     };
     Some(operands)
