@@ -389,6 +389,20 @@ fn layer_norms_and_reductions_run_in_upstream_mlir_as_ppmoe_computes_them() {
         };
         check("reduce", op, &[&y], (DType::F32, &[4]));
     }
+    // A --dtype bf16 build's norm: f32 activations, a bf16 scale and (here) an f16 bias, each
+    // widened to f32 as the runtime widens them.
+    let scale = Tensor::half(vec![64], &r.take(64, |x| x + 1.0), DType::BF16);
+    let bias = Tensor::half(vec![64], &r.take(64, |x| x * 0.1), DType::F16);
+    let op = Op::LayerNorm {
+        axis: 2,
+        epsilon: 1e-5,
+    };
+    check(
+        "layer_norm_half_weights",
+        op,
+        &[&x, &scale, &bias],
+        (DType::F32, &[3, 5, 64]),
+    );
 }
 
 #[test]
@@ -783,7 +797,7 @@ fn a_top_k_of_ties_and_nans_runs_in_upstream_mlir_as_ppmoe_orders_them() {
 }
 
 #[test]
-fn one_hots_gathers_and_scatters_of_elements_run_in_upstream_mlir_as_ppmoe_indexes() {
+fn one_hots_gathers_scatters_and_mixed_concats_run_in_upstream_mlir_as_ppmoe_indexes() {
     let mut r = Values(8);
     // Indices in range, negative ones (wrapped once) and, for the one-hot, out of range both
     // ways (no position matches: all `off`).
@@ -846,4 +860,21 @@ fn one_hots_gathers_and_scatters_of_elements_run_in_upstream_mlir_as_ppmoe_index
             );
         }
     }
+    // f32 scores joined by bf16 sinks and f16 columns into f32 (a --dtype bf16 build's
+    // gpt-oss attention), along the last axis and the first.
+    let scores = Tensor::f32(vec![2, 3, 4], r.take(24, |x| x * 3.0));
+    let sinks = Tensor::half(vec![2, 3, 1], &r.take(6, |x| x * 2.0), DType::BF16);
+    let more = Tensor::half(vec![2, 3, 2], &r.take(12, |x| x - 0.5), DType::F16);
+    let concat = Op::Concat { axis: -1 };
+    let operands = [&scores, &sinks, &more];
+    check("mixed_concat", concat, &operands, (DType::F32, &[2, 3, 7]));
+    let rows = Tensor::half(vec![1, 3, 4], &r.take(12, |x| x * 7.0), DType::BF16);
+    let concat = Op::Concat { axis: 0 };
+    let operands = [&rows, &scores];
+    check(
+        "mixed_concat_0",
+        concat,
+        &operands,
+        (DType::F32, &[3, 3, 4]),
+    );
 }

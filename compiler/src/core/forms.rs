@@ -1,8 +1,10 @@
 //! The instructions that print as several upstream ops (`linalg.generic`s and the fills they
 //! start from): a reduction (`reduce`), a running sum (`cum_sum`), a cast no single `arith` op
 //! makes as ppmoe does (`cast_map`), an arg-max (`arg_max`), a top-k (`top_k`), a layer norm
-//! (`layer_norm`), a one-hot (`one_hot`), a gather of elements (`gather_elements`) and a
-//! scatter of elements (`scatter_elements`). Each form says whether it prints an instruction, and if so its lines
+//! (`layer_norm`), a one-hot (`one_hot`), a gather of elements (`gather_elements`), a
+//! scatter of elements (`scatter_elements`), a gather that widens (`widening_gather`) and a
+//! concatenation of mixed types (`mixed_concat`). Each form says whether it prints an
+//! instruction, and if so its lines
 //! and the names its results are read by; `print_instruction` tries them in this order before
 //! the one-op forms.
 
@@ -37,7 +39,7 @@ impl At<'_> {
 
 type Form = fn(&At) -> Option<Printed>;
 
-const FORMS: [Form; 10] = [
+const FORMS: [Form; 11] = [
     reduction,
     running_sum,
     cast_map,
@@ -48,6 +50,7 @@ const FORMS: [Form; 10] = [
     gather_elements,
     scatter_elements,
     widening_gather,
+    mixed_concat,
 ];
 
 /// Instruction `i` printed by the first form that prints it; None where none does.
@@ -154,7 +157,7 @@ fn top_k(at: &At) -> Option<Printed> {
 }
 
 fn layer_norm(at: &At) -> Option<Printed> {
-    let (_, input, o, output) = at.unary()?;
+    let (_, _, o, output) = at.unary()?;
     let operands: Vec<Option<&Buffer>> = (at.ins.inputs.iter())
         .map(|b| b.map(|b| &at.p.buffers[b]))
         .collect();
@@ -162,9 +165,10 @@ fn layer_norm(at: &At) -> Option<Printed> {
     let operand_names: Vec<&str> = (at.ins.inputs.iter().flatten())
         .map(|&b| at.names[b].as_str())
         .collect();
+    let buffers: Vec<&Buffer> = operands.into_iter().flatten().collect();
     let text = super::layer_norm::lines(
         (at.i, axis, epsilon),
-        (&operand_names, input),
+        (&operand_names, &buffers),
         &format!("%v{}_0", at.i),
         at.loc,
     );
@@ -231,5 +235,17 @@ fn widening_gather(at: &At) -> Option<Printed> {
     }
     let result = format!("%v{}_0", at.i);
     let text = super::widening_gather::lines(at.i, (names, buffers), (&result, out), at.loc);
+    Some(single(at, o, text))
+}
+
+fn mixed_concat(at: &At) -> Option<Printed> {
+    let ids: Vec<usize> = at.ins.inputs.iter().copied().collect::<Option<_>>()?;
+    let buffers: Vec<&Buffer> = ids.iter().map(|&b| &at.p.buffers[b]).collect();
+    let names: Vec<&str> = ids.iter().map(|&b| at.names[b].as_str()).collect();
+    let o = *at.ins.outputs.first()?;
+    let out = &at.p.buffers[o];
+    let axis = super::mixed_concat::printable(&at.ins.op, &buffers, out)?;
+    let result = format!("%v{}_0", at.i);
+    let text = super::mixed_concat::lines((at.i, axis), (&names, &buffers), (&result, out), at.loc);
     Some(single(at, o, text))
 }

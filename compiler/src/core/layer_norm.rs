@@ -11,13 +11,15 @@
 //! 3. every loop parallel over the input, the sum, the squares, the scale and the bias (read
 //!    along the normalised axes): the deviation times `1 / math.sqrt(squares / count + eps)`
 //!    in f64, `arith.truncf` to f32, `arith.mulf` by the scale, `arith.addf` of the bias (of a
-//!    zero without one, as ppmoe adds).
+//!    zero without one, as ppmoe adds). A bf16 or f16 scale or bias (a `--dtype bf16` build's
+//!    norm weights) is `arith.extf`ed to f32 first, exactly, as the runtime widens it.
 //!
 //! The first two are read as parts of the third (`part`): their results must feed only layer
 //! norms' generics, and the third is read back only where the two are exactly these over its
 //! own input (`read`).
 
 use super::body::{body_is, Step, Use};
+use super::print::element_type;
 use super::read::{handle, op_name, tensor_type, users};
 use super::reduce::{iterator_list, maps, strings, tensor, PARALLEL};
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
@@ -26,8 +28,8 @@ use ppmoe_runtime::program::{Buffer, Op};
 use ppmoe_runtime::DType;
 
 /// The layer norm `op` makes of `inputs` (x, scale, bias?) into `out` where ppmoe prints it as
-/// generics: f32 throughout, static shapes, the scale and bias of the normalised axes' shape.
-/// Returns its axis counted from the front and its epsilon.
+/// generics: an f32 input and result, static shapes, the scale and bias f32, bf16 or f16 and
+/// of the normalised axes' shape. Returns its axis counted from the front and its epsilon.
 pub fn printable(op: &Op, inputs: &[Option<&Buffer>], out: &Buffer) -> Option<(usize, f32)> {
     let Op::LayerNorm { axis, epsilon } = *op else {
         return None;
@@ -40,7 +42,9 @@ pub fn printable(op: &Op, inputs: &[Option<&Buffer>], out: &Buffer) -> Option<(u
     let rank = i64::try_from(x.shape.len()).ok()?;
     let from_front = usize::try_from(if axis < 0 { axis + rank } else { axis }).ok()?;
     let normalised = x.shape.get(from_front..)?;
-    let fits_axes = |b: &Buffer| b.dtype == DType::F32 && b.shape == normalised;
+    let fits_axes = |b: &Buffer| {
+        matches!(b.dtype, DType::F32 | DType::BF16 | DType::F16) && b.shape == normalised
+    };
     let fits = x.dtype == DType::F32
         && out.dtype == DType::F32
         && out.shape == x.shape
@@ -76,13 +80,14 @@ fn layer_maps(rank: usize, axis: usize) -> (String, String, String) {
 }
 
 /// The lines instruction `i` prints as (see the module's comment): `names` its operands'
-/// (x, scale, bias?), `x` its input, `result` its result's name, `loc` its location.
+/// (x, scale, bias?), `buffers` those operands, `result` its result's name, `loc` its location.
 pub fn lines(
     (i, axis, epsilon): (usize, usize, f32),
-    (names, x): (&[&str], &Buffer),
+    (names, buffers): (&[&str], &[&Buffer]),
     result: &str,
     loc: &str,
 ) -> String {
+    let x = buffers[0];
     let rank = x.shape.len();
     let (id, row, scale_map) = layer_maps(rank, axis);
     let axes: Vec<usize> = (axis..rank).collect();
@@ -95,7 +100,7 @@ pub fn lines(
         .map(|(d, &s)| if d >= axis { Some(1) } else { s })
         .collect();
     let row_type = tensor(&row_shape, "f64");
-    let scale_type = tensor(&x.shape[axis..], "f32");
+    let weight_type = |b: &Buffer| tensor(&x.shape[axis..], element_type(b.dtype));
     let u = "loc(unknown)";
     let (s, q, g) = (format!("%v{i}_s"), format!("%v{i}_q"), format!("%g{i}"));
     let mut text = format!(
@@ -111,29 +116,61 @@ pub fn lines(
         iterator_list(&reducing),
         x_name = names[0],
     );
-    let bias = names.get(2);
-    let (bias_operand, bias_map, bias_type, bias_arg) = match bias {
-        Some(b) => (
-            format!(", {b}"),
+    let scale = weight_operand(buffers[1], (&format!("{g}_g"), &format!("{g}_gw")));
+    let bias = (names.get(2).zip(buffers.get(2)))
+        .map(|(_, b)| weight_operand(b, (&format!("{g}_y"), &format!("{g}_yw"))));
+    let (bias_operand, bias_map, bias_type, bias_arg, widen_bias) = match (&bias, names.get(2)) {
+        (Some(b), Some(name)) => (
+            format!(", {name}"),
             format!(", {scale_map}"),
-            format!(", {scale_type}"),
-            format!(", {g}_y: f32 {u}"),
+            format!(", {}", weight_type(buffers[2])),
+            format!(", {}", b.argument),
+            b.widen.clone(),
         ),
-        None => Default::default(),
+        _ => Default::default(),
     };
-    let add_bias = match bias {
-        Some(_) => format!("{g}_z = arith.addf {g}_w, {g}_y : f32 {u}"),
+    let add_bias = match &bias {
+        Some(b) => format!("{widen_bias}{g}_z = arith.addf {g}_w, {} : f32 {u}", b.value),
         None => format!(
             "{g}_0 = arith.constant 0.000000e+00 : f32 {u}\n      {g}_z = arith.addf {g}_w, {g}_0 : f32 {u}"
         ),
     };
+    let scale_type = weight_type(buffers[1]);
+    let (scale_arg, widen_scale, scale_value) = (&scale.argument, &scale.widen, &scale.value);
     let parallel = iterator_list(&vec![PARALLEL; rank]);
     text += &format!(
-        "    %e{i} = tensor.empty() : {x_type} {u}\n    {result} = linalg.generic {{indexing_maps = [{id}, {row}, {row}, {scale_map}{bias_map}, {id}], iterator_types = [{parallel}]}} ins({x_name}, {s}, {q}, {scale}{bias_operand} : {x_type}, {row_type}, {row_type}, {scale_type}{bias_type}) outs(%e{i} : {x_type}) {{\n    ^bb0({g}_x: f32 {u}, {g}_sum: f64 {u}, {g}_sq: f64 {u}, {g}_g: f32 {u}{bias_arg}, {g}_out: f32 {u}):\n      {g}_h = arith.extf {g}_x : f32 to f64 {u}\n      {g}_c = arith.constant {n} : f64 {u}\n      {g}_mean = arith.divf {g}_sum, {g}_c : f64 {u}\n      {g}_dev = arith.subf {g}_h, {g}_mean : f64 {u}\n      {g}_var = arith.divf {g}_sq, {g}_c : f64 {u}\n      {g}_eps = arith.constant {eps} : f64 {u}\n      {g}_ve = arith.addf {g}_var, {g}_eps : f64 {u}\n      {g}_sd = math.sqrt {g}_ve : f64 {u}\n      {g}_one = arith.constant 1.000000e+00 : f64 {u}\n      {g}_inv = arith.divf {g}_one, {g}_sd : f64 {u}\n      {g}_t = arith.mulf {g}_dev, {g}_inv : f64 {u}\n      {g}_n32 = arith.truncf {g}_t : f64 to f32 {u}\n      {g}_w = arith.mulf {g}_n32, {g}_g : f32 {u}\n      {add_bias}\n      linalg.yield {g}_z : f32 {u}\n    }} -> {x_type} loc({loc})\n",
+        "    %e{i} = tensor.empty() : {x_type} {u}\n    {result} = linalg.generic {{indexing_maps = [{id}, {row}, {row}, {scale_map}{bias_map}, {id}], iterator_types = [{parallel}]}} ins({x_name}, {s}, {q}, {scale}{bias_operand} : {x_type}, {row_type}, {row_type}, {scale_type}{bias_type}) outs(%e{i} : {x_type}) {{\n    ^bb0({g}_x: f32 {u}, {g}_sum: f64 {u}, {g}_sq: f64 {u}, {scale_arg}{bias_arg}, {g}_out: f32 {u}):\n      {g}_h = arith.extf {g}_x : f32 to f64 {u}\n      {g}_c = arith.constant {n} : f64 {u}\n      {g}_mean = arith.divf {g}_sum, {g}_c : f64 {u}\n      {g}_dev = arith.subf {g}_h, {g}_mean : f64 {u}\n      {g}_var = arith.divf {g}_sq, {g}_c : f64 {u}\n      {g}_eps = arith.constant {eps} : f64 {u}\n      {g}_ve = arith.addf {g}_var, {g}_eps : f64 {u}\n      {g}_sd = math.sqrt {g}_ve : f64 {u}\n      {g}_one = arith.constant 1.000000e+00 : f64 {u}\n      {g}_inv = arith.divf {g}_one, {g}_sd : f64 {u}\n      {g}_t = arith.mulf {g}_dev, {g}_inv : f64 {u}\n      {g}_n32 = arith.truncf {g}_t : f64 to f32 {u}\n      {widen_scale}{g}_w = arith.mulf {g}_n32, {scale_value} : f32 {u}\n      {add_bias}\n      linalg.yield {g}_z : f32 {u}\n    }} -> {x_type} loc({loc})\n",
         x_name = names[0],
         scale = names[1],
     );
     text
+}
+
+/// A scale or bias as the normalisation's body reads it: its block argument, the line that
+/// widens a half-precision one to f32 (none for f32), and the f32 value the body uses.
+struct WeightOperand {
+    argument: String,
+    widen: String,
+    value: String,
+}
+
+/// `b` as block argument `arg`, widened into `wide` where it is half precision.
+fn weight_operand(b: &Buffer, (arg, wide): (&str, &str)) -> WeightOperand {
+    let u = "loc(unknown)";
+    let ty = element_type(b.dtype);
+    let argument = format!("{arg}: {ty} {u}");
+    if b.dtype == DType::F32 {
+        return WeightOperand {
+            argument,
+            widen: String::new(),
+            value: arg.into(),
+        };
+    }
+    WeightOperand {
+        argument,
+        widen: format!("{wide} = arith.extf {arg} : {ty} to f32 {u}\n      "),
+        value: wide.into(),
+    }
 }
 
 /// The sum's body: each element extended to f64 and added.
@@ -160,8 +197,9 @@ fn squares_body(count: f64) -> Vec<Step> {
     ]
 }
 
-/// The normalisation's body over `count` elements a row, with `epsilon`, with a bias or not.
-fn normalise_body(count: f64, epsilon: f64, bias: bool) -> Vec<Step> {
+/// The normalisation's body over `count` elements a row, with `epsilon`; `widened` says, of
+/// the scale and of the bias (none without one), whether it is half precision and widened.
+fn normalise_body(count: f64, epsilon: f64, widened: (bool, Option<bool>)) -> Vec<Step> {
     use Use::{Arg, Step as S};
     let mut steps = vec![
         Step::new("arith.extf", &[Arg(0)]),
@@ -176,16 +214,27 @@ fn normalise_body(count: f64, epsilon: f64, bias: bool) -> Vec<Step> {
         Step::new("arith.divf", &[S(8), S(7)]),
         Step::new("arith.mulf", &[S(3), S(9)]),
         Step::new("arith.truncf", &[S(10)]),
-        Step::new("arith.mulf", &[S(11), Arg(3)]),
     ];
-    if bias {
-        steps.push(Step::new("arith.addf", &[S(12), Arg(4)]));
-        steps.push(Step::new("linalg.yield", &[S(13)]));
-    } else {
-        steps.push(Step::float(0.0));
-        steps.push(Step::new("arith.addf", &[S(12), S(13)]));
-        steps.push(Step::new("linalg.yield", &[S(14)]));
-    }
+    // The step that reads block argument `arg` as f32: the argument, or its widening.
+    let read_f32 = |steps: &mut Vec<Step>, arg: usize, half: bool| {
+        if !half {
+            return Arg(arg);
+        }
+        steps.push(Step::new("arith.extf", &[Arg(arg)]));
+        S(steps.len() - 1)
+    };
+    let scale = read_f32(&mut steps, 3, widened.0);
+    steps.push(Step::new("arith.mulf", &[S(11), scale]));
+    let scaled = S(steps.len() - 1);
+    let bias = match widened.1 {
+        Some(half) => read_f32(&mut steps, 4, half),
+        None => {
+            steps.push(Step::float(0.0));
+            S(steps.len() - 1)
+        }
+    };
+    steps.push(Step::new("arith.addf", &[scaled, bias]));
+    steps.push(Step::new("linalg.yield", &[S(steps.len() - 1)]));
     steps
 }
 
@@ -292,7 +341,16 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
         .map(|f| f.value())
         .ok_or_else(|| refuse("no epsilon where ppmoe prints it"))?;
     let epsilon = eps as f32;
-    if epsilon as f64 != eps || !body_is(op, &normalise_body(count, eps, bias)) {
+    let types = operand_types(op);
+    let half = |k: usize| {
+        types
+            .get(k)
+            .copied()
+            .flatten()
+            .is_some_and(|d| d != DType::F32)
+    };
+    let widened = (half(3), bias.then(|| half(4)));
+    if epsilon as f64 != eps || !body_is(op, &normalise_body(count, eps, widened)) {
         return Err(refuse(
             "its body is not the f64 normalisation ppmoe prints (an f32 epsilon, the deviation over sqrt(var + eps) rounded once, times the scale plus the bias)",
         ));
@@ -336,13 +394,18 @@ mod tests {
     use ppmoe_runtime::program::{Buffer, BufferKind, Op};
     use ppmoe_runtime::DType;
 
-    /// A layer norm over the last axis or the last two, with a bias or without, prints as its
-    /// three generics (no `core` op), which MLIR verifies, and reads back as itself: its
-    /// axis counted from the front, its f32 epsilon exactly, its operands x, scale and bias.
+    /// A layer norm over the last axis or the last two, with a bias or without, of f32, bf16
+    /// or f16 weights, prints as its three generics (no `core` op, a half-precision weight
+    /// widened in the body), which MLIR verifies, and reads back as itself: its axis counted
+    /// from the front, its f32 epsilon exactly, its operands x, scale and bias.
     #[test]
     fn layer_norms_print_as_three_generics_and_read_back_as_themselves() {
-        for (axis, from_front, normalised) in [(-1i64, 2usize, vec![4]), (1, 1, vec![3, 4])] {
-            for bias in [true, false] {
+        let grids = [(-1i64, 2usize, vec![4]), (1, 1, vec![3, 4])];
+        for ((axis, from_front, normalised), bias) in grids
+            .into_iter()
+            .flat_map(|g| [true, false].map(|b| (g.clone(), b)))
+        {
+            for weights in [DType::F32, DType::BF16, DType::F16] {
                 let op = |axis| Op::LayerNorm {
                     axis,
                     epsilon: 1e-5,
@@ -352,7 +415,7 @@ mod tests {
                 for name in ["scale", "bias"].into_iter().take(operands) {
                     p.buffers.push(Buffer {
                         name: name.into(),
-                        dtype: DType::F32,
+                        dtype: weights,
                         shape: normalised.iter().map(|&d| Some(d)).collect(),
                         kind: BufferKind::Input,
                     });
@@ -363,10 +426,22 @@ mod tests {
                 let (text, read) = round_trip(&p);
                 assert!(!text.contains("core.layer_norm"), "{text}");
                 assert_eq!(text.matches("linalg.generic").count(), 3, "{text}");
+                let widenings = if weights == DType::F32 { 0 } else { operands };
+                let ty = weights.mlir();
+                let widen = format!("arith.extf %g0_g : {ty} to f32");
+                assert_eq!(text.contains(&widen), widenings > 0, "{text}");
+                assert_eq!(
+                    text.matches(&format!(": {ty} to f32")).count(),
+                    widenings,
+                    "{text}"
+                );
                 let ins = &read.instructions;
                 assert_eq!(ins.len(), 1, "{text}");
                 assert_eq!(ins[0].op, op(from_front as i64), "{text}");
                 assert_eq!(ins[0].inputs.len(), 1 + operands, "{text}");
+                for &b in ins[0].inputs.iter().skip(1).flatten() {
+                    assert_eq!(read.buffers[b].dtype, weights, "{text}");
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod generic;
 pub mod header;
 pub mod layer_norm;
 pub mod lower;
+pub mod mixed_concat;
 pub mod one_hot;
 #[cfg(test)]
 pub mod one_instruction;

@@ -712,6 +712,9 @@ pub fn read_upstream(
         "linalg.generic" if super::widening_gather::is_widening_gather(op) => {
             super::widening_gather::read(op)
         }
+        "linalg.generic" if super::mixed_concat::is_mixed_concat(op) => {
+            super::mixed_concat::read(op)
+        }
         "linalg.generic" if super::top_k::is_top_k(op) => super::top_k::read(op),
         "linalg.generic" if super::arg_max::is_arg_max(op) => super::arg_max::read(op),
         "linalg.generic" if super::cum_sum::is_cum_sum(op) => super::cum_sum::read(op),
