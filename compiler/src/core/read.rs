@@ -962,7 +962,7 @@ fn shard_op(op: &OperationRef, name: &str, rank: usize, grid: Grid) -> Result<Op
 
 /// The instruction's inputs with its optional operands' absences put back: by segment sizes
 /// (`moe.experts`, `moe.expert_ffn`) or by the listed positions (`core.absent_inputs`).
-fn with_absent(op: &OperationRef, present: Vec<BufferId>) -> Result<Vec<Option<BufferId>>, String> {
+pub(crate) fn with_absent<T>(op: &OperationRef, present: Vec<T>) -> Result<Vec<Option<T>>, String> {
     let count = present.len();
     let mut present = present.into_iter();
     if let Ok(segments) = op.attribute("operandSegmentSizes") {

@@ -3,7 +3,6 @@
 
 pub mod dense_tp;
 pub mod grid;
-pub mod pipeline_split;
 pub mod shard_moe;
 pub mod upstream_tp;
 

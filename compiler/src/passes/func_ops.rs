@@ -2,7 +2,7 @@
 //! body, the weight each argument binds (`core.weight`), its signature rewritten after its
 //! arguments change, and new ops spliced in from their text.
 
-use crate::core::read::op_name;
+use crate::core::read::{handle, op_name};
 use melior::ir::attribute::{ArrayAttribute, Attribute, DictionaryAttribute, TypeAttribute};
 use melior::ir::block::{BlockLike, BlockRef};
 use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
@@ -30,6 +30,19 @@ pub fn region_blocks<'c, 'a>(region: RegionRef<'c, 'a>) -> Vec<BlockRef<'c, 'a>>
         out.push(block);
     }
     out
+}
+
+/// The handles of every operand of `op` and of the ops in its regions.
+pub fn operands_within<'a>(op: &'a OperationRef) -> Box<dyn Iterator<Item = usize> + 'a> {
+    let nested = op.regions().flat_map(region_blocks);
+    let inner: Vec<usize> = nested
+        .flat_map(|b| {
+            block_ops(b)
+                .into_iter()
+                .flat_map(|o| operands_within(&o).collect::<Vec<_>>())
+        })
+        .collect();
+    Box::new(op.operands().map(handle).chain(inner))
 }
 
 /// The module operation's one block.

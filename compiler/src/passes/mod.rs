@@ -7,6 +7,7 @@ pub mod einsum_matmul;
 pub mod func_ops;
 pub mod host_steps;
 pub mod int_compare;
+pub mod pipeline_cuts;
 pub mod pipeline_split;
 pub mod plan_kernels;
 pub mod ppmoe_rewrite;

@@ -11,24 +11,25 @@
 //!                                     %h = shard.recv %e on @grid grid_axes = [1] source = [0] {ppmoe.tag = 71}
 //!                                     ...layer 1...  return %y }
 //!
-//! Where to cut is chosen on the program the module reads as (`choose_cuts`: the boundaries
-//! after MoE layers where the fewest values are live, balancing a cost of FLOPs and weight
-//! bytes); the ops are then cut where the program's instructions are. Each stage is the
+//! Where to cut is chosen on the first function's ops (`pipeline_cuts`: the boundaries after
+//! MoE layers where the fewest values are live, balancing a cost of FLOPs and weight bytes),
+//! as steps that are the instructions the function reads as (checked); the messages are named
+//! and tagged by the buffers the program holds. Each stage is the
 //! function cloned with the other stages' ops erased: receives first, in the order their
 //! values were made (which tags them), sends last; then the ops, weights and inputs it no longer
 //! reads go. The marks only `ppmoe-rewrite` reads (`ppmoe.rank_piece`, `ppmoe.strategy`) go too.
 
 use super::dead_ops::{erase_arguments, erase_dead, erase_op, unused};
 use super::func_ops::{
-    block_ops, drop_results, functions, module_body, region_blocks, splice_function, top_level,
+    block_ops, drop_results, functions, module_body, operands_within, splice_function, top_level,
     weight_names,
 };
+use super::pipeline_cuts::Steps;
 use super::program_ops::ProgramOps;
 use crate::core::read::{
     dictionary_entries, handle, op_name, read_programs_marked, tensor_type, ReadProgram,
     RANK_PIECE, STRATEGY,
 };
-use crate::distribute::pipeline_split::choose_cuts;
 use crate::distribute::Grid;
 use crate::pipeline::{Compilation, PassError};
 use melior::ir::attribute::{Attribute, DictionaryAttribute, StringAttribute};
@@ -58,8 +59,10 @@ pub fn split_pipeline(
         )
         .into());
     }
-    let first = read.first().ok_or("the module holds no func.func")?;
-    let cuts = choose_cuts(&first.program, grid.pp).map_err(PassError::Grid)?;
+    let first = originals.first().ok_or("the module holds no func.func")?;
+    let cuts = Steps::new(first)?
+        .choose_cuts(grid.pp)
+        .map_err(PassError::Grid)?;
     let mut stages: Vec<Vec<Operation>> = Vec::new();
     for (f, r) in originals.iter().zip(&read) {
         let cut = CutFunction::new(f, r, &cuts)?;
@@ -131,6 +134,9 @@ struct CutFunction {
 impl CutFunction {
     fn new(f: &OperationRef, read: &ReadProgram, cuts: &[usize]) -> Result<Self, String> {
         let program_ops = ProgramOps::new(f, read)?;
+        if Steps::new(f)?.heads != program_ops.instruction_at {
+            return Err("the split's steps are not the instructions the function reads as".into());
+        }
         let ops = &program_ops.ops;
         let n = read.program.instructions.len();
         let bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
@@ -273,19 +279,6 @@ impl CutFunction {
         }
         Ok(stage)
     }
-}
-
-/// The handles of every operand of `op` and of the ops in its regions.
-fn operands_within<'a>(op: &'a OperationRef) -> Box<dyn Iterator<Item = usize> + 'a> {
-    let nested = op.regions().flat_map(region_blocks);
-    let inner: Vec<usize> = nested
-        .flat_map(|b| {
-            block_ops(b)
-                .into_iter()
-                .flat_map(|o| operands_within(&o).collect::<Vec<_>>())
-        })
-        .collect();
-    Box::new(op.operands().map(handle).chain(inner))
 }
 
 /// Erases the arguments stage function `f` no longer reads: the weights it does not read, and
