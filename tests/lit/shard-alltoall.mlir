@@ -1,6 +1,8 @@
 // ppmoe-shard: the experts cut over the TP group, the layer in the all-to-all form (tokens
 // split, dispatch, exchange, the local experts, exchange back, combine, gather the tokens);
-// the dispatch marks the layer's strategy.
+// the dispatch marks the layer's strategy. The rank's share of the tokens and of the routing is
+// a tensor.extract_slice marked ppmoe.token_slice (its axis and part count), which reads back
+// as the token slice it is.
 // The input is a Mixtral block's moe IR as `--emit moe` prints it (its weights' source
 // relative to this file).
 
@@ -10,7 +12,8 @@
 // CHECK-LABEL: func.func @rank0(
 // The expert stacks, cut into each rank's two of four experts.
 // CHECK-SAME: tensor<2x256x64xf32> {core.weight = "view_7.w_in
-// CHECK: "core.token_slice"({{.*}}) {axis = 0 : i64, index = 0 : i64, parts = 2 : i64}
+// Rank 0's half of the tokens (a token slice: the extract_slice marked with its axis and part count).
+// CHECK: tensor.extract_slice %{{.*}}[0, 0] [8, 64] [1, 1] {ppmoe.token_slice = array<i64: 0, 2>} : tensor<16x64xf32> to tensor<8x64xf32>
 // CHECK: "moe.dispatch"({{.*}}) {capacity = 16 : i64, num_experts = 4 : i64, ppmoe.strategy = "alltoall"}
 // CHECK-NEXT: shard.all_to_all {{.*}} on @grid grid_axes = [2] split_axis = 0 concat_axis = 1
 // CHECK: "moe.expert_ffn"
@@ -18,7 +21,7 @@
 // CHECK-NEXT: "moe.combine"
 // CHECK-NEXT: shard.all_gather
 // CHECK-LABEL: func.func @rank1(
-// CHECK: "core.token_slice"({{.*}}) {axis = 0 : i64, index = 1 : i64, parts = 2 : i64}
+// CHECK: tensor.extract_slice %{{.*}}[8, 0] [8, 64] [1, 1] {ppmoe.token_slice = array<i64: 0, 2>} : tensor<16x64xf32> to tensor<8x64xf32>
 // The pass's own dump (its MoE part is over the module's ops): the expert weights' arguments
 // retyped to the rank's block in place, the bucket offsets a new weight argument after them,
 // the experts op replaced where it was.

@@ -20,6 +20,7 @@ pub mod print;
 pub mod read;
 pub mod reduce;
 pub mod scatter_elements;
+pub mod token_slice;
 pub mod top_k;
 pub mod upstream;
 pub mod widening_gather;

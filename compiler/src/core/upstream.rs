@@ -61,11 +61,13 @@ pub enum Upstream {
     Softmax(usize),
     Concat(usize),
     Reshape(Vec<usize>),
-    /// `tensor.extract_slice` with static offsets, sizes and strides.
+    /// `tensor.extract_slice` with static offsets, sizes and strides; a token slice's marked
+    /// with its axis and part count (`token_slice`).
     ExtractSlice {
         offsets: Vec<usize>,
         sizes: Vec<usize>,
         strides: Vec<usize>,
+        token_slice: Option<[usize; 2]>,
     },
     /// `arith.extf` or `arith.truncf`.
     Cast(&'static str),
@@ -165,6 +167,18 @@ pub fn upstream_form(op: &Op, inputs: &[&Buffer], output: &Buffer) -> Option<Ups
                 offsets: offsets.clone(),
                 sizes: sizes.clone(),
                 strides: strides.clone(),
+                token_slice: None,
+            })
+        }
+        Op::TokenSlice { axis, parts, .. } => {
+            let shape: Vec<usize> = inputs[0].shape.iter().flatten().copied().collect();
+            let (offsets, sizes, strides) = super::token_slice::bounds(op, &shape)?;
+            let dims: Vec<usize> = output.shape.iter().flatten().copied().collect();
+            (one_input && same_element && sizes == dims).then_some(Upstream::ExtractSlice {
+                offsets,
+                sizes,
+                strides,
+                token_slice: Some([*axis, *parts]),
             })
         }
         Op::Gather { axis } => gather(*axis, inputs, output),
@@ -364,13 +378,17 @@ pub fn upstream_lines(
             offsets,
             sizes,
             strides,
+            token_slice,
         } => (
             vec![],
             format!(
-                "{result} = tensor.extract_slice {n}[{}] [{}] [{}] : {t} to {out}",
+                "{result} = tensor.extract_slice {n}[{}] [{}] [{}] {}: {t} to {out}",
                 list(offsets),
                 list(sizes),
-                list(strides)
+                list(strides),
+                token_slice.map_or(String::new(), |[axis, parts]| {
+                    super::token_slice::mark(axis, parts) + " "
+                }),
             ),
         ),
         Upstream::Generic(g) => (empty, generic_line(g, i, result, (&n, &t), out)),
@@ -812,6 +830,13 @@ fn read_extract_slice(
     }
     if strides.contains(&0) {
         return Err(refuse("a zero stride"));
+    }
+    if op.has_attribute(super::token_slice::MARK) {
+        let source = (op.operand(0).ok())
+            .and_then(|v| super::read::tensor_type(v.r#type()).ok())
+            .and_then(|(_, shape)| shape.into_iter().collect::<Option<Vec<usize>>>())
+            .ok_or_else(|| refuse("a token slice of a tensor of dynamic shape"))?;
+        return super::token_slice::read(op, &source, &(offsets, sizes, strides));
     }
     Ok(Op::ExtractSlice {
         offsets,

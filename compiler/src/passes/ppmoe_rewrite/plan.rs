@@ -4,7 +4,7 @@
 //! and routing are replicated over the tensor-parallel group (they are after attention's
 //! all-reduce):
 //!
-//!   %xs = "core.token_slice"(%x)   %is = "core.token_slice"(%ids)   %ws = "core.token_slice"(%w)
+//!   %xs = tensor.extract_slice %x[..] {ppmoe.token_slice = ..}   (%is of %ids, %ws of %w alike)
 //!   %d = "moe.dispatch"(%xs, %is) -> shard.all_to_all -> reshape -> "moe.expert_ffn"
 //!      -> reshape -> shard.all_to_all -> "moe.combine"(_, %ws, %is) -> shard.all_gather
 //!
@@ -13,7 +13,7 @@
 //! every rank agrees on which rows each expert takes, and the PPMoE form is exact.
 
 use crate::core::read::{
-    attribute_text, handle, location_names, op_name, users, RANK_PIECE, STRATEGY,
+    attribute_text, handle, instruction_op, location_names, op_name, users, RANK_PIECE, STRATEGY,
 };
 use crate::passes::func_ops::{argument_attributes, block_ops, body, functions};
 use crate::strategy::cost_model::Choice;
@@ -21,6 +21,7 @@ use melior::ir::attribute::{DictionaryAttribute, IntegerAttribute};
 use melior::ir::block::{BlockArgument, BlockLike};
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::Value;
+use ppmoe_runtime::program::Op;
 use std::collections::HashSet;
 
 /// The ops that reshape a tensor in the chain (`core.reshape_to` as IR written at `moe` has it).
@@ -129,24 +130,36 @@ fn next<'c, 'a>(op: OperationRef<'c, 'a>, names: &[&str]) -> Option<OperationRef
     (names.contains(&op_name(&reader).as_str()) && first == Some(handle(result))).then_some(reader)
 }
 
-/// The `core.token_slice` that makes `v` and what it slices, if it is tp index `t`'s slice of
-/// `tp` parts along the tokens (axis 0).
+/// The token slice (`core.token_slice`, or a `tensor.extract_slice` marked
+/// `ppmoe.token_slice`) that makes `v` and what it slices, if it is tp index `t`'s slice of `tp`
+/// parts along the tokens (axis 0).
 fn own_slice<'c, 'a>(
     v: Value<'c, 'a>,
     (t, tp): (usize, usize),
 ) -> Option<(OperationRef<'c, 'a>, Value<'c, 'a>)> {
     let slice = OperationResult::try_from(v).ok()?.owner();
-    let own = op_name(&slice) == "core.token_slice"
-        && integer(&slice, "axis") == Some(0)
-        && integer(&slice, "index") == Some(t)
-        && integer(&slice, "parts") == Some(tp);
-    own.then_some(())?;
+    let own = Op::TokenSlice {
+        axis: 0,
+        index: t,
+        parts: tp,
+    };
+    (is_token_slice(&slice) && instruction_op(&slice).ok()? == own).then_some(())?;
     Some((slice, slice.operand(0).ok()?))
 }
 
 fn integer(op: &OperationRef, name: &str) -> Option<usize> {
     let a = IntegerAttribute::try_from(op.attribute(name).ok()?).ok()?;
     usize::try_from(a.value()).ok()
+}
+
+/// Whether `op` is a token slice: a `core.token_slice`, or the `tensor.extract_slice` one
+/// prints as (`ppmoe.token_slice`).
+fn is_token_slice(op: &OperationRef) -> bool {
+    match op_name(op).as_str() {
+        "core.token_slice" => true,
+        "tensor.extract_slice" => op.has_attribute(crate::core::token_slice::MARK),
+        _ => false,
+    }
 }
 
 /// The values of `f` (by handle) that are the same on every rank of the group: its inputs,
@@ -170,7 +183,8 @@ fn replicated(f: &OperationRef, ops: &[OperationRef]) -> Result<HashSet<usize>, 
     for op in ops {
         let makes_replicated = match op_name(op).as_str() {
             "shard.all_gather" | "shard.all_reduce" => true,
-            "core.token_slice" | "moe.expert_ffn" | "shard.all_to_all" | "shard.recv" => false,
+            _ if is_token_slice(op) => false,
+            "moe.expert_ffn" | "shard.all_to_all" | "shard.recv" => false,
             _ => op.operands().all(|v| rep.contains(&handle(v))),
         };
         if makes_replicated {
@@ -279,16 +293,18 @@ mod tests {
         } else {
             ("tensor<16x64xf32>", "%x = tensor.reshape %arg0(%shape) : (tensor<16x64xf32>, tensor<2xi64>) -> tensor<16x64xf32> loc(\"x\"(\"node_x\"))")
         };
-        let slice = |v: &str, ty: &str, out: &str, name: &str| {
-            format!("%{name} = \"core.token_slice\"({v}) {{axis = 0 : i64, index = {slice_index} : i64, parts = 2 : i64}} : ({ty}) -> {out} loc(\"{name}\"(\"node_y\"))")
+        // The rank's half of 16 rows of `cols` columns of `element`, as ppmoe-shard writes it.
+        let slice = |v: &str, cols: usize, element: &str, name: &str| {
+            let offset = slice_index * 8;
+            format!("%{name} = tensor.extract_slice {v}[{offset}, 0] [8, {cols}] [1, 1] {{ppmoe.token_slice = array<i64: 0, 2>}} : tensor<16x{cols}x{element}> to tensor<8x{cols}x{element}> loc(\"{name}\"(\"node_y\"))")
         };
         let lines = [
             "%shape = arith.constant dense<[16, 64]> : tensor<2xi64>".to_string(),
             x.to_string(),
             "%r:2 = \"moe.route\"(%arg1) {capacity = 0 : i64, n_group = 0 : i64, order = \"softmax_then_topk\", renormalize = true, routed_scaling_factor = 1.0 : f64, scoring = \"softmax\", top_k = 2 : i64, topk_group = 0 : i64} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x2xi64>)".into(),
-            slice("%x", "tensor<16x64xf32>", "tensor<8x64xf32>", "xs"),
-            slice("%r#0", "tensor<16x2xf32>", "tensor<8x2xf32>", "ws"),
-            slice("%r#1", "tensor<16x2xi64>", "tensor<8x2xi64>", "is"),
+            slice("%x", 64, "f32", "xs"),
+            slice("%r#0", 2, "f32", "ws"),
+            slice("%r#1", 2, "i64", "is"),
             "%d = \"moe.dispatch\"(%xs, %is) {capacity = 16 : i64, num_experts = 4 : i64} : (tensor<8x64xf32>, tensor<8x2xi64>) -> tensor<4x16x64xf32> loc(\"y.buckets\"(\"node_y\"))".into(),
             "%a = shard.all_to_all %d on @grid grid_axes = [2] split_axis = 0 concat_axis = 1 : tensor<4x16x64xf32> -> tensor<2x32x64xf32>".into(),
             "%rows_shape = arith.constant dense<64> : tensor<2xi64>".into(),
