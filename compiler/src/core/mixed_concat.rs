@@ -56,7 +56,9 @@ pub fn printable(op: &Op, inputs: &[&Buffer], out: &Buffer) -> Option<usize> {
             && (0..rank).all(|d| d == axis || b.shape[d] == out.shape[d])
             && b.shape[axis].is_some_and(|n| n > 0)
     };
-    let along: Option<usize> = inputs.iter().map(|b| b.shape[axis]).sum();
+    let along = (inputs.iter()).try_fold(0usize, |sum, b| {
+        sum.checked_add(b.shape.get(axis).copied()??)
+    });
     let fits = out.dtype == DType::F32
         && !inputs.is_empty()
         && mixed
@@ -232,8 +234,11 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
     let (_, out) = typed(op.result(0).map(Into::into))?;
     let rank = out.len();
     let mut operands = Vec::new();
-    for k in 0..op.operand_count() - 1 {
+    for k in 0..op.operand_count().saturating_sub(1) {
         let (element, shape) = typed(op.operand(k))?;
+        if shape.len() != rank {
+            return Err(refuse("an input of another rank than the result's"));
+        }
         operands.push((element != DType::F32, shape));
     }
     let read_maps = strings(op, "indexing_maps");
@@ -243,11 +248,12 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
             return false;
         };
         let fits = (operands.iter()).all(|(_, s)| (0..rank).all(|d| d == axis || s[d] == out[d]));
-        let along: usize = extents.iter().sum();
+        let along = (extents.iter()).try_fold(0usize, |sum, &n| sum.checked_add(n));
         let halves: Vec<(usize, bool)> = (extents.iter().copied())
             .zip(operands.iter().map(|&(half, _)| half))
             .collect();
-        fits && out[axis] == Some(along)
+        fits && along.is_some()
+            && out[axis] == along
             && extents.iter().all(|&n| n > 0)
             && read_maps == as_mlir_prints(op, &maps(rank, axis, &extents))
             && body_is(op, &body(axis, &halves))
