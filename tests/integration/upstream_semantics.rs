@@ -675,6 +675,16 @@ fn data_movement_casts_comparisons_and_math_run_in_upstream_mlir_as_ppmoe_comput
             (DType::I64, &[4, 6]),
         );
     }
+    // Token slices (a marked extract_slice): a piece of f32 rows, and one of bf16 tokens read
+    // into f32 (widened, then sliced).
+    let rows = Tensor::f32(vec![6, 5], (0..30).map(|k| k as f32 * 0.25 - 3.0).collect());
+    let half = Tensor::half(vec![6, 5], &rows.to_f32(), DType::BF16);
+    for (axis, index, shape) in [(0, 1, [2, 5]), (1, 0, [6, 1])] {
+        let parts = if axis == 0 { 3 } else { 5 };
+        let slice = Op::TokenSlice { axis, index, parts };
+        check("token_slice", slice.clone(), &[&rows], (DType::F32, &shape));
+        check("token_slice_widened", slice, &[&half], (DType::F32, &shape));
+    }
 }
 
 /// A whole MoE layer in upstream MLIR: JAX's GShard top-2 layer (capacity 2x, dropping what

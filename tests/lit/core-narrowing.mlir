@@ -36,7 +36,7 @@
 
 // RUN: sed -n 's|^// WIDEN-IR: ||p' %s | sed 's|@FIXTURES@|%fixtures|' > %t.widen.mlir
 // RUN: not %ppmoe opt %t.widen.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=ALONE
-// ALONE: error: {{.*}}widen.mlir: {{.*}}ppmoe.widens extends a half-precision operand to f32 for the one linalg.softmax that reads it, as ppmoe prints it
+// ALONE: error: {{.*}}widen.mlir: {{.*}}ppmoe.widens extends a half-precision operand to f32 for the one op that reads it (a linalg.softmax, a linalg.map, a token slice's tensor.extract_slice), as ppmoe prints it
 // WIDEN-IR: module attributes {ppmoe.stage = "core", ppmoe.source = {model = "@FIXTURES@/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
 // WIDEN-IR:   func.func @rank0(%x: tensor<4x8xbf16> {core.input = "x"}) -> (tensor<4x8xf32> {core.output = "y"}) {
 // WIDEN-IR:     %w = arith.extf %x {ppmoe.widens = true} : tensor<4x8xbf16> to tensor<4x8xf32> loc("y"("node_y"))

@@ -32,6 +32,19 @@
 // DUMP: "moe.expert_ffn"(%{{[a-z_0-9]+}}, %arg4, %arg2, %arg3)
 // DUMP-NOT: "moe.experts"
 // DUMP: func.func @rank1(
+// A bf16 LM's tokens are sliced into f32 for the dispatch: widened (arith.extf marked
+// ppmoe.widens), then sliced; the two read back as the one token slice of the bf16 tokens, so
+// the IR reprints as itself.
+// RUN: %ppmoe inspect %fixtures/qwen3moe_lm_bf16_sdpa/model.onnx --emit sharded --tp 2 --moe-strategy alltoall > %t.bf16.mlir
+// RUN: FileCheck %s --check-prefix=HALF < %t.bf16.mlir
+// RUN: %ppmoe opt %t.bf16.mlir --pass-pipeline='builtin.module()' > %t.bf16.again.mlir
+// RUN: diff %t.bf16.mlir %t.bf16.again.mlir
+// HALF-LABEL: func.func @rank1(
+// HALF: %[[WIDE:[0-9]+]] = arith.extf %{{.*}} {ppmoe.widens = true} : tensor<16x64xbf16> to tensor<16x64xf32>
+// HALF-NEXT: %[[MINE:.*]] = tensor.extract_slice %[[WIDE]][8, 0] [8, 64] [1, 1] {ppmoe.token_slice = array<i64: 0, 2>} : tensor<16x64xf32> to tensor<8x64xf32>
+// HALF: "moe.dispatch"(%[[MINE]],
+// HALF-NOT: "core.token_slice"
+
 #loc = loc(unknown)
 module attributes {ppmoe.source = {capacity = "keep", eval_limit = 268435456 : i64, input_shapes = {}, microbatches = 1 : i64, model = "../fixtures/mixtral_block_dynamo/model.onnx"}, ppmoe.stage = "moe"} {
   func.func @rank0(%arg0: tensor<1x16x64xf32> {core.input = "hidden_states"} loc(unknown), %arg1: tensor<64x4xf32> {core.weight = "inner.gate.weight.const1"} loc(unknown), %arg2: tensor<4x256x64xf32> {core.weight = "view_7.w_in"} loc(unknown), %arg3: tensor<4x64x128xf32> {core.weight = "view_7.w_out"} loc(unknown)) -> (tensor<1x16x64xf32> {core.output = "view_7"}) attributes {ppmoe.coords = array<i64: 0, 0, 0>, ppmoe.microbatches = 1 : i64, ppmoe.schedule = "gpipe"} {

@@ -562,16 +562,36 @@ fn widening(op: &ppmoe_runtime::program::Op, b: &Buffer) -> Buffer {
 
 /// An instruction whose (first) operand ppmoe computes in f32 where it is held in half
 /// precision, printed as an `arith.extf` marked `ppmoe.widens` (exact), which `read` folds
-/// back into the instruction, before the op in f32 (a softmax, as `linalg.softmax`): the
-/// operand in f32 and the upstream form over it.
+/// back into the instruction, before the op in f32 (a softmax, as `linalg.softmax`; a token
+/// slice into f32, as the marked `tensor.extract_slice`): the operand in f32 and the upstream
+/// form over it.
 fn widened_operand(p: &Program, ins: &Instruction) -> Option<(Buffer, Upstream)> {
     let x = &p.buffers[(*ins.inputs.first()?)?];
+    if let ppmoe_runtime::program::Op::TokenSlice { .. } = ins.op {
+        return widened_token_slice(p, ins, x);
+    }
     let wide = widening(&ins.op, x);
     if wide.dtype == x.dtype {
         return None;
     }
     let output = p.buffers.get(*ins.outputs.first()?)?;
     let form = wide_form(p, ins, &widening(&ins.op, output))?;
+    Some((wide, form))
+}
+
+/// A token slice of half-precision tokens into f32 (the runtime slices the bits and widens
+/// them where its result is stored): the tokens widened (exactly), then sliced in f32.
+fn widened_token_slice(p: &Program, ins: &Instruction, x: &Buffer) -> Option<(Buffer, Upstream)> {
+    let output = p.buffers.get(*ins.outputs.first()?)?;
+    let half = matches!(x.dtype, DType::BF16 | DType::F16);
+    if !half || output.dtype != DType::F32 {
+        return None;
+    }
+    let wide = Buffer {
+        dtype: DType::F32,
+        ..x.clone()
+    };
+    let form = upstream_form(&ins.op, &[&wide], output)?;
     Some((wide, form))
 }
 

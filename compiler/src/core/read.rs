@@ -35,8 +35,9 @@ const MAX_BRANCH_DEPTH: usize = 16;
 /// division of an f64 sum (`linalg.generic`, `core::reduce`).
 pub(crate) const NARROWING: &[&str] = &["core.cast", "arith.truncf", "linalg.generic"];
 
-/// The op that widens a half-precision operand to f32 for the one op that reads it, a softmax
-/// (`ppmoe.widens`: `print::widened_operand`), read as that operand.
+/// The op that widens a half-precision operand to f32 for the one op that reads it, a softmax,
+/// a function of one operand or a token slice (`ppmoe.widens`: `print::widened_operand`),
+/// read as that operand.
 pub(crate) const WIDENING: &str = "arith.extf";
 
 /// The ops whose operand may be so widened.
@@ -426,15 +427,19 @@ impl FunctionReader {
     /// (the softmax's instruction takes the half-precision buffer).
     fn widen(&mut self, op: &OperationRef) -> Result<(), String> {
         let fits = |(half, from): Typed, (wide, to): Typed, readers: &[OperationRef], _| {
-            let one_reader =
-                matches!(readers, [r] if WIDENED_READERS.contains(&op_name(r).as_str()));
+            let reads_widened = |r: &OperationRef| {
+                let name = op_name(r);
+                WIDENED_READERS.contains(&name.as_str())
+                    || (name == "tensor.extract_slice" && r.has_attribute(super::token_slice::MARK))
+            };
+            let one_reader = matches!(readers, [r] if reads_widened(r));
             let types = matches!(half, DType::BF16 | DType::F16) && wide == DType::F32;
             one_reader && types && from == to
         };
         self.read_as_its_operand(
             op,
             fits,
-            "ppmoe.widens extends a half-precision operand to f32 for the one linalg.softmax that reads it, as ppmoe prints it",
+            "ppmoe.widens extends a half-precision operand to f32 for the one op that reads it (a linalg.softmax, a linalg.map, a token slice's tensor.extract_slice), as ppmoe prints it",
         )
     }
 

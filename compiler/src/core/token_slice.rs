@@ -81,7 +81,8 @@ mod tests {
     }
 
     /// Each piece of each axis prints as the marked extract_slice of its bounds, which MLIR
-    /// verifies, and reads back as itself; a mark its bounds do not fit is refused by name.
+    /// verifies, and reads back as itself, of bf16 tokens into f32 too; a mark its bounds do
+    /// not fit is refused by name.
     #[test]
     fn a_token_slice_prints_as_a_marked_extract_slice_and_reads_back_as_itself() {
         for (axis, out) in [(0, [8, 6]), (1, [16, 3])] {
@@ -100,6 +101,18 @@ mod tests {
                 assert_eq!(read.instructions[0].op, slice(axis, index), "{text}");
             }
         }
+        // Half-precision tokens into f32: widened (`ppmoe.widens`), then sliced; read back as
+        // the one token slice of the bf16 tokens.
+        let inputs = [("x", DType::BF16, &[16, 6][..])];
+        let p = program_of(slice(0, 1), &inputs, (DType::F32, &[8, 6]));
+        let (text, read) = round_trip(&p);
+        let widen =
+            "arith.extf %arg0 {ppmoe.widens = true} : tensor<16x6xbf16> to tensor<16x6xf32>";
+        assert!(text.contains(widen), "{text}");
+        assert_eq!(read.instructions.len(), 1, "{text}");
+        assert_eq!(read.instructions[0].op, slice(0, 1), "{text}");
+        let x = read.instructions[0].inputs[0].unwrap();
+        assert_eq!(read.buffers[x].dtype, DType::BF16, "{text}");
         let inputs = [("x", DType::F32, &[16, 6][..])];
         let p = program_of(slice(0, 1), &inputs, (DType::F32, &[8, 6]));
         let (text, _) = round_trip(&p);

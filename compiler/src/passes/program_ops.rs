@@ -216,13 +216,13 @@ pub fn one_instruction(
 
 /// The op (by its handle) that makes an operand of `op` as its upstream form reads it, where
 /// `op` has one: a `tensor.gather`'s indices' `tensor.expand_shape`
-/// (`core::upstream::Upstream::Gather`), a `linalg.softmax`'s widening `arith.extf`
-/// (`ppmoe.widens`).
+/// (`core::upstream::Upstream::Gather`), a `linalg.softmax`'s or a token slice's widening
+/// `arith.extf` (`ppmoe.widens`).
 fn operand_makers(op: &OperationRef) -> Vec<usize> {
     let address = |o: &OperationRef| o.to_raw().ptr as usize;
     let (k, maker_name) = match op_name(op).as_str() {
         "tensor.gather" => (1, "tensor.expand_shape"),
-        "linalg.softmax" | "linalg.map" => (0, WIDENING),
+        "linalg.softmax" | "linalg.map" | "tensor.extract_slice" => (0, WIDENING),
         _ => return parts_of(op).iter().map(address).collect(),
     };
     let made = op

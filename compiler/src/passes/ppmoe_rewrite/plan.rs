@@ -14,6 +14,7 @@
 
 use crate::core::read::{
     attribute_text, handle, instruction_op, location_names, op_name, users, RANK_PIECE, STRATEGY,
+    WIDENING,
 };
 use crate::passes::func_ops::{argument_attributes, block_ops, body, functions};
 use crate::strategy::cost_model::Choice;
@@ -102,6 +103,9 @@ fn chain<'c, 'a>(
     let (sx, x) = own_slice(dispatch.operand(0).ok()?, (t, tp))?;
     let (si, ids) = own_slice(dispatch.operand(1).ok()?, (t, tp))?;
     let (sw, w) = own_slice(combine.operand(1).ok()?, (t, tp))?;
+    // Half-precision tokens are widened for their slice (`ppmoe.widens`): the layer reads
+    // them as they are held, and the widening goes with the slice where nothing else reads it.
+    let (widened_x, x) = through_widening(x);
     // The combine reads the routing the dispatch sent by.
     let same_ids = handle(combine.operand(2).ok()?) == handle(dispatch.operand(1).ok()?);
     let experts = integer(&dispatch, "num_experts")?;
@@ -112,7 +116,10 @@ fn chain<'c, 'a>(
         w,
         ffn,
         gather,
-        gone: vec![dispatch, a1, r1, ffn, r2, a2, combine, gather, sx, si, sw],
+        gone: [dispatch, a1, r1, ffn, r2, a2, combine, gather, sx, si, sw]
+            .into_iter()
+            .chain(widened_x)
+            .collect(),
         experts,
         origin: origin.to_string(),
         name,
@@ -150,6 +157,17 @@ fn own_slice<'c, 'a>(
 fn integer(op: &OperationRef, name: &str) -> Option<usize> {
     let a = IntegerAttribute::try_from(op.attribute(name).ok()?).ok()?;
     usize::try_from(a.value()).ok()
+}
+
+/// The half-precision value `v` widens, and the widening, where `v` is an `arith.extf` marked
+/// `ppmoe.widens` (a token slice's operand); else `v` itself.
+fn through_widening<'c, 'a>(v: Value<'c, 'a>) -> (Option<OperationRef<'c, 'a>>, Value<'c, 'a>) {
+    let maker = OperationResult::try_from(v).ok().map(|r| r.owner());
+    let widening = maker.filter(|m| op_name(m) == WIDENING && m.has_attribute("ppmoe.widens"));
+    match widening.and_then(|w| Some((w, w.operand(0).ok()?))) {
+        Some((w, half)) => (Some(w), half),
+        None => (None, v),
+    }
 }
 
 /// Whether `op` is a token slice: a `core.token_slice`, or the `tensor.extract_slice` one
