@@ -15,9 +15,9 @@ use melior::ir::attribute::{
     FloatAttribute, IntegerAttribute, StringAttribute,
 };
 use melior::ir::block::{BlockLike, BlockRef};
-use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::r#type::RankedTensorType;
-use melior::ir::{Location, RegionLike, Type, TypeLike, ValueLike};
+use melior::ir::{Location, RegionLike, Type, TypeLike, Value, ValueLike};
 use mlir_sys::MlirStringRef;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program, ReduceFn};
 use ppmoe_runtime::DType;
@@ -1032,6 +1032,28 @@ pub(crate) fn location_names(loc: Location, results: usize) -> (Vec<String>, Str
         }
         _ => (vec![], String::new()),
     }
+}
+
+/// The name an op's result reads back as, where its location gives one: a narrowing cast's
+/// own, else the name of what it narrows; an op's, counting only the results the runtime holds
+/// (not an arg-max's best values, nor a send's result). `None` for a block argument, a result
+/// the runtime does not hold, or an op whose location names nothing (IR written by hand: the
+/// reader then names the buffer by its instruction's position).
+pub(crate) fn result_name(v: Value) -> Option<String> {
+    let result = OperationResult::try_from(v).ok()?;
+    let op = result.owner();
+    let name = op_name(&op);
+    if NARROWING.contains(&name.as_str()) && op.has_attribute("ppmoe.narrows") {
+        let own = location_names(op.location(), 1).0.pop();
+        return own.or_else(|| op.operand(0).ok().and_then(result_name));
+    }
+    let skipped = skipped_results(&op);
+    let held = match name.as_str() {
+        "shard.send" => 0,
+        _ => op.result_count() - skipped,
+    };
+    let k = result.result_number().checked_sub(skipped)?;
+    location_names(op.location(), held).0.into_iter().nth(k)
 }
 
 /// A ranked tensor type as a buffer's element type and shape (`?` unknown).

@@ -88,7 +88,16 @@ pub fn body<'c, 'a>(f: &OperationRef<'c, 'a>) -> Result<BlockRef<'c, 'a>, String
 
 /// The function's argument attributes, one per argument (none where it has none).
 pub fn argument_attributes<'c>(f: &OperationRef<'c, '_>) -> Vec<Attribute<'c>> {
-    f.attribute("arg_attrs")
+    dictionaries(f, "arg_attrs")
+}
+
+/// The function's result attributes, one per result (none where it has none).
+pub fn result_attributes<'c>(f: &OperationRef<'c, '_>) -> Vec<Attribute<'c>> {
+    dictionaries(f, "res_attrs")
+}
+
+fn dictionaries<'c>(f: &OperationRef<'c, '_>, name: &str) -> Vec<Attribute<'c>> {
+    f.attribute(name)
         .ok()
         .and_then(|a| ArrayAttribute::try_from(a).ok())
         .map(|a| (0..a.len()).filter_map(|k| a.element(k).ok()).collect())

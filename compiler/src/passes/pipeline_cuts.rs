@@ -25,7 +25,8 @@
 
 use super::func_ops::{block_ops, body, operands_within, weight_names};
 use crate::core::read::{
-    handle, instruction_op, op_name, skipped_results, tensor_type, with_absent, NARROWING, WIDENING,
+    handle, instruction_op, op_name, result_name, skipped_results, tensor_type, with_absent,
+    NARROWING, WIDENING,
 };
 use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
@@ -72,10 +73,26 @@ fn role(op: &OperationRef) -> Result<Role, String> {
     })
 }
 
+/// A value a step makes that the runtime holds: its handle, where it is (the position among
+/// the block's ops of the op whose result it is, and which result), and the name it reads
+/// back as, where its op's location gives one.
+#[derive(Clone)]
+pub struct Held {
+    pub value: usize,
+    pub op: usize,
+    pub result: usize,
+    pub name: Option<String>,
+}
+
 /// A function's steps, and what the choice of cuts reads of them.
 pub struct Steps {
     /// Per step, its op's position among the block's ops.
     pub heads: Vec<usize>,
+    /// Per op of the block, the step it belongs to: none for a constant, a destination, an
+    /// index value or the return, which go wherever they are read.
+    pub owner: Vec<Option<usize>>,
+    /// Per step, the values it makes that the runtime holds, in order.
+    pub held: Vec<Vec<Held>>,
     /// Per step, its cost.
     cost: Vec<f64>,
     /// Per step, whether it ends an MoE layer.
@@ -107,6 +124,7 @@ impl Steps {
         let not_operands = not_operands(&ops, &roles);
         let mut cost = Vec::with_capacity(n);
         let mut ends_layer = Vec::with_capacity(n);
+        let mut all_held = Vec::with_capacity(n);
         for (step, &k) in heads.iter().enumerate() {
             let held = held(&ops, &roles, k)?;
             for v in &held {
@@ -114,6 +132,7 @@ impl Steps {
             }
             cost.push(step_cost(&ops[k], &held, &is_weight, &not_operands)?);
             ends_layer.push(ends_layer_at(&ops[k], &ops, &roles));
+            all_held.push(held.iter().map(|&v| held_at(v, &ops[k], k)).collect());
         }
         let mut last_read: HashMap<usize, usize> = HashMap::new();
         for (k, op) in ops.iter().enumerate() {
@@ -145,6 +164,8 @@ impl Steps {
             .collect();
         Ok(Steps {
             heads,
+            owner,
+            held: all_held,
             cost,
             ends_layer,
             live,
@@ -261,6 +282,22 @@ fn held<'c, 'a>(
         .skip(skipped_results(op))
         .map(Into::into)
         .collect())
+}
+
+/// Value `v` of step op `step` (at `k` among the block's ops) as held: a result of the step's
+/// op, or of the narrowing cast after it.
+fn held_at(v: Value, step: &OperationRef, k: usize) -> Held {
+    let (op, result) = match OperationResult::try_from(v) {
+        Ok(r) if r.owner().to_raw().ptr != step.to_raw().ptr => (k + 1, r.result_number()),
+        Ok(r) => (k, r.result_number()),
+        Err(_) => (k, 0),
+    };
+    Held {
+        value: handle(v),
+        op,
+        result,
+        name: result_name(v),
+    }
 }
 
 /// The handles of the values no step's instruction reads as an operand: the constants,
@@ -394,7 +431,7 @@ mod tests {
             format!("%{name} = \"moe.experts\"({x}, %r#0, %r#1, {w_in}, {w_out}) {{activation = \"swiglu\", alpha = 1.000000e+00 : f64, beta = 0.000000e+00 : f64, layout = \"linear\", operandSegmentSizes = array<i32: 1, 1, 1, 1, 1, 0, 0>}} : (tensor<16x64xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x256x64xf32>, tensor<4x64x128xf32>) -> tensor<16x64xf32>")
         };
         let add = |a: &str, b: &str, name: &str| {
-            format!("%{name}_d = tensor.empty() : tensor<16x64xf32>\n    %{name} = linalg.map {{ arith.addf }} ins({a}, {b} : tensor<16x64xf32>, tensor<16x64xf32>) outs(%{name}_d : tensor<16x64xf32>)")
+            format!("%{name}_d = tensor.empty() : tensor<16x64xf32>\n    %{name} = linalg.map {{ arith.addf }} ins({a}, {b} : tensor<16x64xf32>, tensor<16x64xf32>) outs(%{name}_d : tensor<16x64xf32>) loc(\"{name}\"(\"node_{name}\"))")
         };
         let lines = [
             "%r:2 = \"moe.route\"(%arg1) {capacity = 0 : i64, n_group = 0 : i64, order = \"softmax_then_topk\", renormalize = true, routed_scaling_factor = 1.0 : f64, scoring = \"softmax\", top_k = 2 : i64, topk_group = 0 : i64} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x2xi64>)".to_string(),
@@ -427,6 +464,27 @@ mod tests {
         let f = functions(&module).unwrap().remove(0);
         let steps = Steps::new(&f).unwrap();
         assert_eq!(steps.heads, vec![0, 1, 3, 4, 6]);
+        let owner = [
+            Some(0),
+            Some(1),
+            None,
+            Some(2),
+            Some(3),
+            None,
+            Some(4),
+            None,
+        ];
+        assert_eq!(steps.owner, owner);
+        // The route's two results, each layer's output (unnamed: the reader numbers them) and
+        // each sum's, named by its location.
+        let held: Vec<Vec<(usize, usize, Option<&str>)>> = (steps.held.iter())
+            .map(|h| (h.iter().map(|h| (h.op, h.result, h.name.as_deref()))).collect())
+            .collect();
+        let sum = |op, name| vec![(op, 0, Some(name))];
+        let route = vec![(0, 0, None), (0, 1, None)];
+        let layer = |op| vec![(op, 0, None)];
+        let expected = vec![route, layer(1), sum(3, "h"), layer(4), sum(6, "z")];
+        assert_eq!(held, expected);
         assert_eq!(steps.ends_layer, vec![false, true, false, true, false]);
         assert_eq!(steps.live, vec![2, 3, 4, 3, 2]);
         assert_eq!(steps.boundaries(), vec![3, 4]);

@@ -13,30 +13,27 @@
 //!
 //! Where to cut is chosen on the first function's ops (`pipeline_cuts`: the boundaries after
 //! MoE layers where the fewest values are live, balancing a cost of FLOPs and weight bytes),
-//! as steps that are the instructions the function reads as (checked); the messages are named
-//! and tagged by the buffers the program holds. Each stage is the
+//! as steps, each an op that computes with the ops read as part of it; the messages are tagged
+//! by the order of the values the steps make and named by their ops' locations. Each stage is
+//! the
 //! function cloned with the other stages' ops erased: receives first, in the order their
 //! values were made (which tags them), sends last; then the ops, weights and inputs it no longer
 //! reads go. The marks only `ppmoe-rewrite` reads (`ppmoe.rank_piece`, `ppmoe.strategy`) go too.
 
 use super::dead_ops::{erase_arguments, erase_dead, erase_op, unused};
 use super::func_ops::{
-    block_ops, drop_results, functions, module_body, operands_within, splice_function, top_level,
-    weight_names,
+    block_ops, body, drop_results, functions, module_body, operands_within, result_attributes,
+    splice_function, top_level, weight_names,
 };
 use super::pipeline_cuts::Steps;
-use super::program_ops::ProgramOps;
 use crate::core::read::{
-    dictionary_entries, handle, op_name, read_programs_marked, tensor_type, ReadProgram,
-    RANK_PIECE, STRATEGY,
+    attribute_text, dictionary_entries, handle, op_name, tensor_type, RANK_PIECE, STRATEGY,
 };
 use crate::distribute::Grid;
 use crate::pipeline::{Compilation, PassError};
 use melior::ir::attribute::{Attribute, DictionaryAttribute, StringAttribute};
 use melior::ir::block::{BlockLike, BlockRef};
-use melior::ir::operation::{
-    OperationLike, OperationMutLike, OperationRef, OperationRefMut, OperationResult,
-};
+use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
 use melior::ir::{Identifier, Location, Operation, RegionLike, Value, ValueLike};
 use melior::Context;
 use std::collections::{BTreeSet, HashMap};
@@ -50,7 +47,6 @@ pub fn split_pipeline(
 ) -> Result<usize, PassError> {
     let grid = c.options.grid.unwrap_or(Grid::ONE);
     let originals = functions(module)?;
-    let read = read_programs_marked(module)?;
     if originals.len() != grid.tp {
         return Err(format!(
             "{} functions, where a sharded module has one per tp index ({})",
@@ -64,8 +60,8 @@ pub fn split_pipeline(
         .choose_cuts(grid.pp)
         .map_err(PassError::Grid)?;
     let mut stages: Vec<Vec<Operation>> = Vec::new();
-    for (f, r) in originals.iter().zip(&read) {
-        let cut = CutFunction::new(f, r, &cuts)?;
+    for f in &originals {
+        let cut = CutFunction::new(f, &cuts)?;
         let one: Result<Vec<Operation>, String> = (0..cut.stages)
             .map(|s| cut.stage_function(context, f, s, grid))
             .collect();
@@ -107,14 +103,15 @@ fn set_grid(context: &Context, module: &OperationRef, grid: Grid) -> Result<(), 
     Ok(())
 }
 
-/// A value an instruction makes: the stage that makes it, where among the program's values it
-/// comes (which orders and tags the messages), the buffer name it reads back as, and where it
-/// is (the op's position in the function's block, and its result).
+/// A value a step makes: the stage that makes it, where among the values the steps make it
+/// comes (which orders and tags the messages), the name it reads back as (a function output's
+/// where the return reads it), and where it is (the op's position in the function's block, and
+/// its result).
 #[derive(Clone)]
 struct Made {
     stage: usize,
     at: usize,
-    name: String,
+    name: Option<String>,
     op: usize,
     result: usize,
 }
@@ -132,52 +129,32 @@ struct CutFunction {
 }
 
 impl CutFunction {
-    fn new(f: &OperationRef, read: &ReadProgram, cuts: &[usize]) -> Result<Self, String> {
-        let program_ops = ProgramOps::new(f, read)?;
-        if Steps::new(f)?.heads != program_ops.instruction_at {
-            return Err("the split's steps are not the instructions the function reads as".into());
-        }
-        let ops = &program_ops.ops;
-        let n = read.program.instructions.len();
-        let bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
-        if cuts.last().is_some_and(|&c| c >= n) {
+    fn new(f: &OperationRef, cuts: &[usize]) -> Result<Self, String> {
+        let steps = Steps::new(f)?;
+        let ops = block_ops(body(f)?);
+        let n = steps.heads.len();
+        if let Some(&c) = cuts.last().filter(|&&c| c >= n) {
             return Err(format!(
-                "a cut after instruction {n}, past the function's last"
+                "a stage starting at step {c}, past the function's {n} steps"
             ));
         }
-        let stage_at = |i: usize| bounds.iter().rposition(|&b| i >= b).unwrap_or(0);
-        let mut stage_of = vec![None; ops.len()];
+        let bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
+        let stage_at = |step: usize| bounds.iter().rposition(|&b| step >= b).unwrap_or(0);
+        let stage_of: Vec<Option<usize>> = steps.owner.iter().map(|o| o.map(stage_at)).collect();
+        let outputs = output_names(f, &ops)?;
         let mut made = HashMap::new();
-        let mut at = 0;
-        for (i, ins) in read.program.instructions.iter().enumerate() {
-            let stage = stage_at(i);
-            let k = program_ops.instruction_at[i];
-            stage_of[k] = Some(stage);
-            // A collective narrowed by the cast after it is read through the cast.
-            let narrowed = program_ops.narrowed_by.get(&i).copied();
-            if let Some(cast) = narrowed {
-                stage_of[cast] = Some(stage);
-            }
-            // A gather's indices are expanded, a softmax's operand widened, a layer norm's rows
-            // summed, where it reads them.
-            for &maker in program_ops.operand_made_by.get(&i).into_iter().flatten() {
-                stage_of[maker] = Some(stage);
-            }
-            for &buffer in &ins.outputs {
-                // The op's result that holds the buffer (a narrowing cast's, or past results
-                // the runtime does not hold: an arg-max's best values).
-                let held = program_ops.value(buffer)?;
-                let result = OperationResult::try_from(held).map_or(0, |r| r.result_number());
-                let value = Made {
-                    stage,
-                    at,
-                    name: read.program.buffers[buffer].name.clone(),
-                    op: narrowed.unwrap_or(k),
-                    result,
-                };
-                made.insert(handle(held), value);
-                at += 1;
-            }
+        let held = steps.held.iter().enumerate();
+        let values = held.flat_map(|(step, vs)| vs.iter().map(move |h| (stage_at(step), h)));
+        for (at, (stage, h)) in values.enumerate() {
+            let name = outputs.get(&h.value).cloned().or_else(|| h.name.clone());
+            let value = Made {
+                stage,
+                at,
+                name,
+                op: h.op,
+                result: h.result,
+            };
+            made.insert(h.value, value);
         }
         let stages = bounds.len();
         let mut crossing = BTreeSet::new();
@@ -187,7 +164,7 @@ impl CutFunction {
                 (None, "func.return") => stages - 1,
                 (None, _) => {
                     if let Some(v) = operands_within(op).find(|v| made.contains_key(v)) {
-                        let name = &made[&v].name;
+                        let name = made[&v].name.as_deref().unwrap_or("a value");
                         return Err(format!("{} reads '{name}', which an instruction makes: the split places only instructions and what feeds them", op_name(op)));
                     }
                     continue;
@@ -243,7 +220,11 @@ impl CutFunction {
                 let attrs = format!("source = [{}] {{ppmoe.tag = {} : i64}}", m.stage, m.at);
                 let origin = format!("stage {s} receives");
                 let origin = Location::name(context, &origin, Location::unknown(context));
-                Ok(((value(m)?, attrs), Location::name(context, &m.name, origin)))
+                let location = match &m.name {
+                    Some(name) => Location::name(context, name, origin),
+                    None => origin,
+                };
+                Ok(((value(m)?, attrs), location))
             })
             .collect::<Result<_, String>>()?;
         let sent: Vec<Message> = sends
@@ -279,6 +260,21 @@ impl CutFunction {
         }
         Ok(stage)
     }
+}
+
+/// The names the function's outputs read back as (`core.output`), by the handle of the value
+/// its return gives for each.
+fn output_names(f: &OperationRef, ops: &[OperationRef]) -> Result<HashMap<usize, String>, String> {
+    let ret = ops.last().filter(|op| op_name(op) == "func.return");
+    let ret = ret.ok_or("a function without its return")?;
+    let attributes = result_attributes(f);
+    Ok((ret.operands().zip(attributes))
+        .filter_map(|(v, a)| {
+            let d = DictionaryAttribute::try_from(a).ok()?;
+            let name = attribute_text(d.element_by_name("core.output")?)?;
+            Some((handle(v), name))
+        })
+        .collect())
 }
 
 /// Erases the arguments stage function `f` no longer reads: the weights it does not read, and

@@ -13,8 +13,8 @@
 //! every rank agrees on which rows each expert takes, and the PPMoE form is exact.
 
 use crate::core::read::{
-    attribute_text, handle, instruction_op, location_names, op_name, users, RANK_PIECE, STRATEGY,
-    WIDENING,
+    attribute_text, handle, instruction_op, location_names, op_name, result_name, users,
+    RANK_PIECE, STRATEGY, WIDENING,
 };
 use crate::passes::func_ops::{argument_attributes, block_ops, body, functions};
 use crate::strategy::cost_model::Choice;
@@ -224,13 +224,8 @@ fn rank_pieces(f: &OperationRef) -> HashSet<usize> {
 
 /// The name `v` reads back as: its op's location's, or its argument's input or weight name.
 fn value_name(f: &OperationRef, v: Value) -> String {
-    if let Ok(result) = OperationResult::try_from(v) {
-        let owner = result.owner();
-        let (names, _) = location_names(owner.location(), owner.result_count());
-        return names
-            .get(result.result_number())
-            .cloned()
-            .unwrap_or_default();
+    if OperationResult::try_from(v).is_ok() {
+        return result_name(v).unwrap_or_default();
     }
     let Ok(arg) = BlockArgument::try_from(v) else {
         return String::new();
