@@ -21,7 +21,7 @@ config.substitutions.append(
         "%ptx-passes",
         "ppmoe-attach-target, convert-scf-to-cf, convert-math-to-llvm, convert-nvvm-to-llvm, "
         "convert-gpu-to-nvvm, convert-arith-to-llvm, convert-cf-to-llvm, "
-        "reconcile-unrealized-casts, gpu-module-to-binary, ppmoe-nvptx",
+        "reconcile-unrealized-casts, gpu-module-to-binary",
     )
 )
 

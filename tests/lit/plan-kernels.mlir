@@ -1,7 +1,7 @@
 // ppmoe-plan-kernels: each rank's instructions as kernel launches, cuBLAS GEMMs and NCCL
 // collectives (a function marked kernels.plan_of its program), the generated kernels in a
-// gpu.module; the ptx stage's passes lower them to PTX (ppmoe-attach-target, upstream's GPU
-// lowering to a gpu.binary of LLVM bitcode, ppmoe-nvptx).
+// gpu.module; the ptx stage's passes lower them to PTX (ppmoe-attach-target, then upstream's GPU
+// lowering down to gpu-module-to-binary's gpu.binary of PTX).
 
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard{tp=2}, ppmoe-rewrite, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels)' | FileCheck %s
 // RUN: %ppmoe opt %s --pass-pipeline='builtin.module(ppmoe-shard, ppmoe-dce, ppmoe-pipeline-split, ppmoe-plan-kernels, %ptx-passes)' | FileCheck %s --check-prefix=PTX

@@ -15,15 +15,15 @@
 // KERNELS: gpu.func @
 // KERNELS: "kernels.moe_experts"
 // KERNELS: // -----// IR Dump After ppmoe-attach-target (ptx) //----- //
-// KERNELS: gpu.module @rank0_kernels [#nvvm.target<O = 3, chip = "sm_90">]
+// KERNELS: gpu.module @rank0_kernels [#nvvm.target<O = 3, chip = "sm_90", features = "+ptx78">]
 // KERNELS: // -----// IR Dump After convert-scf-to-cf (ptx) //----- //
 // KERNELS: // -----// IR Dump After convert-gpu-to-nvvm (ptx) //----- //
 // KERNELS: llvm.func @
 // KERNELS: // -----// IR Dump After gpu-module-to-binary (ptx) //----- //
-// KERNELS: gpu.binary @rank0_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90">, offload = "BC
-// KERNELS: // -----// IR Dump After ppmoe-nvptx (ptx) //----- //
-// KERNELS: gpu.binary @rank0_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90">, assembly = "
+// KERNELS: gpu.binary @rank0_kernels  [#gpu.object<#nvvm.target<O = 3, chip = "sm_90", features = "+ptx78">, properties = {{.*}}, assembly = "
+// KERNELS-SAME: .version 7.8
 // KERNELS-SAME: .target sm_90
+// KERNELS-NOT: IR Dump After
 
 // CHECK: // -----// IR Dump After ppmoe-shard (sharded) //----- //
 // CHECK-NEXT: #loc = loc(unknown)

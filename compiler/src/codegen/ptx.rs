@@ -1,10 +1,9 @@
 //! The `ptx` stage, as passes over the kernels module: `ppmoe-attach-target` marks each
 //! `gpu.module` for the H200 (`sm_90`, or `sm_90a`, the H100/H200's own features, where a
-//! module has warpgroup MMAs: `wgmma` exists only there), MLIR's own passes lower it (gpu ->
-//! NVVM -> LLVM IR, optimised at O3, as `gpu-module-to-binary{format=llvm}` leaves it: bitcode
-//! in a `gpu.binary`), and `ppmoe-nvptx` compiles each binary's bitcode to PTX with LLVM's
-//! NVPTX target through inkwell, the PTX then the binary's object (`assembly`), whence the
-//! bundle takes it.
+//! module has warpgroup MMAs: `wgmma` exists only there), and MLIR's own passes lower it: gpu
+//! -> NVVM -> LLVM IR, optimised at O3 and compiled by LLVM's NVPTX target to PTX, which
+//! `gpu-module-to-binary{format=isa}` leaves as each `gpu.binary`'s object (`assembly`),
+//! whence the bundle takes it.
 
 use crate::passes::func_ops::top_level;
 use crate::pipeline::Compilation;
@@ -20,45 +19,9 @@ use ppmoe_dialect::melior;
 const CHIP: (&str, &str) = ("sm_90", "+ptx78");
 const CHIP_WGMMA: (&str, &str) = ("sm_90a", "+ptx80");
 
-/// LLVM bitcode -> PTX text, with LLVM's NVPTX back end through inkwell.
-fn bitcode_to_ptx(
-    name: &str,
-    bitcode: &[u8],
-    (chip, features): (&str, &str),
-) -> Result<String, String> {
-    use inkwell::targets::{
-        CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
-    };
-    Target::initialize_nvptx(&InitializationConfig::default());
-    let context = inkwell::context::Context::create();
-    let buffer = inkwell::memory_buffer::MemoryBuffer::create_from_memory_range_copy(bitcode, name);
-    let module = context
-        .create_module_from_ir(buffer)
-        .map_err(|e| format!("{name}: the LLVM bitcode does not load: {e}"))?;
-    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
-    let target = Target::from_triple(&triple)
-        .map_err(|e| format!("the NVPTX target is not in this LLVM: {e}"))?;
-    let machine = target
-        .create_target_machine(
-            &triple,
-            chip,
-            features,
-            inkwell::OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::Default,
-        )
-        .ok_or_else(|| format!("no NVPTX target machine for {chip}"))?;
-    module.set_triple(&triple);
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    let ptx = machine
-        .write_to_memory_buffer(&module, FileType::Assembly)
-        .map_err(|e| format!("{name}: PTX generation failed: {e}"))?;
-    Ok(String::from_utf8_lossy(ptx.as_slice()).into_owned())
-}
-
-/// The NVVM target of `chip`, as `nvvm-attach-target{chip=... O=3}` writes it.
-fn target(chip: &str) -> String {
-    format!("#nvvm.target<O = 3, chip = \"{chip}\">")
+/// The NVVM target of `chip` with `features`, optimised at O3.
+fn target((chip, features): (&str, &str)) -> String {
+    format!("#nvvm.target<O = 3, chip = \"{chip}\", features = \"{features}\">")
 }
 
 /// `ppmoe-attach-target`: every `gpu.module` of the module targets the H200: `sm_90a` where a
@@ -72,7 +35,7 @@ pub fn attach_target(
     let modules = top_level(module, "gpu.module")?;
     let wgmma = modules.iter().any(|m| holds_op_named(m, "nvvm.wgmma"));
     let chip = if wgmma { CHIP_WGMMA } else { CHIP };
-    let targets = format!("[{}]", target(chip.0));
+    let targets = format!("[{}]", target(chip));
     let attribute = Attribute::parse(context, &targets).ok_or("the NVVM target does not parse")?;
     for m in &modules {
         // SAFETY: the pass manager hands this pass the module; no other handle writes the op.
@@ -82,41 +45,8 @@ pub fn attach_target(
     Ok(modules.len())
 }
 
-/// `ppmoe-nvptx`: each `gpu.binary`'s LLVM bitcode (the `offload` object that
-/// `gpu-module-to-binary{format=llvm}` leaves) compiled to PTX, which becomes its object
-/// (`assembly`); returns how many binaries.
-pub fn nvptx(
-    context: &Context,
-    module: &OperationRef,
-    _: &mut Compilation,
-) -> Result<usize, crate::pipeline::PassError> {
-    let binaries = top_level(module, "gpu.binary")?;
-    for b in &binaries {
-        let name = symbol(b)?;
-        let object = only_object(b, &name)?;
-        let bitcode = string_field(&object, "offload")
-            .ok_or_else(|| format!("gpu.binary @{name}: its object holds no LLVM bitcode"))?;
-        let chip = if object.contains(&format!("chip = \"{}\"", CHIP_WGMMA.0)) {
-            CHIP_WGMMA
-        } else {
-            CHIP
-        };
-        let ptx = bitcode_to_ptx(&name, &bitcode, chip)?;
-        let objects = format!(
-            "[#gpu.object<{}, assembly = \"{}\">]",
-            target(chip.0),
-            escape(ptx.as_bytes())
-        );
-        let attribute =
-            Attribute::parse(context, &objects).ok_or("the PTX object does not parse")?;
-        // SAFETY: as in `attach_target`.
-        let mut b = unsafe { OperationRefMut::from_raw(b.to_raw()) };
-        b.set_attribute("objects", attribute);
-    }
-    Ok(binaries.len())
-}
-
-/// The PTX of each `gpu.binary` of the module (`ppmoe-nvptx`'s objects): (module name, PTX).
+/// The PTX of each `gpu.binary` of the module (the objects `gpu-module-to-binary{format=isa}`
+/// makes): (module name, PTX).
 pub fn read_ptx(module: &OperationRef) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for b in top_level(module, "gpu.binary")? {
@@ -180,20 +110,6 @@ fn string_field(object: &str, field: &str) -> Option<Vec<u8>> {
     Some(unescape(&object[start..]))
 }
 
-/// `bytes` as the inside of an MLIR string literal: printable ASCII as it is, but for `"` and
-/// `\`, every other byte as `\XX` (as MLIR prints its own).
-fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() + bytes.len() / 8);
-    for &b in bytes {
-        match b {
-            b'"' | b'\\' => out.push_str(&format!("\\{b:02X}")),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\{b:02X}")),
-        }
-    }
-    out
-}
-
 /// Lowers `module_text` (a module with `gpu.container_module` and its `gpu.module`s) to PTX
 /// with the `ptx` stage's passes: one (module name, PTX) pair per gpu.module.
 #[cfg(test)]
@@ -212,7 +128,6 @@ pub(crate) fn to_ptx(module_text: &str) -> Result<Vec<(String, String)>, String>
         .map_err(|e| format!("the PTX pipeline does not parse: {e}"))?;
     let (ran, diagnostics) = ppmoe_dialect::with_diagnostics(&context, || pm.run(&mut module));
     ran.map_err(|e| format!("lowering to PTX failed: {e}: {diagnostics}"))?;
-    nvptx(&context, &module.as_operation(), &mut c).map_err(|e| e.to_string())?;
     read_ptx(&module.as_operation())
 }
 
@@ -264,12 +179,34 @@ pub(crate) fn kernel_ptx(kernel: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A binary whose object is not PTX (a cubin, or bitcode) is refused by its name; a
+    /// module without binaries is refused too.
     #[test]
-    fn bitcode_that_is_not_llvm_is_refused_by_name() {
-        let e = super::bitcode_to_ptx("rank0_kernels", b"not bitcode", super::CHIP).unwrap_err();
+    fn a_binary_without_ptx_is_refused_by_name() {
+        let context = ppmoe_dialect::context();
+        let binary = |object: &str| {
+            format!("module attributes {{gpu.container_module}} {{\n  gpu.binary @rank0_kernels [#gpu.object<#nvvm.target<chip = \"sm_90\">, {object}>]\n}}\n")
+        };
+        let ptx = binary("assembly = \".version 7.8\\0A.target sm_90\"");
+        let module = ppmoe_dialect::parse_verified(&context, &ptx).unwrap();
+        let read = super::read_ptx(&module.as_operation()).unwrap();
+        assert_eq!(
+            read,
+            vec![(
+                "rank0_kernels".to_string(),
+                ".version 7.8\n.target sm_90".to_string()
+            )]
+        );
+        let cubin = binary("bin = \"\\7FELF\"");
+        let module = ppmoe_dialect::parse_verified(&context, &cubin).unwrap();
+        let e = super::read_ptx(&module.as_operation()).unwrap_err();
         assert!(
-            e.contains("rank0_kernels") && e.contains("does not load"),
+            e.contains("gpu.binary @rank0_kernels: its object holds no PTX"),
             "{e}"
         );
+        let empty = "module attributes {gpu.container_module} {\n}\n";
+        let module = ppmoe_dialect::parse_verified(&context, empty).unwrap();
+        let e = super::read_ptx(&module.as_operation()).unwrap_err();
+        assert!(e.contains("no gpu.binary"), "{e}");
     }
 }
