@@ -15,8 +15,7 @@
 //! MoE layers where the fewest values are live, balancing a cost of FLOPs and weight bytes),
 //! as steps, each an op that computes with the ops read as part of it; the messages are tagged
 //! by the order of the values the steps make and named by their ops' locations. Each stage is
-//! the
-//! function cloned with the other stages' ops erased: receives first, in the order their
+//! the function cloned with the other stages' ops erased: receives first, in the order their
 //! values were made (which tags them), sends last; then the ops, weights and inputs it no longer
 //! reads go. The marks only `ppmoe-rewrite` reads (`ppmoe.rank_piece`, `ppmoe.strategy`) go too.
 
@@ -55,13 +54,12 @@ pub fn split_pipeline(
         )
         .into());
     }
-    let first = originals.first().ok_or("the module holds no func.func")?;
-    let cuts = Steps::new(first)?
-        .choose_cuts(grid.pp)
-        .map_err(PassError::Grid)?;
+    let steps: Vec<Steps> = originals.iter().map(Steps::new).collect::<Result<_, _>>()?;
+    let first = steps.first().ok_or("the module holds no func.func")?;
+    let cuts = first.choose_cuts(grid.pp).map_err(PassError::Grid)?;
     let mut stages: Vec<Vec<Operation>> = Vec::new();
-    for f in &originals {
-        let cut = CutFunction::new(f, &cuts)?;
+    for (f, steps) in originals.iter().zip(&steps) {
+        let cut = CutFunction::new(f, steps, &cuts)?;
         let one: Result<Vec<Operation>, String> = (0..cut.stages)
             .map(|s| cut.stage_function(context, f, s, grid))
             .collect();
@@ -129,8 +127,7 @@ struct CutFunction {
 }
 
 impl CutFunction {
-    fn new(f: &OperationRef, cuts: &[usize]) -> Result<Self, String> {
-        let steps = Steps::new(f)?;
+    fn new(f: &OperationRef, steps: &Steps, cuts: &[usize]) -> Result<Self, String> {
         let ops = block_ops(body(f)?);
         let n = steps.heads.len();
         if let Some(&c) = cuts.last().filter(|&&c| c >= n) {
