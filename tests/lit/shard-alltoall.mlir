@@ -32,6 +32,16 @@
 // DUMP: "moe.expert_ffn"(%{{[a-z_0-9]+}}, %arg4, %arg2, %arg3)
 // DUMP-NOT: "moe.experts"
 // DUMP: func.func @rank1(
+// The MoE part is decided on the ops alone: IR without locations (upstream's
+// --strip-debuginfo) leaves the layers' outputs unnamed, and the forms' buffers are named after
+// each layer's place among the function's experts ops, one name per layer.
+// RUN: %ppmoe inspect %fixtures/qwen2moe_lm_sdpa/model.onnx --emit moe > %t.lm.mlir
+// RUN: mlir-opt --allow-unregistered-dialect --strip-debuginfo %t.lm.mlir > %t.stripped.mlir
+// RUN: %ppmoe opt %t.stripped.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2 strategy=alltoall})' | FileCheck %s --check-prefix=UNNAMED
+// UNNAMED-LABEL: func.func @rank0(
+// UNNAMED-SAME: {core.weight = "moe_layer0.bucket_offsets"}
+// UNNAMED-SAME: {core.weight = "moe_layer1.bucket_offsets"}
+// UNNAMED-LABEL: func.func @rank1(
 // A bf16 LM's tokens are sliced into f32 for the dispatch: widened (arith.extf marked
 // ppmoe.widens), then sliced; the two read back as the one token slice of the bf16 tokens, so
 // the IR reprints as itself.

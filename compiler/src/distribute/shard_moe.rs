@@ -1,5 +1,6 @@
-//! The `sharded` stage's MoE part: every `moe.experts` of the one-rank program, written out for
-//! tensor-parallel rank t of tp in the all-to-all form (the DeepSpeed-MoE/GShard baseline).
+//! The `sharded` stage's MoE part: one `moe.experts` (as a program of its own: its operands,
+//! its result, the instruction over them; `passes::shard`), written out for tensor-parallel
+//! rank t of tp in the all-to-all form (the DeepSpeed-MoE/GShard baseline).
 //!
 //!   before: %y = "moe.experts"(%x, %w, %ids, %w_in, %w_out)                  (all E experts)
 //!   after:  %xs = core.token_slice(%x) ... %b = "moe.dispatch"(%xs, %ids_s)      [E, C, H]
@@ -12,11 +13,9 @@
 //! weight file holds only that block. Dense layers are replicated over the group. Collective
 //! groups hold tp indices here; the grid assigns ranks when the programs are laid out.
 
-use crate::error::CompileError;
 use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Op, Program};
 use ppmoe_runtime::{DType, Tensor};
 use std::collections::HashMap;
-use std::path::Path;
 
 /// One rank's program with its weights.
 #[derive(Clone)]
@@ -141,13 +140,13 @@ impl Padding {
 }
 
 /// Each rank's block of every expert weight (and bias), by weight name, cut once for all
-/// ranks: each rank's program takes its own (`shard_moe`).
+/// ranks: each rank's layers take their own (`shard_layer`).
 pub type ExpertBlocks = HashMap<String, Vec<Option<Tensor>>>;
 
 /// Takes the expert weights of every `moe.experts` in `p` out of `weights` and cuts each into
 /// its `tp` rank blocks, one weight at a time: a weight's storage becomes its blocks (see
 /// `Tensor::split_rows`), so the weights are never held twice. A weight that does not divide
-/// stays whole in `weights` (`shard_moe` says why).
+/// stays whole in `weights` (`shard_layer` says why).
 pub fn cut_expert_weights(
     p: &Program,
     weights: &mut Vec<(String, Tensor)>,
@@ -175,52 +174,9 @@ pub fn cut_expert_weights(
     blocks
 }
 
-/// What `shard_moe` tells of each layer it writes out: the program as it grows (its buffers,
-/// the new ones among them), the `moe.experts` instruction's index in `one`, and the
-/// instructions that replace it.
-pub type OnLayer<'a> = dyn FnMut(&RankProgram, usize, &[Instruction]) -> Result<(), String> + 'a;
-
-/// The all-to-all form of every MoE layer, for tensor-parallel rank `t` of `tp`. Expert
-/// weights come from `blocks` where they were cut beforehand, else are cut from `one`.
-/// `on_layer` is told of each layer as it is written out (the pass over the module's ops makes
-/// the same change there); an error from it stops the pass, naming the layer.
-pub fn shard_moe(
-    model: &Path,
-    one: &RankProgram,
-    (tp, t): (usize, usize),
-    blocks: &mut ExpertBlocks,
-    on_layer: &mut OnLayer,
-) -> Result<RankProgram, CompileError> {
-    let mut rp = one.clone();
-    if tp == 1 {
-        return Ok(rp);
-    }
-    let mut out = Vec::with_capacity(rp.program.instructions.len());
-    for (i, ins) in std::mem::take(&mut rp.program.instructions)
-        .into_iter()
-        .enumerate()
-    {
-        let Some(ffn) = expert_ffn_of(&ins.op) else {
-            out.push(ins);
-            continue;
-        };
-        let start = out.len();
-        (shard_layer(&mut rp, &ins, ffn, (tp, t), blocks, &mut out))
-            .and_then(|()| on_layer(&rp, i, &out[start..]))
-            .map_err(|reason| CompileError::Node {
-                path: model.to_owned(),
-                node: ins.origin.clone(),
-                op: "moe.experts".into(),
-                reason,
-            })?;
-    }
-    rp.program.instructions = out;
-    Ok(rp)
-}
-
 /// The expert FFN of a `moe.experts` op (its activation and layout), as the all-to-all
 /// layer's middle step computes it; None for any other op.
-fn expert_ffn_of(op: &Op) -> Option<Op> {
+pub(crate) fn expert_ffn_of(op: &Op) -> Option<Op> {
     match *op {
         Op::MoeExperts {
             activation,
@@ -242,7 +198,7 @@ fn expert_ffn_of(op: &Op) -> Option<Op> {
 /// Rank t's form of one `moe.experts` instruction `ins` (its FFN `ffn`), appended to `out`:
 /// the tokens padded to a multiple of tp where they are not one, the rank's block of every
 /// expert weight, then the all-to-all layer (`AllToAllLayer`).
-fn shard_layer(
+pub(crate) fn shard_layer(
     rp: &mut RankProgram,
     ins: &Instruction,
     ffn: Op,

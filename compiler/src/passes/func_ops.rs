@@ -2,10 +2,12 @@
 //! body, the weight each argument binds (`core.weight`), its signature rewritten after its
 //! arguments change, and new ops spliced in from their text.
 
-use crate::core::read::{handle, op_name};
+use crate::core::read::{attribute_text, handle, op_name, result_name};
 use melior::ir::attribute::{ArrayAttribute, Attribute, DictionaryAttribute, TypeAttribute};
-use melior::ir::block::{BlockLike, BlockRef};
-use melior::ir::operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut};
+use melior::ir::block::{BlockArgument, BlockLike, BlockRef};
+use melior::ir::operation::{
+    OperationLike, OperationMutLike, OperationRef, OperationRefMut, OperationResult,
+};
 use melior::ir::r#type::FunctionType;
 use melior::ir::{RegionLike, RegionRef, Type, Value, ValueLike};
 use melior::Context;
@@ -89,6 +91,23 @@ pub fn body<'c, 'a>(f: &OperationRef<'c, 'a>) -> Result<BlockRef<'c, 'a>, String
 /// The function's argument attributes, one per argument (none where it has none).
 pub fn argument_attributes<'c>(f: &OperationRef<'c, '_>) -> Vec<Attribute<'c>> {
     dictionaries(f, "arg_attrs")
+}
+
+/// The name `v` reads back as: its op's location's, or its argument's input or weight name.
+pub fn value_name(f: &OperationRef, v: Value) -> String {
+    if OperationResult::try_from(v).is_ok() {
+        return result_name(v).unwrap_or_default();
+    }
+    let Ok(arg) = BlockArgument::try_from(v) else {
+        return String::new();
+    };
+    let attributes = argument_attributes(f);
+    let dict = (attributes.get(arg.argument_number()))
+        .and_then(|a| DictionaryAttribute::try_from(*a).ok());
+    (["core.input", "core.weight"].iter())
+        .find_map(|key| dict.and_then(|d| d.element_by_name(key)))
+        .and_then(attribute_text)
+        .unwrap_or_default()
 }
 
 /// The function's result attributes, one per result (none where it has none).

@@ -2,10 +2,11 @@
 //! program the module reads as: dense layers Megatron-split (upstream's `sharding-propagation`
 //! and `shard-partition` where they apply, ppmoe's rules for the rest) and each layer's strategy
 //! chosen (`pipeline::shard_dense`); each rank's function is the module's cloned and edited to
-//! its program, op by op (`shard_dense`). Its MoE part is over the module's ops too: each
-//! `moe.experts` of each function is replaced in place by
-//! its all-to-all form for that rank, made to the ops as `distribute::shard_moe` makes it to
-//! the rank's program (which decides the padding, the capacity and the rank's expert block).
+//! its program, op by op (`shard_dense`). Its MoE part is decided on the module's ops: each
+//! `moe.experts` of each function is replaced in place by its all-to-all form for that rank,
+//! made for the op's operands as their types give them (`distribute::shard_moe` decides the
+//! padding, the capacity and the rank's expert block from the tokens' and the weights' shapes);
+//! the ranks' programs are not read.
 //!
 //!   before:  %y = "moe.experts"(%x, %w, %ids, %w_in, %w_out)         (%w_in: all E experts)
 //!   after:   %xs = "core.token_slice"(%x) ...  %b = "moe.dispatch"(%xs, %is) {ppmoe.strategy = "ppmoe"}
@@ -19,18 +20,22 @@
 
 use super::buffer_values::BufferValues;
 use super::dead_ops::erase_with_unused_producers;
-use super::func_ops::{body, functions};
-use super::program_ops::ProgramOps;
+use super::func_ops::{block_ops, body, functions, value_name};
 use crate::core::print::{print_stage, Marks};
-use crate::core::read::read_programs_marked;
-use crate::distribute::shard_moe::{shard_moe, RankProgram};
+use crate::core::read::{
+    instruction_op, location_names, op_name, result_name, tensor_type, with_absent,
+};
+use crate::distribute::shard_moe::{expert_ffn_of, shard_layer, ExpertBlocks, RankProgram};
 use crate::distribute::Grid;
+use crate::error::CompileError;
 use crate::pipeline::{adopt, shard_dense, Compilation, PassError};
-use melior::ir::block::BlockLike;
-use melior::ir::operation::OperationRef;
-use melior::ir::ValueLike;
+use melior::ir::block::BlockRef;
+use melior::ir::operation::{OperationLike, OperationRef};
+use melior::ir::{Value, ValueLike};
 use melior::Context;
-use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Program};
+use mlir_sys::MlirValue;
+use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Program};
+use ppmoe_runtime::Tensor;
 use std::collections::{HashMap, HashSet};
 
 /// Writes the dense tp programs into the module, then each MoE layer's all-to-all form into
@@ -44,9 +49,8 @@ pub fn shard_layers(
     let mut blocks = shard_dense(c)?;
     super::shard_dense::write_dense(context, module, c)?;
     let grid = c.options.grid.unwrap_or(Grid::ONE);
-    let read = read_programs_marked(module)?;
     let ranks = functions(module)?;
-    if ranks.len() != c.sharded.len() || read.len() != ranks.len() {
+    if ranks.len() != c.sharded.len() {
         return Err(format!(
             "{} functions, where the dense stage made {} programs",
             ranks.len(),
@@ -54,119 +58,166 @@ pub fn shard_layers(
         )
         .into());
     }
+    if grid.tp == 1 {
+        return Ok(0);
+    }
     let strategies: Vec<&str> = c.choices.iter().map(|choice| choice.name()).collect();
     let path = c.options.path.clone();
     let mut written = 0;
-    for (t, (f, r)) in ranks.iter().zip(&read).enumerate() {
-        let dense = &c.sharded[t];
-        let mut ops = RankOps::new(context, *f, r, &dense.program, grid, &strategies)?;
-        let mut on_layer =
-            |rp: &RankProgram, i: usize, form: &[Instruction]| ops.replace(&rp.program, i, form);
-        let rp = shard_moe(&path, dense, (grid.tp, t), &mut blocks, &mut on_layer)?;
-        written += ops.layer;
-        c.sharded[t] = rp;
+    for (t, f) in ranks.iter().enumerate() {
+        let block = body(f)?;
+        let layers = (block_ops(block).into_iter()).filter(|op| op_name(op) == "moe.experts");
+        let mut rank = RankLayers {
+            context,
+            f: *f,
+            block,
+            grid,
+            t,
+            weights: &mut c.sharded[t].weights,
+            blocks: &mut blocks,
+        };
+        for (n, experts) in layers.enumerate() {
+            let origin = location_names(experts.location(), 1).1;
+            let marks = Marks {
+                strategies: strategies
+                    .get(n)
+                    .map(std::slice::from_ref)
+                    .unwrap_or_default(),
+                ..Marks::default()
+            };
+            rank.write(experts, n, &marks)
+                .map_err(|reason| CompileError::Node {
+                    path: path.clone(),
+                    node: origin,
+                    op: "moe.experts".into(),
+                    reason,
+                })?;
+            written += 1;
+        }
     }
+    // The ranks' programs are the module's: the next pass takes them (`adopt`), with the
+    // weights held here (the expert blocks and the constants the forms added among them).
     Ok(written)
 }
 
-/// One rank's function, and where the dense program's instructions and buffers are among its
-/// ops as the layers are written out.
-struct RankOps<'c, 'a, 's> {
+/// One rank's function as its MoE layers are written out, and the weights they take.
+struct RankLayers<'c, 'a, 'w> {
+    context: &'c Context,
+    f: OperationRef<'c, 'a>,
+    block: BlockRef<'c, 'a>,
     grid: Grid,
-    strategies: &'s [&'s str],
-    /// Per instruction of the dense program, its op.
-    at: Vec<mlir_sys::MlirOperation>,
-    /// Per buffer of the program (the dense one's, then those the layers add), its value.
-    values: BufferValues<'c, 'a>,
-    /// The MoE layers written out so far.
-    layer: usize,
+    /// The rank's tp index.
+    t: usize,
+    /// The rank's weights: each expert weight's rank block is taken into them, and the
+    /// constants the form adds.
+    weights: &'w mut Vec<(String, Tensor)>,
+    /// Each expert weight cut into its rank blocks beforehand (`cut_expert_weights`).
+    blocks: &'w mut ExpertBlocks,
 }
 
-impl<'c, 'a, 's> RankOps<'c, 'a, 's> {
-    /// `f` is `dense` printed and read back as `read`: the same instructions in the same
-    /// order, the arguments the program's inputs and then its weights in buffer order.
-    fn new(
-        context: &'c Context,
-        f: OperationRef<'c, 'a>,
-        read: &crate::core::read::ReadProgram,
-        dense: &Program,
-        grid: Grid,
-        strategies: &'s [&'s str],
-    ) -> Result<Self, String> {
-        let block = body(&f)?;
-        let at = ProgramOps::new(&f, read)?;
-        if read.program.instructions.len() != dense.instructions.len() {
-            return Err("the dense program does not read back as itself".into());
-        }
-        let mut values = HashMap::new();
-        let weights = (dense.buffers.iter().enumerate())
-            .filter(|(_, b)| b.kind == BufferKind::Weight)
-            .map(|(id, _)| id);
-        for (k, id) in dense.inputs.iter().copied().chain(weights).enumerate() {
-            let arg = block.argument(k).map_err(|e| e.to_string())?;
-            values.insert(id, arg.to_raw());
-        }
-        for (ours, theirs) in dense.instructions.iter().zip(&read.program.instructions) {
-            for (&b, &r) in ours.outputs.iter().zip(&theirs.outputs) {
-                values.insert(b, at.value(r)?.to_raw());
-            }
-        }
-        let at = (0..dense.instructions.len())
-            .map(|i| at.op(i).map(|op| op.to_raw()))
-            .collect::<Result<_, _>>()?;
-        Ok(RankOps {
-            grid,
-            strategies,
-            at,
-            values: BufferValues {
-                context,
-                f,
-                block,
-                values,
-            },
-            layer: 0,
-        })
-    }
-
-    /// Replaces instruction `i` (a `moe.experts`) by `form`, its all-to-all form in `p`: the
-    /// expert weights' arguments retyped to the rank's block, the form printed with the grid
-    /// the collectives name (the shard verifier checks them against it) and the layer's
-    /// strategy on its dispatch, the experts op erased with what only fed it.
-    fn replace(&mut self, p: &Program, i: usize, form: &[Instruction]) -> Result<(), String> {
-        let experts = *self
-            .at
-            .get(i)
-            .ok_or("the layer's op is not in the function")?;
-        // SAFETY: the op is live: the function's ops are erased only after every layer.
-        let experts = unsafe { OperationRef::from_raw(experts) };
-        let output = (form.last())
-            .and_then(|ins| ins.outputs.first().copied())
-            .ok_or("the layer's form writes nothing")?;
+impl<'c, 'a> RankLayers<'c, 'a, '_> {
+    /// Replaces `experts` (the function's `n`th `moe.experts`) by its all-to-all form for
+    /// this rank, made for the op's operands as they are typed (`distribute::shard_moe`
+    /// decides the padding, the capacity and the rank's expert block); the expert weights'
+    /// arguments retyped to the rank's block, the form printed with the grid the collectives
+    /// name (the shard verifier checks them against it) and the layer's strategy on its
+    /// dispatch, the experts op erased with what only fed it.
+    fn write(
+        &mut self,
+        experts: OperationRef<'c, 'a>,
+        n: usize,
+        marks: &Marks,
+    ) -> Result<(), String> {
+        let ffn = expert_ffn_of(&instruction_op(&experts)?).ok_or("not a moe.experts op")?;
+        let layer = LayerProgram::of(&self.f, &experts, n)?;
+        let mut rp = RankProgram {
+            program: layer.program,
+            weights: std::mem::take(self.weights),
+        };
+        let mut form = Vec::new();
+        let made = shard_layer(
+            &mut rp,
+            &layer.instruction,
+            ffn,
+            (self.grid.tp, self.t),
+            self.blocks,
+            &mut form,
+        );
+        *self.weights = std::mem::take(&mut rp.weights);
+        made?;
+        let p = &rp.program;
+        let output = layer.instruction.outputs[0];
+        let mut values = BufferValues {
+            context: self.context,
+            f: self.f,
+            block: self.block,
+            values: layer.values,
+        };
         // The buffers the form reads and does not make: the expert weights among them.
         let made: HashSet<BufferId> = form.iter().flat_map(|ins| ins.outputs.clone()).collect();
         for &b in form.iter().flat_map(|ins| ins.inputs.iter().flatten()) {
             if !made.contains(&b) {
-                self.values.retype_argument(p, b)?;
+                values.retype_argument(p, b)?;
             }
         }
-        let strategy = self.strategies.get(self.layer).copied();
-        let marks = Marks {
-            strategies: strategy.as_slice(),
-            ..Marks::default()
-        };
         let grid = self.grid.mlir();
         let print =
-            |one: &Program| print_stage(&[one], Some((&grid, self.grid.tp, 1)), 1, &marks, "");
-        let old = self.values.splice(p, (form, output), experts, print)?;
-        // SAFETY: a live value of the function.
-        if !unsafe { mlir_sys::mlirValueIsAOpResult(old) } {
-            return Err("the layer's output is an argument of the function".into());
-        }
-        // SAFETY: `old` is the result of the experts op (or of the cast that narrows it), which
-        // nothing uses now; what only fed it goes with it (the form reads the rest).
-        let owner = unsafe { mlir_sys::mlirOpResultGetOwner(old) };
-        unsafe { erase_with_unused_producers(owner) };
-        self.layer += 1;
+            |one: &Program| print_stage(&[one], Some((&grid, self.grid.tp, 1)), 1, marks, "");
+        let old = values.splice(p, (&form, output), experts, print)?;
+        // SAFETY: `old` is the experts op's result, which nothing uses now; what only fed it
+        // goes with it (the form reads the rest).
+        unsafe { erase_with_unused_producers(mlir_sys::mlirOpResultGetOwner(old)) };
         Ok(())
+    }
+}
+
+/// A `moe.experts` op as a program of its own, the form's starting point: a buffer per
+/// operand (named as it reads back, an expert weight by its weight's name, which its rank
+/// block is taken by) and one for its result, the instruction over them, and each buffer's
+/// value.
+struct LayerProgram {
+    program: Program,
+    instruction: Instruction,
+    values: HashMap<BufferId, MlirValue>,
+}
+
+impl LayerProgram {
+    fn of(f: &OperationRef, experts: &OperationRef, n: usize) -> Result<Self, String> {
+        let result = experts.result(0).map_err(|e| e.to_string())?;
+        let origin = location_names(experts.location(), 1).1;
+        // Unnamed (IR written by hand): the form's buffers still need names of their own.
+        let output_name = result_name(result.into()).unwrap_or_else(|| format!("moe_layer{n}"));
+        let mut program = Program::empty();
+        let mut values = HashMap::new();
+        let mut add = |name: String, v: Value| -> Result<BufferId, String> {
+            let (dtype, shape) = tensor_type(v.r#type())?;
+            program.buffers.push(Buffer {
+                name,
+                dtype,
+                shape,
+                kind: BufferKind::Temp,
+            });
+            let b = program.buffers.len() - 1;
+            values.insert(b, v.to_raw());
+            Ok(b)
+        };
+        let operands: Vec<Value> = experts.operands().collect();
+        let mut inputs = Vec::with_capacity(operands.len());
+        for v in operands {
+            inputs.push(add(value_name(f, v), v)?);
+        }
+        let inputs = with_absent(experts, inputs)?;
+        let output = add(output_name, result.into())?;
+        let instruction = Instruction {
+            op: instruction_op(experts)?,
+            inputs,
+            outputs: vec![output],
+            origin,
+        };
+        Ok(LayerProgram {
+            program,
+            instruction,
+            values,
+        })
     }
 }

@@ -13,13 +13,13 @@
 //! every rank agrees on which rows each expert takes, and the PPMoE form is exact.
 
 use crate::core::read::{
-    attribute_text, handle, instruction_op, location_names, op_name, result_name, users,
-    RANK_PIECE, STRATEGY, WIDENING,
+    attribute_text, handle, instruction_op, location_names, op_name, users, RANK_PIECE, STRATEGY,
+    WIDENING,
 };
-use crate::passes::func_ops::{argument_attributes, block_ops, body, functions};
+use crate::passes::func_ops::{argument_attributes, block_ops, body, functions, value_name};
 use crate::strategy::cost_model::Choice;
 use melior::ir::attribute::{DictionaryAttribute, IntegerAttribute};
-use melior::ir::block::{BlockArgument, BlockLike};
+use melior::ir::block::BlockLike;
 use melior::ir::operation::{OperationLike, OperationRef, OperationResult};
 use melior::ir::Value;
 use ppmoe_runtime::program::Op;
@@ -220,23 +220,6 @@ fn rank_pieces(f: &OperationRef) -> HashSet<usize> {
         })
         .map(|(k, _)| k)
         .collect()
-}
-
-/// The name `v` reads back as: its op's location's, or its argument's input or weight name.
-fn value_name(f: &OperationRef, v: Value) -> String {
-    if OperationResult::try_from(v).is_ok() {
-        return result_name(v).unwrap_or_default();
-    }
-    let Ok(arg) = BlockArgument::try_from(v) else {
-        return String::new();
-    };
-    let attributes = argument_attributes(f);
-    let dict = (attributes.get(arg.argument_number()))
-        .and_then(|a| DictionaryAttribute::try_from(*a).ok());
-    (["core.input", "core.weight"].iter())
-        .find_map(|key| dict.and_then(|d| d.element_by_name(key)))
-        .and_then(attribute_text)
-        .unwrap_or_default()
 }
 
 /// The strategies the module marks on its MoE layers' `moe.dispatch` ops (`ppmoe.strategy`),
