@@ -621,13 +621,11 @@ impl FunctionReader {
         } else {
             op.result_count() - skipped
         };
-        let (names, origin) = location_names(op.location(), results);
+        let origin = location_names(op.location(), results).1;
         let mut outputs = Vec::new();
         for (k, result) in op.results().skip(skipped).take(results).enumerate() {
-            let name = names
-                .get(k)
-                .cloned()
-                .unwrap_or_else(|| format!("v{index}_{k}"));
+            // Unnamed (IR written by hand): named by the instruction's position.
+            let name = result_name(result.into()).unwrap_or_else(|| format!("v{index}_{k}"));
             let id = self.add(name, BufferKind::Temp, result.r#type(), handle(result))?;
             outputs.push(id);
         }
@@ -809,13 +807,13 @@ impl FunctionReader {
         self.narrowed_instruction(op, b)?;
         let result = op.result(0).map_err(|e| e.to_string())?;
         let (dtype, shape) = tensor_type(result.r#type())?;
-        let (names, _) = location_names(op.location(), 1);
+        let name = result_name(result.into());
         let buffer = &mut self.program.buffers[b];
         if shape != buffer.shape {
             return Err("ppmoe.narrows changes the element type only".into());
         }
         buffer.dtype = dtype;
-        if let Some(name) = names.into_iter().next() {
+        if let Some(name) = name {
             buffer.name = name;
         }
         self.values.insert(handle(result), b);
