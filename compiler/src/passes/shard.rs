@@ -95,8 +95,12 @@ pub fn shard_layers(
             written += 1;
         }
     }
-    // The ranks' programs are the module's: the next pass takes them (`adopt`), with the
-    // weights held here (the expert blocks and the constants the forms added among them).
+    // The ranks' programs are the module's now, which the next pass takes (`adopt`) with the
+    // weights held here (the expert blocks and the constants the forms added among them): the
+    // dense split's programs are let go, so that nothing reads them in its place.
+    for rank in &mut c.sharded {
+        rank.program = Program::empty();
+    }
     Ok(written)
 }
 
@@ -128,8 +132,8 @@ impl<'c, 'a> RankLayers<'c, 'a, '_> {
         n: usize,
         marks: &Marks,
     ) -> Result<(), String> {
-        let ffn = expert_ffn_of(&instruction_op(&experts)?).ok_or("not a moe.experts op")?;
         let layer = LayerProgram::of(&self.f, &experts, n)?;
+        let ffn = expert_ffn_of(&layer.instruction.op).ok_or("not a moe.experts op")?;
         let mut rp = RankProgram {
             program: layer.program,
             weights: std::mem::take(self.weights),
