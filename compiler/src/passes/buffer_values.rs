@@ -1,7 +1,8 @@
-//! A function's values by the buffers of the program it is changed beside. A pass that decides
-//! on the program and makes each change to the ops (the raise, the shard's MoE part) finds here
-//! the value of each buffer the new instructions read, and splices the new instructions in as
-//! ppmoe prints them.
+//! A function's values by the buffers of the program it is changed beside. A pass that makes
+//! each change to the ops from new instructions (the raise and the shard's dense part, beside
+//! the program the function reads as; the shard's MoE part, beside one layer's program) finds
+//! here the value of each buffer the new instructions read, and splices the new instructions
+//! in as ppmoe prints them.
 
 use super::func_ops::{add_weight_argument, set_signature, splice_function};
 use super::program_ops::as_function;

@@ -1,6 +1,6 @@
 //! Where a function's program (`core::read`: what it reads back as) is among its ops: each
 //! instruction's op, and the value that holds each buffer. A pass over the ops that decides on
-//! the program (a layer's chain, a pipeline cut) edits the ops found here.
+//! the program (the raise, the shard's dense part) edits the ops found here.
 
 use super::func_ops::{block_ops, body};
 use crate::core::read::{
