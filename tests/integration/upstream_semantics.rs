@@ -665,6 +665,32 @@ fn data_movement_casts_comparisons_and_math_run_in_upstream_mlir_as_ppmoe_comput
         keepdims: true,
     };
     check("i64_sum", sum, &[&ints], (DType::I64, &[4, 1]));
+    // Products wrap at their width (these of i64 near 1e18 do, as do those of large i32s),
+    // extrema start from the type's least or greatest value.
+    let ints32 = Tensor::i64(
+        vec![4, 6],
+        r.take(24, |x| (x * 2.1e9).round())
+            .iter()
+            .map(|&v| (v as i64).clamp(i32::MIN.into(), i32::MAX.into()))
+            .collect(),
+    )
+    .with_dtype(DType::I32);
+    for f in [ReduceFn::Prod, ReduceFn::Max, ReduceFn::Min] {
+        let over = |axes: Vec<usize>, keepdims| Op::ReduceAxes { f, axes, keepdims };
+        let name = format!("{f:?}").to_lowercase();
+        check(
+            &format!("i64_{name}"),
+            over(vec![1], false),
+            &[&ints],
+            (DType::I64, &[4]),
+        );
+        check(
+            &format!("i32_{name}"),
+            over(vec![0], true),
+            &[&ints32],
+            (DType::I32, &[1, 6]),
+        );
+    }
     // Indices clamped into range: i64 maxima and minima, broadcasting a scalar bound.
     let bound = Tensor::i64(vec![], vec![1 << 40]);
     for f in [BinaryFn::Max, BinaryFn::Min] {

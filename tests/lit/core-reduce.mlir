@@ -5,9 +5,9 @@
 // arith.truncf, a mean by a generic that divides by the count in f64 and truncates, each
 // marked ppmoe.narrows and read back as part of the reduction). An RMS norm's mean over the
 // hidden axis and Qwen3's q and k norms' over each head's print so; the IR reads back as
-// itself; at tp 2 each rank reduces its own heads. An i32 or i64 sum is a generic of
-// arith.addi; any other reduction stays `core.reduce_<f>` with its axes an attribute counted
-// from the front.
+// itself; at tp 2 each rank reduces its own heads. An i32 or i64 sum, product, maximum or
+// minimum is a generic of arith.addi, muli, maxsi or minsi; any other reduction stays
+// `core.reduce_<f>` with its axes an attribute counted from the front.
 
 // RUN: %ppmoe inspect %fixtures/qwen3moe_lm_sdpa/model.onnx --emit moe > %t.mlir
 // RUN: FileCheck %s < %t.mlir
@@ -40,7 +40,7 @@
 // by another count are no reduction ppmoe prints: refused by name.
 // RUN: sed '0,/arith.addf %out, \(%[0-9]*\) : f64/s//arith.addf \1, %out : f64/' %t.mlir > %t.order.mlir
 // RUN: not %ppmoe opt %t.order.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=ORDER
-// ORDER: error: {{.*}}order.mlir: {{.*}}its body is not a sum in f64 or of integers, a maxnumf or a minnumf as ppmoe prints it
+// ORDER: error: {{.*}}order.mlir: {{.*}}its body is not a sum in f64, a maxnumf or a minnumf, or an integer addi, muli, maxsi or minsi as ppmoe prints it
 // RUN: sed '0,/arith.constant 0.000000e+00 : f64/s//arith.constant 1.000000e+00 : f64/' %t.mlir > %t.fill.mlir
 // RUN: not %ppmoe opt %t.fill.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=START
 // START: error: {{.*}}fill.mlir: {{.*}}a reduction starts from its destination: expected a linalg.fill of 0 for its Sum
@@ -75,6 +75,26 @@
 // RUN: sed 's/axes = array<i64: 0>, keepdims = false/axes = array<i64: 1>, keepdims = false/' %t.hand.mlir > %t.type.mlir
 // RUN: not %ppmoe opt %t.type.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=TYPE
 // TYPE: error: {{.*}}type.mlir: {{.*}}(core.reduce_sum): a reduction over axes [1] of 64x4 gives 64, where its result type says 4
+
+// An i32 maximum prints as a generic of arith.maxsi from a fill of i32's least value, an i64
+// minimum of arith.minsi from i64's greatest, and each reads back as itself. The start is read
+// exactly: a fill one below i64's greatest (the same number as an f64) is refused.
+// RUN: sed 's/core.reduce_sum/core.reduce_max/' %t.hand.mlir > %t.max.mlir
+// RUN: %ppmoe opt %t.max.mlir --pass-pipeline='builtin.module()' > %t.max.out.mlir
+// RUN: FileCheck %s --check-prefix=MAX < %t.max.out.mlir
+// RUN: %ppmoe opt %t.max.out.mlir --pass-pipeline='builtin.module()' | diff %t.max.out.mlir -
+// MAX: %[[LEAST:.*]] = arith.constant -2147483648 : i32
+// MAX-NEXT: linalg.fill ins(%[[LEAST]] : i32)
+// MAX: arith.maxsi %out, %in : i32
+// RUN: sed 's/core.reduce_sum/core.reduce_min/; s/xi32/xi64/g' %t.hand.mlir > %t.min.mlir
+// RUN: %ppmoe opt %t.min.mlir --pass-pipeline='builtin.module()' > %t.min.out.mlir
+// RUN: FileCheck %s --check-prefix=MIN < %t.min.out.mlir
+// MIN: %[[GREATEST:.*]] = arith.constant 9223372036854775807 : i64
+// MIN-NEXT: linalg.fill ins(%[[GREATEST]] : i64)
+// MIN: arith.minsi %out, %in : i64
+// RUN: sed 's/9223372036854775807 : i64/9223372036854775806 : i64/' %t.min.out.mlir > %t.min.off.mlir
+// RUN: not %ppmoe opt %t.min.off.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=OFF
+// OFF: error: {{.*}}off.mlir: {{.*}}an integer reduction starts from its destination: expected a linalg.fill of 9223372036854775807 for its Min
 
 // HAND-IR: module attributes {ppmoe.stage = "core", ppmoe.source = {model = "@FIXTURES@/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
 // HAND-IR:   func.func @rank0(%x: tensor<64x4xi32> {core.input = "x"}) -> (tensor<4xi32> {core.output = "n"}) {

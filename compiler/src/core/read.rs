@@ -284,6 +284,10 @@ struct Known {
     /// of its identity.
     scalars: HashMap<usize, f64>,
     fills: HashMap<usize, f64>,
+    /// Integer constants and their fills, exactly (an integer reduction's identity is an
+    /// extreme of its type, which f64 does not hold).
+    integer_scalars: HashMap<usize, i64>,
+    integer_fills: HashMap<usize, i64>,
 }
 
 /// How a block ends: the function's `func.return`, or an `scf.if` branch's `scf.yield` (its
@@ -506,6 +510,9 @@ impl FunctionReader {
                 if let Some(value) = value {
                     self.known.scalars.insert(result, value);
                 }
+                if let Some(i) = attribute.and_then(|a| IntegerAttribute::try_from(a).ok()) {
+                    self.known.integer_scalars.insert(result, i.value());
+                }
             }
             "linalg.fill" => {
                 let operand = |k| op.operand(k).map(handle).ok();
@@ -518,6 +525,10 @@ impl FunctionReader {
                     self.known.zero_fills.insert(result);
                 }
                 self.known.fills.insert(result, value);
+                let integer = operand(0).and_then(|v| self.known.integer_scalars.get(&v));
+                if let Some(&i) = integer {
+                    self.known.integer_fills.insert(result, i);
+                }
             }
             _ => {}
         }
@@ -660,6 +671,16 @@ impl FunctionReader {
         };
         let parts = parts_of(op);
         match read {
+            Op::ReduceAxes { f, .. } if integer_input(op) => {
+                let (dtype, _) = tensor_type(op.operand(0).map_err(|e| e.to_string())?.r#type())?;
+                let identity = super::reduce::integer_start(*f, dtype);
+                let v = op.operand(1).map(handle).ok();
+                if v.and_then(|v| self.known.integer_fills.get(&v)) != Some(&identity) {
+                    return Err(format!(
+                        "an integer reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
+                    ));
+                }
+            }
             Op::ReduceAxes { f, .. } => {
                 let identity = super::reduce::starts_from(*f);
                 if fill(1) != Some(identity) {
@@ -841,6 +862,15 @@ impl FunctionReader {
         }
         Ok(())
     }
+}
+
+/// Whether `op`'s first operand is a tensor of integers (i32 or i64).
+fn integer_input(op: &OperationRef) -> bool {
+    let input = op
+        .operand(0)
+        .ok()
+        .and_then(|v| tensor_type(v.r#type()).ok());
+    input.is_some_and(|(d, _)| matches!(d, DType::I32 | DType::I64))
 }
 
 /// The instruction a `core`, `moe` or upstream op reads back as (a `shard` op's depends on

@@ -8,7 +8,10 @@
 //! count in f64 and then truncates, as ppmoe does. A maximum or minimum picks an element, so
 //! it is exact in f32: `arith.maxnumf` / `arith.minnumf` (a NaN gives the other operand, as
 //! ppmoe's f64 max and min do) from -inf / +inf. An i32 or i64 sum (a routing's counts) is an
-//! `arith.addi` of its type from 0: ppmoe's integer sums wrap at their width, as `addi` does.
+//! `arith.addi` of its type from 0, a product an `arith.muli` from 1 (ppmoe's integer sums and
+//! products wrap at their width, as `addi` and `muli` do), a maximum or minimum an
+//! `arith.maxsi` / `arith.minsi` from the type's least or greatest value (over no element,
+//! ppmoe's would be 0 in i32: such a reduction stays a `core` op).
 //!
 //! ```text
 //! %s = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1, d2)>,
@@ -44,7 +47,9 @@ pub(super) const REDUCTION: &str = "#linalg.iterator_type<reduction>";
 pub(super) const PARALLEL: &str = "#linalg.iterator_type<parallel>";
 
 /// The reduction `op` makes of `x` into `out`, where ppmoe prints it as a generic: f32 in and
-/// out, static shapes, a sum, mean, maximum or minimum. Returns its function, axes, keepdims.
+/// out, static shapes, a sum, mean, maximum or minimum; or i32 or i64 in and out, a sum,
+/// product, maximum or minimum (an extremum over at least one element). Returns its function,
+/// axes, keepdims.
 pub fn printable<'o>(
     op: &'o Op,
     x: &Buffer,
@@ -58,7 +63,15 @@ pub fn printable<'o>(
         ReduceFn::Sum | ReduceFn::Mean | ReduceFn::Max | ReduceFn::Min
     ) && x.dtype == DType::F32
         && out.dtype == DType::F32;
-    let integer = *f == ReduceFn::Sum && is_integer(x.dtype) && out.dtype == x.dtype;
+    let over_some = axes
+        .iter()
+        .all(|&a| x.shape.get(a).copied().flatten() != Some(0));
+    let integer = match f {
+        ReduceFn::Sum | ReduceFn::Prod => true,
+        ReduceFn::Max | ReduceFn::Min => over_some,
+        _ => false,
+    } && is_integer(x.dtype)
+        && out.dtype == x.dtype;
     let fits = (float || integer)
         && (x.shape.iter().chain(&out.shape)).all(Option::is_some)
         && !axes.is_empty()
@@ -159,19 +172,35 @@ pub(super) fn iterator_list(iterators: &[&str]) -> String {
     quoted.join(", ")
 }
 
-/// The signless integer types whose sums print as a generic of `arith.addi`.
+/// The signless integer types whose sums, products and extrema print as a generic of `arith`'s
+/// integer ops.
 fn is_integer(dtype: DType) -> bool {
     matches!(dtype, DType::I32 | DType::I64)
 }
 
 /// The accumulator's element type and its identity as MLIR spells it, for a reduction of
 /// elements of `x`.
-fn accumulator(f: ReduceFn, x: DType) -> (&'static str, &'static str) {
+fn accumulator(f: ReduceFn, x: DType) -> (&'static str, String) {
     match f {
-        _ if is_integer(x) => (x.mlir(), "0"),
-        ReduceFn::Max => ("f32", "0xFF800000"),
-        ReduceFn::Min => ("f32", "0x7F800000"),
-        _ => ("f64", "0.000000e+00"),
+        _ if is_integer(x) => (x.mlir(), integer_start(f, x).to_string()),
+        ReduceFn::Max => ("f32", "0xFF800000".into()),
+        ReduceFn::Min => ("f32", "0x7F800000".into()),
+        _ => ("f64", "0.000000e+00".into()),
+    }
+}
+
+/// The identity an integer reduction `f` of elements of type `x` starts from (what its
+/// destination's fill must hold, exactly).
+pub fn integer_start(f: ReduceFn, x: DType) -> i64 {
+    let (least, greatest) = match x {
+        DType::I32 => (i32::MIN.into(), i32::MAX.into()),
+        _ => (i64::MIN, i64::MAX),
+    };
+    match f {
+        ReduceFn::Max => least,
+        ReduceFn::Min => greatest,
+        ReduceFn::Prod => 1,
+        _ => 0,
     }
 }
 
@@ -220,7 +249,10 @@ pub fn lines(
         s += &format!("    %n{i} = tensor.empty() : {out_type} loc(unknown)\n");
     }
     let step = match f {
-        _ if integer => format!("%g{i}_r = arith.addi %g{i}_o, %g{i}_0 : {acc} loc(unknown)"),
+        _ if integer => {
+            let step = integer_step(f).unwrap_or("arith.addi");
+            format!("%g{i}_r = {step} %g{i}_o, %g{i}_0 : {acc} loc(unknown)")
+        }
         ReduceFn::Max => format!("%g{i}_r = arith.maxnumf %g{i}_o, %g{i}_0 : f32 loc(unknown)"),
         ReduceFn::Min => format!("%g{i}_r = arith.minnumf %g{i}_o, %g{i}_0 : f32 loc(unknown)"),
         _ => format!(
@@ -249,6 +281,18 @@ pub fn lines(
         _ => {}
     }
     s
+}
+
+/// The `arith` op of an integer reduction's step, and back.
+const INTEGER_STEPS: [(ReduceFn, &str); 4] = [
+    (ReduceFn::Sum, "arith.addi"),
+    (ReduceFn::Prod, "arith.muli"),
+    (ReduceFn::Max, "arith.maxsi"),
+    (ReduceFn::Min, "arith.minsi"),
+];
+
+fn integer_step(f: ReduceFn) -> Option<&'static str> {
+    INTEGER_STEPS.iter().find(|(g, _)| *g == f).map(|(_, s)| *s)
 }
 
 /// Whether `op` (a `linalg.generic`) has a reduction loop.
@@ -280,13 +324,21 @@ pub fn read_reduction(op: &OperationRef) -> Result<Op, String> {
         ))
     })?;
     let f = body_function(op, x, acc)?;
+    let over_nothing = axes
+        .iter()
+        .any(|&a| shape.get(a).copied().flatten() == Some(0));
+    if is_integer(x) && matches!(f, ReduceFn::Max | ReduceFn::Min) && over_nothing {
+        return Err(refuse(
+            "an integer maximum or minimum over no element (ppmoe's is 0 in i32, not the type's extreme)",
+        ));
+    }
     Ok(Op::ReduceAxes { f, axes, keepdims })
 }
 
 /// The function a reduction's body computes, where it is one ppmoe prints over these types.
 fn body_function(op: &OperationRef, x: DType, acc: DType) -> Result<ReduceFn, String> {
     let refuse = || {
-        "'linalg.generic' reduction: its body is not a sum in f64 or of integers, a maxnumf or a minnumf as ppmoe prints it"
+        "'linalg.generic' reduction: its body is not a sum in f64, a maxnumf or a minnumf, or an integer addi, muli, maxsi or minsi as ppmoe prints it"
             .to_string()
     };
     let block = (op.region(0).ok())
@@ -300,11 +352,14 @@ fn body_function(op: &OperationRef, x: DType, acc: DType) -> Result<ReduceFn, St
         op_name(o) == "linalg.yield" && o.operand_count() == 1 && operand(o, 0) == result(last)
     };
     let f = match (ops.as_slice(), x, acc) {
-        ([add, y], _, _) if is_integer(x) && x == acc && yields(y, add) => {
-            let wired = op_name(add) == "arith.addi"
-                && operand(add, 0) == arg(1)
-                && operand(add, 1) == arg(0);
-            wired.then_some(ReduceFn::Sum)
+        ([step, y], _, _) if is_integer(x) && x == acc && yields(y, step) => {
+            let name = op_name(step);
+            let f = INTEGER_STEPS
+                .iter()
+                .find(|(_, s)| *s == name)
+                .map(|(f, _)| *f);
+            let wired = operand(step, 0) == arg(1) && operand(step, 1) == arg(0);
+            f.filter(|_| wired)
         }
         ([step, y], DType::F32, DType::F32) if yields(y, step) => {
             let f = match op_name(step).as_str() {
