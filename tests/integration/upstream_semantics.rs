@@ -399,10 +399,24 @@ fn layer_norms_and_reductions_run_in_upstream_mlir_as_ppmoe_computes_them() {
     };
     check(
         "layer_norm_half_weights",
-        op,
+        op.clone(),
         &[&x, &scale, &bias],
         (DType::F32, &[3, 5, 64]),
     );
+    // A half-precision model's norm: bf16 or f16 activations (and weights), widened exactly,
+    // the f32 result rounded to their type.
+    for dtype in [DType::BF16, DType::F16] {
+        let xh = Tensor::half(vec![3, 5, 64], &x.to_f32(), dtype);
+        let scale = Tensor::half(vec![64], &r.take(64, |x| x + 1.0), dtype);
+        let bias = Tensor::half(vec![64], &r.take(64, |x| x * 0.1), dtype);
+        let name = format!("layer_norm_{}", dtype.mlir());
+        check(
+            &name,
+            op.clone(),
+            &[&xh, &scale, &bias],
+            (dtype, &[3, 5, 64]),
+        );
+    }
 }
 
 #[test]

@@ -73,3 +73,22 @@
 // RUN: sed '0,/arith.constant 0.000000e+00 : f64/s//arith.constant 1.000000e+00 : f64/' %t.mlir > %t.fill.mlir
 // RUN: not %ppmoe opt %t.fill.mlir --pass-pipeline='builtin.module()' 2>&1 | FileCheck %s --check-prefix=FILL
 // FILL: error: {{.*}}fill.mlir: {{.*}}a layer norm's rows start from their destinations: expected zero linalg.fills
+
+// A bf16 model's layer norm (here written by hand as the core op it was): each generic widens
+// the bf16 activations to f64 as it widens f32 ones, the normalisation truncates its f32 result
+// to bf16 last (to nearest even, as the runtime stores it); the IR reads back as itself.
+// RUN: sed -n 's|^// HALF-IR: ||p' %s | sed 's|@FIXTURES@|%fixtures|' > %t.half.mlir
+// RUN: %ppmoe opt %t.half.mlir --pass-pipeline='builtin.module()' > %t.half.out.mlir
+// RUN: FileCheck %s --check-prefix=HALF < %t.half.out.mlir
+// RUN: %ppmoe opt %t.half.out.mlir --pass-pipeline='builtin.module()' | diff %t.half.out.mlir -
+// HALF-COUNT-3: arith.extf %in : bf16 to f64
+// HALF: %[[Z:.*]] = arith.addf {{.*}} : f32
+// HALF-NEXT: %[[N:.*]] = arith.truncf %[[Z]] : f32 to bf16
+// HALF-NEXT: linalg.yield %[[N]] : bf16
+// HALF-NOT: "core.layer_norm"
+// HALF-IR: module attributes {ppmoe.stage = "core", ppmoe.source = {model = "@FIXTURES@/mixtral_block_dynamo/model.onnx", input_shapes = {}, microbatches = 1 : i64, eval_limit = 268435456 : i64, capacity = "keep"}} {
+// HALF-IR:   func.func @rank0(%x: tensor<2x4xbf16> {core.input = "x"}, %s: tensor<4xbf16> {core.input = "s"}) -> (tensor<2x4xbf16> {core.output = "y"}) {
+// HALF-IR:     %0 = "core.layer_norm"(%x, %s) {axis = -1 : i64, epsilon = 9.99999974E-6 : f32} : (tensor<2x4xbf16>, tensor<4xbf16>) -> tensor<2x4xbf16> loc("y"("node_y"))
+// HALF-IR:     func.return %0 : tensor<2x4xbf16>
+// HALF-IR:   }
+// HALF-IR: }

@@ -1,5 +1,6 @@
-//! An f32 layer norm (`layer_norm`: over the axes from `axis` to the end, times a scale, plus
-//! an optional bias) printed as three `linalg.generic`s and read back as the one instruction.
+//! A layer norm (`layer_norm`: over the axes from `axis` to the end, times a scale, plus an
+//! optional bias) of f32, bf16 or f16 activations printed as three `linalg.generic`s and read
+//! back as the one instruction.
 //! ppmoe computes a row's sum, and its squared deviations' sum, in f64 from +0.0 element by
 //! element, then each element's `(x - mean) / sqrt(var + eps)` in f64, rounded once to f32,
 //! times the scale plus the bias in f32; the generics compute exactly that:
@@ -13,6 +14,11 @@
 //!    in f64, `arith.truncf` to f32, `arith.mulf` by the scale, `arith.addf` of the bias (of a
 //!    zero without one, as ppmoe adds). A bf16 or f16 scale or bias (a `--dtype bf16` build's
 //!    norm weights) is `arith.extf`ed to f32 first, exactly, as the runtime widens it.
+//!
+//! bf16 or f16 activations (a half-precision model's) are `arith.extf`ed to f64 where the f32
+//! ones are (exactly, as the runtime widens them), and the f32 result is `arith.truncf`ed to
+//! their type last, rounded to nearest even as the runtime stores an f32 result in a
+//! half-precision buffer.
 //!
 //! The first two are read as parts of the third (`part`): their results must feed only layer
 //! norms' generics, and the third is read back only where the two are exactly these over its
@@ -42,17 +48,21 @@ pub fn printable(op: &Op, inputs: &[Option<&Buffer>], out: &Buffer) -> Option<(u
     let rank = i64::try_from(x.shape.len()).ok()?;
     let from_front = usize::try_from(if axis < 0 { axis + rank } else { axis }).ok()?;
     let normalised = x.shape.get(from_front..)?;
-    let fits_axes = |b: &Buffer| {
-        matches!(b.dtype, DType::F32 | DType::BF16 | DType::F16) && b.shape == normalised
-    };
-    let fits = x.dtype == DType::F32
-        && out.dtype == DType::F32
+    let fits_axes = |b: &Buffer| is_float(b.dtype) && b.shape == normalised;
+    let fits = is_float(x.dtype)
+        && out.dtype == x.dtype
         && out.shape == x.shape
         && from_front < x.shape.len()
         && x.shape.iter().all(Option::is_some)
         && fits_axes(scale)
         && bias.is_none_or(fits_axes);
     fits.then_some((from_front, epsilon))
+}
+
+/// The float types a layer norm's operands and result may be (a half-precision one widened in
+/// the body, exactly, as the runtime widens it).
+fn is_float(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// An f64 as an MLIR float literal that reads back as it (Rust's shortest round-trip digits,
@@ -95,7 +105,8 @@ pub fn lines(
     let count: usize = x.shape[axis..].iter().map(|d| d.unwrap_or(0)).product();
     let n = literal(count as f64);
     let eps = literal(epsilon as f64);
-    let x_type = tensor(&x.shape, "f32");
+    let xe = element_type(x.dtype);
+    let x_type = tensor(&x.shape, xe);
     let row_shape: Vec<Option<usize>> = (x.shape.iter().enumerate())
         .map(|(d, &s)| if d >= axis { Some(1) } else { s })
         .collect();
@@ -107,12 +118,12 @@ pub fn lines(
         "    %d{i} = tensor.empty() : {row_type} {u}\n    %c{i} = arith.constant 0.000000e+00 : f64 {u}\n    %f{i} = linalg.fill ins(%c{i} : f64) outs(%d{i} : {row_type}) -> {row_type} {u}\n"
     );
     text += &format!(
-        "    {s} = linalg.generic {{indexing_maps = [{id}, {row}], iterator_types = [{}]}} ins({x_name} : {x_type}) outs(%f{i} : {row_type}) {{\n    ^bb0({g}_a: f32 {u}, {g}_o: f64 {u}):\n      {g}_e = arith.extf {g}_a : f32 to f64 {u}\n      {g}_r = arith.addf {g}_o, {g}_e : f64 {u}\n      linalg.yield {g}_r : f64 {u}\n    }} -> {row_type} {u}\n",
+        "    {s} = linalg.generic {{indexing_maps = [{id}, {row}], iterator_types = [{}]}} ins({x_name} : {x_type}) outs(%f{i} : {row_type}) {{\n    ^bb0({g}_a: {xe} {u}, {g}_o: f64 {u}):\n      {g}_e = arith.extf {g}_a : {xe} to f64 {u}\n      {g}_r = arith.addf {g}_o, {g}_e : f64 {u}\n      linalg.yield {g}_r : f64 {u}\n    }} -> {row_type} {u}\n",
         iterator_list(&reducing),
         x_name = names[0],
     );
     text += &format!(
-        "    {q} = linalg.generic {{indexing_maps = [{id}, {row}, {row}], iterator_types = [{}]}} ins({x_name}, {s} : {x_type}, {row_type}) outs(%f{i} : {row_type}) {{\n    ^bb0({g}_b: f32 {u}, {g}_s: f64 {u}, {g}_p: f64 {u}):\n      {g}_f = arith.extf {g}_b : f32 to f64 {u}\n      {g}_n = arith.constant {n} : f64 {u}\n      {g}_m = arith.divf {g}_s, {g}_n : f64 {u}\n      {g}_d = arith.subf {g}_f, {g}_m : f64 {u}\n      {g}_q = arith.mulf {g}_d, {g}_d : f64 {u}\n      {g}_t = arith.addf {g}_p, {g}_q : f64 {u}\n      linalg.yield {g}_t : f64 {u}\n    }} -> {row_type} {u}\n",
+        "    {q} = linalg.generic {{indexing_maps = [{id}, {row}, {row}], iterator_types = [{}]}} ins({x_name}, {s} : {x_type}, {row_type}) outs(%f{i} : {row_type}) {{\n    ^bb0({g}_b: {xe} {u}, {g}_s: f64 {u}, {g}_p: f64 {u}):\n      {g}_f = arith.extf {g}_b : {xe} to f64 {u}\n      {g}_n = arith.constant {n} : f64 {u}\n      {g}_m = arith.divf {g}_s, {g}_n : f64 {u}\n      {g}_d = arith.subf {g}_f, {g}_m : f64 {u}\n      {g}_q = arith.mulf {g}_d, {g}_d : f64 {u}\n      {g}_t = arith.addf {g}_p, {g}_q : f64 {u}\n      linalg.yield {g}_t : f64 {u}\n    }} -> {row_type} {u}\n",
         iterator_list(&reducing),
         x_name = names[0],
     );
@@ -138,8 +149,17 @@ pub fn lines(
     let scale_type = weight_type(buffers[1]);
     let (scale_arg, widen_scale, scale_value) = (&scale.argument, &scale.widen, &scale.value);
     let parallel = iterator_list(&vec![PARALLEL; rank]);
+    // A half-precision result: the f32 value rounded to it (to nearest even), as the runtime
+    // stores an f32 result in a half-precision buffer.
+    let (narrow, yielded) = match x.dtype {
+        DType::F32 => (String::new(), format!("{g}_z")),
+        _ => (
+            format!("{g}_zn = arith.truncf {g}_z : f32 to {xe} {u}\n      "),
+            format!("{g}_zn"),
+        ),
+    };
     text += &format!(
-        "    %e{i} = tensor.empty() : {x_type} {u}\n    {result} = linalg.generic {{indexing_maps = [{id}, {row}, {row}, {scale_map}{bias_map}, {id}], iterator_types = [{parallel}]}} ins({x_name}, {s}, {q}, {scale}{bias_operand} : {x_type}, {row_type}, {row_type}, {scale_type}{bias_type}) outs(%e{i} : {x_type}) {{\n    ^bb0({g}_x: f32 {u}, {g}_sum: f64 {u}, {g}_sq: f64 {u}, {scale_arg}{bias_arg}, {g}_out: f32 {u}):\n      {g}_h = arith.extf {g}_x : f32 to f64 {u}\n      {g}_c = arith.constant {n} : f64 {u}\n      {g}_mean = arith.divf {g}_sum, {g}_c : f64 {u}\n      {g}_dev = arith.subf {g}_h, {g}_mean : f64 {u}\n      {g}_var = arith.divf {g}_sq, {g}_c : f64 {u}\n      {g}_eps = arith.constant {eps} : f64 {u}\n      {g}_ve = arith.addf {g}_var, {g}_eps : f64 {u}\n      {g}_sd = math.sqrt {g}_ve : f64 {u}\n      {g}_one = arith.constant 1.000000e+00 : f64 {u}\n      {g}_inv = arith.divf {g}_one, {g}_sd : f64 {u}\n      {g}_t = arith.mulf {g}_dev, {g}_inv : f64 {u}\n      {g}_n32 = arith.truncf {g}_t : f64 to f32 {u}\n      {widen_scale}{g}_w = arith.mulf {g}_n32, {scale_value} : f32 {u}\n      {add_bias}\n      linalg.yield {g}_z : f32 {u}\n    }} -> {x_type} loc({loc})\n",
+        "    %e{i} = tensor.empty() : {x_type} {u}\n    {result} = linalg.generic {{indexing_maps = [{id}, {row}, {row}, {scale_map}{bias_map}, {id}], iterator_types = [{parallel}]}} ins({x_name}, {s}, {q}, {scale}{bias_operand} : {x_type}, {row_type}, {row_type}, {scale_type}{bias_type}) outs(%e{i} : {x_type}) {{\n    ^bb0({g}_x: {xe} {u}, {g}_sum: f64 {u}, {g}_sq: f64 {u}, {scale_arg}{bias_arg}, {g}_out: {xe} {u}):\n      {g}_h = arith.extf {g}_x : {xe} to f64 {u}\n      {g}_c = arith.constant {n} : f64 {u}\n      {g}_mean = arith.divf {g}_sum, {g}_c : f64 {u}\n      {g}_dev = arith.subf {g}_h, {g}_mean : f64 {u}\n      {g}_var = arith.divf {g}_sq, {g}_c : f64 {u}\n      {g}_eps = arith.constant {eps} : f64 {u}\n      {g}_ve = arith.addf {g}_var, {g}_eps : f64 {u}\n      {g}_sd = math.sqrt {g}_ve : f64 {u}\n      {g}_one = arith.constant 1.000000e+00 : f64 {u}\n      {g}_inv = arith.divf {g}_one, {g}_sd : f64 {u}\n      {g}_t = arith.mulf {g}_dev, {g}_inv : f64 {u}\n      {g}_n32 = arith.truncf {g}_t : f64 to f32 {u}\n      {widen_scale}{g}_w = arith.mulf {g}_n32, {scale_value} : f32 {u}\n      {add_bias}\n      {narrow}linalg.yield {yielded} : {xe} {u}\n    }} -> {x_type} loc({loc})\n",
         x_name = names[0],
         scale = names[1],
     );
@@ -198,8 +218,14 @@ fn squares_body(count: f64) -> Vec<Step> {
 }
 
 /// The normalisation's body over `count` elements a row, with `epsilon`; `widened` says, of
-/// the scale and of the bias (none without one), whether it is half precision and widened.
-fn normalise_body(count: f64, epsilon: f64, widened: (bool, Option<bool>)) -> Vec<Step> {
+/// the scale and of the bias (none without one), whether it is half precision and widened;
+/// `narrowed`, whether the result is half precision (the f32 value truncated to it).
+fn normalise_body(
+    count: f64,
+    epsilon: f64,
+    widened: (bool, Option<bool>),
+    narrowed: bool,
+) -> Vec<Step> {
     use Use::{Arg, Step as S};
     let mut steps = vec![
         Step::new("arith.extf", &[Arg(0)]),
@@ -234,6 +260,9 @@ fn normalise_body(count: f64, epsilon: f64, widened: (bool, Option<bool>)) -> Ve
         }
     };
     steps.push(Step::new("arith.addf", &[scaled, bias]));
+    if narrowed {
+        steps.push(Step::new("arith.truncf", &[S(steps.len() - 1)]));
+    }
     steps.push(Step::new("linalg.yield", &[S(steps.len() - 1)]));
     steps
 }
@@ -250,32 +279,32 @@ fn operand_types(op: &OperationRef) -> Vec<Option<DType>> {
 }
 
 /// Whether `op` (a `linalg.generic`) is of a layer norm's normalisation's shape: every loop
-/// parallel over an f32 input, two f64 rows and the scale (and bias) into f32. (A pass that
-/// retypes the scale asks while the body still reads f32.)
+/// parallel over a float input, two f64 rows and the scale (and bias) into the input's type.
+/// (A pass that retypes the scale asks while the body still reads f32.)
 pub fn is_normalisation(op: &OperationRef) -> bool {
-    use DType::{F32, F64};
+    use DType::F64;
     let types = operand_types(op);
     let parallel = strings(op, "iterator_types").iter().all(|t| t == PARALLEL);
-    let shape = matches!(
-        types[..],
-        [Some(F32), Some(F64), Some(F64), Some(_), Some(F32)]
-            | [Some(F32), Some(F64), Some(F64), Some(_), Some(_), Some(F32)]
-    );
+    let shape = match types[..] {
+        [Some(x), Some(F64), Some(F64), Some(_), Some(out)]
+        | [Some(x), Some(F64), Some(F64), Some(_), Some(_), Some(out)] => is_float(x) && out == x,
+        _ => false,
+    };
     op.result_count() == 1 && parallel && shape
 }
 
-/// Whether `op` (a `linalg.generic`) is of the shape of a layer norm's sum (an f32 input to an
-/// f64 row) or squares (an f32 input and an f64 row to an f64 row) with every reader a layer
-/// norm's squares or normalisation: a part of the layer norm the normalisation reads back as.
+/// Whether `op` (a `linalg.generic`) is of the shape of a layer norm's sum (a float input to
+/// an f64 row) or squares (a float input and an f64 row to an f64 row) with every reader a
+/// layer norm's squares or normalisation: a part of the layer norm the normalisation reads
+/// back as.
 pub fn is_part(op: &OperationRef) -> bool {
-    use DType::{F32, F64};
+    use DType::F64;
     let shaped = |o: &OperationRef| {
-        op_name(o) == "linalg.generic"
-            && o.result_count() == 1
-            && matches!(
-                operand_types(o)[..],
-                [Some(F32), Some(F64)] | [Some(F32), Some(F64), Some(F64)]
-            )
+        let rows = match operand_types(o)[..] {
+            [Some(x), Some(F64)] | [Some(x), Some(F64), Some(F64)] => is_float(x),
+            _ => false,
+        };
+        op_name(o) == "linalg.generic" && o.result_count() == 1 && rows
     };
     let Ok(result) = op.result(0) else {
         return false;
@@ -350,7 +379,8 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
             .is_some_and(|d| d != DType::F32)
     };
     let widened = (half(3), bias.then(|| half(4)));
-    if epsilon as f64 != eps || !body_is(op, &normalise_body(count, eps, widened)) {
+    let body = normalise_body(count, eps, widened, half(0));
+    if epsilon as f64 != eps || !body_is(op, &body) {
         return Err(refuse(
             "its body is not the f64 normalisation ppmoe prints (an f32 epsilon, the deviation over sqrt(var + eps) rounded once, times the scale plus the bias)",
         ));
@@ -442,6 +472,53 @@ mod tests {
                 for &b in ins[0].inputs.iter().skip(1).flatten() {
                     assert_eq!(read.buffers[b].dtype, weights, "{text}");
                 }
+            }
+        }
+    }
+
+    /// A layer norm of bf16 or f16 activations (a half-precision model's): its input widened
+    /// to f64 in each generic's body, its f32 value truncated to the input's type last; read
+    /// back as itself, its result of that type.
+    #[test]
+    fn a_half_precision_layer_norm_widens_its_input_and_narrows_its_result() {
+        for x in [DType::BF16, DType::F16] {
+            for weights in [DType::F32, x] {
+                let op = Op::LayerNorm {
+                    axis: -1,
+                    epsilon: 1e-5,
+                };
+                let mut p = program(op.clone(), (x, &[2, 3, 4]), (x, &[2, 3, 4]));
+                p.buffers.push(Buffer {
+                    name: "scale".into(),
+                    dtype: weights,
+                    shape: vec![Some(4)],
+                    kind: BufferKind::Input,
+                });
+                let id = p.buffers.len() - 1;
+                p.inputs.push(id);
+                p.instructions[0].inputs.push(Some(id));
+                let (text, read) = round_trip(&p);
+                let ty = x.mlir();
+                assert!(!text.contains("core.layer_norm"), "{text}");
+                assert_eq!(text.matches("linalg.generic").count(), 3, "{text}");
+                assert_eq!(text.matches(&format!(": {ty} to f64")).count(), 3, "{text}");
+                assert!(
+                    text.contains(&format!("arith.truncf %g0_z : f32 to {ty}")),
+                    "{text}"
+                );
+                let ins = &read.instructions;
+                assert_eq!(
+                    (ins.len(), &ins[0].op),
+                    (
+                        1,
+                        &Op::LayerNorm {
+                            axis: 2,
+                            epsilon: 1e-5
+                        }
+                    ),
+                    "{text}"
+                );
+                assert_eq!(read.buffers[ins[0].outputs[0]].dtype, x, "{text}");
             }
         }
     }
