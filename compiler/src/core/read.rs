@@ -671,22 +671,23 @@ impl FunctionReader {
         };
         let parts = parts_of(op);
         match read {
-            Op::ReduceAxes { f, .. } if integer_input(op) => {
-                let (dtype, _) = tensor_type(op.operand(0).map_err(|e| e.to_string())?.r#type())?;
-                let identity = super::reduce::integer_start(*f, dtype);
-                let v = op.operand(1).map(handle).ok();
-                if v.and_then(|v| self.known.integer_fills.get(&v)) != Some(&identity) {
-                    return Err(format!(
-                        "an integer reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
-                    ));
-                }
-            }
             Op::ReduceAxes { f, .. } => {
-                let identity = super::reduce::starts_from(*f);
-                if fill(1) != Some(identity) {
-                    return Err(format!(
-                        "a reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
-                    ));
+                let (x, _) = tensor_type(op.operand(0).map_err(|e| e.to_string())?.r#type())?;
+                if super::reduce::is_integer(x) {
+                    let identity = super::reduce::integer_start(*f, x);
+                    let v = op.operand(1).map(handle).ok();
+                    if v.and_then(|v| self.known.integer_fills.get(&v)) != Some(&identity) {
+                        return Err(format!(
+                            "an integer reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
+                        ));
+                    }
+                } else {
+                    let identity = super::reduce::starts_from(*f);
+                    if fill(1) != Some(identity) {
+                        return Err(format!(
+                            "a reduction starts from its destination: expected a linalg.fill of {identity} for its {f:?}"
+                        ));
+                    }
                 }
             }
             Op::LayerNorm { .. } => {
@@ -862,15 +863,6 @@ impl FunctionReader {
         }
         Ok(())
     }
-}
-
-/// Whether `op`'s first operand is a tensor of integers (i32 or i64).
-fn integer_input(op: &OperationRef) -> bool {
-    let input = op
-        .operand(0)
-        .ok()
-        .and_then(|v| tensor_type(v.r#type()).ok());
-    input.is_some_and(|(d, _)| matches!(d, DType::I32 | DType::I64))
 }
 
 /// The instruction a `core`, `moe` or upstream op reads back as (a `shard` op's depends on

@@ -63,12 +63,9 @@ pub fn printable<'o>(
         ReduceFn::Sum | ReduceFn::Mean | ReduceFn::Max | ReduceFn::Min
     ) && x.dtype == DType::F32
         && out.dtype == DType::F32;
-    let over_some = axes
-        .iter()
-        .all(|&a| x.shape.get(a).copied().flatten() != Some(0));
     let integer = match f {
         ReduceFn::Sum | ReduceFn::Prod => true,
-        ReduceFn::Max | ReduceFn::Min => over_some,
+        ReduceFn::Max | ReduceFn::Min => !over_an_empty_axis(&x.shape, axes),
         _ => false,
     } && is_integer(x.dtype)
         && out.dtype == x.dtype;
@@ -174,8 +171,15 @@ pub(super) fn iterator_list(iterators: &[&str]) -> String {
 
 /// The signless integer types whose sums, products and extrema print as a generic of `arith`'s
 /// integer ops.
-fn is_integer(dtype: DType) -> bool {
+pub(super) fn is_integer(dtype: DType) -> bool {
     matches!(dtype, DType::I32 | DType::I64)
+}
+
+/// Whether a reduction of a tensor of `shape` over `axes` reduces an axis of no element (an
+/// integer extremum's result is then ppmoe's 0 in i32, not the type's extreme: no generic).
+fn over_an_empty_axis(shape: &[Option<usize>], axes: &[usize]) -> bool {
+    axes.iter()
+        .any(|&a| shape.get(a).copied().flatten() == Some(0))
 }
 
 /// The accumulator's element type and its identity as MLIR spells it, for a reduction of
@@ -324,10 +328,8 @@ pub fn read_reduction(op: &OperationRef) -> Result<Op, String> {
         ))
     })?;
     let f = body_function(op, x, acc)?;
-    let over_nothing = axes
-        .iter()
-        .any(|&a| shape.get(a).copied().flatten() == Some(0));
-    if is_integer(x) && matches!(f, ReduceFn::Max | ReduceFn::Min) && over_nothing {
+    let extremum = matches!(f, ReduceFn::Max | ReduceFn::Min);
+    if is_integer(x) && extremum && over_an_empty_axis(&shape, &axes) {
         return Err(refuse(
             "an integer maximum or minimum over no element (ppmoe's is 0 in i32, not the type's extreme)",
         ));
