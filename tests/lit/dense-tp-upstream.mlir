@@ -1,9 +1,10 @@
-// Dense TP through upstream: ppmoe-shard hands each region that MLIR's sharding interface covers
-// (Qwen2-MoE's shared expert, a SwiGLU MLP of linalg ops) to upstream's sharding-propagation and
-// shard-partition, its weights annotated with ppmoe's split (gate and up by columns, down by
-// rows); upstream propagates the split, places the all-reduce, and each rank's function reads
-// the partitioned one at its own process index. --print-ir-after-all shows MLIR's own dumps of
-// the two passes over the region.
+// Dense TP through upstream: ppmoe-shard copies each region of the module's ops that MLIR's
+// sharding interface covers (Qwen2-MoE's shared expert, a SwiGLU MLP of linalg ops) into a
+// function of its own, @region, its weights annotated with ppmoe's split (gate and up by columns,
+// down by rows), and hands it to upstream's sharding-propagation and shard-partition; upstream
+// propagates the split and places the all-reduce, and each rank's function takes the partitioned
+// ops in the region's place at its own process index. --print-ir-after-all shows MLIR's own
+// dumps of the two passes over the region.
 
 // RUN: %ppmoe inspect %fixtures/qwen2moe_block_dynamo/model.onnx --emit moe > %t.moe.mlir
 // RUN: %ppmoe opt %t.moe.mlir --pass-pipeline='builtin.module(ppmoe-shard{tp=2})' --print-ir-after-all 2> %t.dumps | FileCheck %s
@@ -19,7 +20,7 @@
 // Partitioned: each process holds half of each weight, the partial sums start at zero on all
 // but process 0, and one all-reduce closes the MLP.
 // DUMP: IR Dump After Partition (shard-partition)
-// DUMP: func.func @rank0(%arg0: tensor<16x64xf32> {core.input = "view"}, %arg1: tensor<64x64xf32>
+// DUMP: func.func @region(%arg0: tensor<16x64xf32>, %arg1: tensor<64x64xf32>
 // DUMP: shard.process_multi_index on @grid axes = [2] : index
 // DUMP: scf.if
 // DUMP: linalg.matmul ins(%{{.*}}, %arg3 : tensor<16x64xf32>, tensor<64x64xf32>)
@@ -27,9 +28,9 @@
 // DUMP-NEXT: return
 // DUMP: IR Dump After ppmoe-shard (sharded)
 
-// Each rank reads the partitioned function at its index: its own pieces of the three weights
-// (marked rank pieces), no scf.if or process index left, the all-reduce after the down
-// projection.
+// Each rank takes the partitioned ops at its index: its own pieces of the three weights (marked
+// rank pieces), no scf.if or process index left (the branch on it taken), the all-reduce after
+// the down projection.
 // CHECK-LABEL: func.func @rank0(
 // CHECK-SAME: tensor<64x64xf32> {core.weight = "inner.shared_expert.gate_proj.weight.const1.tp0_1", ppmoe.rank_piece}
 // CHECK-SAME: tensor<64x64xf32> {core.weight = "inner.shared_expert.down_proj.weight.const3.tp0_0", ppmoe.rank_piece}

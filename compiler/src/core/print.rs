@@ -177,7 +177,7 @@ pub fn print_programs_with(
     }
     for (i, p) in programs.iter().enumerate() {
         let function_marks = (marks.rank_pieces.get(i), marks.strategies);
-        print_function(&mut text, p, (microbatches, function_marks), &stage_of, &[]);
+        print_function(&mut text, p, (microbatches, function_marks), &stage_of);
         if let Some(beside) = marks.beside.get(i) {
             text.push_str(beside);
         }
@@ -186,66 +186,19 @@ pub fn print_programs_with(
     text
 }
 
-/// A program for upstream's `sharding-propagation` and `shard-partition` over `tp`
-/// processes: a module of its function and `shard.grid @grid(shape = 1x1xtp)`, each weight of
-/// `splits` annotated split along its axis over the grid's tp axis (for its users), and the
-/// results replicated.
-pub fn print_for_partition(p: &Program, tp: usize, splits: &[(usize, usize)]) -> String {
-    let mut text = format!("module {{\n  shard.grid @grid(shape = 1x1x{tp}) loc(unknown)\n");
-    print_function(&mut text, p, (1, (None, &[])), &|_| 0, splits);
-    text.push_str("} loc(unknown)\n");
-    text
-}
-
-/// Each weight of `splits` through a `shard.shard ... annotate_for_users` split along its axis
-/// over the grid's tp axis: its users read that value.
-fn print_splits(body: &mut String, p: &Program, splits: &[(usize, usize)], names: &mut [String]) {
-    for &(w, axis) in splits {
-        let axes: Vec<&str> = (0..axis).map(|_| "[]").chain(["[2]"]).collect();
-        let ty = tensor_type(&p.buffers[w]);
-        let _ = writeln!(
-            body,
-            "    %split{w} = shard.sharding @grid split_axes = [{}] : !shard.sharding loc(unknown)\n    %piece{w} = shard.shard {} to %split{w} annotate_for_users : {ty} loc(unknown)",
-            axes.join(", "),
-            names[w]
-        );
-        names[w] = format!("%piece{w}");
-    }
-}
-
-/// Each result through a replicated `shard.shard`: what the function returns is whole.
-fn print_whole_results(body: &mut String, p: &Program, names: &mut [String]) {
-    let _ = writeln!(
-        body,
-        "    %whole = shard.sharding @grid split_axes = [[]] : !shard.sharding loc(unknown)"
-    );
-    for &o in &p.outputs {
-        let ty = tensor_type(&p.buffers[o]);
-        let _ = writeln!(
-            body,
-            "    %result{o} = shard.shard {} to %whole : {ty} loc(unknown)",
-            names[o]
-        );
-        names[o] = format!("%result{o}");
-    }
-}
-
 /// One function's marks: its rank pieces, and the strategies of its MoE layers in order.
 type FunctionMarks<'a> = (Option<&'a HashSet<String>>, &'a [&'a str]);
 
-/// One rank's program as `func.func @rank<N>`: its inputs, then its weights, as arguments;
-/// with `splits`, annotated for upstream's partitioning (`print_for_partition`).
+/// One rank's program as `func.func @rank<N>`: its inputs, then its weights, as arguments.
 fn print_function(
     text: &mut String,
     p: &Program,
     (microbatches, (rank_pieces, strategies)): (usize, FunctionMarks),
     stage_of: &dyn Fn(usize) -> usize,
-    splits: &[(usize, usize)],
 ) {
     let mut names = vec![String::new(); p.buffers.len()];
     let args = function_args(p, rank_pieces, &mut names);
     let mut body = String::new();
-    print_splits(&mut body, p, splits, &mut names);
     let mut layer = 0;
     for (i, ins) in p.instructions.iter().enumerate() {
         let mut mark = None;
@@ -256,9 +209,6 @@ fn print_function(
             layer += 1;
         }
         print_instruction(&mut body, p, (i, ins), &mut names, (stage_of, mark));
-    }
-    if !splits.is_empty() {
-        print_whole_results(&mut body, p, &mut names);
     }
     let outs: Vec<String> = p.outputs.iter().map(|&o| names[o].clone()).collect();
     let out_types: Vec<String> = p

@@ -99,7 +99,7 @@ pub fn read_programs_marked(module: &OperationRef) -> Result<Vec<ReadProgram>, S
         match op_name(&op).as_str() {
             "func.func" if kernels && op.attribute(PLAN_OF).is_ok() => {}
             "gpu.module" if kernels => {}
-            "func.func" => programs.push(read_function(&op, grid, None)?),
+            "func.func" => programs.push(read_function(&op, grid)?),
             // The grid the later stages' collectives name: read above.
             "shard.grid" => {}
             other => {
@@ -144,38 +144,15 @@ pub fn read_grid(module: &OperationRef) -> Result<Grid, String> {
     Ok(Grid::ONE)
 }
 
-/// The module's one function, partitioned by upstream's `shard-partition` (one function for
-/// every process of the grid), read as the program of process `rank`: the process's index
-/// and the grid's sizes known, the branches on them taken.
-pub fn read_partitioned(module: &OperationRef, rank: usize) -> Result<Program, String> {
-    let grid = read_grid(module)?;
-    let mut next = body(module)?.first_operation();
-    while let Some(op) = next {
-        next = op.next_in_block();
-        if op_name(&op) == "func.func" {
-            return Ok(read_function(&op, grid, Some(rank))?.program);
-        }
-    }
-    Err("the module holds no func.func".into())
-}
-
-/// `f` as a program: of the rank its name gives (`@rank<N>`), or of `as_rank` for a
-/// partitioned function.
-fn read_function(
-    f: &OperationRef,
-    grid: Grid,
-    as_rank: Option<usize>,
-) -> Result<ReadProgram, String> {
+/// `f` as a program of the rank its name gives (`@rank<N>`).
+fn read_function(f: &OperationRef, grid: Grid) -> Result<ReadProgram, String> {
     let name = f
         .attribute("sym_name")
         .ok()
         .and_then(attribute_text)
         .unwrap_or_default();
-    let rank = as_rank
-        .or_else(|| {
-            name.strip_prefix("rank")
-                .and_then(|n| n.parse::<usize>().ok())
-        })
+    let rank = (name.strip_prefix("rank"))
+        .and_then(|n| n.parse::<usize>().ok())
         .ok_or_else(|| format!("function @{name}: expected @rank<N>"))?;
     let at = |what: String| format!("@{name}: {what}");
     let mut reader = FunctionReader {

@@ -4,7 +4,6 @@
 pub mod dense_tp;
 pub mod grid;
 pub mod shard_moe;
-pub mod upstream_tp;
 
 pub use grid::Grid;
 

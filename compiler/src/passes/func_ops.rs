@@ -36,15 +36,18 @@ pub fn region_blocks<'c, 'a>(region: RegionRef<'c, 'a>) -> Vec<BlockRef<'c, 'a>>
 
 /// The handles of every operand of `op` and of the ops in its regions.
 pub fn operands_within<'a>(op: &'a OperationRef) -> Box<dyn Iterator<Item = usize> + 'a> {
-    let nested = op.regions().flat_map(region_blocks);
-    let inner: Vec<usize> = nested
-        .flat_map(|b| {
-            block_ops(b)
-                .into_iter()
-                .flat_map(|o| operands_within(&o).collect::<Vec<_>>())
-        })
-        .collect();
-    Box::new(op.operands().map(handle).chain(inner))
+    Box::new(operand_values_within(op).into_iter().map(handle))
+}
+
+/// Every operand of `op` and of the ops in its regions.
+pub fn operand_values_within<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<Value<'c, 'a>> {
+    let mut values: Vec<Value> = op.operands().collect();
+    for block in op.regions().flat_map(region_blocks) {
+        for inner in block_ops(block) {
+            values.extend(operand_values_within(&inner));
+        }
+    }
+    values
 }
 
 /// The module operation's one block.

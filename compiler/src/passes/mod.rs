@@ -17,4 +17,6 @@ pub mod retype;
 pub mod shard;
 pub mod shard_dense;
 pub mod sink_constants;
+pub mod upstream_partition;
+pub mod upstream_regions;
 pub mod weight_dtype;

@@ -1,8 +1,10 @@
-//! `ppmoe-shard`: one function per tensor-parallel index. Its dense part is decided on the
-//! program the module reads as: dense layers Megatron-split (upstream's `sharding-propagation`
-//! and `shard-partition` where they apply, ppmoe's rules for the rest) and each layer's strategy
-//! chosen (`pipeline::shard_dense`); each rank's function is the module's cloned and edited to
-//! its program, op by op (`shard_dense`). Its MoE part is decided on the module's ops: each
+//! `ppmoe-shard`: one function per tensor-parallel index, each the module's cloned, and each
+//! MoE layer's strategy chosen. Its dense part: the regions that MLIR's sharding interface
+//! covers are partitioned by upstream's `sharding-propagation` and `shard-partition` over the
+//! module's own ops (`upstream_regions`, `upstream_partition`); the rest of the dense layers is
+//! Megatron-split by ppmoe's rules on the program each rank's function then reads as
+//! (`pipeline::shard_dense`) and written to its ops (`shard_dense`). Its MoE part is decided on
+//! the module's ops: each
 //! `moe.experts` of each function is replaced in place by its all-to-all form for that rank,
 //! made for the op's operands as their types give them (`distribute::shard_moe` decides the
 //! padding, the capacity and the rank's expert block from the tokens' and the weights' shapes);
@@ -21,14 +23,17 @@
 use super::buffer_values::BufferValues;
 use super::dead_ops::erase_with_unused_producers;
 use super::func_ops::{block_ops, body, functions, value_name};
+use super::shard_dense::{one_function_per_rank, write_dense};
+use super::upstream_partition::partition_regions;
 use crate::core::print::{print_stage, Marks};
 use crate::core::read::{
-    instruction_op, location_names, op_name, result_name, tensor_type, with_absent,
+    instruction_op, location_names, op_name, read_programs_marked, result_name, tensor_type,
+    with_absent,
 };
 use crate::distribute::shard_moe::{expert_ffn_of, shard_layer, ExpertBlocks, RankProgram};
 use crate::distribute::Grid;
 use crate::error::CompileError;
-use crate::pipeline::{adopt, shard_dense, Compilation, PassError};
+use crate::pipeline::{adopt, shard_dense, take_weights, Compilation, PassError};
 use melior::ir::block::BlockRef;
 use melior::ir::operation::{OperationLike, OperationRef};
 use melior::ir::{Value, ValueLike};
@@ -38,17 +43,35 @@ use ppmoe_runtime::program::{Buffer, BufferId, BufferKind, Instruction, Program}
 use ppmoe_runtime::Tensor;
 use std::collections::{HashMap, HashSet};
 
-/// Writes the dense tp programs into the module, then each MoE layer's all-to-all form into
-/// each function's ops; returns how many layers it wrote out over all functions.
+/// Makes one function per tp index; partitions the regions upstream takes in each (on the
+/// ops), splits the rest of the dense layers on each rank's program and writes it to the ops;
+/// then writes each MoE layer's all-to-all form into each function's ops. Returns how many
+/// layers it wrote out over all functions.
 pub fn shard_layers(
     context: &Context,
     module: &OperationRef,
     c: &mut Compilation,
 ) -> Result<usize, PassError> {
     adopt(c, module)?;
-    let mut blocks = shard_dense(c)?;
-    super::shard_dense::write_dense(context, module, c)?;
+    let (mut blocks, weights) = take_weights(c)?;
     let grid = c.options.grid.unwrap_or(Grid::ONE);
+    let ranks = one_function_per_rank(context, module, grid)?;
+    let mut rank_weights = vec![weights; grid.tp];
+    let dump = c.options.print_ir_after_all;
+    partition_regions(context, &ranks, &mut rank_weights, dump)?;
+    let read = read_programs_marked(module)?;
+    let split: Vec<(RankProgram, HashSet<BufferId>)> = (read.iter().zip(rank_weights))
+        .map(|(r, weights)| {
+            let pieces = (r.program.buffers.iter().enumerate())
+                .filter(|(_, b)| r.rank_pieces.contains(&b.name))
+                .map(|(id, _)| id)
+                .collect();
+            let program = r.program.clone();
+            (RankProgram { program, weights }, pieces)
+        })
+        .collect();
+    shard_dense(c, split);
+    write_dense(context, module, c, &read)?;
     let ranks = functions(module)?;
     if ranks.len() != c.sharded.len() {
         return Err(format!(

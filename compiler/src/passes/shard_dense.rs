@@ -1,7 +1,8 @@
-//! `ppmoe-shard`'s dense part written to the module's ops. The split is decided on the program
-//! the module reads as (`pipeline::shard_dense`: upstream's `sharding-propagation` and
-//! `shard-partition` for the regions they take, ppmoe's rules for the rest); each rank's
-//! function is then the `moe` function cloned and edited to that rank's program, op by op:
+//! `ppmoe-shard`'s dense split by ppmoe's rules, written to the module's ops. The `moe`
+//! function is cloned once per rank (`one_function_per_rank`), upstream partitions the regions
+//! it takes in each (`upstream_partition`), and the rest of the split is decided on the program
+//! each function then reads as (`pipeline::shard_dense`); each function is edited to its rank's
+//! program, op by op:
 //!
 //!   before:  func.func @rank0(.., %wq: tensor<64x64xf32> ..) { %q = linalg.matmul ins(%x, %wq) .. }
 //!   after:   func.func @rank0(.., %wq: .., %wq0: tensor<64x32xf32> {ppmoe.rank_piece}) {
@@ -20,7 +21,7 @@ use super::dead_ops::{erase_op, unused};
 use super::func_ops::{add_weight_argument, block_ops, body, functions, module_body, top_level};
 use super::program_ops::ProgramOps;
 use crate::core::print::{print_stage, tensor_type, Marks};
-use crate::core::read::{op_name, read_programs_marked, ReadProgram};
+use crate::core::read::{op_name, ReadProgram};
 use crate::distribute::Grid;
 use crate::pipeline::Compilation;
 use melior::ir::attribute::{Attribute, StringAttribute};
@@ -31,24 +32,40 @@ use melior::Context;
 use ppmoe_runtime::program::{BufferId, BufferKind, Instruction, Program};
 use std::collections::{HashMap, HashSet};
 
-/// Makes the `moe` module's one function into one function per tp index, each edited to its
-/// rank's program of `c.sharded`, and declares the grid.
-pub fn write_dense(
-    context: &Context,
-    module: &OperationRef,
-    c: &Compilation,
-) -> Result<(), String> {
-    let grid = c.options.grid.unwrap_or(Grid::ONE);
+/// Makes the `moe` module's one function into one function per tp index (`@rank<t>`, at grid
+/// coordinates (0, 0, t)), each the function as it was, and declares the grid first in the
+/// module; returns the functions in rank order.
+pub fn one_function_per_rank<'c, 'a>(
+    context: &'c Context,
+    module: &OperationRef<'c, 'a>,
+    grid: Grid,
+) -> Result<Vec<OperationRef<'c, 'a>>, String> {
     let [one]: [OperationRef; 1] = functions(module)?
         .try_into()
         .map_err(|f: Vec<_>| format!("the moe stage holds one function, not {}", f.len()))?;
     let module_body = module_body(module)?;
-    for _ in 1..c.sharded.len() {
+    for _ in 1..grid.tp {
         // SAFETY: cloning copies the function; the module's body takes the copy over.
         let copy = unsafe { Operation::from_raw(mlir_sys::mlirOperationClone(one.to_raw())) };
         module_body.append_operation(copy);
     }
-    let read = read_programs_marked(module)?;
+    declare_grid(context, module, &grid.mlir())?;
+    let ranks = functions(module)?;
+    for (t, f) in ranks.iter().enumerate() {
+        name_rank(context, *f, t)?;
+    }
+    Ok(ranks)
+}
+
+/// Edits each rank's function, which reads as `read` (the rank's program before the dense
+/// split), to the rank's program of `c.sharded`.
+pub fn write_dense(
+    context: &Context,
+    module: &OperationRef,
+    c: &Compilation,
+    read: &[ReadProgram],
+) -> Result<(), String> {
+    let grid = c.options.grid.unwrap_or(Grid::ONE);
     let ranks = functions(module)?;
     if read.len() != c.sharded.len() || ranks.len() != c.sharded.len() {
         return Err(format!(
@@ -58,7 +75,7 @@ pub fn write_dense(
         ));
     }
     let grid_text = grid.mlir();
-    for (t, (f, r)) in ranks.iter().zip(&read).enumerate() {
+    for (t, (f, r)) in ranks.iter().zip(read).enumerate() {
         let pieces = c.rank_pieces.get(t).ok_or("a rank without its pieces")?;
         let rank = Rank {
             context,
@@ -67,9 +84,8 @@ pub fn write_dense(
             grid: (&grid_text, grid.tp),
         };
         rank.write(*f, r)?;
-        name_rank(context, *f, t)?;
     }
-    declare_grid(context, module, &grid_text)
+    Ok(())
 }
 
 /// One rank's program and how its new instructions print.
@@ -269,8 +285,18 @@ fn declare_grid(context: &Context, module: &OperationRef, grid: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::Kept;
-    use crate::distribute::upstream_tp::tests::buffer;
-    use ppmoe_runtime::program::{BufferKind, Instruction, Op, Program};
+    use ppmoe_runtime::program::{Buffer, BufferKind, Instruction, Op, Program};
+    use ppmoe_runtime::DType;
+
+    /// An f32 buffer of a known shape.
+    fn buffer(name: &str, shape: &[usize], kind: BufferKind) -> Buffer {
+        Buffer {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.iter().map(|&d| Some(d)).collect(),
+            kind,
+        }
+    }
 
     fn matmul(x: usize, w: usize, y: usize) -> Instruction {
         Instruction {

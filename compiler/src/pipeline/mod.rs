@@ -15,7 +15,7 @@ pub use adopt::{adopt, check_readable, READABLE};
 pub use pass_manager::{run_passes, Scheduled};
 pub(crate) use pass_pipeline::check_run;
 pub use pass_pipeline::{opt, parse_pass_pipeline, PassRun};
-pub(crate) use steps::shard_dense;
+pub(crate) use steps::{shard_dense, take_weights};
 
 use crate::core::{CoreProgram, DEFAULT_EVAL_LIMIT_BYTES};
 use crate::distribute::shard_moe::RankProgram;

@@ -7,18 +7,21 @@ use crate::distribute::shard_moe::{ExpertBlocks, RankProgram};
 use crate::distribute::{Grid, Strategy};
 use crate::error::CompileError;
 use crate::strategy::cost_model::{Choice, Hardware, LayerShape};
+use ppmoe_runtime::program::BufferId;
+use std::collections::HashSet;
 
 /// The grid the options give (1 x 1 x 1 when none).
 fn grid_of(c: &Compilation) -> Grid {
     c.options.grid.unwrap_or(Grid::ONE)
 }
 
-/// `ppmoe-shard`'s dense part: one program per tensor-parallel index, its dense layers
-/// Megatron-split (upstream's sharding-propagation and shard-partition where they apply,
-/// ppmoe's rules for the rest), its MoE layers still whole; and each layer's strategy chosen
-/// (the `auto` e-graph's pick, or the one asked for) for `ppmoe-rewrite`. Returns each expert
-/// weight cut into its rank blocks, for the MoE part (`passes::shard`).
-pub(crate) fn shard_dense(c: &mut Compilation) -> Result<ExpertBlocks, CompileError> {
+/// `ppmoe-shard`'s start: each MoE layer's strategy chosen (the `auto` e-graph's pick, or the
+/// one asked for) for `ppmoe-rewrite`; the `moe` program's weights taken over, each expert
+/// weight cut into its rank blocks (returned apart, for the MoE part: `passes::shard`), one
+/// stack at a time, so that no weight is held twice.
+pub(crate) fn take_weights(
+    c: &mut Compilation,
+) -> Result<(ExpertBlocks, Vec<(String, ppmoe_runtime::Tensor)>), CompileError> {
     let grid = grid_of(c);
     let strategy = c.options.strategy.unwrap_or(Strategy::Ppmoe);
     let Some(core) = c.core.as_mut() else {
@@ -27,28 +30,24 @@ pub(crate) fn shard_dense(c: &mut Compilation) -> Result<ExpertBlocks, CompileEr
             "it needs the moe stage first".into(),
         ));
     };
-    // The ranks' programs take the weights over: expert stacks are cut into rank blocks here,
-    // one stack at a time, so no weight is held twice; the rest is shared between ranks.
     let mut weights = std::mem::take(&mut core.weights);
     let blocks = if grid.tp > 1 {
         crate::distribute::shard_moe::cut_expert_weights(&core.program, &mut weights, grid.tp)
     } else {
         Default::default()
     };
-    let one = RankProgram {
-        program: core.program.clone(),
-        weights,
-    };
     c.choices = choose_strategies(strategy, &core.moe_layers, grid.tp, c.options.hardware);
+    Ok((blocks, weights))
+}
+
+/// `ppmoe-shard`'s dense part, decided on each rank's program (upstream's regions already
+/// partitioned in it, `pieces` their weights' pieces): the rest of its dense layers split by
+/// ppmoe's rules (`dense_tp`), its MoE layers still whole.
+pub(crate) fn shard_dense(c: &mut Compilation, ranks: Vec<(RankProgram, HashSet<BufferId>)>) {
+    let grid = grid_of(c);
     c.sharded.clear();
     c.rank_pieces.clear();
-    let partitioned = crate::distribute::upstream_tp::partition_regions(
-        &one,
-        grid.tp,
-        c.options.print_ir_after_all,
-    );
-    drop(one);
-    for (t, (rank, pieces)) in partitioned.into_iter().enumerate() {
+    for (t, (rank, pieces)) in ranks.into_iter().enumerate() {
         let (mut dense, rank_pieces) =
             crate::distribute::dense_tp::dense_tp(&rank, grid.tp, t, pieces);
         dense.program.coords = [0, 0, t];
@@ -59,7 +58,6 @@ pub(crate) fn shard_dense(c: &mut Compilation) -> Result<ExpertBlocks, CompileEr
         c.sharded.push(dense);
         c.rank_pieces.push(names);
     }
-    Ok(blocks)
 }
 
 /// Each MoE layer's strategy: the one asked for, or per layer the e-graph's pick among the
