@@ -69,9 +69,7 @@ fn region_function<'c>(
     tp: usize,
 ) -> Result<Module<'c>, String> {
     let ops = Ops::new(f)?;
-    let splits: Vec<(usize, usize)> = (r.column_weights.iter().map(|&w| (w, 1)))
-        .chain([(r.row_weight, 0)])
-        .collect();
+    let splits = r.splits();
     let mut arguments = Vec::new();
     for &s in &r.inputs {
         arguments.push(ops.value(s)?.r#type().to_string());
@@ -401,9 +399,8 @@ fn pieces<'c, 'a>(
     (t, tp): (usize, usize),
 ) -> Result<Vec<(Value<'c, 'a>, String, Tensor)>, String> {
     let from = body(g)?;
-    let splits = (r.column_weights.iter().map(|&w| (w, 1))).chain([(r.row_weight, 0)]);
     let mut pieces = Vec::new();
-    for (k, (w, axis)) in splits.enumerate() {
+    for (k, (w, axis)) in r.splits().into_iter().enumerate() {
         let arg = from
             .argument(r.inputs.len() + k)
             .map_err(|e| e.to_string())?;

@@ -44,6 +44,14 @@ pub struct OpRegion {
 }
 
 impl OpRegion {
+    /// The region's weight arguments, each with the axis ppmoe splits it along: those split by
+    /// columns, then the one split by rows.
+    pub fn splits(&self) -> Vec<(usize, usize)> {
+        (self.column_weights.iter().map(|&w| (w, 1)))
+            .chain([(self.row_weight, 0)])
+            .collect()
+    }
+
     /// The row-split matmul that ends the region.
     pub fn terminal(&self) -> usize {
         *self.ops.last().unwrap_or(&0)
@@ -109,7 +117,7 @@ impl<'c, 'a> Ops<'c, 'a> {
         })
     }
 
-    /// The op at position `k`'s result 0, where it makes one.
+    /// The position of the top-level op that makes `v`, where one does.
     fn made_by(&self, v: Value) -> Option<usize> {
         match self.source(v)? {
             Source::Result { op, .. } => Some(op),
@@ -318,9 +326,7 @@ fn region_of(ops: &Ops, members: BTreeSet<usize>, terminal: usize) -> Option<OpR
 /// `None` where an op reads anything else but the region's tokens and weights.
 fn with_destinations(ops: &Ops, r: &OpRegion) -> Option<Vec<usize>> {
     const DESTINATIONS: &[&str] = &["arith.constant", "tensor.empty", "linalg.fill"];
-    let weights: Vec<usize> = (r.column_weights.iter().copied())
-        .chain([r.row_weight])
-        .collect();
+    let weights: Vec<usize> = r.splits().into_iter().map(|(w, _)| w).collect();
     let mut copied: BTreeSet<usize> = r.ops.iter().copied().collect();
     let mut work = r.ops.clone();
     while let Some(k) = work.pop() {
