@@ -159,10 +159,17 @@ impl Tensor {
     }
 
     /// The value as a buffer of `dtype` holds it: a bf16/f16 buffer holds bits, so a result
-    /// computed in f32 is rounded to nearest even there (as PyTorch's bf16 ops round theirs).
+    /// computed in f32 is rounded to nearest even there (as PyTorch's bf16 ops round theirs),
+    /// and so are the other half type's bits moved into it (a bf16 table's rows gathered into
+    /// an f16 buffer: beyond f16's range they become infinite, below its normal range they
+    /// round to its subnormals, as PyTorch's cast from bf16 to f16 does).
     pub fn stored_as(self, dtype: DType) -> Tensor {
-        match (&*self.data, dtype) {
-            (Data::F32(v), DType::BF16 | DType::F16) => Tensor::half(self.shape.clone(), v, dtype),
+        let to_half = matches!(dtype, DType::BF16 | DType::F16);
+        match &*self.data {
+            Data::F32(v) if to_half => Tensor::half(self.shape.clone(), v, dtype),
+            Data::Half(_) if to_half && self.dtype != dtype => {
+                Tensor::half(self.shape.clone(), &self.to_f32(), dtype)
+            }
             _ => self.with_dtype(dtype),
         }
     }
@@ -488,6 +495,29 @@ impl Tensor {
 #[cfg(test)]
 mod split_tests {
     use super::*;
+
+    #[test]
+    fn bf16_bits_stored_in_an_f16_buffer_are_rounded_to_f16() {
+        // In f16's normal range exact; beyond it infinite; below it f16's subnormals (whose
+        // step is 2^-24), to nearest even.
+        let values = [1.5, -61440.0, 1.0e5, -3.0e38, 1.0e-7, 3.0e-8];
+        let bf16 = Tensor::half(vec![6], &values, DType::BF16);
+        let stored = bf16.clone().stored_as(DType::F16);
+        assert_eq!(stored.dtype, DType::F16);
+        let want: Vec<f32> = (bf16.to_f32().iter())
+            .map(|&x| half::f16::from_f32(x).to_f32())
+            .collect();
+        assert_eq!(stored.to_f32(), want);
+        assert_eq!(want[..4], [1.5, -61440.0, f32::INFINITY, f32::NEG_INFINITY]);
+        assert_ne!(
+            want[4],
+            bf16.to_f32()[4],
+            "a subnormal f16 rounds the bf16 value"
+        );
+        // The other way, f16 bits into bf16, rounds to bf16's 8 bits of precision.
+        let f16 = Tensor::half(vec![1], &[1.0009766], DType::F16);
+        assert_eq!(f16.stored_as(DType::BF16).to_f32(), [1.0]);
+    }
 
     #[test]
     fn split_rows_gives_each_block_whether_owned_or_shared() {

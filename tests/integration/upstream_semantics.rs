@@ -885,9 +885,20 @@ fn one_hots_gathers_scatters_and_mixed_concats_run_in_upstream_mlir_as_ppmoe_ind
     let gather = Op::Gather { axis: 0 };
     check(
         "widening_gather",
-        gather,
+        gather.clone(),
         &[&table, &ids],
         (DType::F32, &[2, 3, 5]),
+    );
+    // The same rows gathered into f16 (a --dtype bf16 build of an f16 model): beyond f16's
+    // range infinite, below its normal range its subnormals, rounded to nearest even.
+    let mut values = r.take(40, |x| x * 4.0);
+    values[..6].copy_from_slice(&[1.0e5, -3.0e38, 1.0e-7, -3.0e-8, 61440.0, 6.0e-5]);
+    let table = Tensor::half(vec![8, 5], &values, DType::BF16);
+    check(
+        "bf16_gather_into_f16",
+        gather,
+        &[&table, &ids],
+        (DType::F16, &[2, 3, 5]),
     );
     // Scatters along each axis, indices repeated (the later update wins, or both are added in
     // ppmoe's order) and negative.

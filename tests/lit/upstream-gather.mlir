@@ -7,7 +7,8 @@
 // gather as core's gather along axis 0 (the IR reprints as itself); a gather along another
 // axis stays core.gather; one of a bf16 table into f32 (the embedding of a --dtype bf16 build)
 // is a linalg.generic that extracts the table's element at the wrapped index and widens it
-// (arith.extf). Any other expand_shape or gather is refused by name.
+// (arith.extf), into the other half type rounding it after (arith.truncf). Any other
+// expand_shape or gather is refused by name.
 
 // RUN: rm -rf %t && split-file %s %t && sed -i "s|@FIXTURES@|%fixtures|" %t/*.mlir
 // RUN: %ppmoe opt %t/core.mlir --pass-pipeline='builtin.module()' > %t/printed.mlir
@@ -32,6 +33,16 @@
 // HALF-NEXT: %[[E:.*]] = tensor.extract %arg1[%[[ROW]], %[[COL]]] : tensor<128x64xbf16>
 // HALF-NEXT: arith.extf %[[E]] : bf16 to f32
 // HALF-NOT: "core.gather"
+
+// The same build of an f16 model: the bf16 table's rows go into f16 activations, widened and
+// rounded to f16 (arith.truncf), as the runtime stores them; no core op is left.
+// RUN: %ppmoe inspect %fixtures/qwen3moe_lm_fp16_sdpa/model.onnx --emit sharded --tp 2 --dtype bf16 | FileCheck %s --check-prefix=F16
+// F16: linalg.generic {{.*}} ins(%arg0 : tensor<1x16xi64>) outs(%{{.*}} : tensor<1x16x64xf16>)
+// F16: %[[E:.*]] = tensor.extract %arg1[%{{.*}}, %{{.*}}] : tensor<128x64xbf16>
+// F16-NEXT: %[[W:.*]] = arith.extf %[[E]] : bf16 to f32
+// F16-NEXT: %[[N:.*]] = arith.truncf %[[W]] : f32 to f16
+// F16-NEXT: linalg.yield %[[N]] : f16
+// F16-NOT: "core.
 
 // A gather in the second pipeline stage of indices the first makes (an arg-max of the
 // embedding, added to an LM's moe IR): its expand_shape goes with it to rank 1, which

@@ -1,9 +1,11 @@
 //! A gather along axis 0 of a half-precision table into f32 (a `--dtype bf16` build's token
-//! embedding, whose table is held in bf16), of static shapes and i64 indices, printed as a
-//! `linalg.generic` over the indices and read back from it. Each element of the result takes
+//! embedding, whose table is held in bf16) or into the other half type (the same build of an
+//! f16 model: a bf16 table into f16 activations), of static shapes and i64 indices, printed as
+//! a `linalg.generic` over the indices and read back from it. Each element of the result takes
 //! the table's row at its index (wrapped once where negative, as ppmoe wraps it), at its own
 //! position along the table's other axes, widened to f32 (`arith.extf`, exact), as ppmoe
-//! widens what it gathers. The table is read from the body (`tensor.extract`, the one value it
+//! widens what it gathers, and into the other half type rounded to nearest even from there
+//! (`arith.truncf`), as the runtime stores it (`Tensor::stored_as`). The table is read from the body (`tensor.extract`, the one value it
 //! reads from outside: the instruction's first operand, `captures`). `tensor.gather` keeps the
 //! table's element type, so a gather of one type stays `tensor.gather` (`upstream`).
 //!
@@ -34,9 +36,15 @@ fn is_half(d: DType) -> bool {
     matches!(d, DType::BF16 | DType::F16)
 }
 
+/// Whether a half-precision `table`'s elements are gathered into `out` by this generic: into
+/// f32, or into the other half type (through f32).
+fn widens_to(table: DType, out: DType) -> bool {
+    is_half(table) && (out == DType::F32 || (is_half(out) && out != table))
+}
+
 /// Whether ppmoe prints the gather `op` of `table` rows at `ids` into `out` as this generic:
-/// axis 0 of a half-precision table of rank 2 or more, i64 indices, an f32 result of the
-/// indices' shape followed by a row's, static shapes.
+/// axis 0 of a half-precision table of rank 2 or more, i64 indices, a result in f32 or the
+/// other half type of the indices' shape followed by a row's, static shapes.
 pub fn printable(op: &Op, [table, ids]: [&Buffer; 2], out: &Buffer) -> bool {
     let Op::Gather { axis } = *op else {
         return false;
@@ -55,7 +63,7 @@ pub fn printable(op: &Op, [table, ids]: [&Buffer; 2], out: &Buffer) -> bool {
         && static_shapes
         && is_half(table.dtype)
         && ids.dtype == DType::I64
-        && out.dtype == DType::F32
+        && widens_to(table.dtype, out.dtype)
         && out.shape == made
         && table.shape[0] != Some(0)
 }
@@ -86,7 +94,8 @@ pub fn lines(
     let half = table_buffer.dtype.mlir();
     let table_type = tensor(&table_buffer.shape, half);
     let ids_type = tensor(&ids_buffer.shape, "i64");
-    let ty = tensor(&out.shape, "f32");
+    let element = out.dtype.mlir();
+    let ty = tensor(&out.shape, element);
     let extent = table_buffer.shape[0].unwrap_or(0);
     let (g, u) = (format!("%g{i}"), "loc(unknown)");
     let mut body = wrapped_index_lines(&g, extent);
@@ -101,17 +110,23 @@ pub fn lines(
         at.join(", ")
     ));
     body.push(format!("{g}_f = arith.extf {g}_v : {half} to f32 {u}"));
-    body.push(format!("linalg.yield {g}_f : f32 {u}"));
+    let mut yielded = format!("{g}_f");
+    if is_half(out.dtype) {
+        body.push(format!("{g}_r = arith.truncf {g}_f : f32 to {element} {u}"));
+        yielded = format!("{g}_r");
+    }
+    body.push(format!("linalg.yield {yielded} : {element} {u}"));
     let [ids_map, own] = maps(rank, r);
     format!(
-        "    %d{i} = tensor.empty() : {ty} {u}\n    {result} = linalg.generic {{indexing_maps = [{ids_map}, {own}], iterator_types = [{}]}} ins({ids} : {ids_type}) outs(%d{i} : {ty}) {{\n    ^bb0({g}_i: i64 {u}, {g}_o: f32 {u}):\n      {}\n    }} -> {ty} loc({loc})\n",
+        "    %d{i} = tensor.empty() : {ty} {u}\n    {result} = linalg.generic {{indexing_maps = [{ids_map}, {own}], iterator_types = [{}]}} ins({ids} : {ids_type}) outs(%d{i} : {ty}) {{\n    ^bb0({g}_i: i64 {u}, {g}_o: {element} {u}):\n      {}\n    }} -> {ty} loc({loc})\n",
         iterator_list(&[PARALLEL; 1].repeat(rank)),
         body.join("\n      ")
     )
 }
 
-/// The body of a gather into `rank` loops of `ids` indices from a table of `extent` rows.
-fn body(rank: usize, ids: usize, extent: i64) -> Vec<Step> {
+/// The body of a gather into `rank` loops of `ids` indices from a table of `extent` rows;
+/// `narrows`: into the other half type (the widened element rounded to it).
+fn body(rank: usize, ids: usize, extent: i64, narrows: bool) -> Vec<Step> {
     use Use::{Outside, Step as S};
     let mut steps = wrapped_index_steps(extent);
     steps.push(Step::new("arith.index_cast", &[S(4)]));
@@ -123,16 +138,21 @@ fn body(rank: usize, ids: usize, extent: i64) -> Vec<Step> {
     let extract = steps.len();
     steps.push(Step::new("tensor.extract", &at));
     steps.push(Step::new("arith.extf", &[S(extract)]));
-    steps.push(Step::new("linalg.yield", &[S(extract + 1)]));
+    if narrows {
+        steps.push(Step::new("arith.truncf", &[S(extract + 1)]));
+    }
+    steps.push(Step::new("linalg.yield", &[S(steps.len() - 1)]));
     steps
 }
 
 /// Whether `op` (a `linalg.generic`) is of this gather's shape: one i64 input of fewer axes
-/// than its f32 result, all loops parallel, a body that extracts from a tensor.
+/// than its float result (f32, bf16 or f16), all loops parallel, a body that extracts from a
+/// tensor.
 pub fn is_widening_gather(op: &OperationRef) -> bool {
     let ids = typed(op.operand(0)).ok();
     let result = typed(op.result(0).map(Into::into)).ok();
-    let shaped = matches!((ids, result), (Some((DType::I64, i)), Some((DType::F32, r))) if i.len() < r.len());
+    let float = |d: DType| d == DType::F32 || is_half(d);
+    let shaped = matches!((ids, result), (Some((DType::I64, i)), Some((d, r))) if i.len() < r.len() && float(d));
     let parallel = strings(op, "iterator_types").iter().all(|t| t == PARALLEL);
     let counts = op.operand_count() == 2 && op.result_count() == 1;
     counts && shaped && parallel && super::captures::extracts(op)
@@ -147,10 +167,10 @@ pub fn table<'c, 'a>(op: &OperationRef<'c, 'a>) -> Option<Value<'c, 'a>> {
 /// iterators, types and body must be the ones ppmoe prints.
 pub fn read(op: &OperationRef) -> Result<Op, String> {
     let refuse = |what: &str| {
-        format!("'linalg.generic' of i64 indices into an f32 result that extracts from a tensor (a widening gather): {what}")
+        format!("'linalg.generic' of i64 indices into a float result that extracts from a tensor (a widening gather): {what}")
     };
     let (_, ids) = typed(op.operand(0))?;
-    let (_, out) = typed(op.result(0).map(Into::into))?;
+    let (out_type, out) = typed(op.result(0).map(Into::into))?;
     let (rank, r) = (out.len(), ids.len());
     if strings(op, "indexing_maps") != maps(rank, r) || out[..r] != ids[..] {
         return Err(refuse("its indexing maps are no gather ppmoe prints"));
@@ -158,13 +178,14 @@ pub fn read(op: &OperationRef) -> Result<Op, String> {
     let table = table(op).ok_or_else(|| refuse("no table"))?;
     let (element, shape) = super::read::tensor_type(table.r#type())?;
     let row: Vec<Option<usize>> = shape.iter().skip(1).copied().collect();
-    if !is_half(element) || shape.len() < 2 || out[r..] != row[..] {
+    if !widens_to(element, out_type) || shape.len() < 2 || out[r..] != row[..] {
         return Err(refuse(
-            "its table is not a half-precision one of the result's rows",
+            "its table is not a half-precision one of the result's rows, of another type",
         ));
     }
     let extent = shape[0].and_then(|n| i64::try_from(n).ok());
-    if !extent.is_some_and(|n| body_is(op, &body(rank, r, n))) {
+    let narrows = is_half(out_type);
+    if !extent.is_some_and(|n| body_is(op, &body(rank, r, n, narrows))) {
         return Err(refuse("its body is not the widened extract ppmoe prints"));
     }
     Ok(Op::Gather { axis: 0 })
@@ -196,6 +217,21 @@ mod tests {
                 assert_eq!(read.instructions[0].op, Op::Gather { axis: 0 }, "{text}");
                 assert_eq!(operand_names(&read), ["table", "ids"], "{text}");
             }
+        }
+        // Into the other half type: widened, then rounded to it.
+        for (table, out) in [(DType::BF16, DType::F16), (DType::F16, DType::BF16)] {
+            let inputs = [
+                ("table", table, &[8, 4][..]),
+                ("ids", DType::I64, &[2, 3][..]),
+            ];
+            let p = program_of(Op::Gather { axis: 0 }, &inputs, (out, &[2, 3, 4]));
+            let (text, read) = round_trip(&p);
+            assert!(
+                text.contains("arith.truncf") && !text.contains("gather\""),
+                "{text}"
+            );
+            assert_eq!(read.instructions[0].op, Op::Gather { axis: 0 }, "{text}");
+            assert_eq!(read.buffers[read.outputs[0]].dtype, out, "{text}");
         }
         let inputs = [
             ("table", DType::BF16, &[8, 4][..]),
