@@ -710,6 +710,30 @@ mod tests {
     }
 
     #[test]
+    fn one_weight_read_by_two_column_matmuls_is_cut_once() {
+        // `%a` a second matmul by w1: the region's column weights are w1 once.
+        let twice = "%a = linalg.matmul ins(%x, %w1 : tensor<4x8xf32>, tensor<8x6xf32>) outs(%f0 : tensor<4x6xf32>) -> tensor<4x6xf32>";
+        let context = ppmoe_dialect::context();
+        let module = ppmoe_dialect::parse_verified(&context, &mlp(twice)).unwrap();
+        let module = module.as_operation();
+        let one = functions(&module).unwrap()[0];
+        let regions = super::super::upstream_regions::find_regions(&one, 2).unwrap();
+        assert_eq!(regions.len(), 1, "{regions:?}");
+        assert_eq!(regions[0].splits(), [(1, 1), (2, 0)]);
+        let grid = Grid {
+            dp: 1,
+            pp: 1,
+            tp: 2,
+        };
+        let ranks = one_function_per_rank(&context, &module, grid).unwrap();
+        let mut held = vec![weights(), weights()];
+        assert_eq!(partition_regions(&context, &ranks, &mut held, false), Ok(1));
+        assert!(module.verify());
+        let names: Vec<&str> = held[1].iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["w1", "w2", "w1.tp1_1", "w2.tp1_0"]);
+    }
+
+    #[test]
     fn a_region_with_an_op_upstream_cannot_split_is_left_to_ppmoes_rules() {
         let context = ppmoe_dialect::context();
         let softmax = ppmoe_dialect::parse_verified(&context, &mlp(SOFTMAX)).unwrap();

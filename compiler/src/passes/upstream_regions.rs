@@ -289,7 +289,10 @@ fn region_of(ops: &Ops, members: BTreeSet<usize>, terminal: usize) -> Option<OpR
             .weight_matmul(k)
             .filter(|(x, _)| !ops.made_by(*x).is_some_and(|m| members.contains(&m)));
         if let Some((x, w)) = column {
-            column_weights.push(w);
+            // Two matmuls by one weight (IR edited by hand) read one piece of it.
+            if !column_weights.contains(&w) {
+                column_weights.push(w);
+            }
             let x = ops.source(x)?;
             if !inputs.contains(&x) {
                 inputs.push(x);
@@ -305,6 +308,10 @@ fn region_of(ops: &Ops, members: BTreeSet<usize>, terminal: usize) -> Option<OpR
             .is_none_or(|r| r.iter().any(|u| !members.contains(u) && *u != terminal))
     });
     let (_, row_weight) = ops.weight_matmul(terminal)?;
+    // A weight cannot be cut by its columns and by its rows in one region.
+    if column_weights.contains(&row_weight) {
+        return None;
+    }
     // The region is replaced where its last op, the row-split matmul, was.
     let ends_at_terminal = members.iter().all(|&k| k < terminal);
     if read_outside || column_weights.is_empty() || !ends_at_terminal {
