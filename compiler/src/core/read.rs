@@ -90,21 +90,23 @@ fn body<'c, 'a>(module: &OperationRef<'c, 'a>) -> Result<BlockRef<'c, 'a>, Strin
 /// `read_programs`, with each program's rank pieces.
 pub fn read_programs_marked(module: &OperationRef) -> Result<Vec<ReadProgram>, String> {
     let grid = read_grid(module)?;
-    // A `kernels` module's kernels and plans are read beside its programs (`adopt_kernels`).
-    let kernels = crate::core::header::IrHeader::read(module).is_ok_and(|h| h.stage == "kernels");
+    // A `kernels` module's kernels and plans are read beside its programs (`adopt_kernels`),
+    // and a `ptx` module's kernels are binaries (`codegen::ptx::read_ptx`).
+    let stage = crate::core::header::IrHeader::read(module).map(|h| h.stage);
+    let kernels = stage.is_ok_and(|s| s == "kernels" || s == "ptx");
     let mut programs = Vec::new();
     let mut next = body(module)?.first_operation();
     while let Some(op) = next {
         next = op.next_in_block();
         match op_name(&op).as_str() {
             "func.func" if kernels && op.attribute(PLAN_OF).is_ok() => {}
-            "gpu.module" if kernels => {}
+            "gpu.module" | "gpu.binary" if kernels => {}
             "func.func" => programs.push(read_function(&op, grid)?),
             // The grid the later stages' collectives name: read above.
             "shard.grid" => {}
             other => {
                 return Err(format!(
-                    "the module holds '{other}'; expected func.func (and, at stage 'kernels', gpu.module)"
+                    "the module holds '{other}'; expected func.func (and, at stages 'kernels' and 'ptx', its kernels)"
                 ))
             }
         }

@@ -49,6 +49,19 @@ pub fn adopt(c: &mut Compilation, module: &OperationRef) -> Result<String, Strin
     Ok(stage)
 }
 
+/// The ranks' programs read from the `ptx` stage's module, the last the compiler makes: what
+/// the bundle ships (its rank functions are the pipelined ones, which the kernels stage and
+/// upstream's GPU lowering leave as they are; the plans and the PTX are read beside them).
+pub fn adopt_final(c: &mut Compilation, module: &OperationRef) -> Result<(), String> {
+    let read = read_programs_marked(module)?;
+    for (k, r) in read.iter().enumerate() {
+        r.program
+            .validate()
+            .map_err(|e| format!("function {k} (@rank{}): {e}", r.program.rank))?;
+    }
+    adopt_ranks(c, read, "ptx")
+}
+
 /// Whether IR of `stage` reads back; the error names the stages whose IR does.
 pub fn check_readable(stage: &str) -> Result<(), String> {
     if READABLE.contains(&stage) {

@@ -88,7 +88,7 @@ pub fn run_passes(
     // A kernels stage made here is the compilation's own plan, printed: the programs it was
     // planned from were taken from the pipelined module the pass began with (a kernels module
     // read from a file is checked against a new plan, `adopt_kernels`). The `ptx` stage's
-    // module gives the PTX.
+    // module gives the PTX, and the programs the bundle ships.
     let stage = *shared.stage.borrow();
     if c.wants_module_text {
         c.module_text = Some((
@@ -98,6 +98,8 @@ pub fn run_passes(
     }
     if stage == "ptx" {
         c.ptx = crate::codegen::ptx::read_ptx(&module.as_operation())
+            .map_err(|reason| ir_error(&c, reason))?;
+        super::adopt::adopt_final(&mut c, &module.as_operation())
             .map_err(|reason| ir_error(&c, reason))?;
     } else if READABLE.contains(&stage) && stage != "kernels" {
         adopt(&mut c, &module.as_operation()).map_err(|reason| ir_error(&c, reason))?;
