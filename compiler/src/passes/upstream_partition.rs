@@ -37,18 +37,18 @@ use std::collections::{HashMap, HashSet};
 const PARTITION: &str =
     "builtin.module(func.func(sharding-propagation), func.func(shard-partition))";
 
-/// Region `r` of `f` partitioned by upstream over `tp` ranks: a module in `context` whose one
+/// Region `r` of the function whose ops are `ops` partitioned by upstream over `tp` ranks: a module in `context` whose one
 /// function takes the region's tokens, then its weights (each of its piece's type), and
 /// returns the region's whole result. `dump`: MLIR prints the region's module after each of
 /// the two passes (`--print-ir-after-all`). `Err`: why upstream did not partition it.
-pub fn partition<'c>(
+fn partition<'c>(
     context: &'c Context,
-    f: &OperationRef<'c, '_>,
+    ops: &Ops<'c, '_>,
     r: &OpRegion,
     tp: usize,
     dump: bool,
 ) -> Result<Module<'c>, String> {
-    let scratch = region_function(context, f, r, tp)?;
+    let scratch = region_function(context, ops, r, tp)?;
     let text = (scratch.as_operation())
         .to_string_with_flags(with_locations())
         .map_err(|e| e.to_string())?;
@@ -64,11 +64,10 @@ fn with_locations() -> OperationPrintingFlags {
 /// The region as a function of its own, annotated for upstream (see the module's doc).
 fn region_function<'c>(
     context: &'c Context,
-    f: &OperationRef<'c, '_>,
+    ops: &Ops<'c, '_>,
     r: &OpRegion,
     tp: usize,
 ) -> Result<Module<'c>, String> {
-    let ops = Ops::new(f)?;
     let splits = r.splits();
     let mut arguments = Vec::new();
     for &s in &r.inputs {
@@ -253,40 +252,46 @@ pub fn partition_regions(
     dump: bool,
 ) -> Result<usize, String> {
     let tp = ranks.len();
-    let Some(first) = ranks.first() else {
-        return Ok(0);
-    };
-    let regions = super::upstream_regions::find_regions(first, tp)?;
     // Each function's ops as they are now: a region's ops are found by their places in it
     // while the regions after it are spliced (last first).
     let snapshots: Vec<Ops> = ranks.iter().map(Ops::new).collect::<Result<_, _>>()?;
+    let Some(first) = snapshots.first() else {
+        return Ok(0);
+    };
+    let regions = super::upstream_regions::regions_in(first, tp);
     let partitioned: Vec<_> = (regions.iter())
         .map(|r| partition(context, first, r, tp, dump))
         .collect();
     let mut taken = 0;
     for (r, module) in regions.iter().zip(partitioned).rev() {
-        let terminal = &snapshots[0].ops[r.terminal()];
+        let terminal = &first.ops[r.terminal()];
         let origin = crate::core::read::location_names(terminal.location(), 1).1;
-        // All ranks or none: what could refuse is tried for each rank first.
-        let checked = module.and_then(|m| {
-            let g = partitioned_function(&m)?;
-            for t in 0..tp {
-                plan(&g, t, tp)?;
-            }
-            pieces(first, &snapshots[0], r, &g, &weights[0], (0, tp))?;
-            Ok(m)
-        });
-        let module = match checked {
+        let left = |why: String| {
+            tracing::warn!(
+                "dense TP: the region ending at \"{origin}\" is left to ppmoe's rules: {why}"
+            );
+        };
+        let module = match module {
             Ok(m) => m,
             Err(why) => {
-                tracing::warn!(
-                    "dense TP: the region ending at \"{origin}\" is left to ppmoe's rules: {why}"
-                );
+                left(why);
                 continue;
             }
         };
-        for (t, (f, ops)) in ranks.iter().zip(&snapshots).enumerate() {
-            splice_rank(context, (f, ops), r, &module, (t, tp), &mut weights[t])?;
+        // All ranks or none: each rank's copy is decided (and its pieces cut) before any
+        // function changes.
+        let prepared = (ranks.iter().zip(&snapshots).enumerate())
+            .map(|(t, (f, ops))| prepare((f, ops), r, &module, &weights[t], (t, tp)))
+            .collect::<Result<Vec<_>, _>>();
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(why) => {
+                left(why);
+                continue;
+            }
+        };
+        for (t, ((f, ops), copy)) in ranks.iter().zip(&snapshots).zip(prepared).enumerate() {
+            splice_rank(context, (f, ops), r, copy, &mut weights[t])?;
         }
         taken += 1;
     }
@@ -294,42 +299,66 @@ pub fn partition_regions(
     Ok(taken)
 }
 
+/// Rank t's copy of a partitioned region, decided: the partitioned function's body, the steps
+/// that copy it at process index t, the value it returns (a handle), and the rank's pieces of
+/// the region's weights, each with the argument that takes it there and its name.
+struct Prepared<'c, 'a> {
+    from: BlockRef<'c, 'a>,
+    steps: Vec<Step<'c, 'a>>,
+    product: usize,
+    pieces: Vec<(Value<'c, 'a>, String, Tensor)>,
+}
+
+/// Rank t's copy of region `r` of `f` (whose ops are `ops`) as `partitioned` makes it, its
+/// weights' pieces cut from `weights`; `Err` where the copy cannot be made.
+fn prepare<'c, 'a>(
+    (f, ops): (&OperationRef, &Ops),
+    r: &OpRegion,
+    partitioned: &'a Module<'c>,
+    weights: &[(String, Tensor)],
+    (t, tp): (usize, usize),
+) -> Result<Prepared<'c, 'a>, String> {
+    let g = partitioned_function(partitioned)?;
+    let (steps, product) = plan(&g, t, tp)?;
+    let pieces = pieces(f, ops, r, &g, weights, (t, tp))?;
+    Ok(Prepared {
+        from: body(&g)?,
+        steps,
+        product,
+        pieces,
+    })
+}
+
 /// Rank t's function `f` (a clone of the one the region was found in) with region `r`
-/// replaced by `partitioned`'s ops at process index t: the branches on the index taken, the
-/// weights' pieces cut from `weights` (under the weight's name and `.tp<t>_<axis>`) and bound
-/// by new arguments marked as the rank's pieces. The all-reduce takes the region's last op's
-/// location (its result reads back under that name), the partial sum `<name>.partial`.
+/// replaced by its prepared copy: the partitioned ops at process index t (the branches on the
+/// index taken), the weights' pieces (named `<weight>.tp<t>_<axis>`) bound by new arguments
+/// marked as the rank's pieces and added to `weights`. The all-reduce takes the region's last
+/// op's location (its result reads back under that name), the partial sum `<name>.partial`.
 fn splice_rank<'c, 'a>(
     context: &'c Context,
     (f, ops): (&OperationRef<'c, 'a>, &Ops<'c, 'a>),
     r: &OpRegion,
-    partitioned: &Module<'c>,
-    (t, tp): (usize, usize),
+    copy: Prepared<'c, '_>,
     weights: &mut Vec<(String, Tensor)>,
 ) -> Result<(), String> {
-    let g = partitioned_function(partitioned)?;
-    let from = body(&g)?;
-    // Everything that can be refused is decided before the rank's function changes.
-    let (steps, product) = plan(&g, t, tp)?;
-    let pieces = pieces(f, ops, r, &g, weights, (t, tp))?;
     let block = body(f)?;
     let mut map: HashMap<usize, MlirValue> = HashMap::new();
     for (k, &s) in r.inputs.iter().enumerate() {
-        let arg = from.argument(k).map_err(|e| e.to_string())?;
+        let arg = copy.from.argument(k).map_err(|e| e.to_string())?;
         map.insert(handle(arg), ops.value(s)?.to_raw());
     }
-    for (arg, name, piece) in pieces {
+    for (arg, name, piece) in copy.pieces {
         let bound = add_weight_argument(context, f, block, arg.r#type(), (&name, true))?;
         weights.push((name, piece));
         map.insert(handle(arg), bound.to_raw());
     }
     let terminal = ops.ops[r.terminal()];
     let mut copies = HashSet::new();
-    for step in steps {
+    for step in copy.steps {
         match step {
             Step::Copy(op) => {
-                let copy = copy_before(&op, terminal, block, &mut map)?;
-                copies.insert(copy.to_raw().ptr as usize);
+                let made = copy_before(&op, terminal, block, &mut map)?;
+                copies.insert(made.to_raw().ptr as usize);
             }
             Step::Alias { result, value } => {
                 let now = *map
@@ -340,7 +369,7 @@ fn splice_rank<'c, 'a>(
         }
     }
     let product = *map
-        .get(&product)
+        .get(&copy.product)
         .ok_or("the partitioned function's result")?;
     name_partial_sum(context, product, terminal)?;
     let result = terminal.result(0).map_err(|e| e.to_string())?;
@@ -659,27 +688,38 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn a_swiglu_mlp_is_partitioned_by_upstream_into_pieces_and_one_all_reduce() {
-        let context = ppmoe_dialect::context();
-        let module = ppmoe_dialect::parse_verified(&context, &mlp(NEG)).unwrap();
-        let module = module.as_operation();
-        let one = functions(&module).unwrap()[0];
+    /// The MLP with `act` parsed, its one region (checked to be the only one), and the module
+    /// made into two ranks' functions with the region partitioned by upstream in each (checked
+    /// to verify); each rank's weights after.
+    fn partitioned_at_tp_2<'c>(
+        context: &'c Context,
+        act: &str,
+    ) -> (Module<'c>, OpRegion, Vec<Vec<(String, Tensor)>>) {
+        let module = ppmoe_dialect::parse_verified(context, &mlp(act)).unwrap();
+        let op = module.as_operation();
+        let one = functions(&op).unwrap()[0];
         let regions = super::super::upstream_regions::find_regions(&one, 2).unwrap();
         assert_eq!(regions.len(), 1, "{regions:?}");
-        assert_eq!(
-            (regions[0].column_weights.clone(), regions[0].row_weight),
-            (vec![1], 2)
-        );
         let grid = Grid {
             dp: 1,
             pp: 1,
             tp: 2,
         };
-        let ranks = one_function_per_rank(&context, &module, grid).unwrap();
+        let ranks = one_function_per_rank(context, &op, grid).unwrap();
         let mut held = vec![weights(), weights()];
-        assert_eq!(partition_regions(&context, &ranks, &mut held, false), Ok(1));
-        assert!(module.verify());
+        assert_eq!(partition_regions(context, &ranks, &mut held, false), Ok(1));
+        assert!(op.verify());
+        let region = regions.into_iter().next().unwrap();
+        (module, region, held)
+    }
+
+    #[test]
+    fn a_swiglu_mlp_is_partitioned_by_upstream_into_pieces_and_one_all_reduce() {
+        let context = ppmoe_dialect::context();
+        let (module, region, held) = partitioned_at_tp_2(&context, NEG);
+        assert_eq!((region.column_weights, region.row_weight), (vec![1], 2));
+        let module = module.as_operation();
+        let ranks = functions(&module).unwrap();
         for (t, f) in ranks.iter().enumerate() {
             let ops: Vec<String> = block_ops(body(f).unwrap()).iter().map(op_name).collect();
             let at = |name: &str| ops.iter().position(|o| o == name);
@@ -714,21 +754,8 @@ mod tests {
         // `%a` a second matmul by w1: the region's column weights are w1 once.
         let twice = "%a = linalg.matmul ins(%x, %w1 : tensor<4x8xf32>, tensor<8x6xf32>) outs(%f0 : tensor<4x6xf32>) -> tensor<4x6xf32>";
         let context = ppmoe_dialect::context();
-        let module = ppmoe_dialect::parse_verified(&context, &mlp(twice)).unwrap();
-        let module = module.as_operation();
-        let one = functions(&module).unwrap()[0];
-        let regions = super::super::upstream_regions::find_regions(&one, 2).unwrap();
-        assert_eq!(regions.len(), 1, "{regions:?}");
-        assert_eq!(regions[0].splits(), [(1, 1), (2, 0)]);
-        let grid = Grid {
-            dp: 1,
-            pp: 1,
-            tp: 2,
-        };
-        let ranks = one_function_per_rank(&context, &module, grid).unwrap();
-        let mut held = vec![weights(), weights()];
-        assert_eq!(partition_regions(&context, &ranks, &mut held, false), Ok(1));
-        assert!(module.verify());
+        let (_module, region, held) = partitioned_at_tp_2(&context, twice);
+        assert_eq!(region.splits(), [(1, 1), (2, 0)]);
         let names: Vec<&str> = held[1].iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["w1", "w2", "w1.tp1_1", "w2.tp1_0"]);
     }

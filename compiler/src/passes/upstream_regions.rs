@@ -218,7 +218,15 @@ pub fn find_regions(f: &OperationRef, tp: usize) -> Result<Vec<OpRegion>, String
     if tp < 2 {
         return Ok(Vec::new());
     }
-    let ops = Ops::new(f)?;
+    Ok(regions_in(&Ops::new(f)?, tp))
+}
+
+/// The regions of the function whose ops are `ops` upstream partitions over `tp` ranks (none
+/// at tp 1), in order.
+pub(crate) fn regions_in(ops: &Ops, tp: usize) -> Vec<OpRegion> {
+    if tp < 2 {
+        return Vec::new();
+    }
     let mut regions: Vec<OpRegion> = Vec::new();
     for k in 0..ops.ops.len() {
         // Regions do not interleave (each is replaced where its last op was).
@@ -226,11 +234,11 @@ pub fn find_regions(f: &OperationRef, tp: usize) -> Result<Vec<OpRegion>, String
         if k < after {
             continue;
         }
-        if let Some(region) = grow(&ops, k, tp).filter(|r| r.ops[0] >= after) {
+        if let Some(region) = grow(ops, k, tp).filter(|r| r.ops[0] >= after) {
             regions.push(region);
         }
     }
-    Ok(regions)
+    regions
 }
 
 /// The region that a column-split matmul at `seed` begins, if Megatron's split closes it.

@@ -24,14 +24,7 @@ pub const READABLE: &[&str] = &["core", "moe", "sharded", "pipelined", "kernels"
 pub fn adopt(c: &mut Compilation, module: &OperationRef) -> Result<String, String> {
     let stage = IrHeader::read(module)?.stage;
     check_readable(&stage)?;
-    let read = read_programs_marked(module)?;
-    // What a function reads as is checked as the runtime checks a bundle's program, before any
-    // pass or kernel takes it (a body read wrongly must not reach them).
-    for (k, r) in read.iter().enumerate() {
-        r.program
-            .validate()
-            .map_err(|e| format!("function {k} (@rank{}): {e}", r.program.rank))?;
-    }
+    let read = validated(read_programs_marked(module)?)?;
     match stage.as_str() {
         "core" | "moe" => adopt_one(c, read, &stage)?,
         "kernels" => {
@@ -53,13 +46,19 @@ pub fn adopt(c: &mut Compilation, module: &OperationRef) -> Result<String, Strin
 /// the bundle ships (its rank functions are the pipelined ones, which the kernels stage and
 /// upstream's GPU lowering leave as they are; the plans and the PTX are read beside them).
 pub fn adopt_final(c: &mut Compilation, module: &OperationRef) -> Result<(), String> {
-    let read = read_programs_marked(module)?;
+    let read = validated(read_programs_marked(module)?)?;
+    adopt_ranks(c, read, "ptx")
+}
+
+/// The programs `read`, each checked as the runtime checks a bundle's program, before any pass,
+/// kernel or bundle takes it (a body read wrongly must not reach them).
+fn validated(read: Vec<ReadProgram>) -> Result<Vec<ReadProgram>, String> {
     for (k, r) in read.iter().enumerate() {
         r.program
             .validate()
             .map_err(|e| format!("function {k} (@rank{}): {e}", r.program.rank))?;
     }
-    adopt_ranks(c, read, "ptx")
+    Ok(read)
 }
 
 /// Whether IR of `stage` reads back; the error names the stages whose IR does.
